@@ -1,0 +1,54 @@
+# tailguard: `make demo` and `make test` work on a fresh machine (they build .venv themselves).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Debian packages the integration tests run for real: a broker, promtool, systemd-analyze.
+DEBS := mosquitto prometheus systemd
+
+.PHONY: demo test lint typecheck unit bench debs clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,plot]'
+	touch $@
+
+# Install the Debian packages when we are root and they are missing (CI machines start bare).
+debs:
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "not root: the tests that need$$missing will be skipped"; \
+	  fi; \
+	fi
+
+demo: $(STAMP)
+	$(VENV)/bin/tailguard demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check controller fsm actuators replay tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q -x -m 'not slow'
+
+test: $(STAMP) debs lint typecheck
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,287 @@
+"""MIG GPU-instance profile tables and placement rules, as pure data.
+
+Facts from ../shared/MIG-PROFILES.md (captures of `nvidia-smi mig -lgip/-lgipp` and NVIDIA's MIG
+user guide). A GPU has 8 memory slots and 7 compute slices; a GPU instance (GI) of a profile takes
+the memory slots [start, start + mem_slots) for a start in the profile's placement set. A layout is
+valid iff every start is allowed, no two slot ranges overlap and no profile exceeds its max count.
+The planner, the emulated nvidia-smi and the simulator all use this one table.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+MEM_SLOTS = 8
+COMPUTE_SLICES = 7
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileClass:
+    """Geometry shared by every GPU of the sheet (MIG-PROFILES.md section 1)."""
+
+    key: str  # "1g", "1g+me", "1g2", "2g", "3g", "4g", "7g"
+    lgip_id: int  # the ID that -lgip prints and -cgi accepts
+    nvml_enum: int
+    slices: int  # compute slices
+    mem_slots: int
+    max_count: int
+    starts: tuple[int, ...]
+
+
+CLASSES: tuple[ProfileClass, ...] = (
+    ProfileClass("1g", 19, 0, 1, 1, 7, (0, 1, 2, 3, 4, 5, 6)),
+    ProfileClass("1g+me", 20, 7, 1, 1, 1, (0, 1, 2, 3, 4, 5, 6)),
+    ProfileClass("1g2", 15, 9, 1, 2, 4, (0, 2, 4, 6)),
+    ProfileClass("2g", 14, 1, 2, 2, 3, (0, 2, 4)),
+    ProfileClass("3g", 9, 2, 3, 4, 2, (0, 4)),
+    ProfileClass("4g", 5, 3, 4, 4, 1, (0,)),
+    ProfileClass("7g", 0, 4, 7, 8, 1, (0,)),
+)
+CLASS_BY_KEY = {c.key: c for c in CLASSES}
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One row of a GPU model's `-lgip` table."""
+
+    name: str  # "3g.20gb", "1g.5gb+me"
+    cls: ProfileClass
+    gib: float  # as -lgip prints it (current drivers)
+    sm: int
+    dec: int
+    enc: int
+    jpg: int
+    ofa: int
+    ce: int
+
+    @property
+    def lgip_id(self) -> int:
+        return self.cls.lgip_id
+
+    @property
+    def slices(self) -> int:
+        return self.cls.slices
+
+    @property
+    def mem_slots(self) -> int:
+        return self.cls.mem_slots
+
+    @property
+    def placements(self) -> tuple[int, ...]:
+        return self.cls.starts
+
+
+@dataclass(frozen=True, slots=True)
+class GpuModel:
+    name: str  # as nvidia-smi prints it, e.g. "NVIDIA A100-SXM4-40GB"
+    key: str  # short key used in scenario files, e.g. "A100-SXM4-40GB"
+    memory_mib: int
+    profiles: tuple[Profile, ...]
+    pci_device_ids: tuple[int, ...] = ()
+
+    def profile(self, ref: str | int) -> Profile:
+        """Look a profile up by -lgip ID, short name (3g.20gb) or full name (MIG 3g.20gb)."""
+        for p in self.profiles:
+            if isinstance(ref, int):
+                if p.lgip_id == ref:
+                    return p
+            else:
+                text = ref.strip()
+                if text.startswith("MIG "):
+                    text = text[4:]
+                if text == p.name or (text.isdigit() and int(text) == p.lgip_id):
+                    return p
+        raise KeyError(f"GPU model {self.key} has no MIG profile {ref!r}")
+
+    def has_profile(self, ref: str | int) -> bool:
+        try:
+            self.profile(ref)
+        except KeyError:
+            return False
+        return True
+
+    def ladder(self) -> tuple[Profile, ...]:
+        """The resize ladder: the standard profiles by compute slices (1g -> 2g -> 3g -> 4g -> 7g)."""
+        keys = ("1g", "2g", "3g", "4g", "7g")
+        return tuple(p for k in keys for p in self.profiles if p.cls.key == k)
+
+
+def _rows(
+    names: Sequence[str], gib: Sequence[float], sm: Sequence[int], engines: Sequence[str]
+) -> tuple[Profile, ...]:
+    rows = []
+    for cls, name, g, s, eng in zip(CLASSES, names, gib, sm, engines, strict=True):
+        dec, enc, jpg, ofa, ce = (int(x) for x in eng.split("/"))
+        rows.append(Profile(name, cls, g, s, dec, enc, jpg, ofa, ce))
+    return tuple(rows)
+
+
+# Engines as DEC/ENC/JPG/OFA/CE; rows in -lgip order 19, 20, 15, 14, 9, 5, 0.
+_A100_ENG = ("0/0/0/0/1", "1/0/1/1/1", "1/0/0/0/1", "1/0/0/0/2", "2/0/0/0/3", "2/0/0/0/4", "5/0/1/1/7")
+_HOPPER_ENG = ("1/0/1/0/1", "1/0/1/1/1", "1/0/1/0/1", "2/0/2/0/2", "3/0/3/0/3", "4/0/4/0/4", "7/0/7/1/8")
+
+A100_40GB = GpuModel(
+    "NVIDIA A100-SXM4-40GB",
+    "A100-SXM4-40GB",
+    40960,
+    _rows(
+        ("1g.5gb", "1g.5gb+me", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
+        (4.75, 4.75, 9.62, 9.62, 19.50, 19.50, 39.25),
+        (14, 14, 14, 28, 42, 56, 98),
+        _A100_ENG,
+    ),
+    (0x20B0, 0x20B1),
+)
+A100_PCIE_40GB = GpuModel(
+    "NVIDIA A100-PCIE-40GB", "A100-PCIE-40GB", 40960, A100_40GB.profiles, (0x20F1, 0x20F6)
+)
+A100_80GB = GpuModel(
+    "NVIDIA A100-SXM4-80GB",
+    "A100-SXM4-80GB",
+    81920,
+    _rows(
+        ("1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+        (9.50, 9.50, 19.50, 19.50, 39.25, 39.25, 78.75),
+        (14, 14, 14, 28, 42, 56, 98),
+        _A100_ENG,
+    ),
+    (0x20B2,),
+)
+A100_80GB_PCIE = GpuModel(
+    "NVIDIA A100 80GB PCIe", "A100-80GB-PCIE", 81920, A100_80GB.profiles, (0x20B5,)
+)
+H100_SXM5 = GpuModel(
+    "NVIDIA H100 80GB HBM3",
+    "H100-80GB-HBM3",
+    81559,
+    _rows(
+        ("1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+        (9.75, 9.75, 19.62, 19.62, 39.50, 39.50, 79.25),
+        (16, 16, 26, 32, 60, 64, 132),
+        _HOPPER_ENG,
+    ),
+    (0x2330,),
+)
+H100_PCIE = GpuModel(
+    "NVIDIA H100 PCIe",
+    "H100-PCIE",
+    81559,
+    _rows(
+        ("1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+        (9.75, 9.75, 19.62, 19.62, 39.50, 39.50, 79.25),
+        (14, 14, 14, 30, 46, 62, 114),
+        _HOPPER_ENG,
+    ),
+    (0x2331,),
+)
+H100_NVL = GpuModel(
+    "NVIDIA H100 NVL",
+    "H100-NVL",
+    95830,
+    _rows(
+        ("1g.12gb", "1g.12gb+me", "1g.24gb", "2g.24gb", "3g.47gb", "4g.47gb", "7g.94gb"),
+        (10.75, 10.75, 21.62, 21.62, 46.38, 46.38, 93.12),
+        (16, 16, 26, 32, 60, 64, 132),
+        _HOPPER_ENG,
+    ),
+    (0x2321,),
+)
+H200 = GpuModel(
+    "NVIDIA H200",
+    "H200-141GB",
+    143771,
+    _rows(
+        ("1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
+        (16.00, 16.00, 32.25, 32.25, 69.50, 69.50, 139.75),
+        (16, 16, 26, 32, 60, 64, 132),
+        _HOPPER_ENG,
+    ),
+    (0x2335,),
+)
+
+MODELS: dict[str, GpuModel] = {
+    m.key: m
+    for m in (A100_40GB, A100_PCIE_40GB, A100_80GB, A100_80GB_PCIE, H100_SXM5, H100_PCIE, H100_NVL, H200)
+}
+
+
+def model_by_name(name: str) -> GpuModel:
+    """Find a model by its short key or by the name nvidia-smi prints."""
+    text = name.strip()
+    for m in MODELS.values():
+        if text in (m.key, m.name) or text == m.name.removeprefix("NVIDIA "):
+            return m
+    raise KeyError(f"unknown GPU model {name!r}; known: {', '.join(sorted(MODELS))}")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Slot:
+    """One GPU instance in a layout: a profile at a start memory slot."""
+
+    start: int
+    profile: str
+
+    def __str__(self) -> str:
+        return f"{self.profile}@{self.start}"
+
+    @staticmethod
+    def parse(text: str) -> Slot:
+        profile, sep, start = text.rpartition("@")
+        if not sep or not profile or not start.isdigit():
+            raise ValueError(f"bad MIG slot {text!r}: expected PROFILE@START, e.g. 3g.20gb@4")
+        return Slot(int(start), profile)
+
+
+Layout = tuple[Slot, ...]
+
+
+def slot_range(model: GpuModel, slot: Slot) -> range:
+    p = model.profile(slot.profile)
+    return range(slot.start, slot.start + p.mem_slots)
+
+
+def layout_problems(model: GpuModel, layout: Iterable[Slot]) -> list[str]:
+    """Every reason this layout is not valid on the model (empty when it is)."""
+    problems: list[str] = []
+    used: dict[int, Slot] = {}
+    counts: Counter[str] = Counter()
+    for slot in sorted(layout):
+        try:
+            p = model.profile(slot.profile)
+        except KeyError as e:
+            problems.append(str(e.args[0]))
+            continue
+        counts[p.name] += 1
+        if slot.start not in p.placements:
+            problems.append(f"{slot}: {p.name} may start only at {list(p.placements)}")
+            continue
+        for i in slot_range(model, slot):
+            if i in used:
+                problems.append(f"{slot} overlaps {used[i]} at memory slot {i}")
+                break
+            used[i] = slot
+    for name, n in sorted(counts.items()):
+        mx = model.profile(name).cls.max_count
+        if n > mx:
+            problems.append(f"{n} x {name} exceeds the maximum of {mx}")
+    return problems
+
+
+def is_valid(model: GpuModel, layout: Iterable[Slot]) -> bool:
+    return not layout_problems(model, layout)
+
+
+def normalise(layout: Iterable[Slot]) -> Layout:
+    return tuple(sorted(layout))
+
+
+def free_starts(model: GpuModel, layout: Iterable[Slot], profile: str) -> list[int]:
+    """Starts at which one more instance of `profile` fits beside `layout`."""
+    base = list(layout)
+    return [s for s in model.profile(profile).placements if is_valid(model, [*base, Slot(s, profile)])]
+
+
+def compute_slices(model: GpuModel, layout: Iterable[Slot]) -> int:
+    return sum(model.profile(s.profile).slices for s in layout)

@@ -1,0 +1,146 @@
+"""What the controller sees in one tick. Pure data, produced by the samplers or the simulator.
+
+Conventions: times in seconds, rates in bytes/s, latencies in seconds, utilisations in [0, 1].
+A value that could not be read is None and the source's reason is in `Observation.unavailable`;
+it is never filled with zero. `fsm.sanitize` turns NaN / negative / infinite values into None and
+counts the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fsm.mig import Slot
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRef:
+    """A MIG instance by GPU and placement (GI ids are the driver's business, not the policy's)."""
+
+    gpu: str
+    profile: str
+    start: int
+
+    def __str__(self) -> str:
+        return f"{self.gpu}/{self.profile}@{self.start}"
+
+    @property
+    def slot(self) -> Slot:
+        return Slot(self.start, self.profile)
+
+    @staticmethod
+    def parse(text: str) -> InstanceRef:
+        gpu, sep, rest = text.partition("/")
+        if not sep or not gpu:
+            raise ValueError(f"bad MIG instance {text!r}: expected GPU/PROFILE@START, e.g. gpu0/3g.20gb@4")
+        slot = Slot.parse(rest)
+        return InstanceRef(gpu, slot.profile, slot.start)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyWindow:
+    """Latencies of the requests completed in one window (seconds)."""
+
+    count: int
+    p50: float | None = None
+    p99: float | None = None
+    p999: float | None = None
+    samples: tuple[float, ...] = ()  # raw samples when the source has them
+
+    def quantile(self, q: float) -> float | None:
+        if self.samples:
+            from fsm.quantiles import quantile
+
+            return quantile(self.samples, q)
+        if abs(q - 0.99) < 1e-9:
+            return self.p99
+        if abs(q - 0.999) < 1e-9:
+            return self.p999
+        if abs(q - 0.5) < 1e-9:
+            return self.p50
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class IoRate:
+    """cgroup I/O of one tenant on one block device, per second."""
+
+    read_bps: float | None = None
+    write_bps: float | None = None
+    read_iops: float | None = None
+    write_iops: float | None = None
+
+    @property
+    def total_bps(self) -> float:
+        return (self.read_bps or 0.0) + (self.write_bps or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSample:
+    latency: LatencyWindow | None = None
+    throughput: float | None = None  # work units/s as the tenant reports them (req/s, bytes/s)
+    io: Mapping[str, IoRate] | None = None  # device (name or MAJ:MIN) -> rates
+    io_pressure: float | None = None  # PSI "some avg10" as a fraction
+    cpu_pressure: float | None = None
+    instance: InstanceRef | None = None  # where it actually runs now
+    pcie_bps: float | None = None  # host<->device bytes/s attributed to it, when known
+
+
+@dataclass(frozen=True, slots=True)
+class MigSample:
+    sm_active: float | None = None
+    dram_active: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    pcie_tx_bps: float | None = None
+    pcie_rx_bps: float | None = None
+    pcie_replay_rate: float | None = None  # replays/s
+    util: float | None = None
+    sm_active: float | None = None
+    dram_active: float | None = None
+    mig_enabled: bool | None = None
+    lost: bool = False
+    layout: tuple[Slot, ...] | None = None  # actual MIG layout, None when unknown
+    instances: Mapping[str, MigSample] = field(default_factory=dict)  # "profile@start" -> sample
+
+    @property
+    def pcie_bps(self) -> float | None:
+        if self.pcie_tx_bps is None and self.pcie_rx_bps is None:
+            return None
+        return (self.pcie_tx_bps or 0.0) + (self.pcie_rx_bps or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class HostSample:
+    block_bps: Mapping[str, float] = field(default_factory=dict)  # block device -> bytes/s
+    nic_bps: Mapping[str, float] = field(default_factory=dict)
+    irq_rate: Mapping[int, float] = field(default_factory=dict)  # cpu -> interrupts/s
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The reconciler's word on one target: `tenant:NAME`, `gpu:NAME` or `throttle:TENANT`."""
+
+    target: str
+    ok: bool
+    error: str = ""
+    t: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ActuationStatus:
+    in_flight: tuple[str, ...] = ()  # targets with an operation under way
+    outcomes: tuple[Outcome, ...] = ()  # finished since the previous tick
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    t: float  # seconds; the only clock the decision core knows
+    tenants: Mapping[str, TenantSample] = field(default_factory=dict)
+    gpus: Mapping[str, GpuSample] = field(default_factory=dict)
+    host: HostSample | None = None
+    actuation: ActuationStatus = ActuationStatus()
+    unavailable: Mapping[str, str] = field(default_factory=dict)  # source -> reason

@@ -1,0 +1,97 @@
+"""What the decision core is told once: the tenants, the policy knobs, the topology.
+
+The controller builds these from the validated TOML config (controller/config.py); the simulator
+builds them from a scenario. Plain frozen dataclasses: the core never sees pydantic or files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fsm.observation import InstanceRef
+from fsm.topology import Tier, Topology
+
+
+class Role(StrEnum):
+    SENSITIVE = "sensitive"  # has an SLO; the ladder protects it; never throttled
+    BULK = "bulk"  # bandwidth-heavy (ETL, data loading); may be throttled
+    COMPUTE = "compute"  # SM-heavy (training); may get an MPS limit
+    PROTECTED = "protected"  # never throttled, never moved
+
+
+class Level(StrEnum):
+    STEADY = "steady"
+    GUARDED = "guarded"
+    PLACED = "placed"
+    RESIZED = "resized"
+
+
+LEVEL_ORDER = (Level.STEADY, Level.GUARDED, Level.PLACED, Level.RESIZED)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSpec:
+    name: str
+    role: Role
+    cgroup: str | None = None  # path relative to the cgroup root
+    gpu: str | None = None
+    instance: InstanceRef | None = None  # home MIG instance
+    slo_s: float | None = None  # latency threshold (tau) for sensitive tenants
+    quantile: float = 0.99
+    devices: tuple[str, ...] = ()  # block devices / NICs it uses, when known
+    mps: bool = False  # shares its GPU through MPS (compute tenants)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    y_windows: int = 3  # consecutive violating windows that trigger
+    z_windows: int = 5  # consecutive good windows that release one level
+    release_ratio: float = 0.8  # good = quantile < release_ratio * slo
+    min_window_count: int = 5  # windows with fewer requests neither violate nor count as good
+    cooldown_s: float = 30.0  # after any action on a tenant, no further escalation
+    dwell_s: float = 60.0  # minimum time at a level before stepping back
+    throttle_factor: float = 0.5  # cap = factor x the aggressor's observed rate
+    throttle_floor_bps: float = 50e6  # never cap below this
+    throttle_expiry_s: float = 120.0  # caps expire unless renewed
+    mps_guard_percent: int = 50
+    max_reconfigs_per_hour: int = 4
+    backoff_s: float = 60.0  # after a failed action; doubles per failure
+    backoff_max_s: float = 900.0
+    in_flight_timeout_s: float = 300.0  # an operation not reported by then counts as failed
+    # Diagnosis thresholds.
+    io_share_tier: Tier = Tier.NUMA  # an aggressor shares the path when this close or closer
+    io_aggressor_min_bps: float = 20e6  # ignore tenants moving less than this
+    pcie_busy_ratio: float = 0.5  # GPU PCIe use / link capacity that counts as I/O pressure
+    sm_busy: float = 0.85
+    dram_busy: float = 0.8
+    # Placement weights.
+    w_root_complex: float = 1.0
+    w_numa_block: float = 0.5
+    w_irq: float = 0.25
+    w_move: float = 0.2
+    move_other_gpu: float = 1.0  # move-cost units of a move to another GPU (same GPU: 0.3)
+    placement_margin: float = 0.05  # the best candidate must beat the current one by this much
+    high_bw_bps: float = 1e9  # a tenant moving more than this counts as high-bandwidth
+    block_io_norm_bps: float = 2e9
+    irq_norm_rate: float = 50_000.0
+    # Levers.
+    guards: bool = True
+    placement: bool = True
+    mig: bool = True
+    mps: bool = True
+    enforce: bool = True  # False: dry-run / shadow; decisions are computed but marked not applied
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """Everything static the decision core needs."""
+
+    topology: Topology
+    tenants: Mapping[str, TenantSpec]
+    policy: Policy = Policy()
+    gpu_models: Mapping[str, str] = field(default_factory=dict)  # gpu -> GpuModel key
+
+    def sensitive(self) -> list[TenantSpec]:
+        return [t for t in sorted(self.tenants.values(), key=lambda t: t.name) if t.role is Role.SENSITIVE]

@@ -1,0 +1,83 @@
+"""The controller's memory between ticks. Serialises to JSON and back (crash recovery)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fsm.codec import decode_as, encode
+from fsm.desired import MpsLimit, Throttle
+from fsm.mig import Slot
+from fsm.observation import InstanceRef
+from fsm.spec import Level
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One escalation, kept on a stack so release undoes them in reverse order."""
+
+    level: Level  # the level this step brought the tenant to
+    lever: str  # guard | place | resize
+    t: float
+    aggressors: tuple[str, ...] = ()
+    caps: tuple[Throttle, ...] = ()
+    mps: tuple[MpsLimit, ...] = ()
+    from_instance: InstanceRef | None = None
+    to_instance: InstanceRef | None = None
+    gpu: str | None = None
+    prev_layout: tuple[Slot, ...] | None = None
+    new_layout: tuple[Slot, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An actuation the core asked for and has not seen finish."""
+
+    target: str  # tenant:NAME | gpu:NAME
+    lever: str
+    since: float
+    releasing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCtl:
+    level: Level = Level.STEADY
+    bad: int = 0  # consecutive violating windows
+    good: int = 0  # consecutive good windows
+    cooldown_until: float | None = None
+    dwell_until: float | None = None
+    backoff_until: float | None = None
+    failures: int = 0
+    failed_levers: tuple[str, ...] = ()
+    stack: tuple[Step, ...] = ()
+    pending: Pending | None = None
+    episode_start: float | None = None  # first violating window of the current episode
+    last_value: float | None = None  # the last window's quantile (s)
+    last_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerState:
+    version: int = STATE_VERSION
+    tenants: Mapping[str, TenantCtl] = field(default_factory=dict)
+    reconfigs: tuple[float, ...] = ()  # times of MIG layout changes (rolling-hour budget)
+    bad_input: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    seq: int = 0  # last decision-event sequence number
+    last_t: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(encode(self), sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def from_json(text: str) -> ControllerState:
+        data: Any = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ValueError(f"controller state: unsupported version {data.get('version') if isinstance(data, dict) else None!r}")
+        return decode_as(ControllerState, data)
+
+    def tenant(self, name: str) -> TenantCtl:
+        return self.tenants.get(name, TenantCtl())

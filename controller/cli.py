@@ -25,7 +25,9 @@ SUBCOMMANDS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tailguard",
-        description="Keep latency-sensitive GPU tenants inside their tail-latency SLO on shared, MIG-partitioned hosts.",
+        description=(
+            "Keep latency-sensitive GPU tenants inside their tail-latency SLO on shared, MIG-partitioned hosts."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

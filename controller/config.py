@@ -82,9 +82,8 @@ class Launcher(Strict):
 
     @model_validator(mode="after")
     def _needs(self) -> Launcher:
-        if self.kind == "systemd":
-            if not self.unit or not re.match(r"^[A-Za-z0-9:_.@\\-]+\.service$", self.unit):
-                raise ValueError("kind 'systemd' needs unit, a name ending in .service")
+        if self.kind == "systemd" and (not self.unit or not re.match(r"^[A-Za-z0-9:_.@\\-]+\.service$", self.unit)):
+            raise ValueError("kind 'systemd' needs unit, a name ending in .service")
         if self.kind == "command" and not self.command:
             raise ValueError("kind 'command' needs command, a non-empty list of arguments")
         return self
@@ -354,7 +353,11 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (not allowed here)"
             got = err.get("input")
-            shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict | list) else f" (got {got!r})"
+            shown = (
+                ""
+                if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict | list)
+                else f" (got {got!r})"
+            )
             problems.append(f"{loc}: {msg}{shown}")
         raise ConfigError(file, problems) from None
 
@@ -372,4 +375,3 @@ def load_config(path: str | Path) -> Config:
 
 def layout_of(text: str) -> tuple[Slot, ...]:
     return tuple(sorted(Slot.parse(s) for s in text.split(",") if s.strip()))
-

@@ -108,9 +108,7 @@ class GpuModel:
         return tuple(p for k in keys for p in self.profiles if p.cls.key == k)
 
 
-def _rows(
-    names: Sequence[str], gib: Sequence[float], sm: Sequence[int], engines: Sequence[str]
-) -> tuple[Profile, ...]:
+def _rows(names: Sequence[str], gib: Sequence[float], sm: Sequence[int], engines: Sequence[str]) -> tuple[Profile, ...]:
     rows = []
     for cls, name, g, s, eng in zip(CLASSES, names, gib, sm, engines, strict=True):
         dec, enc, jpg, ofa, ce = (int(x) for x in eng.split("/"))
@@ -134,9 +132,7 @@ A100_40GB = GpuModel(
     ),
     (0x20B0, 0x20B1),
 )
-A100_PCIE_40GB = GpuModel(
-    "NVIDIA A100-PCIE-40GB", "A100-PCIE-40GB", 40960, A100_40GB.profiles, (0x20F1, 0x20F6)
-)
+A100_PCIE_40GB = GpuModel("NVIDIA A100-PCIE-40GB", "A100-PCIE-40GB", 40960, A100_40GB.profiles, (0x20F1, 0x20F6))
 A100_80GB = GpuModel(
     "NVIDIA A100-SXM4-80GB",
     "A100-SXM4-80GB",
@@ -149,9 +145,7 @@ A100_80GB = GpuModel(
     ),
     (0x20B2,),
 )
-A100_80GB_PCIE = GpuModel(
-    "NVIDIA A100 80GB PCIe", "A100-80GB-PCIE", 81920, A100_80GB.profiles, (0x20B5,)
-)
+A100_80GB_PCIE = GpuModel("NVIDIA A100 80GB PCIe", "A100-80GB-PCIE", 81920, A100_80GB.profiles, (0x20B5,))
 H100_SXM5 = GpuModel(
     "NVIDIA H100 80GB HBM3",
     "H100-80GB-HBM3",
@@ -202,8 +196,7 @@ H200 = GpuModel(
 )
 
 MODELS: dict[str, GpuModel] = {
-    m.key: m
-    for m in (A100_40GB, A100_PCIE_40GB, A100_80GB, A100_80GB_PCIE, H100_SXM5, H100_PCIE, H100_NVL, H200)
+    m.key: m for m in (A100_40GB, A100_PCIE_40GB, A100_80GB, A100_80GB_PCIE, H100_SXM5, H100_PCIE, H100_NVL, H200)
 }
 
 

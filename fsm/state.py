@@ -45,7 +45,6 @@ class Pending:
 
 @dataclass(frozen=True, slots=True)
 class TenantCtl:
-    level: Level = Level.STEADY
     bad: int = 0  # consecutive violating windows
     good: int = 0  # consecutive good windows
     cooldown_until: float | None = None
@@ -58,12 +57,18 @@ class TenantCtl:
     episode_start: float | None = None  # first violating window of the current episode
     last_value: float | None = None  # the last window's quantile (s)
     last_reason: str = ""
+    target: InstanceRef | None = None  # where tailguard wants the tenant (None: leave it be)
+
+    @property
+    def level(self) -> Level:
+        return self.stack[-1].level if self.stack else Level.STEADY
 
 
 @dataclass(frozen=True, slots=True)
 class ControllerState:
     version: int = STATE_VERSION
     tenants: Mapping[str, TenantCtl] = field(default_factory=dict)
+    layouts: Mapping[str, tuple[Slot, ...]] = field(default_factory=dict)  # GPUs tailguard manages
     reconfigs: tuple[float, ...] = ()  # times of MIG layout changes (rolling-hour budget)
     bad_input: Mapping[str, int] = field(default_factory=dict)  # reason -> count
     seq: int = 0  # last decision-event sequence number
@@ -76,7 +81,9 @@ class ControllerState:
     def from_json(text: str) -> ControllerState:
         data: Any = json.loads(text)
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            raise ValueError(f"controller state: unsupported version {data.get('version') if isinstance(data, dict) else None!r}")
+            raise ValueError(
+                f"controller state: unsupported version {data.get('version') if isinstance(data, dict) else None!r}"
+            )
         return decode_as(ControllerState, data)
 
     def tenant(self, name: str) -> TenantCtl:

@@ -206,9 +206,7 @@ class TopologyBuilder:
         return self
 
     def numa(self, index: int, cpus: Iterable[int] = (), node_id: str | None = None) -> TopologyBuilder:
-        return self._add(
-            Node(node_id or f"numa{index}", NodeKind.NUMA, HOST_ID, numa=index, cpus=tuple(cpus))
-        )
+        return self._add(Node(node_id or f"numa{index}", NodeKind.NUMA, HOST_ID, numa=index, cpus=tuple(cpus)))
 
     def root_complex(self, node_id: str, numa: int | str, link_bps: float | None = None) -> TopologyBuilder:
         parent = numa if isinstance(numa, str) else f"numa{numa}"
@@ -230,10 +228,14 @@ class TopologyBuilder:
             Node(node_id, NodeKind.GPU, parent, link_bps=link_bps, bdf=bdf, model=model, aliases=tuple(aliases))
         )
 
-    def nvme(self, node_id: str, parent: str, link_bps: float | None = None, aliases: Iterable[str] = ()) -> TopologyBuilder:
+    def nvme(
+        self, node_id: str, parent: str, link_bps: float | None = None, aliases: Iterable[str] = ()
+    ) -> TopologyBuilder:
         return self._add(Node(node_id, NodeKind.NVME, parent, link_bps=link_bps, aliases=tuple(aliases)))
 
-    def nic(self, node_id: str, parent: str, link_bps: float | None = None, aliases: Iterable[str] = ()) -> TopologyBuilder:
+    def nic(
+        self, node_id: str, parent: str, link_bps: float | None = None, aliases: Iterable[str] = ()
+    ) -> TopologyBuilder:
         return self._add(Node(node_id, NodeKind.NIC, parent, link_bps=link_bps, aliases=tuple(aliases)))
 
     def node(self, node: Node) -> TopologyBuilder:

@@ -1,0 +1,174 @@
+"""Why is a sensitive tenant's tail high? Cause, evidence and the aggressors on its path.
+
+PCIe byte counters are per physical GPU (not per MIG instance), so attribution combines the
+topology (who shares the victim's switch / root complex / NUMA node) with per-tenant cgroup I/O
+and, for bulk tenants alone on a GPU, that GPU's PCIe bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from fsm.observation import Observation
+from fsm.spec import HostSpec, Role, TenantSpec
+from fsm.topology import Tier
+
+
+class Cause(StrEnum):
+    IO = "io"
+    COMPUTE = "compute"
+    MEMORY = "memory"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Aggressor:
+    tenant: str
+    bps: float  # bytes/s it moves on the shared path
+    tier: Tier | None  # how close its traffic is to the victim (None: location unknown)
+    devices: tuple[tuple[str, float], ...]  # (device, bytes/s) it uses on that path
+    throttleable: bool  # role allows a cap and it has a cgroup
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    cause: Cause
+    aggressors: tuple[Aggressor, ...] = ()
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def victim_anchor(spec: HostSpec, obs: Observation, victim: TenantSpec) -> str | None:
+    """The device whose PCIe path the victim's transfers use: its GPU (actual, else home)."""
+    ts = obs.tenants.get(victim.name)
+    if ts is not None and ts.instance is not None:
+        return ts.instance.gpu
+    if victim.instance is not None:
+        return victim.instance.gpu
+    return victim.gpu
+
+
+def tenant_gpu(spec: HostSpec, obs: Observation, t: TenantSpec) -> str | None:
+    ts = obs.tenants.get(t.name)
+    if ts is not None and ts.instance is not None:
+        return ts.instance.gpu
+    return t.instance.gpu if t.instance is not None else t.gpu
+
+
+def _closest(tiers: list[Tier | None]) -> Tier | None:
+    known = [t for t in tiers if t is not None]
+    if known:
+        return min(known)
+    return None
+
+
+def path_traffic(spec: HostSpec, obs: Observation, anchor: str | None, t: TenantSpec) -> Aggressor | None:
+    """The traffic of tenant `t` that shares the path to `anchor`, or None if it shares none."""
+    topo = spec.topology
+    policy = spec.policy
+    ts = obs.tenants.get(t.name)
+    devices: list[tuple[str, float]] = []
+    tiers: list[Tier | None] = []
+    total = 0.0
+    if ts is not None and ts.io:
+        for dev, rate in sorted(ts.io.items()):
+            bps = rate.total_bps
+            if bps <= 0:
+                continue
+            tier = topo.distance(anchor, dev) if anchor is not None else None
+            if anchor is not None and tier is None and topo.has(anchor) and topo.has(dev):
+                continue
+            # Unknown location: cannot be ruled out, so it counts (conservative on a VM).
+            if tier is None or tier <= policy.io_share_tier:
+                devices.append((dev, bps))
+                tiers.append(tier)
+                total += bps
+    # Host<->device traffic of a bulk tenant on its own GPU (PCIe bytes are per GPU).
+    gpu = tenant_gpu(spec, obs, t)
+    pcie = ts.pcie_bps if ts is not None else None
+    if pcie is None and gpu is not None and t.role is Role.BULK:
+        g = obs.gpus.get(gpu)
+        sharers = [o for o in spec.tenants.values() if tenant_gpu(spec, obs, o) == gpu]
+        if g is not None and g.pcie_bps is not None and len(sharers) == 1:
+            pcie = g.pcie_bps
+    if pcie and gpu is not None and anchor is not None:
+        tier = topo.distance(anchor, gpu)
+        if tier is None or tier <= policy.io_share_tier:
+            devices.append((f"pcie:{gpu}", pcie))
+            tiers.append(tier)
+            total += pcie
+    if total <= 0:
+        return None
+    return Aggressor(
+        tenant=t.name,
+        bps=total,
+        tier=_closest(tiers),
+        devices=tuple(devices),
+        throttleable=t.role in (Role.BULK, Role.COMPUTE) and t.cgroup is not None,
+    )
+
+
+def aggressors_for(spec: HostSpec, obs: Observation, victim: TenantSpec) -> list[Aggressor]:
+    """Tenants whose I/O shares the victim's path, most bytes first (closer first on ties)."""
+    anchor = victim_anchor(spec, obs, victim)
+    out = []
+    for t in spec.tenants.values():
+        if t.name == victim.name:
+            continue
+        a = path_traffic(spec, obs, anchor, t)
+        if a is not None and a.bps >= spec.policy.io_aggressor_min_bps:
+            out.append(a)
+    out.sort(key=lambda a: (-a.bps, a.tier if a.tier is not None else 9, a.tenant))
+    return out
+
+
+def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec) -> Diagnosis:
+    policy = spec.policy
+    ev: dict[str, Any] = {}
+    anchor = victim_anchor(spec, obs, victim)
+    aggressors = aggressors_for(spec, obs, victim)
+    ev["aggressors"] = [
+        {"tenant": a.tenant, "bps": round(a.bps), "tier": None if a.tier is None else a.tier.name.lower()}
+        for a in aggressors[:8]
+    ]
+    # I/O pressure: the victim GPU's PCIe link busy, or the path busy with others' bytes.
+    io_score = 0.0
+    gpu = obs.gpus.get(anchor) if anchor else None
+    link = None
+    if anchor and spec.topology.has(anchor):
+        link = spec.topology.node(anchor).link_bps
+    if gpu is not None and gpu.pcie_bps is not None and link:
+        ratio = gpu.pcie_bps / link
+        ev["victim_pcie_ratio"] = round(ratio, 3)
+        io_score = max(io_score, ratio / policy.pcie_busy_ratio)
+    shared = sum(a.bps for a in aggressors)
+    ev["shared_path_bps"] = round(shared)
+    if shared > 0:
+        # A neighbour moving `high_bw_bps` on the victim's path is enough to stretch its transfers.
+        io_score = max(io_score, shared / policy.high_bw_bps)
+    ts = obs.tenants.get(victim.name)
+    if ts is not None and ts.io_pressure is not None:
+        ev["victim_io_pressure"] = ts.io_pressure
+        io_score = max(io_score, ts.io_pressure / 0.25)
+    # Compute / memory: the victim's own MIG instance saturated, or CPU pressure.
+    sm = dram = None
+    if gpu is not None:
+        inst = ts.instance if ts is not None and ts.instance is not None else victim.instance
+        if inst is not None:
+            m = gpu.instances.get(f"{inst.profile}@{inst.start}")
+            if m is not None:
+                sm, dram = m.sm_active, m.dram_active
+        if sm is None and inst is None:
+            sm, dram = gpu.sm_active, gpu.dram_active
+    ev["victim_sm_active"] = sm
+    ev["victim_dram_active"] = dram
+    compute_score = (sm / policy.sm_busy) if sm is not None else 0.0
+    if ts is not None and ts.cpu_pressure is not None:
+        ev["victim_cpu_pressure"] = ts.cpu_pressure
+        compute_score = max(compute_score, ts.cpu_pressure / 0.25)
+    memory_score = (dram / policy.dram_busy) if dram is not None else 0.0
+    ev["scores"] = {"io": round(io_score, 3), "compute": round(compute_score, 3), "memory": round(memory_score, 3)}
+    best = max((io_score, Cause.IO), (compute_score, Cause.COMPUTE), (memory_score, Cause.MEMORY), key=lambda x: x[0])
+    cause = best[1] if best[0] >= 1.0 else Cause.UNKNOWN
+    return Diagnosis(cause, tuple(aggressors), ev)

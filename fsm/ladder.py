@@ -1,0 +1,538 @@
+"""The escalation ladder per sensitive tenant, and the host-wide arbitration between tenants.
+
+steady -> guarded -> placed -> resized, escalating one lever at a time after Y violating windows
+(outside cooldown and backoff, with nothing in flight), the diagnosis picking the entry lever;
+stepping back one level at a time, in reverse order, after Z good windows and the dwell time.
+Host-wide: one MIG change per GPU at a time, a reconfiguration budget per rolling hour, never two
+victims sent to one instance, never a cap on a protected or sensitive tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fsm.desired import DecisionEvent, MpsLimit, Throttle
+from fsm.diagnosis import Aggressor, Cause, Diagnosis, diagnose, victim_anchor
+from fsm.mig import Slot
+from fsm.observation import InstanceRef, Observation
+from fsm.placement import occupied, rank_candidates
+from fsm.quantiles import Verdict, judge
+from fsm.resize import plan_resize, plan_restore
+from fsm.spec import LEVEL_ORDER, HostSpec, Level, Role, TenantSpec
+from fsm.state import ControllerState, Pending, Step, TenantCtl
+
+HOUR_S = 3600.0
+GUARD, PLACE, RESIZE = "guard", "place", "resize"
+_LEVEL_OF = {GUARD: 1, PLACE: 2, RESIZE: 3}  # rank of the level each lever leads to
+
+
+def level_of(ctl: TenantCtl) -> Level:
+    return ctl.level
+
+
+def level_rank(level: Level) -> int:
+    return LEVEL_ORDER.index(level)
+
+
+@dataclass(slots=True)
+class Tick:
+    """Working copy of the controller state for one tick (mutable inside decide() only)."""
+
+    spec: HostSpec
+    obs: Observation
+    tenants: dict[str, TenantCtl]
+    layouts: dict[str, tuple[Slot, ...]]
+    reconfigs: list[float]
+    seq: int
+    events: list[DecisionEvent] = field(default_factory=list)
+    reserved: set[InstanceRef] = field(default_factory=set)
+    busy_gpus: set[str] = field(default_factory=set)
+
+    @staticmethod
+    def start(state: ControllerState, obs: Observation, spec: HostSpec) -> Tick:
+        now = obs.t
+        tick = Tick(
+            spec=spec,
+            obs=obs,
+            tenants={t.name: state.tenant(t.name) for t in spec.sensitive()},
+            layouts=dict(state.layouts),
+            reconfigs=[r for r in state.reconfigs if r > now - HOUR_S],
+            seq=state.seq,
+        )
+        for ctl in tick.tenants.values():
+            if ctl.target is not None:
+                tick.reserved.add(ctl.target)
+            if ctl.pending is not None:
+                tick.busy_gpus.update(s.gpu for s in ctl.stack[-1:] if s.gpu is not None and s.lever == RESIZE)
+        # A GPU whose managed layout is not yet the actual one has a change under way.
+        for gpu, layout in tick.layouts.items():
+            g = obs.gpus.get(gpu)
+            if g is not None and g.layout is not None and tuple(g.layout) != layout:
+                tick.busy_gpus.add(gpu)
+        return tick
+
+    # -- events --------------------------------------------------------------------------------
+    def emit(
+        self, tenant: str, kind: str, before: Level, after: Level, lever: str, reason: str, evidence: dict[str, Any]
+    ) -> None:
+        self.seq += 1
+        self.events.append(
+            DecisionEvent(
+                seq=self.seq,
+                t=self.obs.t,
+                tenant=tenant,
+                kind=kind,
+                level_from=before.value,
+                level_to=after.value,
+                lever=lever,
+                reason=reason,
+                evidence=evidence,
+                applied=self.spec.policy.enforce,
+            )
+        )
+
+    def budget_left(self) -> int:
+        return self.spec.policy.max_reconfigs_per_hour - len(self.reconfigs)
+
+    # -- one tenant ----------------------------------------------------------------------------
+    def step(self, t: TenantSpec) -> None:
+        policy = self.spec.policy
+        now = self.obs.t
+        ctl = self.tenants[t.name]
+        ts = self.obs.tenants.get(t.name)
+        slo = t.slo_s if t.slo_s is not None else float("inf")
+        w = judge(ts.latency if ts else None, t.quantile, slo, policy.release_ratio, policy.min_window_count)
+        if w.verdict is Verdict.VIOLATING:
+            ctl = replace(
+                ctl,
+                bad=ctl.bad + 1,
+                good=0,
+                last_value=w.value,
+                episode_start=ctl.episode_start if ctl.episode_start is not None else now,
+            )
+        elif w.verdict is Verdict.GOOD:
+            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value)
+        elif w.verdict is Verdict.BETWEEN:
+            ctl = replace(ctl, good=0, bad=0, last_value=w.value)
+        self.tenants[t.name] = ctl
+        self._check_pending(t)
+        ctl = self.tenants[t.name]
+        if ctl.pending is not None:
+            return
+        level = level_of(ctl)
+        free = (ctl.cooldown_until is None or now >= ctl.cooldown_until) and (
+            ctl.backoff_until is None or now >= ctl.backoff_until
+        )
+        if ctl.bad >= policy.y_windows and free:
+            self._escalate(t, w.value, slo)
+        elif (
+            ctl.good >= policy.z_windows
+            and level is not Level.STEADY
+            and free
+            and (ctl.dwell_until is None or now >= ctl.dwell_until)
+        ):
+            self._release(t)
+        elif ctl.good >= policy.z_windows and level is Level.STEADY and (ctl.failures or ctl.episode_start is not None):
+            # A calm stretch ends the episode: failed levers may be tried again next time.
+            self.tenants[t.name] = replace(ctl, failures=0, failed_levers=(), episode_start=None, last_reason="")
+
+    # -- in-flight operations ------------------------------------------------------------------
+    def _check_pending(self, t: TenantSpec) -> None:
+        ctl = self.tenants[t.name]
+        p = ctl.pending
+        if p is None:
+            return
+        now = self.obs.t
+        act = self.obs.actuation
+        failed = [o for o in act.outcomes if not o.ok and o.target in (p.target, *self._aux_targets(ctl))]
+        if failed:
+            self._fail(t, p, "fail", failed[0].error or "operation failed", {"target": failed[0].target})
+            return
+        if now - p.since > self.spec.policy.in_flight_timeout_s:
+            self._fail(t, p, "timeout", f"no completion within {self.spec.policy.in_flight_timeout_s:g}s", {})
+            return
+        if p.target in act.in_flight or any(x in act.in_flight for x in self._aux_targets(ctl)):
+            return
+        ts = self.obs.tenants.get(t.name)
+        actual = ts.instance if ts is not None else None
+        want = ctl.target
+        layout_ok = True
+        top = ctl.stack[-1] if ctl.stack and not p.releasing else None
+        gpu = top.gpu if top is not None and top.lever == RESIZE else None
+        if gpu is not None and gpu in self.layouts:
+            g = self.obs.gpus.get(gpu)
+            layout_ok = g is not None and g.layout is not None and tuple(g.layout) == self.layouts[gpu]
+        if (want is None or actual == want) and layout_ok:
+            lvl = level_of(ctl)
+            self.tenants[t.name] = replace(ctl, pending=None)
+            self.emit(t.name, "complete", lvl, lvl, p.lever, "operation finished", {"target": p.target})
+
+    @staticmethod
+    def _aux_targets(ctl: TenantCtl) -> tuple[str, ...]:
+        top = ctl.stack[-1] if ctl.stack else None
+        return (f"gpu:{top.gpu}",) if top is not None and top.gpu is not None and top.lever == RESIZE else ()
+
+    def _fail(self, t: TenantSpec, p: Pending, kind: str, reason: str, evidence: dict[str, Any]) -> None:
+        policy = self.spec.policy
+        ctl = self.tenants[t.name]
+        before = level_of(ctl)
+        failures = ctl.failures + 1
+        backoff = min(policy.backoff_max_s, policy.backoff_s * (2 ** (failures - 1)))
+        stack = ctl.stack
+        target = ctl.target
+        if not p.releasing and stack:
+            # Undo the step that failed; the next trigger tries the next lever.
+            step = stack[-1]
+            stack = stack[:-1]
+            target = step.from_instance if step.lever in (PLACE, RESIZE) else target
+            if step.lever == RESIZE and step.gpu is not None and step.prev_layout is not None:
+                self.layouts[step.gpu] = step.prev_layout
+        failed_levers = ctl.failed_levers if p.releasing else tuple(sorted({*ctl.failed_levers, p.lever}))
+        ctl = replace(
+            ctl,
+            stack=stack,
+            pending=None,
+            failures=failures,
+            failed_levers=failed_levers,
+            backoff_until=self.obs.t + backoff,
+            target=target,
+            last_reason=reason,
+        )
+        self.tenants[t.name] = ctl
+        self.emit(
+            t.name,
+            kind,
+            before,
+            level_of(ctl),
+            p.lever,
+            reason,
+            {**evidence, "backoff_s": backoff, "failures": failures},
+        )
+
+    # -- escalation ----------------------------------------------------------------------------
+    def _escalate(self, t: TenantSpec, value: float | None, slo: float) -> None:
+        policy = self.spec.policy
+        ctl = self.tenants[t.name]
+        level = level_of(ctl)
+        diag = diagnose(self.spec, self.obs, t)
+        done = {st.lever for st in ctl.stack}
+        # I/O (or unknown) cause: the cheap guard first; compute or memory: skip to placement.
+        first = [GUARD, PLACE, RESIZE] if diag.cause in (Cause.IO, Cause.UNKNOWN) else [PLACE, RESIZE]
+        order = [lv for lv in first if lv not in done and _LEVEL_OF[lv] > level_rank(level)]
+        enabled = {GUARD: policy.guards or policy.mps, PLACE: policy.placement, RESIZE: policy.mig}
+        window = {"value_s": value, "slo_s": slo, "bad_windows": ctl.bad, "quantile": t.quantile}
+        why_not: dict[str, str] = {}
+        for lever in order:
+            if not enabled[lever]:
+                why_not[lever] = "disabled by policy"
+                continue
+            if lever in ctl.failed_levers:
+                why_not[lever] = "failed in this episode"
+                continue
+            ok, reason = self._try(lever, t, diag, window)
+            if ok:
+                return
+            why_not[lever] = reason
+        reason = "; ".join(f"{k}: {v}" for k, v in why_not.items()) or "no lever left"
+        if reason != ctl.last_reason:
+            self.emit(
+                t.name,
+                "hold",
+                level,
+                level,
+                "",
+                reason,
+                {"window": window, "diagnosis": {"cause": diag.cause.value, **diag.evidence}},
+            )
+        self.tenants[t.name] = replace(self.tenants[t.name], last_reason=reason)
+
+    def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+        if lever == GUARD:
+            return self._guard(t, diag, window)
+        if lever == PLACE:
+            return self._place(t, diag, window)
+        return self._resize(t, diag, window)
+
+    def _acted(
+        self, t: TenantSpec, step: Step, pending: Pending | None, kind: str, reason: str, evidence: dict[str, Any]
+    ) -> None:
+        policy = self.spec.policy
+        now = self.obs.t
+        ctl = self.tenants[t.name]
+        before = level_of(ctl)
+        target = step.to_instance if step.to_instance is not None else ctl.target
+        if not policy.enforce:
+            pending = None  # dry-run: nothing will happen, so nothing is waited for
+        ctl = replace(
+            ctl,
+            stack=(*ctl.stack, step),
+            pending=pending,
+            bad=0,
+            good=0,
+            cooldown_until=now + policy.cooldown_s,
+            dwell_until=now + policy.dwell_s,
+            target=target,
+            last_reason="",
+        )
+        self.tenants[t.name] = ctl
+        self.emit(t.name, kind, before, step.level, step.lever, reason, evidence)
+
+    def _guard(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+        policy = self.spec.policy
+        now = self.obs.t
+        caps: list[Throttle] = []
+        names: list[str] = []
+        if policy.guards:
+            for a in diag.aggressors:
+                spec_a = self.spec.tenants[a.tenant]
+                if not a.throttleable or spec_a.role in (Role.PROTECTED, Role.SENSITIVE):
+                    continue
+                new = self._caps_for(spec_a, a, t.name, now)
+                if new:
+                    caps.extend(new)
+                    names.append(a.tenant)
+        mps: list[MpsLimit] = []
+        if policy.mps:
+            gpu = victim_anchor(self.spec, self.obs, t)
+            for o in sorted(self.spec.tenants.values(), key=lambda x: x.name):
+                if o.role is Role.COMPUTE and o.mps and o.gpu == gpu and gpu is not None:
+                    mps.append(MpsLimit(o.name, gpu, policy.mps_guard_percent, now + policy.throttle_expiry_s))
+                    names.append(o.name)
+        if not caps and not mps:
+            return False, "no throttleable aggressor on the victim's path"
+        step = Step(
+            level=Level.GUARDED,
+            lever=GUARD,
+            t=now,
+            aggressors=tuple(sorted(set(names))),
+            caps=tuple(sorted(caps)),
+            mps=tuple(sorted(mps)),
+        )
+        self._acted(
+            t,
+            step,
+            None,
+            "escalate",
+            f"{diag.cause.value} cause: cap {len(caps)} device(s) of {', '.join(sorted(set(names)))}",
+            {
+                "window": window,
+                "diagnosis": {"cause": diag.cause.value, **diag.evidence},
+                "caps": [
+                    {"tenant": c.tenant, "device": c.device, "read_bps": c.read_bps, "write_bps": c.write_bps}
+                    for c in caps
+                ],
+                "mps": [{"tenant": m.tenant, "percent": m.percent} for m in mps],
+            },
+        )
+        return True, ""
+
+    def _caps_for(self, who: TenantSpec, a: Aggressor, victim: str, now: float) -> list[Throttle]:
+        policy = self.spec.policy
+        ts = self.obs.tenants.get(who.name)
+        expires = now + policy.throttle_expiry_s
+        out = []
+        for dev, _bps in a.devices:
+            if dev.startswith("pcie:"):
+                continue
+            rate = ts.io.get(dev) if ts is not None and ts.io else None
+            rd = rate.read_bps if rate is not None else None
+            wr = rate.write_bps if rate is not None else None
+            out.append(
+                Throttle(
+                    tenant=who.name,
+                    device=dev,
+                    cgroup=who.cgroup,
+                    read_bps=max(policy.throttle_floor_bps, policy.throttle_factor * rd) if rd else None,
+                    write_bps=max(policy.throttle_floor_bps, policy.throttle_factor * wr) if wr else None,
+                    expires_at=expires,
+                    victim=victim,
+                )
+            )
+        if not out and who.devices:
+            # Only its GPU traffic is seen: cap the block devices it is configured to read.
+            bps = sum(b for _, b in a.devices)
+            cap = max(policy.throttle_floor_bps, policy.throttle_factor * bps)
+            out = [Throttle(who.name, d, who.cgroup, cap, cap, expires, victim) for d in who.devices]
+        return out
+
+    def _place(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+        policy = self.spec.policy
+        here, ranked = rank_candidates(self.spec, self.obs, t, diag.cause, self.reserved)
+        ranked = [s for s in ranked if s.instance.gpu not in self.busy_gpus]
+        if here is None:
+            return False, "the victim's current MIG instance is unknown"
+        if not ranked:
+            return False, "no free MIG instance at least as large"
+        best = ranked[0]
+        if best.penalty >= here.penalty - policy.placement_margin:
+            return False, (
+                f"no quieter instance (best {best.instance} penalty {best.penalty:.3f} vs {here.penalty:.3f} here)"
+            )
+        step = Step(
+            level=Level.PLACED, lever=PLACE, t=self.obs.t, from_instance=here.instance, to_instance=best.instance
+        )
+        self.reserved.add(best.instance)
+        self._acted(
+            t,
+            step,
+            Pending(f"tenant:{t.name}", PLACE, self.obs.t),
+            "escalate",
+            f"move to {best.instance} (penalty {best.penalty:.3f} < {here.penalty:.3f})",
+            {
+                "window": window,
+                "diagnosis": {"cause": diag.cause.value, **diag.evidence},
+                "current": here.as_evidence(),
+                "candidates": [s.as_evidence() for s in ranked[:5]],
+            },
+        )
+        return True, ""
+
+    def _resize(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+        if self.budget_left() <= 0:
+            return False, f"reconfiguration budget spent ({self.spec.policy.max_reconfigs_per_hour}/hour)"
+        ts = self.obs.tenants.get(t.name)
+        current = ts.instance if ts is not None and ts.instance is not None else t.instance
+        if current is None:
+            return False, "the victim's current MIG instance is unknown"
+        occ = occupied(self.spec, self.obs) | self.reserved
+        plan = plan_resize(self.spec, self.obs, current, self.busy_gpus, occ)
+        if plan is None:
+            return False, "no larger profile fits the placement rules beside the instances in use"
+        now = self.obs.t
+        self.layouts[plan.gpu] = plan.new_layout
+        self.reconfigs.append(now)
+        self.busy_gpus.add(plan.gpu)
+        self.reserved.add(plan.target)
+        step = Step(
+            level=Level.RESIZED,
+            lever=RESIZE,
+            t=now,
+            from_instance=current,
+            to_instance=plan.target,
+            gpu=plan.gpu,
+            prev_layout=plan.prev_layout,
+            new_layout=plan.new_layout,
+        )
+        self._acted(
+            t,
+            step,
+            Pending(f"tenant:{t.name}", RESIZE, now),
+            "escalate",
+            f"resize {current.profile} -> {plan.target.profile} on {plan.gpu}",
+            {
+                "window": window,
+                "diagnosis": {"cause": diag.cause.value, **diag.evidence},
+                "plan": plan.as_evidence(),
+                "reconfigs_last_hour": len(self.reconfigs),
+            },
+        )
+        return True, ""
+
+    # -- release -------------------------------------------------------------------------------
+    def _release(self, t: TenantSpec) -> None:
+        policy = self.spec.policy
+        now = self.obs.t
+        ctl = self.tenants[t.name]
+        step = ctl.stack[-1]
+        before = level_of(ctl)
+        after = ctl.stack[-2].level if len(ctl.stack) > 1 else Level.STEADY
+        pending: Pending | None = None
+        target = ctl.target
+        evidence: dict[str, Any] = {
+            "good_windows": ctl.good,
+            "value_s": ctl.last_value,
+            "release_below_s": (t.slo_s or 0) * policy.release_ratio,
+        }
+        reason = ""
+        if step.lever == GUARD:
+            reason = f"lift caps on {', '.join(step.aggressors)}"
+        elif step.lever == PLACE:
+            back = step.from_instance
+            if (
+                back is not None
+                and back not in occupied(self.spec, self.obs)
+                and back not in self.reserved
+                and back.gpu not in self.busy_gpus
+            ):
+                target = back
+                self.reserved.add(back)
+                pending = Pending(f"tenant:{t.name}", PLACE, now, releasing=True)
+                reason = f"move back to {back}"
+            else:
+                reason = "stay (the old instance is taken); release the level only"
+        else:  # RESIZE
+            if step.gpu in self.busy_gpus:
+                return  # another change on that GPU first
+            if self.budget_left() <= 0:
+                msg = "release waits for the reconfiguration budget"
+                if ctl.last_reason != msg:
+                    self.emit(t.name, "hold", before, before, RESIZE, msg, {})
+                    self.tenants[t.name] = replace(ctl, last_reason=msg)
+                return
+            assert step.gpu is not None and step.prev_layout is not None and step.to_instance is not None
+            home = step.from_instance
+            restored = None
+            if home is not None:
+                occ = (occupied(self.spec, self.obs) | self.reserved) - {step.to_instance}
+                restored = plan_restore(self.spec, self.obs, step.gpu, step.prev_layout, step.to_instance, home, occ)
+            if restored is not None and home is not None:
+                self.layouts[step.gpu] = restored
+                self.reconfigs.append(now)
+                self.busy_gpus.add(step.gpu)
+                target = home
+                self.reserved.add(home)
+                pending = Pending(f"tenant:{t.name}", RESIZE, now, releasing=True)
+                reason = f"give back {step.to_instance.profile}: return to {home}"
+                evidence["to_layout"] = [str(s) for s in restored]
+            else:
+                reason = "keep the larger slice (the old layout cannot come back); release the level only"
+        if not policy.enforce:
+            pending = None
+        self.tenants[t.name] = replace(
+            ctl,
+            stack=ctl.stack[:-1],
+            pending=pending,
+            good=0,
+            bad=0,
+            target=target,
+            cooldown_until=now + policy.cooldown_s,
+            dwell_until=now + policy.dwell_s,
+            last_reason="",
+        )
+        self.emit(t.name, "release", before, after, step.lever, reason, evidence)
+
+    # -- output --------------------------------------------------------------------------------
+    def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
+        """Caps of every guard on every stack, renewed to expire `throttle_expiry_s` from now;
+        one cap per (tenant, device): the tightest wins when two victims ask."""
+        now = self.obs.t
+        expiry = now + self.spec.policy.throttle_expiry_s
+        caps: dict[tuple[str, str], Throttle] = {}
+        mps: dict[tuple[str, str], MpsLimit] = {}
+        for name in sorted(self.tenants):
+            for step in self.tenants[name].stack:
+                for c in step.caps:
+                    c = replace(c, expires_at=expiry)
+                    key = (c.tenant, c.device)
+                    old = caps.get(key)
+                    caps[key] = (
+                        c
+                        if old is None
+                        else replace(
+                            old, read_bps=_min(old.read_bps, c.read_bps), write_bps=_min(old.write_bps, c.write_bps)
+                        )
+                    )
+                for m in step.mps:
+                    key = (m.tenant, m.gpu)
+                    old_m = mps.get(key)
+                    mps[key] = replace(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
+        return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)

@@ -1,0 +1,161 @@
+"""Where should a victim go? A penalty per candidate MIG instance, with its components.
+
+penalty = w_rc   * bandwidth of other tenants sharing the candidate GPU's root complex / link
+        + w_numa * block I/O on the candidate's NUMA node / norm
+        + w_irq  * mean IRQ rate on the candidate's local cores / norm
+        + w_move * cost of the move (0 staying, 0.3 same GPU, move_other_gpu another GPU)
+        - size bonus for a bigger slice when the cause is compute or memory
+Same GPU first falls out of the move cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fsm.diagnosis import Cause, path_traffic
+from fsm.mig import GpuModel, model_by_name
+from fsm.observation import InstanceRef, Observation
+from fsm.spec import HostSpec, TenantSpec
+from fsm.topology import Tier
+
+SAME_GPU_MOVE = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    instance: InstanceRef
+    penalty: float
+    root_complex: float
+    numa_block: float
+    irq: float
+    move: float
+    size: float
+
+    def as_evidence(self) -> dict[str, object]:
+        return {
+            "instance": str(self.instance),
+            "penalty": round(self.penalty, 4),
+            "root_complex": round(self.root_complex, 4),
+            "numa_block": round(self.numa_block, 4),
+            "irq": round(self.irq, 4),
+            "move": round(self.move, 4),
+            "size": round(self.size, 4),
+        }
+
+
+def gpu_model(spec: HostSpec, gpu: str) -> GpuModel | None:
+    key = spec.gpu_models.get(gpu)
+    if key is None and spec.topology.has(gpu):
+        key = spec.topology.node(gpu).model
+    if key is None:
+        return None
+    try:
+        return model_by_name(key)
+    except KeyError:
+        return None
+
+
+def slices_of(spec: HostSpec, inst: InstanceRef) -> int:
+    model = gpu_model(spec, inst.gpu)
+    if model is None or not model.has_profile(inst.profile):
+        return 0
+    return model.profile(inst.profile).slices
+
+
+def occupied(spec: HostSpec, obs: Observation) -> set[InstanceRef]:
+    """Instances a tenant runs on now (actual, else its home instance)."""
+    out = set()
+    for t in spec.tenants.values():
+        ts = obs.tenants.get(t.name)
+        inst = ts.instance if ts is not None and ts.instance is not None else t.instance
+        if inst is not None:
+            out.add(inst)
+    return out
+
+
+def free_instances(spec: HostSpec, obs: Observation, reserved: Iterable[InstanceRef]) -> list[InstanceRef]:
+    taken = occupied(spec, obs) | set(reserved)
+    out = []
+    for gpu_name in sorted(obs.gpus):
+        g = obs.gpus[gpu_name]
+        if g.lost or g.layout is None:
+            continue
+        for slot in g.layout:
+            ref = InstanceRef(gpu_name, slot.profile, slot.start)
+            if ref not in taken:
+                out.append(ref)
+    return out
+
+
+def _gpu_terms(spec: HostSpec, obs: Observation, gpu: str, victim: TenantSpec) -> tuple[float, float, float]:
+    topo = spec.topology
+    policy = spec.policy
+    # Other tenants' traffic that shares this GPU's root complex.
+    rc_bps = 0.0
+    for t in spec.tenants.values():
+        if t.name == victim.name:
+            continue
+        a = path_traffic(spec, obs, gpu, t)
+        if a is not None and a.bps >= policy.io_aggressor_min_bps and (a.tier is None or a.tier <= Tier.ROOT_COMPLEX):
+            rc_bps += a.bps
+    rc = rc_bps / policy.high_bw_bps
+    numa = topo.numa_of(gpu) if topo.has(gpu) else None
+    block = 0.0
+    irq = 0.0
+    if obs.host is not None:
+        if numa is not None:
+            block = sum(bps for dev, bps in obs.host.block_bps.items() if topo.has(dev) and topo.numa_of(dev) == numa)
+        cpus = topo.cpus_of(gpu) if topo.has(gpu) else ()
+        rates = [obs.host.irq_rate[c] for c in cpus if c in obs.host.irq_rate]
+        if rates:
+            irq = sum(rates) / len(rates)
+    return rc, block / policy.block_io_norm_bps, irq / policy.irq_norm_rate
+
+
+def score(
+    spec: HostSpec,
+    obs: Observation,
+    victim: TenantSpec,
+    current: InstanceRef | None,
+    cand: InstanceRef,
+    cause: Cause,
+    cache: dict[str, tuple[float, float, float]] | None = None,
+) -> Score:
+    policy = spec.policy
+    if cache is not None and cand.gpu in cache:
+        rc, numa, irq = cache[cand.gpu]
+    else:
+        rc, numa, irq = _gpu_terms(spec, obs, cand.gpu, victim)
+        if cache is not None:
+            cache[cand.gpu] = (rc, numa, irq)
+    if current is None or cand == current:
+        move = 0.0
+    elif cand.gpu == current.gpu:
+        move = SAME_GPU_MOVE
+    else:
+        move = policy.move_other_gpu
+    size = 0.0
+    if cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None:
+        size = max(0, slices_of(spec, cand) - slices_of(spec, current)) / 7.0
+    penalty = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq + policy.w_move * move - size
+    return Score(cand, penalty, rc, numa, irq, move, size)
+
+
+def rank_candidates(
+    spec: HostSpec, obs: Observation, victim: TenantSpec, cause: Cause, reserved: Iterable[InstanceRef]
+) -> tuple[Score | None, list[Score]]:
+    """(score of where the victim is now, candidates best first). Candidates are free instances
+    at least as large as the current one."""
+    ts = obs.tenants.get(victim.name)
+    current = ts.instance if ts is not None and ts.instance is not None else victim.instance
+    cache: dict[str, tuple[float, float, float]] = {}
+    here = score(spec, obs, victim, current, current, cause, cache) if current is not None else None
+    need = slices_of(spec, current) if current is not None else 0
+    scores = [
+        score(spec, obs, victim, current, c, cause, cache)
+        for c in free_instances(spec, obs, reserved)
+        if slices_of(spec, c) >= need
+    ]
+    scores.sort(key=lambda s: (s.penalty, s.instance.gpu != (current.gpu if current else ""), str(s.instance)))
+    return here, scores

@@ -1,0 +1,241 @@
+"""Observation traces: what `tailguard record` writes and `tailguard replay --shadow` reads.
+
+Format `tailguard.trace/1`, JSON lines (UTF-8, one object per line):
+
+    {"kind": "header", "schema": "tailguard.trace/1", "host": NAME, "created": ISO8601,
+     "spec": <fsm.codec.encode(HostSpec)>}
+    {"kind": "obs", "obs": <fsm.codec.encode(Observation)>}          one per tick
+    {"kind": "decision", ...}                                         optional; readers skip it
+
+The writer is line-buffered and fsyncs every few seconds, so a crash loses at most the last few
+seconds and leaves at worst one torn last line, which the reader tolerates. Any other bad line is
+an error naming the file and the line number. A file that grows past `max_bytes` is rotated to
+`PATH.1` (older ones shift to `.2`, ... up to `keep`), and the new file starts with a fresh header,
+so every file can be read on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from fsm.codec import DecodeError, decode_as, encode
+from fsm.observation import Observation
+from fsm.spec import HostSpec
+
+SCHEMA = "tailguard.trace/1"
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+class TraceError(Exception):
+    """A trace that cannot be read; the message names the file and, for a bad line, its number."""
+
+    def __init__(self, file: str, message: str, line: int | None = None) -> None:
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {message}")
+        self.file = file
+        self.line = line
+
+
+@dataclass(frozen=True, slots=True)
+class TraceHeader:
+    schema: str
+    host: str
+    created: str
+    spec: HostSpec
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+class TraceWriter:
+    """Append observations to a trace file. Not thread-safe; one writer per file."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        host: str,
+        spec: HostSpec,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        fsync_every_s: float = 5.0,
+        keep: int = 5,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.path = Path(path)
+        self.host = host
+        self.spec = spec
+        self.max_bytes = max_bytes
+        self.fsync_every_s = fsync_every_s
+        self.keep = max(1, keep)
+        self._spec_json = encode(spec)  # encoded once: the spec is static for a writer
+        self._f: IO[str] | None = None
+        self._bytes = 0
+        self._last_sync = time.monotonic()
+        self._open()
+
+    # -- file handling -------------------------------------------------------------------------
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        self._f = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - kept open
+        self._bytes = self.path.stat().st_size
+        if exists and not self._ends_with_newline():
+            # A torn last line from a crash: start on a fresh line so ours stay parseable.
+            self._emit("\n")
+        if not exists:
+            header = {
+                "kind": "header",
+                "schema": SCHEMA,
+                "host": self.host,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "spec": self._spec_json,
+            }
+            self._emit(_dumps(header) + "\n")
+            self._sync()
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def _emit(self, text: str) -> None:
+        assert self._f is not None, "trace writer is closed"
+        self._f.write(text)
+        self._bytes += len(text.encode("utf-8"))
+
+    def _sync(self) -> None:
+        if self._f is None:
+            return
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._last_sync = time.monotonic()
+
+    def _rotate(self) -> None:
+        assert self._f is not None
+        self._sync()
+        self._f.close()
+        self._f = None
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._open()
+
+    # -- API -------------------------------------------------------------------------------------
+    def write(self, obs: Observation) -> None:
+        self.write_record({"kind": "obs", "obs": encode(obs)})
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Write one line (an observation or a `decision` record readers skip)."""
+        if self._f is None:
+            raise ValueError(f"{self.path}: trace writer is closed")
+        line = _dumps(record) + "\n"
+        if self._bytes + len(line) > self.max_bytes and self._bytes > 0:
+            self._rotate()
+        self._emit(line)
+        if time.monotonic() - self._last_sync >= self.fsync_every_s:
+            self._sync()
+
+    def flush(self) -> None:
+        self._sync()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._sync()
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse_header(file: str, line: str) -> TraceHeader:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise TraceError(file, f"header is not JSON: {e.msg}", 1) from None
+    if not isinstance(data, dict) or data.get("kind") != "header":
+        raise TraceError(file, 'the first line must be the header ({"kind": "header", ...})', 1)
+    schema = data.get("schema")
+    if schema != SCHEMA:
+        raise TraceError(file, f"unsupported schema {schema!r} (this reader knows {SCHEMA!r})", 1)
+    for key in ("host", "created"):
+        if not isinstance(data.get(key), str):
+            raise TraceError(file, f"header.{key}: expected a string", 1)
+    try:
+        spec = decode_as(HostSpec, data.get("spec"), "header.spec")
+    except (DecodeError, ValueError, TypeError) as e:
+        raise TraceError(file, f"bad spec: {e}", 1) from None
+    return TraceHeader(schema=schema, host=data["host"], created=data["created"], spec=spec)
+
+
+def read_trace(path: str | os.PathLike[str]) -> tuple[TraceHeader, Iterator[Observation]]:
+    """The header (read now) and a lazy iterator over the observations.
+
+    A torn last line (no final newline and not valid JSON) is skipped; any other bad line raises
+    TraceError naming the file and line number.
+    """
+    file = str(path)
+    try:
+        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the generator
+    except OSError as e:
+        raise TraceError(file, f"cannot read: {e.strerror or e}") from None
+    try:
+        first = f.readline()
+    except UnicodeDecodeError as e:
+        f.close()
+        raise TraceError(file, f"not UTF-8 text: {e.reason}", 1) from None
+    if not first.strip():
+        f.close()
+        raise TraceError(file, "empty trace (no header)", 1)
+    try:
+        header = _parse_header(file, first)
+    except TraceError:
+        f.close()
+        raise
+    return header, _observations(f, file)
+
+
+def _observations(f: IO[str], file: str) -> Iterator[Observation]:
+    with f:
+        lineno = 1
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise TraceError(file, f"not UTF-8 text: {e.reason}", lineno + 1) from None
+            if not line:
+                return
+            lineno += 1
+            torn = not line.endswith("\n")
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                if torn:
+                    return  # the writer died mid-line: tolerated
+                raise TraceError(file, f"not JSON: {e.msg} at column {e.colno}", lineno) from None
+            if not isinstance(data, dict):
+                raise TraceError(file, "expected a JSON object", lineno)
+            kind = data.get("kind")
+            if kind in ("decision", "header"):
+                continue  # decisions are for people; a header may start a concatenated file
+            if kind != "obs":
+                raise TraceError(file, f"unknown record kind {kind!r} (expected obs, decision or header)", lineno)
+            try:
+                yield decode_as(Observation, data.get("obs"), "obs")
+            except (DecodeError, ValueError, TypeError) as e:
+                raise TraceError(file, f"bad observation: {e}", lineno) from None

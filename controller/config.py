@@ -32,7 +32,7 @@ def check_cgroup_rel(path: str) -> str:
     p = PurePosixPath(path)
     if p.is_absolute():
         raise ValueError("must be relative to host.cgroup_root (no leading '/')")
-    if any(part in ("..", ".") for part in p.parts):
+    if any(part in ("..", ".") for part in path.split("/")):
         raise ValueError("must not contain '.' or '..' components")
     return str(p)
 
@@ -262,7 +262,10 @@ class GpuConfig(Strict):
         if v is not None:
             from fsm.mig import model_by_name
 
-            model_by_name(v)
+            try:
+                model_by_name(v)
+            except KeyError as e:
+                raise ValueError(e.args[0]) from None
         return v
 
 

@@ -4,7 +4,7 @@ always give the same new state, desired state and events. No I/O, no clock (time
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fsm.desired import DecisionEvent, DesiredState
 from fsm.ladder import Tick
@@ -29,7 +29,8 @@ def decide(state: ControllerState, obs: Observation, spec: HostSpec) -> Decision
     if state.last_t is not None and obs.t < state.last_t:
         # Time went backwards (clock step or a reordered trace): never act on it.
         bad_input["observation.t: went backwards"] = bad_input.get("observation.t: went backwards", 0) + 1
-        return Decision(state, _desired(Tick.start(state, obs, spec)), ())
+        held = replace(state, bad_input=bad_input)
+        return Decision(held, _desired(Tick.start(held, replace(obs, t=state.last_t), spec)), ())
     tick = Tick.start(state, obs, spec)
     # Most urgent first, so a shared resource (a free instance, the budget) goes to the worst tail.
     order = sorted(spec.sensitive(), key=lambda t: (-_urgency(obs, t), t.name))

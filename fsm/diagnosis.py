@@ -63,41 +63,62 @@ def _closest(tiers: list[Tier | None]) -> Tier | None:
     return None
 
 
-def path_traffic(spec: HostSpec, obs: Observation, anchor: str | None, t: TenantSpec) -> Aggressor | None:
-    """The traffic of tenant `t` that shares the path to `anchor`, or None if it shares none."""
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """Per-tick index of who moves bytes where: built once, read by diagnosis and placement."""
+
+    items: dict[str, tuple[tuple[str, str, float], ...]]  # tenant -> (label, device, bytes/s)
+    memo: dict[str, Any] = field(default_factory=dict)  # per-tick results shared across victims
+
+    @staticmethod
+    def build(spec: HostSpec, obs: Observation) -> Traffic:
+        where = {name: tenant_gpu(spec, obs, t) for name, t in spec.tenants.items()}
+        per_gpu: dict[str, int] = {}
+        for g in where.values():
+            if g is not None:
+                per_gpu[g] = per_gpu.get(g, 0) + 1
+        items: dict[str, tuple[tuple[str, str, float], ...]] = {}
+        for name, t in sorted(spec.tenants.items()):
+            ts = obs.tenants.get(name)
+            out: list[tuple[str, str, float]] = []
+            if ts is not None and ts.io:
+                for dev, rate in sorted(ts.io.items()):
+                    bps = rate.total_bps
+                    if bps > 0:
+                        out.append((dev, dev, bps))
+            # Host<->device traffic (PCIe bytes are per GPU): the tenant's own figure when the
+            # source attributes it, else its GPU's when a bulk tenant is alone on that GPU.
+            gpu = where[name]
+            pcie = ts.pcie_bps if ts is not None else None
+            if pcie is None and gpu is not None and t.role is Role.BULK and per_gpu.get(gpu) == 1:
+                gs = obs.gpus.get(gpu)
+                pcie = gs.pcie_bps if gs is not None else None
+            if pcie and gpu is not None:
+                out.append((f"pcie:{gpu}", gpu, pcie))
+            if out:
+                items[name] = tuple(out)
+        return Traffic(items)
+
+
+def path_traffic(
+    spec: HostSpec, traffic: Traffic, anchor: str | None, t: TenantSpec, max_tier: Tier | None = None
+) -> Aggressor | None:
+    """The traffic of tenant `t` that shares the path to `anchor` (at most `max_tier` away, by
+    default the policy's io_share_tier), or None if it shares none."""
     topo = spec.topology
-    policy = spec.policy
-    ts = obs.tenants.get(t.name)
+    limit = spec.policy.io_share_tier if max_tier is None else max_tier
     devices: list[tuple[str, float]] = []
     tiers: list[Tier | None] = []
     total = 0.0
-    if ts is not None and ts.io:
-        for dev, rate in sorted(ts.io.items()):
-            bps = rate.total_bps
-            if bps <= 0:
-                continue
-            tier = topo.distance(anchor, dev) if anchor is not None else None
-            if anchor is not None and tier is None and topo.has(anchor) and topo.has(dev):
-                continue
-            # Unknown location: cannot be ruled out, so it counts (conservative on a VM).
-            if tier is None or tier <= policy.io_share_tier:
-                devices.append((dev, bps))
-                tiers.append(tier)
-                total += bps
-    # Host<->device traffic of a bulk tenant on its own GPU (PCIe bytes are per GPU).
-    gpu = tenant_gpu(spec, obs, t)
-    pcie = ts.pcie_bps if ts is not None else None
-    if pcie is None and gpu is not None and t.role is Role.BULK:
-        g = obs.gpus.get(gpu)
-        sharers = [o for o in spec.tenants.values() if tenant_gpu(spec, obs, o) == gpu]
-        if g is not None and g.pcie_bps is not None and len(sharers) == 1:
-            pcie = g.pcie_bps
-    if pcie and gpu is not None and anchor is not None:
-        tier = topo.distance(anchor, gpu)
-        if tier is None or tier <= policy.io_share_tier:
-            devices.append((f"pcie:{gpu}", pcie))
+    for label, dev, bps in traffic.items.get(t.name, ()):
+        tier = topo.distance(anchor, dev) if anchor is not None else None
+        if tier is None and anchor is not None and topo.has(anchor) and topo.has(dev):
+            continue
+        # Unknown location: cannot be ruled out, so it counts (conservative on a VM).
+        if tier is None or tier <= limit:
+            devices.append((label, bps))
             tiers.append(tier)
-            total += pcie
+            total += bps
     if total <= 0:
         return None
     return Aggressor(
@@ -109,25 +130,25 @@ def path_traffic(spec: HostSpec, obs: Observation, anchor: str | None, t: Tenant
     )
 
 
-def aggressors_for(spec: HostSpec, obs: Observation, victim: TenantSpec) -> list[Aggressor]:
+def aggressors_for(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
     """Tenants whose I/O shares the victim's path, most bytes first (closer first on ties)."""
     anchor = victim_anchor(spec, obs, victim)
     out = []
     for t in spec.tenants.values():
         if t.name == victim.name:
             continue
-        a = path_traffic(spec, obs, anchor, t)
+        a = path_traffic(spec, traffic, anchor, t)
         if a is not None and a.bps >= spec.policy.io_aggressor_min_bps:
             out.append(a)
     out.sort(key=lambda a: (-a.bps, a.tier if a.tier is not None else 9, a.tenant))
     return out
 
 
-def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec) -> Diagnosis:
+def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic | None = None) -> Diagnosis:
     policy = spec.policy
     ev: dict[str, Any] = {}
     anchor = victim_anchor(spec, obs, victim)
-    aggressors = aggressors_for(spec, obs, victim)
+    aggressors = aggressors_for(spec, obs, victim, traffic or Traffic.build(spec, obs))
     ev["aggressors"] = [
         {"tenant": a.tenant, "bps": round(a.bps), "tier": None if a.tier is None else a.tier.name.lower()}
         for a in aggressors[:8]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from fsm.desired import DesiredState
 from fsm.mig import Slot
 from fsm.observation import (
     GpuSample,
@@ -116,3 +117,38 @@ def synthetic_stream(period_s: float = 2.0, n: int = 120) -> Iterator[Observatio
         burst = 20 <= i < 70
         p99 = 0.021 if burst else 0.009
         yield example_observation(t, p99, 3e9 if burst else 2e8)
+
+
+class ToyPlant:
+    """A closed-loop toy host for the demo and the tests: the latency tenant's p99 grows with the
+    ETL bytes that reach its switch, caps cut those bytes, a move off the switch removes them and a
+    bigger slice shortens compute. Deliberately crude; the real model is replay/'s simulator."""
+
+    def __init__(self, period_s: float = 2.0) -> None:
+        self.period_s = period_s
+        self.t = 1000.0
+        self.llm_at = InstanceRef("gpu0", "2g.10gb", 0)
+        self.layouts = dict(EXAMPLE_LAYOUTS)
+        self.cap_bps: float | None = None
+
+    def etl_demand(self) -> float:
+        i = int((self.t - 1000.0) / self.period_s)
+        return 3e9 if 20 <= i % 200 < 110 else 2e8
+
+    def observe(self) -> Observation:
+        demand = self.etl_demand()
+        etl = min(demand, self.cap_bps) if self.cap_bps is not None else demand
+        on_switch = self.llm_at.gpu in ("gpu0", "gpu1")
+        slices = {"1g.5gb": 1, "2g.10gb": 2, "3g.20gb": 3, "4g.20gb": 4, "7g.40gb": 7}[self.llm_at.profile]
+        p99 = 0.008 * 2 / slices + (4e-12 * max(0.0, etl - 5e8) if on_switch else 0.0)
+        obs = example_observation(self.t, p99, etl, self.llm_at, self.layouts)
+        self.t += self.period_s
+        return obs
+
+    def apply(self, desired: DesiredState) -> None:
+        caps = [c.read_bps for c in desired.throttles if c.tenant == "etl" and c.read_bps is not None]
+        self.cap_bps = min(caps) if caps else None
+        self.layouts.update(desired.layouts)
+        want = desired.placements.get("llm")
+        if want is not None and want.slot in self.layouts.get(want.gpu, ()):
+            self.llm_at = want

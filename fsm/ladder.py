@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fsm.desired import DecisionEvent, MpsLimit, Throttle
-from fsm.diagnosis import Aggressor, Cause, Diagnosis, diagnose, victim_anchor
+from fsm.diagnosis import Aggressor, Cause, Diagnosis, Traffic, diagnose, victim_anchor
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.placement import occupied, rank_candidates
@@ -48,6 +48,13 @@ class Tick:
     events: list[DecisionEvent] = field(default_factory=list)
     reserved: set[InstanceRef] = field(default_factory=set)
     busy_gpus: set[str] = field(default_factory=set)
+    _traffic: Traffic | None = None
+
+    @property
+    def traffic(self) -> Traffic:
+        if self._traffic is None:
+            self._traffic = Traffic.build(self.spec, self.obs)
+        return self._traffic
 
     @staticmethod
     def start(state: ControllerState, obs: Observation, spec: HostSpec) -> Tick:
@@ -215,7 +222,7 @@ class Tick:
         policy = self.spec.policy
         ctl = self.tenants[t.name]
         level = level_of(ctl)
-        diag = diagnose(self.spec, self.obs, t)
+        diag = diagnose(self.spec, self.obs, t, self.traffic)
         done = {st.lever for st in ctl.stack}
         # I/O (or unknown) cause: the cheap guard first; compute or memory: skip to placement.
         first = [GUARD, PLACE, RESIZE] if diag.cause in (Cause.IO, Cause.UNKNOWN) else [PLACE, RESIZE]
@@ -235,7 +242,9 @@ class Tick:
                 return
             why_not[lever] = reason
         reason = "; ".join(f"{k}: {v}" for k, v in why_not.items()) or "no lever left"
-        if reason != ctl.last_reason:
+        # Re-announce a hold only when its gist changes (not on every new penalty figure).
+        gist = "; ".join(f"{k}: {v.split(' (')[0]}" for k, v in why_not.items()) or "no lever left"
+        if gist != ctl.last_reason:
             self.emit(
                 t.name,
                 "hold",
@@ -245,7 +254,8 @@ class Tick:
                 reason,
                 {"window": window, "diagnosis": {"cause": diag.cause.value, **diag.evidence}},
             )
-        self.tenants[t.name] = replace(self.tenants[t.name], last_reason=reason)
+        # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
+        self.tenants[t.name] = replace(self.tenants[t.name], last_reason=gist, bad=0)
 
     def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
         if lever == GUARD:
@@ -358,7 +368,7 @@ class Tick:
 
     def _place(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
         policy = self.spec.policy
-        here, ranked = rank_candidates(self.spec, self.obs, t, diag.cause, self.reserved)
+        here, ranked = rank_candidates(self.spec, self.obs, t, diag.cause, self.reserved, self.traffic)
         ranked = [s for s in ranked if s.instance.gpu not in self.busy_gpus]
         if here is None:
             return False, "the victim's current MIG instance is unknown"

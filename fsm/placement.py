@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fsm.diagnosis import Cause, path_traffic
+from fsm.diagnosis import Cause, Traffic, path_traffic
 from fsm.mig import GpuModel, model_by_name
 from fsm.observation import InstanceRef, Observation
 from fsm.spec import HostSpec, TenantSpec
@@ -88,17 +88,22 @@ def free_instances(spec: HostSpec, obs: Observation, reserved: Iterable[Instance
     return out
 
 
-def _gpu_terms(spec: HostSpec, obs: Observation, gpu: str, victim: TenantSpec) -> tuple[float, float, float]:
+def _gpu_terms(
+    spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str, victim: TenantSpec
+) -> tuple[float, float, float]:
     topo = spec.topology
     policy = spec.policy
-    # Other tenants' traffic that shares this GPU's root complex.
-    rc_bps = 0.0
-    for t in spec.tenants.values():
-        if t.name == victim.name:
-            continue
-        a = path_traffic(spec, obs, gpu, t)
-        if a is not None and a.bps >= policy.io_aggressor_min_bps and (a.tier is None or a.tier <= Tier.ROOT_COMPLEX):
-            rc_bps += a.bps
+    # Everybody's traffic that shares this GPU's root complex, once per tick; minus the victim's.
+    key = f"rc:{gpu}"
+    if key not in traffic.memo:
+        per: dict[str, float] = {}
+        for t in spec.tenants.values():
+            a = path_traffic(spec, traffic, gpu, t, Tier.ROOT_COMPLEX)
+            if a is not None and a.bps >= policy.io_aggressor_min_bps:
+                per[t.name] = a.bps
+        traffic.memo[key] = per
+    per_tenant = traffic.memo[key]
+    rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
     rc = rc_bps / policy.high_bw_bps
     numa = topo.numa_of(gpu) if topo.has(gpu) else None
     block = 0.0
@@ -120,15 +125,13 @@ def score(
     current: InstanceRef | None,
     cand: InstanceRef,
     cause: Cause,
-    cache: dict[str, tuple[float, float, float]] | None = None,
+    traffic: Traffic,
+    cache: dict[str, tuple[float, float, float]],
 ) -> Score:
     policy = spec.policy
-    if cache is not None and cand.gpu in cache:
-        rc, numa, irq = cache[cand.gpu]
-    else:
-        rc, numa, irq = _gpu_terms(spec, obs, cand.gpu, victim)
-        if cache is not None:
-            cache[cand.gpu] = (rc, numa, irq)
+    if cand.gpu not in cache:
+        cache[cand.gpu] = _gpu_terms(spec, obs, traffic, cand.gpu, victim)
+    rc, numa, irq = cache[cand.gpu]
     if current is None or cand == current:
         move = 0.0
     elif cand.gpu == current.gpu:
@@ -143,17 +146,23 @@ def score(
 
 
 def rank_candidates(
-    spec: HostSpec, obs: Observation, victim: TenantSpec, cause: Cause, reserved: Iterable[InstanceRef]
+    spec: HostSpec,
+    obs: Observation,
+    victim: TenantSpec,
+    cause: Cause,
+    reserved: Iterable[InstanceRef],
+    traffic: Traffic | None = None,
 ) -> tuple[Score | None, list[Score]]:
     """(score of where the victim is now, candidates best first). Candidates are free instances
     at least as large as the current one."""
     ts = obs.tenants.get(victim.name)
     current = ts.instance if ts is not None and ts.instance is not None else victim.instance
+    traffic = traffic or Traffic.build(spec, obs)
     cache: dict[str, tuple[float, float, float]] = {}
-    here = score(spec, obs, victim, current, current, cause, cache) if current is not None else None
+    here = score(spec, obs, victim, current, current, cause, traffic, cache) if current is not None else None
     need = slices_of(spec, current) if current is not None else 0
     scores = [
-        score(spec, obs, victim, current, c, cause, cache)
+        score(spec, obs, victim, current, c, cause, traffic, cache)
         for c in free_instances(spec, obs, reserved)
         if slices_of(spec, c) >= need
     ]

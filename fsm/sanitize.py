@@ -7,10 +7,12 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import fields, replace
+from functools import cache
 from typing import Any
 
-from fsm.observation import GpuSample, HostSample, IoRate, LatencyWindow, MigSample, Observation, TenantSample
+from fsm.observation import GpuSample, HostSample, LatencyWindow, Observation, TenantSample
 
+_INF = float("inf")
 _UNIT_FIELDS = {"util", "sm_active", "dram_active", "io_pressure", "cpu_pressure"}
 
 
@@ -30,15 +32,27 @@ def _bad(value: float, unit: bool) -> str | None:
     return None
 
 
+@cache
+def _numeric_fields(cls: Any) -> tuple[tuple[str, bool], ...]:
+    hints = {f.name: str(f.type) for f in fields(cls)}
+    return tuple(
+        (n, n in _UNIT_FIELDS)
+        for n, h in hints.items()
+        if ("float" in h or h.startswith("int")) and "tuple" not in h and "Mapping" not in h
+    )
+
+
 def _clean(obj: Any, where: str, reasons: Counter[str]) -> Any:
     changes: dict[str, Any] = {}
-    for f in fields(obj):
-        v = getattr(obj, f.name)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            why = _bad(v, f.name in _UNIT_FIELDS)
-            if why:
-                reasons[f"{where}.{f.name}: {why}"] += 1
-                changes[f.name] = None
+    for name, unit in _numeric_fields(obj.__class__):
+        v = getattr(obj, name)
+        # fast path: a finite, non-negative number (and <= 1 for fractions) needs no look
+        if v is None or (v.__class__ is float and 0.0 <= v <= (1.0 + 1e-6 if unit else _INF)):
+            continue
+        why = _bad(v, unit)
+        if why:
+            reasons[f"{where}.{name}: {why}"] += 1
+            changes[name] = None
     return replace(obj, **changes) if changes else obj
 
 
@@ -53,47 +67,54 @@ def _window(w: LatencyWindow, where: str, reasons: Counter[str]) -> LatencyWindo
     return w
 
 
-def _map(m: Mapping[str, Any], where: str, reasons: Counter[str]) -> dict[str, Any]:
-    return {k: _clean(v, f"{where}.{k}", reasons) for k, v in m.items()}
+def _map(m: Mapping[str, Any], where: str, reasons: Counter[str]) -> Mapping[str, Any]:
+    out = {k: _clean(v, f"{where}.{k}", reasons) for k, v in m.items()}
+    return m if all(out[k] is m[k] for k in m) else out
 
 
 def sanitize(obs: Observation) -> tuple[Observation, Counter[str]]:
+    """Return the observation with every bad number replaced by None, and the reasons counted.
+    When nothing is wrong the very same object comes back (the common case, kept cheap)."""
     reasons: Counter[str] = Counter()
     tenants: dict[str, TenantSample] = {}
     for name, ts in obs.tenants.items():
         where = f"tenant.{name}"
         t = _clean(ts, where, reasons)
         if t.latency is not None:
-            t = replace(t, latency=_window(t.latency, f"{where}.latency", reasons))
+            w = _window(t.latency, f"{where}.latency", reasons)
+            if w is not t.latency:
+                t = replace(t, latency=w)
         if t.io is not None:
-            io: dict[str, IoRate] = _map(t.io, f"{where}.io", reasons)
-            t = replace(t, io=io)
+            io = _map(t.io, f"{where}.io", reasons)
+            if io is not t.io:
+                t = replace(t, io=io)
         tenants[name] = t
     gpus: dict[str, GpuSample] = {}
     for name, gs in obs.gpus.items():
         g = _clean(gs, f"gpu.{name}", reasons)
         if g.instances:
-            inst: dict[str, MigSample] = _map(g.instances, f"gpu.{name}.mig", reasons)
-            g = replace(g, instances=inst)
+            inst = _map(g.instances, f"gpu.{name}.mig", reasons)
+            if inst is not g.instances:
+                g = replace(g, instances=inst)
         gpus[name] = g
     host = obs.host
     if host is not None:
-        host = HostSample(
-            block_bps=_rates(host.block_bps, "host.block", reasons),
-            nic_bps=_rates(host.nic_bps, "host.nic", reasons),
-            irq_rate=_rates(host.irq_rate, "host.irq", reasons),
-        )
+        block = _rates(host.block_bps, "host.block", reasons)
+        nic = _rates(host.nic_bps, "host.nic", reasons)
+        irq = _rates(host.irq_rate, "host.irq", reasons)
+        if block is not host.block_bps or nic is not host.nic_bps or irq is not host.irq_rate:
+            host = HostSample(block_bps=block, nic_bps=nic, irq_rate=irq)
     if not reasons:
         return obs, reasons
     return replace(obs, tenants=tenants, gpus=gpus, host=host), reasons
 
 
-def _rates(m: Mapping[Any, float], where: str, reasons: Counter[str]) -> dict[Any, float]:
-    out = {}
-    for k, v in m.items():
-        why = _bad(v, False)
-        if why:
-            reasons[f"{where}.{k}: {why}"] += 1
-        else:
-            out[k] = v
-    return out
+def _rates(m: Mapping[Any, float], where: str, reasons: Counter[str]) -> Mapping[Any, float]:
+    bad = {
+        k: why for k, v in m.items() if (v.__class__ is not float or not 0.0 <= v < _INF) and (why := _bad(v, False))
+    }
+    if not bad:
+        return m
+    for k, why in bad.items():
+        reasons[f"{where}.{k}: {why}"] += 1
+    return {k: v for k, v in m.items() if k not in bad}

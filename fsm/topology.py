@@ -70,6 +70,7 @@ class Topology:
     _index: dict[str, Node] = field(default_factory=dict, compare=False, repr=False)
     _alias: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     _chain: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _dist: dict[tuple[str, str], Tier | None] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         index: dict[str, Node] = {}
@@ -159,6 +160,14 @@ class Topology:
 
     def distance(self, a: str, b: str) -> Tier | None:
         """Tier of the lowest common ancestor; None when either device is unknown."""
+        key = (a, b)
+        if key not in self._dist:
+            if len(self._dist) > 100_000:  # names come from observations: keep the memo bounded
+                self._dist.clear()
+            self._dist[key] = self._distance(a, b)  # a pure memo: the tree never changes
+        return self._dist[key]
+
+    def _distance(self, a: str, b: str) -> Tier | None:
         if not (self.has(a) and self.has(b)):
             return None
         ida, idb = self.node(a).id, self.node(b).id

@@ -1,0 +1,87 @@
+"""Config validation and `tailguard check-config`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from controller.config import ConfigError, check_cgroup_rel, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "systemd" / "tailguard.toml"
+
+
+def test_example_config_is_valid_and_maps_to_the_core_types():
+    cfg = load_config(EXAMPLE)
+    specs = cfg.tenant_specs()
+    assert specs["llm"].slo_s == pytest.approx(0.2) and specs["llm"].instance is not None
+    assert cfg.policy_obj().enforce is False  # the example starts in dry-run
+
+
+def test_check_config_exit_codes(tmp_path, capsys):
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE.read_text().replace("cooldown_s = 30", 'cooldown_s = "soon"\nbogus = 1'))
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: policy.cooldown_s: Input should be a valid number" in err
+    assert f"{bad}: policy.bogus: unknown key" in err
+    assert "Traceback" not in err
+
+
+def test_check_config_as_a_command():
+    r = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "check-config", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "text,expect",
+    [
+        ("[host]\nmode = 'yolo'\n", "host.mode: Input should be 'enforce' or 'dry-run'"),
+        (
+            "[[tenants]]\nname = 'a'\nrole = 'sensitive'\n",
+            "tenants[0](a): Value error, a sensitive tenant needs slo_ms",
+        ),
+        ("[[tenants]]\nname = 'a'\nrole = 'bulk'\ncgroup = '../../etc'\n", "tenants[0](a).cgroup"),
+        ("[[tenants]]\nname = 'a'\nrole = 'bulk'\ninstance = 'gpu0/3g'\n", "tenants[0](a).instance"),
+        ("[[tenants]]\nname = 'a'\nrole = 'bulk'\n[[tenants]]\nname = 'a'\nrole = 'bulk'\n", "repeated: a"),
+        ("[exporters.mqtt]\ncontrol_topic = true\n", "control_topic needs username"),
+        ("[exporters.prometheus]\nlisten = 'nowhere'\n", "exporters.prometheus.listen"),
+        ("[[gpus]]\nname = 'gpu0'\nindex = 0\nmodel = 'Z100'\n", "unknown GPU model 'Z100'"),
+        ("[host\n", "TOML syntax"),
+        ("[policy]\ny_windows = 0\n", "policy.y_windows: Input should be greater than or equal to 1"),
+    ],
+)
+def test_every_problem_names_the_key(text, expect):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, "x.toml")
+    assert any(expect in p for p in ei.value.problems), ei.value.problems
+    assert str(ei.value).startswith("x.toml: ")
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as ei:
+        parse_config("[host]\nmode = 1\nsample_period_s = -1\nwhat = 2\n", "x.toml")
+    assert len(ei.value.problems) == 3
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../b", "/abs", "a\nb", "", "a/./b", "x" * 2000])
+def test_hostile_cgroup_paths_are_refused(path):
+    with pytest.raises(ValueError):
+        check_cgroup_rel(path)
+
+
+def test_unreadable_config_is_an_error_not_a_traceback(tmp_path, capsys):
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 2
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
+    assert main(["check-config", str(tmp_path / "bin.toml")]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -1,0 +1,282 @@
+"""One test per transition of the escalation ladder, and the host-wide arbitration rules."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fsm.decide import Decision, decide
+from fsm.examples import EXAMPLE_LAYOUTS, example_observation, example_spec
+from fsm.mig import Slot
+from fsm.observation import ActuationStatus, InstanceRef, MigSample, Observation, Outcome, TenantSample
+from fsm.spec import Level, Policy, Role, TenantSpec
+from fsm.state import ControllerState
+
+SLO = 0.015
+HOME = InstanceRef("gpu0", "2g.10gb", 0)
+
+
+def run(spec, state, observations):
+    out: list[Decision] = []
+    for obs in observations:
+        d = decide(state, obs, spec)
+        state = d.state
+        out.append(d)
+    return state, out
+
+
+def events(decisions, kind=None):
+    return [e for d in decisions for e in d.events if kind is None or e.kind == kind]
+
+
+def stream(t0, n, p99, etl=3e9, **kw):
+    return [example_observation(t0 + 2.0 * i, p99, etl, **kw) for i in range(n)]
+
+
+def test_steady_to_guarded_on_io_cause_after_y_windows():
+    spec = example_spec()
+    state, ds = run(spec, ControllerState(), stream(0, 2, 0.020))
+    assert not events(ds)  # two bad windows: not yet
+    state, ds = run(spec, state, stream(4, 1, 0.020))
+    (e,) = events(ds)
+    assert (e.kind, e.level_from, e.level_to, e.lever) == ("escalate", "steady", "guarded", "guard")
+    assert e.evidence["diagnosis"]["cause"] == "io"
+    caps = ds[-1].desired.throttles
+    assert [(c.tenant, c.device) for c in caps] == [("etl", "nvme0n1")]
+    assert caps[0].read_bps == 1.5e9 and caps[0].expires_at == 4 + spec.policy.throttle_expiry_s
+    assert state.tenant("llm").level is Level.GUARDED
+
+
+def test_protected_and_sensitive_tenants_are_never_throttled():
+    spec = example_spec()
+    _, ds = run(spec, ControllerState(), stream(0, 3, 0.020, etl=3e9))
+    assert {c.tenant for d in ds for c in d.desired.throttles} == {"etl"}  # db (protected) shares nvme0n1 too
+    # With only protected traffic on the path there is nothing to guard: go to placement.
+    spec2 = replace(spec, tenants={k: v for k, v in spec.tenants.items() if k != "etl"})
+    _, ds = run(spec2, ControllerState(), stream(0, 3, 0.020, etl=3e9))
+    assert not any(d.desired.throttles for d in ds)
+
+
+def test_compute_cause_skips_the_guard_and_places():
+    spec = example_spec()
+    obs = stream(0, 3, 0.020, etl=0.0)
+    hot = []
+    for o in obs:
+        g = o.gpus["gpu0"]
+        inst = dict(g.instances)
+        inst["2g.10gb@0"] = MigSample(sm_active=0.97, dram_active=0.4)
+        hot.append(replace(o, gpus={**o.gpus, "gpu0": replace(g, instances=inst)}))
+    _, ds = run(spec, ControllerState(), hot)
+    (e,) = events(ds)
+    assert e.evidence["diagnosis"]["cause"] == "compute"
+    assert (e.level_to, e.lever) == ("placed", "place")
+    # the size bonus prefers a bigger free instance: the free 3g on gpu0 (same GPU first)
+    assert ds[-1].desired.placements["llm"] == InstanceRef("gpu0", "3g.20gb", 4)
+
+
+def _guarded(spec):
+    state, _ = run(spec, ControllerState(), stream(0, 3, 0.020))
+    assert state.tenant("llm").level is Level.GUARDED
+    return state
+
+
+def test_guarded_to_placed_after_cooldown_when_still_violating():
+    spec = example_spec()
+    state = _guarded(spec)
+    # still violating, but inside the cooldown (30 s): no action
+    state, ds = run(spec, state, stream(6, 10, 0.020))
+    assert not events(ds, "escalate")
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    (e,) = events(ds, "escalate")
+    assert (e.level_from, e.level_to, e.lever) == ("guarded", "placed", "place")
+    target = ds[-1].desired.placements["llm"]
+    assert target.gpu == "gpu3"  # off the ETL's switch
+    assert e.evidence["candidates"][0]["instance"] == str(target)
+    assert state.tenant("llm").pending is not None
+
+
+def test_pending_move_blocks_actions_until_it_completes():
+    spec = example_spec()
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    target = ds[-1].desired.placements["llm"]
+    # in flight: nothing more happens even with bad windows, the move is re-asserted
+    flying = [replace(o, actuation=ActuationStatus(in_flight=("tenant:llm",))) for o in stream(90, 5, 0.030)]
+    state, ds = run(spec, state, flying)
+    assert not events(ds) and all(d.desired.placements["llm"] == target for d in ds)
+    # done: the observation shows the tenant on the target
+    state, ds = run(spec, state, stream(100, 1, 0.010, llm_at=target))
+    assert [e.kind for e in events(ds)] == ["complete"]
+    assert state.tenant("llm").pending is None
+
+
+def test_failed_move_backs_off_and_tries_the_next_lever():
+    spec = example_spec()
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    bad = [
+        replace(o, actuation=ActuationStatus(outcomes=(Outcome("tenant:llm", False, "readiness deadline", 50),)))
+        for o in stream(50, 1, 0.020)
+    ]
+    state, ds = run(spec, state, bad)
+    (e,) = events(ds)
+    assert e.kind == "fail" and e.level_to == "guarded" and e.evidence["backoff_s"] == spec.policy.backoff_s
+    assert "llm" not in ds[-1].desired.placements or ds[-1].desired.placements["llm"] == HOME
+    ctl = state.tenant("llm")
+    assert ctl.failed_levers == ("place",) and ctl.backoff_until == 50 + spec.policy.backoff_s
+    # inside the backoff: nothing; after it: the next lever (resize)
+    state, ds = run(spec, state, stream(52, 20, 0.020))
+    assert not events(ds, "escalate")
+    state, ds = run(spec, state, stream(120, 3, 0.020))
+    (e,) = events(ds, "escalate")
+    assert (e.level_to, e.lever) == ("resized", "resize")
+
+
+def test_operation_that_never_reports_times_out():
+    spec = example_spec(Policy(in_flight_timeout_s=20))
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    state, ds = run(spec, state, stream(46, 12, 0.012))
+    assert [e.kind for e in events(ds)] == ["timeout"]
+
+
+def _placed_then_resized(spec):
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    target = ds[-1].desired.placements["llm"]
+    state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
+    state, ds = run(spec, state, stream(100, 3, 0.020, llm_at=target))
+    (e,) = events(ds, "escalate")
+    assert (e.level_from, e.level_to, e.lever) == ("placed", "resized", "resize")
+    desired = ds[-1].desired
+    return state, target, desired
+
+
+def test_placed_to_resized_plans_a_valid_bigger_slice_on_the_same_gpu():
+    spec = example_spec()
+    state, target, desired = _placed_then_resized(spec)
+    new = desired.placements["llm"]
+    assert new.gpu == target.gpu == "gpu3" and new.profile == "3g.20gb"
+    layout = desired.layouts["gpu3"]
+    assert Slot(new.start, new.profile) in layout
+    assert len(state.reconfigs) == 1 and 100 <= state.reconfigs[0] <= 104
+
+
+def test_release_steps_back_in_reverse_order_after_z_good_windows_and_dwell():
+    spec = example_spec()
+    state, _placed_at, desired = _placed_then_resized(spec)
+    big = desired.placements["llm"]
+    layouts = {**EXAMPLE_LAYOUTS, **desired.layouts}
+    state, _ = run(spec, state, stream(110, 1, 0.005, llm_at=big, layouts=layouts))
+    assert state.tenant("llm").pending is None
+    kinds = []
+    t = 112.0
+    at, lay = big, layouts
+    for _ in range(200):
+        d = decide(state, example_observation(t, 0.005, 1e8, llm_at=at, layouts=lay), spec)
+        state = d.state
+        for e in d.events:
+            kinds.append((e.kind, e.level_from, e.level_to))
+        at = d.desired.placements.get("llm", at)
+        lay = {**lay, **d.desired.layouts}
+        t += 2.0
+    releases = [k for k in kinds if k[0] == "release"]
+    assert releases == [
+        ("release", "resized", "placed"),
+        ("release", "placed", "guarded"),
+        ("release", "guarded", "steady"),
+    ]
+    assert state.tenant("llm").level is Level.STEADY
+    assert at == HOME  # moved back home in the end
+    assert lay["gpu3"] == EXAMPLE_LAYOUTS["gpu3"]  # the resize was given back
+
+
+def test_reconfiguration_budget_is_never_exceeded():
+    spec = example_spec(Policy(max_reconfigs_per_hour=0))
+    state, _ = run(spec, ControllerState(), stream(0, 3, 0.020))
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    target = ds[-1].desired.placements["llm"]
+    state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
+    state, ds = run(spec, state, stream(100, 3, 0.020, llm_at=target))
+    holds = events(ds, "hold")
+    assert holds and "budget" in holds[0].reason
+    assert not events(ds, "escalate")
+
+
+def test_two_victims_are_never_sent_to_the_same_instance():
+    spec = example_spec()
+    twin = TenantSpec("llm2", Role.SENSITIVE, "llm2.slice", "gpu0", InstanceRef("gpu0", "2g.10gb", 2), SLO)
+    spec = replace(spec, tenants={**spec.tenants, "llm2": twin})
+    obs = []
+    for o in stream(0, 3, 0.020, etl=0.0):
+        g = o.gpus["gpu0"]
+        inst = {k: MigSample(sm_active=0.97) for k in g.instances}
+        t2 = replace(o.tenants["llm"], instance=twin.instance)
+        obs.append(replace(o, tenants={**o.tenants, "llm2": t2}, gpus={**o.gpus, "gpu0": replace(g, instances=inst)}))
+    _, ds = run(spec, ControllerState(), obs)
+    places = ds[-1].desired.placements
+    assert set(places) == {"llm", "llm2"} and places["llm"] != places["llm2"]
+
+
+def test_one_mig_change_per_gpu_at_a_time():
+    spec = example_spec()
+    state, _, desired = _placed_then_resized(spec)
+    # another victim wants gpu3 changed while the first change is in flight: it must not get it
+    twin = TenantSpec("llm2", Role.SENSITIVE, "llm2.slice", "gpu3", InstanceRef("gpu3", "2g.10gb", 2), SLO)
+    spec2 = replace(spec, tenants={**spec.tenants, "llm2": twin})
+    busy = []
+    for o in stream(200, 40, 0.020, llm_at=desired.placements["llm"]):
+        t2 = replace(o.tenants["llm"], instance=twin.instance)
+        busy.append(
+            replace(
+                o, tenants={**o.tenants, "llm2": t2}, actuation=ActuationStatus(in_flight=("tenant:llm", "gpu:gpu3"))
+            )
+        )
+    _, ds = run(spec2, state, busy)
+    for e in events(ds, "escalate"):
+        if e.tenant == "llm2" and e.lever == "resize":
+            assert e.evidence["plan"]["gpu"] != "gpu3"
+        if e.tenant == "llm2" and e.lever == "place":
+            assert not e.evidence["candidates"][0]["instance"].startswith("gpu3/")
+
+
+def test_dry_run_decides_but_marks_nothing_applied_and_waits_for_nothing():
+    spec = example_spec(Policy(enforce=False))
+    state, ds = run(spec, ControllerState(), stream(0, 3, 0.020))
+    (e,) = events(ds)
+    assert e.applied is False and ds[-1].desired.enforce is False
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    assert state.tenant("llm").pending is None  # nothing waited for in dry-run
+
+
+def test_bad_numbers_are_unavailable_and_counted_never_zero():
+    spec = example_spec()
+    obs = example_observation(0, float("nan"), -5.0)
+    d = decide(ControllerState(), obs, spec)
+    bad = d.state.bad_input
+    assert bad["tenant.llm.latency.p99: NaN"] == 1
+    assert bad["tenant.etl.io.nvme0n1.read_bps: negative"] == 1
+    assert bad["gpu.gpu1.pcie_tx_bps: negative"] == 1
+    # a NaN window counts as empty, not as good or bad
+    assert d.state.tenant("llm").bad == 0 and d.state.tenant("llm").good == 0
+
+
+def test_time_going_backwards_is_ignored_and_counted():
+    spec = example_spec()
+    state, _ = run(spec, ControllerState(), stream(100, 2, 0.020))
+    d = decide(state, example_observation(50, 0.020, 3e9), spec)
+    assert d.state.bad_input["observation.t: went backwards"] == 1
+    assert not d.events and d.state.tenant("llm").bad == 2
+
+
+def test_unavailable_latency_holds_the_counters():
+    spec = example_spec()
+    state, _ = run(spec, ControllerState(), stream(0, 2, 0.020))
+    missing = Observation(t=10, tenants={"llm": TenantSample(latency=None)}, unavailable={"latency:llm": "timeout"})
+    d = decide(state, missing, spec)
+    assert d.state.tenant("llm").bad == 2 and not d.events
+
+
+def test_state_round_trips_through_json():
+    spec = example_spec()
+    state, _, _ = _placed_then_resized(spec)
+    assert ControllerState.from_json(state.to_json()) == state

@@ -1,0 +1,160 @@
+"""cgroup I/O caps: v2 `io.max` and the v1 `blkio.throttle.*_device` files.
+
+Formats (kernel Documentation/admin-guide/cgroup-v2.rst "io.max" and cgroup-v1/blkio-controller.rst):
+  v2 io.max:   one line per device with a limit: `8:16 rbps=2097152 wbps=max riops=max wiops=120`;
+               write `MAJ:MIN key=value ...` to change only the keys given, `max` lifts a key.
+  v1:          blkio.throttle.{read,write}_{bps,iops}_device, lines `8:16 1048576`; writing
+               `8:16 0` removes the rule.
+tailguard only manages the bps keys; iops limits someone else set are left alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from actuators.paths import confine
+
+Version = Literal["v1", "v2"]
+
+
+class CgroupError(Exception):
+    pass
+
+
+class CgroupGone(CgroupError):
+    """The tenant's group does not exist (any more)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Caps:
+    rbps: int | None = None  # None: no cap
+    wbps: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.rbps is None and self.wbps is None
+
+    def __str__(self) -> str:
+        return f"rbps={self.rbps or 'max'} wbps={self.wbps or 'max'}"
+
+
+def detect(root: str | os.PathLike[str], version: str = "auto") -> tuple[Version, Path]:
+    """(version, the directory that holds the I/O controller's groups)."""
+    r = Path(root)
+    if version in ("v2", "auto") and (r / "cgroup.controllers").exists():
+        return "v2", r
+    if version in ("v1", "auto"):
+        for cand in (r, r / "blkio", r / "blkio,cpuacct", r / "cpuacct,blkio"):
+            if (cand / "blkio.throttle.write_bps_device").exists():
+                return "v1", cand
+    if version == "v2":
+        raise CgroupError(f"{r} is not a cgroup v2 hierarchy (no cgroup.controllers)")
+    if version == "v1":
+        raise CgroupError(f"no cgroup v1 blkio hierarchy at {r} or {r}/blkio")
+    raise CgroupError(f"no cgroup v2 hierarchy and no v1 blkio controller found at {r}")
+
+
+def _parse_v2(text: str) -> dict[str, Caps]:
+    out: dict[str, Caps] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        kv = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+        rb, wb = kv.get("rbps", "max"), kv.get("wbps", "max")
+        caps = Caps(None if rb == "max" else int(rb), None if wb == "max" else int(wb))
+        if not caps.empty:
+            out[parts[0]] = caps
+    return out
+
+
+def _parse_v1(read_text: str, write_text: str) -> dict[str, Caps]:
+    def table(text: str) -> dict[str, int]:
+        t: dict[str, int] = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) > 0:
+                t[parts[0]] = int(parts[1])
+        return t
+
+    r, w = table(read_text), table(write_text)
+    return {d: Caps(r.get(d), w.get(d)) for d in sorted(set(r) | set(w))}
+
+
+class CgroupIO:
+    def __init__(self, root: str | os.PathLike[str], version: str = "auto") -> None:
+        self.version, self.root = detect(root, version)
+
+    def group(self, rel: str) -> Path:
+        g = confine(self.root, rel)
+        if not g.is_dir():
+            raise CgroupGone(f"cgroup {rel!r} does not exist under {self.root}")
+        return g
+
+    def _read_file(self, path: Path, rel: str) -> str:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if not path.parent.is_dir():
+                raise CgroupGone(f"cgroup {rel!r} disappeared") from None
+            raise CgroupError(f"{path}: missing (is the io controller enabled for {rel!r}?)") from None
+        except OSError as e:
+            raise CgroupError(f"{path}: cannot read: {e.strerror}") from None
+        with os.fdopen(fd, "r") as f:
+            return f.read()
+
+    def _write_file(self, path: Path, line: str, rel: str) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if not path.parent.is_dir():
+                raise CgroupGone(f"cgroup {rel!r} disappeared") from None
+            raise CgroupError(f"{path}: missing (is the io controller enabled for {rel!r}?)") from None
+        except OSError as e:
+            hint = " (tailguard needs root / CAP_SYS_ADMIN)" if e.errno in (errno.EPERM, errno.EACCES) else ""
+            raise CgroupError(f"{path}: cannot open for writing: {e.strerror}{hint}") from None
+        try:
+            os.write(fd, line.encode())
+        except OSError as e:
+            if e.errno == errno.ENODEV and not path.parent.is_dir():
+                raise CgroupGone(f"cgroup {rel!r} disappeared") from None
+            hint = " (tailguard needs root / CAP_SYS_ADMIN)" if e.errno in (errno.EPERM, errno.EACCES) else ""
+            raise CgroupError(f"{path}: kernel refused {line.strip()!r}: {e.strerror}{hint}") from None
+        finally:
+            os.close(fd)
+
+    def read(self, rel: str) -> dict[str, Caps]:
+        """Caps currently set on the group, by MAJ:MIN (devices without a bps cap are omitted)."""
+        g = self.group(rel)
+        try:
+            if self.version == "v2":
+                return _parse_v2(self._read_file(g / "io.max", rel))
+            return _parse_v1(
+                self._read_file(g / "blkio.throttle.read_bps_device", rel),
+                self._read_file(g / "blkio.throttle.write_bps_device", rel),
+            )
+        except ValueError as e:
+            raise CgroupError(f"cgroup {rel!r}: cannot parse the I/O limits: {e}") from None
+
+    def write(self, rel: str, majmin: str, caps: Caps) -> Caps:
+        """Set (or with empty caps, lift) the bps caps for one device and read them back."""
+        g = self.group(rel)
+        for v in (caps.rbps, caps.wbps):
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise CgroupError(f"cgroup {rel!r}: a cap must be a positive whole number of bytes/s, got {v!r}")
+        if self.version == "v2":
+            self._write_file(g / "io.max", f"{majmin} rbps={caps.rbps or 'max'} wbps={caps.wbps or 'max'}\n", rel)
+        else:
+            self._write_file(g / "blkio.throttle.read_bps_device", f"{majmin} {caps.rbps or 0}\n", rel)
+            self._write_file(g / "blkio.throttle.write_bps_device", f"{majmin} {caps.wbps or 0}\n", rel)
+        got = self.read(rel).get(majmin, Caps())
+        if got != caps:
+            raise CgroupError(f"cgroup {rel!r}: wrote {caps} for {majmin} but read back {got}")
+        return got
+
+    def lift(self, rel: str, majmin: str) -> None:
+        self.write(rel, majmin, Caps())

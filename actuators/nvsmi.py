@@ -1,0 +1,330 @@
+"""`nvidia-smi` for MIG: parsers for its tables and messages, and an async client.
+
+Formats and messages follow real captures (../shared/fixtures, MIG-PROFILES.md sections 3-5):
+boxed tables of several widths (R460 76 columns, 79, 81), a last border that may be missing,
+CRLF line ends, numbers right-aligned to width 2 in messages (`ID  9`, `GPU  0`). Parsing is by
+row pattern, never by column offset. Every call has a timeout; the tool runs without a shell.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from actuators.proc import Result, ToolError, run
+
+
+class NvsmiError(Exception):
+    """nvidia-smi failed or said something we could not understand; `nvml` is its error string."""
+
+    def __init__(self, message: str, nvml: str = "") -> None:
+        super().__init__(message)
+        self.nvml = nvml
+
+    @property
+    def in_use(self) -> bool:
+        return self.nvml == "In use by another client"
+
+
+class MigDisabled(NvsmiError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class GiRow:
+    gpu: int
+    name: str  # "3g.20gb" (without "MIG ")
+    profile_id: int
+    gi: int
+    start: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CiRow:
+    gpu: int
+    gi: int
+    name: str
+    profile_id: int
+    ci: int
+    start: int | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LgipRow:
+    gpu: int
+    name: str
+    profile_id: int
+    free: int
+    total: int
+    gib: float
+    sm: int
+    dec: int
+    enc: int
+    ce: int
+    jpg: int
+    ofa: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placements:
+    gpu: int
+    profile_id: int
+    starts: tuple[int, ...]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigDevice:
+    name: str
+    index: int
+    uuid: str
+
+
+@dataclass(frozen=True, slots=True)
+class GpuEntry:
+    index: int
+    name: str
+    uuid: str
+    mig: tuple[MigDevice, ...] = ()
+
+
+_LGI = re.compile(r"^\|\s*(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+):(\d+)\s*\|?$")
+_LCI = re.compile(r"^\|\s*(\d+)\s+(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)(?:\s+(\d+):(\d+))?\s*\|?$")
+_LGIP1 = re.compile(
+    r"^\|\s*(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)/(\d+)\s+([\d.]+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s*\|?$"
+)
+_LGIP2 = re.compile(r"^\|\s+(\d+)\s+(\d+)\s+(\d+)\s*\|?$")
+_LGIPP = re.compile(r"^GPU\s+(\d+)\s+Profile ID\s+(\d+)\s+Placements?\s*:\s*\{([\d,]*)\}:(\d+)$")
+_L_GPU = re.compile(r"^GPU (\d+): (.+?) \(UUID: (GPU-[0-9A-Za-z-]+)\)$")
+_L_MIG = re.compile(r"^MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[0-9A-Za-z/-]+)\)$")
+_CGI = re.compile(
+    r"^Successfully created GPU instance ID\s+(\d+) on GPU\s+(\d+) using profile MIG (\S+) \(ID\s+(\d+)\)$"
+)
+_CCI = re.compile(
+    r"^Successfully created compute instance(?: ID\s+(\d+))? on GPU\s+(\d+) GPU instance ID\s+(\d+)"
+    r" using profile MIG (\S+) \(ID\s+(\d+)\)$"
+)
+_DCI = re.compile(r"^Successfully destroyed compute instance ID\s+(\d+) from GPU\s+(\d+) GPU instance ID\s+(\d+)$")
+_DGI = re.compile(r"^Successfully destroyed GPU instance ID\s+(\d+) from GPU\s+(\d+)$")
+_FAIL = re.compile(r"^(?:Unable to|Failed to) .*: ([A-Za-z][A-Za-z ]+)$")
+
+NO_MIG = "No MIG-enabled devices found."
+
+
+def _lines(text: str) -> list[str]:
+    return [ln.strip() for ln in text.replace("\r", "").split("\n") if ln.strip()]
+
+
+def _check_common(text: str, what: str) -> None:
+    if NO_MIG in text:
+        raise MigDisabled(f"{what}: MIG mode is not enabled", "Not Supported")
+
+
+def _table(text: str, title: str, what: str) -> list[str]:
+    _check_common(text, what)
+    lines = _lines(text)
+    if not any(title in ln for ln in lines):
+        raise NvsmiError(f"{what}: unexpected output (no '{title}' table): {text.strip()[:200]!r}")
+    return lines
+
+
+def parse_lgi(text: str) -> list[GiRow]:
+    if "No GPU instances found" in text:
+        return []
+    rows = []
+    for ln in _table(text, "GPU instances:", "nvidia-smi mig -lgi"):
+        m = _LGI.match(ln)
+        if m:
+            rows.append(GiRow(int(m[1]), m[2], int(m[3]), int(m[4]), int(m[5]), int(m[6])))
+    return rows
+
+
+def parse_lci(text: str) -> list[CiRow]:
+    if "No compute instances found" in text:
+        return []
+    rows = []
+    for ln in _table(text, "Compute instances:", "nvidia-smi mig -lci"):
+        m = _LCI.match(ln)
+        if m:
+            start = int(m[6]) if m[6] is not None else None
+            size = int(m[7]) if m[7] is not None else None
+            rows.append(CiRow(int(m[1]), int(m[2]), m[3], int(m[4]), int(m[5]), start, size))
+    return rows
+
+
+def parse_lgip(text: str) -> list[LgipRow]:
+    rows = []
+    lines = _table(text, "GPU instance profiles:", "nvidia-smi mig -lgip")
+    for i, ln in enumerate(lines):
+        m = _LGIP1.match(ln)
+        if not m:
+            continue
+        m2 = _LGIP2.match(lines[i + 1]) if i + 1 < len(lines) else None
+        if not m2:
+            raise NvsmiError(f"nvidia-smi mig -lgip: profile {m[2]} has no second row (CE/JPEG/OFA)")
+        rows.append(
+            LgipRow(
+                int(m[1]), m[2], int(m[3]), int(m[4]), int(m[5]), float(m[6]),
+                int(m[8]), int(m[9]), int(m[10]), int(m2[1]), int(m2[2]), int(m2[3]),
+            )
+        )  # fmt: skip
+    if not rows:
+        raise NvsmiError("nvidia-smi mig -lgip: no profile rows")
+    return rows
+
+
+def parse_lgipp(text: str) -> list[Placements]:
+    _check_common(text, "nvidia-smi mig -lgipp")
+    out = []
+    for ln in _lines(text):
+        m = _LGIPP.match(ln)
+        if not m:
+            raise NvsmiError(f"nvidia-smi mig -lgipp: unexpected line {ln[:120]!r}")
+        starts = tuple(int(s) for s in m[3].split(",") if s)
+        out.append(Placements(int(m[1]), int(m[2]), starts, int(m[4])))
+    return out
+
+
+def parse_list(text: str) -> list[GpuEntry]:
+    """`nvidia-smi -L`: GPUs and their MIG devices (new MIG-<uuid> and legacy MIG-GPU-<uuid>/gi/ci)."""
+    gpus: list[GpuEntry] = []
+    for ln in _lines(text):
+        m = _L_GPU.match(ln)
+        if m:
+            gpus.append(GpuEntry(int(m[1]), m[2], m[3]))
+            continue
+        m = _L_MIG.match(ln)
+        if m and gpus:
+            g = gpus[-1]
+            gpus[-1] = GpuEntry(g.index, g.name, g.uuid, (*g.mig, MigDevice(m[1], int(m[2]), m[3])))
+            continue
+        raise NvsmiError(f"nvidia-smi -L: unexpected line {ln[:120]!r}")
+    return gpus
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one create/destroy command reported: objects done and the first NVML error."""
+
+    created_gi: tuple[tuple[int, str], ...] = ()  # (GI id, profile name)
+    created_ci: tuple[tuple[int, int], ...] = ()  # (GI id, CI id)
+    destroyed_ci: tuple[tuple[int, int], ...] = ()
+    destroyed_gi: tuple[int, ...] = ()
+    error: str = ""  # NVML error string, "" when none
+
+
+def parse_change(text: str) -> Change:
+    cgi: list[tuple[int, str]] = []
+    cci: list[tuple[int, int]] = []
+    dci: list[tuple[int, int]] = []
+    dgi: list[int] = []
+    error = ""
+    unknown: list[str] = []
+    for ln in _lines(text):
+        if m := _CGI.match(ln):
+            cgi.append((int(m[1]), m[3]))
+        elif m := _CCI.match(ln):
+            cci.append((int(m[3]), int(m[1]) if m[1] is not None else 0))
+        elif m := _DCI.match(ln):
+            dci.append((int(m[3]), int(m[1])))
+        elif m := _DGI.match(ln):
+            dgi.append(int(m[1]))
+        elif m := _FAIL.match(ln):
+            error = error or m[1].strip()
+        else:
+            unknown.append(ln)
+    if unknown and not error:
+        raise NvsmiError(f"nvidia-smi: unexpected output {unknown[0][:120]!r}")
+    return Change(tuple(cgi), tuple(cci), tuple(dci), tuple(dgi), error)
+
+
+class NvidiaSmi:
+    """The commands tailguard uses. Arguments are validated ints; no shell is involved."""
+
+    def __init__(self, path: str = "nvidia-smi", timeout: float = 30.0, env: Mapping[str, str] | None = None) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.env = env
+
+    async def _run(self, args: Sequence[str], ok_codes: tuple[int, ...] = (0,)) -> Result:
+        argv = [self.path, *args]
+        try:
+            r = await run(argv, self.timeout, env=self.env)
+        except ToolError as e:
+            raise NvsmiError(str(e)) from None
+        if r.rc not in ok_codes:
+            m = [_FAIL.match(ln) for ln in _lines(r.text)]
+            nvml = next((x[1].strip() for x in m if x), "")
+            if NO_MIG in r.text:
+                raise MigDisabled(f"{' '.join(argv)}: MIG mode is not enabled", "Not Supported")
+            raise NvsmiError(f"{' '.join(argv)}: exit {r.rc}: {r.text.strip()[:300]}", nvml)
+        return r
+
+    @staticmethod
+    def _idx(i: int) -> str:
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 64:
+            raise NvsmiError(f"bad GPU index {i!r}")
+        return str(i)
+
+    async def list_gpus(self) -> list[GpuEntry]:
+        return parse_list((await self._run(["-L"])).stdout)
+
+    async def lgip(self, gpu: int) -> list[LgipRow]:
+        return parse_lgip((await self._run(["mig", "-i", self._idx(gpu), "-lgip"])).text)
+
+    async def lgipp(self, gpu: int) -> list[Placements]:
+        return parse_lgipp((await self._run(["mig", "-i", self._idx(gpu), "-lgipp"])).text)
+
+    async def lgi(self, gpu: int | None = None) -> list[GiRow]:
+        args = ["mig", "-lgi"] if gpu is None else ["mig", "-i", self._idx(gpu), "-lgi"]
+        # "No GPU instances found: Not Found" comes with a non-zero exit on some drivers.
+        r = await self._run(args, ok_codes=(0, 6))
+        return parse_lgi(r.text)
+
+    async def lci(self, gpu: int | None = None) -> list[CiRow]:
+        args = ["mig", "-lci"] if gpu is None else ["mig", "-i", self._idx(gpu), "-lci"]
+        r = await self._run(args, ok_codes=(0, 6))
+        return parse_lci(r.text)
+
+    async def _change(self, args: list[str]) -> Change:
+        argv = [self.path, *args]
+        try:
+            r = await run(argv, self.timeout, env=self.env)
+        except ToolError as e:
+            raise NvsmiError(str(e)) from None
+        ch = parse_change(r.text)
+        if r.rc != 0 and not ch.error:
+            raise NvsmiError(f"{' '.join(argv)}: exit {r.rc}: {r.text.strip()[:300]}")
+        return ch
+
+    async def create_gi(self, gpu: int, profile_id: int, start: int) -> tuple[int, Change]:
+        """Create one GI at an explicit placement with its default CI (-C); returns its GI id."""
+        if not 0 <= start < 8 or not 0 <= profile_id < 64:
+            raise NvsmiError(f"bad placement {profile_id}:{start}")
+        ch = await self._change(["mig", "-i", self._idx(gpu), "-cgi", f"{profile_id}:{start}", "-C"])
+        if ch.error:
+            raise NvsmiError(f"GPU {gpu}: cannot create GPU instance {profile_id}:{start}: {ch.error}", ch.error)
+        if len(ch.created_gi) != 1 or not ch.created_ci:
+            raise NvsmiError(f"GPU {gpu}: create {profile_id}:{start} reported {ch}")
+        return ch.created_gi[0][0], ch
+
+    async def create_ci(self, gpu: int, gi: int) -> Change:
+        ch = await self._change(["mig", "-i", self._idx(gpu), "-gi", str(int(gi)), "-cci"])
+        if ch.error:
+            raise NvsmiError(f"GPU {gpu}: cannot create the compute instance of GI {gi}: {ch.error}", ch.error)
+        return ch
+
+    async def destroy_ci(self, gpu: int, gi: int) -> Change:
+        ch = await self._change(["mig", "-i", self._idx(gpu), "-gi", str(int(gi)), "-dci"])
+        if ch.error and ch.error != "Not Found":
+            raise NvsmiError(f"GPU {gpu}: cannot destroy the compute instances of GI {gi}: {ch.error}", ch.error)
+        return ch
+
+    async def destroy_gi(self, gpu: int, gi: int) -> Change:
+        ch = await self._change(["mig", "-i", self._idx(gpu), "-gi", str(int(gi)), "-dgi"])
+        if ch.error:
+            raise NvsmiError(f"GPU {gpu}: cannot destroy GPU instance {gi}: {ch.error}", ch.error)
+        return ch

@@ -1,0 +1,106 @@
+"""The sampler contract.
+
+Every sampler is async and returns either its typed result or `Unavailable(reason)`; it never
+raises into the tick. `SamplerRunner` wraps one sampler with its own timeout, counts errors, and
+keeps the last good value with its age, so one slow or broken source never delays the tick and the
+exporter can show `errors_total`, `last_success_age_s` and the last error reason per sampler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """A source could not be read this tick; `reason` says why, for operators and the FSM."""
+
+    reason: str
+
+    def __bool__(self) -> bool:  # `if result:` reads naturally for "we have data"
+        return False
+
+
+class ParseError(ValueError):
+    """A tool's output or a file did not have the expected format. Names the source and the line."""
+
+    def __init__(self, source: str, line: int | None, message: str) -> None:
+        where = f"{source}: line {line}" if line is not None else source
+        super().__init__(f"{where}: {message}")
+        self.source = source
+        self.line = line
+
+
+class Sampler(Protocol[T_co]):
+    """What the collector runs. `name` is the source key used in `Observation.unavailable`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    async def sample(self, now: float) -> T_co | Unavailable: ...
+
+
+@dataclass(slots=True)
+class SamplerStats:
+    """Per-sampler health, read by the Prometheus exporter."""
+
+    name: str
+    samples_total: int = 0
+    errors_total: int = 0
+    timeouts_total: int = 0
+    last_error: str = ""
+    last_success_t: float | None = None  # monotonic seconds of the last good sample
+    last_duration_s: float = 0.0
+
+    def last_success_age_s(self, now_mono: float | None = None) -> float | None:
+        if self.last_success_t is None:
+            return None
+        return max(0.0, (time.monotonic() if now_mono is None else now_mono) - self.last_success_t)
+
+
+class SamplerRunner(Generic[T]):
+    """Runs one sampler under its timeout and keeps its stats and last good value."""
+
+    def __init__(self, sampler: Sampler[T], clock: Callable[[], float] = time.monotonic) -> None:
+        self.sampler = sampler
+        self.stats = SamplerStats(sampler.name)
+        self.last_good: T | None = None
+        self._clock = clock
+
+    @property
+    def name(self) -> str:
+        return self.sampler.name
+
+    def last_good_age_s(self) -> float | None:
+        return self.stats.last_success_age_s(self._clock())
+
+    async def run(self, now: float) -> T | Unavailable:
+        start = self._clock()
+        self.stats.samples_total += 1
+        try:
+            result = await asyncio.wait_for(self.sampler.sample(now), timeout=self.sampler.timeout_s)
+        except TimeoutError:
+            self.stats.timeouts_total += 1
+            result = Unavailable(f"timed out after {self.sampler.timeout_s:g} s")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a sampler bug must not take the tick down; it is counted and named
+            result = Unavailable(f"{type(e).__name__}: {e}")
+        self.stats.last_duration_s = self._clock() - start
+        if isinstance(result, Unavailable):
+            self.stats.errors_total += 1
+            self.stats.last_error = result.reason
+        else:
+            self.stats.last_success_t = self._clock()
+            self.last_good = result
+        return result

@@ -1,0 +1,196 @@
+"""Per-tenant cgroup I/O and pressure.
+
+v2: `io.stat` lines `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..`.
+v1 (and hybrid hosts): `blkio.throttle.io_service_bytes[_recursive]` / `io_serviced[_recursive]`,
+lines `MAJ:MIN Read|Write|Sync|Async|Discard|Total N` and a final `Total N`.
+PSI (`io.pressure`, `cpu.pressure`): `some avg10=.. avg60=.. avg300=.. total=..`; on a hybrid host
+they live in the unified hierarchy (`<root>/unified/<path>`). Formats: the kernel's
+Documentation/admin-guide/cgroup-v2.rst and cgroup-v1/blkio-controller.rst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from controller.signals.base import ParseError, Unavailable
+from controller.signals.rates import CounterRates
+from fsm.observation import IoRate
+
+_DEV = re.compile(r"^\d+:\d+$")
+
+
+@dataclass(frozen=True, slots=True)
+class IoCounters:
+    rbytes: int = 0
+    wbytes: int = 0
+    rios: int = 0
+    wios: int = 0
+
+
+def parse_io_stat(text: str, source: str = "io.stat") -> dict[str, IoCounters]:
+    out: dict[str, IoCounters] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        f = line.split()
+        if not f:
+            continue
+        if not _DEV.match(f[0]):
+            raise ParseError(source, n, f"expected MAJ:MIN first, got {f[0][:40]!r}")
+        kv: dict[str, int] = {}
+        for tok in f[1:]:
+            k, sep, v = tok.partition("=")
+            if not sep or not v.isdigit():
+                raise ParseError(source, n, f"expected key=number, got {tok[:40]!r}")
+            kv[k] = int(v)
+        out[f[0]] = IoCounters(kv.get("rbytes", 0), kv.get("wbytes", 0), kv.get("rios", 0), kv.get("wios", 0))
+    return out
+
+
+def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int]]:
+    """MAJ:MIN -> (Read, Write) from a blkio.throttle.* file."""
+    out: dict[str, list[int]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        f = line.split()
+        if not f:
+            continue
+        if f[0] == "Total" and len(f) == 2 and f[1].isdigit():
+            continue
+        if len(f) != 3 or not _DEV.match(f[0]) or not f[2].isdigit():
+            raise ParseError(source, n, f"expected 'MAJ:MIN OP N', got {line.strip()[:80]!r}")
+        if f[1] not in ("Read", "Write", "Sync", "Async", "Discard", "Total"):
+            raise ParseError(source, n, f"unknown operation {f[1][:20]!r}")
+        rw = out.setdefault(f[0], [0, 0])
+        if f[1] == "Read":
+            rw[0] = int(f[2])
+        elif f[1] == "Write":
+            rw[1] = int(f[2])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def parse_psi(text: str, source: str = "pressure") -> float:
+    """`some avg10` as a fraction of time (0..1)."""
+    for n, line in enumerate(text.splitlines(), 1):
+        f = line.split()
+        if not f or f[0] != "some":
+            continue
+        for tok in f[1:]:
+            k, sep, v = tok.partition("=")
+            if k == "avg10" and sep:
+                try:
+                    x = float(v)
+                except ValueError:
+                    raise ParseError(source, n, f"avg10 is not a number: {v[:20]!r}") from None
+                if not 0.0 <= x <= 100.0:
+                    raise ParseError(source, n, f"avg10 out of range 0..100: {x}")
+                return x / 100.0
+        raise ParseError(source, n, "'some' line without avg10=")
+    raise ParseError(source, None, "no 'some' line")
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupTenant:
+    io: Mapping[str, IoRate] | None = None
+    io_pressure: float | None = None
+    cpu_pressure: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupReading:
+    tenants: Mapping[str, CgroupTenant]
+    unavailable: Mapping[str, str] = field(default_factory=dict)  # "cgroup:<tenant>[:what]" -> reason
+
+
+def detect_version(root: str) -> Literal["v1", "v2"]:
+    """v2 when the root itself is a cgroup2 mount; anything else (v1, hybrid) reads blkio."""
+    return "v2" if os.path.exists(os.path.join(root, "cgroup.controllers")) else "v1"
+
+
+class CgroupSampler:
+    name = "cgroup"
+
+    def __init__(
+        self,
+        tenants: Mapping[str, str],  # tenant -> cgroup path relative to root
+        root: str = "/sys/fs/cgroup",
+        version: Literal["auto", "v1", "v2"] = "auto",
+        timeout_s: float = 1.0,
+    ) -> None:
+        self.tenants = dict(tenants)
+        self.root = root
+        self.version = detect_version(root) if version == "auto" else version
+        self.timeout_s = timeout_s
+        self._rates = CounterRates(max_rate=1e12)
+
+    def _paths(self, rel: str) -> tuple[str, str]:
+        """(directory holding the I/O counters, directory holding PSI)."""
+        if self.version == "v2":
+            d = os.path.join(self.root, rel)
+            return d, d
+        unified = os.path.join(self.root, "unified")
+        return os.path.join(self.root, "blkio", rel), os.path.join(unified, rel)
+
+    @staticmethod
+    def _read(path: str) -> str:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+
+    def _io_v2(self, d: str) -> dict[str, IoCounters]:
+        p = os.path.join(d, "io.stat")
+        return parse_io_stat(self._read(p), p)
+
+    def _io_v1(self, d: str) -> dict[str, IoCounters]:
+        def pick(base: str) -> str:
+            rec = os.path.join(d, base + "_recursive")
+            return rec if os.path.exists(rec) else os.path.join(d, base)
+
+        pb, pn = pick("blkio.throttle.io_service_bytes"), pick("blkio.throttle.io_serviced")
+        b = parse_blkio_v1(self._read(pb), pb)
+        n = parse_blkio_v1(self._read(pn), pn)
+        return {
+            dev: IoCounters(b.get(dev, (0, 0))[0], b.get(dev, (0, 0))[1], n.get(dev, (0, 0))[0], n.get(dev, (0, 0))[1])
+            for dev in set(b) | set(n)
+        }
+
+    def read(self, now: float) -> CgroupReading:
+        out: dict[str, CgroupTenant] = {}
+        reasons: dict[str, str] = {}
+        seen: set[object] = set()
+        for tenant, rel in self.tenants.items():
+            iodir, psidir = self._paths(rel)
+            io: dict[str, IoRate] | None = None
+            try:
+                counters = self._io_v2(iodir) if self.version == "v2" else self._io_v1(iodir)
+                io = {}
+                for dev, c in counters.items():
+                    rates = []
+                    for what, val in (("rb", c.rbytes), ("wb", c.wbytes), ("ri", c.rios), ("wi", c.wios)):
+                        key = (tenant, dev, what)
+                        seen.add(key)
+                        rates.append(self._rates.update(key, now, val))
+                    io[dev] = IoRate(*rates)
+            except (OSError, ParseError) as e:
+                reasons[f"cgroup:{tenant}:io"] = _reason(e)
+            psi: list[float | None] = []
+            for what in ("io", "cpu"):
+                p = os.path.join(psidir, f"{what}.pressure")
+                try:
+                    psi.append(parse_psi(self._read(p), p))
+                except (OSError, ParseError) as e:
+                    psi.append(None)
+                    reasons[f"cgroup:{tenant}:{what}_pressure"] = _reason(e)
+            out[tenant] = CgroupTenant(io, psi[0], psi[1])
+        self._rates.forget_missing(seen)
+        return CgroupReading(out, reasons)
+
+    async def sample(self, now: float) -> CgroupReading | Unavailable:
+        return await asyncio.to_thread(self.read, now)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e)

@@ -1,0 +1,171 @@
+"""DCGM profiling metrics: through `pydcgm` when a DCGM install provides it, else a scrape of a
+dcgm-exporter endpoint.
+
+Per GPU and per MIG instance (labels GPU_I_ID, GPU_I_PROFILE): SM active, DRAM active. Per GPU:
+PCIe TX/RX bytes/s and the replay counter. Facts from dcgm-exporter's etc/default-counters.csv
+(fixtures): DCGM_FI_PROF_PCIE_TX/RX_BYTES are gauges in bytes per second; they are not reported
+per MIG instance; DCGM_FI_PROF_SM_ACTIVE is commented out by default, so its absence is reported
+with that hint rather than as an empty value.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.signals.base import ParseError, Unavailable
+from controller.signals.http import FetchError, fetch_text
+from controller.signals.latency import Fetch
+from controller.signals.promtext import PromSample, parse_samples
+from controller.signals.rates import CounterRates
+
+SM_ACTIVE = "DCGM_FI_PROF_SM_ACTIVE"
+DRAM_ACTIVE = "DCGM_FI_PROF_DRAM_ACTIVE"
+PCIE_TX = "DCGM_FI_PROF_PCIE_TX_BYTES"
+PCIE_RX = "DCGM_FI_PROF_PCIE_RX_BYTES"
+REPLAY = "DCGM_FI_DEV_PCIE_REPLAY_COUNTER"
+GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
+FAMILIES = (SM_ACTIVE, DRAM_ACTIVE, PCIE_TX, PCIE_RX, REPLAY, GPU_UTIL)
+
+SM_ACTIVE_HINT = (
+    f"{SM_ACTIVE} is not in the scrape: dcgm-exporter's default counters CSV has it commented out; "
+    "uncomment it (and DCGM_FI_PROF_SM_OCCUPANCY if wanted) in the counters file"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DcgmInstance:
+    gi_id: int
+    profile: str
+    sm_active: float | None = None
+    dram_active: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DcgmGpu:
+    index: int
+    uuid: str | None = None
+    sm_active: float | None = None
+    dram_active: float | None = None
+    pcie_tx_bps: float | None = None
+    pcie_rx_bps: float | None = None
+    pcie_replay_rate: float | None = None
+    util: float | None = None
+    instances: tuple[DcgmInstance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DcgmReading:
+    gpus: Mapping[int, DcgmGpu]  # by DCGM GPU index (the exporter's `gpu` label)
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+
+def enabled_counters(csv_text: str, source: str = "counters.csv") -> dict[str, str]:
+    """Field name -> type for the uncommented rows of a dcgm-exporter counters CSV."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(csv_text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        row = next(csv.reader(io.StringIO(s), skipinitialspace=True))
+        if len(row) < 2 or not row[0].strip().startswith("DCGM_"):
+            raise ParseError(source, n, f"expected 'DCGM_FIELD, type, help', got {s[:80]!r}")
+        out[row[0].strip()] = row[1].strip()
+    return out
+
+
+def _gpu_index(s: PromSample, source: str) -> int:
+    g = s.labels.get("gpu")
+    if g is None or not g.isdigit():
+        raise ParseError(source, s.line, f"{s.name} sample without a numeric 'gpu' label")
+    return int(g)
+
+
+class DcgmExporterSampler:
+    name = "dcgm"
+
+    def __init__(self, url: str, timeout_s: float = 1.0, fetch: Fetch = fetch_text) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._fetch = fetch
+        self._replays = CounterRates(max_rate=1e9)
+
+    def parse(self, text: str, now: float) -> DcgmReading:
+        samples = parse_samples(text, FAMILIES, self.url)
+        per_gpu: dict[int, dict[str, float]] = {}
+        uuids: dict[int, str] = {}
+        inst: dict[tuple[int, int], dict[str, float | str]] = {}
+        seen: set[str] = set()
+        for s in samples:
+            if s.name not in FAMILIES:
+                continue
+            seen.add(s.name)
+            g = _gpu_index(s, self.url)
+            gi = s.labels.get("GPU_I_ID")
+            if gi is not None and gi != "":
+                if not gi.isdigit():
+                    raise ParseError(self.url, s.line, f"GPU_I_ID {gi!r} is not a number")
+                d = inst.setdefault((g, int(gi)), {"profile": s.labels.get("GPU_I_PROFILE", "")})
+                d[s.name] = s.value
+                continue
+            per_gpu.setdefault(g, {})[s.name] = s.value
+            if "UUID" in s.labels:
+                uuids[g] = s.labels["UUID"]
+        reasons: dict[str, str] = {}
+        if not samples:
+            reasons["dcgm"] = f"{self.url}: none of {', '.join(FAMILIES)} in the scrape"
+        if SM_ACTIVE not in seen:
+            reasons["dcgm:sm_active"] = SM_ACTIVE_HINT
+        for fam, what in ((DRAM_ACTIVE, "dram_active"), (PCIE_TX, "pcie_tx"), (PCIE_RX, "pcie_rx")):
+            if fam not in seen:
+                reasons[f"dcgm:{what}"] = f"{fam} is not in the scrape (not in the exporter's counters file)"
+        gpus: dict[int, DcgmGpu] = {}
+        for g in sorted(set(per_gpu) | {k[0] for k in inst}):
+            v = per_gpu.get(g, {})
+            replay = v.get(REPLAY)
+            util = v.get(GPU_UTIL)
+            instances = tuple(
+                DcgmInstance(gi, str(d["profile"]), _frac(d.get(SM_ACTIVE)), _frac(d.get(DRAM_ACTIVE)))
+                for (gg, gi), d in sorted(inst.items())
+                if gg == g
+            )
+            gpus[g] = DcgmGpu(
+                index=g,
+                uuid=uuids.get(g),
+                sm_active=_frac(v.get(SM_ACTIVE)),
+                dram_active=_frac(v.get(DRAM_ACTIVE)),
+                pcie_tx_bps=_nonneg(v.get(PCIE_TX)),
+                pcie_rx_bps=_nonneg(v.get(PCIE_RX)),
+                pcie_replay_rate=None if replay is None else self._replays.update(g, now, replay),
+                util=None if util is None else _frac(util / 100.0),
+                instances=instances,
+            )
+        return DcgmReading(gpus, reasons)
+
+    async def sample(self, now: float) -> DcgmReading | Unavailable:
+        try:
+            text = await self._fetch(self.url, self.timeout_s)
+            return self.parse(text, now)
+        except (FetchError, ParseError) as e:
+            return Unavailable(str(e))
+
+
+def _frac(v: object) -> float | None:
+    if not isinstance(v, float) or v != v or v < 0 or v > 1.0001:
+        return None
+    return min(v, 1.0)
+
+
+def _nonneg(v: float | None) -> float | None:
+    if v is None or v != v or v < 0 or v == float("inf"):
+        return None
+    return v
+
+
+def pydcgm_available() -> bool:
+    """True when a DCGM install put its Python bindings on the path."""
+    import importlib.util
+
+    return importlib.util.find_spec("pydcgm") is not None and importlib.util.find_spec("dcgm_fields") is not None

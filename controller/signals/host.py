@@ -1,0 +1,144 @@
+"""Host counters from /proc (the files psutil reads; parsed directly so the root can be a fake
+tree in tests and a tick costs no process-wide psutil state): block device and NIC throughput,
+per-CPU interrupt rates from /proc/interrupts. Counter resets/wraps give no rate, never a
+negative one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.signals.base import ParseError, Unavailable
+from controller.signals.rates import CounterRates
+from fsm.observation import HostSample
+
+SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
+_SKIP_BLOCK = ("loop", "ram", "zram", "fd", "sr")
+
+
+def parse_diskstats(text: str, source: str = "/proc/diskstats") -> dict[str, tuple[int, int]]:
+    """device -> (bytes read, bytes written), cumulative."""
+    out: dict[str, tuple[int, int]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        f = line.split()
+        if not f:
+            continue
+        if len(f) < 14:
+            raise ParseError(source, n, f"expected at least 14 fields, got {len(f)}")
+        try:
+            rd, wr = int(f[5]), int(f[9])
+        except ValueError:
+            raise ParseError(source, n, f"sector counts are not integers: {f[5]!r}, {f[9]!r}") from None
+        if rd < 0 or wr < 0:
+            raise ParseError(source, n, "negative sector count")
+        out[f[2]] = (rd * SECTOR, wr * SECTOR)
+    return out
+
+
+def parse_net_dev(text: str, source: str = "/proc/net/dev") -> dict[str, tuple[int, int]]:
+    """interface -> (rx bytes, tx bytes), cumulative."""
+    out: dict[str, tuple[int, int]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if "|" in line:
+            continue  # the two header lines
+        if not line.strip():
+            continue
+        name, sep, rest = line.partition(":")
+        f = rest.split()
+        if not sep or len(f) < 16:
+            raise ParseError(source, n, f"expected 'IFACE: 16 counters', got {line.strip()[:80]!r}")
+        try:
+            out[name.strip()] = (int(f[0]), int(f[8]))
+        except ValueError:
+            raise ParseError(source, n, "byte counters are not integers") from None
+    return out
+
+
+def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, int]:
+    """cpu -> total interrupts on it, cumulative (sum over all IRQ lines)."""
+    lines = text.splitlines()
+    if not lines:
+        raise ParseError(source, 1, "empty file")
+    cpus = []
+    for tok in lines[0].split():
+        if not tok.startswith("CPU") or not tok[3:].isdigit():
+            raise ParseError(source, 1, f"expected a header of CPUn columns, got {tok!r}")
+        cpus.append(int(tok[3:]))
+    totals = [0] * len(cpus)
+    for n, line in enumerate(lines[1:], 2):
+        _irq, sep, rest = line.partition(":")
+        if not sep:
+            if line.strip():
+                raise ParseError(source, n, f"expected 'IRQ: counts...', got {line.strip()[:80]!r}")
+            continue
+        f = rest.split()
+        # ERR/MIS lines carry one number, not one per CPU
+        for i in range(min(len(cpus), len(f))):
+            if not f[i].isdigit():
+                break  # the chip / type / device names after the counts
+            totals[i] += int(f[i])
+    return dict(zip(cpus, totals, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class HostReading:
+    sample: HostSample
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+
+class HostSampler:
+    name = "host"
+
+    def __init__(self, proc_root: str = "/proc", timeout_s: float = 1.0) -> None:
+        self.proc_root = proc_root
+        self.timeout_s = timeout_s
+        self._disk = CounterRates(max_rate=1e12)
+        self._net = CounterRates(max_rate=1e12)
+        self._irq = CounterRates(max_rate=1e9)
+
+    def _read(self, rel: str) -> str:
+        with open(os.path.join(self.proc_root, rel), encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+
+    def read(self, now: float) -> HostReading:
+        reasons: dict[str, str] = {}
+        block: dict[str, float] = {}
+        nic: dict[str, float] = {}
+        irq: dict[int, float] = {}
+        try:
+            disks = parse_diskstats(self._read("diskstats"), os.path.join(self.proc_root, "diskstats"))
+            for dev, (rd, wr) in disks.items():
+                if dev.startswith(_SKIP_BLOCK):
+                    continue
+                r = self._disk.update(dev, now, rd + wr)
+                if r is not None:
+                    block[dev] = r
+        except (OSError, ParseError) as e:
+            reasons["host:block"] = str(e)
+        try:
+            nets = parse_net_dev(self._read("net/dev"), os.path.join(self.proc_root, "net/dev"))
+            for dev, (rx, tx) in nets.items():
+                if dev == "lo":
+                    continue
+                r = self._net.update(dev, now, rx + tx)
+                if r is not None:
+                    nic[dev] = r
+        except (OSError, ParseError) as e:
+            reasons["host:nic"] = str(e)
+        try:
+            for cpu, total in parse_interrupts(self._read("interrupts"), "interrupts").items():
+                r = self._irq.update(cpu, now, total)
+                if r is not None:
+                    irq[cpu] = r
+        except (OSError, ParseError) as e:
+            reasons["host:irq"] = str(e)
+        return HostReading(HostSample(block_bps=block, nic_bps=nic, irq_rate=irq), reasons)
+
+    async def sample(self, now: float) -> HostReading | Unavailable:
+        r = await asyncio.to_thread(self.read, now)
+        if len(r.unavailable) == 3:
+            return Unavailable("; ".join(r.unavailable.values()))
+        return r

@@ -1,0 +1,222 @@
+"""Latency sources for sensitive tenants: a Prometheus histogram scrape (window quantiles from
+bucket deltas between scrapes) and a JSON-lines file the tenant appends to (tailed across
+rotation and truncation). MQTT ingest lives in the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from controller.signals.base import ParseError, Unavailable
+from controller.signals.http import FetchError, fetch_text
+from controller.signals.promtext import (
+    Histogram,
+    histogram_delta,
+    histogram_quantile,
+    histograms_from_samples,
+    parse_samples,
+)
+from fsm.observation import LatencyWindow
+from fsm.quantiles import window_from_samples
+
+Fetch = Callable[[str, float], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyReading:
+    window: LatencyWindow
+    throughput: float | None  # completed requests per second over the window, when known
+
+
+def window_from_histogram(h: Histogram) -> LatencyWindow:
+    buckets = list(h.buckets)
+    if (not buckets or not math.isinf(buckets[-1][0])) and h.count is not None:
+        # A histogram's _count equals its +Inf bucket by definition of the exposition format;
+        # trimmed captures (the vLLM docs excerpt) drop the +Inf line but keep _count.
+        buckets.append((math.inf, h.count))
+    n = buckets[-1][1] if buckets and math.isinf(buckets[-1][0]) else 0.0
+    count = max(0, round(n))
+    if count == 0:
+        return LatencyWindow(count=0)
+    return LatencyWindow(
+        count=count,
+        p50=histogram_quantile(0.5, buckets),
+        p99=histogram_quantile(0.99, buckets),
+        p999=histogram_quantile(0.999, buckets),
+    )
+
+
+class PrometheusLatencySampler:
+    """Scrapes `<metric>_bucket` and reports the window since the previous scrape."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        metric: str = "vllm:time_to_first_token_seconds",
+        labels: Mapping[str, str] | None = None,
+        timeout_s: float = 1.0,
+        fetch: Fetch = fetch_text,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.metric = metric
+        self.labels = dict(labels or {})
+        self.timeout_s = timeout_s
+        self._fetch = fetch
+        self._prev: Histogram | None = None
+        self._prev_t: float | None = None
+
+    def parse(self, text: str) -> Histogram | Unavailable:
+        samples = parse_samples(text, [self.metric], self.url)
+        h = histograms_from_samples(samples, self.metric, self.labels, self.url)
+        if h is None:
+            sel = ",".join(f'{k}="{v}"' for k, v in self.labels.items())
+            return Unavailable(f"{self.url}: no {self.metric}_bucket{{{sel}}} series in the scrape")
+        return h
+
+    async def sample(self, now: float) -> LatencyReading | Unavailable:
+        try:
+            text = await self._fetch(self.url, self.timeout_s)
+            h = self.parse(text)
+        except (FetchError, ParseError) as e:
+            return Unavailable(str(e))
+        if isinstance(h, Unavailable):
+            return h
+        prev, prev_t = self._prev, self._prev_t
+        self._prev, self._prev_t = h, now
+        if prev is None or prev_t is None:
+            return Unavailable("first scrape: a window needs two scrapes")
+        delta = histogram_delta(h, prev)
+        window = window_from_histogram(delta)
+        dt = now - prev_t
+        return LatencyReading(window, window.count / dt if dt > 0 else None)
+
+
+class JsonlLatencySampler:
+    """Tails a JSON-lines file: one object per completed request with `field` in seconds.
+
+    Survives rotation (a new inode: the rest of the old file is read first, then the new one from
+    the start) and truncation (size below our offset: start again from 0). A partial last line is
+    kept until its newline arrives. Bad lines are counted and named, never read as zero.
+    """
+
+    MAX_READ = 8 * 1024 * 1024  # per tick; the rest is read on the next tick
+
+    def __init__(self, name: str, path: str, field: str = "latency_s", timeout_s: float = 1.0) -> None:
+        self.name = name
+        self.path = path
+        self.field = field
+        self.timeout_s = timeout_s
+        self._fh: BinaryIO | None = None
+        self._ino: int | None = None
+        self._buf = b""
+        self._line_no = 0
+        self._prev_t: float | None = None
+        self.bad_lines_total = 0
+        self.last_bad = ""
+
+    def _open(self) -> None:
+        self._close()
+        fh = open(self.path, "rb")  # noqa: SIM115 (kept open across ticks on purpose)
+        self._fh = fh
+        self._ino = os.fstat(fh.fileno()).st_ino
+        self._buf = b""
+        self._line_no = 0
+
+    def _read_chunk(self) -> bytes:
+        fh = self._fh
+        assert fh is not None
+        return fh.read(self.MAX_READ)
+
+    def _close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = None
+        self._ino = None
+
+    def read_new(self) -> tuple[list[float], list[str]]:
+        """New samples since the last call, and the bad-line messages."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if self._fh is None:
+            if st is None:
+                raise FileNotFoundError(f"{self.path}: no such file")
+            self._open()
+        elif st is not None and st.st_ino != self._ino:
+            lines = self._split(self._read_chunk())  # the rest of the rotated file
+            self._open()
+            return self._finish(lines, self._split(self._read_chunk()))
+        elif st is not None:
+            fh = self._fh
+            assert fh is not None
+            if st.st_size < fh.tell():
+                fh.seek(0)
+                self._buf = b""
+                self._line_no = 0
+        return self._finish([], self._split(self._read_chunk()))
+
+    def _split(self, data: bytes) -> list[tuple[int, bytes]]:
+        data = self._buf + data
+        parts = data.split(b"\n")
+        self._buf = parts.pop()
+        out = []
+        for p in parts:
+            self._line_no += 1
+            out.append((self._line_no, p))
+        return out
+
+    def _finish(self, *groups: list[tuple[int, bytes]]) -> tuple[list[float], list[str]]:
+        samples: list[float] = []
+        bad: list[str] = []
+        for group in groups:
+            for n, raw in group:
+                if not raw.strip():
+                    continue
+                v, err = self._value(raw)
+                if err:
+                    bad.append(f"{self.path}: line {n}: {err}")
+                elif v is not None:
+                    samples.append(v)
+        return samples, bad
+
+    def _value(self, raw: bytes) -> tuple[float | None, str]:
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            return None, f"not JSON ({e})"
+        if not isinstance(obj, dict):
+            return None, "not a JSON object"
+        if self.field not in obj:
+            return None, f"no field {self.field!r}"
+        v = obj[self.field]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return None, f"field {self.field!r} is not a number: {v!r}"
+        fv = float(v)
+        if not math.isfinite(fv) or fv < 0:
+            return None, f"field {self.field!r} is not a finite non-negative number: {v!r}"
+        return fv, ""
+
+    async def sample(self, now: float) -> LatencyReading | Unavailable:
+        try:
+            samples, bad = self.read_new()
+        except OSError as e:
+            self._close()
+            return Unavailable(f"{self.path}: {e.strerror or e}" if not str(e).startswith(self.path) else str(e))
+        if bad:
+            self.bad_lines_total += len(bad)
+            self.last_bad = bad[-1]
+            if not samples:
+                return Unavailable(bad[-1])
+        prev_t, self._prev_t = self._prev_t, now
+        w = window_from_samples(samples)
+        window = LatencyWindow(w.count, w.p50, w.p99, w.p999, tuple(samples))
+        tput = len(samples) / (now - prev_t) if prev_t is not None and now > prev_t else None
+        return LatencyReading(window, tput)

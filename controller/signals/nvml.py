@@ -1,0 +1,281 @@
+"""NVML through nvidia-ml-py (module `pynvml`).
+
+PCIe bytes and replays are read as cumulative field values (`nvmlDeviceGetFieldValues` with
+NVML_FI_DEV_PCIE_COUNT_TX_BYTES / _RX_BYTES / NVML_FI_DEV_PCIE_REPLAY_COUNTER: one non-blocking
+call per GPU) and turned into rates. Where those fields are not supported we fall back to
+`nvmlDeviceGetPcieThroughput`, which blocks for its 20 ms measuring window and reports KB/s
+(NVML API reference); those calls run off the event loop, all in parallel. Not supported under vGPU.
+
+Errors map to meaning: NotSupported -> that field is None with a reason; GpuIsLost -> the GPU is
+marked lost and an alarm event is raised; anything else -> the field is None with NVML's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from controller.signals.base import Unavailable
+from controller.signals.rates import CounterRates
+from fsm.mig import Slot, model_by_name
+
+KIB = 1024  # NVML's "KB/s" for PCIe throughput: kibibytes, as nvidia-smi prints it
+
+
+@dataclass(frozen=True, slots=True)
+class MigDevice:
+    uuid: str
+    gi_id: int
+    slot: Slot | None  # profile@start, None when the profile is not in fsm.mig's tables
+
+
+@dataclass(frozen=True, slots=True)
+class NvmlGpu:
+    index: int
+    bus_id: str | None = None
+    uuid: str | None = None
+    model: str | None = None
+    numa: int | None = None
+    cpus: tuple[int, ...] = ()
+    pcie_tx_bps: float | None = None
+    pcie_rx_bps: float | None = None
+    pcie_replay_rate: float | None = None
+    util: float | None = None
+    mig_enabled: bool | None = None
+    mig_devices: tuple[MigDevice, ...] | None = None
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NvmlReading:
+    gpus: Mapping[str, NvmlGpu]
+    unavailable: Mapping[str, str] = field(default_factory=dict)  # "nvml:gpu0:util" -> reason
+    events: tuple[str, ...] = ()  # alarms: a GPU lost
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _cpus_from_masks(masks: Any) -> tuple[int, ...]:
+    out = []
+    for word_i, word in enumerate(masks):
+        w = int(word)
+        bit = 0
+        while w:
+            if w & 1:
+                out.append(word_i * 64 + bit)
+            w >>= 1
+            bit += 1
+    return tuple(out)
+
+
+class NvmlSampler:
+    """One sampler for all GPUs. `nvml` is the pynvml module (a fake in tests)."""
+
+    name = "nvml"
+
+    def __init__(
+        self,
+        gpus: Mapping[str, int] | None = None,
+        nvml: ModuleType | Any | None = None,
+        timeout_s: float = 1.0,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self._want = dict(gpus) if gpus else None
+        self._nvml = nvml
+        self._init_error: str | None = None
+        self._ready = False
+        self._static: dict[str, NvmlGpu] = {}
+        self._handles: dict[str, Any] = {}
+        self._rates = CounterRates(max_rate=1e12)  # > any PCIe link: a jump beyond is a wrap/reset
+        self._replays = CounterRates(max_rate=1e9)
+        self._lost: set[str] = set()
+
+    # -- setup -------------------------------------------------------------------------------
+    def _ensure(self) -> str | None:
+        if self._ready:
+            return None
+        if self._nvml is None:
+            try:
+                self._nvml = importlib.import_module("pynvml")
+            except ImportError as e:
+                return f"pynvml (nvidia-ml-py) is not installed: {e}"
+        n = self._nvml
+        try:
+            n.nvmlInit()
+            count = int(n.nvmlDeviceGetCount())
+        except n.NVMLError as e:
+            return f"NVML init failed: {e}"
+        want = self._want if self._want is not None else {f"gpu{i}": i for i in range(count)}
+        for name, idx in want.items():
+            if idx >= count:
+                return f"{name}: NVML index {idx} but only {count} GPUs"
+            h = n.nvmlDeviceGetHandleByIndex(idx)
+            self._handles[name] = h
+            self._static[name] = self._read_static(idx, h)
+        self._ready = True
+        return None
+
+    def _read_static(self, idx: int, h: Any) -> NvmlGpu:
+        n = self._nvml
+        assert n is not None
+
+        def opt(fn: str, *args: Any) -> Any:
+            try:
+                return getattr(n, fn)(h, *args)
+            except n.NVMLError:
+                return None
+
+        pci = opt("nvmlDeviceGetPciInfo")
+        name = opt("nvmlDeviceGetName")
+        uuid = opt("nvmlDeviceGetUUID")
+        numa = opt("nvmlDeviceGetNumaNodeId")
+        words = max(1, ((os.cpu_count() or 64) + 63) // 64)
+        masks = opt("nvmlDeviceGetCpuAffinity", words)
+        return NvmlGpu(
+            index=idx,
+            bus_id=_text(pci.busId) if pci is not None else None,
+            uuid=_text(uuid) if uuid is not None else None,
+            model=_text(name) if name is not None else None,
+            numa=int(numa) if numa is not None and int(numa) >= 0 else None,
+            cpus=_cpus_from_masks(masks) if masks is not None else (),
+        )
+
+    # -- one tick ----------------------------------------------------------------------------
+    def read_fields(self, now: float) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[str], list[str]]:
+        """Everything but the blocking throughput fallback. Returns per-GPU values, reasons,
+        events, and the GPUs that need the fallback."""
+        n = self._nvml
+        assert n is not None
+        fids = [n.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, n.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, n.NVML_FI_DEV_PCIE_REPLAY_COUNTER]
+        names = dict(zip(fids, ("pcie_tx", "pcie_rx", "pcie_replay"), strict=True))
+        values: dict[str, dict[str, Any]] = {}
+        reasons: dict[str, str] = {}
+        events: list[str] = []
+        fallback: list[str] = []
+        for gname, h in self._handles.items():
+            v: dict[str, Any] = {}
+            values[gname] = v
+            try:
+                fvs = n.nvmlDeviceGetFieldValues(h, fids)
+                got: dict[int, tuple[float, float]] = {}
+                for fv in fvs:
+                    if int(fv.nvmlReturn) == n.NVML_SUCCESS:
+                        ts = float(fv.timestamp) / 1e6 if int(fv.timestamp) > 0 else now
+                        got[int(fv.fieldId)] = (ts, float(fv.value.ullVal))
+                    else:
+                        what = names.get(int(fv.fieldId), f"field{int(fv.fieldId)}")
+                        reasons[f"nvml:{gname}:{what}"] = f"field value: {n.NVMLError(int(fv.nvmlReturn))}"
+                for key, fid in (("tx", fids[0]), ("rx", fids[1])):
+                    if fid in got:
+                        t, val = got[fid]
+                        v[key] = self._rates.update((gname, key), t, val)
+                if fids[0] not in got or fids[1] not in got:
+                    fallback.append(gname)
+                if fids[2] in got:
+                    t, val = got[fids[2]]
+                    v["replay"] = self._replays.update((gname, "replay"), t, val)
+                else:
+                    try:
+                        count = float(n.nvmlDeviceGetPcieReplayCounter(h))
+                        v["replay"] = self._replays.update((gname, "replay"), now, count)
+                    except n.NVMLError_NotSupported:
+                        pass
+                try:
+                    util = n.nvmlDeviceGetUtilizationRates(h)
+                    v["util"] = float(util.gpu) / 100.0
+                except n.NVMLError_NotSupported:
+                    reasons[f"nvml:{gname}:util"] = "utilization not supported (MIG mode or vGPU)"
+                cur, _pending = n.nvmlDeviceGetMigMode(h)
+                v["mig"] = int(cur) == n.NVML_DEVICE_MIG_ENABLE
+                if v["mig"]:
+                    v["mig_devices"] = self._mig_devices(gname, h, reasons)
+                self._lost.discard(gname)
+            except n.NVMLError_GpuIsLost:
+                v["lost"] = True
+                reasons[f"nvml:{gname}"] = "GPU is lost (fell off the bus?)"
+                if gname not in self._lost:
+                    events.append(f"{gname}: GPU is lost (NVML_ERROR_GPU_IS_LOST)")
+                self._lost.add(gname)
+            except n.NVMLError as e:
+                reasons[f"nvml:{gname}"] = f"NVML error: {e}"
+        return values, reasons, events, fallback
+
+    def _mig_devices(self, gname: str, h: Any, reasons: dict[str, str]) -> tuple[MigDevice, ...]:
+        n = self._nvml
+        assert n is not None
+        model = None
+        static = self._static.get(gname)
+        if static and static.model:
+            try:
+                model = model_by_name(static.model)
+            except KeyError:
+                reasons[f"nvml:{gname}:layout"] = f"GPU model {static.model!r} not in fsm.mig tables"
+        out = []
+        for i in range(int(n.nvmlDeviceGetMaxMigDeviceCount(h))):
+            try:
+                mh = n.nvmlDeviceGetMigDeviceHandleByIndex(h, i)
+            except n.NVMLError_NotFound:
+                continue
+            uuid = _text(n.nvmlDeviceGetUUID(mh))
+            gi = int(n.nvmlDeviceGetGpuInstanceId(mh))
+            info = n.nvmlGpuInstanceGetInfo(n.nvmlDeviceGetGpuInstanceById(h, gi))
+            slot = None
+            if model is not None:
+                try:
+                    slot = Slot(int(info.placement.start), model.profile(int(info.profileId)).name)
+                except KeyError as e:
+                    reasons[f"nvml:{gname}:layout"] = str(e)
+            out.append(MigDevice(uuid, gi, slot))
+        return tuple(out)
+
+    def _throughput(self, gname: str, counter: int) -> float | None:
+        n = self._nvml
+        assert n is not None
+        try:
+            return float(n.nvmlDeviceGetPcieThroughput(self._handles[gname], counter)) * KIB
+        except n.NVMLError:
+            return None
+
+    async def sample(self, now: float) -> NvmlReading | Unavailable:
+        err = await asyncio.to_thread(self._ensure)
+        if err is not None:
+            return Unavailable(err)
+        n = self._nvml
+        assert n is not None
+        values, reasons, events, fallback = await asyncio.to_thread(self.read_fields, now)
+        if fallback:
+            calls = [(g, c) for g in fallback for c in (n.NVML_PCIE_UTIL_TX_BYTES, n.NVML_PCIE_UTIL_RX_BYTES)]
+            res = await asyncio.gather(*(asyncio.to_thread(self._throughput, g, c) for g, c in calls))
+            for (g, c), r in zip(calls, res, strict=True):
+                key = "tx" if c == n.NVML_PCIE_UTIL_TX_BYTES else "rx"
+                if r is None:
+                    reasons[f"nvml:{g}:pcie_{key}"] = "PCIe counters and throughput not supported (vGPU?)"
+                else:
+                    values[g][key] = r
+        gpus = {}
+        for gname, st in self._static.items():
+            v = values.get(gname, {})
+            devs = v.get("mig_devices")
+            gpus[gname] = NvmlGpu(
+                index=st.index,
+                bus_id=st.bus_id,
+                uuid=st.uuid,
+                model=st.model,
+                numa=st.numa,
+                cpus=st.cpus,
+                pcie_tx_bps=v.get("tx"),
+                pcie_rx_bps=v.get("rx"),
+                pcie_replay_rate=v.get("replay"),
+                util=v.get("util"),
+                mig_enabled=v.get("mig"),
+                mig_devices=devs,
+                lost=bool(v.get("lost", False)),
+            )
+        return NvmlReading(gpus, reasons, tuple(events))

@@ -1,0 +1,197 @@
+"""Prometheus text exposition: keep only the families we use, then parse with
+`prometheus_client.parser` (parsing a whole 2,400-line dcgm-exporter scrape costs ~40 ms; the
+families we need are a small fraction of it).
+
+Also the PromQL `histogram_quantile` interpolation for classic buckets, as documented in the
+Prometheus query functions reference (prometheus.io/docs/prometheus/latest/querying/functions):
+the highest bucket must be `+Inf` (else no result); a quantile that falls into the `+Inf` bucket
+returns the upper bound of the second-highest bucket; the lowest bucket is assumed to start at 0
+when its upper bound is positive (else its upper bound is returned); bucket counts that are not
+monotonic are raised to the running maximum; no observations -> no result.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.signals.base import ParseError
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PromSample:
+    name: str
+    labels: Mapping[str, str]
+    value: float
+    line: int  # 1-based line in the scraped text
+
+
+def _wanted(line: str, prefixes: tuple[str, ...]) -> bool:
+    if line.startswith("#"):
+        parts = line.split(None, 3)
+        return len(parts) >= 3 and parts[1] in ("HELP", "TYPE") and parts[2].startswith(prefixes)
+    return line.startswith(prefixes)
+
+
+def filter_families(text: str, prefixes: Iterable[str]) -> list[tuple[int, str]]:
+    """(line number, line) for the lines of the wanted metric families, in order."""
+    pre = tuple(prefixes)
+    return [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln and _wanted(ln, pre)]
+
+
+# The common line shape: name{k="v",...} value [timestamp], no escapes in label values.
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_FAST = re.compile(rf'({_NAME})(?:\{{((?:{_NAME}="[^"\\\n]*",?)*)\}})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*')
+_LABEL = re.compile(rf'({_NAME})="([^"\\\n]*)",?')
+
+
+def _slow(line: str) -> list[tuple[str, dict[str, str], float]]:
+    families = text_string_to_metric_families(line + "\n")
+    return [(s.name, dict(s.labels), float(s.value)) for f in families for s in f.samples]
+
+
+def parse_samples(text: str, prefixes: Iterable[str], source: str) -> list[PromSample]:
+    """Samples of the wanted families. A malformed line raises ParseError naming it.
+
+    Lines of the plain shape are split with one regex (prometheus_client's parser costs ~80 us per
+    dcgm-exporter line here, too much for a 5 ms tick); anything else (escapes, odd spacing) goes
+    through `prometheus_client.parser` line by line. tests/test_sig_props.py checks both agree.
+    """
+    out: list[PromSample] = []
+    for n, ln in filter_families(text, prefixes):
+        if ln.startswith("#"):
+            continue
+        m = _FAST.fullmatch(ln)
+        value: float | None = None
+        if m is not None:
+            try:
+                value = float(m.group(3))
+            except ValueError:
+                value = None
+        if m is not None and value is not None:
+            body = m.group(2) or ""
+            labels = dict(_LABEL.findall(body))
+            out.append(PromSample(m.group(1), labels, value, n))
+            continue
+        try:
+            parsed = _slow(ln)
+        except Exception as e:  # prometheus_client raises ValueError/TypeError/IndexError on bad lines
+            raise ParseError(source, n, f"bad sample line ({type(e).__name__}: {e}): {ln[:120]!r}") from None
+        if not parsed:
+            raise ParseError(source, n, f"no sample in line: {ln[:120]!r}")
+        for name, labels, val in parsed:
+            out.append(PromSample(name, labels, val, n))
+    return out
+
+
+# -- histograms ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Cumulative bucket counts by upper bound (`le`), plus _count when exposed."""
+
+    buckets: tuple[tuple[float, float], ...]  # (le, cumulative count), sorted by le
+    count: float | None = None
+
+    @property
+    def total(self) -> float:
+        if self.buckets and math.isinf(self.buckets[-1][0]):
+            return self.buckets[-1][1]
+        return self.count if self.count is not None else 0.0
+
+
+def histograms_from_samples(
+    samples: Iterable[PromSample], metric: str, match: Mapping[str, str], source: str
+) -> Histogram | None:
+    """Sum the series of `metric` whose labels include `match` (like sum by (le)); None if none."""
+    buckets: dict[float, float] = {}
+    count: float | None = None
+    found = False
+    for s in samples:
+        if any(s.labels.get(k) != v for k, v in match.items()):
+            continue
+        if s.name == metric + "_bucket":
+            le_text = s.labels.get("le")
+            if le_text is None:
+                raise ParseError(source, s.line, f"{metric}_bucket sample without an 'le' label")
+            try:
+                le = float(le_text)
+            except ValueError:
+                raise ParseError(source, s.line, f"bad 'le' value {le_text!r}") from None
+            if math.isnan(le):
+                raise ParseError(source, s.line, "'le' is NaN")
+            buckets[le] = buckets.get(le, 0.0) + s.value
+            found = True
+        elif s.name == metric + "_count":
+            count = (count or 0.0) + s.value
+            found = True
+    if not found:
+        return None
+    return Histogram(tuple(sorted(buckets.items())), count)
+
+
+def histogram_delta(cur: Histogram, prev: Histogram | None) -> Histogram:
+    """Observations between two scrapes. Per series, a counter that went down was reset (the
+    server restarted): its delta is its current value, as PromQL's rate()/increase() assume."""
+    if prev is None:
+        return cur
+    before = dict(prev.buckets)
+    reset = cur.total < prev.total  # the whole histogram restarted
+    out = []
+    for le, c in cur.buckets:
+        p = before.get(le)
+        if reset or p is None or c < p:
+            out.append((le, c))
+        else:
+            out.append((le, c - p))
+    count = None
+    if cur.count is not None:
+        count = cur.count if (reset or prev.count is None or cur.count < prev.count) else cur.count - prev.count
+    return Histogram(tuple(out), count)
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """PromQL histogram_quantile over cumulative classic buckets; None where PromQL gives NaN."""
+    if math.isnan(q):
+        return None
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    bs = sorted(buckets)
+    if len(bs) < 2 or not math.isinf(bs[-1][0]) or bs[-1][0] < 0:
+        return None
+    # Non-monotonic counts (scrape skew between buckets) are raised to the running maximum.
+    mono: list[tuple[float, float]] = []
+    run = 0.0
+    for le, c in bs:
+        if math.isnan(c):
+            return None
+        run = max(run, c)
+        mono.append((le, run))
+    observations = mono[-1][1]
+    if observations <= 0:
+        return None
+    rank = q * observations
+    b = next(i for i, (_, c) in enumerate(mono) if c >= rank)
+    if b == len(mono) - 1:
+        return mono[-2][0]
+    if b == 0 and mono[0][0] <= 0:
+        return mono[0][0]
+    start = 0.0
+    end = mono[b][0]
+    count = mono[b][1]
+    if b > 0:
+        start = mono[b - 1][0]
+        count -= mono[b - 1][1]
+        rank -= mono[b - 1][1]
+    if count <= 0:
+        return end
+    return start + (end - start) * (rank / count)

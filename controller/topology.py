@@ -1,0 +1,494 @@
+"""Topology discovery: the PCIe tree from sysfs, or the `nvidia-smi topo -m` matrix as a fallback;
+exports for cluster schedulers (node labels, Volcano HyperNode manifests).
+
+The model and its distance (tier of the lowest common ancestor) are in fsm/topology.py. Here:
+
+* sysfs: `/sys/bus/pci/devices/<bdf>` resolves to `/sys/devices/pciDDDD:BB/<root port>/<switch
+  upstream>/<downstream>/.../<bdf>`; the `pciDDDD:BB` host bridge is a root complex, every bridge
+  on the way is a switch-tier node, `numa_node` / `local_cpulist` give the NUMA placement.
+  GPUs are NVIDIA (vendor 0x10de) display/3D controllers (class 0x0300xx / 0x0302xx), named
+  gpu<i> in PCI bus order, the order NVML and nvidia-smi use by default. NVMe block devices come
+  from `/sys/block/*` (aliases: name, MAJ:MIN), NICs from `/sys/class/net/*` and
+  `/sys/class/infiniband/*` (aliases: every name of the PCI function).
+* `nvidia-smi topo -m`: relations X, NV#, PIX, PXB, PHB, NODE, SYS (the legend nvidia-smi prints),
+  CPU / NUMA affinity columns, optional `GPU NUMA ID`, a NIC legend on newer drivers. Captured
+  outputs carry ANSI codes in the header, tabs expanded to spaces, and empty trailing cells.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.signals.base import ParseError
+from fsm.mig import MODELS
+from fsm.topology import HOST_ID, Node, NodeKind, Tier, Topology
+
+# -- cpulists --------------------------------------------------------------------------------
+_CPULIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def parse_cpulist(text: str) -> tuple[int, ...]:
+    """'0-23,48-71' -> (0, ..., 23, 48, ..., 71). Raises ValueError on anything else."""
+    s = text.strip()
+    if not s:
+        return ()
+    if not _CPULIST.match(s):
+        raise ValueError(f"not a CPU list: {s[:40]!r}")
+    out: list[int] = []
+    for part in s.split(","):
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi) if hi else int(lo)
+        if b < a or b - a > 65536:
+            raise ValueError(f"bad CPU range {part!r}")
+        out.extend(range(a, b + 1))
+    return tuple(out)
+
+
+def format_cpulist(cpus: Iterable[int]) -> str:
+    xs = sorted(set(cpus))
+    parts: list[str] = []
+    i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        parts.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+# -- nvidia-smi topo -m ----------------------------------------------------------------------
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_REL = re.compile(r"^(X|SYS|NODE|PHB|PXB|PIX|SOC|NV\d+)$")
+_DEVNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_AFFINITY_COLS = ("CPU Affinity", "NUMA Affinity", "GPU NUMA ID")
+RELATION_TIER = {
+    "PIX": Tier.SWITCH,
+    "PXB": Tier.SWITCH,
+    "PHB": Tier.ROOT_COMPLEX,
+    "NODE": Tier.NUMA,
+    "SYS": Tier.SYSTEM,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixGpu:
+    cpus: str | None  # as printed, e.g. "0-55,112-167"
+    numa: int | None
+    gpu_numa_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopoMatrix:
+    devices: tuple[str, ...]  # column names as printed, in order
+    links: Mapping[str, Mapping[str, str]]  # row -> column -> relation
+    gpus: Mapping[str, MatrixGpu]
+    nic_legend: Mapping[str, str] = field(default_factory=dict)  # NIC0 -> mlx5_0
+
+    @property
+    def nics(self) -> dict[str, str]:
+        """Matrix NIC name -> device name: from the NIC legend, else the column names themselves."""
+        if self.nic_legend:
+            return dict(self.nic_legend)
+        return {d: d for d in self.devices if not _is_gpu(d)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gpus": {g: {"numa": v.numa, "cpus": v.cpus} for g, v in self.gpus.items()},
+            "links": {r: dict(cols) for r, cols in self.links.items()},
+            "nics": self.nics,
+        }
+
+
+def _is_gpu(name: str) -> bool:
+    return re.fullmatch(r"GPU\d+", name) is not None
+
+
+def _header_tokens(line: str) -> tuple[list[str], list[str]]:
+    text = line
+    affinity = []
+    for col in _AFFINITY_COLS:
+        if col in text:
+            affinity.append((text.index(col), col))
+            text = text.replace(col, " ")
+    return text.split(), [c for _, c in sorted(affinity)]
+
+
+def parse_topo_matrix(text: str, source: str = "nvidia-smi topo -m") -> TopoMatrix:
+    """Parse a captured `nvidia-smi topo -m`; a ParseError names the offending line."""
+    lines = [_ANSI.sub("", ln).rstrip("\r") for ln in text.splitlines()]
+    start = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if start is None:
+        raise ParseError(source, None, "empty input")
+    devices, affinity = _header_tokens(lines[start])
+    hline = start + 1
+    if not devices:
+        raise ParseError(source, hline, "header names no devices")
+    for d in devices:
+        if not _DEVNAME.match(d):
+            raise ParseError(source, hline, f"unexpected column name {d[:40]!r}")
+    if len(set(devices)) != len(devices):
+        raise ParseError(source, hline, "a column name is repeated")
+    links: dict[str, dict[str, str]] = {}
+    gpus: dict[str, MatrixGpu] = {}
+    i = start + 1
+    while i < len(lines) and lines[i].strip() and not lines[i].strip().startswith("Legend"):
+        n = i + 1
+        toks = lines[i].split()
+        row = toks[0]
+        if row not in devices:
+            raise ParseError(source, n, f"row {row[:40]!r} is not a column of the header")
+        if row in links:
+            raise ParseError(source, n, f"row {row} appears twice")
+        rels = toks[1 : 1 + len(devices)]
+        if len(rels) < len(devices):
+            raise ParseError(source, n, f"row {row} has {len(rels)} relations, the header has {len(devices)} columns")
+        for col, rel in zip(devices, rels, strict=True):
+            if not _REL.match(rel):
+                raise ParseError(source, n, f"row {row}, column {col}: unknown relation {rel[:20]!r}")
+            if (col == row) != (rel == "X"):
+                raise ParseError(source, n, f"row {row}, column {col}: 'X' must be exactly on the diagonal")
+        links[row] = dict(zip(devices, rels, strict=True))
+        extra = toks[1 + len(devices) :]
+        if len(extra) > len(affinity):
+            raise ParseError(source, n, f"row {row} has {len(extra)} affinity cells, header has {len(affinity)}")
+        cells = dict(zip(affinity, extra, strict=False))
+        if _is_gpu(row):
+            gpus[row] = MatrixGpu(
+                cpus=_cpus_cell(cells.get("CPU Affinity"), source, n),
+                numa=_int_cell(cells.get("NUMA Affinity"), source, n, "NUMA Affinity"),
+                gpu_numa_id=_int_cell(cells.get("GPU NUMA ID"), source, n, "GPU NUMA ID"),
+            )
+        i += 1
+    missing = [d for d in devices if d not in links]
+    if missing:
+        raise ParseError(source, i, f"no row for {', '.join(missing)} (truncated output?)")
+    for r in devices:
+        for c in devices:
+            a, b = links[r][c], links[c][r]
+            if a != b:
+                raise ParseError(source, None, f"matrix is not symmetric: {r}/{c} is {a} but {c}/{r} is {b}")
+    legend = _nic_legend(lines, i, devices, source)
+    return TopoMatrix(tuple(devices), links, gpus, legend)
+
+
+def _cpus_cell(v: str | None, source: str, n: int) -> str | None:
+    if v is None or v == "N/A":
+        return None
+    try:
+        parse_cpulist(v)
+    except ValueError as e:
+        raise ParseError(source, n, f"CPU Affinity: {e}") from None
+    return v
+
+
+def _int_cell(v: str | None, source: str, n: int, what: str) -> int | None:
+    if v is None or v == "N/A":
+        return None
+    if not v.isdigit() or len(v) > 6:
+        raise ParseError(source, n, f"{what}: expected a number or N/A, got {v[:20]!r}")
+    return int(v)
+
+
+def _nic_legend(lines: list[str], start: int, devices: list[str], source: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    in_legend = False
+    for i in range(start, len(lines)):
+        s = lines[i].strip()
+        if s == "NIC Legend:":
+            in_legend = True
+            continue
+        if not in_legend or not s:
+            continue
+        name, sep, dev = s.partition(":")
+        if not sep or not dev.strip() or not _DEVNAME.match(name) or not _DEVNAME.match(dev.strip()):
+            raise ParseError(source, i + 1, f"expected 'NICn: device' in the NIC legend, got {s[:60]!r}")
+        if name not in devices:
+            raise ParseError(source, i + 1, f"NIC legend names {name}, which is not a column")
+        out[name] = dev.strip()
+    return out
+
+
+class _UF:
+    def __init__(self, items: Iterable[str]) -> None:
+        self.p = {x: x for x in items}
+
+    def find(self, x: str) -> str:
+        while self.p[x] != x:
+            self.p[x] = self.p[self.p[x]]
+            x = self.p[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.p[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for x in self.p:
+            out.setdefault(self.find(x), []).append(x)
+        return out
+
+
+def _gpu_id(name: str) -> str:
+    return "gpu" + name[3:] if _is_gpu(name) else name
+
+
+def topology_from_matrix(m: TopoMatrix) -> Topology:
+    """A Topology consistent with the matrix: devices that are PIX/PXB share a switch node, PHB a
+    root complex, NODE a NUMA node, SYS nothing below the host. NVLink (NV#) is not PCIe and says
+    nothing about the tree. GPUs are gpu<i> (alias GPU<i>); NICs take their legend name."""
+    devs = list(m.devices)
+    levels = {
+        Tier.SWITCH: ("PIX", "PXB"),
+        Tier.ROOT_COMPLEX: ("PIX", "PXB", "PHB"),
+        Tier.NUMA: ("PIX", "PXB", "PHB", "NODE"),
+    }
+    ufs = {t: _UF(devs) for t in levels}
+    for r in devs:
+        for c in devs:
+            rel = m.links[r][c]
+            for t, rels in levels.items():
+                if rel in rels:
+                    ufs[t].union(r, c)
+    numa_of_dev = {g: v.numa for g, v in m.gpus.items()}
+    nodes: list[Node] = [Node(HOST_ID, NodeKind.HOST, None)]
+    made: set[str] = {HOST_ID}
+    cpus_by_numa: dict[int, set[int]] = {}
+    for v in m.gpus.values():
+        if v.numa is not None and v.cpus:
+            cpus_by_numa.setdefault(v.numa, set()).update(parse_cpulist(v.cpus))
+    numa_parent: dict[str, str] = {}
+    for k, (root, members) in enumerate(sorted(ufs[Tier.NUMA].groups().items())):
+        known = {x for d in members if (x := numa_of_dev.get(d)) is not None}
+        if len(known) == 1:
+            n = known.pop()
+            nid = f"numa{n}"
+            if nid not in made:
+                nodes.append(Node(nid, NodeKind.NUMA, HOST_ID, numa=n, cpus=tuple(sorted(cpus_by_numa.get(n, ())))))
+                made.add(nid)
+        elif len(members) > 1:
+            nid = f"numa-group{k}"
+            nodes.append(Node(nid, NodeKind.NUMA, HOST_ID))
+            made.add(nid)
+        else:
+            nid = HOST_ID
+        numa_parent[root] = nid
+    parent: dict[str, str] = {}
+    for k, (_root, members) in enumerate(sorted(ufs[Tier.ROOT_COMPLEX].groups().items())):
+        up = numa_parent[ufs[Tier.NUMA].find(members[0])]
+        if len(members) > 1:
+            rc = f"rc{k}"
+            nodes.append(Node(rc, NodeKind.ROOT_COMPLEX, up))
+            up = rc
+        for d in members:
+            parent[d] = up
+    for k, (_root, members) in enumerate(sorted(ufs[Tier.SWITCH].groups().items())):
+        if len(members) > 1:
+            sw = f"sw{k}"
+            nodes.append(Node(sw, NodeKind.SWITCH, parent[members[0]]))
+            for d in members:
+                parent[d] = sw
+    nics = m.nics
+    for d in devs:
+        if _is_gpu(d):
+            nodes.append(Node(_gpu_id(d), NodeKind.GPU, parent[d], aliases=(d,)))
+        else:
+            name = nics.get(d, d)
+            aliases = (d,) if name != d else ()
+            nodes.append(Node(name, NodeKind.NIC, parent[d], aliases=aliases))
+    return Topology(tuple(nodes))
+
+
+# -- sysfs ---------------------------------------------------------------------------------
+_BDF = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+_HOSTBRIDGE = re.compile(r"^pci[0-9a-fA-F]{4}:[0-9a-fA-F]{2}$")
+_GT_S = re.compile(r"^\s*([0-9.]+)\s*GT/s")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def link_bps(speed: str | None, width: str | None) -> float | None:
+    """Usable bytes/s of a PCIe link from sysfs current_link_speed/width ('16.0 GT/s PCIe', '16'):
+    8b/10b encoding up to 5 GT/s (Gen1/2), 128b/130b from 8 GT/s (Gen3+); Gen6's FLIT mode is close
+    to 242/256, ignored here."""
+    if not speed or not width:
+        return None
+    m = _GT_S.match(speed)
+    if not m or not width.strip().isdigit():
+        return None
+    gts, lanes = float(m.group(1)), int(width.strip())
+    if gts <= 0 or lanes <= 0:
+        return None
+    eff = 0.8 if gts <= 5.0 else 128 / 130
+    return gts * 1e9 * eff * lanes / 8
+
+
+def _pci_chain(sys_root: str, real: str) -> list[str] | None:
+    """['pci0000:00', '0000:00:01.0', ..., last BDF] for a resolved sysfs path, or None if virtual."""
+    devroot = os.path.realpath(os.path.join(sys_root, "devices"))
+    rel = os.path.relpath(real, devroot)
+    if rel.startswith(".."):
+        return None
+    parts = rel.split(os.sep)
+    if not parts or not _HOSTBRIDGE.match(parts[0]):
+        return None
+    chain = [parts[0]]
+    for p in parts[1:]:
+        if _BDF.match(p):
+            chain.append(p)
+        else:
+            break
+    return chain if len(chain) > 1 else None
+
+
+@dataclass(slots=True)
+class _Dev:
+    bdf: str
+    chain: list[str]
+    kind: NodeKind
+    names: list[str] = field(default_factory=list)
+
+
+def discover_sysfs(sys_root: str = "/sys") -> Topology:
+    """The PCIe tree of the GPUs, NVMe drives and NICs under `sys_root`; devices that are not on
+    PCI (virtio without PCI, loop devices) are left out. Unreadable attributes become None."""
+    pci_dir = os.path.join(sys_root, "bus", "pci", "devices")
+    pci_root = os.path.join(sys_root, "devices")
+    devs: dict[str, _Dev] = {}
+    try:
+        entries = sorted(os.listdir(pci_dir))
+    except OSError:
+        entries = []
+    gpus = []
+    for bdf in entries:
+        path = os.path.join(pci_dir, bdf)
+        vendor = (_read(os.path.join(path, "vendor")) or "").lower()
+        cls = (_read(os.path.join(path, "class")) or "").lower()
+        if vendor == "0x10de" and cls.startswith(("0x0300", "0x0302")):
+            chain = _pci_chain(sys_root, os.path.realpath(path))
+            if chain:
+                gpus.append(_Dev(bdf, chain, NodeKind.GPU))
+    gpus.sort(key=lambda d: d.bdf.lower())  # PCI bus order = NVML's default enumeration
+    for i, d in enumerate(gpus):
+        d.names = [f"gpu{i}", d.bdf]
+        devs[d.bdf] = d
+
+    def attach(kind: NodeKind, base: str, name: str, extra: Iterable[str] = ()) -> None:
+        chain = _pci_chain(sys_root, os.path.realpath(os.path.join(base, name)))
+        if not chain:
+            return
+        bdf = chain[-1]
+        if bdf in devs and devs[bdf].kind is NodeKind.GPU:
+            return
+        d = devs.setdefault(bdf, _Dev(bdf, chain, kind))
+        for n in (name, *extra):
+            if n not in d.names:
+                d.names.append(n)
+
+    block = os.path.join(sys_root, "block")
+    blocks: list[tuple[str, str]] = []
+    for name in _listdir(block):
+        if name.startswith("nvme"):
+            majmin = _read(os.path.join(block, name, "dev")) or ""
+            blocks.append((name, majmin))
+    ib = os.path.join(sys_root, "class", "infiniband")
+    for name in _listdir(ib):
+        attach(NodeKind.NIC, ib, name)
+    net = os.path.join(sys_root, "class", "net")
+    for name in _listdir(net):
+        attach(NodeKind.NIC, net, name)
+    nodes: dict[str, Node] = {HOST_ID: Node(HOST_ID, NodeKind.HOST, None)}
+    numa_dir = os.path.join(sys_root, "devices", "system", "node")
+    for name in _listdir(numa_dir):
+        if re.fullmatch(r"node\d+", name):
+            n = int(name[4:])
+            cpus = _read(os.path.join(numa_dir, name, "cpulist")) or ""
+            try:
+                cl = parse_cpulist(cpus)
+            except ValueError:
+                cl = ()
+            nodes[f"numa{n}"] = Node(f"numa{n}", NodeKind.NUMA, HOST_ID, numa=n, cpus=cl)
+
+    def attr(bdf: str, chain: list[str], a: str) -> str | None:
+        return _read(os.path.join(pci_root, *chain[: chain.index(bdf) + 1], a))
+
+    def ensure_chain(chain: list[str]) -> str:
+        """Create the host bridge and bridges above the device; return the parent id."""
+        hb = chain[0]
+        if hb not in nodes:
+            numa = None
+            for b in chain[1:]:
+                v = attr(b, chain, "numa_node")
+                if v is not None and v.lstrip("-").isdigit() and int(v) >= 0:
+                    numa = int(v)
+                    break
+            up = f"numa{numa}" if numa is not None and f"numa{numa}" in nodes else HOST_ID
+            if numa is not None and up == HOST_ID:
+                nodes[f"numa{numa}"] = Node(f"numa{numa}", NodeKind.NUMA, HOST_ID, numa=numa)
+                up = f"numa{numa}"
+            cpus: tuple[int, ...] = ()
+            lc = attr(chain[1], chain, "local_cpulist")
+            if lc:
+                try:
+                    cpus = parse_cpulist(lc)
+                except ValueError:
+                    cpus = ()
+            nodes[hb] = Node(hb, NodeKind.ROOT_COMPLEX, up, cpus=cpus)
+        parent = hb
+        for b in chain[1:-1]:
+            if b not in nodes:
+                nodes[b] = Node(
+                    b,
+                    NodeKind.SWITCH,
+                    parent,
+                    link_bps=link_bps(attr(b, chain, "current_link_speed"), attr(b, chain, "current_link_width")),
+                    bdf=b,
+                )
+            parent = b
+        return parent
+
+    models = {pid: m.key for m in MODELS.values() for pid in m.pci_device_ids}
+    out_nodes: list[Node] = []
+    for d in sorted(devs.values(), key=lambda d: (d.kind != NodeKind.GPU, d.bdf)):
+        parent = ensure_chain(d.chain)
+        lbps = link_bps(attr(d.bdf, d.chain, "current_link_speed"), attr(d.bdf, d.chain, "current_link_width"))
+        if d.kind is NodeKind.GPU:
+            dev_id = attr(d.bdf, d.chain, "device") or ""
+            model = models.get(int(dev_id, 16)) if re.fullmatch(r"0x[0-9a-fA-F]+", dev_id) else None
+            out_nodes.append(
+                Node(
+                    d.names[0], NodeKind.GPU, parent, link_bps=lbps, bdf=d.bdf, model=model, aliases=tuple(d.names[1:])
+                )
+            )
+        else:
+            out_nodes.append(Node(d.names[0], d.kind, parent, link_bps=lbps, bdf=d.bdf, aliases=(*d.names[1:], d.bdf)))
+    # NVMe namespaces: one node per block device, under its controller's PCI parent
+    for name, majmin in blocks:
+        chain = _pci_chain(sys_root, os.path.realpath(os.path.join(block, name)))
+        if not chain:
+            continue
+        parent = ensure_chain(chain)
+        bdf = chain[-1]
+        lbps = link_bps(attr(bdf, chain, "current_link_speed"), attr(bdf, chain, "current_link_width"))
+        aliases = tuple(a for a in (majmin, bdf) if a)
+        out_nodes.append(Node(name, NodeKind.NVME, parent, link_bps=lbps, bdf=bdf, aliases=aliases))
+    return Topology((*nodes.values(), *out_nodes))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []

@@ -1,0 +1,67 @@
+"""Link bandwidth shared by weighted max-min fairness (progressive filling), with per-flow caps.
+
+A flow crosses a set of links, possibly a link more than once (an ETL pipeline that reads a drive
+into host memory and copies it on to a GPU crosses its PCIe switch's uplink twice: both legs run
+at the flow's rate). Rates rise in proportion to the weights until a flow reaches its cap (its
+demand, or a throttle) or a link it crosses is full; those flows freeze and the rest keep rising.
+The result never exceeds a link's capacity, honours every cap, and is work-conserving: every flow
+is either at its cap or crosses a full link.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    name: str
+    links: Mapping[str, int]  # link -> how many times the flow crosses it
+    cap: float = math.inf  # bytes/s: min(demand, throttle); inf = elastic
+    weight: float = 1.0
+
+
+def max_min(flows: Sequence[Flow], capacity: Mapping[str, float]) -> dict[str, float]:
+    """Rate of every flow (bytes/s). Links missing from `capacity` are not constraints."""
+    rate = {f.name: 0.0 for f in flows}
+    residual = dict(capacity)
+    active = []
+    for f in flows:
+        if f.cap <= 0 or f.weight <= 0:
+            continue
+        if not any(link in residual for link in f.links):
+            rate[f.name] = f.cap  # crosses no modelled link: gets what it asks for
+            continue
+        active.append(f)
+    while active:
+        load: dict[str, float] = {}
+        for f in active:
+            for link, m in f.links.items():
+                if link in residual:
+                    load[link] = load.get(link, 0.0) + m * f.weight
+        step = math.inf
+        for link, ld in load.items():
+            step = min(step, max(residual[link], 0.0) / ld)
+        for f in active:
+            step = min(step, (f.cap - rate[f.name]) / f.weight)
+        for f in active:
+            rate[f.name] += step * f.weight
+        for link, ld in load.items():
+            residual[link] -= step * ld
+        full = {link for link in load if residual[link] <= _EPS * max(1.0, capacity[link])}
+        active = [f for f in active if rate[f.name] < f.cap * (1 - _EPS) and not any(link in full for link in f.links)]
+    return rate
+
+
+def link_load(flows: Sequence[Flow], rates: Mapping[str, float]) -> dict[str, float]:
+    """Bytes/s on every link a flow crosses."""
+    out: dict[str, float] = {}
+    for f in flows:
+        r = rates.get(f.name, 0.0)
+        for link, m in f.links.items():
+            out[link] = out.get(link, 0.0) + m * r
+    return out

@@ -1,0 +1,176 @@
+"""The policy ablation: every policy is the real decision core (fsm.decide) with levers switched,
+closed-loop against the simulator, one controller per host. Jobs (policy x host) run in parallel
+processes; results are merged per policy in a fixed order, so the same seed gives the same report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from fsm.decide import decide
+from fsm.spec import LEVEL_ORDER, HostSpec, Policy, Role
+from fsm.state import ControllerState
+from replay.scenario import Scenario, load_scenario
+from replay.simulator import HostSim
+
+POLICIES: dict[str, dict[str, bool]] = {
+    "static": {"guards": False, "placement": False, "mig": False, "mps": False},
+    "guards-only": {"guards": True, "placement": False, "mig": False, "mps": True},
+    "placement-only": {"guards": False, "placement": True, "mig": False, "mps": False},
+    "mig-only": {"guards": False, "placement": False, "mig": True, "mps": False},
+    "full": {"guards": True, "placement": True, "mig": True, "mps": True},
+}
+ACTION_KINDS = ("escalate", "release")
+LEVEL_EVERY_S = 30.0  # resolution of the isolation-level time series kept for the plot
+
+
+def policy_for(base: Policy, name: str) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+    levers = POLICIES[name]
+    return replace(base, guards=levers["guards"], placement=levers["placement"], mig=levers["mig"], mps=levers["mps"])
+
+
+@dataclass(slots=True)
+class HostRun:
+    """One host under one policy (picklable, returned by the worker processes)."""
+
+    policy: str
+    host: str
+    duration_s: float
+    latencies: np.ndarray  # float32 seconds, every sensitive request
+    windows: list[tuple[float, str, int, float]]
+    slo: dict[str, float]
+    delivered: dict[str, float]
+    roles: dict[str, str]
+    actions: int
+    reconfigs: int
+    moves: int
+    failed_ops: int
+    levels: list[tuple[float, int]]  # (t, highest isolation level of any sensitive tenant)
+    events: list[str] = field(default_factory=list)
+
+
+def run_host(
+    scenario: Scenario,
+    host_index: int,
+    policy: str,
+    duration_s: float,
+    seed: int,
+    progress: Callable[[float], None] | None = None,
+) -> HostRun:
+    model = scenario.hosts[host_index]
+    spec: HostSpec = replace(model.spec, policy=policy_for(model.spec.policy, policy))
+    sim = HostSim(model, scenario.meta, seed, host_index)
+    state = ControllerState()
+    desired = None
+    actions = 0
+    levels: list[tuple[float, int]] = []
+    next_level_t = 0.0
+    events: list[str] = []
+    n_ticks = max(1, math.ceil(duration_s / scenario.meta.tick_s - 1e-9))
+    for i in range(n_ticks):
+        obs = sim.step(desired)
+        d = decide(state, obs, spec)
+        state, desired = d.state, d.desired
+        for e in d.events:
+            if e.kind in ACTION_KINDS:
+                actions += 1
+            if len(events) < 2000:
+                events.append(f"t={e.t:.0f} {e.tenant} {e.kind} {e.level_from}->{e.level_to} {e.lever} {e.reason}")
+        if obs.t >= next_level_t:
+            lvl = max((LEVEL_ORDER.index(c.level) for c in state.tenants.values()), default=0)
+            levels.append((obs.t, lvl))
+            next_level_t += LEVEL_EVERY_S
+        if progress is not None and i % 500 == 0:
+            progress(i / n_ticks)
+    lat = np.concatenate(sim.stats.latencies).astype(np.float32) if sim.stats.latencies else np.empty(0, np.float32)
+    return HostRun(
+        policy=policy,
+        host=model.name,
+        duration_s=n_ticks * scenario.meta.tick_s,
+        latencies=lat,
+        windows=sim.stats.windows,
+        slo={n: t.slo_s or math.inf for n, t in spec.tenants.items() if t.role is Role.SENSITIVE},
+        delivered=dict(sim.stats.delivered),
+        roles={n: t.role.value for n, t in spec.tenants.items()},
+        actions=actions,
+        reconfigs=sim.stats.reconfigs,
+        moves=sim.stats.moves,
+        failed_ops=sim.stats.failed_ops,
+        levels=levels,
+        events=events,
+    )
+
+
+def _job(args: tuple[str, int, str, float, int]) -> HostRun:
+    path, host_index, policy, duration_s, seed = args
+    return run_host(load_scenario(path), host_index, policy, duration_s, seed)
+
+
+def run_all(
+    scenario: Scenario,
+    policies: list[str],
+    duration_s: float,
+    seed: int,
+    jobs: int | None = None,
+    progress: bool = False,
+) -> dict[str, list[HostRun]]:
+    """policy -> one HostRun per host, in scenario order."""
+    for p in policies:
+        policy_for(Policy(), p)
+    work = [(scenario.file, h, p, duration_s, seed) for p in policies for h in range(len(scenario.hosts))]
+    jobs = jobs if jobs is not None else min(len(work), os.cpu_count() or 1)
+    bar = Progress(len(work)) if progress else None
+    results: list[HostRun] = []
+    if jobs <= 1 or len(work) == 1:
+        for w in work:
+            results.append(_job(w))
+            if bar:
+                bar.advance()
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as ex:
+            for r in ex.map(_job, work):
+                results.append(r)
+                if bar:
+                    bar.advance()
+    if bar:
+        bar.done()
+    out: dict[str, list[HostRun]] = {p: [] for p in policies}
+    for r in results:
+        out[r.policy].append(r)
+    return out
+
+
+class Progress:
+    """A plain progress bar on stderr (only when stderr is a terminal or forced)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.n = 0
+        self.enabled = sys.stderr.isatty() or os.environ.get("TAILGUARD_PROGRESS") == "1"
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.n / max(1, self.total))
+        sys.stderr.write(f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {self.n}/{self.total} runs")
+        sys.stderr.flush()
+
+    def advance(self) -> None:
+        self.n += 1
+        self._draw()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()

@@ -1,0 +1,423 @@
+"""Scenario files (TOML): hosts, their PCIe tree, GPUs with real MIG layouts, tenants and demand.
+
+Every key is documented in docs/scenarios.md. Validation is pydantic for shapes and ranges, then a
+cross-check pass for what refers to what (parents, paths, GPU models, MIG profiles and placements
+from fsm.mig). Every problem names the file and the dotted key, e.g.
+`paper-p4d.toml: hosts[0](p4d).nodes[4](gpu0).layout[1]: GPU model A100-SXM4-40GB has no MIG profile '1g.10gb'`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fsm.mig import GpuModel, Slot, layout_problems, model_by_name
+from fsm.observation import InstanceRef
+from fsm.spec import HostSpec, Policy, Role, TenantSpec
+from fsm.topology import HOST_ID, Node, NodeKind, Topology
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+DATA_DIR = Path(__file__).parent / "data"
+CPU = "cpu"  # path endpoint: host memory (the NUMA node of the other end)
+
+
+class ScenarioError(Exception):
+    def __init__(self, file: str, problems: list[str]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(f"{file}: {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Schedule(_Strict):
+    """On/off windows [start, end) in seconds, repeating every period_s (none: always on)."""
+
+    period_s: float | None = Field(None, gt=0)
+    on: list[tuple[float, float]] = []
+    level: float = Field(1.0, ge=0)  # demand multiplier while on
+
+    @model_validator(mode="after")
+    def _check(self) -> Schedule:
+        for a, b in self.on:
+            if not 0 <= a < b:
+                raise ValueError(f"window [{a}, {b}] must have 0 <= start < end")
+            if self.period_s is not None and b > self.period_s:
+                raise ValueError(f"window [{a}, {b}] ends after period_s {self.period_s}")
+        return self
+
+    def active(self, t: float) -> float:
+        if not self.on:
+            return self.level
+        x = t % self.period_s if self.period_s else t
+        return self.level if any(a <= x < b for a, b in self.on) else 0.0
+
+
+class NodeConfig(_Strict):
+    id: str
+    kind: Literal["numa", "root_complex", "switch", "gpu", "nvme", "nic"]
+    parent: str | None = None  # numa nodes hang off the host
+    link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink (1 GB = 1e9 bytes)
+    index: int | None = Field(None, ge=0)  # numa: node number
+    cpus: str | None = None  # numa: "0-23,48-71"
+    model: str | None = None  # gpu: A100-SXM4-40GB, ...
+    layout: list[str] | None = None  # gpu: starting MIG layout, PROFILE@START
+    aliases: list[str] = []  # block device names, MAJ:MIN, NIC names
+    bdf: str | None = None
+
+
+class Requests(_Strict):
+    """Request arrivals and per-request cost of a sensitive tenant."""
+
+    rate: float | None = Field(None, gt=0)  # Poisson arrivals per second
+    trace: str | None = None  # CSV (TIMESTAMP, ContextTokens, GeneratedTokens), relative to the file
+    trace_speed: float = Field(1.0, gt=0)  # replay the trace this many times faster
+    tokens: float = Field(0.0, ge=0)  # context tokens per request when arrivals come from `rate`
+    compute_ms: float = Field(ge=0)  # on a 1-slice instance, fixed part
+    compute_ms_per_token: float = Field(0.0, ge=0)  # prefill grows with context tokens
+    slice_exponent: float = Field(1.0, ge=0, le=2)  # compute / slices ** exponent
+    bytes: float = Field(0.0, ge=0)  # host<->device bytes per request, fixed part
+    bytes_per_token: float = Field(0.0, ge=0)
+    noise_cv: float = Field(0.2, ge=0, le=3)  # lognormal multiplicative noise on compute time
+
+    @model_validator(mode="after")
+    def _one(self) -> Requests:
+        if (self.rate is None) == (self.trace is None):
+            raise ValueError("give exactly one of rate (Poisson) or trace (a CSV file)")
+        return self
+
+
+class FlowConfig(_Strict):
+    path: tuple[str, str]  # endpoints: device ids or "cpu"
+
+
+class TenantConfig(_Strict):
+    name: str
+    role: Role
+    instance: str | None = None  # GPU/PROFILE@START
+    cgroup: str | None = None
+    devices: list[str] = []
+    slo_ms: float | None = Field(None, gt=0)
+    quantile: float = Field(0.99, gt=0, lt=1)
+    mps: bool = False
+    requests: Requests | None = None  # sensitive
+    flows: list[FlowConfig] = []  # bulk / compute: every leg carries the tenant's rate
+    demand_gbps: float = Field(0.0, ge=0)  # bytes/s the flows want (GB/s), while the schedule is on
+    sm_active: float = Field(0.0, ge=0, le=1)  # compute: SM activity of its instance while on
+    schedule: Schedule = Schedule()
+
+    @model_validator(mode="after")
+    def _role(self) -> TenantConfig:
+        if self.role is Role.SENSITIVE:
+            if self.slo_ms is None:
+                raise ValueError("a sensitive tenant needs slo_ms")
+            if self.requests is None:
+                raise ValueError("a sensitive tenant needs [requests]")
+            if self.instance is None:
+                raise ValueError("a sensitive tenant needs instance")
+        elif self.requests is not None:
+            raise ValueError("only sensitive tenants take [requests]")
+        if self.flows and self.demand_gbps <= 0:
+            raise ValueError("flows need demand_gbps > 0")
+        return self
+
+
+class HostConfig(_Strict):
+    name: str
+    copies: int = Field(1, ge=1, le=64)  # identical hosts (each with its own controller)
+    nodes: list[NodeConfig]
+    tenants: list[TenantConfig]
+
+
+class ScenarioMeta(_Strict):
+    name: str
+    description: str = ""
+    duration_s: float = Field(3600.0, gt=0)
+    tick_s: float = Field(2.0, gt=0.05, le=60)
+    seed: int = 1
+    reconfig_downtime_s: float = Field(18.0, ge=0)
+    move_downtime_s: float = Field(5.0, ge=0)
+    compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
+    irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
+    paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
+
+
+class ScenarioConfig(_Strict):
+    scenario: ScenarioMeta
+    policy: dict[str, Any] = {}  # fsm.spec.Policy field overrides
+    hosts: list[HostConfig] = Field(min_length=1)
+
+
+# -- the validated, resolved scenario ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HostModel:
+    name: str
+    spec: HostSpec  # levers all on; the runner switches them per policy
+    layouts: dict[str, tuple[Slot, ...]]
+    models: dict[str, GpuModel]
+    tenants: dict[str, TenantConfig]
+    base_dir: Path  # for relative trace paths
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    file: str
+    meta: ScenarioMeta
+    hosts: tuple[HostModel, ...]
+
+
+def _cpus(text: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"bad CPU list {text!r}: expected e.g. 0-23,48-71")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        out.extend(range(a, b + 1))
+    return tuple(out)
+
+
+def _loc(loc: tuple[Any, ...], data: Any) -> str:
+    out = ""
+    cur = data
+    for part in loc:
+        if isinstance(part, int):
+            label = f"[{part}]"
+            if isinstance(cur, list) and 0 <= part < len(cur):
+                cur = cur[part]
+                if isinstance(cur, dict):
+                    tag = cur.get("name", cur.get("id"))
+                    if isinstance(tag, str):
+                        label = f"[{part}]({tag})"
+            out += label
+        else:
+            if isinstance(cur, dict) and part not in cur and str(part).startswith(("function-", "union", "tuple")):
+                continue
+            out += ("." if out else "") + str(part)
+            cur = cur.get(part) if isinstance(cur, dict) else None
+    return out or "<top level>"
+
+
+def policy_from(overrides: dict[str, Any], where: str) -> Policy:
+    known = set(Policy.__dataclass_fields__)
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"{where}: unknown policy key(s) {', '.join(bad)}")
+    for k, v in overrides.items():
+        default = getattr(Policy(), k)
+        if isinstance(default, bool) != isinstance(v, bool) or not isinstance(v, type(default) | int | float):
+            raise ValueError(f"{where}.{k}: expected {type(default).__name__}, got {v!r}")
+    try:
+        return Policy(**overrides)
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list[HostModel]:
+    where = f"hosts[{i}]({h.name})"
+    nodes: list[Node] = [Node(HOST_ID, NodeKind.HOST, None)]
+    ids = {HOST_ID}
+    layouts: dict[str, tuple[Slot, ...]] = {}
+    models: dict[str, GpuModel] = {}
+    for j, n in enumerate(h.nodes):
+        nw = f"{where}.nodes[{j}]({n.id})"
+        if n.id in ids or n.id == CPU:
+            problems.append(f"{nw}.id: duplicate or reserved node id {n.id!r}")
+            continue
+        parent = n.parent if n.kind != "numa" else (n.parent or HOST_ID)
+        if parent is None:
+            problems.append(f"{nw}.parent: a {n.kind} needs a parent")
+            continue
+        if parent not in ids:
+            problems.append(f"{nw}.parent: unknown node {parent!r} (parents must come first)")
+            continue
+        cpus: tuple[int, ...] = ()
+        if n.cpus:
+            try:
+                cpus = _cpus(n.cpus)
+            except ValueError as e:
+                problems.append(f"{nw}.cpus: {e}")
+        if n.kind == "numa" and n.index is None:
+            problems.append(f"{nw}.index: a numa node needs its index")
+        if n.kind == "gpu":
+            if n.model is None:
+                problems.append(f"{nw}.model: a gpu needs its model")
+                continue
+            try:
+                model = model_by_name(n.model)
+            except KeyError as e:
+                problems.append(f"{nw}.model: {e.args[0]}")
+                continue
+            models[n.id] = model
+            slots: list[Slot] = []
+            for k, text in enumerate(n.layout or []):
+                try:
+                    s = Slot.parse(text)
+                except ValueError as e:
+                    problems.append(f"{nw}.layout[{k}]: {e}")
+                    continue
+                if not model.has_profile(s.profile):
+                    problems.append(f"{nw}.layout[{k}]: GPU model {model.key} has no MIG profile {s.profile!r}")
+                    continue
+                slots.append(s)
+            for p in layout_problems(model, slots):
+                problems.append(f"{nw}.layout: {p}")
+            layouts[n.id] = tuple(sorted(slots))
+        elif n.model is not None or n.layout is not None:
+            problems.append(f"{nw}: model and layout are for gpu nodes only")
+        link = n.link_gbps * 1e9 if n.link_gbps is not None else None
+        kind = NodeKind(n.kind)
+        nodes.append(
+            Node(
+                n.id,
+                kind,
+                parent,
+                link_bps=link,
+                numa=n.index if kind is NodeKind.NUMA else None,
+                cpus=cpus,
+                bdf=n.bdf,
+                model=models[n.id].key if n.id in models else None,
+                aliases=tuple(n.aliases),
+            )
+        )
+        ids.add(n.id)
+    try:
+        topo = Topology(tuple(nodes))
+    except ValueError as e:
+        problems.append(f"{where}.nodes: {e}")
+        return []
+    tenants: dict[str, TenantSpec] = {}
+    used: dict[InstanceRef, str] = {}
+    for j, t in enumerate(h.tenants):
+        tw = f"{where}.tenants[{j}]({t.name})"
+        if t.name in tenants:
+            problems.append(f"{tw}.name: duplicate tenant name")
+            continue
+        inst = None
+        if t.instance is not None:
+            try:
+                inst = InstanceRef.parse(t.instance)
+            except ValueError as e:
+                problems.append(f"{tw}.instance: {e}")
+            if inst is not None:
+                if inst.gpu not in models:
+                    problems.append(f"{tw}.instance: no gpu {inst.gpu!r} on this host")
+                elif not models[inst.gpu].has_profile(inst.profile):
+                    problems.append(
+                        f"{tw}.instance: GPU model {models[inst.gpu].key} has no MIG profile {inst.profile!r}"
+                    )
+                elif inst.slot not in layouts.get(inst.gpu, ()):
+                    problems.append(f"{tw}.instance: {inst.slot} is not in {inst.gpu}'s layout")
+                elif inst in used:
+                    problems.append(f"{tw}.instance: {inst} is already {used[inst]}'s")
+                else:
+                    used[inst] = t.name
+        for k, f in enumerate(t.flows):
+            for end in f.path:
+                if end != CPU and not topo.has(end):
+                    problems.append(f"{tw}.flows[{k}].path: unknown device {end!r}")
+        for k, d in enumerate(t.devices):
+            if not topo.has(d):
+                problems.append(f"{tw}.devices[{k}]: unknown device {d!r}")
+        tenants[t.name] = TenantSpec(
+            name=t.name,
+            role=t.role,
+            cgroup=t.cgroup,
+            gpu=inst.gpu if inst else None,
+            instance=inst,
+            slo_s=t.slo_ms / 1000.0 if t.slo_ms is not None else None,
+            quantile=t.quantile,
+            devices=tuple(t.devices),
+            mps=t.mps,
+        )
+    out = []
+    for c in range(h.copies):
+        name = h.name if h.copies == 1 else f"{h.name}-{c}"
+        spec = HostSpec(topo, tenants, Policy(), {g: m.key for g, m in models.items()})
+        out.append(
+            HostModel(name, spec, dict(layouts), dict(models), {t.name: t for t in h.tenants}, Path(file).parent)
+        )
+    return out
+
+
+def parse_scenario(text: str, file: str) -> Scenario:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(file, [f"TOML syntax: {e}"]) from None
+    try:
+        cfg = ScenarioConfig.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors(include_url=False):
+            msg = "unknown key (not allowed here)" if err["type"] == "extra_forbidden" else err["msg"]
+            got = err.get("input")
+            shown = (
+                ""
+                if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict | list)
+                else f" (got {got!r})"
+            )
+            problems.append(f"{_loc(tuple(err['loc']), data)}: {msg}{shown}")
+        raise ScenarioError(file, problems) from None
+    problems = []
+    try:
+        policy_from(cfg.policy, "policy")
+    except ValueError as e:
+        problems.append(str(e))
+    hosts: list[HostModel] = []
+    for i, h in enumerate(cfg.hosts):
+        hosts.extend(_resolve_host(h, i, file, problems))
+    names = [h.name for h in hosts]
+    if len(set(names)) != len(names):
+        problems.append("hosts: host names must be unique")
+    for i, h in enumerate(cfg.hosts):
+        for j, t in enumerate(h.tenants):
+            if t.requests is not None and t.requests.trace is not None:
+                p = resolve_data(t.requests.trace, Path(file).parent)
+                if p is None:
+                    problems.append(f"hosts[{i}]({h.name}).tenants[{j}]({t.name}).requests.trace: no such file")
+    if problems:
+        raise ScenarioError(file, problems)
+    policy = policy_from(cfg.policy, "policy")
+    hosts = [replace(h, spec=replace(h.spec, policy=policy)) for h in hosts]
+    return Scenario(cfg.scenario.name, file, cfg.scenario, tuple(hosts))
+
+
+def resolve_data(name: str, base: Path) -> Path | None:
+    for cand in (base / name, DATA_DIR / name, DATA_DIR / Path(name).name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def bundled() -> list[str]:
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """A bundled scenario by name (paper-p4d) or a TOML file by path."""
+    p = Path(name_or_path)
+    if not p.suffix and not p.exists():
+        p = SCENARIO_DIR / f"{name_or_path}.toml"
+        if not p.exists():
+            raise ScenarioError(
+                name_or_path, [f"no such scenario; bundled: {', '.join(bundled())}, or give a .toml path"]
+            )
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ScenarioError(str(p), [f"cannot read: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(str(p), [f"not UTF-8 text: {e}"]) from None
+    return parse_scenario(text, str(p))

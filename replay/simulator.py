@@ -1,0 +1,610 @@
+"""The host simulator: the same Host interface as the live daemon, driven by a scenario.
+
+Per tick (`tick_s`, or whatever time the daemon lets pass):
+- every flow (bulk and compute tenants' transfers, the sensitive tenants' average transfer rate)
+  gets its weighted max-min share of the PCIe tree (replay.fabric), capped by its demand and by
+  the throttles in force; that gives the bytes each tenant delivers and the GPU PCIe counters;
+- a sensitive tenant's transfer gets the share an elastic flow would get at that moment beside
+  the others; each request's service time = compute time for its instance's slices (slowed by
+  busy neighbours on the same GPU) x lognormal noise + bytes / share;
+- each instance is a FCFS server: latencies come from the Lindley recursion over the arrivals
+  (replay.queueing); the window reports the requests that completed in the tick;
+- MIG reconfigurations and moves hold the moved tenant's server for their downtime; requests
+  queue meanwhile. Layout validity is fsm.mig's.
+
+Random draws depend only on (seed, host, tenant, tick), never on the policy, so every policy sees
+the same arrivals and noise (common random numbers) and the same seed gives the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from fsm.desired import DesiredState, MpsLimit, Throttle
+from fsm.mig import GpuModel, Slot, layout_problems, normalise
+from fsm.observation import (
+    ActuationStatus,
+    GpuSample,
+    HostSample,
+    InstanceRef,
+    IoRate,
+    LatencyWindow,
+    MigSample,
+    Observation,
+    Outcome,
+    TenantSample,
+)
+from fsm.spec import HostSpec, Role
+from fsm.topology import NodeKind, Topology
+from replay.fabric import Flow, max_min
+from replay.queueing import Array, lindley
+from replay.scenario import CPU, HostModel, Requests, Scenario, ScenarioMeta, TenantConfig, resolve_data
+
+IRQ_BYTES = 256 * 1024  # bytes moved per interrupt, for the crude IRQ-rate model
+
+
+# -- request arrivals --------------------------------------------------------------------------
+@cache
+def load_request_trace(path: str) -> tuple[Array, Array]:
+    """(arrival seconds from the first request, context tokens) of an Azure LLM trace CSV."""
+    times: list[float] = []
+    tokens: list[float] = []
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f)
+        head = next(rows, None)
+        if head is None or [h.strip() for h in head[:2]] != ["TIMESTAMP", "ContextTokens"]:
+            raise ValueError(f"{path}:1: expected the header TIMESTAMP,ContextTokens,GeneratedTokens")
+        t0: datetime | None = None
+        for n, row in enumerate(rows, start=2):
+            try:
+                ts = datetime.fromisoformat(row[0].strip()[:26])
+                tok = float(row[1])
+            except (ValueError, IndexError) as e:
+                raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
+            t0 = t0 or ts
+            times.append((ts - t0).total_seconds())
+            tokens.append(tok)
+    if not times:
+        raise ValueError(f"{path}: no requests")
+    return np.asarray(times), np.asarray(tokens)
+
+
+class RequestStream:
+    """Arrivals (absolute seconds) and context tokens of one sensitive tenant, tick by tick."""
+
+    def __init__(self, req: Requests, base: Path, seed: int, host_index: int, tenant_index: int) -> None:
+        self.req = req
+        self.seed = (seed, host_index, tenant_index)
+        sigma2 = math.log1p(req.noise_cv**2)
+        self.sigma = math.sqrt(sigma2)
+        self.mu = -sigma2 / 2  # mean-one lognormal
+        self.trace: tuple[Array, Array] | None = None
+        if req.trace is not None:
+            path = resolve_data(req.trace, base)
+            if path is None:
+                raise ValueError(f"request trace {req.trace!r} not found")
+            times, tokens = load_request_trace(str(path))
+            gap = float(np.mean(np.diff(times))) if times.size > 1 else 1.0
+            self.trace = (times / req.trace_speed, tokens)
+            self.cycle = (float(times[-1]) + gap) / req.trace_speed
+
+    def _rng(self, t0: float) -> np.random.Generator:
+        # One generator per (tenant, tick start): draws never depend on what happened before.
+        return np.random.default_rng([*self.seed, round(t0 * 1000)])
+
+    def window(self, t0: float, t1: float, level: float) -> tuple[Array, Array, Array]:
+        """(arrival times, context tokens, noise factors) of the requests arriving in [t0, t1)."""
+        rng = self._rng(t0)
+        if self.trace is None:
+            assert self.req.rate is not None
+            n = int(rng.poisson(self.req.rate * level * (t1 - t0)))
+            arr = np.sort(rng.uniform(t0, t1, n))
+            tok = np.full(n, self.req.tokens)
+        else:
+            times, tokens = self.trace
+            k0, k1 = math.floor(t0 / self.cycle), math.floor(t1 / self.cycle)
+            parts_t, parts_k = [], []
+            for k in range(k0, k1 + 1):
+                lo = np.searchsorted(times, t0 - k * self.cycle, "left")
+                hi = np.searchsorted(times, t1 - k * self.cycle, "left")
+                parts_t.append(times[lo:hi] + k * self.cycle)
+                parts_k.append(tokens[lo:hi])
+            arr = np.concatenate(parts_t)
+            tok = np.concatenate(parts_k)
+            if level < 1.0:  # thin the trace (a schedule's level below 1)
+                keep = rng.random(arr.size) < level
+                arr, tok = arr[keep], tok[keep]
+        noise = rng.lognormal(self.mu, self.sigma, arr.size) if self.sigma > 0 else np.ones(arr.size)
+        return arr, tok, noise
+
+
+# -- runtime state -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Sensitive:
+    cfg: TenantConfig
+    req: Requests
+    stream: RequestStream
+    free_at: float = 0.0
+    pend_done: Array = field(default_factory=lambda: np.empty(0))  # completion times not yet reported
+    pend_lat: Array = field(default_factory=lambda: np.empty(0))
+    busy_s: float = 0.0  # compute seconds in the last tick (SM activity)
+    rate_bps: float = 0.0
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str  # move | reconfig
+    start: float
+    end: float
+    gpu: str | None = None
+    layout: tuple[Slot, ...] | None = None
+    moves: dict[str, InstanceRef] = field(default_factory=dict)
+
+    def targets(self) -> list[str]:
+        out = [f"gpu:{self.gpu}"] if self.kind == "reconfig" else []
+        return out + [f"tenant:{n}" for n in sorted(self.moves)]
+
+
+@dataclass(slots=True)
+class Stats:
+    """What the runner reports on; filled while the simulation runs."""
+
+    latencies: list[Array] = field(default_factory=list)  # per tick, all sensitive tenants
+    windows: list[tuple[float, str, int, float]] = field(default_factory=list)  # (t, tenant, count, quantile)
+    delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests)
+    reconfigs: int = 0
+    moves: int = 0
+    failed_ops: int = 0
+
+
+def _flow_links(topo: Topology, a: str, b: str) -> dict[str, int]:
+    """Links (node ids whose uplink is crossed) between two endpoints; "cpu" is host memory."""
+    if a == CPU and b == CPU:
+        return {}
+    if a == CPU or b == CPU:
+        dev = b if a == CPU else a
+        return {n: 1 for n in topo.path_links(dev)}
+    ida, idb = topo.node(a).id, topo.node(b).id
+    common = topo.lca(ida, idb)
+    kind = topo.node(common).kind if common else None
+    out: dict[str, int] = {}
+    if common is None or kind in (NodeKind.NUMA, NodeKind.HOST):
+        # Through host memory / the root complexes: each side up to its root complex.
+        for n in (*topo.path_links(ida), *topo.path_links(idb)):
+            out[n] = out.get(n, 0) + 1
+        return out
+    for dev in (ida, idb):
+        for n in topo.ancestors(dev):
+            if n == common:
+                break
+            out[n] = out.get(n, 0) + 1
+    return out
+
+
+def _quantiles(sorted_x: Array, qs: tuple[float, ...]) -> list[float]:
+    """Type-7 quantiles (numpy's default, same as fsm.quantiles) of an already sorted array."""
+    n = sorted_x.size
+    out = []
+    for q in qs:
+        pos = q * (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        out.append(float(sorted_x[lo] + (sorted_x[hi] - sorted_x[lo]) * (pos - lo)))
+    return out
+
+
+class HostSim:
+    """The synchronous simulation engine of one host (the offline replay drives it directly)."""
+
+    def __init__(self, model: HostModel, meta: ScenarioMeta, seed: int, host_index: int = 0) -> None:
+        self.model = model
+        self.meta = meta
+        self.spec: HostSpec = model.spec
+        self.topo = model.spec.topology
+        self.models: dict[str, GpuModel] = dict(model.models)
+        self.layouts: dict[str, tuple[Slot, ...]] = dict(model.layouts)
+        self.instance: dict[str, InstanceRef] = {
+            n: t.instance for n, t in model.spec.tenants.items() if t.instance is not None
+        }
+        self.t = 0.0
+        self.ops: list[_Op] = []
+        self.outcomes: list[Outcome] = []
+        self.caps: dict[tuple[str, str], Throttle] = {}
+        self.mps: dict[str, MpsLimit] = {}
+        self.stats = Stats()
+        self.last: Observation | None = None
+        self.sensitive: dict[str, _Sensitive] = {}
+        self.others: list[TenantConfig] = []
+        self.flow_links: dict[str, list[tuple[dict[str, int], str, str]]] = {}
+        for i, (name, cfg) in enumerate(sorted(model.tenants.items())):
+            if cfg.requests is not None:
+                stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i)
+                self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream)
+            else:
+                self.others.append(cfg)
+                self.flow_links[name] = [
+                    (_flow_links(self.topo, f.path[0], f.path[1]), f.path[0], f.path[1]) for f in cfg.flows
+                ]
+        self.capacity = {n.id: n.link_bps for n in self.topo.nodes if n.link_bps is not None}
+        self.gpu_nodes = [n.id for n in self.topo.gpus]
+        self.block = {n.id: (n.aliases[0] if n.aliases else n.id) for n in self.topo.of_kind(NodeKind.NVME)}
+        self.nics = {n.id: (n.aliases[0] if n.aliases else n.id) for n in self.topo.of_kind(NodeKind.NIC)}
+        self.cpus = sorted({c for n in self.topo.of_kind(NodeKind.NUMA) for c in n.cpus})
+
+    # -- actuation ------------------------------------------------------------------------------
+    def _moving(self) -> set[str]:
+        return {n for op in self.ops for n in op.moves}
+
+    def _pause(self, name: str, until: float) -> None:
+        s = self.sensitive.get(name)
+        if s is not None:
+            # The work queued now resumes once the tenant runs again.
+            s.free_at = max(s.free_at, self.t) + (until - self.t)
+
+    def _fail(self, target: str, error: str) -> None:
+        self.outcomes.append(Outcome(target, False, error, self.t))
+        self.stats.failed_ops += 1
+
+    def _occupant(self, inst: InstanceRef) -> str | None:
+        for n, i in self.instance.items():
+            if i == inst:
+                return n
+        return None
+
+    def apply_sync(self, desired: DesiredState) -> None:
+        if not desired.enforce:
+            return  # dry-run / shadow: nothing is applied
+        self.caps = {}
+        for th in desired.throttles:
+            dev = self.topo.resolve(th.device) or th.device
+            self.caps[(th.tenant, dev)] = th
+        self.mps = {m.tenant: m for m in desired.mps}
+        busy = {op.gpu for op in self.ops if op.kind == "reconfig"}
+        for gpu, want_raw in sorted(desired.layouts.items()):
+            want = normalise(want_raw)
+            cur = self.layouts.get(gpu)
+            if cur is None:
+                self._fail(f"gpu:{gpu}", f"no GPU {gpu!r} with MIG on this host")
+                continue
+            if want == cur or gpu in busy:
+                continue
+            problems = layout_problems(self.models[gpu], want)
+            if problems:
+                self._fail(f"gpu:{gpu}", "invalid MIG layout: " + "; ".join(problems))
+                continue
+            destroyed = set(cur) - set(want)
+            moves: dict[str, InstanceRef] = {}
+            blocked = []
+            moving = self._moving()
+            for n, inst in sorted(self.instance.items()):
+                tgt = desired.placements.get(n)
+                if inst.gpu == gpu and inst.slot in destroyed:
+                    if tgt is not None and tgt.gpu == gpu and tgt.slot in want and n not in moving:
+                        moves[n] = tgt
+                    else:
+                        blocked.append(f"{inst} ({n})")
+                elif (
+                    tgt is not None
+                    and tgt != inst
+                    and tgt.gpu == gpu
+                    and tgt.slot in set(want) - set(cur)
+                    and n not in moving
+                ):
+                    moves[n] = tgt
+            if blocked:
+                self._fail(f"gpu:{gpu}", f"In use by another client: {', '.join(blocked)}")
+                continue
+            end = self.t + self.meta.reconfig_downtime_s
+            self.ops.append(_Op("reconfig", self.t, end, gpu, want, moves))
+            busy.add(gpu)
+            self.stats.reconfigs += 1
+            for n in moves:
+                self._pause(n, end)
+        moving = self._moving()
+        for n, tgt in sorted(desired.placements.items()):
+            cur_inst = self.instance.get(n)
+            if cur_inst == tgt or n in moving:
+                continue
+            if tgt.gpu in busy:
+                continue  # the GPU is being reconfigured; its instances come back afterwards
+            if tgt.slot not in self.layouts.get(tgt.gpu, ()):
+                self._fail(f"tenant:{n}", f"no MIG instance {tgt} on this host")
+                continue
+            other = self._occupant(tgt)
+            if other is not None:
+                self._fail(f"tenant:{n}", f"MIG instance {tgt} is in use by {other}")
+                continue
+            end = self.t + self.meta.move_downtime_s
+            self.ops.append(_Op("move", self.t, end, None, None, {n: tgt}))
+            self.stats.moves += 1
+            self._pause(n, end)
+
+    def _finish_ops(self, until: float) -> None:
+        done = [op for op in self.ops if op.end <= until]
+        if not done:
+            return
+        self.ops = [op for op in self.ops if op.end > until]
+        for op in sorted(done, key=lambda o: o.end):
+            if op.kind == "reconfig" and op.gpu is not None and op.layout is not None:
+                self.layouts[op.gpu] = op.layout
+                self.outcomes.append(Outcome(f"gpu:{op.gpu}", True, "", op.end))
+            for n, tgt in op.moves.items():
+                self.instance[n] = tgt
+                self.outcomes.append(Outcome(f"tenant:{n}", True, "", op.end))
+
+    # -- one tick ---------------------------------------------------------------------------------
+    def _cap(self, name: str, links: list[tuple[dict[str, int], str, str]], t: float) -> float:
+        cap = math.inf
+        for _, src, dst in links:
+            for end, read in ((src, True), (dst, False)):
+                if end == CPU:
+                    continue
+                th = self.caps.get((name, self.topo.node(end).id))
+                if th is None or th.expires_at <= t:
+                    continue
+                lim = th.read_bps if read else th.write_bps
+                if lim is not None:
+                    cap = min(cap, lim)
+        return cap
+
+    def _mps_factor(self, name: str, t: float) -> float:
+        m = self.mps.get(name)
+        return m.percent / 100.0 if m is not None and m.expires_at > t else 1.0
+
+    def _slices(self, inst: InstanceRef) -> int:
+        return self.models[inst.gpu].profile(inst.profile).slices
+
+    def advance(self, dt: float | None = None) -> Observation:
+        dt = self.meta.tick_s if dt is None else dt
+        t0, t1 = self.t, self.t + dt
+        self._finish_ops(t0)
+        # Demand and SM load of the other tenants this tick.
+        sm: dict[str, float] = {}  # tenant -> SM activity of its instance
+        flows: list[Flow] = []
+        for cfg in self.others:
+            level = cfg.schedule.active(t0)
+            f_mps = self._mps_factor(cfg.name, t0)
+            sm[cfg.name] = cfg.sm_active * min(1.0, level) * f_mps
+            links = self.flow_links[cfg.name]
+            if links and cfg.demand_gbps > 0:
+                merged: dict[str, int] = {}
+                for ln, _, _ in links:
+                    for k, m in ln.items():
+                        merged[k] = merged.get(k, 0) + m
+                demand = cfg.demand_gbps * 1e9 * level
+                flows.append(Flow(cfg.name, merged, min(demand, self._cap(cfg.name, links, t0))))
+        # Sensitive tenants: average transfer rate (for others' shares) and elastic share (for theirs).
+        sens_links: dict[str, dict[str, int]] = {}
+        for name in self.sensitive:
+            inst = self.instance[name]
+            sens_links[name] = {n: 1 for n in self.topo.path_links(inst.gpu)}
+        avg = [Flow(n, sens_links[n], s.rate_bps) for n, s in self.sensitive.items()]
+        rates = max_min(flows + avg, self.capacity)
+        elastic = max_min(flows + [Flow(n, sens_links[n]) for n in self.sensitive], self.capacity)
+        # Requests.
+        window: dict[str, LatencyWindow] = {}
+        busy_s: dict[str, float] = {}
+        for name, s in self.sensitive.items():
+            inst = self.instance[name]
+            level = s.cfg.schedule.active(t0)
+            arr, tok, noise = s.stream.window(t0, t1, level)
+            neighbours = sum(
+                sm.get(o, 0.0) * self._slices(i) / 7.0
+                for o, i in self.instance.items()
+                if i.gpu == inst.gpu and o != name
+            )
+            slow = 1.0 + self.meta.compute_coupling * neighbours
+            req = s.req
+            compute = (req.compute_ms + req.compute_ms_per_token * tok) * 1e-3
+            compute *= slow / self._slices(inst) ** req.slice_exponent
+            compute *= noise
+            nbytes = req.bytes + req.bytes_per_token * tok
+            share = elastic.get(name, math.inf)
+            service = compute + (nbytes / share if math.isfinite(share) and share > 0 else 0.0)
+            lat, s.free_at = lindley(arr, service, s.free_at)
+            s.rate_bps = float(nbytes.sum()) / dt
+            busy_s[name] = float(compute.sum())
+            done = arr + lat
+            self.stats.latencies.append(lat)
+            self.stats.delivered[name] = self.stats.delivered.get(name, 0.0) + arr.size
+            all_done = np.concatenate((s.pend_done, done))
+            all_lat = np.concatenate((s.pend_lat, lat))
+            now_mask = all_done < t1
+            rep = np.sort(all_lat[now_mask])
+            s.pend_done, s.pend_lat = all_done[~now_mask], all_lat[~now_mask]
+            if rep.size:
+                p50, p99, p999 = _quantiles(rep, (0.5, 0.99, 0.999))
+                window[name] = LatencyWindow(int(rep.size), p50, p99, p999)
+                q = _quantiles(rep, (s.cfg.quantile,))[0]
+                self.stats.windows.append((t1, name, int(rep.size), q))
+            else:
+                window[name] = LatencyWindow(0)
+                self.stats.windows.append((t1, name, 0, math.nan))
+        for cfg in self.others:
+            work = rates.get(cfg.name, 0.0) * dt if cfg.flows else sm[cfg.name] * dt
+            self.stats.delivered[cfg.name] = self.stats.delivered.get(cfg.name, 0.0) + work
+        self.t = t1
+        self._finish_ops(t1)
+        obs = self._observation(t1, dt, flows + avg, rates, sm, busy_s, window)
+        self.last = obs
+        return obs
+
+    # -- what the samplers would see --------------------------------------------------------------
+    def _observation(
+        self,
+        t: float,
+        dt: float,
+        flows: list[Flow],
+        rates: dict[str, float],
+        sm: dict[str, float],
+        busy_s: dict[str, float],
+        window: dict[str, LatencyWindow],
+    ) -> Observation:
+        topo = self.topo
+        tenants: dict[str, TenantSample] = {}
+        inst_sm: dict[InstanceRef, float] = {}
+        rx: dict[str, float] = {}
+        tx: dict[str, float] = {}
+        block: dict[str, float] = dict.fromkeys(self.block.values(), 0.0)
+        nic: dict[str, float] = dict.fromkeys(self.nics.values(), 0.0)
+        numa_bytes: dict[int, float] = {}
+        moving = self._moving()
+        for name, s in self.sensitive.items():
+            inst = self.instance[name]
+            down = name in moving
+            inst_sm[inst] = 0.0 if down else min(1.0, busy_s.get(name, 0.0) / dt)
+            lw = window.get(name)
+            tenants[name] = TenantSample(
+                latency=lw, throughput=(lw.count / dt if lw else 0.0), instance=None if down else inst
+            )
+            for n in topo.path_links(inst.gpu)[:1]:
+                rx[n] = rx.get(n, 0.0) + s.rate_bps / 2
+                tx[n] = tx.get(n, 0.0) + s.rate_bps / 2
+        for cfg in self.others:
+            r = rates.get(cfg.name, 0.0)
+            io: dict[str, IoRate] = {}
+            for _, src, dst in self.flow_links[cfg.name]:
+                for end, is_src in ((src, True), (dst, False)):
+                    if end == CPU:
+                        continue
+                    nid = topo.node(end).id
+                    kind = topo.node(nid).kind
+                    if kind is NodeKind.GPU:
+                        (tx if is_src else rx)[nid] = (tx if is_src else rx).get(nid, 0.0) + r
+                    elif kind is NodeKind.NVME:
+                        dev = self.block[nid]
+                        old = io.get(dev, IoRate(0.0, 0.0))
+                        io[dev] = IoRate(
+                            (old.read_bps or 0.0) + (r if is_src else 0.0),
+                            (old.write_bps or 0.0) + (0.0 if is_src else r),
+                        )
+                        block[dev] += r
+                    elif kind is NodeKind.NIC:
+                        nic[self.nics[nid]] += r
+                    numa = topo.numa_of(nid)
+                    if numa is not None:
+                        numa_bytes[numa] = numa_bytes.get(numa, 0.0) + r
+            home = self.instance.get(cfg.name)
+            if home is not None:
+                inst_sm[home] = sm.get(cfg.name, 0.0)
+            work = r if cfg.flows else sm.get(cfg.name, 0.0)
+            tenants[cfg.name] = TenantSample(
+                throughput=work, io=io if io else ({} if cfg.cgroup else None), instance=home
+            )
+        gpus: dict[str, GpuSample] = {}
+        for gpu in self.gpu_nodes:
+            layout = self.layouts.get(gpu)
+            model = self.models.get(gpu)
+            instances: dict[str, MigSample] = {}
+            total = 0.0
+            if layout is not None and model is not None:
+                for slot in layout:
+                    v = inst_sm.get(InstanceRef(gpu, slot.profile, slot.start), 0.0)
+                    instances[str(slot)] = MigSample(sm_active=round(v, 4), dram_active=round(0.6 * v, 4))
+                    total += v * model.profile(slot.profile).slices / 7.0
+            busy_reconf = any(op.gpu == gpu for op in self.ops)
+            gpus[gpu] = GpuSample(
+                pcie_tx_bps=tx.get(gpu, 0.0),
+                pcie_rx_bps=rx.get(gpu, 0.0),
+                pcie_replay_rate=0.0,
+                util=min(1.0, round(total, 4) * 1.2),
+                sm_active=round(total, 4),
+                dram_active=round(0.6 * total, 4),
+                mig_enabled=layout is not None,
+                layout=None if busy_reconf else layout,
+                instances=instances,
+            )
+        irq: dict[int, float] = {}
+        for node in topo.of_kind(NodeKind.NUMA):
+            extra = numa_bytes.get(node.numa or 0, 0.0) / IRQ_BYTES / max(1, len(node.cpus))
+            for c in node.cpus:
+                irq[c] = self.meta.irq_base + extra
+        in_flight = tuple(sorted(x for op in self.ops for x in op.targets()))
+        outcomes = tuple(self.outcomes)
+        self.outcomes = []
+        return Observation(
+            t=t,
+            tenants=tenants,
+            gpus=gpus,
+            host=HostSample(block_bps=block, nic_bps=nic, irq_rate=irq),
+            actuation=ActuationStatus(in_flight=in_flight, outcomes=outcomes),
+        )
+
+    # -- the synchronous fast path ----------------------------------------------------------------
+    def observe_sync(self) -> Observation:
+        return self.last if self.last is not None else self.advance()
+
+    def step(self, desired: DesiredState | None = None) -> Observation:
+        """Apply `desired` (if any) now, then simulate one tick and return its observation."""
+        if desired is not None:
+            self.apply_sync(desired)
+        return self.advance()
+
+    def level_of_service(self) -> dict[str, str]:
+        """Where every tenant runs now (for reports and tests)."""
+        return {n: str(i) for n, i in sorted(self.instance.items())}
+
+
+class SimulatedHost:
+    """The controller.host.Host protocol over HostSim, for `tailguard run --simulate`.
+
+    With `speed` the simulated clock runs `speed` times faster than the wall clock and each
+    observe() covers the simulated time since the previous one; without it, each observe()
+    advances exactly one tick (as fast as the caller asks).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        host: str | int = 0,
+        seed: int | None = None,
+        speed: float | None = None,
+        spec: HostSpec | None = None,
+    ) -> None:
+        idx = host if isinstance(host, int) else [h.name for h in scenario.hosts].index(host)
+        model = scenario.hosts[idx]
+        self.sim = HostSim(model, scenario.meta, scenario.meta.seed if seed is None else seed, idx)
+        self.spec: HostSpec = spec or model.spec
+        self.name = model.name
+        self.speed = speed
+        self._wall0 = time.monotonic()
+
+    def now(self) -> float:
+        if self.speed is None:
+            return self.sim.t
+        return max(self.sim.t, (time.monotonic() - self._wall0) * self.speed)
+
+    def observe_sync(self) -> Observation:
+        if self.speed is None:
+            return self.sim.advance()
+        dt = self.now() - self.sim.t
+        if dt <= 1e-6:
+            return self.sim.observe_sync()
+        return self.sim.advance(dt)
+
+    def apply_sync(self, desired: DesiredState) -> None:
+        self.sim.apply_sync(desired)
+
+    def step(self, desired: DesiredState | None = None) -> Observation:
+        return self.sim.step(desired)
+
+    async def observe(self) -> Observation:
+        return self.observe_sync()
+
+    async def apply(self, desired: DesiredState) -> None:
+        self.apply_sync(desired)
+
+    async def close(self) -> None:
+        return None
+
+
+def tenant_role(model: HostModel, name: str) -> Role:
+    return model.spec.tenants[name].role

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -492,3 +492,221 @@ def _listdir(path: str) -> list[str]:
         return sorted(os.listdir(path))
     except OSError:
         return []
+
+
+# -- loading for the daemon ------------------------------------------------------------------
+def run_topo_matrix(timeout_s: float = 10.0) -> str:
+    """`nvidia-smi topo -m` output (no shell, with a timeout). Raises OSError/RuntimeError."""
+    import subprocess
+
+    try:
+        p = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"nvidia-smi topo -m: no answer within {timeout_s:g} s") from None
+    if p.returncode != 0:
+        raise RuntimeError(f"nvidia-smi topo -m: exit {p.returncode}: {p.stderr.strip()[:200]}")
+    return p.stdout
+
+
+def load_topology(
+    source: str = "auto",
+    sys_root: str = "/sys",
+    topo_matrix_file: str | None = None,
+    runner: Callable[[], str] = run_topo_matrix,
+) -> Topology:
+    """The topology a config asks for (`[topology] source`): sysfs, a captured or live
+    `nvidia-smi topo -m`, or nothing. "auto": sysfs when it shows GPUs, else the matrix file,
+    else a live `nvidia-smi topo -m`, else an empty topology. Raises ParseError / OSError /
+    RuntimeError when an explicitly requested source fails."""
+    from fsm.topology import empty_topology
+
+    if source == "none":
+        return empty_topology()
+    if source in ("auto", "sysfs"):
+        topo = discover_sysfs(sys_root)
+        if topo.gpus or source == "sysfs":
+            return topo
+    if topo_matrix_file:
+        with open(topo_matrix_file, encoding="utf-8", errors="replace") as fh:
+            return topology_from_matrix(parse_topo_matrix(fh.read(), topo_matrix_file))
+    try:
+        return topology_from_matrix(parse_topo_matrix(runner(), "nvidia-smi topo -m"))
+    except (OSError, RuntimeError, ParseError):
+        if source == "topo-matrix":
+            raise
+        return empty_topology()
+
+
+# -- rendering and exports -------------------------------------------------------------------
+def _fmt_bps(v: float | None) -> str:
+    return "" if v is None else f" {v / 1e9:.1f} GB/s"
+
+
+def render_tree(topo: Topology) -> str:
+    """The tree, one node per line, then each GPU's neighbours by tier."""
+    lines: list[str] = []
+
+    def walk(nid: str, depth: int) -> None:
+        n = topo.node(nid)
+        bits = [n.kind.value]
+        if n.bdf and n.bdf != n.id:
+            bits.append(n.bdf)
+        if n.model:
+            bits.append(n.model)
+        if n.numa is not None:
+            bits.append(f"numa {n.numa}")
+        if n.cpus:
+            bits.append(f"cpus {format_cpulist(n.cpus)}")
+        aliases = [a for a in n.aliases if a != n.bdf]
+        if aliases:
+            bits.append("aka " + ",".join(aliases))
+        lines.append(f"{'  ' * depth}{n.id} ({'; '.join(bits)}){_fmt_bps(n.link_bps)}")
+        for c in sorted(topo.children(nid), key=lambda c: (c.kind != NodeKind.GPU, c.id)):
+            walk(c.id, depth + 1)
+
+    walk(HOST_ID, 0)
+    gpus = topo.gpus
+    if gpus:
+        lines.append("")
+        lines.append("GPU neighbours (PCIe distance; NVLink is not PCIe):")
+        for g in gpus:
+            parts = []
+            for tier in (Tier.SWITCH, Tier.ROOT_COMPLEX, Tier.NUMA):
+                near = [n.id for n in topo.devices_near(g.id, tier) if topo.distance(g.id, n.id) == tier]
+                if near:
+                    parts.append(f"{tier.name.lower()}: {', '.join(near)}")
+            numa = topo.numa_of(g.id)
+            head = f"  {g.id} (numa {numa if numa is not None else '?'})"
+            lines.append(head + (" -> " + "; ".join(parts) if parts else " -> nothing nearer than the system"))
+    return "\n".join(lines) + "\n"
+
+
+def topology_json(topo: Topology) -> dict[str, Any]:
+    return {
+        "nodes": [
+            {
+                "id": n.id,
+                "kind": n.kind.value,
+                "parent": n.parent,
+                "bdf": n.bdf,
+                "numa": n.numa,
+                "cpus": format_cpulist(n.cpus) if n.cpus else None,
+                "model": n.model,
+                "link_bps": n.link_bps,
+                "aliases": list(n.aliases),
+            }
+            for n in topo.nodes
+        ]
+    }
+
+
+LABEL_PREFIX = "tailguard.io/"
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _label_value(v: str) -> str:
+    """A valid Kubernetes label value: <= 63 chars of [A-Za-z0-9_.-], alphanumeric at both ends."""
+    s = _LABEL_VALUE_BAD.sub("-", v)[:63]
+    return s.strip("-_.")
+
+
+def node_labels(topo: Topology, tiers: Iterable[str] = ()) -> dict[str, str]:
+    """Kubernetes node labels describing the host's PCIe/NUMA layout, so a scheduler can use the
+    same notion of distance: per GPU its NUMA node, switch and root complex, and the NICs nearest
+    to it. `tiers` (leaf switch first) become Volcano's label-discovery labels
+    (`volcano.sh/hypernode`, `volcano.sh/hypercluster`)."""
+    labels: dict[str, str] = {}
+    gpus = topo.gpus
+    labels[LABEL_PREFIX + "gpu-count"] = str(len(gpus))
+    labels[LABEL_PREFIX + "numa-count"] = str(sum(1 for n in topo.of_kind(NodeKind.NUMA) if n.numa is not None))
+    per_switch: dict[str, int] = {}
+    for g in gpus:
+        key = LABEL_PREFIX + g.id
+        numa = topo.numa_of(g.id)
+        if numa is not None:
+            labels[key + ".numa"] = str(numa)
+        sw = topo.enclosing(g.id, NodeKind.SWITCH)
+        if sw is not None:
+            top = sw
+            for nid in topo.ancestors(g.id):
+                if topo.node(nid).kind == NodeKind.SWITCH:
+                    top = nid
+            labels[key + ".switch"] = _label_value(top)
+            per_switch[top] = per_switch.get(top, 0) + 1
+        rc = topo.enclosing(g.id, NodeKind.ROOT_COMPLEX)
+        if rc is not None:
+            labels[key + ".root-complex"] = _label_value(rc)
+        nics = [(topo.distance(g.id, n.id), n.id) for n in topo.of_kind(NodeKind.NIC)]
+        known = [(d, n) for d, n in nics if d is not None and d < Tier.SYSTEM]
+        if known:
+            best = min(d for d, _ in known)
+            labels[key + ".nics"] = _label_value(".".join(sorted(n for d, n in known if d == best)))
+    if per_switch:
+        labels[LABEL_PREFIX + "gpus-per-switch"] = str(max(per_switch.values()))
+    names = ("volcano.sh/hypernode", "volcano.sh/hypercluster")
+    for key, name in zip(names, tiers, strict=False):
+        labels[key] = _label_value(name)
+    return labels
+
+
+def hypernode_manifests(node_name: str, tiers: list[str]) -> list[dict[str, Any]]:
+    """Volcano HyperNode manifests (topology.volcano.sh/v1alpha1): tier 1 holds this node, each
+    higher tier holds the one below, as in Volcano's network-topology-aware scheduling docs (seed
+    001_*). A host cannot see its cluster switches, so their names come from the operator."""
+    if not tiers:
+        raise ValueError("name the switches above this node, leaf first: --tier LEAF [--tier SPINE ...]")
+    out = []
+    for i, name in enumerate(tiers):
+        if i == 0:
+            member = {"type": "Node", "selector": {"exactMatch": {"name": node_name}}}
+        else:
+            member = {"type": "HyperNode", "selector": {"exactMatch": {"name": tiers[i - 1]}}}
+        out.append(
+            {
+                "apiVersion": "topology.volcano.sh/v1alpha1",
+                "kind": "HyperNode",
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "tailguard"}},
+                "spec": {"tier": i + 1, "members": [member]},
+            }
+        )
+    return out
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
+
+
+def to_yaml(obj: Any, indent: int = 0) -> str:
+    """Minimal YAML for dicts/lists/str/int/None (what the exports contain); strings are quoted
+    with JSON rules, which YAML accepts."""
+    import json
+
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        out = []
+        for k, v in obj.items():
+            key = str(k) if _PLAIN_KEY.match(str(k)) else json.dumps(str(k))
+            if isinstance(v, dict | list) and v:
+                out.append(f"{pad}{key}:\n{to_yaml(v, indent + 1)}")
+            else:
+                out.append(f"{pad}{key}: {to_yaml(v)}")
+        return "\n".join(out)
+    if isinstance(obj, list):
+        if not obj:
+            return "[]"
+        out = []
+        for v in obj:
+            if isinstance(v, dict | list) and v:
+                body = to_yaml(v, indent + 1).lstrip()
+                out.append(f"{pad}- {body}")
+            else:
+                out.append(f"{pad}- {to_yaml(v)}")
+        return "\n".join(out)
+    if obj is None:
+        return "null"
+    if isinstance(obj, bool):
+        return "true" if obj else "false"
+    if isinstance(obj, int | float):
+        return str(obj)
+    return json.dumps(str(obj))

@@ -1,0 +1,95 @@
+"""`tailguard topology`: the PCIe/NUMA tree and each GPU's neighbours; `--topo-matrix FILE --json`
+for a captured `nvidia-smi topo -m`; `--export node-labels|hypernode` for cluster schedulers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from typing import Any
+
+from controller.signals.base import ParseError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "topology",
+        help="show the PCIe/NUMA topology and GPU neighbours; parse nvidia-smi topo -m; export labels",
+        description=(
+            "Without options: discover the PCIe tree from sysfs (falling back to `nvidia-smi topo -m`) and print "
+            "it with each GPU's neighbours. --topo-matrix parses a captured `nvidia-smi topo -m` instead."
+        ),
+    )
+    p.add_argument("--topo-matrix", metavar="FILE", help="parse a captured `nvidia-smi topo -m` output")
+    p.add_argument("--sys-root", default="/sys", help="sysfs root to discover from (default /sys)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the readable tree")
+    p.add_argument("--export", choices=("node-labels", "hypernode"), help="print scheduler input instead")
+    p.add_argument("--node-name", default=None, help="Kubernetes node name for --export (default: hostname)")
+    p.add_argument(
+        "--tier",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="name of a network switch above this node, leaf first (repeat for higher tiers); for --export",
+    )
+    p.set_defaults(func=run)
+
+
+def _fail(msg: str) -> int:
+    print(f"tailguard topology: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from controller.topology import (
+        hypernode_manifests,
+        load_topology,
+        node_labels,
+        parse_topo_matrix,
+        render_tree,
+        to_yaml,
+        topology_from_matrix,
+        topology_json,
+    )
+
+    try:
+        if args.topo_matrix:
+            try:
+                with open(args.topo_matrix, encoding="utf-8", errors="replace") as fh:
+                    text = fh.read()
+            except OSError as e:
+                return _fail(f"{args.topo_matrix}: cannot read: {e.strerror or e}")
+            matrix = parse_topo_matrix(text, args.topo_matrix)
+            if args.json and not args.export:
+                print(json.dumps(matrix.to_json(), indent=2))
+                return 0
+            topo = topology_from_matrix(matrix)
+        else:
+            topo = load_topology("auto", args.sys_root)
+    except ParseError as e:
+        return _fail(str(e))
+    except (OSError, RuntimeError) as e:
+        return _fail(str(e))
+    if args.export == "node-labels":
+        labels = node_labels(topo, args.tier)
+        print(json.dumps(labels, indent=2) if args.json else to_yaml(labels))
+        return 0
+    if args.export == "hypernode":
+        node = args.node_name or socket.gethostname()
+        try:
+            docs = hypernode_manifests(node, args.tier)
+        except ValueError as e:
+            return _fail(str(e))
+        if args.json:
+            print(json.dumps(docs, indent=2))
+        else:
+            print("\n---\n".join(to_yaml(d) for d in docs))
+        return 0
+    if args.json:
+        print(json.dumps(topology_json(topo), indent=2))
+        return 0
+    if not topo.gpus:
+        print("no GPUs found (no NVIDIA PCI devices in sysfs, and `nvidia-smi topo -m` not available)", file=sys.stderr)
+    sys.stdout.write(render_tree(topo))
+    return 0

@@ -174,6 +174,24 @@ class PolicyConfig(Strict):
     mig_ladder: dict[str, list[str]] = {}  # GPU model -> profile names, smallest first
     levers: Levers = Levers()
 
+    @field_validator("mig_ladder")
+    @classmethod
+    def _ladder(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        from fsm.mig import model_by_name
+
+        out = {}
+        for key, names in v.items():
+            try:
+                model = model_by_name(key)
+                profiles = [model.profile(n) for n in names]
+            except KeyError as e:
+                raise ValueError(f"{key}: {e.args[0]}") from None
+            slices = [p.slices for p in profiles]
+            if not names or slices != sorted(set(slices)):
+                raise ValueError(f"{key}: profiles must be given smallest first, each larger than the last")
+            out[model.key] = names
+        return out
+
     def to_policy(self, enforce: bool) -> Policy:
         tier = {"switch": Tier.SWITCH, "root_complex": Tier.ROOT_COMPLEX, "numa": Tier.NUMA, "system": Tier.SYSTEM}
         return Policy(
@@ -191,6 +209,7 @@ class PolicyConfig(Strict):
             backoff_s=self.backoff_s,
             in_flight_timeout_s=self.in_flight_timeout_s,
             io_share_tier=tier[self.io_share_tier],
+            mig_ladder={k: tuple(v) for k, v in self.mig_ladder.items()},
             guards=self.levers.guards,
             placement=self.levers.placement,
             mig=self.levers.mig,

@@ -48,7 +48,9 @@ def plan_resize(
     if model is None or not model.has_profile(current.profile):
         return None
     cur_slices = model.profile(current.profile).slices
-    bigger = [p for p in model.ladder() if p.slices > cur_slices]
+    names = spec.policy.mig_ladder.get(model.key)
+    ladder = tuple(model.profile(n) for n in names) if names else model.ladder()
+    bigger = [p for p in ladder if p.slices > cur_slices]
     gpus = [current.gpu, *sorted(g for g in obs.gpus if g != current.gpu)]
     for prof in bigger:
         for gpu in gpus:

@@ -76,6 +76,8 @@ class Policy:
     high_bw_bps: float = 1e9  # a tenant moving more than this counts as high-bandwidth
     block_io_norm_bps: float = 2e9
     irq_norm_rate: float = 50_000.0
+    # Resize ladder per GPU model key (profile names, smallest first); default: 1g, 2g, 3g, 4g, 7g.
+    mig_ladder: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Levers.
     guards: bool = True
     placement: bool = True

@@ -59,6 +59,8 @@ def test_check_config_as_a_command():
         ("[[gpus]]\nname = 'gpu0'\nindex = 0\nmodel = 'Z100'\n", "unknown GPU model 'Z100'"),
         ("[host\n", "TOML syntax"),
         ("[policy]\ny_windows = 0\n", "policy.y_windows: Input should be greater than or equal to 1"),
+        ("[policy.mig_ladder]\nA100-SXM4-40GB = ['3g.20gb', '2g.10gb']\n", "smallest first"),
+        ("[policy.mig_ladder]\nA100-SXM4-40GB = ['3g.40gb']\n", "has no MIG profile '3g.40gb'"),
     ],
 )
 def test_every_problem_names_the_key(text, expect):
@@ -85,3 +87,8 @@ def test_unreadable_config_is_an_error_not_a_traceback(tmp_path, capsys):
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
     assert main(["check-config", str(tmp_path / "bin.toml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_mig_ladder_reaches_the_policy():
+    cfg = parse_config("[policy.mig_ladder]\n'NVIDIA A100-SXM4-40GB' = ['1g.5gb', '7g.40gb']\n")
+    assert cfg.policy_obj().mig_ladder == {"A100-SXM4-40GB": ("1g.5gb", "7g.40gb")}

@@ -280,3 +280,15 @@ def test_state_round_trips_through_json():
     spec = example_spec()
     state, _, _ = _placed_then_resized(spec)
     assert ControllerState.from_json(state.to_json()) == state
+
+
+def test_configured_mig_ladder_is_climbed():
+    spec = example_spec(Policy(mig_ladder={"A100-SXM4-40GB": ("2g.10gb", "7g.40gb")}))
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    target = ds[-1].desired.placements["llm"]
+    state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
+    # nothing else runs on gpu3, so all its free instances may make way for a 7g
+    state, ds = run(spec, state, stream(100, 3, 0.020, llm_at=target))
+    (e,) = events(ds, "escalate")
+    assert e.lever == "resize" and ds[-1].desired.placements["llm"].profile == "7g.40gb"

@@ -23,7 +23,7 @@ def check_rel(rel: str, what: str = "cgroup path") -> PurePosixPath:
     p = PurePosixPath(rel)
     if p.is_absolute():
         raise PathError(f"{what} {rel!r}: must be relative to the cgroup root (no leading '/')")
-    for part in p.parts:
+    for part in rel.split("/"):  # the raw text: PurePosixPath would drop '.' silently
         if part in (".", ".."):
             raise PathError(f"{what} {rel!r}: must not contain '.' or '..' components")
         if len(part.encode()) > MAX_COMPONENT:

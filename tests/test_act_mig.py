@@ -1,0 +1,258 @@
+"""The reconciler against the emulated nvidia-smi / nvidia-cuda-mps-control: layout changes,
+"In use" refusals with rollback, tool faults (hang, non-zero exit, garbage), a second reconcile
+while one runs, dry-run, tenant moves with readiness and move-back, MPS limits, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from actuators.emulation.statefile import load, locked
+from actuators.emulation.testing import EmuHost, emu_host
+from actuators.launcher import CommandLauncher
+from actuators.reconciler import Reconciler, TenantActuation
+from fsm.desired import DesiredState, MpsLimit
+from fsm.mig import Slot
+from fsm.observation import InstanceRef
+
+A = (Slot(0, "3g.20gb"), Slot(4, "3g.20gb"))
+B = (Slot(0, "4g.20gb"), Slot(4, "2g.10gb"), Slot(6, "1g.5gb"))
+
+
+def host(tmp: Path, layout: tuple[Slot, ...] = A) -> EmuHost:
+    return emu_host(tmp / "emu", ["A100-SXM4-40GB", "H100-80GB-HBM3"], {0: layout, 1: (Slot(0, "7g.80gb"),)})
+
+
+def rec(tmp: Path, h: EmuHost, **kw: object) -> Reconciler:
+    args: dict[str, object] = {
+        "cgroup_root": str(tmp / "nocg"), "nvidia_smi": str(h.nvsmi), "mps_control": str(h.mps),
+        "gpus": {"gpu0": 0, "gpu1": 1}, "journal_path": tmp / "journal.jsonl", "tool_timeout": 5.0,
+    }  # fmt: skip
+    args.update(kw)
+    return Reconciler(**args)  # type: ignore[arg-type]
+
+
+def layout(h: EmuHost, i: int = 0) -> tuple[Slot, ...]:
+    from actuators.emulation.nvidia_smi import layout_of
+
+    return layout_of(load(h.nvsmi_state)["gpus"][i])
+
+
+def test_layout_change_background_idempotent(tmp_path: Path) -> None:
+    h = host(tmp_path)
+
+    async def go() -> None:
+        r = rec(tmp_path, h)
+        rep = await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))
+        assert rep.started == ["gpu:gpu0"]
+        assert rep.ops == ["gpu0: destroy 3g.20gb@0", "gpu0: destroy 3g.20gb@4", "gpu0: create 4g.20gb@0",
+                           "gpu0: create 2g.10gb@4", "gpu0: create 1g.5gb@6"]  # fmt: skip
+        assert "gpu:gpu0" in r.status().in_flight
+        rep2 = await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))  # while it runs
+        assert rep2.busy == ["gpu:gpu0"] and not rep2.started
+        await r.wait_idle(30)
+        st = r.status()
+        assert [(o.target, o.ok) for o in st.outcomes] == [("gpu:gpu0", True)] and not st.in_flight
+        assert layout(h) == B
+        assert (await r.read_actual()).layouts["gpu0"] == B
+        rep3 = await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))
+        assert rep3.ops == [] and rep3.started == []
+
+    asyncio.run(go())
+
+
+def test_concurrent_reconciles_are_safe(tmp_path: Path) -> None:
+    h = host(tmp_path)
+
+    async def go() -> None:
+        r = rec(tmp_path, h)
+        d = DesiredState(t=time.time(), layouts={"gpu0": B, "gpu1": (Slot(0, "3g.40gb"), Slot(4, "3g.40gb"))})
+        reps = await asyncio.gather(*(r.reconcile(d) for _ in range(4)))
+        assert sum(len(x.started) for x in reps) == 2  # each GPU changed once, the others saw it busy
+        await r.wait_idle(60)
+        assert all(o.ok for o in r.status().outcomes)
+        assert layout(h, 0) == B and layout(h, 1) == (Slot(0, "3g.40gb"), Slot(4, "3g.40gb"))
+
+    asyncio.run(go())
+
+
+def test_in_use_is_reported_and_rolled_back(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    with locked(h.nvsmi_state) as st:  # a process runs on 3g@0 (destroyed second: 3g@4 goes first)
+        next(gi for gi in st["gpus"][0]["gis"] if gi["start"] == 0)["processes"] = [4242]
+
+    async def go() -> None:
+        r = rec(tmp_path, h)
+        await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))
+        await r.wait_idle(30)
+        (o,) = r.status().outcomes
+        assert not o.ok and "In use by another client" in o.error and "rolled back" in o.error
+        assert layout(h) == A  # never left in between
+
+    asyncio.run(go())
+
+
+def test_dry_run_applies_nothing(tmp_path: Path) -> None:
+    h = host(tmp_path)
+
+    async def go() -> None:
+        r = rec(tmp_path, h, dry_run=True)
+        rep = await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))
+        assert rep.dry_run and len(rep.ops) == 5 and not rep.started
+        assert layout(h) == A
+
+    asyncio.run(go())
+
+
+def test_invalid_target_layout_refused(tmp_path: Path) -> None:
+    h = host(tmp_path)
+
+    async def go() -> None:
+        r = rec(tmp_path, h)
+        rep = await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": (Slot(0, "7g.40gb"), Slot(4, "3g.20gb"))}))
+        assert any("not valid" in e for e in rep.errors) and not rep.started
+        assert layout(h) == A
+
+    asyncio.run(go())
+
+
+def fault(h: EmuHost, **f: object) -> None:
+    with locked(h.nvsmi_state) as st:
+        st["faults"] = [f]
+
+
+def test_fault_hang_times_out(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    fault(h, match="-lgi", mode="hang", seconds=30, times=1)
+
+    async def go() -> None:
+        r = rec(tmp_path, h, tool_timeout=1.0)
+        t0 = time.monotonic()
+        rep = await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))
+        assert time.monotonic() - t0 < 5
+        assert any("timed out" in e for e in rep.errors)
+        rep = await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))  # next tick works
+        await r.wait_idle(30)
+        assert layout(h) == B
+
+    asyncio.run(go())
+
+
+def test_fault_nonzero_and_garbage_mid_change_roll_back(tmp_path: Path) -> None:
+    for mode in ("exit", "garbage"):
+        h = host(tmp_path / mode)
+        fault(h, match="-cgi 14", mode=mode, code=255, message="Unknown Error", times=1)
+
+        async def go() -> None:
+            r = rec(tmp_path / mode, h)  # noqa: B023
+            await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))
+            await r.wait_idle(30)
+            (o,) = r.status().outcomes
+            assert not o.ok and "rolled back" in o.error, o
+            assert layout(h) == A  # noqa: B023
+
+        asyncio.run(go())
+
+
+def write_script(path: Path, body: str) -> Path:
+    import sys
+
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+def test_move_with_readiness_and_move_back(tmp_path: Path) -> None:
+    h = host(tmp_path, (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb")))
+    log = tmp_path / "launch.log"
+    launcher_bin = write_script(
+        tmp_path / "launch", f"import sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+    )
+    ready_on: dict[str, bool] = {"ok": True}
+
+    async def ready(tenant: str) -> bool:  # the 2g@2 instance never answers once "ok" is off
+        return ready_on["ok"] or "2g.10gb@2" not in log.read_text().splitlines()[-1]
+
+    home = InstanceRef("gpu0", "2g.10gb", 0)
+    t = TenantActuation("llm", None, home, CommandLauncher([str(launcher_bin), "{tenant}", "{instance}", "{uuid}"]),
+                        readiness_timeout_s=1.0)  # fmt: skip
+
+    async def go() -> None:
+        r = rec(tmp_path, h, tenants={"llm": t}, readiness=ready)
+        to = InstanceRef("gpu0", "3g.20gb", 4)
+        rep = await r.reconcile(DesiredState(t=time.time(), placements={"llm": to}))
+        assert rep.started == ["tenant:llm"]
+        await r.wait_idle(30)
+        (o,) = r.status().outcomes
+        assert o.ok and r.placement["llm"] == to
+        line = log.read_text().splitlines()[-1].split()
+        assert line[:2] == ["llm", "gpu0/3g.20gb@4"]
+        listing = (await r.nvsmi.list_gpus())[0]
+        assert line[2] in {d.uuid for d in listing.mig if d.name == "3g.20gb"}
+        # Now it never becomes ready on the other instance: moved back, failure reported.
+        ready_on["ok"] = False
+        await r.reconcile(DesiredState(t=time.time(), placements={"llm": InstanceRef("gpu0", "2g.10gb", 2)}))
+        await r.wait_idle(30)
+        (o,) = r.status().outcomes
+        assert not o.ok and "not ready" in o.error and r.placement["llm"] == to
+        assert log.read_text().splitlines()[-1].split()[1] == "gpu0/3g.20gb@4"  # relaunched where it was
+
+    asyncio.run(go())
+
+
+def test_layout_refuses_to_destroy_a_tenants_instance(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    t = TenantActuation("llm", None, InstanceRef("gpu0", "3g.20gb", 0), CommandLauncher(["/bin/true"]))
+
+    async def go() -> None:
+        r = rec(tmp_path, h, tenants={"llm": t})
+        rep = await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))
+        assert any("will not destroy instances in use" in e for e in rep.errors) and layout(h) == A
+
+    asyncio.run(go())
+
+
+def test_mps_limits_set_lifted_and_faults(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    cg = tmp_path / "cg"
+    (cg / "train").mkdir(parents=True)
+    (cg / "cgroup.controllers").write_text("io\n")
+    (cg / "train" / "cgroup.procs").write_text("5001\n5002\n")
+    with locked(h.mps_state) as st:
+        st["servers"] = {"900": {"clients": [7, 5002], "percent": 100.0}, "901": {"clients": [8], "percent": 100.0}}
+    t = TenantActuation("train", "train", mps=True)
+
+    async def go() -> None:
+        r = rec(tmp_path, h, cgroup_root=str(cg), cgroup_version="v2", tenants={"train": t})
+        exp = time.time() + 60
+        await r.reconcile(DesiredState(t=time.time(), mps=(MpsLimit("train", "gpu0", 40, exp),)))
+        assert load(h.mps_state)["servers"]["900"]["percent"] == 40.0
+        assert load(h.mps_state)["servers"]["901"]["percent"] == 100.0
+        rep = await r.reconcile(DesiredState(t=time.time(), mps=(MpsLimit("train", "gpu0", 40, exp),)))
+        assert rep.ops == []
+        await r.reconcile(DesiredState(t=time.time()))
+        assert load(h.mps_state)["servers"]["900"]["percent"] == 100.0
+        with locked(h.mps_state) as st:
+            st["faults"] = [{"match": "get_server_list", "mode": "exit", "times": -1}]
+        rep = await r.reconcile(DesiredState(t=time.time(), mps=(MpsLimit("train", "gpu0", 40, exp),)))
+        assert rep.errors and any(not o.ok for o in r.status().outcomes)
+
+    asyncio.run(go())
+
+
+def test_recovery_finishes_an_interrupted_change(tmp_path: Path) -> None:
+    h = host(tmp_path)
+
+    async def go() -> None:
+        r = rec(tmp_path, h)
+        # Simulate a crash after the intent and one destroy step.
+        r.journal.append("mig", phase="intent", gpu="gpu0", before=[str(s) for s in A], after=[str(s) for s in B])
+        await r.nvsmi.destroy_ci(0, 2)
+        await r.nvsmi.destroy_gi(0, 2)  # 3g@4 gone: the layout is in between
+        r.journal.close()
+        r2 = rec(tmp_path, h)
+        summary = await r2.recover()
+        assert summary["mig"]["gpu0"] == "finished" and layout(h) == B
+
+    asyncio.run(go())

@@ -1,0 +1,213 @@
+"""nvidia-smi parsers against every relevant real capture, the emulator's output against the same
+captures byte for byte, the MIG planner, and hostile inputs (paths, devices, UUIDs, names)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from actuators import nvsmi
+from actuators.blockdev import DeviceError, resolve
+from actuators.emulation import nvidia_smi as emu
+from actuators.launcher import CommandLauncher, LaunchError, SystemdLauncher, check_uuid
+from actuators.migplan import PlanError, plan
+from actuators.paths import PathError, confine
+from fsm.mig import MODELS, Slot, is_valid, model_by_name
+from fsm.observation import InstanceRef
+
+FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+if not FIX.is_dir():
+    FIX = Path("/work/shared/fixtures")
+
+
+def fx(name: str) -> str:
+    return (FIX / name).read_text()
+
+
+def test_lgi_fixtures() -> None:
+    rows = nvsmi.parse_lgi(fx("nvidia-smi-mig-lgi_a100-pcie-40gb_3g+2g+1g+1g_r510_hpe.txt"))
+    assert [(r.name, r.profile_id, r.gi, r.start, r.size) for r in rows] == [
+        ("1g.5gb", 19, 11, 0, 1), ("1g.5gb", 19, 12, 1, 1), ("2g.10gb", 14, 6, 2, 2), ("3g.20gb", 9, 1, 4, 4)]
+    rows = nvsmi.parse_lgi(fx("nvidia-smi-mig-lgi_a100-40gb_7x1g.5gb.txt"))  # the narrower 52-column table
+    assert [(r.gi, r.start) for r in rows] == [(7 + i, i) for i in range(7)]
+    rows = nvsmi.parse_lgi(fx("nvidia-smi-mig-lgi_h100-pcie_3g.40gb+3x1g.10gb_scaleway.txt"))
+    assert {(r.name, r.start) for r in rows} == {("1g.10gb", 0), ("1g.10gb", 1), ("1g.10gb", 2), ("3g.40gb", 4)}
+
+
+def test_lci_fixtures_including_missing_last_border() -> None:
+    rows = nvsmi.parse_lci(fx("nvidia-smi-mig-lci_a100-pcie-40gb_4ci_r510_hpe_last-border-missing.txt"))
+    assert [(r.gi, r.name, r.ci, r.start) for r in rows] == [
+        (11, "1g.5gb", 0, 0), (12, "1g.5gb", 0, 0), (6, "1c.2g.10gb", 0, 0), (1, "1c.3g.20gb", 0, 0)]  # fmt: skip
+    assert nvsmi.parse_lci(fx("nvidia-smi-mig-lci_error_no-compute-instances-not-found_r510_hpe.txt")) == []
+
+
+@pytest.mark.parametrize(
+    "name,n,last_sm",
+    [("nvidia-smi-mig-lgip_a100-pcie-40gb_r460.txt", 5, 98), ("nvidia-smi-mig-lgip_gh200-h100-96gb.txt", 7, 132),
+     ("nvidia-smi-mig-lgip_h100-nvl-94gb_azure-nc40ads.txt", 7, 132),
+     ("nvidia-smi-mig-lgip_h100-pcie-80gb_r525_scaleway.txt", 7, 114)],
+)  # fmt: skip
+def test_lgip_fixtures_all_widths(name: str, n: int, last_sm: int) -> None:
+    rows = nvsmi.parse_lgip(fx(name))
+    assert len(rows) == n and rows[-1].profile_id == 0 and rows[-1].sm == last_sm
+    assert all(r.free == r.total for r in rows)
+
+
+def test_lgipp_and_list_and_change_fixtures() -> None:
+    pl = nvsmi.parse_lgipp(fx("nvidia-smi-mig-lgipp_h100-pcie-80gb_r525_scaleway.txt"))
+    for p in pl:  # the table in fsm.mig agrees with the tool
+        prof = MODELS["H100-PCIE"].profile(p.profile_id)
+        assert p.starts == prof.placements and p.size == prof.mem_slots
+    for f in sorted(FIX.glob("nvidia-smi-L_*")):
+        gpus = nvsmi.parse_list(f.read_text())  # CRLF, legacy and new UUIDs
+        assert gpus and gpus[0].mig, f.name
+    legacy = nvsmi.parse_list(fx("nvidia-smi-L_a100-sxm4-40gb_mig-mixed_legacy-uuid.txt"))
+    assert legacy[0].mig[0].uuid.endswith("/2/0")
+    ch = nvsmi.parse_change(fx("nvidia-smi-mig-cgi-C_success_h100-pcie_9-19-19-19_scaleway.txt"))
+    assert ch.created_gi[0] == (2, "3g.40gb") and len(ch.created_ci) == 4 and not ch.error
+    ch = nvsmi.parse_change(fx("nvidia-smi-mig-dci_error_in-use-by-another-client_a100-pcie.txt"))
+    assert ch.error == "In use by another client" and len(ch.destroyed_ci) == 6
+    for f in ("nvidia-smi-mig-cgi_error_insufficient-resources_gh200.txt",
+              "nvidia-smi-mig-cgi_error_in-use-by-another-client_gh200.txt"):  # fmt: skip
+        assert nvsmi.parse_change(fx(f)).error in ("Insufficient Resources", "In use by another client")
+
+
+def test_garbage_and_mig_disabled_are_clear_errors() -> None:
+    with pytest.raises(nvsmi.NvsmiError, match="unexpected output"):
+        nvsmi.parse_lgi("\x1b[31m#@!% segfault\n")
+    with pytest.raises(nvsmi.MigDisabled):
+        nvsmi.parse_lgi("No MIG-enabled devices found.\n")
+    with pytest.raises(nvsmi.NvsmiError, match="unexpected line"):
+        nvsmi.parse_lgipp("GPU 0 Profile ID 19 Placements: {0,1}:1\nrm -rf /\n")
+    with pytest.raises(nvsmi.NvsmiError, match="unexpected output"):
+        nvsmi.parse_change("Successfully did something else\n")
+
+
+def test_emulator_prints_the_captured_formats_byte_for_byte() -> None:
+    st = emu.new_state(["H100-NVL"])
+    assert emu.fmt_lgip(st["gpus"][0]) == fx("nvidia-smi-mig-lgip_h100-nvl-94gb_azure-nc40ads.txt")
+    assert emu.fmt_lgipp(st["gpus"][0]) == fx("nvidia-smi-mig-lgipp_h100-pcie-80gb_r525_scaleway.txt")
+    g = emu.new_gpu(0, "H100-PCIE", (Slot(4, "3g.40gb"), Slot(0, "1g.10gb"), Slot(1, "1g.10gb"), Slot(2, "1g.10gb")))
+    assert emu.fmt_lgi([g]) == fx("nvidia-smi-mig-lgi_h100-pcie_3g.40gb+3x1g.10gb_scaleway.txt")
+    g = emu.new_gpu(0, "A100-PCIE-40GB", (Slot(0, "1g.5gb"), Slot(1, "1g.5gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb")))
+    for gi, i in zip(g["gis"], [11, 12, 6, 1], strict=True):
+        gi["id"] = i  # GI ids are the driver's choice; the capture's are used here
+    assert emu.fmt_lgi([g]) == fx("nvidia-smi-mig-lgi_a100-pcie-40gb_3g+2g+1g+1g_r510_hpe.txt")
+    # -lci: the capture's rows (non-default CIs aside) and our parser reads our own table back.
+    assert [(r.gi, r.ci) for r in nvsmi.parse_lci(emu.fmt_lci([g]))] == [(11, 0), (12, 0), (6, 0), (1, 0)]
+
+
+def test_emulator_enforces_rules_and_messages() -> None:
+    st = emu.new_state(["A100-SXM4-40GB"])
+    g = st["gpus"][0]
+    out, err, code = emu.cmd_cgi(g, "9:4,19:0,14:2", with_ci=True)
+    assert code == 0 and "Successfully created GPU instance ID  2 on GPU  0 using profile MIG 3g.20gb (ID  9)" in out
+    out, err, code = emu.cmd_cgi(g, "9", with_ci=False)  # only 3g@0 left, but 1g@0 and 2g@2 block it
+    assert code != 0 and err == (
+        "Unable to create a GPU instance on GPU  0 using profile 9: Insufficient Resources\n"
+        "Failed to create GPU instances: Insufficient Resources\n"
+    )
+    out, err, code = emu.cmd_cgi(g, "1g.5gb+me", with_ci=False)
+    assert code == 0
+    _, err, code = emu.cmd_cgi(g, "20", with_ci=False)  # +me: at most one
+    assert "Insufficient Resources" in err
+    _, err, code = emu.cmd_cgi(g, "42", with_ci=False)
+    assert "using profile 42: Invalid Argument" in err and code == 2
+    gi3 = next(x for x in g["gis"] if x["profile"] == "3g.20gb")
+    gi3["processes"] = [1234]
+    _, err, code = emu.cmd_dci(g, gi3["id"], None)
+    assert "Unable to destroy compute instance ID  0 from GPU  0 GPU instance ID  2: In use by another client" in err
+    _, err, code = emu.cmd_dgi(g, gi3["id"])
+    assert "Unable to destroy GPU instance ID  2 from GPU  0: In use by another client" in err
+    assert is_valid(model_by_name("A100-SXM4-40GB"), emu.layout_of(g))
+
+
+def test_planner_fewest_steps_and_validity() -> None:
+    m = MODELS["A100-SXM4-40GB"]
+    a = (Slot(0, "3g.20gb"), Slot(4, "3g.20gb"))
+    b = (Slot(0, "4g.20gb"), Slot(4, "3g.20gb"))
+    p = plan("gpu0", m, a, b)
+    assert p.destroy == (Slot(0, "3g.20gb"),) and p.create == (Slot(0, "4g.20gb"),)
+    assert plan("gpu0", m, a, a).empty
+    p = plan("gpu0", m, (), (Slot(0, "1g.5gb"), Slot(4, "3g.20gb")))
+    assert p.create[0] == Slot(4, "3g.20gb")  # largest first
+    with pytest.raises(PlanError, match="may start only at"):
+        plan("gpu0", m, a, (Slot(6, "2g.10gb"),))
+    with pytest.raises(PlanError, match="overlaps"):
+        plan("gpu0", m, a, (Slot(0, "7g.40gb"), Slot(4, "3g.20gb")))
+    with pytest.raises(PlanError, match="no MIG profile"):
+        plan("gpu0", m, a, (Slot(0, "9g.99gb; rm -rf /"),))
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["../etc", "a/../../b", "/abs", "a\nb", "a\0b", "a\tb", ".", "x/./y", "a" * 300, "", "b/" * 600],
+)
+def test_hostile_cgroup_paths_refused(tmp_path: Path, rel: str) -> None:
+    with pytest.raises(PathError):
+        confine(tmp_path, rel)
+
+
+def test_symlink_escape_refused_and_spaces_confined(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    root.mkdir()
+    (root / "evil").symlink_to("/etc")
+    with pytest.raises(PathError, match="outside the cgroup root"):
+        confine(root, "evil/passwd")
+    (root / "with space").mkdir()
+    assert confine(root, "with space") == (root / "with space").resolve()
+    assert confine(root, "x" * 255).parent == root.resolve()
+
+
+@pytest.mark.parametrize("dev", ["../../etc/passwd", "sda; rm -rf /", "nvme0n1\n", "", "/nonexistent/dev", "99999:0"])
+def test_hostile_devices_refused(dev: str) -> None:
+    with pytest.raises(DeviceError):
+        resolve(dev)
+
+
+def test_device_resolution_on_this_host(tmp_path: Path) -> None:
+    st = os.stat(tmp_path)
+    if os.major(st.st_dev) == 0:
+        with pytest.raises(DeviceError, match="without a block device"):
+            resolve(str(tmp_path))
+        return
+    disk = resolve(str(tmp_path))
+    assert Path(f"/sys/dev/block/{disk}").exists()
+    assert not Path(f"/sys/dev/block/{disk}/partition").exists()  # the whole disk, never a partition
+    name = Path(os.path.realpath(f"/sys/dev/block/{disk}")).name
+    assert resolve(name) == disk == resolve(disk)
+
+
+def test_fake_sysfs_partition_maps_to_disk(tmp_path: Path) -> None:
+    sysr = tmp_path / "sys"
+    disk = sysr / "devices" / "pci0000:00" / "nvme" / "block" / "nvme0n1"
+    part = disk / "nvme0n1p2"
+    part.mkdir(parents=True)
+    (disk / "dev").write_text("259:0\n")
+    (part / "dev").write_text("259:2\n")
+    (part / "partition").write_text("2\n")
+    (sysr / "dev" / "block").mkdir(parents=True)
+    (sysr / "class" / "block").mkdir(parents=True)
+    for n, d in (("259:0", disk), ("259:2", part)):
+        (sysr / "dev" / "block" / n).symlink_to(d)
+    (sysr / "class" / "block" / "nvme0n1p2").symlink_to(part)
+    assert resolve("nvme0n1p2", sysr) == "259:0"
+    assert resolve("259:2", sysr) == "259:0"
+
+
+def test_launcher_inputs_validated(tmp_path: Path) -> None:
+    for bad in ("MIG-abc; reboot", "MIG-a\nb", "GPU-123", "MIG-" + "a" * 200, "../x"):
+        with pytest.raises(LaunchError):
+            check_uuid(bad)
+    with pytest.raises(LaunchError):
+        SystemdLauncher("vllm.service; reboot")
+    out = tmp_path / "args"
+    # No shell: metacharacters in the template or the values stay literal arguments.
+    launcher = CommandLauncher(["/usr/bin/env", "python3", "-c",
+                                "import sys; open(sys.argv[1], 'w').write('|'.join(sys.argv[2:]))",
+                                str(out), "{tenant}", "$(id)", "{uuid}", "{instance}"])  # fmt: skip
+    asyncio.run(launcher.launch("t 1", InstanceRef("gpu0", "3g.20gb", 4), "MIG-1234-abcd"))
+    assert out.read_text() == "t 1|$(id)|MIG-1234-abcd|gpu0/3g.20gb@4"

@@ -58,6 +58,14 @@ class Journal:
         rec = {"t": time.time(), "seq": self._seq, "kind": kind, **fields}
         line = (json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n").encode()
         fd = self._open()
+        if kind != "snapshot":
+            # Rotate before writing, so the snapshot holds the state this record builds on.
+            try:
+                if os.fstat(fd).st_size > self.max_bytes:
+                    self.rotate()
+                    fd = self._open()
+            except OSError as e:
+                raise JournalError(f"journal {self.path}: cannot rotate: {e.strerror}") from None
         try:
             n = os.write(fd, line)
             if n != len(line):
@@ -67,11 +75,6 @@ class Journal:
             # Leave no half line behind to confuse the next record: close, reopen on next write.
             self.close()
             raise JournalError(f"journal {self.path}: cannot write: {e.strerror}") from None
-        try:
-            if os.fstat(fd).st_size > self.max_bytes:
-                self.rotate()
-        except OSError as e:
-            raise JournalError(f"journal {self.path}: cannot rotate: {e.strerror}") from None
         return rec
 
     def rotate(self) -> None:

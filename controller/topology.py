@@ -166,7 +166,7 @@ def parse_topo_matrix(text: str, source: str = "nvidia-smi topo -m") -> TopoMatr
         i += 1
     missing = [d for d in devices if d not in links]
     if missing:
-        raise ParseError(source, i, f"no row for {', '.join(missing)} (truncated output?)")
+        raise ParseError(source, i, f"no row for {', '.join(missing)} after this line (truncated output?)")
     for r in devices:
         for c in devices:
             a, b = links[r][c], links[c][r]
@@ -516,16 +516,17 @@ def load_topology(
 ) -> Topology:
     """The topology a config asks for (`[topology] source`): sysfs, a captured or live
     `nvidia-smi topo -m`, or nothing. "auto": sysfs when it shows GPUs, else the matrix file,
-    else a live `nvidia-smi topo -m`, else an empty topology. Raises ParseError / OSError /
+    else a live `nvidia-smi topo -m`, else what sysfs showed. Raises ParseError / OSError /
     RuntimeError when an explicitly requested source fails."""
     from fsm.topology import empty_topology
 
     if source == "none":
         return empty_topology()
+    sysfs_topo = empty_topology()
     if source in ("auto", "sysfs"):
-        topo = discover_sysfs(sys_root)
-        if topo.gpus or source == "sysfs":
-            return topo
+        sysfs_topo = discover_sysfs(sys_root)
+        if sysfs_topo.gpus or source == "sysfs":
+            return sysfs_topo
     if topo_matrix_file:
         with open(topo_matrix_file, encoding="utf-8", errors="replace") as fh:
             return topology_from_matrix(parse_topo_matrix(fh.read(), topo_matrix_file))
@@ -534,7 +535,7 @@ def load_topology(
     except (OSError, RuntimeError, ParseError):
         if source == "topo-matrix":
             raise
-        return empty_topology()
+        return sysfs_topo  # no GPUs anywhere: still show the NICs and drives sysfs knows
 
 
 # -- rendering and exports -------------------------------------------------------------------

@@ -117,6 +117,7 @@ class JsonlLatencySampler:
         self._ino: int | None = None
         self._buf = b""
         self._line_no = 0
+        self._mtime_ns: int | None = None
         self._prev_t: float | None = None
         self.bad_lines_total = 0
         self.last_bad = ""
@@ -153,15 +154,22 @@ class JsonlLatencySampler:
         elif st is not None and st.st_ino != self._ino:
             lines = self._split(self._read_chunk())  # the rest of the rotated file
             self._open()
-            return self._finish(lines, self._split(self._read_chunk()))
+            out = self._finish(lines, self._split(self._read_chunk()))
+            self._mtime_ns = os.fstat(self._fh.fileno()).st_mtime_ns if self._fh is not None else None
+            return out
         elif st is not None:
             fh = self._fh
             assert fh is not None
-            if st.st_size < fh.tell():
+            pos = fh.tell()
+            # shorter than what we read: truncated; same size but rewritten since: truncated and
+            # refilled to the same length (copytruncate between two ticks)
+            if st.st_size < pos or (st.st_size == pos and st.st_mtime_ns != self._mtime_ns):
                 fh.seek(0)
                 self._buf = b""
                 self._line_no = 0
-        return self._finish([], self._split(self._read_chunk()))
+        out = self._finish([], self._split(self._read_chunk()))
+        self._mtime_ns = os.fstat(self._fh.fileno()).st_mtime_ns if self._fh is not None else None
+        return out
 
     def _split(self, data: bytes) -> list[tuple[int, bytes]]:
         data = self._buf + data

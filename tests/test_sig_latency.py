@@ -1,0 +1,182 @@
+"""Latency sources: PromQL histogram_quantile rules, window deltas between scrapes of the real
+vLLM capture served over HTTP, counter resets, empty windows; JSON-lines tail across rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+from fakes.sig_http import serve
+
+from controller.signals.base import Unavailable
+from controller.signals.latency import JsonlLatencySampler, LatencyReading, PrometheusLatencySampler
+from controller.signals.promtext import Histogram, histogram_delta, histogram_quantile
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+if not FIXTURES.is_dir():
+    FIXTURES = Path("/work/shared/fixtures")
+VLLM = (FIXTURES / "vllm-metrics_llama-3.1-8b_v0_excerpt_vllm-docs.prom").read_text()
+INF = math.inf
+
+
+def bump(text: str, extra: dict[str, int]) -> str:
+    """The capture with `extra[le]` more observations in each bucket at or above le (cumulative)."""
+
+    def sub(m: re.Match[str]) -> str:
+        le, value = m.group(2), float(m.group(3))
+        add = sum(n for b, n in extra.items() if float(b) <= float(le))
+        return f"{m.group(1)}{value + add:.1f}"
+
+    out = re.sub(r'(_bucket\{le="([^"]+)"[^}]*\} )([0-9.]+)', sub, text)
+    total = sum(extra.values())
+    return re.sub(r"(_count\{[^}]*\} )([0-9.]+)", lambda m: f"{m.group(1)}{float(m.group(2)) + total:.1f}", out)
+
+
+# -- histogram_quantile, as the Prometheus docs define it ------------------------------------
+def test_quantile_interpolates_within_bucket() -> None:
+    b = [(0.1, 10.0), (0.2, 30.0), (INF, 30.0)]
+    assert histogram_quantile(0.5, b) == pytest.approx(0.1 + 0.1 * (15 - 10) / 20)
+    # lowest bucket starts at 0 when its upper bound is positive
+    assert histogram_quantile(0.05, b) == pytest.approx(0.1 * 1.5 / 10)
+
+
+def test_quantile_in_inf_bucket_returns_second_highest_bound() -> None:
+    assert histogram_quantile(0.99, [(0.1, 10.0), (0.2, 20.0), (INF, 30.0)]) == 0.2
+
+
+def test_quantile_edge_rules() -> None:
+    assert histogram_quantile(0.5, [(0.1, 10.0), (0.2, 20.0)]) is None  # no +Inf bucket
+    assert histogram_quantile(0.5, [(INF, 5.0)]) is None  # fewer than two buckets
+    assert histogram_quantile(0.5, [(0.1, 0.0), (INF, 0.0)]) is None  # no observations
+    assert histogram_quantile(-0.1, [(0.1, 1.0), (INF, 1.0)]) == -INF
+    assert histogram_quantile(1.1, [(0.1, 1.0), (INF, 1.0)]) == INF
+    assert histogram_quantile(0.5, [(-1.0, 4.0), (0.5, 8.0), (INF, 8.0)]) == -1.0  # non-positive lowest bound
+    # non-monotonic counts (scrape skew) are raised to the running maximum
+    assert histogram_quantile(0.5, [(0.1, 10.0), (0.2, 8.0), (0.4, 20.0), (INF, 20.0)]) == pytest.approx(0.1)
+
+
+def test_delta_and_reset() -> None:
+    prev = Histogram(((0.1, 5.0), (INF, 10.0)), 10.0)
+    cur = Histogram(((0.1, 8.0), (INF, 20.0)), 20.0)
+    assert histogram_delta(cur, prev).buckets == ((0.1, 3.0), (INF, 10.0))
+    restarted = Histogram(((0.1, 1.0), (INF, 2.0)), 2.0)
+    d = histogram_delta(restarted, prev)  # server restarted: counts since restart
+    assert d.buckets == ((0.1, 1.0), (INF, 2.0)) and d.count == 2.0
+
+
+# -- the real vLLM capture, scraped over HTTP -----------------------------------------------
+def test_vllm_capture_windows_over_http() -> None:
+    async def run() -> None:
+        with serve() as pages:
+            url = pages.set("/metrics", VLLM)
+            s = PrometheusLatencySampler("latency:llm", url, timeout_s=2.0)
+            first = await s.sample(100.0)
+            assert isinstance(first, Unavailable) and "two scrapes" in first.reason
+            # empty window: nothing new
+            r = await s.sample(102.0)
+            assert isinstance(r, LatencyReading) and r.window.count == 0 and r.window.p99 is None
+            assert r.throughput == 0.0
+            # 20 new requests: 10 in (0.04, 0.06], 10 in (0.06, 0.08]
+            pages.set("/metrics", bump(VLLM, {"0.06": 10, "0.08": 10}))
+            r = await s.sample(104.0)
+            assert isinstance(r, LatencyReading)
+            assert r.window.count == 20 and r.throughput == pytest.approx(10.0)
+            assert r.window.p50 == pytest.approx(0.06)
+            assert r.window.p99 == pytest.approx(0.06 + 0.02 * (19.8 - 10) / 10)
+            # restart: counters start again from a small histogram -> its counts are the window
+            small = bump(re.sub(r"\} [0-9.]+\n", "} 0.0\n", VLLM), {"0.02": 4})
+            pages.set("/metrics", small)
+            r = await s.sample(106.0)
+            assert isinstance(r, LatencyReading) and r.window.count == 4
+            assert r.window.p99 is not None and 0.01 < r.window.p99 <= 0.02
+
+    asyncio.run(run())
+
+
+def test_vllm_capture_single_scrape_matches_promql() -> None:
+    s = PrometheusLatencySampler("x", "http://unused", labels={"model_name": "meta-llama/Llama-3.1-8B-Instruct"})
+    h = s.parse(VLLM)
+    assert isinstance(h, Histogram)
+    # the capture was trimmed without a +Inf line; _count (140) stands in for it
+    from controller.signals.latency import window_from_histogram
+
+    w = window_from_histogram(h)
+    assert w.count == 140
+    # rank 0.5*140 = 70 falls in (0.02, 0.04]: 0.02 + 0.02*(70-13)/(97-13)
+    assert w.p50 == pytest.approx(0.02 + 0.02 * 57 / 84)
+    # rank 138.6 falls in (0.08, 0.1]: 0.08 + 0.02*(138.6-138)/(140-138)
+    assert w.p99 == pytest.approx(0.08 + 0.02 * 0.6 / 2)
+
+
+def test_scrape_failures_are_unavailable() -> None:
+    async def run() -> None:
+        with serve() as pages:
+            s = PrometheusLatencySampler("x", pages.base + "/missing", timeout_s=2.0)
+            r = await s.sample(1.0)
+            assert isinstance(r, Unavailable) and "HTTP 404" in r.reason and "/missing" in r.reason
+            url = pages.set("/other", "foo_total 3\n")
+            r = await PrometheusLatencySampler("x", url).sample(1.0)
+            assert isinstance(r, Unavailable) and "no vllm:time_to_first_token_seconds_bucket" in r.reason
+            url = pages.set("/bad", VLLM.replace('le="0.04"', 'le="fast"'))
+            r = await PrometheusLatencySampler("x", url).sample(1.0)
+            assert isinstance(r, Unavailable) and "line 21" in r.reason and "'fast'" in r.reason
+            r = await PrometheusLatencySampler("x", "http://127.0.0.1:9/metrics", timeout_s=0.5).sample(1.0)
+            assert isinstance(r, Unavailable) and "127.0.0.1:9" in r.reason
+
+    asyncio.run(run())
+
+
+# -- JSON lines --------------------------------------------------------------------------
+def _w(path: Path, text: str, mode: str = "a") -> None:
+    with open(path, mode, encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def test_jsonl_tail_rotation_truncation_partial_lines(tmp_path: Path) -> None:
+    p = tmp_path / "lat.jsonl"
+
+    async def run() -> None:
+        s = JsonlLatencySampler("latency:t", str(p))
+        r = await s.sample(0.0)
+        assert isinstance(r, Unavailable) and "no such file" in r.reason
+        _w(p, '{"latency_s": 0.1}\n{"latency_s": 0.3}\n{"latency_s": 0.2')
+        r = await s.sample(1.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.1, 0.3)
+        _w(p, '}\n{"latency_s": 0.4}\n')  # the partial line completes
+        r = await s.sample(2.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.2, 0.4) and r.throughput == 2.0
+        # rotation: the writer renames and starts a new file; the rest of the old one is not lost
+        _w(p, '{"latency_s": 0.5}\n')
+        os.rename(p, tmp_path / "lat.jsonl.1")
+        _w(p, '{"latency_s": 0.6}\n', "w")
+        r = await s.sample(3.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.5, 0.6)
+        # truncation in place (copytruncate): start from the beginning
+        _w(p, '{"latency_s": 0.7}\n', "w")
+        r = await s.sample(4.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.7,)
+        r = await s.sample(5.0)
+        assert isinstance(r, LatencyReading) and r.window.count == 0
+        # bad lines are named with their line number, never read as zero
+        _w(p, 'garbage\n{"latency_s": "slow"}\n{"other": 1}\n')
+        r = await s.sample(6.0)
+        assert isinstance(r, Unavailable) and f"{p}: line 4:" in r.reason and "no field 'latency_s'" in r.reason
+        assert s.bad_lines_total == 3 and "line 2: not JSON" not in s.last_bad
+        _w(p, '{"latency_s": -1}\n{"latency_s": 0.25}\n')
+        r = await s.sample(7.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.25,)
+        assert "line 5" in s.last_bad and "non-negative" in s.last_bad
+
+    asyncio.run(run())
+
+
+def test_jsonl_quantiles(tmp_path: Path) -> None:
+    p = tmp_path / "lat.jsonl"
+    _w(p, "".join(f'{{"ttft": {i / 1000}}}\n' for i in range(1, 1001)))
+    r = asyncio.run(JsonlLatencySampler("x", str(p), field="ttft").sample(1.0))
+    assert isinstance(r, LatencyReading) and r.window.count == 1000
+    assert r.window.p99 == pytest.approx(0.99001) and r.window.quantile(0.99) == pytest.approx(0.99001)

@@ -1,0 +1,125 @@
+"""dcgm-exporter: the real scrape from NVIDIA's docs served over a local HTTP server, the real
+counter CSVs, the pydcgm path with a stand-in DcgmReader."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fakes.sig_http import serve
+
+from controller.signals.base import ParseError, Unavailable
+from controller.signals.dcgm import (
+    DRAM_ACTIVE,
+    FAMILIES,
+    PCIE_RX,
+    PCIE_TX,
+    REPLAY,
+    SM_ACTIVE,
+    DcgmExporterSampler,
+    DcgmReading,
+    enabled_counters,
+)
+from controller.signals.dcgm_native import PydcgmSampler
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+if not FIXTURES.is_dir():
+    FIXTURES = Path("/work/shared/fixtures")
+SCRAPE = (FIXTURES / "dcgm-exporter_metrics_a100-sxm4-40gb_mig-1g.5gb_nvidia-docs.prom").read_text()
+DEFAULT_CSV = (FIXTURES / "dcgm-exporter_default-counters.csv").read_text()
+DCP_CSV = (FIXTURES / "dcgm-exporter_dcp-metrics-included.csv").read_text()
+
+
+def test_real_scrape_over_http() -> None:
+    async def run() -> None:
+        with serve() as pages:
+            url = pages.set("/metrics", SCRAPE)
+            s = DcgmExporterSampler(url, timeout_s=2.0)
+            r = await s.sample(10.0)
+            assert isinstance(r, DcgmReading)
+            g = r.gpus[0]
+            assert g.uuid == "GPU-34319582-d595-d1c7-d1d2-179bcfa61660"
+            assert g.dram_active == pytest.approx(0.690789)
+            assert g.pcie_tx_bps == 33011804 and g.pcie_rx_bps == 97863601  # gauges, bytes/s
+            assert g.sm_active is None and g.pcie_replay_rate is None  # a counter needs two scrapes
+            assert [(i.gi_id, i.profile, i.dram_active) for i in g.instances] == [(13, "1g.5gb", 0.800339)]
+            # no SM_ACTIVE in the scrape: say why, don't report zero
+            assert "commented out" in r.unavailable["dcgm:sm_active"]
+            assert "dcgm:dram_active" not in r.unavailable
+            pages.set(
+                "/metrics",
+                SCRAPE.replace("PCIE_REPLAY_COUNTER{", "PCIE_REPLAY_COUNTER{", 1).replace(
+                    'Hostname="ub20-a100-k8s"} 0\nDCGM_FI_DEV_XID', 'Hostname="ub20-a100-k8s"} 6\nDCGM_FI_DEV_XID', 1
+                ),
+            )
+            r = await s.sample(12.0)
+            assert isinstance(r, DcgmReading) and r.gpus[0].pcie_replay_rate == pytest.approx(3.0)
+
+    asyncio.run(run())
+
+
+def test_counter_csvs_explain_the_missing_fields() -> None:
+    for text in (DEFAULT_CSV, DCP_CSV):
+        enabled = enabled_counters(text)
+        assert SM_ACTIVE not in enabled  # commented out in both shipped files
+        assert {DRAM_ACTIVE, PCIE_TX, PCIE_RX, REPLAY} <= set(enabled)
+        assert enabled[PCIE_TX] == "gauge" and enabled[REPLAY] == "counter"
+    with pytest.raises(ParseError, match="line 2"):
+        enabled_counters("# comment\nnot a row\n", "x.csv")
+
+
+def test_prefilter_keeps_only_used_families() -> None:
+    big = SCRAPE + "".join(f'DCGM_FI_DEV_FB_FREE{{gpu="{i}"}} broken value here\n' for i in range(100))
+    r = DcgmExporterSampler("http://x").parse(big, 0.0)  # unused families are never parsed
+    assert 0 in r.gpus
+    assert set(FAMILIES) >= {SM_ACTIVE, DRAM_ACTIVE, PCIE_TX, PCIE_RX, REPLAY}
+
+
+def test_bad_scrapes_name_the_line() -> None:
+    s = DcgmExporterSampler("http://x")
+    with pytest.raises(ParseError, match="line 15"):
+        s.parse(SCRAPE.replace("} 0.690789", "} zero", 1), 0.0)
+    with pytest.raises(ParseError, match="numeric 'gpu' label"):
+        s.parse(SCRAPE.replace('gpu="0"', 'gpu="x"'), 0.0)
+
+    async def run() -> None:
+        with serve() as pages:
+            r = await DcgmExporterSampler(pages.base + "/metrics", timeout_s=2.0).sample(0.0)
+            assert isinstance(r, Unavailable) and "HTTP 404" in r.reason
+            url = pages.set("/empty", "")
+            r2 = await DcgmExporterSampler(url).sample(0.0)
+            assert isinstance(r2, DcgmReading) and not r2.gpus and "none of" in r2.unavailable["dcgm"]
+
+    asyncio.run(run())
+
+
+def test_pydcgm_path_with_a_stand_in_reader() -> None:
+    fields = SimpleNamespace(
+        DCGM_FI_PROF_SM_ACTIVE=1002,
+        DCGM_FI_PROF_DRAM_ACTIVE=1005,
+        DCGM_FI_PROF_PCIE_TX_BYTES=1009,
+        DCGM_FI_PROF_PCIE_RX_BYTES=1010,
+        DCGM_FI_DEV_PCIE_REPLAY_COUNTER=202,
+        DCGM_FI_DEV_GPU_UTIL=203,
+    )
+    made: dict[str, object] = {}
+
+    class Reader:
+        def __init__(self, fieldIds: list[int], updateFrequency: int) -> None:
+            made["fields"] = fieldIds
+            made["freq"] = updateFrequency
+
+        def GetLatestGpuValuesAsFieldIdDict(self) -> dict[int, dict[int, float]]:
+            return {0: {1002: 0.5, 1005: 0.25, 1009: 1e6, 1010: 2e6, 202: 3, 203: 40}, 1: {1002: 9.2e18}}
+
+    s = PydcgmSampler(reader_module=SimpleNamespace(DcgmReader=Reader), fields_module=fields)
+    r = asyncio.run(s.sample(0.0))
+    assert isinstance(r, DcgmReading)
+    assert made["fields"] == [202, 203, 1002, 1005, 1009, 1010]
+    g = r.gpus[0]
+    assert (g.sm_active, g.dram_active, g.pcie_tx_bps, g.util) == (0.5, 0.25, 1e6, 0.4)
+    assert r.gpus[1].sm_active is None  # DCGM's blank sentinel is not a value
+    r2 = asyncio.run(PydcgmSampler(reader_module=None, fields_module=fields).sample(0.0))
+    assert isinstance(r2, Unavailable) and "not importable" in r2.reason

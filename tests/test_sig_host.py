@@ -51,7 +51,7 @@ def test_fake_proc_rates(tmp_path: Path) -> None:
     )
     r = s.read(2.0)
     assert r.sample.block_bps["nvme0n1"] == pytest.approx(2048 * 512 / 2)
-    assert "loop0" not in r.sample.block_bps
+    assert "loop0" not in r.sample.block_bps and "nvme0n1p1" not in r.sample.block_bps
     assert r.sample.nic_bps == {"eth0": pytest.approx(50000.0)}  # lo left out
     assert r.sample.irq_rate == {0: pytest.approx(100.0), 1: pytest.approx(20.0)}
     # counters reset (reboot of a namespace, driver reload) or wrap: no negative, no absurd rate

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ from fsm.observation import HostSample
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
 _SKIP_BLOCK = ("loop", "ram", "zram", "fd", "sr")
+# partitions would count their disk's traffic twice (sysfs marks them with a `partition` file)
+_PARTITION = re.compile(r"^(nvme\d+n\d+p\d+|(sd|vd|xvd|hd)[a-z]+\d+|mmcblk\d+p\d+)$")
 
 
 def parse_diskstats(text: str, source: str = "/proc/diskstats") -> dict[str, tuple[int, int]]:
@@ -111,7 +114,7 @@ class HostSampler:
         try:
             disks = parse_diskstats(self._read("diskstats"), os.path.join(self.proc_root, "diskstats"))
             for dev, (rd, wr) in disks.items():
-                if dev.startswith(_SKIP_BLOCK):
+                if dev.startswith(_SKIP_BLOCK) or _PARTITION.match(dev):
                     continue
                 r = self._disk.update(dev, now, rd + wr)
                 if r is not None:

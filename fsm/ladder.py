@@ -16,7 +16,7 @@ from fsm.desired import DecisionEvent, MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Cause, Diagnosis, Traffic, diagnose, victim_anchor
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
-from fsm.placement import occupied, rank_candidates
+from fsm.placement import occupied, rank_candidates, score
 from fsm.quantiles import Verdict, judge
 from fsm.resize import plan_resize, plan_restore
 from fsm.spec import LEVEL_ORDER, HostSpec, Level, Role, TenantSpec
@@ -143,6 +143,13 @@ class Tick:
         elif ctl.good >= policy.z_windows and level is Level.STEADY and (ctl.failures or ctl.episode_start is not None):
             # A calm stretch ends the episode: failed levers may be tried again next time.
             self.tenants[t.name] = replace(ctl, failures=0, failed_levers=(), episode_start=None, last_reason="")
+        elif (
+            level is Level.STEADY
+            and ctl.flaps
+            and ctl.released_at is not None
+            and now - ctl.released_at > 4 * _dwell(policy.dwell_s, ctl.flaps)
+        ):
+            self.tenants[t.name] = replace(ctl, flaps=0)  # calm for long enough: forget the flapping
 
     # -- in-flight operations ------------------------------------------------------------------
     def _check_pending(self, t: TenantSpec) -> None:
@@ -172,6 +179,9 @@ class Tick:
             layout_ok = g is not None and g.layout is not None and tuple(g.layout) == self.layouts[gpu]
         if (want is None or actual == want) and layout_ok:
             lvl = level_of(ctl)
+            if p.then_layout is not None and p.gpu is not None:
+                self.layouts[p.gpu] = p.then_layout  # second phase: give the slice back
+                self.busy_gpus.add(p.gpu)
             self.tenants[t.name] = replace(ctl, pending=None)
             self.emit(t.name, "complete", lvl, lvl, p.lever, "operation finished", {"target": p.target})
 
@@ -274,6 +284,9 @@ class Tick:
         target = step.to_instance if step.to_instance is not None else ctl.target
         if not policy.enforce:
             pending = None  # dry-run: nothing will happen, so nothing is waited for
+        flaps = ctl.flaps
+        if ctl.released_at is not None and now - ctl.released_at < 2 * _dwell(policy.dwell_s, flaps):
+            flaps += 1  # re-escalated soon after stepping back: hold the next level longer
         ctl = replace(
             ctl,
             stack=(*ctl.stack, step),
@@ -281,9 +294,10 @@ class Tick:
             bad=0,
             good=0,
             cooldown_until=now + policy.cooldown_s,
-            dwell_until=now + policy.dwell_s,
+            dwell_until=now + _dwell(policy.dwell_s, flaps),
             target=target,
             last_reason="",
+            flaps=flaps,
         )
         self.tenants[t.name] = ctl
         self.emit(t.name, kind, before, step.level, step.lever, reason, evidence)
@@ -459,18 +473,18 @@ class Tick:
             reason = f"lift caps on {', '.join(step.aggressors)}"
         elif step.lever == PLACE:
             back = step.from_instance
-            if (
-                back is not None
-                and back not in occupied(self.spec, self.obs)
-                and back not in self.reserved
-                and back.gpu not in self.busy_gpus
-            ):
+            here = self.obs.tenants.get(t.name)
+            cur = here.instance if here is not None else None
+            if back is None or not self._free_now(back):
+                reason = "stay (the old instance is taken); release the level only"
+            elif cur is not None and not self._quiet(t, back):
+                # Moving back into the interference that made us leave would only flap.
+                reason = f"stay on {cur} (the old instance {back} is still noisier); release the level only"
+            else:
                 target = back
                 self.reserved.add(back)
                 pending = Pending(f"tenant:{t.name}", PLACE, now, releasing=True)
                 reason = f"move back to {back}"
-            else:
-                reason = "stay (the old instance is taken); release the level only"
         else:  # RESIZE
             if step.gpu in self.busy_gpus:
                 return  # another change on that GPU first
@@ -483,18 +497,25 @@ class Tick:
             assert step.gpu is not None and step.prev_layout is not None and step.to_instance is not None
             home = step.from_instance
             restored = None
-            if home is not None:
-                occ = (occupied(self.spec, self.obs) | self.reserved) - {step.to_instance}
+            occ = (occupied(self.spec, self.obs) | self.reserved) - {step.to_instance}
+            if home is not None and home not in occ:  # somebody else may have taken it meanwhile
                 restored = plan_restore(self.spec, self.obs, step.gpu, step.prev_layout, step.to_instance, home, occ)
             if restored is not None and home is not None:
-                self.layouts[step.gpu] = restored
                 self.reconfigs.append(now)
                 self.busy_gpus.add(step.gpu)
                 target = home
                 self.reserved.add(home)
-                pending = Pending(f"tenant:{t.name}", RESIZE, now, releasing=True)
-                reason = f"give back {step.to_instance.profile}: return to {home}"
                 evidence["to_layout"] = [str(s) for s in restored]
+                if self._free_now(home):
+                    # Make-before-break: move home first, give the slice back once it is there.
+                    pending = Pending(
+                        f"tenant:{t.name}", RESIZE, now, releasing=True, gpu=step.gpu, then_layout=restored
+                    )
+                    reason = f"return to {home}, then give back {step.to_instance.profile}"
+                else:
+                    self.layouts[step.gpu] = restored
+                    pending = Pending(f"tenant:{t.name}", RESIZE, now, releasing=True)
+                    reason = f"give back {step.to_instance.profile}: return to {home} (re-created)"
             else:
                 reason = "keep the larger slice (the old layout cannot come back); release the level only"
         if not policy.enforce:
@@ -507,10 +528,28 @@ class Tick:
             bad=0,
             target=target,
             cooldown_until=now + policy.cooldown_s,
-            dwell_until=now + policy.dwell_s,
+            dwell_until=now + _dwell(policy.dwell_s, ctl.flaps),
             last_reason="",
+            released_at=now,
         )
         self.emit(t.name, "release", before, after, step.lever, reason, evidence)
+
+    def _free_now(self, inst: InstanceRef) -> bool:
+        """The instance exists now, nobody runs on it or is headed for it, and its GPU is idle."""
+        g = self.obs.gpus.get(inst.gpu)
+        return (
+            g is not None
+            and g.layout is not None
+            and inst.slot in g.layout
+            and inst not in occupied(self.spec, self.obs)
+            and inst not in self.reserved
+            and inst.gpu not in self.busy_gpus
+        )
+
+    def _quiet(self, t: TenantSpec, home: InstanceRef) -> bool:
+        """No longer any high-bandwidth traffic on the home instance's root complex."""
+        there = score(self.spec, self.obs, t, None, home, Cause.IO, self.traffic, {})
+        return there.root_complex < 0.5
 
     # -- output --------------------------------------------------------------------------------
     def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
@@ -538,6 +577,11 @@ class Tick:
                     old_m = mps.get(key)
                     mps[key] = replace(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
         return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
+
+
+def _dwell(dwell_s: float, flaps: int) -> float:
+    """Dwell doubles with every flap (escalating again soon after a release), up to 8x."""
+    return dwell_s * (1 << min(flaps, 3))
 
 
 def _min(a: float | None, b: float | None) -> float | None:

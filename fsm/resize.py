@@ -71,7 +71,9 @@ def _plan_on(
 ) -> ResizePlan | None:
     victim_slot = current.slot if current.gpu == gpu else None
     keep = [s for s in layout if InstanceRef(gpu, s.profile, s.start) in occ and s != victim_slot]
-    free = [s for s in layout if InstanceRef(gpu, s.profile, s.start) not in occ and s != victim_slot]
+    # The victim's own instance is free once it has moved; keeping it lets the move be
+    # make-before-break (start on the new slice while the old one still serves).
+    free = [s for s in layout if InstanceRef(gpu, s.profile, s.start) not in occ or s == victim_slot]
     best: tuple[tuple[int, int, int], ResizePlan] | None = None
     for start in model.profile(profile).placements:
         new = Slot(start, profile)
@@ -83,12 +85,13 @@ def _plan_on(
         for s in sorted(free):
             if is_valid(model, [*base, *restored, s]):
                 restored.append(s)
-        destroyed = tuple(s for s in free if s not in restored)
-        # Prefer growing in place (the new range covers the victim's old slots).
-        overlaps_victim = (
-            0 if victim_slot is not None and set(slot_range(model, victim_slot)) & set(slot_range(model, new)) else 1
+        destroyed = tuple(s for s in free if s not in restored and s != victim_slot)
+        # Prefer a new range beside the victim's old one: no downtime for the move, no instance in
+        # use destroyed; growing in place would need the victim stopped first.
+        overlaps_victim = int(
+            victim_slot is not None and bool(set(slot_range(model, victim_slot)) & set(slot_range(model, new)))
         )
-        key = (len(destroyed), overlaps_victim, start)
+        key = (overlaps_victim, len(destroyed), start)
         plan = ResizePlan(
             gpu=gpu,
             prev_layout=normalise(layout),

@@ -41,6 +41,8 @@ class Pending:
     lever: str
     since: float
     releasing: bool = False
+    gpu: str | None = None  # a layout change that follows the move (second phase of a release)
+    then_layout: tuple[Slot, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class TenantCtl:
     last_value: float | None = None  # the last window's quantile (s)
     last_reason: str = ""
     target: InstanceRef | None = None  # where tailguard wants the tenant (None: leave it be)
+    flaps: int = 0  # escalations soon after a release; each doubles the dwell (damping)
+    released_at: float | None = None
 
     @property
     def level(self) -> Level:

@@ -292,3 +292,17 @@ def test_configured_mig_ladder_is_climbed():
     state, ds = run(spec, state, stream(100, 3, 0.020, llm_at=target))
     (e,) = events(ds, "escalate")
     assert e.lever == "resize" and ds[-1].desired.placements["llm"].profile == "7g.40gb"
+
+
+def test_flapping_doubles_the_dwell():
+    spec = example_spec()
+    state, _ = run(spec, ControllerState(), stream(0, 3, 0.020))  # guard at t=4
+    t = 6.0
+    # calm: release after the dwell (60 s)
+    state, ds = run(spec, state, stream(t, 40, 0.005, etl=1e8))
+    (rel,) = events(ds, "release")
+    # bad again right away: re-escalate soon after the release -> one flap, the dwell doubles
+    state, ds = run(spec, state, stream(rel.t + spec.policy.cooldown_s, 3, 0.020))
+    (esc,) = events(ds, "escalate")
+    ctl = state.tenant("llm")
+    assert ctl.flaps == 1 and ctl.dwell_until == esc.t + 2 * spec.policy.dwell_s

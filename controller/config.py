@@ -150,6 +150,7 @@ class TenantConfig(Strict):
 
 
 class Levers(Strict):
+    early_guard: bool = False
     guards: bool = True
     placement: bool = True
     mig: bool = True
@@ -210,6 +211,7 @@ class PolicyConfig(Strict):
             in_flight_timeout_s=self.in_flight_timeout_s,
             io_share_tier=tier[self.io_share_tier],
             mig_ladder={k: tuple(v) for k, v in self.mig_ladder.items()},
+            early_guard=self.levers.early_guard,
             guards=self.levers.guards,
             placement=self.levers.placement,
             mig=self.levers.mig,

@@ -133,6 +133,8 @@ class Tick:
         )
         if ctl.bad >= policy.y_windows and free:
             self._escalate(t, w.value, slo)
+        elif policy.early_guard and ctl.bad >= 1 and level is Level.STEADY and free:
+            self._early_guard(t, w.value, slo)
         elif (
             ctl.good >= policy.z_windows
             and level is not Level.STEADY
@@ -228,6 +230,17 @@ class Tick:
         )
 
     # -- escalation ----------------------------------------------------------------------------
+    def _early_guard(self, t: TenantSpec, value: float | None, slo: float) -> None:
+        """Anticipation: the first violating window with a high-bandwidth aggressor on the path
+        is enough for the cheap, reversible lever; the heavy ones still wait for Y windows."""
+        if not (self.spec.policy.guards or self.spec.policy.mps) or GUARD in self.tenants[t.name].failed_levers:
+            return
+        diag = diagnose(self.spec, self.obs, t, self.traffic)
+        if diag.cause is not Cause.IO or not diag.aggressors:
+            return
+        window = {"value_s": value, "slo_s": slo, "bad_windows": self.tenants[t.name].bad, "quantile": t.quantile}
+        self._guard(t, diag, window)
+
     def _escalate(self, t: TenantSpec, value: float | None, slo: float) -> None:
         policy = self.spec.policy
         ctl = self.tenants[t.name]

@@ -79,6 +79,7 @@ class Policy:
     # Resize ladder per GPU model key (profile names, smallest first); default: 1g, 2g, 3g, 4g, 7g.
     mig_ladder: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Levers.
+    early_guard: bool = False  # guard on the first violating window when the cause is clearly I/O
     guards: bool = True
     placement: bool = True
     mig: bool = True

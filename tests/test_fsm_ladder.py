@@ -306,3 +306,13 @@ def test_flapping_doubles_the_dwell():
     (esc,) = events(ds, "escalate")
     ctl = state.tenant("llm")
     assert ctl.flaps == 1 and ctl.dwell_until == esc.t + 2 * spec.policy.dwell_s
+
+
+def test_early_guard_acts_on_the_first_violating_window_with_a_clear_io_cause():
+    spec = example_spec(Policy(early_guard=True))
+    _, ds = run(spec, ControllerState(), stream(0, 1, 0.020))
+    (e,) = events(ds)
+    assert (e.kind, e.lever, e.level_to) == ("escalate", "guard", "guarded")
+    # without an aggressor on the path it waits for Y windows like everybody else
+    _, ds = run(spec, ControllerState(), stream(0, 2, 0.020, etl=0.0))
+    assert not events(ds)

@@ -42,7 +42,9 @@ def _wanted(line: str, prefixes: tuple[str, ...]) -> bool:
 def filter_families(text: str, prefixes: Iterable[str]) -> list[tuple[int, str]]:
     """(line number, line) for the lines of the wanted metric families, in order."""
     pre = tuple(prefixes)
-    return [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln and _wanted(ln, pre)]
+    # split on "\n" only: str.splitlines() also breaks at \x1c-\x1e, \x85, \u2028, which are legal
+    # inside label values of the exposition format
+    return [(i, ln.rstrip("\r")) for i, ln in enumerate(text.split("\n"), 1) if ln and _wanted(ln, pre)]
 
 
 # The common line shape: name{k="v",...} value [timestamp], no escapes in label values.

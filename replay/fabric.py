@@ -37,7 +37,11 @@ def max_min(flows: Sequence[Flow], capacity: Mapping[str, float]) -> dict[str, f
             rate[f.name] = f.cap  # crosses no modelled link: gets what it asks for
             continue
         active.append(f)
-    while active:
+    # Each round freezes at least one flow or fills at least one link, so this bound is never hit
+    # except by floating-point dust; it guarantees termination.
+    for _ in range(len(flows) + len(residual) + 1):
+        if not active:
+            break
         load: dict[str, float] = {}
         for f in active:
             for link, m in f.links.items():
@@ -53,8 +57,12 @@ def max_min(flows: Sequence[Flow], capacity: Mapping[str, float]) -> dict[str, f
         for link, ld in load.items():
             residual[link] -= step * ld
         full = {link for link in load if residual[link] <= _EPS * max(1.0, capacity[link])}
-        active = [f for f in active if rate[f.name] < f.cap * (1 - _EPS) and not any(link in full for link in f.links)]
+        active = [f for f in active if _has_room(f, rate[f.name]) and not any(link in full for link in f.links)]
     return rate
+
+
+def _has_room(f: Flow, rate: float) -> bool:
+    return math.isinf(f.cap) or f.cap - rate > _EPS * f.cap
 
 
 def link_load(flows: Sequence[Flow], rates: Mapping[str, float]) -> dict[str, float]:

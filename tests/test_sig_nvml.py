@@ -132,6 +132,27 @@ def test_mig_layout_from_gpu_instances() -> None:
     assert list(r.gpus) == ["gpu0", "gpu1"]
 
 
+def test_mig_list_is_cached_until_refresh_or_invalidate() -> None:
+    fake = FakeNvml.from_q(A100_Q)
+    fake.gpus[0].mig_enabled = True
+    fake.gpus[0].migs = [FakeMig("MIG-a", gi_id=1, profile_id=0, start=0)]  # 7g.80gb
+    s = NvmlSampler({"gpu0": 0}, nvml=fake, mig_refresh_s=10.0)
+
+    def layout(t: float) -> list[Slot | None]:
+        r = asyncio.run(s.sample(t))
+        assert isinstance(r, NvmlReading) and r.gpus["gpu0"].mig_devices is not None
+        return [d.slot for d in r.gpus["gpu0"].mig_devices]
+
+    assert layout(0.0) == [Slot(0, "7g.80gb")]
+    fake.gpus[0].migs = [FakeMig("MIG-b", gi_id=2, profile_id=9, start=4)]  # someone reconfigured
+    assert layout(5.0) == [Slot(0, "7g.80gb")]  # within the refresh period: the cached list
+    s.invalidate_mig("gpu0")
+    assert layout(6.0) == [Slot(4, "3g.40gb")]
+    fake.gpus[0].migs = []
+    assert layout(15.0) == [Slot(4, "3g.40gb")]
+    assert layout(16.5) == []  # 10 s after the last read
+
+
 def test_gpu_lost_raises_one_alarm_and_marks_it() -> None:
     fake = FakeNvml.from_q(H100_Q)
     s = NvmlSampler(nvml=fake)

@@ -10,29 +10,38 @@ Documentation/admin-guide/cgroup-v2.rst and cgroup-v1/blkio-controller.rst.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from controller.signals.base import ParseError, Unavailable
+from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable
 from controller.signals.rates import CounterRates
 from fsm.observation import IoRate
 
 _DEV = re.compile(r"^\d+:\d+$")
 
 
-@dataclass(frozen=True, slots=True)
-class IoCounters:
+class IoCounters(NamedTuple):  # a tuple: handed to CounterRates.update_many as is
     rbytes: int = 0
     wbytes: int = 0
     rios: int = 0
     wios: int = 0
 
 
+# The kernel's io.stat line (dbytes/dios since 4.18, more keys may follow in later kernels)
+_IO_STAT_LINE = re.compile(r"^(\d+:\d+) rbytes=(\d+) wbytes=(\d+) rios=(\d+) wios=(\d+)(?: [a-z_]+=\d+)*$", re.M)
+
+
 def parse_io_stat(text: str, source: str = "io.stat") -> dict[str, IoCounters]:
+    fast = _IO_STAT_LINE.findall(text)
+    if len(fast) == sum(1 for ln in text.split("\n") if ln.strip()):
+        return {d: IoCounters(int(a), int(b), int(c), int(e)) for d, a, b, c, e in fast}
+    return _parse_io_stat_lines(text, source)
+
+
+def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
     out: dict[str, IoCounters] = {}
     for n, line in enumerate(text.splitlines(), 1):
         f = line.split()
@@ -71,8 +80,20 @@ def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+_PSI_SOME = re.compile(r"^some avg10=(\d{1,3}\.\d\d) ")
+
+
 def parse_psi(text: str, source: str = "pressure") -> float:
     """`some avg10` as a fraction of time (0..1)."""
+    m = _PSI_SOME.match(text)  # the kernel prints "some" first, avg10 with two decimals
+    if m is not None:
+        x = float(m.group(1))
+        if x <= 100.0:
+            return x / 100.0
+    return _parse_psi_lines(text, source)
+
+
+def _parse_psi_lines(text: str, source: str) -> float:
     for n, line in enumerate(text.splitlines(), 1):
         f = line.split()
         if not f or f[0] != "some":
@@ -124,6 +145,12 @@ class CgroupSampler:
         self.version = detect_version(root) if version == "auto" else version
         self.timeout_s = timeout_s
         self._rates = CounterRates(max_rate=1e12)
+        self._files = FileReader()
+        self._runner = InlineOrThread()
+        self._dirs: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}
+        for tenant, rel in self.tenants.items():
+            iodir, psidir = self._paths(rel)
+            self._dirs[tenant] = (iodir, tuple((w, os.path.join(psidir, f"{w}.pressure")) for w in ("io", "cpu")))
 
     def _paths(self, rel: str) -> tuple[str, str]:
         """(directory holding the I/O counters, directory holding PSI)."""
@@ -133,13 +160,11 @@ class CgroupSampler:
         unified = os.path.join(self.root, "unified")
         return os.path.join(self.root, "blkio", rel), os.path.join(unified, rel)
 
-    @staticmethod
-    def _read(path: str) -> str:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
+    def _read(self, path: str) -> str:
+        return self._files.read(path)
 
     def _io_v2(self, d: str) -> dict[str, IoCounters]:
-        p = os.path.join(d, "io.stat")
+        p = d + "/io.stat"
         return parse_io_stat(self._read(p), p)
 
     def _io_v1(self, d: str) -> dict[str, IoCounters]:
@@ -159,24 +184,19 @@ class CgroupSampler:
         out: dict[str, CgroupTenant] = {}
         reasons: dict[str, str] = {}
         seen: set[object] = set()
-        for tenant, rel in self.tenants.items():
-            iodir, psidir = self._paths(rel)
+        for tenant, (iodir, psi_paths) in self._dirs.items():
             io: dict[str, IoRate] | None = None
             try:
                 counters = self._io_v2(iodir) if self.version == "v2" else self._io_v1(iodir)
                 io = {}
                 for dev, c in counters.items():
-                    rates = []
-                    for what, val in (("rb", c.rbytes), ("wb", c.wbytes), ("ri", c.rios), ("wi", c.wios)):
-                        key = (tenant, dev, what)
-                        seen.add(key)
-                        rates.append(self._rates.update(key, now, val))
-                    io[dev] = IoRate(*rates)
+                    key = (tenant, dev)
+                    seen.add(key)
+                    io[dev] = IoRate(*self._rates.update_many(key, now, c))
             except (OSError, ParseError) as e:
                 reasons[f"cgroup:{tenant}:io"] = _reason(e)
             psi: list[float | None] = []
-            for what in ("io", "cpu"):
-                p = os.path.join(psidir, f"{what}.pressure")
+            for what, p in psi_paths:
                 try:
                     psi.append(parse_psi(self._read(p), p))
                 except (OSError, ParseError) as e:
@@ -187,7 +207,7 @@ class CgroupSampler:
         return CgroupReading(out, reasons)
 
     async def sample(self, now: float) -> CgroupReading | Unavailable:
-        return await asyncio.to_thread(self.read, now)
+        return await self._runner.call(self.read, now)
 
 
 def _reason(e: Exception) -> str:

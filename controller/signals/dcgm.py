@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from controller.signals.base import ParseError, Unavailable
 from controller.signals.http import FetchError, fetch_text
 from controller.signals.latency import Fetch
-from controller.signals.promtext import PromSample, parse_samples
+from controller.signals.promtext import parse_samples
 from controller.signals.rates import CounterRates
 
 SM_ACTIVE = "DCGM_FI_PROF_SM_ACTIVE"
@@ -76,13 +76,6 @@ def enabled_counters(csv_text: str, source: str = "counters.csv") -> dict[str, s
     return out
 
 
-def _gpu_index(s: PromSample, source: str) -> int:
-    g = s.labels.get("gpu")
-    if g is None or not g.isdigit():
-        raise ParseError(source, s.line, f"{s.name} sample without a numeric 'gpu' label")
-    return int(g)
-
-
 class DcgmExporterSampler:
     name = "dcgm"
 
@@ -98,21 +91,33 @@ class DcgmExporterSampler:
         uuids: dict[int, str] = {}
         inst: dict[tuple[int, int], dict[str, float | str]] = {}
         seen: set[str] = set()
+        wanted = frozenset(FAMILIES)
         for s in samples:
-            if s.name not in FAMILIES:
+            name, labels = s.name, s.labels
+            if name not in wanted:
                 continue
-            seen.add(s.name)
-            g = _gpu_index(s, self.url)
-            gi = s.labels.get("GPU_I_ID")
-            if gi is not None and gi != "":
+            seen.add(name)
+            g_txt = labels.get("gpu")
+            if g_txt is None or not g_txt.isdigit():
+                raise ParseError(self.url, s.line, f"{name} sample without a numeric 'gpu' label")
+            g = int(g_txt)
+            gi = labels.get("GPU_I_ID")
+            if gi:
                 if not gi.isdigit():
                     raise ParseError(self.url, s.line, f"GPU_I_ID {gi!r} is not a number")
-                d = inst.setdefault((g, int(gi)), {"profile": s.labels.get("GPU_I_PROFILE", "")})
-                d[s.name] = s.value
+                key = (g, int(gi))
+                d = inst.get(key)
+                if d is None:
+                    d = inst[key] = {"profile": labels.get("GPU_I_PROFILE", "")}
+                d[name] = s.value
                 continue
-            per_gpu.setdefault(g, {})[s.name] = s.value
-            if "UUID" in s.labels:
-                uuids[g] = s.labels["UUID"]
+            v = per_gpu.get(g)
+            if v is None:
+                v = per_gpu[g] = {}
+            v[name] = s.value
+            uuid = labels.get("UUID")
+            if uuid is not None:
+                uuids[g] = uuid
         reasons: dict[str, str] = {}
         if not samples:
             reasons["dcgm"] = f"{self.url}: none of {', '.join(FAMILIES)} in the scrape"
@@ -122,14 +127,16 @@ class DcgmExporterSampler:
             if fam not in seen:
                 reasons[f"dcgm:{what}"] = f"{fam} is not in the scrape (not in the exporter's counters file)"
         gpus: dict[int, DcgmGpu] = {}
-        for g in sorted(set(per_gpu) | {k[0] for k in inst}):
+        by_gpu: dict[int, dict[int, dict[str, float | str]]] = {}
+        for (gpu_i, gi_id), d in inst.items():
+            by_gpu.setdefault(gpu_i, {})[gi_id] = d
+        for g in sorted(set(per_gpu) | set(by_gpu)):
             v = per_gpu.get(g, {})
             replay = v.get(REPLAY)
             util = v.get(GPU_UTIL)
             instances = tuple(
                 DcgmInstance(gi, str(d["profile"]), _frac(d.get(SM_ACTIVE)), _frac(d.get(DRAM_ACTIVE)))
-                for (gg, gi), d in sorted(inst.items())
-                if gg == g
+                for gi, d in sorted(by_gpu.get(g, {}).items())
             )
             gpus[g] = DcgmGpu(
                 index=g,

@@ -6,13 +6,12 @@ negative one.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from controller.signals.base import ParseError, Unavailable
+from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable
 from controller.signals.rates import CounterRates
 from fsm.observation import HostSample
 
@@ -101,10 +100,11 @@ class HostSampler:
         self._disk = CounterRates(max_rate=1e12)
         self._net = CounterRates(max_rate=1e12)
         self._irq = CounterRates(max_rate=1e9)
+        self._files = FileReader()
+        self._runner = InlineOrThread()
 
     def _read(self, rel: str) -> str:
-        with open(os.path.join(self.proc_root, rel), encoding="utf-8", errors="replace") as fh:
-            return fh.read()
+        return self._files.read(os.path.join(self.proc_root, rel))
 
     def read(self, now: float) -> HostReading:
         reasons: dict[str, str] = {}
@@ -141,7 +141,7 @@ class HostSampler:
         return HostReading(HostSample(block_bps=block, nic_bps=nic, irq_rate=irq), reasons)
 
     async def sample(self, now: float) -> HostReading | Unavailable:
-        r = await asyncio.to_thread(self.read, now)
+        r = await self._runner.call(self.read, now)
         if len(r.unavailable) == 3:
             return Unavailable("; ".join(r.unavailable.values()))
         return r

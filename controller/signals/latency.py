@@ -17,7 +17,7 @@ from controller.signals.http import FetchError, fetch_text
 from controller.signals.promtext import (
     Histogram,
     histogram_delta,
-    histogram_quantile,
+    histogram_quantiles,
     histograms_from_samples,
     parse_samples,
 )
@@ -43,12 +43,8 @@ def window_from_histogram(h: Histogram) -> LatencyWindow:
     count = max(0, round(n))
     if count == 0:
         return LatencyWindow(count=0)
-    return LatencyWindow(
-        count=count,
-        p50=histogram_quantile(0.5, buckets),
-        p99=histogram_quantile(0.99, buckets),
-        p999=histogram_quantile(0.999, buckets),
-    )
+    p50, p99, p999 = histogram_quantiles((0.5, 0.99, 0.999), buckets)
+    return LatencyWindow(count=count, p50=p50, p99=p99, p999=p999)
 
 
 class PrometheusLatencySampler:

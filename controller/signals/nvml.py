@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from controller.signals.base import Unavailable
+from controller.signals.base import InlineOrThread, Unavailable
 from controller.signals.rates import CounterRates
 from fsm.mig import Slot, model_by_name
 
@@ -85,8 +85,14 @@ class NvmlSampler:
         gpus: Mapping[str, int] | None = None,
         nvml: ModuleType | Any | None = None,
         timeout_s: float = 1.0,
+        mig_refresh_s: float = 10.0,
     ) -> None:
         self.timeout_s = timeout_s
+        # The MIG device list costs 4 NVML calls per instance; it changes only when someone
+        # reconfigures the GPU, so it is re-read every mig_refresh_s, when MIG mode flips, and when
+        # the daemon calls invalidate_mig() after its reconciler changed a layout.
+        self.mig_refresh_s = mig_refresh_s
+        self._mig_cache: dict[str, tuple[float, tuple[MigDevice, ...], dict[str, str]]] = {}
         self._want = dict(gpus) if gpus else None
         self._nvml = nvml
         self._init_error: str | None = None
@@ -96,6 +102,7 @@ class NvmlSampler:
         self._rates = CounterRates(max_rate=1e12)  # > any PCIe link: a jump beyond is a wrap/reset
         self._replays = CounterRates(max_rate=1e9)
         self._lost: set[str] = set()
+        self._runner = InlineOrThread()
 
     # -- setup -------------------------------------------------------------------------------
     def _ensure(self) -> str | None:
@@ -195,7 +202,15 @@ class NvmlSampler:
                 cur, _pending = n.nvmlDeviceGetMigMode(h)
                 v["mig"] = int(cur) == n.NVML_DEVICE_MIG_ENABLE
                 if v["mig"]:
-                    v["mig_devices"] = self._mig_devices(gname, h, reasons)
+                    cached = self._mig_cache.get(gname)
+                    if cached is None or not 0 <= now - cached[0] < self.mig_refresh_s:
+                        why: dict[str, str] = {}
+                        cached = (now, self._mig_devices(gname, h, why), why)
+                        self._mig_cache[gname] = cached
+                    v["mig_devices"] = cached[1]
+                    reasons.update(cached[2])
+                else:
+                    self._mig_cache.pop(gname, None)
                 self._lost.discard(gname)
             except n.NVMLError_GpuIsLost:
                 v["lost"] = True
@@ -206,6 +221,13 @@ class NvmlSampler:
             except n.NVMLError as e:
                 reasons[f"nvml:{gname}"] = f"NVML error: {e}"
         return values, reasons, events, fallback
+
+    def invalidate_mig(self, gpu: str | None = None) -> None:
+        """Forget the cached MIG device list (of one GPU, or all): re-read on the next sample."""
+        if gpu is None:
+            self._mig_cache.clear()
+        else:
+            self._mig_cache.pop(gpu, None)
 
     def _mig_devices(self, gname: str, h: Any, reasons: dict[str, str]) -> tuple[MigDevice, ...]:
         n = self._nvml
@@ -235,6 +257,14 @@ class NvmlSampler:
             out.append(MigDevice(uuid, gi, slot))
         return tuple(out)
 
+    def _ensure_and_read(
+        self, now: float
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[str], list[str]] | Unavailable:
+        err = self._ensure()  # one hop off the event loop for both (a thread hop costs ~0.1 ms)
+        if err is not None:
+            return Unavailable(err)
+        return self.read_fields(now)
+
     def _throughput(self, gname: str, counter: int) -> float | None:
         n = self._nvml
         assert n is not None
@@ -244,12 +274,17 @@ class NvmlSampler:
             return None
 
     async def sample(self, now: float) -> NvmlReading | Unavailable:
-        err = await asyncio.to_thread(self._ensure)
-        if err is not None:
-            return Unavailable(err)
+        if not self._ready:  # nvmlInit can take a while: never on the loop
+            err = await asyncio.to_thread(self._ensure)
+            if err is not None:
+                return Unavailable(err)
+        # field values are non-blocking: read on the loop while that stays cheap (InlineOrThread)
+        got = await self._runner.call(self._ensure_and_read, now)
+        if isinstance(got, Unavailable):
+            return got
         n = self._nvml
         assert n is not None
-        values, reasons, events, fallback = await asyncio.to_thread(self.read_fields, now)
+        values, reasons, events, fallback = got
         if fallback:
             calls = [(g, c) for g in fallback for c in (n.NVML_PCIE_UTIL_TX_BYTES, n.NVML_PCIE_UTIL_RX_BYTES)]
             res = await asyncio.gather(*(asyncio.to_thread(self._throughput, g, c) for g, c in calls))

@@ -12,7 +12,9 @@ monotonic are raised to the running maximum; no observations -> no result.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,25 +34,20 @@ class PromSample:
     line: int  # 1-based line in the scraped text
 
 
-def _wanted(line: str, prefixes: tuple[str, ...]) -> bool:
-    if line.startswith("#"):
-        parts = line.split(None, 3)
-        return len(parts) >= 3 and parts[1] in ("HELP", "TYPE") and parts[2].startswith(prefixes)
-    return line.startswith(prefixes)
-
-
 def filter_families(text: str, prefixes: Iterable[str]) -> list[tuple[int, str]]:
-    """(line number, line) for the lines of the wanted metric families, in order."""
+    """(line number, line) for the sample lines of the wanted metric families, in order. HELP and
+    TYPE comments are dropped: samples are read line by line and need neither."""
     pre = tuple(prefixes)
     # split on "\n" only: str.splitlines() also breaks at \x1c-\x1e, \x85, \u2028, which are legal
     # inside label values of the exposition format
-    return [(i, ln.rstrip("\r")) for i, ln in enumerate(text.split("\n"), 1) if ln and _wanted(ln, pre)]
+    return [(i, ln.rstrip("\r")) for i, ln in enumerate(text.split("\n"), 1) if ln.startswith(pre)]
 
 
 # The common line shape: name{k="v",...} value [timestamp], no escapes in label values.
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_FAST = re.compile(rf'({_NAME})(?:\{{((?:{_NAME}="[^"\\\n]*",?)*)\}})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*')
-_LABEL = re.compile(rf'({_NAME})="([^"\\\n]*)",?')
+_LNAME = r"(?!__)[a-zA-Z_][a-zA-Z0-9_]*"  # label names: no colon; "__" prefix is reserved
+_FAST = re.compile(rf'({_NAME})(?:\{{((?:{_LNAME}="[^"\\\n]*",?)*)\}})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*')
+_LABEL = re.compile(rf'({_LNAME})="([^"\\\n]*)",?')
 
 
 def _slow(line: str) -> list[tuple[str, dict[str, str], float]]:
@@ -58,17 +55,53 @@ def _slow(line: str) -> list[tuple[str, dict[str, str], float]]:
     return [(s.name, dict(s.labels), float(s.value)) for f in families for s in f.samples]
 
 
+@functools.lru_cache(maxsize=64)
+def _whole_text_patterns(prefixes: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    # Both start with a literal ("\n" + the prefixes' common start), which re searches for quickly;
+    # a `^` with re.M would try every position of the text.
+    common = os.path.commonprefix(list(prefixes))  # noqa: RUF071 (character-wise is what we want)
+    alts = "|".join(re.escape(p[len(common) :]) for p in prefixes)
+    head = rf"\n{re.escape(common)}(?:{alts})"
+    labels = rf'(?:{_LNAME}="[^"\\\n]*",?)*'
+    every = re.compile(head)
+    sample = re.compile(
+        rf"\n({re.escape(common)}(?:{alts})[a-zA-Z0-9_:]*)(?:\{{({labels})\}})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*(?=\n)"
+    )
+    return every, sample
+
+
 def parse_samples(text: str, prefixes: Iterable[str], source: str) -> list[PromSample]:
     """Samples of the wanted families. A malformed line raises ParseError naming it.
 
-    Lines of the plain shape are split with one regex (prometheus_client's parser costs ~80 us per
-    dcgm-exporter line here, too much for a 5 ms tick); anything else (escapes, odd spacing) goes
-    through `prometheus_client.parser` line by line. tests/test_sig_props.py checks both agree.
+    When every wanted line has the plain shape (the case for exporters), one regex pass over the
+    whole text reads them (prometheus_client's parser costs ~80 us per dcgm-exporter line here, too
+    much for a 5 ms tick). Otherwise each line is read on its own, through prometheus_client's
+    parser where the plain shape does not fit. tests/test_sig_props.py checks both agree.
     """
+    pre = tuple(prefixes)
+    if not pre:
+        return []
+    every, sample = _whole_text_patterns(pre)
+    padded = "\n" + text + "\n"
+    expected = len(every.findall(padded))
     out: list[PromSample] = []
-    for n, ln in filter_families(text, prefixes):
-        if ln.startswith("#"):
-            continue
+    line, pos = 0, 0
+    try:
+        for m in sample.finditer(padded):
+            line += padded.count("\n", pos, m.start() + 1)
+            pos = m.start() + 1
+            body = m.group(2)
+            out.append(PromSample(m.group(1), dict(_LABEL.findall(body)) if body else {}, float(m.group(3)), line))
+    except ValueError:
+        out = []
+    if len(out) == expected:
+        return out
+    return _parse_lines(text, pre, source)
+
+
+def _parse_lines(text: str, pre: tuple[str, ...], source: str) -> list[PromSample]:
+    out: list[PromSample] = []
+    for n, ln in filter_families(text, pre):
         m = _FAST.fullmatch(ln)
         value: float | None = None
         if m is not None:
@@ -161,23 +194,35 @@ def histogram_delta(cur: Histogram, prev: Histogram | None) -> Histogram:
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
     """PromQL histogram_quantile over cumulative classic buckets; None where PromQL gives NaN."""
+    return histogram_quantiles((q,), buckets)[0]
+
+
+def histogram_quantiles(qs: Sequence[float], buckets: Sequence[tuple[float, float]]) -> list[float | None]:
+    """Several quantiles of one histogram (the buckets are checked and made monotonic once)."""
+    bs = sorted(buckets)
+    mono: list[tuple[float, float]] | None = None
+    if len(bs) >= 2 and math.isinf(bs[-1][0]) and bs[-1][0] > 0:
+        # Non-monotonic counts (scrape skew between buckets) are raised to the running maximum.
+        mono = []
+        run = 0.0
+        for le, c in bs:
+            if math.isnan(c):
+                mono = None
+                break
+            run = max(run, c)
+            mono.append((le, run))
+    return [_quantile(q, mono) for q in qs]
+
+
+def _quantile(q: float, mono: list[tuple[float, float]] | None) -> float | None:
     if math.isnan(q):
         return None
     if q < 0:
         return -math.inf
     if q > 1:
         return math.inf
-    bs = sorted(buckets)
-    if len(bs) < 2 or not math.isinf(bs[-1][0]) or bs[-1][0] < 0:
+    if mono is None:
         return None
-    # Non-monotonic counts (scrape skew between buckets) are raised to the running maximum.
-    mono: list[tuple[float, float]] = []
-    run = 0.0
-    for le, c in bs:
-        if math.isnan(c):
-            return None
-        run = max(run, c)
-        mono.append((le, run))
     observations = mono[-1][1]
     if observations <= 0:
         return None

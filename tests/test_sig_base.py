@@ -61,11 +61,15 @@ def test_inline_until_slow_then_threads() -> None:
 
     async def run() -> None:
         assert await runner.call(read, 0.0) == 7
-        assert await runner.call(read, 0.03) == 7  # too slow: the next calls go to a thread
+        assert await runner.call(read, 0.03) == 7  # one slow read: a hiccup
+        assert await runner.call(read, 0.0) == 7
+        for _ in range(runner.strikes):
+            assert await runner.call(read, 0.03) == 7  # slow every time: the next calls go to a thread
+        assert runner.threaded
         assert await runner.call(read, 0.0) == 7
 
     asyncio.run(run())
-    assert seen == [True, True, False]
+    assert seen == [True, True, True, True, True, True, False]
 
 
 def test_file_reader_reuses_and_reopens(tmp_path: Path) -> None:

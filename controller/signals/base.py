@@ -113,24 +113,29 @@ class InlineOrThread:
     """Runs a sampler's synchronous read on the event loop while it is fast, in a worker thread
     once it was not. Reads of procfs/cgroupfs through kept-open descriptors take microseconds, and
     a thread hop plus GIL ping-pong with the loop costs more than the read (measured: 5.2 ms vs
-    8 ms per tick of the 8-GPU bench). A read that took longer than `inline_budget_s` (a stuck
-    filesystem, a huge /proc/interrupts) moves that sampler to threads, where the runner's
+    8 ms per tick of the 8-GPU bench). Reads slower than `inline_budget_s` several times in a row (a
+    stuck filesystem, a huge /proc/interrupts) move that sampler to threads, where the runner's
     timeout can abandon it."""
 
-    inline_budget_s = 0.02
+    inline_budget_s = 0.05
+    strikes = 3  # consecutive slow reads; one preemption of a busy 2-core machine is not a verdict
 
     def __init__(self) -> None:
-        self._slow = False
+        self._slow_in_a_row = 0
+        self.threaded = False
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
-        if self._slow:
+        if self.threaded:
             return await asyncio.to_thread(fn, *args)
         t0 = time.perf_counter()
         try:
             return fn(*args)
         finally:
             if time.perf_counter() - t0 > self.inline_budget_s:
-                self._slow = True
+                self._slow_in_a_row += 1
+                self.threaded = self._slow_in_a_row >= self.strikes
+            else:
+                self._slow_in_a_row = 0
 
 
 class FileReader:

@@ -138,6 +138,13 @@ class InlineOrThread:
                 self._slow_in_a_row = 0
 
 
+def _text(b: bytes) -> str:
+    try:
+        return b.decode()
+    except UnicodeDecodeError:
+        return b.decode("utf-8", errors="replace")
+
+
 class FileReader:
     """Re-reads small kernel files (cgroupfs, procfs) through descriptors kept open across ticks:
     `os.pread` at offset 0 makes seq_file regenerate the content, and skips an open() per file per
@@ -151,8 +158,11 @@ class FileReader:
         self._fds: dict[str, int] = {}
 
     def _pread_all(self, fd: int) -> bytes:
-        parts = []
-        off = 0
+        first = os.pread(fd, self.CHUNK, 0)
+        if len(first) < self.CHUNK:
+            return first
+        parts = [first]
+        off = len(first)
         while True:
             b = os.pread(fd, self.CHUNK, off)
             parts.append(b)
@@ -164,13 +174,13 @@ class FileReader:
         fd = self._fds.get(path)
         if fd is not None:
             try:
-                return self._pread_all(fd).decode("utf-8", errors="replace")
+                return _text(self._pread_all(fd))
             except OSError:  # ENODEV: the cgroup was removed; open the path again
                 self._drop(path)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._fds[path] = fd
         try:
-            return self._pread_all(fd).decode("utf-8", errors="replace")
+            return _text(self._pread_all(fd))
         except OSError:
             self._drop(path)
             raise

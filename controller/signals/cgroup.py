@@ -36,7 +36,8 @@ _IO_STAT_LINE = re.compile(r"^(\d+:\d+) rbytes=(\d+) wbytes=(\d+) rios=(\d+) wio
 
 def parse_io_stat(text: str, source: str = "io.stat") -> dict[str, IoCounters]:
     fast = _IO_STAT_LINE.findall(text)
-    if len(fast) == sum(1 for ln in text.split("\n") if ln.strip()):
+    # the kernel writes one "\n"-terminated line per device; anything else takes the careful path
+    if len(fast) == text.count("\n") and (not text or text[-1] == "\n"):
         return {d: IoCounters(int(a), int(b), int(c), int(e)) for d, a, b, c, e in fast}
     return _parse_io_stat_lines(text, source)
 

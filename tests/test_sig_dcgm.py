@@ -123,3 +123,44 @@ def test_pydcgm_path_with_a_stand_in_reader() -> None:
     assert r.gpus[1].sm_active is None  # DCGM's blank sentinel is not a value
     r2 = asyncio.run(PydcgmSampler(reader_module=None, fields_module=fields).sample(0.0))
     assert isinstance(r2, Unavailable) and "not importable" in r2.reason
+
+
+def exporter_from_csv(csv_text: str) -> str:
+    """What a dcgm-exporter configured with this counters CSV would serve for the docs' A100 (GPU 0
+    and its 1g.5gb instance): one series per enabled counter, with the captured value when the
+    capture has that field."""
+    captured: dict[tuple[str, bool], str] = {}
+    for line in SCRAPE.splitlines():
+        if line.startswith("DCGM_"):
+            name = line.split("{", 1)[0]
+            captured[(name, "GPU_I_ID" in line)] = line.rsplit(" ", 1)[1]
+    base = 'gpu="0",UUID="GPU-34319582-d595-d1c7-d1d2-179bcfa61660",device="nvidia0",Hostname="ub20-a100-k8s"'
+    out = []
+    for name, typ in enabled_counters(csv_text).items():
+        if typ == "label":
+            continue
+        out.append(f"{name}{{{base}}} {captured.get((name, False), '1')}")
+        if name.startswith("DCGM_FI_PROF_") and "PCIE" not in name:  # PCIe bytes are never per instance
+            out.append(f'{name}{{{base},GPU_I_PROFILE="1g.5gb",GPU_I_ID="13"}} {captured.get((name, True), "0.5")}')
+    return "\n".join(out) + "\n"
+
+
+def test_exporter_driven_by_the_real_counter_csvs() -> None:
+    uncommented = DEFAULT_CSV.replace("# DCGM_FI_PROF_SM_ACTIVE,", "DCGM_FI_PROF_SM_ACTIVE,", 1)
+    assert uncommented != DEFAULT_CSV
+
+    async def run() -> None:
+        with serve() as pages:
+            for csv_text in (DEFAULT_CSV, DCP_CSV):
+                url = pages.set("/metrics", exporter_from_csv(csv_text))
+                r = await DcgmExporterSampler(url, timeout_s=2.0).sample(0.0)
+                assert isinstance(r, DcgmReading)
+                assert r.gpus[0].sm_active is None and "commented out" in r.unavailable["dcgm:sm_active"]
+                assert r.gpus[0].dram_active == pytest.approx(0.690789)
+                assert r.gpus[0].instances[0].dram_active == pytest.approx(0.800339)
+            url = pages.set("/metrics", exporter_from_csv(uncommented))
+            r = await DcgmExporterSampler(url, timeout_s=2.0).sample(0.0)
+            assert isinstance(r, DcgmReading) and "dcgm:sm_active" not in r.unavailable
+            assert r.gpus[0].sm_active == 1.0 and r.gpus[0].instances[0].sm_active == 0.5
+
+    asyncio.run(run())

@@ -49,6 +49,7 @@ from replay.queueing import Array, lindley
 from replay.scenario import CPU, HostModel, Requests, Scenario, ScenarioMeta, TenantConfig, resolve_data
 
 IRQ_BYTES = 256 * 1024  # bytes moved per interrupt, for the crude IRQ-rate model
+CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
 
 
 # -- request arrivals --------------------------------------------------------------------------
@@ -80,7 +81,9 @@ def load_request_trace(path: str) -> tuple[Array, Array]:
 class RequestStream:
     """Arrivals (absolute seconds) and context tokens of one sensitive tenant, tick by tick."""
 
-    def __init__(self, req: Requests, base: Path, seed: int, host_index: int, tenant_index: int) -> None:
+    def __init__(
+        self, req: Requests, base: Path, seed: int, host_index: int, tenant_index: int, schedule_level: float = 1.0
+    ) -> None:
         self.req = req
         self.seed = (seed, host_index, tenant_index)
         sigma2 = math.log1p(req.noise_cv**2)
@@ -95,33 +98,59 @@ class RequestStream:
             gap = float(np.mean(np.diff(times))) if times.size > 1 else 1.0
             self.trace = (times / req.trace_speed, tokens)
             self.cycle = (float(times[-1]) + gap) / req.trace_speed
+        # One generator per (seed, host, tenant). How many numbers a tick draws depends only on
+        # its arrivals, never on the policy, so every policy sees the same requests and noise.
+        self.rng = np.random.default_rng(list(self.seed))
+        self.level_max = max(1.0, schedule_level)
+        self.buf_t = self.buf_m = self.buf_n = np.empty(0)
+        self.buf_lo = 0
+        self.buf_end = 0.0
 
-    def _rng(self, t0: float) -> np.random.Generator:
-        # One generator per (tenant, tick start): draws never depend on what happened before.
-        return np.random.default_rng([*self.seed, round(t0 * 1000)])
+    def _fill(self, until: float) -> None:
+        """Generate Poisson arrivals, thinning marks and noise in fixed 600 s chunks (cheap per
+        tick, and the same numbers whatever the tick length)."""
+        assert self.req.rate is not None
+        parts = [(self.buf_t[self.buf_lo :], self.buf_m[self.buf_lo :], self.buf_n[self.buf_lo :])]
+        while self.buf_end < until:
+            a = self.buf_end
+            n = int(self.rng.poisson(self.req.rate * self.level_max * CHUNK_S))
+            t = np.sort(self.rng.uniform(a, a + CHUNK_S, n))
+            marks = self.rng.random(n)
+            noise = self.rng.lognormal(self.mu, self.sigma, n) if self.sigma > 0 else np.ones(n)
+            parts.append((t, marks, noise))
+            self.buf_end = a + CHUNK_S
+        self.buf_t = np.concatenate([p[0] for p in parts])
+        self.buf_m = np.concatenate([p[1] for p in parts])
+        self.buf_n = np.concatenate([p[2] for p in parts])
+        self.buf_lo = 0
 
     def window(self, t0: float, t1: float, level: float) -> tuple[Array, Array, Array]:
         """(arrival times, context tokens, noise factors) of the requests arriving in [t0, t1)."""
-        rng = self._rng(t0)
+        rng = self.rng
         if self.trace is None:
-            assert self.req.rate is not None
-            n = int(rng.poisson(self.req.rate * level * (t1 - t0)))
-            arr = np.sort(rng.uniform(t0, t1, n))
-            tok = np.full(n, self.req.tokens)
-        else:
-            times, tokens = self.trace
-            k0, k1 = math.floor(t0 / self.cycle), math.floor(t1 / self.cycle)
-            parts_t, parts_k = [], []
-            for k in range(k0, k1 + 1):
-                lo = np.searchsorted(times, t0 - k * self.cycle, "left")
-                hi = np.searchsorted(times, t1 - k * self.cycle, "left")
-                parts_t.append(times[lo:hi] + k * self.cycle)
-                parts_k.append(tokens[lo:hi])
-            arr = np.concatenate(parts_t)
-            tok = np.concatenate(parts_k)
-            if level < 1.0:  # thin the trace (a schedule's level below 1)
-                keep = rng.random(arr.size) < level
-                arr, tok = arr[keep], tok[keep]
+            if t1 > self.buf_end:
+                self._fill(t1)
+            lo: int = self.buf_lo + int(np.searchsorted(self.buf_t[self.buf_lo :], t0, "left"))
+            hi: int = lo + int(np.searchsorted(self.buf_t[lo:], t1, "left"))
+            self.buf_lo = hi
+            arr, noise = self.buf_t[lo:hi], self.buf_n[lo:hi]
+            if level < self.level_max:  # thinning: a rate below the peak (or an off period)
+                keep = self.buf_m[lo:hi] < level / self.level_max
+                arr, noise = arr[keep], noise[keep]
+            return arr, np.full(arr.size, self.req.tokens), noise
+        times, tokens = self.trace
+        k0, k1 = math.floor(t0 / self.cycle), math.floor(t1 / self.cycle)
+        parts_t, parts_k = [], []
+        for k in range(k0, k1 + 1):
+            a = int(np.searchsorted(times, t0 - k * self.cycle, "left"))
+            b = int(np.searchsorted(times, t1 - k * self.cycle, "left"))
+            parts_t.append(times[a:b] + k * self.cycle)
+            parts_k.append(tokens[a:b])
+        arr = np.concatenate(parts_t)
+        tok = np.concatenate(parts_k)
+        if level < 1.0:  # thin the trace (a schedule's level below 1)
+            keep = rng.random(arr.size) < level
+            arr, tok = arr[keep], tok[keep]
         noise = rng.lognormal(self.mu, self.sigma, arr.size) if self.sigma > 0 else np.ones(arr.size)
         return arr, tok, noise
 
@@ -226,7 +255,7 @@ class HostSim:
         self.flow_links: dict[str, list[tuple[dict[str, int], str, str]]] = {}
         for i, (name, cfg) in enumerate(sorted(model.tenants.items())):
             if cfg.requests is not None:
-                stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i)
+                stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.level)
                 self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream)
             else:
                 self.others.append(cfg)
@@ -238,6 +267,21 @@ class HostSim:
         self.block = {n.id: (n.aliases[0] if n.aliases else n.id) for n in self.topo.of_kind(NodeKind.NVME)}
         self.nics = {n.id: (n.aliases[0] if n.aliases else n.id) for n in self.topo.of_kind(NodeKind.NIC)}
         self.cpus = sorted({c for n in self.topo.of_kind(NodeKind.NUMA) for c in n.cpus})
+        # Precomputed per tenant: the devices its flows start or end at (hot path of every tick).
+        self.ends: dict[str, list[tuple[str, NodeKind, bool, int | None]]] = {}
+        for name, links in self.flow_links.items():
+            ends = []
+            for _, src, dst in links:
+                for end, is_src in ((src, True), (dst, False)):
+                    if end != CPU:
+                        node = self.topo.node(end)
+                        ends.append((node.id, node.kind, is_src, self.topo.numa_of(node.id)))
+            self.ends[name] = ends
+        self._slice_cache: dict[tuple[str, str], int] = {}
+        self._layout_info: dict[str, tuple[tuple[Slot, ...], list[tuple[str, InstanceRef, float]]]] = {}
+        self._idle: dict[str, tuple[tuple[Slot, ...] | None, GpuSample]] = {}
+        self._irq: tuple[tuple[tuple[int, float], ...], dict[int, float]] | None = None
+        self._elastic: dict[tuple[object, ...], dict[str, float]] = {}
 
     # -- actuation ------------------------------------------------------------------------------
     def _moving(self) -> set[str]:
@@ -347,7 +391,7 @@ class HostSim:
             for end, read in ((src, True), (dst, False)):
                 if end == CPU:
                     continue
-                th = self.caps.get((name, self.topo.node(end).id))
+                th = self.caps.get((name, self.topo.resolve(end) or end))
                 if th is None or th.expires_at <= t:
                     continue
                 lim = th.read_bps if read else th.write_bps
@@ -360,7 +404,21 @@ class HostSim:
         return m.percent / 100.0 if m is not None and m.expires_at > t else 1.0
 
     def _slices(self, inst: InstanceRef) -> int:
-        return self.models[inst.gpu].profile(inst.profile).slices
+        key = (inst.gpu, inst.profile)
+        n = self._slice_cache.get(key)
+        if n is None:
+            n = self._slice_cache[key] = self.models[inst.gpu].profile(inst.profile).slices
+        return n
+
+    def _instances_of(self, gpu: str, layout: tuple[Slot, ...]) -> list[tuple[str, InstanceRef, float]]:
+        cached = self._layout_info.get(gpu)
+        if cached is None or cached[0] != layout:
+            rows = []
+            for slot in layout:
+                ref = InstanceRef(gpu, slot.profile, slot.start)
+                rows.append((str(slot), ref, self._slices(ref) / 7.0))
+            cached = self._layout_info[gpu] = (layout, rows)
+        return cached[1]
 
     def advance(self, dt: float | None = None) -> Observation:
         dt = self.meta.tick_s if dt is None else dt
@@ -388,7 +446,16 @@ class HostSim:
             sens_links[name] = {n: 1 for n in self.topo.path_links(inst.gpu)}
         avg = [Flow(n, sens_links[n], s.rate_bps) for n, s in self.sensitive.items()]
         rates = max_min(flows + avg, self.capacity)
-        elastic = max_min(flows + [Flow(n, sens_links[n]) for n in self.sensitive], self.capacity)
+        # The elastic shares depend only on the other flows' caps and the victims' paths: memoise.
+        key = (
+            tuple((f.name, f.cap) for f in flows),
+            tuple((n, tuple(sorted(ln))) for n, ln in sens_links.items()),
+        )
+        elastic = self._elastic.get(key)
+        if elastic is None:
+            elastic = max_min(flows + [Flow(n, sens_links[n]) for n in self.sensitive], self.capacity)
+            if len(self._elastic) < 10_000:
+                self._elastic[key] = elastic
         # Requests.
         window: dict[str, LatencyWindow] = {}
         busy_s: dict[str, float] = {}
@@ -403,23 +470,29 @@ class HostSim:
             )
             slow = 1.0 + self.meta.compute_coupling * neighbours
             req = s.req
-            compute = (req.compute_ms + req.compute_ms_per_token * tok) * 1e-3
-            compute *= slow / self._slices(inst) ** req.slice_exponent
-            compute *= noise
-            nbytes = req.bytes + req.bytes_per_token * tok
             share = elastic.get(name, math.inf)
-            service = compute + (nbytes / share if math.isfinite(share) and share > 0 else 0.0)
+            per_byte = 1.0 / share if math.isfinite(share) and share > 0 else 0.0
+            scale = 1e-3 * slow / self._slices(inst) ** req.slice_exponent
+            if req.compute_ms_per_token or req.bytes_per_token:
+                compute = (req.compute_ms + req.compute_ms_per_token * tok) * scale * noise
+                nbytes = req.bytes + req.bytes_per_token * tok
+                service = compute + nbytes * per_byte
+                total_bytes = float(nbytes.sum())
+            else:  # fixed cost per request: scalars, fewer array passes
+                compute = (req.compute_ms * scale) * noise
+                service = compute + req.bytes * per_byte
+                total_bytes = req.bytes * arr.size
             lat, s.free_at = lindley(arr, service, s.free_at)
-            s.rate_bps = float(nbytes.sum()) / dt
+            s.rate_bps = total_bytes / dt
             busy_s[name] = float(compute.sum())
-            done = arr + lat
             self.stats.latencies.append(lat)
             self.stats.delivered[name] = self.stats.delivered.get(name, 0.0) + arr.size
-            all_done = np.concatenate((s.pend_done, done))
+            # FCFS: departures are non-decreasing, so the completed ones are a prefix.
+            all_done = np.concatenate((s.pend_done, arr + lat))
             all_lat = np.concatenate((s.pend_lat, lat))
-            now_mask = all_done < t1
-            rep = np.sort(all_lat[now_mask])
-            s.pend_done, s.pend_lat = all_done[~now_mask], all_lat[~now_mask]
+            cut = int(np.searchsorted(all_done, t1, "left"))
+            rep = np.sort(all_lat[:cut])
+            s.pend_done, s.pend_lat = all_done[cut:], all_lat[cut:]
             if rep.size:
                 p50, p99, p999 = _quantiles(rep, (0.5, 0.99, 0.999))
                 window[name] = LatencyWindow(int(rep.size), p50, p99, p999)
@@ -450,7 +523,7 @@ class HostSim:
     ) -> Observation:
         topo = self.topo
         tenants: dict[str, TenantSample] = {}
-        inst_sm: dict[InstanceRef, float] = {}
+        inst_sm: dict[str, dict[str, float]] = {}  # gpu -> PROFILE@START -> SM activity
         rx: dict[str, float] = {}
         tx: dict[str, float] = {}
         block: dict[str, float] = dict.fromkeys(self.block.values(), 0.0)
@@ -460,7 +533,9 @@ class HostSim:
         for name, s in self.sensitive.items():
             inst = self.instance[name]
             down = name in moving
-            inst_sm[inst] = 0.0 if down else min(1.0, busy_s.get(name, 0.0) / dt)
+            inst_sm.setdefault(inst.gpu, {})[f"{inst.profile}@{inst.start}"] = (
+                0.0 if down else min(1.0, busy_s.get(name, 0.0) / dt)
+            )
             lw = window.get(name)
             tenants[name] = TenantSample(
                 latency=lw, throughput=(lw.count / dt if lw else 0.0), instance=None if down else inst
@@ -471,30 +546,24 @@ class HostSim:
         for cfg in self.others:
             r = rates.get(cfg.name, 0.0)
             io: dict[str, IoRate] = {}
-            for _, src, dst in self.flow_links[cfg.name]:
-                for end, is_src in ((src, True), (dst, False)):
-                    if end == CPU:
-                        continue
-                    nid = topo.node(end).id
-                    kind = topo.node(nid).kind
-                    if kind is NodeKind.GPU:
-                        (tx if is_src else rx)[nid] = (tx if is_src else rx).get(nid, 0.0) + r
-                    elif kind is NodeKind.NVME:
-                        dev = self.block[nid]
-                        old = io.get(dev, IoRate(0.0, 0.0))
-                        io[dev] = IoRate(
-                            (old.read_bps or 0.0) + (r if is_src else 0.0),
-                            (old.write_bps or 0.0) + (0.0 if is_src else r),
-                        )
-                        block[dev] += r
-                    elif kind is NodeKind.NIC:
-                        nic[self.nics[nid]] += r
-                    numa = topo.numa_of(nid)
-                    if numa is not None:
-                        numa_bytes[numa] = numa_bytes.get(numa, 0.0) + r
+            for nid, kind, is_src, numa in self.ends[cfg.name]:
+                if kind is NodeKind.GPU:
+                    side = tx if is_src else rx
+                    side[nid] = side.get(nid, 0.0) + r
+                elif kind is NodeKind.NVME:
+                    dev = self.block[nid]
+                    old = io.get(dev)
+                    rd = (old.read_bps or 0.0) if old else 0.0
+                    wr = (old.write_bps or 0.0) if old else 0.0
+                    io[dev] = IoRate(rd + (r if is_src else 0.0), wr + (0.0 if is_src else r))
+                    block[dev] += r
+                elif kind is NodeKind.NIC:
+                    nic[self.nics[nid]] += r
+                if numa is not None:
+                    numa_bytes[numa] = numa_bytes.get(numa, 0.0) + r
             home = self.instance.get(cfg.name)
             if home is not None:
-                inst_sm[home] = sm.get(cfg.name, 0.0)
+                inst_sm.setdefault(home.gpu, {})[f"{home.profile}@{home.start}"] = sm.get(cfg.name, 0.0)
             work = r if cfg.flows else sm.get(cfg.name, 0.0)
             tenants[cfg.name] = TenantSample(
                 throughput=work, io=io if io else ({} if cfg.cgroup else None), instance=home
@@ -502,31 +571,46 @@ class HostSim:
         gpus: dict[str, GpuSample] = {}
         for gpu in self.gpu_nodes:
             layout = self.layouts.get(gpu)
+            busy_reconf = any(op.gpu == gpu for op in self.ops)
+            active = inst_sm.get(gpu)
+            g_tx, g_rx = tx.get(gpu, 0.0), rx.get(gpu, 0.0)
+            idle = not active and g_tx == 0.0 and g_rx == 0.0 and not busy_reconf
+            cached = self._idle.get(gpu) if idle else None
+            if cached is not None and cached[0] == layout:
+                gpus[gpu] = cached[1]  # an idle GPU looks the same every tick: build it once
+                continue
             model = self.models.get(gpu)
             instances: dict[str, MigSample] = {}
             total = 0.0
             if layout is not None and model is not None:
-                for slot in layout:
-                    v = inst_sm.get(InstanceRef(gpu, slot.profile, slot.start), 0.0)
-                    instances[str(slot)] = MigSample(sm_active=round(v, 4), dram_active=round(0.6 * v, 4))
-                    total += v * model.profile(slot.profile).slices / 7.0
-            busy_reconf = any(op.gpu == gpu for op in self.ops)
-            gpus[gpu] = GpuSample(
-                pcie_tx_bps=tx.get(gpu, 0.0),
-                pcie_rx_bps=rx.get(gpu, 0.0),
+                vals = active or {}
+                for key, _ref, frac in self._instances_of(gpu, layout):
+                    v = vals.get(key, 0.0)
+                    instances[key] = MigSample(sm_active=v, dram_active=0.6 * v)
+                    total += v * frac
+            sample = GpuSample(
+                pcie_tx_bps=g_tx,
+                pcie_rx_bps=g_rx,
                 pcie_replay_rate=0.0,
-                util=min(1.0, round(total, 4) * 1.2),
-                sm_active=round(total, 4),
-                dram_active=round(0.6 * total, 4),
+                util=min(1.0, total * 1.2),
+                sm_active=total,
+                dram_active=0.6 * total,
                 mig_enabled=layout is not None,
                 layout=None if busy_reconf else layout,
                 instances=instances,
             )
-        irq: dict[int, float] = {}
-        for node in topo.of_kind(NodeKind.NUMA):
-            extra = numa_bytes.get(node.numa or 0, 0.0) / IRQ_BYTES / max(1, len(node.cpus))
-            for c in node.cpus:
-                irq[c] = self.meta.irq_base + extra
+            gpus[gpu] = sample
+            if idle:
+                self._idle[gpu] = (layout, sample)
+        irq_key = tuple(sorted(numa_bytes.items()))
+        if self._irq is None or self._irq[0] != irq_key:
+            irq: dict[int, float] = {}
+            for node in topo.of_kind(NodeKind.NUMA):
+                extra = numa_bytes.get(node.numa or 0, 0.0) / IRQ_BYTES / max(1, len(node.cpus))
+                for c in node.cpus:
+                    irq[c] = self.meta.irq_base + extra
+            self._irq = (irq_key, irq)
+        irq = self._irq[1]
         in_flight = tuple(sorted(x for op in self.ops for x in op.targets()))
         outcomes = tuple(self.outcomes)
         self.outcomes = []

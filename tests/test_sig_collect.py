@@ -136,6 +136,14 @@ def test_one_tick_assembles_everything(tmp_path: Path) -> None:
     assert age is not None and 0 <= age < 5
     assert c.runners["nvml"].last_good is not None
     assert o1.tenants["llm"].latency is not None and o1.tenants["llm"].latency.count == 0
+    # a reconfiguration: the daemon tells the collector, the next tick shows the new layout
+    fake.gpus[0].migs = [FakeMig("MIG-z", gi_id=2, profile_id=0, start=0)]
+    c.invalidate_mig("gpu0")
+    fake.advance(1.0)
+    o3 = asyncio.run(c.collect(103.0))
+    assert o3.gpus["gpu0"].layout == (Slot(0, "7g.40gb"),) and o3.gpus["gpu0"].instances == {}
+    assert "127.0.0.1" in o3.unavailable["dcgm"]  # the exporter is gone now: named, not zeros
+    assert o3.gpus["gpu0"].dram_active is None
 
 
 def test_no_nvml_means_no_placement_keys(tmp_path: Path) -> None:

@@ -82,6 +82,13 @@ class SignalCollector:
         """Per-sampler counters for the exporter: errors_total, last_success_age_s(), last_error."""
         return {name: r.stats for name, r in self.runners.items()}
 
+    def invalidate_mig(self, gpu: str | None = None) -> None:
+        """Call after a MIG reconfiguration: the next tick re-reads the MIG device list from NVML
+        instead of waiting for its periodic refresh."""
+        for r in self.runners.values():
+            if isinstance(r.sampler, NvmlSampler):
+                r.sampler.invalidate_mig(gpu)
+
     def _gpu_name(self, index: int) -> str:
         return self._gpu_by_index.get(index, f"gpu{index}")
 

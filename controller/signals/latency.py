@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from controller.signals.base import ParseError, Unavailable
+from controller.signals.base import InlineOrThread, ParseError, Unavailable
 from controller.signals.http import FetchError, fetch_text
 from controller.signals.promtext import (
     Histogram,
@@ -117,6 +117,7 @@ class JsonlLatencySampler:
         self._prev_t: float | None = None
         self.bad_lines_total = 0
         self.last_bad = ""
+        self._runner = InlineOrThread()  # a local file: on the loop unless it turns out slow
 
     def _open(self) -> None:
         self._close()
@@ -210,7 +211,7 @@ class JsonlLatencySampler:
 
     async def sample(self, now: float) -> LatencyReading | Unavailable:
         try:
-            samples, bad = self.read_new()
+            samples, bad = await self._runner.call(self.read_new)
         except OSError as e:
             self._close()
             return Unavailable(f"{self.path}: {e.strerror or e}" if not str(e).startswith(self.path) else str(e))

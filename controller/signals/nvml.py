@@ -123,7 +123,10 @@ class NvmlSampler:
         for name, idx in want.items():
             if idx >= count:
                 return f"{name}: NVML index {idx} but only {count} GPUs"
-            h = n.nvmlDeviceGetHandleByIndex(idx)
+            try:
+                h = n.nvmlDeviceGetHandleByIndex(idx)
+            except n.NVMLError as e:
+                return f"{name}: no NVML handle for index {idx}: {e}"
             self._handles[name] = h
             self._static[name] = self._read_static(idx, h)
         self._ready = True

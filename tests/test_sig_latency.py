@@ -143,6 +143,7 @@ def test_jsonl_tail_rotation_truncation_partial_lines(tmp_path: Path) -> None:
         s = JsonlLatencySampler("latency:t", str(p))
         r = await s.sample(0.0)
         assert isinstance(r, Unavailable) and "no such file" in r.reason
+        # the file appears after we started: all of it is new
         _w(p, '{"latency_s": 0.1}\n{"latency_s": 0.3}\n{"latency_s": 0.2')
         r = await s.sample(1.0)
         assert isinstance(r, LatencyReading) and r.window.samples == (0.1, 0.3)
@@ -174,9 +175,18 @@ def test_jsonl_tail_rotation_truncation_partial_lines(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
-def test_jsonl_quantiles(tmp_path: Path) -> None:
+def test_jsonl_quantiles_and_history_skipped(tmp_path: Path) -> None:
     p = tmp_path / "lat.jsonl"
-    _w(p, "".join(f'{{"ttft": {i / 1000}}}\n' for i in range(1, 1001)))
-    r = asyncio.run(JsonlLatencySampler("x", str(p), field="ttft").sample(1.0))
-    assert isinstance(r, LatencyReading) and r.window.count == 1000
-    assert r.window.p99 == pytest.approx(0.99001) and r.window.quantile(0.99) == pytest.approx(0.99001)
+    _w(p, '{"ttft": 9.0}\n{"ttft": 9.0}\n{"ttft": 9.')  # history from before we started, partial last line
+    s = JsonlLatencySampler("x", str(p), field="ttft")
+
+    async def run() -> LatencyReading | Unavailable:
+        first = await s.sample(0.0)
+        assert isinstance(first, LatencyReading) and first.window.count == 0
+        _w(p, "5}\n" + "".join(f'{{"ttft": {i / 1000}}}\n' for i in range(1, 1001)))
+        return await s.sample(1.0)
+
+    r = asyncio.run(run())
+    # the line that was half written when we started completes now: it counts, once
+    assert isinstance(r, LatencyReading) and r.window.count == 1001 and r.window.samples[0] == 9.5
+    assert r.window.p99 == pytest.approx(0.991) and r.window.quantile(0.99) == pytest.approx(0.991)

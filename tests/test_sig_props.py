@@ -106,15 +106,19 @@ def test_mutated_captures_give_results_or_parse_errors(data: st.DataObject, case
 @settings(max_examples=100, deadline=None)
 @given(lines=st.lists(st.one_of(st.text(max_size=40), st.just('{"latency_s": 0.5}'), st.just("[1]")), max_size=8))
 def test_jsonl_lines_never_raise(tmp_path_factory, lines: list[str]) -> None:
-    p = tmp_path_factory.mktemp("j") / "x.jsonl"
-    p.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
     import asyncio
 
-    r = asyncio.run(JsonlLatencySampler("x", str(p)).sample(1.0))
+    p = tmp_path_factory.mktemp("j") / "x.jsonl"
+    s = JsonlLatencySampler("x", str(p))
+    assert isinstance(asyncio.run(s.sample(0.0)), Unavailable)  # not there yet: read it all when it comes
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    r = asyncio.run(s.sample(1.0))
+    good = sum(1 for ln in lines if ln == '{"latency_s": 0.5}')
     if isinstance(r, Unavailable):
-        assert f"{p}: line " in r.reason
+        assert f"{p}: line " in r.reason and good == 0
     else:
         assert all(math.isfinite(v) and v >= 0 for v in r.window.samples)
+        assert r.window.samples.count(0.5) >= good
 
 
 NAMES = st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,12}", fullmatch=True)

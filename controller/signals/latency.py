@@ -97,6 +97,7 @@ class PrometheusLatencySampler:
 class JsonlLatencySampler:
     """Tails a JSON-lines file: one object per completed request with `field` in seconds.
 
+    Starts at the end of a file that exists at the first tick (its history is not a window).
     Survives rotation (a new inode: the rest of the old file is read first, then the new one from
     the start) and truncation (size below our offset: start again from 0). A partial last line is
     kept until its newline arrives. Bad lines are counted and named, never read as zero.
@@ -114,18 +115,23 @@ class JsonlLatencySampler:
         self._buf = b""
         self._line_no = 0
         self._mtime_ns: int | None = None
+        self._seen_missing = False
         self._prev_t: float | None = None
         self.bad_lines_total = 0
         self.last_bad = ""
         self._runner = InlineOrThread()  # a local file: on the loop unless it turns out slow
 
-    def _open(self) -> None:
+    def _open(self, at_end: bool = False) -> None:
         self._close()
         fh = open(self.path, "rb")  # noqa: SIM115 (kept open across ticks on purpose)
         self._fh = fh
         self._ino = os.fstat(fh.fileno()).st_ino
         self._buf = b""
         self._line_no = 0
+        if at_end:  # like tail -F: what was there before we started is not this window
+            data = fh.read()
+            self._line_no = data.count(b"\n")
+            self._buf = data[data.rfind(b"\n") + 1 :]
 
     def _read_chunk(self) -> bytes:
         fh = self._fh
@@ -146,8 +152,10 @@ class JsonlLatencySampler:
             st = None
         if self._fh is None:
             if st is None:
+                self._seen_missing = True
                 raise FileNotFoundError(f"{self.path}: no such file")
-            self._open()
+            # a file that existed when we started: tail it; one that appeared later: read it all
+            self._open(at_end=not self._seen_missing)
         elif st is not None and st.st_ino != self._ino:
             lines = self._split(self._read_chunk())  # the rest of the rotated file
             self._open()

@@ -22,7 +22,10 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--topo-matrix", metavar="FILE", help="parse a captured `nvidia-smi topo -m` output")
-    p.add_argument("--sys-root", default="/sys", help="sysfs root to discover from (default /sys)")
+    p.add_argument("--sys-root", default=None, help="sysfs root to discover from (default /sys)")
+    p.add_argument(
+        "--config", metavar="FILE", help="use the config's [topology] source and [signals] sys_root, as the daemon does"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the readable tree")
     p.add_argument("--export", choices=("node-labels", "hypernode"), help="print scheduler input instead")
     p.add_argument("--node-name", default=None, help="Kubernetes node name for --export (default: hostname)")
@@ -65,8 +68,18 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(matrix.to_json(), indent=2))
                 return 0
             topo = topology_from_matrix(matrix)
+        elif args.config:
+            from controller.config import ConfigError, load_config
+
+            try:
+                cfg = load_config(args.config)
+            except ConfigError as e:
+                return _fail(str(e))
+            topo = load_topology(
+                cfg.topology.source, args.sys_root or cfg.signals.sys_root, cfg.topology.topo_matrix_file
+            )
         else:
-            topo = load_topology("auto", args.sys_root)
+            topo = load_topology("auto", args.sys_root or "/sys")
     except ParseError as e:
         return _fail(str(e))
     except (OSError, RuntimeError) as e:
@@ -92,4 +105,17 @@ def run(args: argparse.Namespace) -> int:
     if not topo.gpus:
         print("no GPUs found (no NVIDIA PCI devices in sysfs, and `nvidia-smi topo -m` not available)", file=sys.stderr)
     sys.stdout.write(render_tree(topo))
+    if args.topo_matrix:
+        nv = _nvlink_lines(matrix)
+        if nv:
+            sys.stdout.write("\nNVLink (from the matrix):\n" + "".join(nv))
     return 0
+
+
+def _nvlink_lines(matrix: Any) -> list[str]:
+    out = []
+    for row in matrix.gpus:
+        peers = [f"{c} ({rel})" for c, rel in matrix.links[row].items() if rel.startswith("NV")]
+        if peers:
+            out.append(f"  {row}: {', '.join(peers)}\n")
+    return out

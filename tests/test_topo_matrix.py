@@ -130,6 +130,18 @@ def test_cli_readable_tree(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["topology", "--topo-matrix", str(fx("dgx-a100"))]) == 0
     out = capsys.readouterr().out
     assert "gpu0 (numa 3) -> switch: gpu1, mlx5_0, mlx5_1" in out
+    assert "  GPU0: GPU1 (NV12), GPU2 (NV12)," in out  # NVLink peers, as the matrix prints them
+
+
+def test_cli_with_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'[topology]\nsource = "topo-matrix"\ntopo_matrix_file = "{fx("p5.48xlarge")}"\n')
+    assert main(["topology", "--config", str(cfg), "--json"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["nodes"]
+    assert sum(1 for n in nodes if n["kind"] == "gpu") == 8
+    cfg.write_text("[topology]\nsource = 3\n")
+    assert main(["topology", "--config", str(cfg)]) == 2
+    assert "topology.source" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsm.examples import example_spec, synthetic_stream
+from fsm.observation import Observation
 from replay.fabric import Flow, link_load, max_min
 from replay.queueing import lindley, lindley_loop
 from replay.scenario import SCENARIO_DIR, ScenarioError, load_scenario, parse_scenario
@@ -79,17 +80,23 @@ def test_trace_roundtrip_rotation_and_torn_line(tmp_path: Path) -> None:
         w.write_record({"kind": "decision", "t": 1.0, "note": "skipped by readers"})
     rotated = sorted(tmp_path.iterdir())
     assert len(rotated) >= 2
-    got = []
-    for f in [*sorted(q for q in rotated if q.name != "t.jsonl")[::-1], p]:
-        header, it = read_trace(f)
+    got: list[Observation] = []
+    for path in [*sorted(q for q in rotated if q.name != "t.jsonl")[::-1], p]:
+        header, it = read_trace(path)
         assert header.spec == spec and header.host == "host-a"
         got.extend(it)
     assert got == obs
-    # A torn last line (crash mid-write) is tolerated.
-    with open(p, "a", encoding="utf-8") as f:
-        f.write('{"kind": "obs", "obs": {"t": 12')
-    _, it = read_trace(p)
-    assert list(it) == obs[-len(list(read_trace(p)[1])) :]
+    # A torn last line (crash mid-write) is tolerated: the complete lines still read.
+    before = list(read_trace(p)[1])
+    assert before and before == obs[-len(before) :]
+    with open(p, "a", encoding="utf-8") as fh:
+        fh.write('{"kind": "obs", "obs": {"t": 12')
+    assert list(read_trace(p)[1]) == before
+    # The same bytes followed by a newline are a bad line, not a torn one.
+    with open(p, "a", encoding="utf-8") as fh:
+        fh.write("\n")
+    with pytest.raises(TraceError, match=r"t\.jsonl:\d+: not JSON"):
+        list(read_trace(p)[1])
 
 
 def test_trace_bad_line_names_file_and_line(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from controller.cli import main
 from fsm.desired import DesiredState
 from fsm.mig import Slot
-from fsm.observation import InstanceRef
+from fsm.observation import InstanceRef, Outcome
 from replay.runner import run_host
 from replay.scenario import SCENARIO_DIR, Scenario, load_scenario, parse_scenario
 from replay.simulator import SimulatedHost
@@ -102,7 +102,7 @@ def test_simulated_host_protocol_and_actuation() -> None:
     o3 = asyncio.run(host.observe())
     assert {"gpu:gpu0", "tenant:t1"} <= set(o3.actuation.in_flight)
     assert o3.tenants["t1"].latency is not None and o3.tenants["t1"].latency.count == 0
-    outcomes = []
+    outcomes: list[Outcome] = []
     for _ in range(4):
         o4 = asyncio.run(host.observe())
         outcomes.extend(o4.actuation.outcomes)
@@ -133,3 +133,34 @@ def test_shadow_cli(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-
     assert main(["replay", "--shadow", str(trace)]) == 2
     err = capsys.readouterr().err
     assert "rec.jsonl:402: not JSON" in err
+
+
+def test_plot_and_trace_driven_scenario(tmp_path: Path) -> None:
+    png = tmp_path / "r.png"
+    out = tmp_path / "v.json"
+    rc = main(
+        [
+            "replay",
+            "vllm-ttft",
+            "--policies",
+            "static,full",
+            "--duration",
+            "600",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
+    assert rc == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads(out.read_text())
+    # Requests come from the Azure trace: about 5.5 per second, prefill grows with context tokens.
+    assert doc["policies"]["static"]["p50_ms"] > 20
+
+
+def test_bad_cli_inputs(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["replay", "--policies", "static,bogus"]) == 2
+    assert "unknown bogus" in capsys.readouterr().err
+    assert main(["replay", "no-such-scenario"]) == 2
+    assert "no such scenario" in capsys.readouterr().err

@@ -83,16 +83,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_shadow(path: str, quiet: bool) -> int:
-    from replay.shadow import format_event, shadow
+    from replay.shadow import describe_desired, format_event, shadow
     from replay.trace import TraceError
 
     try:
         header, ticks, summary = shadow(path)
         print(f"trace {path}: host {header.host}, recorded {header.created}, schema {header.schema}")
-        for _, events in ticks:
-            if not quiet:
-                for e in events:
-                    print(format_event(e))
+        last = ""
+        for t, events, desired in ticks:
+            if quiet:
+                continue
+            for e in events:
+                print(format_event(e))
+            # The desired state, whenever it changes (expiry renewals aside).
+            now = describe_desired(desired)
+            if now != last:
+                print(f"t={t:10.1f}  desired: {now}")
+                last = now
     except TraceError as e:
         return _err(str(e))
     span = (summary.last_t - summary.first_t) if summary.first_t is not None and summary.last_t is not None else 0.0

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from fsm.decide import decide
-from fsm.desired import DecisionEvent
+from fsm.desired import DecisionEvent, DesiredState
 from fsm.spec import HostSpec
 from fsm.state import ControllerState
 from replay.trace import TraceHeader, read_trace
@@ -28,14 +28,14 @@ class ShadowSummary:
 
 def shadow(
     path: str | os.PathLike[str], spec: HostSpec | None = None
-) -> tuple[TraceHeader, Iterator[tuple[float, tuple[DecisionEvent, ...]]], ShadowSummary]:
-    """(header, per-tick (t, events) iterator, summary filled as the iterator is consumed)."""
+) -> tuple[TraceHeader, Iterator[tuple[float, tuple[DecisionEvent, ...], DesiredState]], ShadowSummary]:
+    """(header, per-tick (t, events, desired) iterator, summary filled as it is consumed)."""
     header, observations = read_trace(path)
     base = spec or header.spec
     spec_ = replace(base, policy=replace(base.policy, enforce=False))
     summary = ShadowSummary()
 
-    def ticks() -> Iterator[tuple[float, tuple[DecisionEvent, ...]]]:
+    def ticks() -> Iterator[tuple[float, tuple[DecisionEvent, ...], DesiredState]]:
         state = ControllerState()
         for obs in observations:
             d = decide(state, obs, spec_)
@@ -49,7 +49,7 @@ def shadow(
                     summary.levers[e.lever] += 1
             summary.final_levels = {n: c.level.value for n, c in sorted(state.tenants.items())}
             summary.bad_input = dict(state.bad_input)
-            yield obs.t, d.events
+            yield obs.t, d.events, d.desired
 
     return header, ticks(), summary
 
@@ -57,3 +57,17 @@ def shadow(
 def format_event(e: DecisionEvent) -> str:
     lever = f" [{e.lever}]" if e.lever else ""
     return f"t={e.t:10.1f}  {e.tenant}: {e.kind:8s} {e.level_from} -> {e.level_to}{lever}  {e.reason}"
+
+
+def describe_desired(d: DesiredState) -> str:
+    """The isolation the controller wants, in one line (caps, MPS limits, placements, layouts)."""
+    parts = []
+    for c in d.throttles:
+        lim = "/".join(
+            f"{k} {v / 1e6:.0f} MB/s" for k, v in (("read", c.read_bps), ("write", c.write_bps)) if v is not None
+        )
+        parts.append(f"cap {c.tenant} on {c.device} ({lim})")
+    parts += [f"mps {m.tenant} on {m.gpu} {m.percent}%" for m in d.mps]
+    parts += [f"place {n} at {i}" for n, i in sorted(d.placements.items())]
+    parts += [f"layout {g} = {','.join(str(s) for s in lay)}" for g, lay in sorted(d.layouts.items())]
+    return "; ".join(parts) or "nothing (hands off)"

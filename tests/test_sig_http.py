@@ -27,7 +27,7 @@ async def with_server(handler: Handler, fn: Callable[[str], Awaitable[None]]) ->
 def reply(raw: bytes, delay: float = 0.0) -> Handler:
     async def h(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         req = await reader.readuntil(b"\r\n\r\n")
-        assert req.startswith(b"GET /metrics HTTP/1.1\r\n") and b"Connection: close" in req
+        assert req.startswith(b"GET /metrics HTTP/1.1\r\n") and b"Host: 127.0.0.1:" in req
         if delay:
             await asyncio.sleep(delay)
         writer.write(raw)
@@ -74,6 +74,7 @@ def test_errors_name_the_url() -> None:
     assert "closed before the end" in fails(reply(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"))
     assert "bad chunk size" in fails(reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"))
     assert "Content-Encoding" in fails(reply(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n"))
+    assert "without a response" in fails(reply(b""))
 
 
 def test_timeout_cancels_a_silent_server() -> None:
@@ -91,3 +92,26 @@ def test_against_the_threaded_test_server() -> None:
                 await fetch_text(pages.base + "/nope", 2.0)
 
     asyncio.run(go())
+
+
+def test_keep_alive_reuses_one_connection_and_survives_its_close() -> None:
+    conns = 0
+
+    async def h(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        conns += 1
+        for i in range(2):  # serves two requests, then hangs up, as an idle timeout would
+            await reader.readuntil(b"\r\n\r\n")
+            body = f"n {conns}.{i}\n".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        writer.close()
+
+    async def go(url: str) -> None:
+        got = [await fetch_text(url, 2.0) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        got.append(await fetch_text(url, 2.0))
+        assert got == ["n 1.0\n", "n 1.1\n", "n 2.0\n", "n 2.1\n"]
+        assert conns == 2
+
+    asyncio.run(with_server(h, go))

@@ -2,17 +2,20 @@
 
 Plain http:// URLs (exporters on localhost, the usual case) are fetched on the event loop with
 asyncio streams: no thread per scrape, and the timeout really cancels the request. HTTP/1.1 with
-`Connection: close`; bodies by Content-Length, chunked transfer coding (Go's net/http, behind
-dcgm-exporter, uses it for large responses), or until the server closes. https:// goes through
+keep-alive (the connection is reused on the next tick); bodies by Content-Length, chunked transfer
+coding (Go's net/http, behind dcgm-exporter, uses it for large responses), or until the server
+closes. https:// goes through
 urllib in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 
 MAX_BODY = 32 * 1024 * 1024  # a scrape larger than this is a misconfiguration, not data
 MAX_HEADERS = 100
@@ -57,17 +60,59 @@ async def _chunked(reader: asyncio.StreamReader, url: str) -> bytes:
         await reader.readexactly(2)  # CRLF after each chunk
 
 
+@dataclass(slots=True)
+class _Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    loop: asyncio.AbstractEventLoop
+
+
+# Idle keep-alive connections by (host, port): a connection costs more CPU than the request
+# (~0.5 ms vs ~0.15 ms per scrape here). A connection is used by one request at a time.
+_idle: dict[tuple[str, int], list[_Conn]] = {}
+
+
+def _take(key: tuple[str, int]) -> _Conn | None:
+    loop = asyncio.get_running_loop()
+    pool = _idle.get(key, [])
+    while pool:
+        c = pool.pop()
+        if c.loop is loop and not c.writer.is_closing() and not c.reader.at_eof():
+            return c
+        with contextlib.suppress(Exception):  # its loop may be gone (a previous asyncio.run)
+            c.writer.close()
+    return None
+
+
 async def _get_async(url: str, u: urllib.parse.SplitResult) -> str:
-    host = u.hostname or ""
-    port = u.port or 80
+    key = (u.hostname or "", u.port or 80)
+    conn = _take(key)
+    if conn is not None:
+        try:
+            return await _request(url, u, conn, key)
+        except (asyncio.IncompleteReadError, ConnectionError, _StaleError):
+            pass  # the server closed the idle connection: once more on a new one
+    reader, writer = await asyncio.open_connection(*key)
+    return await _request(url, u, _Conn(reader, writer, asyncio.get_running_loop()), key)
+
+
+class _StaleError(Exception):
+    pass
+
+
+async def _request(url: str, u: urllib.parse.SplitResult, conn: _Conn, key: tuple[str, int]) -> str:
+    reader, writer = conn.reader, conn.writer
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    reader, writer = await asyncio.open_connection(host, port)
+    keep = False
     try:
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nAccept: text/plain;version=0.0.4\r\n"
-            "Accept-Encoding: identity\r\nConnection: close\r\nUser-Agent: tailguard\r\n\r\n".encode("ascii")
+            "Accept-Encoding: identity\r\nUser-Agent: tailguard\r\n\r\n".encode("ascii")
         )
-        status = (await reader.readline()).decode("latin-1").rstrip("\r\n")
+        raw_status = await reader.readline()
+        if not raw_status:
+            raise _StaleError
+        status = raw_status.decode("latin-1").rstrip("\r\n")
         proto, _, rest = status.partition(" ")
         code_text, _, reason = rest.partition(" ")
         if not proto.startswith("HTTP/") or not code_text.isdigit():
@@ -81,8 +126,7 @@ async def _get_async(url: str, u: urllib.parse.SplitResult) -> str:
             headers[k.strip().lower()] = v.strip()
         else:
             raise FetchError(f"{url}: more than {MAX_HEADERS} header lines")
-        if code_text != "200":
-            raise FetchError(f"{url}: HTTP {code_text} {reason}".rstrip())
+        delimited = True
         if "chunked" in headers.get("transfer-encoding", "").lower():
             body = await _chunked(reader, url)
         elif "content-length" in headers:
@@ -91,14 +135,21 @@ async def _get_async(url: str, u: urllib.parse.SplitResult) -> str:
                 raise FetchError(f"{url}: bad or too large Content-Length {length_text[:20]!r}")
             body = await reader.readexactly(int(length_text))
         else:
+            delimited = False
             body = await reader.read(MAX_BODY + 1)
             if len(body) > MAX_BODY:
                 raise FetchError(f"{url}: response larger than {MAX_BODY} bytes")
+        keep = delimited and proto == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        if code_text != "200":
+            raise FetchError(f"{url}: HTTP {code_text} {reason}".rstrip())
         if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
             raise FetchError(f"{url}: unexpected Content-Encoding {headers['content-encoding']!r}")
         return body.decode("utf-8", errors="replace")
     finally:
-        writer.close()
+        if keep:
+            _idle.setdefault(key, []).append(conn)
+        else:
+            writer.close()
 
 
 async def fetch_text(url: str, timeout_s: float) -> str:
@@ -112,6 +163,8 @@ async def fetch_text(url: str, timeout_s: float) -> str:
         raise FetchError(f"{url}: no answer within {timeout_s:g} s") from None
     except asyncio.IncompleteReadError:
         raise FetchError(f"{url}: connection closed before the end of the response") from None
+    except _StaleError:
+        raise FetchError(f"{url}: connection closed without a response") from None
     except (asyncio.LimitOverrunError, ValueError) as e:
         raise FetchError(f"{url}: bad HTTP response: {e}") from None
     except OSError as e:

@@ -40,7 +40,7 @@ def fake_proc(root: Path, disk: str = DISKSTATS, net: str = NETDEV, irq: str = I
 
 def test_fake_proc_rates(tmp_path: Path) -> None:
     fake_proc(tmp_path)
-    s = HostSampler(str(tmp_path))
+    s = HostSampler(str(tmp_path), irq_period_s=0.0)
     first = s.read(0.0)
     assert first.sample.block_bps == {} and not first.unavailable  # no rate from one reading
     fake_proc(
@@ -62,7 +62,7 @@ def test_fake_proc_rates(tmp_path: Path) -> None:
 
 
 def test_this_machines_proc() -> None:
-    s = HostSampler("/proc")
+    s = HostSampler("/proc", irq_period_s=0.0)
 
     async def run() -> HostReading:
         await s.sample(0.0)
@@ -89,6 +89,43 @@ def test_broken_proc(tmp_path: Path) -> None:
     r = asyncio.run(HostSampler(str(tmp_path)).sample(0.0))
     assert isinstance(r, Unavailable)
     assert "diskstats: line 1: expected at least 14 fields" in r.reason
-    assert "net/dev: line 1" in r.reason and "interrupts: line 1" in r.reason
+    assert "net/dev: line 1" in r.reason and f"{tmp_path}/interrupts: line 1" in r.reason
     with pytest.raises(ParseError, match="line 3"):
         parse_interrupts("  CPU0\n 1: 5 x\nbogus line\n")
+
+
+def kernel_interrupts(ncpu: int, nirq: int, base: int = 0, wide: bool = False) -> str:
+    """/proc/interrupts as the kernel prints it: "%*d: " then "%10u " per CPU, then the chip and name."""
+    head = " " * 5 + "".join(f"CPU{i:<8d}" for i in range(ncpu))
+    rows = [head]
+    for irq in range(nirq):
+        rows.append(
+            f"{irq:4d}: "
+            + "".join(f"{base + irq + c:10d} " for c in range(ncpu))
+            + f" IR-PCI-MSI {irq}-edge  mlx5_comp{irq}"
+        )
+    loc = 12_345_678_901 if wide else 5
+    rows.append(" LOC: " + "".join(f"{loc + base:10d} " for _ in range(ncpu)) + "  Local timer interrupts")
+    rows += [" ERR:          3", " MIS:          0"]
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_big_interrupts_fast_path_matches_the_slow_one(wide: bool) -> None:
+    text = kernel_interrupts(64, 40, wide=wide)
+    got = parse_interrupts(text, "x")
+    loc = 12_345_678_901 if wide else 5
+    want = {c: sum(irq + c for irq in range(40)) + loc for c in range(64)}
+    assert got == want
+
+
+def test_interrupts_read_every_period(tmp_path: Path) -> None:
+    fake_proc(tmp_path, irq=kernel_interrupts(2, 3))
+    s = HostSampler(str(tmp_path), irq_period_s=5.0)
+    s.read(0.0)
+    (tmp_path / "interrupts").write_text(kernel_interrupts(2, 3, base=10))
+    assert s.read(2.0).sample.irq_rate == {}  # within the period: not read again, no rate yet
+    r = s.read(5.0)
+    assert r.sample.irq_rate == {0: pytest.approx(4 * 10 / 5), 1: pytest.approx(4 * 10 / 5)}
+    (tmp_path / "interrupts").write_text(kernel_interrupts(2, 3, base=100))
+    assert s.read(7.0).sample.irq_rate == r.sample.irq_rate  # the last period's rates in between

@@ -177,3 +177,17 @@ def test_index_beyond_count() -> None:
     fake = FakeNvml.from_q(A100_Q)
     r = asyncio.run(NvmlSampler({"gpu9": 9}, nvml=fake).sample(0.0))
     assert isinstance(r, Unavailable) and "gpu9: NVML index 9 but only 4 GPUs" in r.reason
+
+
+def test_static_numa_and_cpu_affinity() -> None:
+    fake = FakeNvml.from_q(H100_Q)
+    fake.gpus[4].numa = 1
+    fake.gpus[4].cpus = (*range(56, 112), *range(168, 224))  # as the violet H100 topo -m prints GPU4
+    r = asyncio.run(NvmlSampler(nvml=fake).sample(0.0))
+    assert isinstance(r, NvmlReading)
+    g4 = r.gpus["gpu4"]
+    assert g4.numa == 1 and g4.bus_id == "00000000:9A:00.0"
+    from controller.topology import format_cpulist
+
+    assert format_cpulist(g4.cpus) == "56-111,168-223"
+    assert r.gpus["gpu0"].numa is None and r.gpus["gpu0"].cpus == ()  # not supported -> unknown

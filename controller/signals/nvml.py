@@ -145,8 +145,16 @@ class NvmlSampler:
         pci = opt("nvmlDeviceGetPciInfo")
         name = opt("nvmlDeviceGetName")
         uuid = opt("nvmlDeviceGetUUID")
-        numa = opt("nvmlDeviceGetNumaNodeId")
-        words = max(1, ((os.cpu_count() or 64) + 63) // 64)
+        # the NUMA node the GPU is attached to: its memory-affinity node set (x86 hosts);
+        # nvmlDeviceGetNumaNodeId is the GPU's own node where GPU memory is a NUMA node (Grace)
+        numa = None
+        nodes = opt("nvmlDeviceGetMemoryAffinity", 4, getattr(n, "NVML_AFFINITY_SCOPE_NODE", 0))
+        if nodes is not None:
+            bits = _cpus_from_masks(nodes)
+            numa = bits[0] if len(bits) == 1 else None
+        if numa is None:
+            numa = opt("nvmlDeviceGetNumaNodeId")
+        words = max(16, ((os.cpu_count() or 64) + 63) // 64)  # >= 1024 CPUs: bits past the host are 0
         masks = opt("nvmlDeviceGetCpuAffinity", words)
         return NvmlGpu(
             index=idx,

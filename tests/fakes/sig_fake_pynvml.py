@@ -181,6 +181,14 @@ class FakeNvml:
             raise NVMLError(real.NVML_ERROR_NOT_SUPPORTED)
         return g.numa
 
+    def nvmlDeviceGetMemoryAffinity(self, handle: Any, nodeSetSize: int, scope: int) -> Any:
+        g = self._gpu(handle)
+        if g.numa is None:
+            raise NVMLError(real.NVML_ERROR_NOT_SUPPORTED)
+        arr = (ctypes.c_ulonglong * nodeSetSize)()
+        arr[g.numa // 64] |= 1 << (g.numa % 64)
+        return arr
+
     def nvmlDeviceGetCpuAffinity(self, handle: Any, cpuSetSize: int) -> Any:
         g = self._gpu(handle)
         arr = (ctypes.c_ulonglong * cpuSetSize)()

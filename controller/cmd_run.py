@@ -1,0 +1,294 @@
+"""`tailguard run`: the daemon, on this host or on a simulated one (`--simulate`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from controller.config import Config
+    from controller.daemon import Daemon
+    from controller.exporters.mqtt import MqttBridge
+    from controller.host import Host
+    from fsm.desired import DecisionEvent
+    from fsm.spec import HostSpec
+
+DEFAULT_CONFIG = "/etc/tailguard/tailguard.toml"
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help=f"the TOML config (default {DEFAULT_CONFIG}; optional with --simulate)")
+    p.add_argument("--dry-run", action="store_true", help="compute and export decisions, apply nothing")
+    p.add_argument(
+        "--simulate",
+        nargs="?",
+        const="paper-p4d",
+        metavar="SCENARIO",
+        help="run on the simulated host of a scenario (bundled name or .toml; default paper-p4d)",
+    )
+    p.add_argument("--sim-host", default="0", help="which host of the scenario (name or index; default 0)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
+    p.add_argument("--duration", type=float, help="stop after this many (simulated) seconds")
+    p.add_argument("--period", type=float, help="seconds between ticks (default: config / scenario tick)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
+    p.add_argument("--metrics-addr", default=None, help="address to bind the metrics port (default 127.0.0.1)")
+    p.add_argument("--mqtt-url", help="publish to this broker, mqtt://HOST:PORT")
+    p.add_argument("--state-dir", help="status and state files here (default: config host.state_dir)")
+    p.add_argument("--quiet", action="store_true", help="do not print decisions as they happen")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the control loop (the daemon), or --simulate it")
+    add_common(p)
+    p.set_defaults(func=main, record=None)
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Setup:
+    host: Host
+    spec: HostSpec
+    host_name: str
+    period_s: float
+    until_t: float | None
+    state_dir: str | None
+    metrics: tuple[str, int] | None
+    mqtt: Any  # MqttOptions | None
+    reload: Callable[[], HostSpec] | None
+    simulated: bool
+    record_max_bytes: int = 64 << 20
+    notes: list[str] = field(default_factory=list)
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd (JOURNAL_STREAM set) journald adds the timestamps.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=getattr(logging, level), format=fmt, stream=sys.stderr)
+
+
+def _load_config(path: str | None) -> Config | None:
+    from controller.config import load_config
+
+    return load_config(path) if path else None
+
+
+def build(args: argparse.Namespace) -> Setup:
+    """Everything `run` / `record` need, from the command line; ConfigError / ScenarioError /
+    UsageError name what was wrong."""
+    from controller.exporters.mqtt import MqttOptions
+
+    cfg = _load_config(args.config if args.config or args.simulate else DEFAULT_CONFIG)
+    if args.speed <= 0:
+        raise UsageError("--speed must be positive")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError("--duration must be positive")
+    if args.period is not None and not 0.01 <= args.period <= 60:
+        raise UsageError("--period must be between 0.01 and 60 seconds")
+    if args.simulate:
+        from replay.scenario import load_scenario
+        from replay.simulator import SimulatedHost
+
+        scenario = load_scenario(args.simulate)
+        which: str | int = int(args.sim_host) if args.sim_host.isdigit() else args.sim_host
+        try:
+            host: Any = SimulatedHost(scenario, host=which, speed=args.speed)
+        except (ValueError, IndexError):
+            names = ", ".join(h.name for h in scenario.hosts)
+            raise UsageError(f"--sim-host {args.sim_host!r}: the scenario has hosts {names}") from None
+        spec = host.spec
+        if args.dry_run:
+            spec = replace(spec, policy=replace(spec.policy, enforce=False))
+            host.spec = spec
+        tick = scenario.meta.tick_s
+        period = (args.period or tick) / args.speed
+        until = args.duration if args.duration is not None else scenario.meta.duration_s
+        name = f"sim-{host.name}"
+        reload_fn = None
+        simulated = True
+        state_dir = args.state_dir
+    else:
+        assert cfg is not None
+        from controller.linux_host import LinuxHost
+        from controller.topology import load_topology
+
+        if args.dry_run:
+            cfg = cfg.model_copy(update={"host": cfg.host.model_copy(update={"mode": "dry-run"})})
+        try:
+            topo = load_topology(cfg.topology.source, cfg.signals.sys_root, cfg.topology.topo_matrix_file)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise UsageError(f"topology ({cfg.topology.source}): {e}") from None
+        host = LinuxHost(cfg, topo)
+        spec = host.spec
+        period = args.period or cfg.host.sample_period_s
+        until = args.duration
+        name = cfg.host.name
+        cfg_path = args.config or DEFAULT_CONFIG
+        dry = args.dry_run
+        linux_host = host
+
+        def reload_fn() -> HostSpec:
+            new = _load_config(cfg_path)  # validated in full before anything changes
+            assert new is not None
+            if dry:
+                new = new.model_copy(update={"host": new.host.model_copy(update={"mode": "dry-run"})})
+            return linux_host.reload(new)
+
+        simulated = False
+        state_dir = args.state_dir or cfg.host.state_dir
+    # Exporters: the command line wins over the config.
+    metrics: tuple[str, int] | None = None
+    addr = args.metrics_addr or "127.0.0.1"
+    if args.metrics_port is not None:
+        metrics = (addr, args.metrics_port) if args.metrics_port > 0 else None
+    elif cfg is not None and cfg.exporters.prometheus.enabled and not simulated:
+        from controller.exporters.prometheus import parse_listen
+
+        metrics = parse_listen(cfg.exporters.prometheus.listen)
+    mqtt: MqttOptions | None = None
+    mc = cfg.exporters.mqtt if cfg is not None else None
+    if args.mqtt_url or (mc is not None and mc.enabled and not simulated):
+        password = None
+        if mc is not None and mc.password_file:
+            try:
+                password = Path(mc.password_file).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise UsageError(f"exporters.mqtt.password_file {mc.password_file}: {e.strerror or e}") from None
+        mqtt = MqttOptions(
+            url=args.mqtt_url or (mc.url if mc else ""),
+            host_name=name,
+            queue_max=mc.queue_max if mc else 1000,
+            username=mc.username if mc else None,
+            password=password,
+            tls=mc.tls if mc else False,
+            tls_ca=mc.tls_ca if mc else None,
+            latency_ingest=mc.latency_ingest if mc else True,
+            control_topic=mc.control_topic if mc else False,
+        )
+    return Setup(host, spec, name, period, until, state_dir, metrics, mqtt, reload_fn, simulated)
+
+
+def main(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError
+
+    setup_logging(args.log_level)
+    try:
+        from replay.scenario import ScenarioError
+    except ImportError:  # replay not installed: --simulate unavailable
+        ScenarioError = ConfigError  # type: ignore[misc,assignment]
+    try:
+        s = build(args)
+    except (ConfigError, ScenarioError, UsageError, ValueError) as e:
+        print(f"tailguard {args.command}: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(s, args))
+
+
+async def serve(s: Setup, args: argparse.Namespace) -> int:
+    from controller.daemon import Daemon, DaemonOptions
+    from controller.exporters.mqtt import MqttBridge
+    from controller.exporters.prometheus import DaemonCollector, MetricsServer, make_registry
+    from controller.sdnotify import Notifier
+
+    writer = None
+    if getattr(args, "record", None):
+        from replay.trace import TraceWriter
+
+        writer = TraceWriter(args.record, s.host_name, s.spec, max_bytes=args.max_bytes)
+    printer = None if args.quiet else _print_events
+    on_obs = writer.write if writer is not None else None
+    start = getattr(s.host, "start", None)
+    if callable(start):
+        await start()  # crash recovery from the journal
+    daemon = Daemon(
+        s.host,
+        DaemonOptions(host_name=s.host_name, period_s=s.period_s, state_dir=s.state_dir, until_t=s.until_t),
+        spec=s.spec,
+        notifier=Notifier(),
+        reload=s.reload,
+        on_events=printer,
+        on_observation=on_obs,
+    )
+    bridge: MqttBridge | None = None
+    if s.mqtt is not None:
+        bridge = MqttBridge(s.mqtt, on_latency=daemon.push_latency, on_control=daemon.control)
+        daemon.exporters.append(bridge)
+        bridge.start()
+    server = None
+    if s.metrics is not None:
+        collector = DaemonCollector(lambda: daemon.snapshot, bridge.metrics if bridge is not None else None)
+        try:
+            server = MetricsServer(make_registry(collector), s.metrics[0], s.metrics[1])
+        except OSError as e:
+            print(f"tailguard {args.command}: metrics on {s.metrics[0]}:{s.metrics[1]}: {e.strerror or e}",
+                  file=sys.stderr)
+            if bridge is not None:
+                await bridge.stop(0)
+            return 2
+        logging.getLogger("tailguard").info("metrics on http://%s:%d/metrics", server.addr, server.port)
+    t0 = time.monotonic()
+    try:
+        rc = await daemon.run()
+    finally:
+        if bridge is not None:
+            await bridge.stop()
+        if server is not None:
+            server.close()
+        if writer is not None:
+            writer.close()
+    if s.simulated or not args.quiet:
+        print(summary(daemon, s, time.monotonic() - t0, bridge))
+    return rc
+
+
+def _print_events(events: tuple[DecisionEvent, ...]) -> None:
+    for e in events:
+        if e.kind == "hold":
+            continue
+        lever = f" [{e.lever}]" if e.lever else ""
+        dry = "" if e.applied else " (dry-run)"
+        print(f"t={e.t:8.0f}s {e.tenant:<12} {e.kind:<9} {e.level_from}->{e.level_to}{lever}{dry}: {e.reason}",
+              flush=True)
+
+
+def summary(daemon: Daemon, s: Setup, wall_s: float, bridge: MqttBridge | None) -> str:
+    snap = daemon.snapshot
+    lines = [
+        "",
+        f"== tailguard run summary ({'simulated ' + s.host_name if s.simulated else s.host_name}) ==",
+        f"stopped: {daemon.stop_reason or 'loop ended'}; {snap.ticks_total} ticks in {wall_s:.1f} s wall, "
+        f"host clock t={snap.t:.0f} s; {snap.overruns_total} overruns; {snap.tick_errors_total} failed ticks",
+        f"decision events: {snap.events_total}; MIG reconfigurations: {snap.reconfigs_total}",
+    ]
+    if snap.actions:
+        acts = ", ".join(f"{k}/{r}={n}" for (k, r), n in sorted(snap.actions.items()))
+        lines.append(f"actions: {acts}")
+    for name, t in sorted(snap.tenants.items()):
+        if t.slo_s is None:
+            continue
+        frac = t.violating_windows_total / t.windows_total if t.windows_total else 0.0
+        lines.append(
+            f"  {name}: SLO {t.slo_s * 1000:.1f} ms at q{t.quantile:g}; {t.violating_windows_total}/{t.windows_total} "
+            f"windows violated ({frac:.1%}); ends at level {t.level}"
+        )
+    if bridge is not None:
+        st = bridge.stats
+        lines.append(
+            f"mqtt: {st.published_total} published, {st.dropped_total} dropped, "
+            f"{sum(st.malformed_total.values())} malformed in, {st.connects_total} connects"
+        )
+    return "\n".join(lines)
+

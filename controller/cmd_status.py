@@ -1,0 +1,37 @@
+"""`tailguard status`: what the running daemon is doing, from its status file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="show what the running daemon is doing (levels, decisions, throttles)")
+    p.add_argument("--config", default="/etc/tailguard/tailguard.toml", help="read host.state_dir from this config")
+    p.add_argument("--state-dir", help="the daemon's state directory (overrides --config)")
+    p.add_argument("--json", action="store_true", help="print the raw status JSON")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from controller.status import StatusError, read_status, render
+
+    state_dir = args.state_dir
+    if state_dir is None:
+        from controller.config import ConfigError, load_config
+
+        try:
+            state_dir = load_config(args.config).host.state_dir
+        except ConfigError as e:
+            print(f"tailguard status: {e}\n(give --state-dir to skip the config)", file=sys.stderr)
+            return 2
+    try:
+        data = read_status(Path(state_dir) / "status.json")
+    except StatusError as e:
+        print(f"tailguard status: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else render(data))
+    return 0

@@ -1,0 +1,288 @@
+"""The MQTT bridge (aiomqtt): state, events and latency ingest; the loop never waits on the broker.
+
+Topics (HOST = host.name):
+- `tailguard/HOST/state`            retained JSON, the latest per-tick summary (QoS 1);
+- `tailguard/HOST/events`           one JSON message per decision, with its evidence (QoS 1);
+- `tailguard/HOST/latency/TENANT`   ingest: a tenant pushes its request latencies in seconds, as a
+                                    number, a list of numbers, or {"latency_s": number | list};
+- `tailguard/HOST/control`          only when configured: pause | resume | dry-run | enforce.
+
+The loop hands messages over with `on_tick` / `on_events`, which only append to a bounded deque:
+when the broker is away the oldest messages are dropped and counted. Only the newest state is
+kept (it is retained, older ones are worthless). A background task connects, publishes and
+listens, reconnecting with exponential backoff. Malformed incoming payloads are dropped and
+counted, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import ssl
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import aiomqtt
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from controller.exporters.snapshot import Snapshot
+from controller.status import status_json
+from fsm.codec import encode
+from fsm.desired import DecisionEvent
+
+log = logging.getLogger("tailguard.mqtt")
+
+MAX_SAMPLES_PER_MESSAGE = 10_000
+MAX_LATENCY_S = 3600.0
+
+
+@dataclass(slots=True)
+class MqttOptions:
+    url: str = "mqtt://127.0.0.1:1883"
+    host_name: str = "localhost"
+    queue_max: int = 1000
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+    latency_ingest: bool = True
+    control_topic: bool = False
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+    keepalive_s: int = 30
+
+
+@dataclass(slots=True)
+class MqttStats:
+    connected: bool = False
+    connects_total: int = 0
+    connect_failures_total: int = 0
+    published_total: int = 0
+    dropped_total: int = 0
+    malformed_total: dict[str, int] = field(default_factory=dict)  # reason -> n
+    ingested_samples_total: int = 0
+    control_total: int = 0
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise ValueError(f"MQTT url {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    tls = u.scheme == "mqtts"
+    return u.hostname, u.port or (8883 if tls else 1883), tls
+
+
+def parse_latency(payload: bytes) -> list[float]:
+    """Latency samples (seconds) from a pushed payload; ValueError says what was wrong."""
+    try:
+        data: Any = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if isinstance(data, dict):
+        if set(data) - {"latency_s", "t"}:
+            raise ValueError(f"unknown keys {sorted(set(data) - {'latency_s', 't'})}")
+        if "latency_s" not in data:
+            raise ValueError("missing latency_s")
+        data = data["latency_s"]
+    values = data if isinstance(data, list) else [data]
+    if not values or len(values) > MAX_SAMPLES_PER_MESSAGE:
+        raise ValueError(f"expected 1 to {MAX_SAMPLES_PER_MESSAGE} samples, got {len(values)}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"not a finite number: {v!r}")
+        if not 0 <= v <= MAX_LATENCY_S:
+            raise ValueError(f"latency {v!r} s outside [0, {MAX_LATENCY_S:g}]")
+        out.append(float(v))
+    return out
+
+
+class MqttBridge:
+    def __init__(
+        self,
+        opts: MqttOptions,
+        on_latency: Callable[[str, list[float]], bool] | None = None,
+        on_control: Callable[[str], str] | None = None,
+    ) -> None:
+        self.opts = opts
+        self.hostname, self.port, url_tls = parse_url(opts.url)
+        self.tls = opts.tls or url_tls
+        self.on_latency = on_latency
+        self.on_control = on_control
+        self.prefix = f"tailguard/{opts.host_name}"
+        self.stats = MqttStats()
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._state: bytes | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- called by the loop: never block ---------------------------------------------------------
+    def on_tick(self, snap: Snapshot) -> None:
+        self._state = json.dumps(status_json(snap), sort_keys=True).encode()
+        self._wake.set()
+
+    def on_events(self, events: tuple[DecisionEvent, ...]) -> None:
+        for e in events:
+            self._enqueue(f"{self.prefix}/events", json.dumps({"host": self.opts.host_name, **encode(e)}).encode())
+        self._wake.set()
+
+    def _enqueue(self, topic: str, payload: bytes) -> None:
+        if len(self._queue) >= self.opts.queue_max:
+            self._queue.popleft()
+            self.stats.dropped_total += 1
+        self._queue.append((topic, payload))
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- the background task -------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mqtt")
+
+    async def stop(self, flush_s: float = 2.0) -> None:
+        if self._task is None:
+            return
+        # Give a connected bridge a moment to send what is queued (the last events, final state).
+        if self.stats.connected:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + flush_s
+            while (self._queue or self._state is not None) and loop.time() < end:
+                await asyncio.sleep(0.05)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        self._task = None
+
+    def _client(self) -> aiomqtt.Client:
+        tls_params = None
+        if self.tls:
+            tls_params = aiomqtt.TLSParameters(ca_certs=self.opts.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+        return aiomqtt.Client(
+            self.hostname,
+            self.port,
+            username=self.opts.username,
+            password=self.opts.password,
+            identifier=f"tailguard-{self.opts.host_name}",
+            keepalive=self.opts.keepalive_s,
+            tls_params=tls_params,
+            timeout=5.0,
+        )
+
+    async def _run(self) -> None:
+        backoff = self.opts.backoff_min_s
+        while True:
+            try:
+                async with self._client() as client:
+                    self.stats.connected = True
+                    self.stats.connects_total += 1
+                    backoff = self.opts.backoff_min_s
+                    log.info("MQTT connected to %s:%d", self.hostname, self.port)
+                    if self.opts.latency_ingest:
+                        await client.subscribe(f"{self.prefix}/latency/+", qos=1)
+                    if self.opts.control_topic:
+                        await client.subscribe(f"{self.prefix}/control", qos=1)
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._sender(client))
+                        tg.create_task(self._receiver(client))
+            except asyncio.CancelledError:
+                self.stats.connected = False
+                raise
+            except (aiomqtt.MqttError, OSError, ExceptionGroup) as e:
+                if self.stats.connected:
+                    log.warning("MQTT connection lost: %s", _reason(e))
+                else:
+                    self.stats.connect_failures_total += 1
+                    log.warning("MQTT connect to %s:%d failed: %s", self.hostname, self.port, _reason(e))
+            self.stats.connected = False
+            # Exponential backoff with jitter, so a fleet does not reconnect in lockstep.
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(self.opts.backoff_max_s, backoff * 2)
+
+    async def _sender(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                topic, payload = self._queue[0]
+                await client.publish(topic, payload, qos=1)
+                self._queue.popleft()  # only once the broker has it (lost connection: kept)
+                self.stats.published_total += 1
+            state = self._state
+            if state is not None:
+                await client.publish(f"{self.prefix}/state", state, qos=1, retain=True)
+                if self._state is state:
+                    self._state = None
+                self.stats.published_total += 1
+
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        lat_prefix = f"{self.prefix}/latency/"
+        async for msg in client.messages:
+            topic = msg.topic.value
+            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+            if topic.startswith(lat_prefix):
+                self._ingest(topic[len(lat_prefix) :], payload)
+            elif topic == f"{self.prefix}/control" and self.opts.control_topic:
+                self._control(payload)
+
+    def _malformed(self, reason: str, detail: str) -> None:
+        self.stats.malformed_total[reason] = self.stats.malformed_total.get(reason, 0) + 1
+        log.info("dropped malformed MQTT message (%s): %s", reason, detail)
+
+    def _ingest(self, tenant: str, payload: bytes) -> None:
+        try:
+            samples = parse_latency(payload)
+        except ValueError as e:
+            self._malformed("latency_payload", f"tenant {tenant}: {e}")
+            return
+        if self.on_latency is None or not self.on_latency(tenant, samples):
+            self._malformed("unknown_tenant", f"latency for unknown tenant {tenant!r}")
+            return
+        self.stats.ingested_samples_total += len(samples)
+
+    def _control(self, payload: bytes) -> None:
+        cmd = payload.decode("utf-8", "replace").strip()
+        try:
+            if self.on_control is None:
+                raise ValueError("no control handler")
+            self.on_control(cmd)
+        except ValueError as e:
+            self._malformed("control", str(e))
+            return
+        self.stats.control_total += 1
+
+    # -- Prometheus --------------------------------------------------------------------------------
+    def metrics(self) -> Iterator[Metric]:
+        st = self.stats
+        yield GaugeMetricFamily("tailguard_mqtt_connected", "1 while connected to the broker.", float(st.connected))
+        yield GaugeMetricFamily("tailguard_mqtt_queued_messages", "Messages waiting for the broker.", self.queued)
+        yield CounterMetricFamily("tailguard_mqtt_connects", "Successful broker connections.", st.connects_total)
+        yield CounterMetricFamily(
+            "tailguard_mqtt_connect_failures", "Failed broker connection attempts.", st.connect_failures_total
+        )
+        yield CounterMetricFamily("tailguard_mqtt_published_messages", "Messages the broker took.", st.published_total)
+        yield CounterMetricFamily(
+            "tailguard_mqtt_dropped_messages", "Outgoing messages dropped (queue full).", st.dropped_total
+        )
+        mal = CounterMetricFamily(
+            "tailguard_mqtt_malformed_messages", "Incoming messages dropped as malformed.", labels=["reason"]
+        )
+        for reason in ("latency_payload", "unknown_tenant", "control"):
+            mal.add_metric([reason], st.malformed_total.get(reason, 0))
+        yield mal
+        yield CounterMetricFamily(
+            "tailguard_mqtt_ingested_latency_samples", "Latency samples tenants pushed.", st.ingested_samples_total
+        )
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ExceptionGroup):
+        return "; ".join(_reason(x) for x in e.exceptions)
+    return f"{type(e).__name__}: {e}"

@@ -1,0 +1,234 @@
+"""The control loop: scheduling without drift, overruns, hung sources, signals, sd_notify, state."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import socket
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from fakes.daemon_fakes import ToyHost
+
+from controller.daemon import Daemon, DaemonOptions
+from controller.sdnotify import Notifier
+from controller.status import read_status, render
+from fsm.decide import Decision, decide
+from fsm.observation import Observation
+from fsm.spec import HostSpec
+from fsm.state import ControllerState
+
+
+def run(d: Daemon) -> int:
+    return asyncio.run(d.run())
+
+
+def test_ticks_follow_the_monotonic_grid_without_drift() -> None:
+    host = ToyHost()
+    period = 0.04
+    d = Daemon(host, DaemonOptions(period_s=period, max_ticks=40))
+    assert run(d) == 0
+    ts = host.observed_at
+    assert len(ts) == 40
+    # Each tick starts near start + k * period; sleep jitter does not add up over 40 ticks.
+    errors = [t - (ts[0] + k * period) for k, t in enumerate(ts)]
+    assert max(abs(e) for e in errors) < period * 0.75, errors
+    assert abs(errors[-1]) < period * 0.75
+    assert d.snapshot.overruns_total == 0
+    assert d.snapshot.ticks_total == 40
+
+
+def test_an_overrun_is_counted_once_and_slots_are_skipped_not_caught_up() -> None:
+    period = 0.05
+    host = ToyHost(slow_on={5: period * 2.5})
+    d = Daemon(host, DaemonOptions(period_s=period, max_ticks=12, observe_timeout_s=1.0))
+    run(d)
+    ts = host.observed_at
+    assert d.snapshot.overruns_total == 1
+    # After the slow tick the loop resumes on the grid (slot 8), with no burst of quick ticks.
+    gaps = [b - a for a, b in itertools.pairwise(ts)]
+    assert min(gaps[6:]) > period * 0.5, gaps
+    k = round((ts[6] - ts[0]) / period)
+    assert k == 8 and abs(ts[6] - (ts[0] + k * period)) < period * 0.5
+
+
+def test_a_hung_observe_is_abandoned_and_the_loop_keeps_ticking() -> None:
+    host = ToyHost(hang_on={2}, fail_on={4})
+    d = Daemon(host, DaemonOptions(period_s=0.05, max_ticks=8, observe_timeout_s=0.1))
+    run(d)
+    assert d.snapshot.ticks_total == 8
+    assert d.snapshot.tick_errors_total == 2  # the hung one and the failing one
+    assert host.closed
+
+
+def test_decisions_flow_to_the_host_and_the_status_file(tmp_path: Path) -> None:
+    host = ToyHost()
+    d = Daemon(host, DaemonOptions(host_name="toy", period_s=0.005, max_ticks=60, state_dir=str(tmp_path)))
+    run(d)
+    snap = d.snapshot
+    assert snap.events_total > 0
+    assert any(k[0] == "guard" for k in snap.actions), snap.actions
+    assert any(desired.throttles for desired in host.applied)
+    assert snap.tenants["llm"].windows_total == 60
+    assert snap.tenants["llm"].violating_windows_total > 0
+    data = read_status(tmp_path / "status.json")
+    assert data["host"] == "toy" and data["ticks_total"] == 60
+    assert data["recent_events"]
+    text = render(data, now=data["wall"])
+    assert "llm" in text and "running" in text and "last decision" in text
+    # The controller state survives a restart.
+    saved = ControllerState.from_json((tmp_path / "state.json").read_text())
+    d2 = Daemon(ToyHost(), DaemonOptions(period_s=0.005, max_ticks=1, state_dir=str(tmp_path)))
+    assert d2.state == saved
+
+
+def test_stale_status_is_reported(tmp_path: Path) -> None:
+    d = Daemon(ToyHost(), DaemonOptions(period_s=0.01, max_ticks=2, state_dir=str(tmp_path)))
+    run(d)
+    data = read_status(tmp_path / "status.json")
+    assert "STALE" in render(data, now=data["wall"] + 600)
+
+
+def test_pushed_latency_reaches_the_decision_core() -> None:
+    seen: list[Observation] = []
+
+    def spy(state: ControllerState, obs: Observation, spec: HostSpec) -> Decision:
+        seen.append(obs)
+        return decide(state, obs, spec)
+
+    host = ToyHost()
+    d = Daemon(host, DaemonOptions(period_s=0.01, max_ticks=3), decide_fn=spy)
+    assert d.push_latency("llm", [0.5] * 30 + [0.001] * 70)
+    assert not d.push_latency("nobody", [0.1])
+    run(d)
+    lat = seen[0].tenants["llm"].latency
+    assert lat is not None and lat.count == 100 and lat.quantile(0.99) == pytest.approx(0.5)
+    # Consumed once: the next tick sees the host's own latency again.
+    nxt = seen[1].tenants["llm"].latency
+    assert nxt is not None and nxt.count == 200
+
+
+def test_control_pause_stops_applying_and_dry_run_marks_events() -> None:
+    host = ToyHost()
+    d = Daemon(host, DaemonOptions(period_s=0.005, max_ticks=50))
+    d.control("pause")
+    run(d)
+    assert host.applied == []
+    assert d.snapshot.paused
+    host2 = ToyHost()
+    d2 = Daemon(host2, DaemonOptions(period_s=0.005, max_ticks=60))
+    d2.control("dry-run")
+    run(d2)
+    assert d2.snapshot.actions and all(r == "dry_run" for _, r in d2.snapshot.actions)
+    assert all(not x.enforce for x in host2.applied)
+    with pytest.raises(ValueError, match="unknown control command"):
+        d2.control("reboot")
+
+
+def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one() -> None:
+    host = ToyHost()
+    calls: list[str] = []
+
+    def reload() -> HostSpec:
+        calls.append("x")
+        if len(calls) == 1:
+            raise ValueError("tailguard.toml: tenants[0](llm).slo_ms: Input should be greater than 0 (got -1)")
+        return replace(host.spec, policy=replace(host.spec.policy, y_windows=7))
+
+    d = Daemon(host, DaemonOptions(period_s=0.02, max_ticks=30), reload=reload)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, os.kill, os.getpid(), signal.SIGHUP)
+        loop.call_later(0.3, os.kill, os.getpid(), signal.SIGHUP)
+        return await d.run()
+
+    asyncio.run(main())
+    assert len(calls) == 2
+    assert d.snapshot.reloads == {"ok": 1, "error": 1}
+    assert d.spec.policy.y_windows == 7
+
+
+def test_sigterm_stops_cleanly_and_sd_notify_speaks_the_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock_path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(0.2)
+    msgs: list[str] = []
+
+    def reader() -> None:  # systemd reads continuously; so do we (the queue holds only ~10)
+        while True:
+            try:
+                m = server.recv(4096).decode()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            msgs.append(m)
+            if m == "STOPPING=1":
+                return
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    notifier = Notifier()
+    assert notifier.watchdog_s == pytest.approx(0.2)
+    host = ToyHost()
+    d = Daemon(host, DaemonOptions(period_s=0.3), notifier=notifier)
+
+    async def main() -> int:
+        asyncio.get_running_loop().call_later(1.0, os.kill, os.getpid(), signal.SIGTERM)
+        return await d.run()
+
+    assert asyncio.run(main()) == 0
+    th.join(5)
+    server.close()
+    assert d.stop_reason == "SIGTERM" and host.closed
+    first_ready = next(i for i, m in enumerate(msgs) if m.startswith("READY=1"))
+    assert any(m.startswith("STATUS=") for m in msgs[first_ready:])
+    # A 0.3 s period with a 0.2 s watchdog: the loop pings between ticks too (every 0.1 s).
+    pings = [m for m in msgs if m == "WATCHDOG=1"]
+    assert len(pings) >= 6, msgs
+    assert msgs[-1] == "STOPPING=1"
+    assert sum(m.startswith("READY=1") for m in msgs) == 1
+
+
+def test_notifier_abstract_socket_and_no_socket() -> None:
+    name = f"tailguard-test-{os.getpid()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind("\0" + name)
+    try:
+        n = Notifier(address="@" + name)
+        assert n.ready("up")
+        assert server.recv(100) == b"READY=1\nSTATUS=up"
+    finally:
+        server.close()
+    off = Notifier(address="")
+    assert not off.enabled and not off.watchdog()
+    gone = Notifier(address="/nonexistent/notify.sock")
+    assert not gone.watchdog() and gone.errors_total == 1
+
+
+def test_status_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.cli import main
+
+    assert main(["status", "--state-dir", str(tmp_path)]) == 1
+    assert "no status file" in capsys.readouterr().err
+    run(Daemon(ToyHost(), DaemonOptions(host_name="toy", period_s=0.005, max_ticks=40, state_dir=str(tmp_path))))
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "tailguard on toy" in out and "active throttles" in out
+    assert main(["status", "--state-dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["schema"] == "tailguard.status/1"
+    (tmp_path / "status.json").write_text("{torn")
+    assert main(["status", "--state-dir", str(tmp_path)]) == 1
+    assert "not a status file" in capsys.readouterr().err

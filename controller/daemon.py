@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from controller.exporters.snapshot import Histogram, SamplerView, Snapshot, TenantView
 from controller.host import Host
 from controller.sdnotify import Notifier
+from controller.signals.base import SamplerStats
 from fsm.codec import encode
 from fsm.decide import Decision, decide
 from fsm.desired import DecisionEvent, DesiredState
@@ -116,6 +117,9 @@ class Daemon:
         self._watchdog_pings = 0
         self._ready = False
         self._state_json = ""
+        # The whole observe() as one pseudo-sampler: its health shows even on a simulated host.
+        self._observe_stats = SamplerStats("host.observe")
+        self._observe_ok = False
         self.snapshot = Snapshot(host=opts.host_name, started_wall=time.time(), period_s=opts.period_s)
         self._load_state()
 
@@ -219,14 +223,26 @@ class Daemon:
 
     async def _tick(self) -> bool:
         timeout = self.opts.observe_timeout_s or max(1.0, self.opts.period_s)
+        st = self._observe_stats
+        st.samples_total += 1
+        self._observe_ok = False
+        t0 = self.clock()
         try:
             obs = await asyncio.wait_for(self.host.observe(), timeout=timeout)
         except TimeoutError:
             log.warning("observe did not finish within %.1f s; tick skipped", timeout)
+            st.errors_total += 1
+            st.timeouts_total += 1
+            st.last_error = f"timed out after {timeout:g} s"
             return False
         except Exception as e:  # a host bug must not kill the daemon; the tick is counted as failed
             log.error("observe failed: %s: %s", type(e).__name__, e)
+            st.errors_total += 1
+            st.last_error = f"{type(e).__name__}: {e}"
             return False
+        st.last_duration_s = self.clock() - t0
+        st.last_success_t = time.monotonic()
+        self._observe_ok = True
         obs = self._merge_pushed(obs)
         if self.on_observation is not None:
             self.on_observation(obs)
@@ -335,15 +351,15 @@ class Daemon:
                 pending=ctl.pending.lever if ctl.pending is not None else "",
             )
         stats_fn = getattr(self.host, "sampler_stats", None)
-        samplers: tuple[SamplerView, ...] = ()
-        if callable(stats_fn):
-            samplers = tuple(
-                SamplerView(
-                    s.name, s.samples_total, s.errors_total, s.timeouts_total, s.last_error,
-                    s.last_success_t, s.last_duration_s,
-                )
-                for s in stats_fn().values()
+        stats = [self._observe_stats, *(stats_fn().values() if callable(stats_fn) else ())]
+        samplers = tuple(
+            SamplerView(
+                s.name, s.samples_total, s.errors_total, s.timeouts_total, s.last_error,
+                s.last_success_t, s.last_duration_s,
+                up=self._observe_ok if s is self._observe_stats else obs is None or s.name not in obs.unavailable,
             )
+            for s in stats
+        )
         self.snapshot = Snapshot(
             host=self.opts.host_name,
             started_wall=self.snapshot.started_wall,

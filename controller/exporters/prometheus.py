@@ -116,7 +116,7 @@ class DaemonCollector(Collector):
         lat = GaugeMetricFamily(
             "tailguard_tenant_latency_seconds",
             "Latency quantile of the tenant's last window.",
-            labels=["tenant", "quantile"],
+            labels=["tenant", "q"],  # not "quantile": reserved for summaries
         )
         slo = GaugeMetricFamily("tailguard_tenant_slo_seconds", "The tenant's latency SLO.", labels=["tenant"])
         win = CounterMetricFamily(
@@ -195,7 +195,7 @@ class DaemonCollector(Collector):
             samples.add_metric([v.name], v.samples_total)
             if v.last_success_mono is not None:
                 age.add_metric([v.name], max(0.0, now - v.last_success_mono))
-            up.add_metric([v.name], float(v.name not in s.unavailable and v.last_success_mono is not None))
+            up.add_metric([v.name], float(v.up and v.last_success_mono is not None))
             dur.add_metric([v.name], v.last_duration_s)
         yield from (errors, timeouts, samples, age, up, dur)
 

@@ -74,6 +74,7 @@ class SamplerView:
     last_error: str
     last_success_mono: float | None  # time.monotonic() of the last good sample
     last_duration_s: float
+    up: bool = True  # the last sample succeeded
 
 
 @dataclass(frozen=True, slots=True)

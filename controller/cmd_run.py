@@ -41,6 +41,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
     p.add_argument("--metrics-addr", default=None, help="address to bind the metrics port (default 127.0.0.1)")
     p.add_argument("--mqtt-url", help="publish to this broker, mqtt://HOST:PORT")
+    p.add_argument("--host-name", help="this host's name in metrics and MQTT topics (overrides host.name)")
     p.add_argument("--state-dir", help="status and state files here (default: config host.state_dir)")
     p.add_argument("--quiet", action="store_true", help="do not print decisions as they happen")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -116,7 +117,7 @@ def build(args: argparse.Namespace) -> Setup:
         tick = scenario.meta.tick_s
         period = (args.period or tick) / args.speed
         until = args.duration if args.duration is not None else scenario.meta.duration_s
-        name = f"sim-{host.name}"
+        name = args.host_name or f"sim-{host.name}"
         reload_fn = None
         simulated = True
         state_dir = args.state_dir
@@ -127,6 +128,8 @@ def build(args: argparse.Namespace) -> Setup:
 
         if args.dry_run:
             cfg = cfg.model_copy(update={"host": cfg.host.model_copy(update={"mode": "dry-run"})})
+        if args.host_name:
+            cfg = cfg.model_copy(update={"host": cfg.host.model_copy(update={"name": args.host_name})})
         try:
             topo = load_topology(cfg.topology.source, cfg.signals.sys_root, cfg.topology.topo_matrix_file)
         except (OSError, RuntimeError, ValueError) as e:

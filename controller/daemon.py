@@ -64,7 +64,7 @@ class DaemonOptions:
     until_t: float | None = None  # stop once host.now() reaches this (run --simulate --duration)
     max_ticks: int | None = None
     observe_timeout_s: float | None = None  # default: the period (at least 1 s)
-    apply_on_pause: bool = False
+    status_every_s: float = 5.0  # status.json / state.json: at most this often, and on every decision
 
 
 class Daemon:
@@ -117,6 +117,8 @@ class Daemon:
         self._watchdog_pings = 0
         self._ready = False
         self._state_json = ""
+        self._last_write = -math.inf
+        self._events_written = -1
         # The whole observe() as one pseudo-sampler: its health shows even on a simulated host.
         self._observe_stats = SamplerStats("host.observe")
         self._observe_ok = False
@@ -259,7 +261,6 @@ class Daemon:
                 self.on_events(d.events)
             for ex in self.exporters:
                 ex.on_events(d.events)
-        self._save_state()
         if not self._ready:
             self._ready = True
             self.notifier.ready(self._status_line(obs))
@@ -397,7 +398,14 @@ class Daemon:
                 ex.on_tick(self.snapshot)
             except Exception as e:  # an exporter bug is logged, never fatal to the loop
                 log.error("exporter %s: %s: %s", type(ex).__name__, type(e).__name__, e)
-        self._write_status()
+        now = self.clock()
+        # Files at most every status_every_s (a rename per tick costs more than the decision),
+        # but at once when something was decided, so `tailguard status` never misses a decision.
+        if self._events_total != self._events_written or now - self._last_write >= self.opts.status_every_s:
+            self._last_write = now
+            self._events_written = self._events_total
+            self._write_status()
+            self._save_state()
         if obs is not None:
             self.notifier.status(self._status_line(obs))
 
@@ -462,7 +470,7 @@ class Daemon:
         if p is not None:
             from controller.status import status_json
 
-            _atomic_write(p, json.dumps(status_json(self.snapshot), sort_keys=True))
+            _atomic_write(p, json.dumps(status_json(self.snapshot, self.opts.status_every_s), sort_keys=True))
 
     async def _shutdown(self) -> None:
         log.warning("stopping: %s", self.stop_reason or "loop ended")
@@ -475,8 +483,8 @@ class Daemon:
             await self.host.close()
         except Exception as e:
             log.error("host close: %s: %s", type(e).__name__, e)
-        with contextlib.suppress(OSError):
-            self._save_state()
+        self._save_state()  # the final state and status, whatever the write interval
+        self._write_status()
         self.notifier.close()
 
 

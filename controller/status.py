@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from controller.exporters.snapshot import Snapshot
+from controller.exporters.snapshot import Snapshot, TenantView
 from fsm.codec import encode
 
 STATUS_SCHEMA = "tailguard.status/1"
@@ -22,7 +23,10 @@ class StatusError(Exception):
     """A status file that cannot be read; the message names the file."""
 
 
-def status_json(s: Snapshot) -> dict[str, Any]:
+_TENANT_FIELDS = tuple(f.name for f in fields(TenantView))
+
+
+def status_json(s: Snapshot, status_every_s: float = 0.0) -> dict[str, Any]:
     return {
         "schema": STATUS_SCHEMA,
         "host": s.host,
@@ -36,7 +40,8 @@ def status_json(s: Snapshot) -> dict[str, Any]:
         "overruns_total": s.overruns_total,
         "tick_errors_total": s.tick_errors_total,
         "last_tick_s": s.last_tick_s,
-        "tenants": {n: encode(v) for n, v in s.tenants.items()},
+        "status_every_s": status_every_s,
+        "tenants": {n: {f: getattr(v, f) for f in _TENANT_FIELDS} for n, v in s.tenants.items()},
         "throttles": [encode(t) for t in s.throttles],
         "in_flight": list(s.in_flight),
         "unavailable": dict(s.unavailable),
@@ -73,7 +78,7 @@ def _bps(v: Any) -> str:
 def render(data: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     age = now - float(data.get("wall") or 0)
-    period = float(data.get("period_s") or 1)
+    period = max(float(data.get("period_s") or 1), float(data.get("status_every_s") or 0))
     alive = "running" if age <= 3 * period + 1 else f"STALE: last tick {age:.0f} s ago (stopped or stalled?)"
     lines = [
         f"tailguard on {data.get('host')}: {alive}; mode {data.get('mode')}; tick {data.get('ticks_total')} "

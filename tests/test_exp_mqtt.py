@@ -160,6 +160,8 @@ def test_broker_restart_loses_at_most_the_bounded_queue_and_the_loop_keeps_ticki
     assert d.snapshot.overruns_total <= 2
     # Lost: only what the bounded queue dropped (oldest first), nothing else.
     assert bridge.stats.dropped_total > 0
-    assert len(missing) <= bridge.stats.dropped_total, (len(missing), bridge.stats.dropped_total)
+    # (+1: the message the broker was delivering to the subscriber when it was killed may be lost
+    # on the broker's side; tailguard only forgets a message once the broker acknowledged it.)
+    assert len(missing) <= bridge.stats.dropped_total + 1, (len(missing), bridge.stats.dropped_total)
     assert len(missing) >= bridge.stats.dropped_total - 1  # a dropped message never arrives (+1 in flight)
     assert max(got) == max(produced)  # the newest events made it

@@ -23,6 +23,7 @@ import logging
 import math
 import random
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class MqttOptions:
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
     keepalive_s: int = 30
+    state_every_s: float = 5.0  # retained state at most this often, and at once after a decision
 
 
 @dataclass(slots=True)
@@ -120,12 +122,18 @@ class MqttBridge:
         self.stats = MqttStats()
         self._queue: deque[tuple[str, bytes]] = deque()
         self._state: bytes | None = None
+        self._state_at = -math.inf
+        self._state_events = -1
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # -- called by the loop: never block ---------------------------------------------------------
     def on_tick(self, snap: Snapshot) -> None:
-        self._state = json.dumps(status_json(snap), sort_keys=True).encode()
+        now = time.monotonic()
+        if snap.events_total == self._state_events and now - self._state_at < self.opts.state_every_s:
+            return
+        self._state_at, self._state_events = now, snap.events_total
+        self._state = json.dumps(status_json(snap, self.opts.state_every_s), sort_keys=True).encode()
         self._wake.set()
 
     def on_events(self, events: tuple[DecisionEvent, ...]) -> None:

@@ -1,0 +1,78 @@
+"""LinuxHost = SignalCollector + Reconciler behind the Host protocol, driven by the daemon; and
+`tailguard run` refusing a bad config with a message that names the file and key."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from actuators.reconciler import Reconciler
+from controller.cli import main
+from controller.config import parse_config
+from controller.daemon import Daemon, DaemonOptions
+from controller.linux_host import LinuxHost
+from controller.signals.base import Unavailable
+from controller.signals.collect import SignalCollector
+from fsm.topology import empty_topology
+
+CONFIG = """
+[host]
+name = "h1"
+mode = "dry-run"
+[[tenants]]
+name = "llm"
+role = "sensitive"
+slo_ms = 15
+[tenants.latency]
+kind = "jsonl"
+path = "/nonexistent/latency.jsonl"
+[[tenants]]
+name = "etl"
+role = "bulk"
+cgroup = "etl.slice"
+"""
+
+
+class Broken:
+    name = "nvml"
+    timeout_s = 0.05
+
+    async def sample(self, now: float) -> Unavailable:
+        await asyncio.sleep(1)  # hangs past its timeout
+        return Unavailable("never")
+
+
+def test_linux_host_under_the_daemon(tmp_path: Path) -> None:
+    cfg = parse_config(CONFIG, "t.toml")
+    topo = empty_topology()
+    host = LinuxHost(
+        cfg,
+        topo,
+        collector=SignalCollector(cfg, topo, samplers=[Broken()]),
+        reconciler=Reconciler(journal_path=tmp_path / "journal.jsonl", dry_run=True, cgroup_root=str(tmp_path)),
+    )
+    assert set(host.spec.tenants) == {"llm", "etl"} and not host.spec.policy.enforce
+    d = Daemon(host, DaemonOptions(host_name="h1", period_s=0.1, max_ticks=3, state_dir=str(tmp_path)))
+    assert asyncio.run(d.run()) == 0
+    snap = d.snapshot
+    assert snap.ticks_total == 3 and snap.tick_errors_total == 0
+    nvml = next(s for s in snap.samplers if s.name == "nvml")
+    assert nvml.timeouts_total == 3 and not nvml.up
+    assert "nvml" in snap.unavailable and "timed out" in snap.unavailable["nvml"]
+    new = parse_config(CONFIG.replace("slo_ms = 15", "slo_ms = 30"), "t.toml")
+    spec = host.reload(new)
+    assert spec.tenants["llm"].slo_s == pytest.approx(0.030)
+
+
+def test_run_refuses_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CONFIG.replace("slo_ms = 15", "slo_ms = -1"))
+    assert main(["run", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "tenants[0](llm).slo_ms" in err
+    assert main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["run", "--simulate", "--speed", "0"]) == 2
+    assert "--speed must be positive" in capsys.readouterr().err

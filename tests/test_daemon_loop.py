@@ -232,3 +232,46 @@ def test_status_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     (tmp_path / "status.json").write_text("{torn")
     assert main(["status", "--state-dir", str(tmp_path)]) == 1
     assert "not a status file" in capsys.readouterr().err
+
+
+def test_watchdog_pings_come_from_the_loop_so_a_stalled_loop_stops_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    sock_path = str(tmp_path / "n.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(0.1)
+    pings: list[float] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                if server.recv(4096) == b"WATCHDOG=1":
+                    pings.append(time.monotonic())
+            except TimeoutError:
+                continue
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+
+    class Stalling(ToyHost):
+        async def observe(self) -> Observation:
+            if len(self.observed_at) == 5:
+                time.sleep(0.6)  # a blocking call stalls the whole event loop
+            return await super().observe()
+
+    d = Daemon(Stalling(), DaemonOptions(period_s=0.05, max_ticks=15), notifier=Notifier(address=sock_path))
+    run(d)
+    time.sleep(0.2)
+    done.set()
+    th.join(2)
+    server.close()
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert len(pings) >= 10
+    assert max(gaps) >= 0.5  # systemd (WatchdogSec=0.1) would have killed this stalled process
+    assert sorted(gaps)[len(gaps) // 2] < 0.1  # otherwise pings come every tick

@@ -118,6 +118,7 @@ class Daemon:
         self._ready = False
         self._state_json = ""
         self._last_write = -math.inf
+        self._apply_logged = -math.inf
         self._events_written = -1
         # The whole observe() as one pseudo-sampler: its health shows even on a simulated host.
         self._observe_stats = SamplerStats("host.observe")
@@ -290,8 +291,12 @@ class Daemon:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # reported and counted; the next tick tries again
-            log.error("apply failed: %s: %s", type(e).__name__, e)
-            self._actuations[("apply", "error")] = self._actuations.get(("apply", "error"), 0) + 1
+            n = self._actuations.get(("apply", "error"), 0) + 1
+            self._actuations[("apply", "error")] = n
+            now = self.clock()
+            if now - self._apply_logged >= 60.0:  # once a minute, not once a tick
+                self._apply_logged = now
+                log.error("apply failed (%d so far): %s: %s", n, type(e).__name__, e)
 
     def _account(self, obs: Observation, d: Decision) -> None:
         pol = self.spec.policy

@@ -275,3 +275,14 @@ def test_watchdog_pings_come_from_the_loop_so_a_stalled_loop_stops_them(
     assert len(pings) >= 10
     assert max(gaps) >= 0.5  # systemd (WatchdogSec=0.1) would have killed this stalled process
     assert sorted(gaps)[len(gaps) // 2] < 0.1  # otherwise pings come every tick
+
+
+def test_failing_apply_is_counted_and_the_loop_goes_on() -> None:
+    class Failing(ToyHost):
+        async def apply(self, desired: object) -> None:
+            raise RuntimeError("nvidia-smi: exit 9")
+
+    d = Daemon(Failing(), DaemonOptions(period_s=0.01, max_ticks=10))
+    run(d)
+    assert d.snapshot.ticks_total == 10 and d.snapshot.tick_errors_total == 0
+    assert d.snapshot.actuations[("apply", "error")] >= 9

@@ -30,9 +30,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--simulate",
         nargs="?",
-        const="paper-p4d",
+        const="p4d-demo",
         metavar="SCENARIO",
-        help="run on the simulated host of a scenario (bundled name or .toml; default paper-p4d)",
+        help="run on the simulated host of a scenario (bundled name or .toml; default p4d-demo: the paper's"
+        " host with its interference within the first ten minutes)",
     )
     p.add_argument("--sim-host", default="0", help="which host of the scenario (name or index; default 0)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")

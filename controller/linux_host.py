@@ -56,7 +56,13 @@ class LinuxHost:
 
     async def observe(self) -> Observation:
         obs = await self.collector.collect(self.now())
-        return replace(obs, actuation=self.reconciler.status())
+        for alarm in self.collector.events:  # e.g. a GPU fell off the bus: the operator must know now
+            log.warning("signals: %s", alarm)
+        status = self.reconciler.status()
+        for o in status.outcomes:
+            if o.target.startswith("gpu:"):  # a MIG change finished (or failed half-way): re-read its layout
+                self.collector.invalidate_mig(o.target.removeprefix("gpu:"))
+        return replace(obs, actuation=status)
 
     async def apply(self, desired: DesiredState) -> None:
         rep = await self.reconciler.reconcile(desired)

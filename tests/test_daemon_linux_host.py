@@ -76,3 +76,40 @@ def test_run_refuses_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "cannot read" in capsys.readouterr().err
     assert main(["run", "--simulate", "--speed", "0"]) == 2
     assert "--speed must be positive" in capsys.readouterr().err
+
+
+def test_finished_mig_change_invalidates_the_layout_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A MIG change reported done (or failed half-way) makes the next sample re-read that GPU's
+    MIG devices; a signals alarm (GPU lost) is logged as a warning."""
+    from fsm.observation import ActuationStatus, Observation, Outcome
+
+    cfg = parse_config(CONFIG, "t.toml")
+    topo = empty_topology()
+
+    class Collector:
+        events: tuple[str, ...] = ("gpu1: GPU is lost (NVML_ERROR_GPU_IS_LOST)",)
+
+        def __init__(self) -> None:
+            self.invalidated: list[str | None] = []
+
+        async def collect(self, now: float) -> Observation:
+            return Observation(t=now)
+
+        def invalidate_mig(self, gpu: str | None = None) -> None:
+            self.invalidated.append(gpu)
+
+    class Rec:
+        def status(self) -> ActuationStatus:
+            return ActuationStatus(
+                outcomes=(Outcome("gpu:gpu0", ok=False, error="In use"), Outcome("tenant:llm", ok=True))
+            )
+
+    col = Collector()
+    host = LinuxHost(cfg, topo, collector=col, reconciler=Rec())  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="tailguard.host"):
+        obs = asyncio.run(host.observe())
+    assert col.invalidated == ["gpu0"]  # the move (tenant:) does not change a layout
+    assert len(obs.actuation.outcomes) == 2
+    assert "GPU is lost" in caplog.text

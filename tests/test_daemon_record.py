@@ -11,7 +11,7 @@ import pytest
 from controller.cli import main
 from replay.trace import read_trace
 
-SCENARIO = Path(__file__).resolve().parent / "fakes" / "daemon_scenario.toml"
+SCENARIO = Path(__file__).resolve().parents[1] / "replay" / "scenarios" / "p4d-demo.toml"
 
 
 def test_record_writes_a_trace_replay_can_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

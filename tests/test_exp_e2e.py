@@ -21,7 +21,7 @@ import pytest
 from fakes.daemon_fakes import Mosquitto, free_port, need_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIO = ROOT / "tests" / "fakes" / "daemon_scenario.toml"
+SCENARIO = ROOT / "replay" / "scenarios" / "p4d-demo.toml"
 TAILGUARD = [sys.executable, "-m", "controller.cli"]
 
 

@@ -167,6 +167,7 @@ class PolicyConfig(Strict):
     throttle_factor: float = Field(0.5, gt=0, le=1)
     throttle_floor_bps: float = Field(50e6, gt=0)
     throttle_expiry_s: float = Field(120.0, gt=0)
+    guard_relief_s: float = Field(60.0, ge=0)  # 0: never
     mps_guard_percent: int = Field(50, ge=1, le=100)
     max_reconfigs_per_hour: int = Field(4, ge=0, le=60)
     backoff_s: float = Field(60.0, ge=0)
@@ -205,6 +206,7 @@ class PolicyConfig(Strict):
             throttle_factor=self.throttle_factor,
             throttle_floor_bps=self.throttle_floor_bps,
             throttle_expiry_s=self.throttle_expiry_s,
+            guard_relief_s=self.guard_relief_s or None,
             mps_guard_percent=self.mps_guard_percent,
             max_reconfigs_per_hour=self.max_reconfigs_per_hour,
             backoff_s=self.backoff_s,

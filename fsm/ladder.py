@@ -135,6 +135,8 @@ class Tick:
             self._escalate(t, w.value, slo)
         elif policy.early_guard and ctl.bad >= 1 and level is Level.STEADY and free:
             self._early_guard(t, w.value, slo)
+        elif level is Level.GUARDED and free and self._relief_due(t):
+            self._relieve(t, w.value, slo)
         elif (
             ctl.good >= policy.z_windows
             and level is not Level.STEADY
@@ -184,8 +186,36 @@ class Tick:
             if p.then_layout is not None and p.gpu is not None:
                 self.layouts[p.gpu] = p.then_layout  # second phase: give the slice back
                 self.busy_gpus.add(p.gpu)
-            self.tenants[t.name] = replace(ctl, pending=None)
-            self.emit(t.name, "complete", lvl, lvl, p.lever, "operation finished", {"target": p.target})
+            evidence: dict[str, Any] = {"target": p.target}
+            stack = ctl.stack
+            if actual is not None and p.lever in (PLACE, RESIZE):
+                stack, lifted = self._drop_stale_guards(stack, actual.gpu)
+                if lifted:
+                    evidence["caps_lifted"] = lifted  # the victim left their path: the caps have no purpose
+            self.tenants[t.name] = replace(ctl, pending=None, stack=stack)
+            self.emit(t.name, "complete", lvl, level_of(self.tenants[t.name]), p.lever, "operation finished", evidence)
+
+    def _drop_stale_guards(self, stack: tuple[Step, ...], anchor: str) -> tuple[tuple[Step, ...], list[str]]:
+        """After the victim moved to `anchor`'s GPU, keep only the caps on devices that still share
+        its path (or whose place is unknown); a guard step left with nothing to hold is removed,
+        so the guard can be tried afresh if interference finds the victim at its new place."""
+        lifted: list[str] = []
+        out: list[Step] = []
+        for st in stack:
+            if st.lever != GUARD:
+                out.append(st)
+                continue
+            caps = []
+            for c in st.caps:
+                if self._off_path(anchor, (c.device,)):
+                    lifted.append(f"{c.tenant}:{c.device}")
+                else:
+                    caps.append(c)
+            mps = [m for m in st.mps if m.gpu == anchor]
+            lifted += [f"{m.tenant}:mps@{m.gpu}" for m in st.mps if m.gpu != anchor]
+            if caps or mps:
+                out.append(replace(st, caps=tuple(caps), mps=tuple(mps)))
+        return tuple(out), lifted
 
     @staticmethod
     def _aux_targets(ctl: TenantCtl) -> tuple[str, ...]:
@@ -393,10 +423,64 @@ class Tick:
             out = [Throttle(who.name, d, who.cgroup, cap, cap, expires, victim) for d in who.devices]
         return out
 
-    def _place(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+    # -- guard relief: a binding guard costs the aggressor throughput for as long as it holds ------
+    def _relief_due(self, t: TenantSpec) -> bool:
+        """The guard on top has held for guard_relief_s and still binds (the aggressor runs at its
+        cap), and placement may be tried: moving the victim off the path lets the caps go."""
+        policy = self.spec.policy
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1]
+        if (
+            policy.guard_relief_s is None
+            or not policy.placement
+            or PLACE in ctl.failed_levers
+            or top.lever != GUARD
+            or not top.caps
+            or self.obs.t - top.t < policy.guard_relief_s
+            or ctl.bad > 0
+        ):
+            return False
+        for c in top.caps:
+            ts = self.obs.tenants.get(c.tenant)
+            rate = ts.io.get(c.device) if ts is not None and ts.io else None
+            if rate is None:
+                continue
+            if (c.read_bps and (rate.read_bps or 0.0) >= 0.9 * c.read_bps) or (
+                c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps
+            ):
+                return True
+        return False
+
+    def _relieve(self, t: TenantSpec, value: float | None, slo: float) -> None:
+        ctl = self.tenants[t.name]
+        devices = tuple(sorted({c.device for c in ctl.stack[-1].caps}))
+        diag = diagnose(self.spec, self.obs, t, self.traffic)
+        window = {"value_s": value, "slo_s": slo, "bad_windows": ctl.bad, "quantile": t.quantile, "relief": True}
+        ok, _ = self._place(t, diag, window, avoid=devices)
+        if not ok:
+            # Nowhere quieter off the path: keep the guard; look again after another relief period.
+            top = ctl.stack[-1]
+            self.tenants[t.name] = replace(ctl, stack=(*ctl.stack[:-1], replace(top, t=self.obs.t)))
+
+    def _off_path(self, gpu: str, devices: tuple[str, ...]) -> bool:
+        topo = self.spec.topology
+        limit = self.spec.policy.io_share_tier
+        for d in devices:
+            tier = topo.distance(gpu, d)
+            if tier is None and not (topo.has(gpu) and topo.has(d)):
+                return False  # unknown place: cannot be ruled out
+            if tier is not None and tier <= limit:
+                return False
+        return True
+
+    def _place(
+        self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any], avoid: tuple[str, ...] = ()
+    ) -> tuple[bool, str]:
         policy = self.spec.policy
         here, ranked = rank_candidates(self.spec, self.obs, t, diag.cause, self.reserved, self.traffic)
         ranked = [s for s in ranked if s.instance.gpu not in self.busy_gpus]
+        if avoid:
+            ranked = [s for s in ranked if self._off_path(s.instance.gpu, avoid)]
         if here is None:
             return False, "the victim's current MIG instance is unknown"
         if not ranked:
@@ -415,7 +499,8 @@ class Tick:
             step,
             Pending(f"tenant:{t.name}", PLACE, self.obs.t),
             "escalate",
-            f"move to {best.instance} (penalty {best.penalty:.3f} < {here.penalty:.3f})",
+            f"{'relieve the guard: ' if avoid else ''}move to {best.instance}"
+            f" (penalty {best.penalty:.3f} < {here.penalty:.3f})",
             {
                 "window": window,
                 "diagnosis": {"cause": diag.cause.value, **diag.evidence},

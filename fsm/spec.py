@@ -55,6 +55,9 @@ class Policy:
     throttle_factor: float = 0.5  # cap = factor x the aggressor's observed rate
     throttle_floor_bps: float = 50e6  # never cap below this
     throttle_expiry_s: float = 120.0  # caps expire unless renewed
+    # A guard that still binds after this long is a standing cost to the aggressor: move the
+    # victim off the aggressor's path if a quieter instance exists, then lift the caps (None: never).
+    guard_relief_s: float | None = 60.0
     mps_guard_percent: int = 50
     max_reconfigs_per_hour: int = 4
     backoff_s: float = 60.0  # after a failed action; doubles per failure

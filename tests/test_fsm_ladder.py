@@ -316,3 +316,46 @@ def test_early_guard_acts_on_the_first_violating_window_with_a_clear_io_cause():
     # without an aggressor on the path it waits for Y windows like everybody else
     _, ds = run(spec, ControllerState(), stream(0, 2, 0.020, etl=0.0))
     assert not events(ds)
+
+
+def test_binding_guard_is_relieved_by_a_move_off_the_path_and_its_caps_lifted():
+    """A guard that still binds after guard_relief_s is a standing cost to the aggressor: the
+    victim moves to a quieter instance off the capped device's path, and once the move is done
+    the caps that no longer share its path are lifted (the guard step leaves the stack)."""
+    from fsm.topology import Tier
+
+    spec = example_spec(Policy(io_share_tier=Tier.SWITCH))
+    state = _guarded(spec)  # caps etl's nvme0n1 (on sw0, the victim's switch) at 1.5 GB/s at t=4
+    # calm under the guard, the ETL pressing against its cap: relief after 60 s
+    state, ds = run(spec, state, stream(6, 28, 0.010, etl=1.5e9))
+    assert not events(ds)
+    state, ds = run(spec, state, stream(64, 1, 0.010, etl=1.5e9))
+    (e,) = events(ds)
+    assert (e.kind, e.level_from, e.level_to, e.lever) == ("escalate", "guarded", "placed", "place")
+    assert e.reason.startswith("relieve the guard") and e.evidence["window"]["relief"]
+    target = ds[-1].desired.placements["llm"]
+    assert target.gpu == "gpu3"  # sw1: off nvme0's switch
+    assert ds[-1].desired.throttles  # the caps hold until the move is done
+    state, ds = run(spec, state, stream(70, 1, 0.010, etl=1.5e9, llm_at=target))
+    (e,) = events(ds)
+    assert e.kind == "complete" and e.evidence["caps_lifted"] == ["etl:nvme0n1"]
+    assert not ds[-1].desired.throttles
+    assert [s.lever for s in state.tenant("llm").stack] == ["place"]
+
+
+def test_guard_that_does_not_bind_is_released_not_relieved():
+    from fsm.topology import Tier
+
+    spec = example_spec(Policy(io_share_tier=Tier.SWITCH))
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(6, 30, 0.010, etl=2e8))  # the ETL went quiet, far under its cap
+    assert [(e.kind, e.lever) for e in events(ds)] == [("release", "guard")]
+    assert not ds[-1].desired.throttles and "llm" not in ds[-1].desired.placements
+
+
+def test_no_relief_target_off_the_path_means_no_move():
+    spec = example_spec()  # io_share_tier NUMA: every GPU of this host shares nvme0's NUMA node
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(6, 40, 0.010, etl=1.5e9))
+    assert not events(ds, "escalate")  # nowhere off the path: no relief move
+    assert [(e.kind, e.lever) for e in events(ds)] == [("release", "guard")]  # the usual hysteresis

@@ -105,17 +105,24 @@ def _gpu_terms(
     per_tenant = traffic.memo[key]
     rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
     rc = rc_bps / policy.high_bw_bps
-    numa = topo.numa_of(gpu) if topo.has(gpu) else None
-    block = 0.0
-    irq = 0.0
-    if obs.host is not None:
-        if numa is not None:
-            block = sum(bps for dev, bps in obs.host.block_bps.items() if topo.has(dev) and topo.numa_of(dev) == numa)
-        cpus = topo.cpus_of(gpu) if topo.has(gpu) else ()
-        rates = [obs.host.irq_rate[c] for c in cpus if c in obs.host.irq_rate]
-        if rates:
-            irq = sum(rates) / len(rates)
-    return rc, block / policy.block_io_norm_bps, irq / policy.irq_norm_rate
+    # The host terms do not depend on the victim: once per GPU per tick.
+    hkey = f"host:{gpu}"
+    if hkey not in traffic.memo:
+        numa = topo.numa_of(gpu) if topo.has(gpu) else None
+        block = 0.0
+        irq = 0.0
+        if obs.host is not None:
+            if numa is not None:
+                block = sum(
+                    bps for dev, bps in obs.host.block_bps.items() if topo.has(dev) and topo.numa_of(dev) == numa
+                )
+            cpus = topo.cpus_of(gpu) if topo.has(gpu) else ()
+            rates = [obs.host.irq_rate[c] for c in cpus if c in obs.host.irq_rate]
+            if rates:
+                irq = sum(rates) / len(rates)
+        traffic.memo[hkey] = (block / policy.block_io_norm_bps, irq / policy.irq_norm_rate)
+    block_n, irq_n = traffic.memo[hkey]
+    return rc, block_n, irq_n
 
 
 def score(
@@ -161,10 +168,25 @@ def rank_candidates(
     cache: dict[str, tuple[float, float, float]] = {}
     here = score(spec, obs, victim, current, current, cause, traffic, cache) if current is not None else None
     need = slices_of(spec, current) if current is not None else 0
-    scores = [
-        score(spec, obs, victim, current, c, cause, traffic, cache)
-        for c in free_instances(spec, obs, reserved)
-        if slices_of(spec, c) >= need
-    ]
-    scores.sort(key=lambda s: (s.penalty, s.instance.gpu != (current.gpu if current else ""), str(s.instance)))
-    return here, scores
+    # Free instances with their sizes, once per tick; this victim's view only drops the reserved.
+    if "free" not in traffic.memo:
+        traffic.memo["free"] = [(c, slices_of(spec, c)) for c in free_instances(spec, obs, ())]
+    taken = set(reserved)
+    policy = spec.policy
+    sized = cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None
+    cur_gpu = current.gpu if current is not None else ""
+    rows = []
+    # Inline arithmetic (this loop runs for every free instance of the host, per victim).
+    for c, n in traffic.memo["free"]:
+        if n < need or c in taken:
+            continue
+        terms = cache.get(c.gpu)
+        if terms is None:
+            terms = cache[c.gpu] = _gpu_terms(spec, obs, traffic, c.gpu, victim)
+        rc, numa, irq = terms
+        move = 0.0 if c == current else (SAME_GPU_MOVE if c.gpu == cur_gpu else policy.move_other_gpu)
+        size = max(0, n - need) / 7.0 if sized else 0.0
+        pen = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq + policy.w_move * move - size
+        rows.append((pen, c.gpu != cur_gpu, str(c), Score(c, pen, rc, numa, irq, move, size)))
+    rows.sort(key=lambda r: r[:3])
+    return here, [r[3] for r in rows]

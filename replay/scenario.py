@@ -112,6 +112,7 @@ class TenantConfig(_Strict):
     demand_gbps: float = Field(0.0, ge=0)  # bytes/s the flows want (GB/s), while the schedule is on
     sm_active: float = Field(0.0, ge=0, le=1)  # compute: SM activity of its instance while on
     schedule: Schedule = Schedule()
+    handover: Literal["restart", "warm"] | None = None  # none: the scenario's [scenario] handover
 
     @model_validator(mode="after")
     def _role(self) -> TenantConfig:
@@ -144,6 +145,10 @@ class ScenarioMeta(_Strict):
     seed: int = 1
     reconfig_downtime_s: float = Field(18.0, ge=0)
     move_downtime_s: float = Field(5.0, ge=0)
+    # How a moved tenant changes instance: "restart" stops it for the downtime; "warm" keeps the old
+    # copy serving while the new one warms up, then switches with a gap of handover_gap_s.
+    handover: Literal["restart", "warm"] = "restart"
+    handover_gap_s: float = Field(0.2, ge=0, le=60)
     compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
     irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}

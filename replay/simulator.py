@@ -10,7 +10,10 @@ Per tick (`tick_s`, or whatever time the daemon lets pass):
 - each instance is a FCFS server: latencies come from the Lindley recursion over the arrivals
   (replay.queueing); the window reports the requests that completed in the tick;
 - MIG reconfigurations and moves hold the moved tenant's server for their downtime; requests
-  queue meanwhile. Layout validity is fsm.mig's.
+  queue meanwhile ("restart" hand-over). A "warm" hand-over keeps the tenant serving on its old
+  instance while the new copy warms up, then holds it only for `handover_gap_s` at the switch
+  (a restart after all when its old instance is among the slices a reconfiguration destroys).
+  Layout validity is fsm.mig's.
 
 Random draws depend only on (seed, host, tenant, tick), never on the policy, so every policy sees
 the same arrivals and noise (common random numbers) and the same seed gives the same run.
@@ -176,6 +179,7 @@ class _Op:
     gpu: str | None = None
     layout: tuple[Slot, ...] | None = None
     moves: dict[str, InstanceRef] = field(default_factory=dict)
+    warm: frozenset[str] = frozenset()  # moved tenants whose old copy serves until the switch
 
     def targets(self) -> list[str]:
         out = [f"gpu:{self.gpu}"] if self.kind == "reconfig" else []
@@ -249,6 +253,7 @@ class HostSim:
         self.caps: dict[tuple[str, str], Throttle] = {}
         self.mps: dict[str, MpsLimit] = {}
         self.stats = Stats()
+        self.warm = {n for n, c in model.tenants.items() if (c.handover or meta.handover) == "warm"}
         self.last: Observation | None = None
         self.sensitive: dict[str, _Sensitive] = {}
         self.others: list[TenantConfig] = []
@@ -286,6 +291,10 @@ class HostSim:
     # -- actuation ------------------------------------------------------------------------------
     def _moving(self) -> set[str]:
         return {n for op in self.ops for n in op.moves}
+
+    def _down(self) -> set[str]:
+        """Moving tenants that serve nothing meanwhile (restart hand-overs)."""
+        return {n for op in self.ops for n in op.moves if n not in op.warm}
 
     def _pause(self, name: str, until: float) -> None:
         s = self.sensitive.get(name)
@@ -347,11 +356,15 @@ class HostSim:
                 self._fail(f"gpu:{gpu}", f"In use by another client: {', '.join(blocked)}")
                 continue
             end = self.t + self.meta.reconfig_downtime_s
-            self.ops.append(_Op("reconfig", self.t, end, gpu, want, moves))
+            # Warm only if the old instance survives the change (it serves while the new is made).
+            doomed = {n for n, i in self.instance.items() if i.gpu == gpu and i.slot in destroyed}
+            warm = frozenset(n for n in moves if n in self.warm and n not in doomed)
+            self.ops.append(_Op("reconfig", self.t, end, gpu, want, moves, warm))
             busy.add(gpu)
             self.stats.reconfigs += 1
             for n in moves:
-                self._pause(n, end)
+                if n not in warm:
+                    self._pause(n, end)
         moving = self._moving()
         for n, tgt in sorted(desired.placements.items()):
             cur_inst = self.instance.get(n)
@@ -367,9 +380,11 @@ class HostSim:
                 self._fail(f"tenant:{n}", f"MIG instance {tgt} is in use by {other}")
                 continue
             end = self.t + self.meta.move_downtime_s
-            self.ops.append(_Op("move", self.t, end, None, None, {n: tgt}))
+            hot = frozenset({n} & self.warm)
+            self.ops.append(_Op("move", self.t, end, None, None, {n: tgt}, hot))
             self.stats.moves += 1
-            self._pause(n, end)
+            if not hot:
+                self._pause(n, end)
 
     def _finish_ops(self, until: float) -> None:
         done = [op for op in self.ops if op.end <= until]
@@ -382,6 +397,8 @@ class HostSim:
                 self.outcomes.append(Outcome(f"gpu:{op.gpu}", True, "", op.end))
             for n, tgt in op.moves.items():
                 self.instance[n] = tgt
+                if n in op.warm:  # the switch-over: the old copy stops, the new takes the queue
+                    self._pause(n, self.t + self.meta.handover_gap_s)
                 self.outcomes.append(Outcome(f"tenant:{n}", True, "", op.end))
 
     # -- one tick ---------------------------------------------------------------------------------
@@ -529,7 +546,7 @@ class HostSim:
         block: dict[str, float] = dict.fromkeys(self.block.values(), 0.0)
         nic: dict[str, float] = dict.fromkeys(self.nics.values(), 0.0)
         numa_bytes: dict[int, float] = {}
-        moving = self._moving()
+        moving = self._down()  # a warm move's old copy still serves: its instance is seen
         for name, s in self.sensitive.items():
             inst = self.instance[name]
             down = name in moving

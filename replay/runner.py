@@ -91,6 +91,7 @@ def run_host(
             next_level_t += LEVEL_EVERY_S
         if progress is not None and i % 500 == 0:
             progress(i / n_ticks)
+    sim.drain()  # batched servers: requests still queued at the end count too, as FCFS ones do
     lat = np.concatenate(sim.stats.latencies).astype(np.float32) if sim.stats.latencies else np.empty(0, np.float32)
     return HostRun(
         policy=policy,

@@ -86,12 +86,37 @@ class Requests(_Strict):
     bytes: float = Field(0.0, ge=0)  # host<->device bytes per request, fixed part
     bytes_per_token: float = Field(0.0, ge=0)
     noise_cv: float = Field(0.2, ge=0, le=3)  # lognormal multiplicative noise on compute time
+    generated_tokens: float = Field(0.0, ge=0)  # output tokens per request with `rate` (a trace has its own)
+    # The service model: "fcfs" = one request at a time (Lindley); "batched" = vLLM-style engine
+    # steps of chunked prefill beside the running decodes (replay.batching). Batched keys below;
+    # their defaults are vLLM's (EngineArgs.get_batch_defaults, devices under 70 GiB).
+    server: Literal["fcfs", "batched"] = "fcfs"
+    max_batched_tokens: int = Field(2048, ge=1)  # token budget per step (prefill chunks + decodes)
+    max_seqs: int = Field(256, ge=1)  # sequences per step
+    long_prefill_tokens: int = Field(0, ge=0)  # most prompt tokens of one request per step (0: off)
+    step_ms: float = Field(0.0, ge=0)  # per step, CPU side: not scaled by slices
+    step_floor_ms: float = Field(0.0, ge=0)  # per step on 1 slice: memory-bound floor (weights read)
+    decode_ms_per_token: float = Field(0.0, ge=0)  # per step on 1 slice, per context token of a decode
 
     @model_validator(mode="after")
     def _one(self) -> Requests:
         if (self.rate is None) == (self.trace is None):
             raise ValueError("give exactly one of rate (Poisson) or trace (a CSV file)")
+        if self.server != "batched":
+            given = sorted(self.model_fields_set & _BATCHED_KEYS)
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with server = \"batched\"")
         return self
+
+
+_BATCHED_KEYS = {
+    "max_batched_tokens",
+    "max_seqs",
+    "long_prefill_tokens",
+    "step_ms",
+    "step_floor_ms",
+    "decode_ms_per_token",
+}
 
 
 class FlowConfig(_Strict):

@@ -8,7 +8,9 @@ Per tick (`tick_s`, or whatever time the daemon lets pass):
   the others; each request's service time = compute time for its instance's slices (slowed by
   busy neighbours on the same GPU) x lognormal noise + bytes / share;
 - each instance is a FCFS server: latencies come from the Lindley recursion over the arrivals
-  (replay.queueing); the window reports the requests that completed in the tick;
+  (replay.queueing); or, with `server = "batched"`, a vLLM-style engine that runs steps of
+  chunked prefill under a token budget beside the running decodes (replay.batching); the window
+  reports the requests that completed in the tick;
 - MIG reconfigurations and moves hold the moved tenant's server for their downtime; requests
   queue meanwhile ("restart" hand-over). A "warm" hand-over keeps the tenant serving on its old
   instance while the new copy warms up, then holds it only for `handover_gap_s` at the switch
@@ -47,6 +49,7 @@ from fsm.observation import (
 )
 from fsm.spec import HostSpec, Role
 from fsm.topology import NodeKind, Topology
+from replay.batching import BatchServer, step_cost
 from replay.fabric import Flow, max_min
 from replay.queueing import Array, lindley
 from replay.scenario import CPU, HostModel, Requests, Scenario, ScenarioMeta, TenantConfig, resolve_data
@@ -57,10 +60,12 @@ CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
 
 # -- request arrivals --------------------------------------------------------------------------
 @cache
-def load_request_trace(path: str) -> tuple[Array, Array]:
-    """(arrival seconds from the first request, context tokens) of an Azure LLM trace CSV."""
+def load_request_trace(path: str) -> tuple[Array, Array, Array]:
+    """(arrival seconds from the first request, context tokens, generated tokens; 0 without that
+    column) of an Azure LLM trace CSV."""
     times: list[float] = []
     tokens: list[float] = []
+    generated: list[float] = []
     with open(path, encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
         head = next(rows, None)
@@ -71,14 +76,16 @@ def load_request_trace(path: str) -> tuple[Array, Array]:
             try:
                 ts = datetime.fromisoformat(row[0].strip()[:26])
                 tok = float(row[1])
+                gen = float(row[2]) if len(row) > 2 and row[2].strip() else 0.0
             except (ValueError, IndexError) as e:
                 raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
             t0 = t0 or ts
             times.append((ts - t0).total_seconds())
             tokens.append(tok)
+            generated.append(gen)
     if not times:
         raise ValueError(f"{path}: no requests")
-    return np.asarray(times), np.asarray(tokens)
+    return np.asarray(times), np.asarray(tokens), np.asarray(generated)
 
 
 class RequestStream:
@@ -92,14 +99,14 @@ class RequestStream:
         sigma2 = math.log1p(req.noise_cv**2)
         self.sigma = math.sqrt(sigma2)
         self.mu = -sigma2 / 2  # mean-one lognormal
-        self.trace: tuple[Array, Array] | None = None
+        self.trace: tuple[Array, Array, Array] | None = None
         if req.trace is not None:
             path = resolve_data(req.trace, base)
             if path is None:
                 raise ValueError(f"request trace {req.trace!r} not found")
-            times, tokens = load_request_trace(str(path))
+            times, tokens, generated = load_request_trace(str(path))
             gap = float(np.mean(np.diff(times))) if times.size > 1 else 1.0
-            self.trace = (times / req.trace_speed, tokens)
+            self.trace = (times / req.trace_speed, tokens, generated)
             self.cycle = (float(times[-1]) + gap) / req.trace_speed
         # One generator per (seed, host, tenant). How many numbers a tick draws depends only on
         # its arrivals, never on the policy, so every policy sees the same requests and noise.
@@ -127,8 +134,9 @@ class RequestStream:
         self.buf_n = np.concatenate([p[2] for p in parts])
         self.buf_lo = 0
 
-    def window(self, t0: float, t1: float, level: float) -> tuple[Array, Array, Array]:
-        """(arrival times, context tokens, noise factors) of the requests arriving in [t0, t1)."""
+    def window(self, t0: float, t1: float, level: float) -> tuple[Array, Array, Array, Array]:
+        """(arrival times, context tokens, generated tokens, noise factors) of the requests arriving
+        in [t0, t1)."""
         rng = self.rng
         if self.trace is None:
             if t1 > self.buf_end:
@@ -140,22 +148,24 @@ class RequestStream:
             if level < self.level_max:  # thinning: a rate below the peak (or an off period)
                 keep = self.buf_m[lo:hi] < level / self.level_max
                 arr, noise = arr[keep], noise[keep]
-            return arr, np.full(arr.size, self.req.tokens), noise
-        times, tokens = self.trace
+            return arr, np.full(arr.size, self.req.tokens), np.full(arr.size, self.req.generated_tokens), noise
+        times, tokens, generated = self.trace
         k0, k1 = math.floor(t0 / self.cycle), math.floor(t1 / self.cycle)
-        parts_t, parts_k = [], []
+        parts_t, parts_k, parts_g = [], [], []
         for k in range(k0, k1 + 1):
             a = int(np.searchsorted(times, t0 - k * self.cycle, "left"))
             b = int(np.searchsorted(times, t1 - k * self.cycle, "left"))
             parts_t.append(times[a:b] + k * self.cycle)
             parts_k.append(tokens[a:b])
+            parts_g.append(generated[a:b])
         arr = np.concatenate(parts_t)
         tok = np.concatenate(parts_k)
+        gen = np.concatenate(parts_g)
         if level < 1.0:  # thin the trace (a schedule's level below 1)
             keep = rng.random(arr.size) < level
-            arr, tok = arr[keep], tok[keep]
+            arr, tok, gen = arr[keep], tok[keep], gen[keep]
         noise = rng.lognormal(self.mu, self.sigma, arr.size) if self.sigma > 0 else np.ones(arr.size)
-        return arr, tok, noise
+        return arr, tok, gen, noise
 
 
 # -- runtime state -----------------------------------------------------------------------------
@@ -169,6 +179,7 @@ class _Sensitive:
     pend_lat: Array = field(default_factory=lambda: np.empty(0))
     busy_s: float = 0.0  # compute seconds in the last tick (SM activity)
     rate_bps: float = 0.0
+    batch: BatchServer | None = None  # server = "batched": the engine's queue and decodes
 
 
 @dataclass(slots=True)
@@ -261,7 +272,8 @@ class HostSim:
         for i, (name, cfg) in enumerate(sorted(model.tenants.items())):
             if cfg.requests is not None:
                 stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.level)
-                self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream)
+                batch = BatchServer() if cfg.requests.server == "batched" else None
+                self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream, batch=batch)
             else:
                 self.others.append(cfg)
                 self.flow_links[name] = [
@@ -479,7 +491,7 @@ class HostSim:
         for name, s in self.sensitive.items():
             inst = self.instance[name]
             level = s.cfg.schedule.active(t0)
-            arr, tok, noise = s.stream.window(t0, t1, level)
+            arr, tok, gen, noise = s.stream.window(t0, t1, level)
             neighbours = sum(
                 sm.get(o, 0.0) * self._slices(i) / 7.0
                 for o, i in self.instance.items()
@@ -499,13 +511,19 @@ class HostSim:
                 compute = (req.compute_ms * scale) * noise
                 service = compute + req.bytes * per_byte
                 total_bytes = req.bytes * arr.size
-            lat, s.free_at = lindley(arr, service, s.free_at)
+            if s.batch is None:
+                lat, s.free_at = lindley(arr, service, s.free_at)
+                done = arr + lat
+                busy_s[name] = float(compute.sum())
+            else:  # the engine's steps; requests still queued at t1 finish in a later tick
+                s.batch.push(arr, tok, gen, noise)
+                cost = step_cost(req, scale, per_byte)
+                done, lat, s.free_at, busy_s[name] = s.batch.run(cost, s.free_at, t1)
             s.rate_bps = total_bytes / dt
-            busy_s[name] = float(compute.sum())
             self.stats.latencies.append(lat)
             self.stats.delivered[name] = self.stats.delivered.get(name, 0.0) + arr.size
-            # FCFS: departures are non-decreasing, so the completed ones are a prefix.
-            all_done = np.concatenate((s.pend_done, arr + lat))
+            # FCFS or steps in order: departures are non-decreasing, so the completed ones are a prefix.
+            all_done = np.concatenate((s.pend_done, done))
             all_lat = np.concatenate((s.pend_lat, lat))
             cut = int(np.searchsorted(all_done, t1, "left"))
             rep = np.sort(all_lat[:cut])
@@ -648,6 +666,15 @@ class HostSim:
         if desired is not None:
             self.apply_sync(desired)
         return self.advance()
+
+    def drain(self) -> None:
+        """End of a run: serve what batched servers still hold, with no further arrivals, so their
+        requests count as FCFS ones do (whose latencies are known when they arrive)."""
+        for s in self.sensitive.values():
+            if s.batch is not None:
+                _, lat, s.free_at = s.batch.drain(s.free_at)
+                if lat.size:
+                    self.stats.latencies.append(lat)
 
     def level_of_service(self) -> dict[str, str]:
         """Where every tenant runs now (for reports and tests)."""

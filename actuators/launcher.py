@@ -1,8 +1,17 @@
-"""Restart a tenant on a given MIG instance: a systemd drop-in that sets CUDA_VISIBLE_DEVICES
-then `systemctl restart`, or an argv template. No shell; every call has a timeout."""
+"""Run a tenant on a given MIG instance. No shell; every call has a timeout.
+
+Two hand-over modes per launcher:
+- "restart" (break-before-make): a systemd drop-in that sets CUDA_VISIBLE_DEVICES then
+  `systemctl restart UNIT`, or an argv template;
+- "warm" (make-before-break): a second copy is started on the target instance while the old one
+  serves (systemd: the template instance `NAME@<MIG-uuid>.service` with its own drop-in; command:
+  a start and a stop template); the reconciler waits for the new copy's readiness, then stops the
+  old copy, or stops the new one when it never became ready. Stops must be idempotent.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -14,7 +23,10 @@ from fsm.observation import InstanceRef
 
 _UUID = re.compile(r"^MIG-[0-9A-Za-z][0-9A-Za-z/-]{0,100}$")
 _UNIT = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,200}\.service$")
+_TEMPLATE = re.compile(r"^[A-Za-z0-9:_.\\-]{1,150}@\.service$")
 DROPIN_NAME = "50-tailguard-mig.conf"
+HANDOVERS = ("restart", "warm")
+READY_TIMEOUT_S = 10.0  # one per-copy readiness probe (the reconciler's deadline bounds the wait)
 
 
 class LaunchError(Exception):
@@ -27,26 +39,85 @@ def check_uuid(uuid: str) -> str:
     return uuid
 
 
+def _handover(mode: str) -> str:
+    if mode not in HANDOVERS:
+        raise LaunchError(f"handover must be one of {', '.join(HANDOVERS)}, got {mode!r}")
+    return mode
+
+
 class Launcher(Protocol):
-    async def launch(self, tenant: str, ref: InstanceRef, uuid: str) -> None: ...
+    handover: str  # "restart" | "warm"
+
+    async def launch(self, tenant: str, ref: InstanceRef, uuid: str) -> None:
+        """restart: (re)start the tenant on `ref`, in place of wherever it ran."""
+        ...
+
+    async def start_copy(self, tenant: str, ref: InstanceRef, uuid: str) -> None:
+        """warm: start a copy on `ref` beside the running one (returns once started, not ready)."""
+        ...
+
+    async def stop_copy(self, tenant: str, ref: InstanceRef | None, uuid: str) -> None:
+        """warm: stop the copy on the MIG device `uuid`; stopping a stopped copy succeeds."""
+        ...
+
+    async def copy_ready(self, tenant: str, ref: InstanceRef, uuid: str) -> bool | None:
+        """warm: is that copy ready? None: this launcher cannot tell one copy from the other."""
+        ...
+
+    async def other_copies(self, tenant: str, keep_uuid: str) -> list[str] | None:
+        """warm: MIG uuids of the running copies but `keep_uuid`; None: cannot list them."""
+        ...
+
+
+async def _argv_ok(argv: list[str], timeout: float, what: str) -> None:
+    try:
+        r = await run(argv, timeout)
+    except ToolError as e:
+        raise LaunchError(str(e)) from None
+    if r.rc != 0:
+        raise LaunchError(f"{what}: exit {r.rc}: {r.text.strip()[:200]}")
+
+
+def _subst(template: Sequence[str], tenant: str, ref: InstanceRef | None, uuid: str) -> list[str]:
+    subst = {"{uuid}": uuid, "{instance}": str(ref) if ref is not None else "", "{tenant}": tenant}
+    argv = []
+    for a in template:
+        for k, v in subst.items():
+            a = a.replace(k, v)
+        argv.append(a)
+    return argv
 
 
 class SystemdLauncher:
     def __init__(self, unit: str, dropin_root: str = "/etc/systemd/system", systemctl: str = "systemctl",
-                 timeout: float = 90.0) -> None:  # fmt: skip
-        if not _UNIT.match(unit):
+                 timeout: float = 90.0, handover: str = "restart",
+                 ready_command: Sequence[str] | None = None) -> None:  # fmt: skip
+        self.handover = _handover(handover)
+        if self.handover == "warm":
+            if not _TEMPLATE.match(unit):
+                raise LaunchError(f"warm hand-over needs a template unit NAME@.service, got {unit!r}")
+        elif not _UNIT.match(unit):
             raise LaunchError(f"bad systemd unit name {unit!r}")
         self.unit = unit
         self.dropin_root = Path(dropin_root)
         self.systemctl = systemctl
         self.timeout = timeout
+        self.ready_command = list(ready_command) if ready_command else None
 
-    def dropin_path(self) -> Path:
-        return self.dropin_root / f"{self.unit}.d" / DROPIN_NAME
-
-    async def launch(self, tenant: str, ref: InstanceRef, uuid: str) -> None:
+    def instance_unit(self, uuid: str) -> str:
+        """warm: the template's instance for a MIG device: NAME@<uuid>.service ('/' of legacy
+        MIG-GPU-<uuid>/gi/ci names becomes '-', as systemd-escape does for paths)."""
         check_uuid(uuid)
-        p = self.dropin_path()
+        name = self.unit.replace("@.service", f"@{uuid.replace('/', '-')}.service")
+        if not _UNIT.match(name):
+            raise LaunchError(f"bad systemd unit name {name!r}")
+        return name
+
+    def dropin_path(self, unit: str | None = None) -> Path:
+        return self.dropin_root / f"{unit or self.unit}.d" / DROPIN_NAME
+
+    def _write_dropin(self, unit: str, tenant: str, ref: InstanceRef, uuid: str) -> None:
+        p = self.dropin_path(unit)
         text = (
             f"# Written by tailguard: tenant {tenant} runs on MIG instance {ref}.\n"
             f"[Service]\nEnvironment=CUDA_VISIBLE_DEVICES={uuid}\n"
@@ -58,13 +129,60 @@ class SystemdLauncher:
             os.replace(tmp, p)
         except OSError as e:
             raise LaunchError(f"{p}: cannot write the drop-in: {e.strerror}") from None
-        for args in (["daemon-reload"], ["restart", self.unit]):
-            try:
-                r = await run([self.systemctl, *args], self.timeout)
-            except ToolError as e:
-                raise LaunchError(str(e)) from None
-            if r.rc != 0:
-                raise LaunchError(f"systemctl {' '.join(args)}: exit {r.rc}: {r.text.strip()[:200]}")
+
+    async def _ctl(self, *args: str) -> None:
+        await _argv_ok([self.systemctl, *args], self.timeout, f"systemctl {' '.join(args)}")
+
+    async def launch(self, tenant: str, ref: InstanceRef, uuid: str) -> None:
+        check_uuid(uuid)
+        self._write_dropin(self.unit, tenant, ref, uuid)
+        await self._ctl("daemon-reload")
+        await self._ctl("restart", self.unit)
+
+    async def start_copy(self, tenant: str, ref: InstanceRef, uuid: str) -> None:
+        unit = self.instance_unit(uuid)
+        self._write_dropin(unit, tenant, ref, uuid)
+        await self._ctl("daemon-reload")
+        # --no-block: a Type=notify unit's start would wait for READY=1; the reconciler's
+        # readiness deadline bounds that wait instead of this call's timeout.
+        await self._ctl("start", "--no-block", unit)
+
+    async def stop_copy(self, tenant: str, ref: InstanceRef | None, uuid: str) -> None:
+        unit = self.instance_unit(uuid)
+        await self._ctl("stop", unit)  # stopping an inactive unit succeeds: idempotent
+        with contextlib.suppress(OSError):
+            self.dropin_path(unit).unlink()
+            self.dropin_path(unit).parent.rmdir()
+
+    async def copy_ready(self, tenant: str, ref: InstanceRef, uuid: str) -> bool | None:
+        unit = self.instance_unit(uuid)
+        try:
+            r = await run([self.systemctl, "is-active", unit], min(self.timeout, READY_TIMEOUT_S))
+        except ToolError:
+            return False
+        if r.stdout.strip() != "active":  # activating: a Type=notify unit has not sent READY=1
+            return False
+        return await _probe(self.ready_command, tenant, ref, uuid)
+
+    async def other_copies(self, tenant: str, keep_uuid: str) -> list[str] | None:
+        keep = self.instance_unit(keep_uuid)
+        pattern = self.unit.replace("@.service", "@*.service")
+        try:
+            r = await run([self.systemctl, "list-units", "--plain", "--no-legend", "--no-pager",
+                           "--state=active,activating,reloading", pattern], self.timeout)  # fmt: skip
+        except ToolError:
+            return None
+        if r.rc != 0:
+            return None
+        out = []
+        for ln in r.stdout.splitlines():
+            unit = ln.split()[0] if ln.split() else ""
+            if unit == keep or not unit.startswith(pattern[: -len("*.service")]) or not _UNIT.match(unit):
+                continue
+            inst = unit[len(pattern) - len("*.service") : -len(".service")]
+            if _UUID.match(inst):
+                out.append(inst)  # legacy names lost their '/': stop_copy maps them back the same way
+        return out
 
     def current_uuid(self) -> str | None:
         try:
@@ -77,25 +195,53 @@ class SystemdLauncher:
 
 
 class CommandLauncher:
-    """argv template; {uuid}, {instance} and {tenant} are replaced inside each argument."""
+    """argv templates; {uuid}, {instance} and {tenant} are replaced inside each argument.
+    restart: `argv` relaunches the tenant. warm: `argv` starts a copy, `stop_argv` stops one,
+    `ready_argv` (optional) exits 0 once that copy serves."""
 
-    def __init__(self, argv: Sequence[str], timeout: float = 90.0) -> None:
+    def __init__(self, argv: Sequence[str], timeout: float = 90.0, handover: str = "restart",
+                 stop_argv: Sequence[str] | None = None, ready_argv: Sequence[str] | None = None) -> None:  # fmt: skip
         if not argv:
             raise LaunchError("empty launcher command")
+        self.handover = _handover(handover)
+        if self.handover == "warm" and not stop_argv:
+            raise LaunchError("warm hand-over needs a stop command")
         self.argv = list(argv)
+        self.stop_argv = list(stop_argv) if stop_argv else None
+        self.ready_argv = list(ready_argv) if ready_argv else None
         self.timeout = timeout
 
     async def launch(self, tenant: str, ref: InstanceRef, uuid: str) -> None:
         check_uuid(uuid)
-        subst = {"{uuid}": uuid, "{instance}": str(ref), "{tenant}": tenant}
-        argv = []
-        for a in self.argv:
-            for k, v in subst.items():
-                a = a.replace(k, v)
-            argv.append(a)
-        try:
-            r = await run(argv, self.timeout)
-        except ToolError as e:
-            raise LaunchError(str(e)) from None
-        if r.rc != 0:
-            raise LaunchError(f"launcher {argv[0]}: exit {r.rc}: {r.text.strip()[:200]}")
+        argv = _subst(self.argv, tenant, ref, uuid)
+        await _argv_ok(argv, self.timeout, f"launcher {argv[0]}")
+
+    async def start_copy(self, tenant: str, ref: InstanceRef, uuid: str) -> None:
+        await self.launch(tenant, ref, uuid)
+
+    async def stop_copy(self, tenant: str, ref: InstanceRef | None, uuid: str) -> None:
+        check_uuid(uuid)
+        if self.stop_argv is None:
+            raise LaunchError("no stop command configured")
+        argv = _subst(self.stop_argv, tenant, ref, uuid)
+        await _argv_ok(argv, self.timeout, f"stop command {argv[0]}")
+
+    async def copy_ready(self, tenant: str, ref: InstanceRef, uuid: str) -> bool | None:
+        if self.ready_argv is None:
+            return None
+        return await _probe(self.ready_argv, tenant, ref, uuid)
+
+    async def other_copies(self, tenant: str, keep_uuid: str) -> list[str] | None:
+        return None
+
+
+async def _probe(template: Sequence[str] | None, tenant: str, ref: InstanceRef, uuid: str) -> bool:
+    """A readiness command for one copy: exit 0 = ready (no command: ready)."""
+    if not template:
+        return True
+    check_uuid(uuid)
+    try:
+        r = await run(_subst(template, tenant, ref, uuid), READY_TIMEOUT_S)
+    except ToolError:
+        return False
+    return r.rc == 0

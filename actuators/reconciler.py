@@ -132,6 +132,8 @@ class Reconciler:
             n: t.home for n, t in self.tenants.items() if t.launcher is not None
         }
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._retire: dict[str, tuple[InstanceRef | None, str]] = {}  # warm: the copy still to stop ("": all others)
+        self._warm_open: dict[str, dict[str, Any]] = {}  # warm moves not closed in the journal yet
         self._outcomes: list[Outcome] = []
         self._lock = asyncio.Lock()
         self._gpu_locks: dict[str, asyncio.Lock] = {}
@@ -146,10 +148,12 @@ class Reconciler:
             timeout = 120.0
             if t.launcher is not None:
                 timeout = t.launcher.readiness_timeout_s
-                if t.launcher.kind == "systemd" and t.launcher.unit:
-                    launcher = SystemdLauncher(t.launcher.unit)
-                elif t.launcher.command:
-                    launcher = CommandLauncher(t.launcher.command)
+                lc = t.launcher
+                if lc.kind == "systemd" and lc.unit:
+                    launcher = SystemdLauncher(lc.unit, handover=lc.handover, ready_command=lc.ready_command)
+                elif lc.command:
+                    launcher = CommandLauncher(lc.command, handover=lc.handover, stop_argv=lc.stop_command,
+                                               ready_argv=lc.ready_command)  # fmt: skip
             home = InstanceRef.parse(t.instance) if t.instance else None
             tenants[t.name] = TenantActuation(t.name, t.cgroup, home, launcher, timeout, t.mps)
         args: dict[str, Any] = {
@@ -203,6 +207,7 @@ class Reconciler:
             ],
             "placements": {t: (str(r) if r else None) for t, r in sorted(self.placement.items())},
             "mps": {t: [pid, exp] for t, (pid, exp) in sorted(self.owned_mps.items())},
+            "warm_moves": dict(sorted(self._warm_open.items())),
         }
 
     def _jot(self, kind: str, **fields: Any) -> None:
@@ -605,9 +610,16 @@ class Reconciler:
                     rep.errors.append(f"tenant:{tenant}: no launcher configured, cannot move it")
                 continue
             want = desired.placements.get(tenant, spec.home)
+            target = f"tenant:{tenant}"
+            if tenant in self._retire and not self._in_flight(target) and not rep.dry_run:
+                # A warm move left two copies running: stop the old one again (in the background:
+                # a hung systemctl must not stall the tick); moves wait for it.
+                rep.ops.append(f"stop the old copy of {tenant}")
+                rep.started.append(target)
+                self._tasks[target] = asyncio.create_task(self._retire_old(tenant, spec), name=target)
+                continue
             if want is None or self.placement.get(tenant) == want:
                 continue
-            target = f"tenant:{tenant}"
             if self._in_flight(target):
                 rep.busy.append(target)
                 continue
@@ -655,6 +667,9 @@ class Reconciler:
             lt = self._tasks.get(f"gpu:{to.gpu}")
             if lt is not None and not lt.done():
                 await asyncio.wait([lt])
+            if spec.launcher.handover == "warm":
+                await self._run_warm_move(tenant, spec, frm, to)
+                return
             try:
                 self.journal.append("move", phase="intent", tenant=tenant, frm=_ref(frm), to=str(to))
             except JournalError as e:
@@ -679,6 +694,110 @@ class Reconciler:
         except Exception as e:
             log.exception("%s: unexpected error", target)
             self._outcome(target, False, f"unexpected error: {e}")
+
+    async def _run_warm_move(
+        self, tenant: str, spec: TenantActuation, frm: InstanceRef | None, to: InstanceRef
+    ) -> None:
+        """Make before break: start a copy on `to` while the old one serves, wait for the new copy's
+        readiness, then stop the old one; a copy that never gets ready is stopped, the old kept.
+        Journal: intent (new copy may be starting) -> switched (new serves; old may be stopping) ->
+        done / failed, so recovery knows which of the two copies to keep (see recover())."""
+        target = f"tenant:{tenant}"
+        launcher = spec.launcher
+        assert launcher is not None
+        try:
+            new = await self.mig_uuid(to)
+            old = await self.mig_uuid(frm) if frm is not None else None
+        except (NvsmiError, KeyError) as e:
+            self._outcome(target, False, str(e))
+            return
+        rec: dict[str, Any] = {"handover": "warm", "tenant": tenant, "frm": _ref(frm), "to": str(to), "new": new,
+                               "old": old}  # fmt: skip
+        try:
+            self.journal.append("move", phase="intent", **rec)
+        except JournalError as e:
+            self._outcome(target, False, f"not applied: {e}")
+            return
+        self._warm_open[tenant] = {**rec, "phase": "intent"}
+        err = await self._copy_ready(tenant, spec, to, new)
+        if not err:
+            # The new copy serves from here on: journal that before the old one is touched (recovery
+            # keeps the new copy from this record on, the old one before it).
+            try:
+                self.journal.append("move", phase="switched", **rec)
+            except JournalError as e:
+                err = f"cannot journal the switch: {e}"
+        if err:
+            self.placement[tenant] = frm
+            self._retire[tenant] = (to, new)
+            stop_err = await self._stop_old(tenant, spec)
+            note = "; new copy stopped, old copy kept" if not stop_err else f"; {stop_err} (the new copy)"
+            self._retire_done(tenant, stop_err, "failed", err + note)
+            self._outcome(target, False, err + note)
+            return
+        self._warm_open[tenant] = {**rec, "phase": "switched"}
+        self.placement[tenant] = to
+        self._retire[tenant] = (frm, old or "")
+        self._retire_done(tenant, await self._stop_old(tenant, spec))
+        self._outcome(target, True)
+
+    async def _stop_old(self, tenant: str, spec: TenantActuation) -> str:
+        """Stop the copies a warm move left behind ('' when none is left)."""
+        launcher = spec.launcher
+        assert launcher is not None
+        frm, old = self._retire[tenant]
+        new = self.placement.get(tenant)
+        try:
+            if old:
+                await launcher.stop_copy(tenant, frm, old)
+                return ""
+            # Where it ran before is unknown: stop every copy but the new one, when they can be listed.
+            keep = await self.mig_uuid(new) if new is not None else ""
+            others = await launcher.other_copies(tenant, keep) if keep else None
+            if others is None:
+                return "the old copy is unknown and this launcher cannot list copies: not stopped"
+            for u in others:
+                await launcher.stop_copy(tenant, None, u)
+            return ""
+        except (LaunchError, NvsmiError, KeyError) as e:
+            return f"stopping the old copy failed: {e}"
+
+    def _retire_done(self, tenant: str, err: str, phase: str = "done", note: str = "") -> None:
+        """Close a warm move in the journal once only the kept copy runs."""
+        if err:  # two copies run: retried at the next reconcile, and by recovery after a restart
+            log.warning("tenant:%s: %s", tenant, err)
+            return
+        self._retire.pop(tenant, None)
+        self._warm_open.pop(tenant, None)
+        extra = {"note": note} if note else {}
+        self._jot("move", phase=phase, tenant=tenant, at=_ref(self.placement.get(tenant)), **extra)
+
+    async def _retire_old(self, tenant: str, spec: TenantActuation) -> None:
+        try:
+            self._retire_done(tenant, await self._stop_old(tenant, spec), note="old copy stopped on retry")
+        except Exception:
+            log.exception("tenant:%s: unexpected error", tenant)
+
+    async def _copy_ready(self, tenant: str, spec: TenantActuation, ref: InstanceRef, uuid: str) -> str:
+        """Start a copy on `ref` and wait for that copy's readiness: the launcher's per-copy check
+        (systemd is-active, ready_command), else the tenant's latency source (which the old copy
+        may answer too: docs/actuators.md)."""
+        launcher = spec.launcher
+        assert launcher is not None
+        try:
+            await launcher.start_copy(tenant, ref, uuid)
+        except LaunchError as e:
+            return str(e)
+        deadline = time.monotonic() + spec.readiness_timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                ok = await launcher.copy_ready(tenant, ref, uuid)
+                if ok is None:
+                    ok = self.readiness is None or await self.readiness(tenant)
+                if ok:
+                    return ""
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        return f"new copy of {tenant} not ready on {ref} within {spec.readiness_timeout_s:g} s"
 
     async def _launch_ready(self, tenant: str, spec: TenantActuation, ref: InstanceRef) -> str:
         assert spec.launcher is not None
@@ -735,6 +854,8 @@ class Reconciler:
                         summary["errors"].append(str(e))
             for gpu, rec in sorted(mig_open.items()):
                 summary["mig"][gpu] = await self._recover_mig(gpu, rec) if not dry else "dry-run: left as is"
+            for tenant, rec in sorted(self._warm_open.items()):
+                summary["moves"].append(await self._recover_warm(tenant, rec, dry))
             if not dry:
                 try:
                     self.journal.append("recovery", summary=summary)
@@ -757,6 +878,7 @@ class Reconciler:
                     if t in self.placement:
                         self.placement[t] = InstanceRef.parse(r) if r else None
                 self.owned_mps = {t: (int(v[0]), float(v[1])) for t, v in st.get("mps", {}).items()}
+                self._warm_open = {t: dict(r) for t, r in st.get("warm_moves", {}).items() if t in self.placement}
                 mig_open.clear()
             elif kind == "throttle":
                 key = (rec["cgroup"], rec["dev"])
@@ -778,12 +900,38 @@ class Reconciler:
             elif kind == "move":
                 t = rec["tenant"]
                 if t in self.placement:
-                    if phase == "intent":
+                    if rec.get("handover") == "warm" and phase in ("intent", "switched"):
+                        self._warm_open[t] = dict(rec)  # recover() decides which copy stays
+                    elif phase == "intent":
                         self.placement[t] = None  # unknown until the move finishes
                     elif phase in ("done", "failed"):
+                        self._warm_open.pop(t, None)
                         self.placement[t] = InstanceRef.parse(rec["at"]) if rec.get("at") else None
         except (KeyError, TypeError, ValueError) as e:
             summary["errors"].append(f"journal record {rec.get('seq')}: {e}")
+
+    async def _recover_warm(self, tenant: str, rec: dict[str, Any], dry: bool) -> str:
+        """An interrupted warm move: before its "switched" record the old copy is kept and the new
+        one stopped (it may be starting, or ready but never switched to); from it on the new copy is
+        kept and the old one stopped. Stops are idempotent, so exactly one copy is left running."""
+        frm = InstanceRef.parse(rec["frm"]) if rec.get("frm") else None
+        to = InstanceRef.parse(rec["to"])
+        spec = self.tenants[tenant]
+        keep: InstanceRef | None
+        if rec.get("phase") == "switched":
+            keep, stop, res = to, (frm, rec.get("old") or ""), "kept the new copy"
+        else:
+            keep, stop, res = frm, (to, str(rec["new"])), "kept the old copy"
+        self.placement[tenant] = keep
+        if dry:
+            return f"{tenant}: dry-run: left as is ({res} in the books)"
+        if spec.launcher is None or spec.launcher.handover != "warm":
+            self.placement[tenant] = None  # relaunched where the desired state says by the next reconcile
+            return f"{tenant}: launcher no longer warm: placement unknown"
+        self._retire[tenant] = stop
+        err = await self._stop_old(tenant, spec)
+        self._retire_done(tenant, err, "done" if keep == to else "failed", f"recovery: {res}")
+        return f"{tenant}: {res}" + (f"; {err} (retried at the next reconcile)" if err else "")
 
     async def _recover_mig(self, gpu: str, rec: dict[str, Any]) -> str:
         if gpu not in self.gpus:

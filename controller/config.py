@@ -78,14 +78,31 @@ class Launcher(Strict):
     kind: Literal["systemd", "command"]
     unit: str | None = None
     command: list[str] | None = None  # argv template; {uuid} {instance} {tenant} are substituted
+    # restart: stop, relaunch on the target; warm: start a copy there, wait until it is ready, stop the old
+    handover: Literal["restart", "warm"] = "restart"
+    stop_command: list[str] | None = None  # warm, kind command: argv template that stops one copy
+    ready_command: list[str] | None = None  # warm: argv template, exit 0 once that copy serves
     readiness_timeout_s: float = Field(120.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _needs(self) -> Launcher:
+        warm = self.handover == "warm"
         if self.kind == "systemd" and (not self.unit or not re.match(r"^[A-Za-z0-9:_.@\\-]+\.service$", self.unit)):
             raise ValueError("kind 'systemd' needs unit, a name ending in .service")
+        if self.kind == "systemd" and warm and not re.match(r"^[A-Za-z0-9:_.\\-]+@\.service$", self.unit or ""):
+            raise ValueError("handover 'warm' with kind 'systemd' needs unit, a template NAME@.service")
         if self.kind == "command" and not self.command:
             raise ValueError("kind 'command' needs command, a non-empty list of arguments")
+        if self.kind == "command" and warm and not self.stop_command:
+            raise ValueError("handover 'warm' with kind 'command' needs stop_command, a non-empty list of arguments")
+        if self.stop_command is not None and (self.kind != "command" or not warm):
+            raise ValueError("stop_command is for kind 'command' with handover 'warm'")
+        if self.ready_command is not None and not warm:
+            raise ValueError("ready_command is for handover 'warm'")
+        for key in ("command", "stop_command", "ready_command"):
+            argv = getattr(self, key)
+            if argv is not None and (not argv or any(not a or "\0" in a for a in argv)):
+                raise ValueError(f"{key} must be a non-empty list of non-empty arguments without NUL")
         return self
 
 

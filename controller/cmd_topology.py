@@ -1,5 +1,6 @@
 """`tailguard topology`: the PCIe/NUMA tree and each GPU's neighbours; `--topo-matrix FILE --json`
-for a captured `nvidia-smi topo -m`; `--export node-labels|hypernode` for cluster schedulers."""
+for a captured `nvidia-smi topo -m` or an NCCL topology XML (told apart by content); `--nccl-xml
+FILE` for the XML only; `--export node-labels|hypernode` for cluster schedulers."""
 
 from __future__ import annotations
 
@@ -18,10 +19,15 @@ def register(sub: Any) -> None:
         help="show the PCIe/NUMA topology and GPU neighbours; parse nvidia-smi topo -m; export labels",
         description=(
             "Without options: discover the PCIe tree from sysfs (falling back to `nvidia-smi topo -m`) and print "
-            "it with each GPU's neighbours. --topo-matrix parses a captured `nvidia-smi topo -m` instead."
+            "it with each GPU's neighbours. --topo-matrix parses a captured `nvidia-smi topo -m` (or an NCCL "
+            "topology XML, recognised by its leading '<') instead; --nccl-xml parses an NCCL topology XML."
         ),
     )
-    p.add_argument("--topo-matrix", metavar="FILE", help="parse a captured `nvidia-smi topo -m` output")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--topo-matrix", metavar="FILE", help="parse a captured `nvidia-smi topo -m` output (or an NCCL topology XML)"
+    )
+    src.add_argument("--nccl-xml", metavar="FILE", help="parse an NCCL topology XML (NCCL_TOPO_FILE format)")
     p.add_argument("--sys-root", default=None, help="sysfs root to discover from (default /sys)")
     p.add_argument(
         "--config", metavar="FILE", help="use the config's [topology] source and [signals] sys_root, as the daemon does"
@@ -46,6 +52,7 @@ def _fail(msg: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from controller.topology import (
+        TopoMatrix,
         hypernode_manifests,
         load_topology,
         node_labels,
@@ -55,19 +62,25 @@ def run(args: argparse.Namespace) -> int:
         topology_from_matrix,
         topology_json,
     )
+    from controller.topology_nccl import looks_like_xml, parse_nccl_topo_xml
 
+    matrix: TopoMatrix | None = None
+    path = args.topo_matrix or args.nccl_xml
     try:
-        if args.topo_matrix:
+        if path:
             try:
-                with open(args.topo_matrix, encoding="utf-8", errors="replace") as fh:
+                with open(path, encoding="utf-8", errors="replace") as fh:
                     text = fh.read()
             except OSError as e:
-                return _fail(f"{args.topo_matrix}: cannot read: {e.strerror or e}")
-            matrix = parse_topo_matrix(text, args.topo_matrix)
-            if args.json and not args.export:
-                print(json.dumps(matrix.to_json(), indent=2))
-                return 0
-            topo = topology_from_matrix(matrix)
+                return _fail(f"{path}: cannot read: {e.strerror or e}")
+            if args.nccl_xml or looks_like_xml(text):
+                topo = parse_nccl_topo_xml(text, path)  # --json prints its nodes: there is no matrix
+            else:
+                matrix = parse_topo_matrix(text, path)
+                if args.json and not args.export:
+                    print(json.dumps(matrix.to_json(), indent=2))
+                    return 0
+                topo = topology_from_matrix(matrix)
         elif args.config:
             from controller.config import ConfigError, load_config
 
@@ -105,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if not topo.gpus:
         print("no GPUs found (no NVIDIA PCI devices in sysfs, and `nvidia-smi topo -m` not available)", file=sys.stderr)
     sys.stdout.write(render_tree(topo))
-    if args.topo_matrix:
+    if matrix is not None:
         nv = _nvlink_lines(matrix)
         if nv:
             sys.stdout.write("\nNVLink (from the matrix):\n" + "".join(nv))

@@ -515,9 +515,9 @@ def load_topology(
     runner: Callable[[], str] = run_topo_matrix,
 ) -> Topology:
     """The topology a config asks for (`[topology] source`): sysfs, a captured or live
-    `nvidia-smi topo -m`, or nothing. "auto": sysfs when it shows GPUs, else the matrix file,
-    else a live `nvidia-smi topo -m`, else what sysfs showed. Raises ParseError / OSError /
-    RuntimeError when an explicitly requested source fails."""
+    `nvidia-smi topo -m` (the file may be an NCCL topology XML instead), or nothing. "auto": sysfs
+    when it shows GPUs, else the matrix file, else a live `nvidia-smi topo -m`, else what sysfs
+    showed. Raises ParseError / OSError / RuntimeError when an explicitly requested source fails."""
     from fsm.topology import empty_topology
 
     if source == "none":
@@ -528,8 +528,13 @@ def load_topology(
         if sysfs_topo.gpus or source == "sysfs":
             return sysfs_topo
     if topo_matrix_file:
+        from controller.topology_nccl import looks_like_xml, parse_nccl_topo_xml  # imports this module
+
         with open(topo_matrix_file, encoding="utf-8", errors="replace") as fh:
-            return topology_from_matrix(parse_topo_matrix(fh.read(), topo_matrix_file))
+            text = fh.read()
+        if looks_like_xml(text):  # an NCCL topology XML (NCCL_TOPO_FILE) in place of the matrix
+            return parse_nccl_topo_xml(text, topo_matrix_file)
+        return topology_from_matrix(parse_topo_matrix(text, topo_matrix_file))
     try:
         return topology_from_matrix(parse_topo_matrix(runner(), "nvidia-smi topo -m"))
     except (OSError, RuntimeError, ParseError):

@@ -23,6 +23,8 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 if not FIXTURES.is_dir():  # CI checks the project out beside shared/ as well; fall back to /work
     FIXTURES = Path("/work/shared/fixtures")
 CAPTURES = sorted(FIXTURES.glob("nvidia-smi-topo-m_*.txt"))
+# every topology capture `--topo-matrix` takes: the matrices and NCCL topology XML files
+TOPOLOGY_CAPTURES = sorted([*CAPTURES, *FIXTURES.glob("nccl-topo_*.xml")])
 
 
 def fx(part: str) -> Path:
@@ -32,6 +34,15 @@ def fx(part: str) -> Path:
 
 def test_every_capture_found() -> None:
     assert len(CAPTURES) == 7
+    assert len(TOPOLOGY_CAPTURES) == 8
+
+
+@pytest.mark.parametrize("path", TOPOLOGY_CAPTURES, ids=lambda p: p.name[:60])
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--export", "node-labels"]], ids=["tree", "json", "labels"])
+def test_cli_exit_0_on_every_topology_capture(path: Path, extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["topology", "--topo-matrix", str(path), *extra]) == 0
+    captured = capsys.readouterr()
+    assert captured.out and "Traceback" not in captured.err
 
 
 @pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name[18:60])

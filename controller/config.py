@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from controller.problems import problems_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Policy, Role, TenantSpec
@@ -360,27 +361,6 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{file}: {p}" for p in problems))
 
 
-def _loc(loc: tuple[Any, ...], data: Any) -> str:
-    """Dotted key path; list items show as tenants[0] with the tenant's name when it has one."""
-    out = ""
-    cur = data
-    for part in loc:
-        if isinstance(part, int):
-            label = f"[{part}]"
-            if isinstance(cur, list) and 0 <= part < len(cur):
-                cur = cur[part]
-                if isinstance(cur, dict) and isinstance(cur.get("name"), str):
-                    label = f"[{part}]({cur['name']})"
-            out += label
-        else:
-            # pydantic puts union/validator tags in loc; skip those that are not keys
-            if isinstance(cur, dict) and part not in cur and out and part.startswith(("function-", "union")):
-                continue
-            out += ("." if out else "") + str(part)
-            cur = cur.get(part) if isinstance(cur, dict) else None
-    return out or "<top level>"
-
-
 def parse_config(text: str, file: str = "<config>") -> Config:
     try:
         data = tomllib.loads(text)
@@ -389,19 +369,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        problems = []
-        for err in e.errors(include_url=False):
-            loc = _loc(tuple(err["loc"]), data)
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (not allowed here)"
-            got = err.get("input")
-            shown = (
-                ""
-                if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict | list)
-                else f" (got {got!r})"
-            )
-            problems.append(f"{loc}: {msg}{shown}")
+        problems = problems_of(e, data)
         raise ConfigError(file, problems) from None
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controller.problems import problems_of
 from fsm.mig import GpuModel, Slot, layout_problems, model_by_name
 from fsm.observation import InstanceRef
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
@@ -218,27 +219,6 @@ def _cpus(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _loc(loc: tuple[Any, ...], data: Any) -> str:
-    out = ""
-    cur = data
-    for part in loc:
-        if isinstance(part, int):
-            label = f"[{part}]"
-            if isinstance(cur, list) and 0 <= part < len(cur):
-                cur = cur[part]
-                if isinstance(cur, dict):
-                    tag = cur.get("name", cur.get("id"))
-                    if isinstance(tag, str):
-                        label = f"[{part}]({tag})"
-            out += label
-        else:
-            if isinstance(cur, dict) and part not in cur and str(part).startswith(("function-", "union", "tuple")):
-                continue
-            out += ("." if out else "") + str(part)
-            cur = cur.get(part) if isinstance(cur, dict) else None
-    return out or "<top level>"
-
-
 def policy_from(overrides: dict[str, Any], where: str) -> Policy:
     known = set(Policy.__dataclass_fields__)
     bad = sorted(set(overrides) - known)
@@ -389,17 +369,7 @@ def parse_scenario(text: str, file: str) -> Scenario:
     try:
         cfg = ScenarioConfig.model_validate(data)
     except ValidationError as e:
-        problems = []
-        for err in e.errors(include_url=False):
-            msg = "unknown key (not allowed here)" if err["type"] == "extra_forbidden" else err["msg"]
-            got = err.get("input")
-            shown = (
-                ""
-                if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict | list)
-                else f" (got {got!r})"
-            )
-            problems.append(f"{_loc(tuple(err['loc']), data)}: {msg}{shown}")
-        raise ScenarioError(file, problems) from None
+        raise ScenarioError(file, problems_of(e, data)) from None
     problems = []
     try:
         policy_from(cfg.policy, "policy")

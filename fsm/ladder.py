@@ -16,7 +16,7 @@ from fsm.desired import DecisionEvent, MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Cause, Diagnosis, Traffic, diagnose, victim_anchor
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
-from fsm.placement import occupied, rank_candidates, score
+from fsm.placement import occupied, rank_candidates, score, slices_of
 from fsm.quantiles import Verdict, judge
 from fsm.resize import plan_resize, plan_restore
 from fsm.spec import LEVEL_ORDER, HostSpec, Level, Role, TenantSpec
@@ -119,7 +119,8 @@ class Tick:
                 episode_start=ctl.episode_start if ctl.episode_start is not None else now,
             )
         elif w.verdict is Verdict.GOOD:
-            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value)
+            peak = w.value if ctl.good == 0 or ctl.good_peak is None else max(ctl.good_peak, w.value or 0.0)
+            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value, good_peak=peak)
         elif w.verdict is Verdict.BETWEEN:
             ctl = replace(ctl, good=0, bad=0, last_value=w.value)
         self.tenants[t.name] = ctl
@@ -490,6 +491,9 @@ class Tick:
             return False, (
                 f"no quieter instance (best {best.instance} penalty {best.penalty:.3f} vs {here.penalty:.3f} here)"
             )
+        short = self._outage_short(t, t.move_outage_s)
+        if short:
+            return False, short
         step = Step(
             level=Level.PLACED, lever=PLACE, t=self.obs.t, from_instance=here.instance, to_instance=best.instance
         )
@@ -506,8 +510,10 @@ class Tick:
                 "diagnosis": {"cause": diag.cause.value, **diag.evidence},
                 "current": here.as_evidence(),
                 "candidates": [s.as_evidence() for s in ranked[:5]],
+                "outage_s": t.move_outage_s,
             },
         )
+        self._spend(t.name, t.move_outage_s)
         return True, ""
 
     def _resize(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
@@ -521,6 +527,10 @@ class Tick:
         plan = plan_resize(self.spec, self.obs, current, self.busy_gpus, occ)
         if plan is None:
             return False, "no larger profile fits the placement rules beside the instances in use"
+        outage = t.move_outage_s if plan.target.slot in plan.prev_layout else t.reconfig_outage_s
+        short = self._outage_short(t, outage)
+        if short:
+            return False, short
         now = self.obs.t
         self.layouts[plan.gpu] = plan.new_layout
         self.reconfigs.append(now)
@@ -547,8 +557,10 @@ class Tick:
                 "diagnosis": {"cause": diag.cause.value, **diag.evidence},
                 "plan": plan.as_evidence(),
                 "reconfigs_last_hour": len(self.reconfigs),
+                "outage_s": outage,
             },
         )
+        self._spend(t.name, outage)
         return True, ""
 
     # -- release -------------------------------------------------------------------------------
@@ -567,6 +579,7 @@ class Tick:
             "release_below_s": (t.slo_s or 0) * policy.release_ratio,
         }
         reason = ""
+        outage = 0.0
         if step.lever == GUARD:
             reason = f"lift caps on {', '.join(step.aggressors)}"
         elif step.lever == PLACE:
@@ -578,14 +591,35 @@ class Tick:
             elif cur is not None and not self._quiet(t, back):
                 # Moving back into the interference that made us leave would only flap.
                 reason = f"stay on {cur} (the old instance {back} is still noisier); release the level only"
+            elif self._outage_short(t, t.move_outage_s):
+                reason = f"stay on {cur} (moving back would exceed the outage budget); release the level only"
             else:
                 target = back
                 self.reserved.add(back)
                 pending = Pending(f"tenant:{t.name}", PLACE, now, releasing=True)
                 reason = f"move back to {back}"
+                outage = t.move_outage_s
         else:  # RESIZE
             if step.gpu in self.busy_gpus:
                 return  # another change on that GPU first
+            ratio = self._shrink_ratio(t, step)
+            if ratio is not None:
+                # Is the calm the bigger slice's doing? Scale what it sees to the smaller slice
+                # (linearly in slices: an upper bound for the compute part, which scales sublinearly).
+                load = self._sm_now(t)
+                seen = ctl.good_peak if ctl.good_peak is not None else ctl.last_value
+                tail = seen * ratio if seen is not None else None
+                why = {}
+                if load is not None and load * ratio >= policy.sm_busy:
+                    why["predicted_sm_active"] = round(load * ratio, 3)
+                if tail is not None and t.slo_s is not None and tail >= policy.release_ratio * t.slo_s:
+                    why["predicted_tail_s"] = round(tail, 4)
+                if why:
+                    msg = "keep the larger slice: the tail would come back on the smaller one"
+                    if ctl.last_reason != msg:
+                        self.emit(t.name, "hold", before, before, RESIZE, msg, why)
+                    self.tenants[t.name] = replace(ctl, last_reason=msg, good=0)
+                    return
             if self.budget_left() <= 0:
                 msg = "release waits for the reconfiguration budget"
                 if ctl.last_reason != msg:
@@ -598,7 +632,15 @@ class Tick:
             occ = (occupied(self.spec, self.obs) | self.reserved) - {step.to_instance}
             if home is not None and home not in occ:  # somebody else may have taken it meanwhile
                 restored = plan_restore(self.spec, self.obs, step.gpu, step.prev_layout, step.to_instance, home, occ)
+            cost = t.move_outage_s if home is not None and self._free_now(home) else t.reconfig_outage_s
+            if restored is not None and home is not None and self._outage_short(t, cost):
+                msg = "release waits for the outage budget"
+                if ctl.last_reason != msg:
+                    self.emit(t.name, "hold", before, before, RESIZE, msg, {"outage_s": cost})
+                    self.tenants[t.name] = replace(ctl, last_reason=msg)
+                return
             if restored is not None and home is not None:
+                outage = cost
                 self.reconfigs.append(now)
                 self.busy_gpus.add(step.gpu)
                 target = home
@@ -630,7 +672,45 @@ class Tick:
             last_reason="",
             released_at=now,
         )
+        if outage:
+            evidence["outage_s"] = outage
+            self._spend(t.name, outage)
         self.emit(t.name, "release", before, after, step.lever, reason, evidence)
+
+    # -- the outage budget ----------------------------------------------------------------------
+    def _outage_short(self, t: TenantSpec, seconds: float) -> str:
+        """Why an outage of `seconds` cannot be afforded now ("" when it can)."""
+        share = self.spec.policy.outage_budget_share
+        if share is None or seconds <= 0:
+            return ""
+        budget = share * (1.0 - t.quantile) * 3600.0
+        spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < 3600.0)
+        if spent + seconds <= budget + 1e-9:
+            return ""
+        return f"outage budget spent ({spent:g} s of {budget:g} s this hour; this needs {seconds:g} s)"
+
+    def _spend(self, name: str, seconds: float) -> None:
+        ctl = self.tenants[name]
+        now = self.obs.t
+        kept = tuple(o for o in ctl.outages if now - o[0] < 3600.0)
+        self.tenants[name] = replace(ctl, outages=(*kept, (now, seconds)))
+
+    def _shrink_ratio(self, t: TenantSpec, step: Step) -> float | None:
+        """Slices of the victim's current instance over those of the one it would return to."""
+        ts = self.obs.tenants.get(t.name)
+        cur = ts.instance if ts is not None else None
+        home = step.from_instance
+        if cur is None or home is None:
+            return None
+        big, small = slices_of(self.spec, cur), slices_of(self.spec, home)
+        return big / small if big and small else None
+
+    def _sm_now(self, t: TenantSpec) -> float | None:
+        ts = self.obs.tenants.get(t.name)
+        cur = ts.instance if ts is not None else None
+        g = self.obs.gpus.get(cur.gpu) if cur is not None else None
+        m = g.instances.get(f"{cur.profile}@{cur.start}") if g is not None and cur is not None else None
+        return m.sm_active if m is not None else None
 
     def _free_now(self, inst: InstanceRef) -> bool:
         """The instance exists now, nobody runs on it or is headed for it, and its GPU is idle."""

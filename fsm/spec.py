@@ -42,6 +42,11 @@ class TenantSpec:
     quantile: float = 0.99
     devices: tuple[str, ...] = ()  # block devices / NICs it uses, when known
     mps: bool = False  # shares its GPU through MPS (compute tenants)
+    # Expected unavailability when tailguard moves it: into an existing instance, and into one that
+    # must be created first (a restart hand-over waits for the reconfiguration). A warm hand-over
+    # (actuators/launcher.py) makes both about its switch-over gap. Defaults: the paper's figures.
+    move_outage_s: float = 5.0
+    reconfig_outage_s: float = 18.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,10 @@ class Policy:
     guard_relief_s: float | None = 60.0
     mps_guard_percent: int = 50
     max_reconfigs_per_hour: int = 4
+    # Outages (moves, resizes) a sensitive tenant may be put through per rolling hour, as a share
+    # of its tail's error budget: (1 - quantile) x 3600 s. A p99 tenant: 0.5 x 36 s = 18 s/hour.
+    # An outage past the budget would put more requests in the tail than the lever can save.
+    outage_budget_share: float | None = 0.5
     backoff_s: float = 60.0  # after a failed action; doubles per failure
     backoff_max_s: float = 900.0
     in_flight_timeout_s: float = 300.0  # an operation not reported by then counts as failed

@@ -390,8 +390,20 @@ def parse_scenario(text: str, file: str) -> Scenario:
     if problems:
         raise ScenarioError(file, problems)
     policy = policy_from(cfg.policy, "policy")
-    hosts = [replace(h, spec=replace(h.spec, policy=policy)) for h in hosts]
+    hosts = [replace(h, spec=replace(h.spec, policy=policy, tenants=_outages(h, cfg.scenario))) for h in hosts]
     return Scenario(cfg.scenario.name, file, cfg.scenario, tuple(hosts))
+
+
+def _outages(h: HostModel, meta: ScenarioMeta) -> dict[str, TenantSpec]:
+    """What a move costs each tenant in this simulator, as the decision core budgets it: the
+    downtimes, or the switch-over gap of a warm hand-over."""
+    out = {}
+    for name, ts in h.spec.tenants.items():
+        warm = (h.tenants[name].handover or meta.handover) == "warm"
+        move = meta.handover_gap_s if warm else meta.move_downtime_s
+        reconf = meta.handover_gap_s if warm else meta.reconfig_downtime_s
+        out[name] = replace(ts, move_outage_s=move, reconfig_outage_s=reconf)
+    return out
 
 
 def resolve_data(name: str, base: Path) -> Path | None:

@@ -13,6 +13,7 @@ from fsm.state import ControllerState
 
 SLO = 0.015
 HOME = InstanceRef("gpu0", "2g.10gb", 0)
+NO_OUTAGE_LIMIT = Policy(outage_budget_share=None)  # for tests of moves and resizes back to back
 
 
 def run(spec, state, observations):
@@ -152,7 +153,7 @@ def _placed_then_resized(spec):
 
 
 def test_placed_to_resized_plans_a_valid_bigger_slice_on_the_same_gpu():
-    spec = example_spec()
+    spec = example_spec(NO_OUTAGE_LIMIT)
     state, target, desired = _placed_then_resized(spec)
     new = desired.placements["llm"]
     assert new.gpu == target.gpu == "gpu3" and new.profile == "3g.20gb"
@@ -162,7 +163,7 @@ def test_placed_to_resized_plans_a_valid_bigger_slice_on_the_same_gpu():
 
 
 def test_release_steps_back_in_reverse_order_after_z_good_windows_and_dwell():
-    spec = example_spec()
+    spec = example_spec(NO_OUTAGE_LIMIT)
     state, _placed_at, desired = _placed_then_resized(spec)
     big = desired.placements["llm"]
     layouts = {**EXAMPLE_LAYOUTS, **desired.layouts}
@@ -218,7 +219,7 @@ def test_two_victims_are_never_sent_to_the_same_instance():
 
 
 def test_one_mig_change_per_gpu_at_a_time():
-    spec = example_spec()
+    spec = example_spec(NO_OUTAGE_LIMIT)
     state, _, desired = _placed_then_resized(spec)
     # another victim wants gpu3 changed while the first change is in flight: it must not get it
     twin = TenantSpec("llm2", Role.SENSITIVE, "llm2.slice", "gpu3", InstanceRef("gpu3", "2g.10gb", 2), SLO)
@@ -277,13 +278,13 @@ def test_unavailable_latency_holds_the_counters():
 
 
 def test_state_round_trips_through_json():
-    spec = example_spec()
+    spec = example_spec(NO_OUTAGE_LIMIT)
     state, _, _ = _placed_then_resized(spec)
     assert ControllerState.from_json(state.to_json()) == state
 
 
 def test_configured_mig_ladder_is_climbed():
-    spec = example_spec(Policy(mig_ladder={"A100-SXM4-40GB": ("2g.10gb", "7g.40gb")}))
+    spec = example_spec(Policy(mig_ladder={"A100-SXM4-40GB": ("2g.10gb", "7g.40gb")}, outage_budget_share=None))
     state = _guarded(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]
@@ -359,3 +360,24 @@ def test_no_relief_target_off_the_path_means_no_move():
     state, ds = run(spec, state, stream(6, 40, 0.010, etl=1.5e9))
     assert not events(ds, "escalate")  # nowhere off the path: no relief move
     assert [(e.kind, e.lever) for e in events(ds)] == [("release", "guard")]  # the usual hysteresis
+
+
+def test_outage_budget_stops_a_resize_right_after_a_move():
+    """A p99 tenant may lose 0.5 x 1% of an hour (18 s) to moves: after a 5 s move, an 18 s
+    reconfiguration would put more requests in the tail than the lever can save, so it holds."""
+    spec = example_spec()
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    (e,) = events(ds, "escalate")
+    assert e.lever == "place" and e.evidence["outage_s"] == 5.0
+    target = ds[-1].desired.placements["llm"]
+    state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
+    state, ds = run(spec, state, stream(100, 3, 0.020, llm_at=target))
+    assert not events(ds, "escalate")
+    (h,) = events(ds, "hold")
+    assert "outage budget spent (5 s of 18 s this hour; this needs 18 s)" in h.reason
+    assert state.tenant("llm").outages == ((40.0 + 4.0, 5.0),)
+    # an hour later the budget is back: the resize goes ahead
+    state, ds = run(spec, state, stream(3700, 3, 0.020, llm_at=target))
+    (e,) = events(ds, "escalate")
+    assert e.lever == "resize" and e.evidence["outage_s"] == 18.0

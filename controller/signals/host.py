@@ -94,9 +94,12 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
             slow.append((i, rest))
     totals = [0] * n
     if fast:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numpy warns on unmatched data; the size check below decides
-            arr = np.fromstring(" ".join(fast), dtype=np.int64, sep=" ")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # numpy warns on unmatched data; the size check below decides
+                arr = np.fromstring(" ".join(fast), dtype=np.int64, sep=" ")
+        except ValueError:  # newer numpy raises instead of warning: the slow path names the line
+            arr = np.empty(0, dtype=np.int64)
         if arr.size == n * len(fast) and (arr >= 0).all():
             totals = [int(x) for x in arr.reshape(len(fast), n).sum(axis=0)]
         else:

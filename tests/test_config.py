@@ -92,3 +92,25 @@ def test_unreadable_config_is_an_error_not_a_traceback(tmp_path, capsys):
 def test_mig_ladder_reaches_the_policy():
     cfg = parse_config("[policy.mig_ladder]\n'NVIDIA A100-SXM4-40GB' = ['1g.5gb', '7g.40gb']\n")
     assert cfg.policy_obj().mig_ladder == {"A100-SXM4-40GB": ("1g.5gb", "7g.40gb")}
+
+
+def test_move_outages_follow_the_hand_over_and_reach_the_core():
+    base = """
+[[tenants]]
+name = "llm"
+role = "sensitive"
+slo_ms = 200
+[tenants.latency]
+kind = "jsonl"
+path = "/run/llm.jsonl"
+[tenants.launcher]
+kind = "systemd"
+"""
+    restart = parse_config(base + 'unit = "llm.service"\n').tenant_specs()["llm"]
+    assert (restart.move_outage_s, restart.reconfig_outage_s) == (5.0, 18.0)
+    warm = parse_config(base + 'unit = "llm@.service"\nhandover = "warm"\n').tenant_specs()["llm"]
+    assert (warm.move_outage_s, warm.reconfig_outage_s) == (1.0, 1.0)
+    own = parse_config(base.replace('slo_ms = 200', 'slo_ms = 200\nmove_outage_s = 40') + 'unit = "llm.service"\n')
+    assert own.tenant_specs()["llm"].move_outage_s == 40.0
+    assert parse_config("[policy]\noutage_budget_share = 0\n").policy_obj().outage_budget_share is None
+    assert parse_config("").policy_obj().outage_budget_share == 0.5

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from fsm.decide import Decision, decide
 from fsm.examples import EXAMPLE_LAYOUTS, example_observation, example_spec
 from fsm.mig import Slot
@@ -381,3 +383,22 @@ def test_outage_budget_stops_a_resize_right_after_a_move():
     state, ds = run(spec, state, stream(3700, 3, 0.020, llm_at=target))
     (e,) = events(ds, "escalate")
     assert e.lever == "resize" and e.evidence["outage_s"] == 18.0
+
+
+def test_resize_is_kept_while_the_tail_would_come_back_on_the_smaller_slice():
+    """Calm on the bigger slice is not proof the cause has gone: the good windows' peak, scaled by
+    the slice ratio (3g -> 2g: 1.5x), must still be good on the smaller slice before it is given back."""
+    spec = example_spec(NO_OUTAGE_LIMIT)
+    state, _, desired = _placed_then_resized(spec)
+    big = desired.placements["llm"]
+    assert big.profile == "3g.20gb"
+    layouts = {**EXAMPLE_LAYOUTS, **desired.layouts}
+    # 10 ms is good (< 0.8 x 15 ms) on the 3g, but 15 ms predicted on the 2g: keep the slice
+    state, ds = run(spec, state, stream(110, 60, 0.010, etl=1e8, llm_at=big, layouts=layouts))
+    assert not events(ds, "release")
+    (h,) = events(ds, "hold")
+    assert h.reason.startswith("keep the larger slice") and h.evidence["predicted_tail_s"] == pytest.approx(0.015)
+    assert state.tenant("llm").level is Level.RESIZED
+    # 6 ms (9 ms predicted): the slice goes back
+    state, ds = run(spec, state, stream(240, 10, 0.006, etl=1e8, llm_at=big, layouts=layouts))
+    assert [(e.kind, e.lever) for e in events(ds, "release")] == [("release", "resize")]

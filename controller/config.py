@@ -190,6 +190,7 @@ class PolicyConfig(Strict):
     y_windows: int = Field(3, ge=1, le=100)
     z_windows: int = Field(5, ge=1, le=1000)
     release_ratio: float = Field(0.8, gt=0, lt=1)
+    release_horizon_windows: int = Field(24, ge=1, le=10_000)
     min_window_count: int = Field(5, ge=1)
     cooldown_s: float = Field(30.0, ge=0)
     dwell_s: float = Field(60.0, ge=0)
@@ -230,6 +231,7 @@ class PolicyConfig(Strict):
             y_windows=self.y_windows,
             z_windows=self.z_windows,
             release_ratio=self.release_ratio,
+            release_horizon_windows=self.release_horizon_windows,
             min_window_count=self.min_window_count,
             cooldown_s=self.cooldown_s,
             dwell_s=self.dwell_s,

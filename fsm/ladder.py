@@ -119,10 +119,11 @@ class Tick:
                 episode_start=ctl.episode_start if ctl.episode_start is not None else now,
             )
         elif w.verdict is Verdict.GOOD:
-            peak = w.value if ctl.good == 0 or ctl.good_peak is None else max(ctl.good_peak, w.value or 0.0)
-            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value, good_peak=peak)
+            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value)
         elif w.verdict is Verdict.BETWEEN:
             ctl = replace(ctl, good=0, bad=0, last_value=w.value)
+        if w.value is not None and w.verdict is not Verdict.EMPTY:
+            ctl = replace(ctl, recent=(*ctl.recent, w.value)[-policy.release_horizon_windows :])
         self.tenants[t.name] = ctl
         self._check_pending(t)
         ctl = self.tenants[t.name]
@@ -607,7 +608,9 @@ class Tick:
                 # Is the calm the bigger slice's doing? Scale what it sees to the smaller slice
                 # (linearly in slices: an upper bound for the compute part, which scales sublinearly).
                 load = self._sm_now(t)
-                seen = ctl.good_peak if ctl.good_peak is not None else ctl.last_value
+                # The worst window of the horizon, not just the good streak: a bursty tenant has
+                # calm minutes on the big slice that say nothing about the small one.
+                seen = max(ctl.recent) if ctl.recent else ctl.last_value
                 tail = seen * ratio if seen is not None else None
                 why = {}
                 if load is not None and load * ratio >= policy.sm_busy:

@@ -54,6 +54,7 @@ class Policy:
     y_windows: int = 3  # consecutive violating windows that trigger
     z_windows: int = 5  # consecutive good windows that release one level
     release_ratio: float = 0.8  # good = quantile < release_ratio * slo
+    release_horizon_windows: int = 24  # a resize is given back only if the worst of these would hold
     min_window_count: int = 5  # windows with fewer requests neither violate nor count as good
     cooldown_s: float = 30.0  # after any action on a tenant, no further escalation
     dwell_s: float = 60.0  # minimum time at a level before stepping back

@@ -58,7 +58,7 @@ class TenantCtl:
     pending: Pending | None = None
     episode_start: float | None = None  # first violating window of the current episode
     last_value: float | None = None  # the last window's quantile (s)
-    good_peak: float | None = None  # the highest window quantile of the current good streak (s)
+    recent: tuple[float, ...] = ()  # the last release_horizon_windows window quantiles (s)
     last_reason: str = ""
     target: InstanceRef | None = None  # where tailguard wants the tenant (None: leave it be)
     flaps: int = 0  # escalations soon after a release; each doubles the dwell (damping)

@@ -399,6 +399,8 @@ def test_resize_is_kept_while_the_tail_would_come_back_on_the_smaller_slice():
     (h,) = events(ds, "hold")
     assert h.reason.startswith("keep the larger slice") and h.evidence["predicted_tail_s"] == pytest.approx(0.015)
     assert state.tenant("llm").level is Level.RESIZED
-    # 6 ms (9 ms predicted): the slice goes back
-    state, ds = run(spec, state, stream(240, 10, 0.006, etl=1e8, llm_at=big, layouts=layouts))
+    # 6 ms (9 ms predicted): the slice goes back once the 10 ms windows have left the horizon (24)
+    state, ds = run(spec, state, stream(240, 20, 0.006, etl=1e8, llm_at=big, layouts=layouts))
+    assert not events(ds, "release")
+    state, ds = run(spec, state, stream(280, 10, 0.006, etl=1e8, llm_at=big, layouts=layouts))
     assert [(e.kind, e.lever) for e in events(ds, "release")] == [("release", "resize")]

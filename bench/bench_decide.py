@@ -93,20 +93,27 @@ def observation(spec: HostSpec, homes: dict[str, InstanceRef], i: int) -> Observ
     return Observation(t=1000.0 + 2.0 * i, tenants=tenants, gpus=gpus, host=host)
 
 
-def measure(ticks: int) -> tuple[float, float, int]:
+def measure(ticks: int) -> tuple[float, float, float, int]:
+    """(median wall, p99 wall, p99 thread CPU time, decisions). The CPU figure leaves out what a
+    shared VM's neighbours steal, which dominates the wall-clock tail on this machine."""
     spec, homes = build()
     obs = [observation(spec, homes, i) for i in range(ticks)]
     state = ControllerState()
     times = []
+    cpu = []
     n_events = 0
     for o in obs:
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         d = decide(state, o, spec)
+        cpu.append(time.thread_time() - c0)
         times.append(time.perf_counter() - t0)
         state = d.state
         n_events += len(d.events)
     times.sort()
-    return statistics.median(times), times[int(0.99 * (len(times) - 1))], n_events
+    cpu.sort()
+    p99 = int(0.99 * (len(times) - 1))
+    return statistics.median(times), times[p99], cpu[p99], n_events
 
 
 def main() -> None:
@@ -114,15 +121,16 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=3000)
     ap.add_argument("--write", action="store_true", help="print a RESULTS.md row")
     a = ap.parse_args()
-    med, p99, n = measure(a.ticks)
+    med, p99, p99_cpu, n = measure(a.ticks)
     print(
         f"decide() on {N_GPUS} GPUs x 7 MIG instances, {N_TENANTS} tenants ({N_SENSITIVE} sensitive), "
-        f"{a.ticks} ticks, {n} decisions: median {med * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms per tick"
+        f"{a.ticks} ticks, {n} decisions: median {med * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms per tick "
+        f"(p99 CPU time {p99_cpu * 1e3:.3f} ms)"
     )
     if a.write:
         print(
             f"| {date.today()} | {platform.machine()} {platform.python_implementation()} {platform.python_version()} "
-            f"| {a.ticks} | {n} | {med * 1e3:.3f} | {p99 * 1e3:.3f} |"
+            f"| {a.ticks} | {n} | {med * 1e3:.3f} | {p99 * 1e3:.3f} | {p99_cpu * 1e3:.3f} |"
         )
 
 

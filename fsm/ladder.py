@@ -479,10 +479,16 @@ class Tick:
         self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any], avoid: tuple[str, ...] = ()
     ) -> tuple[bool, str]:
         policy = self.spec.policy
-        here, ranked = rank_candidates(self.spec, self.obs, t, diag.cause, self.reserved, self.traffic)
-        ranked = [s for s in ranked if s.instance.gpu not in self.busy_gpus]
-        if avoid:
-            ranked = [s for s in ranked if self._off_path(s.instance.gpu, avoid)]
+        here, ranked = rank_candidates(
+            self.spec,
+            self.obs,
+            t,
+            diag.cause,
+            self.reserved,
+            self.traffic,
+            allow_gpu=lambda g: g not in self.busy_gpus and (not avoid or self._off_path(g, avoid)),
+            limit=5,  # the best one is taken; five are kept as evidence
+        )
         if here is None:
             return False, "the victim's current MIG instance is unknown"
         if not ranked:

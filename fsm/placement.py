@@ -10,14 +10,14 @@ Same GPU first falls out of the move cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from fsm.diagnosis import Cause, Traffic, path_traffic
+from fsm.diagnosis import Cause, Traffic
 from fsm.mig import GpuModel, model_by_name
 from fsm.observation import InstanceRef, Observation
 from fsm.spec import HostSpec, TenantSpec
-from fsm.topology import Tier
+from fsm.topology import NodeKind
 
 SAME_GPU_MOVE = 0.3
 
@@ -88,6 +88,38 @@ def free_instances(spec: HostSpec, obs: Observation, reserved: Iterable[Instance
     return out
 
 
+def rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
+    """Bytes/s per tenant on `gpu`'s root complex (tenants moving at least io_aggressor_min_bps):
+    path_traffic(..., Tier.ROOT_COMPLEX) for every tenant, from a per-tick index by root complex
+    (one pass over the traffic instead of one per GPU and tenant). Traffic whose device the
+    topology does not know counts everywhere, as in path_traffic."""
+    topo = spec.topology
+    idx = traffic.memo.get("rc-index")
+    if idx is None:
+        by_rc: dict[str, dict[str, float]] = {}
+        anywhere: dict[str, float] = {}
+        for name, items in traffic.items.items():
+            for _label, dev, bps in items:
+                if not topo.has(dev):
+                    anywhere[name] = anywhere.get(name, 0.0) + bps
+                    continue
+                rc = topo.enclosing(dev, NodeKind.ROOT_COMPLEX)
+                if rc is not None:
+                    d = by_rc.setdefault(rc, {})
+                    d[name] = d.get(name, 0.0) + bps
+        idx = traffic.memo["rc-index"] = (by_rc, anywhere)
+    by_rc, anywhere = idx
+    if not topo.has(gpu):  # nothing can be ruled out
+        per = {n: sum(b for _, _, b in items) for n, items in traffic.items.items()}
+    else:
+        rc = topo.enclosing(gpu, NodeKind.ROOT_COMPLEX)
+        per = dict(by_rc.get(rc, {})) if rc is not None else {}
+        for n, b in anywhere.items():
+            per[n] = per.get(n, 0.0) + b
+    floor = spec.policy.io_aggressor_min_bps
+    return {n: b for n, b in per.items() if n in spec.tenants and b >= floor}
+
+
 def _gpu_terms(
     spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str, victim: TenantSpec
 ) -> tuple[float, float, float]:
@@ -96,12 +128,7 @@ def _gpu_terms(
     # Everybody's traffic that shares this GPU's root complex, once per tick; minus the victim's.
     key = f"rc:{gpu}"
     if key not in traffic.memo:
-        per: dict[str, float] = {}
-        for t in spec.tenants.values():
-            a = path_traffic(spec, traffic, gpu, t, Tier.ROOT_COMPLEX)
-            if a is not None and a.bps >= policy.io_aggressor_min_bps:
-                per[t.name] = a.bps
-        traffic.memo[key] = per
+        traffic.memo[key] = rc_traffic(spec, traffic, gpu)
     per_tenant = traffic.memo[key]
     rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
     rc = rc_bps / policy.high_bw_bps
@@ -113,9 +140,15 @@ def _gpu_terms(
         irq = 0.0
         if obs.host is not None:
             if numa is not None:
-                block = sum(
-                    bps for dev, bps in obs.host.block_bps.items() if topo.has(dev) and topo.numa_of(dev) == numa
-                )
+                by_numa = traffic.memo.get("block-by-numa")
+                if by_numa is None:
+                    by_numa = {}
+                    for dev, bps in obs.host.block_bps.items():
+                        if topo.has(dev):
+                            k = topo.numa_of(dev)
+                            by_numa[k] = by_numa.get(k, 0.0) + bps
+                    traffic.memo["block-by-numa"] = by_numa
+                block = by_numa.get(numa, 0.0)
             cpus = topo.cpus_of(gpu) if topo.has(gpu) else ()
             rates = [obs.host.irq_rate[c] for c in cpus if c in obs.host.irq_rate]
             if rates:
@@ -159,9 +192,11 @@ def rank_candidates(
     cause: Cause,
     reserved: Iterable[InstanceRef],
     traffic: Traffic | None = None,
+    allow_gpu: Callable[[str], bool] | None = None,
+    limit: int | None = None,
 ) -> tuple[Score | None, list[Score]]:
     """(score of where the victim is now, candidates best first). Candidates are free instances
-    at least as large as the current one."""
+    at least as large as the current one, on GPUs `allow_gpu` accepts; at most `limit` of them."""
     ts = obs.tenants.get(victim.name)
     current = ts.instance if ts is not None and ts.instance is not None else victim.instance
     traffic = traffic or Traffic.build(spec, obs)
@@ -170,15 +205,21 @@ def rank_candidates(
     need = slices_of(spec, current) if current is not None else 0
     # Free instances with their sizes, once per tick; this victim's view only drops the reserved.
     if "free" not in traffic.memo:
-        traffic.memo["free"] = [(c, slices_of(spec, c)) for c in free_instances(spec, obs, ())]
+        traffic.memo["free"] = [(c, slices_of(spec, c), str(c)) for c in free_instances(spec, obs, ())]
     taken = set(reserved)
     policy = spec.policy
     sized = cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None
     cur_gpu = current.gpu if current is not None else ""
     rows = []
+    allowed: dict[str, bool] = {}
     # Inline arithmetic (this loop runs for every free instance of the host, per victim).
-    for c, n in traffic.memo["free"]:
-        if n < need or c in taken:
+    for c, n, name in traffic.memo["free"]:
+        if n < need or (taken and c in taken):
+            continue
+        ok = allowed.get(c.gpu)
+        if ok is None:
+            ok = allowed[c.gpu] = allow_gpu is None or allow_gpu(c.gpu)
+        if not ok:
             continue
         terms = cache.get(c.gpu)
         if terms is None:
@@ -187,6 +228,8 @@ def rank_candidates(
         move = 0.0 if c == current else (SAME_GPU_MOVE if c.gpu == cur_gpu else policy.move_other_gpu)
         size = max(0, n - need) / 7.0 if sized else 0.0
         pen = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq + policy.w_move * move - size
-        rows.append((pen, c.gpu != cur_gpu, str(c), Score(c, pen, rc, numa, irq, move, size)))
+        rows.append((pen, c.gpu != cur_gpu, name, c, rc, numa, irq, move, size))
     rows.sort(key=lambda r: r[:3])
-    return here, [r[3] for r in rows]
+    if limit is not None:
+        rows = rows[:limit]
+    return here, [Score(r[3], r[0], r[4], r[5], r[6], r[7], r[8]) for r in rows]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controller.problems import problems_of
 from fsm.mig import Slot
@@ -18,6 +18,16 @@ from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+def _check_name(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '@', '-'")
+    return v
+
+
+# Host and tenant names end up in metric labels, MQTT topics and file names.
+Name = Annotated[str, AfterValidator(_check_name)]
 
 
 class Strict(BaseModel):
@@ -39,20 +49,13 @@ def check_cgroup_rel(path: str) -> str:
 
 
 class HostConfig(Strict):
-    name: str = "localhost"
+    name: Name = "localhost"
     sample_period_s: float = Field(2.0, gt=0.05, le=60)
     mode: Literal["enforce", "dry-run"] = "dry-run"
     state_dir: str = "/var/lib/tailguard"
     cgroup_root: str = "/sys/fs/cgroup"
     cgroup_version: Literal["auto", "v1", "v2"] = "auto"
     lift_throttles_on_exit: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '@', '-'")
-        return v
 
 
 class LatencySource(Strict):
@@ -108,7 +111,7 @@ class Launcher(Strict):
 
 
 class TenantConfig(Strict):
-    name: str
+    name: Name
     role: Role
     cgroup: str | None = None
     gpu: str | None = None
@@ -123,13 +126,6 @@ class TenantConfig(Strict):
     # with a restart hand-over, 1 s with a warm one.
     move_outage_s: float | None = Field(None, ge=0, le=3600)
     reconfig_outage_s: float | None = Field(None, ge=0, le=3600)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '@', '-'")
-        return v
 
     @field_validator("cgroup")
     @classmethod

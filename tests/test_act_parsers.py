@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes.fixture_paths import FIXTURES
 
 from actuators import nvsmi
 from actuators.blockdev import DeviceError, resolve
@@ -18,9 +19,7 @@ from actuators.paths import PathError, confine
 from fsm.mig import MODELS, Slot, is_valid, model_by_name
 from fsm.observation import InstanceRef
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIX.is_dir():
-    FIX = Path("/work/shared/fixtures")
+FIX = FIXTURES
 
 
 def fx(name: str) -> str:

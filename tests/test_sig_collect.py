@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from fakes.fixture_paths import FIXTURES
 from fakes.sig_fake_pynvml import FakeMig, FakeNvml
 from fakes.sig_http import serve
 from test_sig_cgroup import _v2_tree
@@ -24,10 +25,6 @@ from controller.signals.promtext import PromSample
 from fsm.mig import Slot
 from fsm.observation import MigSample, Observation
 from fsm.topology import empty_topology
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
 
 CONFIG = """
 [host]

@@ -4,10 +4,10 @@ counter CSVs, the pydcgm path with a stand-in DcgmReader."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fakes.fixture_paths import FIXTURES
 from fakes.sig_http import serve
 
 from controller.signals.base import ParseError, Unavailable
@@ -24,9 +24,6 @@ from controller.signals.dcgm import (
 )
 from controller.signals.dcgm_native import PydcgmSampler
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
 SCRAPE = (FIXTURES / "dcgm-exporter_metrics_a100-sxm4-40gb_mig-1g.5gb_nvidia-docs.prom").read_text()
 DEFAULT_CSV = (FIXTURES / "dcgm-exporter_default-counters.csv").read_text()
 DCP_CSV = (FIXTURES / "dcgm-exporter_dcp-metrics-included.csv").read_text()

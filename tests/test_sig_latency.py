@@ -10,15 +10,13 @@ import re
 from pathlib import Path
 
 import pytest
+from fakes.fixture_paths import FIXTURES
 from fakes.sig_http import serve
 
 from controller.signals.base import Unavailable
 from controller.signals.latency import JsonlLatencySampler, LatencyReading, PrometheusLatencySampler
 from controller.signals.promtext import Histogram, histogram_delta, histogram_quantile
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
 VLLM = (FIXTURES / "vllm-metrics_llama-3.1-8b_v0_excerpt_vllm-docs.prom").read_text()
 INF = math.inf
 

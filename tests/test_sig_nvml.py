@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pynvml
 import pytest
+from fakes.fixture_paths import FIXTURES
 from fakes.sig_fake_pynvml import FakeMig, FakeNvml
 
 from controller.signals.base import Unavailable
 from controller.signals.nvml import NvmlReading, NvmlSampler
 from fsm.mig import Slot
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
 H100_Q = (FIXTURES / "nvidia-smi-q_h100-80gb-hbm3-x8-hgx_r565.txt").read_text()
 A100_Q = (FIXTURES / "nvidia-smi-q_a100-sxm4-80gb-x4_r555.txt").read_text()
 

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from fakes.fixture_paths import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,9 +21,6 @@ from controller.signals.host import parse_diskstats, parse_interrupts, parse_net
 from controller.signals.latency import JsonlLatencySampler, PrometheusLatencySampler, window_from_histogram
 from controller.signals.promtext import Histogram, histogram_quantile, parse_samples
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
 SNAP = Path(__file__).parent / "fakes" / "sig_cgroup_snapshot"
 
 DCGM = (FIXTURES / "dcgm-exporter_metrics_a100-sxm4-40gb_mig-1g.5gb_nvidia-docs.prom").read_text()

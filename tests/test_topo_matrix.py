@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fakes.fixture_paths import FIXTURES
 
 from controller.cli import main
 from controller.signals.base import ParseError
@@ -19,9 +20,6 @@ from controller.topology import (
 )
 from fsm.topology import NodeKind, Tier
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # CI checks the project out beside shared/ as well; fall back to /work
-    FIXTURES = Path("/work/shared/fixtures")
 CAPTURES = sorted(FIXTURES.glob("nvidia-smi-topo-m_*.txt"))
 # every topology capture `--topo-matrix` takes: the matrices and NCCL topology XML files
 TOPOLOGY_CAPTURES = sorted([*CAPTURES, *FIXTURES.glob("nccl-topo_*.xml")])

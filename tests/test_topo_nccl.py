@@ -9,6 +9,7 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
+from fakes.fixture_paths import FIXTURES
 
 from controller.cli import main
 from controller.signals.base import ParseError
@@ -24,9 +25,6 @@ from controller.topology import (
 from controller.topology_nccl import looks_like_xml, parse_nccl_topo_xml
 from fsm.topology import NodeKind, Tier
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # CI checks the project out beside shared/ as well; fall back to /work
-    FIXTURES = Path("/work/shared/fixtures")
 P4D_XML = FIXTURES / "nccl-topo_aws-p4d.24xlarge_aws-ofi-nccl.xml"
 P4D_MATRIX = FIXTURES / "nvidia-smi-topo-m_aws-p4d.24xlarge_8x-a100-40gb.txt"
 

@@ -3,8 +3,7 @@ ParseError naming the line; sysfs discovery over a fake tree with garbage attrib
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from fakes.fixture_paths import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_sig_props import mutated
@@ -12,9 +11,6 @@ from test_sig_props import mutated
 from controller.signals.base import ParseError
 from controller.topology import discover_sysfs, node_labels, parse_topo_matrix, render_tree, topology_from_matrix
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
 CAPTURES = [p.read_text() for p in sorted(FIXTURES.glob("nvidia-smi-topo-m_*.txt"))]
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fakes.fixture_paths import FIXTURES
 from fakes.topo_sysfs import DGX_NUMA_CPUS, P4D_CPUS, build_dgx_a100, build_p4d
 
 from controller.cli import main
@@ -22,10 +23,6 @@ from controller.topology import (
     to_yaml,
 )
 from fsm.topology import NodeKind, Tier
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
 
 
 def test_dgx_a100_sysfs_reproduces_the_captured_matrix(tmp_path: Path) -> None:

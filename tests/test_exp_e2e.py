@@ -21,7 +21,6 @@ import pytest
 from fakes.daemon_fakes import Mosquitto, free_port, need_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIO = ROOT / "replay" / "scenarios" / "p4d-demo.toml"
 TAILGUARD = [sys.executable, "-m", "controller.cli"]
 
 
@@ -65,7 +64,8 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         stop = asyncio.Event()
         sub = asyncio.create_task(_collect_events(broker.port, "tailguard/+/events", events, stop))
         await asyncio.sleep(0.3)
-        cmd = [*TAILGUARD, "run", "--simulate", str(SCENARIO), "--speed", "50", "--duration", "600",
+        # The command as an operator types it: --simulate with its default scenario (p4d-demo).
+        cmd = [*TAILGUARD, "run", "--simulate", "--speed", "50", "--duration", "600",
                "--metrics-port", str(port), "--mqtt-url", broker.url, "--state-dir", str(tmp / "state")]
         proc = await asyncio.create_subprocess_exec(
             *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE

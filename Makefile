@@ -34,6 +34,8 @@ debs:
 
 demo: $(STAMP)
 	$(VENV)/bin/tailguard demo
+	@echo; echo "== the daemon itself on the simulated host (p4d-demo: 10 simulated minutes at 200x) =="
+	$(VENV)/bin/tailguard run --simulate --speed 200 --duration 600 --log-level WARNING
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check controller fsm actuators replay tests bench

@@ -85,6 +85,7 @@ def test_invariants_hold_on_random_streams(ticks, budget):
     stacks: dict[str, list[str]] = {}
     reconfig_times: list[float] = []
     prev_reconfigs: tuple[float, ...] = ()
+    outages: dict[str, list[tuple[float, float]]] = {}
     for obs, d in log:
         # never a throttle on a protected or sensitive tenant
         for c in d.desired.throttles:
@@ -98,6 +99,8 @@ def test_invariants_hold_on_random_streams(ticks, budget):
             assert is_valid(A100, lay)
         for e in d.events:
             _check_event(spec, e, last_action, stacks)
+            if e.kind in ACTIONS and e.evidence.get("outage_s"):
+                outages.setdefault(e.tenant, []).append((e.t, e.evidence["outage_s"]))
         new = [r for r in d.state.reconfigs if r not in prev_reconfigs]
         reconfig_times.extend(new)
         prev_reconfigs = d.state.reconfigs
@@ -106,6 +109,11 @@ def test_invariants_hold_on_random_streams(ticks, budget):
     # never more reconfigurations than the budget in any rolling hour
     for i, r in enumerate(reconfig_times):
         assert sum(1 for x in reconfig_times[i:] if x < r + 3600) <= budget
+    # never more outage than the tenant's share of its error budget in any rolling hour
+    for name, spent in outages.items():
+        cap = spec.policy.outage_budget_share * (1 - spec.tenants[name].quantile) * 3600
+        for i, (t0, _) in enumerate(spent):
+            assert sum(s for t, s in spent[i:] if t < t0 + 3600) <= cap + 1e-9, (name, spent)
 
 
 def _check_event(spec, e: DecisionEvent, last_action, stacks):

@@ -206,6 +206,7 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     from controller.exporters.mqtt import MqttBridge
     from controller.exporters.prometheus import DaemonCollector, MetricsServer, make_registry
     from controller.sdnotify import Notifier
+    from controller.status import status_json
 
     writer = None
     if getattr(args, "record", None):
@@ -235,14 +236,21 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     if s.metrics is not None:
         collector = DaemonCollector(lambda: daemon.snapshot, bridge.metrics if bridge is not None else None)
         try:
-            server = MetricsServer(make_registry(collector), s.metrics[0], s.metrics[1])
+            server = MetricsServer(
+                make_registry(collector),
+                s.metrics[0],
+                s.metrics[1],
+                status=lambda: status_json(daemon.snapshot, daemon.opts.status_every_s),
+            )
         except OSError as e:
             print(f"tailguard {args.command}: metrics on {s.metrics[0]}:{s.metrics[1]}: {e.strerror or e}",
                   file=sys.stderr)
             if bridge is not None:
                 await bridge.stop(0)
             return 2
-        logging.getLogger("tailguard").info("metrics on http://%s:%d/metrics", server.addr, server.port)
+        logging.getLogger("tailguard").info(
+            "metrics on http://%s:%d/metrics, status on /status", server.addr, server.port
+        )
     t0 = time.monotonic()
     try:
         rc = await daemon.run()

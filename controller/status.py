@@ -67,6 +67,30 @@ def read_status(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def fetch_status(url: str, timeout_s: float = 3.0) -> dict[str, Any]:
+    """The status JSON from a running daemon's HTTP endpoint (`--url http://127.0.0.1:9433/status`)."""
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        raise StatusError(f"{url}: expected an http:// URL")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            body = r.read(8 << 20)
+    except urllib.error.HTTPError as e:
+        raise StatusError(f"{url}: HTTP {e.code} (is this a tailguard daemon's /status?)") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise StatusError(f"{url}: cannot connect: {reason}") from None
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StatusError(f"{url}: not JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("schema") != STATUS_SCHEMA:
+        raise StatusError(f"{url}: not a {STATUS_SCHEMA} document")
+    return data
+
+
 def _ms(v: Any) -> str:
     return "-" if not isinstance(v, int | float) else f"{v * 1000:.1f} ms"
 

@@ -234,6 +234,43 @@ def test_status_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "not a status file" in capsys.readouterr().err
 
 
+def test_status_over_loopback_http(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The metrics server also answers /status with the daemon's status JSON; `tailguard status
+    --url` renders it; anything else is a 404 and a dead port a clear error."""
+    import urllib.error
+    import urllib.request
+
+    from controller.cli import main
+    from controller.exporters.prometheus import DaemonCollector, MetricsServer, make_registry
+    from controller.status import status_json
+
+    d = Daemon(ToyHost(), DaemonOptions(host_name="toy", period_s=0.005, max_ticks=40, state_dir=str(tmp_path)))
+    run(d)
+    server = MetricsServer(
+        make_registry(DaemonCollector(lambda: d.snapshot)), "127.0.0.1", 0, status=lambda: status_json(d.snapshot)
+    )
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            assert b"tailguard_ticks_total" in r.read()
+        with urllib.request.urlopen(base + "/status", timeout=5) as r:
+            assert r.headers["Content-Type"] == "application/json"
+            assert json.loads(r.read())["ticks_total"] == 40
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/nope", timeout=5)
+        assert e.value.code == 404
+        assert main(["status", "--url", base + "/status"]) == 0
+        assert "tailguard on toy" in capsys.readouterr().out
+        assert main(["status", "--url", base + "/metrics"]) == 1
+        assert "not JSON" in capsys.readouterr().err
+    finally:
+        server.close()
+    assert main(["status", "--url", base + "/status"]) == 1
+    assert "cannot connect" in capsys.readouterr().err
+    assert main(["status", "--url", "file:///etc/passwd"]) == 1
+    assert "expected an http:// URL" in capsys.readouterr().err
+
+
 def test_watchdog_pings_come_from_the_loop_so_a_stalled_loop_stops_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,12 +8,17 @@ default: the metrics say which tenant is throttled and why, not something to pub
 
 from __future__ import annotations
 
+import json
 import platform
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
+from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -212,12 +217,22 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class MetricsServer:
-    """prometheus_client's HTTP server on its own thread, stoppable (tests start many)."""
+    """A small HTTP server on its own thread: `/metrics` (the registry, rendered at scrape time)
+    and, when given, `/status` (the daemon's status JSON, what `tailguard status --url` reads).
+    Stoppable, because tests start many."""
 
-    def __init__(self, registry: CollectorRegistry, addr: str = "127.0.0.1", port: int = 9433) -> None:
-        from prometheus_client import start_http_server
-
-        self.httpd, self.thread = start_http_server(port, addr=addr, registry=registry)
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        addr: str = "127.0.0.1",
+        port: int = 9433,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        handler = _handler(registry, status)
+        server_cls = _V6Server if ":" in addr else ThreadingHTTPServer
+        self.httpd = server_cls((addr, port), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="tailguard-http", daemon=True)
+        self.thread.start()
         self.port = int(self.httpd.server_address[1])
         self.addr = addr
 
@@ -225,3 +240,34 @@ class MetricsServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _handler(
+    registry: CollectorRegistry, status: Callable[[], dict[str, Any]] | None
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            elif path == "/status" and status is not None:
+                body = json.dumps(status(), sort_keys=True).encode()
+                self._send(200, "application/json", body)
+            else:
+                self._send(404, "text/plain; charset=utf-8", b"tailguard: /metrics, /status\n")
+
+        def _send(self, code: int, ctype: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+            return
+
+    return Handler

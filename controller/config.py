@@ -350,6 +350,12 @@ class Config(Strict):
         for t in self.tenants:
             if t.instance and self.gpus and InstanceRef.parse(t.instance).gpu not in gnames:
                 raise ValueError(f"tenant {t.name}: instance {t.instance} is on a GPU not in [[gpus]]")
+        pushed = [t.name for t in self.tenants if t.latency is not None and t.latency.kind == "mqtt"]
+        if pushed and not self.exporters.mqtt.enabled:
+            # Their latencies arrive on tailguard/<host>/latency/<tenant>: without the bridge, never.
+            raise ValueError(
+                f"tenant(s) {', '.join(pushed)} push latency over MQTT: set exporters.mqtt.enabled = true"
+            )
         return self
 
     @property

@@ -114,3 +114,17 @@ kind = "systemd"
     assert own.tenant_specs()["llm"].move_outage_s == 40.0
     assert parse_config("[policy]\noutage_budget_share = 0\n").policy_obj().outage_budget_share is None
     assert parse_config("").policy_obj().outage_budget_share == 0.5
+
+
+def test_mqtt_latency_needs_the_mqtt_bridge():
+    text = """
+[[tenants]]
+name = "llm"
+role = "sensitive"
+slo_ms = 200
+[tenants.latency]
+kind = "mqtt"
+"""
+    with pytest.raises(ConfigError, match=r"llm push latency over MQTT: set exporters\.mqtt\.enabled = true"):
+        parse_config(text)
+    assert parse_config(text + "[exporters.mqtt]\nenabled = true\n").tenants[0].latency.kind == "mqtt"

@@ -45,7 +45,7 @@ log = logging.getLogger("tailguard.daemon")
 DecideFn = Callable[[ControllerState, Observation, HostSpec], Decision]
 ReloadFn = Callable[[], HostSpec]  # raises (ConfigError, ValueError, OSError) with a readable message
 MAX_PUSHED = 20_000  # pushed latency samples kept per tenant between two ticks
-ACTION_KINDS = frozenset({"trigger", "escalate", "release", "renew", "fail", "timeout", "complete"})
+ACTION_KINDS = frozenset({"escalate", "release", "fail", "timeout", "complete"})  # "hold" is not an action
 
 
 class Exporter(Protocol):

@@ -55,7 +55,7 @@ class DecisionEvent:
     seq: int
     t: float
     tenant: str
-    kind: str  # trigger | escalate | release | renew | fail | timeout | complete | hold | input
+    kind: str  # escalate | release | complete | hold | fail | timeout (docs/decisions.md)
     level_from: str
     level_to: str
     lever: str = ""  # guard | place | resize | ""

@@ -98,6 +98,14 @@ class Requests(_Strict):
     step_ms: float = Field(0.0, ge=0)  # per step, CPU side: not scaled by slices
     step_floor_ms: float = Field(0.0, ge=0)  # per step on 1 slice: memory-bound floor (weights read)
     decode_ms_per_token: float = Field(0.0, ge=0)  # per step on 1 slice, per context token of a decode
+    # KV cache, sized as vLLM does at start from the instance's memory (so a bigger slice has more):
+    # memory x gpu_memory_utilization - weights - overhead, in blocks of kv_block_tokens tokens.
+    # kv_bytes_per_token = 0 (default): no capacity limit (no admission control, no preemption).
+    kv_bytes_per_token: float = Field(0.0, ge=0)  # 2 x layers x KV heads x head dim x bytes
+    weights_gb: float = Field(0.0, ge=0)  # resident weights, GB (1e9 bytes)
+    overhead_gb: float = Field(0.0, ge=0)  # activation peak + non-torch memory (CUDA graphs, ...), GB
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # vLLM's default
+    kv_block_tokens: int = Field(16, ge=1, le=1024)  # vLLM block_size default
 
     @model_validator(mode="after")
     def _one(self) -> Requests:
@@ -107,6 +115,9 @@ class Requests(_Strict):
             given = sorted(self.model_fields_set & _BATCHED_KEYS)
             if given:
                 raise ValueError(f"{', '.join(given)}: only with server = \"batched\"")
+        kv = self.model_fields_set & (_KV_KEYS - {"kv_bytes_per_token"})
+        if kv and self.kv_bytes_per_token <= 0:
+            raise ValueError(f"{', '.join(sorted(kv))}: only with kv_bytes_per_token > 0 (the KV cache's size)")
         return self
 
 
@@ -117,7 +128,13 @@ _BATCHED_KEYS = {
     "step_ms",
     "step_floor_ms",
     "decode_ms_per_token",
+    "kv_bytes_per_token",
+    "weights_gb",
+    "overhead_gb",
+    "gpu_memory_utilization",
+    "kv_block_tokens",
 }
+_KV_KEYS = {"kv_bytes_per_token", "weights_gb", "overhead_gb", "gpu_memory_utilization", "kv_block_tokens"}
 
 
 class FlowConfig(_Strict):
@@ -333,6 +350,7 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
                     problems.append(f"{tw}.instance: {inst} is already {used[inst]}'s")
                 else:
                     used[inst] = t.name
+                    _check_kv(t.requests, models[inst.gpu], inst.profile, f"{tw}.requests", problems)
         for k, f in enumerate(t.flows):
             for end in f.path:
                 if end != CPU and not topo.has(end):
@@ -359,6 +377,19 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
             HostModel(name, spec, dict(layouts), dict(models), {t.name: t for t in h.tenants}, Path(file).parent)
         )
     return out
+
+
+def _check_kv(req: Requests | None, model: GpuModel, profile: str, where: str, problems: list[str]) -> None:
+    """The KV cache must have room on the tenant's home instance (vLLM would not start otherwise)."""
+    if req is None or req.kv_bytes_per_token <= 0:
+        return
+    mem = model.profile(profile).gib * 2**30 * req.gpu_memory_utilization
+    free = mem - (req.weights_gb + req.overhead_gb) * 1e9
+    if free < req.kv_bytes_per_token * req.kv_block_tokens:
+        problems.append(
+            f"{where}.weights_gb: weights_gb + overhead_gb = {req.weights_gb + req.overhead_gb:g} GB leave no KV "
+            f"cache on {profile} ({mem / 1e9:.1f} GB at gpu_memory_utilization {req.gpu_memory_utilization:g})"
+        )
 
 
 def parse_scenario(text: str, file: str) -> Scenario:

@@ -439,6 +439,10 @@ class HostSim:
             n = self._slice_cache[key] = self.models[inst.gpu].profile(inst.profile).slices
         return n
 
+    def _mem_gib(self, inst: InstanceRef) -> float:
+        """The instance's memory as -lgip prints it (what vLLM sees as the device's memory)."""
+        return self.models[inst.gpu].profile(inst.profile).gib
+
     def _instances_of(self, gpu: str, layout: tuple[Slot, ...]) -> list[tuple[str, InstanceRef, float]]:
         cached = self._layout_info.get(gpu)
         if cached is None or cached[0] != layout:
@@ -517,7 +521,7 @@ class HostSim:
                 busy_s[name] = float(compute.sum())
             else:  # the engine's steps; requests still queued at t1 finish in a later tick
                 s.batch.push(arr, tok, gen, noise)
-                cost = step_cost(req, scale, per_byte)
+                cost = step_cost(req, scale, per_byte, self._mem_gib(inst))
                 done, lat, s.free_at, busy_s[name] = s.batch.run(cost, s.free_at, t1)
             s.rate_bps = total_bytes / dt
             self.stats.latencies.append(lat)

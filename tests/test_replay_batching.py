@@ -9,19 +9,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replay.batching import BatchServer, StepCost
+from fsm.mig import model_by_name
+from fsm.observation import InstanceRef
+from replay.batching import BatchServer, StepCost, kv_blocks
 from replay.queueing import lindley
 from replay.runner import run_host
 from replay.scenario import SCENARIO_DIR, ScenarioError, parse_scenario
+from replay.simulator import HostSim
 
 VLLM = (SCENARIO_DIR / "vllm-ttft.toml").read_text()
 
 
 def _serve(
-    c: StepCost, arr: np.ndarray, tok: np.ndarray, gen: np.ndarray, noise: np.ndarray, tick: float, free_at: float = 0.0
+    c: StepCost,
+    arr: np.ndarray,
+    tok: np.ndarray,
+    gen: np.ndarray,
+    noise: np.ndarray,
+    tick: float,
+    free_at: float = 0.0,
+    b: BatchServer | None = None,
 ) -> np.ndarray:
     """TTFTs in arrival order, fed tick by tick as the simulator does, then drained."""
-    b = BatchServer()
+    b = BatchServer() if b is None else b
     done_lat: list[np.ndarray] = []
     horizon = float(arr[-1]) + tick if arr.size else tick
     t = 0.0
@@ -131,9 +141,140 @@ def test_batched_replay_is_deterministic_by_seed() -> None:
             r"requests: .*max_batched_tokens.*only with server = \"batched\"",
         ),
         ("max_seqs = 256", "max_seq = 256", r"requests\.max_seq: unknown key"),
+        ("kv_block_tokens = 16", "kv_block_tokens = 0", r"requests\.kv_block_tokens: Input should be greater"),
+        ("gpu_memory_utilization = 0.9", "gpu_memory_utilization = 1.5", r"requests\.gpu_memory_utilization: Input"),
+        ("weights_gb = 14.6", "weights_gb = 40", r"requests\.weights_gb: .*leave no KV cache on 4g\.40gb"),
+        (
+            "kv_bytes_per_token = 524288",
+            "kv_bytes_per_token = 0",
+            r"requests: .*gpu_memory_utilization, kv_block_tokens, overhead_gb, weights_gb: only with kv_bytes_per",
+        ),
     ],
 )
 def test_bad_batched_keys_name_file_and_key(old: str, new: str, expect: str) -> None:
     assert old in VLLM
     with pytest.raises(ScenarioError, match=r"(?s)bad\.toml: .*tenants\[0\]\(vllm\)\." + expect):
         parse_scenario(VLLM.replace(old, new, 1), "bad.toml")
+
+
+# -- KV-cache capacity: admission control and preemption -----------------------------------------
+KV_KEYS = ("kv_bytes_per_token", "weights_gb", "overhead_gb", "gpu_memory_utilization", "kv_block_tokens")
+
+
+def _without_kv(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if not ln.startswith(KV_KEYS)) + "\n"
+
+
+def _quiet(text: str, speed: float) -> str:
+    text = text.replace("on = [[900, 1800]] }", "on = [[900, 1800]], level = 0 }")
+    text = text.replace("on = [[1500, 2400]] }", "on = [[1500, 2400]], level = 0 }")
+    return text.replace("trace_speed = 0.4", f"trace_speed = {speed}")
+
+
+def _sim(text: str, duration: float, seed: int = 1, instance: str | None = None) -> tuple[np.ndarray, BatchServer]:
+    """Static run (no controller) of the vllm tenant, optionally on another instance."""
+    sc = parse_scenario(text, "/tmp/kv.toml")
+    sim = HostSim(sc.hosts[0], sc.meta, seed, 0)
+    if instance is not None:
+        sim.instance["vllm"] = InstanceRef.parse(instance)
+    for _ in range(int(duration / sc.meta.tick_s)):
+        sim.step(None)
+    sim.drain()
+    b = sim.sensitive["vllm"].batch
+    assert b is not None
+    return np.concatenate(sim.stats.latencies), b
+
+
+def _kv_consistent(b: BatchServer) -> bool:
+    """The blocks the server counts are the ones its admitted sequences hold (decodes may still be
+    running after a drain: it serves the queue, not the decodes)."""
+    return b.kv_used == sum(b._held(q, b.step) for q in b.running if q.alive) and b.n_run == sum(
+        q.alive for q in b.running
+    )
+
+
+def test_a_cache_big_enough_for_everything_is_todays_model() -> None:
+    # Pinned from the model before it had a KV cache (commit 9fbf7df): the same scenario and a
+    # synthetic mix with decodes, a floor, long_prefill and ticks that cut steps.
+    huge = VLLM.replace("kv_bytes_per_token = 524288", "kv_bytes_per_token = 1.0")
+    a = _vllm(huge, "huge", 1800.0, seed=4)
+    assert np.array_equal(a, _vllm(_without_kv(VLLM), "nokv", 1800.0, seed=4))
+    assert a.size == 3470 and float(a.sum()) == 294.435302734375
+    rng = np.random.default_rng(7)
+    n = 400
+    arr = np.sort(rng.uniform(0, 20, n))
+    tok = rng.integers(0, 6000, n).astype(float)
+    gen = rng.integers(1, 400, n).astype(float)
+    noise = rng.lognormal(-0.005, 0.1, n)
+    base = dict(budget=2048, max_seqs=64, long_prefill=700, fixed_s=0.001, floor_s=0.009, per_token_s=4.4e-5)
+    more = dict(per_ctx_s=3e-7, per_byte_s=2e-11, bytes_fixed=1e6, bytes_per_token=262144.0)
+    b = BatchServer()
+    got = _serve(StepCost(**base, **more, kv_blocks=10**9), arr, tok, gen, noise, 0.7, b=b)  # type: ignore[arg-type]
+    assert np.array_equal(got, _serve(StepCost(**base, **more), arr, tok, gen, noise, 0.7))  # type: ignore[arg-type]
+    assert float(got.sum()) == 20779.96436073559 and b.preemptions == 0 and _kv_consistent(b)
+
+
+def test_a_cache_too_small_for_two_long_prompts_serialises_them() -> None:
+    # Two 3,000-token prompts; the first then decodes 50 tokens. 200 blocks hold one prompt (188
+    # blocks) and its decodes, not both prompts: the second waits until the first's decodes end.
+    arr, tok, gen, one = np.array([0.0, 0.001]), np.array([3000.0, 3000.0]), np.array([50.0, 1.0]), np.ones(2)
+    c = dict(budget=2048, max_seqs=256, per_token_s=4.4e-5, floor_s=0.01)
+    free = _serve(StepCost(**c), arr, tok, gen, one, 5.0)  # type: ignore[arg-type]
+    b = BatchServer()
+    small = _serve(StepCost(**c, kv_blocks=200), arr, tok, gen, one, 5.0, b=b)  # type: ignore[arg-type]
+    assert small[0] == pytest.approx(4.4e-5 * 3000)  # the first alone (it shared a step before)
+    assert free[1] < free[0] + 0.2  # unlimited: the second rides along the first's decodes
+    assert small[1] > small[0] + 49 * 0.01  # limited: after 49 decode steps of at least 10 ms
+    assert b.preemptions == 0 and _kv_consistent(b) and b.queued == 0
+
+
+def test_preemption_when_decodes_outgrow_the_cache_and_the_request_still_completes() -> None:
+    # A's decodes grow a block every 16 steps; B (1,600 tokens, 100 blocks) is admitted beside it
+    # but prefills slowly (32 tokens a step); A outgrows the 104 blocks while B still prefills, so
+    # B, the newest, is preempted, waits for A's blocks, and is prefilled again: its TTFT counts it.
+    arr, tok, gen, one = np.array([0.0, 0.0005]), np.array([16.0, 1600.0]), np.array([1000.0, 1.0]), np.ones(2)
+    c = dict(budget=32, max_seqs=256, fixed_s=0.001)
+    free = _serve(StepCost(**c), arr, tok, gen, one, 0.5)  # type: ignore[arg-type]
+    b = BatchServer()
+    small = _serve(StepCost(**c, kv_blocks=104), arr, tok, gen, one, 0.5, b=b)  # type: ignore[arg-type]
+    assert free[1] < 0.06  # 1600 / 31 steps of 1 ms
+    assert b.preemptions >= 1
+    assert small.size == 2 and small[0] == free[0]
+    assert small[1] > 0.999 + 0.05  # after A's 999 decode steps, then its whole prefill again
+    assert _kv_consistent(b) and b.queued == 0
+
+
+def test_every_request_completes_once_under_heavy_preemption() -> None:
+    rng = np.random.default_rng(3)
+    n = 300
+    arr = np.sort(rng.uniform(0.0, 10.0, n))
+    tok = rng.integers(1, 2000, n).astype(float)
+    gen = rng.integers(1, 600, n).astype(float)
+    c = StepCost(budget=2048, max_seqs=256, fixed_s=0.001, floor_s=0.009, per_token_s=4.4e-5, kv_blocks=600)
+    b = BatchServer()
+    got = _serve(c, arr, tok, gen, np.ones(n), 2.0, b=b)
+    assert b.preemptions > 10 and got.size == n and np.all(got > 0)
+    assert b.kv_peak <= 600 and _kv_consistent(b)
+
+
+def test_the_kv_cache_grows_with_the_slice() -> None:
+    req = parse_scenario(VLLM, "v.toml").hosts[0].tenants["vllm"].requests
+    assert req is not None
+    h100 = model_by_name("H100-80GB-HBM3")
+    small, big = (kv_blocks(req, h100.profile(p).gib) for p in ("4g.40gb", "7g.80gb"))
+    assert 2300 < small < 2500 and big > 2.8 * small  # ~38,700 and ~112,000 tokens
+    # In the simulator the same load preempts on the 4g.40gb slice and not on a 7g.80gb.
+    text = _quiet(VLLM, 0.7)
+    _, b4 = _sim(text, 900.0)
+    _, b7 = _sim(text, 900.0, instance="gpu1/7g.80gb@0")
+    assert b4.preemptions > 0 and b4.kv_peak == small
+    assert b7.preemptions == 0 and b7.kv_peak < big and b7.cost is not None and b7.cost.kv_blocks == big
+
+
+def test_kv_limited_replay_is_deterministic_by_seed() -> None:
+    text = _quiet(VLLM, 0.8)
+    a, ba = _sim(text, 600.0, seed=3)
+    b, _ = _sim(text, 600.0, seed=3)
+    c, _ = _sim(text, 600.0, seed=4)
+    assert ba.preemptions > 0 and np.array_equal(a, b)
+    assert a.size == c.size and not np.array_equal(a, c)

@@ -18,6 +18,13 @@ boundary; decode-only steps are not simulated one by one but counted over the id
 `long_prefill` (vLLM's `long_prefill_token_threshold`, off by default) caps one prompt's chunk
 per step, so short prompts behind a long one share its steps and finish first.
 
+KV cache (`kv_blocks` > 0, sized from the instance's memory by `kv_blocks()`): a waiting request is
+admitted, first come first served, only when its prompt's blocks and one more fit; a decode takes
+a block every `block_tokens` tokens; when the decodes' new blocks do not fit, the newest admitted
+request is preempted (vLLM V1's recompute: its blocks are freed, it goes back to the head of the
+waiting queue and its prefill, with the tokens it had generated, is redone later; no admission in
+that step). A request preempted before its first token reports its TTFT after the redo.
+
 With `max_seqs` = 1, an unlimited budget, no fixed cost, no floor and no decodes, every step is
 one whole request and this is exactly the FCFS Lindley recursion of replay.queueing (the tests
 hold it to that).

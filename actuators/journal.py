@@ -100,27 +100,39 @@ class Journal:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every readable record, oldest first; torn or garbage lines are skipped."""
         for f in self.files():
-            try:
-                data = f.read_bytes()
-            except OSError:
-                continue
-            for raw in data.split(b"\n"):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and isinstance(rec.get("kind"), str):
-                    yield rec
+            yield from _file_records(f)
 
     def tail_from_snapshot(self) -> list[dict[str, Any]]:
-        """The records from the latest snapshot on (everything when there is none)."""
-        recs = list(self.records())
-        for i in range(len(recs) - 1, -1, -1):
-            if recs[i]["kind"] == "snapshot":
-                return recs[i:]
-        return recs
+        """The records from the latest snapshot on (everything when there is none).
+
+        Files are read newest first and older ones only while no snapshot has been found: every
+        rotated-to file starts with one, so a restart parses one file, not all `keep + 1`."""
+        newer: list[dict[str, Any]] = []
+        for f in reversed(self.files()):
+            recs = _file_records(f)
+            for i in range(len(recs) - 1, -1, -1):
+                if recs[i]["kind"] == "snapshot":
+                    return recs[i:] + newer
+            newer = recs + newer
+        return newer
+
+
+def _file_records(f: Path) -> list[dict[str, Any]]:
+    try:
+        data = f.read_bytes()
+    except OSError:
+        return []
+    out = []
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("kind"), str):
+            out.append(rec)
+    return out
 
 
 def _fsync_dir(d: Path) -> None:

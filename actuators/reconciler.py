@@ -290,13 +290,14 @@ class Reconciler:
     def _wanted_throttles(self, desired: DesiredState, now: float, rep: ReconcileReport
                           ) -> dict[tuple[str, str], OwnedCap]:  # fmt: skip
         wanted: dict[tuple[str, str], OwnedCap] = {}
+        devs: dict[str, str] = {}  # device -> MAJ:MIN, resolved once per reconcile (50 caps: 1 device)
         for th in desired.throttles:
             if th.expires_at <= now:
                 continue  # past its expiry: lifted even though someone still lists it
             try:
                 cg = self._tenant_cgroup(th.tenant, th.cgroup)
                 confine(self.cg.root, cg)
-                dev = resolve(th.device, self.sys_root)
+                dev = devs.get(th.device) or devs.setdefault(th.device, resolve(th.device, self.sys_root))
                 caps = Caps(_cap(th.read_bps, "read_bps"), _cap(th.write_bps, "write_bps"))
             except (ValueError, PathError, DeviceError, CgroupError) as e:
                 rep.errors.append(f"throttle {th.tenant}: {e}")
@@ -359,6 +360,7 @@ class Reconciler:
             self._jot("throttle", phase="done", action="lift", cgroup=cg, dev=dev, tenant=o.tenant)
             rep.applied.append(f"lifted {cg} {dev}")
             self._outcome(f"throttle:{o.tenant}", True)
+        renewed: dict[tuple[str, str], OwnedCap] = {}
         for key, w in sorted(wanted.items()):
             cg, dev = key
             cur = actual.get(cg)
@@ -371,13 +373,7 @@ class Reconciler:
             if cur.get(dev, Caps()) == w.caps:
                 changed = have is None or have.expires_at != w.expires_at or have.caps != w.caps
                 if changed and not rep.dry_run:  # already in place: only the bookkeeping (expiry) changes
-                    try:
-                        self.journal.append("throttle", phase="done", action="set", cgroup=cg, dev=dev,
-                                            tenant=w.tenant, rbps=w.caps.rbps, wbps=w.caps.wbps,
-                                            expires_at=w.expires_at)  # fmt: skip
-                        self.owned[key] = w
-                    except JournalError as e:
-                        rep.errors.append(str(e))
+                    renewed[key] = w
                 continue
             rep.ops.append(f"set cap {w.caps} on {cg} {dev} for {w.tenant} until {w.expires_at:.0f}")
             if rep.dry_run:
@@ -404,6 +400,16 @@ class Reconciler:
             self._jot("throttle", phase="done", action="set", **fields)
             rep.applied.append(f"capped {cg} {dev} {w.caps}")
             self._outcome(f"throttle:{w.tenant}", True)
+        if renewed:
+            # Caps in place whose expiry moved on (every tick while a guard holds): one fsync'd record
+            # for all of them, not one each. Unjournaled, recovery would only lift them sooner.
+            try:
+                self.journal.append("throttle", phase="renew", action="set", caps=[
+                    {"cgroup": cg, "dev": dev, "tenant": w.tenant, "rbps": w.caps.rbps, "wbps": w.caps.wbps,
+                     "expires_at": w.expires_at} for (cg, dev), w in renewed.items()])  # fmt: skip
+                self.owned.update(renewed)
+            except JournalError as e:
+                rep.errors.append(str(e))
 
     # ------------------------------------------------------------------ MPS
 
@@ -880,6 +886,10 @@ class Reconciler:
                 self.owned_mps = {t: (int(v[0]), float(v[1])) for t, v in st.get("mps", {}).items()}
                 self._warm_open = {t: dict(r) for t, r in st.get("warm_moves", {}).items() if t in self.placement}
                 mig_open.clear()
+            elif kind == "throttle" and phase == "renew":
+                for t in rec["caps"]:
+                    caps = Caps(t.get("rbps"), t.get("wbps"))
+                    self.owned[(t["cgroup"], t["dev"])] = OwnedCap(t.get("tenant", ""), caps, float(t["expires_at"]))
             elif kind == "throttle":
                 key = (rec["cgroup"], rec["dev"])
                 if rec.get("action") == "set" and phase in ("intent", "done", "failed"):

@@ -110,6 +110,7 @@ class Reconciler:
         journal_max_bytes: int = 4 << 20,
         readiness: Ready | None = None,
         clock: Callable[[], float] = time.time,
+        layout_recheck_s: float = 30.0,
     ) -> None:
         self.cgroup_root = cgroup_root
         self.cgroup_version = cgroup_version
@@ -137,6 +138,11 @@ class Reconciler:
         self._outcomes: list[Outcome] = []
         self._lock = asyncio.Lock()
         self._gpu_locks: dict[str, asyncio.Lock] = {}
+        # A GPU whose layout was read back equal to the desired one is not read again (one
+        # `nvidia-smi mig -lgi` each, ~0.1 s or more) for layout_recheck_s while the desired
+        # layout stays the same: drift is still found, within that time, not on every tick.
+        self.layout_recheck_s = layout_recheck_s
+        self._converged: dict[str, tuple[Layout, float]] = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -501,17 +507,24 @@ class Reconciler:
             if self._in_flight(target):
                 rep.busy.append(target)
                 continue
+            seen = self._converged.get(gpu)
+            now = self.clock()
+            if seen is not None and seen[0] == tuple(want) and 0 <= now - seen[1] < self.layout_recheck_s:
+                continue
             try:
                 g = self.gpus[gpu]
                 model = await self._gpu_model(g)
                 actual = await self.read_layout(gpu)
                 p = plan(gpu, model, actual, want)
             except (NvsmiError, PlanError, KeyError) as e:
+                self._converged.pop(gpu, None)
                 rep.errors.append(str(e))
                 self._outcome(target, False, str(e))
                 continue
             if p.empty:
+                self._converged[gpu] = (tuple(want), now)
                 continue
+            self._converged.pop(gpu, None)
             moving = {t for t, ref in desired.placements.items()}
             occ = self._occupied(gpu, exclude=moving)
             blocked = [f"{s} (tenant {occ[s]})" for s in p.destroy if s in occ]

@@ -256,3 +256,41 @@ def test_recovery_finishes_an_interrupted_change(tmp_path: Path) -> None:
         assert summary["mig"]["gpu0"] == "finished" and layout(h) == B
 
     asyncio.run(go())
+
+
+def test_converged_layout_is_not_re_read_every_tick_but_drift_is_found(tmp_path: Path) -> None:
+    """Once a GPU's layout reads back as desired, reconciles within layout_recheck_s skip the
+    `nvidia-smi mig -lgi` (a tick must not pay ~0.1 s per managed GPU); after that a drift made
+    behind tailguard's back is found and repaired."""
+    h = host(tmp_path)
+
+    async def go() -> None:
+        r = rec(tmp_path, h, layout_recheck_s=3600.0)
+        calls = []
+        real = r.nvsmi.lgi
+
+        async def counted(i: int):  # type: ignore[no-untyped-def]
+            calls.append(i)
+            return await real(i)
+
+        r.nvsmi.lgi = counted  # type: ignore[method-assign]
+        d = DesiredState(t=time.time(), layouts={"gpu0": A})
+        assert (await r.reconcile(d)).ops == []  # already there: read once
+        assert len(calls) == 1
+        for _ in range(5):
+            assert (await r.reconcile(d)).ops == []
+        assert len(calls) == 1  # inside the window: not read again
+        with locked(h.nvsmi_state) as st:  # somebody destroys an instance behind tailguard's back
+            st["gpus"][0]["gis"] = [gi for gi in st["gpus"][0]["gis"] if gi["start"] != 4]
+        r.layout_recheck_s = 0.0  # the window has passed
+        rep = await r.reconcile(d)
+        assert len(calls) == 2 and rep.started == ["gpu:gpu0"] and rep.ops == ["gpu0: create 3g.20gb@4"]
+        await r.wait_idle(30)
+        assert layout(h) == A
+        r.layout_recheck_s = 3600.0
+        n = len(calls)
+        await r.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))  # a new desired layout: read now
+        assert len(calls) > n
+        await r.wait_idle(30)
+
+    asyncio.run(go())

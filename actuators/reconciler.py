@@ -135,6 +135,7 @@ class Reconciler:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._retire: dict[str, tuple[InstanceRef | None, str]] = {}  # warm: the copy still to stop ("": all others)
         self._warm_open: dict[str, dict[str, Any]] = {}  # warm moves not closed in the journal yet
+        self._mig_open: dict[str, dict[str, Any]] = {}  # gpu -> MIG intent not closed in the journal yet
         self._outcomes: list[Outcome] = []
         self._lock = asyncio.Lock()
         self._gpu_locks: dict[str, asyncio.Lock] = {}
@@ -214,6 +215,7 @@ class Reconciler:
             "placements": {t: (str(r) if r else None) for t, r in sorted(self.placement.items())},
             "mps": {t: [pid, exp] for t, (pid, exp) in sorted(self.owned_mps.items())},
             "warm_moves": dict(sorted(self._warm_open.items())),
+            "mig_open": dict(sorted(self._mig_open.items())),
         }
 
     def _jot(self, kind: str, **fields: Any) -> None:
@@ -544,11 +546,14 @@ class Reconciler:
         try:
             async with self._gpu_lock(p.gpu):
                 try:
-                    self.journal.append("mig", phase="intent", gpu=p.gpu, before=[str(s) for s in p.before],
-                                        after=[str(s) for s in p.after])  # fmt: skip
+                    intent = self.journal.append("mig", phase="intent", gpu=p.gpu, before=[str(s) for s in p.before],
+                                                 after=[str(s) for s in p.after])  # fmt: skip
                 except JournalError as e:
                     self._outcome(target, False, f"not applied: {e}")
                     return
+                # Open until its done/failed record: a rotation in between (its step records can
+                # trigger one) carries it in the new file's snapshot, or recovery would miss it.
+                self._mig_open[p.gpu] = intent
                 err = await self._apply_plan(p, model)
                 if err:
                     # Roll back to the layout we started from, so it is never left in between.
@@ -556,11 +561,13 @@ class Reconciler:
                     now = await self._safe_layout(p.gpu)
                     note = "rolled back" if not rb_err else f"rollback failed ({rb_err}); layout now {_fmt(now)}"
                     self._jot("mig", phase="failed", gpu=p.gpu, error=err, layout=_strs(now))
+                    self._mig_open.pop(p.gpu, None)
                     self._outcome(target, False, f"{err}; {note}")
                     return
                 now = await self._safe_layout(p.gpu)
                 ok = now == p.after
                 self._jot("mig", phase="done" if ok else "failed", gpu=p.gpu, layout=_strs(now))
+                self._mig_open.pop(p.gpu, None)
                 self._outcome(target, ok, "" if ok else f"read back {_fmt(now)}, expected {_fmt(p.after)}")
         except asyncio.CancelledError:
             raise
@@ -872,6 +879,7 @@ class Reconciler:
                     except MpsError as e:
                         summary["errors"].append(str(e))
             for gpu, rec in sorted(mig_open.items()):
+                self._mig_open[gpu] = rec  # still open while recovery works on it (a rotation keeps it)
                 summary["mig"][gpu] = await self._recover_mig(gpu, rec) if not dry else "dry-run: left as is"
             for tenant, rec in sorted(self._warm_open.items()):
                 summary["moves"].append(await self._recover_warm(tenant, rec, dry))
@@ -899,6 +907,7 @@ class Reconciler:
                 self.owned_mps = {t: (int(v[0]), float(v[1])) for t, v in st.get("mps", {}).items()}
                 self._warm_open = {t: dict(r) for t, r in st.get("warm_moves", {}).items() if t in self.placement}
                 mig_open.clear()
+                mig_open.update({g: dict(r) for g, r in st.get("mig_open", {}).items()})
             elif kind == "throttle" and phase == "renew":
                 for t in rec["caps"]:
                     caps = Caps(t.get("rbps"), t.get("wbps"))
@@ -979,6 +988,7 @@ class Reconciler:
         now = await self._safe_layout(gpu)
         ok = now in (before, after)
         self._jot("mig", phase="done" if ok else "failed", gpu=gpu, layout=_strs(now), note=f"recovery: {res}")
+        self._mig_open.pop(gpu, None)
         return res
 
     async def shutdown(self, lift_throttles: bool, timeout: float = 60.0) -> None:

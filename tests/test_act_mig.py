@@ -294,3 +294,36 @@ def test_converged_layout_is_not_re_read_every_tick_but_drift_is_found(tmp_path:
         await r.wait_idle(30)
 
     asyncio.run(go())
+
+
+def test_open_mig_change_survives_a_journal_rotation(tmp_path: Path) -> None:
+    """A MIG change's step records can rotate the journal between its intent and its outcome; the
+    new file's snapshot must carry the open intent, or recovery after a crash would leave the GPU
+    half changed (found by the 50-kill crash test)."""
+    from actuators.journal import _file_records
+
+    h = host(tmp_path)
+
+    async def go() -> None:
+        r1 = rec(tmp_path, h, journal_max_bytes=100)  # every record rotates
+        stuck = asyncio.Event()
+
+        async def hang(*a: object, **k: object) -> None:  # the crash comes at the first create
+            stuck.set()
+            await asyncio.Event().wait()
+
+        r1.nvsmi.create_gi = hang  # type: ignore[method-assign]
+        await r1.reconcile(DesiredState(t=time.time(), layouts={"gpu0": B}))
+        await asyncio.wait_for(stuck.wait(), 30)
+        newest = _file_records(r1.journal.path)
+        assert newest[0]["kind"] == "snapshot" and not any(x.get("phase") == "intent" for x in newest)
+        for task in list(r1._tasks.values()):  # SIGKILL: nothing more is written
+            task.cancel()
+        r1.journal.close()
+        assert layout(h) not in (A, B)  # half changed: both 3g.20gb destroyed, nothing created
+        r2 = rec(tmp_path, h, journal_max_bytes=300)
+        summary = await r2.recover()
+        assert summary["mig"].get("gpu0") in ("finished", "rolled back"), summary
+        assert layout(h) in (A, B)
+
+    asyncio.run(go())

@@ -479,6 +479,9 @@ class Tick:
         self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any], avoid: tuple[str, ...] = ()
     ) -> tuple[bool, str]:
         policy = self.spec.policy
+        short = self._outage_short(t, t.move_outage_s)
+        if short:
+            return False, short  # before the ranking: no move can happen, whatever it would find
         here, ranked = rank_candidates(
             self.spec,
             self.obs,
@@ -498,9 +501,6 @@ class Tick:
             return False, (
                 f"no quieter instance (best {best.instance} penalty {best.penalty:.3f} vs {here.penalty:.3f} here)"
             )
-        short = self._outage_short(t, t.move_outage_s)
-        if short:
-            return False, short
         step = Step(
             level=Level.PLACED, lever=PLACE, t=self.obs.t, from_instance=here.instance, to_instance=best.instance
         )

@@ -90,8 +90,12 @@ class Mosquitto:
         self.port = port or free_port()
         self.conf = tmp / "mosquitto.conf"
         self.log = tmp / "mosquitto.log"
+        # Started as root, mosquitto drops to user "mosquitto", which cannot write the test's
+        # root-owned temporary directory: its log and persistence file would silently go nowhere
+        # (a persistent session then does not survive a restart). Stay the user we are.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}"
             f"log_dest file {self.log}\nlog_type error\nlog_type warning\n",
             encoding="utf-8",
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fsm.diagnosis import Cause, Traffic
 from fsm.mig import GpuModel, model_by_name
 from fsm.observation import InstanceRef, Observation
-from fsm.spec import HostSpec, TenantSpec
+from fsm.spec import HostSpec, Policy, TenantSpec
 from fsm.topology import NodeKind
 
 SAME_GPU_MOVE = 0.3
@@ -158,6 +158,27 @@ def _gpu_terms(
     return rc, block_n, irq_n
 
 
+def _cost(
+    policy: Policy,
+    current: InstanceRef | None,
+    cand: InstanceRef,
+    terms: tuple[float, float, float],
+    size_gain: int,
+) -> tuple[float, float, float]:
+    """(move, size, penalty) of `cand` from its GPU's terms and the slices it adds (0 unless the
+    cause is compute or memory): the one penalty formula of the module docstring."""
+    rc, numa, irq = terms
+    if current is None or cand == current:
+        move = 0.0
+    elif cand.gpu == current.gpu:
+        move = SAME_GPU_MOVE
+    else:
+        move = policy.move_other_gpu
+    size = max(0, size_gain) / 7.0
+    penalty = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq + policy.w_move * move - size
+    return move, size, penalty
+
+
 def score(
     spec: HostSpec,
     obs: Observation,
@@ -168,21 +189,14 @@ def score(
     traffic: Traffic,
     cache: dict[str, tuple[float, float, float]],
 ) -> Score:
-    policy = spec.policy
     if cand.gpu not in cache:
         cache[cand.gpu] = _gpu_terms(spec, obs, traffic, cand.gpu, victim)
-    rc, numa, irq = cache[cand.gpu]
-    if current is None or cand == current:
-        move = 0.0
-    elif cand.gpu == current.gpu:
-        move = SAME_GPU_MOVE
-    else:
-        move = policy.move_other_gpu
-    size = 0.0
+    terms = cache[cand.gpu]
+    gain = 0
     if cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None:
-        size = max(0, slices_of(spec, cand) - slices_of(spec, current)) / 7.0
-    penalty = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq + policy.w_move * move - size
-    return Score(cand, penalty, rc, numa, irq, move, size)
+        gain = slices_of(spec, cand) - slices_of(spec, current)
+    move, size, penalty = _cost(spec.policy, current, cand, terms, gain)
+    return Score(cand, penalty, *terms, move, size)
 
 
 def rank_candidates(
@@ -207,12 +221,12 @@ def rank_candidates(
     if "free" not in traffic.memo:
         traffic.memo["free"] = [(c, slices_of(spec, c), str(c)) for c in free_instances(spec, obs, ())]
     taken = set(reserved)
-    policy = spec.policy
     sized = cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None
     cur_gpu = current.gpu if current is not None else ""
     rows = []
     allowed: dict[str, bool] = {}
-    # Inline arithmetic (this loop runs for every free instance of the host, per victim).
+    # This loop runs for every free instance of the host, per victim: Score objects are made
+    # only for the best few, after the sort.
     for c, n, name in traffic.memo["free"]:
         if n < need or (taken and c in taken):
             continue
@@ -224,12 +238,9 @@ def rank_candidates(
         terms = cache.get(c.gpu)
         if terms is None:
             terms = cache[c.gpu] = _gpu_terms(spec, obs, traffic, c.gpu, victim)
-        rc, numa, irq = terms
-        move = 0.0 if c == current else (SAME_GPU_MOVE if c.gpu == cur_gpu else policy.move_other_gpu)
-        size = max(0, n - need) / 7.0 if sized else 0.0
-        pen = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq + policy.w_move * move - size
-        rows.append((pen, c.gpu != cur_gpu, name, c, rc, numa, irq, move, size))
+        move, size, pen = _cost(spec.policy, current, c, terms, n - need if sized else 0)
+        rows.append((pen, c.gpu != cur_gpu, name, c, terms, move, size))
     rows.sort(key=lambda r: r[:3])
     if limit is not None:
         rows = rows[:limit]
-    return here, [Score(r[3], r[0], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+    return here, [Score(r[3], r[0], *r[4], r[5], r[6]) for r in rows]

@@ -850,9 +850,8 @@ class Reconciler:
         async with self._lock:
             now = self.clock()
             summary: dict[str, Any] = {"lifted": [], "reasserted": [], "mig": {}, "moves": [], "errors": []}
-            mig_open: dict[str, dict[str, Any]] = {}
             for rec in self.journal.tail_from_snapshot():
-                self._replay(rec, mig_open, summary)
+                self._replay(rec, summary)
             dry = self.dry_run
             for key, o in sorted(self.owned.items()):
                 cg, dev = key
@@ -878,8 +877,7 @@ class Reconciler:
                         self.owned_mps.pop(tenant)
                     except MpsError as e:
                         summary["errors"].append(str(e))
-            for gpu, rec in sorted(mig_open.items()):
-                self._mig_open[gpu] = rec  # still open while recovery works on it (a rotation keeps it)
+            for gpu, rec in sorted(self._mig_open.items()):  # a copy: _recover_mig closes them
                 summary["mig"][gpu] = await self._recover_mig(gpu, rec) if not dry else "dry-run: left as is"
             for tenant, rec in sorted(self._warm_open.items()):
                 summary["moves"].append(await self._recover_warm(tenant, rec, dry))
@@ -892,7 +890,7 @@ class Reconciler:
             log.info("recovery: %s", summary)
             return summary
 
-    def _replay(self, rec: dict[str, Any], mig_open: dict[str, dict[str, Any]], summary: dict[str, Any]) -> None:
+    def _replay(self, rec: dict[str, Any], summary: dict[str, Any]) -> None:
         kind, phase = rec.get("kind"), rec.get("phase")
         try:
             if kind == "snapshot":
@@ -906,8 +904,7 @@ class Reconciler:
                         self.placement[t] = InstanceRef.parse(r) if r else None
                 self.owned_mps = {t: (int(v[0]), float(v[1])) for t, v in st.get("mps", {}).items()}
                 self._warm_open = {t: dict(r) for t, r in st.get("warm_moves", {}).items() if t in self.placement}
-                mig_open.clear()
-                mig_open.update({g: dict(r) for g, r in st.get("mig_open", {}).items()})
+                self._mig_open = {g: dict(r) for g, r in st.get("mig_open", {}).items()}
             elif kind == "throttle" and phase == "renew":
                 for t in rec["caps"]:
                     caps = Caps(t.get("rbps"), t.get("wbps"))
@@ -926,9 +923,9 @@ class Reconciler:
                     self.owned_mps.pop(rec["tenant"], None)
             elif kind == "mig":
                 if phase == "intent":
-                    mig_open[rec["gpu"]] = rec
+                    self._mig_open[rec["gpu"]] = rec
                 elif phase in ("done", "failed"):
-                    mig_open.pop(rec["gpu"], None)
+                    self._mig_open.pop(rec["gpu"], None)
             elif kind == "move":
                 t = rec["tenant"]
                 if t in self.placement:

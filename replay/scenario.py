@@ -121,6 +121,7 @@ class Requests(_Strict):
         return self
 
 
+_KV_KEYS = {"kv_bytes_per_token", "weights_gb", "overhead_gb", "gpu_memory_utilization", "kv_block_tokens"}
 _BATCHED_KEYS = {
     "max_batched_tokens",
     "max_seqs",
@@ -128,13 +129,7 @@ _BATCHED_KEYS = {
     "step_ms",
     "step_floor_ms",
     "decode_ms_per_token",
-    "kv_bytes_per_token",
-    "weights_gb",
-    "overhead_gb",
-    "gpu_memory_utilization",
-    "kv_block_tokens",
-}
-_KV_KEYS = {"kv_bytes_per_token", "weights_gb", "overhead_gb", "gpu_memory_utilization", "kv_block_tokens"}
+} | _KV_KEYS
 
 
 class FlowConfig(_Strict):

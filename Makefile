@@ -38,7 +38,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tailguard run --simulate --speed 200 --duration 600 --log-level WARNING
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check controller fsm actuators replay tests bench
+	$(VENV)/bin/ruff check controller fsm actuators replay schema tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

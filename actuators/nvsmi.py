@@ -1,6 +1,6 @@
 """`nvidia-smi` for MIG: parsers for its tables and messages, and an async client.
 
-Formats and messages follow real captures (../shared/fixtures, MIG-PROFILES.md sections 3-5):
+Formats and messages follow real captures (tests/fixtures, docs/mig-profiles.md sections 3-5):
 boxed tables of several widths (R460 76 columns, 79, 81), a last border that may be missing,
 CRLF line ends, numbers right-aligned to width 2 in messages (`ID  9`, `GPU  0`). Parsing is by
 row pattern, never by column offset. Every call has a timeout; the tool runs without a shell.

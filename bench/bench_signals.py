@@ -37,9 +37,7 @@ from controller.signals.host import HostSampler  # noqa: E402
 from controller.signals.latency import PrometheusLatencySampler  # noqa: E402
 from fsm.topology import empty_topology  # noqa: E402
 
-FIXTURES = ROOT.parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = ROOT / "tests" / "fixtures"
 N_GPUS, N_INST, N_TENANTS, N_SENSITIVE = 8, 7, 50, 8
 
 GPU_FIELDS = [

@@ -11,11 +11,11 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from controller.problems import problems_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
+from schema.problems import problems_of
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 

@@ -1,6 +1,6 @@
 """MIG GPU-instance profile tables and placement rules, as pure data.
 
-Facts from ../shared/MIG-PROFILES.md (captures of `nvidia-smi mig -lgip/-lgipp` and NVIDIA's MIG
+Facts from docs/mig-profiles.md (captures of `nvidia-smi mig -lgip/-lgipp` and NVIDIA's MIG
 user guide). A GPU has 8 memory slots and 7 compute slices; a GPU instance (GI) of a profile takes
 the memory slots [start, start + mem_slots) for a start in the profile's placement set. A layout is
 valid iff every start is allowed, no two slot ranges overlap and no profile exceeds its max count.
@@ -19,7 +19,7 @@ COMPUTE_SLICES = 7
 
 @dataclass(frozen=True, slots=True)
 class ProfileClass:
-    """Geometry shared by every GPU of the sheet (MIG-PROFILES.md section 1)."""
+    """Geometry shared by every GPU of the sheet (docs/mig-profiles.md section 1)."""
 
     key: str  # "1g", "1g+me", "1g2", "2g", "3g", "4g", "7g"
     lgip_id: int  # the ID that -lgip prints and -cgi accepts

@@ -40,13 +40,19 @@ class InstanceRef:
 
 @dataclass(frozen=True, slots=True)
 class LatencyWindow:
-    """Latencies of the requests completed in one window (seconds)."""
+    """Latencies of the requests completed in one window (seconds).
+
+    `count` requests completed; `over_slo` of them took longer than the tenant's SLO, when the
+    source can tell: exact from raw samples, MQTT or JSON-lines records; estimated (and then
+    possibly fractional) from a cumulative histogram's buckets around the SLO. None: unknown.
+    """
 
     count: int
     p50: float | None = None
     p99: float | None = None
     p999: float | None = None
     samples: tuple[float, ...] = ()  # raw samples when the source has them
+    over_slo: float | None = None
 
     def quantile(self, q: float) -> float | None:
         if self.samples:

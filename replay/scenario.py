@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.problems import problems_of
 from fsm.mig import GpuModel, Slot, layout_problems, model_by_name
 from fsm.observation import InstanceRef
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import HOST_ID, Node, NodeKind, Topology
+from schema.problems import problems_of
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DATA_DIR = Path(__file__).parent / "data"

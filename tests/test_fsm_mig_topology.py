@@ -13,7 +13,7 @@ A100 = model_by_name("A100-SXM4-40GB")
 
 
 def test_lgip_ids_and_order_match_the_captures():
-    # -lgip row order is 19, 20, 15, 14, 9, 5, 0 (MIG-PROFILES.md section 1)
+    # -lgip row order is 19, 20, 15, 14, 9, 5, 0 (docs/mig-profiles.md section 1)
     assert [c.lgip_id for c in CLASSES] == [19, 20, 15, 14, 9, 5, 0]
     assert [p.name for p in A100.profiles] == [
         "1g.5gb",
@@ -53,7 +53,7 @@ def test_layout_validity(layout, ok):
 
 
 def _maximal_layouts():
-    """Enumerate the maximal layouts of the 1g/2g/3g/4g/7g profiles (MIG-PROFILES.md section 3)."""
+    """Enumerate the maximal layouts of the 1g/2g/3g/4g/7g profiles (docs/mig-profiles.md section 3)."""
     names = ["1g.5gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"]
     cands = [Slot(s, n) for n in names for s in A100.profile(n).placements]
     valid = set()

@@ -1,8 +1,8 @@
 """Emulated `nvidia-smi` for the MIG commands tailguard uses, backed by a JSON state file.
 
 It enforces the real profile tables and placement rules of each GPU model (fsm.mig, the single
-source of truth), and prints the formats and messages of real captures (MIG-PROFILES.md sections
-3-5, ../shared/fixtures): the 55-column -lgi, 70-column -lci, 79-column -lgip tables, `-lgipp`
+source of truth), and prints the formats and messages of real captures (docs/mig-profiles.md sections
+3-5, tests/fixtures): the 55-column -lgi, 70-column -lci, 79-column -lgip tables, `-lgipp`
 lines, `-L` with MIG devices in GI order, the per-object success lines, `Unable to ...: <NVML
 error>` plus a `Failed to ...` summary on failure (errors on stderr), exit 6 for "Not Found".
 Exit codes the captures do not show (Insufficient Resources, In use) are 255 here.
@@ -26,7 +26,7 @@ from actuators.emulation import NVSMI_STATE_ENV
 from actuators.emulation.statefile import locked
 from fsm.mig import GpuModel, Profile, Slot, free_starts, is_valid, model_by_name
 
-# Default compute-instance profile per GI class, as `-C` creates it (MIG-PROFILES.md section 4).
+# Default compute-instance profile per GI class, as `-C` creates it (docs/mig-profiles.md section 4).
 DEFAULT_CI = {"1g": 0, "1g+me": 0, "1g2": 7, "2g": 1, "3g": 2, "4g": 3, "7g": 4}
 # Where the driver puts a GI when no start is given (observed, section 3).
 AUTO_ORDER = {"1g": (6, 4, 5, 0, 1, 2, 3), "1g+me": (6, 4, 5, 0, 1, 2, 3), "1g2": (6, 4, 2, 0), "2g": (4, 2, 0),

@@ -1,6 +1,6 @@
 """Pydantic validation errors as one line per problem, named by dotted key path.
 
-Shared by the config (controller/config.py) and scenario (replay/scenario.py) loaders so that an
+Shared by the config (controller/config.py) and scenario (replay/scenario.py) loaders, so that an
 operator reads the same kind of message for either file: `tenants[0](llm).slo_ms: ... (got -1)`.
 """
 

@@ -173,6 +173,10 @@ def _slot_problem(cands: list[GpuModel], known: bool, slot: Slot) -> str | None:
 def _together(
     gpu: str, cands: list[GpuModel], known: bool, items: list[tuple[int, TenantConfig, Slot]]
 ) -> list[Problem]:
+    unique: dict[Slot, tuple[int, TenantConfig, Slot]] = {}
+    for x in items:
+        unique.setdefault(x[2], x)  # the same instance twice is _mig's to report
+    items = list(unique.values())
     if len(items) < 2:
         return []
     slots = [s for _, _, s in items]
@@ -192,8 +196,6 @@ def _together(
     m = fit[0]
     out = []
     for (_, a, sa), (j, b, sb) in combinations(items, 2):
-        if sa == sb:
-            continue  # the same instance named twice: reported once, by _mig
         shared = set(slot_range(m, sa)) & set(slot_range(m, sb))
         if shared and all(set(slot_range(x, sa)) & set(slot_range(x, sb)) for x in fit):
             out.append(

@@ -151,7 +151,19 @@ def demo(out_dir: str) -> int:
         plot=os.path.join(out_dir, "replay.png"),
         jobs=None,
     )
+    from replay.scenario import ScenarioError, load_scenario
+
+    try:
+        hours = load_scenario(DEFAULT_SCENARIO).meta.duration_s / 3600
+    except ScenarioError as e:
+        return _err(str(e))
+    print(f"== tailguard demo: the policy replay of {DEFAULT_SCENARIO}, {hours:g} simulated hour(s) ==")
     rc = run(ns)
     if rc == 0:
         print(f"wrote {ns.json_out} and {ns.plot}")
+        print(
+            f"\nThis table covers {hours:g} simulated hour(s), including the first interference episode's"
+            " transient (the move of T1 and its queueing set the p999). README.md ('Results') and"
+            " docs/results.md show 24 simulated hours: tailguard replay paper-p4d --duration 86400."
+        )
     return rc

@@ -139,7 +139,9 @@ def check_options(args: argparse.Namespace) -> None:
         from schema.outputs import check_output_file
 
         if args.max_bytes < MIN_TRACE_BYTES:
-            raise UsageError(f"--max-bytes {args.max_bytes}: must be at least {MIN_TRACE_BYTES} (a header and a few ticks)")
+            raise UsageError(
+                f"--max-bytes {args.max_bytes}: must be at least {MIN_TRACE_BYTES} (a header and a few ticks)"
+            )
         why = check_output_file(args.record, mkdir=True)
         if why:
             raise UsageError(f"--out {args.record}: {why}")

@@ -32,7 +32,7 @@ MQTT_URL = re.compile(r"^mqtts?://[^/:\s]+(:\d{1,5})?/?$")
 
 def mqtt_url_ok(v: str) -> bool:
     m = MQTT_URL.match(v)
-    return bool(m) and (not m[1] or 0 < int(m[1][1:]) < 65536)
+    return m is not None and (not m[1] or 0 < int(m[1][1:]) < 65536)
 
 
 WARM_OUTAGE_S = 1.0  # a warm hand-over's switch-over, budgeted generously

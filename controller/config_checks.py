@@ -64,7 +64,9 @@ def _names(cfg: Config) -> list[Problem]:
     seen: dict[str, int] = {}
     for i, t in enumerate(cfg.tenants):
         if t.name in seen:
-            out.append(Problem(tkey(i, t, "name"), f"tenant names must be unique; {t.name!r} is also tenants[{seen[t.name]}]"))
+            out.append(
+                Problem(tkey(i, t, "name"), f"tenant names must be unique; {t.name!r} is also tenants[{seen[t.name]}]")
+            )
         seen.setdefault(t.name, i)
     by_name: dict[str, int] = {}
     by_index: dict[int, int] = {}
@@ -76,7 +78,9 @@ def _names(cfg: Config) -> list[Problem]:
             j = by_index[g.index]
             other = cfg.gpus[j].name
             out.append(
-                Problem(f"gpus[{i}]({g.name}).index", f"index {g.index} is also gpus[{j}]({other})'s: one GPU, two names")
+                Problem(
+                    f"gpus[{i}]({g.name}).index", f"index {g.index} is also gpus[{j}]({other})'s: one GPU, two names"
+                )
             )
         by_name.setdefault(g.name, i)
         by_index.setdefault(g.index, i)
@@ -160,7 +164,8 @@ def _slot_problem(cands: list[GpuModel], known: bool, slot: Slot) -> str | None:
     if not have:
         if known:
             m = cands[0]
-            return f"GPU model {m.key} has no MIG profile {slot.profile!r} (it has {', '.join(p.name for p in m.profiles)})"
+            have_names = ", ".join(p.name for p in m.profiles)
+            return f"GPU model {m.key} has no MIG profile {slot.profile!r} (it has {have_names})"
         return f"no known GPU model has a MIG profile {slot.profile!r}"
     legal = [m for m in have if slot.start in m.profile(slot.profile).placements]
     if not legal:
@@ -168,6 +173,10 @@ def _slot_problem(cands: list[GpuModel], known: bool, slot: Slot) -> str | None:
         where = f" on GPU model {have[0].key}" if known else ""
         return f"{slot.profile}{where} may start only at {starts} (memory slot), not {slot.start}"
     return None
+
+
+def _legal(m: GpuModel, s: Slot) -> bool:
+    return m.has_profile(s.profile) and s.start in m.profile(s.profile).placements
 
 
 def _together(
@@ -180,7 +189,9 @@ def _together(
     if len(items) < 2:
         return []
     slots = [s for _, _, s in items]
-    fit = [m for m in cands if all(m.has_profile(s.profile) and s.start in m.profile(s.profile).placements for s in slots)]
+    fit = [
+        m for m in cands if all(m.has_profile(s.profile) and s.start in m.profile(s.profile).placements for s in slots)
+    ]
     names = ", ".join(t.name for _, t, _ in items)
     if not fit:
         i, t, _ = items[-1]
@@ -220,17 +231,22 @@ def _ancestor_or_same(a: str, b: str) -> bool:
 def _cgroups(cfg: Config) -> list[Problem]:
     out = []
     groups = [(i, t) for i, t in enumerate(cfg.tenants) if t.cgroup]
-    for (i, a), (j, b) in combinations(groups, 2):
+    for (_, a), (j, b) in combinations(groups, 2):
         assert a.cgroup is not None and b.cgroup is not None
         for capped, kept in ((a, b), (b, a)):
             assert capped.cgroup is not None and kept.cgroup is not None
-            if capped.role in THROTTLEABLE and kept.role in NEVER_CAPPED and _ancestor_or_same(capped.cgroup, kept.cgroup):
+            if (
+                capped.role in THROTTLEABLE
+                and kept.role in NEVER_CAPPED
+                and _ancestor_or_same(capped.cgroup, kept.cgroup)
+            ):
                 rel = "the same cgroup as" if capped.cgroup == kept.cgroup else "a cgroup that contains that of"
                 out.append(
                     Problem(
                         tkey(j, b, "cgroup"),
-                        f"{capped.role.value} tenant {capped.name} ({capped.cgroup}) has {rel} {kept.role.value} tenant"
-                        f" {kept.name} ({kept.cgroup}): capping {capped.name} would cap {kept.name}; give each its own cgroup",
+                        f"{capped.role.value} tenant {capped.name} ({capped.cgroup}) has {rel} {kept.role.value}"
+                        f" tenant {kept.name} ({kept.cgroup}): capping {capped.name} would cap {kept.name};"
+                        " give each its own cgroup",
                     )
                 )
                 break
@@ -280,6 +296,8 @@ def _coverage(cfg: Config) -> Iterable[Problem]:
         return [Problem("tenants", "no [[tenants]]: tailguard has nothing to protect or cap", error=False)]
     if not any(t.role is Role.SENSITIVE for t in cfg.tenants):
         return [
-            Problem("tenants", "no tenant has role = \"sensitive\": nothing has an SLO, so tailguard never acts", error=False)
+            Problem(
+                "tenants", 'no tenant has role = "sensitive": nothing has an SLO, so tailguard never acts', error=False
+            )
         ]
     return []

@@ -50,7 +50,8 @@ def _program(key: str, argv: list[str] | None, tenant: str) -> Problem | None:
         return None
     if shutil.which(prog) is None:
         return Problem(
-            key, f"{prog!r} is not on this PATH (tenant {tenant}); the daemon's PATH may differ: prefer an absolute path",
+            key,
+            f"{prog!r} is not on this PATH (tenant {tenant}); the daemon's PATH may differ: prefer an absolute path",
             error=False,
         )
     return None
@@ -98,31 +99,30 @@ def file_problems(cfg: Config) -> list[Problem]:
     out += _state_dir(cfg)
     mq = cfg.exporters.mqtt
     if mq.enabled or mq.password_file or mq.tls_ca:
-        for key, path, what in (
+        for key, named, what in (
             ("exporters.mqtt.password_file", mq.password_file, "password file"),
             ("exporters.mqtt.tls_ca", mq.tls_ca, "CA file"),
         ):
-            if path is not None and (p := _readable(key, path, what)) is not None:
+            if named is not None and (p := _readable(key, named, what)) is not None:
                 out.append(p)
     for i, t in enumerate(cfg.tenants):
         src = t.latency
         if src is not None and src.kind == "jsonl" and src.path:
-            path = Path(src.path)
+            lat = Path(src.path)
             key = tkey(i, t, "latency.path")
-            if not path.parent.is_dir():
-                out.append(Problem(key, f"directory {path.parent} does not exist (tenant {t.name}'s latency file)"))
-            elif path.exists():
+            if not lat.parent.is_dir():
+                out.append(Problem(key, f"directory {lat.parent} does not exist (tenant {t.name}'s latency file)"))
+            elif lat.exists():
                 if (p := _readable(key, src.path, "latency file")) is not None:
                     out.append(p)
             else:
-                out.append(Problem(key, f"{path} does not exist yet: tenant {t.name}'s latency is unavailable until"
+                out.append(Problem(key, f"{lat} does not exist yet: tenant {t.name}'s latency is unavailable until"
                                         " it does", error=False))  # fmt: skip
         lc = t.launcher
         if lc is not None and lc.kind == "command":
             for name in ("command", "stop_command", "ready_command"):
                 if (p := _program(tkey(i, t, f"launcher.{name}"), getattr(lc, name), t.name)) is not None:
                     out.append(p)
-        elif lc is not None and lc.ready_command:
-            if (p := _program(tkey(i, t, "launcher.ready_command"), lc.ready_command, t.name)) is not None:
-                out.append(p)
+        elif lc is not None and (p := _program(tkey(i, t, "launcher.ready_command"), lc.ready_command, t.name)):
+            out.append(p)
     return out

@@ -8,6 +8,7 @@ bits, read-only mounts and pseudo-filesystems like /proc are only known by tryin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -35,10 +36,8 @@ def check_output_file(path: str, mkdir: bool = False) -> str | None:
     except OSError as e:
         return f"cannot write: {e.strerror or e}"
     if not existed:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
     return None
 
 

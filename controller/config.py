@@ -371,6 +371,9 @@ class MqttExporter(Strict):
     def _auth(self) -> MqttExporter:
         if self.control_topic and not self.username:
             raise KeyProblem("control_topic", "control_topic needs username/password_file (authentication)")
+        if self.tls_ca is not None and not self.tls and not self.url.startswith("mqtts://"):
+            # The CA would be ignored and the connection left in plain text.
+            raise KeyProblem("tls_ca", "tls_ca is set but TLS is off: set tls = true or use an mqtts:// url")
         return self
 
 

@@ -92,11 +92,48 @@ def _state_dir(cfg: Config) -> list[Problem]:
     return []
 
 
+def _roots(cfg: Config) -> list[Problem]:
+    out = []
+    for key, path in (
+        ("host.cgroup_root", cfg.host.cgroup_root),
+        ("signals.proc_root", cfg.signals.proc_root),
+        ("signals.sys_root", cfg.signals.sys_root),
+    ):
+        if not Path(path).is_dir():
+            out.append(Problem(key, f"{path} is not a directory on this host"))
+    return out
+
+
+def _tenant_paths(cfg: Config) -> list[Problem]:
+    """A tenant's cgroup and devices that this host does not have: warnings, since a service may
+    start after tailguard, but a cap on either would fail until they exist."""
+    out = []
+    root = Path(cfg.host.cgroup_root)
+    sysr = Path(cfg.signals.sys_root)
+    for i, t in enumerate(cfg.tenants):
+        if t.cgroup and root.is_dir() and not (root / t.cgroup).is_dir():
+            why = f"{root / t.cgroup} does not exist (yet): tenant {t.name}'s I/O is unseen and uncapped until it does"
+            out.append(Problem(tkey(i, t, "cgroup"), why, error=False))
+        if not (sysr / "class" / "block").is_dir():
+            continue  # no sysfs to look in (a container without /sys): cannot tell
+        for j, d in enumerate(t.devices):
+            if ":" in d:
+                found = (sysr / "dev" / "block" / d).exists()
+            else:
+                found = (sysr / "class" / "block" / d).exists() or (sysr / "class" / "net" / d).exists()
+            if not found:
+                why = f"no block device or NIC {d!r} on this host (tenant {t.name})"
+                out.append(Problem(tkey(i, t, f"devices[{j}]"), why, error=False))
+    return out
+
+
 def file_problems(cfg: Config) -> list[Problem]:
     """Every problem with the files and programs `cfg` names, errors and warnings."""
     out: list[Problem] = []
+    out += _roots(cfg)
     out += _topology(cfg)
     out += _state_dir(cfg)
+    out += _tenant_paths(cfg)
     mq = cfg.exporters.mqtt
     if mq.enabled or mq.password_file or mq.tls_ca:
         for key, named, what in (

@@ -7,6 +7,7 @@ tailguard replay --shadow TRACE [--quiet]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             with open(args.json_out, "w", encoding="utf-8") as f:
                 f.write(report.to_json(scenario, seed, duration, summary))
         except OSError as e:  # checked above; the disk may have filled since
+            with contextlib.suppress(OSError):
+                os.unlink(args.json_out)  # no truncated JSON left for a reader to trip on
             return _err(f"--json {args.json_out}: {e.strerror or e}")
     if args.plot:
         try:

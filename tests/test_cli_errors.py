@@ -7,6 +7,7 @@ as an operator's shell would run it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -107,3 +108,42 @@ def test_shadow_warns_of_a_cut_line_with_its_number(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert f"{p}:{n + 1}: line cut short" in r.stderr
     assert "5 ticks" in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.fixture
+def mounts(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """tmpfs mounts made for one test (root only), unmounted after it."""
+    made: list[Path] = []
+
+    def mount(name: str, opts: str) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], capture_output=True, timeout=30)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        made.append(d)
+        return d
+
+    yield mount
+    for d in reversed(made):
+        subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=30)
+
+
+@pytest.mark.faults
+def test_outputs_on_a_read_only_and_a_full_filesystem(mounts) -> None:  # type: ignore[no-untyped-def]
+    ro = mounts("ro", "ro,size=1m")
+    r = cli("replay", "--json", str(ro / "x.json"))
+    assert r.returncode == 2 and "--json" in r.stderr and "Read-only file system" in r.stderr, r.stderr
+    r = cli("demo", "--out", str(ro / "out"))
+    assert r.returncode == 2 and "--out" in r.stderr and "Traceback" not in r.stdout + r.stderr
+    # Full: the up-front probe passes (an empty file needs no data block), the write at the end
+    # fails; still exit 2 naming the option, and no truncated JSON left behind.
+    full = mounts("full", "size=64k")
+    with contextlib.suppress(OSError), open(full / "filler", "wb", buffering=0) as f:
+        while True:
+            f.write(b"\0" * 4096)
+    out = full / "x.json"
+    r = cli("replay", "--json", str(out), "--policies", "static", "--duration", "600")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--json" in r.stderr and "No space left" in r.stderr and "Traceback" not in r.stdout + r.stderr
+    assert not out.exists()

@@ -89,6 +89,11 @@ def _state_dir(cfg: Config) -> list[Problem]:
         anc = anc.parent
     if not anc.is_dir():
         return [Problem(key, f"{d} cannot be created: {anc} is not a directory")]
+    if not os.access(anc, os.W_OK | os.X_OK):  # a read-only mount says so even to root
+        verb = "is not writable" if anc == d else f"cannot be created ({anc} is not writable)"
+        if os.geteuid() == 0:
+            return [Problem(key, f"{d} {verb}: the journal and status file live there")]
+        return [Problem(key, f"{d} {verb} by this user (uid {os.geteuid()}); the daemon runs as root", error=False)]
     return []
 
 

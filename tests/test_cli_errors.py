@@ -147,3 +147,14 @@ def test_outputs_on_a_read_only_and_a_full_filesystem(mounts) -> None:  # type: 
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--json" in r.stderr and "No space left" in r.stderr and "Traceback" not in r.stdout + r.stderr
     assert not out.exists()
+
+
+@pytest.mark.faults
+def test_check_config_refuses_a_state_dir_on_a_read_only_mount(mounts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ro = mounts("ro", "ro,size=1m")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[host]\nstate_dir = "{ro}/state"\n')
+    r = cli("check-config", str(cfg))
+    assert r.returncode == 2 and f"host.state_dir: {ro}/state cannot be created ({ro} is not writable)" in r.stderr
+    cfg.write_text(f'[host]\nstate_dir = "{tmp_path}/state"\n')
+    assert cli("check-config", str(cfg)).returncode == 0

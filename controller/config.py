@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fsm.mig import Slot
+from fsm.mig import GpuModel, Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
@@ -434,9 +435,9 @@ class Config(Strict):
     def _cross(self) -> Config:
         # Checks across sections (GPU references, MIG placement, shared cgroups, ...) live in
         # controller/config_checks.py; each problem names its key path and the tenants involved.
-        from controller.config_checks import cross_problems
+        from controller.config_checks import model_problems
 
-        errors = [KeyProblem(p.key, p.message) for p in cross_problems(self) if p.error]
+        errors = [KeyProblem(p.key, p.message) for p in model_problems(self) if p.error]
         if errors:
             raise KeyProblems(errors)
         return self
@@ -494,13 +495,14 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, str(p))
 
 
-def check_loaded(cfg: Config, file: str) -> Checked:
-    """Everything beyond the model: the files and programs the config names, and the warnings.
-    Raises ConfigError (with the warnings) when any problem is an error."""
-    from controller.config_checks import cross_problems
+def check_loaded(cfg: Config, file: str, models: Callable[[str], GpuModel | None] | None = None) -> Checked:
+    """Everything beyond the model: MIG homes against the GPUs' profile tables (`models`: the
+    driver's, where known; see config_checks.mig_problems), the files and programs the config
+    names, and the warnings. Raises ConfigError (with the warnings) when any problem is an error."""
+    from controller.config_checks import mig_problems, model_problems
     from controller.config_files import file_problems
 
-    problems = [p for p in cross_problems(cfg) if not p.error] + file_problems(cfg)
+    problems = [p for p in model_problems(cfg) if not p.error] + mig_problems(cfg, models) + file_problems(cfg)
     warnings = [p.line() for p in problems if not p.error]
     errors = [p.line() for p in problems if p.error]
     if errors:
@@ -508,9 +510,9 @@ def check_loaded(cfg: Config, file: str) -> Checked:
     return Checked(cfg, warnings)
 
 
-def load_checked(path: str | Path) -> Checked:
+def load_checked(path: str | Path, models: Callable[[str], GpuModel | None] | None = None) -> Checked:
     """What `check-config`, `run` and a SIGHUP reload use: load_config, then check_loaded."""
-    return check_loaded(load_config(path), str(path))
+    return check_loaded(load_config(path), str(path), models)
 
 
 def layout_of(text: str) -> tuple[Slot, ...]:

@@ -3,8 +3,9 @@ GPU references, MIG placement, shared cgroups, duplicate names, listen addresses
 
 Each Problem names its key path (`tenants[1](etl).instance`) and, in its message, every tenant
 involved. Errors are what `run` would fail on or misapply; warnings are legal but probably not
-meant. Nothing here touches the filesystem (controller/config_files.py does), so the same checks
-run in the model validator, in `check-config`, at `run` start and on SIGHUP.
+meant. Nothing here touches the filesystem (controller/config_files.py does). `model_problems`
+runs in the model's validator; `mig_problems` and the warnings in controller/config.py
+`check_loaded`, which `check-config`, `run` at start and a SIGHUP reload all go through.
 """
 
 from __future__ import annotations
@@ -44,19 +45,23 @@ def tkey(i: int, t: TenantConfig, key: str = "") -> str:
 
 
 def cross_problems(cfg: Config, models: Callable[[str], GpuModel | None] | None = None) -> list[Problem]:
-    """Every cross-section problem of a validated-per-field config, errors and warnings.
+    """Every cross-section problem of a config valid per field: errors and warnings."""
+    return model_problems(cfg) + mig_problems(cfg, models)
 
-    `models(gpu_name)` gives a GPU's MIG table where something better than the config's `model`
-    key is known (the driver's listings); by default the built-in table of the configured model,
-    or, for a GPU without one, every known model (what NVML will report is not known offline)."""
-    out: list[Problem] = []
-    out += _names(cfg)
-    out += _gpu_refs(cfg)
-    out += _mig(cfg, models)
-    out += _cgroups(cfg)
-    out += _exporters(cfg)
-    out += _coverage(cfg)
-    return out
+
+def model_problems(cfg: Config) -> list[Problem]:
+    """What the model itself refuses (Config's validator): names, GPU references, cgroups that
+    would cap one another, exporters; and the warnings of the same kinds."""
+    return [*_names(cfg), *_gpu_refs(cfg), *_cgroups(cfg), *_exporters(cfg), *_coverage(cfg)]
+
+
+def mig_problems(cfg: Config, models: Callable[[str], GpuModel | None] | None = None) -> list[Problem]:
+    """MIG homes against the GPUs' profile tables. `models(gpu_name)` gives a GPU's table where
+    something better than the config's `model` key is known (the driver's `-lgip`/`-lgipp`
+    listings: the driver wins); by default the built-in table of the configured model, or, for a
+    GPU without one, every known model (what NVML will report is not known offline). Not part of
+    the model's validation, so that a driver's table can overrule the built-in one."""
+    return _mig(cfg, models)
 
 
 def _names(cfg: Config) -> list[Problem]:

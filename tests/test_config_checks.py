@@ -110,7 +110,7 @@ def test_mig_without_a_model_is_checked_against_every_model() -> None:
     bad = base.format("2g.20gb@0") + '[[tenants]]\nname = "b"\nrole = "bulk"\ninstance = "gpu0/1g.5gb@6"\n'
     # 2g.20gb (80 GB models) and 1g.5gb (40 GB models) cannot share one GPU.
     with pytest.raises(ConfigError, match=r"tenants\[1\]\(b\)\.instance: no known GPU model offers every profile"):
-        parse_config(bad)
+        check_loaded(parse_config(bad), "x")
 
 
 def test_the_probe_hook_overrides_the_configured_model() -> None:
@@ -120,6 +120,12 @@ def test_the_probe_hook_overrides_the_configured_model() -> None:
     h100 = MODELS["H100-80GB-HBM3"]
     got = [p.line() for p in cross_problems(cfg, models=lambda g: h100 if g == "gpu0" else None)]
     assert len(got) == 1 and got[0].startswith("tenants[0](llm).instance: gpu0/2g.10gb@0: GPU model H100-80GB-HBM3")
+    # ... and the other way round: a profile the built-in table lacks but the driver lists.
+    bad = parse_config(EXAMPLE.replace("gpu0/2g.10gb@0", "gpu0/2g.20gb@0"))  # an 80 GB profile
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\(llm\)\.instance"):
+        check_loaded(bad, "x")
+    a100_80 = MODELS["A100-SXM4-80GB"]
+    assert not [p for p in cross_problems(bad, models=lambda g: a100_80 if g == "gpu0" else None) if p.error]
 
 
 def test_key_problems_name_their_key() -> None:

@@ -122,7 +122,7 @@ def check_options(args: argparse.Namespace) -> None:
         addr = args.metrics_addr.strip("[]")
         if not addr:
             raise UsageError("--metrics-addr must not be empty")
-        if not is_loopback(addr) and not args.allow_remote:
+        if not is_loopback(addr) and not getattr(args, "allow_remote", False):
             raise UsageError(
                 f"--metrics-addr {args.metrics_addr}: not a loopback address; metrics and /status (decision"
                 " evidence) would be reachable from other hosts: add --allow-remote to mean it"
@@ -135,7 +135,7 @@ def check_options(args: argparse.Namespace) -> None:
         except ValueError as e:
             # It becomes an MQTT topic level and a metric label: no '/', '+', '#' or spaces.
             raise UsageError(f"--host-name {args.host_name!r}: {e}") from None
-    if args.record is not None:
+    if getattr(args, "record", None) is not None:
         from schema.outputs import check_output_file
 
         if args.max_bytes < MIN_TRACE_BYTES:

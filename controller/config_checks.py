@@ -164,8 +164,17 @@ def _mig(cfg: Config, models: Callable[[str], GpuModel | None] | None) -> list[P
     return out
 
 
+def _named(m: GpuModel, profile: str) -> bool:
+    # By its name as -lgip prints it: the layouts read back from the driver compare by name, so an
+    # ID ("9") or "MIG 3g.20gb" would never match the instance it means.
+    return m.has_profile(profile) and m.profile(profile).name == profile
+
+
 def _slot_problem(cands: list[GpuModel], known: bool, slot: Slot) -> str | None:
-    have = [m for m in cands if m.has_profile(slot.profile)]
+    have = [m for m in cands if _named(m, slot.profile)]
+    alias = [m.profile(slot.profile).name for m in cands if m.has_profile(slot.profile)]
+    if not have and alias:
+        return f"write the profile by its name, {alias[0]!r}, not {slot.profile!r}"
     if not have:
         if known:
             m = cands[0]
@@ -181,7 +190,7 @@ def _slot_problem(cands: list[GpuModel], known: bool, slot: Slot) -> str | None:
 
 
 def _legal(m: GpuModel, s: Slot) -> bool:
-    return m.has_profile(s.profile) and s.start in m.profile(s.profile).placements
+    return _named(m, s.profile) and s.start in m.profile(s.profile).placements
 
 
 def _together(

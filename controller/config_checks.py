@@ -203,9 +203,7 @@ def _together(
     if len(items) < 2:
         return []
     slots = [s for _, _, s in items]
-    fit = [
-        m for m in cands if all(m.has_profile(s.profile) and s.start in m.profile(s.profile).placements for s in slots)
-    ]
+    fit = [m for m in cands if all(_legal(m, s) for s in slots)]
     names = ", ".join(t.name for _, t, _ in items)
     if not fit:
         i, t, _ = items[-1]

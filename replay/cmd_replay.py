@@ -2,6 +2,7 @@
 
 tailguard replay [SCENARIO] [--policies a,b] [--duration S] [--seed N] [--json OUT] [--plot OUT.png]
 tailguard replay --shadow TRACE [--quiet]
+tailguard replay --suite [--duration S] [--seed N] [--json OUT] [--jobs N]
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def register(sub: Any) -> None:
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
     p.add_argument("--shadow", metavar="TRACE", help="shadow-replay a recorded observation trace instead")
     p.add_argument("--quiet", action="store_true", help="with --shadow: only the summary")
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="every suite scenario at its suite_duration_s (or --duration) under the five policies and the "
+        "hindsight oracle; one matrix",
+    )
     p.set_defaults(func=run)
 
 
@@ -44,6 +51,8 @@ def _err(msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.shadow:
         return run_shadow(args.shadow, args.quiet)
+    if getattr(args, "suite", False):
+        return run_suite(args)
     from replay import report
     from replay.runner import POLICIES, run_all
     from replay.scenario import ScenarioError, load_scenario
@@ -79,6 +88,37 @@ def run(args: argparse.Namespace) -> int:
             report.plot(scenario, shown, args.plot)
         except ImportError:
             return _err("--plot needs matplotlib (pip install 'tailguard[plot]')")
+    return 0
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    import json
+
+    from replay.scenario import ScenarioError, suite
+    from replay.suite import matrix, timed_suite
+
+    if args.duration is not None and args.duration <= 0:
+        return _err("--duration must be positive")
+    if args.jobs is not None and args.jobs < 1:
+        return _err("--jobs must be at least 1")
+    try:
+        scenarios = suite()
+    except ScenarioError as e:
+        return _err(str(e))
+    doc, wall = timed_suite(scenarios, args.duration, args.seed, args.jobs)
+    print(f"suite: {len(scenarios)} scenarios, {len(doc['suite'])} x 6 rows, {wall:.1f} s wall")
+    print(matrix(doc["suite"]))
+    print(
+        "(p99/p999 over all sensitive requests; bad req. = share of sensitive requests over their SLO; "
+        "others thr = lowest work ratio of the other tenants vs static; actions per host-hour)"
+    )
+    if args.json_out:
+        try:
+            with open(args.json_out, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+        except OSError as e:
+            return _err(f"--json {args.json_out}: {e.strerror or e}")
     return 0
 
 
@@ -125,6 +165,7 @@ def demo(out_dir: str) -> int:
         json_out=os.path.join(out_dir, "replay.json"),
         plot=os.path.join(out_dir, "replay.png"),
         jobs=None,
+        suite=False,
     )
     rc = run(ns)
     if rc == 0:

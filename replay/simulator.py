@@ -115,16 +115,68 @@ class RequestStream:
         self.buf_t = self.buf_m = self.buf_n = np.empty(0)
         self.buf_lo = 0
         self.buf_end = 0.0
+        self.next_t: float | None = None  # gamma: the first arrival past the generated chunks
+        self.burst = False  # mmpp: the state now, and when it ends
+        self.state_end: float | None = None
+
+    def _gamma(self, a: float, b: float, rate: float) -> Array:
+        """Arrivals in [a, b) of a renewal process with Gamma gaps (mean 1/rate, CV req.cv)."""
+        shape = 1.0 / self.req.cv**2
+        scale = 1.0 / (rate * shape)
+        if self.next_t is None:  # start in equilibrium-ish: a first gap from the same law
+            self.next_t = a + float(self.rng.gamma(shape, scale))
+        out = []
+        t = self.next_t  # the pending arrival
+        batch = int(rate * (b - a) * 1.1) + 16
+        while t < b:
+            ts = t + np.concatenate(([0.0], np.cumsum(self.rng.gamma(shape, scale, batch))))
+            head = ts[:-1]  # arrivals; ts[-1] is the next pending one
+            inside = head < b  # non-decreasing, so a prefix
+            out.append(head[inside])
+            if not inside.all():
+                t = float(head[~inside][0])  # the gaps drawn beyond it are dropped (same for every policy)
+                break
+            t = float(ts[-1])
+        self.next_t = t
+        return np.concatenate(out) if out else np.empty(0)
+
+    def _mmpp(self, a: float, b: float, rate: float) -> Array:
+        """Arrivals in [a, b) of a two-state Markov-modulated Poisson process with mean `rate`."""
+        req = self.req
+        calm = rate * (req.calm_mean_s + req.burst_mean_s) / (req.calm_mean_s + req.burst_ratio * req.burst_mean_s)
+        if self.state_end is None:  # the stationary state at the start, memoryless residual
+            self.burst = bool(self.rng.random() < req.burst_mean_s / (req.burst_mean_s + req.calm_mean_s))
+            self.state_end = a + float(self.rng.exponential(req.burst_mean_s if self.burst else req.calm_mean_s))
+        out = []
+        cur = a
+        while cur < b:
+            end = min(self.state_end, b)
+            r = calm * (req.burst_ratio if self.burst else 1.0)
+            n = int(self.rng.poisson(r * (end - cur)))
+            out.append(self.rng.uniform(cur, end, n))
+            if self.state_end <= b:
+                self.burst = not self.burst
+                self.state_end += float(self.rng.exponential(req.burst_mean_s if self.burst else req.calm_mean_s))
+            cur = end
+        return np.sort(np.concatenate(out))
 
     def _fill(self, until: float) -> None:
-        """Generate Poisson arrivals, thinning marks and noise in fixed 600 s chunks (cheap per
-        tick, and the same numbers whatever the tick length)."""
+        """Generate arrivals (Poisson, Gamma renewal or MMPP at the schedule's peak rate), thinning
+        marks and noise in fixed 600 s chunks (cheap per tick, and the same numbers whatever the
+        tick length)."""
         assert self.req.rate is not None
         parts = [(self.buf_t[self.buf_lo :], self.buf_m[self.buf_lo :], self.buf_n[self.buf_lo :])]
         while self.buf_end < until:
             a = self.buf_end
-            n = int(self.rng.poisson(self.req.rate * self.level_max * CHUNK_S))
-            t = np.sort(self.rng.uniform(a, a + CHUNK_S, n))
+            rate = self.req.rate * self.level_max
+            if self.req.arrivals == "gamma":
+                t = self._gamma(a, a + CHUNK_S, rate)
+            elif self.req.arrivals == "mmpp":
+                t = self._mmpp(a, a + CHUNK_S, rate)
+            else:
+                n = int(self.rng.poisson(rate * CHUNK_S))
+                t = np.sort(self.rng.uniform(a, a + CHUNK_S, n))
+            n = t.size
             marks = self.rng.random(n)
             noise = self.rng.lognormal(self.mu, self.sigma, n) if self.sigma > 0 else np.ones(n)
             parts.append((t, marks, noise))
@@ -268,17 +320,20 @@ class HostSim:
         self.last: Observation | None = None
         self.sensitive: dict[str, _Sensitive] = {}
         self.others: list[TenantConfig] = []
-        self.flow_links: dict[str, list[tuple[dict[str, int], str, str]]] = {}
+        self.flow_links: dict[str, list[tuple[dict[str, int], str, str]]] = {}  # the paths in force
+        self.route_links: dict[tuple[str, int], list[tuple[dict[str, int], str, str]]] = {}  # every flow set
         for i, (name, cfg) in enumerate(sorted(model.tenants.items())):
             if cfg.requests is not None:
-                stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.level)
+                stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.peak())
                 batch = BatchServer() if cfg.requests.server == "batched" else None
                 self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream, batch=batch)
             else:
                 self.others.append(cfg)
-                self.flow_links[name] = [
-                    (_flow_links(self.topo, f.path[0], f.path[1]), f.path[0], f.path[1]) for f in cfg.flows
-                ]
+                for k, flows in enumerate(cfg.flow_sets()):
+                    self.route_links[(name, k)] = [
+                        (_flow_links(self.topo, f.path[0], f.path[1]), f.path[0], f.path[1]) for f in flows
+                    ]
+                self.flow_links[name] = self.route_links[(name, 0)]
         self.capacity = {n.id: n.link_bps for n in self.topo.nodes if n.link_bps is not None}
         self.gpu_nodes = [n.id for n in self.topo.gpus]
         self.block = {n.id: (n.aliases[0] if n.aliases else n.id) for n in self.topo.of_kind(NodeKind.NVME)}
@@ -286,14 +341,16 @@ class HostSim:
         self.cpus = sorted({c for n in self.topo.of_kind(NodeKind.NUMA) for c in n.cpus})
         # Precomputed per tenant: the devices its flows start or end at (hot path of every tick).
         self.ends: dict[str, list[tuple[str, NodeKind, bool, int | None]]] = {}
-        for name, links in self.flow_links.items():
+        self.route_ends: dict[tuple[str, int], list[tuple[str, NodeKind, bool, int | None]]] = {}
+        for key, links in self.route_links.items():
             ends = []
             for _, src, dst in links:
                 for end, is_src in ((src, True), (dst, False)):
                     if end != CPU:
                         node = self.topo.node(end)
                         ends.append((node.id, node.kind, is_src, self.topo.numa_of(node.id)))
-            self.ends[name] = ends
+            self.route_ends[key] = ends
+        self.ends = {name: self.route_ends[(name, 0)] for name in self.flow_links}
         self._slice_cache: dict[tuple[str, str], int] = {}
         self._layout_info: dict[str, tuple[tuple[Slot, ...], list[tuple[str, InstanceRef, float]]]] = {}
         self._idle: dict[str, tuple[tuple[Slot, ...] | None, GpuSample]] = {}
@@ -461,6 +518,10 @@ class HostSim:
         sm: dict[str, float] = {}  # tenant -> SM activity of its instance
         flows: list[Flow] = []
         for cfg in self.others:
+            if cfg.reroute:  # the aggressor's flows take the paths of the phase in force
+                k = cfg.flows_at(t0)
+                self.flow_links[cfg.name] = self.route_links[(cfg.name, k)]
+                self.ends[cfg.name] = self.route_ends[(cfg.name, k)]
             level = cfg.schedule.active(t0)
             f_mps = self._mps_factor(cfg.name, t0)
             sm[cfg.name] = cfg.sm_active * min(1.0, level) * f_mps

@@ -1,0 +1,226 @@
+"""The hindsight oracle: the best *static* configuration of a host, found offline with the whole
+run known, as a bound on what a controller could reach without acting at runtime.
+
+For each sensitive tenant the candidates are its instances at t=0: any profile at any placement the
+GPU's MIG rules (fsm.mig) allow around the other tenants' instances as they are. Others are never
+moved, shrunk or evicted; instances nobody uses may be replaced. Every candidate runs under the
+`static` policy (all levers off) from its layout, so the oracle row takes no runtime action.
+
+Search (documented in docs/scenarios.md, "The oracle"):
+- per GPU only the largest profile that fits is kept: in the simulator a tenant's service time
+  falls with its slices and its KV cache grows with its memory, while its PCIe path and its
+  neighbours depend only on the GPU, so a smaller slice on the same GPU never does better
+  (`prune=False` keeps every profile: the tests check both agree on small cases);
+- one tenant, or few enough joint choices (<= EXHAUSTIVE_MAX): every joint choice of GPUs;
+  otherwise greedy, most urgent tenant first (the most windows over its SLO under `static`), each
+  tenant's best GPU chosen with the others where they are or were already put;
+- every candidate is screened on a shorter horizon (one period of the host's longest schedule,
+  at least an hour); the best SCREEN_KEEP go on to the full run, and the best full run wins;
+- ranked by bad_request_fraction, then p99, then the others' lowest throughput (higher is
+  better), then the placement's text: deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fsm.mig import GpuModel, Slot, is_valid, slot_range
+from fsm.observation import InstanceRef
+from fsm.spec import Role
+from replay.runner import HostRun
+from replay.scenario import HostModel, Scenario, kv_fits
+
+EXHAUSTIVE_MAX = 24  # joint GPU choices above this: greedy
+SCREEN_KEEP = 3  # candidates that go on from the screening horizon to the full run
+SCREEN_MIN_S = 3600.0
+
+Choice = tuple[tuple[str, InstanceRef], ...]  # (tenant, its instance at t=0), by tenant name
+Runner = Callable[[list[tuple[int, Choice, float]]], list[HostRun]]  # (host, choice, duration) -> runs
+
+
+@dataclass(frozen=True, slots=True)
+class OracleResult:
+    host: str
+    choice: Choice
+    run: HostRun
+    evaluated: int  # candidate runs (screening and full)
+    method: str  # exhaustive | greedy
+
+
+def describe(choice: Choice) -> dict[str, str]:
+    return {n: str(i) for n, i in choice}
+
+
+# -- the configuration a choice stands for ---------------------------------------------------------
+def apply_choice(model: HostModel, choice: Choice) -> HostModel:
+    """The host with the chosen tenants' instances (and their GPUs' layouts) at t=0."""
+    layouts = dict(model.layouts)
+    spec_tenants = dict(model.spec.tenants)
+    cfgs = dict(model.tenants)
+    for name, inst in choice:
+        old = spec_tenants[name].instance
+        if old == inst:
+            continue
+        gm = model.models[inst.gpu]
+        taken = {
+            t.instance.slot for n, t in spec_tenants.items() if t.instance and t.instance.gpu == inst.gpu and n != name
+        }
+        vacated = old.slot if old and old.gpu == inst.gpu else None
+        layouts[inst.gpu] = _layout_with(gm, layouts[inst.gpu], taken, inst.slot, vacated)
+        spec_tenants[name] = replace(spec_tenants[name], instance=inst, gpu=inst.gpu)
+        cfgs[name] = cfgs[name].model_copy(update={"instance": str(inst)})
+    spec = replace(model.spec, tenants=spec_tenants)
+    return replace(model, spec=spec, layouts=layouts, tenants=cfgs)
+
+
+def _layout_with(
+    gm: GpuModel, layout: Sequence[Slot], taken: set[Slot], new: Slot, old: Slot | None
+) -> tuple[Slot, ...]:
+    """`layout` with `new` added: the tenants' slots stay; free slots stay where they still fit."""
+    used = set(slot_range(gm, new))
+    keep = [s for s in layout if s in taken]
+    for s in layout:
+        if s in taken or s == old or used & set(slot_range(gm, s)):
+            continue
+        if is_valid(gm, [*keep, new, s]):
+            keep.append(s)
+    out = tuple(sorted([*keep, new]))
+    if not is_valid(gm, out):
+        raise ValueError(f"{new} does not fit beside {sorted(taken)}")
+    return out
+
+
+def placements(model: HostModel, tenant: str, others: dict[str, InstanceRef], prune: bool = True) -> list[InstanceRef]:
+    """Where `tenant` may run at t=0 with the other tenants at `others`: per GPU, the profiles (the
+    largest only, with `prune`) that fit around them at their first allowed start, and whose KV
+    cache fits (vLLM would not start otherwise)."""
+    req = model.tenants[tenant].requests
+    out: list[InstanceRef] = []
+    for gpu in sorted(model.layouts):
+        gm = model.models[gpu]
+        taken = [i.slot for n, i in others.items() if n != tenant and i.gpu == gpu]
+        fits = []
+        for p in sorted(gm.ladder(), key=lambda p: -p.slices):
+            start = next((s for s in p.placements if is_valid(gm, [*taken, Slot(s, p.name)])), None)
+            if start is None or not kv_fits(req, gm, p.name):
+                continue
+            fits.append(InstanceRef(gpu, p.name, start))
+            if prune:
+                break
+        out.extend(fits)
+    return out
+
+
+def _joint(model: HostModel, order: list[str], gpus: tuple[str, ...], prune: bool) -> Choice | None:
+    """Place the tenants of `order` on `gpus` in that order, each at the largest profile that fits."""
+    where = {n: t.instance for n, t in model.spec.tenants.items() if t.instance is not None}
+    out: dict[str, InstanceRef] = {}
+    for name, gpu in zip(order, gpus, strict=True):
+        cand = [i for i in placements(model, name, where, prune) if i.gpu == gpu]
+        if not cand:
+            return None
+        where[name] = out[name] = cand[0]
+    return tuple(sorted(out.items()))
+
+
+# -- ranking ---------------------------------------------------------------------------------------
+def bad_fraction(run: HostRun) -> float:
+    """Share of the sensitive requests over their tenant's SLO.
+    TODO(lab-report): switch to the report's per-tenant bad_request_fraction once merged; until then
+    the pooled latencies are compared with the SLO, exact when the host's sensitive tenants share one."""
+    if run.latencies.size == 0:
+        return 0.0
+    slo = min(run.slo.values()) if run.slo else math.inf
+    return float(np.count_nonzero(run.latencies > slo)) / run.latencies.size
+
+
+def others_throughput(run: HostRun, static: HostRun) -> float:
+    """The lowest work ratio (vs `static`) of the non-sensitive tenants; 1.0 when there are none."""
+    ratios = [
+        w / static.delivered[n]
+        for n, w in run.delivered.items()
+        if run.roles[n] != Role.SENSITIVE.value and static.delivered.get(n, 0) > 0
+    ]
+    return min(ratios) if ratios else 1.0
+
+
+def rank_key(run: HostRun, static: HostRun, choice: Choice) -> tuple[float, float, float, str]:
+    p99 = float(np.quantile(run.latencies, 0.99)) if run.latencies.size else 0.0
+    others = others_throughput(run, static)
+    return (round(bad_fraction(run), 9), round(p99, 9), -round(others, 9), str(describe(choice)))
+
+
+def urgency(run: HostRun) -> list[str]:
+    """Sensitive tenants, most windows over their SLO first (ties by name)."""
+    over: dict[str, int] = dict.fromkeys(run.slo, 0)
+    for _, name, count, q in run.windows:
+        if name in over and count > 0 and not math.isnan(q) and q > run.slo[name]:
+            over[name] += 1
+    return sorted(over, key=lambda n: (-over[n], n))
+
+
+def screen_horizon(scenario: Scenario, host_index: int, duration_s: float) -> float:
+    """One period of the host's longest schedule (at least an hour), never past the run."""
+    periods = [SCREEN_MIN_S]
+    for t in scenario.hosts[host_index].tenants.values():
+        periods += [p for p in (t.schedule.period_s, t.reroute_period_s) if p is not None]
+    return min(duration_s, max(periods))
+
+
+# -- the search --------------------------------------------------------------------------------------
+def search(
+    scenario: Scenario,
+    host_index: int,
+    duration_s: float,
+    static: HostRun,
+    run_many: Runner,
+    prune: bool = True,
+) -> OracleResult:
+    """The best static choice for one host. `run_many` runs (host, choice, duration) jobs under the
+    static policy (in a process pool, or inline) and returns their HostRuns in order."""
+    model = scenario.hosts[host_index]
+    order = urgency(static)
+    start = {n: i for n in order if (i := model.spec.tenants[n].instance) is not None}
+    home: Choice = tuple(sorted(start.items()))
+    screen_s = screen_horizon(scenario, host_index, duration_s)
+    evaluated = 0
+
+    def best(choices: list[Choice]) -> tuple[Choice, HostRun]:
+        nonlocal evaluated
+        uniq = sorted(set(choices), key=lambda c: str(describe(c)))
+        if screen_s < duration_s and len(uniq) > SCREEN_KEEP:
+            runs = run_many([(host_index, c, screen_s) for c in uniq])
+            base = run_many([(host_index, home, screen_s)])[0] if home not in uniq else runs[uniq.index(home)]
+            evaluated += len(uniq) + (home not in uniq)
+            ranked = sorted(zip(uniq, runs, strict=True), key=lambda cr: rank_key(cr[1], base, cr[0]))
+            uniq = [c for c, _ in ranked[:SCREEN_KEEP]]
+        runs = run_many([(host_index, c, duration_s) for c in uniq])
+        evaluated += len(uniq)
+        choice, run = min(zip(uniq, runs, strict=True), key=lambda cr: rank_key(cr[1], static, cr[0]))
+        return choice, run
+
+    gpus = sorted(model.layouts)
+    if not order or not gpus:
+        return OracleResult(model.name, home, run_many([(host_index, home, duration_s)])[0], 1, "exhaustive")
+    if len(gpus) ** len(order) <= EXHAUSTIVE_MAX:
+        joint = [_joint(model, order, g, prune) for g in itertools.product(gpus, repeat=len(order))]
+        choices = [c for c in joint if c is not None] + [home]
+        choice, run = best(choices)
+        return OracleResult(model.name, choice, run, evaluated, "exhaustive")
+    # Greedy: the most urgent tenant first, each with the others where they are or were put.
+    where = dict(start)
+    choice, run = home, static
+    for name in order:
+        fixed = {n: t.instance for n, t in model.spec.tenants.items() if t.instance is not None} | where
+        cands: list[Choice] = []
+        for inst in placements(model, name, fixed, prune):
+            cands.append(tuple(sorted({**where, name: inst}.items())))
+        cands.append(choice)  # staying put is always a candidate
+        choice, run = best(cands)
+        where = dict(choice)
+    return OracleResult(model.name, choice, run, evaluated, "greedy")

@@ -519,9 +519,9 @@ class HostSim:
         flows: list[Flow] = []
         for cfg in self.others:
             if cfg.reroute:  # the aggressor's flows take the paths of the phase in force
-                k = cfg.flows_at(t0)
-                self.flow_links[cfg.name] = self.route_links[(cfg.name, k)]
-                self.ends[cfg.name] = self.route_ends[(cfg.name, k)]
+                phase = cfg.flows_at(t0)
+                self.flow_links[cfg.name] = self.route_links[(cfg.name, phase)]
+                self.ends[cfg.name] = self.route_ends[(cfg.name, phase)]
             level = cfg.schedule.active(t0)
             f_mps = self._mps_factor(cfg.name, t0)
             sm[cfg.name] = cfg.sm_active * min(1.0, level) * f_mps

@@ -517,9 +517,11 @@ class HostSim:
         # Demand and SM load of the other tenants this tick.
         sm: dict[str, float] = {}  # tenant -> SM activity of its instance
         flows: list[Flow] = []
+        phases: list[int] = []  # rerouted tenants' flow sets in force (part of the memo key)
         for cfg in self.others:
             if cfg.reroute:  # the aggressor's flows take the paths of the phase in force
                 phase = cfg.flows_at(t0)
+                phases.append(phase)
                 self.flow_links[cfg.name] = self.route_links[(cfg.name, phase)]
                 self.ends[cfg.name] = self.route_ends[(cfg.name, phase)]
             level = cfg.schedule.active(t0)
@@ -544,6 +546,7 @@ class HostSim:
         key = (
             tuple((f.name, f.cap) for f in flows),
             tuple((n, tuple(sorted(ln))) for n, ln in sens_links.items()),
+            tuple(phases),
         )
         elastic = self._elastic.get(key)
         if elastic is None:

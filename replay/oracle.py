@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fsm.mig import GpuModel, Slot, is_valid, slot_range
+from fsm.mig import Slot, is_valid
 from fsm.observation import InstanceRef
 from fsm.spec import Role
 from replay.runner import HostRun
@@ -58,41 +58,30 @@ def describe(choice: Choice) -> dict[str, str]:
 
 # -- the configuration a choice stands for ---------------------------------------------------------
 def apply_choice(model: HostModel, choice: Choice) -> HostModel:
-    """The host with the chosen tenants' instances (and their GPUs' layouts) at t=0."""
+    """The host with the chosen tenants' instances (and their GPUs' layouts) at t=0: on every GPU a
+    chosen instance lands on, the tenants' slots stay and the free slots stay where they still fit."""
+    where = {n: t.instance for n, t in model.spec.tenants.items() if t.instance is not None}
+    moved = {n: i for n, i in choice if where.get(n) != i}
+    if not moved:
+        return model
+    where.update(moved)
     layouts = dict(model.layouts)
+    for gpu in sorted({i.gpu for i in moved.values()}):
+        gm = model.models[gpu]
+        taken = sorted(i.slot for i in where.values() if i.gpu == gpu)
+        if not is_valid(gm, taken):
+            raise ValueError(f"{gpu}: {[str(s) for s in taken]} is not a valid layout")
+        keep = list(taken)
+        for s in layouts[gpu]:
+            if s not in taken and is_valid(gm, [*keep, s]):
+                keep.append(s)
+        layouts[gpu] = tuple(sorted(keep))
     spec_tenants = dict(model.spec.tenants)
     cfgs = dict(model.tenants)
-    for name, inst in choice:
-        old = spec_tenants[name].instance
-        if old == inst:
-            continue
-        gm = model.models[inst.gpu]
-        taken = {
-            t.instance.slot for n, t in spec_tenants.items() if t.instance and t.instance.gpu == inst.gpu and n != name
-        }
-        vacated = old.slot if old and old.gpu == inst.gpu else None
-        layouts[inst.gpu] = _layout_with(gm, layouts[inst.gpu], taken, inst.slot, vacated)
+    for name, inst in moved.items():
         spec_tenants[name] = replace(spec_tenants[name], instance=inst, gpu=inst.gpu)
         cfgs[name] = cfgs[name].model_copy(update={"instance": str(inst)})
-    spec = replace(model.spec, tenants=spec_tenants)
-    return replace(model, spec=spec, layouts=layouts, tenants=cfgs)
-
-
-def _layout_with(
-    gm: GpuModel, layout: Sequence[Slot], taken: set[Slot], new: Slot, old: Slot | None
-) -> tuple[Slot, ...]:
-    """`layout` with `new` added: the tenants' slots stay; free slots stay where they still fit."""
-    used = set(slot_range(gm, new))
-    keep = [s for s in layout if s in taken]
-    for s in layout:
-        if s in taken or s == old or used & set(slot_range(gm, s)):
-            continue
-        if is_valid(gm, [*keep, new, s]):
-            keep.append(s)
-    out = tuple(sorted([*keep, new]))
-    if not is_valid(gm, out):
-        raise ValueError(f"{new} does not fit beside {sorted(taken)}")
-    return out
+    return replace(model, spec=replace(model.spec, tenants=spec_tenants), layouts=layouts, tenants=cfgs)
 
 
 def placements(model: HostModel, tenant: str, others: dict[str, InstanceRef], prune: bool = True) -> list[InstanceRef]:
@@ -126,6 +115,14 @@ def _joint(model: HostModel, order: list[str], gpus: tuple[str, ...], prune: boo
             return None
         where[name] = out[name] = cand[0]
     return tuple(sorted(out.items()))
+
+
+def _valid(model: HostModel, choice: Choice) -> Choice | None:
+    try:
+        apply_choice(model, choice)
+    except ValueError:
+        return None
+    return choice
 
 
 # -- ranking ---------------------------------------------------------------------------------------
@@ -208,7 +205,11 @@ def search(
     if not order or not gpus:
         return OracleResult(model.name, home, run_many([(host_index, home, duration_s)])[0], 1, "exhaustive")
     if len(gpus) ** len(order) <= EXHAUSTIVE_MAX:
-        joint = [_joint(model, order, g, prune) for g in itertools.product(gpus, repeat=len(order))]
+        if prune:  # every joint choice of GPUs, each tenant at the largest profile that fits there
+            joint = [_joint(model, order, g, prune) for g in itertools.product(gpus, repeat=len(order))]
+        else:  # every joint choice of instances, each around the others as they are
+            each = [placements(model, n, dict(start), prune=False) for n in order]
+            joint = [_valid(model, tuple(sorted(zip(order, c, strict=True)))) for c in itertools.product(*each)]
         choices = [c for c in joint if c is not None] + [home]
         choice, run = best(choices)
         return OracleResult(model.name, choice, run, evaluated, "exhaustive")

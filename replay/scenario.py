@@ -114,7 +114,7 @@ class Requests(_Strict):
         if self.server != "batched":
             given = sorted(self.model_fields_set & _BATCHED_KEYS)
             if given:
-                raise ValueError(f"{', '.join(given)}: only with server = \"batched\"")
+                raise ValueError(f'{", ".join(given)}: only with server = "batched"')
         kv = self.model_fields_set & (_KV_KEYS - {"kv_bytes_per_token"})
         if kv and self.kv_bytes_per_token <= 0:
             raise ValueError(f"{', '.join(sorted(kv))}: only with kv_bytes_per_token > 0 (the KV cache's size)")

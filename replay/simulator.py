@@ -10,7 +10,8 @@ Per tick (`tick_s`, or whatever time the daemon lets pass):
 - each instance is a FCFS server: latencies come from the Lindley recursion over the arrivals
   (replay.queueing); or, with `server = "batched"`, a vLLM-style engine that runs steps of
   chunked prefill under a token budget beside the running decodes (replay.batching); the window
-  reports the requests that completed in the tick;
+  reports the requests that completed in the tick, as the live latency sampler would read them
+  from vLLM's TTFT histogram (fsm.histogram), or exactly with `exact_latency`;
 - MIG reconfigurations and moves hold the moved tenant's server for their downtime; requests
   queue meanwhile ("restart" hand-over). A "warm" hand-over keeps the tenant serving on its old
   instance while the new copy warms up, then holds it only for `handover_gap_s` at the switch

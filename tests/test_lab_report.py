@@ -348,3 +348,14 @@ def test_sensitive_throughput_counts_served_requests_not_arrivals() -> None:
     assert r.served["t1"] < r.arrivals["t1"]
     assert r.delivered["t1"] == r.served["t1"]
     assert sum(x[2] for x in r.windows if x[1] == "t1") == r.served["t1"]
+
+
+def test_replay_cli_exact_latency_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.cli import main
+
+    out = tmp_path / "e.json"
+    assert main(["replay", "--policies", "static", "--duration", "300", "--exact-latency", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["latency_view"] == "exact" and set(doc["policies"]["static"]["tenants"]) == {"t1"}
+    text = capsys.readouterr().out
+    assert "raw samples (--exact-latency)" in text and "bad req." in text

@@ -10,7 +10,8 @@ Per tick (`tick_s`, or whatever time the daemon lets pass):
 - each instance is a FCFS server: latencies come from the Lindley recursion over the arrivals
   (replay.queueing); or, with `server = "batched"`, a vLLM-style engine that runs steps of
   chunked prefill under a token budget beside the running decodes (replay.batching); the window
-  reports the requests that completed in the tick;
+  reports the requests that completed in the tick, as the live latency sampler would read them
+  from vLLM's TTFT histogram (fsm.histogram), or exactly with `exact_latency`;
 - MIG reconfigurations and moves hold the moved tenant's server for their downtime; requests
   queue meanwhile ("restart" hand-over). A "warm" hand-over keeps the tenant serving on its old
   instance while the new copy warms up, then holds it only for `handover_gap_s` at the switch
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from fsm.desired import DesiredState, MpsLimit, Throttle
+from fsm.histogram import VLLM_TTFT_BUCKETS, histogram_quantile, window_from_buckets
 from fsm.mig import GpuModel, Slot, layout_problems, normalise
 from fsm.observation import (
     ActuationStatus,
@@ -229,6 +231,7 @@ class _Sensitive:
     free_at: float = 0.0
     pend_done: Array = field(default_factory=lambda: np.empty(0))  # completion times not yet reported
     pend_lat: Array = field(default_factory=lambda: np.empty(0))
+    slo_s: float = math.inf
     busy_s: float = 0.0  # compute seconds in the last tick (SM activity)
     rate_bps: float = 0.0
     batch: BatchServer | None = None  # server = "batched": the engine's queue and decodes
@@ -254,8 +257,13 @@ class Stats:
     """What the runner reports on; filled while the simulation runs."""
 
     latencies: list[Array] = field(default_factory=list)  # per tick, all sensitive tenants
-    windows: list[tuple[float, str, int, float]] = field(default_factory=list)  # (t, tenant, count, quantile)
-    delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests)
+    tenant_latencies: dict[str, list[Array]] = field(default_factory=dict)  # the same arrays, per tenant
+    # (t, tenant, count, quantile): the window as the controller saw it (the histogram estimate
+    # unless exact_latency)
+    windows: list[tuple[float, str, int, float]] = field(default_factory=list)
+    delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests served)
+    arrivals: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests that arrived
+    served: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests completed in the run
     reconfigs: int = 0
     moves: int = 0
     failed_ops: int = 0
@@ -300,8 +308,15 @@ def _quantiles(sorted_x: Array, qs: tuple[float, ...]) -> list[float]:
 class HostSim:
     """The synchronous simulation engine of one host (the offline replay drives it directly)."""
 
-    def __init__(self, model: HostModel, meta: ScenarioMeta, seed: int, host_index: int = 0) -> None:
+    def __init__(
+        self, model: HostModel, meta: ScenarioMeta, seed: int, host_index: int = 0, exact_latency: bool = False
+    ) -> None:
         self.model = model
+        # False: the controller sees each tick's latencies as a live vLLM exports them, a cumulative
+        # histogram on vLLM's TTFT buckets read through the live sampler's estimator; True: the
+        # idealised view, the raw samples' quantiles and an exact over_slo.
+        self.exact_latency = exact_latency
+        self._bounds = np.asarray(VLLM_TTFT_BUCKETS)
         self.meta = meta
         self.spec: HostSpec = model.spec
         self.topo = model.spec.topology
@@ -326,7 +341,8 @@ class HostSim:
             if cfg.requests is not None:
                 stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.peak())
                 batch = BatchServer() if cfg.requests.server == "batched" else None
-                self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream, batch=batch)
+                slo_s = cfg.slo_ms / 1000.0 if cfg.slo_ms else math.inf
+                self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream, slo_s=slo_s, batch=batch)
             else:
                 self.others.append(cfg)
                 for k, flows in enumerate(cfg.flow_sets()):
@@ -588,22 +604,20 @@ class HostSim:
                 cost = step_cost(req, scale, per_byte, self._mem_gib(inst))
                 done, lat, s.free_at, busy_s[name] = s.batch.run(cost, s.free_at, t1)
             s.rate_bps = total_bytes / dt
-            self.stats.latencies.append(lat)
-            self.stats.delivered[name] = self.stats.delivered.get(name, 0.0) + arr.size
+            st = self.stats
+            st.latencies.append(lat)
+            st.tenant_latencies.setdefault(name, []).append(lat)
+            st.arrivals[name] = st.arrivals.get(name, 0) + int(arr.size)
             # FCFS or steps in order: departures are non-decreasing, so the completed ones are a prefix.
             all_done = np.concatenate((s.pend_done, done))
             all_lat = np.concatenate((s.pend_lat, lat))
             cut = int(np.searchsorted(all_done, t1, "left"))
             rep = np.sort(all_lat[:cut])
             s.pend_done, s.pend_lat = all_done[cut:], all_lat[cut:]
-            if rep.size:
-                p50, p99, p999 = _quantiles(rep, (0.5, 0.99, 0.999))
-                window[name] = LatencyWindow(int(rep.size), p50, p99, p999)
-                q = _quantiles(rep, (s.cfg.quantile,))[0]
-                self.stats.windows.append((t1, name, int(rep.size), q))
-            else:
-                window[name] = LatencyWindow(0)
-                self.stats.windows.append((t1, name, 0, math.nan))
+            st.served[name] = st.served.get(name, 0) + cut
+            st.delivered[name] = st.delivered.get(name, 0.0) + cut  # served, not arrived
+            window[name], q = self._window(rep, s.slo_s, s.cfg.quantile)
+            st.windows.append((t1, name, int(rep.size), q))
         for cfg in self.others:
             work = rates.get(cfg.name, 0.0) * dt if cfg.flows else sm[cfg.name] * dt
             self.stats.delivered[cfg.name] = self.stats.delivered.get(cfg.name, 0.0) + work
@@ -614,6 +628,22 @@ class HostSim:
         return obs
 
     # -- what the samplers would see --------------------------------------------------------------
+    def _window(self, rep: Array, slo_s: float, quantile: float) -> tuple[LatencyWindow, float]:
+        """The tick's window as the controller sees it, and its `quantile` (NaN when empty)."""
+        n = int(rep.size)
+        if n == 0:
+            return LatencyWindow(0, over_slo=0.0), math.nan
+        if self.exact_latency:
+            p50, p99, p999, q = _quantiles(rep, (0.5, 0.99, 0.999, quantile))
+            over = float(n - int(np.searchsorted(rep, slo_s, "right")))
+            return LatencyWindow(n, p50, p99, p999, over_slo=over), q
+        # What vLLM's /metrics would show between two scrapes: cumulative counts per `le`.
+        cum = np.searchsorted(rep, self._bounds, "right").tolist()
+        buckets = [*zip(VLLM_TTFT_BUCKETS, cum, strict=True), (math.inf, n)]
+        w = window_from_buckets(buckets, slo_s)
+        qv = histogram_quantile(quantile, buckets)
+        return w, math.nan if qv is None else qv
+
     def _observation(
         self,
         t: float,
@@ -738,11 +768,12 @@ class HostSim:
     def drain(self) -> None:
         """End of a run: serve what batched servers still hold, with no further arrivals, so their
         requests count as FCFS ones do (whose latencies are known when they arrive)."""
-        for s in self.sensitive.values():
+        for name, s in self.sensitive.items():
             if s.batch is not None:
                 _, lat, s.free_at = s.batch.drain(s.free_at)
                 if lat.size:
                     self.stats.latencies.append(lat)
+                    self.stats.tenant_latencies.setdefault(name, []).append(lat)
 
     def level_of_service(self) -> dict[str, str]:
         """Where every tenant runs now (for reports and tests)."""

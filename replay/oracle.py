@@ -12,12 +12,12 @@ Search (documented in docs/scenarios.md, "The oracle"):
   neighbours depend only on the GPU, so a smaller slice on the same GPU never does better
   (`prune=False` keeps every profile: the tests check both agree on small cases);
 - one tenant, or few enough joint choices (<= EXHAUSTIVE_MAX): every joint choice of GPUs;
-  otherwise greedy, most urgent tenant first (the most windows over its SLO under `static`), each
+  otherwise greedy, most urgent tenant first (the largest bad_request_fraction under `static`), each
   tenant's best GPU chosen with the others where they are or were already put;
 - every candidate is screened on a shorter horizon (one period of the host's longest schedule,
   at least an hour); the best SCREEN_KEEP go on to the full run, and the best full run wins;
 - ranked by bad_request_fraction, then p99, then the others' lowest throughput (higher is
-  better), then the placement's text: deterministic.
+  better), then the placement's text: deterministic. The figures are replay.report's.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-
-import numpy as np
+from typing import Any
 
 from fsm.mig import Slot, is_valid
 from fsm.observation import InstanceRef
 from fsm.spec import Role
+from replay import report
 from replay.runner import HostRun
 from replay.scenario import HostModel, Scenario, kv_fits
 
@@ -126,39 +126,28 @@ def _valid(model: HostModel, choice: Choice) -> Choice | None:
 
 
 # -- ranking ---------------------------------------------------------------------------------------
-def bad_fraction(run: HostRun) -> float:
-    """Share of the sensitive requests over their tenant's SLO.
-    TODO(lab-report): switch to the report's per-tenant bad_request_fraction once merged; until then
-    the pooled latencies are compared with the SLO, exact when the host's sensitive tenants share one."""
-    if run.latencies.size == 0:
-        return 0.0
-    slo = min(run.slo.values()) if run.slo else math.inf
-    return float(np.count_nonzero(run.latencies > slo)) / run.latencies.size
+def judge(scenario: Scenario, run: HostRun, static: HostRun) -> dict[str, Any]:
+    """The report's row for one host run (replay.report: bad_request_fraction, p99, throughput)."""
+    return report.summarise(scenario, {"x": [run]}, baseline=[static])["x"]
 
 
-def others_throughput(run: HostRun, static: HostRun) -> float:
-    """The lowest work ratio (vs `static`) of the non-sensitive tenants; 1.0 when there are none."""
-    ratios = [
-        w / static.delivered[n]
-        for n, w in run.delivered.items()
-        if run.roles[n] != Role.SENSITIVE.value and static.delivered.get(n, 0) > 0
-    ]
-    return min(ratios) if ratios else 1.0
+def others_throughput(row: dict[str, Any]) -> float:
+    """The lowest work ratio (vs static) of the non-sensitive roles; 1.0 when there are none."""
+    thr = [v for k, v in row["throughput"].items() if k != Role.SENSITIVE.value]
+    return min(thr) if thr else 1.0
 
 
-def rank_key(run: HostRun, static: HostRun, choice: Choice) -> tuple[float, float, float, str]:
-    p99 = float(np.quantile(run.latencies, 0.99)) if run.latencies.size else 0.0
-    others = others_throughput(run, static)
-    return (round(bad_fraction(run), 9), round(p99, 9), -round(others, 9), str(describe(choice)))
+def rank_key(scenario: Scenario, run: HostRun, static: HostRun, choice: Choice) -> tuple[float, float, float, str]:
+    row = judge(scenario, run, static)
+    bad = row["bad_request_fraction"] or 0.0
+    p99 = row["p99_ms"] if not math.isnan(row["p99_ms"]) else 0.0
+    return (bad, p99, -others_throughput(row), str(describe(choice)))
 
 
-def urgency(run: HostRun) -> list[str]:
-    """Sensitive tenants, most windows over their SLO first (ties by name)."""
-    over: dict[str, int] = dict.fromkeys(run.slo, 0)
-    for _, name, count, q in run.windows:
-        if name in over and count > 0 and not math.isnan(q) and q > run.slo[name]:
-            over[name] += 1
-    return sorted(over, key=lambda n: (-over[n], n))
+def urgency(scenario: Scenario, static: HostRun) -> list[str]:
+    """Sensitive tenants, the largest bad_request_fraction under static first (ties by name)."""
+    tenants = judge(scenario, static, static)["tenants"]
+    return sorted(tenants, key=lambda n: (-(tenants[n]["bad_request_fraction"] or 0.0), n))
 
 
 def screen_horizon(scenario: Scenario, host_index: int, duration_s: float) -> float:
@@ -181,7 +170,7 @@ def search(
     """The best static choice for one host. `run_many` runs (host, choice, duration) jobs under the
     static policy (in a process pool, or inline) and returns their HostRuns in order."""
     model = scenario.hosts[host_index]
-    order = urgency(static)
+    order = urgency(scenario, static)
     start = {n: i for n in order if (i := model.spec.tenants[n].instance) is not None}
     home: Choice = tuple(sorted(start.items()))
     screen_s = screen_horizon(scenario, host_index, duration_s)
@@ -194,11 +183,11 @@ def search(
             runs = run_many([(host_index, c, screen_s) for c in uniq])
             base = run_many([(host_index, home, screen_s)])[0] if home not in uniq else runs[uniq.index(home)]
             evaluated += len(uniq) + (home not in uniq)
-            ranked = sorted(zip(uniq, runs, strict=True), key=lambda cr: rank_key(cr[1], base, cr[0]))
+            ranked = sorted(zip(uniq, runs, strict=True), key=lambda cr: rank_key(scenario, cr[1], base, cr[0]))
             uniq = [c for c, _ in ranked[:SCREEN_KEEP]]
         runs = run_many([(host_index, c, duration_s) for c in uniq])
         evaluated += len(uniq)
-        choice, run = min(zip(uniq, runs, strict=True), key=lambda cr: rank_key(cr[1], static, cr[0]))
+        choice, run = min(zip(uniq, runs, strict=True), key=lambda cr: rank_key(scenario, cr[1], static, cr[0]))
         return choice, run
 
     gpus = sorted(model.layouts)

@@ -109,14 +109,6 @@ def scenario_object(sr: ScenarioRuns) -> dict[str, Any]:
     from replay import report
 
     summary = report.summarise(sr.scenario, sr.runs, baseline=sr.runs["static"])
-    for name, hr in sr.runs.items():
-        row = summary[name]
-        # TODO(lab-report): the report's own bad_request_fraction replaces this once merged.
-        if "bad_request_fraction" not in row:
-            n = sum(r.latencies.size for r in hr)
-            row["bad_request_fraction"] = (
-                round(sum(oracle.bad_fraction(r) * r.latencies.size for r in hr) / n, 6) if n else None
-            )
     summary["oracle"]["placement"] = {r.host: oracle.describe(r.choice) for r in sr.oracle}
     summary["oracle"]["search"] = {r.host: {"method": r.method, "runs": r.evaluated} for r in sr.oracle}
     full, orc = summary["full"]["bad_request_fraction"], summary["oracle"]["bad_request_fraction"]

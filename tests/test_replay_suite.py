@@ -12,10 +12,10 @@ import pytest
 
 from controller.cli import main
 from fsm.mig import is_valid
-from fsm.observation import InstanceRef
+from fsm.observation import InstanceRef, Observation
 from replay import oracle
 from replay.runner import HostRun, run_host
-from replay.scenario import Requests, Schedule, Scenario, ScenarioError, bundled, parse_scenario, suite
+from replay.scenario import Requests, Scenario, ScenarioError, Schedule, bundled, parse_scenario, suite
 from replay.simulator import HostSim, RequestStream
 from replay.suite import SUITE_POLICIES, run_choice, run_oracle
 
@@ -58,7 +58,7 @@ def test_mmpp_keeps_the_mean_rate_and_is_burstier_than_poisson() -> None:
 def test_arrivals_are_common_random_numbers(kw: dict[str, object]) -> None:
     """The draws depend on (seed, host, tenant) and time only: the tick length (what a policy's
     actuation could change) does not move a single arrival; another tenant gets other arrivals."""
-    req = Requests(rate=20.0, compute_ms=1.0, **kw)  # type: ignore[arg-type]
+    req = Requests(rate=20.0, compute_ms=1.0, **kw)
     a = _arrivals(req, 5.0, 3600.0)
     b = _arrivals(req, 2.0, 3600.0)
     np.testing.assert_array_equal(a, b)
@@ -104,7 +104,7 @@ nodes = [
   { id = "numa0", kind = "numa", index = 0, cpus = "0-7" },
   { id = "rc0", kind = "root_complex", parent = "numa0" },
   { id = "sw0", kind = "switch", parent = "rc0", link_gbps = 24.0 },
-  { id = "gpu0", kind = "gpu", parent = "sw0", model = "A100-SXM4-40GB", link_gbps = 24.0, layout = ["1g.5gb@0", "3g.20gb@4"] },
+  {id="gpu0", kind="gpu", parent="sw0", model="A100-SXM4-40GB", link_gbps=24.0, layout=["1g.5gb@0", "3g.20gb@4"]},
   { id = "gpu1", kind = "gpu", parent = "sw0", model = "A100-SXM4-40GB", link_gbps = 24.0, layout = ["7g.40gb@0"] },
   { id = "nvme0", kind = "nvme", parent = "sw0", link_gbps = 7.0, aliases = ["nvme0n1"] },
   { id = "nvme1", kind = "nvme", parent = "sw0", link_gbps = 7.0, aliases = ["nvme1n1"] },
@@ -186,11 +186,14 @@ def test_oracle_exhaustive_finds_the_known_best() -> None:
     assert full.choice == res.choice and full.evaluated > res.evaluated
     model = sc.hosts[0]
     where = {n: t.instance for n, t in model.spec.tenants.items() if t.instance is not None}
-    best = oracle.rank_key(res.run, static, res.choice)
+    best = oracle.rank_key(sc, res.run, static, res.choice)
     for inst in oracle.placements(model, "v", where, prune=False):
         c = (("v", inst),)
-        assert oracle.rank_key(run_choice(sc, 0, c, 600.0, 2), static, c) >= best
-    assert oracle.bad_fraction(res.run) < oracle.bad_fraction(static)
+        assert oracle.rank_key(sc, run_choice(sc, 0, c, 600.0, 2), static, c) >= best
+    assert (
+        oracle.judge(sc, res.run, static)["bad_request_fraction"]
+        < oracle.judge(sc, static, static)["bad_request_fraction"]
+    )
     assert res.run.actions == 0 and res.run.moves == 0 and res.run.reconfigs == 0
 
 
@@ -237,10 +240,14 @@ reroute = [{ at_s = 300, flows = [{ path = ["nvme2", "cpu"] }, { path = ["cpu", 
     before = sim.advance(5.0)
     sim.t = 300.0
     after = sim.advance(5.0)
+
     # Before: the ETL copies cross gpu1's link; after: gpu2's. The victim's share grows back
     # (the elastic-share memo must not keep the old paths).
-    assert before.gpus["gpu1"].pcie_rx_bps > 0 and before.gpus["gpu2"].pcie_rx_bps == 0
-    assert after.gpus["gpu2"].pcie_rx_bps > 0 and after.gpus["gpu1"].pcie_rx_bps == 0
+    def rx(obs: Observation, gpu: str) -> float:
+        return obs.gpus[gpu].pcie_rx_bps or 0.0
+
+    assert rx(before, "gpu1") > 0 and rx(before, "gpu2") == 0
+    assert rx(after, "gpu2") > 0 and rx(after, "gpu1") == 0
     shares = list(sim._elastic.values())
     assert len(shares) == 2 and shares[0]["v"] < shares[1]["v"]
     with pytest.raises(ScenarioError, match=r"reroute\[0\].flows\[0\].path: unknown device 'nope'"):

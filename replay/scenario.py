@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +65,9 @@ class NodeConfig(_Strict):
     id: str
     kind: Literal["numa", "root_complex", "switch", "gpu", "nvme", "nic"]
     parent: str | None = None  # numa nodes hang off the host
-    link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink (1 GB = 1e9 bytes)
+    link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink, each direction (1 GB = 1e9 bytes)
+    up_gbps: float | None = Field(None, gt=0)  # toward the root complex, when not link_gbps
+    down_gbps: float | None = Field(None, gt=0)  # from the root complex, when not link_gbps
     index: int | None = Field(None, ge=0)  # numa: node number
     cpus: str | None = None  # numa: "0-23,48-71"
     model: str | None = None  # gpu: A100-SXM4-40GB, ...
@@ -86,6 +88,9 @@ class Requests(_Strict):
     slice_exponent: float = Field(1.0, ge=0, le=2)  # compute / slices ** exponent
     bytes: float = Field(0.0, ge=0)  # host<->device bytes per request, fixed part
     bytes_per_token: float = Field(0.0, ge=0)
+    # PCIe is full duplex: this share of the bytes goes device -> host (results: up the GPU's
+    # switch), the rest host -> device (prompt, inputs, prefix-cache blocks: down it).
+    d2h_share: float = Field(0.0, ge=0, le=1)
     noise_cv: float = Field(0.2, ge=0, le=3)  # lognormal multiplicative noise on compute time
     generated_tokens: float = Field(0.0, ge=0)  # output tokens per request with `rate` (a trace has its own)
     # The service model: "fcfs" = one request at a time (Lindley); "batched" = vLLM-style engine
@@ -207,6 +212,8 @@ class HostModel:
     models: dict[str, GpuModel]
     tenants: dict[str, TenantConfig]
     base_dir: Path  # for relative trace paths
+    # PCIe is full duplex: (node id, "up" | "down") -> bytes/s of that node's uplink in that direction.
+    capacity: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +259,7 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
     ids = {HOST_ID}
     layouts: dict[str, tuple[Slot, ...]] = {}
     models: dict[str, GpuModel] = {}
+    capacity: dict[tuple[str, str], float] = {}
     for j, n in enumerate(h.nodes):
         nw = f"{where}.nodes[{j}]({n.id})"
         if n.id in ids or n.id == CPU:
@@ -299,6 +307,11 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         elif n.model is not None or n.layout is not None:
             problems.append(f"{nw}: model and layout are for gpu nodes only")
         link = n.link_gbps * 1e9 if n.link_gbps is not None else None
+        if link is None and (n.up_gbps is not None or n.down_gbps is not None):
+            problems.append(f"{nw}.link_gbps: up_gbps / down_gbps refine link_gbps, which is missing")
+        elif link is not None:
+            capacity[(n.id, "up")] = n.up_gbps * 1e9 if n.up_gbps is not None else link
+            capacity[(n.id, "down")] = n.down_gbps * 1e9 if n.down_gbps is not None else link
         kind = NodeKind(n.kind)
         nodes.append(
             Node(
@@ -369,7 +382,15 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         name = h.name if h.copies == 1 else f"{h.name}-{c}"
         spec = HostSpec(topo, tenants, Policy(), {g: m.key for g, m in models.items()})
         out.append(
-            HostModel(name, spec, dict(layouts), dict(models), {t.name: t for t in h.tenants}, Path(file).parent)
+            HostModel(
+                name,
+                spec,
+                dict(layouts),
+                dict(models),
+                {t.name: t for t in h.tenants},
+                Path(file).parent,
+                dict(capacity),
+            )
         )
     return out
 

@@ -209,28 +209,45 @@ class Stats:
     failed_ops: int = 0
 
 
-def _flow_links(topo: Topology, a: str, b: str) -> dict[str, int]:
-    """Links (node ids whose uplink is crossed) between two endpoints; "cpu" is host memory."""
+UP, DOWN = "up", "down"  # toward the root complex (device -> host), and away from it
+LinkDir = tuple[str, str]  # (node whose uplink it is, UP | DOWN): a fabric resource
+
+
+def flow_links(topo: Topology, a: str, b: str) -> dict[tuple[str, str], int]:
+    """(link, direction) resources a transfer from `a` to `b` crosses; "cpu" is host memory.
+
+    A link is named by the node whose uplink it is. From a device toward host memory the bytes go
+    up every link to its root complex (an NVMe read); from host memory to a device, down (a
+    host-to-GPU copy). Between two devices under one switch: up from the source to the switch, then
+    down to the destination (peer-to-peer); under different root complexes: through host memory.
+    """
     if a == CPU and b == CPU:
         return {}
-    if a == CPU or b == CPU:
-        dev = b if a == CPU else a
-        return {n: 1 for n in topo.path_links(dev)}
+    if a == CPU:
+        return {(n, DOWN): 1 for n in topo.path_links(b)}
+    if b == CPU:
+        return {(n, UP): 1 for n in topo.path_links(a)}
     ida, idb = topo.node(a).id, topo.node(b).id
     common = topo.lca(ida, idb)
     kind = topo.node(common).kind if common else None
-    out: dict[str, int] = {}
+    out: dict[tuple[str, str], int] = {}
     if common is None or kind in (NodeKind.NUMA, NodeKind.HOST):
-        # Through host memory / the root complexes: each side up to its root complex.
-        for n in (*topo.path_links(ida), *topo.path_links(idb)):
-            out[n] = out.get(n, 0) + 1
-        return out
-    for dev in (ida, idb):
-        for n in topo.ancestors(dev):
-            if n == common:
-                break
-            out[n] = out.get(n, 0) + 1
+        legs = [(n, UP) for n in topo.path_links(ida)] + [(n, DOWN) for n in topo.path_links(idb)]
+    else:
+        legs = []
+        for dev, way in ((ida, UP), (idb, DOWN)):
+            for n in topo.ancestors(dev):
+                if n == common:
+                    break
+                legs.append((n, way))
+    for leg in legs:
+        out[leg] = out.get(leg, 0) + 1
     return out
+
+
+def _inv(share: float) -> float:
+    """Seconds per byte at `share` bytes/s (0 for a path with no modelled link)."""
+    return 1.0 / share if math.isfinite(share) and share > 0 else 0.0
 
 
 def _quantiles(sorted_x: Array, qs: tuple[float, ...]) -> list[float]:
@@ -268,7 +285,7 @@ class HostSim:
         self.last: Observation | None = None
         self.sensitive: dict[str, _Sensitive] = {}
         self.others: list[TenantConfig] = []
-        self.flow_links: dict[str, list[tuple[dict[str, int], str, str]]] = {}
+        self.flow_links: dict[str, list[tuple[dict[tuple[str, str], int], str, str]]] = {}
         for i, (name, cfg) in enumerate(sorted(model.tenants.items())):
             if cfg.requests is not None:
                 stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.level)
@@ -277,9 +294,11 @@ class HostSim:
             else:
                 self.others.append(cfg)
                 self.flow_links[name] = [
-                    (_flow_links(self.topo, f.path[0], f.path[1]), f.path[0], f.path[1]) for f in cfg.flows
+                    (flow_links(self.topo, f.path[0], f.path[1]), f.path[0], f.path[1]) for f in cfg.flows
                 ]
-        self.capacity = {n.id: n.link_bps for n in self.topo.nodes if n.link_bps is not None}
+        self.capacity: dict[tuple[str, str], float] = dict(model.capacity) or {
+            (n.id, way): n.link_bps for n in self.topo.nodes if n.link_bps is not None for way in (UP, DOWN)
+        }
         self.gpu_nodes = [n.id for n in self.topo.gpus]
         self.block = {n.id: (n.aliases[0] if n.aliases else n.id) for n in self.topo.of_kind(NodeKind.NVME)}
         self.nics = {n.id: (n.aliases[0] if n.aliases else n.id) for n in self.topo.of_kind(NodeKind.NIC)}
@@ -414,7 +433,7 @@ class HostSim:
                 self.outcomes.append(Outcome(f"tenant:{n}", True, "", op.end))
 
     # -- one tick ---------------------------------------------------------------------------------
-    def _cap(self, name: str, links: list[tuple[dict[str, int], str, str]], t: float) -> float:
+    def _cap(self, name: str, links: list[tuple[dict[tuple[str, str], int], str, str]], t: float) -> float:
         cap = math.inf
         for _, src, dst in links:
             for end, read in ((src, True), (dst, False)):
@@ -459,34 +478,41 @@ class HostSim:
         self._finish_ops(t0)
         # Demand and SM load of the other tenants this tick.
         sm: dict[str, float] = {}  # tenant -> SM activity of its instance
-        flows: list[Flow] = []
+        flows: list[Flow[LinkDir]] = []
         for cfg in self.others:
             level = cfg.schedule.active(t0)
             f_mps = self._mps_factor(cfg.name, t0)
             sm[cfg.name] = cfg.sm_active * min(1.0, level) * f_mps
             links = self.flow_links[cfg.name]
             if links and cfg.demand_gbps > 0:
-                merged: dict[str, int] = {}
+                merged: dict[tuple[str, str], int] = {}
                 for ln, _, _ in links:
                     for k, m in ln.items():
                         merged[k] = merged.get(k, 0) + m
                 demand = cfg.demand_gbps * 1e9 * level
                 flows.append(Flow(cfg.name, merged, min(demand, self._cap(cfg.name, links, t0))))
-        # Sensitive tenants: average transfer rate (for others' shares) and elastic share (for theirs).
-        sens_links: dict[str, dict[str, int]] = {}
-        for name in self.sensitive:
-            inst = self.instance[name]
-            sens_links[name] = {n: 1 for n in self.topo.path_links(inst.gpu)}
-        avg = [Flow(n, sens_links[n], s.rate_bps) for n, s in self.sensitive.items()]
+        # Sensitive tenants: average transfer rate (for others' shares) and elastic share (for theirs),
+        # one flow per direction: host -> device down the GPU's path, device -> host up it.
+        sens_links: dict[str, tuple[tuple[str, ...], float]] = {}
+        avg: list[Flow[LinkDir]] = []
+        for name, s in self.sensitive.items():
+            path = tuple(self.topo.path_links(self.instance[name].gpu))
+            d2h = s.req.d2h_share
+            sens_links[name] = (path, d2h)
+            avg.append(Flow(f"{name}>{DOWN}", {(n, DOWN): 1 for n in path}, s.rate_bps * (1.0 - d2h)))
+            if d2h > 0:
+                avg.append(Flow(f"{name}>{UP}", {(n, UP): 1 for n in path}, s.rate_bps * d2h))
         rates = max_min(flows + avg, self.capacity)
         # The elastic shares depend only on the other flows' caps and the victims' paths: memoise.
-        key = (
-            tuple((f.name, f.cap) for f in flows),
-            tuple((n, tuple(sorted(ln))) for n, ln in sens_links.items()),
-        )
+        key = (tuple((f.name, f.cap) for f in flows), tuple(sorted(sens_links.items())))
         elastic = self._elastic.get(key)
         if elastic is None:
-            elastic = max_min(flows + [Flow(n, sens_links[n]) for n in self.sensitive], self.capacity)
+            probes: list[Flow[LinkDir]] = []
+            for n, (path, d2h) in sens_links.items():
+                probes.append(Flow(f"{n}>{DOWN}", {(x, DOWN): 1 for x in path}))
+                if d2h > 0:
+                    probes.append(Flow(f"{n}>{UP}", {(x, UP): 1 for x in path}))
+            elastic = max_min(flows + probes, self.capacity)
             if len(self._elastic) < 10_000:
                 self._elastic[key] = elastic
         # Requests.
@@ -494,6 +520,7 @@ class HostSim:
         busy_s: dict[str, float] = {}
         for name, s in self.sensitive.items():
             inst = self.instance[name]
+            req = s.req
             level = s.cfg.schedule.active(t0)
             arr, tok, gen, noise = s.stream.window(t0, t1, level)
             neighbours = sum(
@@ -502,9 +529,11 @@ class HostSim:
                 if i.gpu == inst.gpu and o != name
             )
             slow = 1.0 + self.meta.compute_coupling * neighbours
-            req = s.req
-            share = elastic.get(name, math.inf)
-            per_byte = 1.0 / share if math.isfinite(share) and share > 0 else 0.0
+            # Seconds per byte: the H2D part at the downstream share, the D2H part at the upstream one.
+            d2h = req.d2h_share
+            per_byte = (1.0 - d2h) * _inv(elastic.get(f"{name}>{DOWN}", math.inf))
+            if d2h > 0:
+                per_byte += d2h * _inv(elastic.get(f"{name}>{UP}", math.inf))
             scale = 1e-3 * slow / self._slices(inst) ** req.slice_exponent
             if req.compute_ms_per_token or req.bytes_per_token:
                 compute = (req.compute_ms + req.compute_ms_per_token * tok) * scale * noise
@@ -554,7 +583,7 @@ class HostSim:
         self,
         t: float,
         dt: float,
-        flows: list[Flow],
+        flows: list[Flow[LinkDir]],
         rates: dict[str, float],
         sm: dict[str, float],
         busy_s: dict[str, float],
@@ -579,9 +608,9 @@ class HostSim:
             tenants[name] = TenantSample(
                 latency=lw, throughput=(lw.count / dt if lw else 0.0), instance=None if down else inst
             )
-            for n in topo.path_links(inst.gpu)[:1]:
-                rx[n] = rx.get(n, 0.0) + s.rate_bps / 2
-                tx[n] = tx.get(n, 0.0) + s.rate_bps / 2
+            for n in topo.path_links(inst.gpu)[:1]:  # the GPU receives H2D bytes, transmits D2H ones
+                rx[n] = rx.get(n, 0.0) + s.rate_bps * (1.0 - s.req.d2h_share)
+                tx[n] = tx.get(n, 0.0) + s.rate_bps * s.req.d2h_share
         for cfg in self.others:
             r = rates.get(cfg.name, 0.0)
             io: dict[str, IoRate] = {}

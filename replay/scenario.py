@@ -91,6 +91,9 @@ class Requests(_Strict):
     # PCIe is full duplex: this share of the bytes goes device -> host (results: up the GPU's
     # switch), the rest host -> device (prompt, inputs, prefix-cache blocks: down it).
     d2h_share: float = Field(0.0, ge=0, le=1)
+    # CPU-side time per request (fcfs: tokenisation, detokenisation, HTTP), on the tenant's cores
+    # (`cpus`): stretched when other tenants' threads oversubscribe them. Batched: `step_ms` is that.
+    cpu_ms: float = Field(0.0, ge=0)
     noise_cv: float = Field(0.2, ge=0, le=3)  # lognormal multiplicative noise on compute time
     generated_tokens: float = Field(0.0, ge=0)  # output tokens per request with `rate` (a trace has its own)
     # The service model: "fcfs" = one request at a time (Lindley); "batched" = vLLM-style engine
@@ -116,10 +119,12 @@ class Requests(_Strict):
     def _one(self) -> Requests:
         if (self.rate is None) == (self.trace is None):
             raise ValueError("give exactly one of rate (Poisson) or trace (a CSV file)")
+        if self.server == "batched" and "cpu_ms" in self.model_fields_set:
+            raise ValueError('cpu_ms: only with server = "fcfs" (a batched server\'s CPU side is step_ms)')
         if self.server != "batched":
             given = sorted(self.model_fields_set & _BATCHED_KEYS)
             if given:
-                raise ValueError(f"{', '.join(given)}: only with server = \"batched\"")
+                raise ValueError(f'{", ".join(given)}: only with server = "batched"')
         kv = self.model_fields_set & (_KV_KEYS - {"kv_bytes_per_token"})
         if kv and self.kv_bytes_per_token <= 0:
             raise ValueError(f"{', '.join(sorted(kv))}: only with kv_bytes_per_token > 0 (the KV cache's size)")
@@ -156,6 +161,11 @@ class TenantConfig(_Strict):
     sm_active: float = Field(0.0, ge=0, le=1)  # compute: SM activity of its instance while on
     schedule: Schedule = Schedule()
     handover: Literal["restart", "warm"] | None = None  # none: the scenario's [scenario] handover
+    # The CPU channel (off unless set): the cores the tenant's processes may run on (its cpuset,
+    # "0-23,48-71"), and for a non-sensitive tenant the threads it keeps runnable there while its
+    # schedule is on (x level). A sensitive tenant's CPU side is one thread (vLLM's engine loop).
+    cpus: str | None = None
+    cpu_threads: float = Field(0.0, ge=0, le=100_000)
 
     @model_validator(mode="after")
     def _role(self) -> TenantConfig:
@@ -170,6 +180,10 @@ class TenantConfig(_Strict):
             raise ValueError("only sensitive tenants take [requests]")
         if self.flows and self.demand_gbps <= 0:
             raise ValueError("flows need demand_gbps > 0")
+        if self.cpu_threads > 0 and self.role is Role.SENSITIVE:
+            raise ValueError("cpu_threads: a sensitive tenant's CPU side is its requests' cpu_ms / step_ms")
+        if self.cpu_threads > 0 and self.cpus is None:
+            raise ValueError("cpu_threads needs cpus (the cores the threads run on)")
         return self
 
 
@@ -222,6 +236,11 @@ class Scenario:
     file: str
     meta: ScenarioMeta
     hosts: tuple[HostModel, ...]
+
+
+def cpu_list(text: str) -> tuple[int, ...]:
+    """A Linux CPU list ("0-23,48-71") as CPU numbers."""
+    return _cpus(text)
 
 
 def _cpus(text: str) -> tuple[int, ...]:
@@ -366,6 +385,8 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         for k, d in enumerate(t.devices):
             if not topo.has(d):
                 problems.append(f"{tw}.devices[{k}]: unknown device {d!r}")
+        if t.cpus is not None:
+            _check_cpus(t.cpus, topo, f"{tw}.cpus", problems)
         tenants[t.name] = TenantSpec(
             name=t.name,
             role=t.role,
@@ -393,6 +414,21 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
             )
         )
     return out
+
+
+def _check_cpus(text: str, topo: Topology, where: str, problems: list[str]) -> None:
+    try:
+        cpus = _cpus(text)
+    except ValueError as e:
+        problems.append(f"{where}: {e}")
+        return
+    if not cpus:
+        problems.append(f"{where}: no CPUs")
+        return
+    host = {c for n in topo.of_kind(NodeKind.NUMA) for c in n.cpus}
+    stray = sorted(set(cpus) - host) if host else []
+    if stray:
+        problems.append(f"{where}: CPU {stray[0]} is on no NUMA node of this host")
 
 
 def _check_kv(req: Requests | None, model: GpuModel, profile: str, where: str, problems: list[str]) -> None:

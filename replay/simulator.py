@@ -50,9 +50,19 @@ from fsm.observation import (
 from fsm.spec import HostSpec, Role
 from fsm.topology import NodeKind, Topology
 from replay.batching import BatchServer, step_cost
+from replay.cpu import CpuModel
 from replay.fabric import Flow, max_min
 from replay.queueing import Array, lindley
-from replay.scenario import CPU, HostModel, Requests, Scenario, ScenarioMeta, TenantConfig, resolve_data
+from replay.scenario import (
+    CPU,
+    HostModel,
+    Requests,
+    Scenario,
+    ScenarioMeta,
+    TenantConfig,
+    cpu_list,
+    resolve_data,
+)
 
 IRQ_BYTES = 256 * 1024  # bytes moved per interrupt, for the crude IRQ-rate model
 CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
@@ -180,6 +190,7 @@ class _Sensitive:
     busy_s: float = 0.0  # compute seconds in the last tick (SM activity)
     rate_bps: float = 0.0
     batch: BatchServer | None = None  # server = "batched": the engine's queue and decodes
+    cpu_busy: float = 0.0  # CPU-side seconds per second in the last tick, uncontended (the CPU channel)
 
 
 @dataclass(slots=True)
@@ -296,6 +307,9 @@ class HostSim:
                 self.flow_links[name] = [
                     (flow_links(self.topo, f.path[0], f.path[1]), f.path[0], f.path[1]) for f in cfg.flows
                 ]
+        cpusets = {n: cpu_list(c.cpus) for n, c in model.tenants.items() if c.cpus}
+        self.cpu = CpuModel(cpusets, set(self.sensitive)) if cpusets else None
+        self.cpu_threads: dict[str, float] = {}
         self.capacity: dict[tuple[str, str], float] = dict(model.capacity) or {
             (n.id, way): n.link_bps for n in self.topo.nodes if n.link_bps is not None for way in (UP, DOWN)
         }
@@ -479,8 +493,11 @@ class HostSim:
         # Demand and SM load of the other tenants this tick.
         sm: dict[str, float] = {}  # tenant -> SM activity of its instance
         flows: list[Flow[LinkDir]] = []
+        threads = self.cpu_threads = {n: s.cpu_busy for n, s in self.sensitive.items()}  # CPU channel
         for cfg in self.others:
             level = cfg.schedule.active(t0)
+            if cfg.cpu_threads:
+                threads[cfg.name] = cfg.cpu_threads * level
             f_mps = self._mps_factor(cfg.name, t0)
             sm[cfg.name] = cfg.sm_active * min(1.0, level) * f_mps
             links = self.flow_links[cfg.name]
@@ -535,6 +552,7 @@ class HostSim:
             if d2h > 0:
                 per_byte += d2h * _inv(elastic.get(f"{name}>{UP}", math.inf))
             scale = 1e-3 * slow / self._slices(inst) ** req.slice_exponent
+            cpu_slow = self.cpu.slowdown(name, threads) if self.cpu is not None else 1.0
             if req.compute_ms_per_token or req.bytes_per_token:
                 compute = (req.compute_ms + req.compute_ms_per_token * tok) * scale * noise
                 nbytes = req.bytes + req.bytes_per_token * tok
@@ -545,13 +563,18 @@ class HostSim:
                 service = compute + req.bytes * per_byte
                 total_bytes = req.bytes * arr.size
             if s.batch is None:
+                if req.cpu_ms:
+                    service = service + req.cpu_ms * 1e-3 * cpu_slow
                 lat, s.free_at = lindley(arr, service, s.free_at)
                 done = arr + lat
                 busy_s[name] = float(compute.sum())
+                s.cpu_busy = arr.size * req.cpu_ms * 1e-3 / dt
             else:  # the engine's steps; requests still queued at t1 finish in a later tick
                 s.batch.push(arr, tok, gen, noise)
-                cost = step_cost(req, scale, per_byte, self._mem_gib(inst))
+                cost = step_cost(req, scale, per_byte, self._mem_gib(inst), cpu_slow)
+                steps = s.batch.step
                 done, lat, s.free_at, busy_s[name] = s.batch.run(cost, s.free_at, t1)
+                s.cpu_busy = (s.batch.step - steps) * req.step_ms * 1e-3 / dt
             s.rate_bps = total_bytes / dt
             self.stats.latencies.append(lat)
             self.stats.delivered[name] = self.stats.delivered.get(name, 0.0) + arr.size
@@ -606,7 +629,10 @@ class HostSim:
             )
             lw = window.get(name)
             tenants[name] = TenantSample(
-                latency=lw, throughput=(lw.count / dt if lw else 0.0), instance=None if down else inst
+                latency=lw,
+                throughput=(lw.count / dt if lw else 0.0),
+                instance=None if down else inst,
+                cpu_pressure=self._cpu_pressure(name, s.cpu_busy),
             )
             for n in topo.path_links(inst.gpu)[:1]:  # the GPU receives H2D bytes, transmits D2H ones
                 rx[n] = rx.get(n, 0.0) + s.rate_bps * (1.0 - s.req.d2h_share)
@@ -634,7 +660,10 @@ class HostSim:
                 inst_sm.setdefault(home.gpu, {})[f"{home.profile}@{home.start}"] = sm.get(cfg.name, 0.0)
             work = r if cfg.flows else sm.get(cfg.name, 0.0)
             tenants[cfg.name] = TenantSample(
-                throughput=work, io=io if io else ({} if cfg.cgroup else None), instance=home
+                throughput=work,
+                io=io if io else ({} if cfg.cgroup else None),
+                instance=home,
+                cpu_pressure=self._cpu_pressure(cfg.name),
             )
         gpus: dict[str, GpuSample] = {}
         for gpu in self.gpu_nodes:
@@ -689,6 +718,10 @@ class HostSim:
             host=HostSample(block_bps=block, nic_bps=nic, irq_rate=irq),
             actuation=ActuationStatus(in_flight=in_flight, outcomes=outcomes),
         )
+
+    def _cpu_pressure(self, name: str, busy: float = 0.0) -> float | None:
+        """The cgroup's cpu.pressure "some" share; None where the CPU channel is not modelled."""
+        return None if self.cpu is None else self.cpu.pressure(name, self.cpu_threads, busy)
 
     # -- the synchronous fast path ----------------------------------------------------------------
     def observe_sync(self) -> Observation:

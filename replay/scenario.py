@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fsm.mig import GpuModel, Slot, layout_problems, model_by_name
 from fsm.observation import InstanceRef
+from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import HOST_ID, Node, NodeKind, Topology
 from schema.problems import problems_of
@@ -161,6 +162,7 @@ class TenantConfig(_Strict):
     sm_active: float = Field(0.0, ge=0, le=1)  # compute: SM activity of its instance while on
     schedule: Schedule = Schedule()
     handover: Literal["restart", "warm"] | None = None  # none: the scenario's [scenario] handover
+    relaunch_s: float | None = Field(None, ge=0, le=3600)  # none: the scenario's [scenario] relaunch_s
     # The CPU channel (off unless set): the cores the tenant's processes may run on (its cpuset,
     # "0-23,48-71"), and for a non-sensitive tenant the threads it keeps runnable there while its
     # schedule is on (x level). A sensitive tenant's CPU side is one thread (vLLM's engine loop).
@@ -200,12 +202,23 @@ class ScenarioMeta(_Strict):
     duration_s: float = Field(3600.0, gt=0)
     tick_s: float = Field(2.0, gt=0.05, le=60)
     seed: int = 1
-    reconfig_downtime_s: float = Field(18.0, ge=0)
-    move_downtime_s: float = Field(5.0, ge=0)
-    # How a moved tenant changes instance: "restart" stops it for the downtime; "warm" keeps the old
+    # What a move costs (fsm.outage, the same function the decision core budgets with): a MIG
+    # reconfiguration, a tenant's relaunch until it serves (per tenant: its relaunch_s).
+    reconfig_s: float = Field(DEFAULT_RECONFIG_S, ge=0, le=3600)
+    relaunch_s: float = Field(DEFAULT_RELAUNCH_S, ge=0, le=3600)
+    # How a moved tenant changes instance: "restart" stops it for its relaunch; "warm" keeps the old
     # copy serving while the new one warms up, then switches with a gap of handover_gap_s.
     handover: Literal["restart", "warm"] = "restart"
-    handover_gap_s: float = Field(0.2, ge=0, le=60)
+    handover_gap_s: float = Field(DEFAULT_HANDOVER_GAP_S, ge=0, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in (("reconfig_downtime_s", "reconfig_s"), ("move_downtime_s", "relaunch_s")):
+                if old in data:
+                    raise ValueError(f"{old} is now {new} (a move's outage is computed from both, fsm/outage.py)")
+        return data
     compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
     irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
@@ -478,14 +491,18 @@ def parse_scenario(text: str, file: str) -> Scenario:
 
 
 def _outages(h: HostModel, meta: ScenarioMeta) -> dict[str, TenantSpec]:
-    """What a move costs each tenant in this simulator, as the decision core budgets it: the
-    downtimes, or the switch-over gap of a warm hand-over."""
+    """What a move costs each tenant in this simulator, told to the decision core in the same terms
+    (the simulator charges fsm.outage.move_timeline with the same figures)."""
     out = {}
     for name, ts in h.spec.tenants.items():
-        warm = (h.tenants[name].handover or meta.handover) == "warm"
-        move = meta.handover_gap_s if warm else meta.move_downtime_s
-        reconf = meta.handover_gap_s if warm else meta.reconfig_downtime_s
-        out[name] = replace(ts, move_outage_s=move, reconfig_outage_s=reconf)
+        cfg = h.tenants[name]
+        out[name] = replace(
+            ts,
+            relaunch_s=cfg.relaunch_s if cfg.relaunch_s is not None else meta.relaunch_s,
+            reconfig_s=meta.reconfig_s,
+            handover=cfg.handover or meta.handover,
+            handover_gap_s=meta.handover_gap_s,
+        )
     return out
 
 

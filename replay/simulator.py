@@ -47,6 +47,7 @@ from fsm.observation import (
     Outcome,
     TenantSample,
 )
+from fsm.outage import MoveKind, move_timeline
 from fsm.spec import HostSpec, Role
 from fsm.topology import NodeKind, Topology
 from replay.batching import BatchServer, step_cost
@@ -195,17 +196,24 @@ class _Sensitive:
 
 @dataclass(slots=True)
 class _Op:
-    kind: str  # move | reconfig
+    """A MIG reconfiguration of one GPU: its new layout exists at `end`."""
+
+    gpu: str
+    layout: tuple[Slot, ...]
     start: float
     end: float
-    gpu: str | None = None
-    layout: tuple[Slot, ...] | None = None
-    moves: dict[str, InstanceRef] = field(default_factory=dict)
-    warm: frozenset[str] = frozenset()  # moved tenants whose old copy serves until the switch
 
-    def targets(self) -> list[str]:
-        out = [f"gpu:{self.gpu}"] if self.kind == "reconfig" else []
-        return out + [f"tenant:{n}" for n in sorted(self.moves)]
+
+@dataclass(slots=True)
+class _Move:
+    """A tenant on its way to `target`: it serves nothing in [down_at, up_at) (fsm.outage's timeline),
+    on its old instance before, on the target from up_at."""
+
+    target: InstanceRef
+    start: float
+    down_at: float
+    up_at: float
+    held: bool = False  # its server's hold has been applied
 
 
 @dataclass(slots=True)
@@ -287,12 +295,12 @@ class HostSim:
             n: t.instance for n, t in model.spec.tenants.items() if t.instance is not None
         }
         self.t = 0.0
-        self.ops: list[_Op] = []
+        self.ops: list[_Op] = []  # MIG reconfigurations under way
+        self.moves: dict[str, _Move] = {}  # tenants on their way to another instance
         self.outcomes: list[Outcome] = []
         self.caps: dict[tuple[str, str], Throttle] = {}
         self.mps: dict[str, MpsLimit] = {}
         self.stats = Stats()
-        self.warm = {n for n, c in model.tenants.items() if (c.handover or meta.handover) == "warm"}
         self.last: Observation | None = None
         self.sensitive: dict[str, _Sensitive] = {}
         self.others: list[TenantConfig] = []
@@ -334,18 +342,34 @@ class HostSim:
         self._elastic: dict[tuple[object, ...], dict[str, float]] = {}
 
     # -- actuation ------------------------------------------------------------------------------
-    def _moving(self) -> set[str]:
-        return {n for op in self.ops for n in op.moves}
+    def _down(self, t: float) -> set[str]:
+        """Moving tenants that serve nothing at `t` (a warm move's old copy serves until the switch)."""
+        return {n for n, m in self.moves.items() if m.down_at <= t}
 
-    def _down(self) -> set[str]:
-        """Moving tenants that serve nothing meanwhile (restart hand-overs)."""
-        return {n for op in self.ops for n in op.moves if n not in op.warm}
+    def _serving(self, name: str, t1: float) -> InstanceRef:
+        """The instance that serves what arrives before t1: the move's target once the tenant stops
+        on its old one (what arrives meanwhile waits for the target, and is served there)."""
+        m = self.moves.get(name)
+        return m.target if m is not None and m.down_at < t1 else self.instance[name]
 
-    def _pause(self, name: str, until: float) -> None:
+    def _hold(self, t: float) -> None:
+        """Hold the servers of the tenants that have stopped serving by `t` (a tick's start), for their
+        outage; one that stops within a tick is held there (advance splits its arrivals)."""
+        for name, m in self.moves.items():
+            if not m.held and m.down_at <= t:
+                self._hold_one(name, m)
+
+    def _hold_one(self, name: str, m: _Move) -> None:
+        m.held = True
         s = self.sensitive.get(name)
-        if s is not None:
-            # The work queued now resumes once the tenant runs again.
-            s.free_at = max(s.free_at, self.t) + (until - self.t)
+        if s is not None:  # the work queued then resumes once the tenant serves again
+            s.free_at = max(s.free_at, m.down_at) + (m.up_at - m.down_at)
+
+    def _move(self, name: str, target: InstanceRef, kind: MoveKind) -> None:
+        """Start moving `name`, on the timeline the decision core budgets for (fsm.outage)."""
+        ts = self.spec.tenants[name]
+        tl = move_timeline(kind, ts.relaunch_s, ts.reconfig_s, ts.handover == "warm", ts.handover_gap_s)
+        self.moves[name] = _Move(target, self.t, self.t + tl.down_at, self.t + tl.up_at)
 
     def _fail(self, target: str, error: str) -> None:
         self.outcomes.append(Outcome(target, False, error, self.t))
@@ -365,7 +389,7 @@ class HostSim:
             dev = self.topo.resolve(th.device) or th.device
             self.caps[(th.tenant, dev)] = th
         self.mps = {m.tenant: m for m in desired.mps}
-        busy = {op.gpu for op in self.ops if op.kind == "reconfig"}
+        busy = {op.gpu for op in self.ops}
         for gpu, want_raw in sorted(desired.layouts.items()):
             want = normalise(want_raw)
             cur = self.layouts.get(gpu)
@@ -381,11 +405,10 @@ class HostSim:
             destroyed = set(cur) - set(want)
             moves: dict[str, InstanceRef] = {}
             blocked = []
-            moving = self._moving()
             for n, inst in sorted(self.instance.items()):
                 tgt = desired.placements.get(n)
                 if inst.gpu == gpu and inst.slot in destroyed:
-                    if tgt is not None and tgt.gpu == gpu and tgt.slot in want and n not in moving:
+                    if tgt is not None and tgt.gpu == gpu and tgt.slot in want and n not in self.moves:
                         moves[n] = tgt
                     else:
                         blocked.append(f"{inst} ({n})")
@@ -394,26 +417,23 @@ class HostSim:
                     and tgt != inst
                     and tgt.gpu == gpu
                     and tgt.slot in set(want) - set(cur)
-                    and n not in moving
+                    and n not in self.moves
                 ):
                     moves[n] = tgt
             if blocked:
                 self._fail(f"gpu:{gpu}", f"In use by another client: {', '.join(blocked)}")
                 continue
-            end = self.t + self.meta.reconfig_downtime_s
-            # Warm only if the old instance survives the change (it serves while the new is made).
-            doomed = {n for n, i in self.instance.items() if i.gpu == gpu and i.slot in destroyed}
-            warm = frozenset(n for n in moves if n in self.warm and n not in doomed)
-            self.ops.append(_Op("reconfig", self.t, end, gpu, want, moves, warm))
+            # A tenant whose instance the change destroys stops first (IN_PLACE); one moving into a
+            # new instance beside its own keeps serving meanwhile (BESIDE, make-before-break).
+            for n, tgt in moves.items():
+                doomed = self.instance[n].gpu == gpu and self.instance[n].slot in destroyed
+                self._move(n, tgt, MoveKind.IN_PLACE if doomed else MoveKind.BESIDE)
+            self.ops.append(_Op(gpu, want, self.t, self.t + self.meta.reconfig_s))
             busy.add(gpu)
             self.stats.reconfigs += 1
-            for n in moves:
-                if n not in warm:
-                    self._pause(n, end)
-        moving = self._moving()
         for n, tgt in sorted(desired.placements.items()):
             cur_inst = self.instance.get(n)
-            if cur_inst == tgt or n in moving:
+            if cur_inst == tgt or n in self.moves:
                 continue
             if tgt.gpu in busy:
                 continue  # the GPU is being reconfigured; its instances come back afterwards
@@ -424,27 +444,20 @@ class HostSim:
             if other is not None:
                 self._fail(f"tenant:{n}", f"MIG instance {tgt} is in use by {other}")
                 continue
-            end = self.t + self.meta.move_downtime_s
-            hot = frozenset({n} & self.warm)
-            self.ops.append(_Op("move", self.t, end, None, None, {n: tgt}, hot))
+            self._move(n, tgt, MoveKind.EXISTING)
             self.stats.moves += 1
-            if not hot:
-                self._pause(n, end)
 
     def _finish_ops(self, until: float) -> None:
         done = [op for op in self.ops if op.end <= until]
-        if not done:
-            return
-        self.ops = [op for op in self.ops if op.end > until]
-        for op in sorted(done, key=lambda o: o.end):
-            if op.kind == "reconfig" and op.gpu is not None and op.layout is not None:
+        if done:
+            self.ops = [op for op in self.ops if op.end > until]
+            for op in sorted(done, key=lambda o: o.end):
                 self.layouts[op.gpu] = op.layout
                 self.outcomes.append(Outcome(f"gpu:{op.gpu}", True, "", op.end))
-            for n, tgt in op.moves.items():
-                self.instance[n] = tgt
-                if n in op.warm:  # the switch-over: the old copy stops, the new takes the queue
-                    self._pause(n, self.t + self.meta.handover_gap_s)
-                self.outcomes.append(Outcome(f"tenant:{n}", True, "", op.end))
+        arrived = sorted((m.up_at, n) for n, m in self.moves.items() if m.up_at <= until)
+        for up_at, n in arrived:
+            self.instance[n] = self.moves.pop(n).target
+            self.outcomes.append(Outcome(f"tenant:{n}", True, "", up_at))
 
     # -- one tick ---------------------------------------------------------------------------------
     def _cap(self, name: str, links: list[tuple[dict[tuple[str, str], int], str, str]], t: float) -> float:
@@ -490,6 +503,7 @@ class HostSim:
         dt = self.meta.tick_s if dt is None else dt
         t0, t1 = self.t, self.t + dt
         self._finish_ops(t0)
+        self._hold(t0)
         # Demand and SM load of the other tenants this tick.
         sm: dict[str, float] = {}  # tenant -> SM activity of its instance
         flows: list[Flow[LinkDir]] = []
@@ -512,8 +526,9 @@ class HostSim:
         # one flow per direction: host -> device down the GPU's path, device -> host up it.
         sens_links: dict[str, tuple[tuple[str, ...], float]] = {}
         avg: list[Flow[LinkDir]] = []
+        serving = {name: self._serving(name, t1) for name in self.sensitive}
         for name, s in self.sensitive.items():
-            path = tuple(self.topo.path_links(self.instance[name].gpu))
+            path = tuple(self.topo.path_links(serving[name].gpu))
             d2h = s.req.d2h_share
             sens_links[name] = (path, d2h)
             avg.append(Flow(f"{name}>{DOWN}", {(n, DOWN): 1 for n in path}, s.rate_bps * (1.0 - d2h)))
@@ -536,45 +551,37 @@ class HostSim:
         window: dict[str, LatencyWindow] = {}
         busy_s: dict[str, float] = {}
         for name, s in self.sensitive.items():
-            inst = self.instance[name]
             req = s.req
             level = s.cfg.schedule.active(t0)
             arr, tok, gen, noise = s.stream.window(t0, t1, level)
-            neighbours = sum(
-                sm.get(o, 0.0) * self._slices(i) / 7.0
-                for o, i in self.instance.items()
-                if i.gpu == inst.gpu and o != name
-            )
-            slow = 1.0 + self.meta.compute_coupling * neighbours
-            # Seconds per byte: the H2D part at the downstream share, the D2H part at the upstream one.
-            d2h = req.d2h_share
-            per_byte = (1.0 - d2h) * _inv(elastic.get(f"{name}>{DOWN}", math.inf))
-            if d2h > 0:
-                per_byte += d2h * _inv(elastic.get(f"{name}>{UP}", math.inf))
-            scale = 1e-3 * slow / self._slices(inst) ** req.slice_exponent
             cpu_slow = self.cpu.slowdown(name, threads) if self.cpu is not None else 1.0
-            if req.compute_ms_per_token or req.bytes_per_token:
-                compute = (req.compute_ms + req.compute_ms_per_token * tok) * scale * noise
-                nbytes = req.bytes + req.bytes_per_token * tok
-                service = compute + nbytes * per_byte
-                total_bytes = float(nbytes.sum())
-            else:  # fixed cost per request: scalars, fewer array passes
-                compute = (req.compute_ms * scale) * noise
-                service = compute + req.bytes * per_byte
-                total_bytes = req.bytes * arr.size
+            per_byte = self._per_byte(name, req, elastic)
+            steps0 = s.batch.step if s.batch is not None else 0
+            mv = self.moves.get(name)
+            if mv is None or mv.held or mv.down_at >= t1:
+                done, lat, busy_s[name], total_bytes = self._serve(
+                    s, name, serving[name], arr, tok, gen, noise, per_byte, cpu_slow, sm, t1
+                )
+            else:  # it stops serving within this tick: what arrived before is served where it was
+                j = int(np.searchsorted(arr, mv.down_at, "left"))
+                old = self.instance[name]
+                probe = [Flow(f"{name}>{w}", {(x, w): 1 for x in self.topo.path_links(old.gpu)}) for w in (DOWN, UP)]
+                pb_old = self._per_byte(name, req, max_min(flows + probe, self.capacity))
+                parts = [
+                    self._serve(s, name, old, arr[:j], tok[:j], gen[:j], noise[:j], pb_old, cpu_slow, sm, mv.down_at)
+                ]
+                self._hold_one(name, mv)
+                parts.append(
+                    self._serve(s, name, mv.target, arr[j:], tok[j:], gen[j:], noise[j:], per_byte, cpu_slow, sm, t1)
+                )
+                done = np.concatenate([p[0] for p in parts])
+                lat = np.concatenate([p[1] for p in parts])
+                busy_s[name] = sum(p[2] for p in parts)
+                total_bytes = sum(p[3] for p in parts)
             if s.batch is None:
-                if req.cpu_ms:
-                    service = service + req.cpu_ms * 1e-3 * cpu_slow
-                lat, s.free_at = lindley(arr, service, s.free_at)
-                done = arr + lat
-                busy_s[name] = float(compute.sum())
                 s.cpu_busy = arr.size * req.cpu_ms * 1e-3 / dt
-            else:  # the engine's steps; requests still queued at t1 finish in a later tick
-                s.batch.push(arr, tok, gen, noise)
-                cost = step_cost(req, scale, per_byte, self._mem_gib(inst), cpu_slow)
-                steps = s.batch.step
-                done, lat, s.free_at, busy_s[name] = s.batch.run(cost, s.free_at, t1)
-                s.cpu_busy = (s.batch.step - steps) * req.step_ms * 1e-3 / dt
+            else:
+                s.cpu_busy = (s.batch.step - steps0) * req.step_ms * 1e-3 / dt
             s.rate_bps = total_bytes / dt
             self.stats.latencies.append(lat)
             self.stats.delivered[name] = self.stats.delivered.get(name, 0.0) + arr.size
@@ -601,6 +608,57 @@ class HostSim:
         self.last = obs
         return obs
 
+    @staticmethod
+    def _per_byte(name: str, req: Requests, shares: dict[str, float]) -> float:
+        """Seconds per byte: the H2D part at the downstream share, the D2H part at the upstream one."""
+        d2h = req.d2h_share
+        out = (1.0 - d2h) * _inv(shares.get(f"{name}>{DOWN}", math.inf))
+        if d2h > 0:
+            out += d2h * _inv(shares.get(f"{name}>{UP}", math.inf))
+        return out
+
+    def _serve(
+        self,
+        s: _Sensitive,
+        name: str,
+        inst: InstanceRef,
+        arr: Array,
+        tok: Array,
+        gen: Array,
+        noise: Array,
+        per_byte: float,
+        cpu_slow: float,
+        sm: dict[str, float],
+        until: float,
+    ) -> tuple[Array, Array, float, float]:
+        """Serve these arrivals on `inst`: (completion times, latencies, GPU seconds, bytes moved).
+        A batched server runs the steps that start before `until`."""
+        req = s.req
+        neighbours = sum(
+            sm.get(o, 0.0) * self._slices(i) / 7.0 for o, i in self.instance.items() if i.gpu == inst.gpu and o != name
+        )
+        slow = 1.0 + self.meta.compute_coupling * neighbours
+        scale = 1e-3 * slow / self._slices(inst) ** req.slice_exponent
+        if req.compute_ms_per_token or req.bytes_per_token:
+            compute = (req.compute_ms + req.compute_ms_per_token * tok) * scale * noise
+            nbytes = req.bytes + req.bytes_per_token * tok
+            service = compute + nbytes * per_byte
+            total_bytes = float(nbytes.sum())
+        else:  # fixed cost per request: scalars, fewer array passes
+            compute = (req.compute_ms * scale) * noise
+            service = compute + req.bytes * per_byte
+            total_bytes = req.bytes * arr.size
+        if s.batch is None:
+            if req.cpu_ms:
+                service = service + req.cpu_ms * 1e-3 * cpu_slow
+            lat, s.free_at = lindley(arr, service, s.free_at)
+            return arr + lat, lat, float(compute.sum()), total_bytes
+        # The engine's steps; requests still queued at `until` finish in a later call.
+        s.batch.push(arr, tok, gen, noise)
+        cost = step_cost(req, scale, per_byte, self._mem_gib(inst), cpu_slow)
+        done, lat, s.free_at, busy = s.batch.run(cost, s.free_at, until)
+        return done, lat, busy, total_bytes
+
     # -- what the samplers would see --------------------------------------------------------------
     def _observation(
         self,
@@ -620,7 +678,7 @@ class HostSim:
         block: dict[str, float] = dict.fromkeys(self.block.values(), 0.0)
         nic: dict[str, float] = dict.fromkeys(self.nics.values(), 0.0)
         numa_bytes: dict[int, float] = {}
-        moving = self._down()  # a warm move's old copy still serves: its instance is seen
+        moving = self._down(t)  # a warm move's old copy still serves: its instance is seen
         for name, s in self.sensitive.items():
             inst = self.instance[name]
             down = name in moving
@@ -708,7 +766,7 @@ class HostSim:
                     irq[c] = self.meta.irq_base + extra
             self._irq = (irq_key, irq)
         irq = self._irq[1]
-        in_flight = tuple(sorted(x for op in self.ops for x in op.targets()))
+        in_flight = tuple(sorted([f"gpu:{op.gpu}" for op in self.ops] + [f"tenant:{n}" for n in self.moves]))
         outcomes = tuple(self.outcomes)
         self.outcomes = []
         return Observation(

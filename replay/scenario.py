@@ -89,6 +89,10 @@ class Requests(_Strict):
     slice_exponent: float = Field(1.0, ge=0, le=2)  # compute / slices ** exponent
     bytes: float = Field(0.0, ge=0)  # host<->device bytes per request, fixed part
     bytes_per_token: float = Field(0.0, ge=0)
+    # vLLM's admission check: a prompt of max_model_len tokens or more is refused (HTTP 400), never
+    # queued (vllm/v1/engine/input_processor.py, _validate_prompt_len). vLLM's default is the
+    # model's context length (its config's max_position_embeddings). None: no limit.
+    max_model_len: int | None = Field(None, ge=1)
     # PCIe is full duplex: this share of the bytes goes device -> host (results: up the GPU's
     # switch), the rest host -> device (prompt, inputs, prefix-cache blocks: down it).
     d2h_share: float = Field(0.0, ge=0, le=1)

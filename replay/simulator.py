@@ -222,7 +222,8 @@ class Stats:
 
     latencies: list[Array] = field(default_factory=list)  # per tick, all sensitive tenants
     windows: list[tuple[float, str, int, float]] = field(default_factory=list)  # (t, tenant, count, quantile)
-    delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests)
+    delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests served)
+    rejected: dict[str, int] = field(default_factory=dict)  # tenant -> requests refused (prompt >= max_model_len)
     reconfigs: int = 0
     moves: int = 0
     failed_ops: int = 0
@@ -317,6 +318,7 @@ class HostSim:
                 ]
         cpusets = {n: cpu_list(c.cpus) for n, c in model.tenants.items() if c.cpus}
         self.cpu = CpuModel(cpusets, set(self.sensitive)) if cpusets else None
+        self.stats.rejected = dict.fromkeys(self.sensitive, 0)
         self.cpu_threads: dict[str, float] = {}
         self.capacity: dict[tuple[str, str], float] = dict(model.capacity) or {
             (n.id, way): n.link_bps for n in self.topo.nodes if n.link_bps is not None for way in (UP, DOWN)
@@ -554,6 +556,11 @@ class HostSim:
             req = s.req
             level = s.cfg.schedule.active(t0)
             arr, tok, gen, noise = s.stream.window(t0, t1, level)
+            if req.max_model_len is not None:  # refused at admission: never queued
+                ok = tok < req.max_model_len
+                if not ok.all():
+                    self.stats.rejected[name] = self.stats.rejected.get(name, 0) + int(ok.size - ok.sum())
+                    arr, tok, gen, noise = arr[ok], tok[ok], gen[ok], noise[ok]
             cpu_slow = self.cpu.slowdown(name, threads) if self.cpu is not None else 1.0
             per_byte = self._per_byte(name, req, elastic)
             steps0 = s.batch.step if s.batch is not None else 0

@@ -2,19 +2,21 @@
 
 Per tick (`tick_s`, or whatever time the daemon lets pass):
 - every flow (bulk and compute tenants' transfers, the sensitive tenants' average transfer rate)
-  gets its weighted max-min share of the PCIe tree (replay.fabric), capped by its demand and by
-  the throttles in force; that gives the bytes each tenant delivers and the GPU PCIe counters;
-- a sensitive tenant's transfer gets the share an elastic flow would get at that moment beside
-  the others; each request's service time = compute time for its instance's slices (slowed by
-  busy neighbours on the same GPU) x lognormal noise + bytes / share;
+  gets its weighted max-min share of the PCIe tree (replay.fabric), per link and direction (PCIe
+  is full duplex; replay.paths), capped by its demand and by the throttles in force; that gives
+  the bytes each tenant delivers and the GPU PCIe counters;
+- a sensitive tenant's transfers (host -> device, and `d2h_share` device -> host) get the share an
+  elastic flow would get at that moment beside the others; each request's service time = compute
+  time for its instance's slices (slowed by busy neighbours on the same GPU) x lognormal noise +
+  bytes / share + its CPU-side time (stretched when other tenants' threads crowd its cores:
+  replay.cpu); a prompt of `max_model_len` tokens or more is refused, as vLLM does;
 - each instance is a FCFS server: latencies come from the Lindley recursion over the arrivals
   (replay.queueing); or, with `server = "batched"`, a vLLM-style engine that runs steps of
   chunked prefill under a token budget beside the running decodes (replay.batching); the window
   reports the requests that completed in the tick;
-- MIG reconfigurations and moves hold the moved tenant's server for their downtime; requests
-  queue meanwhile ("restart" hand-over). A "warm" hand-over keeps the tenant serving on its old
-  instance while the new copy warms up, then holds it only for `handover_gap_s` at the switch
-  (a restart after all when its old instance is among the slices a reconfiguration destroys).
+- MIG reconfigurations and moves follow fsm.outage's timeline, the one the decision core budgets
+  with (replay.actuation): the moved tenant serves nothing from when it stops to when it serves on
+  the target; what arrives meanwhile queues and is served there, at the target's slice and share.
   Layout validity is fsm.mig's.
 
 Random draws depend only on (seed, host, tenant, tick), never on the policy, so every policy sees
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from fsm.desired import DesiredState, MpsLimit, Throttle
-from fsm.mig import GpuModel, Slot, layout_problems, normalise
+from fsm.mig import GpuModel, Slot
 from fsm.observation import (
     ActuationStatus,
     GpuSample,
@@ -47,12 +49,13 @@ from fsm.observation import (
     Outcome,
     TenantSample,
 )
-from fsm.outage import MoveKind, move_timeline
 from fsm.spec import HostSpec, Role
-from fsm.topology import NodeKind, Topology
+from fsm.topology import NodeKind
+from replay.actuation import Actuation, MigOp, Move
 from replay.batching import BatchServer, step_cost
 from replay.cpu import CpuModel
 from replay.fabric import Flow, max_min
+from replay.paths import DOWN, UP, LinkDir, flow_links
 from replay.queueing import Array, lindley
 from replay.scenario import (
     CPU,
@@ -195,28 +198,6 @@ class _Sensitive:
 
 
 @dataclass(slots=True)
-class _Op:
-    """A MIG reconfiguration of one GPU: its new layout exists at `end`."""
-
-    gpu: str
-    layout: tuple[Slot, ...]
-    start: float
-    end: float
-
-
-@dataclass(slots=True)
-class _Move:
-    """A tenant on its way to `target`: it serves nothing in [down_at, up_at) (fsm.outage's timeline),
-    on its old instance before, on the target from up_at."""
-
-    target: InstanceRef
-    start: float
-    down_at: float
-    up_at: float
-    held: bool = False  # its server's hold has been applied
-
-
-@dataclass(slots=True)
 class Stats:
     """What the runner reports on; filled while the simulation runs."""
 
@@ -227,42 +208,6 @@ class Stats:
     reconfigs: int = 0
     moves: int = 0
     failed_ops: int = 0
-
-
-UP, DOWN = "up", "down"  # toward the root complex (device -> host), and away from it
-LinkDir = tuple[str, str]  # (node whose uplink it is, UP | DOWN): a fabric resource
-
-
-def flow_links(topo: Topology, a: str, b: str) -> dict[tuple[str, str], int]:
-    """(link, direction) resources a transfer from `a` to `b` crosses; "cpu" is host memory.
-
-    A link is named by the node whose uplink it is. From a device toward host memory the bytes go
-    up every link to its root complex (an NVMe read); from host memory to a device, down (a
-    host-to-GPU copy). Between two devices under one switch: up from the source to the switch, then
-    down to the destination (peer-to-peer); under different root complexes: through host memory.
-    """
-    if a == CPU and b == CPU:
-        return {}
-    if a == CPU:
-        return {(n, DOWN): 1 for n in topo.path_links(b)}
-    if b == CPU:
-        return {(n, UP): 1 for n in topo.path_links(a)}
-    ida, idb = topo.node(a).id, topo.node(b).id
-    common = topo.lca(ida, idb)
-    kind = topo.node(common).kind if common else None
-    out: dict[tuple[str, str], int] = {}
-    if common is None or kind in (NodeKind.NUMA, NodeKind.HOST):
-        legs = [(n, UP) for n in topo.path_links(ida)] + [(n, DOWN) for n in topo.path_links(idb)]
-    else:
-        legs = []
-        for dev, way in ((ida, UP), (idb, DOWN)):
-            for n in topo.ancestors(dev):
-                if n == common:
-                    break
-                legs.append((n, way))
-    for leg in legs:
-        out[leg] = out.get(leg, 0) + 1
-    return out
 
 
 def _inv(share: float) -> float:
@@ -282,7 +227,7 @@ def _quantiles(sorted_x: Array, qs: tuple[float, ...]) -> list[float]:
     return out
 
 
-class HostSim:
+class HostSim(Actuation):
     """The synchronous simulation engine of one host (the offline replay drives it directly)."""
 
     def __init__(self, model: HostModel, meta: ScenarioMeta, seed: int, host_index: int = 0) -> None:
@@ -296,8 +241,8 @@ class HostSim:
             n: t.instance for n, t in model.spec.tenants.items() if t.instance is not None
         }
         self.t = 0.0
-        self.ops: list[_Op] = []  # MIG reconfigurations under way
-        self.moves: dict[str, _Move] = {}  # tenants on their way to another instance
+        self.ops: list[MigOp] = []  # MIG reconfigurations under way
+        self.moves: dict[str, Move] = {}  # tenants on their way to another instance
         self.outcomes: list[Outcome] = []
         self.caps: dict[tuple[str, str], Throttle] = {}
         self.mps: dict[str, MpsLimit] = {}
@@ -342,124 +287,6 @@ class HostSim:
         self._idle: dict[str, tuple[tuple[Slot, ...] | None, GpuSample]] = {}
         self._irq: tuple[tuple[tuple[int, float], ...], dict[int, float]] | None = None
         self._elastic: dict[tuple[object, ...], dict[str, float]] = {}
-
-    # -- actuation ------------------------------------------------------------------------------
-    def _down(self, t: float) -> set[str]:
-        """Moving tenants that serve nothing at `t` (a warm move's old copy serves until the switch)."""
-        return {n for n, m in self.moves.items() if m.down_at <= t}
-
-    def _serving(self, name: str, t1: float) -> InstanceRef:
-        """The instance that serves what arrives before t1: the move's target once the tenant stops
-        on its old one (what arrives meanwhile waits for the target, and is served there)."""
-        m = self.moves.get(name)
-        return m.target if m is not None and m.down_at < t1 else self.instance[name]
-
-    def _hold(self, t: float) -> None:
-        """Hold the servers of the tenants that have stopped serving by `t` (a tick's start), for their
-        outage; one that stops within a tick is held there (advance splits its arrivals)."""
-        for name, m in self.moves.items():
-            if not m.held and m.down_at <= t:
-                self._hold_one(name, m)
-
-    def _hold_one(self, name: str, m: _Move) -> None:
-        m.held = True
-        s = self.sensitive.get(name)
-        if s is not None:  # the work queued then resumes once the tenant serves again
-            s.free_at = max(s.free_at, m.down_at) + (m.up_at - m.down_at)
-
-    def _move(self, name: str, target: InstanceRef, kind: MoveKind) -> None:
-        """Start moving `name`, on the timeline the decision core budgets for (fsm.outage)."""
-        ts = self.spec.tenants[name]
-        tl = move_timeline(kind, ts.relaunch_s, ts.reconfig_s, ts.handover == "warm", ts.handover_gap_s)
-        self.moves[name] = _Move(target, self.t, self.t + tl.down_at, self.t + tl.up_at)
-
-    def _fail(self, target: str, error: str) -> None:
-        self.outcomes.append(Outcome(target, False, error, self.t))
-        self.stats.failed_ops += 1
-
-    def _occupant(self, inst: InstanceRef) -> str | None:
-        for n, i in self.instance.items():
-            if i == inst:
-                return n
-        return None
-
-    def apply_sync(self, desired: DesiredState) -> None:
-        if not desired.enforce:
-            return  # dry-run / shadow: nothing is applied
-        self.caps = {}
-        for th in desired.throttles:
-            dev = self.topo.resolve(th.device) or th.device
-            self.caps[(th.tenant, dev)] = th
-        self.mps = {m.tenant: m for m in desired.mps}
-        busy = {op.gpu for op in self.ops}
-        for gpu, want_raw in sorted(desired.layouts.items()):
-            want = normalise(want_raw)
-            cur = self.layouts.get(gpu)
-            if cur is None:
-                self._fail(f"gpu:{gpu}", f"no GPU {gpu!r} with MIG on this host")
-                continue
-            if want == cur or gpu in busy:
-                continue
-            problems = layout_problems(self.models[gpu], want)
-            if problems:
-                self._fail(f"gpu:{gpu}", "invalid MIG layout: " + "; ".join(problems))
-                continue
-            destroyed = set(cur) - set(want)
-            moves: dict[str, InstanceRef] = {}
-            blocked = []
-            for n, inst in sorted(self.instance.items()):
-                tgt = desired.placements.get(n)
-                if inst.gpu == gpu and inst.slot in destroyed:
-                    if tgt is not None and tgt.gpu == gpu and tgt.slot in want and n not in self.moves:
-                        moves[n] = tgt
-                    else:
-                        blocked.append(f"{inst} ({n})")
-                elif (
-                    tgt is not None
-                    and tgt != inst
-                    and tgt.gpu == gpu
-                    and tgt.slot in set(want) - set(cur)
-                    and n not in self.moves
-                ):
-                    moves[n] = tgt
-            if blocked:
-                self._fail(f"gpu:{gpu}", f"In use by another client: {', '.join(blocked)}")
-                continue
-            # A tenant whose instance the change destroys stops first (IN_PLACE); one moving into a
-            # new instance beside its own keeps serving meanwhile (BESIDE, make-before-break).
-            for n, tgt in moves.items():
-                doomed = self.instance[n].gpu == gpu and self.instance[n].slot in destroyed
-                self._move(n, tgt, MoveKind.IN_PLACE if doomed else MoveKind.BESIDE)
-            self.ops.append(_Op(gpu, want, self.t, self.t + self.meta.reconfig_s))
-            busy.add(gpu)
-            self.stats.reconfigs += 1
-        for n, tgt in sorted(desired.placements.items()):
-            cur_inst = self.instance.get(n)
-            if cur_inst == tgt or n in self.moves:
-                continue
-            if tgt.gpu in busy:
-                continue  # the GPU is being reconfigured; its instances come back afterwards
-            if tgt.slot not in self.layouts.get(tgt.gpu, ()):
-                self._fail(f"tenant:{n}", f"no MIG instance {tgt} on this host")
-                continue
-            other = self._occupant(tgt)
-            if other is not None:
-                self._fail(f"tenant:{n}", f"MIG instance {tgt} is in use by {other}")
-                continue
-            self._move(n, tgt, MoveKind.EXISTING)
-            self.stats.moves += 1
-
-    def _finish_ops(self, until: float) -> None:
-        done = [op for op in self.ops if op.end <= until]
-        if done:
-            self.ops = [op for op in self.ops if op.end > until]
-            for op in sorted(done, key=lambda o: o.end):
-                self.layouts[op.gpu] = op.layout
-                self.outcomes.append(Outcome(f"gpu:{op.gpu}", True, "", op.end))
-        arrived = sorted((m.up_at, n) for n, m in self.moves.items() if m.up_at <= until)
-        for up_at, n in arrived:
-            self.instance[n] = self.moves.pop(n).target
-            self.outcomes.append(Outcome(f"tenant:{n}", True, "", up_at))
 
     # -- one tick ---------------------------------------------------------------------------------
     def _cap(self, name: str, links: list[tuple[dict[tuple[str, str], int], str, str]], t: float) -> float:

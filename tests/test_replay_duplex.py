@@ -7,9 +7,9 @@ import pytest
 
 from fsm.topology import TopologyBuilder
 from replay.fabric import Flow, max_min
+from replay.paths import DOWN, UP, flow_links
 from replay.runner import run_host
 from replay.scenario import SCENARIO_DIR, ScenarioError, parse_scenario
-from replay.simulator import DOWN, UP, flow_links
 
 GB = 1e9
 

@@ -73,15 +73,15 @@ def kv_blocks(req: Requests, mem_gib: float) -> int:
     return max(1, int(free // (req.kv_bytes_per_token * req.kv_block_tokens)))
 
 
-def step_cost(req: Requests, scale: float, per_byte: float, mem_gib: float = 0.0) -> StepCost:
+def step_cost(req: Requests, scale: float, per_byte: float, mem_gib: float = 0.0, cpu_factor: float = 1.0) -> StepCost:
     """The step costs of `req` for one tick: `scale` = 1e-3 x slowdown / slices ** exponent (ms at
     1 slice -> s on this instance), `per_byte` = 1 / the PCIe share the transfers get now, `mem_gib`
-    the instance's memory (the KV cache)."""
+    the instance's memory (the KV cache), `cpu_factor` the CPU channel's slowdown of the CPU side."""
     return StepCost(
         budget=float(req.max_batched_tokens),
         long_prefill=float(req.long_prefill_tokens),
         max_seqs=req.max_seqs,
-        fixed_s=req.step_ms * 1e-3,
+        fixed_s=req.step_ms * 1e-3 * cpu_factor,
         floor_s=req.step_floor_ms * scale,
         per_token_s=req.compute_ms_per_token * scale,
         per_request_s=req.compute_ms * scale,

@@ -14,6 +14,7 @@ from controller.cli import main
 from fsm.mig import is_valid
 from fsm.observation import InstanceRef, Observation
 from replay import oracle
+from replay.paths import DOWN
 from replay.runner import HostRun, run_host
 from replay.scenario import Requests, Scenario, ScenarioError, Schedule, bundled, parse_scenario, suite
 from replay.simulator import HostSim, RequestStream
@@ -249,7 +250,7 @@ reroute = [{ at_s = 300, flows = [{ path = ["nvme2", "cpu"] }, { path = ["cpu", 
     assert rx(before, "gpu1") > 0 and rx(before, "gpu2") == 0
     assert rx(after, "gpu2") > 0 and rx(after, "gpu1") == 0
     shares = list(sim._elastic.values())
-    assert len(shares) == 2 and shares[0]["v"] < shares[1]["v"]
+    assert len(shares) == 2 and shares[0][f"v>{DOWN}"] < shares[1][f"v>{DOWN}"]  # host-to-GPU: down
     with pytest.raises(ScenarioError, match=r"reroute\[0\].flows\[0\].path: unknown device 'nope'"):
         parse_scenario(text.replace('"nvme2", "cpu"', '"nope", "cpu"'), "/tmp/tiny.toml")
 

@@ -135,6 +135,7 @@ class BatchServer:
     kv_grow: list[int] = field(default_factory=lambda: [0] * 16)  # decodes taking a block at step % block
     preemptions: int = 0
     kv_peak: int = 0  # most blocks held at once (for calibration)
+    kv_stalls: int = 0  # steps in which a waiting request was not admitted for want of blocks (calibration)
     ids: int = 0
     cost: StepCost | None = None  # the last tick's costs (for drain)
 
@@ -353,11 +354,13 @@ class BatchServer:
                 elif budget > 0 and seqs > 0 and not preempted:
                     if self.redo:
                         if kv and not self._admissible(self.redo[0].tok, cap - self.kv_used):
+                            self.kv_stalls += 1
                             break
                         q = self.redo.popleft()
                     elif self.head < n and arr[self.head] <= start:
                         h0 = self.head
                         if kv and not self._admissible(tok[h0], cap - self.kv_used):
+                            self.kv_stalls += 1
                             break
                         q = _Seq(arr[h0], tok[h0], gen[h0], noise[h0])
                         self.head += 1

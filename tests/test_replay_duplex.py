@@ -128,10 +128,10 @@ def test_victim_copies_meet_downstream_traffic_not_upstream_traffic() -> None:
     assert _static_p99(_with_t2(read), "up") == pytest.approx(quiet, rel=1e-9)
     assert _static_p99(_with_t2(copy), "down") > 1.2 * quiet
     # With all of T1's bytes going device -> host (d2h_share = 1) it is the other way round.
-    d2h = "noise_cv = 0.25\nd2h_share = 1.0"
-    quiet2 = _static_p99(_with_t2(read, level=0.0).replace("noise_cv = 0.25", d2h), "q2")
-    assert _static_p99(_with_t2(copy).replace("noise_cv = 0.25", d2h), "down2") == pytest.approx(quiet2, rel=1e-9)
-    assert _static_p99(_with_t2(read).replace("noise_cv = 0.25", d2h), "up2") > 1.2 * quiet2
+    h2d, d2h = "d2h_share = 0.0 ", "d2h_share = 1.0 "
+    quiet2 = _static_p99(_with_t2(read, level=0.0).replace(h2d, d2h), "q2")
+    assert _static_p99(_with_t2(copy).replace(h2d, d2h), "down2") == pytest.approx(quiet2, rel=1e-9)
+    assert _static_p99(_with_t2(read).replace(h2d, d2h), "up2") > 1.2 * quiet2
 
 
 def test_up_and_down_capacities_from_the_scenario() -> None:

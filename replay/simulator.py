@@ -577,7 +577,8 @@ class HostSim:
         cum = np.searchsorted(rep, self._bounds, "right").tolist()
         buckets = [*zip(VLLM_TTFT_BUCKETS, cum, strict=True), (math.inf, n)]
         w = window_from_buckets(buckets, slo_s)
-        qv = histogram_quantile(quantile, buckets)
+        known = {0.5: w.p50, 0.99: w.p99, 0.999: w.p999}
+        qv = known[quantile] if quantile in known else histogram_quantile(quantile, buckets)
         return w, math.nan if qv is None else qv
 
     def _observation(
@@ -731,10 +732,12 @@ class SimulatedHost:
         seed: int | None = None,
         speed: float | None = None,
         spec: HostSpec | None = None,
+        exact_latency: bool = False,
     ) -> None:
         idx = host if isinstance(host, int) else [h.name for h in scenario.hosts].index(host)
         model = scenario.hosts[idx]
-        self.sim = HostSim(model, scenario.meta, scenario.meta.seed if seed is None else seed, idx)
+        seed = scenario.meta.seed if seed is None else seed
+        self.sim = HostSim(model, scenario.meta, seed, idx, exact_latency=exact_latency)
         self.spec: HostSpec = spec or model.spec
         self.name = model.name
         self.speed = speed

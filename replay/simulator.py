@@ -210,7 +210,7 @@ class Stats:
     # unless exact_latency)
     windows: list[tuple[float, str, int, float]] = field(default_factory=list)
     delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests served)
-    arrivals: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests that arrived
+    admitted: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests arrived and not refused
     served: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests completed in the run
     reconfigs: int = 0
     moves: int = 0
@@ -543,7 +543,7 @@ class HostSim:
             st = self.stats
             st.latencies.append(lat)
             st.tenant_latencies.setdefault(name, []).append(lat)
-            st.arrivals[name] = st.arrivals.get(name, 0) + int(arr.size)
+            st.admitted[name] = st.admitted.get(name, 0) + int(arr.size)
             # FCFS or steps in order: departures are non-decreasing, so the completed ones are a prefix.
             all_done = np.concatenate((s.pend_done, done))
             all_lat = np.concatenate((s.pend_lat, lat))

@@ -105,6 +105,8 @@ def run_host(
     lat = np.concatenate(st.latencies).astype(np.float32) if st.latencies else np.empty(0, np.float32)
     by_tenant = {n: np.concatenate(parts).astype(np.float32) for n, parts in st.tenant_latencies.items()}
     sensitive = [n for n, t in spec.tenants.items() if t.role is Role.SENSITIVE]
+    # Requests refused at admission (never served; the model counts them where it has them).
+    rejected: dict[str, int] = {n: int(v) for n, v in getattr(st, "rejected", {}).items()}
     return HostRun(
         policy=policy,
         host=model.name,
@@ -121,9 +123,9 @@ def run_host(
         levels=levels,
         events=events,
         tenant_latencies=by_tenant,
-        arrivals={n: st.arrivals.get(n, 0) for n in sensitive},
+        arrivals={n: st.admitted.get(n, 0) + rejected.get(n, 0) for n in sensitive},
         served={n: st.served.get(n, 0) for n in sensitive},
-        rejected={n: int(getattr(st, "rejected", {}).get(n, 0)) for n in sensitive},
+        rejected={n: rejected.get(n, 0) for n in sensitive},
         quantile={n: spec.tenants[n].quantile for n in sensitive},
         exact_latency=exact_latency,
     )

@@ -262,7 +262,7 @@ class Stats:
     # unless exact_latency)
     windows: list[tuple[float, str, int, float]] = field(default_factory=list)
     delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests served)
-    arrivals: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests that arrived
+    admitted: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests arrived and not refused
     served: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests completed in the run
     rejected: dict[str, int] = field(default_factory=dict)  # tenant -> requests refused (prompt >= max_model_len)
     reconfigs: int = 0
@@ -463,12 +463,10 @@ class HostSim(Actuation):
             req = s.req
             level = s.cfg.schedule.active(t0)
             arr, tok, gen, noise = s.stream.window(t0, t1, level)
-            refused = 0
             if req.max_model_len is not None:  # refused at admission: never queued
                 ok = tok < req.max_model_len
                 if not ok.all():
-                    refused = int(ok.size - ok.sum())
-                    self.stats.rejected[name] = self.stats.rejected.get(name, 0) + refused
+                    self.stats.rejected[name] = self.stats.rejected.get(name, 0) + int(ok.size - ok.sum())
                     arr, tok, gen, noise = arr[ok], tok[ok], gen[ok], noise[ok]
             cpu_slow = self.cpu.slowdown(name, threads) if self.cpu is not None else 1.0
             per_byte = self._per_byte(name, req, elastic)
@@ -502,7 +500,7 @@ class HostSim(Actuation):
             st = self.stats
             st.latencies.append(lat)
             st.tenant_latencies.setdefault(name, []).append(lat)
-            st.arrivals[name] = st.arrivals.get(name, 0) + int(arr.size) + refused  # refused ones arrived too
+            st.admitted[name] = st.admitted.get(name, 0) + int(arr.size)
             # FCFS or steps in order: departures are non-decreasing, so the completed ones are a prefix.
             all_done = np.concatenate((s.pend_done, done))
             all_lat = np.concatenate((s.pend_lat, lat))
@@ -587,7 +585,8 @@ class HostSim(Actuation):
         cum = np.searchsorted(rep, self._bounds, "right").tolist()
         buckets = [*zip(VLLM_TTFT_BUCKETS, cum, strict=True), (math.inf, n)]
         w = window_from_buckets(buckets, slo_s)
-        qv = histogram_quantile(quantile, buckets)
+        known = {0.5: w.p50, 0.99: w.p99, 0.999: w.p999}
+        qv = known[quantile] if quantile in known else histogram_quantile(quantile, buckets)
         return w, math.nan if qv is None else qv
 
     def _observation(
@@ -751,10 +750,12 @@ class SimulatedHost:
         seed: int | None = None,
         speed: float | None = None,
         spec: HostSpec | None = None,
+        exact_latency: bool = False,
     ) -> None:
         idx = host if isinstance(host, int) else [h.name for h in scenario.hosts].index(host)
         model = scenario.hosts[idx]
-        self.sim = HostSim(model, scenario.meta, scenario.meta.seed if seed is None else seed, idx)
+        seed = scenario.meta.seed if seed is None else seed
+        self.sim = HostSim(model, scenario.meta, seed, idx, exact_latency=exact_latency)
         self.spec: HostSpec = spec or model.spec
         self.name = model.name
         self.speed = speed

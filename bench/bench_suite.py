@@ -44,7 +44,7 @@ def main() -> int:
         f"{date.today()} {platform.machine()} CPython {platform.python_version()}, {os.cpu_count()} CPUs: "
         f"{len(results)} scenarios ({sim_h:g} simulated host-hours each policy), {runs} policy runs + "
         f"{oracle_runs} oracle candidate runs in {wall:.1f} s wall, {cpu:.1f} s CPU (goal < 180 s wall); "
-        f"load average before {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, after {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f}"
+        f"load average before {'/'.join(f'{x:.1f}' for x in load0)}, after {'/'.join(f'{x:.1f}' for x in load1)}"
     )
     return 0
 

@@ -287,3 +287,12 @@ def test_suite_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert obj["regret_bad_pts"] == pytest.approx(100 * (full - orc), abs=1e-3)
         assert name in text
     assert not math.isnan(doc["wall_s"])
+    # The low-rate tenant never fills a window: the window rate is null, the request share is not.
+    low = doc["suite"]["low-rate"]["policies"]
+    assert all(row["violation_rate"] is None and row["windows_counted"] == 0 for row in low.values())
+    assert low["static"]["bad_request_fraction"] > 0
+    # Three tenants on four GPUs: the greedy search; never two tenants on one instance.
+    crowded = doc["suite"]["crowded"]["policies"]["oracle"]
+    assert crowded["search"]["a100x4"]["method"] == "greedy"
+    where = list(crowded["placement"]["a100x4"].values())
+    assert len(where) == 3 and len(set(where)) == 3

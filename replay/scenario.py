@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fsm.mig import GpuModel, Slot, layout_problems, model_by_name
 from fsm.observation import InstanceRef
+from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import HOST_ID, Node, NodeKind, Topology
 from schema.problems import problems_of
@@ -39,11 +40,14 @@ class _Strict(BaseModel):
 
 
 class Schedule(_Strict):
-    """On/off windows [start, end) in seconds, repeating every period_s (none: always on)."""
+    """On/off windows [start, end) in seconds, repeating every period_s (none: always on), and an
+    optional rate profile: `profile` levels at equal steps over the period, linearly interpolated
+    and cyclic (a diurnal load: 24 hourly values with period_s = 86400)."""
 
     period_s: float | None = Field(None, gt=0)
     on: list[tuple[float, float]] = []
     level: float = Field(1.0, ge=0)  # demand multiplier while on
+    profile: list[float] = []
 
     @model_validator(mode="after")
     def _check(self) -> Schedule:
@@ -52,20 +56,41 @@ class Schedule(_Strict):
                 raise ValueError(f"window [{a}, {b}] must have 0 <= start < end")
             if self.period_s is not None and b > self.period_s:
                 raise ValueError(f"window [{a}, {b}] ends after period_s {self.period_s}")
+        if self.profile:
+            if self.period_s is None:
+                raise ValueError("profile needs period_s (the profile's levels span one period)")
+            if len(self.profile) < 2 or min(self.profile) < 0 or max(self.profile) <= 0:
+                raise ValueError("profile needs at least 2 levels >= 0, one of them > 0")
         return self
 
+    def _shape(self, t: float) -> float:
+        if not self.profile or self.period_s is None:
+            return 1.0
+        n = len(self.profile)
+        pos = (t % self.period_s) / self.period_s * n
+        i = int(pos) % n
+        frac = pos - int(pos)
+        return self.profile[i] + (self.profile[(i + 1) % n] - self.profile[i]) * frac
+
     def active(self, t: float) -> float:
-        if not self.on:
-            return self.level
-        x = t % self.period_s if self.period_s else t
-        return self.level if any(a <= x < b for a, b in self.on) else 0.0
+        if self.on:
+            x = t % self.period_s if self.period_s else t
+            if not any(a <= x < b for a, b in self.on):
+                return 0.0
+        return self.level * self._shape(t)
+
+    def peak(self) -> float:
+        """The highest level the schedule reaches (arrivals are drawn at this rate, then thinned)."""
+        return self.level * (max(self.profile) if self.profile else 1.0)
 
 
 class NodeConfig(_Strict):
     id: str
     kind: Literal["numa", "root_complex", "switch", "gpu", "nvme", "nic"]
     parent: str | None = None  # numa nodes hang off the host
-    link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink (1 GB = 1e9 bytes)
+    link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink, each direction (1 GB = 1e9 bytes)
+    up_gbps: float | None = Field(None, gt=0)  # toward the root complex, when not link_gbps
+    down_gbps: float | None = Field(None, gt=0)  # from the root complex, when not link_gbps
     index: int | None = Field(None, ge=0)  # numa: node number
     cpus: str | None = None  # numa: "0-23,48-71"
     model: str | None = None  # gpu: A100-SXM4-40GB, ...
@@ -77,7 +102,16 @@ class NodeConfig(_Strict):
 class Requests(_Strict):
     """Request arrivals and per-request cost of a sensitive tenant."""
 
-    rate: float | None = Field(None, gt=0)  # Poisson arrivals per second
+    rate: float | None = Field(None, gt=0)  # mean arrivals per second (of the process below)
+    # The arrival process with `rate`: "poisson"; "gamma" = a renewal process with Gamma
+    # inter-arrival times of coefficient of variation `cv` (shape 1/cv^2); "mmpp" = a two-state
+    # Markov-modulated Poisson process: calm and burst periods of exponential lengths (means
+    # calm_mean_s, burst_mean_s), the burst rate burst_ratio x the calm rate, the mean `rate`.
+    arrivals: Literal["poisson", "gamma", "mmpp"] = "poisson"
+    cv: float = Field(1.0, gt=0, le=20)
+    burst_ratio: float = Field(1.0, ge=1, le=1000)
+    burst_mean_s: float = Field(10.0, gt=0)
+    calm_mean_s: float = Field(30.0, gt=0)
     trace: str | None = None  # CSV (TIMESTAMP, ContextTokens, GeneratedTokens), relative to the file
     trace_speed: float = Field(1.0, gt=0)  # replay the trace this many times faster
     tokens: float = Field(0.0, ge=0)  # context tokens per request when arrivals come from `rate`
@@ -86,6 +120,16 @@ class Requests(_Strict):
     slice_exponent: float = Field(1.0, ge=0, le=2)  # compute / slices ** exponent
     bytes: float = Field(0.0, ge=0)  # host<->device bytes per request, fixed part
     bytes_per_token: float = Field(0.0, ge=0)
+    # vLLM's admission check: a prompt of max_model_len tokens or more is refused (HTTP 400), never
+    # queued (vllm/v1/engine/input_processor.py, _validate_prompt_len). vLLM's default is the
+    # model's context length (its config's max_position_embeddings). None: no limit.
+    max_model_len: int | None = Field(None, ge=1)
+    # PCIe is full duplex: this share of the bytes goes device -> host (results: up the GPU's
+    # switch), the rest host -> device (prompt, inputs, prefix-cache blocks: down it).
+    d2h_share: float = Field(0.0, ge=0, le=1)
+    # CPU-side time per request (fcfs: tokenisation, detokenisation, HTTP), on the tenant's cores
+    # (`cpus`): stretched when other tenants' threads oversubscribe them. Batched: `step_ms` is that.
+    cpu_ms: float = Field(0.0, ge=0)
     noise_cv: float = Field(0.2, ge=0, le=3)  # lognormal multiplicative noise on compute time
     generated_tokens: float = Field(0.0, ge=0)  # output tokens per request with `rate` (a trace has its own)
     # The service model: "fcfs" = one request at a time (Lindley); "batched" = vLLM-style engine
@@ -111,16 +155,28 @@ class Requests(_Strict):
     def _one(self) -> Requests:
         if (self.rate is None) == (self.trace is None):
             raise ValueError("give exactly one of rate (Poisson) or trace (a CSV file)")
+        if self.trace is not None:
+            given = sorted(self.model_fields_set & _PROCESS_KEYS)
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with rate (a trace brings its own arrivals)")
+        if self.arrivals != "gamma" and "cv" in self.model_fields_set:
+            raise ValueError('cv: only with arrivals = "gamma"')
+        mmpp = sorted(self.model_fields_set & (_PROCESS_KEYS - {"arrivals", "cv"}))
+        if self.arrivals != "mmpp" and mmpp:
+            raise ValueError(f'{", ".join(mmpp)}: only with arrivals = "mmpp"')
+        if self.server == "batched" and "cpu_ms" in self.model_fields_set:
+            raise ValueError('cpu_ms: only with server = "fcfs" (a batched server\'s CPU side is step_ms)')
         if self.server != "batched":
             given = sorted(self.model_fields_set & _BATCHED_KEYS)
             if given:
-                raise ValueError(f"{', '.join(given)}: only with server = \"batched\"")
+                raise ValueError(f'{", ".join(given)}: only with server = "batched"')
         kv = self.model_fields_set & (_KV_KEYS - {"kv_bytes_per_token"})
         if kv and self.kv_bytes_per_token <= 0:
             raise ValueError(f"{', '.join(sorted(kv))}: only with kv_bytes_per_token > 0 (the KV cache's size)")
         return self
 
 
+_PROCESS_KEYS = {"arrivals", "cv", "burst_ratio", "burst_mean_s", "calm_mean_s"}
 _KV_KEYS = {"kv_bytes_per_token", "weights_gb", "overhead_gb", "gpu_memory_utilization", "kv_block_tokens"}
 _BATCHED_KEYS = {
     "max_batched_tokens",
@@ -134,6 +190,14 @@ _BATCHED_KEYS = {
 
 class FlowConfig(_Strict):
     path: tuple[str, str]  # endpoints: device ids or "cpu"
+
+
+class Reroute(_Strict):
+    """From at_s into each reroute period on, the tenant's flows take these paths instead (an
+    aggressor that a scheduler moves to another GPU or switch)."""
+
+    at_s: float = Field(ge=0)
+    flows: list[FlowConfig] = Field(min_length=1)
 
 
 class TenantConfig(_Strict):
@@ -150,7 +214,15 @@ class TenantConfig(_Strict):
     demand_gbps: float = Field(0.0, ge=0)  # bytes/s the flows want (GB/s), while the schedule is on
     sm_active: float = Field(0.0, ge=0, le=1)  # compute: SM activity of its instance while on
     schedule: Schedule = Schedule()
+    reroute: list[Reroute] = []  # flows that change path on a schedule (bulk / compute)
+    reroute_period_s: float | None = Field(None, gt=0)  # the reroutes repeat with this period
     handover: Literal["restart", "warm"] | None = None  # none: the scenario's [scenario] handover
+    relaunch_s: float | None = Field(None, ge=0, le=3600)  # none: the scenario's [scenario] relaunch_s
+    # The CPU channel (off unless set): the cores the tenant's processes may run on (its cpuset,
+    # "0-23,48-71"), and for a non-sensitive tenant the threads it keeps runnable there while its
+    # schedule is on (x level). A sensitive tenant's CPU side is one thread (vLLM's engine loop).
+    cpus: str | None = None
+    cpu_threads: float = Field(0.0, ge=0, le=100_000)
 
     @model_validator(mode="after")
     def _role(self) -> TenantConfig:
@@ -165,7 +237,35 @@ class TenantConfig(_Strict):
             raise ValueError("only sensitive tenants take [requests]")
         if self.flows and self.demand_gbps <= 0:
             raise ValueError("flows need demand_gbps > 0")
+        if self.reroute:
+            if not self.flows:
+                raise ValueError("reroute changes the tenant's flows: give flows first")
+            ats = [r.at_s for r in self.reroute]
+            if ats != sorted(set(ats)):
+                raise ValueError("reroute: at_s must be strictly increasing")
+            if self.reroute_period_s is not None and ats[-1] >= self.reroute_period_s:
+                raise ValueError(f"reroute: at_s {ats[-1]} is not inside reroute_period_s {self.reroute_period_s}")
+        elif self.reroute_period_s is not None:
+            raise ValueError("reroute_period_s: only with reroute")
+        if self.cpu_threads > 0 and self.role is Role.SENSITIVE:
+            raise ValueError("cpu_threads: a sensitive tenant's CPU side is its requests' cpu_ms / step_ms")
+        if self.cpu_threads > 0 and self.cpus is None:
+            raise ValueError("cpu_threads needs cpus (the cores the threads run on)")
         return self
+
+    def flows_at(self, t: float) -> int:
+        """Which flow set is in force at t: 0 = `flows`, k = reroute[k - 1]."""
+        if not self.reroute:
+            return 0
+        x = t % self.reroute_period_s if self.reroute_period_s else t
+        k = 0
+        for i, r in enumerate(self.reroute):
+            if r.at_s <= x:
+                k = i + 1
+        return k
+
+    def flow_sets(self) -> list[list[FlowConfig]]:
+        return [self.flows] + [r.flows for r in self.reroute]
 
 
 class HostConfig(_Strict):
@@ -179,14 +279,28 @@ class ScenarioMeta(_Strict):
     name: str
     description: str = ""
     duration_s: float = Field(3600.0, gt=0)
+    # In the suite (`tailguard replay --suite`) at this duration; none: not in the suite.
+    suite_duration_s: float | None = Field(None, ge=7200)
     tick_s: float = Field(2.0, gt=0.05, le=60)
     seed: int = 1
-    reconfig_downtime_s: float = Field(18.0, ge=0)
-    move_downtime_s: float = Field(5.0, ge=0)
-    # How a moved tenant changes instance: "restart" stops it for the downtime; "warm" keeps the old
+    # What a move costs (fsm.outage, the same function the decision core budgets with): a MIG
+    # reconfiguration, a tenant's relaunch until it serves (per tenant: its relaunch_s).
+    reconfig_s: float = Field(DEFAULT_RECONFIG_S, ge=0, le=3600)
+    relaunch_s: float = Field(DEFAULT_RELAUNCH_S, ge=0, le=3600)
+    # How a moved tenant changes instance: "restart" stops it for its relaunch; "warm" keeps the old
     # copy serving while the new one warms up, then switches with a gap of handover_gap_s.
     handover: Literal["restart", "warm"] = "restart"
-    handover_gap_s: float = Field(0.2, ge=0, le=60)
+    handover_gap_s: float = Field(DEFAULT_HANDOVER_GAP_S, ge=0, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in (("reconfig_downtime_s", "reconfig_s"), ("move_downtime_s", "relaunch_s")):
+                if old in data:
+                    raise ValueError(f"{old} is now {new} (a move's outage is computed from both, fsm/outage.py)")
+        return data
+
     compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
     irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
@@ -207,6 +321,8 @@ class HostModel:
     models: dict[str, GpuModel]
     tenants: dict[str, TenantConfig]
     base_dir: Path  # for relative trace paths
+    # PCIe is full duplex: (node id, "up" | "down") -> bytes/s of that node's uplink in that direction.
+    capacity: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +331,11 @@ class Scenario:
     file: str
     meta: ScenarioMeta
     hosts: tuple[HostModel, ...]
+
+
+def cpu_list(text: str) -> tuple[int, ...]:
+    """A Linux CPU list ("0-23,48-71") as CPU numbers."""
+    return _cpus(text)
 
 
 def _cpus(text: str) -> tuple[int, ...]:
@@ -252,6 +373,7 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
     ids = {HOST_ID}
     layouts: dict[str, tuple[Slot, ...]] = {}
     models: dict[str, GpuModel] = {}
+    capacity: dict[tuple[str, str], float] = {}
     for j, n in enumerate(h.nodes):
         nw = f"{where}.nodes[{j}]({n.id})"
         if n.id in ids or n.id == CPU:
@@ -299,6 +421,11 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         elif n.model is not None or n.layout is not None:
             problems.append(f"{nw}: model and layout are for gpu nodes only")
         link = n.link_gbps * 1e9 if n.link_gbps is not None else None
+        if link is None and (n.up_gbps is not None or n.down_gbps is not None):
+            problems.append(f"{nw}.link_gbps: up_gbps / down_gbps refine link_gbps, which is missing")
+        elif link is not None:
+            capacity[(n.id, "up")] = n.up_gbps * 1e9 if n.up_gbps is not None else link
+            capacity[(n.id, "down")] = n.down_gbps * 1e9 if n.down_gbps is not None else link
         kind = NodeKind(n.kind)
         nodes.append(
             Node(
@@ -350,9 +477,16 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
             for end in f.path:
                 if end != CPU and not topo.has(end):
                     problems.append(f"{tw}.flows[{k}].path: unknown device {end!r}")
+        for r, rr in enumerate(t.reroute):
+            for k, f in enumerate(rr.flows):
+                for end in f.path:
+                    if end != CPU and not topo.has(end):
+                        problems.append(f"{tw}.reroute[{r}].flows[{k}].path: unknown device {end!r}")
         for k, d in enumerate(t.devices):
             if not topo.has(d):
                 problems.append(f"{tw}.devices[{k}]: unknown device {d!r}")
+        if t.cpus is not None:
+            _check_cpus(t.cpus, topo, f"{tw}.cpus", problems)
         tenants[t.name] = TenantSpec(
             name=t.name,
             role=t.role,
@@ -369,22 +503,51 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         name = h.name if h.copies == 1 else f"{h.name}-{c}"
         spec = HostSpec(topo, tenants, Policy(), {g: m.key for g, m in models.items()})
         out.append(
-            HostModel(name, spec, dict(layouts), dict(models), {t.name: t for t in h.tenants}, Path(file).parent)
+            HostModel(
+                name,
+                spec,
+                dict(layouts),
+                dict(models),
+                {t.name: t for t in h.tenants},
+                Path(file).parent,
+                dict(capacity),
+            )
         )
     return out
 
 
+def kv_fits(req: Requests | None, model: GpuModel, profile: str) -> bool:
+    """Whether the KV cache has room for one block on an instance of `profile` (vLLM starts)."""
+    if req is None or req.kv_bytes_per_token <= 0:
+        return True
+    mem = model.profile(profile).gib * 2**30 * req.gpu_memory_utilization
+    return mem - (req.weights_gb + req.overhead_gb) * 1e9 >= req.kv_bytes_per_token * req.kv_block_tokens
+
+
+def _check_cpus(text: str, topo: Topology, where: str, problems: list[str]) -> None:
+    try:
+        cpus = _cpus(text)
+    except ValueError as e:
+        problems.append(f"{where}: {e}")
+        return
+    if not cpus:
+        problems.append(f"{where}: no CPUs")
+        return
+    host = {c for n in topo.of_kind(NodeKind.NUMA) for c in n.cpus}
+    stray = sorted(set(cpus) - host) if host else []
+    if stray:
+        problems.append(f"{where}: CPU {stray[0]} is on no NUMA node of this host")
+
+
 def _check_kv(req: Requests | None, model: GpuModel, profile: str, where: str, problems: list[str]) -> None:
     """The KV cache must have room on the tenant's home instance (vLLM would not start otherwise)."""
-    if req is None or req.kv_bytes_per_token <= 0:
+    if req is None or kv_fits(req, model, profile):
         return
     mem = model.profile(profile).gib * 2**30 * req.gpu_memory_utilization
-    free = mem - (req.weights_gb + req.overhead_gb) * 1e9
-    if free < req.kv_bytes_per_token * req.kv_block_tokens:
-        problems.append(
-            f"{where}.weights_gb: weights_gb + overhead_gb = {req.weights_gb + req.overhead_gb:g} GB leave no KV "
-            f"cache on {profile} ({mem / 1e9:.1f} GB at gpu_memory_utilization {req.gpu_memory_utilization:g})"
-        )
+    problems.append(
+        f"{where}.weights_gb: weights_gb + overhead_gb = {req.weights_gb + req.overhead_gb:g} GB leave no KV "
+        f"cache on {profile} ({mem / 1e9:.1f} GB at gpu_memory_utilization {req.gpu_memory_utilization:g})"
+    )
 
 
 def parse_scenario(text: str, file: str) -> Scenario:
@@ -421,14 +584,18 @@ def parse_scenario(text: str, file: str) -> Scenario:
 
 
 def _outages(h: HostModel, meta: ScenarioMeta) -> dict[str, TenantSpec]:
-    """What a move costs each tenant in this simulator, as the decision core budgets it: the
-    downtimes, or the switch-over gap of a warm hand-over."""
+    """What a move costs each tenant in this simulator, told to the decision core in the same terms
+    (the simulator charges fsm.outage.move_timeline with the same figures)."""
     out = {}
     for name, ts in h.spec.tenants.items():
-        warm = (h.tenants[name].handover or meta.handover) == "warm"
-        move = meta.handover_gap_s if warm else meta.move_downtime_s
-        reconf = meta.handover_gap_s if warm else meta.reconfig_downtime_s
-        out[name] = replace(ts, move_outage_s=move, reconfig_outage_s=reconf)
+        cfg = h.tenants[name]
+        out[name] = replace(
+            ts,
+            relaunch_s=cfg.relaunch_s if cfg.relaunch_s is not None else meta.relaunch_s,
+            reconfig_s=meta.reconfig_s,
+            handover=cfg.handover or meta.handover,
+            handover_gap_s=meta.handover_gap_s,
+        )
     return out
 
 
@@ -441,6 +608,12 @@ def resolve_data(name: str, base: Path) -> Path | None:
 
 def bundled() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+
+
+def suite() -> list[Scenario]:
+    """The bundled scenarios that set suite_duration_s, by name."""
+    out = [load_scenario(n) for n in bundled()]
+    return [s for s in out if s.meta.suite_duration_s is not None]
 
 
 def load_scenario(name_or_path: str) -> Scenario:

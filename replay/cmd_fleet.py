@@ -22,6 +22,7 @@ def fleet_mode(args: argparse.Namespace) -> bool:
     """A single trace file without --executor/--json keeps the tick-by-tick shadow output."""
     return (
         not os.path.isfile(args.shadow)
+        or getattr(args, "compare", None) is not None
         or getattr(args, "executor", None) is not None
         or bool(getattr(args, "json_out", None))
     )
@@ -39,11 +40,24 @@ def run_fleet(args: argparse.Namespace) -> int:
         why = check_output_file(args.json_out)
         if why:
             return _err(f"--json {args.json_out}: {why}")
+    compare = getattr(args, "compare", None)
+    if getattr(args, "from_trace", False) and not compare:
+        return _err("--from-trace goes with --compare CURRENT.toml CANDIDATE.toml")
+    tables = None
+    if compare:
+        from replay.canary import CanaryError, load_policy_table
+
+        try:
+            tables = (load_policy_table(compare[0]), load_policy_table(compare[1]))
+        except CanaryError as e:
+            return _err(f"--compare {e}")
     t0 = time.monotonic()
     try:
         executor = make_executor(getattr(args, "executor", None), args.jobs)
     except ExecutorError as e:
         return _err(str(e))
+    if tables is not None:
+        return _run_canary(args, hosts, tables, executor, t0)
     with executor:
         bar = Bar(len(hosts), "hosts")
         results = results_in_order([executor.submit(shadow_host, (h, None)) for h in hosts], bar)
@@ -68,6 +82,54 @@ def run_fleet(args: argparse.Namespace) -> int:
             "path": args.shadow,
             "figures": "decisions",
             "hosts": [host_object(r) for r in worst_first(results)],
+            "failed": len(failed),
+            "wall_s": round(wall, 2),
+            **where,
+        }
+        try:
+            with open(args.json_out, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+        except OSError as e:
+            return _err(f"--json {args.json_out}: {e.strerror or e}")
+    return 1 if failed else 0
+
+
+def _run_canary(
+    args: argparse.Namespace, hosts: list[Any], tables: tuple[dict[str, Any], dict[str, Any]], executor: Any, t0: float
+) -> int:
+    from replay.canary import canary_host, canary_object, canary_tables
+    from replay.executor import Bar, results_in_order
+
+    simulate = bool(getattr(args, "from_trace", False))
+    with executor:
+        bar = Bar(len(hosts), "hosts")
+        work = [(h, tables[0], tables[1], simulate) for h in hosts]
+        results = results_in_order([executor.submit(canary_host, w) for w in work], bar)
+        bar.done()
+        where = executor.describe()
+    wall = time.monotonic() - t0
+    cur, cand = args.compare
+    print(
+        f"policy canary on {args.shadow}: current {cur}, candidate {cand}; {len(results)} host(s), {wall:.1f} s wall, "
+        f"executor {where['executor']}"
+    )
+    print(canary_tables(results))
+    failed = [r for r in results if r.current.error is not None]
+    for r in failed:
+        print(f"tailguard replay: {r.current.error}", file=sys.stderr)
+    if args.json_out:
+        doc: dict[str, Any] = {
+            "kind": "fleet-canary",
+            "path": args.shadow,
+            "current": cur,
+            "candidate": cand,
+            "figures": {
+                "decisions": "shadow replay of the recordings",
+                "simulated_outcomes": "simulator runs of "
+                "hosts rebuilt from their recordings (null without --from-trace)",
+            },  # fmt: skip
+            "hosts": [canary_object(r) for r in results],
             "failed": len(failed),
             "wall_s": round(wall, 2),
             **where,

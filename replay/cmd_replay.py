@@ -59,6 +59,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="with --shadow: only the summary")
     p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("CURRENT.toml", "CANDIDATE.toml"),
+        help="with --shadow: a policy canary, each file only a [policy] table laid over every trace's recorded "
+        "spec; decisions per host",
+    )
+    p.add_argument(
+        "--from-trace",
+        action="store_true",
+        help="with --compare: also each host rebuilt from its recording (scenario from-trace) and simulated under "
+        "both policies (simulated outcomes)",
+    )
+    p.add_argument(
         "--suite",
         action="store_true",
         help="every suite scenario at its suite_duration_s (or --duration) under the five policies and the "

@@ -78,9 +78,12 @@ def run_host(
     seed: int,
     progress: Callable[[float], None] | None = None,
     exact_latency: bool = False,
+    spec_policy: Policy | None = None,
 ) -> HostRun:
+    """`spec_policy`: run under exactly this Policy (a canary's), `policy` only naming the run."""
     model = scenario.hosts[host_index]
-    spec: HostSpec = replace(model.spec, policy=policy_for(model.spec.policy, policy))
+    chosen = spec_policy if spec_policy is not None else policy_for(model.spec.policy, policy)
+    spec: HostSpec = replace(model.spec, policy=chosen)
     sim = HostSim(model, scenario.meta, seed, host_index, exact_latency=exact_latency)
     state = ControllerState()
     desired = None

@@ -157,13 +157,23 @@ def canary_tables(hosts: list[HostCanary]) -> str:
                 _pct_level(a),
                 _pct_level(b),
                 h.first_difference or "same decisions",
-            ]  # fmt: skip
+            ]
         )
     text = ["DECISIONS (shadow replay of what each host recorded; nothing simulated):", _grid(rows)]
     sim = [h for h in hosts if h.simulated is not None or h.simulate_error is not None]
     if sim:
-        rows = [["host", "file", "p99 ms cur", "p99 ms cand", "bad req. cur", "bad req. cand", "actions/h cur",
-                 "actions/h cand"]]  # fmt: skip
+        rows = [
+            [
+                "host",
+                "file",
+                "p99 ms cur",
+                "p99 ms cand",
+                "bad req. cur",
+                "bad req. cand",
+                "actions/h cur",
+                "actions/h cand",
+            ]
+        ]
         for h in sim:
             if h.simulated is None:
                 rows.append([h.current.host, h.name, "-", "-", "-", "-", "-", f"FAILED: {h.simulate_error}"])
@@ -179,7 +189,7 @@ def canary_tables(hosts: list[HostCanary]) -> str:
                     _pct(d.bad_request_fraction),
                     f"{c.actions_per_hour:.1f}",
                     f"{d.actions_per_hour:.1f}",
-                ]  # fmt: skip
+                ]
             )
         text += [
             "",

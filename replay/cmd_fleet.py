@@ -128,7 +128,7 @@ def _run_canary(
                 "decisions": "shadow replay of the recordings",
                 "simulated_outcomes": "simulator runs of "
                 "hosts rebuilt from their recordings (null without --from-trace)",
-            },  # fmt: skip
+            },
             "hosts": [canary_object(r) for r in results],
             "failed": len(failed),
             "wall_s": round(wall, 2),

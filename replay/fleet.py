@@ -46,7 +46,8 @@ def expand(path: str) -> list[HostFiles]:
         found = [path, *glob.glob(glob.escape(base) + ".*")]
     else:
         found = glob.glob(path)
-    files = [f for f in found if os.path.isfile(f) and not os.path.basename(f).startswith(".")]
+    # Absolute: a task may run on another node (a Ray cluster) with another working directory.
+    files = [os.path.abspath(f) for f in found if os.path.isfile(f) and not os.path.basename(f).startswith(".")]
     if not files:
         raise FleetPathError(f"--shadow {path}: no trace file there (a file, a directory or a glob)")
     groups: dict[str, list[tuple[int, str]]] = {}

@@ -200,10 +200,26 @@ def _parse_header(file: str, line: str) -> TraceHeader:
         if not isinstance(data.get(key), str):
             raise TraceError(file, f"header.{key}: expected a string", 1)
     try:
-        spec = decode_as(HostSpec, data.get("spec"), "header.spec")
+        spec = decode_as(HostSpec, _renamed_outages(data.get("spec")), "header.spec")
     except (DecodeError, ValueError, TypeError) as e:
         raise TraceError(file, f"bad spec: {e}", 1) from None
     return TraceHeader(schema=schema, host=data["host"], created=data["created"], spec=spec)
+
+
+# TenantSpec's outage fields before fsm.outage (traces recorded until then carry them): the move
+# into an existing instance was the relaunch, the move into a new one the reconfiguration.
+_OUTAGE_RENAMES = {"move_outage_s": "relaunch_s", "reconfig_outage_s": "reconfig_s"}
+
+
+def _renamed_outages(spec: Any) -> Any:
+    tenants = spec.get("tenants") if isinstance(spec, dict) else None
+    if isinstance(tenants, dict):
+        for ts in tenants.values():
+            if isinstance(ts, dict):
+                for old, new in _OUTAGE_RENAMES.items():
+                    if old in ts and new not in ts:
+                        ts[new] = ts.pop(old)
+    return spec
 
 
 def read_trace(path: str | os.PathLike[str]) -> tuple[TraceHeader, Iterator[Observation]]:

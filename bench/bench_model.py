@@ -35,6 +35,12 @@ VARIANTS: dict[str, tuple[str, str]] = {
         "",
     ),
     "+ a restart move every 60 s (split ticks)": (P4D, "moves"),
+    "+ duplex_gbps on every link (both-directions resources, D2H share)": (
+        P4D.replace("link_gbps = 24.0", "link_gbps = 24.0\nduplex_gbps = 36.0").replace(
+            "d2h_share = 0.0 ", "d2h_share = 0.3 "
+        ),
+        "",
+    ),
     "vllm-ttft (batched, max_model_len)": (VLLM, ""),
     "vllm-ttft without max_model_len": (VLLM.replace("max_model_len = 4096\n", ""), ""),
 }

@@ -55,6 +55,12 @@ class TenantSpec:
         """Seconds it serves nothing when moved this way (fsm.outage.move_outage_s)."""
         return move_outage_s(kind, self.relaunch_s, self.reconfig_s, self.handover == "warm", self.handover_gap_s)
 
+    @property
+    def move_outage_s(self) -> float:
+        """A move into an existing instance (MoveKind.EXISTING). For a resize, ask outage_s with its
+        kind: one that destroys the tenant's own instance costs the reconfiguration as well."""
+        return self.outage_s(MoveKind.EXISTING)
+
 
 @dataclass(frozen=True, slots=True)
 class Policy:

@@ -57,7 +57,7 @@ from replay.actuation import Actuation, MigOp, Move
 from replay.batching import BatchServer, step_cost
 from replay.cpu import CpuModel
 from replay.fabric import Flow, max_min
-from replay.paths import DOWN, UP, LinkDir, flow_links
+from replay.paths import BOTH, DOWN, UP, LinkDir, flow_links, legs, with_both
 from replay.queueing import Array, lindley
 from replay.scenario import (
     CPU,
@@ -320,6 +320,8 @@ class HostSim(Actuation):
         self.flow_links: dict[str, list[tuple[dict[tuple[str, str], int], str, str]]] = {}  # in force
         # every flow set of every tenant (a rerouted one has several)
         self.route_links: dict[tuple[str, int], list[tuple[dict[tuple[str, str], int], str, str]]] = {}
+        # Links whose two directions together are capped (duplex_gbps): their flows also cross BOTH.
+        self.both = frozenset(n for (n, way) in model.capacity if way == BOTH)
         for i, (name, cfg) in enumerate(sorted(model.tenants.items())):
             if cfg.requests is not None:
                 stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.peak())
@@ -330,7 +332,8 @@ class HostSim(Actuation):
                 self.others.append(cfg)
                 for k, flows in enumerate(cfg.flow_sets()):
                     self.route_links[(name, k)] = [
-                        (flow_links(self.topo, f.path[0], f.path[1]), f.path[0], f.path[1]) for f in flows
+                        (with_both(flow_links(self.topo, f.path[0], f.path[1]), self.both), f.path[0], f.path[1])
+                        for f in flows
                     ]
                 self.flow_links[name] = self.route_links[(name, 0)]
         cpusets = {n: cpu_list(c.cpus) for n, c in model.tenants.items() if c.cpus}
@@ -440,19 +443,28 @@ class HostSim(Actuation):
             path = tuple(self.topo.path_links(serving[name].gpu))
             d2h = s.req.d2h_share
             sens_links[name] = (path, d2h)
-            avg.append(Flow(f"{name}>{DOWN}", {(n, DOWN): 1 for n in path}, s.rate_bps * (1.0 - d2h)))
+            avg.append(Flow(f"{name}>{DOWN}", legs(path, DOWN, self.both), s.rate_bps * (1.0 - d2h)))
             if d2h > 0:
-                avg.append(Flow(f"{name}>{UP}", {(n, UP): 1 for n in path}, s.rate_bps * d2h))
+                avg.append(Flow(f"{name}>{UP}", legs(path, UP, self.both), s.rate_bps * d2h))
         rates = max_min(flows + avg, self.capacity)
         # The elastic shares depend only on the other flows' caps and the victims' paths: memoise.
         key = (tuple((f.name, f.cap) for f in flows), tuple(sorted(sens_links.items())), tuple(phases))
         elastic = self._elastic.get(key)
-        if elastic is None:
+        if elastic is None and self.both:
+            # A capped sum couples the directions: each direction's probes beside the other
+            # direction's average flows (a request's H2D and D2H copies do not overlap each other).
+            elastic = {}
+            for way, other in ((DOWN, UP), (UP, DOWN)):
+                one_way = [Flow(f"{n}>{way}", legs(path, way, self.both)) for n, (path, _) in sens_links.items()]
+                rest = [f for f in avg if f.name.endswith(f">{other}")]
+                shares = max_min(flows + rest + one_way, self.capacity)
+                elastic.update({f.name: shares[f.name] for f in one_way})
+        elif elastic is None:
             probes: list[Flow[LinkDir]] = []
             for n, (path, d2h) in sens_links.items():
-                probes.append(Flow(f"{n}>{DOWN}", {(x, DOWN): 1 for x in path}))
+                probes.append(Flow(f"{n}>{DOWN}", legs(path, DOWN, self.both)))
                 if d2h > 0:
-                    probes.append(Flow(f"{n}>{UP}", {(x, UP): 1 for x in path}))
+                    probes.append(Flow(f"{n}>{UP}", legs(path, UP, self.both)))
             elastic = max_min(flows + probes, self.capacity)
             if len(self._elastic) < 10_000:
                 self._elastic[key] = elastic
@@ -479,7 +491,8 @@ class HostSim(Actuation):
             else:  # it stops serving within this tick: what arrived before is served where it was
                 j = int(np.searchsorted(arr, mv.down_at, "left"))
                 old = self.instance[name]
-                probe = [Flow(f"{name}>{w}", {(x, w): 1 for x in self.topo.path_links(old.gpu)}) for w in (DOWN, UP)]
+                old_path = self.topo.path_links(old.gpu)
+                probe = [Flow(f"{name}>{w}", legs(old_path, w, self.both)) for w in (DOWN, UP)]
                 pb_old = self._per_byte(name, req, max_min(flows + probe, self.capacity))
                 parts = [
                     self._serve(s, name, old, arr[:j], tok[:j], gen[:j], noise[:j], pb_old, cpu_slow, sm, mv.down_at)

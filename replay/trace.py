@@ -12,8 +12,10 @@ cannot tell). `tailguard.trace/1` files still read: their windows carry no `over
 (unknown), whatever a /1 line holds under that key.
 
 The writer is line-buffered and fsyncs every few seconds, so a crash loses at most the last few
-seconds and leaves at worst one torn last line, which the reader tolerates. Any other bad line is
-an error naming the file and the line number. A file that grows past `max_bytes` is rotated to
+seconds and leaves at worst one torn line, which the reader skips and reports (with its line
+number) through `on_cut`: the last line without its newline, or, after a restart appended to the
+file, a line whose JSON stops short. Any other bad line is an error naming the file and the line
+number. A file that grows past `max_bytes` is rotated to
 `PATH.1` (older ones shift to `.2`, ... up to `keep`), and the new file starts with a fresh header,
 so every file can be read on its own.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -206,11 +208,13 @@ def _parse_header(file: str, line: str) -> TraceHeader:
     return TraceHeader(schema=schema, host=data["host"], created=data["created"], spec=spec)
 
 
-def read_trace(path: str | os.PathLike[str]) -> tuple[TraceHeader, Iterator[Observation]]:
+def read_trace(
+    path: str | os.PathLike[str], on_cut: Callable[[int], None] | None = None
+) -> tuple[TraceHeader, Iterator[Observation]]:
     """The header (read now) and a lazy iterator over the observations.
 
-    A torn last line (no final newline and not valid JSON) is skipped; any other bad line raises
-    TraceError naming the file and line number.
+    A line cut short by a crash (see the module docstring) is skipped and its number given to
+    `on_cut`; any other bad line raises TraceError naming the file and line number.
     """
     file = str(path)
     try:
@@ -230,7 +234,7 @@ def read_trace(path: str | os.PathLike[str]) -> tuple[TraceHeader, Iterator[Obse
     except TraceError:
         f.close()
         raise
-    return header, _observations(f, file, v1=header.schema == SCHEMA_V1)
+    return header, _observations(f, file, on_cut, v1=header.schema == SCHEMA_V1)
 
 
 def _v1_windows(obs: Any) -> Any:
@@ -244,7 +248,14 @@ def _v1_windows(obs: Any) -> Any:
     return obs
 
 
-def _observations(f: IO[str], file: str, v1: bool = False) -> Iterator[Observation]:
+def _cut_short(line: str, e: json.JSONDecodeError) -> bool:
+    """The JSON parser ran out of text: a line that stops mid-record, not one that is garbage."""
+    return e.msg.startswith("Unterminated string") or e.pos >= len(line.rstrip("\n"))
+
+
+def _observations(
+    f: IO[str], file: str, on_cut: Callable[[int], None] | None, v1: bool = False
+) -> Iterator[Observation]:
     with f:
         lineno = 1
         while True:
@@ -261,8 +272,11 @@ def _observations(f: IO[str], file: str, v1: bool = False) -> Iterator[Observati
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as e:
-                if torn:
-                    return  # the writer died mid-line: tolerated
+                if torn or (line.lstrip().startswith("{") and _cut_short(line, e)):
+                    # The writer died mid-line (a restart starts on a fresh line): skipped, reported.
+                    if on_cut is not None:
+                        on_cut(lineno)
+                    continue
                 raise TraceError(file, f"not JSON: {e.msg} at column {e.colno}", lineno) from None
             if not isinstance(data, dict):
                 raise TraceError(file, "expected a JSON object", lineno)

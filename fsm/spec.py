@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from fsm.observation import InstanceRef
-from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S, MoveKind, move_outage_s
+from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S, MoveKind
+from fsm.outage import move_outage_s as _outage_of
 from fsm.topology import Tier, Topology
 
 
@@ -53,7 +54,13 @@ class TenantSpec:
 
     def outage_s(self, kind: MoveKind) -> float:
         """Seconds it serves nothing when moved this way (fsm.outage.move_outage_s)."""
-        return move_outage_s(kind, self.relaunch_s, self.reconfig_s, self.handover == "warm", self.handover_gap_s)
+        return _outage_of(kind, self.relaunch_s, self.reconfig_s, self.handover == "warm", self.handover_gap_s)
+
+    @property
+    def move_outage_s(self) -> float:
+        """A move into an existing instance (MoveKind.EXISTING). For a resize, ask outage_s with its
+        kind: one that destroys the tenant's own instance costs the reconfiguration as well."""
+        return self.outage_s(MoveKind.EXISTING)
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,10 +201,17 @@ def run_suite(args: argparse.Namespace) -> int:
     from replay.scenario import ScenarioError, suite
     from replay.suite import matrix, timed_suite
 
-    if args.duration is not None and args.duration <= 0:
-        return _err("--duration must be positive")
+    if args.duration is not None and not 0 < args.duration < float("inf"):
+        return _err("--duration must be a positive number of seconds")
     if args.jobs is not None and args.jobs < 1:
         return _err("--jobs must be at least 1")
+    for opt, given in (("--plot", args.plot), ("--exact-latency", getattr(args, "exact_latency", False))):
+        if given:
+            return _err(f"{opt}: not with --suite (the suite's runs use vLLM's histogram view, no plot)")
+    if args.json_out:  # before the long part, not after it
+        why = check_output_file(args.json_out)
+        if why:
+            return _err(f"--json {args.json_out}: {why}")
     try:
         scenarios = suite()
     except ScenarioError as e:
@@ -232,9 +239,10 @@ def run_suite(args: argparse.Namespace) -> int:
     if args.json_out:
         try:
             with open(args.json_out, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=2)
-                f.write("\n")
-        except OSError as e:
+                f.write(json.dumps(doc, indent=2) + "\n")
+        except OSError as e:  # checked above; the disk may have filled since
+            with contextlib.suppress(OSError):
+                os.unlink(args.json_out)  # no truncated JSON left for a reader to trip on
             return _err(f"--json {args.json_out}: {e.strerror or e}")
     return 0
 

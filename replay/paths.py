@@ -6,7 +6,8 @@ from fsm.topology import NodeKind, Topology
 from replay.scenario import CPU
 
 UP, DOWN = "up", "down"  # toward the root complex (device -> host), and away from it
-LinkDir = tuple[str, str]  # (node whose uplink it is, UP | DOWN): a fabric resource
+BOTH = "both"  # a link's two directions together, where the scenario caps their sum (duplex_gbps)
+LinkDir = tuple[str, str]  # (node whose uplink it is, UP | DOWN | BOTH): a fabric resource
 
 
 def flow_links(topo: Topology, a: str, b: str) -> dict[tuple[str, str], int]:
@@ -38,4 +39,25 @@ def flow_links(topo: Topology, a: str, b: str) -> dict[tuple[str, str], int]:
                 legs.append((n, way))
     for leg in legs:
         out[leg] = out.get(leg, 0) + 1
+    return out
+
+
+def legs(path: list[str] | tuple[str, ...], way: str, capped: set[str] | frozenset[str]) -> dict[LinkDir, int]:
+    """The resources of a transfer along `path` (nodes whose uplinks it crosses) in one direction,
+    plus each link's both-directions resource where the scenario caps it (`capped`)."""
+    out: dict[LinkDir, int] = {(n, way): 1 for n in path}
+    for n in path:
+        if n in capped:
+            out[(n, BOTH)] = 1
+    return out
+
+
+def with_both(links: dict[LinkDir, int], capped: set[str] | frozenset[str]) -> dict[LinkDir, int]:
+    """`links` plus the both-directions resource of every capped link they cross (once per crossing)."""
+    if not capped:
+        return links
+    out = dict(links)
+    for (n, way), m in links.items():
+        if way != BOTH and n in capped:
+            out[(n, BOTH)] = out.get((n, BOTH), 0) + m
     return out

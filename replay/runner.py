@@ -65,7 +65,7 @@ class HostRun:
     tenant_latencies: dict[str, np.ndarray] = field(default_factory=dict)
     arrivals: dict[str, int] = field(default_factory=dict)
     served: dict[str, int] = field(default_factory=dict)
-    rejected: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # refused at admission
     quantile: dict[str, float] = field(default_factory=dict)  # the tenant's SLO quantile (0.99: p99)
     exact_latency: bool = False  # the controller's view: raw samples (True) or vLLM's histogram
 
@@ -112,8 +112,7 @@ def run_host(
     lat = np.concatenate(st.latencies).astype(np.float32) if st.latencies else np.empty(0, np.float32)
     by_tenant = {n: np.concatenate(parts).astype(np.float32) for n, parts in st.tenant_latencies.items()}
     sensitive = [n for n, t in spec.tenants.items() if t.role is Role.SENSITIVE]
-    # Requests refused at admission (never served; the model counts them where it has them).
-    rejected: dict[str, int] = {n: int(v) for n, v in getattr(st, "rejected", {}).items()}
+    rejected = st.rejected  # refused at admission: never served, never in `latencies`
     return HostRun(
         policy=policy,
         host=model.name,

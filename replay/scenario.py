@@ -91,6 +91,7 @@ class NodeConfig(_Strict):
     link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink, each direction (1 GB = 1e9 bytes)
     up_gbps: float | None = Field(None, gt=0)  # toward the root complex, when not link_gbps
     down_gbps: float | None = Field(None, gt=0)  # from the root complex, when not link_gbps
+    duplex_gbps: float | None = Field(None, gt=0)  # both directions together, when less than their sum
     index: int | None = Field(None, ge=0)  # numa: node number
     cpus: str | None = None  # numa: "0-23,48-71"
     model: str | None = None  # gpu: A100-SXM4-40GB, ...
@@ -421,11 +422,19 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         elif n.model is not None or n.layout is not None:
             problems.append(f"{nw}: model and layout are for gpu nodes only")
         link = n.link_gbps * 1e9 if n.link_gbps is not None else None
-        if link is None and (n.up_gbps is not None or n.down_gbps is not None):
-            problems.append(f"{nw}.link_gbps: up_gbps / down_gbps refine link_gbps, which is missing")
+        if link is None and (n.up_gbps is not None or n.down_gbps is not None or n.duplex_gbps is not None):
+            problems.append(f"{nw}.link_gbps: up_gbps / down_gbps / duplex_gbps refine link_gbps, which is missing")
         elif link is not None:
-            capacity[(n.id, "up")] = n.up_gbps * 1e9 if n.up_gbps is not None else link
-            capacity[(n.id, "down")] = n.down_gbps * 1e9 if n.down_gbps is not None else link
+            up = capacity[(n.id, "up")] = n.up_gbps * 1e9 if n.up_gbps is not None else link
+            down = capacity[(n.id, "down")] = n.down_gbps * 1e9 if n.down_gbps is not None else link
+            if n.duplex_gbps is not None:
+                both = n.duplex_gbps * 1e9
+                if not max(up, down) <= both <= up + down:
+                    problems.append(
+                        f"{nw}.duplex_gbps: {n.duplex_gbps:g} must lie between the larger direction "
+                        f"({max(up, down) / 1e9:g}) and both together ({(up + down) / 1e9:g})"
+                    )
+                capacity[(n.id, "both")] = both
         kind = NodeKind(n.kind)
         nodes.append(
             Node(

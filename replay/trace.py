@@ -9,7 +9,8 @@ Format `tailguard.trace/2`, JSON lines (UTF-8, one object per line):
 
 /2 adds `over_slo` to each latency window (requests over the tenant's SLO; null when the source
 cannot tell). `tailguard.trace/1` files still read: their windows carry no `over_slo`, so it is None
-(unknown), whatever a /1 line holds under that key.
+(unknown), whatever a /1 line holds under that key; their spec's `move_outage_s` and
+`reconfig_outage_s` (the tenant fields of that time) are read as `relaunch_s` and `reconfig_s`.
 
 The writer is line-buffered and fsyncs every few seconds, so a crash loses at most the last few
 seconds and leaves at worst one torn line, which the reader skips and reports (with its line
@@ -201,8 +202,9 @@ def _parse_header(file: str, line: str) -> TraceHeader:
     for key in ("host", "created"):
         if not isinstance(data.get(key), str):
             raise TraceError(file, f"header.{key}: expected a string", 1)
+    raw_spec = _v1_spec(data.get("spec")) if schema == SCHEMA_V1 else data.get("spec")
     try:
-        spec = decode_as(HostSpec, data.get("spec"), "header.spec")
+        spec = decode_as(HostSpec, raw_spec, "header.spec")
     except (DecodeError, ValueError, TypeError) as e:
         raise TraceError(file, f"bad spec: {e}", 1) from None
     return TraceHeader(schema=schema, host=data["host"], created=data["created"], spec=spec)
@@ -237,9 +239,19 @@ def read_trace(
     return header, _observations(f, file, on_cut, v1=header.schema == SCHEMA_V1)
 
 
-def _cut_short(line: str, e: json.JSONDecodeError) -> bool:
-    """The JSON parser ran out of text: a line that stops mid-record, not one that is garbage."""
-    return e.msg.startswith("Unterminated string") or e.pos >= len(line.rstrip("\n"))
+def _v1_spec(spec: Any) -> Any:
+    """A /1 header's spec as today's TenantSpec reads it: the outage figures the recording host
+    budgeted with (move_outage_s, reconfig_outage_s) carry over as relaunch_s and reconfig_s."""
+    tenants = spec.get("tenants") if isinstance(spec, dict) else None
+    if isinstance(tenants, dict):
+        for t in tenants.values():
+            if not isinstance(t, dict):
+                continue
+            for old, new in (("move_outage_s", "relaunch_s"), ("reconfig_outage_s", "reconfig_s")):
+                if old in t:
+                    value = t.pop(old)
+                    t.setdefault(new, value)
+    return spec
 
 
 def _v1_windows(obs: Any) -> Any:
@@ -251,6 +263,11 @@ def _v1_windows(obs: Any) -> Any:
             if isinstance(lat, dict):
                 lat.pop("over_slo", None)
     return obs
+
+
+def _cut_short(line: str, e: json.JSONDecodeError) -> bool:
+    """The JSON parser ran out of text: a line that stops mid-record, not one that is garbage."""
+    return e.msg.startswith("Unterminated string") or e.pos >= len(line.rstrip("\n"))
 
 
 def _observations(

@@ -110,7 +110,7 @@ kind = "systemd"
     restart = parse_config(base + 'unit = "llm.service"\n').tenant_specs()["llm"]
     assert (restart.relaunch_s, restart.reconfig_s, restart.handover) == (5.0, 18.0, "restart")
     # Each lever's outage is fsm.outage's, from the same figures the simulator charges with.
-    assert restart.outage_s(MoveKind.EXISTING) == 5.0
+    assert restart.outage_s(MoveKind.EXISTING) == restart.move_outage_s == 5.0
     assert restart.outage_s(MoveKind.BESIDE) == 5.0  # make-before-break: it serves while the slice is made
     assert restart.outage_s(MoveKind.IN_PLACE) == 23.0  # its own instance goes: reconfigure + relaunch
     warm = parse_config(base + 'unit = "llm@.service"\nhandover = "warm"\n').tenant_specs()["llm"]

@@ -188,6 +188,9 @@ def test_sanitize_drops_a_bad_over_slo_and_counts_it(over: float, reason: str) -
 def test_a_v1_trace_still_reads(tmp_path: Path) -> None:
     header, obs = read_trace(V1_TRACE)
     assert header.schema == "tailguard.trace/1" and header.host == "toy"
+    # that spec's outage fields (move_outage_s 5, reconfig_outage_s 18) under today's names
+    db = header.spec.tenants["db"]
+    assert (db.relaunch_s, db.reconfig_s) == (5.0, 18.0)
     got = list(obs)
     assert len(got) == 5
     for o in got:

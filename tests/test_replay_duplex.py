@@ -7,7 +7,7 @@ import pytest
 
 from fsm.topology import TopologyBuilder
 from replay.fabric import Flow, max_min
-from replay.paths import DOWN, UP, flow_links
+from replay.paths import BOTH, DOWN, UP, flow_links, legs, with_both
 from replay.runner import run_host
 from replay.scenario import SCENARIO_DIR, ScenarioError, parse_scenario
 
@@ -148,3 +148,57 @@ def test_up_and_down_capacities_from_the_scenario() -> None:
     )
     with pytest.raises(ScenarioError, match=r"nodes\[2\]\(rc0\)\.link_gbps"):
         parse_scenario(bad, "/tmp/bad.toml")
+
+
+def test_a_cap_on_both_directions_together_by_hand() -> None:
+    # Measured on A100s, one GPU copying both ways at once does not keep 25 GB/s each way (about 24
+    # + 12.5, NVIDIA/nvbandwidth #11): duplex_gbps caps the sum. Up = down = 25, both = 36.
+    cap = {("g", UP): 25.0, ("g", DOWN): 25.0, ("g", BOTH): 36.0}
+    up = legs(["g"], UP, {"g"})
+    down = legs(["g"], DOWN, {"g"})
+    assert up == {("g", UP): 1, ("g", BOTH): 1}
+    # Two elastic flows, one each way: the sum is the constraint, split evenly: 18 + 18.
+    assert max_min([Flow("h2d", down), Flow("d2h", up)], cap) == pytest.approx({"h2d": 18.0, "d2h": 18.0})
+    # One way only: the direction's own 25 binds first.
+    assert max_min([Flow("h2d", down)], cap) == pytest.approx({"h2d": 25.0})
+    # A D2H flow that wants only 10 leaves 26 of the sum, of which the H2D one can use its 25.
+    assert max_min([Flow("h2d", down), Flow("d2h", up, cap=10.0)], cap) == pytest.approx({"h2d": 25.0, "d2h": 10.0})
+    # Max-min splits a full sum evenly: it does not reproduce the measured 24 / 12 asymmetry.
+    # with_both adds the both-directions leg to a path's resources, once per crossing.
+    assert with_both({("g", UP): 1, ("s", DOWN): 2}, {"g", "s"}) == {
+        ("g", UP): 1,
+        ("g", BOTH): 1,
+        ("s", DOWN): 2,
+        ("s", BOTH): 2,
+    }
+    assert with_both({("g", UP): 1}, frozenset()) == {("g", UP): 1}
+
+
+def test_duplex_gbps_from_the_scenario() -> None:
+    text = P4D.replace(
+        'id = "gpu0"\nkind = "gpu"\nparent = "sw0"\nmodel = "A100-SXM4-40GB"\nlink_gbps = 24.0',
+        'id = "gpu0"\nkind = "gpu"\nparent = "sw0"\nmodel = "A100-SXM4-40GB"\nlink_gbps = 24.0\nduplex_gbps = 36.0',
+    )
+    host = parse_scenario(text, "/tmp/dx.toml").hosts[0]
+    assert host.capacity[("gpu0", BOTH)] == 36e9 and ("gpu1", BOTH) not in host.capacity
+    # T1 copying to GPU 0 both ways (d2h_share 0.5) now shares 36 GB/s rather than 2 x 24.
+    both_ways = text.replace("d2h_share = 0.0 ", "d2h_share = 0.5 ")
+    free = P4D.replace("d2h_share = 0.0 ", "d2h_share = 0.5 ")
+    quiet = "schedule = { level = 0.0, period_s = 3600,"
+    capped = _static_p99(both_ways.replace("schedule = { period_s = 3600,", quiet), "dx1")
+    uncapped = _static_p99(free.replace("schedule = { period_s = 3600,", quiet), "dx2")
+    assert capped == pytest.approx(uncapped, rel=1e-9)  # T1 alone never fills 36 GB/s
+    # A neighbour reading 20 GB/s back from GPU 0 (up its link) leaves T1's copies down it
+    # min(24, 36 - 20) = 16 GB/s under the cap, 24 without: 3.9 ms instead of 2.6 ms per request.
+    gpu0 = 'id = "gpu0"\nkind = "gpu"\nparent = "sw0"\nmodel = "A100-SXM4-40GB"\nlink_gbps = 24.0'
+    back = _with_t2('{ path = ["gpu0", "cpu"] }', demand=20.0)
+    p_free = _static_p99(back, "dx3")
+    p_cap = _static_p99(back.replace(gpu0, gpu0 + "\nduplex_gbps = 36.0"), "dx4")
+    assert p_free == pytest.approx(uncapped, rel=0.02)  # full duplex: the read-back costs T1 nothing
+    assert p_cap > p_free + 1e-3
+    bad = P4D.replace(
+        'id = "sw0"\nkind = "switch"\nparent = "rc0"\nlink_gbps = 24.0',
+        'id = "sw0"\nkind = "switch"\nparent = "rc0"\nlink_gbps = 24.0\nduplex_gbps = 60.0',
+    )
+    with pytest.raises(ScenarioError, match=r"nodes\[3\]\(sw0\)\.duplex_gbps: 60 must lie between"):
+        parse_scenario(bad, "/tmp/dxbad.toml")

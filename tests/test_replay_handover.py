@@ -146,3 +146,13 @@ def test_requests_held_by_a_move_are_served_at_the_targets_slice() -> None:
     saving = float(lat_s.sum() - lat_b.sum())
     assert 12.0 < saving < 50.0, saving
     assert big <= same
+
+
+def test_the_former_outage_keys_name_their_successors() -> None:
+    with pytest.raises(ScenarioError, match=r"reconfig_downtime_s is now reconfig_s"):
+        parse_scenario(P4D.replace("reconfig_s = 18.0", "reconfig_downtime_s = 18.0"), "/tmp/old1.toml")
+    with pytest.raises(ScenarioError, match=r"move_downtime_s is now relaunch_s"):
+        parse_scenario(P4D.replace("relaunch_s = 5.0", "move_downtime_s = 5.0"), "/tmp/old2.toml")
+    # The decision core is told the figures the simulator charges with.
+    t1 = parse_scenario(P4D, "/tmp/ok.toml").hosts[0].spec.tenants["t1"]
+    assert (t1.relaunch_s, t1.reconfig_s, t1.handover) == (MOVE_S, RECONF_S, "restart")

@@ -14,10 +14,11 @@ from controller.cli import main
 from fsm.mig import is_valid
 from fsm.observation import InstanceRef, Observation
 from replay import oracle
+from replay.arrivals import RequestStream
 from replay.paths import DOWN
 from replay.runner import HostRun, run_host
 from replay.scenario import Requests, Scenario, ScenarioError, Schedule, bundled, parse_scenario, suite
-from replay.simulator import HostSim, RequestStream
+from replay.simulator import HostSim
 from replay.suite import SUITE_POLICIES, run_choice, run_oracle
 
 

@@ -189,11 +189,18 @@ def estimate(header: TraceHeader, observations: list[Observation], slice_exponen
                 tx_per.append((g.pcie_tx_bps or 0.0) / r)
         if not per_req:
             raise FromTraceError(f"tenant {s.name}: no quiet tick with its instance's SM activity")
-        base = sum(p * w for p, w in zip(per_req, weights, strict=True)) / sum(weights)
+        # Medians, not means: a tick the daemon overran covers a longer, uneven span, an outlier here.
+        base = statistics.median(per_req)
         out.compute_ms[s.name] = 1e3 * base * _slices(inst.profile) ** slice_exponent
-        # Each quiet tick's mean over n requests of a mean-one noise: its spread x sqrt(n) is the noise's cv.
+        # Each quiet tick's mean over n requests of a mean-one noise: its spread x sqrt(n) is the noise's
+        # cv (the median absolute deviation x 1.4826, a standard deviation that outliers do not move).
         z = [(p - base) / base * math.sqrt(w) for p, w in zip(per_req, weights, strict=True)]
-        out.noise_cv[s.name] = round(statistics.pstdev(z), 4) if len(z) >= MIN_QUIET_TICKS else 0.2
+        if len(z) >= MIN_QUIET_TICKS:
+            mad = statistics.median(abs(v - statistics.median(z)) for v in z)
+            out.noise_cv[s.name] = round(min(3.0, 1.4826 * mad), 4)
+        else:
+            out.noise_cv[s.name] = 0.2
+            out.assumed.append(f"{s.name}: noise_cv 0.2 (too few quiet ticks to estimate it)")
         rx, tx = _median(rx_per) or 0.0, _median(tx_per) or 0.0
         out.bytes[s.name] = rx + tx
         out.d2h_share[s.name] = round(tx / (rx + tx), 4) if rx + tx > 0 else 0.0

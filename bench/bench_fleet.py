@@ -93,10 +93,11 @@ def main() -> int:
     ap.add_argument("--traces", required=True)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--simulate-hosts", type=int, default=0, help="also time the canary's --from-trace on N hosts")
+    ap.add_argument("--order", default="local,ray", help="which executor runs first (the machine's load drifts)")
     args = ap.parse_args()
     hosts = expand(args.traces)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, {len(hosts)} hosts, {args.workers} workers")
-    out = {k: run(k, hosts, args.workers) for k in ("local", "ray")}
+    out = {k: run(k, hosts, args.workers) for k in args.order.split(",")}
     same = out["local"]["results"] == out["ray"]["results"]
     for k, r in out.items():
         print(
@@ -123,7 +124,7 @@ def main() -> int:
         res = results_in_order([ex.submit(canary_host, (h, {}, {}, True)) for h in few])
         wall = time.perf_counter() - t0
         ex.shutdown()
-        hours = sum(r.current.span_s for r in res) / 3600
+        hours = sum(r.current.span_s for r in res if r.simulated is not None) / 3600  # rebuilt hosts only
         bad = [r.simulate_error for r in res if r.simulate_error]
         print(
             f"canary --from-trace (2 policies' decisions + 2 simulated runs per host) on {len(few)} hosts: "

@@ -86,13 +86,10 @@ def _err(msg: str) -> int:
 
 
 def _executor(args: argparse.Namespace) -> Any:
-    """The --executor asked for (None: the default local pool); ExecutorError on a bad one."""
-    text = getattr(args, "executor", None)
-    if text is None:
-        return None
+    """The --executor asked for (default: the local pool of --jobs); ExecutorError on a bad one."""
     from replay.executor import make_executor
 
-    return make_executor(text, args.jobs)
+    return make_executor(getattr(args, "executor", None) or "local", args.jobs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -305,9 +305,13 @@ class Reconciler:
 
     async def recover(self) -> dict[str, Any]:
         """Read the journal: lift expired throttles, re-assert valid ones, finish or roll back an
-        interrupted MIG change, forget where an interrupted move left its tenant. Logs a summary."""
+        interrupted MIG change (GPUs concurrently, at most recovery_concurrency at once), forget
+        where an interrupted move left its tenant. Never raises on a journal record. Returns (and
+        logs) the summary: lifted, reasserted, mig {gpu: result}, moves, errors, skipped (records
+        of the wrong shape) and skipped_records (the first 20, as "file:line: ...")."""
         async with self._lock:
-            return await Recovery(self.h, self.throttles, self.mps, self.layouts, self.moves).run(self._snapshot)
+            rec = Recovery(self.h, self.throttles, self.mps, self.layouts, self.moves, self.recovery_concurrency)
+            return await rec.run(self._snapshot)
 
     async def shutdown(self, lift_throttles: bool, timeout: float = 60.0) -> None:
         """Let background operations finish (a MIG change is never cut in half on purpose), then

@@ -134,6 +134,36 @@ def _warm(r: Any, what: str) -> dict[str, Any]:
     return r
 
 
+def _snapshot(rec: dict[str, Any]) -> tuple[dict[tuple[str, str], OwnedCap], dict[str, InstanceRef | None],
+                                          dict[str, tuple[int, float]], dict[str, dict[str, Any]],
+                                          dict[str, dict[str, Any]]]:  # fmt: skip
+    """A snapshot record's books (caps, placements, MPS limits, warm moves, open MIG changes)."""
+    st = _obj(rec.get("state"), "state")
+    owned = dict(_owned_cap(t, f"state.throttles[{i}]") for i, t in
+                 enumerate(_list(st.get("throttles", []), "state.throttles")))  # fmt: skip
+    places = {t: _ref(r, f"state.placements.{t}")
+              for t, r in _obj(st.get("placements", {}), "state.placements").items()}  # fmt: skip
+    owned_mps = {}
+    for t, v in _obj(st.get("mps", {}), "state.mps").items():
+        pair = _list(v, f"state.mps.{t}")
+        if len(pair) != 2:
+            raise BadRecord(f"state.mps.{t} is {pair!r}, not [pid, expires_at]")
+        owned_mps[t] = (_pid(pair[0], f"state.mps.{t}[0]"), _num(pair[1], f"state.mps.{t}[1]"))
+    warm = {t: _warm(r, f"state.warm_moves.{t}")
+            for t, r in _obj(st.get("warm_moves", {}), "state.warm_moves").items()}  # fmt: skip
+    mig_open = {g: _mig_intent(r, f"state.mig_open.{g}")
+                for g, r in _obj(st.get("mig_open", {}), "state.mig_open").items()}  # fmt: skip
+    return owned, places, owned_mps, warm, mig_open
+
+
+def _valid_snapshot(rec: dict[str, Any]) -> bool:
+    try:
+        _snapshot(rec)
+    except (BadRecord, KeyError, TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
 class Recovery:
     def __init__(self, h: Hands, throttles: Throttles, mps: MpsLimits, layouts: MigLayouts, moves: Moves,
                  concurrency: int = 4) -> None:  # fmt: skip
@@ -151,21 +181,7 @@ class Recovery:
         h, th, mps, mig, mv = self.h, self.throttles, self.mps, self.layouts, self.moves
         kind, phase = rec.get("kind"), rec.get("phase")
         if kind == "snapshot":
-            st = _obj(rec.get("state"), "state")
-            owned = dict(_owned_cap(t, f"state.throttles[{i}]") for i, t in
-                         enumerate(_list(st.get("throttles", []), "state.throttles")))  # fmt: skip
-            places = {t: _ref(r, f"state.placements.{t}")
-                      for t, r in _obj(st.get("placements", {}), "state.placements").items()}  # fmt: skip
-            owned_mps = {}
-            for t, v in _obj(st.get("mps", {}), "state.mps").items():
-                pair = _list(v, f"state.mps.{t}")
-                if len(pair) != 2:
-                    raise BadRecord(f"state.mps.{t} is {pair!r}, not [pid, expires_at]")
-                owned_mps[t] = (_pid(pair[0], f"state.mps.{t}[0]"), _num(pair[1], f"state.mps.{t}[1]"))
-            warm = {t: _warm(r, f"state.warm_moves.{t}")
-                    for t, r in _obj(st.get("warm_moves", {}), "state.warm_moves").items()}  # fmt: skip
-            mig_open = {g: _mig_intent(r, f"state.mig_open.{g}")
-                        for g, r in _obj(st.get("mig_open", {}), "state.mig_open").items()}  # fmt: skip
+            owned, places, owned_mps, warm, mig_open = _snapshot(rec)
             th.owned = owned
             for t, ref in places.items():
                 if t in h.placement:
@@ -207,6 +223,18 @@ class Recovery:
                     mv.warm_open.pop(t, None)
                     h.placement[t] = at
 
+    def _records(self) -> list[dict[str, Any]]:
+        """The records from the latest snapshot on; when that snapshot is of the wrong shape, from
+        the latest one that is not (all files are read then, only in that case)."""
+        tail = self.h.journal.tail_from_snapshot()
+        if not tail or tail[0].get("kind") != "snapshot" or _valid_snapshot(tail[0]):
+            return tail
+        recs = list(self.h.journal.records())
+        for i in range(len(recs) - 1, -1, -1):
+            if recs[i].get("kind") == "snapshot" and _valid_snapshot(recs[i]):
+                return recs[i:]
+        return recs
+
     def _where(self, rec: dict[str, Any]) -> str:
         """file:line of a record (looked up only for the records that are skipped)."""
         for f in reversed(self.h.journal.files()):
@@ -230,7 +258,7 @@ class Recovery:
         summary: dict[str, Any] = {"lifted": [], "reasserted": [], "mig": {}, "moves": [], "errors": [],
                                    "skipped": 0, "skipped_records": []}  # fmt: skip
         try:
-            records = h.journal.tail_from_snapshot()
+            records = self._records()
         except Exception as e:  # an unreadable journal: recover from nothing, say so
             log.exception("recovery: cannot read the journal")
             summary["errors"].append(f"journal {h.journal.path}: cannot read: {e}")

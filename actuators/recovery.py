@@ -17,7 +17,6 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from actuators.cgroup import Caps
@@ -33,7 +32,7 @@ from fsm.observation import InstanceRef
 
 log = logging.getLogger("tailguard.actuators")
 
-MAX_LISTED = 20  # skipped records named in the summary (all are counted and logged)
+MAX_LISTED = 20  # skipped records named in the summary and the log (all are counted)
 _DEV = re.compile(r"^\d{1,4}:\d{1,7}$")
 
 
@@ -197,7 +196,7 @@ class Recovery:
         self.layouts = layouts
         self.moves = moves
         self.concurrency = max(1, concurrency)
-        self._lines: dict[Path, list[bytes]] = {}
+        self._places: dict[str, str] | None = None  # canonical JSON of a record -> "file:line"
 
     def replay(self, rec: dict[str, Any]) -> None:
         """Apply one journal record to the levers' books; BadRecord (nothing applied) when its
@@ -260,21 +259,22 @@ class Recovery:
         return recs
 
     def _where(self, rec: dict[str, Any]) -> str:
-        """file:line of a record (looked up only for the records that are skipped)."""
-        for f in reversed(self.h.journal.files()):
-            lines = self._lines.get(f)
-            if lines is None:
+        """file:line of a record. The index of every line is built once, and only when a record is
+        skipped (a journal of thousands of bad records costs one pass, not one per record)."""
+        if self._places is None:
+            self._places = {}
+            for f in self.h.journal.files():
                 try:
-                    lines = self._lines[f] = f.read_bytes().split(b"\n")
+                    lines = f.read_bytes().split(b"\n")
                 except OSError:
                     continue
-            for i, raw in enumerate(lines, 1):
-                try:
-                    if raw.strip() and json.loads(raw) == rec:
-                        return f"{f}:{i}"
-                except ValueError:
-                    continue
-        return f"{self.h.journal.path}:?"
+                for i, raw in enumerate(lines, 1):
+                    try:
+                        key = json.dumps(json.loads(raw), sort_keys=True)
+                    except ValueError:
+                        continue
+                    self._places[key] = f"{f}:{i}"  # the newest occurrence wins
+        return self._places.get(json.dumps(rec, sort_keys=True), f"{self.h.journal.path}:?")
 
     async def run(self, snapshot: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         h = self.h
@@ -295,8 +295,11 @@ class Recovery:
                 summary["skipped"] += 1
                 if len(summary["skipped_records"]) < MAX_LISTED:
                     summary["skipped_records"].append(f"{where}: {rec.get('kind')} record skipped: {e}")
-                log.warning("recovery: %s: %s record skipped: %s", where, rec.get("kind"), e)
-        self._lines.clear()
+                    log.warning("recovery: %s: %s record skipped: %s", where, rec.get("kind"), e)
+        self._places = None
+        if summary["skipped"] > MAX_LISTED:
+            log.warning("recovery: %d journal records skipped in all (the first %d are listed above)",
+                        summary["skipped"], MAX_LISTED)  # fmt: skip
         dry = h.dry_run
         # Caps first: plain file writes, done before anything waits on a tool.
         await self._guard(summary, "throttles", self._throttles(now, summary))

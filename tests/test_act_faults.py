@@ -443,3 +443,29 @@ def test_eperm_without_cap_dac_override_is_named(tmp_path: Path) -> None:
             r.journal.close()
 
         asyncio.run(check())
+
+
+def test_malformed_many_records_counted_listed_once(tmp_path: Path) -> None:
+    """A journal full of records of the wrong shape (3,000 renewals whose caps are strings): all
+    counted, the first 20 named by file and line, the valid cap before them still re-asserted."""
+    fake_v2(tmp_path)
+    now = time.time()
+    jpath = tmp_path / "state" / "journal.jsonl"
+    j = Journal(jpath)
+    j.append("throttle", phase="intent", action="set", cgroup=GROUP, dev="259:0", tenant="etl", rbps=None,
+             wbps=20_000_000, expires_at=now + 60)  # fmt: skip
+    j.close()
+    with jpath.open("a") as f:
+        for k in range(3000):
+            f.write(json.dumps({"kind": "throttle", "phase": "renew", "seq": k, "caps": [f"cap {k}"]}) + "\n")
+
+    async def go() -> None:
+        r = make(tmp_path, clock=lambda: now)
+        summary = await r.recover()
+        assert summary["skipped"] == 3000 and len(summary["skipped_records"]) == 20
+        assert summary["skipped_records"][19].startswith(f"{jpath}:21: throttle record skipped: caps[0] is str")
+        assert summary["reasserted"] == [f"{GROUP} 259:0 rbps=max wbps=20000000"]
+        assert io_max(tmp_path) == "259:0 rbps=max wbps=20000000\n" and not cap_problems(r, now)
+        r.journal.close()
+
+    asyncio.run(go())

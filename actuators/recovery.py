@@ -98,6 +98,17 @@ def _ref(v: Any, what: str, optional: bool = True) -> InstanceRef | None:
         raise BadRecord(f"{what}: {e}") from None
 
 
+_GOOD_PAIRS: set[tuple[str, str]] = set()  # (cgroup, MAJ:MIN) pairs found well formed
+
+
+def _good_pair(key: tuple[str, str]) -> bool:
+    if _group_dev(*key):
+        return False
+    if len(_GOOD_PAIRS) < 4096:
+        _GOOD_PAIRS.add(key)
+    return True
+
+
 @functools.lru_cache(maxsize=4096)
 def _group_dev(cg: str, dev: str) -> str:
     """'' when a (cgroup, MAJ:MIN) pair is well formed, else why not. Cached: a journal names the
@@ -113,14 +124,17 @@ def _owned_cap(t: Any, what: str, i: int | None = None) -> tuple[tuple[str, str]
     # Fast path for the well-formed cap (recovery reads thousands); anything else is checked
     # field by field below, which names what is wrong.
     if type(t) is dict:
-        cg, dev, tenant, rb, wb, exp = (t.get("cgroup"), t.get("dev"), t.get("tenant", ""), t.get("rbps"),
-                                        t.get("wbps"), t.get("expires_at"))  # fmt: skip
+        d: dict[str, Any] = t
+        cg, dev, tenant, rb, wb, exp = (d.get("cgroup", ""), d.get("dev", ""), d.get("tenant", ""), d.get("rbps"),
+                                        d.get("wbps"), d.get("expires_at"))  # fmt: skip
+        key = (cg, dev)
         if (
-            type(cg) is str and type(dev) is str and type(tenant) is str and cg and not _group_dev(cg, dev)
-            and (rb is None or (type(rb) is int and rb > 0)) and (wb is None or (type(wb) is int and wb > 0))
-            and isinstance(exp, int | float) and type(exp) is not bool and math.isfinite(exp)
+            (key in _GOOD_PAIRS or (type(cg) is str and type(dev) is str and _good_pair(key)))
+            and type(tenant) is str and (rb is None or (type(rb) is int and rb > 0))
+            and (wb is None or (type(wb) is int and wb > 0))
+            and (type(exp) is float or type(exp) is int) and math.isfinite(exp)
         ):  # fmt: skip
-            return (cg, dev), OwnedCap(tenant, Caps(rb, wb), float(exp))
+            return key, OwnedCap(tenant, Caps(rb, wb), float(exp))
     return _owned_cap_checked(t, what if i is None else f"{what}[{i}]")
 
 

@@ -1,22 +1,28 @@
 """Interleaved A/B of the reconciler: this tree against another checkout (the code before a change),
-in one run, alternating which goes first, each round in fresh child processes (same interpreter,
-same venv), so that the machine's drift hits both alike.
+in one run. Two long-lived child processes, one per tree (same interpreter and venv), each importing
+only its own tree (bench/ab_child.py); the parent asks them for one round of a figure in turn, the
+order swapped every round, so that the machine's drift (a shared, loaded VM) hits both alike at
+round granularity. The first rounds of each figure are warm-ups and dropped.
 
-Figures per child (median over its rounds, wall time):
-  throttle reconcile on a fake cgroup v2 tree, 10 and 50 tenants: `set` (every cap changes), `renew`
-  (expiry moved on), `no-op`; on the real cgroup v1 blkio hierarchy, 10 tenants (root only);
-  MIG: a resize on an emulated A100 through that tree's emulated nvidia-smi (reconcile + wait until
-  done), and a no-op reconcile of a converged GPU; recover() of a 10,000-line journal;
-  recovery of 4 GPUs, each with an open MIG change, under an nvidia-smi that hangs (timeout --hang-timeout).
+Figures (wall time of one round):
+  v2 N set|renew|no-op  reconcile() of N tenants' caps on a fake cgroup v2 tree: every cap changes
+                        (journal intent + write + read back + journal done), the expiry moves on
+                        (one renew record), nothing changes
+  v1 10 ...             the same on the real cgroup v1 blkio hierarchy (root only)
+  mig resize            reconcile() of a layout flip on an emulated A100 + wait until it is done
+                        (that tree's emulated nvidia-smi: mostly tool start-ups)
+  mig no-op             reconcile() of a converged GPU inside layout_recheck_s (no tool call)
+  recover 10k           recover() of a 10,000-line journal (10 tenants' renewals)
+  recover hung 4 GPUs   recover() with 4 GPUs each with an open MIG change and an nvidia-smi that
+                        hangs (tool timeout --hang-timeout)
 
-Run: .venv/bin/python -m bench.bench_ab_actuators --base /tmp/tailguard-base [--pairs 5] [--skip-v1]
-(`git worktree add --detach /tmp/tailguard-base <commit>` makes the base checkout.)
+Run: .venv/bin/python -m bench.bench_ab_actuators --base /tmp/tailguard-base [--rounds 60]
+(make the base with `git archive <commit> | tar -x -C /tmp/tailguard-base`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -26,48 +32,75 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-
 CHILD = Path(__file__).with_name("ab_child.py")  # run as a script: imports the tree it is given
+BLKIO = Path("/sys/fs/cgroup/blkio")
 
 
-def run_child(root: Path, skip_v1: bool, hang_timeout: float) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    p = subprocess.run([sys.executable, str(CHILD), str(root), "1" if skip_v1 else "0", str(hang_timeout)],
-                       capture_output=True, text=True, timeout=1800, env=env, cwd="/")  # fmt: skip
-    if p.returncode != 0:
-        raise SystemExit(f"child for {root} failed:\n{p.stderr[-3000:]}")
-    res: dict[str, float] = json.loads(p.stdout.strip().splitlines()[-1])
-    return res
+class Side:
+    def __init__(self, root: Path, hang_timeout: float) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        self.p = subprocess.Popen([sys.executable, str(CHILD), str(root), str(hang_timeout)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=env, cwd="/")  # fmt: skip
+
+    def round(self, fig: str) -> float:
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.p.stdin.write(fig + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise SystemExit(f"child died on {fig!r} (its stderr is above)")
+        return float(line)
+
+    def close(self) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write("quit\n")
+        self.p.stdin.flush()
+        self.p.wait(120)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="checkout of the code to compare against")
-    ap.add_argument("--pairs", type=int, default=5, help="A/B pairs (each pair: one child per tree)")
+    ap.add_argument("--rounds", type=int, default=60, help="rounds per figure and side (scaled down for slow ones)")
     ap.add_argument("--skip-v1", action="store_true")
     ap.add_argument("--hang-timeout", type=float, default=5.0, help="nvidia-smi timeout in the hung recovery")
     args = ap.parse_args()
-    base = Path(args.base).resolve()
-    trees = {"base": base, "new": HERE}
-    res: dict[str, list[dict[str, float]]] = {"base": [], "new": []}
+    figs: list[tuple[str, int, int]] = []  # (figure, rounds, warm-up rounds)
+    v1 = not args.skip_v1 and os.geteuid() == 0 and (BLKIO / "blkio.throttle.write_bps_device").exists()
+    for hier, sizes in (("v2", (10, 50)), ("v1", (10,))):
+        if hier == "v1" and not v1:
+            continue
+        for n in sizes:
+            for path in ("set", "renew", "no-op"):
+                figs.append((f"{hier} {n} {path}", args.rounds if n <= 10 else max(10, args.rounds // 3), 3))
+    figs += [("mig resize", max(6, args.rounds // 6), 2), ("mig no-op", args.rounds * 3, 3),
+             ("recover 10k", max(5, args.rounds // 8), 1), ("recover hung 4 GPUs", 2, 0)]  # fmt: skip
+    sides = {"base": Side(Path(args.base).resolve(), args.hang_timeout), "new": Side(HERE, args.hang_timeout)}
     t0 = time.perf_counter()
     print(f"{time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} CPython {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start")  # fmt: skip
-    for k in range(args.pairs):
-        order = ("base", "new") if k % 2 == 0 else ("new", "base")
-        for name in order:
-            res[name].append(run_child(trees[name], args.skip_v1, args.hang_timeout))
-        print(f"pair {k + 1}/{args.pairs} done, load {os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    try:
+        for fig, rounds, warm in figs:
+            got: dict[str, list[float]] = {"base": [], "new": []}
+            for k in range(warm + rounds):
+                order = ("base", "new") if k % 2 == 0 else ("new", "base")
+                for name in order:
+                    dt = sides[name].round(fig)
+                    if k >= warm:
+                        got[name].append(dt)
+            b, n = statistics.median(got["base"]), statistics.median(got["new"])
+            paired = statistics.median(y / x for x, y in zip(got["base"], got["new"], strict=True))
+            rows.append(f"| {fig} | {rounds} | {b * 1e3:.3f} | {n * 1e3:.3f} | {n / b:.2f} | {paired:.2f} |")
+            print(rows[-1], flush=True)
+    finally:
+        for s in sides.values():
+            s.close()
     print(f"\nload {os.getloadavg()[0]:.2f} at the end; {time.perf_counter() - t0:.0f} s\n")
-    print("| figure | base median ms | new median ms | new / base | per-pair ratios |")
-    print("|---|---|---|---|---|")
-    for key in res["base"][0]:
-        b = [x[key] for x in res["base"]]
-        n = [x[key] for x in res["new"]]
-        ratios = [y / x for x, y in zip(b, n, strict=True)]
-        print(f"| {key} | {statistics.median(b) * 1e3:.3f} | {statistics.median(n) * 1e3:.3f} | "
-              f"{statistics.median(n) / statistics.median(b):.2f} | "
-              f"{', '.join(f'{r:.2f}' for r in ratios)} |")  # fmt: skip
+    print("| figure | rounds per side | base median ms | new median ms | new / base (medians) | "
+          "median of per-round ratios |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
     return 0
 
 

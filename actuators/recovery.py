@@ -121,20 +121,22 @@ def _group_dev(cg: str, dev: str) -> str:
 
 
 def _owned_cap(t: Any, what: str, i: int | None = None) -> tuple[tuple[str, str], OwnedCap]:
-    # Fast path for the well-formed cap (recovery reads thousands); anything else is checked
-    # field by field below, which names what is wrong.
-    if type(t) is dict:
-        d: dict[str, Any] = t
-        cg, dev, tenant, rb, wb, exp = (d.get("cgroup", ""), d.get("dev", ""), d.get("tenant", ""), d.get("rbps"),
-                                        d.get("wbps"), d.get("expires_at"))  # fmt: skip
+    # Fast path for the well-formed cap (a journal holds thousands; few calls, as the replay before
+    # the shape checks made); anything else is checked field by field below, which names what is wrong.
+    try:
+        cg, dev, exp = t["cgroup"], t["dev"], t["expires_at"]
+        tenant, rb, wb = t.get("tenant", ""), t.get("rbps"), t.get("wbps")
+    except (KeyError, TypeError, AttributeError):
+        pass
+    else:
         key = (cg, dev)
         if (
-            (key in _GOOD_PAIRS or (type(cg) is str and type(dev) is str and _good_pair(key)))
+            type(cg) is str and type(dev) is str and (key in _GOOD_PAIRS or _good_pair(key))
             and type(tenant) is str and (rb is None or (type(rb) is int and rb > 0))
             and (wb is None or (type(wb) is int and wb > 0))
-            and (type(exp) is float or type(exp) is int) and math.isfinite(exp)
+            and (type(exp) is float or type(exp) is int) and exp - exp == 0  # finite: inf - inf is nan
         ):  # fmt: skip
-            return key, OwnedCap(tenant, Caps(rb, wb), float(exp))
+            return key, OwnedCap(tenant, Caps(rb, wb), exp if type(exp) is float else float(exp))
     return _owned_cap_checked(t, what if i is None else f"{what}[{i}]")
 
 

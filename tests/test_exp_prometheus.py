@@ -174,16 +174,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # ---- the dashboard ----
 
 
-def dashboard_targets() -> list[tuple[str, str]]:
+def dashboard_targets() -> list[tuple[str, str, str]]:
+    """(panel / refId, expr, legendFormat) of every query of the dashboard."""
     dash = json.loads((MON / "grafana-dashboard.json").read_text())
 
-    def walk(panels: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    def walk(panels: list[dict[str, Any]]) -> Iterator[tuple[str, str, str]]:
         for p in panels:
             for t in p.get("targets", []):
-                yield f"{p['title']} / {t.get('refId', '?')}", t["expr"]
+                yield f"{p['title']} / {t.get('refId', '?')}", t["expr"], t.get("legendFormat", "")
             yield from walk(p.get("panels", []))  # rows hold panels
 
     return list(walk(dash["panels"]))
+
+
+def legend_problems(legend: str, series: list[dict[str, Any]]) -> list[str]:
+    """Labels the legend names that a series lacks, and legends two series share (two lines the
+    reader cannot tell apart, e.g. the same tenant name on two hosts)."""
+    wanted = re.findall(r"\{\{\s*(\w+)\s*\}\}", legend)
+    out = [f"legend {{{{{w}}}}}: no such label on {s_['metric']}" for s_ in series for w in wanted
+           if w not in s_["metric"]]  # fmt: skip
+    rendered = [re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m, labels=s_["metric"]: labels.get(m[1], ""), legend)
+                for s_ in series]  # fmt: skip
+    if legend and len(set(rendered)) < len(rendered):
+        out.append(f"legend {legend!r} is the same for several series: {sorted(rendered)}")
+    return out
 
 
 def substitute(expr: str, instance_regex: str) -> str:
@@ -215,7 +229,7 @@ def test_every_dashboard_query_returns_series(stack: Stack, hosts: str) -> None:
     targets = dashboard_targets()
     assert len(targets) >= 14
     problems = []
-    for name, expr in targets:
+    for name, expr, legend in targets:
         q = substitute(expr, inst)
         try:
             stack.prom.query(q, at=stack.t_acted)  # the panel's instant form must not error
@@ -225,7 +239,15 @@ def test_every_dashboard_query_returns_series(stack: Stack, hosts: str) -> None:
             continue
         if not got:
             problems.append(f"{name}: {q}: no series")
+        problems += [f"{name}: {p}" for p in legend_problems(legend, got)]
     assert not problems, "\n".join(problems)
+
+
+def test_legend_checks_are_not_vacuous() -> None:
+    two = [{"metric": {"tenant": "t1", "instance": "a"}}, {"metric": {"tenant": "t1", "instance": "b"}}]
+    assert legend_problems("{{instance}} {{tenant}}", two) == []
+    assert "same for several series" in legend_problems("{{tenant}} p99", two)[0]
+    assert "no such label" in legend_problems("{{sampler}}", two[:1])[0]
 
 
 def test_substitution_matches_grafana_and_a_bad_query_is_caught(stack: Stack) -> None:
@@ -263,6 +285,9 @@ def test_alerts_whose_condition_held_are_pending_on_the_real_prometheus(stack: S
     assert {"nvml", "latency:llm"} <= samplers and "cgroup" not in samplers, stack.alerts
     burn = {(a["instance"], a["tenant"]) for a in _active(stack, "TailguardSLOBurn")}
     assert (stack.dry, "t1") in burn, stack.alerts
+    for a in stack.alerts:  # the annotations render from the real labels
+        summary = a["annotations"]["summary"]
+        assert "<no value>" not in summary and a["labels"]["instance"] in summary, a
 
 
 # ---- each alert fires: promtool on the recorded series, one scrape per minute ----

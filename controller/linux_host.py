@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from actuators.reconciler import Reconciler
+from controller.actuation import reconciler_from_config
 from controller.config import Config
 from controller.signals.base import SamplerStats
 from controller.signals.collect import SignalCollector
@@ -44,7 +45,7 @@ class LinuxHost:
         self.topology = topology
         self.spec: HostSpec = host_spec(cfg, topology)
         self.collector = collector or SignalCollector(cfg, topology)
-        self.reconciler = reconciler or Reconciler.from_config(cfg)
+        self.reconciler = reconciler or reconciler_from_config(cfg)
         self.lift = cfg.host.lift_throttles_on_exit if lift_throttles_on_exit is None else lift_throttles_on_exit
 
     def now(self) -> float:

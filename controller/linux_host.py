@@ -21,6 +21,7 @@ from actuators.cgroup import CgroupError
 from actuators.journal import JournalStats
 from actuators.reconciler import Reconciler
 from actuators.salvage import lift_expired
+from controller.actuation import reconciler_from_config
 from controller.config import Config
 from controller.signals.base import SamplerStats
 from controller.signals.collect import SignalCollector
@@ -54,7 +55,7 @@ class LinuxHost:
         self.topology = topology
         self.spec: HostSpec = host_spec(cfg, topology)
         self.collector = collector or SignalCollector(cfg, topology)
-        self.reconciler = reconciler or Reconciler.from_config(cfg)
+        self.reconciler = reconciler or reconciler_from_config(cfg)
         self.lift = cfg.host.lift_throttles_on_exit if lift_throttles_on_exit is None else lift_throttles_on_exit
         self.recovery_error = ""  # set while recovery has not succeeded: the host runs degraded
         self._recovery_tried = -math.inf

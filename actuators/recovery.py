@@ -88,6 +88,8 @@ class Recovery:
         for rec in h.journal.tail_from_snapshot():
             self.replay(rec, summary)
         dry = h.dry_run
+        if not dry:
+            self.moves.forget_lost_dropins(summary)  # runtime drop-ins do not survive a reboot
         self.throttles.recover(now, summary)
         await self.mps.recover(now, summary)
         for gpu, rec in sorted(self.layouts.open.items()):  # a copy: recover() closes them

@@ -23,6 +23,7 @@ from actuators.reconciler import Reconciler
 from actuators.salvage import lift_expired
 from controller.actuation import reconciler_from_config
 from controller.config import Config
+from controller.platform import notes as platform_notes
 from controller.signals.base import SamplerStats
 from controller.signals.collect import SignalCollector
 from fsm.desired import DesiredState
@@ -57,6 +58,8 @@ class LinuxHost:
         self.collector = collector or SignalCollector(cfg, topology)
         self.reconciler = reconciler or reconciler_from_config(cfg)
         self.lift = cfg.host.lift_throttles_on_exit if lift_throttles_on_exit is None else lift_throttles_on_exit
+        for note in platform_notes(cfg):
+            log.warning("%s", note)
         self.recovery_error = ""  # set while recovery has not succeeded: the host runs degraded
         self._recovery_tried = -math.inf
         self.clock = time.monotonic

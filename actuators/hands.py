@@ -58,6 +58,63 @@ class ReconcileReport:
     started: list[str] = field(default_factory=list)  # background targets started
     busy: list[str] = field(default_factory=list)  # targets skipped: an operation still in flight
     errors: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # targets held back by the hands' backoff
+
+    def merge(self, other: ReconcileReport) -> None:
+        for name in ("ops", "applied", "started", "busy", "errors", "deferred"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A lever's check started in the background: its report is final once `planned` is done
+    (a change it started may still be running)."""
+
+    target: str
+    rep: ReconcileReport
+    planned: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class Failing:
+    failures: int
+    until: float  # no new attempt before this (the hands' clock)
+    key: object  # what was being applied: a different desired value is tried at once
+    error: str
+
+
+class Backoff:
+    """Per-target exponential backoff for tool-bound levers whose apply keeps failing (an
+    nvidia-smi printing garbage must not change layouts on every tick). Independent of the
+    decision core's own backoff; a success, or a new desired value, starts afresh."""
+
+    def __init__(self, base_s: float = 5.0, max_s: float = 300.0) -> None:
+        self.base_s = base_s
+        self.max_s = max_s
+        self.failing: dict[str, Failing] = {}
+
+    def failed(self, target: str, now: float, key: object, error: str) -> float:
+        prev = self.failing.get(target)
+        n = prev.failures + 1 if prev is not None and prev.key == key else 1
+        delay = min(self.max_s, self.base_s * 2 ** (n - 1)) if self.base_s > 0 else 0.0
+        self.failing[target] = Failing(n, now + delay, key, error)
+        return delay
+
+    def ok(self, target: str) -> None:
+        self.failing.pop(target, None)
+
+    def wait_s(self, target: str, now: float, key: object) -> float:
+        """Seconds before `target` may be tried again with `key` (0: now)."""
+        f = self.failing.get(target)
+        if f is None or f.key != key:
+            return 0.0
+        return max(0.0, f.until - now)
+
+    def status(self, now: float) -> dict[str, dict[str, Any]]:
+        return {
+            t: {"failures": f.failures, "retry_in_s": round(max(0.0, f.until - now), 3), "error": f.error}
+            for t, f in sorted(self.failing.items())
+        }
 
 
 class Hands:
@@ -74,6 +131,7 @@ class Hands:
         sys_root: str,
         readiness: Ready | None,
         clock: Callable[[], float],
+        backoff: Backoff | None = None,
     ) -> None:
         self.cgroup_root = cgroup_root
         self.cgroup_version = cgroup_version
@@ -92,6 +150,7 @@ class Hands:
         }
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.outcomes: list[Outcome] = []
+        self.backoff = backoff or Backoff()
 
     @property
     def cg(self) -> CgroupIO:

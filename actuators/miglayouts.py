@@ -11,12 +11,12 @@ import asyncio
 import logging
 from typing import Any
 
-from actuators.hands import Hands, ReconcileReport, fmt_layout, layout_strs
+from actuators.hands import Check, Hands, ReconcileReport, fmt_layout, layout_strs
 from actuators.journal import JournalError
 from actuators.migplan import MigPlan, PlanError, plan
-from actuators.nvsmi import NvsmiError
+from actuators.nvsmi import GiRow, NvsmiError
 from fsm.desired import DesiredState
-from fsm.mig import GpuModel, Layout, Slot
+from fsm.mig import GpuModel, Layout, Slot, normalise
 
 log = logging.getLogger("tailguard.actuators")
 
@@ -49,8 +49,13 @@ class MigLayouts:
                 occ[spec.home.slot] = name
         return occ
 
-    async def reconcile(self, desired: DesiredState, rep: ReconcileReport) -> None:
+    async def reconcile(self, desired: DesiredState, rep: ReconcileReport) -> list[Check]:
+        """Start a check (then, when needed, a change) per GPU whose layout is due: each in its own
+        task `gpu:<name>`, so a hung nvidia-smi holds that GPU only. Returns the checks; each one's
+        report is complete once its `planned` future is done (the change may still be running)."""
         h = self.h
+        checks: list[Check] = []
+        loop = asyncio.get_running_loop()
         for gpu, want in sorted(desired.layouts.items()):
             target = f"gpu:{gpu}"
             if gpu not in h.gpus:
@@ -59,39 +64,95 @@ class MigLayouts:
             if h.in_flight(target):
                 rep.busy.append(target)
                 continue
+            want_l = normalise(want)
             seen = self.converged.get(gpu)
             now = h.clock()
-            if seen is not None and seen[0] == tuple(want) and 0 <= now - seen[1] < self.recheck_s:
+            if seen is not None and seen[0] == want_l and 0 <= now - seen[1] < self.recheck_s:
                 continue
-            try:
-                g = h.gpus[gpu]
-                model = await h.gpu_model(g)
-                actual = await h.read_layout(gpu)
-                p = plan(gpu, model, actual, want)
-            except (NvsmiError, PlanError, KeyError) as e:
-                self.converged.pop(gpu, None)
-                rep.errors.append(str(e))
-                h.outcome(target, False, str(e))
+            wait = h.backoff.wait_s(target, now, want_l)
+            if wait > 0:
+                f = h.backoff.failing[target]
+                rep.deferred.append(f"{target}: retry in {wait:.0f} s ({f.failures} failures; last: {f.error})")
                 continue
-            if p.empty:
-                self.converged[gpu] = (tuple(want), now)
-                continue
-            self.converged.pop(gpu, None)
-            moving = set(desired.placements)
-            occ = self.occupied(gpu, exclude=moving)
-            blocked = [f"{s} (tenant {occ[s]})" for s in p.destroy if s in occ]
-            if blocked:
-                msg = f"{target}: will not destroy instances in use: {', '.join(blocked)}"
-                rep.errors.append(msg)
-                h.outcome(target, False, msg)
-                continue
-            rep.ops.extend(p.ops())
-            if rep.dry_run:
-                continue
-            rep.started.append(target)
-            h.tasks[target] = asyncio.create_task(self.run_change(p, model), name=target)
+            sub = ReconcileReport(rep.t, rep.dry_run)
+            planned: asyncio.Future[None] = loop.create_future()
+            h.tasks[target] = asyncio.create_task(self._check(gpu, want_l, set(desired.placements), sub, planned),
+                                                  name=target)  # fmt: skip
+            checks.append(Check(target, sub, planned))
+        return checks
 
-    async def run_change(self, p: MigPlan, model: GpuModel) -> None:
+    def _failed(self, target: str, want: Layout, err: str) -> None:
+        self.h.outcome(target, False, err)
+        delay = self.h.backoff.failed(target, self.h.clock(), want, err)
+        if delay > 0:
+            log.warning("%s: next attempt in %.0f s (backoff)", target, delay)
+
+    async def _check(self, gpu: str, want: Layout, moving: set[str], rep: ReconcileReport,
+                     planned: asyncio.Future[None]) -> None:  # fmt: skip
+        target = f"gpu:{gpu}"
+        try:
+            try:
+                work = await self._plan(gpu, want, moving, rep)
+            finally:
+                for op in rep.ops:
+                    log.info("%s%s", "[dry-run] would " if rep.dry_run else "", op)
+                if not planned.done():
+                    planned.set_result(None)
+            if work is not None:
+                await self.run_change(*work)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must not kill the loop; report it
+            log.exception("%s: unexpected error", target)
+            self.h.outcome(target, False, f"unexpected error: {e}")
+
+    async def _plan(self, gpu: str, want: Layout, moving: set[str], rep: ReconcileReport
+                    ) -> tuple[MigPlan, GpuModel, tuple[Slot, ...]] | None:  # fmt: skip
+        """Read the GPU (GPU instances and compute instances) and plan; None: nothing to start."""
+        h = self.h
+        target = f"gpu:{gpu}"
+        now = h.clock()
+        try:
+            g = h.gpus[gpu]
+            model = await h.gpu_model(g)
+            rows = await h.gi_rows(g)
+            actual = normalise(Slot(r.start, model.profile(r.profile_id).name) for r in rows)
+            # A GPU instance without its compute instance runs nothing: drift as much as a missing GI.
+            half = await self.half_made(gpu, model, rows)
+            p = plan(gpu, model, actual, want)
+        except (NvsmiError, PlanError, KeyError) as e:
+            self.converged.pop(gpu, None)
+            rep.errors.append(str(e))
+            h.outcome(target, False, str(e))  # read again next tick: a read changes nothing, no backoff
+            return None
+        if p.empty and not half:
+            self.converged[gpu] = (want, now)
+            h.backoff.ok(target)
+            return None
+        self.converged.pop(gpu, None)
+        occ = self.occupied(gpu, exclude=moving)
+        blocked = [f"{s} (tenant {occ[s]})" for s in p.destroy if s in occ]
+        if blocked:
+            msg = f"{target}: will not destroy instances in use: {', '.join(blocked)}"
+            rep.errors.append(msg)
+            h.outcome(target, False, msg)
+            return None
+        rep.ops.extend(f"{gpu}: repair {s} (GPU instance without its compute instance)" for s in half)
+        rep.ops.extend(p.ops())
+        if rep.dry_run:
+            return None
+        rep.started.append(target)
+        return p, model, half
+
+    async def half_made(self, gpu: str, model: GpuModel, rows: list[GiRow]) -> tuple[Slot, ...]:
+        """The instances whose GPU instance has no compute instance (`nvidia-smi mig -lci`)."""
+        if not rows:
+            return ()
+        g = self.h.gpus[gpu]
+        cis = {c.gi for c in await self.h.nvsmi.lci(g.index) if c.gpu == g.index}
+        return normalise(Slot(r.start, model.profile(r.profile_id).name) for r in rows if r.gi not in cis)
+
+    async def run_change(self, p: MigPlan, model: GpuModel, half: tuple[Slot, ...] = ()) -> None:
         h = self.h
         target = f"gpu:{p.gpu}"
         try:
@@ -105,7 +166,7 @@ class MigLayouts:
                 # Open until its done/failed record: a rotation in between (its step records can
                 # trigger one) carries it in the new file's snapshot, or recovery would miss it.
                 self.open[p.gpu] = intent
-                err = await self.apply_plan(p, model)
+                err = await self.converge(p.gpu, model, p.after) if half else await self.apply_plan(p, model)
                 if err:
                     # Roll back to the layout we started from, so it is never left in between.
                     rb_err = await self.converge(p.gpu, model, p.before)
@@ -113,13 +174,17 @@ class MigLayouts:
                     note = "rolled back" if not rb_err else f"rollback failed ({rb_err}); layout now {fmt_layout(now)}"
                     h.jot("mig", phase="failed", gpu=p.gpu, error=err, layout=layout_strs(now))
                     self.open.pop(p.gpu, None)
-                    h.outcome(target, False, f"{err}; {note}")
+                    self._failed(target, p.after, f"{err}; {note}")
                     return
                 now = await h.safe_layout(p.gpu)
                 ok = now == p.after
                 h.jot("mig", phase="done" if ok else "failed", gpu=p.gpu, layout=layout_strs(now))
                 self.open.pop(p.gpu, None)
-                h.outcome(target, ok, "" if ok else f"read back {fmt_layout(now)}, expected {fmt_layout(p.after)}")
+                if ok:
+                    h.backoff.ok(target)
+                    h.outcome(target, True)
+                else:
+                    self._failed(target, p.after, f"read back {fmt_layout(now)}, expected {fmt_layout(p.after)}")
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug must not kill the loop; report it
@@ -158,9 +223,10 @@ class MigLayouts:
     async def converge(self, gpu: str, model: GpuModel, want: Layout) -> str:
         """Bring a GPU to `want` from wherever it is now ('' on success)."""
         try:
-            cur = await self.h.read_layout(gpu)
-            # A GI without its compute instance (a create or destroy cut short) is finished first.
+            # A GI without its compute instance (a create or destroy cut short) is destroyed first
+            # (the plan recreates it), then the layout is read: the plan starts from what is left.
             await self.repair_cis(gpu)
+            cur = await self.h.read_layout(gpu)
             p = plan(gpu, model, cur, want)
         except (NvsmiError, PlanError, KeyError) as e:
             return str(e)
@@ -170,9 +236,12 @@ class MigLayouts:
         h = self.h
         g = h.gpus[gpu]
         gis = {r.gi for r in await h.gi_rows(g)}
+        if not gis:
+            return
         cis = {c.gi for c in await h.nvsmi.lci(g.index) if c.gpu == g.index}
         for gi in sorted(gis - cis):
             await h.nvsmi.destroy_gi(g.index, gi)  # half-made: destroy, the plan recreates it
+            h.jot("mig", phase="step", gpu=gpu, op="destroy a GPU instance without compute instance", gi=gi)
 
     async def recover(self, gpu: str, rec: dict[str, Any]) -> str:
         """Finish or roll back a change the journal left open."""

@@ -38,6 +38,7 @@ class Moves:
         self.h = h
         self.retire: dict[str, tuple[InstanceRef | None, str]] = {}  # warm: the copy still to stop ("": all others)
         self.warm_open: dict[str, dict[str, Any]] = {}  # warm moves not closed in the journal yet
+        self._keys: dict[str, InstanceRef] = {}  # target -> the instance a running move goes to
         self.outages: dict[str, deque[dict[str, Any]]] = {}  # tenant -> recent measured outages
         self._launched: dict[str, float] = {}  # tenant -> monotonic time of its last relaunch
 
@@ -71,6 +72,15 @@ class Moves:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return dict(sorted(self.warm_open.items()))
 
+    def _outcome(self, target: str, ok: bool, error: str = "") -> None:
+        """A move's outcome; a failed one holds further tries at the same target back (backoff)."""
+        self.h.outcome(target, ok, error)
+        key = self._keys.pop(target, None)
+        if ok:
+            self.h.backoff.ok(target)
+        elif key is not None:
+            self.h.backoff.failed(target, self.h.clock(), key, error)
+
     async def reconcile(self, desired: DesiredState, rep: ReconcileReport) -> None:
         for tenant, spec in sorted(self.h.tenants.items()):
             if spec.launcher is None:
@@ -94,6 +104,12 @@ class Moves:
             if want.gpu not in self.h.gpus:
                 rep.errors.append(f"{target}: instance {want} is on an unknown GPU")
                 continue
+            wait = self.h.backoff.wait_s(target, self.h.clock(), want)
+            if wait > 0:
+                f = self.h.backoff.failing[target]
+                rep.deferred.append(f"{target}: retry in {wait:.0f} s ({f.failures} failures; last: {f.error})")
+                continue
+            self._keys[target] = want
             rep.ops.append(f"move {tenant} from {self.h.placement.get(tenant)} to {want}")
             if rep.dry_run:
                 continue
@@ -144,7 +160,7 @@ class Moves:
             try:
                 self.h.journal.append("move", phase="intent", tenant=tenant, frm=ref_str(frm), to=str(to))
             except JournalError as e:
-                self.h.outcome(target, False, f"not applied: {e}")
+                self._outcome(target, False, f"not applied: {e}")
                 return
             err = await self.launch_ready(tenant, spec, to)
             if not err:
@@ -153,7 +169,7 @@ class Moves:
                 since = waited_from if waited_from is not None else self._launched.get(tenant, time.monotonic())
                 out = self.record_outage(tenant, kind, time.monotonic() - since)
                 self.h.jot("move", phase="done", tenant=tenant, at=str(to), outage_s=out, outage_kind=kind)
-                self.h.outcome(target, True)
+                self._outcome(target, True)
                 return
             # Move back where it was and report the failure.
             back = ""
@@ -163,12 +179,12 @@ class Moves:
                 self.h.placement[tenant] = frm if not back_err else None
             at = ref_str(self.h.placement.get(tenant))
             self.h.jot("move", phase="failed", tenant=tenant, error=err + back, at=at)
-            self.h.outcome(target, False, err + back)
+            self._outcome(target, False, err + back)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             log.exception("%s: unexpected error", target)
-            self.h.outcome(target, False, f"unexpected error: {e}")
+            self._outcome(target, False, f"unexpected error: {e}")
 
     async def run_warm_move(
         self, tenant: str, spec: TenantActuation, frm: InstanceRef | None, to: InstanceRef
@@ -184,14 +200,14 @@ class Moves:
             new = await self.mig_uuid(to)
             old = await self.mig_uuid(frm) if frm is not None else None
         except (NvsmiError, KeyError) as e:
-            self.h.outcome(target, False, str(e))
+            self._outcome(target, False, str(e))
             return
         rec: dict[str, Any] = {"handover": "warm", "tenant": tenant, "frm": ref_str(frm), "to": str(to), "new": new,
                                "old": old}  # fmt: skip
         try:
             self.h.journal.append("move", phase="intent", **rec)
         except JournalError as e:
-            self.h.outcome(target, False, f"not applied: {e}")
+            self._outcome(target, False, f"not applied: {e}")
             return
         self.warm_open[tenant] = {**rec, "phase": "intent"}
         started = time.monotonic()
@@ -210,7 +226,7 @@ class Moves:
             stop_err = await self.stop_old(tenant, spec)
             note = "; new copy stopped, old copy kept" if not stop_err else f"; {stop_err} (the new copy)"
             self.retire_done(tenant, stop_err, "failed", err + note)
-            self.h.outcome(target, False, err + note)
+            self._outcome(target, False, err + note)
             return
         self.warm_open[tenant] = {**rec, "phase": "switched"}
         self.h.placement[tenant] = to
@@ -220,7 +236,7 @@ class Moves:
         # No copy ready only if the old one stopped before the new one was ready: never, here.
         out = self.record_outage(tenant, "warm_move", max(0.0, ready_at - stop_from))
         self.retire_done(tenant, stop_err, outage_s=out, handover_s=round(time.monotonic() - started, 3))
-        self.h.outcome(target, True)
+        self._outcome(target, True)
 
     async def stop_old(self, tenant: str, spec: TenantActuation) -> str:
         """Stop the copies a warm move left behind ('' when none is left)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from actuators.cgroup import Caps, CgroupError, CgroupIO
-from actuators.hands import GpuInfo, Hands, OwnedCap, Ready, ReconcileReport, TenantActuation
+from actuators.hands import Backoff, Check, GpuInfo, Hands, OwnedCap, Ready, ReconcileReport, TenantActuation
 from actuators.journal import Journal
 from actuators.miglayouts import MigLayouts
 from actuators.moves import Moves
@@ -71,6 +71,10 @@ class Reconciler:
         readiness: Ready | None = None,
         clock: Callable[[], float] = time.time,
         layout_recheck_s: float = 30.0,
+        inline_wait_s: float = 1.0,
+        backoff_base_s: float = 5.0,
+        backoff_max_s: float = 300.0,
+        recovery_concurrency: int = 4,
     ) -> None:
         models = gpu_models or {}
         infos = {n: GpuInfo(n, i, model_by_name(m) if (m := models.get(n)) else None) for n, i in (gpus or {}).items()}
@@ -85,7 +89,10 @@ class Reconciler:
             sys_root=sys_root,
             readiness=readiness,
             clock=clock,
+            backoff=Backoff(backoff_base_s, backoff_max_s),
         )
+        self.inline_wait_s = inline_wait_s
+        self.recovery_concurrency = max(1, recovery_concurrency)
         self.throttles = Throttles(self.h)
         self.mps = MpsLimits(self.h, MpsControl(mps_control, min(tool_timeout, 10.0)))
         self.layouts = MigLayouts(self.h, layout_recheck_s)
@@ -235,24 +242,84 @@ class Reconciler:
     # ------------------------------------------------------------------ reconcile
 
     async def reconcile(self, desired: DesiredState) -> ReconcileReport:
+        """Throttles inline (file writes); the tool-bound levers (MPS, each GPU's layout, each
+        move) in their own background tasks, none waiting on another. Their checks are awaited
+        together for at most `inline_wait_s`: a check still running then (a hung nvidia-smi) is
+        reported in `busy` and its result comes later through status()."""
         async with self._lock:
             now = self.h.clock()
             rep = ReconcileReport(now, self.h.dry_run or not desired.enforce)
             self.throttles.reconcile(desired, now, rep)
-            await self.mps.reconcile(desired, now, rep)
-            await self.layouts.reconcile(desired, rep)
+            checks: list[Check] = []
+            mps = self._start_mps(desired, now, rep)
+            if mps is not None:
+                checks.append(mps)
+            checks += await self.layouts.reconcile(desired, rep)
             await self.moves.reconcile(desired, rep)
             for op in rep.ops:
                 log.info("%s%s", "[dry-run] would " if rep.dry_run else "", op)
+            if checks:
+                await asyncio.wait([c.planned for c in checks], timeout=self.inline_wait_s)
+            for c in checks:
+                if c.planned.done():
+                    rep.merge(c.rep)
+                else:
+                    rep.busy.append(c.target)
             return rep
+
+    def _start_mps(self, desired: DesiredState, now: float, rep: ReconcileReport) -> Check | None:
+        h = self.h
+        if not desired.mps and not self.mps.owned:
+            return None
+        target = "mps"
+        if h.in_flight(target):
+            rep.busy.append(target)
+            return None
+        key = tuple(sorted((m.tenant, m.percent) for m in desired.mps if m.expires_at > now))
+        wait = h.backoff.wait_s(target, now, key)
+        if wait > 0:
+            f = h.backoff.failing[target]
+            rep.deferred.append(f"{target}: retry in {wait:.0f} s ({f.failures} failures; last: {f.error})")
+            return None
+        sub = ReconcileReport(rep.t, rep.dry_run)
+        planned: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            try:
+                await self.mps.reconcile(desired, now, sub)
+                if sub.errors:
+                    h.backoff.failed(target, h.clock(), key, sub.errors[0])
+                else:
+                    h.backoff.ok(target)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug must not kill the loop; report it
+                log.exception("mps: unexpected error")
+                sub.errors.append(f"mps: unexpected error: {e}")
+            finally:
+                for op in sub.ops:
+                    log.info("%s%s", "[dry-run] would " if sub.dry_run else "", op)
+                planned.set_result(None)
+
+        h.tasks[target] = asyncio.create_task(run(), name=target)
+        return Check(target, sub, planned)
+
+    def backoff_status(self) -> dict[str, dict[str, Any]]:
+        """Targets the hands hold back after repeated failures: failures, seconds to the next try,
+        the last error."""
+        return self.h.backoff.status(self.h.clock())
 
     # ------------------------------------------------------------------ recovery / shutdown
 
     async def recover(self) -> dict[str, Any]:
         """Read the journal: lift expired throttles, re-assert valid ones, finish or roll back an
-        interrupted MIG change, forget where an interrupted move left its tenant. Logs a summary."""
+        interrupted MIG change (GPUs concurrently, at most recovery_concurrency at once), forget
+        where an interrupted move left its tenant. Never raises on a journal record. Returns (and
+        logs) the summary: lifted, reasserted, mig {gpu: result}, moves, errors, skipped (records
+        of the wrong shape) and skipped_records (the first 20, as "file:line: ...")."""
         async with self._lock:
-            return await Recovery(self.h, self.throttles, self.mps, self.layouts, self.moves).run(self._snapshot)
+            rec = Recovery(self.h, self.throttles, self.mps, self.layouts, self.moves, self.recovery_concurrency)
+            return await rec.run(self._snapshot)
 
     async def shutdown(self, lift_throttles: bool, timeout: float = 60.0) -> None:
         """Let background operations finish (a MIG change is never cut in half on purpose), then

@@ -6,7 +6,8 @@
 - host.observe() runs the samplers concurrently under their own timeouts; the whole observe is
   also bounded, so one hung source cannot stall the loop.
 - host.apply() runs as a background task; while one is still running, the next tick does not
-  start another (the reconciler is level-triggered: a later tick catches up).
+  start another: its desired state is kept (the newest only) and applied as soon as the running
+  apply returns (the reconciler is level-triggered; its own tool-bound levers run in background).
 - SIGHUP reloads the config through `reload` (validated first; a bad file keeps the old config and
   says why), SIGTERM / SIGINT stop after the current tick; host.close() flushes the journal.
 - sd_notify: READY=1 after the first good tick, WATCHDOG=1 from the loop itself (a stalled loop is
@@ -102,6 +103,7 @@ class Daemon:
         self.stop_reason = ""
         self._reload_pending = False
         self._apply_task: asyncio.Task[None] | None = None
+        self._apply_next: DesiredState | None = None  # the newest desired state that came while applying
         self._pushed: dict[str, list[float]] = {}
         self._hist = Histogram()
         self._windows: dict[str, int] = {}
@@ -289,22 +291,27 @@ class Daemon:
 
     def _apply(self, desired: DesiredState) -> None:
         if self._apply_task is not None and not self._apply_task.done():
+            # Kept, not dropped: applied as soon as the running apply returns (only the newest).
             self._apply_busy += 1
+            self._apply_next = desired
             return
         self._apply_task = asyncio.create_task(self._apply_guarded(desired))
 
     async def _apply_guarded(self, desired: DesiredState) -> None:
-        try:
-            await self.host.apply(desired)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # reported and counted; the next tick tries again
-            n = self._actuations.get(("apply", "error"), 0) + 1
-            self._actuations[("apply", "error")] = n
-            now = self.clock()
-            if now - self._apply_logged >= 60.0:  # once a minute, not once a tick
-                self._apply_logged = now
-                log.error("apply failed (%d so far): %s: %s", n, type(e).__name__, e)
+        nxt: DesiredState | None = desired
+        while nxt is not None:
+            try:
+                await self.host.apply(nxt)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # reported and counted; the next tick tries again
+                n = self._actuations.get(("apply", "error"), 0) + 1
+                self._actuations[("apply", "error")] = n
+                now = self.clock()
+                if now - self._apply_logged >= 60.0:  # once a minute, not once a tick
+                    self._apply_logged = now
+                    log.error("apply failed (%d so far): %s: %s", n, type(e).__name__, e)
+            nxt, self._apply_next = self._apply_next, None
 
     def _account(self, obs: Observation, d: Decision) -> None:
         pol = self.spec.policy

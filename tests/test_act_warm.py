@@ -94,7 +94,7 @@ def _setup(tmp: Path, *, timeout: float = 2.0) -> tuple[EmuHost, FakeSystemctl, 
 def _rec(tmp: Path, h: EmuHost, t: TenantActuation, **kw: Any) -> Reconciler:
     args: dict[str, Any] = {
         "cgroup_root": str(tmp / "nocg"), "nvidia_smi": str(h.nvsmi), "gpus": {"gpu0": 0},
-        "journal_path": tmp / "journal.jsonl", "tool_timeout": 5.0, "tenants": {"llm": t},
+        "journal_path": tmp / "journal.jsonl", "tool_timeout": 5.0, "tenants": {"llm": t}, "inline_wait_s": 60.0,
     }  # fmt: skip
     args.update(kw)
     return Reconciler(**args)

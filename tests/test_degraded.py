@@ -155,3 +155,21 @@ def test_unversioned_records_are_read_as_version_0(tmp_path: Path) -> None:
         f.write(json.dumps({**old, "v": SCHEMA_VERSION + 1, "seq": 3, "future_field": 1}) + "\n")
     j2 = Journal(p)
     assert len(j2.tail_from_snapshot()) == 3 and j2.stats.newer_records_total == 1
+
+
+def test_status_shows_outages_and_journal_trouble() -> None:
+    data = {
+        "host": "h1", "wall": 1000.0, "period_s": 2.0, "state": "running", "mode": "enforce", "ticks_total": 5,
+        "tenants": {}, "throttles": [], "in_flight": [],
+        "degraded": {"journal": {"cause": "journal /x: cannot write: No space left on device", "since": 940.0,
+                                 "group": "host"}},
+        "outages": {"llm": [{"kind": "move", "seconds": 12.5, "wall": 900.0},
+                            {"kind": "warm_move", "seconds": 0.0, "wall": 990.0}]},
+        "journal": {"failing": True, "last_error": "journal /x: cannot write: No space left on device",
+                    "errors_total": {"ENOSPC": 3}, "reopens_total": 0, "torn_repairs_total": 1},
+    }  # fmt: skip
+    out = render(data, now=1001.0)
+    assert "running" in out and "DEGRADED (1):" in out and "(for 61 s)" in out
+    assert "  llm: move 12.5 s, warm_move 0.0 s" in out
+    assert "journal: FAILING: journal /x: cannot write: No space left on device; write errors ENOSPC 3" in out
+    assert "starting (no good tick yet)" in render({**data, "state": "starting"}, now=1001.0)

@@ -60,7 +60,10 @@ def status_json(s: Snapshot, status_every_s: float = 0.0) -> dict[str, Any]:
     }
 
 
-def read_status(path: str | Path) -> dict[str, Any]:
+DEFAULT_URL = "http://127.0.0.1:9433/status"  # exporters.prometheus.listen's default
+
+
+def read_status(path: str | Path, url_hint: str = DEFAULT_URL) -> dict[str, Any]:
     p = Path(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
@@ -69,7 +72,7 @@ def read_status(path: str | Path) -> dict[str, Any]:
     except PermissionError as e:
         raise StatusError(
             f"{p}: {e.strerror}: the state dir is the daemon's (mode 0700). Run as root, or ask the running daemon: "
-            "tailguard status --url http://127.0.0.1:9433/status (exporters.prometheus.listen)"
+            f"tailguard status --url {url_hint}"
         ) from None
     except OSError as e:
         raise StatusError(f"{p}: cannot read: {e.strerror or e}") from None

@@ -11,12 +11,12 @@ is counted, logged with its file and line, and skipped; the records around it st
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from actuators.cgroup import Caps
@@ -32,7 +32,7 @@ from fsm.observation import InstanceRef
 
 log = logging.getLogger("tailguard.actuators")
 
-MAX_LISTED = 20  # skipped records named in the summary (all are counted and logged)
+MAX_LISTED = 20  # skipped records named in the summary and the log (all are counted)
 _DEV = re.compile(r"^\d{1,4}:\d{1,7}$")
 
 
@@ -98,16 +98,39 @@ def _ref(v: Any, what: str, optional: bool = True) -> InstanceRef | None:
         raise BadRecord(f"{what}: {e}") from None
 
 
-def _owned_cap(t: Any, what: str) -> tuple[tuple[str, str], OwnedCap]:
-    t = _obj(t, what)
-    cg = _str(t.get("cgroup"), f"{what}.cgroup")
+@functools.lru_cache(maxsize=4096)
+def _group_dev(cg: str, dev: str) -> str:
+    """'' when a (cgroup, MAJ:MIN) pair is well formed, else why not. Cached: a journal names the
+    same few groups in every renewal (10,000 records of 10 caps: 100,000 checks, a dozen pairs)."""
     try:
         check_rel(cg)
     except PathError as e:
-        raise BadRecord(f"{what}.cgroup: {e}") from None
+        return f"cgroup: {e}"
+    return "" if _DEV.match(dev) else f"dev is {dev!r}, not MAJ:MIN"
+
+
+def _owned_cap(t: Any, what: str, i: int | None = None) -> tuple[tuple[str, str], OwnedCap]:
+    # Fast path for the well-formed cap (recovery reads thousands); anything else is checked
+    # field by field below, which names what is wrong.
+    if type(t) is dict:
+        cg, dev, tenant, rb, wb, exp = (t.get("cgroup"), t.get("dev"), t.get("tenant", ""), t.get("rbps"),
+                                        t.get("wbps"), t.get("expires_at"))  # fmt: skip
+        if (
+            type(cg) is str and type(dev) is str and type(tenant) is str and cg and not _group_dev(cg, dev)
+            and (rb is None or (type(rb) is int and rb > 0)) and (wb is None or (type(wb) is int and wb > 0))
+            and isinstance(exp, int | float) and type(exp) is not bool and math.isfinite(exp)
+        ):  # fmt: skip
+            return (cg, dev), OwnedCap(tenant, Caps(rb, wb), float(exp))
+    return _owned_cap_checked(t, what if i is None else f"{what}[{i}]")
+
+
+def _owned_cap_checked(t: Any, what: str) -> tuple[tuple[str, str], OwnedCap]:
+    t = _obj(t, what)
+    cg = _str(t.get("cgroup"), f"{what}.cgroup")
     dev = _str(t.get("dev"), f"{what}.dev")
-    if not _DEV.match(dev):
-        raise BadRecord(f"{what}.dev is {dev!r}, not MAJ:MIN")
+    why = _group_dev(cg, dev)
+    if why:
+        raise BadRecord(f"{what}.{why}")
     tenant = t.get("tenant", "")
     if not isinstance(tenant, str):
         raise BadRecord(f"{what}.tenant is {tenant!r}, not a string")
@@ -134,6 +157,36 @@ def _warm(r: Any, what: str) -> dict[str, Any]:
     return r
 
 
+def _snapshot(rec: dict[str, Any]) -> tuple[dict[tuple[str, str], OwnedCap], dict[str, InstanceRef | None],
+                                          dict[str, tuple[int, float]], dict[str, dict[str, Any]],
+                                          dict[str, dict[str, Any]]]:  # fmt: skip
+    """A snapshot record's books (caps, placements, MPS limits, warm moves, open MIG changes)."""
+    st = _obj(rec.get("state"), "state")
+    owned = dict(_owned_cap(t, "state.throttles", i) for i, t in
+                 enumerate(_list(st.get("throttles", []), "state.throttles")))  # fmt: skip
+    places = {t: _ref(r, f"state.placements.{t}")
+              for t, r in _obj(st.get("placements", {}), "state.placements").items()}  # fmt: skip
+    owned_mps = {}
+    for t, v in _obj(st.get("mps", {}), "state.mps").items():
+        pair = _list(v, f"state.mps.{t}")
+        if len(pair) != 2:
+            raise BadRecord(f"state.mps.{t} is {pair!r}, not [pid, expires_at]")
+        owned_mps[t] = (_pid(pair[0], f"state.mps.{t}[0]"), _num(pair[1], f"state.mps.{t}[1]"))
+    warm = {t: _warm(r, f"state.warm_moves.{t}")
+            for t, r in _obj(st.get("warm_moves", {}), "state.warm_moves").items()}  # fmt: skip
+    mig_open = {g: _mig_intent(r, f"state.mig_open.{g}")
+                for g, r in _obj(st.get("mig_open", {}), "state.mig_open").items()}  # fmt: skip
+    return owned, places, owned_mps, warm, mig_open
+
+
+def _valid_snapshot(rec: dict[str, Any]) -> bool:
+    try:
+        _snapshot(rec)
+    except (BadRecord, KeyError, TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
 class Recovery:
     def __init__(self, h: Hands, throttles: Throttles, mps: MpsLimits, layouts: MigLayouts, moves: Moves,
                  concurrency: int = 4) -> None:  # fmt: skip
@@ -143,7 +196,7 @@ class Recovery:
         self.layouts = layouts
         self.moves = moves
         self.concurrency = max(1, concurrency)
-        self._lines: dict[Path, list[bytes]] = {}
+        self._places: dict[str, str] | None = None  # canonical JSON of a record -> "file:line"
 
     def replay(self, rec: dict[str, Any]) -> None:
         """Apply one journal record to the levers' books; BadRecord (nothing applied) when its
@@ -151,21 +204,7 @@ class Recovery:
         h, th, mps, mig, mv = self.h, self.throttles, self.mps, self.layouts, self.moves
         kind, phase = rec.get("kind"), rec.get("phase")
         if kind == "snapshot":
-            st = _obj(rec.get("state"), "state")
-            owned = dict(_owned_cap(t, f"state.throttles[{i}]") for i, t in
-                         enumerate(_list(st.get("throttles", []), "state.throttles")))  # fmt: skip
-            places = {t: _ref(r, f"state.placements.{t}")
-                      for t, r in _obj(st.get("placements", {}), "state.placements").items()}  # fmt: skip
-            owned_mps = {}
-            for t, v in _obj(st.get("mps", {}), "state.mps").items():
-                pair = _list(v, f"state.mps.{t}")
-                if len(pair) != 2:
-                    raise BadRecord(f"state.mps.{t} is {pair!r}, not [pid, expires_at]")
-                owned_mps[t] = (_pid(pair[0], f"state.mps.{t}[0]"), _num(pair[1], f"state.mps.{t}[1]"))
-            warm = {t: _warm(r, f"state.warm_moves.{t}")
-                    for t, r in _obj(st.get("warm_moves", {}), "state.warm_moves").items()}  # fmt: skip
-            mig_open = {g: _mig_intent(r, f"state.mig_open.{g}")
-                        for g, r in _obj(st.get("mig_open", {}), "state.mig_open").items()}  # fmt: skip
+            owned, places, owned_mps, warm, mig_open = _snapshot(rec)
             th.owned = owned
             for t, ref in places.items():
                 if t in h.placement:
@@ -174,7 +213,7 @@ class Recovery:
             mv.warm_open = {t: r for t, r in warm.items() if t in h.placement}
             mig.open = mig_open
         elif kind == "throttle" and phase == "renew":
-            caps = [_owned_cap(t, f"caps[{i}]") for i, t in enumerate(_list(rec.get("caps"), "caps"))]
+            caps = [_owned_cap(t, "caps", i) for i, t in enumerate(_list(rec.get("caps"), "caps"))]
             th.owned.update(caps)
         elif kind == "throttle":
             key, cap = _owned_cap(rec, "record") if rec.get("action") == "set" else ((
@@ -207,22 +246,35 @@ class Recovery:
                     mv.warm_open.pop(t, None)
                     h.placement[t] = at
 
+    def _records(self) -> list[dict[str, Any]]:
+        """The records from the latest snapshot on; when that snapshot is of the wrong shape, from
+        the latest one that is not (all files are read then, only in that case)."""
+        tail = self.h.journal.tail_from_snapshot()
+        if not tail or tail[0].get("kind") != "snapshot" or _valid_snapshot(tail[0]):
+            return tail
+        recs = list(self.h.journal.records())
+        for i in range(len(recs) - 1, -1, -1):
+            if recs[i].get("kind") == "snapshot" and _valid_snapshot(recs[i]):
+                return recs[i:]
+        return recs
+
     def _where(self, rec: dict[str, Any]) -> str:
-        """file:line of a record (looked up only for the records that are skipped)."""
-        for f in reversed(self.h.journal.files()):
-            lines = self._lines.get(f)
-            if lines is None:
+        """file:line of a record. The index of every line is built once, and only when a record is
+        skipped (a journal of thousands of bad records costs one pass, not one per record)."""
+        if self._places is None:
+            self._places = {}
+            for f in self.h.journal.files():
                 try:
-                    lines = self._lines[f] = f.read_bytes().split(b"\n")
+                    lines = f.read_bytes().split(b"\n")
                 except OSError:
                     continue
-            for i, raw in enumerate(lines, 1):
-                try:
-                    if raw.strip() and json.loads(raw) == rec:
-                        return f"{f}:{i}"
-                except ValueError:
-                    continue
-        return f"{self.h.journal.path}:?"
+                for i, raw in enumerate(lines, 1):
+                    try:
+                        key = json.dumps(json.loads(raw), sort_keys=True)
+                    except ValueError:
+                        continue
+                    self._places[key] = f"{f}:{i}"  # the newest occurrence wins
+        return self._places.get(json.dumps(rec, sort_keys=True), f"{self.h.journal.path}:?")
 
     async def run(self, snapshot: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         h = self.h
@@ -230,7 +282,7 @@ class Recovery:
         summary: dict[str, Any] = {"lifted": [], "reasserted": [], "mig": {}, "moves": [], "errors": [],
                                    "skipped": 0, "skipped_records": []}  # fmt: skip
         try:
-            records = h.journal.tail_from_snapshot()
+            records = self._records()
         except Exception as e:  # an unreadable journal: recover from nothing, say so
             log.exception("recovery: cannot read the journal")
             summary["errors"].append(f"journal {h.journal.path}: cannot read: {e}")
@@ -243,8 +295,11 @@ class Recovery:
                 summary["skipped"] += 1
                 if len(summary["skipped_records"]) < MAX_LISTED:
                     summary["skipped_records"].append(f"{where}: {rec.get('kind')} record skipped: {e}")
-                log.warning("recovery: %s: %s record skipped: %s", where, rec.get("kind"), e)
-        self._lines.clear()
+                    log.warning("recovery: %s: %s record skipped: %s", where, rec.get("kind"), e)
+        self._places = None
+        if summary["skipped"] > MAX_LISTED:
+            log.warning("recovery: %d journal records skipped in all (the first %d are listed above)",
+                        summary["skipped"], MAX_LISTED)  # fmt: skip
         dry = h.dry_run
         if not dry:
             self.moves.forget_lost_dropins(summary)  # runtime drop-ins do not survive a reboot

@@ -427,7 +427,10 @@ def _cgi_two_steps(path: str, argv: list[str]) -> tuple[str, str, int]:
         by_index = {g["index"]: g for g in state.get("gpus", [])}
         for gpu, gi_id in made:
             g = by_index[gpu]
-            gi = next(x for x in g["gis"] if x["id"] == gi_id)
+            gi = next((x for x in g["gis"] if x["id"] == gi_id), None)
+            if gi is None or gi["cis"]:  # destroyed or completed by someone else meanwhile
+                lines.append("")
+                continue
             model = model_by_name(g["model"])
             p = model.profile(gi["profile"])
             ci = _create_ci(g, gi, model)

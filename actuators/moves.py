@@ -33,6 +33,10 @@ log = logging.getLogger("tailguard.actuators")
 OUTAGES_KEPT = 10  # recent measured outages kept per tenant
 
 
+def _outage(r: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": str(r["kind"]), "seconds": float(r["seconds"]), "wall": float(r["wall"])}
+
+
 class Moves:
     def __init__(self, h: Hands) -> None:
         self.h = h
@@ -52,6 +56,21 @@ class Moves:
     def recent_outages(self) -> dict[str, list[dict[str, Any]]]:
         """tenant -> its last OUTAGES_KEPT measured outages ({kind, seconds, wall}), oldest first."""
         return {t: [dict(r) for r in q] for t, q in sorted(self.outages.items())}
+
+    def load_outages(self, records: list[dict[str, Any]]) -> None:
+        """Recovery: the recent outages from the journal (the snapshot's, then later done records),
+        so a restart does not forget them; a record of another shape is passed over."""
+        for rec in records:
+            try:
+                if rec.get("kind") == "snapshot":
+                    saved = (rec.get("state") or {}).get("outages") or {}
+                    self.outages = {str(t): deque(map(_outage, recs), maxlen=OUTAGES_KEPT) for t, recs in saved.items()}
+                elif rec.get("kind") == "move" and rec.get("phase") == "done" and "outage_s" in rec:
+                    q = self.outages.setdefault(str(rec["tenant"]), deque(maxlen=OUTAGES_KEPT))
+                    q.append({"kind": str(rec.get("outage_kind", "move")), "seconds": float(rec["outage_s"]),
+                              "wall": float(rec["t"])})  # fmt: skip
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
 
     def forget_lost_dropins(self, summary: dict[str, Any]) -> None:
         """Recovery after a reboot: the systemd launcher's runtime drop-ins are gone, so a tenant

@@ -205,6 +205,7 @@ class Reconciler:
             "mps": self.mps.snapshot(),
             "warm_moves": self.moves.snapshot(),
             "mig_open": self.layouts.snapshot(),
+            "outages": self.moves.recent_outages(),
         }
 
     # ------------------------------------------------------------------ reading the host

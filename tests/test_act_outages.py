@@ -84,6 +84,7 @@ def test_move_outage_is_measured_journaled_and_dropins_come_back_after_a_reboot(
         r2 = _rec(tmp_path, h, t)
         await r2.recover()
         assert r2.placement["llm"] == TO
+        assert r2.outage_seconds() == {"llm": secs}  # the measured figures survive a restart
         await r2.reconcile(DesiredState(t=time.time(), placements={"llm": TO}))
         await r2.wait_idle(30)
         assert len(_calls(ctl)) == n_calls
@@ -94,7 +95,7 @@ def test_move_outage_is_measured_journaled_and_dropins_come_back_after_a_reboot(
         shutil.rmtree(tmp_path / "run")
         r3 = _rec(tmp_path, h, t)
         summary = await r3.recover()
-        assert r3.placement["llm"] is None
+        assert r3.placement["llm"] is None and r3.outage_seconds() == {"llm": secs}  # via r2's snapshot
         assert any("drop-in" in m and "gone" in m for m in summary["moves"]), summary
         await r3.reconcile(DesiredState(t=time.time(), placements={"llm": TO}))
         await r3.wait_idle(30)

@@ -46,7 +46,9 @@ def test_the_daemonset_observes_and_guards_only() -> None:
 
 
 def test_a_launcher_and_asked_levers_get_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = _manifest_config() + "\n[policy.levers]\nmig = true\n" + TENANT
+    # This host has no /host/sys and no /run/llm: point those at paths check-config finds here.
+    text = (_manifest_config().replace('"/host/sys"', '"/sys"') + "\n[policy.levers]\nmig = true\n"
+            + TENANT.replace("/run/llm/latency.jsonl", str(tmp_path / "latency.jsonl")))  # fmt: skip
     f = tmp_path / "k8s.toml"
     f.write_text(text)
     assert main(["check-config", str(f)]) == 0

@@ -4,6 +4,12 @@ new copy, wait for it to be ready, then stop the old one).
 Each move runs as a background task per tenant (`tenant:<name>`) and waits for a layout change
 on its target GPU. The journal says which copy to keep after a crash: intent -> switched ->
 done / failed (see `recover`).
+
+Each finished move records the tenant's measured outage (`outage_s` in its done record, and
+`recent_outages()` for the shell): restart, from the relaunch to the new copy's readiness; resize
+(a restart move that waited for a layout change on its own GPU), from the start of that wait,
+since the change may take the old instance away; warm, the time no copy was ready (0 when the old
+one is stopped after the new one is ready, which is how a warm move ends).
 """
 
 from __future__ import annotations
@@ -12,16 +18,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from actuators.hands import Hands, ReconcileReport, TenantActuation, ref_str
 from actuators.journal import JournalError
-from actuators.launcher import LaunchError
+from actuators.launcher import LaunchError, SystemdLauncher
 from actuators.nvsmi import NvsmiError
 from fsm.desired import DesiredState
 from fsm.observation import InstanceRef
 
 log = logging.getLogger("tailguard.actuators")
+
+OUTAGES_KEPT = 10  # recent measured outages kept per tenant
+
+
+def _outage(r: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": str(r["kind"]), "seconds": float(r["seconds"]), "wall": float(r["wall"])}
 
 
 class Moves:
@@ -30,6 +43,50 @@ class Moves:
         self.retire: dict[str, tuple[InstanceRef | None, str]] = {}  # warm: the copy still to stop ("": all others)
         self.warm_open: dict[str, dict[str, Any]] = {}  # warm moves not closed in the journal yet
         self._keys: dict[str, InstanceRef] = {}  # target -> the instance a running move goes to
+        self.outages: dict[str, deque[dict[str, Any]]] = {}  # tenant -> recent measured outages
+        self._launched: dict[str, float] = {}  # tenant -> monotonic time of its last relaunch
+
+    def record_outage(self, tenant: str, kind: str, seconds: float) -> float:
+        s = round(max(0.0, seconds), 3)
+        self.outages.setdefault(tenant, deque(maxlen=OUTAGES_KEPT)).append(
+            {"kind": kind, "seconds": s, "wall": time.time()})  # fmt: skip
+        log.info("tenant:%s: %s outage %.3f s", tenant, kind, s)
+        return s
+
+    def recent_outages(self) -> dict[str, list[dict[str, Any]]]:
+        """tenant -> its last OUTAGES_KEPT measured outages ({kind, seconds, wall}), oldest first."""
+        return {t: [dict(r) for r in q] for t, q in sorted(self.outages.items())}
+
+    def load_outages(self, records: list[dict[str, Any]]) -> None:
+        """Recovery: the recent outages from the journal (the snapshot's, then later done records),
+        so a restart does not forget them; a record of another shape is passed over."""
+        for rec in records:
+            try:
+                if rec.get("kind") == "snapshot":
+                    saved = (rec.get("state") or {}).get("outages") or {}
+                    self.outages = {str(t): deque(map(_outage, recs), maxlen=OUTAGES_KEPT) for t, recs in saved.items()}
+                elif rec.get("kind") == "move" and rec.get("phase") == "done" and "outage_s" in rec:
+                    q = self.outages.setdefault(str(rec["tenant"]), deque(maxlen=OUTAGES_KEPT))
+                    q.append({"kind": str(rec.get("outage_kind", "move")), "seconds": float(rec["outage_s"]),
+                              "wall": float(rec["t"])})  # fmt: skip
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+
+    def forget_lost_dropins(self, summary: dict[str, Any]) -> None:
+        """Recovery after a reboot: the systemd launcher's runtime drop-ins are gone, so a tenant
+        the journal places away from its home runs wherever its unit alone says. Its placement
+        becomes unknown and the next reconcile relaunches it (writing the drop-in again)."""
+        for tenant, spec in sorted(self.h.tenants.items()):
+            where = self.h.placement.get(tenant)
+            launcher = spec.launcher
+            if where is None or where == spec.home or not isinstance(launcher, SystemdLauncher):
+                continue
+            if launcher.handover == "warm":
+                continue  # its copies are instance units named by MIG uuid: see docs/actuators.md
+            if not launcher.has_dropins():
+                self.h.placement[tenant] = None
+                summary.setdefault("moves", []).append(
+                    f"{tenant}: drop-in under {launcher.dropin_root} gone (reboot?): relaunched by the next reconcile")
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return dict(sorted(self.warm_open.items()))
@@ -111,7 +168,10 @@ class Moves:
         try:
             # A layout change on the target GPU may be creating the instance: wait for it.
             lt = self.h.tasks.get(f"gpu:{to.gpu}")
+            waited_from: float | None = None  # a resize: the change may take the old instance away
             if lt is not None and not lt.done():
+                if frm is not None and frm.gpu == to.gpu:
+                    waited_from = time.monotonic()
                 await asyncio.wait([lt])
             if spec.launcher.handover == "warm":
                 await self.run_warm_move(tenant, spec, frm, to)
@@ -124,7 +184,10 @@ class Moves:
             err = await self.launch_ready(tenant, spec, to)
             if not err:
                 self.h.placement[tenant] = to
-                self.h.jot("move", phase="done", tenant=tenant, at=str(to))
+                kind = "move" if waited_from is None else "resize"
+                since = waited_from if waited_from is not None else self._launched.get(tenant, time.monotonic())
+                out = self.record_outage(tenant, kind, time.monotonic() - since)
+                self.h.jot("move", phase="done", tenant=tenant, at=str(to), outage_s=out, outage_kind=kind)
                 self._outcome(target, True)
                 return
             # Move back where it was and report the failure.
@@ -166,7 +229,9 @@ class Moves:
             self._outcome(target, False, f"not applied: {e}")
             return
         self.warm_open[tenant] = {**rec, "phase": "intent"}
+        started = time.monotonic()
         err = await self.copy_ready(tenant, spec, to, new)
+        ready_at = time.monotonic()
         if not err:
             # The new copy serves from here on: journal that before the old one is touched (recovery
             # keeps the new copy from this record on, the old one before it).
@@ -185,7 +250,11 @@ class Moves:
         self.warm_open[tenant] = {**rec, "phase": "switched"}
         self.h.placement[tenant] = to
         self.retire[tenant] = (frm, old or "")
-        self.retire_done(tenant, await self.stop_old(tenant, spec))
+        stop_from = time.monotonic()
+        stop_err = await self.stop_old(tenant, spec)
+        # No copy ready only if the old one stopped before the new one was ready: never, here.
+        out = self.record_outage(tenant, "warm_move", max(0.0, ready_at - stop_from))
+        self.retire_done(tenant, stop_err, outage_s=out, handover_s=round(time.monotonic() - started, 3))
         self._outcome(target, True)
 
     async def stop_old(self, tenant: str, spec: TenantActuation) -> str:
@@ -209,14 +278,15 @@ class Moves:
         except (LaunchError, NvsmiError, KeyError) as e:
             return f"stopping the old copy failed: {e}"
 
-    def retire_done(self, tenant: str, err: str, phase: str = "done", note: str = "") -> None:
+    def retire_done(self, tenant: str, err: str, phase: str = "done", note: str = "", **measured: float) -> None:
         """Close a warm move in the journal once only the kept copy runs."""
         if err:  # two copies run: retried at the next reconcile, and by recovery after a restart
             log.warning("tenant:%s: %s", tenant, err)
             return
         self.retire.pop(tenant, None)
         self.warm_open.pop(tenant, None)
-        extra = {"note": note} if note else {}
+        extra: dict[str, Any] = {"note": note} if note else {}
+        extra.update(measured)
         self.h.jot("move", phase=phase, tenant=tenant, at=ref_str(self.h.placement.get(tenant)), **extra)
 
     async def retire_old(self, tenant: str, spec: TenantActuation) -> None:
@@ -250,6 +320,7 @@ class Moves:
         assert spec.launcher is not None
         try:
             uuid = await self.mig_uuid(ref)
+            self._launched[tenant] = time.monotonic()  # the old copy stops from here on (restart)
             await spec.launcher.launch(tenant, ref, uuid)
         except (NvsmiError, LaunchError, KeyError) as e:
             return str(e)

@@ -184,6 +184,14 @@ class Reconciler:
         done, h.outcomes = h.outcomes, []
         return ActuationStatus(tuple(sorted(k for k, v in h.tasks.items() if not v.done())), tuple(done))
 
+    def recent_outages(self) -> dict[str, list[dict[str, Any]]]:
+        """tenant -> recent measured outages of its moves and resizes ({kind, seconds, wall})."""
+        return self.moves.recent_outages()
+
+    def outage_seconds(self) -> dict[str, list[float]]:
+        """tenant -> recent measured outage seconds, oldest first: the plain figure for a cost model."""
+        return {t: [r["seconds"] for r in recs] for t, recs in self.moves.recent_outages().items()}
+
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait for every background operation (tests, shutdown)."""
         tasks = [t for t in self.h.tasks.values() if not t.done()]
@@ -197,6 +205,7 @@ class Reconciler:
             "mps": self.mps.snapshot(),
             "warm_moves": self.moves.snapshot(),
             "mig_open": self.layouts.snapshot(),
+            "outages": self.moves.recent_outages(),
         }
 
     # ------------------------------------------------------------------ reading the host

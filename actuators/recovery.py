@@ -316,7 +316,10 @@ class Recovery:
         if summary["skipped"] > MAX_LISTED:
             log.warning("recovery: %d journal records skipped in all (the first %d are listed above)",
                         summary["skipped"], MAX_LISTED)  # fmt: skip
+        self.moves.load_outages(records)  # measured outages survive a restart
         dry = h.dry_run
+        if not dry:
+            self.moves.forget_lost_dropins(summary)  # runtime drop-ins do not survive a reboot
         # Caps first: plain file writes, done before anything waits on a tool.
         await self._guard(summary, "throttles", self._throttles(now, summary))
         await self._guard(summary, "mps", self.mps.recover(now, summary))

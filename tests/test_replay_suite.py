@@ -297,3 +297,22 @@ def test_suite_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert crowded["search"]["a100x4"]["method"] == "greedy"
     where = list(crowded["placement"]["a100x4"].values())
     assert len(where) == 3 and len(set(where)) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--policies", "static"], "--policies: not with --suite"),
+        (["--plot", "x.png"], "--plot: not with --suite"),
+        (["--exact-latency"], "--exact-latency: not with --suite"),
+        (["--duration", "-5"], "--duration must be a positive number"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--json", "/nonexistent-dir/s.json"], "--json /nonexistent-dir/s.json"),
+    ],
+)
+def test_suite_user_errors_exit_2_before_any_run(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", "--suite", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err

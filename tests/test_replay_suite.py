@@ -278,7 +278,7 @@ def test_suite_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert set(doc) == {"suite", "wall_s", "executor"} and doc["executor"] == "local" and doc["wall_s"] > 0
     assert len(doc["suite"]) >= 8
     for name, obj in doc["suite"].items():
-        assert obj["scenario"] == name and obj["duration_s"] == 300
+        assert obj["scenario"] == name and obj["duration_s"] == 300 and obj["latency_view"] == "histogram"
         assert list(obj["policies"]) == list(SUITE_POLICIES)
         for row in obj["policies"].values():
             assert {"p99_ms", "p999_ms", "bad_request_fraction", "throughput", "actions_per_hour"} <= set(row)

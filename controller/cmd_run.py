@@ -295,7 +295,9 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
         daemon.degraded.set("start", start_error, "start")
     bridge: MqttBridge | None = None
     if s.mqtt is not None:
-        bridge = MqttBridge(s.mqtt, on_latency=daemon.push_latency, on_control=daemon.control)
+        bridge = MqttBridge(
+            s.mqtt, on_latency=daemon.push_latency, on_control=daemon.control, on_counts=daemon.push_counts
+        )
         daemon.exporters.append(bridge)
         bridge.start()
     server = None

@@ -105,6 +105,7 @@ class Daemon:
         self._apply_task: asyncio.Task[None] | None = None
         self._apply_next: DesiredState | None = None  # the newest desired state that came while applying
         self._pushed: dict[str, list[float]] = {}
+        self._pushed_counts: dict[str, tuple[int, float]] = {}  # tenant -> (requests, over its SLO)
         self._hist = Histogram()
         self._windows: dict[str, int] = {}
         self._violating: dict[str, int] = {}
@@ -153,6 +154,14 @@ class Daemon:
         buf.extend(samples)
         if len(buf) > MAX_PUSHED:
             del buf[: len(buf) - MAX_PUSHED]
+        return True
+
+    def push_counts(self, tenant: str, count: int, over_slo: float) -> bool:
+        """A tenant's own {count, over_slo} tally (MQTT ingest); added into the next observation."""
+        if tenant not in self.spec.tenants:
+            return False
+        n, over = self._pushed_counts.get(tenant, (0, 0.0))
+        self._pushed_counts[tenant] = (n + count, over + over_slo)
         return True
 
     def control(self, command: str) -> str:
@@ -278,15 +287,27 @@ class Daemon:
         return True
 
     def _merge_pushed(self, obs: Observation) -> Observation:
-        if not self._pushed:
+        """Pushed samples and tallies since the last tick become the tenant's window: count and
+        over_slo add up (exact for samples, against the tenant's SLO); quantiles come from the
+        samples, when any were pushed."""
+        if not self._pushed and not self._pushed_counts:
             return obs
         tenants = dict(obs.tenants)
-        for name, samples in self._pushed.items():
-            if samples:
-                prev = tenants.get(name, TenantSample())
-                window = LatencyWindow(count=len(samples), samples=tuple(sorted(samples)))
-                tenants[name] = replace(prev, latency=window)
+        for name in sorted(set(self._pushed) | set(self._pushed_counts)):
+            samples = self._pushed.get(name, [])
+            n, over = self._pushed_counts.get(name, (0, 0.0))
+            if not samples and name not in self._pushed_counts:
+                continue
+            t = self.spec.tenants.get(name)
+            slo = t.slo_s if t is not None else None
+            exact: float | None = float(sum(1 for x in samples if x > slo)) if slo is not None else None
+            # samples with no SLO to count them against: unknown
+            over_slo = None if samples and exact is None else (exact or 0.0) + over
+            prev = tenants.get(name, TenantSample())
+            window = LatencyWindow(count=len(samples) + n, samples=tuple(sorted(samples)), over_slo=over_slo)
+            tenants[name] = replace(prev, latency=window)
         self._pushed = {}
+        self._pushed_counts = {}
         return replace(obs, tenants=tenants)
 
     def _apply(self, desired: DesiredState) -> None:
@@ -376,8 +397,13 @@ class Daemon:
         sources = self._sync_degraded(obs, [s.name for s in stats])
         samplers = tuple(
             SamplerView(
-                s.name, s.samples_total, s.errors_total, s.timeouts_total, s.last_error,
-                s.last_success_t, s.last_duration_s,
+                s.name,
+                s.samples_total,
+                s.errors_total,
+                s.timeouts_total,
+                s.last_error,
+                s.last_success_t,
+                s.last_duration_s,
                 up=self._observe_ok if s is self._observe_stats else obs is None or s.name not in obs.unavailable,
             )
             for s in stats

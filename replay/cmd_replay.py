@@ -21,6 +21,7 @@ from typing import Any
 from schema.outputs import check_output_dir, check_output_file
 
 DEFAULT_SCENARIO = "paper-p4d"
+DEFAULT_POLICIES = "static,guards-only,placement-only,mig-only,full"
 DEFAULT_DURATION_S = 3600.0  # one simulated hour: one full on/off cycle of paper-p4d, a few seconds
 
 
@@ -33,7 +34,7 @@ def register(sub: Any) -> None:
         "print what the controller would have decided on a recorded observation trace.",
     )
     p.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO, help="bundled name or TOML path")
-    p.add_argument("--policies", default="static,guards-only,placement-only,mig-only,full")
+    p.add_argument("--policies", default=DEFAULT_POLICIES)
     p.add_argument("--duration", type=float, default=None, help="simulated seconds (default: the scenario's)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results as JSON")
@@ -202,6 +203,8 @@ def run_suite(args: argparse.Namespace) -> int:
         return _err("--duration must be a positive number of seconds")
     if args.jobs is not None and args.jobs < 1:
         return _err("--jobs must be at least 1")
+    if args.policies != DEFAULT_POLICIES:
+        return _err("--policies: not with --suite (the suite runs all five and the oracle)")
     for opt, given in (("--plot", args.plot), ("--exact-latency", getattr(args, "exact_latency", False))):
         if given:
             return _err(f"{opt}: not with --suite (the suite's runs use vLLM's histogram view, no plot)")
@@ -290,7 +293,7 @@ def demo(out_dir: str) -> int:
         shadow=None,
         quiet=False,
         scenario=DEFAULT_SCENARIO,
-        policies="static,guards-only,placement-only,mig-only,full",
+        policies=DEFAULT_POLICIES,
         duration=None,
         seed=None,
         json_out=os.path.join(out_dir, "replay.json"),

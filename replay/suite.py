@@ -5,6 +5,7 @@ only wait on the pool), and one matrix.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -123,14 +124,9 @@ def scenario_object(sr: ScenarioRuns) -> dict[str, Any]:
     summary["oracle"]["search"] = {r.host: {"method": r.method, "runs": r.evaluated} for r in sr.oracle}
     full, orc = summary["full"]["bad_request_fraction"], summary["oracle"]["bad_request_fraction"]
     regret = round(100 * (full - orc), 3) if full is not None and orc is not None else None
-    doc = json_doc(sr)
-    doc["policies"] = summary
+    doc: dict[str, Any] = json.loads(report.to_json(sr.scenario, sr.seed, sr.duration_s, summary))
     doc["regret_bad_pts"] = regret
     return doc
-
-
-def json_doc(sr: ScenarioRuns) -> dict[str, Any]:
-    return {"scenario": sr.scenario.name, "seed": sr.seed, "duration_s": sr.duration_s}
 
 
 def others_low(row: dict[str, Any]) -> float | None:

@@ -278,7 +278,7 @@ def test_suite_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert set(doc) == {"suite", "wall_s", "executor"} and doc["executor"] == "local" and doc["wall_s"] > 0
     assert len(doc["suite"]) >= 8
     for name, obj in doc["suite"].items():
-        assert obj["scenario"] == name and obj["duration_s"] == 300
+        assert obj["scenario"] == name and obj["duration_s"] == 300 and obj["latency_view"] == "histogram"
         assert list(obj["policies"]) == list(SUITE_POLICIES)
         for row in obj["policies"].values():
             assert {"p99_ms", "p999_ms", "bad_request_fraction", "throughput", "actions_per_hour"} <= set(row)
@@ -297,3 +297,22 @@ def test_suite_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert crowded["search"]["a100x4"]["method"] == "greedy"
     where = list(crowded["placement"]["a100x4"].values())
     assert len(where) == 3 and len(set(where)) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--policies", "static"], "--policies: not with --suite"),
+        (["--plot", "x.png"], "--plot: not with --suite"),
+        (["--exact-latency"], "--exact-latency: not with --suite"),
+        (["--duration", "-5"], "--duration must be a positive number"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--json", "/nonexistent-dir/s.json"], "--json /nonexistent-dir/s.json"),
+    ],
+)
+def test_suite_user_errors_exit_2_before_any_run(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", "--suite", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err

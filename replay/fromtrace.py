@@ -31,7 +31,8 @@ from fsm.topology import NodeKind, Topology
 from replay.trace import TraceHeader, read_trace
 
 ON_FRACTION = 0.05  # a tenant moving more than this share of its typical rate is "on"
-MIN_QUIET_TICKS = 10
+MIN_QUIET_TICKS = 5  # the service time: a median over at least this many quiet ticks
+MIN_NOISE_TICKS = 10  # the noise's cv: a spread needs more
 
 
 class FromTraceError(Exception):
@@ -195,7 +196,7 @@ def estimate(header: TraceHeader, observations: list[Observation], slice_exponen
         # Each quiet tick's mean over n requests of a mean-one noise: its spread x sqrt(n) is the noise's
         # cv (the median absolute deviation x 1.4826, a standard deviation that outliers do not move).
         z = [(p - base) / base * math.sqrt(w) for p, w in zip(per_req, weights, strict=True)]
-        if len(z) >= MIN_QUIET_TICKS:
+        if len(z) >= MIN_NOISE_TICKS:
             mad = statistics.median(abs(v - statistics.median(z)) for v in z)
             out.noise_cv[s.name] = round(min(3.0, 1.4826 * mad), 4)
         else:

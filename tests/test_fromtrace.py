@@ -24,7 +24,7 @@ def close(got: float, want: float, tol: float = 0.10) -> bool:
 
 def test_round_trip_from_a_dry_run_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace, out = tmp_path / "rec.jsonl", tmp_path / "rebuilt.toml"
-    rc = main(["record", "--out", str(trace), "--dry-run", "--simulate", str(SCENARIO), "--speed", "100",
+    rc = main(["record", "--out", str(trace), "--dry-run", "--simulate", str(SCENARIO), "--speed", "50",
                "--duration", "600", "--quiet", "--log-level", "WARNING"])  # fmt: skip
     assert rc == 0
     assert main(["scenario", "from-trace", str(trace), "--out", str(out)]) == 0
@@ -59,10 +59,10 @@ def test_round_trip_from_a_dry_run_recording(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.faults
 def test_user_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    busy = tmp_path / "busy.jsonl"  # 40 s: 8 ticks, fewer than the quiet ticks a service time needs
-    record_simulated(str(SCENARIO), busy, 40)
+    busy = tmp_path / "busy.jsonl"  # 20 s: 4 ticks, fewer than the quiet ticks a service time needs
+    record_simulated(str(SCENARIO), busy, 20)
     assert main(["scenario", "from-trace", str(busy)]) == 2
-    assert f"{busy}: only 8 quiet ticks" in capsys.readouterr().err
+    assert f"{busy}: only 4 quiet ticks" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     lines = (tmp_path / "busy.jsonl").read_text().splitlines(keepends=True)
     bad.write_text(lines[0] + "not json\n")

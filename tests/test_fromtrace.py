@@ -4,6 +4,7 @@ rebuilt scenario's static p99 is within 10% of the original's."""
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from controller.cli import main
 from replay.runner import run_host
 from replay.scenario import load_scenario
 from replay.synth import record_simulated
+from replay.trace import read_trace
 
 SCENARIO = Path(__file__).resolve().parents[1] / "replay" / "scenarios" / "p4d-demo.toml"
 
@@ -30,6 +32,8 @@ def test_round_trip_from_a_dry_run_recording(tmp_path: Path, capsys: pytest.Capt
     assert main(["scenario", "from-trace", str(trace), "--out", str(out)]) == 0
     assert "assumptions in its header" in capsys.readouterr().out
     text = out.read_text()
+    ts = [o.t for o in read_trace(trace)[1]]
+    longest = max(b - a for a, b in itertools.pairwise(ts))
     assert "# ASSUMED" in text and "Poisson" in text
     orig = tomllib.loads(SCENARIO.read_text())
     new = tomllib.loads(text)
@@ -45,7 +49,8 @@ def test_round_trip_from_a_dry_run_recording(tmp_path: Path, capsys: pytest.Capt
             map(tuple, (f["path"] for f in o_t[name]["flows"]))
         )
         (a, b), ((x, y),) = o_t[name]["schedule"]["on"][0], n_t[name]["schedule"]["on"]
-        assert abs(x - a) <= 10 and abs(y - b) <= 10  # two 5 s ticks
+        # An edge is known to within the tick that holds it; a loaded daemon stretches some ticks.
+        assert abs(x - a) <= longest + 0.5 and abs(y - b) <= longest + 0.5, (x, y, longest)
     assert close(n_t["t3"]["sm_active"], o_t["t3"]["sm_active"])
     # Nothing recorded about latency is copied into the scenario.
     assert not any(k in text for k in ("p99_ms", "p50", "over_slo"))

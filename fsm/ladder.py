@@ -14,17 +14,21 @@ from typing import Any
 
 from fsm.desired import DecisionEvent, MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Cause, Diagnosis, Traffic, diagnose, victim_anchor
+from fsm.evidence import EvidenceParams, as_evidence
+from fsm.evidence import update as update_evidence
+from fsm.levercost import LeverCost, estimate
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.placement import occupied, rank_candidates, score, slices_of
-from fsm.quantiles import Verdict, judge
+from fsm.quantiles import Verdict
 from fsm.resize import plan_resize, plan_restore
-from fsm.spec import LEVEL_ORDER, HostSpec, Level, Role, TenantSpec
+from fsm.spec import LEVEL_ORDER, HostSpec, Level, Policy, Role, TenantSpec
 from fsm.state import ControllerState, Pending, Step, TenantCtl
 
 HOUR_S = 3600.0
 GUARD, PLACE, RESIZE = "guard", "place", "resize"
 _LEVEL_OF = {GUARD: 1, PLACE: 2, RESIZE: 3}  # rank of the level each lever leads to
+EPISODES_KEPT = 8  # episode lengths the cost model learns from
 
 
 def level_of(ctl: TenantCtl) -> Level:
@@ -48,6 +52,7 @@ class Tick:
     events: list[DecisionEvent] = field(default_factory=list)
     reserved: set[InstanceRef] = field(default_factory=set)
     busy_gpus: set[str] = field(default_factory=set)
+    evidence_params: EvidenceParams = EvidenceParams()
     _traffic: Traffic | None = None
 
     @property
@@ -66,6 +71,7 @@ class Tick:
             layouts=dict(state.layouts),
             reconfigs=[r for r in state.reconfigs if r > now - HOUR_S],
             seq=state.seq,
+            evidence_params=evidence_params(spec.policy),
         )
         for ctl in tick.tenants.values():
             if ctl.target is not None:
@@ -109,20 +115,23 @@ class Tick:
         ctl = self.tenants[t.name]
         ts = self.obs.tenants.get(t.name)
         slo = t.slo_s if t.slo_s is not None else float("inf")
-        w = judge(ts.latency if ts else None, t.quantile, slo, policy.release_ratio, policy.min_window_count)
+        ev, w = update_evidence(ctl.evidence, ts.latency if ts else None, t.quantile, slo, self.evidence_params, now)
+        ctl = replace(ctl, evidence=ev)
+        if ts is not None and ts.outage_s is not None:
+            ctl = replace(ctl, measured_outage_s=ts.outage_s)
         if w.verdict is Verdict.VIOLATING:
             ctl = replace(
                 ctl,
                 bad=ctl.bad + 1,
                 good=0,
-                last_value=w.value,
+                last_value=w.value if w.value is not None else ctl.last_value,
                 episode_start=ctl.episode_start if ctl.episode_start is not None else now,
             )
         elif w.verdict is Verdict.GOOD:
-            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value)
+            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value if w.value is not None else ctl.last_value)
         elif w.verdict is Verdict.BETWEEN:
-            ctl = replace(ctl, good=0, bad=0, last_value=w.value)
-        if w.value is not None and w.verdict is not Verdict.EMPTY:
+            ctl = replace(ctl, good=0, bad=0, last_value=w.value if w.value is not None else ctl.last_value)
+        if w.value is not None and w.count >= policy.min_window_count:
             ctl = replace(ctl, recent=(*ctl.recent, w.value)[-policy.release_horizon_windows :])
         self.tenants[t.name] = ctl
         self._check_pending(t)
@@ -133,22 +142,23 @@ class Tick:
         free = (ctl.cooldown_until is None or now >= ctl.cooldown_until) and (
             ctl.backoff_until is None or now >= ctl.backoff_until
         )
-        if ctl.bad >= policy.y_windows and free:
+        if ctl.bad >= 1 and free:
             self._escalate(t, w.value, slo)
-        elif policy.early_guard and ctl.bad >= 1 and level is Level.STEADY and free:
+        elif policy.early_guard and ev.up >= self.evidence_params.h / policy.y_windows and level is Level.STEADY and free:
             self._early_guard(t, w.value, slo)
         elif level is Level.GUARDED and free and self._relief_due(t):
             self._relieve(t, w.value, slo)
-        elif (
-            ctl.good >= policy.z_windows
-            and level is not Level.STEADY
-            and free
-            and (ctl.dwell_until is None or now >= ctl.dwell_until)
-        ):
+        elif ctl.good >= 1 and level is not Level.STEADY and free and (ctl.dwell_until is None or now >= ctl.dwell_until):
             self._release(t)
-        elif ctl.good >= policy.z_windows and level is Level.STEADY and (ctl.failures or ctl.episode_start is not None):
-            # A calm stretch ends the episode: failed levers may be tried again next time.
-            self.tenants[t.name] = replace(ctl, failures=0, failed_levers=(), episode_start=None, last_reason="")
+        elif ctl.good >= 1 and level is Level.STEADY and (ctl.failures or ctl.episode_start is not None):
+            # A calm stretch ends the episode: failed levers may be tried again next time, and its
+            # length teaches the cost model how long this tenant's episodes last.
+            episodes = ctl.episodes
+            if ctl.episode_start is not None:
+                episodes = (*episodes, now - ctl.episode_start)[-EPISODES_KEPT:]
+            self.tenants[t.name] = replace(
+                ctl, failures=0, failed_levers=(), episode_start=None, last_reason="", episodes=episodes
+            )
         elif (
             level is Level.STEADY
             and ctl.flaps
@@ -270,7 +280,7 @@ class Tick:
         diag = diagnose(self.spec, self.obs, t, self.traffic)
         if diag.cause is not Cause.IO or not diag.aggressors:
             return
-        window = {"value_s": value, "slo_s": slo, "bad_windows": self.tenants[t.name].bad, "quantile": t.quantile}
+        window = self._window(t, value, slo)
         self._guard(t, diag, window)
 
     def _escalate(self, t: TenantSpec, value: float | None, slo: float) -> None:
@@ -283,7 +293,7 @@ class Tick:
         first = [GUARD, PLACE, RESIZE] if diag.cause in (Cause.IO, Cause.UNKNOWN) else [PLACE, RESIZE]
         order = [lv for lv in first if lv not in done and _LEVEL_OF[lv] > level_rank(level)]
         enabled = {GUARD: policy.guards or policy.mps, PLACE: policy.placement, RESIZE: policy.mig}
-        window = {"value_s": value, "slo_s": slo, "bad_windows": ctl.bad, "quantile": t.quantile}
+        window = self._window(t, value, slo)
         why_not: dict[str, str] = {}
         for lever in order:
             if not enabled[lever]:
@@ -310,7 +320,19 @@ class Tick:
                 {"window": window, "diagnosis": {"cause": diag.cause.value, **diag.evidence}},
             )
         # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
-        self.tenants[t.name] = replace(self.tenants[t.name], last_reason=gist, bad=0)
+        cur = self.tenants[t.name]
+        self.tenants[t.name] = replace(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
+
+    def _window(self, t: TenantSpec, value: float | None, slo: float) -> dict[str, Any]:
+        """The SLO evidence an escalation shows (fsm.evidence)."""
+        ctl = self.tenants[t.name]
+        return {
+            "value_s": value,
+            "slo_s": slo,
+            "quantile": t.quantile,
+            "bad_ticks": ctl.bad,
+            **as_evidence(ctl.evidence, t.quantile, self.evidence_params),
+        }
 
     def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
         if lever == GUARD:
@@ -338,6 +360,7 @@ class Tick:
             pending=pending,
             bad=0,
             good=0,
+            evidence=ctl.evidence.reset(),
             cooldown_until=now + policy.cooldown_s,
             dwell_until=now + _dwell(policy.dwell_s, flaps),
             target=target,
@@ -439,7 +462,7 @@ class Tick:
             or top.lever != GUARD
             or not top.caps
             or self.obs.t - top.t < policy.guard_relief_s
-            or ctl.bad > 0
+            or ctl.evidence.up > 0
         ):
             return False
         for c in top.caps:
@@ -457,7 +480,7 @@ class Tick:
         ctl = self.tenants[t.name]
         devices = tuple(sorted({c.device for c in ctl.stack[-1].caps}))
         diag = diagnose(self.spec, self.obs, t, self.traffic)
-        window = {"value_s": value, "slo_s": slo, "bad_windows": ctl.bad, "quantile": t.quantile, "relief": True}
+        window = {**self._window(t, value, slo), "relief": True}
         ok, _ = self._place(t, diag, window, avoid=devices)
         if not ok:
             # Nowhere quieter off the path: keep the guard; look again after another relief period.
@@ -479,9 +502,16 @@ class Tick:
         self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any], avoid: tuple[str, ...] = ()
     ) -> tuple[bool, str]:
         policy = self.spec.policy
-        short = self._outage_short(t, t.move_outage_s)
+        outage, source = self._move_outage(t)
+        short = self._outage_short(t, outage)
         if short:
             return False, short  # before the ranking: no move can happen, whatever it would find
+        cost: LeverCost | None = None
+        if not avoid:  # a relief move serves the capped aggressor, not the tail: budget only
+            efficacy = 1.0 if diag.cause is not Cause.UNKNOWN or diag.aggressors else policy.unknown_cause_efficacy
+            cost, why = self._pays(t, PLACE, outage, source, efficacy)
+            if why:
+                return False, why
         here, ranked = rank_candidates(
             self.spec,
             self.obs,
@@ -517,10 +547,11 @@ class Tick:
                 "diagnosis": {"cause": diag.cause.value, **diag.evidence},
                 "current": here.as_evidence(),
                 "candidates": [s.as_evidence() for s in ranked[:5]],
-                "outage_s": t.move_outage_s,
+                "outage_s": outage,
+                **({"cost": cost.as_evidence()} if cost is not None else {}),
             },
         )
-        self._spend(t.name, t.move_outage_s)
+        self._spend(t.name, outage)
         return True, ""
 
     def _resize(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
@@ -534,10 +565,19 @@ class Tick:
         plan = plan_resize(self.spec, self.obs, current, self.busy_gpus, occ)
         if plan is None:
             return False, "no larger profile fits the placement rules beside the instances in use"
-        outage = t.move_outage_s if plan.target.slot in plan.prev_layout else t.reconfig_outage_s
+        move_s, source = self._move_outage(t)
+        outage = move_s if plan.target.slot in plan.prev_layout else t.reconfig_outage_s
+        if outage != move_s:
+            source = "configured"
         short = self._outage_short(t, outage)
         if short:
             return False, short
+        # A bigger slice shortens the compute part of every request in proportion to the slices.
+        big, small = slices_of(self.spec, plan.target), slices_of(self.spec, current)
+        efficacy = 1.0 - small / big if big and small else 0.5
+        cost, why = self._pays(t, RESIZE, outage, source, efficacy)
+        if why:
+            return False, why
         now = self.obs.t
         self.layouts[plan.gpu] = plan.new_layout
         self.reconfigs.append(now)
@@ -565,6 +605,7 @@ class Tick:
                 "plan": plan.as_evidence(),
                 "reconfigs_last_hour": len(self.reconfigs),
                 "outage_s": outage,
+                **({"cost": cost.as_evidence()} if cost is not None else {}),
             },
         )
         self._spend(t.name, outage)
@@ -627,7 +668,7 @@ class Tick:
                     msg = "keep the larger slice: the tail would come back on the smaller one"
                     if ctl.last_reason != msg:
                         self.emit(t.name, "hold", before, before, RESIZE, msg, why)
-                    self.tenants[t.name] = replace(ctl, last_reason=msg, good=0)
+                    self.tenants[t.name] = replace(ctl, last_reason=msg, good=0, evidence=ctl.evidence.reset())
                     return
             if self.budget_left() <= 0:
                 msg = "release waits for the reconfiguration budget"
@@ -675,6 +716,7 @@ class Tick:
             pending=pending,
             good=0,
             bad=0,
+            evidence=ctl.evidence.reset(),
             target=target,
             cooldown_until=now + policy.cooldown_s,
             dwell_until=now + _dwell(policy.dwell_s, ctl.flaps),
@@ -685,6 +727,39 @@ class Tick:
             evidence["outage_s"] = outage
             self._spend(t.name, outage)
         self.emit(t.name, "release", before, after, step.lever, reason, evidence)
+
+    # -- what a lever costs ------------------------------------------------------------------------
+    def _move_outage(self, t: TenantSpec) -> tuple[float, str]:
+        """A move's outage: as the actuators last measured it for this tenant, else as configured."""
+        measured = self.tenants[t.name].measured_outage_s
+        return (measured, "measured") if measured is not None else (t.move_outage_s, "configured")
+
+    def _pays(self, t: TenantSpec, lever: str, outage: float, source: str, efficacy: float) -> tuple[LeverCost | None, str]:
+        """The lever's cost and benefit (fsm.levercost), and why it does not pay ("" when it does)."""
+        policy = self.spec.policy
+        if policy.cost_margin is None or t.slo_s is None:
+            return None, ""
+        ctl = self.tenants[t.name]
+        p = self.evidence_params
+        c = estimate(
+            lever,
+            outage_s=outage,
+            outage_source=source,
+            rate_rps=ctl.evidence.rate(p),
+            rho=self._sm_now(t),  # the victim's server utilisation: its instance's SM activity
+            slo_s=t.slo_s,
+            bad_share=ctl.evidence.bad_share(),
+            budget_share=1.0 - t.quantile,
+            episodes=ctl.episodes,
+            prior_s=policy.episode_prior_s,
+            efficacy=efficacy,
+        )
+        if c.pays(policy.cost_margin):
+            return c, ""
+        return c, (
+            f"its outage would cost more than it saves ({c.cost:.0f} requests over the SLO"
+            f" vs {c.benefit:.0f} kept under it)"
+        )
 
     # -- the outage budget ----------------------------------------------------------------------
     def _outage_short(self, t: TenantSpec, seconds: float) -> str:
@@ -764,6 +839,20 @@ class Tick:
                     old_m = mps.get(key)
                     mps[key] = replace(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
         return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
+
+
+def evidence_params(policy: Policy) -> EvidenceParams:
+    return EvidenceParams(
+        burn=policy.evidence_burn,
+        alpha=policy.evidence_alpha,
+        release_burn=policy.release_burn,
+        release_alpha=policy.release_alpha,
+        min_ticks=policy.y_windows,
+        min_release_ticks=policy.z_windows,
+        rate_tau_s=policy.rate_tau_s,
+        release_ratio=policy.release_ratio,
+        min_window_count=policy.min_window_count,
+    )
 
 
 def _dwell(dwell_s: float, flaps: int) -> float:

@@ -91,6 +91,7 @@ class TenantSample:
     cpu_pressure: float | None = None
     instance: InstanceRef | None = None  # where it actually runs now
     pcie_bps: float | None = None  # host<->device bytes/s attributed to it, when known
+    outage_s: float | None = None  # its last move's outage as the actuators measured it
 
 
 @dataclass(frozen=True, slots=True)

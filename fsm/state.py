@@ -9,6 +9,7 @@ from typing import Any
 
 from fsm.codec import decode_as, encode
 from fsm.desired import MpsLimit, Throttle
+from fsm.evidence import SloEvidence
 from fsm.mig import Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Level
@@ -47,8 +48,8 @@ class Pending:
 
 @dataclass(frozen=True, slots=True)
 class TenantCtl:
-    bad: int = 0  # consecutive violating windows
-    good: int = 0  # consecutive good windows
+    bad: int = 0  # consecutive ticks judged violating
+    good: int = 0  # consecutive ticks judged good
     cooldown_until: float | None = None
     dwell_until: float | None = None
     backoff_until: float | None = None
@@ -64,6 +65,9 @@ class TenantCtl:
     flaps: int = 0  # escalations soon after a release; each doubles the dwell (damping)
     released_at: float | None = None
     outages: tuple[tuple[float, float], ...] = ()  # (t, expected seconds) of moves in the last hour
+    evidence: SloEvidence = SloEvidence()
+    episodes: tuple[float, ...] = ()  # lengths (s) of this tenant's last violation episodes
+    measured_outage_s: float | None = None  # the actuators' last measured outage of a move
 
     @property
     def level(self) -> Level:

@@ -32,6 +32,7 @@ tests/test_fsm_evidence.py.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -121,7 +122,7 @@ def share_from_quantiles(window: LatencyWindow, slo_s: float) -> float | None:
         return None
     if slo_s <= pts[0][1]:
         return pts[0][0]
-    for (sa, xa), (sb, xb) in zip(pts, pts[1:], strict=False):
+    for (sa, xa), (sb, xb) in itertools.pairwise(pts):
         if xa <= slo_s <= xb:
             f = (slo_s - xa) / (xb - xa) if xb > xa else 1.0
             return math.exp(math.log(sa) + (math.log(sb) - math.log(sa)) * f)

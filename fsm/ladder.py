@@ -52,7 +52,7 @@ class Tick:
     events: list[DecisionEvent] = field(default_factory=list)
     reserved: set[InstanceRef] = field(default_factory=set)
     busy_gpus: set[str] = field(default_factory=set)
-    evidence_params: EvidenceParams = EvidenceParams()
+    evidence_params: EvidenceParams = field(default_factory=EvidenceParams)
     _traffic: Traffic | None = None
 
     @property
@@ -142,13 +142,14 @@ class Tick:
         free = (ctl.cooldown_until is None or now >= ctl.cooldown_until) and (
             ctl.backoff_until is None or now >= ctl.backoff_until
         )
+        early = ev.up >= self.evidence_params.h / policy.y_windows  # one full tick of evidence
         if ctl.bad >= 1 and free:
             self._escalate(t, w.value, slo)
-        elif policy.early_guard and ev.up >= self.evidence_params.h / policy.y_windows and level is Level.STEADY and free:
+        elif policy.early_guard and early and level is Level.STEADY and free:
             self._early_guard(t, w.value, slo)
         elif level is Level.GUARDED and free and self._relief_due(t):
             self._relieve(t, w.value, slo)
-        elif ctl.good >= 1 and level is not Level.STEADY and free and (ctl.dwell_until is None or now >= ctl.dwell_until):
+        elif ctl.good >= 1 and level is not Level.STEADY and free and (ctl.dwell_until or 0.0) <= now:
             self._release(t)
         elif ctl.good >= 1 and level is Level.STEADY and (ctl.failures or ctl.episode_start is not None):
             # A calm stretch ends the episode: failed levers may be tried again next time, and its
@@ -734,7 +735,9 @@ class Tick:
         measured = self.tenants[t.name].measured_outage_s
         return (measured, "measured") if measured is not None else (t.move_outage_s, "configured")
 
-    def _pays(self, t: TenantSpec, lever: str, outage: float, source: str, efficacy: float) -> tuple[LeverCost | None, str]:
+    def _pays(
+        self, t: TenantSpec, lever: str, outage: float, source: str, efficacy: float
+    ) -> tuple[LeverCost | None, str]:
         """The lever's cost and benefit (fsm.levercost), and why it does not pay ("" when it does)."""
         policy = self.spec.policy
         if policy.cost_margin is None or t.slo_s is None:

@@ -65,7 +65,7 @@ class TenantCtl:
     flaps: int = 0  # escalations soon after a release; each doubles the dwell (damping)
     released_at: float | None = None
     outages: tuple[tuple[float, float], ...] = ()  # (t, expected seconds) of moves in the last hour
-    evidence: SloEvidence = SloEvidence()
+    evidence: SloEvidence = field(default_factory=SloEvidence)
     episodes: tuple[float, ...] = ()  # lengths (s) of this tenant's last violation episodes
     measured_outage_s: float | None = None  # the actuators' last measured outage of a move
 

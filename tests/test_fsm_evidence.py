@@ -52,7 +52,7 @@ def test_a_low_rate_tenant_is_still_judged():
 
 
 def test_meeting_the_slo_releases_and_violating_does_not():
-    ev, v = feed([(400, 0)] * 10)
+    _, v = feed([(400, 0)] * 10)
     assert v[4] is Verdict.GOOD and v[3] is not Verdict.GOOD and Verdict.VIOLATING not in v
     _, v = feed([(400, 8)] * 50)  # 2% bad: between the hypotheses, far from a release
     assert Verdict.GOOD not in v
@@ -101,7 +101,7 @@ def test_evidence_stays_finite_non_negative_and_bounded_per_tick(ticks):
     ev = SloEvidence()
     for i, (n, frac) in enumerate(ticks):
         before = ev
-        ev, j = update(ev, LatencyWindow(n, over_slo=n * frac), 0.99, 1.0, P, 2.0 * i)
+        ev, _ = update(ev, LatencyWindow(n, over_slo=n * frac), 0.99, 1.0, P, 2.0 * i)
         assert 0.0 <= ev.up <= before.up + P.h / P.min_ticks + 1e-9
         assert 0.0 <= ev.down <= before.down + P.release_h / P.min_release_ticks + 1e-9
         assert math.isfinite(ev.n_recent) and 0.0 <= ev.b_recent <= ev.n_recent + 1e-9

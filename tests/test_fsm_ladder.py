@@ -295,7 +295,8 @@ def test_state_round_trips_through_json():
 
 
 def test_configured_mig_ladder_is_climbed():
-    spec = example_spec(Policy(mig_ladder={"A100-SXM4-40GB": ("2g.10gb", "7g.40gb")}, outage_budget_share=None, cost_margin=None))
+    ladder = {"A100-SXM4-40GB": ("2g.10gb", "7g.40gb")}
+    spec = example_spec(Policy(mig_ladder=ladder, outage_budget_share=None, cost_margin=None))
     state = _guarded(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]

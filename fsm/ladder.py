@@ -286,6 +286,8 @@ class Tick:
 
     def _escalate(self, t: TenantSpec, value: float | None, slo: float) -> None:
         policy = self.spec.policy
+        if self._guard_useless(t):
+            self._lift_useless_guard(t)
         ctl = self.tenants[t.name]
         level = level_of(ctl)
         diag = diagnose(self.spec, self.obs, t, self.traffic)
@@ -349,6 +351,7 @@ class Tick:
         now = self.obs.t
         ctl = self.tenants[t.name]
         before = level_of(ctl)
+        step = replace(step, bad_share=ctl.evidence.bad_share())
         target = step.to_instance if step.to_instance is not None else ctl.target
         if not policy.enforce:
             pending = None  # dry-run: nothing will happen, so nothing is waited for
@@ -448,6 +451,39 @@ class Tick:
             cap = max(policy.throttle_floor_bps, policy.throttle_factor * bps)
             out = [Throttle(who.name, d, who.cgroup, cap, cap, expires, victim) for d in who.devices]
         return out
+
+    # -- a guard that does not help costs the capped tenants for nothing -----------------------------
+    def _guard_useless(self, t: TenantSpec) -> bool:
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1] if ctl.stack else None
+        if top is None or top.lever != GUARD or top.bad_share is None:
+            return False
+        if self.obs.t - top.t < 2 * self.spec.policy.rate_tau_s:
+            return False  # the recent share still holds requests from before the guard
+        now = ctl.evidence.bad_share()
+        return now is not None and now >= (1.0 - self.spec.policy.guard_min_cut) * top.bad_share
+
+    def _lift_useless_guard(self, t: TenantSpec) -> None:
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1]
+        before = level_of(ctl)
+        now = ctl.evidence.bad_share()
+        self.tenants[t.name] = replace(
+            ctl, stack=ctl.stack[:-1], failed_levers=tuple(sorted({*ctl.failed_levers, GUARD}))
+        )
+        self.emit(
+            t.name,
+            "release",
+            before,
+            level_of(self.tenants[t.name]),
+            GUARD,
+            f"lift caps on {', '.join(top.aggressors)}: they did not cut the tail",
+            {
+                "bad_share_at_guard": round(top.bad_share or 0.0, 4),
+                "bad_share_now": round(now or 0.0, 4),
+                "guard_min_cut": self.spec.policy.guard_min_cut,
+            },
+        )
 
     # -- guard relief: a binding guard costs the aggressor throughput for as long as it holds ------
     def _relief_due(self, t: TenantSpec) -> bool:
@@ -573,10 +609,9 @@ class Tick:
         short = self._outage_short(t, outage)
         if short:
             return False, short
-        # A bigger slice shortens the compute part of every request in proportion to the slices.
-        big, small = slices_of(self.spec, plan.target), slices_of(self.spec, current)
-        efficacy = 1.0 - small / big if big and small else 0.5
-        cost, why = self._pays(t, RESIZE, outage, source, efficacy)
+        # A bigger slice serves faster whatever the cause, and a queue's tail falls faster than its
+        # load: expect the cure, as for a move off the aggressor's path.
+        cost, why = self._pays(t, RESIZE, outage, source, 1.0)
         if why:
             return False, why
         now = self.obs.t
@@ -666,6 +701,8 @@ class Tick:
                 if tail is not None and t.slo_s is not None and tail >= policy.release_ratio * t.slo_s:
                     why["predicted_tail_s"] = round(tail, 4)
                 if why:
+                    if self._lift_guard_below(t, evidence):
+                        return  # the slice stays; caps beneath it go first (they cost others)
                     msg = "keep the larger slice: the tail would come back on the smaller one"
                     if ctl.last_reason != msg:
                         self.emit(t.name, "hold", before, before, RESIZE, msg, why)
@@ -756,6 +793,7 @@ class Tick:
             episodes=ctl.episodes,
             prior_s=policy.episode_prior_s,
             efficacy=efficacy,
+            elapsed_s=self.obs.t - ctl.episode_start if ctl.episode_start is not None else 0.0,
         )
         if c.pays(policy.cost_margin):
             return c, ""
@@ -763,6 +801,34 @@ class Tick:
             f"its outage would cost more than it saves ({c.cost:.0f} requests over the SLO"
             f" vs {c.benefit:.0f} kept under it)"
         )
+
+    def _lift_guard_below(self, t: TenantSpec, evidence: dict[str, Any]) -> bool:
+        """The tail is good and the step on top stays: lift a guard beneath it, which costs its
+        capped tenants throughput and is not what holds the tail now (evidence re-guards if it is)."""
+        ctl = self.tenants[t.name]
+        idx = next((i for i in range(len(ctl.stack) - 2, -1, -1) if ctl.stack[i].lever == GUARD), None)
+        if idx is None:
+            return False
+        guard = ctl.stack[idx]
+        stack = ctl.stack[:idx] + ctl.stack[idx + 1 :]
+        self.tenants[t.name] = replace(
+            ctl,
+            stack=stack,
+            good=0,
+            evidence=ctl.evidence.reset(),
+            cooldown_until=self.obs.t + self.spec.policy.cooldown_s,
+        )
+        level = level_of(ctl)
+        self.emit(
+            t.name,
+            "release",
+            level,
+            level,
+            GUARD,
+            f"lift caps on {', '.join(guard.aggressors)} (the larger slice stays)",
+            evidence,
+        )
+        return True
 
     # -- the outage budget ----------------------------------------------------------------------
     def _outage_short(self, t: TenantSpec, seconds: float) -> str:

@@ -15,8 +15,11 @@ rest of the episode:
 
     benefit = lambda x max(0, p - eps) x E[remaining episode] x efficacy
 
-E[remaining episode] is learned per tenant from its recent episodes (memoryless: the posterior
-mean length, with a prior of `episode_prior_s` worth one episode); `efficacy` is what the
+E[remaining episode] is learned per tenant from its recent episodes (the posterior mean length,
+with a prior of `episode_prior_s` worth one episode), and is at least the time the current
+episode has already lasted (an episode that has lasted a seconds is expected to last about as
+long again, as for any heavy-tailed length: a tenant that outgrew its slice stays violating until
+something changes, and its first episode must not be judged by the prior alone); `efficacy` is what the
 diagnosis lets us expect of the lever (1 when it found the cause on the victim's path, less when
 it did not: a burst of the tenant's own arrivals follows it to the new instance).
 
@@ -87,11 +90,12 @@ def estimate(
     episodes: Sequence[float],
     prior_s: float,
     efficacy: float,
+    elapsed_s: float = 0.0,
 ) -> LeverCost:
     # Unknown utilisation: assume a server half busy (the cost doubles the plain outage).
     r = 0.5 if rho is None else min(max(rho, 0.0), MAX_RHO)
     share = bad_share if bad_share is not None else 0.0
-    remaining = expected_remaining(episodes, prior_s)
+    remaining = max(expected_remaining(episodes, prior_s), elapsed_s)
     benefit = rate_rps * max(0.0, share - budget_share) * remaining * efficacy
     return LeverCost(
         lever=lever,

@@ -81,6 +81,9 @@ class Policy:
     cost_margin: float | None = 2.0
     episode_prior_s: float = 300.0  # prior mean length of a violation episode (worth one episode)
     unknown_cause_efficacy: float = 0.25  # what a move is expected to cure when the cause is unknown
+    # A guard costs the capped tenants throughput: one that has not cut the victim's share of
+    # requests over the SLO by this fraction (after 2 x rate_tau_s) is lifted when the tail escalates.
+    guard_min_cut: float = 0.2
     backoff_s: float = 60.0  # after a failed action; doubles per failure
     backoff_max_s: float = 900.0
     in_flight_timeout_s: float = 300.0  # an operation not reported by then counts as failed

@@ -32,6 +32,7 @@ class Step:
     gpu: str | None = None
     prev_layout: tuple[Slot, ...] | None = None
     new_layout: tuple[Slot, ...] | None = None
+    bad_share: float | None = None  # the tenant's recent share of requests over the SLO when taken
 
 
 @dataclass(frozen=True, slots=True)

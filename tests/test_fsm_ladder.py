@@ -405,7 +405,9 @@ def test_resize_is_kept_while_the_tail_would_come_back_on_the_smaller_slice():
     layouts = {**EXAMPLE_LAYOUTS, **desired.layouts}
     # 10 ms is good (< 0.8 x 15 ms) on the 3g, but 15 ms predicted on the 2g: keep the slice
     state, ds = run(spec, state, stream(110, 60, 0.010, etl=1e8, llm_at=big, layouts=layouts))
-    assert not events(ds, "release")
+    # the guard beneath the kept slice is lifted (it costs etl throughput and holds nothing now)
+    assert [(e.lever, e.level_to) for e in events(ds, "release")] == [("guard", "resized")]
+    assert all(st.lever != "guard" for st in state.tenant("llm").stack)
     (h,) = events(ds, "hold")
     assert h.reason.startswith("keep the larger slice") and h.evidence["predicted_tail_s"] == pytest.approx(0.015)
     assert state.tenant("llm").level is Level.RESIZED

@@ -65,3 +65,25 @@ def test_the_ladder_moves_when_it_pays_and_shows_both_figures():
     cost = esc.evidence["cost"]
     assert cost["benefit_requests"] >= 2.0 * cost["cost_requests"] > 0
     assert esc.evidence["window"]["evidence_nats"] >= esc.evidence["window"]["threshold_nats"]
+
+
+def test_an_episode_that_lasts_is_expected_to_last():
+    kw = dict(outage_s=18.0, outage_source="configured", rate_rps=1.0, rho=0.5, slo_s=0.2, budget_share=0.01)
+    early = estimate("resize", bad_share=0.05, episodes=(), prior_s=300.0, efficacy=1.0, **kw)
+    late = estimate("resize", bad_share=0.05, episodes=(), prior_s=300.0, efficacy=1.0, elapsed_s=2000.0, **kw)
+    assert early.remaining_s == 300.0 and late.remaining_s == 2000.0
+    assert not early.pays(2.0) and late.pays(2.0)
+
+
+def test_a_guard_that_does_not_cut_the_tail_is_lifted():
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False))
+    state, evs = ControllerState(), []
+    for i in range(120):  # the aggressor keeps running and the tail stays where it was
+        d = decide(state, example_observation(2.0 * i, 0.020, 3e9), spec)
+        state, evs = d.state, evs + list(d.events)
+    kinds = [(e.kind, e.lever) for e in evs if e.kind in ("escalate", "release")]
+    assert kinds[:2] == [("escalate", "guard"), ("release", "guard")]
+    lift = next(e for e in evs if e.kind == "release")
+    assert "did not cut the tail" in lift.reason and lift.t - evs[0].t >= 2 * spec.policy.rate_tau_s
+    assert not [e for e in evs if e.kind == "escalate" and e.t > lift.t]  # not retried in this episode
+    assert state.tenant("llm").level.value == "steady" and not d.desired.throttles

@@ -237,6 +237,16 @@ class Levers(Strict):
 
 
 class PolicyConfig(Strict):
+    # SLO evidence from requests (fsm.evidence) and cost-aware levers (fsm.levercost).
+    evidence_burn: float = Field(4.0, gt=1, le=100)
+    evidence_alpha: float = Field(1e-4, gt=0, lt=0.5)
+    release_burn: float = Field(0.25, gt=0, lt=1)
+    release_alpha: float = Field(0.2, gt=0, lt=1)
+    rate_tau_s: float = Field(60.0, gt=0, le=86400)
+    cost_margin: float = Field(2.0, ge=0, le=1000)  # 0: no cost check
+    episode_prior_s: float = Field(300.0, gt=0, le=7 * 86400)
+    unknown_cause_efficacy: float = Field(0.25, ge=0, le=1)
+    guard_min_cut: float = Field(0.2, ge=0, le=1)
     y_windows: int = Field(3, ge=1, le=100)
     z_windows: int = Field(5, ge=1, le=1000)
     release_ratio: float = Field(0.8, gt=0, lt=1)
@@ -290,6 +300,15 @@ class PolicyConfig(Strict):
     def to_policy(self, enforce: bool) -> Policy:
         tier = {"switch": Tier.SWITCH, "root_complex": Tier.ROOT_COMPLEX, "numa": Tier.NUMA, "system": Tier.SYSTEM}
         return Policy(
+            evidence_burn=self.evidence_burn,
+            evidence_alpha=self.evidence_alpha,
+            release_burn=self.release_burn,
+            release_alpha=self.release_alpha,
+            rate_tau_s=self.rate_tau_s,
+            cost_margin=self.cost_margin or None,
+            episode_prior_s=self.episode_prior_s,
+            unknown_cause_efficacy=self.unknown_cause_efficacy,
+            guard_min_cut=self.guard_min_cut,
             y_windows=self.y_windows,
             z_windows=self.z_windows,
             release_ratio=self.release_ratio,

@@ -19,6 +19,7 @@ from fsm.evidence import update as update_evidence
 from fsm.levercost import LeverCost, estimate
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
+from fsm.outage import MoveKind
 from fsm.placement import occupied, rank_candidates, score, slices_of
 from fsm.quantiles import Verdict
 from fsm.resize import plan_resize, plan_restore
@@ -287,7 +288,8 @@ class Tick:
     def _escalate(self, t: TenantSpec, value: float | None, slo: float) -> None:
         policy = self.spec.policy
         if self._guard_useless(t):
-            self._lift_useless_guard(t)
+            self._lift_useless_guard(t)  # a release like any other: the next lever after the cooldown
+            return
         ctl = self.tenants[t.name]
         level = level_of(ctl)
         diag = diagnose(self.spec, self.obs, t, self.traffic)
@@ -469,7 +471,10 @@ class Tick:
         before = level_of(ctl)
         now = ctl.evidence.bad_share()
         self.tenants[t.name] = replace(
-            ctl, stack=ctl.stack[:-1], failed_levers=tuple(sorted({*ctl.failed_levers, GUARD}))
+            ctl,
+            stack=ctl.stack[:-1],
+            failed_levers=tuple(sorted({*ctl.failed_levers, GUARD})),
+            cooldown_until=self.obs.t + self.spec.policy.cooldown_s,
         )
         self.emit(
             t.name,
@@ -539,7 +544,7 @@ class Tick:
         self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any], avoid: tuple[str, ...] = ()
     ) -> tuple[bool, str]:
         policy = self.spec.policy
-        outage, source = self._move_outage(t)
+        outage, source = self._move_outage(t, MoveKind.EXISTING)
         short = self._outage_short(t, outage)
         if short:
             return False, short  # before the ranking: no move can happen, whatever it would find
@@ -602,10 +607,13 @@ class Tick:
         plan = plan_resize(self.spec, self.obs, current, self.busy_gpus, occ)
         if plan is None:
             return False, "no larger profile fits the placement rules beside the instances in use"
-        move_s, source = self._move_outage(t)
-        outage = move_s if plan.target.slot in plan.prev_layout else t.reconfig_outage_s
-        if outage != move_s:
-            source = "configured"
+        if plan.target.slot in plan.prev_layout:
+            kind = MoveKind.EXISTING  # a free bigger instance exists: a plain move
+        elif current.gpu == plan.gpu and current.slot not in plan.new_layout:
+            kind = MoveKind.IN_PLACE  # its own instance goes: stop, reconfigure, relaunch
+        else:
+            kind = MoveKind.BESIDE  # make-before-break: it serves while the new slice is made
+        outage, source = self._move_outage(t, kind)
         short = self._outage_short(t, outage)
         if short:
             return False, short
@@ -641,6 +649,7 @@ class Tick:
                 "plan": plan.as_evidence(),
                 "reconfigs_last_hour": len(self.reconfigs),
                 "outage_s": outage,
+                "move": kind.value,
                 **({"cost": cost.as_evidence()} if cost is not None else {}),
             },
         )
@@ -675,14 +684,14 @@ class Tick:
             elif cur is not None and not self._quiet(t, back):
                 # Moving back into the interference that made us leave would only flap.
                 reason = f"stay on {cur} (the old instance {back} is still noisier); release the level only"
-            elif self._outage_short(t, t.move_outage_s):
+            elif self._outage_short(t, t.outage_s(MoveKind.EXISTING)):
                 reason = f"stay on {cur} (moving back would exceed the outage budget); release the level only"
             else:
                 target = back
                 self.reserved.add(back)
                 pending = Pending(f"tenant:{t.name}", PLACE, now, releasing=True)
                 reason = f"move back to {back}"
-                outage = t.move_outage_s
+                outage = t.outage_s(MoveKind.EXISTING)
         else:  # RESIZE
             if step.gpu in self.busy_gpus:
                 return  # another change on that GPU first
@@ -720,7 +729,12 @@ class Tick:
             occ = (occupied(self.spec, self.obs) | self.reserved) - {step.to_instance}
             if home is not None and home not in occ:  # somebody else may have taken it meanwhile
                 restored = plan_restore(self.spec, self.obs, step.gpu, step.prev_layout, step.to_instance, home, occ)
-            cost = t.move_outage_s if home is not None and self._free_now(home) else t.reconfig_outage_s
+            if home is not None and self._free_now(home):
+                cost = t.outage_s(MoveKind.EXISTING)  # home first, the slice given back after
+            elif restored is not None and step.to_instance.slot in restored:
+                cost = t.outage_s(MoveKind.BESIDE)
+            else:
+                cost = t.outage_s(MoveKind.IN_PLACE)  # the grown instance it runs on is destroyed
             if restored is not None and home is not None and self._outage_short(t, cost):
                 msg = "release waits for the outage budget"
                 if ctl.last_reason != msg:
@@ -767,10 +781,14 @@ class Tick:
         self.emit(t.name, "release", before, after, step.lever, reason, evidence)
 
     # -- what a lever costs ------------------------------------------------------------------------
-    def _move_outage(self, t: TenantSpec) -> tuple[float, str]:
-        """A move's outage: as the actuators last measured it for this tenant, else as configured."""
+    def _move_outage(self, t: TenantSpec, kind: MoveKind) -> tuple[float, str]:
+        """A move's outage (fsm.outage): with the relaunch (restart) or switch-over gap (warm) the
+        actuators last measured for this tenant, else as configured."""
         measured = self.tenants[t.name].measured_outage_s
-        return (measured, "measured") if measured is not None else (t.move_outage_s, "configured")
+        if measured is None:
+            return t.outage_s(kind), "configured"
+        spec = replace(t, handover_gap_s=measured) if t.handover == "warm" else replace(t, relaunch_s=measured)
+        return spec.outage_s(kind), "measured"
 
     def _pays(
         self, t: TenantSpec, lever: str, outage: float, source: str, efficacy: float

@@ -125,6 +125,10 @@ def _check_event(spec, e: DecisionEvent, last_action, stacks):
     stack = stacks.setdefault(e.tenant, [])
     if e.kind == "escalate":
         stack.append(e.lever)
+    elif e.kind == "release" and e.lever == "guard" and e.level_from == e.level_to:
+        # the one exception to the reverse order: a guard beneath a larger slice that stays
+        assert "guard" in stack[:-1] and stack[-1] == "resize", (stack, e)
+        del stack[len(stack) - 2 - stack[-2::-1].index("guard")]
     elif e.kind == "release":
         # release in the reverse order of escalation
         assert stack and stack[-1] == e.lever, (stack, e)

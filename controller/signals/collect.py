@@ -50,10 +50,11 @@ def default_samplers(cfg: Config) -> list[Sampler[Any]]:
         if src is None:
             continue
         name = LATENCY_PREFIX + t.name
+        slo_s = t.slo_ms / 1000.0 if t.slo_ms is not None else None  # over_slo is counted against it
         if src.kind == "prometheus" and src.url:
-            out.append(PrometheusLatencySampler(name, src.url, src.metric, src.labels, src.timeout_s))
+            out.append(PrometheusLatencySampler(name, src.url, src.metric, src.labels, src.timeout_s, slo_s=slo_s))
         elif src.kind == "jsonl" and src.path:
-            out.append(JsonlLatencySampler(name, src.path, src.field, src.timeout_s))
+            out.append(JsonlLatencySampler(name, src.path, src.field, src.timeout_s, slo_s=slo_s))
         # kind "mqtt" is pushed to the daemon, which merges it into the observation
     return out
 

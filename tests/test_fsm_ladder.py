@@ -400,7 +400,8 @@ def test_outage_budget_stops_a_resize_right_after_a_move():
 
 def test_a_resize_in_place_is_charged_the_reconfiguration_plus_the_relaunch():
     """Growing the victim's own instance destroys it: stop, reconfigure (18 s), relaunch (5 s)."""
-    spec = example_spec(Policy(mig_ladder={"A100-SXM4-40GB": ("1g.5gb", "7g.40gb")}, outage_budget_share=None, cost_margin=None))
+    ladder = {"A100-SXM4-40GB": ("1g.5gb", "7g.40gb")}
+    spec = example_spec(Policy(mig_ladder=ladder, outage_budget_share=None, cost_margin=None))
     t = spec.tenants["llm"]
     assert t.outage_s(MoveKind.IN_PLACE) == 23.0 and t.outage_s(MoveKind.BESIDE) == 5.0
     state = _guarded(spec)

@@ -854,16 +854,17 @@ class Tick:
         share = self.spec.policy.outage_budget_share
         if share is None or seconds <= 0:
             return ""
-        budget = share * (1.0 - t.quantile) * 3600.0
-        spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < 3600.0)
+        window = self.spec.policy.outage_budget_window_s
+        budget = share * (1.0 - t.quantile) * window
+        spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < window)
         if spent + seconds <= budget + 1e-9:
             return ""
-        return f"outage budget spent ({spent:g} s of {budget:g} s this hour; this needs {seconds:g} s)"
+        return f"outage budget spent ({spent:g} s of {budget:g} s per {window:g} s; this needs {seconds:g} s)"
 
     def _spend(self, name: str, seconds: float) -> None:
         ctl = self.tenants[name]
         now = self.obs.t
-        kept = tuple(o for o in ctl.outages if now - o[0] < 3600.0)
+        kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
         self.tenants[name] = replace(ctl, outages=(*kept, (now, seconds)))
 
     def _shrink_ratio(self, t: TenantSpec, step: Step) -> float | None:

@@ -65,7 +65,7 @@ class TenantCtl:
     target: InstanceRef | None = None  # where tailguard wants the tenant (None: leave it be)
     flaps: int = 0  # escalations soon after a release; each doubles the dwell (damping)
     released_at: float | None = None
-    outages: tuple[tuple[float, float], ...] = ()  # (t, expected seconds) of moves in the last hour
+    outages: tuple[tuple[float, float], ...] = ()  # (t, expected seconds) of moves in the budget window
     evidence: SloEvidence = field(default_factory=SloEvidence)
     episodes: tuple[float, ...] = ()  # lengths (s) of this tenant's last violation episodes
     measured_outage_s: float | None = None  # the actuators' last measured outage of a move

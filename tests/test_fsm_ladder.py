@@ -376,10 +376,10 @@ def test_no_relief_target_off_the_path_means_no_move():
 
 
 def test_outage_budget_stops_a_resize_right_after_a_move():
-    """A p99 tenant may lose 0.5 x 1% of an hour (18 s) to moves. With a 10 s relaunch, after one
-    move (10 s) a make-before-break resize (another relaunch, fsm.outage: 10 s) would put more
-    requests in the tail than the lever can save, so it holds."""
-    spec = example_spec(MECHANICS)
+    """A p99 tenant may lose 0.5 x 1% of the budget window to moves (an hour here: 18 s). With a
+    10 s relaunch, after one move (10 s) a make-before-break resize (another relaunch, fsm.outage:
+    10 s) would not fit, so it holds."""
+    spec = example_spec(Policy(cost_margin=None, outage_budget_window_s=3600))
     spec = replace(spec, tenants={**spec.tenants, "llm": replace(spec.tenants["llm"], relaunch_s=10.0)})
     state = _guarded(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
@@ -390,7 +390,7 @@ def test_outage_budget_stops_a_resize_right_after_a_move():
     state, ds = run(spec, state, stream(100, 3, 0.020, llm_at=target))
     assert not events(ds, "escalate")
     (h,) = events(ds, "hold")
-    assert "outage budget spent (10 s of 18 s this hour; this needs 10 s)" in h.reason
+    assert "outage budget spent (10 s of 18 s per 3600 s; this needs 10 s)" in h.reason
     assert state.tenant("llm").outages == ((40.0 + 4.0, 10.0),)
     # an hour later the budget is back: the resize goes ahead, beside the old slice (a relaunch)
     state, ds = run(spec, state, stream(3700, 3, 0.020, llm_at=target))

@@ -269,7 +269,9 @@ class PolicyConfig(Strict):
     mps_guard_percent: int = Field(50, ge=1, le=100)
     max_reconfigs_per_hour: int = Field(4, ge=0, le=60)
     outage_budget_share: float = Field(0.5, ge=0, le=10)  # 0: no limit
-    outage_budget_window_s: float = Field(86400.0, ge=60, le=90 * 86400)
+    outage_budget_window_s: float = Field(3600.0, ge=60, le=90 * 86400)
+    guard_cost_share: float = Field(0.05, ge=0, le=1)  # 0: no limit
+    guard_budget_window_s: float = Field(3600.0, ge=60, le=90 * 86400)
     backoff_s: float = Field(60.0, ge=0)
     backoff_max_s: float = Field(900.0, ge=0)
     in_flight_timeout_s: float = Field(300.0, gt=0)
@@ -333,6 +335,8 @@ class PolicyConfig(Strict):
             max_reconfigs_per_hour=self.max_reconfigs_per_hour,
             outage_budget_share=self.outage_budget_share or None,
             outage_budget_window_s=self.outage_budget_window_s,
+            guard_cost_share=self.guard_cost_share or None,
+            guard_budget_window_s=self.guard_budget_window_s,
             backoff_s=self.backoff_s,
             backoff_max_s=self.backoff_max_s,
             in_flight_timeout_s=self.in_flight_timeout_s,

@@ -9,6 +9,7 @@ victims sent to one instance, never a cap on a protected or sensitive tenant.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,6 +55,7 @@ class Tick:
     reserved: set[InstanceRef] = field(default_factory=set)
     busy_gpus: set[str] = field(default_factory=set)
     evidence_params: EvidenceParams = field(default_factory=EvidenceParams)
+    guard_cost: dict[str, tuple[float, float]] = field(default_factory=dict)
     _traffic: Traffic | None = None
 
     @property
@@ -73,6 +75,7 @@ class Tick:
             reconfigs=[r for r in state.reconfigs if r > now - HOUR_S],
             seq=state.seq,
             evidence_params=evidence_params(spec.policy),
+            guard_cost=charge_guards(state, obs, spec),
         )
         for ctl in tick.tenants.values():
             if ctl.target is not None:
@@ -386,6 +389,8 @@ class Tick:
                 spec_a = self.spec.tenants[a.tenant]
                 if not a.throttleable or spec_a.role in (Role.PROTECTED, Role.SENSITIVE):
                     continue
+                if self.guard_budget_spent(a.tenant):
+                    continue  # its caps have cost it its share of throughput: other levers now
                 new = self._caps_for(spec_a, a, t.name, now)
                 if new:
                     caps.extend(new)
@@ -398,6 +403,9 @@ class Tick:
                     mps.append(MpsLimit(o.name, gpu, policy.mps_guard_percent, now + policy.throttle_expiry_s))
                     names.append(o.name)
         if not caps and not mps:
+            spent = [a.tenant for a in diag.aggressors if self.guard_budget_spent(a.tenant)]
+            if spent:
+                return False, f"the throughput budget of {', '.join(spent)} is spent (guard_cost_share)"
             return False, "no throttleable aggressor on the victim's path"
         step = Step(
             level=Level.GUARDED,
@@ -901,6 +909,13 @@ class Tick:
         there = score(self.spec, self.obs, t, None, home, Cause.IO, self.traffic, {})
         return there.root_complex < 0.5
 
+    def guard_budget_spent(self, tenant: str) -> bool:
+        p = self.spec.policy
+        if p.guard_cost_share is None:
+            return False
+        spent = self.guard_cost.get(tenant, (0.0, 0.0))[0]
+        return spent >= p.guard_cost_share * p.guard_budget_window_s
+
     # -- output --------------------------------------------------------------------------------
     def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
         """Caps of every guard on every stack, renewed to expire `throttle_expiry_s` from now;
@@ -912,6 +927,8 @@ class Tick:
         for name in sorted(self.tenants):
             for step in self.tenants[name].stack:
                 for c in step.caps:
+                    if self.guard_budget_spent(c.tenant):
+                        continue  # lifted: the capped tenant's throughput budget is spent
                     c = replace(c, expires_at=expiry)
                     key = (c.tenant, c.device)
                     old = caps.get(key)
@@ -927,6 +944,38 @@ class Tick:
                     old_m = mps.get(key)
                     mps[key] = replace(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
         return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
+
+
+def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> dict[str, tuple[float, float]]:
+    """Each capped tenant's time held at its caps, exponentially weighted over guard_budget_window_s:
+    a cap that binds (the tenant runs at >= 90% of it on a capped device) counts the time since the
+    last tick. Time, not 1 - throttle_factor of it: the rate a cap was cut from may already have
+    been slowed by the contention, so what a binding cap costs is not known better than that."""
+    p = spec.policy
+    now = obs.t
+    binding: set[str] = set()
+    for ctl in state.tenants.values():
+        for step in ctl.stack:
+            for c in step.caps:
+                if c.tenant in binding:
+                    continue
+                ts = obs.tenants.get(c.tenant)
+                rate = ts.io.get(c.device) if ts is not None and ts.io else None
+                if rate is not None and (
+                    (c.read_bps and (rate.read_bps or 0.0) >= 0.9 * c.read_bps)
+                    or (c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps)
+                ):
+                    binding.add(c.tenant)
+    out: dict[str, tuple[float, float]] = {}
+    for name in sorted(set(state.guard_cost) | binding):
+        value, t0 = state.guard_cost.get(name, (0.0, now))
+        dt = max(0.0, now - t0)
+        value *= math.exp(-dt / p.guard_budget_window_s)
+        if name in binding:
+            value += dt
+        if value > 1e-3 or name in binding:
+            out[name] = (value, now)
+    return out
 
 
 def evidence_params(policy: Policy) -> EvidenceParams:

@@ -91,7 +91,12 @@ class Policy:
     # 0.5 x 864 s = 432 s. (An hour, 18 s, would bar every relaunch that takes longer, as a vLLM
     # server's does; SLOs are kept over days to weeks.) Whether a lever pays is fsm.levercost's.
     outage_budget_share: float | None = 0.5
-    outage_budget_window_s: float = 86400.0
+    outage_budget_window_s: float = 3600.0
+    # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
+    # share of an exponentially weighted guard_budget_window_s; past it its caps are lifted and it
+    # is not capped again until the budget recovers, and the victims turn to the other levers.
+    guard_cost_share: float | None = 0.05
+    guard_budget_window_s: float = 3600.0
     # Cost-aware levers (fsm.levercost): a move or resize is taken only when the requests it is
     # expected to keep under the SLO exceed cost_margin x those its outage pushes over (None: no check).
     cost_margin: float | None = 2.0

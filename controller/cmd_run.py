@@ -275,8 +275,13 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     printer = None if args.quiet else _print_events
     on_obs = writer.write if writer is not None else None
     start = getattr(s.host, "start", None)
+    start_error = ""
     if callable(start):
-        await start()  # crash recovery from the journal
+        try:
+            await start()  # crash recovery from the journal (LinuxHost: never raises, runs degraded)
+        except Exception as e:  # exiting here would make systemd restart us forever: run on, degraded
+            start_error = f"host start raised {type(e).__name__}: {e}"
+            logging.getLogger("tailguard").exception("%s; running degraded", start_error)
     daemon = Daemon(
         s.host,
         DaemonOptions(host_name=s.host_name, period_s=s.period_s, state_dir=s.state_dir, until_t=s.until_t),
@@ -286,6 +291,8 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
         on_events=printer,
         on_observation=on_obs,
     )
+    if start_error:
+        daemon.degraded.set("start", start_error, "start")
     bridge: MqttBridge | None = None
     if s.mqtt is not None:
         bridge = MqttBridge(

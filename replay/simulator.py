@@ -26,13 +26,9 @@ the same arrivals and noise (common random numbers) and the same seed gives the 
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 
@@ -54,6 +50,7 @@ from fsm.observation import (
 from fsm.spec import HostSpec, Role
 from fsm.topology import NodeKind
 from replay.actuation import Actuation, MigOp, Move
+from replay.arrivals import RequestStream, load_request_trace  # noqa: F401 (load_request_trace: re-exported)
 from replay.batching import BatchServer, step_cost
 from replay.cpu import CpuModel
 from replay.fabric import Flow, max_min
@@ -67,121 +64,10 @@ from replay.scenario import (
     ScenarioMeta,
     TenantConfig,
     cpu_list,
-    resolve_data,
+    resolve_data,  # noqa: F401 (re-exported)
 )
 
 IRQ_BYTES = 256 * 1024  # bytes moved per interrupt, for the crude IRQ-rate model
-CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
-
-
-# -- request arrivals --------------------------------------------------------------------------
-@cache
-def load_request_trace(path: str) -> tuple[Array, Array, Array]:
-    """(arrival seconds from the first request, context tokens, generated tokens; 0 without that
-    column) of an Azure LLM trace CSV."""
-    times: list[float] = []
-    tokens: list[float] = []
-    generated: list[float] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f)
-        head = next(rows, None)
-        if head is None or [h.strip() for h in head[:2]] != ["TIMESTAMP", "ContextTokens"]:
-            raise ValueError(f"{path}:1: expected the header TIMESTAMP,ContextTokens,GeneratedTokens")
-        t0: datetime | None = None
-        for n, row in enumerate(rows, start=2):
-            try:
-                ts = datetime.fromisoformat(row[0].strip()[:26])
-                tok = float(row[1])
-                gen = float(row[2]) if len(row) > 2 and row[2].strip() else 0.0
-            except (ValueError, IndexError) as e:
-                raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
-            t0 = t0 or ts
-            times.append((ts - t0).total_seconds())
-            tokens.append(tok)
-            generated.append(gen)
-    if not times:
-        raise ValueError(f"{path}: no requests")
-    return np.asarray(times), np.asarray(tokens), np.asarray(generated)
-
-
-class RequestStream:
-    """Arrivals (absolute seconds) and context tokens of one sensitive tenant, tick by tick."""
-
-    def __init__(
-        self, req: Requests, base: Path, seed: int, host_index: int, tenant_index: int, schedule_level: float = 1.0
-    ) -> None:
-        self.req = req
-        self.seed = (seed, host_index, tenant_index)
-        sigma2 = math.log1p(req.noise_cv**2)
-        self.sigma = math.sqrt(sigma2)
-        self.mu = -sigma2 / 2  # mean-one lognormal
-        self.trace: tuple[Array, Array, Array] | None = None
-        if req.trace is not None:
-            path = resolve_data(req.trace, base)
-            if path is None:
-                raise ValueError(f"request trace {req.trace!r} not found")
-            times, tokens, generated = load_request_trace(str(path))
-            gap = float(np.mean(np.diff(times))) if times.size > 1 else 1.0
-            self.trace = (times / req.trace_speed, tokens, generated)
-            self.cycle = (float(times[-1]) + gap) / req.trace_speed
-        # One generator per (seed, host, tenant). How many numbers a tick draws depends only on
-        # its arrivals, never on the policy, so every policy sees the same requests and noise.
-        self.rng = np.random.default_rng(list(self.seed))
-        self.level_max = max(1.0, schedule_level)
-        self.buf_t = self.buf_m = self.buf_n = np.empty(0)
-        self.buf_lo = 0
-        self.buf_end = 0.0
-
-    def _fill(self, until: float) -> None:
-        """Generate Poisson arrivals, thinning marks and noise in fixed 600 s chunks (cheap per
-        tick, and the same numbers whatever the tick length)."""
-        assert self.req.rate is not None
-        parts = [(self.buf_t[self.buf_lo :], self.buf_m[self.buf_lo :], self.buf_n[self.buf_lo :])]
-        while self.buf_end < until:
-            a = self.buf_end
-            n = int(self.rng.poisson(self.req.rate * self.level_max * CHUNK_S))
-            t = np.sort(self.rng.uniform(a, a + CHUNK_S, n))
-            marks = self.rng.random(n)
-            noise = self.rng.lognormal(self.mu, self.sigma, n) if self.sigma > 0 else np.ones(n)
-            parts.append((t, marks, noise))
-            self.buf_end = a + CHUNK_S
-        self.buf_t = np.concatenate([p[0] for p in parts])
-        self.buf_m = np.concatenate([p[1] for p in parts])
-        self.buf_n = np.concatenate([p[2] for p in parts])
-        self.buf_lo = 0
-
-    def window(self, t0: float, t1: float, level: float) -> tuple[Array, Array, Array, Array]:
-        """(arrival times, context tokens, generated tokens, noise factors) of the requests arriving
-        in [t0, t1)."""
-        rng = self.rng
-        if self.trace is None:
-            if t1 > self.buf_end:
-                self._fill(t1)
-            lo: int = self.buf_lo + int(np.searchsorted(self.buf_t[self.buf_lo :], t0, "left"))
-            hi: int = lo + int(np.searchsorted(self.buf_t[lo:], t1, "left"))
-            self.buf_lo = hi
-            arr, noise = self.buf_t[lo:hi], self.buf_n[lo:hi]
-            if level < self.level_max:  # thinning: a rate below the peak (or an off period)
-                keep = self.buf_m[lo:hi] < level / self.level_max
-                arr, noise = arr[keep], noise[keep]
-            return arr, np.full(arr.size, self.req.tokens), np.full(arr.size, self.req.generated_tokens), noise
-        times, tokens, generated = self.trace
-        k0, k1 = math.floor(t0 / self.cycle), math.floor(t1 / self.cycle)
-        parts_t, parts_k, parts_g = [], [], []
-        for k in range(k0, k1 + 1):
-            a = int(np.searchsorted(times, t0 - k * self.cycle, "left"))
-            b = int(np.searchsorted(times, t1 - k * self.cycle, "left"))
-            parts_t.append(times[a:b] + k * self.cycle)
-            parts_k.append(tokens[a:b])
-            parts_g.append(generated[a:b])
-        arr = np.concatenate(parts_t)
-        tok = np.concatenate(parts_k)
-        gen = np.concatenate(parts_g)
-        if level < 1.0:  # thin the trace (a schedule's level below 1)
-            keep = rng.random(arr.size) < level
-            arr, tok, gen = arr[keep], tok[keep], gen[keep]
-        noise = rng.lognormal(self.mu, self.sigma, arr.size) if self.sigma > 0 else np.ones(arr.size)
-        return arr, tok, gen, noise
 
 
 # -- runtime state -----------------------------------------------------------------------------
@@ -265,21 +151,25 @@ class HostSim(Actuation):
         self.last: Observation | None = None
         self.sensitive: dict[str, _Sensitive] = {}
         self.others: list[TenantConfig] = []
-        self.flow_links: dict[str, list[tuple[dict[tuple[str, str], int], str, str]]] = {}
+        self.flow_links: dict[str, list[tuple[dict[tuple[str, str], int], str, str]]] = {}  # in force
+        # every flow set of every tenant (a rerouted one has several)
+        self.route_links: dict[tuple[str, int], list[tuple[dict[tuple[str, str], int], str, str]]] = {}
         # Links whose two directions together are capped (duplex_gbps): their flows also cross BOTH.
         self.both = frozenset(n for (n, way) in model.capacity if way == BOTH)
         for i, (name, cfg) in enumerate(sorted(model.tenants.items())):
             if cfg.requests is not None:
-                stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.level)
+                stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.peak())
                 batch = BatchServer() if cfg.requests.server == "batched" else None
                 slo_s = cfg.slo_ms / 1000.0 if cfg.slo_ms else math.inf
                 self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream, slo_s=slo_s, batch=batch)
             else:
                 self.others.append(cfg)
-                self.flow_links[name] = [
-                    (with_both(flow_links(self.topo, f.path[0], f.path[1]), self.both), f.path[0], f.path[1])
-                    for f in cfg.flows
-                ]
+                for k, flows in enumerate(cfg.flow_sets()):
+                    self.route_links[(name, k)] = [
+                        (with_both(flow_links(self.topo, f.path[0], f.path[1]), self.both), f.path[0], f.path[1])
+                        for f in flows
+                    ]
+                self.flow_links[name] = self.route_links[(name, 0)]
         cpusets = {n: cpu_list(c.cpus) for n, c in model.tenants.items() if c.cpus}
         self.cpu = CpuModel(cpusets, set(self.sensitive)) if cpusets else None
         self.stats.rejected = dict.fromkeys(self.sensitive, 0)
@@ -293,14 +183,16 @@ class HostSim(Actuation):
         self.cpus = sorted({c for n in self.topo.of_kind(NodeKind.NUMA) for c in n.cpus})
         # Precomputed per tenant: the devices its flows start or end at (hot path of every tick).
         self.ends: dict[str, list[tuple[str, NodeKind, bool, int | None]]] = {}
-        for name, links in self.flow_links.items():
+        self.route_ends: dict[tuple[str, int], list[tuple[str, NodeKind, bool, int | None]]] = {}
+        for key, links in self.route_links.items():
             ends = []
             for _, src, dst in links:
                 for end, is_src in ((src, True), (dst, False)):
                     if end != CPU:
                         node = self.topo.node(end)
                         ends.append((node.id, node.kind, is_src, self.topo.numa_of(node.id)))
-            self.ends[name] = ends
+            self.route_ends[key] = ends
+        self.ends = {name: self.route_ends[(name, 0)] for name in self.flow_links}
         self._slice_cache: dict[tuple[str, str], int] = {}
         self._layout_info: dict[str, tuple[tuple[Slot, ...], list[tuple[str, InstanceRef, float]]]] = {}
         self._idle: dict[str, tuple[tuple[Slot, ...] | None, GpuSample]] = {}
@@ -355,8 +247,14 @@ class HostSim(Actuation):
         # Demand and SM load of the other tenants this tick.
         sm: dict[str, float] = {}  # tenant -> SM activity of its instance
         flows: list[Flow[LinkDir]] = []
+        phases: list[int] = []  # rerouted tenants' flow sets in force (part of the memo key)
         threads = self.cpu_threads = {n: s.cpu_busy for n, s in self.sensitive.items()}  # CPU channel
         for cfg in self.others:
+            if cfg.reroute:  # the aggressor's flows take the paths of the phase in force
+                phase = cfg.flows_at(t0)
+                phases.append(phase)
+                self.flow_links[cfg.name] = self.route_links[(cfg.name, phase)]
+                self.ends[cfg.name] = self.route_ends[(cfg.name, phase)]
             level = cfg.schedule.active(t0)
             if cfg.cpu_threads:
                 threads[cfg.name] = cfg.cpu_threads * level
@@ -384,7 +282,7 @@ class HostSim(Actuation):
                 avg.append(Flow(f"{name}>{UP}", legs(path, UP, self.both), s.rate_bps * d2h))
         rates = max_min(flows + avg, self.capacity)
         # The elastic shares depend only on the other flows' caps and the victims' paths: memoise.
-        key = (tuple((f.name, f.cap) for f in flows), tuple(sorted(sens_links.items())))
+        key = (tuple((f.name, f.cap) for f in flows), tuple(sorted(sens_links.items())), tuple(phases))
         elastic = self._elastic.get(key)
         if elastic is None and self.both:
             # A capped sum couples the directions: each direction's probes beside the other

@@ -21,6 +21,12 @@ never does (h / ln(burn) requests over the SLO at the very least: 7 with the def
 adds at most h / min_ticks (and release_h / min_release_ticks) so that a single burst tick, whose
 requests queue together and are not independent, never decides alone.
 
+Counts estimated inside a histogram bucket (vLLM's TTFT buckets are fixed) are only known between
+the requests certainly over the SLO (above the next bound up) and those possibly over it (above the
+next bound down): the trigger, and the recent share the cost model uses, take the first, the
+release the second, so a coarse bucket never makes a healthy tenant look violating, nor a violating
+one look healthy.
+
 A source that gives quantiles but no counts falls back to the per-window verdict of
 fsm.quantiles.judge (today's reference trigger): a violating window adds h / min_ticks, a good one
 adds release_h / min_release_ticks, a window in between resets both. That is the old "Y violating
@@ -144,13 +150,16 @@ def update(
     step_up = p.h / max(1, p.min_ticks)
     step_down = p.release_h / max(1, p.min_release_ticks)
     if bad is not None:
+        # Counts read off histogram buckets are only known between two bounds: a trigger believes
+        # only the requests certainly over the SLO, a release counts every one possibly over.
+        certain, possible = window.over_slo_range if window and window.over_slo_range else (bad, bad)
         w_bad, w_good = llr_weights(eps, p.burn)
         r_bad, r_good = llr_weights(eps, p.release_burn)
-        up = max(0.0, up + min(bad * w_bad + (count - bad) * w_good, step_up))
-        down = max(0.0, down + min(bad * r_bad + (count - bad) * r_good, step_down))
-        up_bad = up_bad + bad if up > 0 else 0.0
+        up = max(0.0, up + min(certain * w_bad + (count - certain) * w_good, step_up))
+        down = max(0.0, down + min(possible * r_bad + (count - possible) * r_good, step_down))
+        up_bad = up_bad + certain if up > 0 else 0.0
         n_recent += count
-        b_recent += bad
+        b_recent += certain
         counted = True
         legacy_empty = False
     else:

@@ -55,7 +55,7 @@ class Tick:
     reserved: set[InstanceRef] = field(default_factory=set)
     busy_gpus: set[str] = field(default_factory=set)
     evidence_params: EvidenceParams = field(default_factory=EvidenceParams)
-    guard_cost: dict[str, tuple[float, float]] = field(default_factory=dict)
+    guard_cost: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     _traffic: Traffic | None = None
 
     @property
@@ -151,6 +151,8 @@ class Tick:
             self._escalate(t, w.value, slo)
         elif policy.early_guard and early and level is Level.STEADY and free:
             self._early_guard(t, w.value, slo)
+        elif level is Level.GUARDED and free and self._guard_useless(t):
+            self._lift_useless_guard(t)  # do not wait for the next trigger: it costs the capped now
         elif level is Level.GUARDED and free and self._relief_due(t):
             self._relieve(t, w.value, slo)
         elif ctl.good >= 1 and level is not Level.STEADY and free and (ctl.dwell_until or 0.0) <= now:
@@ -913,8 +915,8 @@ class Tick:
         p = self.spec.policy
         if p.guard_cost_share is None:
             return False
-        spent = self.guard_cost.get(tenant, (0.0, 0.0))[0]
-        return spent >= p.guard_cost_share * p.guard_budget_window_s
+        held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
+        return held > 0.0 and held >= p.guard_cost_share * ran
 
     # -- output --------------------------------------------------------------------------------
     def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
@@ -946,11 +948,12 @@ class Tick:
         return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
 
 
-def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> dict[str, tuple[float, float]]:
-    """Each capped tenant's time held at its caps, exponentially weighted over guard_budget_window_s:
-    a cap that binds (the tenant runs at >= 90% of it on a capped device) counts the time since the
-    last tick. Time, not 1 - throttle_factor of it: the rate a cap was cut from may already have
-    been slowed by the contention, so what a binding cap costs is not known better than that."""
+def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> dict[str, tuple[float, float, float]]:
+    """Per tenant that could be capped: (seconds held at its caps, seconds it ran, as of t), both
+    exponentially weighted over guard_budget_window_s. A cap binds when the tenant runs at >= 90%
+    of it on a capped device; a tenant runs when it moves at least io_aggressor_min_bps. The budget
+    is a share of the time it runs: its throughput exists only then, so a share of the clock would
+    let a guard take much more than that share of an aggressor that runs one hour in four."""
     p = spec.policy
     now = obs.t
     binding: set[str] = set()
@@ -966,15 +969,23 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
                     or (c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps)
                 ):
                     binding.add(c.tenant)
-    out: dict[str, tuple[float, float]] = {}
-    for name in sorted(set(state.guard_cost) | binding):
-        value, t0 = state.guard_cost.get(name, (0.0, now))
+    running = {
+        name
+        for name, t in spec.tenants.items()
+        if t.role in (Role.BULK, Role.COMPUTE)
+        and (ts := obs.tenants.get(name)) is not None
+        and ts.io
+        and sum(r.total_bps for r in ts.io.values()) >= p.io_aggressor_min_bps
+    }
+    out: dict[str, tuple[float, float, float]] = {}
+    for name in sorted(set(state.guard_cost) | binding | running):
+        held, ran, t0 = state.guard_cost.get(name, (0.0, 0.0, now))
         dt = max(0.0, now - t0)
-        value *= math.exp(-dt / p.guard_budget_window_s)
-        if name in binding:
-            value += dt
-        if value > 1e-3 or name in binding:
-            out[name] = (value, now)
+        decay = math.exp(-dt / p.guard_budget_window_s)
+        held, ran = held * decay + (dt if name in binding else 0.0), ran * decay
+        ran += dt if (name in binding or name in running) else 0.0
+        if ran > 1e-3 or name in binding or name in running:
+            out[name] = (held, ran, now)
     return out
 
 

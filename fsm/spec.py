@@ -93,8 +93,9 @@ class Policy:
     outage_budget_share: float | None = 0.5
     outage_budget_window_s: float = 3600.0
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
-    # share of an exponentially weighted guard_budget_window_s; past it its caps are lifted and it
-    # is not capped again until the budget recovers, and the victims turn to the other levers.
+    # share of the time it runs (both exponentially weighted over guard_budget_window_s); past it
+    # its caps are lifted, it is not capped again until the budget recovers, and the victims turn
+    # to the other levers.
     guard_cost_share: float | None = 0.05
     guard_budget_window_s: float = 3600.0
     # Cost-aware levers (fsm.levercost): a move or resize is taken only when the requests it is

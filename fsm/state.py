@@ -83,8 +83,8 @@ class ControllerState:
     reconfigs: tuple[float, ...] = ()  # times of MIG layout changes (rolling-hour budget)
     bad_input: Mapping[str, int] = field(default_factory=dict)  # reason -> count
     seq: int = 0  # last decision-event sequence number
-    # capped tenant -> (throughput-seconds its caps cost it, exponentially weighted; as of time t)
-    guard_cost: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # bulk/compute tenant -> (seconds held at its caps, seconds it ran; exponentially weighted; as of t)
+    guard_cost: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     last_t: float | None = None
 
     def to_json(self) -> str:

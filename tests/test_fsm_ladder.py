@@ -338,7 +338,8 @@ def test_binding_guard_is_relieved_by_a_move_off_the_path_and_its_caps_lifted():
     the caps that no longer share its path are lifted (the guard step leaves the stack)."""
     from fsm.topology import Tier
 
-    spec = example_spec(Policy(io_share_tier=Tier.SWITCH))
+    # (no throughput budget for the capped tenant here: that limit is its own test)
+    spec = example_spec(Policy(io_share_tier=Tier.SWITCH, guard_cost_share=None))
     state = _guarded(spec)  # caps etl's nvme0n1 (on sw0, the victim's switch) at 1.5 GB/s at t=4
     # calm under the guard, the ETL pressing against its cap: relief after 60 s
     state, ds = run(spec, state, stream(6, 28, 0.010, etl=1.5e9))

@@ -87,3 +87,25 @@ def test_a_guard_that_does_not_cut_the_tail_is_lifted():
     assert "did not cut the tail" in lift.reason and lift.t - evs[0].t >= 2 * spec.policy.rate_tau_s
     assert not [e for e in evs if e.kind == "escalate" and e.t > lift.t]  # not retried in this episode
     assert state.tenant("llm").level.value == "steady" and not d.desired.throttles
+
+
+def test_a_guard_holds_a_capped_tenant_for_at_most_its_share_of_the_time_it_runs():
+    """guard_cost_share 0.05: an ETL job that ran for an hour may be held at its cap for about
+    three minutes; then its caps are lifted and it is not capped again while the budget is spent."""
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False, guard_relief_s=None))
+    state = ControllerState()
+    for i in range(1800):  # an hour of ETL traffic, the tail fine
+        state = decide(state, example_observation(2.0 * i, 0.005, 3e9), spec).state
+    capped, evs, on = [], [], False
+    for i in range(1800, 2400):  # then the tail violates while it runs on, unless its cap holds it
+        p99, etl = (0.008, 1.5e9) if on else (0.020, 3e9)  # the cap (half its rate) binds and works
+        d = decide(state, example_observation(2.0 * i, p99, etl), spec)
+        state, evs = d.state, evs + list(d.events)
+        on = bool(d.desired.throttles)
+        capped.append(on)
+    assert any(capped)
+    held_s = 2.0 * sum(capped)
+    # the budget: 5% of the (decayed) ~4,000 s it ran, about 200 s of the 1,200 s stretch
+    assert held_s <= 0.05 * 4800, (held_s, [e.reason for e in evs])
+    ran = state.guard_cost["etl"]
+    assert ran[0] <= 0.05 * ran[1] + 2.0 * 2  # held <= share x ran, give or take the last ticks

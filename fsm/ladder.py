@@ -466,6 +466,8 @@ class Tick:
 
     # -- a guard that does not help costs the capped tenants for nothing -----------------------------
     def _guard_useless(self, t: TenantSpec) -> bool:
+        if not self.spec.policy.enforce:
+            return False  # dry-run: nothing was capped, so nothing can be learned of the caps
         ctl = self.tenants[t.name]
         top = ctl.stack[-1] if ctl.stack else None
         if top is None or top.lever != GUARD or top.bad_share is None:
@@ -957,6 +959,8 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
     p = spec.policy
     now = obs.t
     binding: set[str] = set()
+    if not p.enforce:
+        return dict(state.guard_cost)  # dry-run: no cap holds anybody
     for ctl in state.tenants.values():
         for step in ctl.stack:
             for c in step.caps:

@@ -918,7 +918,8 @@ class Tick:
         if p.guard_cost_share is None:
             return False
         held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
-        return held > 0.0 and held >= p.guard_cost_share * ran
+        # At least the time it takes to see whether the guard helps (a new aggressor has run little).
+        return held > 0.0 and held >= max(p.guard_cost_share * ran, 2 * p.rate_tau_s)
 
     # -- output --------------------------------------------------------------------------------
     def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:

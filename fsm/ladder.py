@@ -466,6 +466,8 @@ class Tick:
 
     # -- a guard that does not help costs the capped tenants for nothing -----------------------------
     def _guard_useless(self, t: TenantSpec) -> bool:
+        if not self.spec.policy.enforce:
+            return False  # dry-run: nothing was capped, so nothing can be learned of the caps
         ctl = self.tenants[t.name]
         top = ctl.stack[-1] if ctl.stack else None
         if top is None or top.lever != GUARD or top.bad_share is None:
@@ -916,7 +918,8 @@ class Tick:
         if p.guard_cost_share is None:
             return False
         held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
-        return held > 0.0 and held >= p.guard_cost_share * ran
+        # At least the time it takes to see whether the guard helps (a new aggressor has run little).
+        return held > 0.0 and held >= max(p.guard_cost_share * ran, 2 * p.rate_tau_s)
 
     # -- output --------------------------------------------------------------------------------
     def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
@@ -957,6 +960,8 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
     p = spec.policy
     now = obs.t
     binding: set[str] = set()
+    if not p.enforce:
+        return dict(state.guard_cost)  # dry-run: no cap holds anybody
     for ctl in state.tenants.values():
         for step in ctl.stack:
             for c in step.caps:

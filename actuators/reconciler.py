@@ -235,6 +235,14 @@ class Reconciler:
             raise ValueError(f"tenant {tenant!r} has no cgroup configured")
         return t.cgroup
 
+    def use_mig_tables(self, tables: Mapping[str, GpuModel]) -> None:
+        """The MIG profile table in force per GPU (the driver's listing where read): profile IDs
+        and placements are looked up in it from now on."""
+        for name, model in tables.items():
+            g = self.gpus.get(name)
+            if g is not None:
+                self.gpus[name] = GpuInfo(g.name, g.index, model)
+
     async def _gpu_model(self, g: GpuInfo) -> GpuModel:
         if g.model is not None:
             return g.model

@@ -208,6 +208,10 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     from controller.sdnotify import Notifier
     from controller.status import status_json
 
+    start = getattr(s.host, "start", None)
+    if callable(start):
+        await start()  # the drivers' MIG tables, then crash recovery from the journal
+        s.spec = replace(s.spec, mig_tables=s.host.spec.mig_tables)  # a trace records the tables in force
     writer = None
     if getattr(args, "record", None):
         from replay.trace import TraceWriter
@@ -215,9 +219,6 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
         writer = TraceWriter(args.record, s.host_name, s.spec, max_bytes=args.max_bytes)
     printer = None if args.quiet else _print_events
     on_obs = writer.write if writer is not None else None
-    start = getattr(s.host, "start", None)
-    if callable(start):
-        await start()  # crash recovery from the journal
     daemon = Daemon(
         s.host,
         DaemonOptions(host_name=s.host_name, period_s=s.period_s, state_dir=s.state_dir, until_t=s.until_t),

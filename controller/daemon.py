@@ -247,6 +247,9 @@ class Daemon:
         st.last_success_t = time.monotonic()
         self._observe_ok = True
         obs = self._merge_pushed(obs)
+        tables = getattr(self.host, "mig_tables", None)  # the drivers' MIG tables, re-read on a driver change
+        if tables is not None and tables is not self.spec.mig_tables:
+            self.spec = replace(self.spec, mig_tables=tables)
         if self.on_observation is not None:
             self.on_observation(obs)
         d = self.decide_fn(self.state, obs, self.spec)
@@ -366,6 +369,7 @@ class Daemon:
             )
             for s in stats
         )
+        views_fn = getattr(self.host, "mig_table_views", None)
         self.snapshot = Snapshot(
             host=self.opts.host_name,
             started_wall=self.snapshot.started_wall,
@@ -397,6 +401,7 @@ class Daemon:
             last_reload_error=self._last_reload_error,
             watchdog_pings_total=self._watchdog_pings,
             ready=self._ready,
+            mig_tables=views_fn() if callable(views_fn) else {},
         )
         for ex in self.exporters:
             try:

@@ -7,17 +7,22 @@ status (in-flight operations, outcomes since the last tick). apply() reconciles:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from actuators.nvsmi import NvidiaSmi
 from actuators.reconciler import Reconciler
 from controller.config import Config
+from controller.exporters.snapshot import MigTableView
+from controller.mig_tables import DRIVER_RECHECK_S, MigTables
 from controller.signals.base import SamplerStats
 from controller.signals.collect import SignalCollector
 from fsm.desired import DesiredState
-from fsm.mig import model_by_name
+from fsm.mig import GpuModel, model_by_name
 from fsm.observation import Observation
 from fsm.spec import HostSpec
 from fsm.topology import Topology
@@ -25,10 +30,17 @@ from fsm.topology import Topology
 log = logging.getLogger("tailguard.host")
 
 
-def host_spec(cfg: Config, topology: Topology) -> HostSpec:
-    """The decision core's view of a validated config on a discovered topology."""
+def host_spec(cfg: Config, topology: Topology, mig_tables: Mapping[str, GpuModel] | None = None) -> HostSpec:
+    """The decision core's view of a validated config on a discovered topology; `mig_tables`: the
+    drivers' MIG tables where they differ from the built-in ones (controller/mig_tables.py)."""
     models = {g.name: model_by_name(g.model).key for g in cfg.gpus if g.model}
-    return HostSpec(topology=topology, tenants=cfg.tenant_specs(), policy=cfg.policy_obj(), gpu_models=models)
+    return HostSpec(
+        topology=topology,
+        tenants=cfg.tenant_specs(),
+        policy=cfg.policy_obj(),
+        gpu_models=models,
+        mig_tables=dict(mig_tables or {}),
+    )
 
 
 class LinuxHost:
@@ -46,15 +58,57 @@ class LinuxHost:
         self.collector = collector or SignalCollector(cfg, topology)
         self.reconciler = reconciler or Reconciler.from_config(cfg)
         self.lift = cfg.host.lift_throttles_on_exit if lift_throttles_on_exit is None else lift_throttles_on_exit
+        # The MIG tables in force: read through the reconciler's nvidia-smi at start, again when the
+        # driver version changes. The daemon picks up a new `mig_tables` mapping on its next tick.
+        nvsmi = getattr(self.reconciler, "nvsmi", None) or NvidiaSmi()
+        self.mig = MigTables(nvsmi, *_gpu_maps(cfg))
+        self.mig_tables: Mapping[str, GpuModel] = self.spec.mig_tables
+        self._mig_due = time.monotonic() + DRIVER_RECHECK_S
+        self._mig_task: asyncio.Task[None] | None = None
+        self._mig_force = False
 
     def now(self) -> float:
         return time.time()
 
     async def start(self) -> dict[str, Any]:
-        """Crash recovery from the journal before the first tick."""
+        """The drivers' MIG tables, then crash recovery from the journal, before the first tick."""
+        await self.refresh_mig_tables(force=True)
         return await self.reconciler.recover()
 
+    async def refresh_mig_tables(self, force: bool = False) -> bool:
+        changed = await self.mig.refresh(force)
+        if changed:
+            self.mig_tables = self.mig.overrides()
+            self.spec = replace(self.spec, mig_tables=self.mig_tables)
+            self.reconciler.use_mig_tables(self.mig.in_force())
+            self.collector.use_mig_tables(self.mig.in_force())
+        return changed
+
+    def mig_table_views(self) -> dict[str, MigTableView]:
+        return {
+            g: MigTableView(g, t.model.key if t.model else "", t.source, t.driver, len(t.differences))
+            for g, t in self.mig.tables.items()
+        }
+
+    def _recheck_mig(self) -> None:
+        """Every DRIVER_RECHECK_S: has the driver changed? In the background, never in the tick."""
+        if self._mig_task is not None and not self._mig_task.done():
+            return
+        now = time.monotonic()
+        if now < self._mig_due and not self._mig_force:
+            return
+        self._mig_due = now + DRIVER_RECHECK_S
+        force, self._mig_force = self._mig_force, False
+        self._mig_task = asyncio.create_task(self._recheck_task(force), name="mig-tables")
+
+    async def _recheck_task(self, force: bool) -> None:
+        try:
+            await self.refresh_mig_tables(force)
+        except Exception as e:  # never fatal: the tables in force stay
+            log.error("MIG tables: %s: %s", type(e).__name__, e)
+
     async def observe(self) -> Observation:
+        self._recheck_mig()
         obs = await self.collector.collect(self.now())
         for alarm in self.collector.events:  # e.g. a GPU fell off the bus: the operator must know now
             log.warning("signals: %s", alarm)
@@ -75,9 +129,19 @@ class LinuxHost:
     def reload(self, cfg: Config) -> HostSpec:
         """A new config: new samplers (sources may have changed), same reconciler (it owns caps)."""
         self.collector = SignalCollector(cfg, self.topology)
+        self.collector.use_mig_tables(self.mig.in_force())
         self.cfg = cfg
-        self.spec = host_spec(cfg, self.topology)
+        self.spec = host_spec(cfg, self.topology, self.mig_tables)
+        gpus, models = _gpu_maps(cfg)
+        if gpus != self.mig.gpus or models != self.mig.models:  # re-read for the new [[gpus]] soon
+            self.mig.gpus, self.mig.models, self._mig_force = gpus, models, True
         return self.spec
 
     async def close(self) -> None:
+        if self._mig_task is not None and not self._mig_task.done():
+            self._mig_task.cancel()
         await self.reconciler.shutdown(self.lift)
+
+
+def _gpu_maps(cfg: Config) -> tuple[dict[str, int], dict[str, str]]:
+    return {g.name: g.index for g in cfg.gpus}, {g.name: g.model for g in cfg.gpus if g.model}

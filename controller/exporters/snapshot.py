@@ -78,6 +78,17 @@ class SamplerView:
 
 
 @dataclass(frozen=True, slots=True)
+class MigTableView:
+    """The MIG profile table in force on one GPU (controller/mig_tables.py)."""
+
+    gpu: str
+    model: str
+    source: str  # driver | built-in | none
+    driver: str
+    differences: int  # how many ways the driver's table differs from the built-in one
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     host: str
     started_wall: float
@@ -109,3 +120,4 @@ class Snapshot:
     last_reload_error: str = ""
     watchdog_pings_total: int = 0
     ready: bool = False
+    mig_tables: Mapping[str, MigTableView] = field(default_factory=dict)

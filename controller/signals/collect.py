@@ -19,7 +19,7 @@ from controller.signals.dcgm import DcgmExporterSampler, DcgmReading, pydcgm_ava
 from controller.signals.host import HostReading, HostSampler
 from controller.signals.latency import JsonlLatencySampler, LatencyReading, PrometheusLatencySampler
 from controller.signals.nvml import NvmlReading, NvmlSampler
-from fsm.mig import Slot
+from fsm.mig import GpuModel, Slot
 from fsm.observation import GpuSample, MigSample, Observation, TenantSample
 from fsm.topology import Topology
 
@@ -88,6 +88,12 @@ class SignalCollector:
         for r in self.runners.values():
             if isinstance(r.sampler, NvmlSampler):
                 r.sampler.invalidate_mig(gpu)
+
+    def use_mig_tables(self, tables: Mapping[str, GpuModel]) -> None:
+        """The MIG profile table in force per GPU (controller/mig_tables.py), for NVML's MIG devices."""
+        for r in self.runners.values():
+            if isinstance(r.sampler, NvmlSampler):
+                r.sampler.use_mig_tables(tables)
 
     def _gpu_name(self, index: int) -> str:
         return self._gpu_by_index.get(index, f"gpu{index}")

@@ -14,7 +14,8 @@ A GPU may also carry "driver" (the version `--query-gpu=...,driver_version` prin
 "A100-SXM4-40GB" for an A100-PCIE-40GB under a driver that offers all seven profiles), "offer" (the
 -lgip IDs it lists, e.g. [19, 14, 9, 5, 0]; default: all) and "gib" ({"14": 9.75}: the GiB -lgip
 prints per ID): then -lgip/-lgipp list that driver's table and -cgi refuses a profile it
-does not offer with "Invalid Argument", as the real tool does for an unsupported profile.
+does not offer with "Invalid Argument", as the real tool does for an unsupported profile. A
+top-level "topo" holds the text `nvidia-smi topo -m` prints (a capture from tests/fixtures).
 A GI with processes cannot be destroyed ("In use by another client"), nor can its CI.
 Faults: {"match": "-cgi", "mode": "hang" | "exit" | "garbage", "seconds": 60, "code": 3,
 "times": 1}: applies to commands whose argv contains `match`; `times` < 0 means forever.
@@ -386,6 +387,10 @@ def _int_opt(args: list[str], name: str) -> int | None:
 def dispatch(state: dict[str, Any], args: list[str]) -> tuple[str, str, int]:
     if args == ["-L"]:
         return fmt_list(state.get("gpus", [])), "", EXIT_OK
+    if args == ["topo", "-m"]:  # the state holds a captured matrix ("topo"), as the real tool prints it
+        if not state.get("topo"):
+            raise Fail(EXIT_INVALID, "emulated nvidia-smi: no topology matrix in the state file\n")
+        return str(state["topo"]), "", EXIT_OK
     if args[:1] and args[0].startswith("--query-gpu="):
         return fmt_query(state.get("gpus", []), args), "", EXIT_OK
     if not args or args[0] != "mig":

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from controller.config import Config
+from controller.config import Config, TenantConfig
 from controller.signals.base import Sampler, SamplerRunner, SamplerStats, Unavailable
 from controller.signals.cgroup import CgroupReading, CgroupSampler
 from controller.signals.dcgm import DcgmExporterSampler, DcgmReading, pydcgm_available
@@ -46,16 +46,24 @@ def default_samplers(cfg: Config) -> list[Sampler[Any]]:
     if cgroups:
         out.append(CgroupSampler(cgroups, cfg.host.cgroup_root, cfg.host.cgroup_version, timeout_s=s.timeout_s))
     for t in cfg.tenants:
-        src = t.latency
-        if src is None:
-            continue
-        name = LATENCY_PREFIX + t.name
-        if src.kind == "prometheus" and src.url:
-            out.append(PrometheusLatencySampler(name, src.url, src.metric, src.labels, src.timeout_s))
-        elif src.kind == "jsonl" and src.path:
-            out.append(JsonlLatencySampler(name, src.path, src.field, src.timeout_s))
-        # kind "mqtt" is pushed to the daemon, which merges it into the observation
+        lat = latency_sampler(t)
+        if lat is not None:
+            out.append(lat)
     return out
+
+
+def latency_sampler(t: TenantConfig) -> Sampler[Any] | None:
+    """The sampler of a tenant's latency source; None for kind "mqtt" (pushed to the daemon, which
+    merges it into the observation) and for tenants without one."""
+    src = t.latency
+    if src is None:
+        return None
+    name = LATENCY_PREFIX + t.name
+    if src.kind == "prometheus" and src.url:
+        return PrometheusLatencySampler(name, src.url, src.metric, src.labels, src.timeout_s)
+    if src.kind == "jsonl" and src.path:
+        return JsonlLatencySampler(name, src.path, src.field, src.timeout_s)
+    return None
 
 
 class SignalCollector:

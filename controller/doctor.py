@@ -88,6 +88,7 @@ async def run_checks(cfg: Config, opts: DoctorOptions) -> list[Check]:
 # ---------------------------------------------------------------- GPU paths
 
 NO_DRIVER_FIX = "install the NVIDIA driver (nvidia-smi must run) and nvidia-ml-py; or set signals.nvml = false"
+NO_SMI_FIX = "install the NVIDIA driver with its nvidia-smi (MIG changes and the topology need it)"
 
 
 async def check_nvml(cfg: Config, opts: DoctorOptions) -> list[Check]:
@@ -136,7 +137,7 @@ async def check_mig(cfg: Config, nvsmi: NvidiaSmi) -> list[Check]:
     tables = MigTables(nvsmi, {g.name: g.index for g in cfg.gpus}, {g.name: g.model for g in cfg.gpus if g.model})
     await tables.refresh(force=True)
     if tables.last_error:
-        return [Check("mig", FAIL, tables.last_error, NO_DRIVER_FIX)]
+        return [Check("mig", FAIL, tables.last_error, NO_SMI_FIX)]
     if not tables.tables:
         return [Check("mig", WARN, "nvidia-smi lists no GPUs", "check the driver (nvidia-smi -L)")]
     out = []
@@ -185,7 +186,7 @@ async def check_topo(nvsmi: NvidiaSmi, timeout_s: float) -> list[Check]:
     try:
         r = await run([nvsmi.path, "topo", "-m"], timeout_s)
     except ToolError as e:
-        return [Check("nvidia-smi topo -m", FAIL, str(e), NO_DRIVER_FIX)]
+        return [Check("nvidia-smi topo -m", FAIL, str(e), NO_SMI_FIX)]
     if r.rc != 0:
         return [Check("nvidia-smi topo -m", FAIL, f"exit {r.rc}: {r.text.strip()[:200]}", "check the driver")]
     try:

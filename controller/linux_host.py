@@ -29,6 +29,11 @@ from fsm.topology import Topology
 
 log = logging.getLogger("tailguard.host")
 
+# Reading the drivers' MIG tables at start (one query, then -lgip and -lgipp per GPU) is bounded as
+# a whole, and each call on its own: systemd's start timeout must cover it (TimeoutStartSec).
+MIG_START_BUDGET_S = 20.0
+MIG_READ_TIMEOUT_S = 10.0
+
 
 def host_spec(cfg: Config, topology: Topology, mig_tables: Mapping[str, GpuModel] | None = None) -> HostSpec:
     """The decision core's view of a validated config on a discovered topology; `mig_tables`: the
@@ -60,8 +65,8 @@ class LinuxHost:
         self.lift = cfg.host.lift_throttles_on_exit if lift_throttles_on_exit is None else lift_throttles_on_exit
         # The MIG tables in force: read through the reconciler's nvidia-smi at start, again when the
         # driver version changes. The daemon picks up a new `mig_tables` mapping on its next tick.
-        nvsmi = getattr(self.reconciler, "nvsmi", None) or NvidiaSmi()
-        self.mig = MigTables(nvsmi, *_gpu_maps(cfg))
+        path = getattr(getattr(self.reconciler, "nvsmi", None), "path", "nvidia-smi")
+        self.mig = MigTables(NvidiaSmi(path, timeout=MIG_READ_TIMEOUT_S), *_gpu_maps(cfg))
         self.mig_tables: Mapping[str, GpuModel] = self.spec.mig_tables
         self._mig_due = time.monotonic() + DRIVER_RECHECK_S
         self._mig_task: asyncio.Task[None] | None = None
@@ -72,7 +77,13 @@ class LinuxHost:
 
     async def start(self) -> dict[str, Any]:
         """The drivers' MIG tables, then crash recovery from the journal, before the first tick."""
-        await self.refresh_mig_tables(force=True)
+        try:
+            async with asyncio.timeout(MIG_START_BUDGET_S):
+                await self.refresh_mig_tables(force=True)
+        except TimeoutError:  # a hung driver must not hold the start: retried in the background
+            log.warning("MIG tables: nvidia-smi did not answer within %.0f s; the built-in tables apply meanwhile",
+                        MIG_START_BUDGET_S)  # fmt: skip
+            self._mig_force = True
         return await self.reconciler.recover()
 
     async def refresh_mig_tables(self, force: bool = False) -> bool:
@@ -88,6 +99,18 @@ class LinuxHost:
         return {
             g: MigTableView(g, t.model.key if t.model else "", t.source, t.driver, len(t.differences))
             for g, t in self.mig.tables.items()
+        }
+
+    def mig_conditions(self) -> dict[str, str]:
+        """Degraded conditions of the MIG tables, for the host's conditions (controller/degraded.py,
+        group "host"): a configured GPU whose driver listing could not be read runs on its built-in
+        table. MIG mode being off is a state, not a fault, and is not one of them."""
+        if not self.cfg.gpus:
+            return {}
+        return {
+            f"mig-table:{g}": f"{t.error}; {'its built-in table is used' if t.model else 'no MIG table at all'}"
+            for g, t in sorted(self.mig.tables.items())
+            if t.error and t.error != "MIG mode is not enabled"
         }
 
     def _recheck_mig(self) -> None:

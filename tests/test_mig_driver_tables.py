@@ -231,6 +231,7 @@ def test_linux_host_reads_the_tables_at_start_and_after_a_driver_change(tmp_path
     async def go() -> None:
         await host.start()
         assert host.mig.tables["gpu0"].source == "driver" and host.spec.mig_tables == {}
+        assert host.mig_conditions() == {}
         d = Daemon(host, DaemonOptions(period_s=0.05, max_ticks=1), spec=host.spec)
         # The driver is upgraded under the running daemon: the next check re-reads the listing.
         with locked(h.nvsmi_state) as st:
@@ -271,6 +272,21 @@ def test_check_config_probe_judges_by_the_drivers_table(tmp_path, monkeypatch, c
     assert expect in capsys.readouterr().err
 
 
+def test_a_configured_gpu_without_a_driver_listing_is_a_degraded_condition(tmp_path, monkeypatch) -> None:
+    from controller.config import load_config
+    from controller.linux_host import LinuxHost
+    from fsm.topology import empty_topology
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    host = LinuxHost(load_config(_cfg(tmp_path)), empty_topology())
+    assert asyncio.run(host.refresh_mig_tables(force=True))
+    (cond,) = host.mig_conditions().items()
+    assert cond[0] == "mig-table:gpu0" and cond[1].startswith("nvidia-smi unavailable")
+    assert cond[1].endswith("its built-in table is used")
+    assert host.mig.tables["gpu0"].model == A100_PCIE_40GB and host.spec.mig_tables == {}
+
+
 def test_check_config_probe_without_a_driver_warns(tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -303,3 +319,29 @@ def test_mig_profiles_without_a_driver(tmp_path, monkeypatch, capsys) -> None:
     assert cli(["mig-profiles", "--model", "H100-NVL"]) == 0
     assert "7g.94gb" in capsys.readouterr().out
     assert cli(["mig-profiles", "--model", "B200"]) == 2
+
+
+@pytest.mark.faults
+def test_a_hanging_nvidia_smi_does_not_hold_the_start(tmp_path, monkeypatch) -> None:
+    import controller.linux_host as lh
+    from controller.config import load_config
+    from fsm.topology import empty_topology
+
+    h = _emu(tmp_path, listing="A100-SXM4-40GB")
+    with locked(h.nvsmi_state) as st:
+        st["faults"] = [{"match": "--query-gpu", "mode": "hang", "seconds": 30, "times": 1}]
+    monkeypatch.setenv("PATH", f"{h.nvsmi.parent}:/usr/bin:/bin")
+    monkeypatch.setattr(lh, "MIG_START_BUDGET_S", 1.0)
+    host = lh.LinuxHost(load_config(_cfg(tmp_path)), empty_topology())
+
+    async def go() -> None:
+        t0 = time.monotonic()
+        await host.start()
+        assert time.monotonic() - t0 < 5.0  # bounded, and the hung tool's process group was killed
+        assert host.spec.mig_tables == {} and host._mig_force  # built-in meanwhile, retried next tick
+        await host.observe()
+        assert host._mig_task is not None
+        await host._mig_task  # the fault fired once: the retry reads the driver's listing
+        assert host.mig_tables["gpu0"].has_profile("1g.10gb")
+
+    asyncio.run(go())

@@ -65,6 +65,26 @@ async def _bounded(name: str, coro: Awaitable[list[Check]], timeout_s: float) ->
         return [Check(name, FAIL, f"{type(e).__name__}: {e}", "report this as a tailguard bug")]
 
 
+def run_sync(cfg: Config, opts: DoctorOptions) -> tuple[list[Check], bool]:
+    """run_checks on a fresh loop whose worker threads are not waited for: a driver call that
+    hangs inside NVML cannot be cancelled, and asyncio.run would wait for its thread at the end.
+    Returns (checks, True when such a thread is still stuck)."""
+    import concurrent.futures
+
+    loop = asyncio.new_event_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="tailguard-doctor")
+    loop.set_default_executor(pool)
+    try:
+        checks = loop.run_until_complete(run_checks(cfg, opts))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        loop.close()
+    import threading
+
+    stuck = any(t.name.startswith("tailguard-doctor") and t.is_alive() for t in threading.enumerate())
+    return checks, stuck
+
+
 async def run_checks(cfg: Config, opts: DoctorOptions) -> list[Check]:
     nvsmi = NvidiaSmi(opts.nvidia_smi, timeout=opts.timeout_s)
     probes: list[tuple[str, Callable[[], Awaitable[list[Check]]]]] = [

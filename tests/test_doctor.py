@@ -255,3 +255,23 @@ latency = {{ kind = "prometheus", url = "{url}" }}
         url = pages.set("/metrics", (FIXTURES / "vllm-metrics_llama-3.1-8b_v0_excerpt_vllm-docs.prom").read_text())
         (c,) = asyncio.run(check_latency(parse_config(tenant(url))))
     assert c.status == OK and c.cause == f"prometheus {url}: readable"
+
+
+@pytest.mark.faults
+def test_an_nvml_init_that_hangs_is_bounded(tmp_path, monkeypatch) -> None:
+    import time
+
+    from controller.doctor import run_sync
+
+    fake = _host(tmp_path, monkeypatch)
+
+    def hang() -> None:  # a wedged driver: nvmlInit never returns (here: for 8 s)
+        time.sleep(8)
+
+    fake.nvmlInit = hang  # type: ignore[method-assign]
+    cfg = parse_config(_config(tmp_path, "http://127.0.0.1:9/metrics"))
+    t0 = time.monotonic()
+    checks, stuck = run_sync(cfg, DoctorOptions(timeout_s=1.0, nvml=fake))
+    assert time.monotonic() - t0 < 7.0 and stuck
+    c = _by_name(checks)["nvml"]
+    assert c.status == FAIL and "no answer within" in c.cause

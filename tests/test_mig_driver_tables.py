@@ -28,7 +28,7 @@ from controller.mig_tables import MigTables
 from fsm.codec import decode_as, encode
 from fsm.desired import DesiredState
 from fsm.mig import A100_40GB, A100_PCIE_40GB, H100_PCIE, Slot, is_valid, layout_problems
-from fsm.migdriver import model_from_driver, table_differences
+from fsm.migdriver import DriverProfile, model_from_driver, table_differences
 from fsm.observation import GpuSample, InstanceRef, Observation
 from fsm.placement import gpu_model
 from fsm.resize import plan_resize
@@ -345,3 +345,28 @@ def test_a_hanging_nvidia_smi_does_not_hold_the_start(tmp_path, monkeypatch) -> 
         assert host.mig_tables["gpu0"].has_profile("1g.10gb")
 
     asyncio.run(go())
+
+
+def test_nvml_maps_mig_devices_through_the_driver_table() -> None:
+    from fakes.sig_fake_pynvml import FakeMig, FakeNvml
+
+    from controller.signals.nvml import NvmlSampler
+
+    fake = FakeNvml.from_q((FIXTURES / "nvidia-smi-q_a100-sxm4-80gb-x4_r555.txt").read_text())
+    fake.gpus = fake.gpus[:1]
+    fake.gpus[0].name = "NVIDIA A100-PCIE-40GB"
+    fake.gpus[0].mig_enabled = True
+    fake.gpus[0].migs = [FakeMig("MIG-a", gi_id=3, profile_id=15, start=0)]  # a 1g.10gb: not in the R460 table
+    s = NvmlSampler({"gpu0": 0}, nvml=fake)
+    r = asyncio.run(s.sample(1.0))
+    assert r.gpus["gpu0"].mig_devices[0].slot is None  # type: ignore[union-attr]
+    assert "has no MIG profile 15" in r.unavailable["nvml:gpu0:layout"]  # type: ignore[union-attr]
+    # A newer driver lists the R460 rows plus 1g.10gb (ID 15), as the current A100 40GB table has it.
+    p = A100_40GB.profile("1g.10gb")
+    row = DriverProfile(p.name, 15, 4, p.gib, p.sm, p.dec, p.enc, p.jpg, p.ofa, p.ce, (0, 2, 4, 6), 2)
+    r460 = driver_profiles(parse_lgip(R460_LGIP), parse_lgipp(H100_LGIPP), 0)
+    newer, _ = model_from_driver(A100_PCIE_40GB, "NVIDIA A100-PCIE-40GB", [*r460, row])
+    s.use_mig_tables({"gpu0": newer})
+    r = asyncio.run(s.sample(2.0))
+    assert r.gpus["gpu0"].mig_devices[0].slot == Slot(0, "1g.10gb")  # type: ignore[union-attr]
+    assert "nvml:gpu0:layout" not in r.unavailable  # type: ignore[union-attr]

@@ -205,12 +205,18 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     from controller.daemon import Daemon, DaemonOptions
     from controller.exporters.mqtt import MqttBridge
     from controller.exporters.prometheus import DaemonCollector, MetricsServer, make_registry
+    from controller.mig_probe import DriverMismatch
     from controller.sdnotify import Notifier
     from controller.status import status_json
 
     start = getattr(s.host, "start", None)
     if callable(start):
-        await start()  # the drivers' MIG tables, then crash recovery from the journal
+        try:
+            await start()  # the drivers' MIG tables, then crash recovery from the journal
+        except DriverMismatch as e:
+            print(f"tailguard {args.command}: {args.config or DEFAULT_CONFIG}: {e}", file=sys.stderr)
+            await s.host.close()
+            return 2
         s.spec = replace(s.spec, mig_tables=s.host.spec.mig_tables)  # a trace records the tables in force
     writer = None
     if getattr(args, "record", None):

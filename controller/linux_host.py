@@ -18,6 +18,7 @@ from actuators.nvsmi import NvidiaSmi
 from actuators.reconciler import Reconciler
 from controller.config import Config
 from controller.exporters.snapshot import MigTableView
+from controller.mig_probe import check_against_driver
 from controller.mig_tables import DRIVER_RECHECK_S, MigTables
 from controller.signals.base import SamplerStats
 from controller.signals.collect import SignalCollector
@@ -84,6 +85,7 @@ class LinuxHost:
             log.warning("MIG tables: nvidia-smi did not answer within %.0f s; the built-in tables apply meanwhile",
                         MIG_START_BUDGET_S)  # fmt: skip
             self._mig_force = True
+        check_against_driver(self.cfg, self.mig)  # raises DriverMismatch: `run` exits 2 naming the keys
         return await self.reconciler.recover()
 
     async def refresh_mig_tables(self, force: bool = False) -> bool:
@@ -150,7 +152,11 @@ class LinuxHost:
         return self.collector.stats
 
     def reload(self, cfg: Config) -> HostSpec:
-        """A new config: new samplers (sources may have changed), same reconciler (it owns caps)."""
+        """A new config: new samplers (sources may have changed), same reconciler (it owns caps).
+        Raises DriverMismatch (the old config stays) when it asks for MIG settings the drivers'
+        tables read so far do not offer."""
+        if _gpu_maps(cfg) == (self.mig.gpus, self.mig.models):
+            check_against_driver(cfg, self.mig)
         self.collector = SignalCollector(cfg, self.topology)
         self.collector.use_mig_tables(self.mig.in_force())
         self.cfg = cfg

@@ -16,9 +16,29 @@ from fsm.mig import Slot, layout_problems
 from fsm.observation import InstanceRef
 
 
+class DriverMismatch(ValueError):
+    """The config asks for MIG settings this host's driver does not offer (one problem per line)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("against the drivers' MIG profile tables:\n  " + "\n  ".join(problems))
+
+
+def check_against_driver(cfg: Config, tables: MigTables) -> None:
+    """For `run` (at start and on SIGHUP): raise DriverMismatch when the tables read say no."""
+    problems, _ = driver_problems(cfg, tables)
+    if problems:
+        raise DriverMismatch(problems)
+
+
 async def probe_config(cfg: Config, tables: MigTables) -> tuple[list[str], list[str]]:
     """(problems, warnings), each naming the key path (and the tenants involved)."""
     await tables.refresh(force=True)
+    return driver_problems(cfg, tables)
+
+
+def driver_problems(cfg: Config, tables: MigTables) -> tuple[list[str], list[str]]:
+    """The same against tables already read (nothing is judged where no driver listing was read)."""
     problems: list[str] = []
     warnings: list[str] = []
     if tables.last_error:

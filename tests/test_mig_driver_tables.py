@@ -370,3 +370,26 @@ def test_nvml_maps_mig_devices_through_the_driver_table() -> None:
     r = asyncio.run(s.sample(2.0))
     assert r.gpus["gpu0"].mig_devices[0].slot == Slot(0, "1g.10gb")  # type: ignore[union-attr]
     assert "nvml:gpu0:layout" not in r.unavailable  # type: ignore[union-attr]
+
+
+def test_run_refuses_a_home_the_driver_does_not_offer_and_reload_keeps_the_old_config(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from controller.config import load_config
+    from controller.linux_host import LinuxHost
+    from controller.mig_probe import DriverMismatch
+    from fsm.topology import empty_topology
+
+    h = _emu(tmp_path, driver="460.32.03")  # the R460 listing: no 1g.10gb
+    monkeypatch.setenv("PATH", f"{h.nvsmi.parent}:/usr/bin:/bin")
+    bad = _cfg(tmp_path, "gpu0/1g.10gb@0")
+    rc = cli(["run", "--config", str(bad), "--duration", "5", "--quiet", "--log-level", "ERROR"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "tenants[0].instance (llm): gpu0's driver does not offer 1g.10gb" in err
+    assert "Traceback" not in err
+    bad_cfg = load_config(bad)
+    host = LinuxHost(load_config(_cfg(tmp_path)), empty_topology())  # the same file, now a good home
+    asyncio.run(host.start())
+    with pytest.raises(DriverMismatch, match=r"does not offer 1g\.10gb"):
+        host.reload(bad_cfg)
+    assert str(host.cfg.tenants[0].instance) == "gpu0/3g.20gb@4"  # the running config stays

@@ -50,15 +50,15 @@ def driver_problems(cfg: Config, tables: MigTables) -> tuple[list[str], list[str
         if t is None:
             continue
         if t.error.startswith("nvidia-smi lists no GPU"):
-            problems.append(f"gpus[{i}].index: {g.name} has index {g.index}, but {t.error}")
+            problems.append(f"gpus[{i}]({g.name}).index: index {g.index}, but {t.error}")
         elif t.error:
-            warnings.append(f"gpus[{i}] ({g.name}): {t.error}; its built-in table was used")
+            warnings.append(f"gpus[{i}]({g.name}): {t.error}; its built-in table was used")
         if g.model and t.model is not None and t.builtin is not None and t.source == "driver":
             listed = t.model.name
             if t.builtin.key != g.model and listed not in (g.model, f"NVIDIA {g.model}"):
-                warnings.append(f"gpus[{i}].model: {g.model!r} configured, the driver reports {listed}")
+                warnings.append(f"gpus[{i}]({g.name}).model: {g.model!r} configured, the driver reports {listed}")
         for d in t.differences:
-            warnings.append(f"gpus[{i}] ({g.name}): driver table differs (the driver wins): {d}")
+            warnings.append(f"gpus[{i}]({g.name}): driver table differs (the driver wins): {d}")
     homes: dict[str, list[tuple[int, str, Slot]]] = defaultdict(list)
     for i, tc in enumerate(cfg.tenants):
         if not tc.instance:
@@ -67,7 +67,7 @@ def driver_problems(cfg: Config, tables: MigTables) -> tuple[list[str], list[str
         t = by_gpu.get(ref.gpu)
         if t is None or t.model is None or t.source != "driver":
             continue
-        where = f"tenants[{i}].instance ({tc.name})"
+        where = f"tenants[{i}]({tc.name}).instance"
         if not t.model.has_profile(ref.profile):
             offered = ", ".join(p.name for p in t.model.profiles)
             problems.append(f"{where}: {ref.gpu}'s driver does not offer {ref.profile} (it offers {offered})")
@@ -81,7 +81,7 @@ def driver_problems(cfg: Config, tables: MigTables) -> tuple[list[str], list[str
         model = by_gpu[gpu].model
         assert model is not None
         for msg in layout_problems(model, [s for _, _, s in items]):
-            names = ", ".join(f"tenants[{i}] ({n})" for i, n, s in items if str(s) in msg)
+            names = ", ".join(f"tenants[{i}]({n}).instance" for i, n, s in items if str(s) in msg)
             problems.append(f"{names or 'tenants'}: instances on {gpu}: {msg}")
     for key, ladder in cfg.policy.mig_ladder.items():
         for gname, t in sorted(by_gpu.items()):

@@ -260,7 +260,7 @@ def test_linux_host_reads_the_tables_at_start_and_after_a_driver_change(tmp_path
 @pytest.mark.parametrize(
     ("gpu0", "instance", "rc", "expect"),
     [
-        ({"driver": "460.32.03"}, "gpu0/1g.10gb@0", 2, "tenants[0].instance (llm): gpu0's driver does not offer"),
+        ({"driver": "460.32.03"}, "gpu0/1g.10gb@0", 2, "tenants[0](llm).instance: gpu0's driver does not offer"),
         ({"listing": "A100-SXM4-40GB"}, "gpu0/1g.10gb@0", 0, "driver table differs (the driver wins)"),
         ({"listing": "A100-SXM4-40GB"}, "gpu0/3g.20gb@2", 2, "3g.20gb may start only at [0, 4]"),
     ],
@@ -385,7 +385,7 @@ def test_run_refuses_a_home_the_driver_does_not_offer_and_reload_keeps_the_old_c
     bad = _cfg(tmp_path, "gpu0/1g.10gb@0")
     rc = cli(["run", "--config", str(bad), "--duration", "5", "--quiet", "--log-level", "ERROR"])
     err = capsys.readouterr().err
-    assert rc == 2 and "tenants[0].instance (llm): gpu0's driver does not offer 1g.10gb" in err
+    assert rc == 2 and "tenants[0](llm).instance: gpu0's driver does not offer 1g.10gb" in err
     assert "Traceback" not in err
     bad_cfg = load_config(bad)
     host = LinuxHost(load_config(_cfg(tmp_path)), empty_topology())  # the same file, now a good home
@@ -393,3 +393,45 @@ def test_run_refuses_a_home_the_driver_does_not_offer_and_reload_keeps_the_old_c
     with pytest.raises(DriverMismatch, match=r"does not offer 1g\.10gb"):
         host.reload(bad_cfg)
     assert str(host.cfg.tenants[0].instance) == "gpu0/3g.20gb@4"  # the running config stays
+
+
+def test_probe_names_overlaps_ladders_and_unknown_indexes_against_the_driver_table() -> None:
+    from controller.config import parse_config
+    from controller.mig_probe import driver_problems
+    from controller.mig_tables import GpuTable
+
+    cfg = parse_config("""
+[[gpus]]
+name = "gpu0"
+index = 0
+model = "A100-PCIE-40GB"
+[[gpus]]
+name = "gpu1"
+index = 5
+[[tenants]]
+name = "a"
+role = "bulk"
+instance = "gpu0/4g.20gb@0"
+[[tenants]]
+name = "b"
+role = "bulk"
+instance = "gpu0/3g.20gb@0"
+[policy.mig_ladder]
+A100-SXM4-40GB = ["1g.10gb", "2g.10gb", "7g.40gb"]
+""")
+    model, _ = r460_table()
+    sxm_like = replace(model, key="A100-SXM4-40GB")  # an SXM4 card whose driver lists the R460 rows
+    tables = MigTables(NvidiaSmi("nvidia-smi"), {"gpu0": 0, "gpu1": 5})
+    tables.tables = {
+        "gpu0": GpuTable("gpu0", 0, model, A100_PCIE_40GB, "driver", "460.32.03"),
+        "gpu1": GpuTable("gpu1", 5, None, None, "none", "460.32.03", error="nvidia-smi lists no GPU 5"),
+        "gpu2": GpuTable("gpu2", 2, sxm_like, A100_40GB, "driver", "460.32.03"),
+    }
+    problems, warnings = driver_problems(cfg, tables)
+    assert problems == [
+        "gpus[1](gpu1).index: index 5, but nvidia-smi lists no GPU 5",
+        "tenants[0](a).instance, tenants[1](b).instance: instances on gpu0: 4g.20gb@0 overlaps 3g.20gb@0 at memory"
+        " slot 0",
+        "policy.mig_ladder.A100-SXM4-40GB: gpu2's driver does not offer 1g.10gb",
+    ]
+    assert warnings == []

@@ -33,6 +33,7 @@ debs:
 	fi
 
 demo: $(STAMP)
+	@echo "== the policy replay: paper-p4d, 1 simulated hour (the 24-hour table is in README.md and docs/results.md) =="
 	$(VENV)/bin/tailguard demo
 	@echo; echo "== the daemon itself on the simulated host (p4d-demo: 10 simulated minutes at 200x) =="
 	$(VENV)/bin/tailguard run --simulate --speed 200 --duration 600 --log-level WARNING

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
     from controller.exporters.mqtt import MqttBridge
     from controller.host import Host
     from fsm.desired import DecisionEvent
+    from fsm.mig import GpuModel
     from fsm.spec import HostSpec
 
 DEFAULT_CONFIG = "/etc/tailguard/tailguard.toml"
+MIN_TRACE_BYTES = 16 << 10  # `record --max-bytes`: below this every few ticks would rotate
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -39,9 +41,16 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
     p.add_argument("--duration", type=float, help="stop after this many (simulated) seconds")
     p.add_argument("--period", type=float, help="seconds between ticks (default: config / scenario tick)")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
+    p.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics and /status on this port, 1-65535 (0: off)"
+    )
     p.add_argument("--metrics-addr", default=None, help="address to bind the metrics port (default 127.0.0.1)")
-    p.add_argument("--mqtt-url", help="publish to this broker, mqtt://HOST:PORT")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --metrics-addr (metrics and /status are then reachable from other hosts)",
+    )
+    p.add_argument("--mqtt-url", help="publish to this broker, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
     p.add_argument("--host-name", help="this host's name in metrics and MQTT topics (overrides host.name)")
     p.add_argument("--state-dir", help="status and state files here (default: config host.state_dir)")
     p.add_argument("--quiet", action="store_true", help="do not print decisions as they happen")
@@ -82,10 +91,64 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), format=fmt, stream=sys.stderr)
 
 
-def _load_config(path: str | None) -> Config | None:
-    from controller.config import load_config
+def _load_config(
+    path: str | None, checked: bool = False, models: Callable[[str], GpuModel | None] | None = None
+) -> Config | None:
+    """The config; `checked`: also the files it names on this host (a real host's `run`, and
+    every SIGHUP reload), with the warnings logged; `models`: the drivers' MIG tables, by which
+    the MIG homes are judged where they were read (the driver wins over the built-in table)."""
+    from controller.config import load_checked, load_config
 
-    return load_config(path) if path else None
+    if not path:
+        return None
+    if not checked:
+        return load_config(path)
+    c = load_checked(path, models)
+    for w in c.warnings:
+        logging.getLogger("tailguard.config").warning("%s: %s", path, w)
+    return c.config
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Command-line values that would fail later (or misapply): UsageError naming the option."""
+    from controller.config import check_name, mqtt_url_ok
+    from controller.listen import is_loopback
+
+    if args.speed <= 0 or args.speed != args.speed or args.speed == float("inf"):
+        raise UsageError("--speed must be positive (simulated seconds per wall second)")
+    if args.duration is not None and not 0 < args.duration < float("inf"):
+        raise UsageError("--duration must be a positive number of seconds")
+    if args.period is not None and not 0.01 <= args.period <= 60:
+        raise UsageError("--period must be between 0.01 and 60 seconds")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port {args.metrics_port}: must be 1-65535, or 0 for no metrics port")
+    if args.metrics_addr is not None:
+        addr = args.metrics_addr.strip("[]")
+        if not addr:
+            raise UsageError("--metrics-addr must not be empty")
+        if not is_loopback(addr) and not getattr(args, "allow_remote", False):
+            raise UsageError(
+                f"--metrics-addr {args.metrics_addr}: not a loopback address; metrics and /status (decision"
+                " evidence) would be reachable from other hosts: add --allow-remote to mean it"
+            )
+    if args.mqtt_url is not None and not mqtt_url_ok(args.mqtt_url):
+        raise UsageError(f"--mqtt-url {args.mqtt_url!r}: must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    if args.host_name is not None:
+        try:
+            check_name(args.host_name)
+        except ValueError as e:
+            # It becomes an MQTT topic level and a metric label: no '/', '+', '#' or spaces.
+            raise UsageError(f"--host-name {args.host_name!r}: {e}") from None
+    if getattr(args, "record", None) is not None:
+        from schema.outputs import check_output_file
+
+        if args.max_bytes < MIN_TRACE_BYTES:
+            raise UsageError(
+                f"--max-bytes {args.max_bytes}: must be at least {MIN_TRACE_BYTES} (a header and a few ticks)"
+            )
+        why = check_output_file(args.record, mkdir=True)
+        if why:
+            raise UsageError(f"--out {args.record}: {why}")
 
 
 def build(args: argparse.Namespace) -> Setup:
@@ -93,13 +156,16 @@ def build(args: argparse.Namespace) -> Setup:
     UsageError name what was wrong."""
     from controller.exporters.mqtt import MqttOptions
 
-    cfg = _load_config(args.config if args.config or args.simulate else DEFAULT_CONFIG)
-    if args.speed <= 0:
-        raise UsageError("--speed must be positive")
-    if args.duration is not None and args.duration <= 0:
-        raise UsageError("--duration must be positive")
-    if args.period is not None and not 0.01 <= args.period <= 60:
-        raise UsageError("--period must be between 0.01 and 60 seconds")
+    check_options(args)
+    path = args.config if args.config or args.simulate else DEFAULT_CONFIG
+    mig = None
+    if args.simulate:
+        cfg = _load_config(path)
+    else:  # the drivers' MIG tables first: the config's MIG homes are judged by them (the driver wins)
+        from controller.mig_tables import read_for_config
+
+        mig = read_for_config(_load_config(path))
+        cfg = _load_config(path, checked=True, models=mig.driver_model)
     if args.simulate:
         from replay.scenario import load_scenario
         from replay.simulator import SimulatedHost
@@ -135,17 +201,19 @@ def build(args: argparse.Namespace) -> Setup:
             topo = load_topology(cfg.topology.source, cfg.signals.sys_root, cfg.topology.topo_matrix_file)
         except (OSError, RuntimeError, ValueError) as e:
             raise UsageError(f"topology ({cfg.topology.source}): {e}") from None
-        host = LinuxHost(cfg, topo)
+        host = LinuxHost(cfg, topo, mig=mig)
         spec = host.spec
         period = args.period or cfg.host.sample_period_s
-        until = args.duration
+        # The host clock is wall-clock time: --duration counts from now.
+        until = None if args.duration is None else host.now() + args.duration
         name = cfg.host.name
         cfg_path = args.config or DEFAULT_CONFIG
         dry = args.dry_run
         linux_host = host
 
         def reload_fn() -> HostSpec:
-            new = _load_config(cfg_path)  # validated in full before anything changes
+            # validated in full before anything changes, MIG homes by the tables in force
+            new = _load_config(cfg_path, checked=True, models=linux_host.mig.driver_model)
             assert new is not None
             if dry:
                 new = new.model_copy(update={"host": new.host.model_copy(update={"mode": "dry-run"})})
@@ -222,7 +290,11 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     if getattr(args, "record", None):
         from replay.trace import TraceWriter
 
-        writer = TraceWriter(args.record, s.host_name, s.spec, max_bytes=args.max_bytes)
+        try:
+            writer = TraceWriter(args.record, s.host_name, s.spec, max_bytes=args.max_bytes)
+        except OSError as e:
+            print(f"tailguard {args.command}: --out {args.record}: {e.strerror or e}", file=sys.stderr)
+            return 2
     printer = None if args.quiet else _print_events
     on_obs = writer.write if writer is not None else None
     daemon = Daemon(

@@ -6,34 +6,72 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fsm.mig import Slot
+from fsm.mig import GpuModel, Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
-from schema.problems import problems_of
+from schema.problems import KeyProblem, KeyProblems, problems_of
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
-def _check_name(v: str) -> str:
+def check_name(v: str) -> str:
     if not _NAME.match(v):
         raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '@', '-'")
     return v
 
 
+MQTT_URL = re.compile(r"^mqtts?://[^/:\s]+(:\d{1,5})?/?$")
+
+
+def mqtt_url_ok(v: str) -> bool:
+    m = MQTT_URL.match(v)
+    return m is not None and (not m[1] or 0 < int(m[1][1:]) < 65536)
+
+
 WARM_OUTAGE_S = 1.0  # a warm hand-over's switch-over, budgeted generously
 
 # Host and tenant names end up in metric labels, MQTT topics and file names.
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(check_name)]
+
+
+def _check_abs(v: str) -> str:
+    # The daemon runs with its own working directory (systemd: /): a relative path would name
+    # another file there than where check-config was run.
+    if not v.startswith("/"):
+        raise ValueError("must be an absolute path (starting with '/')")
+    if "\0" in v or "\n" in v:
+        raise ValueError("must not contain NUL or newline")
+    return v
+
+
+AbsPath = Annotated[str, AfterValidator(_check_abs)]
+
+_DEVICE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._+-]{0,63}|\d{1,10}:\d{1,10})$")
+
+
+def _check_device(v: str) -> str:
+    # The topology knows block devices and NICs by name and MAJ:MIN; a path would match no node.
+    if not _DEVICE.match(v):
+        hint = f" (e.g. {PurePosixPath(v).name!r})" if "/" in v and PurePosixPath(v).name else ""
+        raise ValueError(f"must be a plain device name like nvme0n1{hint} or MAJ:MIN like 259:0, not a path")
+    return v
+
+
+Device = Annotated[str, AfterValidator(_check_device)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "yes", 0 or "off" are not booleans and "2" is not a number (TOML has real ones);
+    # no inf/nan anywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def check_cgroup_rel(path: str) -> str:
@@ -54,8 +92,8 @@ class HostConfig(Strict):
     name: Name = "localhost"
     sample_period_s: float = Field(2.0, gt=0.05, le=60)
     mode: Literal["enforce", "dry-run"] = "dry-run"
-    state_dir: str = "/var/lib/tailguard"
-    cgroup_root: str = "/sys/fs/cgroup"
+    state_dir: AbsPath = "/var/lib/tailguard"
+    cgroup_root: AbsPath = "/sys/fs/cgroup"
     cgroup_version: Literal["auto", "v1", "v2"] = "auto"
     lift_throttles_on_exit: bool = True
 
@@ -65,18 +103,23 @@ class LatencySource(Strict):
     url: str | None = None  # prometheus
     metric: str = "vllm:time_to_first_token_seconds"  # histogram base name
     labels: dict[str, str] = {}  # keep only series with these labels
-    path: str | None = None  # jsonl
+    path: AbsPath | None = None  # jsonl
     field: str = "latency_s"  # jsonl field holding seconds
     timeout_s: float = Field(1.0, gt=0, le=30)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return v
 
     @model_validator(mode="after")
     def _needs(self) -> LatencySource:
         if self.kind == "prometheus" and not self.url:
-            raise ValueError("kind 'prometheus' needs url")
-        if self.kind == "prometheus" and self.url and not re.match(r"^https?://", self.url):
-            raise ValueError("url must start with http:// or https://")
+            raise KeyProblem("url", "kind 'prometheus' needs url")
         if self.kind == "jsonl" and not self.path:
-            raise ValueError("kind 'jsonl' needs path")
+            raise KeyProblem("path", "kind 'jsonl' needs path")
         return self
 
 
@@ -94,31 +137,33 @@ class Launcher(Strict):
     def _needs(self) -> Launcher:
         warm = self.handover == "warm"
         if self.kind == "systemd" and (not self.unit or not re.match(r"^[A-Za-z0-9:_.@\\-]+\.service$", self.unit)):
-            raise ValueError("kind 'systemd' needs unit, a name ending in .service")
+            raise KeyProblem("unit", "kind 'systemd' needs unit, a name ending in .service")
         if self.kind == "systemd" and warm and not re.match(r"^[A-Za-z0-9:_.\\-]+@\.service$", self.unit or ""):
-            raise ValueError("handover 'warm' with kind 'systemd' needs unit, a template NAME@.service")
+            raise KeyProblem("unit", "handover 'warm' with kind 'systemd' needs unit, a template NAME@.service")
         if self.kind == "command" and not self.command:
-            raise ValueError("kind 'command' needs command, a non-empty list of arguments")
+            raise KeyProblem("command", "kind 'command' needs command, a non-empty list of arguments")
         if self.kind == "command" and warm and not self.stop_command:
-            raise ValueError("handover 'warm' with kind 'command' needs stop_command, a non-empty list of arguments")
+            raise KeyProblem(
+                "stop_command", "handover 'warm' with kind 'command' needs stop_command, a non-empty list of arguments"
+            )
         if self.stop_command is not None and (self.kind != "command" or not warm):
-            raise ValueError("stop_command is for kind 'command' with handover 'warm'")
+            raise KeyProblem("stop_command", "stop_command is for kind 'command' with handover 'warm'")
         if self.ready_command is not None and not warm:
-            raise ValueError("ready_command is for handover 'warm'")
+            raise KeyProblem("ready_command", "ready_command is for handover 'warm'")
         for key in ("command", "stop_command", "ready_command"):
             argv = getattr(self, key)
             if argv is not None and (not argv or any(not a or "\0" in a for a in argv)):
-                raise ValueError(f"{key} must be a non-empty list of non-empty arguments without NUL")
+                raise KeyProblem(key, f"{key} must be a non-empty list of non-empty arguments without NUL")
         return self
 
 
 class TenantConfig(Strict):
     name: Name
-    role: Role
+    role: Annotated[Role, Field(strict=False)]  # the TOML string names the enum member
     cgroup: str | None = None
-    gpu: str | None = None
+    gpu: Name | None = None
     instance: str | None = None  # GPU/PROFILE@START, e.g. gpu0/3g.20gb@4
-    devices: list[str] = []
+    devices: list[Device] = []
     slo_ms: float | None = Field(None, gt=0)
     quantile: float = Field(0.99, gt=0, lt=1)
     latency: LatencySource | None = None
@@ -143,15 +188,18 @@ class TenantConfig(Strict):
 
     @model_validator(mode="after")
     def _sensitive(self) -> TenantConfig:
+        problems = []
         if self.role is Role.SENSITIVE:
             if self.slo_ms is None:
-                raise ValueError("a sensitive tenant needs slo_ms")
+                problems.append(KeyProblem("slo_ms", "a sensitive tenant needs slo_ms"))
             if self.latency is None:
-                raise ValueError("a sensitive tenant needs a [latency] source")
+                problems.append(KeyProblem("latency", "a sensitive tenant needs a [tenants.latency] source"))
         if self.instance is not None:
             ref = InstanceRef.parse(self.instance)
             if self.gpu is not None and ref.gpu != self.gpu:
-                raise ValueError(f"instance {self.instance} is not on gpu {self.gpu}")
+                problems.append(KeyProblem("instance", f"{self.instance} is not on gpu {self.gpu!r} (key gpu)"))
+        if problems:
+            raise KeyProblems(problems)
         return self
 
     def to_spec(self) -> TenantSpec:
@@ -204,8 +252,14 @@ class PolicyConfig(Strict):
     max_reconfigs_per_hour: int = Field(4, ge=0, le=60)
     outage_budget_share: float = Field(0.5, ge=0, le=10)  # 0: no limit
     backoff_s: float = Field(60.0, ge=0)
+    backoff_max_s: float = Field(900.0, ge=0)
     in_flight_timeout_s: float = Field(300.0, gt=0)
     io_share_tier: Literal["switch", "root_complex", "numa", "system"] = "numa"
+    # Diagnosis thresholds: what counts as pressure on the victim's path and GPU.
+    pcie_busy_ratio: float = Field(0.5, gt=0, le=1)
+    sm_busy: float = Field(0.85, gt=0, le=1)
+    dram_busy: float = Field(0.8, gt=0, le=1)
+    high_bw_bps: float = Field(1e9, gt=0)
     mig_ladder: dict[str, list[str]] = {}  # GPU model -> profile names, smallest first
     levers: Levers = Levers()
 
@@ -227,6 +281,12 @@ class PolicyConfig(Strict):
             out[model.key] = names
         return out
 
+    @model_validator(mode="after")
+    def _backoff(self) -> PolicyConfig:
+        if self.backoff_max_s < self.backoff_s:
+            raise KeyProblem("backoff_max_s", f"must be at least backoff_s ({self.backoff_s:g})")
+        return self
+
     def to_policy(self, enforce: bool) -> Policy:
         tier = {"switch": Tier.SWITCH, "root_complex": Tier.ROOT_COMPLEX, "numa": Tier.NUMA, "system": Tier.SYSTEM}
         return Policy(
@@ -245,8 +305,13 @@ class PolicyConfig(Strict):
             max_reconfigs_per_hour=self.max_reconfigs_per_hour,
             outage_budget_share=self.outage_budget_share or None,
             backoff_s=self.backoff_s,
+            backoff_max_s=self.backoff_max_s,
             in_flight_timeout_s=self.in_flight_timeout_s,
             io_share_tier=tier[self.io_share_tier],
+            pcie_busy_ratio=self.pcie_busy_ratio,
+            sm_busy=self.sm_busy,
+            dram_busy=self.dram_busy,
+            high_bw_bps=self.high_bw_bps,
             mig_ladder={k: tuple(v) for k, v in self.mig_ladder.items()},
             early_guard=self.levers.early_guard,
             guards=self.levers.guards,
@@ -260,23 +325,38 @@ class PolicyConfig(Strict):
 class PrometheusExporter(Strict):
     enabled: bool = True
     listen: str = "127.0.0.1:9433"
+    # /metrics and /status (with decision evidence) on a non-loopback address: only when asked.
+    allow_remote: bool = False
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9433")
+        from controller.listen import split_listen
+
+        split_listen(v)
         return v
+
+    @model_validator(mode="after")
+    def _remote(self) -> PrometheusExporter:
+        from controller.listen import is_loopback, split_listen
+
+        host, _ = split_listen(self.listen)
+        if self.enabled and not is_loopback(host) and not self.allow_remote:
+            raise KeyProblem(
+                "listen",
+                f"{self.listen} is reachable from other hosts (metrics and /status with decision evidence):"
+                " set allow_remote = true beside it to mean it, or listen on 127.0.0.1",
+            )
+        return self
 
 
 class MqttExporter(Strict):
     enabled: bool = False
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
-    password_file: str | None = None  # never the password itself in the config
+    password_file: AbsPath | None = None  # never the password itself in the config
     tls: bool = False
-    tls_ca: str | None = None
+    tls_ca: AbsPath | None = None
     queue_max: int = Field(1000, ge=1, le=1_000_000)
     control_topic: bool = False  # pause / resume / dry-run over MQTT; off by default
     latency_ingest: bool = True
@@ -284,14 +364,17 @@ class MqttExporter(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^mqtts?://[^/:]+(:\d{1,5})?/?$", v):
+        if not mqtt_url_ok(v):
             raise ValueError("must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
         return v
 
     @model_validator(mode="after")
     def _auth(self) -> MqttExporter:
         if self.control_topic and not self.username:
-            raise ValueError("control_topic needs username/password_file (authentication)")
+            raise KeyProblem("control_topic", "control_topic needs username/password_file (authentication)")
+        if self.tls_ca is not None and not self.tls and not self.url.startswith("mqtts://"):
+            # The CA would be ignored and the connection left in plain text.
+            raise KeyProblem("tls_ca", "tls_ca is set but TLS is off: set tls = true or use an mqtts:// url")
         return self
 
 
@@ -305,12 +388,19 @@ class Signals(Strict):
     dcgm: Literal["auto", "pydcgm", "exporter", "off"] = "auto"
     dcgm_exporter_url: str | None = "http://127.0.0.1:9400/metrics"
     timeout_s: float = Field(1.0, gt=0, le=30)
-    proc_root: str = "/proc"
-    sys_root: str = "/sys"
+    proc_root: AbsPath = "/proc"
+    sys_root: AbsPath = "/sys"
+
+    @field_validator("dcgm_exporter_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return v
 
 
 class GpuConfig(Strict):
-    name: str  # gpu0
+    name: Name  # gpu0
     index: int = Field(ge=0)
     model: str | None = None  # A100-SXM4-40GB; default: what NVML reports
 
@@ -329,7 +419,7 @@ class GpuConfig(Strict):
 
 class TopologyConfig(Strict):
     source: Literal["auto", "sysfs", "topo-matrix", "none"] = "auto"
-    topo_matrix_file: str | None = None
+    topo_matrix_file: AbsPath | None = None
 
 
 class Config(Strict):
@@ -343,25 +433,13 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
-        names = [t.name for t in self.tenants]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"tenant names must be unique; repeated: {', '.join(dup)}")
-        gnames = [g.name for g in self.gpus]
-        if len(set(gnames)) != len(gnames):
-            raise ValueError("gpu names must be unique")
-        homes = [t.instance for t in self.tenants if t.instance]
-        if len(set(homes)) != len(homes):
-            raise ValueError("two tenants name the same MIG instance")
-        for t in self.tenants:
-            if t.instance and self.gpus and InstanceRef.parse(t.instance).gpu not in gnames:
-                raise ValueError(f"tenant {t.name}: instance {t.instance} is on a GPU not in [[gpus]]")
-        pushed = [t.name for t in self.tenants if t.latency is not None and t.latency.kind == "mqtt"]
-        if pushed and not self.exporters.mqtt.enabled:
-            # Their latencies arrive on tailguard/<host>/latency/<tenant>: without the bridge, never.
-            raise ValueError(
-                f"tenant(s) {', '.join(pushed)} push latency over MQTT: set exporters.mqtt.enabled = true"
-            )
+        # Checks across sections (GPU references, MIG placement, shared cgroups, ...) live in
+        # controller/config_checks.py; each problem names its key path and the tenants involved.
+        from controller.config_checks import model_problems
+
+        errors = [KeyProblem(p.key, p.message) for p in model_problems(self) if p.error]
+        if errors:
+            raise KeyProblems(errors)
         return self
 
     @property
@@ -378,10 +456,19 @@ class Config(Strict):
 class ConfigError(Exception):
     """All problems with a config file, each naming the file, the key path and what was wrong."""
 
-    def __init__(self, file: str, problems: list[str]) -> None:
+    def __init__(self, file: str, problems: list[str], warnings: list[str] | None = None) -> None:
         self.file = file
         self.problems = problems
+        self.warnings = warnings or []
         super().__init__("\n".join(f"{file}: {p}" for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A config that passed every check, and the warnings that remain (legal, probably not meant)."""
+
+    config: Config
+    warnings: list[str]
 
 
 def parse_config(text: str, file: str = "<config>") -> Config:
@@ -397,6 +484,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
+    """The validated config (per key and across sections); the filesystem is not looked at."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -405,6 +493,26 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError as e:
         raise ConfigError(str(p), [f"not UTF-8 text: {e}"]) from None
     return parse_config(text, str(p))
+
+
+def check_loaded(cfg: Config, file: str, models: Callable[[str], GpuModel | None] | None = None) -> Checked:
+    """Everything beyond the model: MIG homes against the GPUs' profile tables (`models`: the
+    driver's, where known; see config_checks.mig_problems), the files and programs the config
+    names, and the warnings. Raises ConfigError (with the warnings) when any problem is an error."""
+    from controller.config_checks import mig_problems, model_problems
+    from controller.config_files import file_problems
+
+    problems = [p for p in model_problems(cfg) if not p.error] + mig_problems(cfg, models) + file_problems(cfg)
+    warnings = [p.line() for p in problems if not p.error]
+    errors = [p.line() for p in problems if p.error]
+    if errors:
+        raise ConfigError(file, errors, warnings)
+    return Checked(cfg, warnings)
+
+
+def load_checked(path: str | Path, models: Callable[[str], GpuModel | None] | None = None) -> Checked:
+    """What `check-config`, `run` and a SIGHUP reload use: load_config, then check_loaded."""
+    return check_loaded(load_config(path), str(path), models)
 
 
 def layout_of(text: str) -> tuple[Slot, ...]:

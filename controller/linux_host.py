@@ -19,7 +19,7 @@ from actuators.reconciler import Reconciler
 from controller.config import Config
 from controller.exporters.snapshot import MigTableView
 from controller.mig_probe import check_against_driver
-from controller.mig_tables import DRIVER_RECHECK_S, MigTables
+from controller.mig_tables import DRIVER_RECHECK_S, MIG_READ_TIMEOUT_S, MIG_START_BUDGET_S, MigTables, gpu_maps
 from controller.signals.base import SamplerStats
 from controller.signals.collect import SignalCollector
 from fsm.desired import DesiredState
@@ -29,11 +29,6 @@ from fsm.spec import HostSpec
 from fsm.topology import Topology
 
 log = logging.getLogger("tailguard.host")
-
-# Reading the drivers' MIG tables at start (one query, then -lgip and -lgipp per GPU) is bounded as
-# a whole, and each call on its own: systemd's start timeout must cover it (TimeoutStartSec).
-MIG_START_BUDGET_S = 20.0
-MIG_READ_TIMEOUT_S = 10.0
 
 
 def host_spec(cfg: Config, topology: Topology, mig_tables: Mapping[str, GpuModel] | None = None) -> HostSpec:
@@ -57,6 +52,7 @@ class LinuxHost:
         collector: SignalCollector | None = None,
         reconciler: Reconciler | None = None,
         lift_throttles_on_exit: bool | None = None,
+        mig: MigTables | None = None,
     ) -> None:
         self.cfg = cfg
         self.topology = topology
@@ -67,7 +63,7 @@ class LinuxHost:
         # The MIG tables in force: read through the reconciler's nvidia-smi at start, again when the
         # driver version changes. The daemon picks up a new `mig_tables` mapping on its next tick.
         path = getattr(getattr(self.reconciler, "nvsmi", None), "path", "nvidia-smi")
-        self.mig = MigTables(NvidiaSmi(path, timeout=MIG_READ_TIMEOUT_S), *_gpu_maps(cfg))
+        self.mig = mig or MigTables(NvidiaSmi(path, timeout=MIG_READ_TIMEOUT_S), *gpu_maps(cfg))
         self.mig_tables: Mapping[str, GpuModel] = self.spec.mig_tables
         self._mig_due = time.monotonic() + DRIVER_RECHECK_S
         self._mig_task: asyncio.Task[None] | None = None
@@ -77,25 +73,34 @@ class LinuxHost:
         return time.time()
 
     async def start(self) -> dict[str, Any]:
-        """The drivers' MIG tables, then crash recovery from the journal, before the first tick."""
-        try:
-            async with asyncio.timeout(MIG_START_BUDGET_S):
-                await self.refresh_mig_tables(force=True)
-        except TimeoutError:  # a hung driver must not hold the start: retried in the background
-            log.warning("MIG tables: nvidia-smi did not answer within %.0f s; the built-in tables apply meanwhile",
-                        MIG_START_BUDGET_S)  # fmt: skip
-            self._mig_force = True
+        """The drivers' MIG tables (unless `run` read them already to check the config), then
+        crash recovery from the journal, before the first tick."""
+        if not self.mig.attempted:
+            try:
+                async with asyncio.timeout(MIG_START_BUDGET_S):
+                    await self.mig.refresh(force=True)
+            except TimeoutError:  # a hung driver must not hold the start: retried in the background
+                log.warning(
+                    "MIG tables: nvidia-smi did not answer within %.0f s; the built-in tables apply meanwhile",
+                    MIG_START_BUDGET_S,
+                )
+        if not self.mig.tables and self.mig.attempted and not self.mig.last_error:
+            self._mig_force = True  # timed out: read again on the next tick, in the background
+        self._apply_mig()
         check_against_driver(self.cfg, self.mig)  # raises DriverMismatch: `run` exits 2 naming the keys
         return await self.reconciler.recover()
 
     async def refresh_mig_tables(self, force: bool = False) -> bool:
         changed = await self.mig.refresh(force)
         if changed:
-            self.mig_tables = self.mig.overrides()
-            self.spec = replace(self.spec, mig_tables=self.mig_tables)
-            self.reconciler.use_mig_tables(self.mig.in_force())
-            self.collector.use_mig_tables(self.mig.in_force())
+            self._apply_mig()
         return changed
+
+    def _apply_mig(self) -> None:
+        self.mig_tables = self.mig.overrides()
+        self.spec = replace(self.spec, mig_tables=self.mig_tables)
+        self.reconciler.use_mig_tables(self.mig.in_force())
+        self.collector.use_mig_tables(self.mig.in_force())
 
     def mig_table_views(self) -> dict[str, MigTableView]:
         return {
@@ -155,13 +160,13 @@ class LinuxHost:
         """A new config: new samplers (sources may have changed), same reconciler (it owns caps).
         Raises DriverMismatch (the old config stays) when it asks for MIG settings the drivers'
         tables read so far do not offer."""
-        if _gpu_maps(cfg) == (self.mig.gpus, self.mig.models):
+        if gpu_maps(cfg) == (self.mig.gpus, self.mig.models):
             check_against_driver(cfg, self.mig)
         self.collector = SignalCollector(cfg, self.topology)
         self.collector.use_mig_tables(self.mig.in_force())
         self.cfg = cfg
         self.spec = host_spec(cfg, self.topology, self.mig_tables)
-        gpus, models = _gpu_maps(cfg)
+        gpus, models = gpu_maps(cfg)
         if gpus != self.mig.gpus or models != self.mig.models:  # re-read for the new [[gpus]] soon
             self.mig.gpus, self.mig.models, self._mig_force = gpus, models, True
         return self.spec
@@ -171,6 +176,3 @@ class LinuxHost:
             self._mig_task.cancel()
         await self.reconciler.shutdown(self.lift)
 
-
-def _gpu_maps(cfg: Config) -> tuple[dict[str, int], dict[str, str]]:
-    return {g.name: g.index for g in cfg.gpus}, {g.name: g.model for g in cfg.gpus if g.model}

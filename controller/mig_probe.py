@@ -1,19 +1,17 @@
-"""`check-config --probe`: the config's MIG settings against the tables the drivers list.
+"""The config's MIG settings against the tables the drivers list (`check-config --probe`, `run`).
 
-Offline, check-config judges MIG instances by the built-in tables (fsm.mig); on a host with a
-driver the driver's listing is what `run` will use (controller/mig_tables.py), so the probe checks
-again against it: GPU indexes the driver does not list, home instances whose profile the driver
-does not offer or whose start it does not allow, overlapping homes, and mig_ladder profiles.
+Offline, check-config judges MIG homes by the built-in tables (fsm.mig); on a host with a driver,
+the driver's listing is what `run` uses (controller/mig_tables.py), so the homes are judged again
+by it (config_checks.mig_problems with the driver's tables: the driver wins), and on top: GPU
+indexes the driver does not list, mig_ladder profiles it does not offer; warnings for a configured
+model the driver contradicts and for every way a driver's table differs from the built-in one.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from controller.config import Config
+from controller.config_checks import Problem, mig_problems
 from controller.mig_tables import MigTables
-from fsm.mig import Slot, layout_problems
-from fsm.observation import InstanceRef
 
 
 class DriverMismatch(ValueError):
@@ -26,68 +24,42 @@ class DriverMismatch(ValueError):
 
 def check_against_driver(cfg: Config, tables: MigTables) -> None:
     """For `run` (at start and on SIGHUP): raise DriverMismatch when the tables read say no."""
+    homes = [p.line() for p in mig_problems(cfg, tables.driver_model) if p.error]
     problems, _ = driver_problems(cfg, tables)
-    if problems:
-        raise DriverMismatch(problems)
-
-
-async def probe_config(cfg: Config, tables: MigTables) -> tuple[list[str], list[str]]:
-    """(problems, warnings), each naming the key path (and the tenants involved)."""
-    await tables.refresh(force=True)
-    return driver_problems(cfg, tables)
+    if homes or problems:
+        raise DriverMismatch(homes + problems)
 
 
 def driver_problems(cfg: Config, tables: MigTables) -> tuple[list[str], list[str]]:
-    """The same against tables already read (nothing is judged where no driver listing was read)."""
-    problems: list[str] = []
-    warnings: list[str] = []
+    """(problems, warnings) beyond the MIG homes, as `key: message` lines (nothing is judged
+    where no driver listing was read)."""
+    out: list[Problem] = []
     if tables.last_error:
-        warnings.append(f"--probe: {tables.last_error}; MIG settings were checked against the built-in tables only")
-        return problems, warnings
+        why = f"{tables.last_error}; MIG settings were checked against the built-in tables only"
+        return [], [Problem("gpus", why, error=False).line()]
     by_gpu = tables.tables
     for i, g in enumerate(cfg.gpus):
         t = by_gpu.get(g.name)
+        key = f"gpus[{i}]({g.name})"
         if t is None:
             continue
         if t.error.startswith("nvidia-smi lists no GPU"):
-            problems.append(f"gpus[{i}]({g.name}).index: index {g.index}, but {t.error}")
+            out.append(Problem(f"{key}.index", f"index {g.index}, but {t.error}"))
         elif t.error:
-            warnings.append(f"gpus[{i}]({g.name}): {t.error}; its built-in table was used")
+            out.append(Problem(key, f"{t.error}; its built-in table is used", error=False))
         if g.model and t.model is not None and t.builtin is not None and t.source == "driver":
             listed = t.model.name
             if t.builtin.key != g.model and listed not in (g.model, f"NVIDIA {g.model}"):
-                warnings.append(f"gpus[{i}]({g.name}).model: {g.model!r} configured, the driver reports {listed}")
+                out.append(Problem(f"{key}.model", f"{g.model!r} configured, the driver reports {listed}", False))
         for d in t.differences:
-            warnings.append(f"gpus[{i}]({g.name}): driver table differs (the driver wins): {d}")
-    homes: dict[str, list[tuple[int, str, Slot]]] = defaultdict(list)
-    for i, tc in enumerate(cfg.tenants):
-        if not tc.instance:
-            continue
-        ref = InstanceRef.parse(tc.instance)
-        t = by_gpu.get(ref.gpu)
-        if t is None or t.model is None or t.source != "driver":
-            continue
-        where = f"tenants[{i}]({tc.name}).instance"
-        if not t.model.has_profile(ref.profile):
-            offered = ", ".join(p.name for p in t.model.profiles)
-            problems.append(f"{where}: {ref.gpu}'s driver does not offer {ref.profile} (it offers {offered})")
-            continue
-        p = t.model.profile(ref.profile)
-        if ref.start not in p.placements:
-            problems.append(f"{where}: {p.name} may start only at {list(p.placements)} on {ref.gpu}'s driver")
-            continue
-        homes[ref.gpu].append((i, tc.name, ref.slot))
-    for gpu, items in sorted(homes.items()):
-        model = by_gpu[gpu].model
-        assert model is not None
-        for msg in layout_problems(model, [s for _, _, s in items]):
-            names = ", ".join(f"tenants[{i}]({n}).instance" for i, n, s in items if str(s) in msg)
-            problems.append(f"{names or 'tenants'}: instances on {gpu}: {msg}")
-    for key, ladder in cfg.policy.mig_ladder.items():
+            out.append(Problem(key, f"the driver's MIG table differs from the built-in one (it wins): {d}", False))
+    for model_key, ladder in cfg.policy.mig_ladder.items():
         for gname, t in sorted(by_gpu.items()):
-            if t.model is None or t.model.key != key or t.source != "driver":
+            if t.model is None or t.model.key != model_key or t.source != "driver":
                 continue
             missing = [n for n in ladder if not t.model.has_profile(n)]
             if missing:
-                problems.append(f"policy.mig_ladder.{key}: {gname}'s driver does not offer {', '.join(missing)}")
-    return problems, warnings
+                out.append(
+                    Problem(f"policy.mig_ladder.{model_key}", f"{gname}'s driver does not offer {', '.join(missing)}")
+                )
+    return [p.line() for p in out if p.error], [p.line() for p in out if not p.error]

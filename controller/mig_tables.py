@@ -23,6 +23,10 @@ from fsm.migdriver import table_differences
 log = logging.getLogger("tailguard.mig")
 
 DRIVER_RECHECK_S = 300.0  # a driver upgrade under a running daemon is rare; one cheap query per 5 min
+# Reading the tables at start (one query, then -lgip and -lgipp per GPU) is bounded as a whole and
+# per call: systemd's start timeout must cover it (TimeoutStartSec).
+MIG_START_BUDGET_S = 20.0
+MIG_READ_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,12 @@ class MigTables:
     tables: dict[str, GpuTable] = field(default_factory=dict)
     driver: str | None = None  # the version the tables were read under
     last_error: str = ""
+    attempted: bool = False  # a read was started (it may have timed out)
+
+    def driver_model(self, gpu: str) -> GpuModel | None:
+        """The driver's table of `gpu` where one was read (the `models` hook of config_checks)."""
+        t = self.tables.get(gpu)
+        return t.model if t is not None and t.source == "driver" else None
 
     def in_force(self) -> dict[str, GpuModel]:
         """gpu -> the table in force (driver or built-in), for the actuators and samplers."""
@@ -99,6 +109,7 @@ class MigTables:
     async def refresh(self, force: bool = False) -> bool:
         """Re-read when forced or when the driver version changed. Returns True when the tables in
         force changed. Never raises for a missing or failing nvidia-smi: the built-in tables stay."""
+        self.attempted = True
         try:
             version, listed = await self.driver_version()
         except NvsmiError as e:
@@ -137,6 +148,25 @@ class MigTables:
             return self._builtin_only(gpu, index, str(e), name, driver)
         diff = tuple(table_differences(base, model))
         return GpuTable(gpu, index, model, base, "driver", driver, diff, tuple(notes))
+
+
+def read_for_config(cfg: Any, nvidia_smi: str = "nvidia-smi", budget_s: float | None = None) -> MigTables:
+    """The drivers' tables for a config's [[gpus]], read now (outside any event loop), within
+    MIG_START_BUDGET_S; on a timeout the tables stay empty (the built-in ones apply)."""
+    import asyncio
+
+    t = MigTables(NvidiaSmi(nvidia_smi, timeout=MIG_READ_TIMEOUT_S), *gpu_maps(cfg))
+    budget = MIG_START_BUDGET_S if budget_s is None else budget_s
+    try:
+        asyncio.run(asyncio.wait_for(t.refresh(force=True), budget))
+    except TimeoutError:
+        log.warning("MIG tables: nvidia-smi did not answer within %.0f s; the built-in tables apply meanwhile", budget)
+    return t
+
+
+def gpu_maps(cfg: Any) -> tuple[dict[str, int], dict[str, str]]:
+    """(gpu name -> index, gpu name -> configured model key) of a Config's [[gpus]]."""
+    return {g.name: g.index for g in cfg.gpus}, {g.name: g.model for g in cfg.gpus if g.model}
 
 
 def _log_table(t: GpuTable) -> None:

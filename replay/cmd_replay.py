@@ -7,10 +7,14 @@ tailguard replay --shadow TRACE [--quiet]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import os
 import sys
 import time
 from typing import Any
+
+from schema.outputs import check_output_dir, check_output_file
 
 DEFAULT_SCENARIO = "paper-p4d"
 DEFAULT_DURATION_S = 3600.0  # one simulated hour: one full on/off cycle of paper-p4d, a few seconds
@@ -57,8 +61,16 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not policies:
         return _err(f"--policies: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(POLICIES)}")
     duration = args.duration if args.duration is not None else scenario.meta.duration_s
-    if duration <= 0:
-        return _err("--duration must be positive")
+    if not 0 < duration < float("inf"):
+        return _err("--duration must be a positive number of seconds")
+    # Output paths and the plotting library before the long part, not after it.
+    for opt, path in (("--json", args.json_out), ("--plot", args.plot)):
+        if path:
+            why = check_output_file(path)
+            if why:
+                return _err(f"{opt} {path}: {why}")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        return _err("--plot needs matplotlib (pip install 'tailguard[plot]')")
     seed = args.seed if args.seed is not None else scenario.meta.seed
     t0 = time.monotonic()
     need = policies if "static" in policies else [*policies, "static"]  # throughput is vs static
@@ -72,13 +84,20 @@ def run(args: argparse.Namespace) -> int:
         f"windows over the SLO; thr = work vs static; actions and reconfigurations per host-hour)"
     )
     if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as f:
-            f.write(report.to_json(scenario, seed, duration, summary))
+        try:
+            with open(args.json_out, "w", encoding="utf-8") as f:
+                f.write(report.to_json(scenario, seed, duration, summary))
+        except OSError as e:  # checked above; the disk may have filled since
+            with contextlib.suppress(OSError):
+                os.unlink(args.json_out)  # no truncated JSON left for a reader to trip on
+            return _err(f"--json {args.json_out}: {e.strerror or e}")
     if args.plot:
         try:
             report.plot(scenario, shown, args.plot)
         except ImportError:
             return _err("--plot needs matplotlib (pip install 'tailguard[plot]')")
+        except OSError as e:
+            return _err(f"--plot {args.plot}: {e.strerror or e}")
     return 0
 
 
@@ -86,8 +105,12 @@ def run_shadow(path: str, quiet: bool) -> int:
     from replay.shadow import describe_desired, format_event, shadow
     from replay.trace import TraceError
 
+    def cut(line: int) -> None:
+        print(f"tailguard replay: warning: {path}:{line}: line cut short (the recorder stopped mid-write);"
+              " skipped", file=sys.stderr, flush=True)  # fmt: skip
+
     try:
-        header, ticks, summary = shadow(path)
+        header, ticks, summary = shadow(path, on_cut=cut)
         print(f"trace {path}: host {header.host}, recorded {header.created}, schema {header.schema}")
         last = ""
         for t, events, desired in ticks:
@@ -107,6 +130,8 @@ def run_shadow(path: str, quiet: bool) -> int:
     if summary.levers:
         print(f"escalations by lever: {dict(sorted(summary.levers.items()))}")
     print(f"final levels: {summary.final_levels or 'no sensitive tenant'}")
+    if summary.cut_lines:
+        print(f"lines cut short and skipped: {', '.join(map(str, summary.cut_lines))}")
     if summary.bad_input:
         print(f"bad input values (ignored): {summary.bad_input}")
     return 0
@@ -114,7 +139,10 @@ def run_shadow(path: str, quiet: bool) -> int:
 
 def demo(out_dir: str) -> int:
     """`make demo`: the default scenario, all policies, JSON and plot into out_dir."""
-    os.makedirs(out_dir, exist_ok=True)
+    why = check_output_dir(out_dir)
+    if why:
+        print(f"tailguard demo: --out {out_dir}: {why}", file=sys.stderr)
+        return 2
     ns = argparse.Namespace(
         shadow=None,
         quiet=False,
@@ -126,7 +154,19 @@ def demo(out_dir: str) -> int:
         plot=os.path.join(out_dir, "replay.png"),
         jobs=None,
     )
+    from replay.scenario import ScenarioError, load_scenario
+
+    try:
+        hours = load_scenario(DEFAULT_SCENARIO).meta.duration_s / 3600
+    except ScenarioError as e:
+        return _err(str(e))
+    print(f"== tailguard demo: the policy replay of {DEFAULT_SCENARIO}, {hours:g} simulated hour(s) ==")
     rc = run(ns)
     if rc == 0:
         print(f"wrote {ns.json_out} and {ns.plot}")
+        print(
+            f"\nThis table covers {hours:g} simulated hour(s), including the first interference episode's"
+            " transient (the move of T1 and its queueing set the p999). README.md ('Results') and"
+            " docs/results.md show 24 simulated hours: tailguard replay paper-p4d --duration 86400."
+        )
     return rc

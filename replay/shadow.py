@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from fsm.decide import decide
@@ -24,16 +24,24 @@ class ShadowSummary:
     levers: Counter[str] = field(default_factory=Counter)  # lever of escalations
     final_levels: dict[str, str] = field(default_factory=dict)
     bad_input: dict[str, int] = field(default_factory=dict)
+    cut_lines: list[int] = field(default_factory=list)  # lines cut short by a crash, skipped
 
 
 def shadow(
-    path: str | os.PathLike[str], spec: HostSpec | None = None
+    path: str | os.PathLike[str], spec: HostSpec | None = None, on_cut: Callable[[int], None] | None = None
 ) -> tuple[TraceHeader, Iterator[tuple[float, tuple[DecisionEvent, ...], DesiredState]], ShadowSummary]:
-    """(header, per-tick (t, events, desired) iterator, summary filled as it is consumed)."""
-    header, observations = read_trace(path)
+    """(header, per-tick (t, events, desired) iterator, summary filled as it is consumed).
+    `on_cut(line)`: told of each line cut short by a crash, as it is skipped."""
+    summary = ShadowSummary()
+
+    def cut(line: int) -> None:
+        summary.cut_lines.append(line)
+        if on_cut is not None:
+            on_cut(line)
+
+    header, observations = read_trace(path, cut)
     base = spec or header.spec
     spec_ = replace(base, policy=replace(base.policy, enforce=False))
-    summary = ShadowSummary()
 
     def ticks() -> Iterator[tuple[float, tuple[DecisionEvent, ...], DesiredState]]:
         state = ControllerState()

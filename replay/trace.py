@@ -8,8 +8,10 @@ Format `tailguard.trace/1`, JSON lines (UTF-8, one object per line):
     {"kind": "decision", ...}                                         optional; readers skip it
 
 The writer is line-buffered and fsyncs every few seconds, so a crash loses at most the last few
-seconds and leaves at worst one torn last line, which the reader tolerates. Any other bad line is
-an error naming the file and the line number. A file that grows past `max_bytes` is rotated to
+seconds and leaves at worst one torn line, which the reader skips and reports (with its line
+number) through `on_cut`: the last line without its newline, or, after a restart appended to the
+file, a line whose JSON stops short. Any other bad line is an error naming the file and the line
+number. A file that grows past `max_bytes` is rotated to
 `PATH.1` (older ones shift to `.2`, ... up to `keep`), and the new file starts with a fresh header,
 so every file can be read on its own.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,11 +183,13 @@ def _parse_header(file: str, line: str) -> TraceHeader:
     return TraceHeader(schema=schema, host=data["host"], created=data["created"], spec=spec)
 
 
-def read_trace(path: str | os.PathLike[str]) -> tuple[TraceHeader, Iterator[Observation]]:
+def read_trace(
+    path: str | os.PathLike[str], on_cut: Callable[[int], None] | None = None
+) -> tuple[TraceHeader, Iterator[Observation]]:
     """The header (read now) and a lazy iterator over the observations.
 
-    A torn last line (no final newline and not valid JSON) is skipped; any other bad line raises
-    TraceError naming the file and line number.
+    A line cut short by a crash (see the module docstring) is skipped and its number given to
+    `on_cut`; any other bad line raises TraceError naming the file and line number.
     """
     file = str(path)
     try:
@@ -205,10 +209,15 @@ def read_trace(path: str | os.PathLike[str]) -> tuple[TraceHeader, Iterator[Obse
     except TraceError:
         f.close()
         raise
-    return header, _observations(f, file)
+    return header, _observations(f, file, on_cut)
 
 
-def _observations(f: IO[str], file: str) -> Iterator[Observation]:
+def _cut_short(line: str, e: json.JSONDecodeError) -> bool:
+    """The JSON parser ran out of text: a line that stops mid-record, not one that is garbage."""
+    return e.msg.startswith("Unterminated string") or e.pos >= len(line.rstrip("\n"))
+
+
+def _observations(f: IO[str], file: str, on_cut: Callable[[int], None] | None) -> Iterator[Observation]:
     with f:
         lineno = 1
         while True:
@@ -225,8 +234,11 @@ def _observations(f: IO[str], file: str) -> Iterator[Observation]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as e:
-                if torn:
-                    return  # the writer died mid-line: tolerated
+                if torn or (line.lstrip().startswith("{") and _cut_short(line, e)):
+                    # The writer died mid-line (a restart starts on a fresh line): skipped, reported.
+                    if on_cut is not None:
+                        on_cut(lineno)
+                    continue
                 raise TraceError(file, f"not JSON: {e.msg} at column {e.colno}", lineno) from None
             if not isinstance(data, dict):
                 raise TraceError(file, "expected a JSON object", lineno)

@@ -2,13 +2,36 @@
 
 Shared by the config (controller/config.py) and scenario (replay/scenario.py) loaders, so that an
 operator reads the same kind of message for either file: `tenants[0](llm).slo_ms: ... (got -1)`.
+
+A validator that checks several fields together raises `KeyProblem` (one key) or `KeyProblems`
+(several, e.g. two tenants naming the same MIG instance): each names the key it is about, relative
+to the model that raised it, so that the line points at that key and not at the model as a whole.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
+
+
+class KeyProblem(ValueError):
+    """A problem with `key` (a dotted path relative to the validated model, '' for the model)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+class KeyProblems(ValueError):
+    """Several problems found at once by one validator."""
+
+    def __init__(self, problems: Iterable[KeyProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{p.key}: {p.message}" for p in self.problems))
 
 
 def key_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -34,13 +57,37 @@ def key_path(loc: tuple[Any, ...], data: Any) -> str:
     return out or "<top level>"
 
 
+def split_key(key: str) -> tuple[Any, ...]:
+    """'tenants[2](etl).instance' -> ('tenants', 2, 'instance'): a KeyProblem's key as a pydantic
+    loc (a `(NAME)` label is dropped: key_path puts it back from the data)."""
+    out: list[Any] = []
+    for part in re.sub(r"\([^()]*\)", "", key).split(".") if key else ():
+        name, _, rest = part.partition("[")
+        if name:
+            out.append(name)
+        for idx in rest.replace("]", "").split("[") if rest else ():
+            out.append(int(idx))
+    return tuple(out)
+
+
 def problems_of(e: ValidationError, data: Any) -> list[str]:
     """One line per error: where, what was expected, and what was found (scalars only)."""
     out = []
     for err in e.errors(include_url=False):
-        msg = "unknown key (not allowed here)" if err["type"] == "extra_forbidden" else err["msg"]
+        loc = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, KeyProblems | KeyProblem):
+            for p in cause.problems if isinstance(cause, KeyProblems) else [cause]:
+                out.append(f"{key_path(loc + split_key(p.key), data)}: {p.message}")
+            continue
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here)"
+        elif err["type"] == "value_error" and cause is not None:
+            msg = str(cause)  # without pydantic's "Value error, " prefix
+        else:
+            msg = err["msg"]
         got = err.get("input")
         quiet = err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict | list)
         shown = "" if quiet else f" (got {got!r})"
-        out.append(f"{key_path(tuple(err['loc']), data)}: {msg}{shown}")
+        out.append(f"{key_path(loc, data)}: {msg}{shown}")
     return out

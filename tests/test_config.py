@@ -49,11 +49,11 @@ def test_check_config_as_a_command():
         ("[host]\nmode = 'yolo'\n", "host.mode: Input should be 'enforce' or 'dry-run'"),
         (
             "[[tenants]]\nname = 'a'\nrole = 'sensitive'\n",
-            "tenants[0](a): Value error, a sensitive tenant needs slo_ms",
+            "tenants[0](a).slo_ms: a sensitive tenant needs slo_ms",
         ),
         ("[[tenants]]\nname = 'a'\nrole = 'bulk'\ncgroup = '../../etc'\n", "tenants[0](a).cgroup"),
         ("[[tenants]]\nname = 'a'\nrole = 'bulk'\ninstance = 'gpu0/3g'\n", "tenants[0](a).instance"),
-        ("[[tenants]]\nname = 'a'\nrole = 'bulk'\n[[tenants]]\nname = 'a'\nrole = 'bulk'\n", "repeated: a"),
+        ("[[tenants]]\nname = 'a'\nrole = 'bulk'\n[[tenants]]\nname = 'a'\nrole = 'bulk'\n", "tenants[1](a).name"),
         ("[exporters.mqtt]\ncontrol_topic = true\n", "control_topic needs username"),
         ("[exporters.prometheus]\nlisten = 'nowhere'\n", "exporters.prometheus.listen"),
         ("[[gpus]]\nname = 'gpu0'\nindex = 0\nmodel = 'Z100'\n", "unknown GPU model 'Z100'"),
@@ -125,6 +125,7 @@ slo_ms = 200
 [tenants.latency]
 kind = "mqtt"
 """
-    with pytest.raises(ConfigError, match=r"llm push latency over MQTT: set exporters\.mqtt\.enabled = true"):
+    msg = r"\(llm\)\.latency\.kind: tenant llm pushes latency over MQTT: set exporters\.mqtt\.enabled = true"
+    with pytest.raises(ConfigError, match=msg):
         parse_config(text)
     assert parse_config(text + "[exporters.mqtt]\nenabled = true\n").tenants[0].latency.kind == "mqtt"

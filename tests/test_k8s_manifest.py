@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import parse_config
+from controller.config import ConfigError, parse_config
 
 MANIFEST = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / "tailguard.yaml"
 K8S_VERSION = "1.30"
@@ -53,6 +53,11 @@ def test_daemonset_mounts_what_the_daemon_needs_and_its_config_is_valid() -> Non
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     cfg = parse_config(cm["data"]["tailguard.toml"], "ConfigMap tailguard-config")
     assert cfg.host.mode == "dry-run" and cfg.host.state_dir == "/var/lib/tailguard"
+    # It listens on every address of the node (hostNetwork), so it must say so on purpose.
+    prom = cfg.exporters.prometheus
+    assert prom.listen.startswith("0.0.0.0:") and prom.allow_remote is True
+    with pytest.raises(ConfigError, match=r"exporters\.prometheus\.listen: .*allow_remote"):
+        parse_config(cm["data"]["tailguard.toml"].replace("allow_remote = true", ""), "ConfigMap tailguard-config")
     pod = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
     c = pod["containers"][0]
     mounts = {m["mountPath"] for m in c["volumeMounts"]}

@@ -192,7 +192,10 @@ def test_reconciler_plans_with_a_newer_drivers_table(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def _cfg(tmp: Path, instance: str = "gpu0/3g.20gb@4", extra: str = "") -> Path:
+def _cfg(tmp: Path, instance: str = "gpu0/3g.20gb@4", extra: str = "", model: str = "A100-PCIE-40GB") -> Path:
+    for d in ("state", "nocg"):
+        (tmp / d).mkdir(exist_ok=True)
+    (tmp / "lat.jsonl").touch()
     p = tmp / "tg.toml"
     p.write_text(f"""
 [host]
@@ -201,7 +204,7 @@ cgroup_root = "{tmp / 'nocg'}"
 [[gpus]]
 name = "gpu0"
 index = 0
-model = "A100-PCIE-40GB"
+model = "{model}"
 [[tenants]]
 name = "llm"
 role = "sensitive"
@@ -260,16 +263,21 @@ def test_linux_host_reads_the_tables_at_start_and_after_a_driver_change(tmp_path
 @pytest.mark.parametrize(
     ("gpu0", "instance", "rc", "expect"),
     [
-        ({"driver": "460.32.03"}, "gpu0/1g.10gb@0", 2, "tenants[0](llm).instance: gpu0's driver does not offer"),
-        ({"listing": "A100-SXM4-40GB"}, "gpu0/1g.10gb@0", 0, "driver table differs (the driver wins)"),
-        ({"listing": "A100-SXM4-40GB"}, "gpu0/3g.20gb@2", 2, "3g.20gb may start only at [0, 4]"),
+        ({"driver": "460.32.03"}, "gpu0/1g.10gb@0", 2,
+         "tenants[0](llm).instance: gpu0/1g.10gb@0: GPU model A100-PCIE-40GB has no MIG profile '1g.10gb'"),
+        ({"listing": "A100-SXM4-40GB"}, "gpu0/1g.10gb@0", 0,
+         "gpus[0](gpu0): warning: the driver's MIG table differs from the built-in one (it wins): 1g.10gb (ID 15)"),
+        ({"listing": "A100-SXM4-40GB"}, "gpu0/3g.20gb@2", 2, "tenants[0](llm).instance: gpu0/3g.20gb@2: "),
     ],
-)
+)  # fmt: skip
 def test_check_config_probe_judges_by_the_drivers_table(tmp_path, monkeypatch, capsys, gpu0, instance, rc, expect):
     h = _emu(tmp_path, **gpu0)
     monkeypatch.setenv("PATH", f"{h.nvsmi.parent}:/usr/bin:/bin")
-    assert cli(["check-config", str(_cfg(tmp_path, instance)), "--probe"]) == rc
+    cfg = str(_cfg(tmp_path, instance))
+    assert cli(["check-config", cfg, "--probe"]) == rc
     assert expect in capsys.readouterr().err
+    if instance == "gpu0/1g.10gb@0":  # offline, the built-in R460 table has no 1g.10gb: refused
+        assert cli(["check-config", cfg]) == 2
 
 
 def test_a_configured_gpu_without_a_driver_listing_is_a_degraded_condition(tmp_path, monkeypatch) -> None:
@@ -372,32 +380,48 @@ def test_nvml_maps_mig_devices_through_the_driver_table() -> None:
     assert "nvml:gpu0:layout" not in r.unavailable  # type: ignore[union-attr]
 
 
-def test_run_refuses_a_home_the_driver_does_not_offer_and_reload_keeps_the_old_config(
-    tmp_path, monkeypatch, capsys
-) -> None:
+def test_run_judges_homes_by_the_drivers_table_and_reload_keeps_the_old_config(tmp_path, monkeypatch, capsys) -> None:
     from controller.config import load_config
     from controller.linux_host import LinuxHost
     from controller.mig_probe import DriverMismatch
     from fsm.topology import empty_topology
 
-    h = _emu(tmp_path, driver="460.32.03")  # the R460 listing: no 1g.10gb
+    run = ["run", "--duration", "1", "--metrics-port", "0", "--quiet", "--log-level", "ERROR", "--config"]
+    # An SXM4 card whose driver lists only the R460 rows: the built-in SXM4 table has 1g.10gb, the
+    # driver does not, and the driver wins: `run` refuses the home that check-config accepts offline.
+    h = emu_host(tmp_path / "emu", ["A100-SXM4-40GB"])
+    with locked(h.nvsmi_state) as st:
+        st["gpus"][0].update(driver="460.32.03", offer=[19, 14, 9, 5, 0])
     monkeypatch.setenv("PATH", f"{h.nvsmi.parent}:/usr/bin:/bin")
-    bad = _cfg(tmp_path, "gpu0/1g.10gb@0")
-    rc = cli(["run", "--config", str(bad), "--duration", "5", "--quiet", "--log-level", "ERROR"])
+    bad = _cfg(tmp_path, "gpu0/1g.10gb@0", model="A100-SXM4-40GB")
+    assert cli(["check-config", str(bad)]) == 0
+    capsys.readouterr()
+    assert cli([*run, str(bad)]) == 2
     err = capsys.readouterr().err
-    assert rc == 2 and "tenants[0](llm).instance: gpu0's driver does not offer 1g.10gb" in err
+    assert "tenants[0](llm).instance: gpu0/1g.10gb@0: GPU model A100-SXM4-40GB has no MIG profile '1g.10gb'" in err
     assert "Traceback" not in err
     bad_cfg = load_config(bad)
-    host = LinuxHost(load_config(_cfg(tmp_path)), empty_topology())  # the same file, now a good home
+    good = _cfg(tmp_path, model="A100-SXM4-40GB")
+    host = LinuxHost(load_config(good), empty_topology())
     asyncio.run(host.start())
-    with pytest.raises(DriverMismatch, match=r"does not offer 1g\.10gb"):
+    with pytest.raises(DriverMismatch, match=r"no MIG profile '1g\.10gb'"):
         host.reload(bad_cfg)
-    assert str(host.cfg.tenants[0].instance) == "gpu0/3g.20gb@4"  # the running config stays
+    assert host.cfg.tenants[0].instance == "gpu0/3g.20gb@4"  # the running config stays
+
+
+def test_run_takes_a_home_only_the_newer_drivers_table_offers(tmp_path, monkeypatch, capsys) -> None:
+    h = _emu(tmp_path, listing="A100-SXM4-40GB", driver="550.54.15")  # an A100-PCIE-40GB offering 1g.10gb
+    monkeypatch.setenv("PATH", f"{h.nvsmi.parent}:/usr/bin:/bin")
+    cfg = str(_cfg(tmp_path, "gpu0/1g.10gb@0"))
+    assert cli(["check-config", cfg]) == 2  # offline: the built-in (R460) table has no 1g.10gb
+    run = ["run", "--duration", "1", "--metrics-port", "0", "--quiet", "--log-level", "ERROR", "--config"]
+    assert cli([*run, cfg]) == 0  # the driver's table offers it: the daemon runs
+
 
 
 def test_probe_names_overlaps_ladders_and_unknown_indexes_against_the_driver_table() -> None:
     from controller.config import parse_config
-    from controller.mig_probe import driver_problems
+    from controller.mig_probe import DriverMismatch, check_against_driver, driver_problems
     from controller.mig_tables import GpuTable
 
     cfg = parse_config("""
@@ -430,8 +454,10 @@ A100-SXM4-40GB = ["1g.10gb", "2g.10gb", "7g.40gb"]
     problems, warnings = driver_problems(cfg, tables)
     assert problems == [
         "gpus[1](gpu1).index: index 5, but nvidia-smi lists no GPU 5",
-        "tenants[0](a).instance, tenants[1](b).instance: instances on gpu0: 4g.20gb@0 overlaps 3g.20gb@0 at memory"
-        " slot 0",
         "policy.mig_ladder.A100-SXM4-40GB: gpu2's driver does not offer 1g.10gb",
     ]
     assert warnings == []
+    with pytest.raises(DriverMismatch) as e:  # what `run` raises: the homes judged by the driver's tables too
+        check_against_driver(cfg, tables)
+    assert e.value.problems[1:] == problems
+    assert e.value.problems[0].startswith("tenants[1](b).instance: gpu0/3g.20gb@0 overlaps gpu0/4g.20gb@0 (tenant a)")

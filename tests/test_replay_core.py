@@ -86,15 +86,24 @@ def test_trace_roundtrip_rotation_and_torn_line(tmp_path: Path) -> None:
         assert header.spec == spec and header.host == "host-a"
         got.extend(it)
     assert got == obs
-    # A torn last line (crash mid-write) is tolerated: the complete lines still read.
+    # A torn last line (crash mid-write) is skipped and reported with its number.
     before = list(read_trace(p)[1])
     assert before and before == obs[-len(before) :]
+    n_lines = len(p.read_text().splitlines())
     with open(p, "a", encoding="utf-8") as fh:
         fh.write('{"kind": "obs", "obs": {"t": 12')
-    assert list(read_trace(p)[1]) == before
-    # The same bytes followed by a newline are a bad line, not a torn one.
+    cut: list[int] = []
+    assert list(read_trace(p, cut.append)[1]) == before
+    assert cut == [n_lines + 1]
+    # A restarted writer starts on a fresh line after it: the cut line is mid-file now, still skipped.
+    with TraceWriter(p, "host-a", spec, max_bytes=10**9) as w:
+        w.write(obs[0])
+    cut.clear()
+    assert list(read_trace(p, cut.append)[1]) == [*before, obs[0]]
+    assert cut == [n_lines + 1]
+    # A line that is not cut short but wrong stays an error.
     with open(p, "a", encoding="utf-8") as fh:
-        fh.write("\n")
+        fh.write('{"kind": "obs"]\n')
     with pytest.raises(TraceError, match=r"t\.jsonl:\d+: not JSON"):
         list(read_trace(p)[1])
 

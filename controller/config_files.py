@@ -1,0 +1,170 @@
+"""Checks of what a config names on this host's filesystem: files `run` reads at start (topology,
+MQTT password and CA), latency files, launcher programs, the state directory.
+
+Run by `check-config`, at `run` start and on SIGHUP (controller/config.py `load_checked`), not by
+the model itself: a config is valid text on any machine, these say whether it works on this one.
+The daemon runs as root; a file that this (non-root) user cannot read is a warning, not an error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from controller.config_checks import Problem, tkey
+
+if TYPE_CHECKING:
+    from controller.config import Config
+
+
+def _readable(key: str, path: str, what: str) -> Problem | None:
+    p = Path(path)
+    try:
+        if not p.exists():
+            return Problem(key, f"{what} {path} does not exist")
+        if p.is_dir():
+            return Problem(key, f"{what} {path} is a directory, not a file")
+        with open(p, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        if os.geteuid() == 0:
+            return Problem(key, f"{what} {path} is not readable")
+        return Problem(key, f"{what} {path} is not readable by this user (uid {os.geteuid()}); the daemon runs as root",
+                       error=False)  # fmt: skip
+    except OSError as e:
+        return Problem(key, f"{what} {path}: {e.strerror or e}")
+    return None
+
+
+def _program(key: str, argv: list[str] | None, tenant: str) -> Problem | None:
+    if not argv:
+        return None
+    prog = argv[0]
+    if "{" in prog:
+        return None  # a template: known only at move time
+    if "/" in prog:
+        if not os.path.isfile(prog) or not os.access(prog, os.X_OK):
+            return Problem(key, f"{prog} is not an executable file (tenant {tenant}'s launcher cannot run)")
+        return None
+    if shutil.which(prog) is None:
+        return Problem(
+            key,
+            f"{prog!r} is not on this PATH (tenant {tenant}); the daemon's PATH may differ: prefer an absolute path",
+            error=False,
+        )
+    return None
+
+
+def _topology(cfg: Config) -> list[Problem]:
+    f = cfg.topology.topo_matrix_file
+    if f is None:
+        return []
+    key = "topology.topo_matrix_file"
+    if (p := _readable(key, f, "topology file")) is not None:
+        return [p]
+    from controller.signals.base import ParseError
+    from controller.topology import parse_topo_matrix, topology_from_matrix
+    from controller.topology_nccl import looks_like_xml, parse_nccl_topo_xml
+
+    text = Path(f).read_text(encoding="utf-8", errors="replace")
+    try:
+        if looks_like_xml(text):
+            parse_nccl_topo_xml(text, f)
+        else:
+            topology_from_matrix(parse_topo_matrix(text, f))
+    except (ParseError, ValueError) as e:
+        return [Problem(key, f"cannot be parsed: {e}")]
+    return []
+
+
+def _state_dir(cfg: Config) -> list[Problem]:
+    d = Path(cfg.host.state_dir)
+    key = "host.state_dir"
+    if d.exists() and not d.is_dir():
+        return [Problem(key, f"{d} exists and is not a directory")]
+    anc = d
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        return [Problem(key, f"{d} cannot be created: {anc} is not a directory")]
+    if not os.access(anc, os.W_OK | os.X_OK):  # a read-only mount says so even to root
+        verb = "is not writable" if anc == d else f"cannot be created ({anc} is not writable)"
+        if os.geteuid() == 0:
+            return [Problem(key, f"{d} {verb}: the journal and status file live there")]
+        return [Problem(key, f"{d} {verb} by this user (uid {os.geteuid()}); the daemon runs as root", error=False)]
+    return []
+
+
+def _roots(cfg: Config) -> list[Problem]:
+    out = []
+    for key, path in (
+        ("host.cgroup_root", cfg.host.cgroup_root),
+        ("signals.proc_root", cfg.signals.proc_root),
+        ("signals.sys_root", cfg.signals.sys_root),
+    ):
+        if not Path(path).is_dir():
+            out.append(Problem(key, f"{path} is not a directory on this host"))
+    return out
+
+
+def _tenant_paths(cfg: Config) -> list[Problem]:
+    """A tenant's cgroup and devices that this host does not have: warnings, since a service may
+    start after tailguard, but a cap on either would fail until they exist."""
+    out = []
+    root = Path(cfg.host.cgroup_root)
+    sysr = Path(cfg.signals.sys_root)
+    for i, t in enumerate(cfg.tenants):
+        if t.cgroup and root.is_dir() and not (root / t.cgroup).is_dir():
+            why = f"{root / t.cgroup} does not exist (yet): tenant {t.name}'s I/O is unseen and uncapped until it does"
+            out.append(Problem(tkey(i, t, "cgroup"), why, error=False))
+        if not (sysr / "class" / "block").is_dir():
+            continue  # no sysfs to look in (a container without /sys): cannot tell
+        for j, d in enumerate(t.devices):
+            if ":" in d:
+                found = (sysr / "dev" / "block" / d).exists()
+            else:
+                found = (sysr / "class" / "block" / d).exists() or (sysr / "class" / "net" / d).exists()
+            if not found:
+                why = f"no block device or NIC {d!r} on this host (tenant {t.name})"
+                out.append(Problem(tkey(i, t, f"devices[{j}]"), why, error=False))
+    return out
+
+
+def file_problems(cfg: Config) -> list[Problem]:
+    """Every problem with the files and programs `cfg` names, errors and warnings."""
+    out: list[Problem] = []
+    out += _roots(cfg)
+    out += _topology(cfg)
+    out += _state_dir(cfg)
+    out += _tenant_paths(cfg)
+    mq = cfg.exporters.mqtt
+    if mq.enabled or mq.password_file or mq.tls_ca:
+        for key, named, what in (
+            ("exporters.mqtt.password_file", mq.password_file, "password file"),
+            ("exporters.mqtt.tls_ca", mq.tls_ca, "CA file"),
+        ):
+            if named is not None and (p := _readable(key, named, what)) is not None:
+                out.append(p)
+    for i, t in enumerate(cfg.tenants):
+        src = t.latency
+        if src is not None and src.kind == "jsonl" and src.path:
+            lat = Path(src.path)
+            key = tkey(i, t, "latency.path")
+            if not lat.parent.is_dir():
+                out.append(Problem(key, f"directory {lat.parent} does not exist (tenant {t.name}'s latency file)"))
+            elif lat.exists():
+                if (p := _readable(key, src.path, "latency file")) is not None:
+                    out.append(p)
+            else:
+                out.append(Problem(key, f"{lat} does not exist yet: tenant {t.name}'s latency is unavailable until"
+                                        " it does", error=False))  # fmt: skip
+        lc = t.launcher
+        if lc is not None and lc.kind == "command":
+            for name in ("command", "stop_command", "ready_command"):
+                if (p := _program(tkey(i, t, f"launcher.{name}"), getattr(lc, name), t.name)) is not None:
+                    out.append(p)
+        elif lc is not None and (p := _program(tkey(i, t, "launcher.ready_command"), lc.ready_command, t.name)):
+            out.append(p)
+    return out

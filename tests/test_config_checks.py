@@ -1,0 +1,241 @@
+"""The checks across sections and against the filesystem (controller/config_checks.py,
+controller/config_files.py): warnings, the model hook `--probe` builds on, strictness, and the
+same checks at `run` start and on a SIGHUP reload."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ValidationError, model_validator
+
+from controller import cmd_run
+from controller.cli import main
+from controller.config import ConfigError, check_loaded, load_checked, parse_config
+from controller.config_checks import cross_problems
+from fsm.mig import MODELS
+from schema.problems import KeyProblem, KeyProblems, problems_of
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = (ROOT / "systemd" / "tailguard.toml").read_text()
+
+SENS = (
+    '[[tenants]]\nname = "llm"\nrole = "sensitive"\nslo_ms = 100\n'
+    '[tenants.latency]\nkind = "prometheus"\nurl = "http://127.0.0.1:8000/metrics"\n'
+)
+
+
+def lines(text: str) -> list[str]:
+    return [p.line() for p in cross_problems(parse_config(text))]
+
+
+def test_warnings_do_not_fail_but_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "c.toml"
+    (tmp_path / "x.slice").mkdir()
+    f.write_text(
+        f'[host]\ncgroup_root = "{tmp_path}"\n'
+        + SENS
+        + '[[tenants]]\nname = "a"\nrole = "bulk"\ncgroup = "x.slice"\n'
+        '[[tenants]]\nname = "b"\nrole = "compute"\ncgroup = "x.slice"\n'
+        '[exporters.prometheus]\nlisten = "0.0.0.0:9433"\nallow_remote = true\n'
+    )
+    assert main(["check-config", str(f)]) == 0
+    out = capsys.readouterr()
+    assert "OK" in out.out and "2 warning(s)" in out.out
+    assert f"{f}: tenants[2](b).cgroup: warning: tenants a and b share cgroup x.slice" in out.err
+    assert f"{f}: exporters.prometheus.listen: warning: 0.0.0.0:9433" in out.err
+
+
+@pytest.mark.parametrize(
+    ("text", "warning"),
+    [
+        ("", "tenants: warning: no [[tenants]]"),
+        ('[[tenants]]\nname = "a"\nrole = "bulk"\n', 'tenants: warning: no tenant has role = "sensitive"'),
+    ],
+)
+def test_empty_and_unprotected_configs_warn(text: str, warning: str) -> None:
+    assert any(warning in ln for ln in lines(text))
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9433", "127.0.0.53:9433", "[::1]:9433", "localhost:9433"])
+def test_loopback_listens_need_nothing(listen: str) -> None:
+    assert lines(SENS + f'[exporters.prometheus]\nlisten = "{listen}"\n') == []
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:1", "[::]:1", "10.0.0.5:1", "[fe80::1]:1", "node-7:1"])
+def test_non_loopback_listens_need_allow_remote(listen: str) -> None:
+    text = SENS + f'[exporters.prometheus]\nlisten = "{listen}"\n'
+    with pytest.raises(ConfigError, match=r"exporters\.prometheus\.listen: .*allow_remote"):
+        parse_config(text)
+    assert any("warning" in ln for ln in lines(text + "allow_remote = true\n"))
+    # A disabled exporter listens nowhere.
+    assert lines(text + "enabled = false\n") == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("host.lift_throttles_on_exit", '"yes"'),
+        ("host.lift_throttles_on_exit", "0"),
+        ("host.lift_throttles_on_exit", '"off"'),
+        ("policy.y_windows", '"2"'),
+        ("policy.y_windows", "2.0"),
+        ("policy.cooldown_s", '"30"'),
+        ("policy.release_ratio", "nan"),
+        ("policy.cooldown_s", "inf"),
+        ("policy.levers.mig", '"true"'),
+        ("exporters.mqtt.queue_max", "1e3"),
+        ("signals.nvml", "1"),
+    ],
+)
+def test_strict_types(key: str, value: str) -> None:
+    *section, name = key.split(".")
+    with pytest.raises(ConfigError) as e:
+        parse_config(f"[{'.'.join(section)}]\n{name} = {value}\n", "x.toml")
+    assert any(p.startswith(f"{key}: ") for p in e.value.problems), e.value.problems
+
+
+def test_integers_are_numbers_and_role_is_a_string() -> None:
+    cfg = parse_config(SENS.replace("slo_ms = 100", "slo_ms = 100") + "[policy]\ncooldown_s = 30\n")
+    assert cfg.policy.cooldown_s == 30.0 and cfg.tenants[0].role.value == "sensitive"
+
+
+def test_mig_without_a_model_is_checked_against_every_model() -> None:
+    base = '[[gpus]]\nname = "gpu0"\nindex = 0\n' + SENS.replace(
+        'role = "sensitive"', 'role = "sensitive"\ninstance = "gpu0/{0}"'
+    )
+    assert lines(base.format("2g.20gb@0")) == []  # an 80 GB profile: fine on an 80 GB GPU
+    bad = base.format("2g.20gb@0") + '[[tenants]]\nname = "b"\nrole = "bulk"\ninstance = "gpu0/1g.5gb@6"\n'
+    # 2g.20gb (80 GB models) and 1g.5gb (40 GB models) cannot share one GPU.
+    with pytest.raises(ConfigError, match=r"tenants\[1\]\(b\)\.instance: no known GPU model offers every profile"):
+        check_loaded(parse_config(bad), "x")
+
+
+def test_the_probe_hook_overrides_the_configured_model() -> None:
+    """check-config --probe passes the driver's table through `models`; the driver wins."""
+    cfg = parse_config(EXAMPLE)
+    assert cross_problems(cfg) == []
+    h100 = MODELS["H100-80GB-HBM3"]
+    got = [p.line() for p in cross_problems(cfg, models=lambda g: h100 if g == "gpu0" else None)]
+    assert len(got) == 1 and got[0].startswith("tenants[0](llm).instance: gpu0/2g.10gb@0: GPU model H100-80GB-HBM3")
+    # ... and the other way round: a profile the built-in table lacks but the driver lists.
+    bad = parse_config(EXAMPLE.replace("gpu0/2g.10gb@0", "gpu0/2g.20gb@0"))  # an 80 GB profile
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\(llm\)\.instance"):
+        check_loaded(bad, "x")
+    a100_80 = MODELS["A100-SXM4-80GB"]
+    assert not [p for p in cross_problems(bad, models=lambda g: a100_80 if g == "gpu0" else None) if p.error]
+
+
+def test_key_problems_name_their_key() -> None:
+    class M(BaseModel):
+        a: int = 0
+        b: int = 0
+
+        @model_validator(mode="after")
+        def _v(self) -> M:
+            raise KeyProblems([KeyProblem("b", "b is wrong"), KeyProblem("a", "so is a")])
+
+    with pytest.raises(ValidationError) as e:
+        M.model_validate({"a": 1})
+    assert problems_of(e.value, {"a": 1}) == ["b: b is wrong", "a: so is a"]
+
+
+def test_unreadable_file_is_an_error_for_root_and_a_warning_for_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    text = f'[exporters.mqtt]\nenabled = true\nusername = "u"\npassword_file = "{pw}"\n'
+    cfg = parse_config(SENS + text)
+    assert check_loaded(cfg, "x").warnings == []
+    pw.unlink()
+    pw.mkdir()  # unreadable as a file for anyone, root included
+    with pytest.raises(ConfigError, match=r"exporters\.mqtt\.password_file: password file .* is a directory"):
+        check_loaded(cfg, "x")
+    pw.rmdir()
+    pw.write_text("secret")
+    import builtins
+
+    real_open = builtins.open
+
+    def denied(path: object, *a: object, **k: object) -> object:
+        if str(path) == str(pw):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", denied)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert any("not readable by this user" in w for w in check_loaded(cfg, "x").warnings)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    with pytest.raises(ConfigError, match="is not readable"):
+        check_loaded(cfg, "x")
+
+
+def test_launcher_programs(tmp_path: Path) -> None:
+    prog = tmp_path / "relaunch"
+    prog.write_text("#!/bin/sh\n")
+    prog.chmod(0o644)
+    base = SENS + '[tenants.launcher]\nkind = "command"\ncommand = ["{0}", "{{uuid}}"]\n'
+    cfg = parse_config(base.format(prog))
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\(llm\)\.launcher\.command: .* not an executable"):
+        check_loaded(cfg, "x")
+    prog.chmod(0o755)
+    assert check_loaded(cfg, "x").warnings == []
+    warn = check_loaded(parse_config(base.format("no-such-program-here")), "x").warnings
+    assert any("launcher.command: warning: 'no-such-program-here' is not on this PATH" in w for w in warn)
+
+
+def test_latency_file_may_appear_later_but_its_directory_must_exist(tmp_path: Path) -> None:
+    text = SENS.replace('kind = "prometheus"\nurl = "http://127.0.0.1:8000/metrics"', 'kind = "jsonl"\npath = "{0}"')
+    warn = check_loaded(parse_config(text.format(tmp_path / "l.jsonl")), "x").warnings
+    assert any("latency.path: warning:" in w and "does not exist yet" in w for w in warn)
+    with pytest.raises(ConfigError, match=r"latency\.path: directory .* does not exist"):
+        check_loaded(parse_config(text.format(tmp_path / "nope" / "l.jsonl")), "x")
+
+
+def _run_args(cfg: Path) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers()
+    cmd_run.register(sub)
+    return p.parse_args(["run", "--config", str(cfg)])
+
+
+def test_run_start_and_reload_make_the_same_checks(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    good = (
+        f'[host]\nstate_dir = "{tmp_path}/state"\n'
+        + SENS
+        + '[signals]\nnvml = false\ndcgm = "off"\n[topology]\nsource = "none"\n'
+        + "[exporters.prometheus]\nenabled = false\n"
+    )
+    cfg.write_text(good + '[exporters.mqtt]\npassword_file = "/nonexistent/pw"\n')
+    with pytest.raises(ConfigError, match="password_file"):
+        cmd_run.build(_run_args(cfg))  # `run` refuses to start
+    cfg.write_text(good)
+    setup = cmd_run.build(_run_args(cfg))
+    assert setup.reload is not None
+    cfg.write_text(good.replace('source = "none"', 'source = "topo-matrix"\ntopo_matrix_file = "/nonexistent/t"'))
+    with pytest.raises(ConfigError, match=r"topology\.topo_matrix_file"):
+        setup.reload()  # the daemon keeps the old config (tests/test_daemon_loop.py covers that side)
+    cfg.write_text(good.replace("slo_ms = 100", "slo_ms = 50"))
+    spec = setup.reload()
+    assert spec.tenants["llm"].slo_s == pytest.approx(0.05)
+
+
+def test_load_checked_on_the_example() -> None:
+    c = load_checked(ROOT / "systemd" / "tailguard.toml")
+    assert c.config.host.name == "gpu-host-01"
+    # An example for a GPU host: on this one its cgroups and disk may be missing, nothing else.
+    assert all(".cgroup: warning:" in w or ".devices[0]: warning:" in w for w in c.warnings), c.warnings
+
+
+def test_demo_says_what_its_table_covers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from replay import cmd_replay
+
+    monkeypatch.setattr(cmd_replay, "run", lambda ns: 0)  # the replay itself is tested elsewhere
+    assert cmd_replay.demo(str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "1 simulated hour" in out and "24 simulated hours" in out and "docs/results.md" in out

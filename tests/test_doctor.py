@@ -144,16 +144,16 @@ def test_the_command_line_without_a_driver_exits_non_zero() -> None:
     assert p.returncode == 2 and "NVIDIA driver / NVML missing" in p.stdout and "Traceback" not in p.stderr
 
 
-def test_a_missing_cgroup_and_a_group_without_io_max_fail(tmp_path, monkeypatch) -> None:
-    fake = _host(tmp_path, monkeypatch)
-    with serve() as pages:
-        url = pages.set("/metrics", DCGM)
-        c = _by_name(_run(_config(tmp_path, url, etl_cgroup="system.slice/gone.service"), fake))
-        assert c["cgroup etl"].status == FAIL and "does not exist" in c["cgroup etl"].cause
-        assert "tenants[1].cgroup" in c["cgroup etl"].fix
-        text = _config(tmp_path, url)
-        (tmp_path / "cg" / "system.slice" / "etl.service" / "io.max").unlink()  # io not enabled for its parent
-        c = _by_name(_run(text, fake))
+def test_a_missing_cgroup_and_a_group_without_io_max_fail(tmp_path) -> None:
+    from controller.doctor import check_cgroups
+
+    text = _config(tmp_path, "http://127.0.0.1:9/metrics", etl_cgroup="system.slice/gone.service")
+    c = _by_name(asyncio.run(check_cgroups(parse_config(text))))
+    assert c["cgroup etl"].status == FAIL and "does not exist" in c["cgroup etl"].cause
+    assert "tenants[1].cgroup" in c["cgroup etl"].fix
+    assert c["cgroup llm"].status == OK
+    (tmp_path / "cg" / "system.slice" / "etl.service" / "io.max").unlink()  # io not enabled for its parent
+    c = _by_name(asyncio.run(check_cgroups(parse_config(_config(tmp_path, "http://127.0.0.1:9/metrics")))))
     assert c["cgroup etl"].status == FAIL and "io.max missing" in c["cgroup etl"].cause
     assert "cgroup.subtree_control" in c["cgroup etl"].fix
 
@@ -175,31 +175,36 @@ def test_a_group_removed_from_the_real_blkio_hierarchy(tmp_path, monkeypatch) ->
     assert c["cgroup etl"].status == FAIL and "does not exist" in c["cgroup etl"].cause
 
 
-def test_a_broker_that_refuses_fails_and_one_that_accepts_is_ok(tmp_path, monkeypatch) -> None:
-    fake = _host(tmp_path, monkeypatch)
+def test_a_broker_that_refuses_fails_and_one_that_accepts_is_ok(tmp_path) -> None:
+    from controller.doctor import check_mqtt
+
+    def mqtt(url: str) -> Check:
+        text = _config(tmp_path, "http://127.0.0.1:9/metrics", mqtt=f'[exporters.mqtt]\nenabled = true\nurl = "{url}"')
+        (c,) = asyncio.run(check_mqtt(parse_config(text), 3.0))
+        return c
+
     port = free_port()  # nobody listens: the connection is refused
-    mqtt = f'[exporters.mqtt]\nenabled = true\nurl = "mqtt://127.0.0.1:{port}"'
-    with serve() as pages:
-        url = pages.set("/metrics", DCGM)
-        c = _by_name(_run(_config(tmp_path, url, mqtt=mqtt), fake))["mqtt"]
-        assert c.status == FAIL and f"127.0.0.1:{port}" in c.cause and "start the broker" in c.fix
-        broker = Mosquitto(tmp_path).start()
-        try:
-            ok = f'[exporters.mqtt]\nenabled = true\nurl = "{broker.url}"'
-            c = _by_name(_run(_config(tmp_path, url, mqtt=ok), fake))["mqtt"]
-        finally:
-            broker.stop()
+    c = mqtt(f"mqtt://127.0.0.1:{port}")
+    assert c.status == FAIL and f"127.0.0.1:{port}" in c.cause and "start the broker" in c.fix
+    broker = Mosquitto(tmp_path).start()
+    try:
+        c = mqtt(broker.url)
+    finally:
+        broker.stop()
     assert c.status == OK and "accepted a connection" in c.cause
 
 
-def test_state_dir_missing_or_not_a_directory(tmp_path, monkeypatch) -> None:
-    fake = _host(tmp_path, monkeypatch)
+def test_state_dir_missing_or_not_a_directory(tmp_path) -> None:
+    from controller.doctor import check_state_dir
+
+    def state(path: Path) -> Check:
+        (c,) = asyncio.run(check_state_dir(parse_config(_config(tmp_path, "http://x:9/m", state_dir=str(path)))))
+        return c
+
     (tmp_path / "file").write_text("")
-    with serve() as pages:
-        url = pages.set("/metrics", DCGM)
-        c = _by_name(_run(_config(tmp_path, url, state_dir=str(tmp_path / "new" / "state")), fake))["state dir"]
-        assert c.status == WARN and "does not exist" in c.cause and "install -d" in c.fix
-        c = _by_name(_run(_config(tmp_path, url, state_dir=str(tmp_path / "file")), fake))["state dir"]
+    c = state(tmp_path / "new" / "state")
+    assert c.status == WARN and "does not exist" in c.cause and "install -d" in c.fix
+    c = state(tmp_path / "file")
     assert c.status == FAIL and "is not a directory" in c.cause
 
 

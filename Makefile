@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the integration tests run for real: a broker, promtool, systemd-analyze.
+# Debian packages the integration tests run for real: a broker, Prometheus and promtool, systemd-analyze.
 DEBS := mosquitto prometheus systemd
 
 .PHONY: demo test lint typecheck unit bench debs clean
@@ -14,14 +14,14 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,plot]'
+	$(PY) -m pip install -q -e '.[dev,plot,bench]'
 	touch $@
 
 # Install the Debian packages when we are root and they are missing (CI machines start bare).
 debs:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	{ command -v promtool && command -v prometheus; } >/dev/null || missing="$$missing prometheus"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

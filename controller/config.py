@@ -9,12 +9,13 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fsm.mig import GpuModel, Slot
 from fsm.observation import InstanceRef
+from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
 from schema.problems import KeyProblem, KeyProblems, problems_of
@@ -35,8 +36,6 @@ def mqtt_url_ok(v: str) -> bool:
     m = MQTT_URL.match(v)
     return m is not None and (not m[1] or 0 < int(m[1][1:]) < 65536)
 
-
-WARM_OUTAGE_S = 1.0  # a warm hand-over's switch-over, budgeted generously
 
 # Host and tenant names end up in metric labels, MQTT topics and file names.
 Name = Annotated[str, AfterValidator(check_name)]
@@ -169,10 +168,23 @@ class TenantConfig(Strict):
     latency: LatencySource | None = None
     launcher: Launcher | None = None
     mps: bool = False
-    # What a move costs this tenant in unavailability (s); unset: TenantSpec's defaults (the
-    # paper's 5 / 18 s) with a restart hand-over, WARM_OUTAGE_S with a warm one.
-    move_outage_s: float | None = Field(None, ge=0, le=3600)
-    reconfig_outage_s: float | None = Field(None, ge=0, le=3600)
+    # What a move costs this tenant (fsm.outage computes each lever's outage from these and the
+    # launcher's hand-over, as the simulator charges it); defaults: fsm.outage's.
+    relaunch_s: float = Field(DEFAULT_RELAUNCH_S, ge=0, le=3600)  # stop/start until it serves again
+    reconfig_s: float = Field(DEFAULT_RECONFIG_S, ge=0, le=3600)  # one MIG reconfiguration of its GPU
+    handover_gap_s: float = Field(DEFAULT_HANDOVER_GAP_S, ge=0, le=60)  # a warm hand-over's switch-over
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old in ("move_outage_s", "reconfig_outage_s"):
+                if old in data:
+                    raise ValueError(
+                        f"{old} was replaced by relaunch_s and reconfig_s: each lever's outage is computed "
+                        "from them and the launcher's handover (docs/config.md)"
+                    )
+        return data
 
     @field_validator("cgroup")
     @classmethod
@@ -214,18 +226,11 @@ class TenantConfig(Strict):
             quantile=self.quantile,
             devices=tuple(self.devices),
             mps=self.mps,
-            **self._outages(),
+            relaunch_s=self.relaunch_s,
+            reconfig_s=self.reconfig_s,
+            handover=self.launcher.handover if self.launcher is not None else "restart",
+            handover_gap_s=self.handover_gap_s,
         )
-
-    def _outages(self) -> dict[str, float]:
-        """The keys set here or implied by a warm hand-over; the rest keep TenantSpec's defaults."""
-        warm = self.launcher is not None and self.launcher.handover == "warm"
-        out = {}
-        for key in ("move_outage_s", "reconfig_outage_s"):
-            v = getattr(self, key)
-            if v is not None or warm:
-                out[key] = v if v is not None else WARM_OUTAGE_S
-        return out
 
 
 class Levers(Strict):

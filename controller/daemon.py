@@ -462,6 +462,9 @@ class Daemon:
             return
         try:
             self.state = ControllerState.from_json(p.read_text(encoding="utf-8"))
+            # Reconfigurations the state remembers (the rolling-hour budget) were counted by the
+            # previous process: counted again, every restart looked like a reconfiguration storm.
+            self._reconfig_last = max(self.state.reconfigs, default=-math.inf)
             log.info("resumed controller state from %s", p)
         except (OSError, ValueError) as e:
             log.warning("%s: cannot resume (%s); starting from a clean state", p, e)

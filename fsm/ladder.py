@@ -16,6 +16,7 @@ from fsm.desired import DecisionEvent, MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Cause, Diagnosis, Traffic, diagnose, victim_anchor
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
+from fsm.outage import MoveKind
 from fsm.placement import occupied, rank_candidates, score, slices_of
 from fsm.quantiles import Verdict, judge
 from fsm.resize import plan_resize, plan_restore
@@ -479,7 +480,8 @@ class Tick:
         self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any], avoid: tuple[str, ...] = ()
     ) -> tuple[bool, str]:
         policy = self.spec.policy
-        short = self._outage_short(t, t.move_outage_s)
+        move_s = t.outage_s(MoveKind.EXISTING)
+        short = self._outage_short(t, move_s)
         if short:
             return False, short  # before the ranking: no move can happen, whatever it would find
         here, ranked = rank_candidates(
@@ -517,10 +519,10 @@ class Tick:
                 "diagnosis": {"cause": diag.cause.value, **diag.evidence},
                 "current": here.as_evidence(),
                 "candidates": [s.as_evidence() for s in ranked[:5]],
-                "outage_s": t.move_outage_s,
+                "outage_s": move_s,
             },
         )
-        self._spend(t.name, t.move_outage_s)
+        self._spend(t.name, move_s)
         return True, ""
 
     def _resize(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
@@ -534,7 +536,13 @@ class Tick:
         plan = plan_resize(self.spec, self.obs, current, self.busy_gpus, occ)
         if plan is None:
             return False, "no larger profile fits the placement rules beside the instances in use"
-        outage = t.move_outage_s if plan.target.slot in plan.prev_layout else t.reconfig_outage_s
+        if plan.target.slot in plan.prev_layout:
+            kind = MoveKind.EXISTING  # a free bigger instance exists: a plain move
+        elif current.gpu == plan.gpu and current.slot not in plan.new_layout:
+            kind = MoveKind.IN_PLACE  # its own instance goes: stop, reconfigure, relaunch
+        else:
+            kind = MoveKind.BESIDE  # make-before-break: it serves while the new slice is made
+        outage = t.outage_s(kind)
         short = self._outage_short(t, outage)
         if short:
             return False, short
@@ -565,6 +573,7 @@ class Tick:
                 "plan": plan.as_evidence(),
                 "reconfigs_last_hour": len(self.reconfigs),
                 "outage_s": outage,
+                "move": kind.value,
             },
         )
         self._spend(t.name, outage)
@@ -598,14 +607,14 @@ class Tick:
             elif cur is not None and not self._quiet(t, back):
                 # Moving back into the interference that made us leave would only flap.
                 reason = f"stay on {cur} (the old instance {back} is still noisier); release the level only"
-            elif self._outage_short(t, t.move_outage_s):
+            elif self._outage_short(t, t.outage_s(MoveKind.EXISTING)):
                 reason = f"stay on {cur} (moving back would exceed the outage budget); release the level only"
             else:
                 target = back
                 self.reserved.add(back)
                 pending = Pending(f"tenant:{t.name}", PLACE, now, releasing=True)
                 reason = f"move back to {back}"
-                outage = t.move_outage_s
+                outage = t.outage_s(MoveKind.EXISTING)
         else:  # RESIZE
             if step.gpu in self.busy_gpus:
                 return  # another change on that GPU first
@@ -641,7 +650,12 @@ class Tick:
             occ = (occupied(self.spec, self.obs) | self.reserved) - {step.to_instance}
             if home is not None and home not in occ:  # somebody else may have taken it meanwhile
                 restored = plan_restore(self.spec, self.obs, step.gpu, step.prev_layout, step.to_instance, home, occ)
-            cost = t.move_outage_s if home is not None and self._free_now(home) else t.reconfig_outage_s
+            if home is not None and self._free_now(home):
+                cost = t.outage_s(MoveKind.EXISTING)  # home first, the slice given back after
+            elif restored is not None and step.to_instance.slot in restored:
+                cost = t.outage_s(MoveKind.BESIDE)
+            else:
+                cost = t.outage_s(MoveKind.IN_PLACE)  # the grown instance it runs on is destroyed
             if restored is not None and home is not None and self._outage_short(t, cost):
                 msg = "release waits for the outage budget"
                 if ctl.last_reason != msg:

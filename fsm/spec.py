@@ -12,6 +12,8 @@ from enum import StrEnum
 
 from fsm.mig import GpuModel
 from fsm.observation import InstanceRef
+from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S, MoveKind
+from fsm.outage import move_outage_s as _outage_of
 from fsm.topology import Tier, Topology
 
 
@@ -43,11 +45,23 @@ class TenantSpec:
     quantile: float = 0.99
     devices: tuple[str, ...] = ()  # block devices / NICs it uses, when known
     mps: bool = False  # shares its GPU through MPS (compute tenants)
-    # Expected unavailability when tailguard moves it: into an existing instance, and into one that
-    # must be created first (a restart hand-over waits for the reconfiguration). A warm hand-over
-    # (actuators/launcher.py) makes both about its switch-over gap. Defaults: the paper's figures.
-    move_outage_s: float = 5.0
-    reconfig_outage_s: float = 18.0
+    # What a move costs it (fsm.outage, the same function the simulator charges with): its relaunch
+    # until it serves again, a MIG reconfiguration of its GPU, and its hand-over ("warm": a new copy
+    # starts beside the old one, then the switch-over takes handover_gap_s).
+    relaunch_s: float = DEFAULT_RELAUNCH_S
+    reconfig_s: float = DEFAULT_RECONFIG_S
+    handover: str = "restart"
+    handover_gap_s: float = DEFAULT_HANDOVER_GAP_S
+
+    def outage_s(self, kind: MoveKind) -> float:
+        """Seconds it serves nothing when moved this way (fsm.outage.move_outage_s)."""
+        return _outage_of(kind, self.relaunch_s, self.reconfig_s, self.handover == "warm", self.handover_gap_s)
+
+    @property
+    def move_outage_s(self) -> float:
+        """A move into an existing instance (MoveKind.EXISTING). For a resize, ask outage_s with its
+        kind: one that destroys the tenant's own instance costs the reconfiguration as well."""
+        return self.outage_s(MoveKind.EXISTING)
 
 
 @dataclass(frozen=True, slots=True)

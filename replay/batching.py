@@ -73,15 +73,15 @@ def kv_blocks(req: Requests, mem_gib: float) -> int:
     return max(1, int(free // (req.kv_bytes_per_token * req.kv_block_tokens)))
 
 
-def step_cost(req: Requests, scale: float, per_byte: float, mem_gib: float = 0.0) -> StepCost:
+def step_cost(req: Requests, scale: float, per_byte: float, mem_gib: float = 0.0, cpu_factor: float = 1.0) -> StepCost:
     """The step costs of `req` for one tick: `scale` = 1e-3 x slowdown / slices ** exponent (ms at
     1 slice -> s on this instance), `per_byte` = 1 / the PCIe share the transfers get now, `mem_gib`
-    the instance's memory (the KV cache)."""
+    the instance's memory (the KV cache), `cpu_factor` the CPU channel's slowdown of the CPU side."""
     return StepCost(
         budget=float(req.max_batched_tokens),
         long_prefill=float(req.long_prefill_tokens),
         max_seqs=req.max_seqs,
-        fixed_s=req.step_ms * 1e-3,
+        fixed_s=req.step_ms * 1e-3 * cpu_factor,
         floor_s=req.step_floor_ms * scale,
         per_token_s=req.compute_ms_per_token * scale,
         per_request_s=req.compute_ms * scale,
@@ -135,6 +135,7 @@ class BatchServer:
     kv_grow: list[int] = field(default_factory=lambda: [0] * 16)  # decodes taking a block at step % block
     preemptions: int = 0
     kv_peak: int = 0  # most blocks held at once (for calibration)
+    kv_stalls: int = 0  # steps in which a waiting request was not admitted for want of blocks (calibration)
     ids: int = 0
     cost: StepCost | None = None  # the last tick's costs (for drain)
 
@@ -353,11 +354,13 @@ class BatchServer:
                 elif budget > 0 and seqs > 0 and not preempted:
                     if self.redo:
                         if kv and not self._admissible(self.redo[0].tok, cap - self.kv_used):
+                            self.kv_stalls += 1
                             break
                         q = self.redo.popleft()
                     elif self.head < n and arr[self.head] <= start:
                         h0 = self.head
                         if kv and not self._admissible(tok[h0], cap - self.kv_used):
+                            self.kv_stalls += 1
                             break
                         q = _Seq(arr[h0], tok[h0], gen[h0], noise[h0])
                         self.head += 1

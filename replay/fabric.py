@@ -1,5 +1,10 @@
 """Link bandwidth shared by weighted max-min fairness (progressive filling), with per-flow caps.
 
+A resource is anything hashable with a capacity. The simulator's are (link, direction) pairs: a
+PCIe link is full duplex, with an upstream (toward the root complex) and a downstream capacity, so
+an NVMe read (up its switch's uplink) and a host-to-GPU copy (down the same uplink) do not contend,
+while two host-to-GPU copies through one switch do (replay.simulator.flow_links builds the pairs).
+
 A flow crosses a set of links, possibly a link more than once (an ETL pipeline that reads a drive
 into host memory and copies it on to a GPU crosses its PCIe switch's uplink twice: both legs run
 at the flow's rate). Rates rise in proportion to the weights until a flow reaches its cap (its
@@ -11,25 +16,27 @@ is either at its cap or crosses a full link.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 _EPS = 1e-9
+Link = TypeVar("Link", bound=Hashable)  # a link id, or (link id, "up" | "down")
 
 
 @dataclass(frozen=True, slots=True)
-class Flow:
+class Flow(Generic[Link]):
     name: str
-    links: Mapping[str, int]  # link -> how many times the flow crosses it
+    links: Mapping[Link, int]  # link (or link and direction) -> how many times the flow crosses it
     cap: float = math.inf  # bytes/s: min(demand, throttle); inf = elastic
     weight: float = 1.0
 
 
-def max_min(flows: Sequence[Flow], capacity: Mapping[str, float]) -> dict[str, float]:
+def max_min(flows: Sequence[Flow[Link]], capacity: Mapping[Link, float]) -> dict[str, float]:
     """Rate of every flow (bytes/s). Links missing from `capacity` are not constraints."""
     if all(math.isfinite(f.cap) for f in flows):
         # Fast path: when every flow's demand fits, every flow simply gets its demand.
-        need: dict[str, float] = {}
+        need: dict[Link, float] = {}
         for f in flows:
             if f.cap > 0 and f.weight > 0:
                 for link, m in f.links.items():
@@ -51,7 +58,7 @@ def max_min(flows: Sequence[Flow], capacity: Mapping[str, float]) -> dict[str, f
     for _ in range(len(flows) + len(residual) + 1):
         if not active:
             break
-        load: dict[str, float] = {}
+        load: dict[Link, float] = {}
         for f in active:
             for link, m in f.links.items():
                 if link in residual:
@@ -70,13 +77,13 @@ def max_min(flows: Sequence[Flow], capacity: Mapping[str, float]) -> dict[str, f
     return rate
 
 
-def _has_room(f: Flow, rate: float) -> bool:
+def _has_room(f: Flow[Link], rate: float) -> bool:
     return math.isinf(f.cap) or f.cap - rate > _EPS * f.cap
 
 
-def link_load(flows: Sequence[Flow], rates: Mapping[str, float]) -> dict[str, float]:
+def link_load(flows: Sequence[Flow[Link]], rates: Mapping[str, float]) -> dict[Link, float]:
     """Bytes/s on every link a flow crosses."""
-    out: dict[str, float] = {}
+    out: dict[Link, float] = {}
     for f in flows:
         r = rates.get(f.name, 0.0)
         for link, m in f.links.items():

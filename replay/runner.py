@@ -56,6 +56,7 @@ class HostRun:
     failed_ops: int
     levels: list[tuple[float, int]]  # (t, highest isolation level of any sensitive tenant)
     events: list[str] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests refused at admission
 
 
 def run_host(
@@ -108,6 +109,7 @@ def run_host(
         failed_ops=sim.stats.failed_ops,
         levels=levels,
         events=events,
+        rejected=dict(sim.stats.rejected),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fsm.mig import GpuModel, Slot, layout_problems, model_by_name
 from fsm.observation import InstanceRef
+from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import HOST_ID, Node, NodeKind, Topology
 from schema.problems import problems_of
@@ -65,7 +66,10 @@ class NodeConfig(_Strict):
     id: str
     kind: Literal["numa", "root_complex", "switch", "gpu", "nvme", "nic"]
     parent: str | None = None  # numa nodes hang off the host
-    link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink (1 GB = 1e9 bytes)
+    link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink, each direction (1 GB = 1e9 bytes)
+    up_gbps: float | None = Field(None, gt=0)  # toward the root complex, when not link_gbps
+    down_gbps: float | None = Field(None, gt=0)  # from the root complex, when not link_gbps
+    duplex_gbps: float | None = Field(None, gt=0)  # both directions together, when less than their sum
     index: int | None = Field(None, ge=0)  # numa: node number
     cpus: str | None = None  # numa: "0-23,48-71"
     model: str | None = None  # gpu: A100-SXM4-40GB, ...
@@ -86,6 +90,16 @@ class Requests(_Strict):
     slice_exponent: float = Field(1.0, ge=0, le=2)  # compute / slices ** exponent
     bytes: float = Field(0.0, ge=0)  # host<->device bytes per request, fixed part
     bytes_per_token: float = Field(0.0, ge=0)
+    # vLLM's admission check: a prompt of max_model_len tokens or more is refused (HTTP 400), never
+    # queued (vllm/v1/engine/input_processor.py, _validate_prompt_len). vLLM's default is the
+    # model's context length (its config's max_position_embeddings). None: no limit.
+    max_model_len: int | None = Field(None, ge=1)
+    # PCIe is full duplex: this share of the bytes goes device -> host (results: up the GPU's
+    # switch), the rest host -> device (prompt, inputs, prefix-cache blocks: down it).
+    d2h_share: float = Field(0.0, ge=0, le=1)
+    # CPU-side time per request (fcfs: tokenisation, detokenisation, HTTP), on the tenant's cores
+    # (`cpus`): stretched when other tenants' threads oversubscribe them. Batched: `step_ms` is that.
+    cpu_ms: float = Field(0.0, ge=0)
     noise_cv: float = Field(0.2, ge=0, le=3)  # lognormal multiplicative noise on compute time
     generated_tokens: float = Field(0.0, ge=0)  # output tokens per request with `rate` (a trace has its own)
     # The service model: "fcfs" = one request at a time (Lindley); "batched" = vLLM-style engine
@@ -111,10 +125,12 @@ class Requests(_Strict):
     def _one(self) -> Requests:
         if (self.rate is None) == (self.trace is None):
             raise ValueError("give exactly one of rate (Poisson) or trace (a CSV file)")
+        if self.server == "batched" and "cpu_ms" in self.model_fields_set:
+            raise ValueError('cpu_ms: only with server = "fcfs" (a batched server\'s CPU side is step_ms)')
         if self.server != "batched":
             given = sorted(self.model_fields_set & _BATCHED_KEYS)
             if given:
-                raise ValueError(f"{', '.join(given)}: only with server = \"batched\"")
+                raise ValueError(f'{", ".join(given)}: only with server = "batched"')
         kv = self.model_fields_set & (_KV_KEYS - {"kv_bytes_per_token"})
         if kv and self.kv_bytes_per_token <= 0:
             raise ValueError(f"{', '.join(sorted(kv))}: only with kv_bytes_per_token > 0 (the KV cache's size)")
@@ -151,6 +167,12 @@ class TenantConfig(_Strict):
     sm_active: float = Field(0.0, ge=0, le=1)  # compute: SM activity of its instance while on
     schedule: Schedule = Schedule()
     handover: Literal["restart", "warm"] | None = None  # none: the scenario's [scenario] handover
+    relaunch_s: float | None = Field(None, ge=0, le=3600)  # none: the scenario's [scenario] relaunch_s
+    # The CPU channel (off unless set): the cores the tenant's processes may run on (its cpuset,
+    # "0-23,48-71"), and for a non-sensitive tenant the threads it keeps runnable there while its
+    # schedule is on (x level). A sensitive tenant's CPU side is one thread (vLLM's engine loop).
+    cpus: str | None = None
+    cpu_threads: float = Field(0.0, ge=0, le=100_000)
 
     @model_validator(mode="after")
     def _role(self) -> TenantConfig:
@@ -165,6 +187,10 @@ class TenantConfig(_Strict):
             raise ValueError("only sensitive tenants take [requests]")
         if self.flows and self.demand_gbps <= 0:
             raise ValueError("flows need demand_gbps > 0")
+        if self.cpu_threads > 0 and self.role is Role.SENSITIVE:
+            raise ValueError("cpu_threads: a sensitive tenant's CPU side is its requests' cpu_ms / step_ms")
+        if self.cpu_threads > 0 and self.cpus is None:
+            raise ValueError("cpu_threads needs cpus (the cores the threads run on)")
         return self
 
 
@@ -181,12 +207,24 @@ class ScenarioMeta(_Strict):
     duration_s: float = Field(3600.0, gt=0)
     tick_s: float = Field(2.0, gt=0.05, le=60)
     seed: int = 1
-    reconfig_downtime_s: float = Field(18.0, ge=0)
-    move_downtime_s: float = Field(5.0, ge=0)
-    # How a moved tenant changes instance: "restart" stops it for the downtime; "warm" keeps the old
+    # What a move costs (fsm.outage, the same function the decision core budgets with): a MIG
+    # reconfiguration, a tenant's relaunch until it serves (per tenant: its relaunch_s).
+    reconfig_s: float = Field(DEFAULT_RECONFIG_S, ge=0, le=3600)
+    relaunch_s: float = Field(DEFAULT_RELAUNCH_S, ge=0, le=3600)
+    # How a moved tenant changes instance: "restart" stops it for its relaunch; "warm" keeps the old
     # copy serving while the new one warms up, then switches with a gap of handover_gap_s.
     handover: Literal["restart", "warm"] = "restart"
-    handover_gap_s: float = Field(0.2, ge=0, le=60)
+    handover_gap_s: float = Field(DEFAULT_HANDOVER_GAP_S, ge=0, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in (("reconfig_downtime_s", "reconfig_s"), ("move_downtime_s", "relaunch_s")):
+                if old in data:
+                    raise ValueError(f"{old} is now {new} (a move's outage is computed from both, fsm/outage.py)")
+        return data
+
     compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
     irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
@@ -207,6 +245,8 @@ class HostModel:
     models: dict[str, GpuModel]
     tenants: dict[str, TenantConfig]
     base_dir: Path  # for relative trace paths
+    # PCIe is full duplex: (node id, "up" | "down") -> bytes/s of that node's uplink in that direction.
+    capacity: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +255,11 @@ class Scenario:
     file: str
     meta: ScenarioMeta
     hosts: tuple[HostModel, ...]
+
+
+def cpu_list(text: str) -> tuple[int, ...]:
+    """A Linux CPU list ("0-23,48-71") as CPU numbers."""
+    return _cpus(text)
 
 
 def _cpus(text: str) -> tuple[int, ...]:
@@ -252,6 +297,7 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
     ids = {HOST_ID}
     layouts: dict[str, tuple[Slot, ...]] = {}
     models: dict[str, GpuModel] = {}
+    capacity: dict[tuple[str, str], float] = {}
     for j, n in enumerate(h.nodes):
         nw = f"{where}.nodes[{j}]({n.id})"
         if n.id in ids or n.id == CPU:
@@ -299,6 +345,19 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         elif n.model is not None or n.layout is not None:
             problems.append(f"{nw}: model and layout are for gpu nodes only")
         link = n.link_gbps * 1e9 if n.link_gbps is not None else None
+        if link is None and (n.up_gbps is not None or n.down_gbps is not None or n.duplex_gbps is not None):
+            problems.append(f"{nw}.link_gbps: up_gbps / down_gbps / duplex_gbps refine link_gbps, which is missing")
+        elif link is not None:
+            up = capacity[(n.id, "up")] = n.up_gbps * 1e9 if n.up_gbps is not None else link
+            down = capacity[(n.id, "down")] = n.down_gbps * 1e9 if n.down_gbps is not None else link
+            if n.duplex_gbps is not None:
+                both = n.duplex_gbps * 1e9
+                if not max(up, down) <= both <= up + down:
+                    problems.append(
+                        f"{nw}.duplex_gbps: {n.duplex_gbps:g} must lie between the larger direction "
+                        f"({max(up, down) / 1e9:g}) and both together ({(up + down) / 1e9:g})"
+                    )
+                capacity[(n.id, "both")] = both
         kind = NodeKind(n.kind)
         nodes.append(
             Node(
@@ -353,6 +412,8 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         for k, d in enumerate(t.devices):
             if not topo.has(d):
                 problems.append(f"{tw}.devices[{k}]: unknown device {d!r}")
+        if t.cpus is not None:
+            _check_cpus(t.cpus, topo, f"{tw}.cpus", problems)
         tenants[t.name] = TenantSpec(
             name=t.name,
             role=t.role,
@@ -369,9 +430,32 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         name = h.name if h.copies == 1 else f"{h.name}-{c}"
         spec = HostSpec(topo, tenants, Policy(), {g: m.key for g, m in models.items()})
         out.append(
-            HostModel(name, spec, dict(layouts), dict(models), {t.name: t for t in h.tenants}, Path(file).parent)
+            HostModel(
+                name,
+                spec,
+                dict(layouts),
+                dict(models),
+                {t.name: t for t in h.tenants},
+                Path(file).parent,
+                dict(capacity),
+            )
         )
     return out
+
+
+def _check_cpus(text: str, topo: Topology, where: str, problems: list[str]) -> None:
+    try:
+        cpus = _cpus(text)
+    except ValueError as e:
+        problems.append(f"{where}: {e}")
+        return
+    if not cpus:
+        problems.append(f"{where}: no CPUs")
+        return
+    host = {c for n in topo.of_kind(NodeKind.NUMA) for c in n.cpus}
+    stray = sorted(set(cpus) - host) if host else []
+    if stray:
+        problems.append(f"{where}: CPU {stray[0]} is on no NUMA node of this host")
 
 
 def _check_kv(req: Requests | None, model: GpuModel, profile: str, where: str, problems: list[str]) -> None:
@@ -421,14 +505,18 @@ def parse_scenario(text: str, file: str) -> Scenario:
 
 
 def _outages(h: HostModel, meta: ScenarioMeta) -> dict[str, TenantSpec]:
-    """What a move costs each tenant in this simulator, as the decision core budgets it: the
-    downtimes, or the switch-over gap of a warm hand-over."""
+    """What a move costs each tenant in this simulator, told to the decision core in the same terms
+    (the simulator charges fsm.outage.move_timeline with the same figures)."""
     out = {}
     for name, ts in h.spec.tenants.items():
-        warm = (h.tenants[name].handover or meta.handover) == "warm"
-        move = meta.handover_gap_s if warm else meta.move_downtime_s
-        reconf = meta.handover_gap_s if warm else meta.reconfig_downtime_s
-        out[name] = replace(ts, move_outage_s=move, reconfig_outage_s=reconf)
+        cfg = h.tenants[name]
+        out[name] = replace(
+            ts,
+            relaunch_s=cfg.relaunch_s if cfg.relaunch_s is not None else meta.relaunch_s,
+            reconfig_s=meta.reconfig_s,
+            handover=cfg.handover or meta.handover,
+            handover_gap_s=meta.handover_gap_s,
+        )
     return out
 
 

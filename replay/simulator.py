@@ -2,19 +2,21 @@
 
 Per tick (`tick_s`, or whatever time the daemon lets pass):
 - every flow (bulk and compute tenants' transfers, the sensitive tenants' average transfer rate)
-  gets its weighted max-min share of the PCIe tree (replay.fabric), capped by its demand and by
-  the throttles in force; that gives the bytes each tenant delivers and the GPU PCIe counters;
-- a sensitive tenant's transfer gets the share an elastic flow would get at that moment beside
-  the others; each request's service time = compute time for its instance's slices (slowed by
-  busy neighbours on the same GPU) x lognormal noise + bytes / share;
+  gets its weighted max-min share of the PCIe tree (replay.fabric), per link and direction (PCIe
+  is full duplex; replay.paths), capped by its demand and by the throttles in force; that gives
+  the bytes each tenant delivers and the GPU PCIe counters;
+- a sensitive tenant's transfers (host -> device, and `d2h_share` device -> host) get the share an
+  elastic flow would get at that moment beside the others; each request's service time = compute
+  time for its instance's slices (slowed by busy neighbours on the same GPU) x lognormal noise +
+  bytes / share + its CPU-side time (stretched when other tenants' threads crowd its cores:
+  replay.cpu); a prompt of `max_model_len` tokens or more is refused, as vLLM does;
 - each instance is a FCFS server: latencies come from the Lindley recursion over the arrivals
   (replay.queueing); or, with `server = "batched"`, a vLLM-style engine that runs steps of
   chunked prefill under a token budget beside the running decodes (replay.batching); the window
   reports the requests that completed in the tick;
-- MIG reconfigurations and moves hold the moved tenant's server for their downtime; requests
-  queue meanwhile ("restart" hand-over). A "warm" hand-over keeps the tenant serving on its old
-  instance while the new copy warms up, then holds it only for `handover_gap_s` at the switch
-  (a restart after all when its old instance is among the slices a reconfiguration destroys).
+- MIG reconfigurations and moves follow fsm.outage's timeline, the one the decision core budgets
+  with (replay.actuation): the moved tenant serves nothing from when it stops to when it serves on
+  the target; what arrives meanwhile queues and is served there, at the target's slice and share.
   Layout validity is fsm.mig's.
 
 Random draws depend only on (seed, host, tenant, tick), never on the policy, so every policy sees
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from fsm.desired import DesiredState, MpsLimit, Throttle
-from fsm.mig import GpuModel, Slot, layout_problems, normalise
+from fsm.mig import GpuModel, Slot
 from fsm.observation import (
     ActuationStatus,
     GpuSample,
@@ -48,11 +50,23 @@ from fsm.observation import (
     TenantSample,
 )
 from fsm.spec import HostSpec, Role
-from fsm.topology import NodeKind, Topology
+from fsm.topology import NodeKind
+from replay.actuation import Actuation, MigOp, Move
 from replay.batching import BatchServer, step_cost
+from replay.cpu import CpuModel
 from replay.fabric import Flow, max_min
+from replay.paths import BOTH, DOWN, UP, LinkDir, flow_links, legs, with_both
 from replay.queueing import Array, lindley
-from replay.scenario import CPU, HostModel, Requests, Scenario, ScenarioMeta, TenantConfig, resolve_data
+from replay.scenario import (
+    CPU,
+    HostModel,
+    Requests,
+    Scenario,
+    ScenarioMeta,
+    TenantConfig,
+    cpu_list,
+    resolve_data,
+)
 
 IRQ_BYTES = 256 * 1024  # bytes moved per interrupt, for the crude IRQ-rate model
 CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
@@ -180,21 +194,7 @@ class _Sensitive:
     busy_s: float = 0.0  # compute seconds in the last tick (SM activity)
     rate_bps: float = 0.0
     batch: BatchServer | None = None  # server = "batched": the engine's queue and decodes
-
-
-@dataclass(slots=True)
-class _Op:
-    kind: str  # move | reconfig
-    start: float
-    end: float
-    gpu: str | None = None
-    layout: tuple[Slot, ...] | None = None
-    moves: dict[str, InstanceRef] = field(default_factory=dict)
-    warm: frozenset[str] = frozenset()  # moved tenants whose old copy serves until the switch
-
-    def targets(self) -> list[str]:
-        out = [f"gpu:{self.gpu}"] if self.kind == "reconfig" else []
-        return out + [f"tenant:{n}" for n in sorted(self.moves)]
+    cpu_busy: float = 0.0  # CPU-side seconds per second in the last tick, uncontended (the CPU channel)
 
 
 @dataclass(slots=True)
@@ -203,34 +203,16 @@ class Stats:
 
     latencies: list[Array] = field(default_factory=list)  # per tick, all sensitive tenants
     windows: list[tuple[float, str, int, float]] = field(default_factory=list)  # (t, tenant, count, quantile)
-    delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests)
+    delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests served)
+    rejected: dict[str, int] = field(default_factory=dict)  # tenant -> requests refused (prompt >= max_model_len)
     reconfigs: int = 0
     moves: int = 0
     failed_ops: int = 0
 
 
-def _flow_links(topo: Topology, a: str, b: str) -> dict[str, int]:
-    """Links (node ids whose uplink is crossed) between two endpoints; "cpu" is host memory."""
-    if a == CPU and b == CPU:
-        return {}
-    if a == CPU or b == CPU:
-        dev = b if a == CPU else a
-        return {n: 1 for n in topo.path_links(dev)}
-    ida, idb = topo.node(a).id, topo.node(b).id
-    common = topo.lca(ida, idb)
-    kind = topo.node(common).kind if common else None
-    out: dict[str, int] = {}
-    if common is None or kind in (NodeKind.NUMA, NodeKind.HOST):
-        # Through host memory / the root complexes: each side up to its root complex.
-        for n in (*topo.path_links(ida), *topo.path_links(idb)):
-            out[n] = out.get(n, 0) + 1
-        return out
-    for dev in (ida, idb):
-        for n in topo.ancestors(dev):
-            if n == common:
-                break
-            out[n] = out.get(n, 0) + 1
-    return out
+def _inv(share: float) -> float:
+    """Seconds per byte at `share` bytes/s (0 for a path with no modelled link)."""
+    return 1.0 / share if math.isfinite(share) and share > 0 else 0.0
 
 
 def _quantiles(sorted_x: Array, qs: tuple[float, ...]) -> list[float]:
@@ -245,7 +227,7 @@ def _quantiles(sorted_x: Array, qs: tuple[float, ...]) -> list[float]:
     return out
 
 
-class HostSim:
+class HostSim(Actuation):
     """The synchronous simulation engine of one host (the offline replay drives it directly)."""
 
     def __init__(self, model: HostModel, meta: ScenarioMeta, seed: int, host_index: int = 0) -> None:
@@ -259,16 +241,18 @@ class HostSim:
             n: t.instance for n, t in model.spec.tenants.items() if t.instance is not None
         }
         self.t = 0.0
-        self.ops: list[_Op] = []
+        self.ops: list[MigOp] = []  # MIG reconfigurations under way
+        self.moves: dict[str, Move] = {}  # tenants on their way to another instance
         self.outcomes: list[Outcome] = []
         self.caps: dict[tuple[str, str], Throttle] = {}
         self.mps: dict[str, MpsLimit] = {}
         self.stats = Stats()
-        self.warm = {n for n, c in model.tenants.items() if (c.handover or meta.handover) == "warm"}
         self.last: Observation | None = None
         self.sensitive: dict[str, _Sensitive] = {}
         self.others: list[TenantConfig] = []
-        self.flow_links: dict[str, list[tuple[dict[str, int], str, str]]] = {}
+        self.flow_links: dict[str, list[tuple[dict[tuple[str, str], int], str, str]]] = {}
+        # Links whose two directions together are capped (duplex_gbps): their flows also cross BOTH.
+        self.both = frozenset(n for (n, way) in model.capacity if way == BOTH)
         for i, (name, cfg) in enumerate(sorted(model.tenants.items())):
             if cfg.requests is not None:
                 stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.level)
@@ -277,9 +261,16 @@ class HostSim:
             else:
                 self.others.append(cfg)
                 self.flow_links[name] = [
-                    (_flow_links(self.topo, f.path[0], f.path[1]), f.path[0], f.path[1]) for f in cfg.flows
+                    (with_both(flow_links(self.topo, f.path[0], f.path[1]), self.both), f.path[0], f.path[1])
+                    for f in cfg.flows
                 ]
-        self.capacity = {n.id: n.link_bps for n in self.topo.nodes if n.link_bps is not None}
+        cpusets = {n: cpu_list(c.cpus) for n, c in model.tenants.items() if c.cpus}
+        self.cpu = CpuModel(cpusets, set(self.sensitive)) if cpusets else None
+        self.stats.rejected = dict.fromkeys(self.sensitive, 0)
+        self.cpu_threads: dict[str, float] = {}
+        self.capacity: dict[tuple[str, str], float] = dict(model.capacity) or {
+            (n.id, way): n.link_bps for n in self.topo.nodes if n.link_bps is not None for way in (UP, DOWN)
+        }
         self.gpu_nodes = [n.id for n in self.topo.gpus]
         self.block = {n.id: (n.aliases[0] if n.aliases else n.id) for n in self.topo.of_kind(NodeKind.NVME)}
         self.nics = {n.id: (n.aliases[0] if n.aliases else n.id) for n in self.topo.of_kind(NodeKind.NIC)}
@@ -300,121 +291,8 @@ class HostSim:
         self._irq: tuple[tuple[tuple[int, float], ...], dict[int, float]] | None = None
         self._elastic: dict[tuple[object, ...], dict[str, float]] = {}
 
-    # -- actuation ------------------------------------------------------------------------------
-    def _moving(self) -> set[str]:
-        return {n for op in self.ops for n in op.moves}
-
-    def _down(self) -> set[str]:
-        """Moving tenants that serve nothing meanwhile (restart hand-overs)."""
-        return {n for op in self.ops for n in op.moves if n not in op.warm}
-
-    def _pause(self, name: str, until: float) -> None:
-        s = self.sensitive.get(name)
-        if s is not None:
-            # The work queued now resumes once the tenant runs again.
-            s.free_at = max(s.free_at, self.t) + (until - self.t)
-
-    def _fail(self, target: str, error: str) -> None:
-        self.outcomes.append(Outcome(target, False, error, self.t))
-        self.stats.failed_ops += 1
-
-    def _occupant(self, inst: InstanceRef) -> str | None:
-        for n, i in self.instance.items():
-            if i == inst:
-                return n
-        return None
-
-    def apply_sync(self, desired: DesiredState) -> None:
-        if not desired.enforce:
-            return  # dry-run / shadow: nothing is applied
-        self.caps = {}
-        for th in desired.throttles:
-            dev = self.topo.resolve(th.device) or th.device
-            self.caps[(th.tenant, dev)] = th
-        self.mps = {m.tenant: m for m in desired.mps}
-        busy = {op.gpu for op in self.ops if op.kind == "reconfig"}
-        for gpu, want_raw in sorted(desired.layouts.items()):
-            want = normalise(want_raw)
-            cur = self.layouts.get(gpu)
-            if cur is None:
-                self._fail(f"gpu:{gpu}", f"no GPU {gpu!r} with MIG on this host")
-                continue
-            if want == cur or gpu in busy:
-                continue
-            problems = layout_problems(self.models[gpu], want)
-            if problems:
-                self._fail(f"gpu:{gpu}", "invalid MIG layout: " + "; ".join(problems))
-                continue
-            destroyed = set(cur) - set(want)
-            moves: dict[str, InstanceRef] = {}
-            blocked = []
-            moving = self._moving()
-            for n, inst in sorted(self.instance.items()):
-                tgt = desired.placements.get(n)
-                if inst.gpu == gpu and inst.slot in destroyed:
-                    if tgt is not None and tgt.gpu == gpu and tgt.slot in want and n not in moving:
-                        moves[n] = tgt
-                    else:
-                        blocked.append(f"{inst} ({n})")
-                elif (
-                    tgt is not None
-                    and tgt != inst
-                    and tgt.gpu == gpu
-                    and tgt.slot in set(want) - set(cur)
-                    and n not in moving
-                ):
-                    moves[n] = tgt
-            if blocked:
-                self._fail(f"gpu:{gpu}", f"In use by another client: {', '.join(blocked)}")
-                continue
-            end = self.t + self.meta.reconfig_downtime_s
-            # Warm only if the old instance survives the change (it serves while the new is made).
-            doomed = {n for n, i in self.instance.items() if i.gpu == gpu and i.slot in destroyed}
-            warm = frozenset(n for n in moves if n in self.warm and n not in doomed)
-            self.ops.append(_Op("reconfig", self.t, end, gpu, want, moves, warm))
-            busy.add(gpu)
-            self.stats.reconfigs += 1
-            for n in moves:
-                if n not in warm:
-                    self._pause(n, end)
-        moving = self._moving()
-        for n, tgt in sorted(desired.placements.items()):
-            cur_inst = self.instance.get(n)
-            if cur_inst == tgt or n in moving:
-                continue
-            if tgt.gpu in busy:
-                continue  # the GPU is being reconfigured; its instances come back afterwards
-            if tgt.slot not in self.layouts.get(tgt.gpu, ()):
-                self._fail(f"tenant:{n}", f"no MIG instance {tgt} on this host")
-                continue
-            other = self._occupant(tgt)
-            if other is not None:
-                self._fail(f"tenant:{n}", f"MIG instance {tgt} is in use by {other}")
-                continue
-            end = self.t + self.meta.move_downtime_s
-            hot = frozenset({n} & self.warm)
-            self.ops.append(_Op("move", self.t, end, None, None, {n: tgt}, hot))
-            self.stats.moves += 1
-            if not hot:
-                self._pause(n, end)
-
-    def _finish_ops(self, until: float) -> None:
-        done = [op for op in self.ops if op.end <= until]
-        if not done:
-            return
-        self.ops = [op for op in self.ops if op.end > until]
-        for op in sorted(done, key=lambda o: o.end):
-            if op.kind == "reconfig" and op.gpu is not None and op.layout is not None:
-                self.layouts[op.gpu] = op.layout
-                self.outcomes.append(Outcome(f"gpu:{op.gpu}", True, "", op.end))
-            for n, tgt in op.moves.items():
-                self.instance[n] = tgt
-                if n in op.warm:  # the switch-over: the old copy stops, the new takes the queue
-                    self._pause(n, self.t + self.meta.handover_gap_s)
-                self.outcomes.append(Outcome(f"tenant:{n}", True, "", op.end))
-
     # -- one tick ---------------------------------------------------------------------------------
-    def _cap(self, name: str, links: list[tuple[dict[str, int], str, str]], t: float) -> float:
+    def _cap(self, name: str, links: list[tuple[dict[tuple[str, str], int], str, str]], t: float) -> float:
         cap = math.inf
         for _, src, dst in links:
             for end, read in ((src, True), (dst, False)):
@@ -457,72 +335,100 @@ class HostSim:
         dt = self.meta.tick_s if dt is None else dt
         t0, t1 = self.t, self.t + dt
         self._finish_ops(t0)
+        self._hold(t0)
         # Demand and SM load of the other tenants this tick.
         sm: dict[str, float] = {}  # tenant -> SM activity of its instance
-        flows: list[Flow] = []
+        flows: list[Flow[LinkDir]] = []
+        threads = self.cpu_threads = {n: s.cpu_busy for n, s in self.sensitive.items()}  # CPU channel
         for cfg in self.others:
             level = cfg.schedule.active(t0)
+            if cfg.cpu_threads:
+                threads[cfg.name] = cfg.cpu_threads * level
             f_mps = self._mps_factor(cfg.name, t0)
             sm[cfg.name] = cfg.sm_active * min(1.0, level) * f_mps
             links = self.flow_links[cfg.name]
             if links and cfg.demand_gbps > 0:
-                merged: dict[str, int] = {}
+                merged: dict[tuple[str, str], int] = {}
                 for ln, _, _ in links:
                     for k, m in ln.items():
                         merged[k] = merged.get(k, 0) + m
                 demand = cfg.demand_gbps * 1e9 * level
                 flows.append(Flow(cfg.name, merged, min(demand, self._cap(cfg.name, links, t0))))
-        # Sensitive tenants: average transfer rate (for others' shares) and elastic share (for theirs).
-        sens_links: dict[str, dict[str, int]] = {}
-        for name in self.sensitive:
-            inst = self.instance[name]
-            sens_links[name] = {n: 1 for n in self.topo.path_links(inst.gpu)}
-        avg = [Flow(n, sens_links[n], s.rate_bps) for n, s in self.sensitive.items()]
+        # Sensitive tenants: average transfer rate (for others' shares) and elastic share (for theirs),
+        # one flow per direction: host -> device down the GPU's path, device -> host up it.
+        sens_links: dict[str, tuple[tuple[str, ...], float]] = {}
+        avg: list[Flow[LinkDir]] = []
+        serving = {name: self._serving(name, t1) for name in self.sensitive}
+        for name, s in self.sensitive.items():
+            path = tuple(self.topo.path_links(serving[name].gpu))
+            d2h = s.req.d2h_share
+            sens_links[name] = (path, d2h)
+            avg.append(Flow(f"{name}>{DOWN}", legs(path, DOWN, self.both), s.rate_bps * (1.0 - d2h)))
+            if d2h > 0:
+                avg.append(Flow(f"{name}>{UP}", legs(path, UP, self.both), s.rate_bps * d2h))
         rates = max_min(flows + avg, self.capacity)
         # The elastic shares depend only on the other flows' caps and the victims' paths: memoise.
-        key = (
-            tuple((f.name, f.cap) for f in flows),
-            tuple((n, tuple(sorted(ln))) for n, ln in sens_links.items()),
-        )
+        key = (tuple((f.name, f.cap) for f in flows), tuple(sorted(sens_links.items())))
         elastic = self._elastic.get(key)
-        if elastic is None:
-            elastic = max_min(flows + [Flow(n, sens_links[n]) for n in self.sensitive], self.capacity)
+        if elastic is None and self.both:
+            # A capped sum couples the directions: each direction's probes beside the other
+            # direction's average flows (a request's H2D and D2H copies do not overlap each other).
+            elastic = {}
+            for way, other in ((DOWN, UP), (UP, DOWN)):
+                one_way = [Flow(f"{n}>{way}", legs(path, way, self.both)) for n, (path, _) in sens_links.items()]
+                rest = [f for f in avg if f.name.endswith(f">{other}")]
+                shares = max_min(flows + rest + one_way, self.capacity)
+                elastic.update({f.name: shares[f.name] for f in one_way})
+        elif elastic is None:
+            probes: list[Flow[LinkDir]] = []
+            for n, (path, d2h) in sens_links.items():
+                probes.append(Flow(f"{n}>{DOWN}", legs(path, DOWN, self.both)))
+                if d2h > 0:
+                    probes.append(Flow(f"{n}>{UP}", legs(path, UP, self.both)))
+            elastic = max_min(flows + probes, self.capacity)
             if len(self._elastic) < 10_000:
                 self._elastic[key] = elastic
         # Requests.
         window: dict[str, LatencyWindow] = {}
         busy_s: dict[str, float] = {}
         for name, s in self.sensitive.items():
-            inst = self.instance[name]
+            req = s.req
             level = s.cfg.schedule.active(t0)
             arr, tok, gen, noise = s.stream.window(t0, t1, level)
-            neighbours = sum(
-                sm.get(o, 0.0) * self._slices(i) / 7.0
-                for o, i in self.instance.items()
-                if i.gpu == inst.gpu and o != name
-            )
-            slow = 1.0 + self.meta.compute_coupling * neighbours
-            req = s.req
-            share = elastic.get(name, math.inf)
-            per_byte = 1.0 / share if math.isfinite(share) and share > 0 else 0.0
-            scale = 1e-3 * slow / self._slices(inst) ** req.slice_exponent
-            if req.compute_ms_per_token or req.bytes_per_token:
-                compute = (req.compute_ms + req.compute_ms_per_token * tok) * scale * noise
-                nbytes = req.bytes + req.bytes_per_token * tok
-                service = compute + nbytes * per_byte
-                total_bytes = float(nbytes.sum())
-            else:  # fixed cost per request: scalars, fewer array passes
-                compute = (req.compute_ms * scale) * noise
-                service = compute + req.bytes * per_byte
-                total_bytes = req.bytes * arr.size
+            if req.max_model_len is not None:  # refused at admission: never queued
+                ok = tok < req.max_model_len
+                if not ok.all():
+                    self.stats.rejected[name] = self.stats.rejected.get(name, 0) + int(ok.size - ok.sum())
+                    arr, tok, gen, noise = arr[ok], tok[ok], gen[ok], noise[ok]
+            cpu_slow = self.cpu.slowdown(name, threads) if self.cpu is not None else 1.0
+            per_byte = self._per_byte(name, req, elastic)
+            steps0 = s.batch.step if s.batch is not None else 0
+            mv = self.moves.get(name)
+            if mv is None or mv.held or mv.down_at >= t1:
+                done, lat, busy_s[name], total_bytes = self._serve(
+                    s, name, serving[name], arr, tok, gen, noise, per_byte, cpu_slow, sm, t1
+                )
+            else:  # it stops serving within this tick: what arrived before is served where it was
+                j = int(np.searchsorted(arr, mv.down_at, "left"))
+                old = self.instance[name]
+                old_path = self.topo.path_links(old.gpu)
+                probe = [Flow(f"{name}>{w}", legs(old_path, w, self.both)) for w in (DOWN, UP)]
+                pb_old = self._per_byte(name, req, max_min(flows + probe, self.capacity))
+                parts = [
+                    self._serve(s, name, old, arr[:j], tok[:j], gen[:j], noise[:j], pb_old, cpu_slow, sm, mv.down_at)
+                ]
+                self._hold_one(name, mv)
+                parts.append(
+                    self._serve(s, name, mv.target, arr[j:], tok[j:], gen[j:], noise[j:], per_byte, cpu_slow, sm, t1)
+                )
+                done = np.concatenate([p[0] for p in parts])
+                lat = np.concatenate([p[1] for p in parts])
+                busy_s[name] = sum(p[2] for p in parts)
+                total_bytes = sum(p[3] for p in parts)
             if s.batch is None:
-                lat, s.free_at = lindley(arr, service, s.free_at)
-                done = arr + lat
-                busy_s[name] = float(compute.sum())
-            else:  # the engine's steps; requests still queued at t1 finish in a later tick
-                s.batch.push(arr, tok, gen, noise)
-                cost = step_cost(req, scale, per_byte, self._mem_gib(inst))
-                done, lat, s.free_at, busy_s[name] = s.batch.run(cost, s.free_at, t1)
+                s.cpu_busy = arr.size * req.cpu_ms * 1e-3 / dt
+            else:
+                s.cpu_busy = (s.batch.step - steps0) * req.step_ms * 1e-3 / dt
             s.rate_bps = total_bytes / dt
             self.stats.latencies.append(lat)
             self.stats.delivered[name] = self.stats.delivered.get(name, 0.0) + arr.size
@@ -549,12 +455,63 @@ class HostSim:
         self.last = obs
         return obs
 
+    @staticmethod
+    def _per_byte(name: str, req: Requests, shares: dict[str, float]) -> float:
+        """Seconds per byte: the H2D part at the downstream share, the D2H part at the upstream one."""
+        d2h = req.d2h_share
+        out = (1.0 - d2h) * _inv(shares.get(f"{name}>{DOWN}", math.inf))
+        if d2h > 0:
+            out += d2h * _inv(shares.get(f"{name}>{UP}", math.inf))
+        return out
+
+    def _serve(
+        self,
+        s: _Sensitive,
+        name: str,
+        inst: InstanceRef,
+        arr: Array,
+        tok: Array,
+        gen: Array,
+        noise: Array,
+        per_byte: float,
+        cpu_slow: float,
+        sm: dict[str, float],
+        until: float,
+    ) -> tuple[Array, Array, float, float]:
+        """Serve these arrivals on `inst`: (completion times, latencies, GPU seconds, bytes moved).
+        A batched server runs the steps that start before `until`."""
+        req = s.req
+        neighbours = sum(
+            sm.get(o, 0.0) * self._slices(i) / 7.0 for o, i in self.instance.items() if i.gpu == inst.gpu and o != name
+        )
+        slow = 1.0 + self.meta.compute_coupling * neighbours
+        scale = 1e-3 * slow / self._slices(inst) ** req.slice_exponent
+        if req.compute_ms_per_token or req.bytes_per_token:
+            compute = (req.compute_ms + req.compute_ms_per_token * tok) * scale * noise
+            nbytes = req.bytes + req.bytes_per_token * tok
+            service = compute + nbytes * per_byte
+            total_bytes = float(nbytes.sum())
+        else:  # fixed cost per request: scalars, fewer array passes
+            compute = (req.compute_ms * scale) * noise
+            service = compute + req.bytes * per_byte
+            total_bytes = req.bytes * arr.size
+        if s.batch is None:
+            if req.cpu_ms:
+                service = service + req.cpu_ms * 1e-3 * cpu_slow
+            lat, s.free_at = lindley(arr, service, s.free_at)
+            return arr + lat, lat, float(compute.sum()), total_bytes
+        # The engine's steps; requests still queued at `until` finish in a later call.
+        s.batch.push(arr, tok, gen, noise)
+        cost = step_cost(req, scale, per_byte, self._mem_gib(inst), cpu_slow)
+        done, lat, s.free_at, busy = s.batch.run(cost, s.free_at, until)
+        return done, lat, busy, total_bytes
+
     # -- what the samplers would see --------------------------------------------------------------
     def _observation(
         self,
         t: float,
         dt: float,
-        flows: list[Flow],
+        flows: list[Flow[LinkDir]],
         rates: dict[str, float],
         sm: dict[str, float],
         busy_s: dict[str, float],
@@ -568,7 +525,7 @@ class HostSim:
         block: dict[str, float] = dict.fromkeys(self.block.values(), 0.0)
         nic: dict[str, float] = dict.fromkeys(self.nics.values(), 0.0)
         numa_bytes: dict[int, float] = {}
-        moving = self._down()  # a warm move's old copy still serves: its instance is seen
+        moving = self._down(t)  # a warm move's old copy still serves: its instance is seen
         for name, s in self.sensitive.items():
             inst = self.instance[name]
             down = name in moving
@@ -577,11 +534,14 @@ class HostSim:
             )
             lw = window.get(name)
             tenants[name] = TenantSample(
-                latency=lw, throughput=(lw.count / dt if lw else 0.0), instance=None if down else inst
+                latency=lw,
+                throughput=(lw.count / dt if lw else 0.0),
+                instance=None if down else inst,
+                cpu_pressure=self._cpu_pressure(name, s.cpu_busy),
             )
-            for n in topo.path_links(inst.gpu)[:1]:
-                rx[n] = rx.get(n, 0.0) + s.rate_bps / 2
-                tx[n] = tx.get(n, 0.0) + s.rate_bps / 2
+            for n in topo.path_links(inst.gpu)[:1]:  # the GPU receives H2D bytes, transmits D2H ones
+                rx[n] = rx.get(n, 0.0) + s.rate_bps * (1.0 - s.req.d2h_share)
+                tx[n] = tx.get(n, 0.0) + s.rate_bps * s.req.d2h_share
         for cfg in self.others:
             r = rates.get(cfg.name, 0.0)
             io: dict[str, IoRate] = {}
@@ -605,7 +565,10 @@ class HostSim:
                 inst_sm.setdefault(home.gpu, {})[f"{home.profile}@{home.start}"] = sm.get(cfg.name, 0.0)
             work = r if cfg.flows else sm.get(cfg.name, 0.0)
             tenants[cfg.name] = TenantSample(
-                throughput=work, io=io if io else ({} if cfg.cgroup else None), instance=home
+                throughput=work,
+                io=io if io else ({} if cfg.cgroup else None),
+                instance=home,
+                cpu_pressure=self._cpu_pressure(cfg.name),
             )
         gpus: dict[str, GpuSample] = {}
         for gpu in self.gpu_nodes:
@@ -650,7 +613,7 @@ class HostSim:
                     irq[c] = self.meta.irq_base + extra
             self._irq = (irq_key, irq)
         irq = self._irq[1]
-        in_flight = tuple(sorted(x for op in self.ops for x in op.targets()))
+        in_flight = tuple(sorted([f"gpu:{op.gpu}" for op in self.ops] + [f"tenant:{n}" for n in self.moves]))
         outcomes = tuple(self.outcomes)
         self.outcomes = []
         return Observation(
@@ -660,6 +623,10 @@ class HostSim:
             host=HostSample(block_bps=block, nic_bps=nic, irq_rate=irq),
             actuation=ActuationStatus(in_flight=in_flight, outcomes=outcomes),
         )
+
+    def _cpu_pressure(self, name: str, busy: float = 0.0) -> float | None:
+        """The cgroup's cpu.pressure "some" share; None where the CPU channel is not modelled."""
+        return None if self.cpu is None else self.cpu.pressure(name, self.cpu_threads, busy)
 
     # -- the synchronous fast path ----------------------------------------------------------------
     def observe_sync(self) -> Observation:

@@ -10,6 +10,7 @@ import pytest
 
 from controller.cli import main
 from controller.config import ConfigError, check_cgroup_rel, load_config, parse_config
+from fsm.outage import DEFAULT_HANDOVER_GAP_S, MoveKind
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "systemd" / "tailguard.toml"
@@ -107,11 +108,19 @@ path = "/run/llm.jsonl"
 kind = "systemd"
 """
     restart = parse_config(base + 'unit = "llm.service"\n').tenant_specs()["llm"]
-    assert (restart.move_outage_s, restart.reconfig_outage_s) == (5.0, 18.0)
+    assert (restart.relaunch_s, restart.reconfig_s, restart.handover) == (5.0, 18.0, "restart")
+    # Each lever's outage is fsm.outage's, from the same figures the simulator charges with.
+    assert restart.outage_s(MoveKind.EXISTING) == restart.move_outage_s == 5.0
+    assert restart.outage_s(MoveKind.BESIDE) == 5.0  # make-before-break: it serves while the slice is made
+    assert restart.outage_s(MoveKind.IN_PLACE) == 23.0  # its own instance goes: reconfigure + relaunch
     warm = parse_config(base + 'unit = "llm@.service"\nhandover = "warm"\n').tenant_specs()["llm"]
-    assert (warm.move_outage_s, warm.reconfig_outage_s) == (1.0, 1.0)
-    own = parse_config(base.replace('slo_ms = 200', 'slo_ms = 200\nmove_outage_s = 40') + 'unit = "llm.service"\n')
-    assert own.tenant_specs()["llm"].move_outage_s == 40.0
+    assert warm.handover == "warm" and warm.handover_gap_s == DEFAULT_HANDOVER_GAP_S
+    assert warm.outage_s(MoveKind.EXISTING) == warm.outage_s(MoveKind.BESIDE) == DEFAULT_HANDOVER_GAP_S
+    assert warm.outage_s(MoveKind.IN_PLACE) == 23.0  # no old copy left to serve
+    own = parse_config(base.replace("slo_ms = 200", "slo_ms = 200\nrelaunch_s = 40") + 'unit = "llm.service"\n')
+    assert own.tenant_specs()["llm"].outage_s(MoveKind.IN_PLACE) == 58.0
+    with pytest.raises(ConfigError, match=r"move_outage_s was replaced by relaunch_s"):
+        parse_config(base.replace("slo_ms = 200", "slo_ms = 200\nmove_outage_s = 40") + 'unit = "llm.service"\n')
     assert parse_config("[policy]\noutage_budget_share = 0\n").policy_obj().outage_budget_share is None
     assert parse_config("").policy_obj().outage_budget_share == 0.5
 

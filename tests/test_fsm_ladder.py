@@ -10,6 +10,7 @@ from fsm.decide import Decision, decide
 from fsm.examples import EXAMPLE_LAYOUTS, example_observation, example_spec
 from fsm.mig import Slot
 from fsm.observation import ActuationStatus, InstanceRef, MigSample, Observation, Outcome, TenantSample
+from fsm.outage import MoveKind
 from fsm.spec import Level, Policy, Role, TenantSpec
 from fsm.state import ControllerState
 
@@ -365,24 +366,41 @@ def test_no_relief_target_off_the_path_means_no_move():
 
 
 def test_outage_budget_stops_a_resize_right_after_a_move():
-    """A p99 tenant may lose 0.5 x 1% of an hour (18 s) to moves: after a 5 s move, an 18 s
-    reconfiguration would put more requests in the tail than the lever can save, so it holds."""
+    """A p99 tenant may lose 0.5 x 1% of an hour (18 s) to moves. With a 10 s relaunch, after one
+    move (10 s) a make-before-break resize (another relaunch, fsm.outage: 10 s) would put more
+    requests in the tail than the lever can save, so it holds."""
     spec = example_spec()
+    spec = replace(spec, tenants={**spec.tenants, "llm": replace(spec.tenants["llm"], relaunch_s=10.0)})
     state = _guarded(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     (e,) = events(ds, "escalate")
-    assert e.lever == "place" and e.evidence["outage_s"] == 5.0
+    assert e.lever == "place" and e.evidence["outage_s"] == 10.0
     target = ds[-1].desired.placements["llm"]
     state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
     state, ds = run(spec, state, stream(100, 3, 0.020, llm_at=target))
     assert not events(ds, "escalate")
     (h,) = events(ds, "hold")
-    assert "outage budget spent (5 s of 18 s this hour; this needs 18 s)" in h.reason
-    assert state.tenant("llm").outages == ((40.0 + 4.0, 5.0),)
-    # an hour later the budget is back: the resize goes ahead
+    assert "outage budget spent (10 s of 18 s this hour; this needs 10 s)" in h.reason
+    assert state.tenant("llm").outages == ((40.0 + 4.0, 10.0),)
+    # an hour later the budget is back: the resize goes ahead, beside the old slice (a relaunch)
     state, ds = run(spec, state, stream(3700, 3, 0.020, llm_at=target))
     (e,) = events(ds, "escalate")
-    assert e.lever == "resize" and e.evidence["outage_s"] == 18.0
+    assert e.lever == "resize" and e.evidence["outage_s"] == 10.0 and e.evidence["move"] == "beside"
+
+
+def test_a_resize_in_place_is_charged_the_reconfiguration_plus_the_relaunch():
+    """Growing the victim's own instance destroys it: stop, reconfigure (18 s), relaunch (5 s)."""
+    spec = example_spec(Policy(mig_ladder={"A100-SXM4-40GB": ("1g.5gb", "7g.40gb")}, outage_budget_share=None))
+    t = spec.tenants["llm"]
+    assert t.outage_s(MoveKind.IN_PLACE) == 23.0 and t.outage_s(MoveKind.BESIDE) == 5.0
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    target = ds[-1].desired.placements["llm"]
+    state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
+    state, ds = run(spec, state, stream(100, 3, 0.020, llm_at=target))
+    (e,) = events(ds, "escalate")
+    # A 7g.40gb takes the whole GPU: the victim's own slice must go.
+    assert e.lever == "resize" and e.evidence["move"] == "in_place" and e.evidence["outage_s"] == 23.0
 
 
 def test_resize_is_kept_while_the_tail_would_come_back_on_the_smaller_slice():

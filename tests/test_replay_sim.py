@@ -92,7 +92,7 @@ def test_simulated_host_protocol_and_actuation() -> None:
     asyncio.run(host.apply(bad))
     o2 = asyncio.run(host.observe())
     assert any(o.target == "gpu:gpu3" and not o.ok and "may start only" in o.error for o in o2.actuation.outcomes)
-    # A resize (grow in place) is in flight for reconfig_downtime_s; requests queue meanwhile.
+    # A resize in place stops t1 first: in flight for reconfig_s + relaunch_s; requests queue meanwhile.
     grow = DesiredState(
         t=o2.t,
         placements={"t1": InstanceRef("gpu0", "2g.10gb", 0)},

@@ -4,8 +4,14 @@ Plain http:// URLs (exporters on localhost, the usual case) are fetched on the e
 asyncio streams: no thread per scrape, and the timeout really cancels the request. HTTP/1.1 with
 keep-alive (the connection is reused on the next tick); bodies by Content-Length, chunked transfer
 coding (Go's net/http, behind dcgm-exporter, uses it for large responses), or until the server
-closes. https:// goes through
-urllib in a worker thread.
+closes. https:// goes through urllib in a worker thread.
+
+Hand-written rather than aiohttp or httpx: those cost 2x and 15x the CPU per scrape here (the A/B
+in bench/RESULTS.md, "The scrape transport"; issue 12 kept this client above 1.5x). The behaviour
+tests (tests/test_sig_http.py) run on this client and on the aiohttp candidate alike.
+Timeouts: connecting and the whole request share the sampler's timeout_s (one deadline), and the
+error says which phase ran out. The body limit holds while reading: a Content-Length over it is
+refused before the body is read, a chunked or close-delimited body as soon as it passes it.
 """
 
 from __future__ import annotations
@@ -52,12 +58,29 @@ async def _chunked(reader: asyncio.StreamReader, url: str) -> bytes:
         except ValueError:
             raise FetchError(f"{url}: bad chunk size {size_text[:20]!r}") from None
         if size == 0:
-            return b"".join(parts)  # trailers, if any, are not needed
+            # The trailer section ends with an empty line; left unread, its CRLF would be taken as
+            # the next response's status line on the kept-alive connection.
+            for _ in range(MAX_HEADERS):
+                if not (await reader.readline()).strip():
+                    return b"".join(parts)
+            raise FetchError(f"{url}: more than {MAX_HEADERS} trailer lines")
         total += size
         if total > MAX_BODY:
             raise FetchError(f"{url}: response larger than {MAX_BODY} bytes")
         parts.append(await reader.readexactly(size))
         await reader.readexactly(2)  # CRLF after each chunk
+
+
+async def _until_close(reader: asyncio.StreamReader, url: str) -> bytes:
+    # read(n) returns what has arrived so far, not n bytes: loop until EOF
+    parts: list[bytes] = []
+    total = 0
+    while part := await reader.read(65536):
+        total += len(part)
+        if total > MAX_BODY:
+            raise FetchError(f"{url}: response larger than {MAX_BODY} bytes")
+        parts.append(part)
+    return b"".join(parts)
 
 
 @dataclass(slots=True)
@@ -84,7 +107,7 @@ def _take(key: tuple[str, int]) -> _Conn | None:
     return None
 
 
-async def _get_async(url: str, u: urllib.parse.SplitResult) -> str:
+async def _get_async(url: str, u: urllib.parse.SplitResult, phase: list[str]) -> str:
     key = (u.hostname or "", u.port or 80)
     conn = _take(key)
     if conn is not None:
@@ -92,7 +115,9 @@ async def _get_async(url: str, u: urllib.parse.SplitResult) -> str:
             return await _request(url, u, conn, key)
         except (asyncio.IncompleteReadError, ConnectionError, _StaleError):
             pass  # the server closed the idle connection: once more on a new one
+    phase[0] = "connect"
     reader, writer = await asyncio.open_connection(*key)
+    phase[0] = "request"
     return await _request(url, u, _Conn(reader, writer, asyncio.get_running_loop()), key)
 
 
@@ -136,9 +161,7 @@ async def _request(url: str, u: urllib.parse.SplitResult, conn: _Conn, key: tupl
             body = await reader.readexactly(int(length_text))
         else:
             delimited = False
-            body = await reader.read(MAX_BODY + 1)
-            if len(body) > MAX_BODY:
-                raise FetchError(f"{url}: response larger than {MAX_BODY} bytes")
+            body = await _until_close(reader, url)
         keep = delimited and proto == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         if code_text != "200":
             raise FetchError(f"{url}: HTTP {code_text} {reason}".rstrip())
@@ -156,11 +179,13 @@ async def fetch_text(url: str, timeout_s: float) -> str:
     u = urllib.parse.urlsplit(url)
     if u.scheme != "http" or not u.hostname:
         return await asyncio.to_thread(_get, url, timeout_s)
+    phase = ["request"]  # which one the deadline cut: "connect" or "request"
     try:
         async with asyncio.timeout(timeout_s):
-            return await _get_async(url, u)
+            return await _get_async(url, u, phase)
     except TimeoutError:
-        raise FetchError(f"{url}: no answer within {timeout_s:g} s") from None
+        what = "no connection" if phase[0] == "connect" else "no answer"
+        raise FetchError(f"{url}: {what} within {timeout_s:g} s") from None
     except asyncio.IncompleteReadError:
         raise FetchError(f"{url}: connection closed before the end of the response") from None
     except _StaleError:

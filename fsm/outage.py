@@ -1,0 +1,72 @@
+"""What moving a tenant to another MIG instance costs it in unavailability: one function that the
+ladder's outage budget and the host simulator both use, so the budget counts what the host charges.
+
+Three kinds of move (what the instance it goes to is, and whether its own survives):
+- EXISTING: into an instance that exists (a placement, or a resize onto a free bigger slice);
+- BESIDE: into an instance a MIG reconfiguration creates next to the tenant's own, which survives
+  the change (make-before-break, as fsm/resize.py prefers): the tenant keeps serving while the GPU
+  is reconfigured;
+- IN_PLACE: the reconfiguration destroys the tenant's own instance (growing it in place, or giving
+  a resize back by re-creating the old layout): nvidia-smi refuses to destroy an instance a
+  process uses, so the tenant stops first, then the GPU is reconfigured, then it relaunches.
+
+Two hand-overs (the launcher's `handover`): "restart" stops the old copy and starts the new one,
+unavailable for the relaunch; "warm" starts the new copy while the old one serves and switches
+over with a gap of `handover_gap_s`. A warm hand-over cannot help IN_PLACE: there is no old copy
+left to serve.
+
+Figures (the defaults; scenarios and configs set their own): a MIG reconfiguration takes about
+18 s (the reference paper, docs/paper.md; "elsewhere ~30 s"); the relaunch is the tenant's own
+start-up until it serves (5 s: the paper scenario's small inference server with its weights in
+the page cache, an assumption; a vLLM server takes tens of seconds, see docs/scenarios.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+DEFAULT_RELAUNCH_S = 5.0
+DEFAULT_RECONFIG_S = 18.0
+DEFAULT_HANDOVER_GAP_S = 1.0  # a warm switch-over: the old copy stops, traffic finds the new one
+HANDOVERS = ("restart", "warm")
+
+
+class MoveKind(StrEnum):
+    EXISTING = "existing"
+    BESIDE = "beside"
+    IN_PLACE = "in_place"
+
+
+@dataclass(frozen=True, slots=True)
+class MoveTimeline:
+    """Seconds after the move starts: when the new layout exists (0: no reconfiguration), when the
+    tenant stops serving, and when it serves again on the target."""
+
+    layout_at: float
+    down_at: float
+    up_at: float
+
+    @property
+    def outage_s(self) -> float:
+        return self.up_at - self.down_at
+
+
+def move_timeline(
+    kind: MoveKind, relaunch_s: float, reconfig_s: float, warm: bool = False, gap_s: float = DEFAULT_HANDOVER_GAP_S
+) -> MoveTimeline:
+    if kind is MoveKind.IN_PLACE:
+        return MoveTimeline(reconfig_s, 0.0, reconfig_s + relaunch_s)
+    ready = relaunch_s if kind is MoveKind.EXISTING else reconfig_s + relaunch_s  # the new copy serves
+    layout = 0.0 if kind is MoveKind.EXISTING else reconfig_s
+    if warm:
+        return MoveTimeline(layout, ready, ready + gap_s)
+    return MoveTimeline(layout, ready - relaunch_s, ready)
+
+
+def move_outage_s(
+    kind: MoveKind, relaunch_s: float, reconfig_s: float, warm: bool = False, gap_s: float = DEFAULT_HANDOVER_GAP_S
+) -> float:
+    """Seconds the tenant serves nothing: EXISTING and BESIDE cost the relaunch (warm: the gap),
+    IN_PLACE the reconfiguration plus the relaunch."""
+    return move_timeline(kind, relaunch_s, reconfig_s, warm, gap_s).outage_s

@@ -1,0 +1,178 @@
+"""What applying a desired state does to the simulated host: throttles and MPS limits at once, MIG
+reconfigurations and tenant moves on fsm.outage's timeline (the one the decision core budgets
+with). HostSim (replay/simulator.py) mixes this in; the state it works on is HostSim's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fsm.desired import DesiredState, MpsLimit, Throttle
+from fsm.mig import GpuModel, Slot, layout_problems, normalise
+from fsm.observation import InstanceRef, Outcome
+from fsm.outage import MoveKind, move_timeline
+from fsm.spec import HostSpec
+from fsm.topology import Topology
+from replay.scenario import ScenarioMeta
+
+if TYPE_CHECKING:
+    from replay.simulator import Stats, _Sensitive
+
+
+@dataclass(slots=True)
+class MigOp:
+    """A MIG reconfiguration of one GPU: its new layout exists at `end`."""
+
+    gpu: str
+    layout: tuple[Slot, ...]
+    start: float
+    end: float
+
+
+@dataclass(slots=True)
+class Move:
+    """A tenant on its way to `target`: it serves nothing in [down_at, up_at) (fsm.outage's timeline),
+    on its old instance before, on the target from up_at."""
+
+    target: InstanceRef
+    start: float
+    down_at: float
+    up_at: float
+    held: bool = False  # its server's hold has been applied
+
+
+class Actuation:
+    """Moves, reconfigurations, throttles and MPS limits of HostSim."""
+
+    t: float
+    ops: list[MigOp]  # MIG reconfigurations under way
+    moves: dict[str, Move]  # tenants on their way to another instance
+    outcomes: list[Outcome]
+    instance: dict[str, InstanceRef]
+    layouts: dict[str, tuple[Slot, ...]]
+    models: dict[str, GpuModel]
+    caps: dict[tuple[str, str], Throttle]
+    mps: dict[str, MpsLimit]
+    spec: HostSpec
+    meta: ScenarioMeta
+    topo: Topology
+    stats: Stats
+    sensitive: dict[str, _Sensitive]
+
+    def _down(self, t: float) -> set[str]:
+        """Moving tenants that serve nothing at `t` (a warm move's old copy serves until the switch)."""
+        return {n for n, m in self.moves.items() if m.down_at <= t}
+
+    def _serving(self, name: str, t1: float) -> InstanceRef:
+        """The instance that serves what arrives before t1: the move's target once the tenant stops
+        on its old one (what arrives meanwhile waits for the target, and is served there)."""
+        m = self.moves.get(name)
+        return m.target if m is not None and m.down_at < t1 else self.instance[name]
+
+    def _hold(self, t: float) -> None:
+        """Hold the servers of the tenants that have stopped serving by `t` (a tick's start), for their
+        outage; one that stops within a tick is held there (advance splits its arrivals)."""
+        for name, m in self.moves.items():
+            if not m.held and m.down_at <= t:
+                self._hold_one(name, m)
+
+    def _hold_one(self, name: str, m: Move) -> None:
+        m.held = True
+        s = self.sensitive.get(name)
+        if s is not None:  # the work queued then resumes once the tenant serves again
+            s.free_at = max(s.free_at, m.down_at) + (m.up_at - m.down_at)
+
+    def _move(self, name: str, target: InstanceRef, kind: MoveKind) -> None:
+        """Start moving `name`, on the timeline the decision core budgets for (fsm.outage)."""
+        ts = self.spec.tenants[name]
+        tl = move_timeline(kind, ts.relaunch_s, ts.reconfig_s, ts.handover == "warm", ts.handover_gap_s)
+        self.moves[name] = Move(target, self.t, self.t + tl.down_at, self.t + tl.up_at)
+
+    def _fail(self, target: str, error: str) -> None:
+        self.outcomes.append(Outcome(target, False, error, self.t))
+        self.stats.failed_ops += 1
+
+    def _occupant(self, inst: InstanceRef) -> str | None:
+        for n, i in self.instance.items():
+            if i == inst:
+                return n
+        return None
+
+    def apply_sync(self, desired: DesiredState) -> None:
+        if not desired.enforce:
+            return  # dry-run / shadow: nothing is applied
+        self.caps = {}
+        for th in desired.throttles:
+            dev = self.topo.resolve(th.device) or th.device
+            self.caps[(th.tenant, dev)] = th
+        self.mps = {m.tenant: m for m in desired.mps}
+        busy = {op.gpu for op in self.ops}
+        for gpu, want_raw in sorted(desired.layouts.items()):
+            want = normalise(want_raw)
+            cur = self.layouts.get(gpu)
+            if cur is None:
+                self._fail(f"gpu:{gpu}", f"no GPU {gpu!r} with MIG on this host")
+                continue
+            if want == cur or gpu in busy:
+                continue
+            problems = layout_problems(self.models[gpu], want)
+            if problems:
+                self._fail(f"gpu:{gpu}", "invalid MIG layout: " + "; ".join(problems))
+                continue
+            destroyed = set(cur) - set(want)
+            moves: dict[str, InstanceRef] = {}
+            blocked = []
+            for n, inst in sorted(self.instance.items()):
+                tgt = desired.placements.get(n)
+                if inst.gpu == gpu and inst.slot in destroyed:
+                    if tgt is not None and tgt.gpu == gpu and tgt.slot in want and n not in self.moves:
+                        moves[n] = tgt
+                    else:
+                        blocked.append(f"{inst} ({n})")
+                elif (
+                    tgt is not None
+                    and tgt != inst
+                    and tgt.gpu == gpu
+                    and tgt.slot in set(want) - set(cur)
+                    and n not in self.moves
+                ):
+                    moves[n] = tgt
+            if blocked:
+                self._fail(f"gpu:{gpu}", f"In use by another client: {', '.join(blocked)}")
+                continue
+            # A tenant whose instance the change destroys stops first (IN_PLACE); one moving into a
+            # new instance beside its own keeps serving meanwhile (BESIDE, make-before-break).
+            for n, tgt in moves.items():
+                doomed = self.instance[n].gpu == gpu and self.instance[n].slot in destroyed
+                self._move(n, tgt, MoveKind.IN_PLACE if doomed else MoveKind.BESIDE)
+            self.ops.append(MigOp(gpu, want, self.t, self.t + self.meta.reconfig_s))
+            busy.add(gpu)
+            self.stats.reconfigs += 1
+        for n, tgt in sorted(desired.placements.items()):
+            cur_inst = self.instance.get(n)
+            if cur_inst == tgt or n in self.moves:
+                continue
+            if tgt.gpu in busy:
+                continue  # the GPU is being reconfigured; its instances come back afterwards
+            if tgt.slot not in self.layouts.get(tgt.gpu, ()):
+                self._fail(f"tenant:{n}", f"no MIG instance {tgt} on this host")
+                continue
+            other = self._occupant(tgt)
+            if other is not None:
+                self._fail(f"tenant:{n}", f"MIG instance {tgt} is in use by {other}")
+                continue
+            self._move(n, tgt, MoveKind.EXISTING)
+            self.stats.moves += 1
+
+    def _finish_ops(self, until: float) -> None:
+        done = [op for op in self.ops if op.end <= until]
+        if done:
+            self.ops = [op for op in self.ops if op.end > until]
+            for op in sorted(done, key=lambda o: o.end):
+                self.layouts[op.gpu] = op.layout
+                self.outcomes.append(Outcome(f"gpu:{op.gpu}", True, "", op.end))
+        arrived = sorted((m.up_at, n) for n, m in self.moves.items() if m.up_at <= until)
+        for up_at, n in arrived:
+            self.instance[n] = self.moves.pop(n).target
+            self.outcomes.append(Outcome(f"tenant:{n}", True, "", up_at))

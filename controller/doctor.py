@@ -70,19 +70,23 @@ def run_sync(cfg: Config, opts: DoctorOptions) -> tuple[list[Check], bool]:
     hangs inside NVML cannot be cancelled, and asyncio.run would wait for its thread at the end.
     Returns (checks, True when such a thread is still stuck)."""
     import concurrent.futures
+    import threading
 
+    prefix = f"tailguard-doctor-{os.getpid()}-{time.monotonic_ns()}"
     loop = asyncio.new_event_loop()
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="tailguard-doctor")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=prefix)
     loop.set_default_executor(pool)
     try:
         checks = loop.run_until_complete(run_checks(cfg, opts))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         loop.close()
-    import threading
-
-    stuck = any(t.name.startswith("tailguard-doctor") and t.is_alive() for t in threading.enumerate())
-    return checks, stuck
+    # Idle workers leave at once after the shutdown; one still inside a driver call does not.
+    deadline = time.monotonic() + 1.0
+    mine = [t for t in threading.enumerate() if t.name.startswith(prefix)]
+    for t in mine:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return checks, any(t.is_alive() for t in mine)
 
 
 async def run_checks(cfg: Config, opts: DoctorOptions) -> list[Check]:

@@ -280,3 +280,6 @@ def test_an_nvml_init_that_hangs_is_bounded(tmp_path, monkeypatch) -> None:
     assert time.monotonic() - t0 < 7.0 and stuck
     c = _by_name(checks)["nvml"]
     assert c.status == FAIL and "no answer within" in c.cause
+    fast = _host(tmp_path / "fast", monkeypatch)
+    for _ in range(3):  # idle worker threads are not taken for stuck ones (the CLI would exit hard)
+        assert run_sync(cfg, DoctorOptions(timeout_s=2.0, nvml=fast))[1] is False

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Debian packages the integration tests run for real: a broker, Prometheus and promtool, systemd-analyze.
 DEBS := mosquitto prometheus systemd
 
-.PHONY: demo test lint typecheck unit bench debs clean
+.PHONY: suite demo test lint typecheck unit bench debs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ demo: $(STAMP)
 	$(VENV)/bin/tailguard demo
 	@echo; echo "== the daemon itself on the simulated host (p4d-demo: 10 simulated minutes at 200x) =="
 	$(VENV)/bin/tailguard run --simulate --speed 200 --duration 600 --log-level WARNING
+
+# The scenario suite: every suite scenario under the five policies and the hindsight oracle
+# (docs/scenarios.md); the matrix of docs/results.md comes from this JSON.
+suite: $(STAMP)
+	$(VENV)/bin/tailguard replay --suite --json suite.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check controller fsm actuators replay schema tests bench

@@ -85,6 +85,18 @@ def _parse_v1(read_text: str, write_text: str) -> dict[str, Caps]:
     return {d: Caps(r.get(d), w.get(d)) for d in sorted(set(r) | set(w))}
 
 
+def _hint(err: int | None) -> str:
+    # EACCES is the file-mode check: cgroup control files are root's (0644), so a process that is
+    # not their owner may write them only with CAP_DAC_OVERRIDE (capabilities(7)). EPERM comes from
+    # the kernel's own checks (e.g. a group outside the writer's cgroup namespace).
+    if err == errno.EACCES:
+        return (" (the file's owner and mode do not let tailguard write it: run it as root, or as the"
+                " file's owner, or grant CAP_DAC_OVERRIDE, which writing a file one does not own needs)")  # fmt: skip
+    if err == errno.EPERM:
+        return " (operation not permitted: tailguard needs root in the host's cgroup namespace)"
+    return ""
+
+
 class CgroupIO:
     def __init__(self, root: str | os.PathLike[str], version: str = "auto") -> None:
         self.version, self.root = detect(root, version)
@@ -115,15 +127,13 @@ class CgroupIO:
                 raise CgroupGone(f"cgroup {rel!r} disappeared") from None
             raise CgroupError(f"{path}: missing (is the io controller enabled for {rel!r}?)") from None
         except OSError as e:
-            hint = " (tailguard needs root / CAP_SYS_ADMIN)" if e.errno in (errno.EPERM, errno.EACCES) else ""
-            raise CgroupError(f"{path}: cannot open for writing: {e.strerror}{hint}") from None
+            raise CgroupError(f"{path}: cannot open for writing: {e.strerror}{_hint(e.errno)}") from None
         try:
             os.write(fd, line.encode())
         except OSError as e:
             if e.errno == errno.ENODEV and not path.parent.is_dir():
                 raise CgroupGone(f"cgroup {rel!r} disappeared") from None
-            hint = " (tailguard needs root / CAP_SYS_ADMIN)" if e.errno in (errno.EPERM, errno.EACCES) else ""
-            raise CgroupError(f"{path}: kernel refused {line.strip()!r}: {e.strerror}{hint}") from None
+            raise CgroupError(f"{path}: kernel refused {line.strip()!r}: {e.strerror}{_hint(e.errno)}") from None
         finally:
             os.close(fd)
 

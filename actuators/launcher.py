@@ -7,6 +7,11 @@ Two hand-over modes per launcher:
   serves (systemd: the template instance `NAME@<MIG-uuid>.service` with its own drop-in; command:
   a start and a stop template); the reconciler waits for the new copy's readiness, then stops the
   old copy, or stops the new one when it never became ready. Stops must be idempotent.
+
+The systemd launcher writes runtime drop-ins under DROPIN_ROOT (/run/systemd/system, where
+`systemctl edit --runtime` puts them): the shipped unit's ProtectSystem=strict keeps /etc read-only,
+and a move is runtime state anyway. They vanish at reboot; recovery notices (has_dropins) and lets
+the next reconcile relaunch the tenant, which writes them again (docs/actuators.md).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ _UUID = re.compile(r"^MIG-[0-9A-Za-z][0-9A-Za-z/-]{0,100}$")
 _UNIT = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,200}\.service$")
 _TEMPLATE = re.compile(r"^[A-Za-z0-9:_.\\-]{1,150}@\.service$")
 DROPIN_NAME = "50-tailguard-mig.conf"
+DROPIN_ROOT = "/run/systemd/system"  # runtime units and drop-ins (systemd.unit(5)); in the unit's ReadWritePaths
 HANDOVERS = ("restart", "warm")
 READY_TIMEOUT_S = 10.0  # one per-copy readiness probe (the reconciler's deadline bounds the wait)
 
@@ -89,7 +95,7 @@ def _subst(template: Sequence[str], tenant: str, ref: InstanceRef | None, uuid: 
 
 
 class SystemdLauncher:
-    def __init__(self, unit: str, dropin_root: str = "/etc/systemd/system", systemctl: str = "systemctl",
+    def __init__(self, unit: str, dropin_root: str = DROPIN_ROOT, systemctl: str = "systemctl",
                  timeout: float = 90.0, handover: str = "restart",
                  ready_command: Sequence[str] | None = None) -> None:  # fmt: skip
         self.handover = _handover(handover)
@@ -115,6 +121,17 @@ class SystemdLauncher:
 
     def dropin_path(self, unit: str | None = None) -> Path:
         return self.dropin_root / f"{unit or self.unit}.d" / DROPIN_NAME
+
+    def has_dropins(self) -> bool:
+        """Is any drop-in of this launcher in place (restart: the unit's; warm: any instance's)?
+        False after a reboot: runtime drop-ins do not survive it."""
+        if self.handover != "warm":
+            return self.dropin_path().exists()
+        prefix = self.unit.removesuffix("@.service") + "@"
+        try:
+            return any(d.name.startswith(prefix) and (d / DROPIN_NAME).exists() for d in self.dropin_root.iterdir())
+        except OSError:
+            return False
 
     def _write_dropin(self, unit: str, tenant: str, ref: InstanceRef, uuid: str) -> None:
         p = self.dropin_path(unit)

@@ -11,6 +11,10 @@ from collections.abc import Mapping
 
 from actuators.proc import ToolError, run
 
+# Where nvidia-cuda-mps-control talks to its daemon when CUDA_MPS_PIPE_DIRECTORY is not set (NVIDIA
+# MPS documentation): the one path the MPS lever writes (the unit's BindPaths shares it).
+MPS_PIPE_DIR = "/tmp/nvidia-mps"
+
 
 class MpsError(Exception):
     pass

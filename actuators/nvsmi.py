@@ -110,6 +110,9 @@ _CCI = re.compile(
 _DCI = re.compile(r"^Successfully destroyed compute instance ID\s+(\d+) from GPU\s+(\d+) GPU instance ID\s+(\d+)$")
 _DGI = re.compile(r"^Successfully destroyed GPU instance ID\s+(\d+) from GPU\s+(\d+)$")
 _FAIL = re.compile(r"^(?:Unable to|Failed to) .*: ([A-Za-z][A-Za-z ]+)$")
+# "No compute instances found: Not Found" (R510, tests/fixtures/nvidia-smi-mig-lci_error_no-compute-
+# instances-not-found_r510_hpe.txt): what the tool says when there is no instance to act on.
+_NONE = re.compile(r"^No (?:compute|GPU) instances found: ([A-Za-z][A-Za-z ]+)$")
 
 NO_MIG = "No MIG-enabled devices found."
 
@@ -254,7 +257,7 @@ def parse_change(text: str) -> Change:
             dci.append((int(m[3]), int(m[1])))
         elif m := _DGI.match(ln):
             dgi.append(int(m[1]))
-        elif m := _FAIL.match(ln):
+        elif m := _FAIL.match(ln) or _NONE.match(ln):
             error = error or m[1].strip()
         else:
             unknown.append(ln)
@@ -344,6 +347,7 @@ class NvidiaSmi:
 
     async def destroy_ci(self, gpu: int, gi: int) -> Change:
         ch = await self._change(["mig", "-i", self._idx(gpu), "-gi", str(int(gi)), "-dci"])
+        # No compute instance left to destroy (a create cut short, or one destroyed already): done.
         if ch.error and ch.error != "Not Found":
             raise NvsmiError(f"GPU {gpu}: cannot destroy the compute instances of GI {gi}: {ch.error}", ch.error)
         return ch

@@ -318,7 +318,7 @@ def write_journal(tmp: Path, lines: int, max_bytes: int, fill: bool = False
                   ) -> tuple[Path, Path, Path, list[str], dict[str, Any]]:  # fmt: skip
     """A journal of `lines` records in the reconciler's shapes, through its Journal (rotation and
     the reconciler's own snapshot included): every tick one `renew` record for the 10 tenants'
-    caps, every 25th tick a change instead (intent + done per cap), as `_reconcile_throttles`
+    caps, every 25th tick a change instead (intent + done per cap), as `Throttles.reconcile` (actuators/throttles.py)
     writes them. Written directly (no cgroup I/O, no fsync) so that building it stays fast; the
     recovery below checks it reads back all 10 caps. `fill`: go on until every kept file is full
     (the default rotation's worst restart)."""

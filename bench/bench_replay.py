@@ -24,11 +24,13 @@ def main() -> int:
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--scenario", default="paper-p4d")
+    ap.add_argument("--exact-latency", action="store_true", help="raw-sample windows instead of vLLM's histogram")
     args = ap.parse_args()
     scenario = load_scenario(args.scenario)
     duration = args.hours * 3600.0
     t0 = time.perf_counter()
-    runs = run_all(scenario, list(POLICIES), duration, scenario.meta.seed, jobs=args.jobs)
+    exact = args.exact_latency
+    runs = run_all(scenario, list(POLICIES), duration, scenario.meta.seed, jobs=args.jobs, exact_latency=exact)
     wall = time.perf_counter() - t0
     print(table(scenario, summarise(scenario, runs)))
     n_hosts = len(scenario.hosts)
@@ -36,7 +38,8 @@ def main() -> int:
     print(
         f"\n{date.today()} {platform.machine()} CPython {platform.python_version()}, {os.cpu_count()} CPUs: "
         f"{args.hours:g} simulated h x {len(POLICIES)} policies x {n_hosts} hosts in {wall:.1f} s wall "
-        f"(goal < 60 s); {duration / wall:.0f}x real time per policy set, "
+        f"(goal < 60 s; latency view: {'exact' if exact else 'histogram'}); "
+        f"{duration / wall:.0f}x real time per policy set, "
         f"{sim_total / wall:.0f} simulated host-seconds per wall second"
     )
     return 0

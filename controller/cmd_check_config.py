@@ -67,4 +67,8 @@ def run(args: argparse.Namespace) -> int:
         f"{args.file}: OK (host {cfg.host.name}, mode {cfg.host.mode}, {len(cfg.tenants)} tenants, "
         f"{n_sens} sensitive, {len(cfg.gpus)} GPUs{warned})"
     )
+    from controller.platform import notes
+
+    for n in notes(cfg):
+        print(f"{args.file}: note: {n}")
     return 0

@@ -1,6 +1,6 @@
 """`tailguard record --out TRACE`: the daemon, also writing every observation to a trace.
 
-The trace format is replay.trace's (tailguard.trace/1): line-buffered JSON lines, fsync every few
+The trace format is replay.trace's (tailguard.trace/2; /1 files still read): line-buffered JSON lines, fsync every few
 seconds, rotation by size; `tailguard replay --shadow TRACE` reads it back. Everything else is
 `tailguard run` (add --dry-run to only watch).
 """

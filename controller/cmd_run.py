@@ -278,13 +278,19 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     from controller.status import status_json
 
     start = getattr(s.host, "start", None)
+    start_error = ""
     if callable(start):
         try:
-            await start()  # the drivers' MIG tables, then crash recovery from the journal
-        except DriverMismatch as e:
+            # the drivers' MIG tables, then crash recovery from the journal (LinuxHost: a failed
+            # recovery does not raise, it runs degraded)
+            await start()
+        except DriverMismatch as e:  # a config error, as in build(): exit 2 (systemd does not restart)
             print(f"tailguard {args.command}: {args.config or DEFAULT_CONFIG}: {e}", file=sys.stderr)
             await s.host.close()
             return 2
+        except Exception as e:  # exiting here would make systemd restart us forever: run on, degraded
+            start_error = f"host start raised {type(e).__name__}: {e}"
+            logging.getLogger("tailguard").exception("%s; running degraded", start_error)
         s.spec = replace(s.spec, mig_tables=s.host.spec.mig_tables)  # a trace records the tables in force
     writer = None
     if getattr(args, "record", None):
@@ -306,9 +312,13 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
         on_events=printer,
         on_observation=on_obs,
     )
+    if start_error:
+        daemon.degraded.set("start", start_error, "start")
     bridge: MqttBridge | None = None
     if s.mqtt is not None:
-        bridge = MqttBridge(s.mqtt, on_latency=daemon.push_latency, on_control=daemon.control)
+        bridge = MqttBridge(
+            s.mqtt, on_latency=daemon.push_latency, on_control=daemon.control, on_counts=daemon.push_counts
+        )
         daemon.exporters.append(bridge)
         bridge.start()
     server = None

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from controller.status import StatusError, fetch_status, read_status, render
+    from controller.status import DEFAULT_URL, StatusError, fetch_status, read_status, render
 
     if args.url:
         try:
@@ -30,16 +30,21 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, sort_keys=True) if args.json else render(data))
         return 0
     state_dir = args.state_dir
+    url = DEFAULT_URL
     if state_dir is None:
         from controller.config import ConfigError, load_config
 
         try:
-            state_dir = load_config(args.config).host.state_dir
+            cfg = load_config(args.config)
         except ConfigError as e:
             print(f"tailguard status: {e}\n(give --state-dir to skip the config)", file=sys.stderr)
             return 2
+        state_dir = cfg.host.state_dir
+        listen = cfg.exporters.prometheus.listen
+        if cfg.exporters.prometheus.enabled and not listen.startswith(("0.0.0.0:", "[::]:")):
+            url = f"http://{listen}/status"
     try:
-        data = read_status(Path(state_dir) / "status.json")
+        data = read_status(Path(state_dir) / "status.json", url)
     except StatusError as e:
         print(f"tailguard status: {e}", file=sys.stderr)
         return 1

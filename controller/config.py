@@ -95,6 +95,9 @@ class HostConfig(Strict):
     cgroup_root: AbsPath = "/sys/fs/cgroup"
     cgroup_version: Literal["auto", "v1", "v2"] = "auto"
     lift_throttles_on_exit: bool = True
+    # "kubernetes": the DaemonSet (read-only root, no host systemd): observe and guards only
+    # (controller/platform.py turns the placement, MIG and MPS levers off, with a note).
+    platform: Literal["host", "kubernetes"] = "host"
 
 
 class LatencySource(Strict):
@@ -455,7 +458,9 @@ class Config(Strict):
         return {t.name: t.to_spec() for t in self.tenants}
 
     def policy_obj(self) -> Policy:
-        return self.policy.to_policy(self.enforce)
+        from controller.platform import restrict
+
+        return restrict(self, self.policy.to_policy(self.enforce))
 
 
 class ConfigError(Exception):

@@ -6,11 +6,15 @@
 - host.observe() runs the samplers concurrently under their own timeouts; the whole observe is
   also bounded, so one hung source cannot stall the loop.
 - host.apply() runs as a background task; while one is still running, the next tick does not
-  start another (the reconciler is level-triggered: a later tick catches up).
+  start another: its desired state is kept (the newest only) and applied as soon as the running
+  apply returns (the reconciler is level-triggered; its own tool-bound levers run in background).
 - SIGHUP reloads the config through `reload` (validated first; a bad file keeps the old config and
   says why), SIGTERM / SIGINT stop after the current tick; host.close() flushes the journal.
 - sd_notify: READY=1 after the first good tick, WATCHDOG=1 from the loop itself (a stalled loop is
   restarted by systemd), STATUS= one line per tick, STOPPING=1 on the way out.
+- Degraded conditions (controller/degraded.py): unavailable sources and what the host reports
+  (`conditions()`: a failed recovery, an unwritable journal) are kept in `self.degraded`, logged
+  when they start and end, and named in STATUS=, /status and the metrics; the loop keeps running.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller.exporters.snapshot import Histogram, SamplerView, Snapshot, TenantView
+from controller.degraded import HOST, SOURCE, Degraded, source_conditions, summary
+from controller.exporters.snapshot import OUTAGE_BUCKETS, Histogram, OutageView, SamplerView, Snapshot, TenantView
 from controller.host import Host
 from controller.sdnotify import Notifier
 from controller.signals.base import SamplerStats
@@ -98,7 +103,9 @@ class Daemon:
         self.stop_reason = ""
         self._reload_pending = False
         self._apply_task: asyncio.Task[None] | None = None
+        self._apply_next: DesiredState | None = None  # the newest desired state that came while applying
         self._pushed: dict[str, list[float]] = {}
+        self._pushed_counts: dict[str, tuple[int, float]] = {}  # tenant -> (requests, over its SLO)
         self._hist = Histogram()
         self._windows: dict[str, int] = {}
         self._violating: dict[str, int] = {}
@@ -123,6 +130,10 @@ class Daemon:
         # The whole observe() as one pseudo-sampler: its health shows even on a simulated host.
         self._observe_stats = SamplerStats("host.observe")
         self._observe_ok = False
+        self.degraded = Degraded()
+        self._sources_seen: set[str] = set()  # every source ever named: its availability series stays
+        self._outage_hist: dict[tuple[str, str], Histogram] = {}
+        self._outage_seen: dict[str, float] = {}  # tenant -> wall of the newest outage counted
         self.snapshot = Snapshot(host=opts.host_name, started_wall=time.time(), period_s=opts.period_s)
         self._load_state()
 
@@ -143,6 +154,14 @@ class Daemon:
         buf.extend(samples)
         if len(buf) > MAX_PUSHED:
             del buf[: len(buf) - MAX_PUSHED]
+        return True
+
+    def push_counts(self, tenant: str, count: int, over_slo: float) -> bool:
+        """A tenant's own {count, over_slo} tally (MQTT ingest); added into the next observation."""
+        if tenant not in self.spec.tenants:
+            return False
+        n, over = self._pushed_counts.get(tenant, (0, 0.0))
+        self._pushed_counts[tenant] = (n + count, over + over_slo)
         return True
 
     def control(self, command: str) -> str:
@@ -271,35 +290,52 @@ class Daemon:
         return True
 
     def _merge_pushed(self, obs: Observation) -> Observation:
-        if not self._pushed:
+        """Pushed samples and tallies since the last tick become the tenant's window: count and
+        over_slo add up (exact for samples, against the tenant's SLO); quantiles come from the
+        samples, when any were pushed."""
+        if not self._pushed and not self._pushed_counts:
             return obs
         tenants = dict(obs.tenants)
-        for name, samples in self._pushed.items():
-            if samples:
-                prev = tenants.get(name, TenantSample())
-                window = LatencyWindow(count=len(samples), samples=tuple(sorted(samples)))
-                tenants[name] = replace(prev, latency=window)
+        for name in sorted(set(self._pushed) | set(self._pushed_counts)):
+            samples = self._pushed.get(name, [])
+            n, over = self._pushed_counts.get(name, (0, 0.0))
+            if not samples and name not in self._pushed_counts:
+                continue
+            t = self.spec.tenants.get(name)
+            slo = t.slo_s if t is not None else None
+            exact: float | None = float(sum(1 for x in samples if x > slo)) if slo is not None else None
+            # samples with no SLO to count them against: unknown
+            over_slo = None if samples and exact is None else (exact or 0.0) + over
+            prev = tenants.get(name, TenantSample())
+            window = LatencyWindow(count=len(samples) + n, samples=tuple(sorted(samples)), over_slo=over_slo)
+            tenants[name] = replace(prev, latency=window)
         self._pushed = {}
+        self._pushed_counts = {}
         return replace(obs, tenants=tenants)
 
     def _apply(self, desired: DesiredState) -> None:
         if self._apply_task is not None and not self._apply_task.done():
+            # Kept, not dropped: applied as soon as the running apply returns (only the newest).
             self._apply_busy += 1
+            self._apply_next = desired
             return
         self._apply_task = asyncio.create_task(self._apply_guarded(desired))
 
     async def _apply_guarded(self, desired: DesiredState) -> None:
-        try:
-            await self.host.apply(desired)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # reported and counted; the next tick tries again
-            n = self._actuations.get(("apply", "error"), 0) + 1
-            self._actuations[("apply", "error")] = n
-            now = self.clock()
-            if now - self._apply_logged >= 60.0:  # once a minute, not once a tick
-                self._apply_logged = now
-                log.error("apply failed (%d so far): %s: %s", n, type(e).__name__, e)
+        nxt: DesiredState | None = desired
+        while nxt is not None:
+            try:
+                await self.host.apply(nxt)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # reported and counted; the next tick tries again
+                n = self._actuations.get(("apply", "error"), 0) + 1
+                self._actuations[("apply", "error")] = n
+                now = self.clock()
+                if now - self._apply_logged >= 60.0:  # once a minute, not once a tick
+                    self._apply_logged = now
+                    log.error("apply failed (%d so far): %s: %s", n, type(e).__name__, e)
+            nxt, self._apply_next = self._apply_next, None
 
     def _account(self, obs: Observation, d: Decision) -> None:
         pol = self.spec.policy
@@ -361,15 +397,20 @@ class Daemon:
             )
         stats_fn = getattr(self.host, "sampler_stats", None)
         stats = [self._observe_stats, *(stats_fn().values() if callable(stats_fn) else ())]
+        sources = self._sync_degraded(obs, [s.name for s in stats])
         samplers = tuple(
             SamplerView(
-                s.name, s.samples_total, s.errors_total, s.timeouts_total, s.last_error,
-                s.last_success_t, s.last_duration_s,
+                s.name,
+                s.samples_total,
+                s.errors_total,
+                s.timeouts_total,
+                s.last_error,
+                s.last_success_t,
+                s.last_duration_s,
                 up=self._observe_ok if s is self._observe_stats else obs is None or s.name not in obs.unavailable,
             )
             for s in stats
         )
-        views_fn = getattr(self.host, "mig_table_views", None)
         self.snapshot = Snapshot(
             host=self.opts.host_name,
             started_wall=self.snapshot.started_wall,
@@ -401,7 +442,13 @@ class Daemon:
             last_reload_error=self._last_reload_error,
             watchdog_pings_total=self._watchdog_pings,
             ready=self._ready,
-            mig_tables=views_fn() if callable(views_fn) else {},
+            state="running" if self._ready else "starting",
+            degraded=self.degraded.conditions(),
+            sources=sources,
+            journal=_journal_view(self._host_call("journal_stats", None)),
+            outages=(outages := _outages(self._host_call("recent_outages", {}))),
+            outage_seconds=self._count_outages(outages),
+            mig_tables=self._host_call("mig_table_views", {}),
         )
         for ex in self.exporters:
             try:
@@ -419,6 +466,41 @@ class Daemon:
         if obs is not None:
             self.notifier.status(self._status_line(obs))
 
+    def _host_call(self, name: str, default: Any) -> Any:
+        """An optional Host method (LinuxHost has them, a simulated host may not); never raises."""
+        fn = getattr(self.host, name, None)
+        if not callable(fn):
+            return default
+        try:
+            return fn()
+        except Exception as e:  # a reporting bug must not stop the loop
+            log.error("host.%s: %s: %s", name, type(e).__name__, e)
+            return default
+
+    def _count_outages(self, outages: Mapping[str, tuple[OutageView, ...]]
+                       ) -> dict[tuple[str, str], tuple[tuple[tuple[str, int], ...], float, int]]:  # fmt: skip
+        """Feed outages not seen before into the cumulative histograms (tenant, kind)."""
+        for tenant, recs in outages.items():
+            seen = self._outage_seen.get(tenant, -math.inf)
+            for o in recs:
+                if o.wall > seen:
+                    h = self._outage_hist.setdefault(
+                        (tenant, o.kind), Histogram(OUTAGE_BUCKETS, [0] * (len(OUTAGE_BUCKETS) + 1)))
+                    h.observe(o.seconds)
+            if recs:
+                self._outage_seen[tenant] = max(seen, max(o.wall for o in recs))
+        return {k: (tuple(h.cumulative()), h.total, h.n) for k, h in sorted(self._outage_hist.items())}
+
+    def _sync_degraded(self, obs: Observation | None, samplers: list[str]) -> dict[str, bool]:
+        """Degraded conditions from this tick; returns source -> available for the metrics."""
+        unavailable = dict(obs.unavailable) if obs is not None else {}
+        if not self._observe_ok:
+            unavailable[self._observe_stats.name] = self._observe_stats.last_error or "no observation yet"
+        self.degraded.sync(SOURCE, source_conditions(unavailable))
+        self.degraded.sync(HOST, self._host_call("conditions", {}))
+        self._sources_seen.update(samplers, unavailable)
+        return {n: n not in unavailable for n in sorted(self._sources_seen)}
+
     def _ping_watchdog(self) -> None:
         if self.notifier.watchdog():
             self._watchdog_pings += 1
@@ -426,11 +508,15 @@ class Daemon:
     def _status_line(self, obs: Observation) -> str:
         levels = [v.level for v in self.snapshot.tenants.values() if v.level != "steady"]
         mode = "paused" if self.paused else ("enforce" if self.spec.policy.enforce else "dry-run")
+        host = [c for c in self.degraded.conditions() if c.group != SOURCE]
+        unav = sorted(obs.unavailable)
+        more = f" (+{len(unav) - 6} more)" if len(unav) > 6 else ""
         return (
+            f"{'DEGRADED (' + summary(tuple(host)) + '); ' if host else ''}"
             f"{mode}; tick {self._ticks}; {len(self.spec.tenants)} tenants"
             f"{', ' + str(len(levels)) + ' isolated' if levels else ''}; "
             f"{len(self.snapshot.throttles)} throttles; {len(obs.actuation.in_flight)} in flight; "
-            f"{len(obs.unavailable)} sources unavailable"
+            + (f"unavailable: {', '.join(unav[:6])}{more}" if unav else "all sources available")
         )
 
     # -- reload / state ------------------------------------------------------------------------
@@ -496,9 +582,37 @@ class Daemon:
             await self.host.close()
         except Exception as e:
             log.error("host close: %s: %s", type(e).__name__, e)
-        self._save_state()  # the final state and status, whatever the write interval
+        # The final state and status, whatever the write interval: `tailguard status` says "stopped".
+        self.snapshot = replace(self.snapshot, state="stopped", stop_reason=self.stop_reason or "loop ended",
+                                wall=time.time(), ready=False)  # fmt: skip
+        self._save_state()
         self._write_status()
         self.notifier.close()
+
+
+def _journal_view(st: Any) -> Mapping[str, Any] | None:
+    """A copy of the host's JournalStats (the reconciler keeps counting while exporters read)."""
+    if st is None:
+        return None
+    return {
+        "appends_total": st.appends_total,
+        "errors_total": dict(st.errors_total),
+        "torn_repairs_total": st.torn_repairs_total,
+        "reopens_total": st.reopens_total,
+        "skipped_lines_total": st.skipped_lines_total,
+        "newer_records_total": st.newer_records_total,
+        "failing": st.failing,
+        "failing_since": st.failing_since,
+        "last_error": st.last_error,
+    }
+
+
+def _outages(raw: Mapping[str, Any]) -> Mapping[str, tuple[OutageView, ...]]:
+    """The host's recent measured outages (tenant -> records with kind, seconds, wall)."""
+    out: dict[str, tuple[OutageView, ...]] = {}
+    for tenant, recs in raw.items():
+        out[tenant] = tuple(OutageView(str(r["kind"]), float(r["seconds"]), float(r["wall"])) for r in recs)
+    return out
 
 
 def _event_json(e: DecisionEvent) -> Mapping[str, Any]:

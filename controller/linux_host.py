@@ -3,23 +3,33 @@
 observe() runs the samplers (concurrently, each under its timeout) and adds the reconciler's
 status (in-flight operations, outcomes since the last tick). apply() reconciles: throttles inline
 (cgroupfs writes), MIG changes and moves as background tasks inside the reconciler.
+
+A recovery that fails (or raises) does not stop the daemon: the host reports the condition
+"recovery" (controller/degraded.py), lifts the journal's expired caps before every reconcile
+(actuators/salvage.py) and retries recovery every RECOVERY_RETRY_S until it succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from actuators.cgroup import CgroupError
+from actuators.journal import JournalStats
 from actuators.nvsmi import NvidiaSmi
 from actuators.reconciler import Reconciler
+from actuators.salvage import lift_expired
+from controller.actuation import reconciler_from_config
 from controller.config import Config
 from controller.exporters.snapshot import MigTableView
 from controller.mig_probe import check_against_driver
 from controller.mig_tables import DRIVER_RECHECK_S, MIG_READ_TIMEOUT_S, MIG_START_BUDGET_S, MigTables, gpu_maps
+from controller.platform import notes as platform_notes
 from controller.signals.base import SamplerStats
 from controller.signals.collect import SignalCollector
 from fsm.desired import DesiredState
@@ -29,6 +39,8 @@ from fsm.spec import HostSpec
 from fsm.topology import Topology
 
 log = logging.getLogger("tailguard.host")
+
+RECOVERY_RETRY_S = 60.0  # a failed recovery is tried again this often while the daemon runs degraded
 
 
 def host_spec(cfg: Config, topology: Topology, mig_tables: Mapping[str, GpuModel] | None = None) -> HostSpec:
@@ -58,7 +70,7 @@ class LinuxHost:
         self.topology = topology
         self.spec: HostSpec = host_spec(cfg, topology)
         self.collector = collector or SignalCollector(cfg, topology)
-        self.reconciler = reconciler or Reconciler.from_config(cfg)
+        self.reconciler = reconciler or reconciler_from_config(cfg)
         self.lift = cfg.host.lift_throttles_on_exit if lift_throttles_on_exit is None else lift_throttles_on_exit
         # The MIG tables in force: read through the reconciler's nvidia-smi at start, again when the
         # driver version changes. The daemon picks up a new `mig_tables` mapping on its next tick.
@@ -68,13 +80,20 @@ class LinuxHost:
         self._mig_due = time.monotonic() + DRIVER_RECHECK_S
         self._mig_task: asyncio.Task[None] | None = None
         self._mig_force = False
+        for note in platform_notes(cfg):
+            log.warning("%s", note)
+        self.recovery_error = ""  # set while recovery has not succeeded: the host runs degraded
+        self._recovery_tried = -math.inf
+        self.clock = time.monotonic
 
     def now(self) -> float:
         return time.time()
 
     async def start(self) -> dict[str, Any]:
         """The drivers' MIG tables (unless `run` read them already to check the config), then
-        crash recovery from the journal, before the first tick."""
+        crash recovery from the journal, before the first tick. Raises DriverMismatch for a config
+        the drivers' tables refuse (a config error: `run` exits 2); recovery never raises (see the
+        module doc)."""
         if not self.mig.attempted:
             try:
                 async with asyncio.timeout(MIG_START_BUDGET_S):
@@ -88,7 +107,36 @@ class LinuxHost:
             self._mig_force = True  # timed out: read again on the next tick, in the background
         self._apply_mig()
         check_against_driver(self.cfg, self.mig)  # raises DriverMismatch: `run` exits 2 naming the keys
-        return await self.reconciler.recover()
+        return await self._recover()
+
+    async def _recover(self) -> dict[str, Any]:
+        self._recovery_tried = self.clock()
+        try:
+            summary = await self.reconciler.recover()
+        except Exception as e:  # a bug or a host fault: run degraded instead of exiting (systemd would loop)
+            first = not self.recovery_error
+            self.recovery_error = f"recovery raised {type(e).__name__}: {e}"
+            (log.exception if first else log.error)(
+                "%s; running degraded: expired caps are lifted from the journal, recovery retried every %.0f s",
+                self.recovery_error, RECOVERY_RETRY_S)  # fmt: skip
+            self._salvage()
+            return {"errors": [self.recovery_error]}
+        if self.recovery_error:
+            log.warning("recovery succeeded on retry")
+        self.recovery_error = ""
+        return summary
+
+    def _salvage(self) -> None:
+        if self.reconciler.dry_run:
+            return
+        try:
+            cg = self.reconciler.cg
+        except CgroupError as e:
+            log.error("degraded: cannot lift expired caps: %s", e)
+            return
+        rep = lift_expired(self.reconciler.journal, cg, time.time())
+        for err in rep.errors:
+            log.error("degraded: %s", err)
 
     async def refresh_mig_tables(self, force: bool = False) -> bool:
         changed = await self.mig.refresh(force)
@@ -149,12 +197,37 @@ class LinuxHost:
         return replace(obs, actuation=status)
 
     async def apply(self, desired: DesiredState) -> None:
+        if self.recovery_error:
+            if self.clock() - self._recovery_tried >= RECOVERY_RETRY_S:
+                await self._recover()
+            if self.recovery_error:
+                self._salvage()
         rep = await self.reconciler.reconcile(desired)
         for e in rep.errors:
             log.warning("reconcile: %s", e)
 
     def sampler_stats(self) -> dict[str, SamplerStats]:
         return self.collector.stats
+
+    def conditions(self) -> dict[str, str]:
+        """Degraded conditions of the hands (controller/degraded.py, group "host")."""
+        out: dict[str, str] = {}
+        if self.recovery_error:
+            retry = f"retried every {RECOVERY_RETRY_S:.0f} s"
+            out["recovery"] = f"{self.recovery_error} (expired caps still lifted; {retry})"
+        js = self.reconciler.journal.stats
+        if js.failing:
+            out["journal"] = f"{js.last_error} (no new cap, MIG change or move is applied; lifting goes on)"
+        out.update(self.mig_conditions())
+        return out
+
+    def journal_stats(self) -> JournalStats:
+        return self.reconciler.journal.stats
+
+    def recent_outages(self) -> dict[str, list[dict[str, Any]]]:
+        """tenant -> recent measured outages ({kind, seconds, wall}), oldest first."""
+        fn = getattr(self.reconciler, "recent_outages", None)
+        return fn() if callable(fn) else {}
 
     def reload(self, cfg: Config) -> HostSpec:
         """A new config: new samplers (sources may have changed), same reconciler (it owns caps).

@@ -1,8 +1,9 @@
 """The daemon's status file (STATE_DIR/status.json) and its rendering for `tailguard status`.
 
 The loop rewrites the file atomically after every tick (temporary file + rename), so a reader
-never sees half of it. Its age tells whether the daemon is alive: older than a few periods means
-the loop is stalled or stopped.
+never sees half of it. `state` is "stopped" after a clean exit (written on the way out); otherwise
+its age tells whether the daemon is alive: older than a few periods means the loop is stalled or
+was killed. `degraded` names what is not working (controller/degraded.py).
 """
 
 from __future__ import annotations
@@ -49,15 +50,30 @@ def status_json(s: Snapshot, status_every_s: float = 0.0) -> dict[str, Any]:
         "reconfigs_total": s.reconfigs_total,
         "reloads": dict(s.reloads),
         "last_reload_error": s.last_reload_error,
+        "state": s.state,
+        "stop_reason": s.stop_reason,
+        "degraded": {c.name: {"cause": c.cause, "since": c.since, "group": c.group} for c in s.degraded},
+        "sources": dict(s.sources),
+        "journal": dict(s.journal) if s.journal is not None else None,
+        "outages": {t: [{"kind": o.kind, "seconds": o.seconds, "wall": o.wall} for o in v]
+                    for t, v in sorted(s.outages.items())},
     }
 
 
-def read_status(path: str | Path) -> dict[str, Any]:
+DEFAULT_URL = "http://127.0.0.1:9433/status"  # exporters.prometheus.listen's default
+
+
+def read_status(path: str | Path, url_hint: str = DEFAULT_URL) -> dict[str, Any]:
     p = Path(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StatusError(f"{p}: no status file (is the daemon running with this state_dir?)") from None
+    except PermissionError as e:
+        raise StatusError(
+            f"{p}: {e.strerror}: the state dir is the daemon's (mode 0700). Run as root, or ask the running daemon: "
+            f"tailguard status --url {url_hint}"
+        ) from None
     except OSError as e:
         raise StatusError(f"{p}: cannot read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -99,14 +115,37 @@ def _bps(v: Any) -> str:
     return "-" if not isinstance(v, int | float) else f"{v / 1e6:.0f} MB/s"
 
 
+def _dur(s: float) -> str:
+    s = max(0.0, s)
+    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def _ago(s: float) -> str:
+    return f"{_dur(s)} ago"
+
+
 def render(data: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     age = now - float(data.get("wall") or 0)
     period = max(float(data.get("period_s") or 1), float(data.get("status_every_s") or 0))
-    alive = "running" if age <= 3 * period + 1 else f"STALE: last tick {age:.0f} s ago (stopped or stalled?)"
+    if data.get("state") == "stopped":
+        alive = f"stopped {_ago(age)} ({data.get('stop_reason') or 'clean exit'})"
+    elif age <= 3 * period + 1:
+        alive = "running" if data.get("state", "running") == "running" else "starting (no good tick yet)"
+    else:
+        alive = f"STALE: last tick {age:.0f} s ago (killed or stalled?)"
     lines = [
         f"tailguard on {data.get('host')}: {alive}; mode {data.get('mode')}; tick {data.get('ticks_total')} "
         f"(last {_ms(data.get('last_tick_s'))}, {data.get('overruns_total')} overruns)",
+    ]
+    degraded = data.get("degraded") or {}
+    if degraded:
+        lines.append(f"DEGRADED ({len(degraded)}):")
+        for name, c in sorted(degraded.items()):
+            since = c.get("since")
+            age_s = f" (for {_dur(now - since)})" if isinstance(since, int | float) else ""
+            lines.append(f"  {name}: {c.get('cause')}{age_s}")
+    lines += [
         "",
         f"{'TENANT':<16} {'ROLE':<10} {'LEVEL':<9} {'QUANTILE':>10} {'SLO':>10} {'VIOL/WIN':>9}  LAST REASON",
     ]
@@ -128,9 +167,21 @@ def render(data: dict[str, Any], now: float | None = None) -> str:
     inflight = data.get("in_flight", [])
     lines.append(f"in-flight operations: {', '.join(inflight) if inflight else 'none'}")
     unav = data.get("unavailable", {})
-    if unav:
+    if unav and not degraded:  # an older daemon's file: no `degraded` section above
         lines.append("unavailable sources:")
         lines += [f"  {k}: {v}" for k, v in sorted(unav.items())]
+    outages = data.get("outages") or {}
+    if outages:
+        lines.append("measured outages (most recent last):")
+        for tenant, recs in sorted(outages.items()):
+            figs = ", ".join(f"{r.get('kind')} {float(r.get('seconds', 0)):.1f} s" for r in recs[-5:])
+            lines.append(f"  {tenant}: {figs}")
+    j = data.get("journal")
+    if isinstance(j, dict) and (j.get("failing") or j.get("errors_total") or j.get("reopens_total")):
+        errs = ", ".join(f"{k} {v}" for k, v in sorted((j.get("errors_total") or {}).items())) or "none"
+        lines.append(f"journal: {'FAILING: ' + str(j.get('last_error')) + '; ' if j.get('failing') else ''}"
+                     f"write errors {errs}; reopened {j.get('reopens_total', 0)}x; "
+                     f"torn lines cut {j.get('torn_repairs_total', 0)}")  # fmt: skip
     events = data.get("recent_events", [])
     if events:
         e = events[-1]

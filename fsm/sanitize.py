@@ -47,7 +47,7 @@ def _clean(obj: Any, where: str, reasons: Counter[str]) -> Any:
     for name, unit in _numeric_fields(obj.__class__):
         v = getattr(obj, name)
         # fast path: a finite, non-negative number (and <= 1 for fractions) needs no look
-        if v is None or (v.__class__ is float and 0.0 <= v <= (1.0 + 1e-6 if unit else _INF)):
+        if v is None or (v.__class__ is float and (0.0 <= v <= 1.0 + 1e-6 if unit else 0.0 <= v < _INF)):
             continue
         why = _bad(v, unit)
         if why:
@@ -61,6 +61,10 @@ def _window(w: LatencyWindow, where: str, reasons: Counter[str]) -> LatencyWindo
         reasons[f"{where}.count: negative"] += 1
         return None
     w = _clean(w, where, reasons)
+    if w.over_slo is not None and w.over_slo > w.count + 1e-9:
+        # More requests over the SLO than requests in the window: the source is confused.
+        reasons[f"{where}.over_slo: above count"] += 1
+        w = replace(w, over_slo=None)
     if w.samples and any(_bad(s, False) for s in w.samples):
         reasons[f"{where}.samples: NaN, infinite or negative"] += 1
         w = replace(w, samples=tuple(s for s in w.samples if not _bad(s, False)))

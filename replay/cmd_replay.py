@@ -1,7 +1,9 @@
 """`tailguard replay`: the policy ablation on a scenario, or a shadow replay of a recorded trace.
 
 tailguard replay [SCENARIO] [--policies a,b] [--duration S] [--seed N] [--json OUT] [--plot OUT.png]
+                 [--exact-latency]
 tailguard replay --shadow TRACE [--quiet]
+tailguard replay --suite [--duration S] [--seed N] [--json OUT] [--jobs N]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from schema.outputs import check_output_dir, check_output_file
 
 DEFAULT_SCENARIO = "paper-p4d"
+DEFAULT_POLICIES = "static,guards-only,placement-only,mig-only,full"
 DEFAULT_DURATION_S = 3600.0  # one simulated hour: one full on/off cycle of paper-p4d, a few seconds
 
 
@@ -29,14 +32,25 @@ def register(sub: Any) -> None:
         "print what the controller would have decided on a recorded observation trace.",
     )
     p.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO, help="bundled name or TOML path")
-    p.add_argument("--policies", default="static,guards-only,placement-only,mig-only,full")
+    p.add_argument("--policies", default=DEFAULT_POLICIES)
     p.add_argument("--duration", type=float, default=None, help="simulated seconds (default: the scenario's)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="write the latency CDF and isolation-level plot")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
+    p.add_argument(
+        "--exact-latency",
+        action="store_true",
+        help="the controller sees each window's raw latencies (idealised) instead of vLLM's TTFT histogram",
+    )
     p.add_argument("--shadow", metavar="TRACE", help="shadow-replay a recorded observation trace instead")
     p.add_argument("--quiet", action="store_true", help="with --shadow: only the summary")
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="every suite scenario at its suite_duration_s (or --duration) under the five policies and the "
+        "hindsight oracle; one matrix",
+    )
     p.set_defaults(func=run)
 
 
@@ -48,6 +62,8 @@ def _err(msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.shadow:
         return run_shadow(args.shadow, args.quiet)
+    if getattr(args, "suite", False):
+        return run_suite(args)
     from replay import report
     from replay.runner import POLICIES, run_all
     from replay.scenario import ScenarioError, load_scenario
@@ -74,19 +90,26 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else scenario.meta.seed
     t0 = time.monotonic()
     need = policies if "static" in policies else [*policies, "static"]  # throughput is vs static
-    runs = run_all(scenario, need, duration, seed, jobs=args.jobs, progress=True)
+    exact = bool(getattr(args, "exact_latency", False))
+    runs = run_all(scenario, need, duration, seed, jobs=args.jobs, progress=True, exact_latency=exact)
     shown = {p: runs[p] for p in policies}
     summary = report.summarise(scenario, shown, baseline=runs["static"])
-    print(f"scenario {scenario.name}: {len(scenario.hosts)} host(s), {duration:g} simulated s, seed {seed}")
+    view = "raw samples (--exact-latency)" if exact else "vLLM's TTFT histogram"
+    print(
+        f"scenario {scenario.name}: {len(scenario.hosts)} host(s), {duration:g} simulated s, seed {seed}; "
+        f"the controller sees latency through {view}"
+    )
     print(report.table(scenario, summary))
     print(
         f"({time.monotonic() - t0:.1f} s; p50/p99/p999 over all sensitive requests; SLO viol. = share of "
-        f"windows over the SLO; thr = work vs static; actions and reconfigurations per host-hour)"
+        f"windows over the SLO (n/a: none counted); bad req. = share of requests over their tenant's SLO, "
+        f"rejected ones included; thr = work vs static (sensitive: requests served); actions and "
+        f"reconfigurations per host-hour)"
     )
     if args.json_out:
         try:
             with open(args.json_out, "w", encoding="utf-8") as f:
-                f.write(report.to_json(scenario, seed, duration, summary))
+                f.write(report.to_json(scenario, seed, duration, summary, exact_latency=exact))
         except OSError as e:  # checked above; the disk may have filled since
             with contextlib.suppress(OSError):
                 os.unlink(args.json_out)  # no truncated JSON left for a reader to trip on
@@ -98,6 +121,47 @@ def run(args: argparse.Namespace) -> int:
             return _err("--plot needs matplotlib (pip install 'tailguard[plot]')")
         except OSError as e:
             return _err(f"--plot {args.plot}: {e.strerror or e}")
+    return 0
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    import json
+
+    from replay.scenario import ScenarioError, suite
+    from replay.suite import matrix, timed_suite
+
+    if args.duration is not None and not 0 < args.duration < float("inf"):
+        return _err("--duration must be a positive number of seconds")
+    if args.jobs is not None and args.jobs < 1:
+        return _err("--jobs must be at least 1")
+    if args.policies != DEFAULT_POLICIES:
+        return _err("--policies: not with --suite (the suite runs all five and the oracle)")
+    for opt, given in (("--plot", args.plot), ("--exact-latency", getattr(args, "exact_latency", False))):
+        if given:
+            return _err(f"{opt}: not with --suite (the suite's runs use vLLM's histogram view, no plot)")
+    if args.json_out:  # before the long part, not after it
+        why = check_output_file(args.json_out)
+        if why:
+            return _err(f"--json {args.json_out}: {why}")
+    try:
+        scenarios = suite()
+    except ScenarioError as e:
+        return _err(str(e))
+    doc, wall = timed_suite(scenarios, args.duration, args.seed, args.jobs)
+    print(f"suite: {len(scenarios)} scenarios, {len(doc['suite'])} x 6 rows, {wall:.1f} s wall")
+    print(matrix(doc["suite"]))
+    print(
+        "(p99/p999 over all sensitive requests; bad req. = share of sensitive requests over their SLO; "
+        "others thr = lowest work ratio of the other tenants vs static; actions per host-hour)"
+    )
+    if args.json_out:
+        try:
+            with open(args.json_out, "w", encoding="utf-8") as f:
+                f.write(json.dumps(doc, indent=2) + "\n")
+        except OSError as e:  # checked above; the disk may have filled since
+            with contextlib.suppress(OSError):
+                os.unlink(args.json_out)  # no truncated JSON left for a reader to trip on
+            return _err(f"--json {args.json_out}: {e.strerror or e}")
     return 0
 
 
@@ -147,12 +211,14 @@ def demo(out_dir: str) -> int:
         shadow=None,
         quiet=False,
         scenario=DEFAULT_SCENARIO,
-        policies="static,guards-only,placement-only,mig-only,full",
+        policies=DEFAULT_POLICIES,
         duration=None,
         seed=None,
         json_out=os.path.join(out_dir, "replay.json"),
         plot=os.path.join(out_dir, "replay.png"),
         jobs=None,
+        suite=False,
+        exact_latency=False,
     )
     from replay.scenario import ScenarioError, load_scenario
 

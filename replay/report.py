@@ -3,8 +3,16 @@ and the plot. Definitions (also in docs/scenarios.md):
 
 - p50/p99/p999: over every request of every sensitive tenant on every host (pooled), in ms;
 - violation_rate: fraction of controller windows (ticks with at least `min_window_count`
-  requests) whose quantile (p99) exceeds the tenant's SLO: the controller's own view;
-- throughput: per role, the work delivered (requests served, bytes moved, SM-seconds computed)
+  requests) whose quantile (p99) exceeds the tenant's SLO: the controller's own view (through
+  vLLM's histogram unless --exact-latency); null (printed n/a) when no window counted, never 0;
+- windows_counted: the windows that rate is over;
+- bad_request_fraction: the request-level evidence: the share of the sensitive tenants' requests
+  (those with a latency, plus the rejected ones) whose latency exceeded their own tenant's SLO,
+  rejected requests counting as bad (a p99 SLO allows 1%);
+- served_fraction / rejected_fraction: requests completed within the run / rejected (never
+  served), over the requests that arrived;
+- tenants: the same per sensitive tenant (pooled over the hosts it runs on), against its own SLO;
+- throughput: per role, the work delivered (requests served, not arrived; bytes moved; SM-seconds)
   divided by what the same tenants delivered under `static`;
 - actions_per_hour: escalations + releases the controller decided, per host and hour;
 - reconfigs_per_hour: MIG layout changes started, per host and hour;
@@ -57,6 +65,68 @@ def seq_time_back(seq: list[tuple[float, bool]], t: float, y: int) -> float:
     return seq[idx - y + 1][0]
 
 
+def _counted(
+    windows: list[tuple[float, str, int, float]], slo: dict[str, float], min_count: int
+) -> dict[str, list[int]]:
+    """tenant -> [windows counted, windows over the SLO] (a window counts with >= min_count requests
+    and a quantile the controller could read)."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for _, name, count, q in windows:
+        if count >= min_count and not math.isnan(q):
+            c = out[name]
+            c[0] += 1
+            c[1] += q > slo.get(name, math.inf)
+    return out
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+def _ms(x: float) -> float:
+    return round(float(x) * 1000, 3)
+
+
+def _tenants(hr: list[HostRun], min_count: int) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """Per sensitive tenant, pooled over the hosts it runs on (copies share names), each request
+    judged against its own host's SLO for it; and per tenant (requests judged, windows over)."""
+    names = sorted({n for r in hr for n in r.slo})
+    out: dict[str, dict[str, Any]] = {}
+    raw: dict[str, tuple[int, int]] = {}
+    for name in names:
+        runs = [r for r in hr if name in r.slo]
+        lat = np.concatenate([r.tenant_latencies.get(name, np.empty(0, np.float32)) for r in runs])
+        over = sum(int(np.count_nonzero(r.tenant_latencies.get(name, np.empty(0)) > r.slo[name])) for r in runs)
+        arrivals = sum(r.arrivals.get(name, 0) for r in runs)
+        served = sum(r.served.get(name, 0) for r in runs)
+        rejected = sum(r.rejected.get(name, 0) for r in runs)
+        judged = int(lat.size) + rejected  # requests with an outcome: a latency, or a rejection
+        counted = bad_w = 0
+        for r in runs:
+            c, b = _counted(r.windows, r.slo, min_count).get(name, [0, 0])
+            counted, bad_w = counted + c, bad_w + b
+        raw[name] = (judged, bad_w)
+        slos = {r.slo[name] for r in runs}
+        qs = np.quantile(lat, [0.5, 0.99, 0.999]) if lat.size else [math.nan] * 3
+        out[name] = {
+            "slo_ms": _ms(next(iter(slos))) if len(slos) == 1 else None,
+            "quantile": runs[0].quantile.get(name, 0.99),
+            "requests": arrivals,
+            "served": served,
+            "rejected": rejected,
+            "p50_ms": _ms(qs[0]),
+            "p99_ms": _ms(qs[1]),
+            "p999_ms": _ms(qs[2]),
+            "bad_requests": over + rejected,
+            "bad_request_fraction": _share(over + rejected, judged),
+            "served_fraction": _share(served, arrivals),
+            "rejected_fraction": _share(rejected, arrivals),
+            "violation_rate": round(bad_w / counted, 4) if counted else None,
+            "windows_counted": counted,
+        }
+    return out, raw
+
+
 def summarise(
     scenario: Scenario, runs: dict[str, list[HostRun]], baseline: list[HostRun] | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -67,14 +137,15 @@ def summarise(
     for name, hr in runs.items():
         lat = np.concatenate([r.latencies for r in hr]) if hr else np.empty(0)
         qs = np.quantile(lat, [0.5, 0.99, 0.999]) * 1000 if lat.size else [math.nan] * 3
-        counted = bad = 0
         episodes: list[float] = []
         for r in hr:
-            for _, n, count, q in r.windows:
-                if count >= policy.min_window_count and not math.isnan(q):
-                    counted += 1
-                    bad += q > r.slo.get(n, math.inf)
             episodes.extend(_episodes(r.windows, r.slo, policy.min_window_count, policy.y_windows))
+        tenants, raw = _tenants(hr, policy.min_window_count)
+        counted = sum(t["windows_counted"] for t in tenants.values())
+        bad_w = sum(b for _, b in raw.values())
+        judged = sum(j for j, _ in raw.values())
+        bad_r = sum(t["bad_requests"] for t in tenants.values())
+        arrivals = sum(t["requests"] for t in tenants.values())
         hours = sum(r.duration_s for r in hr) / 3600.0
         work = _work_by_role(hr)
         thr = {
@@ -86,11 +157,19 @@ def summarise(
             "p50_ms": round(float(qs[0]), 3),
             "p99_ms": round(float(qs[1]), 3),
             "p999_ms": round(float(qs[2]), 3),
-            "violation_rate": round(bad / counted, 4) if counted else 0.0,
+            "violation_rate": round(bad_w / counted, 4) if counted else None,
+            "windows_counted": counted,
+            "bad_request_fraction": _share(bad_r, judged),
+            "served_fraction": round(sum(t["served"] for t in tenants.values()) / arrivals, 6) if arrivals else None,
+            "rejected_fraction": round(sum(t["rejected"] for t in tenants.values()) / arrivals, 6)
+            if arrivals
+            else None,
+            "requests": arrivals,
             "throughput": thr,
             "actions_per_hour": round(sum(r.actions for r in hr) / hours, 3) if hours else 0.0,
             "reconfigs_per_hour": round(sum(r.reconfigs for r in hr) / hours, 3) if hours else 0.0,
             "time_to_mitigate_s": round(float(np.mean(episodes)), 1) if episodes else None,
+            "tenants": tenants,
         }
     return out
 
@@ -103,9 +182,26 @@ def _work_by_role(hr: list[HostRun]) -> dict[str, float]:
     return dict(work)
 
 
-def to_json(scenario: Scenario, seed: int, duration_s: float, summary: dict[str, dict[str, Any]]) -> str:
-    doc = {"scenario": scenario.name, "seed": seed, "duration_s": duration_s, "policies": summary}
+def to_json(
+    scenario: Scenario, seed: int, duration_s: float, summary: dict[str, dict[str, Any]], exact_latency: bool = False
+) -> str:
+    doc = {
+        "scenario": scenario.name,
+        "seed": seed,
+        "duration_s": duration_s,
+        "latency_view": "exact" if exact_latency else "histogram",
+        "policies": summary,
+    }
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+
+
+def _rate(v: float | None) -> str:
+    """A window rate: n/a when no window counted (never a 0.0% that nothing measured)."""
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _share_pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -119,13 +215,14 @@ def _fmt(v: Any, pct: bool = False) -> str:
 def table(scenario: Scenario, summary: dict[str, dict[str, Any]]) -> str:
     paper = scenario.meta.paper
     show_paper = bool(paper)
-    head = ["policy", "p50 ms", "p99 ms", "p999 ms", "SLO viol."]
+    head = ["policy", "p50 ms", "p99 ms", "p999 ms", "SLO viol.", "bad req."]
     if show_paper:
         head += ["paper p99", "paper viol."]
     head += ["thr sens", "thr bulk", "thr comp", "actions/h", "reconf/h", "mitigate s"]
     rows = [head]
     for name, m in summary.items():
-        row = [name, _fmt(m["p50_ms"]), _fmt(m["p99_ms"]), _fmt(m["p999_ms"]), _fmt(m["violation_rate"], True)]
+        row = [name, _fmt(m["p50_ms"]), _fmt(m["p99_ms"]), _fmt(m["p999_ms"])]
+        row += [_rate(m["violation_rate"]), _share_pct(m["bad_request_fraction"])]
         if show_paper:
             p = paper.get(name, {})
             row += [_fmt(p.get("p99_ms")), _fmt(p.get("violation_rate"), True)]
@@ -153,16 +250,17 @@ def table(scenario: Scenario, summary: dict[str, dict[str, Any]]) -> str:
 def markdown_table(scenario: Scenario, summary: dict[str, dict[str, Any]]) -> str:
     paper = scenario.meta.paper
     lines = [
-        "| policy | p50 ms | p99 ms | p999 ms | SLO violations | paper p99 ms | paper violations "
+        "| policy | p50 ms | p99 ms | p999 ms | SLO violations | bad requests | paper p99 ms | paper violations "
         "| throughput bulk | throughput compute | actions/h | reconfigs/h | time to mitigate s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in summary.items():
         p = paper.get(name, {})
         thr = m["throughput"]
         lines.append(
             f"| {name} | {_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {_fmt(m['p999_ms'])} "
-            f"| {_fmt(m['violation_rate'], True)} | {_fmt(p.get('p99_ms'))} | {_fmt(p.get('violation_rate'), True)} "
+            f"| {_rate(m['violation_rate'])} | {_share_pct(m['bad_request_fraction'])} "
+            f"| {_fmt(p.get('p99_ms'))} | {_fmt(p.get('violation_rate'), True)} "
             f"| {thr.get('bulk', float('nan')):.3f} | {thr.get('compute', float('nan')):.3f} "
             f"| {_fmt(m['actions_per_hour'])} | {_fmt(m['reconfigs_per_hour'])} | {_fmt(m['time_to_mitigate_s'])} |"
         )

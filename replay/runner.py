@@ -46,9 +46,9 @@ class HostRun:
     host: str
     duration_s: float
     latencies: np.ndarray  # float32 seconds, every sensitive request
-    windows: list[tuple[float, str, int, float]]
+    windows: list[tuple[float, str, int, float]]  # (t, tenant, count, quantile the controller saw)
     slo: dict[str, float]
-    delivered: dict[str, float]
+    delivered: dict[str, float]  # sensitive tenants: requests served (completed in the run)
     roles: dict[str, str]
     actions: int
     reconfigs: int
@@ -56,7 +56,14 @@ class HostRun:
     failed_ops: int
     levels: list[tuple[float, int]]  # (t, highest isolation level of any sensitive tenant)
     events: list[str] = field(default_factory=list)
-    rejected: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests refused at admission
+    # Per sensitive tenant: its latencies (float32 s, every request with a known latency), the
+    # requests that arrived, were served in the run, and were rejected (never served).
+    tenant_latencies: dict[str, np.ndarray] = field(default_factory=dict)
+    arrivals: dict[str, int] = field(default_factory=dict)
+    served: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # refused at admission
+    quantile: dict[str, float] = field(default_factory=dict)  # the tenant's SLO quantile (0.99: p99)
+    exact_latency: bool = False  # the controller's view: raw samples (True) or vLLM's histogram
 
 
 def run_host(
@@ -66,10 +73,11 @@ def run_host(
     duration_s: float,
     seed: int,
     progress: Callable[[float], None] | None = None,
+    exact_latency: bool = False,
 ) -> HostRun:
     model = scenario.hosts[host_index]
     spec: HostSpec = replace(model.spec, policy=policy_for(model.spec.policy, policy))
-    sim = HostSim(model, scenario.meta, seed, host_index)
+    sim = HostSim(model, scenario.meta, seed, host_index, exact_latency=exact_latency)
     state = ControllerState()
     desired = None
     actions = 0
@@ -93,7 +101,11 @@ def run_host(
         if progress is not None and i % 500 == 0:
             progress(i / n_ticks)
     sim.drain()  # batched servers: requests still queued at the end count too, as FCFS ones do
-    lat = np.concatenate(sim.stats.latencies).astype(np.float32) if sim.stats.latencies else np.empty(0, np.float32)
+    st = sim.stats
+    lat = np.concatenate(st.latencies).astype(np.float32) if st.latencies else np.empty(0, np.float32)
+    by_tenant = {n: np.concatenate(parts).astype(np.float32) for n, parts in st.tenant_latencies.items()}
+    sensitive = [n for n, t in spec.tenants.items() if t.role is Role.SENSITIVE]
+    rejected = st.rejected  # refused at admission: never served, never in `latencies`
     return HostRun(
         policy=policy,
         host=model.name,
@@ -109,13 +121,18 @@ def run_host(
         failed_ops=sim.stats.failed_ops,
         levels=levels,
         events=events,
-        rejected=dict(sim.stats.rejected),
+        tenant_latencies=by_tenant,
+        arrivals={n: st.admitted.get(n, 0) + rejected.get(n, 0) for n in sensitive},
+        served={n: st.served.get(n, 0) for n in sensitive},
+        rejected={n: rejected.get(n, 0) for n in sensitive},
+        quantile={n: spec.tenants[n].quantile for n in sensitive},
+        exact_latency=exact_latency,
     )
 
 
-def _job(args: tuple[str, int, str, float, int]) -> HostRun:
-    path, host_index, policy, duration_s, seed = args
-    return run_host(load_scenario(path), host_index, policy, duration_s, seed)
+def _job(args: tuple[str, int, str, float, int, bool]) -> HostRun:
+    path, host_index, policy, duration_s, seed, exact = args
+    return run_host(load_scenario(path), host_index, policy, duration_s, seed, exact_latency=exact)
 
 
 def run_all(
@@ -125,11 +142,13 @@ def run_all(
     seed: int,
     jobs: int | None = None,
     progress: bool = False,
+    exact_latency: bool = False,
 ) -> dict[str, list[HostRun]]:
     """policy -> one HostRun per host, in scenario order."""
     for p in policies:
         policy_for(Policy(), p)
-    work = [(scenario.file, h, p, duration_s, seed) for p in policies for h in range(len(scenario.hosts))]
+    hosts = range(len(scenario.hosts))
+    work = [(scenario.file, h, p, duration_s, seed, exact_latency) for p in policies for h in hosts]
     jobs = jobs if jobs is not None else min(len(work), os.cpu_count() or 1)
     bar = Progress(len(work)) if progress else None
     results: list[HostRun] = []

@@ -40,11 +40,14 @@ class _Strict(BaseModel):
 
 
 class Schedule(_Strict):
-    """On/off windows [start, end) in seconds, repeating every period_s (none: always on)."""
+    """On/off windows [start, end) in seconds, repeating every period_s (none: always on), and an
+    optional rate profile: `profile` levels at equal steps over the period, linearly interpolated
+    and cyclic (a diurnal load: 24 hourly values with period_s = 86400)."""
 
     period_s: float | None = Field(None, gt=0)
     on: list[tuple[float, float]] = []
     level: float = Field(1.0, ge=0)  # demand multiplier while on
+    profile: list[float] = []
 
     @model_validator(mode="after")
     def _check(self) -> Schedule:
@@ -53,13 +56,32 @@ class Schedule(_Strict):
                 raise ValueError(f"window [{a}, {b}] must have 0 <= start < end")
             if self.period_s is not None and b > self.period_s:
                 raise ValueError(f"window [{a}, {b}] ends after period_s {self.period_s}")
+        if self.profile:
+            if self.period_s is None:
+                raise ValueError("profile needs period_s (the profile's levels span one period)")
+            if len(self.profile) < 2 or min(self.profile) < 0 or max(self.profile) <= 0:
+                raise ValueError("profile needs at least 2 levels >= 0, one of them > 0")
         return self
 
+    def _shape(self, t: float) -> float:
+        if not self.profile or self.period_s is None:
+            return 1.0
+        n = len(self.profile)
+        pos = (t % self.period_s) / self.period_s * n
+        i = int(pos) % n
+        frac = pos - int(pos)
+        return self.profile[i] + (self.profile[(i + 1) % n] - self.profile[i]) * frac
+
     def active(self, t: float) -> float:
-        if not self.on:
-            return self.level
-        x = t % self.period_s if self.period_s else t
-        return self.level if any(a <= x < b for a, b in self.on) else 0.0
+        if self.on:
+            x = t % self.period_s if self.period_s else t
+            if not any(a <= x < b for a, b in self.on):
+                return 0.0
+        return self.level * self._shape(t)
+
+    def peak(self) -> float:
+        """The highest level the schedule reaches (arrivals are drawn at this rate, then thinned)."""
+        return self.level * (max(self.profile) if self.profile else 1.0)
 
 
 class NodeConfig(_Strict):
@@ -81,7 +103,16 @@ class NodeConfig(_Strict):
 class Requests(_Strict):
     """Request arrivals and per-request cost of a sensitive tenant."""
 
-    rate: float | None = Field(None, gt=0)  # Poisson arrivals per second
+    rate: float | None = Field(None, gt=0)  # mean arrivals per second (of the process below)
+    # The arrival process with `rate`: "poisson"; "gamma" = a renewal process with Gamma
+    # inter-arrival times of coefficient of variation `cv` (shape 1/cv^2); "mmpp" = a two-state
+    # Markov-modulated Poisson process: calm and burst periods of exponential lengths (means
+    # calm_mean_s, burst_mean_s), the burst rate burst_ratio x the calm rate, the mean `rate`.
+    arrivals: Literal["poisson", "gamma", "mmpp"] = "poisson"
+    cv: float = Field(1.0, gt=0, le=20)
+    burst_ratio: float = Field(1.0, ge=1, le=1000)
+    burst_mean_s: float = Field(10.0, gt=0)
+    calm_mean_s: float = Field(30.0, gt=0)
     trace: str | None = None  # CSV (TIMESTAMP, ContextTokens, GeneratedTokens), relative to the file
     trace_speed: float = Field(1.0, gt=0)  # replay the trace this many times faster
     tokens: float = Field(0.0, ge=0)  # context tokens per request when arrivals come from `rate`
@@ -125,6 +156,15 @@ class Requests(_Strict):
     def _one(self) -> Requests:
         if (self.rate is None) == (self.trace is None):
             raise ValueError("give exactly one of rate (Poisson) or trace (a CSV file)")
+        if self.trace is not None:
+            given = sorted(self.model_fields_set & _PROCESS_KEYS)
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with rate (a trace brings its own arrivals)")
+        if self.arrivals != "gamma" and "cv" in self.model_fields_set:
+            raise ValueError('cv: only with arrivals = "gamma"')
+        mmpp = sorted(self.model_fields_set & (_PROCESS_KEYS - {"arrivals", "cv"}))
+        if self.arrivals != "mmpp" and mmpp:
+            raise ValueError(f'{", ".join(mmpp)}: only with arrivals = "mmpp"')
         if self.server == "batched" and "cpu_ms" in self.model_fields_set:
             raise ValueError('cpu_ms: only with server = "fcfs" (a batched server\'s CPU side is step_ms)')
         if self.server != "batched":
@@ -137,6 +177,7 @@ class Requests(_Strict):
         return self
 
 
+_PROCESS_KEYS = {"arrivals", "cv", "burst_ratio", "burst_mean_s", "calm_mean_s"}
 _KV_KEYS = {"kv_bytes_per_token", "weights_gb", "overhead_gb", "gpu_memory_utilization", "kv_block_tokens"}
 _BATCHED_KEYS = {
     "max_batched_tokens",
@@ -150,6 +191,14 @@ _BATCHED_KEYS = {
 
 class FlowConfig(_Strict):
     path: tuple[str, str]  # endpoints: device ids or "cpu"
+
+
+class Reroute(_Strict):
+    """From at_s into each reroute period on, the tenant's flows take these paths instead (an
+    aggressor that a scheduler moves to another GPU or switch)."""
+
+    at_s: float = Field(ge=0)
+    flows: list[FlowConfig] = Field(min_length=1)
 
 
 class TenantConfig(_Strict):
@@ -166,6 +215,8 @@ class TenantConfig(_Strict):
     demand_gbps: float = Field(0.0, ge=0)  # bytes/s the flows want (GB/s), while the schedule is on
     sm_active: float = Field(0.0, ge=0, le=1)  # compute: SM activity of its instance while on
     schedule: Schedule = Schedule()
+    reroute: list[Reroute] = []  # flows that change path on a schedule (bulk / compute)
+    reroute_period_s: float | None = Field(None, gt=0)  # the reroutes repeat with this period
     handover: Literal["restart", "warm"] | None = None  # none: the scenario's [scenario] handover
     relaunch_s: float | None = Field(None, ge=0, le=3600)  # none: the scenario's [scenario] relaunch_s
     # The CPU channel (off unless set): the cores the tenant's processes may run on (its cpuset,
@@ -187,11 +238,35 @@ class TenantConfig(_Strict):
             raise ValueError("only sensitive tenants take [requests]")
         if self.flows and self.demand_gbps <= 0:
             raise ValueError("flows need demand_gbps > 0")
+        if self.reroute:
+            if not self.flows:
+                raise ValueError("reroute changes the tenant's flows: give flows first")
+            ats = [r.at_s for r in self.reroute]
+            if ats != sorted(set(ats)):
+                raise ValueError("reroute: at_s must be strictly increasing")
+            if self.reroute_period_s is not None and ats[-1] >= self.reroute_period_s:
+                raise ValueError(f"reroute: at_s {ats[-1]} is not inside reroute_period_s {self.reroute_period_s}")
+        elif self.reroute_period_s is not None:
+            raise ValueError("reroute_period_s: only with reroute")
         if self.cpu_threads > 0 and self.role is Role.SENSITIVE:
             raise ValueError("cpu_threads: a sensitive tenant's CPU side is its requests' cpu_ms / step_ms")
         if self.cpu_threads > 0 and self.cpus is None:
             raise ValueError("cpu_threads needs cpus (the cores the threads run on)")
         return self
+
+    def flows_at(self, t: float) -> int:
+        """Which flow set is in force at t: 0 = `flows`, k = reroute[k - 1]."""
+        if not self.reroute:
+            return 0
+        x = t % self.reroute_period_s if self.reroute_period_s else t
+        k = 0
+        for i, r in enumerate(self.reroute):
+            if r.at_s <= x:
+                k = i + 1
+        return k
+
+    def flow_sets(self) -> list[list[FlowConfig]]:
+        return [self.flows] + [r.flows for r in self.reroute]
 
 
 class HostConfig(_Strict):
@@ -205,6 +280,8 @@ class ScenarioMeta(_Strict):
     name: str
     description: str = ""
     duration_s: float = Field(3600.0, gt=0)
+    # In the suite (`tailguard replay --suite`) at this duration; none: not in the suite.
+    suite_duration_s: float | None = Field(None, ge=7200)
     tick_s: float = Field(2.0, gt=0.05, le=60)
     seed: int = 1
     # What a move costs (fsm.outage, the same function the decision core budgets with): a MIG
@@ -409,6 +486,11 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
             for end in f.path:
                 if end != CPU and not topo.has(end):
                     problems.append(f"{tw}.flows[{k}].path: unknown device {end!r}")
+        for r, rr in enumerate(t.reroute):
+            for k, f in enumerate(rr.flows):
+                for end in f.path:
+                    if end != CPU and not topo.has(end):
+                        problems.append(f"{tw}.reroute[{r}].flows[{k}].path: unknown device {end!r}")
         for k, d in enumerate(t.devices):
             if not topo.has(d):
                 problems.append(f"{tw}.devices[{k}]: unknown device {d!r}")
@@ -443,6 +525,14 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
     return out
 
 
+def kv_fits(req: Requests | None, model: GpuModel, profile: str) -> bool:
+    """Whether the KV cache has room for one block on an instance of `profile` (vLLM starts)."""
+    if req is None or req.kv_bytes_per_token <= 0:
+        return True
+    mem = model.profile(profile).gib * 2**30 * req.gpu_memory_utilization
+    return mem - (req.weights_gb + req.overhead_gb) * 1e9 >= req.kv_bytes_per_token * req.kv_block_tokens
+
+
 def _check_cpus(text: str, topo: Topology, where: str, problems: list[str]) -> None:
     try:
         cpus = _cpus(text)
@@ -460,15 +550,13 @@ def _check_cpus(text: str, topo: Topology, where: str, problems: list[str]) -> N
 
 def _check_kv(req: Requests | None, model: GpuModel, profile: str, where: str, problems: list[str]) -> None:
     """The KV cache must have room on the tenant's home instance (vLLM would not start otherwise)."""
-    if req is None or req.kv_bytes_per_token <= 0:
+    if req is None or kv_fits(req, model, profile):
         return
     mem = model.profile(profile).gib * 2**30 * req.gpu_memory_utilization
-    free = mem - (req.weights_gb + req.overhead_gb) * 1e9
-    if free < req.kv_bytes_per_token * req.kv_block_tokens:
-        problems.append(
-            f"{where}.weights_gb: weights_gb + overhead_gb = {req.weights_gb + req.overhead_gb:g} GB leave no KV "
-            f"cache on {profile} ({mem / 1e9:.1f} GB at gpu_memory_utilization {req.gpu_memory_utilization:g})"
-        )
+    problems.append(
+        f"{where}.weights_gb: weights_gb + overhead_gb = {req.weights_gb + req.overhead_gb:g} GB leave no KV "
+        f"cache on {profile} ({mem / 1e9:.1f} GB at gpu_memory_utilization {req.gpu_memory_utilization:g})"
+    )
 
 
 def parse_scenario(text: str, file: str) -> Scenario:
@@ -529,6 +617,12 @@ def resolve_data(name: str, base: Path) -> Path | None:
 
 def bundled() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+
+
+def suite() -> list[Scenario]:
+    """The bundled scenarios that set suite_duration_s, by name."""
+    out = [load_scenario(n) for n in bundled()]
+    return [s for s in out if s.meta.suite_duration_s is not None]
 
 
 def load_scenario(name_or_path: str) -> Scenario:

@@ -13,7 +13,8 @@ Per tick (`tick_s`, or whatever time the daemon lets pass):
 - each instance is a FCFS server: latencies come from the Lindley recursion over the arrivals
   (replay.queueing); or, with `server = "batched"`, a vLLM-style engine that runs steps of
   chunked prefill under a token budget beside the running decodes (replay.batching); the window
-  reports the requests that completed in the tick;
+  reports the requests that completed in the tick, as the live latency sampler would read them
+  from vLLM's TTFT histogram (fsm.histogram), or exactly with `exact_latency`;
 - MIG reconfigurations and moves follow fsm.outage's timeline, the one the decision core budgets
   with (replay.actuation): the moved tenant serves nothing from when it stops to when it serves on
   the target; what arrives meanwhile queues and is served there, at the target's slice and share.
@@ -25,17 +26,14 @@ the same arrivals and noise (common random numbers) and the same seed gives the 
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 
 from fsm.desired import DesiredState, MpsLimit, Throttle
+from fsm.histogram import VLLM_TTFT_BUCKETS, histogram_quantile, window_from_buckets
 from fsm.mig import GpuModel, Slot
 from fsm.observation import (
     ActuationStatus,
@@ -52,6 +50,7 @@ from fsm.observation import (
 from fsm.spec import HostSpec, Role
 from fsm.topology import NodeKind
 from replay.actuation import Actuation, MigOp, Move
+from replay.arrivals import RequestStream, load_request_trace  # noqa: F401 (load_request_trace: re-exported)
 from replay.batching import BatchServer, step_cost
 from replay.cpu import CpuModel
 from replay.fabric import Flow, max_min
@@ -65,121 +64,10 @@ from replay.scenario import (
     ScenarioMeta,
     TenantConfig,
     cpu_list,
-    resolve_data,
+    resolve_data,  # noqa: F401 (re-exported)
 )
 
 IRQ_BYTES = 256 * 1024  # bytes moved per interrupt, for the crude IRQ-rate model
-CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
-
-
-# -- request arrivals --------------------------------------------------------------------------
-@cache
-def load_request_trace(path: str) -> tuple[Array, Array, Array]:
-    """(arrival seconds from the first request, context tokens, generated tokens; 0 without that
-    column) of an Azure LLM trace CSV."""
-    times: list[float] = []
-    tokens: list[float] = []
-    generated: list[float] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f)
-        head = next(rows, None)
-        if head is None or [h.strip() for h in head[:2]] != ["TIMESTAMP", "ContextTokens"]:
-            raise ValueError(f"{path}:1: expected the header TIMESTAMP,ContextTokens,GeneratedTokens")
-        t0: datetime | None = None
-        for n, row in enumerate(rows, start=2):
-            try:
-                ts = datetime.fromisoformat(row[0].strip()[:26])
-                tok = float(row[1])
-                gen = float(row[2]) if len(row) > 2 and row[2].strip() else 0.0
-            except (ValueError, IndexError) as e:
-                raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
-            t0 = t0 or ts
-            times.append((ts - t0).total_seconds())
-            tokens.append(tok)
-            generated.append(gen)
-    if not times:
-        raise ValueError(f"{path}: no requests")
-    return np.asarray(times), np.asarray(tokens), np.asarray(generated)
-
-
-class RequestStream:
-    """Arrivals (absolute seconds) and context tokens of one sensitive tenant, tick by tick."""
-
-    def __init__(
-        self, req: Requests, base: Path, seed: int, host_index: int, tenant_index: int, schedule_level: float = 1.0
-    ) -> None:
-        self.req = req
-        self.seed = (seed, host_index, tenant_index)
-        sigma2 = math.log1p(req.noise_cv**2)
-        self.sigma = math.sqrt(sigma2)
-        self.mu = -sigma2 / 2  # mean-one lognormal
-        self.trace: tuple[Array, Array, Array] | None = None
-        if req.trace is not None:
-            path = resolve_data(req.trace, base)
-            if path is None:
-                raise ValueError(f"request trace {req.trace!r} not found")
-            times, tokens, generated = load_request_trace(str(path))
-            gap = float(np.mean(np.diff(times))) if times.size > 1 else 1.0
-            self.trace = (times / req.trace_speed, tokens, generated)
-            self.cycle = (float(times[-1]) + gap) / req.trace_speed
-        # One generator per (seed, host, tenant). How many numbers a tick draws depends only on
-        # its arrivals, never on the policy, so every policy sees the same requests and noise.
-        self.rng = np.random.default_rng(list(self.seed))
-        self.level_max = max(1.0, schedule_level)
-        self.buf_t = self.buf_m = self.buf_n = np.empty(0)
-        self.buf_lo = 0
-        self.buf_end = 0.0
-
-    def _fill(self, until: float) -> None:
-        """Generate Poisson arrivals, thinning marks and noise in fixed 600 s chunks (cheap per
-        tick, and the same numbers whatever the tick length)."""
-        assert self.req.rate is not None
-        parts = [(self.buf_t[self.buf_lo :], self.buf_m[self.buf_lo :], self.buf_n[self.buf_lo :])]
-        while self.buf_end < until:
-            a = self.buf_end
-            n = int(self.rng.poisson(self.req.rate * self.level_max * CHUNK_S))
-            t = np.sort(self.rng.uniform(a, a + CHUNK_S, n))
-            marks = self.rng.random(n)
-            noise = self.rng.lognormal(self.mu, self.sigma, n) if self.sigma > 0 else np.ones(n)
-            parts.append((t, marks, noise))
-            self.buf_end = a + CHUNK_S
-        self.buf_t = np.concatenate([p[0] for p in parts])
-        self.buf_m = np.concatenate([p[1] for p in parts])
-        self.buf_n = np.concatenate([p[2] for p in parts])
-        self.buf_lo = 0
-
-    def window(self, t0: float, t1: float, level: float) -> tuple[Array, Array, Array, Array]:
-        """(arrival times, context tokens, generated tokens, noise factors) of the requests arriving
-        in [t0, t1)."""
-        rng = self.rng
-        if self.trace is None:
-            if t1 > self.buf_end:
-                self._fill(t1)
-            lo: int = self.buf_lo + int(np.searchsorted(self.buf_t[self.buf_lo :], t0, "left"))
-            hi: int = lo + int(np.searchsorted(self.buf_t[lo:], t1, "left"))
-            self.buf_lo = hi
-            arr, noise = self.buf_t[lo:hi], self.buf_n[lo:hi]
-            if level < self.level_max:  # thinning: a rate below the peak (or an off period)
-                keep = self.buf_m[lo:hi] < level / self.level_max
-                arr, noise = arr[keep], noise[keep]
-            return arr, np.full(arr.size, self.req.tokens), np.full(arr.size, self.req.generated_tokens), noise
-        times, tokens, generated = self.trace
-        k0, k1 = math.floor(t0 / self.cycle), math.floor(t1 / self.cycle)
-        parts_t, parts_k, parts_g = [], [], []
-        for k in range(k0, k1 + 1):
-            a = int(np.searchsorted(times, t0 - k * self.cycle, "left"))
-            b = int(np.searchsorted(times, t1 - k * self.cycle, "left"))
-            parts_t.append(times[a:b] + k * self.cycle)
-            parts_k.append(tokens[a:b])
-            parts_g.append(generated[a:b])
-        arr = np.concatenate(parts_t)
-        tok = np.concatenate(parts_k)
-        gen = np.concatenate(parts_g)
-        if level < 1.0:  # thin the trace (a schedule's level below 1)
-            keep = rng.random(arr.size) < level
-            arr, tok, gen = arr[keep], tok[keep], gen[keep]
-        noise = rng.lognormal(self.mu, self.sigma, arr.size) if self.sigma > 0 else np.ones(arr.size)
-        return arr, tok, gen, noise
 
 
 # -- runtime state -----------------------------------------------------------------------------
@@ -191,6 +79,7 @@ class _Sensitive:
     free_at: float = 0.0
     pend_done: Array = field(default_factory=lambda: np.empty(0))  # completion times not yet reported
     pend_lat: Array = field(default_factory=lambda: np.empty(0))
+    slo_s: float = math.inf
     busy_s: float = 0.0  # compute seconds in the last tick (SM activity)
     rate_bps: float = 0.0
     batch: BatchServer | None = None  # server = "batched": the engine's queue and decodes
@@ -202,8 +91,13 @@ class Stats:
     """What the runner reports on; filled while the simulation runs."""
 
     latencies: list[Array] = field(default_factory=list)  # per tick, all sensitive tenants
-    windows: list[tuple[float, str, int, float]] = field(default_factory=list)  # (t, tenant, count, quantile)
+    tenant_latencies: dict[str, list[Array]] = field(default_factory=dict)  # the same arrays, per tenant
+    # (t, tenant, count, quantile): the window as the controller saw it (the histogram estimate
+    # unless exact_latency)
+    windows: list[tuple[float, str, int, float]] = field(default_factory=list)
     delivered: dict[str, float] = field(default_factory=dict)  # tenant -> work (bytes, SM-s, requests served)
+    admitted: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests arrived and not refused
+    served: dict[str, int] = field(default_factory=dict)  # sensitive tenant -> requests completed in the run
     rejected: dict[str, int] = field(default_factory=dict)  # tenant -> requests refused (prompt >= max_model_len)
     reconfigs: int = 0
     moves: int = 0
@@ -230,8 +124,15 @@ def _quantiles(sorted_x: Array, qs: tuple[float, ...]) -> list[float]:
 class HostSim(Actuation):
     """The synchronous simulation engine of one host (the offline replay drives it directly)."""
 
-    def __init__(self, model: HostModel, meta: ScenarioMeta, seed: int, host_index: int = 0) -> None:
+    def __init__(
+        self, model: HostModel, meta: ScenarioMeta, seed: int, host_index: int = 0, exact_latency: bool = False
+    ) -> None:
         self.model = model
+        # False: the controller sees each tick's latencies as a live vLLM exports them, a cumulative
+        # histogram on vLLM's TTFT buckets read through the live sampler's estimator; True: the
+        # idealised view, the raw samples' quantiles and an exact over_slo.
+        self.exact_latency = exact_latency
+        self._bounds = np.asarray(VLLM_TTFT_BUCKETS)
         self.meta = meta
         self.spec: HostSpec = model.spec
         self.topo = model.spec.topology
@@ -250,20 +151,25 @@ class HostSim(Actuation):
         self.last: Observation | None = None
         self.sensitive: dict[str, _Sensitive] = {}
         self.others: list[TenantConfig] = []
-        self.flow_links: dict[str, list[tuple[dict[tuple[str, str], int], str, str]]] = {}
+        self.flow_links: dict[str, list[tuple[dict[tuple[str, str], int], str, str]]] = {}  # in force
+        # every flow set of every tenant (a rerouted one has several)
+        self.route_links: dict[tuple[str, int], list[tuple[dict[tuple[str, str], int], str, str]]] = {}
         # Links whose two directions together are capped (duplex_gbps): their flows also cross BOTH.
         self.both = frozenset(n for (n, way) in model.capacity if way == BOTH)
         for i, (name, cfg) in enumerate(sorted(model.tenants.items())):
             if cfg.requests is not None:
-                stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.level)
+                stream = RequestStream(cfg.requests, model.base_dir, seed, host_index, i, cfg.schedule.peak())
                 batch = BatchServer() if cfg.requests.server == "batched" else None
-                self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream, batch=batch)
+                slo_s = cfg.slo_ms / 1000.0 if cfg.slo_ms else math.inf
+                self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream, slo_s=slo_s, batch=batch)
             else:
                 self.others.append(cfg)
-                self.flow_links[name] = [
-                    (with_both(flow_links(self.topo, f.path[0], f.path[1]), self.both), f.path[0], f.path[1])
-                    for f in cfg.flows
-                ]
+                for k, flows in enumerate(cfg.flow_sets()):
+                    self.route_links[(name, k)] = [
+                        (with_both(flow_links(self.topo, f.path[0], f.path[1]), self.both), f.path[0], f.path[1])
+                        for f in flows
+                    ]
+                self.flow_links[name] = self.route_links[(name, 0)]
         cpusets = {n: cpu_list(c.cpus) for n, c in model.tenants.items() if c.cpus}
         self.cpu = CpuModel(cpusets, set(self.sensitive)) if cpusets else None
         self.stats.rejected = dict.fromkeys(self.sensitive, 0)
@@ -277,14 +183,16 @@ class HostSim(Actuation):
         self.cpus = sorted({c for n in self.topo.of_kind(NodeKind.NUMA) for c in n.cpus})
         # Precomputed per tenant: the devices its flows start or end at (hot path of every tick).
         self.ends: dict[str, list[tuple[str, NodeKind, bool, int | None]]] = {}
-        for name, links in self.flow_links.items():
+        self.route_ends: dict[tuple[str, int], list[tuple[str, NodeKind, bool, int | None]]] = {}
+        for key, links in self.route_links.items():
             ends = []
             for _, src, dst in links:
                 for end, is_src in ((src, True), (dst, False)):
                     if end != CPU:
                         node = self.topo.node(end)
                         ends.append((node.id, node.kind, is_src, self.topo.numa_of(node.id)))
-            self.ends[name] = ends
+            self.route_ends[key] = ends
+        self.ends = {name: self.route_ends[(name, 0)] for name in self.flow_links}
         self._slice_cache: dict[tuple[str, str], int] = {}
         self._layout_info: dict[str, tuple[tuple[Slot, ...], list[tuple[str, InstanceRef, float]]]] = {}
         self._idle: dict[str, tuple[tuple[Slot, ...] | None, GpuSample]] = {}
@@ -339,8 +247,14 @@ class HostSim(Actuation):
         # Demand and SM load of the other tenants this tick.
         sm: dict[str, float] = {}  # tenant -> SM activity of its instance
         flows: list[Flow[LinkDir]] = []
+        phases: list[int] = []  # rerouted tenants' flow sets in force (part of the memo key)
         threads = self.cpu_threads = {n: s.cpu_busy for n, s in self.sensitive.items()}  # CPU channel
         for cfg in self.others:
+            if cfg.reroute:  # the aggressor's flows take the paths of the phase in force
+                phase = cfg.flows_at(t0)
+                phases.append(phase)
+                self.flow_links[cfg.name] = self.route_links[(cfg.name, phase)]
+                self.ends[cfg.name] = self.route_ends[(cfg.name, phase)]
             level = cfg.schedule.active(t0)
             if cfg.cpu_threads:
                 threads[cfg.name] = cfg.cpu_threads * level
@@ -368,7 +282,7 @@ class HostSim(Actuation):
                 avg.append(Flow(f"{name}>{UP}", legs(path, UP, self.both), s.rate_bps * d2h))
         rates = max_min(flows + avg, self.capacity)
         # The elastic shares depend only on the other flows' caps and the victims' paths: memoise.
-        key = (tuple((f.name, f.cap) for f in flows), tuple(sorted(sens_links.items())))
+        key = (tuple((f.name, f.cap) for f in flows), tuple(sorted(sens_links.items())), tuple(phases))
         elastic = self._elastic.get(key)
         if elastic is None and self.both:
             # A capped sum couples the directions: each direction's probes beside the other
@@ -430,22 +344,20 @@ class HostSim(Actuation):
             else:
                 s.cpu_busy = (s.batch.step - steps0) * req.step_ms * 1e-3 / dt
             s.rate_bps = total_bytes / dt
-            self.stats.latencies.append(lat)
-            self.stats.delivered[name] = self.stats.delivered.get(name, 0.0) + arr.size
+            st = self.stats
+            st.latencies.append(lat)
+            st.tenant_latencies.setdefault(name, []).append(lat)
+            st.admitted[name] = st.admitted.get(name, 0) + int(arr.size)
             # FCFS or steps in order: departures are non-decreasing, so the completed ones are a prefix.
             all_done = np.concatenate((s.pend_done, done))
             all_lat = np.concatenate((s.pend_lat, lat))
             cut = int(np.searchsorted(all_done, t1, "left"))
             rep = np.sort(all_lat[:cut])
             s.pend_done, s.pend_lat = all_done[cut:], all_lat[cut:]
-            if rep.size:
-                p50, p99, p999 = _quantiles(rep, (0.5, 0.99, 0.999))
-                window[name] = LatencyWindow(int(rep.size), p50, p99, p999)
-                q = _quantiles(rep, (s.cfg.quantile,))[0]
-                self.stats.windows.append((t1, name, int(rep.size), q))
-            else:
-                window[name] = LatencyWindow(0)
-                self.stats.windows.append((t1, name, 0, math.nan))
+            st.served[name] = st.served.get(name, 0) + cut
+            st.delivered[name] = st.delivered.get(name, 0.0) + cut  # served, not arrived
+            window[name], q = self._window(rep, s.slo_s, s.cfg.quantile)
+            st.windows.append((t1, name, int(rep.size), q))
         for cfg in self.others:
             work = rates.get(cfg.name, 0.0) * dt if cfg.flows else sm[cfg.name] * dt
             self.stats.delivered[cfg.name] = self.stats.delivered.get(cfg.name, 0.0) + work
@@ -507,6 +419,23 @@ class HostSim(Actuation):
         return done, lat, busy, total_bytes
 
     # -- what the samplers would see --------------------------------------------------------------
+    def _window(self, rep: Array, slo_s: float, quantile: float) -> tuple[LatencyWindow, float]:
+        """The tick's window as the controller sees it, and its `quantile` (NaN when empty)."""
+        n = int(rep.size)
+        if n == 0:
+            return LatencyWindow(0, over_slo=0.0), math.nan
+        if self.exact_latency:
+            p50, p99, p999, q = _quantiles(rep, (0.5, 0.99, 0.999, quantile))
+            over = float(n - int(np.searchsorted(rep, slo_s, "right")))
+            return LatencyWindow(n, p50, p99, p999, over_slo=over), q
+        # What vLLM's /metrics would show between two scrapes: cumulative counts per `le`.
+        cum = np.searchsorted(rep, self._bounds, "right").tolist()
+        buckets = [*zip(VLLM_TTFT_BUCKETS, cum, strict=True), (math.inf, n)]
+        w = window_from_buckets(buckets, slo_s)
+        known = {0.5: w.p50, 0.99: w.p99, 0.999: w.p999}
+        qv = known[quantile] if quantile in known else histogram_quantile(quantile, buckets)
+        return w, math.nan if qv is None else qv
+
     def _observation(
         self,
         t: float,
@@ -641,11 +570,12 @@ class HostSim(Actuation):
     def drain(self) -> None:
         """End of a run: serve what batched servers still hold, with no further arrivals, so their
         requests count as FCFS ones do (whose latencies are known when they arrive)."""
-        for s in self.sensitive.values():
+        for name, s in self.sensitive.items():
             if s.batch is not None:
                 _, lat, s.free_at = s.batch.drain(s.free_at)
                 if lat.size:
                     self.stats.latencies.append(lat)
+                    self.stats.tenant_latencies.setdefault(name, []).append(lat)
 
     def level_of_service(self) -> dict[str, str]:
         """Where every tenant runs now (for reports and tests)."""
@@ -667,10 +597,12 @@ class SimulatedHost:
         seed: int | None = None,
         speed: float | None = None,
         spec: HostSpec | None = None,
+        exact_latency: bool = False,
     ) -> None:
         idx = host if isinstance(host, int) else [h.name for h in scenario.hosts].index(host)
         model = scenario.hosts[idx]
-        self.sim = HostSim(model, scenario.meta, scenario.meta.seed if seed is None else seed, idx)
+        seed = scenario.meta.seed if seed is None else seed
+        self.sim = HostSim(model, scenario.meta, seed, idx, exact_latency=exact_latency)
         self.spec: HostSpec = spec or model.spec
         self.name = model.name
         self.speed = speed

@@ -1,11 +1,16 @@
 """Observation traces: what `tailguard record` writes and `tailguard replay --shadow` reads.
 
-Format `tailguard.trace/1`, JSON lines (UTF-8, one object per line):
+Format `tailguard.trace/2`, JSON lines (UTF-8, one object per line):
 
-    {"kind": "header", "schema": "tailguard.trace/1", "host": NAME, "created": ISO8601,
+    {"kind": "header", "schema": "tailguard.trace/2", "host": NAME, "created": ISO8601,
      "spec": <fsm.codec.encode(HostSpec)>}
     {"kind": "obs", "obs": <fsm.codec.encode(Observation)>}          one per tick
     {"kind": "decision", ...}                                         optional; readers skip it
+
+/2 adds `over_slo` to each latency window (requests over the tenant's SLO; null when the source
+cannot tell). `tailguard.trace/1` files still read: their windows carry no `over_slo`, so it is None
+(unknown), whatever a /1 line holds under that key; their spec's `move_outage_s` and
+`reconfig_outage_s` (the tenant fields of that time) are read as `relaunch_s` and `reconfig_s`.
 
 The writer is line-buffered and fsyncs every few seconds, so a crash loses at most the last few
 seconds and leaves at worst one torn line, which the reader skips and reports (with its line
@@ -31,7 +36,9 @@ from fsm.codec import DecodeError, decode_as, encode
 from fsm.observation import Observation
 from fsm.spec import HostSpec
 
-SCHEMA = "tailguard.trace/1"
+SCHEMA = "tailguard.trace/2"
+SCHEMA_V1 = "tailguard.trace/1"
+READABLE = (SCHEMA, SCHEMA_V1)
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
@@ -81,9 +88,31 @@ class TraceWriter:
         self._f: IO[str] | None = None
         self._bytes = 0
         self._last_sync = time.monotonic()
+        if self._older_schema():
+            self._shift()  # records of this schema never go under another schema's header
         self._open()
 
     # -- file handling -------------------------------------------------------------------------
+    def _older_schema(self) -> bool:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                first = f.readline()
+        except (OSError, UnicodeDecodeError):
+            return False
+        try:
+            head = json.loads(first)
+        except json.JSONDecodeError:
+            return False
+        return isinstance(head, dict) and head.get("kind") == "header" and head.get("schema") != SCHEMA
+
+    def _shift(self) -> None:
+        """PATH -> PATH.1, PATH.1 -> PATH.2, ... (up to `keep`)."""
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         exists = self.path.exists() and self.path.stat().st_size > 0
@@ -125,11 +154,7 @@ class TraceWriter:
         self._sync()
         self._f.close()
         self._f = None
-        for i in range(self.keep - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._shift()
         self._open()
 
     # -- API -------------------------------------------------------------------------------------
@@ -171,13 +196,15 @@ def _parse_header(file: str, line: str) -> TraceHeader:
     if not isinstance(data, dict) or data.get("kind") != "header":
         raise TraceError(file, 'the first line must be the header ({"kind": "header", ...})', 1)
     schema = data.get("schema")
-    if schema != SCHEMA:
-        raise TraceError(file, f"unsupported schema {schema!r} (this reader knows {SCHEMA!r})", 1)
+    if schema not in READABLE:
+        known = ", ".join(repr(x) for x in READABLE)
+        raise TraceError(file, f"unsupported schema {schema!r} (this reader knows {known})", 1)
     for key in ("host", "created"):
         if not isinstance(data.get(key), str):
             raise TraceError(file, f"header.{key}: expected a string", 1)
+    raw_spec = _v1_spec(data.get("spec")) if schema == SCHEMA_V1 else data.get("spec")
     try:
-        spec = decode_as(HostSpec, data.get("spec"), "header.spec")
+        spec = decode_as(HostSpec, raw_spec, "header.spec")
     except (DecodeError, ValueError, TypeError) as e:
         raise TraceError(file, f"bad spec: {e}", 1) from None
     return TraceHeader(schema=schema, host=data["host"], created=data["created"], spec=spec)
@@ -209,7 +236,33 @@ def read_trace(
     except TraceError:
         f.close()
         raise
-    return header, _observations(f, file, on_cut)
+    return header, _observations(f, file, on_cut, v1=header.schema == SCHEMA_V1)
+
+
+def _v1_spec(spec: Any) -> Any:
+    """A /1 header's spec as today's TenantSpec reads it: the outage figures the recording host
+    budgeted with (move_outage_s, reconfig_outage_s) carry over as relaunch_s and reconfig_s."""
+    tenants = spec.get("tenants") if isinstance(spec, dict) else None
+    if isinstance(tenants, dict):
+        for t in tenants.values():
+            if not isinstance(t, dict):
+                continue
+            for old, new in (("move_outage_s", "relaunch_s"), ("reconfig_outage_s", "reconfig_s")):
+                if old in t:
+                    value = t.pop(old)
+                    t.setdefault(new, value)
+    return spec
+
+
+def _v1_windows(obs: Any) -> Any:
+    """A /1 observation as /2 reads it: no latency window knows its requests over the SLO."""
+    tenants = obs.get("tenants") if isinstance(obs, dict) else None
+    if isinstance(tenants, dict):
+        for ts in tenants.values():
+            lat = ts.get("latency") if isinstance(ts, dict) else None
+            if isinstance(lat, dict):
+                lat.pop("over_slo", None)
+    return obs
 
 
 def _cut_short(line: str, e: json.JSONDecodeError) -> bool:
@@ -217,7 +270,9 @@ def _cut_short(line: str, e: json.JSONDecodeError) -> bool:
     return e.msg.startswith("Unterminated string") or e.pos >= len(line.rstrip("\n"))
 
 
-def _observations(f: IO[str], file: str, on_cut: Callable[[int], None] | None) -> Iterator[Observation]:
+def _observations(
+    f: IO[str], file: str, on_cut: Callable[[int], None] | None, v1: bool = False
+) -> Iterator[Observation]:
     with f:
         lineno = 1
         while True:
@@ -247,7 +302,8 @@ def _observations(f: IO[str], file: str, on_cut: Callable[[int], None] | None) -
                 continue  # decisions are for people; a header may start a concatenated file
             if kind != "obs":
                 raise TraceError(file, f"unknown record kind {kind!r} (expected obs, decision or header)", lineno)
+            raw = _v1_windows(data.get("obs")) if v1 else data.get("obs")
             try:
-                yield decode_as(Observation, data.get("obs"), "obs")
+                yield decode_as(Observation, raw, "obs")
             except (DecodeError, ValueError, TypeError) as e:
                 raise TraceError(file, f"bad observation: {e}", lineno) from None

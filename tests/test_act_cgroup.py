@@ -308,8 +308,8 @@ def test_recovery_parses_only_the_newest_file_with_a_snapshot(tmp_path: Path, mo
     recs = list(j.records())
     last = max(k for k, rec in enumerate(recs) if rec["kind"] == "snapshot")
     read: list[Path] = []
-    real = jmod._file_records
-    monkeypatch.setattr(jmod, "_file_records", lambda f: (read.append(f), real(f))[1])
+    real = jmod.read_file
+    monkeypatch.setattr(jmod, "read_file", lambda f: (read.append(f), real(f))[1])
     assert j.tail_from_snapshot() == recs[last:]
     assert read == [j.path]  # the rotated files are not parsed at all
     # Without any snapshot every file is still read, oldest first.

@@ -1,11 +1,15 @@
 """Crash test: a subprocess runs real reconciles (v1 blkio caps with short expiries on two real
-groups, MIG layout flips on two emulated GPUs) and is SIGKILLed at 50 random points. After each
-kill a fresh reconciler recovers from the journal; then: no cap past its expiry, no cap tailguard
-does not know about, no group but the tenants', every GPU's layout is the before or the after."""
+groups, MIG layout flips on two emulated GPUs) and is SIGKILLed at 50 random points, together with
+the nvidia-smi it may be running (as systemd's KillMode=control-group does). The emulated
+`-cgi -C` pauses between its GPU instance and its compute instance, so some kills land there.
+After each kill a fresh reconciler recovers from the journal; then: no cap past its expiry, no cap
+tailguard does not know about, no group but the tenants', every GPU's layout is the before or the
+after, no GPU instance without its compute instance."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -16,12 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from actuators.emulation.nvidia_smi import layout_of  # noqa: E402
+from actuators.emulation.nvidia_smi import BETWEEN_ENV, layout_of  # noqa: E402
 from actuators.emulation.statefile import load  # noqa: E402
 from actuators.emulation.testing import blkio_sandbox, emu_host  # noqa: E402
 from actuators.reconciler import Reconciler, TenantActuation  # noqa: E402
@@ -66,6 +71,7 @@ async def worker(cfg: dict[str, Any]) -> None:
 
 
 def check(cfg: dict[str, Any], gdir: Path) -> dict[str, Any]:
+    half = sum(1 for g in load(cfg["nvsmi_state"])["gpus"] for gi in g["gis"] if not gi["cis"])
     r = make(cfg)
     now = time.time()  # what recovery compares expiries against (a cap may lapse while we look)
     r.clock = lambda: now
@@ -94,11 +100,51 @@ def check(cfg: dict[str, Any], gdir: Path) -> dict[str, Any]:
     if groups != sorted(TENANTS):
         bad.append(f"orphaned groups: {groups}")
     r.journal.close()
-    return {"bad": bad, "summary": summary}
+    return {"bad": bad, "summary": summary, "half": half}
+
+
+def _wait_for(pred: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _half_made(state_file: str) -> bool:
+    try:  # read without the lock: the emulator replaces the file atomically
+        st = json.loads(Path(state_file).read_text())
+    except (OSError, ValueError):
+        return False
+    return any(not gi["cis"] for g in st["gpus"] for gi in g["gis"])
+
+
+def _journal_lines(journal: str) -> int:
+    n = 0
+    for p in Path(journal).parent.glob("journal.jsonl*"):
+        with contextlib.suppress(FileNotFoundError):  # rotated away since the glob
+            n += p.read_bytes().count(b"\n")
+    return n
+
+
+def kill_at(k: int, rnd: random.Random, cfg: dict[str, Any]) -> None:
+    """Where the k-th kill lands: every third right between a -cgi's GPU instance and its compute
+    instance (seen in the emulator's state), every third after a random number of journal records
+    (a point in the sequence of operations, whatever the machine's speed), the rest at a random time."""
+    if k % 3 == 0:
+        _wait_for(lambda: _half_made(cfg["nvsmi_state"]), 30.0)
+    elif k % 3 == 1:
+        n0, n = _journal_lines(cfg["journal"]), rnd.randint(1, 10)
+        _wait_for(lambda: _journal_lines(cfg["journal"]) >= n0 + n, 30.0)
+        time.sleep(rnd.uniform(0.0, 0.3))
+    else:
+        time.sleep(rnd.uniform(0.0, 0.6))
 
 
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.faults
 def test_sigkill_at_random_points_then_recover(tmp_path: Path) -> None:
     h = emu_host(tmp_path / "emu", ["A100-SXM4-40GB", "H100-80GB-HBM3"],
                  {0: LAYOUTS["gpu0"][0], 1: LAYOUTS["gpu1"][0]})  # fmt: skip
@@ -108,24 +154,29 @@ def test_sigkill_at_random_points_then_recover(tmp_path: Path) -> None:
             (gdir / t).mkdir()
         cfg = {"nvsmi": str(h.nvsmi), "mps": str(h.mps), "nvsmi_state": str(h.nvsmi_state), "group": name,
                "journal": str(tmp_path / "state" / "journal.jsonl"), "device": str(tmp_path), "seed": 0}  # fmt: skip
-        stats = {"lifted": 0, "reasserted": 0, "mig": 0}
+        stats = {"lifted": 0, "reasserted": 0, "mig": 0, "half": 0}
+        env = {**os.environ, BETWEEN_ENV: "0.15"}  # the window between -cgi's two steps, widened
         for k in range(KILLS):
             cfg["seed"] = k
             p = subprocess.Popen([sys.executable, __file__, "worker", json.dumps(cfg)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)  # fmt: skip
             assert p.stdout is not None
             line = p.stdout.readline()
             assert line.strip() == "ready", (line, p.stderr.read() if p.stderr else "")
-            time.sleep(rnd.uniform(0.0, 0.6))
+            kill_at(k, rnd, cfg)
+            tools = psutil.Process(p.pid).children(recursive=True)  # nvidia-smi runs in its own session
             os.killpg(p.pid, signal.SIGKILL)
+            for t in tools:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t.kill()
             p.wait(10)
-            time.sleep(0.2)  # an nvidia-smi call the worker left running finishes its one command
             res = check(cfg, gdir)
             assert not res["bad"], f"kill {k}: {res['bad']}"
             s = res["summary"]
             stats["lifted"] += len(s["lifted"])
             stats["reasserted"] += len(s["reasserted"])
             stats["mig"] += sum(1 for v in s["mig"].values() if v in ("finished", "rolled back"))
+            stats["half"] += res["half"]
         # Finally lift everything and leave the groups empty of caps.
         r = make(cfg)
         asyncio.run(r.recover())
@@ -134,7 +185,9 @@ def test_sigkill_at_random_points_then_recover(tmp_path: Path) -> None:
             assert r.cg.read(f"{name}/{t}") == {}
         r.journal.close()
         print(f"\ncrash test: {KILLS} kills; recovery lifted {stats['lifted']} expired caps, re-asserted "
-              f"{stats['reasserted']}, finished/rolled back {stats['mig']} interrupted MIG changes")  # fmt: skip
+              f"{stats['reasserted']}, finished/rolled back {stats['mig']} interrupted MIG changes, "
+              f"repaired {stats['half']} GPU instances a kill left without compute instance")  # fmt: skip
+        assert stats["half"] >= KILLS // 6, "too few kills landed between -cgi and -cci"
     assert not (Path("/sys/fs/cgroup/blkio") / name).exists()
 
 

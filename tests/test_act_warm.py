@@ -17,6 +17,7 @@ import pytest
 from actuators.emulation.testing import EmuHost, emu_host
 from actuators.launcher import CommandLauncher, LaunchError, SystemdLauncher
 from actuators.reconciler import Reconciler, TenantActuation
+from controller.actuation import reconciler_from_config
 from controller.config import ConfigError, parse_config
 from fsm.desired import DesiredState
 from fsm.mig import Slot
@@ -93,7 +94,7 @@ def _setup(tmp: Path, *, timeout: float = 2.0) -> tuple[EmuHost, FakeSystemctl, 
 def _rec(tmp: Path, h: EmuHost, t: TenantActuation, **kw: Any) -> Reconciler:
     args: dict[str, Any] = {
         "cgroup_root": str(tmp / "nocg"), "nvidia_smi": str(h.nvsmi), "gpus": {"gpu0": 0},
-        "journal_path": tmp / "journal.jsonl", "tool_timeout": 5.0, "tenants": {"llm": t},
+        "journal_path": tmp / "journal.jsonl", "tool_timeout": 5.0, "tenants": {"llm": t}, "inline_wait_s": 60.0,
     }  # fmt: skip
     args.update(kw)
     return Reconciler(**args)
@@ -312,9 +313,9 @@ def test_warm_config_errors_name_the_key(launcher: str, msg: str) -> None:
 def test_warm_config_builds_warm_launchers(tmp_path: Path) -> None:
     cfg = parse_config(BASE + 'kind = "systemd"\nunit = "vllm@.service"\nhandover = "warm"\n'
                        'ready_command = ["/usr/bin/curl", "-sf", "http://127.0.0.1/{uuid}"]\n', "t.toml")  # fmt: skip
-    r = Reconciler.from_config(cfg, journal_path=tmp_path / "j.jsonl")
+    r = reconciler_from_config(cfg, journal_path=tmp_path / "j.jsonl")
     lau = r.tenants["llm"].launcher
     assert isinstance(lau, SystemdLauncher) and lau.handover == "warm" and lau.ready_command is not None
     cfg2 = parse_config(BASE + 'kind = "command"\ncommand = ["/a", "{uuid}"]\n', "t.toml")
-    lau2 = Reconciler.from_config(cfg2, journal_path=tmp_path / "j2.jsonl").tenants["llm"].launcher
+    lau2 = reconciler_from_config(cfg2, journal_path=tmp_path / "j2.jsonl").tenants["llm"].launcher
     assert isinstance(lau2, CommandLauncher) and lau2.handover == "restart"

@@ -80,7 +80,9 @@ def test_decisions_flow_to_the_host_and_the_status_file(tmp_path: Path) -> None:
     assert data["host"] == "toy" and data["ticks_total"] == 60
     assert data["recent_events"]
     text = render(data, now=data["wall"])
-    assert "llm" in text and "running" in text and "last decision" in text
+    # Written on the way out: a clean exit reads "stopped", not "running" until the file goes stale.
+    assert data["state"] == "stopped" and data["stop_reason"] == "max ticks reached"
+    assert "llm" in text and "stopped 0 s ago (max ticks reached)" in text and "last decision" in text
     # The controller state survives a restart.
     saved = ControllerState.from_json((tmp_path / "state.json").read_text())
     d2 = Daemon(ToyHost(), DaemonOptions(period_s=0.005, max_ticks=1, state_dir=str(tmp_path)))
@@ -91,7 +93,9 @@ def test_stale_status_is_reported(tmp_path: Path) -> None:
     d = Daemon(ToyHost(), DaemonOptions(period_s=0.01, max_ticks=2, state_dir=str(tmp_path)))
     run(d)
     data = read_status(tmp_path / "status.json")
-    assert "STALE" in render(data, now=data["wall"] + 600)
+    assert "stopped 10 min ago" in render(data, now=data["wall"] + 600)  # a clean exit is not "stale"
+    # A killed daemon leaves its last tick's file (state "running"): old, so stale.
+    assert "STALE" in render({**data, "state": "running"}, now=data["wall"] + 600)
 
 
 def test_pushed_latency_reaches_the_decision_core() -> None:

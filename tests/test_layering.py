@@ -39,3 +39,18 @@ def test_the_layering_check_can_fail(tmp_path):
     p = tmp_path / "x.py"
     p.write_text("from controller.config import load\nimport replay.runner\n")
     assert _top_imports(p) == {"controller", "replay"}
+
+
+def test_actuators_do_not_import_the_shell():
+    """The hands take plain values; building them from a config file is controller/'s job."""
+    assert not _offenders("actuators", {"controller", "replay"})
+
+
+def test_no_actuator_module_is_too_long():
+    """One part per lever: no file in actuators/ (the emulated tools aside) over 600 lines."""
+    long = [
+        f"{p.relative_to(ROOT)}: {n} lines"
+        for p in sorted((ROOT / "actuators").rglob("*.py"))
+        if "emulation" not in p.parts and (n := len(p.read_text().splitlines())) > 600
+    ]
+    assert not long

@@ -3,6 +3,7 @@ stays at or below 4.0 ("OK"); the unit has what the daemon relies on."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
@@ -53,3 +54,48 @@ def test_security_exposure_is_ok(tmp_path: Path) -> None:
     m = re.search(r"Overall exposure level for tailguard.service: ([\d.]+) (\w+)", p.stdout + p.stderr)
     assert m, p.stdout[-2000:] + p.stderr
     assert float(m[1]) <= 4.0, m[0]  # recorded in bench/RESULTS.md
+
+
+def _unit_values(key: str) -> list[str]:
+    out: list[str] = []
+    for line in UNIT.read_text().splitlines():
+        if line.startswith(f"{key}="):
+            out += line.split("=", 1)[1].split()
+    return out
+
+
+def test_every_path_an_actuator_writes_is_writable_in_the_unit() -> None:
+    """ProtectSystem=strict leaves only ReadWritePaths, StateDirectory and BindPaths writable: each
+    path the code writes (taken from its own defaults and constants) must lie inside one of them."""
+    from actuators.launcher import DROPIN_ROOT, SystemdLauncher
+    from actuators.mps import MPS_PIPE_DIR
+    from actuators.reconciler import Reconciler
+    from controller.config import HostConfig
+
+    assert "ProtectSystem=strict" in UNIT.read_text()
+    host = HostConfig()
+    written = {
+        "cgroup throttles (config default)": host.cgroup_root,
+        "cgroup throttles (reconciler default)": inspect.signature(Reconciler).parameters["cgroup_root"].default,
+        "journal, status.json, state.json": host.state_dir,
+        "systemd launcher drop-ins": str(SystemdLauncher("x.service").dropin_path().parent.parent),
+        "runtime drop-in root": DROPIN_ROOT,
+        "MPS control pipe": MPS_PIPE_DIR,
+    }
+    writable = [p.lstrip("-") for p in _unit_values("ReadWritePaths")]
+    writable += [f"/var/lib/{d}" for d in _unit_values("StateDirectory")]
+    writable += [p.lstrip("-").split(":", 1)[0] for p in _unit_values("BindPaths")]
+    for what, path in written.items():
+        p = Path(path)
+        assert any(p == Path(w) or Path(w) in p.parents for w in writable), f"{what}: {path} not in {writable}"
+
+
+def test_the_unit_bounds_its_start_and_its_restarts() -> None:
+    text = UNIT.read_text()
+    unit_section = text.split("[Service]", 1)[0]
+    assert "StartLimitIntervalSec=" in unit_section and "StartLimitBurst=" in unit_section  # [Unit] keys
+    m = re.search(r"^TimeoutStartSec=(\d+)s$", text, re.M)
+    assert m, "TimeoutStartSec missing"
+    total = re.search(r"total\s+~ (\d+) s", text)
+    assert total and int(m[1]) >= int(total[1]), "TimeoutStartSec below the worst case stated above it"
+    assert "RestartPreventExitStatus=2" in text  # a config error is not retried

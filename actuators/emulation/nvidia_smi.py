@@ -19,11 +19,14 @@ top-level "topo" holds the text `nvidia-smi topo -m` prints (a capture from test
 A GI with processes cannot be destroyed ("In use by another client"), nor can its CI.
 Faults: {"match": "-cgi", "mode": "hang" | "exit" | "garbage", "seconds": 60, "code": 3,
 "times": 1}: applies to commands whose argv contains `match`; `times` < 0 means forever.
+`-cgi ... -C` runs in two steps as the driver's does (GPU instance, then compute instance, each
+saved); env TAILGUARD_NVSMI_BETWEEN stops or delays it in between.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import uuid
@@ -41,6 +44,10 @@ AUTO_ORDER = {"1g": (6, 4, 5, 0, 1, 2, 3), "1g+me": (6, 4, 5, 0, 1, 2, 3), "1g2"
               "3g": (4, 0), "4g": (0,), "7g": (0,)}  # fmt: skip
 
 EXIT_OK, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OTHER = 0, 2, 6, 255
+EXIT_KILLED = 137  # what a shell reports for a SIGKILLed command
+# Set to "exit" (stop there, as if killed) or to seconds to sleep: between the two steps of a
+# `-cgi ... -C`, after the GPU instance is saved and before its compute instance is created.
+BETWEEN_ENV = "TAILGUARD_NVSMI_BETWEEN"
 
 _LGI_HEAD = (
     "+-------------------------------------------------------+\n"
@@ -441,6 +448,48 @@ def _fault(state: dict[str, Any], argv: list[str]) -> dict[str, Any] | None:
     return None
 
 
+_CREATED_GI = re.compile(r"^Successfully created GPU instance ID\s+(\d+) on GPU\s+(\d+) ")
+
+
+def _cgi_two_steps(path: str, argv: list[str]) -> tuple[str, str, int]:
+    """`-cgi ... -C` as the driver does it: the GPU instances first (saved), then their compute
+    instances (saved again). BETWEEN_ENV stops the command in between, so a test reaches the
+    state a kill there leaves: a GPU instance without its compute instance."""
+    with locked(path) as state:
+        try:
+            out, err, code = dispatch(state, [a for a in argv if a != "-C"])
+        except Fail as f:
+            return f.stdout, f.stderr, f.code
+    made = [(int(m[2]), int(m[1])) for ln in out.splitlines() if (m := _CREATED_GI.match(ln))]
+    between = os.environ.get(BETWEEN_ENV, "")
+    if made and between == "exit":
+        return "", "", EXIT_KILLED  # as if killed here: no output, the GPU instances stay
+    if made and between:
+        time.sleep(float(between))
+    lines = []
+    with locked(path) as state:
+        by_index = {g["index"]: g for g in state.get("gpus", [])}
+        for gpu, gi_id in made:
+            g = by_index[gpu]
+            gi = next((x for x in g["gis"] if x["id"] == gi_id), None)
+            if gi is None or gi["cis"]:  # destroyed or completed by someone else meanwhile
+                lines.append("")
+                continue
+            model = model_by_name(g["model"])
+            p = model.profile(gi["profile"])
+            ci = _create_ci(g, gi, model)
+            lines.append(
+                f"Successfully created compute instance ID {ci['id']:>2} on GPU {gpu:>2} GPU instance ID "
+                f"{gi_id:>2} using profile MIG {ci_name(p)} (ID {ci['profile_id']:>2})\n"
+            )
+    merged = []
+    for ln in out.splitlines(keepends=True):  # each GPU instance's line, then its compute instance's
+        merged.append(ln)
+        if _CREATED_GI.match(ln):
+            merged.append(lines.pop(0))
+    return "".join(merged), err, code
+
+
 def main(argv: list[str]) -> int:
     path = os.environ.get(NVSMI_STATE_ENV)
     if not path:
@@ -448,11 +497,14 @@ def main(argv: list[str]) -> int:
         return EXIT_OTHER
     with locked(path) as state:
         fault = _fault(state, argv)
-        if fault is None:
+        two_steps = fault is None and "-cgi" in argv and "-C" in argv
+        if fault is None and not two_steps:
             try:
                 out, err, code = dispatch(state, argv)
             except Fail as f:
                 out, err, code = f.stdout, f.stderr, f.code
+    if two_steps:
+        out, err, code = _cgi_two_steps(path, argv)
     if fault is not None:
         mode = fault.get("mode")
         if mode == "hang":

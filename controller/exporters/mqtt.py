@@ -4,7 +4,9 @@ Topics (HOST = host.name):
 - `tailguard/HOST/state`            retained JSON, the latest per-tick summary (QoS 1);
 - `tailguard/HOST/events`           one JSON message per decision, with its evidence (QoS 1);
 - `tailguard/HOST/latency/TENANT`   ingest: a tenant pushes its request latencies in seconds, as a
-                                    number, a list of numbers, or {"latency_s": number | list};
+                                    number, a list of numbers, or {"latency_s": number | list}; or,
+                                    when its service counts them itself, {"count": N, "over_slo": M}
+                                    (requests completed, and how many of them were over its SLO);
 - `tailguard/HOST/control`          only when configured: pause | resume | dry-run | enforce.
 
 The loop hands messages over with `on_tick` / `on_events`, which only append to a bounded deque:
@@ -42,6 +44,15 @@ log = logging.getLogger("tailguard.mqtt")
 
 MAX_SAMPLES_PER_MESSAGE = 10_000
 MAX_LATENCY_S = 3600.0
+MAX_COUNT_PER_MESSAGE = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PushedCounts:
+    """A tenant's own tally for a window: requests completed, and how many were over its SLO."""
+
+    count: int
+    over_slo: float
 
 
 @dataclass(slots=True)
@@ -70,6 +81,7 @@ class MqttStats:
     dropped_total: int = 0
     malformed_total: dict[str, int] = field(default_factory=dict)  # reason -> n
     ingested_samples_total: int = 0
+    ingested_counts_total: int = 0  # requests reported through {count, over_slo} messages
     control_total: int = 0
 
 
@@ -79,6 +91,33 @@ def parse_url(url: str) -> tuple[str, int, bool]:
         raise ValueError(f"MQTT url {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
     tls = u.scheme == "mqtts"
     return u.hostname, u.port or (8883 if tls else 1883), tls
+
+
+def parse_pushed(payload: bytes) -> list[float] | PushedCounts:
+    """Either latency samples or a {count, over_slo} tally; ValueError says what was wrong."""
+    try:
+        data: Any = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if isinstance(data, dict) and "count" in data:
+        return _counts(data)
+    return parse_latency(payload)
+
+
+def _counts(data: dict[str, Any]) -> PushedCounts:
+    extra = set(data) - {"count", "over_slo", "t"}
+    if extra:
+        raise ValueError(f"unknown keys {sorted(extra)}")
+    if "over_slo" not in data:
+        raise ValueError("missing over_slo")
+    n, over = data["count"], data["over_slo"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_COUNT_PER_MESSAGE:
+        raise ValueError(f"count {n!r}: expected a whole number from 0 to {MAX_COUNT_PER_MESSAGE}")
+    if isinstance(over, bool) or not isinstance(over, int | float) or not math.isfinite(over):
+        raise ValueError(f"over_slo {over!r}: expected a finite number")
+    if not 0 <= over <= n:
+        raise ValueError(f"over_slo {over!r} outside [0, count = {n}]")
+    return PushedCounts(n, float(over))
 
 
 def parse_latency(payload: bytes) -> list[float]:
@@ -112,12 +151,14 @@ class MqttBridge:
         opts: MqttOptions,
         on_latency: Callable[[str, list[float]], bool] | None = None,
         on_control: Callable[[str], str] | None = None,
+        on_counts: Callable[[str, int, float], bool] | None = None,
     ) -> None:
         self.opts = opts
         self.hostname, self.port, url_tls = parse_url(opts.url)
         self.tls = opts.tls or url_tls
         self.on_latency = on_latency
         self.on_control = on_control
+        self.on_counts = on_counts
         self.prefix = f"tailguard/{opts.host_name}"
         self.stats = MqttStats()
         self._queue: deque[tuple[str, bytes]] = deque()
@@ -256,10 +297,17 @@ class MqttBridge:
 
     def _ingest(self, tenant: str, payload: bytes) -> None:
         try:
-            samples = parse_latency(payload)
+            pushed = parse_pushed(payload)
         except ValueError as e:
             self._malformed("latency_payload", f"tenant {tenant}: {e}")
             return
+        if isinstance(pushed, PushedCounts):
+            if self.on_counts is None or not self.on_counts(tenant, pushed.count, pushed.over_slo):
+                self._malformed("unknown_tenant", f"latency counts for unknown tenant {tenant!r}")
+                return
+            self.stats.ingested_counts_total += pushed.count
+            return
+        samples = pushed
         if self.on_latency is None or not self.on_latency(tenant, samples):
             self._malformed("unknown_tenant", f"latency for unknown tenant {tenant!r}")
             return
@@ -297,6 +345,11 @@ class MqttBridge:
         yield mal
         yield CounterMetricFamily(
             "tailguard_mqtt_ingested_latency_samples", "Latency samples tenants pushed.", st.ingested_samples_total
+        )
+        yield CounterMetricFamily(
+            "tailguard_mqtt_ingested_latency_counts",
+            "Requests tenants reported as {count, over_slo} tallies.",
+            st.ingested_counts_total,
         )
 
 

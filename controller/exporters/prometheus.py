@@ -59,6 +59,7 @@ class DaemonCollector(Collector):
         yield from self._tenants(s)
         yield from self._actions(s)
         yield from self._samplers(s)
+        yield from self._degraded(s)
         if self._extra is not None:
             yield from self._extra()
 
@@ -212,6 +213,69 @@ class DaemonCollector(Collector):
             up.add_metric([v.name], float(v.up and v.last_success_mono is not None))
             dur.add_metric([v.name], v.last_duration_s)
         yield from (errors, timeouts, samples, age, up, dur)
+
+
+    def _degraded(self, s: Snapshot) -> Iterator[Metric]:
+        deg = GaugeMetricFamily(
+            "tailguard_degraded",
+            "1 per degraded condition in force (recovery, journal, source:<name>, ...): the daemon runs on without it.",
+            labels=["condition", "group"],
+        )
+        since = GaugeMetricFamily(
+            "tailguard_degraded_since_seconds", "Unix time each degraded condition started.", labels=["condition"]
+        )
+        for c in s.degraded:
+            deg.add_metric([c.name, c.group], 1.0)
+            since.add_metric([c.name], c.since)
+        yield from (deg, since)
+        yield GaugeMetricFamily(
+            "tailguard_degraded_conditions", "Number of degraded conditions in force.", len(s.degraded)
+        )
+        up = GaugeMetricFamily(
+            "tailguard_source_available", "1 when the signal source answered in the last tick, 0 when unavailable.",
+            labels=["source"],
+        )
+        for name, ok in sorted(s.sources.items()):
+            up.add_metric([name], float(ok))
+        yield up
+        yield GaugeMetricFamily(
+            "tailguard_running", "1 while the loop runs, 0 in the last scrape after a clean stop.",
+            float(s.state != "stopped"),
+        )
+        j = s.journal
+        if j is not None:
+            yield CounterMetricFamily("tailguard_journal_appends", "Journal records written (fsync'd).",
+                                      j["appends_total"])  # fmt: skip
+            errs = CounterMetricFamily(
+                "tailguard_journal_write_errors", "Journal appends that failed, by errno (ENOSPC, EROFS, EACCES, ...).",
+                labels=["errno"],
+            )
+            for code, n in sorted(j["errors_total"].items()):
+                errs.add_metric([code], n)
+            yield errs
+            yield CounterMetricFamily(
+                "tailguard_journal_torn_repairs", "Torn journal lines cut off before the next append.",
+                j["torn_repairs_total"],
+            )
+            yield CounterMetricFamily(
+                "tailguard_journal_reopens", "Times the journal file or state dir was found deleted or replaced.",
+                j["reopens_total"],
+            )
+            yield CounterMetricFamily(
+                "tailguard_journal_skipped_lines", "Journal lines recovery could not decode.",
+                j["skipped_lines_total"],
+            )
+            yield GaugeMetricFamily(
+                "tailguard_journal_failing", "1 while journal writes fail (no new cap is applied).", float(j["failing"])
+            )
+        h = HistogramMetricFamily(
+            "tailguard_move_outage_seconds",
+            "Measured outage of a tenant: a move's (old copy stopped to new copy ready) or a resize's.",
+            labels=["tenant", "kind"],
+        )
+        for (tenant, kind), (buckets, total, _n) in sorted(s.outage_seconds.items()):
+            h.add_metric([tenant, kind], [(b, float(c)) for b, c in buckets], total)
+        yield h
 
 
 def make_registry(collector: Collector) -> CollectorRegistry:

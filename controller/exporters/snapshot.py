@@ -11,10 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.degraded import Condition
 from fsm.desired import Throttle
 
 # Tick duration histogram bounds (seconds); the loop's budget is the sample period (0.1-60 s).
 TICK_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Measured outage bounds (seconds): a warm move's switch (sub-second) up to an LLM server's relaunch.
+OUTAGE_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 LEVEL_NUMBER = {"steady": 0, "guarded": 1, "placed": 2, "resized": 3}
 
@@ -78,6 +82,15 @@ class SamplerView:
 
 
 @dataclass(frozen=True, slots=True)
+class OutageView:
+    """One measured outage of a tenant: a move's (old copy stopped to new copy ready) or a resize's."""
+
+    kind: str  # "move" | "resize"
+    seconds: float
+    wall: float  # time.time() when it ended
+
+
+@dataclass(frozen=True, slots=True)
 class MigTableView:
     """The MIG profile table in force on one GPU (controller/mig_tables.py)."""
 
@@ -120,4 +133,14 @@ class Snapshot:
     last_reload_error: str = ""
     watchdog_pings_total: int = 0
     ready: bool = False
+    state: str = "starting"  # starting | running | stopped
+    stop_reason: str = ""
+    degraded: tuple[Condition, ...] = ()
+    sources: Mapping[str, bool] = field(default_factory=dict)  # source -> available
+    journal: Mapping[str, Any] | None = None  # the host's journal counters (daemon._journal_view), if any
+    outages: Mapping[str, tuple[OutageView, ...]] = field(default_factory=dict)  # tenant -> recent, oldest first
+    # (tenant, kind) -> (cumulative buckets, sum, count) of every outage measured since start
+    outage_seconds: Mapping[tuple[str, str], tuple[tuple[tuple[str, int], ...], float, int]] = field(
+        default_factory=dict
+    )
     mig_tables: Mapping[str, MigTableView] = field(default_factory=dict)

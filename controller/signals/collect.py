@@ -59,10 +59,11 @@ def latency_sampler(t: TenantConfig) -> Sampler[Any] | None:
     if src is None:
         return None
     name = LATENCY_PREFIX + t.name
+    slo_s = t.slo_ms / 1000.0 if t.slo_ms is not None else None  # over_slo is counted against it
     if src.kind == "prometheus" and src.url:
-        return PrometheusLatencySampler(name, src.url, src.metric, src.labels, src.timeout_s)
+        return PrometheusLatencySampler(name, src.url, src.metric, src.labels, src.timeout_s, slo_s=slo_s)
     if src.kind == "jsonl" and src.path:
-        return JsonlLatencySampler(name, src.path, src.field, src.timeout_s)
+        return JsonlLatencySampler(name, src.path, src.field, src.timeout_s, slo_s=slo_s)
     return None
 
 

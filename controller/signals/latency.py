@@ -8,19 +8,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from controller.signals.base import InlineOrThread, ParseError, Unavailable
 from controller.signals.http import FetchError, fetch_text
-from controller.signals.promtext import (
-    Histogram,
-    histogram_delta,
-    histogram_quantiles,
-    histograms_from_samples,
-    parse_samples,
-)
+from controller.signals.promtext import Histogram, histogram_delta, histograms_from_samples, parse_samples
+from fsm.histogram import window_from_buckets
 from fsm.observation import LatencyWindow
 from fsm.quantiles import window_from_samples
 
@@ -33,18 +28,22 @@ class LatencyReading:
     throughput: float | None  # completed requests per second over the window, when known
 
 
-def window_from_histogram(h: Histogram) -> LatencyWindow:
+def window_from_histogram(h: Histogram, slo_s: float | None = None) -> LatencyWindow:
+    """The window of a histogram delta: quantiles by histogram_quantile, `over_slo` interpolated at
+    the tenant's SLO (fsm.histogram, the estimator the simulator's exported histogram goes through)."""
     buckets = list(h.buckets)
     if (not buckets or not math.isinf(buckets[-1][0])) and h.count is not None:
         # A histogram's _count equals its +Inf bucket by definition of the exposition format;
         # trimmed captures (the vLLM docs excerpt) drop the +Inf line but keep _count.
         buckets.append((math.inf, h.count))
-    n = buckets[-1][1] if buckets and math.isinf(buckets[-1][0]) else 0.0
-    count = max(0, round(n))
-    if count == 0:
-        return LatencyWindow(count=0)
-    p50, p99, p999 = histogram_quantiles((0.5, 0.99, 0.999), buckets)
-    return LatencyWindow(count=count, p50=p50, p99=p99, p999=p999)
+    return window_from_buckets(buckets, slo_s)
+
+
+def window_from_raw(samples: Sequence[float], slo_s: float | None) -> LatencyWindow:
+    """A window of raw latencies (JSON lines, MQTT pushes): exact quantiles and an exact over_slo."""
+    w = window_from_samples(samples)
+    over = float(sum(1 for x in samples if x > slo_s)) if slo_s is not None else None
+    return LatencyWindow(w.count, w.p50, w.p99, w.p999, tuple(samples), over_slo=over)
 
 
 class PrometheusLatencySampler:
@@ -58,8 +57,10 @@ class PrometheusLatencySampler:
         labels: Mapping[str, str] | None = None,
         timeout_s: float = 1.0,
         fetch: Fetch = fetch_text,
+        slo_s: float | None = None,
     ) -> None:
         self.name = name
+        self.slo_s = slo_s  # the tenant's SLO: over_slo is interpolated there
         self.url = url
         self.metric = metric
         self.labels = dict(labels or {})
@@ -89,7 +90,7 @@ class PrometheusLatencySampler:
         if prev is None or prev_t is None:
             return Unavailable("first scrape: a window needs two scrapes")
         delta = histogram_delta(h, prev)
-        window = window_from_histogram(delta)
+        window = window_from_histogram(delta, self.slo_s)
         dt = now - prev_t
         return LatencyReading(window, window.count / dt if dt > 0 else None)
 
@@ -105,8 +106,11 @@ class JsonlLatencySampler:
 
     MAX_READ = 8 * 1024 * 1024  # per tick; the rest is read on the next tick
 
-    def __init__(self, name: str, path: str, field: str = "latency_s", timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, name: str, path: str, field: str = "latency_s", timeout_s: float = 1.0, slo_s: float | None = None
+    ) -> None:
         self.name = name
+        self.slo_s = slo_s  # the tenant's SLO: over_slo is counted exactly against it
         self.path = path
         self.field = field
         self.timeout_s = timeout_s
@@ -229,7 +233,6 @@ class JsonlLatencySampler:
             if not samples:
                 return Unavailable(bad[-1])
         prev_t, self._prev_t = self._prev_t, now
-        w = window_from_samples(samples)
-        window = LatencyWindow(w.count, w.p50, w.p99, w.p999, tuple(samples))
+        window = window_from_raw(samples, self.slo_s)
         tput = len(samples) / (now - prev_t) if prev_t is not None and now > prev_t else None
         return LatencyReading(window, tput)

@@ -2,12 +2,8 @@
 `prometheus_client.parser` (parsing a whole 2,400-line dcgm-exporter scrape costs ~40 ms; the
 families we need are a small fraction of it).
 
-Also the PromQL `histogram_quantile` interpolation for classic buckets, as documented in the
-Prometheus query functions reference (prometheus.io/docs/prometheus/latest/querying/functions):
-the highest bucket must be `+Inf` (else no result); a quantile that falls into the `+Inf` bucket
-returns the upper bound of the second-highest bucket; the lowest bucket is assumed to start at 0
-when its upper bound is positive (else its upper bound is returned); bucket counts that are not
-monotonic are raised to the running maximum; no observations -> no result.
+Also classic histograms: the series summed by `le`, and the window between two scrapes. The PromQL
+`histogram_quantile` interpolation lives in fsm.histogram (the simulator uses it too).
 """
 
 from __future__ import annotations
@@ -16,12 +12,17 @@ import functools
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.signals.base import ParseError
+
+# The estimator is pure and shared with the simulator: fsm.histogram (re-exported here).
+from fsm.histogram import histogram_quantile as histogram_quantile
+from fsm.histogram import histogram_quantiles as histogram_quantiles
+from fsm.histogram import over_threshold as over_threshold
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -190,55 +191,3 @@ def histogram_delta(cur: Histogram, prev: Histogram | None) -> Histogram:
     if cur.count is not None:
         count = cur.count if (reset or prev.count is None or cur.count < prev.count) else cur.count - prev.count
     return Histogram(tuple(out), count)
-
-
-def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
-    """PromQL histogram_quantile over cumulative classic buckets; None where PromQL gives NaN."""
-    return histogram_quantiles((q,), buckets)[0]
-
-
-def histogram_quantiles(qs: Sequence[float], buckets: Sequence[tuple[float, float]]) -> list[float | None]:
-    """Several quantiles of one histogram (the buckets are checked and made monotonic once)."""
-    bs = sorted(buckets)
-    mono: list[tuple[float, float]] | None = None
-    if len(bs) >= 2 and math.isinf(bs[-1][0]) and bs[-1][0] > 0:
-        # Non-monotonic counts (scrape skew between buckets) are raised to the running maximum.
-        mono = []
-        run = 0.0
-        for le, c in bs:
-            if math.isnan(c):
-                mono = None
-                break
-            run = max(run, c)
-            mono.append((le, run))
-    return [_quantile(q, mono) for q in qs]
-
-
-def _quantile(q: float, mono: list[tuple[float, float]] | None) -> float | None:
-    if math.isnan(q):
-        return None
-    if q < 0:
-        return -math.inf
-    if q > 1:
-        return math.inf
-    if mono is None:
-        return None
-    observations = mono[-1][1]
-    if observations <= 0:
-        return None
-    rank = q * observations
-    b = next(i for i, (_, c) in enumerate(mono) if c >= rank)
-    if b == len(mono) - 1:
-        return mono[-2][0]
-    if b == 0 and mono[0][0] <= 0:
-        return mono[0][0]
-    start = 0.0
-    end = mono[b][0]
-    count = mono[b][1]
-    if b > 0:
-        start = mono[b - 1][0]
-        count -= mono[b - 1][1]
-        rank -= mono[b - 1][1]
-    if count <= 0:
-        return end
-    return start + (end - start) * (rank / count)

@@ -1,0 +1,197 @@
+"""`tailguard replay --suite`: every suite scenario under the five policies plus the hindsight
+oracle, in one process pool shared by all scenarios (the oracle's searches run in threads that
+only wait on the pool), and one matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+from replay import oracle
+from replay.runner import POLICIES, HostRun, run_host
+from replay.scenario import Scenario, load_scenario
+
+SUITE_POLICIES = (*POLICIES, "oracle")
+
+
+def _policy_job(args: tuple[str, int, str, float, int]) -> HostRun:
+    path, host_index, policy, duration_s, seed = args
+    return run_host(load_scenario(path), host_index, policy, duration_s, seed)
+
+
+def _choice_job(args: tuple[str, int, oracle.Choice, float, int]) -> HostRun:
+    """One oracle candidate: the host from the chosen instances, all levers off."""
+    path, host_index, choice, duration_s, seed = args
+    return run_choice(load_scenario(path), host_index, choice, duration_s, seed)
+
+
+def run_choice(scenario: Scenario, host_index: int, choice: oracle.Choice, duration_s: float, seed: int) -> HostRun:
+    hosts = list(scenario.hosts)
+    hosts[host_index] = oracle.apply_choice(hosts[host_index], choice)
+    return run_host(replace(scenario, hosts=tuple(hosts)), host_index, "static", duration_s, seed)
+
+
+class _Inline:
+    """The pool's interface, run in this process (--jobs 1)."""
+
+    def submit(self, fn: Callable[[Any], HostRun], arg: Any) -> Future[HostRun]:
+        f: Future[HostRun] = Future()
+        f.set_result(fn(arg))
+        return f
+
+
+@dataclass(slots=True)
+class ScenarioRuns:
+    scenario: Scenario
+    duration_s: float
+    seed: int
+    runs: dict[str, list[HostRun]]  # policy (and "oracle") -> one HostRun per host
+    oracle: list[oracle.OracleResult]
+
+
+def run_oracle(
+    scenario: Scenario, duration_s: float, seed: int, static: list[HostRun], pool: Any, prune: bool = True
+) -> list[oracle.OracleResult]:
+    out = []
+    for h in range(len(scenario.hosts)):
+
+        def run_many(jobs: list[tuple[int, oracle.Choice, float]]) -> list[HostRun]:
+            futs = [pool.submit(_choice_job, (scenario.file, hi, c, d, seed)) for hi, c, d in jobs]
+            return [f.result() for f in futs]
+
+        out.append(oracle.search(scenario, h, duration_s, static[h], run_many, prune))
+    return out
+
+
+def run_suite(
+    scenarios: list[Scenario], duration_s: float | None, seed: int | None, jobs: int | None
+) -> list[ScenarioRuns]:
+    jobs = jobs if jobs is not None else (os.cpu_count() or 1)
+    pool: Any = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else _Inline()
+    try:
+        plans = []
+        for sc in scenarios:
+            dur = duration_s if duration_s is not None else (sc.meta.suite_duration_s or sc.meta.duration_s)
+            sd = seed if seed is not None else sc.meta.seed
+            # Static first: the oracle's searches start from it.
+            futs = {
+                p: [pool.submit(_policy_job, (sc.file, h, p, dur, sd)) for h in range(len(sc.hosts))]
+                for p in ("static", *[p for p in POLICIES if p != "static"])
+            }
+            plans.append((sc, dur, sd, futs))
+
+        def finish(plan: tuple[Scenario, float, int, dict[str, list[Future[HostRun]]]]) -> ScenarioRuns:
+            sc, dur, sd, futs = plan
+            static = [f.result() for f in futs["static"]]
+            found = run_oracle(sc, dur, sd, static, pool)
+            runs = {p: [f.result() for f in futs[p]] for p in POLICIES}
+            runs["oracle"] = [replace(r.run, policy="oracle") for r in found]
+            return ScenarioRuns(sc, dur, sd, runs, found)
+
+        if isinstance(pool, _Inline):
+            return [finish(p) for p in plans]
+        with ThreadPoolExecutor(max_workers=max(1, len(plans))) as threads:
+            return list(threads.map(finish, plans))
+    finally:
+        if isinstance(pool, ProcessPoolExecutor):
+            pool.shutdown()
+
+
+# -- the per-scenario object and the matrix --------------------------------------------------------
+def scenario_object(sr: ScenarioRuns) -> dict[str, Any]:
+    """What `replay --json` writes for one scenario, with the oracle row and the regret."""
+    from replay import report
+
+    summary = report.summarise(sr.scenario, sr.runs, baseline=sr.runs["static"])
+    summary["oracle"]["placement"] = {r.host: oracle.describe(r.choice) for r in sr.oracle}
+    summary["oracle"]["search"] = {r.host: {"method": r.method, "runs": r.evaluated} for r in sr.oracle}
+    full, orc = summary["full"]["bad_request_fraction"], summary["oracle"]["bad_request_fraction"]
+    regret = round(100 * (full - orc), 3) if full is not None and orc is not None else None
+    doc: dict[str, Any] = json.loads(report.to_json(sr.scenario, sr.seed, sr.duration_s, summary))
+    doc["regret_bad_pts"] = regret
+    return doc
+
+
+def others_low(row: dict[str, Any]) -> float | None:
+    thr = {k: v for k, v in row["throughput"].items() if k != "sensitive"}
+    return min(thr.values()) if thr else None
+
+
+def matrix(objs: dict[str, dict[str, Any]]) -> str:
+    head = ["scenario", "policy", "p99 ms", "p999 ms", "bad req.", "others thr", "actions/h"]
+    rows = [head]
+    for name, obj in objs.items():
+        for pol, m in obj["policies"].items():
+            low = others_low(m)
+            bad = m.get("bad_request_fraction")
+            rows.append(
+                [
+                    name,
+                    pol,
+                    _f(m["p99_ms"]),
+                    _f(m["p999_ms"]),
+                    "-" if bad is None else f"{100 * bad:.2f}%",
+                    "-" if low is None else f"{low:.3f}",
+                    _f(m["actions_per_hour"]),
+                ]
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = []
+    for k, r in enumerate(rows):
+        cells = (c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        lines.append("  ".join(cells))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    for name, obj in objs.items():
+        where = obj["policies"]["oracle"]["placement"]
+        lines.append(f"{name}: regret_bad_pts (full - oracle) = {obj['regret_bad_pts']}; oracle {where}")
+    return "\n".join(lines)
+
+
+def markdown_matrix(objs: dict[str, dict[str, Any]], policies: tuple[str, ...] = ("static", "oracle", "full")) -> str:
+    """static / oracle / full side by side, for docs/results.md."""
+    cols = " | ".join(f"{p} p99 ms | {p} bad" for p in policies)
+    head = f"| scenario | {cols} | full others thr | full actions/h | regret pts |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(policies) + 3)]
+    for name, obj in objs.items():
+        cells = []
+        for p in policies:
+            m = obj["policies"][p]
+            bad = m.get("bad_request_fraction")
+            cells += [_f(m["p99_ms"]), "-" if bad is None else f"{100 * bad:.2f}%"]
+        full = obj["policies"]["full"]
+        low = others_low(full)
+        cells += ["-" if low is None else f"{low:.3f}", _f(full["actions_per_hour"]), str(obj["regret_bad_pts"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _f(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def suite_json(results: list[ScenarioRuns], wall_s: float) -> dict[str, Any]:
+    return {
+        "suite": {sr.scenario.name: scenario_object(sr) for sr in results},
+        "wall_s": round(wall_s, 2),
+        "executor": "local",
+    }
+
+
+def timed_suite(
+    scenarios: list[Scenario], duration_s: float | None, seed: int | None, jobs: int | None
+) -> tuple[dict[str, Any], float]:
+    t0 = time.monotonic()
+    results = run_suite(scenarios, duration_s, seed, jobs)
+    wall = time.monotonic() - t0
+    return suite_json(results, wall), wall

@@ -475,7 +475,7 @@ def _cgi_two_steps(path: str, argv: list[str]) -> tuple[str, str, int]:
             if gi is None or gi["cis"]:  # destroyed or completed by someone else meanwhile
                 lines.append("")
                 continue
-            model = model_by_name(g["model"])
+            model = _model(g)
             p = model.profile(gi["profile"])
             ci = _create_ci(g, gi, model)
             lines.append(

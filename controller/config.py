@@ -245,6 +245,16 @@ class Levers(Strict):
 
 
 class PolicyConfig(Strict):
+    # SLO evidence from requests (fsm.evidence) and cost-aware levers (fsm.levercost).
+    evidence_burn: float = Field(4.0, gt=1, le=100)
+    evidence_alpha: float = Field(1e-4, gt=0, lt=0.5)
+    release_burn: float = Field(0.25, gt=0, lt=1)
+    release_alpha: float = Field(0.2, gt=0, lt=1)
+    rate_tau_s: float = Field(60.0, gt=0, le=86400)
+    cost_margin: float = Field(2.0, ge=0, le=1000)  # 0: no cost check
+    episode_prior_s: float = Field(300.0, gt=0, le=7 * 86400)
+    unknown_cause_efficacy: float = Field(0.25, ge=0, le=1)
+    guard_min_cut: float = Field(0.2, ge=0, le=1)
     y_windows: int = Field(3, ge=1, le=100)
     z_windows: int = Field(5, ge=1, le=1000)
     release_ratio: float = Field(0.8, gt=0, lt=1)
@@ -259,6 +269,9 @@ class PolicyConfig(Strict):
     mps_guard_percent: int = Field(50, ge=1, le=100)
     max_reconfigs_per_hour: int = Field(4, ge=0, le=60)
     outage_budget_share: float = Field(0.5, ge=0, le=10)  # 0: no limit
+    outage_budget_window_s: float = Field(3600.0, ge=60, le=90 * 86400)
+    guard_cost_share: float = Field(0.05, ge=0, le=1)  # 0: no limit
+    guard_budget_window_s: float = Field(3600.0, ge=60, le=90 * 86400)
     backoff_s: float = Field(60.0, ge=0)
     backoff_max_s: float = Field(900.0, ge=0)
     in_flight_timeout_s: float = Field(300.0, gt=0)
@@ -298,6 +311,15 @@ class PolicyConfig(Strict):
     def to_policy(self, enforce: bool) -> Policy:
         tier = {"switch": Tier.SWITCH, "root_complex": Tier.ROOT_COMPLEX, "numa": Tier.NUMA, "system": Tier.SYSTEM}
         return Policy(
+            evidence_burn=self.evidence_burn,
+            evidence_alpha=self.evidence_alpha,
+            release_burn=self.release_burn,
+            release_alpha=self.release_alpha,
+            rate_tau_s=self.rate_tau_s,
+            cost_margin=self.cost_margin or None,
+            episode_prior_s=self.episode_prior_s,
+            unknown_cause_efficacy=self.unknown_cause_efficacy,
+            guard_min_cut=self.guard_min_cut,
             y_windows=self.y_windows,
             z_windows=self.z_windows,
             release_ratio=self.release_ratio,
@@ -312,6 +334,9 @@ class PolicyConfig(Strict):
             mps_guard_percent=self.mps_guard_percent,
             max_reconfigs_per_hour=self.max_reconfigs_per_hour,
             outage_budget_share=self.outage_budget_share or None,
+            outage_budget_window_s=self.outage_budget_window_s,
+            guard_cost_share=self.guard_cost_share or None,
+            guard_budget_window_s=self.guard_budget_window_s,
             backoff_s=self.backoff_s,
             backoff_max_s=self.backoff_max_s,
             in_flight_timeout_s=self.in_flight_timeout_s,

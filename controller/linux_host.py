@@ -34,7 +34,7 @@ from controller.signals.base import SamplerStats
 from controller.signals.collect import SignalCollector
 from fsm.desired import DesiredState
 from fsm.mig import GpuModel, model_by_name
-from fsm.observation import Observation
+from fsm.observation import Observation, TenantSample
 from fsm.spec import HostSpec
 from fsm.topology import Topology
 
@@ -194,7 +194,17 @@ class LinuxHost:
         for o in status.outcomes:
             if o.target.startswith("gpu:"):  # a MIG change finished (or failed half-way): re-read its layout
                 self.collector.invalidate_mig(o.target.removeprefix("gpu:"))
-        return replace(obs, actuation=status)
+        return replace(obs, tenants=self._with_outages(obs), actuation=status)
+
+    def _with_outages(self, obs: Observation) -> dict[str, TenantSample]:
+        """Each tenant's last measured move outage (restart: the relaunch; warm: the switch-over
+        gap) for the decision core's cost model; a resize's figure includes the MIG wait, so not it."""
+        tenants = dict(obs.tenants)
+        for name, recs in self.reconciler.recent_outages().items():
+            moves = [r["seconds"] for r in recs if r.get("kind") in ("move", "warm_move")]
+            if moves and name in tenants:
+                tenants[name] = replace(tenants[name], outage_s=float(moves[-1]))
+        return tenants
 
     async def apply(self, desired: DesiredState) -> None:
         if self.recovery_error:

@@ -43,6 +43,7 @@ def decide(state: ControllerState, obs: Observation, spec: HostSpec) -> Decision
         bad_input=bad_input,
         seq=tick.seq,
         last_t=obs.t,
+        guard_cost=dict(sorted(tick.guard_cost.items())),
     )
     return Decision(new_state, _desired(tick), tuple(tick.events))
 

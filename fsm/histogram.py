@@ -134,5 +134,24 @@ def window_from_buckets(buckets: Buckets, slo_s: float | None = None) -> Latency
     if mono is None:  # a lone +Inf bucket: a count, nothing else
         return LatencyWindow(count=count)
     p50, p99, p999 = (_quantile(q, mono) for q in (0.5, 0.99, 0.999))
-    over = _over(slo_s, mono) if slo_s is not None and math.isfinite(slo_s) else None
-    return LatencyWindow(count=count, p50=p50, p99=p99, p999=p999, over_slo=over)
+    if slo_s is None or not math.isfinite(slo_s):
+        return LatencyWindow(count=count, p50=p50, p99=p99, p999=p999)
+    return LatencyWindow(
+        count=count, p50=p50, p99=p99, p999=p999, over_slo=_over(slo_s, mono), over_slo_range=over_range(slo_s, mono)
+    )
+
+
+def over_range(threshold: float, mono: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(observations certainly above `threshold`, observations possibly above it): counted above the
+    bucket bounds on either side of it. None when the threshold is a bound (the count is exact)."""
+    total = mono[-1][1]
+    below_lo, below_hi = 0.0, None  # cumulative counts at the bounds under and over the threshold
+    for le, c in mono:
+        if le == threshold:
+            return None
+        if le < threshold:
+            below_lo = c
+        elif below_hi is None:
+            below_hi = c
+    certain = total - below_hi if below_hi is not None else 0.0
+    return (max(0.0, certain), max(0.0, total - below_lo))

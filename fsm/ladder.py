@@ -9,23 +9,28 @@ victims sent to one instance, never a cap on a protected or sensitive tenant.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fsm.desired import DecisionEvent, MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Cause, Diagnosis, Traffic, diagnose, victim_anchor
+from fsm.evidence import EvidenceParams, as_evidence
+from fsm.evidence import update as update_evidence
+from fsm.levercost import LeverCost, estimate
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
 from fsm.placement import occupied, rank_candidates, score, slices_of
-from fsm.quantiles import Verdict, judge
+from fsm.quantiles import Verdict
 from fsm.resize import plan_resize, plan_restore
-from fsm.spec import LEVEL_ORDER, HostSpec, Level, Role, TenantSpec
+from fsm.spec import LEVEL_ORDER, HostSpec, Level, Policy, Role, TenantSpec
 from fsm.state import ControllerState, Pending, Step, TenantCtl
 
 HOUR_S = 3600.0
 GUARD, PLACE, RESIZE = "guard", "place", "resize"
 _LEVEL_OF = {GUARD: 1, PLACE: 2, RESIZE: 3}  # rank of the level each lever leads to
+EPISODES_KEPT = 8  # episode lengths the cost model learns from
 
 
 def level_of(ctl: TenantCtl) -> Level:
@@ -49,6 +54,8 @@ class Tick:
     events: list[DecisionEvent] = field(default_factory=list)
     reserved: set[InstanceRef] = field(default_factory=set)
     busy_gpus: set[str] = field(default_factory=set)
+    evidence_params: EvidenceParams = field(default_factory=EvidenceParams)
+    guard_cost: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     _traffic: Traffic | None = None
 
     @property
@@ -67,6 +74,8 @@ class Tick:
             layouts=dict(state.layouts),
             reconfigs=[r for r in state.reconfigs if r > now - HOUR_S],
             seq=state.seq,
+            evidence_params=evidence_params(spec.policy),
+            guard_cost=charge_guards(state, obs, spec),
         )
         for ctl in tick.tenants.values():
             if ctl.target is not None:
@@ -110,20 +119,23 @@ class Tick:
         ctl = self.tenants[t.name]
         ts = self.obs.tenants.get(t.name)
         slo = t.slo_s if t.slo_s is not None else float("inf")
-        w = judge(ts.latency if ts else None, t.quantile, slo, policy.release_ratio, policy.min_window_count)
+        ev, w = update_evidence(ctl.evidence, ts.latency if ts else None, t.quantile, slo, self.evidence_params, now)
+        ctl = replace(ctl, evidence=ev)
+        if ts is not None and ts.outage_s is not None:
+            ctl = replace(ctl, measured_outage_s=ts.outage_s)
         if w.verdict is Verdict.VIOLATING:
             ctl = replace(
                 ctl,
                 bad=ctl.bad + 1,
                 good=0,
-                last_value=w.value,
+                last_value=w.value if w.value is not None else ctl.last_value,
                 episode_start=ctl.episode_start if ctl.episode_start is not None else now,
             )
         elif w.verdict is Verdict.GOOD:
-            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value)
+            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value if w.value is not None else ctl.last_value)
         elif w.verdict is Verdict.BETWEEN:
-            ctl = replace(ctl, good=0, bad=0, last_value=w.value)
-        if w.value is not None and w.verdict is not Verdict.EMPTY:
+            ctl = replace(ctl, good=0, bad=0, last_value=w.value if w.value is not None else ctl.last_value)
+        if w.value is not None and w.count >= policy.min_window_count:
             ctl = replace(ctl, recent=(*ctl.recent, w.value)[-policy.release_horizon_windows :])
         self.tenants[t.name] = ctl
         self._check_pending(t)
@@ -134,22 +146,26 @@ class Tick:
         free = (ctl.cooldown_until is None or now >= ctl.cooldown_until) and (
             ctl.backoff_until is None or now >= ctl.backoff_until
         )
-        if ctl.bad >= policy.y_windows and free:
+        early = ev.up >= self.evidence_params.h / policy.y_windows  # one full tick of evidence
+        if ctl.bad >= 1 and free:
             self._escalate(t, w.value, slo)
-        elif policy.early_guard and ctl.bad >= 1 and level is Level.STEADY and free:
+        elif policy.early_guard and early and level is Level.STEADY and free:
             self._early_guard(t, w.value, slo)
+        elif level is Level.GUARDED and free and self._guard_useless(t):
+            self._lift_useless_guard(t)  # do not wait for the next trigger: it costs the capped now
         elif level is Level.GUARDED and free and self._relief_due(t):
             self._relieve(t, w.value, slo)
-        elif (
-            ctl.good >= policy.z_windows
-            and level is not Level.STEADY
-            and free
-            and (ctl.dwell_until is None or now >= ctl.dwell_until)
-        ):
+        elif ctl.good >= 1 and level is not Level.STEADY and free and (ctl.dwell_until or 0.0) <= now:
             self._release(t)
-        elif ctl.good >= policy.z_windows and level is Level.STEADY and (ctl.failures or ctl.episode_start is not None):
-            # A calm stretch ends the episode: failed levers may be tried again next time.
-            self.tenants[t.name] = replace(ctl, failures=0, failed_levers=(), episode_start=None, last_reason="")
+        elif ctl.good >= 1 and level is Level.STEADY and (ctl.failures or ctl.episode_start is not None):
+            # A calm stretch ends the episode: failed levers may be tried again next time, and its
+            # length teaches the cost model how long this tenant's episodes last.
+            episodes = ctl.episodes
+            if ctl.episode_start is not None:
+                episodes = (*episodes, now - ctl.episode_start)[-EPISODES_KEPT:]
+            self.tenants[t.name] = replace(
+                ctl, failures=0, failed_levers=(), episode_start=None, last_reason="", episodes=episodes
+            )
         elif (
             level is Level.STEADY
             and ctl.flaps
@@ -271,11 +287,14 @@ class Tick:
         diag = diagnose(self.spec, self.obs, t, self.traffic)
         if diag.cause is not Cause.IO or not diag.aggressors:
             return
-        window = {"value_s": value, "slo_s": slo, "bad_windows": self.tenants[t.name].bad, "quantile": t.quantile}
+        window = self._window(t, value, slo)
         self._guard(t, diag, window)
 
     def _escalate(self, t: TenantSpec, value: float | None, slo: float) -> None:
         policy = self.spec.policy
+        if self._guard_useless(t):
+            self._lift_useless_guard(t)  # a release like any other: the next lever after the cooldown
+            return
         ctl = self.tenants[t.name]
         level = level_of(ctl)
         diag = diagnose(self.spec, self.obs, t, self.traffic)
@@ -284,7 +303,7 @@ class Tick:
         first = [GUARD, PLACE, RESIZE] if diag.cause in (Cause.IO, Cause.UNKNOWN) else [PLACE, RESIZE]
         order = [lv for lv in first if lv not in done and _LEVEL_OF[lv] > level_rank(level)]
         enabled = {GUARD: policy.guards or policy.mps, PLACE: policy.placement, RESIZE: policy.mig}
-        window = {"value_s": value, "slo_s": slo, "bad_windows": ctl.bad, "quantile": t.quantile}
+        window = self._window(t, value, slo)
         why_not: dict[str, str] = {}
         for lever in order:
             if not enabled[lever]:
@@ -311,7 +330,19 @@ class Tick:
                 {"window": window, "diagnosis": {"cause": diag.cause.value, **diag.evidence}},
             )
         # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
-        self.tenants[t.name] = replace(self.tenants[t.name], last_reason=gist, bad=0)
+        cur = self.tenants[t.name]
+        self.tenants[t.name] = replace(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
+
+    def _window(self, t: TenantSpec, value: float | None, slo: float) -> dict[str, Any]:
+        """The SLO evidence an escalation shows (fsm.evidence)."""
+        ctl = self.tenants[t.name]
+        return {
+            "value_s": value,
+            "slo_s": slo,
+            "quantile": t.quantile,
+            "bad_ticks": ctl.bad,
+            **as_evidence(ctl.evidence, t.quantile, self.evidence_params),
+        }
 
     def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
         if lever == GUARD:
@@ -327,6 +358,7 @@ class Tick:
         now = self.obs.t
         ctl = self.tenants[t.name]
         before = level_of(ctl)
+        step = replace(step, bad_share=ctl.evidence.bad_share())
         target = step.to_instance if step.to_instance is not None else ctl.target
         if not policy.enforce:
             pending = None  # dry-run: nothing will happen, so nothing is waited for
@@ -339,6 +371,7 @@ class Tick:
             pending=pending,
             bad=0,
             good=0,
+            evidence=ctl.evidence.reset(),
             cooldown_until=now + policy.cooldown_s,
             dwell_until=now + _dwell(policy.dwell_s, flaps),
             target=target,
@@ -358,6 +391,8 @@ class Tick:
                 spec_a = self.spec.tenants[a.tenant]
                 if not a.throttleable or spec_a.role in (Role.PROTECTED, Role.SENSITIVE):
                     continue
+                if self.guard_budget_spent(a.tenant):
+                    continue  # its caps have cost it its share of throughput: other levers now
                 new = self._caps_for(spec_a, a, t.name, now)
                 if new:
                     caps.extend(new)
@@ -370,6 +405,9 @@ class Tick:
                     mps.append(MpsLimit(o.name, gpu, policy.mps_guard_percent, now + policy.throttle_expiry_s))
                     names.append(o.name)
         if not caps and not mps:
+            spent = [a.tenant for a in diag.aggressors if self.guard_budget_spent(a.tenant)]
+            if spent:
+                return False, f"the throughput budget of {', '.join(spent)} is spent (guard_cost_share)"
             return False, "no throttleable aggressor on the victim's path"
         step = Step(
             level=Level.GUARDED,
@@ -426,6 +464,42 @@ class Tick:
             out = [Throttle(who.name, d, who.cgroup, cap, cap, expires, victim) for d in who.devices]
         return out
 
+    # -- a guard that does not help costs the capped tenants for nothing -----------------------------
+    def _guard_useless(self, t: TenantSpec) -> bool:
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1] if ctl.stack else None
+        if top is None or top.lever != GUARD or top.bad_share is None:
+            return False
+        if self.obs.t - top.t < 2 * self.spec.policy.rate_tau_s:
+            return False  # the recent share still holds requests from before the guard
+        now = ctl.evidence.bad_share()
+        return now is not None and now >= (1.0 - self.spec.policy.guard_min_cut) * top.bad_share
+
+    def _lift_useless_guard(self, t: TenantSpec) -> None:
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1]
+        before = level_of(ctl)
+        now = ctl.evidence.bad_share()
+        self.tenants[t.name] = replace(
+            ctl,
+            stack=ctl.stack[:-1],
+            failed_levers=tuple(sorted({*ctl.failed_levers, GUARD})),
+            cooldown_until=self.obs.t + self.spec.policy.cooldown_s,
+        )
+        self.emit(
+            t.name,
+            "release",
+            before,
+            level_of(self.tenants[t.name]),
+            GUARD,
+            f"lift caps on {', '.join(top.aggressors)}: they did not cut the tail",
+            {
+                "bad_share_at_guard": round(top.bad_share or 0.0, 4),
+                "bad_share_now": round(now or 0.0, 4),
+                "guard_min_cut": self.spec.policy.guard_min_cut,
+            },
+        )
+
     # -- guard relief: a binding guard costs the aggressor throughput for as long as it holds ------
     def _relief_due(self, t: TenantSpec) -> bool:
         """The guard on top has held for guard_relief_s and still binds (the aggressor runs at its
@@ -440,7 +514,7 @@ class Tick:
             or top.lever != GUARD
             or not top.caps
             or self.obs.t - top.t < policy.guard_relief_s
-            or ctl.bad > 0
+            or ctl.evidence.up > 0
         ):
             return False
         for c in top.caps:
@@ -458,7 +532,7 @@ class Tick:
         ctl = self.tenants[t.name]
         devices = tuple(sorted({c.device for c in ctl.stack[-1].caps}))
         diag = diagnose(self.spec, self.obs, t, self.traffic)
-        window = {"value_s": value, "slo_s": slo, "bad_windows": ctl.bad, "quantile": t.quantile, "relief": True}
+        window = {**self._window(t, value, slo), "relief": True}
         ok, _ = self._place(t, diag, window, avoid=devices)
         if not ok:
             # Nowhere quieter off the path: keep the guard; look again after another relief period.
@@ -480,10 +554,16 @@ class Tick:
         self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any], avoid: tuple[str, ...] = ()
     ) -> tuple[bool, str]:
         policy = self.spec.policy
-        move_s = t.outage_s(MoveKind.EXISTING)
-        short = self._outage_short(t, move_s)
+        outage, source = self._move_outage(t, MoveKind.EXISTING)
+        short = self._outage_short(t, outage)
         if short:
             return False, short  # before the ranking: no move can happen, whatever it would find
+        cost: LeverCost | None = None
+        if not avoid:  # a relief move serves the capped aggressor, not the tail: budget only
+            efficacy = 1.0 if diag.cause is not Cause.UNKNOWN or diag.aggressors else policy.unknown_cause_efficacy
+            cost, why = self._pays(t, PLACE, outage, source, efficacy)
+            if why:
+                return False, why
         here, ranked = rank_candidates(
             self.spec,
             self.obs,
@@ -519,10 +599,11 @@ class Tick:
                 "diagnosis": {"cause": diag.cause.value, **diag.evidence},
                 "current": here.as_evidence(),
                 "candidates": [s.as_evidence() for s in ranked[:5]],
-                "outage_s": move_s,
+                "outage_s": outage,
+                **({"cost": cost.as_evidence()} if cost is not None else {}),
             },
         )
-        self._spend(t.name, move_s)
+        self._spend(t.name, outage)
         return True, ""
 
     def _resize(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
@@ -542,10 +623,15 @@ class Tick:
             kind = MoveKind.IN_PLACE  # its own instance goes: stop, reconfigure, relaunch
         else:
             kind = MoveKind.BESIDE  # make-before-break: it serves while the new slice is made
-        outage = t.outage_s(kind)
+        outage, source = self._move_outage(t, kind)
         short = self._outage_short(t, outage)
         if short:
             return False, short
+        # A bigger slice serves faster whatever the cause, and a queue's tail falls faster than its
+        # load: expect the cure, as for a move off the aggressor's path.
+        cost, why = self._pays(t, RESIZE, outage, source, 1.0)
+        if why:
+            return False, why
         now = self.obs.t
         self.layouts[plan.gpu] = plan.new_layout
         self.reconfigs.append(now)
@@ -574,6 +660,7 @@ class Tick:
                 "reconfigs_last_hour": len(self.reconfigs),
                 "outage_s": outage,
                 "move": kind.value,
+                **({"cost": cost.as_evidence()} if cost is not None else {}),
             },
         )
         self._spend(t.name, outage)
@@ -633,10 +720,12 @@ class Tick:
                 if tail is not None and t.slo_s is not None and tail >= policy.release_ratio * t.slo_s:
                     why["predicted_tail_s"] = round(tail, 4)
                 if why:
+                    if self._lift_guard_below(t, evidence):
+                        return  # the slice stays; caps beneath it go first (they cost others)
                     msg = "keep the larger slice: the tail would come back on the smaller one"
                     if ctl.last_reason != msg:
                         self.emit(t.name, "hold", before, before, RESIZE, msg, why)
-                    self.tenants[t.name] = replace(ctl, last_reason=msg, good=0)
+                    self.tenants[t.name] = replace(ctl, last_reason=msg, good=0, evidence=ctl.evidence.reset())
                     return
             if self.budget_left() <= 0:
                 msg = "release waits for the reconfiguration budget"
@@ -689,6 +778,7 @@ class Tick:
             pending=pending,
             good=0,
             bad=0,
+            evidence=ctl.evidence.reset(),
             target=target,
             cooldown_until=now + policy.cooldown_s,
             dwell_until=now + _dwell(policy.dwell_s, ctl.flaps),
@@ -700,22 +790,91 @@ class Tick:
             self._spend(t.name, outage)
         self.emit(t.name, "release", before, after, step.lever, reason, evidence)
 
+    # -- what a lever costs ------------------------------------------------------------------------
+    def _move_outage(self, t: TenantSpec, kind: MoveKind) -> tuple[float, str]:
+        """A move's outage (fsm.outage): with the relaunch (restart) or switch-over gap (warm) the
+        actuators last measured for this tenant, else as configured."""
+        measured = self.tenants[t.name].measured_outage_s
+        if measured is None:
+            return t.outage_s(kind), "configured"
+        spec = replace(t, handover_gap_s=measured) if t.handover == "warm" else replace(t, relaunch_s=measured)
+        return spec.outage_s(kind), "measured"
+
+    def _pays(
+        self, t: TenantSpec, lever: str, outage: float, source: str, efficacy: float
+    ) -> tuple[LeverCost | None, str]:
+        """The lever's cost and benefit (fsm.levercost), and why it does not pay ("" when it does)."""
+        policy = self.spec.policy
+        if policy.cost_margin is None or t.slo_s is None:
+            return None, ""
+        ctl = self.tenants[t.name]
+        p = self.evidence_params
+        c = estimate(
+            lever,
+            outage_s=outage,
+            outage_source=source,
+            rate_rps=ctl.evidence.rate(p),
+            rho=self._sm_now(t),  # the victim's server utilisation: its instance's SM activity
+            slo_s=t.slo_s,
+            bad_share=ctl.evidence.bad_share(),
+            budget_share=1.0 - t.quantile,
+            episodes=ctl.episodes,
+            prior_s=policy.episode_prior_s,
+            efficacy=efficacy,
+            elapsed_s=self.obs.t - ctl.episode_start if ctl.episode_start is not None else 0.0,
+        )
+        if c.pays(policy.cost_margin):
+            return c, ""
+        return c, (
+            f"its outage would cost more than it saves ({c.cost:.0f} requests over the SLO"
+            f" vs {c.benefit:.0f} kept under it)"
+        )
+
+    def _lift_guard_below(self, t: TenantSpec, evidence: dict[str, Any]) -> bool:
+        """The tail is good and the step on top stays: lift a guard beneath it, which costs its
+        capped tenants throughput and is not what holds the tail now (evidence re-guards if it is)."""
+        ctl = self.tenants[t.name]
+        idx = next((i for i in range(len(ctl.stack) - 2, -1, -1) if ctl.stack[i].lever == GUARD), None)
+        if idx is None:
+            return False
+        guard = ctl.stack[idx]
+        stack = ctl.stack[:idx] + ctl.stack[idx + 1 :]
+        self.tenants[t.name] = replace(
+            ctl,
+            stack=stack,
+            good=0,
+            evidence=ctl.evidence.reset(),
+            cooldown_until=self.obs.t + self.spec.policy.cooldown_s,
+        )
+        level = level_of(ctl)
+        self.emit(
+            t.name,
+            "release",
+            level,
+            level,
+            GUARD,
+            f"lift caps on {', '.join(guard.aggressors)} (the larger slice stays)",
+            evidence,
+        )
+        return True
+
     # -- the outage budget ----------------------------------------------------------------------
     def _outage_short(self, t: TenantSpec, seconds: float) -> str:
         """Why an outage of `seconds` cannot be afforded now ("" when it can)."""
         share = self.spec.policy.outage_budget_share
         if share is None or seconds <= 0:
             return ""
-        budget = share * (1.0 - t.quantile) * 3600.0
-        spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < 3600.0)
+        window = self.spec.policy.outage_budget_window_s
+        budget = share * (1.0 - t.quantile) * window
+        spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < window)
         if spent + seconds <= budget + 1e-9:
             return ""
-        return f"outage budget spent ({spent:g} s of {budget:g} s this hour; this needs {seconds:g} s)"
+        return f"outage budget spent ({spent:g} s of {budget:g} s per {window:g} s; this needs {seconds:g} s)"
 
     def _spend(self, name: str, seconds: float) -> None:
         ctl = self.tenants[name]
         now = self.obs.t
-        kept = tuple(o for o in ctl.outages if now - o[0] < 3600.0)
+        kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
         self.tenants[name] = replace(ctl, outages=(*kept, (now, seconds)))
 
     def _shrink_ratio(self, t: TenantSpec, step: Step) -> float | None:
@@ -752,6 +911,13 @@ class Tick:
         there = score(self.spec, self.obs, t, None, home, Cause.IO, self.traffic, {})
         return there.root_complex < 0.5
 
+    def guard_budget_spent(self, tenant: str) -> bool:
+        p = self.spec.policy
+        if p.guard_cost_share is None:
+            return False
+        held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
+        return held > 0.0 and held >= p.guard_cost_share * ran
+
     # -- output --------------------------------------------------------------------------------
     def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
         """Caps of every guard on every stack, renewed to expire `throttle_expiry_s` from now;
@@ -763,6 +929,8 @@ class Tick:
         for name in sorted(self.tenants):
             for step in self.tenants[name].stack:
                 for c in step.caps:
+                    if self.guard_budget_spent(c.tenant):
+                        continue  # lifted: the capped tenant's throughput budget is spent
                     c = replace(c, expires_at=expiry)
                     key = (c.tenant, c.device)
                     old = caps.get(key)
@@ -778,6 +946,61 @@ class Tick:
                     old_m = mps.get(key)
                     mps[key] = replace(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
         return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
+
+
+def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> dict[str, tuple[float, float, float]]:
+    """Per tenant that could be capped: (seconds held at its caps, seconds it ran, as of t), both
+    exponentially weighted over guard_budget_window_s. A cap binds when the tenant runs at >= 90%
+    of it on a capped device; a tenant runs when it moves at least io_aggressor_min_bps. The budget
+    is a share of the time it runs: its throughput exists only then, so a share of the clock would
+    let a guard take much more than that share of an aggressor that runs one hour in four."""
+    p = spec.policy
+    now = obs.t
+    binding: set[str] = set()
+    for ctl in state.tenants.values():
+        for step in ctl.stack:
+            for c in step.caps:
+                if c.tenant in binding:
+                    continue
+                ts = obs.tenants.get(c.tenant)
+                rate = ts.io.get(c.device) if ts is not None and ts.io else None
+                if rate is not None and (
+                    (c.read_bps and (rate.read_bps or 0.0) >= 0.9 * c.read_bps)
+                    or (c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps)
+                ):
+                    binding.add(c.tenant)
+    running = {
+        name
+        for name, t in spec.tenants.items()
+        if t.role in (Role.BULK, Role.COMPUTE)
+        and (ts := obs.tenants.get(name)) is not None
+        and ts.io
+        and sum(r.total_bps for r in ts.io.values()) >= p.io_aggressor_min_bps
+    }
+    out: dict[str, tuple[float, float, float]] = {}
+    for name in sorted(set(state.guard_cost) | binding | running):
+        held, ran, t0 = state.guard_cost.get(name, (0.0, 0.0, now))
+        dt = max(0.0, now - t0)
+        decay = math.exp(-dt / p.guard_budget_window_s)
+        held, ran = held * decay + (dt if name in binding else 0.0), ran * decay
+        ran += dt if (name in binding or name in running) else 0.0
+        if ran > 1e-3 or name in binding or name in running:
+            out[name] = (held, ran, now)
+    return out
+
+
+def evidence_params(policy: Policy) -> EvidenceParams:
+    return EvidenceParams(
+        burn=policy.evidence_burn,
+        alpha=policy.evidence_alpha,
+        release_burn=policy.release_burn,
+        release_alpha=policy.release_alpha,
+        min_ticks=policy.y_windows,
+        min_release_ticks=policy.z_windows,
+        rate_tau_s=policy.rate_tau_s,
+        release_ratio=policy.release_ratio,
+        min_window_count=policy.min_window_count,
+    )
 
 
 def _dwell(dwell_s: float, flaps: int) -> float:

@@ -53,6 +53,9 @@ class LatencyWindow:
     p999: float | None = None
     samples: tuple[float, ...] = ()  # raw samples when the source has them
     over_slo: float | None = None
+    # When over_slo is interpolated inside a histogram bucket: (requests certainly over the SLO,
+    # those possibly over), counted above the bucket bounds on either side of it. None: exact.
+    over_slo_range: tuple[float, float] | None = None
 
     def quantile(self, q: float) -> float | None:
         if self.samples:
@@ -91,6 +94,7 @@ class TenantSample:
     cpu_pressure: float | None = None
     instance: InstanceRef | None = None  # where it actually runs now
     pcie_bps: float | None = None  # host<->device bytes/s attributed to it, when known
+    outage_s: float | None = None  # its last move's outage as the actuators measured it
 
 
 @dataclass(frozen=True, slots=True)

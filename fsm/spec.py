@@ -66,9 +66,15 @@ class TenantSpec:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    y_windows: int = 3  # consecutive violating windows that trigger
-    z_windows: int = 5  # consecutive good windows that release one level
-    release_ratio: float = 0.8  # good = quantile < release_ratio * slo
+    # SLO evidence (fsm.evidence): a sequential test on the share of requests over the SLO.
+    evidence_burn: float = 4.0  # the violation hypothesis: the error budget burns this much too fast
+    evidence_alpha: float = 1e-4  # trigger at ln(1/alpha) nats of evidence
+    release_burn: float = 0.25  # the release hypothesis: the tail burns this share of its budget
+    release_alpha: float = 0.2  # release at ln(1/release_alpha) nats of evidence for it
+    rate_tau_s: float = 60.0  # time constant of the request rate and recent bad share
+    y_windows: int = 3  # ticks of evidence a trigger needs at least (sources without counts: windows)
+    z_windows: int = 5  # ticks of evidence a release needs at least
+    release_ratio: float = 0.8  # sources without counts: a good window's quantile < release_ratio * slo
     release_horizon_windows: int = 24  # a resize is given back only if the worst of these would hold
     min_window_count: int = 5  # windows with fewer requests neither violate nor count as good
     cooldown_s: float = 30.0  # after any action on a tenant, no further escalation
@@ -81,10 +87,26 @@ class Policy:
     guard_relief_s: float | None = 60.0
     mps_guard_percent: int = 50
     max_reconfigs_per_hour: int = 4
-    # Outages (moves, resizes) a sensitive tenant may be put through per rolling hour, as a share
-    # of its tail's error budget: (1 - quantile) x 3600 s. A p99 tenant: 0.5 x 36 s = 18 s/hour.
-    # An outage past the budget would put more requests in the tail than the lever can save.
+    # Outages (moves, resizes) a sensitive tenant may be put through per rolling window, as a share
+    # of its tail's error budget over that window: (1 - quantile) x window. A p99 tenant over a day:
+    # 0.5 x 864 s = 432 s. (An hour, 18 s, would bar every relaunch that takes longer, as a vLLM
+    # server's does; SLOs are kept over days to weeks.) Whether a lever pays is fsm.levercost's.
     outage_budget_share: float | None = 0.5
+    outage_budget_window_s: float = 3600.0
+    # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
+    # share of the time it runs (both exponentially weighted over guard_budget_window_s); past it
+    # its caps are lifted, it is not capped again until the budget recovers, and the victims turn
+    # to the other levers.
+    guard_cost_share: float | None = 0.05
+    guard_budget_window_s: float = 3600.0
+    # Cost-aware levers (fsm.levercost): a move or resize is taken only when the requests it is
+    # expected to keep under the SLO exceed cost_margin x those its outage pushes over (None: no check).
+    cost_margin: float | None = 2.0
+    episode_prior_s: float = 300.0  # prior mean length of a violation episode (worth one episode)
+    unknown_cause_efficacy: float = 0.25  # what a move is expected to cure when the cause is unknown
+    # A guard costs the capped tenants throughput: one that has not cut the victim's share of
+    # requests over the SLO by this fraction (after 2 x rate_tau_s) is lifted when the tail escalates.
+    guard_min_cut: float = 0.2
     backoff_s: float = 60.0  # after a failed action; doubles per failure
     backoff_max_s: float = 900.0
     in_flight_timeout_s: float = 300.0  # an operation not reported by then counts as failed

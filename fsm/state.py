@@ -9,6 +9,7 @@ from typing import Any
 
 from fsm.codec import decode_as, encode
 from fsm.desired import MpsLimit, Throttle
+from fsm.evidence import SloEvidence
 from fsm.mig import Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Level
@@ -31,6 +32,7 @@ class Step:
     gpu: str | None = None
     prev_layout: tuple[Slot, ...] | None = None
     new_layout: tuple[Slot, ...] | None = None
+    bad_share: float | None = None  # the tenant's recent share of requests over the SLO when taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +49,8 @@ class Pending:
 
 @dataclass(frozen=True, slots=True)
 class TenantCtl:
-    bad: int = 0  # consecutive violating windows
-    good: int = 0  # consecutive good windows
+    bad: int = 0  # consecutive ticks judged violating
+    good: int = 0  # consecutive ticks judged good
     cooldown_until: float | None = None
     dwell_until: float | None = None
     backoff_until: float | None = None
@@ -63,7 +65,10 @@ class TenantCtl:
     target: InstanceRef | None = None  # where tailguard wants the tenant (None: leave it be)
     flaps: int = 0  # escalations soon after a release; each doubles the dwell (damping)
     released_at: float | None = None
-    outages: tuple[tuple[float, float], ...] = ()  # (t, expected seconds) of moves in the last hour
+    outages: tuple[tuple[float, float], ...] = ()  # (t, expected seconds) of moves in the budget window
+    evidence: SloEvidence = field(default_factory=SloEvidence)
+    episodes: tuple[float, ...] = ()  # lengths (s) of this tenant's last violation episodes
+    measured_outage_s: float | None = None  # the actuators' last measured outage of a move
 
     @property
     def level(self) -> Level:
@@ -78,6 +83,8 @@ class ControllerState:
     reconfigs: tuple[float, ...] = ()  # times of MIG layout changes (rolling-hour budget)
     bad_input: Mapping[str, int] = field(default_factory=dict)  # reason -> count
     seq: int = 0  # last decision-event sequence number
+    # bulk/compute tenant -> (seconds held at its caps, seconds it ran; exponentially weighted; as of t)
+    guard_cost: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     last_t: float | None = None
 
     def to_json(self) -> str:

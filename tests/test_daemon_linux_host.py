@@ -83,7 +83,7 @@ def test_finished_mig_change_invalidates_the_layout_cache(
 ) -> None:
     """A MIG change reported done (or failed half-way) makes the next sample re-read that GPU's
     MIG devices; a signals alarm (GPU lost) is logged as a warning."""
-    from fsm.observation import ActuationStatus, Observation, Outcome
+    from fsm.observation import ActuationStatus, Observation, Outcome, TenantSample
 
     cfg = parse_config(CONFIG, "t.toml")
     topo = empty_topology()
@@ -95,7 +95,7 @@ def test_finished_mig_change_invalidates_the_layout_cache(
             self.invalidated: list[str | None] = []
 
         async def collect(self, now: float) -> Observation:
-            return Observation(t=now)
+            return Observation(t=now, tenants={"llm": TenantSample()})
 
         def invalidate_mig(self, gpu: str | None = None) -> None:
             self.invalidated.append(gpu)
@@ -106,10 +106,15 @@ def test_finished_mig_change_invalidates_the_layout_cache(
                 outcomes=(Outcome("gpu:gpu0", ok=False, error="In use"), Outcome("tenant:llm", ok=True))
             )
 
+        def recent_outages(self) -> dict[str, list[dict[str, object]]]:
+            return {"llm": [{"kind": "move", "seconds": 12.5, "wall": 1.0}, {"kind": "resize", "seconds": 40.0}]}
+
     col = Collector()
     host = LinuxHost(cfg, topo, collector=col, reconciler=Rec())  # type: ignore[arg-type]
     with caplog.at_level("WARNING", logger="tailguard.host"):
         obs = asyncio.run(host.observe())
     assert col.invalidated == ["gpu0"]  # the move (tenant:) does not change a layout
+    # the last measured move outage reaches the decision core (a resize's includes the MIG wait)
+    assert obs.tenants["llm"].outage_s == 12.5
     assert len(obs.actuation.outcomes) == 2
     assert "GPU is lost" in caplog.text

@@ -129,10 +129,10 @@ def test_simulated_host_protocol_and_actuation() -> None:
 
 
 def test_shadow_cli(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    scen = load_scenario("paper-p4d")
+    scen = load_scenario("p4d-demo")  # its T1 violates its SLO while T2 runs (paper-p4d's barely does)
     host = SimulatedHost(scen, 0)
     trace = tmp_path / "rec.jsonl"
-    with TraceWriter(trace, "p4d-0", host.spec) as w:
+    with TraceWriter(trace, "p4d", host.spec) as w:
         for _ in range(400):
             w.write(host.step())
     assert main(["replay", "--shadow", str(trace)]) == 0

@@ -1,0 +1,202 @@
+"""SLO evidence from requests: a sequential test on the share of requests over the SLO.
+
+A p-quantile SLO (p99: q = 0.99) allows a share eps = 1 - q of the requests over the SLO: that is
+the error budget. Each tick brings n completed requests, b of them over the SLO (exact where the
+source has raw latencies or counts, interpolated from histogram buckets otherwise). The judge
+weighs two hypotheses about the current bad share p:
+
+    H0: p = eps                  (at the budget: it burns at rate 1)
+    H1: p = burn x eps           (violating: the budget burns `burn` times too fast)
+    H2: p = release_burn x eps   (comfortably within it)
+
+with two one-sided CUSUMs (Page's test) of the Bernoulli log-likelihood ratio, in nats:
+
+    up   <- max(0, up   + b ln(p1/p0) + (n-b) ln((1-p1)/(1-p0)))    evidence of H1 against H0
+    down <- max(0, down + b ln(p2/p0) + (n-b) ln((1-p2)/(1-p0)))    evidence of H2 against H0
+
+VIOLATING when `up` reaches h = ln(1/alpha); GOOD when `down` reaches ln(1/release_alpha). The
+evidence is counted in requests, not windows: at 200 requests/s a strong violation crosses h in a
+tick or two, at 0.2 requests/s the same violation takes about a minute, and a handful of requests
+never does (h / ln(burn) requests over the SLO at the very least: 7 with the defaults). One tick
+adds at most h / min_ticks (and release_h / min_release_ticks) so that a single burst tick, whose
+requests queue together and are not independent, never decides alone.
+
+Counts estimated inside a histogram bucket (vLLM's TTFT buckets are fixed) are only known between
+the requests certainly over the SLO (above the next bound up) and those possibly over it (above the
+next bound down): the trigger, and the recent share the cost model uses, take the first, the
+release the second, so a coarse bucket never makes a healthy tenant look violating, nor a violating
+one look healthy.
+
+A source that gives quantiles but no counts falls back to the per-window verdict of
+fsm.quantiles.judge (today's reference trigger): a violating window adds h / min_ticks, a good one
+adds release_h / min_release_ticks, a window in between resets both. That is the old "Y violating
+windows" rule as a special case.
+
+Measured false-alarm rates and detection delays: docs/decisions.md ("Evidence") and
+tests/test_fsm_evidence.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, replace
+
+from fsm.observation import LatencyWindow
+from fsm.quantiles import Verdict, judge
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceParams:
+    burn: float = 4.0  # H1's burn rate (bad share / budget)
+    alpha: float = 1e-4  # trigger threshold h = ln(1/alpha)
+    release_burn: float = 0.25  # H2's burn rate: a tail comfortably within its SLO
+    release_alpha: float = 0.2  # release threshold ln(1/release_alpha)
+    min_ticks: int = 3  # ticks of evidence a trigger needs at least (the reference design's Y)
+    min_release_ticks: int = 5  # ... and a release (Z)
+    rate_tau_s: float = 60.0  # time constant of the request rate and recent bad share estimates
+    release_ratio: float = 0.8  # legacy windows: good = quantile < release_ratio x SLO
+    min_window_count: int = 5  # legacy windows with fewer requests count neither way
+
+    @property
+    def h(self) -> float:
+        return math.log(1.0 / self.alpha)
+
+    @property
+    def release_h(self) -> float:
+        return math.log(1.0 / self.release_alpha)
+
+
+@dataclass(frozen=True, slots=True)
+class SloEvidence:
+    """Per sensitive tenant, carried in the controller state."""
+
+    up: float = 0.0  # nats of evidence that the tail violates (reset after every action)
+    down: float = 0.0  # nats of evidence that it meets its SLO
+    up_bad: float = 0.0  # requests over the SLO since `up` last left zero
+    n_recent: float = 0.0  # exponentially weighted requests (time constant rate_tau_s)
+    b_recent: float = 0.0  # ... of them over the SLO
+    t: float | None = None  # time of the last update
+    counted: bool = False  # the last tick had request counts (False: legacy windows or no data)
+
+    def rate(self, p: EvidenceParams) -> float:
+        """Requests per second, recently."""
+        return self.n_recent / p.rate_tau_s
+
+    def bad_share(self) -> float | None:
+        return self.b_recent / self.n_recent if self.n_recent >= 1.0 else None
+
+    def burn_rate(self, eps: float) -> float | None:
+        share = self.bad_share()
+        return share / eps if share is not None and eps > 0 else None
+
+    def reset(self) -> SloEvidence:
+        """After an action: the next decision needs fresh evidence about the new situation."""
+        return replace(self, up=0.0, down=0.0, up_bad=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    verdict: Verdict
+    value: float | None  # the window's quantile (s), for operators and the resize release check
+    count: int  # requests in the window
+    bad: float | None  # requests over the SLO in the window (None: the source cannot tell)
+
+
+def llr_weights(eps: float, burn: float) -> tuple[float, float]:
+    """(nats per request over the SLO, nats per request within it) of H1 against H0."""
+    p0 = min(max(eps, 1e-9), 0.5)
+    p1 = min(p0 * burn, 0.999)
+    return math.log(p1 / p0), math.log((1.0 - p1) / (1.0 - p0))
+
+
+def over_slo(window: LatencyWindow, slo_s: float) -> float | None:
+    """Requests over the SLO in the window: the source's count, else counted from raw samples."""
+    if window.over_slo is not None:
+        return min(float(window.over_slo), float(window.count))
+    if window.samples:
+        return float(sum(1 for s in window.samples if s > slo_s))
+    return None
+
+
+def share_from_quantiles(window: LatencyWindow, slo_s: float) -> float | None:
+    """A window's share of requests over the SLO, estimated from the quantiles it reports (p50,
+    p99, p999): log-linear between the two that bracket the SLO; 0.5 below the median, and
+    0.001 x the ratio above the p999 (a thin tail's bound)."""
+    pts = [(1.0 - q, v) for q, v in ((0.5, window.p50), (0.99, window.p99), (0.999, window.p999)) if v is not None]
+    if not pts:
+        return None
+    if slo_s <= pts[0][1]:
+        return pts[0][0]
+    for (sa, xa), (sb, xb) in itertools.pairwise(pts):
+        if xa <= slo_s <= xb:
+            f = (slo_s - xa) / (xb - xa) if xb > xa else 1.0
+            return math.exp(math.log(sa) + (math.log(sb) - math.log(sa)) * f)
+    s_last, x_last = pts[-1]
+    return s_last * min(1.0, x_last / slo_s)
+
+
+def update(
+    ev: SloEvidence, window: LatencyWindow | None, q: float, slo_s: float, p: EvidenceParams, now: float
+) -> tuple[SloEvidence, Judgement]:
+    eps = 1.0 - q
+    dt = max(0.0, now - ev.t) if ev.t is not None else 0.0
+    decay = math.exp(-dt / p.rate_tau_s) if dt > 0 else 1.0
+    n_recent, b_recent = ev.n_recent * decay, ev.b_recent * decay
+    count = window.count if window is not None else 0
+    bad = over_slo(window, slo_s) if window is not None and count > 0 else None
+    value = window.quantile(q) if window is not None and count > 0 else None
+    up, down, up_bad = ev.up, ev.down, ev.up_bad
+    step_up = p.h / max(1, p.min_ticks)
+    step_down = p.release_h / max(1, p.min_release_ticks)
+    if bad is not None:
+        # Counts read off histogram buckets are only known between two bounds: a trigger believes
+        # only the requests certainly over the SLO, a release counts every one possibly over.
+        certain, possible = window.over_slo_range if window and window.over_slo_range else (bad, bad)
+        w_bad, w_good = llr_weights(eps, p.burn)
+        r_bad, r_good = llr_weights(eps, p.release_burn)
+        up = max(0.0, up + min(certain * w_bad + (count - certain) * w_good, step_up))
+        down = max(0.0, down + min(possible * r_bad + (count - possible) * r_good, step_down))
+        up_bad = up_bad + certain if up > 0 else 0.0
+        n_recent += count
+        b_recent += certain
+        counted = True
+        legacy_empty = False
+    else:
+        # No counts: today's per-window rule (fsm.quantiles.judge) as the special case.
+        w = judge(window, q, slo_s, p.release_ratio, p.min_window_count)
+        legacy_empty = w.verdict is Verdict.EMPTY
+        if w.verdict is Verdict.VIOLATING:
+            up, down, up_bad = up + step_up, 0.0, up_bad + eps * w.count
+        elif w.verdict is Verdict.GOOD:
+            up, down, up_bad = 0.0, down + step_down, 0.0
+        elif w.verdict is Verdict.BETWEEN:
+            up, down, up_bad = 0.0, 0.0, 0.0
+        if w.verdict is not Verdict.EMPTY and window is not None:
+            share = share_from_quantiles(window, slo_s)
+            n_recent += w.count
+            b_recent += (share or 0.0) * w.count
+        counted = False
+    new = SloEvidence(up, down, up_bad, n_recent, b_recent, now, counted)
+    if up >= p.h - 1e-9 and count > 0 and not legacy_empty:
+        verdict = Verdict.VIOLATING
+    elif down >= p.release_h - 1e-9 and count > 0 and not legacy_empty:
+        verdict = Verdict.GOOD
+    elif count == 0 or legacy_empty:
+        verdict = Verdict.EMPTY
+    else:
+        verdict = Verdict.BETWEEN
+    return new, Judgement(verdict, value, count, bad)
+
+
+def as_evidence(ev: SloEvidence, q: float, p: EvidenceParams) -> dict[str, float | None]:
+    """What an event shows of the evidence (rounded for people)."""
+    burn = ev.burn_rate(1.0 - q)
+    return {
+        "evidence_nats": round(ev.up, 2),
+        "threshold_nats": round(p.h, 2),
+        "calm_nats": round(ev.down, 2),
+        "bad_requests": round(ev.up_bad, 1),
+        "rate_rps": round(ev.rate(p), 3),
+        "burn_rate": round(burn, 2) if burn is not None else None,
+    }

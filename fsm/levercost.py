@@ -1,0 +1,112 @@
+"""Does a move or resize pay? Its cost and its benefit, both in requests pushed over the SLO.
+
+Cost: an outage of D seconds holds every request that arrives meanwhile; once the tenant serves
+again the backlog drains at the spare rate mu - lambda, which takes D rho / (1 - rho), and the
+requests arriving during the drain wait too. The wait falls linearly from about D to 0 over the
+outage and the drain, so the share of held requests that wait longer than the SLO is (1 - SLO/D):
+
+    cost = lambda x max(0, D - SLO) / (1 - rho)
+
+(lambda the tenant's request rate, rho its server's utilisation, capped at 0.9). A warm hand-over
+whose gap is shorter than the SLO costs nothing by this measure.
+
+Benefit: the lever brings the bad share from its recent value p back to the budget eps for the
+rest of the episode:
+
+    benefit = lambda x max(0, p - eps) x E[remaining episode] x efficacy
+
+E[remaining episode] is learned per tenant from its recent episodes (the posterior mean length,
+with a prior of `episode_prior_s` worth one episode), and is at least the time the current
+episode has already lasted (an episode that has lasted a seconds is expected to last about as
+long again, as for any heavy-tailed length: a tenant that outgrew its slice stays violating until
+something changes, and its first episode must not be judged by the prior alone); `efficacy` is what the
+diagnosis lets us expect of the lever (1 when it found the cause on the victim's path, less when
+it did not: a burst of the tenant's own arrivals follows it to the new instance).
+
+A lever is taken only when benefit >= margin x cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MAX_RHO = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class LeverCost:
+    lever: str
+    outage_s: float
+    outage_source: str  # "measured" | "configured"
+    rate_rps: float
+    rho: float
+    cost: float  # requests expected over the SLO because of the outage
+    bad_share: float
+    budget_share: float
+    remaining_s: float
+    efficacy: float
+    benefit: float  # requests expected kept under the SLO by the lever
+
+    def pays(self, margin: float) -> bool:
+        return self.benefit >= margin * self.cost
+
+    def as_evidence(self) -> dict[str, float | str]:
+        return {
+            "lever": self.lever,
+            "outage_s": round(self.outage_s, 2),
+            "outage_source": self.outage_source,
+            "rate_rps": round(self.rate_rps, 3),
+            "utilisation": round(self.rho, 3),
+            "cost_requests": round(self.cost, 1),
+            "bad_share": round(self.bad_share, 4),
+            "budget_share": round(self.budget_share, 4),
+            "expected_remaining_s": round(self.remaining_s, 1),
+            "efficacy": round(self.efficacy, 2),
+            "benefit_requests": round(self.benefit, 1),
+        }
+
+
+def expected_remaining(episodes: Sequence[float], prior_s: float) -> float:
+    """Posterior mean episode length: `prior_s` counts as one episode already seen."""
+    return (prior_s + sum(episodes)) / (1 + len(episodes))
+
+
+def outage_cost(rate_rps: float, outage_s: float, slo_s: float, rho: float) -> float:
+    r = min(max(rho, 0.0), MAX_RHO)
+    return rate_rps * max(0.0, outage_s - slo_s) / (1.0 - r)
+
+
+def estimate(
+    lever: str,
+    *,
+    outage_s: float,
+    outage_source: str,
+    rate_rps: float,
+    rho: float | None,
+    slo_s: float,
+    bad_share: float | None,
+    budget_share: float,
+    episodes: Sequence[float],
+    prior_s: float,
+    efficacy: float,
+    elapsed_s: float = 0.0,
+) -> LeverCost:
+    # Unknown utilisation: assume a server half busy (the cost doubles the plain outage).
+    r = 0.5 if rho is None else min(max(rho, 0.0), MAX_RHO)
+    share = bad_share if bad_share is not None else 0.0
+    remaining = max(expected_remaining(episodes, prior_s), elapsed_s)
+    benefit = rate_rps * max(0.0, share - budget_share) * remaining * efficacy
+    return LeverCost(
+        lever=lever,
+        outage_s=outage_s,
+        outage_source=outage_source,
+        rate_rps=rate_rps,
+        rho=r,
+        cost=outage_cost(rate_rps, outage_s, slo_s, r),
+        bad_share=share,
+        budget_share=budget_share,
+        remaining_s=remaining,
+        efficacy=efficacy,
+        benefit=benefit,
+    )

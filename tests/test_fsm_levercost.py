@@ -1,0 +1,111 @@
+"""fsm.levercost and the ladder's use of it: a move or resize is taken only when it pays."""
+
+from __future__ import annotations
+
+import math
+
+from fsm.decide import decide
+from fsm.examples import example_observation, example_spec
+from fsm.levercost import estimate, expected_remaining, outage_cost
+from fsm.spec import Policy
+from fsm.state import ControllerState
+
+
+def test_outage_cost_is_the_held_requests_over_the_slo():
+    # 10 requests/s, a 20 s outage, SLO 0.2 s, an idle server: (20 - 0.2) x 10
+    assert math.isclose(outage_cost(10.0, 20.0, 0.2, 0.0), 198.0)
+    # a busy server drains its backlog slowly: twice as many at rho = 0.5
+    assert math.isclose(outage_cost(10.0, 20.0, 0.2, 0.5), 396.0)
+    # a warm hand-over's gap under the SLO costs nothing; utilisation is capped at 0.9
+    assert outage_cost(10.0, 0.1, 0.2, 0.5) == 0.0
+    assert math.isclose(outage_cost(1.0, 11.0, 1.0, 0.99), 100.0)
+
+
+def test_expected_remaining_learns_from_episodes_with_the_prior_worth_one():
+    assert expected_remaining((), 300.0) == 300.0
+    assert expected_remaining((30.0, 30.0, 30.0), 300.0) == 97.5
+
+
+def test_a_transient_burst_tenant_gets_no_restart():
+    kw = dict(outage_s=18.0, outage_source="configured", rate_rps=50.0, rho=0.5, slo_s=0.2, budget_share=0.01)
+    # short past episodes (bursts of 20 s): the move would cost more than it could save
+    burst = estimate("place", bad_share=0.3, episodes=(20.0, 15.0, 25.0, 20.0), prior_s=300.0, efficacy=1.0, **kw)
+    assert not burst.pays(2.0)
+    # long episodes (an hour-long ETL job on the path): it pays
+    long = estimate("place", bad_share=0.3, episodes=(3600.0, 2400.0), prior_s=300.0, efficacy=1.0, **kw)
+    assert long.pays(2.0)
+    ev = long.as_evidence()
+    assert ev["cost_requests"] == round(long.cost, 1) and ev["benefit_requests"] == round(long.benefit, 1)
+
+
+def _violate(spec, n_ticks, p99=0.020):
+    state, events = ControllerState(), []
+    for i in range(n_ticks):
+        d = decide(state, example_observation(2.0 * i, p99, 0.0), spec)  # no I/O aggressor: no guard
+        state = d.state
+        events += d.events
+    return state, events
+
+
+def test_the_ladder_holds_a_move_that_does_not_pay_and_says_why():
+    # p99 20 ms against 15 ms: about 5% over the SLO; a 5 s move at 100 requests/s does not pay
+    # back within a 60 s episode prior
+    spec = example_spec(Policy(episode_prior_s=60.0, guards=False, mps=False))
+    _, events = _violate(spec, 10)
+    holds = [e for e in events if e.kind == "hold"]
+    assert holds and "would cost more than it saves" in holds[0].reason
+    assert not [e for e in events if e.kind == "escalate"]
+
+
+def test_the_ladder_moves_when_it_pays_and_shows_both_figures():
+    spec = example_spec(Policy(episode_prior_s=3600.0, guards=False, mps=False))
+    _, events = _violate(spec, 10, p99=0.060)
+    (esc,) = [e for e in events if e.kind == "escalate"][:1]
+    assert esc.lever in ("place", "resize")
+    cost = esc.evidence["cost"]
+    assert cost["benefit_requests"] >= 2.0 * cost["cost_requests"] > 0
+    assert esc.evidence["window"]["evidence_nats"] >= esc.evidence["window"]["threshold_nats"]
+
+
+def test_an_episode_that_lasts_is_expected_to_last():
+    kw = dict(outage_s=18.0, outage_source="configured", rate_rps=1.0, rho=0.5, slo_s=0.2, budget_share=0.01)
+    early = estimate("resize", bad_share=0.05, episodes=(), prior_s=300.0, efficacy=1.0, **kw)
+    late = estimate("resize", bad_share=0.05, episodes=(), prior_s=300.0, efficacy=1.0, elapsed_s=2000.0, **kw)
+    assert early.remaining_s == 300.0 and late.remaining_s == 2000.0
+    assert not early.pays(2.0) and late.pays(2.0)
+
+
+def test_a_guard_that_does_not_cut_the_tail_is_lifted():
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False))
+    state, evs = ControllerState(), []
+    for i in range(120):  # the aggressor keeps running and the tail stays where it was
+        d = decide(state, example_observation(2.0 * i, 0.020, 3e9), spec)
+        state, evs = d.state, evs + list(d.events)
+    kinds = [(e.kind, e.lever) for e in evs if e.kind in ("escalate", "release")]
+    assert kinds[:2] == [("escalate", "guard"), ("release", "guard")]
+    lift = next(e for e in evs if e.kind == "release")
+    assert "did not cut the tail" in lift.reason and lift.t - evs[0].t >= 2 * spec.policy.rate_tau_s
+    assert not [e for e in evs if e.kind == "escalate" and e.t > lift.t]  # not retried in this episode
+    assert state.tenant("llm").level.value == "steady" and not d.desired.throttles
+
+
+def test_a_guard_holds_a_capped_tenant_for_at_most_its_share_of_the_time_it_runs():
+    """guard_cost_share 0.05: an ETL job that ran for an hour may be held at its cap for about
+    three minutes; then its caps are lifted and it is not capped again while the budget is spent."""
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False, guard_relief_s=None))
+    state = ControllerState()
+    for i in range(1800):  # an hour of ETL traffic, the tail fine
+        state = decide(state, example_observation(2.0 * i, 0.005, 3e9), spec).state
+    capped, evs, on = [], [], False
+    for i in range(1800, 2400):  # then the tail violates while it runs on, unless its cap holds it
+        p99, etl = (0.008, 1.5e9) if on else (0.020, 3e9)  # the cap (half its rate) binds and works
+        d = decide(state, example_observation(2.0 * i, p99, etl), spec)
+        state, evs = d.state, evs + list(d.events)
+        on = bool(d.desired.throttles)
+        capped.append(on)
+    assert any(capped)
+    held_s = 2.0 * sum(capped)
+    # the budget: 5% of the (decayed) ~4,000 s it ran, about 200 s of the 1,200 s stretch
+    assert held_s <= 0.05 * 4800, (held_s, [e.reason for e in evs])
+    ran = state.guard_cost["etl"]
+    assert ran[0] <= 0.05 * ran[1] + 2.0 * 2  # held <= share x ran, give or take the last ticks

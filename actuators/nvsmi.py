@@ -209,6 +209,28 @@ def parse_list(text: str) -> list[GpuEntry]:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuQuery:
+    index: int
+    name: str
+    driver: str  # driver version, e.g. "580.126.20"
+
+
+QUERY_GPUS = ("--query-gpu=index,name,driver_version", "--format=csv,noheader")
+
+
+def parse_query_gpus(text: str) -> list[GpuQuery]:
+    """`nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader`: one line per GPU,
+    fields joined by ", " (the CSV captures in tests/fixtures)."""
+    out = []
+    for ln in _lines(text):
+        parts = [p.strip() for p in ln.split(",")]
+        if len(parts) < 3 or not parts[0].isdigit() or not parts[-1]:
+            raise NvsmiError(f"nvidia-smi --query-gpu: unexpected line {ln[:120]!r}")
+        out.append(GpuQuery(int(parts[0]), ", ".join(parts[1:-1]), parts[-1]))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """What one create/destroy command reported: objects done and the first NVML error."""
 
@@ -274,6 +296,9 @@ class NvidiaSmi:
 
     async def list_gpus(self) -> list[GpuEntry]:
         return parse_list((await self._run(["-L"])).stdout)
+
+    async def query_gpus(self) -> list[GpuQuery]:
+        return parse_query_gpus((await self._run(list(QUERY_GPUS))).stdout)
 
     async def lgip(self, gpu: int) -> list[LgipRow]:
         return parse_lgip((await self._run(["mig", "-i", self._idx(gpu), "-lgip"])).text)

@@ -35,7 +35,7 @@ from actuators.paths import PathError
 from actuators.recovery import Recovery
 from actuators.throttles import Throttles
 from fsm.desired import DesiredState
-from fsm.mig import Layout, model_by_name
+from fsm.mig import GpuModel, Layout, model_by_name
 from fsm.observation import ActuationStatus, InstanceRef
 
 __all__ = ["ActualState", "GpuInfo", "OwnedCap", "Ready", "ReconcileReport", "Reconciler", "TenantActuation"]
@@ -209,6 +209,14 @@ class Reconciler:
         }
 
     # ------------------------------------------------------------------ reading the host
+
+    def use_mig_tables(self, tables: Mapping[str, GpuModel]) -> None:
+        """The MIG profile table in force per GPU (the driver's listing where read): profile IDs
+        and placements are looked up in it from now on."""
+        for name, model in tables.items():
+            g = self.gpus.get(name)
+            if g is not None:
+                self.gpus[name] = GpuInfo(g.name, g.index, model)
 
     async def read_layout(self, gpu: str) -> Layout:
         return await self.h.read_layout(gpu)

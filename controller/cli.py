@@ -19,6 +19,8 @@ SUBCOMMANDS = (
     "controller.cmd_status",
     "controller.cmd_topology",
     "controller.cmd_check_config",
+    "controller.cmd_doctor",
+    "controller.cmd_mig_profiles",
     "controller.cmd_demo",
 )
 

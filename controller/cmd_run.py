@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from controller.exporters.mqtt import MqttBridge
     from controller.host import Host
     from fsm.desired import DecisionEvent
+    from fsm.mig import GpuModel
     from fsm.spec import HostSpec
 
 DEFAULT_CONFIG = "/etc/tailguard/tailguard.toml"
@@ -90,16 +91,19 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), format=fmt, stream=sys.stderr)
 
 
-def _load_config(path: str | None, checked: bool = False) -> Config | None:
+def _load_config(
+    path: str | None, checked: bool = False, models: Callable[[str], GpuModel | None] | None = None
+) -> Config | None:
     """The config; `checked`: also the files it names on this host (a real host's `run`, and
-    every SIGHUP reload), with the warnings logged."""
+    every SIGHUP reload), with the warnings logged; `models`: the drivers' MIG tables, by which
+    the MIG homes are judged where they were read (the driver wins over the built-in table)."""
     from controller.config import load_checked, load_config
 
     if not path:
         return None
     if not checked:
         return load_config(path)
-    c = load_checked(path)
+    c = load_checked(path, models)
     for w in c.warnings:
         logging.getLogger("tailguard.config").warning("%s: %s", path, w)
     return c.config
@@ -153,7 +157,15 @@ def build(args: argparse.Namespace) -> Setup:
     from controller.exporters.mqtt import MqttOptions
 
     check_options(args)
-    cfg = _load_config(args.config if args.config or args.simulate else DEFAULT_CONFIG, checked=not args.simulate)
+    path = args.config if args.config or args.simulate else DEFAULT_CONFIG
+    mig = None
+    if args.simulate:
+        cfg = _load_config(path)
+    else:  # the drivers' MIG tables first: the config's MIG homes are judged by them (the driver wins)
+        from controller.mig_tables import read_for_config
+
+        mig = read_for_config(_load_config(path))
+        cfg = _load_config(path, checked=True, models=mig.driver_model)
     if args.simulate:
         from replay.scenario import load_scenario
         from replay.simulator import SimulatedHost
@@ -189,7 +201,7 @@ def build(args: argparse.Namespace) -> Setup:
             topo = load_topology(cfg.topology.source, cfg.signals.sys_root, cfg.topology.topo_matrix_file)
         except (OSError, RuntimeError, ValueError) as e:
             raise UsageError(f"topology ({cfg.topology.source}): {e}") from None
-        host = LinuxHost(cfg, topo)
+        host = LinuxHost(cfg, topo, mig=mig)
         spec = host.spec
         period = args.period or cfg.host.sample_period_s
         # The host clock is wall-clock time: --duration counts from now.
@@ -200,7 +212,8 @@ def build(args: argparse.Namespace) -> Setup:
         linux_host = host
 
         def reload_fn() -> HostSpec:
-            new = _load_config(cfg_path, checked=True)  # validated in full before anything changes
+            # validated in full before anything changes, MIG homes by the tables in force
+            new = _load_config(cfg_path, checked=True, models=linux_host.mig.driver_model)
             assert new is not None
             if dry:
                 new = new.model_copy(update={"host": new.host.model_copy(update={"mode": "dry-run"})})
@@ -260,9 +273,25 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     from controller.daemon import Daemon, DaemonOptions
     from controller.exporters.mqtt import MqttBridge
     from controller.exporters.prometheus import DaemonCollector, MetricsServer, make_registry
+    from controller.mig_probe import DriverMismatch
     from controller.sdnotify import Notifier
     from controller.status import status_json
 
+    start = getattr(s.host, "start", None)
+    start_error = ""
+    if callable(start):
+        try:
+            # the drivers' MIG tables, then crash recovery from the journal (LinuxHost: a failed
+            # recovery does not raise, it runs degraded)
+            await start()
+        except DriverMismatch as e:  # a config error, as in build(): exit 2 (systemd does not restart)
+            print(f"tailguard {args.command}: {args.config or DEFAULT_CONFIG}: {e}", file=sys.stderr)
+            await s.host.close()
+            return 2
+        except Exception as e:  # exiting here would make systemd restart us forever: run on, degraded
+            start_error = f"host start raised {type(e).__name__}: {e}"
+            logging.getLogger("tailguard").exception("%s; running degraded", start_error)
+        s.spec = replace(s.spec, mig_tables=s.host.spec.mig_tables)  # a trace records the tables in force
     writer = None
     if getattr(args, "record", None):
         from replay.trace import TraceWriter
@@ -274,14 +303,6 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
             return 2
     printer = None if args.quiet else _print_events
     on_obs = writer.write if writer is not None else None
-    start = getattr(s.host, "start", None)
-    start_error = ""
-    if callable(start):
-        try:
-            await start()  # crash recovery from the journal (LinuxHost: never raises, runs degraded)
-        except Exception as e:  # exiting here would make systemd restart us forever: run on, degraded
-            start_error = f"host start raised {type(e).__name__}: {e}"
-            logging.getLogger("tailguard").exception("%s; running degraded", start_error)
     daemon = Daemon(
         s.host,
         DaemonOptions(host_name=s.host_name, period_s=s.period_s, state_dir=s.state_dir, until_t=s.until_t),

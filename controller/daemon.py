@@ -266,6 +266,9 @@ class Daemon:
         st.last_success_t = time.monotonic()
         self._observe_ok = True
         obs = self._merge_pushed(obs)
+        tables = getattr(self.host, "mig_tables", None)  # the drivers' MIG tables, re-read on a driver change
+        if tables is not None and tables is not self.spec.mig_tables:
+            self.spec = replace(self.spec, mig_tables=tables)
         if self.on_observation is not None:
             self.on_observation(obs)
         d = self.decide_fn(self.state, obs, self.spec)
@@ -445,6 +448,7 @@ class Daemon:
             journal=_journal_view(self._host_call("journal_stats", None)),
             outages=(outages := _outages(self._host_call("recent_outages", {}))),
             outage_seconds=self._count_outages(outages),
+            mig_tables=self._host_call("mig_table_views", {}),
         )
         for ex in self.exporters:
             try:

@@ -11,23 +11,29 @@ A recovery that fails (or raises) does not stop the daemon: the host reports the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from actuators.cgroup import CgroupError
 from actuators.journal import JournalStats
+from actuators.nvsmi import NvidiaSmi
 from actuators.reconciler import Reconciler
 from actuators.salvage import lift_expired
 from controller.actuation import reconciler_from_config
 from controller.config import Config
+from controller.exporters.snapshot import MigTableView
+from controller.mig_probe import check_against_driver
+from controller.mig_tables import DRIVER_RECHECK_S, MIG_READ_TIMEOUT_S, MIG_START_BUDGET_S, MigTables, gpu_maps
 from controller.platform import notes as platform_notes
 from controller.signals.base import SamplerStats
 from controller.signals.collect import SignalCollector
 from fsm.desired import DesiredState
-from fsm.mig import model_by_name
+from fsm.mig import GpuModel, model_by_name
 from fsm.observation import Observation, TenantSample
 from fsm.spec import HostSpec
 from fsm.topology import Topology
@@ -37,10 +43,17 @@ log = logging.getLogger("tailguard.host")
 RECOVERY_RETRY_S = 60.0  # a failed recovery is tried again this often while the daemon runs degraded
 
 
-def host_spec(cfg: Config, topology: Topology) -> HostSpec:
-    """The decision core's view of a validated config on a discovered topology."""
+def host_spec(cfg: Config, topology: Topology, mig_tables: Mapping[str, GpuModel] | None = None) -> HostSpec:
+    """The decision core's view of a validated config on a discovered topology; `mig_tables`: the
+    drivers' MIG tables where they differ from the built-in ones (controller/mig_tables.py)."""
     models = {g.name: model_by_name(g.model).key for g in cfg.gpus if g.model}
-    return HostSpec(topology=topology, tenants=cfg.tenant_specs(), policy=cfg.policy_obj(), gpu_models=models)
+    return HostSpec(
+        topology=topology,
+        tenants=cfg.tenant_specs(),
+        policy=cfg.policy_obj(),
+        gpu_models=models,
+        mig_tables=dict(mig_tables or {}),
+    )
 
 
 class LinuxHost:
@@ -51,6 +64,7 @@ class LinuxHost:
         collector: SignalCollector | None = None,
         reconciler: Reconciler | None = None,
         lift_throttles_on_exit: bool | None = None,
+        mig: MigTables | None = None,
     ) -> None:
         self.cfg = cfg
         self.topology = topology
@@ -58,6 +72,14 @@ class LinuxHost:
         self.collector = collector or SignalCollector(cfg, topology)
         self.reconciler = reconciler or reconciler_from_config(cfg)
         self.lift = cfg.host.lift_throttles_on_exit if lift_throttles_on_exit is None else lift_throttles_on_exit
+        # The MIG tables in force: read through the reconciler's nvidia-smi at start, again when the
+        # driver version changes. The daemon picks up a new `mig_tables` mapping on its next tick.
+        path = getattr(getattr(self.reconciler, "nvsmi", None), "path", "nvidia-smi")
+        self.mig = mig or MigTables(NvidiaSmi(path, timeout=MIG_READ_TIMEOUT_S), *gpu_maps(cfg))
+        self.mig_tables: Mapping[str, GpuModel] = self.spec.mig_tables
+        self._mig_due = time.monotonic() + DRIVER_RECHECK_S
+        self._mig_task: asyncio.Task[None] | None = None
+        self._mig_force = False
         for note in platform_notes(cfg):
             log.warning("%s", note)
         self.recovery_error = ""  # set while recovery has not succeeded: the host runs degraded
@@ -68,7 +90,23 @@ class LinuxHost:
         return time.time()
 
     async def start(self) -> dict[str, Any]:
-        """Crash recovery from the journal before the first tick; never raises (see the module doc)."""
+        """The drivers' MIG tables (unless `run` read them already to check the config), then
+        crash recovery from the journal, before the first tick. Raises DriverMismatch for a config
+        the drivers' tables refuse (a config error: `run` exits 2); recovery never raises (see the
+        module doc)."""
+        if not self.mig.attempted:
+            try:
+                async with asyncio.timeout(MIG_START_BUDGET_S):
+                    await self.mig.refresh(force=True)
+            except TimeoutError:  # a hung driver must not hold the start: retried in the background
+                log.warning(
+                    "MIG tables: nvidia-smi did not answer within %.0f s; the built-in tables apply meanwhile",
+                    MIG_START_BUDGET_S,
+                )
+        if not self.mig.tables and self.mig.attempted and not self.mig.last_error:
+            self._mig_force = True  # timed out: read again on the next tick, in the background
+        self._apply_mig()
+        check_against_driver(self.cfg, self.mig)  # raises DriverMismatch: `run` exits 2 naming the keys
         return await self._recover()
 
     async def _recover(self) -> dict[str, Any]:
@@ -100,7 +138,55 @@ class LinuxHost:
         for err in rep.errors:
             log.error("degraded: %s", err)
 
+    async def refresh_mig_tables(self, force: bool = False) -> bool:
+        changed = await self.mig.refresh(force)
+        if changed:
+            self._apply_mig()
+        return changed
+
+    def _apply_mig(self) -> None:
+        self.mig_tables = self.mig.overrides()
+        self.spec = replace(self.spec, mig_tables=self.mig_tables)
+        self.reconciler.use_mig_tables(self.mig.in_force())
+        self.collector.use_mig_tables(self.mig.in_force())
+
+    def mig_table_views(self) -> dict[str, MigTableView]:
+        return {
+            g: MigTableView(g, t.model.key if t.model else "", t.source, t.driver, len(t.differences))
+            for g, t in self.mig.tables.items()
+        }
+
+    def mig_conditions(self) -> dict[str, str]:
+        """Degraded conditions of the MIG tables, for the host's conditions (controller/degraded.py,
+        group "host"): a configured GPU whose driver listing could not be read runs on its built-in
+        table. MIG mode being off is a state, not a fault, and is not one of them."""
+        if not self.cfg.gpus:
+            return {}
+        return {
+            f"mig-table:{g}": f"{t.error}; {'its built-in table is used' if t.model else 'no MIG table at all'}"
+            for g, t in sorted(self.mig.tables.items())
+            if t.error and t.error != "MIG mode is not enabled"
+        }
+
+    def _recheck_mig(self) -> None:
+        """Every DRIVER_RECHECK_S: has the driver changed? In the background, never in the tick."""
+        if self._mig_task is not None and not self._mig_task.done():
+            return
+        now = time.monotonic()
+        if now < self._mig_due and not self._mig_force:
+            return
+        self._mig_due = now + DRIVER_RECHECK_S
+        force, self._mig_force = self._mig_force, False
+        self._mig_task = asyncio.create_task(self._recheck_task(force), name="mig-tables")
+
+    async def _recheck_task(self, force: bool) -> None:
+        try:
+            await self.refresh_mig_tables(force)
+        except Exception as e:  # never fatal: the tables in force stay
+            log.error("MIG tables: %s: %s", type(e).__name__, e)
+
     async def observe(self) -> Observation:
+        self._recheck_mig()
         obs = await self.collector.collect(self.now())
         for alarm in self.collector.events:  # e.g. a GPU fell off the bus: the operator must know now
             log.warning("signals: %s", alarm)
@@ -142,6 +228,7 @@ class LinuxHost:
         js = self.reconciler.journal.stats
         if js.failing:
             out["journal"] = f"{js.last_error} (no new cap, MIG change or move is applied; lifting goes on)"
+        out.update(self.mig_conditions())
         return out
 
     def journal_stats(self) -> JournalStats:
@@ -153,11 +240,22 @@ class LinuxHost:
         return fn() if callable(fn) else {}
 
     def reload(self, cfg: Config) -> HostSpec:
-        """A new config: new samplers (sources may have changed), same reconciler (it owns caps)."""
+        """A new config: new samplers (sources may have changed), same reconciler (it owns caps).
+        Raises DriverMismatch (the old config stays) when it asks for MIG settings the drivers'
+        tables read so far do not offer."""
+        if gpu_maps(cfg) == (self.mig.gpus, self.mig.models):
+            check_against_driver(cfg, self.mig)
         self.collector = SignalCollector(cfg, self.topology)
+        self.collector.use_mig_tables(self.mig.in_force())
         self.cfg = cfg
-        self.spec = host_spec(cfg, self.topology)
+        self.spec = host_spec(cfg, self.topology, self.mig_tables)
+        gpus, models = gpu_maps(cfg)
+        if gpus != self.mig.gpus or models != self.mig.models:  # re-read for the new [[gpus]] soon
+            self.mig.gpus, self.mig.models, self._mig_force = gpus, models, True
         return self.spec
 
     async def close(self) -> None:
+        if self._mig_task is not None and not self._mig_task.done():
+            self._mig_task.cancel()
         await self.reconciler.shutdown(self.lift)
+

@@ -108,9 +108,16 @@ class GpuModel:
         return tuple(p for k in keys for p in self.profiles if p.cls.key == k)
 
 
-def _rows(names: Sequence[str], gib: Sequence[float], sm: Sequence[int], engines: Sequence[str]) -> tuple[Profile, ...]:
+def _rows(
+    names: Sequence[str],
+    gib: Sequence[float],
+    sm: Sequence[int],
+    engines: Sequence[str],
+    keys: Sequence[str] = ("1g", "1g+me", "1g2", "2g", "3g", "4g", "7g"),
+) -> tuple[Profile, ...]:
     rows = []
-    for cls, name, g, s, eng in zip(CLASSES, names, gib, sm, engines, strict=True):
+    classes = [CLASS_BY_KEY[k] for k in keys]
+    for cls, name, g, s, eng in zip(classes, names, gib, sm, engines, strict=True):
         dec, enc, jpg, ofa, ce = (int(x) for x in eng.split("/"))
         rows.append(Profile(name, cls, g, s, dec, enc, jpg, ofa, ce))
     return tuple(rows)
@@ -132,7 +139,24 @@ A100_40GB = GpuModel(
     ),
     (0x20B0, 0x20B1),
 )
-A100_PCIE_40GB = GpuModel("NVIDIA A100-PCIE-40GB", "A100-PCIE-40GB", 40960, A100_40GB.profiles, (0x20F1, 0x20F6))
+# The one A100-PCIE-40GB listing we hold (tests/fixtures/nvidia-smi-mig-lgip_a100-pcie-40gb_r460.txt,
+# driver 460.32.03) offers no 1g.10gb and no +me profile and prints 9.75 / 19.62 / 39.50 GiB where
+# the SXM4 table (NVIDIA's docs, newer drivers) prints 9.62 / 19.50 / 39.25. Offline the planner
+# offers only what that card is known to list; on a live host the driver's own listing wins
+# (controller/mig_tables.py), which adds the other profiles where a newer driver offers them.
+A100_PCIE_40GB = GpuModel(
+    "NVIDIA A100-PCIE-40GB",
+    "A100-PCIE-40GB",
+    40960,
+    _rows(
+        ("1g.5gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
+        (4.75, 9.75, 19.62, 19.62, 39.50),
+        (14, 28, 42, 56, 98),
+        ("0/0/0/0/1", "1/0/0/0/2", "2/0/0/0/3", "2/0/0/0/4", "5/0/1/1/7"),
+        ("1g", "2g", "3g", "4g", "7g"),
+    ),
+    (0x20F1, 0x20F6),
+)
 A100_80GB = GpuModel(
     "NVIDIA A100-SXM4-80GB",
     "A100-SXM4-80GB",

@@ -45,6 +45,10 @@ class Score:
 
 
 def gpu_model(spec: HostSpec, gpu: str) -> GpuModel | None:
+    """The MIG profile table in force for a GPU: its driver's listing, else its model's built-in one."""
+    table = spec.mig_tables.get(gpu)
+    if table is not None:
+        return table
     key = spec.gpu_models.get(gpu)
     if key is None and spec.topology.has(gpu):
         key = spec.topology.node(gpu).model

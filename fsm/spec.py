@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from fsm.mig import GpuModel
 from fsm.observation import InstanceRef
 from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S, MoveKind
 from fsm.outage import move_outage_s as _outage_of
@@ -145,6 +146,9 @@ class HostSpec:
     tenants: Mapping[str, TenantSpec]
     policy: Policy = Policy()
     gpu_models: Mapping[str, str] = field(default_factory=dict)  # gpu -> GpuModel key
+    # gpu -> the MIG profile table its driver lists, where that differs from the built-in table of
+    # its model (fsm.migdriver builds it from `nvidia-smi mig -lgip/-lgipp`): the driver wins.
+    mig_tables: Mapping[str, GpuModel] = field(default_factory=dict)
 
     def sensitive(self) -> list[TenantSpec]:
         return [t for t in sorted(self.tenants.values(), key=lambda t: t.name) if t.role is Role.SENSITIVE]

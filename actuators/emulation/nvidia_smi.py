@@ -9,6 +9,13 @@ Exit codes the captures do not show (Insufficient Resources, In use) are 255 her
 
 State (env TAILGUARD_NVSMI_STATE): {"gpus": [{"index", "model", "uuid", "mig", "gis": [{"id",
 "profile", "start", "processes": [pids], "cis": [{"id", "profile_id", "uuid"}]}]}], "faults": [...]}.
+A GPU may also carry "driver" (the version `--query-gpu=...,driver_version` prints; default
+"emulated"), "listing" (the model key whose built-in rows this driver lists instead of its own, e.g.
+"A100-SXM4-40GB" for an A100-PCIE-40GB under a driver that offers all seven profiles), "offer" (the
+-lgip IDs it lists, e.g. [19, 14, 9, 5, 0]; default: all) and "gib" ({"14": 9.75}: the GiB -lgip
+prints per ID): then -lgip/-lgipp list that driver's table and -cgi refuses a profile it
+does not offer with "Invalid Argument", as the real tool does for an unsupported profile. A
+top-level "topo" holds the text `nvidia-smi topo -m` prints (a capture from tests/fixtures).
 A GI with processes cannot be destroyed ("In use by another client"), nor can its CI.
 Faults: {"match": "-cgi", "mode": "hang" | "exit" | "garbage", "seconds": 60, "code": 3,
 "times": 1}: applies to commands whose argv contains `match`; `times` < 0 means forever.
@@ -23,6 +30,7 @@ import re
 import sys
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from actuators.emulation import NVSMI_STATE_ENV
@@ -76,6 +84,20 @@ class Fail(Exception):
         self.stdout = stdout
 
 
+def _model(g: dict[str, Any]) -> GpuModel:
+    """The profile table this emulated GPU's driver lists (see "offer" and "gib" above)."""
+    m = model_by_name(g["model"])
+    offer, gib, listing = g.get("offer"), g.get("gib") or {}, g.get("listing")
+    if offer is None and not gib and listing is None:
+        return m
+    rows = tuple(
+        replace(p, gib=float(gib.get(str(p.lgip_id), p.gib)))
+        for p in model_by_name(listing or g["model"]).profiles
+        if offer is None or p.lgip_id in offer
+    )
+    return replace(m, profiles=rows)
+
+
 def gpu_uuid(index: int, seed: str = "") -> str:
     return "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"tailguard-emu/{seed}/gpu/{index}"))
 
@@ -96,7 +118,7 @@ def new_state(models: list[str], layouts: dict[int, tuple[Slot, ...]] | None = N
 
 
 def layout_of(g: dict[str, Any]) -> tuple[Slot, ...]:
-    m = model_by_name(g["model"])
+    m = _model(g)
     return tuple(sorted(Slot(gi["start"], m.profile(gi["profile"]).name) for gi in g["gis"]))
 
 
@@ -145,7 +167,7 @@ def _gi_sort_key(m: GpuModel, gi: dict[str, Any]) -> tuple[int, int]:
 def fmt_lgi(gpus: list[dict[str, Any]]) -> str:
     rows = []
     for g in gpus:
-        m = model_by_name(g["model"])
+        m = _model(g)
         for gi in sorted(g["gis"], key=lambda x: _gi_sort_key(m, x)):
             p = m.profile(gi["profile"])
             place = f"{gi['start']}:{p.mem_slots}"
@@ -156,7 +178,7 @@ def fmt_lgi(gpus: list[dict[str, Any]]) -> str:
 def fmt_lci(gpus: list[dict[str, Any]], gi_filter: int | None = None) -> str:
     rows = []
     for g in gpus:
-        m = model_by_name(g["model"])
+        m = _model(g)
         for gi in sorted(g["gis"], key=lambda x: _gi_sort_key(m, x)):
             if gi_filter is not None and gi["id"] != gi_filter:
                 continue
@@ -171,7 +193,7 @@ def fmt_lci(gpus: list[dict[str, Any]], gi_filter: int | None = None) -> str:
 
 
 def fmt_lgip(g: dict[str, Any]) -> str:
-    m = model_by_name(g["model"])
+    m = _model(g)
     layout = layout_of(g)
     rows = []
     for p in m.profiles:
@@ -187,7 +209,7 @@ def fmt_lgip(g: dict[str, Any]) -> str:
 
 
 def fmt_lgipp(g: dict[str, Any]) -> str:
-    m = model_by_name(g["model"])
+    m = _model(g)
     out = []
     for p in m.profiles:
         starts = ",".join(str(s) for s in p.placements)
@@ -196,10 +218,26 @@ def fmt_lgipp(g: dict[str, Any]) -> str:
     return "".join(out)
 
 
+QUERY_FIELDS = {"index", "name", "driver_version", "uuid"}
+
+
+def fmt_query(gpus: list[dict[str, Any]], args: list[str]) -> str:
+    """`--query-gpu=F,... --format=csv,noheader` for the few fields tailguard asks for."""
+    fields = args[0].split("=", 1)[1].split(",")
+    if "--format=csv,noheader" not in args or not set(fields) <= QUERY_FIELDS:
+        raise Fail(EXIT_INVALID, f"emulated nvidia-smi: unsupported query {args!r}\n")
+    out = []
+    for g in gpus:
+        vals = {"index": str(g["index"]), "name": _model(g).name, "driver_version": g.get("driver", "emulated"),
+                "uuid": g["uuid"]}  # fmt: skip
+        out.append(", ".join(vals[f] for f in fields) + "\n")
+    return "".join(out)
+
+
 def fmt_list(gpus: list[dict[str, Any]]) -> str:
     out = []
     for g in gpus:
-        m = model_by_name(g["model"])
+        m = _model(g)
         out.append(f"GPU {g['index']}: {m.name} (UUID: {g['uuid']})\n")
         n = 0
         for gi in sorted(g["gis"], key=lambda x: x["id"]):
@@ -232,7 +270,7 @@ def _lookup_profile(m: GpuModel, text: str) -> Profile | None:
 
 
 def cmd_cgi(g: dict[str, Any], spec: str, with_ci: bool) -> tuple[str, str, int]:
-    m = model_by_name(g["model"])
+    m = _model(g)
     out: list[str] = []
     idx = g["index"]
     for item in spec.split(","):
@@ -282,7 +320,7 @@ def _gis(g: dict[str, Any], gi_id: int | None) -> list[dict[str, Any]]:
 
 
 def cmd_cci(g: dict[str, Any], gi_id: int | None) -> tuple[str, str, int]:
-    m = model_by_name(g["model"])
+    m = _model(g)
     out: list[str] = []
     for gi in _gis(g, gi_id):
         if gi["cis"]:
@@ -356,6 +394,12 @@ def _int_opt(args: list[str], name: str) -> int | None:
 def dispatch(state: dict[str, Any], args: list[str]) -> tuple[str, str, int]:
     if args == ["-L"]:
         return fmt_list(state.get("gpus", [])), "", EXIT_OK
+    if args == ["topo", "-m"]:  # the state holds a captured matrix ("topo"), as the real tool prints it
+        if not state.get("topo"):
+            raise Fail(EXIT_INVALID, "emulated nvidia-smi: no topology matrix in the state file\n")
+        return str(state["topo"]), "", EXIT_OK
+    if args[:1] and args[0].startswith("--query-gpu="):
+        return fmt_query(state.get("gpus", []), args), "", EXIT_OK
     if not args or args[0] != "mig":
         raise Fail(EXIT_INVALID, f"emulated nvidia-smi: unsupported arguments {args!r}\n")
     a = args[1:]
@@ -431,7 +475,7 @@ def _cgi_two_steps(path: str, argv: list[str]) -> tuple[str, str, int]:
             if gi is None or gi["cis"]:  # destroyed or completed by someone else meanwhile
                 lines.append("")
                 continue
-            model = model_by_name(g["model"])
+            model = _model(g)
             p = model.profile(gi["profile"])
             ci = _create_ci(g, gi, model)
             lines.append(

@@ -210,7 +210,17 @@ class MqttBridge:
             await self._task
         self._task = None
 
-    def _client(self) -> aiomqtt.Client:
+    async def probe(self, timeout_s: float) -> None:
+        """Connect once and disconnect (`tailguard doctor`). Under its own client id: the daemon's
+        id would make the broker drop the running daemon's session. Raises MqttError / OSError."""
+        import os
+
+        ident = f"tailguard-doctor-{self.opts.host_name}-{os.getpid()}"
+        async with asyncio.timeout(timeout_s):
+            async with self._client(ident, timeout_s):
+                pass
+
+    def _client(self, identifier: str | None = None, timeout_s: float = 5.0) -> aiomqtt.Client:
         tls_params = None
         if self.tls:
             tls_params = aiomqtt.TLSParameters(ca_certs=self.opts.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
@@ -219,10 +229,10 @@ class MqttBridge:
             self.port,
             username=self.opts.username,
             password=self.opts.password,
-            identifier=f"tailguard-{self.opts.host_name}",
+            identifier=identifier or f"tailguard-{self.opts.host_name}",
             keepalive=self.opts.keepalive_s,
             tls_params=tls_params,
-            timeout=5.0,
+            timeout=timeout_s,
         )
 
     async def _run(self) -> None:

@@ -107,6 +107,15 @@ class DaemonCollector(Collector):
         yield CounterMetricFamily(
             "tailguard_watchdog_pings", "systemd WATCHDOG=1 notifications sent.", s.watchdog_pings_total
         )
+        mig = GaugeMetricFamily(
+            "tailguard_mig_profile_table_differences",
+            "Ways the GPU driver's MIG profile table differs from the built-in one (source=driver: the driver's"
+            " table is in force).",
+            labels=["gpu", "model", "source", "driver"],
+        )
+        for g, t in sorted(s.mig_tables.items()):
+            mig.add_metric([g, t.model, t.source, t.driver], t.differences)
+        yield mig
         rl = CounterMetricFamily("tailguard_config_reloads", "SIGHUP config reloads by result.", labels=["result"])
         for result in ("ok", "error"):
             rl.add_metric([result], s.reloads.get(result, 0))

@@ -91,6 +91,17 @@ class OutageView:
 
 
 @dataclass(frozen=True, slots=True)
+class MigTableView:
+    """The MIG profile table in force on one GPU (controller/mig_tables.py)."""
+
+    gpu: str
+    model: str
+    source: str  # driver | built-in | none
+    driver: str
+    differences: int  # how many ways the driver's table differs from the built-in one
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     host: str
     started_wall: float
@@ -132,3 +143,4 @@ class Snapshot:
     outage_seconds: Mapping[tuple[str, str], tuple[tuple[tuple[str, int], ...], float, int]] = field(
         default_factory=dict
     )
+    mig_tables: Mapping[str, MigTableView] = field(default_factory=dict)

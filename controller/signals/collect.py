@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from controller.config import Config
+from controller.config import Config, TenantConfig
 from controller.signals.base import Sampler, SamplerRunner, SamplerStats, Unavailable
 from controller.signals.cgroup import CgroupReading, CgroupSampler
 from controller.signals.dcgm import DcgmExporterSampler, DcgmReading, pydcgm_available
 from controller.signals.host import HostReading, HostSampler
 from controller.signals.latency import JsonlLatencySampler, LatencyReading, PrometheusLatencySampler
 from controller.signals.nvml import NvmlReading, NvmlSampler
-from fsm.mig import Slot
+from fsm.mig import GpuModel, Slot
 from fsm.observation import GpuSample, MigSample, Observation, TenantSample
 from fsm.topology import Topology
 
@@ -46,17 +46,25 @@ def default_samplers(cfg: Config) -> list[Sampler[Any]]:
     if cgroups:
         out.append(CgroupSampler(cgroups, cfg.host.cgroup_root, cfg.host.cgroup_version, timeout_s=s.timeout_s))
     for t in cfg.tenants:
-        src = t.latency
-        if src is None:
-            continue
-        name = LATENCY_PREFIX + t.name
-        slo_s = t.slo_ms / 1000.0 if t.slo_ms is not None else None  # over_slo is counted against it
-        if src.kind == "prometheus" and src.url:
-            out.append(PrometheusLatencySampler(name, src.url, src.metric, src.labels, src.timeout_s, slo_s=slo_s))
-        elif src.kind == "jsonl" and src.path:
-            out.append(JsonlLatencySampler(name, src.path, src.field, src.timeout_s, slo_s=slo_s))
-        # kind "mqtt" is pushed to the daemon, which merges it into the observation
+        lat = latency_sampler(t)
+        if lat is not None:
+            out.append(lat)
     return out
+
+
+def latency_sampler(t: TenantConfig) -> Sampler[Any] | None:
+    """The sampler of a tenant's latency source; None for kind "mqtt" (pushed to the daemon, which
+    merges it into the observation) and for tenants without one."""
+    src = t.latency
+    if src is None:
+        return None
+    name = LATENCY_PREFIX + t.name
+    slo_s = t.slo_ms / 1000.0 if t.slo_ms is not None else None  # over_slo is counted against it
+    if src.kind == "prometheus" and src.url:
+        return PrometheusLatencySampler(name, src.url, src.metric, src.labels, src.timeout_s, slo_s=slo_s)
+    if src.kind == "jsonl" and src.path:
+        return JsonlLatencySampler(name, src.path, src.field, src.timeout_s, slo_s=slo_s)
+    return None
 
 
 class SignalCollector:
@@ -89,6 +97,12 @@ class SignalCollector:
         for r in self.runners.values():
             if isinstance(r.sampler, NvmlSampler):
                 r.sampler.invalidate_mig(gpu)
+
+    def use_mig_tables(self, tables: Mapping[str, GpuModel]) -> None:
+        """The MIG profile table in force per GPU (controller/mig_tables.py), for NVML's MIG devices."""
+        for r in self.runners.values():
+            if isinstance(r.sampler, NvmlSampler):
+                r.sampler.use_mig_tables(tables)
 
     def _gpu_name(self, index: int) -> str:
         return self._gpu_by_index.get(index, f"gpu{index}")

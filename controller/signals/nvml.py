@@ -22,7 +22,7 @@ from typing import Any
 
 from controller.signals.base import InlineOrThread, Unavailable
 from controller.signals.rates import CounterRates
-from fsm.mig import Slot, model_by_name
+from fsm.mig import GpuModel, Slot, model_by_name
 
 KIB = 1024  # NVML's "KB/s" for PCIe throughput: kibibytes, as nvidia-smi prints it
 
@@ -103,6 +103,12 @@ class NvmlSampler:
         self._replays = CounterRates(max_rate=1e9)
         self._lost: set[str] = set()
         self._runner = InlineOrThread()
+        self._tables: dict[str, GpuModel] = {}  # gpu -> the MIG profile table in force (driver's)
+
+    def use_mig_tables(self, tables: Mapping[str, GpuModel]) -> None:
+        """Map MIG devices' profile IDs through these tables (the driver's listing) from now on."""
+        self._tables = dict(tables)
+        self._mig_cache.clear()
 
     # -- setup -------------------------------------------------------------------------------
     def _ensure(self) -> str | None:
@@ -243,9 +249,9 @@ class NvmlSampler:
     def _mig_devices(self, gname: str, h: Any, reasons: dict[str, str]) -> tuple[MigDevice, ...]:
         n = self._nvml
         assert n is not None
-        model = None
+        model = self._tables.get(gname)
         static = self._static.get(gname)
-        if static and static.model:
+        if model is None and static and static.model:
             try:
                 model = model_by_name(static.model)
             except KeyError:

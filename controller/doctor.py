@@ -1,0 +1,468 @@
+"""`tailguard doctor`: a read-only check of every real path the daemon would use on this host.
+
+Each probe goes through the code the daemon itself runs (the samplers in controller/signals, the
+actuators' nvidia-smi client and cgroup code, the MQTT bridge) under a timeout, and yields one
+line: OK / WARN / FAIL, the cause, and the fix. Nothing is changed on the host; the only write is
+a temporary file in the state directory, removed at once, to prove it is writable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from actuators.cgroup import CgroupError, CgroupGone, CgroupIO
+from actuators.nvsmi import NvidiaSmi
+from controller.config import Config
+from controller.mig_tables import MigTables
+from controller.signals.base import Unavailable
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+MIN_FREE_BYTES = 64 << 20  # the journal (4 MiB) and state files, with room for a trace
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: str  # OK | WARN | FAIL
+    cause: str
+    fix: str = ""
+
+    def line(self) -> str:
+        fix = f" -> {self.fix}" if self.fix and self.status != OK else ""
+        return f"{self.status:<4} {self.name:<22} {self.cause}{fix}"
+
+
+@dataclass(slots=True)
+class DoctorOptions:
+    timeout_s: float = 5.0
+    nvml: ModuleType | Any | None = None  # a pynvml stand-in (tests); None: the real module
+    nvidia_smi: str = "nvidia-smi"
+
+
+def exit_code(checks: list[Check]) -> int:
+    if any(c.status == FAIL for c in checks):
+        return 2
+    return 1 if any(c.status == WARN for c in checks) else 0
+
+
+async def _bounded(name: str, coro: Awaitable[list[Check]], timeout_s: float) -> list[Check]:
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await coro
+    except TimeoutError:
+        return [Check(name, FAIL, f"no answer within {timeout_s:g} s", "find what hangs (a stuck driver or mount)")]
+    except Exception as e:  # a probe bug is a finding, not a traceback
+        return [Check(name, FAIL, f"{type(e).__name__}: {e}", "report this as a tailguard bug")]
+
+
+def run_sync(cfg: Config, opts: DoctorOptions) -> tuple[list[Check], bool]:
+    """run_checks on a fresh loop whose worker threads are not waited for: a driver call that
+    hangs inside NVML cannot be cancelled, and asyncio.run would wait for its thread at the end.
+    Returns (checks, True when such a thread is still stuck)."""
+    import concurrent.futures
+    import threading
+
+    prefix = f"tailguard-doctor-{os.getpid()}-{time.monotonic_ns()}"
+    loop = asyncio.new_event_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=prefix)
+    loop.set_default_executor(pool)
+    try:
+        checks = loop.run_until_complete(run_checks(cfg, opts))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        loop.close()
+    # Idle workers leave at once after the shutdown; one still inside a driver call does not.
+    deadline = time.monotonic() + 1.0
+    mine = [t for t in threading.enumerate() if t.name.startswith(prefix)]
+    for t in mine:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return checks, any(t.is_alive() for t in mine)
+
+
+async def run_checks(cfg: Config, opts: DoctorOptions) -> list[Check]:
+    nvsmi = NvidiaSmi(opts.nvidia_smi, timeout=opts.timeout_s)
+    probes: list[tuple[str, Callable[[], Awaitable[list[Check]]]]] = [
+        ("nvml", lambda: check_nvml(cfg, opts)),
+        ("mig", lambda: check_mig(cfg, nvsmi)),
+        ("topology", lambda: check_topo(nvsmi, opts.timeout_s)),
+        ("dcgm", lambda: check_dcgm(cfg, opts.timeout_s)),
+        ("cgroup", lambda: check_cgroups(cfg)),
+        ("latency", lambda: check_latency(cfg)),
+        ("mqtt", lambda: check_mqtt(cfg, opts.timeout_s)),
+        ("state dir", lambda: check_state_dir(cfg)),
+        ("notify socket", check_notify_socket),
+    ]
+    # One after the other: the output reads top-down, and no probe competes with another.
+    out: list[Check] = []
+    for name, probe in probes:
+        out += await _bounded(name, probe(), opts.timeout_s * 3)
+    return out
+
+
+# ---------------------------------------------------------------- GPU paths
+
+NO_DRIVER_FIX = "install the NVIDIA driver (nvidia-smi must run) and nvidia-ml-py; or set signals.nvml = false"
+NO_SMI_FIX = "install the NVIDIA driver with its nvidia-smi (MIG changes and the topology need it)"
+
+
+async def check_nvml(cfg: Config, opts: DoctorOptions) -> list[Check]:
+    from controller.signals.nvml import NvmlReading, NvmlSampler
+
+    if not cfg.signals.nvml:
+        return [
+            Check(
+                "nvml",
+                WARN,
+                "signals.nvml = false: no PCIe counters, MIG layouts or GPU health",
+                "set signals.nvml = true on a GPU host",
+            )
+        ]
+    s = NvmlSampler({g.name: g.index for g in cfg.gpus} or None, nvml=opts.nvml, timeout_s=opts.timeout_s)
+    r = await s.sample(time.time())
+    if isinstance(r, Unavailable):
+        return [Check("nvml", FAIL, f"NVIDIA driver / NVML missing or unusable: {r.reason}", NO_DRIVER_FIX)]
+    assert isinstance(r, NvmlReading)
+    out = [Check("nvml", OK, f"NVML initialised, {len(r.gpus)} GPU(s)")]
+    for g, v in sorted(r.gpus.items()):
+        name = f"nvml {g}"
+        why = {k.split(":")[-1]: reason for k, reason in r.unavailable.items() if k.startswith(f"nvml:{g}")}
+        if v.lost:
+            out.append(
+                Check(name, FAIL, "GPU is lost (fell off the bus?)", "check dmesg for Xid errors; reset the GPU")
+            )
+            continue
+        pcie = {k: why[k] for k in ("pcie_tx", "pcie_rx") if k in why}
+        if pcie:
+            out.append(
+                Check(
+                    name,
+                    WARN,
+                    f"{v.model}: PCIe counters not readable: {'; '.join(sorted(set(pcie.values())))}",
+                    "under vGPU PCIe counters are not offered; DCGM's PCIe gauges are used if present",
+                )
+            )
+        else:
+            extra = f"; {', '.join(f'{k}: {x}' for k, x in sorted(why.items()))}" if why else ""
+            out.append(Check(name, OK, f"{v.model} at {v.bus_id}: PCIe byte and replay counters readable{extra}"))
+    return out
+
+
+async def check_mig(cfg: Config, nvsmi: NvidiaSmi) -> list[Check]:
+    tables = MigTables(nvsmi, {g.name: g.index for g in cfg.gpus}, {g.name: g.model for g in cfg.gpus if g.model})
+    await tables.refresh(force=True)
+    if tables.last_error:
+        return [Check("mig", FAIL, tables.last_error, NO_SMI_FIX)]
+    if not tables.tables:
+        return [Check("mig", WARN, "nvidia-smi lists no GPUs", "check the driver (nvidia-smi -L)")]
+    out = []
+    for g, t in sorted(tables.tables.items()):
+        name = f"mig {g}"
+        if t.error == "MIG mode is not enabled":
+            out.append(
+                Check(
+                    name,
+                    WARN,
+                    f"MIG mode is off on GPU {t.index}: the placement and resize levers cannot act",
+                    f"drain the GPU, then nvidia-smi -i {t.index} -mig 1 (and reset it)",
+                )
+            )
+        elif t.error:
+            fix = "set [[gpus]] model" if t.model is None else "check nvidia-smi mig -lgip on this GPU"
+            out.append(Check(name, FAIL if t.model is None else WARN, t.error, fix))
+        elif t.differences:
+            out.append(
+                Check(
+                    name,
+                    OK,
+                    f"{t.model.key if t.model else '?'}, driver {t.driver}: the driver's -lgip/-lgipp"
+                    f" differ from the built-in table in {len(t.differences)} point(s); the driver's"
+                    " is used (tailguard mig-profiles)",
+                )
+            )
+        else:
+            n = len(t.model.profiles) if t.model else 0
+            out.append(
+                Check(
+                    name,
+                    OK,
+                    f"{t.model.key if t.model else '?'}, driver {t.driver}: MIG on, {n} profiles"
+                    " listed, as in the built-in table",
+                )
+            )
+    return out
+
+
+async def check_topo(nvsmi: NvidiaSmi, timeout_s: float) -> list[Check]:
+    from actuators.proc import ToolError, run
+    from controller.signals.base import ParseError
+    from controller.topology import parse_topo_matrix, topology_from_matrix
+
+    try:
+        r = await run([nvsmi.path, "topo", "-m"], timeout_s)
+    except ToolError as e:
+        return [Check("nvidia-smi topo -m", FAIL, str(e), NO_SMI_FIX)]
+    if r.rc != 0:
+        return [Check("nvidia-smi topo -m", FAIL, f"exit {r.rc}: {r.text.strip()[:200]}", "check the driver")]
+    try:
+        topo = topology_from_matrix(parse_topo_matrix(r.stdout))
+    except ParseError as e:
+        return [
+            Check(
+                "nvidia-smi topo -m",
+                FAIL,
+                f"cannot parse its output: {e}",
+                'report it with the output attached; set [topology] source = "sysfs" meanwhile',
+            )
+        ]
+    return [Check("nvidia-smi topo -m", OK, f"{len(topo.gpus)} GPU(s) placed on the PCIe/NUMA tree")]
+
+
+async def check_dcgm(cfg: Config, timeout_s: float) -> list[Check]:
+    from controller.signals.dcgm import DcgmExporterSampler, pydcgm_available
+
+    mode = cfg.signals.dcgm
+    fix = "install DCGM (pydcgm) or run dcgm-exporter and set signals.dcgm_exporter_url"
+    if mode == "off":
+        return [
+            Check(
+                "dcgm",
+                WARN,
+                "signals.dcgm = off: no SM / DRAM activity; compute and memory causes are told from latency alone",
+                fix,
+            )
+        ]
+    if mode == "pydcgm" or (mode == "auto" and pydcgm_available()):
+        from controller.signals.dcgm_native import PydcgmSampler
+
+        sampler: Any = PydcgmSampler(timeout_s=timeout_s)
+        what = "pydcgm"
+    elif cfg.signals.dcgm_exporter_url:
+        sampler = DcgmExporterSampler(cfg.signals.dcgm_exporter_url, timeout_s=timeout_s)
+        what = f"dcgm-exporter {cfg.signals.dcgm_exporter_url}"
+    else:
+        return [Check("dcgm", WARN, "no pydcgm and no signals.dcgm_exporter_url", fix)]
+    r = await sampler.sample(time.time())
+    if isinstance(r, Unavailable):
+        return [Check("dcgm", WARN, f"{what}: {r.reason}", fix)]
+    return [Check("dcgm", OK, f"{what}: {len(r.gpus)} GPU(s)")]
+
+
+# ---------------------------------------------------------------- cgroups, latency, broker, files
+
+
+async def check_cgroups(cfg: Config) -> list[Check]:
+    from controller.signals.cgroup import CgroupSampler
+
+    root = cfg.host.cgroup_root
+    try:
+        io = CgroupIO(root, cfg.host.cgroup_version)
+    except CgroupError as e:
+        return [Check("cgroup", FAIL, str(e), "mount cgroup v2 (or v1 blkio) and set host.cgroup_root")]
+    out = []
+    if io.version == "v2":
+        ctl = (Path(io.root) / "cgroup.controllers").read_text().split()
+        if "io" not in ctl:
+            out.append(
+                Check(
+                    "cgroup",
+                    FAIL,
+                    f"cgroup v2 at {io.root} without the io controller",
+                    "boot with the io controller available (it is in every current kernel)",
+                )
+            )
+        else:
+            out.append(Check("cgroup", OK, f"cgroup v2 at {io.root}, io controller available"))
+    else:
+        out.append(Check("cgroup", OK, f"cgroup v1 blkio at {io.root}"))
+    groups = {t.name: t.cgroup for t in cfg.tenants if t.cgroup}
+    reading = await CgroupSampler(groups, root, cfg.host.cgroup_version).sample(time.time()) if groups else None
+    for i, t in enumerate(cfg.tenants):
+        name = f"cgroup {t.name}"
+        if not t.cgroup:
+            if t.role in ("bulk", "compute"):
+                out.append(
+                    Check(
+                        name, WARN, "no cgroup: it cannot be throttled or charged with I/O", f"set tenants[{i}].cgroup"
+                    )
+                )
+            continue
+        try:
+            g = io.group(t.cgroup)
+        except (CgroupGone, CgroupError) as e:
+            out.append(Check(name, FAIL, str(e), f"create the group or fix tenants[{i}].cgroup"))
+            continue
+        if io.version == "v2" and t.role in ("bulk", "compute") and not (g / "io.max").exists():
+            out.append(
+                Check(
+                    name,
+                    FAIL,
+                    f"{g}/io.max missing: io is not enabled for its parent",
+                    f"echo +io > {g.parent}/cgroup.subtree_control",
+                )
+            )
+            continue
+        why = []
+        if reading is not None and not isinstance(reading, Unavailable):
+            why = [
+                f"{k.split(':', 2)[-1]}: {v}"
+                for k, v in reading.unavailable.items()
+                if k.startswith(f"cgroup:{t.name}")
+            ]
+        elif isinstance(reading, Unavailable):
+            why = [reading.reason]
+        if why:
+            out.append(Check(name, WARN, f"{t.cgroup}: " + "; ".join(why), "check the group's io.stat and PSI files"))
+        else:
+            out.append(Check(name, OK, f"{g}: I/O counters and PSI readable"))
+    return out
+
+
+async def check_latency(cfg: Config) -> list[Check]:
+    from controller.signals.collect import latency_sampler
+
+    out = []
+    for i, t in enumerate(cfg.tenants):
+        if t.latency is None:
+            continue
+        name = f"latency {t.name}"
+        src = t.latency
+        if src.kind == "mqtt":
+            ok = cfg.exporters.mqtt.enabled
+            out.append(
+                Check(
+                    name,
+                    OK if ok else FAIL,
+                    "pushed over MQTT (see the mqtt line)",
+                    "set exporters.mqtt.enabled = true",
+                )
+            )
+            continue
+        sampler = latency_sampler(t)
+        if sampler is None:
+            continue
+        where = src.url if src.kind == "prometheus" else src.path
+        r = await sampler.sample(time.time())
+        # A histogram window needs two scrapes: the first one answering proves the path.
+        if isinstance(r, Unavailable) and not r.reason.startswith("first scrape"):
+            fix = f"fix tenants[{i}].latency" + (" (is the server up?)" if src.kind == "prometheus" else "")
+            out.append(Check(name, FAIL if t.role == "sensitive" else WARN, r.reason, fix))
+        else:
+            out.append(Check(name, OK, f"{src.kind} {where}: readable"))
+    return out
+
+
+async def check_mqtt(cfg: Config, timeout_s: float) -> list[Check]:
+    mc = cfg.exporters.mqtt
+    if not mc.enabled:
+        return [Check("mqtt", OK, "exporters.mqtt not enabled: nothing to check")]
+    import aiomqtt
+
+    from controller.exporters.mqtt import MqttBridge, MqttOptions
+
+    password = None
+    if mc.password_file:
+        try:
+            password = Path(mc.password_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            return [
+                Check(
+                    "mqtt",
+                    FAIL,
+                    f"password_file {mc.password_file}: {e.strerror or e}",
+                    "fix exporters.mqtt.password_file",
+                )
+            ]
+    bridge = MqttBridge(
+        MqttOptions(
+            url=mc.url, host_name=cfg.host.name, username=mc.username, password=password, tls=mc.tls, tls_ca=mc.tls_ca
+        )
+    )
+    try:
+        await bridge.probe(min(timeout_s, 3.0))
+    except (aiomqtt.MqttError, OSError, TimeoutError) as e:
+        return [
+            Check(
+                "mqtt",
+                FAIL,
+                f"broker {mc.url}: {type(e).__name__}: {e}",
+                "start the broker or fix exporters.mqtt.url / credentials",
+            )
+        ]
+    return [Check("mqtt", OK, f"broker {mc.url} accepted a connection")]
+
+
+async def check_state_dir(cfg: Config) -> list[Check]:
+    d = Path(cfg.host.state_dir)
+    if not d.exists():
+        parent = next((p for p in d.parents if p.exists()), Path("/"))
+        ok = parent.is_dir() and os.access(parent, os.W_OK)
+        return [
+            Check(
+                "state dir",
+                WARN if ok else FAIL,
+                f"{d} does not exist" + ("" if ok else f"; {parent} is not writable"),
+                "systemd's StateDirectory= creates it; for a manual run: install -d " + str(d),
+            )
+        ]
+    if not d.is_dir():
+        return [Check("state dir", FAIL, f"{d} is not a directory", "fix host.state_dir")]
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tailguard-doctor-", dir=d)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return [
+            Check(
+                "state dir",
+                FAIL,
+                f"{d} is not writable: {e.strerror or e}",
+                "make it writable for the daemon's user (a read-only mount? ReadWritePaths=)",
+            )
+        ]
+    free = shutil.disk_usage(d).free
+    if free < MIN_FREE_BYTES:
+        return [
+            Check(
+                "state dir",
+                WARN,
+                f"{d}: only {free >> 20} MiB free",
+                f"free at least {MIN_FREE_BYTES >> 20} MiB (journal, state, traces)",
+            )
+        ]
+    return [Check("state dir", OK, f"{d} writable, {free >> 20} MiB free")]
+
+
+async def check_notify_socket() -> list[Check]:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return [Check("notify socket", OK, "NOTIFY_SOCKET unset: not under systemd (the unit sets it, Type=notify)")]
+    if addr.startswith("@"):
+        return [Check("notify socket", OK, f"{addr}: abstract socket (cannot be checked without sending)")]
+    try:
+        st = os.stat(addr)
+    except OSError as e:
+        return [
+            Check(
+                "notify socket",
+                FAIL,
+                f"NOTIFY_SOCKET={addr}: {e.strerror or e}",
+                "systemd sets it; unset it for a manual run",
+            )
+        ]
+    if not stat.S_ISSOCK(st.st_mode):
+        return [Check("notify socket", FAIL, f"NOTIFY_SOCKET={addr} is not a socket", "unset it for a manual run")]
+    return [Check("notify socket", OK, f"{addr} is a socket")]
+
+
+def as_json(checks: list[Check]) -> dict[str, Any]:
+    return {"exit": exit_code(checks), "checks": [asdict(c) for c in checks]}

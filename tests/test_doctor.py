@@ -1,0 +1,285 @@
+"""`tailguard doctor`: every probe through the daemon's own code paths, all-OK and real failures.
+
+All-OK: the fake pynvml fed by a real 8 x H100 `nvidia-smi -q` capture, the emulated nvidia-smi on
+PATH (MIG on, the real p5.48xlarge `topo -m` capture), a cgroup v2 tree, a JSON-lines latency
+file, a loopback dcgm-exporter serving NVIDIA's example scrape. Failures for real: this machine's
+missing NVIDIA driver (the real pynvml), a cgroup that does not exist (and one removed from the
+real v1 blkio hierarchy), a broker port nobody listens on, a state dir on a read-only mount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakes.daemon_fakes import Mosquitto, free_port
+from fakes.fixture_paths import FIXTURES
+from fakes.sig_fake_pynvml import FakeNvml
+from fakes.sig_http import serve
+from test_sig_cgroup import _v2_tree
+
+from actuators.emulation.statefile import locked
+from actuators.emulation.testing import blkio_sandbox, emu_host
+from controller.cli import main as cli
+from controller.config import parse_config
+from controller.doctor import FAIL, OK, WARN, Check, DoctorOptions, exit_code, run_checks
+
+H100_Q = (FIXTURES / "nvidia-smi-q_h100-80gb-hbm3-x8-hgx_r565.txt").read_text()
+P5_TOPO = (FIXTURES / "nvidia-smi-topo-m_aws-p5.48xlarge_8x-h100_tabs-expanded.txt").read_text()
+DCGM = (FIXTURES / "dcgm-exporter_metrics_a100-sxm4-40gb_mig-1g.5gb_nvidia-docs.prom").read_text()
+
+
+def _host(tmp: Path, monkeypatch: pytest.MonkeyPatch, mig: bool = True) -> FakeNvml:
+    h = emu_host(tmp / "emu", ["H100-80GB-HBM3"] * 8)
+    with locked(h.nvsmi_state) as st:
+        st["topo"] = P5_TOPO
+        for g in st["gpus"]:
+            g["driver"], g["mig"] = "565.57.01", mig
+    monkeypatch.setenv("PATH", f"{h.nvsmi.parent}:/usr/bin:/bin")
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    fake = FakeNvml.from_q(H100_Q)
+    for g in fake.gpus:
+        g.mig_enabled = mig
+    return fake
+
+
+def _config(tmp: Path, dcgm_url: str, **over: str) -> str:
+    cg = tmp / "cg"
+    if not cg.exists():  # once per test: a cgroup v2 tree with the io controller, two tenant groups
+        cg.mkdir()
+        etl = _v2_tree(cg)
+        (etl / "io.max").write_text("")
+        llm = cg / "system.slice" / "llm.service"
+        llm.mkdir(parents=True)
+        for f in ("io.stat", "io.pressure", "cpu.pressure"):
+            (llm / f).write_text((etl / f).read_text())
+        (tmp / "llm.jsonl").write_text('{"latency_s": 0.01}\n')
+        (tmp / "state").mkdir()
+    v = {"state_dir": str(tmp / "state"), "cg": str(cg), "etl_cgroup": "system.slice/etl.service",
+         "mqtt": "", "dcgm": dcgm_url} | over  # fmt: skip
+    return f"""
+[host]
+state_dir = "{v['state_dir']}"
+cgroup_root = "{v['cg']}"
+[[tenants]]
+name = "llm"
+role = "sensitive"
+cgroup = "system.slice/llm.service"
+slo_ms = 200
+latency = {{ kind = "jsonl", path = "{tmp / 'llm.jsonl'}" }}
+[[tenants]]
+name = "etl"
+role = "bulk"
+cgroup = "{v['etl_cgroup']}"
+[signals]
+dcgm = "exporter"
+dcgm_exporter_url = "{v['dcgm']}"
+{v['mqtt']}
+"""
+
+
+def _run(text: str, fake: object | None) -> list[Check]:
+    return asyncio.run(run_checks(parse_config(text), DoctorOptions(timeout_s=5.0, nvml=fake)))
+
+
+def _by_name(checks: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in checks}
+
+
+def test_all_ok_on_an_emulated_gpu_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _host(tmp_path, monkeypatch)
+    with serve() as pages:
+        checks = _run(_config(tmp_path, pages.set("/metrics", DCGM)), fake)
+    bad = [c.line() for c in checks if c.status != OK]
+    assert bad == [] and exit_code(checks) == 0
+    c = _by_name(checks)
+    assert c["nvml"].cause == "NVML initialised, 8 GPU(s)"
+    assert "PCIe byte and replay counters readable" in c["nvml gpu0"].cause
+    assert "H100-80GB-HBM3, driver 565.57.01: MIG on, 7 profiles listed" in c["mig gpu7"].cause
+    assert c["nvidia-smi topo -m"].cause == "8 GPU(s) placed on the PCIe/NUMA tree"
+    assert c["cgroup"].cause.endswith("io controller available")
+    assert "I/O counters and PSI readable" in c["cgroup etl"].cause
+    assert c["latency llm"].status == OK and c["dcgm"].status == OK
+    assert c["state dir"].cause.startswith(f"{tmp_path / 'state'} writable")
+
+
+def test_mig_mode_off_is_a_warning_with_the_command_to_fix_it(tmp_path, monkeypatch) -> None:
+    fake = _host(tmp_path, monkeypatch, mig=False)
+    with serve() as pages:
+        checks = _run(_config(tmp_path, pages.set("/metrics", DCGM)), fake)
+    c = _by_name(checks)["mig gpu3"]
+    assert c.status == WARN and "MIG mode is off on GPU 3" in c.cause and "nvidia-smi -i 3 -mig 1" in c.fix
+    assert exit_code(checks) == 1
+
+
+def test_this_gpu_less_machine_fails_on_the_missing_driver(tmp_path, monkeypatch, capsys) -> None:
+    # The real pynvml and no nvidia-smi on PATH: what an operator sees on a host without the driver.
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    cfg = tmp_path / "tg.toml"
+    cfg.write_text(_config(tmp_path, "http://127.0.0.1:9/metrics"))
+    rc = cli(["doctor", "--config", str(cfg)])
+    out = capsys.readouterr().out
+    assert rc == 2
+    assert "FAIL nvml                   NVIDIA driver / NVML missing or unusable: NVML init failed" in out
+    assert "FAIL mig                    nvidia-smi unavailable" in out
+    assert out.rstrip().endswith("failures (see FAIL lines)")
+    assert cli(["doctor", "--config", str(cfg), "--json"]) == 2
+    data = json.loads(capsys.readouterr().out)
+    first = data["checks"][0]
+    assert data["exit"] == 2 and (first["name"], first["status"]) == ("nvml", "FAIL")
+    assert "install the NVIDIA driver" in first["fix"]
+
+
+def test_the_command_line_without_a_driver_exits_non_zero() -> None:
+    # The installed entry point, as an operator runs it here (no GPU, no driver).
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    p = subprocess.run([str(Path(sys.executable).parent / "tailguard"), "doctor", "--timeout", "3"],
+                       capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert p.returncode == 2 and "NVIDIA driver / NVML missing" in p.stdout and "Traceback" not in p.stderr
+
+
+def test_a_missing_cgroup_and_a_group_without_io_max_fail(tmp_path) -> None:
+    from controller.doctor import check_cgroups
+
+    text = _config(tmp_path, "http://127.0.0.1:9/metrics", etl_cgroup="system.slice/gone.service")
+    c = _by_name(asyncio.run(check_cgroups(parse_config(text))))
+    assert c["cgroup etl"].status == FAIL and "does not exist" in c["cgroup etl"].cause
+    assert "tenants[1].cgroup" in c["cgroup etl"].fix
+    assert c["cgroup llm"].status == OK
+    (tmp_path / "cg" / "system.slice" / "etl.service" / "io.max").unlink()  # io not enabled for its parent
+    c = _by_name(asyncio.run(check_cgroups(parse_config(_config(tmp_path, "http://127.0.0.1:9/metrics")))))
+    assert c["cgroup etl"].status == FAIL and "io.max missing" in c["cgroup etl"].cause
+    assert "cgroup.subtree_control" in c["cgroup etl"].fix
+
+
+@pytest.mark.root
+def test_a_group_removed_from_the_real_blkio_hierarchy(tmp_path, monkeypatch) -> None:
+    if os.geteuid() != 0 or not Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device").exists():
+        pytest.skip("needs root and the real cgroup v1 blkio hierarchy")
+    with blkio_sandbox("tailguard-doctor") as (name, _path):
+        text = _config(tmp_path, "http://127.0.0.1:9/metrics", cg="/sys/fs/cgroup", etl_cgroup=name)
+        cfg = parse_config(text.replace('cgroup = "system.slice/llm.service"\n', ""))
+        from controller.doctor import check_cgroups
+
+        c = _by_name(asyncio.run(check_cgroups(cfg)))
+        assert c["cgroup"].cause.startswith("cgroup v1 blkio at /sys/fs/cgroup/blkio")
+        # On this hybrid host the v1 group has no cgroup2 twin, so its PSI files are missing: a warning.
+        assert c["cgroup etl"].status != FAIL and "pressure" in c["cgroup etl"].cause
+    c = _by_name(asyncio.run(check_cgroups(cfg)))  # the sandbox is gone now
+    assert c["cgroup etl"].status == FAIL and "does not exist" in c["cgroup etl"].cause
+
+
+def test_a_broker_that_refuses_fails_and_one_that_accepts_is_ok(tmp_path) -> None:
+    from controller.doctor import check_mqtt
+
+    def mqtt(url: str) -> Check:
+        text = _config(tmp_path, "http://127.0.0.1:9/metrics", mqtt=f'[exporters.mqtt]\nenabled = true\nurl = "{url}"')
+        (c,) = asyncio.run(check_mqtt(parse_config(text), 3.0))
+        return c
+
+    port = free_port()  # nobody listens: the connection is refused
+    c = mqtt(f"mqtt://127.0.0.1:{port}")
+    assert c.status == FAIL and f"127.0.0.1:{port}" in c.cause and "start the broker" in c.fix
+    broker = Mosquitto(tmp_path).start()
+    try:
+        c = mqtt(broker.url)
+    finally:
+        broker.stop()
+    assert c.status == OK and "accepted a connection" in c.cause
+
+
+def test_state_dir_missing_or_not_a_directory(tmp_path) -> None:
+    from controller.doctor import check_state_dir
+
+    def state(path: Path) -> Check:
+        (c,) = asyncio.run(check_state_dir(parse_config(_config(tmp_path, "http://x:9/m", state_dir=str(path)))))
+        return c
+
+    (tmp_path / "file").write_text("")
+    c = state(tmp_path / "new" / "state")
+    assert c.status == WARN and "does not exist" in c.cause and "install -d" in c.fix
+    c = state(tmp_path / "file")
+    assert c.status == FAIL and "is not a directory" in c.cause
+
+
+@pytest.mark.faults
+def test_state_dir_on_a_read_only_mount_fails(tmp_path, monkeypatch) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {p.stderr.strip()}")
+    try:
+        fake = _host(tmp_path, monkeypatch)
+        with serve() as pages:
+            checks = _run(_config(tmp_path, pages.set("/metrics", DCGM), state_dir=str(ro)), fake)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    c = _by_name(checks)["state dir"]
+    assert c.status == FAIL and "not writable: Read-only file system" in c.cause
+    assert exit_code(checks) == 2
+    assert os.listdir(ro) == []  # nothing left behind
+
+
+def test_a_hanging_nvidia_smi_is_bounded(tmp_path, monkeypatch) -> None:
+    fake = _host(tmp_path, monkeypatch)
+    emu_state = tmp_path / "emu" / "nvsmi.json"
+    with locked(emu_state) as st:
+        st["faults"] = [{"match": "topo", "mode": "hang", "seconds": 60, "times": -1}]
+    cfg = parse_config(_config(tmp_path, "http://127.0.0.1:9/metrics"))
+    checks = asyncio.run(run_checks(cfg, DoctorOptions(timeout_s=1.0, nvml=fake)))
+    c = _by_name(checks)["nvidia-smi topo -m"]
+    assert c.status == FAIL and "timed out" in c.cause
+
+
+def test_notify_socket_and_latency_endpoint(tmp_path, monkeypatch) -> None:
+    from controller.doctor import check_latency, check_notify_socket
+
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nope"))
+    (c,) = asyncio.run(check_notify_socket())
+    assert c.status == FAIL and "No such file" in c.cause
+
+    def tenant(url: str) -> str:
+        return f"""
+[[tenants]]
+name = "llm"
+role = "sensitive"
+slo_ms = 100
+latency = {{ kind = "prometheus", url = "{url}" }}
+"""
+
+    (c,) = asyncio.run(check_latency(parse_config(tenant(f"http://127.0.0.1:{free_port()}/metrics"))))
+    assert c.status == FAIL and "fix tenants[0].latency" in c.fix
+    with serve() as pages:
+        url = pages.set("/metrics", (FIXTURES / "vllm-metrics_llama-3.1-8b_v0_excerpt_vllm-docs.prom").read_text())
+        (c,) = asyncio.run(check_latency(parse_config(tenant(url))))
+    assert c.status == OK and c.cause == f"prometheus {url}: readable"
+
+
+@pytest.mark.faults
+def test_an_nvml_init_that_hangs_is_bounded(tmp_path, monkeypatch) -> None:
+    import time
+
+    from controller.doctor import run_sync
+
+    fake = _host(tmp_path, monkeypatch)
+
+    def hang() -> None:  # a wedged driver: nvmlInit never returns (here: for 8 s)
+        time.sleep(8)
+
+    fake.nvmlInit = hang  # type: ignore[method-assign]
+    cfg = parse_config(_config(tmp_path, "http://127.0.0.1:9/metrics"))
+    t0 = time.monotonic()
+    checks, stuck = run_sync(cfg, DoctorOptions(timeout_s=1.0, nvml=fake))
+    assert time.monotonic() - t0 < 7.0 and stuck
+    c = _by_name(checks)["nvml"]
+    assert c.status == FAIL and "no answer within" in c.cause
+    fast = _host(tmp_path / "fast", monkeypatch)
+    for _ in range(3):  # idle worker threads are not taken for stuck ones (the CLI would exit hard)
+        assert run_sync(cfg, DoctorOptions(timeout_s=2.0, nvml=fast))[1] is False

@@ -615,6 +615,15 @@ class Tick:
         current = ts.instance if ts is not None and ts.instance is not None else t.instance
         if current is None:
             return False, "the victim's current MIG instance is unknown"
+        # Before planning (the costly part): if not even the cheapest kind of resize fits the
+        # outage budget and pays, no plan can.
+        least, least_source = min(self._move_outage(t, k) for k in MoveKind)
+        short = self._outage_short(t, least)
+        if short:
+            return False, short
+        _, why = self._pays(t, RESIZE, least, least_source, 1.0)
+        if why:
+            return False, why
         occ = occupied(self.spec, self.obs) | self.reserved
         plan = plan_resize(self.spec, self.obs, current, self.busy_gpus, occ)
         if plan is None:

@@ -519,16 +519,7 @@ class Tick:
             or ctl.evidence.up > 0
         ):
             return False
-        for c in top.caps:
-            ts = self.obs.tenants.get(c.tenant)
-            rate = ts.io.get(c.device) if ts is not None and ts.io else None
-            if rate is None:
-                continue
-            if (c.read_bps and (rate.read_bps or 0.0) >= 0.9 * c.read_bps) or (
-                c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps
-            ):
-                return True
-        return False
+        return any(binds(c, self.obs) for c in top.caps)
 
     def _relieve(self, t: TenantSpec, value: float | None, slo: float) -> None:
         ctl = self.tenants[t.name]
@@ -615,6 +606,11 @@ class Tick:
         current = ts.instance if ts is not None and ts.instance is not None else t.instance
         if current is None:
             return False, "the victim's current MIG instance is unknown"
+        # Before planning (the costly part): if not even the cheapest kind of resize fits the
+        # outage budget and pays, no plan can.
+        _, why = self._affordable(t, *min(self._move_outage(t, k) for k in MoveKind))
+        if why:
+            return False, why
         occ = occupied(self.spec, self.obs) | self.reserved
         plan = plan_resize(self.spec, self.obs, current, self.busy_gpus, occ)
         if plan is None:
@@ -626,12 +622,7 @@ class Tick:
         else:
             kind = MoveKind.BESIDE  # make-before-break: it serves while the new slice is made
         outage, source = self._move_outage(t, kind)
-        short = self._outage_short(t, outage)
-        if short:
-            return False, short
-        # A bigger slice serves faster whatever the cause, and a queue's tail falls faster than its
-        # load: expect the cure, as for a move off the aggressor's path.
-        cost, why = self._pays(t, RESIZE, outage, source, 1.0)
+        cost, why = self._affordable(t, outage, source)
         if why:
             return False, why
         now = self.obs.t
@@ -802,6 +793,14 @@ class Tick:
         spec = replace(t, handover_gap_s=measured) if t.handover == "warm" else replace(t, relaunch_s=measured)
         return spec.outage_s(kind), "measured"
 
+    def _affordable(self, t: TenantSpec, outage: float, source: str) -> tuple[LeverCost | None, str]:
+        """A resize's outage within the budget, and worth it: a bigger slice serves faster whatever
+        the cause, and a queue's tail falls faster than its load, so expect the cure (efficacy 1)."""
+        short = self._outage_short(t, outage)
+        if short:
+            return None, short
+        return self._pays(t, RESIZE, outage, source, 1.0)
+
     def _pays(
         self, t: TenantSpec, lever: str, outage: float, source: str, efficacy: float
     ) -> tuple[LeverCost | None, str]:
@@ -951,6 +950,18 @@ class Tick:
         return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
 
 
+def binds(c: Throttle, obs: Observation) -> bool:
+    """The capped tenant runs at 90% of its cap or more on the capped device: the cap holds it."""
+    ts = obs.tenants.get(c.tenant)
+    rate = ts.io.get(c.device) if ts is not None and ts.io else None
+    if rate is None:
+        return False
+    return bool(
+        (c.read_bps and (rate.read_bps or 0.0) >= 0.9 * c.read_bps)
+        or (c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps)
+    )
+
+
 def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> dict[str, tuple[float, float, float]]:
     """Per tenant that could be capped: (seconds held at its caps, seconds it ran, as of t), both
     exponentially weighted over guard_budget_window_s. A cap binds when the tenant runs at >= 90%
@@ -964,16 +975,7 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
         return dict(state.guard_cost)  # dry-run: no cap holds anybody
     for ctl in state.tenants.values():
         for step in ctl.stack:
-            for c in step.caps:
-                if c.tenant in binding:
-                    continue
-                ts = obs.tenants.get(c.tenant)
-                rate = ts.io.get(c.device) if ts is not None and ts.io else None
-                if rate is not None and (
-                    (c.read_bps and (rate.read_bps or 0.0) >= 0.9 * c.read_bps)
-                    or (c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps)
-                ):
-                    binding.add(c.tenant)
+            binding.update(c.tenant for c in step.caps if c.tenant not in binding and binds(c, obs))
     running = {
         name
         for name, t in spec.tenants.items()

@@ -14,7 +14,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,plot,bench]'
+	$(PY) -m pip install -q -e '.[dev,plot,bench,fleet]'
 	touch $@
 
 # Install the Debian packages when we are root and they are missing (CI machines start bare).

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 SUBCOMMANDS = (
     "controller.cmd_run",
     "replay.cmd_replay",
+    "replay.cmd_scenario",
     "controller.cmd_record",
     "controller.cmd_status",
     "controller.cmd_topology",

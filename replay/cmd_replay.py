@@ -2,8 +2,10 @@
 
 tailguard replay [SCENARIO] [--policies a,b] [--duration S] [--seed N] [--json OUT] [--plot OUT.png]
                  [--exact-latency]
-tailguard replay --shadow TRACE [--quiet]
+tailguard replay --shadow PATH [--quiet] [--executor local|ray[:ADDRESS]] [--json OUT]
 tailguard replay --suite [--duration S] [--seed N] [--json OUT] [--jobs N]
+
+--executor local|ray[:ADDRESS] (every form): where the runs go (replay/executor.py).
 """
 
 from __future__ import annotations
@@ -43,8 +45,33 @@ def register(sub: Any) -> None:
         action="store_true",
         help="the controller sees each window's raw latencies (idealised) instead of vLLM's TTFT histogram",
     )
-    p.add_argument("--shadow", metavar="TRACE", help="shadow-replay a recorded observation trace instead")
+    p.add_argument(
+        "--executor",
+        default=None,
+        metavar="local|ray[:ADDRESS]",
+        help="where the runs go: local (a process pool of --jobs, the default), ray (a local Ray on loopback) "
+        "or ray:ADDRESS (join that Ray cluster); needs tailguard[fleet] for ray",
+    )
+    p.add_argument(
+        "--shadow",
+        metavar="PATH",
+        help="shadow-replay recorded observation traces instead: a trace file (tick by tick), or a directory or "
+        "glob of them (one task per host, its rotated files in order; a fleet summary, worst hosts first)",
+    )
     p.add_argument("--quiet", action="store_true", help="with --shadow: only the summary")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("CURRENT.toml", "CANDIDATE.toml"),
+        help="with --shadow: a policy canary, each file only a [policy] table laid over every trace's recorded "
+        "spec; decisions per host",
+    )
+    p.add_argument(
+        "--from-trace",
+        action="store_true",
+        help="with --compare: also each host rebuilt from its recording (scenario from-trace) and simulated under "
+        "both policies (simulated outcomes)",
+    )
     p.add_argument(
         "--suite",
         action="store_true",
@@ -59,9 +86,29 @@ def _err(msg: str) -> int:
     return 2
 
 
+def _executor(args: argparse.Namespace) -> Any:
+    """The --executor asked for (default: the local pool of --jobs); ExecutorError on a bad one."""
+    from replay.executor import make_executor
+
+    return make_executor(getattr(args, "executor", None) or "local", args.jobs)
+
+
 def run(args: argparse.Namespace) -> int:
+    from replay.executor import ExecutorError
+
     if args.shadow:
+        from replay.cmd_fleet import fleet_mode, run_fleet
+
+        if fleet_mode(args):
+            return run_fleet(args)
         return run_shadow(args.shadow, args.quiet)
+    if getattr(args, "executor", None) is not None:
+        from replay.executor import parse_executor
+
+        try:
+            parse_executor(args.executor)  # before anything slow
+        except ExecutorError as e:
+            return _err(str(e))
     if getattr(args, "suite", False):
         return run_suite(args)
     from replay import report
@@ -91,7 +138,20 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     need = policies if "static" in policies else [*policies, "static"]  # throughput is vs static
     exact = bool(getattr(args, "exact_latency", False))
-    runs = run_all(scenario, need, duration, seed, jobs=args.jobs, progress=True, exact_latency=exact)
+    try:
+        executor = _executor(args)
+    except ExecutorError as e:
+        return _err(str(e))
+    where: dict[str, Any] = {"executor": "local"}
+    try:
+        runs = run_all(
+            scenario, need, duration, seed, jobs=args.jobs, progress=True, exact_latency=exact, executor=executor
+        )
+        if executor is not None:
+            where = executor.describe()
+    finally:
+        if executor is not None:
+            executor.shutdown()
     shown = {p: runs[p] for p in policies}
     summary = report.summarise(scenario, shown, baseline=runs["static"])
     view = "raw samples (--exact-latency)" if exact else "vLLM's TTFT histogram"
@@ -109,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         try:
             with open(args.json_out, "w", encoding="utf-8") as f:
-                f.write(report.to_json(scenario, seed, duration, summary, exact_latency=exact))
+                f.write(_with_executor(report.to_json(scenario, seed, duration, summary, exact_latency=exact), where))
         except OSError as e:  # checked above; the disk may have filled since
             with contextlib.suppress(OSError):
                 os.unlink(args.json_out)  # no truncated JSON left for a reader to trip on
@@ -122,6 +182,15 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             return _err(f"--plot {args.plot}: {e.strerror or e}")
     return 0
+
+
+def _with_executor(text: str, where: dict[str, Any]) -> str:
+    """report.to_json's document with where it ran ("executor", and "ray_version" under Ray)."""
+    import json
+
+    doc = json.loads(text)
+    doc.update(where)
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def run_suite(args: argparse.Namespace) -> int:
@@ -147,8 +216,21 @@ def run_suite(args: argparse.Namespace) -> int:
         scenarios = suite()
     except ScenarioError as e:
         return _err(str(e))
-    doc, wall = timed_suite(scenarios, args.duration, args.seed, args.jobs)
-    print(f"suite: {len(scenarios)} scenarios, {len(doc['suite'])} x 6 rows, {wall:.1f} s wall")
+    from replay.executor import ExecutorError
+
+    try:
+        executor = _executor(args)
+    except ExecutorError as e:
+        return _err(str(e))
+    try:
+        doc, wall = timed_suite(scenarios, args.duration, args.seed, args.jobs, executor=executor, progress=True)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    print(
+        f"suite: {len(scenarios)} scenarios, {len(doc['suite'])} x 6 rows, {wall:.1f} s wall, "
+        f"executor {doc['executor']}"
+    )
     print(matrix(doc["suite"]))
     print(
         "(p99/p999 over all sensitive requests; bad req. = share of sensitive requests over their SLO; "
@@ -217,6 +299,7 @@ def demo(out_dir: str) -> int:
         json_out=os.path.join(out_dir, "replay.json"),
         plot=os.path.join(out_dir, "replay.png"),
         jobs=None,
+        executor=None,
         suite=False,
         exact_latency=False,
     )

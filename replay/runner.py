@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from fsm.spec import LEVEL_ORDER, HostSpec, Policy, Role
 from fsm.state import ControllerState
 from replay.scenario import Scenario, load_scenario
 from replay.simulator import HostSim
+
+if TYPE_CHECKING:
+    from replay.executor import Executor
 
 POLICIES: dict[str, dict[str, bool]] = {
     "static": {"guards": False, "placement": False, "mig": False, "mps": False},
@@ -74,9 +78,12 @@ def run_host(
     seed: int,
     progress: Callable[[float], None] | None = None,
     exact_latency: bool = False,
+    spec_policy: Policy | None = None,
 ) -> HostRun:
+    """`spec_policy`: run under exactly this Policy (a canary's), `policy` only naming the run."""
     model = scenario.hosts[host_index]
-    spec: HostSpec = replace(model.spec, policy=policy_for(model.spec.policy, policy))
+    chosen = spec_policy if spec_policy is not None else policy_for(model.spec.policy, policy)
+    spec: HostSpec = replace(model.spec, policy=chosen)
     sim = HostSim(model, scenario.meta, seed, host_index, exact_latency=exact_latency)
     state = ControllerState()
     desired = None
@@ -143,15 +150,25 @@ def run_all(
     jobs: int | None = None,
     progress: bool = False,
     exact_latency: bool = False,
+    executor: Executor | None = None,
 ) -> dict[str, list[HostRun]]:
-    """policy -> one HostRun per host, in scenario order."""
+    """policy -> one HostRun per host, in scenario order. `executor`: where the jobs run (default:
+    a process pool of `jobs` here); the merge is in submission order whichever it is."""
     for p in policies:
         policy_for(Policy(), p)
     hosts = range(len(scenario.hosts))
     work = [(scenario.file, h, p, duration_s, seed, exact_latency) for p in policies for h in hosts]
     jobs = jobs if jobs is not None else min(len(work), os.cpu_count() or 1)
-    bar = Progress(len(work)) if progress else None
     results: list[HostRun] = []
+    if executor is not None:
+        from replay.executor import Bar, results_in_order
+
+        tbar = Bar(len(work), "runs") if progress else None
+        results = results_in_order([executor.submit(_job, w) for w in work], tbar)
+        if tbar:
+            tbar.done()
+        return _by_policy(policies, results)
+    bar = Progress(len(work)) if progress else None
     if jobs <= 1 or len(work) == 1:
         for w in work:
             results.append(_job(w))
@@ -165,6 +182,10 @@ def run_all(
                     bar.advance()
     if bar:
         bar.done()
+    return _by_policy(policies, results)
+
+
+def _by_policy(policies: list[str], results: list[HostRun]) -> dict[str, list[HostRun]]:
     out: dict[str, list[HostRun]] = {p: [] for p in policies}
     for r in results:
         out[r.policy].append(r)

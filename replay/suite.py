@@ -12,11 +12,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replay import oracle
 from replay.runner import POLICIES, HostRun, run_host
 from replay.scenario import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from replay.executor import Executor
 
 SUITE_POLICIES = (*POLICIES, "oracle")
 
@@ -71,10 +74,17 @@ def run_oracle(
 
 
 def run_suite(
-    scenarios: list[Scenario], duration_s: float | None, seed: int | None, jobs: int | None
+    scenarios: list[Scenario],
+    duration_s: float | None,
+    seed: int | None,
+    jobs: int | None,
+    executor: Executor | Any | None = None,
 ) -> list[ScenarioRuns]:
+    """`executor` (replay.executor; anything with submit(fn, arg) -> Future): where the runs go;
+    default a process pool of `jobs` here. Results merge in a fixed order whichever it is."""
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
-    pool: Any = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else _Inline()
+    local: Any = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 and executor is None else _Inline()
+    pool: Any = executor if executor is not None else local
     try:
         plans = []
         for sc in scenarios:
@@ -180,18 +190,37 @@ def _f(v: Any) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
-def suite_json(results: list[ScenarioRuns], wall_s: float) -> dict[str, Any]:
+def suite_json(results: list[ScenarioRuns], wall_s: float, where: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`where`: the executor's description ({"executor": "ray", "ray_version": ...})."""
     return {
         "suite": {sr.scenario.name: scenario_object(sr) for sr in results},
         "wall_s": round(wall_s, 2),
-        "executor": "local",
+        **(where or {"executor": "local"}),
     }
 
 
 def timed_suite(
-    scenarios: list[Scenario], duration_s: float | None, seed: int | None, jobs: int | None
+    scenarios: list[Scenario],
+    duration_s: float | None,
+    seed: int | None,
+    jobs: int | None,
+    executor: Executor | None = None,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], float]:
     t0 = time.monotonic()
-    results = run_suite(scenarios, duration_s, seed, jobs)
+    if executor is None:
+        results = run_suite(scenarios, duration_s, seed, jobs)
+        where = None
+    else:
+        from replay.executor import Bar, Tracked
+
+        bar = Bar(0, "runs") if progress else None
+        pool: Any = Tracked(executor, bar) if bar is not None else executor
+        try:
+            results = run_suite(scenarios, duration_s, seed, jobs, executor=pool)
+        finally:
+            if bar is not None:
+                bar.done()
+        where = executor.describe()
     wall = time.monotonic() - t0
-    return suite_json(results, wall), wall
+    return suite_json(results, wall, where), wall

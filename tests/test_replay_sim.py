@@ -61,7 +61,8 @@ def test_same_seed_same_json_and_table(tmp_path: Path, capsys) -> None:  # type:
         outs.append(out.read_text())
     assert outs[0] == outs[1]
     doc = json.loads(outs[0])
-    assert set(doc) == {"scenario", "seed", "duration_s", "latency_view", "policies"}
+    assert set(doc) == {"scenario", "seed", "duration_s", "latency_view", "policies", "executor"}
+    assert doc["executor"] == "local"
     assert doc["latency_view"] == "histogram"
     assert doc["scenario"] == "paper-p4d" and doc["seed"] == 7 and doc["duration_s"] == 900
     for m in doc["policies"].values():

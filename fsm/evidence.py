@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 
 from fsm.observation import LatencyWindow
 from fsm.quantiles import Verdict, judge
+from fsm.spec import Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,3 +201,17 @@ def as_evidence(ev: SloEvidence, q: float, p: EvidenceParams) -> dict[str, float
         "rate_rps": round(ev.rate(p), 3),
         "burn_rate": round(burn, 2) if burn is not None else None,
     }
+
+
+def evidence_params(policy: Policy) -> EvidenceParams:
+    return EvidenceParams(
+        burn=policy.evidence_burn,
+        alpha=policy.evidence_alpha,
+        release_burn=policy.release_burn,
+        release_alpha=policy.release_alpha,
+        min_ticks=policy.y_windows,
+        min_release_ticks=policy.z_windows,
+        rate_tau_s=policy.rate_tau_s,
+        release_ratio=policy.release_ratio,
+        min_window_count=policy.min_window_count,
+    )

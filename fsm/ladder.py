@@ -9,14 +9,14 @@ victims sent to one instance, never a cap on a protected or sensitive tenant.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fsm.desired import DecisionEvent, MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Cause, Diagnosis, Traffic, diagnose, victim_anchor
-from fsm.evidence import EvidenceParams, as_evidence
+from fsm.evidence import EvidenceParams, as_evidence, evidence_params
 from fsm.evidence import update as update_evidence
+from fsm.guardbudget import binds, charge_guards
 from fsm.levercost import LeverCost, estimate
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
@@ -24,7 +24,7 @@ from fsm.outage import MoveKind
 from fsm.placement import occupied, rank_candidates, score, slices_of
 from fsm.quantiles import Verdict
 from fsm.resize import plan_resize, plan_restore
-from fsm.spec import LEVEL_ORDER, HostSpec, Level, Policy, Role, TenantSpec
+from fsm.spec import LEVEL_ORDER, HostSpec, Level, Role, TenantSpec
 from fsm.state import ControllerState, Pending, Step, TenantCtl
 
 HOUR_S = 3600.0
@@ -948,66 +948,6 @@ class Tick:
                     old_m = mps.get(key)
                     mps[key] = replace(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
         return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
-
-
-def binds(c: Throttle, obs: Observation) -> bool:
-    """The capped tenant runs at 90% of its cap or more on the capped device: the cap holds it."""
-    ts = obs.tenants.get(c.tenant)
-    rate = ts.io.get(c.device) if ts is not None and ts.io else None
-    if rate is None:
-        return False
-    return bool(
-        (c.read_bps and (rate.read_bps or 0.0) >= 0.9 * c.read_bps)
-        or (c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps)
-    )
-
-
-def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> dict[str, tuple[float, float, float]]:
-    """Per tenant that could be capped: (seconds held at its caps, seconds it ran, as of t), both
-    exponentially weighted over guard_budget_window_s. A cap binds when the tenant runs at >= 90%
-    of it on a capped device; a tenant runs when it moves at least io_aggressor_min_bps. The budget
-    is a share of the time it runs: its throughput exists only then, so a share of the clock would
-    let a guard take much more than that share of an aggressor that runs one hour in four."""
-    p = spec.policy
-    now = obs.t
-    binding: set[str] = set()
-    if not p.enforce:
-        return dict(state.guard_cost)  # dry-run: no cap holds anybody
-    for ctl in state.tenants.values():
-        for step in ctl.stack:
-            binding.update(c.tenant for c in step.caps if c.tenant not in binding and binds(c, obs))
-    running = {
-        name
-        for name, t in spec.tenants.items()
-        if t.role in (Role.BULK, Role.COMPUTE)
-        and (ts := obs.tenants.get(name)) is not None
-        and ts.io
-        and sum(r.total_bps for r in ts.io.values()) >= p.io_aggressor_min_bps
-    }
-    out: dict[str, tuple[float, float, float]] = {}
-    for name in sorted(set(state.guard_cost) | binding | running):
-        held, ran, t0 = state.guard_cost.get(name, (0.0, 0.0, now))
-        dt = max(0.0, now - t0)
-        decay = math.exp(-dt / p.guard_budget_window_s)
-        held, ran = held * decay + (dt if name in binding else 0.0), ran * decay
-        ran += dt if (name in binding or name in running) else 0.0
-        if ran > 1e-3 or name in binding or name in running:
-            out[name] = (held, ran, now)
-    return out
-
-
-def evidence_params(policy: Policy) -> EvidenceParams:
-    return EvidenceParams(
-        burn=policy.evidence_burn,
-        alpha=policy.evidence_alpha,
-        release_burn=policy.release_burn,
-        release_alpha=policy.release_alpha,
-        min_ticks=policy.y_windows,
-        min_release_ticks=policy.z_windows,
-        rate_tau_s=policy.rate_tau_s,
-        release_ratio=policy.release_ratio,
-        min_window_count=policy.min_window_count,
-    )
 
 
 def _dwell(dwell_s: float, flaps: int) -> float:

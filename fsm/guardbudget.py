@@ -1,0 +1,57 @@
+"""The capped tenants' side of a guard: is a cap holding its tenant, and how long has each capped
+tenant been held against how long it ran (policy.guard_cost_share, docs/decisions.md)."""
+
+from __future__ import annotations
+
+import math
+
+from fsm.desired import Throttle
+from fsm.observation import Observation
+from fsm.spec import HostSpec, Role
+from fsm.state import ControllerState
+
+
+def binds(c: Throttle, obs: Observation) -> bool:
+    """The capped tenant runs at 90% of its cap or more on the capped device: the cap holds it."""
+    ts = obs.tenants.get(c.tenant)
+    rate = ts.io.get(c.device) if ts is not None and ts.io else None
+    if rate is None:
+        return False
+    return bool(
+        (c.read_bps and (rate.read_bps or 0.0) >= 0.9 * c.read_bps)
+        or (c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps)
+    )
+
+
+def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> dict[str, tuple[float, float, float]]:
+    """Per tenant that could be capped: (seconds held at its caps, seconds it ran, as of t), both
+    exponentially weighted over guard_budget_window_s. A cap binds when the tenant runs at >= 90%
+    of it on a capped device; a tenant runs when it moves at least io_aggressor_min_bps. The budget
+    is a share of the time it runs: its throughput exists only then, so a share of the clock would
+    let a guard take much more than that share of an aggressor that runs one hour in four."""
+    p = spec.policy
+    now = obs.t
+    binding: set[str] = set()
+    if not p.enforce:
+        return dict(state.guard_cost)  # dry-run: no cap holds anybody
+    for ctl in state.tenants.values():
+        for step in ctl.stack:
+            binding.update(c.tenant for c in step.caps if c.tenant not in binding and binds(c, obs))
+    running = {
+        name
+        for name, t in spec.tenants.items()
+        if t.role in (Role.BULK, Role.COMPUTE)
+        and (ts := obs.tenants.get(name)) is not None
+        and ts.io
+        and sum(r.total_bps for r in ts.io.values()) >= p.io_aggressor_min_bps
+    }
+    out: dict[str, tuple[float, float, float]] = {}
+    for name in sorted(set(state.guard_cost) | binding | running):
+        held, ran, t0 = state.guard_cost.get(name, (0.0, 0.0, now))
+        dt = max(0.0, now - t0)
+        decay = math.exp(-dt / p.guard_budget_window_s)
+        held, ran = held * decay + (dt if name in binding else 0.0), ran * decay
+        ran += dt if (name in binding or name in running) else 0.0
+        if ran > 1e-3 or name in binding or name in running:
+            out[name] = (held, ran, now)
+    return out

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from schema.outputs import check_output_file
+from schema.outputs import check_output_file, write_output
 
 
 def _err(msg: str) -> int:
@@ -86,12 +86,9 @@ def run_fleet(args: argparse.Namespace) -> int:
             "wall_s": round(wall, 2),
             **where,
         }
-        try:
-            with open(args.json_out, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=2)
-                f.write("\n")
-        except OSError as e:
-            return _err(f"--json {args.json_out}: {e.strerror or e}")
+        why = write_output(args.json_out, json.dumps(doc, indent=2) + "\n")
+        if why:
+            return _err(f"--json {args.json_out}: {why}")
     return 1 if failed else 0
 
 
@@ -134,10 +131,7 @@ def _run_canary(
             "wall_s": round(wall, 2),
             **where,
         }
-        try:
-            with open(args.json_out, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=2)
-                f.write("\n")
-        except OSError as e:
-            return _err(f"--json {args.json_out}: {e.strerror or e}")
+        why = write_output(args.json_out, json.dumps(doc, indent=2) + "\n")
+        if why:
+            return _err(f"--json {args.json_out}: {why}")
     return 1 if failed else 0

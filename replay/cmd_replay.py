@@ -11,14 +11,13 @@ tailguard replay --suite [--duration S] [--seed N] [--json OUT] [--jobs N]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
 import sys
 import time
 from typing import Any
 
-from schema.outputs import check_output_dir, check_output_file
+from schema.outputs import check_output_dir, check_output_file, write_output
 
 DEFAULT_SCENARIO = "paper-p4d"
 DEFAULT_POLICIES = "static,guards-only,placement-only,mig-only,full"
@@ -167,13 +166,10 @@ def run(args: argparse.Namespace) -> int:
         f"reconfigurations per host-hour)"
     )
     if args.json_out:
-        try:
-            with open(args.json_out, "w", encoding="utf-8") as f:
-                f.write(_with_executor(report.to_json(scenario, seed, duration, summary, exact_latency=exact), where))
-        except OSError as e:  # checked above; the disk may have filled since
-            with contextlib.suppress(OSError):
-                os.unlink(args.json_out)  # no truncated JSON left for a reader to trip on
-            return _err(f"--json {args.json_out}: {e.strerror or e}")
+        text = _with_executor(report.to_json(scenario, seed, duration, summary, exact_latency=exact), where)
+        why = write_output(args.json_out, text)
+        if why:
+            return _err(f"--json {args.json_out}: {why}")
     if args.plot:
         try:
             report.plot(scenario, shown, args.plot)
@@ -237,13 +233,9 @@ def run_suite(args: argparse.Namespace) -> int:
         "others thr = lowest work ratio of the other tenants vs static; actions per host-hour)"
     )
     if args.json_out:
-        try:
-            with open(args.json_out, "w", encoding="utf-8") as f:
-                f.write(json.dumps(doc, indent=2) + "\n")
-        except OSError as e:  # checked above; the disk may have filled since
-            with contextlib.suppress(OSError):
-                os.unlink(args.json_out)  # no truncated JSON left for a reader to trip on
-            return _err(f"--json {args.json_out}: {e.strerror or e}")
+        why = write_output(args.json_out, json.dumps(doc, indent=2) + "\n")
+        if why:
+            return _err(f"--json {args.json_out}: {why}")
     return 0
 
 

@@ -55,3 +55,16 @@ def check_output_dir(path: str) -> str | None:
     except OSError as e:
         return f"cannot write into it: {e.strerror or e}"
     return None
+
+
+def write_output(path: str, text: str) -> str | None:
+    """Write `text` to an output file checked earlier; why it failed (None when it did not). The
+    disk may have filled since the check: a partial file is removed, so no reader trips on it."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return str(e.strerror or e)
+    return None

@@ -4,7 +4,7 @@ and the observations with that tree's fsm types). Reads `round` per line on stdi
 JSON line per round: per-tick wall and thread CPU times (ns) summarised, and the decisions made;
 `quit` exits. The stream is built once, before the first round, and is not timed."""
 
-# ruff: noqa: E402, I001
+# ruff: noqa: E402
 
 from __future__ import annotations
 

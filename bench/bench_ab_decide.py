@@ -94,8 +94,10 @@ def main() -> int:
             s.close()
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end; "
           f"{time.perf_counter() - t0:.0f} s\n")  # fmt: skip
-    print("| round | base median ms | base p99 CPU ms | new median ms | new p99 CPU ms | new/base median | "
-          "new/base p99 CPU | base p99 wall ms | new p99 wall ms | base median CPU ms | new median CPU ms |")  # fmt: skip
+    cols = ("round", "base median ms", "base p99 CPU ms", "new median ms", "new p99 CPU ms", "new/base median",
+            "new/base p99 CPU", "base p99 wall ms", "new p99 wall ms", "base median CPU ms",
+            "new median CPU ms")  # fmt: skip
+    print("| " + " | ".join(cols) + " |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     med_ratios, p99_ratios = [], []
     for i, (b, n) in enumerate(zip(got["base"], got["new"], strict=True), 1):

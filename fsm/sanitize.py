@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from functools import cache
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
-from fsm.observation import GpuSample, HostSample, LatencyWindow, Observation, TenantSample
+from fsm.observation import GpuSample, HostSample, IoRate, LatencyWindow, MigSample, Observation, TenantSample
 
 _INF = float("inf")
 _UNIT_FIELDS = {"util", "sm_active", "dram_active", "io_pressure", "cpu_pressure"}
@@ -85,6 +87,8 @@ def _map(m: Mapping[str, Any], where: str, reasons: Counter[str]) -> Mapping[str
 def sanitize(obs: Observation) -> tuple[Observation, Counter[str]]:
     """Return the observation with every bad number replaced by None, and the reasons counted.
     When nothing is wrong the very same object comes back (the common case, kept cheap)."""
+    if _all_fine(obs):
+        return obs, Counter()
     reasons: Counter[str] = Counter()
     tenants: dict[str, TenantSample] = {}
     for name, ts in obs.tenants.items():
@@ -128,3 +132,81 @@ def _rates(m: Mapping[Any, float], where: str, reasons: Counter[str]) -> Mapping
     for k, why in bad.items():
         reasons[f"{where}.{k}: {why}"] += 1
     return {k: v for k, v in m.items() if k not in bad}
+
+
+# -- the common case in bulk ------------------------------------------------------------------------
+# An observation of a big host holds ~200 samples and ~1,000 numbers: looking at each from Python
+# cost a quarter of a millisecond per tick. _all_fine checks them all at once with C-level loops
+# (attrgetter, chain, filter, set, sum, min, max) and says only "nothing is wrong" or "look closer":
+# on False, sanitize's field-by-field pass above decides, so its reasons and output are unchanged.
+_NUMBER_TYPES = frozenset({float, int, bool})
+_OK_TYPES = _NUMBER_TYPES | {type(None)}
+
+
+@cache
+def _getter(cls: Any, unit: bool) -> Callable[[Any], tuple[Any, ...]] | None:
+    """The class's numeric fields of one kind (fractions or not), as a tuple (None: it has none)."""
+    names = [n for n, u in _numeric_fields(cls) if u == unit]
+    if not names:
+        return None
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda o: (one(o),)
+    return attrgetter(*names)
+
+
+def _values_fine(vals: list[Any], unit: bool, none_ok: bool = True) -> bool:
+    """Every value None (where that is allowed), or a plain finite, non-negative number (<= 1 for
+    fractions)."""
+    if not (_OK_TYPES if none_ok else _NUMBER_TYPES).issuperset(map(type, vals)):
+        return False
+    vals = list(filter(None, vals))  # only None and zeros go (the types are plain): zero is fine
+    if not vals:
+        return True
+    try:
+        if not math.isfinite(sum(vals)):  # any NaN or infinity makes the sum one
+            return False
+    except OverflowError:  # an int too large for a float: let the slow pass say so
+        return False
+    return min(vals) >= 0 and (not unit or max(vals) <= 1.0 + 1e-6)
+
+
+def _all_fine(obs: Observation) -> bool:
+    """True when sanitize would find nothing wrong; False: look field by field."""
+    tenants = list(obs.tenants.values())
+    windows = [ts.latency for ts in tenants if ts.latency is not None]
+    rates = list(chain.from_iterable(ts.io.values() for ts in tenants if ts.io))
+    gpus = list(obs.gpus.values())
+    migs = list(chain.from_iterable(g.instances.values() for g in gpus if g.instances))
+    plain: list[Any] = []
+    unit: list[Any] = []
+    for objs, cls in ((tenants, TenantSample), (windows, LatencyWindow), (rates, IoRate), (gpus, GpuSample),
+                      (migs, MigSample)):  # fmt: skip
+        if not objs:
+            continue
+        if set(map(type, objs)) != {cls}:
+            return False
+        for out, kind in ((plain, False), (unit, True)):
+            get = _getter(cls, kind)
+            if get is not None:
+                out.extend(chain.from_iterable(map(get, objs)))
+    for w in windows:
+        if w.samples:
+            plain.extend(w.samples)
+    rates_host: list[Any] = []
+    host = obs.host
+    if host is not None:  # a host rate may not be None (_rates: "not a number")
+        rates_host.extend(host.block_bps.values())
+        rates_host.extend(host.nic_bps.values())
+        rates_host.extend(host.irq_rate.values())
+    if not (_values_fine(plain, False) and _values_fine(unit, True) and _values_fine(rates_host, False, False)):
+        return False
+    for w in windows:  # the checks of _window beyond the numbers themselves (all numbers are fine here)
+        if w.over_slo is not None and w.over_slo > w.count + 1e-9:
+            return False
+        r = w.over_slo_range
+        if r is not None and (
+            len(r) != 2 or any(_bad(x, False) for x in r) or r[0] > r[1] + 1e-9 or r[1] > w.count + 1e-9
+        ):
+            return False
+    return True

@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from fsm.observation import LatencyWindow
 from fsm.quantiles import Verdict, judge
@@ -61,11 +62,18 @@ class EvidenceParams:
 
     @property
     def h(self) -> float:
-        return math.log(1.0 / self.alpha)
+        return _nats(self.alpha)
 
     @property
     def release_h(self) -> float:
-        return math.log(1.0 / self.release_alpha)
+        return _nats(self.release_alpha)
+
+
+# The thresholds and weights below are pure functions of a few policy figures, asked for by every
+# sensitive tenant on every tick: memoised (typed, so that an int and a float never share a result).
+@lru_cache(maxsize=256, typed=True)
+def _nats(alpha: float) -> float:
+    return math.log(1.0 / alpha)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,7 @@ class Judgement:
     bad: float | None  # requests over the SLO in the window (None: the source cannot tell)
 
 
+@lru_cache(maxsize=256, typed=True)
 def llr_weights(eps: float, burn: float) -> tuple[float, float]:
     """(nats per request over the SLO, nats per request within it) of H1 against H0."""
     p0 = min(max(eps, 1e-9), 0.5)
@@ -120,11 +129,15 @@ def over_slo(window: LatencyWindow, slo_s: float) -> float | None:
     return None
 
 
+_S50, _S99, _S999 = 1.0 - 0.5, 1.0 - 0.99, 1.0 - 0.999  # shares above p50, p99, p999
+_LN = {_S50: math.log(_S50), _S99: math.log(_S99), _S999: math.log(_S999)}
+
+
 def share_from_quantiles(window: LatencyWindow, slo_s: float) -> float | None:
     """A window's share of requests over the SLO, estimated from the quantiles it reports (p50,
     p99, p999): log-linear between the two that bracket the SLO; 0.5 below the median, and
     0.001 x the ratio above the p999 (a thin tail's bound)."""
-    pts = [(1.0 - q, v) for q, v in ((0.5, window.p50), (0.99, window.p99), (0.999, window.p999)) if v is not None]
+    pts = [(s, v) for s, v in ((_S50, window.p50), (_S99, window.p99), (_S999, window.p999)) if v is not None]
     if not pts:
         return None
     if slo_s <= pts[0][1]:
@@ -132,7 +145,8 @@ def share_from_quantiles(window: LatencyWindow, slo_s: float) -> float | None:
     for (sa, xa), (sb, xb) in itertools.pairwise(pts):
         if xa <= slo_s <= xb:
             f = (slo_s - xa) / (xb - xa) if xb > xa else 1.0
-            return math.exp(math.log(sa) + (math.log(sb) - math.log(sa)) * f)
+            la = _LN[sa]  # math.log(sa), once per share (the same number)
+            return math.exp(la + (_LN[sb] - la) * f)
     s_last, x_last = pts[-1]
     return s_last * min(1.0, x_last / slo_s)
 
@@ -148,8 +162,9 @@ def update(
     bad = over_slo(window, slo_s) if window is not None and count > 0 else None
     value = window.quantile(q) if window is not None and count > 0 else None
     up, down, up_bad = ev.up, ev.down, ev.up_bad
-    step_up = p.h / max(1, p.min_ticks)
-    step_down = p.release_h / max(1, p.min_release_ticks)
+    h, release_h = p.h, p.release_h
+    step_up = h / max(1, p.min_ticks)
+    step_down = release_h / max(1, p.min_release_ticks)
     if bad is not None:
         # Counts read off histogram buckets are only known between two bounds: a trigger believes
         # only the requests certainly over the SLO, a release counts every one possibly over.
@@ -179,9 +194,9 @@ def update(
             b_recent += (share or 0.0) * w.count
         counted = False
     new = SloEvidence(up, down, up_bad, n_recent, b_recent, now, counted)
-    if up >= p.h - 1e-9 and count > 0 and not legacy_empty:
+    if up >= h - 1e-9 and count > 0 and not legacy_empty:
         verdict = Verdict.VIOLATING
-    elif down >= p.release_h - 1e-9 and count > 0 and not legacy_empty:
+    elif down >= release_h - 1e-9 and count > 0 and not legacy_empty:
         verdict = Verdict.GOOD
     elif count == 0 or legacy_empty:
         verdict = Verdict.EMPTY
@@ -203,7 +218,21 @@ def as_evidence(ev: SloEvidence, q: float, p: EvidenceParams) -> dict[str, float
     }
 
 
+_PARAMS: dict[int, tuple[Policy, EvidenceParams]] = {}  # id(policy) -> (policy, its parameters)
+
+
 def evidence_params(policy: Policy) -> EvidenceParams:
+    """The policy's evidence parameters; the same object for the same policy (one per tick asks)."""
+    hit = _PARAMS.get(id(policy))
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    if len(_PARAMS) >= 64:
+        _PARAMS.clear()
+    params = _PARAMS[id(policy)] = (policy, _params_of(policy))
+    return params[1]
+
+
+def _params_of(policy: Policy) -> EvidenceParams:
     return EvidenceParams(
         burn=policy.evidence_burn,
         alpha=policy.evidence_alpha,

@@ -46,6 +46,22 @@ class Score:
 
 def gpu_model(spec: HostSpec, gpu: str) -> GpuModel | None:
     """The MIG profile table in force for a GPU: its driver's listing, else its model's built-in one."""
+    memo = spec.derived("placement.gpu-model", _new_memo)
+    try:
+        return memo[gpu]
+    except KeyError:
+        pass
+    found = _gpu_model(spec, gpu)
+    if len(memo) < 4096:  # GPU names can come from observations: bounded
+        memo[gpu] = found
+    return found
+
+
+def _new_memo(spec: HostSpec) -> dict[str, GpuModel | None]:
+    return {}
+
+
+def _gpu_model(spec: HostSpec, gpu: str) -> GpuModel | None:
     table = spec.mig_tables.get(gpu)
     if table is not None:
         return table
@@ -62,9 +78,12 @@ def gpu_model(spec: HostSpec, gpu: str) -> GpuModel | None:
 
 def slices_of(spec: HostSpec, inst: InstanceRef) -> int:
     model = gpu_model(spec, inst.gpu)
-    if model is None or not model.has_profile(inst.profile):
+    if model is None:
         return 0
-    return model.profile(inst.profile).slices
+    try:
+        return model.profile(inst.profile).slices
+    except KeyError:  # model.has_profile: no such profile on it
+        return 0
 
 
 def occupied(spec: HostSpec, obs: Observation) -> set[InstanceRef]:

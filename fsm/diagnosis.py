@@ -200,20 +200,41 @@ def aggressors_for(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic
     limit = policy.io_share_tier
     table = _path_table(spec, anchor, limit)
     tenants = spec.tenants
+    # Only a tenant with a device on the path can share it (path_traffic is None for the others):
+    # look at the tick's few devices, not at every tenant. The sort below is total (the tenant name
+    # breaks ties), so the order in which the candidates are found does not matter.
+    candidates: set[str] = set()
+    for dev, names in _by_device(traffic).items():
+        hit = table.get(dev)
+        if hit is None:
+            hit = _on_path(spec, table, anchor, dev, limit)
+        if hit[0]:
+            candidates.update(names)
+    candidates.discard(victim.name)
     out = []
-    # Only tenants that move bytes can share the path (path_traffic is None for the others); the
-    # sort below is total (the tenant name breaks ties), so the order of this loop does not matter.
-    for name, items in traffic.items.items():
-        if name == victim.name:
-            continue
+    for name in candidates:
         t = tenants.get(name)
         if t is None:
             continue
-        a = _aggressor(spec, table, items, anchor, t, limit)
+        a = _aggressor(spec, table, traffic.items[name], anchor, t, limit)
         if a is not None and a.bps >= floor:
             out.append(a)
     out.sort(key=lambda a: (-a.bps, a.tier if a.tier is not None else 9, a.tenant))
     return out
+
+
+def _by_device(traffic: Traffic) -> dict[str, list[str]]:
+    """device -> tenants with traffic on it, once per tick (Traffic.memo)."""
+    idx: dict[str, list[str]] | None = traffic.memo.get("by-device")
+    if idx is None:
+        idx = {}
+        for name, items in traffic.items.items():
+            for _label, dev, _bps in items:
+                names = idx.setdefault(dev, [])
+                if not names or names[-1] != name:
+                    names.append(name)
+        traffic.memo["by-device"] = idx
+    return idx
 
 
 def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic | None = None) -> Diagnosis:

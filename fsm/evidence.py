@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 from fsm.observation import LatencyWindow
@@ -101,7 +101,8 @@ class SloEvidence:
 
     def reset(self) -> SloEvidence:
         """After an action: the next decision needs fresh evidence about the new situation."""
-        return replace(self, up=0.0, down=0.0, up_bad=0.0)
+        # replace(self, up=0.0, down=0.0, up_bad=0.0), built directly (a few times per tick).
+        return SloEvidence(0.0, 0.0, 0.0, self.n_recent, self.b_recent, self.t, self.counted)
 
 
 @dataclass(frozen=True, slots=True)

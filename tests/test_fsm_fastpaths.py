@@ -1,0 +1,105 @@
+"""The decision core's fast paths give what the plain rules give: aggressors from the per-tick device
+index and the per-spec on-path table equal the tenant-by-tenant rule (kept here verbatim as the
+reference); SloEvidence.reset equals dataclasses.replace; the per-spec derived tables belong to one
+spec (a replaced spec starts afresh) and are no part of its value."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fsm.diagnosis import Aggressor, Traffic, aggressors_for, victim_anchor
+from fsm.evidence import SloEvidence
+from fsm.examples import example_spec, p4d_like_topology
+from fsm.observation import GpuSample, InstanceRef, IoRate, Observation, TenantSample
+from fsm.spec import HostSpec, Policy, Role, TenantSpec
+from fsm.topology import Tier
+
+DEVICES = ["nvme0n1", "nvme1n1", "nvme2n1", "nvme3n1", "259:1", "sdz", "eth9"]  # the last two: unknown
+GPUS = ["gpu0", "gpu1", "gpu2", "gpu3", "gpu4", "gpu5", "gpu6", "gpu7", "gpu99"]  # gpu99: unknown
+
+
+def reference_aggressors(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
+    """fsm.diagnosis.aggressors_for and path_traffic as they were before the fast paths."""
+    topo = spec.topology
+    limit = spec.policy.io_share_tier
+    anchor = victim_anchor(spec, obs, victim)
+    out = []
+    for t in spec.tenants.values():
+        if t.name == victim.name:
+            continue
+        devices, tiers, total = [], [], 0.0
+        for label, dev, bps in traffic.items.get(t.name, ()):
+            tier = topo.distance(anchor, dev) if anchor is not None else None
+            if tier is None and anchor is not None and topo.has(anchor) and topo.has(dev):
+                continue
+            if tier is None or tier <= limit:
+                devices.append((label, bps))
+                tiers.append(tier)
+                total += bps
+        if total <= 0:
+            continue
+        known = [x for x in tiers if x is not None]
+        a = Aggressor(t.name, total, min(known) if known else None, tuple(devices),
+                      t.role in (Role.BULK, Role.COMPUTE) and t.cgroup is not None)  # fmt: skip
+        if a.bps >= spec.policy.io_aggressor_min_bps:
+            out.append(a)
+    out.sort(key=lambda a: (-a.bps, a.tier if a.tier is not None else 9, a.tenant))
+    return out
+
+
+@st.composite
+def hosts(draw: st.DrawFn) -> tuple[HostSpec, Observation]:
+    n = draw(st.integers(2, 9))
+    tenants = {}
+    samples = {}
+    for i in range(n):
+        role = draw(st.sampled_from(list(Role)))
+        gpu = draw(st.sampled_from([*GPUS, None]))
+        inst = InstanceRef(gpu, "1g.5gb", i % 7) if gpu is not None and draw(st.booleans()) else None
+        name = f"t{i}"
+        tenants[name] = TenantSpec(name, role, draw(st.sampled_from([f"{name}.slice", None])), gpu, inst,
+                                   0.015 if role is Role.SENSITIVE else None)  # fmt: skip
+        io = {d: IoRate(draw(st.sampled_from([0.0, 1e7, 3e7, 2e9])), draw(st.sampled_from([None, 0.0, 5e8])))
+              for d in draw(st.lists(st.sampled_from(DEVICES), max_size=3, unique=True))}  # fmt: skip
+        at = InstanceRef(draw(st.sampled_from(GPUS)), "1g.5gb", 0) if draw(st.booleans()) else None
+        samples[name] = TenantSample(io=io or None, instance=at, pcie_bps=draw(st.sampled_from([None, None, 4e9])))
+    gpus = {g: GpuSample(pcie_tx_bps=draw(st.sampled_from([None, 3e9])), pcie_rx_bps=1e9) for g in GPUS[:8]}
+    policy = Policy(io_share_tier=draw(st.sampled_from(list(Tier))),
+                    io_aggressor_min_bps=draw(st.sampled_from([0.0, 20e6, 1e9])))  # fmt: skip
+    spec = HostSpec(p4d_like_topology(8), tenants, policy)
+    return spec, Observation(1.0, samples, gpus)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hosts())
+def test_aggressors_equal_the_tenant_by_tenant_rule(host: tuple[HostSpec, Observation]) -> None:
+    spec, obs = host
+    traffic = Traffic.build(spec, obs)
+    for _ in range(2):  # the second round reads the memos the first one filled
+        for victim in spec.tenants.values():
+            assert aggressors_for(spec, obs, victim, traffic) == reference_aggressors(spec, obs, victim, traffic)
+
+
+def test_reset_is_replace() -> None:
+    ev = SloEvidence(3.1, 0.7, 12.0, 500.0, 7.5, 1002.0, True)
+    assert ev.reset() == dataclasses.replace(ev, up=0.0, down=0.0, up_bad=0.0)
+    # reset() names every field: a new one must be added there too.
+    assert [f.name for f in dataclasses.fields(SloEvidence)] == [
+        "up", "down", "up_bad", "n_recent", "b_recent", "t", "counted"
+    ]  # fmt: skip
+
+
+def test_derived_tables_belong_to_one_spec() -> None:
+    spec = example_spec()
+    assert [t.name for t in spec.sensitive()] == ["llm"]
+    other = dataclasses.replace(spec, tenants={k: v for k, v in spec.tenants.items() if k != "llm"})
+    assert other.sensitive() == []  # not the first spec's table
+    assert spec.sensitive() == [spec.tenants["llm"]]
+    assert spec == pickle.loads(pickle.dumps(spec)) == example_spec()  # the tables are no part of its value
+    calls = []
+    assert spec.derived("test", lambda s: calls.append(1) or 42) == 42
+    assert spec.derived("test", lambda s: calls.append(1) or 43) == 42 and calls == [1]

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields, replace
 from functools import cache
-from itertools import chain
-from operator import attrgetter
 from typing import Any
 
 from fsm.observation import GpuSample, HostSample, IoRate, LatencyWindow, MigSample, Observation, TenantSample
@@ -136,31 +134,46 @@ def _rates(m: Mapping[Any, float], where: str, reasons: Counter[str]) -> Mapping
 
 # -- the common case in bulk ------------------------------------------------------------------------
 # An observation of a big host holds ~200 samples and ~1,000 numbers: looking at each from Python
-# cost a quarter of a millisecond per tick. _all_fine checks them all at once with C-level loops
-# (attrgetter, chain, filter, set, sum, min, max) and says only "nothing is wrong" or "look closer":
-# on False, sanitize's field-by-field pass above decides, so its reasons and output are unchanged.
+# cost a quarter of a millisecond per tick. _all_fine checks them all at once and says only
+# "nothing is wrong" or "look closer": on False, sanitize's field-by-field pass above decides, so
+# its reasons and output are unchanged. The numbers are read by plain attribute loads in
+# comprehensions (which the interpreter specialises; getattr and attrgetter it does not) and
+# checked with C-level loops (set, filter, sum, min, max).
 _NUMBER_TYPES = frozenset({float, int, bool})
-_OK_TYPES = _NUMBER_TYPES | {type(None)}
+_NONE = type(None)
+_OK_TYPES = _NUMBER_TYPES | {_NONE}
+
+# The numeric fields read below, per class: (plain, fractions). They must be those _numeric_fields
+# finds (tests/test_fsm_sanitize_bulk.py checks it); should they ever differ, _all_fine always says
+# "look closer" rather than skip a field.
+FIELDS_READ: dict[type, tuple[frozenset[str], frozenset[str]]] = {
+    TenantSample: (frozenset({"throughput", "pcie_bps", "outage_s"}), frozenset({"io_pressure", "cpu_pressure"})),
+    LatencyWindow: (frozenset({"count", "p50", "p99", "p999", "over_slo"}), frozenset()),
+    IoRate: (frozenset({"read_bps", "write_bps", "read_iops", "write_iops"}), frozenset()),
+    GpuSample: (frozenset({"pcie_tx_bps", "pcie_rx_bps", "pcie_replay_rate"}),
+                frozenset({"util", "sm_active", "dram_active"})),
+    MigSample: (frozenset(), frozenset({"sm_active", "dram_active"})),
+}  # fmt: skip
 
 
 @cache
-def _getter(cls: Any, unit: bool) -> Callable[[Any], tuple[Any, ...]] | None:
-    """The class's numeric fields of one kind (fractions or not), as a tuple (None: it has none)."""
-    names = [n for n, u in _numeric_fields(cls) if u == unit]
-    if not names:
-        return None
-    if len(names) == 1:
-        one = attrgetter(names[0])
-        return lambda o: (one(o),)
-    return attrgetter(*names)
+def fields_read_match() -> bool:
+    """FIELDS_READ names exactly the numeric fields sanitize's field-by-field pass looks at."""
+    for cls, (plain, unit) in FIELDS_READ.items():
+        fields_ = _numeric_fields(cls)
+        if plain != {n for n, u in fields_ if not u} or unit != {n for n, u in fields_ if u}:
+            return False
+    return True
 
 
 def _values_fine(vals: list[Any], unit: bool, none_ok: bool = True) -> bool:
     """Every value None (where that is allowed), or a plain finite, non-negative number (<= 1 for
     fractions)."""
-    if not (_OK_TYPES if none_ok else _NUMBER_TYPES).issuperset(map(type, vals)):
+    types = set(map(type, vals))
+    if not types <= (_OK_TYPES if none_ok else _NUMBER_TYPES):
         return False
-    vals = list(filter(None, vals))  # only None and zeros go (the types are plain): zero is fine
+    if _NONE in types:
+        vals = list(filter(None, vals))  # only None and zeros go (the types are plain): zero is fine
     if not vals:
         return True
     try:
@@ -173,32 +186,49 @@ def _values_fine(vals: list[Any], unit: bool, none_ok: bool = True) -> bool:
 
 def _all_fine(obs: Observation) -> bool:
     """True when sanitize would find nothing wrong; False: look field by field."""
+    if not fields_read_match():
+        return False
     tenants = list(obs.tenants.values())
     windows = [ts.latency for ts in tenants if ts.latency is not None]
-    rates = list(chain.from_iterable(ts.io.values() for ts in tenants if ts.io))
+    rates = [r for ts in tenants if ts.io for r in ts.io.values()]
     gpus = list(obs.gpus.values())
-    migs = list(chain.from_iterable(g.instances.values() for g in gpus if g.instances))
-    plain: list[Any] = []
-    unit: list[Any] = []
+    migs = [m for g in gpus if g.instances for m in g.instances.values()]
     for objs, cls in ((tenants, TenantSample), (windows, LatencyWindow), (rates, IoRate), (gpus, GpuSample),
                       (migs, MigSample)):  # fmt: skip
-        if not objs:
-            continue
-        if set(map(type, objs)) != {cls}:
-            return False
-        for out, kind in ((plain, False), (unit, True)):
-            get = _getter(cls, kind)
-            if get is not None:
-                out.extend(chain.from_iterable(map(get, objs)))
+        if objs and set(map(type, objs)) != {cls}:
+            return False  # a subclass may hold more numbers
+    # One comprehension per field: a tuple per object and an inner loop cost three times as much.
+    plain = [t.throughput for t in tenants]
+    plain += [t.pcie_bps for t in tenants]
+    plain += [t.outage_s for t in tenants]
+    plain += [w.count for w in windows]
+    plain += [w.p50 for w in windows]
+    plain += [w.p99 for w in windows]
+    plain += [w.p999 for w in windows]
+    plain += [w.over_slo for w in windows]
+    plain += [r.read_bps for r in rates]
+    plain += [r.write_bps for r in rates]
+    plain += [r.read_iops for r in rates]
+    plain += [r.write_iops for r in rates]
+    plain += [g.pcie_tx_bps for g in gpus]
+    plain += [g.pcie_rx_bps for g in gpus]
+    plain += [g.pcie_replay_rate for g in gpus]
     for w in windows:
         if w.samples:
-            plain.extend(w.samples)
+            plain += w.samples
+    unit = [t.io_pressure for t in tenants]
+    unit += [t.cpu_pressure for t in tenants]
+    unit += [g.util for g in gpus]
+    unit += [g.sm_active for g in gpus]
+    unit += [g.dram_active for g in gpus]
+    unit += [m.sm_active for m in migs]
+    unit += [m.dram_active for m in migs]
     rates_host: list[Any] = []
     host = obs.host
     if host is not None:  # a host rate may not be None (_rates: "not a number")
-        rates_host.extend(host.block_bps.values())
-        rates_host.extend(host.nic_bps.values())
-        rates_host.extend(host.irq_rate.values())
+        rates_host += host.block_bps.values()
+        rates_host += host.nic_bps.values()
+        rates_host += host.irq_rate.values()
     if not (_values_fine(plain, False) and _values_fine(unit, True) and _values_fine(rates_host, False, False)):
         return False
     for w in windows:  # the checks of _window beyond the numbers themselves (all numbers are fine here)

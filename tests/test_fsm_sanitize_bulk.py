@@ -133,3 +133,11 @@ def test_one_bad_fraction_among_many_is_found(bad: float) -> None:
     clean, reasons = san.sanitize(obs)
     assert list(reasons) == [f"gpu.gpu0.mig.1g.5gb@6.dram_active: {san._bad(bad, True)}"]
     assert clean.gpus["gpu0"].instances["1g.5gb@6"].dram_active is None
+
+
+def test_the_bulk_check_reads_every_numeric_field() -> None:
+    """A numeric field added to an observation class must be read by the bulk check too (else it
+    gives up and every tick takes the slow pass)."""
+    assert san.fields_read_match()
+    for cls, (plain, unit) in san.FIELDS_READ.items():
+        assert {n for n, _ in san._numeric_fields(cls)} == plain | unit, cls

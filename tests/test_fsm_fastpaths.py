@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsm.diagnosis import Aggressor, Traffic, aggressors_for, victim_anchor
-from fsm.evidence import SloEvidence
+from fsm.evidence import EvidenceParams, SloEvidence, _evidence
 from fsm.examples import example_spec, p4d_like_topology
 from fsm.observation import GpuSample, InstanceRef, IoRate, Observation, TenantSample
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
@@ -91,6 +92,26 @@ def test_reset_is_replace() -> None:
     assert [f.name for f in dataclasses.fields(SloEvidence)] == [
         "up", "down", "up_bad", "n_recent", "b_recent", "t", "counted"
     ]  # fmt: skip
+
+
+def test_evidence_built_through_its_slots_is_the_dataclass() -> None:
+    vals = (3.1, 0.7, 12.0, 500.0, 7.5, None, True)
+    fast, plain = _evidence(*vals), SloEvidence(*vals)
+    assert type(fast) is SloEvidence and fast == plain and hash(fast) == hash(plain) and repr(fast) == repr(plain)
+    assert pickle.loads(pickle.dumps(fast)) == plain
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.up = 1.0  # type: ignore[misc]
+
+
+def test_evidence_params_derive_their_thresholds() -> None:
+    import math
+
+    p = EvidenceParams(alpha=1e-3, release_alpha=0.1, min_ticks=4, min_release_ticks=2)
+    assert (p.h, p.release_h) == (math.log(1.0 / 1e-3), math.log(1.0 / 0.1))
+    assert (p._step_up, p._step_down) == (p.h / 4, p.release_h / 2)
+    q = dataclasses.replace(p, alpha=1e-4)
+    assert q.h == math.log(1e4) and q._step_up == q.h / 4 and q != p
+    assert p == EvidenceParams(alpha=1e-3, release_alpha=0.1, min_ticks=4, min_release_ticks=2)
 
 
 def test_derived_tables_belong_to_one_spec() -> None:

@@ -436,3 +436,25 @@ def test_resize_is_kept_while_the_tail_would_come_back_on_the_smaller_slice():
     assert not events(ds, "release")
     state, ds = run(spec, state, stream(280, 10, 0.006, etl=1e8, llm_at=big, layouts=layouts))
     assert [(e.kind, e.lever) for e in events(ds, "release")] == [("release", "resize")]
+
+
+def test_after_a_move_its_own_backlog_is_not_evidence():
+    """The requests held by the move's outage finish late after it: for the outage again (at least
+    a cooldown) the tenant's windows count neither way, and then the evidence starts afresh."""
+    spec = example_spec(MECHANICS)
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    target = ds[-1].desired.placements["llm"]
+    outage = spec.tenants["llm"].move_outage_s
+    state, ds = run(spec, state, stream(50, 1, 0.010, llm_at=target))
+    (done,) = events(ds, "complete")
+    settle = max(spec.policy.cooldown_s, outage)
+    assert done.evidence["settle_s"] == settle
+    ctl = state.tenant("llm")
+    assert ctl.settle_until == 50 + settle and ctl.evidence.up == 0.0
+    # the backlog drains with awful windows: no trigger, no evidence, no escalation
+    state, ds = run(spec, state, stream(52, int(settle / 2) - 1, 0.200, llm_at=target))
+    assert not events(ds, "escalate") and state.tenant("llm").evidence.up == 0.0
+    # after the settle, a tail that still violates is judged again
+    state, ds = run(spec, state, stream(50 + settle + 2, 6, 0.200, llm_at=target))
+    assert state.tenant("llm").evidence.up > 0 or events(ds, "escalate")

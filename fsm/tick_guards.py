@@ -159,6 +159,9 @@ class GuardTick(MoveTick):
             or not top.caps
             or self.obs.t - top.t < policy.guard_relief_s
             or ctl.evidence.up > 0
+            # Only a guard that holds the tail inside its SLO is worth an outage to relieve: one that
+            # does not is lifted, or escalated, on the evidence.
+            or (ctl.evidence.burn_rate(1.0 - t.quantile) or 0.0) > 1.0
         ):
             return False
         return any(binds(c, self.obs) for c in top.caps)

@@ -53,6 +53,9 @@ class ReleaseTick(GuardTick):
                 reason = f"stay on {cur} (the old instance {back} is still noisier); release the level only"
             elif self._outage_short(t, t.outage_s(MoveKind.EXISTING)):
                 reason = f"stay on {cur} (moving back would exceed the outage budget); release the level only"
+            elif self._back_costs(t):
+                # The tail is as good here as it would be at home: an outage to go back buys nothing.
+                reason = f"stay on {cur} (moving back would cost requests for nothing); release the level only"
             else:
                 target = back
                 self.reserved.add(back)
@@ -146,6 +149,14 @@ class ReleaseTick(GuardTick):
             evidence["outage_s"] = outage
             self._spend(t.name, outage)
         self.emit(t.name, "release", before, after, step.lever, reason, evidence)
+
+    def _back_costs(self, t: TenantSpec) -> bool:
+        """Moving back home pushes requests over the SLO (fsm.levercost: its outage longer than the
+        SLO); only a warm hand-over whose gap fits inside the SLO goes back for free."""
+        if self.spec.policy.cost_margin is None or t.slo_s is None:
+            return False  # no cost check: the reference ladder moves back
+        outage, _ = self._move_outage(t, MoveKind.EXISTING)
+        return outage > t.slo_s
 
     def _lift_guard_below(self, t: TenantSpec, evidence: dict[str, Any]) -> bool:
         """The tail is good and the step on top stays: lift a guard beneath it, which costs its

@@ -86,7 +86,8 @@ class Moves:
             if not launcher.has_dropins():
                 self.h.placement[tenant] = None
                 summary.setdefault("moves", []).append(
-                    f"{tenant}: drop-in under {launcher.dropin_root} gone (reboot?): relaunched by the next reconcile")
+                    f"{tenant}: drop-in under {launcher.dropin_root} gone (reboot?): relaunched by the next reconcile"
+                )
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return dict(sorted(self.warm_open.items()))
@@ -205,9 +206,7 @@ class Moves:
             log.exception("%s: unexpected error", target)
             self._outcome(target, False, f"unexpected error: {e}")
 
-    async def run_warm_move(
-        self, tenant: str, spec: TenantActuation, frm: InstanceRef | None, to: InstanceRef
-    ) -> None:
+    async def run_warm_move(self, tenant: str, spec: TenantActuation, frm: InstanceRef | None, to: InstanceRef) -> None:
         """Make before break: start a copy on `to` while the old one serves, wait for the new copy's
         readiness, then stop the old one; a copy that never gets ready is stopped, the old kept.
         Journal: intent (new copy may be starting) -> switched (new serves; old may be stopping) ->
@@ -356,4 +355,3 @@ class Moves:
         err = await self.stop_old(tenant, spec)
         self.retire_done(tenant, err, "done" if keep == to else "failed", f"recovery: {res}")
         return f"{tenant}: {res}" + (f"; {err} (retried at the next reconcile)" if err else "")
-

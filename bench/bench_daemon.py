@@ -45,39 +45,50 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 # -- a GPUS x 7 host scenario ------------------------------------------------------------------
 def big_scenario(n_gpus: int) -> str:
-    nodes = ['[[hosts.nodes]]\nid = "numa0"\nkind = "numa"\nindex = 0\ncpus = "0-47"',
-             '[[hosts.nodes]]\nid = "numa1"\nkind = "numa"\nindex = 1\ncpus = "48-95"']
+    nodes = [
+        '[[hosts.nodes]]\nid = "numa0"\nkind = "numa"\nindex = 0\ncpus = "0-47"',
+        '[[hosts.nodes]]\nid = "numa1"\nkind = "numa"\nindex = 1\ncpus = "48-95"',
+    ]
     tenants = []
     for s in range(n_gpus // 2):
         numa = "numa0" if s < n_gpus // 4 or n_gpus <= 2 else "numa1"
         nodes.append(f'[[hosts.nodes]]\nid = "rc{s}"\nkind = "root_complex"\nparent = "{numa}"')
         nodes.append(f'[[hosts.nodes]]\nid = "sw{s}"\nkind = "switch"\nparent = "rc{s}"\nlink_gbps = 24.0')
-        nodes.append(f'[[hosts.nodes]]\nid = "nvme{s}"\nkind = "nvme"\nparent = "sw{s}"\nlink_gbps = 7.0\n'
-                     f'aliases = ["nvme{s}n1"]')
+        nodes.append(
+            f'[[hosts.nodes]]\nid = "nvme{s}"\nkind = "nvme"\nparent = "sw{s}"\nlink_gbps = 7.0\n'
+            f'aliases = ["nvme{s}n1"]'
+        )
         for k in range(2):
             g = 2 * s + k
             layout = ", ".join(f'"1g.5gb@{i}"' for i in range(7))
-            nodes.append(f'[[hosts.nodes]]\nid = "gpu{g}"\nkind = "gpu"\nparent = "sw{s}"\n'
-                         f'model = "A100-SXM4-40GB"\nlink_gbps = 24.0\nlayout = [{layout}]')
+            nodes.append(
+                f'[[hosts.nodes]]\nid = "gpu{g}"\nkind = "gpu"\nparent = "sw{s}"\n'
+                f'model = "A100-SXM4-40GB"\nlink_gbps = 24.0\nlayout = [{layout}]'
+            )
             for i in range(7):
                 name = f"g{g}i{i}"
                 if i == 0:
                     tenants.append(
                         f'[[hosts.tenants]]\nname = "{name}"\nrole = "sensitive"\ninstance = "gpu{g}/1g.5gb@{i}"\n'
                         f'cgroup = "{name}.slice"\nslo_ms = 15.0\n[hosts.tenants.requests]\nrate = 60.0\n'
-                        f'compute_ms = 1.0\nslice_exponent = 0.8\nbytes = 40e6\nnoise_cv = 0.25')
+                        f"compute_ms = 1.0\nslice_exponent = 0.8\nbytes = 40e6\nnoise_cv = 0.25"
+                    )
                 elif i % 2:
                     tenants.append(
                         f'[[hosts.tenants]]\nname = "{name}"\nrole = "bulk"\ninstance = "gpu{g}/1g.5gb@{i}"\n'
                         f'cgroup = "{name}.slice"\ndevices = ["nvme{s}n1"]\ndemand_gbps = 0.4\n'
                         f'flows = [{{ path = ["nvme{s}", "cpu"] }}, {{ path = ["cpu", "gpu{g}"] }}]\n'
-                        f'schedule = {{ period_s = 600, on = [[120, 400]] }}')
+                        f"schedule = {{ period_s = 600, on = [[120, 400]] }}"
+                    )
                 else:
                     tenants.append(
                         f'[[hosts.tenants]]\nname = "{name}"\nrole = "compute"\ninstance = "gpu{g}/1g.5gb@{i}"\n'
-                        f'cgroup = "{name}.slice"\nsm_active = 0.9')
-    head = (f'[scenario]\nname = "bench-{n_gpus}x7"\nduration_s = 3600\ntick_s = 1.0\nseed = 1\n\n'
-            '[policy]\nmin_window_count = 20\n\n[[hosts]]\nname = "bench"\n')
+                        f'cgroup = "{name}.slice"\nsm_active = 0.9'
+                    )
+    head = (
+        f'[scenario]\nname = "bench-{n_gpus}x7"\nduration_s = 3600\ntick_s = 1.0\nseed = 1\n\n'
+        '[policy]\nmin_window_count = 20\n\n[[hosts]]\nname = "bench"\n'
+    )
     return head + "\n\n".join(nodes + tenants) + "\n"
 
 
@@ -139,8 +150,11 @@ def child(args: argparse.Namespace) -> int:
             bridge = MqttBridge(MqttOptions(url=args.mqtt_url, host_name="bench"), on_latency=d.push_latency)
             d.exporters.append(bridge)
             bridge.start()
-        server = MetricsServer(make_registry(DaemonCollector(lambda: d.snapshot, bridge.metrics if bridge else None)),
-                               "127.0.0.1", args.metrics_port)
+        server = MetricsServer(
+            make_registry(DaemonCollector(lambda: d.snapshot, bridge.metrics if bridge else None)),
+            "127.0.0.1",
+            args.metrics_port,
+        )
         loop = asyncio.get_running_loop()
         loop.call_later(3.0, lambda: print("READY", flush=True))
         try:
@@ -161,8 +175,17 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
     scen.write_text(big_scenario(args.gpus))
     broker = start_broker(tmp)
     port = free_port()
-    cmd = [sys.executable, __file__, "child", "--scenario", str(scen), "--metrics-port", str(port),
-           "--state-dir", str(tmp / "state")]
+    cmd = [
+        sys.executable,
+        __file__,
+        "child",
+        "--scenario",
+        str(scen),
+        "--metrics-port",
+        str(port),
+        "--state-dir",
+        str(tmp / "state"),
+    ]
     if broker is not None:
         cmd += ["--mqtt-url", broker.url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -187,10 +210,18 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
         ticks = next(float(x.split()[1]) for x in body.splitlines() if x.startswith("tailguard_ticks_total"))
         n_series = sum(1 for x in body.splitlines() if x and not x.startswith("#"))
         return {
-            "bench": "overhead", "gpus": args.gpus, "instances_per_gpu": 7, "tenants": 7 * args.gpus,
-            "window_s": round(t1 - t0, 1), "tick_s": 1.0, "cpu_percent_of_core": round(100 * cpu, 3),
-            "rss_max_mb": round(rss_max / 2**20, 1), "scrapes": scrapes, "ticks_total": ticks,
-            "series_per_scrape": n_series, "mqtt": broker is not None,
+            "bench": "overhead",
+            "gpus": args.gpus,
+            "instances_per_gpu": 7,
+            "tenants": 7 * args.gpus,
+            "window_s": round(t1 - t0, 1),
+            "tick_s": 1.0,
+            "cpu_percent_of_core": round(100 * cpu, 3),
+            "rss_max_mb": round(rss_max / 2**20, 1),
+            "scrapes": scrapes,
+            "ticks_total": ticks,
+            "series_per_scrape": n_series,
+            "mqtt": broker is not None,
         }
     finally:
         proc.terminate()
@@ -284,12 +315,17 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     restarted = {"done": False}
 
     async def main() -> Daemon:
-        d = Daemon(host, DaemonOptions(host_name="soak", period_s=period, until_t=duration,
-                                       observe_timeout_s=period * 0.8), notifier=Notifier())
+        d = Daemon(
+            host,
+            DaemonOptions(host_name="soak", period_s=period, until_t=duration, observe_timeout_s=period * 0.8),
+            notifier=Notifier(),
+        )
         bridge = None
         if broker is not None:
-            bridge = MqttBridge(MqttOptions(url=broker.url, host_name="soak", queue_max=100, backoff_min_s=0.2,
-                                            backoff_max_s=1.0), on_latency=d.push_latency)
+            bridge = MqttBridge(
+                MqttOptions(url=broker.url, host_name="soak", queue_max=100, backoff_min_s=0.2, backoff_max_s=1.0),
+                on_latency=d.push_latency,
+            )
             d.exporters.append(bridge)
             bridge.start()
 
@@ -324,14 +360,23 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     mq = getattr(d, "mqtt_stats", None)
     shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "bench": "soak", "simulated_s": snap.t, "speed": args.speed, "wall_s": round(wall, 1),
-        "period_wall_s": round(period, 4), "ticks": snap.ticks_total, "overruns": snap.overruns_total,
-        "tick_errors": snap.tick_errors_total, "max_tick_gap_periods": round(max(gaps) / period, 2),
-        "watchdog_s": round(watchdog_s, 3), "max_watchdog_gap_s": round(max(wd_gaps), 3),
+        "bench": "soak",
+        "simulated_s": snap.t,
+        "speed": args.speed,
+        "wall_s": round(wall, 1),
+        "period_wall_s": round(period, 4),
+        "ticks": snap.ticks_total,
+        "overruns": snap.overruns_total,
+        "tick_errors": snap.tick_errors_total,
+        "max_tick_gap_periods": round(max(gaps) / period, 2),
+        "watchdog_s": round(watchdog_s, 3),
+        "max_watchdog_gap_s": round(max(wd_gaps), 3),
         "watchdog_missed": sum(1 for g in wd_gaps if g > watchdog_s),
-        "hung_sampler_timeouts": host.runner.stats.timeouts_total, "apply_failures_injected": host.apply_failures,
+        "hung_sampler_timeouts": host.runner.stats.timeouts_total,
+        "apply_failures_injected": host.apply_failures,
         "broker_restarted": restarted["done"] and broker is not None,
-        "mqtt_connects": mq.connects_total if mq else None, "mqtt_dropped": mq.dropped_total if mq else None,
+        "mqtt_connects": mq.connects_total if mq else None,
+        "mqtt_dropped": mq.dropped_total if mq else None,
         "events": snap.events_total,
     }
 

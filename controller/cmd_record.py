@@ -15,8 +15,6 @@ from controller.cmd_run import add_common, main
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("record", help="run the daemon and record its observations to a trace file")
     p.add_argument("--out", dest="record", required=True, metavar="TRACE", help="trace file to append to")
-    p.add_argument(
-        "--max-bytes", type=int, default=64 << 20, help="rotate the trace past this size (default 64 MiB)"
-    )
+    p.add_argument("--max-bytes", type=int, default=64 << 20, help="rotate the trace past this size (default 64 MiB)")
     add_common(p)
     p.set_defaults(func=main)

@@ -85,8 +85,10 @@ class Setup:
 
 def setup_logging(level: str) -> None:
     # Under systemd (JOURNAL_STREAM set) journald adds the timestamps.
-    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=getattr(logging, level), format=fmt, stream=sys.stderr)
 
@@ -332,8 +334,10 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
                 status=lambda: status_json(daemon.snapshot, daemon.opts.status_every_s),
             )
         except OSError as e:
-            print(f"tailguard {args.command}: metrics on {s.metrics[0]}:{s.metrics[1]}: {e.strerror or e}",
-                  file=sys.stderr)
+            print(
+                f"tailguard {args.command}: metrics on {s.metrics[0]}:{s.metrics[1]}: {e.strerror or e}",
+                file=sys.stderr,
+            )
             if bridge is not None:
                 await bridge.stop(0)
             return 2
@@ -361,8 +365,9 @@ def _print_events(events: tuple[DecisionEvent, ...]) -> None:
             continue
         lever = f" [{e.lever}]" if e.lever else ""
         dry = "" if e.applied else " (dry-run)"
-        print(f"t={e.t:8.0f}s {e.tenant:<12} {e.kind:<9} {e.level_from}->{e.level_to}{lever}{dry}: {e.reason}",
-              flush=True)
+        print(
+            f"t={e.t:8.0f}s {e.tenant:<12} {e.kind:<9} {e.level_from}->{e.level_to}{lever}{dry}: {e.reason}", flush=True
+        )
 
 
 def summary(daemon: Daemon, s: Setup, wall_s: float, bridge: MqttBridge | None) -> str:
@@ -392,4 +397,3 @@ def summary(daemon: Daemon, s: Setup, wall_s: float, bridge: MqttBridge | None) 
             f"{sum(st.malformed_total.values())} malformed in, {st.connects_total} connects"
         )
     return "\n".join(lines)
-

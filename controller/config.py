@@ -246,12 +246,12 @@ class Levers(Strict):
 
 class PolicyConfig(Strict):
     # SLO evidence from requests (fsm.evidence) and cost-aware levers (fsm.levercost).
-    evidence_burn: float = Field(4.0, gt=1, le=100)
+    evidence_burn: float = Field(2.0, gt=1, le=100)
     evidence_alpha: float = Field(1e-4, gt=0, lt=0.5)
     release_burn: float = Field(0.25, gt=0, lt=1)
     release_alpha: float = Field(0.2, gt=0, lt=1)
     rate_tau_s: float = Field(60.0, gt=0, le=86400)
-    cost_margin: float = Field(2.0, ge=0, le=1000)  # 0: no cost check
+    cost_margin: float = Field(1.0, ge=0, le=1000)  # 0: no cost check
     episode_prior_s: float = Field(300.0, gt=0, le=7 * 86400)
     unknown_cause_efficacy: float = Field(0.25, ge=0, le=1)
     guard_min_cut: float = Field(0.2, ge=0, le=1)
@@ -269,7 +269,7 @@ class PolicyConfig(Strict):
     mps_guard_percent: int = Field(50, ge=1, le=100)
     max_reconfigs_per_hour: int = Field(4, ge=0, le=60)
     outage_budget_share: float = Field(0.5, ge=0, le=10)  # 0: no limit
-    outage_budget_window_s: float = Field(3600.0, ge=60, le=90 * 86400)
+    outage_budget_window_s: float = Field(14400.0, ge=60, le=90 * 86400)
     guard_cost_share: float = Field(0.05, ge=0, le=1)  # 0: no limit
     guard_budget_window_s: float = Field(3600.0, ge=60, le=90 * 86400)
     backoff_s: float = Field(60.0, ge=0)

@@ -485,7 +485,8 @@ class Daemon:
             for o in recs:
                 if o.wall > seen:
                     h = self._outage_hist.setdefault(
-                        (tenant, o.kind), Histogram(OUTAGE_BUCKETS, [0] * (len(OUTAGE_BUCKETS) + 1)))
+                        (tenant, o.kind), Histogram(OUTAGE_BUCKETS, [0] * (len(OUTAGE_BUCKETS) + 1))
+                    )
                     h.observe(o.seconds)
             if recs:
                 self._outage_seen[tenant] = max(seen, max(o.wall for o in recs))

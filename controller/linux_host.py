@@ -258,4 +258,3 @@ class LinuxHost:
         if self._mig_task is not None and not self._mig_task.done():
             self._mig_task.cancel()
         await self.reconciler.shutdown(self.lift)
-

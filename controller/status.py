@@ -55,8 +55,9 @@ def status_json(s: Snapshot, status_every_s: float = 0.0) -> dict[str, Any]:
         "degraded": {c.name: {"cause": c.cause, "since": c.since, "group": c.group} for c in s.degraded},
         "sources": dict(s.sources),
         "journal": dict(s.journal) if s.journal is not None else None,
-        "outages": {t: [{"kind": o.kind, "seconds": o.seconds, "wall": o.wall} for o in v]
-                    for t, v in sorted(s.outages.items())},
+        "outages": {
+            t: [{"kind": o.kind, "seconds": o.seconds, "wall": o.wall} for o in v] for t, v in sorted(s.outages.items())
+        },
     }
 
 

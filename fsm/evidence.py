@@ -17,15 +17,18 @@ with two one-sided CUSUMs (Page's test) of the Bernoulli log-likelihood ratio, i
 VIOLATING when `up` reaches h = ln(1/alpha); GOOD when `down` reaches ln(1/release_alpha). The
 evidence is counted in requests, not windows: at 200 requests/s a strong violation crosses h in a
 tick or two, at 0.2 requests/s the same violation takes about a minute, and a handful of requests
-never does (h / ln(burn) requests over the SLO at the very least: 7 with the defaults). One tick
+never does (h / ln(burn) requests over the SLO at the very least: 14 with the defaults). One tick
 adds at most h / min_ticks (and release_h / min_release_ticks) so that a single burst tick, whose
 requests queue together and are not independent, never decides alone.
 
 Counts estimated inside a histogram bucket (vLLM's TTFT buckets are fixed) are only known between
 the requests certainly over the SLO (above the next bound up) and those possibly over it (above the
-next bound down): the trigger, and the recent share the cost model uses, take the first, the
-release the second, so a coarse bucket never makes a healthy tenant look violating, nor a violating
-one look healthy.
+next bound down). The bucket's share above the SLO is then estimated by fitting the tail's decay
+across the bucket (fsm.histogram.tail_fraction) to the recent counts above each bound (time
+constant `fit_tau_s`, longer than a tick so that a few requests do not make the shape): unbiased
+for an exponential tail, within about 20% of the true share near the budget for lognormal ones
+(docs/decisions.md), where the even spread of linear interpolation reads a healthy 200 ms SLO as
+ten times over budget and the certain count alone reads a violating one as healthy.
 
 A source that gives quantiles but no counts falls back to the per-window verdict of
 fsm.quantiles.judge (today's reference trigger): a violating window adds h / min_ticks, a good one
@@ -40,9 +43,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+from fsm.histogram import tail_fraction
 from fsm.observation import LatencyWindow
 from fsm.quantiles import Verdict, judge
 from fsm.spec import Policy
@@ -50,13 +54,14 @@ from fsm.spec import Policy
 
 @dataclass(frozen=True, slots=True)
 class EvidenceParams:
-    burn: float = 4.0  # H1's burn rate (bad share / budget)
+    burn: float = 2.0  # H1's burn rate (bad share / budget)
     alpha: float = 1e-4  # trigger threshold h = ln(1/alpha)
     release_burn: float = 0.25  # H2's burn rate: a tail comfortably within its SLO
     release_alpha: float = 0.2  # release threshold ln(1/release_alpha)
     min_ticks: int = 3  # ticks of evidence a trigger needs at least (the reference design's Y)
     min_release_ticks: int = 5  # ... and a release (Z)
     rate_tau_s: float = 60.0  # time constant of the request rate and recent bad share estimates
+    fit_tau_s: float = 600.0  # time constant of the tail's shape inside the SLO's histogram bucket
     release_ratio: float = 0.8  # legacy windows: good = quantile < release_ratio x SLO
     min_window_count: int = 5  # legacy windows with fewer requests count neither way
     # Derived once here (update() reads them for every sensitive tenant and tick): h, release_h,
@@ -89,10 +94,14 @@ class SloEvidence:
     up: float = 0.0  # nats of evidence that the tail violates (reset after every action)
     down: float = 0.0  # nats of evidence that it meets its SLO
     up_bad: float = 0.0  # requests over the SLO since `up` last left zero
+    up_n: float = 0.0  # requests since `up` last left zero
     n_recent: float = 0.0  # exponentially weighted requests (time constant rate_tau_s)
     b_recent: float = 0.0  # ... of them over the SLO
     t: float | None = None  # time of the last update
     counted: bool = False  # the last tick had request counts (False: legacy windows or no data)
+    up_since: float | None = None  # when `up` last left zero: the change point's estimate
+    fit_lo: float = 0.0  # exponentially weighted requests above the SLO bucket's lower bound
+    fit_hi: float = 0.0  # ... and above its upper bound (time constant fit_tau_s)
 
     def rate(self, p: EvidenceParams) -> float:
         """Requests per second, recently."""
@@ -107,31 +116,7 @@ class SloEvidence:
 
     def reset(self) -> SloEvidence:
         """After an action: the next decision needs fresh evidence about the new situation."""
-        # replace(self, up=0.0, down=0.0, up_bad=0.0), built directly (a few times per tick).
-        return _evidence(0.0, 0.0, 0.0, self.n_recent, self.b_recent, self.t, self.counted)
-
-
-# SloEvidence(up, down, up_bad, n_recent, b_recent, t, counted), built through its slots' own
-# setters: a frozen dataclass's __init__ goes through object.__setattr__ field by field, 2.5 times
-# as dear, and one is built for every sensitive tenant on every tick. Same object, same value
-# (tests/test_fsm_fastpaths.py).
-_EVIDENCE_SET = tuple(getattr(SloEvidence, n).__set__ for n in SloEvidence.__slots__)
-_new = object.__new__
-
-
-def _evidence(
-    up: float, down: float, up_bad: float, n_recent: float, b_recent: float, t: float | None, counted: bool
-) -> SloEvidence:
-    e: SloEvidence = _new(SloEvidence)
-    s_up, s_down, s_up_bad, s_n, s_b, s_t, s_counted = _EVIDENCE_SET
-    s_up(e, up)
-    s_down(e, down)
-    s_up_bad(e, up_bad)
-    s_n(e, n_recent)
-    s_b(e, b_recent)
-    s_t(e, t)
-    s_counted(e, counted)
-    return e
+        return replace(self, up=0.0, down=0.0, up_bad=0.0, up_n=0.0, up_since=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,40 +175,65 @@ def update(
     dt = max(0.0, now - ev.t) if ev.t is not None else 0.0
     decay = math.exp(-dt / p.rate_tau_s) if dt > 0 else 1.0
     n_recent, b_recent = ev.n_recent * decay, ev.b_recent * decay
+    fit_decay = math.exp(-dt / p.fit_tau_s) if dt > 0 else 1.0
+    fit_lo, fit_hi = ev.fit_lo * fit_decay, ev.fit_hi * fit_decay
     count = window.count if window is not None else 0
     bad = over_slo(window, slo_s) if window is not None and count > 0 else None
     value = window.quantile(q) if window is not None and count > 0 else None
-    up, down, up_bad = ev.up, ev.down, ev.up_bad
+    up, down, up_bad, up_n = ev.up, ev.down, ev.up_bad, ev.up_n
     h, release_h, step_up, step_down = p._h, p._release_h, p._step_up, p._step_down
+    up_since = ev.up_since
     if bad is not None:
-        # Counts read off histogram buckets are only known between two bounds: a trigger believes
-        # only the requests certainly over the SLO, a release counts every one possibly over.
-        certain, possible = window.over_slo_range if window and window.over_slo_range else (bad, bad)
+        assert window is not None
+        if window.over_slo_range is not None and window.over_slo_bucket is not None:
+            # Read off histogram buckets: the requests in the SLO's bucket, split by the tail's shape.
+            certain, possible = window.over_slo_range
+            fit_lo, fit_hi = fit_lo + possible, fit_hi + certain
+            lo, hi = window.over_slo_bucket
+            bad = certain + (possible - certain) * tail_fraction(fit_lo, fit_hi, (slo_s - lo) / (hi - lo))
         w_bad, w_good = llr_weights(eps, p.burn)
         r_bad, r_good = llr_weights(eps, p.release_burn)
-        up = max(0.0, up + min(certain * w_bad + (count - certain) * w_good, step_up))
-        down = max(0.0, down + min(possible * r_bad + (count - possible) * r_good, step_down))
-        up_bad = up_bad + certain if up > 0 else 0.0
+        up = max(0.0, up + min(bad * w_bad + (count - bad) * w_good, step_up))
+        down = max(0.0, down + min(bad * r_bad + (count - bad) * r_good, step_down))
+        up_bad = up_bad + bad if up > 0 else 0.0
+        up_n = up_n + count if up > 0 else 0.0
         n_recent += count
-        b_recent += certain
+        b_recent += bad
         counted = True
         legacy_empty = False
     else:
         # No counts: today's per-window rule (fsm.quantiles.judge) as the special case.
         w = judge(window, q, slo_s, p.release_ratio, p.min_window_count)
         legacy_empty = w.verdict is Verdict.EMPTY
+        share = share_from_quantiles(window, slo_s) if window is not None else None
         if w.verdict is Verdict.VIOLATING:
-            up, down, up_bad = up + step_up, 0.0, up_bad + eps * w.count
+            up, down = up + step_up, 0.0
+            up_bad, up_n = up_bad + max(eps, share or 0.0) * w.count, up_n + w.count
         elif w.verdict is Verdict.GOOD:
-            up, down, up_bad = 0.0, down + step_down, 0.0
+            up, down, up_bad, up_n = 0.0, down + step_down, 0.0, 0.0
         elif w.verdict is Verdict.BETWEEN:
-            up, down, up_bad = 0.0, 0.0, 0.0
+            up, down, up_bad, up_n = 0.0, 0.0, 0.0, 0.0
         if w.verdict is not Verdict.EMPTY and window is not None:
-            share = share_from_quantiles(window, slo_s)
             n_recent += w.count
             b_recent += (share or 0.0) * w.count
         counted = False
-    new = _evidence(up, down, up_bad, n_recent, b_recent, now, counted)
+    if up <= 0.0:
+        up_since = None
+    elif up_since is None:
+        up_since = now
+    new = SloEvidence(
+        up=up,
+        down=down,
+        up_bad=up_bad,
+        up_n=up_n,
+        n_recent=n_recent,
+        b_recent=b_recent,
+        t=now,
+        counted=counted,
+        up_since=up_since,
+        fit_lo=fit_lo,
+        fit_hi=fit_hi,
+    )
     if up >= h - 1e-9 and count > 0 and not legacy_empty:
         verdict = Verdict.VIOLATING
     elif down >= release_h - 1e-9 and count > 0 and not legacy_empty:

@@ -10,18 +10,22 @@ outage and the drain, so the share of held requests that wait longer than the SL
 (lambda the tenant's request rate, rho its server's utilisation, capped at 0.9). A warm hand-over
 whose gap is shorter than the SLO costs nothing by this measure.
 
-Benefit: the lever brings the bad share from its recent value p back to the budget eps for the
-rest of the episode:
+Benefit: the lever brings the bad share from its value p back to the budget eps for the rest of
+the episode. How long that is cannot be known when the lever is taken; this is the ski-rental
+problem (Karlin, Manasse, McGeoch, Owicki, "Competitive randomized algorithms for nonuniform
+problems", Algorithmica 11, 1994): every second of waiting pays rent (requests over the SLO beyond
+the budget), a lever is bought once (its outage). Buying once the rent paid equals the price is
+within a factor 2 of hindsight's best whatever the episode's length, and a known distribution of
+lengths lets one buy earlier. So the benefit is the larger of
 
-    benefit = lambda x max(0, p - eps) x E[remaining episode] x efficacy
+    the rent paid so far:  requests of this episode over the SLO - eps x its requests
+    the expected rent:     lambda x max(0, p - eps) x E[episode length]
 
-E[remaining episode] is learned per tenant from its recent episodes (the posterior mean length,
-with a prior of `episode_prior_s` worth one episode), and is at least the time the current
-episode has already lasted (an episode that has lasted a seconds is expected to last about as
-long again, as for any heavy-tailed length: a tenant that outgrew its slice stays violating until
-something changes, and its first episode must not be judged by the prior alone); `efficacy` is what the
-diagnosis lets us expect of the lever (1 when it found the cause on the victim's path, less when
-it did not: a burst of the tenant's own arrivals follows it to the new instance).
+times `efficacy`. E[episode length] is learned per tenant from its recent episodes (the posterior
+mean length, with a prior of `episode_prior_s` worth one episode); p is the episode's own bad share
+once it holds 1/eps requests (the last minute's before that). `efficacy` is what the diagnosis lets
+us expect of the lever (1 when it found the cause on the victim's path, less when it did not: a
+burst of the tenant's own arrivals follows it to the new instance).
 
 A lever is taken only when benefit >= margin x cost.
 """
@@ -45,6 +49,8 @@ class LeverCost:
     bad_share: float
     budget_share: float
     remaining_s: float
+    rent: float  # requests of this episode over the SLO beyond the budget so far
+    elapsed_s: float
     efficacy: float
     benefit: float  # requests expected kept under the SLO by the lever
 
@@ -61,7 +67,9 @@ class LeverCost:
             "cost_requests": round(self.cost, 1),
             "bad_share": round(self.bad_share, 4),
             "budget_share": round(self.budget_share, 4),
-            "expected_remaining_s": round(self.remaining_s, 1),
+            "expected_episode_s": round(self.remaining_s, 1),
+            "episode_elapsed_s": round(self.elapsed_s, 1),
+            "rent_requests": round(self.rent, 1),
             "efficacy": round(self.efficacy, 2),
             "benefit_requests": round(self.benefit, 1),
         }
@@ -91,12 +99,18 @@ def estimate(
     prior_s: float,
     efficacy: float,
     elapsed_s: float = 0.0,
+    episode_requests: float = 0.0,
+    episode_bad: float = 0.0,
 ) -> LeverCost:
     # Unknown utilisation: assume a server half busy (the cost doubles the plain outage).
     r = 0.5 if rho is None else min(max(rho, 0.0), MAX_RHO)
-    share = bad_share if bad_share is not None else 0.0
-    remaining = max(expected_remaining(episodes, prior_s), elapsed_s)
-    benefit = rate_rps * max(0.0, share - budget_share) * remaining * efficacy
+    if budget_share > 0 and episode_requests * budget_share >= 1.0:
+        share = episode_bad / episode_requests
+    else:
+        share = bad_share if bad_share is not None else 0.0
+    remaining = expected_remaining(episodes, prior_s)
+    rent = max(0.0, episode_bad - budget_share * episode_requests)
+    benefit = max(rent, rate_rps * max(0.0, share - budget_share) * remaining) * efficacy
     return LeverCost(
         lever=lever,
         outage_s=outage_s,
@@ -107,6 +121,8 @@ def estimate(
         bad_share=share,
         budget_share=budget_share,
         remaining_s=remaining,
+        rent=rent,
+        elapsed_s=elapsed_s,
         efficacy=efficacy,
         benefit=benefit,
     )

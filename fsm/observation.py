@@ -56,6 +56,9 @@ class LatencyWindow:
     # When over_slo is interpolated inside a histogram bucket: (requests certainly over the SLO,
     # those possibly over), counted above the bucket bounds on either side of it. None: exact.
     over_slo_range: tuple[float, float] | None = None
+    # ... and the bounds (s) of the bucket the SLO falls inside, which those two counts sit above:
+    # the evidence fits the tail's decay between them (fsm.histogram.tail_fraction).
+    over_slo_bucket: tuple[float, float] | None = None
 
     def quantile(self, q: float) -> float | None:
         if self.samples:

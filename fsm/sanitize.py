@@ -64,13 +64,15 @@ def _window(w: LatencyWindow, where: str, reasons: Counter[str]) -> LatencyWindo
     if w.over_slo is not None and w.over_slo > w.count + 1e-9:
         # More requests over the SLO than requests in the window: the source is confused.
         reasons[f"{where}.over_slo: above count"] += 1
-        w = replace(w, over_slo=None, over_slo_range=None)
+        w = replace(w, over_slo=None, over_slo_range=None, over_slo_bucket=None)
     r = w.over_slo_range
-    if r is not None and (
-        len(r) != 2 or any(_bad(x, False) for x in r) or r[0] > r[1] + 1e-9 or r[1] > w.count + 1e-9
-    ):
+    if r is not None and (len(r) != 2 or any(_bad(x, False) for x in r) or r[0] > r[1] + 1e-9 or r[1] > w.count + 1e-9):
         reasons[f"{where}.over_slo_range: not (certain <= possible <= count)"] += 1
-        w = replace(w, over_slo_range=None)
+        w = replace(w, over_slo_range=None, over_slo_bucket=None)
+    bk = w.over_slo_bucket
+    if bk is not None and (len(bk) != 2 or any(_bad(x, False) for x in bk) or not bk[0] < bk[1]):
+        reasons[f"{where}.over_slo_bucket: not (0 <= lower < upper, finite)"] += 1
+        w = replace(w, over_slo_bucket=None)
     if w.samples and any(_bad(s, False) for s in w.samples):
         reasons[f"{where}.samples: NaN, infinite or negative"] += 1
         w = replace(w, samples=tuple(s for s in w.samples if not _bad(s, False)))
@@ -238,5 +240,8 @@ def _all_fine(obs: Observation) -> bool:
         if r is not None and (
             len(r) != 2 or any(_bad(x, False) for x in r) or r[0] > r[1] + 1e-9 or r[1] > w.count + 1e-9
         ):
+            return False
+        bk = w.over_slo_bucket
+        if bk is not None and (len(bk) != 2 or any(_bad(x, False) for x in bk) or not bk[0] < bk[1]):
             return False
     return True

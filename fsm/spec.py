@@ -79,7 +79,7 @@ class TenantSpec:
 @dataclass(frozen=True, slots=True)
 class Policy:
     # SLO evidence (fsm.evidence): a sequential test on the share of requests over the SLO.
-    evidence_burn: float = 4.0  # the violation hypothesis: the error budget burns this much too fast
+    evidence_burn: float = 2.0  # the violation hypothesis: the error budget burns this much too fast
     evidence_alpha: float = 1e-4  # trigger at ln(1/alpha) nats of evidence
     release_burn: float = 0.25  # the release hypothesis: the tail burns this share of its budget
     release_alpha: float = 0.2  # release at ln(1/release_alpha) nats of evidence for it
@@ -104,7 +104,7 @@ class Policy:
     # 0.5 x 864 s = 432 s. (An hour, 18 s, would bar every relaunch that takes longer, as a vLLM
     # server's does; SLOs are kept over days to weeks.) Whether a lever pays is fsm.levercost's.
     outage_budget_share: float | None = 0.5
-    outage_budget_window_s: float = 3600.0
+    outage_budget_window_s: float = 14400.0
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
     # share of the time it runs (both exponentially weighted over guard_budget_window_s), and at
     # least 2 x rate_tau_s (the time it takes to see whether the guard helps); past it
@@ -114,7 +114,7 @@ class Policy:
     guard_budget_window_s: float = 3600.0
     # Cost-aware levers (fsm.levercost): a move or resize is taken only when the requests it is
     # expected to keep under the SLO exceed cost_margin x those its outage pushes over (None: no check).
-    cost_margin: float | None = 2.0
+    cost_margin: float | None = 1.0
     episode_prior_s: float = 300.0  # prior mean length of a violation episode (worth one episode)
     unknown_cause_efficacy: float = 0.25  # what a move is expected to cure when the cause is unknown
     # A guard costs the capped tenants throughput: one that has not cut the victim's share of

@@ -58,7 +58,10 @@ class TenantCtl:
     failed_levers: tuple[str, ...] = ()
     stack: tuple[Step, ...] = ()
     pending: Pending | None = None
-    episode_start: float | None = None  # first violating window of the current episode
+    episode_start: float | None = None  # when the evidence of the current episode began to grow
+    # Requests of the current episode, and those over the SLO: what waiting has cost so far.
+    episode_n: float = 0.0
+    episode_bad: float = 0.0
     last_value: float | None = None  # the last window's quantile (s)
     recent: tuple[float, ...] = ()  # the last release_horizon_windows window quantiles (s)
     last_reason: str = ""
@@ -69,6 +72,9 @@ class TenantCtl:
     evidence: SloEvidence = field(default_factory=SloEvidence)
     episodes: tuple[float, ...] = ()  # lengths (s) of this tenant's last violation episodes
     measured_outage_s: float | None = None  # the actuators' last measured outage of a move
+    # After a move or resize finishes: until then its own backlog, not interference, delays the
+    # tenant's requests, so they are not evidence either way.
+    settle_until: float | None = None
 
     @property
     def level(self) -> Level:

@@ -105,7 +105,7 @@ def hanging_tool(bin_dir: Path, log: Path) -> Path:
     """An nvidia-smi that never answers: it notes when it started, then sleeps past any timeout."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     p = bin_dir / "nvidia-smi"
-    p.write_text(f"#!/bin/sh\necho \"$(date +%s.%N) $*\" >> {log}\nexec sleep 3600\n")
+    p.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {log}\nexec sleep 3600\n')
     p.chmod(0o755)
     return p
 

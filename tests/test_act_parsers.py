@@ -29,7 +29,11 @@ def fx(name: str) -> str:
 def test_lgi_fixtures() -> None:
     rows = nvsmi.parse_lgi(fx("nvidia-smi-mig-lgi_a100-pcie-40gb_3g+2g+1g+1g_r510_hpe.txt"))
     assert [(r.name, r.profile_id, r.gi, r.start, r.size) for r in rows] == [
-        ("1g.5gb", 19, 11, 0, 1), ("1g.5gb", 19, 12, 1, 1), ("2g.10gb", 14, 6, 2, 2), ("3g.20gb", 9, 1, 4, 4)]
+        ("1g.5gb", 19, 11, 0, 1),
+        ("1g.5gb", 19, 12, 1, 1),
+        ("2g.10gb", 14, 6, 2, 2),
+        ("3g.20gb", 9, 1, 4, 4),
+    ]
     rows = nvsmi.parse_lgi(fx("nvidia-smi-mig-lgi_a100-40gb_7x1g.5gb.txt"))  # the narrower 52-column table
     assert [(r.gi, r.start) for r in rows] == [(7 + i, i) for i in range(7)]
     rows = nvsmi.parse_lgi(fx("nvidia-smi-mig-lgi_h100-pcie_3g.40gb+3x1g.10gb_scaleway.txt"))

@@ -35,9 +35,7 @@ def test_warnings_do_not_fail_but_are_reported(tmp_path: Path, capsys: pytest.Ca
     f = tmp_path / "c.toml"
     (tmp_path / "x.slice").mkdir()
     f.write_text(
-        f'[host]\ncgroup_root = "{tmp_path}"\n'
-        + SENS
-        + '[[tenants]]\nname = "a"\nrole = "bulk"\ncgroup = "x.slice"\n'
+        f'[host]\ncgroup_root = "{tmp_path}"\n' + SENS + '[[tenants]]\nname = "a"\nrole = "bulk"\ncgroup = "x.slice"\n'
         '[[tenants]]\nname = "b"\nrole = "compute"\ncgroup = "x.slice"\n'
         '[exporters.prometheus]\nlisten = "0.0.0.0:9433"\nallow_remote = true\n'
     )

@@ -78,9 +78,7 @@ def test_run_refuses_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "--speed must be positive" in capsys.readouterr().err
 
 
-def test_finished_mig_change_invalidates_the_layout_cache(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_finished_mig_change_invalidates_the_layout_cache(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A MIG change reported done (or failed half-way) makes the next sample re-read that GPU's
     MIG devices; a signals alarm (GPU lost) is logged as a warning."""
     from fsm.observation import ActuationStatus, Observation, Outcome, TenantSample

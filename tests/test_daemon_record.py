@@ -16,8 +16,22 @@ SCENARIO = Path(__file__).resolve().parents[1] / "replay" / "scenarios" / "p4d-d
 
 def test_record_writes_a_trace_replay_can_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "trace.jsonl"
-    rc = main(["record", "--out", str(out), "--simulate", str(SCENARIO), "--speed", "100", "--duration", "100",
-               "--quiet", "--log-level", "WARNING"])
+    rc = main(
+        [
+            "record",
+            "--out",
+            str(out),
+            "--simulate",
+            str(SCENARIO),
+            "--speed",
+            "100",
+            "--duration",
+            "100",
+            "--quiet",
+            "--log-level",
+            "WARNING",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "tailguard run summary" in text
@@ -36,8 +50,24 @@ def test_record_writes_a_trace_replay_can_read(tmp_path: Path, capsys: pytest.Ca
 
 def test_record_rotates_by_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "trace.jsonl"
-    rc = main(["record", "--out", str(out), "--max-bytes", "60000", "--simulate", str(SCENARIO), "--speed", "100",
-               "--duration", "100", "--quiet", "--log-level", "WARNING"])
+    rc = main(
+        [
+            "record",
+            "--out",
+            str(out),
+            "--max-bytes",
+            "60000",
+            "--simulate",
+            str(SCENARIO),
+            "--speed",
+            "100",
+            "--duration",
+            "100",
+            "--quiet",
+            "--log-level",
+            "WARNING",
+        ]
+    )
     assert rc == 0
     ticks = int(re.search(r"(\d+) ticks in", capsys.readouterr().out)[1])  # type: ignore[index]
     rotated = sorted(tmp_path.glob("trace.jsonl.*"))

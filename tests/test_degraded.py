@@ -84,8 +84,12 @@ class Flappy:
 def test_sources_are_loud_once_per_change(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = parse_config(CONFIG, "t.toml")
     topo = empty_topology()
-    host = LinuxHost(cfg, topo, collector=SignalCollector(cfg, topo, samplers=[Flappy()]),
-                     reconciler=Reconciler(journal_path=tmp_path / "j.jsonl", dry_run=True, cgroup_root=str(tmp_path)))
+    host = LinuxHost(
+        cfg,
+        topo,
+        collector=SignalCollector(cfg, topo, samplers=[Flappy()]),
+        reconciler=Reconciler(journal_path=tmp_path / "j.jsonl", dry_run=True, cgroup_root=str(tmp_path)),
+    )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify"))
     sock.setblocking(False)

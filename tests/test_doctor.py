@@ -64,22 +64,22 @@ def _config(tmp: Path, dcgm_url: str, **over: str) -> str:
          "mqtt": "", "dcgm": dcgm_url} | over  # fmt: skip
     return f"""
 [host]
-state_dir = "{v['state_dir']}"
-cgroup_root = "{v['cg']}"
+state_dir = "{v["state_dir"]}"
+cgroup_root = "{v["cg"]}"
 [[tenants]]
 name = "llm"
 role = "sensitive"
 cgroup = "system.slice/llm.service"
 slo_ms = 200
-latency = {{ kind = "jsonl", path = "{tmp / 'llm.jsonl'}" }}
+latency = {{ kind = "jsonl", path = "{tmp / "llm.jsonl"}" }}
 [[tenants]]
 name = "etl"
 role = "bulk"
-cgroup = "{v['etl_cgroup']}"
+cgroup = "{v["etl_cgroup"]}"
 [signals]
 dcgm = "exporter"
-dcgm_exporter_url = "{v['dcgm']}"
-{v['mqtt']}
+dcgm_exporter_url = "{v["dcgm"]}"
+{v["mqtt"]}
 """
 
 

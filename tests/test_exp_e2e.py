@@ -65,8 +65,21 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         sub = asyncio.create_task(_collect_events(broker.port, "tailguard/+/events", events, stop))
         await asyncio.sleep(0.3)
         # The command as an operator types it: --simulate with its default scenario (p4d-demo).
-        cmd = [*TAILGUARD, "run", "--simulate", "--speed", "50", "--duration", "600",
-               "--metrics-port", str(port), "--mqtt-url", broker.url, "--state-dir", str(tmp / "state")]
+        cmd = [
+            *TAILGUARD,
+            "run",
+            "--simulate",
+            "--speed",
+            "50",
+            "--duration",
+            "600",
+            "--metrics-port",
+            str(port),
+            "--mqtt-url",
+            broker.url,
+            "--state-dir",
+            str(tmp / "state"),
+        ]
         proc = await asyncio.create_subprocess_exec(
             *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
@@ -148,9 +161,30 @@ def test_metrics_served_while_running_pass_promtool(e2e: Run, tmp_path: Path) ->
 
 
 PROMQL_WORDS = {
-    "sum", "by", "rate", "increase", "clamp_min", "histogram_quantile", "min_over_time", "max_over_time",
-    "label_values", "without", "on", "ignoring", "group_left", "avg", "max", "min", "count", "and", "or",
-    "unless", "le", "time", "abs", "humanizePercentage",
+    "sum",
+    "by",
+    "rate",
+    "increase",
+    "clamp_min",
+    "histogram_quantile",
+    "min_over_time",
+    "max_over_time",
+    "label_values",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "avg",
+    "max",
+    "min",
+    "count",
+    "and",
+    "or",
+    "unless",
+    "le",
+    "time",
+    "abs",
+    "humanizePercentage",
 }
 
 

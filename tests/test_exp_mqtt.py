@@ -34,9 +34,16 @@ def test_parse_latency_accepts_the_documented_forms_and_names_problems() -> None
     assert parse_latency(b"0.012") == [0.012]
     assert parse_latency(b"[0.01, 0.02]") == [0.01, 0.02]
     assert parse_latency(b'{"latency_s": [0.01], "t": 5}') == [0.01]
-    for bad, msg in [(b"\xff", "not JSON"), (b"nope", "not JSON"), (b"[]", "1 to"), (b'"x"', "not a finite"),
-                     (b"-1", "outside"), (b"NaN", "not a finite"), (b'{"p99": 1}', "unknown keys"),
-                     (b"true", "not a finite")]:
+    for bad, msg in [
+        (b"\xff", "not JSON"),
+        (b"nope", "not JSON"),
+        (b"[]", "1 to"),
+        (b'"x"', "not a finite"),
+        (b"-1", "outside"),
+        (b"NaN", "not a finite"),
+        (b'{"p99": 1}', "unknown keys"),
+        (b"true", "not a finite"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             parse_latency(bad)
 
@@ -108,8 +115,15 @@ def test_broker_restart_loses_at_most_the_bounded_queue_and_the_loop_keeps_ticki
 
     def one_event_per_tick(state: ControllerState, obs: Observation, spec: HostSpec) -> Decision:
         d = decide(state, obs, spec)
-        ev = DecisionEvent(seq=int(obs.t), t=obs.t, tenant="llm", kind="hold", level_from="steady",
-                           level_to="steady", reason="test marker")
+        ev = DecisionEvent(
+            seq=int(obs.t),
+            t=obs.t,
+            tenant="llm",
+            kind="hold",
+            level_from="steady",
+            level_to="steady",
+            reason="test marker",
+        )
         return replace(d, events=(ev,))
 
     async def main() -> tuple[Daemon, MqttBridge, set[int], int, int]:
@@ -118,8 +132,7 @@ def test_broker_restart_loses_at_most_the_bounded_queue_and_the_loop_keeps_ticki
         async def subscriber() -> None:
             while True:
                 try:
-                    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="sub",
-                                              clean_session=False) as c:
+                    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="sub", clean_session=False) as c:
                         await c.subscribe("tailguard/h1/events", qos=1)
                         async for m in c.messages:
                             assert isinstance(m.payload, bytes)
@@ -130,8 +143,10 @@ def test_broker_restart_loses_at_most_the_bounded_queue_and_the_loop_keeps_ticki
         sub = asyncio.create_task(subscriber())
         host = ToyHost()
         d = Daemon(host, DaemonOptions(host_name="h1", period_s=period), decide_fn=one_event_per_tick)
-        bridge = MqttBridge(MqttOptions(url=broker.url, host_name="h1", queue_max=queue_max, backoff_min_s=0.2,
-                                        backoff_max_s=0.5), on_latency=d.push_latency)
+        bridge = MqttBridge(
+            MqttOptions(url=broker.url, host_name="h1", queue_max=queue_max, backoff_min_s=0.2, backoff_max_s=0.5),
+            on_latency=d.push_latency,
+        )
         d.exporters.append(bridge)
         bridge.start()
         task = asyncio.create_task(d.run())

@@ -334,6 +334,13 @@ def recorded_rule_tests(stack: Stack) -> dict[str, Any]:
     rule_exprs = [r["expr"] for g in yaml.safe_load(rules_text)["groups"] for r in g["rules"]]
     names = set().union(*(metric_names(e) for e in rule_exprs))
     series, n = _recorded_series(stack, names)
+    # Whether the enforcing host's tail misses its SLO long enough to page depends on how fast its
+    # controller cures it (since issue 10 it often does within the alert's 5 minutes): its window
+    # counters are left out, and the burn alert is judged on the dry-run host, which never acts.
+    slo_series = ("tailguard_tenant_slo_violating_windows_total{", "tailguard_tenant_windows_total{")
+    series = [
+        s for s in series if not (s["series"].startswith(slo_series) and f'instance="{stack.sim}"' in s["series"])
+    ]
     end = n - 1
     down = set()  # the broken host's samplers down for the last 6 scrapes (the rule's 5 minutes)
     for s in series:
@@ -350,14 +357,8 @@ def recorded_rule_tests(stack: Stack) -> dict[str, Any]:
             "instance, sampler",
             *({"instance": stack.broken, "sampler": x} for x in sorted(down)),
         ),
-        # Both: the enforcing host's T1 also misses its 10 ms SLO (p4d-demo) in more than 10% of its
-        # windows while the evidence builds and its guard and move take effect (the run is 10
-        # simulated minutes); the dry-run host's never stops missing it.
-        _firing(
-            "TailguardSLOBurn",
-            "instance, tenant",
-            *sorted(({"instance": i, "tenant": "t1"} for i in (stack.dry, stack.sim)), key=lambda r: r["instance"]),
-        ),
+        # The dry-run host's T1 never stops missing its 10 ms SLO (p4d-demo).
+        _firing("TailguardSLOBurn", "instance, tenant", {"instance": stack.dry, "tenant": "t1"}),
         _firing("TailguardThrottleStuck", "instance, tenant", {"instance": stack.dry, "tenant": "t2"}),
         # Not induced: the daemon's own budget (max_reconfigs_per_hour) keeps a live run below the
         # storm threshold; the synthetic unit test in monitoring/ covers it firing.

@@ -353,8 +353,18 @@ def test_degraded_start_when_recovery_raises(tmp_path: Path, group: str, monkeyp
     port = free_port()
     host = rig.host()
     # The desired state comes from the real decision core: no latency data, so no cap is wanted.
-    s = Setup(host=host, spec=host.spec, host_name="rig", period_s=0.1, until_t=time.time() + 6.0,
-              state_dir=str(rig.status_dir), metrics=("127.0.0.1", port), mqtt=None, reload=None, simulated=False)
+    s = Setup(
+        host=host,
+        spec=host.spec,
+        host_name="rig",
+        period_s=0.1,
+        until_t=time.time() + 6.0,
+        state_dir=str(rig.status_dir),
+        metrics=("127.0.0.1", port),
+        mqtt=None,
+        reload=None,
+        simulated=False,
+    )
     args = argparse.Namespace(record=None, quiet=True, command="run")
     seen: dict[str, object] = {}
 

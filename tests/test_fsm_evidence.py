@@ -121,3 +121,71 @@ def test_false_alarms_at_the_budget_are_rare():
             alarms += 1
             ev = ev.reset()
     assert alarms <= 4
+
+
+# -- inside a histogram bucket: the tail's shape (fsm.histogram.tail_fraction) ---------------------
+
+
+def test_tail_fraction_is_exact_for_an_exponential_tail():
+    from fsm.histogram import tail_fraction
+
+    lo, hi, theta, n = 0.1, 0.25, 0.05, 1e9
+    s = lambda x: n * math.exp(-x / theta)  # noqa: E731  survival counts
+    for slo in (0.11, 0.15, 0.2, 0.24):
+        in_bucket = s(lo) - s(hi)
+        want = (s(slo) - s(hi)) / in_bucket
+        assert math.isclose(tail_fraction(s(lo), s(hi), (slo - lo) / (hi - lo)), want, rel_tol=1e-6)
+
+
+def test_tail_fraction_edges():
+    from fsm.histogram import tail_fraction
+
+    assert tail_fraction(10.0, 0.0, 0.0) == 1.0 and tail_fraction(10.0, 0.0, 1.0) == 0.0
+    assert tail_fraction(0.0, 0.0, 0.5) == 0.5  # nothing seen: even spread
+    assert 0.0 < tail_fraction(3.0, 0.0, 0.5) < 0.5  # a thin bucket with nothing above it
+
+
+def _vllm_window(x, slo):
+    from fsm.histogram import VLLM_TTFT_BUCKETS, window_from_buckets
+
+    xs = np.sort(x)
+    cum = np.searchsorted(xs, np.asarray(VLLM_TTFT_BUCKETS), "right").tolist()
+    return window_from_buckets([*zip(VLLM_TTFT_BUCKETS, cum, strict=True), (math.inf, xs.size)], slo)
+
+
+def test_the_window_names_the_bucket_the_slo_falls_in():
+    w = _vllm_window(np.array([0.05, 0.15, 0.3]), 0.2)
+    assert w.over_slo_bucket == (0.1, 0.25) and w.over_slo_range == (1.0, 2.0)
+    assert _vllm_window(np.array([0.05, 0.15, 0.3]), 0.25).over_slo_bucket is None  # on a bound: exact
+
+
+def _judge_lognormal(p99_over_slo, slo, ticks=1500, n=100, sigma=0.5, seed=1):
+    rng = np.random.default_rng(seed)
+    mu = math.log(p99_over_slo * slo) - 2.3263478740408408 * sigma
+    ev, verdicts = SloEvidence(), []
+    for i in range(ticks):
+        ev, j = update(ev, _vllm_window(rng.lognormal(mu, sigma, n), slo), 0.99, slo, P, i * 2.0)
+        verdicts.append(j.verdict)
+    return ev, verdicts
+
+
+def test_a_healthy_tail_inside_a_bucket_never_looks_violating():
+    # True p99 at 0.8 x a 200 ms SLO (0.28% over it): linear interpolation reads 2.8%, ten times
+    # the truth; the fitted tail reads about 0.33% (docs/decisions.md), so 150,000 requests never
+    # trigger and the tail is released.
+    ev, v = _judge_lognormal(0.8, 0.2)
+    assert Verdict.VIOLATING not in v and Verdict.GOOD in v
+    assert ev.bad_share() < 0.01
+
+
+def test_a_violating_tail_inside_a_bucket_is_seen():
+    # True p99 at 1.5 x the SLO (6.5% over it); the certain count alone (over 250 ms) reads 2.5%.
+    ev, v = _judge_lognormal(1.5, 0.2, ticks=60)
+    assert Verdict.VIOLATING in v
+    assert 0.04 < ev.bad_share() < 0.10
+
+
+def test_the_change_point_is_when_the_evidence_began_to_grow():
+    ev, _ = feed([(400, 0)] * 5 + [(400, 100)] * 3)
+    assert ev.up_since == 5 * 2.0 and ev.up_n == 3 * 400 and ev.up_bad == 3 * 100
+    assert ev.reset().up_since is None and ev.reset().up_n == 0

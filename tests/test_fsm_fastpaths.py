@@ -1,19 +1,18 @@
 """The decision core's fast paths give what the plain rules give: aggressors from the per-tick device
 index and the per-spec on-path table equal the tenant-by-tenant rule (kept here verbatim as the
-reference); SloEvidence.reset equals dataclasses.replace; the per-spec derived tables belong to one
-spec (a replaced spec starts afresh) and are no part of its value."""
+reference); EvidenceParams' derived thresholds are its properties; the per-spec derived tables
+belong to one spec (a replaced spec starts afresh) and are no part of its value."""
 
 from __future__ import annotations
 
 import dataclasses
 import pickle
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsm.diagnosis import Aggressor, Traffic, aggressors_for, victim_anchor
-from fsm.evidence import EvidenceParams, SloEvidence, _evidence
+from fsm.evidence import EvidenceParams
 from fsm.examples import example_spec, p4d_like_topology
 from fsm.observation import GpuSample, InstanceRef, IoRate, Observation, TenantSample
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
@@ -83,24 +82,6 @@ def test_aggressors_equal_the_tenant_by_tenant_rule(host: tuple[HostSpec, Observ
     for _ in range(2):  # the second round reads the memos the first one filled
         for victim in spec.tenants.values():
             assert aggressors_for(spec, obs, victim, traffic) == reference_aggressors(spec, obs, victim, traffic)
-
-
-def test_reset_is_replace() -> None:
-    ev = SloEvidence(3.1, 0.7, 12.0, 500.0, 7.5, 1002.0, True)
-    assert ev.reset() == dataclasses.replace(ev, up=0.0, down=0.0, up_bad=0.0)
-    # reset() names every field: a new one must be added there too.
-    assert [f.name for f in dataclasses.fields(SloEvidence)] == [
-        "up", "down", "up_bad", "n_recent", "b_recent", "t", "counted"
-    ]  # fmt: skip
-
-
-def test_evidence_built_through_its_slots_is_the_dataclass() -> None:
-    vals = (3.1, 0.7, 12.0, 500.0, 7.5, None, True)
-    fast, plain = _evidence(*vals), SloEvidence(*vals)
-    assert type(fast) is SloEvidence and fast == plain and hash(fast) == hash(plain) and repr(fast) == repr(plain)
-    assert pickle.loads(pickle.dumps(fast)) == plain
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        fast.up = 1.0  # type: ignore[misc]
 
 
 def test_evidence_params_derive_their_thresholds() -> None:

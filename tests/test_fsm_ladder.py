@@ -436,3 +436,81 @@ def test_resize_is_kept_while_the_tail_would_come_back_on_the_smaller_slice():
     assert not events(ds, "release")
     state, ds = run(spec, state, stream(280, 10, 0.006, etl=1e8, llm_at=big, layouts=layouts))
     assert [(e.kind, e.lever) for e in events(ds, "release")] == [("release", "resize")]
+
+
+def test_after_a_move_its_own_backlog_is_not_evidence():
+    """The requests held by the move's outage finish late after it: for the outage again (at least
+    a cooldown) the tenant's windows count neither way, and then the evidence starts afresh."""
+    spec = example_spec(MECHANICS)
+    state = _guarded(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    target = ds[-1].desired.placements["llm"]
+    outage = spec.tenants["llm"].move_outage_s
+    state, ds = run(spec, state, stream(50, 1, 0.010, llm_at=target))
+    (done,) = events(ds, "complete")
+    settle = max(spec.policy.cooldown_s, outage)
+    assert done.evidence["settle_s"] == settle
+    ctl = state.tenant("llm")
+    assert ctl.settle_until == 50 + settle and ctl.evidence.up == 0.0
+    # the backlog drains with awful windows: no trigger, no evidence, no escalation
+    state, ds = run(spec, state, stream(52, int(settle / 2) - 1, 0.200, llm_at=target))
+    assert not events(ds, "escalate") and state.tenant("llm").evidence.up == 0.0
+    # after the settle, a tail that still violates is judged again
+    state, ds = run(spec, state, stream(50 + settle + 2, 6, 0.200, llm_at=target))
+    assert state.tenant("llm").evidence.up > 0 or events(ds, "escalate")
+
+
+def _relieved(spec):
+    state = _guarded(spec)
+    state, _ = run(spec, state, stream(6, 28, 0.010, etl=1.5e9))
+    state, ds = run(spec, state, stream(64, 1, 0.010, etl=1.5e9))
+    (e,) = events(ds)
+    assert e.reason.startswith("relieve the guard")
+    target = ds[-1].desired.placements["llm"]
+    state, _ = run(spec, state, stream(70, 1, 0.010, etl=1.5e9, llm_at=target))
+    return state, target
+
+
+def test_a_relief_move_is_not_undone_for_nothing():
+    """Once the tail is good on the new instance and the old one is quiet again, going back would
+    take the tenant away for its relaunch and buy nothing: it stays, the level is released."""
+    from fsm.topology import Tier
+
+    spec = example_spec(Policy(io_share_tier=Tier.SWITCH, guard_cost_share=None))
+    assert spec.tenants["llm"].move_outage_s > spec.tenants["llm"].slo_s
+    state, target = _relieved(spec)
+    state, ds = run(spec, state, stream(72, 150, 0.005, etl=0.0, llm_at=target))
+    (e,) = events(ds, "release")
+    assert (e.level_from, e.level_to) == ("placed", "steady")
+    assert "moving back would cost requests for nothing" in e.reason
+    assert ds[-1].desired.placements.get("llm", target) == target
+    # without the cost check (the reference ladder) it goes home
+    ref = example_spec(Policy(io_share_tier=Tier.SWITCH, guard_cost_share=None, cost_margin=None))
+    state, target = _relieved(ref)
+    state, ds = run(ref, state, stream(72, 150, 0.005, etl=0.0, llm_at=target))
+    (e,) = events(ds, "release")
+    assert e.reason.startswith("move back to")
+
+
+def test_a_guard_that_does_not_hold_the_tail_is_not_relieved_by_a_move():
+    """Relief pays an outage to free the capped tenant; it is for a guard that works. A binding
+    guard under which 1.3% of the requests stay over the SLO (over the budget, yet too little for
+    the evidence to grow: it sits at zero) is not relieved by a move."""
+    from fsm.observation import LatencyWindow
+    from fsm.topology import Tier
+
+    def counted(obs, over):
+        llm = obs.tenants["llm"]
+        lat = LatencyWindow(200, over_slo=over)
+        return replace(obs, tenants={**obs.tenants, "llm": replace(llm, latency=lat)})
+
+    spec = example_spec(Policy(io_share_tier=Tier.SWITCH, guard_cost_share=None))
+    state = _guarded(spec)
+    state, ds = run(spec, state, [counted(o, 2.6) for o in stream(6, 40, 0.010, etl=1.5e9)])
+    ctl = state.tenant("llm")
+    assert ctl.evidence.up == 0.0 and ctl.evidence.burn_rate(0.01) > 1.0
+    assert not [e for e in events(ds) if e.reason.startswith("relieve the guard")]
+    # the same guard with the tail inside its budget is relieved
+    state = _guarded(spec)
+    state, ds = run(spec, state, [counted(o, 0.0) for o in stream(6, 40, 0.010, etl=1.5e9)])
+    assert [e for e in events(ds) if e.reason.startswith("relieve the guard")]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from fsm.decide import decide
 from fsm.examples import example_observation, example_spec
 from fsm.levercost import estimate, expected_remaining, outage_cost
@@ -67,12 +69,30 @@ def test_the_ladder_moves_when_it_pays_and_shows_both_figures():
     assert esc.evidence["window"]["evidence_nats"] >= esc.evidence["window"]["threshold_nats"]
 
 
-def test_an_episode_that_lasts_is_expected_to_last():
+def test_the_rent_paid_so_far_buys_the_lever_ski_rental():
+    """Early in an episode only the expected rent counts (the prior's 300 s); once the requests
+    already pushed over the SLO beyond the budget reach the outage's cost, the lever pays whatever
+    the prior says (buy when the rent paid equals the price: 2-competitive)."""
     kw = dict(outage_s=18.0, outage_source="configured", rate_rps=1.0, rho=0.5, slo_s=0.2, budget_share=0.01)
     early = estimate("resize", bad_share=0.05, episodes=(), prior_s=300.0, efficacy=1.0, **kw)
-    late = estimate("resize", bad_share=0.05, episodes=(), prior_s=300.0, efficacy=1.0, elapsed_s=2000.0, **kw)
-    assert early.remaining_s == 300.0 and late.remaining_s == 2000.0
-    assert not early.pays(2.0) and late.pays(2.0)
+    assert early.remaining_s == 300.0 and early.rent == 0.0
+    assert early.benefit == pytest.approx(1.0 * 0.04 * 300.0)
+    assert not early.pays(1.0)  # 12 requests kept under vs 35.6 pushed over
+    # 1,000 requests of this episode, 50 over the SLO: 40 beyond the budget, more than the cost.
+    late = estimate(
+        "resize", bad_share=0.05, episodes=(), prior_s=300.0, efficacy=1.0, elapsed_s=1000.0,
+        episode_requests=1000.0, episode_bad=50.0, **kw,
+    )  # fmt: skip
+    assert late.rent == pytest.approx(40.0) and late.pays(1.0) and not late.pays(2.0)
+    # The episode's own share, once it holds 1/eps requests, replaces the last minute's.
+    calm_minute = estimate(
+        "resize", bad_share=0.0, episodes=(), prior_s=300.0, efficacy=1.0,
+        episode_requests=1000.0, episode_bad=50.0, **kw,
+    )  # fmt: skip
+    assert calm_minute.bad_share == pytest.approx(0.05)
+    # Learned episodes replace the prior: long ones make a lever pay at once.
+    long_ones = estimate("resize", bad_share=0.05, episodes=(3000.0,) * 4, prior_s=300.0, efficacy=1.0, **kw)
+    assert long_ones.remaining_s == pytest.approx((300.0 + 12000.0) / 5) and long_ones.pays(1.0)
 
 
 def test_a_guard_that_does_not_cut_the_tail_is_lifted():

@@ -49,8 +49,10 @@ def observations(draw: st.DrawFn) -> Observation:
                 rng, over = None, None
             bad_samples = [] if clean else [-0.1, float("nan")]
             samples = tuple(draw(st.lists(st.sampled_from([0.01, 0.02, 0.0, *bad_samples]), max_size=4)))
+            buckets = [None, None, (0.01, 0.025)] + ([] if clean else [(0.025, 0.01), (0.01,), (float("nan"), 0.1)])
+            bucket = draw(st.sampled_from(buckets))
             p50, p99, p999 = draw(value), draw(value), draw(value)
-            lat = LatencyWindow(count, p50, p99, p999, samples, over, rng)  # type: ignore[arg-type]
+            lat = LatencyWindow(count, p50, p99, p999, samples, over, rng, bucket)  # type: ignore[arg-type]
         n_io = draw(st.integers(0, 2))
         io = {f"nvme{j}n1": IoRate(draw(value), draw(value), draw(value), draw(value)) for j in range(n_io)}
         tenants[f"t{k}"] = TenantSample(

@@ -184,6 +184,15 @@ def test_sanitize_drops_a_bad_over_slo_and_counts_it(over: float, reason: str) -
     assert sanitize(ok)[0] is ok
 
 
+@pytest.mark.parametrize("bucket", [(0.25, 0.1), (0.1, math.inf), (-0.1, math.nan)])
+def test_sanitize_drops_a_bad_slo_bucket_and_keeps_the_counts(bucket: tuple[float, float]) -> None:
+    w = LatencyWindow(10, over_slo=2.0, over_slo_range=(1.0, 3.0), over_slo_bucket=bucket)
+    clean, reasons = sanitize(Observation(t=1.0, tenants={"llm": TenantSample(latency=w)}))
+    lat = clean.tenants["llm"].latency
+    assert lat is not None and lat.over_slo_bucket is None and lat.over_slo_range == (1.0, 3.0)
+    assert reasons == {"tenant.llm.latency.over_slo_bucket: not (0 <= lower < upper, finite)": 1}
+
+
 # -- traces ------------------------------------------------------------------------------------------
 def test_a_v1_trace_still_reads(tmp_path: Path) -> None:
     header, obs = read_trace(V1_TRACE)

@@ -199,8 +199,8 @@ def _cfg(tmp: Path, instance: str = "gpu0/3g.20gb@4", extra: str = "", model: st
     p = tmp / "tg.toml"
     p.write_text(f"""
 [host]
-state_dir = "{tmp / 'state'}"
-cgroup_root = "{tmp / 'nocg'}"
+state_dir = "{tmp / "state"}"
+cgroup_root = "{tmp / "nocg"}"
 [[gpus]]
 name = "gpu0"
 index = 0
@@ -210,7 +210,7 @@ name = "llm"
 role = "sensitive"
 instance = "{instance}"
 slo_ms = 50
-latency = {{ kind = "jsonl", path = "{tmp / 'lat.jsonl'}" }}
+latency = {{ kind = "jsonl", path = "{tmp / "lat.jsonl"}" }}
 [signals]
 nvml = false
 [topology]
@@ -416,7 +416,6 @@ def test_run_takes_a_home_only_the_newer_drivers_table_offers(tmp_path, monkeypa
     assert cli(["check-config", cfg]) == 2  # offline: the built-in (R460) table has no 1g.10gb
     run = ["run", "--duration", "1", "--metrics-port", "0", "--quiet", "--log-level", "ERROR", "--config"]
     assert cli([*run, cfg]) == 0  # the driver's table offers it: the daemon runs
-
 
 
 def test_probe_names_overlaps_ladders_and_unknown_indexes_against_the_driver_table() -> None:

@@ -53,7 +53,7 @@ def test_a_launcher_and_asked_levers_get_a_note(tmp_path: Path, capsys: pytest.C
     f.write_text(text)
     assert main(["check-config", str(f)]) == 0
     out = capsys.readouterr().out
-    assert "note: host.platform = \"kubernetes\"" in out
+    assert 'note: host.platform = "kubernetes"' in out
     assert "policy.levers: mig = true is ignored on Kubernetes" in out
     assert "tenants[0](llm).launcher: unused on Kubernetes" in out
     host = parse_config(text.replace('platform = "kubernetes"', 'platform = "host"'), "host.toml")

@@ -27,15 +27,30 @@ def _local_unit(tmp_path: Path) -> Path:
 
 def test_unit_has_the_required_settings() -> None:
     text = UNIT.read_text()
-    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=tailguard",
-                "ConfigurationDirectory=tailguard", "ExecReload=/bin/kill -HUP $MAINPID", "NotifyAccess=main"):
+    for key in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=tailguard",
+        "ConfigurationDirectory=tailguard",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "NotifyAccess=main",
+    ):
         assert key in text, key
     # Every relaxation is explained by a comment right above it.
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        if line.startswith(("ProtectControlGroups=no", "PrivateDevices=no", "PrivateNetwork=no", "ProtectProc=default",
-                            "ReadWritePaths=", "CapabilityBoundingSet=")):
-            above = "\n".join(lines[max(0, i - 4):i])
+        if line.startswith(
+            (
+                "ProtectControlGroups=no",
+                "PrivateDevices=no",
+                "PrivateNetwork=no",
+                "ProtectProc=default",
+                "ReadWritePaths=",
+                "CapabilityBoundingSet=",
+            )
+        ):
+            above = "\n".join(lines[max(0, i - 4) : i])
             assert "#" in above, f"no comment explains {line}"
 
 
@@ -49,8 +64,9 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 
 def test_security_exposure_is_ok(tmp_path: Path) -> None:
     sa = need_tool("systemd-analyze")
-    p = subprocess.run([sa, "security", "--offline=yes", str(_local_unit(tmp_path))], capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [sa, "security", "--offline=yes", str(_local_unit(tmp_path))], capture_output=True, text=True, timeout=120
+    )
     m = re.search(r"Overall exposure level for tailguard.service: ([\d.]+) (\w+)", p.stdout + p.stderr)
     assert m, p.stdout[-2000:] + p.stderr
     assert float(m[1]) <= 4.0, m[0]  # recorded in bench/RESULTS.md

@@ -19,7 +19,6 @@ def _script(module: str, env_var: str, state: Path) -> str:
     root = Path(__file__).resolve().parents[2]
     return (
         f"#!{sys.executable} -S\n"  # no site: starts faster; needs only the stdlib and this tree
-
         "import os, sys\n"
         f"sys.path.insert(0, {str(root)!r})\n"
         f"os.environ.setdefault({env_var!r}, {str(state)!r})\n"

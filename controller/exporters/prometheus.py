@@ -68,9 +68,7 @@ class DaemonCollector(Collector):
         info.add_metric([], {"version": self._version, "python": platform.python_version(), "host": s.host})
         yield info
         yield GaugeMetricFamily("tailguard_start_time_seconds", "Unix time the daemon started.", s.started_wall)
-        yield GaugeMetricFamily(
-            "tailguard_last_tick_timestamp_seconds", "Unix time of the last finished tick.", s.wall
-        )
+        yield GaugeMetricFamily("tailguard_last_tick_timestamp_seconds", "Unix time of the last finished tick.", s.wall)
         yield GaugeMetricFamily("tailguard_sample_period_seconds", "Configured time between ticks.", s.period_s)
         yield CounterMetricFamily("tailguard_ticks", "Ticks run.", s.ticks_total)
         yield CounterMetricFamily(
@@ -101,9 +99,7 @@ class DaemonCollector(Collector):
             "tailguard_unavailable_sources", "Signal sources unavailable in the last tick.", len(s.unavailable)
         )
         yield CounterMetricFamily("tailguard_decision_events", "Decision events emitted.", s.events_total)
-        yield CounterMetricFamily(
-            "tailguard_mig_reconfigurations", "MIG layout changes decided.", s.reconfigs_total
-        )
+        yield CounterMetricFamily("tailguard_mig_reconfigurations", "MIG layout changes decided.", s.reconfigs_total)
         yield CounterMetricFamily(
             "tailguard_watchdog_pings", "systemd WATCHDOG=1 notifications sent.", s.watchdog_pings_total
         )
@@ -214,7 +210,6 @@ class DaemonCollector(Collector):
             dur.add_metric([v.name], v.last_duration_s)
         yield from (errors, timeouts, samples, age, up, dur)
 
-
     def _degraded(self, s: Snapshot) -> Iterator[Metric]:
         deg = GaugeMetricFamily(
             "tailguard_degraded",
@@ -232,14 +227,16 @@ class DaemonCollector(Collector):
             "tailguard_degraded_conditions", "Number of degraded conditions in force.", len(s.degraded)
         )
         up = GaugeMetricFamily(
-            "tailguard_source_available", "1 when the signal source answered in the last tick, 0 when unavailable.",
+            "tailguard_source_available",
+            "1 when the signal source answered in the last tick, 0 when unavailable.",
             labels=["source"],
         )
         for name, ok in sorted(s.sources.items()):
             up.add_metric([name], float(ok))
         yield up
         yield GaugeMetricFamily(
-            "tailguard_running", "1 while the loop runs, 0 in the last scrape after a clean stop.",
+            "tailguard_running",
+            "1 while the loop runs, 0 in the last scrape after a clean stop.",
             float(s.state != "stopped"),
         )
         j = s.journal
@@ -247,22 +244,26 @@ class DaemonCollector(Collector):
             yield CounterMetricFamily("tailguard_journal_appends", "Journal records written (fsync'd).",
                                       j["appends_total"])  # fmt: skip
             errs = CounterMetricFamily(
-                "tailguard_journal_write_errors", "Journal appends that failed, by errno (ENOSPC, EROFS, EACCES, ...).",
+                "tailguard_journal_write_errors",
+                "Journal appends that failed, by errno (ENOSPC, EROFS, EACCES, ...).",
                 labels=["errno"],
             )
             for code, n in sorted(j["errors_total"].items()):
                 errs.add_metric([code], n)
             yield errs
             yield CounterMetricFamily(
-                "tailguard_journal_torn_repairs", "Torn journal lines cut off before the next append.",
+                "tailguard_journal_torn_repairs",
+                "Torn journal lines cut off before the next append.",
                 j["torn_repairs_total"],
             )
             yield CounterMetricFamily(
-                "tailguard_journal_reopens", "Times the journal file or state dir was found deleted or replaced.",
+                "tailguard_journal_reopens",
+                "Times the journal file or state dir was found deleted or replaced.",
                 j["reopens_total"],
             )
             yield CounterMetricFamily(
-                "tailguard_journal_skipped_lines", "Journal lines recovery could not decode.",
+                "tailguard_journal_skipped_lines",
+                "Journal lines recovery could not decode.",
                 j["skipped_lines_total"],
             )
             yield GaugeMetricFamily(
@@ -319,9 +320,7 @@ class _V6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-def _handler(
-    registry: CollectorRegistry, status: Callable[[], dict[str, Any]] | None
-) -> type[BaseHTTPRequestHandler]:
+def _handler(registry: CollectorRegistry, status: Callable[[], dict[str, Any]] | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

@@ -108,9 +108,7 @@ class Probe:
 
 
 def toml(state: Path, group: str) -> str:
-    tenants = "".join(
-        f'\n[[tenants]]\nname = "{t}"\nrole = "bulk"\ncgroup = "{group}/{t}"\n' for t in TENANTS
-    )
+    tenants = "".join(f'\n[[tenants]]\nname = "{t}"\nrole = "bulk"\ncgroup = "{group}/{t}"\n' for t in TENANTS)
     return f"""
 [host]
 name = "rig"

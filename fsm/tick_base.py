@@ -1,0 +1,245 @@
+"""The working state of one tick of the ladder and what every lever needs of it: events, the
+outage budget, a lever's cost, the victim's current instance. fsm.ladder builds the ladder on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fsm.desired import DecisionEvent
+from fsm.diagnosis import Cause, Traffic
+from fsm.evidence import EvidenceParams, as_evidence
+from fsm.levercost import LeverCost, estimate
+from fsm.mig import Slot
+from fsm.observation import InstanceRef, Observation
+from fsm.outage import MoveKind
+from fsm.placement import occupied, score, slices_of
+from fsm.spec import LEVEL_ORDER, HostSpec, Level, TenantSpec
+from fsm.state import Pending, Step, TenantCtl
+
+HOUR_S = 3600.0
+GUARD, PLACE, RESIZE = "guard", "place", "resize"
+_LEVEL_OF = {GUARD: 1, PLACE: 2, RESIZE: 3}  # rank of the level each lever leads to
+EPISODES_KEPT = 8  # episode lengths the cost model learns from
+
+
+def level_of(ctl: TenantCtl) -> Level:
+    return ctl.level
+
+
+def level_rank(level: Level) -> int:
+    return LEVEL_ORDER.index(level)
+
+
+@dataclass(slots=True)
+class TickBase:
+    """One tick's working copy of the controller state (mutable inside decide() only): its fields,
+    events, and what a lever costs. The ladder's parts build on it: tick_moves, tick_guards,
+    tick_release and fsm.ladder.Tick."""
+
+    spec: HostSpec
+    obs: Observation
+    tenants: dict[str, TenantCtl]
+    layouts: dict[str, tuple[Slot, ...]]
+    reconfigs: list[float]
+    seq: int
+    events: list[DecisionEvent] = field(default_factory=list)
+    reserved: set[InstanceRef] = field(default_factory=set)
+    busy_gpus: set[str] = field(default_factory=set)
+    evidence_params: EvidenceParams = field(default_factory=EvidenceParams)
+    guard_cost: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    _traffic: Traffic | None = None
+
+    @property
+    def traffic(self) -> Traffic:
+        if self._traffic is None:
+            self._traffic = Traffic.build(self.spec, self.obs)
+        return self._traffic
+
+    # -- events --------------------------------------------------------------------------------
+    def emit(
+        self, tenant: str, kind: str, before: Level, after: Level, lever: str, reason: str, evidence: dict[str, Any]
+    ) -> None:
+        self.seq += 1
+        self.events.append(
+            DecisionEvent(
+                seq=self.seq,
+                t=self.obs.t,
+                tenant=tenant,
+                kind=kind,
+                level_from=before.value,
+                level_to=after.value,
+                lever=lever,
+                reason=reason,
+                evidence=evidence,
+                applied=self.spec.policy.enforce,
+            )
+        )
+
+    def budget_left(self) -> int:
+        return self.spec.policy.max_reconfigs_per_hour - len(self.reconfigs)
+
+    def _window(self, t: TenantSpec, value: float | None, slo: float) -> dict[str, Any]:
+        """The SLO evidence an escalation shows (fsm.evidence)."""
+        ctl = self.tenants[t.name]
+        return {
+            "value_s": value,
+            "slo_s": slo,
+            "quantile": t.quantile,
+            "bad_ticks": ctl.bad,
+            **as_evidence(ctl.evidence, t.quantile, self.evidence_params),
+        }
+
+    def _acted(
+        self, t: TenantSpec, step: Step, pending: Pending | None, kind: str, reason: str, evidence: dict[str, Any]
+    ) -> None:
+        policy = self.spec.policy
+        now = self.obs.t
+        ctl = self.tenants[t.name]
+        before = level_of(ctl)
+        step = replace(step, bad_share=ctl.evidence.bad_share())
+        target = step.to_instance if step.to_instance is not None else ctl.target
+        if not policy.enforce:
+            pending = None  # dry-run: nothing will happen, so nothing is waited for
+        flaps = ctl.flaps
+        if ctl.released_at is not None and now - ctl.released_at < 2 * _dwell(policy.dwell_s, flaps):
+            flaps += 1  # re-escalated soon after stepping back: hold the next level longer
+        ctl = replace(
+            ctl,
+            stack=(*ctl.stack, step),
+            pending=pending,
+            bad=0,
+            good=0,
+            evidence=ctl.evidence.reset(),
+            cooldown_until=now + policy.cooldown_s,
+            dwell_until=now + _dwell(policy.dwell_s, flaps),
+            target=target,
+            last_reason="",
+            flaps=flaps,
+        )
+        self.tenants[t.name] = ctl
+        self.emit(t.name, kind, before, step.level, step.lever, reason, evidence)
+
+    # -- what a lever costs ------------------------------------------------------------------------
+    def _move_outage(self, t: TenantSpec, kind: MoveKind) -> tuple[float, str]:
+        """A move's outage (fsm.outage): with the relaunch (restart) or switch-over gap (warm) the
+        actuators last measured for this tenant, else as configured."""
+        measured = self.tenants[t.name].measured_outage_s
+        if measured is None:
+            return t.outage_s(kind), "configured"
+        spec = replace(t, handover_gap_s=measured) if t.handover == "warm" else replace(t, relaunch_s=measured)
+        return spec.outage_s(kind), "measured"
+
+    def _affordable(self, t: TenantSpec, outage: float, source: str) -> tuple[LeverCost | None, str]:
+        """A resize's outage within the budget, and worth it: a bigger slice serves faster whatever
+        the cause, and a queue's tail falls faster than its load, so expect the cure (efficacy 1)."""
+        short = self._outage_short(t, outage)
+        if short:
+            return None, short
+        return self._pays(t, RESIZE, outage, source, 1.0)
+
+    def _pays(
+        self, t: TenantSpec, lever: str, outage: float, source: str, efficacy: float
+    ) -> tuple[LeverCost | None, str]:
+        """The lever's cost and benefit (fsm.levercost), and why it does not pay ("" when it does)."""
+        policy = self.spec.policy
+        if policy.cost_margin is None or t.slo_s is None:
+            return None, ""
+        ctl = self.tenants[t.name]
+        p = self.evidence_params
+        c = estimate(
+            lever,
+            outage_s=outage,
+            outage_source=source,
+            rate_rps=ctl.evidence.rate(p),
+            rho=self._sm_now(t),  # the victim's server utilisation: its instance's SM activity
+            slo_s=t.slo_s,
+            bad_share=ctl.evidence.bad_share(),
+            budget_share=1.0 - t.quantile,
+            episodes=ctl.episodes,
+            prior_s=policy.episode_prior_s,
+            efficacy=efficacy,
+            elapsed_s=self.obs.t - ctl.episode_start if ctl.episode_start is not None else 0.0,
+            episode_requests=ctl.episode_n,
+            episode_bad=ctl.episode_bad,
+        )
+        if c.pays(policy.cost_margin):
+            return c, ""
+        return c, (
+            f"its outage would cost more than it saves ({c.cost:.0f} requests over the SLO"
+            f" vs {c.benefit:.0f} kept under it)"
+        )
+
+    # -- the outage budget ----------------------------------------------------------------------
+    def _outage_short(self, t: TenantSpec, seconds: float) -> str:
+        """Why an outage of `seconds` cannot be afforded now ("" when it can)."""
+        share = self.spec.policy.outage_budget_share
+        if share is None or seconds <= 0:
+            return ""
+        window = self.spec.policy.outage_budget_window_s
+        budget = share * (1.0 - t.quantile) * window
+        spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < window)
+        if spent + seconds <= budget + 1e-9:
+            return ""
+        return f"outage budget spent ({spent:g} s of {budget:g} s per {window:g} s; this needs {seconds:g} s)"
+
+    def _spend(self, name: str, seconds: float) -> None:
+        ctl = self.tenants[name]
+        now = self.obs.t
+        kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
+        self.tenants[name] = replace(ctl, outages=(*kept, (now, seconds)))
+
+    def _shrink_ratio(self, t: TenantSpec, step: Step) -> float | None:
+        """Slices of the victim's current instance over those of the one it would return to."""
+        ts = self.obs.tenants.get(t.name)
+        cur = ts.instance if ts is not None else None
+        home = step.from_instance
+        if cur is None or home is None:
+            return None
+        big, small = slices_of(self.spec, cur), slices_of(self.spec, home)
+        return big / small if big and small else None
+
+    def _sm_now(self, t: TenantSpec) -> float | None:
+        ts = self.obs.tenants.get(t.name)
+        cur = ts.instance if ts is not None else None
+        g = self.obs.gpus.get(cur.gpu) if cur is not None else None
+        m = g.instances.get(f"{cur.profile}@{cur.start}") if g is not None and cur is not None else None
+        return m.sm_active if m is not None else None
+
+    def _free_now(self, inst: InstanceRef) -> bool:
+        """The instance exists now, nobody runs on it or is headed for it, and its GPU is idle."""
+        g = self.obs.gpus.get(inst.gpu)
+        return (
+            g is not None
+            and g.layout is not None
+            and inst.slot in g.layout
+            and inst not in occupied(self.spec, self.obs)
+            and inst not in self.reserved
+            and inst.gpu not in self.busy_gpus
+        )
+
+    def _quiet(self, t: TenantSpec, home: InstanceRef) -> bool:
+        """No longer any high-bandwidth traffic on the home instance's root complex."""
+        there = score(self.spec, self.obs, t, None, home, Cause.IO, self.traffic, {})
+        return there.root_complex < 0.5
+
+    def guard_budget_spent(self, tenant: str) -> bool:
+        p = self.spec.policy
+        if p.guard_cost_share is None:
+            return False
+        held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
+        # At least the time it takes to see whether the guard helps (a new aggressor has run little).
+        return held > 0.0 and held >= max(p.guard_cost_share * ran, 2 * p.rate_tau_s)
+
+
+def _dwell(dwell_s: float, flaps: int) -> float:
+    """Dwell doubles with every flap (escalating again soon after a release), up to 8x."""
+    return dwell_s * (1 << min(flaps, 3))
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)

@@ -1,0 +1,207 @@
+"""The ladder's guards: caps on the aggressors on the victim's path, lifted when they do not help
+or have cost the capped tenants their budget, relieved by a move; and the caps every guard asks for."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from fsm.desired import MpsLimit, Throttle
+from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
+from fsm.guardbudget import binds
+from fsm.spec import Level, Role, TenantSpec
+from fsm.state import Step
+from fsm.tick_base import (
+    GUARD,
+    PLACE,
+    _min,
+    level_of,
+)
+from fsm.tick_moves import MoveTick
+
+
+class GuardTick(MoveTick):
+    __slots__ = ()
+
+    def _guard(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+        policy = self.spec.policy
+        now = self.obs.t
+        caps: list[Throttle] = []
+        names: list[str] = []
+        if policy.guards:
+            for a in diag.aggressors:
+                spec_a = self.spec.tenants[a.tenant]
+                if not a.throttleable or spec_a.role in (Role.PROTECTED, Role.SENSITIVE):
+                    continue
+                if self.guard_budget_spent(a.tenant):
+                    continue  # its caps have cost it its share of throughput: other levers now
+                new = self._caps_for(spec_a, a, t.name, now)
+                if new:
+                    caps.extend(new)
+                    names.append(a.tenant)
+        mps: list[MpsLimit] = []
+        if policy.mps:
+            gpu = victim_anchor(self.spec, self.obs, t)
+            for o in sorted(self.spec.tenants.values(), key=lambda x: x.name):
+                if o.role is Role.COMPUTE and o.mps and o.gpu == gpu and gpu is not None:
+                    mps.append(MpsLimit(o.name, gpu, policy.mps_guard_percent, now + policy.throttle_expiry_s))
+                    names.append(o.name)
+        if not caps and not mps:
+            spent = [a.tenant for a in diag.aggressors if self.guard_budget_spent(a.tenant)]
+            if spent:
+                return False, f"the throughput budget of {', '.join(spent)} is spent (guard_cost_share)"
+            return False, "no throttleable aggressor on the victim's path"
+        step = Step(
+            level=Level.GUARDED,
+            lever=GUARD,
+            t=now,
+            aggressors=tuple(sorted(set(names))),
+            caps=tuple(sorted(caps)),
+            mps=tuple(sorted(mps)),
+        )
+        self._acted(
+            t,
+            step,
+            None,
+            "escalate",
+            f"{diag.cause.value} cause: cap {len(caps)} device(s) of {', '.join(sorted(set(names)))}",
+            {
+                "window": window,
+                "diagnosis": {"cause": diag.cause.value, **diag.evidence},
+                "caps": [
+                    {"tenant": c.tenant, "device": c.device, "read_bps": c.read_bps, "write_bps": c.write_bps}
+                    for c in caps
+                ],
+                "mps": [{"tenant": m.tenant, "percent": m.percent} for m in mps],
+            },
+        )
+        return True, ""
+
+    def _caps_for(self, who: TenantSpec, a: Aggressor, victim: str, now: float) -> list[Throttle]:
+        policy = self.spec.policy
+        ts = self.obs.tenants.get(who.name)
+        expires = now + policy.throttle_expiry_s
+        out = []
+        for dev, _bps in a.devices:
+            if dev.startswith("pcie:"):
+                continue
+            rate = ts.io.get(dev) if ts is not None and ts.io else None
+            rd = rate.read_bps if rate is not None else None
+            wr = rate.write_bps if rate is not None else None
+            out.append(
+                Throttle(
+                    tenant=who.name,
+                    device=dev,
+                    cgroup=who.cgroup,
+                    read_bps=max(policy.throttle_floor_bps, policy.throttle_factor * rd) if rd else None,
+                    write_bps=max(policy.throttle_floor_bps, policy.throttle_factor * wr) if wr else None,
+                    expires_at=expires,
+                    victim=victim,
+                )
+            )
+        if not out and who.devices:
+            # Only its GPU traffic is seen: cap the block devices it is configured to read.
+            bps = sum(b for _, b in a.devices)
+            cap = max(policy.throttle_floor_bps, policy.throttle_factor * bps)
+            out = [Throttle(who.name, d, who.cgroup, cap, cap, expires, victim) for d in who.devices]
+        return out
+
+    # -- a guard that does not help costs the capped tenants for nothing -----------------------------
+    def _guard_useless(self, t: TenantSpec) -> bool:
+        if not self.spec.policy.enforce:
+            return False  # dry-run: nothing was capped, so nothing can be learned of the caps
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1] if ctl.stack else None
+        if top is None or top.lever != GUARD or top.bad_share is None:
+            return False
+        if self.obs.t - top.t < 2 * self.spec.policy.rate_tau_s:
+            return False  # the recent share still holds requests from before the guard
+        now = ctl.evidence.bad_share()
+        return now is not None and now >= (1.0 - self.spec.policy.guard_min_cut) * top.bad_share
+
+    def _lift_useless_guard(self, t: TenantSpec) -> None:
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1]
+        before = level_of(ctl)
+        now = ctl.evidence.bad_share()
+        self.tenants[t.name] = replace(
+            ctl,
+            stack=ctl.stack[:-1],
+            failed_levers=tuple(sorted({*ctl.failed_levers, GUARD})),
+            cooldown_until=self.obs.t + self.spec.policy.cooldown_s,
+        )
+        self.emit(
+            t.name,
+            "release",
+            before,
+            level_of(self.tenants[t.name]),
+            GUARD,
+            f"lift caps on {', '.join(top.aggressors)}: they did not cut the tail",
+            {
+                "bad_share_at_guard": round(top.bad_share or 0.0, 4),
+                "bad_share_now": round(now or 0.0, 4),
+                "guard_min_cut": self.spec.policy.guard_min_cut,
+            },
+        )
+
+    # -- guard relief: a binding guard costs the aggressor throughput for as long as it holds ------
+    def _relief_due(self, t: TenantSpec) -> bool:
+        """The guard on top has held for guard_relief_s and still binds (the aggressor runs at its
+        cap), and placement may be tried: moving the victim off the path lets the caps go."""
+        policy = self.spec.policy
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1]
+        if (
+            policy.guard_relief_s is None
+            or not policy.placement
+            or PLACE in ctl.failed_levers
+            or top.lever != GUARD
+            or not top.caps
+            or self.obs.t - top.t < policy.guard_relief_s
+            or ctl.evidence.up > 0
+            # Only a guard that holds the tail inside its SLO is worth an outage to relieve: one that
+            # does not is lifted, or escalated, on the evidence.
+            or (ctl.evidence.burn_rate(1.0 - t.quantile) or 0.0) > 1.0
+        ):
+            return False
+        return any(binds(c, self.obs) for c in top.caps)
+
+    def _relieve(self, t: TenantSpec, value: float | None, slo: float) -> None:
+        ctl = self.tenants[t.name]
+        devices = tuple(sorted({c.device for c in ctl.stack[-1].caps}))
+        diag = diagnose(self.spec, self.obs, t, self.traffic)
+        window = {**self._window(t, value, slo), "relief": True}
+        ok, _ = self._place(t, diag, window, avoid=devices)
+        if not ok:
+            # Nowhere quieter off the path: keep the guard; look again after another relief period.
+            top = ctl.stack[-1]
+            self.tenants[t.name] = replace(ctl, stack=(*ctl.stack[:-1], replace(top, t=self.obs.t)))
+
+    # -- output --------------------------------------------------------------------------------
+    def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
+        """Caps of every guard on every stack, renewed to expire `throttle_expiry_s` from now;
+        one cap per (tenant, device): the tightest wins when two victims ask."""
+        now = self.obs.t
+        expiry = now + self.spec.policy.throttle_expiry_s
+        caps: dict[tuple[str, str], Throttle] = {}
+        mps: dict[tuple[str, str], MpsLimit] = {}
+        for name in sorted(self.tenants):
+            for step in self.tenants[name].stack:
+                for c in step.caps:
+                    if self.guard_budget_spent(c.tenant):
+                        continue  # lifted: the capped tenant's throughput budget is spent
+                    c = replace(c, expires_at=expiry)
+                    key = (c.tenant, c.device)
+                    old = caps.get(key)
+                    caps[key] = (
+                        c
+                        if old is None
+                        else replace(
+                            old, read_bps=_min(old.read_bps, c.read_bps), write_bps=_min(old.write_bps, c.write_bps)
+                        )
+                    )
+                for m in step.mps:
+                    key = (m.tenant, m.gpu)
+                    old_m = mps.get(key)
+                    mps[key] = replace(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
+        return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))

@@ -1,0 +1,154 @@
+"""The ladder's moves: placement onto a quieter free instance, and a resize onto a bigger slice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsm.diagnosis import Cause, Diagnosis
+from fsm.levercost import LeverCost
+from fsm.outage import MoveKind
+from fsm.placement import occupied, rank_candidates
+from fsm.resize import plan_resize
+from fsm.spec import Level, TenantSpec
+from fsm.state import Pending, Step
+from fsm.tick_base import (
+    GUARD,
+    PLACE,
+    RESIZE,
+    TickBase,
+)
+
+
+class MoveTick(TickBase):
+    __slots__ = ()
+
+    def _off_path(self, gpu: str, devices: tuple[str, ...]) -> bool:
+        topo = self.spec.topology
+        limit = self.spec.policy.io_share_tier
+        for d in devices:
+            tier = topo.distance(gpu, d)
+            if tier is None and not (topo.has(gpu) and topo.has(d)):
+                return False  # unknown place: cannot be ruled out
+            if tier is not None and tier <= limit:
+                return False
+        return True
+
+    def _place(
+        self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any], avoid: tuple[str, ...] = ()
+    ) -> tuple[bool, str]:
+        policy = self.spec.policy
+        outage, source = self._move_outage(t, MoveKind.EXISTING)
+        short = self._outage_short(t, outage)
+        if short:
+            return False, short  # before the ranking: no move can happen, whatever it would find
+        cost: LeverCost | None = None
+        if not avoid:  # a relief move serves the capped aggressor, not the tail: budget only
+            efficacy = 1.0 if diag.cause is not Cause.UNKNOWN or diag.aggressors else policy.unknown_cause_efficacy
+            if diag.cause is Cause.IO and GUARD in self.tenants[t.name].failed_levers:
+                # Capping the I/O aggressors did not cut the tail: the path they share is not what
+                # holds it, and escaping that path is all a same-sized move promises.
+                efficacy = min(efficacy, policy.unknown_cause_efficacy)
+            cost, why = self._pays(t, PLACE, outage, source, efficacy)
+            if why:
+                return False, why
+        here, ranked = rank_candidates(
+            self.spec,
+            self.obs,
+            t,
+            diag.cause,
+            self.reserved,
+            self.traffic,
+            allow_gpu=lambda g: g not in self.busy_gpus and (not avoid or self._off_path(g, avoid)),
+            limit=5,  # the best one is taken; five are kept as evidence
+        )
+        if here is None:
+            return False, "the victim's current MIG instance is unknown"
+        if not ranked:
+            return False, "no free MIG instance at least as large"
+        best = ranked[0]
+        if best.penalty >= here.penalty - policy.placement_margin:
+            return False, (
+                f"no quieter instance (best {best.instance} penalty {best.penalty:.3f} vs {here.penalty:.3f} here)"
+            )
+        step = Step(
+            level=Level.PLACED, lever=PLACE, t=self.obs.t, from_instance=here.instance, to_instance=best.instance
+        )
+        self.reserved.add(best.instance)
+        self._acted(
+            t,
+            step,
+            Pending(f"tenant:{t.name}", PLACE, self.obs.t),
+            "escalate",
+            f"{'relieve the guard: ' if avoid else ''}move to {best.instance}"
+            f" (penalty {best.penalty:.3f} < {here.penalty:.3f})",
+            {
+                "window": window,
+                "diagnosis": {"cause": diag.cause.value, **diag.evidence},
+                "current": here.as_evidence(),
+                "candidates": [s.as_evidence() for s in ranked[:5]],
+                "outage_s": outage,
+                **({"cost": cost.as_evidence()} if cost is not None else {}),
+            },
+        )
+        self._spend(t.name, outage)
+        return True, ""
+
+    def _resize(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+        if self.budget_left() <= 0:
+            return False, f"reconfiguration budget spent ({self.spec.policy.max_reconfigs_per_hour}/hour)"
+        ts = self.obs.tenants.get(t.name)
+        current = ts.instance if ts is not None and ts.instance is not None else t.instance
+        if current is None:
+            return False, "the victim's current MIG instance is unknown"
+        # Before planning (the costly part): if not even the cheapest kind of resize fits the
+        # outage budget and pays, no plan can.
+        _, why = self._affordable(t, *min(self._move_outage(t, k) for k in MoveKind))
+        if why:
+            return False, why
+        occ = occupied(self.spec, self.obs) | self.reserved
+        plan = plan_resize(self.spec, self.obs, current, self.busy_gpus, occ)
+        if plan is None:
+            return False, "no larger profile fits the placement rules beside the instances in use"
+        if plan.target.slot in plan.prev_layout:
+            kind = MoveKind.EXISTING  # a free bigger instance exists: a plain move
+        elif current.gpu == plan.gpu and current.slot not in plan.new_layout:
+            kind = MoveKind.IN_PLACE  # its own instance goes: stop, reconfigure, relaunch
+        else:
+            kind = MoveKind.BESIDE  # make-before-break: it serves while the new slice is made
+        outage, source = self._move_outage(t, kind)
+        cost, why = self._affordable(t, outage, source)
+        if why:
+            return False, why
+        now = self.obs.t
+        self.layouts[plan.gpu] = plan.new_layout
+        self.reconfigs.append(now)
+        self.busy_gpus.add(plan.gpu)
+        self.reserved.add(plan.target)
+        step = Step(
+            level=Level.RESIZED,
+            lever=RESIZE,
+            t=now,
+            from_instance=current,
+            to_instance=plan.target,
+            gpu=plan.gpu,
+            prev_layout=plan.prev_layout,
+            new_layout=plan.new_layout,
+        )
+        self._acted(
+            t,
+            step,
+            Pending(f"tenant:{t.name}", RESIZE, now),
+            "escalate",
+            f"resize {current.profile} -> {plan.target.profile} on {plan.gpu}",
+            {
+                "window": window,
+                "diagnosis": {"cause": diag.cause.value, **diag.evidence},
+                "plan": plan.as_evidence(),
+                "reconfigs_last_hour": len(self.reconfigs),
+                "outage_s": outage,
+                "move": kind.value,
+                **({"cost": cost.as_evidence()} if cost is not None else {}),
+            },
+        )
+        self._spend(t.name, outage)
+        return True, ""

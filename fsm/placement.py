@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 
 from fsm.diagnosis import Cause, Traffic
 from fsm.mig import GpuModel, model_by_name
@@ -99,16 +100,29 @@ def occupied(spec: HostSpec, obs: Observation) -> set[InstanceRef]:
 
 def free_instances(spec: HostSpec, obs: Observation, reserved: Iterable[InstanceRef]) -> list[InstanceRef]:
     taken = occupied(spec, obs) | set(reserved)
+    # (gpu, profile, start): tuples hash and compare in C, InstanceRefs in Python (same equality).
+    taken_keys = {(i.gpu, i.profile, i.start) for i in taken}
+    refs = spec.derived("placement.refs", _new_refs)
     out = []
     for gpu_name in sorted(obs.gpus):
         g = obs.gpus[gpu_name]
         if g.lost or g.layout is None:
             continue
         for slot in g.layout:
-            ref = InstanceRef(gpu_name, slot.profile, slot.start)
-            if ref not in taken:
-                out.append(ref)
+            key = (gpu_name, slot.profile, slot.start)
+            if key in taken_keys:
+                continue
+            ref = refs.get(key)
+            if ref is None:  # one InstanceRef per instance and spec, not one per tick (same value)
+                ref = InstanceRef(gpu_name, slot.profile, slot.start)
+                if len(refs) < 100_000:
+                    refs[key] = ref
+            out.append(ref)
     return out
+
+
+def _new_refs(spec: HostSpec) -> dict[tuple[str, str, int], InstanceRef]:
+    return {}
 
 
 def rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
@@ -222,6 +236,9 @@ def score(
     return Score(cand, penalty, *terms, move, size)
 
 
+_rank_key = itemgetter(0, 1, 2)  # (penalty, another GPU, name): best first, same GPU on a tie
+
+
 def rank_candidates(
     spec: HostSpec,
     obs: Observation,
@@ -241,29 +258,47 @@ def rank_candidates(
     here = score(spec, obs, victim, current, current, cause, traffic, cache) if current is not None else None
     need = slices_of(spec, current) if current is not None else 0
     # Free instances with their sizes, once per tick; this victim's view only drops the reserved.
-    if "free" not in traffic.memo:
-        traffic.memo["free"] = [(c, slices_of(spec, c), str(c)) for c in free_instances(spec, obs, ())]
-    taken = set(reserved)
+    free = traffic.memo.get("free")
+    if free is None:
+        free = traffic.memo["free"] = [
+            (c, slices_of(spec, c), str(c), (c.gpu, c.profile, c.start)) for c in free_instances(spec, obs, ())
+        ]
+    taken = {(r.gpu, r.profile, r.start) for r in reserved}  # InstanceRef equality, as tuples
     sized = cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None
     cur_gpu = current.gpu if current is not None else ""
+    cur_key = (current.gpu, current.profile, current.start) if current is not None else None
+    policy = spec.policy
+    w_move, other_gpu = policy.w_move, policy.move_other_gpu
     rows = []
     allowed: dict[str, bool] = {}
-    # This loop runs for every free instance of the host, per victim: Score objects are made
-    # only for the best few, after the sort.
-    for c, n, name in traffic.memo["free"]:
-        if n < need or (taken and c in taken):
+    base: dict[str, float] = {}  # per GPU: the terms' part of the penalty
+    # This loop runs for every free instance of the host, per victim: _cost is inlined here (the
+    # same arithmetic in the same order), and Score objects are made only for the best few.
+    for c, n, name, key in free:
+        if n < need or (taken and key in taken):
             continue
-        ok = allowed.get(c.gpu)
+        gpu = c.gpu
+        ok = allowed.get(gpu)
         if ok is None:
-            ok = allowed[c.gpu] = allow_gpu is None or allow_gpu(c.gpu)
+            ok = allowed[gpu] = allow_gpu is None or allow_gpu(gpu)
         if not ok:
             continue
-        terms = cache.get(c.gpu)
+        terms = cache.get(gpu)
         if terms is None:
-            terms = cache[c.gpu] = _gpu_terms(spec, obs, traffic, c.gpu, victim)
-        move, size, pen = _cost(spec.policy, current, c, terms, n - need if sized else 0)
-        rows.append((pen, c.gpu != cur_gpu, name, c, terms, move, size))
-    rows.sort(key=lambda r: r[:3])
+            terms = cache[gpu] = _gpu_terms(spec, obs, traffic, gpu, victim)
+        if cur_key is None or key == cur_key:
+            move = 0.0
+        elif gpu == cur_gpu:
+            move = SAME_GPU_MOVE
+        else:
+            move = other_gpu
+        size = max(0, n - need if sized else 0) / 7.0
+        a = base.get(gpu)
+        if a is None:
+            rc, numa, irq = terms
+            a = base[gpu] = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq
+        rows.append((a + w_move * move - size, gpu != cur_gpu, name, c, terms, move, size))
+    rows.sort(key=_rank_key)
     if limit is not None:
         rows = rows[:limit]
     return here, [Score(r[3], r[0], *r[4], r[5], r[6]) for r in rows]

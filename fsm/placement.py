@@ -236,6 +236,18 @@ def score(
     return Score(cand, penalty, *terms, move, size)
 
 
+def _free_groups(
+    spec: HostSpec, obs: Observation
+) -> list[tuple[str, list[tuple[int, list[tuple[InstanceRef, str, tuple[str, str, int]]]]]]]:
+    """Free instances by GPU, then by size (slices), each group by name: (instance, name, key)."""
+    by_gpu: dict[str, dict[int, list[tuple[InstanceRef, str, tuple[str, str, int]]]]] = {}
+    for c in free_instances(spec, obs, ()):
+        by_size = by_gpu.setdefault(c.gpu, {})
+        by_size.setdefault(slices_of(spec, c), []).append((c, str(c), (c.gpu, c.profile, c.start)))
+    return [(gpu, [(n, sorted(m, key=_by_name)) for n, m in sizes.items()]) for gpu, sizes in by_gpu.items()]
+
+
+_by_name = itemgetter(1)
 _rank_key = itemgetter(0, 1, 2)  # (penalty, another GPU, name): best first, same GPU on a tie
 
 
@@ -257,12 +269,11 @@ def rank_candidates(
     cache: dict[str, tuple[float, float, float]] = {}
     here = score(spec, obs, victim, current, current, cause, traffic, cache) if current is not None else None
     need = slices_of(spec, current) if current is not None else 0
-    # Free instances with their sizes, once per tick; this victim's view only drops the reserved.
-    free = traffic.memo.get("free")
-    if free is None:
-        free = traffic.memo["free"] = [
-            (c, slices_of(spec, c), str(c), (c.gpu, c.profile, c.start)) for c in free_instances(spec, obs, ())
-        ]
+    # Free instances by GPU and size, each group by name, once per tick; this victim's view only
+    # drops the reserved.
+    groups = traffic.memo.get("free-groups")
+    if groups is None:
+        groups = traffic.memo["free-groups"] = _free_groups(spec, obs)
     taken = {(r.gpu, r.profile, r.start) for r in reserved}  # InstanceRef equality, as tuples
     sized = cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None
     cur_gpu = current.gpu if current is not None else ""
@@ -270,34 +281,45 @@ def rank_candidates(
     policy = spec.policy
     w_move, other_gpu = policy.w_move, policy.move_other_gpu
     rows = []
-    allowed: dict[str, bool] = {}
-    base: dict[str, float] = {}  # per GPU: the terms' part of the penalty
-    # This loop runs for every free instance of the host, per victim: _cost is inlined here (the
-    # same arithmetic in the same order), and Score objects are made only for the best few.
-    for c, n, name, key in free:
-        if n < need or (taken and key in taken):
-            continue
-        gpu = c.gpu
-        ok = allowed.get(gpu)
-        if ok is None:
-            ok = allowed[gpu] = allow_gpu is None or allow_gpu(gpu)
-        if not ok:
-            continue
-        terms = cache.get(gpu)
-        if terms is None:
-            terms = cache[gpu] = _gpu_terms(spec, obs, traffic, gpu, victim)
-        if cur_key is None or key == cur_key:
-            move = 0.0
-        elif gpu == cur_gpu:
-            move = SAME_GPU_MOVE
-        else:
-            move = other_gpu
-        size = max(0, n - need if sized else 0) / 7.0
-        a = base.get(gpu)
-        if a is None:
-            rc, numa, irq = terms
-            a = base[gpu] = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq
-        rows.append((a + w_move * move - size, gpu != cur_gpu, name, c, terms, move, size))
+    # This runs for every free instance of the host, per victim: _cost is inlined here (the same
+    # arithmetic in the same order), and Score objects are made only for the best few. The
+    # instances of one group share their penalty and their GPU, so they rank by name: with a
+    # limit, only the first `limit` of a group can be among the best (except on the victim's own
+    # GPU, where one might be the victim's own instance, at no move cost).
+    for gpu, by_size in groups:
+        terms: tuple[float, float, float] | None = None
+        a = 0.0
+        refused = False
+        for n, members in by_size:
+            if n < need:
+                continue
+            size = max(0, n - need if sized else 0) / 7.0
+            cap = limit if limit is not None and gpu != cur_gpu else None
+            kept = 0
+            for c, name, key in members:
+                if cap is not None and kept >= cap:
+                    break
+                if taken and key in taken:
+                    continue
+                if terms is None:
+                    if allow_gpu is not None and not allow_gpu(gpu):
+                        refused = True
+                        break
+                    terms = cache.get(gpu)
+                    if terms is None:
+                        terms = cache[gpu] = _gpu_terms(spec, obs, traffic, gpu, victim)
+                    rc, numa, irq = terms
+                    a = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq
+                if cur_key is None or key == cur_key:
+                    move = 0.0
+                elif gpu == cur_gpu:
+                    move = SAME_GPU_MOVE
+                else:
+                    move = other_gpu
+                rows.append((a + w_move * move - size, gpu != cur_gpu, name, c, terms, move, size))
+                kept += 1
+            if refused:
+                break
     rows.sort(key=_rank_key)
     if limit is not None:
         rows = rows[:limit]

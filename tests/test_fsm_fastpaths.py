@@ -11,7 +11,7 @@ import pickle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsm.diagnosis import Aggressor, Traffic, aggressors_for, victim_anchor
+from fsm.diagnosis import Aggressor, Cause, Traffic, aggressors_for, victim_anchor
 from fsm.evidence import EvidenceParams
 from fsm.examples import example_spec, p4d_like_topology
 from fsm.observation import GpuSample, InstanceRef, IoRate, Observation, TenantSample
@@ -105,3 +105,68 @@ def test_derived_tables_belong_to_one_spec() -> None:
     calls = []
     assert spec.derived("test", lambda s: calls.append(1) or 42) == 42
     assert spec.derived("test", lambda s: calls.append(1) or 43) == 42 and calls == [1]
+
+
+# -- placement ranking -------------------------------------------------------------------------------
+def reference_rank(spec, obs, victim, cause, reserved, traffic, allow_gpu=None, limit=None):  # type: ignore[no-untyped-def]
+    """fsm.placement.rank_candidates as it was before the fast paths (one Score per candidate)."""
+    from fsm.placement import _gpu_terms, free_instances, score, slices_of
+
+    ts = obs.tenants.get(victim.name)
+    current = ts.instance if ts is not None and ts.instance is not None else victim.instance
+    cache: dict[str, tuple[float, float, float]] = {}
+    here = score(spec, obs, victim, current, current, cause, traffic, cache) if current is not None else None
+    need = slices_of(spec, current) if current is not None else 0
+    taken = set(reserved)
+    out = []
+    for c in free_instances(spec, obs, ()):
+        if slices_of(spec, c) < need or c in taken or (allow_gpu is not None and not allow_gpu(c.gpu)):
+            continue
+        if c.gpu not in cache:
+            cache[c.gpu] = _gpu_terms(spec, obs, traffic, c.gpu, victim)
+        out.append(score(spec, obs, victim, current, c, cause, traffic, cache))
+    cur_gpu = current.gpu if current is not None else ""
+    out.sort(key=lambda s: (s.penalty, s.instance.gpu != cur_gpu, str(s.instance)))
+    return here, out if limit is None else out[:limit]
+
+
+@st.composite
+def placements(draw: st.DrawFn):  # type: ignore[no-untyped-def]
+    from fsm.mig import Slot
+
+    layouts = {
+        "gpu0": (Slot(0, "1g.5gb"), Slot(1, "1g.5gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb")),
+        "gpu1": tuple(Slot(s, "1g.5gb") for s in range(7)),
+        "gpu2": (Slot(0, "3g.20gb"), Slot(4, "3g.20gb")),
+        "gpu3": (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "2g.10gb"), Slot(6, "1g.5gb")),
+    }
+    gpus = sorted(draw(st.sets(st.sampled_from(sorted(layouts)), min_size=1)))
+    slots = [(g, s) for g in gpus for s in layouts[g]]
+    tenants, samples = {}, {}
+    for i in range(draw(st.integers(1, 6))):
+        g, s = draw(st.sampled_from(slots))
+        role = Role.SENSITIVE if i == 0 else draw(st.sampled_from([Role.BULK, Role.COMPUTE, Role.SENSITIVE]))
+        name = f"t{i}"
+        tenants[name] = TenantSpec(name, role, f"{name}.slice", g, InstanceRef(g, s.profile, s.start), 0.015,
+                                   devices=(draw(st.sampled_from(DEVICES[:4])),))  # fmt: skip
+        io = {tenants[name].devices[0]: IoRate(draw(st.sampled_from([1e7, 3e8, 2e9])), 0.0)}
+        samples[name] = TenantSample(io=io if role is not Role.SENSITIVE else None)
+    obs = Observation(1.0, samples, {g: GpuSample(pcie_tx_bps=1e9, pcie_rx_bps=1e9, layout=layouts[g]) for g in gpus})
+    spec = HostSpec(p4d_like_topology(8), tenants, Policy(), {g: "A100-SXM4-40GB" for g in GPUS[:8]})
+    reserved = draw(st.sets(st.sampled_from([InstanceRef(g, s.profile, s.start) for g, s in slots])))
+    allowed = draw(st.sets(st.sampled_from(gpus)))
+    allow = draw(st.sampled_from([None, allowed.__contains__]))
+    return spec, obs, reserved, allow, draw(st.sampled_from([None, 0, 1, 2, 5])), draw(st.sampled_from(list(Cause)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(placements())
+def test_ranking_equals_the_candidate_by_candidate_rule(case) -> None:  # type: ignore[no-untyped-def]
+    from fsm.placement import rank_candidates
+
+    spec, obs, reserved, allow, limit, cause = case
+    traffic = Traffic.build(spec, obs)
+    for _ in range(2):  # the second time from the tick's memos
+        for victim in spec.tenants.values():
+            got = rank_candidates(spec, obs, victim, cause, reserved, traffic, allow, limit)
+            assert got == reference_rank(spec, obs, victim, cause, reserved, Traffic.build(spec, obs), allow, limit)

@@ -68,7 +68,7 @@ class Traffic:
     """Per-tick index of who moves bytes where: built once, read by diagnosis and placement."""
 
     items: dict[str, tuple[tuple[str, str, float], ...]]  # tenant -> (label, device, bytes/s)
-    memo: dict[str, Any] = field(default_factory=dict)  # per-tick results shared across victims
+    memo: dict[Any, Any] = field(default_factory=dict)  # per-tick results shared across victims
 
     @staticmethod
     def build(spec: HostSpec, obs: Observation) -> Traffic:

@@ -163,14 +163,19 @@ def _gpu_terms(
     topo = spec.topology
     policy = spec.policy
     # Everybody's traffic that shares this GPU's root complex, once per tick; minus the victim's.
-    key = f"rc:{gpu}"
-    if key not in traffic.memo:
-        traffic.memo[key] = rc_traffic(spec, traffic, gpu)
-    per_tenant = traffic.memo[key]
-    rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
+    key = ("rc", gpu)
+    hit = traffic.memo.get(key)
+    if hit is None:
+        per = rc_traffic(spec, traffic, gpu)
+        hit = traffic.memo[key] = (per, sum(per.values()))  # the same sum, in the same order
+    per_tenant, everybody = hit
+    if victim.name in per_tenant:
+        rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
+    else:
+        rc_bps = everybody  # a victim without traffic here: the sum above, once per GPU and tick
     rc = rc_bps / policy.high_bw_bps
     # The host terms do not depend on the victim: once per GPU per tick.
-    hkey = f"host:{gpu}"
+    hkey = ("host", gpu)
     if hkey not in traffic.memo:
         numa = topo.numa_of(gpu) if topo.has(gpu) else None
         block = 0.0

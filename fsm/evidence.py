@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from fsm.histogram import tail_fraction
@@ -116,7 +116,45 @@ class SloEvidence:
 
     def reset(self) -> SloEvidence:
         """After an action: the next decision needs fresh evidence about the new situation."""
-        return replace(self, up=0.0, down=0.0, up_bad=0.0, up_n=0.0, up_since=None)
+        # replace(self, up=0.0, down=0.0, up_bad=0.0, up_n=0.0, up_since=None), built directly
+        return _evidence(0.0, 0.0, 0.0, 0.0, self.n_recent, self.b_recent, self.t, self.counted, None, self.fit_lo,
+                         self.fit_hi)  # fmt: skip
+
+
+# SloEvidence(...) with every field in order, built through its slots' own setters: a frozen
+# dataclass's __init__ goes through object.__setattr__ field by field, 2.5 times as dear, and one is
+# built for every sensitive tenant on every tick. Same class, same value (tests/test_fsm_fastpaths.py).
+_EVIDENCE_SET = tuple(getattr(SloEvidence, n).__set__ for n in SloEvidence.__slots__)
+_new = object.__new__
+
+
+def _evidence(
+    up: float,
+    down: float,
+    up_bad: float,
+    up_n: float,
+    n_recent: float,
+    b_recent: float,
+    t: float | None,
+    counted: bool,
+    up_since: float | None,
+    fit_lo: float,
+    fit_hi: float,
+) -> SloEvidence:
+    e: SloEvidence = _new(SloEvidence)
+    s_up, s_down, s_up_bad, s_up_n, s_n, s_b, s_t, s_counted, s_since, s_lo, s_hi = _EVIDENCE_SET
+    s_up(e, up)
+    s_down(e, down)
+    s_up_bad(e, up_bad)
+    s_up_n(e, up_n)
+    s_n(e, n_recent)
+    s_b(e, b_recent)
+    s_t(e, t)
+    s_counted(e, counted)
+    s_since(e, up_since)
+    s_lo(e, fit_lo)
+    s_hi(e, fit_hi)
+    return e
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,19 +259,7 @@ def update(
         up_since = None
     elif up_since is None:
         up_since = now
-    new = SloEvidence(
-        up=up,
-        down=down,
-        up_bad=up_bad,
-        up_n=up_n,
-        n_recent=n_recent,
-        b_recent=b_recent,
-        t=now,
-        counted=counted,
-        up_since=up_since,
-        fit_lo=fit_lo,
-        fit_hi=fit_hi,
-    )
+    new = _evidence(up, down, up_bad, up_n, n_recent, b_recent, now, counted, up_since, fit_lo, fit_hi)
     if up >= h - 1e-9 and count > 0 and not legacy_empty:
         verdict = Verdict.VIOLATING
     elif down >= release_h - 1e-9 and count > 0 and not legacy_empty:

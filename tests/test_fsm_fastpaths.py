@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsm.diagnosis import Aggressor, Cause, Traffic, aggressors_for, victim_anchor
-from fsm.evidence import EvidenceParams
+from fsm.evidence import EvidenceParams, SloEvidence, _evidence
 from fsm.examples import example_spec, p4d_like_topology
 from fsm.observation import GpuSample, InstanceRef, IoRate, Observation, TenantSample
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
@@ -82,6 +83,18 @@ def test_aggressors_equal_the_tenant_by_tenant_rule(host: tuple[HostSpec, Observ
     for _ in range(2):  # the second round reads the memos the first one filled
         for victim in spec.tenants.values():
             assert aggressors_for(spec, obs, victim, traffic) == reference_aggressors(spec, obs, victim, traffic)
+
+
+def test_evidence_built_through_its_slots_is_the_dataclass() -> None:
+    names = [f.name for f in dataclasses.fields(SloEvidence)]
+    assert tuple(names) == SloEvidence.__slots__  # _evidence sets them in this order
+    vals = (3.1, 0.7, 12.0, 40.0, 500.0, 7.5, None, True, 990.0, 3.0, 1.0)
+    fast, plain = _evidence(*vals), SloEvidence(*vals)
+    assert type(fast) is SloEvidence and fast == plain and hash(fast) == hash(plain) and repr(fast) == repr(plain)
+    assert pickle.loads(pickle.dumps(fast)) == plain
+    assert fast.reset() == dataclasses.replace(fast, up=0.0, down=0.0, up_bad=0.0, up_n=0.0, up_since=None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.up = 1.0  # type: ignore[misc]
 
 
 def test_evidence_params_derive_their_thresholds() -> None:

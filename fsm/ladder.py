@@ -78,6 +78,14 @@ class Tick(ReleaseTick):
             ctl = replace(ctl, measured_outage_s=ts.outage_s)
         if ctl.episode_start is not None and not settling and w.verdict is not Verdict.EMPTY and w.bad is not None:
             ctl = replace(ctl, episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + w.bad)
+        if not settling and w.bad is not None and w.count > 0:
+            ctl = replace(
+                ctl,
+                overspend=self._overspent(ctl, w.bad - (1.0 - t.quantile) * w.count),
+                overspend_t=now,
+                acted_n=ctl.acted_n + w.count,
+                acted_bad=ctl.acted_bad + w.bad,
+            )
         if w.verdict is Verdict.VIOLATING:
             ctl = replace(
                 ctl,

@@ -18,7 +18,11 @@ the budget), a lever is bought once (its outage). Buying once the rent paid equa
 within a factor 2 of hindsight's best whatever the episode's length, and a known distribution of
 lengths lets one buy earlier. So the benefit is the larger of
 
-    the rent paid so far:  requests of this episode over the SLO - eps x its requests
+    the rent paid so far:  requests of this episode over the SLO - eps x its requests, or, if
+                           more, the same net count over the recent past (weighted over the
+                           outage budget's window, calm stretches paying back): episodes that
+                           come and go pay rent too, and a lever that stays saves it in each;
+                           a move or resize spends both
     the expected rent:     lambda x max(0, p - eps) x E[episode length]
 
 times `efficacy`. E[episode length] is learned per tenant from its recent episodes (the posterior
@@ -101,6 +105,7 @@ def estimate(
     elapsed_s: float = 0.0,
     episode_requests: float = 0.0,
     episode_bad: float = 0.0,
+    window_rent: float = 0.0,
 ) -> LeverCost:
     # Unknown utilisation: assume a server half busy (the cost doubles the plain outage).
     r = 0.5 if rho is None else min(max(rho, 0.0), MAX_RHO)
@@ -109,7 +114,8 @@ def estimate(
     else:
         share = bad_share if bad_share is not None else 0.0
     remaining = expected_remaining(episodes, prior_s)
-    rent = max(0.0, episode_bad - budget_share * episode_requests)
+    episode_rent = episode_bad - budget_share * episode_requests
+    rent = max(0.0, episode_rent, window_rent)
     benefit = max(rent, rate_rps * max(0.0, share - budget_share) * remaining) * efficacy
     return LeverCost(
         lever=lever,

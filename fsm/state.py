@@ -62,6 +62,14 @@ class TenantCtl:
     # Requests of the current episode, and those over the SLO: what waiting has cost so far.
     episode_n: float = 0.0
     episode_bad: float = 0.0
+    # Requests over the SLO beyond the budget (net: calm stretches pay back), exponentially weighted
+    # over the outage budget's window, since the last move or resize spent them: the rent of
+    # episodes that come and go, which a lever that stays would have saved too.
+    overspend: float = 0.0
+    overspend_t: float | None = None
+    # Requests since the last action on this tenant, and those over the SLO: what it did so far.
+    acted_n: float = 0.0
+    acted_bad: float = 0.0
     last_value: float | None = None  # the last window's quantile (s)
     recent: tuple[float, ...] = ()  # the last release_horizon_windows window quantiles (s)
     last_reason: str = ""

@@ -3,6 +3,7 @@ outage budget, a lever's cost, the victim's current instance. fsm.ladder builds 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -111,6 +112,8 @@ class TickBase:
             bad=0,
             good=0,
             evidence=ctl.evidence.reset(),
+            acted_n=0.0,
+            acted_bad=0.0,
             cooldown_until=now + policy.cooldown_s,
             dwell_until=now + _dwell(policy.dwell_s, flaps),
             target=target,
@@ -162,6 +165,7 @@ class TickBase:
             elapsed_s=self.obs.t - ctl.episode_start if ctl.episode_start is not None else 0.0,
             episode_requests=ctl.episode_n,
             episode_bad=ctl.episode_bad,
+            window_rent=self._overspent(ctl, 0.0),
         )
         if c.pays(policy.cost_margin):
             return c, ""
@@ -184,10 +188,24 @@ class TickBase:
         return f"outage budget spent ({spent:g} s of {budget:g} s per {window:g} s; this needs {seconds:g} s)"
 
     def _spend(self, name: str, seconds: float) -> None:
+        """Charge an outage to the budget; the rent paid so far bought it (fsm.levercost)."""
         ctl = self.tenants[name]
         now = self.obs.t
         kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
-        self.tenants[name] = replace(ctl, outages=(*kept, (now, seconds)))
+        self.tenants[name] = replace(
+            ctl,
+            outages=(*kept, (now, seconds)),
+            overspend=min(0.0, self._overspent(ctl, 0.0)),
+            overspend_t=now,
+            episode_n=0.0,
+            episode_bad=0.0,
+        )
+
+    def _overspent(self, ctl: TenantCtl, add: float) -> float:
+        """The tenant's overspend decayed to now (time constant: the outage budget's window), plus `add`."""
+        dt = self.obs.t - ctl.overspend_t if ctl.overspend_t is not None else 0.0
+        keep = math.exp(-dt / self.spec.policy.outage_budget_window_s) if dt > 0 else 1.0
+        return ctl.overspend * keep + add
 
     def _shrink_ratio(self, t: TenantSpec, step: Step) -> float | None:
         """Slices of the victim's current instance over those of the one it would return to."""

@@ -10,7 +10,7 @@ from fsm.desired import MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
 from fsm.guardbudget import binds
 from fsm.spec import Level, Role, TenantSpec
-from fsm.state import Step
+from fsm.state import Step, TenantCtl
 from fsm.tick_base import (
     GUARD,
     PLACE,
@@ -159,12 +159,21 @@ class GuardTick(MoveTick):
             or not top.caps
             or self.obs.t - top.t < policy.guard_relief_s
             or ctl.evidence.up > 0
-            # Only a guard that holds the tail inside its SLO is worth an outage to relieve: one that
-            # does not is lifted, or escalated, on the evidence.
-            or (ctl.evidence.burn_rate(1.0 - t.quantile) or 0.0) > 1.0
+            or not self._guard_holds(t, ctl)
         ):
             return False
         return any(binds(c, self.obs) for c in top.caps)
+
+    @staticmethod
+    def _guard_holds(t: TenantSpec, ctl: TenantCtl) -> bool:
+        """Only a guard that holds the tail inside its SLO is worth an outage to relieve, and a
+        minute that looks fine is not evidence of that: since the guard went on, at least three
+        budgets' worth of requests (300 for a p99), no more of them over the SLO than the budget.
+        Sources without counts: the last minute's estimate from quantiles."""
+        eps = 1.0 - t.quantile
+        if not ctl.evidence.counted:
+            return (ctl.evidence.burn_rate(eps) or 0.0) <= 1.0
+        return ctl.acted_n * eps >= 3.0 and ctl.acted_bad <= eps * ctl.acted_n
 
     def _relieve(self, t: TenantSpec, value: float | None, slo: float) -> None:
         ctl = self.tenants[t.name]

@@ -306,8 +306,8 @@ def demo(out_dir: str) -> int:
     if rc == 0:
         print(f"wrote {ns.json_out} and {ns.plot}")
         print(
-            f"\nThis table covers {hours:g} simulated hour(s), including the first interference episode's"
-            " transient (the move of T1 and its queueing set the p999). README.md ('Results') and"
-            " docs/results.md show 24 simulated hours: tailguard replay paper-p4d --duration 86400."
+            f"\nThis table covers {hours:g} simulated hour(s): one interference episode, which the evidence"
+            " may not yet find worth more than a guard. README.md ('Results') and docs/results.md show"
+            " 24 simulated hours: tailguard replay paper-p4d --duration 86400."
         )
     return rc

@@ -2,9 +2,9 @@
 over fixed observation streams, so that a speed-up of the decision core cannot change a decision.
 
 The digests in tests/data/decide-golden.json are computed with main's own code, without issue 10's
-decide() speed-up (branch core-perf): first at 8e79f0a, then again at 48aa2d0 (main changed the
-policy there: burn 2, margin 1, a 4 h outage budget window, the settle after a move), before the
-merge. A change that alters any decision, on purpose (a new policy) or not, changes a digest. When
+decide() speed-up (branch core-perf): first at 8e79f0a, then again before each merge of main
+(48aa2d0: burn 2, margin 1, a 4 h outage budget window, the settle after a move; ec6c009: the rent
+of recurring episodes). A change that alters any decision, on purpose (a new policy) or not, changes a digest. When
 the change is intended, regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py
 --update` and say why in the commit message.
 

@@ -95,6 +95,49 @@ def test_the_rent_paid_so_far_buys_the_lever_ski_rental():
     assert long_ones.remaining_s == pytest.approx((300.0 + 12000.0) / 5) and long_ones.pays(1.0)
 
 
+def test_rent_of_episodes_that_come_and_go_counts_too():
+    """Short episodes each pay little rent, but a lever that stays saves it in every one: the net
+    overspend over the budget's window (calm stretches paying back) buys the lever as well."""
+    kw = dict(outage_s=18.0, outage_source="configured", rate_rps=1.0, rho=0.5, slo_s=0.2, budget_share=0.01)
+    short = estimate("resize", bad_share=0.05, episodes=(60.0,) * 8, prior_s=300.0, efficacy=1.0, **kw)
+    assert not short.pays(1.0)
+    recurring = estimate(
+        "resize", bad_share=0.05, episodes=(60.0,) * 8, prior_s=300.0, efficacy=1.0, window_rent=40.0, **kw
+    )
+    assert recurring.rent == 40.0 and recurring.pays(1.0)
+    # a window within its budget overall (negative overspend) adds nothing
+    within = estimate(
+        "resize", bad_share=0.05, episodes=(60.0,) * 8, prior_s=300.0, efficacy=1.0, window_rent=-50.0, **kw
+    )
+    assert within.rent == 0.0 and within.benefit == short.benefit
+
+
+def test_a_move_spends_the_rent_that_bought_it():
+    """After the ladder buys a move, the overspend and the episode's rent start again from zero: the
+    same rent does not buy a second lever."""
+    from dataclasses import replace
+
+    from fsm.observation import LatencyWindow
+
+    spec = example_spec(Policy(guards=False, mps=False))
+    state, events, before = ControllerState(), [], None
+    for i in range(200):  # 10% of 200 requests a tick over the SLO, no I/O aggressor
+        obs = example_observation(2.0 * i, 0.030, 0.0)
+        llm = replace(obs.tenants["llm"], latency=LatencyWindow(200, over_slo=20.0))
+        before = state
+        d = decide(state, replace(obs, tenants={**obs.tenants, "llm": llm}), spec)
+        state = d.state
+        if any(e.kind == "escalate" for e in d.events):
+            events = d.events
+            break
+    (esc,) = [e for e in events if e.kind == "escalate"]
+    assert esc.evidence["cost"]["rent_requests"] > 0  # rent bought it
+    assert before.tenant("llm").overspend > 0  # paid before the trigger tick
+    ctl = state.tenant("llm")
+    assert ctl.overspend <= 0.0 and ctl.episode_n == 0.0 and ctl.episode_bad == 0.0
+    assert ctl.outages and ctl.outages[-1][0] == esc.t
+
+
 def test_a_guard_that_does_not_cut_the_tail_is_lifted():
     spec = example_spec(Policy(cost_margin=None, placement=False, mig=False))
     state, evs = ControllerState(), []

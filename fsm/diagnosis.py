@@ -68,22 +68,31 @@ class Traffic:
     """Per-tick index of who moves bytes where: built once, read by diagnosis and placement."""
 
     items: dict[str, tuple[tuple[str, str, float], ...]]  # tenant -> (label, device, bytes/s)
-    memo: dict[str, Any] = field(default_factory=dict)  # per-tick results shared across victims
+    memo: dict[Any, Any] = field(default_factory=dict)  # per-tick results shared across victims
 
     @staticmethod
     def build(spec: HostSpec, obs: Observation) -> Traffic:
-        where = {name: tenant_gpu(spec, obs, t) for name, t in spec.tenants.items()}
+        tenants = obs.tenants
+        where: dict[str, str | None] = {}
+        for name, t in spec.tenants.items():  # tenant_gpu, inline: this runs for every tenant and tick
+            ts = tenants.get(name)
+            where[name] = (
+                ts.instance.gpu
+                if ts is not None and ts.instance is not None
+                else (t.instance.gpu if t.instance is not None else t.gpu)
+            )
         per_gpu: dict[str, int] = {}
         for g in where.values():
             if g is not None:
                 per_gpu[g] = per_gpu.get(g, 0) + 1
         items: dict[str, tuple[tuple[str, str, float], ...]] = {}
-        for name, t in sorted(spec.tenants.items()):
-            ts = obs.tenants.get(name)
+        for name, t in spec.derived("diagnosis.by-name", _by_name):
+            ts = tenants.get(name)
             out: list[tuple[str, str, float]] = []
-            if ts is not None and ts.io:
-                for dev, rate in sorted(ts.io.items()):
-                    bps = rate.total_bps
+            io = ts.io if ts is not None else None
+            if io:
+                for dev, rate in sorted(io.items()) if len(io) > 1 else io.items():
+                    bps = (rate.read_bps or 0.0) + (rate.write_bps or 0.0)  # IoRate.total_bps, inline
                     if bps > 0:
                         out.append((dev, dev, bps))
             # Host<->device traffic (PCIe bytes are per GPU): the tenant's own figure when the
@@ -100,24 +109,77 @@ class Traffic:
         return Traffic(items)
 
 
+def _by_name(spec: HostSpec) -> tuple[tuple[str, TenantSpec], ...]:
+    return tuple(sorted(spec.tenants.items()))
+
+
+_PATH_MEMO_MAX = 10_000  # anchors and devices come from observations: keep the memo bounded
+
+
+def _path_table(spec: HostSpec, anchor: str | None, limit: Tier) -> dict[str, tuple[bool, Tier | None]]:
+    """device -> (does traffic on it share the path to `anchor`, its tier), filled as devices are
+    seen: a pure function of the spec's topology, memoised per spec (HostSpec.derived)."""
+    by_limit = spec.derived("diagnosis.on-path", _new_memo)
+    by_anchor = by_limit.get(limit)
+    if by_anchor is None:
+        by_anchor = by_limit[limit] = {}
+    table = by_anchor.get(anchor)
+    if table is None:
+        if len(by_anchor) >= _PATH_MEMO_MAX:
+            by_anchor.clear()
+        table = by_anchor[anchor] = {}
+    return table
+
+
+def _new_memo(spec: HostSpec) -> dict[Tier, dict[str | None, dict[str, tuple[bool, Tier | None]]]]:
+    return {}
+
+
+def _on_path(spec: HostSpec, table: dict[str, tuple[bool, Tier | None]], anchor: str | None, dev: str,
+             limit: Tier) -> tuple[bool, Tier | None]:  # fmt: skip
+    topo = spec.topology
+    tier = topo.distance(anchor, dev) if anchor is not None else None
+    if tier is None and anchor is not None and topo.has(anchor) and topo.has(dev):
+        hit: tuple[bool, Tier | None] = (False, None)  # both known, on different trees: off the path
+    else:
+        # Unknown location: cannot be ruled out, so it counts (conservative on a VM).
+        hit = (tier is None or tier <= limit, tier)
+    if len(table) >= _PATH_MEMO_MAX:
+        table.clear()
+    table[dev] = hit
+    return hit
+
+
 def path_traffic(
     spec: HostSpec, traffic: Traffic, anchor: str | None, t: TenantSpec, max_tier: Tier | None = None
 ) -> Aggressor | None:
     """The traffic of tenant `t` that shares the path to `anchor` (at most `max_tier` away, by
     default the policy's io_share_tier), or None if it shares none."""
-    topo = spec.topology
+    items = traffic.items.get(t.name)
+    if not items:
+        return None
     limit = spec.policy.io_share_tier if max_tier is None else max_tier
+    return _aggressor(spec, _path_table(spec, anchor, limit), items, anchor, t, limit)
+
+
+def _aggressor(
+    spec: HostSpec,
+    table: dict[str, tuple[bool, Tier | None]],
+    items: tuple[tuple[str, str, float], ...],
+    anchor: str | None,
+    t: TenantSpec,
+    limit: Tier,
+) -> Aggressor | None:
     devices: list[tuple[str, float]] = []
     tiers: list[Tier | None] = []
     total = 0.0
-    for label, dev, bps in traffic.items.get(t.name, ()):
-        tier = topo.distance(anchor, dev) if anchor is not None else None
-        if tier is None and anchor is not None and topo.has(anchor) and topo.has(dev):
-            continue
-        # Unknown location: cannot be ruled out, so it counts (conservative on a VM).
-        if tier is None or tier <= limit:
+    for label, dev, bps in items:
+        hit = table.get(dev)
+        if hit is None:
+            hit = _on_path(spec, table, anchor, dev, limit)
+        if hit[0]:
             devices.append((label, bps))
-            tiers.append(tier)
+            tiers.append(hit[1])
             total += bps
     if total <= 0:
         return None
@@ -133,15 +195,46 @@ def path_traffic(
 def aggressors_for(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
     """Tenants whose I/O shares the victim's path, most bytes first (closer first on ties)."""
     anchor = victim_anchor(spec, obs, victim)
+    policy = spec.policy
+    floor = policy.io_aggressor_min_bps
+    limit = policy.io_share_tier
+    table = _path_table(spec, anchor, limit)
+    tenants = spec.tenants
+    # Only a tenant with a device on the path can share it (path_traffic is None for the others):
+    # look at the tick's few devices, not at every tenant. The sort below is total (the tenant name
+    # breaks ties), so the order in which the candidates are found does not matter.
+    candidates: set[str] = set()
+    for dev, names in _by_device(traffic).items():
+        hit = table.get(dev)
+        if hit is None:
+            hit = _on_path(spec, table, anchor, dev, limit)
+        if hit[0]:
+            candidates.update(names)
+    candidates.discard(victim.name)
     out = []
-    for t in spec.tenants.values():
-        if t.name == victim.name:
+    for name in candidates:
+        t = tenants.get(name)
+        if t is None:
             continue
-        a = path_traffic(spec, traffic, anchor, t)
-        if a is not None and a.bps >= spec.policy.io_aggressor_min_bps:
+        a = _aggressor(spec, table, traffic.items[name], anchor, t, limit)
+        if a is not None and a.bps >= floor:
             out.append(a)
     out.sort(key=lambda a: (-a.bps, a.tier if a.tier is not None else 9, a.tenant))
     return out
+
+
+def _by_device(traffic: Traffic) -> dict[str, list[str]]:
+    """device -> tenants with traffic on it, once per tick (Traffic.memo)."""
+    idx: dict[str, list[str]] | None = traffic.memo.get("by-device")
+    if idx is None:
+        idx = {}
+        for name, items in traffic.items.items():
+            for _label, dev, _bps in items:
+                names = idx.setdefault(dev, [])
+                if not names or names[-1] != name:
+                    names.append(name)
+        traffic.memo["by-device"] = idx
+    return idx
 
 
 def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic | None = None) -> Diagnosis:

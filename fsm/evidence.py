@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 from fsm.histogram import tail_fraction
 from fsm.observation import LatencyWindow
@@ -63,14 +64,27 @@ class EvidenceParams:
     fit_tau_s: float = 600.0  # time constant of the tail's shape inside the SLO's histogram bucket
     release_ratio: float = 0.8  # legacy windows: good = quantile < release_ratio x SLO
     min_window_count: int = 5  # legacy windows with fewer requests count neither way
+    # Derived once here (update() reads them for every sensitive tenant and tick): h, release_h,
+    # and the most one tick may add to each. No part of the value.
+    _h: float = field(init=False, repr=False, compare=False)
+    _release_h: float = field(init=False, repr=False, compare=False)
+    _step_up: float = field(init=False, repr=False, compare=False)
+    _step_down: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        h, release_h = math.log(1.0 / self.alpha), math.log(1.0 / self.release_alpha)
+        object.__setattr__(self, "_h", h)
+        object.__setattr__(self, "_release_h", release_h)
+        object.__setattr__(self, "_step_up", h / max(1, self.min_ticks))
+        object.__setattr__(self, "_step_down", release_h / max(1, self.min_release_ticks))
 
     @property
     def h(self) -> float:
-        return math.log(1.0 / self.alpha)
+        return self._h
 
     @property
     def release_h(self) -> float:
-        return math.log(1.0 / self.release_alpha)
+        return self._release_h
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +116,45 @@ class SloEvidence:
 
     def reset(self) -> SloEvidence:
         """After an action: the next decision needs fresh evidence about the new situation."""
-        return replace(self, up=0.0, down=0.0, up_bad=0.0, up_n=0.0, up_since=None)
+        # replace(self, up=0.0, down=0.0, up_bad=0.0, up_n=0.0, up_since=None), built directly
+        return _evidence(0.0, 0.0, 0.0, 0.0, self.n_recent, self.b_recent, self.t, self.counted, None, self.fit_lo,
+                         self.fit_hi)  # fmt: skip
+
+
+# SloEvidence(...) with every field in order, built through its slots' own setters: a frozen
+# dataclass's __init__ goes through object.__setattr__ field by field, 2.5 times as dear, and one is
+# built for every sensitive tenant on every tick. Same class, same value (tests/test_fsm_fastpaths.py).
+_EVIDENCE_SET = tuple(getattr(SloEvidence, n).__set__ for n in SloEvidence.__slots__)
+_new = object.__new__
+
+
+def _evidence(
+    up: float,
+    down: float,
+    up_bad: float,
+    up_n: float,
+    n_recent: float,
+    b_recent: float,
+    t: float | None,
+    counted: bool,
+    up_since: float | None,
+    fit_lo: float,
+    fit_hi: float,
+) -> SloEvidence:
+    e: SloEvidence = _new(SloEvidence)
+    s_up, s_down, s_up_bad, s_up_n, s_n, s_b, s_t, s_counted, s_since, s_lo, s_hi = _EVIDENCE_SET
+    s_up(e, up)
+    s_down(e, down)
+    s_up_bad(e, up_bad)
+    s_up_n(e, up_n)
+    s_n(e, n_recent)
+    s_b(e, b_recent)
+    s_t(e, t)
+    s_counted(e, counted)
+    s_since(e, up_since)
+    s_lo(e, fit_lo)
+    s_hi(e, fit_hi)
+    return e
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +165,9 @@ class Judgement:
     bad: float | None  # requests over the SLO in the window (None: the source cannot tell)
 
 
+# A pure function of two policy figures, asked for twice per sensitive tenant and tick: memoised
+# (typed, so that an int and a float never share a result).
+@lru_cache(maxsize=256, typed=True)
 def llr_weights(eps: float, burn: float) -> tuple[float, float]:
     """(nats per request over the SLO, nats per request within it) of H1 against H0."""
     p0 = min(max(eps, 1e-9), 0.5)
@@ -129,11 +184,15 @@ def over_slo(window: LatencyWindow, slo_s: float) -> float | None:
     return None
 
 
+_S50, _S99, _S999 = 1.0 - 0.5, 1.0 - 0.99, 1.0 - 0.999  # shares above p50, p99, p999
+_LN = {_S50: math.log(_S50), _S99: math.log(_S99), _S999: math.log(_S999)}
+
+
 def share_from_quantiles(window: LatencyWindow, slo_s: float) -> float | None:
     """A window's share of requests over the SLO, estimated from the quantiles it reports (p50,
     p99, p999): log-linear between the two that bracket the SLO; 0.5 below the median, and
     0.001 x the ratio above the p999 (a thin tail's bound)."""
-    pts = [(1.0 - q, v) for q, v in ((0.5, window.p50), (0.99, window.p99), (0.999, window.p999)) if v is not None]
+    pts = [(s, v) for s, v in ((_S50, window.p50), (_S99, window.p99), (_S999, window.p999)) if v is not None]
     if not pts:
         return None
     if slo_s <= pts[0][1]:
@@ -141,7 +200,8 @@ def share_from_quantiles(window: LatencyWindow, slo_s: float) -> float | None:
     for (sa, xa), (sb, xb) in itertools.pairwise(pts):
         if xa <= slo_s <= xb:
             f = (slo_s - xa) / (xb - xa) if xb > xa else 1.0
-            return math.exp(math.log(sa) + (math.log(sb) - math.log(sa)) * f)
+            la = _LN[sa]  # math.log(sa), once per share (the same number)
+            return math.exp(la + (_LN[sb] - la) * f)
     s_last, x_last = pts[-1]
     return s_last * min(1.0, x_last / slo_s)
 
@@ -159,8 +219,7 @@ def update(
     bad = over_slo(window, slo_s) if window is not None and count > 0 else None
     value = window.quantile(q) if window is not None and count > 0 else None
     up, down, up_bad, up_n = ev.up, ev.down, ev.up_bad, ev.up_n
-    step_up = p.h / max(1, p.min_ticks)
-    step_down = p.release_h / max(1, p.min_release_ticks)
+    h, release_h, step_up, step_down = p._h, p._release_h, p._step_up, p._step_down
     up_since = ev.up_since
     if bad is not None:
         assert window is not None
@@ -200,22 +259,10 @@ def update(
         up_since = None
     elif up_since is None:
         up_since = now
-    new = SloEvidence(
-        up=up,
-        down=down,
-        up_bad=up_bad,
-        up_n=up_n,
-        n_recent=n_recent,
-        b_recent=b_recent,
-        t=now,
-        counted=counted,
-        up_since=up_since,
-        fit_lo=fit_lo,
-        fit_hi=fit_hi,
-    )
-    if up >= p.h - 1e-9 and count > 0 and not legacy_empty:
+    new = _evidence(up, down, up_bad, up_n, n_recent, b_recent, now, counted, up_since, fit_lo, fit_hi)
+    if up >= h - 1e-9 and count > 0 and not legacy_empty:
         verdict = Verdict.VIOLATING
-    elif down >= p.release_h - 1e-9 and count > 0 and not legacy_empty:
+    elif down >= release_h - 1e-9 and count > 0 and not legacy_empty:
         verdict = Verdict.GOOD
     elif count == 0 or legacy_empty:
         verdict = Verdict.EMPTY
@@ -237,7 +284,21 @@ def as_evidence(ev: SloEvidence, q: float, p: EvidenceParams) -> dict[str, float
     }
 
 
+_PARAMS: dict[int, tuple[Policy, EvidenceParams]] = {}  # id(policy) -> (policy, its parameters)
+
+
 def evidence_params(policy: Policy) -> EvidenceParams:
+    """The policy's evidence parameters; the same object for the same policy (one per tick asks)."""
+    hit = _PARAMS.get(id(policy))
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    if len(_PARAMS) >= 64:
+        _PARAMS.clear()
+    params = _PARAMS[id(policy)] = (policy, _params_of(policy))
+    return params[1]
+
+
+def _params_of(policy: Policy) -> EvidenceParams:
     return EvidenceParams(
         burn=policy.evidence_burn,
         alpha=policy.evidence_alpha,

@@ -73,35 +73,34 @@ class Tick(ReleaseTick):
         settling = ctl.settle_until is not None and now < ctl.settle_until
         if settling:
             ev, w = ev.reset(), replace(w, verdict=Verdict.BETWEEN)
-        ctl = replace(ctl, evidence=ev)
+        # One new TenantCtl for the whole update: replace() rebuilds every field, and several of them
+        # in a row were a third of a calm tick (issue 10's decide() budget). Each change reads only
+        # fields no earlier one writes, so the values are those of the replace() chain it was.
+        upd: dict[str, Any] = {"evidence": ev}
         if ts is not None and ts.outage_s is not None:
-            ctl = replace(ctl, measured_outage_s=ts.outage_s)
+            upd["measured_outage_s"] = ts.outage_s
         if ctl.episode_start is not None and not settling and w.verdict is not Verdict.EMPTY and w.bad is not None:
-            ctl = replace(ctl, episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + w.bad)
+            upd.update(episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + w.bad)
         if not settling and w.bad is not None and w.count > 0:
-            ctl = replace(
-                ctl,
+            upd.update(
                 overspend=self._overspent(ctl, w.bad - (1.0 - t.quantile) * w.count),
                 overspend_t=now,
                 acted_n=ctl.acted_n + w.count,
                 acted_bad=ctl.acted_bad + w.bad,
             )
+        last = w.value if w.value is not None else ctl.last_value
         if w.verdict is Verdict.VIOLATING:
-            ctl = replace(
-                ctl,
-                bad=ctl.bad + 1,
-                good=0,
-                last_value=w.value if w.value is not None else ctl.last_value,
-            )
+            upd.update(bad=ctl.bad + 1, good=0, last_value=last)
             if ctl.episode_start is None:
                 # The episode began when the evidence started to grow, not when it was enough.
-                ctl = replace(ctl, episode_start=ev.up_since or now, episode_n=ev.up_n, episode_bad=ev.up_bad)
+                upd.update(episode_start=ev.up_since or now, episode_n=ev.up_n, episode_bad=ev.up_bad)
         elif w.verdict is Verdict.GOOD:
-            ctl = replace(ctl, good=ctl.good + 1, bad=0, last_value=w.value if w.value is not None else ctl.last_value)
+            upd.update(good=ctl.good + 1, bad=0, last_value=last)
         elif w.verdict is Verdict.BETWEEN:
-            ctl = replace(ctl, good=0, bad=0, last_value=w.value if w.value is not None else ctl.last_value)
+            upd.update(good=0, bad=0, last_value=last)
         if w.value is not None and w.count >= policy.min_window_count:
-            ctl = replace(ctl, recent=(*ctl.recent, w.value)[-policy.release_horizon_windows :])
+            upd["recent"] = (*ctl.recent, w.value)[-policy.release_horizon_windows :]
+        ctl = replace(ctl, **upd)
         self.tenants[t.name] = ctl
         self._check_pending(t)
         ctl = self.tenants[t.name]

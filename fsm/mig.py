@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
 
 MEM_SLOTS = 8
 COMPUTE_SLICES = 7
@@ -80,9 +82,29 @@ class GpuModel:
     memory_mib: int
     profiles: tuple[Profile, ...]
     pci_device_ids: tuple[int, ...] = ()
+    # Lookups already answered (ref -> Profile, or None: no such profile): the planner asks the
+    # same few names thousands of times per tick. Not part of the model's value.
+    _memo: dict[Any, Profile | None] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def profile(self, ref: str | int) -> Profile:
         """Look a profile up by -lgip ID, short name (3g.20gb) or full name (MIG 3g.20gb)."""
+        cls = ref.__class__
+        if cls is str or cls is int:  # exact types: True or 1.0 must not share 1's answer
+            try:
+                hit = self._memo[ref]
+            except KeyError:
+                hit = self._find(ref)
+                if len(self._memo) < 1024:  # refs can come from observations: bounded
+                    self._memo[ref] = hit
+            if hit is None:
+                raise KeyError(f"GPU model {self.key} has no MIG profile {ref!r}")
+            return hit
+        found = self._find(ref)
+        if found is None:
+            raise KeyError(f"GPU model {self.key} has no MIG profile {ref!r}")
+        return found
+
+    def _find(self, ref: str | int) -> Profile | None:
         for p in self.profiles:
             if isinstance(ref, int):
                 if p.lgip_id == ref:
@@ -93,7 +115,7 @@ class GpuModel:
                     text = text[4:]
                 if text == p.name or (text.isdigit() and int(text) == p.lgip_id):
                     return p
-        raise KeyError(f"GPU model {self.key} has no MIG profile {ref!r}")
+        return None
 
     def has_profile(self, ref: str | int) -> bool:
         try:
@@ -259,12 +281,16 @@ def slot_range(model: GpuModel, slot: Slot) -> range:
     return range(slot.start, slot.start + p.mem_slots)
 
 
+# Slot's own order (dataclass order=True: by (start, profile)) as a C-level sort key: the same order.
+slot_key = attrgetter("start", "profile")
+
+
 def layout_problems(model: GpuModel, layout: Iterable[Slot]) -> list[str]:
     """Every reason this layout is not valid on the model (empty when it is)."""
     problems: list[str] = []
     used: dict[int, Slot] = {}
     counts: Counter[str] = Counter()
-    for slot in sorted(layout):
+    for slot in sorted(layout, key=slot_key):
         try:
             p = model.profile(slot.profile)
         except KeyError as e:
@@ -287,11 +313,35 @@ def layout_problems(model: GpuModel, layout: Iterable[Slot]) -> list[str]:
 
 
 def is_valid(model: GpuModel, layout: Iterable[Slot]) -> bool:
-    return not layout_problems(model, layout)
+    """not layout_problems(model, layout), without writing the reasons: every profile known, every
+    start allowed, no two memory ranges overlapping, no profile above its maximum count."""
+    used = 0  # memory slots taken, as bits
+    counts: dict[str, int] = {}
+    for slot in layout:
+        p = model._memo.get(slot.profile) if slot.profile.__class__ is str else None
+        if p is None:
+            try:
+                p = model.profile(slot.profile)
+            except KeyError:
+                return False
+        cls = p.cls
+        start = slot.start
+        if start not in cls.starts:
+            return False
+        bits = ((1 << cls.mem_slots) - 1) << start
+        if used & bits:
+            return False
+        used |= bits
+        n = counts[p.name] = counts.get(p.name, 0) + 1
+        # layout_problems' rule: the maximum of the profile its name finds (p itself, named by it)
+        mx = cls.max_count if slot.profile == p.name else model.profile(p.name).cls.max_count
+        if n > mx:
+            return False
+    return True
 
 
 def normalise(layout: Iterable[Slot]) -> Layout:
-    return tuple(sorted(layout))
+    return tuple(sorted(layout, key=slot_key))
 
 
 def free_starts(model: GpuModel, layout: Iterable[Slot], profile: str) -> list[int]:

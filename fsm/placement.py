@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 
 from fsm.diagnosis import Cause, Traffic
 from fsm.mig import GpuModel, model_by_name
@@ -46,6 +47,22 @@ class Score:
 
 def gpu_model(spec: HostSpec, gpu: str) -> GpuModel | None:
     """The MIG profile table in force for a GPU: its driver's listing, else its model's built-in one."""
+    memo = spec.derived("placement.gpu-model", _new_memo)
+    try:
+        return memo[gpu]
+    except KeyError:
+        pass
+    found = _gpu_model(spec, gpu)
+    if len(memo) < 4096:  # GPU names can come from observations: bounded
+        memo[gpu] = found
+    return found
+
+
+def _new_memo(spec: HostSpec) -> dict[str, GpuModel | None]:
+    return {}
+
+
+def _gpu_model(spec: HostSpec, gpu: str) -> GpuModel | None:
     table = spec.mig_tables.get(gpu)
     if table is not None:
         return table
@@ -62,9 +79,12 @@ def gpu_model(spec: HostSpec, gpu: str) -> GpuModel | None:
 
 def slices_of(spec: HostSpec, inst: InstanceRef) -> int:
     model = gpu_model(spec, inst.gpu)
-    if model is None or not model.has_profile(inst.profile):
+    if model is None:
         return 0
-    return model.profile(inst.profile).slices
+    try:
+        return model.profile(inst.profile).slices
+    except KeyError:  # model.has_profile: no such profile on it
+        return 0
 
 
 def occupied(spec: HostSpec, obs: Observation) -> set[InstanceRef]:
@@ -80,16 +100,29 @@ def occupied(spec: HostSpec, obs: Observation) -> set[InstanceRef]:
 
 def free_instances(spec: HostSpec, obs: Observation, reserved: Iterable[InstanceRef]) -> list[InstanceRef]:
     taken = occupied(spec, obs) | set(reserved)
+    # (gpu, profile, start): tuples hash and compare in C, InstanceRefs in Python (same equality).
+    taken_keys = {(i.gpu, i.profile, i.start) for i in taken}
+    refs = spec.derived("placement.refs", _new_refs)
     out = []
     for gpu_name in sorted(obs.gpus):
         g = obs.gpus[gpu_name]
         if g.lost or g.layout is None:
             continue
         for slot in g.layout:
-            ref = InstanceRef(gpu_name, slot.profile, slot.start)
-            if ref not in taken:
-                out.append(ref)
+            key = (gpu_name, slot.profile, slot.start)
+            if key in taken_keys:
+                continue
+            ref = refs.get(key)
+            if ref is None:  # one InstanceRef per instance and spec, not one per tick (same value)
+                ref = InstanceRef(gpu_name, slot.profile, slot.start)
+                if len(refs) < 100_000:
+                    refs[key] = ref
+            out.append(ref)
     return out
+
+
+def _new_refs(spec: HostSpec) -> dict[tuple[str, str, int], InstanceRef]:
+    return {}
 
 
 def rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
@@ -130,14 +163,19 @@ def _gpu_terms(
     topo = spec.topology
     policy = spec.policy
     # Everybody's traffic that shares this GPU's root complex, once per tick; minus the victim's.
-    key = f"rc:{gpu}"
-    if key not in traffic.memo:
-        traffic.memo[key] = rc_traffic(spec, traffic, gpu)
-    per_tenant = traffic.memo[key]
-    rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
+    key = ("rc", gpu)
+    hit = traffic.memo.get(key)
+    if hit is None:
+        per = rc_traffic(spec, traffic, gpu)
+        hit = traffic.memo[key] = (per, sum(per.values()))  # the same sum, in the same order
+    per_tenant, everybody = hit
+    if victim.name in per_tenant:
+        rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
+    else:
+        rc_bps = everybody  # a victim without traffic here: the sum above, once per GPU and tick
     rc = rc_bps / policy.high_bw_bps
     # The host terms do not depend on the victim: once per GPU per tick.
-    hkey = f"host:{gpu}"
+    hkey = ("host", gpu)
     if hkey not in traffic.memo:
         numa = topo.numa_of(gpu) if topo.has(gpu) else None
         block = 0.0
@@ -203,6 +241,21 @@ def score(
     return Score(cand, penalty, *terms, move, size)
 
 
+def _free_groups(
+    spec: HostSpec, obs: Observation
+) -> list[tuple[str, list[tuple[int, list[tuple[InstanceRef, str, tuple[str, str, int]]]]]]]:
+    """Free instances by GPU, then by size (slices), each group by name: (instance, name, key)."""
+    by_gpu: dict[str, dict[int, list[tuple[InstanceRef, str, tuple[str, str, int]]]]] = {}
+    for c in free_instances(spec, obs, ()):
+        by_size = by_gpu.setdefault(c.gpu, {})
+        by_size.setdefault(slices_of(spec, c), []).append((c, str(c), (c.gpu, c.profile, c.start)))
+    return [(gpu, [(n, sorted(m, key=_by_name)) for n, m in sizes.items()]) for gpu, sizes in by_gpu.items()]
+
+
+_by_name = itemgetter(1)
+_rank_key = itemgetter(0, 1, 2)  # (penalty, another GPU, name): best first, same GPU on a tie
+
+
 def rank_candidates(
     spec: HostSpec,
     obs: Observation,
@@ -221,30 +274,58 @@ def rank_candidates(
     cache: dict[str, tuple[float, float, float]] = {}
     here = score(spec, obs, victim, current, current, cause, traffic, cache) if current is not None else None
     need = slices_of(spec, current) if current is not None else 0
-    # Free instances with their sizes, once per tick; this victim's view only drops the reserved.
-    if "free" not in traffic.memo:
-        traffic.memo["free"] = [(c, slices_of(spec, c), str(c)) for c in free_instances(spec, obs, ())]
-    taken = set(reserved)
+    # Free instances by GPU and size, each group by name, once per tick; this victim's view only
+    # drops the reserved.
+    groups = traffic.memo.get("free-groups")
+    if groups is None:
+        groups = traffic.memo["free-groups"] = _free_groups(spec, obs)
+    taken = {(r.gpu, r.profile, r.start) for r in reserved}  # InstanceRef equality, as tuples
     sized = cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None
     cur_gpu = current.gpu if current is not None else ""
+    cur_key = (current.gpu, current.profile, current.start) if current is not None else None
+    policy = spec.policy
+    w_move, other_gpu = policy.w_move, policy.move_other_gpu
     rows = []
-    allowed: dict[str, bool] = {}
-    # This loop runs for every free instance of the host, per victim: Score objects are made
-    # only for the best few, after the sort.
-    for c, n, name in traffic.memo["free"]:
-        if n < need or (taken and c in taken):
-            continue
-        ok = allowed.get(c.gpu)
-        if ok is None:
-            ok = allowed[c.gpu] = allow_gpu is None or allow_gpu(c.gpu)
-        if not ok:
-            continue
-        terms = cache.get(c.gpu)
-        if terms is None:
-            terms = cache[c.gpu] = _gpu_terms(spec, obs, traffic, c.gpu, victim)
-        move, size, pen = _cost(spec.policy, current, c, terms, n - need if sized else 0)
-        rows.append((pen, c.gpu != cur_gpu, name, c, terms, move, size))
-    rows.sort(key=lambda r: r[:3])
+    # This runs for every free instance of the host, per victim: _cost is inlined here (the same
+    # arithmetic in the same order), and Score objects are made only for the best few. The
+    # instances of one group share their penalty and their GPU, so they rank by name: with a
+    # limit, only the first `limit` of a group can be among the best (except on the victim's own
+    # GPU, where one might be the victim's own instance, at no move cost).
+    for gpu, by_size in groups:
+        terms: tuple[float, float, float] | None = None
+        a = 0.0
+        refused = False
+        for n, members in by_size:
+            if n < need:
+                continue
+            size = max(0, n - need if sized else 0) / 7.0
+            cap = limit if limit is not None and gpu != cur_gpu else None
+            kept = 0
+            for c, name, key in members:
+                if cap is not None and kept >= cap:
+                    break
+                if taken and key in taken:
+                    continue
+                if terms is None:
+                    if allow_gpu is not None and not allow_gpu(gpu):
+                        refused = True
+                        break
+                    terms = cache.get(gpu)
+                    if terms is None:
+                        terms = cache[gpu] = _gpu_terms(spec, obs, traffic, gpu, victim)
+                    rc, numa, irq = terms
+                    a = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq
+                if cur_key is None or key == cur_key:
+                    move = 0.0
+                elif gpu == cur_gpu:
+                    move = SAME_GPU_MOVE
+                else:
+                    move = other_gpu
+                rows.append((a + w_move * move - size, gpu != cur_gpu, name, c, terms, move, size))
+                kept += 1
+            if refused:
+                break
+    rows.sort(key=_rank_key)
     if limit is not None:
         rows = rows[:limit]
     return here, [Score(r[3], r[0], *r[4], r[5], r[6]) for r in rows]

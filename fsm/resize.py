@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fsm.mig import GpuModel, Slot, is_valid, normalise, slot_range
+from fsm.mig import GpuModel, Slot, is_valid, normalise, slot_key, slot_range
 from fsm.observation import InstanceRef, Observation
 from fsm.placement import gpu_model
 from fsm.spec import HostSpec
@@ -70,11 +70,15 @@ def _plan_on(
     gpu: str, profile: str, model: GpuModel, layout: tuple[Slot, ...], current: InstanceRef, occ: set[InstanceRef]
 ) -> ResizePlan | None:
     victim_slot = current.slot if current.gpu == gpu else None
-    keep = [s for s in layout if InstanceRef(gpu, s.profile, s.start) in occ and s != victim_slot]
+    # (profile, start) of the instances in use on this GPU: tuples hash in C, InstanceRefs do not.
+    in_use = {(i.profile, i.start) for i in occ if i.gpu == gpu}
+    keep = [s for s in layout if (s.profile, s.start) in in_use and s != victim_slot]
     # The victim's own instance is free once it has moved; keeping it lets the move be
     # make-before-break (start on the new slice while the old one still serves).
-    free = [s for s in layout if InstanceRef(gpu, s.profile, s.start) not in occ or s == victim_slot]
-    best: tuple[tuple[int, int, int], ResizePlan] | None = None
+    free = [s for s in layout if (s.profile, s.start) not in in_use or s == victim_slot]
+    free_sorted = sorted(free, key=slot_key)
+    victim_range: set[int] | None = None  # the victim's memory slots, once needed
+    best: tuple[tuple[int, int, int], Slot, list[Slot], tuple[Slot, ...]] | None = None
     for start in model.profile(profile).placements:
         new = Slot(start, profile)
         base = [*keep, new]
@@ -82,26 +86,30 @@ def _plan_on(
             continue
         # Re-create the free instances that still fit, in their old places.
         restored: list[Slot] = []
-        for s in sorted(free):
+        for s in free_sorted:
             if is_valid(model, [*base, *restored, s]):
                 restored.append(s)
         destroyed = tuple(s for s in free if s not in restored and s != victim_slot)
         # Prefer a new range beside the victim's old one: no downtime for the move, no instance in
         # use destroyed; growing in place would need the victim stopped first.
-        overlaps_victim = int(
-            victim_slot is not None and bool(set(slot_range(model, victim_slot)) & set(slot_range(model, new)))
-        )
+        overlaps_victim = 0
+        if victim_slot is not None:
+            if victim_range is None:
+                victim_range = set(slot_range(model, victim_slot))
+            overlaps_victim = int(bool(victim_range & set(slot_range(model, new))))
         key = (overlaps_victim, len(destroyed), start)
-        plan = ResizePlan(
-            gpu=gpu,
-            prev_layout=normalise(layout),
-            new_layout=normalise([*base, *restored]),
-            target=InstanceRef(gpu, profile, start),
-            destroyed=destroyed,
-        )
         if best is None or key < best[0]:
-            best = (key, plan)
-    return None if best is None else best[1]
+            best = (key, new, restored, destroyed)
+    if best is None:
+        return None
+    _, new, restored, destroyed = best
+    return ResizePlan(
+        gpu=gpu,
+        prev_layout=normalise(layout),
+        new_layout=normalise([*keep, new, *restored]),
+        target=InstanceRef(gpu, profile, new.start),
+        destroyed=destroyed,
+    )
 
 
 def plan_restore(

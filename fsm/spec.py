@@ -6,9 +6,11 @@ builds them from a scenario. Plain frozen dataclasses: the core never sees pydan
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
+from typing import Any, TypeVar
 
 from fsm.mig import GpuModel
 from fsm.observation import InstanceRef
@@ -34,6 +36,16 @@ class Level(StrEnum):
 LEVEL_ORDER = (Level.STEADY, Level.GUARDED, Level.PLACED, Level.RESIZED)
 
 
+T = TypeVar("T")
+
+
+@lru_cache(maxsize=4096, typed=True)  # typed: 5 and 5.0 give results of different types
+def _outage_memo(kind: MoveKind, relaunch_s: float, reconfig_s: float, warm: bool, gap_s: float) -> float:
+    """fsm.outage.move_outage_s, memoised: a pure function of a few figures that the ladder asks
+    for several times per victim and tick."""
+    return _outage_of(kind, relaunch_s, reconfig_s, warm, gap_s)
+
+
 @dataclass(frozen=True, slots=True)
 class TenantSpec:
     name: str
@@ -55,7 +67,7 @@ class TenantSpec:
 
     def outage_s(self, kind: MoveKind) -> float:
         """Seconds it serves nothing when moved this way (fsm.outage.move_outage_s)."""
-        return _outage_of(kind, self.relaunch_s, self.reconfig_s, self.handover == "warm", self.handover_gap_s)
+        return _outage_memo(kind, self.relaunch_s, self.reconfig_s, self.handover == "warm", self.handover_gap_s)
 
     @property
     def move_outage_s(self) -> float:
@@ -149,6 +161,22 @@ class HostSpec:
     # gpu -> the MIG profile table its driver lists, where that differs from the built-in table of
     # its model (fsm.migdriver builds it from `nvidia-smi mig -lgip/-lgipp`): the driver wins.
     mig_tables: Mapping[str, GpuModel] = field(default_factory=dict)
+    # Tables derived from this spec alone (fsm.diagnosis, fsm.placement, ...), built on first use by
+    # derived(): a spec never changes after it is made (nobody mutates its mappings), so neither do
+    # they. Not part of the spec's value: no init, no compare, no repr, and fsm.codec skips it.
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def derived(self, key: str, build: Callable[[HostSpec], T]) -> T:
+        """The table `key`, built by `build(self)` the first time it is asked for."""
+        try:
+            table: T = self._derived[key]
+        except KeyError:
+            table = self._derived[key] = build(self)
+        return table
 
     def sensitive(self) -> list[TenantSpec]:
-        return [t for t in sorted(self.tenants.values(), key=lambda t: t.name) if t.role is Role.SENSITIVE]
+        return list(self.derived("sensitive", _sensitive))
+
+
+def _sensitive(spec: HostSpec) -> tuple[TenantSpec, ...]:
+    return tuple(t for t in sorted(spec.tenants.values(), key=lambda t: t.name) if t.role is Role.SENSITIVE)

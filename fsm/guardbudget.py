@@ -38,10 +38,9 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
         for step in ctl.stack:
             binding.update(c.tenant for c in step.caps if c.tenant not in binding and binds(c, obs))
     running = {
-        name
-        for name, t in spec.tenants.items()
-        if t.role in (Role.BULK, Role.COMPUTE)
-        and (ts := obs.tenants.get(name)) is not None
+        t.name
+        for t in spec.by_role(Role.BULK, Role.COMPUTE)
+        if (ts := obs.tenants.get(t.name)) is not None
         and ts.io
         and sum(r.total_bps for r in ts.io.values()) >= p.io_aggressor_min_bps
     }

@@ -177,6 +177,15 @@ class HostSpec:
     def sensitive(self) -> list[TenantSpec]:
         return list(self.derived("sensitive", _sensitive))
 
+    def by_role(self, *roles: Role) -> tuple[TenantSpec, ...]:
+        """The tenants of these roles, by name (a per-spec table)."""
+        key = "roles:" + ",".join(r.value for r in roles)
+        return self.derived(key, lambda s: tuple(t for t in _by_name(s) if t.role in roles))
+
+
+def _by_name(spec: HostSpec) -> tuple[TenantSpec, ...]:
+    return tuple(sorted(spec.tenants.values(), key=lambda t: t.name))
+
 
 def _sensitive(spec: HostSpec) -> tuple[TenantSpec, ...]:
     return tuple(t for t in sorted(spec.tenants.values(), key=lambda t: t.name) if t.role is Role.SENSITIVE)

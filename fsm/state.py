@@ -114,4 +114,5 @@ class ControllerState:
         return decode_as(ControllerState, data)
 
     def tenant(self, name: str) -> TenantCtl:
-        return self.tenants.get(name, TenantCtl())
+        ctl = self.tenants.get(name)
+        return ctl if ctl is not None else TenantCtl()  # not built on every call: it is hot

@@ -42,8 +42,8 @@ class GuardTick(MoveTick):
         mps: list[MpsLimit] = []
         if policy.mps:
             gpu = victim_anchor(self.spec, self.obs, t)
-            for o in sorted(self.spec.tenants.values(), key=lambda x: x.name):
-                if o.role is Role.COMPUTE and o.mps and o.gpu == gpu and gpu is not None:
+            for o in self.spec.by_role(Role.COMPUTE):
+                if o.mps and o.gpu == gpu and gpu is not None:
                     mps.append(MpsLimit(o.name, gpu, policy.mps_guard_percent, now + policy.throttle_expiry_s))
                     names.append(o.name)
         if not caps and not mps:

@@ -155,42 +155,35 @@ def window_from_buckets(buckets: Buckets, slo_s: float | None = None) -> Latency
     p50, p99, p999 = (_quantile(q, mono) for q in (0.5, 0.99, 0.999))
     if slo_s is None or not math.isfinite(slo_s):
         return LatencyWindow(count=count, p50=p50, p99=p99, p999=p999)
-    rng = over_range(slo_s, mono)
+    around = _around(slo_s, mono)
     return LatencyWindow(
         count=count,
         p50=p50,
         p99=p99,
         p999=p999,
         over_slo=_over(slo_s, mono),
-        over_slo_range=rng,
-        over_slo_bucket=bucket_around(slo_s, mono) if rng is not None else None,
+        over_slo_range=around[0] if around is not None else None,
+        over_slo_bucket=around[1] if around is not None else None,
     )
 
 
-def bucket_around(threshold: float, mono: list[tuple[float, float]]) -> tuple[float, float] | None:
-    """(lower, upper) bounds of the finite bucket the threshold falls strictly inside (the lowest
-    bucket starts at 0); None above the highest finite bound."""
-    lo = 0.0
-    for le, _ in mono:
-        if math.isinf(le):
-            return None
-        if le > threshold:
-            return (lo, le) if le > lo else None
-        lo = le
-    return None
-
-
-def over_range(threshold: float, mono: list[tuple[float, float]]) -> tuple[float, float] | None:
-    """(observations certainly above `threshold`, observations possibly above it): counted above the
-    bucket bounds on either side of it. None when the threshold is a bound (the count is exact)."""
+def _around(
+    threshold: float, mono: list[tuple[float, float]]
+) -> tuple[tuple[float, float], tuple[float, float] | None] | None:
+    """For a threshold inside a bucket: (observations certainly above it, observations possibly
+    above it), counted above the bucket bounds on either side of it; and those bounds (the lowest
+    bucket starts at 0; None when the upper one is +Inf). None when the threshold is a bound (the
+    count is exact)."""
     total = mono[-1][1]
-    below_lo, below_hi = 0.0, None  # cumulative counts at the bounds under and over the threshold
+    lo, below_lo = 0.0, 0.0  # the bound under the threshold and the cumulative count there
+    hi, below_hi = None, None  # ... and over it
     for le, c in mono:
         if le == threshold:
             return None
         if le < threshold:
-            below_lo = c
+            lo, below_lo = le, c
         elif below_hi is None:
-            below_hi = c
+            hi, below_hi = le, c
     certain = total - below_hi if below_hi is not None else 0.0
-    return (max(0.0, certain), max(0.0, total - below_lo))
+    bucket = (lo, hi) if hi is not None and not math.isinf(hi) and hi > lo else None
+    return (max(0.0, certain), max(0.0, total - below_lo)), bucket

@@ -79,15 +79,15 @@ class Tick(ReleaseTick):
         upd: dict[str, Any] = {"evidence": ev}
         if ts is not None and ts.outage_s is not None:
             upd["measured_outage_s"] = ts.outage_s
-        if ctl.episode_start is not None and not settling and w.verdict is not Verdict.EMPTY and w.bad is not None:
-            upd.update(episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + w.bad)
-        if not settling and w.bad is not None and w.count > 0:
+        if not settling and w.bad is not None:  # a window with counts (an empty one has none)
             upd.update(
                 overspend=self._overspent(ctl, w.bad - (1.0 - t.quantile) * w.count),
                 overspend_t=now,
                 acted_n=ctl.acted_n + w.count,
                 acted_bad=ctl.acted_bad + w.bad,
             )
+            if ctl.episode_start is not None:
+                upd.update(episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + w.bad)
         last = w.value if w.value is not None else ctl.last_value
         if w.verdict is Verdict.VIOLATING:
             upd.update(bad=ctl.bad + 1, good=0, last_value=last)

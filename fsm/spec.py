@@ -6,7 +6,7 @@ builds them from a scenario. Plain frozen dataclasses: the core never sees pydan
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -164,9 +164,9 @@ class HostSpec:
     # Tables derived from this spec alone (fsm.diagnosis, fsm.placement, ...), built on first use by
     # derived(): a spec never changes after it is made (nobody mutates its mappings), so neither do
     # they. Not part of the spec's value: no init, no compare, no repr, and fsm.codec skips it.
-    _derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _derived: dict[Hashable, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
-    def derived(self, key: str, build: Callable[[HostSpec], T]) -> T:
+    def derived(self, key: Hashable, build: Callable[[HostSpec], T]) -> T:
         """The table `key`, built by `build(self)` the first time it is asked for."""
         try:
             table: T = self._derived[key]
@@ -175,17 +175,12 @@ class HostSpec:
         return table
 
     def sensitive(self) -> list[TenantSpec]:
-        return list(self.derived("sensitive", _sensitive))
+        return list(self.by_role(Role.SENSITIVE))
 
     def by_role(self, *roles: Role) -> tuple[TenantSpec, ...]:
         """The tenants of these roles, by name (a per-spec table)."""
-        key = "roles:" + ",".join(r.value for r in roles)
-        return self.derived(key, lambda s: tuple(t for t in _by_name(s) if t.role in roles))
+        return self.derived(("roles", roles), lambda s: tuple(t for t in _by_name(s) if t.role in roles))
 
 
 def _by_name(spec: HostSpec) -> tuple[TenantSpec, ...]:
     return tuple(sorted(spec.tenants.values(), key=lambda t: t.name))
-
-
-def _sensitive(spec: HostSpec) -> tuple[TenantSpec, ...]:
-    return tuple(t for t in sorted(spec.tenants.values(), key=lambda t: t.name) if t.role is Role.SENSITIVE)

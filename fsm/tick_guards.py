@@ -3,11 +3,11 @@ or have cost the capped tenants their budget, relieved by a move; and the caps e
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from fsm.desired import MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
+from fsm.evolve import evolve
 from fsm.guardbudget import binds
 from fsm.spec import Level, Role, TenantSpec
 from fsm.state import Step, TenantCtl
@@ -124,7 +124,7 @@ class GuardTick(MoveTick):
         top = ctl.stack[-1]
         before = level_of(ctl)
         now = ctl.evidence.bad_share()
-        self.tenants[t.name] = replace(
+        self.tenants[t.name] = evolve(
             ctl,
             stack=ctl.stack[:-1],
             failed_levers=tuple(sorted({*ctl.failed_levers, GUARD})),
@@ -184,7 +184,7 @@ class GuardTick(MoveTick):
         if not ok:
             # Nowhere quieter off the path: keep the guard; look again after another relief period.
             top = ctl.stack[-1]
-            self.tenants[t.name] = replace(ctl, stack=(*ctl.stack[:-1], replace(top, t=self.obs.t)))
+            self.tenants[t.name] = evolve(ctl, stack=(*ctl.stack[:-1], evolve(top, t=self.obs.t)))
 
     # -- output --------------------------------------------------------------------------------
     def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
@@ -199,18 +199,18 @@ class GuardTick(MoveTick):
                 for c in step.caps:
                     if self.guard_budget_spent(c.tenant):
                         continue  # lifted: the capped tenant's throughput budget is spent
-                    c = replace(c, expires_at=expiry)
+                    c = evolve(c, expires_at=expiry)
                     key = (c.tenant, c.device)
                     old = caps.get(key)
                     caps[key] = (
                         c
                         if old is None
-                        else replace(
+                        else evolve(
                             old, read_bps=_min(old.read_bps, c.read_bps), write_bps=_min(old.write_bps, c.write_bps)
                         )
                     )
                 for m in step.mps:
                     key = (m.tenant, m.gpu)
                     old_m = mps.get(key)
-                    mps[key] = replace(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
+                    mps[key] = evolve(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
         return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))

@@ -56,13 +56,6 @@ def tenant_gpu(spec: HostSpec, obs: Observation, t: TenantSpec) -> str | None:
     return t.instance.gpu if t.instance is not None else t.gpu
 
 
-def _closest(tiers: list[Tier | None]) -> Tier | None:
-    known = [t for t in tiers if t is not None]
-    if known:
-        return min(known)
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class Traffic:
     """Per-tick index of who moves bytes where: built once, read by diagnosis and placement."""
@@ -171,7 +164,7 @@ def _aggressor(
     limit: Tier,
 ) -> Aggressor | None:
     devices: list[tuple[str, float]] = []
-    tiers: list[Tier | None] = []
+    closest: Tier | None = None  # _closest of the devices' tiers, as they are found
     total = 0.0
     for label, dev, bps in items:
         hit = table.get(dev)
@@ -179,22 +172,24 @@ def _aggressor(
             hit = _on_path(spec, table, anchor, dev, limit)
         if hit[0]:
             devices.append((label, bps))
-            tiers.append(hit[1])
+            tier = hit[1]
+            if tier is not None and (closest is None or tier < closest):
+                closest = tier
             total += bps
     if total <= 0:
         return None
-    return Aggressor(
-        tenant=t.name,
-        bps=total,
-        tier=_closest(tiers),
-        devices=tuple(devices),
-        throttleable=t.role in (Role.BULK, Role.COMPUTE) and t.cgroup is not None,
-    )
+    return Aggressor(t.name, total, closest, tuple(devices), t.role in _CAPPABLE and t.cgroup is not None)
+
+
+_CAPPABLE = (Role.BULK, Role.COMPUTE)
 
 
 def aggressors_for(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
     """Tenants whose I/O shares the victim's path, most bytes first (closer first on ties)."""
-    anchor = victim_anchor(spec, obs, victim)
+    return _aggressors_at(spec, victim_anchor(spec, obs, victim), victim, traffic)
+
+
+def _aggressors_at(spec: HostSpec, anchor: str | None, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
     policy = spec.policy
     floor = policy.io_aggressor_min_bps
     limit = policy.io_share_tier
@@ -237,13 +232,16 @@ def _by_device(traffic: Traffic) -> dict[str, list[str]]:
     return idx
 
 
+_TIER_NAME = {t: t.name.lower() for t in Tier}  # an enum's .name is a property: dear per event
+
+
 def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic | None = None) -> Diagnosis:
     policy = spec.policy
     ev: dict[str, Any] = {}
     anchor = victim_anchor(spec, obs, victim)
-    aggressors = aggressors_for(spec, obs, victim, traffic or Traffic.build(spec, obs))
+    aggressors = _aggressors_at(spec, anchor, victim, traffic or Traffic.build(spec, obs))
     ev["aggressors"] = [
-        {"tenant": a.tenant, "bps": round(a.bps), "tier": None if a.tier is None else a.tier.name.lower()}
+        {"tenant": a.tenant, "bps": round(a.bps), "tier": None if a.tier is None else _TIER_NAME[a.tier]}
         for a in aggressors[:8]
     ]
     # I/O pressure: the victim GPU's PCIe link busy, or the path busy with others' bytes.
@@ -283,6 +281,12 @@ def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traf
         compute_score = max(compute_score, ts.cpu_pressure / 0.25)
     memory_score = (dram / policy.dram_busy) if dram is not None else 0.0
     ev["scores"] = {"io": round(io_score, 3), "compute": round(compute_score, 3), "memory": round(memory_score, 3)}
-    best = max((io_score, Cause.IO), (compute_score, Cause.COMPUTE), (memory_score, Cause.MEMORY), key=lambda x: x[0])
-    cause = best[1] if best[0] >= 1.0 else Cause.UNKNOWN
+    # The first of the highest scores (max() over io, compute, memory), if it reaches 1.
+    best, cause = io_score, Cause.IO
+    if compute_score > best:
+        best, cause = compute_score, Cause.COMPUTE
+    if memory_score > best:
+        best, cause = memory_score, Cause.MEMORY
+    if not best >= 1.0:
+        cause = Cause.UNKNOWN
     return Diagnosis(cause, tuple(aggressors), ev)

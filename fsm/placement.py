@@ -189,20 +189,29 @@ def _rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
     return hit
 
 
-def _gpu_table(
-    spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str
-) -> tuple[dict[str, float], tuple[float, float, float]]:
+_GpuRow = tuple[dict[str, float], tuple[float, float, float], float]
+
+
+def _gpu_table(spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str) -> _GpuRow:
     """(bytes/s per tenant on `gpu`'s root complex, the GPU's terms for a victim that is none of
-    them): what does not depend on the victim, once per GPU and tick, shared by every victim."""
-    table: dict[str, tuple[dict[str, float], tuple[float, float, float]]] | None = traffic.memo.get("gpu-terms")
+    them, their weighted sum): what does not depend on the victim, once per GPU and tick, shared
+    by every victim."""
+    table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
     if table is None:
         table = traffic.memo["gpu-terms"] = {}
     hit = table.get(gpu)
     if hit is None:
         per = _rc_traffic(spec, traffic, gpu)
         block_n, irq_n = _host_terms(spec, obs, traffic, gpu)
-        hit = table[gpu] = (per, (sum(per.values()) / spec.policy.high_bw_bps, block_n, irq_n))
+        terms = (sum(per.values()) / spec.policy.high_bw_bps, block_n, irq_n)
+        hit = table[gpu] = (per, terms, _weighted(spec.policy, terms))
     return hit
+
+
+def _weighted(policy: Policy, terms: tuple[float, float, float]) -> float:
+    """The penalty's terms that do not depend on the move or the size (_cost's, in its order)."""
+    rc, numa, irq = terms
+    return policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq
 
 
 def _gpu_terms(
@@ -210,7 +219,7 @@ def _gpu_terms(
 ) -> tuple[float, float, float]:
     """(root complex, NUMA block I/O, IRQ) terms of `gpu` for `victim`: everybody's traffic that
     shares the GPU's root complex but the victim's own."""
-    per_tenant, terms = _gpu_table(spec, obs, traffic, gpu)
+    per_tenant, terms, _ = _gpu_table(spec, obs, traffic, gpu)
     if victim.name not in per_tenant:
         return terms  # a victim without traffic there: the sum of everybody's, once per GPU and tick
     rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
@@ -373,6 +382,10 @@ def rank_candidates(
     # move, size), with only its first `limit` candidates by name (except on the victim's own GPU,
     # where one might be the victim's own instance at no move cost: one entry per instance there).
     entries: list[tuple[float, bool, list[_Member], tuple[float, float, float], float, float]] = []
+    taken_gpus = {k[0] for k in taken}
+    table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
+    if table is None:
+        table = traffic.memo["gpu-terms"] = {}
     for gpu, by_size in groups:
         terms: tuple[float, float, float] | None = None
         a = 0.0
@@ -381,19 +394,24 @@ def rank_candidates(
         for n, members in by_size:
             if n < need:
                 continue
-            if taken:
+            if gpu in taken_gpus:
                 members = [m for m in members if m[2] not in taken]
-            if cap is not None:
+            if cap is not None and len(members) > cap:
                 members = members[:cap]
             if not members:
                 continue
             if terms is None:
                 if allow_gpu is not None and not allow_gpu(gpu):
                     break
-                terms = _gpu_terms(spec, obs, traffic, gpu, victim)
-                rc, numa, irq = terms
-                a = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq
-            size = max(0, n - need if sized else 0) / 7.0
+                row = table.get(gpu)
+                if row is None:
+                    row = _gpu_table(spec, obs, traffic, gpu)
+                if victim.name in row[0]:  # the victim's own traffic there is not its neighbours'
+                    terms = _gpu_terms(spec, obs, traffic, gpu, victim)
+                    a = _weighted(policy, terms)
+                else:
+                    terms, a = row[1], row[2]
+            size = max(0, n - need) / 7.0 if sized else 0.0
             if other:
                 entries.append((a + w_move * away - size, True, members, terms, away, size))
                 continue

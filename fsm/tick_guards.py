@@ -192,25 +192,33 @@ class GuardTick(MoveTick):
         one cap per (tenant, device): the tightest wins when two victims ask."""
         now = self.obs.t
         expiry = now + self.spec.policy.throttle_expiry_s
-        caps: dict[tuple[str, str], Throttle] = {}
+        # Per (tenant, device): the first cap found, and the tightest read and write caps of all.
+        # One copy per key at the end (the first cap with those figures and the new expiry) rather
+        # than one per cap and merge: the same caps.
+        tight: dict[tuple[str, str], tuple[Throttle, float | None, float | None]] = {}
+        spent: dict[str, bool] = {}
         mps: dict[tuple[str, str], MpsLimit] = {}
         for name in sorted(self.tenants):
             for step in self.tenants[name].stack:
                 for c in step.caps:
-                    if self.guard_budget_spent(c.tenant):
+                    lifted = spent.get(c.tenant)
+                    if lifted is None:
+                        lifted = spent[c.tenant] = self.guard_budget_spent(c.tenant)
+                    if lifted:
                         continue  # lifted: the capped tenant's throughput budget is spent
-                    c = evolve(c, expires_at=expiry)
                     key = (c.tenant, c.device)
-                    old = caps.get(key)
-                    caps[key] = (
-                        c
+                    old = tight.get(key)
+                    tight[key] = (
+                        (c, c.read_bps, c.write_bps)
                         if old is None
-                        else evolve(
-                            old, read_bps=_min(old.read_bps, c.read_bps), write_bps=_min(old.write_bps, c.write_bps)
-                        )
+                        else (old[0], _min(old[1], c.read_bps), _min(old[2], c.write_bps))
                     )
                 for m in step.mps:
                     key = (m.tenant, m.gpu)
                     old_m = mps.get(key)
                     mps[key] = evolve(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
-        return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
+        caps = tuple(
+            evolve(first, read_bps=r, write_bps=w, expires_at=expiry)
+            for first, r, w in (tight[k] for k in sorted(tight))
+        )
+        return caps, tuple(mps[k] for k in sorted(mps))

@@ -281,6 +281,7 @@ class PolicyConfig(Strict):
     sm_busy: float = Field(0.85, gt=0, le=1)
     dram_busy: float = Field(0.8, gt=0, le=1)
     high_bw_bps: float = Field(1e9, gt=0)
+    move_step_up: bool = True
     mig_ladder: dict[str, list[str]] = {}  # GPU model -> profile names, smallest first
     levers: Levers = Levers()
 
@@ -345,6 +346,7 @@ class PolicyConfig(Strict):
             sm_busy=self.sm_busy,
             dram_busy=self.dram_busy,
             high_bw_bps=self.high_bw_bps,
+            move_step_up=self.move_step_up,
             mig_ladder={k: tuple(v) for k, v in self.mig_ladder.items()},
             early_guard=self.levers.early_guard,
             guards=self.levers.guards,

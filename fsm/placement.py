@@ -5,7 +5,11 @@ penalty = w_rc   * bandwidth of other tenants sharing the candidate GPU's root c
         + w_irq  * mean IRQ rate on the candidate's local cores / norm
         + w_move * cost of the move (0 staying, 0.3 same GPU, move_other_gpu another GPU)
         - size bonus for a bigger slice when the cause is compute or memory
-Same GPU first falls out of the move cost.
+Same GPU first falls out of the move cost. Among candidates of equal penalty (the instances of one
+GPU share their path terms), the next size up the resize ladder comes first when
+`move_step_up`, then the victim's own size, then larger ones, then the name: the move pays its
+outage once, and a bigger slice's shorter service time lowers the queue's tail whatever the cause
+(a later resize would cost another outage for the same step).
 """
 
 from __future__ import annotations
@@ -253,7 +257,27 @@ def _free_groups(
 
 
 _by_name = itemgetter(1)
-_rank_key = itemgetter(0, 1, 2)  # (penalty, another GPU, name): best first, same GPU on a tie
+_rank_key = itemgetter(0, 1, 2, 3)  # (penalty, another GPU, size preference, name): best first
+
+
+def _new_steps(spec: HostSpec) -> dict[tuple[str, int], int]:
+    return {}
+
+
+def step_up(spec: HostSpec, gpu: str, need: int) -> int:
+    """Slices of the next profile above `need` on `gpu`'s resize ladder (0: none, or unknown)."""
+    memo = spec.derived("placement.step-up", _new_steps)
+    key = (gpu, need)
+    up = memo.get(key)
+    if up is None:
+        up = 0
+        model = gpu_model(spec, gpu)
+        if model is not None:
+            names = spec.policy.mig_ladder.get(model.key)
+            ladder = [model.profile(n) for n in names] if names else model.ladder()
+            up = min((p.slices for p in ladder if p.slices > need), default=0)
+        memo[key] = up
+    return up
 
 
 def rank_candidates(
@@ -291,14 +315,17 @@ def rank_candidates(
     # instances of one group share their penalty and their GPU, so they rank by name: with a
     # limit, only the first `limit` of a group can be among the best (except on the victim's own
     # GPU, where one might be the victim's own instance, at no move cost).
+    step = policy.move_step_up
     for gpu, by_size in groups:
         terms: tuple[float, float, float] | None = None
         a = 0.0
         refused = False
+        up = step_up(spec, gpu, need) if step else 0
         for n, members in by_size:
             if n < need:
                 continue
             size = max(0, n - need if sized else 0) / 7.0
+            pref = 0 if n == up else 1 if n == need else 2
             cap = limit if limit is not None and gpu != cur_gpu else None
             kept = 0
             for c, name, key in members:
@@ -321,11 +348,11 @@ def rank_candidates(
                     move = SAME_GPU_MOVE
                 else:
                     move = other_gpu
-                rows.append((a + w_move * move - size, gpu != cur_gpu, name, c, terms, move, size))
+                rows.append((a + w_move * move - size, gpu != cur_gpu, pref, name, c, terms, move, size))
                 kept += 1
             if refused:
                 break
     rows.sort(key=_rank_key)
     if limit is not None:
         rows = rows[:limit]
-    return here, [Score(r[3], r[0], *r[4], r[5], r[6]) for r in rows]
+    return here, [Score(r[4], r[0], *r[5], r[6], r[7]) for r in rows]

@@ -136,6 +136,7 @@ class Policy:
     w_move: float = 0.2
     move_other_gpu: float = 1.0  # move-cost units of a move to another GPU (same GPU: 0.3)
     placement_margin: float = 0.05  # the best candidate must beat the current one by this much
+    move_step_up: bool = True  # of equally quiet free instances, a move takes the next size up first
     high_bw_bps: float = 1e9  # a tenant moving more than this counts as high-bandwidth
     block_io_norm_bps: float = 2e9
     irq_norm_rate: float = 50_000.0

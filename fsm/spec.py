@@ -117,6 +117,7 @@ class Policy:
     cost_margin: float | None = 1.0
     episode_prior_s: float = 300.0  # prior mean length of a violation episode (worth one episode)
     unknown_cause_efficacy: float = 0.25  # what a move is expected to cure when the cause is unknown
+    guard_lesson_s: float = 14400.0  # how long a guard that did not cut the tail is remembered
     # A guard costs the capped tenants throughput: one that has not cut the victim's share of
     # requests over the SLO by this fraction (after 2 x rate_tau_s) is lifted when the tail escalates.
     guard_min_cut: float = 0.2

@@ -86,6 +86,7 @@ class TenantCtl:
     # Capping the I/O aggressors did not cut this tail: until then (across episodes), the path they
     # share is not taken to hold it, so a same-sized move off it is expected to cure little.
     io_doubt_until: float | None = None
+    last_bad_t: float | None = None  # the last tick the evidence said violating
 
     @property
     def level(self) -> Level:

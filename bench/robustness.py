@@ -4,7 +4,7 @@ demand, SM activity and timing, the relaunch time, the seed), `static` against `
 the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
-                               [--policy KEY=VALUE ...]
+                               [--policy KEY=VALUE ...] [--exact-latency]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import random
 import statistics
@@ -91,7 +92,7 @@ def perturb(data: dict[str, Any], rng: random.Random) -> list[str]:
     return notes
 
 
-def run_case(args: tuple[str, int, int, float | None, dict[str, Any]]) -> dict[str, Any]:
+def run_case(args: tuple[str, int, int, float | None, dict[str, Any]], exact: bool = False) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
     data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -102,7 +103,10 @@ def run_case(args: tuple[str, int, int, float | None, dict[str, Any]]) -> dict[s
     sc = scenario_from_data(mutated, str(path))
     dur = duration or min(14400.0, sc.meta.suite_duration_s or 14400.0)
     t0 = time.perf_counter()
-    runs = {p: [run_host(sc, h, p, dur, sc.meta.seed) for h in range(len(sc.hosts))] for p in ("static", "full")}
+    runs = {
+        p: [run_host(sc, h, p, dur, sc.meta.seed, exact_latency=exact) for h in range(len(sc.hosts))]
+        for p in ("static", "full")
+    }
     rows = summarise(sc, runs)
     s, f = rows["static"], rows["full"]
     return {
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="NAME or NAME:CASE")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--exact-latency", action="store_true", help="the controller sees every request's latency")
     a = ap.parse_args(argv)
     policy: dict[str, Any] = {}
     for kv in a.policy:
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(name, int(case), a.seed, a.duration, policy)] if case else [j for j in jobs if j[0] == name]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
-        results = list(ex.map(run_case, jobs))
+        results = list(ex.map(functools.partial(run_case, exact=a.exact_latency), jobs))
     worse = [r for r in results if r["problems"]]
     print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -1,10 +1,10 @@
 """Never worse than doing nothing, off the suite: every suite scenario under random perturbations
 of what an unseen host would change (request rate or trace speed, the SLO, the aggressors'
-demand, SM activity and timing, the relaunch time, the seed), `static` against `full`, judged by
-the regression gate (replay.suite.gate_problems).
+demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP bursts),
+`static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
-                               [--policy KEY=VALUE ...] [--exact-latency]
+                               [--policy KEY=VALUE ...] [--exact-latency] [--bursts]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -59,8 +59,10 @@ def _shift(schedule: dict[str, Any], rng: random.Random, notes: list[str], who: 
     notes.append(f"{who}.on {d:+.0f} s")
 
 
-def perturb(data: dict[str, Any], rng: random.Random) -> list[str]:
-    """Perturb a scenario's TOML tables in place; the notes say what changed."""
+def perturb(data: dict[str, Any], rng: random.Random, bursts: random.Random | None = None) -> list[str]:
+    """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
+    of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
+    into bursts."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -81,6 +83,11 @@ def perturb(data: dict[str, Any], rng: random.Random) -> list[str]:
                     _scale(req, "trace_speed", rng, 0.6, 1.4, notes, who)
                 else:
                     _scale(req, "rate", rng, 0.6, 1.4, notes, who)
+                    if bursts is not None and req.get("arrivals", "poisson") == "poisson" and bursts.random() < 0.5:
+                        # bursts the scenario did not have (MMPP: a burst rate x ratio, then calm)
+                        req.update(arrivals="mmpp", burst_ratio=bursts.uniform(2.0, 5.0))
+                        req.update(burst_mean_s=bursts.uniform(10.0, 60.0), calm_mean_s=bursts.uniform(30.0, 300.0))
+                        notes.append(f"{who} bursts x{req['burst_ratio']:.1f}")
                 if t.get("relaunch_s") is not None and "relaunch_s" not in meta:
                     _scale(t, "relaunch_s", rng, 0.5, 2.0, notes, who)
             elif t.get("role") in SHIFTABLE:
@@ -92,14 +99,16 @@ def perturb(data: dict[str, Any], rng: random.Random) -> list[str]:
     return notes
 
 
-def run_case(args: tuple[str, int, int, float | None, dict[str, Any]], exact: bool = False) -> dict[str, Any]:
+def run_case(
+    args: tuple[str, int, int, float | None, dict[str, Any]], exact: bool = False, bursts: bool = False
+) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     data.setdefault("policy", {}).update(policy)
     rng = random.Random(f"{seed}:{name}:{case}")
     mutated = copy.deepcopy(data)
-    notes = perturb(mutated, rng)
+    notes = perturb(mutated, rng, random.Random(f"{seed}:{name}:{case}:bursts") if bursts else None)
     sc = scenario_from_data(mutated, str(path))
     dur = duration or min(14400.0, sc.meta.suite_duration_s or 14400.0)
     t0 = time.perf_counter()
@@ -132,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--exact-latency", action="store_true", help="the controller sees every request's latency")
+    ap.add_argument("--bursts", action="store_true", help="Poisson arrivals may turn into MMPP bursts (half of them)")
     a = ap.parse_args(argv)
     policy: dict[str, Any] = {}
     for kv in a.policy:
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(name, int(case), a.seed, a.duration, policy)] if case else [j for j in jobs if j[0] == name]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
-        results = list(ex.map(functools.partial(run_case, exact=a.exact_latency), jobs))
+        results = list(ex.map(functools.partial(run_case, exact=a.exact_latency, bursts=a.bursts), jobs))
     worse = [r for r in results if r["problems"]]
     print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")
     print("|---|---|---|---|---|---|---|---|---|")

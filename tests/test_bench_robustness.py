@@ -42,3 +42,20 @@ def test_a_policy_value_must_be_toml(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         main(["--policy", "cost_margin=abc"])
     assert "must be a TOML value" in capsys.readouterr().err
+
+
+def test_bursts_draw_from_their_own_generator() -> None:
+    """--bursts turns some Poisson arrivals into MMPP bursts and leaves every other draw as it was."""
+    data = tomllib.loads((SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8"))
+    turned = 0
+    for case in range(12):
+        plain, bursty = copy.deepcopy(data), copy.deepcopy(data)
+        a = perturb(plain, random.Random(f"7:paper-p4d:{case}"))
+        b = perturb(bursty, random.Random(f"7:paper-p4d:{case}"), random.Random(f"7:paper-p4d:{case}:bursts"))
+        assert [n for n in b if "bursts" not in n] == a
+        req = bursty["hosts"][0]["tenants"][0]["requests"]
+        if req.get("arrivals") == "mmpp":
+            turned += 1
+            assert 2.0 <= req["burst_ratio"] <= 5.0
+            scenario_from_data(bursty, str(SCENARIO_DIR / "paper-p4d.toml"))
+    assert 0 < turned < 12

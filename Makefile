@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Debian packages the integration tests run for real: a broker, Prometheus and promtool, systemd-analyze.
 DEBS := mosquitto prometheus systemd
 
-.PHONY: suite demo test lint typecheck unit bench debs clean
+.PHONY: suite robustness demo test lint typecheck unit bench debs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ demo: $(STAMP)
 # (docs/scenarios.md); the matrix of docs/results.md comes from this JSON.
 suite: $(STAMP)
 	$(VENV)/bin/tailguard replay --suite --json suite.json
+
+# Never worse than doing nothing off the suite: each suite scenario under seeded perturbations,
+# static against full, judged by the regression gate (bench/robustness.py; exit 1 if any is worse).
+robustness: $(STAMP)
+	$(VENV)/bin/python -m bench.robustness --per 3 --json robustness.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check controller fsm actuators replay schema tests bench

@@ -254,6 +254,7 @@ class PolicyConfig(Strict):
     cost_margin: float = Field(1.0, ge=0, le=1000)  # 0: no cost check
     episode_prior_s: float = Field(300.0, gt=0, le=7 * 86400)
     unknown_cause_efficacy: float = Field(0.25, ge=0, le=1)
+    guard_lesson_s: float = Field(14400.0, ge=0, le=90 * 86400)
     guard_min_cut: float = Field(0.2, ge=0, le=1)
     y_windows: int = Field(3, ge=1, le=100)
     z_windows: int = Field(5, ge=1, le=1000)
@@ -281,6 +282,7 @@ class PolicyConfig(Strict):
     sm_busy: float = Field(0.85, gt=0, le=1)
     dram_busy: float = Field(0.8, gt=0, le=1)
     high_bw_bps: float = Field(1e9, gt=0)
+    move_step_up: bool = True
     mig_ladder: dict[str, list[str]] = {}  # GPU model -> profile names, smallest first
     levers: Levers = Levers()
 
@@ -319,6 +321,7 @@ class PolicyConfig(Strict):
             cost_margin=self.cost_margin or None,
             episode_prior_s=self.episode_prior_s,
             unknown_cause_efficacy=self.unknown_cause_efficacy,
+            guard_lesson_s=self.guard_lesson_s,
             guard_min_cut=self.guard_min_cut,
             y_windows=self.y_windows,
             z_windows=self.z_windows,
@@ -345,6 +348,7 @@ class PolicyConfig(Strict):
             sm_busy=self.sm_busy,
             dram_busy=self.dram_busy,
             high_bw_bps=self.high_bw_bps,
+            move_step_up=self.move_step_up,
             mig_ladder={k: tuple(v) for k, v in self.mig_ladder.items()},
             early_guard=self.levers.early_guard,
             guards=self.levers.guards,

@@ -90,7 +90,7 @@ class Tick(ReleaseTick):
                 upd.update(episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + w.bad)
         last = w.value if w.value is not None else ctl.last_value
         if w.verdict is Verdict.VIOLATING:
-            upd.update(bad=ctl.bad + 1, good=0, last_value=last)
+            upd.update(bad=ctl.bad + 1, good=0, last_value=last, last_bad_t=now)
             if ctl.episode_start is None:
                 # The episode began when the evidence started to grow, not when it was enough.
                 upd.update(episode_start=ev.up_since or now, episode_n=ev.up_n, episode_bad=ev.up_bad)

@@ -5,7 +5,11 @@ penalty = w_rc   * bandwidth of other tenants sharing the candidate GPU's root c
         + w_irq  * mean IRQ rate on the candidate's local cores / norm
         + w_move * cost of the move (0 staying, 0.3 same GPU, move_other_gpu another GPU)
         - size bonus for a bigger slice when the cause is compute or memory
-Same GPU first falls out of the move cost.
+Same GPU first falls out of the move cost. Among candidates of equal penalty (the instances of one
+GPU share their path terms), the next size up the resize ladder comes first when
+`move_step_up`, then the victim's own size, then larger ones, then the name: the move pays its
+outage once, and a bigger slice's shorter service time lowers the queue's tail whatever the cause
+(a later resize would cost another outage for the same step).
 """
 
 from __future__ import annotations
@@ -343,8 +347,28 @@ def _new_instances(spec: HostSpec) -> dict[tuple[str, str, int], tuple[_Member, 
 
 
 _by_name = itemgetter(1)
-_rank_key = itemgetter(0, 1, 2)  # (penalty, another GPU, name): best first, same GPU on a tie
-_group_key = itemgetter(0, 1)  # (penalty, another GPU) of a group of candidates
+_rank_key = itemgetter(0, 1, 2, 3)  # (penalty, another GPU, size preference, name): best first
+_group_key = itemgetter(0, 1, 2)  # (penalty, another GPU, size preference) of a group of candidates
+
+
+def _new_steps(spec: HostSpec) -> dict[tuple[str, int], int]:
+    return {}
+
+
+def step_up(spec: HostSpec, gpu: str, need: int) -> int:
+    """Slices of the next profile above `need` on `gpu`'s resize ladder (0: none, or unknown)."""
+    memo = spec.derived("placement.step-up", _new_steps)
+    key = (gpu, need)
+    up = memo.get(key)
+    if up is None:
+        up = 0
+        model = gpu_model(spec, gpu)
+        if model is not None:
+            names = spec.policy.mig_ladder.get(model.key)
+            ladder = [model.profile(n) for n in names] if names else model.ladder()
+            up = min((p.slices for p in ladder if p.slices > need), default=0)
+        memo[key] = up
+    return up
 
 
 def rank_candidates(
@@ -376,12 +400,14 @@ def rank_candidates(
     policy = spec.policy
     w_move = policy.w_move
     away = policy.move_other_gpu if cur_key is not None else 0.0  # the move to another GPU
+    step = policy.move_step_up
     # This runs for every free instance of the host, per victim. The instances of one group (a GPU
-    # and a size) share their penalty (_cost's arithmetic, in the same order) and their GPU, so
-    # they rank by name: a group is one entry here, (penalty, another GPU, its candidates, terms,
-    # move, size), with only its first `limit` candidates by name (except on the victim's own GPU,
-    # where one might be the victim's own instance at no move cost: one entry per instance there).
-    entries: list[tuple[float, bool, list[_Member], tuple[float, float, float], float, float]] = []
+    # and a size) share their penalty (_cost's arithmetic, in the same order), their GPU and their
+    # size preference, so they rank by name: a group is one entry here, (penalty, another GPU,
+    # size preference, its candidates, terms, move, size), with only its first `limit` candidates
+    # by name (except on the victim's own GPU, where one might be the victim's own instance at no
+    # move cost: one entry per instance there).
+    entries: list[_Entry] = []
     taken_gpus = {k[0] for k in taken}
     table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
     if table is None:
@@ -391,6 +417,7 @@ def rank_candidates(
         a = 0.0
         other = gpu != cur_gpu
         cap = limit if limit is not None and other else None
+        up = step_up(spec, gpu, need) if step else 0
         for n, members in by_size:
             if n < need:
                 continue
@@ -412,33 +439,39 @@ def rank_candidates(
                 else:
                     terms, a = row[1], row[2]
             size = max(0, n - need) / 7.0 if sized else 0.0
+            pref = 0 if n == up else 1 if n == need else 2
             if other:
-                entries.append((a + w_move * away - size, True, members, terms, away, size))
+                entries.append((a + w_move * away - size, True, pref, members, terms, away, size))
                 continue
             for m in members:
                 move = 0.0 if cur_key is None or m[2] == cur_key else SAME_GPU_MOVE
-                entries.append((a + w_move * move - size, False, [m], terms, move, size))
-    return here, [Score(r[3], r[0], *r[4], r[5], r[6]) for r in _best(entries, limit)]
+                entries.append((a + w_move * move - size, False, pref, [m], terms, move, size))
+    return here, [Score(r[4], r[0], *r[5], r[6], r[7]) for r in _best(entries, limit)]
+
+
+# (penalty, another GPU, size preference, candidates, terms, move, size) of a group of candidates
+_Entry = tuple[float, bool, int, list[_Member], tuple[float, float, float], float, float]
 
 
 def _best(
-    entries: list[tuple[float, bool, list[_Member], tuple[float, float, float], float, float]], limit: int | None
-) -> list[tuple[float, bool, str, InstanceRef, tuple[float, float, float], float, float]]:
-    """The candidates of the entries best first by (penalty, another GPU, name), at most `limit`:
-    only the entries that can hold one of the best are opened. Walking the entries by (penalty,
-    another GPU), once `limit` candidates are in hand every later entry ranks after them, save
-    those that tie with the last one taken (the name decides then, so they are opened too)."""
+    entries: list[_Entry], limit: int | None
+) -> list[tuple[float, bool, int, str, InstanceRef, tuple[float, float, float], float, float]]:
+    """The candidates of the entries best first by (penalty, another GPU, size preference, name),
+    at most `limit`: only the entries that can hold one of the best are opened. Walking the entries
+    by (penalty, another GPU, size preference), once `limit` candidates are in hand every later
+    entry ranks after them, save those that tie with the last one taken (the name decides then, so
+    they are opened too)."""
     order, enough = entries, None  # without a limit (or with a NaN penalty, which orders nothing):
     if limit is not None and all(e[0] == e[0] for e in entries):  # every entry, sorted as one list
         order, enough = sorted(entries, key=_group_key), limit
-    bound: tuple[float, bool] | None = None
+    bound: tuple[float, bool, int] | None = None
     rows = []
-    for penalty, other, members, terms, move, size in order:
-        if bound is not None and (penalty, other) > bound:
+    for penalty, other, pref, members, terms, move, size in order:
+        if bound is not None and (penalty, other, pref) > bound:
             break
         for c, name, _ in members:
-            rows.append((penalty, other, name, c, terms, move, size))
+            rows.append((penalty, other, pref, name, c, terms, move, size))
         if bound is None and enough is not None and len(rows) >= enough:
-            bound = (penalty, other)
+            bound = (penalty, other, pref)
     rows.sort(key=_rank_key)
     return rows if limit is None else rows[:limit]

@@ -117,6 +117,7 @@ class Policy:
     cost_margin: float | None = 1.0
     episode_prior_s: float = 300.0  # prior mean length of a violation episode (worth one episode)
     unknown_cause_efficacy: float = 0.25  # what a move is expected to cure when the cause is unknown
+    guard_lesson_s: float = 14400.0  # how long a guard that did not cut the tail is remembered
     # A guard costs the capped tenants throughput: one that has not cut the victim's share of
     # requests over the SLO by this fraction (after 2 x rate_tau_s) is lifted when the tail escalates.
     guard_min_cut: float = 0.2
@@ -136,6 +137,7 @@ class Policy:
     w_move: float = 0.2
     move_other_gpu: float = 1.0  # move-cost units of a move to another GPU (same GPU: 0.3)
     placement_margin: float = 0.05  # the best candidate must beat the current one by this much
+    move_step_up: bool = True  # of equally quiet free instances, a move takes the next size up first
     high_bw_bps: float = 1e9  # a tenant moving more than this counts as high-bandwidth
     block_io_norm_bps: float = 2e9
     irq_norm_rate: float = 50_000.0

@@ -83,6 +83,10 @@ class TenantCtl:
     # After a move or resize finishes: until then its own backlog, not interference, delays the
     # tenant's requests, so they are not evidence either way.
     settle_until: float | None = None
+    # Capping the I/O aggressors did not cut this tail: until then (across episodes), the path they
+    # share is not taken to hold it, so a same-sized move off it is expected to cure little.
+    io_doubt_until: float | None = None
+    last_bad_t: float | None = None  # the last tick the evidence said violating
 
     @property
     def level(self) -> Level:

@@ -129,6 +129,7 @@ class GuardTick(MoveTick):
             stack=ctl.stack[:-1],
             failed_levers=tuple(sorted({*ctl.failed_levers, GUARD})),
             cooldown_until=self.obs.t + self.spec.policy.cooldown_s,
+            io_doubt_until=self.obs.t + self.spec.policy.guard_lesson_s,
         )
         self.emit(
             t.name,

@@ -11,12 +11,7 @@ from fsm.placement import occupied, rank_candidates
 from fsm.resize import plan_resize
 from fsm.spec import Level, TenantSpec
 from fsm.state import Pending, Step
-from fsm.tick_base import (
-    GUARD,
-    PLACE,
-    RESIZE,
-    TickBase,
-)
+from fsm.tick_base import GUARD, PLACE, RESIZE, TickBase
 
 
 class MoveTick(TickBase):
@@ -44,9 +39,12 @@ class MoveTick(TickBase):
         cost: LeverCost | None = None
         if not avoid:  # a relief move serves the capped aggressor, not the tail: budget only
             efficacy = 1.0 if diag.cause is not Cause.UNKNOWN or diag.aggressors else policy.unknown_cause_efficacy
-            if diag.cause is Cause.IO and GUARD in self.tenants[t.name].failed_levers:
-                # Capping the I/O aggressors did not cut the tail: the path they share is not what
-                # holds it, and escaping that path is all a same-sized move promises.
+            ctl = self.tenants[t.name]
+            doubt = GUARD in ctl.failed_levers or (ctl.io_doubt_until is not None and self.obs.t < ctl.io_doubt_until)
+            if diag.cause is Cause.IO and doubt:
+                # Capping the I/O aggressors did not cut the tail (in this episode or one not long
+                # before): the path they share is not what holds it, and escaping that path is all
+                # a same-sized move promises.
                 efficacy = min(efficacy, policy.unknown_cause_efficacy)
             cost, why = self._pays(t, PLACE, outage, source, efficacy)
             if why:

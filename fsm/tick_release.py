@@ -51,7 +51,7 @@ class ReleaseTick(GuardTick):
             elif cur is not None and not self._quiet(t, back):
                 # Moving back into the interference that made us leave would only flap.
                 reason = f"stay on {cur} (the old instance {back} is still noisier); release the level only"
-            elif self._outage_short(t, t.outage_s(MoveKind.EXISTING)):
+            elif self._outage_short(t, self._move_outage(t, MoveKind.EXISTING)[0]):
                 reason = f"stay on {cur} (moving back would exceed the outage budget); release the level only"
             elif self._back_costs(t):
                 # The tail is as good here as it would be at home: an outage to go back buys nothing.
@@ -61,7 +61,7 @@ class ReleaseTick(GuardTick):
                 self.reserved.add(back)
                 pending = Pending(f"tenant:{t.name}", PLACE, now, releasing=True)
                 reason = f"move back to {back}"
-                outage = t.outage_s(MoveKind.EXISTING)
+                outage = self._move_outage(t, MoveKind.EXISTING)[0]
         else:  # RESIZE
             if step.gpu in self.busy_gpus:
                 return  # another change on that GPU first
@@ -87,6 +87,12 @@ class ReleaseTick(GuardTick):
                         self.emit(t.name, "hold", before, before, RESIZE, msg, why)
                     self.tenants[t.name] = evolve(ctl, last_reason=msg, good=0, evidence=ctl.evidence.reset())
                     return
+            keep = self._keep_slice(t)
+            if keep:
+                if ctl.last_reason != keep:
+                    self.emit(t.name, "hold", before, before, RESIZE, keep, {"last_bad_t": ctl.last_bad_t})
+                self.tenants[t.name] = evolve(ctl, last_reason=keep, good=0, evidence=ctl.evidence.reset())
+                return
             if self.budget_left() <= 0:
                 msg = "release waits for the reconfiguration budget"
                 if ctl.last_reason != msg:
@@ -100,11 +106,11 @@ class ReleaseTick(GuardTick):
             if home is not None and home not in occ:  # somebody else may have taken it meanwhile
                 restored = plan_restore(self.spec, self.obs, step.gpu, step.prev_layout, step.to_instance, home, occ)
             if home is not None and self._free_now(home):
-                cost = t.outage_s(MoveKind.EXISTING)  # home first, the slice given back after
+                cost = self._move_outage(t, MoveKind.EXISTING)[0]  # home first, the slice given back after
             elif restored is not None and step.to_instance.slot in restored:
-                cost = t.outage_s(MoveKind.BESIDE)
+                cost = self._move_outage(t, MoveKind.BESIDE)[0]
             else:
-                cost = t.outage_s(MoveKind.IN_PLACE)  # the grown instance it runs on is destroyed
+                cost = self._move_outage(t, MoveKind.IN_PLACE)[0]  # the grown instance it runs on is destroyed
             if restored is not None and home is not None and self._outage_short(t, cost):
                 msg = "release waits for the outage budget"
                 if ctl.last_reason != msg:
@@ -157,6 +163,25 @@ class ReleaseTick(GuardTick):
             return False  # no cost check: the reference ladder moves back
         outage, _ = self._move_outage(t, MoveKind.EXISTING)
         return outage > t.slo_s
+
+    def _keep_slice(self, t: TenantSpec) -> str:
+        """Why a larger slice stays although the tail is good now ("": it may go). Giving it back
+        costs an outage that pushes requests over the SLO, and if the tail comes back, growing it
+        again costs another: it goes only once the tail has been calm for a whole outage budget
+        window (the span its SLO is judged over), and when the budget holds both outages."""
+        policy = self.spec.policy
+        if policy.cost_margin is None or t.slo_s is None:
+            return ""  # no cost check: the reference ladder gives the slice back
+        outage = min(self._move_outage(t, k)[0] for k in MoveKind)  # the cheapest way back
+        if outage <= t.slo_s:
+            return ""  # a warm hand-over whose gap fits inside the SLO: free
+        last = self.tenants[t.name].last_bad_t
+        window = policy.outage_budget_window_s
+        if last is not None and self.obs.t - last < window:
+            return f"keep the larger slice until the tail has been calm for {window:g} s (going back costs an outage)"
+        if self._outage_short(t, 2 * outage):
+            return "keep the larger slice: the outage budget cannot pay for giving it back and growing it again"
+        return ""
 
     def _lift_guard_below(self, t: TenantSpec, evidence: dict[str, Any]) -> bool:
         """The tail is good and the step on top stays: lift a guard beneath it, which costs its

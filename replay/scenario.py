@@ -564,6 +564,11 @@ def parse_scenario(text: str, file: str) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(file, [f"TOML syntax: {e}"]) from None
+    return scenario_from_data(data, file)
+
+
+def scenario_from_data(data: dict[str, Any], file: str) -> Scenario:
+    """A scenario from its TOML tables (`file` names it in errors and anchors relative traces)."""
     try:
         cfg = ScenarioConfig.model_validate(data)
     except ValidationError as e:

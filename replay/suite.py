@@ -134,6 +134,29 @@ def others_low(row: dict[str, Any]) -> float | None:
     return min(thr.values()) if thr else None
 
 
+# The regression gate of issue 10: `full` may not be worse than `static` (doing nothing) by more.
+GATE_P99_RATIO = 1.05
+GATE_BAD_PTS = 0.005
+GATE_OTHERS_MIN = 0.95
+
+
+def gate_problems(static: dict[str, Any], full: dict[str, Any]) -> list[str]:
+    """How `full`'s summary row is worse than `static`'s beyond the gate (empty: it passes). p999
+    is not gated: an outage the error budget pays for may raise it."""
+    out = []
+    if full["p99_ms"] > GATE_P99_RATIO * static["p99_ms"]:
+        out.append(f"p99 {full['p99_ms']:.1f} ms > {GATE_P99_RATIO:g} x static's {static['p99_ms']:.1f}")
+    if full["bad_request_fraction"] > static["bad_request_fraction"] + GATE_BAD_PTS:
+        out.append(
+            f"over the SLO {100 * full['bad_request_fraction']:.2f}% > static's "
+            f"{100 * static['bad_request_fraction']:.2f}% + {100 * GATE_BAD_PTS:g} points"
+        )
+    low = others_low(full)
+    if low is not None and low < GATE_OTHERS_MIN:
+        out.append(f"the others' work {low:.3f} < {GATE_OTHERS_MIN:g} of static's")
+    return out
+
+
 def matrix(objs: dict[str, dict[str, Any]]) -> str:
     head = ["scenario", "policy", "p99 ms", "p999 ms", "bad req.", "others thr", "actions/h"]
     rows = [head]

@@ -123,7 +123,7 @@ def test_derived_tables_belong_to_one_spec() -> None:
 # -- placement ranking -------------------------------------------------------------------------------
 def reference_rank(spec, obs, victim, cause, reserved, traffic, allow_gpu=None, limit=None):  # type: ignore[no-untyped-def]
     """fsm.placement.rank_candidates as it was before the fast paths (one Score per candidate)."""
-    from fsm.placement import _gpu_terms, free_instances, score, slices_of
+    from fsm.placement import Score, _gpu_terms, free_instances, score, slices_of, step_up
 
     ts = obs.tenants.get(victim.name)
     current = ts.instance if ts is not None and ts.instance is not None else victim.instance
@@ -139,7 +139,12 @@ def reference_rank(spec, obs, victim, cause, reserved, traffic, allow_gpu=None, 
             cache[c.gpu] = _gpu_terms(spec, obs, traffic, c.gpu, victim)
         out.append(score(spec, obs, victim, current, c, cause, traffic, cache))
     cur_gpu = current.gpu if current is not None else ""
-    out.sort(key=lambda s: (s.penalty, s.instance.gpu != cur_gpu, str(s.instance)))
+
+    def pref(s: Score) -> int:  # the next size up the ladder, then the victim's own size, then larger
+        n, up = slices_of(spec, s.instance), step_up(spec, s.instance.gpu, need) if spec.policy.move_step_up else 0
+        return 0 if n == up else 1 if n == need else 2
+
+    out.sort(key=lambda s: (s.penalty, s.instance.gpu != cur_gpu, pref(s), str(s.instance)))
     return here, out if limit is None else out[:limit]
 
 
@@ -165,7 +170,8 @@ def placements(draw: st.DrawFn):  # type: ignore[no-untyped-def]
         io = {tenants[name].devices[0]: IoRate(draw(st.sampled_from([1e7, 3e8, 2e9])), 0.0)}
         samples[name] = TenantSample(io=io if role is not Role.SENSITIVE else None)
     obs = Observation(1.0, samples, {g: GpuSample(pcie_tx_bps=1e9, pcie_rx_bps=1e9, layout=layouts[g]) for g in gpus})
-    spec = HostSpec(p4d_like_topology(8), tenants, Policy(), {g: "A100-SXM4-40GB" for g in GPUS[:8]})
+    policy = Policy(move_step_up=draw(st.booleans()))
+    spec = HostSpec(p4d_like_topology(8), tenants, policy, {g: "A100-SXM4-40GB" for g in GPUS[:8]})
     reserved = draw(st.sets(st.sampled_from([InstanceRef(g, s.profile, s.start) for g, s in slots])))
     allowed = draw(st.sets(st.sampled_from(gpus)))
     allow = draw(st.sampled_from([None, allowed.__contains__]))

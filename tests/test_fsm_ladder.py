@@ -514,3 +514,55 @@ def test_a_guard_that_does_not_hold_the_tail_is_not_relieved_by_a_move():
     state = _guarded(spec)
     state, ds = run(spec, state, [counted(o, 0.0) for o in stream(6, 40, 0.010, etl=1.5e9)])
     assert [e for e in events(ds) if e.reason.startswith("relieve the guard")]
+
+
+def test_a_larger_slice_is_given_back_only_after_a_calm_budget_window():
+    """With the cost check on, giving a slice back costs an outage (the relaunch, longer than the
+    SLO): the slice stays until the tail has been calm for a whole outage budget window, then goes."""
+    window = 600.0
+    spec = example_spec(Policy(outage_budget_share=None, cost_margin=1e-9, outage_budget_window_s=window))
+    state, _placed_at, desired = _placed_then_resized(spec)
+    last_bad = state.tenant("llm").last_bad_t
+    assert last_bad is not None and 100 <= last_bad <= 106
+    big = desired.placements["llm"]
+    at, lay = big, {**EXAMPLE_LAYOUTS, **desired.layouts}
+    t, log = 106.0, []
+    while t < last_bad + window + 200:
+        d = decide(state, example_observation(t, 0.005, 1e8, llm_at=at, layouts=lay), spec)
+        state = d.state
+        log.extend((e.t, e.kind, e.lever, e.reason) for e in d.events)
+        at = d.desired.placements.get("llm", at)
+        lay = {**lay, **d.desired.layouts}
+        t += 2.0
+    holds = [x for x in log if x[1] == "hold" and x[2] == "resize"]
+    assert holds and "calm for 600 s" in holds[0][3], log
+    (give_back,) = [x for x in log if x[1] == "release" and x[2] == "resize"]
+    assert give_back[0] >= last_bad + window  # not before a whole calm window
+    assert state.tenant("llm").last_bad_t == last_bad  # calm since
+
+
+def test_a_slice_whose_give_back_and_return_the_budget_cannot_pay_stays():
+    spec = example_spec(Policy(cost_margin=1e-9, outage_budget_window_s=600.0, outage_budget_share=None))
+    state, _, desired = _placed_then_resized(spec)
+    big = desired.placements["llm"]
+    lay = {**EXAMPLE_LAYOUTS, **desired.layouts}
+    state, _ = run(spec, state, stream(110, 1, 0.005, llm_at=big, layouts=lay))  # the resize is done
+    assert state.tenant("llm").pending is None
+    # Then a budget of 1 x 1% x 600 s = 6 s: one relaunch (5 s) fits, going back and returning not.
+    spec = replace(spec, policy=replace(spec.policy, outage_budget_share=1.0))
+    outage = min(spec.tenants["llm"].outage_s(k) for k in MoveKind)
+    assert 2 * outage > 6.0 >= outage, outage
+    t = 2000.0  # calm for longer than the window since, the earlier outages out of it
+    ctl = state.tenant("llm")
+    assert ctl.last_bad_t is not None and t - ctl.last_bad_t > 600.0
+    log = []
+    for i in range(60):
+        d = decide(state, example_observation(t + 2.0 * i, 0.005, 1e8, llm_at=big, layouts=lay), spec)
+        state = d.state
+        log.extend((e.kind, e.lever, e.reason) for e in d.events)
+    assert (
+        "hold",
+        "resize",
+        "keep the larger slice: the outage budget cannot pay for giving it back and growing it again",
+    ) in log, log
+    assert not [x for x in log if x[0] == "release" and x[1] == "resize"]

@@ -150,6 +150,7 @@ def test_a_guard_that_does_not_cut_the_tail_is_lifted():
     assert "did not cut the tail" in lift.reason and lift.t - evs[0].t >= 2 * spec.policy.rate_tau_s
     assert not [e for e in evs if e.kind == "escalate" and e.t > lift.t]  # not retried in this episode
     assert state.tenant("llm").level.value == "steady" and not d.desired.throttles
+    assert state.tenant("llm").io_doubt_until == lift.t + spec.policy.guard_lesson_s  # the lesson, kept
 
 
 def test_a_guard_holds_a_capped_tenant_for_at_most_its_share_of_the_time_it_runs():
@@ -172,3 +173,23 @@ def test_a_guard_holds_a_capped_tenant_for_at_most_its_share_of_the_time_it_runs
     assert held_s <= 0.05 * 4800, (held_s, [e.reason for e in evs])
     ran = state.guard_cost["etl"]
     assert ran[0] <= 0.05 * ran[1] + 2.0 * 2  # held <= share x ran, give or take the last ticks
+
+
+def test_the_lesson_of_a_useless_guard_outlives_its_episode():
+    """A guard lifted because it did not cut the tail is remembered for guard_lesson_s, across
+    episodes: a same-sized move off the I/O path is then expected to cure only
+    unknown_cause_efficacy of the excess, as within the guard's own episode."""
+    from fsm.state import TenantCtl
+
+    spec = example_spec(Policy(guards=False, mps=False, mig=False, cost_margin=1e-9))
+    for doubt, want in ((None, 1.0), (5.0, 1.0), (1e9, spec.policy.unknown_cause_efficacy)):
+        state, esc = ControllerState(tenants={"llm": TenantCtl(io_doubt_until=doubt)}), None
+        for i in range(200):  # the ETL runs on the victim's switch and the tail violates
+            d = decide(state, example_observation(10.0 + 2.0 * i, 0.030, 3e9), spec)
+            state = d.state
+            esc = next((e for e in d.events if e.kind == "escalate"), None)
+            if esc is not None:
+                break
+        assert esc is not None and esc.lever == "place", doubt
+        assert esc.evidence["diagnosis"]["cause"] == "io"
+        assert esc.evidence["cost"]["efficacy"] == want, doubt  # an expired lesson (5.0) is forgotten

@@ -1,0 +1,188 @@
+"""Never worse than doing nothing, off the suite: every suite scenario under random perturbations
+of what an unseen host would change (request rate or trace speed, the SLO, the aggressors'
+demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP bursts),
+`static` against `full`, judged by the regression gate (replay.suite.gate_problems).
+
+    python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
+                               [--policy KEY=VALUE ...] [--exact-latency] [--bursts]
+
+`--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
+a knob on the same cases.
+
+Each case's perturbation is drawn from a generator seeded by (seed, scenario, case number), so a
+case can be re-run alone (`--only vllm-ttft:2`). Prints one row per case and the worse cases'
+problems; exit code 1 when any case is worse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import random
+import statistics
+import sys
+import time
+import tomllib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from replay.report import summarise
+from replay.runner import run_host
+from replay.scenario import SCENARIO_DIR, scenario_from_data, suite
+from replay.suite import gate_problems, others_low
+
+SHIFTABLE = ("bulk", "compute")
+
+
+def _scale(
+    table: dict[str, Any], key: str, rng: random.Random, lo: float, hi: float, notes: list[str], who: str
+) -> None:
+    if table.get(key) is None:
+        return
+    k = rng.uniform(lo, hi)
+    table[key] = table[key] * k
+    notes.append(f"{who}.{key} x{k:.2f}")
+
+
+def _shift(schedule: dict[str, Any], rng: random.Random, notes: list[str], who: str) -> None:
+    """Move the on-windows inside their period (kept inside it: the schedule's rule)."""
+    period, on = schedule.get("period_s"), schedule.get("on") or []
+    if not period or not on:
+        return
+    lo = -min(a for a, _ in on)
+    hi = period - max(b for _, b in on)
+    d = rng.uniform(lo, hi)
+    schedule["on"] = [[a + d, b + d] for a, b in on]
+    notes.append(f"{who}.on {d:+.0f} s")
+
+
+def perturb(data: dict[str, Any], rng: random.Random, bursts: random.Random | None = None) -> list[str]:
+    """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
+    of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
+    into bursts."""
+    notes: list[str] = []
+    meta = data["scenario"]
+    off = rng.randrange(1, 10_000)
+    meta["seed"] = meta.get("seed", 1) + off
+    notes.append(f"seed +{off}")
+    if rng.random() < 0.5:
+        k = rng.choice([0.5, 2.0])
+        meta["relaunch_s"] = meta.get("relaunch_s", 5.0) * k
+        notes.append(f"relaunch x{k:g}")
+    for host in data.get("hosts", []):
+        for t in host.get("tenants", []):
+            who = t["name"]
+            if t.get("role") == "sensitive":
+                _scale(t, "slo_ms", rng, 0.8, 1.5, notes, who)
+                req = t.get("requests") or {}
+                if req.get("trace") is not None:
+                    req["trace_speed"] = req.get("trace_speed", 1.0)
+                    _scale(req, "trace_speed", rng, 0.6, 1.4, notes, who)
+                else:
+                    _scale(req, "rate", rng, 0.6, 1.4, notes, who)
+                    if bursts is not None and req.get("arrivals", "poisson") == "poisson" and bursts.random() < 0.5:
+                        # bursts the scenario did not have (MMPP: a burst rate x ratio, then calm)
+                        req.update(arrivals="mmpp", burst_ratio=bursts.uniform(2.0, 5.0))
+                        req.update(burst_mean_s=bursts.uniform(10.0, 60.0), calm_mean_s=bursts.uniform(30.0, 300.0))
+                        notes.append(f"{who} bursts x{req['burst_ratio']:.1f}")
+                if t.get("relaunch_s") is not None and "relaunch_s" not in meta:
+                    _scale(t, "relaunch_s", rng, 0.5, 2.0, notes, who)
+            elif t.get("role") in SHIFTABLE:
+                _scale(t, "demand_gbps", rng, 0.5, 1.5, notes, who)
+                if t.get("sm_active"):
+                    t["sm_active"] = min(1.0, t["sm_active"] * rng.uniform(0.8, 1.1))
+                if t.get("schedule"):
+                    _shift(t["schedule"], rng, notes, who)
+    return notes
+
+
+def run_case(
+    args: tuple[str, int, int, float | None, dict[str, Any]], exact: bool = False, bursts: bool = False
+) -> dict[str, Any]:
+    name, case, seed, duration, policy = args
+    path = SCENARIO_DIR / f"{name}.toml"
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data.setdefault("policy", {}).update(policy)
+    rng = random.Random(f"{seed}:{name}:{case}")
+    mutated = copy.deepcopy(data)
+    notes = perturb(mutated, rng, random.Random(f"{seed}:{name}:{case}:bursts") if bursts else None)
+    sc = scenario_from_data(mutated, str(path))
+    dur = duration or min(14400.0, sc.meta.suite_duration_s or 14400.0)
+    t0 = time.perf_counter()
+    runs = {
+        p: [run_host(sc, h, p, dur, sc.meta.seed, exact_latency=exact) for h in range(len(sc.hosts))]
+        for p in ("static", "full")
+    }
+    rows = summarise(sc, runs)
+    s, f = rows["static"], rows["full"]
+    return {
+        "scenario": name,
+        "case": case,
+        "perturbation": notes,
+        "duration_s": dur,
+        "static": {"p99_ms": s["p99_ms"], "bad": s["bad_request_fraction"]},
+        "full": {"p99_ms": f["p99_ms"], "bad": f["bad_request_fraction"], "others": others_low(f)},
+        "reconfigs_per_h": sum(r.reconfigs for r in runs["full"]) / (len(sc.hosts) * dur / 3600),
+        "problems": gate_problems(s, f),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--per", type=int, default=3, help="perturbed cases per scenario")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--duration", type=float, help="simulated s per case (default: the suite's, at most 4 h)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--only", help="NAME or NAME:CASE")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--exact-latency", action="store_true", help="the controller sees every request's latency")
+    ap.add_argument("--bursts", action="store_true", help="Poisson arrivals may turn into MMPP bursts (half of them)")
+    a = ap.parse_args(argv)
+    policy: dict[str, Any] = {}
+    for kv in a.policy:
+        key, _, value = kv.partition("=")
+        try:
+            policy[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            ap.error(f'--policy {kv}: the value must be a TOML value (0.9, true, "numa")')
+    names = [s.name for s in suite()]
+    jobs = [(n, k, a.seed, a.duration, policy) for n in names for k in range(a.per)]
+    if a.only:
+        name, _, case = a.only.partition(":")
+        jobs = [(name, int(case), a.seed, a.duration, policy)] if case else [j for j in jobs if j[0] == name]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max(1, a.jobs)) as ex:
+        results = list(ex.map(functools.partial(run_case, exact=a.exact_latency, bursts=a.bursts), jobs))
+    worse = [r for r in results if r["problems"]]
+    print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        s, f = r["static"], r["full"]
+        others = f"{f['others']:.3f}" if f["others"] is not None else "-"
+        print(
+            f"| {r['scenario']} | {r['case']} | {s['p99_ms']:.1f} | {100 * s['bad']:.2f}% | {f['p99_ms']:.1f} | "
+            f"{100 * f['bad']:.2f}% | {others} | {r['reconfigs_per_h']:.2f} | {'WORSE' if r['problems'] else 'ok'} |"
+        )
+    for r in worse:
+        print(f"WORSE {r['scenario']}:{r['case']} ({', '.join(r['perturbation'])}): {'; '.join(r['problems'])}")
+    better = sum(1 for r in results if r["full"]["bad"] < r["static"]["bad"] - 1e-5)
+    cuts = [1 - r["full"]["bad"] / r["static"]["bad"] for r in results if r["static"]["bad"] > 0.02]
+    print(
+        f"{len(results)} cases, {len(worse)} worse than static, {better} better on the share over the SLO; "
+        f"median cut where static > 2%: {statistics.median(cuts):.0%} of {len(cuts)}"
+        if cuts
+        else f"{len(results)} cases, {len(worse)} worse than static, {better} better on the share over the SLO",
+    )
+    print(f"({time.perf_counter() - t0:.0f} s wall, {a.jobs} jobs)")
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return 1 if worse else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,11 +32,42 @@ class Aggressor:
     throttleable: bool  # role allows a cap and it has a cgroup
 
 
+# The figures behind a diagnosis' evidence: (the victim GPU's PCIe ratio or None when unknown,
+# the shared path's bytes/s, the victim's I/O pressure, its SM and DRAM activity, its CPU pressure,
+# the io, compute and memory scores).
+Facts = tuple[float | None, float, float | None, float | None, float | None, float | None, float, float, float]
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnosis:
     cause: Cause
     aggressors: tuple[Aggressor, ...] = ()
-    evidence: dict[str, Any] = field(default_factory=dict)
+    facts: Facts | None = None
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        """What an event shows of the diagnosis. Built on demand: most diagnoses lead to no event
+        (a hold that says what the last one said), and this dict was a tenth of a diagnosis."""
+        if self.facts is None:
+            return {}
+        ratio, shared, io_pressure, sm, dram, cpu_pressure, io_score, compute_score, memory_score = self.facts
+        ev: dict[str, Any] = {
+            "aggressors": [
+                {"tenant": a.tenant, "bps": round(a.bps), "tier": None if a.tier is None else _TIER_NAME[a.tier]}
+                for a in self.aggressors[:8]
+            ]
+        }
+        if ratio is not None:
+            ev["victim_pcie_ratio"] = round(ratio, 3)
+        ev["shared_path_bps"] = round(shared)
+        if io_pressure is not None:
+            ev["victim_io_pressure"] = io_pressure
+        ev["victim_sm_active"] = sm
+        ev["victim_dram_active"] = dram
+        if cpu_pressure is not None:
+            ev["victim_cpu_pressure"] = cpu_pressure
+        ev["scores"] = {"io": round(io_score, 3), "compute": round(compute_score, 3), "memory": round(memory_score, 3)}
+        return ev
 
 
 def victim_anchor(spec: HostSpec, obs: Observation, victim: TenantSpec) -> str | None:
@@ -54,13 +85,6 @@ def tenant_gpu(spec: HostSpec, obs: Observation, t: TenantSpec) -> str | None:
     if ts is not None and ts.instance is not None:
         return ts.instance.gpu
     return t.instance.gpu if t.instance is not None else t.gpu
-
-
-def _closest(tiers: list[Tier | None]) -> Tier | None:
-    known = [t for t in tiers if t is not None]
-    if known:
-        return min(known)
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +195,7 @@ def _aggressor(
     limit: Tier,
 ) -> Aggressor | None:
     devices: list[tuple[str, float]] = []
-    tiers: list[Tier | None] = []
+    closest: Tier | None = None  # _closest of the devices' tiers, as they are found
     total = 0.0
     for label, dev, bps in items:
         hit = table.get(dev)
@@ -179,22 +203,24 @@ def _aggressor(
             hit = _on_path(spec, table, anchor, dev, limit)
         if hit[0]:
             devices.append((label, bps))
-            tiers.append(hit[1])
+            tier = hit[1]
+            if tier is not None and (closest is None or tier < closest):
+                closest = tier
             total += bps
     if total <= 0:
         return None
-    return Aggressor(
-        tenant=t.name,
-        bps=total,
-        tier=_closest(tiers),
-        devices=tuple(devices),
-        throttleable=t.role in (Role.BULK, Role.COMPUTE) and t.cgroup is not None,
-    )
+    return Aggressor(t.name, total, closest, tuple(devices), t.role in _CAPPABLE and t.cgroup is not None)
+
+
+_CAPPABLE = (Role.BULK, Role.COMPUTE)
 
 
 def aggressors_for(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
     """Tenants whose I/O shares the victim's path, most bytes first (closer first on ties)."""
-    anchor = victim_anchor(spec, obs, victim)
+    return _aggressors_at(spec, victim_anchor(spec, obs, victim), victim, traffic)
+
+
+def _aggressors_at(spec: HostSpec, anchor: str | None, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
     policy = spec.policy
     floor = policy.io_aggressor_min_bps
     limit = policy.io_share_tier
@@ -237,34 +263,31 @@ def _by_device(traffic: Traffic) -> dict[str, list[str]]:
     return idx
 
 
+_TIER_NAME = {t: t.name.lower() for t in Tier}  # an enum's .name is a property: dear per event
+
+
 def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic | None = None) -> Diagnosis:
     policy = spec.policy
-    ev: dict[str, Any] = {}
     anchor = victim_anchor(spec, obs, victim)
-    aggressors = aggressors_for(spec, obs, victim, traffic or Traffic.build(spec, obs))
-    ev["aggressors"] = [
-        {"tenant": a.tenant, "bps": round(a.bps), "tier": None if a.tier is None else a.tier.name.lower()}
-        for a in aggressors[:8]
-    ]
+    aggressors = _aggressors_at(spec, anchor, victim, traffic or Traffic.build(spec, obs))
     # I/O pressure: the victim GPU's PCIe link busy, or the path busy with others' bytes.
     io_score = 0.0
     gpu = obs.gpus.get(anchor) if anchor else None
     link = None
     if anchor and spec.topology.has(anchor):
         link = spec.topology.node(anchor).link_bps
+    ratio = None
     if gpu is not None and gpu.pcie_bps is not None and link:
         ratio = gpu.pcie_bps / link
-        ev["victim_pcie_ratio"] = round(ratio, 3)
         io_score = max(io_score, ratio / policy.pcie_busy_ratio)
     shared = sum(a.bps for a in aggressors)
-    ev["shared_path_bps"] = round(shared)
     if shared > 0:
         # A neighbour moving `high_bw_bps` on the victim's path is enough to stretch its transfers.
         io_score = max(io_score, shared / policy.high_bw_bps)
     ts = obs.tenants.get(victim.name)
-    if ts is not None and ts.io_pressure is not None:
-        ev["victim_io_pressure"] = ts.io_pressure
-        io_score = max(io_score, ts.io_pressure / 0.25)
+    io_pressure = ts.io_pressure if ts is not None else None
+    if io_pressure is not None:
+        io_score = max(io_score, io_pressure / 0.25)
     # Compute / memory: the victim's own MIG instance saturated, or CPU pressure.
     sm = dram = None
     if gpu is not None:
@@ -275,14 +298,18 @@ def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traf
                 sm, dram = m.sm_active, m.dram_active
         if sm is None and inst is None:
             sm, dram = gpu.sm_active, gpu.dram_active
-    ev["victim_sm_active"] = sm
-    ev["victim_dram_active"] = dram
     compute_score = (sm / policy.sm_busy) if sm is not None else 0.0
-    if ts is not None and ts.cpu_pressure is not None:
-        ev["victim_cpu_pressure"] = ts.cpu_pressure
-        compute_score = max(compute_score, ts.cpu_pressure / 0.25)
+    cpu_pressure = ts.cpu_pressure if ts is not None else None
+    if cpu_pressure is not None:
+        compute_score = max(compute_score, cpu_pressure / 0.25)
     memory_score = (dram / policy.dram_busy) if dram is not None else 0.0
-    ev["scores"] = {"io": round(io_score, 3), "compute": round(compute_score, 3), "memory": round(memory_score, 3)}
-    best = max((io_score, Cause.IO), (compute_score, Cause.COMPUTE), (memory_score, Cause.MEMORY), key=lambda x: x[0])
-    cause = best[1] if best[0] >= 1.0 else Cause.UNKNOWN
-    return Diagnosis(cause, tuple(aggressors), ev)
+    # The first of the highest scores (max() over io, compute, memory), if it reaches 1.
+    best, cause = io_score, Cause.IO
+    if compute_score > best:
+        best, cause = compute_score, Cause.COMPUTE
+    if memory_score > best:
+        best, cause = memory_score, Cause.MEMORY
+    if not best >= 1.0:
+        cause = Cause.UNKNOWN
+    facts = (ratio, shared, io_pressure, sm, dram, cpu_pressure, io_score, compute_score, memory_score)
+    return Diagnosis(cause, tuple(aggressors), facts)

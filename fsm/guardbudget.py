@@ -37,18 +37,26 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
     for ctl in state.tenants.values():
         for step in ctl.stack:
             binding.update(c.tenant for c in step.caps if c.tenant not in binding and binds(c, obs))
-    running = {
-        t.name
-        for t in spec.by_role(Role.BULK, Role.COMPUTE)
-        if (ts := obs.tenants.get(t.name)) is not None
-        and ts.io
-        and sum(r.total_bps for r in ts.io.values()) >= p.io_aggressor_min_bps
-    }
+    running: set[str] = set()
+    floor = p.io_aggressor_min_bps
+    tenants = obs.tenants
+    for t in spec.by_role(Role.BULK, Role.COMPUTE):
+        ts = tenants.get(t.name)
+        if ts is None or not ts.io:
+            continue
+        total: float = 0  # sum(r.total_bps for r in ts.io.values()), the same additions without a generator
+        for r in ts.io.values():
+            total += (r.read_bps or 0.0) + (r.write_bps or 0.0)
+        if total >= floor:
+            running.add(t.name)
     out: dict[str, tuple[float, float, float]] = {}
+    decays: dict[float, float] = {}  # the tenants last charged at the same time share their decay
     for name in sorted(set(state.guard_cost) | binding | running):
         held, ran, t0 = state.guard_cost.get(name, (0.0, 0.0, now))
         dt = max(0.0, now - t0)
-        decay = math.exp(-dt / p.guard_budget_window_s)
+        decay = decays.get(dt)
+        if decay is None:
+            decay = decays[dt] = math.exp(-dt / p.guard_budget_window_s)
         held, ran = held * decay + (dt if name in binding else 0.0), ran * decay
         ran += dt if (name in binding or name in running) else 0.0
         if ran > 1e-3 or name in binding or name in running:

@@ -9,12 +9,12 @@ victims sent to one instance, never a cap on a protected or sensitive tenant.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from fsm.diagnosis import Cause, Diagnosis, diagnose
 from fsm.evidence import evidence_params
 from fsm.evidence import update as update_evidence
+from fsm.evolve import evolve
 from fsm.guardbudget import charge_guards
 from fsm.observation import Observation
 from fsm.quantiles import Verdict
@@ -72,8 +72,8 @@ class Tick(ReleaseTick):
         ev, w = update_evidence(ctl.evidence, ts.latency if ts else None, t.quantile, slo, self.evidence_params, now)
         settling = ctl.settle_until is not None and now < ctl.settle_until
         if settling:
-            ev, w = ev.reset(), replace(w, verdict=Verdict.BETWEEN)
-        # One new TenantCtl for the whole update: replace() rebuilds every field, and several of them
+            ev, w = ev.reset(), evolve(w, verdict=Verdict.BETWEEN)
+        # One new TenantCtl for the whole update: a copy sets every field, and several of them
         # in a row were a third of a calm tick (issue 10's decide() budget). Each change reads only
         # fields no earlier one writes, so the values are those of the replace() chain it was.
         upd: dict[str, Any] = {"evidence": ev}
@@ -100,7 +100,7 @@ class Tick(ReleaseTick):
             upd.update(good=0, bad=0, last_value=last)
         if w.value is not None and w.count >= policy.min_window_count:
             upd["recent"] = (*ctl.recent, w.value)[-policy.release_horizon_windows :]
-        ctl = replace(ctl, **upd)
+        ctl = evolve(ctl, **upd)
         self.tenants[t.name] = ctl
         self._check_pending(t)
         ctl = self.tenants[t.name]
@@ -127,7 +127,7 @@ class Tick(ReleaseTick):
             episodes = ctl.episodes
             if ctl.episode_start is not None:
                 episodes = (*episodes, now - ctl.episode_start)[-EPISODES_KEPT:]
-            self.tenants[t.name] = replace(
+            self.tenants[t.name] = evolve(
                 ctl,
                 failures=0,
                 failed_levers=(),
@@ -143,7 +143,7 @@ class Tick(ReleaseTick):
             and ctl.released_at is not None
             and now - ctl.released_at > 4 * _dwell(policy.dwell_s, ctl.flaps)
         ):
-            self.tenants[t.name] = replace(ctl, flaps=0)  # calm for long enough: forget the flapping
+            self.tenants[t.name] = evolve(ctl, flaps=0)  # calm for long enough: forget the flapping
 
     # -- in-flight operations ------------------------------------------------------------------
     def _check_pending(self, t: TenantSpec) -> None:
@@ -185,7 +185,7 @@ class Tick(ReleaseTick):
             settle = self._settle_s(ctl, p)
             if settle > 0.0:
                 evidence["settle_s"] = round(settle, 1)
-            self.tenants[t.name] = replace(
+            self.tenants[t.name] = evolve(
                 ctl,
                 pending=None,
                 stack=stack,
@@ -220,7 +220,7 @@ class Tick(ReleaseTick):
             mps = [m for m in st.mps if m.gpu == anchor]
             lifted += [f"{m.tenant}:mps@{m.gpu}" for m in st.mps if m.gpu != anchor]
             if caps or mps:
-                out.append(replace(st, caps=tuple(caps), mps=tuple(mps)))
+                out.append(evolve(st, caps=tuple(caps), mps=tuple(mps)))
         return tuple(out), lifted
 
     @staticmethod
@@ -244,7 +244,7 @@ class Tick(ReleaseTick):
             if step.lever == RESIZE and step.gpu is not None and step.prev_layout is not None:
                 self.layouts[step.gpu] = step.prev_layout
         failed_levers = ctl.failed_levers if p.releasing else tuple(sorted({*ctl.failed_levers, p.lever}))
-        ctl = replace(
+        ctl = evolve(
             ctl,
             stack=stack,
             pending=None,
@@ -318,7 +318,7 @@ class Tick(ReleaseTick):
             )
         # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
         cur = self.tenants[t.name]
-        self.tenants[t.name] = replace(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
+        self.tenants[t.name] = evolve(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
 
     def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
         if lever == GUARD:

@@ -129,79 +129,135 @@ def _new_refs(spec: HostSpec) -> dict[tuple[str, str, int], InstanceRef]:
     return {}
 
 
+_Where = tuple[bool, str | None, int | None, tuple[int, ...]]  # known, root complex, NUMA node, local CPUs
+
+
+def _where(spec: HostSpec, name: str) -> _Where:
+    """(does the topology know the device, its root complex, its NUMA node, its local CPUs): a
+    pure function of the spec's topology, memoised per spec (HostSpec.derived)."""
+    memo = spec.derived("placement.where", _new_where)
+    hit = memo.get(name)
+    if hit is None:
+        topo = spec.topology
+        if topo.has(name):
+            hit = (True, topo.enclosing(name, NodeKind.ROOT_COMPLEX), topo.numa_of(name), topo.cpus_of(name))
+        else:
+            hit = (False, None, None, ())
+        if len(memo) < 10_000:  # device names come from observations: bounded
+            memo[name] = hit
+    return hit
+
+
+def _new_where(spec: HostSpec) -> dict[str, _Where]:
+    return {}
+
+
 def rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
     """Bytes/s per tenant on `gpu`'s root complex (tenants moving at least io_aggressor_min_bps):
     path_traffic(..., Tier.ROOT_COMPLEX) for every tenant, from a per-tick index by root complex
     (one pass over the traffic instead of one per GPU and tenant). Traffic whose device the
     topology does not know counts everywhere, as in path_traffic."""
-    topo = spec.topology
+    return dict(_rc_traffic(spec, traffic, gpu))
+
+
+def _rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
+    """rc_traffic, once per root complex and tick (the GPUs under one share it): not to be changed."""
+    known, rc, _, _ = _where(spec, gpu)
+    key = ("rc-traffic", rc) if known else ("rc-traffic",)
+    hit: dict[str, float] | None = traffic.memo.get(key)
+    if hit is not None:
+        return hit
     idx = traffic.memo.get("rc-index")
     if idx is None:
         by_rc: dict[str, dict[str, float]] = {}
         anywhere: dict[str, float] = {}
         for name, items in traffic.items.items():
             for _label, dev, bps in items:
-                if not topo.has(dev):
+                dev_known, dev_rc, _, _ = _where(spec, dev)
+                if not dev_known:
                     anywhere[name] = anywhere.get(name, 0.0) + bps
                     continue
-                rc = topo.enclosing(dev, NodeKind.ROOT_COMPLEX)
-                if rc is not None:
-                    d = by_rc.setdefault(rc, {})
+                if dev_rc is not None:
+                    d = by_rc.setdefault(dev_rc, {})
                     d[name] = d.get(name, 0.0) + bps
         idx = traffic.memo["rc-index"] = (by_rc, anywhere)
     by_rc, anywhere = idx
-    if not topo.has(gpu):  # nothing can be ruled out
+    if not known:  # nothing can be ruled out
         per = {n: sum(b for _, _, b in items) for n, items in traffic.items.items()}
     else:
-        rc = topo.enclosing(gpu, NodeKind.ROOT_COMPLEX)
         per = dict(by_rc.get(rc, {})) if rc is not None else {}
         for n, b in anywhere.items():
             per[n] = per.get(n, 0.0) + b
     floor = spec.policy.io_aggressor_min_bps
-    return {n: b for n, b in per.items() if n in spec.tenants and b >= floor}
+    hit = traffic.memo[key] = {n: b for n, b in per.items() if n in spec.tenants and b >= floor}
+    return hit
+
+
+_GpuRow = tuple[dict[str, float], tuple[float, float, float], float]
+
+
+def _gpu_table(spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str) -> _GpuRow:
+    """(bytes/s per tenant on `gpu`'s root complex, the GPU's terms for a victim that is none of
+    them, their weighted sum): what does not depend on the victim, once per GPU and tick, shared
+    by every victim."""
+    table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
+    if table is None:
+        table = traffic.memo["gpu-terms"] = {}
+    hit = table.get(gpu)
+    if hit is None:
+        per = _rc_traffic(spec, traffic, gpu)
+        block_n, irq_n = _host_terms(spec, obs, traffic, gpu)
+        terms = (sum(per.values()) / spec.policy.high_bw_bps, block_n, irq_n)
+        hit = table[gpu] = (per, terms, _weighted(spec.policy, terms))
+    return hit
+
+
+def _weighted(policy: Policy, terms: tuple[float, float, float]) -> float:
+    """The penalty's terms that do not depend on the move or the size (_cost's, in its order)."""
+    rc, numa, irq = terms
+    return policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq
 
 
 def _gpu_terms(
     spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str, victim: TenantSpec
 ) -> tuple[float, float, float]:
-    topo = spec.topology
+    """(root complex, NUMA block I/O, IRQ) terms of `gpu` for `victim`: everybody's traffic that
+    shares the GPU's root complex but the victim's own."""
+    per_tenant, terms, _ = _gpu_table(spec, obs, traffic, gpu)
+    if victim.name not in per_tenant:
+        return terms  # a victim without traffic there: the sum of everybody's, once per GPU and tick
+    rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
+    return rc_bps / spec.policy.high_bw_bps, terms[1], terms[2]
+
+
+def _host_terms(spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str) -> tuple[float, float]:
+    """(block I/O on the GPU's NUMA node, mean IRQ rate on its local cores), normalised."""
     policy = spec.policy
-    # Everybody's traffic that shares this GPU's root complex, once per tick; minus the victim's.
-    key = ("rc", gpu)
-    hit = traffic.memo.get(key)
-    if hit is None:
-        per = rc_traffic(spec, traffic, gpu)
-        hit = traffic.memo[key] = (per, sum(per.values()))  # the same sum, in the same order
-    per_tenant, everybody = hit
-    if victim.name in per_tenant:
-        rc_bps = sum(bps for name, bps in per_tenant.items() if name != victim.name)
-    else:
-        rc_bps = everybody  # a victim without traffic here: the sum above, once per GPU and tick
-    rc = rc_bps / policy.high_bw_bps
-    # The host terms do not depend on the victim: once per GPU per tick.
-    hkey = ("host", gpu)
-    if hkey not in traffic.memo:
-        numa = topo.numa_of(gpu) if topo.has(gpu) else None
-        block = 0.0
-        irq = 0.0
-        if obs.host is not None:
-            if numa is not None:
-                by_numa = traffic.memo.get("block-by-numa")
-                if by_numa is None:
-                    by_numa = {}
-                    for dev, bps in obs.host.block_bps.items():
-                        if topo.has(dev):
-                            k = topo.numa_of(dev)
-                            by_numa[k] = by_numa.get(k, 0.0) + bps
-                    traffic.memo["block-by-numa"] = by_numa
-                block = by_numa.get(numa, 0.0)
-            cpus = topo.cpus_of(gpu) if topo.has(gpu) else ()
-            rates = [obs.host.irq_rate[c] for c in cpus if c in obs.host.irq_rate]
-            if rates:
-                irq = sum(rates) / len(rates)
-        traffic.memo[hkey] = (block / policy.block_io_norm_bps, irq / policy.irq_norm_rate)
-    block_n, irq_n = traffic.memo[hkey]
-    return rc, block_n, irq_n
+    known, _, numa, cpus = _where(spec, gpu)
+    block = 0.0
+    irq = 0.0
+    host = obs.host
+    if host is not None:
+        if known and numa is not None:
+            by_numa = traffic.memo.get("block-by-numa")
+            if by_numa is None:
+                by_numa = {}
+                for dev, bps in host.block_bps.items():
+                    dev_known, _, k, _ = _where(spec, dev)
+                    if dev_known:
+                        by_numa[k] = by_numa.get(k, 0.0) + bps
+                traffic.memo["block-by-numa"] = by_numa
+            block = by_numa.get(numa, 0.0)
+        # The GPUs of one NUMA node share their local cores: their mean once per tick.
+        by_cpus = traffic.memo.get("irq-by-cpus")
+        if by_cpus is None:
+            by_cpus = traffic.memo["irq-by-cpus"] = {}
+        mean: float | None = by_cpus.get(cpus)
+        if mean is None:
+            rates = [host.irq_rate[c] for c in cpus if c in host.irq_rate]
+            mean = by_cpus[cpus] = sum(rates) / len(rates) if rates else 0.0
+        irq = mean
+    return block / policy.block_io_norm_bps, irq / policy.irq_norm_rate
 
 
 def _cost(
@@ -245,19 +301,54 @@ def score(
     return Score(cand, penalty, *terms, move, size)
 
 
-def _free_groups(
-    spec: HostSpec, obs: Observation
-) -> list[tuple[str, list[tuple[int, list[tuple[InstanceRef, str, tuple[str, str, int]]]]]]]:
-    """Free instances by GPU, then by size (slices), each group by name: (instance, name, key)."""
-    by_gpu: dict[str, dict[int, list[tuple[InstanceRef, str, tuple[str, str, int]]]]] = {}
-    for c in free_instances(spec, obs, ()):
-        by_size = by_gpu.setdefault(c.gpu, {})
-        by_size.setdefault(slices_of(spec, c), []).append((c, str(c), (c.gpu, c.profile, c.start)))
-    return [(gpu, [(n, sorted(m, key=_by_name)) for n, m in sizes.items()]) for gpu, sizes in by_gpu.items()]
+_Member = tuple[InstanceRef, str, tuple[str, str, int]]  # (instance, its name, (gpu, profile, start))
+
+
+def _free_groups(spec: HostSpec, obs: Observation) -> list[tuple[str, list[tuple[int, list[_Member]]]]]:
+    """Free instances (free_instances: reserved left out) by GPU, then by size (slices), each group
+    by name. An instance's reference, name and size are a per-spec table, not made per tick."""
+    taken: set[tuple[str, str, int]] = set()
+    tenants = obs.tenants
+    for t in spec.tenants.values():  # occupied(), as (gpu, profile, start) keys
+        ts = tenants.get(t.name)
+        inst = ts.instance if ts is not None and ts.instance is not None else t.instance
+        if inst is not None:
+            taken.add((inst.gpu, inst.profile, inst.start))
+    known = spec.derived("placement.instances", _new_instances)
+    out: list[tuple[str, list[tuple[int, list[_Member]]]]] = []
+    for gpu_name in sorted(obs.gpus):
+        g = obs.gpus[gpu_name]
+        if g.lost or g.layout is None:
+            continue
+        by_size: dict[int, list[_Member]] = {}
+        for slot in g.layout:
+            key = (gpu_name, slot.profile, slot.start)
+            if key in taken:
+                continue
+            hit = known.get(key)
+            if hit is None:
+                ref = InstanceRef(gpu_name, slot.profile, slot.start)
+                hit = ((ref, str(ref), key), slices_of(spec, ref))
+                if len(known) < 100_000:  # GPU names and layouts come from observations: bounded
+                    known[key] = hit
+            member, n = hit
+            group = by_size.get(n)
+            if group is None:
+                by_size[n] = [member]
+            else:
+                group.append(member)
+        if by_size:
+            out.append((gpu_name, [(n, sorted(m, key=_by_name)) for n, m in by_size.items()]))
+    return out
+
+
+def _new_instances(spec: HostSpec) -> dict[tuple[str, str, int], tuple[_Member, int]]:
+    return {}
 
 
 _by_name = itemgetter(1)
 _rank_key = itemgetter(0, 1, 2, 3)  # (penalty, another GPU, size preference, name): best first
+_group_key = itemgetter(0, 1, 2)  # (penalty, another GPU, size preference) of a group of candidates
 
 
 def _new_steps(spec: HostSpec) -> dict[tuple[str, int], int]:
@@ -295,8 +386,7 @@ def rank_candidates(
     ts = obs.tenants.get(victim.name)
     current = ts.instance if ts is not None and ts.instance is not None else victim.instance
     traffic = traffic or Traffic.build(spec, obs)
-    cache: dict[str, tuple[float, float, float]] = {}
-    here = score(spec, obs, victim, current, current, cause, traffic, cache) if current is not None else None
+    here = score(spec, obs, victim, current, current, cause, traffic, {}) if current is not None else None
     need = slices_of(spec, current) if current is not None else 0
     # Free instances by GPU and size, each group by name, once per tick; this victim's view only
     # drops the reserved.
@@ -308,51 +398,80 @@ def rank_candidates(
     cur_gpu = current.gpu if current is not None else ""
     cur_key = (current.gpu, current.profile, current.start) if current is not None else None
     policy = spec.policy
-    w_move, other_gpu = policy.w_move, policy.move_other_gpu
-    rows = []
-    # This runs for every free instance of the host, per victim: _cost is inlined here (the same
-    # arithmetic in the same order), and Score objects are made only for the best few. The
-    # instances of one group share their penalty and their GPU, so they rank by name: with a
-    # limit, only the first `limit` of a group can be among the best (except on the victim's own
-    # GPU, where one might be the victim's own instance, at no move cost).
+    w_move = policy.w_move
+    away = policy.move_other_gpu if cur_key is not None else 0.0  # the move to another GPU
     step = policy.move_step_up
+    # This runs for every free instance of the host, per victim. The instances of one group (a GPU
+    # and a size) share their penalty (_cost's arithmetic, in the same order), their GPU and their
+    # size preference, so they rank by name: a group is one entry here, (penalty, another GPU,
+    # size preference, its candidates, terms, move, size), with only its first `limit` candidates
+    # by name (except on the victim's own GPU, where one might be the victim's own instance at no
+    # move cost: one entry per instance there).
+    entries: list[_Entry] = []
+    taken_gpus = {k[0] for k in taken}
+    table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
+    if table is None:
+        table = traffic.memo["gpu-terms"] = {}
     for gpu, by_size in groups:
         terms: tuple[float, float, float] | None = None
         a = 0.0
-        refused = False
+        other = gpu != cur_gpu
+        cap = limit if limit is not None and other else None
         up = step_up(spec, gpu, need) if step else 0
         for n, members in by_size:
             if n < need:
                 continue
-            size = max(0, n - need if sized else 0) / 7.0
-            pref = 0 if n == up else 1 if n == need else 2
-            cap = limit if limit is not None and gpu != cur_gpu else None
-            kept = 0
-            for c, name, key in members:
-                if cap is not None and kept >= cap:
+            if gpu in taken_gpus:
+                members = [m for m in members if m[2] not in taken]
+            if cap is not None and len(members) > cap:
+                members = members[:cap]
+            if not members:
+                continue
+            if terms is None:
+                if allow_gpu is not None and not allow_gpu(gpu):
                     break
-                if taken and key in taken:
-                    continue
-                if terms is None:
-                    if allow_gpu is not None and not allow_gpu(gpu):
-                        refused = True
-                        break
-                    terms = cache.get(gpu)
-                    if terms is None:
-                        terms = cache[gpu] = _gpu_terms(spec, obs, traffic, gpu, victim)
-                    rc, numa, irq = terms
-                    a = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq
-                if cur_key is None or key == cur_key:
-                    move = 0.0
-                elif gpu == cur_gpu:
-                    move = SAME_GPU_MOVE
+                row = table.get(gpu)
+                if row is None:
+                    row = _gpu_table(spec, obs, traffic, gpu)
+                if victim.name in row[0]:  # the victim's own traffic there is not its neighbours'
+                    terms = _gpu_terms(spec, obs, traffic, gpu, victim)
+                    a = _weighted(policy, terms)
                 else:
-                    move = other_gpu
-                rows.append((a + w_move * move - size, gpu != cur_gpu, pref, name, c, terms, move, size))
-                kept += 1
-            if refused:
-                break
+                    terms, a = row[1], row[2]
+            size = max(0, n - need) / 7.0 if sized else 0.0
+            pref = 0 if n == up else 1 if n == need else 2
+            if other:
+                entries.append((a + w_move * away - size, True, pref, members, terms, away, size))
+                continue
+            for m in members:
+                move = 0.0 if cur_key is None or m[2] == cur_key else SAME_GPU_MOVE
+                entries.append((a + w_move * move - size, False, pref, [m], terms, move, size))
+    return here, [Score(r[4], r[0], *r[5], r[6], r[7]) for r in _best(entries, limit)]
+
+
+# (penalty, another GPU, size preference, candidates, terms, move, size) of a group of candidates
+_Entry = tuple[float, bool, int, list[_Member], tuple[float, float, float], float, float]
+
+
+def _best(
+    entries: list[_Entry], limit: int | None
+) -> list[tuple[float, bool, int, str, InstanceRef, tuple[float, float, float], float, float]]:
+    """The candidates of the entries best first by (penalty, another GPU, size preference, name),
+    at most `limit`: only the entries that can hold one of the best are opened. Walking the entries
+    by (penalty, another GPU, size preference), once `limit` candidates are in hand every later
+    entry ranks after them, save those that tie with the last one taken (the name decides then, so
+    they are opened too)."""
+    order, enough = entries, None  # without a limit (or with a NaN penalty, which orders nothing):
+    if limit is not None and all(e[0] == e[0] for e in entries):  # every entry, sorted as one list
+        order, enough = sorted(entries, key=_group_key), limit
+    bound: tuple[float, bool, int] | None = None
+    rows = []
+    for penalty, other, pref, members, terms, move, size in order:
+        if bound is not None and (penalty, other, pref) > bound:
+            break
+        for c, name, _ in members:
+            rows.append((penalty, other, pref, name, c, terms, move, size))
+        if bound is None and enough is not None and len(rows) >= enough:
+            bound = (penalty, other, pref)
     rows.sort(key=_rank_key)
-    if limit is not None:
-        rows = rows[:limit]
-    return here, [Score(r[4], r[0], *r[5], r[6], r[7]) for r in rows]
+    return rows if limit is None else rows[:limit]

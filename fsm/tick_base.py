@@ -4,12 +4,13 @@ outage budget, a lever's cost, the victim's current instance. fsm.ladder builds 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from fsm.desired import DecisionEvent
 from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, as_evidence
+from fsm.evolve import evolve
 from fsm.levercost import LeverCost, estimate
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
@@ -98,14 +99,14 @@ class TickBase:
         now = self.obs.t
         ctl = self.tenants[t.name]
         before = level_of(ctl)
-        step = replace(step, bad_share=ctl.evidence.bad_share())
+        step = evolve(step, bad_share=ctl.evidence.bad_share())
         target = step.to_instance if step.to_instance is not None else ctl.target
         if not policy.enforce:
             pending = None  # dry-run: nothing will happen, so nothing is waited for
         flaps = ctl.flaps
         if ctl.released_at is not None and now - ctl.released_at < 2 * _dwell(policy.dwell_s, flaps):
             flaps += 1  # re-escalated soon after stepping back: hold the next level longer
-        ctl = replace(
+        ctl = evolve(
             ctl,
             stack=(*ctl.stack, step),
             pending=pending,
@@ -130,7 +131,7 @@ class TickBase:
         measured = self.tenants[t.name].measured_outage_s
         if measured is None:
             return t.outage_s(kind), "configured"
-        spec = replace(t, handover_gap_s=measured) if t.handover == "warm" else replace(t, relaunch_s=measured)
+        spec = evolve(t, handover_gap_s=measured) if t.handover == "warm" else evolve(t, relaunch_s=measured)
         return spec.outage_s(kind), "measured"
 
     def _affordable(self, t: TenantSpec, outage: float, source: str) -> tuple[LeverCost | None, str]:
@@ -192,7 +193,7 @@ class TickBase:
         ctl = self.tenants[name]
         now = self.obs.t
         kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
-        self.tenants[name] = replace(
+        self.tenants[name] = evolve(
             ctl,
             outages=(*kept, (now, seconds)),
             overspend=min(0.0, self._overspent(ctl, 0.0)),

@@ -3,11 +3,11 @@ or have cost the capped tenants their budget, relieved by a move; and the caps e
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from fsm.desired import MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
+from fsm.evolve import evolve
 from fsm.guardbudget import binds
 from fsm.spec import Level, Role, TenantSpec
 from fsm.state import Step, TenantCtl
@@ -124,7 +124,7 @@ class GuardTick(MoveTick):
         top = ctl.stack[-1]
         before = level_of(ctl)
         now = ctl.evidence.bad_share()
-        self.tenants[t.name] = replace(
+        self.tenants[t.name] = evolve(
             ctl,
             stack=ctl.stack[:-1],
             failed_levers=tuple(sorted({*ctl.failed_levers, GUARD})),
@@ -185,7 +185,7 @@ class GuardTick(MoveTick):
         if not ok:
             # Nowhere quieter off the path: keep the guard; look again after another relief period.
             top = ctl.stack[-1]
-            self.tenants[t.name] = replace(ctl, stack=(*ctl.stack[:-1], replace(top, t=self.obs.t)))
+            self.tenants[t.name] = evolve(ctl, stack=(*ctl.stack[:-1], evolve(top, t=self.obs.t)))
 
     # -- output --------------------------------------------------------------------------------
     def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
@@ -193,25 +193,33 @@ class GuardTick(MoveTick):
         one cap per (tenant, device): the tightest wins when two victims ask."""
         now = self.obs.t
         expiry = now + self.spec.policy.throttle_expiry_s
-        caps: dict[tuple[str, str], Throttle] = {}
+        # Per (tenant, device): the first cap found, and the tightest read and write caps of all.
+        # One copy per key at the end (the first cap with those figures and the new expiry) rather
+        # than one per cap and merge: the same caps.
+        tight: dict[tuple[str, str], tuple[Throttle, float | None, float | None]] = {}
+        spent: dict[str, bool] = {}
         mps: dict[tuple[str, str], MpsLimit] = {}
         for name in sorted(self.tenants):
             for step in self.tenants[name].stack:
                 for c in step.caps:
-                    if self.guard_budget_spent(c.tenant):
+                    lifted = spent.get(c.tenant)
+                    if lifted is None:
+                        lifted = spent[c.tenant] = self.guard_budget_spent(c.tenant)
+                    if lifted:
                         continue  # lifted: the capped tenant's throughput budget is spent
-                    c = replace(c, expires_at=expiry)
                     key = (c.tenant, c.device)
-                    old = caps.get(key)
-                    caps[key] = (
-                        c
+                    old = tight.get(key)
+                    tight[key] = (
+                        (c, c.read_bps, c.write_bps)
                         if old is None
-                        else replace(
-                            old, read_bps=_min(old.read_bps, c.read_bps), write_bps=_min(old.write_bps, c.write_bps)
-                        )
+                        else (old[0], _min(old[1], c.read_bps), _min(old[2], c.write_bps))
                     )
                 for m in step.mps:
                     key = (m.tenant, m.gpu)
                     old_m = mps.get(key)
-                    mps[key] = replace(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
-        return tuple(caps[k] for k in sorted(caps)), tuple(mps[k] for k in sorted(mps))
+                    mps[key] = evolve(m, expires_at=expiry) if old_m is None or m.percent < old_m.percent else old_m
+        caps = tuple(
+            evolve(first, read_bps=r, write_bps=w, expires_at=expiry)
+            for first, r, w in (tight[k] for k in sorted(tight))
+        )
+        return caps, tuple(mps[k] for k in sorted(mps))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
+from fsm.evolve import evolve
 from fsm.outage import MoveKind
 from fsm.placement import occupied
 from fsm.resize import plan_restore
@@ -85,19 +85,19 @@ class ReleaseTick(GuardTick):
                     msg = "keep the larger slice: the tail would come back on the smaller one"
                     if ctl.last_reason != msg:
                         self.emit(t.name, "hold", before, before, RESIZE, msg, why)
-                    self.tenants[t.name] = replace(ctl, last_reason=msg, good=0, evidence=ctl.evidence.reset())
+                    self.tenants[t.name] = evolve(ctl, last_reason=msg, good=0, evidence=ctl.evidence.reset())
                     return
             keep = self._keep_slice(t)
             if keep:
                 if ctl.last_reason != keep:
                     self.emit(t.name, "hold", before, before, RESIZE, keep, {"last_bad_t": ctl.last_bad_t})
-                self.tenants[t.name] = replace(ctl, last_reason=keep, good=0, evidence=ctl.evidence.reset())
+                self.tenants[t.name] = evolve(ctl, last_reason=keep, good=0, evidence=ctl.evidence.reset())
                 return
             if self.budget_left() <= 0:
                 msg = "release waits for the reconfiguration budget"
                 if ctl.last_reason != msg:
                     self.emit(t.name, "hold", before, before, RESIZE, msg, {})
-                    self.tenants[t.name] = replace(ctl, last_reason=msg)
+                    self.tenants[t.name] = evolve(ctl, last_reason=msg)
                 return
             assert step.gpu is not None and step.prev_layout is not None and step.to_instance is not None
             home = step.from_instance
@@ -115,7 +115,7 @@ class ReleaseTick(GuardTick):
                 msg = "release waits for the outage budget"
                 if ctl.last_reason != msg:
                     self.emit(t.name, "hold", before, before, RESIZE, msg, {"outage_s": cost})
-                    self.tenants[t.name] = replace(ctl, last_reason=msg)
+                    self.tenants[t.name] = evolve(ctl, last_reason=msg)
                 return
             if restored is not None and home is not None:
                 outage = cost
@@ -138,7 +138,7 @@ class ReleaseTick(GuardTick):
                 reason = "keep the larger slice (the old layout cannot come back); release the level only"
         if not policy.enforce:
             pending = None
-        self.tenants[t.name] = replace(
+        self.tenants[t.name] = evolve(
             ctl,
             stack=ctl.stack[:-1],
             pending=pending,
@@ -192,7 +192,7 @@ class ReleaseTick(GuardTick):
             return False
         guard = ctl.stack[idx]
         stack = ctl.stack[:idx] + ctl.stack[idx + 1 :]
-        self.tenants[t.name] = replace(
+        self.tenants[t.name] = evolve(
             ctl,
             stack=stack,
             good=0,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 
 from fsm.diagnosis import Cause, Traffic
-from fsm.mig import GpuModel, model_by_name
+from fsm.mig import GpuModel, Profile, model_by_name
 from fsm.observation import InstanceRef, Observation
 from fsm.spec import HostSpec, Policy, TenantSpec
 from fsm.topology import NodeKind
@@ -355,19 +355,22 @@ def _new_steps(spec: HostSpec) -> dict[tuple[str, int], int]:
     return {}
 
 
+def resize_ladder(spec: HostSpec, model: GpuModel) -> tuple[Profile, ...]:
+    """The profiles a resize climbs on this GPU model, smallest first: the policy's `mig_ladder`
+    for the model, else its standard 1g -> 2g -> 3g -> 4g -> 7g."""
+    names = spec.policy.mig_ladder.get(model.key)
+    return tuple(model.profile(n) for n in names) if names else model.ladder()
+
+
 def step_up(spec: HostSpec, gpu: str, need: int) -> int:
     """Slices of the next profile above `need` on `gpu`'s resize ladder (0: none, or unknown)."""
     memo = spec.derived("placement.step-up", _new_steps)
     key = (gpu, need)
     up = memo.get(key)
     if up is None:
-        up = 0
         model = gpu_model(spec, gpu)
-        if model is not None:
-            names = spec.policy.mig_ladder.get(model.key)
-            ladder = [model.profile(n) for n in names] if names else model.ladder()
-            up = min((p.slices for p in ladder if p.slices > need), default=0)
-        memo[key] = up
+        ladder = resize_ladder(spec, model) if model is not None else ()
+        up = memo[key] = min((p.slices for p in ladder if p.slices > need), default=0)
     return up
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fsm.mig import GpuModel, Slot, is_valid, normalise, slot_key, slot_range
 from fsm.observation import InstanceRef, Observation
-from fsm.placement import gpu_model
+from fsm.placement import gpu_model, resize_ladder
 from fsm.spec import HostSpec
 
 
@@ -48,9 +48,7 @@ def plan_resize(
     if model is None or not model.has_profile(current.profile):
         return None
     cur_slices = model.profile(current.profile).slices
-    names = spec.policy.mig_ladder.get(model.key)
-    ladder = tuple(model.profile(n) for n in names) if names else model.ladder()
-    bigger = [p for p in ladder if p.slices > cur_slices]
+    bigger = [p for p in resize_ladder(spec, model) if p.slices > cur_slices]
     gpus = [current.gpu, *sorted(g for g in obs.gpus if g != current.gpu)]
     for prof in bigger:
         for gpu in gpus:

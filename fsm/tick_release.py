@@ -82,16 +82,11 @@ class ReleaseTick(GuardTick):
                 if why:
                     if self._lift_guard_below(t, evidence):
                         return  # the slice stays; caps beneath it go first (they cost others)
-                    msg = "keep the larger slice: the tail would come back on the smaller one"
-                    if ctl.last_reason != msg:
-                        self.emit(t.name, "hold", before, before, RESIZE, msg, why)
-                    self.tenants[t.name] = evolve(ctl, last_reason=msg, good=0, evidence=ctl.evidence.reset())
+                    self._keep_held(t, "keep the larger slice: the tail would come back on the smaller one", why)
                     return
             keep = self._keep_slice(t)
             if keep:
-                if ctl.last_reason != keep:
-                    self.emit(t.name, "hold", before, before, RESIZE, keep, {"last_bad_t": ctl.last_bad_t})
-                self.tenants[t.name] = evolve(ctl, last_reason=keep, good=0, evidence=ctl.evidence.reset())
+                self._keep_held(t, keep, {"last_bad_t": ctl.last_bad_t})
                 return
             if self.budget_left() <= 0:
                 msg = "release waits for the reconfiguration budget"
@@ -156,13 +151,23 @@ class ReleaseTick(GuardTick):
             self._spend(t.name, outage)
         self.emit(t.name, "release", before, after, step.lever, reason, evidence)
 
+    def _outage_hurts(self, t: TenantSpec, outage: float) -> bool:
+        """An outage pushes requests over the SLO (fsm.levercost: it is longer than the SLO); only a
+        warm hand-over whose gap fits inside the SLO is free. Without the cost check: never said
+        (the reference ladder steps back regardless)."""
+        return self.spec.policy.cost_margin is not None and t.slo_s is not None and outage > t.slo_s
+
     def _back_costs(self, t: TenantSpec) -> bool:
-        """Moving back home pushes requests over the SLO (fsm.levercost: its outage longer than the
-        SLO); only a warm hand-over whose gap fits inside the SLO goes back for free."""
-        if self.spec.policy.cost_margin is None or t.slo_s is None:
-            return False  # no cost check: the reference ladder moves back
-        outage, _ = self._move_outage(t, MoveKind.EXISTING)
-        return outage > t.slo_s
+        """Moving back home pushes requests over the SLO."""
+        return self._outage_hurts(t, self._move_outage(t, MoveKind.EXISTING)[0])
+
+    def _keep_held(self, t: TenantSpec, reason: str, evidence: dict[str, Any]) -> None:
+        """The larger slice stays: say why once per reason, and look again after Z more good windows."""
+        ctl = self.tenants[t.name]
+        if ctl.last_reason != reason:
+            level = level_of(ctl)
+            self.emit(t.name, "hold", level, level, RESIZE, reason, evidence)
+        self.tenants[t.name] = evolve(ctl, last_reason=reason, good=0, evidence=ctl.evidence.reset())
 
     def _keep_slice(self, t: TenantSpec) -> str:
         """Why a larger slice stays although the tail is good now ("": it may go). Giving it back
@@ -170,11 +175,9 @@ class ReleaseTick(GuardTick):
         again costs another: it goes only once the tail has been calm for a whole outage budget
         window (the span its SLO is judged over), and when the budget holds both outages."""
         policy = self.spec.policy
-        if policy.cost_margin is None or t.slo_s is None:
-            return ""  # no cost check: the reference ladder gives the slice back
         outage = min(self._move_outage(t, k)[0] for k in MoveKind)  # the cheapest way back
-        if outage <= t.slo_s:
-            return ""  # a warm hand-over whose gap fits inside the SLO: free
+        if not self._outage_hurts(t, outage):
+            return ""
         last = self.tenants[t.name].last_bad_t
         window = policy.outage_budget_window_s
         if last is not None and self.obs.t - last < window:

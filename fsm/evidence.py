@@ -48,7 +48,7 @@ from functools import lru_cache
 
 from fsm.histogram import tail_fraction
 from fsm.observation import LatencyWindow
-from fsm.quantiles import Verdict, judge
+from fsm.quantiles import Verdict, verdict_of
 from fsm.spec import Policy
 
 
@@ -192,18 +192,33 @@ def share_from_quantiles(window: LatencyWindow, slo_s: float) -> float | None:
     """A window's share of requests over the SLO, estimated from the quantiles it reports (p50,
     p99, p999): log-linear between the two that bracket the SLO; 0.5 below the median, and
     0.001 x the ratio above the p999 (a thin tail's bound)."""
-    pts = [(s, v) for s, v in ((_S50, window.p50), (_S99, window.p99), (_S999, window.p999)) if v is not None]
+    p50, p99, p999 = window.p50, window.p99, window.p999
+    if p50 is not None and p99 is not None and p999 is not None:
+        # The common case, the loop below unrolled (every tick, per tenant, for sources without counts).
+        if slo_s <= p50:
+            return _S50
+        if slo_s <= p99:
+            return _log_linear(_S50, p50, _S99, p99, slo_s)
+        if slo_s <= p999:
+            return _log_linear(_S99, p99, _S999, p999, slo_s)
+        return _S999 * min(1.0, p999 / slo_s)
+    pts = [(s, v) for s, v in ((_S50, p50), (_S99, p99), (_S999, p999)) if v is not None]
     if not pts:
         return None
     if slo_s <= pts[0][1]:
         return pts[0][0]
     for (sa, xa), (sb, xb) in itertools.pairwise(pts):
         if xa <= slo_s <= xb:
-            f = (slo_s - xa) / (xb - xa) if xb > xa else 1.0
-            la = _LN[sa]  # math.log(sa), once per share (the same number)
-            return math.exp(la + (_LN[sb] - la) * f)
+            return _log_linear(sa, xa, sb, xb, slo_s)
     s_last, x_last = pts[-1]
     return s_last * min(1.0, x_last / slo_s)
+
+
+def _log_linear(sa: float, xa: float, sb: float, xb: float, x: float) -> float:
+    """The share above x, log-linear between (xa, share sa) and (xb, share sb), xa <= x <= xb."""
+    f = (x - xa) / (xb - xa) if xb > xa else 1.0
+    la = _LN[sa]  # math.log(sa), once per share (the same number)
+    return math.exp(la + (_LN[sb] - la) * f)
 
 
 def update(
@@ -241,19 +256,19 @@ def update(
         legacy_empty = False
     else:
         # No counts: today's per-window rule (fsm.quantiles.judge) as the special case.
-        w = judge(window, q, slo_s, p.release_ratio, p.min_window_count)
-        legacy_empty = w.verdict is Verdict.EMPTY
+        wv = verdict_of(value, count, slo_s, p.release_ratio, p.min_window_count)  # judge()'s verdict
+        legacy_empty = wv is Verdict.EMPTY
         share = share_from_quantiles(window, slo_s) if window is not None else None
-        if w.verdict is Verdict.VIOLATING:
+        if wv is Verdict.VIOLATING:
             up, down = up + step_up, 0.0
-            up_bad, up_n = up_bad + max(eps, share or 0.0) * w.count, up_n + w.count
-        elif w.verdict is Verdict.GOOD:
+            up_bad, up_n = up_bad + max(eps, share or 0.0) * count, up_n + count
+        elif wv is Verdict.GOOD:
             up, down, up_bad, up_n = 0.0, down + step_down, 0.0, 0.0
-        elif w.verdict is Verdict.BETWEEN:
+        elif wv is Verdict.BETWEEN:
             up, down, up_bad, up_n = 0.0, 0.0, 0.0, 0.0
-        if w.verdict is not Verdict.EMPTY and window is not None:
-            n_recent += w.count
-            b_recent += (share or 0.0) * w.count
+        if wv is not Verdict.EMPTY and window is not None:
+            n_recent += count
+            b_recent += (share or 0.0) * count
         counted = False
     if up <= 0.0:
         up_since = None

@@ -9,6 +9,7 @@ victims sent to one instance, never a cap on a protected or sensitive tenant.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fsm.diagnosis import Cause, Diagnosis, diagnose
@@ -27,6 +28,7 @@ from fsm.tick_base import (
     HOUR_S,
     PLACE,
     RESIZE,
+    WindowFn,
     _dwell,
     level_of,
     level_rank,
@@ -274,8 +276,7 @@ class Tick(ReleaseTick):
         diag = diagnose(self.spec, self.obs, t, self.traffic)
         if diag.cause is not Cause.IO or not diag.aggressors:
             return
-        window = self._window(t, value, slo)
-        self._guard(t, diag, window)
+        self._guard(t, diag, partial(self._window, t, value, slo))
 
     def _escalate(self, t: TenantSpec, value: float | None, slo: float) -> None:
         policy = self.spec.policy
@@ -288,9 +289,12 @@ class Tick(ReleaseTick):
         done = {st.lever for st in ctl.stack}
         # I/O (or unknown) cause: the cheap guard first; compute or memory: skip to placement.
         first = [GUARD, PLACE, RESIZE] if diag.cause in (Cause.IO, Cause.UNKNOWN) else [PLACE, RESIZE]
-        order = [lv for lv in first if lv not in done and _LEVEL_OF[lv] > level_rank(level)]
+        rank = level_rank(level)
+        order = [lv for lv in first if lv not in done and _LEVEL_OF[lv] > rank]
         enabled = {GUARD: policy.guards or policy.mps, PLACE: policy.placement, RESIZE: policy.mig}
-        window = self._window(t, value, slo)
+        # The evidence is read only for an event (most escalations end in a hold that says what
+        # the last one said); no lever changes the tenant's record before its event is built.
+        window = partial(self._window, t, value, slo)
         why_not: dict[str, str] = {}
         for lever in order:
             if not enabled[lever]:
@@ -303,7 +307,6 @@ class Tick(ReleaseTick):
             if ok:
                 return
             why_not[lever] = reason
-        reason = "; ".join(f"{k}: {v}" for k, v in why_not.items()) or "no lever left"
         # Re-announce a hold only when its gist changes (not on every new penalty figure).
         gist = "; ".join(f"{k}: {v.split(' (')[0]}" for k, v in why_not.items()) or "no lever left"
         if gist != ctl.last_reason:
@@ -313,14 +316,14 @@ class Tick(ReleaseTick):
                 level,
                 level,
                 "",
-                reason,
-                {"window": window, "diagnosis": {"cause": diag.cause.value, **diag.evidence}},
+                "; ".join(f"{k}: {v}" for k, v in why_not.items()) or "no lever left",
+                {"window": window(), "diagnosis": {"cause": diag.cause.value, **diag.evidence}},
             )
         # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
         cur = self.tenants[t.name]
         self.tenants[t.name] = evolve(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
 
-    def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+    def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
         if lever == GUARD:
             return self._guard(t, diag, window)
         if lever == PLACE:

@@ -49,13 +49,19 @@ class WindowVerdict:
 
 
 def judge(window: LatencyWindow | None, q: float, slo_s: float, release_ratio: float, min_count: int) -> WindowVerdict:
-    if window is None or window.count < min_count:
+    if window is None or window.count < min_count or window.count <= 0:
         return WindowVerdict(Verdict.EMPTY, None, 0 if window is None else window.count)
     value = window.quantile(q)
-    if value is None:
-        return WindowVerdict(Verdict.EMPTY, None, window.count)
+    return WindowVerdict(verdict_of(value, window.count, slo_s, release_ratio, min_count), value, window.count)
+
+
+def verdict_of(value: float | None, count: int, slo_s: float, release_ratio: float, min_count: int) -> Verdict:
+    """judge()'s verdict on a window whose quantile is `value` (None: unknown) of `count` requests;
+    one without requests is empty whatever it reports."""
+    if count < min_count or count <= 0 or value is None:
+        return Verdict.EMPTY
     if value > slo_s:
-        return WindowVerdict(Verdict.VIOLATING, value, window.count)
+        return Verdict.VIOLATING
     if value < release_ratio * slo_s:
-        return WindowVerdict(Verdict.GOOD, value, window.count)
-    return WindowVerdict(Verdict.BETWEEN, value, window.count)
+        return Verdict.GOOD
+    return Verdict.BETWEEN

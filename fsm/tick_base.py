@@ -4,6 +4,7 @@ outage budget, a lever's cost, the victim's current instance. fsm.ladder builds 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ HOUR_S = 3600.0
 GUARD, PLACE, RESIZE = "guard", "place", "resize"
 _LEVEL_OF = {GUARD: 1, PLACE: 2, RESIZE: 3}  # rank of the level each lever leads to
 EPISODES_KEPT = 8  # episode lengths the cost model learns from
+WindowFn = Callable[[], dict[str, Any]]  # a lever's SLO evidence for its event, read only if one is emitted
 
 
 def level_of(ctl: TenantCtl) -> Level:

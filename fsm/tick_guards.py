@@ -3,17 +3,16 @@ or have cost the capped tenants their budget, relieved by a move; and the caps e
 
 from __future__ import annotations
 
-from typing import Any
-
 from fsm.desired import MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
 from fsm.evolve import evolve
 from fsm.guardbudget import binds
-from fsm.spec import Level, Role, TenantSpec
+from fsm.spec import HostSpec, Level, Role, TenantSpec
 from fsm.state import Step, TenantCtl
 from fsm.tick_base import (
     GUARD,
     PLACE,
+    WindowFn,
     _min,
     level_of,
 )
@@ -23,31 +22,32 @@ from fsm.tick_moves import MoveTick
 class GuardTick(MoveTick):
     __slots__ = ()
 
-    def _guard(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+    def _guard(self, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
         policy = self.spec.policy
         now = self.obs.t
         caps: list[Throttle] = []
         names: list[str] = []
-        if policy.guards:
-            for a in diag.aggressors:
-                spec_a = self.spec.tenants[a.tenant]
-                if not a.throttleable or spec_a.role in (Role.PROTECTED, Role.SENSITIVE):
-                    continue
-                if self.guard_budget_spent(a.tenant):
-                    continue  # its caps have cost it its share of throughput: other levers now
-                new = self._caps_for(spec_a, a, t.name, now)
-                if new:
-                    caps.extend(new)
-                    names.append(a.tenant)
+        spent: list[str] = []  # the aggressors whose caps have cost them their share of throughput
+        for a in diag.aggressors:
+            if self.guard_budget_spent(a.tenant):
+                spent.append(a.tenant)
+                continue  # other levers now
+            if not policy.guards:
+                continue
+            spec_a = self.spec.tenants[a.tenant]
+            if not a.throttleable or spec_a.role in (Role.PROTECTED, Role.SENSITIVE):
+                continue
+            new = self._caps_for(spec_a, a, t.name, now)
+            if new:
+                caps.extend(new)
+                names.append(a.tenant)
         mps: list[MpsLimit] = []
-        if policy.mps:
-            gpu = victim_anchor(self.spec, self.obs, t)
-            for o in self.spec.by_role(Role.COMPUTE):
-                if o.mps and o.gpu == gpu and gpu is not None:
-                    mps.append(MpsLimit(o.name, gpu, policy.mps_guard_percent, now + policy.throttle_expiry_s))
-                    names.append(o.name)
+        gpu = victim_anchor(self.spec, self.obs, t) if policy.mps else None
+        if gpu is not None:
+            for o in self.spec.derived("guards.mps-by-gpu", _mps_by_gpu).get(gpu, ()):
+                mps.append(MpsLimit(o.name, gpu, policy.mps_guard_percent, now + policy.throttle_expiry_s))
+                names.append(o.name)
         if not caps and not mps:
-            spent = [a.tenant for a in diag.aggressors if self.guard_budget_spent(a.tenant)]
             if spent:
                 return False, f"the throughput budget of {', '.join(spent)} is spent (guard_cost_share)"
             return False, "no throttleable aggressor on the victim's path"
@@ -66,7 +66,7 @@ class GuardTick(MoveTick):
             "escalate",
             f"{diag.cause.value} cause: cap {len(caps)} device(s) of {', '.join(sorted(set(names)))}",
             {
-                "window": window,
+                "window": window(),
                 "diagnosis": {"cause": diag.cause.value, **diag.evidence},
                 "caps": [
                     {"tenant": c.tenant, "device": c.device, "read_bps": c.read_bps, "write_bps": c.write_bps}
@@ -180,8 +180,7 @@ class GuardTick(MoveTick):
         ctl = self.tenants[t.name]
         devices = tuple(sorted({c.device for c in ctl.stack[-1].caps}))
         diag = diagnose(self.spec, self.obs, t, self.traffic)
-        window = {**self._window(t, value, slo), "relief": True}
-        ok, _ = self._place(t, diag, window, avoid=devices)
+        ok, _ = self._place(t, diag, lambda: {**self._window(t, value, slo), "relief": True}, avoid=devices)
         if not ok:
             # Nowhere quieter off the path: keep the guard; look again after another relief period.
             top = ctl.stack[-1]
@@ -223,3 +222,12 @@ class GuardTick(MoveTick):
             for first, r, w in (tight[k] for k in sorted(tight))
         )
         return caps, tuple(mps[k] for k in sorted(mps))
+
+
+def _mps_by_gpu(spec: HostSpec) -> dict[str, tuple[TenantSpec, ...]]:
+    """GPU -> the compute tenants an MPS limit can hold there, by name."""
+    out: dict[str, tuple[TenantSpec, ...]] = {}
+    for o in spec.by_role(Role.COMPUTE):
+        if o.mps and o.gpu is not None:
+            out[o.gpu] = (*out.get(o.gpu, ()), o)
+    return out

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fsm.diagnosis import Cause, Diagnosis
 from fsm.levercost import LeverCost
 from fsm.outage import MoveKind
@@ -11,7 +9,7 @@ from fsm.placement import occupied, rank_candidates
 from fsm.resize import plan_resize
 from fsm.spec import Level, TenantSpec
 from fsm.state import Pending, Step
-from fsm.tick_base import GUARD, PLACE, RESIZE, TickBase
+from fsm.tick_base import GUARD, PLACE, RESIZE, TickBase, WindowFn
 
 
 class MoveTick(TickBase):
@@ -28,9 +26,7 @@ class MoveTick(TickBase):
                 return False
         return True
 
-    def _place(
-        self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any], avoid: tuple[str, ...] = ()
-    ) -> tuple[bool, str]:
+    def _place(self, t: TenantSpec, diag: Diagnosis, window: WindowFn, avoid: tuple[str, ...] = ()) -> tuple[bool, str]:
         policy = self.spec.policy
         outage, source = self._move_outage(t, MoveKind.EXISTING)
         short = self._outage_short(t, outage)
@@ -80,7 +76,7 @@ class MoveTick(TickBase):
             f"{'relieve the guard: ' if avoid else ''}move to {best.instance}"
             f" (penalty {best.penalty:.3f} < {here.penalty:.3f})",
             {
-                "window": window,
+                "window": window(),
                 "diagnosis": {"cause": diag.cause.value, **diag.evidence},
                 "current": here.as_evidence(),
                 "candidates": [s.as_evidence() for s in ranked[:5]],
@@ -91,7 +87,7 @@ class MoveTick(TickBase):
         self._spend(t.name, outage)
         return True, ""
 
-    def _resize(self, t: TenantSpec, diag: Diagnosis, window: dict[str, Any]) -> tuple[bool, str]:
+    def _resize(self, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
         if self.budget_left() <= 0:
             return False, f"reconfiguration budget spent ({self.spec.policy.max_reconfigs_per_hour}/hour)"
         ts = self.obs.tenants.get(t.name)
@@ -139,7 +135,7 @@ class MoveTick(TickBase):
             "escalate",
             f"resize {current.profile} -> {plan.target.profile} on {plan.gpu}",
             {
-                "window": window,
+                "window": window(),
                 "diagnosis": {"cause": diag.cause.value, **diag.evidence},
                 "plan": plan.as_evidence(),
                 "reconfigs_last_hour": len(self.reconfigs),

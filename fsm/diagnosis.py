@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
-from fsm.observation import Observation
+from fsm.observation import Observation, TenantSample
 from fsm.spec import HostSpec, Role, TenantSpec
 from fsm.topology import Tier
 
@@ -81,10 +82,7 @@ def victim_anchor(spec: HostSpec, obs: Observation, victim: TenantSpec) -> str |
 
 
 def tenant_gpu(spec: HostSpec, obs: Observation, t: TenantSpec) -> str | None:
-    ts = obs.tenants.get(t.name)
-    if ts is not None and ts.instance is not None:
-        return ts.instance.gpu
-    return t.instance.gpu if t.instance is not None else t.gpu
+    return _gpu_of(obs.tenants.get(t.name), t)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,24 +90,15 @@ class Traffic:
     """Per-tick index of who moves bytes where: built once, read by diagnosis and placement."""
 
     items: dict[str, tuple[tuple[str, str, float], ...]]  # tenant -> (label, device, bytes/s)
+    by_device: dict[str, list[str]] = field(default_factory=dict)  # device -> tenants with traffic on it
     memo: dict[Any, Any] = field(default_factory=dict)  # per-tick results shared across victims
 
     @staticmethod
     def build(spec: HostSpec, obs: Observation) -> Traffic:
         tenants = obs.tenants
-        where: dict[str, str | None] = {}
-        for name, t in spec.tenants.items():  # tenant_gpu, inline: this runs for every tenant and tick
-            ts = tenants.get(name)
-            where[name] = (
-                ts.instance.gpu
-                if ts is not None and ts.instance is not None
-                else (t.instance.gpu if t.instance is not None else t.gpu)
-            )
-        per_gpu: dict[str, int] = {}
-        for g in where.values():
-            if g is not None:
-                per_gpu[g] = per_gpu.get(g, 0) + 1
+        per_gpu: dict[str, int] | None = None  # tenants per GPU, counted once a bulk tenant needs it
         items: dict[str, tuple[tuple[str, str, float], ...]] = {}
+        by_device: dict[str, list[str]] = {}
         for name, t in spec.derived("diagnosis.by-name", _by_name):
             ts = tenants.get(name)
             out: list[tuple[str, str, float]] = []
@@ -121,16 +110,41 @@ class Traffic:
                         out.append((dev, dev, bps))
             # Host<->device traffic (PCIe bytes are per GPU): the tenant's own figure when the
             # source attributes it, else its GPU's when a bulk tenant is alone on that GPU.
-            gpu = where[name]
             pcie = ts.pcie_bps if ts is not None else None
-            if pcie is None and gpu is not None and t.role is Role.BULK and per_gpu.get(gpu) == 1:
-                gs = obs.gpus.get(gpu)
-                pcie = gs.pcie_bps if gs is not None else None
-            if pcie and gpu is not None:
-                out.append((f"pcie:{gpu}", gpu, pcie))
+            if pcie or (pcie is None and t.role is Role.BULK):
+                gpu = _gpu_of(ts, t)
+                if pcie is None and gpu is not None:
+                    if per_gpu is None:
+                        per_gpu = _tenants_per_gpu(spec, obs)
+                    if per_gpu.get(gpu) == 1:
+                        gs = obs.gpus.get(gpu)
+                        pcie = gs.pcie_bps if gs is not None else None
+                if pcie and gpu is not None:
+                    out.append((f"pcie:{gpu}", gpu, pcie))
             if out:
                 items[name] = tuple(out)
-        return Traffic(items)
+                for _label, dev, _bps in out:
+                    names = by_device.setdefault(dev, [])
+                    if not names or names[-1] != name:
+                        names.append(name)
+        return Traffic(items, by_device)
+
+
+def _gpu_of(ts: TenantSample | None, t: TenantSpec) -> str | None:
+    """tenant_gpu() from the tenant's sample and spec."""
+    if ts is not None and ts.instance is not None:
+        return ts.instance.gpu
+    return t.instance.gpu if t.instance is not None else t.gpu
+
+
+def _tenants_per_gpu(spec: HostSpec, obs: Observation) -> dict[str, int]:
+    per_gpu: dict[str, int] = {}
+    tenants = obs.tenants
+    for name, t in spec.tenants.items():
+        g = _gpu_of(tenants.get(name), t)
+        if g is not None:
+            per_gpu[g] = per_gpu.get(g, 0) + 1
+    return per_gpu
 
 
 def _by_name(spec: HostSpec) -> tuple[tuple[str, TenantSpec], ...]:
@@ -213,6 +227,7 @@ def _aggressor(
 
 
 _CAPPABLE = (Role.BULK, Role.COMPUTE)
+_BPS = attrgetter("bps")
 
 
 def aggressors_for(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
@@ -230,37 +245,41 @@ def _aggressors_at(spec: HostSpec, anchor: str | None, victim: TenantSpec, traff
     # look at the tick's few devices, not at every tenant. The sort below is total (the tenant name
     # breaks ties), so the order in which the candidates are found does not matter.
     candidates: set[str] = set()
-    for dev, names in _by_device(traffic).items():
+    for dev, names in traffic.by_device.items():
         hit = table.get(dev)
         if hit is None:
             hit = _on_path(spec, table, anchor, dev, limit)
         if hit[0]:
             candidates.update(names)
     candidates.discard(victim.name)
-    out = []
+    keyed = []  # (sort key, aggressor): most bytes first, then closer, then by name (unique)
     for name in candidates:
         t = tenants.get(name)
         if t is None:
             continue
         a = _aggressor(spec, table, traffic.items[name], anchor, t, limit)
         if a is not None and a.bps >= floor:
-            out.append(a)
-    out.sort(key=lambda a: (-a.bps, a.tier if a.tier is not None else 9, a.tenant))
-    return out
+            keyed.append((-a.bps, a.tier if a.tier is not None else 9, name, a))
+    keyed.sort()
+    return [k[3] for k in keyed]
 
 
-def _by_device(traffic: Traffic) -> dict[str, list[str]]:
-    """device -> tenants with traffic on it, once per tick (Traffic.memo)."""
-    idx: dict[str, list[str]] | None = traffic.memo.get("by-device")
-    if idx is None:
-        idx = {}
-        for name, items in traffic.items.items():
-            for _label, dev, _bps in items:
-                names = idx.setdefault(dev, [])
-                if not names or names[-1] != name:
-                    names.append(name)
-        traffic.memo["by-device"] = idx
-    return idx
+def _link_bps(spec: HostSpec, anchor: str) -> float | None:
+    """The PCIe link speed of the anchor's device (None: not in the topology), memoised per spec."""
+    memo: dict[str, float | None] = spec.derived("diagnosis.link-bps", _new_link_memo)
+    try:
+        return memo[anchor]
+    except KeyError:
+        topo = spec.topology
+        link = topo.node(anchor).link_bps if topo.has(anchor) else None
+        if len(memo) >= _PATH_MEMO_MAX:  # anchors come from observations
+            memo.clear()
+        memo[anchor] = link
+        return link
+
+
+def _new_link_memo(spec: HostSpec) -> dict[str, float | None]:
+    return {}
 
 
 _TIER_NAME = {t: t.name.lower() for t in Tier}  # an enum's .name is a property: dear per event
@@ -273,14 +292,12 @@ def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traf
     # I/O pressure: the victim GPU's PCIe link busy, or the path busy with others' bytes.
     io_score = 0.0
     gpu = obs.gpus.get(anchor) if anchor else None
-    link = None
-    if anchor and spec.topology.has(anchor):
-        link = spec.topology.node(anchor).link_bps
+    link = _link_bps(spec, anchor) if anchor else None
     ratio = None
     if gpu is not None and gpu.pcie_bps is not None and link:
         ratio = gpu.pcie_bps / link
         io_score = max(io_score, ratio / policy.pcie_busy_ratio)
-    shared = sum(a.bps for a in aggressors)
+    shared = sum(map(_BPS, aggressors))
     if shared > 0:
         # A neighbour moving `high_bw_bps` on the victim's path is enough to stretch its transfers.
         io_score = max(io_score, shared / policy.high_bw_bps)

@@ -36,7 +36,9 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
         return dict(state.guard_cost)  # dry-run: no cap holds anybody
     for ctl in state.tenants.values():
         for step in ctl.stack:
-            binding.update(c.tenant for c in step.caps if c.tenant not in binding and binds(c, obs))
+            for c in step.caps:
+                if c.tenant not in binding and binds(c, obs):
+                    binding.add(c.tenant)
     running: set[str] = set()
     floor = p.io_aggressor_min_bps
     tenants = obs.tenants

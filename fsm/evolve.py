@@ -60,6 +60,24 @@ def _evolve(obj: Any, /, **changes: Any) -> Any:
     return new
 
 
+def assign_fresh(obj: Any, /, **changes: Any) -> None:
+    """Set fields of `obj` in place, through the same slot setters as evolve(). Only for an object
+    its caller made moments ago and nobody else holds yet (a decide() tick's own copy of a tenant's
+    record, fsm.ladder), where a second copy would be thrown away at once. Raises for a class
+    evolve() cannot copy field by field or a name that is not a field."""
+    cls = obj.__class__
+    plan = _PLANS.get(cls) or _PLANS.setdefault(cls, _plan(cls))
+    if plan is None:
+        raise TypeError(f"{cls.__name__}: not a plain frozen, slotted dataclass")
+    by_name = plan[2]
+    for name, value in changes.items():
+        try:
+            setter = by_name[name]
+        except KeyError:
+            raise TypeError(f"{cls.__name__} has no field {name!r}") from None
+        setter(obj, value)
+
+
 if TYPE_CHECKING:
     from dataclasses import replace as evolve  # mypy checks the field names and types as for replace()
 else:

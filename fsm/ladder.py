@@ -15,7 +15,7 @@ from typing import Any
 from fsm.diagnosis import Cause, Diagnosis, diagnose
 from fsm.evidence import evidence_params
 from fsm.evidence import update as update_evidence
-from fsm.evolve import evolve
+from fsm.evolve import assign_fresh, evolve
 from fsm.guardbudget import charge_guards
 from fsm.observation import Observation
 from fsm.quantiles import Verdict
@@ -104,6 +104,7 @@ class Tick(ReleaseTick):
             upd["recent"] = (*ctl.recent, w.value)[-policy.release_horizon_windows :]
         ctl = evolve(ctl, **upd)
         self.tenants[t.name] = ctl
+        self.fresh[t.name] = ctl  # this tick's own copy: the re-arm of a hold below may set it in place
         self._check_pending(t)
         ctl = self.tenants[t.name]
         if ctl.pending is not None:
@@ -321,7 +322,12 @@ class Tick(ReleaseTick):
             )
         # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
         cur = self.tenants[t.name]
-        self.tenants[t.name] = evolve(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
+        if self.fresh.get(t.name) is cur:
+            # The copy step() made this tick, held only here and by step(), which reads it no more: a
+            # hold ends its tenant's step, and a second copy of all its fields would be thrown away.
+            assign_fresh(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
+        else:
+            self.tenants[t.name] = evolve(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
 
     def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
         if lever == GUARD:

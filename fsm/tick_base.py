@@ -52,6 +52,7 @@ class TickBase:
     busy_gpus: set[str] = field(default_factory=set)
     evidence_params: EvidenceParams = field(default_factory=EvidenceParams)
     guard_cost: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    fresh: dict[str, TenantCtl] = field(default_factory=dict)  # tenant -> the record this tick copied for it
     _traffic: Traffic | None = None
 
     @property

@@ -53,14 +53,17 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
             running.add(t.name)
     out: dict[str, tuple[float, float, float]] = {}
     decays: dict[float, float] = {}  # the tenants last charged at the same time share their decay
-    for name in sorted(set(state.guard_cost) | binding | running):
-        held, ran, t0 = state.guard_cost.get(name, (0.0, 0.0, now))
-        dt = max(0.0, now - t0)
+    before = state.guard_cost
+    fresh = (0.0, 0.0, now)
+    for name in before.keys() | binding | running:  # in no order: decide() sorts the new state
+        held, ran, t0 = before.get(name, fresh)
+        dt = now - t0 if now > t0 else 0.0
         decay = decays.get(dt)
         if decay is None:
             decay = decays[dt] = math.exp(-dt / p.guard_budget_window_s)
-        held, ran = held * decay + (dt if name in binding else 0.0), ran * decay
-        ran += dt if (name in binding or name in running) else 0.0
-        if ran > 1e-3 or name in binding or name in running:
+        bound = name in binding
+        ran_now = bound or name in running
+        held, ran = held * decay + (dt if bound else 0.0), ran * decay + (dt if ran_now else 0.0)
+        if ran_now or ran > 1e-3:
             out[name] = (held, ran, now)
     return out

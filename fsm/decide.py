@@ -10,7 +10,7 @@ from fsm.desired import DecisionEvent, DesiredState
 from fsm.ladder import Tick
 from fsm.observation import Observation
 from fsm.sanitize import sanitize
-from fsm.spec import HostSpec, TenantSpec
+from fsm.spec import HostSpec, Role, TenantSpec
 from fsm.state import ControllerState
 
 
@@ -33,7 +33,7 @@ def decide(state: ControllerState, obs: Observation, spec: HostSpec) -> Decision
         return Decision(held, _desired(Tick.start(held, replace(obs, t=state.last_t), spec)), ())
     tick = Tick.start(state, obs, spec)
     # Most urgent first, so a shared resource (a free instance, the budget) goes to the worst tail.
-    order = sorted(spec.sensitive(), key=lambda t: (-_urgency(obs, t), t.name))
+    order = sorted(spec.by_role(Role.SENSITIVE), key=lambda t: (-_urgency(obs, t), t.name))
     for t in order:
         tick.step(t)
     new_state = ControllerState(

@@ -225,13 +225,19 @@ def update(
     ev: SloEvidence, window: LatencyWindow | None, q: float, slo_s: float, p: EvidenceParams, now: float
 ) -> tuple[SloEvidence, Judgement]:
     eps = 1.0 - q
-    dt = max(0.0, now - ev.t) if ev.t is not None else 0.0
+    dt = now - ev.t if ev.t is not None and now > ev.t else 0.0
     decay = math.exp(-dt / p.rate_tau_s) if dt > 0 else 1.0
     n_recent, b_recent = ev.n_recent * decay, ev.b_recent * decay
-    fit_decay = math.exp(-dt / p.fit_tau_s) if dt > 0 else 1.0
-    fit_lo, fit_hi = ev.fit_lo * fit_decay, ev.fit_hi * fit_decay
+    fit_lo, fit_hi = ev.fit_lo, ev.fit_hi
+    if dt > 0 and (fit_lo or fit_hi):  # no tail fitted yet (sources without buckets): nothing decays
+        fit_decay = math.exp(-dt / p.fit_tau_s)
+        fit_lo, fit_hi = fit_lo * fit_decay, fit_hi * fit_decay
     count = window.count if window is not None else 0
-    bad = over_slo(window, slo_s) if window is not None and count > 0 else None
+    bad = (
+        over_slo(window, slo_s)
+        if window is not None and count > 0 and (window.over_slo is not None or window.samples)
+        else None
+    )
     value = window.quantile(q) if window is not None and count > 0 else None
     up, down, up_bad, up_n = ev.up, ev.down, ev.up_bad, ev.up_n
     h, release_h, step_up, step_down = p._h, p._release_h, p._step_up, p._step_down

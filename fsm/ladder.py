@@ -19,7 +19,7 @@ from fsm.evolve import assign_fresh, evolve
 from fsm.guardbudget import charge_guards
 from fsm.observation import Observation
 from fsm.quantiles import Verdict
-from fsm.spec import HostSpec, Level, TenantSpec
+from fsm.spec import HostSpec, Level, Role, TenantSpec
 from fsm.state import ControllerState, Pending, Step, TenantCtl
 from fsm.tick_base import (
     _LEVEL_OF,
@@ -45,7 +45,7 @@ class Tick(ReleaseTick):
         tick = Tick(
             spec=spec,
             obs=obs,
-            tenants={t.name: state.tenant(t.name) for t in spec.sensitive()},
+            tenants={t.name: state.tenant(t.name) for t in spec.by_role(Role.SENSITIVE)},
             layouts=dict(state.layouts),
             reconfigs=[r for r in state.reconfigs if r > now - HOUR_S],
             seq=state.seq,

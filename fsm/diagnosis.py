@@ -47,17 +47,23 @@ class Diagnosis:
 
     @property
     def evidence(self) -> dict[str, Any]:
-        """What an event shows of the diagnosis. Built on demand: most diagnoses lead to no event
-        (a hold that says what the last one said), and this dict was a tenth of a diagnosis."""
+        """What an event shows of the diagnosis, its cause aside."""
+        ev = self.as_event()
+        del ev["cause"]
+        return ev
+
+    def as_event(self) -> dict[str, Any]:
+        """What an event shows of the diagnosis: its cause, then the evidence. Built on demand: most
+        diagnoses lead to no event (a hold that says what the last one said), and this dict was a
+        tenth of a diagnosis."""
+        ev: dict[str, Any] = {"cause": _CAUSE_VALUE[self.cause]}
         if self.facts is None:
-            return {}
+            return ev
         ratio, shared, io_pressure, sm, dram, cpu_pressure, io_score, compute_score, memory_score = self.facts
-        ev: dict[str, Any] = {
-            "aggressors": [
-                {"tenant": a.tenant, "bps": round(a.bps), "tier": None if a.tier is None else _TIER_NAME[a.tier]}
-                for a in self.aggressors[:8]
-            ]
-        }
+        ev["aggressors"] = [
+            {"tenant": a.tenant, "bps": round(a.bps), "tier": None if a.tier is None else _TIER_NAME[a.tier]}
+            for a in self.aggressors[:8]
+        ]
         if ratio is not None:
             ev["victim_pcie_ratio"] = round(ratio, 3)
         ev["shared_path_bps"] = round(shared)
@@ -282,6 +288,7 @@ def _new_link_memo(spec: HostSpec) -> dict[str, float | None]:
     return {}
 
 
+_CAUSE_VALUE = {c: c.value for c in Cause}  # an enum's .value runs Python code: dear in a cold event path
 _TIER_NAME = {t: t.name.lower() for t in Tier}  # an enum's .name is a property: dear per event
 
 

@@ -318,7 +318,7 @@ class Tick(ReleaseTick):
                 level,
                 "",
                 "; ".join(f"{k}: {v}" for k, v in why_not.items()) or "no lever left",
-                {"window": window(), "diagnosis": {"cause": diag.cause.value, **diag.evidence}},
+                {"window": window(), "diagnosis": diag.as_event()},
             )
         # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
         cur = self.tenants[t.name]

@@ -27,6 +27,9 @@ EPISODES_KEPT = 8  # episode lengths the cost model learns from
 WindowFn = Callable[[], dict[str, Any]]  # a lever's SLO evidence for its event, read only if one is emitted
 
 
+_LEVEL_VALUE = {lv: lv.value for lv in Level}  # Level.value runs enum's Python code; events are rare, so cold
+
+
 def level_of(ctl: TenantCtl) -> Level:
     return ctl.level
 
@@ -68,16 +71,16 @@ class TickBase:
         self.seq += 1
         self.events.append(
             DecisionEvent(
-                seq=self.seq,
-                t=self.obs.t,
-                tenant=tenant,
-                kind=kind,
-                level_from=before.value,
-                level_to=after.value,
-                lever=lever,
-                reason=reason,
-                evidence=evidence,
-                applied=self.spec.policy.enforce,
+                self.seq,
+                self.obs.t,
+                tenant,
+                kind,
+                _LEVEL_VALUE[before],
+                _LEVEL_VALUE[after],
+                lever,
+                reason,
+                evidence,
+                self.spec.policy.enforce,
             )
         )
 

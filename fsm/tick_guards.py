@@ -67,7 +67,7 @@ class GuardTick(MoveTick):
             f"{diag.cause.value} cause: cap {len(caps)} device(s) of {', '.join(sorted(set(names)))}",
             {
                 "window": window(),
-                "diagnosis": {"cause": diag.cause.value, **diag.evidence},
+                "diagnosis": diag.as_event(),
                 "caps": [
                     {"tenant": c.tenant, "device": c.device, "read_bps": c.read_bps, "write_bps": c.write_bps}
                     for c in caps

@@ -77,7 +77,7 @@ class MoveTick(TickBase):
             f" (penalty {best.penalty:.3f} < {here.penalty:.3f})",
             {
                 "window": window(),
-                "diagnosis": {"cause": diag.cause.value, **diag.evidence},
+                "diagnosis": diag.as_event(),
                 "current": here.as_evidence(),
                 "candidates": [s.as_evidence() for s in ranked[:5]],
                 "outage_s": outage,
@@ -136,7 +136,7 @@ class MoveTick(TickBase):
             f"resize {current.profile} -> {plan.target.profile} on {plan.gpu}",
             {
                 "window": window(),
-                "diagnosis": {"cause": diag.cause.value, **diag.evidence},
+                "diagnosis": diag.as_event(),
                 "plan": plan.as_evidence(),
                 "reconfigs_last_hour": len(self.reconfigs),
                 "outage_s": outage,

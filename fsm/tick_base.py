@@ -90,13 +90,8 @@ class TickBase:
     def _window(self, t: TenantSpec, value: float | None, slo: float) -> dict[str, Any]:
         """The SLO evidence an escalation shows (fsm.evidence)."""
         ctl = self.tenants[t.name]
-        return {
-            "value_s": value,
-            "slo_s": slo,
-            "quantile": t.quantile,
-            "bad_ticks": ctl.bad,
-            **as_evidence(ctl.evidence, t.quantile, self.evidence_params),
-        }
+        window = {"value_s": value, "slo_s": slo, "quantile": t.quantile, "bad_ticks": ctl.bad}
+        return as_evidence(ctl.evidence, t.quantile, self.evidence_params, window)
 
     def _acted(
         self, t: TenantSpec, step: Step, pending: Pending | None, kind: str, reason: str, evidence: dict[str, Any]

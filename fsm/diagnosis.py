@@ -45,13 +45,6 @@ class Diagnosis:
     aggressors: tuple[Aggressor, ...] = ()
     facts: Facts | None = None
 
-    @property
-    def evidence(self) -> dict[str, Any]:
-        """What an event shows of the diagnosis, its cause aside."""
-        ev = self.as_event()
-        del ev["cause"]
-        return ev
-
     def as_event(self) -> dict[str, Any]:
         """What an event shows of the diagnosis: its cause, then the evidence. Built on demand: most
         diagnoses lead to no event (a hold that says what the last one said), and this dict was a
@@ -79,12 +72,7 @@ class Diagnosis:
 
 def victim_anchor(spec: HostSpec, obs: Observation, victim: TenantSpec) -> str | None:
     """The device whose PCIe path the victim's transfers use: its GPU (actual, else home)."""
-    ts = obs.tenants.get(victim.name)
-    if ts is not None and ts.instance is not None:
-        return ts.instance.gpu
-    if victim.instance is not None:
-        return victim.instance.gpu
-    return victim.gpu
+    return _gpu_of(obs.tenants.get(victim.name), victim)
 
 
 def tenant_gpu(spec: HostSpec, obs: Observation, t: TenantSpec) -> str | None:
@@ -137,7 +125,8 @@ class Traffic:
 
 
 def _gpu_of(ts: TenantSample | None, t: TenantSpec) -> str | None:
-    """tenant_gpu() from the tenant's sample and spec."""
+    """The tenant's GPU from its sample and spec: where it runs, else its home instance's, else its
+    configured GPU (tenant_gpu, victim_anchor)."""
     if ts is not None and ts.instance is not None:
         return ts.instance.gpu
     return t.instance.gpu if t.instance is not None else t.gpu

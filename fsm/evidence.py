@@ -71,7 +71,6 @@ class EvidenceParams:
     _release_h: float = field(init=False, repr=False, compare=False)
     _step_up: float = field(init=False, repr=False, compare=False)
     _step_down: float = field(init=False, repr=False, compare=False)
-    _h_shown: float = field(init=False, repr=False, compare=False)  # h as events show it
 
     def __post_init__(self) -> None:
         h, release_h = math.log(1.0 / self.alpha), math.log(1.0 / self.release_alpha)
@@ -79,7 +78,6 @@ class EvidenceParams:
         object.__setattr__(self, "_release_h", release_h)
         object.__setattr__(self, "_step_up", h / max(1, self.min_ticks))
         object.__setattr__(self, "_step_down", release_h / max(1, self.min_release_ticks))
-        object.__setattr__(self, "_h_shown", round(h, 2))
 
     @property
     def h(self) -> float:
@@ -296,18 +294,15 @@ def update(
 
 
 def as_evidence(ev: SloEvidence, q: float, p: EvidenceParams, into: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What an event shows of the evidence (rounded for people), added to `into` if given. Events
-    are rare, so this runs cold: burn_rate() and rate() are spelled out here, and the threshold's
-    figure is the policy's own (EvidenceParams)."""
+    """What an event shows of the evidence (rounded for people), added to `into` if given (an event's
+    window: no second dict to merge)."""
     out: dict[str, Any] = {} if into is None else into
-    eps = 1.0 - q
-    n = ev.n_recent
-    burn = (ev.b_recent / n) / eps if n >= 1.0 and eps > 0 else None  # ev.burn_rate(eps)
+    burn = ev.burn_rate(1.0 - q)
     out["evidence_nats"] = round(ev.up, 2)
-    out["threshold_nats"] = p._h_shown
+    out["threshold_nats"] = round(p.h, 2)
     out["calm_nats"] = round(ev.down, 2)
     out["bad_requests"] = round(ev.up_bad, 1)
-    out["rate_rps"] = round(n / p.rate_tau_s, 3)  # ev.rate(p)
+    out["rate_rps"] = round(ev.rate(p), 3)
     out["burn_rate"] = round(burn, 2) if burn is not None else None
     return out
 

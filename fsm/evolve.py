@@ -44,12 +44,18 @@ def _plan(cls: type) -> _Plan | None:
     return get_all, tuple(setters.values()), setters
 
 
-def _evolve(obj: Any, /, **changes: Any) -> Any:
-    cls = obj.__class__
+def _plan_of(cls: type) -> _Plan | None:
+    """_plan(cls), made once per class."""
     try:
-        plan = _PLANS[cls]
+        return _PLANS[cls]
     except KeyError:
         plan = _PLANS[cls] = _plan(cls)
+        return plan
+
+
+def _evolve(obj: Any, /, **changes: Any) -> Any:
+    cls = obj.__class__
+    plan = _plan_of(cls)
     if plan is None or not plan[2].keys() >= changes.keys():
         return dataclasses.replace(obj, **changes)
     get_all, setters, by_name = plan
@@ -66,7 +72,7 @@ def assign_fresh(obj: Any, /, **changes: Any) -> None:
     record, fsm.ladder), where a second copy would be thrown away at once. Raises for a class
     evolve() cannot copy field by field or a name that is not a field."""
     cls = obj.__class__
-    plan = _PLANS.get(cls) or _PLANS.setdefault(cls, _plan(cls))
+    plan = _plan_of(cls)
     if plan is None:
         raise TypeError(f"{cls.__name__}: not a plain frozen, slotted dataclass")
     by_name = plan[2]

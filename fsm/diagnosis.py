@@ -12,6 +12,7 @@ from enum import StrEnum
 from operator import attrgetter
 from typing import Any
 
+from fsm.evolve import field_setters
 from fsm.observation import Observation, TenantSample
 from fsm.spec import HostSpec, Role, TenantSpec
 from fsm.topology import Tier
@@ -136,7 +137,11 @@ def _tenants_per_gpu(spec: HostSpec, obs: Observation) -> dict[str, int]:
     per_gpu: dict[str, int] = {}
     tenants = obs.tenants
     for name, t in spec.tenants.items():
-        g = _gpu_of(tenants.get(name), t)
+        ts = tenants.get(name)  # _gpu_of(ts, t), inline: once per tenant of the host
+        if ts is not None and ts.instance is not None:
+            g: str | None = ts.instance.gpu
+        else:
+            g = t.instance.gpu if t.instance is not None else t.gpu
         if g is not None:
             per_gpu[g] = per_gpu.get(g, 0) + 1
     return per_gpu
@@ -218,7 +223,21 @@ def _aggressor(
             total += bps
     if total <= 0:
         return None
-    return Aggressor(t.name, total, closest, tuple(devices), t.role in _CAPPABLE and t.cgroup is not None)
+    # Aggressor(...) through its slots' own setters: __init__ of a frozen dataclass goes through
+    # object.__setattr__, twice as dear, and one is built per victim and aggressor on every
+    # escalation (the same value: tests/test_fsm_fastpaths.py compares with the plain rule's).
+    a: Aggressor = _new(Aggressor)
+    s_tenant, s_bps, s_tier, s_devices, s_throttleable = _AGGRESSOR_SET
+    s_tenant(a, t.name)
+    s_bps(a, total)
+    s_tier(a, closest)
+    s_devices(a, tuple(devices))
+    s_throttleable(a, t.role in _CAPPABLE and t.cgroup is not None)
+    return a
+
+
+_AGGRESSOR_SET = field_setters(Aggressor)
+_new = object.__new__
 
 
 _CAPPABLE = (Role.BULK, Role.COMPUTE)

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from fsm.evolve import field_setters
 from fsm.histogram import tail_fraction
 from fsm.observation import LatencyWindow
 from fsm.quantiles import Verdict, verdict_of
@@ -71,6 +72,7 @@ class EvidenceParams:
     _release_h: float = field(init=False, repr=False, compare=False)
     _step_up: float = field(init=False, repr=False, compare=False)
     _step_down: float = field(init=False, repr=False, compare=False)
+    _h_shown: float = field(init=False, repr=False, compare=False)  # h as events show it
 
     def __post_init__(self) -> None:
         h, release_h = math.log(1.0 / self.alpha), math.log(1.0 / self.release_alpha)
@@ -78,6 +80,7 @@ class EvidenceParams:
         object.__setattr__(self, "_release_h", release_h)
         object.__setattr__(self, "_step_up", h / max(1, self.min_ticks))
         object.__setattr__(self, "_step_down", release_h / max(1, self.min_release_ticks))
+        object.__setattr__(self, "_h_shown", round(h, 2))
 
     @property
     def h(self) -> float:
@@ -125,7 +128,7 @@ class SloEvidence:
 # SloEvidence(...) with every field in order, built through its slots' own setters: a frozen
 # dataclass's __init__ goes through object.__setattr__ field by field, 2.5 times as dear, and one is
 # built for every sensitive tenant on every tick. Same class, same value (tests/test_fsm_fastpaths.py).
-_EVIDENCE_SET = tuple(getattr(SloEvidence, n).__set__ for n in SloEvidence.__slots__)
+_EVIDENCE_SET = field_setters(SloEvidence)
 _new = object.__new__
 
 
@@ -164,6 +167,20 @@ class Judgement:
     value: float | None  # the window's quantile (s), for operators and the resize release check
     count: int  # requests in the window
     bad: float | None  # requests over the SLO in the window (None: the source cannot tell)
+
+
+_JUDGEMENT_SET = field_setters(Judgement)
+
+
+def _judgement(verdict: Verdict, value: float | None, count: int, bad: float | None) -> Judgement:
+    """Judgement(verdict, value, count, bad), as _evidence builds SloEvidence (one per tenant and tick)."""
+    j: Judgement = _new(Judgement)
+    s_verdict, s_value, s_count, s_bad = _JUDGEMENT_SET
+    s_verdict(j, verdict)
+    s_value(j, value)
+    s_count(j, count)
+    s_bad(j, bad)
+    return j
 
 
 # A pure function of two policy figures, asked for twice per sensitive tenant and tick: memoised
@@ -290,21 +307,30 @@ def update(
         verdict = Verdict.EMPTY
     else:
         verdict = Verdict.BETWEEN
-    return new, Judgement(verdict, value, count, bad)
+    return new, _judgement(verdict, value, count, bad)
 
 
-def as_evidence(ev: SloEvidence, q: float, p: EvidenceParams, into: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What an event shows of the evidence (rounded for people), added to `into` if given (an event's
-    window: no second dict to merge)."""
-    out: dict[str, Any] = {} if into is None else into
-    burn = ev.burn_rate(1.0 - q)
-    out["evidence_nats"] = round(ev.up, 2)
-    out["threshold_nats"] = round(p.h, 2)
-    out["calm_nats"] = round(ev.down, 2)
-    out["bad_requests"] = round(ev.up_bad, 1)
-    out["rate_rps"] = round(ev.rate(p), 3)
-    out["burn_rate"] = round(burn, 2) if burn is not None else None
-    return out
+def window_evidence(
+    ev: SloEvidence, q: float, p: EvidenceParams, value: float | None, slo_s: float, bad_ticks: int
+) -> dict[str, Any]:
+    """What an escalation's event shows of its window and the evidence (rounded for people). One
+    dict display, with rate() and burn_rate() spelled out: it runs on the rare event tick, cold,
+    where every call and store shows in decide()'s p99 (issue 10's budget)."""
+    n = ev.n_recent
+    eps = 1.0 - q
+    burn = ev.b_recent / n / eps if n >= 1.0 and eps > 0 else None  # ev.burn_rate(eps)
+    return {
+        "value_s": value,
+        "slo_s": slo_s,
+        "quantile": q,
+        "bad_ticks": bad_ticks,
+        "evidence_nats": round(ev.up, 2),
+        "threshold_nats": p._h_shown,
+        "calm_nats": round(ev.down, 2),
+        "bad_requests": round(ev.up_bad, 1),
+        "rate_rps": round(n / p.rate_tau_s, 3),  # ev.rate(p)
+        "burn_rate": round(burn, 2) if burn is not None else None,
+    }
 
 
 _PARAMS: dict[int, tuple[Policy, EvidenceParams]] = {}  # id(policy) -> (policy, its parameters)

@@ -10,7 +10,7 @@ from typing import Any
 
 from fsm.desired import DecisionEvent
 from fsm.diagnosis import Cause, Traffic
-from fsm.evidence import EvidenceParams, as_evidence
+from fsm.evidence import EvidenceParams, window_evidence
 from fsm.evolve import evolve
 from fsm.levercost import LeverCost, estimate
 from fsm.mig import Slot
@@ -90,8 +90,7 @@ class TickBase:
     def _window(self, t: TenantSpec, value: float | None, slo: float) -> dict[str, Any]:
         """The SLO evidence an escalation shows (fsm.evidence)."""
         ctl = self.tenants[t.name]
-        window = {"value_s": value, "slo_s": slo, "quantile": t.quantile, "bad_ticks": ctl.bad}
-        return as_evidence(ctl.evidence, t.quantile, self.evidence_params, window)
+        return window_evidence(ctl.evidence, t.quantile, self.evidence_params, value, slo, ctl.bad)
 
     def _acted(
         self, t: TenantSpec, step: Step, pending: Pending | None, kind: str, reason: str, evidence: dict[str, Any]

@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsm.diagnosis import Aggressor, Cause, Traffic, aggressors_for, victim_anchor
-from fsm.evidence import EvidenceParams, SloEvidence, _evidence
+from fsm.evidence import EvidenceParams, Judgement, SloEvidence, _evidence, _judgement
+from fsm.evolve import field_setters
 from fsm.examples import example_spec, p4d_like_topology
 from fsm.observation import GpuSample, InstanceRef, IoRate, Observation, TenantSample
+from fsm.quantiles import Verdict
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import Tier
 
@@ -95,6 +97,26 @@ def test_evidence_built_through_its_slots_is_the_dataclass() -> None:
     assert fast.reset() == dataclasses.replace(fast, up=0.0, down=0.0, up_bad=0.0, up_n=0.0, up_since=None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.up = 1.0  # type: ignore[misc]
+
+
+def test_judgement_and_aggressor_built_through_their_slots_are_the_dataclasses() -> None:
+    for fast, plain in (
+        (_judgement(Verdict.VIOLATING, 0.25, 40, 3.5), Judgement(Verdict.VIOLATING, 0.25, 40, 3.5)),
+        (_judgement(Verdict.EMPTY, None, 0, None), Judgement(Verdict.EMPTY, None, 0, None)),
+    ):
+        assert type(fast) is Judgement and fast == plain and repr(fast) == repr(plain) and hash(fast) == hash(plain)
+    spec = example_spec()
+    obs = Observation(1.0, {"etl": TenantSample(io={"nvme0n1": IoRate(3e9, 1e9)})})
+    traffic = Traffic.build(spec, obs)
+    victim = spec.tenants["llm"]
+    got = aggressors_for(spec, obs, victim, traffic)
+    assert got and got == reference_aggressors(spec, obs, victim, traffic)
+    for a in got:
+        plain_a = Aggressor(a.tenant, a.bps, a.tier, a.devices, a.throttleable)
+        assert type(a) is Aggressor and repr(a) == repr(plain_a) and hash(a) == hash(plain_a)
+        assert pickle.loads(pickle.dumps(a)) == plain_a
+    with pytest.raises(TypeError, match="not a plain frozen"):
+        field_setters(EvidenceParams)  # a __post_init__: only its __init__ builds it right
 
 
 def test_evidence_params_derive_their_thresholds() -> None:

@@ -42,21 +42,20 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
     running: set[str] = set()
     floor = p.io_aggressor_min_bps
     tenants = obs.tenants
-    for t in spec.by_role(Role.BULK, Role.COMPUTE):
-        ts = tenants.get(t.name)
-        if ts is None or not ts.io:
+    for name in spec.derived("guardbudget.cappable", _cappable_names):
+        ts = tenants.get(name)
+        io = ts.io if ts is not None else None
+        if not io:
             continue
-        total: float = 0  # sum(r.total_bps for r in ts.io.values()), the same additions without a generator
-        for r in ts.io.values():
+        total = 0.0  # sum(r.total_bps for r in io.values()), the same additions without a generator
+        for r in io.values():
             total += (r.read_bps or 0.0) + (r.write_bps or 0.0)
         if total >= floor:
-            running.add(t.name)
+            running.add(name)
     out: dict[str, tuple[float, float, float]] = {}
     decays: dict[float, float] = {}  # the tenants last charged at the same time share their decay
     before = state.guard_cost
-    fresh = (0.0, 0.0, now)
-    for name in before.keys() | binding | running:  # in no order: decide() sorts the new state
-        held, ran, t0 = before.get(name, fresh)
+    for name, (held, ran, t0) in before.items():  # in no order: decide() sorts the new state
         dt = now - t0 if now > t0 else 0.0
         decay = decays.get(dt)
         if decay is None:
@@ -66,4 +65,11 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
         held, ran = held * decay + (dt if bound else 0.0), ran * decay + (dt if ran_now else 0.0)
         if ran_now or ran > 1e-3:
             out[name] = (held, ran, now)
+    fresh = (0.0, 0.0, now)  # first charged now: nothing held or run yet
+    for name in (binding | running) - before.keys():
+        out[name] = fresh
     return out
+
+
+def _cappable_names(spec: HostSpec) -> tuple[str, ...]:
+    return tuple(t.name for t in spec.by_role(Role.BULK, Role.COMPUTE))

@@ -285,6 +285,12 @@ def slot_range(model: GpuModel, slot: Slot) -> range:
 slot_key = attrgetter("start", "profile")
 
 
+def same_layout(a: Sequence[Slot], b: Sequence[Slot]) -> bool:
+    """tuple(a) == tuple(b) for two layouts: compared by the slots' fields in C, where Slot's own
+    __eq__ runs Python for every slot (every managed GPU is compared on every tick)."""
+    return len(a) == len(b) and list(map(slot_key, a)) == list(map(slot_key, b))
+
+
 def layout_problems(model: GpuModel, layout: Iterable[Slot]) -> list[str]:
     """Every reason this layout is not valid on the model (empty when it is)."""
     problems: list[str] = []

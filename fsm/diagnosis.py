@@ -94,10 +94,13 @@ class Traffic:
         per_gpu: dict[str, int] | None = None  # tenants per GPU, counted once a bulk tenant needs it
         items: dict[str, tuple[tuple[str, str, float], ...]] = {}
         by_device: dict[str, list[str]] = {}
-        for name, t in spec.derived("diagnosis.by-name", _by_name):
+        for name, t, bulk in spec.derived("diagnosis.traffic-plan", _traffic_plan):
             ts = tenants.get(name)
-            out: list[tuple[str, str, float]] = []
             io = ts.io if ts is not None else None
+            pcie = ts.pcie_bps if ts is not None else None
+            if not io and not pcie and not (bulk and pcie is None):
+                continue  # nothing of it to attribute (a sensitive tenant, most ticks)
+            out: list[tuple[str, str, float]] = []
             if io:
                 for dev, rate in sorted(io.items()) if len(io) > 1 else io.items():
                     bps = (rate.read_bps or 0.0) + (rate.write_bps or 0.0)  # IoRate.total_bps, inline
@@ -105,8 +108,7 @@ class Traffic:
                         out.append((dev, dev, bps))
             # Host<->device traffic (PCIe bytes are per GPU): the tenant's own figure when the
             # source attributes it, else its GPU's when a bulk tenant is alone on that GPU.
-            pcie = ts.pcie_bps if ts is not None else None
-            if pcie or (pcie is None and t.role is Role.BULK):
+            if pcie or (pcie is None and bulk):
                 gpu = _gpu_of(ts, t)
                 if pcie is None and gpu is not None:
                     if per_gpu is None:
@@ -123,6 +125,11 @@ class Traffic:
                     if not names or names[-1] != name:
                         names.append(name)
         return Traffic(items, by_device)
+
+
+def _traffic_plan(spec: HostSpec) -> tuple[tuple[str, TenantSpec, bool], ...]:
+    """(name, spec, is a bulk tenant) of every tenant, by name: what Traffic.build walks."""
+    return tuple((name, t, t.role is Role.BULK) for name, t in sorted(spec.tenants.items()))
 
 
 def _gpu_of(ts: TenantSample | None, t: TenantSpec) -> str | None:
@@ -145,10 +152,6 @@ def _tenants_per_gpu(spec: HostSpec, obs: Observation) -> dict[str, int]:
         if g is not None:
             per_gpu[g] = per_gpu.get(g, 0) + 1
     return per_gpu
-
-
-def _by_name(spec: HostSpec) -> tuple[tuple[str, TenantSpec], ...]:
-    return tuple(sorted(spec.tenants.items()))
 
 
 _PATH_MEMO_MAX = 10_000  # anchors and devices come from observations: keep the memo bounded

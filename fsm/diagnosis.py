@@ -55,8 +55,7 @@ class Diagnosis:
             return ev
         ratio, shared, io_pressure, sm, dram, cpu_pressure, io_score, compute_score, memory_score = self.facts
         ev["aggressors"] = [
-            {"tenant": a.tenant, "bps": round(a.bps), "tier": None if a.tier is None else _TIER_NAME[a.tier]}
-            for a in self.aggressors[:8]
+            {"tenant": a.tenant, "bps": round(a.bps), "tier": _TIER_NAME[a.tier]} for a in self.aggressors[:8]
         ]
         if ratio is not None:
             ev["victim_pcie_ratio"] = round(ratio, 3)
@@ -300,7 +299,7 @@ def _new_link_memo(spec: HostSpec) -> dict[str, float | None]:
 
 
 _CAUSE_VALUE = {c: c.value for c in Cause}  # an enum's .value runs Python code: dear in a cold event path
-_TIER_NAME = {t: t.name.lower() for t in Tier}  # an enum's .name is a property: dear per event
+_TIER_NAME: dict[Tier | None, str | None] = {None: None, **{t: t.name.lower() for t in Tier}}  # .name: a property
 
 
 def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic | None = None) -> Diagnosis:

@@ -143,11 +143,7 @@ def _tenants_per_gpu(spec: HostSpec, obs: Observation) -> dict[str, int]:
     per_gpu: dict[str, int] = {}
     tenants = obs.tenants
     for name, t in spec.tenants.items():
-        ts = tenants.get(name)  # _gpu_of(ts, t), inline: once per tenant of the host
-        if ts is not None and ts.instance is not None:
-            g: str | None = ts.instance.gpu
-        else:
-            g = t.instance.gpu if t.instance is not None else t.gpu
+        g = _gpu_of(tenants.get(name), t)
         if g is not None:
             per_gpu[g] = per_gpu.get(g, 0) + 1
     return per_gpu

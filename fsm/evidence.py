@@ -72,7 +72,6 @@ class EvidenceParams:
     _release_h: float = field(init=False, repr=False, compare=False)
     _step_up: float = field(init=False, repr=False, compare=False)
     _step_down: float = field(init=False, repr=False, compare=False)
-    _h_shown: float = field(init=False, repr=False, compare=False)  # h as events show it
 
     def __post_init__(self) -> None:
         h, release_h = math.log(1.0 / self.alpha), math.log(1.0 / self.release_alpha)
@@ -80,7 +79,6 @@ class EvidenceParams:
         object.__setattr__(self, "_release_h", release_h)
         object.__setattr__(self, "_step_up", h / max(1, self.min_ticks))
         object.__setattr__(self, "_step_down", release_h / max(1, self.min_release_ticks))
-        object.__setattr__(self, "_h_shown", round(h, 2))
 
     @property
     def h(self) -> float:
@@ -313,22 +311,19 @@ def update(
 def window_evidence(
     ev: SloEvidence, q: float, p: EvidenceParams, value: float | None, slo_s: float, bad_ticks: int
 ) -> dict[str, Any]:
-    """What an escalation's event shows of its window and the evidence (rounded for people). One
-    dict display, with rate() and burn_rate() spelled out: it runs on the rare event tick, cold,
-    where every call and store shows in decide()'s p99 (issue 10's budget)."""
-    n = ev.n_recent
-    eps = 1.0 - q
-    burn = ev.b_recent / n / eps if n >= 1.0 and eps > 0 else None  # ev.burn_rate(eps)
+    """What an escalation's event shows of its window and the evidence (rounded for people), in one
+    dict display (it runs on the rare event tick, cold, which sets decide()'s p99)."""
+    burn = ev.burn_rate(1.0 - q)
     return {
         "value_s": value,
         "slo_s": slo_s,
         "quantile": q,
         "bad_ticks": bad_ticks,
         "evidence_nats": round(ev.up, 2),
-        "threshold_nats": p._h_shown,
+        "threshold_nats": round(p.h, 2),
         "calm_nats": round(ev.down, 2),
         "bad_requests": round(ev.up_bad, 1),
-        "rate_rps": round(n / p.rate_tau_s, 3),  # ev.rate(p)
+        "rate_rps": round(ev.rate(p), 3),
         "burn_rate": round(burn, 2) if burn is not None else None,
     }
 

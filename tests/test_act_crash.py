@@ -128,6 +128,15 @@ def _journal_lines(journal: str) -> int:
     return n
 
 
+def _running(tool: Path) -> list[int]:
+    """Processes still running the emulated tool (recovery must be the only actor on the GPUs)."""
+    out = []
+    for q in psutil.process_iter(["pid", "cmdline", "status"]):
+        if str(tool) in (q.info["cmdline"] or []) and q.info["status"] != psutil.STATUS_ZOMBIE:
+            out.append(q.info["pid"])
+    return out
+
+
 def kill_at(k: int, rnd: random.Random, cfg: dict[str, Any]) -> None:
     """Where the k-th kill lands: every third right between a -cgi's GPU instance and its compute
     instance (seen in the emulator's state), every third after a random number of journal records
@@ -164,12 +173,18 @@ def test_sigkill_at_random_points_then_recover(tmp_path: Path) -> None:
             line = p.stdout.readline()
             assert line.strip() == "ready", (line, p.stderr.read() if p.stderr else "")
             kill_at(k, rnd, cfg)
-            tools = psutil.Process(p.pid).children(recursive=True)  # nvidia-smi runs in its own session
+            # Freeze the worker before listing its tools: one it spawned between the listing and the
+            # kill would survive (nvidia-smi runs in its own session) and finish a -cci under recovery.
+            # systemd's KillMode=control-group has no such gap: it kills the whole cgroup.
+            os.killpg(p.pid, signal.SIGSTOP)
+            tools = psutil.Process(p.pid).children(recursive=True)
             os.killpg(p.pid, signal.SIGKILL)
             for t in tools:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     t.kill()
+            psutil.wait_procs(tools, timeout=10)
             p.wait(10)
+            assert not _running(h.nvsmi), f"kill {k}: an nvidia-smi outlived its daemon"
             res = check(cfg, gdir)
             assert not res["bad"], f"kill {k}: {res['bad']}"
             s = res["summary"]

@@ -298,12 +298,16 @@ class Tick(ReleaseTick):
         # the last one said); no lever changes the tenant's record before its event is built.
         window = partial(self._window, t, value, slo)
         why_not: dict[str, str] = {}
+        judging = self._guard_judging(t)
         for lever in order:
             if not enabled[lever]:
                 why_not[lever] = "disabled by policy"
                 continue
             if lever in ctl.failed_levers:
                 why_not[lever] = "failed in this episode"
+                continue
+            if judging and lever != GUARD:
+                why_not[lever] = judging
                 continue
             ok, reason = self._try(lever, t, diag, window)
             if ok:

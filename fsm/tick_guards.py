@@ -119,6 +119,22 @@ class GuardTick(MoveTick):
         now = ctl.evidence.bad_share()
         return now is not None and now >= (1.0 - self.spec.policy.guard_min_cut) * top.bad_share
 
+    def _guard_judging(self, t: TenantSpec) -> str:
+        """Why an outage lever waits ("" when it need not): the guard on top is still being judged.
+        Whether capping the path cuts the tail says whether the path holds it, which is what a move
+        promises to escape; and caps that cut it make the outage needless. So the cheap lever's
+        verdict (_guard_useless, after 2 x rate_tau_s) comes before the dear ones."""
+        if not self.spec.policy.enforce:
+            return ""  # dry-run: nothing was capped, nothing to wait for
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1] if ctl.stack else None
+        if top is None or top.lever != GUARD or top.bad_share is None:
+            return ""
+        age, judged = self.obs.t - top.t, 2 * self.spec.policy.rate_tau_s
+        if age >= judged:
+            return ""
+        return f"the caps on {', '.join(top.aggressors)} are still being judged ({age:.0f} of {judged:.0f} s)"
+
     def _lift_useless_guard(self, t: TenantSpec) -> None:
         ctl = self.tenants[t.name]
         top = ctl.stack[-1]

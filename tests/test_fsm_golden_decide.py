@@ -1,21 +1,24 @@
 """decide() pinned bit for bit: digests of every tick's decision (new state, desired state, events)
 over fixed observation streams, so that a speed-up of the decision core cannot change a decision.
 
-The digests in tests/data/decide-golden.json are computed with main's own code, without issue 10's
+The digests in tests/data/decide-golden.json were computed with main's own code, without issue 10's
 decide() speed-up (branch core-perf): first at 8e79f0a, then again before each merge of main
 (48aa2d0: burn 2, margin 1, a 4 h outage budget window, the settle after a move; ec6c009: the rent
-of recurring episodes). A change that alters any decision, on purpose (a new policy) or not, changes a digest. When
-the change is intended, regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py
---update` and say why in the commit message.
+of recurring episodes), and the speed-up left every digest as it was. Since (2026-12-02: no move
+or resize while a guard is being judged; the closed streams' phases lengthened from 50 to 150
+ticks so that moves and resizes still happen in them) they are main's. A change that alters any
+decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
+regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in
+the commit message.
 
 The streams (self-contained here, so that editing bench/ or fsm/examples.py moves nothing):
 - `open-16x7`: bench_decide's 16 GPU x 7 MIG instance host (32 tenants, 8 sensitive), calm and
   interference phases of 50 ticks, nothing the controller does changes what it sees (the figure
   bench/bench_decide.py and bench/bench_ab_decide.py time);
-- `closed-16x7`: the same host in a closed loop (caps cut the aggressors' bytes, moves and resizes
-  happen as asked, a victim away from the aggressors' switch or on a bigger slice recovers), with
-  the outage, cost and guard budgets off so that placement ranking and the resize planner are taken,
-  not just considered;
+- `closed-16x7`: the same host in a closed loop, calm and interference phases of 150 ticks (caps
+  cut the aggressors' bytes, moves and resizes happen as asked, a victim away from the aggressors'
+  switch or on a bigger slice recovers), with the outage, cost and guard budgets off so that
+  placement ranking and the resize planner are taken, not just considered;
 - `closed-16x7-counts`: the closed loop with default policy and request counts (exact counts for
   some victims, histogram-interpolated ranges for others, a 1-request-per-tick victim), a few bad
   readings (NaN, negative, infinite) for sanitize to count, and failed and in-flight operations.
@@ -84,7 +87,10 @@ class Plant:
         self.ops = 0
 
     def observe(self, i: int) -> Observation:
-        burst = (i // 50) % 2 == 1
+        # Open: phases of 50 ticks (bench_decide's). Closed: 150 (300 s), longer than a guard's
+        # verdict (2 x rate_tau_s), so that the moves and resizes after it are taken too.
+        phase = 150 if self.closed else 50
+        burst = (i // phase) % 2 == 1
         t = 1000.0 + 2.0 * i
         tenants = {}
         agg_bps: dict[str, float] = {}
@@ -92,7 +98,8 @@ class Plant:
             if ts.role is Role.SENSITIVE:
                 continue
             dev = ts.devices[0]
-            loud = burst and (not self.closed or dev in LOUD[(i // 100) % 2])  # the interference moves between switches
+            # the interference moves between switches
+            loud = burst and (not self.closed or dev in LOUD[(i // (2 * phase)) % 2])
             bps = 2.5e9 if loud else 1e8
             cap = self.caps.get((name, dev)) if self.closed else None
             if cap is not None:

@@ -86,12 +86,19 @@ def _guarded(spec):
     return state
 
 
+def _judged(spec):
+    """A guard put on at t=-116 whose verdict is in by t=40 (2 x rate_tau_s later): it cut the share
+    of requests over the SLO by four fifths (p99 30 -> 20 ms) without bringing the tail inside the
+    SLO, so the next lever may come at t=40 (until the verdict the dear levers wait, see
+    test_no_move_while_the_guard_is_being_judged)."""
+    state, _ = run(spec, ControllerState(), stream(-120, 3, 0.030))
+    assert state.tenant("llm").level is Level.GUARDED
+    return state
+
+
 def test_guarded_to_placed_after_cooldown_when_still_violating():
     spec = example_spec(MECHANICS)
-    state = _guarded(spec)
-    # still violating, but inside the cooldown (30 s): no action
-    state, ds = run(spec, state, stream(6, 10, 0.020))
-    assert not events(ds, "escalate")
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     (e,) = events(ds, "escalate")
     assert (e.level_from, e.level_to, e.lever) == ("guarded", "placed", "place")
@@ -101,9 +108,34 @@ def test_guarded_to_placed_after_cooldown_when_still_violating():
     assert state.tenant("llm").pending is not None
 
 
+def test_no_move_while_the_guard_is_being_judged():
+    """After a guard, nothing during the cooldown; then, while the tail still violates, no move or
+    resize until the guard's verdict (2 x rate_tau_s): caps that cut the tail make the outage
+    needless, caps that do not say the path is not what a move would escape."""
+    spec = example_spec(MECHANICS)
+    state, _ = run(spec, ControllerState(), stream(0, 3, 0.030))  # guard at t=4
+    state, ds = run(spec, state, stream(6, 10, 0.020))  # inside the cooldown (30 s)
+    assert not events(ds)
+    state, ds = run(spec, state, stream(40, 40, 0.020))  # 40..118: still being judged
+    assert not events(ds, "escalate")
+    holds = events(ds, "hold")
+    assert holds and "the caps on etl are still being judged" in holds[0].reason
+    # the verdict is in at t=124: the caps cut the share over the SLO by four fifths, not enough
+    state, ds = run(spec, state, stream(120, 6, 0.020))
+    (e,) = events(ds, "escalate")
+    assert e.t >= 4 + 2 * spec.policy.rate_tau_s
+    assert (e.level_from, e.level_to, e.lever) == ("guarded", "placed", "place")
+    # caps that do not cut the tail are lifted at the verdict instead, and the move's efficacy is
+    # that of an unknown cause (the lesson of the guard)
+    state, _ = run(spec, ControllerState(), stream(0, 3, 0.020))
+    state, ds = run(spec, state, stream(40, 45, 0.020))
+    assert [(e.kind, e.lever) for e in events(ds) if e.kind != "hold"] == [("release", "guard")]
+    assert "did not cut the tail" in events(ds, "release")[0].reason
+
+
 def test_pending_move_blocks_actions_until_it_completes():
     spec = example_spec(MECHANICS)
-    state = _guarded(spec)
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]
     # in flight: nothing more happens even with bad windows, the move is re-asserted
@@ -118,7 +150,7 @@ def test_pending_move_blocks_actions_until_it_completes():
 
 def test_failed_move_backs_off_and_tries_the_next_lever():
     spec = example_spec(MECHANICS)
-    state = _guarded(spec)
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     bad = [
         replace(o, actuation=ActuationStatus(outcomes=(Outcome("tenant:llm", False, "readiness deadline", 50),)))
@@ -140,14 +172,14 @@ def test_failed_move_backs_off_and_tries_the_next_lever():
 
 def test_operation_that_never_reports_times_out():
     spec = example_spec(Policy(in_flight_timeout_s=20, cost_margin=None))
-    state = _guarded(spec)
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     state, ds = run(spec, state, stream(46, 12, 0.012))
     assert [e.kind for e in events(ds)] == ["timeout"]
 
 
 def _placed_then_resized(spec):
-    state = _guarded(spec)
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]
     state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
@@ -199,7 +231,7 @@ def test_release_steps_back_in_reverse_order_after_z_good_windows_and_dwell():
 
 def test_reconfiguration_budget_is_never_exceeded():
     spec = example_spec(Policy(max_reconfigs_per_hour=0, cost_margin=None))
-    state, _ = run(spec, ControllerState(), stream(0, 3, 0.020))
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]
     state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
@@ -298,7 +330,7 @@ def test_state_round_trips_through_json():
 def test_configured_mig_ladder_is_climbed():
     ladder = {"A100-SXM4-40GB": ("2g.10gb", "7g.40gb")}
     spec = example_spec(Policy(mig_ladder=ladder, outage_budget_share=None, cost_margin=None))
-    state = _guarded(spec)
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]
     state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
@@ -382,7 +414,7 @@ def test_outage_budget_stops_a_resize_right_after_a_move():
     10 s) would not fit, so it holds."""
     spec = example_spec(Policy(cost_margin=None, outage_budget_window_s=3600))
     spec = replace(spec, tenants={**spec.tenants, "llm": replace(spec.tenants["llm"], relaunch_s=10.0)})
-    state = _guarded(spec)
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     (e,) = events(ds, "escalate")
     assert e.lever == "place" and e.evidence["outage_s"] == 10.0
@@ -405,7 +437,7 @@ def test_a_resize_in_place_is_charged_the_reconfiguration_plus_the_relaunch():
     spec = example_spec(Policy(mig_ladder=ladder, outage_budget_share=None, cost_margin=None))
     t = spec.tenants["llm"]
     assert t.outage_s(MoveKind.IN_PLACE) == 23.0 and t.outage_s(MoveKind.BESIDE) == 5.0
-    state = _guarded(spec)
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]
     state, _ = run(spec, state, stream(50, 1, 0.020, llm_at=target))
@@ -442,7 +474,7 @@ def test_after_a_move_its_own_backlog_is_not_evidence():
     """The requests held by the move's outage finish late after it: for the outage again (at least
     a cooldown) the tenant's windows count neither way, and then the evidence starts afresh."""
     spec = example_spec(MECHANICS)
-    state = _guarded(spec)
+    state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]
     outage = spec.tenants["llm"].move_outage_s

@@ -287,10 +287,13 @@ class Tick(ReleaseTick):
             return
         ctl = self.tenants[t.name]
         level = level_of(ctl)
-        diag = diagnose(self.spec, self.obs, t, self.traffic)
+        # While the guard on top is judged, every lever left waits (the guard is on the stack, so
+        # the order below does not hang on the cause): no diagnosis unless a hold event shows it.
+        judging = self._guard_judging(t)
+        diag = None if judging else diagnose(self.spec, self.obs, t, self.traffic)
         done = {st.lever for st in ctl.stack}
         # I/O (or unknown) cause: the cheap guard first; compute or memory: skip to placement.
-        first = [GUARD, PLACE, RESIZE] if diag.cause in (Cause.IO, Cause.UNKNOWN) else [PLACE, RESIZE]
+        first = [GUARD, PLACE, RESIZE] if diag is None or diag.cause in (Cause.IO, Cause.UNKNOWN) else [PLACE, RESIZE]
         rank = level_rank(level)
         order = [lv for lv in first if lv not in done and _LEVEL_OF[lv] > rank]
         enabled = {GUARD: policy.guards or policy.mps, PLACE: policy.placement, RESIZE: policy.mig}
@@ -298,7 +301,6 @@ class Tick(ReleaseTick):
         # the last one said); no lever changes the tenant's record before its event is built.
         window = partial(self._window, t, value, slo)
         why_not: dict[str, str] = {}
-        judging = self._guard_judging(t)
         for lever in order:
             if not enabled[lever]:
                 why_not[lever] = "disabled by policy"
@@ -306,9 +308,10 @@ class Tick(ReleaseTick):
             if lever in ctl.failed_levers:
                 why_not[lever] = "failed in this episode"
                 continue
-            if judging and lever != GUARD:
+            if judging:
                 why_not[lever] = judging
                 continue
+            assert diag is not None
             ok, reason = self._try(lever, t, diag, window)
             if ok:
                 return
@@ -323,7 +326,7 @@ class Tick(ReleaseTick):
                 level,
                 "",
                 "; ".join(f"{k}: {v}" for k, v in why_not.items()) or "no lever left",
-                {"window": window(), "diagnosis": diag.as_event()},
+                {"window": window(), "diagnosis": (diag or diagnose(self.spec, self.obs, t, self.traffic)).as_event()},
             )
         # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
         cur = self.tenants[t.name]

@@ -39,6 +39,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fsm.evolve import field_setters
+
 MAX_RHO = 0.9
 
 
@@ -89,6 +91,74 @@ def outage_cost(rate_rps: float, outage_s: float, slo_s: float, rho: float) -> f
     return rate_rps * max(0.0, outage_s - slo_s) / (1.0 - r)
 
 
+@dataclass(frozen=True, slots=True)
+class Rent:
+    """What any lever of one tenant is priced against on one tick (estimate() without the lever):
+    the rate, utilisation, bad share, expected episode and rent, and the benefit before efficacy."""
+
+    rate_rps: float
+    rho: float
+    bad_share: float
+    budget_share: float
+    remaining_s: float
+    rent: float
+    elapsed_s: float
+    gain: float  # requests a full cure keeps under the SLO: the benefit at efficacy 1
+
+
+def rent_of(
+    *,
+    rate_rps: float,
+    rho: float | None,
+    bad_share: float | None,
+    budget_share: float,
+    episodes: Sequence[float],
+    prior_s: float,
+    elapsed_s: float = 0.0,
+    episode_requests: float = 0.0,
+    episode_bad: float = 0.0,
+    window_rent: float = 0.0,
+) -> Rent:
+    # Unknown utilisation: assume a server half busy (the cost doubles the plain outage).
+    r = 0.5 if rho is None else min(max(rho, 0.0), MAX_RHO)
+    if budget_share > 0 and episode_requests * budget_share >= 1.0:
+        share = episode_bad / episode_requests
+    else:
+        share = bad_share if bad_share is not None else 0.0
+    remaining = expected_remaining(episodes, prior_s)
+    episode_rent = episode_bad - budget_share * episode_requests
+    rent = max(0.0, episode_rent, window_rent)
+    gain = max(rent, rate_rps * max(0.0, share - budget_share) * remaining)
+    return Rent(rate_rps, r, share, budget_share, remaining, rent, elapsed_s, gain)
+
+
+def price(rent: Rent, lever: str, outage_s: float, outage_source: str, slo_s: float, efficacy: float) -> LeverCost:
+    """One lever's cost and benefit against the tick's rent."""
+    # LeverCost(...) through its slots' setters: a frozen dataclass's __init__ sets 13 fields
+    # through object.__setattr__, and every lever a hold considers is priced (the same value).
+    c: LeverCost = _new(LeverCost)
+    (s_lever, s_outage, s_source, s_rate, s_rho, s_cost, s_share, s_budget, s_remaining, s_rent, s_elapsed,
+     s_efficacy, s_benefit) = _COST_SET  # fmt: skip
+    s_lever(c, lever)
+    s_outage(c, outage_s)
+    s_source(c, outage_source)
+    s_rate(c, rent.rate_rps)
+    s_rho(c, rent.rho)
+    s_cost(c, outage_cost(rent.rate_rps, outage_s, slo_s, rent.rho))
+    s_share(c, rent.bad_share)
+    s_budget(c, rent.budget_share)
+    s_remaining(c, rent.remaining_s)
+    s_rent(c, rent.rent)
+    s_elapsed(c, rent.elapsed_s)
+    s_efficacy(c, efficacy)
+    s_benefit(c, rent.gain * efficacy)
+    return c
+
+
+_COST_SET = field_setters(LeverCost)
+_new = object.__new__
+
+
 def estimate(
     lever: str,
     *,
@@ -107,28 +177,16 @@ def estimate(
     episode_bad: float = 0.0,
     window_rent: float = 0.0,
 ) -> LeverCost:
-    # Unknown utilisation: assume a server half busy (the cost doubles the plain outage).
-    r = 0.5 if rho is None else min(max(rho, 0.0), MAX_RHO)
-    if budget_share > 0 and episode_requests * budget_share >= 1.0:
-        share = episode_bad / episode_requests
-    else:
-        share = bad_share if bad_share is not None else 0.0
-    remaining = expected_remaining(episodes, prior_s)
-    episode_rent = episode_bad - budget_share * episode_requests
-    rent = max(0.0, episode_rent, window_rent)
-    benefit = max(rent, rate_rps * max(0.0, share - budget_share) * remaining) * efficacy
-    return LeverCost(
-        lever=lever,
-        outage_s=outage_s,
-        outage_source=outage_source,
+    rent = rent_of(
         rate_rps=rate_rps,
-        rho=r,
-        cost=outage_cost(rate_rps, outage_s, slo_s, r),
-        bad_share=share,
+        rho=rho,
+        bad_share=bad_share,
         budget_share=budget_share,
-        remaining_s=remaining,
-        rent=rent,
+        episodes=episodes,
+        prior_s=prior_s,
         elapsed_s=elapsed_s,
-        efficacy=efficacy,
-        benefit=benefit,
+        episode_requests=episode_requests,
+        episode_bad=episode_bad,
+        window_rent=window_rent,
     )
+    return price(rent, lever, outage_s, outage_source, slo_s, efficacy)

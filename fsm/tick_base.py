@@ -12,7 +12,7 @@ from fsm.desired import DecisionEvent
 from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, window_evidence
 from fsm.evolve import evolve, field_setters
-from fsm.levercost import LeverCost, estimate
+from fsm.levercost import LeverCost, Rent, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
@@ -58,6 +58,7 @@ class TickBase:
     evidence_params: EvidenceParams = field(default_factory=EvidenceParams)
     guard_cost: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     fresh: dict[str, TenantCtl] = field(default_factory=dict)  # tenant -> the record this tick copied for it
+    rents: dict[str, Rent] = field(default_factory=dict)  # tenant -> what its levers are priced against
     _traffic: Traffic | None = None
 
     @property
@@ -152,25 +153,24 @@ class TickBase:
         policy = self.spec.policy
         if policy.cost_margin is None or t.slo_s is None:
             return None, ""
-        ctl = self.tenants[t.name]
-        p = self.evidence_params
-        c = estimate(
-            lever,
-            outage_s=outage,
-            outage_source=source,
-            rate_rps=ctl.evidence.rate(p),
-            rho=self._sm_now(t),  # the victim's server utilisation: its instance's SM activity
-            slo_s=t.slo_s,
-            bad_share=ctl.evidence.bad_share(),
-            budget_share=1.0 - t.quantile,
-            episodes=ctl.episodes,
-            prior_s=policy.episode_prior_s,
-            efficacy=efficacy,
-            elapsed_s=self.obs.t - ctl.episode_start if ctl.episode_start is not None else 0.0,
-            episode_requests=ctl.episode_n,
-            episode_bad=ctl.episode_bad,
-            window_rent=self._overspent(ctl, 0.0),
-        )
+        # The rent is the same for every lever the tenant's escalation prices on this tick (a hold
+        # prices them all): computed once. Nothing it reads changes before the tenant acts.
+        rent = self.rents.get(t.name)
+        if rent is None:
+            ctl = self.tenants[t.name]
+            rent = self.rents[t.name] = rent_of(
+                rate_rps=ctl.evidence.rate(self.evidence_params),
+                rho=self._sm_now(t),  # the victim's server utilisation: its instance's SM activity
+                bad_share=ctl.evidence.bad_share(),
+                budget_share=1.0 - t.quantile,
+                episodes=ctl.episodes,
+                prior_s=policy.episode_prior_s,
+                elapsed_s=self.obs.t - ctl.episode_start if ctl.episode_start is not None else 0.0,
+                episode_requests=ctl.episode_n,
+                episode_bad=ctl.episode_bad,
+                window_rent=self._overspent(ctl, 0.0),
+            )
+        c = price(rent, lever, outage, source, t.slo_s, efficacy)
         if c.pays(policy.cost_margin):
             return c, ""
         return c, (

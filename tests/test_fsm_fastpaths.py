@@ -119,6 +119,19 @@ def test_judgement_and_aggressor_built_through_their_slots_are_the_dataclasses()
         field_setters(EvidenceParams)  # a __post_init__: only its __init__ builds it right
 
 
+def test_a_lever_priced_through_its_slots_is_the_dataclass() -> None:
+    """price() builds LeverCost through its slots' setters: the value the plain rule builds."""
+    from fsm.levercost import LeverCost, outage_cost, price, rent_of
+
+    rent = rent_of(rate_rps=2.5, rho=0.3, bad_share=0.04, budget_share=0.01, episodes=(300.0, 500.0), prior_s=300.0,
+                   elapsed_s=100.0, episode_requests=500.0, episode_bad=20.0, window_rent=3.0)  # fmt: skip
+    fast = price(rent, "resize", 60.0, "configured", 0.2, 0.25)
+    plain = LeverCost("resize", 60.0, "configured", 2.5, 0.3, outage_cost(2.5, 60.0, 0.2, 0.3), rent.bad_share,
+                      0.01, rent.remaining_s, rent.rent, 100.0, 0.25, rent.gain * 0.25)  # fmt: skip
+    assert type(fast) is LeverCost and fast == plain and repr(fast) == repr(plain) and hash(fast) == hash(plain)
+    assert pickle.loads(pickle.dumps(fast)) == plain and fast.as_evidence() == plain.as_evidence()
+
+
 def test_evidence_params_derive_their_thresholds() -> None:
     import math
 

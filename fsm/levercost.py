@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fsm.evolve import field_setters
 
@@ -160,33 +161,7 @@ _new = object.__new__
 
 
 def estimate(
-    lever: str,
-    *,
-    outage_s: float,
-    outage_source: str,
-    rate_rps: float,
-    rho: float | None,
-    slo_s: float,
-    bad_share: float | None,
-    budget_share: float,
-    episodes: Sequence[float],
-    prior_s: float,
-    efficacy: float,
-    elapsed_s: float = 0.0,
-    episode_requests: float = 0.0,
-    episode_bad: float = 0.0,
-    window_rent: float = 0.0,
+    lever: str, *, outage_s: float, outage_source: str, slo_s: float, efficacy: float, **rent: Any
 ) -> LeverCost:
-    rent = rent_of(
-        rate_rps=rate_rps,
-        rho=rho,
-        bad_share=bad_share,
-        budget_share=budget_share,
-        episodes=episodes,
-        prior_s=prior_s,
-        elapsed_s=elapsed_s,
-        episode_requests=episode_requests,
-        episode_bad=episode_bad,
-        window_rent=window_rent,
-    )
-    return price(rent, lever, outage_s, outage_source, slo_s, efficacy)
+    """One lever priced on its own: price(rent_of(**rent), ...)."""
+    return price(rent_of(**rent), lever, outage_s, outage_source, slo_s, efficacy)

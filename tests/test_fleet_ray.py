@@ -4,6 +4,7 @@ worker killed mid-run is retried and the result stays identical."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -83,25 +84,49 @@ def test_fleet_shadow_on_ray_gives_the_local_results(local_ray: None, tmp_path: 
     assert _without_where(ray_doc) == _without_where(loc)
 
 
+def _job_workers() -> list[psutil.Process]:
+    """Ray workers named after the task they run: `ray::_job`."""
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].startswith("ray::_job"):
+            out.append(p)
+    return out
+
+
+def _wait_for(pred: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.faults
 def test_a_killed_worker_is_retried_and_the_result_is_identical(local_ray: None) -> None:
-    work = (str(SCENARIOS / "paper-p4d.toml"), 0, "full", 7200.0, 7, False)
+    # 24 simulated hours: about 4 s of work, so the kill 0.3 s after the worker is seen lands mid-run
+    # (2 h took 0.35 s, and half the kills found the task done and killed an idle worker).
+    work = (str(SCENARIOS / "paper-p4d.toml"), 0, "full", 86400.0, 7, False)
     expected = _job(work)  # in this process
+    # Ray names a worker's process after the task it runs ("ray::_job") and back to "ray::IDLE"
+    # after it; the earlier tests' workers can still carry the old name for a moment, and killing
+    # one of those would test nothing (it was seen to happen: the task ran on, unretried).
+    assert _wait_for(lambda: not _job_workers(), 30.0), f"workers still named after a task: {_job_workers()}"
     ex = RayExecutor(None, 2)  # joins the module's Ray
     fut = ex.submit(_job, work)
     killed: list[psutil.Process] = []
 
     def kill_the_worker() -> None:
-        # Ray names a worker's process after the task it runs ("ray::_job"); ours is the only one.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not fut.done():
-            for p in psutil.process_iter(["pid", "cmdline"]):
-                cmd = p.info["cmdline"] or []
-                if cmd and cmd[0].startswith("ray::_job"):
-                    time.sleep(0.3)  # mid-run, not at its first line
-                    os.kill(p.info["pid"], signal.SIGKILL)
-                    killed.append(p)
-                    return
+            for p in _job_workers():  # ours is the only one now
+                time.sleep(0.3)  # mid-run, not at its first line
+                with contextlib.suppress(psutil.Error):
+                    if p.cmdline()[0].startswith("ray::_job"):  # still at it: the kill interrupts the task
+                        os.kill(p.pid, signal.SIGKILL)
+                        killed.append(p)
+                        return
             time.sleep(0.05)
 
     t = threading.Thread(target=kill_the_worker)
@@ -109,8 +134,10 @@ def test_a_killed_worker_is_retried_and_the_result_is_identical(local_ray: None)
     got = fut.result(timeout=240)
     t.join()
     assert killed, "never saw the task's worker process"
-    # Gone, or a zombie. is_running() compares the creation time: with pid_max 32768 and a test run
-    # that starts thousands of processes, the PID can be another process's by now.
+    # Gone (a process killed while it tears down a large address space still shows as running for
+    # a moment, so wait for it), or a zombie. is_running() compares the creation time: with pid_max
+    # 32768 and a test run that starts thousands of processes, the PID can be another's by now.
+    psutil.wait_procs(killed, timeout=30)
     assert not killed[0].is_running() or killed[0].status() == psutil.STATUS_ZOMBIE
     assert got.actions == expected.actions and got.events == expected.events
     assert (got.latencies == expected.latencies).all()

@@ -26,6 +26,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fakes.polling import wait_for  # noqa: E402
+
 from actuators.emulation.nvidia_smi import BETWEEN_ENV, layout_of  # noqa: E402
 from actuators.emulation.statefile import load  # noqa: E402
 from actuators.emulation.testing import blkio_sandbox, emu_host  # noqa: E402
@@ -103,15 +105,6 @@ def check(cfg: dict[str, Any], gdir: Path) -> dict[str, Any]:
     return {"bad": bad, "summary": summary, "half": half}
 
 
-def _wait_for(pred: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def _half_made(state_file: str) -> bool:
     try:  # read without the lock: the emulator replaces the file atomically
         st = json.loads(Path(state_file).read_text())
@@ -142,10 +135,10 @@ def kill_at(k: int, rnd: random.Random, cfg: dict[str, Any]) -> None:
     instance (seen in the emulator's state), every third after a random number of journal records
     (a point in the sequence of operations, whatever the machine's speed), the rest at a random time."""
     if k % 3 == 0:
-        _wait_for(lambda: _half_made(cfg["nvsmi_state"]), 30.0)
+        wait_for(lambda: _half_made(cfg["nvsmi_state"]), 30.0)
     elif k % 3 == 1:
         n0, n = _journal_lines(cfg["journal"]), rnd.randint(1, 10)
-        _wait_for(lambda: _journal_lines(cfg["journal"]) >= n0 + n, 30.0)
+        wait_for(lambda: _journal_lines(cfg["journal"]) >= n0 + n, 30.0)
         time.sleep(rnd.uniform(0.0, 0.3))
     else:
         time.sleep(rnd.uniform(0.0, 0.6))

@@ -19,6 +19,8 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="tailguard[fleet] not installed")
 
+from fakes.polling import wait_for  # noqa: E402
+
 from controller.cli import main  # noqa: E402
 from replay.executor import RayExecutor  # noqa: E402
 from replay.runner import _job  # noqa: E402
@@ -94,15 +96,6 @@ def _job_workers() -> list[psutil.Process]:
     return out
 
 
-def _wait_for(pred: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.faults
 def test_a_killed_worker_is_retried_and_the_result_is_identical(local_ray: None) -> None:
     # 24 simulated hours: about 4 s of work, so the kill 0.3 s after the worker is seen lands mid-run
@@ -112,7 +105,8 @@ def test_a_killed_worker_is_retried_and_the_result_is_identical(local_ray: None)
     # Ray names a worker's process after the task it runs ("ray::_job") and back to "ray::IDLE"
     # after it; the earlier tests' workers can still carry the old name for a moment, and killing
     # one of those would test nothing (it was seen to happen: the task ran on, unretried).
-    assert _wait_for(lambda: not _job_workers(), 30.0), f"workers still named after a task: {_job_workers()}"
+    idle = wait_for(lambda: not _job_workers(), 30.0, every=0.05)
+    assert idle, f"workers still named after a task: {_job_workers()}"
     ex = RayExecutor(None, 2)  # joins the module's Ray
     fut = ex.submit(_job, work)
     killed: list[psutil.Process] = []

@@ -11,7 +11,8 @@ a knob on the same cases.
 
 Each case's perturbation is drawn from a generator seeded by (seed, scenario, case number), so a
 case can be re-run alone (`--only vllm-ttft:2`). Prints one row per case and the worse cases'
-problems; exit code 1 when any case is worse.
+problems with the moves and resizes `full` bought there and their price (cost, benefit, rent, episode:
+fsm.levercost); exit code 1 when any case is worse.
 """
 
 from __future__ import annotations
@@ -127,8 +128,21 @@ def run_case(
         "full": {"p99_ms": f["p99_ms"], "bad": f["bad_request_fraction"], "others": others_low(f)},
         "reconfigs_per_h": sum(r.reconfigs for r in runs["full"]) / (len(sc.hosts) * dur / 3600),
         "problems": gate_problems(s, f),
+        # what full bought and why (fsm.levercost's evidence): the first thing to read of a worse case
+        "levers": [c for r in runs["full"] for c in r.lever_costs],
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def lever_line(c: dict[str, Any], duration_s: float) -> str:
+    """One move or resize with its price, as the worse cases are read."""
+    return (
+        f"t={c['t']:.0f} s ({c['t'] / duration_s:.2f} of the run) {c['tenant']} {c['lever']}: "
+        f"outage {c['outage_s']:g} s, "
+        f"cost {c['cost_requests']:.0f} requests, benefit {c['benefit_requests']:.0f} (rent so far "
+        f"{c['rent_requests']:.0f}; {c['rate_rps']:.2f} req/s at {100 * c['bad_share']:.1f}% over the SLO, episode "
+        f"{c['episode_elapsed_s']:.0f} s old, {c['expected_episode_s']:.0f} s expected)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     for r in worse:
         print(f"WORSE {r['scenario']}:{r['case']} ({', '.join(r['perturbation'])}): {'; '.join(r['problems'])}")
+        for c in r["levers"]:
+            print(f"    {lever_line(c, r['duration_s'])}")
     better = sum(1 for r in results if r["full"]["bad"] < r["static"]["bad"] - 1e-5)
     cuts = [1 - r["full"]["bad"] / r["static"]["bad"] for r in results if r["static"]["bad"] > 0.02]
     print(

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,6 +68,8 @@ class HostRun:
     rejected: dict[str, int] = field(default_factory=dict)  # refused at admission
     quantile: dict[str, float] = field(default_factory=dict)  # the tenant's SLO quantile (0.99: p99)
     exact_latency: bool = False  # the controller's view: raw samples (True) or vLLM's histogram
+    # Every move or resize taken with its price (fsm.levercost's evidence): why it was bought.
+    lever_costs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_host(
@@ -91,6 +93,7 @@ def run_host(
     levels: list[tuple[float, int]] = []
     next_level_t = 0.0
     events: list[str] = []
+    lever_costs: list[dict[str, Any]] = []
     n_ticks = max(1, math.ceil(duration_s / scenario.meta.tick_s - 1e-9))
     for i in range(n_ticks):
         obs = sim.step(desired)
@@ -101,6 +104,9 @@ def run_host(
                 actions += 1
             if len(events) < 2000:
                 events.append(f"t={e.t:.0f} {e.tenant} {e.kind} {e.level_from}->{e.level_to} {e.lever} {e.reason}")
+            cost = e.evidence.get("cost") if e.kind == "escalate" and e.evidence else None
+            if cost is not None and len(lever_costs) < 200:
+                lever_costs.append({"t": e.t, "tenant": e.tenant, **cost})
         if obs.t >= next_level_t:
             lvl = max((LEVEL_ORDER.index(c.level) for c in state.tenants.values()), default=0)
             levels.append((obs.t, lvl))
@@ -134,6 +140,7 @@ def run_host(
         rejected={n: rejected.get(n, 0) for n in sensitive},
         quantile={n: spec.tenants[n].quantile for n in sensitive},
         exact_latency=exact_latency,
+        lever_costs=lever_costs,
     )
 
 

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from bench.robustness import main, perturb, run_case
+from bench.robustness import lever_line, main, perturb, run_case
 from replay.scenario import SCENARIO_DIR, scenario_from_data, suite
 
 NAMES = [s.name for s in suite()]
@@ -36,6 +36,19 @@ def test_a_case_runs_both_policies_and_is_judged() -> None:
     assert r["duration_s"] == 600.0 and r["perturbation"]
     assert set(r["static"]) == {"p99_ms", "bad"} and r["full"]["p99_ms"] > 0
     assert isinstance(r["problems"], list)
+
+
+def test_a_case_records_what_full_bought_and_its_price() -> None:
+    """A worse case is read from its levers: each move or resize with the price it was bought at."""
+    r = run_case(("bursty-code", 3, 7, 900.0, {}))
+    assert r["levers"], "bursty-code case 3 resizes its victim in the first minute"
+    c = r["levers"][0]
+    assert c["lever"] == "resize" and 0 < c["t"] < 900
+    assert c["benefit_requests"] >= c["cost_requests"] > 0  # bought: it paid (cost_margin 1)
+    line = lever_line(c, r["duration_s"])
+    assert line.startswith(f"t={c['t']:.0f} s (") and f"cost {c['cost_requests']:.0f} requests" in line
+    dear = run_case(("bursty-code", 3, 7, 900.0, {"cost_margin": 1000.0}))
+    assert dear["levers"] == []  # nothing pays at that margin: nothing bought, nothing recorded
 
 
 def test_a_policy_value_must_be_toml(capsys: pytest.CaptureFixture[str]) -> None:

@@ -136,6 +136,8 @@ def run_case(
 
 def lever_line(c: dict[str, Any], duration_s: float) -> str:
     """One move or resize with its price, as the worse cases are read."""
+    if "cost_requests" not in c:  # a relief move: within the outage budget, not priced
+        return f"t={c['t']:.0f} s ({c['t'] / duration_s:.2f} of the run) {c['tenant']} {c['lever']}: not priced"
     return (
         f"t={c['t']:.0f} s ({c['t'] / duration_s:.2f} of the run) {c['tenant']} {c['lever']}: "
         f"outage {c['outage_s']:g} s, "

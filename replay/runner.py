@@ -68,7 +68,7 @@ class HostRun:
     rejected: dict[str, int] = field(default_factory=dict)  # refused at admission
     quantile: dict[str, float] = field(default_factory=dict)  # the tenant's SLO quantile (0.99: p99)
     exact_latency: bool = False  # the controller's view: raw samples (True) or vLLM's histogram
-    # Every move or resize taken with its price (fsm.levercost's evidence): why it was bought.
+    # Every move or resize taken, with its price (fsm.levercost's evidence) when it was priced.
     lever_costs: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -104,9 +104,8 @@ def run_host(
                 actions += 1
             if len(events) < 2000:
                 events.append(f"t={e.t:.0f} {e.tenant} {e.kind} {e.level_from}->{e.level_to} {e.lever} {e.reason}")
-            cost = e.evidence.get("cost") if e.kind == "escalate" and e.evidence else None
-            if cost is not None and len(lever_costs) < 200:
-                lever_costs.append({"t": e.t, "tenant": e.tenant, **cost})
+            if e.kind == "escalate" and e.lever in ("place", "resize") and len(lever_costs) < 200:
+                lever_costs.append({"t": e.t, "tenant": e.tenant, **e.evidence.get("cost", {"lever": e.lever})})
         if obs.t >= next_level_t:
             lvl = max((LEVEL_ORDER.index(c.level) for c in state.tenants.values()), default=0)
             levels.append((obs.t, lvl))

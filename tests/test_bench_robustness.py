@@ -47,6 +47,8 @@ def test_a_case_records_what_full_bought_and_its_price() -> None:
     assert c["benefit_requests"] >= c["cost_requests"] > 0  # bought: it paid (cost_margin 1)
     line = lever_line(c, r["duration_s"])
     assert line.startswith(f"t={c['t']:.0f} s (") and f"cost {c['cost_requests']:.0f} requests" in line
+    relief = {"t": 90.0, "tenant": "v", "lever": "place"}  # a relief move carries no price
+    assert lever_line(relief, 900.0) == "t=90 s (0.10 of the run) v place: not priced"
     dear = run_case(("bursty-code", 3, 7, 900.0, {"cost_margin": 1000.0}))
     assert dear["levers"] == []  # nothing pays at that margin: nothing bought, nothing recorded
 

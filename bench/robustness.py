@@ -136,14 +136,14 @@ def run_case(
 
 def lever_line(c: dict[str, Any], duration_s: float) -> str:
     """One move or resize with its price, as the worse cases are read."""
+    head = f"t={c['t']:.0f} s ({c['t'] / duration_s:.2f} of the run) {c['tenant']} {c['lever']}:"
     if "cost_requests" not in c:  # a relief move: within the outage budget, not priced
-        return f"t={c['t']:.0f} s ({c['t'] / duration_s:.2f} of the run) {c['tenant']} {c['lever']}: not priced"
+        return f"{head} not priced"
     return (
-        f"t={c['t']:.0f} s ({c['t'] / duration_s:.2f} of the run) {c['tenant']} {c['lever']}: "
-        f"outage {c['outage_s']:g} s, "
-        f"cost {c['cost_requests']:.0f} requests, benefit {c['benefit_requests']:.0f} (rent so far "
-        f"{c['rent_requests']:.0f}; {c['rate_rps']:.2f} req/s at {100 * c['bad_share']:.1f}% over the SLO, episode "
-        f"{c['episode_elapsed_s']:.0f} s old, {c['expected_episode_s']:.0f} s expected)"
+        f"{head} outage {c['outage_s']:g} s, cost {c['cost_requests']:.0f} requests, benefit "
+        f"{c['benefit_requests']:.0f} (rent so far {c['rent_requests']:.0f}; {c['rate_rps']:.2f} req/s at "
+        f"{100 * c['bad_share']:.1f}% over the SLO, episode {c['episode_elapsed_s']:.0f} s old, "
+        f"{c['expected_episode_s']:.0f} s expected)"
     )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from fsm.decide import decide
 from fsm.spec import LEVEL_ORDER, HostSpec, Policy, Role
 from fsm.state import ControllerState
+from fsm.tick_base import PLACE, RESIZE
 from replay.scenario import Scenario, load_scenario
 from replay.simulator import HostSim
 
@@ -104,7 +105,7 @@ def run_host(
                 actions += 1
             if len(events) < 2000:
                 events.append(f"t={e.t:.0f} {e.tenant} {e.kind} {e.level_from}->{e.level_to} {e.lever} {e.reason}")
-            if e.kind == "escalate" and e.lever in ("place", "resize") and len(lever_costs) < 200:
+            if e.kind == "escalate" and e.lever in (PLACE, RESIZE) and len(lever_costs) < 200:
                 lever_costs.append({"t": e.t, "tenant": e.tenant, **e.evidence.get("cost", {"lever": e.lever})})
         if obs.t >= next_level_t:
             lvl = max((LEVEL_ORDER.index(c.level) for c in state.tenants.values()), default=0)

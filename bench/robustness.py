@@ -137,7 +137,7 @@ def run_case(
 def lever_line(c: dict[str, Any], duration_s: float) -> str:
     """One move or resize with its price, as the worse cases are read."""
     head = f"t={c['t']:.0f} s ({c['t'] / duration_s:.2f} of the run) {c['tenant']} {c['lever']}:"
-    if "cost_requests" not in c:  # a relief move: within the outage budget, not priced
+    if "cost_requests" not in c:  # taken without the cost check: a guard's relief, or cost_margin unset
         return f"{head} not priced"
     return (
         f"{head} outage {c['outage_s']:g} s, cost {c['cost_requests']:.0f} requests, benefit "

@@ -251,7 +251,7 @@ class PolicyConfig(Strict):
     release_burn: float = Field(0.25, gt=0, lt=1)
     release_alpha: float = Field(0.2, gt=0, lt=1)
     rate_tau_s: float = Field(60.0, gt=0, le=86400)
-    cost_margin: float = Field(1.0, ge=0, le=1000)  # 0: no cost check
+    cost_margin: float = Field(0.5, ge=0, le=1000)  # 0: no cost check
     episode_prior_s: float = Field(300.0, gt=0, le=7 * 86400)
     unknown_cause_efficacy: float = Field(0.25, ge=0, le=1)
     guard_lesson_s: float = Field(14400.0, ge=0, le=90 * 86400)

@@ -6,7 +6,8 @@ decide() speed-up (branch core-perf): first at 8e79f0a, then again before each m
 (48aa2d0: burn 2, margin 1, a 4 h outage budget window, the settle after a move; ec6c009: the rent
 of recurring episodes), and the speed-up left every digest as it was. Since (2026-12-02: no move
 or resize while a guard is being judged; the closed streams' phases lengthened from 50 to 150
-ticks so that moves and resizes still happen in them) they are main's. A change that alters any
+ticks so that moves and resizes still happen in them; then cost_margin 1 -> 0.5, with which
+open-16x7's victims buy 4 resizes instead of 8 holds) they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in
 the commit message.

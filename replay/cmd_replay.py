@@ -165,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
         f"rejected ones included; thr = work vs static (sensitive: requests served); actions and "
         f"reconfigurations per host-hour)"
     )
+    note = report.horizon_note(scenario, duration, shown)
+    if note:
+        print(note)
     if args.json_out:
         text = _with_executor(report.to_json(scenario, seed, duration, summary, exact_latency=exact), where)
         why = write_output(args.json_out, text)

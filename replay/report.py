@@ -174,6 +174,27 @@ def summarise(
     return out
 
 
+def horizon_note(scenario: Scenario, duration_s: float, runs: dict[str, list[HostRun]]) -> str | None:
+    """A warning when the run is shorter than the span its moves and resizes are budgeted over.
+
+    The outage budget and the cost check price an outage against the error budget of
+    `outage_budget_window_s`: a lever bought in a shorter run may not repay its outage within it,
+    and the requests it held can make the run's p99 (docs/results.md, vllm-ttft's default hour).
+    """
+    window = scenario.hosts[0].spec.policy.outage_budget_window_s
+    if duration_s >= window:
+        return None
+    dear = sorted({p for p, hr in runs.items() for r in hr for c in r.lever_costs if c.get("cost_requests", 0) > 0})
+    if not dear:
+        return None
+    return (
+        f"note: this run ({duration_s:g} s) is shorter than the outage budget's window ({window:g} s, "
+        f"[policy] outage_budget_window_s), over which the moves and resizes of {', '.join(dear)} are meant "
+        "to repay their outage; within the run the requests an outage held may make its p99. Judge over "
+        "the window, or set the window to the span the tail is judged over"
+    )
+
+
 def _work_by_role(hr: list[HostRun]) -> dict[str, float]:
     work: dict[str, float] = defaultdict(float)
     for r in hr:

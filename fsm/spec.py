@@ -115,7 +115,7 @@ class Policy:
     # Cost-aware levers (fsm.levercost): a move or resize is taken only when the requests it is
     # expected to keep under the SLO exceed cost_margin x those its outage pushes over (None: no check).
     # 0.5, before the ski-rental break-even: a late purchase has no time left to repay its outage
-    # (measured over 1,300 perturbed cases, docs/results.md; the trade-off in docs/decisions.md).
+    # (measured over 1,500 perturbed cases, docs/results.md; the trade-off in docs/decisions.md).
     cost_margin: float | None = 0.5
     episode_prior_s: float = 300.0  # prior mean length of a violation episode (worth one episode)
     unknown_cause_efficacy: float = 0.25  # what a move is expected to cure when the cause is unknown

@@ -45,6 +45,12 @@ def register(sub: Any) -> None:
         help="the controller sees each window's raw latencies (idealised) instead of vLLM's TTFT histogram",
     )
     p.add_argument(
+        "--keep-window",
+        action="store_true",
+        help="keep [policy] outage_budget_window_s even when the run is shorter (by default a replay judges the "
+        "tail over the run and caps the window at it: over a shorter span one relaunch can make the p99)",
+    )
+    p.add_argument(
         "--executor",
         default=None,
         metavar="local|ray[:ADDRESS]",
@@ -137,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     need = policies if "static" in policies else [*policies, "static"]  # throughput is vs static
     exact = bool(getattr(args, "exact_latency", False))
+    keep = bool(getattr(args, "keep_window", False))
     try:
         executor = _executor(args)
     except ExecutorError as e:
@@ -144,7 +151,15 @@ def run(args: argparse.Namespace) -> int:
     where: dict[str, Any] = {"executor": "local"}
     try:
         runs = run_all(
-            scenario, need, duration, seed, jobs=args.jobs, progress=True, exact_latency=exact, executor=executor
+            scenario,
+            need,
+            duration,
+            seed,
+            jobs=args.jobs,
+            progress=True,
+            exact_latency=exact,
+            executor=executor,
+            keep_window=keep,
         )
         if executor is not None:
             where = executor.describe()
@@ -165,11 +180,16 @@ def run(args: argparse.Namespace) -> int:
         f"rejected ones included; thr = work vs static (sensitive: requests served); actions and "
         f"reconfigurations per host-hour)"
     )
-    note = report.horizon_note(scenario, duration, shown)
+    note = report.horizon_note(scenario, duration, shown, keep)
     if note:
         print(note)
     if args.json_out:
-        text = _with_executor(report.to_json(scenario, seed, duration, summary, exact_latency=exact), where)
+        text = _with_executor(
+            report.to_json(
+                scenario, seed, duration, summary, exact_latency=exact, outage_window_s=report.judged_window(runs)
+            ),
+            where,
+        )
         why = write_output(args.json_out, text)
         if why:
             return _err(f"--json {args.json_out}: {why}")
@@ -222,7 +242,15 @@ def run_suite(args: argparse.Namespace) -> int:
     except ExecutorError as e:
         return _err(str(e))
     try:
-        doc, wall = timed_suite(scenarios, args.duration, args.seed, args.jobs, executor=executor, progress=True)
+        doc, wall = timed_suite(
+            scenarios,
+            args.duration,
+            args.seed,
+            args.jobs,
+            executor=executor,
+            progress=True,
+            keep_window=bool(getattr(args, "keep_window", False)),
+        )
     finally:
         if executor is not None:
             executor.shutdown()

@@ -174,16 +174,32 @@ def summarise(
     return out
 
 
-def horizon_note(scenario: Scenario, duration_s: float, runs: dict[str, list[HostRun]]) -> str | None:
-    """A warning when the run is shorter than the span its moves and resizes are budgeted over.
+def judged_window(runs: dict[str, list[HostRun]]) -> float:
+    """The outage budget window the runs were decided under (the shortest, were they to differ)."""
+    return min((r.outage_window_s for hr in runs.values() for r in hr), default=math.inf)
+
+
+def horizon_note(
+    scenario: Scenario, duration_s: float, runs: dict[str, list[HostRun]], keep_window: bool
+) -> str | None:
+    """What the run says about the span its tail is judged over, when that is not the configured
+    outage budget window.
 
     The outage budget and the cost check price an outage against the error budget of
-    `outage_budget_window_s`: a lever bought in a shorter run may not repay its outage within it,
-    and the requests it held can make the run's p99 (docs/results.md, vllm-ttft's default hour).
+    `outage_budget_window_s`. A replay shorter than the window judges the tail over the run, so
+    runner.judged_policy capped the window at it; with --keep-window it did not, and a lever
+    bought may not repay its outage within the run: the requests an outage held may make its p99
+    (docs/results.md, vllm-ttft's default hour).
     """
     window = scenario.hosts[0].spec.policy.outage_budget_window_s
     if duration_s >= window:
         return None
+    if not keep_window:
+        return (
+            f"note: the tail is judged over this run, so [policy] outage_budget_window_s ({window:g} s) was "
+            f"capped at its {judged_window(runs):g} s: moves and resizes whose outage that span's error budget "
+            "cannot hold are not taken (--keep-window: decide as over the configured window)"
+        )
     dear = sorted({p for p, hr in runs.items() for r in hr for c in r.lever_costs if c.get("cost_requests", 0) > 0})
     if not dear:
         return None
@@ -204,15 +220,23 @@ def _work_by_role(hr: list[HostRun]) -> dict[str, float]:
 
 
 def to_json(
-    scenario: Scenario, seed: int, duration_s: float, summary: dict[str, dict[str, Any]], exact_latency: bool = False
+    scenario: Scenario,
+    seed: int,
+    duration_s: float,
+    summary: dict[str, dict[str, Any]],
+    exact_latency: bool = False,
+    outage_window_s: float | None = None,
 ) -> str:
-    doc = {
+    """`outage_window_s`: the outage budget window the runs were decided under (judged_window)."""
+    doc: dict[str, Any] = {
         "scenario": scenario.name,
         "seed": seed,
         "duration_s": duration_s,
         "latency_view": "exact" if exact_latency else "histogram",
         "policies": summary,
     }
+    if outage_window_s is not None and math.isfinite(outage_window_s):
+        doc["outage_budget_window_s"] = outage_window_s
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
 

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 SUITE_POLICIES = (*POLICIES, "oracle")
 
 
-def _policy_job(args: tuple[str, int, str, float, int]) -> HostRun:
-    path, host_index, policy, duration_s, seed = args
-    return run_host(load_scenario(path), host_index, policy, duration_s, seed)
+def _policy_job(args: tuple[str, int, str, float, int, bool]) -> HostRun:
+    path, host_index, policy, duration_s, seed, keep_window = args
+    return run_host(load_scenario(path), host_index, policy, duration_s, seed, keep_window=keep_window)
 
 
 def _choice_job(args: tuple[str, int, oracle.Choice, float, int]) -> HostRun:
@@ -79,6 +79,7 @@ def run_suite(
     seed: int | None,
     jobs: int | None,
     executor: Executor | Any | None = None,
+    keep_window: bool = False,
 ) -> list[ScenarioRuns]:
     """`executor` (replay.executor; anything with submit(fn, arg) -> Future): where the runs go;
     default a process pool of `jobs` here. Results merge in a fixed order whichever it is."""
@@ -92,7 +93,7 @@ def run_suite(
             sd = seed if seed is not None else sc.meta.seed
             # Static first: the oracle's searches start from it.
             futs = {
-                p: [pool.submit(_policy_job, (sc.file, h, p, dur, sd)) for h in range(len(sc.hosts))]
+                p: [pool.submit(_policy_job, (sc.file, h, p, dur, sd, keep_window)) for h in range(len(sc.hosts))]
                 for p in ("static", *[p for p in POLICIES if p != "static"])
             }
             plans.append((sc, dur, sd, futs))
@@ -124,7 +125,9 @@ def scenario_object(sr: ScenarioRuns) -> dict[str, Any]:
     summary["oracle"]["search"] = {r.host: {"method": r.method, "runs": r.evaluated} for r in sr.oracle}
     full, orc = summary["full"]["bad_request_fraction"], summary["oracle"]["bad_request_fraction"]
     regret = round(100 * (full - orc), 3) if full is not None and orc is not None else None
-    doc: dict[str, Any] = json.loads(report.to_json(sr.scenario, sr.seed, sr.duration_s, summary))
+    doc: dict[str, Any] = json.loads(
+        report.to_json(sr.scenario, sr.seed, sr.duration_s, summary, outage_window_s=report.judged_window(sr.runs))
+    )
     doc["regret_bad_pts"] = regret
     return doc
 
@@ -229,10 +232,11 @@ def timed_suite(
     jobs: int | None,
     executor: Executor | None = None,
     progress: bool = False,
+    keep_window: bool = False,
 ) -> tuple[dict[str, Any], float]:
     t0 = time.monotonic()
     if executor is None:
-        results = run_suite(scenarios, duration_s, seed, jobs)
+        results = run_suite(scenarios, duration_s, seed, jobs, keep_window=keep_window)
         where = None
     else:
         from replay.executor import Bar, Tracked
@@ -240,7 +244,7 @@ def timed_suite(
         bar = Bar(0, "runs") if progress else None
         pool: Any = Tracked(executor, bar) if bar is not None else executor
         try:
-            results = run_suite(scenarios, duration_s, seed, jobs, executor=pool)
+            results = run_suite(scenarios, duration_s, seed, jobs, executor=pool, keep_window=keep_window)
         finally:
             if bar is not None:
                 bar.done()

@@ -100,7 +100,7 @@ def _job_workers() -> list[psutil.Process]:
 def test_a_killed_worker_is_retried_and_the_result_is_identical(local_ray: None) -> None:
     # 24 simulated hours: about 4 s of work, so the kill 0.3 s after the worker is seen lands mid-run
     # (2 h took 0.35 s, and half the kills found the task done and killed an idle worker).
-    work = (str(SCENARIOS / "paper-p4d.toml"), 0, "full", 86400.0, 7, False)
+    work = (str(SCENARIOS / "paper-p4d.toml"), 0, "full", 86400.0, 7, False, False)
     expected = _job(work)  # in this process
     # Ray names a worker's process after the task it runs ("ray::_job") and back to "ray::IDLE"
     # after it; the earlier tests' workers can still carry the old name for a moment, and killing

@@ -61,7 +61,16 @@ def test_same_seed_same_json_and_table(tmp_path: Path, capsys) -> None:  # type:
         outs.append(out.read_text())
     assert outs[0] == outs[1]
     doc = json.loads(outs[0])
-    assert set(doc) == {"scenario", "seed", "duration_s", "latency_view", "policies", "executor"}
+    assert set(doc) == {
+        "scenario",
+        "seed",
+        "duration_s",
+        "latency_view",
+        "policies",
+        "executor",
+        "outage_budget_window_s",
+    }
+    assert doc["outage_budget_window_s"] == 900  # judged over the run (runner.judged_policy)
     assert doc["executor"] == "local"
     assert doc["latency_view"] == "histogram"
     assert doc["scenario"] == "paper-p4d" and doc["seed"] == 7 and doc["duration_s"] == 900

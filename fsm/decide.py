@@ -36,6 +36,7 @@ def decide(state: ControllerState, obs: Observation, spec: HostSpec) -> Decision
     order = sorted(spec.by_role(Role.SENSITIVE), key=lambda t: (-_urgency(obs, t), t.name))
     for t in order:
         tick.step(t)
+    desired = _desired(tick)
     new_state = ControllerState(
         tenants=dict(sorted(tick.tenants.items())),
         layouts=dict(sorted(tick.layouts.items())),
@@ -44,8 +45,9 @@ def decide(state: ControllerState, obs: Observation, spec: HostSpec) -> Decision
         seq=tick.seq,
         last_t=obs.t,
         guard_cost=dict(sorted(tick.guard_cost.items())),
+        capped=tuple(sorted({c.tenant for c in desired.throttles})) if desired.enforce else (),
     )
-    return Decision(new_state, _desired(tick), tuple(tick.events))
+    return Decision(new_state, desired, tuple(tick.events))
 
 
 def _urgency(obs: Observation, t: TenantSpec) -> float:

@@ -12,7 +12,8 @@ from fsm.state import ControllerState
 
 
 def binds(c: Throttle, obs: Observation) -> bool:
-    """The capped tenant runs at 90% of its cap or more on the capped device: the cap holds it."""
+    """The capped tenant runs at 90% of its cap or more on the capped device: were the cap in
+    force, it holds the tenant."""
     ts = obs.tenants.get(c.tenant)
     rate = ts.io.get(c.device) if ts is not None and ts.io else None
     if rate is None:
@@ -21,6 +22,13 @@ def binds(c: Throttle, obs: Observation) -> bool:
         (c.read_bps and (rate.read_bps or 0.0) >= 0.9 * c.read_bps)
         or (c.write_bps and (rate.write_bps or 0.0) >= 0.9 * c.write_bps)
     )
+
+
+def holds(c: Throttle, obs: Observation, capped: tuple[str, ...]) -> bool:
+    """The cap was in force after the last decision (its tenant's budget not spent) and binds.
+    A guard stays on the victim's ladder when its caps are lifted for their budget; its tenant
+    then runs past them, but is no longer held by them."""
+    return c.tenant in capped and binds(c, obs)
 
 
 def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> dict[str, tuple[float, float, float]]:
@@ -37,7 +45,7 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
     for ctl in state.tenants.values():
         for step in ctl.stack:
             for c in step.caps:
-                if c.tenant not in binding and binds(c, obs):
+                if c.tenant not in binding and holds(c, obs, state.capped):
                     binding.add(c.tenant)
     running: set[str] = set()
     floor = p.io_aggressor_min_bps

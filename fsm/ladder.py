@@ -52,6 +52,7 @@ class Tick(ReleaseTick):
             seq=state.seq,
             evidence_params=evidence_params(spec.policy),
             guard_cost=charge_guards(state, obs, spec),
+            capped=state.capped,
         )
         for ctl in tick.tenants.values():
             if ctl.target is not None:
@@ -114,6 +115,8 @@ class Tick(ReleaseTick):
         free = (ctl.cooldown_until is None or now >= ctl.cooldown_until) and (
             ctl.backoff_until is None or now >= ctl.backoff_until
         )
+        if level is Level.GUARDED:
+            self._note_guard_helped(t)
         early = ev.up >= self.evidence_params.h / policy.y_windows  # one full tick of evidence
         if ctl.bad >= 1 and free:
             self._escalate(t, w.value, slo)

@@ -33,6 +33,8 @@ class Step:
     prev_layout: tuple[Slot, ...] | None = None
     new_layout: tuple[Slot, ...] | None = None
     bad_share: float | None = None  # the tenant's recent share of requests over the SLO when taken
+    relief_t: float | None = None  # a guard's relief last found nowhere to go (None: count from t)
+    helped: bool = False  # a guard's verdict: it cut the tail (kept: lifting it would undo the proof)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,8 @@ class ControllerState:
     seq: int = 0  # last decision-event sequence number
     # bulk/compute tenant -> (seconds held at its caps, seconds it ran; exponentially weighted; as of t)
     guard_cost: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
+    # the tenants whose caps were in force after the last decision: only they can be held by one
+    capped: tuple[str, ...] = ()
     last_t: float | None = None
 
     def to_json(self) -> str:

@@ -57,6 +57,7 @@ class TickBase:
     busy_gpus: set[str] = field(default_factory=set)
     evidence_params: EvidenceParams = field(default_factory=EvidenceParams)
     guard_cost: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    capped: tuple[str, ...] = ()  # tenants whose caps were in force after the last decision
     fresh: dict[str, TenantCtl] = field(default_factory=dict)  # tenant -> the record this tick copied for it
     rents: dict[str, Rent] = field(default_factory=dict)  # tenant -> what its levers are priced against
     _traffic: Traffic | None = None
@@ -245,13 +246,28 @@ class TickBase:
         there = score(self.spec, self.obs, t, None, home, Cause.IO, self.traffic, {})
         return there.root_complex < 0.5
 
-    def guard_budget_spent(self, tenant: str) -> bool:
+    def guard_budget_spent(self, tenant: str, trial: bool = True) -> bool:
+        """Have caps held `tenant` for their share of the time it ran? `trial`: a guard not yet
+        judged may hold it at least for the time a verdict takes (2 x rate_tau_s: a new aggressor
+        has run little); once judged, only the share."""
         p = self.spec.policy
         if p.guard_cost_share is None:
             return False
         held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
-        # At least the time it takes to see whether the guard helps (a new aggressor has run little).
-        return held > 0.0 and held >= max(p.guard_cost_share * ran, 2 * p.rate_tau_s)
+        return held > 0.0 and held >= (
+            max(p.guard_cost_share * ran, 2 * p.rate_tau_s) if trial else p.guard_cost_share * ran
+        )
+
+    def guard_trial_fits(self, tenant: str) -> bool:
+        """May a new guard cap `tenant`? Only if a whole trial (2 x rate_tau_s) fits what it may
+        still be held: a guard lifted for its budget a tick after it went on would leave nothing
+        to judge while the victim's other levers wait for its verdict."""
+        p = self.spec.policy
+        if p.guard_cost_share is None:
+            return True
+        held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
+        trial = 2 * p.rate_tau_s
+        return held <= 0.0 or held + trial <= max(p.guard_cost_share * ran, trial)
 
 
 def _dwell(dwell_s: float, flaps: int) -> float:

@@ -3,10 +3,12 @@ or have cost the capped tenants their budget, relieved by a move; and the caps e
 
 from __future__ import annotations
 
+import math
+
 from fsm.desired import MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
 from fsm.evolve import evolve
-from fsm.guardbudget import binds
+from fsm.guardbudget import holds
 from fsm.spec import HostSpec, Level, Role, TenantSpec
 from fsm.state import Step, TenantCtl
 from fsm.tick_base import (
@@ -17,6 +19,14 @@ from fsm.tick_base import (
     level_of,
 )
 from fsm.tick_moves import MoveTick
+
+# The guard's sequential test (Wald's SPRT): useless when the log likelihood ratio falls to
+# ln(0.1 / (1 - 0.01)), odds 0.1 of lifting a guard that halves the tail; helps when it rises to
+# ln((1 - 0.1) / 0.01), odds 0.01 of keeping for good one that does not cut it (a verdict that it
+# helps is final, and it makes a move off the I/O path look like a cure).
+GUARD_USELESS_LLR = math.log(0.1 / 0.99)
+GUARD_HELPS_LLR = math.log(0.9 / 0.01)
+_LN2 = math.log(2.0)
 
 
 class GuardTick(MoveTick):
@@ -29,7 +39,7 @@ class GuardTick(MoveTick):
         names: list[str] = []
         spent: list[str] = []  # the aggressors whose caps have cost them their share of throughput
         for a in diag.aggressors:
-            if self.guard_budget_spent(a.tenant):
+            if not self.guard_trial_fits(a.tenant):
                 spent.append(a.tenant)
                 continue  # other levers now
             if not policy.guards:
@@ -107,32 +117,79 @@ class GuardTick(MoveTick):
         return out
 
     # -- a guard that does not help costs the capped tenants for nothing -----------------------------
-    def _guard_useless(self, t: TenantSpec) -> bool:
-        if not self.spec.policy.enforce:
-            return False  # dry-run: nothing was capped, so nothing can be learned of the caps
+    def _guard_verdict(self, t: TenantSpec) -> bool | None:
+        """Did the guard on top fail to cut the tail? None while it is still being judged (or there
+        is no guard on top to judge).
+
+        First a sequential test on the requests served since it went on (_guard_test). Undecided
+        after 2 x rate_tau_s (or without counts), the recent bad share decides (guard_min_cut), which
+        by then holds little from before the guard, tick by tick as before. Every second a useless
+        cap holds costs the capped tenant work that doing nothing would have kept."""
+        policy = self.spec.policy
         ctl = self.tenants[t.name]
         top = ctl.stack[-1] if ctl.stack else None
-        if top is None or top.lever != GUARD or top.bad_share is None:
-            return False
-        if self.obs.t - top.t < 2 * self.spec.policy.rate_tau_s:
-            return False  # the recent share still holds requests from before the guard
+        if top is None or top.lever != GUARD or top.bad_share is None or not policy.enforce:
+            return None  # dry-run: nothing was capped, so nothing can be learned of the caps
+        if top.helped:
+            return False  # shown to cut the tail: the tail coming back after is the budget's doing
+        test = self._guard_test(ctl, top)
+        if test is not None:
+            return test
+        if self.obs.t - top.t < 2 * policy.rate_tau_s:
+            return None  # the recent share still holds requests from before the guard
         now = ctl.evidence.bad_share()
-        return now is not None and now >= (1.0 - self.spec.policy.guard_min_cut) * top.bad_share
+        return now is not None and now >= (1.0 - policy.guard_min_cut) * top.bad_share
+
+    def _guard_test(self, ctl: TenantCtl, top: Step) -> bool | None:
+        """Wald's sequential test on the requests served since the guard went on, from cooldown_s
+        (guard_relief_s if longer: a guard that helps and binds is relieved by a move first): the
+        share over the SLO is what it was when the guard went on, against half of it. True: useless
+        (odds 0.1 that the guard halves the tail); False: it helps (odds 0.01 that it does not cut
+        the tail: that verdict is final); None: not yet. With 10% of the requests over the SLO at 2
+        a second, about a minute either way."""
+        policy = self.spec.policy
+        assert top.bad_share is not None
+        if not ctl.evidence.counted or top.bad_share <= 0:
+            return None
+        if self.obs.t - top.t < max(policy.cooldown_s, policy.guard_relief_s or 0.0):
+            return None
+        llr = 0.5 * top.bad_share * ctl.acted_n - _LN2 * ctl.acted_bad  # Poisson counts
+        if llr <= GUARD_USELESS_LLR:
+            return True
+        if llr >= GUARD_HELPS_LLR:
+            return False
+        return None
+
+    def _guard_useless(self, t: TenantSpec) -> bool:
+        return self._guard_verdict(t) is True
+
+    def _note_guard_helped(self, t: TenantSpec) -> None:
+        """Keep the test's verdict that the guard cut the tail: its counts run on after it, and caps
+        lifted for their budget let the tail back, which says nothing of what they did."""
+        ctl = self.tenants[t.name]
+        top = ctl.stack[-1] if ctl.stack else None
+        if (
+            top is not None
+            and top.lever == GUARD
+            and top.bad_share is not None
+            and not top.helped
+            and self.spec.policy.enforce
+            and self._guard_test(ctl, top) is False
+        ):
+            self.tenants[t.name] = evolve(ctl, stack=(*ctl.stack[:-1], evolve(top, helped=True)))
 
     def _guard_judging(self, t: TenantSpec) -> str:
         """Why an outage lever waits ("" when it need not): the guard on top is still being judged.
         Whether capping the path cuts the tail says whether the path holds it, which is what a move
         promises to escape; and caps that cut it make the outage needless. So the cheap lever's
-        verdict (_guard_useless, after 2 x rate_tau_s) comes before the dear ones."""
-        if not self.spec.policy.enforce:
-            return ""  # dry-run: nothing was capped, nothing to wait for
+        verdict (_guard_verdict) comes before the dear ones."""
         ctl = self.tenants[t.name]
         top = ctl.stack[-1] if ctl.stack else None
-        if top is None or top.lever != GUARD or top.bad_share is None:
+        if top is None or top.lever != GUARD or top.bad_share is None or self._guard_verdict(t) is not None:
             return ""
+        if not self.spec.policy.enforce:
+            return ""  # dry-run: nothing was capped, nothing to wait for
         age, judged = self.obs.t - top.t, 2 * self.spec.policy.rate_tau_s
-        if age >= judged:
-            return ""
         return f"the caps on {', '.join(top.aggressors)} are still being judged ({age:.0f} of {judged:.0f} s)"
 
     def _lift_useless_guard(self, t: TenantSpec) -> None:
@@ -140,6 +197,7 @@ class GuardTick(MoveTick):
         top = ctl.stack[-1]
         before = level_of(ctl)
         now = ctl.evidence.bad_share()
+        test = "sequential" if self._guard_test(ctl, top) is True else "recent share"
         self.tenants[t.name] = evolve(
             ctl,
             stack=ctl.stack[:-1],
@@ -158,13 +216,18 @@ class GuardTick(MoveTick):
                 "bad_share_at_guard": round(top.bad_share or 0.0, 4),
                 "bad_share_now": round(now or 0.0, 4),
                 "guard_min_cut": self.spec.policy.guard_min_cut,
+                "verdict": test,  # the sequential test on the requests since, or the recent share
+                "requests_since_guard": round(ctl.acted_n, 1),
+                "over_slo_since_guard": round(ctl.acted_bad, 1),
+                "judged_after_s": round(self.obs.t - top.t, 1),
             },
         )
 
     # -- guard relief: a binding guard costs the aggressor throughput for as long as it holds ------
     def _relief_due(self, t: TenantSpec) -> bool:
         """The guard on top has held for guard_relief_s and still binds (the aggressor runs at its
-        cap), and placement may be tried: moving the victim off the path lets the caps go."""
+        cap, which is in force: not lifted for its budget), and placement may be tried: moving the
+        victim off the path lets the caps go."""
         policy = self.spec.policy
         ctl = self.tenants[t.name]
         top = ctl.stack[-1]
@@ -174,12 +237,12 @@ class GuardTick(MoveTick):
             or PLACE in ctl.failed_levers
             or top.lever != GUARD
             or not top.caps
-            or self.obs.t - top.t < policy.guard_relief_s
+            or self.obs.t - (top.t if top.relief_t is None else top.relief_t) < policy.guard_relief_s
             or ctl.evidence.up > 0
             or not self._guard_holds(t, ctl)
         ):
             return False
-        return any(binds(c, self.obs) for c in top.caps)
+        return any(holds(c, self.obs, self.capped) for c in top.caps)
 
     @staticmethod
     def _guard_holds(t: TenantSpec, ctl: TenantCtl) -> bool:
@@ -199,8 +262,9 @@ class GuardTick(MoveTick):
         ok, _ = self._place(t, diag, lambda: {**self._window(t, value, slo), "relief": True}, avoid=devices)
         if not ok:
             # Nowhere quieter off the path: keep the guard; look again after another relief period.
+            # (Its own age stays: the guard is judged from when it went on.)
             top = ctl.stack[-1]
-            self.tenants[t.name] = evolve(ctl, stack=(*ctl.stack[:-1], evolve(top, t=self.obs.t)))
+            self.tenants[t.name] = evolve(ctl, stack=(*ctl.stack[:-1], evolve(top, relief_t=self.obs.t)))
 
     # -- output --------------------------------------------------------------------------------
     def throttles(self) -> tuple[tuple[Throttle, ...], tuple[MpsLimit, ...]]:
@@ -212,14 +276,18 @@ class GuardTick(MoveTick):
         # One copy per key at the end (the first cap with those figures and the new expiry) rather
         # than one per cap and merge: the same caps.
         tight: dict[tuple[str, str], tuple[Throttle, float | None, float | None]] = {}
-        spent: dict[str, bool] = {}
+        spent: dict[tuple[str, bool], bool] = {}
         mps: dict[tuple[str, str], MpsLimit] = {}
         for name in sorted(self.tenants):
-            for step in self.tenants[name].stack:
+            stack = self.tenants[name].stack
+            for step in stack:
+                # The guard on top, while it is judged, may hold its tenants for the trial; any other
+                # (judged, or under a move) only for their share of the time they ran.
+                trial = bool(step.caps) and step is stack[-1] and self._guard_verdict(self.spec.tenants[name]) is None
                 for c in step.caps:
-                    lifted = spent.get(c.tenant)
+                    lifted = spent.get((c.tenant, trial))
                     if lifted is None:
-                        lifted = spent[c.tenant] = self.guard_budget_spent(c.tenant)
+                        lifted = spent[(c.tenant, trial)] = self.guard_budget_spent(c.tenant, trial)
                     if lifted:
                         continue  # lifted: the capped tenant's throughput budget is spent
                     key = (c.tenant, c.device)

@@ -7,7 +7,9 @@ decide() speed-up (branch core-perf): first at 8e79f0a, then again before each m
 of recurring episodes), and the speed-up left every digest as it was. Since (2026-12-02: no move
 or resize while a guard is being judged; the closed streams' phases lengthened from 50 to 150
 ticks so that moves and resizes still happen in them; then cost_margin 1 -> 0.5, with which
-open-16x7's victims buy 4 resizes instead of 8 holds) they are main's. A change that alters any
+open-16x7's victims buy 4 resizes instead of 8 holds; then the guard's sequential verdict and
+its trial) they are
+main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in
 the commit message.

@@ -1,0 +1,101 @@
+"""The guard's verdict and its cost to the capped tenants: a sequential test on the requests
+served since the caps went on, a trial that ends with the verdict, and caps counted as holding a
+tenant only while they are in force."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fsm.decide import decide
+from fsm.desired import Throttle
+from fsm.examples import example_observation, example_spec
+from fsm.guardbudget import holds
+from fsm.ladder import Tick
+from fsm.observation import IoRate, LatencyWindow
+from fsm.spec import Policy
+from fsm.state import ControllerState
+
+CAP = 1.5e9  # throttle_factor 0.5 x the ETL's 3 GB/s
+
+
+def _obs(t: float, etl_bps: float, over: float, p99: float = 0.030):
+    """example_observation with 200 requests a 2 s tick, `over` of them over the SLO (counted)."""
+    o = example_observation(t, p99, etl_bps)
+    llm = replace(o.tenants["llm"], latency=LatencyWindow(200, 0.4 * p99, p99, 1.3 * p99, over_slo=over))
+    return replace(o, tenants={**o.tenants, "llm": llm})
+
+
+def _run(spec, state, t0: float, n: int, tail):
+    """n ticks of 2 s from t0; tail(capped) -> (etl bps, requests over the SLO) for the tick."""
+    evs, capped = [], False
+    for i in range(n):
+        etl, over = tail(capped)
+        d = decide(state, _obs(t0 + 2.0 * i, etl, over), spec)
+        state, evs = d.state, evs + list(d.events)
+        capped = bool(d.desired.throttles)
+    return state, evs, d
+
+
+def test_a_guard_that_does_not_cut_the_tail_is_lifted_on_its_requests_before_the_ewma_could():
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False))
+    p = spec.policy
+    # 10% of 100 requests a second over the SLO, capped or not
+    _state, evs, _d = _run(spec, ControllerState(), 0.0, 150, lambda capped: (CAP if capped else 3e9, 20.0))
+    guard = next(e for e in evs if e.kind == "escalate" and e.lever == "guard")
+    lift = next(e for e in evs if e.kind == "release" and e.lever == "guard")
+    assert "did not cut the tail" in lift.reason
+    ev = lift.evidence
+    assert ev["verdict"] == "sequential" and ev["over_slo_since_guard"] >= 0.1 * ev["requests_since_guard"] > 0
+    assert ev["judged_after_s"] == lift.t - guard.t
+    # not before a relief could have been due, well before the recent share could tell (2 x rate_tau_s)
+    assert max(p.cooldown_s, p.guard_relief_s or 0.0) <= lift.t - guard.t < 2 * p.rate_tau_s
+
+
+def test_a_guard_that_halves_the_tail_is_not_lifted_as_useless():
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False, guard_cost_share=None))
+    _state, evs, d = _run(
+        spec, ControllerState(), 0.0, 150, lambda capped: (CAP if capped else 3e9, 10.0 if capped else 20.0)
+    )
+    assert [e for e in evs if e.kind == "escalate" and e.lever == "guard"]
+    assert not [e for e in evs if "did not cut the tail" in e.reason]
+    assert d.desired.throttles  # still capped after 300 s
+
+
+def test_a_cap_holds_its_tenant_only_while_in_force_and_binding():
+    c = Throttle("etl", "nvme0n1", None, CAP, None, 1e9)
+    for bps, capped, held in ((CAP, ("etl",), True), (2 * CAP, ("etl",), True), (0.5 * CAP, ("etl",), False),
+                              (2 * CAP, (), False), (CAP, ("db",), False)):  # fmt: skip
+        o = example_observation(0.0, 0.01, 0.0)
+        etl = replace(o.tenants["etl"], io={"nvme0n1": IoRate(read_bps=bps, write_bps=0.0)})
+        assert holds(c, replace(o, tenants={**o.tenants, "etl": etl}), capped) is held, (bps, capped)
+
+
+def test_a_new_guard_needs_room_for_a_whole_trial():
+    """After one trial a tenant that has run little has no room for another: a guard lifted a
+    tick after it went on would leave nothing to judge while the victim's other levers wait."""
+    spec = example_spec(Policy(cost_margin=None, guard_relief_s=None))
+    tick = Tick.start(ControllerState(guard_cost={"etl": (0.0, 100.0, 0.0)}), example_observation(0.0, 0.01, 3e9), spec)
+    assert tick.guard_trial_fits("etl")
+    for held, ran, fits in ((90.0, 300.0, False), (1.0, 300.0, False), (60.0, 4000.0, True), (100.0, 4000.0, False)):
+        tick.guard_cost["etl"] = (held, ran, 0.0)
+        assert tick.guard_trial_fits("etl") is fits, (held, ran)
+
+
+def test_a_guard_that_cut_the_tail_holds_a_fresh_aggressor_no_longer_than_its_verdict():
+    """The trial ends with the verdict: a guard shown to halve the tail keeps its verdict (the
+    tail coming back once its caps go says nothing of them) but may hold a tenant that has run for
+    a minute only for its share of that minute. Lifted caps then stop charging the tenant: its
+    budget recovers from when they went."""
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False, guard_relief_s=None))
+    halved = lambda capped: (CAP if capped else 3e9, 10.0 if capped else 20.0)  # noqa: E731
+    state, evs, d = _run(spec, ControllerState(), 0.0, 40, halved)
+    guard = next(e for e in evs if e.kind == "escalate" and e.lever == "guard")
+    (top,) = state.tenant("llm").stack
+    assert top.helped and not d.desired.throttles  # judged, and lifted for the budget
+    held = state.guard_cost["etl"][0]
+    assert held < 2 * spec.policy.rate_tau_s  # less than the trial the verdict did not need
+    state, evs, d = _run(spec, state, 80.0, 60, halved)
+    assert [s.lever for s in state.tenant("llm").stack] == ["guard"] and not d.desired.throttles
+    assert not [e for e in evs if "did not cut the tail" in e.reason]  # no false lesson
+    assert state.guard_cost["etl"][0] <= held  # decayed, not grown while it ran free
+    assert state.tenant("llm").io_doubt_until is None and guard.t < 80.0

@@ -9,14 +9,16 @@ victims sent to one instance, never a cap on a protected or sensitive tenant.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
 from fsm.diagnosis import Cause, Diagnosis, diagnose
-from fsm.evidence import evidence_params
+from fsm.evidence import Judgement, evidence_params
 from fsm.evidence import update as update_evidence
 from fsm.evolve import assign_fresh, evolve
 from fsm.guardbudget import charge_guards
+from fsm.levercost import measured_scale
 from fsm.mig import same_layout
 from fsm.observation import Observation
 from fsm.quantiles import Verdict
@@ -73,6 +75,8 @@ class Tick(ReleaseTick):
         ctl = self.tenants[t.name]
         ts = self.obs.tenants.get(t.name)
         slo = t.slo_s if t.slo_s is not None else float("inf")
+        if ctl.evidence.t is not None and now > ctl.evidence.t:
+            self.windows[t.name] = (ts.latency.count if ts is not None and ts.latency else 0.0, now - ctl.evidence.t)
         ev, w = update_evidence(ctl.evidence, ts.latency if ts else None, t.quantile, slo, self.evidence_params, now)
         settling = ctl.settle_until is not None and now < ctl.settle_until
         if settling:
@@ -84,14 +88,22 @@ class Tick(ReleaseTick):
         if ts is not None and ts.outage_s is not None:
             upd["measured_outage_s"] = ts.outage_s
         if not settling and w.bad is not None:  # a window with counts (an empty one has none)
+            # Both weighted over the outage budget's window (fsm.tick_base._overspent's decay).
+            dt = now - ctl.overspend_t if ctl.overspend_t is not None else 0.0
+            keep = math.exp(-dt / policy.outage_budget_window_s) if dt > 0 else 1.0
+            served_n, served_s = ctl.served
             upd.update(
-                overspend=self._overspent(ctl, w.bad - (1.0 - t.quantile) * w.count),
+                overspend=ctl.overspend * keep + w.bad - (1.0 - t.quantile) * w.count,
                 overspend_t=now,
+                served=(served_n * keep + w.count, served_s * keep + self.windows.get(t.name, (0.0, 0.0))[1]),
                 acted_n=ctl.acted_n + w.count,
                 acted_bad=ctl.acted_bad + w.bad,
             )
             if ctl.episode_start is not None:
                 upd.update(episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + w.bad)
+        watch = ctl.outage_watch
+        if watch is not None and now > watch[0]:
+            upd.update(self._watch_outage(ctl, watch, w, now))
         last = w.value if w.value is not None else ctl.last_value
         if w.verdict is Verdict.VIOLATING:
             upd.update(bad=ctl.bad + 1, good=0, last_value=last, last_bad_t=now)
@@ -151,6 +163,28 @@ class Tick(ReleaseTick):
             and now - ctl.released_at > 4 * _dwell(policy.dwell_s, ctl.flaps)
         ):
             self.tenants[t.name] = evolve(ctl, flaps=0)  # calm for long enough: forget the flapping
+
+    @staticmethod
+    def _watch_outage(
+        ctl: TenantCtl, watch: tuple[float, float, float, float], w: Judgement, now: float
+    ) -> dict[str, Any]:
+        """Count the requests served since an outage was taken, and those over the SLO. Once the
+        operation is done and a window's quantile is back to what it was before (its backlog
+        served) or the settling time is over, what the outage cost against the prediction scales
+        the model's from then on (the geometric mean over the tenant's measured outages)."""
+        n = ctl.watch_n + w.count
+        nbad = ctl.watch_bad + (w.bad or 0.0)
+        settle = ctl.settle_until
+        settling = settle is not None and settle > watch[0] and now < settle
+        drained = w.value is not None and w.value <= watch[3]
+        if ctl.pending is not None or (settling and not drained):
+            return {"watch_n": n, "watch_bad": nbad}
+        m = measured_scale(n, nbad, watch[2], watch[1])
+        scale = m if ctl.cost_scale is None else math.sqrt(ctl.cost_scale * m)
+        # The outage budget is time standing for requests: an outage that cost m times the model's
+        # prediction spent m times its seconds (never less than them: the operator's allowance).
+        outages = tuple((ts, s * m if ts == watch[0] and m > 1.0 else s) for ts, s in ctl.outages)
+        return {"outage_watch": None, "watch_n": 0.0, "watch_bad": 0.0, "cost_scale": scale, "outages": outages}
 
     # -- in-flight operations ------------------------------------------------------------------
     def _check_pending(self, t: TenantSpec) -> None:
@@ -260,6 +294,7 @@ class Tick(ReleaseTick):
             backoff_until=self.obs.t + backoff,
             target=target,
             last_reason=reason,
+            outage_watch=None,  # a failed operation measures nothing of what an outage costs
         )
         self.tenants[t.name] = ctl
         self.emit(

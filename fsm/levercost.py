@@ -8,7 +8,10 @@ outage and the drain, so the share of held requests that wait longer than the SL
     cost = lambda x max(0, D - SLO) / (1 - rho)
 
 (lambda the tenant's request rate, rho its server's utilisation, capped at 0.9). A warm hand-over
-whose gap is shorter than the SLO costs nothing by this measure.
+whose gap is shorter than the SLO costs nothing by this measure. lambda is the rate the outage
+meets: the recent one, or a burst's that began a tick ago (fsm.tick_base._rate_now). And the model
+is checked: each outage's requests over the SLO, counted from when it was taken until its backlog
+was served, over the prediction, scale the tenant's later prices (measured_scale; `cost_scale`).
 
 Benefit: the lever brings the bad share from its value p back to the budget eps for the rest of
 the episode. How long that is cannot be known when the lever is taken; this is the ski-rental
@@ -43,6 +46,15 @@ from typing import Any
 from fsm.evolve import field_setters
 
 MAX_RHO = 0.9
+# One measured outage may meet a burst or a calm spell: it moves the scale at most this far.
+MIN_SCALE, MAX_SCALE = 0.25, 10.0
+
+
+def measured_scale(served: float, bad: float, share_before: float, predicted: float) -> float:
+    """What one outage cost against the model: the requests over the SLO from when it was taken
+    until its backlog settled, less those the share before would have put there anyway, over the
+    model's prediction (outage_cost)."""
+    return min(max(max(0.0, bad - share_before * served) / predicted, MIN_SCALE), MAX_SCALE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +72,8 @@ class LeverCost:
     elapsed_s: float
     efficacy: float
     benefit: float  # requests expected kept under the SLO by the lever
+    scale: float = 1.0  # the tenant's measured outages' cost / the model's (1: none measured)
+    outage_rate_rps: float = 0.0  # the arrival rate the outage meets (a burst's, when one began)
 
     def pays(self, margin: float) -> bool:
         return self.benefit >= margin * self.cost
@@ -72,6 +86,8 @@ class LeverCost:
             "rate_rps": round(self.rate_rps, 3),
             "utilisation": round(self.rho, 3),
             "cost_requests": round(self.cost, 1),
+            "cost_scale": round(self.scale, 2),
+            "outage_rate_rps": round(self.outage_rate_rps, 3),
             "bad_share": round(self.bad_share, 4),
             "budget_share": round(self.budget_share, 4),
             "expected_episode_s": round(self.remaining_s, 1),
@@ -133,19 +149,31 @@ def rent_of(
     return Rent(rate_rps, r, share, budget_share, remaining, rent, elapsed_s, gain)
 
 
-def price(rent: Rent, lever: str, outage_s: float, outage_source: str, slo_s: float, efficacy: float) -> LeverCost:
-    """One lever's cost and benefit against the tick's rent."""
+def price(
+    rent: Rent,
+    lever: str,
+    outage_s: float,
+    outage_source: str,
+    slo_s: float,
+    efficacy: float,
+    scale: float = 1.0,
+    outage_rate: float | None = None,
+) -> LeverCost:
+    """One lever's cost and benefit against the tick's rent. The cost is the model's at the rate the
+    outage meets (`outage_rate`, default the rent's), times `scale`: what this tenant's outages
+    were measured to cost against the model (MIN_SCALE..MAX_SCALE)."""
+    meets = rent.rate_rps if outage_rate is None else outage_rate
     # LeverCost(...) through its slots' setters: a frozen dataclass's __init__ sets 13 fields
     # through object.__setattr__, and every lever a hold considers is priced (the same value).
     c: LeverCost = _new(LeverCost)
     (s_lever, s_outage, s_source, s_rate, s_rho, s_cost, s_share, s_budget, s_remaining, s_rent, s_elapsed,
-     s_efficacy, s_benefit) = _COST_SET  # fmt: skip
+     s_efficacy, s_benefit, s_scale, s_meets) = _COST_SET  # fmt: skip
     s_lever(c, lever)
     s_outage(c, outage_s)
     s_source(c, outage_source)
     s_rate(c, rent.rate_rps)
     s_rho(c, rent.rho)
-    s_cost(c, outage_cost(rent.rate_rps, outage_s, slo_s, rent.rho))
+    s_cost(c, outage_cost(meets, outage_s, slo_s, rent.rho) * scale)
     s_share(c, rent.bad_share)
     s_budget(c, rent.budget_share)
     s_remaining(c, rent.remaining_s)
@@ -153,6 +181,8 @@ def price(rent: Rent, lever: str, outage_s: float, outage_source: str, slo_s: fl
     s_elapsed(c, rent.elapsed_s)
     s_efficacy(c, efficacy)
     s_benefit(c, rent.gain * efficacy)
+    s_scale(c, scale)
+    s_meets(c, meets)
     return c
 
 

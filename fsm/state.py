@@ -69,6 +69,9 @@ class TenantCtl:
     # episodes that come and go, which a lever that stays would have saved too.
     overspend: float = 0.0
     overspend_t: float | None = None
+    # Requests served and the seconds they were served over, weighted over the outage budget's
+    # window: the tenant's usual rate, against which an outage in a burst is charged.
+    served: tuple[float, float] = (0.0, 0.0)
     # Requests since the last action on this tenant, and those over the SLO: what it did so far.
     acted_n: float = 0.0
     acted_bad: float = 0.0
@@ -89,6 +92,14 @@ class TenantCtl:
     # share is not taken to hold it, so a same-sized move off it is expected to cure little.
     io_doubt_until: float | None = None
     last_bad_t: float | None = None  # the last tick the evidence said violating
+    # An outage being measured against fsm.levercost's prediction, from the tick it was taken until
+    # its backlog is served: (taken at, predicted requests over the SLO, share over it before, the
+    # tail before (s)), and the requests served and over the SLO since. cost_scale: measured / predicted, the
+    # geometric mean over this tenant's measured outages (None: none measured yet).
+    outage_watch: tuple[float, float, float, float] | None = None
+    watch_n: float = 0.0
+    watch_bad: float = 0.0
+    cost_scale: float | None = None
 
     @property
     def level(self) -> Level:

@@ -12,7 +12,7 @@ from fsm.desired import DecisionEvent
 from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, window_evidence
 from fsm.evolve import evolve, field_setters
-from fsm.levercost import LeverCost, Rent, price, rent_of
+from fsm.levercost import LeverCost, Rent, outage_cost, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
@@ -60,6 +60,8 @@ class TickBase:
     capped: tuple[str, ...] = ()  # tenants whose caps were in force after the last decision
     fresh: dict[str, TenantCtl] = field(default_factory=dict)  # tenant -> the record this tick copied for it
     rents: dict[str, Rent] = field(default_factory=dict)  # tenant -> what its levers are priced against
+    # tenant -> (requests, seconds) of this tick's window: an outage taken now holds the arrivals of now
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)
     _traffic: Traffic | None = None
 
     @property
@@ -104,7 +106,10 @@ class TickBase:
         now = self.obs.t
         ctl = self.tenants[t.name]
         before = level_of(ctl)
-        step = evolve(step, bad_share=ctl.evidence.bad_share())
+        share = ctl.evidence.bad_share()
+        if step.lever == GUARD and share is not None:
+            share = _guard_baseline(share, ctl, 1.0 - t.quantile)
+        step = evolve(step, bad_share=share)
         target = step.to_instance if step.to_instance is not None else ctl.target
         if not policy.enforce:
             pending = None  # dry-run: nothing will happen, so nothing is waited for
@@ -171,7 +176,8 @@ class TickBase:
                 episode_bad=ctl.episode_bad,
                 window_rent=self._overspent(ctl, 0.0),
             )
-        c = price(rent, lever, outage, source, t.slo_s, efficacy)
+        scale = self.tenants[t.name].cost_scale or 1.0
+        c = price(rent, lever, outage, source, t.slo_s, efficacy, scale, self._rate_now(t, rent.rate_rps))
         if c.pays(policy.cost_margin):
             return c, ""
         return c, (
@@ -180,30 +186,68 @@ class TickBase:
         )
 
     # -- the outage budget ----------------------------------------------------------------------
+    def _charged_s(self, t: TenantSpec, seconds: float) -> float:
+        """What an outage taken now spends of the outage budget: its seconds, times the arrival rate
+        it meets over the tenant's usual one when that is higher. The budget's seconds stand for
+        the requests an outage holds at the usual rate; one taken in a burst holds more."""
+        n, s = self.tenants[t.name].served
+        if s <= 0 or n <= 0:
+            return seconds
+        usual = n / s
+        return seconds * max(1.0, self._rate_now(t, usual) / usual)
+
     def _outage_short(self, t: TenantSpec, seconds: float) -> str:
         """Why an outage of `seconds` cannot be afforded now ("" when it can)."""
         share = self.spec.policy.outage_budget_share
         if share is None or seconds <= 0:
             return ""
+        seconds = self._charged_s(t, seconds)
         window = self.spec.policy.outage_budget_window_s
         budget = share * (1.0 - t.quantile) * window
         spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < window)
         if spent + seconds <= budget + 1e-9:
             return ""
-        return f"outage budget spent ({spent:g} s of {budget:g} s per {window:g} s; this needs {seconds:g} s)"
+        return (
+            f"outage budget spent ({round(spent, 1):g} s of {budget:g} s per {window:g} s;"
+            f" this needs {round(seconds, 1):g} s)"
+        )
 
-    def _spend(self, name: str, seconds: float) -> None:
-        """Charge an outage to the budget; the rent paid so far bought it (fsm.levercost)."""
-        ctl = self.tenants[name]
+    def _rate_now(self, t: TenantSpec, recent: float) -> float:
+        """The arrival rate an outage taken now meets: the recent rate (rate_tau_s), or this tick's
+        window's when it is above that by more than Poisson noise (3 sigma): a burst that began a
+        tick ago is all of an outage's held requests, and the recent rate has not seen it yet."""
+        n, dt = self.windows.get(t.name, (0.0, 0.0))
+        expected = recent * dt
+        if dt > 0 and n > expected + 3.0 * math.sqrt(max(expected, 1.0)):
+            return n / dt
+        return recent
+
+    def _spend(self, t: TenantSpec, seconds: float) -> None:
+        """Charge an outage to the budget; the rent paid so far bought it (fsm.levercost). Watch
+        what it costs: the model's prediction is checked against the requests it pushes over the
+        SLO (ladder, _watch_outage), and later levers are priced with what was measured."""
+        ctl = self.tenants[t.name]
         now = self.obs.t
         kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
-        self.tenants[name] = evolve(
+        watch = ctl.outage_watch
+        if t.slo_s is not None:
+            rate = self._rate_now(t, ctl.evidence.rate(self.evidence_params))
+            rho = self._sm_now(t)
+            predicted = outage_cost(rate, seconds, t.slo_s, 0.5 if rho is None else rho)
+            if predicted >= 1.0:  # an outage shorter than the SLO (a warm hand-over) costs nothing to measure
+                # the tail before: once a window is back to it (or the SLO), the backlog is served
+                before = max(t.slo_s, ctl.last_value if ctl.last_value is not None else t.slo_s)
+                watch = (now, predicted, ctl.evidence.bad_share() or 0.0, before)
+        self.tenants[t.name] = evolve(
             ctl,
-            outages=(*kept, (now, seconds)),
+            outages=(*kept, (now, self._charged_s(t, seconds))),
             overspend=min(0.0, self._overspent(ctl, 0.0)),
             overspend_t=now,
             episode_n=0.0,
             episode_bad=0.0,
+            outage_watch=watch,
+            watch_n=0.0,
+            watch_bad=0.0,
         )
 
     def _overspent(self, ctl: TenantCtl, add: float) -> float:
@@ -281,3 +325,14 @@ def _min(a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return min(a, b)
+
+
+def _guard_baseline(recent: float, ctl: TenantCtl, eps: float) -> float:
+    """What a guard is judged against: the recent share over the SLO, or the episode's own share
+    (fsm.levercost's p) when the episode holds 1/eps requests and that is lower. A guard goes on
+    when the recent share is high, so part of that height is noise that falls back by itself
+    (regression to the mean): judged against it alone, a guard that changed nothing was found to
+    halve the tail, and a move bought on that verdict cured nothing."""
+    if eps > 0 and ctl.episode_n * eps >= 1.0:
+        return min(recent, ctl.episode_bad / ctl.episode_n)
+    return recent

@@ -84,7 +84,7 @@ class MoveTick(TickBase):
                 **({"cost": cost.as_evidence()} if cost is not None else {}),
             },
         )
-        self._spend(t.name, outage)
+        self._spend(t, outage)
         return True, ""
 
     def _resize(self, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
@@ -144,5 +144,5 @@ class MoveTick(TickBase):
                 **({"cost": cost.as_evidence()} if cost is not None else {}),
             },
         )
-        self._spend(t.name, outage)
+        self._spend(t, outage)
         return True, ""

@@ -148,7 +148,7 @@ class ReleaseTick(GuardTick):
         )
         if outage:
             evidence["outage_s"] = outage
-            self._spend(t.name, outage)
+            self._spend(t, outage)
         self.emit(t.name, "release", before, after, step.lever, reason, evidence)
 
     def _outage_hurts(self, t: TenantSpec, outage: float) -> bool:

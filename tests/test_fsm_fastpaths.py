@@ -127,9 +127,13 @@ def test_a_lever_priced_through_its_slots_is_the_dataclass() -> None:
                    elapsed_s=100.0, episode_requests=500.0, episode_bad=20.0, window_rent=3.0)  # fmt: skip
     fast = price(rent, "resize", 60.0, "configured", 0.2, 0.25)
     plain = LeverCost("resize", 60.0, "configured", 2.5, 0.3, outage_cost(2.5, 60.0, 0.2, 0.3), rent.bad_share,
-                      0.01, rent.remaining_s, rent.rent, 100.0, 0.25, rent.gain * 0.25)  # fmt: skip
+                      0.01, rent.remaining_s, rent.rent, 100.0, 0.25, rent.gain * 0.25, 1.0, 2.5)  # fmt: skip
     assert type(fast) is LeverCost and fast == plain and repr(fast) == repr(plain) and hash(fast) == hash(plain)
     assert pickle.loads(pickle.dumps(fast)) == plain and fast.as_evidence() == plain.as_evidence()
+    # measured outages scale the model's cost; a burst's arrivals are what an outage now holds
+    scaled = price(rent, "resize", 60.0, "configured", 0.2, 0.25, 2.0, 5.0)
+    assert scaled.cost == 2.0 * outage_cost(5.0, 60.0, 0.2, 0.3) and scaled.benefit == fast.benefit
+    assert scaled.as_evidence()["cost_scale"] == 2.0 and scaled.as_evidence()["outage_rate_rps"] == 5.0
 
 
 def test_evidence_params_derive_their_thresholds() -> None:

@@ -99,3 +99,26 @@ def test_a_guard_that_cut_the_tail_holds_a_fresh_aggressor_no_longer_than_its_ve
     assert not [e for e in evs if "did not cut the tail" in e.reason]  # no false lesson
     assert state.guard_cost["etl"][0] <= held  # decayed, not grown while it ran free
     assert state.tenant("llm").io_doubt_until is None and guard.t < 80.0
+
+
+def test_a_guard_is_judged_against_the_episode_not_the_peak_it_went_on_at():
+    """A long episode at 4% over the SLO with no aggressor to cap; a noisy minute lifts the recent
+    share to 10%, then the ETL starts and the guard goes on at that height. Capped, the tail is
+    what it was all episode long: the guard changed nothing. Against the share it went on at, 4%
+    is the halving the test looks for (regression to the mean: the old verdict was "helps", kept
+    for good); against the episode's own share it is no cut at all, and the caps are lifted."""
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False, guard_cost_share=None))
+    mild, noisy = 8.0, 20.0  # of 200 requests a tick: 4% and 10%
+    state, evs, _d = _run(spec, ControllerState(), 0.0, 300, lambda capped: (0.0, mild))
+    assert not [e for e in evs if e.kind == "escalate"] and state.tenant("llm").episode_start is not None
+    ticks = iter(range(10_000))
+
+    def tail(capped: bool) -> tuple[float, float]:
+        return (0.0, noisy) if next(ticks) < 30 else (CAP if capped else 3e9, mild)
+
+    state, evs, d = _run(spec, state, 600.0, 150, tail)
+    guard = next(e for e in evs if e.kind == "escalate" and e.lever == "guard")
+    assert guard.t >= 660.0  # went on once the ETL showed, at the noisy minute's height
+    lift = next(e for e in evs if e.kind == "release" and e.lever == "guard")
+    assert "did not cut the tail" in lift.reason and not d.desired.throttles
+    assert not state.tenant("llm").stack

@@ -193,3 +193,81 @@ def test_the_lesson_of_a_useless_guard_outlives_its_episode():
         assert esc is not None and esc.lever == "place", doubt
         assert esc.evidence["diagnosis"]["cause"] == "io"
         assert esc.evidence["cost"]["efficacy"] == want, doubt  # an expired lesson (5.0) is forgotten
+
+
+def _counted(t: float, count: int, over: float, p99: float, at=None):
+    from dataclasses import replace
+
+    from fsm.observation import LatencyWindow
+
+    obs = example_observation(t, p99, 0.0, llm_at=at, count=count)
+    llm = replace(obs.tenants["llm"], latency=LatencyWindow(count, 0.4 * p99, p99, 1.3 * p99, over_slo=over))
+    return replace(obs, tenants={**obs.tenants, "llm": llm})
+
+
+def _bought(spec):
+    """10% of 200 requests a 2 s tick over the SLO until a move is bought: (state, its escalation)."""
+    state = ControllerState()
+    for i in range(300):
+        d = decide(state, _counted(2.0 * i, 200, 20.0, 0.030), spec)
+        state = d.state
+        esc = [e for e in d.events if e.kind == "escalate"]
+        if esc:
+            return state, esc[0], d
+    raise AssertionError("no move bought")
+
+
+def test_an_outage_is_measured_against_its_prediction_and_prices_the_next_lever():
+    """The model's cost of an outage (held requests, drained at the spare rate) is checked against
+    what the tenant's windows show from the move until its backlog is served: 3x the prediction
+    here. Later levers are priced at that scale, and the outage budget is charged 3x its seconds."""
+    from fsm.levercost import measured_scale
+
+    spec = example_spec(Policy(guards=False, mps=False, episode_prior_s=3600.0))
+    state, esc, d = _bought(spec)
+    target = d.desired.placements["llm"]
+    watch = state.tenant("llm").outage_watch
+    assert watch is not None and watch[0] == esc.t and state.tenant("llm").cost_scale is None
+    predicted, before_share = watch[1], watch[2]
+    t = esc.t + 2.0
+    held = round(3 * predicted)
+    ticks = [(0, 0.0, 0.030), (held, float(held), 9.0), (200, 0.0, 0.010)]  # outage, backlog, served
+    for count, over, p99 in ticks:
+        state = decide(state, _counted(t, count, over, p99, at=target), spec).state
+        t += 2.0
+    ctl = state.tenant("llm")
+    m = measured_scale(held + 200, held, before_share, predicted)
+    assert ctl.outage_watch is None and ctl.cost_scale == pytest.approx(m) and 2.5 < m < 3.0
+    outage = esc.evidence["cost"]["outage_s"]
+    assert ctl.outages[-1] == (esc.t, pytest.approx(outage * m))
+    # the next lever is priced at the measured scale
+    from fsm.ladder import Tick
+
+    tick = Tick.start(state, _counted(t, 200, 20.0, 0.030, at=target), spec)
+    tname = spec.tenants["llm"]
+    cost, _why = tick._pays(tname, "resize", 5.0, "configured", 1.0)
+    assert cost is not None and cost.scale == pytest.approx(m)
+
+
+def test_an_outage_taken_in_a_burst_is_priced_and_charged_at_the_burst():
+    """The recent rate (a minute) lags a burst that began a tick ago; an outage taken now holds the
+    burst's arrivals. This tick's window sets the rate when it is past Poisson noise, and the
+    outage budget is charged its seconds times the burst over the usual rate."""
+    from fsm.ladder import Tick
+
+    spec = example_spec(Policy(guards=False, mps=False))
+    state = ControllerState()
+    for i in range(200):  # 100 requests a second, within the SLO
+        state = decide(state, _counted(2.0 * i, 200, 0.0, 0.010), spec).state
+    tname = spec.tenants["llm"]
+    calm = Tick.start(state, _counted(400.0, 200, 0.0, 0.010), spec)
+    calm.step(tname)
+    assert calm._charged_s(tname, 5.0) == pytest.approx(5.0)
+    burst = Tick.start(state, _counted(400.0, 800, 0.0, 0.010), spec)  # 4x
+    burst.step(tname)
+    recent = burst.tenants["llm"].evidence.rate(burst.evidence_params)
+    assert recent < 150.0 and burst._rate_now(tname, recent) == pytest.approx(400.0)
+    assert burst._charged_s(tname, 5.0) == pytest.approx(5.0 * 400.0 / 100.0, rel=0.05)
+    noisy = Tick.start(state, _counted(400.0, 215, 0.0, 0.010), spec)  # within noise
+    noisy.step(tname)
+    assert noisy._rate_now(tname, 100.0) == 100.0

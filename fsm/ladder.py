@@ -88,9 +88,7 @@ class Tick(ReleaseTick):
         if ts is not None and ts.outage_s is not None:
             upd["measured_outage_s"] = ts.outage_s
         if not settling and w.bad is not None:  # a window with counts (an empty one has none)
-            # Both weighted over the outage budget's window (fsm.tick_base._overspent's decay).
-            dt = now - ctl.overspend_t if ctl.overspend_t is not None else 0.0
-            keep = math.exp(-dt / policy.outage_budget_window_s) if dt > 0 else 1.0
+            keep = self._window_keep(ctl)  # one decay for both window-weighted sums
             served_n, served_s = ctl.served
             upd.update(
                 overspend=ctl.overspend * keep + w.bad - (1.0 - t.quantile) * w.count,

@@ -250,11 +250,15 @@ class TickBase:
             watch_bad=0.0,
         )
 
-    def _overspent(self, ctl: TenantCtl, add: float) -> float:
-        """The tenant's overspend decayed to now (time constant: the outage budget's window), plus `add`."""
+    def _window_keep(self, ctl: TenantCtl) -> float:
+        """What of the tenant's window-weighted sums (overspend, served) is kept from their last
+        update to now: time constant, the outage budget's window."""
         dt = self.obs.t - ctl.overspend_t if ctl.overspend_t is not None else 0.0
-        keep = math.exp(-dt / self.spec.policy.outage_budget_window_s) if dt > 0 else 1.0
-        return ctl.overspend * keep + add
+        return math.exp(-dt / self.spec.policy.outage_budget_window_s) if dt > 0 else 1.0
+
+    def _overspent(self, ctl: TenantCtl, add: float) -> float:
+        """The tenant's overspend decayed to now, plus `add`."""
+        return ctl.overspend * self._window_keep(ctl) + add
 
     def _shrink_ratio(self, t: TenantSpec, step: Step) -> float | None:
         """Slices of the victim's current instance over those of the one it would return to."""

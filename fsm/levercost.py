@@ -123,6 +123,14 @@ class Rent:
     gain: float  # requests a full cure keeps under the SLO: the benefit at efficacy 1
 
 
+def episode_share(episode_requests: float, episode_bad: float, budget_share: float) -> float | None:
+    """The episode's own share over the SLO once it holds 1/budget_share requests (None before:
+    too few to say more than the recent share does)."""
+    if budget_share > 0 and episode_requests * budget_share >= 1.0:
+        return episode_bad / episode_requests
+    return None
+
+
 def rent_of(
     *,
     rate_rps: float,
@@ -138,9 +146,8 @@ def rent_of(
 ) -> Rent:
     # Unknown utilisation: assume a server half busy (the cost doubles the plain outage).
     r = 0.5 if rho is None else min(max(rho, 0.0), MAX_RHO)
-    if budget_share > 0 and episode_requests * budget_share >= 1.0:
-        share = episode_bad / episode_requests
-    else:
+    share = episode_share(episode_requests, episode_bad, budget_share)
+    if share is None:
         share = bad_share if bad_share is not None else 0.0
     remaining = expected_remaining(episodes, prior_s)
     episode_rent = episode_bad - budget_share * episode_requests

@@ -12,7 +12,7 @@ from fsm.desired import DecisionEvent
 from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, window_evidence
 from fsm.evolve import evolve, field_setters
-from fsm.levercost import LeverCost, Rent, outage_cost, price, rent_of
+from fsm.levercost import LeverCost, Rent, episode_share, outage_cost, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
@@ -337,6 +337,5 @@ def _guard_baseline(recent: float, ctl: TenantCtl, eps: float) -> float:
     when the recent share is high, so part of that height is noise that falls back by itself
     (regression to the mean): judged against it alone, a guard that changed nothing was found to
     halve the tail, and a move bought on that verdict cured nothing."""
-    if eps > 0 and ctl.episode_n * eps >= 1.0:
-        return min(recent, ctl.episode_bad / ctl.episode_n)
-    return recent
+    episode = episode_share(ctl.episode_n, ctl.episode_bad, eps)
+    return recent if episode is None else min(recent, episode)

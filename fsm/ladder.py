@@ -16,7 +16,7 @@ from typing import Any
 from fsm.diagnosis import Cause, Diagnosis, diagnose
 from fsm.evidence import Judgement, evidence_params
 from fsm.evidence import update as update_evidence
-from fsm.evolve import assign_fresh, evolve
+from fsm.evolve import evolve
 from fsm.guardbudget import charge_guards
 from fsm.levercost import measured_scale
 from fsm.mig import same_layout
@@ -365,13 +365,8 @@ class Tick(ReleaseTick):
                 {"window": window(), "diagnosis": (diag or diagnose(self.spec, self.obs, t, self.traffic)).as_event()},
             )
         # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
-        cur = self.tenants[t.name]
-        if self.fresh.get(t.name) is cur:
-            # The copy step() made this tick, held only here and by step(), which reads it no more: a
-            # hold ends its tenant's step, and a second copy of all its fields would be thrown away.
-            assign_fresh(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
-        else:
-            self.tenants[t.name] = evolve(cur, last_reason=gist, bad=0, evidence=cur.evidence.reset())
+        # (In place on this tick's own copy, which step() reads no more: a hold ends its tenant's step.)
+        self._update(t.name, last_reason=gist, bad=0, evidence=self.tenants[t.name].evidence.reset())
 
     def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
         if lever == GUARD:

@@ -404,23 +404,35 @@ def rank_candidates(
     w_move = policy.w_move
     away = policy.move_other_gpu if cur_key is not None else 0.0  # the move to another GPU
     step = policy.move_step_up
+    taken_gpus = {k[0] for k in taken}
     # This runs for every free instance of the host, per victim. The instances of one group (a GPU
     # and a size) share their penalty (_cost's arithmetic, in the same order), their GPU and their
     # size preference, so they rank by name: a group is one entry here, (penalty, another GPU,
     # size preference, its candidates, terms, move, size), with only its first `limit` candidates
     # by name (except on the victim's own GPU, where one might be the victim's own instance at no
-    # move cost: one entry per instance there).
-    entries: list[_Entry] = []
-    taken_gpus = {k[0] for k in taken}
+    # move cost: one entry per instance there). A GPU that is not the victim's and carries none of
+    # its traffic has the same entries for every victim of its size and cause: those are built
+    # once per tick (_other_entries) and shared, and only the victim's own GPUs are built here.
     table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
     if table is None:
         table = traffic.memo["gpu-terms"] = {}
-    for gpu, by_size in groups:
-        terms: tuple[float, float, float] | None = None
-        a = 0.0
+    key = ("other-entries", need, sized, limit, away, frozenset(taken))
+    shared: list[_Shared] | None = traffic.memo.get(key)
+    if shared is None:
+        shared = traffic.memo[key] = _other_entries(spec, obs, traffic, groups, table, need, sized, limit, away, taken)
+    entries: list[_Entry] = []
+    for gpu, by_size, row, ents in shared:
         other = gpu != cur_gpu
-        cap = limit if limit is not None and other else None
+        if (other and not ents) or (allow_gpu is not None and not allow_gpu(gpu)):
+            continue
+        if other and victim.name not in row[0]:
+            entries.extend(ents)
+            continue
+        # The victim's own GPU, or one that carries its traffic (not its neighbours'): its own entries.
+        terms = _gpu_terms(spec, obs, traffic, gpu, victim) if victim.name in row[0] else row[1]
+        a = _weighted(policy, terms) if victim.name in row[0] else row[2]
         up = step_up(spec, gpu, need) if step else 0
+        cap = limit if limit is not None and other else None
         for n, members in by_size:
             if n < need:
                 continue
@@ -430,17 +442,6 @@ def rank_candidates(
                 members = members[:cap]
             if not members:
                 continue
-            if terms is None:
-                if allow_gpu is not None and not allow_gpu(gpu):
-                    break
-                row = table.get(gpu)
-                if row is None:
-                    row = _gpu_table(spec, obs, traffic, gpu)
-                if victim.name in row[0]:  # the victim's own traffic there is not its neighbours'
-                    terms = _gpu_terms(spec, obs, traffic, gpu, victim)
-                    a = _weighted(policy, terms)
-                else:
-                    terms, a = row[1], row[2]
             size = max(0, n - need) / 7.0 if sized else 0.0
             pref = 0 if n == up else 1 if n == need else 2
             if other:
@@ -454,6 +455,52 @@ def rank_candidates(
 
 # (penalty, another GPU, size preference, candidates, terms, move, size) of a group of candidates
 _Entry = tuple[float, bool, int, list[_Member], tuple[float, float, float], float, float]
+# (GPU, its free instances by size, its row of _gpu_table, its entries as another GPU's for a victim
+# without traffic there)
+_Shared = tuple[str, list[tuple[int, list[_Member]]], _GpuRow, list[_Entry]]
+
+
+def _other_entries(
+    spec: HostSpec,
+    obs: Observation,
+    traffic: Traffic,
+    groups: list[tuple[str, list[tuple[int, list[_Member]]]]],
+    table: dict[str, _GpuRow],
+    need: int,
+    sized: bool,
+    limit: int | None,
+    away: float,
+    taken: set[tuple[str, str, int]],
+) -> list[_Shared]:
+    """Per GPU with free instances, its entries for a victim on another GPU without traffic on its
+    root complex (rank_candidates' loop for such a GPU): the same for every victim of this size,
+    cause and move cost, once per tick."""
+    policy = spec.policy
+    w_move = policy.w_move
+    step = policy.move_step_up
+    taken_gpus = {k[0] for k in taken}
+    out: list[_Shared] = []
+    for gpu, by_size in groups:
+        row = table.get(gpu)
+        if row is None:
+            row = _gpu_table(spec, obs, traffic, gpu)
+        a = row[2]
+        up = step_up(spec, gpu, need) if step else 0
+        ents: list[_Entry] = []
+        for n, members in by_size:
+            if n < need:
+                continue
+            if gpu in taken_gpus:
+                members = [m for m in members if m[2] not in taken]
+            if limit is not None and len(members) > limit:
+                members = members[:limit]
+            if not members:
+                continue
+            size = max(0, n - need) / 7.0 if sized else 0.0
+            pref = 0 if n == up else 1 if n == need else 2
+            ents.append((a + w_move * away - size, True, pref, members, row[1], away, size))
+        out.append((gpu, by_size, row, ents))
+    return out
 
 
 def _best(

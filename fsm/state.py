@@ -100,6 +100,10 @@ class TenantCtl:
     watch_n: float = 0.0
     watch_bad: float = 0.0
     cost_scale: float | None = None
+    # The last placement search that found nowhere to go (no quieter or no free instance): (when,
+    # the cause it ranked for, its answer). Until cooldown_s has passed, a hold gives that answer
+    # again rather than ranking every free instance of the host again a tick later.
+    place_none: tuple[float, str, str] | None = None
 
     @property
     def level(self) -> Level:

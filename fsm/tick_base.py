@@ -11,7 +11,7 @@ from typing import Any
 from fsm.desired import DecisionEvent
 from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, window_evidence
-from fsm.evolve import evolve, field_setters
+from fsm.evolve import assign_fresh, evolve, field_setters
 from fsm.levercost import LeverCost, Rent, episode_share, outage_cost, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
@@ -229,6 +229,7 @@ class TickBase:
         ctl = self.tenants[t.name]
         now = self.obs.t
         kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
+        keep = self._window_keep(ctl)
         watch = ctl.outage_watch
         if t.slo_s is not None:
             rate = self._rate_now(t, ctl.evidence.rate(self.evidence_params))
@@ -243,12 +244,22 @@ class TickBase:
             outages=(*kept, (now, self._charged_s(t, seconds))),
             overspend=min(0.0, self._overspent(ctl, 0.0)),
             overspend_t=now,
+            served=(ctl.served[0] * keep, ctl.served[1] * keep),  # the two sums share overspend_t
             episode_n=0.0,
             episode_bad=0.0,
             outage_watch=watch,
             watch_n=0.0,
             watch_bad=0.0,
         )
+
+    def _update(self, name: str, **changes: Any) -> None:
+        """Change a tenant's record: in place when it is this tick's own copy (step() made it and
+        nobody else holds it), else as a new copy."""
+        cur = self.tenants[name]
+        if self.fresh.get(name) is cur:
+            assign_fresh(cur, **changes)
+        else:
+            self.tenants[name] = evolve(cur, **changes)
 
     def _window_keep(self, ctl: TenantCtl) -> float:
         """What of the tenant's window-weighted sums (overspend, served) is kept from their last

@@ -45,6 +45,9 @@ class MoveTick(TickBase):
             cost, why = self._pays(t, PLACE, outage, source, efficacy)
             if why:
                 return False, why
+        seen = self.tenants[t.name].place_none if not avoid else None
+        if seen is not None and seen[1] == diag.cause and self.obs.t - seen[0] < policy.cooldown_s:
+            return False, seen[2]  # nothing changed enough in a few ticks to rank every instance again
         here, ranked = rank_candidates(
             self.spec,
             self.obs,
@@ -55,15 +58,20 @@ class MoveTick(TickBase):
             allow_gpu=lambda g: g not in self.busy_gpus and (not avoid or self._off_path(g, avoid)),
             limit=5,  # the best one is taken; five are kept as evidence
         )
+        nowhere = ""
         if here is None:
-            return False, "the victim's current MIG instance is unknown"
-        if not ranked:
-            return False, "no free MIG instance at least as large"
+            nowhere = "the victim's current MIG instance is unknown"
+        elif not ranked:
+            nowhere = "no free MIG instance at least as large"
+        elif ranked[0].penalty >= here.penalty - policy.placement_margin:
+            b = ranked[0]
+            nowhere = f"no quieter instance (best {b.instance} penalty {b.penalty:.3f} vs {here.penalty:.3f} here)"
+        if nowhere:
+            if not avoid:
+                self._update(t.name, place_none=(self.obs.t, diag.cause, nowhere))
+            return False, nowhere
+        assert here is not None
         best = ranked[0]
-        if best.penalty >= here.penalty - policy.placement_margin:
-            return False, (
-                f"no quieter instance (best {best.instance} penalty {best.penalty:.3f} vs {here.penalty:.3f} here)"
-            )
         step = Step(
             level=Level.PLACED, lever=PLACE, t=self.obs.t, from_instance=here.instance, to_instance=best.instance
         )

@@ -598,3 +598,23 @@ def test_a_slice_whose_give_back_and_return_the_budget_cannot_pay_stays():
         "keep the larger slice: the outage budget cannot pay for giving it back and growing it again",
     ) in log, log
     assert not [x for x in log if x[0] == "release" and x[1] == "resize"]
+
+
+def test_a_placement_search_that_found_nowhere_is_not_repeated_within_the_cooldown():
+    """A hold whose search found no instance to go to gives that answer again until cooldown_s has
+    passed (ranking every free instance of the host again a tick later finds the same); then it
+    looks again, and takes what has been freed meanwhile."""
+    policy = Policy(guards=False, mps=False, mig=False, cost_margin=None, outage_budget_share=None)
+    spec = example_spec(policy)
+    full = {**EXAMPLE_LAYOUTS, "gpu0": (Slot(0, "2g.10gb"),), "gpu3": (Slot(6, "1g.5gb"),)}
+    state, ds = run(spec, ControllerState(), stream(0, 3, 0.020, layouts=full))
+    (h,) = events(ds, "hold")
+    assert "place: no quieter instance" in h.reason  # gpu1's free 3g is on the ETL's switch
+    looked = h.t
+    # A 2g instance is free on gpu3 from the next tick on: not seen before the cooldown is over.
+    freed = {**full, "gpu3": (Slot(0, "2g.10gb"), Slot(6, "1g.5gb"))}
+    state, ds = run(spec, state, stream(looked + 2, 40, 0.020, layouts=freed))
+    (e,) = events(ds, "escalate")
+    assert (e.lever, ds[-1].desired.placements["llm"]) == ("place", InstanceRef("gpu3", "2g.10gb", 0))
+    assert looked + spec.policy.cooldown_s <= e.t <= looked + spec.policy.cooldown_s + 3 * 2.0
+    assert not events(ds, "hold")  # the same answer in between: no new hold event

@@ -271,3 +271,20 @@ def test_an_outage_taken_in_a_burst_is_priced_and_charged_at_the_burst():
     noisy = Tick.start(state, _counted(400.0, 215, 0.0, 0.010), spec)  # within noise
     noisy.step(tname)
     assert noisy._rate_now(tname, 100.0) == 100.0
+
+
+def test_an_outage_charged_later_than_the_last_counted_window_decays_both_window_sums():
+    """The overspend and the requests served share their timestamp: charging an outage moves it to
+    now, so both are decayed to now, or `served` would keep weight it has lost."""
+    from fsm.ladder import Tick
+    from fsm.state import TenantCtl
+
+    spec = example_spec(Policy())
+    obs = example_observation(1000.0, 0.020, 3e9)
+    state = ControllerState(tenants={"llm": TenantCtl(overspend=10.0, overspend_t=0.0, served=(5000.0, 1000.0))})
+    tick = Tick.start(state, obs, spec)
+    tick._spend(spec.tenants["llm"], 20.0)
+    ctl = tick.tenants["llm"]
+    keep = math.exp(-1000.0 / spec.policy.outage_budget_window_s)
+    assert ctl.overspend_t == 1000.0
+    assert ctl.served == pytest.approx((5000.0 * keep, 1000.0 * keep))

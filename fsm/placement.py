@@ -403,7 +403,6 @@ def rank_candidates(
     policy = spec.policy
     w_move = policy.w_move
     away = policy.move_other_gpu if cur_key is not None else 0.0  # the move to another GPU
-    step = policy.move_step_up
     taken_gpus = {k[0] for k in taken}
     # This runs for every free instance of the host, per victim. The instances of one group (a GPU
     # and a size) share their penalty (_cost's arithmetic, in the same order), their GPU and their
@@ -431,19 +430,8 @@ def rank_candidates(
         # The victim's own GPU, or one that carries its traffic (not its neighbours'): its own entries.
         terms = _gpu_terms(spec, obs, traffic, gpu, victim) if victim.name in row[0] else row[1]
         a = _weighted(policy, terms) if victim.name in row[0] else row[2]
-        up = step_up(spec, gpu, need) if step else 0
         cap = limit if limit is not None and other else None
-        for n, members in by_size:
-            if n < need:
-                continue
-            if gpu in taken_gpus:
-                members = [m for m in members if m[2] not in taken]
-            if cap is not None and len(members) > cap:
-                members = members[:cap]
-            if not members:
-                continue
-            size = max(0, n - need) / 7.0 if sized else 0.0
-            pref = 0 if n == up else 1 if n == need else 2
+        for members, size, pref in _eligible(spec, gpu, by_size, need, sized, taken, taken_gpus, cap):
             if other:
                 entries.append((a + w_move * away - size, True, pref, members, terms, away, size))
                 continue
@@ -477,7 +465,6 @@ def _other_entries(
     cause and move cost, once per tick."""
     policy = spec.policy
     w_move = policy.w_move
-    step = policy.move_step_up
     taken_gpus = {k[0] for k in taken}
     out: list[_Shared] = []
     for gpu, by_size in groups:
@@ -485,21 +472,38 @@ def _other_entries(
         if row is None:
             row = _gpu_table(spec, obs, traffic, gpu)
         a = row[2]
-        up = step_up(spec, gpu, need) if step else 0
-        ents: list[_Entry] = []
-        for n, members in by_size:
-            if n < need:
-                continue
-            if gpu in taken_gpus:
-                members = [m for m in members if m[2] not in taken]
-            if limit is not None and len(members) > limit:
-                members = members[:limit]
-            if not members:
-                continue
-            size = max(0, n - need) / 7.0 if sized else 0.0
-            pref = 0 if n == up else 1 if n == need else 2
-            ents.append((a + w_move * away - size, True, pref, members, row[1], away, size))
+        ents: list[_Entry] = [
+            (a + w_move * away - size, True, pref, members, row[1], away, size)
+            for members, size, pref in _eligible(spec, gpu, by_size, need, sized, taken, taken_gpus, limit)
+        ]
         out.append((gpu, by_size, row, ents))
+    return out
+
+
+def _eligible(
+    spec: HostSpec,
+    gpu: str,
+    by_size: list[tuple[int, list[_Member]]],
+    need: int,
+    sized: bool,
+    taken: set[tuple[str, str, int]],
+    taken_gpus: set[str],
+    cap: int | None,
+) -> list[tuple[list[_Member], float, int]]:
+    """Per size of `gpu`'s free instances at least `need` slices large: (its instances by name, the
+    reserved left out, at most `cap` of them; the size bonus; the size preference: 0 the next size
+    up the resize ladder, 1 the victim's own, 2 larger)."""
+    up = step_up(spec, gpu, need) if spec.policy.move_step_up else 0
+    out: list[tuple[list[_Member], float, int]] = []
+    for n, members in by_size:
+        if n < need:
+            continue
+        if gpu in taken_gpus:
+            members = [m for m in members if m[2] not in taken]
+        if cap is not None and len(members) > cap:
+            members = members[:cap]
+        if members:
+            out.append((members, max(0, n - need) / 7.0 if sized else 0.0, 0 if n == up else 1 if n == need else 2))
     return out
 
 

@@ -412,13 +412,10 @@ def rank_candidates(
     # move cost: one entry per instance there). A GPU that is not the victim's and carries none of
     # its traffic has the same entries for every victim of its size and cause: those are built
     # once per tick (_other_entries) and shared, and only the victim's own GPUs are built here.
-    table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
-    if table is None:
-        table = traffic.memo["gpu-terms"] = {}
     key = ("other-entries", need, sized, limit, away, frozenset(taken))
     shared: list[_Shared] | None = traffic.memo.get(key)
     if shared is None:
-        shared = traffic.memo[key] = _other_entries(spec, obs, traffic, groups, table, need, sized, limit, away, taken)
+        shared = traffic.memo[key] = _other_entries(spec, obs, traffic, groups, need, sized, limit, away, taken)
     entries: list[_Entry] = []
     for gpu, by_size, row, ents in shared:
         other = gpu != cur_gpu
@@ -428,8 +425,11 @@ def rank_candidates(
             entries.extend(ents)
             continue
         # The victim's own GPU, or one that carries its traffic (not its neighbours'): its own entries.
-        terms = _gpu_terms(spec, obs, traffic, gpu, victim) if victim.name in row[0] else row[1]
-        a = _weighted(policy, terms) if victim.name in row[0] else row[2]
+        if victim.name in row[0]:
+            terms = _gpu_terms(spec, obs, traffic, gpu, victim)
+            a = _weighted(policy, terms)
+        else:
+            terms, a = row[1], row[2]
         cap = limit if limit is not None and other else None
         for members, size, pref in _eligible(spec, gpu, by_size, need, sized, taken, taken_gpus, cap):
             if other:
@@ -453,7 +453,6 @@ def _other_entries(
     obs: Observation,
     traffic: Traffic,
     groups: list[tuple[str, list[tuple[int, list[_Member]]]]],
-    table: dict[str, _GpuRow],
     need: int,
     sized: bool,
     limit: int | None,
@@ -468,9 +467,7 @@ def _other_entries(
     taken_gpus = {k[0] for k in taken}
     out: list[_Shared] = []
     for gpu, by_size in groups:
-        row = table.get(gpu)
-        if row is None:
-            row = _gpu_table(spec, obs, traffic, gpu)
+        row = _gpu_table(spec, obs, traffic, gpu)
         a = row[2]
         ents: list[_Entry] = [
             (a + w_move * away - size, True, pref, members, row[1], away, size)

@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Any
 
 from fsm.diagnosis import Cause, Traffic
+from fsm.evolve import field_setters
 from fsm.mig import GpuModel, Profile, model_by_name
 from fsm.observation import InstanceRef, Observation
 from fsm.spec import HostSpec, Policy, TenantSpec
@@ -163,17 +165,23 @@ def rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
 def _rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
     """rc_traffic, once per root complex and tick (the GPUs under one share it): not to be changed."""
     known, rc, _, _ = _where(spec, gpu)
+    return _rc_traffic_at(spec, traffic, known, rc)
+
+
+def _rc_traffic_at(spec: HostSpec, traffic: Traffic, known: bool, rc: str | None) -> dict[str, float]:
     key = ("rc-traffic", rc) if known else ("rc-traffic",)
     hit: dict[str, float] | None = traffic.memo.get(key)
     if hit is not None:
         return hit
     idx = traffic.memo.get("rc-index")
     if idx is None:
+        where = spec.derived("placement.where", _new_where)
         by_rc: dict[str, dict[str, float]] = {}
         anywhere: dict[str, float] = {}
         for name, items in traffic.items.items():
             for _label, dev, bps in items:
-                dev_known, dev_rc, _, _ = _where(spec, dev)
+                w = where.get(dev)
+                dev_known, dev_rc, _, _ = w if w is not None else _where(spec, dev)
                 if not dev_known:
                     anywhere[name] = anywhere.get(name, 0.0) + bps
                     continue
@@ -199,17 +207,39 @@ _GpuRow = tuple[dict[str, float], tuple[float, float, float], float]
 def _gpu_table(spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str) -> _GpuRow:
     """(bytes/s per tenant on `gpu`'s root complex, the GPU's terms for a victim that is none of
     them, their weighted sum): what does not depend on the victim, once per GPU and tick, shared
-    by every victim."""
+    by every victim; every observed GPU's at the first question of a tick (a ranking asks for them
+    all)."""
     table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
     if table is None:
-        table = traffic.memo["gpu-terms"] = {}
+        table = traffic.memo["gpu-terms"] = _gpu_rows(spec, obs, traffic)
     hit = table.get(gpu)
-    if hit is None:
-        per = _rc_traffic(spec, traffic, gpu)
-        block_n, irq_n = _host_terms(spec, obs, traffic, gpu)
-        terms = (sum(per.values()) / spec.policy.high_bw_bps, block_n, irq_n)
-        hit = table[gpu] = (per, terms, _weighted(spec.policy, terms))
+    if hit is None:  # a GPU the observation does not list
+        hit = table[gpu] = _place_row(spec, obs, traffic, _where(spec, gpu))
     return hit
+
+
+def _gpu_rows(spec: HostSpec, obs: Observation, traffic: Traffic) -> dict[str, _GpuRow]:
+    """_gpu_table's rows of the observed GPUs. A row is a pure function of where its GPU is
+    (_where): the GPUs of one place (a PCIe switch's, say) share one."""
+    where = spec.derived("placement.where", _new_where)
+    places: dict[_Where, _GpuRow] = {}
+    table: dict[str, _GpuRow] = {}
+    for gpu in obs.gpus:
+        w = where.get(gpu)
+        if w is None:
+            w = _where(spec, gpu)
+        row = places.get(w)
+        if row is None:
+            row = places[w] = _place_row(spec, obs, traffic, w)
+        table[gpu] = row
+    return table
+
+
+def _place_row(spec: HostSpec, obs: Observation, traffic: Traffic, w: _Where) -> _GpuRow:
+    per = _rc_traffic_at(spec, traffic, w[0], w[1])
+    block_n, irq_n = _host_terms(spec, obs, traffic, w)
+    terms = (sum(per.values()) / spec.policy.high_bw_bps, block_n, irq_n)
+    return per, terms, _weighted(spec.policy, terms)
 
 
 def _weighted(policy: Policy, terms: tuple[float, float, float]) -> float:
@@ -230,10 +260,11 @@ def _gpu_terms(
     return rc_bps / spec.policy.high_bw_bps, terms[1], terms[2]
 
 
-def _host_terms(spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str) -> tuple[float, float]:
-    """(block I/O on the GPU's NUMA node, mean IRQ rate on its local cores), normalised."""
+def _host_terms(spec: HostSpec, obs: Observation, traffic: Traffic, w: _Where) -> tuple[float, float]:
+    """(block I/O on the GPU's NUMA node, mean IRQ rate on its local cores), normalised, from where
+    the GPU is (_where)."""
     policy = spec.policy
-    known, _, numa, cpus = _where(spec, gpu)
+    known, _, numa, cpus = w
     block = 0.0
     irq = 0.0
     host = obs.host
@@ -241,9 +272,11 @@ def _host_terms(spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str) ->
         if known and numa is not None:
             by_numa = traffic.memo.get("block-by-numa")
             if by_numa is None:
+                where = spec.derived("placement.where", _new_where)
                 by_numa = {}
                 for dev, bps in host.block_bps.items():
-                    dev_known, _, k, _ = _where(spec, dev)
+                    dw = where.get(dev)
+                    dev_known, _, k, _ = dw if dw is not None else _where(spec, dev)
                     if dev_known:
                         by_numa[k] = by_numa.get(k, 0.0) + bps
                 traffic.memo["block-by-numa"] = by_numa
@@ -254,10 +287,29 @@ def _host_terms(spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str) ->
             by_cpus = traffic.memo["irq-by-cpus"] = {}
         mean: float | None = by_cpus.get(cpus)
         if mean is None:
-            rates = [host.irq_rate[c] for c in cpus if c in host.irq_rate]
-            mean = by_cpus[cpus] = sum(rates) / len(rates) if rates else 0.0
+            rates = host.irq_rate
+            if rates.keys() >= _cpu_set(spec, cpus):  # every core reported: the loops in C
+                mean = sum(map(rates.__getitem__, cpus)) / len(cpus) if cpus else 0.0
+            else:
+                present = [rates[c] for c in cpus if c in rates]
+                mean = sum(present) / len(present) if present else 0.0
+            by_cpus[cpus] = mean
         irq = mean
     return block / policy.block_io_norm_bps, irq / policy.irq_norm_rate
+
+
+def _cpu_set(spec: HostSpec, cpus: tuple[int, ...]) -> frozenset[int]:
+    memo = spec.derived("placement.cpu-sets", _new_cpu_sets)
+    hit = memo.get(cpus)
+    if hit is None:
+        hit = frozenset(cpus)
+        if len(memo) < 1024:  # one per NUMA node in practice; bounded all the same
+            memo[cpus] = hit
+    return hit
+
+
+def _new_cpu_sets(spec: HostSpec) -> dict[tuple[int, ...], frozenset[int]]:
+    return {}
 
 
 def _cost(
@@ -298,22 +350,46 @@ def score(
     if cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None:
         gain = slices_of(spec, cand) - slices_of(spec, current)
     move, size, penalty = _cost(spec.policy, current, cand, terms, gain)
-    return Score(cand, penalty, *terms, move, size)
+    return _score(cand, penalty, terms, move, size)
 
 
 _Member = tuple[InstanceRef, str, tuple[str, str, int]]  # (instance, its name, (gpu, profile, start))
 
 
-def _free_groups(spec: HostSpec, obs: Observation) -> list[tuple[str, list[tuple[int, list[_Member]]]]]:
+_Groups = list[tuple[str, list[tuple[int, list[_Member]]]]]
+
+
+def _free_groups(spec: HostSpec, obs: Observation) -> _Groups:
     """Free instances (free_instances: reserved left out) by GPU, then by size (slices), each group
-    by name. An instance's reference, name and size are a per-spec table, not made per tick."""
-    taken: set[tuple[str, str, int]] = set()
+    by name. They change only when a layout or a placement does, seldom from one tick to the next:
+    the last answer is kept with what it was made from (each GPU's layout, the instances in use)
+    and given again while those are equal (comparing them costs 2/5 of making it anew)."""
+    taken: list[tuple[str, str, int]] = []
     tenants = obs.tenants
     for t in spec.tenants.values():  # occupied(), as (gpu, profile, start) keys
         ts = tenants.get(t.name)
         inst = ts.instance if ts is not None and ts.instance is not None else t.instance
         if inst is not None:
-            taken.add((inst.gpu, inst.profile, inst.start))
+            taken.append((inst.gpu, inst.profile, inst.start))
+    # Each GPU's layout as plain tuples: they compare in C (a Slot's generated __eq__ is Python).
+    gpus = obs.gpus
+    layouts: list[Any] = [(name, g.lost, -1 if g.layout is None else len(g.layout)) for name, g in gpus.items()]
+    layouts += [(s.start, s.profile) for g in gpus.values() if g.layout is not None for s in g.layout]
+    memo = spec.derived("placement.free-groups", _new_last)
+    last = memo.get("last")  # one read: (instances in use, layouts, the answer)
+    if last is not None and last[0] == taken and last[1] == layouts:
+        return last[2]
+    groups = _groups_of(spec, obs, set(taken))
+    memo["last"] = (taken, layouts, groups)
+    return groups
+
+
+def _new_last(spec: HostSpec) -> dict[str, tuple[list[tuple[str, str, int]], list[Any], _Groups]]:
+    return {}
+
+
+def _groups_of(spec: HostSpec, obs: Observation, taken: set[tuple[str, str, int]]) -> _Groups:
+    """_free_groups' answer, made."""
     known = spec.derived("placement.instances", _new_instances)
     out: list[tuple[str, list[tuple[int, list[_Member]]]]] = []
     for gpu_name in sorted(obs.gpus):
@@ -404,77 +480,180 @@ def rank_candidates(
     w_move = policy.w_move
     away = policy.move_other_gpu if cur_key is not None else 0.0  # the move to another GPU
     taken_gpus = {k[0] for k in taken}
-    # This runs for every free instance of the host, per victim. The instances of one group (a GPU
-    # and a size) share their penalty (_cost's arithmetic, in the same order), their GPU and their
-    # size preference, so they rank by name: a group is one entry here, (penalty, another GPU,
-    # size preference, its candidates, terms, move, size), with only its first `limit` candidates
-    # by name (except on the victim's own GPU, where one might be the victim's own instance at no
-    # move cost: one entry per instance there). A GPU that is not the victim's and carries none of
-    # its traffic has the same entries for every victim of its size and cause: those are built
-    # once per tick (_other_entries) and shared, and only the victim's own GPUs are built here.
-    key = ("other-entries", need, sized, limit, away, frozenset(taken))
-    shared: list[_Shared] | None = traffic.memo.get(key)
-    if shared is None:
-        shared = traffic.memo[key] = _other_entries(spec, obs, traffic, groups, need, sized, limit, away, taken)
+    # The instances of one group (a GPU and a size) share their penalty (_cost's arithmetic, in the
+    # same order), their GPU and their size preference, so they rank by name: a group is one entry
+    # here, (penalty, another GPU, size preference, its candidates, terms, move, size), with only
+    # its first `limit` candidates by name on another GPU (on the victim's own GPU, should its own
+    # instance be among them, one entry per instance: that one costs no move). A GPU that is not the
+    # victim's and carries none of its traffic has the same entries for every victim of its size and
+    # cause: those are made once per tick (_Board), and only for the GPUs whose least penalty can
+    # still beat the `limit`-th best candidate in hand; the victim's own GPUs are built here.
+    key = ("board", need, sized, limit, away, frozenset(taken))
+    board: _Board | None = traffic.memo.get(key)
+    if board is None:
+        board = traffic.memo[key] = _board(spec, obs, traffic, groups, need, sized, limit, away, taken)
+    parts = board.parts
+    name = victim.name
+    # The victim's own GPU and those that carry its traffic (not its neighbours'): its own entries.
+    mine = [part for part in parts if name in part[2][0]]
+    own = board.by_gpu.get(cur_gpu)
+    if own is not None and own not in mine:
+        mine.insert(0, own)
     entries: list[_Entry] = []
-    for gpu, by_size, row, ents in shared:
-        other = gpu != cur_gpu
-        if (other and not ents) or (allow_gpu is not None and not allow_gpu(gpu)):
+    for gpu, by_size, row in mine:
+        if allow_gpu is not None and not allow_gpu(gpu):
             continue
-        if other and victim.name not in row[0]:
-            entries.extend(ents)
-            continue
-        # The victim's own GPU, or one that carries its traffic (not its neighbours'): its own entries.
-        if victim.name in row[0]:
+        if name in row[0]:
             terms = _gpu_terms(spec, obs, traffic, gpu, victim)
             a = _weighted(policy, terms)
         else:
             terms, a = row[1], row[2]
+        other = gpu != cur_gpu
         cap = limit if limit is not None and other else None
         for members, size, pref in _eligible(spec, gpu, by_size, need, sized, taken, taken_gpus, cap):
             if other:
                 entries.append((a + w_move * away - size, True, pref, members, terms, away, size))
-                continue
-            for m in members:
-                move = 0.0 if cur_key is None or m[2] == cur_key else SAME_GPU_MOVE
-                entries.append((a + w_move * move - size, False, pref, [m], terms, move, size))
-    return here, [Score(r[4], r[0], *r[5], r[6], r[7]) for r in _best(entries, limit)]
+            elif cur_key is not None and any(m[2] == cur_key for m in members):
+                for m in members:  # its own instance among them, at no move cost
+                    move = 0.0 if m[2] == cur_key else SAME_GPU_MOVE
+                    entries.append((a + w_move * move - size, False, pref, [m], terms, move, size))
+            else:
+                move = SAME_GPU_MOVE if cur_key is not None else 0.0
+                entries.append((a + w_move * move - size, False, pref, members, terms, move, size))
+    skip = {part[0] for part in mine}
+    order = board.by_bound() if limit is not None else None
+    if order is None or any(e[0] != e[0] for e in entries):
+        # Every GPU's entries: without a limit, or with a NaN penalty (which orders nothing).
+        for part in parts:
+            if part[0] not in skip and (allow_gpu is None or allow_gpu(part[0])):
+                entries += board.entries(part)
+        return here, [_score(r[4], r[0], r[5], r[6], r[7]) for r in _best(entries, limit)]
+    assert limit is not None
+    # The other GPUs by the least penalty any of their instances can have (_Board.by_bound): once
+    # `limit` candidates in hand have penalties of at most P, a GPU whose least is above P has none
+    # among the best, nor has any after it.
+    worst = _nth_penalty(entries, limit)
+    for least, part in order:
+        if worst is not None and least > worst:
+            break
+        if part[0] in skip or (allow_gpu is not None and not allow_gpu(part[0])):
+            continue
+        ents = board.entries(part)
+        if ents:
+            entries += ents
+            worst = _nth_penalty(entries, limit)
+    return here, [_score(r[4], r[0], r[5], r[6], r[7]) for r in _best(entries, limit)]
+
+
+def _nth_penalty(entries: list[_Entry], n: int) -> float | None:
+    """The penalty of the n-th best candidate of the entries (None: fewer than n of them)."""
+    if n <= 0:
+        return -_INF
+    got = 0
+    for penalty, count in sorted([(e[0], len(e[3])) for e in entries]):
+        got += count
+        if got >= n:
+            return penalty
+    return None
+
+
+_INF = float("inf")
+
+
+_SCORE_SET = field_setters(Score)
+_new = object.__new__
+
+
+def _score(inst: InstanceRef, penalty: float, terms: tuple[float, float, float], move: float, size: float) -> Score:
+    """Score(inst, penalty, *terms, move, size) through its slots' setters (a frozen dataclass's
+    __init__ goes through object.__setattr__ field by field): up to six per victim and ranking."""
+    s_inst, s_penalty, s_rc, s_numa, s_irq, s_move, s_size = _SCORE_SET
+    sc: Score = _new(Score)
+    s_inst(sc, inst)
+    s_penalty(sc, penalty)
+    s_rc(sc, terms[0])
+    s_numa(sc, terms[1])
+    s_irq(sc, terms[2])
+    s_move(sc, move)
+    s_size(sc, size)
+    return sc
 
 
 # (penalty, another GPU, size preference, candidates, terms, move, size) of a group of candidates
 _Entry = tuple[float, bool, int, list[_Member], tuple[float, float, float], float, float]
-# (GPU, its free instances by size, its row of _gpu_table, its entries as another GPU's for a victim
-# without traffic there)
-_Shared = tuple[str, list[tuple[int, list[_Member]]], _GpuRow, list[_Entry]]
+# (GPU, its free instances by size, its row of _gpu_table)
+_Part = tuple[str, list[tuple[int, list[_Member]]], _GpuRow]
 
 
-def _other_entries(
+@dataclass(slots=True)
+class _Board:
+    """What every victim of one size, cause and move cost shares in a tick: the GPUs with free
+    instances (in GPU order), and on first need each GPU's entries as another GPU's for a victim
+    without traffic on its root complex, and the GPUs by the least penalty of those entries."""
+
+    parts: list[_Part]
+    by_gpu: dict[str, _Part]
+    spec: HostSpec
+    need: int
+    sized: bool
+    limit: int | None
+    away: float
+    taken: set[tuple[str, str, int]]
+    taken_gpus: set[str]
+    made: dict[str, list[_Entry]]
+    order: list[tuple[float, _Part]] | None = None
+    unordered: bool = False  # a NaN penalty: no order
+
+    def entries(self, part: _Part) -> list[_Entry]:
+        gpu, by_size, row = part
+        hit = self.made.get(gpu)
+        if hit is None:
+            a, terms, away = row[2], row[1], self.away
+            w = self.spec.policy.w_move
+            hit = self.made[gpu] = [
+                (a + w * away - size, True, pref, members, terms, away, size)
+                for members, size, pref in _eligible(
+                    self.spec, gpu, by_size, self.need, self.sized, self.taken, self.taken_gpus, self.limit
+                )
+            ]
+        return hit
+
+    def by_bound(self) -> list[tuple[float, _Part]] | None:
+        """The GPUs by the least penalty their entries can have (the largest size bonus of their free
+        instances; the same arithmetic, which rounds the same way); None when one is NaN."""
+        if self.order is None and not self.unordered:
+            w = self.spec.policy.w_move
+            need = self.need
+            order = []
+            for part in self.parts:
+                sizes = [n for n, _ in part[1] if n >= need]
+                if sizes:
+                    bonus = (max(sizes) - need) / 7.0 if self.sized else 0.0
+                    order.append((part[2][2] + w * self.away - bonus, part))
+            if any(least != least for least, _ in order):
+                self.unordered = True
+                return None
+            order.sort(key=_first)
+            self.order = order
+        return self.order
+
+
+_first = itemgetter(0)
+
+
+def _board(
     spec: HostSpec,
     obs: Observation,
     traffic: Traffic,
-    groups: list[tuple[str, list[tuple[int, list[_Member]]]]],
+    groups: _Groups,
     need: int,
     sized: bool,
     limit: int | None,
     away: float,
     taken: set[tuple[str, str, int]],
-) -> list[_Shared]:
-    """Per GPU with free instances, its entries for a victim on another GPU without traffic on its
-    root complex (rank_candidates' loop for such a GPU): the same for every victim of this size,
-    cause and move cost, once per tick."""
-    policy = spec.policy
-    w_move = policy.w_move
-    taken_gpus = {k[0] for k in taken}
-    out: list[_Shared] = []
-    for gpu, by_size in groups:
-        row = _gpu_table(spec, obs, traffic, gpu)
-        a = row[2]
-        ents: list[_Entry] = [
-            (a + w_move * away - size, True, pref, members, row[1], away, size)
-            for members, size, pref in _eligible(spec, gpu, by_size, need, sized, taken, taken_gpus, limit)
-        ]
-        out.append((gpu, by_size, row, ents))
-    return out
+) -> _Board:
+    parts = [(gpu, by_size, _gpu_table(spec, obs, traffic, gpu)) for gpu, by_size in groups]
+    return _Board(parts, {p[0]: p for p in parts}, spec, need, sized, limit, away, taken, {k[0] for k in taken}, {})
 
 
 def _eligible(

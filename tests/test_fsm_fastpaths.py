@@ -228,3 +228,59 @@ def test_ranking_equals_the_candidate_by_candidate_rule(case) -> None:  # type: 
         for victim in spec.tenants.values():
             got = rank_candidates(spec, obs, victim, cause, reserved, traffic, allow, limit)
             assert got == reference_rank(spec, obs, victim, cause, reserved, Traffic.build(spec, obs), allow, limit)
+
+
+@st.composite
+def placement_sequences(draw: st.DrawFn):  # type: ignore[no-untyped-def]
+    """One host (spec) and a few observations of it one after another, each changing a layout, a
+    GPU's state or a tenant's instance: the free instances kept from one tick to the next
+    (placement._free_groups) must follow every such change."""
+    from fsm.mig import Slot
+
+    spec, obs, reserved, allow, limit, cause = draw(placements())
+    seq = [obs]
+    for _ in range(draw(st.integers(1, 4))):
+        gpus = dict(seq[-1].gpus)
+        tenants = dict(seq[-1].tenants)
+        change = draw(st.sampled_from(["layout", "shift", "lost", "unknown", "instance", "same"]))
+        g = draw(st.sampled_from(sorted(gpus)))
+        if change == "layout":  # another layout on one GPU
+            layout = draw(st.sampled_from([tuple(Slot(s, "1g.5gb") for s in range(7)), (Slot(0, "7g.40gb"),),
+                                           (Slot(0, "3g.20gb"), Slot(4, "3g.20gb"))]))  # fmt: skip
+            gpus[g] = dataclasses.replace(gpus[g], layout=layout)
+        elif change == "shift" and len(gpus) > 1:  # one slot moves to the next GPU: the same slots in all
+            names = sorted(gpus)
+            a, b = names[0], names[1]
+            la, lb = gpus[a].layout or (), gpus[b].layout or ()
+            if la:
+                gpus[a] = dataclasses.replace(gpus[a], layout=la[:-1])
+                gpus[b] = dataclasses.replace(gpus[b], layout=(la[-1], *lb))
+        elif change == "lost":
+            gpus[g] = dataclasses.replace(gpus[g], lost=not gpus[g].lost)
+        elif change == "unknown":
+            gpus[g] = dataclasses.replace(gpus[g], layout=None)
+        elif change == "instance":
+            name = draw(st.sampled_from(sorted(spec.tenants)))
+            slots = [(n, s) for n, gs in gpus.items() for s in gs.layout or ()] or [(g, Slot(0, "1g.5gb"))]
+            slot = draw(st.sampled_from(slots))
+            ts = tenants.get(name) or TenantSample()
+            tenants[name] = dataclasses.replace(ts, instance=InstanceRef(slot[0], slot[1].profile, slot[1].start))
+        else:  # the same values in new objects (a new sample of an unchanged host)
+            for n, gs in gpus.items():
+                if gs.layout:
+                    gpus[n] = dataclasses.replace(gs, layout=tuple(Slot(s.start, s.profile) for s in gs.layout))
+        seq.append(Observation(seq[-1].t + 2.0, tenants, gpus))
+    return spec, seq, reserved, allow, limit, cause
+
+
+@settings(max_examples=200, deadline=None)
+@given(placement_sequences())
+def test_ranking_follows_layouts_and_placements_from_tick_to_tick(case) -> None:  # type: ignore[no-untyped-def]
+    from fsm.placement import rank_candidates
+
+    spec, seq, reserved, allow, limit, cause = case
+    for obs in seq:
+        traffic = Traffic.build(spec, obs)
+        for victim in spec.tenants.values():
+            got = rank_candidates(spec, obs, victim, cause, reserved, traffic, allow, limit)
+            assert got == reference_rank(spec, obs, victim, cause, reserved, Traffic.build(spec, obs), allow, limit)

@@ -209,13 +209,19 @@ def _gpu_table(spec: HostSpec, obs: Observation, traffic: Traffic, gpu: str) -> 
     them, their weighted sum): what does not depend on the victim, once per GPU and tick, shared
     by every victim; every observed GPU's at the first question of a tick (a ranking asks for them
     all)."""
-    table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
-    if table is None:
-        table = traffic.memo["gpu-terms"] = _gpu_rows(spec, obs, traffic)
+    table = _gpu_tables(spec, obs, traffic)
     hit = table.get(gpu)
     if hit is None:  # a GPU the observation does not list
         hit = table[gpu] = _place_row(spec, obs, traffic, _where(spec, gpu))
     return hit
+
+
+def _gpu_tables(spec: HostSpec, obs: Observation, traffic: Traffic) -> dict[str, _GpuRow]:
+    """_gpu_table's rows by GPU, this tick's."""
+    table: dict[str, _GpuRow] | None = traffic.memo.get("gpu-terms")
+    if table is None:
+        table = traffic.memo["gpu-terms"] = _gpu_rows(spec, obs, traffic)
+    return table
 
 
 def _gpu_rows(spec: HostSpec, obs: Observation, traffic: Traffic) -> dict[str, _GpuRow]:
@@ -356,7 +362,7 @@ def score(
 _Member = tuple[InstanceRef, str, tuple[str, str, int]]  # (instance, its name, (gpu, profile, start))
 
 
-_Groups = list[tuple[str, list[tuple[int, list[_Member]]]]]
+_Groups = list[tuple[str, list[tuple[int, list[_Member]]], int]]  # (GPU, free instances by size, largest size)
 
 
 def _free_groups(spec: HostSpec, obs: Observation) -> _Groups:
@@ -391,7 +397,7 @@ def _new_last(spec: HostSpec) -> dict[str, tuple[list[tuple[str, str, int]], lis
 def _groups_of(spec: HostSpec, obs: Observation, taken: set[tuple[str, str, int]]) -> _Groups:
     """_free_groups' answer, made."""
     known = spec.derived("placement.instances", _new_instances)
-    out: list[tuple[str, list[tuple[int, list[_Member]]]]] = []
+    out: _Groups = []
     for gpu_name in sorted(obs.gpus):
         g = obs.gpus[gpu_name]
         if g.lost or g.layout is None:
@@ -414,7 +420,7 @@ def _groups_of(spec: HostSpec, obs: Observation, taken: set[tuple[str, str, int]
             else:
                 group.append(member)
         if by_size:
-            out.append((gpu_name, [(n, sorted(m, key=_by_name)) for n, m in by_size.items()]))
+            out.append((gpu_name, [(n, sorted(m, key=_by_name)) for n, m in by_size.items()], max(by_size)))
     return out
 
 
@@ -465,7 +471,12 @@ def rank_candidates(
     ts = obs.tenants.get(victim.name)
     current = ts.instance if ts is not None and ts.instance is not None else victim.instance
     traffic = traffic or Traffic.build(spec, obs)
-    here = score(spec, obs, victim, current, current, cause, traffic, {}) if current is not None else None
+    policy = spec.policy
+    w_move = policy.w_move
+    here = None
+    if current is not None:  # score(..., current, current, ...): no move, no size gained
+        here_terms = _gpu_terms(spec, obs, traffic, current.gpu, victim)
+        here = _score(current, _weighted(policy, here_terms) + w_move * 0.0 - 0.0, here_terms, 0.0, 0.0)
     need = slices_of(spec, current) if current is not None else 0
     # Free instances by GPU and size, each group by name, once per tick; this victim's view only
     # drops the reserved.
@@ -476,8 +487,6 @@ def rank_candidates(
     sized = cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None
     cur_gpu = current.gpu if current is not None else ""
     cur_key = (current.gpu, current.profile, current.start) if current is not None else None
-    policy = spec.policy
-    w_move = policy.w_move
     away = policy.move_other_gpu if cur_key is not None else 0.0  # the move to another GPU
     taken_gpus = {k[0] for k in taken}
     # The instances of one group (a GPU and a size) share their penalty (_cost's arithmetic, in the
@@ -500,6 +509,7 @@ def rank_candidates(
     if own is not None and own not in mine:
         mine.insert(0, own)
     entries: list[_Entry] = []
+    nan = False
     for gpu, by_size, row in mine:
         if allow_gpu is not None and not allow_gpu(gpu):
             continue
@@ -512,17 +522,22 @@ def rank_candidates(
         cap = limit if limit is not None and other else None
         for members, size, pref in _eligible(spec, gpu, by_size, need, sized, taken, taken_gpus, cap):
             if other:
-                entries.append((a + w_move * away - size, True, pref, members, terms, away, size))
+                penalty = a + w_move * away - size
+                entries.append((penalty, True, pref, members, terms, away, size))
             elif cur_key is not None and any(m[2] == cur_key for m in members):
                 for m in members:  # its own instance among them, at no move cost
                     move = 0.0 if m[2] == cur_key else SAME_GPU_MOVE
-                    entries.append((a + w_move * move - size, False, pref, [m], terms, move, size))
+                    penalty = a + w_move * move - size
+                    entries.append((penalty, False, pref, [m], terms, move, size))
+                    nan = nan or penalty != penalty
             else:
                 move = SAME_GPU_MOVE if cur_key is not None else 0.0
-                entries.append((a + w_move * move - size, False, pref, members, terms, move, size))
+                penalty = a + w_move * move - size
+                entries.append((penalty, False, pref, members, terms, move, size))
+            nan = nan or penalty != penalty
     skip = {part[0] for part in mine}
     order = board.by_bound() if limit is not None else None
-    if order is None or any(e[0] != e[0] for e in entries):
+    if order is None or nan:
         # Every GPU's entries: without a limit, or with a NaN penalty (which orders nothing).
         for part in parts:
             if part[0] not in skip and (allow_gpu is None or allow_gpu(part[0])):
@@ -593,6 +608,7 @@ class _Board:
 
     parts: list[_Part]
     by_gpu: dict[str, _Part]
+    largest: list[int]  # per part, the size of its largest free instance
     spec: HostSpec
     need: int
     sized: bool
@@ -622,14 +638,13 @@ class _Board:
         """The GPUs by the least penalty their entries can have (the largest size bonus of their free
         instances; the same arithmetic, which rounds the same way); None when one is NaN."""
         if self.order is None and not self.unordered:
-            w = self.spec.policy.w_move
-            need = self.need
-            order = []
-            for part in self.parts:
-                sizes = [n for n, _ in part[1] if n >= need]
-                if sizes:
-                    bonus = (max(sizes) - need) / 7.0 if self.sized else 0.0
-                    order.append((part[2][2] + w * self.away - bonus, part))
+            c = self.spec.policy.w_move * self.away
+            need, sized = self.need, self.sized
+            order = [
+                (part[2][2] + c - ((n - need) / 7.0 if sized else 0.0), part)
+                for part, n in zip(self.parts, self.largest, strict=True)
+                if n >= need
+            ]
             if any(least != least for least, _ in order):
                 self.unordered = True
                 return None
@@ -652,8 +667,16 @@ def _board(
     away: float,
     taken: set[tuple[str, str, int]],
 ) -> _Board:
-    parts = [(gpu, by_size, _gpu_table(spec, obs, traffic, gpu)) for gpu, by_size in groups]
-    return _Board(parts, {p[0]: p for p in parts}, spec, need, sized, limit, away, taken, {k[0] for k in taken}, {})
+    table = _gpu_tables(spec, obs, traffic)
+    parts: list[_Part] = []
+    largest: list[int] = []
+    for gpu, by_size, n in groups:
+        row = table.get(gpu)
+        parts.append((gpu, by_size, row if row is not None else _gpu_table(spec, obs, traffic, gpu)))
+        largest.append(n)
+    return _Board(
+        parts, {p[0]: p for p in parts}, largest, spec, need, sized, limit, away, taken, {k[0] for k in taken}, {}
+    )
 
 
 def _eligible(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fsm.diagnosis import Cause, Diagnosis
 from fsm.levercost import LeverCost
 from fsm.outage import MoveKind
-from fsm.placement import occupied, rank_candidates
+from fsm.placement import Score, occupied, rank_candidates
 from fsm.resize import plan_resize
 from fsm.spec import Level, TenantSpec
 from fsm.state import Pending, Step
@@ -48,16 +48,20 @@ class MoveTick(TickBase):
         seen = self.tenants[t.name].place_none if not avoid else None
         if seen is not None and seen[1] == diag.cause and self.obs.t - seen[0] < policy.cooldown_s:
             return False, seen[2]  # nothing changed enough in a few ticks to rank every instance again
-        here, ranked = rank_candidates(
-            self.spec,
-            self.obs,
-            t,
-            diag.cause,
-            self.reserved,
-            self.traffic,
-            allow_gpu=lambda g: g not in self.busy_gpus and (not avoid or self._off_path(g, avoid)),
-            limit=5,  # the best one is taken; five are kept as evidence
-        )
+
+        def rank(limit: int) -> tuple[Score | None, list[Score]]:
+            return rank_candidates(
+                self.spec,
+                self.obs,
+                t,
+                diag.cause,
+                self.reserved,
+                self.traffic,
+                allow_gpu=lambda g: g not in self.busy_gpus and (not avoid or self._off_path(g, avoid)),
+                limit=limit,
+            )
+
+        here, ranked = rank(1)  # the best one decides; most searches end here, in a hold
         nowhere = ""
         if here is None:
             nowhere = "the victim's current MIG instance is unknown"
@@ -72,6 +76,7 @@ class MoveTick(TickBase):
             return False, nowhere
         assert here is not None
         best = ranked[0]
+        ranked = rank(5)[1]  # five kept as evidence (the same order: the first is `best`)
         step = Step(
             level=Level.PLACED, lever=PLACE, t=self.obs.t, from_instance=here.instance, to_instance=best.instance
         )

@@ -131,26 +131,38 @@ def _new_refs(spec: HostSpec) -> dict[tuple[str, str, int], InstanceRef]:
     return {}
 
 
-_Where = tuple[bool, str | None, int | None, tuple[int, ...]]  # known, root complex, NUMA node, local CPUs
+# (known, root complex, NUMA node, local CPUs, place id, local CPUs' id): the ids number the
+# distinct places and sets of cores of one spec (small ints key per-tick tables cheaply; a tuple
+# of two dozen cores hashes anew at every lookup).
+_Where = tuple[bool, str | None, int | None, tuple[int, ...], int, int]
 
 
 def _where(spec: HostSpec, name: str) -> _Where:
-    """(does the topology know the device, its root complex, its NUMA node, its local CPUs): a
-    pure function of the spec's topology, memoised per spec (HostSpec.derived)."""
+    """(does the topology know the device, its root complex, its NUMA node, its local CPUs, and the
+    ids of that place and of those cores): a pure function of the spec's topology, memoised per
+    spec (HostSpec.derived)."""
     memo = spec.derived("placement.where", _new_where)
     hit = memo.get(name)
     if hit is None:
         topo = spec.topology
         if topo.has(name):
-            hit = (True, topo.enclosing(name, NodeKind.ROOT_COMPLEX), topo.numa_of(name), topo.cpus_of(name))
+            base = (True, topo.enclosing(name, NodeKind.ROOT_COMPLEX), topo.numa_of(name), topo.cpus_of(name))
         else:
-            hit = (False, None, None, ())
+            base = (False, None, None, ())
+        ids = spec.derived("placement.where-ids", _new_ids)  # bounded: one per place of the topology, one unknown
+        place = ids.setdefault(("place", base), len(ids))
+        cores = ids.setdefault(("cores", base[3]), len(ids))
+        hit = (*base, place, cores)
         if len(memo) < 10_000:  # device names come from observations: bounded
             memo[name] = hit
     return hit
 
 
 def _new_where(spec: HostSpec) -> dict[str, _Where]:
+    return {}
+
+
+def _new_ids(spec: HostSpec) -> dict[tuple[Any, ...], int]:
     return {}
 
 
@@ -164,7 +176,7 @@ def rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
 
 def _rc_traffic(spec: HostSpec, traffic: Traffic, gpu: str) -> dict[str, float]:
     """rc_traffic, once per root complex and tick (the GPUs under one share it): not to be changed."""
-    known, rc, _, _ = _where(spec, gpu)
+    known, rc = _where(spec, gpu)[:2]
     return _rc_traffic_at(spec, traffic, known, rc)
 
 
@@ -181,7 +193,9 @@ def _rc_traffic_at(spec: HostSpec, traffic: Traffic, known: bool, rc: str | None
         for name, items in traffic.items.items():
             for _label, dev, bps in items:
                 w = where.get(dev)
-                dev_known, dev_rc, _, _ = w if w is not None else _where(spec, dev)
+                if w is None:
+                    w = _where(spec, dev)
+                dev_known, dev_rc = w[0], w[1]
                 if not dev_known:
                     anywhere[name] = anywhere.get(name, 0.0) + bps
                     continue
@@ -228,15 +242,15 @@ def _gpu_rows(spec: HostSpec, obs: Observation, traffic: Traffic) -> dict[str, _
     """_gpu_table's rows of the observed GPUs. A row is a pure function of where its GPU is
     (_where): the GPUs of one place (a PCIe switch's, say) share one."""
     where = spec.derived("placement.where", _new_where)
-    places: dict[_Where, _GpuRow] = {}
+    places: dict[int, _GpuRow] = {}
     table: dict[str, _GpuRow] = {}
     for gpu in obs.gpus:
         w = where.get(gpu)
         if w is None:
             w = _where(spec, gpu)
-        row = places.get(w)
+        row = places.get(w[4])
         if row is None:
-            row = places[w] = _place_row(spec, obs, traffic, w)
+            row = places[w[4]] = _place_row(spec, obs, traffic, w)
         table[gpu] = row
     return table
 
@@ -270,7 +284,7 @@ def _host_terms(spec: HostSpec, obs: Observation, traffic: Traffic, w: _Where) -
     """(block I/O on the GPU's NUMA node, mean IRQ rate on its local cores), normalised, from where
     the GPU is (_where)."""
     policy = spec.policy
-    known, _, numa, cpus = w
+    known, numa, cpus, cores = w[0], w[2], w[3], w[5]
     block = 0.0
     irq = 0.0
     host = obs.host
@@ -282,39 +296,39 @@ def _host_terms(spec: HostSpec, obs: Observation, traffic: Traffic, w: _Where) -
                 by_numa = {}
                 for dev, bps in host.block_bps.items():
                     dw = where.get(dev)
-                    dev_known, _, k, _ = dw if dw is not None else _where(spec, dev)
-                    if dev_known:
-                        by_numa[k] = by_numa.get(k, 0.0) + bps
+                    if dw is None:
+                        dw = _where(spec, dev)
+                    if dw[0]:
+                        by_numa[dw[2]] = by_numa.get(dw[2], 0.0) + bps
                 traffic.memo["block-by-numa"] = by_numa
             block = by_numa.get(numa, 0.0)
         # The GPUs of one NUMA node share their local cores: their mean once per tick.
         by_cpus = traffic.memo.get("irq-by-cpus")
         if by_cpus is None:
             by_cpus = traffic.memo["irq-by-cpus"] = {}
-        mean: float | None = by_cpus.get(cpus)
+        mean: float | None = by_cpus.get(cores)
         if mean is None:
             rates = host.irq_rate
-            if rates.keys() >= _cpu_set(spec, cpus):  # every core reported: the loops in C
+            if rates.keys() >= _cpu_set(spec, cores, cpus):  # every core reported: the loops in C
                 mean = sum(map(rates.__getitem__, cpus)) / len(cpus) if cpus else 0.0
             else:
                 present = [rates[c] for c in cpus if c in rates]
                 mean = sum(present) / len(present) if present else 0.0
-            by_cpus[cpus] = mean
+            by_cpus[cores] = mean
         irq = mean
     return block / policy.block_io_norm_bps, irq / policy.irq_norm_rate
 
 
-def _cpu_set(spec: HostSpec, cpus: tuple[int, ...]) -> frozenset[int]:
+def _cpu_set(spec: HostSpec, cores: int, cpus: tuple[int, ...]) -> frozenset[int]:
+    """The cores `cpus` (whose id is `cores`, _where's) as a set."""
     memo = spec.derived("placement.cpu-sets", _new_cpu_sets)
-    hit = memo.get(cpus)
+    hit = memo.get(cores)
     if hit is None:
-        hit = frozenset(cpus)
-        if len(memo) < 1024:  # one per NUMA node in practice; bounded all the same
-            memo[cpus] = hit
+        hit = memo[cores] = frozenset(cpus)  # ids are bounded as _where's entries are
     return hit
 
 
-def _new_cpu_sets(spec: HostSpec) -> dict[tuple[int, ...], frozenset[int]]:
+def _new_cpu_sets(spec: HostSpec) -> dict[int, frozenset[int]]:
     return {}
 
 

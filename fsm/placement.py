@@ -192,9 +192,7 @@ def _rc_traffic_at(spec: HostSpec, traffic: Traffic, known: bool, rc: str | None
         anywhere: dict[str, float] = {}
         for name, items in traffic.items.items():
             for _label, dev, bps in items:
-                w = where.get(dev)
-                if w is None:
-                    w = _where(spec, dev)
+                w = where.get(dev) or _where(spec, dev)  # a hit skips the call (a _Where is never empty)
                 dev_known, dev_rc = w[0], w[1]
                 if not dev_known:
                     anywhere[name] = anywhere.get(name, 0.0) + bps
@@ -245,9 +243,7 @@ def _gpu_rows(spec: HostSpec, obs: Observation, traffic: Traffic) -> dict[str, _
     places: dict[int, _GpuRow] = {}
     table: dict[str, _GpuRow] = {}
     for gpu in obs.gpus:
-        w = where.get(gpu)
-        if w is None:
-            w = _where(spec, gpu)
+        w = where.get(gpu) or _where(spec, gpu)
         row = places.get(w[4])
         if row is None:
             row = places[w[4]] = _place_row(spec, obs, traffic, w)
@@ -295,9 +291,7 @@ def _host_terms(spec: HostSpec, obs: Observation, traffic: Traffic, w: _Where) -
                 where = spec.derived("placement.where", _new_where)
                 by_numa = {}
                 for dev, bps in host.block_bps.items():
-                    dw = where.get(dev)
-                    if dw is None:
-                        dw = _where(spec, dev)
+                    dw = where.get(dev) or _where(spec, dev)
                     if dw[0]:
                         by_numa[dw[2]] = by_numa.get(dw[2], 0.0) + bps
                 traffic.memo["block-by-numa"] = by_numa
@@ -524,7 +518,7 @@ def rank_candidates(
         mine.insert(0, own)
     entries: list[_Entry] = []
     nan = False
-    for gpu, by_size, row in mine:
+    for gpu, by_size, row, _ in mine:
         if allow_gpu is not None and not allow_gpu(gpu):
             continue
         if name in row[0]:
@@ -610,8 +604,8 @@ def _score(inst: InstanceRef, penalty: float, terms: tuple[float, float, float],
 
 # (penalty, another GPU, size preference, candidates, terms, move, size) of a group of candidates
 _Entry = tuple[float, bool, int, list[_Member], tuple[float, float, float], float, float]
-# (GPU, its free instances by size, its row of _gpu_table)
-_Part = tuple[str, list[tuple[int, list[_Member]]], _GpuRow]
+# (GPU, its free instances by size, its row of _gpu_table, the size of its largest free instance)
+_Part = tuple[str, list[tuple[int, list[_Member]]], _GpuRow, int]
 
 
 @dataclass(slots=True)
@@ -622,7 +616,6 @@ class _Board:
 
     parts: list[_Part]
     by_gpu: dict[str, _Part]
-    largest: list[int]  # per part, the size of its largest free instance
     spec: HostSpec
     need: int
     sized: bool
@@ -635,7 +628,7 @@ class _Board:
     unordered: bool = False  # a NaN penalty: no order
 
     def entries(self, part: _Part) -> list[_Entry]:
-        gpu, by_size, row = part
+        gpu, by_size, row, _ = part
         hit = self.made.get(gpu)
         if hit is None:
             a, terms, away = row[2], row[1], self.away
@@ -655,9 +648,9 @@ class _Board:
             c = self.spec.policy.w_move * self.away
             need, sized = self.need, self.sized
             order = [
-                (part[2][2] + c - ((n - need) / 7.0 if sized else 0.0), part)
-                for part, n in zip(self.parts, self.largest, strict=True)
-                if n >= need
+                (part[2][2] + c - ((part[3] - need) / 7.0 if sized else 0.0), part)
+                for part in self.parts
+                if part[3] >= need
             ]
             if any(least != least for least, _ in order):
                 self.unordered = True
@@ -683,14 +676,10 @@ def _board(
 ) -> _Board:
     table = _gpu_tables(spec, obs, traffic)
     parts: list[_Part] = []
-    largest: list[int] = []
     for gpu, by_size, n in groups:
         row = table.get(gpu)
-        parts.append((gpu, by_size, row if row is not None else _gpu_table(spec, obs, traffic, gpu)))
-        largest.append(n)
-    return _Board(
-        parts, {p[0]: p for p in parts}, largest, spec, need, sized, limit, away, taken, {k[0] for k in taken}, {}
-    )
+        parts.append((gpu, by_size, row if row is not None else _gpu_table(spec, obs, traffic, gpu), n))
+    return _Board(parts, {p[0]: p for p in parts}, spec, need, sized, limit, away, taken, {k[0] for k in taken}, {})
 
 
 def _eligible(

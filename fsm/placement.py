@@ -479,12 +479,9 @@ def rank_candidates(
     ts = obs.tenants.get(victim.name)
     current = ts.instance if ts is not None and ts.instance is not None else victim.instance
     traffic = traffic or Traffic.build(spec, obs)
+    here = score(spec, obs, victim, current, current, cause, traffic, {}) if current is not None else None
     policy = spec.policy
     w_move = policy.w_move
-    here = None
-    if current is not None:  # score(..., current, current, ...): no move, no size gained
-        here_terms = _gpu_terms(spec, obs, traffic, current.gpu, victim)
-        here = _score(current, _weighted(policy, here_terms) + w_move * 0.0 - 0.0, here_terms, 0.0, 0.0)
     need = slices_of(spec, current) if current is not None else 0
     # Free instances by GPU and size, each group by name, once per tick; this victim's view only
     # drops the reserved.

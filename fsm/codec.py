@@ -1,8 +1,9 @@
 """Dataclass <-> JSON-compatible values, driven by the type hints. Pure; used for the controller
 state (crash recovery), observation traces and MQTT/status payloads.
 
-Supports: dataclasses, str/int/float/bool/None, StrEnum/IntEnum, tuple[X, ...], list[X],
-Mapping[K, V] / dict[K, V] (int keys become strings in JSON), X | None, and typing.Any (as is).
+Supports: dataclasses and named tuples (both as JSON objects), str/int/float/bool/None,
+StrEnum/IntEnum, tuple[X, ...], list[X], Mapping[K, V] / dict[K, V] (int keys become strings in
+JSON), X | None, and typing.Any (as is).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ def encode(value: Any) -> Any:
         # JSON has no NaN/inf; they never belong in state anyway.
         return value if math.isfinite(value) else None
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in _fields(type(value))}
+        return {name: encode(getattr(value, name)) for name, _ in _fields(type(value))}
     if isinstance(value, Mapping):
         return {str(encode(k)): encode(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple: a record, as above
+        return {name: encode(getattr(value, name)) for name, _ in _fields(type(value))}
     if isinstance(value, tuple | list | frozenset | set):
         items = sorted(value) if isinstance(value, frozenset | set) else value
         return [encode(v) for v in items]
@@ -48,8 +51,20 @@ def encode(value: Any) -> Any:
 
 
 @cache
-def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
-    return tuple(f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_"))
+def _fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    """A record type's fields as (name, required), for a dataclass or a named tuple."""
+    if dataclasses.is_dataclass(cls):
+        return tuple(
+            (f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+            if f.init and not f.name.startswith("_")
+        )
+    defaults = getattr(cls, "_field_defaults", {})
+    return tuple((name, name not in defaults) for name in getattr(cls, "_fields", ()))
+
+
+def _is_record(tp: Any) -> bool:
+    return isinstance(tp, type) and (dataclasses.is_dataclass(tp) or (issubclass(tp, tuple) and hasattr(tp, "_fields")))
 
 
 @cache
@@ -79,20 +94,20 @@ def decode(tp: Any, data: Any, path: str = "") -> Any:
         if data is not None:
             raise DecodeError(path, "expected null")
         return None
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+    if _is_record(tp):
         if not isinstance(data, dict):
             raise DecodeError(path, f"expected an object for {tp.__name__}, got {type(data).__name__}")
         hints = _hints(tp)
-        known = {f.name for f in _fields(tp)}
+        known = {name for name, _ in _fields(tp)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise DecodeError(path, f"unknown field(s) {', '.join(unknown)} for {tp.__name__}")
         kwargs = {}
-        for f in _fields(tp):
-            if f.name in data:
-                kwargs[f.name] = decode(hints[f.name], data[f.name], f"{path}.{f.name}" if path else f.name)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise DecodeError(path, f"missing field {f.name!r} of {tp.__name__}")
+        for name, required in _fields(tp):
+            if name in data:
+                kwargs[name] = decode(hints[name], data[name], f"{path}.{name}" if path else name)
+            elif required:
+                raise DecodeError(path, f"missing field {name!r} of {tp.__name__}")
         return tp(**kwargs)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:

@@ -19,7 +19,6 @@ from fsm.evidence import update as update_evidence
 from fsm.evolve import evolve
 from fsm.guardbudget import charge_guards
 from fsm.levercost import measured_scale
-from fsm.mig import same_layout
 from fsm.observation import Observation
 from fsm.quantiles import Verdict
 from fsm.spec import HostSpec, Level, Role, TenantSpec
@@ -64,7 +63,7 @@ class Tick(ReleaseTick):
         # A GPU whose managed layout is not yet the actual one has a change under way.
         for gpu, layout in tick.layouts.items():
             g = obs.gpus.get(gpu)
-            if g is not None and g.layout is not None and not same_layout(g.layout, layout):
+            if g is not None and g.layout is not None and g.layout != layout:
                 tick.busy_gpus.add(gpu)
         return tick
 
@@ -209,7 +208,7 @@ class Tick(ReleaseTick):
         gpu = top.gpu if top is not None and top.lever == RESIZE else None
         if gpu is not None and gpu in self.layouts:
             g = self.obs.gpus.get(gpu)
-            layout_ok = g is not None and g.layout is not None and same_layout(g.layout, self.layouts[gpu])
+            layout_ok = g is not None and g.layout is not None and g.layout == self.layouts[gpu]
         if (want is None or actual == want) and layout_ok:
             lvl = level_of(ctl)
             if p.then_layout is not None and p.gpu is not None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 MEM_SLOTS = 8
 COMPUTE_SLICES = 7
@@ -255,9 +254,9 @@ def model_by_name(name: str) -> GpuModel:
     raise KeyError(f"unknown GPU model {name!r}; known: {', '.join(sorted(MODELS))}")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Slot:
-    """One GPU instance in a layout: a profile at a start memory slot."""
+class Slot(NamedTuple):
+    """One GPU instance in a layout: a profile at a start memory slot. A named tuple, so layouts
+    compare, hash and sort in C (by start, then profile) on every tick's hot paths."""
 
     start: int
     profile: str
@@ -281,22 +280,12 @@ def slot_range(model: GpuModel, slot: Slot) -> range:
     return range(slot.start, slot.start + p.mem_slots)
 
 
-# Slot's own order (dataclass order=True: by (start, profile)) as a C-level sort key: the same order.
-slot_key = attrgetter("start", "profile")
-
-
-def same_layout(a: Sequence[Slot], b: Sequence[Slot]) -> bool:
-    """tuple(a) == tuple(b) for two layouts: compared by the slots' fields in C, where Slot's own
-    __eq__ runs Python for every slot (every managed GPU is compared on every tick)."""
-    return len(a) == len(b) and list(map(slot_key, a)) == list(map(slot_key, b))
-
-
 def layout_problems(model: GpuModel, layout: Iterable[Slot]) -> list[str]:
     """Every reason this layout is not valid on the model (empty when it is)."""
     problems: list[str] = []
     used: dict[int, Slot] = {}
     counts: Counter[str] = Counter()
-    for slot in sorted(layout, key=slot_key):
+    for slot in sorted(layout):
         try:
             p = model.profile(slot.profile)
         except KeyError as e:
@@ -347,7 +336,7 @@ def is_valid(model: GpuModel, layout: Iterable[Slot]) -> bool:
 
 
 def normalise(layout: Iterable[Slot]) -> Layout:
-    return tuple(sorted(layout, key=slot_key))
+    return tuple(sorted(layout))
 
 
 def free_starts(model: GpuModel, layout: Iterable[Slot], profile: str) -> list[int]:

@@ -385,10 +385,7 @@ def _free_groups(spec: HostSpec, obs: Observation) -> _Groups:
         inst = ts.instance if ts is not None and ts.instance is not None else t.instance
         if inst is not None:
             taken.append((inst.gpu, inst.profile, inst.start))
-    # Each GPU's layout as plain tuples: they compare in C (a Slot's generated __eq__ is Python).
-    gpus = obs.gpus
-    layouts: list[Any] = [(name, g.lost, -1 if g.layout is None else len(g.layout)) for name, g in gpus.items()]
-    layouts += [(s.start, s.profile) for g in gpus.values() if g.layout is not None for s in g.layout]
+    layouts = [(name, g.lost, g.layout) for name, g in obs.gpus.items()]  # Slots compare in C
     memo = spec.derived("placement.free-groups", _new_last)
     last = memo.get("last")  # one read: (instances in use, layouts, the answer)
     if last is not None and last[0] == taken and last[1] == layouts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fsm.mig import GpuModel, Slot, is_valid, normalise, slot_key, slot_range
+from fsm.mig import GpuModel, Slot, is_valid, normalise, slot_range
 from fsm.observation import InstanceRef, Observation
 from fsm.placement import gpu_model, resize_ladder
 from fsm.spec import HostSpec
@@ -74,7 +74,7 @@ def _plan_on(
     # The victim's own instance is free once it has moved; keeping it lets the move be
     # make-before-break (start on the new slice while the old one still serves).
     free = [s for s in layout if (s.profile, s.start) not in in_use or s == victim_slot]
-    free_sorted = sorted(free, key=slot_key)
+    free_sorted = sorted(free)
     victim_range: set[int] | None = None  # the victim's memory slots, once needed
     best: tuple[tuple[int, int, int], Slot, list[Slot], tuple[Slot, ...]] | None = None
     for start in model.profile(profile).placements:

@@ -1,0 +1,41 @@
+"""fsm.codec's records: dataclasses and named tuples (Slot) are JSON objects, read back by their type
+hints, with errors that name the path."""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+import pytest
+
+from fsm.codec import DecodeError, decode, encode
+from fsm.mig import Slot
+from fsm.observation import GpuSample
+
+
+class _Pair(NamedTuple):
+    name: str
+    weight: float = 1.0
+
+
+def test_a_layout_keeps_its_json_shape_and_comes_back_as_slots() -> None:
+    layout = (Slot(0, "3g.20gb"), Slot(4, "4g.20gb"))
+    data = json.loads(json.dumps(encode(layout)))
+    assert data == [{"start": 0, "profile": "3g.20gb"}, {"start": 4, "profile": "4g.20gb"}]
+    back = decode(tuple[Slot, ...], data)
+    assert back == layout and all(type(s) is Slot for s in back)
+    # inside a dataclass, as observation traces carry it
+    gpu = GpuSample(layout=layout)
+    assert decode(GpuSample, json.loads(json.dumps(encode(gpu)))) == gpu
+
+
+def test_named_tuple_defaults_and_errors_name_the_path() -> None:
+    assert decode(_Pair, {"name": "a"}) == _Pair("a", 1.0)
+    with pytest.raises(DecodeError, match=r"^\[1\]: missing field 'profile' of Slot"):
+        decode(tuple[Slot, ...], [{"start": 0, "profile": "1g.5gb"}, {"start": 4}])
+    with pytest.raises(DecodeError, match=r"^\[0\]\.start: expected an integer"):
+        decode(tuple[Slot, ...], [{"start": "0", "profile": "1g.5gb"}])
+    with pytest.raises(DecodeError, match=r"unknown field\(s\) gi for Slot"):
+        decode(Slot, {"start": 0, "profile": "1g.5gb", "gi": 3})
+    with pytest.raises(DecodeError, match="expected an object for Slot, got list"):
+        decode(Slot, [0, "1g.5gb"])  # a plain list is not taken for the record

@@ -229,7 +229,6 @@ class TickBase:
         ctl = self.tenants[t.name]
         now = self.obs.t
         kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
-        keep = self._window_keep(ctl)
         watch = ctl.outage_watch
         if t.slo_s is not None:
             rate = self._rate_now(t, ctl.evidence.rate(self.evidence_params))
@@ -242,15 +241,24 @@ class TickBase:
         self.tenants[t.name] = evolve(
             ctl,
             outages=(*kept, (now, self._charged_s(t, seconds))),
-            overspend=min(0.0, self._overspent(ctl, 0.0)),
-            overspend_t=now,
-            served=(ctl.served[0] * keep, ctl.served[1] * keep),  # the two sums share overspend_t
-            episode_n=0.0,
-            episode_bad=0.0,
+            **self._rent_restarted(ctl),
             outage_watch=watch,
             watch_n=0.0,
             watch_bad=0.0,
         )
+
+    def _rent_restarted(self, ctl: TenantCtl) -> dict[str, Any]:
+        """The changes that start the tenant's rent afresh (fsm.levercost): the episode's counts and
+        the window's overspend (a credit is kept), `served` decayed to the same time (the two sums
+        share overspend_t). An outage bought the rent; a guard found to cut the tail changed it."""
+        keep = self._window_keep(ctl)
+        return {
+            "overspend": min(0.0, self._overspent(ctl, 0.0)),
+            "overspend_t": self.obs.t,
+            "served": (ctl.served[0] * keep, ctl.served[1] * keep),
+            "episode_n": 0.0,
+            "episode_bad": 0.0,
+        }
 
     def _update(self, name: str, **changes: Any) -> None:
         """Change a tenant's record: in place when it is this tick's own copy (step() made it and

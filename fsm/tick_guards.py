@@ -176,7 +176,12 @@ class GuardTick(MoveTick):
             and self.spec.policy.enforce
             and self._guard_test(ctl, top) is False
         ):
-            self.tenants[t.name] = evolve(ctl, stack=(*ctl.stack[:-1], evolve(top, helped=True)))
+            # The rent paid before the caps (the episode's counts, the window's overspend) was paid
+            # under a tail the caps have since cut: it no longer says what waiting costs, and an
+            # outage lever is priced against what the tenant pays with the caps on.
+            self.tenants[t.name] = evolve(
+                ctl, stack=(*ctl.stack[:-1], evolve(top, helped=True)), **self._rent_restarted(ctl)
+            )
 
     def _guard_judging(self, t: TenantSpec) -> str:
         """Why an outage lever waits ("" when it need not): the guard on top is still being judged.

@@ -122,3 +122,19 @@ def test_a_guard_is_judged_against_the_episode_not_the_peak_it_went_on_at():
     lift = next(e for e in evs if e.kind == "release" and e.lever == "guard")
     assert "did not cut the tail" in lift.reason and not d.desired.throttles
     assert not state.tenant("llm").stack
+
+
+def test_a_guard_found_to_help_restarts_the_rent_outage_levers_are_priced_against():
+    """The rent an outage lever is priced against is what waiting costs; once the caps are shown
+    to cut the tail, the rent paid before them (20% of the requests over the SLO) says nothing of
+    that, and only what the tenant pays with the caps on (10%) counts."""
+    spec = example_spec(Policy(placement=False, mig=False, guard_cost_share=None))
+    state, evs, _d = _run(
+        spec, ControllerState(), 0.0, 150, lambda capped: (CAP if capped else 3e9, 10.0 if capped else 20.0)
+    )
+    assert [e for e in evs if e.kind == "escalate" and e.lever == "guard"]
+    ctl = state.tenant("llm")
+    assert ctl.stack and ctl.stack[-1].helped
+    assert ctl.episode_n > 0 and ctl.episode_bad / ctl.episode_n == 10.0 / 200.0
+    # the window's overspend holds no more than the episode's rent since the verdict
+    assert ctl.overspend <= ctl.episode_bad - 0.01 * ctl.episode_n + 1e-9

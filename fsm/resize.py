@@ -68,12 +68,11 @@ def _plan_on(
     gpu: str, profile: str, model: GpuModel, layout: tuple[Slot, ...], current: InstanceRef, occ: set[InstanceRef]
 ) -> ResizePlan | None:
     victim_slot = current.slot if current.gpu == gpu else None
-    # (profile, start) of the instances in use on this GPU: tuples hash in C, InstanceRefs do not.
-    in_use = {(i.profile, i.start) for i in occ if i.gpu == gpu}
-    keep = [s for s in layout if (s.profile, s.start) in in_use and s != victim_slot]
+    in_use = {i.slot for i in occ if i.gpu == gpu}  # the slots of the instances in use on this GPU
+    keep = [s for s in layout if s in in_use and s != victim_slot]
     # The victim's own instance is free once it has moved; keeping it lets the move be
     # make-before-break (start on the new slice while the old one still serves).
-    free = [s for s in layout if (s.profile, s.start) not in in_use or s == victim_slot]
+    free = [s for s in layout if s not in in_use or s == victim_slot]
     free_sorted = sorted(free)
     victim_range: set[int] | None = None  # the victim's memory slots, once needed
     best: tuple[tuple[int, int, int], Slot, list[Slot], tuple[Slot, ...]] | None = None

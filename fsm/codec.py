@@ -38,12 +38,11 @@ def encode(value: Any) -> Any:
     if isinstance(value, float):
         # JSON has no NaN/inf; they never belong in state anyway.
         return value if math.isfinite(value) else None
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: encode(getattr(value, name)) for name, _ in _fields(type(value))}
+    cls: Any = type(value)
+    if _is_record(cls):  # a dataclass or a named tuple instance
+        return {name: encode(getattr(value, name)) for name, _ in _fields(cls)}
     if isinstance(value, Mapping):
         return {str(encode(k)): encode(v) for k, v in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple: a record, as above
-        return {name: encode(getattr(value, name)) for name, _ in _fields(type(value))}
     if isinstance(value, tuple | list | frozenset | set):
         items = sorted(value) if isinstance(value, frozenset | set) else value
         return [encode(v) for v in items]
@@ -63,7 +62,9 @@ def _fields(cls: type) -> tuple[tuple[str, bool], ...]:
     return tuple((name, name not in defaults) for name in getattr(cls, "_fields", ()))
 
 
+@cache
 def _is_record(tp: Any) -> bool:
+    """A dataclass or a named tuple type: written and read as a JSON object of its fields."""
     return isinstance(tp, type) and (dataclasses.is_dataclass(tp) or (issubclass(tp, tuple) and hasattr(tp, "_fields")))
 
 

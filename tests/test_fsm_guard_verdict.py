@@ -126,8 +126,8 @@ def test_a_guard_is_judged_against_the_episode_not_the_peak_it_went_on_at():
 
 def test_a_guard_found_to_help_restarts_the_rent_outage_levers_are_priced_against():
     """The rent an outage lever is priced against is what waiting costs; once the caps are shown
-    to cut the tail, the rent paid before them (20% of the requests over the SLO) says nothing of
-    that, and only what the tenant pays with the caps on (10%) counts."""
+    to cut the tail, the rent paid before them (10% of the requests over the SLO) says nothing of
+    that, and only what the tenant pays with the caps on (5%) counts."""
     spec = example_spec(Policy(placement=False, mig=False, guard_cost_share=None))
     state, evs, _d = _run(
         spec, ControllerState(), 0.0, 150, lambda capped: (CAP if capped else 3e9, 10.0 if capped else 20.0)

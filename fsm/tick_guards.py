@@ -9,7 +9,7 @@ from fsm.desired import MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
 from fsm.evolve import evolve
 from fsm.guardbudget import holds
-from fsm.spec import HostSpec, Level, Role, TenantSpec
+from fsm.spec import HostSpec, Level, Policy, Role, TenantSpec
 from fsm.state import Step, TenantCtl
 from fsm.tick_base import (
     GUARD,
@@ -121,10 +121,16 @@ class GuardTick(MoveTick):
         """Did the guard on top fail to cut the tail? None while it is still being judged (or there
         is no guard on top to judge).
 
-        First a sequential test on the requests served since it went on (_guard_test). Undecided
-        after 2 x rate_tau_s (or without counts), the recent bad share decides (guard_min_cut), which
-        by then holds little from before the guard, tick by tick as before. Every second a useless
-        cap holds costs the capped tenant work that doing nothing would have kept."""
+        First a sequential test on the requests served since it went on (_guard_test). Undecided,
+        and where the source counts requests, a futility stop from the test's first look (one
+        rate_tau_s, or cooldown_s / guard_relief_s if later): the requests served since the caps
+        went on are not cut by guard_min_cut. Their share is as noisy as the recent share, but it
+        holds none from before the caps; a guard that shows no cut there is lifted a minute in,
+        not two: every second a useless cap holds costs the capped tenant work that doing nothing
+        would have kept, and where the test has not decided in a minute, its second minute seldom
+        decides it. A guard that shows a cut goes on being judged. Undecided after 2 x rate_tau_s
+        (or without counts), the recent share decides (guard_min_cut), which by then holds little
+        from before the guard, tick by tick as before."""
         policy = self.spec.policy
         ctl = self.tenants[t.name]
         top = ctl.stack[-1] if ctl.stack else None
@@ -135,10 +141,13 @@ class GuardTick(MoveTick):
         test = self._guard_test(ctl, top)
         if test is not None:
             return test
-        if self.obs.t - top.t < 2 * policy.rate_tau_s:
+        age, floor = self.obs.t - top.t, (1.0 - policy.guard_min_cut) * top.bad_share
+        if _futile(ctl, floor) and age >= _first_look_s(policy):
+            return True
+        if age < 2 * policy.rate_tau_s:
             return None  # the recent share still holds requests from before the guard
         now = ctl.evidence.bad_share()
-        return now is not None and now >= (1.0 - policy.guard_min_cut) * top.bad_share
+        return now is not None and now >= floor
 
     def _guard_test(self, ctl: TenantCtl, top: Step) -> bool | None:
         """Wald's sequential test on the requests served since the guard went on, from cooldown_s
@@ -202,7 +211,12 @@ class GuardTick(MoveTick):
         top = ctl.stack[-1]
         before = level_of(ctl)
         now = ctl.evidence.bad_share()
-        test = "sequential" if self._guard_test(ctl, top) is True else "recent share"
+        if self._guard_test(ctl, top) is True:
+            test = "sequential"
+        elif _futile(ctl, (1.0 - self.spec.policy.guard_min_cut) * (top.bad_share or 0.0)):
+            test, now = "share since the caps", ctl.acted_bad / ctl.acted_n
+        else:
+            test = "recent share"
         self.tenants[t.name] = evolve(
             ctl,
             stack=ctl.stack[:-1],
@@ -219,9 +233,9 @@ class GuardTick(MoveTick):
             f"lift caps on {', '.join(top.aggressors)}: they did not cut the tail",
             {
                 "bad_share_at_guard": round(top.bad_share or 0.0, 4),
-                "bad_share_now": round(now or 0.0, 4),
+                "bad_share_now": round(now or 0.0, 4),  # the share the verdict read
                 "guard_min_cut": self.spec.policy.guard_min_cut,
-                "verdict": test,  # the sequential test on the requests since, or the recent share
+                "verdict": test,  # the sequential test, the futility stop, or the recent share
                 "requests_since_guard": round(ctl.acted_n, 1),
                 "over_slo_since_guard": round(ctl.acted_bad, 1),
                 "judged_after_s": round(self.obs.t - top.t, 1),
@@ -311,6 +325,16 @@ class GuardTick(MoveTick):
             for first, r, w in (tight[k] for k in sorted(tight))
         )
         return caps, tuple(mps[k] for k in sorted(mps))
+
+
+def _first_look_s(policy: Policy) -> float:
+    """When a guard's requests since its caps may first stop its trial for futility."""
+    return max(policy.rate_tau_s, policy.cooldown_s, policy.guard_relief_s or 0.0)
+
+
+def _futile(ctl: TenantCtl, floor: float) -> bool:
+    """The requests served since the caps went on are counted and not cut below `floor`."""
+    return ctl.evidence.counted and ctl.acted_n > 0 and ctl.acted_bad >= floor * ctl.acted_n
 
 
 def _mps_by_gpu(spec: HostSpec) -> dict[str, tuple[TenantSpec, ...]]:

@@ -18,10 +18,10 @@ from fsm.state import ControllerState
 CAP = 1.5e9  # throttle_factor 0.5 x the ETL's 3 GB/s
 
 
-def _obs(t: float, etl_bps: float, over: float, p99: float = 0.030):
-    """example_observation with 200 requests a 2 s tick, `over` of them over the SLO (counted)."""
+def _obs(t: float, etl_bps: float, over: float, p99: float = 0.030, count: int = 200):
+    """example_observation with `count` requests a 2 s tick, `over` of them over the SLO (counted)."""
     o = example_observation(t, p99, etl_bps)
-    llm = replace(o.tenants["llm"], latency=LatencyWindow(200, 0.4 * p99, p99, 1.3 * p99, over_slo=over))
+    llm = replace(o.tenants["llm"], latency=LatencyWindow(count, 0.4 * p99, p99, 1.3 * p99, over_slo=over))
     return replace(o, tenants={**o.tenants, "llm": llm})
 
 
@@ -33,6 +33,16 @@ def _run(spec, state, t0: float, n: int, tail):
         d = decide(state, _obs(t0 + 2.0 * i, etl, over), spec)
         state, evs = d.state, evs + list(d.events)
         capped = bool(d.desired.throttles)
+    return state, evs, d
+
+
+def _run_few(spec, capped_over: float):
+    """400 s of 10 requests a 2 s tick, half a request over the SLO (5%), `capped_over` capped."""
+    state, evs, capped = ControllerState(), [], False
+    for i in range(200):
+        etl, over = (CAP, capped_over) if capped else (3e9, 0.5)
+        d = decide(state, _obs(2.0 * i, etl, over, count=10), spec)
+        state, evs, capped = d.state, evs + list(d.events), bool(d.desired.throttles)
     return state, evs, d
 
 
@@ -49,6 +59,36 @@ def test_a_guard_that_does_not_cut_the_tail_is_lifted_on_its_requests_before_the
     assert ev["judged_after_s"] == lift.t - guard.t
     # not before a relief could have been due, well before the recent share could tell (2 x rate_tau_s)
     assert max(p.cooldown_s, p.guard_relief_s or 0.0) <= lift.t - guard.t < 2 * p.rate_tau_s
+
+
+def test_a_trial_the_test_cannot_decide_stops_for_futility_on_the_requests_since_the_caps():
+    """Few requests over the SLO: 10 requests a 2 s tick, half a request over it (5%), 0.41
+    capped (a cut of 18%). The test cannot tell that from no cut or from a halving in a minute (15
+    requests over the SLO at no cut), nor in two. The requests since the caps are counted and show
+    less than guard_min_cut, so the trial stops for futility at the test's first look: the ETL job
+    is held for about a minute, not the two the recent share needs."""
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False))
+    p = spec.policy
+    _state, evs, _d = _run_few(spec, 0.41)
+    guard = next(e for e in evs if e.kind == "escalate" and e.lever == "guard")
+    lift = next(e for e in evs if e.kind == "release" and e.lever == "guard")
+    ev = lift.evidence
+    assert ev["verdict"] == "share since the caps", ev
+    assert ev["bad_share_now"] == round(ev["over_slo_since_guard"] / ev["requests_since_guard"], 4) > 0.04
+    assert p.rate_tau_s <= lift.t - guard.t < 2 * p.rate_tau_s
+
+
+def test_a_guard_that_shows_a_cut_goes_on_being_judged_past_its_first_look():
+    """The futility stop lifts only a guard whose requests since the caps show no cut: at 3.5%
+    against 5% (a cut of 30%, short of the halving the test needs to say "helps" at this rate),
+    the trial goes on to 2 x rate_tau_s, where the recent share, cut as much, keeps the guard."""
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False, guard_cost_share=None))
+    p = spec.policy
+    state, evs, d = _run_few(spec, 0.35)
+    guard = next(e for e in evs if e.kind == "escalate" and e.lever == "guard")
+    assert not [e for e in evs if "did not cut the tail" in e.reason]
+    assert d.desired.throttles and state.tenant("llm").stack[-1].lever == "guard"
+    assert 2.0 * 200 - guard.t > 2 * p.rate_tau_s
 
 
 def test_a_guard_that_halves_the_tail_is_not_lifted_as_useless():

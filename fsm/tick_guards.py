@@ -9,7 +9,7 @@ from fsm.desired import MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
 from fsm.evolve import evolve
 from fsm.guardbudget import holds
-from fsm.spec import HostSpec, Level, Policy, Role, TenantSpec
+from fsm.spec import HostSpec, Level, Role, TenantSpec
 from fsm.state import Step, TenantCtl
 from fsm.tick_base import (
     GUARD,
@@ -141,13 +141,22 @@ class GuardTick(MoveTick):
         test = self._guard_test(ctl, top)
         if test is not None:
             return test
-        age, floor = self.obs.t - top.t, (1.0 - policy.guard_min_cut) * top.bad_share
-        if _futile(ctl, floor) and age >= _first_look_s(policy):
+        if self._futile(ctl, top):
             return True
-        if age < 2 * policy.rate_tau_s:
+        if self.obs.t - top.t < 2 * policy.rate_tau_s:
             return None  # the recent share still holds requests from before the guard
         now = ctl.evidence.bad_share()
-        return now is not None and now >= floor
+        return now is not None and now >= (1.0 - policy.guard_min_cut) * top.bad_share
+
+    def _futile(self, ctl: TenantCtl, top: Step) -> bool:
+        """The futility stop: from the test's first look, the requests served since the caps went
+        on are counted and not cut by guard_min_cut."""
+        p = self.spec.policy
+        if not ctl.evidence.counted or ctl.acted_n <= 0 or top.bad_share is None:
+            return False
+        if self.obs.t - top.t < max(p.rate_tau_s, p.cooldown_s, p.guard_relief_s or 0.0):
+            return False
+        return ctl.acted_bad >= (1.0 - p.guard_min_cut) * top.bad_share * ctl.acted_n
 
     def _guard_test(self, ctl: TenantCtl, top: Step) -> bool | None:
         """Wald's sequential test on the requests served since the guard went on, from cooldown_s
@@ -213,7 +222,7 @@ class GuardTick(MoveTick):
         now = ctl.evidence.bad_share()
         if self._guard_test(ctl, top) is True:
             test = "sequential"
-        elif _futile(ctl, (1.0 - self.spec.policy.guard_min_cut) * (top.bad_share or 0.0)):
+        elif self._futile(ctl, top):
             test, now = "share since the caps", ctl.acted_bad / ctl.acted_n
         else:
             test = "recent share"
@@ -325,16 +334,6 @@ class GuardTick(MoveTick):
             for first, r, w in (tight[k] for k in sorted(tight))
         )
         return caps, tuple(mps[k] for k in sorted(mps))
-
-
-def _first_look_s(policy: Policy) -> float:
-    """When a guard's requests since its caps may first stop its trial for futility."""
-    return max(policy.rate_tau_s, policy.cooldown_s, policy.guard_relief_s or 0.0)
-
-
-def _futile(ctl: TenantCtl, floor: float) -> bool:
-    """The requests served since the caps went on are counted and not cut below `floor`."""
-    return ctl.evidence.counted and ctl.acted_n > 0 and ctl.acted_bad >= floor * ctl.acted_n
 
 
 def _mps_by_gpu(spec: HostSpec) -> dict[str, tuple[TenantSpec, ...]]:

@@ -9,7 +9,7 @@ from fsm.desired import MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
 from fsm.evolve import evolve
 from fsm.guardbudget import holds
-from fsm.spec import HostSpec, Level, Role, TenantSpec
+from fsm.spec import HostSpec, Level, Policy, Role, TenantSpec
 from fsm.state import Step, TenantCtl
 from fsm.tick_base import (
     GUARD,
@@ -154,7 +154,7 @@ class GuardTick(MoveTick):
         p = self.spec.policy
         if not ctl.evidence.counted or ctl.acted_n <= 0 or top.bad_share is None:
             return False
-        if self.obs.t - top.t < max(p.rate_tau_s, p.cooldown_s, p.guard_relief_s or 0.0):
+        if self.obs.t - top.t < max(p.rate_tau_s, _first_look_s(p)):
             return False
         return ctl.acted_bad >= (1.0 - p.guard_min_cut) * top.bad_share * ctl.acted_n
 
@@ -169,7 +169,7 @@ class GuardTick(MoveTick):
         assert top.bad_share is not None
         if not ctl.evidence.counted or top.bad_share <= 0:
             return None
-        if self.obs.t - top.t < max(policy.cooldown_s, policy.guard_relief_s or 0.0):
+        if self.obs.t - top.t < _first_look_s(policy):
             return None
         llr = 0.5 * top.bad_share * ctl.acted_n - _LN2 * ctl.acted_bad  # Poisson counts
         if llr <= GUARD_USELESS_LLR:
@@ -334,6 +334,12 @@ class GuardTick(MoveTick):
             for first, r, w in (tight[k] for k in sorted(tight))
         )
         return caps, tuple(mps[k] for k in sorted(mps))
+
+
+def _first_look_s(policy: Policy) -> float:
+    """The guard's sequential test looks from cooldown_s on, or guard_relief_s if longer (a guard
+    that helps and binds is relieved by a move first)."""
+    return max(policy.cooldown_s, policy.guard_relief_s or 0.0)
 
 
 def _mps_by_gpu(spec: HostSpec) -> dict[str, tuple[TenantSpec, ...]]:

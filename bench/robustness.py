@@ -1,10 +1,11 @@
 """Never worse than doing nothing, off the suite: every suite scenario under random perturbations
 of what an unseen host would change (request rate or trace speed, the SLO, the aggressors'
-demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP bursts),
+demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP bursts; with
+--protect, aggressors an operator has marked `protected`: never capped, never moved),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
-                               [--policy KEY=VALUE ...] [--exact-latency] [--bursts]
+                               [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -60,10 +61,16 @@ def _shift(schedule: dict[str, Any], rng: random.Random, notes: list[str], who: 
     notes.append(f"{who}.on {d:+.0f} s")
 
 
-def perturb(data: dict[str, Any], rng: random.Random, bursts: random.Random | None = None) -> list[str]:
+def perturb(
+    data: dict[str, Any],
+    rng: random.Random,
+    bursts: random.Random | None = None,
+    protect: random.Random | None = None,
+) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
-    into bursts."""
+    into bursts. `protect` (one of its own too): each bulk or compute tenant is marked protected
+    with odds one half, as an operator does with a job nobody may slow down; its traffic stays."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -92,6 +99,9 @@ def perturb(data: dict[str, Any], rng: random.Random, bursts: random.Random | No
                 if t.get("relaunch_s") is not None and "relaunch_s" not in meta:
                     _scale(t, "relaunch_s", rng, 0.5, 2.0, notes, who)
             elif t.get("role") in SHIFTABLE:
+                if protect is not None and protect.random() < 0.5:
+                    t["role"] = "protected"
+                    notes.append(f"{who} protected")
                 _scale(t, "demand_gbps", rng, 0.5, 1.5, notes, who)
                 if t.get("sm_active"):
                     t["sm_active"] = min(1.0, t["sm_active"] * rng.uniform(0.8, 1.1))
@@ -101,7 +111,10 @@ def perturb(data: dict[str, Any], rng: random.Random, bursts: random.Random | No
 
 
 def run_case(
-    args: tuple[str, int, int, float | None, dict[str, Any]], exact: bool = False, bursts: bool = False
+    args: tuple[str, int, int, float | None, dict[str, Any]],
+    exact: bool = False,
+    bursts: bool = False,
+    protect: bool = False,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -109,7 +122,12 @@ def run_case(
     data.setdefault("policy", {}).update(policy)
     rng = random.Random(f"{seed}:{name}:{case}")
     mutated = copy.deepcopy(data)
-    notes = perturb(mutated, rng, random.Random(f"{seed}:{name}:{case}:bursts") if bursts else None)
+    notes = perturb(
+        mutated,
+        rng,
+        random.Random(f"{seed}:{name}:{case}:bursts") if bursts else None,
+        random.Random(f"{seed}:{name}:{case}:protect") if protect else None,
+    )
     sc = scenario_from_data(mutated, str(path))
     dur = duration or min(14400.0, sc.meta.suite_duration_s or 14400.0)
     t0 = time.perf_counter()
@@ -158,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--exact-latency", action="store_true", help="the controller sees every request's latency")
     ap.add_argument("--bursts", action="store_true", help="Poisson arrivals may turn into MMPP bursts (half of them)")
+    ap.add_argument("--protect", action="store_true", help="bulk and compute tenants may be protected (half of them)")
     a = ap.parse_args(argv)
     policy: dict[str, Any] = {}
     for kv in a.policy:
@@ -173,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(name, int(case), a.seed, a.duration, policy)] if case else [j for j in jobs if j[0] == name]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
-        results = list(ex.map(functools.partial(run_case, exact=a.exact_latency, bursts=a.bursts), jobs))
+        case = functools.partial(run_case, exact=a.exact_latency, bursts=a.bursts, protect=a.protect)
+        results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]
     print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")
     print("|---|---|---|---|---|---|---|---|---|")

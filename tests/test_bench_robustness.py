@@ -74,3 +74,22 @@ def test_bursts_draw_from_their_own_generator() -> None:
             assert 2.0 <= req["burst_ratio"] <= 5.0
             scenario_from_data(bursty, str(SCENARIO_DIR / "paper-p4d.toml"))
     assert 0 < turned < 12
+
+
+def test_protect_marks_aggressors_with_a_generator_of_its_own() -> None:
+    """--protect: bulk and compute tenants may become protected (never capped, never moved), and
+    every other draw is the one a run without it makes: the same cases, one change."""
+    data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))
+    marked = 0
+    for case in range(8):
+        plain, prot = copy.deepcopy(data), copy.deepcopy(data)
+        notes = perturb(plain, random.Random(f"7:vllm-ttft:{case}"))
+        pnotes = perturb(prot, random.Random(f"7:vllm-ttft:{case}"), None, random.Random(f"7:vllm-ttft:{case}:p"))
+        assert [n for n in pnotes if not n.endswith(" protected")] == notes
+        for a, b in zip(plain["hosts"][0]["tenants"], prot["hosts"][0]["tenants"], strict=True):
+            if b["role"] == "protected":
+                marked += 1
+                assert a["role"] in ("bulk", "compute") and f"{a['name']} protected" in pnotes
+            assert {**b, "role": a["role"]} == a
+        scenario_from_data(prot, str(SCENARIO_DIR / "vllm-ttft.toml"))  # a valid scenario
+    assert marked > 0

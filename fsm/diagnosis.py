@@ -244,10 +244,26 @@ _BPS = attrgetter("bps")
 
 def aggressors_for(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
     """Tenants whose I/O shares the victim's path, most bytes first (closer first on ties)."""
-    return _aggressors_at(spec, victim_anchor(spec, obs, victim), victim, traffic)
+    return list(_aggressors_at(spec, victim_anchor(spec, obs, victim), victim, traffic))
 
 
-def _aggressors_at(spec: HostSpec, anchor: str | None, victim: TenantSpec, traffic: Traffic) -> list[Aggressor]:
+def path_busy(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traffic) -> bool:
+    """Do the others' bytes on the victim's path make an I/O cause on this tick (high_bw_bps or
+    more, as diagnose() scores them), not a trickle?"""
+    shared = sum(map(_BPS, _aggressors_at(spec, victim_anchor(spec, obs, victim), victim, traffic)))
+    return shared >= spec.policy.high_bw_bps
+
+
+def _aggressors_at(spec: HostSpec, anchor: str | None, victim: TenantSpec, traffic: Traffic) -> tuple[Aggressor, ...]:
+    """aggressors_for, once per victim and tick (the episode's path check, then its diagnosis)."""
+    key = ("aggressors", anchor, victim.name)
+    hit: tuple[Aggressor, ...] | None = traffic.memo.get(key)
+    if hit is None:
+        hit = traffic.memo[key] = _find_aggressors(spec, anchor, victim, traffic)
+    return hit
+
+
+def _find_aggressors(spec: HostSpec, anchor: str | None, victim: TenantSpec, traffic: Traffic) -> tuple[Aggressor, ...]:
     policy = spec.policy
     floor = policy.io_aggressor_min_bps
     limit = policy.io_share_tier
@@ -273,7 +289,7 @@ def _aggressors_at(spec: HostSpec, anchor: str | None, victim: TenantSpec, traff
         if a is not None and a.bps >= floor:
             keyed.append((-a.bps, a.tier if a.tier is not None else 9, name, a))
     keyed.sort()
-    return [k[3] for k in keyed]
+    return tuple([k[3] for k in keyed])
 
 
 def _link_bps(spec: HostSpec, anchor: str) -> float | None:
@@ -342,4 +358,4 @@ def diagnose(spec: HostSpec, obs: Observation, victim: TenantSpec, traffic: Traf
     if not best >= 1.0:
         cause = Cause.UNKNOWN
     facts = (ratio, shared, io_pressure, sm, dram, cpu_pressure, io_score, compute_score, memory_score)
-    return Diagnosis(cause, tuple(aggressors), facts)
+    return Diagnosis(cause, aggressors, facts)

@@ -13,7 +13,7 @@ import math
 from functools import partial
 from typing import Any
 
-from fsm.diagnosis import Cause, Diagnosis, diagnose
+from fsm.diagnosis import Cause, Diagnosis, diagnose, path_busy
 from fsm.evidence import Judgement, evidence_params
 from fsm.evidence import update as update_evidence
 from fsm.evolve import evolve
@@ -98,6 +98,8 @@ class Tick(ReleaseTick):
             )
             if ctl.episode_start is not None:
                 upd.update(episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + w.bad)
+                if not path_busy(self.spec, self.obs, t, self.traffic):
+                    upd.update(clear_n=ctl.clear_n + w.count, clear_bad=ctl.clear_bad + w.bad)
         watch = ctl.outage_watch
         if watch is not None and now > watch[0]:
             upd.update(self._watch_outage(ctl, watch, w, now))
@@ -107,6 +109,9 @@ class Tick(ReleaseTick):
             if ctl.episode_start is None:
                 # The episode began when the evidence started to grow, not when it was enough.
                 upd.update(episode_start=ev.up_since or now, episode_n=ev.up_n, episode_bad=ev.up_bad)
+                # Its first windows, counted before it was declared, go where the path is now.
+                clear = not path_busy(self.spec, self.obs, t, self.traffic)
+                upd.update(clear_n=ev.up_n if clear else 0.0, clear_bad=ev.up_bad if clear else 0.0)
         elif w.verdict is Verdict.GOOD:
             upd.update(good=ctl.good + 1, bad=0, last_value=last)
         elif w.verdict is Verdict.BETWEEN:
@@ -150,6 +155,8 @@ class Tick(ReleaseTick):
                 episode_start=None,
                 episode_n=0.0,
                 episode_bad=0.0,
+                clear_n=0.0,
+                clear_bad=0.0,
                 last_reason="",
                 episodes=episodes,
             )
@@ -349,6 +356,10 @@ class Tick(ReleaseTick):
             assert diag is not None
             ok, reason = self._try(lever, t, diag, window)
             if ok:
+                if why_not:  # why not the cheaper levers: what an operator asks of a move first
+                    e = self.events[-1]
+                    if e.kind == "escalate" and e.tenant == t.name:
+                        self.events[-1] = evolve(e, evidence={**e.evidence, "passed_over": why_not})
                 return
             why_not[lever] = reason
         # Re-announce a hold only when its gist changes (not on every new penalty figure).

@@ -64,6 +64,11 @@ class TenantCtl:
     # Requests of the current episode, and those over the SLO: what waiting has cost so far.
     episode_n: float = 0.0
     episode_bad: float = 0.0
+    # The part of those served while the others' bytes on the victim's path made no I/O cause (less
+    # than high_bw_bps): what a clear path left of the tail, which caps on the path or a same-sized
+    # move off it cannot cut (fsm.tick_base, _path_not_the_cause).
+    clear_n: float = 0.0
+    clear_bad: float = 0.0
     # Requests over the SLO beyond the budget (net: calm stretches pay back), exponentially weighted
     # over the outage budget's window, since the last move or resize spent them: the rent of
     # episodes that come and go, which a lever that stays would have saved too.

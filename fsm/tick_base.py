@@ -22,6 +22,23 @@ from fsm.state import Pending, Step, TenantCtl
 
 HOUR_S = 3600.0
 GUARD, PLACE, RESIZE = "guard", "place", "resize"
+
+# Wald's sequential test of a guard (tick_guards) and of the path (TickBase._path_not_the_cause):
+# useless when the log likelihood ratio falls to ln(0.1 / (1 - 0.01)), odds 0.1 of calling useless
+# what halves the tail; helps when it rises to ln((1 - 0.1) / 0.01), odds 0.01 of keeping for good
+# a guard that does not cut it (a verdict that it helps is final, and it makes a move off the I/O
+# path look like a cure).
+GUARD_USELESS_LLR = math.log(0.1 / 0.99)
+GUARD_HELPS_LLR = math.log(0.9 / 0.01)
+_LN2 = math.log(2.0)
+
+
+def halving_llr(reference_share: float, n: float, bad: float) -> float:
+    """Log likelihood ratio of `bad` of `n` requests over the SLO (Poisson counts) at half of
+    `reference_share` against at `reference_share` itself."""
+    return 0.5 * reference_share * n - _LN2 * bad
+
+
 _LEVEL_OF = {GUARD: 1, PLACE: 2, RESIZE: 3}  # rank of the level each lever leads to
 EPISODES_KEPT = 8  # episode lengths the cost model learns from
 WindowFn = Callable[[], dict[str, Any]]  # a lever's SLO evidence for its event, read only if one is emitted
@@ -258,6 +275,8 @@ class TickBase:
             "served": (ctl.served[0] * keep, ctl.served[1] * keep),
             "episode_n": 0.0,
             "episode_bad": 0.0,
+            "clear_n": 0.0,
+            "clear_bad": 0.0,
         }
 
     def _update(self, name: str, **changes: Any) -> None:
@@ -312,6 +331,66 @@ class TickBase:
         """No longer any high-bandwidth traffic on the home instance's root complex."""
         there = score(self.spec, self.obs, t, None, home, Cause.IO, self.traffic, {})
         return there.root_complex < 0.5
+
+    # -- the episode's natural experiment: was the tail lower while the path was clear? -----------
+    def _path_not_the_cause(self, t: TenantSpec) -> str:
+        """Why this episode says the others' bytes on the victim's path do not hold its tail ("":
+        it does not say so). fsm.ladder splits the episode's requests by whether the others' bytes
+        on the path made an I/O cause when they were served; the guard's sequential test, run on
+        those served while the path was clear against the share while it was shared, finds them
+        not halved (odds 0.1 of saying so of a path whose clearing halves the tail). A guard's caps
+        and a same-sized move off the path promise at most what clearing it did."""
+        ctl = self.tenants[t.name]
+        shared_n, shared_bad = ctl.episode_n - ctl.clear_n, ctl.episode_bad - ctl.clear_bad
+        if shared_n * (1.0 - t.quantile) < 1.0 or shared_bad <= 0.0:
+            return ""  # too few requests on a shared path to say what it costs
+        shared = shared_bad / shared_n
+        if halving_llr(shared, ctl.clear_n, ctl.clear_bad) > GUARD_USELESS_LLR:
+            return ""
+        return (
+            f"the tail was as high while the path was clear ({100 * ctl.clear_bad / ctl.clear_n:.1f}% of"
+            f" {ctl.clear_n:.0f} requests over the SLO, {100 * shared:.1f}% while shared)"
+        )
+
+    def _path_cut(self, t: TenantSpec) -> float:
+        """The share of the tail's excess over its budget that this episode saw go with the others'
+        bytes on the path: (shared share - clear share) / (shared share - budget), 0..1, once both
+        stretches hold an error budget's worth of requests (1 / (1 - quantile)); 1 before (it
+        cannot say); 0 when the shared stretch was within its budget."""
+        ctl = self.tenants[t.name]
+        eps = 1.0 - t.quantile
+        shared_n, shared_bad = ctl.episode_n - ctl.clear_n, ctl.episode_bad - ctl.clear_bad
+        if shared_n * eps < 1.0 or ctl.clear_n * eps < 1.0:
+            return 1.0
+        shared = shared_bad / shared_n
+        if shared <= eps:
+            return 0.0
+        return min(1.0, max(0.0, (shared - ctl.clear_bad / ctl.clear_n) / (shared - eps)))
+
+    def _path_lesson(self, t: TenantSpec) -> str:
+        """_path_not_the_cause, kept for the rest of the episode once it says so, as a guard that
+        did not cut the tail is: the guard joins the episode's failed levers. (A sequential test
+        stops at its first crossing; read on, it would cross back and forth as the two stretches
+        grow, and a guard refused one minute would be tried the next.)"""
+        why = self._path_not_the_cause(t)
+        if why:
+            ctl = self.tenants[t.name]
+            self._update(t.name, failed_levers=tuple(sorted({*ctl.failed_levers, GUARD})))
+        return why
+
+    def _clear_path_evidence(self, t: TenantSpec) -> dict[str, Any]:
+        """The episode's requests split by whether the path was clear, for an event ({}: none clear)."""
+        ctl = self.tenants[t.name]
+        if ctl.clear_n <= 0:
+            return {}
+        return {
+            "path_clear": {
+                "requests": round(ctl.clear_n, 1),
+                "over_slo": round(ctl.clear_bad, 1),
+                "shared_requests": round(ctl.episode_n - ctl.clear_n, 1),
+                "shared_over_slo": round(ctl.episode_bad - ctl.clear_bad, 1),
+            }
+        }
 
     def guard_budget_spent(self, tenant: str, trial: bool = True) -> bool:
         """Have caps held `tenant` for their share of the time it ran? `trial`: a guard not yet

@@ -3,30 +3,23 @@ or have cost the capped tenants their budget, relieved by a move; and the caps e
 
 from __future__ import annotations
 
-import math
-
 from fsm.desired import MpsLimit, Throttle
-from fsm.diagnosis import Aggressor, Diagnosis, diagnose, victim_anchor
+from fsm.diagnosis import Aggressor, Cause, Diagnosis, diagnose, victim_anchor
 from fsm.evolve import evolve
 from fsm.guardbudget import holds
 from fsm.spec import HostSpec, Level, Policy, Role, TenantSpec
 from fsm.state import Step, TenantCtl
 from fsm.tick_base import (
     GUARD,
+    GUARD_HELPS_LLR,
+    GUARD_USELESS_LLR,
     PLACE,
     WindowFn,
     _min,
+    halving_llr,
     level_of,
 )
 from fsm.tick_moves import MoveTick
-
-# The guard's sequential test (Wald's SPRT): useless when the log likelihood ratio falls to
-# ln(0.1 / (1 - 0.01)), odds 0.1 of lifting a guard that halves the tail; helps when it rises to
-# ln((1 - 0.1) / 0.01), odds 0.01 of keeping for good one that does not cut it (a verdict that it
-# helps is final, and it makes a move off the I/O path look like a cure).
-GUARD_USELESS_LLR = math.log(0.1 / 0.99)
-GUARD_HELPS_LLR = math.log(0.9 / 0.01)
-_LN2 = math.log(2.0)
 
 
 class GuardTick(MoveTick):
@@ -35,6 +28,10 @@ class GuardTick(MoveTick):
     def _guard(self, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
         policy = self.spec.policy
         now = self.obs.t
+        if diag.cause is Cause.IO:
+            clear = self._path_lesson(t)
+            if clear:
+                return False, clear  # capping the path's aggressors promises at most what clearing it did
         caps: list[Throttle] = []
         names: list[str] = []
         spent: list[str] = []  # the aggressors whose caps have cost them their share of throughput
@@ -171,7 +168,7 @@ class GuardTick(MoveTick):
             return None
         if self.obs.t - top.t < _first_look_s(policy):
             return None
-        llr = 0.5 * top.bad_share * ctl.acted_n - _LN2 * ctl.acted_bad  # Poisson counts
+        llr = halving_llr(top.bad_share, ctl.acted_n, ctl.acted_bad)
         if llr <= GUARD_USELESS_LLR:
             return True
         if llr >= GUARD_HELPS_LLR:

@@ -37,11 +37,15 @@ class MoveTick(TickBase):
             efficacy = 1.0 if diag.cause is not Cause.UNKNOWN or diag.aggressors else policy.unknown_cause_efficacy
             ctl = self.tenants[t.name]
             doubt = GUARD in ctl.failed_levers or (ctl.io_doubt_until is not None and self.obs.t < ctl.io_doubt_until)
-            if diag.cause is Cause.IO and doubt:
+            if diag.cause is Cause.IO and (doubt or self._path_lesson(t)):
                 # Capping the I/O aggressors did not cut the tail (in this episode or one not long
-                # before): the path they share is not what holds it, and escaping that path is all
-                # a same-sized move promises.
+                # before), or this episode's tail was as high while the path was clear: the path
+                # they share is not what holds it, and escaping that path is all a same-sized move
+                # promises.
                 efficacy = min(efficacy, policy.unknown_cause_efficacy)
+            elif diag.cause is Cause.IO:
+                # What this episode says clearing the path cuts of the excess (1: it cannot say).
+                efficacy = min(efficacy, max(policy.unknown_cause_efficacy, self._path_cut(t)))
             cost, why = self._pays(t, PLACE, outage, source, efficacy)
             if why:
                 return False, why
@@ -95,6 +99,7 @@ class MoveTick(TickBase):
                 "candidates": [s.as_evidence() for s in ranked[:5]],
                 "outage_s": outage,
                 **({"cost": cost.as_evidence()} if cost is not None else {}),
+                **self._clear_path_evidence(t),
             },
         )
         self._spend(t, outage)

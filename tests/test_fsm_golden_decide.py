@@ -8,7 +8,9 @@ of recurring episodes), and the speed-up left every digest as it was. Since (202
 or resize while a guard is being judged; the closed streams' phases lengthened from 50 to 150
 ticks so that moves and resizes still happen in them; then cost_margin 1 -> 0.5, with which
 open-16x7's victims buy 4 resizes instead of 8 holds; then the guard's sequential verdict and
-its trial) they are
+its trial; then the episode's requests split by whether the path was clear, two new fields of
+the state, and the levers an escalation passed over in its evidence: the desired states and the
+events' kinds, levers and reasons of all three streams were equal before and after) they are
 main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in

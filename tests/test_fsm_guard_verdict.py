@@ -142,26 +142,42 @@ def test_a_guard_that_cut_the_tail_holds_a_fresh_aggressor_no_longer_than_its_ve
 
 
 def test_a_guard_is_judged_against_the_episode_not_the_peak_it_went_on_at():
-    """A long episode at 4% over the SLO with no aggressor to cap; a noisy minute lifts the recent
-    share to 10%, then the ETL starts and the guard goes on at that height. Capped, the tail is
-    what it was all episode long: the guard changed nothing. Against the share it went on at, 4%
-    is the halving the test looks for (regression to the mean: the old verdict was "helps", kept
-    for good); against the episode's own share it is no cut at all, and the caps are lifted."""
+    """A long episode at 4% over the SLO with the ETL on the path, guards off; a noisy minute lifts
+    the recent share to 10%, then guards are allowed and the guard goes on at that height. Capped,
+    the tail is what it was all episode long: the guard changed nothing. Against the share it went
+    on at, 4% is the halving the test looks for (regression to the mean: the old verdict was
+    "helps", kept for good); against the episode's own share it is no cut at all, and the caps are
+    lifted. (The path is shared all episode long: no stretch of it says what a clear path does.)"""
     spec = example_spec(Policy(cost_margin=None, placement=False, mig=False, guard_cost_share=None))
+    unguarded = example_spec(replace(spec.policy, guards=False, mps=False))
     mild, noisy = 8.0, 20.0  # of 200 requests a tick: 4% and 10%
-    state, evs, _d = _run(spec, ControllerState(), 0.0, 300, lambda capped: (0.0, mild))
+    state, evs, _d = _run(unguarded, ControllerState(), 0.0, 300, lambda capped: (3e9, mild))
     assert not [e for e in evs if e.kind == "escalate"] and state.tenant("llm").episode_start is not None
-    ticks = iter(range(10_000))
-
-    def tail(capped: bool) -> tuple[float, float]:
-        return (0.0, noisy) if next(ticks) < 30 else (CAP if capped else 3e9, mild)
-
-    state, evs, d = _run(spec, state, 600.0, 150, tail)
+    state, _evs, _d = _run(unguarded, state, 600.0, 30, lambda capped: (3e9, noisy))
+    state, evs, d = _run(spec, state, 660.0, 120, lambda capped: (CAP if capped else 3e9, mild))
     guard = next(e for e in evs if e.kind == "escalate" and e.lever == "guard")
-    assert guard.t >= 660.0  # went on once the ETL showed, at the noisy minute's height
+    assert guard.t < 700.0  # at the noisy minute's height
     lift = next(e for e in evs if e.kind == "release" and e.lever == "guard")
     assert "did not cut the tail" in lift.reason and not d.desired.throttles
     assert not state.tenant("llm").stack
+
+
+def test_no_guard_where_the_episode_was_as_bad_with_the_path_clear():
+    """The same episode, but the ETL idle for its first ten minutes: the episode's requests served
+    while the path was clear were as often over the SLO (4%) as those served while it was shared.
+    Capping the ETL promises at most what its absence did, so no guard goes on (the hold says why),
+    and the ETL keeps its throughput; a tail clearly lower while the path was clear (1.5%) keeps
+    the guard."""
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False, guard_cost_share=None))
+    for clear_over, guarded in ((8.0, False), (3.0, True)):
+        state, _evs, _d = _run(spec, ControllerState(), 0.0, 300, lambda capped, o=clear_over: (0.0, o))
+        assert state.tenant("llm").clear_n > 10_000, clear_over  # an episode, its path clear
+        state, evs, _d = _run(spec, state, 600.0, 60, lambda capped: (CAP if capped else 3e9, 8.0))
+        guards = [e for e in evs if e.kind == "escalate" and e.lever == "guard"]
+        assert bool(guards) == guarded, clear_over
+        if not guarded:
+            hold = next(e for e in evs if e.kind == "hold" and "path was clear" in e.reason)
+            assert "4.0% of" in hold.reason and "while shared" in hold.reason
 
 
 def test_a_guard_found_to_help_restarts_the_rent_outage_levers_are_priced_against():

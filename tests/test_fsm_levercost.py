@@ -288,3 +288,47 @@ def test_an_outage_charged_later_than_the_last_counted_window_decays_both_window
     keep = math.exp(-1000.0 / spec.policy.outage_budget_window_s)
     assert ctl.overspend_t == 1000.0
     assert ctl.served == pytest.approx((5000.0 * keep, 1000.0 * keep))
+
+
+def _shared_after_clear(clear_over: float, shared_over: float):
+    """An episode that starts with the victim's path clear (the ETL idle: placement off, so nothing
+    is bought yet), then the ETL starts on the victim's switch: the first move's escalation."""
+    from dataclasses import replace
+
+    from fsm.observation import LatencyWindow
+
+    def tick(t: float, over: float, etl_bps: float):
+        obs = example_observation(t, 0.030, etl_bps, count=200)
+        llm = replace(obs.tenants["llm"], latency=LatencyWindow(200, 0.012, 0.030, 0.039, over_slo=over))
+        return replace(obs, tenants={**obs.tenants, "llm": llm})
+
+    policy = Policy(guards=False, mps=False, mig=False, cost_margin=1e-9)
+    state, t = ControllerState(), 10.0
+    for _ in range(60):  # two minutes, 24,000 requests on a clear path
+        state = decide(state, tick(t, clear_over, 0.0), example_spec(replace(policy, placement=False))).state
+        t += 2.0
+    for _ in range(100):
+        d = decide(state, tick(t, shared_over, 3e9), example_spec(policy))
+        state, t = d.state, t + 2.0
+        esc = next((e for e in d.events if e.kind == "escalate"), None)
+        if esc is not None:
+            return esc
+    raise AssertionError("no escalation")
+
+
+def test_a_tail_as_high_while_the_path_was_clear_discounts_a_move_off_it():
+    """The episode's requests are split by whether the others' bytes on the victim's path made
+    an I/O cause when they were served: a tail no lower while the path was clear says the path
+    does not hold it, and a same-sized move off it is priced at unknown_cause_efficacy (as after
+    a guard that did not cut the tail); one lower while clear prices the move at the share of
+    the excess that went with the path."""
+    esc = _shared_after_clear(20.0, 20.0)  # 10% over the SLO either way
+    split = esc.evidence["path_clear"]
+    assert split["requests"] >= 50 * 200 and split["over_slo"] == pytest.approx(0.1 * split["requests"])
+    assert split["shared_requests"] >= 200
+    assert esc.lever == "place" and esc.evidence["diagnosis"]["cause"] == "io"
+    assert esc.evidence["cost"]["efficacy"] == Policy().unknown_cause_efficacy
+    esc = _shared_after_clear(4.0, 20.0)  # 2% while clear, 10% while shared: the path holds most of it
+    assert esc.lever == "place"
+    # the share of the excess over the 1% budget that went with the path: (10 - 2) / (10 - 1)
+    assert esc.evidence["cost"]["efficacy"] == pytest.approx((0.10 - 0.02) / (0.10 - 0.01), abs=0.01)

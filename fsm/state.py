@@ -111,6 +111,11 @@ class TenantCtl:
     place_none: tuple[float, str, str] | None = None
 
     @property
+    def shared(self) -> tuple[float, float]:
+        """The episode's requests served while the path was shared (not clear), and those over the SLO."""
+        return self.episode_n - self.clear_n, self.episode_bad - self.clear_bad
+
+    @property
     def level(self) -> Level:
         return self.stack[-1].level if self.stack else Level.STEADY
 

@@ -341,7 +341,7 @@ class TickBase:
         not halved (odds 0.1 of saying so of a path whose clearing halves the tail). A guard's caps
         and a same-sized move off the path promise at most what clearing it did."""
         ctl = self.tenants[t.name]
-        shared_n, shared_bad = ctl.episode_n - ctl.clear_n, ctl.episode_bad - ctl.clear_bad
+        shared_n, shared_bad = ctl.shared
         if shared_n * (1.0 - t.quantile) < 1.0 or shared_bad <= 0.0:
             return ""  # too few requests on a shared path to say what it costs
         shared = shared_bad / shared_n
@@ -359,7 +359,7 @@ class TickBase:
         cannot say); 0 when the shared stretch was within its budget."""
         ctl = self.tenants[t.name]
         eps = 1.0 - t.quantile
-        shared_n, shared_bad = ctl.episode_n - ctl.clear_n, ctl.episode_bad - ctl.clear_bad
+        shared_n, shared_bad = ctl.shared
         if shared_n * eps < 1.0 or ctl.clear_n * eps < 1.0:
             return 1.0
         shared = shared_bad / shared_n
@@ -383,12 +383,13 @@ class TickBase:
         ctl = self.tenants[t.name]
         if ctl.clear_n <= 0:
             return {}
+        shared_n, shared_bad = ctl.shared
         return {
             "path_clear": {
                 "requests": round(ctl.clear_n, 1),
                 "over_slo": round(ctl.clear_bad, 1),
-                "shared_requests": round(ctl.episode_n - ctl.clear_n, 1),
-                "shared_over_slo": round(ctl.episode_bad - ctl.clear_bad, 1),
+                "shared_requests": round(shared_n, 1),
+                "shared_over_slo": round(shared_bad, 1),
             }
         }
 

@@ -515,6 +515,9 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, [f"TOML syntax: {e}"]) from None
+    except RecursionError:
+        # tomllib recurses once per nesting level: `x = [[[[...` a few thousand deep overflows it.
+        raise ConfigError(file, ["TOML syntax: arrays or tables nested too deeply"]) from None
     try:
         return Config.model_validate(data)
     except ValidationError as e:

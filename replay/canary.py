@@ -32,6 +32,10 @@ def load_policy_table(path: str) -> dict[str, Any]:
         raise CanaryError(f"{path}: cannot read: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise CanaryError(f"{path}: not TOML: {e}") from None
+    except UnicodeDecodeError as e:  # tomllib.load decodes the bytes itself
+        raise CanaryError(f"{path}: not UTF-8 text: {e}") from None
+    except RecursionError:  # tomllib recurses once per nesting level
+        raise CanaryError(f"{path}: not TOML: arrays or tables nested too deeply") from None
     extra = sorted(set(data) - {"policy"})
     if extra or not isinstance(data.get("policy"), dict):
         raise CanaryError(f"{path}: expected only a [policy] table" + (f", found {', '.join(extra)}" if extra else ""))

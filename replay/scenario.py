@@ -564,6 +564,9 @@ def parse_scenario(text: str, file: str) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(file, [f"TOML syntax: {e}"]) from None
+    except RecursionError:
+        # tomllib recurses once per nesting level: `x = [[[[...` a few thousand deep overflows it.
+        raise ScenarioError(file, ["TOML syntax: arrays or tables nested too deeply"]) from None
     return scenario_from_data(data, file)
 
 

@@ -48,7 +48,16 @@ def _check_abs(v: str) -> str:
         raise ValueError("must be an absolute path (starting with '/')")
     if "\0" in v or "\n" in v:
         raise ValueError("must not contain NUL or newline")
+    _check_lengths(v)
     return v
+
+
+def _check_lengths(v: str) -> None:
+    # Linux's PATH_MAX and NAME_MAX: a longer path cannot be opened, only fail with ENAMETOOLONG.
+    if len(v.encode("utf-8", "surrogateescape")) > 4095:
+        raise ValueError(f"is {len(v)} characters long: a path has at most 4095 bytes")
+    if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in v.split("/")):
+        raise ValueError("has a component longer than 255 bytes (the longest file name Linux allows)")
 
 
 AbsPath = Annotated[str, AfterValidator(_check_abs)]
@@ -84,6 +93,7 @@ def check_cgroup_rel(path: str) -> str:
         raise ValueError("must be relative to host.cgroup_root (no leading '/')")
     if any(part in ("..", ".") for part in path.split("/")):
         raise ValueError("must not contain '.' or '..' components")
+    _check_lengths(path)
     return str(p)
 
 

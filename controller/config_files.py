@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from controller.config_checks import Problem, tkey
 
 if TYPE_CHECKING:
-    from controller.config import Config
+    from controller.config import Config, TenantConfig
 
 
 def _readable(key: str, path: str, what: str) -> Problem | None:
@@ -36,6 +36,16 @@ def _readable(key: str, path: str, what: str) -> Problem | None:
     except OSError as e:
         return Problem(key, f"{what} {path}: {e.strerror or e}")
     return None
+
+
+def _unseen(key: str, path: object, e: OSError) -> Problem:
+    """A path this process cannot look at: pathlib's exists() and is_dir() answer False only for
+    a missing file; a directory this user may not search, a name too long (cgroup_root + cgroup)
+    or an I/O error raise instead."""
+    if isinstance(e, PermissionError) and os.geteuid() != 0:
+        return Problem(key, f"{path} cannot be looked at by this user (uid {os.geteuid()}); the daemon runs as root",
+                       error=False)  # fmt: skip
+    return Problem(key, f"{path} cannot be looked at: {e.strerror or e}")
 
 
 def _program(key: str, argv: list[str] | None, tenant: str) -> Problem | None:
@@ -80,6 +90,13 @@ def _topology(cfg: Config) -> list[Problem]:
 
 
 def _state_dir(cfg: Config) -> list[Problem]:
+    try:
+        return _state_dir_problems(cfg)
+    except OSError as e:
+        return [_unseen("host.state_dir", cfg.host.state_dir, e)]
+
+
+def _state_dir_problems(cfg: Config) -> list[Problem]:
     d = Path(cfg.host.state_dir)
     key = "host.state_dir"
     if d.exists() and not d.is_dir():
@@ -104,8 +121,11 @@ def _roots(cfg: Config) -> list[Problem]:
         ("signals.proc_root", cfg.signals.proc_root),
         ("signals.sys_root", cfg.signals.sys_root),
     ):
-        if not Path(path).is_dir():
-            out.append(Problem(key, f"{path} is not a directory on this host"))
+        try:
+            if not Path(path).is_dir():
+                out.append(Problem(key, f"{path} is not a directory on this host"))
+        except OSError as e:
+            out.append(_unseen(key, path, e))
     return out
 
 
@@ -116,19 +136,28 @@ def _tenant_paths(cfg: Config) -> list[Problem]:
     root = Path(cfg.host.cgroup_root)
     sysr = Path(cfg.signals.sys_root)
     for i, t in enumerate(cfg.tenants):
-        if t.cgroup and root.is_dir() and not (root / t.cgroup).is_dir():
-            why = f"{root / t.cgroup} does not exist (yet): tenant {t.name}'s I/O is unseen and uncapped until it does"
-            out.append(Problem(tkey(i, t, "cgroup"), why, error=False))
-        if not (sysr / "class" / "block").is_dir():
-            continue  # no sysfs to look in (a container without /sys): cannot tell
-        for j, d in enumerate(t.devices):
-            if ":" in d:
-                found = (sysr / "dev" / "block" / d).exists()
-            else:
-                found = (sysr / "class" / "block" / d).exists() or (sysr / "class" / "net" / d).exists()
-            if not found:
-                why = f"no block device or NIC {d!r} on this host (tenant {t.name})"
-                out.append(Problem(tkey(i, t, f"devices[{j}]"), why, error=False))
+        try:
+            out += _tenant_path_problems(i, t, root, sysr)
+        except OSError as e:
+            out.append(_unseen(tkey(i, t), f"tenant {t.name}'s cgroup or devices", e))
+    return out
+
+
+def _tenant_path_problems(i: int, t: TenantConfig, root: Path, sysr: Path) -> list[Problem]:
+    out = []
+    if t.cgroup and root.is_dir() and not (root / t.cgroup).is_dir():
+        why = f"{root / t.cgroup} does not exist (yet): tenant {t.name}'s I/O is unseen and uncapped until it does"
+        out.append(Problem(tkey(i, t, "cgroup"), why, error=False))
+    if not (sysr / "class" / "block").is_dir():
+        return out  # no sysfs to look in (a container without /sys): cannot tell
+    for j, d in enumerate(t.devices):
+        if ":" in d:
+            found = (sysr / "dev" / "block" / d).exists()
+        else:
+            found = (sysr / "class" / "block" / d).exists() or (sysr / "class" / "net" / d).exists()
+        if not found:
+            why = f"no block device or NIC {d!r} on this host (tenant {t.name})"
+            out.append(Problem(tkey(i, t, f"devices[{j}]"), why, error=False))
     return out
 
 
@@ -152,14 +181,17 @@ def file_problems(cfg: Config) -> list[Problem]:
         if src is not None and src.kind == "jsonl" and src.path:
             lat = Path(src.path)
             key = tkey(i, t, "latency.path")
-            if not lat.parent.is_dir():
-                out.append(Problem(key, f"directory {lat.parent} does not exist (tenant {t.name}'s latency file)"))
-            elif lat.exists():
-                if (p := _readable(key, src.path, "latency file")) is not None:
-                    out.append(p)
-            else:
-                out.append(Problem(key, f"{lat} does not exist yet: tenant {t.name}'s latency is unavailable until"
-                                        " it does", error=False))  # fmt: skip
+            try:
+                if not lat.parent.is_dir():
+                    out.append(Problem(key, f"directory {lat.parent} does not exist (tenant {t.name}'s latency file)"))
+                elif lat.exists():
+                    if (p := _readable(key, src.path, "latency file")) is not None:
+                        out.append(p)
+                else:
+                    out.append(Problem(key, f"{lat} does not exist yet: tenant {t.name}'s latency is unavailable"
+                                            " until it does", error=False))  # fmt: skip
+            except OSError as e:
+                out.append(_unseen(key, lat, e))
         lc = t.launcher
         if lc is not None and lc.kind == "command":
             for name in ("command", "stop_command", "ready_command"):

@@ -618,8 +618,11 @@ def _outages(h: HostModel, meta: ScenarioMeta) -> dict[str, TenantSpec]:
 
 def resolve_data(name: str, base: Path) -> Path | None:
     for cand in (base / name, DATA_DIR / name, DATA_DIR / Path(name).name):
-        if cand.is_file():
-            return cand
+        try:
+            if cand.is_file():
+                return cand
+        except OSError:  # a name too long, a directory this user may not search: not found here
+            continue
     return None
 
 

@@ -39,3 +39,61 @@ def test_canary_policy_file_that_is_not_toml(tmp_path: Path, body: bytes, says: 
     f.write_bytes(body)
     with pytest.raises(CanaryError, match=f"^{f}: .*{says}"):
         load_policy_table(str(f))
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    f = tmp_path / "c.toml"
+    f.write_text(f'[host]\nstate_dir = "{tmp_path}/state"\ncgroup_root = "{tmp_path}"\n{text}')
+    return f
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        ('[signals]\nproc_root = "/' + "proc/" * 1000 + '"\n', "signals.proc_root", "at most 4095 bytes"),
+        ('[signals]\nsys_root = "/' + "s" * 300 + '"\n', "signals.sys_root", "longer than 255 bytes"),
+        (
+            '[[tenants]]\nname = "etl"\nrole = "bulk"\ncgroup = "a/' + "b" * 300 + '"\n',
+            "tenants[0](etl).cgroup",
+            "longer than 255 bytes",
+        ),
+    ],
+    ids=["path-over-4095", "component-over-255", "cgroup-component-over-255"],
+)
+def test_path_too_long_for_linux(
+    tmp_path: Path, text: str, key: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: OSError ENAMETOOLONG from pathlib's exists()/is_dir() in the file checks."""
+    f = _config(tmp_path, text)
+    assert main(["check-config", str(f)]) == 2
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if ln.startswith(f"{f}: {key}: "))
+    assert says in line and len(line) < 400, line  # the value shown cut short
+
+
+def test_path_that_cannot_be_looked_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A state_dir under a directory this user may not search (as a non-root check-config sees
+    /var/lib/private/...): pathlib's exists() raises PermissionError instead of answering."""
+    f = _config(tmp_path, "")
+    real = Path.stat
+
+    def stat(self: Path, *, follow_symlinks: bool = True) -> object:
+        if str(self).startswith(f"{tmp_path}/state"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, follow_symlinks=follow_symlinks)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    monkeypatch.setattr("os.geteuid", lambda: 0)  # as root: an error, not a warning
+    assert main(["check-config", str(f)]) == 2
+    assert f"{f}: host.state_dir: {tmp_path}/state cannot be looked at: Permission denied" in capsys.readouterr().err
+
+
+def test_scenario_trace_name_too_long(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: OSError ENAMETOOLONG from resolve_data's is_file()."""
+    text = (Path(__file__).parents[1] / "replay" / "scenarios" / "vllm-ttft.toml").read_text()
+    f = tmp_path / "s.toml"
+    f.write_text(text.replace('trace = "AzureLLMInferenceTrace_conv.csv"', 'trace = "' + "x" * 300 + '.csv"'))
+    assert main(["replay", str(f), "--jobs", "1"]) == 2
+    assert f"{f}: hosts[0](a100x4).tenants[0](vllm).requests.trace: no such file" in capsys.readouterr().err

@@ -24,25 +24,51 @@ CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
 @cache
 def load_request_trace(path: str) -> tuple[Array, Array, Array]:
     """(arrival seconds from the first request, context tokens, generated tokens; 0 without that
-    column) of an Azure LLM trace CSV."""
+    column) of an Azure LLM trace CSV. A ValueError names the file and the line."""
+    try:
+        return _read_request_trace(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _read_request_trace(path: str) -> tuple[Array, Array, Array]:
     times: list[float] = []
     tokens: list[float] = []
     generated: list[float] = []
     with open(path, encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
-        head = next(rows, None)
+        try:
+            head = next(rows, None)
+        except csv.Error as e:
+            raise ValueError(f"{path}:1: not CSV: {e}") from None
         if head is None or [h.strip() for h in head[:2]] != ["TIMESTAMP", "ContextTokens"]:
             raise ValueError(f"{path}:1: expected the header TIMESTAMP,ContextTokens,GeneratedTokens")
         t0: datetime | None = None
-        for n, row in enumerate(rows, start=2):
+        n = 1
+        while True:
+            n += 1
+            try:
+                row = next(rows, None)
+            except csv.Error as e:  # a NUL byte, an unterminated quote
+                raise ValueError(f"{path}:{n}: not CSV: {e}") from None
+            if row is None:
+                break
             try:
                 ts = datetime.fromisoformat(row[0].strip()[:26])
                 tok = float(row[1])
                 gen = float(row[2]) if len(row) > 2 and row[2].strip() else 0.0
-            except (ValueError, IndexError) as e:
+                # nan, inf or a negative count would reach the simulator's service times unseen
+                if not (math.isfinite(tok) and tok >= 0 and math.isfinite(gen) and gen >= 0):
+                    raise ValueError("token counts must be finite and >= 0")
+                at = (ts - (t0 or ts)).total_seconds()
+            except (ValueError, IndexError, TypeError) as e:  # TypeError: naive and aware times mixed
                 raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
+            if times and at < times[-1]:
+                raise ValueError(f"{path}:{n}: TIMESTAMP {row[0].strip()!r} is earlier than the line before's")
             t0 = t0 or ts
-            times.append((ts - t0).total_seconds())
+            times.append(at)
             tokens.append(tok)
             generated.append(gen)
     if not times:

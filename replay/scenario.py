@@ -591,8 +591,18 @@ def scenario_from_data(data: dict[str, Any], file: str) -> Scenario:
         for j, t in enumerate(h.tenants):
             if t.requests is not None and t.requests.trace is not None:
                 p = resolve_data(t.requests.trace, Path(file).parent)
+                key = f"hosts[{i}]({h.name}).tenants[{j}]({t.name}).requests.trace"
                 if p is None:
-                    problems.append(f"hosts[{i}]({h.name}).tenants[{j}]({t.name}).requests.trace: no such file")
+                    problems.append(f"{key}: no such file")
+                    continue
+                # Read now (cached for the runs): a bad row found in a worker would end the replay
+                # in a traceback, after the other runs' work.
+                from replay.arrivals import load_request_trace  # imports this module
+
+                try:
+                    load_request_trace(str(p))
+                except ValueError as e:
+                    problems.append(f"{key}: {e}")
     if problems:
         raise ScenarioError(file, problems)
     policy = policy_from(cfg.policy, "policy")

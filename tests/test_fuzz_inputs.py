@@ -97,3 +97,33 @@ def test_scenario_trace_name_too_long(tmp_path: Path, capsys: pytest.CaptureFixt
     f.write_text(text.replace('trace = "AzureLLMInferenceTrace_conv.csv"', 'trace = "' + "x" * 300 + '.csv"'))
     assert main(["replay", str(f), "--jobs", "1"]) == 2
     assert f"{f}: hosts[0](a100x4).tenants[0](vllm).requests.trace: no such file" in capsys.readouterr().err
+
+
+HEAD = b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+
+
+@pytest.mark.parametrize(
+    ("rows", "says"),
+    [
+        (b"2023-11-16 18:15:50.9951690,abc,109\n", ":3: bad row"),
+        (b"2023-11-16 18:15:50.9951690,\xff\xfe,109\n", ": not UTF-8 text"),
+        (b"2023-11-16 18:15:50.9951690,nan,109\n", ":3: bad row"),
+        (b"2023-11-16 18:15:40.0000000,374,44\n", ":3: TIMESTAMP '2023-11-16 18:15:40.0000000' is earlier"),
+        (b"2023-11-16 18:15:50+02:00,374,44\n", ":3: bad row"),
+    ],
+    ids=["non-numeric", "not-utf8", "nan-tokens", "unsorted", "naive-then-aware"],
+)
+def test_bad_request_trace_is_a_scenario_problem(
+    tmp_path: Path, rows: bytes, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: a traceback from the simulator's run (ValueError, UnicodeDecodeError,
+    TypeError), or nan and time running backwards taken as they came; now the scenario's key,
+    then the trace's file and line, before any run."""
+    text = (Path(__file__).parents[1] / "replay" / "scenarios" / "vllm-ttft.toml").read_text()
+    f = tmp_path / "s.toml"
+    f.write_text(text.replace('trace = "AzureLLMInferenceTrace_conv.csv"', 'trace = "t.csv"'))
+    (tmp_path / "t.csv").write_bytes(HEAD + rows)
+    assert main(["replay", str(f), "--jobs", "1", "--duration", "10", "--policies", "static"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tailguard replay: {f}: hosts[0](a100x4).tenants[0](vllm).requests.trace: {tmp_path}/t.csv")
+    assert says in err and "Traceback" not in err

@@ -363,9 +363,15 @@ def policy_from(overrides: dict[str, Any], where: str) -> Policy:
         if isinstance(default, bool) != isinstance(v, bool) or not isinstance(v, type(default) | int | float):
             raise ValueError(f"{where}.{k}: expected {type(default).__name__}, got {v!r}")
     try:
-        return Policy(**overrides)
+        policy = Policy(**overrides)
     except TypeError as e:
         raise ValueError(f"{where}: {e}") from None
+    from replay.policy_ranges import policy_problems
+
+    bad = policy_problems(policy)
+    if bad:  # y_windows = 0 or sm_busy = 0 would end a run in ZeroDivisionError
+        raise ValueError("; ".join(f"{where}.{p}" for p in bad))
+    return policy
 
 
 def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list[HostModel]:

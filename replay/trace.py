@@ -207,6 +207,11 @@ def _parse_header(file: str, line: str) -> TraceHeader:
         spec = decode_as(HostSpec, raw_spec, "header.spec")
     except (DecodeError, ValueError, TypeError) as e:
         raise TraceError(file, f"bad spec: {e}", 1) from None
+    from replay.policy_ranges import policy_problems
+
+    bad = policy_problems(spec.policy)
+    if bad:  # the decision core divides by some (sm_busy, y_windows): a shadow replay would crash
+        raise TraceError(file, "bad spec: " + "; ".join(f"header.spec.policy.{p}" for p in bad), 1)
     return TraceHeader(schema=schema, host=data["host"], created=data["created"], spec=spec)
 
 

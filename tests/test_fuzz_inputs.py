@@ -127,3 +127,47 @@ def test_bad_request_trace_is_a_scenario_problem(
     err = capsys.readouterr().err
     assert err.startswith(f"tailguard replay: {f}: hosts[0](a100x4).tenants[0](vllm).requests.trace: {tmp_path}/t.csv")
     assert says in err and "Traceback" not in err
+
+
+def test_policy_ranges_are_the_configs() -> None:
+    """replay's table (it may not import controller/) against the config's [policy] bounds."""
+    from annotated_types import Ge, Gt, Le, Lt
+
+    from controller.config import PolicyConfig
+    from replay.policy_ranges import RANGES
+
+    for name, field in PolicyConfig.model_fields.items():
+        lo = hi = None
+        lo_x = hi_x = False
+        for m in field.metadata:
+            if isinstance(m, Gt | Ge):
+                lo, lo_x = (m.gt, True) if isinstance(m, Gt) else (m.ge, False)
+            if isinstance(m, Lt | Le):
+                hi, hi_x = (m.lt, True) if isinstance(m, Lt) else (m.le, False)
+        if lo is not None or hi is not None:
+            assert RANGES[name] == (lo, lo_x, hi, hi_x), name
+
+
+def test_scenario_policy_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: ZeroDivisionError from the decision core mid-run (fsm/ladder.py: y_windows = 0; sm_busy = 0)."""
+    text = (Path(__file__).parents[1] / "replay" / "scenarios" / "p4d-demo.toml").read_text()
+    f = tmp_path / "s.toml"
+    assert text.count("\n[policy]\n") == 1
+    f.write_text(text.replace("\n[policy]\n", "\n[policy]\nsm_busy = inf\ndram_busy = 0\n"))
+    assert main(["replay", str(f), "--jobs", "1", "--duration", "10", "--policies", "full"]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}: policy.sm_busy: must be a finite number (got inf); policy.dram_busy: must be > 0 (got 0)" in err
+
+
+def test_trace_header_policy_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: ZeroDivisionError from fsm/diagnosis.py in `replay --shadow` for a recorded sm_busy = 0."""
+    import json
+
+    src = Path(__file__).parent / "data" / "trace-v1_example-spec_5-ticks.jsonl"
+    lines = src.read_text().splitlines(keepends=True)
+    head = json.loads(lines[0])
+    head["spec"]["policy"]["sm_busy"] = 0
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps(head) + "\n" + "".join(lines[1:]))
+    assert main(["replay", "--shadow", str(f), "--quiet"]) == 2
+    assert f"{f}:1: bad spec: header.spec.policy.sm_busy: must be > 0 (got 0.0)" in capsys.readouterr().err

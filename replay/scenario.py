@@ -36,7 +36,9 @@ class ScenarioError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf or nan: trace_speed = inf made the trace's cycle 0 (ZeroDivisionError mid-run), rate = inf
+    # a Poisson draw numpy refuses
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Schedule(_Strict):

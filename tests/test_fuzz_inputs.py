@@ -171,3 +171,24 @@ def test_trace_header_policy_out_of_range(tmp_path: Path, capsys: pytest.Capture
     f.write_text(json.dumps(head) + "\n" + "".join(lines[1:]))
     assert main(["replay", "--shadow", str(f), "--quiet"]) == 2
     assert f"{f}:1: bad spec: header.spec.policy.sm_busy: must be > 0 (got 0.0)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("trace_speed = 0.4", "trace_speed = inf", "hosts[0](a100x4).tenants[0](vllm).requests.trace_speed"),
+        ("\nrelaunch_s = 60.0", "\nrelaunch_s = nan", "scenario.relaunch_s"),
+    ],
+    ids=["inf", "nan"],
+)
+def test_scenario_number_not_finite(
+    old: str, new: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: ZeroDivisionError mid-run (replay/arrivals.py: trace_speed = inf makes the trace's cycle
+    0); inf and nan are now refused by the scenario's schema, as by the config's."""
+    text = (Path(__file__).parents[1] / "replay" / "scenarios" / "vllm-ttft.toml").read_text()
+    f = tmp_path / "s.toml"
+    assert text.count(old) == 1
+    f.write_text(text.replace(old, new))
+    assert main(["replay", str(f), "--jobs", "1", "--duration", "10", "--policies", "static"]) == 2
+    assert f"{f}: {key}: Input should be a finite number" in capsys.readouterr().err

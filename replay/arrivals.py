@@ -65,15 +65,19 @@ def _read_request_trace(path: str) -> tuple[Array, Array, Array]:
                 at = (ts - (t0 or ts)).total_seconds()
             except (ValueError, IndexError, TypeError) as e:  # TypeError: naive and aware times mixed
                 raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
-            if times and at < times[-1]:
-                raise ValueError(f"{path}:{n}: TIMESTAMP {row[0].strip()!r} is earlier than the line before's")
             t0 = t0 or ts
             times.append(at)
             tokens.append(tok)
             generated.append(gen)
     if not times:
         raise ValueError(f"{path}: no requests")
-    return np.asarray(times), np.asarray(tokens), np.asarray(generated)
+    t, tok_a, gen_a = np.asarray(times), np.asarray(tokens), np.asarray(generated)
+    if t.size > 1 and bool(np.any(np.diff(t) < 0)):
+        # Logs merged from several front ends, or written at completion, are not in arrival order:
+        # arrivals are, so sort them (stably) and count from the earliest.
+        order = np.argsort(t, kind="stable")
+        t, tok_a, gen_a = t[order] - t[order[0]], tok_a[order], gen_a[order]
+    return t, tok_a, gen_a
 
 
 class RequestStream:

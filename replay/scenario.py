@@ -116,7 +116,7 @@ class Requests(_Strict):
     burst_mean_s: float = Field(10.0, gt=0)
     calm_mean_s: float = Field(30.0, gt=0)
     trace: str | None = None  # CSV (TIMESTAMP, ContextTokens, GeneratedTokens), relative to the file
-    trace_speed: float = Field(1.0, gt=0)  # replay the trace this many times faster
+    trace_speed: float = Field(1.0, gt=0, le=10_000)  # replay the trace this many times faster
     tokens: float = Field(0.0, ge=0)  # context tokens per request when arrivals come from `rate`
     compute_ms: float = Field(ge=0)  # on a 1-slice instance, fixed part
     compute_ms_per_token: float = Field(0.0, ge=0)  # prefill grows with context tokens
@@ -173,6 +173,8 @@ class Requests(_Strict):
             given = sorted(self.model_fields_set & _BATCHED_KEYS)
             if given:
                 raise ValueError(f'{", ".join(given)}: only with server = "batched"')
+        if 0 < self.kv_bytes_per_token < 1:  # a denormal overflowed the cache's size in tokens
+            raise ValueError("kv_bytes_per_token: 0 (no KV cache limit) or at least 1 byte")
         kv = self.model_fields_set & (_KV_KEYS - {"kv_bytes_per_token"})
         if kv and self.kv_bytes_per_token <= 0:
             raise ValueError(f"{', '.join(sorted(kv))}: only with kv_bytes_per_token > 0 (the KV cache's size)")
@@ -201,6 +203,9 @@ class Reroute(_Strict):
 
     at_s: float = Field(ge=0)
     flows: list[FlowConfig] = Field(min_length=1)
+
+
+MAX_RATE = 1e5  # requests/s of one simulated tenant at its peak: far above any one GPU server's
 
 
 class TenantConfig(_Strict):
@@ -236,6 +241,12 @@ class TenantConfig(_Strict):
                 raise ValueError("a sensitive tenant needs [requests]")
             if self.instance is None:
                 raise ValueError("a sensitive tenant needs instance")
+            r = self.requests
+            peak = (r.rate or 0.0) * (r.burst_ratio if r.arrivals == "mmpp" else 1.0) * self.schedule.peak()
+            if peak > MAX_RATE:  # arrivals are drawn per tick at the peak rate: 1e9/s is gigabytes
+                raise ValueError(
+                    f"requests.rate x the schedule's peak level is {peak:.3g} requests/s: at most {MAX_RATE:g}"
+                )
         elif self.requests is not None:
             raise ValueError("only sensitive tenants take [requests]")
         if self.flows and self.demand_gbps <= 0:

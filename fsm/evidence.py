@@ -122,6 +122,15 @@ class SloEvidence:
         return _evidence(0.0, 0.0, 0.0, 0.0, self.n_recent, self.b_recent, self.t, self.counted, None, self.fit_lo,
                          self.fit_hi)  # fmt: skip
 
+    def held_at(self, h: float) -> SloEvidence:
+        """At most `h` nats of violation: a hold that waits for time, not for fresh evidence, keeps
+        what it has up to the threshold, so the next violating window triggers again and a calm
+        one ends it at once (a CUSUM left above h would outlast the tail)."""
+        if self.up <= h:
+            return self
+        return _evidence(h, self.down, self.up_bad, self.up_n, self.n_recent, self.b_recent, self.t, self.counted,
+                         self.up_since, self.fit_lo, self.fit_hi)  # fmt: skip
+
 
 # SloEvidence(...) with every field in order, built through its slots' own setters: a frozen
 # dataclass's __init__ goes through object.__setattr__ field by field, 2.5 times as dear, and one is

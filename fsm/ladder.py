@@ -18,7 +18,7 @@ from fsm.evidence import Judgement, evidence_params
 from fsm.evidence import update as update_evidence
 from fsm.evolve import evolve
 from fsm.guardbudget import charge_guards
-from fsm.levercost import measured_scale
+from fsm.levercost import LeverCost, measured_scale
 from fsm.observation import Observation
 from fsm.quantiles import Verdict
 from fsm.spec import HostSpec, Level, Role, TenantSpec
@@ -132,7 +132,7 @@ class Tick(ReleaseTick):
         if level is Level.GUARDED:
             self._note_guard_helped(t)
         early = ev.up >= self.evidence_params.h / policy.y_windows  # one full tick of evidence
-        if ctl.bad >= 1 and free:
+        if ctl.bad >= 1 and free and (ctl.retry_at is None or now >= ctl.retry_at):
             self._escalate(t, w.value, slo)
         elif policy.early_guard and early and level is Level.STEADY and free:
             self._early_guard(t, w.value, slo)
@@ -158,6 +158,7 @@ class Tick(ReleaseTick):
                 clear_n=0.0,
                 clear_bad=0.0,
                 last_reason="",
+                retry_at=None,
                 episodes=episodes,
             )
         elif (
@@ -374,9 +375,26 @@ class Tick(ReleaseTick):
                 "; ".join(f"{k}: {v}" for k, v in why_not.items()) or "no lever left",
                 {"window": window(), "diagnosis": (diag or diagnose(self.spec, self.obs, t, self.traffic)).as_event()},
             )
-        # Re-arm: the next attempt comes after Y more violating windows, not on every tick.
-        # (In place on this tick's own copy, which step() reads no more: a hold ends its tenant's step.)
-        self._update(t.name, last_reason=gist, bad=0, evidence=self.tenants[t.name].evidence.reset())
+        # Re-arm (in place on this tick's own copy, which step() reads no more: a hold ends its
+        # tenant's step). Where the only obstacle was a price the rent has not reached yet (every
+        # other lever failed in this episode or is disabled), the rent grows by the tick: the next
+        # attempt comes when it is expected to reach the price (at most a cooldown later), the
+        # evidence kept up to the threshold. Fresh evidence would take minutes to gather for a mild
+        # tail, the rent paying all along. Any other hold (a budget, a guard being judged, nowhere
+        # to go) waits for Y more violating windows.
+        ctl = self.tenants[t.name]
+        prices = [c for lv in why_not if (c := self.unpaid.get((t.name, lv))) is not None]
+        if prices and all((t.name, lv) in self.unpaid or lv in ctl.failed_levers or not enabled[lv] for lv in why_not):
+            wait = min(_rent_due_s(c, policy.cost_margin or 0.0) for c in prices)
+            self._update(
+                t.name,
+                last_reason=gist,
+                bad=0,
+                retry_at=self.obs.t + min(policy.cooldown_s, wait),
+                evidence=ctl.evidence.held_at(self.evidence_params.h),
+            )
+        else:
+            self._update(t.name, last_reason=gist, bad=0, retry_at=None, evidence=ctl.evidence.reset())
 
     def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
         if lever == GUARD:
@@ -384,3 +402,12 @@ class Tick(ReleaseTick):
         if lever == PLACE:
             return self._place(t, diag, window)
         return self._resize(t, diag, window)
+
+
+def _rent_due_s(c: LeverCost, margin: float) -> float:
+    """Seconds until the rent is expected to pay `c`'s price at the rate it grows now (the requests
+    over the SLO beyond the budget, per second, times what the lever is expected to cure); inf
+    when it does not grow."""
+    growth = c.rate_rps * max(0.0, c.bad_share - c.budget_share) * c.efficacy
+    short = margin * c.cost - c.benefit
+    return max(0.0, short) / growth if growth > 0 else math.inf

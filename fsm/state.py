@@ -109,6 +109,9 @@ class TenantCtl:
     # the cause it ranked for, its answer). Until cooldown_s has passed, a hold gives that answer
     # again rather than ranking every free instance of the host again a tick later.
     place_none: tuple[float, str, str] | None = None
+    # A hold whose only obstacle was a lever's price (its rent still short of it): the next attempt
+    # comes at this time, with the evidence kept, instead of once fresh evidence is enough again.
+    retry_at: float | None = None
 
     @property
     def shared(self) -> tuple[float, float]:

@@ -79,6 +79,8 @@ class TickBase:
     rents: dict[str, Rent] = field(default_factory=dict)  # tenant -> what its levers are priced against
     # tenant -> (requests, seconds) of this tick's window: an outage taken now holds the arrivals of now
     windows: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # (tenant, lever) priced this tick and found not to pay yet (its price): the rent may grow to it
+    unpaid: dict[tuple[str, str], LeverCost] = field(default_factory=dict)
     _traffic: Traffic | None = None
 
     @property
@@ -197,6 +199,7 @@ class TickBase:
         c = price(rent, lever, outage, source, t.slo_s, efficacy, scale, self._rate_now(t, rent.rate_rps))
         if c.pays(policy.cost_margin):
             return c, ""
+        self.unpaid[(t.name, lever)] = c
         return c, (
             f"its outage would cost more than it saves ({c.cost:.0f} requests over the SLO"
             f" vs {c.benefit:.0f} kept under it)"

@@ -10,8 +10,9 @@ ticks so that moves and resizes still happen in them; then cost_margin 1 -> 0.5,
 open-16x7's victims buy 4 resizes instead of 8 holds; then the guard's sequential verdict and
 its trial; then the episode's requests split by whether the path was clear, two new fields of
 the state, and the levers an escalation passed over in its evidence: the desired states and the
-events' kinds, levers and reasons of all three streams were equal before and after) they are
-main's. A change that alters any
+events' kinds, levers and reasons of all three streams were equal before and after; then a hold
+on price alone retrying when its rent is due, with which closed-16x7-counts' t02 buys a resize at
+tick 302 that it had not bought before, the two other streams equal) they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in
 the commit message.

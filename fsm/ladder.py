@@ -383,7 +383,8 @@ class Tick(ReleaseTick):
         # tail, the rent paying all along. Any other hold (a budget, a guard being judged, nowhere
         # to go) waits for Y more violating windows.
         ctl = self.tenants[t.name]
-        prices = [c for lv in why_not if (c := self.unpaid.get((t.name, lv))) is not None]
+        unpaid = self.unpaid
+        prices = [c for lv in why_not if (c := unpaid.get((t.name, lv))) is not None] if unpaid else None
         if prices and all((t.name, lv) in self.unpaid or lv in ctl.failed_levers or not enabled[lv] for lv in why_not):
             wait = min(_rent_due_s(c, policy.cost_margin or 0.0) for c in prices)
             self._update(
@@ -394,7 +395,8 @@ class Tick(ReleaseTick):
                 evidence=ctl.evidence.held_at(self.evidence_params.h),
             )
         else:
-            self._update(t.name, last_reason=gist, bad=0, retry_at=None, evidence=ctl.evidence.reset())
+            # (a retry time left from an earlier hold is past: this attempt came after it)
+            self._update(t.name, last_reason=gist, bad=0, evidence=ctl.evidence.reset())
 
     def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
         if lever == GUARD:

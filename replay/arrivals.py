@@ -1,4 +1,4 @@
-"""Request arrivals of the sensitive tenants: a real trace (the Azure LLM trace format), or a
+"""Request arrivals of the sensitive tenants: a real trace (replay.request_traces), or a
 Poisson, Gamma-renewal or two-state MMPP process at a schedule's peak rate, thinned to its level.
 
 Random draws depend only on (seed, host, tenant) and simulated time, never on the policy or the
@@ -7,15 +7,14 @@ tick length: every policy sees the same arrivals and noise (common random number
 
 from __future__ import annotations
 
-import csv
 import math
-from datetime import datetime
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from replay.queueing import Array
+from replay.request_traces import read_request_trace
 from replay.scenario import Requests, resolve_data
 
 CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
@@ -23,61 +22,15 @@ CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
 
 @cache
 def load_request_trace(path: str) -> tuple[Array, Array, Array]:
-    """(arrival seconds from the first request, context tokens, generated tokens; 0 without that
-    column) of an Azure LLM trace CSV. A ValueError names the file and the line."""
+    """(arrival seconds from the earliest request, context tokens, generated tokens; 0 where the
+    trace has none) of a request trace (replay.request_traces: Azure, BurstGPT or Mooncake). A
+    ValueError names the file and the line."""
     try:
-        return _read_request_trace(path)
+        return read_request_trace(path)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
-
-
-def _read_request_trace(path: str) -> tuple[Array, Array, Array]:
-    times: list[float] = []
-    tokens: list[float] = []
-    generated: list[float] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f)
-        try:
-            head = next(rows, None)
-        except csv.Error as e:
-            raise ValueError(f"{path}:1: not CSV: {e}") from None
-        if head is None or [h.strip() for h in head[:2]] != ["TIMESTAMP", "ContextTokens"]:
-            raise ValueError(f"{path}:1: expected the header TIMESTAMP,ContextTokens,GeneratedTokens")
-        t0: datetime | None = None
-        n = 1
-        while True:
-            n += 1
-            try:
-                row = next(rows, None)
-            except csv.Error as e:  # a NUL byte, an unterminated quote
-                raise ValueError(f"{path}:{n}: not CSV: {e}") from None
-            if row is None:
-                break
-            try:
-                ts = datetime.fromisoformat(row[0].strip()[:26])
-                tok = float(row[1])
-                gen = float(row[2]) if len(row) > 2 and row[2].strip() else 0.0
-                # nan, inf or a negative count would reach the simulator's service times unseen
-                if not (math.isfinite(tok) and tok >= 0 and math.isfinite(gen) and gen >= 0):
-                    raise ValueError("token counts must be finite and >= 0")
-                at = (ts - (t0 or ts)).total_seconds()
-            except (ValueError, IndexError, TypeError) as e:  # TypeError: naive and aware times mixed
-                raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
-            t0 = t0 or ts
-            times.append(at)
-            tokens.append(tok)
-            generated.append(gen)
-    if not times:
-        raise ValueError(f"{path}: no requests")
-    t, tok_a, gen_a = np.asarray(times), np.asarray(tokens), np.asarray(generated)
-    if t.size > 1 and bool(np.any(np.diff(t) < 0)):
-        # Logs merged from several front ends, or written at completion, are not in arrival order:
-        # arrivals are, so sort them (stably) and count from the earliest.
-        order = np.argsort(t, kind="stable")
-        t, tok_a, gen_a = t[order] - t[order[0]], tok_a[order], gen_a[order]
-    return t, tok_a, gen_a
 
 
 class RequestStream:

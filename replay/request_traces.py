@@ -1,0 +1,154 @@
+"""Request traces a sensitive tenant's arrivals can come from, told apart by the file's first line:
+
+- the Azure LLM inference trace (the 2023 `conv` and `code` traces and the 2024 week-long ones,
+  github.com/Azure/AzurePublicDataset): CSV `TIMESTAMP,ContextTokens,GeneratedTokens`, ISO times;
+- BurstGPT (Wang et al., arXiv 2401.17644; github.com/HPMLL/BurstGPT): CSV `Timestamp,Model,Request
+  tokens,Response tokens,Total tokens,Log Type`, seconds from the trace's start (failed requests,
+  0 response tokens, are arrivals too);
+- Mooncake (Qin et al., FAST '25; github.com/kvcache-ai/Mooncake): JSON lines with `timestamp`
+  (milliseconds from the first request), `input_length`, `output_length` (`hash_ids` not used).
+
+Each gives (arrival seconds from the earliest request, context tokens, generated tokens), in
+arrival order. A bad line is a ValueError naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, Any
+
+import numpy as np
+
+from replay.queueing import Array
+
+Trace = tuple[Array, Array, Array]
+_BURSTGPT = ("Timestamp", "Request tokens", "Response tokens")
+
+
+def read_request_trace(path: str) -> Trace:
+    # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        first = f.readline()
+        f.seek(0)
+        if first.lstrip().startswith("{"):
+            return _finish(path, *_mooncake(path, f))
+        rows = _rows(path, f)
+        head = next(rows, None)
+        names = [h.strip() for h in head[1]] if head is not None else []
+        if names[:2] == ["TIMESTAMP", "ContextTokens"]:
+            return _finish(path, *_azure(path, rows))
+        if all(c in names for c in _BURSTGPT):
+            return _finish(path, *_burstgpt(path, rows, [names.index(c) for c in _BURSTGPT]))
+    raise ValueError(
+        f"{path}:1: not a request trace this reads: expected the Azure LLM trace's header"
+        " TIMESTAMP,ContextTokens,GeneratedTokens, BurstGPT's Timestamp,Model,Request tokens,"
+        "Response tokens,..., or Mooncake's JSON lines"
+    )
+
+
+def _rows(path: str, f: IO[str]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV row."""
+    rows = csv.reader(f)
+    n = 0
+    while True:
+        n += 1
+        try:
+            row = next(rows, None)
+        except csv.Error as e:  # a NUL byte, an unterminated quote
+            raise ValueError(f"{path}:{n}: not CSV: {e}") from None
+        if row is None:
+            return
+        yield n, row
+
+
+def _count(text: Any) -> float:
+    """A token count: finite and >= 0 (nan, inf or a negative one would reach the service times)."""
+    v = float(text)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError("token counts must be finite and >= 0")
+    return v
+
+
+def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> tuple[list[float], list[float], list[float]]:
+    times: list[float] = []
+    tokens: list[float] = []
+    generated: list[float] = []
+    t0: datetime | None = None
+    for n, row in rows:
+        try:
+            ts = datetime.fromisoformat(row[0].strip()[:26])
+            tok = _count(row[1])
+            gen = _count(row[2]) if len(row) > 2 and row[2].strip() else 0.0
+            at = (ts - (t0 or ts)).total_seconds()
+        except (ValueError, IndexError, TypeError) as e:  # TypeError: naive and aware times mixed
+            raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
+        t0 = t0 or ts
+        times.append(at)
+        tokens.append(tok)
+        generated.append(gen)
+    return times, tokens, generated
+
+
+def _burstgpt(
+    path: str, rows: Iterator[tuple[int, list[str]]], cols: list[int]
+) -> tuple[list[float], list[float], list[float]]:
+    times: list[float] = []
+    tokens: list[float] = []
+    generated: list[float] = []
+    at_col, tok_col, gen_col = cols
+    for n, row in rows:
+        if not any(c.strip() for c in row):
+            continue  # a blank line
+        try:
+            at = float(row[at_col])
+            if not math.isfinite(at):
+                raise ValueError("Timestamp must be finite")
+            tok, gen = _count(row[tok_col]), _count(row[gen_col])
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
+        times.append(at)
+        tokens.append(tok)
+        generated.append(gen)
+    return times, tokens, generated
+
+
+def _mooncake(path: str, f: IO[str]) -> tuple[list[float], list[float], list[float]]:
+    times: list[float] = []
+    tokens: list[float] = []
+    generated: list[float] = []
+    for n, line in enumerate(f, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+            ms = float(rec["timestamp"])
+            if not math.isfinite(ms):
+                raise ValueError("timestamp must be finite")
+            tok = _count(rec["input_length"])
+            gen = _count(rec.get("output_length", 0))
+        except KeyError as e:
+            raise ValueError(f"{path}:{n}: no {e.args[0]!r}") from None
+        except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{path}:{n}: bad line: {e}") from None
+        times.append(ms / 1000.0)
+        tokens.append(tok)
+        generated.append(gen)
+    return times, tokens, generated
+
+
+def _finish(path: str, times: list[float], tokens: list[float], generated: list[float]) -> Trace:
+    if not times:
+        raise ValueError(f"{path}: no requests")
+    t, tok, gen = np.asarray(times), np.asarray(tokens), np.asarray(generated)
+    if t.size > 1 and bool(np.any(np.diff(t) < 0)):
+        # Logs merged from several front ends, or written at completion, are not in arrival order:
+        # arrivals are, so sort them (stably).
+        order = np.argsort(t, kind="stable")
+        t, tok, gen = t[order], tok[order], gen[order]
+    return t - t[0], tok, gen

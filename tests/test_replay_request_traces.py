@@ -1,0 +1,95 @@
+"""Request traces in the public formats an operator brings: the Azure LLM inference trace, BurstGPT
+and Mooncake (replay/request_traces.py). The rows below are the formats' own published examples
+(BurstGPT's README and Hugging Face card; Mooncake's trace as quoted by NVIDIA Dynamo's and
+AIPerf's docs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from replay.request_traces import read_request_trace
+
+BURSTGPT = (
+    "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+    "5,ChatGPT,472,18,490,Conversation log\n"
+    "45,ChatGPT,1087,230,1317,Conversation log\n"
+    "118,GPT-4,417,276,693,Conversation log\n"
+    "1106,ChatGPT,0,0,0,Conversation log\n"
+)
+MOONCAKE = (
+    '{"timestamp": 0, "input_length": 655, "output_length": 52, "hash_ids": [46, 47]}\n'
+    '{"timestamp": 10535, "input_length": 672, "output_length": 26, "hash_ids": [46, 47]}\n'
+    "\n"
+    '{"timestamp": 27482, "input_length": 655, "output_length": 52, "hash_ids": [46, 47]}\n'
+)
+AZURE = (
+    "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+    "2023-11-16 18:15:46.6805900,374,44\n"
+    "2023-11-16 18:15:50.9951690,396,109\n"
+)
+
+
+def _trace(tmp_path: Path, name: str, text: str) -> str:
+    f = tmp_path / name
+    f.write_text(text, encoding="utf-8")
+    return str(f)
+
+
+def test_burstgpt_seconds_from_its_first_request(tmp_path: Path) -> None:
+    t, tok, gen = read_request_trace(_trace(tmp_path, "b.csv", BURSTGPT))
+    assert t.tolist() == [0.0, 40.0, 113.0, 1101.0]
+    assert tok.tolist() == [472.0, 1087.0, 417.0, 0.0] and gen.tolist() == [18.0, 230.0, 276.0, 0.0]
+
+
+def test_burstgpt_columns_by_name(tmp_path: Path) -> None:
+    """The columns are found by their names, in any order (a filtered export reorders them)."""
+    text = "Log Type,Timestamp,Request tokens,Response tokens,Total tokens,Model\nConversation log,5,472,18,490,GPT-4\n"
+    t, tok, gen = read_request_trace(_trace(tmp_path, "b.csv", text))
+    assert (t.tolist(), tok.tolist(), gen.tolist()) == ([0.0], [472.0], [18.0])
+
+
+def test_mooncake_milliseconds(tmp_path: Path) -> None:
+    t, tok, gen = read_request_trace(_trace(tmp_path, "m.jsonl", MOONCAKE))
+    assert t.tolist() == [0.0, 10.535, 27.482]
+    assert tok.tolist() == [655.0, 672.0, 655.0] and gen.tolist() == [52.0, 26.0, 52.0]
+
+
+def test_azure_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """A CSV saved by a spreadsheet starts with a byte-order mark: the header is still the header."""
+    t, tok, gen = read_request_trace(_trace(tmp_path, "a.csv", "\ufeff" + AZURE))
+    assert t.tolist() == pytest.approx([0.0, 4.314579]) and tok.tolist() == [374.0, 396.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        ("b.csv", BURSTGPT.replace("45,ChatGPT,1087", "45,ChatGPT,-3"), ":3: bad row"),
+        ("b.csv", BURSTGPT.replace("118,GPT-4", "nan,GPT-4"), ":4: bad row"),
+        ("m.jsonl", MOONCAKE.replace('"input_length": 672, ', ""), ":2: no 'input_length'"),
+        ("m.jsonl", MOONCAKE.replace('{"timestamp": 27482', '{"timestamp": 27482,'), ":4: bad line"),
+        ("m.jsonl", MOONCAKE + "[1, 2]\n", ":5: bad line: not a JSON object"),
+        ("x.csv", "time,tokens\n1,2\n", ":1: not a request trace this reads"),
+        ("e.csv", "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n", ": no requests"),
+    ],
+    ids=["negative-tokens", "nan-time", "mooncake-key", "mooncake-json", "mooncake-array", "unknown", "empty"],
+)
+def test_a_bad_line_is_named(tmp_path: Path, name: str, text: str, says: str) -> None:
+    path = _trace(tmp_path, name, text)
+    with pytest.raises(ValueError, match="^" + path) as e:
+        read_request_trace(path)
+    assert says in str(e.value)
+
+
+def test_a_scenario_replays_a_burstgpt_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The suite's vllm-ttft with its Azure trace swapped for a BurstGPT one: it loads and runs."""
+    rows = "".join(f"{5 + 2 * i},ChatGPT,{300 + i % 7 * 50},{40 + i % 5},0,Conversation log\n" for i in range(400))
+    (tmp_path / "b.csv").write_text(BURSTGPT.splitlines()[0] + "\n" + rows)
+    text = (Path(__file__).parents[1] / "replay" / "scenarios" / "vllm-ttft.toml").read_text()
+    assert text.count('trace = "AzureLLMInferenceTrace_conv.csv"') == 1
+    f = tmp_path / "s.toml"
+    f.write_text(text.replace('trace = "AzureLLMInferenceTrace_conv.csv"', 'trace = "b.csv"'))
+    assert main(["replay", str(f), "--jobs", "1", "--duration", "120", "--policies", "static"]) == 0
+    assert "static" in capsys.readouterr().out

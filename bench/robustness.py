@@ -1,11 +1,13 @@
 """Never worse than doing nothing, off the suite: every suite scenario under random perturbations
 of what an unseen host would change (request rate or trace speed, the SLO, the aggressors'
 demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP bursts; with
---protect, aggressors an operator has marked `protected`: never capped, never moved),
+--protect, aggressors an operator has marked `protected`: never capped, never moved; with
+--quantiles, SLOs on another quantile than the p99: a p95 or a p999 at the same latency),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
+                               [--quantiles]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -66,11 +68,14 @@ def perturb(
     rng: random.Random,
     bursts: random.Random | None = None,
     protect: random.Random | None = None,
+    quantiles: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
     into bursts. `protect` (one of its own too): each bulk or compute tenant is marked protected
-    with odds one half, as an operator does with a job nobody may slow down; its traffic stays."""
+    with odds one half, as an operator does with a job nobody may slow down; its traffic stays.
+    `quantiles` (one of its own): each sensitive tenant's SLO is on the p95, the p99 or the p999
+    (odds one third each), at the same latency: a budget five times larger or ten times smaller."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -85,6 +90,11 @@ def perturb(
             who = t["name"]
             if t.get("role") == "sensitive":
                 _scale(t, "slo_ms", rng, 0.8, 1.5, notes, who)
+                if quantiles is not None:
+                    q = quantiles.choice([0.95, 0.99, 0.999])
+                    if q != t.get("quantile", 0.99):
+                        t["quantile"] = q
+                        notes.append(f"{who}.quantile {q:g}")
                 req = t.get("requests") or {}
                 if req.get("trace") is not None:
                     req["trace_speed"] = req.get("trace_speed", 1.0)
@@ -115,6 +125,7 @@ def run_case(
     exact: bool = False,
     bursts: bool = False,
     protect: bool = False,
+    quantiles: bool = False,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -127,6 +138,7 @@ def run_case(
         rng,
         random.Random(f"{seed}:{name}:{case}:bursts") if bursts else None,
         random.Random(f"{seed}:{name}:{case}:protect") if protect else None,
+        random.Random(f"{seed}:{name}:{case}:quantiles") if quantiles else None,
     )
     sc = scenario_from_data(mutated, str(path))
     dur = duration or min(14400.0, sc.meta.suite_duration_s or 14400.0)
@@ -177,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exact-latency", action="store_true", help="the controller sees every request's latency")
     ap.add_argument("--bursts", action="store_true", help="Poisson arrivals may turn into MMPP bursts (half of them)")
     ap.add_argument("--protect", action="store_true", help="bulk and compute tenants may be protected (half of them)")
+    ap.add_argument("--quantiles", action="store_true", help="SLOs on the p95, p99 or p999 (a third each)")
     a = ap.parse_args(argv)
     policy: dict[str, Any] = {}
     for kv in a.policy:
@@ -192,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(name, int(case), a.seed, a.duration, policy)] if case else [j for j in jobs if j[0] == name]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
-        case = functools.partial(run_case, exact=a.exact_latency, bursts=a.bursts, protect=a.protect)
+        case = functools.partial(
+            run_case, exact=a.exact_latency, bursts=a.bursts, protect=a.protect, quantiles=a.quantiles
+        )
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]
     print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")

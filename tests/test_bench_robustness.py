@@ -93,3 +93,25 @@ def test_protect_marks_aggressors_with_a_generator_of_its_own() -> None:
             assert {**b, "role": a["role"]} == a
         scenario_from_data(prot, str(SCENARIO_DIR / "vllm-ttft.toml"))  # a valid scenario
     assert marked > 0
+
+
+def test_quantiles_move_slos_with_a_generator_of_their_own() -> None:
+    """--quantiles: a sensitive tenant's SLO may be on the p95 or the p999 instead of the p99 (the
+    same latency), and every other draw is the one a run without it makes."""
+    data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))
+    seen = set()
+    for case in range(12):
+        plain, moved = copy.deepcopy(data), copy.deepcopy(data)
+        notes = perturb(plain, random.Random(f"7:vllm-ttft:{case}"))
+        qnotes = perturb(
+            moved, random.Random(f"7:vllm-ttft:{case}"), None, None, random.Random(f"7:vllm-ttft:{case}:q")
+        )
+        assert [n for n in qnotes if ".quantile " not in n] == notes
+        for a, b in zip(plain["hosts"][0]["tenants"], moved["hosts"][0]["tenants"], strict=True):
+            q = b.get("quantile", 0.99)
+            seen.add(q)
+            assert {**b, "quantile": a.get("quantile", 0.99)} == {**a, "quantile": a.get("quantile", 0.99)}
+            assert q == a.get("quantile", 0.99) or f"{a['name']}.quantile {q:g}" in qnotes
+        sc = scenario_from_data(moved, str(SCENARIO_DIR / "vllm-ttft.toml"))  # a valid scenario
+        assert sc.hosts[0].spec.tenants["vllm"].quantile == moved["hosts"][0]["tenants"][0].get("quantile", 0.99)
+    assert seen == {0.95, 0.99, 0.999}

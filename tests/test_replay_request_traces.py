@@ -61,6 +61,7 @@ def test_azure_with_a_byte_order_mark(tmp_path: Path) -> None:
     """A CSV saved by a spreadsheet starts with a byte-order mark: the header is still the header."""
     t, tok, gen = read_request_trace(_trace(tmp_path, "a.csv", "\ufeff" + AZURE))
     assert t.tolist() == pytest.approx([0.0, 4.314579]) and tok.tolist() == [374.0, 396.0]
+    assert gen.tolist() == [44.0, 109.0]
 
 
 @pytest.mark.parametrize(

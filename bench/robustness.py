@@ -7,7 +7,7 @@ demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
-                               [--quantiles]
+                               [--quantiles] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -126,6 +126,7 @@ def run_case(
     bursts: bool = False,
     protect: bool = False,
     quantiles: bool = False,
+    tick_s: float | None = None,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -140,6 +141,8 @@ def run_case(
         random.Random(f"{seed}:{name}:{case}:protect") if protect else None,
         random.Random(f"{seed}:{name}:{case}:quantiles") if quantiles else None,
     )
+    if tick_s is not None:
+        mutated["scenario"]["tick_s"] = tick_s  # the controller's sample period (the daemon's: 2 s)
     sc = scenario_from_data(mutated, str(path))
     dur = duration or min(14400.0, sc.meta.suite_duration_s or 14400.0)
     t0 = time.perf_counter()
@@ -190,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bursts", action="store_true", help="Poisson arrivals may turn into MMPP bursts (half of them)")
     ap.add_argument("--protect", action="store_true", help="bulk and compute tenants may be protected (half of them)")
     ap.add_argument("--quantiles", action="store_true", help="SLOs on the p95, p99 or p999 (a third each)")
+    ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
+    if a.tick_s is not None and not 0.1 <= a.tick_s <= 60:
+        ap.error("--tick-s: between 0.1 and 60 s")
     policy: dict[str, Any] = {}
     for kv in a.policy:
         key, _, value = kv.partition("=")
@@ -206,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
         case = functools.partial(
-            run_case, exact=a.exact_latency, bursts=a.bursts, protect=a.protect, quantiles=a.quantiles
+            run_case,
+            exact=a.exact_latency,
+            bursts=a.bursts,
+            protect=a.protect,
+            quantiles=a.quantiles,
+            tick_s=a.tick_s,
         )
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]

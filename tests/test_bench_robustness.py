@@ -53,6 +53,29 @@ def test_a_case_records_what_full_bought_and_its_price() -> None:
     assert dear["levers"] == []  # nothing pays at that margin: nothing bought, nothing recorded
 
 
+def test_tick_s_sets_the_controllers_sample_period(capsys: pytest.CaptureFixture[str]) -> None:
+    """--tick-s: every case runs at that tick (the daemon samples every 2 s; the scenarios, 5 s)."""
+    from replay import runner
+
+    seen: list[float] = []
+    real = runner.HostSim
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, model, meta, *a, **kw):  # type: ignore[no-untyped-def]
+            seen.append(meta.tick_s)
+            super().__init__(model, meta, *a, **kw)
+
+    runner.HostSim = Spy  # type: ignore[misc]
+    try:
+        r = run_case(("low-rate", 0, 7, 60.0, {}), tick_s=2.0)
+    finally:
+        runner.HostSim = real  # type: ignore[misc]
+    assert seen and set(seen) == {2.0} and r["duration_s"] == 60.0
+    with pytest.raises(SystemExit):
+        main(["--tick-s", "0"])
+    assert "--tick-s: between 0.1 and 60 s" in capsys.readouterr().err
+
+
 def test_a_policy_value_must_be_toml(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--policy", "cost_margin=abc"])

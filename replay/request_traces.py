@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from array import array
 from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, Any
@@ -26,6 +27,9 @@ import numpy as np
 from replay.queueing import Array
 
 Trace = tuple[Array, Array, Array]
+# Arrival seconds, context and generated tokens as read: C doubles (a week of the Azure trace is
+# tens of millions of rows; Python lists of floats would take four times the memory).
+_Columns = tuple["array[float]", "array[float]", "array[float]"]
 _BURSTGPT = ("Timestamp", "Request tokens", "Response tokens")
 
 
@@ -73,10 +77,8 @@ def _count(text: Any) -> float:
     return v
 
 
-def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> tuple[list[float], list[float], list[float]]:
-    times: list[float] = []
-    tokens: list[float] = []
-    generated: list[float] = []
+def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> _Columns:
+    times, tokens, generated = _columns()
     t0: datetime | None = None
     for n, row in rows:
         try:
@@ -93,12 +95,8 @@ def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> tuple[list[float
     return times, tokens, generated
 
 
-def _burstgpt(
-    path: str, rows: Iterator[tuple[int, list[str]]], cols: list[int]
-) -> tuple[list[float], list[float], list[float]]:
-    times: list[float] = []
-    tokens: list[float] = []
-    generated: list[float] = []
+def _burstgpt(path: str, rows: Iterator[tuple[int, list[str]]], cols: list[int]) -> _Columns:
+    times, tokens, generated = _columns()
     at_col, tok_col, gen_col = cols
     for n, row in rows:
         if not any(c.strip() for c in row):
@@ -116,10 +114,8 @@ def _burstgpt(
     return times, tokens, generated
 
 
-def _mooncake(path: str, f: IO[str]) -> tuple[list[float], list[float], list[float]]:
-    times: list[float] = []
-    tokens: list[float] = []
-    generated: list[float] = []
+def _mooncake(path: str, f: IO[str]) -> _Columns:
+    times, tokens, generated = _columns()
     for n, line in enumerate(f, start=1):
         if not line.strip():
             continue
@@ -142,10 +138,14 @@ def _mooncake(path: str, f: IO[str]) -> tuple[list[float], list[float], list[flo
     return times, tokens, generated
 
 
-def _finish(path: str, times: list[float], tokens: list[float], generated: list[float]) -> Trace:
+def _columns() -> _Columns:
+    return array("d"), array("d"), array("d")
+
+
+def _finish(path: str, times: array[float], tokens: array[float], generated: array[float]) -> Trace:
     if not times:
         raise ValueError(f"{path}: no requests")
-    t, tok, gen = np.asarray(times), np.asarray(tokens), np.asarray(generated)
+    t, tok, gen = (np.frombuffer(c, dtype=np.float64).copy() for c in (times, tokens, generated))
     if t.size > 1 and bool(np.any(np.diff(t) < 0)):
         # Logs merged from several front ends, or written at completion, are not in arrival order:
         # arrivals are, so sort them (stably).

@@ -385,7 +385,7 @@ class Tick(ReleaseTick):
         ctl = self.tenants[t.name]
         unpaid = self.unpaid
         prices = [c for lv in why_not if (c := unpaid.get((t.name, lv))) is not None] if unpaid else None
-        if prices and all((t.name, lv) in self.unpaid or lv in ctl.failed_levers or not enabled[lv] for lv in why_not):
+        if prices and all((t.name, lv) in unpaid or lv in ctl.failed_levers or not enabled[lv] for lv in why_not):
             wait = min(_rent_due_s(c, policy.cost_margin or 0.0) for c in prices)
             self._update(
                 t.name,

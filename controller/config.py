@@ -18,7 +18,7 @@ from fsm.observation import InstanceRef
 from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
-from schema.problems import KeyProblem, KeyProblems, problems_of
+from schema.problems import KeyProblem, KeyProblems, loads_toml, problems_of
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -522,12 +522,9 @@ class Checked:
 
 def parse_config(text: str, file: str = "<config>") -> Config:
     try:
-        data = tomllib.loads(text)
+        data = loads_toml(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, [f"TOML syntax: {e}"]) from None
-    except RecursionError:
-        # tomllib recurses once per nesting level: `x = [[[[...` a few thousand deep overflows it.
-        raise ConfigError(file, ["TOML syntax: arrays or tables nested too deeply"]) from None
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from replay.fleet import HostFiles, HostShadow, host_object, shadow_host
+from schema.problems import loads_toml
 
 
 class CanaryError(Exception):
@@ -27,15 +28,13 @@ def load_policy_table(path: str) -> dict[str, Any]:
 
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            data = loads_toml(f.read().decode())
     except OSError as e:
         raise CanaryError(f"{path}: cannot read: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise CanaryError(f"{path}: not TOML: {e}") from None
-    except UnicodeDecodeError as e:  # tomllib.load decodes the bytes itself
+    except UnicodeDecodeError as e:
         raise CanaryError(f"{path}: not UTF-8 text: {e}") from None
-    except RecursionError:  # tomllib recurses once per nesting level
-        raise CanaryError(f"{path}: not TOML: arrays or tables nested too deeply") from None
     extra = sorted(set(data) - {"policy"})
     if extra or not isinstance(data.get("policy"), dict):
         raise CanaryError(f"{path}: expected only a [policy] table" + (f", found {', '.join(extra)}" if extra else ""))

@@ -21,7 +21,8 @@ from fsm.observation import InstanceRef
 from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import HOST_ID, Node, NodeKind, Topology
-from schema.problems import problems_of
+from replay.policy_ranges import policy_problems
+from schema.problems import loads_toml, problems_of
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DATA_DIR = Path(__file__).parent / "data"
@@ -379,8 +380,6 @@ def policy_from(overrides: dict[str, Any], where: str) -> Policy:
         policy = Policy(**overrides)
     except TypeError as e:
         raise ValueError(f"{where}: {e}") from None
-    from replay.policy_ranges import policy_problems
-
     bad = policy_problems(policy)
     if bad:  # y_windows = 0 or sm_busy = 0 would end a run in ZeroDivisionError
         raise ValueError("; ".join(f"{where}.{p}" for p in bad))
@@ -580,12 +579,9 @@ def _check_kv(req: Requests | None, model: GpuModel, profile: str, where: str, p
 
 def parse_scenario(text: str, file: str) -> Scenario:
     try:
-        data = tomllib.loads(text)
+        data = loads_toml(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(file, [f"TOML syntax: {e}"]) from None
-    except RecursionError:
-        # tomllib recurses once per nesting level: `x = [[[[...` a few thousand deep overflows it.
-        raise ScenarioError(file, ["TOML syntax: arrays or tables nested too deeply"]) from None
     return scenario_from_data(data, file)
 
 

@@ -35,6 +35,7 @@ from typing import IO, Any
 from fsm.codec import DecodeError, decode_as, encode
 from fsm.observation import Observation
 from fsm.spec import HostSpec
+from replay.policy_ranges import policy_problems
 
 SCHEMA = "tailguard.trace/2"
 SCHEMA_V1 = "tailguard.trace/1"
@@ -207,8 +208,6 @@ def _parse_header(file: str, line: str) -> TraceHeader:
         spec = decode_as(HostSpec, raw_spec, "header.spec")
     except (DecodeError, ValueError, TypeError) as e:
         raise TraceError(file, f"bad spec: {e}", 1) from None
-    from replay.policy_ranges import policy_problems
-
     bad = policy_problems(spec.policy)
     if bad:  # the decision core divides by some (sm_busy, y_windows): a shadow replay would crash
         raise TraceError(file, "bad spec: " + "; ".join(f"header.spec.policy.{p}" for p in bad), 1)

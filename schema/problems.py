@@ -1,7 +1,8 @@
 """Pydantic validation errors as one line per problem, named by dotted key path.
 
 Shared by the config (controller/config.py) and scenario (replay/scenario.py) loaders, so that an
-operator reads the same kind of message for either file: `tenants[0](llm).slo_ms: ... (got -1)`.
+operator reads the same kind of message for either file: `tenants[0](llm).slo_ms: ... (got -1)`;
+and the TOML reading they and replay's canary policy files share (loads_toml).
 
 A validator that checks several fields together raises `KeyProblem` (one key) or `KeyProblems`
 (several, e.g. two tenants naming the same MIG instance): each names the key it is about, relative
@@ -11,6 +12,7 @@ to the model that raised it, so that the line points at that key and not at the 
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterable
 from typing import Any
 
@@ -96,3 +98,12 @@ def problems_of(e: ValidationError, data: Any) -> list[str]:
 def _short(text: str, limit: int = 100) -> str:
     """A value as the message shows it: a 5,000-character path would bury the key it is about."""
     return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-12:]} ({len(text)} characters)"
+
+
+def loads_toml(text: str) -> dict[str, Any]:
+    """tomllib.loads, where a document nested too deeply for its recursion (`x = [[[[...` a few
+    thousand deep: tomllib recurses once per level) is a TOMLDecodeError like any other syntax error."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError("arrays or tables nested too deeply") from None

@@ -1,7 +1,8 @@
 """One side of bench_ab_decide: decide() over bench_decide's stream, from the tree given as the first
 argument (imported from there, not from this checkout: that tree's own bench_decide builds the host
 and the observations with that tree's fsm types). Reads `round` per line on stdin and answers one
-JSON line per round: per-tick wall and thread CPU times (ns) summarised, and the decisions made;
+JSON line per round: per-tick wall and thread CPU times (ns) summarised, every tick's CPU time, and
+the decisions made;
 `quit` exits. The stream is built once, before the first round, and is not timed."""
 
 # ruff: noqa: E402
@@ -42,10 +43,12 @@ def one_round() -> dict[str, float | int]:
         cpu.append(c1 - c0)
         state = d.state
         events += len(d.events)
+    per_tick = list(cpu)  # in the stream's order: the parent's per-tick medians over rounds
     wall.sort()
     cpu.sort()
     p99 = int(0.99 * (len(wall) - 1))  # the same rank as bench_decide.measure
     return {
+        "cpu_ns": per_tick,
         "median_wall_ns": statistics.median(wall),
         "p99_wall_ns": wall[p99],
         "median_cpu_ns": statistics.median(cpu),

@@ -15,8 +15,8 @@ time per tick (time.thread_time_ns: what the VM's neighbours steal is left out, 
 the wall-clock tail here), plus the p99 wall and median CPU; then new / base per round and the
 median of those ratios; and each tick's median CPU time over the rounds, whose p99 and median are
 the steadier figures (the per-round p99 of a tree with many ticks of about the same cost near its
-16th dearest is lifted by a round's noise more than another's). Issue 10's goal for decide() against fdec899: p99 CPU at most 0.7x,
-median at most 1.0x.
+16th dearest is lifted by a round's noise more than another's). Issue 10's goal for decide()
+against fdec899: p99 CPU at most 0.7x, median at most 1.0x.
 
 Run: .venv/bin/python -m bench.bench_ab_decide --base /tmp/tailguard-fdec899 [--rounds 3] [--ticks 1500]
 (make the base with `git archive fdec899 | tar -x -C /tmp/tailguard-fdec899`, or a detached

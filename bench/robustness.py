@@ -2,12 +2,14 @@
 of what an unseen host would change (request rate or trace speed, the SLO, the aggressors'
 demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP bursts; with
 --protect, aggressors an operator has marked `protected`: never capped, never moved; with
---quantiles, SLOs on another quantile than the p99: a p95 or a p999 at the same latency),
+--quantiles, SLOs on another quantile than the p99: a p95 or a p999 at the same latency; with
+--shapes, the shapes real request traces have and the suite's synthetic tenants do not: service
+times as variable as real prompt lengths, Gamma-renewal arrivals),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
-                               [--quantiles] [--tick-s S]
+                               [--quantiles] [--shapes] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -63,19 +65,34 @@ def _shift(schedule: dict[str, Any], rng: random.Random, notes: list[str], who: 
     notes.append(f"{who}.on {d:+.0f} s")
 
 
+def _shape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str) -> None:
+    """perturb's `shapes` for one sensitive tenant's requests."""
+    req["noise_cv"] = rng.uniform(0.1, 1.0)
+    notes.append(f"{who}.noise_cv {req['noise_cv']:.2f}")
+    if req.get("trace") is None and req.get("arrivals", "poisson") == "poisson" and rng.random() < 0.5:
+        req.update(arrivals="gamma", cv=rng.uniform(0.5, 3.0))
+        notes.append(f"{who} gamma cv {req['cv']:.2f}")
+
+
 def perturb(
     data: dict[str, Any],
     rng: random.Random,
     bursts: random.Random | None = None,
     protect: random.Random | None = None,
     quantiles: random.Random | None = None,
+    shapes: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
     into bursts. `protect` (one of its own too): each bulk or compute tenant is marked protected
     with odds one half, as an operator does with a job nobody may slow down; its traffic stays.
     `quantiles` (one of its own): each sensitive tenant's SLO is on the p95, the p99 or the p999
-    (odds one third each), at the same latency: a budget five times larger or ten times smaller."""
+    (odds one third each), at the same latency: a budget five times larger or ten times smaller.
+    `shapes` (one of its own): each sensitive tenant's service-time noise gets a coefficient of
+    variation between 0.1 and 1.0 (the real Azure conversation trace's prompt lengths have a CV of
+    0.96: replay/data), and Poisson arrivals turn with odds one half into a Gamma renewal process
+    of CV 0.5 to 3 (BurstGPT, Wang et al., arXiv 2401.17644, models real LLM arrivals with Gamma
+    inter-arrival times): a tail of the tenant's own that no lever cures, and bursts of another law."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -96,6 +113,8 @@ def perturb(
                         t["quantile"] = q
                         notes.append(f"{who}.quantile {q:g}")
                 req = t.get("requests") or {}
+                if shapes is not None:
+                    _shape(req, shapes, notes, who)
                 if req.get("trace") is not None:
                     req["trace_speed"] = req.get("trace_speed", 1.0)
                     _scale(req, "trace_speed", rng, 0.6, 1.4, notes, who)
@@ -127,6 +146,7 @@ def run_case(
     protect: bool = False,
     quantiles: bool = False,
     tick_s: float | None = None,
+    shapes: bool = False,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -140,6 +160,7 @@ def run_case(
         random.Random(f"{seed}:{name}:{case}:bursts") if bursts else None,
         random.Random(f"{seed}:{name}:{case}:protect") if protect else None,
         random.Random(f"{seed}:{name}:{case}:quantiles") if quantiles else None,
+        random.Random(f"{seed}:{name}:{case}:shapes") if shapes else None,
     )
     if tick_s is not None:
         mutated["scenario"]["tick_s"] = tick_s  # the controller's sample period (the daemon's: 2 s)
@@ -193,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bursts", action="store_true", help="Poisson arrivals may turn into MMPP bursts (half of them)")
     ap.add_argument("--protect", action="store_true", help="bulk and compute tenants may be protected (half of them)")
     ap.add_argument("--quantiles", action="store_true", help="SLOs on the p95, p99 or p999 (a third each)")
+    ap.add_argument("--shapes", action="store_true", help="service-time CV 0.1-1.0, Gamma arrivals (half)")
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
     if a.tick_s is not None and not 0.1 <= a.tick_s <= 60:
@@ -218,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             protect=a.protect,
             quantiles=a.quantiles,
             tick_s=a.tick_s,
+            shapes=a.shapes,
         )
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]

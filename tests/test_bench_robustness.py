@@ -138,3 +138,41 @@ def test_quantiles_move_slos_with_a_generator_of_their_own() -> None:
         sc = scenario_from_data(moved, str(SCENARIO_DIR / "vllm-ttft.toml"))  # a valid scenario
         assert sc.hosts[0].spec.tenants["vllm"].quantile == moved["hosts"][0]["tenants"][0].get("quantile", 0.99)
     assert seen == {0.95, 0.99, 0.999}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_vary_service_and_arrivals_with_a_generator_of_their_own(name: str) -> None:
+    """--shapes: each sensitive tenant's service-time CV is drawn in [0.1, 1.0] and Poisson arrivals
+    may become a Gamma renewal process (CV 0.5-3); every other draw is the one a run without it
+    makes, and the scenario stays valid."""
+    path = SCENARIO_DIR / f"{name}.toml"
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    gamma = 0
+    for case in range(6):
+        plain, shaped = copy.deepcopy(data), copy.deepcopy(data)
+        notes = perturb(plain, random.Random(f"7:{name}:{case}"))
+        snotes = perturb(
+            shaped, random.Random(f"7:{name}:{case}"), None, None, None, random.Random(f"7:{name}:{case}:s")
+        )
+        assert [n for n in snotes if ".noise_cv " not in n and " gamma cv " not in n] == notes
+        for host_a, host_b in zip(plain["hosts"], shaped["hosts"], strict=True):
+            for a, b in zip(host_a["tenants"], host_b["tenants"], strict=True):
+                if a.get("role") != "sensitive":
+                    assert a == b
+                    continue
+                ra, rb = a["requests"], b["requests"]
+                assert 0.1 <= rb["noise_cv"] <= 1.0
+                if rb.get("arrivals") == "gamma" and ra.get("arrivals", "poisson") == "poisson":
+                    gamma += 1
+                    assert 0.5 <= rb["cv"] <= 3.0 and "trace" not in rb
+                assert {k: v for k, v in rb.items() if k not in ("noise_cv", "arrivals", "cv")} == {
+                    k: v for k, v in ra.items() if k not in ("noise_cv", "arrivals", "cv")
+                }
+        sc = scenario_from_data(shaped, str(path))  # raises on an invalid one
+        assert sc.hosts
+    has_poisson = any(
+        t.get("role") == "sensitive" and "rate" in t.get("requests", {})
+        and t["requests"].get("arrivals", "poisson") == "poisson"
+        for h in data["hosts"] for t in h["tenants"]
+    )  # fmt: skip
+    assert gamma > 0 or not has_poisson

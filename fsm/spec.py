@@ -100,7 +100,8 @@ class Policy:
     mps_guard_percent: int = 50
     max_reconfigs_per_hour: int = 4
     # Outages (moves, resizes) a sensitive tenant may be put through per rolling window, as a share
-    # of its tail's error budget over that window: (1 - quantile) x window. A p99 tenant over a day:
+    # of its tail's error budget over that window, at most a p99's (tick_base.outage_tail):
+    # min(1 - quantile, 0.01) x window. A p99 tenant over a day:
     # 0.5 x 864 s = 432 s. (An hour, 18 s, would bar every relaunch that takes longer, as a vLLM
     # server's does; SLOs are kept over days to weeks.) Whether a lever pays is fsm.levercost's.
     outage_budget_share: float | None = 0.5

@@ -4,12 +4,13 @@ demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP
 --protect, aggressors an operator has marked `protected`: never capped, never moved; with
 --quantiles, SLOs on another quantile than the p99: a p95 or a p999 at the same latency; with
 --shapes, the shapes real request traces have and the suite's synthetic tenants do not: service
-times as variable as real prompt lengths, Gamma-renewal arrivals),
+times as variable as real prompt lengths, Gamma-renewal arrivals; with --low-quantiles, SLOs on
+the median or the p90 at a quarter to half of the latency),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
-                               [--quantiles] [--shapes] [--tick-s S]
+                               [--quantiles] [--low-quantiles] [--shapes] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -81,6 +82,7 @@ def perturb(
     protect: random.Random | None = None,
     quantiles: random.Random | None = None,
     shapes: random.Random | None = None,
+    low_quantiles: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -92,7 +94,10 @@ def perturb(
     variation between 0.1 and 1.0 (the real Azure conversation trace's prompt lengths have a CV of
     0.96: replay/data), and Poisson arrivals turn with odds one half into a Gamma renewal process
     of CV 0.5 to 3 (BurstGPT, Wang et al., arXiv 2401.17644, models real LLM arrivals with Gamma
-    inter-arrival times): a tail of the tenant's own that no lever cures, and bursts of another law."""
+    inter-arrival times): a tail of the tenant's own that no lever cures, and bursts of another law.
+    `low_quantiles` (one of its own): each sensitive tenant's SLO is on the median or the p90 (odds
+    one half each), at 0.25-0.5 of its latency (the same latency would never be reached there): a
+    budget of half or a tenth of the requests, which the p99 gate does not judge."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -107,6 +112,10 @@ def perturb(
             who = t["name"]
             if t.get("role") == "sensitive":
                 _scale(t, "slo_ms", rng, 0.8, 1.5, notes, who)
+                if low_quantiles is not None:
+                    t["quantile"] = low_quantiles.choice([0.5, 0.9])
+                    _scale(t, "slo_ms", low_quantiles, 0.25, 0.5, notes, who)
+                    notes.append(f"{who}.quantile {t['quantile']:g}")
                 if quantiles is not None:
                     q = quantiles.choice([0.95, 0.99, 0.999])
                     if q != t.get("quantile", 0.99):
@@ -147,6 +156,7 @@ def run_case(
     quantiles: bool = False,
     tick_s: float | None = None,
     shapes: bool = False,
+    low_quantiles: bool = False,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -161,6 +171,7 @@ def run_case(
         random.Random(f"{seed}:{name}:{case}:protect") if protect else None,
         random.Random(f"{seed}:{name}:{case}:quantiles") if quantiles else None,
         random.Random(f"{seed}:{name}:{case}:shapes") if shapes else None,
+        random.Random(f"{seed}:{name}:{case}:low-quantiles") if low_quantiles else None,
     )
     if tick_s is not None:
         mutated["scenario"]["tick_s"] = tick_s  # the controller's sample period (the daemon's: 2 s)
@@ -214,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bursts", action="store_true", help="Poisson arrivals may turn into MMPP bursts (half of them)")
     ap.add_argument("--protect", action="store_true", help="bulk and compute tenants may be protected (half of them)")
     ap.add_argument("--quantiles", action="store_true", help="SLOs on the p95, p99 or p999 (a third each)")
+    ap.add_argument("--low-quantiles", action="store_true", help="SLOs on the p50 or p90 at 0.25-0.5 of the latency")
     ap.add_argument("--shapes", action="store_true", help="service-time CV 0.1-1.0, Gamma arrivals (half)")
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
+    if a.quantiles and a.low_quantiles:
+        ap.error("--quantiles and --low-quantiles: choose one (both set the SLO's quantile)")
     if a.tick_s is not None and not 0.1 <= a.tick_s <= 60:
         ap.error("--tick-s: between 0.1 and 60 s")
     policy: dict[str, Any] = {}
@@ -241,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             quantiles=a.quantiles,
             tick_s=a.tick_s,
             shapes=a.shapes,
+            low_quantiles=a.low_quantiles,
         )
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import tomllib
+from collections import Counter
 
 import pytest
 
@@ -176,3 +177,28 @@ def test_shapes_vary_service_and_arrivals_with_a_generator_of_their_own(name: st
         for h in data["hosts"] for t in h["tenants"]
     )  # fmt: skip
     assert gamma > 0 or not has_poisson
+
+
+def test_low_quantiles_put_slos_on_the_median_or_p90_below_the_latency() -> None:
+    """--low-quantiles: a sensitive tenant's SLO on the p50 or the p90 at 0.25-0.5 of its latency,
+    from a generator of its own; every other draw is the one a run without it makes."""
+    data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))
+    seen = set()
+    for case in range(10):
+        plain, low = copy.deepcopy(data), copy.deepcopy(data)
+        notes = perturb(plain, random.Random(f"7:vllm-ttft:{case}"))
+        lnotes = perturb(
+            low, random.Random(f"7:vllm-ttft:{case}"), None, None, None, None, random.Random(f"7:vllm-ttft:{case}:l")
+        )
+        extra = Counter(lnotes) - Counter(notes)
+        assert not Counter(notes) - Counter(lnotes) and sorted(extra) == sorted(
+            [n for n in extra if n.startswith("vllm.quantile ")] + [n for n in extra if n.startswith("vllm.slo_ms x")]
+        ), lnotes
+        assert sum(extra.values()) == 2
+        a, b = plain["hosts"][0]["tenants"][0], low["hosts"][0]["tenants"][0]
+        assert b["quantile"] in (0.5, 0.9)
+        seen.add(b["quantile"])
+        assert 0.25 * a["slo_ms"] - 1e-9 <= b["slo_ms"] <= 0.5 * a["slo_ms"] + 1e-9
+        assert {**b, "quantile": 0, "slo_ms": 0} == {**a, "quantile": 0, "slo_ms": 0}
+        scenario_from_data(low, str(SCENARIO_DIR / "vllm-ttft.toml"))  # a valid scenario
+    assert seen == {0.5, 0.9}

@@ -108,7 +108,7 @@ class Policy:
     outage_budget_window_s: float = 14400.0
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
     # share of the time it runs (both exponentially weighted over guard_budget_window_s), and at
-    # least 2 x rate_tau_s (the time it takes to see whether the guard helps); past it
+    # least rate_tau_s (the futility stop's first look at whether the guard helps); past it
     # its caps are lifted, it is not capped again until the budget recovers, and the victims turn
     # to the other levers.
     guard_cost_share: float | None = 0.05

@@ -12,7 +12,10 @@ its trial; then the episode's requests split by whether the path was clear, two 
 the state, and the levers an escalation passed over in its evidence: the desired states and the
 events' kinds, levers and reasons of all three streams were equal before and after; then a hold
 on price alone retrying when its rent is due, with which closed-16x7-counts' t02 buys a resize at
-tick 302 that it had not bought before, the two other streams equal) they are main's. A change that alters any
+tick 302 that it had not bought before, the two other streams equal; then a guard's trial held
+to one rate_tau_s where the capped tenant has run little, with which open-16x7's caps are lifted
+for their budget sooner: its desired states differ, its events and the closed streams are equal)
+they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in
 the commit message.

@@ -116,7 +116,7 @@ def test_a_new_guard_needs_room_for_a_whole_trial():
     spec = example_spec(Policy(cost_margin=None, guard_relief_s=None))
     tick = Tick.start(ControllerState(guard_cost={"etl": (0.0, 100.0, 0.0)}), example_observation(0.0, 0.01, 3e9), spec)
     assert tick.guard_trial_fits("etl")
-    for held, ran, fits in ((90.0, 300.0, False), (1.0, 300.0, False), (60.0, 4000.0, True), (100.0, 4000.0, False)):
+    for held, ran, fits in ((90.0, 300.0, False), (1.0, 300.0, False), (60.0, 4000.0, True), (150.0, 4000.0, False)):
         tick.guard_cost["etl"] = (held, ran, 0.0)
         assert tick.guard_trial_fits("etl") is fits, (held, ran)
 
@@ -194,3 +194,17 @@ def test_a_guard_found_to_help_restarts_the_rent_outage_levers_are_priced_agains
     assert ctl.episode_n > 0 and ctl.episode_bad / ctl.episode_n == 10.0 / 200.0
     # the window's overspend holds no more than the episode's rent since the verdict
     assert ctl.overspend <= ctl.episode_bad - 0.01 * ctl.episode_n + 1e-9
+
+
+def test_a_trial_holds_a_tenant_that_has_run_little_for_one_time_constant():
+    """Until the verdict, a guard may hold a capped tenant that has run little for one rate_tau_s
+    (the futility stop's first look), not two: two minutes cost an ETL job that runs a third of an
+    hour 5-7% of its work in it (docs/results.md, "A one-minute trial"). Past the share of a tenant
+    that has run long, the share decides as before."""
+    spec = example_spec(Policy(cost_margin=None, guard_relief_s=None))
+    tau = spec.policy.rate_tau_s
+    tick = Tick.start(ControllerState(), example_observation(0.0, 0.01, 3e9), spec)
+    for held, ran, spent in ((tau - 1, 300.0, False), (tau, 300.0, True), (1.5 * tau, 300.0, True),
+                             (150.0, 4000.0, False), (200.0, 4000.0, True)):  # fmt: skip
+        tick.guard_cost["etl"] = (held, ran, 0.0)
+        assert tick.guard_budget_spent("etl") is spent, (held, ran)

@@ -6,6 +6,7 @@ import copy
 import random
 import tomllib
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,15 @@ from bench.robustness import lever_line, main, perturb, run_case
 from replay.scenario import SCENARIO_DIR, scenario_from_data, suite
 
 NAMES = [s.name for s in suite()]
+
+
+def _pair(data: dict[str, Any], name: str, case: int, which: str) -> tuple[Any, Any, list[str], list[str]]:
+    """One seeded case perturbed without and with the generator `which` (a keyword of perturb):
+    (the plain copy, the other, their notes)."""
+    plain, other = copy.deepcopy(data), copy.deepcopy(data)
+    notes = perturb(plain, random.Random(f"7:{name}:{case}"))
+    extra = {which: random.Random(f"7:{name}:{case}:{which}")}
+    return plain, other, notes, perturb(other, random.Random(f"7:{name}:{case}"), **extra)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -88,9 +98,7 @@ def test_bursts_draw_from_their_own_generator() -> None:
     data = tomllib.loads((SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8"))
     turned = 0
     for case in range(12):
-        plain, bursty = copy.deepcopy(data), copy.deepcopy(data)
-        a = perturb(plain, random.Random(f"7:paper-p4d:{case}"))
-        b = perturb(bursty, random.Random(f"7:paper-p4d:{case}"), random.Random(f"7:paper-p4d:{case}:bursts"))
+        _, bursty, a, b = _pair(data, "paper-p4d", case, "bursts")
         assert [n for n in b if "bursts" not in n] == a
         req = bursty["hosts"][0]["tenants"][0]["requests"]
         if req.get("arrivals") == "mmpp":
@@ -106,9 +114,7 @@ def test_protect_marks_aggressors_with_a_generator_of_its_own() -> None:
     data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))
     marked = 0
     for case in range(8):
-        plain, prot = copy.deepcopy(data), copy.deepcopy(data)
-        notes = perturb(plain, random.Random(f"7:vllm-ttft:{case}"))
-        pnotes = perturb(prot, random.Random(f"7:vllm-ttft:{case}"), None, random.Random(f"7:vllm-ttft:{case}:p"))
+        plain, prot, notes, pnotes = _pair(data, "vllm-ttft", case, "protect")
         assert [n for n in pnotes if not n.endswith(" protected")] == notes
         for a, b in zip(plain["hosts"][0]["tenants"], prot["hosts"][0]["tenants"], strict=True):
             if b["role"] == "protected":
@@ -125,11 +131,7 @@ def test_quantiles_move_slos_with_a_generator_of_their_own() -> None:
     data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))
     seen = set()
     for case in range(12):
-        plain, moved = copy.deepcopy(data), copy.deepcopy(data)
-        notes = perturb(plain, random.Random(f"7:vllm-ttft:{case}"))
-        qnotes = perturb(
-            moved, random.Random(f"7:vllm-ttft:{case}"), None, None, random.Random(f"7:vllm-ttft:{case}:q")
-        )
+        plain, moved, notes, qnotes = _pair(data, "vllm-ttft", case, "quantiles")
         assert [n for n in qnotes if ".quantile " not in n] == notes
         for a, b in zip(plain["hosts"][0]["tenants"], moved["hosts"][0]["tenants"], strict=True):
             q = b.get("quantile", 0.99)
@@ -150,11 +152,7 @@ def test_shapes_vary_service_and_arrivals_with_a_generator_of_their_own(name: st
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     gamma = 0
     for case in range(6):
-        plain, shaped = copy.deepcopy(data), copy.deepcopy(data)
-        notes = perturb(plain, random.Random(f"7:{name}:{case}"))
-        snotes = perturb(
-            shaped, random.Random(f"7:{name}:{case}"), None, None, None, random.Random(f"7:{name}:{case}:s")
-        )
+        plain, shaped, notes, snotes = _pair(data, name, case, "shapes")
         assert [n for n in snotes if ".noise_cv " not in n and " gamma cv " not in n] == notes
         for host_a, host_b in zip(plain["hosts"], shaped["hosts"], strict=True):
             for a, b in zip(host_a["tenants"], host_b["tenants"], strict=True):
@@ -185,11 +183,7 @@ def test_low_quantiles_put_slos_on_the_median_or_p90_below_the_latency() -> None
     data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))
     seen = set()
     for case in range(10):
-        plain, low = copy.deepcopy(data), copy.deepcopy(data)
-        notes = perturb(plain, random.Random(f"7:vllm-ttft:{case}"))
-        lnotes = perturb(
-            low, random.Random(f"7:vllm-ttft:{case}"), None, None, None, None, random.Random(f"7:vllm-ttft:{case}:l")
-        )
+        plain, low, notes, lnotes = _pair(data, "vllm-ttft", case, "low_quantiles")
         extra = Counter(lnotes) - Counter(notes)
         assert not Counter(notes) - Counter(lnotes) and sorted(extra) == sorted(
             [n for n in extra if n.startswith("vllm.quantile ")] + [n for n in extra if n.startswith("vllm.slo_ms x")]

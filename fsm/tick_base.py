@@ -17,7 +17,7 @@ from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
 from fsm.placement import occupied, score, slices_of
-from fsm.spec import LEVEL_ORDER, HostSpec, Level, TenantSpec
+from fsm.spec import LEVEL_ORDER, HostSpec, Level, Policy, TenantSpec
 from fsm.state import Pending, Step, TenantCtl
 
 HOUR_S = 3600.0
@@ -406,19 +406,28 @@ class TickBase:
             return False
         held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
         return held > 0.0 and held >= (
-            max(p.guard_cost_share * ran, p.rate_tau_s) if trial else p.guard_cost_share * ran
+            max(p.guard_cost_share * ran, _trial_s(p)) if trial else p.guard_cost_share * ran
         )
 
     def guard_trial_fits(self, tenant: str) -> bool:
-        """May a new guard cap `tenant`? Only if a whole trial (rate_tau_s) fits what it may
-        still be held: a guard lifted for its budget a tick after it went on would leave nothing
-        to judge while the victim's other levers wait for its verdict."""
+        """May a new guard cap `tenant`? Only if a whole trial (_trial_s) fits what it may still
+        be held: a guard lifted for its budget a tick after it went on would leave nothing to judge
+        while the victim's other levers wait for its verdict."""
         p = self.spec.policy
         if p.guard_cost_share is None:
             return True
         held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
-        trial = p.rate_tau_s
+        trial = _trial_s(p)
         return held <= 0.0 or held + trial <= max(p.guard_cost_share * ran, trial)
+
+
+def _trial_s(p: Policy) -> float:
+    """How long a guard not yet judged may hold a tenant that has run little: until the futility
+    stop's first look (one rate_tau_s). guard_budget_spent and guard_trial_fits read the same."""
+    return p.rate_tau_s
+
+
+OUTAGE_TAIL_MAX = 0.01  # a p99's error budget
 
 
 def outage_tail(quantile: float) -> float:
@@ -427,9 +436,6 @@ def outage_tail(quantile: float) -> float:
     SLO, so they land in the tail beyond the SLO's quantile: against a p95's 5% the budget would
     let outages make up the tenant's p99 (measured: docs/results.md, "Outages against the p99")."""
     return min(1.0 - quantile, OUTAGE_TAIL_MAX)
-
-
-OUTAGE_TAIL_MAX = 0.01  # a p99's error budget
 
 
 def _dwell(dwell_s: float, flaps: int) -> float:

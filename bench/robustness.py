@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 import tomllib
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,12 @@ def perturb(
     return notes
 
 
+def case_generators(seed: int, name: str, case: int, which: Iterable[str]) -> dict[str, random.Random]:
+    """perturb's extra generators (`which`: its keywords) for one case, each seeded by the case and
+    its own name, so that turning one on leaves every other draw as it was."""
+    return {k: random.Random(f"{seed}:{name}:{case}:{k.replace('_', '-')}") for k in which}
+
+
 def run_case(
     args: tuple[str, int, int, float | None, dict[str, Any]],
     exact: bool = False,
@@ -164,15 +171,14 @@ def run_case(
     data.setdefault("policy", {}).update(policy)
     rng = random.Random(f"{seed}:{name}:{case}")
     mutated = copy.deepcopy(data)
-    notes = perturb(
-        mutated,
-        rng,
-        random.Random(f"{seed}:{name}:{case}:bursts") if bursts else None,
-        random.Random(f"{seed}:{name}:{case}:protect") if protect else None,
-        random.Random(f"{seed}:{name}:{case}:quantiles") if quantiles else None,
-        random.Random(f"{seed}:{name}:{case}:shapes") if shapes else None,
-        random.Random(f"{seed}:{name}:{case}:low-quantiles") if low_quantiles else None,
-    )
+    on = {
+        "bursts": bursts,
+        "protect": protect,
+        "quantiles": quantiles,
+        "shapes": shapes,
+        "low_quantiles": low_quantiles,
+    }
+    notes = perturb(mutated, rng, **case_generators(seed, name, case, [k for k, v in on.items() if v]))
     if tick_s is not None:
         mutated["scenario"]["tick_s"] = tick_s  # the controller's sample period (the daemon's: 2 s)
     sc = scenario_from_data(mutated, str(path))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench.robustness import lever_line, main, perturb, run_case
+from bench.robustness import case_generators, lever_line, main, perturb, run_case
 from replay.scenario import SCENARIO_DIR, scenario_from_data, suite
 
 NAMES = [s.name for s in suite()]
@@ -21,7 +21,7 @@ def _pair(data: dict[str, Any], name: str, case: int, which: str) -> tuple[Any, 
     (the plain copy, the other, their notes)."""
     plain, other = copy.deepcopy(data), copy.deepcopy(data)
     notes = perturb(plain, random.Random(f"7:{name}:{case}"))
-    extra = {which: random.Random(f"7:{name}:{case}:{which}")}
+    extra = case_generators(7, name, case, [which])
     return plain, other, notes, perturb(other, random.Random(f"7:{name}:{case}"), **extra)
 
 

@@ -281,6 +281,8 @@ class PolicyConfig(Strict):
     max_reconfigs_per_hour: int = Field(4, ge=0, le=60)
     outage_budget_share: float = Field(0.5, ge=0, le=10)  # 0: no limit
     outage_budget_window_s: float = Field(14400.0, ge=60, le=90 * 86400)
+    outage_warmup_s: float = Field(60.0, ge=0, le=86400)
+    outage_spread_sigmas: float = Field(2.0, ge=0, le=10)
     guard_cost_share: float = Field(0.05, ge=0, le=1)  # 0: no limit
     guard_budget_window_s: float = Field(3600.0, ge=60, le=90 * 86400)
     backoff_s: float = Field(60.0, ge=0)
@@ -348,6 +350,8 @@ class PolicyConfig(Strict):
             max_reconfigs_per_hour=self.max_reconfigs_per_hour,
             outage_budget_share=self.outage_budget_share or None,
             outage_budget_window_s=self.outage_budget_window_s,
+            outage_warmup_s=self.outage_warmup_s,
+            outage_spread_sigmas=self.outage_spread_sigmas,
             guard_cost_share=self.guard_cost_share or None,
             guard_budget_window_s=self.guard_budget_window_s,
             backoff_s=self.backoff_s,

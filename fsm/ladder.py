@@ -86,13 +86,17 @@ class Tick(ReleaseTick):
         upd: dict[str, Any] = {"evidence": ev}
         if ts is not None and ts.outage_s is not None:
             upd["measured_outage_s"] = ts.outage_s
+        if ctl.watched_since is None and w.count > 0:
+            upd["watched_since"] = now
         if not settling and w.bad is not None:  # a window with counts (an empty one has none)
-            keep = self._window_keep(ctl)  # one decay for both window-weighted sums
+            keep = self._window_keep(ctl)  # one decay for the window-weighted sums
             served_n, served_s = ctl.served
+            dt = self.windows.get(t.name, (0.0, 0.0))[1]
             upd.update(
                 overspend=ctl.overspend * keep + w.bad - (1.0 - t.quantile) * w.count,
                 overspend_t=now,
-                served=(served_n * keep + w.count, served_s * keep + self.windows.get(t.name, (0.0, 0.0))[1]),
+                served=(served_n * keep + w.count, served_s * keep + dt),
+                served_sq=ctl.served_sq * keep + (w.count * w.count / dt if dt > 0 else 0.0),
                 acted_n=ctl.acted_n + w.count,
                 acted_bad=ctl.acted_bad + w.bad,
             )

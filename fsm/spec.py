@@ -106,6 +106,14 @@ class Policy:
     # server's does; SLOs are kept over days to weeks.) Whether a lever pays is fsm.levercost's.
     outage_budget_share: float | None = 0.5
     outage_budget_window_s: float = 14400.0
+    # Seconds a tenant's requests are watched (from its first) before an outage of it is priced: until
+    # then its usual rate and spread are guesses (one first seen in a burst takes the burst for
+    # its usual rate), so no move or resize (tick_base._outage_short). 0: price from the first tick.
+    outage_warmup_s: float = 60.0
+    # An outage is charged for the requests a burst it meets would hold: this many standard
+    # deviations of the tenant's per-tick counts beyond Poisson's (tick_base._charged_s); two, a
+    # burst that about one outage in forty meets. 0: the mean rate only.
+    outage_spread_sigmas: float = 2.0
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
     # share of the time it runs (both exponentially weighted over guard_budget_window_s), and at
     # least rate_tau_s (the futility stop's first look at whether the guard helps); past it

@@ -77,6 +77,10 @@ class TenantCtl:
     # Requests served and the seconds they were served over, weighted over the outage budget's
     # window: the tenant's usual rate, against which an outage in a burst is charged.
     served: tuple[float, float] = (0.0, 0.0)
+    # The same windows' sum of count^2 / seconds: with `served`, the spread of the per-tick counts
+    # (their index of dispersion), which prices the burst an outage may meet (tick_base._charged_s).
+    served_sq: float = 0.0
+    watched_since: float | None = None  # the first window with requests in it (outage_warmup_s)
     # Requests since the last action on this tenant, and those over the SLO: what it did so far.
     acted_n: float = 0.0
     acted_bad: float = 0.0

@@ -207,19 +207,42 @@ class TickBase:
 
     # -- the outage budget ----------------------------------------------------------------------
     def _charged_s(self, t: TenantSpec, seconds: float) -> float:
-        """What an outage taken now spends of the outage budget: its seconds, times the arrival rate
-        it meets over the tenant's usual one when that is higher. The budget's seconds stand for
-        the requests an outage holds at the usual rate; one taken in a burst holds more."""
-        n, s = self.tenants[t.name].served
+        """What an outage taken now spends of the outage budget: the seconds of the tenant's usual
+        rate that the requests it holds stand for. The budget's seconds stand for the requests an
+        outage holds at the usual rate; one taken in a burst holds more (the arrival rate it meets
+        now, over the usual one), and so may one that a burst meets after it began: as many
+        requests as the tenant's counts spread above their mean (outage_spread_sigmas standard
+        deviations beyond Poisson's, from the index of dispersion of its per-tick counts)."""
+        ctl = self.tenants[t.name]
+        n, s = ctl.served
         if s <= 0 or n <= 0:
             return seconds
         usual = n / s
-        return seconds * max(1.0, self._rate_now(t, usual) / usual)
+        charged = seconds * max(1.0, self._rate_now(t, usual) / usual)
+        dt = self.windows.get(t.name, (0.0, 0.0))[1]
+        sigmas = self.spec.policy.outage_spread_sigmas
+        if dt <= 0 or sigmas <= 0:
+            return charged
+        # counts over dt: variance / mean = dt x the seconds-weighted variance of the rate / its mean
+        dispersion = dt * max(0.0, ctl.served_sq / s - usual * usual) / usual
+        expected = usual * seconds
+        spread = sigmas * math.sqrt(max(0.0, dispersion - 1.0) * expected)
+        return max(charged, (expected + spread) / usual)
 
     def _outage_short(self, t: TenantSpec, seconds: float) -> str:
         """Why an outage of `seconds` cannot be afforded now ("" when it can)."""
-        share = self.spec.policy.outage_budget_share
-        if share is None or seconds <= 0:
+        policy = self.spec.policy
+        if seconds <= 0:
+            return ""
+        since = self.tenants[t.name].watched_since
+        watched = self.obs.t - since if since is not None else 0.0
+        if watched < policy.outage_warmup_s:
+            return (
+                f"its requests watched for {watched:.0f} s of the {policy.outage_warmup_s:g} s"
+                " an outage is priced on (outage_warmup_s)"
+            )
+        share = policy.outage_budget_share
+        if share is None:
             return ""
         seconds = self._charged_s(t, seconds)
         window = self.spec.policy.outage_budget_window_s
@@ -276,6 +299,7 @@ class TickBase:
             "overspend": min(0.0, self._overspent(ctl, 0.0)),
             "overspend_t": self.obs.t,
             "served": (ctl.served[0] * keep, ctl.served[1] * keep),
+            "served_sq": ctl.served_sq * keep,
             "episode_n": 0.0,
             "episode_bad": 0.0,
             "clear_n": 0.0,

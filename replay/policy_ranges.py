@@ -43,6 +43,8 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "max_reconfigs_per_hour": (0, False, 60, False),
     "outage_budget_share": (0, False, 10, False),
     "outage_budget_window_s": (60, False, 90 * DAY, False),
+    "outage_warmup_s": (0, False, DAY, False),
+    "outage_spread_sigmas": (0, False, 10, False),
     "guard_cost_share": (0, False, 1, False),
     "guard_budget_window_s": (60, False, 90 * DAY, False),
     "backoff_s": (0, False, None, False),

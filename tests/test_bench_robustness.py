@@ -51,10 +51,12 @@ def test_a_case_runs_both_policies_and_is_judged() -> None:
 
 def test_a_case_records_what_full_bought_and_its_price() -> None:
     """A worse case is read from its levers: each move or resize with the price it was bought at."""
-    r = run_case(("bursty-code", 3, 7, 900.0, {}))
-    assert r["levers"], "bursty-code case 3 resizes its victim in the first minute"
+    # (over 900 s the same case resized at 15 s, before its bursts were seen, and its p99 went
+    # from 33 ms to 1.4 s: docs/results.md, "Bursts an outage meets")
+    r = run_case(("bursty-code", 3, 7, 1800.0, {}))
+    assert r["levers"], "bursty-code case 3 resizes its victim in its second minute"
     c = r["levers"][0]
-    assert c["lever"] == "resize" and 0 < c["t"] < 900
+    assert c["lever"] == "resize" and 60 < c["t"] < 1800
     assert c["benefit_requests"] >= c["cost_requests"] > 0  # bought: it paid (cost_margin 1)
     line = lever_line(c, r["duration_s"])
     assert line.startswith(f"t={c['t']:.0f} s (") and f"cost {c['cost_requests']:.0f} requests" in line

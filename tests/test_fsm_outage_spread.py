@@ -51,10 +51,15 @@ def test_no_move_before_the_tenants_requests_have_been_watched_for_the_warmup():
     assert next(e for e in early if e.kind == "escalate").t < 10.0
 
 
+_HOLD = re.compile(
+    r"outage budget spent \([\d.]+ s of [\d.]+ s per [\d.]+ s; this needs ([\d.]+) s( with a burst.s margin)?\)"
+)
+
+
 def _charged(events) -> float | None:  # type: ignore[no-untyped-def]
     """The seconds the outage budget charged a held move (None: no hold for the budget)."""
     for e in events:
-        m = re.search(r"outage budget spent \([\d.]+ s of [\d.]+ s per [\d.]+ s; this needs ([\d.]+) s\)", e.reason)
+        m = _HOLD.search(e.reason)
         if e.kind == "hold" and m:
             return float(m.group(1))
     return None
@@ -64,8 +69,9 @@ def test_a_tenant_whose_requests_come_in_bursts_is_charged_for_the_burst_an_outa
     # 100 requests/s on average either way: steady, or 10/s and 190/s on alternate ticks. A 5 s
     # relaunch holds 500 requests at the mean; the bursty tenant's counts (index of dispersion
     # 2 s x 8100 / 100 = 162) put two standard deviations beyond Poisson's at 2 x sqrt(161 x 500)
-    # = 567 more: 10.7 s of its usual rate. The budget (8 s per 1600 s) pays the first, not the other.
-    policy = Policy(guards=False, mps=False, placement=False, cost_margin=None, outage_budget_window_s=1600.0)
+    # = 567 more: 10.7 s of its usual rate. The budget (10 s per 2000 s) holds the outage at the
+    # rate it meets (5 s, or 9.5 s on a 190/s tick), not with the margin a burst needs.
+    policy = Policy(guards=False, mps=False, placement=False, cost_margin=None, outage_budget_window_s=2000.0)
     spec = example_spec(policy)
     calm_then_bad = 120.0
     steady = [200] * 80
@@ -77,6 +83,35 @@ def test_a_tenant_whose_requests_come_in_bursts_is_charged_for_the_burst_an_outa
     assert not [e for e in ev_bursty if e.kind == "escalate"]
     charged = _charged(ev_bursty)
     assert charged is not None and math.isclose(charged, 5.0 + 2 * math.sqrt(161 * 500) / 100, rel_tol=0.05)
+    assert "with a burst's margin" in next(e.reason for e in ev_bursty if e.kind == "hold" and "budget" in e.reason)
     # priced at the mean only, the same bursts move like the steady tenant
     _, plain = _run(example_spec(replace(policy, outage_spread_sigmas=0.0)), bursty, calm_then_bad)
     assert [e.lever for e in plain if e.kind == "escalate"] == ["resize"]
+
+
+def test_an_outage_taken_is_recorded_at_what_it_held_not_at_its_margin():
+    # The same bursts with room in the budget (72 s per 4 h): the resize is taken; the budget
+    # records the requests the outage holds at the rate it met (the measured cost scales that
+    # later), not the burst it left room for, which would be counted twice once measured.
+    spec = example_spec(Policy(guards=False, mps=False, placement=False, cost_margin=None))
+    state, events = _run(spec, [20 if i % 2 else 380 for i in range(80)], 120.0)
+    (esc,) = [e for e in events if e.kind == "escalate"]
+    (taken_at, recorded), *_ = state.tenant("llm").outages
+    assert taken_at == esc.t
+    met = 380 / TICK if int(esc.t / TICK) % 2 == 0 else 100.0  # a burst tick is charged at its rate
+    assert math.isclose(recorded, 5.0 * met / 100.0, rel_tol=0.05)
+    assert recorded < 5.0 + 2 * math.sqrt(161 * 500) / 100 - 1.0  # the margin's 10.7 s
+
+
+def test_a_p999_tenants_burst_margin_is_held_against_a_p99s_budget():
+    # A p999 tenant's own outage budget is a tenth of a p99's (7.2 s per 4 h). The 5 s resize fits
+    # it at the rate it meets (on a calm tick); its burst margin (10.7 s) does not, but the
+    # requests a burst adds wait the whole outage, beyond the p99 whatever the SLO's quantile:
+    # the margin must fit a p99's budget (72 s), and does.
+    spec = example_spec(Policy(guards=False, mps=False, placement=False, cost_margin=None))
+    spec = replace(spec, tenants={**spec.tenants, "llm": replace(spec.tenants["llm"], quantile=0.999)})
+    _, events = _run(spec, [20 if i % 2 else 380 for i in range(80)], 120.0)
+    (esc,) = [e for e in events if e.kind == "escalate"]
+    assert esc.lever == "resize"
+    held = [e.reason for e in events if e.kind == "hold" and "budget" in e.reason]
+    assert held and all("7.2 s per 14400 s; this needs 9." in r for r in held)  # only burst ticks were too dear

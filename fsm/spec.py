@@ -112,7 +112,8 @@ class Policy:
     outage_warmup_s: float = 60.0
     # An outage is charged for the requests a burst it meets would hold: this many standard
     # deviations of the tenant's per-tick counts beyond Poisson's (tick_base._charged_s); two, a
-    # burst that about one outage in forty meets. 0: the mean rate only.
+    # burst that about one outage in forty meets. The margin must fit a p99's budget, whatever the
+    # SLO's quantile (tick_base._outage_short). 0: the mean rate only.
     outage_spread_sigmas: float = 2.0
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
     # share of the time it runs (both exponentially weighted over guard_budget_window_s), and at

@@ -206,30 +206,30 @@ class TickBase:
         )
 
     # -- the outage budget ----------------------------------------------------------------------
-    def _charged_s(self, t: TenantSpec, seconds: float, margin: bool = True) -> float:
-        """What an outage taken now spends of the outage budget: the seconds of the tenant's usual
-        rate that the requests it holds stand for. The budget's seconds stand for the requests an
-        outage holds at the usual rate; one taken in a burst holds more (the arrival rate it meets
-        now, over the usual one). `margin`: what it must leave room for, which a burst that begins
-        after it may add: as many requests as the tenant's counts spread above their mean
-        (outage_spread_sigmas standard deviations beyond Poisson's, from the index of dispersion of
-        its per-tick counts). An outage taken is recorded without it: what the burst did, if one
-        came, is measured (ladder, _watch_outage) and the record scaled by it."""
+    def _charged_s(self, t: TenantSpec, seconds: float) -> tuple[float, float]:
+        """What an outage taken now spends of the outage budget, and the room it must find there.
+        Spent: the seconds of the tenant's usual rate that the requests it holds stand for. The
+        budget's seconds stand for the requests an outage holds at the usual rate; one taken in a
+        burst holds more (the arrival rate it meets now, over the usual one). Room: that, and what a
+        burst that begins after it may add: as many requests as the tenant's counts spread above
+        their mean (outage_spread_sigmas standard deviations beyond Poisson's, from the index of
+        dispersion of its per-tick counts). An outage taken is recorded at what it spends: what the
+        burst did, if one came, is measured (ladder, _watch_outage) and the record scaled by it."""
         ctl = self.tenants[t.name]
         n, s = ctl.served
         if s <= 0 or n <= 0:
-            return seconds
+            return seconds, seconds
         usual = n / s
         charged = seconds * max(1.0, self._rate_now(t, usual) / usual)
         dt = self.windows.get(t.name, (0.0, 0.0))[1]
         sigmas = self.spec.policy.outage_spread_sigmas
-        if dt <= 0 or sigmas <= 0 or not margin:
-            return charged
+        if dt <= 0 or sigmas <= 0:
+            return charged, charged
         # counts over dt: variance / mean = dt x the seconds-weighted variance of the rate / its mean
         dispersion = dt * max(0.0, ctl.served_sq / s - usual * usual) / usual
         expected = usual * seconds
         spread = sigmas * math.sqrt(max(0.0, dispersion - 1.0) * expected)
-        return max(charged, (expected + spread) / usual)
+        return charged, max(charged, (expected + spread) / usual)
 
     def _outage_short(self, t: TenantSpec, seconds: float) -> str:
         """Why an outage of `seconds` cannot be afforded now ("" when it can)."""
@@ -249,7 +249,7 @@ class TickBase:
         window = self.spec.policy.outage_budget_window_s
         spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < window)
         budget = share * outage_tail(t.quantile) * window
-        held = self._charged_s(t, seconds, margin=False)
+        held, with_margin = self._charged_s(t, seconds)
         if spent + held > budget + 1e-9:
             return (
                 f"outage budget spent ({round(spent, 1):g} s of {budget:g} s per {window:g} s;"
@@ -259,7 +259,6 @@ class TickBase:
         # so its margin must fit a p99's budget (a p999 tenant's own is a tenth of it, and a 2
         # sigma margin on it barred every relaunch, however far over its SLO the tenant was).
         room = share * OUTAGE_TAIL_MAX * window
-        with_margin = self._charged_s(t, seconds)
         if spent + with_margin <= room + 1e-9:
             return ""
         return (
@@ -295,7 +294,7 @@ class TickBase:
                 watch = (now, predicted, ctl.evidence.bad_share() or 0.0, before)
         self.tenants[t.name] = evolve(
             ctl,
-            outages=(*kept, (now, self._charged_s(t, seconds, margin=False))),
+            outages=(*kept, (now, self._charged_s(t, seconds)[0])),
             **self._rent_restarted(ctl),
             outage_watch=watch,
             watch_n=0.0,

@@ -10,15 +10,10 @@ import pytest
 
 from fsm.decide import decide
 from fsm.evidence import evidence_params
-from fsm.examples import example_observation, example_spec
+from fsm.examples import UNPRICED_OUTAGES, example_observation, example_spec
 from fsm.observation import LatencyWindow
 from fsm.spec import Policy
 from fsm.state import ControllerState
-
-# These streams start at t=0 and act within seconds, and skip ahead in time with a window's usual
-# count: no outage warm-up, and no charge for the spread that such a jump fakes (both are
-# tests/test_fsm_outage_spread.py's subject).
-PLAIN = {"outage_warmup_s": 0.0, "outage_spread_sigmas": 0.0}
 
 
 def _counted(t: float, over: float):
@@ -41,7 +36,7 @@ def _run(policy: Policy, over: float, ticks: int):
 
 
 # Only the resize is priced (no guard, no move): 3% over a 1% budget, its rent grows slowly.
-_POLICY = Policy(**PLAIN, guards=False, mps=False, placement=False, episode_prior_s=30.0)
+_POLICY = Policy(**UNPRICED_OUTAGES, guards=False, mps=False, placement=False, episode_prior_s=30.0)
 
 
 def test_a_hold_on_price_alone_retries_when_the_rent_is_due_with_the_evidence_kept():

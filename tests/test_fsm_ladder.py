@@ -7,24 +7,21 @@ from dataclasses import replace
 import pytest
 
 from fsm.decide import Decision, decide
-from fsm.examples import EXAMPLE_LAYOUTS, example_observation, example_spec
+from fsm.examples import EXAMPLE_LAYOUTS, UNPRICED_OUTAGES, example_observation, example_spec
 from fsm.mig import Slot
 from fsm.observation import ActuationStatus, InstanceRef, MigSample, Observation, Outcome, TenantSample
 from fsm.outage import MoveKind
 from fsm.spec import Level, Policy, Role, TenantSpec
 from fsm.state import ControllerState
 
-# These streams start at t=0 and act within seconds, and skip ahead in time with a window's usual
-# count: no outage warm-up, and no charge for the spread that such a jump fakes (both are
-# tests/test_fsm_outage_spread.py's subject).
-PLAIN = {"outage_warmup_s": 0.0, "outage_spread_sigmas": 0.0}
-
 SLO = 0.015
 HOME = InstanceRef("gpu0", "2g.10gb", 0)
 # The ladder's mechanics (levels, cooldowns, budgets, failures) apart from whether a lever pays:
 # that is tests/test_fsm_levercost.py's subject.
-MECHANICS = Policy(**PLAIN, cost_margin=None)
-NO_OUTAGE_LIMIT = Policy(**PLAIN, outage_budget_share=None, cost_margin=None)  # for moves and resizes back to back
+MECHANICS = Policy(**UNPRICED_OUTAGES, cost_margin=None)
+NO_OUTAGE_LIMIT = Policy(
+    **UNPRICED_OUTAGES, outage_budget_share=None, cost_margin=None
+)  # for moves and resizes back to back
 
 
 def run(spec, state, observations):
@@ -176,7 +173,7 @@ def test_failed_move_backs_off_and_tries_the_next_lever():
 
 
 def test_operation_that_never_reports_times_out():
-    spec = example_spec(Policy(**PLAIN, in_flight_timeout_s=20, cost_margin=None))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, in_flight_timeout_s=20, cost_margin=None))
     state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     state, ds = run(spec, state, stream(46, 12, 0.012))
@@ -235,7 +232,7 @@ def test_release_steps_back_in_reverse_order_after_z_good_windows_and_dwell():
 
 
 def test_reconfiguration_budget_is_never_exceeded():
-    spec = example_spec(Policy(**PLAIN, max_reconfigs_per_hour=0, cost_margin=None))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, max_reconfigs_per_hour=0, cost_margin=None))
     state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]
@@ -284,7 +281,7 @@ def test_one_mig_change_per_gpu_at_a_time():
 
 
 def test_dry_run_decides_but_marks_nothing_applied_and_waits_for_nothing():
-    spec = example_spec(Policy(**PLAIN, enforce=False, cost_margin=None))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, enforce=False, cost_margin=None))
     state, ds = run(spec, ControllerState(), stream(0, 3, 0.020))
     (e,) = events(ds)
     assert e.applied is False and ds[-1].desired.enforce is False
@@ -334,7 +331,7 @@ def test_state_round_trips_through_json():
 
 def test_configured_mig_ladder_is_climbed():
     ladder = {"A100-SXM4-40GB": ("2g.10gb", "7g.40gb")}
-    spec = example_spec(Policy(**PLAIN, mig_ladder=ladder, outage_budget_share=None, cost_margin=None))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, mig_ladder=ladder, outage_budget_share=None, cost_margin=None))
     state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
     target = ds[-1].desired.placements["llm"]
@@ -360,7 +357,7 @@ def test_flapping_doubles_the_dwell():
 
 
 def test_early_guard_acts_on_the_first_violating_window_with_a_clear_io_cause():
-    spec = example_spec(Policy(**PLAIN, early_guard=True))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, early_guard=True))
     _, ds = run(spec, ControllerState(), stream(0, 1, 0.020))
     (e,) = events(ds)
     assert (e.kind, e.lever, e.level_to) == ("escalate", "guard", "guarded")
@@ -376,7 +373,7 @@ def test_binding_guard_is_relieved_by_a_move_off_the_path_and_its_caps_lifted():
     from fsm.topology import Tier
 
     # (no throughput budget for the capped tenant here: that limit is its own test)
-    spec = example_spec(Policy(**PLAIN, io_share_tier=Tier.SWITCH, guard_cost_share=None))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, io_share_tier=Tier.SWITCH, guard_cost_share=None))
     state = _guarded(spec)  # caps etl's nvme0n1 (on sw0, the victim's switch) at 1.5 GB/s at t=4
     # calm under the guard, the ETL pressing against its cap: relief after 60 s
     state, ds = run(spec, state, stream(6, 28, 0.010, etl=1.5e9))
@@ -398,7 +395,7 @@ def test_binding_guard_is_relieved_by_a_move_off_the_path_and_its_caps_lifted():
 def test_guard_that_does_not_bind_is_released_not_relieved():
     from fsm.topology import Tier
 
-    spec = example_spec(Policy(**PLAIN, io_share_tier=Tier.SWITCH))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, io_share_tier=Tier.SWITCH))
     state = _guarded(spec)
     state, ds = run(spec, state, stream(6, 30, 0.010, etl=2e8))  # the ETL went quiet, far under its cap
     assert [(e.kind, e.lever) for e in events(ds)] == [("release", "guard")]
@@ -417,7 +414,7 @@ def test_outage_budget_stops_a_resize_right_after_a_move():
     """A p99 tenant may lose 0.5 x 1% of the budget window to moves (an hour here: 18 s). With a
     10 s relaunch, after one move (10 s) a make-before-break resize (another relaunch, fsm.outage:
     10 s) would not fit, so it holds."""
-    spec = example_spec(Policy(**PLAIN, cost_margin=None, outage_budget_window_s=3600))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, cost_margin=None, outage_budget_window_s=3600))
     spec = replace(spec, tenants={**spec.tenants, "llm": replace(spec.tenants["llm"], relaunch_s=10.0)})
     state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
@@ -439,7 +436,7 @@ def test_outage_budget_stops_a_resize_right_after_a_move():
 def test_a_resize_in_place_is_charged_the_reconfiguration_plus_the_relaunch():
     """Growing the victim's own instance destroys it: stop, reconfigure (18 s), relaunch (5 s)."""
     ladder = {"A100-SXM4-40GB": ("1g.5gb", "7g.40gb")}
-    spec = example_spec(Policy(**PLAIN, mig_ladder=ladder, outage_budget_share=None, cost_margin=None))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, mig_ladder=ladder, outage_budget_share=None, cost_margin=None))
     t = spec.tenants["llm"]
     assert t.outage_s(MoveKind.IN_PLACE) == 23.0 and t.outage_s(MoveKind.BESIDE) == 5.0
     state = _judged(spec)
@@ -513,7 +510,7 @@ def test_a_relief_move_is_not_undone_for_nothing():
     take the tenant away for its relaunch and buy nothing: it stays, the level is released."""
     from fsm.topology import Tier
 
-    spec = example_spec(Policy(**PLAIN, io_share_tier=Tier.SWITCH, guard_cost_share=None))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, io_share_tier=Tier.SWITCH, guard_cost_share=None))
     assert spec.tenants["llm"].move_outage_s > spec.tenants["llm"].slo_s
     state, target = _relieved(spec)
     state, ds = run(spec, state, stream(72, 150, 0.005, etl=0.0, llm_at=target))
@@ -522,7 +519,7 @@ def test_a_relief_move_is_not_undone_for_nothing():
     assert "moving back would cost requests for nothing" in e.reason
     assert ds[-1].desired.placements.get("llm", target) == target
     # without the cost check (the reference ladder) it goes home
-    ref = example_spec(Policy(**PLAIN, io_share_tier=Tier.SWITCH, guard_cost_share=None, cost_margin=None))
+    ref = example_spec(Policy(**UNPRICED_OUTAGES, io_share_tier=Tier.SWITCH, guard_cost_share=None, cost_margin=None))
     state, target = _relieved(ref)
     state, ds = run(ref, state, stream(72, 150, 0.005, etl=0.0, llm_at=target))
     (e,) = events(ds, "release")
@@ -541,7 +538,7 @@ def test_a_guard_that_does_not_hold_the_tail_is_not_relieved_by_a_move():
         lat = LatencyWindow(200, over_slo=over)
         return replace(obs, tenants={**obs.tenants, "llm": replace(llm, latency=lat)})
 
-    spec = example_spec(Policy(**PLAIN, io_share_tier=Tier.SWITCH, guard_cost_share=None))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, io_share_tier=Tier.SWITCH, guard_cost_share=None))
     state = _guarded(spec)
     state, ds = run(spec, state, [counted(o, 2.6) for o in stream(6, 40, 0.010, etl=1.5e9)])
     ctl = state.tenant("llm")
@@ -557,7 +554,9 @@ def test_a_larger_slice_is_given_back_only_after_a_calm_budget_window():
     """With the cost check on, giving a slice back costs an outage (the relaunch, longer than the
     SLO): the slice stays until the tail has been calm for a whole outage budget window, then goes."""
     window = 600.0
-    spec = example_spec(Policy(**PLAIN, outage_budget_share=None, cost_margin=1e-9, outage_budget_window_s=window))
+    spec = example_spec(
+        Policy(**UNPRICED_OUTAGES, outage_budget_share=None, cost_margin=1e-9, outage_budget_window_s=window)
+    )
     state, _placed_at, desired = _placed_then_resized(spec)
     last_bad = state.tenant("llm").last_bad_t
     assert last_bad is not None and 100 <= last_bad <= 106
@@ -579,7 +578,9 @@ def test_a_larger_slice_is_given_back_only_after_a_calm_budget_window():
 
 
 def test_a_slice_whose_give_back_and_return_the_budget_cannot_pay_stays():
-    spec = example_spec(Policy(**PLAIN, cost_margin=1e-9, outage_budget_window_s=600.0, outage_budget_share=None))
+    spec = example_spec(
+        Policy(**UNPRICED_OUTAGES, cost_margin=1e-9, outage_budget_window_s=600.0, outage_budget_share=None)
+    )
     state, _, desired = _placed_then_resized(spec)
     big = desired.placements["llm"]
     lay = {**EXAMPLE_LAYOUTS, **desired.layouts}
@@ -609,7 +610,7 @@ def test_a_placement_search_that_found_nowhere_is_not_repeated_within_the_cooldo
     """A hold whose search found no instance to go to gives that answer again until cooldown_s has
     passed (ranking every free instance of the host again a tick later finds the same); then it
     looks again, and takes what has been freed meanwhile."""
-    policy = Policy(**PLAIN, guards=False, mps=False, mig=False, cost_margin=None, outage_budget_share=None)
+    policy = Policy(**UNPRICED_OUTAGES, guards=False, mps=False, mig=False, cost_margin=None, outage_budget_share=None)
     spec = example_spec(policy)
     full = {**EXAMPLE_LAYOUTS, "gpu0": (Slot(0, "2g.10gb"),), "gpu3": (Slot(6, "1g.5gb"),)}
     state, ds = run(spec, ControllerState(), stream(0, 3, 0.020, layouts=full))

@@ -7,15 +7,10 @@ import math
 import pytest
 
 from fsm.decide import decide
-from fsm.examples import example_observation, example_spec
+from fsm.examples import UNPRICED_OUTAGES, example_observation, example_spec
 from fsm.levercost import estimate, expected_remaining, outage_cost
 from fsm.spec import Policy
 from fsm.state import ControllerState
-
-# These streams start at t=0 and act within seconds, and skip ahead in time with a window's usual
-# count: no outage warm-up, and no charge for the spread that such a jump fakes (both are
-# tests/test_fsm_outage_spread.py's subject).
-PLAIN = {"outage_warmup_s": 0.0, "outage_spread_sigmas": 0.0}
 
 
 def test_outage_cost_is_the_held_requests_over_the_slo():
@@ -57,7 +52,7 @@ def _violate(spec, n_ticks, p99=0.020):
 def test_the_ladder_holds_a_move_that_does_not_pay_and_says_why():
     # p99 20 ms against 15 ms: about 5% over the SLO; a 5 s move at 100 requests/s does not pay
     # back within a 60 s episode prior
-    spec = example_spec(Policy(**PLAIN, episode_prior_s=60.0, guards=False, mps=False))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, episode_prior_s=60.0, guards=False, mps=False))
     _, events = _violate(spec, 10)
     holds = [e for e in events if e.kind == "hold"]
     assert holds and "would cost more than it saves" in holds[0].reason
@@ -65,7 +60,7 @@ def test_the_ladder_holds_a_move_that_does_not_pay_and_says_why():
 
 
 def test_the_ladder_moves_when_it_pays_and_shows_both_figures():
-    spec = example_spec(Policy(**PLAIN, episode_prior_s=3600.0, guards=False, mps=False))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, episode_prior_s=3600.0, guards=False, mps=False))
     _, events = _violate(spec, 10, p99=0.060)
     (esc,) = [e for e in events if e.kind == "escalate"][:1]
     assert esc.lever in ("place", "resize")
@@ -124,7 +119,7 @@ def test_a_move_spends_the_rent_that_bought_it():
 
     from fsm.observation import LatencyWindow
 
-    spec = example_spec(Policy(**PLAIN, guards=False, mps=False))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, guards=False, mps=False))
     state, events, before = ControllerState(), [], None
     for i in range(200):  # 10% of 200 requests a tick over the SLO, no I/O aggressor
         obs = example_observation(2.0 * i, 0.030, 0.0)
@@ -144,7 +139,7 @@ def test_a_move_spends_the_rent_that_bought_it():
 
 
 def test_a_guard_that_does_not_cut_the_tail_is_lifted():
-    spec = example_spec(Policy(**PLAIN, cost_margin=None, placement=False, mig=False))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, cost_margin=None, placement=False, mig=False))
     state, evs = ControllerState(), []
     for i in range(120):  # the aggressor keeps running and the tail stays where it was
         d = decide(state, example_observation(2.0 * i, 0.020, 3e9), spec)
@@ -161,7 +156,7 @@ def test_a_guard_that_does_not_cut_the_tail_is_lifted():
 def test_a_guard_holds_a_capped_tenant_for_at_most_its_share_of_the_time_it_runs():
     """guard_cost_share 0.05: an ETL job that ran for an hour may be held at its cap for about
     three minutes; then its caps are lifted and it is not capped again while the budget is spent."""
-    spec = example_spec(Policy(**PLAIN, cost_margin=None, placement=False, mig=False, guard_relief_s=None))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, cost_margin=None, placement=False, mig=False, guard_relief_s=None))
     state = ControllerState()
     for i in range(1800):  # an hour of ETL traffic, the tail fine
         state = decide(state, example_observation(2.0 * i, 0.005, 3e9), spec).state
@@ -186,7 +181,7 @@ def test_the_lesson_of_a_useless_guard_outlives_its_episode():
     unknown_cause_efficacy of the excess, as within the guard's own episode."""
     from fsm.state import TenantCtl
 
-    spec = example_spec(Policy(**PLAIN, guards=False, mps=False, mig=False, cost_margin=1e-9))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, guards=False, mps=False, mig=False, cost_margin=1e-9))
     for doubt, want in ((None, 1.0), (5.0, 1.0), (1e9, spec.policy.unknown_cause_efficacy)):
         state, esc = ControllerState(tenants={"llm": TenantCtl(io_doubt_until=doubt)}), None
         for i in range(200):  # the ETL runs on the victim's switch and the tail violates
@@ -228,7 +223,7 @@ def test_an_outage_is_measured_against_its_prediction_and_prices_the_next_lever(
     here. Later levers are priced at that scale, and the outage budget is charged 3x its seconds."""
     from fsm.levercost import measured_scale
 
-    spec = example_spec(Policy(**PLAIN, guards=False, mps=False, episode_prior_s=3600.0))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, guards=False, mps=False, episode_prior_s=3600.0))
     state, esc, d = _bought(spec)
     target = d.desired.placements["llm"]
     watch = state.tenant("llm").outage_watch
@@ -260,19 +255,19 @@ def test_an_outage_taken_in_a_burst_is_priced_and_charged_at_the_burst():
     outage budget is charged its seconds times the burst over the usual rate."""
     from fsm.ladder import Tick
 
-    spec = example_spec(Policy(**PLAIN, guards=False, mps=False))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, guards=False, mps=False))
     state = ControllerState()
     for i in range(200):  # 100 requests a second, within the SLO
         state = decide(state, _counted(2.0 * i, 200, 0.0, 0.010), spec).state
     tname = spec.tenants["llm"]
     calm = Tick.start(state, _counted(400.0, 200, 0.0, 0.010), spec)
     calm.step(tname)
-    assert calm._charged_s(tname, 5.0) == pytest.approx(5.0)
+    assert calm._charged_s(tname, 5.0)[0] == pytest.approx(5.0)
     burst = Tick.start(state, _counted(400.0, 800, 0.0, 0.010), spec)  # 4x
     burst.step(tname)
     recent = burst.tenants["llm"].evidence.rate(burst.evidence_params)
     assert recent < 150.0 and burst._rate_now(tname, recent) == pytest.approx(400.0)
-    assert burst._charged_s(tname, 5.0) == pytest.approx(5.0 * 400.0 / 100.0, rel=0.05)
+    assert burst._charged_s(tname, 5.0)[0] == pytest.approx(5.0 * 400.0 / 100.0, rel=0.05)
     noisy = Tick.start(state, _counted(400.0, 215, 0.0, 0.010), spec)  # within noise
     noisy.step(tname)
     assert noisy._rate_now(tname, 100.0) == 100.0
@@ -284,7 +279,7 @@ def test_an_outage_charged_later_than_the_last_counted_window_decays_both_window
     from fsm.ladder import Tick
     from fsm.state import TenantCtl
 
-    spec = example_spec(Policy(**PLAIN))
+    spec = example_spec(Policy(**UNPRICED_OUTAGES))
     obs = example_observation(1000.0, 0.020, 3e9)
     state = ControllerState(tenants={"llm": TenantCtl(overspend=10.0, overspend_t=0.0, served=(5000.0, 1000.0))})
     tick = Tick.start(state, obs, spec)
@@ -307,7 +302,7 @@ def _shared_after_clear(clear_over: float, shared_over: float):
         llm = replace(obs.tenants["llm"], latency=LatencyWindow(200, 0.012, 0.030, 0.039, over_slo=over))
         return replace(obs, tenants={**obs.tenants, "llm": llm})
 
-    policy = Policy(**PLAIN, guards=False, mps=False, mig=False, cost_margin=1e-9)
+    policy = Policy(**UNPRICED_OUTAGES, guards=False, mps=False, mig=False, cost_margin=1e-9)
     state, t = ControllerState(), 10.0
     for _ in range(60):  # two minutes, 24,000 requests on a clear path
         state = decide(state, tick(t, clear_over, 0.0), example_spec(replace(policy, placement=False))).state
@@ -332,7 +327,7 @@ def test_a_tail_as_high_while_the_path_was_clear_discounts_a_move_off_it():
     assert split["requests"] >= 50 * 200 and split["over_slo"] == pytest.approx(0.1 * split["requests"])
     assert split["shared_requests"] >= 200
     assert esc.lever == "place" and esc.evidence["diagnosis"]["cause"] == "io"
-    assert esc.evidence["cost"]["efficacy"] == Policy(**PLAIN).unknown_cause_efficacy
+    assert esc.evidence["cost"]["efficacy"] == Policy(**UNPRICED_OUTAGES).unknown_cause_efficacy
     esc = _shared_after_clear(4.0, 20.0)  # 2% while clear, 10% while shared: the path holds most of it
     assert esc.lever == "place"
     # the share of the excess over the 1% budget that went with the path: (10 - 2) / (10 - 1)

@@ -246,7 +246,7 @@ class TickBase:
         share = policy.outage_budget_share
         if share is None:
             return ""
-        window = self.spec.policy.outage_budget_window_s
+        window = policy.outage_budget_window_s
         spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < window)
         budget = share * outage_tail(t.quantile) * window
         held, with_margin = self._charged_s(t, seconds)

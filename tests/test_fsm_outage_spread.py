@@ -15,14 +15,13 @@ from fsm.spec import Policy
 from fsm.state import ControllerState
 
 TICK = 2.0
-SLO = 0.015  # the example's llm tenant
 
 
 def _obs(t: float, count: int, bad_share: float) -> Observation:
     """The example host at t with no I/O aggressor (no guard to try), the llm tenant's window
     counted: `count` requests, `bad_share` of them over the SLO."""
-    o = example_observation(t, 0.030 if bad_share > 0.01 else 0.010, 0.0)
-    p99 = 0.030 if bad_share > 0.01 else 0.010
+    p99 = 0.030 if bad_share > 0.01 else 0.010  # over the example's 15 ms SLO, or under it
+    o = example_observation(t, p99, 0.0)
     llm = replace(o.tenants["llm"], latency=LatencyWindow(count, 0.005, p99, p99 * 1.3, over_slo=bad_share * count))
     return replace(o, tenants={**o.tenants, "llm": llm})
 

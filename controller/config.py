@@ -283,6 +283,7 @@ class PolicyConfig(Strict):
     outage_budget_window_s: float = Field(14400.0, ge=60, le=90 * 86400)
     outage_warmup_s: float = Field(60.0, ge=0, le=86400)
     outage_spread_sigmas: float = Field(2.0, ge=0, le=10)
+    outage_burst_wait: bool = True
     guard_cost_share: float = Field(0.05, ge=0, le=1)  # 0: no limit
     guard_budget_window_s: float = Field(3600.0, ge=60, le=90 * 86400)
     backoff_s: float = Field(60.0, ge=0)
@@ -352,6 +353,7 @@ class PolicyConfig(Strict):
             outage_budget_window_s=self.outage_budget_window_s,
             outage_warmup_s=self.outage_warmup_s,
             outage_spread_sigmas=self.outage_spread_sigmas,
+            outage_burst_wait=self.outage_burst_wait,
             guard_cost_share=self.guard_cost_share or None,
             guard_budget_window_s=self.guard_budget_window_s,
             backoff_s=self.backoff_s,

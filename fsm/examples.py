@@ -23,9 +23,10 @@ from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import Topology, TopologyBuilder
 
 # Policy fields for streams that start at t=0, act within seconds and skip ahead in time with a
-# window's usual count (the ladder's tests): no outage warm-up, and no charge for the spread of
-# counts that such a jump fakes (tests/test_fsm_outage_spread.py tests both).
-UNPRICED_OUTAGES = {"outage_warmup_s": 0.0, "outage_spread_sigmas": 0.0}
+# window's usual count (the ladder's tests): no outage warm-up, no charge for the spread of counts
+# that such a jump fakes, and no wait for the burst it looks like (tests/test_fsm_outage_spread.py
+# and tests/test_fsm_burst_wait.py test them).
+UNPRICED_OUTAGES = {"outage_warmup_s": 0.0, "outage_spread_sigmas": 0.0, "outage_burst_wait": False}
 
 GEN4_X16 = 25e9  # usable bytes/s of a PCIe Gen4 x16 link, roughly
 A100 = "A100-SXM4-40GB"

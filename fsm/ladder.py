@@ -136,7 +136,8 @@ class Tick(ReleaseTick):
         if level is Level.GUARDED:
             self._note_guard_helped(t)
         early = ev.up >= self.evidence_params.h / policy.y_windows  # one full tick of evidence
-        if ctl.bad >= 1 and free and (ctl.retry_at is None or now >= ctl.retry_at):
+        burst_held = ctl.burst_held_at is not None and now - ctl.burst_held_at <= policy.cooldown_s
+        if (ctl.bad >= 1 or burst_held) and free and (ctl.retry_at is None or now >= ctl.retry_at):
             self._escalate(t, w.value, slo)
         elif policy.early_guard and early and level is Level.STEADY and free:
             self._early_guard(t, w.value, slo)
@@ -163,6 +164,7 @@ class Tick(ReleaseTick):
                 clear_bad=0.0,
                 last_reason="",
                 retry_at=None,
+                burst_held_at=None,
                 episodes=episodes,
             )
         elif (
@@ -389,7 +391,19 @@ class Tick(ReleaseTick):
         ctl = self.tenants[t.name]
         unpaid = self.unpaid
         prices = [c for lv in why_not if (c := unpaid.get((t.name, lv))) is not None] if unpaid else None
-        if prices and all((t.name, lv) in unpaid or lv in ctl.failed_levers or not enabled[lv] for lv in why_not):
+        held = self.burst_held
+        if held and any((t.name, lv) in held for lv in why_not):
+            # A lever waits for a burst to pass: the next tick, with the evidence kept, whatever
+            # holds the others (their answers may change too; a burst is over in seconds).
+            self._update(
+                t.name,
+                last_reason=gist,
+                bad=0,
+                retry_at=self.obs.t + max(self.windows.get(t.name, (0.0, 0.0))[1], 1e-3),
+                evidence=ctl.evidence.held_at(self.evidence_params.h),
+                burst_held_at=self.obs.t,
+            )
+        elif prices and all((t.name, lv) in unpaid or lv in ctl.failed_levers or not enabled[lv] for lv in why_not):
             wait = min(_rent_due_s(c, policy.cost_margin or 0.0) for c in prices)
             self._update(
                 t.name,
@@ -397,10 +411,11 @@ class Tick(ReleaseTick):
                 bad=0,
                 retry_at=self.obs.t + min(policy.cooldown_s, wait),
                 evidence=ctl.evidence.held_at(self.evidence_params.h),
+                burst_held_at=None,
             )
         else:
             # (a retry time left from an earlier hold is past: this attempt came after it)
-            self._update(t.name, last_reason=gist, bad=0, evidence=ctl.evidence.reset())
+            self._update(t.name, last_reason=gist, bad=0, evidence=ctl.evidence.reset(), burst_held_at=None)
 
     def _try(self, lever: str, t: TenantSpec, diag: Diagnosis, window: WindowFn) -> tuple[bool, str]:
         if lever == GUARD:

@@ -115,6 +115,10 @@ class Policy:
     # burst that about one outage in forty meets. The margin must fit a p99's budget, whatever the
     # SLO's quantile (tick_base._outage_short). 0: the mean rate only.
     outage_spread_sigmas: float = 2.0
+    # A move or resize waits for a burst to pass (this tick's arrivals above the recent or the usual
+    # rate, the higher, by more than Poisson noise), tried again on every tick and taken on the first
+    # that is no burst: an outage taken in a burst holds the burst's requests (tick_base._burst_now).
+    outage_burst_wait: bool = True
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
     # share of the time it runs (both exponentially weighted over guard_budget_window_s), and at
     # least rate_tau_s (the futility stop's first look at whether the guard helps); past it

@@ -81,6 +81,8 @@ class TickBase:
     windows: dict[str, tuple[float, float]] = field(default_factory=dict)
     # (tenant, lever) priced this tick and found not to pay yet (its price): the rent may grow to it
     unpaid: dict[tuple[str, str], LeverCost] = field(default_factory=dict)
+    # (tenant, lever) held this tick for a burst its outage would meet: tried again next tick
+    burst_held: set[tuple[str, str]] = field(default_factory=set)
     _traffic: Traffic | None = None
 
     @property
@@ -149,6 +151,7 @@ class TickBase:
             target=target,
             last_reason="",
             flaps=flaps,
+            burst_held_at=None,
         )
         self.tenants[t.name] = ctl
         self.emit(t.name, kind, before, step.level, step.lever, reason, evidence)
@@ -166,7 +169,7 @@ class TickBase:
     def _affordable(self, t: TenantSpec, outage: float, source: str) -> tuple[LeverCost | None, str]:
         """A resize's outage within the budget, and worth it: a bigger slice serves faster whatever
         the cause, and a queue's tail falls faster than its load, so expect the cure (efficacy 1)."""
-        short = self._outage_short(t, outage)
+        short = self._outage_short(t, outage) or self._burst_now(t, RESIZE, outage)
         if short:
             return None, short
         return self._pays(t, RESIZE, outage, source, 1.0)
@@ -265,6 +268,29 @@ class TickBase:
             f"outage budget spent ({round(spent, 1):g} s of {room:g} s per {window:g} s;"
             f" this needs {round(with_margin, 1):g} s with a burst's margin)"
         )
+
+    def _burst_now(self, t: TenantSpec, lever: str, seconds: float) -> str:
+        """Why an outage of `seconds` waits for a burst to pass ("" when it need not): this tick's
+        arrivals are above the tenant's rate by more than Poisson noise (_rate_now), and an outage
+        taken now holds the burst's requests, where one taken when it has passed holds the usual
+        rate's. The lever is tried again on every tick (ladder, burst_held_at) and taken on the
+        first that is no burst; a rate that stays up is no burst for long (the recent rate follows).
+        A relief move waits too: its outage is the victim's."""
+        if not self.spec.policy.outage_burst_wait or t.slo_s is None or seconds <= t.slo_s:
+            return ""  # (a hand-over shorter than the SLO holds nobody past it)
+        ctl = self.tenants[t.name]
+        # The recent rate, or the usual one where that is higher: the recent estimate starts from
+        # nothing (it would see a burst in every tick of a tenant's first minutes), the usual one
+        # does not (a ratio), and a burst is above both.
+        n, s = ctl.served
+        base = ctl.evidence.rate(self.evidence_params)
+        if s > 0 and n / s > base:
+            base = n / s
+        now = self._rate_now(t, base)
+        if now <= base:
+            return ""
+        self.burst_held.add((t.name, lever))
+        return f"a burst began ({now:.1f} req/s against {base:.1f} usually): the outage waits for it to pass"
 
     def _rate_now(self, t: TenantSpec, recent: float) -> float:
         """The arrival rate an outage taken now meets: the recent rate (rate_tau_s), or this tick's

@@ -14,8 +14,10 @@ events' kinds, levers and reasons of all three streams were equal before and aft
 on price alone retrying when its rent is due, with which closed-16x7-counts' t02 buys a resize at
 tick 302 that it had not bought before, the two other streams equal; then a guard's trial held
 to one rate_tau_s where the capped tenant has run little, with which open-16x7's caps are lifted
-for their budget sooner: its desired states differ, its events and the closed streams are equal)
-they are main's. A change that alters any
+for their budget sooner: its desired states differ, its events and the closed streams are equal;
+then the spread charge and warm-up of an outage, and a move or resize waiting out a burst, each
+a new field of the state: the desired states and events of all three streams equal) they are
+main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in
 the commit message.

@@ -393,13 +393,14 @@ class Tick(ReleaseTick):
         prices = [c for lv in why_not if (c := unpaid.get((t.name, lv))) is not None] if unpaid else None
         held = self.burst_held
         if held and any((t.name, lv) in held for lv in why_not):
-            # A lever waits for a burst to pass: the next tick, with the evidence kept, whatever
-            # holds the others (their answers may change too; a burst is over in seconds).
+            # A lever waits for a burst to pass: the next tick (burst_held_at: step() tries again
+            # without a violating window), with the evidence kept, whatever holds the others (their
+            # answers may change too; a burst is over in seconds).
             self._update(
                 t.name,
                 last_reason=gist,
                 bad=0,
-                retry_at=self.obs.t + max(self.windows.get(t.name, (0.0, 0.0))[1], 1e-3),
+                retry_at=None,
                 evidence=ctl.evidence.held_at(self.evidence_params.h),
                 burst_held_at=self.obs.t,
             )

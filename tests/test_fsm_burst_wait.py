@@ -65,7 +65,7 @@ def test_a_resize_waits_for_a_burst_to_pass_and_is_taken_on_the_first_tick_after
     assert not [e for e in events[at + 1] if e.kind == "escalate"]  # the burst's second tick: held again
     # tried again on the next tick, with the evidence kept (not Y fresh windows later)
     ctl = states[at].tenants["llm"]
-    assert ctl.retry_at == TICK * (at + 1)
+    assert ctl.burst_held_at == TICK * at and ctl.retry_at is None
     assert ctl.evidence.up > 0
     assert _first(events, "escalate") == at + 2
     (esc,) = [e for e in events[at + 2] if e.kind == "escalate"]

@@ -136,7 +136,9 @@ class Tick(ReleaseTick):
         if level is Level.GUARDED:
             self._note_guard_helped(t)
         early = ev.up >= self.evidence_params.h / policy.y_windows  # one full tick of evidence
-        burst_held = ctl.burst_held_at is not None and now - ctl.burst_held_at <= policy.cooldown_s
+        # (the next tick at least: a tick longer than cooldown_s must not miss the retry)
+        burst_since = now - ctl.burst_held_at if ctl.burst_held_at is not None else math.inf
+        burst_held = burst_since <= max(policy.cooldown_s, self.windows.get(t.name, (0.0, 0.0))[1])
         if (ctl.bad >= 1 or burst_held) and free and (ctl.retry_at is None or now >= ctl.retry_at):
             self._escalate(t, w.value, slo)
         elif policy.early_guard and early and level is Level.STEADY and free:

@@ -117,9 +117,10 @@ class TenantCtl:
     # comes at this time, with the evidence kept, instead of once fresh evidence is enough again.
     retry_at: float | None = None
     # When a move or resize was last held for a burst its outage would meet (outage_burst_wait):
-    # until cooldown_s later it is tried again on every tick, violating or not, and taken on the
-    # first that is no burst (if it still pays). The evidence crosses its threshold in bursts, when
-    # the tail is worst; a retry that waited for the evidence again would meet the next burst.
+    # until cooldown_s later (the next tick at least) it is tried again on every tick, violating or
+    # not, and taken on the first that is no burst (if it still pays). The evidence crosses its
+    # threshold in bursts, when the tail is worst; a retry that waited for the evidence again would
+    # meet the next burst.
     burst_held_at: float | None = None
 
     @property

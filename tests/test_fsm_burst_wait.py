@@ -85,6 +85,17 @@ def test_the_held_resize_does_not_wait_for_another_violating_window():
     assert _first(events, "escalate") == at + 1
 
 
+def test_the_retry_comes_on_the_next_tick_when_ticks_are_longer_than_the_cooldown():
+    # cooldown_s bounds how long a held lever keeps being retried; the next tick is always in it
+    spec = _spec(cooldown_s=1.0)
+    _, calm = _run(spec, [STEADY] * 120)
+    at = _first(calm, "escalate")
+    counts = [STEADY] * 120
+    counts[at] = 5 * STEADY
+    _, events = _run(spec, counts, calm=frozenset({at + 1, at + 2}))
+    assert _first(events, "escalate") == at + 1
+
+
 def test_without_the_wait_the_resize_is_taken_in_the_burst():
     spec = _spec(outage_burst_wait=False)
     _, calm = _run(spec, [STEADY] * 120)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import pytest
+
 from fsm.decide import decide
 from fsm.evidence import evidence_params
 from fsm.examples import example_observation, example_spec
@@ -50,14 +52,23 @@ def _spec(**changes: object) -> HostSpec:
     return example_spec(Policy(guards=False, mps=False, placement=False, cost_margin=None, **changes))  # type: ignore[arg-type]
 
 
+def _burst_where_it_resizes(
+    spec: HostSpec, burst: list[int], calm_after: int = 0
+) -> tuple[int, list[ControllerState], list[list]]:  # type: ignore[type-arg]
+    """Where the steady stream resizes (`at`), and the run with the counts `burst` from that tick
+    on (the windows of the `calm_after` ticks after the first under the SLO)."""
+    _, steady = _run(spec, [STEADY] * 120)
+    at = _first(steady, "escalate")
+    counts = [STEADY] * 120
+    counts[at : at + len(burst)] = burst
+    states, events = _run(spec, counts, calm=frozenset(range(at + 1, at + 1 + calm_after)))
+    return at, states, events
+
+
 def test_a_resize_waits_for_a_burst_to_pass_and_is_taken_on_the_first_tick_after_it():
     spec = _spec()
     assert spec.policy.outage_burst_wait
-    _, calm = _run(spec, [STEADY] * 120)
-    at = _first(calm, "escalate")  # where the steady stream resizes
-    counts = [STEADY] * 120
-    counts[at] = counts[at + 1] = 5 * STEADY  # a burst of two ticks, right then
-    states, events = _run(spec, counts)
+    at, states, events = _burst_where_it_resizes(spec, [5 * STEADY] * 2)  # a burst of two ticks, right then
     (hold,) = [e for e in events[at] if e.kind in ("hold", "escalate")]
     # (the usual rate counts this tick's window too: 100/s before it, 108/s with it)
     assert hold.kind == "hold"
@@ -72,48 +83,24 @@ def test_a_resize_waits_for_a_burst_to_pass_and_is_taken_on_the_first_tick_after
     assert esc.lever == "resize"
 
 
-def test_the_held_resize_does_not_wait_for_another_violating_window():
+@pytest.mark.parametrize("cooldown_s", [30.0, 1.0])
+def test_the_held_resize_does_not_wait_for_another_violating_window(cooldown_s: float) -> None:
     # The tail is worst in the burst: the window after it may be under the SLO. The resize held for
     # the burst is taken there all the same (it was due; the burst only put it off), not once the
-    # evidence has crossed its threshold again, in the next burst.
-    spec = _spec()
-    _, calm = _run(spec, [STEADY] * 120)
-    at = _first(calm, "escalate")
-    counts = [STEADY] * 120
-    counts[at] = 5 * STEADY
-    _, events = _run(spec, counts, calm=frozenset({at + 1, at + 2}))
-    assert _first(events, "escalate") == at + 1
-
-
-def test_the_retry_comes_on_the_next_tick_when_ticks_are_longer_than_the_cooldown():
-    # cooldown_s bounds how long a held lever keeps being retried; the next tick is always in it
-    spec = _spec(cooldown_s=1.0)
-    _, calm = _run(spec, [STEADY] * 120)
-    at = _first(calm, "escalate")
-    counts = [STEADY] * 120
-    counts[at] = 5 * STEADY
-    _, events = _run(spec, counts, calm=frozenset({at + 1, at + 2}))
+    # evidence has crossed its threshold again, in the next burst. cooldown_s bounds how long a
+    # held lever keeps being retried; the next tick is always in it, even a tick longer than it.
+    at, _, events = _burst_where_it_resizes(_spec(cooldown_s=cooldown_s), [5 * STEADY], calm_after=2)
     assert _first(events, "escalate") == at + 1
 
 
 def test_without_the_wait_the_resize_is_taken_in_the_burst():
-    spec = _spec(outage_burst_wait=False)
-    _, calm = _run(spec, [STEADY] * 120)
-    at = _first(calm, "escalate")
-    counts = [STEADY] * 120
-    counts[at] = 5 * STEADY
-    _, events = _run(spec, counts)
+    at, _, events = _burst_where_it_resizes(_spec(outage_burst_wait=False), [5 * STEADY])
     assert _first(events, "escalate") == at
 
 
 def test_a_rate_within_poisson_noise_of_the_usual_is_no_burst():
     # +10% on one tick: 220 against 200 expected, within 3 sigma (42): no wait
-    spec = _spec()
-    _, calm = _run(spec, [STEADY] * 120)
-    at = _first(calm, "escalate")
-    counts = [STEADY] * 120
-    counts[at] = 220
-    _, events = _run(spec, counts)
+    at, _, events = _burst_where_it_resizes(_spec(), [220])
     assert _first(events, "escalate") == at
     assert not any("a burst began" in e.reason for evs in events for e in evs)
 

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from fsm.mig import MODELS, GpuModel, Slot, layout_problems, model_by_name, slot_range
 from fsm.observation import InstanceRef
+from fsm.outage import MoveKind, move_outage_s
 from fsm.spec import Role
+from fsm.tick_base import outage_tail
 
 if TYPE_CHECKING:
     from controller.config import Config, TenantConfig
@@ -52,7 +54,7 @@ def cross_problems(cfg: Config, models: Callable[[str], GpuModel | None] | None 
 def model_problems(cfg: Config) -> list[Problem]:
     """What the model itself refuses (Config's validator): names, GPU references, cgroups that
     would cap one another, exporters; and the warnings of the same kinds."""
-    return [*_names(cfg), *_gpu_refs(cfg), *_cgroups(cfg), *_exporters(cfg), *_coverage(cfg)]
+    return [*_names(cfg), *_gpu_refs(cfg), *_cgroups(cfg), *_exporters(cfg), *_coverage(cfg), *_outage_fit(cfg)]
 
 
 def mig_problems(cfg: Config, models: Callable[[str], GpuModel | None] | None = None) -> list[Problem]:
@@ -313,3 +315,32 @@ def _coverage(cfg: Config) -> Iterable[Problem]:
             )
         ]
     return []
+
+
+def _outage_fit(cfg: Config) -> Iterable[Problem]:
+    """A sensitive tenant whose cheapest move (a relaunch onto an instance that exists, or a warm
+    hand-over's gap) is longer than its whole outage budget is never moved or resized, however far
+    over its SLO it runs: legal (the budget guards its tail against outages), but an operator with
+    a model that takes minutes to load should know before the tail does."""
+    p = cfg.policy
+    if not p.outage_budget_share or not (p.levers.placement or p.levers.mig):
+        return []
+    out = []
+    for i, t in enumerate(cfg.tenants):
+        if t.role is not Role.SENSITIVE:
+            continue
+        warm = t.launcher is not None and t.launcher.handover == "warm"
+        cheapest = move_outage_s(MoveKind.EXISTING, t.relaunch_s, t.reconfig_s, warm, t.handover_gap_s)
+        budget = p.outage_budget_share * outage_tail(t.quantile) * p.outage_budget_window_s
+        if cheapest > budget:
+            out.append(
+                Problem(
+                    tkey(i, t, "handover_gap_s" if warm else "relaunch_s"),
+                    f"its cheapest move is an outage of {cheapest:g} s, longer than its whole outage budget"
+                    f" ({budget:g} s per {p.outage_budget_window_s:g} s: [policy] outage_budget_share"
+                    f" {p.outage_budget_share:g} x {outage_tail(t.quantile):g} of its requests): it is never moved"
+                    " or resized; raise outage_budget_share or outage_budget_window_s, or give it a warm hand-over",
+                    error=False,
+                )
+            )
+    return out

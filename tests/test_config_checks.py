@@ -57,6 +57,23 @@ def test_empty_and_unprotected_configs_warn(text: str, warning: str) -> None:
     assert any(warning in ln for ln in lines(text))
 
 
+def test_a_move_longer_than_the_whole_outage_budget_warns() -> None:
+    """A p99 tenant's budget is 0.5 x 1% x 4 h = 72 s: a 120 s relaunch never fits it (the ladder
+    would hold every move and resize for the budget, however bad the tail); 60 s fits, and so does
+    120 s with the budget doubled, a p999 tenant's 7.2 s does not fit 60 s, and without placement
+    or MIG there is no move to warn about."""
+    relaunch = SENS.replace("slo_ms = 100\n", "slo_ms = 100\nrelaunch_s = 120\n")
+    (w,) = lines(relaunch)
+    assert w.startswith("tenants[0](llm).relaunch_s: warning: its cheapest move is an outage of 120 s")
+    assert "72 s per 14400 s" in w and "never moved or resized" in w
+    assert lines(relaunch.replace("relaunch_s = 120", "relaunch_s = 60")) == []
+    assert lines(relaunch + "[policy]\noutage_budget_share = 1.0\n") == []
+    p999 = SENS.replace("slo_ms = 100\n", "slo_ms = 100\nquantile = 0.999\nrelaunch_s = 60\n")
+    assert any("7.2 s per 14400 s" in ln for ln in lines(p999))
+    off = "[policy.levers]\nplacement = false\nmig = false\n"
+    assert lines(relaunch + off) == []
+
+
 @pytest.mark.parametrize("listen", ["127.0.0.1:9433", "127.0.0.53:9433", "[::1]:9433", "localhost:9433"])
 def test_loopback_listens_need_nothing(listen: str) -> None:
     assert lines(SENS + f'[exporters.prometheus]\nlisten = "{listen}"\n') == []

@@ -5,12 +5,14 @@ demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP
 --quantiles, SLOs on another quantile than the p99: a p95 or a p999 at the same latency; with
 --shapes, the shapes real request traces have and the suite's synthetic tenants do not: service
 times as variable as real prompt lengths, Gamma-renewal arrivals; with --low-quantiles, SLOs on
-the median or the p90 at a quarter to half of the latency),
+the median or the p90 at a quarter to half of the latency; with --traces, request traces of
+another shape than the bundled one: started elsewhere, time-warped into bursts and lulls of
+their own),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
-                               [--quantiles] [--low-quantiles] [--shapes] [--tick-s S]
+                               [--quantiles] [--low-quantiles] [--shapes] [--traces] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -30,6 +32,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterable
@@ -37,9 +40,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from replay.arrivals import load_request_trace
 from replay.report import summarise
 from replay.runner import run_host
-from replay.scenario import SCENARIO_DIR, scenario_from_data, suite
+from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
 from replay.suite import gate_problems, others_low
 
 SHIFTABLE = ("bulk", "compute")
@@ -76,6 +82,43 @@ def _shape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str) 
         notes.append(f"{who} gamma cv {req['cv']:.2f}")
 
 
+def _reshape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str, out: Path) -> None:
+    """perturb's `traces` for one trace-driven tenant: the bundled trace made into one of another
+    shape, written to `out` (BurstGPT's CSV columns) and put in its place. The same requests (their
+    prompt and output lengths, their mean rate), arranged otherwise: the trace starts at a random
+    point of its cycle, and its time is warped piecewise, segments of exponential length (mean 20 to
+    300 s) each played at a lognormal speed (sigma 0.3 to 1.0, so a segment at 1/3 to 3x its rate
+    is common), the whole rescaled to its cycle so that the mean rate stays. Real traces differ from
+    the bundled one mostly there: where their peaks fall, how sharp and how long their bursts are."""
+    path = resolve_data(req["trace"], SCENARIO_DIR)
+    if path is None:
+        raise ValueError(f"{who}: request trace {req['trace']!r} not found")
+    times, tokens, generated = load_request_trace(str(path))
+    gap = float(np.mean(np.diff(times))) if times.size > 1 else 1.0
+    cycle = float(times[-1]) + gap
+    off = rng.uniform(0.0, cycle)
+    t = np.mod(times - off, cycle)
+    order = np.argsort(t, kind="stable")
+    t, tokens, generated = t[order], tokens[order], generated[order]
+    mean_s, sigma = rng.uniform(20.0, 300.0), rng.uniform(0.3, 1.0)
+    edges = [0.0]
+    while edges[-1] < cycle:
+        edges.append(min(cycle, edges[-1] + rng.expovariate(1.0 / mean_s)))
+    speed = np.array([rng.lognormvariate(0.0, sigma) for _ in edges[1:]])
+    starts = np.array(edges[:-1])
+    played = np.diff(np.array(edges)) / speed  # each segment's length once played at its speed
+    before = np.concatenate(([0.0], np.cumsum(played)[:-1]))
+    k = np.searchsorted(starts, t, side="right") - 1
+    warped = (before[k] + (t - starts[k]) / speed[k]) * (cycle / float(played.sum()))
+    dest = out / f"{who}.csv"
+    with dest.open("w", encoding="utf-8") as f:
+        f.write("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n")
+        for at, tok, gen in zip(warped.tolist(), tokens.tolist(), generated.tolist(), strict=True):
+            f.write(f"{at:.6f},warped,{tok:g},{gen:g},{tok + gen:g},Conversation log\n")
+    req["trace"] = str(dest)
+    notes.append(f"{who} trace from {off:.0f} s, warped (segments ~{mean_s:.0f} s, sigma {sigma:.2f})")
+
+
 def perturb(
     data: dict[str, Any],
     rng: random.Random,
@@ -84,6 +127,8 @@ def perturb(
     quantiles: random.Random | None = None,
     shapes: random.Random | None = None,
     low_quantiles: random.Random | None = None,
+    traces: random.Random | None = None,
+    trace_dir: Path | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -98,7 +143,9 @@ def perturb(
     inter-arrival times): a tail of the tenant's own that no lever cures, and bursts of another law.
     `low_quantiles` (one of its own): each sensitive tenant's SLO is on the median or the p90 (odds
     one half each), at 0.25-0.5 of its latency (the same latency would never be reached there): a
-    budget of half or a tenth of the requests, which the p99 gate does not judge."""
+    budget of half or a tenth of the requests, which the p99 gate does not judge. `traces` (one of
+    its own; with `trace_dir`, where the new traces go): each trace-driven tenant's trace is given
+    another shape (_reshape)."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -126,6 +173,10 @@ def perturb(
                 if shapes is not None:
                     _shape(req, shapes, notes, who)
                 if req.get("trace") is not None:
+                    if traces is not None:
+                        if trace_dir is None:
+                            raise ValueError("perturb(traces=...) needs a trace_dir")
+                        _reshape(req, traces, notes, who, trace_dir)
                     req["trace_speed"] = req.get("trace_speed", 1.0)
                     _scale(req, "trace_speed", rng, 0.6, 1.4, notes, who)
                 else:
@@ -164,6 +215,27 @@ def run_case(
     tick_s: float | None = None,
     shapes: bool = False,
     low_quantiles: bool = False,
+    traces: bool = False,
+) -> dict[str, Any]:
+    if traces:  # the reshaped traces live as long as the case
+        with tempfile.TemporaryDirectory(prefix="tailguard-robustness-") as tmp:
+            try:
+                return _run_case(args, exact, bursts, protect, quantiles, tick_s, shapes, low_quantiles, Path(tmp))
+            finally:
+                load_request_trace.cache_clear()  # keyed by path: the next case's would never hit
+    return _run_case(args, exact, bursts, protect, quantiles, tick_s, shapes, low_quantiles, None)
+
+
+def _run_case(
+    args: tuple[str, int, int, float | None, dict[str, Any]],
+    exact: bool,
+    bursts: bool,
+    protect: bool,
+    quantiles: bool,
+    tick_s: float | None,
+    shapes: bool,
+    low_quantiles: bool,
+    trace_dir: Path | None,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -177,8 +249,11 @@ def run_case(
         "quantiles": quantiles,
         "shapes": shapes,
         "low_quantiles": low_quantiles,
+        "traces": trace_dir is not None,
     }
-    notes = perturb(mutated, rng, **case_generators(seed, name, case, [k for k, v in on.items() if v]))
+    notes = perturb(
+        mutated, rng, **case_generators(seed, name, case, [k for k, v in on.items() if v]), trace_dir=trace_dir
+    )
     if tick_s is not None:
         mutated["scenario"]["tick_s"] = tick_s  # the controller's sample period (the daemon's: 2 s)
     sc = scenario_from_data(mutated, str(path))
@@ -233,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quantiles", action="store_true", help="SLOs on the p95, p99 or p999 (a third each)")
     ap.add_argument("--low-quantiles", action="store_true", help="SLOs on the p50 or p90 at 0.25-0.5 of the latency")
     ap.add_argument("--shapes", action="store_true", help="service-time CV 0.1-1.0, Gamma arrivals (half)")
+    ap.add_argument("--traces", action="store_true", help="request traces started elsewhere and time-warped")
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
     if a.quantiles and a.low_quantiles:
@@ -262,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             tick_s=a.tick_s,
             shapes=a.shapes,
             low_quantiles=a.low_quantiles,
+            traces=a.traces,
         )
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]

@@ -6,12 +6,15 @@ import copy
 import random
 import tomllib
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bench.robustness import case_generators, lever_line, main, perturb, run_case
-from replay.scenario import SCENARIO_DIR, scenario_from_data, suite
+from replay.request_traces import read_request_trace
+from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
 
 NAMES = [s.name for s in suite()]
 
@@ -21,7 +24,7 @@ def _pair(data: dict[str, Any], name: str, case: int, which: str) -> tuple[Any, 
     (the plain copy, the other, their notes)."""
     plain, other = copy.deepcopy(data), copy.deepcopy(data)
     notes = perturb(plain, random.Random(f"7:{name}:{case}"))
-    extra = case_generators(7, name, case, [which])
+    extra: dict[str, Any] = case_generators(7, name, case, [which])  # (perturb's trace_dir is no generator)
     return plain, other, notes, perturb(other, random.Random(f"7:{name}:{case}"), **extra)
 
 
@@ -198,3 +201,37 @@ def test_low_quantiles_put_slos_on_the_median_or_p90_below_the_latency() -> None
         assert {**b, "quantile": 0, "slo_ms": 0} == {**a, "quantile": 0, "slo_ms": 0}
         scenario_from_data(low, str(SCENARIO_DIR / "vllm-ttft.toml"))  # a valid scenario
     assert seen == {0.5, 0.9}
+
+
+def test_traces_reshape_a_trace_keeping_its_requests_and_rate(tmp_path: Path) -> None:
+    """--traces: the trace-driven tenant gets the bundled trace's requests (the same prompt and
+    output lengths, the same count over the same cycle, so the same mean rate) in another shape:
+    started elsewhere and warped, so its per-minute counts spread far more than the original's
+    (0.25 CV). Seeded like every other generator; a tenant without a trace is left alone."""
+    name = "vllm-ttft"
+    data = tomllib.loads((SCENARIO_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    (orig,) = [t["requests"]["trace"] for h in data["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
+    t0, tok0, gen0 = read_request_trace(str(resolve_data(orig, SCENARIO_DIR)))
+    spreads = []
+    for case, out in ((0, tmp_path / "a"), (0, tmp_path / "b"), (1, tmp_path / "c")):
+        out.mkdir()
+        m = copy.deepcopy(data)
+        notes = perturb(
+            m, random.Random(f"7:{name}:{case}"), **case_generators(7, name, case, ["traces"]), trace_dir=out
+        )
+        (path,) = [t["requests"]["trace"] for h in m["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
+        assert Path(path).parent == out and any("warped" in n for n in notes)
+        scenario_from_data(m, str(SCENARIO_DIR / f"{name}.toml"))  # valid, the new trace read
+        t, tok, gen = read_request_trace(path)
+        assert t.size == t0.size and sorted(tok) == sorted(tok0) and sorted(gen) == sorted(gen0)
+        assert abs(t[-1] - t0[-1]) < 0.01 * t0[-1]  # the same cycle: the same mean rate
+        counts = np.histogram(t, bins=np.arange(0.0, t0[-1], 60.0))[0]
+        spreads.append((counts.std() / counts.mean(), path))
+    assert Path(spreads[0][1]).read_bytes() == Path(spreads[1][1]).read_bytes()  # same case, same trace
+    assert Path(spreads[0][1]).read_bytes() != Path(spreads[2][1]).read_bytes()
+    assert all(cv > 0.3 for cv, _ in spreads), [cv for cv, _ in spreads]  # the original: 0.25
+    with pytest.raises(ValueError, match="trace_dir"):
+        perturb(copy.deepcopy(data), random.Random("7"), traces=random.Random("7"))
+    p4d = tomllib.loads((SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8"))
+    plain, other, notes, other_notes = _pair(p4d, "paper-p4d", 0, "traces")
+    assert plain == other and notes == other_notes  # no trace: nothing to reshape, no draw changed

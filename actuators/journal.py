@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schema.jsontext import loads_json
+
 log = logging.getLogger("tailguard.journal")
 
 SCHEMA_VERSION = 1  # 0: records without "v" (before versioning); 1: "v" added, fields unchanged
@@ -305,7 +307,7 @@ def read_file(f: Path) -> tuple[list[Located], list[str]]:
         if not raw.strip():
             continue
         try:
-            rec = json.loads(raw)
+            rec = loads_json(raw)
         except ValueError:
             skipped.append(f"{f}:{i}")
             continue

@@ -29,6 +29,7 @@ from actuators.paths import PathError, check_rel
 from actuators.throttles import Throttles
 from fsm.mig import Slot
 from fsm.observation import InstanceRef
+from schema.jsontext import loads_json
 
 log = logging.getLogger("tailguard.actuators")
 
@@ -286,7 +287,7 @@ class Recovery:
                     continue
                 for i, raw in enumerate(lines, 1):
                     try:
-                        key = json.dumps(json.loads(raw), sort_keys=True)
+                        key = json.dumps(loads_json(raw), sort_keys=True)
                     except ValueError:
                         continue
                     self._places[key] = f"{f}:{i}"  # the newest occurrence wins

@@ -16,6 +16,7 @@ from typing import Any
 
 from controller.exporters.snapshot import Snapshot, TenantView
 from fsm.codec import encode
+from schema.jsontext import loads_json
 
 STATUS_SCHEMA = "tailguard.status/1"
 
@@ -67,7 +68,7 @@ DEFAULT_URL = "http://127.0.0.1:9433/status"  # exporters.prometheus.listen's de
 def read_status(path: str | Path, url_hint: str = DEFAULT_URL) -> dict[str, Any]:
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = loads_json(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StatusError(f"{p}: no status file (is the daemon running with this state_dir?)") from None
     except PermissionError as e:
@@ -100,7 +101,7 @@ def fetch_status(url: str, timeout_s: float = 3.0) -> dict[str, Any]:
         reason = getattr(e, "reason", e)
         raise StatusError(f"{url}: cannot connect: {reason}") from None
     try:
-        data = json.loads(body)
+        data = loads_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StatusError(f"{url}: not JSON: {e}") from None
     if not isinstance(data, dict) or data.get("schema") != STATUS_SCHEMA:

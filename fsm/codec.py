@@ -126,7 +126,10 @@ def decode(tp: Any, data: Any, path: str = "") -> Any:
     if tp is float:
         if isinstance(data, bool) or not isinstance(data, int | float):
             raise DecodeError(path, f"expected a number, got {data!r}")
-        return float(data)
+        try:
+            return float(data)
+        except OverflowError:  # an integer beyond a double's range (JSON's integers are unbounded)
+            raise DecodeError(path, f"a number out of range ({len(str(data))} digits)") from None
     if tp is str:
         if not isinstance(data, str):
             raise DecodeError(path, f"expected a string, got {data!r}")

@@ -152,7 +152,10 @@ class ControllerState:
 
     @staticmethod
     def from_json(text: str) -> ControllerState:
-        data: Any = json.loads(text)
+        try:
+            data: Any = json.loads(text)
+        except RecursionError:  # valid JSON nested too deeply for the parser: as malformed
+            raise ValueError("controller state: arrays or objects nested too deeply") from None
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
             raise ValueError(
                 f"controller state: unsupported version {data.get('version') if isinstance(data, dict) else None!r}"

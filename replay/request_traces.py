@@ -15,7 +15,6 @@ arrival order. A bad line is a ValueError naming the file and the line.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from array import array
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 
 from replay.queueing import Array
+from schema.jsontext import loads_json
 
 Trace = tuple[Array, Array, Array]
 # Arrival seconds, context and generated tokens as read: C doubles (a week of the Azure trace is
@@ -120,7 +120,7 @@ def _mooncake(path: str, f: IO[str]) -> _Columns:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = loads_json(line)
             if not isinstance(rec, dict):
                 raise ValueError("not a JSON object")
             ms = float(rec["timestamp"])

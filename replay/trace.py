@@ -36,6 +36,7 @@ from fsm.codec import DecodeError, decode_as, encode
 from fsm.observation import Observation
 from fsm.spec import HostSpec
 from replay.policy_ranges import policy_problems
+from schema.jsontext import loads_json
 
 SCHEMA = "tailguard.trace/2"
 SCHEMA_V1 = "tailguard.trace/1"
@@ -101,7 +102,7 @@ class TraceWriter:
         except (OSError, UnicodeDecodeError):
             return False
         try:
-            head = json.loads(first)
+            head = loads_json(first)
         except json.JSONDecodeError:
             return False
         return isinstance(head, dict) and head.get("kind") == "header" and head.get("schema") != SCHEMA
@@ -191,7 +192,7 @@ class TraceWriter:
 
 def _parse_header(file: str, line: str) -> TraceHeader:
     try:
-        data = json.loads(line)
+        data = loads_json(line)
     except json.JSONDecodeError as e:
         raise TraceError(file, f"header is not JSON: {e.msg}", 1) from None
     if not isinstance(data, dict) or data.get("kind") != "header":
@@ -291,7 +292,7 @@ def _observations(
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = loads_json(line)
             except json.JSONDecodeError as e:
                 if torn or (line.lstrip().startswith("{") and _cut_short(line, e)):
                     # The writer died mid-line (a restart starts on a fresh line): skipped, reported.

@@ -102,8 +102,13 @@ def _short(text: str, limit: int = 100) -> str:
 
 def loads_toml(text: str) -> dict[str, Any]:
     """tomllib.loads, where a document nested too deeply for its recursion (`x = [[[[...` a few
-    thousand deep: tomllib recurses once per level) is a TOMLDecodeError like any other syntax error."""
+    thousand deep: tomllib recurses once per level) or an integer too long to convert is a
+    TOMLDecodeError like any other syntax error."""
     try:
         return tomllib.loads(text)
     except RecursionError:
         raise tomllib.TOMLDecodeError("arrays or tables nested too deeply") from None
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError as e:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
+        raise tomllib.TOMLDecodeError(str(e).split(";")[0]) from None

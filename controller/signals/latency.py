@@ -5,7 +5,6 @@ rotation and truncation). MQTT ingest lives in the daemon.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,6 +17,7 @@ from controller.signals.promtext import Histogram, histogram_delta, histograms_f
 from fsm.histogram import window_from_buckets
 from fsm.observation import LatencyWindow
 from fsm.quantiles import window_from_samples
+from schema.jsontext import loads_json
 
 Fetch = Callable[[str, float], Awaitable[str]]
 
@@ -206,7 +206,7 @@ class JsonlLatencySampler:
 
     def _value(self, raw: bytes) -> tuple[float | None, str]:
         try:
-            obj = json.loads(raw)
+            obj = loads_json(raw)
         except (ValueError, UnicodeDecodeError) as e:
             return None, f"not JSON ({e})"
         if not isinstance(obj, dict):
@@ -216,7 +216,10 @@ class JsonlLatencySampler:
         v = obj[self.field]
         if isinstance(v, bool) or not isinstance(v, int | float):
             return None, f"field {self.field!r} is not a number: {v!r}"
-        fv = float(v)
+        try:
+            fv = float(v)
+        except OverflowError:  # an integer past a double's range (JSON's integers are unbounded)
+            fv = math.inf
         if not math.isfinite(fv) or fv < 0:
             return None, f"field {self.field!r} is not a finite non-negative number: {v!r}"
         return fv, ""

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from replay.arrivals import load_request_trace
+from replay.arrivals import load_request_trace, trace_cycle
 from replay.report import summarise
 from replay.runner import run_host
 from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
@@ -94,8 +94,7 @@ def _reshape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str
     if path is None:
         raise ValueError(f"{who}: request trace {req['trace']!r} not found")
     times, tokens, generated = load_request_trace(str(path))
-    gap = float(np.mean(np.diff(times))) if times.size > 1 else 1.0
-    cycle = float(times[-1]) + gap
+    cycle = trace_cycle(times)
     off = rng.uniform(0.0, cycle)
     t = np.mod(times - off, cycle)
     order = np.argsort(t, kind="stable")

@@ -33,6 +33,13 @@ def load_request_trace(path: str) -> tuple[Array, Array, Array]:
         raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
+def trace_cycle(times: Array) -> float:
+    """Seconds after which a trace (arrival times from 0) starts again: its last arrival plus its
+    mean gap, so that the last request and the next cycle's first are as far apart as usual."""
+    gap = float(np.mean(np.diff(times))) if times.size > 1 else 1.0
+    return float(times[-1]) + gap
+
+
 class RequestStream:
     """Arrivals (absolute seconds) and context tokens of one sensitive tenant, tick by tick."""
 
@@ -50,9 +57,8 @@ class RequestStream:
             if path is None:
                 raise ValueError(f"request trace {req.trace!r} not found")
             times, tokens, generated = load_request_trace(str(path))
-            gap = float(np.mean(np.diff(times))) if times.size > 1 else 1.0
             self.trace = (times / req.trace_speed, tokens, generated)
-            self.cycle = (float(times[-1]) + gap) / req.trace_speed
+            self.cycle = trace_cycle(times) / req.trace_speed
         # One generator per (seed, host, tenant). How many numbers a tick draws depends only on
         # its arrivals, never on the policy, so every policy sees the same requests and noise.
         self.rng = np.random.default_rng(list(self.seed))

@@ -7,7 +7,10 @@ and arrays or objects nested a few thousand deep exhaust the recursion (Recursio
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+
+from schema.problems import short_text
 
 
 def loads_json(text: str | bytes) -> Any:
@@ -19,3 +22,20 @@ def loads_json(text: str | bytes) -> Any:
         raise
     except ValueError as e:  # (the digit limit's message names the limit and how to lift it)
         raise json.JSONDecodeError(str(e).split(";")[0], "", 0) from None
+
+
+def finite_float(v: Any) -> float | None:
+    """A parsed JSON number as a float a reading can use: None for a boolean, a non-number, NaN or
+    an infinity, and for an integer past a double's range (float() raises OverflowError on one)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def shown(v: Any) -> str:
+    """A parsed value as an error message shows it (a 400-digit number would fill the log line)."""
+    return short_text(repr(v), 40)

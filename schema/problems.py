@@ -90,12 +90,12 @@ def problems_of(e: ValidationError, data: Any) -> list[str]:
             msg = err["msg"]
         got = err.get("input")
         quiet = err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict | list)
-        shown = "" if quiet else f" (got {_short(repr(got))})"
+        shown = "" if quiet else f" (got {short_text(repr(got))})"
         out.append(f"{key_path(loc, data)}: {msg}{shown}")
     return out
 
 
-def _short(text: str, limit: int = 100) -> str:
+def short_text(text: str, limit: int = 100) -> str:
     """A value as the message shows it: a 5,000-character path would bury the key it is about."""
     return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-12:]} ({len(text)} characters)"
 

@@ -39,7 +39,7 @@ from controller.exporters.snapshot import Snapshot
 from controller.status import status_json
 from fsm.codec import encode
 from fsm.desired import DecisionEvent
-from schema.jsontext import loads_json
+from schema.jsontext import finite_float, loads_json, shown
 
 log = logging.getLogger("tailguard.mqtt")
 
@@ -114,28 +114,11 @@ def _counts(data: dict[str, Any]) -> PushedCounts:
     n, over = data["count"], data["over_slo"]
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_COUNT_PER_MESSAGE:
         raise ValueError(f"count {n!r}: expected a whole number from 0 to {MAX_COUNT_PER_MESSAGE}")
-    if not _finite(over):
-        raise ValueError(f"over_slo {_shown(over)}: expected a finite number")
+    if finite_float(over) is None:
+        raise ValueError(f"over_slo {shown(over)}: expected a finite number")
     if not 0 <= over <= n:
         raise ValueError(f"over_slo {over!r} outside [0, count = {n}]")
     return PushedCounts(n, float(over))
-
-
-def _finite(v: Any) -> bool:
-    """A JSON number a float can hold: not a boolean, not NaN or infinite, and not an integer past
-    a double's range (math.isfinite raises OverflowError on one, and JSON's integers are unbounded)."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
-
-
-def _shown(v: Any) -> str:
-    """A payload's value as an error shows it: a 400-digit number would fill the log line."""
-    text = repr(v)
-    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
 def parse_latency(payload: bytes) -> list[float]:
@@ -155,8 +138,8 @@ def parse_latency(payload: bytes) -> list[float]:
         raise ValueError(f"expected 1 to {MAX_SAMPLES_PER_MESSAGE} samples, got {len(values)}")
     out = []
     for v in values:
-        if not _finite(v):
-            raise ValueError(f"not a finite number: {_shown(v)}")
+        if finite_float(v) is None:
+            raise ValueError(f"not a finite number: {shown(v)}")
         if not 0 <= v <= MAX_LATENCY_S:
             raise ValueError(f"latency {v!r} s outside [0, {MAX_LATENCY_S:g}]")
         out.append(float(v))

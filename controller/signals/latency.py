@@ -17,7 +17,7 @@ from controller.signals.promtext import Histogram, histogram_delta, histograms_f
 from fsm.histogram import window_from_buckets
 from fsm.observation import LatencyWindow
 from fsm.quantiles import window_from_samples
-from schema.jsontext import loads_json
+from schema.jsontext import finite_float, loads_json, shown
 
 Fetch = Callable[[str, float], Awaitable[str]]
 
@@ -216,12 +216,9 @@ class JsonlLatencySampler:
         v = obj[self.field]
         if isinstance(v, bool) or not isinstance(v, int | float):
             return None, f"field {self.field!r} is not a number: {v!r}"
-        try:
-            fv = float(v)
-        except OverflowError:  # an integer past a double's range (JSON's integers are unbounded)
-            fv = math.inf
-        if not math.isfinite(fv) or fv < 0:
-            return None, f"field {self.field!r} is not a finite non-negative number: {v!r}"
+        fv = finite_float(v)
+        if fv is None or fv < 0:
+            return None, f"field {self.field!r} is not a finite non-negative number: {shown(v)}"
         return fv, ""
 
     async def sample(self, now: float) -> LatencyReading | Unavailable:

@@ -77,7 +77,7 @@ def _parse_v1(read_text: str, write_text: str) -> dict[str, Caps]:
         t: dict[str, int] = {}
         for line in text.splitlines():
             parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) > 0:
+            if len(parts) == 2 and parts[1].isdecimal() and int(parts[1]) > 0:
                 t[parts[0]] = int(parts[1])
         return t
 

@@ -52,7 +52,7 @@ class MpsControl:
     def _ints(text: str, what: str) -> list[int]:
         out = []
         for ln in text.split():
-            if not ln.isdigit():
+            if not ln.isdecimal():
                 raise MpsError(f"{what}: unexpected output {text.strip()[:120]!r}")
             out.append(int(ln))
         return out

@@ -224,7 +224,7 @@ def parse_query_gpus(text: str) -> list[GpuQuery]:
     out = []
     for ln in _lines(text):
         parts = [p.strip() for p in ln.split(",")]
-        if len(parts) < 3 or not parts[0].isdigit() or not parts[-1]:
+        if len(parts) < 3 or not parts[0].isdecimal() or not parts[-1]:
             raise NvsmiError(f"nvidia-smi --query-gpu: unexpected line {ln[:120]!r}")
         out.append(GpuQuery(int(parts[0]), ", ".join(parts[1:-1]), parts[-1]))
     return out

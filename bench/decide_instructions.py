@@ -105,7 +105,7 @@ def instructions(root: Path, which: str, k: int) -> tuple[int, int]:
     m = re.search(r"I\s+refs:\s+([\d,]+)", p.stderr)
     if p.returncode != 0 or m is None:
         raise SystemExit(f"{root}: valgrind failed:\n{p.stderr[-2000:]}")
-    ticks = next((ln for ln in p.stderr.splitlines() if ln.strip().isdigit()), "0")  # the child's count
+    ticks = next((ln for ln in p.stderr.splitlines() if ln.strip().isdecimal()), "0")  # the child's count
     return int(m.group(1).replace(",", "")), int(ticks)
 
 

@@ -10,8 +10,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from schema.files import read_small_text
 
 if TYPE_CHECKING:
     from controller.config import Config
@@ -173,7 +174,7 @@ def build(args: argparse.Namespace) -> Setup:
         from replay.simulator import SimulatedHost
 
         scenario = load_scenario(args.simulate)
-        which: str | int = int(args.sim_host) if args.sim_host.isdigit() else args.sim_host
+        which: str | int = int(args.sim_host) if args.sim_host.isdecimal() else args.sim_host
         try:
             host: Any = SimulatedHost(scenario, host=which, speed=args.speed)
         except (ValueError, IndexError):
@@ -238,7 +239,7 @@ def build(args: argparse.Namespace) -> Setup:
         password = None
         if mc is not None and mc.password_file:
             try:
-                password = Path(mc.password_file).read_text(encoding="utf-8").strip()
+                password = read_small_text(mc.password_file).strip()
             except OSError as e:
                 raise UsageError(f"exporters.mqtt.password_file {mc.password_file}: {e.strerror or e}") from None
         mqtt = MqttOptions(

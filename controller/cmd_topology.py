@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from controller.signals.base import ParseError
+from schema.files import read_small_text
 
 
 def register(sub: Any) -> None:
@@ -69,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if path:
             try:
-                with open(path, encoding="utf-8", errors="replace") as fh:
-                    text = fh.read()
+                text = read_small_text(path, errors="replace")
             except OSError as e:
                 return _fail(f"{path}: cannot read: {e.strerror or e}")
             if args.nccl_xml or looks_like_xml(text):

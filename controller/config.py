@@ -18,6 +18,7 @@ from fsm.observation import InstanceRef
 from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
+from schema.files import read_small_text
 from schema.problems import KeyProblem, KeyProblems, loads_toml, problems_of
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -542,7 +543,7 @@ def load_config(path: str | Path) -> Config:
     """The validated config (per key and across sections); the filesystem is not looked at."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_small_text(p)
     except OSError as e:
         raise ConfigError(str(p), [f"cannot read: {e.strerror or e}"]) from None
     except UnicodeDecodeError as e:

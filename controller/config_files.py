@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.config_checks import Problem, tkey
+from schema.files import open_regular, read_small_text
 
 if TYPE_CHECKING:
     from controller.config import Config, TenantConfig
@@ -26,8 +27,7 @@ def _readable(key: str, path: str, what: str) -> Problem | None:
             return Problem(key, f"{what} {path} does not exist")
         if p.is_dir():
             return Problem(key, f"{what} {path} is a directory, not a file")
-        with open(p, "rb") as f:
-            f.read(1)
+        os.close(open_regular(p))  # a FIFO or a device would hang or never end the read
     except PermissionError:
         if os.geteuid() == 0:
             return Problem(key, f"{what} {path} is not readable")
@@ -78,7 +78,10 @@ def _topology(cfg: Config) -> list[Problem]:
     from controller.topology import parse_topo_matrix, topology_from_matrix
     from controller.topology_nccl import looks_like_xml, parse_nccl_topo_xml
 
-    text = Path(f).read_text(encoding="utf-8", errors="replace")
+    try:
+        text = read_small_text(f, errors="replace")
+    except OSError as e:
+        return [Problem(key, f"topology file {f}: {e.strerror or e}")]
     try:
         if looks_like_xml(text):
             parse_nccl_topo_xml(text, f)

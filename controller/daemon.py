@@ -44,6 +44,7 @@ from fsm.desired import DecisionEvent, DesiredState
 from fsm.observation import LatencyWindow, Observation, TenantSample
 from fsm.spec import HostSpec, Role
 from fsm.state import ControllerState
+from schema.files import read_small_text
 
 log = logging.getLogger("tailguard.daemon")
 
@@ -548,7 +549,7 @@ class Daemon:
         if p is None or not p.exists():
             return
         try:
-            self.state = ControllerState.from_json(p.read_text(encoding="utf-8"))
+            self.state = ControllerState.from_json(read_small_text(p))
             # Reconfigurations the state remembers (the rolling-hour budget) were counted by the
             # previous process: counted again, every restart looked like a reconfiguration storm.
             self._reconfig_last = max(self.state.reconfigs, default=-math.inf)

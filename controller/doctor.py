@@ -25,6 +25,7 @@ from actuators.nvsmi import NvidiaSmi
 from controller.config import Config
 from controller.mig_tables import MigTables
 from controller.signals.base import Unavailable
+from schema.files import read_small_text
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MIN_FREE_BYTES = 64 << 20  # the journal (4 MiB) and state files, with room for a trace
@@ -372,7 +373,7 @@ async def check_mqtt(cfg: Config, timeout_s: float) -> list[Check]:
     password = None
     if mc.password_file:
         try:
-            password = Path(mc.password_file).read_text(encoding="utf-8").strip()
+            password = read_small_text(mc.password_file).strip()
         except OSError as e:
             return [
                 Check(

@@ -23,7 +23,7 @@ class Notifier:
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         ours = not pid or pid == str(os.getpid())
-        self.watchdog_s: float | None = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and ours else None
+        self.watchdog_s: float | None = int(usec) / 1e6 if usec.isdecimal() and int(usec) > 0 and ours else None
 
     @property
     def enabled(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 from controller.exporters.snapshot import Snapshot, TenantView
 from fsm.codec import encode
+from schema.files import read_small_text
 from schema.jsontext import loads_json
 
 STATUS_SCHEMA = "tailguard.status/1"
@@ -68,7 +69,7 @@ DEFAULT_URL = "http://127.0.0.1:9433/status"  # exporters.prometheus.listen's de
 def read_status(path: str | Path, url_hint: str = DEFAULT_URL) -> dict[str, Any]:
     p = Path(path)
     try:
-        data = loads_json(p.read_text(encoding="utf-8"))
+        data = loads_json(read_small_text(p))
     except FileNotFoundError:
         raise StatusError(f"{p}: no status file (is the daemon running with this state_dir?)") from None
     except PermissionError as e:
@@ -80,8 +81,57 @@ def read_status(path: str | Path, url_hint: str = DEFAULT_URL) -> dict[str, Any]
         raise StatusError(f"{p}: cannot read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StatusError(f"{p}: not a status file: {e}") from None
+    return _checked(data, str(p), "file")
+
+
+# What render() reads, by section: (container, type of each item). A file with the right schema
+# tag but another shape (hand-edited, a future daemon's) is refused naming the key, not rendered
+# into a traceback.
+_SECTIONS: dict[str, tuple[type, type | None]] = {
+    "tenants": (dict, dict),
+    "degraded": (dict, dict),
+    "throttles": (list, dict),
+    "in_flight": (list, str),
+    "unavailable": (dict, None),
+    "outages": (dict, list),
+    "recent_events": (list, dict),
+    "journal": (dict, None),
+}
+_NUMBERS = ("wall", "period_s", "status_every_s", "last_tick_s")
+_ITEM_NUMBERS = {"throttles": ("expires_at",), "recent_events": ("t",)}  # formatted as numbers
+
+
+def _is_number(v: Any) -> bool:
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+
+
+def _shape_problem(data: dict[str, Any]) -> str | None:
+    for key in _NUMBERS:
+        if not _is_number(data.get(key)):
+            return f"{key} is {data[key]!r}, not a number"
+    for key, (box, item) in _SECTIONS.items():
+        v = data.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, box):
+            return f"{key} is a {type(v).__name__}, not a {box.__name__}"
+        items: list[Any] = list(v.values()) if isinstance(v, dict) else list(v)
+        if item is not None and (bad := [x for x in items if not isinstance(x, item)]):
+            return f"{key} holds {bad[0]!r:.60}, not a {item.__name__}"
+        for field in _ITEM_NUMBERS.get(key, ()):
+            if any(x.get(field) is None or not _is_number(x[field]) for x in items):
+                return f"{key}[].{field} is not a number in every item"
+    for tenant, recs in (data.get("outages") or {}).items():
+        if not all(isinstance(r, dict) and _is_number(r.get("seconds")) for r in recs):
+            return f"outages.{tenant} holds a record that is not {{kind, seconds}}"
+    return None
+
+
+def _checked(data: Any, where: str, noun: str) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("schema") != STATUS_SCHEMA:
-        raise StatusError(f"{p}: not a {STATUS_SCHEMA} file")
+        raise StatusError(f"{where}: not a {STATUS_SCHEMA} {noun}")
+    if (why := _shape_problem(data)) is not None:
+        raise StatusError(f"{where}: a {STATUS_SCHEMA} {noun} of another shape: {why}")
     return data
 
 
@@ -104,9 +154,7 @@ def fetch_status(url: str, timeout_s: float = 3.0) -> dict[str, Any]:
         data = loads_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StatusError(f"{url}: not JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("schema") != STATUS_SCHEMA:
-        raise StatusError(f"{url}: not a {STATUS_SCHEMA} document")
-    return data
+    return _checked(data, url, "document")
 
 
 def _ms(v: Any) -> str:
@@ -151,14 +199,14 @@ def render(data: dict[str, Any], now: float | None = None) -> str:
         "",
         f"{'TENANT':<16} {'ROLE':<10} {'LEVEL':<9} {'QUANTILE':>10} {'SLO':>10} {'VIOL/WIN':>9}  LAST REASON",
     ]
-    for name, t in sorted(data.get("tenants", {}).items()):
+    for name, t in sorted((data.get("tenants") or {}).items()):
         win = f"{t.get('violating_windows_total', 0)}/{t.get('windows_total', 0)}" if t.get("slo_s") else "-"
         lines.append(
-            f"{name:<16} {t.get('role', ''):<10} {t.get('level', ''):<9} {_ms(t.get('value_s')):>10} "
+            f"{name:<16} {t.get('role', '')!s:<10} {t.get('level', '')!s:<9} {_ms(t.get('value_s')):>10} "
             f"{_ms(t.get('slo_s')):>10} {win:>9}  {t.get('last_reason', '') or '-'}"
             + (f" [pending {t['pending']}]" if t.get("pending") else "")
         )
-    thr = data.get("throttles", [])
+    thr = data.get("throttles") or []
     lines += ["", f"active throttles: {len(thr)}"]
     for th in thr:
         lines.append(
@@ -166,9 +214,9 @@ def render(data: dict[str, Any], now: float | None = None) -> str:
             f"write {_bps(th.get('write_bps'))}, protects {th.get('victim') or '-'}, "
             f"expires t={th.get('expires_at'):.0f}"
         )
-    inflight = data.get("in_flight", [])
+    inflight = data.get("in_flight") or []
     lines.append(f"in-flight operations: {', '.join(inflight) if inflight else 'none'}")
-    unav = data.get("unavailable", {})
+    unav = data.get("unavailable") or {}
     if unav and not degraded:  # an older daemon's file: no `degraded` section above
         lines.append("unavailable sources:")
         lines += [f"  {k}: {v}" for k, v in sorted(unav.items())]
@@ -184,7 +232,7 @@ def render(data: dict[str, Any], now: float | None = None) -> str:
         lines.append(f"journal: {'FAILING: ' + str(j.get('last_error')) + '; ' if j.get('failing') else ''}"
                      f"write errors {errs}; reopened {j.get('reopens_total', 0)}x; "
                      f"torn lines cut {j.get('torn_repairs_total', 0)}")  # fmt: skip
-    events = data.get("recent_events", [])
+    events = data.get("recent_events") or []
     if events:
         e = events[-1]
         lines += [

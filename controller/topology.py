@@ -26,6 +26,7 @@ from typing import Any
 from controller.signals.base import ParseError
 from fsm.mig import MODELS
 from fsm.topology import HOST_ID, Node, NodeKind, Tier, Topology
+from schema.files import read_small_text
 
 # -- cpulists --------------------------------------------------------------------------------
 _CPULIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
@@ -189,7 +190,7 @@ def _cpus_cell(v: str | None, source: str, n: int) -> str | None:
 def _int_cell(v: str | None, source: str, n: int, what: str) -> int | None:
     if v is None or v == "N/A":
         return None
-    if not v.isdigit() or len(v) > 6:
+    if not v.isdecimal() or len(v) > 6:
         raise ParseError(source, n, f"{what}: expected a number or N/A, got {v[:20]!r}")
     return int(v)
 
@@ -326,7 +327,7 @@ def link_bps(speed: str | None, width: str | None) -> float | None:
     if not speed or not width:
         return None
     m = _GT_S.match(speed)
-    if not m or not width.strip().isdigit():
+    if not m or not width.strip().isdecimal():
         return None
     gts, lanes = float(m.group(1)), int(width.strip())
     if gts <= 0 or lanes <= 0:
@@ -431,7 +432,7 @@ def discover_sysfs(sys_root: str = "/sys") -> Topology:
             numa = None
             for b in chain[1:]:
                 v = attr(b, chain, "numa_node")
-                if v is not None and v.lstrip("-").isdigit() and int(v) >= 0:
+                if v is not None and v.lstrip("-").isdecimal() and int(v) >= 0:
                     numa = int(v)
                     break
             up = f"numa{numa}" if numa is not None and f"numa{numa}" in nodes else HOST_ID
@@ -530,8 +531,7 @@ def load_topology(
     if topo_matrix_file:
         from controller.topology_nccl import looks_like_xml, parse_nccl_topo_xml  # imports this module
 
-        with open(topo_matrix_file, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
+        text = read_small_text(topo_matrix_file, errors="replace")
         if looks_like_xml(text):  # an NCCL topology XML (NCCL_TOPO_FILE) in place of the matrix
             return parse_nccl_topo_xml(text, topo_matrix_file)
         return topology_from_matrix(parse_topo_matrix(text, topo_matrix_file))

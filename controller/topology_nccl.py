@@ -113,7 +113,7 @@ class _Parser:
         if not mask:
             return ()
         off_raw = (el.get("affinity_offset") or "0").strip()
-        if not off_raw.isdigit() or len(off_raw) > 6:
+        if not off_raw.isdecimal() or len(off_raw) > 6:
             raise self.fail(el, f"<cpu affinity_offset={off_raw[:20]!r}>: not a number")
         words = mask.split(",")
         if len(words) > 256 or not all(_MASK_WORD.match(w) for w in words):

@@ -112,7 +112,7 @@ class GpuModel:
                 text = ref.strip()
                 if text.startswith("MIG "):
                     text = text[4:]
-                if text == p.name or (text.isdigit() and int(text) == p.lgip_id):
+                if text == p.name or (text.isdecimal() and int(text) == p.lgip_id):
                     return p
         return None
 
@@ -267,7 +267,7 @@ class Slot(NamedTuple):
     @staticmethod
     def parse(text: str) -> Slot:
         profile, sep, start = text.rpartition("@")
-        if not sep or not profile or not start.isdigit():
+        if not sep or not profile or not start.isdecimal():
             raise ValueError(f"bad MIG slot {text!r}: expected PROFILE@START, e.g. 3g.20gb@4")
         return Slot(int(start), profile)
 

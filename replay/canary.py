@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from replay.fleet import HostFiles, HostShadow, host_object, shadow_host
+from schema.files import read_small_text
 from schema.problems import loads_toml
 
 
@@ -27,8 +28,7 @@ def load_policy_table(path: str) -> dict[str, Any]:
     from replay.scenario import policy_from
 
     try:
-        with open(path, "rb") as f:
-            data = loads_toml(f.read().decode())
+        data = loads_toml(read_small_text(path))
     except OSError as e:
         raise CanaryError(f"{path}: cannot read: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:

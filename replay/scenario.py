@@ -22,6 +22,7 @@ from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAU
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import HOST_ID, Node, NodeKind, Topology
 from replay.policy_ranges import policy_problems
+from schema.files import read_small_text
 from schema.problems import loads_toml, problems_of
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -671,7 +672,7 @@ def load_scenario(name_or_path: str) -> Scenario:
                 name_or_path, [f"no such scenario; bundled: {', '.join(bundled())}, or give a .toml path"]
             )
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_small_text(p)
     except OSError as e:
         raise ScenarioError(str(p), [f"cannot read: {e.strerror or e}"]) from None
     except UnicodeDecodeError as e:

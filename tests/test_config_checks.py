@@ -171,16 +171,14 @@ def test_unreadable_file_is_an_error_for_root_and_a_warning_for_others(
         check_loaded(cfg, "x")
     pw.rmdir()
     pw.write_text("secret")
-    import builtins
+    real_open = os.open
 
-    real_open = builtins.open
-
-    def denied(path: object, *a: object, **k: object) -> object:
+    def denied(path: str, flags: int, *a: int, **k: int) -> int:
         if str(path) == str(pw):
             raise PermissionError(13, "Permission denied")
-        return real_open(path, *a, **k)  # type: ignore[call-overload]
+        return real_open(path, flags, *a, **k)
 
-    monkeypatch.setattr(builtins, "open", denied)
+    monkeypatch.setattr(os, "open", denied)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert any("not readable by this user" in w for w in check_loaded(cfg, "x").warnings)
     monkeypatch.setattr(os, "geteuid", lambda: 0)

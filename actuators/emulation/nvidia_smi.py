@@ -264,7 +264,7 @@ def _select(state: dict[str, Any], index: int | None) -> list[dict[str, Any]]:
 def _lookup_profile(m: GpuModel, text: str) -> Profile | None:
     t = text.strip()
     try:
-        return m.profile(int(t)) if t.isdigit() else m.profile(t)
+        return m.profile(int(t)) if t.isdecimal() else m.profile(t)
     except KeyError:
         return None
 
@@ -278,7 +278,7 @@ def cmd_cgi(g: dict[str, Any], spec: str, with_ci: bool) -> tuple[str, str, int]
         p = _lookup_profile(m, typed)
         err = ""
         start = -1
-        if p is None or (start_s and not start_s.strip().isdigit()):
+        if p is None or (start_s and not start_s.strip().isdecimal()):
             err = "Invalid Argument"
         else:
             layout = layout_of(g)
@@ -386,7 +386,7 @@ def _int_opt(args: list[str], name: str) -> int | None:
     v = _opt(args, name)
     if v is None:
         return None
-    if not v.isdigit():
+    if not v.isdecimal():
         raise Fail(EXIT_INVALID, f"Invalid value {v!r} for {name}.\n")
     return int(v)
 

@@ -53,7 +53,7 @@ def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
         kv: dict[str, int] = {}
         for tok in f[1:]:
             k, sep, v = tok.partition("=")
-            if not sep or not v.isdigit():
+            if not sep or not v.isdecimal():
                 raise ParseError(source, n, f"expected key=number, got {tok[:40]!r}")
             kv[k] = int(v)
         out[f[0]] = IoCounters(kv.get("rbytes", 0), kv.get("wbytes", 0), kv.get("rios", 0), kv.get("wios", 0))
@@ -67,9 +67,9 @@ def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int
         f = line.split()
         if not f:
             continue
-        if f[0] == "Total" and len(f) == 2 and f[1].isdigit():
+        if f[0] == "Total" and len(f) == 2 and f[1].isdecimal():
             continue
-        if len(f) != 3 or not _DEV.match(f[0]) or not f[2].isdigit():
+        if len(f) != 3 or not _DEV.match(f[0]) or not f[2].isdecimal():
             raise ParseError(source, n, f"expected 'MAJ:MIN OP N', got {line.strip()[:80]!r}")
         if f[1] not in ("Read", "Write", "Sync", "Async", "Discard", "Total"):
             raise ParseError(source, n, f"unknown operation {f[1][:20]!r}")

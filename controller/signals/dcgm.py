@@ -98,12 +98,12 @@ class DcgmExporterSampler:
                 continue
             seen.add(name)
             g_txt = labels.get("gpu")
-            if g_txt is None or not g_txt.isdigit():
+            if g_txt is None or not g_txt.isdecimal():
                 raise ParseError(self.url, s.line, f"{name} sample without a numeric 'gpu' label")
             g = int(g_txt)
             gi = labels.get("GPU_I_ID")
             if gi:
-                if not gi.isdigit():
+                if not gi.isdecimal():
                     raise ParseError(self.url, s.line, f"GPU_I_ID {gi!r} is not a number")
                 key = (g, int(gi))
                 d = inst.get(key)

@@ -75,7 +75,7 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
         raise ParseError(source, 1, "empty file or no CPU header")
     cpus = []
     for tok in lines[0].split():
-        if not tok.startswith("CPU") or not tok[3:].isdigit():
+        if not tok.startswith("CPU") or not tok[3:].isdecimal():
             raise ParseError(source, 1, f"expected a header of CPUn columns, got {tok!r}")
         cpus.append(int(tok[3:]))
     n = len(cpus)
@@ -107,7 +107,7 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
     for _i, rest in slow:
         f = rest.split(None, n)
         # ERR/MIS (x86) carry one global number, not one per CPU: such lines are not per-CPU load
-        if len(f) >= n and all(x.isdigit() for x in f[:n]):
+        if len(f) >= n and all(x.isdecimal() for x in f[:n]):
             for k in range(n):
                 totals[k] += int(f[k])
     return dict(zip(cpus, totals, strict=True))

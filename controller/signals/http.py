@@ -140,7 +140,7 @@ async def _request(url: str, u: urllib.parse.SplitResult, conn: _Conn, key: tupl
         status = raw_status.decode("latin-1").rstrip("\r\n")
         proto, _, rest = status.partition(" ")
         code_text, _, reason = rest.partition(" ")
-        if not proto.startswith("HTTP/") or not code_text.isdigit():
+        if not proto.startswith("HTTP/") or not code_text.isdecimal():
             raise FetchError(f"{url}: not an HTTP response: {status[:60]!r}")
         headers: dict[str, str] = {}
         for _ in range(MAX_HEADERS):
@@ -156,7 +156,7 @@ async def _request(url: str, u: urllib.parse.SplitResult, conn: _Conn, key: tupl
             body = await _chunked(reader, url)
         elif "content-length" in headers:
             length_text = headers["content-length"]
-            if not length_text.isdigit() or int(length_text) > MAX_BODY:
+            if not length_text.isdecimal() or int(length_text) > MAX_BODY:
                 raise FetchError(f"{url}: bad or too large Content-Length {length_text[:20]!r}")
             body = await reader.readexactly(int(length_text))
         else:

@@ -17,6 +17,7 @@ from controller.signals.promtext import Histogram, histogram_delta, histograms_f
 from fsm.histogram import window_from_buckets
 from fsm.observation import LatencyWindow
 from fsm.quantiles import window_from_samples
+from schema.files import open_regular
 from schema.jsontext import finite_float, loads_json, shown
 
 Fetch = Callable[[str, float], Awaitable[str]]
@@ -127,7 +128,8 @@ class JsonlLatencySampler:
 
     def _open(self, at_end: bool = False) -> None:
         self._close()
-        fh = open(self.path, "rb")  # noqa: SIM115 (kept open across ticks on purpose)
+        # kept open across ticks on purpose; a FIFO or a device is refused, not waited on
+        fh = os.fdopen(open_regular(self.path), "rb")
         self._fh = fh
         self._ino = os.fstat(fh.fileno()).st_ino
         self._buf = b""

@@ -1,0 +1,70 @@
+"""Reading a small file a user names (a config, a scenario, a topology, a password, a state file):
+only a regular file, and only up to a size such a file never reaches.
+
+`open()` on a FIFO blocks until someone writes to it, and `read()` of /dev/zero or /dev/urandom
+never ends: a mistyped path must not hang `check-config` or the daemon's start, nor fill its memory.
+The refusals are OSErrors with a strerror, so every caller's `except OSError` already names the
+file and says why.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+# Far above any real config or topology (an NCCL XML of a 16-GPU host is ~100 KiB), far below
+# what would hurt the daemon's memory.
+SMALL_FILE_LIMIT = 8 << 20
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | Path) -> int:
+    """A read-only descriptor of `path`, refused (OSError, EINVAL) unless a regular file. Opened
+    non-blocking so that a FIFO is refused rather than waited on; a symlink to a file is fine."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"{_kind(mode)}, not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_small_bytes(path: str | Path, limit: int = SMALL_FILE_LIMIT) -> bytes:
+    """The whole content of regular file `path`, at most `limit` bytes (OSError EFBIG beyond:
+    st_size is not trusted, /proc and sysfs files say 0)."""
+    fd = open_regular(path)
+    try:
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limit:
+            b = os.read(fd, min(1 << 20, limit + 1 - got))
+            if not b:
+                break
+            chunks.append(b)
+            got += len(b)
+    finally:
+        os.close(fd)
+    if got > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB: not a file of this kind", str(path))
+    return b"".join(chunks)
+
+
+def read_small_text(path: str | Path, limit: int = SMALL_FILE_LIMIT, errors: str = "strict") -> str:
+    """read_small_bytes decoded as UTF-8 (UnicodeDecodeError when `errors` is strict)."""
+    return read_small_bytes(path, limit).decode("utf-8", errors=errors)

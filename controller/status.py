@@ -115,7 +115,7 @@ def _shape_problem(data: dict[str, Any]) -> str | None:
             continue
         if not isinstance(v, box):
             return f"{key} is a {type(v).__name__}, not a {box.__name__}"
-        items: list[Any] = list(v.values()) if isinstance(v, dict) else list(v)
+        items: list[Any] = list(data[key].values()) if box is dict else list(data[key])
         if item is not None and (bad := [x for x in items if not isinstance(x, item)]):
             return f"{key} holds {bad[0]!r:.60}, not a {item.__name__}"
         for field in _ITEM_NUMBERS.get(key, ()):

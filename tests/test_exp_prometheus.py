@@ -8,9 +8,9 @@ scraping real daemons on loopback:
 - B: the same with `--dry-run` at speed 10: decisions without actions, so the tail stays over the
   SLO and the guard's cap stays decided (SLO burn, a throttle held) for the whole test.
 - C: `tailguard run --config` on this GPU-less machine: NVML, dcgm-exporter and the tenant's
-  latency file are unavailable (samplers down); then the latency path becomes a FIFO with no
-  writer, and the daemon's loop blocks in open() while its metrics thread keeps answering with
-  the last snapshot: the loop stalled.
+  latency file are unavailable (samplers down); then the latency file's reader blocks, as on a
+  hung mount (tests/fakes/stalling_daemon.py), and the daemon's loop with it while its metrics
+  thread keeps answering with the last snapshot: the loop stalled.
 - A is stopped at the end: its target goes down.
 
 Prometheus loads monitoring/tailguard-rules.yml unchanged: every rule must load healthy, every
@@ -94,9 +94,11 @@ def _wait(prom: Prometheus, what: str, expr: str, deadline: float) -> None:
     raise AssertionError(f"timed out waiting for {what} ({expr}); up: {up}; log: {prom.log.read_text()[-1500:]}")
 
 
-def _daemon(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _daemon(cmd: list[str], log: Path, stall: Path | None = None) -> subprocess.Popen[bytes]:
+    argv = TAILGUARD if stall is None else [sys.executable, str(ROOT / "tests" / "fakes" / "stalling_daemon.py")]
+    env = {**os.environ, "TAILGUARD_TEST_STALL": str(stall)} if stall is not None else None
     with log.open("wb") as f:
-        return subprocess.Popen([*TAILGUARD, *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen([*argv, *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
 
 
 def _stop(p: subprocess.Popen[bytes]) -> None:
@@ -122,7 +124,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (broken / "cgroup").mkdir(parents=True)
     cfg = broken / "tailguard.toml"
     cfg.write_text(BROKEN_HOST.format(d=broken), encoding="utf-8")
-    fifo = broken / "latency.jsonl"
+    stall = broken / "stall"  # its reader of latency.jsonl blocks while this exists
     broker = Mosquitto(tmp).start()
     procs: list[subprocess.Popen[bytes]] = []
     sim_args = ["run", "--simulate", "--speed", "20", "--duration", "100000", "--quiet"]
@@ -141,7 +143,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         dry_args = [*sim_args, "--dry-run", "--host-name", "sim-dry", "--metrics-port", str(ports["dry"])]
         dry_args[dry_args.index("--speed") + 1] = "10"
         procs.append(_daemon([*dry_args, "--state-dir", str(tmp / "state-dry")], tmp / "dry.log"))
-        procs.append(_daemon(["run", "--config", str(cfg), "--metrics-port", str(ports["broken"])], tmp / "broken.log"))
+        procs.append(_daemon(["run", "--config", str(cfg), "--metrics-port", str(ports["broken"])], tmp / "broken.log",
+                             stall))  # fmt: skip
         deadline = t_start + 60
         # The simulated host has acted: a cap was set, a placement completed, events reached the broker.
         _wait(s.prom, "a completed placement", f'tailguard_actions_total{{instance="{s.sim}",result="completed"}}',
@@ -152,8 +155,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         time.sleep(3 * SCRAPE_S)
         s.t_acted = time.time()
         s.timeline.append(f"acted at +{s.t_acted - s.t0:.1f} s")
-        # The broken host's loop stalls: its latency file becomes a FIFO nobody writes to.
-        os.mkfifo(fifo)
+        # The broken host's loop stalls: its latency file's reader blocks.
+        stall.touch()
         s.timeline.append(f"stalled at +{time.time() - s.t0:.1f} s")
         # The dry-run host's decided cap, held for 20 s (40 scrapes: 40 replayed minutes).
         _wait(s.prom, "a cap held 20 s on the dry-run host",
@@ -170,8 +173,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.recorded = s.prom.query_range('{__name__=~"up|tailguard_.+",job="tailguard"}', s.t0, s.t_end, SCRAPE_S)
         yield s
     finally:
-        with contextlib.suppress(OSError):  # lets the stalled open() return, so SIGTERM is heard
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        stall.unlink(missing_ok=True)  # lets the stalled read return, so SIGTERM is heard
         for p in procs:
             _stop(p)
         s.prom.stop()

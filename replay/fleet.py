@@ -22,7 +22,8 @@ from fsm.spec import LEVEL_ORDER, HostSpec, Policy, Role
 from fsm.state import ControllerState
 from replay.trace import TraceError, read_trace
 
-_ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>[0-9]+)$")
+# TRACE.N, or TRACE.N.gz (.bz2, .xz) where logrotate compressed the part
+_ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>[0-9]+)(?:\.(?:gz|bz2|xz))?$")
 
 
 class FleetPathError(Exception):

@@ -24,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 
 from replay.queueing import Array
+from schema.files import STREAM_ERRORS, open_text
 from schema.jsontext import loads_json
 
 Trace = tuple[Array, Array, Array]
@@ -34,9 +35,10 @@ _BURSTGPT = ("Timestamp", "Request tokens", "Response tokens")
 
 
 def read_request_trace(path: str) -> Trace:
-    # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        first = f.readline()
+    # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark; gzip, bzip2 or xz: as
+    # public traces ship
+    with open_text(path, encoding="utf-8-sig", newline="") as f:
+        first = next(_lines(path, f), (1, ""))[1]
         f.seek(0)
         if first.lstrip().startswith("{"):
             return _finish(path, *_mooncake(path, f))
@@ -64,6 +66,10 @@ def _rows(path: str, f: IO[str]) -> Iterator[tuple[int, list[str]]]:
             row = next(rows, None)
         except csv.Error as e:  # a NUL byte, an unterminated quote
             raise ValueError(f"{path}:{n}: not CSV: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{n}: not UTF-8 text: {e.reason}") from None
+        except STREAM_ERRORS as e:  # a compressed trace cut short or damaged
+            raise ValueError(f"{path}:{n}: cannot read: {e}") from None
         if row is None:
             return
         yield n, row
@@ -116,7 +122,7 @@ def _burstgpt(path: str, rows: Iterator[tuple[int, list[str]]], cols: list[int])
 
 def _mooncake(path: str, f: IO[str]) -> _Columns:
     times, tokens, generated = _columns()
-    for n, line in enumerate(f, start=1):
+    for n, line in _lines(path, f):
         if not line.strip():
             continue
         try:
@@ -136,6 +142,21 @@ def _mooncake(path: str, f: IO[str]) -> _Columns:
         tokens.append(tok)
         generated.append(gen)
     return times, tokens, generated
+
+
+def _lines(path: str, f: IO[str]) -> Iterator[tuple[int, str]]:
+    n = 0
+    while True:
+        n += 1
+        try:
+            line = f.readline()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{n}: not UTF-8 text: {e.reason}") from None
+        except STREAM_ERRORS as e:
+            raise ValueError(f"{path}:{n}: cannot read: {e}") from None
+        if not line:
+            return
+        yield n, line
 
 
 def _columns() -> _Columns:

@@ -36,6 +36,7 @@ from fsm.codec import DecodeError, decode_as, encode
 from fsm.observation import Observation
 from fsm.spec import HostSpec
 from replay.policy_ranges import policy_problems
+from schema.files import STREAM_ERRORS, open_text
 from schema.jsontext import loads_json
 
 SCHEMA = "tailguard.trace/2"
@@ -225,7 +226,7 @@ def read_trace(
     """
     file = str(path)
     try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the generator
+        f = open_text(path)  # closed by the generator; decompressed if gzip, bzip2 or xz
     except OSError as e:
         raise TraceError(file, f"cannot read: {e.strerror or e}") from None
     try:
@@ -233,6 +234,9 @@ def read_trace(
     except UnicodeDecodeError as e:
         f.close()
         raise TraceError(file, f"not UTF-8 text: {e.reason}", 1) from None
+    except STREAM_ERRORS as e:
+        f.close()
+        raise TraceError(file, f"cannot read: {e}", 1) from None
     if not first.strip():
         f.close()
         raise TraceError(file, "empty trace (no header)", 1)
@@ -285,6 +289,8 @@ def _observations(
                 line = f.readline()
             except UnicodeDecodeError as e:
                 raise TraceError(file, f"not UTF-8 text: {e.reason}", lineno + 1) from None
+            except STREAM_ERRORS as e:  # a compressed trace cut short or damaged
+                raise TraceError(file, f"cannot read: {e}", lineno + 1) from None
             if not line:
                 return
             lineno += 1

@@ -9,10 +9,15 @@ file and says why.
 
 from __future__ import annotations
 
+import bz2
 import errno
+import gzip
+import lzma
 import os
 import stat
+import zlib
 from pathlib import Path
+from typing import IO
 
 # Far above any real config or topology (an NCCL XML of a 16-GPU host is ~100 KiB), far below
 # what would hurt the daemon's memory.
@@ -68,3 +73,28 @@ def read_small_bytes(path: str | Path, limit: int = SMALL_FILE_LIMIT) -> bytes:
 def read_small_text(path: str | Path, limit: int = SMALL_FILE_LIMIT, errors: str = "strict") -> str:
     """read_small_bytes decoded as UTF-8 (UnicodeDecodeError when `errors` is strict)."""
     return read_small_bytes(path, limit).decode("utf-8", errors=errors)
+
+
+# Compressed files by their first bytes (not their names: a rotated `trace.jsonl.2.gz` and a
+# downloaded trace renamed by hand read alike). Public request traces ship compressed, and
+# logrotate compresses a recorder's rotated parts.
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "lzma"))
+
+# What reading a damaged compressed stream raises, beside OSError (gzip.BadGzipFile, bz2's
+# "Invalid data stream"): a truncated stream ends in EOFError, corrupt deflate data in zlib.error,
+# a corrupt xz stream in lzma.LZMAError. Readers report them as the file's, at the line reached.
+STREAM_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def open_text(path: str | os.PathLike[str], encoding: str = "utf-8", newline: str | None = None) -> IO[str]:
+    """`path` opened for reading text, decompressed on the fly when it is gzip, bzip2 or xz."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
+    if kind == "gzip":
+        return gzip.open(path, "rt", encoding=encoding, newline=newline)
+    if kind == "bz2":
+        return bz2.open(path, "rt", encoding=encoding, newline=newline)
+    if kind == "lzma":
+        return lzma.open(path, "rt", encoding=encoding, newline=newline)
+    return open(path, encoding=encoding, newline=newline)

@@ -97,3 +97,44 @@ def test_executor_errors(fleet_dir: Path, capsys: pytest.CaptureFixture[str], mo
                  ["replay", "--shadow", str(fleet_dir)]):  # fmt: skip
         assert main([*argv, "--executor", "ray"]) == 2
         assert "install tailguard[fleet]" in capsys.readouterr().err
+
+
+def test_logrotate_compressed_parts_read_like_the_plain_ones(fleet_dir: Path, tmp_path: Path) -> None:
+    # logrotate's `compress` + `delaycompress`: TRACE.1 plain, older parts TRACE.N.gz (.bz2, .xz).
+    import bz2
+    import gzip
+    import lzma
+
+    plain = expand(str(fleet_dir / "a.jsonl"))[0]
+    d = tmp_path / "rotated"
+    d.mkdir()
+    packers = [gzip.compress, bz2.compress, lzma.compress]
+    for f in plain.files:
+        name = Path(f).name
+        n = name.rsplit(".", 1)[-1]
+        if n.isdecimal() and n != "1":
+            pack = packers[int(n) % 3]
+            ext = {gzip.compress: ".gz", bz2.compress: ".bz2", lzma.compress: ".xz"}[pack]
+            (d / (name + ext)).write_bytes(pack(Path(f).read_bytes()))
+        else:
+            shutil.copy(f, d / name)
+    (host,) = expand(str(d))
+    names = [Path(f).name for f in host.files]
+    assert [n.removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz") for n in names] == [
+        Path(f).name for f in plain.files
+    ]  # oldest first, as the plain parts
+    assert any(n.endswith(".gz") for n in names) and any(n.endswith(".xz") for n in names)
+    again, before = shadow_host((host, None)), shadow_host((plain, None))
+    assert again.error is None and again.ticks == before.ticks == 120
+    assert again.decisions == before.decisions
+
+
+def test_a_compressed_part_cut_short_is_named_with_its_line(fleet_dir: Path, tmp_path: Path) -> None:
+    import gzip
+
+    src = Path(expand(str(fleet_dir / "b.jsonl"))[0].files[0])
+    cut = tmp_path / "b.jsonl"
+    cut.write_bytes(gzip.compress(src.read_bytes())[:-200])  # the end of the stream is missing
+    (host,) = expand(str(cut))
+    res = shadow_host((host, None))
+    assert res.error is not None and "cannot read" in res.error and f"{cut}:" in res.error

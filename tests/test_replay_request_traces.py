@@ -92,3 +92,25 @@ def test_a_scenario_replays_a_burstgpt_trace(tmp_path: Path, capsys: pytest.Capt
     f.write_text(text.replace('trace = "AzureLLMInferenceTrace_conv.csv"', 'trace = "b.csv"'))
     assert main(["replay", str(f), "--jobs", "1", "--duration", "120", "--policies", "static"]) == 0
     assert "static" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("packer", ["gzip", "bz2", "lzma"])
+@pytest.mark.parametrize(("name", "text"), [("b.csv", BURSTGPT), ("m.jsonl", MOONCAKE), ("a.csv", AZURE)])
+def test_compressed_traces_read_as_the_plain_ones(tmp_path: Path, packer: str, name: str, text: str) -> None:
+    import importlib
+
+    plain = read_request_trace(_trace(tmp_path, name, text))
+    packed = tmp_path / (name + ".packed")  # told by the first bytes, not the name
+    packed.write_bytes(importlib.import_module(packer).compress(text.encode()))
+    for a, b in zip(read_request_trace(str(packed)), plain, strict=True):
+        assert list(a) == list(b)
+
+
+def test_a_compressed_trace_cut_short_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    import gzip
+
+    body = BURSTGPT + "".join(f"{2000 + i},ChatGPT,{i % 500},{i % 90},0,Conversation log\n" for i in range(5000))
+    packed = tmp_path / "b.csv.gz"
+    packed.write_bytes(gzip.compress(body.encode())[:-100])
+    with pytest.raises(ValueError, match=rf"{packed}:\d+: cannot read: Compressed file ended"):
+        read_request_trace(str(packed))

@@ -87,7 +87,10 @@ STREAM_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, lzm
 
 
 def open_text(path: str | os.PathLike[str], encoding: str = "utf-8", newline: str | None = None) -> IO[str]:
-    """`path` opened for reading text, decompressed on the fly when it is gzip, bzip2 or xz."""
+    """`path` opened for reading text, decompressed on the fly when it is gzip, bzip2 or xz. Anything but a
+    regular file (a pipe) is read as plain text: sniffing would eat its first bytes."""
+    if not os.path.isfile(path):
+        return open(path, encoding=encoding, newline=newline)
     with open(path, "rb") as f:
         head = f.read(6)
     kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)

@@ -5,6 +5,8 @@ only a regular file, and only up to a size such a file never reaches.
 never ends: a mistyped path must not hang `check-config` or the daemon's start, nor fill its memory.
 The refusals are OSErrors with a strerror, so every caller's `except OSError` already names the
 file and says why.
+
+And opening a trace, which may come compressed (open_text).
 """
 
 from __future__ import annotations

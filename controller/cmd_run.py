@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from schema.files import read_small_text
+from controller.config_files import read_mqtt_password
 
 if TYPE_CHECKING:
     from controller.config import Config
@@ -114,7 +114,7 @@ def _load_config(
 
 def check_options(args: argparse.Namespace) -> None:
     """Command-line values that would fail later (or misapply): UsageError naming the option."""
-    from controller.config import check_name, mqtt_url_ok
+    from controller.config import check_name, mqtt_url_problem
     from controller.listen import is_loopback
 
     if args.speed <= 0 or args.speed != args.speed or args.speed == float("inf"):
@@ -134,8 +134,8 @@ def check_options(args: argparse.Namespace) -> None:
                 f"--metrics-addr {args.metrics_addr}: not a loopback address; metrics and /status (decision"
                 " evidence) would be reachable from other hosts: add --allow-remote to mean it"
             )
-    if args.mqtt_url is not None and not mqtt_url_ok(args.mqtt_url):
-        raise UsageError(f"--mqtt-url {args.mqtt_url!r}: must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    if args.mqtt_url is not None and (why := mqtt_url_problem(args.mqtt_url)) is not None:
+        raise UsageError(f"--mqtt-url {args.mqtt_url!r}: {why}")
     if args.host_name is not None:
         try:
             check_name(args.host_name)
@@ -239,7 +239,7 @@ def build(args: argparse.Namespace) -> Setup:
         password = None
         if mc is not None and mc.password_file:
             try:
-                password = read_small_text(mc.password_file).strip()
+                password = read_mqtt_password(mc.password_file)
             except OSError as e:
                 raise UsageError(f"exporters.mqtt.password_file {mc.password_file}: {e.strerror or e}") from None
         mqtt = MqttOptions(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,12 +31,36 @@ def check_name(v: str) -> str:
     return v
 
 
-MQTT_URL = re.compile(r"^mqtts?://[^/:\s]+(:\d{1,5})?/?$")
+def url_problem(v: str, schemes: tuple[str, ...], path: bool = True) -> str | None:
+    """Why `v` is not a URL the daemon can connect to (None: it is): one of `schemes`, a host the
+    resolver takes (an IP, or a name whose labels IDNA can encode), a port in range, ASCII beyond
+    the host (percent-encoded), and no path unless `path`. What urllib and the MQTT client would
+    refuse at connect time, on every tick or reconnect, is refused here instead."""
+    want = " or ".join(f"{s}://" for s in schemes)
+    form = f"expected {want}HOST[:PORT]" + ("[/PATH]" if path else "")
+    try:
+        u = urlsplit(v)
+        port = u.port  # ValueError for a port out of range or not a number
+    except ValueError as e:
+        return f"not a URL ({e})"
+    host = u.hostname
+    if u.scheme not in schemes or not host or any(c.isspace() for c in v):
+        return form
+    if port == 0:
+        return "port 0 is not a port to connect to"
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return f"host {host!r} is not a host name (labels of 1-63 characters)"
+    if not v.replace(u.netloc, "", 1).isascii():
+        return "only ASCII after the host: percent-encode other characters"
+    if not path and (u.path not in ("", "/") or u.query or u.fragment):
+        return form + ", without a path"
+    return None
 
 
-def mqtt_url_ok(v: str) -> bool:
-    m = MQTT_URL.match(v)
-    return m is not None and (not m[1] or 0 < int(m[1][1:]) < 65536)
+def mqtt_url_problem(v: str) -> str | None:
+    return url_problem(v, ("mqtt", "mqtts"), path=False)
 
 
 # Host and tenant names end up in metric labels, MQTT topics and file names.
@@ -123,8 +148,8 @@ class LatencySource(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError("must be an http:// or https:// URL with a host")
+        if v is not None and (why := url_problem(v, ("http", "https"))) is not None:
+            raise ValueError(why)
         return v
 
     @model_validator(mode="after")
@@ -418,8 +443,8 @@ class MqttExporter(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not mqtt_url_ok(v):
-            raise ValueError("must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        if (why := mqtt_url_problem(v)) is not None:
+            raise ValueError(why)
         return v
 
     @model_validator(mode="after")
@@ -448,8 +473,8 @@ class Signals(Strict):
     @field_validator("dcgm_exporter_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError("must be an http:// or https:// URL with a host")
+        if v is not None and (why := url_problem(v, ("http", "https"))) is not None:
+            raise ValueError(why)
         return v
 
 

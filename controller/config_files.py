@@ -8,6 +8,7 @@ The daemon runs as root; a file that this (non-root) user cannot read is a warni
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -35,6 +36,29 @@ def _readable(key: str, path: str, what: str) -> Problem | None:
                        error=False)  # fmt: skip
     except OSError as e:
         return Problem(key, f"{what} {path}: {e.strerror or e}")
+    return None
+
+
+def read_mqtt_password(path: str) -> str:
+    """The MQTT password from its file (the first line's text, trimmed). OSError, with the reason as
+    strerror, when it cannot be read or is not UTF-8 text: `run`, `doctor` and `check-config` say
+    the same thing."""
+    try:
+        return read_small_text(path).strip()
+    except UnicodeDecodeError as e:
+        raise OSError(errno.EINVAL, f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+
+
+def _ca_problem(key: str, path: str) -> Problem | None:
+    """A CA file the TLS layer cannot load (not PEM certificates) fails every connect: say so now."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as e:
+        return Problem(key, f"CA file {path}: not PEM CA certificates ({e.reason or e})")
+    except OSError:
+        return None  # unreadable: _readable said so
     return None
 
 
@@ -99,9 +123,19 @@ def _state_dir(cfg: Config) -> list[Problem]:
         return [_unseen("host.state_dir", cfg.host.state_dir, e)]
 
 
+# The longest name the daemon writes in its state directory (a temporary status file: a dot, the
+# name, a pid of up to 7 digits) and rotated journals, with room to spare; Linux's PATH_MAX.
+_LONGEST_STATE_NAME = len(".status.json.4194304.tmp") + 8
+_PATH_MAX = 4096
+
+
 def _state_dir_problems(cfg: Config) -> list[Problem]:
     d = Path(cfg.host.state_dir)
     key = "host.state_dir"
+    n = len(os.fsencode(str(d)))
+    if n + 1 + _LONGEST_STATE_NAME >= _PATH_MAX:
+        why = f"{n} bytes long: the files the daemon keeps there would pass the {_PATH_MAX}-byte path limit"
+        return [Problem(key, why)]
     if d.exists() and not d.is_dir():
         return [Problem(key, f"{d} exists and is not a directory")]
     anc = d
@@ -172,13 +206,19 @@ def file_problems(cfg: Config) -> list[Problem]:
     out += _state_dir(cfg)
     out += _tenant_paths(cfg)
     mq = cfg.exporters.mqtt
-    if mq.enabled or mq.password_file or mq.tls_ca:
-        for key, named, what in (
-            ("exporters.mqtt.password_file", mq.password_file, "password file"),
-            ("exporters.mqtt.tls_ca", mq.tls_ca, "CA file"),
-        ):
-            if named is not None and (p := _readable(key, named, what)) is not None:
-                out.append(p)
+    if mq.password_file is not None:
+        key = "exporters.mqtt.password_file"
+        if (p := _readable(key, mq.password_file, "password file")) is None:
+            try:
+                read_mqtt_password(mq.password_file)
+            except OSError as e:
+                p = Problem(key, f"password file {mq.password_file}: {e.strerror or e}")
+        if p is not None:
+            out.append(p)
+    if mq.tls_ca is not None:
+        key = "exporters.mqtt.tls_ca"
+        if (p := _readable(key, mq.tls_ca, "CA file") or _ca_problem(key, mq.tls_ca)) is not None:
+            out.append(p)
     for i, t in enumerate(cfg.tenants):
         src = t.latency
         if src is not None and src.kind == "jsonl" and src.path:

@@ -23,9 +23,9 @@ from typing import Any
 from actuators.cgroup import CgroupError, CgroupGone, CgroupIO
 from actuators.nvsmi import NvidiaSmi
 from controller.config import Config
+from controller.config_files import read_mqtt_password
 from controller.mig_tables import MigTables
 from controller.signals.base import Unavailable
-from schema.files import read_small_text
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MIN_FREE_BYTES = 64 << 20  # the journal (4 MiB) and state files, with room for a trace
@@ -373,7 +373,7 @@ async def check_mqtt(cfg: Config, timeout_s: float) -> list[Check]:
     password = None
     if mc.password_file:
         try:
-            password = read_small_text(mc.password_file).strip()
+            password = read_mqtt_password(mc.password_file)
         except OSError as e:
             return [
                 Check(

@@ -196,7 +196,9 @@ def _judgement(verdict: Verdict, value: float | None, count: int, bad: float | N
 def llr_weights(eps: float, burn: float) -> tuple[float, float]:
     """(nats per request over the SLO, nats per request within it) of H1 against H0."""
     p0 = min(max(eps, 1e-9), 0.5)
-    p1 = min(p0 * burn, 0.999)
+    # (a floor too: a release burn of 1e-320 underflows to 0 against any tail, and log(0) failed
+    # every tick of a daemon that check-config had accepted)
+    p1 = min(max(p0 * burn, 1e-12), 0.999)
     return math.log(p1 / p0), math.log((1.0 - p1) / (1.0 - p0))
 
 

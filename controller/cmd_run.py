@@ -308,7 +308,14 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     on_obs = writer.write if writer is not None else None
     daemon = Daemon(
         s.host,
-        DaemonOptions(host_name=s.host_name, period_s=s.period_s, state_dir=s.state_dir, until_t=s.until_t),
+        DaemonOptions(
+            host_name=s.host_name,
+            period_s=s.period_s,
+            state_dir=s.state_dir,
+            # a simulated host's clock runs at --speed: stop at its time; a real one: after the wall seconds
+            until_t=s.until_t if s.simulated else None,
+            stop_after_s=None if s.simulated or s.until_t is None else max(0.0, s.until_t - s.host.now()),
+        ),
         spec=s.spec,
         notifier=Notifier(),
         reload=s.reload,

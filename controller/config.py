@@ -202,7 +202,7 @@ class TenantConfig(Strict):
     gpu: Name | None = None
     instance: str | None = None  # GPU/PROFILE@START, e.g. gpu0/3g.20gb@4
     devices: list[Device] = []
-    slo_ms: float | None = Field(None, gt=0)
+    slo_ms: float | None = Field(None, ge=0.001)  # at least 1 us: a subnormal one became an SLO of 0 s
     quantile: float = Field(0.99, gt=0, lt=1)
     latency: LatencySource | None = None
     launcher: Launcher | None = None

@@ -68,6 +68,9 @@ class DaemonOptions:
     period_s: float = 2.0  # wall-clock seconds between ticks
     state_dir: str | None = None  # status.json and state.json live here
     until_t: float | None = None  # stop once host.now() reaches this (run --simulate --duration)
+    # Stop this many wall-clock seconds after the loop starts (run --duration on a real host),
+    # whatever the period: a check after each tick's sleep ran up to a period past it.
+    stop_after_s: float | None = None
     max_ticks: int | None = None
     observe_timeout_s: float | None = None  # default: the period (at least 1 s)
     status_every_s: float = 5.0  # status.json / state.json: at most this often, and on every decision
@@ -185,6 +188,9 @@ class Daemon:
         period = self.opts.period_s
         start = self.clock()
         k = 0
+        timer = None
+        if self.opts.stop_after_s is not None:
+            timer = loop.call_later(self.opts.stop_after_s, self.request_stop, "duration reached")
         try:
             while not self.stopping.is_set():
                 if self._reload_pending:
@@ -211,6 +217,8 @@ class Daemon:
                     deadline = start + k * period
                 await self._sleep_until(deadline)
         finally:
+            if timer is not None:
+                timer.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self._shutdown()

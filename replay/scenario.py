@@ -216,7 +216,7 @@ class TenantConfig(_Strict):
     instance: str | None = None  # GPU/PROFILE@START
     cgroup: str | None = None
     devices: list[str] = []
-    slo_ms: float | None = Field(None, gt=0)
+    slo_ms: float | None = Field(None, ge=0.001)  # at least 1 us: a subnormal one became an SLO of 0 s
     quantile: float = Field(0.99, gt=0, lt=1)
     mps: bool = False
     requests: Requests | None = None  # sensitive

@@ -100,3 +100,9 @@ def test_the_smallest_release_burn_keeps_the_evidence_finite() -> None:
     state = ControllerState()
     for i in range(30):
         state = decide(state, example_observation(2.0 * i, 0.030 if i > 10 else 0.010, 3e9), spec).state
+
+
+def test_an_slo_too_small_to_be_a_latency_is_refused() -> None:
+    # 5e-324 ms passed "> 0" and became an SLO of 0 s
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\(llm\)\.slo_ms"):
+        parse_config(SENS.format(url="http://127.0.0.1:8000/metrics").replace("slo_ms = 100", "slo_ms = 5e-324"))

@@ -43,6 +43,17 @@ def test_ticks_follow_the_monotonic_grid_without_drift() -> None:
     assert d.snapshot.ticks_total == 40
 
 
+def test_a_wall_clock_duration_stops_mid_period_not_a_period_late() -> None:
+    # run --duration on a real host with a long sample_period_s ran a whole period past it
+    import time
+
+    d = Daemon(ToyHost(), DaemonOptions(period_s=30.0, stop_after_s=0.3))
+    t0 = time.monotonic()
+    assert run(d) == 0
+    assert time.monotonic() - t0 < 5.0
+    assert d.snapshot.ticks_total == 1 and d.stop_reason == "duration reached"
+
+
 def test_an_overrun_is_counted_once_and_slots_are_skipped_not_caught_up() -> None:
     period = 0.05
     host = ToyHost(slow_on={5: period * 2.5})

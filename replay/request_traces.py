@@ -57,8 +57,8 @@ def read_request_trace(path: str) -> Trace:
 
 
 def _rows(path: str, f: IO[str]) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of each CSV row."""
-    rows = csv.reader(f)
+    """(line number, fields) of each CSV row (a line that cannot be read: _lines says so)."""
+    rows = csv.reader(line for _, line in _lines(path, f))
     n = 0
     while True:
         n += 1
@@ -66,10 +66,6 @@ def _rows(path: str, f: IO[str]) -> Iterator[tuple[int, list[str]]]:
             row = next(rows, None)
         except csv.Error as e:  # a NUL byte, an unterminated quote
             raise ValueError(f"{path}:{n}: not CSV: {e}") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}:{n}: not UTF-8 text: {e.reason}") from None
-        except STREAM_ERRORS as e:  # a compressed trace cut short or damaged
-            raise ValueError(f"{path}:{n}: cannot read: {e}") from None
         if row is None:
             return
         yield n, row
@@ -145,6 +141,7 @@ def _mooncake(path: str, f: IO[str]) -> _Columns:
 
 
 def _lines(path: str, f: IO[str]) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line; one that cannot be read is a ValueError naming it."""
     n = 0
     while True:
         n += 1

@@ -40,7 +40,7 @@ def _readable(key: str, path: str, what: str) -> Problem | None:
 
 
 def read_mqtt_password(path: str) -> str:
-    """The MQTT password from its file (the first line's text, trimmed). OSError, with the reason as
+    """The MQTT password from its file (its text, whitespace trimmed). OSError, with the reason as
     strerror, when it cannot be read or is not UTF-8 text: `run`, `doctor` and `check-config` say
     the same thing."""
     try:

@@ -305,6 +305,7 @@ class PolicyConfig(Strict):
     guard_relief_s: float = Field(60.0, ge=0)  # 0: never
     mps_guard_percent: int = Field(50, ge=1, le=100)
     max_reconfigs_per_hour: int = Field(4, ge=0, le=60)
+    hold_retries_per_tick: int = Field(1, ge=0, le=10_000)  # 0: no limit
     outage_budget_share: float = Field(0.5, ge=0, le=10)  # 0: no limit
     outage_budget_window_s: float = Field(14400.0, ge=60, le=90 * 86400)
     outage_warmup_s: float = Field(60.0, ge=0, le=86400)
@@ -375,6 +376,7 @@ class PolicyConfig(Strict):
             guard_relief_s=self.guard_relief_s or None,
             mps_guard_percent=self.mps_guard_percent,
             max_reconfigs_per_hour=self.max_reconfigs_per_hour,
+            hold_retries_per_tick=self.hold_retries_per_tick,
             outage_budget_share=self.outage_budget_share or None,
             outage_budget_window_s=self.outage_budget_window_s,
             outage_warmup_s=self.outage_warmup_s,

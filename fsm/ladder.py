@@ -55,11 +55,19 @@ class Tick(ReleaseTick):
             guard_cost=charge_guards(state, obs, spec),
             capped=state.capped,
         )
-        for ctl in tick.tenants.values():
+        queued = []
+        for name, ctl in tick.tenants.items():
             if ctl.target is not None:
                 tick.reserved.add(ctl.target)
             if ctl.pending is not None:
                 tick.busy_gpus.update(s.gpu for s in ctl.stack[-1:] if s.gpu is not None and s.lever == RESIZE)
+            if ctl.retry_queued is not None:
+                queued.append((ctl.retry_queued, name))
+        cap = spec.policy.hold_retries_per_tick
+        if cap:
+            queued.sort()
+            tick.retry_first = {name for _, name in queued[:cap]}
+            tick.retry_slots = cap - len(tick.retry_first)
         # A GPU whose managed layout is not yet the actual one has a change under way.
         for gpu, layout in tick.layouts.items():
             g = obs.gpus.get(gpu)
@@ -139,8 +147,17 @@ class Tick(ReleaseTick):
         # (the next tick at least: a tick longer than cooldown_s must not miss the retry)
         burst_since = now - ctl.burst_held_at if ctl.burst_held_at is not None else math.inf
         burst_held = burst_since <= max(policy.cooldown_s, self.windows.get(t.name, (0.0, 0.0))[1])
-        if (ctl.bad >= 1 or burst_held) and free and (ctl.retry_at is None or now >= ctl.retry_at):
-            self._escalate(t, w.value, slo)
+        # A retry queued for a slot (_retry_turn) keeps its trigger until its turn, unless the tail
+        # is judged good meanwhile: the evidence crosses its threshold on one tick in Y, not on the
+        # tick the slot comes free.
+        queued = ctl.retry_queued is not None and w.verdict is not Verdict.GOOD
+        want = (ctl.bad >= 1 or burst_held or queued) and free and (ctl.retry_at is None or now >= ctl.retry_at)
+        if ctl.retry_queued is not None and not want:
+            self._update(t.name, retry_queued=None)  # judged good, or nothing may act: no longer asks
+            ctl = self.tenants[t.name]
+        if want:
+            if self._retry_turn(t.name, exempt=burst_held or not (ctl.stack or ctl.last_reason)):
+                self._escalate(t, w.value, slo)
         elif policy.early_guard and early and level is Level.STEADY and free:
             self._early_guard(t, w.value, slo)
         elif level is Level.GUARDED and free and self._guard_useless(t):
@@ -176,6 +193,27 @@ class Tick(ReleaseTick):
             and now - ctl.released_at > 4 * _dwell(policy.dwell_s, ctl.flaps)
         ):
             self.tenants[t.name] = evolve(ctl, flaps=0)  # calm for long enough: forget the flapping
+
+    def _retry_turn(self, name: str, exempt: bool) -> bool:
+        """May this tenant's escalation run on this tick? A retry (hold_retries_per_tick) may if
+        it holds a slot: the longest queued hold one each, the other slots go to the first that ask,
+        in decide()'s order (most urgent first); the rest are queued, their first refusal's time
+        kept. A burst's wait and an episode's first escalation (nothing on, nothing refused) are
+        `exempt`: they never wait."""
+        queued = self.tenants[name].retry_queued
+        if exempt or self.retry_slots < 0:
+            pass
+        elif name in self.retry_first:
+            self.retry_first.discard(name)
+        elif self.retry_slots > 0:
+            self.retry_slots -= 1
+        else:
+            if queued is None:
+                self._update(name, retry_queued=self.obs.t)
+            return False
+        if queued is not None:
+            self._update(name, retry_queued=None)
+        return True
 
     @staticmethod
     def _watch_outage(

@@ -99,6 +99,12 @@ class Policy:
     guard_relief_s: float | None = 60.0
     mps_guard_percent: int = 50
     max_reconfigs_per_hour: int = 4
+    # Escalations per tick of tenants with a lever on or refused before (a hold, a failed operation,
+    # a held release), the longest waiting first; the others wait a tick. An episode's first
+    # escalation never waits.
+    # Victims hit by one episode are refused alike and come back on the same tick: spread over
+    # ticks, their retries keep the tick's cost near one escalation's (0: no limit).
+    hold_retries_per_tick: int = 1
     # Outages (moves, resizes) a sensitive tenant may be put through per rolling window, as a share
     # of its tail's error budget over that window, at most a p99's (tick_base.outage_tail):
     # min(1 - quantile, 0.01) x window. A p99 tenant over a day:

@@ -116,6 +116,10 @@ class TenantCtl:
     # A hold whose only obstacle was a lever's price (its rent still short of it): the next attempt
     # comes at this time, with the evidence kept, instead of once fresh evidence is enough again.
     retry_at: float | None = None
+    # When this tenant's retry (an escalation after the ladder refused it: a hold, a failure, a held
+    # release) was first put off because the tick's retry slots (hold_retries_per_tick) were taken:
+    # the longest waiting go first on the next ticks.
+    retry_queued: float | None = None
     # When a move or resize was last held for a burst its outage would meet (outage_burst_wait):
     # until cooldown_s later (the next tick at least) it is tried again on every tick, violating or
     # not, and taken on the first that is no burst (if it still pays). The evidence crosses its

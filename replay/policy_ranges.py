@@ -41,6 +41,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "guard_relief_s": (0, False, None, False),
     "mps_guard_percent": (1, False, 100, False),
     "max_reconfigs_per_hour": (0, False, 60, False),
+    "hold_retries_per_tick": (0, False, 10_000, False),
     "outage_budget_share": (0, False, 10, False),
     "outage_budget_window_s": (60, False, 90 * DAY, False),
     "outage_warmup_s": (0, False, DAY, False),

@@ -59,10 +59,28 @@ class ReconcileReport:
     busy: list[str] = field(default_factory=list)  # targets skipped: an operation still in flight
     errors: list[str] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)  # targets held back by the hands' backoff
+    # `run --dry-run`: the host is not touched at all, not even to lift (ReconcileReport.lift)
+    hands_off: bool = False
 
     def merge(self, other: ReconcileReport) -> None:
         for name in ("ops", "applied", "started", "busy", "errors", "deferred"):
             getattr(self, name).extend(getattr(other, name))
+
+    def lift(self, op: str) -> bool:
+        """Whether to lift what tailguard set (`op` says what). A dry run of the config's mode (or
+        the control topic's, or a pause) does: it holds nothing, since it sets and renews nothing,
+        and a limit set before (by an enforcing run, or before the mode was switched) would stay past
+        its expiry; the lift is logged as done (the reconciler logs a dry run's plan as what it
+        "would" do). `run --dry-run` does not (hands off: it may run beside the enforcing daemon,
+        whose journal it reads): planned only."""
+        if self.hands_off:
+            self.ops.append(op)
+            return False
+        if self.dry_run:
+            log.info("%s (done in a dry run: tailguard holds no limits then)", op)
+        else:
+            self.ops.append(op)
+        return True
 
 
 @dataclass(frozen=True, slots=True)

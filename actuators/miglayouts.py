@@ -74,7 +74,7 @@ class MigLayouts:
                 f = h.backoff.failing[target]
                 rep.deferred.append(f"{target}: retry in {wait:.0f} s ({f.failures} failures; last: {f.error})")
                 continue
-            sub = ReconcileReport(rep.t, rep.dry_run)
+            sub = ReconcileReport(rep.t, rep.dry_run, hands_off=rep.hands_off)
             planned: asyncio.Future[None] = loop.create_future()
             h.tasks[target] = asyncio.create_task(self._check(gpu, want_l, set(desired.placements), sub, planned),
                                                   name=target)  # fmt: skip

@@ -42,10 +42,10 @@ class MpsLimits:
     async def reconcile(self, desired: DesiredState, now: float, rep: ReconcileReport) -> None:
         h = self.h
         wanted = {m.tenant: m for m in desired.mps if m.expires_at > now}
-        for tenant in sorted(set(self.owned) - set(wanted)):
+        keep = set() if rep.dry_run and not rep.hands_off else set(wanted)  # a dry run lifts all
+        for tenant in sorted(set(self.owned) - keep):
             pid, _ = self.owned[tenant]
-            rep.ops.append(f"lift MPS limit of {tenant} (server {pid})")
-            if rep.dry_run:
+            if not rep.lift(f"lift MPS limit of {tenant} (server {pid})"):
                 continue
             h.jot("mps", phase="intent", action="lift", tenant=tenant, pid=pid)
             try:

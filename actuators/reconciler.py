@@ -145,6 +145,17 @@ class Reconciler:
     def tenants(self) -> dict[str, TenantActuation]:
         return self.h.tenants
 
+    def configure(self, tenants: Mapping[str, TenantActuation], readiness: Ready | None) -> None:
+        """A reloaded config's tenants (cgroups, launchers, homes) and readiness probe, for the next
+        operations; one in flight keeps what it started with. A new tenant with a launcher is taken
+        to run at its home; where the others run is what the moves found, not the config."""
+        h = self.h
+        h.tenants = dict(tenants)
+        h.readiness = readiness
+        for name, t in h.tenants.items():
+            if t.launcher is not None and name not in h.placement:
+                h.placement[name] = t.home
+
     @property
     def dry_run(self) -> bool:
         return self.h.dry_run
@@ -257,7 +268,7 @@ class Reconciler:
         reported in `busy` and its result comes later through status()."""
         async with self._lock:
             now = self.h.clock()
-            rep = ReconcileReport(now, self.h.dry_run or not desired.enforce)
+            rep = ReconcileReport(now, self.h.dry_run or not desired.enforce, hands_off=self.h.dry_run)
             self.throttles.reconcile(desired, now, rep)
             checks: list[Check] = []
             mps = self._start_mps(desired, now, rep)
@@ -290,7 +301,7 @@ class Reconciler:
             f = h.backoff.failing[target]
             rep.deferred.append(f"{target}: retry in {wait:.0f} s ({f.failures} failures; last: {f.error})")
             return None
-        sub = ReconcileReport(rep.t, rep.dry_run)
+        sub = ReconcileReport(rep.t, rep.dry_run, hands_off=rep.hands_off)
         planned: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def run() -> None:

@@ -96,20 +96,20 @@ class Throttles:
             except (CgroupError, PathError) as e:
                 rep.errors.append(str(e))
                 actual[cg] = None
-        # Lift what tailguard set and no longer wants (or that expired).
-        for key in sorted(set(self.owned) - set(wanted)):
+        # Lift what tailguard set and no longer wants (or that expired); in a dry run, all of it
+        # (ReconcileReport.lift: not in `run --dry-run`). Lifting is the safe direction.
+        keep = {} if rep.dry_run and not rep.hands_off else wanted
+        for key in sorted(set(self.owned) - set(keep)):
             cg, dev = key
             o = self.owned[key]
             if actual.get(cg) is None:
-                rep.ops.append(f"forget cap on {cg} {dev} (group gone)")
-                if not rep.dry_run:
-                    self.owned.pop(key)
-                    h.jot("throttle", phase="done", action="lift", cgroup=cg, dev=dev, tenant=o.tenant,
-                          note="group gone")  # fmt: skip
+                if not rep.lift(f"forget cap on {cg} {dev} (group gone)"):
+                    continue
+                self.owned.pop(key)
+                h.jot("throttle", phase="done", action="lift", cgroup=cg, dev=dev, tenant=o.tenant, note="group gone")
                 continue
-            why = "expired" if o.expires_at <= now else "no longer wanted"
-            rep.ops.append(f"lift cap {o.caps} on {cg} {dev} ({why})")
-            if rep.dry_run:
+            why = "expired" if o.expires_at <= now else "dry run" if rep.dry_run else "no longer wanted"
+            if not rep.lift(f"lift cap {o.caps} on {cg} {dev} ({why})"):
                 continue
             # Lifting is the safe direction: done even when the journal cannot be written.
             h.jot("throttle", phase="intent", action="lift", cgroup=cg, dev=dev, tenant=o.tenant)

@@ -34,6 +34,8 @@ def tenant_actuations(cfg: Config) -> dict[str, TenantActuation]:
 
 
 def reconciler_from_config(cfg: Config, **overrides: Any) -> Reconciler:
+    """The config's mode is not here: it comes with each desired state (`enforce`), so a reload
+    switches it; `dry_run=True` (the command line's --dry-run) holds whatever they say."""
     args: dict[str, Any] = {
         "cgroup_root": cfg.host.cgroup_root,
         "cgroup_version": cfg.host.cgroup_version,
@@ -41,7 +43,7 @@ def reconciler_from_config(cfg: Config, **overrides: Any) -> Reconciler:
         "gpu_models": {g.name: g.model for g in cfg.gpus if g.model},
         "tenants": tenant_actuations(cfg),
         "journal_path": str(Path(cfg.host.state_dir) / "journal.jsonl"),
-        "dry_run": not cfg.enforce,
+        "dry_run": False,
         "sys_root": cfg.signals.sys_root,
         "readiness": readiness_from_config(cfg),
     }

@@ -82,6 +82,7 @@ class Setup:
     simulated: bool
     record_max_bytes: int = 64 << 20
     notes: list[str] = field(default_factory=list)
+    dry_run_locked: bool = False  # --dry-run: nothing switches the daemon to enforce
 
 
 def setup_logging(level: str) -> None:
@@ -110,6 +111,17 @@ def _load_config(
     for w in c.warnings:
         logging.getLogger("tailguard.config").warning("%s: %s", path, w)
     return c.config
+
+
+def _overridden(cfg: Config, args: argparse.Namespace) -> Config:
+    """The config with the command line's overrides (--dry-run, --host-name): at start and on
+    every reload alike."""
+    host: dict[str, str] = {}
+    if args.dry_run:
+        host["mode"] = "dry-run"
+    if args.host_name:
+        host["name"] = args.host_name
+    return cfg.model_copy(update={"host": cfg.host.model_copy(update=host)}) if host else cfg
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -196,30 +208,31 @@ def build(args: argparse.Namespace) -> Setup:
         from controller.linux_host import LinuxHost
         from controller.topology import load_topology
 
-        if args.dry_run:
-            cfg = cfg.model_copy(update={"host": cfg.host.model_copy(update={"mode": "dry-run"})})
-        if args.host_name:
-            cfg = cfg.model_copy(update={"host": cfg.host.model_copy(update={"name": args.host_name})})
+        cfg = _overridden(cfg, args)
         try:
             topo = load_topology(cfg.topology.source, cfg.signals.sys_root, cfg.topology.topo_matrix_file)
         except (OSError, RuntimeError, ValueError) as e:
             raise UsageError(f"topology ({cfg.topology.source}): {e}") from None
-        host = LinuxHost(cfg, topo, mig=mig)
+        host = LinuxHost(cfg, topo, mig=mig, dry_run=args.dry_run)
         spec = host.spec
         period = args.period or cfg.host.sample_period_s
         # The host clock is wall-clock time: --duration counts from now.
         until = None if args.duration is None else host.now() + args.duration
         name = cfg.host.name
         cfg_path = args.config or DEFAULT_CONFIG
-        dry = args.dry_run
         linux_host = host
+        from controller.config import ConfigError
+        from controller.config_reload import restart_only_changes
 
         def reload_fn() -> HostSpec:
-            # validated in full before anything changes, MIG homes by the tables in force
+            # validated in full before anything changes, MIG homes by the tables in force; the
+            # command line's overrides kept; what takes a restart refused (config_reload)
             new = _load_config(cfg_path, checked=True, models=linux_host.mig.driver_model)
             assert new is not None
-            if dry:
-                new = new.model_copy(update={"host": new.host.model_copy(update={"mode": "dry-run"})})
+            new = _overridden(new, args)
+            refused = restart_only_changes(linux_host.cfg, new)
+            if refused:
+                raise ConfigError(str(cfg_path), refused)
             return linux_host.reload(new)
 
         simulated = False
@@ -253,7 +266,8 @@ def build(args: argparse.Namespace) -> Setup:
             latency_ingest=mc.latency_ingest if mc else True,
             control_topic=mc.control_topic if mc else False,
         )
-    return Setup(host, spec, name, period, until, state_dir, metrics, mqtt, reload_fn, simulated)
+    return Setup(host, spec, name, period, until, state_dir, metrics, mqtt, reload_fn, simulated,
+                 dry_run_locked=args.dry_run)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -315,6 +329,7 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
             # a simulated host's clock runs at --speed: stop at its time; a real one: after the wall seconds
             until_t=s.until_t if s.simulated else None,
             stop_after_s=None if s.simulated or s.until_t is None else max(0.0, s.until_t - s.host.now()),
+            dry_run_locked=s.dry_run_locked,
         ),
         spec=s.spec,
         notifier=Notifier(),

@@ -74,6 +74,9 @@ class DaemonOptions:
     max_ticks: int | None = None
     observe_timeout_s: float | None = None  # default: the period (at least 1 s)
     status_every_s: float = 5.0  # status.json / state.json: at most this often, and on every decision
+    # Started with --dry-run: nothing switches it to enforce (the control topic's "enforce" is
+    # refused; a reload keeps the mode at dry-run).
+    dry_run_locked: bool = False
 
 
 class Daemon:
@@ -174,6 +177,8 @@ class Daemon:
             self.paused = True
         elif command == "resume":
             self.paused = False
+        elif command == "enforce" and self.opts.dry_run_locked:
+            raise ValueError("control enforce: tailguard was started with --dry-run; restart it without to enforce")
         elif command in ("dry-run", "enforce"):
             self.spec = replace(self.spec, policy=replace(self.spec.policy, enforce=command == "enforce"))
         else:
@@ -282,8 +287,10 @@ class Daemon:
             self.on_observation(obs)
         d = self.decide_fn(self.state, obs, self.spec)
         self.state = d.state
-        if not self.paused:
-            self._apply(d.desired)
+        # Paused: hands off, as in a dry run (nothing set, moved or renewed), and tailguard's own
+        # caps and MPS limits are lifted: a paused daemon does not renew or judge them, and left on
+        # they would outlive their expiry.
+        self._apply(replace(d.desired, enforce=False) if self.paused else d.desired)
         self._account(obs, d)
         if d.events:
             self._events_total += len(d.events)

@@ -24,7 +24,7 @@ from actuators.journal import JournalStats
 from actuators.nvsmi import NvidiaSmi
 from actuators.reconciler import Reconciler
 from actuators.salvage import lift_expired
-from controller.actuation import reconciler_from_config
+from controller.actuation import readiness_from_config, reconciler_from_config, tenant_actuations
 from controller.config import Config
 from controller.exporters.snapshot import MigTableView
 from controller.mig_probe import check_against_driver
@@ -65,12 +65,16 @@ class LinuxHost:
         reconciler: Reconciler | None = None,
         lift_throttles_on_exit: bool | None = None,
         mig: MigTables | None = None,
+        dry_run: bool = False,
     ) -> None:
+        """`dry_run`: the command line's --dry-run, which nothing overrides; the config's mode
+        comes with each desired state (its `enforce`), so a reload or the control topic switches it."""
         self.cfg = cfg
         self.topology = topology
         self.spec: HostSpec = host_spec(cfg, topology)
         self.collector = collector or SignalCollector(cfg, topology)
-        self.reconciler = reconciler or reconciler_from_config(cfg)
+        self.reconciler = reconciler or reconciler_from_config(cfg, dry_run=dry_run)
+        self._lift_override = lift_throttles_on_exit
         self.lift = cfg.host.lift_throttles_on_exit if lift_throttles_on_exit is None else lift_throttles_on_exit
         # The MIG tables in force: read through the reconciler's nvidia-smi at start, again when the
         # driver version changes. The daemon picks up a new `mig_tables` mapping on its next tick.
@@ -240,18 +244,17 @@ class LinuxHost:
         return fn() if callable(fn) else {}
 
     def reload(self, cfg: Config) -> HostSpec:
-        """A new config: new samplers (sources may have changed), same reconciler (it owns caps).
-        Raises DriverMismatch (the old config stays) when it asks for MIG settings the drivers'
-        tables read so far do not offer."""
-        if gpu_maps(cfg) == (self.mig.gpus, self.mig.models):
-            check_against_driver(cfg, self.mig)
+        """A new config (what takes a restart unchanged: controller/config_reload.py): new samplers
+        (sources may have changed), the same reconciler (it owns caps and operations in flight) told
+        the tenants anew (cgroups, launchers, readiness). Raises DriverMismatch (the old config
+        stays) when it asks for MIG settings the drivers' tables read so far do not offer."""
+        check_against_driver(cfg, self.mig)
         self.collector = SignalCollector(cfg, self.topology)
         self.collector.use_mig_tables(self.mig.in_force())
+        self.reconciler.configure(tenant_actuations(cfg), readiness_from_config(cfg))
         self.cfg = cfg
         self.spec = host_spec(cfg, self.topology, self.mig_tables)
-        gpus, models = gpu_maps(cfg)
-        if gpus != self.mig.gpus or models != self.mig.models:  # re-read for the new [[gpus]] soon
-            self.mig.gpus, self.mig.models, self._mig_force = gpus, models, True
+        self.lift = cfg.host.lift_throttles_on_exit if self._lift_override is None else self._lift_override
         return self.spec
 
     async def close(self) -> None:

@@ -101,7 +101,10 @@ class Actuation:
 
     def apply_sync(self, desired: DesiredState) -> None:
         if not desired.enforce:
-            return  # dry-run / shadow: nothing is applied
+            # dry-run / shadow: nothing is applied, and the caps and MPS limits set before are
+            # lifted, as the real reconciler lifts its own in a dry run (ReconcileReport.lift)
+            self.caps, self.mps = {}, {}
+            return
         self.caps = {}
         for th in desired.throttles:
             dev = self.topo.resolve(th.device) or th.device

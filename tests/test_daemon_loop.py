@@ -133,7 +133,8 @@ def test_control_pause_stops_applying_and_dry_run_marks_events() -> None:
     d = Daemon(host, DaemonOptions(period_s=0.005, max_ticks=50))
     d.control("pause")
     run(d)
-    assert host.applied == []
+    # paused: every tick goes to the host as a dry run (it applies nothing and lifts what it holds)
+    assert host.applied and all(not x.enforce for x in host.applied)
     assert d.snapshot.paused
     host2 = ToyHost()
     d2 = Daemon(host2, DaemonOptions(period_s=0.005, max_ticks=60))
@@ -143,6 +144,10 @@ def test_control_pause_stops_applying_and_dry_run_marks_events() -> None:
     assert all(not x.enforce for x in host2.applied)
     with pytest.raises(ValueError, match="unknown control command"):
         d2.control("reboot")
+    d3 = Daemon(ToyHost(), DaemonOptions(dry_run_locked=True))
+    with pytest.raises(ValueError, match="started with --dry-run"):
+        d3.control("enforce")
+    assert d3.control("dry-run") == "dry-run"
 
 
 def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one() -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from controller.config_files import read_mqtt_password
 
@@ -83,6 +83,7 @@ class Setup:
     record_max_bytes: int = 64 << 20
     notes: list[str] = field(default_factory=list)
     dry_run_locked: bool = False  # --dry-run: nothing switches the daemon to enforce
+    locks: list[IO[str]] = field(default_factory=list)  # the state directories' locks, held while it runs
 
 
 def setup_logging(level: str) -> None:
@@ -122,6 +123,23 @@ def _overridden(cfg: Config, args: argparse.Namespace) -> Config:
     if args.host_name:
         host["name"] = args.host_name
     return cfg.model_copy(update={"host": cfg.host.model_copy(update=host)}) if host else cfg
+
+
+def _lock_dirs(dirs: list[str]) -> list[IO[str]]:
+    """Each directory's lock (controller/statelock.py); UsageError when another daemon holds one."""
+    from controller.statelock import StateDirBusy, lock_state_dir
+
+    held: list[IO[str]] = []
+    for d in dict.fromkeys(dirs):
+        try:
+            fh = lock_state_dir(d)
+        except StateDirBusy as e:
+            for h in held:
+                h.close()
+            raise UsageError(str(e)) from None
+        if fh is not None:
+            held.append(fh)
+    return held
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -203,12 +221,16 @@ def build(args: argparse.Namespace) -> Setup:
         reload_fn = None
         simulated = True
         state_dir = args.state_dir
+        locks = _lock_dirs([state_dir] if state_dir else [])
     else:
         assert cfg is not None
         from controller.linux_host import LinuxHost
         from controller.topology import load_topology
 
         cfg = _overridden(cfg, args)
+        # One daemon per state directory (controller/statelock.py): the one it writes status and
+        # state to, and the journal's (config's), unless hands off (--dry-run only reads it).
+        locks = _lock_dirs([args.state_dir or cfg.host.state_dir, *([] if args.dry_run else [cfg.host.state_dir])])
         try:
             topo = load_topology(cfg.topology.source, cfg.signals.sys_root, cfg.topology.topo_matrix_file)
         except (OSError, RuntimeError, ValueError) as e:
@@ -267,7 +289,7 @@ def build(args: argparse.Namespace) -> Setup:
             control_topic=mc.control_topic if mc else False,
         )
     return Setup(host, spec, name, period, until, state_dir, metrics, mqtt, reload_fn, simulated,
-                 dry_run_locked=args.dry_run)  # fmt: skip
+                 dry_run_locked=args.dry_run, locks=locks)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:

@@ -48,5 +48,7 @@ def main(args: argparse.Namespace) -> int:
     except StatusError as e:
         print(f"tailguard status: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(data, indent=2, sort_keys=True) if args.json else render(data))
+    from controller.statelock import holder
+
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else render(data, lock=holder(state_dir)))
     return 0

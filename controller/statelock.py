@@ -61,3 +61,25 @@ def lock_state_dir(directory: str) -> IO[str] | None:
         fh.write(f"{os.getpid()}\n")
         fh.flush()
     return fh
+
+
+def holder(directory: str) -> tuple[str, int | None]:
+    """Who holds the directory's lock, for `tailguard status`: ("held", pid or None), ("free", None)
+    when no process does (a daemon that was killed leaves its status file saying "running"), or
+    ("unknown", None) when the lock cannot be looked at (none made yet, not ours to open)."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        fh = open(path, encoding="utf-8")  # noqa: SIM115 (closed below, which drops a shared lock)
+    except OSError:
+        return "unknown", None
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return "unknown", None
+            pid = ""
+            with contextlib.suppress(OSError, ValueError):
+                pid = fh.read(32).strip()
+            return "held", int(pid) if pid.isdecimal() else None
+        return "free", None

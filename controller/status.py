@@ -174,14 +174,22 @@ def _ago(s: float) -> str:
     return f"{_dur(s)} ago"
 
 
-def render(data: dict[str, Any], now: float | None = None) -> str:
+def render(data: dict[str, Any], now: float | None = None, lock: tuple[str, int | None] = ("unknown", None)) -> str:
+    """`lock`: who holds the daemon's state directory (controller/statelock.holder), which tells a
+    killed daemon (nobody) from a stalled one (its pid still does)."""
     now = time.time() if now is None else now
     age = now - float(data.get("wall") or 0)
     period = max(float(data.get("period_s") or 1), float(data.get("status_every_s") or 0))
+    held, pid = lock
+    by = f" (pid {pid})" if held == "held" and pid is not None else ""
     if data.get("state") == "stopped":
         alive = f"stopped {_ago(age)} ({data.get('stop_reason') or 'clean exit'})"
+    elif held == "free":
+        alive = f"NOT RUNNING: no process holds its state directory; the last tick was {_ago(age)} (killed?)"
     elif age <= 3 * period + 1:
-        alive = "running" if data.get("state", "running") == "running" else "starting (no good tick yet)"
+        alive = ("running" if data.get("state", "running") == "running" else "starting (no good tick yet)") + by
+    elif held == "held":
+        alive = f"STALE: last tick {age:.0f} s ago, and the daemon{by} still holds its state directory (stalled?)"
     else:
         alive = f"STALE: last tick {age:.0f} s ago (killed or stalled?)"
     lines = [

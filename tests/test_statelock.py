@@ -92,3 +92,25 @@ def test_no_lock_where_none_can_be_made_does_not_stop_the_start(
     with caplog.at_level(logging.WARNING, logger="tailguard"):
         assert lock_state_dir(str(tmp_path / "file" / "state")) is None
     assert "cannot make the state directory's lock" in caplog.text
+
+
+def test_status_tells_a_killed_daemon_from_a_stalled_one(tmp_path: Path) -> None:
+    """`tailguard status`: a status file that says "running" is read against the directory's lock."""
+    import os
+
+    from controller.statelock import holder
+    from controller.status import render
+
+    d = str(tmp_path / "state")
+    assert holder(d) == ("unknown", None)  # no lock made there yet: the status file's age decides
+    fh = lock_state_dir(d)
+    assert fh is not None
+    assert holder(d) == ("held", os.getpid())
+    fresh = {"state": "running", "wall": 1000.0, "period_s": 2.0, "host": "h1", "mode": "enforce"}
+    assert f"running (pid {os.getpid()})" in render(fresh, now=1001.0, lock=holder(d))
+    assert "still holds its state directory (stalled?)" in render(fresh, now=1600.0, lock=holder(d))
+    fh.close()  # the daemon is gone (SIGKILL releases it the same way)
+    assert holder(d) == ("free", None)
+    assert "NOT RUNNING: no process holds its state directory" in render(fresh, now=1001.0, lock=holder(d))
+    assert "stopped" in render({**fresh, "state": "stopped"}, now=1001.0, lock=holder(d))
+    assert "killed or stalled?" in render(fresh, now=1600.0)  # nothing known of the lock: as before

@@ -440,7 +440,11 @@ async def check_state_dir(cfg: Config) -> list[Check]:
                 f"free at least {MIN_FREE_BYTES >> 20} MiB (journal, state, traces)",
             )
         ]
-    return [Check("state dir", OK, f"{d} writable, {free >> 20} MiB free")]
+    from controller.statelock import holder
+
+    held, pid = holder(str(d))
+    running = f"; a daemon{f' (pid {pid})' if pid else ''} runs with it" if held == "held" else ""
+    return [Check("state dir", OK, f"{d} writable, {free >> 20} MiB free{running}")]
 
 
 async def check_notify_socket() -> list[Check]:

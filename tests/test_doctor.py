@@ -106,6 +106,15 @@ def test_all_ok_on_an_emulated_gpu_host(tmp_path: Path, monkeypatch: pytest.Monk
     assert "I/O counters and PSI readable" in c["cgroup etl"].cause
     assert c["latency llm"].status == OK and c["dcgm"].status == OK
     assert c["state dir"].cause.startswith(f"{tmp_path / 'state'} writable")
+    assert "runs with it" not in c["state dir"].cause
+    from controller.statelock import lock_state_dir
+
+    held = lock_state_dir(str(tmp_path / "state"))  # a daemon runs with that directory
+    assert held is not None
+    with serve() as pages:
+        checks = _run(_config(tmp_path, pages.set("/metrics", DCGM)), fake)
+    assert _by_name(checks)["state dir"].cause.endswith(f"; a daemon (pid {os.getpid()}) runs with it")
+    held.close()
 
 
 def test_mig_mode_off_is_a_warning_with_the_command_to_fix_it(tmp_path, monkeypatch) -> None:

@@ -61,8 +61,8 @@ class Tick(ReleaseTick):
                 tick.reserved.add(ctl.target)
             if ctl.pending is not None:
                 tick.busy_gpus.update(s.gpu for s in ctl.stack[-1:] if s.gpu is not None and s.lever == RESIZE)
-            if ctl.retry_queued is not None:
-                queued.append((ctl.retry_queued, name))
+            if ctl.retry_queued is not None and now - ctl.retry_queued >= spec.policy.cooldown_s:
+                queued.append((ctl.retry_queued, name))  # queued for a cooldown: its turn comes first
         cap = spec.policy.hold_retries_per_tick
         if cap:
             queued.sort()
@@ -196,10 +196,12 @@ class Tick(ReleaseTick):
 
     def _retry_turn(self, name: str, exempt: bool) -> bool:
         """May this tenant's escalation run on this tick? A retry (hold_retries_per_tick) may if
-        it holds a slot: the longest queued hold one each, the other slots go to the first that ask,
-        in decide()'s order (most urgent first); the rest are queued, their first refusal's time
-        kept. A burst's wait and an episode's first escalation (nothing on, nothing refused) are
-        `exempt`: they never wait."""
+        it holds a slot: the slots go to the first that ask, in decide()'s order (most urgent first:
+        a free instance or a budget still goes to the worst tail), except that those queued for a
+        cooldown_s already hold one each, the longest queued first (none waits for ever behind
+        tails that stay worse); the rest are queued, their first refusal's time kept. A burst's wait
+        and an episode's first escalation (nothing on, nothing refused) are `exempt`: they never
+        wait."""
         queued = self.tenants[name].retry_queued
         if exempt or self.retry_slots < 0:
             pass

@@ -100,8 +100,8 @@ class Policy:
     mps_guard_percent: int = 50
     max_reconfigs_per_hour: int = 4
     # Escalations per tick of tenants with a lever on or refused before (a hold, a failed operation,
-    # a held release), the longest waiting first; the others wait a tick. An episode's first
-    # escalation never waits.
+    # a held release), the most urgent first, one queued for a cooldown_s before any; the others
+    # ask again on the next ticks. An episode's first escalation never waits.
     # Victims hit by one episode are refused alike and come back on the same tick: spread over
     # ticks, their retries keep the tick's cost near one escalation's (0: no limit).
     hold_retries_per_tick: int = 1

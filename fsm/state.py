@@ -118,7 +118,7 @@ class TenantCtl:
     retry_at: float | None = None
     # When this tenant's retry (an escalation after the ladder refused it: a hold, a failure, a held
     # release) was first put off because the tick's retry slots (hold_retries_per_tick) were taken:
-    # the longest waiting go first on the next ticks.
+    # once queued for a cooldown_s it holds a slot on the next tick, the longest queued first.
     retry_queued: float | None = None
     # When a move or resize was last held for a burst its outage would meet (outage_burst_wait):
     # until cooldown_s later (the next tick at least) it is tried again on every tick, violating or

@@ -83,8 +83,8 @@ class TickBase:
     unpaid: dict[tuple[str, str], LeverCost] = field(default_factory=dict)
     # (tenant, lever) held this tick for a burst its outage would meet: tried again next tick
     burst_held: set[tuple[str, str]] = field(default_factory=set)
-    # Retry slots of this tick (hold_retries_per_tick): the tenants queued longest hold one each,
-    # the rest go to the first that ask (Tick._retry_turn)
+    # Retry slots of this tick (hold_retries_per_tick): the tenants queued for a cooldown hold one
+    # each, the rest go to the first that ask (Tick._retry_turn)
     retry_first: set[str] = field(default_factory=set)
     retry_slots: int = -1  # -1: no limit
     _traffic: Traffic | None = None

@@ -17,10 +17,9 @@ to one rate_tau_s where the capped tenant has run little, with which open-16x7's
 for their budget sooner: its desired states differ, its events and the closed streams are equal;
 then the spread charge and warm-up of an outage, and a move or resize waiting out a burst, each
 a new field of the state: the desired states and events of all three streams equal; then
-retries spread over ticks, one per tick, with which held victims escalate one after the other
-instead of together: events a tick or two later, and in closed-16x7-counts t02's retry on price
-comes after the burst has ended, so the resize it bought at tick 302, once its tail was over, is
-not bought) they are main's. A change that alters any
+retries spread over ticks, one per tick, the most urgent first, with which held victims escalate
+one after the other instead of together: their events come a tick or a few later, of the same
+kinds and levers, and in closed-16x7 one resize goes to another GPU) they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in
 the commit message.

@@ -16,7 +16,7 @@ def test_alert_rules_are_valid_and_their_unit_tests_pass() -> None:
         [promtool, "check", "rules", "tailguard-rules.yml"], cwd=MON, capture_output=True, text=True, timeout=60
     )
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "SUCCESS: 6 rules found" in p.stdout
+    assert "SUCCESS: 7 rules found" in p.stdout
     p = subprocess.run(
         [promtool, "test", "rules", "tailguard-rules.test.yml"], cwd=MON, capture_output=True, text=True, timeout=60
     )

@@ -116,6 +116,12 @@ class DaemonCollector(Collector):
         for result in ("ok", "error"):
             rl.add_metric([result], s.reloads.get(result, 0))
         yield rl
+        yield GaugeMetricFamily(
+            "tailguard_config_last_reload_successful",
+            "0 while the last SIGHUP reload was refused (a bad file, or a key that takes a restart): the daemon runs"
+            " the config it had, not the file on disk (tailguard status says why).",
+            value=0.0 if s.last_reload_error else 1.0,
+        )
         bad = CounterMetricFamily(
             "tailguard_bad_input", "Observation values the core rejected (NaN, negative, ...).", labels=["reason"]
         )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from actuators.cgroup import Caps, CgroupIO
 from actuators.journal import Journal, JournalError
@@ -21,6 +21,7 @@ from fsm.mig import GpuModel, Layout, Slot, model_by_name
 from fsm.observation import InstanceRef, Outcome
 
 log = logging.getLogger("tailguard.actuators")
+T = TypeVar("T")
 
 Ready = Callable[[str], Awaitable[bool]]
 
@@ -65,6 +66,11 @@ class ReconcileReport:
     def merge(self, other: ReconcileReport) -> None:
         for name in ("ops", "applied", "started", "busy", "errors", "deferred"):
             getattr(self, name).extend(getattr(other, name))
+
+    def kept(self, wanted: Iterable[T]) -> set[T]:
+        """Of what a lever owns, what this reconcile keeps (the rest is lifted, ReconcileReport.lift):
+        the wanted, or nothing in a dry run that may lift."""
+        return set() if self.dry_run and not self.hands_off else set(wanted)
 
     def lift(self, op: str) -> bool:
         """Whether to lift what tailguard set (`op` says what). A dry run of the config's mode (or

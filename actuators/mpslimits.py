@@ -42,8 +42,7 @@ class MpsLimits:
     async def reconcile(self, desired: DesiredState, now: float, rep: ReconcileReport) -> None:
         h = self.h
         wanted = {m.tenant: m for m in desired.mps if m.expires_at > now}
-        keep = set() if rep.dry_run and not rep.hands_off else set(wanted)  # a dry run lifts all
-        for tenant in sorted(set(self.owned) - keep):
+        for tenant in sorted(set(self.owned) - rep.kept(wanted)):  # a dry run lifts all
             pid, _ = self.owned[tenant]
             if not rep.lift(f"lift MPS limit of {tenant} (server {pid})"):
                 continue

@@ -98,8 +98,7 @@ class Throttles:
                 actual[cg] = None
         # Lift what tailguard set and no longer wants (or that expired); in a dry run, all of it
         # (ReconcileReport.lift: not in `run --dry-run`). Lifting is the safe direction.
-        keep = {} if rep.dry_run and not rep.hands_off else wanted
-        for key in sorted(set(self.owned) - set(keep)):
+        for key in sorted(set(self.owned) - rep.kept(wanted)):
             cg, dev = key
             o = self.owned[key]
             if actual.get(cg) is None:

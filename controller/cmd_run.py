@@ -230,7 +230,8 @@ def build(args: argparse.Namespace) -> Setup:
         cfg = _overridden(cfg, args)
         # One daemon per state directory (controller/statelock.py): the one it writes status and
         # state to, and the journal's (config's), unless hands off (--dry-run only reads it).
-        locks = _lock_dirs([args.state_dir or cfg.host.state_dir, *([] if args.dry_run else [cfg.host.state_dir])])
+        state_dir = args.state_dir or cfg.host.state_dir
+        locks = _lock_dirs([state_dir, *([] if args.dry_run else [cfg.host.state_dir])])
         try:
             topo = load_topology(cfg.topology.source, cfg.signals.sys_root, cfg.topology.topo_matrix_file)
         except (OSError, RuntimeError, ValueError) as e:
@@ -258,7 +259,6 @@ def build(args: argparse.Namespace) -> Setup:
             return linux_host.reload(new)
 
         simulated = False
-        state_dir = args.state_dir or cfg.host.state_dir
     # Exporters: the command line wins over the config.
     metrics: tuple[str, int] | None = None
     addr = args.metrics_addr or "127.0.0.1"

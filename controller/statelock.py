@@ -22,6 +22,7 @@ from typing import IO
 
 log = logging.getLogger("tailguard")
 LOCK_NAME = "tailguard.lock"
+_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # flock's "another holds it"
 
 
 class StateDirBusy(Exception):
@@ -42,15 +43,12 @@ def lock_state_dir(directory: str) -> IO[str] | None:
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        holder = ""
-        with contextlib.suppress(OSError, ValueError):
-            fh.seek(0)
-            pid = fh.read(32).strip()
-            holder = f" (pid {int(pid)})" if pid.isdecimal() else ""
+        pid = _pid_in(fh)
         fh.close()
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        if e.errno in _HELD:
+            who = f" (pid {pid})" if pid is not None else ""
             raise StateDirBusy(
-                f"another tailguard{holder} runs with state directory {directory} (it holds {path}): one daemon"
+                f"another tailguard{who} runs with state directory {directory} (it holds {path}): one daemon"
                 " per state directory; give this one its own with --state-dir, or stop the other"
             ) from None
         log.warning("%s: cannot lock (%s): a second tailguard would not be stopped", path, e.strerror or e)
@@ -76,10 +74,14 @@ def holder(directory: str) -> tuple[str, int | None]:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return "unknown", None
-            pid = ""
-            with contextlib.suppress(OSError, ValueError):
-                pid = fh.read(32).strip()
-            return "held", int(pid) if pid.isdecimal() else None
+            return ("held", _pid_in(fh)) if e.errno in _HELD else ("unknown", None)
         return "free", None
+
+
+def _pid_in(fh: IO[str]) -> int | None:
+    """The pid the lock's holder wrote into it (None: unreadable, or not written yet)."""
+    with contextlib.suppress(OSError, ValueError):
+        fh.seek(0)
+        pid = fh.read(32).strip()
+        return int(pid) if pid.isdecimal() else None
+    return None

@@ -6,7 +6,6 @@ not stop the start."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from test_act_faults import fake_v2
-from test_reload_and_modes import _config
+from test_reload_and_modes import _config, _run_args
 
 from controller import cmd_run
 from controller.cli import main
@@ -40,12 +39,6 @@ def _holder(directory: Path) -> subprocess.Popen[str]:
                          text=True)  # fmt: skip
     assert p.stdout is not None and p.stdout.readline().strip() == "held"
     return p
-
-
-def _run_args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    cmd_run.register(p.add_subparsers())
-    return p.parse_args(["run", *argv])
 
 
 def test_second_lock_in_one_directory_is_refused_until_the_first_closes(tmp_path: Path) -> None:

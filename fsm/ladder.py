@@ -184,6 +184,7 @@ class Tick(ReleaseTick):
                 last_reason="",
                 retry_at=None,
                 burst_held_at=None,
+                backlog_since=None,
                 episodes=episodes,
             )
         elif (

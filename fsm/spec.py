@@ -124,6 +124,8 @@ class Policy:
     # A move or resize waits for a burst to pass (this tick's arrivals above the recent or the usual
     # rate, the higher, by more than Poisson noise), tried again on every tick and taken on the first
     # that is no burst: an outage taken in a burst holds the burst's requests (tick_base._burst_now).
+    # The same for a backlog of the tenant's own arrivals, for at most the outage's length
+    # (tick_base._backlog_now): its counts show no burst, its queue every request the outage delays.
     outage_burst_wait: bool = True
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
     # share of the time it runs (both exponentially weighted over guard_budget_window_s), and at

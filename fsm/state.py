@@ -126,6 +126,10 @@ class TenantCtl:
     # threshold in bursts, when the tail is worst; a retry that waited for the evidence again would
     # meet the next burst.
     burst_held_at: float | None = None
+    # When a move or resize was first held in this episode for the tenant's own backlog (a queue
+    # its arrivals keep past its capacity, tick_base._backlog_now): such holds last at most the
+    # outage's own length from then, and the episode's end or an outage taken clears it.
+    backlog_since: float | None = None
 
     @property
     def shared(self) -> tuple[float, float]:

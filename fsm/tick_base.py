@@ -291,10 +291,42 @@ class TickBase:
         if s > 0 and n / s > base:
             base = n / s
         now = self._rate_now(t, base)
-        if now <= base:
+        if now > base:
+            self.burst_held.add((t.name, lever))
+            return f"a burst began ({now:.1f} req/s against {base:.1f} usually): the outage waits for it to pass"
+        return self._backlog_now(t, lever, seconds)
+
+    def _backlog_now(self, t: TenantSpec, lever: str, seconds: float) -> str:
+        """Why an outage waits for the tenant's own backlog to drain ("" when it need not). A server
+        past its capacity completes at that capacity: the burst test sees no burst in its counts,
+        yet most of its requests are late (the window's median over the SLO: a queue, not a tail),
+        and an outage taken now delays every queued request and every one behind them, whose
+        latencies are the tail already. Only a backlog of the tenant's own arrivals waits: its
+        recent rate above the usual one by more than Poisson noise over rate_tau_s says it drains
+        when they fall; one that interference made completes at or under the usual rate, and is
+        what the lever cures. The wait lasts at most the outage's own length from the episode's
+        first such hold (backlog_since): by then waiting has made about as many requests late as
+        the outage would, and a backlog that stays is the load's, which the lever must serve."""
+        ts = self.obs.tenants.get(t.name)
+        w = ts.latency if ts is not None else None
+        ctl = self.tenants[t.name]
+        n, s = ctl.served
+        if w is None or w.p50 is None or t.slo_s is None or w.p50 <= t.slo_s or s <= 0 or n <= 0:
+            return ""
+        usual = n / s
+        rate = self._rate_now(t, ctl.evidence.rate(self.evidence_params))
+        if rate <= usual + 3.0 * math.sqrt(usual / self.evidence_params.rate_tau_s):
+            return ""
+        since = ctl.backlog_since
+        if since is None:
+            self._update(t.name, backlog_since=self.obs.t)
+        elif self.obs.t - since >= seconds:
             return ""
         self.burst_held.add((t.name, lever))
-        return f"a burst began ({now:.1f} req/s against {base:.1f} usually): the outage waits for it to pass"
+        return (
+            f"its own arrivals keep a backlog of about {rate * w.p50:.0f} requests ({rate:.1f} req/s against"
+            f" {usual:.1f} usually, median {w.p50:.3g} s): the {seconds:.0f} s outage waits for it to drain"
+        )
 
     def _rate_now(self, t: TenantSpec, recent: float) -> float:
         """The arrival rate an outage taken now meets: the recent rate (rate_tau_s), or this tick's
@@ -329,6 +361,7 @@ class TickBase:
             outage_watch=watch,
             watch_n=0.0,
             watch_bad=0.0,
+            backlog_since=None,
         )
 
     def _rent_restarted(self, ctl: TenantCtl) -> dict[str, Any]:

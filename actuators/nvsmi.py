@@ -117,6 +117,23 @@ _NONE = re.compile(r"^No (?:compute|GPU) instances found: ([A-Za-z][A-Za-z ]+)$"
 NO_MIG = "No MIG-enabled devices found."
 
 
+# No index, ID, count or slot the tool prints has more than a few digits. A longer run is garbage,
+# and int() refuses one past 4300 digits with a bare ValueError that names no line.
+_MAX_DIGITS = 9
+_GIB = re.compile(r"^\d{1,6}(?:\.\d{1,6})?$")
+
+
+def _num(s: str, ln: str, what: str) -> int:
+    if len(s) > _MAX_DIGITS:
+        raise NvsmiError(f"{what}: number {s[:12]}... ({len(s)} digits) out of range in line {ln[:120]!r}")
+    return int(s)
+
+
+def _nums(m: re.Match[str], what: str, *groups: int) -> list[int]:
+    """The match's numeric groups as ints (m.string is the line it matched)."""
+    return [_num(m[g], m.string, what) for g in groups]
+
+
 def _lines(text: str) -> list[str]:
     return [ln.strip() for ln in text.replace("\r", "").split("\n") if ln.strip()]
 
@@ -138,10 +155,12 @@ def parse_lgi(text: str) -> list[GiRow]:
     if "No GPU instances found" in text:
         return []
     rows = []
-    for ln in _table(text, "GPU instances:", "nvidia-smi mig -lgi"):
+    what = "nvidia-smi mig -lgi"
+    for ln in _table(text, "GPU instances:", what):
         m = _LGI.match(ln)
         if m:
-            rows.append(GiRow(int(m[1]), m[2], int(m[3]), int(m[4]), int(m[5]), int(m[6])))
+            gpu, pid, gi, start, size = _nums(m, what, 1, 3, 4, 5, 6)
+            rows.append(GiRow(gpu, m[2], pid, gi, start, size))
     return rows
 
 
@@ -149,18 +168,21 @@ def parse_lci(text: str) -> list[CiRow]:
     if "No compute instances found" in text:
         return []
     rows = []
-    for ln in _table(text, "Compute instances:", "nvidia-smi mig -lci"):
+    what = "nvidia-smi mig -lci"
+    for ln in _table(text, "Compute instances:", what):
         m = _LCI.match(ln)
         if m:
-            start = int(m[6]) if m[6] is not None else None
-            size = int(m[7]) if m[7] is not None else None
-            rows.append(CiRow(int(m[1]), int(m[2]), m[3], int(m[4]), int(m[5]), start, size))
+            gpu, gi, pid, ci = _nums(m, what, 1, 2, 4, 5)
+            start = _num(m[6], ln, what) if m[6] is not None else None
+            size = _num(m[7], ln, what) if m[7] is not None else None
+            rows.append(CiRow(gpu, gi, m[3], pid, ci, start, size))
     return rows
 
 
 def parse_lgip(text: str) -> list[LgipRow]:
     rows = []
-    lines = _table(text, "GPU instance profiles:", "nvidia-smi mig -lgip")
+    what = "nvidia-smi mig -lgip"
+    lines = _table(text, "GPU instance profiles:", what)
     for i, ln in enumerate(lines):
         m = _LGIP1.match(ln)
         if not m:
@@ -168,26 +190,28 @@ def parse_lgip(text: str) -> list[LgipRow]:
         m2 = _LGIP2.match(lines[i + 1]) if i + 1 < len(lines) else None
         if not m2:
             raise NvsmiError(f"nvidia-smi mig -lgip: profile {m[2]} has no second row (CE/JPEG/OFA)")
-        rows.append(
-            LgipRow(
-                int(m[1]), m[2], int(m[3]), int(m[4]), int(m[5]), float(m[6]),
-                int(m[8]), int(m[9]), int(m[10]), int(m2[1]), int(m2[2]), int(m2[3]),
-            )
-        )  # fmt: skip
+        # [\d.]+ also matches "1.2.3" or ".." (float() would raise) and 400 digits (float() says inf)
+        if not _GIB.match(m[6]):
+            raise NvsmiError(f"{what}: memory {m[6][:20]!r} is not a GiB figure in line {ln[:120]!r}")
+        gpu, pid, free, total, sm, dec, enc = _nums(m, what, 1, 3, 4, 5, 8, 9, 10)
+        ce, jpg, ofa = _nums(m2, what, 1, 2, 3)
+        rows.append(LgipRow(gpu, m[2], pid, free, total, float(m[6]), sm, dec, enc, ce, jpg, ofa))
     if not rows:
         raise NvsmiError("nvidia-smi mig -lgip: no profile rows")
     return rows
 
 
 def parse_lgipp(text: str) -> list[Placements]:
-    _check_common(text, "nvidia-smi mig -lgipp")
+    what = "nvidia-smi mig -lgipp"
+    _check_common(text, what)
     out = []
     for ln in _lines(text):
         m = _LGIPP.match(ln)
         if not m:
-            raise NvsmiError(f"nvidia-smi mig -lgipp: unexpected line {ln[:120]!r}")
-        starts = tuple(int(s) for s in m[3].split(",") if s)
-        out.append(Placements(int(m[1]), int(m[2]), starts, int(m[4])))
+            raise NvsmiError(f"{what}: unexpected line {ln[:120]!r}")
+        starts = tuple(_num(s, ln, what) for s in m[3].split(",") if s)
+        gpu, pid, size = _nums(m, what, 1, 2, 4)
+        out.append(Placements(gpu, pid, starts, size))
     return out
 
 
@@ -197,12 +221,13 @@ def parse_list(text: str) -> list[GpuEntry]:
     for ln in _lines(text):
         m = _L_GPU.match(ln)
         if m:
-            gpus.append(GpuEntry(int(m[1]), m[2], m[3]))
+            gpus.append(GpuEntry(_num(m[1], ln, "nvidia-smi -L"), m[2], m[3]))
             continue
         m = _L_MIG.match(ln)
         if m and gpus:
             g = gpus[-1]
-            gpus[-1] = GpuEntry(g.index, g.name, g.uuid, (*g.mig, MigDevice(m[1], int(m[2]), m[3])))
+            dev = MigDevice(m[1], _num(m[2], ln, "nvidia-smi -L"), m[3])
+            gpus[-1] = GpuEntry(g.index, g.name, g.uuid, (*g.mig, dev))
             continue
         raise NvsmiError(f"nvidia-smi -L: unexpected line {ln[:120]!r}")
     return gpus
@@ -226,7 +251,7 @@ def parse_query_gpus(text: str) -> list[GpuQuery]:
         parts = [p.strip() for p in ln.split(",")]
         if len(parts) < 3 or not parts[0].isdecimal() or not parts[-1]:
             raise NvsmiError(f"nvidia-smi --query-gpu: unexpected line {ln[:120]!r}")
-        out.append(GpuQuery(int(parts[0]), ", ".join(parts[1:-1]), parts[-1]))
+        out.append(GpuQuery(_num(parts[0], ln, "nvidia-smi --query-gpu"), ", ".join(parts[1:-1]), parts[-1]))
     return out
 
 
@@ -248,15 +273,16 @@ def parse_change(text: str) -> Change:
     dgi: list[int] = []
     error = ""
     unknown: list[str] = []
+    what = "nvidia-smi mig"
     for ln in _lines(text):
         if m := _CGI.match(ln):
-            cgi.append((int(m[1]), m[3]))
+            cgi.append((_num(m[1], ln, what), m[3]))
         elif m := _CCI.match(ln):
-            cci.append((int(m[3]), int(m[1]) if m[1] is not None else 0))
+            cci.append((_num(m[3], ln, what), _num(m[1], ln, what) if m[1] is not None else 0))
         elif m := _DCI.match(ln):
-            dci.append((int(m[3]), int(m[1])))
+            dci.append((_num(m[3], ln, what), _num(m[1], ln, what)))
         elif m := _DGI.match(ln):
-            dgi.append(int(m[1]))
+            dgi.append(_num(m[1], ln, what))
         elif m := _FAIL.match(ln) or _NONE.match(ln):
             error = error or m[1].strip()
         else:

@@ -309,7 +309,8 @@ def topology_from_matrix(m: TopoMatrix) -> Topology:
 # -- sysfs ---------------------------------------------------------------------------------
 _BDF = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 _HOSTBRIDGE = re.compile(r"^pci[0-9a-fA-F]{4}:[0-9a-fA-F]{2}$")
-_GT_S = re.compile(r"^\s*([0-9.]+)\s*GT/s")
+# "2.5", "16.0": [0-9.]+ also took "1.2.3" (float() raised) and 400 digits (float() said inf)
+_GT_S = re.compile(r"^\s*([0-9]{1,3}(?:\.[0-9]{1,6})?)\s*GT/s")
 
 
 def _read(path: str) -> str | None:
@@ -327,7 +328,8 @@ def link_bps(speed: str | None, width: str | None) -> float | None:
     if not speed or not width:
         return None
     m = _GT_S.match(speed)
-    if not m or not width.strip().isdecimal():
+    # x1 to x32; thousands of digits would make int() raise a bare ValueError
+    if not m or not width.strip().isdecimal() or len(width.strip()) > 3:
         return None
     gts, lanes = float(m.group(1)), int(width.strip())
     if gts <= 0 or lanes <= 0:

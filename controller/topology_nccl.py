@@ -37,6 +37,9 @@ from fsm.mig import MODELS
 from fsm.topology import HOST_ID, Node, NodeKind, Topology
 
 MAX_BYTES = 4 << 20  # real files are a few KiB; refuse anything that is clearly not one
+# Bridges below one root port: a few switch levels in real hosts. The walk recurses once per
+# level, and 4 MiB of <pci> holds tens of thousands: bounded well before Python's stack is.
+MAX_PCI_DEPTH = 64
 _BUSID = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 _CLASS = re.compile(r"^0x[0-9a-fA-F]{6}$")
 _MASK_WORD = re.compile(r"^[0-9a-fA-F]{1,8}$")
@@ -130,8 +133,10 @@ class _Parser:
                 raise self.fail(c, f"unexpected <{c.tag}> inside <nic>")
         return [n for c in nic if c.tag == "net" and (n := (c.get("name") or "").strip())]
 
-    def pci(self, el: ET.Element, parent: str) -> None:
+    def pci(self, el: ET.Element, parent: str, depth: int = 1) -> None:
         busid = self.attr(el, "busid").lower()
+        if depth > MAX_PCI_DEPTH:
+            raise self.fail(el, f"<pci busid={busid[:20]!r}> nested more than {MAX_PCI_DEPTH} levels deep")
         if not _BUSID.match(busid):
             raise self.fail(el, f"<pci busid={busid[:20]!r}>: expected DDDD:BB:DD.F")
         if busid in self.busids:
@@ -178,7 +183,7 @@ class _Parser:
             return  # a bridge with nothing below, or a device class tailguard does not track
         self.nodes.append(Node(busid, NodeKind.SWITCH, parent, link_bps=link, bdf=busid))
         for c in subs:
-            self.pci(c, busid)
+            self.pci(c, busid, depth + 1)
 
     def link(self, el: ET.Element, busid: str) -> float | None:
         """bytes/s of the link up to the parent; absent or empty values (NCCL fills those from

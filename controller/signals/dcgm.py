@@ -29,6 +29,8 @@ REPLAY = "DCGM_FI_DEV_PCIE_REPLAY_COUNTER"
 GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 FAMILIES = (SM_ACTIVE, DRAM_ACTIVE, PCIE_TX, PCIE_RX, REPLAY, GPU_UTIL)
 
+_MAX_DIGITS = 9  # GPU and GPU instance indexes
+
 SM_ACTIVE_HINT = (
     f"{SM_ACTIVE} is not in the scrape: dcgm-exporter's default counters CSV has it commented out; "
     "uncomment it (and DCGM_FI_PROF_SM_OCCUPANCY if wanted) in the counters file"
@@ -100,11 +102,14 @@ class DcgmExporterSampler:
             g_txt = labels.get("gpu")
             if g_txt is None or not g_txt.isdecimal():
                 raise ParseError(self.url, s.line, f"{name} sample without a numeric 'gpu' label")
+            # an index of thousands of digits is garbage, and int() raises a bare ValueError past 4300
+            if len(g_txt) > _MAX_DIGITS:
+                raise ParseError(self.url, s.line, f"{name}: 'gpu' label {g_txt[:12]}... is not a GPU index")
             g = int(g_txt)
             gi = labels.get("GPU_I_ID")
             if gi:
-                if not gi.isdecimal():
-                    raise ParseError(self.url, s.line, f"GPU_I_ID {gi!r} is not a number")
+                if not gi.isdecimal() or len(gi) > _MAX_DIGITS:
+                    raise ParseError(self.url, s.line, f"GPU_I_ID {gi[:20]!r} is not a number")
                 key = (g, int(gi))
                 d = inst.get(key)
                 if d is None:
@@ -132,7 +137,7 @@ class DcgmExporterSampler:
             by_gpu.setdefault(gpu_i, {})[gi_id] = d
         for g in sorted(set(per_gpu) | set(by_gpu)):
             v = per_gpu.get(g, {})
-            replay = v.get(REPLAY)
+            replay = _nonneg(v.get(REPLAY))  # NaN would be remembered and make every later rate NaN
             util = v.get(GPU_UTIL)
             instances = tuple(
                 DcgmInstance(gi, str(d["profile"]), _frac(d.get(SM_ACTIVE)), _frac(d.get(DRAM_ACTIVE)))

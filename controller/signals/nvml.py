@@ -8,6 +8,8 @@ call per GPU) and turned into rates. Where those fields are not supported we fal
 
 Errors map to meaning: NotSupported -> that field is None with a reason; GpuIsLost -> the GPU is
 marked lost and an alarm event is raised; anything else -> the field is None with NVML's message.
+A value no GPU gives (a wrong type, NaN, negative, out of range: a broken or mismatched binding) is
+an NvmlValueError naming the call and the value, handled the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -25,6 +27,9 @@ from controller.signals.rates import CounterRates
 from fsm.mig import GpuModel, Slot, model_by_name
 
 KIB = 1024  # NVML's "KB/s" for PCIe throughput: kibibytes, as nvidia-smi prints it
+U64 = 2**64 - 1
+MAX_GPUS = 1024  # more than any host has; a bigger count is garbage (range() over it would not end)
+MAX_MIG_DEVICES = 64  # 7 on every MIG GPU so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +63,34 @@ class NvmlReading:
     events: tuple[str, ...] = ()  # alarms: a GPU lost
 
 
+class NvmlValueError(ValueError):
+    """pynvml returned a value no GPU gives; names the call (or field) and the value, shortened."""
+
+    def __init__(self, what: str, value: object) -> None:
+        shown = repr(value)
+        super().__init__(f"{what} returned {shown if len(shown) <= 40 else shown[:37] + '...'}")
+
+
+def _int(v: Any, what: str, hi: int = U64) -> int:
+    """An unsigned NVML integer (ctypes c_uint / c_ulonglong give Python ints), within [0, hi]."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+        raise NvmlValueError(what, v)
+    return v
+
+
 def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    # NVML's char arrays come as bytes; a driver's non-UTF-8 byte must not lose the whole GPU
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
-def _cpus_from_masks(masks: Any) -> tuple[int, ...]:
+def _cpus_from_masks(masks: Any, what: str) -> tuple[int, ...]:
+    try:
+        words = list(masks)
+    except TypeError:
+        raise NvmlValueError(what, masks) from None
     out = []
-    for word_i, word in enumerate(masks):
-        w = int(word)
+    for word_i, word in enumerate(words):
+        w = _int(word, what)  # 64-bit words: a negative one would shift right for ever
         bit = 0
         while w:
             if w & 1:
@@ -122,8 +147,8 @@ class NvmlSampler:
         n = self._nvml
         try:
             n.nvmlInit()
-            count = int(n.nvmlDeviceGetCount())
-        except n.NVMLError as e:
+            count = _int(n.nvmlDeviceGetCount(), "nvmlDeviceGetCount", MAX_GPUS)
+        except (n.NVMLError, NvmlValueError) as e:
             return f"NVML init failed: {e}"
         want = self._want if self._want is not None else {f"gpu{i}": i for i in range(count)}
         for name, idx in want.items():
@@ -142,33 +167,35 @@ class NvmlSampler:
         n = self._nvml
         assert n is not None
 
-        def opt(fn: str, *args: Any) -> Any:
+        def opt(fn: str, *args: Any, read: Callable[[Any], Any] = _text) -> Any:
+            """`read` of the call's answer; None when NVML has none or it makes no sense."""
             try:
-                return getattr(n, fn)(h, *args)
-            except n.NVMLError:
+                v = getattr(n, fn)(h, *args)
+                return None if v is None else read(v)
+            except (n.NVMLError, NvmlValueError, UnicodeDecodeError):  # pynvml decodes char arrays itself
                 return None
 
-        pci = opt("nvmlDeviceGetPciInfo")
-        name = opt("nvmlDeviceGetName")
-        uuid = opt("nvmlDeviceGetUUID")
+        def numa_id(v: Any) -> int | None:
+            return None if isinstance(v, int) and v < 0 else _int(v, "nvmlDeviceGetNumaNodeId", 2**31 - 1)
+
         # the NUMA node the GPU is attached to: its memory-affinity node set (x86 hosts);
         # nvmlDeviceGetNumaNodeId is the GPU's own node where GPU memory is a NUMA node (Grace)
         numa = None
-        nodes = opt("nvmlDeviceGetMemoryAffinity", 4, getattr(n, "NVML_AFFINITY_SCOPE_NODE", 0))
+        scope = getattr(n, "NVML_AFFINITY_SCOPE_NODE", 0)
+        nodes = opt("nvmlDeviceGetMemoryAffinity", 4, scope, read=lambda m: _cpus_from_masks(m, "memory affinity"))
         if nodes is not None:
-            bits = _cpus_from_masks(nodes)
-            numa = bits[0] if len(bits) == 1 else None
+            numa = nodes[0] if len(nodes) == 1 else None
         if numa is None:
-            numa = opt("nvmlDeviceGetNumaNodeId")
+            numa = opt("nvmlDeviceGetNumaNodeId", read=numa_id)
         words = max(16, ((os.cpu_count() or 64) + 63) // 64)  # >= 1024 CPUs: bits past the host are 0
-        masks = opt("nvmlDeviceGetCpuAffinity", words)
+        cpus = opt("nvmlDeviceGetCpuAffinity", words, read=lambda m: _cpus_from_masks(m, "CPU affinity"))
         return NvmlGpu(
             index=idx,
-            bus_id=_text(pci.busId) if pci is not None else None,
-            uuid=_text(uuid) if uuid is not None else None,
-            model=_text(name) if name is not None else None,
-            numa=int(numa) if numa is not None and int(numa) >= 0 else None,
-            cpus=_cpus_from_masks(masks) if masks is not None else (),
+            bus_id=opt("nvmlDeviceGetPciInfo", read=lambda p: _text(p.busId)),
+            uuid=opt("nvmlDeviceGetUUID"),
+            model=opt("nvmlDeviceGetName"),
+            numa=numa,
+            cpus=cpus or (),
         )
 
     # -- one tick ----------------------------------------------------------------------------
@@ -190,12 +217,15 @@ class NvmlSampler:
                 fvs = n.nvmlDeviceGetFieldValues(h, fids)
                 got: dict[int, tuple[float, float]] = {}
                 for fv in fvs:
-                    if int(fv.nvmlReturn) == n.NVML_SUCCESS:
-                        ts = float(fv.timestamp) / 1e6 if int(fv.timestamp) > 0 else now
-                        got[int(fv.fieldId)] = (ts, float(fv.value.ullVal))
+                    fid = _int(fv.fieldId, "field value fieldId", 2**32 - 1)
+                    what = names.get(fid, f"field{fid}")
+                    ret = _int(fv.nvmlReturn, f"field value {what} nvmlReturn", 2**32 - 1)
+                    if ret == n.NVML_SUCCESS:
+                        stamp = _int(fv.timestamp, f"field value {what} timestamp", 2**63 - 1)
+                        ts = stamp / 1e6 if stamp > 0 else now
+                        got[fid] = (ts, float(_int(fv.value.ullVal, f"field value {what}")))
                     else:
-                        what = names.get(int(fv.fieldId), f"field{int(fv.fieldId)}")
-                        reasons[f"nvml:{gname}:{what}"] = f"field value: {n.NVMLError(int(fv.nvmlReturn))}"
+                        reasons[f"nvml:{gname}:{what}"] = f"field value: {n.NVMLError(ret)}"
                 for key, fid in (("tx", fids[0]), ("rx", fids[1])):
                     if fid in got:
                         t, val = got[fid]
@@ -207,17 +237,19 @@ class NvmlSampler:
                     v["replay"] = self._replays.update((gname, "replay"), t, val)
                 else:
                     try:
-                        count = float(n.nvmlDeviceGetPcieReplayCounter(h))
+                        count = float(_int(n.nvmlDeviceGetPcieReplayCounter(h), "nvmlDeviceGetPcieReplayCounter"))
                         v["replay"] = self._replays.update((gname, "replay"), now, count)
                     except n.NVMLError_NotSupported:
                         pass
                 try:
                     util = n.nvmlDeviceGetUtilizationRates(h)
-                    v["util"] = float(util.gpu) / 100.0
+                    v["util"] = _int(util.gpu, "nvmlDeviceGetUtilizationRates gpu", 100) / 100.0
                 except n.NVMLError_NotSupported:
                     reasons[f"nvml:{gname}:util"] = "utilization not supported (MIG mode or vGPU)"
-                cur, _pending = n.nvmlDeviceGetMigMode(h)
-                v["mig"] = int(cur) == n.NVML_DEVICE_MIG_ENABLE
+                mode = n.nvmlDeviceGetMigMode(h)  # [current, pending]
+                if not isinstance(mode, list | tuple) or len(mode) != 2:
+                    raise NvmlValueError("nvmlDeviceGetMigMode", mode)
+                v["mig"] = _int(mode[0], "nvmlDeviceGetMigMode") == n.NVML_DEVICE_MIG_ENABLE
                 if v["mig"]:
                     cached = self._mig_cache.get(gname)
                     if cached is None or not 0 <= now - cached[0] < self.mig_refresh_s:
@@ -237,6 +269,8 @@ class NvmlSampler:
                 self._lost.add(gname)
             except n.NVMLError as e:
                 reasons[f"nvml:{gname}"] = f"NVML error: {e}"
+            except NvmlValueError as e:
+                reasons[f"nvml:{gname}"] = f"odd NVML answer: {e}"
         return values, reasons, events, fallback
 
     def invalidate_mig(self, gpu: str | None = None) -> None:
@@ -257,18 +291,23 @@ class NvmlSampler:
             except KeyError:
                 reasons[f"nvml:{gname}:layout"] = f"GPU model {static.model!r} not in fsm.mig tables"
         out = []
-        for i in range(int(n.nvmlDeviceGetMaxMigDeviceCount(h))):
+        for i in range(_int(n.nvmlDeviceGetMaxMigDeviceCount(h), "nvmlDeviceGetMaxMigDeviceCount", MAX_MIG_DEVICES)):
             try:
                 mh = n.nvmlDeviceGetMigDeviceHandleByIndex(h, i)
             except n.NVMLError_NotFound:
                 continue
-            uuid = _text(n.nvmlDeviceGetUUID(mh))
-            gi = int(n.nvmlDeviceGetGpuInstanceId(mh))
+            try:
+                uuid = _text(n.nvmlDeviceGetUUID(mh))
+            except UnicodeDecodeError as e:  # raised inside pynvml, which decodes the char array
+                raise NvmlValueError("nvmlDeviceGetUUID", e.object) from None
+            gi = _int(n.nvmlDeviceGetGpuInstanceId(mh), "nvmlDeviceGetGpuInstanceId", 2**32 - 1)
             info = n.nvmlGpuInstanceGetInfo(n.nvmlDeviceGetGpuInstanceById(h, gi))
             slot = None
             if model is not None:
+                start = _int(info.placement.start, "nvmlGpuInstanceGetInfo placement.start", 2**32 - 1)
+                pid = _int(info.profileId, "nvmlGpuInstanceGetInfo profileId", 2**32 - 1)
                 try:
-                    slot = Slot(int(info.placement.start), model.profile(int(info.profileId)).name)
+                    slot = Slot(start, model.profile(pid).name)
                 except KeyError as e:
                     reasons[f"nvml:{gname}:layout"] = str(e)
             out.append(MigDevice(uuid, gi, slot))
@@ -282,13 +321,17 @@ class NvmlSampler:
             return Unavailable(err)
         return self.read_fields(now)
 
-    def _throughput(self, gname: str, counter: int) -> float | None:
+    def _throughput(self, gname: str, counter: int) -> float | str:
+        """bytes/s, else why not."""
         n = self._nvml
         assert n is not None
         try:
-            return float(n.nvmlDeviceGetPcieThroughput(self._handles[gname], counter)) * KIB
+            kbs = _int(n.nvmlDeviceGetPcieThroughput(self._handles[gname], counter), "nvmlDeviceGetPcieThroughput")
         except n.NVMLError:
-            return None
+            return "PCIe counters and throughput not supported (vGPU?)"
+        except NvmlValueError as e:
+            return f"odd NVML answer: {e}"
+        return float(kbs) * KIB
 
     async def sample(self, now: float) -> NvmlReading | Unavailable:
         if not self._ready:  # nvmlInit can take a while: never on the loop
@@ -307,8 +350,8 @@ class NvmlSampler:
             res = await asyncio.gather(*(asyncio.to_thread(self._throughput, g, c) for g, c in calls))
             for (g, c), r in zip(calls, res, strict=True):
                 key = "tx" if c == n.NVML_PCIE_UTIL_TX_BYTES else "rx"
-                if r is None:
-                    reasons[f"nvml:{g}:pcie_{key}"] = "PCIe counters and throughput not supported (vGPU?)"
+                if isinstance(r, str):
+                    reasons[f"nvml:{g}:pcie_{key}"] = r
                 else:
                     values[g][key] = r
         gpus = {}

@@ -97,6 +97,10 @@ _LGIP1 = re.compile(
     r"^\|\s*(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)/(\d+)\s+([\d.]+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s*\|?$"
 )
 _LGIP2 = re.compile(r"^\|\s+(\d+)\s+(\d+)\s+(\d+)\s*\|?$")
+# A table's data row (-lgi, -lci, -lgip): numbers, then the profile's "MIG" name. One its pattern
+# does not match is an error, not skipped: a layout read back without one of its instances would
+# show that slot free.
+_DATA_ROW = re.compile(r"^\|\s*\d[\d\s]*MIG\s")
 _LGIPP = re.compile(r"^GPU\s+(\d+)\s+Profile ID\s+(\d+)\s+Placements?\s*:\s*\{([\d,]*)\}:(\d+)$")
 _L_GPU = re.compile(r"^GPU (\d+): (.+?) \(UUID: (GPU-[0-9A-Za-z-]+)\)$")
 _L_MIG = re.compile(r"^MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[0-9A-Za-z/-]+)\)$")
@@ -143,6 +147,14 @@ def _check_common(text: str, what: str) -> None:
         raise MigDisabled(f"{what}: MIG mode is not enabled", "Not Supported")
 
 
+def _row(pattern: re.Pattern[str], ln: str, what: str) -> re.Match[str] | None:
+    """`pattern`'s match of a table line; None for a line that is no data row (borders, headers)."""
+    m = pattern.match(ln)
+    if m is None and _DATA_ROW.match(ln):
+        raise NvsmiError(f"{what}: unexpected row {ln[:120]!r}")
+    return m
+
+
 def _table(text: str, title: str, what: str) -> list[str]:
     _check_common(text, what)
     lines = _lines(text)
@@ -157,7 +169,7 @@ def parse_lgi(text: str) -> list[GiRow]:
     rows = []
     what = "nvidia-smi mig -lgi"
     for ln in _table(text, "GPU instances:", what):
-        m = _LGI.match(ln)
+        m = _row(_LGI, ln, what)
         if m:
             gpu, pid, gi, start, size = _nums(m, what, 1, 3, 4, 5, 6)
             rows.append(GiRow(gpu, m[2], pid, gi, start, size))
@@ -170,7 +182,7 @@ def parse_lci(text: str) -> list[CiRow]:
     rows = []
     what = "nvidia-smi mig -lci"
     for ln in _table(text, "Compute instances:", what):
-        m = _LCI.match(ln)
+        m = _row(_LCI, ln, what)
         if m:
             gpu, gi, pid, ci = _nums(m, what, 1, 2, 4, 5)
             start = _num(m[6], ln, what) if m[6] is not None else None
@@ -184,7 +196,7 @@ def parse_lgip(text: str) -> list[LgipRow]:
     what = "nvidia-smi mig -lgip"
     lines = _table(text, "GPU instance profiles:", what)
     for i, ln in enumerate(lines):
-        m = _LGIP1.match(ln)
+        m = _row(_LGIP1, ln, what)
         if not m:
             continue
         m2 = _LGIP2.match(lines[i + 1]) if i + 1 < len(lines) else None

@@ -159,6 +159,35 @@ def test_lgip_memory_that_is_not_a_gib_figure(memory: str) -> None:
         nvsmi.parse_lgip(bad)
 
 
+@pytest.mark.parametrize(
+    ("parse", "text", "row", "odd"),  # `row`: the one line of the capture whose `odd` part is changed
+    [
+        (nvsmi.parse_lgi, LGI, "|   0  MIG 1g.5gb       19        8          1:1     |", ("1:1", "1-1")),
+        (
+            nvsmi.parse_lci,
+            LCI,
+            "|   0     12       MIG 1g.5gb           0         0          0:1     |",
+            ("0:1", "0;1"),
+        ),
+        (
+            nvsmi.parse_lgip,
+            LGIP,
+            "|   0  MIG 1g.20gb       15     4/4        19.50      No     14     1     0   |",
+            ("4/4", "4|4"),
+        ),
+    ],
+    ids=["lgi", "lci", "lgip"],
+)
+def test_a_data_row_its_pattern_does_not_match_is_an_error_not_skipped(
+    parse: Callable[[str], object], text: str, row: str, odd: tuple[str, str]
+) -> None:
+    # Skipped, the instance was missing from the layout read back: its slot looked free.
+    assert text.count(row) == 1
+    bad = text.replace(row, row.replace(*odd))
+    with pytest.raises(NvsmiError, match=r"unexpected row '\|   0 "):
+        parse(bad)
+
+
 def test_nvsmi_parsers_fuzz() -> None:
     everything = fxs("nvidia-smi*")
     cases: list[tuple[Callable[[str], object], list[str]]] = [

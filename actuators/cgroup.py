@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from actuators.paths import confine
+from schema.jsontext import shown
 
 Version = Literal["v1", "v2"]
+
+# The kernel reads a cap as a u64 and keeps U64_MAX (2**64 - 1) as "max" (no cap); a larger number
+# wraps modulo 2**64 (2**64 + 5 would be a cap of 5 bytes/s), so the highest real cap is 2**64 - 2.
+MAX_BPS = 2**64 - 2
+_MAJMIN = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")  # what the line written starts with: no spaces, no keys
 
 
 class CgroupError(Exception):
@@ -152,10 +159,14 @@ class CgroupIO:
 
     def write(self, rel: str, majmin: str, caps: Caps) -> Caps:
         """Set (or with empty caps, lift) the bps caps for one device and read them back."""
+        # Checked before anything is written: the device and values go into the control file as text.
+        if not isinstance(majmin, str) or not _MAJMIN.fullmatch(majmin):
+            raise CgroupError(f"cgroup {rel!r}: device {shown(majmin)} is not MAJ:MIN")
+        for key, v in (("rbps", caps.rbps), ("wbps", caps.wbps)):
+            if v is not None and (type(v) is not int or not 1 <= v <= MAX_BPS):
+                raise CgroupError(f"cgroup {rel!r}: {key} must be a whole number of 1 to {MAX_BPS} bytes/s, "
+                                  f"got {shown(v)}")  # fmt: skip
         g = self.group(rel)
-        for v in (caps.rbps, caps.wbps):
-            if v is not None and (not isinstance(v, int) or v <= 0):
-                raise CgroupError(f"cgroup {rel!r}: a cap must be a positive whole number of bytes/s, got {v!r}")
         if self.version == "v2":
             self._write_file(g / "io.max", f"{majmin} rbps={caps.rbps or 'max'} wbps={caps.wbps or 'max'}\n", rel)
         else:

@@ -38,4 +38,7 @@ def finite_float(v: Any) -> float | None:
 
 def shown(v: Any) -> str:
     """A parsed value as an error message shows it (a 400-digit number would fill the log line)."""
-    return short_text(repr(v), 40)
+    try:
+        return short_text(repr(v), 40)
+    except ValueError:  # an integer past the int-string digit limit (not from JSON: from code)
+        return f"an integer of {v.bit_length()} bits"

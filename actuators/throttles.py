@@ -7,23 +7,34 @@ Only file writes: done inline on every reconcile, never behind a tool call of an
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from actuators.blockdev import DeviceError, resolve
-from actuators.cgroup import Caps, CgroupError, CgroupGone
+from actuators.cgroup import MAX_BPS, Caps, CgroupError, CgroupGone
 from actuators.hands import Hands, OwnedCap, ReconcileReport
 from actuators.journal import JournalError
-from actuators.paths import PathError, confine
+from actuators.paths import PathError, check_rel, confine
 from fsm.desired import DesiredState
+from schema.jsontext import finite_float, shown
 
 
 def _cap(v: float | None, what: str) -> int | None:
     if v is None:
         return None
-    if not isinstance(v, int | float) or not math.isfinite(v) or v < 1:
-        raise ValueError(f"{what} must be a finite rate of at least 1 byte/s, got {v!r}")
-    return round(v)
+    # finite_float: None for a bool, NaN, an infinity and an int past a double's range. The bounds
+    # compare the value itself (exact for an int: 2**64 - 2 is a cap, its float is not).
+    if finite_float(v) is None or v < 1 or v > MAX_BPS:
+        raise ValueError(f"{what} must be a rate of 1 to {MAX_BPS} bytes/s, got {shown(v)}")
+    return v if isinstance(v, int) else round(v)
+
+
+def _expiry(v: float) -> float:
+    # A NaN or infinite expiry never passes, and recovery cannot read it back from the journal: the
+    # cap would stay after a crash. An int past a double's range would not fit the journal's float.
+    t = finite_float(v)
+    if t is None:
+        raise ValueError(f"expires_at must be a finite time, got {shown(v)}")
+    return t
 
 
 def _min(a: int | None, b: int | None) -> int | None:
@@ -56,10 +67,13 @@ class Throttles:
         wanted: dict[tuple[str, str], OwnedCap] = {}
         devs: dict[str, str] = {}  # device -> MAJ:MIN, resolved once per reconcile (50 caps: 1 device)
         for th in desired.throttles:
-            if th.expires_at <= now:
-                continue  # past its expiry: lifted even though someone still lists it
             try:
-                cg = h.tenant_cgroup(th.tenant, th.cgroup)
+                expires_at = _expiry(th.expires_at)
+                if expires_at <= now:
+                    continue  # past its expiry: lifted even though someone still lists it
+                # The normal form ('a//b/' is 'a/b'): two spellings of one group would be two caps
+                # rewriting one io.max in turn, every tick.
+                cg = str(check_rel(h.tenant_cgroup(th.tenant, th.cgroup)))
                 confine(h.cg.root, cg)
                 dev = devs.get(th.device) or devs.setdefault(th.device, resolve(th.device, h.sys_root))
                 caps = Caps(_cap(th.read_bps, "read_bps"), _cap(th.write_bps, "write_bps"))
@@ -72,9 +86,9 @@ class Throttles:
             prev = wanted.get((cg, dev))
             if prev is not None:  # two caps on one group and device: the tighter one wins
                 caps = Caps(_min(prev.caps.rbps, caps.rbps), _min(prev.caps.wbps, caps.wbps))
-                th_exp = max(prev.expires_at, th.expires_at)
+                th_exp = max(prev.expires_at, expires_at)
             else:
-                th_exp = th.expires_at
+                th_exp = expires_at
             wanted[(cg, dev)] = OwnedCap(th.tenant, caps, th_exp)
         return wanted
 

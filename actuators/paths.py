@@ -20,6 +20,11 @@ def check_rel(rel: str, what: str = "cgroup path") -> PurePosixPath:
     bad = [c for c in rel if c in "\0\n\r\t" or ord(c) < 32]
     if bad:
         raise PathError(f"{what} {rel!r}: must not contain control characters (NUL, newline, tab)")
+    if not rel.isascii():
+        try:
+            rel.encode()
+        except UnicodeEncodeError:  # a lone surrogate (a non-UTF-8 name read with surrogateescape)
+            raise PathError(f"{what} {rel!r}: must be valid UTF-8 text") from None
     p = PurePosixPath(rel)
     if p.is_absolute():
         raise PathError(f"{what} {rel!r}: must be relative to the cgroup root (no leading '/')")

@@ -14,7 +14,6 @@ import asyncio
 import functools
 import json
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,12 +28,13 @@ from actuators.paths import PathError, check_rel
 from actuators.throttles import Throttles
 from fsm.mig import Slot
 from fsm.observation import InstanceRef
-from schema.jsontext import loads_json
+from schema.jsontext import finite_float, loads_json, shown
 
 log = logging.getLogger("tailguard.actuators")
 
 MAX_LISTED = 20  # skipped records named in the summary and the log (all are counted)
 _DEV = re.compile(r"^\d{1,4}:\d{1,7}$")
+_INT_EXP = 2**53  # an int expiry the fast path takes (float() of a larger one may overflow: the checked path)
 
 
 class BadRecord(ValueError):
@@ -60,9 +60,10 @@ def _str(v: Any, what: str) -> str:
 
 
 def _num(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise BadRecord(f"{what} is {v!r}, not a finite number")
-    return float(v)
+    f = finite_float(v)  # also None for an int past a double's range (float() would raise OverflowError)
+    if f is None:
+        raise BadRecord(f"{what} is {shown(v)}, not a finite number")
+    return f
 
 
 def _rate(v: Any, what: str) -> int | None:
@@ -135,7 +136,8 @@ def _owned_cap(t: Any, what: str, i: int | None = None) -> tuple[tuple[str, str]
             type(cg) is str and type(dev) is str and (key in _GOOD_PAIRS or _good_pair(key))
             and type(tenant) is str and (rb is None or (type(rb) is int and rb > 0))
             and (wb is None or (type(wb) is int and wb > 0))
-            and (type(exp) is float or type(exp) is int) and exp - exp == 0  # finite: inf - inf is nan
+            and ((type(exp) is float and exp - exp == 0)  # finite: inf - inf is nan
+                 or (type(exp) is int and -_INT_EXP < exp < _INT_EXP))
         ):  # fmt: skip
             return key, OwnedCap(tenant, Caps(rb, wb), exp if type(exp) is float else float(exp))
     return _owned_cap_checked(t, what if i is None else f"{what}[{i}]")

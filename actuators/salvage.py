@@ -33,6 +33,8 @@ def owned_caps(records: Iterable[dict[str, Any]]) -> tuple[dict[tuple[str, str],
     tolerant of any shape: a record that does not fit is skipped, never raised on."""
     owned: dict[tuple[str, str], tuple[str, float]] = {}
     skipped = 0
+    # OverflowError: float() of an expiry written as an integer past a double's range
+    unusable = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
     def put(t: Any) -> None:
         key = (t["cgroup"], t["dev"])
@@ -50,19 +52,19 @@ def owned_caps(records: Iterable[dict[str, Any]]) -> tuple[dict[tuple[str, str],
                     for t in state["throttles"]:
                         try:
                             put(t)
-                        except (KeyError, TypeError, ValueError, AttributeError):
+                        except unusable:
                             skipped += 1
             elif kind == "throttle" and phase == "renew":
                 for t in rec.get("caps") or []:
                     try:
                         put(t)
-                    except (KeyError, TypeError, ValueError, AttributeError):
+                    except unusable:
                         skipped += 1
             elif kind == "throttle" and rec.get("action") == "set" and phase in ("intent", "done", "failed"):
                 put(rec)
             elif kind == "throttle" and rec.get("action") == "lift" and phase == "done":
                 owned.pop((rec["cgroup"], rec["dev"]), None)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except unusable:
             skipped += 1
     return owned, skipped
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
+
+from schema.files import open_regular
+from schema.jsontext import shown
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -38,6 +42,18 @@ class ParseError(ValueError):
         super().__init__(f"{where}: {message}")
         self.source = source
         self.line = line
+
+
+U64_MAX = (1 << 64) - 1  # the kernel's counters are u64: a bigger one is not a counter (nor a float)
+
+
+def counter(tok: str, source: str, line: int, what: str) -> int:
+    """An ASCII decimal u64 counter, else a ParseError naming the line and the value (shortened):
+    int() takes "-1", "١" and "1_0", raises a bare ValueError past 4,300 digits, and a count past
+    a double's range makes the rate an OverflowError."""
+    if not (tok.isascii() and tok.isdigit()) or len(tok) > 20 or int(tok) > U64_MAX:
+        raise ParseError(source, line, f"{what} is not a 64-bit counter: {shown(tok)}")
+    return int(tok)
 
 
 class Sampler(Protocol[T_co]):
@@ -150,20 +166,25 @@ class FileReader:
     `os.pread` at offset 0 makes seq_file regenerate the content, and skips an open() per file per
     tick (150 files for 50 tenants). A descriptor that fails (a removed cgroup's files answer
     ENODEV) is closed and the path opened again once. Only for files rewritten in place, which is
-    what kernel files are; a file replaced by rename would keep being read from the old inode."""
+    what kernel files are; a file replaced by rename would keep being read from the old inode.
+    Only regular files, up to LIMIT bytes (OSError otherwise): a FIFO in a fake or misconfigured
+    root would block open() for ever, and /dev/zero would be read until memory runs out."""
 
     CHUNK = 65536
+    LIMIT = 64 << 20  # /proc/interrupts of a 224-CPU host is 1.5 MB
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
 
-    def _pread_all(self, fd: int) -> bytes:
+    def _pread_all(self, fd: int, path: str) -> bytes:
         first = os.pread(fd, self.CHUNK, 0)
         if len(first) < self.CHUNK:
             return first
         parts = [first]
         off = len(first)
         while True:
+            if off > self.LIMIT:
+                raise OSError(errno.EFBIG, f"larger than {self.LIMIT >> 20} MiB: not a kernel file of this kind", path)
             b = os.pread(fd, self.CHUNK, off)
             parts.append(b)
             if len(b) < self.CHUNK:
@@ -174,13 +195,13 @@ class FileReader:
         fd = self._fds.get(path)
         if fd is not None:
             try:
-                return _text(self._pread_all(fd))
+                return _text(self._pread_all(fd, path))
             except OSError:  # ENODEV: the cgroup was removed; open the path again
                 self._drop(path)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(path)
         self._fds[path] = fd
         try:
-            return _text(self._pread_all(fd))
+            return _text(self._pread_all(fd, path))
         except OSError:
             self._drop(path)
             raise

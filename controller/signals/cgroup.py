@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable
+from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import IoRate
 
-_DEV = re.compile(r"^\d+:\d+$")
+_DEV = re.compile(r"^[0-9]+:[0-9]+$")
 
 
 class IoCounters(NamedTuple):  # a tuple: handed to CounterRates.update_many as is
@@ -30,8 +30,10 @@ class IoCounters(NamedTuple):  # a tuple: handed to CounterRates.update_many as 
     wios: int = 0
 
 
-# The kernel's io.stat line (dbytes/dios since 4.18, more keys may follow in later kernels)
-_IO_STAT_LINE = re.compile(r"^(\d+:\d+) rbytes=(\d+) wbytes=(\d+) rios=(\d+) wios=(\d+)(?: [a-z_]+=\d+)*$", re.M)
+# The kernel's io.stat line (dbytes/dios since 4.18, more keys may follow in later kernels); \d
+# would take "١" and 5,000 digits, which int() refuses past 4,300: those take the careful path
+_N = r"([0-9]{1,19})"
+_IO_STAT_LINE = re.compile(rf"^([0-9]+:[0-9]+) rbytes={_N} wbytes={_N} rios={_N} wios={_N}(?: [a-z_]+=[0-9]+)*$", re.M)
 
 
 def parse_io_stat(text: str, source: str = "io.stat") -> dict[str, IoCounters]:
@@ -53,9 +55,9 @@ def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
         kv: dict[str, int] = {}
         for tok in f[1:]:
             k, sep, v = tok.partition("=")
-            if not sep or not v.isdecimal():
+            if not sep:
                 raise ParseError(source, n, f"expected key=number, got {tok[:40]!r}")
-            kv[k] = int(v)
+            kv[k] = counter(v, source, n, k[:40] or "value")
         out[f[0]] = IoCounters(kv.get("rbytes", 0), kv.get("wbytes", 0), kv.get("rios", 0), kv.get("wios", 0))
     return out
 
@@ -73,11 +75,12 @@ def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int
             raise ParseError(source, n, f"expected 'MAJ:MIN OP N', got {line.strip()[:80]!r}")
         if f[1] not in ("Read", "Write", "Sync", "Async", "Discard", "Total"):
             raise ParseError(source, n, f"unknown operation {f[1][:20]!r}")
+        v = counter(f[2], source, n, f[1])
         rw = out.setdefault(f[0], [0, 0])
         if f[1] == "Read":
-            rw[0] = int(f[2])
+            rw[0] = v
         elif f[1] == "Write":
-            rw[1] = int(f[2])
+            rw[1] = v
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 

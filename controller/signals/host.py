@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable
+from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import HostSample
+from schema.jsontext import shown
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
 _SKIP_BLOCK = ("loop", "ram", "zram", "fd", "sr")
@@ -33,12 +34,7 @@ def parse_diskstats(text: str, source: str = "/proc/diskstats") -> dict[str, tup
             continue
         if len(f) < 14:
             raise ParseError(source, n, f"expected at least 14 fields, got {len(f)}")
-        try:
-            rd, wr = int(f[5]), int(f[9])
-        except ValueError:
-            raise ParseError(source, n, f"sector counts are not integers: {f[5]!r}, {f[9]!r}") from None
-        if rd < 0 or wr < 0:
-            raise ParseError(source, n, "negative sector count")
+        rd, wr = counter(f[5], source, n, "sectors read"), counter(f[9], source, n, "sectors written")
         out[f[2]] = (rd * SECTOR, wr * SECTOR)
     return out
 
@@ -55,10 +51,7 @@ def parse_net_dev(text: str, source: str = "/proc/net/dev") -> dict[str, tuple[i
         f = rest.split()
         if not sep or len(f) < 16:
             raise ParseError(source, n, f"expected 'IFACE: 16 counters', got {line.strip()[:80]!r}")
-        try:
-            out[name.strip()] = (int(f[0]), int(f[8]))
-        except ValueError:
-            raise ParseError(source, n, "byte counters are not integers") from None
+        out[name.strip()] = (counter(f[0], source, n, "rx bytes"), counter(f[8], source, n, "tx bytes"))
     return out
 
 
@@ -75,12 +68,13 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
         raise ParseError(source, 1, "empty file or no CPU header")
     cpus = []
     for tok in lines[0].split():
-        if not tok.startswith("CPU") or not tok[3:].isdecimal():
-            raise ParseError(source, 1, f"expected a header of CPUn columns, got {tok!r}")
+        # ASCII and short: isdecimal() took "CPU١" and 5,000 digits, which int() refused bare
+        if not tok.startswith("CPU") or not (tok[3:].isascii() and tok[3:].isdigit()) or len(tok) > 9:
+            raise ParseError(source, 1, f"expected a header of CPUn columns, got {shown(tok)}")
         cpus.append(int(tok[3:]))
     n = len(cpus)
     width = 11 * n
-    fast: list[str] = []
+    fast: list[tuple[int, str]] = []
     slow: list[tuple[int, str]] = []
     for i, line in enumerate(lines[1:], 2):
         _irq, sep, rest = line.partition(":")
@@ -89,7 +83,7 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
                 raise ParseError(source, i, f"expected 'IRQ: counts...', got {line.strip()[:80]!r}")
             continue
         if len(rest) >= width and (len(rest) == width or rest[width] == " "):
-            fast.append(rest[:width])
+            fast.append((i, rest[:width]))
         else:
             slow.append((i, rest))
     totals = [0] * n
@@ -97,19 +91,21 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # numpy warns on unmatched data; the size check below decides
-                arr = np.fromstring(" ".join(fast), dtype=np.int64, sep=" ")
+                arr = np.fromstring(" ".join(r for _, r in fast), dtype=np.int64, sep=" ")
         except ValueError:  # newer numpy raises instead of warning: the slow path names the line
             arr = np.empty(0, dtype=np.int64)
-        if arr.size == n * len(fast) and (arr >= 0).all():
+        # numpy saturates a count past int64 (and its sum then wraps negative): a count is a u32
+        # (" %10u"), and anything else is left to the slow path, which is exact
+        if arr.size == n * len(fast) and (arr >= 0).all() and (arr <= 0xFFFFFFFF).all():
             totals = [int(x) for x in arr.reshape(len(fast), n).sum(axis=0)]
         else:
-            slow = [(0, r) for r in fast] + slow
-    for _i, rest in slow:
+            slow = fast + slow
+    for i, rest in slow:
         f = rest.split(None, n)
         # ERR/MIS (x86) carry one global number, not one per CPU: such lines are not per-CPU load
         if len(f) >= n and all(x.isdecimal() for x in f[:n]):
             for k in range(n):
-                totals[k] += int(f[k])
+                totals[k] += counter(f[k], source, i, f"CPU{cpus[k]} count")
     return dict(zip(cpus, totals, strict=True))
 
 

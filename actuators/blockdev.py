@@ -9,12 +9,28 @@ import re
 import stat
 from pathlib import Path
 
-_MAJMIN = re.compile(r"^(\d{1,10}):(\d{1,10})$")
+from schema.files import read_small_text
+from schema.jsontext import shown
+
+_MAJMIN = re.compile(r"^([0-9]{1,10}):([0-9]{1,10})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 class DeviceError(ValueError):
     pass
+
+
+def _read_dev(path: Path, what: str) -> str:
+    """A sysfs `dev` attribute: MAJ:MIN, else a DeviceError naming the file and what it holds.
+    read_text() raised a bare UnicodeDecodeError on a byte that is not UTF-8 and hung on a FIFO;
+    a parent disk's `dev` was taken as MAJ:MIN whatever it said, and written into io.max."""
+    try:
+        majmin = read_small_text(path, 4096, errors="replace").strip()
+    except OSError as e:
+        raise DeviceError(f"device {what!r}: cannot read {path}: {e.strerror}") from None
+    if not _MAJMIN.match(majmin):
+        raise DeviceError(f"device {what!r}: {path} gives a bad MAJ:MIN {shown(majmin)}")
+    return majmin
 
 
 def _whole_disk(majmin: str, sys_root: Path, what: str) -> str:
@@ -24,11 +40,7 @@ def _whole_disk(majmin: str, sys_root: Path, what: str) -> str:
     real = Path(os.path.realpath(node))
     if (real / "partition").exists():
         # sysfs puts a partition's directory inside its disk's directory.
-        parent = real.parent
-        try:
-            return parent.joinpath("dev").read_text().strip()
-        except OSError as e:
-            raise DeviceError(f"device {what!r}: cannot read the parent disk of {majmin}: {e.strerror}") from None
+        return _read_dev(real.parent / "dev", what)
     return majmin
 
 
@@ -55,10 +67,7 @@ def resolve(device: str, sys_root: str | os.PathLike[str] = "/sys") -> str:
         return _whole_disk(f"{major}:{minor}", sysr, device)
     if not _NAME.match(device):
         raise DeviceError(f"device {device!r}: not a block device name, path or MAJ:MIN")
-    try:
-        majmin = (sysr / "class" / "block" / device / "dev").read_text().strip()
-    except OSError:
-        raise DeviceError(f"device {device!r}: no such block device in {sysr}/class/block") from None
-    if not _MAJMIN.match(majmin):
-        raise DeviceError(f"device {device!r}: sysfs gives a bad MAJ:MIN {majmin!r}")
-    return _whole_disk(majmin, sysr, device)
+    dev_file = sysr / "class" / "block" / device / "dev"
+    if not os.path.isdir(dev_file.parent):  # catches every OSError, unlike Path.is_dir
+        raise DeviceError(f"device {device!r}: no such block device in {sysr}/class/block")
+    return _whole_disk(_read_dev(dev_file, device), sysr, device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,10 @@ Version = Literal["v1", "v2"]
 # wraps modulo 2**64 (2**64 + 5 would be a cap of 5 bytes/s), so the highest real cap is 2**64 - 2.
 MAX_BPS = 2**64 - 2
 _MAJMIN = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")  # what the line written starts with: no spaces, no keys
+
+
+# io.max holds one line per device with a limit (~60 bytes): far below, a file that is not one
+_READ_LIMIT = 1 << 20
 
 
 class CgroupError(Exception):
@@ -65,30 +70,43 @@ def detect(root: str | os.PathLike[str], version: str = "auto") -> tuple[Version
     raise CgroupError(f"no cgroup v2 hierarchy and no v1 blkio controller found at {r}")
 
 
-def _parse_v2(text: str) -> dict[str, Caps]:
+_U64_MAX = (1 << 64) - 1
+
+
+def _bps(v: str, source: str, n: int, key: str) -> int:
+    """A limit the kernel printed: ASCII digits of a u64. int() would take "-5" and "١", and raise
+    a bare ValueError past 4,300 digits that named neither the file nor the line."""
+    if not (v.isascii() and v.isdigit()) or len(v) > 20 or int(v) > _U64_MAX:
+        raise ValueError(f"{source}: line {n}: {key} is not a number of bytes/s or max: {shown(v)}")
+    return int(v)
+
+
+def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:
     out: dict[str, Caps] = {}
-    for line in text.splitlines():
+    for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         kv = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
         rb, wb = kv.get("rbps", "max"), kv.get("wbps", "max")
-        caps = Caps(None if rb == "max" else int(rb), None if wb == "max" else int(wb))
+        caps = Caps(
+            None if rb == "max" else _bps(rb, source, n, "rbps"), None if wb == "max" else _bps(wb, source, n, "wbps")
+        )
         if not caps.empty:
             out[parts[0]] = caps
     return out
 
 
-def _parse_v1(read_text: str, write_text: str) -> dict[str, Caps]:
-    def table(text: str) -> dict[str, int]:
+def _parse_v1(read_text: str, write_text: str, sources: tuple[str, str] = ("read", "write")) -> dict[str, Caps]:
+    def table(text: str, source: str) -> dict[str, int]:
         t: dict[str, int] = {}
-        for line in text.splitlines():
+        for n, line in enumerate(text.splitlines(), 1):
             parts = line.split()
-            if len(parts) == 2 and parts[1].isdecimal() and int(parts[1]) > 0:
-                t[parts[0]] = int(parts[1])
+            if len(parts) == 2 and parts[1].isdecimal() and (v := _bps(parts[1], source, n, parts[0][:20])) > 0:
+                t[parts[0]] = v
         return t
 
-    r, w = table(read_text), table(write_text)
+    r, w = table(read_text, sources[0]), table(write_text, sources[1])
     return {d: Caps(r.get(d), w.get(d)) for d in sorted(set(r) | set(w))}
 
 
@@ -116,15 +134,30 @@ class CgroupIO:
 
     def _read_file(self, path: Path, rel: str) -> str:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # non-blocking and a regular file only: open() of a FIFO would wait for a writer for ever
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             if not path.parent.is_dir():
                 raise CgroupGone(f"cgroup {rel!r} disappeared") from None
             raise CgroupError(f"{path}: missing (is the io controller enabled for {rel!r}?)") from None
         except OSError as e:
             raise CgroupError(f"{path}: cannot read: {e.strerror}") from None
-        with os.fdopen(fd, "r") as f:
-            return f.read()
+        try:
+            # os.fdopen() of a directory raised a bare IsADirectoryError naming the descriptor, and
+            # left it open
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CgroupError(f"{path}: not a regular file (a cgroup control file is one)")
+            data = os.read(fd, _READ_LIMIT + 1)
+        except OSError as e:
+            raise CgroupError(f"{path}: cannot read: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        if len(data) > _READ_LIMIT:
+            raise CgroupError(f"{path}: larger than {_READ_LIMIT >> 10} KiB: not a cgroup control file")
+        try:
+            return data.decode()
+        except UnicodeDecodeError as e:
+            raise CgroupError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
     def _write_file(self, path: Path, line: str, rel: str) -> None:
         try:
@@ -149,11 +182,9 @@ class CgroupIO:
         g = self.group(rel)
         try:
             if self.version == "v2":
-                return _parse_v2(self._read_file(g / "io.max", rel))
-            return _parse_v1(
-                self._read_file(g / "blkio.throttle.read_bps_device", rel),
-                self._read_file(g / "blkio.throttle.write_bps_device", rel),
-            )
+                return _parse_v2(self._read_file(g / "io.max", rel), str(g / "io.max"))
+            rd, wr = g / "blkio.throttle.read_bps_device", g / "blkio.throttle.write_bps_device"
+            return _parse_v1(self._read_file(rd, rel), self._read_file(wr, rel), (str(rd), str(wr)))
         except ValueError as e:
             raise CgroupError(f"cgroup {rel!r}: cannot parse the I/O limits: {e}") from None
 

@@ -14,6 +14,8 @@ from actuators.journal import JournalError
 from actuators.mps import MpsControl, MpsError
 from actuators.paths import PathError, confine
 from fsm.desired import DesiredState
+from schema.files import read_small_text
+from schema.jsontext import shown
 
 
 class MpsLimits:
@@ -31,9 +33,17 @@ class MpsLimits:
         cg = h.tenant_cgroup(tenant, None)
         procs_file = confine(h.cg.root, cg) / "cgroup.procs"
         try:
-            pids = {int(x) for x in procs_file.read_text().split()}
+            # a regular file of bounded size: read_text() hung on a FIFO, raised a bare
+            # UnicodeDecodeError, and int() took "-5" and "١" or raised without naming the file
+            text = read_small_text(procs_file, errors="replace")
         except OSError as e:
             raise MpsError(f"tenant {tenant}: cannot read {procs_file}: {e.strerror}") from None
+        pids: set[int] = set()
+        for n, line in enumerate(text.splitlines(), 1):
+            for x in line.split():
+                if not (x.isascii() and x.isdigit()) or len(x) > 10:
+                    raise MpsError(f"tenant {tenant}: {procs_file}: line {n}: not a process id: {shown(x)}")
+                pids.add(int(x))
         for server in await self.ctl.servers():
             if pids & set(await self.ctl.clients(server)):
                 return server

@@ -29,7 +29,9 @@ from fsm.topology import HOST_ID, Node, NodeKind, Tier, Topology
 from schema.files import read_small_text
 
 # -- cpulists --------------------------------------------------------------------------------
-_CPULIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+# ASCII digits of at most 6 (\d took "١", and int() of 5,000 digits raised its own ValueError)
+_CPULIST = re.compile(r"^[0-9]{1,6}(-[0-9]{1,6})?(,[0-9]{1,6}(-[0-9]{1,6})?)*$")
+MAX_CPUS = 65536  # far above any host (Linux's NR_CPUS tops out at 8192)
 
 
 def parse_cpulist(text: str) -> tuple[int, ...]:
@@ -43,9 +45,13 @@ def parse_cpulist(text: str) -> tuple[int, ...]:
     for part in s.split(","):
         lo, _, hi = part.partition("-")
         a, b = int(lo), int(hi) if hi else int(lo)
-        if b < a or b - a > 65536:
+        if b < a or b - a > MAX_CPUS:
             raise ValueError(f"bad CPU range {part!r}")
         out.extend(range(a, b + 1))
+        # each range is bounded, their number is not: "0-65535," repeated over a 64 KiB file
+        # was half a billion CPUs, gigabytes of memory
+        if len(out) > MAX_CPUS:
+            raise ValueError(f"more than {MAX_CPUS} CPUs: {s[:40]!r}...")
     return tuple(out)
 
 
@@ -313,10 +319,14 @@ _HOSTBRIDGE = re.compile(r"^pci[0-9a-fA-F]{4}:[0-9a-fA-F]{2}$")
 _GT_S = re.compile(r"^\s*([0-9]{1,3}(?:\.[0-9]{1,6})?)\s*GT/s")
 
 
+_ATTR_LIMIT = 1 << 16  # a sysfs attribute is at most a page
+
+
 def _read(path: str) -> str | None:
+    """A sysfs attribute, None when unreadable. Only a regular file of at most _ATTR_LIMIT bytes:
+    open() of a FIFO blocked for ever, and read() of a link to /dev/zero filled the memory."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read().strip()
+        return read_small_text(path, _ATTR_LIMIT, errors="replace").strip()
     except OSError:
         return None
 
@@ -415,7 +425,7 @@ def discover_sysfs(sys_root: str = "/sys") -> Topology:
     nodes: dict[str, Node] = {HOST_ID: Node(HOST_ID, NodeKind.HOST, None)}
     numa_dir = os.path.join(sys_root, "devices", "system", "node")
     for name in _listdir(numa_dir):
-        if re.fullmatch(r"node\d+", name):
+        if re.fullmatch(r"node[0-9]{1,6}", name):
             n = int(name[4:])
             cpus = _read(os.path.join(numa_dir, name, "cpulist")) or ""
             try:
@@ -434,7 +444,9 @@ def discover_sysfs(sys_root: str = "/sys") -> Topology:
             numa = None
             for b in chain[1:]:
                 v = attr(b, chain, "numa_node")
-                if v is not None and v.lstrip("-").isdecimal() and int(v) >= 0:
+                # "-1" (no NUMA) or a node number; lstrip("-").isdecimal() let "--1", "٣" and 5,000
+                # digits through to int(), which raised or made a node of them
+                if v is not None and re.fullmatch(r"[0-9]{1,6}", v):
                     numa = int(v)
                     break
             up = f"numa{numa}" if numa is not None and f"numa{numa}" in nodes else HOST_ID

@@ -13,9 +13,9 @@ from actuators.hands import Hands, ReconcileReport
 from actuators.journal import JournalError
 from actuators.mps import MpsControl, MpsError
 from actuators.paths import PathError, confine
-from fsm.desired import DesiredState
+from fsm.desired import DesiredState, MpsLimit
 from schema.files import read_small_text
-from schema.jsontext import shown
+from schema.jsontext import finite_float, shown
 
 
 class MpsLimits:
@@ -51,7 +51,16 @@ class MpsLimits:
 
     async def reconcile(self, desired: DesiredState, now: float, rep: ReconcileReport) -> None:
         h = self.h
-        wanted = {m.tenant: m for m in desired.mps if m.expires_at > now}
+        wanted: dict[str, MpsLimit] = {}
+        for m in desired.mps:
+            # An infinite or NaN expiry never passes, and recovery skips such a journal record: the
+            # limit would outlive a crash. (finite_float: None for those and for a non-number.)
+            if finite_float(m.expires_at) is None:
+                rep.errors.append(
+                    f"MPS limit of {m.tenant}: expires_at must be a finite time, got {shown(m.expires_at)}"
+                )
+            elif m.expires_at > now:
+                wanted[m.tenant] = m
         for tenant in sorted(set(self.owned) - rep.kept(wanted)):  # a dry run lifts all
             pid, _ = self.owned[tenant]
             if not rep.lift(f"lift MPS limit of {tenant} (server {pid})"):

@@ -245,6 +245,31 @@ def test_mps_limits_set_lifted_and_faults(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_an_mps_limit_without_a_finite_expiry_is_refused_not_applied(tmp_path: Path) -> None:
+    # Journaled as Infinity/NaN, recovery would skip its record: the limit would outlive a crash.
+    h = host(tmp_path)
+    cg = tmp_path / "cg"
+    (cg / "train").mkdir(parents=True)
+    (cg / "cgroup.controllers").write_text("io\n")
+    (cg / "train" / "cgroup.procs").write_text("5002\n")
+    with locked(h.mps_state) as st:
+        st["servers"] = {"900": {"clients": [5002], "percent": 100.0}}
+    t = TenantActuation("train", "train", mps=True)
+
+    async def go() -> None:
+        r = rec(tmp_path, h, cgroup_root=str(cg), cgroup_version="v2", tenants={"train": t})
+        for exp in (float("inf"), float("nan"), 10**400):
+            rep = await r.reconcile(DesiredState(t=time.time(), mps=(MpsLimit("train", "gpu0", 40, exp),)))  # type: ignore[arg-type]
+            assert any("MPS limit of train: expires_at must be a finite time" in e for e in rep.errors), rep.errors
+            assert load(h.mps_state)["servers"]["900"]["percent"] == 100.0
+            assert rep.ops == []
+        r.journal.close()
+        journal = tmp_path / "journal.jsonl"
+        assert not journal.exists() or '"mps"' not in journal.read_text()  # nothing journaled either
+
+    asyncio.run(go())
+
+
 def test_recovery_finishes_an_interrupted_change(tmp_path: Path) -> None:
     h = host(tmp_path)
 

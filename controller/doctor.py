@@ -26,6 +26,7 @@ from controller.config import Config
 from controller.config_files import read_mqtt_password
 from controller.mig_tables import MigTables
 from controller.signals.base import Unavailable
+from schema.files import read_small_text
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MIN_FREE_BYTES = 64 << 20  # the journal (4 MiB) and state files, with room for a trace
@@ -271,7 +272,11 @@ async def check_cgroups(cfg: Config) -> list[Check]:
         return [Check("cgroup", FAIL, str(e), "mount cgroup v2 (or v1 blkio) and set host.cgroup_root")]
     out = []
     if io.version == "v2":
-        ctl = (Path(io.root) / "cgroup.controllers").read_text().split()
+        path = Path(io.root) / "cgroup.controllers"
+        try:  # a regular file of bounded size: a FIFO there hung doctor, /dev/zero filled memory
+            ctl = read_small_text(path, errors="replace").split()
+        except OSError as e:
+            return [Check("cgroup", FAIL, f"cannot read {path}: {e.strerror or e}", "check host.cgroup_root")]
         if "io" not in ctl:
             out.append(
                 Check(

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,22 @@ def test_a_missing_cgroup_and_a_group_without_io_max_fail(tmp_path) -> None:
     c = _by_name(asyncio.run(check_cgroups(parse_config(_config(tmp_path, "http://127.0.0.1:9/metrics")))))
     assert c["cgroup etl"].status == FAIL and "io.max missing" in c["cgroup etl"].cause
     assert "cgroup.subtree_control" in c["cgroup etl"].fix
+
+
+def test_a_cgroup_controllers_that_is_no_regular_file_fails_and_does_not_hang(tmp_path) -> None:
+    from controller.doctor import check_cgroups
+
+    text = _config(tmp_path, "http://127.0.0.1:9/metrics")
+    ctl = tmp_path / "cg" / "cgroup.controllers"
+    ctl.unlink()
+    os.mkfifo(ctl)  # read_text() blocked in open() for ever: run it where a hang fails the test
+    got: list[list[Check]] = []
+    th = threading.Thread(target=lambda: got.append(asyncio.run(check_cgroups(parse_config(text)))), daemon=True)
+    th.start()
+    th.join(20)
+    assert got, "check_cgroups hung on a FIFO"
+    c = _by_name(got[0])
+    assert c["cgroup"].status == FAIL and f"cannot read {ctl}" in c["cgroup"].cause
 
 
 @pytest.mark.root

@@ -246,11 +246,14 @@ def parse_nccl_topo_xml(text: str, source: str = "NCCL topology XML") -> Topolog
     order = sorted(p.leaves, key=lambda x: (x.busid is None, x.busid or ""))
     counters = {NodeKind.GPU: 0, NodeKind.NIC: 0, NodeKind.NVME: 0}
     taken = {n.id for n in p.nodes}
+    # A NIC's <net name> that is some device's PCI bus id would take that name, and the bus id
+    # would then resolve to the NIC: such a name is not used (the NIC keeps its nicN name).
+    busids = {x.busid for x in p.leaves if x.busid} | {n.bdf for n in p.nodes if n.bdf}
     for leaf in order:
         i = counters[leaf.kind]
         counters[leaf.kind] += 1
         default = {NodeKind.GPU: f"gpu{i}", NodeKind.NIC: f"nic{i}", NodeKind.NVME: f"nvme{i}"}[leaf.kind]
-        names = [n for n in leaf.names if n not in taken] if leaf.kind is NodeKind.NIC else []
+        names = [n for n in leaf.names if n not in taken and n not in busids] if leaf.kind is NodeKind.NIC else []
         nid = names[0] if names else default
         if nid in taken:
             raise ParseError(source, None, f"device name {nid!r} is used twice")

@@ -195,6 +195,20 @@ BAD = [
 ]
 
 
+def test_a_net_name_that_is_a_bus_id_does_not_take_it() -> None:
+    # NCCL dumps name nets by their driver's name; one named after a PCI bus id (a hand edit, a
+    # driver quirk) took it, and the GPU's bus id then resolved to the NIC.
+    text = """<system version="1"><cpu numaid="0" affinity="0000000f">
+  <pci busid="0000:01:00.0" class="0x030200" link_speed="16.0 GT/s PCIe" link_width="16"/>
+  <pci busid="0000:02:00.0" class="0x020000" link_speed="16.0 GT/s PCIe" link_width="16">
+    <nic><net name="0000:01:00.0" dev="0"/><net name="mlx5_0" dev="1"/></nic>
+  </pci>
+</cpu></system>"""
+    t = parse_nccl_topo_xml(text, "dump.xml")
+    assert t.resolve("0000:01:00.0") == "gpu0"
+    assert t.node("mlx5_0").kind is NodeKind.NIC and t.resolve("0000:02:00.0") == "mlx5_0"
+
+
 @pytest.mark.parametrize(("old", "new", "at", "words"), BAD, ids=lambda v: str(v)[:24])
 def test_bad_xml_names_file_and_line(
     old: str, new: str, at: str | None, words: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -217,18 +217,29 @@ def test_layout_refuses_to_destroy_a_tenants_instance(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_mps_limits_set_lifted_and_faults(tmp_path: Path) -> None:
-    h = host(tmp_path)
-    cg = tmp_path / "cg"
+def mps_host(tmp: Path, procs: str, servers: dict[str, object]) -> tuple[EmuHost, Path]:
+    """The emulated host with MPS `servers` and a cgroup v2 tree whose `train` group holds `procs`."""
+    h = host(tmp)
+    cg = tmp / "cg"
     (cg / "train").mkdir(parents=True)
     (cg / "cgroup.controllers").write_text("io\n")
-    (cg / "train" / "cgroup.procs").write_text("5001\n5002\n")
+    (cg / "train" / "cgroup.procs").write_text(procs)
     with locked(h.mps_state) as st:
-        st["servers"] = {"900": {"clients": [7, 5002], "percent": 100.0}, "901": {"clients": [8], "percent": 100.0}}
+        st["servers"] = servers
+    return h, cg
+
+
+def mps_rec(tmp: Path, h: EmuHost, cg: Path) -> Reconciler:
     t = TenantActuation("train", "train", mps=True)
+    return rec(tmp, h, cgroup_root=str(cg), cgroup_version="v2", tenants={"train": t})
+
+
+def test_mps_limits_set_lifted_and_faults(tmp_path: Path) -> None:
+    servers = {"900": {"clients": [7, 5002], "percent": 100.0}, "901": {"clients": [8], "percent": 100.0}}
+    h, cg = mps_host(tmp_path, "5001\n5002\n", servers)
 
     async def go() -> None:
-        r = rec(tmp_path, h, cgroup_root=str(cg), cgroup_version="v2", tenants={"train": t})
+        r = mps_rec(tmp_path, h, cg)
         exp = time.time() + 60
         await r.reconcile(DesiredState(t=time.time(), mps=(MpsLimit("train", "gpu0", 40, exp),)))
         assert load(h.mps_state)["servers"]["900"]["percent"] == 40.0
@@ -247,17 +258,10 @@ def test_mps_limits_set_lifted_and_faults(tmp_path: Path) -> None:
 
 def test_an_mps_limit_without_a_finite_expiry_is_refused_not_applied(tmp_path: Path) -> None:
     # Journaled as Infinity/NaN, recovery would skip its record: the limit would outlive a crash.
-    h = host(tmp_path)
-    cg = tmp_path / "cg"
-    (cg / "train").mkdir(parents=True)
-    (cg / "cgroup.controllers").write_text("io\n")
-    (cg / "train" / "cgroup.procs").write_text("5002\n")
-    with locked(h.mps_state) as st:
-        st["servers"] = {"900": {"clients": [5002], "percent": 100.0}}
-    t = TenantActuation("train", "train", mps=True)
+    h, cg = mps_host(tmp_path, "5002\n", {"900": {"clients": [5002], "percent": 100.0}})
 
     async def go() -> None:
-        r = rec(tmp_path, h, cgroup_root=str(cg), cgroup_version="v2", tenants={"train": t})
+        r = mps_rec(tmp_path, h, cg)
         for exp in (float("inf"), float("nan"), 10**400):
             rep = await r.reconcile(DesiredState(t=time.time(), mps=(MpsLimit("train", "gpu0", 40, exp),)))  # type: ignore[arg-type]
             assert any("MPS limit of train: expires_at must be a finite time" in e for e in rep.errors), rep.errors

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from actuators.paths import confine
-from schema.jsontext import shown
+from schema.jsontext import kernel_u64, shown
 
 Version = Literal["v1", "v2"]
 
@@ -70,15 +70,12 @@ def detect(root: str | os.PathLike[str], version: str = "auto") -> tuple[Version
     raise CgroupError(f"no cgroup v2 hierarchy and no v1 blkio controller found at {r}")
 
 
-_U64_MAX = (1 << 64) - 1
-
-
 def _bps(v: str, source: str, n: int, key: str) -> int:
-    """A limit the kernel printed: ASCII digits of a u64. int() would take "-5" and "١", and raise
-    a bare ValueError past 4,300 digits that named neither the file nor the line."""
-    if not (v.isascii() and v.isdigit()) or len(v) > 20 or int(v) > _U64_MAX:
+    """A limit the kernel printed (kernel_u64), else a ValueError naming the file and the line."""
+    bps = kernel_u64(v)
+    if bps is None:
         raise ValueError(f"{source}: line {n}: {key} is not a number of bytes/s or max: {shown(v)}")
-    return int(v)
+    return bps
 
 
 def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:

@@ -36,6 +36,19 @@ def finite_float(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+U64_MAX = (1 << 64) - 1
+
+
+def kernel_u64(tok: str) -> int | None:
+    """A number the kernel printed as a u64 (a counter, a limit): ASCII decimal digits up to
+    U64_MAX, else None. int() would take "-5", "١" and "1_0", and raise a bare ValueError past
+    4,300 digits."""
+    if not (tok.isascii() and tok.isdigit()) or len(tok) > 20:
+        return None
+    v = int(tok)
+    return v if v <= U64_MAX else None
+
+
 def shown(v: Any) -> str:
     """A parsed value as an error message shows it (a 400-digit number would fill the log line)."""
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from schema.files import open_regular
-from schema.jsontext import shown
+from schema.jsontext import kernel_u64, shown
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -44,16 +44,13 @@ class ParseError(ValueError):
         self.line = line
 
 
-U64_MAX = (1 << 64) - 1  # the kernel's counters are u64: a bigger one is not a counter (nor a float)
-
-
 def counter(tok: str, source: str, line: int, what: str) -> int:
-    """An ASCII decimal u64 counter, else a ParseError naming the line and the value (shortened):
-    int() takes "-1", "١" and "1_0", raises a bare ValueError past 4,300 digits, and a count past
-    a double's range makes the rate an OverflowError."""
-    if not (tok.isascii() and tok.isdigit()) or len(tok) > 20 or int(tok) > U64_MAX:
+    """An ASCII decimal u64 counter (kernel_u64), else a ParseError naming the line and the value
+    (shortened): a count past a double's range would also make the rate an OverflowError."""
+    v = kernel_u64(tok)
+    if v is None:
         raise ParseError(source, line, f"{what} is not a 64-bit counter: {shown(tok)}")
-    return int(tok)
+    return v
 
 
 class Sampler(Protocol[T_co]):

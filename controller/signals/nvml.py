@@ -25,9 +25,9 @@ from typing import Any
 from controller.signals.base import InlineOrThread, Unavailable
 from controller.signals.rates import CounterRates
 from fsm.mig import GpuModel, Slot, model_by_name
+from schema.jsontext import U64_MAX
 
 KIB = 1024  # NVML's "KB/s" for PCIe throughput: kibibytes, as nvidia-smi prints it
-U64 = 2**64 - 1
 MAX_GPUS = 1024  # more than any host has; a bigger count is garbage (range() over it would not end)
 MAX_MIG_DEVICES = 64  # 7 on every MIG GPU so far
 
@@ -71,7 +71,7 @@ class NvmlValueError(ValueError):
         super().__init__(f"{what} returned {shown if len(shown) <= 40 else shown[:37] + '...'}")
 
 
-def _int(v: Any, what: str, hi: int = U64) -> int:
+def _int(v: Any, what: str, hi: int = U64_MAX) -> int:
     """An unsigned NVML integer (ctypes c_uint / c_ulonglong give Python ints), within [0, hi]."""
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
         raise NvmlValueError(what, v)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from actuators.paths import confine
-from schema.jsontext import kernel_u64, shown
+from schema.jsontext import kernel_u64, shown, text_lines
 
 Version = Literal["v1", "v2"]
 
@@ -80,7 +80,7 @@ def _bps(v: str, source: str, n: int, key: str) -> int:
 
 def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:
     out: dict[str, Caps] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(text), 1):
         parts = line.split()
         if not parts:
             continue
@@ -97,7 +97,7 @@ def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:
 def _parse_v1(read_text: str, write_text: str, sources: tuple[str, str] = ("read", "write")) -> dict[str, Caps]:
     def table(text: str, source: str) -> dict[str, int]:
         t: dict[str, int] = {}
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text_lines(text), 1):
             parts = line.split()
             if len(parts) == 2 and parts[1].isdecimal() and (v := _bps(parts[1], source, n, parts[0][:20])) > 0:
                 t[parts[0]] = v

@@ -27,6 +27,7 @@ from controller.signals.base import ParseError
 from fsm.mig import MODELS
 from fsm.topology import HOST_ID, Node, NodeKind, Tier, Topology
 from schema.files import read_small_text
+from schema.jsontext import text_lines
 
 # -- cpulists --------------------------------------------------------------------------------
 # ASCII digits of at most 6 (\d took "١", and int() of 5,000 digits raised its own ValueError)
@@ -127,7 +128,7 @@ def _header_tokens(line: str) -> tuple[list[str], list[str]]:
 
 def parse_topo_matrix(text: str, source: str = "nvidia-smi topo -m") -> TopoMatrix:
     """Parse a captured `nvidia-smi topo -m`; a ParseError names the offending line."""
-    lines = [_ANSI.sub("", ln).rstrip("\r") for ln in text.splitlines()]
+    lines = [_ANSI.sub("", ln).rstrip("\r") for ln in text_lines(text)]
     start = next((i for i, ln in enumerate(lines) if ln.strip()), None)
     if start is None:
         raise ParseError(source, None, "empty input")

@@ -49,6 +49,17 @@ def kernel_u64(tok: str) -> int | None:
     return v if v <= U64_MAX else None
 
 
+def text_lines(text: str) -> list[str]:
+    r"""A kernel file's or a tool's lines, split where their writers end a line: at "\n" only.
+    str.splitlines() also breaks at \r, \x0b, \x0c, \x1c-\x1e, \x85, \u2028 and \u2029, so such a
+    byte in garbage shifted the numbers of the lines after it (an error could name a line past the
+    file's end). The empty piece after a final "\n" is no line: [] for "", as splitlines() gives."""
+    lines = text.split("\n")
+    if not lines[-1]:
+        lines.pop()
+    return lines
+
+
 def shown(v: Any) -> str:
     """A parsed value as an error message shows it (a 400-digit number would fill the log line)."""
     try:

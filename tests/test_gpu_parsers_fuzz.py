@@ -22,6 +22,7 @@ import pynvml
 import pytest
 from fakes.fixture_paths import FIXTURES
 from fakes.sig_fake_pynvml import FakeMig, FakeNvml
+from test_host_readers_fuzz import NOT_LINE_ENDS, then_bad
 
 from actuators import nvsmi
 from actuators.hands import GpuInfo, Hands, ReconcileReport
@@ -35,6 +36,7 @@ from controller.mig_tables import MigTables
 from controller.signals.base import ParseError, Unavailable
 from controller.signals.dcgm import DcgmExporterSampler, enabled_counters
 from controller.signals.nvml import NvmlReading, NvmlSampler
+from controller.topology import parse_topo_matrix
 from controller.topology_nccl import parse_nccl_topo_xml
 from fsm.mig import H100_PCIE, MODELS, Slot
 from fsm.migdriver import model_from_driver, table_differences
@@ -556,6 +558,36 @@ def test_dcgm_scrape_fuzz() -> None:
         lambda rng, t: (prom_mutate if rng.random() < 0.5 else mutate)(rng, t),
     )
     fuzz(fxs("dcgm-exporter_*.csv"), enabled_counters, (ParseError,), 500, 3)
+
+
+@pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)
+def test_dcgm_counters_line_numbers_are_the_files(odd: str) -> None:
+    """splitlines() took a stray \r or \u2028 for a line end: the bad row after it was named one
+    line too far."""
+    text, line = then_bad(fx("dcgm-exporter_default-counters.csv"), odd, "bogus, gauge, x")
+    with pytest.raises(ParseError, match=rf"^c.csv: line {line}: expected 'DCGM_FIELD, type, help'"):
+        enabled_counters(text, "c.csv")
+
+
+def test_dcgm_counters_row_with_a_carriage_return_inside() -> None:
+    """Once lines end at "\n" only, csv.reader gets the \r and raised a bare csv.Error."""
+    with pytest.raises(ParseError, match=r"^c.csv: line 2: not a CSV row: new-line character seen in unquoted field$"):
+        enabled_counters("# x\nDCGM_FI_DEV_GPU_UTIL,\rgauge, x\n", "c.csv")
+
+
+# ------------------------------------------------------------------ nvidia-smi topo -m
+
+TOPO_P4D = fx("nvidia-smi-topo-m_aws-p4d.24xlarge_8x-a100-40gb.txt")
+
+
+@pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)
+def test_topo_matrix_line_numbers_are_the_tools(odd: str) -> None:
+    """splitlines() broke the header at a stray \r or \u2028: "no row for GPU0" on the wrong line
+    instead of the bad relation on line 5."""
+    header, rest = TOPO_P4D.split("\n", 1)
+    text = header + odd + " \n" + rest.replace("GPU3\tNV12\tNV12\tNV12", "GPU3\tNV12\tNV12\tQQ", 1)
+    with pytest.raises(ParseError, match=r"^t.txt: line 5: row GPU3, column GPU2: unknown relation 'QQ'$"):
+        parse_topo_matrix(text, "t.txt")
 
 
 # ------------------------------------------------------------------ NCCL topology XML

@@ -113,6 +113,39 @@ def test_a_counter_that_is_not_a_u64_names_its_line(
     assert len(str(e.value)) < 200  # the number shown shortened
 
 
+# str.splitlines() ends a line at each of these too; the kernel ends its lines at "\n" only
+NOT_LINE_ENDS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+def then_bad(good: str, odd: str, bad: str) -> tuple[str, int]:
+    """`good` (whole lines) with `odd` and a space at the end of its last line (the space: "\r\n" is
+    one line end to splitlines()), then the line `bad`; and that line's number as the kernel counts."""
+    return good[:-1] + odd + " \n" + bad + "\n", good.count("\n") + 1
+
+
+@pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)
+@pytest.mark.parametrize(
+    ("parse", "good", "bad"),
+    [
+        (parse_diskstats, DISKSTATS, "x"),
+        (parse_net_dev, NETDEV, "x"),
+        (parse_io_stat, IO_STAT, "x"),
+        (parse_blkio_v1, BLKIO["blkio.throttle.io_service_bytes"], "x"),
+        (parse_psi, PSI["io"].split("\n")[1] + "\n", "some avg10=x"),  # the "full" line, then a bad "some"
+    ],
+    ids=["diskstats", "net-dev", "io.stat", "blkio", "psi"],
+)
+def test_a_line_end_the_kernel_does_not_write_shifts_no_line_number(
+    parse: Callable[[str, str], object], good: str, bad: str, odd: str
+) -> None:
+    """splitlines() took a stray \r, \x85 or \u2028 for a line end: the bad line after it was named
+    one too far (and a file of them, lines past its end)."""
+    text, line = then_bad(good, odd, bad)
+    with pytest.raises(ParseError) as e:
+        parse(text, "f")
+    assert e.value.line == line, str(e.value)
+
+
 @pytest.mark.parametrize("cpu", [HUGE, "١", "-1"])
 def test_interrupts_header_of_a_cpu_that_is_not_a_number(cpu: str) -> None:
     """isdecimal() let 5,000 digits through to int(): a bare ValueError."""
@@ -229,6 +262,18 @@ def test_io_limit_that_is_not_a_number_names_file_and_line(
     assert len(str(e.value)) < 300
 
 
+@pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_io_limits_line_numbers_are_the_kernels(tmp_path: Path, version: str, odd: str) -> None:
+    """splitlines() numbered the lines after a stray \r or \u2028 one too far."""
+    cg = _cg(tmp_path, version)
+    good, f = (IO_MAX, "io.max") if version == "v2" else (BPS_DEVICE, "blkio.throttle.write_bps_device")
+    text, line = then_bad(good, odd, "8:32 rbps=-5" if version == "v2" else "8:32 " + "9" * 25)
+    (tmp_path / "g" / f).write_text(text)
+    with pytest.raises(CgroupError, match=re.escape(f"{tmp_path / 'g' / f}: line {line}:")):
+        cg.read("g")
+
+
 # ------------------------------------------------------------------ sysfs
 
 
@@ -320,6 +365,15 @@ def test_cgroup_procs_garbage_names_file_and_line(tmp_path: Path, procs: str) ->
     assert len(str(e.value)) < 300
     (tmp_path / "g" / "cgroup.procs").write_text("5001\n5002\n")
     assert asyncio.run(_mps(tmp_path).server("t")) == 900
+
+
+@pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)
+def test_cgroup_procs_line_numbers_are_the_kernels(tmp_path: Path, odd: str) -> None:
+    (tmp_path / "g").mkdir()
+    text, line = then_bad("5001\n5002\n", odd, "x")
+    (tmp_path / "g" / "cgroup.procs").write_text(text)
+    with pytest.raises(MpsError, match=re.escape(f"cgroup.procs: line {line}: not a process id: 'x'")):
+        asyncio.run(_mps(tmp_path).server("t"))
 
 
 # ------------------------------------------------------------------ the fuzz loops
@@ -417,7 +471,7 @@ def only_parse_errors(parse: Callable[[str, str], object], seeds: list[str]) -> 
             parse(text, "f")
         except ParseError as e:
             assert str(e).startswith("f") and len(str(e)) < 400
-            assert e.line is None or 1 <= e.line <= len(text.splitlines()) + 1  # splitlines: \r, \u2028 too
+            assert e.line is None or 1 <= e.line <= text.count("\n") + 1  # the kernel's lines: "\n" ends one
 
     return one
 

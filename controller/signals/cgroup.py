@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import IoRate
+from schema.jsontext import text_lines
 
 _DEV = re.compile(r"^[0-9]+:[0-9]+$")
 
@@ -46,7 +47,7 @@ def parse_io_stat(text: str, source: str = "io.stat") -> dict[str, IoCounters]:
 
 def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
     out: dict[str, IoCounters] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(text), 1):
         f = line.split()
         if not f:
             continue
@@ -65,7 +66,7 @@ def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
 def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int]]:
     """MAJ:MIN -> (Read, Write) from a blkio.throttle.* file."""
     out: dict[str, list[int]] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(text), 1):
         f = line.split()
         if not f:
             continue
@@ -98,7 +99,7 @@ def parse_psi(text: str, source: str = "pressure") -> float:
 
 
 def _parse_psi_lines(text: str, source: str) -> float:
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(text), 1):
         f = line.split()
         if not f or f[0] != "some":
             continue

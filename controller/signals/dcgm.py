@@ -20,6 +20,7 @@ from controller.signals.http import FetchError, fetch_text
 from controller.signals.latency import Fetch
 from controller.signals.promtext import parse_samples
 from controller.signals.rates import CounterRates
+from schema.jsontext import text_lines
 
 SM_ACTIVE = "DCGM_FI_PROF_SM_ACTIVE"
 DRAM_ACTIVE = "DCGM_FI_PROF_DRAM_ACTIVE"
@@ -67,11 +68,14 @@ class DcgmReading:
 def enabled_counters(csv_text: str, source: str = "counters.csv") -> dict[str, str]:
     """Field name -> type for the uncommented rows of a dcgm-exporter counters CSV."""
     out: dict[str, str] = {}
-    for n, line in enumerate(csv_text.splitlines(), 1):
+    for n, line in enumerate(text_lines(csv_text), 1):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
-        row = next(csv.reader(io.StringIO(s), skipinitialspace=True))
+        try:
+            row = next(csv.reader(io.StringIO(s), skipinitialspace=True))
+        except csv.Error as e:  # a lone \r inside the line ("new-line character seen in unquoted field")
+            raise ParseError(source, n, f"not a CSV row: {str(e).split(' - ')[0]}") from None
         if len(row) < 2 or not row[0].strip().startswith("DCGM_"):
             raise ParseError(source, n, f"expected 'DCGM_FIELD, type, help', got {s[:80]!r}")
         out[row[0].strip()] = row[1].strip()

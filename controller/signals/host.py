@@ -17,7 +17,7 @@ import numpy as np
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import HostSample
-from schema.jsontext import shown
+from schema.jsontext import shown, text_lines
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
 _SKIP_BLOCK = ("loop", "ram", "zram", "fd", "sr")
@@ -28,7 +28,7 @@ _PARTITION = re.compile(r"^(nvme\d+n\d+p\d+|(sd|vd|xvd|hd)[a-z]+\d+|mmcblk\d+p\d
 def parse_diskstats(text: str, source: str = "/proc/diskstats") -> dict[str, tuple[int, int]]:
     """device -> (bytes read, bytes written), cumulative."""
     out: dict[str, tuple[int, int]] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(text), 1):
         f = line.split()
         if not f:
             continue
@@ -42,7 +42,7 @@ def parse_diskstats(text: str, source: str = "/proc/diskstats") -> dict[str, tup
 def parse_net_dev(text: str, source: str = "/proc/net/dev") -> dict[str, tuple[int, int]]:
     """interface -> (rx bytes, tx bytes), cumulative."""
     out: dict[str, tuple[int, int]] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(text), 1):
         if "|" in line:
             continue  # the two header lines
         if not line.strip():

@@ -99,7 +99,13 @@ def _parse_v1(read_text: str, write_text: str, sources: tuple[str, str] = ("read
         t: dict[str, int] = {}
         for n, line in enumerate(text_lines(text), 1):
             parts = line.split()
-            if len(parts) == 2 and parts[1].isdecimal() and (v := _bps(parts[1], source, n, parts[0][:20])) > 0:
+            if not parts:
+                continue
+            # the kernel prints one rule a line, "MAJ:MIN N"; any other line skipped made its cap
+            # look absent (a write's read-back a mismatch, a cap in force unseen)
+            if len(parts) != 2 or not _MAJMIN.fullmatch(parts[0]):
+                raise ValueError(f"{source}: line {n}: expected 'MAJ:MIN bytes/s', got {shown(line.strip())}")
+            if (v := _bps(parts[1], source, n, parts[0])) > 0:  # 0: no rule (writing it lifts one)
                 t[parts[0]] = v
         return t
 

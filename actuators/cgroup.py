@@ -84,7 +84,11 @@ def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:
         parts = line.split()
         if not parts:
             continue
-        kv = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+        # the kernel prints "MAJ:MIN key=value ..." for each device with a limit; another line was
+        # read as no cap, or as the cap of a "device" that is no MAJ:MIN
+        if not _MAJMIN.fullmatch(parts[0]) or len(parts) < 2 or not all("=" in p for p in parts[1:]):
+            raise ValueError(f"{source}: line {n}: expected 'MAJ:MIN key=value ...', got {shown(line.strip())}")
+        kv = dict(p.split("=", 1) for p in parts[1:])
         rb, wb = kv.get("rbps", "max"), kv.get("wbps", "max")
         caps = Caps(
             None if rb == "max" else _bps(rb, source, n, "rbps"), None if wb == "max" else _bps(wb, source, n, "wbps")

@@ -272,6 +272,18 @@ def test_v1_limit_line_that_is_not_majmin_n_names_file_and_line(tmp_path: Path, 
     assert cg.read("g") == {"8:16": Caps(1048576, 1048576), "259:0": Caps(2097152, None)}
 
 
+@pytest.mark.parametrize("line", ["259:0", "sda rbps=5 wbps=max", "259:0 rbps=5 junk", "259:0 rbps wbps=5"])
+def test_v2_limit_line_that_is_not_majmin_keys_names_file_and_line(tmp_path: Path, line: str) -> None:
+    """io.max lines the kernel does not print were read as no cap ("259:0", "259:0 rbps"), a cap of
+    a device named "sda", or a cap whatever else the line held."""
+    cg = _cg(tmp_path, "v2")
+    f = tmp_path / "g" / "io.max"
+    f.write_text(f"8:16 rbps=max wbps=7\n{line}\n")
+    with pytest.raises(CgroupError, match=re.escape(f"{f}: line 2: ")) as e:
+        cg.read("g")
+    assert len(str(e.value)) < 300
+
+
 @pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)
 @pytest.mark.parametrize("version", ["v2", "v1"])
 def test_io_limits_line_numbers_are_the_kernels(tmp_path: Path, version: str, odd: str) -> None:

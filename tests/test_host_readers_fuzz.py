@@ -154,6 +154,27 @@ def test_interrupts_header_of_a_cpu_that_is_not_a_number(cpu: str) -> None:
     assert len(str(e.value)) < 200
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        *(("avg10", v) for v in ("1_0", "1e1", "10", "+1.00", "١.٠٠", "0.٣٥", ".5", "1.", "inf", "nan", "0x1")),
+        *(("avg60", v) for v in ("1_0", "1e1", "inf", "nan", "-0.5", "")),
+        ("avg300", "1e3"),
+        *(("total", v) for v in ("1_0", "1e3", "-1", "+5", "١", "8.5", HUGE, "18446744073709551616")),
+    ],
+)
+def test_psi_value_the_kernel_does_not_write_names_file_and_line(field: str, value: str) -> None:
+    """float() took "1_0", "1e1", "10", "+1.00" and "١.٠٠" (avg10's fast path took \\d, any script's
+    digits) as a pressure, and avg60, avg300 and total were not looked at."""
+    old = {"avg10": "0.35", "avg60": "0.48", "avg300": "0.33", "total": "8334516"}[field]
+    text = PSI["io"].replace(f"{field}={old}", f"{field}={value}", 1)  # the "some" line's, which comes first
+    with pytest.raises(ParseError, match=f"^f: line 1: {field} ") as e:
+        parse_psi(text, "f")
+    assert len(str(e.value)) < 200
+    assert parse_psi(PSI["io"], "f") == pytest.approx(0.0035)
+    assert parse_psi(PSI["io"].replace("0.35", "100.00", 1).replace("8334516", "18446744073709551615"), "f") == 1.0
+
+
 def test_a_huge_disk_counter_loses_only_the_block_rates(tmp_path: Path) -> None:
     """400 digits parsed, then the rate's float() raised OverflowError out of read(): the NIC and
     IRQ rates of that tick were lost with it."""

@@ -19,7 +19,7 @@ from typing import Literal, NamedTuple
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import IoRate
-from schema.jsontext import text_lines
+from schema.jsontext import shown, text_lines
 
 _DEV = re.compile(r"^[0-9]+:[0-9]+$")
 
@@ -85,12 +85,18 @@ def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-_PSI_SOME = re.compile(r"^some avg10=(\d{1,3}\.\d\d) ")
+# The kernel's line (kernel/sched/psi.c, psi_show): "some avg10=%lu.%02lu avg60=%lu.%02lu
+# avg300=%lu.%02lu total=%llu". [0-9], not \d: float() reads any script's digits ("١.٠٠").
+_AVG = r"[0-9]{1,3}\.[0-9]{2}"
+_PSI_SOME = re.compile(rf"some avg10=({_AVG}) avg60={_AVG} avg300={_AVG} total=[0-9]{{1,19}}$", re.M)
+# the careful path's avg: digits '.' digits; float() also took "1_0", "1e1", "10", "+1.0", "inf"
+_PSI_AVG = re.compile(r"[0-9]+\.[0-9]+")
+_PSI_AVGS = ("avg10", "avg60", "avg300")
 
 
 def parse_psi(text: str, source: str = "pressure") -> float:
     """`some avg10` as a fraction of time (0..1)."""
-    m = _PSI_SOME.match(text)  # the kernel prints "some" first, avg10 with two decimals
+    m = _PSI_SOME.match(text)  # the kernel prints the "some" line first
     if m is not None:
         x = float(m.group(1))
         if x <= 100.0:
@@ -103,17 +109,26 @@ def _parse_psi_lines(text: str, source: str) -> float:
         f = line.split()
         if not f or f[0] != "some":
             continue
+        seen: dict[str, float] = {}
         for tok in f[1:]:
             k, sep, v = tok.partition("=")
-            if k == "avg10" and sep:
-                try:
-                    x = float(v)
-                except ValueError:
-                    raise ParseError(source, n, f"avg10 is not a number: {v[:20]!r}") from None
-                if not 0.0 <= x <= 100.0:
-                    raise ParseError(source, n, f"avg10 out of range 0..100: {x}")
-                return x / 100.0
-        raise ParseError(source, n, "'some' line without avg10=")
+            if not sep:
+                raise ParseError(source, n, f"expected key=value, got {shown(tok)}")
+            if k in seen:
+                raise ParseError(source, n, f"{k[:20]} twice")
+            if k in _PSI_AVGS:
+                if not _PSI_AVG.fullmatch(v):
+                    raise ParseError(source, n, f"{k} is not a number: {shown(v)}")
+                x = float(v)
+                if x > 100.0:
+                    raise ParseError(source, n, f"{k} out of range 0..100: {shown(v)}")
+                seen[k] = x
+            elif k == "total":
+                seen[k] = counter(v, source, n, "total")
+            # other keys: none so far; a later kernel's would not change avg10
+        if "avg10" not in seen:
+            raise ParseError(source, n, "'some' line without avg10=")
+        return seen["avg10"] / 100.0
     raise ParseError(source, None, "no 'some' line")
 
 

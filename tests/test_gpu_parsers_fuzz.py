@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import math
 import random
@@ -415,6 +416,119 @@ def test_non_utf8_mig_uuid_is_an_odd_answer() -> None:
     r = _sample(NvmlSampler({"gpu0": 0}, nvml=fake), fake)
     assert isinstance(r, NvmlReading) and r.gpus["gpu0"].mig_devices is None
     assert r.unavailable["nvml:gpu0"] == "odd NVML answer: nvmlDeviceGetUUID returned b'MIG-\\xff'"
+
+
+def _raises(error: Callable[[], BaseException]) -> Callable[..., Any]:
+    def call(*a: Any) -> Any:
+        raise error()  # a new one each call, as pynvml raises them
+
+    return call
+
+
+def unknown() -> BaseException:
+    return pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+
+@pytest.mark.parametrize(
+    ("fn", "error", "says"),
+    [
+        ("nvmlDeviceGetMigMode", unknown, "NVML error: nvmlDeviceGetMigMode: Unknown Error"),
+        ("nvmlDeviceGetFieldValues", unknown, "NVML error: nvmlDeviceGetFieldValues: Unknown Error"),
+        (
+            "nvmlDeviceGetFieldValues",
+            lambda: TypeError("bad array"),
+            "NVML call failed: nvmlDeviceGetFieldValues raised TypeError: bad array",
+        ),
+        (
+            "nvmlDeviceGetUtilizationRates",
+            lambda: OSError(22, "Invalid argument"),
+            "NVML call failed: nvmlDeviceGetUtilizationRates raised OSError: [Errno 22] Invalid argument",
+        ),
+        (
+            "nvmlDeviceGetMigMode",
+            lambda: ctypes.ArgumentError("argument 1: wrong type"),
+            "NVML call failed: nvmlDeviceGetMigMode raised ArgumentError: argument 1: wrong type",
+        ),
+        (
+            "nvmlGpuInstanceGetInfo",
+            lambda: TypeError("x"),
+            "NVML call failed: nvmlGpuInstanceGetInfo raised TypeError: x",
+        ),
+    ],
+    ids=["nvml-error", "nvml-error-fields", "type-error", "os-error", "ctypes-argument-error", "mig-type-error"],
+)
+def test_an_exception_from_pynvml_names_the_call(fn: str, error: Callable[[], BaseException], says: str) -> None:
+    """An NVMLError's reason was NVML's message alone ("NVML error: Unknown Error"), and a
+    TypeError/OSError/ctypes.ArgumentError from pynvml's ctypes layer left the sampler, every GPU's
+    reading lost with it, named by the runner as "TypeError: ..." only."""
+    fake = FakeNvml.from_q(A100_Q)
+    fake.gpus[0].mig_enabled, fake.gpus[0].migs = True, [FakeMig("MIG-a", 7, 19, 0)]
+    real, odd = getattr(fake, fn), _raises(error)
+
+    def on_gpu0(h: Any, *a: Any) -> Any:  # a handle: 0, a MIG device (0, i), an instance ((0), m)
+        return (odd if 0 in (h, h[0] if isinstance(h, tuple) else None) else real)(h, *a)
+
+    setattr(fake, fn, on_gpu0)
+    r = _sample(NvmlSampler({"gpu0": 0, "gpu1": 1}, nvml=fake), fake)
+    assert isinstance(r, NvmlReading) and r.unavailable["nvml:gpu0"] == says
+    assert "nvml:gpu1" not in r.unavailable and r.gpus["gpu1"].pcie_tx_bps is not None
+
+
+@pytest.mark.parametrize(
+    ("fn", "error", "says"),
+    [
+        (
+            "nvmlInit",
+            lambda: pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND),
+            "NVML init failed: nvmlInit: NVML Shared Library Not Found",
+        ),
+        (
+            "nvmlDeviceGetCount",
+            lambda: OSError(5, "Input/output error"),
+            "NVML init failed: nvmlDeviceGetCount raised OSError: [Errno 5] Input/output error",
+        ),
+        (
+            "nvmlDeviceGetHandleByIndex",
+            lambda: TypeError("x"),
+            "NVML init failed: gpu0: nvmlDeviceGetHandleByIndex raised TypeError: x",
+        ),
+        (
+            "nvmlDeviceGetPciInfo",
+            lambda: TypeError("x"),
+            "NVML init failed: gpu0: nvmlDeviceGetPciInfo raised TypeError: x",
+        ),
+    ],
+    ids=["init", "count", "handle", "static"],
+)
+def test_an_exception_from_pynvml_at_init_names_the_call(
+    fn: str, error: Callable[[], BaseException], says: str
+) -> None:
+    fake = OddNvml(A100_Q, {fn: _raises(error)})
+    assert _sample(NvmlSampler({"gpu0": 0}, nvml=fake), fake) == Unavailable(says)
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (
+            lambda: pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED),
+            "PCIe counters and throughput not supported (vGPU?)",
+        ),
+        (unknown, "NVML error: nvmlDeviceGetPcieThroughput: Unknown Error"),
+        (lambda: TypeError("x"), "NVML call failed: nvmlDeviceGetPcieThroughput raised TypeError: x"),
+    ],
+    ids=["not-supported", "nvml-error", "type-error"],
+)
+def test_an_exception_from_the_throughput_fallback_names_the_call(
+    error: Callable[[], BaseException], says: str
+) -> None:
+    """Every NVMLError was "not supported (vGPU?)", a GPU lost or NVML's timeout too; a TypeError
+    left the sampler through asyncio.gather."""
+    fake = OddNvml(A100_Q, {"nvmlDeviceGetPcieThroughput": _raises(error)})
+    fake.gpus[0].fields_supported = False
+    r = _sample(NvmlSampler({"gpu0": 0}, nvml=fake), fake)
+    assert isinstance(r, NvmlReading)
+    assert r.unavailable["nvml:gpu0:pcie_tx"] == r.unavailable["nvml:gpu0:pcie_rx"] == says
 
 
 ODD_VALUES: list[Any] = [None, -1, -(2**63), 2**64 + 5, 10**30, math.nan, math.inf, -0.5, "7", b"\xff", [], object()]

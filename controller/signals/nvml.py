@@ -9,12 +9,15 @@ call per GPU) and turned into rates. Where those fields are not supported we fal
 Errors map to meaning: NotSupported -> that field is None with a reason; GpuIsLost -> the GPU is
 marked lost and an alarm event is raised; anything else -> the field is None with NVML's message.
 A value no GPU gives (a wrong type, NaN, negative, out of range: a broken or mismatched binding) is
-an NvmlValueError naming the call and the value, handled the same way.
+an NvmlValueError naming the call and the value, handled the same way. Every reason names the NVML
+call that failed: an NVMLError's ("NVML error: nvmlDeviceGetMigMode: Unknown Error"), and a
+TypeError, OSError or ctypes.ArgumentError from pynvml's ctypes layer (NvmlCallError) too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
 import os
 from collections.abc import Callable, Mapping
@@ -26,6 +29,7 @@ from controller.signals.base import InlineOrThread, Unavailable
 from controller.signals.rates import CounterRates
 from fsm.mig import GpuModel, Slot, model_by_name
 from schema.jsontext import U64_MAX
+from schema.problems import short_text
 
 KIB = 1024  # NVML's "KB/s" for PCIe throughput: kibibytes, as nvidia-smi prints it
 MAX_GPUS = 1024  # more than any host has; a bigger count is garbage (range() over it would not end)
@@ -69,6 +73,36 @@ class NvmlValueError(ValueError):
     def __init__(self, what: str, value: object) -> None:
         shown = repr(value)
         super().__init__(f"{what} returned {shown if len(shown) <= 40 else shown[:37] + '...'}")
+
+
+class NvmlCallError(Exception):
+    """A pynvml call raised something other than NVMLError: names the call and what it raised."""
+
+    def __init__(self, call: str, e: BaseException) -> None:
+        super().__init__(f"{call} raised {type(e).__name__}: {short_text(str(e), 120)}")
+
+
+# What pynvml's ctypes layer raises besides NVMLError (a binding that does not match the library):
+# uncaught, it left the sampler and the runner named no call.
+_BINDING_ERRORS = (TypeError, OSError, ctypes.ArgumentError)
+
+
+def _call(n: Any, fn: str, *args: Any) -> Any:
+    """n.<fn>(*args), the call named in what it raises. An NVMLError keeps its class (NotSupported,
+    GpuIsLost, NotFound each mean something to the caller) and gets the name as a note (_why)."""
+    try:
+        return getattr(n, fn)(*args)
+    except n.NVMLError as e:
+        e.add_note(fn)
+        raise
+    except _BINDING_ERRORS as e:
+        raise NvmlCallError(fn, e) from e
+
+
+def _why(e: Exception) -> str:
+    """An NVMLError as a reason, led by the call _call noted on it."""
+    notes = getattr(e, "__notes__", None)
+    return f"{notes[-1]}: {e}" if notes else str(e)
 
 
 def _int(v: Any, what: str, hi: int = U64_MAX) -> int:
@@ -146,20 +180,24 @@ class NvmlSampler:
                 return f"pynvml (nvidia-ml-py) is not installed: {e}"
         n = self._nvml
         try:
-            n.nvmlInit()
-            count = _int(n.nvmlDeviceGetCount(), "nvmlDeviceGetCount", MAX_GPUS)
-        except (n.NVMLError, NvmlValueError) as e:
+            _call(n, "nvmlInit")
+            count = _int(_call(n, "nvmlDeviceGetCount"), "nvmlDeviceGetCount", MAX_GPUS)
+        except n.NVMLError as e:
+            return f"NVML init failed: {_why(e)}"
+        except (NvmlValueError, NvmlCallError) as e:
             return f"NVML init failed: {e}"
         want = self._want if self._want is not None else {f"gpu{i}": i for i in range(count)}
         for name, idx in want.items():
             if idx >= count:
                 return f"{name}: NVML index {idx} but only {count} GPUs"
             try:
-                h = n.nvmlDeviceGetHandleByIndex(idx)
+                h = _call(n, "nvmlDeviceGetHandleByIndex", idx)
+                self._handles[name] = h
+                self._static[name] = self._read_static(idx, h)
             except n.NVMLError as e:
                 return f"{name}: no NVML handle for index {idx}: {e}"
-            self._handles[name] = h
-            self._static[name] = self._read_static(idx, h)
+            except NvmlCallError as e:
+                return f"NVML init failed: {name}: {e}"
         self._ready = True
         return None
 
@@ -170,7 +208,7 @@ class NvmlSampler:
         def opt(fn: str, *args: Any, read: Callable[[Any], Any] = _text) -> Any:
             """`read` of the call's answer; None when NVML has none or it makes no sense."""
             try:
-                v = getattr(n, fn)(h, *args)
+                v = _call(n, fn, h, *args)
                 return None if v is None else read(v)
             except (n.NVMLError, NvmlValueError, UnicodeDecodeError):  # pynvml decodes char arrays itself
                 return None
@@ -214,7 +252,7 @@ class NvmlSampler:
             v: dict[str, Any] = {}
             values[gname] = v
             try:
-                fvs = n.nvmlDeviceGetFieldValues(h, fids)
+                fvs = _call(n, "nvmlDeviceGetFieldValues", h, fids)
                 got: dict[int, tuple[float, float]] = {}
                 for fv in fvs:
                     fid = _int(fv.fieldId, "field value fieldId", 2**32 - 1)
@@ -237,16 +275,17 @@ class NvmlSampler:
                     v["replay"] = self._replays.update((gname, "replay"), t, val)
                 else:
                     try:
-                        count = float(_int(n.nvmlDeviceGetPcieReplayCounter(h), "nvmlDeviceGetPcieReplayCounter"))
+                        replays = _call(n, "nvmlDeviceGetPcieReplayCounter", h)
+                        count = float(_int(replays, "nvmlDeviceGetPcieReplayCounter"))
                         v["replay"] = self._replays.update((gname, "replay"), now, count)
                     except n.NVMLError_NotSupported:
                         pass
                 try:
-                    util = n.nvmlDeviceGetUtilizationRates(h)
+                    util = _call(n, "nvmlDeviceGetUtilizationRates", h)
                     v["util"] = _int(util.gpu, "nvmlDeviceGetUtilizationRates gpu", 100) / 100.0
                 except n.NVMLError_NotSupported:
                     reasons[f"nvml:{gname}:util"] = "utilization not supported (MIG mode or vGPU)"
-                mode = n.nvmlDeviceGetMigMode(h)  # [current, pending]
+                mode = _call(n, "nvmlDeviceGetMigMode", h)  # [current, pending]
                 if not isinstance(mode, list | tuple) or len(mode) != 2:
                     raise NvmlValueError("nvmlDeviceGetMigMode", mode)
                 v["mig"] = _int(mode[0], "nvmlDeviceGetMigMode") == n.NVML_DEVICE_MIG_ENABLE
@@ -268,9 +307,11 @@ class NvmlSampler:
                     events.append(f"{gname}: GPU is lost (NVML_ERROR_GPU_IS_LOST)")
                 self._lost.add(gname)
             except n.NVMLError as e:
-                reasons[f"nvml:{gname}"] = f"NVML error: {e}"
+                reasons[f"nvml:{gname}"] = f"NVML error: {_why(e)}"
             except NvmlValueError as e:
                 reasons[f"nvml:{gname}"] = f"odd NVML answer: {e}"
+            except NvmlCallError as e:
+                reasons[f"nvml:{gname}"] = f"NVML call failed: {e}"
         return values, reasons, events, fallback
 
     def invalidate_mig(self, gpu: str | None = None) -> None:
@@ -291,17 +332,18 @@ class NvmlSampler:
             except KeyError:
                 reasons[f"nvml:{gname}:layout"] = f"GPU model {static.model!r} not in fsm.mig tables"
         out = []
-        for i in range(_int(n.nvmlDeviceGetMaxMigDeviceCount(h), "nvmlDeviceGetMaxMigDeviceCount", MAX_MIG_DEVICES)):
+        most = _int(_call(n, "nvmlDeviceGetMaxMigDeviceCount", h), "nvmlDeviceGetMaxMigDeviceCount", MAX_MIG_DEVICES)
+        for i in range(most):
             try:
-                mh = n.nvmlDeviceGetMigDeviceHandleByIndex(h, i)
+                mh = _call(n, "nvmlDeviceGetMigDeviceHandleByIndex", h, i)
             except n.NVMLError_NotFound:
                 continue
             try:
-                uuid = _text(n.nvmlDeviceGetUUID(mh))
+                uuid = _text(_call(n, "nvmlDeviceGetUUID", mh))
             except UnicodeDecodeError as e:  # raised inside pynvml, which decodes the char array
                 raise NvmlValueError("nvmlDeviceGetUUID", e.object) from None
-            gi = _int(n.nvmlDeviceGetGpuInstanceId(mh), "nvmlDeviceGetGpuInstanceId", 2**32 - 1)
-            info = n.nvmlGpuInstanceGetInfo(n.nvmlDeviceGetGpuInstanceById(h, gi))
+            gi = _int(_call(n, "nvmlDeviceGetGpuInstanceId", mh), "nvmlDeviceGetGpuInstanceId", 2**32 - 1)
+            info = _call(n, "nvmlGpuInstanceGetInfo", _call(n, "nvmlDeviceGetGpuInstanceById", h, gi))
             slot = None
             if model is not None:
                 start = _int(info.placement.start, "nvmlGpuInstanceGetInfo placement.start", 2**32 - 1)
@@ -326,11 +368,16 @@ class NvmlSampler:
         n = self._nvml
         assert n is not None
         try:
-            kbs = _int(n.nvmlDeviceGetPcieThroughput(self._handles[gname], counter), "nvmlDeviceGetPcieThroughput")
-        except n.NVMLError:
+            kbs = _call(n, "nvmlDeviceGetPcieThroughput", self._handles[gname], counter)
+            kbs = _int(kbs, "nvmlDeviceGetPcieThroughput")
+        except n.NVMLError_NotSupported:
             return "PCIe counters and throughput not supported (vGPU?)"
+        except n.NVMLError as e:  # a GPU lost, NVML's timeout: not "not supported"
+            return f"NVML error: {_why(e)}"
         except NvmlValueError as e:
             return f"odd NVML answer: {e}"
+        except NvmlCallError as e:
+            return f"NVML call failed: {e}"
         return float(kbs) * KIB
 
     async def sample(self, now: float) -> NvmlReading | Unavailable:

@@ -78,6 +78,9 @@ class Throttles:
                 dev = devs.get(th.device) or devs.setdefault(th.device, resolve(th.device, h.sys_root))
                 caps = Caps(_cap(th.read_bps, "read_bps"), _cap(th.write_bps, "write_bps"))
             except (ValueError, PathError, DeviceError, CgroupError) as e:
+                # Not wanted, so a cap tailguard set on that group and device is lifted, not kept:
+                # a fault fails open (no throttle, the safe direction), and the old cap is one
+                # nothing valid asks for any more (tests/test_act_cgroup.py documents this).
                 rep.errors.append(f"throttle {th.tenant}: {e}")
                 h.outcome(f"throttle:{th.tenant}", False, str(e))
                 continue

@@ -99,6 +99,32 @@ def test_v2_dry_run_and_bad_values(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_an_invalid_desired_cap_lifts_the_cap_in_force(tmp_path: Path) -> None:
+    """Chosen behaviour (actuators/throttles.py, Throttles.wanted): a desired cap that is invalid
+    (NaN, a negative rate, no finite expiry) is an error and not wanted, so the cap tailguard set
+    on that group and device is lifted, journaled, rather than kept: failing open is the safe
+    direction, and nothing valid asks for the old cap any more. A valid cap beside it still holds."""
+    r = v2_rec(tmp_path)
+    io_max = tmp_path / "cgroup" / "system.slice" / "etl.service" / "io.max"
+
+    async def go() -> None:
+        now = time.time()
+        await r.reconcile(DesiredState(t=now, throttles=(thr(now + 60),)))
+        assert io_max.read_text() == "259:0 rbps=max wbps=50000000\n"
+        for bad in (thr(now + 60, wbps=float("nan")), thr(now + 60, rbps=-5.0), thr(float("inf"))):
+            rep = await r.reconcile(DesiredState(t=now, throttles=(bad,)))
+            assert rep.errors and rep.errors[0].startswith("throttle etl: ")
+            assert io_max.read_text() == "259:0 rbps=max wbps=max\n" and not r.owned
+            assert rep.applied == ["lifted system.slice/etl.service 259:0"]
+            await r.reconcile(DesiredState(t=now, throttles=(thr(now + 60),)))  # set again for the next
+        rep = await r.reconcile(DesiredState(t=now, throttles=(thr(now + 60), thr(now + 60, wbps=float("nan")))))
+        assert len(rep.errors) == 1 and io_max.read_text() == "259:0 rbps=max wbps=50000000\n" and r.owned
+
+    asyncio.run(go())
+    lifts = [json.loads(ln) for ln in (tmp_path / "j" / "journal.jsonl").read_text().splitlines()]
+    assert sum(1 for j in lifts if j.get("action") == "lift" and j.get("phase") == "done") == 3
+
+
 def test_group_disappears_mid_operation(tmp_path: Path) -> None:
     r = v2_rec(tmp_path)
     g = tmp_path / "cgroup" / "system.slice" / "etl.service"

@@ -7,8 +7,23 @@ import math
 
 from fsm.desired import Throttle
 from fsm.observation import Observation
-from fsm.spec import HostSpec, Role
+from fsm.spec import HostSpec, Policy, Role
 from fsm.state import ControllerState
+
+
+def trial_s(p: Policy) -> float:
+    """How long a guard not yet judged may hold a tenant that has run little: until the futility
+    stop's first look (one rate_tau_s). tick_base's guard_budget_spent and guard_trial_fits read
+    the same."""
+    return p.rate_tau_s
+
+
+def trial_run_s(p: Policy) -> float:
+    """How long a tenant must have run before a guard's trial may cap it: long enough for the
+    trial to be its guard_cost_share of twice that (tick_base, guard_trial_wait_s); 0 without a
+    budget."""
+    share = p.guard_cost_share
+    return trial_s(p) / (2.0 * share) if share else 0.0
 
 
 def binds(c: Throttle, obs: Observation) -> bool:

@@ -12,12 +12,13 @@ from fsm.desired import DecisionEvent
 from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, window_evidence
 from fsm.evolve import assign_fresh, evolve, field_setters
+from fsm.guardbudget import trial_run_s, trial_s
 from fsm.levercost import LeverCost, Rent, episode_share, outage_cost, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
 from fsm.placement import occupied, score, slices_of
-from fsm.spec import LEVEL_ORDER, HostSpec, Level, Policy, TenantSpec
+from fsm.spec import LEVEL_ORDER, HostSpec, Level, TenantSpec
 from fsm.state import Pending, Step, TenantCtl
 
 HOUR_S = 3600.0
@@ -453,6 +454,16 @@ class TickBase:
             f" {ctl.clear_n:.0f} requests over the SLO, {100 * shared:.1f}% while shared)"
         )
 
+    def _tail_before_path(self, t: TenantSpec) -> bool:
+        """This episode's tail was over its budget while the others' bytes on the victim's path
+        made no I/O cause (an error budget's worth of requests served then, 1 / (1 - quantile)):
+        it began before the aggressors now on the path, which may not be what holds it. A guard's
+        trial on one of them that started since waits for it to have run a while
+        (guard_trial_wait_s); a tail that came with them does not wait."""
+        ctl = self.tenants[t.name]
+        eps = 1.0 - t.quantile
+        return ctl.clear_n * eps >= 1.0 and ctl.clear_bad > eps * ctl.clear_n
+
     def _path_cut(self, t: TenantSpec) -> float:
         """The share of the tail's excess over its budget that this episode saw go with the others'
         bytes on the path: (shared share - clear share) / (shared share - budget), 0..1, once both
@@ -503,26 +514,29 @@ class TickBase:
         if p.guard_cost_share is None:
             return False
         held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
-        return held > 0.0 and held >= (
-            max(p.guard_cost_share * ran, _trial_s(p)) if trial else p.guard_cost_share * ran
-        )
+        return held > 0.0 and held >= (max(p.guard_cost_share * ran, trial_s(p)) if trial else p.guard_cost_share * ran)
 
     def guard_trial_fits(self, tenant: str) -> bool:
-        """May a new guard cap `tenant`? Only if a whole trial (_trial_s) fits what it may still
-        be held: a guard lifted for its budget a tick after it went on would leave nothing to judge
-        while the victim's other levers wait for its verdict."""
+        """May a new guard cap `tenant`? Only if a whole trial (fsm.guardbudget.trial_s) fits what
+        it may still be held: a guard lifted for its budget a tick after it went on would leave
+        nothing to judge while the victim's other levers wait for its verdict."""
         p = self.spec.policy
         if p.guard_cost_share is None:
             return True
         held, ran, _ = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))
-        trial = _trial_s(p)
+        trial = trial_s(p)
         return held <= 0.0 or held + trial <= max(p.guard_cost_share * ran, trial)
 
-
-def _trial_s(p: Policy) -> float:
-    """How long a guard not yet judged may hold a tenant that has run little: until the futility
-    stop's first look (one rate_tau_s). guard_budget_spent and guard_trial_fits read the same."""
-    return p.rate_tau_s
+    def guard_trial_wait_s(self, tenant: str) -> float:
+        """Seconds `tenant` must still run before a guard's trial may cap it for a tail that was
+        there before it (_tail_before_path; 0: none). The trial must then be within its share of
+        the time the tenant can be expected to run: as long again as it has run (the Copernican
+        guess: a job seen running is as likely to be in the second half of its run as in the
+        first), so a one-minute trial at 5% waits for ten minutes of running. Granted up front, a
+        trial took a quarter of the work of a job that had run two minutes and stopped at four
+        (docs/results.md, "A trial for a job that has run a while")."""
+        ran = self.guard_cost.get(tenant, (0.0, 0.0, 0.0))[1]
+        return max(0.0, trial_run_s(self.spec.policy) - ran)
 
 
 OUTAGE_TAIL_MAX = 0.01  # a p99's error budget

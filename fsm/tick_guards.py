@@ -35,6 +35,8 @@ class GuardTick(MoveTick):
         caps: list[Throttle] = []
         names: list[str] = []
         spent: list[str] = []  # the aggressors whose caps have cost them their share of throughput
+        young: list[str] = []  # those that came after the tail and have not run long enough for a trial
+        before = diag.cause is Cause.IO and self._tail_before_path(t)
         for a in diag.aggressors:
             if not self.guard_trial_fits(a.tenant):
                 spent.append(a.tenant)
@@ -43,6 +45,10 @@ class GuardTick(MoveTick):
                 continue
             spec_a = self.spec.tenants[a.tenant]
             if not a.throttleable or spec_a.role in (Role.PROTECTED, Role.SENSITIVE):
+                continue
+            wait = self.guard_trial_wait_s(a.tenant) if before else 0.0
+            if wait > 0.0:
+                young.append(f"{a.tenant} ({wait:.0f} s more)")
                 continue
             new = self._caps_for(spec_a, a, t.name, now)
             if new:
@@ -55,8 +61,14 @@ class GuardTick(MoveTick):
                 mps.append(MpsLimit(o.name, gpu, policy.mps_guard_percent, now + policy.throttle_expiry_s))
                 names.append(o.name)
         if not caps and not mps:
-            if spent:
-                return False, f"the throughput budget of {', '.join(spent)} is spent (guard_cost_share)"
+            if spent or young:
+                why = [f"the throughput budget of {', '.join(spent)} is spent"] if spent else []
+                if young:
+                    why.append(
+                        f"the tail was there before {', '.join(young)}: a trial waits for it to have run"
+                        " long enough to be its share of twice the run"
+                    )
+                return False, f"{'; '.join(why)} (guard_cost_share)"
             return False, "no throttleable aggressor on the victim's path"
         step = Step(
             level=Level.GUARDED,

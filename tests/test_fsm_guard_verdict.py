@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from fsm.decide import decide
 from fsm.desired import Throttle
 from fsm.examples import example_observation, example_spec
@@ -119,6 +121,36 @@ def test_a_new_guard_needs_room_for_a_whole_trial():
     for held, ran, fits in ((90.0, 300.0, False), (1.0, 300.0, False), (60.0, 4000.0, True), (150.0, 4000.0, False)):
         tick.guard_cost["etl"] = (held, ran, 0.0)
         assert tick.guard_trial_fits("etl") is fits, (held, ran)
+
+
+def test_a_trial_for_a_tail_that_was_there_before_waits_for_the_aggressor_to_have_run_a_while():
+    """An episode over its SLO while the path was clear, then an ETL job starts on it: the job may
+    not be what holds the tail, and a trial granted up front took a quarter of the work of a job
+    that had run two minutes and stopped at four. The trial waits until the job has run long
+    enough for it to be its share (5%) of twice that, ten minutes (the Copernican guess: a job runs
+    on about as long as it has run); the hold says so, the other levers go on. A tail that came
+    with the job does not wait."""
+    spec = example_spec(Policy(cost_margin=None, guard_relief_s=None, placement=False, mig=False))
+    tick = Tick.start(ControllerState(), example_observation(0.0, 0.01, 3e9), spec)
+    for ran, wait in ((0.0, 600.0), (100.0, 500.0), (599.0, 1.0), (600.0, 0.0), (4000.0, 0.0)):
+        tick.guard_cost["etl"] = (0.0, ran, 0.0)
+        assert tick.guard_trial_wait_s("etl") == pytest.approx(wait), ran
+    guarded = lambda evs: [e for e in evs if e.kind == "escalate" and e.lever == "guard"]  # noqa: E731
+    busy = lambda capped: (CAP if capped else 3e9, 40.0)  # noqa: E731
+    # 5% over the SLO with the ETL idle for two minutes, then the ETL starts: 20%
+    state, evs, _d = _run(spec, ControllerState(), 0.0, 60, lambda capped: (0.0, 10.0))
+    assert not guarded(evs) and state.tenant("llm").clear_n >= 100
+    state, evs, d = _run(spec, state, 120.0, 60, busy)
+    assert not guarded(evs) and not d.desired.throttles
+    hold = next(e for e in evs if e.kind == "hold" and "the tail was there before etl (" in e.reason)
+    assert "s more): a trial waits for it to have run long enough" in hold.reason, hold.reason
+    # once the job has run ten minutes the trial goes on
+    state, evs, d = _run(spec, state, 240.0, 300, busy)
+    guard = guarded(evs)[0]
+    assert guard.t >= 120.0 + 600.0 - 4.0
+    # the same tail coming with the job: the trial at once
+    _state, evs, _d = _run(spec, ControllerState(), 0.0, 60, busy)
+    assert guarded(evs) and guarded(evs)[0].t < 60.0
 
 
 def test_a_guard_that_cut_the_tail_holds_a_fresh_aggressor_no_longer_than_its_verdict():

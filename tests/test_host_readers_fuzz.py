@@ -278,17 +278,24 @@ def test_io_limit_that_is_not_a_number_names_file_and_line(tmp_path: Path, versi
     assert len(str(e.value)) < 300
 
 
+def _second_line_named(tmp_path: Path, version: str, name: str, first: str, line: str) -> tuple[CgroupIO, Path]:
+    """A limits file `name` of `first` and then `line`: its read-back is an error naming the file
+    and line 2, in a few hundred characters. The cgroup and the file, for more."""
+    cg = _cg(tmp_path, version)
+    f = tmp_path / "g" / name
+    f.write_text(f"{first}\n{line}\n")
+    with pytest.raises(CgroupError, match=re.escape(f"{f}: line 2: ")) as e:
+        cg.read("g")
+    assert len(str(e.value)) < 300
+    return cg, f
+
+
 @pytest.mark.parametrize("line", ["259:0", "259:0 1 2", "sda 1048576", "259:0 max", "259:0:1 5", "1048576"])
 def test_v1_limit_line_that_is_not_majmin_n_names_file_and_line(tmp_path: Path, line: str) -> None:
     """A blkio.throttle.*_device line other than the kernel's `MAJ:MIN N` was skipped without a
     word: the cap it held read back as absent (a write's read-back then a mismatch, a kept cap
     unseen)."""
-    cg = _cg(tmp_path, "v1")
-    f = tmp_path / "g" / "blkio.throttle.write_bps_device"
-    f.write_text(f"8:16 1048576\n{line}\n")
-    with pytest.raises(CgroupError, match=re.escape(f"{f}: line 2: ")) as e:
-        cg.read("g")
-    assert len(str(e.value)) < 300
+    cg, f = _second_line_named(tmp_path, "v1", "blkio.throttle.write_bps_device", "8:16 1048576", line)
     f.write_text("8:16 1048576\n\n259:0 0\n")  # a blank line and a rule of 0 (lifted) are no cap
     assert cg.read("g") == {"8:16": Caps(1048576, 1048576), "259:0": Caps(2097152, None)}
 
@@ -297,12 +304,7 @@ def test_v1_limit_line_that_is_not_majmin_n_names_file_and_line(tmp_path: Path, 
 def test_v2_limit_line_that_is_not_majmin_keys_names_file_and_line(tmp_path: Path, line: str) -> None:
     """io.max lines the kernel does not print were read as no cap ("259:0", "259:0 rbps"), a cap of
     a device named "sda", or a cap whatever else the line held."""
-    cg = _cg(tmp_path, "v2")
-    f = tmp_path / "g" / "io.max"
-    f.write_text(f"8:16 rbps=max wbps=7\n{line}\n")
-    with pytest.raises(CgroupError, match=re.escape(f"{f}: line 2: ")) as e:
-        cg.read("g")
-    assert len(str(e.value)) < 300
+    _second_line_named(tmp_path, "v2", "io.max", "8:16 rbps=max wbps=7", line)
 
 
 @pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)

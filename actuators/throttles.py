@@ -62,9 +62,14 @@ class Throttles:
     def groups(self) -> set[str]:
         return {t.cgroup for t in self.h.tenants.values() if t.cgroup} | {cg for cg, _ in self.owned}
 
-    def wanted(self, desired: DesiredState, now: float, rep: ReconcileReport) -> dict[tuple[str, str], OwnedCap]:
+    def wanted(
+        self, desired: DesiredState, now: float, rep: ReconcileReport
+    ) -> tuple[dict[tuple[str, str], OwnedCap], set[str]]:
+        """The caps the desired state asks for, by (group, device), and the tenants of those it
+        asks for that are invalid (each an error in `rep`)."""
         h = self.h
         wanted: dict[tuple[str, str], OwnedCap] = {}
+        invalid: set[str] = set()
         devs: dict[str, str] = {}  # device -> MAJ:MIN, resolved once per reconcile (50 caps: 1 device)
         for th in desired.throttles:
             try:
@@ -83,6 +88,7 @@ class Throttles:
                 # nothing valid asks for any more (tests/test_act_cgroup.py documents this).
                 rep.errors.append(f"throttle {th.tenant}: {e}")
                 h.outcome(f"throttle:{th.tenant}", False, str(e))
+                invalid.add(th.tenant)
                 continue
             if caps.empty:
                 continue
@@ -93,7 +99,7 @@ class Throttles:
             else:
                 th_exp = expires_at
             wanted[(cg, dev)] = OwnedCap(th.tenant, caps, th_exp)
-        return wanted
+        return wanted, invalid
 
     def reconcile(self, desired: DesiredState, now: float, rep: ReconcileReport) -> None:
         h = self.h
@@ -103,7 +109,7 @@ class Throttles:
             if desired.throttles or self.owned:
                 rep.errors.append(str(e))
             return
-        wanted = self.wanted(desired, now, rep)
+        wanted, invalid = self.wanted(desired, now, rep)
         actual: dict[str, dict[str, Caps] | None] = {}
         for cg in {k[0] for k in wanted} | {k[0] for k in self.owned}:
             try:
@@ -124,7 +130,12 @@ class Throttles:
                 self.owned.pop(key)
                 h.jot("throttle", phase="done", action="lift", cgroup=cg, dev=dev, tenant=o.tenant, note="group gone")
                 continue
-            why = "expired" if o.expires_at <= now else "dry run" if rep.dry_run else "no longer wanted"
+            if o.expires_at <= now:
+                why = "expired"
+            elif rep.dry_run:
+                why = "dry run"
+            else:
+                why = "its desired cap is invalid" if o.tenant in invalid else "no longer wanted"
             if not rep.lift(f"lift cap {o.caps} on {cg} {dev} ({why})"):
                 continue
             # Lifting is the safe direction: done even when the journal cannot be written.

@@ -116,6 +116,7 @@ def test_an_invalid_desired_cap_lifts_the_cap_in_force(tmp_path: Path) -> None:
             assert rep.errors and rep.errors[0].startswith("throttle etl: ")
             assert io_max.read_text() == "259:0 rbps=max wbps=max\n" and not r.owned
             assert rep.applied == ["lifted system.slice/etl.service 259:0"]
+            assert rep.ops and rep.ops[-1].endswith("(its desired cap is invalid)"), rep.ops
             await r.reconcile(DesiredState(t=now, throttles=(thr(now + 60),)))  # set again for the next
         rep = await r.reconcile(DesiredState(t=now, throttles=(thr(now + 60), thr(now + 60, wbps=float("nan")))))
         assert len(rep.errors) == 1 and io_max.read_text() == "259:0 rbps=max wbps=50000000\n" and r.owned

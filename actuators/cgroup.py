@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from actuators.paths import confine
-from schema.jsontext import kernel_u64, shown, text_lines
+from schema.jsontext import fields, kernel_u64, shown, text_lines
 
 Version = Literal["v1", "v2"]
 
@@ -81,7 +81,7 @@ def _bps(v: str, source: str, n: int, key: str) -> int:
 def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:
     out: dict[str, Caps] = {}
     for n, line in enumerate(text_lines(text), 1):
-        parts = line.split()
+        parts = fields(line)
         if not parts:
             continue
         # the kernel prints "MAJ:MIN key=value ..." for each device with a limit; another line was
@@ -102,7 +102,7 @@ def _parse_v1(read_text: str, write_text: str, sources: tuple[str, str] = ("read
     def table(text: str, source: str) -> dict[str, int]:
         t: dict[str, int] = {}
         for n, line in enumerate(text_lines(text), 1):
-            parts = line.split()
+            parts = fields(line)
             if not parts:
                 continue
             # the kernel prints one rule a line, "MAJ:MIN N"; any other line skipped made its cap

@@ -15,7 +15,7 @@ from actuators.mps import MpsControl, MpsError
 from actuators.paths import PathError, confine
 from fsm.desired import DesiredState, MpsLimit
 from schema.files import read_small_text
-from schema.jsontext import finite_float, shown, text_lines
+from schema.jsontext import fields, finite_float, shown, text_lines
 
 
 class MpsLimits:
@@ -40,7 +40,7 @@ class MpsLimits:
             raise MpsError(f"tenant {tenant}: cannot read {procs_file}: {e.strerror}") from None
         pids: set[int] = set()
         for n, line in enumerate(text_lines(text), 1):
-            for x in line.split():
+            for x in fields(line):
                 if not (x.isascii() and x.isdigit()) or len(x) > 10:
                     raise MpsError(f"tenant {tenant}: {procs_file}: line {n}: not a process id: {shown(x)}")
                 pids.add(int(x))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from schema.problems import short_text
@@ -58,6 +59,21 @@ def text_lines(text: str) -> list[str]:
     if not lines[-1]:
         lines.pop()
     return lines
+
+
+# whitespace a kernel file's writer never separates fields with (a CRLF's \r is a line's last byte)
+_NOT_A_SEPARATOR = re.compile(r"[^\S \t\r]")
+_SEPARATORS = re.compile(r"[ \t\r]+")
+
+
+def fields(line: str) -> list[str]:
+    r"""A kernel file's line split into fields where its writer separates them: at spaces and tabs.
+    str.split() also splits at \x0b, \x0c, \x1c-\x1f, \x85, \xa0 and the Unicode spaces, so garbage
+    such as "8:16\x1c1048576" read as two good fields; here such a character stays inside its
+    field, whose own check then refuses it."""
+    if _NOT_A_SEPARATOR.search(line) is None:
+        return line.split()
+    return [f for f in _SEPARATORS.split(line) if f]
 
 
 def shown(v: Any) -> str:

@@ -123,27 +123,35 @@ def then_bad(good: str, odd: str, bad: str) -> tuple[str, int]:
     return good[:-1] + odd + " \n" + bad + "\n", good.count("\n") + 1
 
 
+def first_bad(odd: str, line: int, checked: bool = True) -> int:
+    """The line a kernel-file reader names for then_bad's text: the bad one after a CRLF's \r, which
+    ends a field as a space does; for any other character the line before it, which holds it
+    (schema.jsontext.fields keeps it inside its field), where the reader checks that field
+    (`checked`: it does not read every counter of diskstats or net/dev, nor io.max's iops)."""
+    return line if odd == "\r" or not checked else line - 1
+
+
 @pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)
 @pytest.mark.parametrize(
-    ("parse", "good", "bad"),
+    ("parse", "good", "bad", "checked"),
     [
-        (parse_diskstats, DISKSTATS, "x"),
-        (parse_net_dev, NETDEV, "x"),
-        (parse_io_stat, IO_STAT, "x"),
-        (parse_blkio_v1, BLKIO["blkio.throttle.io_service_bytes"], "x"),
-        (parse_psi, PSI["io"].split("\n")[1] + "\n", "some avg10=x"),  # the "full" line, then a bad "some"
+        (parse_diskstats, DISKSTATS, "x", False),
+        (parse_net_dev, NETDEV, "x", False),
+        (parse_io_stat, IO_STAT, "x", True),
+        (parse_blkio_v1, BLKIO["blkio.throttle.io_service_bytes"], "x", True),
+        (parse_psi, PSI["io"].split("\n")[1] + "\n", "some avg10=x", False),  # the "full" line (not read), a bad "some"
     ],
     ids=["diskstats", "net-dev", "io.stat", "blkio", "psi"],
 )
 def test_a_line_end_the_kernel_does_not_write_shifts_no_line_number(
-    parse: Callable[[str, str], object], good: str, bad: str, odd: str
+    parse: Callable[[str, str], object], good: str, bad: str, checked: bool, odd: str
 ) -> None:
     """splitlines() took a stray \r, \x85 or \u2028 for a line end: the bad line after it was named
     one too far (and a file of them, lines past its end)."""
     text, line = then_bad(good, odd, bad)
     with pytest.raises(ParseError) as e:
         parse(text, "f")
-    assert e.value.line == line, str(e.value)
+    assert e.value.line == first_bad(odd, line, checked), str(e.value)
 
 
 @pytest.mark.parametrize("cpu", [HUGE, "١", "-1"])
@@ -315,8 +323,54 @@ def test_io_limits_line_numbers_are_the_kernels(tmp_path: Path, version: str, od
     good, f = (IO_MAX, "io.max") if version == "v2" else (BPS_DEVICE, "blkio.throttle.write_bps_device")
     text, line = then_bad(good, odd, "8:32 rbps=-5" if version == "v2" else "8:32 " + "9" * 25)
     (tmp_path / "g" / f).write_text(text)
-    with pytest.raises(CgroupError, match=re.escape(f"{tmp_path / 'g' / f}: line {line}:")):
+    with pytest.raises(
+        CgroupError, match=re.escape(f"{tmp_path / 'g' / f}: line {first_bad(odd, line, version == 'v1')}:")
+    ):
         cg.read("g")
+
+
+# whitespace str.split() splits at and the kernel never writes between fields
+NOT_SEPARATORS = ("\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u2003")
+
+
+@pytest.mark.parametrize("odd", NOT_SEPARATORS, ids=ascii)
+@pytest.mark.parametrize(
+    ("parse", "text"),
+    [
+        (parse_diskstats, DISKSTATS.replace(" 20000 100 ", " 20000{odd}100 ", 1)),  # sectors read
+        (parse_net_dev, NETDEV.replace(": ", ":{odd}", 1).replace(" 0 ", " 0{odd}", 1)),
+        (parse_io_stat, "8:16{odd}rbytes=1 wbytes=2 rios=3 wios=4\n"),
+        (parse_blkio_v1, "8:16{odd}Read 5\n8:16 Write 6\nTotal 11\n"),
+        (parse_psi, "some avg10=0.00{odd}avg60=0.00 avg300=0.00 total=0\n"),
+    ],
+    ids=["diskstats", "net-dev", "io.stat", "blkio", "psi"],
+)
+def test_a_field_separator_the_kernel_does_not_write_is_no_separator(
+    parse: Callable[[str, str], object], text: str, odd: str
+) -> None:
+    """str.split() split fields at \x1c, \x85 or a no-break space too: "8:16\x1cRead 5" read as a
+    device's counter. Such a character stays inside its field, and the field is refused."""
+    with pytest.raises(ParseError):
+        parse(text.replace("{odd}", odd), "f")
+
+
+@pytest.mark.parametrize("odd", NOT_SEPARATORS, ids=ascii)
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_a_limit_line_split_where_the_kernel_does_not_is_an_error(tmp_path: Path, version: str, odd: str) -> None:
+    """ "8:16\x1c1048576" in a blkio limits file, or "8:16\x1crbps=5" in io.max, read as a cap."""
+    cg = _cg(tmp_path, version)
+    f, line = ("io.max", f"8:16{odd}rbps=5") if version == "v2" else ("blkio.throttle.write_bps_device", f"8:16{odd}5")
+    (tmp_path / "g" / f).write_text(line + "\n")
+    with pytest.raises(CgroupError, match=re.escape(f"{tmp_path / 'g' / f}: line 1:")):
+        cg.read("g")
+
+
+@pytest.mark.parametrize("odd", NOT_SEPARATORS, ids=ascii)
+def test_cgroup_procs_split_where_the_kernel_does_not_is_an_error(tmp_path: Path, odd: str) -> None:
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "cgroup.procs").write_text(f"5001{odd}5002\n")
+    with pytest.raises(MpsError, match=re.escape("cgroup.procs: line 1: not a process id")):
+        asyncio.run(_mps(tmp_path).server("t"))
 
 
 # ------------------------------------------------------------------ sysfs
@@ -417,7 +471,10 @@ def test_cgroup_procs_line_numbers_are_the_kernels(tmp_path: Path, odd: str) -> 
     (tmp_path / "g").mkdir()
     text, line = then_bad("5001\n5002\n", odd, "x")
     (tmp_path / "g" / "cgroup.procs").write_text(text)
-    with pytest.raises(MpsError, match=re.escape(f"cgroup.procs: line {line}: not a process id: 'x'")):
+    bad = "'x'" if odd == "\r" else ascii("5002" + odd)
+    with pytest.raises(
+        MpsError, match=re.escape(f"cgroup.procs: line {first_bad(odd, line)}: not a process id: {bad}")
+    ):
         asyncio.run(_mps(tmp_path).server("t"))
 
 

@@ -19,7 +19,7 @@ from typing import Literal, NamedTuple
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import IoRate
-from schema.jsontext import shown, text_lines
+from schema.jsontext import fields, shown, text_lines
 
 _DEV = re.compile(r"^[0-9]+:[0-9]+$")
 
@@ -48,7 +48,7 @@ def parse_io_stat(text: str, source: str = "io.stat") -> dict[str, IoCounters]:
 def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
     out: dict[str, IoCounters] = {}
     for n, line in enumerate(text_lines(text), 1):
-        f = line.split()
+        f = fields(line)
         if not f:
             continue
         if not _DEV.match(f[0]):
@@ -67,7 +67,7 @@ def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int
     """MAJ:MIN -> (Read, Write) from a blkio.throttle.* file."""
     out: dict[str, list[int]] = {}
     for n, line in enumerate(text_lines(text), 1):
-        f = line.split()
+        f = fields(line)
         if not f:
             continue
         if f[0] == "Total" and len(f) == 2 and f[1].isdecimal():
@@ -106,7 +106,7 @@ def parse_psi(text: str, source: str = "pressure") -> float:
 
 def _parse_psi_lines(text: str, source: str) -> float:
     for n, line in enumerate(text_lines(text), 1):
-        f = line.split()
+        f = fields(line)
         if not f or f[0] != "some":
             continue
         seen: dict[str, float] = {}

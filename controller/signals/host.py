@@ -17,7 +17,7 @@ import numpy as np
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import HostSample
-from schema.jsontext import shown, text_lines
+from schema.jsontext import fields, shown, text_lines
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
 _SKIP_BLOCK = ("loop", "ram", "zram", "fd", "sr")
@@ -29,7 +29,7 @@ def parse_diskstats(text: str, source: str = "/proc/diskstats") -> dict[str, tup
     """device -> (bytes read, bytes written), cumulative."""
     out: dict[str, tuple[int, int]] = {}
     for n, line in enumerate(text_lines(text), 1):
-        f = line.split()
+        f = fields(line)
         if not f:
             continue
         if len(f) < 14:
@@ -48,7 +48,7 @@ def parse_net_dev(text: str, source: str = "/proc/net/dev") -> dict[str, tuple[i
         if not line.strip():
             continue
         name, sep, rest = line.partition(":")
-        f = rest.split()
+        f = fields(rest)
         if not sep or len(f) < 16:
             raise ParseError(source, n, f"expected 'IFACE: 16 counters', got {line.strip()[:80]!r}")
         out[name.strip()] = (counter(f[0], source, n, "rx bytes"), counter(f[8], source, n, "tx bytes"))

@@ -355,6 +355,16 @@ def test_a_field_separator_the_kernel_does_not_write_is_no_separator(
 
 
 @pytest.mark.parametrize("odd", NOT_SEPARATORS, ids=ascii)
+def test_interrupts_split_where_the_kernel_does_not(odd: str) -> None:
+    """The /proc/interrupts reader split its header and its counts with str.split() too: "CPU0\x1cCPU1"
+    was two CPUs, and "1\x1c2" two counts of a line the numpy path leaves to the slow one."""
+    with pytest.raises(ParseError, match="line 1: expected a header of CPUn columns"):
+        parse_interrupts(f"  CPU0{odd}CPU1\n 24: 1 2\n", "f")
+    # not per-CPU counts (as ERR/MIS are not): the line adds nothing
+    assert parse_interrupts(f"  CPU0  CPU1\n 24: 1{odd}2 IR-PCI-MSI nvme0q0\n", "f") == {0: 0, 1: 0}
+
+
+@pytest.mark.parametrize("odd", NOT_SEPARATORS, ids=ascii)
 @pytest.mark.parametrize("version", ["v2", "v1"])
 def test_a_limit_line_split_where_the_kernel_does_not_is_an_error(tmp_path: Path, version: str, odd: str) -> None:
     """ "8:16\x1c1048576" in a blkio limits file, or "8:16\x1crbps=5" in io.max, read as a cap."""

@@ -67,7 +67,7 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
     if not lines or not lines[0].strip():
         raise ParseError(source, 1, "empty file or no CPU header")
     cpus = []
-    for tok in lines[0].split():
+    for tok in fields(lines[0]):
         # ASCII and short: isdecimal() took "CPU١" and 5,000 digits, which int() refused bare
         if not tok.startswith("CPU") or not (tok[3:].isascii() and tok[3:].isdigit()) or len(tok) > 9:
             raise ParseError(source, 1, f"expected a header of CPUn columns, got {shown(tok)}")
@@ -101,7 +101,7 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
         else:
             slow = fast + slow
     for i, rest in slow:
-        f = rest.split(None, n)
+        f = fields(rest)  # the counts, then the IRQ's chip and name
         # ERR/MIS (x86) carry one global number, not one per CPU: such lines are not per-CPU load
         if len(f) >= n and all(x.isdecimal() for x in f[:n]):
             for k in range(n):

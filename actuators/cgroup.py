@@ -71,10 +71,12 @@ def detect(root: str | os.PathLike[str], version: str = "auto") -> tuple[Version
 
 
 def _bps(v: str, source: str, n: int, key: str) -> int:
-    """A limit the kernel printed (kernel_u64), else a ValueError naming the file and the line."""
+    """A limit the kernel printed (kernel_u64), else a ValueError naming the file, the line and the
+    key (v1: the device)."""
     bps = kernel_u64(v)
     if bps is None:
-        raise ValueError(f"{source}: line {n}: {key} is not a number of bytes/s or max: {shown(v)}")
+        unit = "IOs/s" if key.endswith("iops") else "bytes/s"
+        raise ValueError(f"{source}: line {n}: {shown(key)} is not a number of {unit} or max: {shown(v)}")
     return bps
 
 
@@ -88,11 +90,15 @@ def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:
         # read as no cap, or as the cap of a "device" that is no MAJ:MIN
         if not _MAJMIN.fullmatch(parts[0]) or len(parts) < 2 or not all("=" in p for p in parts[1:]):
             raise ValueError(f"{source}: line {n}: expected 'MAJ:MIN key=value ...', got {shown(line.strip())}")
-        kv = dict(p.split("=", 1) for p in parts[1:])
-        rb, wb = kv.get("rbps", "max"), kv.get("wbps", "max")
-        caps = Caps(
-            None if rb == "max" else _bps(rb, source, n, "rbps"), None if wb == "max" else _bps(wb, source, n, "wbps")
-        )
+        kv: dict[str, int | None] = {}
+        for p in parts[1:]:
+            key, v = p.split("=", 1)
+            # every value, the iops ones tailguard leaves alone too: a line of garbage there is no
+            # kernel line, and its bps values are then no reading of a cap either
+            if not key or key in kv:
+                raise ValueError(f"{source}: line {n}: {'a key twice' if key else 'an empty key'}: {shown(p)}")
+            kv[key] = None if v == "max" else _bps(v, source, n, key)
+        caps = Caps(kv.get("rbps"), kv.get("wbps"))
         if not caps.empty:
             out[parts[0]] = caps
     return out

@@ -113,6 +113,43 @@ def test_a_counter_that_is_not_a_u64_names_its_line(
     assert len(str(e.value)) < 200  # the number shown shortened
 
 
+def with_field(text: str, line: int, i: int, value: str) -> str:
+    """`text` with field `i` (from 0, split at spaces, a net/dev name's colon its own field) of
+    line `line` (from 1) replaced, the spacing kept."""
+    lines = text.split("\n")
+    parts = re.split(r"( +|:)", lines[line - 1])
+    fields = [k for k, v in enumerate(parts) if v and not v.isspace() and v != ":"]
+    parts[fields[i]] = value
+    lines[line - 1] = "".join(parts)
+    return "\n".join(lines)
+
+
+# Every counter of a line, those the readers do not use too: garbage in any of them is no kernel
+# line (and its two used counters may be garbage as well). (text, its line named, the field named)
+UNUSED_COUNTERS = [
+    ("diskstats", parse_diskstats, with_field(DISKSTATS, 1, 8, "x"), 1, "writes merged"),
+    ("diskstats-flush", parse_diskstats, with_field(DISKSTATS, 1, 19, "-1"), 1, "time flushing"),
+    ("diskstats-minor", parse_diskstats, with_field(DISKSTATS, 3, 1, "٠"), 3, "major and minor"),
+    ("net-dev", parse_net_dev, with_field(NETDEV, 3, 8, "?"), 3, "rx multicast"),
+    ("net-dev-tx", parse_net_dev, with_field(NETDEV, 3, 16, HUGE), 3, "tx compressed"),
+    ("net-dev-17", parse_net_dev, with_field(NETDEV, 3, 16, "0 5"), 3, "16 counters"),
+    ("net-dev-header", parse_net_dev, NETDEV + "eth1|: 1 2\n", 5, "16 counters"),
+]
+
+
+@pytest.mark.parametrize(("parse", "text", "line", "named"), [pytest.param(*c[1:], id=c[0]) for c in UNUSED_COUNTERS])
+def test_a_counter_the_reader_does_not_use_is_checked_too(
+    parse: Callable[[str, str], object], text: str, line: int, named: str
+) -> None:
+    """Only the two counters each reader uses were checked: "x" in a diskstats line's merged writes
+    or "?" in net/dev's multicast read as a good line; a line with a "|" anywhere was skipped as
+    a header; a net/dev line of 17 counters was taken."""
+    with pytest.raises(ParseError) as e:
+        parse(text, "f")
+    assert e.value.line == line and named in str(e.value), str(e.value)
+    assert len(str(e.value)) < 200
+
+
 # str.splitlines() ends a line at each of these too; the kernel ends its lines at "\n" only
 NOT_LINE_ENDS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 
@@ -123,35 +160,35 @@ def then_bad(good: str, odd: str, bad: str) -> tuple[str, int]:
     return good[:-1] + odd + " \n" + bad + "\n", good.count("\n") + 1
 
 
-def first_bad(odd: str, line: int, checked: bool = True) -> int:
+def first_bad(odd: str, line: int) -> int:
     """The line a kernel-file reader names for then_bad's text: the bad one after a CRLF's \r, which
     ends a field as a space does; for any other character the line before it, which holds it
-    (schema.jsontext.fields keeps it inside its field), where the reader checks that field
-    (`checked`: it does not read every counter of diskstats or net/dev, nor io.max's iops)."""
-    return line if odd == "\r" or not checked else line - 1
+    (schema.jsontext.fields keeps it inside its field, and every field is checked: the counters of
+    diskstats and net/dev the readers do not use, PSI's "full" line and io.max's iops too)."""
+    return line if odd == "\r" else line - 1
 
 
 @pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)
 @pytest.mark.parametrize(
-    ("parse", "good", "bad", "checked"),
+    ("parse", "good", "bad"),
     [
-        (parse_diskstats, DISKSTATS, "x", False),
-        (parse_net_dev, NETDEV, "x", False),
-        (parse_io_stat, IO_STAT, "x", True),
-        (parse_blkio_v1, BLKIO["blkio.throttle.io_service_bytes"], "x", True),
-        (parse_psi, PSI["io"].split("\n")[1] + "\n", "some avg10=x", False),  # the "full" line (not read), a bad "some"
+        (parse_diskstats, DISKSTATS, "x"),
+        (parse_net_dev, NETDEV, "x"),
+        (parse_io_stat, IO_STAT, "x"),
+        (parse_blkio_v1, BLKIO["blkio.throttle.io_service_bytes"], "x"),
+        (parse_psi, PSI["io"].split("\n")[1] + "\n", "some avg10=x"),  # the "full" line, then a bad "some"
     ],
     ids=["diskstats", "net-dev", "io.stat", "blkio", "psi"],
 )
 def test_a_line_end_the_kernel_does_not_write_shifts_no_line_number(
-    parse: Callable[[str, str], object], good: str, bad: str, checked: bool, odd: str
+    parse: Callable[[str, str], object], good: str, bad: str, odd: str
 ) -> None:
     """splitlines() took a stray \r, \x85 or \u2028 for a line end: the bad line after it was named
     one too far (and a file of them, lines past its end)."""
     text, line = then_bad(good, odd, bad)
     with pytest.raises(ParseError) as e:
         parse(text, "f")
-    assert e.value.line == first_bad(odd, line, checked), str(e.value)
+    assert e.value.line == first_bad(odd, line), str(e.value)
 
 
 @pytest.mark.parametrize("cpu", [HUGE, "١", "-1"])
@@ -315,6 +352,24 @@ def test_v2_limit_line_that_is_not_majmin_keys_names_file_and_line(tmp_path: Pat
     _second_line_named(tmp_path, "v2", "io.max", "8:16 rbps=max wbps=7", line)
 
 
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("259:0 rbps=5 wbps=max riops=-1 wiops=max", "'riops' is not a number of IOs/s or max: '-1'"),
+        ("259:0 rbps=5 wbps=max riops=max wiops=1e3", "'wiops' is not a number of IOs/s or max: '1e3'"),
+        ("259:0 rbps=5 rbps=6", "a key twice: 'rbps=6'"),
+        ("259:0 rbps=5 =6", "an empty key: '=6'"),
+        ("259:0 rbps=5 later=x", "'later' is not a number of bytes/s or max: 'x'"),
+    ],
+)
+def test_v2_limit_values_tailguard_leaves_alone_are_checked_too(tmp_path: Path, line: str, said: str) -> None:
+    """io.max's iops values (tailguard sets only bps) and keys past the four were not looked at: a
+    line with garbage there read back as a good cap; a key given twice kept the second."""
+    cg, _ = _second_line_named(tmp_path, "v2", "io.max", "8:16 rbps=max wbps=7", line)
+    with pytest.raises(CgroupError, match=re.escape(said)):
+        cg.read("g")
+
+
 @pytest.mark.parametrize("odd", NOT_LINE_ENDS, ids=ascii)
 @pytest.mark.parametrize("version", ["v2", "v1"])
 def test_io_limits_line_numbers_are_the_kernels(tmp_path: Path, version: str, odd: str) -> None:
@@ -323,9 +378,7 @@ def test_io_limits_line_numbers_are_the_kernels(tmp_path: Path, version: str, od
     good, f = (IO_MAX, "io.max") if version == "v2" else (BPS_DEVICE, "blkio.throttle.write_bps_device")
     text, line = then_bad(good, odd, "8:32 rbps=-5" if version == "v2" else "8:32 " + "9" * 25)
     (tmp_path / "g" / f).write_text(text)
-    with pytest.raises(
-        CgroupError, match=re.escape(f"{tmp_path / 'g' / f}: line {first_bad(odd, line, version == 'v1')}:")
-    ):
+    with pytest.raises(CgroupError, match=re.escape(f"{tmp_path / 'g' / f}: line {first_bad(odd, line)}:")):
         cg.read("g")
 
 

@@ -134,11 +134,16 @@ def test_v1_fake_tree_with_tenant(tmp_path: Path) -> None:
         (parse_blkio_v1, "8:0 Read 1\n8:0 Explode 2\n", 2),
         (parse_blkio_v1, "8:0 Read\n", 1),
         (parse_psi, "some avg10=abc avg60=0\n", 1),
-        (parse_psi, "full avg10=1\nsome avg60=2\n", 2),
+        (parse_psi, "full avg10=1.00 avg60=0.00\nsome avg60=2\n", 2),
+        (parse_psi, "some avg10=1.00\nfull avg10=1\n", 2),  # the "full" line, not used, still checked
+        (parse_psi, "some avg10=1.00\nsome avg10=2.00\n", 2),
+        (parse_psi, "some avg10=1.00\nfull avg10=1.00\nfull avg10=2.00\n", 3),
+        (parse_psi, "some avg10=1.00\nmost avg10=1.00\n", 2),
+        (parse_psi, "full avg10=1.00\n", None),
         (parse_psi, "some avg10=400.0\n", 1),
     ],
 )
 def test_bad_files_name_the_line(parser, text: str, line: int) -> None:
     with pytest.raises(ParseError) as e:
         parser(text, "f")
-    assert e.value.line == line and f"f: line {line}:" in str(e.value)
+    assert e.value.line == line and (f"f: line {line}:" if line else "f: ") in str(e.value)

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.signals.base import ParseError, Unavailable
-from controller.signals.cgroup import parse_blkio_v1, parse_io_stat, parse_psi
+from controller.signals.cgroup import _parse_io_stat_lines, _parse_psi_lines, parse_blkio_v1, parse_io_stat, parse_psi
 from controller.signals.dcgm import DcgmExporterSampler, enabled_counters
-from controller.signals.host import parse_diskstats, parse_interrupts, parse_net_dev
+from controller.signals.host import _parse_diskstats_lines, parse_diskstats, parse_interrupts, parse_net_dev
 from controller.signals.latency import JsonlLatencySampler, PrometheusLatencySampler, window_from_histogram
 from controller.signals.promtext import Histogram, histogram_quantile, parse_samples
 
@@ -99,6 +99,30 @@ def _vllm(t: str) -> object:
 def test_mutated_captures_give_results_or_parse_errors(data: st.DataObject, case: int) -> None:
     text, fn = CASES[case]
     only_parse_errors(fn, data.draw(mutated(text)))
+
+
+# Readers with a fast path (one regular expression over the file) and a careful one (line by
+# line, naming the bad line): whatever the fast path takes, the careful one reads the same.
+FAST_AND_CAREFUL = [
+    (DISK * 3 + DISK.replace("nvme0n1", "sda"), parse_diskstats, _parse_diskstats_lines),
+    (IO_STAT, parse_io_stat, _parse_io_stat_lines),
+    (PSI, parse_psi, _parse_psi_lines),
+]
+
+
+def _outcome(fn: Callable[[str, str], object], text: str) -> object:
+    try:
+        return fn(text, "f")
+    except ParseError:
+        return ParseError
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), case=st.integers(0, len(FAST_AND_CAREFUL) - 1))
+def test_a_fast_path_reads_what_the_careful_path_reads(data: st.DataObject, case: int) -> None:
+    text, parse, careful = FAST_AND_CAREFUL[case]
+    t = data.draw(st.one_of(st.just(text), mutated(text)))
+    assert _outcome(parse, t) == _outcome(careful, t)
 
 
 @settings(max_examples=100, deadline=None)

@@ -85,37 +85,45 @@ def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-# The kernel's line (kernel/sched/psi.c, psi_show): "some avg10=%lu.%02lu avg60=%lu.%02lu
-# avg300=%lu.%02lu total=%llu". [0-9], not \d: float() reads any script's digits ("١.٠٠").
-_AVG = r"[0-9]{1,3}\.[0-9]{2}"
-_PSI_SOME = re.compile(rf"some avg10=({_AVG}) avg60={_AVG} avg300={_AVG} total=[0-9]{{1,19}}$", re.M)
+# The kernel's lines (kernel/sched/psi.c, psi_show): "some avg10=%lu.%02lu avg60=%lu.%02lu
+# avg300=%lu.%02lu total=%llu", then the same for "full" (cpu.pressure's "full" since 5.13).
+# [0-9], not \d: float() reads any script's digits ("١.٠٠"). An average is a share of time, at
+# most 100.00; a total of 20 digits takes the careful path, which checks it against 2**64.
+_AVG = r"(?:[0-9]{1,2}\.[0-9]{2}|100\.00)"
+_PSI_REST = rf"avg60={_AVG} avg300={_AVG} total=[0-9]{{1,19}}\n"
+_PSI_FILE = re.compile(rf"some avg10=({_AVG}) {_PSI_REST}(?:full avg10={_AVG} {_PSI_REST})?")
 # the careful path's avg: digits '.' digits; float() also took "1_0", "1e1", "10", "+1.0", "inf"
 _PSI_AVG = re.compile(r"[0-9]+\.[0-9]+")
 _PSI_AVGS = ("avg10", "avg60", "avg300")
+_PSI_KINDS = ("some", "full")
 
 
 def parse_psi(text: str, source: str = "pressure") -> float:
-    """`some avg10` as a fraction of time (0..1)."""
-    m = _PSI_SOME.match(text)  # the kernel prints the "some" line first
+    """`some avg10` as a fraction of time (0..1). The "full" line is not used, but checked: a file
+    with garbage in it is no kernel file, and its "some" line may be garbage too."""
+    m = _PSI_FILE.fullmatch(text)
     if m is not None:
-        x = float(m.group(1))
-        if x <= 100.0:
-            return x / 100.0
+        return float(m.group(1)) / 100.0
     return _parse_psi_lines(text, source)
 
 
 def _parse_psi_lines(text: str, source: str) -> float:
+    avg10: dict[str, float] = {}
     for n, line in enumerate(text_lines(text), 1):
         f = fields(line)
-        if not f or f[0] != "some":
+        if not f:
             continue
+        if f[0] not in _PSI_KINDS:
+            raise ParseError(source, n, f"expected a 'some' or 'full' line, got {shown(f[0])}")
+        if f[0] in avg10:
+            raise ParseError(source, n, f"a second {f[0]!r} line")
         seen: dict[str, float] = {}
         for tok in f[1:]:
             k, sep, v = tok.partition("=")
             if not sep:
                 raise ParseError(source, n, f"expected key=value, got {shown(tok)}")
             if k in seen:
-                raise ParseError(source, n, f"{k[:20]} twice")
+                raise ParseError(source, n, f"{shown(k)} twice")
             if k in _PSI_AVGS:
                 if not _PSI_AVG.fullmatch(v):
                     raise ParseError(source, n, f"{k} is not a number: {shown(v)}")
@@ -127,9 +135,11 @@ def _parse_psi_lines(text: str, source: str) -> float:
                 seen[k] = counter(v, source, n, "total")
             # other keys: none so far; a later kernel's would not change avg10
         if "avg10" not in seen:
-            raise ParseError(source, n, "'some' line without avg10=")
-        return seen["avg10"] / 100.0
-    raise ParseError(source, None, "no 'some' line")
+            raise ParseError(source, n, f"{f[0]!r} line without avg10=")
+        avg10[f[0]] = seen["avg10"]
+    if "some" not in avg10:
+        raise ParseError(source, None, "no 'some' line")
+    return avg10["some"] / 100.0
 
 
 @dataclass(frozen=True, slots=True)

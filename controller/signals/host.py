@@ -25,8 +25,54 @@ _SKIP_BLOCK = ("loop", "ram", "zram", "fd", "sr")
 _PARTITION = re.compile(r"^(nvme\d+n\d+p\d+|(sd|vd|xvd|hd)[a-z]+\d+|mmcblk\d+p\d+)$")
 
 
+# Documentation/admin-guide/iostats.rst: the fields after major, minor and name (11 before 4.18,
+# 15 with the discard fields, 17 with the flush ones since 5.5); all printed %lu or %u
+_DISK_FIELDS = (
+    "reads completed", "reads merged", "sectors read", "time reading", "writes completed", "writes merged",
+    "sectors written", "time writing", "I/Os in progress", "time doing I/O", "weighted time doing I/O",
+    "discards completed", "discards merged", "sectors discarded", "time discarding", "flushes completed",
+    "time flushing",
+)  # fmt: skip
+# /proc/net/dev (net/core/net-procfs.c, dev_seq_printf_stats): 8 receive, 8 transmit counters
+_NET_FIELDS = tuple(
+    f"{side} {what}"
+    for side, whats in (
+        ("rx", ("bytes", "packets", "errs", "drop", "fifo", "frame", "compressed", "multicast")),
+        ("tx", ("bytes", "packets", "errs", "drop", "fifo", "colls", "carrier", "compressed")),
+    )
+    for what in whats
+)
+
+
+def _counters(tokens: list[str], names: tuple[str, ...], source: str, n: int) -> None:
+    """Every count of the line is a u64 the kernel printed, else a ParseError naming the first that
+    is not: the readers use two of them, but a line with garbage in the others is no kernel line
+    and its two may be garbage too. One join and two C checks for the usual all-digits line."""
+    joined = "".join(tokens)
+    if joined.isascii() and joined.isdigit() and max(map(len, tokens), default=0) < 20:
+        return  # under 20 digits: below 10**19 < 2**64
+    for i, tok in enumerate(tokens):
+        counter(tok, source, n, names[i] if i < len(names) else f"field {i + 1}")
+
+
+# The kernel's line (block/genhd.c, diskstats_show): "%4d %7d %pg " then the counters, one space
+# apart; sectors read and written are the 3rd and 7th. Under 20 digits each: below 2**64.
+_C = "[0-9]{1,19}"
+_DISK_LINE = re.compile(
+    rf"^ *[0-9]{{1,10}} +[0-9]{{1,10}} (\S+) {_C} {_C} ({_C}) {_C} {_C} {_C} ({_C})(?: {_C}){{4,}}$", re.M
+)
+
+
 def parse_diskstats(text: str, source: str = "/proc/diskstats") -> dict[str, tuple[int, int]]:
     """device -> (bytes read, bytes written), cumulative."""
+    fast = _DISK_LINE.findall(text)
+    # the kernel writes one "\n"-terminated line per device; anything else takes the careful path
+    if len(fast) == text.count("\n") and (not text or text[-1] == "\n"):
+        return {name: (int(rd) * SECTOR, int(wr) * SECTOR) for name, rd, wr in fast}
+    return _parse_diskstats_lines(text, source)
+
+
+def _parse_diskstats_lines(text: str, source: str) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     for n, line in enumerate(text_lines(text), 1):
         f = fields(line)
@@ -34,8 +80,10 @@ def parse_diskstats(text: str, source: str = "/proc/diskstats") -> dict[str, tup
             continue
         if len(f) < 14:
             raise ParseError(source, n, f"expected at least 14 fields, got {len(f)}")
-        rd, wr = counter(f[5], source, n, "sectors read"), counter(f[9], source, n, "sectors written")
-        out[f[2]] = (rd * SECTOR, wr * SECTOR)
+        if not (f[0].isascii() and f[0].isdigit() and f[1].isascii() and f[1].isdigit()):
+            raise ParseError(source, n, f"expected major and minor numbers first, got {shown(f[0])} {shown(f[1])}")
+        _counters(f[3:], _DISK_FIELDS, source, n)
+        out[f[2]] = (int(f[5]) * SECTOR, int(f[9]) * SECTOR)
     return out
 
 
@@ -43,15 +91,16 @@ def parse_net_dev(text: str, source: str = "/proc/net/dev") -> dict[str, tuple[i
     """interface -> (rx bytes, tx bytes), cumulative."""
     out: dict[str, tuple[int, int]] = {}
     for n, line in enumerate(text_lines(text), 1):
-        if "|" in line:
+        if n <= 2 and "|" in line:
             continue  # the two header lines
         if not line.strip():
             continue
         name, sep, rest = line.partition(":")
         f = fields(rest)
-        if not sep or len(f) < 16:
+        if not sep or len(f) != 16:
             raise ParseError(source, n, f"expected 'IFACE: 16 counters', got {line.strip()[:80]!r}")
-        out[name.strip()] = (counter(f[0], source, n, "rx bytes"), counter(f[8], source, n, "tx bytes"))
+        _counters(f, _NET_FIELDS, source, n)
+        out[name.strip()] = (int(f[0]), int(f[8]))
     return out
 
 

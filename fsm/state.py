@@ -69,6 +69,10 @@ class TenantCtl:
     # move off it cannot cut (fsm.tick_base, _path_not_the_cause).
     clear_n: float = 0.0
     clear_bad: float = 0.0
+    # The clear stretches of this tenant's ended episodes: (requests, over the SLO, as of t), weighted
+    # by exp(-age / guard_budget.trial_run_s). A tail of its own in the last minutes is a tail that
+    # was there before an aggressor that starts with the next episode (tick_base._tail_before_path).
+    clear_past: tuple[float, float, float] = (0.0, 0.0, 0.0)
     # Requests over the SLO beyond the budget (net: calm stretches pay back), exponentially weighted
     # over the outage budget's window, since the last move or resize spent them: the rent of
     # episodes that come and go, which a lever that stays would have saved too.

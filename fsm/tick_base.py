@@ -455,14 +455,30 @@ class TickBase:
         )
 
     def _tail_before_path(self, t: TenantSpec) -> bool:
-        """This episode's tail was over its budget while the others' bytes on the victim's path
-        made no I/O cause (an error budget's worth of requests served then, 1 / (1 - quantile)):
-        it began before the aggressors now on the path, which may not be what holds it. A guard's
-        trial on one of them that started since waits for it to have run a while
-        (guard_trial_wait_s); a tail that came with them does not wait."""
-        ctl = self.tenants[t.name]
+        """This episode's tail, or that of the tenant's episodes of the last minutes (_clear_past),
+        was over its budget while the others' bytes on the victim's path made no I/O cause (an
+        error budget's worth of requests served then, 1 / (1 - quantile)): it began before the
+        aggressors now on the path, which may not be what holds it. A guard's trial on one of them
+        that started since waits for it to have run a while (guard_trial_wait_s); a tail that came
+        with them, on a tenant whose path-clear tails were within budget, does not wait."""
         eps = 1.0 - t.quantile
-        return ctl.clear_n * eps >= 1.0 and ctl.clear_bad > eps * ctl.clear_n
+        n, bad, _ = self._clear_past(self.tenants[t.name], with_episode=True)
+        return n * eps >= 1.0 and bad > eps * n
+
+    def _clear_past(self, ctl: TenantCtl, with_episode: bool) -> tuple[float, float, float]:
+        """The requests of this tenant's recent episodes served while its path was clear, and those
+        over the SLO, weighted by age (exp(-age / trial_run_s): the minutes a trial waits), as of
+        now; with this episode's own clear stretch. A bursty tenant's episodes come and go between
+        bursts: one that began with a new aggressor on the path is no evidence against it when the
+        last one, minutes before and with the path clear, was as bad."""
+        n, bad, t0 = ctl.clear_past
+        if n > 0.0:
+            tau = trial_run_s(self.spec.policy)  # 0 without a guard budget: no trial waits, no memory
+            keep = math.exp(-max(0.0, self.obs.t - t0) / tau) if tau > 0.0 else 0.0
+            n, bad = n * keep, bad * keep
+        if with_episode and ctl.episode_start is not None:
+            n, bad = n + ctl.clear_n, bad + ctl.clear_bad
+        return n, bad, self.obs.t
 
     def _path_cut(self, t: TenantSpec) -> float:
         """The share of the tail's excess over its budget that this episode saw go with the others'

@@ -20,7 +20,9 @@ a new field of the state: the desired states and events of all three streams equ
 retries spread over ticks, one per tick, the most urgent first, with which held victims escalate
 one after the other instead of together: their events come a tick or a few later, of the same
 kinds and levers, and in closed-16x7 one resize goes to another GPU; then the wait for a tenant's
-own backlog, a new field of the state: the desired states and events of all three streams equal)
+own backlog, a new field of the state: the desired states and events of all three streams equal;
+then the path-clear tails of a tenant's recent episodes kept for a guard's trial wait, a new field
+of the state: the desired states and events of all three streams equal)
 they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in

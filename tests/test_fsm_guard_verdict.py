@@ -153,6 +153,30 @@ def test_a_trial_for_a_tail_that_was_there_before_waits_for_the_aggressor_to_hav
     assert guarded(evs) and guarded(evs)[0].t < 60.0
 
 
+def test_a_trial_waits_too_when_the_tenants_last_episode_had_its_tail_with_the_path_clear():
+    """A bursty tenant's episodes end between its bursts: one over its SLO with the path clear ends,
+    a minute of calm, then the next begins as an ETL job starts on the path. This episode came with
+    the job, but the last one, minutes before, was as bad without it: the trial waits as above
+    (within a minute of a job's start it took a third of the work of one that ran a few minutes).
+    An older episode's tail fades (weighted by exp(-age / ten minutes)), and one within its budget
+    says nothing: then the trial goes on at once."""
+    spec = example_spec(Policy(cost_margin=None, guard_relief_s=None, placement=False, mig=False))
+    guarded = lambda evs: [e for e in evs if e.kind == "escalate" and e.lever == "guard"]  # noqa: E731
+    busy = lambda capped: (CAP if capped else 3e9, 40.0)  # noqa: E731
+    for clear_over, calm_ticks, waits in ((10.0, 30, True), (10.0, 3000, False), (1.0, 30, False)):
+        state, evs, _d = _run(spec, ControllerState(), 0.0, 60, lambda capped, o=clear_over: (0.0, o))
+        state, evs, _d = _run(spec, state, 120.0, calm_ticks, lambda capped: (0.0, 0.0))
+        assert state.tenant("llm").episode_start is None and not guarded(evs)  # the episode ended
+        t0 = 120.0 + 2.0 * calm_ticks
+        state, evs, d = _run(spec, state, t0, 60, busy)
+        first = guarded(evs)[0].t if guarded(evs) else None
+        if waits:
+            assert first is None and not d.desired.throttles, (clear_over, calm_ticks)
+            assert any("the tail was there before etl (" in e.reason for e in evs if e.kind == "hold")
+        else:
+            assert first is not None and first < t0 + 60.0, (clear_over, calm_ticks, first)
+
+
 def test_a_guard_that_cut_the_tail_holds_a_fresh_aggressor_no_longer_than_its_verdict():
     """The trial ends with the verdict: a guard shown to halve the tail keeps its verdict (the
     tail coming back once its caps go says nothing of them) but may hold a tenant that has run for

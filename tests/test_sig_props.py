@@ -125,6 +125,19 @@ def test_a_fast_path_reads_what_the_careful_path_reads(data: st.DataObject, case
     assert _outcome(parse, t) == _outcome(careful, t)
 
 
+def test_io_stat_keys_given_twice_or_past_the_kernels_take_the_careful_path() -> None:
+    """Found by the test above: the fast path took any keys after the four, so a line repeating
+    rbytes read its first value there and its last on the careful path. A key given twice is now
+    an error on both; iocost's keys (the root's cost.vrate=100.00, cost.usage=...) are read on the
+    careful path, their values numbers but not used."""
+    twice = "8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=0 rbytes=0 wbytes=4096 rios=0\n"
+    assert _outcome(parse_io_stat, twice) is ParseError is _outcome(_parse_io_stat_lines, twice)
+    iocost = "8:16 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0 cost.vrate=100.00 cost.usage=5\n"
+    assert parse_io_stat(iocost)["8:16"] == (1, 2, 3, 4)
+    for bad in ("cost.usage=x", "cost.usage=-1", "cost.vrate=1e3", "dbytes=1.5", "cost.usage=5", "=5"):
+        assert _outcome(parse_io_stat, iocost.replace("\n", f" {bad}\n")) is ParseError, bad
+
+
 @settings(max_examples=100, deadline=None)
 @given(lines=st.lists(st.one_of(st.text(max_size=40), st.just('{"latency_s": 0.5}'), st.just("[1]")), max_size=8))
 def test_jsonl_lines_never_raise(tmp_path_factory, lines: list[str]) -> None:

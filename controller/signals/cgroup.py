@@ -31,10 +31,18 @@ class IoCounters(NamedTuple):  # a tuple: handed to CounterRates.update_many as 
     wios: int = 0
 
 
-# The kernel's io.stat line (dbytes/dios since 4.18, more keys may follow in later kernels); \d
-# would take "١" and 5,000 digits, which int() refuses past 4,300: those take the careful path
+# The kernel's io.stat line (dbytes/dios since 4.18); \d would take "١" and 5,000 digits, which
+# int() refuses past 4,300. Lines with more keys (iocost's cost.*, a later kernel's) take the
+# careful path, which also refuses a key given twice (the fast path read the first, it the last).
 _N = r"([0-9]{1,19})"
-_IO_STAT_LINE = re.compile(rf"^([0-9]+:[0-9]+) rbytes={_N} wbytes={_N} rios={_N} wios={_N}(?: [a-z_]+=[0-9]+)*$", re.M)
+_C = "[0-9]{1,19}"
+_IO_STAT_LINE = re.compile(
+    rf"^([0-9]+:[0-9]+) rbytes={_N} wbytes={_N} rios={_N} wios={_N}(?: dbytes={_C} dios={_C})?$", re.M
+)
+
+
+_IO_STAT_COUNTERS = frozenset(("rbytes", "wbytes", "rios", "wios", "dbytes", "dios"))
+_IO_STAT_OTHER = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")
 
 
 def parse_io_stat(text: str, source: str = "io.stat") -> dict[str, IoCounters]:
@@ -54,11 +62,19 @@ def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
         if not _DEV.match(f[0]):
             raise ParseError(source, n, f"expected MAJ:MIN first, got {f[0][:40]!r}")
         kv: dict[str, int] = {}
+        seen: set[str] = set()
         for tok in f[1:]:
             k, sep, v = tok.partition("=")
-            if not sep:
+            if not sep or not k:
                 raise ParseError(source, n, f"expected key=number, got {tok[:40]!r}")
-            kv[k] = counter(v, source, n, k[:40] or "value")
+            if k in seen:
+                raise ParseError(source, n, f"{shown(k)} twice")
+            seen.add(k)
+            if k in _IO_STAT_COUNTERS:
+                kv[k] = counter(v, source, n, k)
+            elif not _IO_STAT_OTHER.fullmatch(v):
+                # not used, but a number: iocost prints the root's "cost.vrate=100.00"
+                raise ParseError(source, n, f"{shown(k)} is not a number: {shown(v)}")
         out[f[0]] = IoCounters(kv.get("rbytes", 0), kv.get("wbytes", 0), kv.get("rios", 0), kv.get("wios", 0))
     return out
 

@@ -174,7 +174,7 @@ class Tick(ReleaseTick):
                 episodes = (*episodes, now - ctl.episode_start)[-EPISODES_KEPT:]
             self.tenants[t.name] = evolve(
                 ctl,
-                clear_past=self._clear_past(ctl, with_episode=True),
+                clear_past=self._clear_past(ctl),
                 failures=0,
                 failed_levers=(),
                 episode_start=None,

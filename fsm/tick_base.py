@@ -462,10 +462,10 @@ class TickBase:
         that started since waits for it to have run a while (guard_trial_wait_s); a tail that came
         with them, on a tenant whose path-clear tails were within budget, does not wait."""
         eps = 1.0 - t.quantile
-        n, bad, _ = self._clear_past(self.tenants[t.name], with_episode=True)
+        n, bad, _ = self._clear_past(self.tenants[t.name])
         return n * eps >= 1.0 and bad > eps * n
 
-    def _clear_past(self, ctl: TenantCtl, with_episode: bool) -> tuple[float, float, float]:
+    def _clear_past(self, ctl: TenantCtl) -> tuple[float, float, float]:
         """The requests of this tenant's recent episodes served while its path was clear, and those
         over the SLO, weighted by age (exp(-age / trial_run_s): the minutes a trial waits), as of
         now; with this episode's own clear stretch. A bursty tenant's episodes come and go between
@@ -476,7 +476,7 @@ class TickBase:
             tau = trial_run_s(self.spec.policy)  # 0 without a guard budget: no trial waits, no memory
             keep = math.exp(-max(0.0, self.obs.t - t0) / tau) if tau > 0.0 else 0.0
             n, bad = n * keep, bad * keep
-        if with_episode and ctl.episode_start is not None:
+        if ctl.episode_start is not None:
             n, bad = n + ctl.clear_n, bad + ctl.clear_bad
         return n, bad, self.obs.t
 

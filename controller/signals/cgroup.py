@@ -34,8 +34,8 @@ class IoCounters(NamedTuple):  # a tuple: handed to CounterRates.update_many as 
 # The kernel's io.stat line (dbytes/dios since 4.18); \d would take "١" and 5,000 digits, which
 # int() refuses past 4,300. Lines with more keys (iocost's cost.*, a later kernel's) take the
 # careful path, which also refuses a key given twice (the fast path read the first, it the last).
-_N = r"([0-9]{1,19})"
-_C = "[0-9]{1,19}"
+_C = "[0-9]{1,19}"  # a u64 the kernel printed, under 20 digits: below 10**19 < 2**64
+_N = rf"({_C})"
 _IO_STAT_LINE = re.compile(
     rf"^([0-9]+:[0-9]+) rbytes={_N} wbytes={_N} rios={_N} wios={_N}(?: dbytes={_C} dios={_C})?$", re.M
 )
@@ -106,7 +106,7 @@ def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int
 # [0-9], not \d: float() reads any script's digits ("١.٠٠"). An average is a share of time, at
 # most 100.00; a total of 20 digits takes the careful path, which checks it against 2**64.
 _AVG = r"(?:[0-9]{1,2}\.[0-9]{2}|100\.00)"
-_PSI_REST = rf"avg60={_AVG} avg300={_AVG} total=[0-9]{{1,19}}\n"
+_PSI_REST = rf"avg60={_AVG} avg300={_AVG} total={_C}\n"
 _PSI_FILE = re.compile(rf"some avg10=({_AVG}) {_PSI_REST}(?:full avg10={_AVG} {_PSI_REST})?")
 # the careful path's avg: digits '.' digits; float() also took "1_0", "1e1", "10", "+1.0", "inf"
 _PSI_AVG = re.compile(r"[0-9]+\.[0-9]+")

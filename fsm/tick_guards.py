@@ -168,22 +168,25 @@ class GuardTick(MoveTick):
         return ctl.acted_bad >= (1.0 - p.guard_min_cut) * top.bad_share * ctl.acted_n
 
     def _guard_test(self, ctl: TenantCtl, top: Step) -> bool | None:
-        """Wald's sequential test on the requests served since the guard went on, from cooldown_s
-        (guard_relief_s if longer: a guard that helps and binds is relieved by a move first): the
-        share over the SLO is what it was when the guard went on, against half of it. True: useless
-        (odds 0.1 that the guard halves the tail); False: it helps (odds 0.01 that it does not cut
-        the tail: that verdict is final); None: not yet. With 10% of the requests over the SLO at 2
-        a second, about a minute either way."""
+        """Wald's sequential test on the requests served since the guard went on: the share over
+        the SLO is what it was when the guard went on, against half of it. True: useless (odds 0.1
+        that the guard halves the tail), from cooldown_s (the caps have settled); False: it helps
+        (odds 0.01 that it does not cut the tail: that verdict is final), from guard_relief_s if
+        longer (a guard that helps and binds is relieved by a move first; a useless one relieves
+        nobody, and each second of it costs the capped tenant); None: not yet. With 10% of the
+        requests over the SLO at 2 a second, about a minute either way; at 100 a second, the
+        useless verdict at the first settled look."""
         policy = self.spec.policy
         assert top.bad_share is not None
         if not ctl.evidence.counted or top.bad_share <= 0:
             return None
-        if self.obs.t - top.t < _first_look_s(policy):
+        age = self.obs.t - top.t
+        if age < policy.cooldown_s:
             return None
         llr = halving_llr(top.bad_share, ctl.acted_n, ctl.acted_bad)
         if llr <= GUARD_USELESS_LLR:
             return True
-        if llr >= GUARD_HELPS_LLR:
+        if age >= _first_look_s(policy) and llr >= GUARD_HELPS_LLR:
             return False
         return None
 

@@ -22,7 +22,10 @@ one after the other instead of together: their events come a tick or a few later
 kinds and levers, and in closed-16x7 one resize goes to another GPU; then the wait for a tenant's
 own backlog, a new field of the state: the desired states and events of all three streams equal;
 then the path-clear tails of a tenant's recent episodes kept for a guard's trial wait, a new field
-of the state: the desired states and events of all three streams equal)
+of the state: the desired states and events of all three streams equal; then the guard's test
+may call its caps useless from cooldown_s on, not only once a relief could be due: in
+closed-16x7-counts the same escalations, releases and failures, three holds fewer (no longer
+"still being judged" while a useless guard waited for its first look))
 they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in

@@ -59,8 +59,24 @@ def test_a_guard_that_does_not_cut_the_tail_is_lifted_on_its_requests_before_the
     ev = lift.evidence
     assert ev["verdict"] == "sequential" and ev["over_slo_since_guard"] >= 0.1 * ev["requests_since_guard"] > 0
     assert ev["judged_after_s"] == lift.t - guard.t
-    # not before a relief could have been due, well before the recent share could tell (2 x rate_tau_s)
-    assert max(p.cooldown_s, p.guard_relief_s or 0.0) <= lift.t - guard.t < 2 * p.rate_tau_s
+    # once the caps have settled (cooldown_s), not waiting for a relief to be due (guard_relief_s):
+    # a useless cap relieves nobody, and each second of it costs the capped tenant; well before the
+    # recent share could tell (2 x rate_tau_s)
+    assert p.cooldown_s <= lift.t - guard.t < max(p.cooldown_s, p.guard_relief_s or 0.0) < 2 * p.rate_tau_s
+    # the other verdict, that the caps help (final), waits for a relief to be due: a guard that
+    # helps and binds is relieved by a move first
+    state, capped, guard_t, helped_t = ControllerState(), False, None, None
+    for i in range(80):
+        d = decide(state, _obs(2.0 * i, CAP if capped else 3e9, 5.0 if capped else 20.0), spec)
+        state, capped = d.state, bool(d.desired.throttles)
+        if guard_t is None and any(e.kind == "escalate" and e.lever == "guard" for e in d.events):
+            guard_t = 2.0 * i
+        stack = state.tenant("llm").stack
+        if stack and stack[-1].helped:
+            helped_t = 2.0 * i
+            break
+    assert guard_t is not None and helped_t is not None
+    assert helped_t - guard_t >= max(p.cooldown_s, p.guard_relief_s or 0.0)
 
 
 def test_a_trial_the_test_cannot_decide_stops_for_futility_on_the_requests_since_the_caps():

@@ -349,8 +349,9 @@ class GuardTick(MoveTick):
 
 
 def _first_look_s(policy: Policy) -> float:
-    """The guard's sequential test looks from cooldown_s on, or guard_relief_s if longer (a guard
-    that helps and binds is relieved by a move first)."""
+    """The first look of the guard's "helps" verdict and of its futility stop: from cooldown_s on,
+    or guard_relief_s if longer (a guard that helps and binds is relieved by a move first). The
+    "useless" verdict may come from cooldown_s (_guard_test)."""
     return max(policy.cooldown_s, policy.guard_relief_s or 0.0)
 
 

@@ -38,6 +38,10 @@ def finite_float(v: Any) -> float | None:
 
 
 U64_MAX = (1 << 64) - 1
+# A u64 as a fast path's regular expression takes it: ASCII digits, under 20 of them (below
+# 10**19 < 2**64, so int() of it needs no range check); a longer one takes the careful path
+# (kernel_u64), which checks it against U64_MAX.
+U64_PATTERN = "[0-9]{1,19}"
 
 
 def kernel_u64(tok: str) -> int | None:

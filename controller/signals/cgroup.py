@@ -19,7 +19,7 @@ from typing import Literal, NamedTuple
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import IoRate
-from schema.jsontext import fields, shown, text_lines
+from schema.jsontext import U64_PATTERN, fields, shown, text_lines
 
 _DEV = re.compile(r"^[0-9]+:[0-9]+$")
 
@@ -34,7 +34,7 @@ class IoCounters(NamedTuple):  # a tuple: handed to CounterRates.update_many as 
 # The kernel's io.stat line (dbytes/dios since 4.18); \d would take "١" and 5,000 digits, which
 # int() refuses past 4,300. Lines with more keys (iocost's cost.*, a later kernel's) take the
 # careful path, which also refuses a key given twice (the fast path read the first, it the last).
-_C = "[0-9]{1,19}"  # a u64 the kernel printed, under 20 digits: below 10**19 < 2**64
+_C = U64_PATTERN
 _N = rf"({_C})"
 _IO_STAT_LINE = re.compile(
     rf"^([0-9]+:[0-9]+) rbytes={_N} wbytes={_N} rios={_N} wios={_N}(?: dbytes={_C} dios={_C})?$", re.M

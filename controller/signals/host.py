@@ -17,7 +17,7 @@ import numpy as np
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import HostSample
-from schema.jsontext import fields, shown, text_lines
+from schema.jsontext import U64_PATTERN, fields, shown, text_lines
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
 _SKIP_BLOCK = ("loop", "ram", "zram", "fd", "sr")
@@ -56,8 +56,8 @@ def _counters(tokens: list[str], names: tuple[str, ...], source: str, n: int) ->
 
 
 # The kernel's line (block/genhd.c, diskstats_show): "%4d %7d %pg " then the counters, one space
-# apart; sectors read and written are the 3rd and 7th. Under 20 digits each: below 2**64.
-_C = "[0-9]{1,19}"
+# apart; sectors read and written are the 3rd and 7th.
+_C = U64_PATTERN
 _DISK_LINE = re.compile(
     rf"^ *[0-9]{{1,10}} +[0-9]{{1,10}} (\S+) {_C} {_C} ({_C}) {_C} {_C} {_C} ({_C})(?: {_C}){{4,}}$", re.M
 )

@@ -19,8 +19,10 @@ a knob on the same cases.
 
 Each case's perturbation is drawn from a generator seeded by (seed, scenario, case number), so a
 case can be re-run alone (`--only vllm-ttft:2`). Prints one row per case and the worse cases'
-problems with the moves and resizes `full` bought there and their price (cost, benefit, rent, episode:
-fsm.levercost); exit code 1 when any case is worse.
+problems with the moves and resizes `full` bought there, their price (cost, benefit, rent, episode:
+fsm.levercost) and what each outage met (the rate over its seconds, read off the static run, and
+those requests' share of the run's: 1% of them wait out the outage, and that is a p99); exit code
+1 when any case is worse.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import numpy as np
 
 from replay.arrivals import load_request_trace, trace_cycle
 from replay.report import summarise
-from replay.runner import run_host
+from replay.runner import HostRun, run_host
 from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
 from replay.suite import gate_problems, others_low
 
@@ -273,9 +275,33 @@ def _run_case(
         "full": {"p99_ms": f["p99_ms"], "bad": f["bad_request_fraction"], "others": others_low(f)},
         "reconfigs_per_h": sum(r.reconfigs for r in runs["full"]) / (len(sc.hosts) * dur / 3600),
         "problems": gate_problems(s, f),
-        # what full bought and why (fsm.levercost's evidence): the first thing to read of a worse case
-        "levers": [c for r in runs["full"] for c in r.lever_costs],
+        # what full bought and why (fsm.levercost's evidence), and what its outage met: the first
+        # thing to read of a worse case
+        "levers": [
+            {**c, **outage_met(rs, c)}
+            for rs, rf in zip(runs["static"], runs["full"], strict=True)
+            for c in rf.lever_costs
+        ],
         "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def outage_met(static: HostRun, c: dict[str, Any]) -> dict[str, float]:
+    """What a move's or resize's outage met, read off the static run of the same case (the same
+    arrivals: one seed; static's windows count them as they come, where full's hold them): the
+    tenant's requests over the outage's seconds after the decision, as a rate, and as a share of
+    its requests over the run. An outage whose requests are 1% of the run makes a p99 of their
+    wait; the price was set on the rate before it (`rate_rps`)."""
+    seconds = c.get("outage_s") or 0.0
+    total = static.arrivals.get(c["tenant"], 0)
+    if seconds <= 0 or total <= 0:
+        return {}
+    t0, tenant = c["t"], c["tenant"]
+    n = sum(count for t, name, count, _ in static.windows if name == tenant and t0 < t <= t0 + seconds)
+    return {
+        "met_rps": round(n / seconds, 3),
+        "met_share": round(n / total, 5),
+        "run_rps": round(total / static.duration_s, 3),
     }
 
 
@@ -289,6 +315,12 @@ def lever_line(c: dict[str, Any], duration_s: float) -> str:
         f"{c['benefit_requests']:.0f} (rent so far {c['rent_requests']:.0f}; {c['rate_rps']:.2f} req/s at "
         f"{100 * c['bad_share']:.1f}% over the SLO, episode {c['episode_elapsed_s']:.0f} s old, "
         f"{c['expected_episode_s']:.0f} s expected)"
+        + (
+            f"; its outage met {c['met_rps']:.2f} req/s, the run's mean {c['run_rps']:.2f}:"
+            f" {100 * c['met_share']:.2f}% of the run's requests"
+            if "met_share" in c
+            else ""
+        )
     )
 
 

@@ -7,13 +7,15 @@ import random
 import tomllib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
-from bench.robustness import case_generators, lever_line, main, perturb, run_case
+from bench.robustness import case_generators, lever_line, main, outage_met, perturb, run_case
 from replay.request_traces import read_request_trace
+from replay.runner import HostRun
 from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
 
 NAMES = [s.name for s in suite()]
@@ -63,6 +65,8 @@ def test_a_case_records_what_full_bought_and_its_price() -> None:
     assert c["benefit_requests"] >= c["cost_requests"] > 0  # bought: it paid (cost_margin 1)
     line = lever_line(c, r["duration_s"])
     assert line.startswith(f"t={c['t']:.0f} s (") and f"cost {c['cost_requests']:.0f} requests" in line
+    assert c["met_share"] == pytest.approx(c["met_rps"] * c["outage_s"] / (c["run_rps"] * r["duration_s"]), rel=0.01)
+    assert f"its outage met {c['met_rps']:.2f} req/s" in line
     relief = {"t": 90.0, "tenant": "v", "lever": "place"}  # a relief move carries no price
     assert lever_line(relief, 900.0) == "t=90 s (0.10 of the run) v place: not priced"
     dear = run_case(("bursty-code", 3, 7, 900.0, {"cost_margin": 1000.0}))
@@ -235,3 +239,25 @@ def test_traces_reshape_a_trace_keeping_its_requests_and_rate(tmp_path: Path) ->
     p4d = tomllib.loads((SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8"))
     plain, other, notes, other_notes = _pair(p4d, "paper-p4d", 0, "traces")
     assert plain == other and notes == other_notes  # no trace: nothing to reshape, no draw changed
+
+
+def test_what_an_outage_met_is_read_off_the_static_run() -> None:
+    """The requests of the outage's seconds after the decision (static's windows: the same
+    arrivals, not held), as a rate and as a share of the tenant's requests over the run."""
+    windows = [(float(t), "v", 10 if 100 < t <= 160 else 2, 0.1) for t in range(5, 3605, 5)]
+    windows += [(float(t), "other", 99, 0.1) for t in range(5, 3605, 5)]  # another tenant's: not counted
+    static = cast(HostRun, SimpleNamespace(windows=windows, arrivals={"v": 2000}, duration_s=3600.0))
+    met = outage_met(static, {"t": 100.0, "tenant": "v", "lever": "resize", "outage_s": 60.0})
+    assert met == {"met_rps": 2.0, "met_share": 0.06, "run_rps": 0.556}  # 12 ticks of 10 in (100, 160]
+    line = lever_line({**_priced(), **met}, 3600.0)
+    assert line.endswith("; its outage met 2.00 req/s, the run's mean 0.56: 6.00% of the run's requests")
+    assert outage_met(static, {"t": 100.0, "tenant": "v", "lever": "place", "outage_s": 0.0}) == {}  # a warm hand-over
+    assert outage_met(static, {"t": 100.0, "tenant": "w", "lever": "place", "outage_s": 5.0}) == {}  # no requests
+
+
+def _priced() -> dict[str, Any]:
+    return {
+        "t": 100.0, "tenant": "v", "lever": "resize", "outage_s": 60.0, "cost_requests": 130.0,
+        "benefit_requests": 70.0, "rent_requests": 20.0, "rate_rps": 1.0, "bad_share": 0.1,
+        "episode_elapsed_s": 90.0, "expected_episode_s": 300.0,
+    }  # fmt: skip

@@ -86,6 +86,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _run_args_problem(args: argparse.Namespace) -> str:
+    """What is wrong with --duration or --seed ("" when nothing is)."""
+    from replay.scenario import MAX_DURATION_S
+
+    if args.duration is not None and not 0 < args.duration <= MAX_DURATION_S:
+        return f"--duration must be a positive number of seconds, at most {MAX_DURATION_S:.0f} (31 days)"
+    if args.seed is not None and args.seed < 0:
+        return "--seed must be a non-negative integer (it seeds numpy's generators)"
+    return ""
+
+
 def _err(msg: str) -> int:
     print(f"tailguard replay: {msg}", file=sys.stderr)
     return 2
@@ -129,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not policies:
         return _err(f"--policies: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(POLICIES)}")
     duration = args.duration if args.duration is not None else scenario.meta.duration_s
-    if not 0 < duration < float("inf"):
-        return _err("--duration must be a positive number of seconds")
+    bad_arg = _run_args_problem(args)
+    if bad_arg:
+        return _err(bad_arg)
     # Output paths and the plotting library before the long part, not after it.
     for opt, path in (("--json", args.json_out), ("--plot", args.plot)):
         if path:
@@ -218,8 +230,9 @@ def run_suite(args: argparse.Namespace) -> int:
     from replay.scenario import ScenarioError, suite
     from replay.suite import matrix, timed_suite
 
-    if args.duration is not None and not 0 < args.duration < float("inf"):
-        return _err("--duration must be a positive number of seconds")
+    bad_arg = _run_args_problem(args)
+    if bad_arg:
+        return _err(bad_arg)
     if args.jobs is not None and args.jobs < 1:
         return _err("--jobs must be at least 1")
     if args.policies != DEFAULT_POLICIES:

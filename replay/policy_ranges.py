@@ -87,7 +87,12 @@ def policy_problems(policy: Policy) -> list[str]:
     """'FIELD: what is wrong' for each field of `policy` out of its range, plus backoff's order."""
     out = []
     for f in fields(policy):
-        why = value_problem(f.name, getattr(policy, f.name))
+        v = getattr(policy, f.name)
+        if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+            # a count (y_windows, hold_retries_per_tick, ...): 0.5 would slice a list mid-run
+            out.append(f"{f.name}: must be an integer (got {v!r})")
+            continue
+        why = value_problem(f.name, v)
         if why is not None:
             out.append(f"{f.name}: {why}")
     if policy.backoff_max_s < policy.backoff_s:

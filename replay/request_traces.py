@@ -32,6 +32,7 @@ Trace = tuple[Array, Array, Array]
 # tens of millions of rows; Python lists of floats would take four times the memory).
 _Columns = tuple["array[float]", "array[float]", "array[float]"]
 _BURSTGPT = ("Timestamp", "Request tokens", "Response tokens")
+MIN_SPAN_S = 1.0  # the shortest span of arrivals a trace may have (two requests or more)
 
 
 def read_request_trace(path: str) -> Trace:
@@ -88,7 +89,7 @@ def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> _Columns:
             tok = _count(row[1])
             gen = _count(row[2]) if len(row) > 2 and row[2].strip() else 0.0
             at = (ts - (t0 or ts)).total_seconds()
-        except (ValueError, IndexError, TypeError) as e:  # TypeError: naive and aware times mixed
+        except (ValueError, IndexError, TypeError, OverflowError) as e:  # TypeError: naive and aware times mixed
             raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
         t0 = t0 or ts
         times.append(at)
@@ -108,7 +109,7 @@ def _burstgpt(path: str, rows: Iterator[tuple[int, list[str]]], cols: list[int])
             if not math.isfinite(at):
                 raise ValueError("Timestamp must be finite")
             tok, gen = _count(row[tok_col]), _count(row[gen_col])
-        except (ValueError, IndexError) as e:
+        except (ValueError, IndexError, OverflowError) as e:
             raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
         times.append(at)
         tokens.append(tok)
@@ -132,7 +133,8 @@ def _mooncake(path: str, f: IO[str]) -> _Columns:
             gen = _count(rec.get("output_length", 0))
         except KeyError as e:
             raise ValueError(f"{path}:{n}: no {e.args[0]!r}") from None
-        except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        except (ValueError, TypeError, OverflowError) as e:  # JSONDecodeError is a ValueError;
+            # OverflowError: an integer past a float's range (JSON's have no bound)
             raise ValueError(f"{path}:{n}: bad line: {e}") from None
         times.append(ms / 1000.0)
         tokens.append(tok)
@@ -164,6 +166,16 @@ def _finish(path: str, times: array[float], tokens: array[float], generated: arr
     if not times:
         raise ValueError(f"{path}: no requests")
     t, tok, gen = (np.frombuffer(c, dtype=np.float64).copy() for c in (times, tokens, generated))
+    span = float(t.max()) - float(t.min())  # Python floats: past a float's range, inf and no warning
+    if not math.isfinite(span):
+        raise ValueError(f"{path}: its arrival times span more than a float holds ({t.min():g} to {t.max():g})")
+    if t.size > 1 and span < MIN_SPAN_S:
+        # It is replayed in cycles of its span: one of nothing would never advance, one of a few
+        # microseconds would take the simulator ~1e6 cycles a tick.
+        raise ValueError(
+            f"{path}: its {t.size} requests arrive within {span:.3g} s; a request trace must span at least"
+            f" {MIN_SPAN_S:g} s (it is replayed in cycles of its length)"
+        )
     if t.size > 1 and bool(np.any(np.diff(t) < 0)):
         # Logs merged from several front ends, or written at completion, are not in arrival order:
         # arrivals are, so sort them (stably).

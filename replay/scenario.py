@@ -28,6 +28,9 @@ from schema.problems import loads_toml, problems_of
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DATA_DIR = Path(__file__).parent / "data"
 CPU = "cpu"  # path endpoint: host memory (the NUMA node of the other end)
+# The longest simulated run (and the longest MMPP state): a month of 2 s ticks is 1.3 million, hours
+# of work; 1e12 s was a run that never ended.
+MAX_DURATION_S = 31 * 86400.0
 
 
 class ScenarioError(Exception):
@@ -115,8 +118,8 @@ class Requests(_Strict):
     arrivals: Literal["poisson", "gamma", "mmpp"] = "poisson"
     cv: float = Field(1.0, gt=0, le=20)
     burst_ratio: float = Field(1.0, ge=1, le=1000)
-    burst_mean_s: float = Field(10.0, gt=0)
-    calm_mean_s: float = Field(30.0, gt=0)
+    burst_mean_s: float = Field(10.0, gt=0, le=MAX_DURATION_S)
+    calm_mean_s: float = Field(30.0, gt=0, le=MAX_DURATION_S)
     trace: str | None = None  # CSV (TIMESTAMP, ContextTokens, GeneratedTokens), relative to the file
     trace_speed: float = Field(1.0, gt=0, le=10_000)  # replay the trace this many times faster
     tokens: float = Field(0.0, ge=0)  # context tokens per request when arrivals come from `rate`
@@ -294,11 +297,11 @@ class HostConfig(_Strict):
 class ScenarioMeta(_Strict):
     name: str
     description: str = ""
-    duration_s: float = Field(3600.0, gt=0)
+    duration_s: float = Field(3600.0, gt=0, le=MAX_DURATION_S)
     # In the suite (`tailguard replay --suite`) at this duration; none: not in the suite.
-    suite_duration_s: float | None = Field(None, ge=7200)
+    suite_duration_s: float | None = Field(None, ge=7200, le=MAX_DURATION_S)
     tick_s: float = Field(2.0, gt=0.05, le=60)
-    seed: int = 1
+    seed: int = Field(1, ge=0)  # numpy's generators take no negative seed
     # What a move costs (fsm.outage, the same function the decision core budgets with): a MIG
     # reconfiguration, a tenant's relaunch until it serves (per tenant: its relaunch_s).
     reconfig_s: float = Field(DEFAULT_RECONFIG_S, ge=0, le=3600)

@@ -44,6 +44,9 @@ def url_problem(v: str, schemes: tuple[str, ...], path: bool = True) -> str | No
     except ValueError as e:
         return f"not a URL ({e})"
     host = u.hostname
+    ctl = next((i for i, c in enumerate(v) if not c.isprintable() and not c.isspace()), None)
+    if ctl is not None:  # NUL, BEL, a bidi mark: urllib refuses them at connect time
+        return f"a control or invisible character ({v[ctl]!r}) at position {ctl}"
     if u.scheme not in schemes or not host or any(c.isspace() for c in v):
         return form
     if port == 0:
@@ -88,6 +91,7 @@ def _check_lengths(v: str) -> None:
 
 AbsPath = Annotated[str, AfterValidator(_check_abs)]
 
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")  # prometheus.io/docs/concepts/data_model/
 _DEVICE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._+-]{0,63}|\d{1,10}:\d{1,10})$")
 
 
@@ -150,6 +154,21 @@ class LatencySource(Strict):
     def _url(cls, v: str | None) -> str | None:
         if v is not None and (why := url_problem(v, ("http", "https"))) is not None:
             raise ValueError(why)
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        # Prometheus' metric name syntax: an empty or odd name would match no series, silently
+        if not _METRIC_NAME.match(v):
+            raise ValueError("not a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)")
+        return v
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, v: str) -> str:
+        if not v or len(v) > 255 or not v.isprintable():
+            raise ValueError("expected a JSON field name: 1-255 printable characters")
         return v
 
     @model_validator(mode="after")
@@ -482,7 +501,7 @@ class Signals(Strict):
 
 class GpuConfig(Strict):
     name: Name  # gpu0
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, lt=1 << 32)  # NVML takes an unsigned int: ctypes would wrap a larger one to another GPU
     model: str | None = None  # A100-SXM4-40GB; default: what NVML reports
 
     @field_validator("model")

@@ -139,10 +139,21 @@ def _state_dir_problems(cfg: Config) -> list[Problem]:
     if d.exists() and not d.is_dir():
         return [Problem(key, f"{d} exists and is not a directory")]
     anc = d
-    while not anc.exists() and anc != anc.parent:
+    while not os.path.lexists(anc) and anc != anc.parent:
         anc = anc.parent
+    if anc.is_symlink() and not anc.exists():  # dangling, or a loop: exists() says False for both
+        try:
+            to = os.readlink(anc)
+        except OSError as e:
+            to = f"? ({e.strerror})"
+        return [Problem(key, f"{d} cannot be created: {anc} is a symbolic link to {to}, which does not resolve")]
     if not anc.is_dir():
         return [Problem(key, f"{d} cannot be created: {anc} is not a directory")]
+    top = Path(os.path.realpath(anc)).parts[1:2]
+    if top in (("proc",), ("sys",)):  # writable to root by os.access, yet no directory can be made there
+        return [
+            Problem(key, f"{d} is under /{top[0]}, a kernel filesystem: the journal and status file cannot live there")
+        ]
     if not os.access(anc, os.W_OK | os.X_OK):  # a read-only mount says so even to root
         verb = "is not writable" if anc == d else f"cannot be created ({anc} is not writable)"
         if os.geteuid() == 0:

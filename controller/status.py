@@ -140,11 +140,18 @@ def fetch_status(url: str, timeout_s: float = 3.0) -> dict[str, Any]:
     import urllib.error
     import urllib.request
 
+    from controller.config import url_problem
+
     if not url.startswith(("http://", "https://")):
         raise StatusError(f"{url}: expected an http:// URL")
+    why = url_problem(url, ("http", "https"))
+    if why:
+        raise StatusError(f"{url}: {why}")
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
             body = r.read(8 << 20)
+    except ValueError as e:  # http.client.InvalidURL and the like: what url_problem did not foresee
+        raise StatusError(f"{url}: not a URL to fetch: {e}") from None
     except urllib.error.HTTPError as e:
         raise StatusError(f"{url}: HTTP {e.code} (is this a tailguard daemon's /status?)") from None
     except (urllib.error.URLError, OSError) as e:

@@ -267,8 +267,13 @@ class Slot(NamedTuple):
     @staticmethod
     def parse(text: str) -> Slot:
         profile, sep, start = text.rpartition("@")
-        if not sep or not profile or not start.isdecimal():
-            raise ValueError(f"bad MIG slot {text!r}: expected PROFILE@START, e.g. 3g.20gb@4")
+        # START as nvidia-smi prints it: ASCII digits, no leading zero. int() takes "04" and "٤"
+        # too, and two names for one instance let two tenants call it home.
+        if not sep or not profile or not (start.isascii() and start.isdigit()) or start != str(int(start)):
+            raise ValueError(
+                f"bad MIG slot {text!r}: expected PROFILE@START, e.g. 3g.20gb@4"
+                " (START in ASCII digits, no leading zero)"
+            )
         return Slot(int(start), profile)
 
 

@@ -85,7 +85,7 @@ def canary_host(args: tuple[HostFiles, dict[str, Any], dict[str, Any], bool]) ->
     hf, cur, cand, simulate = args
     a, b = shadow_host((hf, cur)), shadow_host((hf, cand))
     out = HostCanary(hf.name, a, b, _first_difference(a, b))
-    if simulate and a.error is None:
+    if simulate and a.error is None and b.error is None:
         try:
             out.simulated = {"current": _simulate(hf, cur), "candidate": _simulate(hf, cand)}
         except Exception as e:  # a host that cannot be rebuilt still has its decisions
@@ -148,8 +148,9 @@ def canary_tables(hosts: list[HostCanary]) -> str:
     rows = [["host", "file", "actions/h cur", "actions/h cand", "levels cur", "levels cand", "where they differ"]]
     for h in sorted(hosts, key=lambda h: (h.first_difference is None, h.name)):
         a, b = h.current, h.candidate
-        if a.error is not None:
-            rows.append([a.host or "?", h.name, "-", "-", "-", "-", f"FAILED: {a.error}"])
+        if a.error is not None or b.error is not None:
+            who, e = ("current", a.error) if a.error is not None else ("candidate", b.error)
+            rows.append([a.host or b.host or "?", h.name, "-", "-", "-", "-", f"FAILED ({who} policy): {e}"])
             continue
         rows.append(
             [

@@ -112,9 +112,12 @@ def _run_canary(
         f"executor {where['executor']}"
     )
     print(canary_tables(results))
-    failed = [r for r in results if r.current.error is not None]
+    # a policy whose shadow run fails, the candidate's as much as the current one's, is a failure
+    failed = [r for r in results if r.current.error is not None or r.candidate.error is not None]
     for r in failed:
-        print(f"tailguard replay: {r.current.error}", file=sys.stderr)
+        for who, e in (("current", r.current.error), ("candidate", r.candidate.error)):
+            if e is not None:
+                print(f"tailguard replay: {who} policy: {e}", file=sys.stderr)
     if args.json_out:
         doc: dict[str, Any] = {
             "kind": "fleet-canary",

@@ -120,7 +120,11 @@ def estimate(header: TraceHeader, observations: list[Observation], slice_exponen
         legs: list[tuple[str, str]] = []
         per_leg: list[float] = []
         for dev in sorted({d for o in observations for d in ((o.tenants.get(t.name) or _NO).io or {})}):
-            rd = [((o.tenants[t.name].io or {}).get(dev)) for o, f in zip(observations, flags, strict=True) if f]
+            rd = [
+                ((o.tenants.get(t.name) or _NO).io or {}).get(dev)
+                for o, f in zip(observations, flags, strict=True)
+                if f
+            ]
             reads = _median(r.read_bps or 0.0 for r in rd if r is not None) or 0.0
             writes = _median(r.write_bps or 0.0 for r in rd if r is not None) or 0.0
             nid = dev_node(dev)

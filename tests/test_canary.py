@@ -79,3 +79,25 @@ def test_bad_policy_files_are_named(traces: Path, tmp_path: Path, capsys: pytest
         assert why in err and str(Path(path).name) in err, err
     assert main(["replay", "--shadow", str(traces), "--from-trace"]) == 2
     assert "--from-trace goes with --compare" in capsys.readouterr().err
+
+
+def test_a_candidate_whose_shadow_run_fails_is_a_failure(
+    traces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by fuzzing: the candidate's failure showed as "same decisions" and exit 0."""
+    import dataclasses
+
+    from replay import canary
+
+    real = canary.shadow_host
+
+    def failing_candidate(args):  # type: ignore[no-untyped-def]
+        hs = real(args)
+        return dataclasses.replace(hs, error=f"{hs.name}: boom") if args[1].get("cooldown_s") == 31.0 else hs
+
+    monkeypatch.setattr(canary, "shadow_host", failing_candidate)
+    cur, cand = policy(tmp_path / "cur.toml", ""), policy(tmp_path / "cand.toml", "cooldown_s = 31.0\n")
+    assert main(["replay", "--shadow", str(traces), "--compare", cur, cand, "--jobs", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert "FAILED (candidate policy): " in out and "same decisions" not in out
+    assert "tailguard replay: candidate policy: " in err and "boom" in err

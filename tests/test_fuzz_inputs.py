@@ -231,3 +231,157 @@ def test_scenario_number_out_of_the_simulators_range(
     assert main(["replay", str(f), "--jobs", "1", "--duration", "10", "--policies", "static"]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+# -- found by the fuzzing of 2026-12-06 (session 20) -------------------------------------------------
+MINI = """[scenario]
+name = "mini"
+{meta}
+[[hosts]]
+name = "h"
+nodes = [
+  {{ id = "numa0", kind = "numa", index = 0 }},
+  {{ id = "rc0", kind = "root_complex", parent = "numa0" }},
+  {{ id = "gpu0", kind = "gpu", parent = "rc0", model = "A100-SXM4-40GB", layout = ["7g.40gb@0"] }},
+]
+
+[[hosts.tenants]]
+name = "llm"
+role = "sensitive"
+instance = "gpu0/7g.40gb@0"
+slo_ms = 200
+requests = {{ {requests} }}
+{policy}"""
+
+
+def _mini(tmp_path: Path, meta: str = "", requests: str = "", policy: str = "", trace: str = "") -> Path:
+    """A one-GPU host with one sensitive tenant (10 requests/s, or `trace`), with what is given."""
+    f = tmp_path / "mini.toml"
+    meta = meta if "seed" in meta else f"seed = 1\n{meta}"
+    arrivals = f'trace = "{trace}"' if trace else "rate = 10"
+    f.write_text(MINI.format(meta=meta, requests=f"{arrivals}, compute_ms = 5{requests}", policy=policy))
+    return f
+
+
+@pytest.mark.parametrize(
+    ("meta", "requests", "policy", "args", "says"),
+    [
+        ("", "", "", ["--seed", "-1"], "--seed must be a non-negative integer"),
+        ("seed = -1", "", "", [], "scenario.seed: Input should be greater than or equal to 0"),
+        ("", "", "", ["--duration", "1e12"], "--duration must be a positive number of seconds, at most 2678400"),
+        ("duration_s = 1e12", "", "", [], "scenario.duration_s: Input should be less than or equal to 2678400"),
+        ("", ', arrivals = "mmpp", burst_ratio = 2, burst_mean_s = 1e308', "", [], "requests.burst_mean_s: Input"),
+        ("", "", "[policy]\nhold_retries_per_tick = 0.5", [], "policy.hold_retries_per_tick: must be an integer"),
+        ("", "", "[policy]\ny_windows = 3.5", [], "policy.y_windows: must be an integer (got 3.5)"),
+    ],
+    ids=["seed-arg", "seed", "duration-arg", "duration", "mmpp-mean", "int-policy", "int-policy-report"],
+)
+def test_scenario_values_that_crashed_or_hung_the_run(
+    meta: str,
+    requests: str,
+    policy: str,
+    args: list[str],
+    says: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Were: numpy's 'expected non-negative integer' (a negative seed), a run of 1e12 s that never
+    ended, 'lam < 0 or lam is NaN' (an MMPP state of 1e308 s), 'slice indices must be integers'
+    in fsm/ladder.py and replay/report.py (a count given as 0.5)."""
+    f = _mini(tmp_path, meta, requests, policy)
+    dur = [] if any("duration" in a for a in [meta, *args]) else ["--duration", "60"]
+    assert main(["replay", str(f), "--jobs", "1", "--policies", "static,full", *dur, *args]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "says"),
+    [
+        ("same.csv", HEAD + b"2023-11-16 18:15:46.6805900,10,2\n", "its 2 requests arrive within 0 s"),
+        ("tiny.csv", b"Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+         + b"0,m,1,1,2,x\n1e-300,m,1,1,2,x\n", "its 2 requests arrive within 1e-300 s"),
+        ("huge.csv", b"Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+         + b"-1e308,m,1,1,2,x\n1e308,m,1,1,2,x\n", "its arrival times span more than a float holds"),
+        ("big.jsonl", b'{"timestamp": 1' + b"0" * 400 + b', "input_length": 1}\n',
+         "big.jsonl:1: bad line: int too large"),
+    ],
+    ids=["zero-span", "tiny-span", "span-past-float", "json-int-past-float"],
+)  # fmt: skip
+def test_request_traces_that_crashed_or_hung_the_run(
+    name: str, body: bytes, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Were: ZeroDivisionError (every request at one time: a cycle of 0 s), a hang (a cycle of
+    1e-300 s: 1e302 cycles a tick), 'cannot convert float NaN to integer' (a span past a float's
+    range), OverflowError (a JSON integer of 400 digits)."""
+    (tmp_path / name).write_bytes(body)
+    f = _mini(tmp_path, trace=name)
+    assert main(["replay", str(f), "--jobs", "1", "--duration", "60", "--policies", "static"]) == 2
+    err = capsys.readouterr().err
+    assert f"requests.trace: {tmp_path}/{name}" in err and says in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        ('[signals]\ndcgm_exporter_url = "http://\\u0000/metrics"\n', "signals.dcgm_exporter_url",
+         "a control or invisible character ('\\x00') at position 7"),
+        ('[[gpus]]\nname = "gpu0"\nindex = 0\n[[tenants]]\nname = "a"\nrole = "bulk"\ninstance = "gpu0/3g.20gb@4"\n'
+         '[[tenants]]\nname = "b"\nrole = "bulk"\ninstance = "gpu0/3g.20gb@04"\n', "tenants[1](b).instance",
+         "START in ASCII digits, no leading zero"),
+        ('[[gpus]]\nname = "gpu0"\nindex = 4294967296\n', "gpus[0](gpu0).index", "less than 4294967296"),
+    ],
+    ids=["url-nul", "instance-leading-zero", "gpu-index-past-uint"],
+)  # fmt: skip
+def test_config_values_check_config_took(
+    tmp_path: Path, text: str, key: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Were: exit 0, then urllib's 'URL can't contain control characters' on every scrape; two
+    tenants at home on one instance (@4 and @04, or an Arabic-Indic 4); ctypes wrapping the
+    index to another GPU."""
+    f = _config(tmp_path, text)
+    assert main(["check-config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}: {key}: " in err and says in err, err
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop", "proc"])
+def test_state_dir_that_cannot_be_made(tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: exit 0, then the daemon's mkdir failed (File exists, ELOOP, ENOENT) and it ran without a
+    journal: exists() is False for a dangling link and for a loop, and root may 'write' /proc."""
+    link = tmp_path / "link"
+    if kind == "dangling":
+        link.symlink_to(tmp_path / "nowhere")
+        state, says = link, f"{link} is a symbolic link to {tmp_path}/nowhere, which does not resolve"
+    elif kind == "loop":
+        (tmp_path / "other").symlink_to(link)
+        link.symlink_to(tmp_path / "other")
+        state, says = link / "x", f"{link} is a symbolic link to {tmp_path}/other, which does not resolve"
+    else:
+        state, says = Path("/proc/tailguard-state"), "is under /proc, a kernel filesystem"
+    f = tmp_path / "c.toml"
+    f.write_text(f'[host]\nstate_dir = "{state}"\ncgroup_root = "{tmp_path}"\n')
+    assert main(["check-config", str(f)]) == 2
+    assert f"{f}: host.state_dir: " in (err := capsys.readouterr().err) and says in err, err
+
+
+def test_from_trace_with_a_tenant_missing_from_one_observation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: KeyError in replay/fromtrace.py (the device set read with .get(), the rates by index)."""
+    import json
+
+    lines = (Path(__file__).parent / "data" / "trace-v1_example-spec_5-ticks.jsonl").read_text().splitlines()
+    second = json.loads(lines[1])
+    second["tenants"] = {}
+    f = tmp_path / "t.jsonl"
+    f.write_text("\n".join([lines[0], json.dumps(second), *lines[2:]]) + "\n")
+    assert main(["scenario", "from-trace", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tailguard scenario: ") and f"{f}: " in err and "Traceback" not in err, err
+
+
+def test_status_url_that_is_no_url(capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: ValueError 'Invalid IPv6 URL' from urllib, a traceback."""
+    assert main(["status", "--url", "http://[::1/"]) == 1
+    assert "tailguard status: http://[::1/: not a URL (Invalid IPv6 URL)" in capsys.readouterr().err

@@ -4,6 +4,7 @@ counter CSVs, the pydcgm path with a stand-in DcgmReader."""
 from __future__ import annotations
 
 import asyncio
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -78,7 +79,7 @@ def test_bad_scrapes_name_the_line() -> None:
     s = DcgmExporterSampler("http://x")
     with pytest.raises(ParseError, match="line 15"):
         s.parse(SCRAPE.replace("} 0.690789", "} zero", 1), 0.0)
-    with pytest.raises(ParseError, match="numeric 'gpu' label"):
+    with pytest.raises(ParseError, match="'gpu' label 'x' is not a GPU index"):
         s.parse(SCRAPE.replace('gpu="0"', 'gpu="x"'), 0.0)
 
     async def run() -> None:
@@ -161,3 +162,38 @@ def test_exporter_driven_by_the_real_counter_csvs() -> None:
             assert r.gpus[0].sm_active == 1.0 and r.gpus[0].instances[0].sm_active == 0.5
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('DCGM_FI_PROF_DRAM_ACTIVE{gpu="\uff11"} 0.5', "'gpu' label '\uff11' is not a GPU index"),
+        ('DCGM_FI_PROF_DRAM_ACTIVE{gpu="00"} 0.9', "'gpu' label '00' is not a GPU index"),
+        ('DCGM_FI_PROF_DRAM_ACTIVE{gpu="0",GPU_I_ID="\u0661\u0663"} 0.5', "GPU_I_ID '\u0661\u0663' is not a number"),
+        ('DCGM_FI_PROF_PCIE_RX_BYTES{gpu="0"} 5', "DCGM_FI_PROF_PCIE_RX_BYTES for GPU 0 given twice, "),
+        ('DCGM_FI_PROF_DRAM_ACTIVE{gpu="0"gpu="1"} 0.5', "bad sample line"),
+        ('DCGM_FI_PROF_DRAM_ACTIVE{gpu="0",gpu="1"} 0.5', "label gpu given twice"),
+    ],
+    ids=["full-width-digit", "leading-zero", "arabic-indic-instance", "series-twice", "no-comma", "label-twice"],
+)
+def test_labels_and_series_that_named_the_wrong_gpu(line: str, says: str) -> None:
+    """Found by fuzzing: each was read, as another GPU's or over the first reading of the series."""
+    assert 'DCGM_FI_PROF_PCIE_RX_BYTES{gpu="0"' in SCRAPE
+    with pytest.raises(ParseError, match=re.escape(says)):
+        DcgmExporterSampler("http://x").parse(SCRAPE + line + "\n", 0.0)
+
+
+def test_a_pcie_rate_no_link_has_is_unavailable() -> None:
+    scrape = re.sub(r"(DCGM_FI_PROF_PCIE_TX_BYTES\{[^}]*gpu=\"0\"[^}]*\}) \S+", r"\1 1e300", SCRAPE, count=1)
+    assert scrape != SCRAPE
+    assert DcgmExporterSampler("http://x").parse(scrape, 0.0).gpus[0].pcie_tx_bps is None
+
+
+def test_a_series_copied_per_pod_is_one_reading() -> None:
+    """In Kubernetes dcgm-exporter copies a device's series once per pod sharing it, pod labels
+    apart and the value the same (NVIDIA/dcgm-exporter issues 340 and 587): one reading."""
+    line = next(ln for ln in SCRAPE.splitlines() if ln.startswith("DCGM_FI_PROF_PCIE_RX_BYTES{") and 'gpu="0"' in ln)
+    copy = line.replace("{", '{pod="other",', 1)
+    a = DcgmExporterSampler("http://x").parse(SCRAPE, 0.0).gpus[0]
+    b = DcgmExporterSampler("http://x").parse(SCRAPE + copy + "\n", 0.0).gpus[0]
+    assert a == b

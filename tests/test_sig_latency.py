@@ -13,7 +13,7 @@ import pytest
 from fakes.fixture_paths import FIXTURES
 from fakes.sig_http import serve
 
-from controller.signals.base import Unavailable
+from controller.signals.base import ParseError, Unavailable
 from controller.signals.latency import JsonlLatencySampler, LatencyReading, PrometheusLatencySampler
 from controller.signals.promtext import Histogram, histogram_delta, histogram_quantile
 
@@ -188,3 +188,39 @@ def test_jsonl_quantiles_and_history_skipped(tmp_path: Path) -> None:
     # the line that was half written when we started completes now: it counts, once
     assert isinstance(r, LatencyReading) and r.window.count == 1001 and r.window.samples[0] == 9.5
     assert r.window.p99 == pytest.approx(0.991) and r.window.quantile(0.99) == pytest.approx(0.991)
+
+
+PLUS_INF = 'm_bucket{le="+Inf"} 10\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('m_bucket{le="0.1"} 5\nm_bucket{le="+Inf"} +Inf\n', "m_bucket: inf is no count of requests"),
+        ('m_bucket{le="0.1"} 5\nm_bucket{le="+Inf"} 1e300\n', "m_bucket: 1e+300 is no count of requests"),
+        ('m_bucket{le="0.1"} -5\n' + PLUS_INF, "m_bucket: -5.0 is no count of requests"),
+        ("m_count 1e400\n" + PLUS_INF, "m_count: inf is no count of requests"),
+        ('m_bucket{le="-0.5"} 10\n' + PLUS_INF, "'le' '-0.5' is no latency bound"),
+        ('m_bucket{le="0_05"} 10\n' + PLUS_INF, "bad 'le' value '0_05'"),
+        ('m_bucket{le="0.1"} \u0661\u0660\n' + PLUS_INF, "not a number as the exposition format writes one"),
+        ('m_bucket{le="0.1",le="20"} 10\n' + PLUS_INF, "label le given twice"),
+        ('m_bucket{le="0.1"x="1"} 10\n' + PLUS_INF, "line 1: bad sample line"),
+        ('m_bucket{le="0.1"} 5\n' + PLUS_INF + 'm_bucket{le="Inf"} 20\n', "one series given twice, 10 and 20"),
+        ('m_bucket{le="0.1",a="' + '\\\\' * 20_000 + '"} 5\n' + PLUS_INF, "a sample line of 40025 characters"),
+    ],
+    ids=["inf", "absurd", "negative", "count-past-float", "negative-le", "underscore-le", "arabic-indic-value",
+         "label-twice", "no-comma", "series-twice", "long-escaped-line"],
+)  # fmt: skip
+def test_histogram_garbage_is_named_not_read_as_a_latency(text: str, says: str) -> None:
+    """Found by fuzzing: each was read as a window (10^300 requests, p99 = -0.5 s, a 5 s bound from
+    "0_05", counts doubled), or raised OverflowError that named no source, or took seconds."""
+    with pytest.raises(ParseError, match=re.escape(says)):
+        PrometheusLatencySampler("x", "u", metric="m").parse(text)
+
+
+def test_a_series_given_twice_alike_counts_once() -> None:
+    """A proxy's or a federation's copy of a series says the same: counted once, not summed."""
+    text = 'm_bucket{le="0.1"} 5\n' + PLUS_INF
+    once = PrometheusLatencySampler("x", "u", metric="m").parse(text)
+    assert PrometheusLatencySampler("x", "u", metric="m").parse(text + text) == once
+    assert once is not None and once.total == 10

@@ -31,6 +31,8 @@ GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 FAMILIES = (SM_ACTIVE, DRAM_ACTIVE, PCIE_TX, PCIE_RX, REPLAY, GPU_UTIL)
 
 _MAX_DIGITS = 9  # GPU and GPU instance indexes
+# A PCIe 6.0 x16 link moves ~121 GB/s each way; a terabyte a second is no PCIe link's
+MAX_PCIE_BPS = 1e12
 
 SM_ACTIVE_HINT = (
     f"{SM_ACTIVE} is not in the scrape: dcgm-exporter's default counters CSV has it commented out; "
@@ -104,25 +106,27 @@ class DcgmExporterSampler:
                 continue
             seen.add(name)
             g_txt = labels.get("gpu")
-            if g_txt is None or not g_txt.isdecimal():
+            if g_txt is None:
                 raise ParseError(self.url, s.line, f"{name} sample without a numeric 'gpu' label")
-            # an index of thousands of digits is garbage, and int() raises a bare ValueError past 4300
-            if len(g_txt) > _MAX_DIGITS:
-                raise ParseError(self.url, s.line, f"{name}: 'gpu' label {g_txt[:12]}... is not a GPU index")
-            g = int(g_txt)
+            g = _index(g_txt)
+            if g is None:
+                raise ParseError(self.url, s.line, f"{name}: 'gpu' label {g_txt[:12]!r} is not a GPU index")
             gi = labels.get("GPU_I_ID")
             if gi:
-                if not gi.isdecimal() or len(gi) > _MAX_DIGITS:
+                gi_id = _index(gi)
+                if gi_id is None:
                     raise ParseError(self.url, s.line, f"GPU_I_ID {gi[:20]!r} is not a number")
-                key = (g, int(gi))
+                key = (g, gi_id)
                 d = inst.get(key)
                 if d is None:
                     d = inst[key] = {"profile": labels.get("GPU_I_PROFILE", "")}
+                _once(d, name, s.value, self.url, s.line, f"GPU {g} instance {gi_id}")
                 d[name] = s.value
                 continue
             v = per_gpu.get(g)
             if v is None:
                 v = per_gpu[g] = {}
+            _once(v, name, s.value, self.url, s.line, f"GPU {g}")
             v[name] = s.value
             uuid = labels.get("UUID")
             if uuid is not None:
@@ -152,8 +156,8 @@ class DcgmExporterSampler:
                 uuid=uuids.get(g),
                 sm_active=_frac(v.get(SM_ACTIVE)),
                 dram_active=_frac(v.get(DRAM_ACTIVE)),
-                pcie_tx_bps=_nonneg(v.get(PCIE_TX)),
-                pcie_rx_bps=_nonneg(v.get(PCIE_RX)),
+                pcie_tx_bps=_bps(v.get(PCIE_TX)),
+                pcie_rx_bps=_bps(v.get(PCIE_RX)),
                 pcie_replay_rate=None if replay is None else self._replays.update(g, now, replay),
                 util=None if util is None else _frac(util / 100.0),
                 instances=instances,
@@ -168,6 +172,15 @@ class DcgmExporterSampler:
             return Unavailable(str(e))
 
 
+def _once(seen: Mapping[str, object], name: str, value: float, url: str, line: int, what: str) -> None:
+    """A field of one GPU (or instance) given again must say the same: in Kubernetes the exporter
+    copies a device's series once per pod sharing it (pod labels apart, dcgm-exporter issues 340 and
+    587), but two values for one device leave no way to tell which is its own."""
+    before = seen.get(name)
+    if name in seen and not (before == value or (before != before and value != value)):
+        raise ParseError(url, line, f"{name} for {what} given twice, {before!r} and {value!r}")
+
+
 def _frac(v: object) -> float | None:
     if not isinstance(v, float) or v != v or v < 0 or v > 1.0001:
         return None
@@ -178,6 +191,20 @@ def _nonneg(v: float | None) -> float | None:
     if v is None or v != v or v < 0 or v == float("inf"):
         return None
     return v
+
+
+def _bps(v: float | None) -> float | None:
+    """A PCIe byte rate, or None: past MAX_PCIE_BPS it is no link's (1e300 read as one before)."""
+    r = _nonneg(v)
+    return r if r is None or r <= MAX_PCIE_BPS else None
+
+
+def _index(text: str) -> int | None:
+    """A GPU or GPU instance index as the exporter writes it: ASCII digits, no leading zero (int()
+    also takes "00" and other scripts' digits, and "00" beside "0" was one GPU twice)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_DIGITS or text != str(int(text)):
+        return None
+    return int(text)
 
 
 def pydcgm_available() -> bool:

@@ -25,6 +25,7 @@ from fsm.histogram import histogram_quantiles as histogram_quantiles
 from fsm.histogram import over_threshold as over_threshold
 
 Labels = tuple[tuple[str, str], ...]
+MAX_COUNT = float(1 << 53)  # past it a float counter cannot count by ones: no request counter gets there
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +45,60 @@ def filter_families(text: str, prefixes: Iterable[str]) -> list[tuple[int, str]]
     return [(i, ln.rstrip("\r")) for i, ln in enumerate(text.split("\n"), 1) if ln.startswith(pre)]
 
 
-# The common line shape: name{k="v",...} value [timestamp], no escapes in label values.
+# The common line shape: name{k="v",...} value [timestamp], no escapes in label values. Labels
+# are separated by commas (a trailing one allowed); `k="a"k="b"` is no label list.
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LNAME = r"(?!__)[a-zA-Z_][a-zA-Z0-9_]*"  # label names: no colon; "__" prefix is reserved
-_FAST = re.compile(rf'({_NAME})(?:\{{((?:{_LNAME}="[^"\\\n]*",?)*)\}})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*')
-_LABEL = re.compile(rf'({_LNAME})="([^"\\\n]*)",?')
+_PAIR = rf'{_LNAME}="[^"\\\n]*"'
+_LABELS = rf"(?:{_PAIR}(?:,{_PAIR})*,?)?"
+_FAST = re.compile(rf"({_NAME})(?:\{{({_LABELS})\}})?[ \t]+(\S+)(?:[ \t]+-?[0-9]+)?[ \t]*", re.ASCII)
+_LABEL = re.compile(rf'({_LNAME})="([^"\\\n]*)"')
+# A sample value as the format writes it (Go's ParseFloat: decimal, or Inf and NaN in any case).
+# Python's float() also takes "1_000" and other scripts' digits ("١٠"): read as numbers, they were
+# a 5 s bucket bound from "0_05".
+_VALUE = re.compile(
+    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)", re.IGNORECASE | re.ASCII
+)
+# prometheus_client's parser (escaped label values) takes time quadratic in a line's length: a
+# 1 MB line of escapes took seconds on the event loop. Exporters' lines are a few hundred bytes.
+MAX_LINE = 16 << 10
+
+
+def sample_value(text: str) -> float:
+    """A value or an `le` bound as the exposition format writes it (ValueError otherwise)."""
+    if _VALUE.fullmatch(text) is None:
+        raise ValueError(f"not a number as the exposition format writes one: {text[:40]!r}")
+    return float(text)
+
+
+def _value_text(line: str) -> str:
+    """The value's text in a sample line whose label values may hold escapes, braces and spaces."""
+    i = line.find("{")
+    if i < 0:
+        return line.split()[1]
+    quoted = escaped = False
+    for j in range(i + 1, len(line)):
+        c = line[j]
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == "}" and not quoted:
+            return line[j + 1 :].split()[0]
+    raise ValueError("no closing brace")
+
+
+def _labels(body: str) -> dict[str, str]:
+    """The labels of a plain label list; ValueError for a name given twice (the last one won, and
+    `gpu="0",gpu="1"` was GPU 1)."""
+    pairs = _LABEL.findall(body)
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        twice = sorted({k for k, _ in pairs if sum(1 for n, _ in pairs if n == k) > 1})
+        raise ValueError(f"label {', '.join(twice)} given twice")
+    return out
 
 
 def _slow(line: str) -> list[tuple[str, dict[str, str], float]]:
@@ -63,10 +113,11 @@ def _whole_text_patterns(prefixes: tuple[str, ...]) -> tuple[re.Pattern[str], re
     common = os.path.commonprefix(list(prefixes))  # noqa: RUF071 (character-wise is what we want)
     alts = "|".join(re.escape(p[len(common) :]) for p in prefixes)
     head = rf"\n{re.escape(common)}(?:{alts})"
-    labels = rf'(?:{_LNAME}="[^"\\\n]*",?)*'
     every = re.compile(head)
     sample = re.compile(
-        rf"\n({re.escape(common)}(?:{alts})[a-zA-Z0-9_:]*)(?:\{{({labels})\}})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*(?=\n)"
+        rf"\n({re.escape(common)}(?:{alts})[a-zA-Z0-9_:]*)(?:\{{({_LABELS})\}})?"
+        r"[ \t]+(\S+)(?:[ \t]+-?[0-9]+)?[ \t]*(?=\n)",
+        re.ASCII,
     )
     return every, sample
 
@@ -92,9 +143,9 @@ def parse_samples(text: str, prefixes: Iterable[str], source: str) -> list[PromS
             line += padded.count("\n", pos, m.start() + 1)
             pos = m.start() + 1
             body = m.group(2)
-            out.append(PromSample(m.group(1), dict(_LABEL.findall(body)) if body else {}, float(m.group(3)), line))
+            out.append(PromSample(m.group(1), _labels(body) if body else {}, sample_value(m.group(3)), line))
     except ValueError:
-        out = []
+        out = []  # the line by line pass says which line
     if len(out) == expected:
         return out
     return _parse_lines(text, pre, source)
@@ -104,18 +155,16 @@ def _parse_lines(text: str, pre: tuple[str, ...], source: str) -> list[PromSampl
     out: list[PromSample] = []
     for n, ln in filter_families(text, pre):
         m = _FAST.fullmatch(ln)
-        value: float | None = None
-        if m is not None:
+        if m is not None:  # the plain shape: its value and labels are read here, or it is bad
             try:
-                value = float(m.group(3))
-            except ValueError:
-                value = None
-        if m is not None and value is not None:
-            body = m.group(2) or ""
-            labels = dict(_LABEL.findall(body))
-            out.append(PromSample(m.group(1), labels, value, n))
+                out.append(PromSample(m.group(1), _labels(m.group(2) or ""), sample_value(m.group(3)), n))
+            except ValueError as e:
+                raise ParseError(source, n, f"bad sample line ({e}): {ln[:120]!r}") from None
             continue
+        if len(ln) > MAX_LINE:
+            raise ParseError(source, n, f"a sample line of {len(ln)} characters (at most {MAX_LINE}): {ln[:120]!r}")
         try:
+            sample_value(_value_text(ln))
             parsed = _slow(ln)
         except Exception as e:  # prometheus_client raises ValueError/TypeError/IndexError on bad lines
             raise ParseError(source, n, f"bad sample line ({type(e).__name__}: {e}): {ln[:120]!r}") from None
@@ -146,28 +195,46 @@ class Histogram:
 def histograms_from_samples(
     samples: Iterable[PromSample], metric: str, match: Mapping[str, str], source: str
 ) -> Histogram | None:
-    """Sum the series of `metric` whose labels include `match` (like sum by (le)); None if none."""
+    """Sum the series of `metric` whose labels include `match` (like sum by (le)); None if none.
+    Each value a count (finite, >= 0, at most 2^53); each `le` a latency bound (>= 0); a series
+    given twice (`le="Inf"` beside `le="+Inf"` is one series twice) counted once if both say the same,
+    an error if not: summed, they were counted double."""
     buckets: dict[float, float] = {}
     count: float | None = None
     found = False
+    seen: dict[tuple[str, frozenset[tuple[str, str]], float], float] = {}
     for s in samples:
         if any(s.labels.get(k) != v for k, v in match.items()):
             continue
+        if s.name not in (metric + "_bucket", metric + "_count"):
+            continue
+        if not (math.isfinite(s.value) and 0.0 <= s.value <= MAX_COUNT):
+            raise ParseError(source, s.line, f"{s.name}: {s.value!r} is no count of requests (finite, >= 0)")
+        le = math.nan
         if s.name == metric + "_bucket":
             le_text = s.labels.get("le")
             if le_text is None:
                 raise ParseError(source, s.line, f"{metric}_bucket sample without an 'le' label")
             try:
-                le = float(le_text)
+                le = sample_value(le_text)
             except ValueError:
                 raise ParseError(source, s.line, f"bad 'le' value {le_text!r}") from None
-            if math.isnan(le):
-                raise ParseError(source, s.line, "'le' is NaN")
+            if not le >= 0.0:  # NaN too
+                raise ParseError(source, s.line, f"'le' {le_text!r} is no latency bound (a number >= 0)")
+        key = (s.name, frozenset((k, v) for k, v in s.labels.items() if k != "le"), le)
+        before = seen.get(key)
+        if before is not None:  # a copy (a proxy's, a federation's) counts once; two values are garbage
+            if before == s.value:
+                continue
+            raise ParseError(
+                source, s.line, f"{s.name}: one series given twice, {before:g} and {s.value:g} (le {le:g})"
+            )
+        seen[key] = s.value
+        if s.name == metric + "_bucket":
             buckets[le] = buckets.get(le, 0.0) + s.value
-            found = True
-        elif s.name == metric + "_count":
+        else:
             count = (count or 0.0) + s.value
-            found = True
+        found = True
     if not found:
         return None
     return Histogram(tuple(sorted(buckets.items())), count)

@@ -168,7 +168,7 @@ def test_jsonl_tail_rotation_truncation_partial_lines(tmp_path: Path) -> None:
         _w(p, '{"latency_s": -1}\n{"latency_s": 0.25}\n')
         r = await s.sample(7.0)
         assert isinstance(r, LatencyReading) and r.window.samples == (0.25,)
-        assert "line 5" in s.last_bad and "non-negative" in s.last_bad
+        assert "line 5" in s.last_bad and "is not a latency in [0, 3600] s: -1" in s.last_bad
 
     asyncio.run(run())
 
@@ -224,3 +224,36 @@ def test_a_series_given_twice_alike_counts_once() -> None:
     once = PrometheusLatencySampler("x", "u", metric="m").parse(text)
     assert PrometheusLatencySampler("x", "u", metric="m").parse(text + text) == once
     assert once is not None and once.total == 10
+
+
+def test_jsonl_latency_past_an_hour_is_a_bad_line(tmp_path: Path) -> None:
+    """Found by fuzzing: 1e300 s was a sample (a window's p50 5e307 s); MQTT's bound holds here too."""
+    s = JsonlLatencySampler("t", str(tmp_path / "x.jsonl"))
+    assert s._value(b'{"latency_s": 1e300}') == (None, "field 'latency_s' is not a latency in [0, 3600] s: 1e+300")
+    assert s._value(b'{"latency_s": 3600}') == (3600.0, "")
+
+
+def test_jsonl_line_without_end_is_dropped_not_buffered(tmp_path: Path) -> None:
+    """Found by fuzzing: a writer that never wrote a newline grew the buffer by what it wrote each
+    tick (152 MB after 19 ticks) while every window read as no traffic; a log that existed at the
+    start was read whole into memory to find its end. A line past MAX_LINE is dropped up to its
+    newline and counted bad; the start counts lines a chunk at a time."""
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"latency_s": 0.1}\n' * 3 + b"x" * 300)
+    s = JsonlLatencySampler("t", str(p))
+    s.MAX_LINE = 100  # type: ignore[misc]
+    s.MAX_READ = 64  # type: ignore[misc]  # chunks smaller than the file: the start is counted in parts
+    assert s.read_new() == ([], [])  # the start: tailed from the end, its partial line already too long
+    assert s._line_no == 3 and s._buf == b"" and s._skipping
+    s.MAX_READ = 1 << 20  # type: ignore[misc]
+    with p.open("ab") as f:
+        f.write(b"y" * 500 + b'\n{"latency_s": 0.2}\n{"latency_s": 0.3')
+    samples, bad = s.read_new()
+    assert samples == [0.2] and bad == [f"{p}: line 4: longer than 100 bytes, skipped"]
+    with p.open("ab") as f:
+        f.write(b"z" * 200)  # the partial line '{"latency_s": 0.3zzz...' passes MAX_LINE: dropped
+    assert s.read_new() == ([], []) and s._buf == b"" and len(s._buf) <= 100
+    with p.open("ab") as f:
+        f.write(b'\n{"latency_s": 0.4}\n')
+    samples, bad = s.read_new()
+    assert samples == [0.4] and bad == [f"{p}: line 6: longer than 100 bytes, skipped"]

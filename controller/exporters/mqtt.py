@@ -36,6 +36,7 @@ import aiomqtt
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from controller.exporters.snapshot import Snapshot
+from controller.signals.latency import MAX_LATENCY_S
 from controller.status import status_json
 from fsm.codec import encode
 from fsm.desired import DecisionEvent
@@ -44,7 +45,6 @@ from schema.jsontext import finite_float, loads_json, shown
 log = logging.getLogger("tailguard.mqtt")
 
 MAX_SAMPLES_PER_MESSAGE = 10_000
-MAX_LATENCY_S = 3600.0
 MAX_COUNT_PER_MESSAGE = 10_000_000
 
 

@@ -21,6 +21,9 @@ from schema.files import open_regular
 from schema.jsontext import finite_float, loads_json, shown
 
 Fetch = Callable[[str, float], Awaitable[str]]
+# The longest latency a source may report: an hour (no request waits that long for its first
+# token and is still served); 1e300 read from a file made a window's p50 5e307 s. MQTT's too.
+MAX_LATENCY_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,10 @@ class JsonlLatencySampler:
     """
 
     MAX_READ = 8 * 1024 * 1024  # per tick; the rest is read on the next tick
+    # A line (one request's JSON object) is a few hundred bytes; a partial line longer than this is
+    # dropped up to its newline and counted bad: kept, a writer that never wrote one grew the
+    # buffer by 16 MB a tick while every window read as no traffic.
+    MAX_LINE = 1 << 20
 
     def __init__(
         self, name: str, path: str, field: str = "latency_s", timeout_s: float = 1.0, slo_s: float | None = None
@@ -118,6 +125,7 @@ class JsonlLatencySampler:
         self._fh: BinaryIO | None = None
         self._ino: int | None = None
         self._buf = b""
+        self._skipping = False  # dropping a line longer than MAX_LINE until its newline
         self._line_no = 0
         self._mtime_ns: int | None = None
         self._seen_missing = False
@@ -133,11 +141,21 @@ class JsonlLatencySampler:
         self._fh = fh
         self._ino = os.fstat(fh.fileno()).st_ino
         self._buf = b""
+        self._skipping = False
         self._line_no = 0
         if at_end:  # like tail -F: what was there before we started is not this window
-            data = fh.read()
-            self._line_no = data.count(b"\n")
-            self._buf = data[data.rfind(b"\n") + 1 :]
+            # Counted a chunk at a time (line numbers for messages), not read whole: a 1 GiB log
+            # took 1 GiB of memory. Then the partial last line, if any, from the end.
+            while chunk := fh.read(self.MAX_READ):
+                self._line_no += chunk.count(b"\n")
+            size = fh.tell()
+            fh.seek(max(0, size - self.MAX_LINE - 1))
+            tail = fh.read()
+            cut = tail.rfind(b"\n")
+            if cut < 0 and size > self.MAX_LINE:
+                self._skipping = True  # a partial line already too long
+            else:
+                self._buf = tail[cut + 1 :]
 
     def _read_chunk(self) -> bytes:
         fh = self._fh
@@ -182,21 +200,29 @@ class JsonlLatencySampler:
         self._mtime_ns = os.fstat(self._fh.fileno()).st_mtime_ns if self._fh is not None else None
         return out
 
-    def _split(self, data: bytes) -> list[tuple[int, bytes]]:
+    def _split(self, data: bytes) -> list[tuple[int, bytes | None]]:
+        """(line number, bytes) of each complete line; None for one longer than MAX_LINE."""
         data = self._buf + data
         parts = data.split(b"\n")
         self._buf = parts.pop()
-        out = []
+        out: list[tuple[int, bytes | None]] = []
         for p in parts:
             self._line_no += 1
-            out.append((self._line_no, p))
+            out.append((self._line_no, None if self._skipping or len(p) > self.MAX_LINE else p))
+            self._skipping = False
+        if len(self._buf) > self.MAX_LINE:
+            self._buf = b""
+            self._skipping = True
         return out
 
-    def _finish(self, *groups: list[tuple[int, bytes]]) -> tuple[list[float], list[str]]:
+    def _finish(self, *groups: list[tuple[int, bytes | None]]) -> tuple[list[float], list[str]]:
         samples: list[float] = []
         bad: list[str] = []
         for group in groups:
             for n, raw in group:
+                if raw is None:
+                    bad.append(f"{self.path}: line {n}: longer than {self.MAX_LINE} bytes, skipped")
+                    continue
                 if not raw.strip():
                     continue
                 v, err = self._value(raw)
@@ -219,8 +245,8 @@ class JsonlLatencySampler:
         if isinstance(v, bool) or not isinstance(v, int | float):
             return None, f"field {self.field!r} is not a number: {v!r}"
         fv = finite_float(v)
-        if fv is None or fv < 0:
-            return None, f"field {self.field!r} is not a finite non-negative number: {shown(v)}"
+        if fv is None or not 0 <= fv <= MAX_LATENCY_S:
+            return None, f"field {self.field!r} is not a latency in [0, {MAX_LATENCY_S:g}] s: {shown(v)}"
         return fv, ""
 
     async def sample(self, now: float) -> LatencyReading | Unavailable:

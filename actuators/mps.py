@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from actuators.proc import ToolError, run
+from schema.jsontext import ascii_digits
 
 # Where nvidia-cuda-mps-control talks to its daemon when CUDA_MPS_PIPE_DIRECTORY is not set (NVIDIA
 # MPS documentation): the one path the MPS lever writes (the unit's BindPaths shares it).
@@ -52,7 +53,7 @@ class MpsControl:
     def _ints(text: str, what: str) -> list[int]:
         out = []
         for ln in text.split():
-            if not ln.isdecimal():
+            if not ascii_digits(ln):
                 raise MpsError(f"{what}: unexpected output {text.strip()[:120]!r}")
             out.append(int(ln))
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from actuators.proc import Result, ToolError, run
 
@@ -91,32 +92,34 @@ class GpuEntry:
     mig: tuple[MigDevice, ...] = ()
 
 
-_LGI = re.compile(r"^\|\s*(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+):(\d+)\s*\|?$")
-_LCI = re.compile(r"^\|\s*(\d+)\s+(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)(?:\s+(\d+):(\d+))?\s*\|?$")
+# (?a) on every pattern: \d and \s are ASCII only (the tool prints no other digits; "GPU ١" read as
+# GPU 1 before).
+_LGI = re.compile(r"(?a)^\|\s*(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+):(\d+)\s*\|?$")
+_LCI = re.compile(r"(?a)^\|\s*(\d+)\s+(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)(?:\s+(\d+):(\d+))?\s*\|?$")
 _LGIP1 = re.compile(
-    r"^\|\s*(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)/(\d+)\s+([\d.]+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s*\|?$"
+    r"(?a)^\|\s*(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)/(\d+)\s+([\d.]+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s*\|?$"
 )
-_LGIP2 = re.compile(r"^\|\s+(\d+)\s+(\d+)\s+(\d+)\s*\|?$")
+_LGIP2 = re.compile(r"(?a)^\|\s+(\d+)\s+(\d+)\s+(\d+)\s*\|?$")
 # A table's data row (-lgi, -lci, -lgip): numbers, then the profile's "MIG" name. One its pattern
 # does not match is an error, not skipped: a layout read back without one of its instances would
 # show that slot free.
-_DATA_ROW = re.compile(r"^\|\s*\d[\d\s]*MIG\s")
-_LGIPP = re.compile(r"^GPU\s+(\d+)\s+Profile ID\s+(\d+)\s+Placements?\s*:\s*\{([\d,]*)\}:(\d+)$")
-_L_GPU = re.compile(r"^GPU (\d+): (.+?) \(UUID: (GPU-[0-9A-Za-z-]+)\)$")
-_L_MIG = re.compile(r"^MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[0-9A-Za-z/-]+)\)$")
+_DATA_ROW = re.compile(r"(?a)^\|\s*\d[\d\s]*MIG\s")
+_LGIPP = re.compile(r"(?a)^GPU\s+(\d+)\s+Profile ID\s+(\d+)\s+Placements?\s*:\s*\{([\d,]*)\}:(\d+)$")
+_L_GPU = re.compile(r"(?a)^GPU (\d+): (.+?) \(UUID: (GPU-[0-9A-Za-z-]+)\)$")
+_L_MIG = re.compile(r"(?a)^MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[0-9A-Za-z/-]+)\)$")
 _CGI = re.compile(
-    r"^Successfully created GPU instance ID\s+(\d+) on GPU\s+(\d+) using profile MIG (\S+) \(ID\s+(\d+)\)$"
+    r"(?a)^Successfully created GPU instance ID\s+(\d+) on GPU\s+(\d+) using profile MIG (\S+) \(ID\s+(\d+)\)$"
 )
 _CCI = re.compile(
-    r"^Successfully created compute instance(?: ID\s+(\d+))? on GPU\s+(\d+) GPU instance ID\s+(\d+)"
+    r"(?a)^Successfully created compute instance(?: ID\s+(\d+))? on GPU\s+(\d+) GPU instance ID\s+(\d+)"
     r" using profile MIG (\S+) \(ID\s+(\d+)\)$"
 )
-_DCI = re.compile(r"^Successfully destroyed compute instance ID\s+(\d+) from GPU\s+(\d+) GPU instance ID\s+(\d+)$")
-_DGI = re.compile(r"^Successfully destroyed GPU instance ID\s+(\d+) from GPU\s+(\d+)$")
-_FAIL = re.compile(r"^(?:Unable to|Failed to) .*: ([A-Za-z][A-Za-z ]+)$")
+_DCI = re.compile(r"(?a)^Successfully destroyed compute instance ID\s+(\d+) from GPU\s+(\d+) GPU instance ID\s+(\d+)$")
+_DGI = re.compile(r"(?a)^Successfully destroyed GPU instance ID\s+(\d+) from GPU\s+(\d+)$")
+_FAIL = re.compile(r"(?a)^(?:Unable to|Failed to) .*: ([A-Za-z][A-Za-z ]+)$")
 # "No compute instances found: Not Found" (R510, tests/fixtures/nvidia-smi-mig-lci_error_no-compute-
 # instances-not-found_r510_hpe.txt): what the tool says when there is no instance to act on.
-_NONE = re.compile(r"^No (?:compute|GPU) instances found: ([A-Za-z][A-Za-z ]+)$")
+_NONE = re.compile(r"(?a)^No (?:compute|GPU) instances found: ([A-Za-z][A-Za-z ]+)$")
 
 NO_MIG = "No MIG-enabled devices found."
 
@@ -124,7 +127,7 @@ NO_MIG = "No MIG-enabled devices found."
 # No index, ID, count or slot the tool prints has more than a few digits. A longer run is garbage,
 # and int() refuses one past 4300 digits with a bare ValueError that names no line.
 _MAX_DIGITS = 9
-_GIB = re.compile(r"^\d{1,6}(?:\.\d{1,6})?$")
+_GIB = re.compile(r"(?a)^\d{1,6}(?:\.\d{1,6})?$")
 
 
 def _num(s: str, ln: str, what: str) -> int:
@@ -156,11 +159,19 @@ def _row(pattern: re.Pattern[str], ln: str, what: str) -> re.Match[str] | None:
 
 
 def _table(text: str, title: str, what: str) -> list[str]:
+    """The lines of a table titled `title` (inside its border: "| GPU instances: |"); an error line
+    that merely says the words ("Failed to display GPU instances: ...") is no table."""
     _check_common(text, what)
     lines = _lines(text)
-    if not any(title in ln for ln in lines):
+    if not any(ln.startswith("|") and ln[1:].lstrip().startswith(title) for ln in lines):
         raise NvsmiError(f"{what}: unexpected output (no '{title}' table): {text.strip()[:200]!r}")
     return lines
+
+
+def _rows_found(rows: list[Any], text: str, what: str) -> None:
+    """A table with no rows is output cut short: with none the tool says "No ... found" instead."""
+    if not rows:
+        raise NvsmiError(f"{what}: a table without rows (output cut short?): {text.strip()[:200]!r}")
 
 
 def parse_lgi(text: str) -> list[GiRow]:
@@ -173,6 +184,7 @@ def parse_lgi(text: str) -> list[GiRow]:
         if m:
             gpu, pid, gi, start, size = _nums(m, what, 1, 3, 4, 5, 6)
             rows.append(GiRow(gpu, m[2], pid, gi, start, size))
+    _rows_found(rows, text, what)
     return rows
 
 
@@ -188,6 +200,7 @@ def parse_lci(text: str) -> list[CiRow]:
             start = _num(m[6], ln, what) if m[6] is not None else None
             size = _num(m[7], ln, what) if m[7] is not None else None
             rows.append(CiRow(gpu, gi, m[3], pid, ci, start, size))
+    _rows_found(rows, text, what)
     return rows
 
 
@@ -261,7 +274,7 @@ def parse_query_gpus(text: str) -> list[GpuQuery]:
     out = []
     for ln in _lines(text):
         parts = [p.strip() for p in ln.split(",")]
-        if len(parts) < 3 or not parts[0].isdecimal() or not parts[-1]:
+        if len(parts) < 3 or not (parts[0].isascii() and parts[0].isdigit()) or not parts[-1]:
             raise NvsmiError(f"nvidia-smi --query-gpu: unexpected line {ln[:120]!r}")
         out.append(GpuQuery(_num(parts[0], ln, "nvidia-smi --query-gpu"), ", ".join(parts[1:-1]), parts[-1]))
     return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Any
 
 from controller.config_files import read_mqtt_password
+from schema.jsontext import ascii_digits
 
 if TYPE_CHECKING:
     from controller.config import Config
@@ -204,7 +205,7 @@ def build(args: argparse.Namespace) -> Setup:
         from replay.simulator import SimulatedHost
 
         scenario = load_scenario(args.simulate)
-        which: str | int = int(args.sim_host) if args.sim_host.isdecimal() else args.sim_host
+        which: str | int = int(args.sim_host) if ascii_digits(args.sim_host) else args.sim_host
         try:
             host: Any = SimulatedHost(scenario, host=which, speed=args.speed)
         except (ValueError, IndexError):

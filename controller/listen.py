@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from schema.jsontext import ascii_digits
+
 
 def split_listen(listen: str) -> tuple[str, int]:
     """('127.0.0.1', 9433) from '127.0.0.1:9433'; ('::1', 9433) from '[::1]:9433'. ValueError if bad."""
@@ -16,7 +18,7 @@ def split_listen(listen: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise ValueError("an IPv6 address needs brackets: [ADDR]:PORT, e.g. [::1]:9433")
-    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
+    if not sep or not host or not ascii_digits(port) or not 0 < int(port) < 65536:
         raise ValueError("must be HOST:PORT with a port 1-65535, e.g. 127.0.0.1:9433")
     return host, int(port)
 

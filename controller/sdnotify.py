@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import socket
 
+from schema.jsontext import ascii_digits
+
 
 class Notifier:
     def __init__(self, address: str | None = None) -> None:
@@ -23,7 +25,7 @@ class Notifier:
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         ours = not pid or pid == str(os.getpid())
-        self.watchdog_s: float | None = int(usec) / 1e6 if usec.isdecimal() and int(usec) > 0 and ours else None
+        self.watchdog_s: float | None = int(usec) / 1e6 if ascii_digits(usec) and int(usec) > 0 and ours else None
 
     @property
     def enabled(self) -> bool:

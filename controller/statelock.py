@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import IO
 
+from schema.jsontext import ascii_digits
+
 log = logging.getLogger("tailguard")
 LOCK_NAME = "tailguard.lock"
 _HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # flock's "another holds it"
@@ -83,5 +85,5 @@ def _pid_in(fh: IO[str]) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         fh.seek(0)
         pid = fh.read(32).strip()
-        return int(pid) if pid.isdecimal() else None
+        return int(pid) if ascii_digits(pid) and len(pid) < 12 else None
     return None

@@ -27,7 +27,7 @@ from controller.signals.base import ParseError
 from fsm.mig import MODELS
 from fsm.topology import HOST_ID, Node, NodeKind, Tier, Topology
 from schema.files import read_small_text
-from schema.jsontext import text_lines
+from schema.jsontext import ascii_digits, text_lines
 
 # -- cpulists --------------------------------------------------------------------------------
 # ASCII digits of at most 6 (\d took "١", and int() of 5,000 digits raised its own ValueError)
@@ -71,7 +71,7 @@ def format_cpulist(cpus: Iterable[int]) -> str:
 
 # -- nvidia-smi topo -m ----------------------------------------------------------------------
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_REL = re.compile(r"^(X|SYS|NODE|PHB|PXB|PIX|SOC|NV\d+)$")
+_REL = re.compile(r"^(X|SYS|NODE|PHB|PXB|PIX|SOC|NV[0-9]+)$")
 _DEVNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _AFFINITY_COLS = ("CPU Affinity", "NUMA Affinity", "GPU NUMA ID")
 RELATION_TIER = {
@@ -197,7 +197,7 @@ def _cpus_cell(v: str | None, source: str, n: int) -> str | None:
 def _int_cell(v: str | None, source: str, n: int, what: str) -> int | None:
     if v is None or v == "N/A":
         return None
-    if not v.isdecimal() or len(v) > 6:
+    if not ascii_digits(v) or len(v) > 6:
         raise ParseError(source, n, f"{what}: expected a number or N/A, got {v[:20]!r}")
     return int(v)
 
@@ -340,7 +340,7 @@ def link_bps(speed: str | None, width: str | None) -> float | None:
         return None
     m = _GT_S.match(speed)
     # x1 to x32; thousands of digits would make int() raise a bare ValueError
-    if not m or not width.strip().isdecimal() or len(width.strip()) > 3:
+    if not m or not ascii_digits(width.strip()) or len(width.strip()) > 3:
         return None
     gts, lanes = float(m.group(1)), int(width.strip())
     if gts <= 0 or lanes <= 0:

@@ -35,6 +35,7 @@ from controller.signals.base import ParseError
 from controller.topology import link_bps
 from fsm.mig import MODELS
 from fsm.topology import HOST_ID, Node, NodeKind, Topology
+from schema.jsontext import ascii_digits
 
 MAX_BYTES = 4 << 20  # real files are a few KiB; refuse anything that is clearly not one
 # Bridges below one root port: a few switch levels in real hosts. The walk recurses once per
@@ -43,7 +44,7 @@ MAX_PCI_DEPTH = 64
 _BUSID = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 _CLASS = re.compile(r"^0x[0-9a-fA-F]{6}$")
 _MASK_WORD = re.compile(r"^[0-9a-fA-F]{1,8}$")
-_INT = re.compile(r"^-?\d{1,6}$")
+_INT = re.compile(r"^-?[0-9]{1,6}$")
 _HEX_ID = re.compile(r"^0x[0-9a-fA-F]{1,4}$")
 # Start tags in document order (what ElementTree.iter() yields), skipping comments, CDATA, PIs.
 _TOKEN = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>|<([A-Za-z_][\w:.-]*)", re.S)
@@ -116,7 +117,7 @@ class _Parser:
         if not mask:
             return ()
         off_raw = (el.get("affinity_offset") or "0").strip()
-        if not off_raw.isdecimal() or len(off_raw) > 6:
+        if not ascii_digits(off_raw) or len(off_raw) > 6:
             raise self.fail(el, f"<cpu affinity_offset={off_raw[:20]!r}>: not a number")
         words = mask.split(",")
         if len(words) > 256 or not all(_MASK_WORD.match(w) for w in words):

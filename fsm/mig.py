@@ -112,7 +112,7 @@ class GpuModel:
                 text = ref.strip()
                 if text.startswith("MIG "):
                     text = text[4:]
-                if text == p.name or (text.isdecimal() and int(text) == p.lgip_id):
+                if text == p.name or (text.isascii() and text.isdigit() and int(text) == p.lgip_id):
                     return p
         return None
 

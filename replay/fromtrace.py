@@ -67,7 +67,7 @@ def _median(xs: Iterable[float]) -> float | None:
 
 
 def _slices(profile: str) -> int:
-    return int(profile.split("g", 1)[0]) if profile[:1].isdecimal() else 1
+    return int(profile.split("g", 1)[0]) if profile[:1].isascii() and profile[:1].isdigit() else 1
 
 
 def estimate(header: TraceHeader, observations: list[Observation], slice_exponent: float = 1.0) -> Rebuilt:

@@ -44,11 +44,17 @@ U64_MAX = (1 << 64) - 1
 U64_PATTERN = "[0-9]{1,19}"
 
 
+def ascii_digits(tok: str) -> bool:
+    """Only 0-9, at least one. str.isdecimal() also takes other scripts' digits ("١", "０"), which
+    int() reads as numbers: what another program printed as a number never has them."""
+    return tok.isascii() and tok.isdigit()
+
+
 def kernel_u64(tok: str) -> int | None:
     """A number the kernel printed as a u64 (a counter, a limit): ASCII decimal digits up to
     U64_MAX, else None. int() would take "-5", "١" and "1_0", and raise a bare ValueError past
     4,300 digits."""
-    if not (tok.isascii() and tok.isdigit()) or len(tok) > 20:
+    if not ascii_digits(tok) or len(tok) > 20:
         return None
     v = int(tok)
     return v if v <= U64_MAX else None

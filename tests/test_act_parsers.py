@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.fixture_paths import FIXTURES
@@ -214,3 +216,24 @@ def test_launcher_inputs_validated(tmp_path: Path) -> None:
                                 str(out), "{tenant}", "$(id)", "{uuid}", "{instance}"])  # fmt: skip
     asyncio.run(launcher.launch("t 1", InstanceRef("gpu0", "3g.20gb", 4), "MIG-1234-abcd"))
     assert out.read_text() == "t 1|$(id)|MIG-1234-abcd|gpu0/3g.20gb@4"
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "says"),
+    [
+        (nvsmi.parse_lgi, "Failed to display GPU instances: Insufficient Permissions\n", "no 'GPU instances:' table"),
+        (nvsmi.parse_lgi, (FIXTURES / "nvidia-smi-mig-lgi_a100-40gb_7x1g.5gb.txt").read_text().split("|====")[0],
+         "a table without rows (output cut short?)"),
+        (nvsmi.parse_list, "GPU \u0661: NVIDIA A100-SXM4-40GB (UUID: GPU-5e0ae6a3-4a4c-4a13-b5e6-1d9b2a8f4c11)\n",
+         "unexpected line"),
+        (nvsmi.parse_query_gpus, "\u0661, NVIDIA A100-PCIE-40GB, 555.42.06\n", "unexpected line"),
+        (nvsmi.parse_query_gpus, "\uff10, NVIDIA A100-PCIE-40GB, 555.42.06\n", "unexpected line"),
+    ],
+    ids=["error-line-as-title", "header-only", "list-arabic-indic-index", "query-arabic-indic", "query-full-width"],
+)  # fmt: skip
+def test_outputs_that_read_as_no_instances_or_another_gpu(parse: Any, text: str, says: str) -> None:
+    """Found by fuzzing: an error line saying "GPU instances:" was taken for the table's title and
+    its rows for none (every slot free), a table cut after its header for no instances, and other
+    scripts' digits for GPU numbers."""
+    with pytest.raises(nvsmi.NvsmiError, match=re.escape(says)):
+        parse(text)

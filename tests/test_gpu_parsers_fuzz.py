@@ -632,7 +632,7 @@ def prom_mutate(rng: random.Random, text: str) -> str:
 @pytest.mark.parametrize(
     ("labels", "says"),
     [
-        (f'gpu="{HUGE}"', "DCGM_FI_PROF_DRAM_ACTIVE: 'gpu' label 999999999999... is not a GPU index"),
+        (f'gpu="{HUGE}"', "DCGM_FI_PROF_DRAM_ACTIVE: 'gpu' label '999999999999' is not a GPU index"),
         (f'gpu="0",GPU_I_ID="{HUGE}"', "GPU_I_ID '99999999999999999999' is not a number"),
     ],
     ids=["gpu", "gpu-instance"],

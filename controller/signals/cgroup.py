@@ -19,7 +19,7 @@ from typing import Literal, NamedTuple
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import IoRate
-from schema.jsontext import U64_PATTERN, fields, shown, text_lines
+from schema.jsontext import U64_PATTERN, ascii_digits, fields, shown, text_lines
 
 _DEV = re.compile(r"^[0-9]+:[0-9]+$")
 
@@ -86,9 +86,9 @@ def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int
         f = fields(line)
         if not f:
             continue
-        if f[0] == "Total" and len(f) == 2 and f[1].isdecimal():
+        if f[0] == "Total" and len(f) == 2 and ascii_digits(f[1]):
             continue
-        if len(f) != 3 or not _DEV.match(f[0]) or not f[2].isdecimal():
+        if len(f) != 3 or not _DEV.match(f[0]) or not ascii_digits(f[2]):
             raise ParseError(source, n, f"expected 'MAJ:MIN OP N', got {line.strip()[:80]!r}")
         if f[1] not in ("Read", "Write", "Sync", "Async", "Discard", "Total"):
             raise ParseError(source, n, f"unknown operation {f[1][:20]!r}")

@@ -22,7 +22,7 @@ from schema.jsontext import U64_PATTERN, fields, shown, text_lines
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
 _SKIP_BLOCK = ("loop", "ram", "zram", "fd", "sr")
 # partitions would count their disk's traffic twice (sysfs marks them with a `partition` file)
-_PARTITION = re.compile(r"^(nvme\d+n\d+p\d+|(sd|vd|xvd|hd)[a-z]+\d+|mmcblk\d+p\d+)$")
+_PARTITION = re.compile(r"(?a)^(nvme\d+n\d+p\d+|(sd|vd|xvd|hd)[a-z]+\d+|mmcblk\d+p\d+)$")
 
 
 # Documentation/admin-guide/iostats.rst: the fields after major, minor and name (11 before 4.18,
@@ -152,6 +152,8 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
     for i, rest in slow:
         f = fields(rest)  # the counts, then the IRQ's chip and name
         # ERR/MIS (x86) carry one global number, not one per CPU: such lines are not per-CPU load
+        # (isdecimal(), not ASCII digits: a count in other digits is a per-CPU line that counter()
+        # refuses by name, not a line to pass over)
         if len(f) >= n and all(x.isdecimal() for x in f[:n]):
             for k in range(n):
                 totals[k] += counter(f[k], source, i, f"CPU{cpus[k]} count")

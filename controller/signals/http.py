@@ -23,6 +23,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from schema.jsontext import ascii_digits
+
 MAX_BODY = 32 * 1024 * 1024  # a scrape larger than this is a misconfiguration, not data
 MAX_HEADERS = 100
 
@@ -140,7 +142,7 @@ async def _request(url: str, u: urllib.parse.SplitResult, conn: _Conn, key: tupl
         status = raw_status.decode("latin-1").rstrip("\r\n")
         proto, _, rest = status.partition(" ")
         code_text, _, reason = rest.partition(" ")
-        if not proto.startswith("HTTP/") or not code_text.isdecimal():
+        if not proto.startswith("HTTP/") or not ascii_digits(code_text):
             raise FetchError(f"{url}: not an HTTP response: {status[:60]!r}")
         headers: dict[str, str] = {}
         for _ in range(MAX_HEADERS):
@@ -156,7 +158,7 @@ async def _request(url: str, u: urllib.parse.SplitResult, conn: _Conn, key: tupl
             body = await _chunked(reader, url)
         elif "content-length" in headers:
             length_text = headers["content-length"]
-            if not length_text.isdecimal() or int(length_text) > MAX_BODY:
+            if not ascii_digits(length_text) or int(length_text) > MAX_BODY:
                 raise FetchError(f"{url}: bad or too large Content-Length {length_text[:20]!r}")
             body = await reader.readexactly(int(length_text))
         else:

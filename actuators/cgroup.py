@@ -82,6 +82,7 @@ def _bps(v: str, source: str, n: int, key: str) -> int:
 
 def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:
     out: dict[str, Caps] = {}
+    seen: set[str] = set()
     for n, line in enumerate(text_lines(text), 1):
         parts = fields(line)
         if not parts:
@@ -90,6 +91,9 @@ def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:
         # read as no cap, or as the cap of a "device" that is no MAJ:MIN
         if not _MAJMIN.fullmatch(parts[0]) or len(parts) < 2 or not all("=" in p for p in parts[1:]):
             raise ValueError(f"{source}: line {n}: expected 'MAJ:MIN key=value ...', got {shown(line.strip())}")
+        if parts[0] in seen:  # one line a device: "8:0 rbps=1" then "8:0 rbps=max" hid the read cap
+            raise ValueError(f"{source}: line {n}: device {parts[0]} twice")
+        seen.add(parts[0])
         kv: dict[str, int | None] = {}
         for p in parts[1:]:
             key, v = p.split("=", 1)
@@ -107,6 +111,7 @@ def _parse_v2(text: str, source: str = "io.max") -> dict[str, Caps]:
 def _parse_v1(read_text: str, write_text: str, sources: tuple[str, str] = ("read", "write")) -> dict[str, Caps]:
     def table(text: str, source: str) -> dict[str, int]:
         t: dict[str, int] = {}
+        seen: set[str] = set()
         for n, line in enumerate(text_lines(text), 1):
             parts = fields(line)
             if not parts:
@@ -115,6 +120,9 @@ def _parse_v1(read_text: str, write_text: str, sources: tuple[str, str] = ("read
             # look absent (a write's read-back a mismatch, a cap in force unseen)
             if len(parts) != 2 or not _MAJMIN.fullmatch(parts[0]):
                 raise ValueError(f"{source}: line {n}: expected 'MAJ:MIN bytes/s', got {shown(line.strip())}")
+            if parts[0] in seen:  # the kernel keeps one rule a device
+                raise ValueError(f"{source}: line {n}: device {parts[0]} twice")
+            seen.add(parts[0])
             if (v := _bps(parts[1], source, n, parts[0])) > 0:  # 0: no rule (writing it lifts one)
                 t[parts[0]] = v
         return t

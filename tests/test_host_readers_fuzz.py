@@ -25,6 +25,7 @@ import pytest
 from fakes.topo_sysfs import build_dgx_a100, build_p4d
 from test_sig_host import DISKSTATS, INTERRUPTS, NETDEV, fake_proc
 
+from actuators import cgroup as cgroup_act
 from actuators.blockdev import DeviceError, resolve
 from actuators.cgroup import Caps, CgroupError, CgroupIO
 from actuators.mps import MpsError
@@ -807,3 +808,24 @@ def test_cgroup_procs_fuzz(tmp_path: Path) -> None:
             assert len(str(e)) < 400
 
     loop(600, 17, one)
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "says"),
+    [
+        (lambda t: parse_io_stat(t, "io.stat"), "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n" * 2,
+         "io.stat: line 2: device 8:0 twice"),
+        (lambda t: parse_blkio_v1(t, "blkio"), "8:0 Read 5\n8:0 Write 6\n8:0 Read 7\nTotal 18\n",
+         "blkio: line 3: 8:0 Read twice"),
+        (lambda t: cgroup_act._parse_v2(t),
+         "8:0 rbps=1 wbps=max riops=max wiops=max\n8:0 rbps=max wbps=5 riops=max wiops=max\n",
+         "io.max: line 2: device 8:0 twice"),
+        (lambda t: cgroup_act._parse_v1(t, ""), "8:0 100\n8:0 0\n", "read: line 2: device 8:0 twice"),
+    ],
+    ids=["io.stat", "blkio-v1", "io.max", "v1-limits"],
+)  # fmt: skip
+def test_a_device_given_twice_is_an_error_not_the_last_line(parse: Any, text: str, says: str) -> None:
+    """Found by fuzzing: the last line of a device won (an io.max read-back of "rbps=1" then
+    "rbps=max" hid the read cap). The kernel writes one line (one rule) a device."""
+    with pytest.raises((ParseError, ValueError), match=re.escape(says)):
+        parse(text)

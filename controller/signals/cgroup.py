@@ -49,7 +49,9 @@ def parse_io_stat(text: str, source: str = "io.stat") -> dict[str, IoCounters]:
     fast = _IO_STAT_LINE.findall(text)
     # the kernel writes one "\n"-terminated line per device; anything else takes the careful path
     if len(fast) == text.count("\n") and (not text or text[-1] == "\n"):
-        return {d: IoCounters(int(a), int(b), int(c), int(e)) for d, a, b, c, e in fast}
+        out = {d: IoCounters(int(a), int(b), int(c), int(e)) for d, a, b, c, e in fast}
+        if len(out) == len(fast):  # a device given twice: the careful path names its line
+            return out
     return _parse_io_stat_lines(text, source)
 
 
@@ -61,6 +63,8 @@ def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
             continue
         if not _DEV.match(f[0]):
             raise ParseError(source, n, f"expected MAJ:MIN first, got {f[0][:40]!r}")
+        if f[0] in out:  # the kernel writes one line per device: which of the two is it?
+            raise ParseError(source, n, f"device {f[0][:40]} twice")
         kv: dict[str, int] = {}
         seen: set[str] = set()
         for tok in f[1:]:
@@ -82,6 +86,7 @@ def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
 def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int]]:
     """MAJ:MIN -> (Read, Write) from a blkio.throttle.* file."""
     out: dict[str, list[int]] = {}
+    seen: set[tuple[str, str]] = set()
     for n, line in enumerate(text_lines(text), 1):
         f = fields(line)
         if not f:
@@ -93,6 +98,9 @@ def parse_blkio_v1(text: str, source: str = "blkio") -> dict[str, tuple[int, int
         if f[1] not in ("Read", "Write", "Sync", "Async", "Discard", "Total"):
             raise ParseError(source, n, f"unknown operation {f[1][:20]!r}")
         v = counter(f[2], source, n, f[1])
+        if (f[0], f[1]) in seen:
+            raise ParseError(source, n, f"{f[0][:40]} {f[1]} twice")
+        seen.add((f[0], f[1]))
         rw = out.setdefault(f[0], [0, 0])
         if f[1] == "Read":
             rw[0] = v

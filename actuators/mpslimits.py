@@ -15,7 +15,7 @@ from actuators.mps import MpsControl, MpsError
 from actuators.paths import PathError, confine
 from fsm.desired import DesiredState, MpsLimit
 from schema.files import read_small_text
-from schema.jsontext import fields, finite_float, shown, text_lines
+from schema.jsontext import ascii_digits, fields, finite_float, shown, text_lines
 
 
 class MpsLimits:
@@ -41,7 +41,7 @@ class MpsLimits:
         pids: set[int] = set()
         for n, line in enumerate(text_lines(text), 1):
             for x in fields(line):
-                if not (x.isascii() and x.isdigit()) or len(x) > 10:
+                if not ascii_digits(x) or len(x) > 10:
                     raise MpsError(f"tenant {tenant}: {procs_file}: line {n}: not a process id: {shown(x)}")
                 pids.add(int(x))
         for server in await self.ctl.servers():

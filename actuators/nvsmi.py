@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actuators.proc import Result, ToolError, run
+from schema.jsontext import ascii_digits
 
 
 class NvsmiError(Exception):
@@ -274,7 +275,7 @@ def parse_query_gpus(text: str) -> list[GpuQuery]:
     out = []
     for ln in _lines(text):
         parts = [p.strip() for p in ln.split(",")]
-        if len(parts) < 3 or not (parts[0].isascii() and parts[0].isdigit()) or not parts[-1]:
+        if len(parts) < 3 or not ascii_digits(parts[0]) or not parts[-1]:
             raise NvsmiError(f"nvidia-smi --query-gpu: unexpected line {ln[:120]!r}")
         out.append(GpuQuery(_num(parts[0], ln, "nvidia-smi --query-gpu"), ", ".join(parts[1:-1]), parts[-1]))
     return out

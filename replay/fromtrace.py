@@ -29,6 +29,7 @@ from fsm.observation import Observation
 from fsm.spec import HostSpec, Policy, Role
 from fsm.topology import NodeKind, Topology
 from replay.trace import TraceHeader, read_trace
+from schema.jsontext import ascii_digits
 
 ON_FRACTION = 0.05  # a tenant moving more than this share of its typical rate is "on"
 MIN_QUIET_TICKS = 5  # the service time: a median over at least this many quiet ticks
@@ -67,7 +68,7 @@ def _median(xs: Iterable[float]) -> float | None:
 
 
 def _slices(profile: str) -> int:
-    return int(profile.split("g", 1)[0]) if profile[:1].isascii() and profile[:1].isdigit() else 1
+    return int(profile.split("g", 1)[0]) if ascii_digits(profile[:1]) else 1
 
 
 def estimate(header: TraceHeader, observations: list[Observation], slice_exponent: float = 1.0) -> Rebuilt:

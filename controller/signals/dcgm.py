@@ -20,7 +20,7 @@ from controller.signals.http import FetchError, fetch_text
 from controller.signals.latency import Fetch
 from controller.signals.promtext import parse_samples
 from controller.signals.rates import CounterRates
-from schema.jsontext import text_lines
+from schema.jsontext import ascii_digits, text_lines
 
 SM_ACTIVE = "DCGM_FI_PROF_SM_ACTIVE"
 DRAM_ACTIVE = "DCGM_FI_PROF_DRAM_ACTIVE"
@@ -202,7 +202,7 @@ def _bps(v: float | None) -> float | None:
 def _index(text: str) -> int | None:
     """A GPU or GPU instance index as the exporter writes it: ASCII digits, no leading zero (int()
     also takes "00" and other scripts' digits, and "00" beside "0" was one GPU twice)."""
-    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_DIGITS or text != str(int(text)):
+    if not ascii_digits(text) or len(text) > _MAX_DIGITS or text != str(int(text)):
         return None
     return int(text)
 

@@ -17,7 +17,7 @@ import numpy as np
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
 from controller.signals.rates import CounterRates
 from fsm.observation import HostSample
-from schema.jsontext import U64_PATTERN, fields, shown, text_lines
+from schema.jsontext import U64_PATTERN, ascii_digits, fields, shown, text_lines
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
 _SKIP_BLOCK = ("loop", "ram", "zram", "fd", "sr")
@@ -49,7 +49,7 @@ def _counters(tokens: list[str], names: tuple[str, ...], source: str, n: int) ->
     is not: the readers use two of them, but a line with garbage in the others is no kernel line
     and its two may be garbage too. One join and two C checks for the usual all-digits line."""
     joined = "".join(tokens)
-    if joined.isascii() and joined.isdigit() and max(map(len, tokens), default=0) < 20:
+    if ascii_digits(joined) and max(map(len, tokens), default=0) < 20:
         return  # under 20 digits: below 10**19 < 2**64
     for i, tok in enumerate(tokens):
         counter(tok, source, n, names[i] if i < len(names) else f"field {i + 1}")
@@ -80,7 +80,7 @@ def _parse_diskstats_lines(text: str, source: str) -> dict[str, tuple[int, int]]
             continue
         if len(f) < 14:
             raise ParseError(source, n, f"expected at least 14 fields, got {len(f)}")
-        if not (f[0].isascii() and f[0].isdigit() and f[1].isascii() and f[1].isdigit()):
+        if not (ascii_digits(f[0]) and ascii_digits(f[1])):
             raise ParseError(source, n, f"expected major and minor numbers first, got {shown(f[0])} {shown(f[1])}")
         _counters(f[3:], _DISK_FIELDS, source, n)
         out[f[2]] = (int(f[5]) * SECTOR, int(f[9]) * SECTOR)
@@ -118,7 +118,7 @@ def parse_interrupts(text: str, source: str = "/proc/interrupts") -> dict[int, i
     cpus = []
     for tok in fields(lines[0]):
         # ASCII and short: isdecimal() took "CPU١" and 5,000 digits, which int() refused bare
-        if not tok.startswith("CPU") or not (tok[3:].isascii() and tok[3:].isdigit()) or len(tok) > 9:
+        if not tok.startswith("CPU") or not ascii_digits(tok[3:]) or len(tok) > 9:
             raise ParseError(source, 1, f"expected a header of CPUn columns, got {shown(tok)}")
         cpus.append(int(tok[3:]))
     n = len(cpus)

@@ -203,15 +203,16 @@ def histograms_from_samples(
     count: float | None = None
     found = False
     seen: dict[tuple[str, frozenset[tuple[str, str]], float], float] = {}
+    bucket_name, count_name = metric + "_bucket", metric + "_count"
     for s in samples:
         if any(s.labels.get(k) != v for k, v in match.items()):
             continue
-        if s.name not in (metric + "_bucket", metric + "_count"):
+        if s.name != bucket_name and s.name != count_name:
             continue
         if not (math.isfinite(s.value) and 0.0 <= s.value <= MAX_COUNT):
             raise ParseError(source, s.line, f"{s.name}: {s.value!r} is no count of requests (finite, >= 0)")
         le = math.nan
-        if s.name == metric + "_bucket":
+        if s.name == bucket_name:
             le_text = s.labels.get("le")
             if le_text is None:
                 raise ParseError(source, s.line, f"{metric}_bucket sample without an 'le' label")
@@ -230,7 +231,7 @@ def histograms_from_samples(
                 source, s.line, f"{s.name}: one series given twice, {before:g} and {s.value:g} (le {le:g})"
             )
         seen[key] = s.value
-        if s.name == metric + "_bucket":
+        if s.name == bucket_name:
             buckets[le] = buckets.get(le, 0.0) + s.value
         else:
             count = (count or 0.0) + s.value

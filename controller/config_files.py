@@ -44,9 +44,12 @@ def read_mqtt_password(path: str) -> str:
     strerror, when it cannot be read or is not UTF-8 text: `run`, `doctor` and `check-config` say
     the same thing."""
     try:
-        return read_small_text(path).strip()
+        text = read_small_text(path).strip()
     except UnicodeDecodeError as e:
         raise OSError(errno.EINVAL, f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+    if not text:  # a file truncated or never filled: the broker would be sent an empty password
+        raise OSError(errno.EINVAL, "empty: no password in it", path)
+    return text
 
 
 def _ca_problem(key: str, path: str) -> Problem | None:

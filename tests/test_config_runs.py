@@ -75,6 +75,11 @@ def test_an_mqtt_password_file_that_is_not_text_is_refused_by_check_config_run_a
         check_loaded(cfg, "c.toml")
     pw.write_text("secret\n")
     assert read_mqtt_password(str(pw)) == "secret"
+    pw.write_text(" \n")  # found by fuzzing: accepted, and the broker sent an empty password
+    with pytest.raises(
+        ConfigError, match=r"exporters\.mqtt\.password_file: password file .*: empty: no password in it"
+    ):
+        check_loaded(cfg, "c.toml")
 
 
 def test_a_ca_file_that_is_not_pem_is_refused(tmp_path: Path) -> None:

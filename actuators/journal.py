@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schema.files import read_small_bytes
 from schema.jsontext import loads_json
 
 log = logging.getLogger("tailguard.journal")
@@ -47,6 +48,11 @@ class JournalError(Exception):
     def __init__(self, message: str, code: str = "EIO") -> None:
         super().__init__(message)
         self.code = code  # errno name (ENOSPC, EROFS, EACCES, ...), what the metrics count by
+
+
+# The most of one journal file read: it rotates at max_bytes (4 MiB by default), a snapshot and an
+# append may pass that; 256 MiB is none that rotation left.
+MAX_FILE_BYTES = 256 << 20
 
 
 @dataclass(slots=True)
@@ -90,6 +96,7 @@ class Journal:
         self.keep = keep
         self.snapshot = snapshot  # called on rotation and reopen: the state to carry into the new file
         self.stats = JournalStats()
+        self.unreadable: list[str] = []  # files that exist and could not be read (recovery reports them)
         self._seq = 0
         self._fd: int | None = None
         self._torn = False  # a torn tail could not be cut: the next record starts with a newline
@@ -277,7 +284,14 @@ class Journal:
         return newer
 
     def _read(self, f: Path) -> list[Located]:
-        recs, skipped = read_file(f)
+        try:
+            recs, skipped = read_file(f)
+        except OSError as e:  # the other files are still read; recovery reports this one
+            why = f"journal {f}: cannot read: {e.strerror or type(e).__name__}"
+            log.warning("%s", why)
+            if why not in self.unreadable:
+                self.unreadable.append(why)
+            return []
         self.stats.skipped_lines_total += len(skipped)
         for where in skipped[:5]:
             log.warning("journal %s: skipped an undecodable line (torn or garbage)", where)
@@ -294,13 +308,20 @@ def _version(rec: dict[str, Any]) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
-def read_file(f: Path) -> tuple[list[Located], list[str]]:
-    """(records, where the undecodable lines were) of one journal file; a file that cannot be read
-    yields nothing. Version 0 records (no "v") read like version 1."""
+def file_bytes(f: Path) -> bytes:
+    """A journal file's bytes: b"" when it does not exist; OSError when it cannot be read, or is no
+    regular file (a FIFO there blocked the daemon's start for good), or holds more than
+    MAX_FILE_BYTES (a link to /dev/zero took memory without bound)."""
     try:
-        data = f.read_bytes()
-    except OSError:
-        return [], []
+        return read_small_bytes(f, MAX_FILE_BYTES)
+    except FileNotFoundError:
+        return b""
+
+
+def read_file(f: Path) -> tuple[list[Located], list[str]]:
+    """(records, where the undecodable lines were) of one journal file; OSError when it cannot be
+    read (file_bytes). Version 0 records (no "v") read like version 1."""
+    data = file_bytes(f)
     out: list[Located] = []
     skipped: list[str] = []
     for i, raw in enumerate(data.split(b"\n"), 1):

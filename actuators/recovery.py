@@ -20,7 +20,7 @@ from typing import Any
 
 from actuators.cgroup import Caps
 from actuators.hands import Hands, OwnedCap
-from actuators.journal import JournalError
+from actuators.journal import JournalError, file_bytes
 from actuators.miglayouts import MigLayouts
 from actuators.moves import Moves
 from actuators.mpslimits import MpsLimits
@@ -176,11 +176,28 @@ def _warm(r: Any, what: str) -> dict[str, Any]:
     return r
 
 
+# What the journal writes: kind -> (phases, actions; empty: no action field). Anything else is a
+# damaged record, skipped and reported (Recovery.replay).
+WRITTEN: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "throttle": (frozenset({"intent", "done", "failed", "renew"}), frozenset({"set", "lift"})),
+    "mps": (frozenset({"intent", "done"}), frozenset({"set", "lift"})),
+    "mig": (frozenset({"intent", "step", "done", "failed"}), frozenset()),
+    "move": (frozenset({"intent", "switched", "done", "failed"}), frozenset()),
+    "snapshot": (frozenset(), frozenset()),
+    "recovery": (frozenset(), frozenset()),
+}
+# A snapshot's books (Reconciler.snapshot): any other key is a damaged one, whose books are unknown.
+SNAPSHOT_KEYS = frozenset({"throttles", "placements", "mps", "warm_moves", "mig_open", "outages"})
+
+
 def _snapshot(rec: dict[str, Any]) -> tuple[dict[tuple[str, str], OwnedCap], dict[str, InstanceRef | None],
                                           dict[str, tuple[int, float]], dict[str, dict[str, Any]],
                                           dict[str, dict[str, Any]]]:  # fmt: skip
     """A snapshot record's books (caps, placements, MPS limits, warm moves, open MIG changes)."""
     st = _obj(rec.get("state"), "state")
+    odd = sorted(set(st) - SNAPSHOT_KEYS)
+    if odd:  # "throttlds" for "throttles": its caps would read as none owned
+        raise BadRecord(f"state has unknown key(s) {', '.join(map(repr, odd))}")
     owned = dict(_owned_cap(t, "state.throttles", i) for i, t in
                  enumerate(_list(st.get("throttles", []), "state.throttles")))  # fmt: skip
     places = {t: _ref(r, f"state.placements.{t}")
@@ -219,9 +236,20 @@ class Recovery:
 
     def replay(self, rec: dict[str, Any]) -> None:
         """Apply one journal record to the levers' books; BadRecord (nothing applied) when its
-        shape is wrong."""
+        shape is wrong, or its kind, phase or action is none the journal writes: a bit flipped in
+        "intent" or "throttle" read as a record of nothing, and the cap or limit it carried was no
+        longer owned, never lifted, and not reported either."""
         h, th, mps, mig, mv = self.h, self.throttles, self.mps, self.layouts, self.moves
         kind, phase = rec.get("kind"), rec.get("phase")
+        known = WRITTEN.get(kind) if isinstance(kind, str) else None
+        if known is None:
+            raise BadRecord(f"unknown kind {kind!r}")
+        if kind != "snapshot" and kind != "recovery":
+            phases, actions = known
+            if phase not in phases:
+                raise BadRecord(f"unknown phase {phase!r} of a {kind} record")
+            if actions and rec.get("action") not in actions:
+                raise BadRecord(f"unknown action {rec.get('action')!r} of a {kind} record")
         if kind == "snapshot":
             owned, places, owned_mps, warm, mig_open = _snapshot(rec)
             th.owned = owned
@@ -284,9 +312,9 @@ class Recovery:
             self._places = {}
             for f in self.h.journal.files():
                 try:
-                    lines = f.read_bytes().split(b"\n")
+                    lines = file_bytes(f).split(b"\n")
                 except OSError:
-                    continue
+                    continue  # said once already, by the journal's read
                 for i, raw in enumerate(lines, 1):
                     try:
                         key = json.dumps(loads_json(raw), sort_keys=True)
@@ -306,6 +334,7 @@ class Recovery:
             log.exception("recovery: cannot read the journal")
             summary["errors"].append(f"journal {h.journal.path}: cannot read: {e}")
             records = []
+        summary["errors"] += h.journal.unreadable  # a file that could not be read, the rest recovered
         for rec in records:
             try:
                 self.replay(rec)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from typing import Any
@@ -34,7 +35,22 @@ OUTAGES_KEPT = 10  # recent measured outages kept per tenant
 
 
 def _outage(r: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": str(r["kind"]), "seconds": float(r["seconds"]), "wall": float(r["wall"])}
+    return {"kind": str(r["kind"]), "seconds": _seconds(r["seconds"]), "wall": _seconds(r["wall"])}
+
+
+def _seconds(v: Any) -> float:
+    """A measured outage or a wall time from the journal: a finite number >= 0 (ValueError else).
+    NaN or -5 s went to the outage metrics and the decision core's measured outage; a 401-digit
+    integer made recovery raise."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"{v!r} is not a number of seconds")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ValueError("a number of seconds past a float's range") from None
+    if not (math.isfinite(f) and f >= 0.0):
+        raise ValueError(f"{f!r} is not a number of seconds")
+    return f
 
 
 class Moves:
@@ -67,8 +83,8 @@ class Moves:
                     self.outages = {str(t): deque(map(_outage, recs), maxlen=OUTAGES_KEPT) for t, recs in saved.items()}
                 elif rec.get("kind") == "move" and rec.get("phase") == "done" and "outage_s" in rec:
                     q = self.outages.setdefault(str(rec["tenant"]), deque(maxlen=OUTAGES_KEPT))
-                    q.append({"kind": str(rec.get("outage_kind", "move")), "seconds": float(rec["outage_s"]),
-                              "wall": float(rec["t"])})  # fmt: skip
+                    q.append({"kind": str(rec.get("outage_kind", "move")), "seconds": _seconds(rec["outage_s"]),
+                              "wall": _seconds(rec["t"])})  # fmt: skip
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
 

@@ -75,8 +75,9 @@ def _rate(v: Any, what: str) -> int | None:
 
 
 def _pid(v: Any, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise BadRecord(f"{what} is {v!r}, not a PID")
+    # Linux's pid_max is at most 2^22 (PID_MAX_LIMIT): a larger number is no process of this host
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 1 << 22:
+        raise BadRecord(f"{what} is {shown(v)}, not a PID")
     return v
 
 

@@ -99,3 +99,28 @@ def test_a_fifo_at_the_journal_path_is_refused_not_waited_on(tmp_path: Path) -> 
     summary = asyncio.run(asyncio.wait_for(r.recover(), 10))
     r.journal.close()
     assert f"journal {tmp_path}/state/journal.jsonl: cannot read: a FIFO, not a regular file" in summary["errors"]
+
+
+@pytest.mark.parametrize("outage", [float("nan"), -5.0, 10**401], ids=["nan", "negative", "past-float"])
+def test_a_measured_outage_that_is_no_number_of_seconds_is_passed_over(tmp_path: Path, outage: Any) -> None:
+    """Was: NaN and -5 s taken as measured outages (the outage metrics, the decision core's price of
+    a move); a 401-digit integer made recovery raise OverflowError, and the host stayed degraded."""
+    r = _host(tmp_path)
+    done = {"v": 1, "t": NOW - 10, "seq": 2, "kind": "move", "phase": "done", "tenant": "etl",
+            "at": "gpu0/1g.5gb@0", "outage_s": outage, "outage_kind": "restart"}  # fmt: skip
+    text = json.dumps(_snapshot()) + "\n" + json.dumps(done) + "\n"
+    (tmp_path / "state" / "journal.jsonl").write_text(text)
+    summary = asyncio.run(r.recover())
+    r.journal.close()
+    assert summary["errors"] == [] and not any(r.moves.outages.values())
+
+
+def test_an_mps_pid_no_process_can_have_is_skipped(tmp_path: Path) -> None:
+    """Was: a 401-digit pid booked as the MPS server's, to be sent to mps-control at expiry."""
+    r = _host(tmp_path)
+    rec = {"v": 1, "t": NOW - 30, "seq": 2, "kind": "mps", "phase": "intent", "action": "set", "tenant": "etl",
+           "pid": 10**400, "expires_at": NOW + 60}  # fmt: skip
+    (tmp_path / "state" / "journal.jsonl").write_text(json.dumps(_snapshot()) + "\n" + json.dumps(rec) + "\n")
+    summary = asyncio.run(r.recover())
+    r.journal.close()
+    assert summary["skipped"] == 1 and "not a PID" in summary["skipped_records"][0] and r.mps.owned == {}

@@ -74,8 +74,12 @@ def value_problem(name: str, v: Any) -> str | None:
     if rng is None or v is None or isinstance(v, bool) or not isinstance(v, int | float):
         return None
     lo, lo_x, hi, hi_x = rng
-    if not math.isfinite(v):
-        return f"must be a finite number (got {v!r})"
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int past a float's range (JSON's have no bound): 10**400 raised here
+        finite = False
+    if not finite:
+        return f"must be a finite number (got {str(v)[:20]}{'...' if len(str(v)) > 20 else ''})"
     if lo is not None and (v <= lo if lo_x else v < lo):
         return f"must be {'>' if lo_x else '>='} {lo:g} (got {v!r})"
     if hi is not None and (v >= hi if hi_x else v > hi):

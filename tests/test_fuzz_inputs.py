@@ -385,3 +385,18 @@ def test_status_url_that_is_no_url(capsys: pytest.CaptureFixture[str]) -> None:
     """Was: ValueError 'Invalid IPv6 URL' from urllib, a traceback."""
     assert main(["status", "--url", "http://[::1/"]) == 1
     assert "tailguard status: http://[::1/: not a URL (Invalid IPv6 URL)" in capsys.readouterr().err
+
+
+def test_trace_header_policy_number_past_a_float(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: OverflowError from math.isfinite(10**400) in the policy's range check, a traceback."""
+    import json
+
+    src = Path(__file__).parent / "data" / "trace-v1_example-spec_5-ticks.jsonl"
+    lines = src.read_text().splitlines(keepends=True)
+    head = json.loads(lines[0])
+    head["spec"]["policy"]["mps_guard_percent"] = 10**400
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps(head) + "\n" + "".join(lines[1:]))
+    assert main(["replay", "--shadow", str(f), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}:1: bad spec: header.spec.policy.mps_guard_percent: must be a finite number (got 1000000" in err

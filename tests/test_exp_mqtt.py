@@ -180,3 +180,21 @@ def test_broker_restart_loses_at_most_the_bounded_queue_and_the_loop_keeps_ticki
     assert len(missing) <= bridge.stats.dropped_total + 1, (len(missing), bridge.stats.dropped_total)
     assert len(missing) >= bridge.stats.dropped_total - 1  # a dropped message never arrives (+1 in flight)
     assert max(got) == max(produced)  # the newest events made it
+
+
+@pytest.mark.parametrize("payload", [b"\x1cenforce\x1f", b"\xc2\xa0enforce", b"enforce\xe2\x80\x83", b"\xc2\x85pause"])
+def test_a_control_verb_wrapped_in_other_spaces_is_not_acted_on(payload: bytes) -> None:
+    """Found by fuzzing: str.strip() took \\x1c-\\x1f, U+0085 and the Unicode spaces as whitespace, so
+    each of these reached the handler as a plain verb. Only ASCII space, tab and line ends go."""
+    seen: list[str] = []
+
+    def control(cmd: str) -> str:
+        if cmd not in ("enforce", "pause"):
+            raise ValueError(f"unknown command {cmd!r}")
+        seen.append(cmd)
+        return cmd
+
+    bridge = MqttBridge(MqttOptions(url="mqtt://127.0.0.1:1", host_name="h1"), on_control=control)
+    bridge._control(payload)
+    bridge._control(b" enforce\r\n")
+    assert seen == ["enforce"] and bridge.stats.malformed_total.get("control") == 1

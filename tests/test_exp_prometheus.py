@@ -418,3 +418,43 @@ def test_the_recorded_rule_tests_can_fail(stack: Stack, tmp_path: Path) -> None:
     checks[1]["exp_samples"][0]["labels"] = f'{{instance="{stack.dry}"}}'  # the wrong host down
     p = _promtool(tests, tmp_path)
     assert p.returncode != 0 and "FAILED" in p.stdout + p.stderr
+
+
+def test_half_sent_requests_are_dropped_and_a_client_gone_is_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by fuzzing: each half-sent request held a server thread for good, and each client that
+    hung up before the answer printed a BrokenPipeError traceback to stderr."""
+    import socket
+    import threading
+    import time
+
+    from controller.exporters import prometheus
+    from controller.exporters.prometheus import DaemonCollector, MetricsServer, make_registry
+    from controller.exporters.snapshot import Snapshot
+
+    monkeypatch.setattr(prometheus, "REQUEST_TIMEOUT_S", 0.3)
+    snap = Snapshot(host="t", started_wall=time.time(), period_s=1.0)
+    before = threading.active_count()
+    srv = MetricsServer(make_registry(DaemonCollector(lambda: snap)), "127.0.0.1", 0)
+    try:
+        socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(20)]
+        for s in socks:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")  # never finished
+        deadline = time.monotonic() + 10
+        while threading.active_count() > before + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() <= before + 1  # only the server's own thread is left
+        for s in socks:
+            s.close()
+        for _ in range(5):  # ask, then hang up before the answer
+            with socket.create_connection(("127.0.0.1", srv.port)) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:  # and it still answers
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert s.recv(12).startswith(b"HTTP/1.0 200")
+    finally:
+        srv.close()
+    assert "Traceback" not in capsys.readouterr().err

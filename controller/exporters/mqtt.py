@@ -315,7 +315,9 @@ class MqttBridge:
         self.stats.ingested_samples_total += len(samples)
 
     def _control(self, payload: bytes) -> None:
-        cmd = payload.decode("utf-8", "replace").strip()
+        # ASCII whitespace only: str.strip() also takes \x1c-\x1f, U+0085 and the Unicode spaces,
+        # so "\x1cenforce\x1f" was acted on as "enforce"
+        cmd = payload.decode("utf-8", "replace").strip(" \t\r\n")
         try:
             if self.on_control is None:
                 raise ValueError("no control handler")

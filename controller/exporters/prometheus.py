@@ -9,8 +9,10 @@ default: the metrics say which tenant is throttled and why, not something to pub
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from controller.exporters.snapshot import LEVEL_NUMBER, Snapshot
+
+log = logging.getLogger("tailguard.metrics")
 
 
 def _version() -> str:
@@ -296,6 +300,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+REQUEST_TIMEOUT_S = 10.0
+
+
 class MetricsServer:
     """A small HTTP server on its own thread: `/metrics` (the registry, rendered at scrape time)
     and, when given, `/status` (the daemon's status JSON, what `tailguard status --url` reads).
@@ -309,7 +316,7 @@ class MetricsServer:
         status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         handler = _handler(registry, status)
-        server_cls = _V6Server if ":" in addr else ThreadingHTTPServer
+        server_cls = _V6Server if ":" in addr else _Server
         self.httpd = server_cls((addr, port), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="tailguard-http", daemon=True)
         self.thread.start()
@@ -322,12 +329,25 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
-class _V6Server(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (or timed out) is no error worth a traceback on stderr, which is
+        where socketserver put one for each; anything else goes to the daemon's log."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        log.warning("metrics server: a request from %s failed", client_address, exc_info=True)
+
+
+class _V6Server(_Server):
     address_family = socket.AF_INET6
 
 
 def _handler(registry: CollectorRegistry, status: Callable[[], dict[str, Any]] | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # A request not sent whole within this many seconds is dropped: each half-sent one held a
+        # thread for good (200 of them, 200 threads, after 5 s and still there).
+        timeout = REQUEST_TIMEOUT_S
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

@@ -127,9 +127,13 @@ def decode(tp: Any, data: Any, path: str = "") -> Any:
         if isinstance(data, bool) or not isinstance(data, int | float):
             raise DecodeError(path, f"expected a number, got {data!r}")
         try:
-            return float(data)
+            f = float(data)
         except OverflowError:  # an integer beyond a double's range (JSON's integers are unbounded)
             raise DecodeError(path, f"a number out of range ({len(str(data))} digits)") from None
+        if f != f or f in (math.inf, -math.inf):  # encode() writes null for these: a file with
+            # NaN or Infinity in it was not written by it (a NaN time disabled every comparison)
+            raise DecodeError(path, f"{f!r} is no finite number")
+        return f
     if tp is str:
         if not isinstance(data, str):
             raise DecodeError(path, f"expected a string, got {data!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,9 @@ from fsm.evidence import SloEvidence
 from fsm.mig import Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Level
+
+# A MIG profile's name as nvidia-smi prints it: 3g.20gb, 1g.10gb+me (the +gfx, +me.all kind too)
+_PROFILE = re.compile(r"[0-9]{1,2}g\.[0-9]{1,4}gb(?:\+[a-z.]{1,16})?")
 
 STATE_VERSION = 1
 
@@ -172,7 +176,16 @@ class ControllerState:
             raise ValueError(
                 f"controller state: unsupported version {data.get('version') if isinstance(data, dict) else None!r}"
             )
-        return decode_as(ControllerState, data)
+        state = decode_as(ControllerState, data)
+        for gpu, layout in state.layouts.items():
+            # decoded field by field, not through Slot.parse: a start of -5 or a profile "../../x"
+            # was resumed and sent on as the desired layout on every tick
+            for slot in layout:
+                if not _PROFILE.fullmatch(slot.profile) or not 0 <= slot.start < 8:
+                    raise ValueError(f"controller state: layouts.{gpu}: {slot.profile}@{slot.start} is no MIG slot")
+            if len(set(layout)) != len(layout):
+                raise ValueError(f"controller state: layouts.{gpu}: a slot twice")
+        return state
 
     def tenant(self, name: str) -> TenantCtl:
         ctl = self.tenants.get(name)

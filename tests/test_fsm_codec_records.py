@@ -4,13 +4,15 @@ hints, with errors that name the path."""
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
+import re
+from typing import Any, NamedTuple
 
 import pytest
 
 from fsm.codec import DecodeError, decode, encode
 from fsm.mig import Slot
 from fsm.observation import GpuSample
+from fsm.state import ControllerState
 
 
 class _Pair(NamedTuple):
@@ -39,3 +41,22 @@ def test_named_tuple_defaults_and_errors_name_the_path() -> None:
         decode(Slot, {"start": 0, "profile": "1g.5gb", "gi": 3})
     with pytest.raises(DecodeError, match="expected an object for Slot, got list"):
         decode(Slot, [0, "1g.5gb"])  # a plain list is not taken for the record
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"last_t": float("nan")}, "last_t: matches none of float | None: last_t: nan is no finite number"),
+        ({"layouts": {"gpu0": [{"start": -5, "profile": "../../x"}]}}, "layouts.gpu0: ../../x@-5 is no MIG slot"),
+        ({"layouts": {"gpu0": [{"start": 0, "profile": "7g.80gb"}] * 2}}, "layouts.gpu0: a slot twice"),
+    ],
+    ids=["nan-time", "slot-path", "slot-twice"],
+)
+def test_a_state_file_encode_never_writes_is_refused(change: dict[str, Any], says: str) -> None:
+    """Found by fuzzing state.json: NaN or Infinity (encode() writes null for them; a NaN time
+    disabled every comparison) and a layout no MIG GPU has (resumed, and sent on as the desired
+    layout on every tick) were taken; the daemon starts from a clean state instead, saying why."""
+    data = json.loads(ControllerState().to_json())
+    data.update(change)
+    with pytest.raises(ValueError, match=re.escape(says)):
+        ControllerState.from_json(json.dumps(data))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from typing import Any
@@ -28,6 +27,7 @@ from actuators.launcher import LaunchError, SystemdLauncher
 from actuators.nvsmi import NvsmiError
 from fsm.desired import DesiredState
 from fsm.observation import InstanceRef
+from schema.jsontext import finite_float, shown
 
 log = logging.getLogger("tailguard.actuators")
 
@@ -42,14 +42,9 @@ def _seconds(v: Any) -> float:
     """A measured outage or a wall time from the journal: a finite number >= 0 (ValueError else).
     NaN or -5 s went to the outage metrics and the decision core's measured outage; a 401-digit
     integer made recovery raise."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ValueError(f"{v!r} is not a number of seconds")
-    try:
-        f = float(v)
-    except OverflowError:
-        raise ValueError("a number of seconds past a float's range") from None
-    if not (math.isfinite(f) and f >= 0.0):
-        raise ValueError(f"{f!r} is not a number of seconds")
+    f = finite_float(v)
+    if f is None or f < 0.0:
+        raise ValueError(f"{shown(v)} is not a number of seconds")
     return f
 
 

@@ -9,11 +9,11 @@ import controller/, hence the table.
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 from typing import Any
 
 from fsm.spec import Policy
+from schema.jsontext import finite_float, shown
 
 DAY = 86400
 # name -> (low, low excluded, high, high excluded); None: unbounded on that side.
@@ -74,12 +74,8 @@ def value_problem(name: str, v: Any) -> str | None:
     if rng is None or v is None or isinstance(v, bool) or not isinstance(v, int | float):
         return None
     lo, lo_x, hi, hi_x = rng
-    try:
-        finite = math.isfinite(v)
-    except OverflowError:  # an int past a float's range (JSON's have no bound): 10**400 raised here
-        finite = False
-    if not finite:
-        return f"must be a finite number (got {str(v)[:20]}{'...' if len(str(v)) > 20 else ''})"
+    if finite_float(v) is None:  # NaN, an infinity, or an int past a float's range (10**400 raised here)
+        return f"must be a finite number (got {shown(v)})"
     if lo is not None and (v <= lo if lo_x else v < lo):
         return f"must be {'>' if lo_x else '>='} {lo:g} (got {v!r})"
     if hi is not None and (v >= hi if hi_x else v > hi):

@@ -124,3 +124,36 @@ def test_an_mps_pid_no_process_can_have_is_skipped(tmp_path: Path) -> None:
     summary = asyncio.run(r.recover())
     r.journal.close()
     assert summary["skipped"] == 1 and "not a PID" in summary["skipped_records"][0] and r.mps.owned == {}
+
+
+def test_every_record_the_actuators_write_is_one_recovery_knows() -> None:
+    """recovery.WRITTEN lists the kinds, phases and actions the journal holds; a record of any
+    other is skipped as damaged. A writer that adds a phase without it would have its intents
+    skipped after a crash: every literal kind, phase and action given to journal.append or jot in
+    actuators/ must be in the list."""
+    import ast
+
+    from actuators.recovery import WRITTEN
+
+    root = Path(__file__).resolve().parents[1] / "actuators"
+    seen = 0
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr not in ("append", "jot") or not node.args:
+                continue
+            kind = node.args[0]
+            if not (isinstance(kind, ast.Constant) and kind.value in WRITTEN):
+                continue
+            phases, actions = WRITTEN[kind.value]
+            for kw in node.keywords:
+                # a literal, or either literal of `"done" if ok else "failed"`
+                v = kw.value
+                values = [v] if isinstance(v, ast.Constant) else [v.body, v.orelse] if isinstance(v, ast.IfExp) else []
+                for c in values:
+                    if isinstance(c, ast.Constant) and kw.arg in ("phase", "action"):
+                        allowed = phases if kw.arg == "phase" else actions
+                        assert c.value in allowed, f"{f.name}:{node.lineno}: {kw.arg} {c.value!r}"
+            seen += 1
+    assert seen >= 25  # the writers were found (throttles, mps, mig, moves, salvage, recovery)

@@ -245,8 +245,8 @@ class Recovery:
         known = WRITTEN.get(kind) if isinstance(kind, str) else None
         if known is None:
             raise BadRecord(f"unknown kind {kind!r}")
-        if kind != "snapshot" and kind != "recovery":
-            phases, actions = known
+        phases, actions = known
+        if phases:  # (a snapshot or a recovery summary has no phase)
             if phase not in phases:
                 raise BadRecord(f"unknown phase {phase!r} of a {kind} record")
             if actions and phase != "renew" and rec.get("action") not in actions:  # (a renewal's is not read)

@@ -130,7 +130,7 @@ def decode(tp: Any, data: Any, path: str = "") -> Any:
             f = float(data)
         except OverflowError:  # an integer beyond a double's range (JSON's integers are unbounded)
             raise DecodeError(path, f"a number out of range ({len(str(data))} digits)") from None
-        if f != f or f in (math.inf, -math.inf):  # encode() writes null for these: a file with
+        if not math.isfinite(f):  # encode() writes null for NaN and the infinities: a file with
             # NaN or Infinity in it was not written by it (a NaN time disabled every comparison)
             raise DecodeError(path, f"{f!r} is no finite number")
         return f

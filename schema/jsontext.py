@@ -2,7 +2,9 @@
 the parser cannot hold is a JSONDecodeError like any other malformed document, never another
 exception the reader did not expect. Two such inputs are valid JSON: an integer of more than 4,300
 digits (Python's limit on int-string conversion, sys.get_int_max_str_digits) raises ValueError,
-and arrays or objects nested a few thousand deep exhaust the recursion (RecursionError)."""
+and arrays or objects nested a few thousand deep exhaust the recursion (RecursionError). And
+json.loads takes bytes in UTF-16 or UTF-32 (it guesses the encoding of bytes), which no writer of
+ours sends: bytes are UTF-8 here or refused."""
 
 from __future__ import annotations
 
@@ -14,7 +16,26 @@ from typing import Any
 from schema.problems import short_text
 
 
+class JsonTextError(json.JSONDecodeError):
+    """A document refused for what it is, not where the parser stopped: it has no position, and its
+    message is only what was wrong (a JSONDecodeError, so every reader's except takes it)."""
+
+    def __init__(self, msg: str) -> None:
+        ValueError.__init__(self, msg)
+        self.msg, self.doc, self.pos, self.lineno, self.colno = msg, "", 0, 1, 1
+
+    def __reduce__(self) -> tuple[type[JsonTextError], tuple[str]]:  # JSONDecodeError's takes three
+        return type(self), (self.msg,)
+
+
 def loads_json(text: str | bytes) -> Any:
+    """`text` parsed; bytes are UTF-8 or refused, JsonTextError (json.loads guessed UTF-16 and
+    UTF-32 too, and let lone surrogates through)."""
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise JsonTextError(f"not UTF-8 text: {e.reason} at byte {e.start}") from None
     try:
         return json.loads(text)
     except RecursionError:

@@ -257,3 +257,29 @@ def test_jsonl_line_without_end_is_dropped_not_buffered(tmp_path: Path) -> None:
         f.write(b'\n{"latency_s": 0.4}\n')
     samples, bad = s.read_new()
     assert samples == [0.4] and bad == [f"{p}: line 6: longer than 100 bytes, skipped"]
+
+
+def test_jsonl_line_not_in_utf8_is_a_bad_line(tmp_path: Path) -> None:
+    """Found by fuzzing: json.loads(bytes) guesses UTF-16 and UTF-32 (by a BOM, or by where the zero
+    bytes are) and lets UTF-8-coded surrogates through, so such lines were read as latencies. A
+    line is UTF-8 or it is malformed, named with its number like any other."""
+    p = tmp_path / "x.jsonl"
+    line = '{"latency_s": 0.5}'
+    p.write_bytes(
+        b'{"latency_s": 0.1}\n'
+        + line.encode("utf-16") + b"\n"  # with a BOM
+        + line.encode("utf-16-le") + b"\n"  # without: the zero bytes gave it away
+        + line.encode("utf-32") + b"\n"
+        + b'{"latency_s": 0.5, "id": "\xed\xa0\x80"}\n'  # a lone surrogate, UTF-8-coded
+        + b'{"latency_s": 0.2}\n'
+    )  # fmt: skip
+    s = JsonlLatencySampler("t", str(p))
+    s._seen_missing = True  # the file appeared after the start: read from its first line
+    samples, bad = s.read_new()
+    assert samples == [0.1, 0.2]
+    assert bad == [
+        f"{p}: line 2: not JSON (not UTF-8 text: invalid start byte at byte 0)",
+        f"{p}: line 3: not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
+        f"{p}: line 4: not JSON (not UTF-8 text: invalid start byte at byte 0)",
+        f"{p}: line 5: not JSON (not UTF-8 text: invalid continuation byte at byte 26)",
+    ]

@@ -294,7 +294,7 @@ class Journal:
             return []
         self.stats.skipped_lines_total += len(skipped)
         for where in skipped[:5]:
-            log.warning("journal %s: skipped an undecodable line (torn or garbage)", where)
+            log.warning("journal %s; the line is skipped", where)
         newer = sum(1 for r in recs if _version(r.rec) > SCHEMA_VERSION)
         if newer:
             self.stats.newer_records_total += newer
@@ -319,8 +319,8 @@ def file_bytes(f: Path) -> bytes:
 
 
 def read_file(f: Path) -> tuple[list[Located], list[str]]:
-    """(records, where the undecodable lines were) of one journal file; OSError when it cannot be
-    read (file_bytes). Version 0 records (no "v") read like version 1."""
+    """(records, where the undecodable lines were and why: "file:line: why") of one journal file;
+    OSError when it cannot be read (file_bytes). Version 0 records (no "v") read like version 1."""
     data = file_bytes(f)
     out: list[Located] = []
     skipped: list[str] = []
@@ -329,13 +329,13 @@ def read_file(f: Path) -> tuple[list[Located], list[str]]:
             continue
         try:
             rec = loads_json(raw)
-        except ValueError:
-            skipped.append(f"{f}:{i}")
+        except json.JSONDecodeError as e:  # torn, garbage, or refused whole (a key given twice)
+            skipped.append(f"{f}:{i}: not JSON: {e.msg}")
             continue
         if isinstance(rec, dict) and isinstance(rec.get("kind"), str):
             out.append(Located(f"{f}:{i}", rec))
         else:
-            skipped.append(f"{f}:{i}")
+            skipped.append(f"{f}:{i}: no record (an object with a kind)")
     return out, skipped
 
 

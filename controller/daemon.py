@@ -45,6 +45,7 @@ from fsm.observation import LatencyWindow, Observation, TenantSample
 from fsm.spec import HostSpec, Role
 from fsm.state import ControllerState
 from schema.files import read_small_text
+from schema.jsontext import loads_json
 
 log = logging.getLogger("tailguard.daemon")
 
@@ -564,7 +565,8 @@ class Daemon:
         if p is None or not p.exists():
             return
         try:
-            self.state = ControllerState.from_json(read_small_text(p))
+            # loads_json, not from_json's json.loads: a key given twice is refused, not its last value read
+            self.state = ControllerState.from_data(loads_json(read_small_text(p)))
             # Reconfigurations the state remembers (the rolling-hour budget) were counted by the
             # previous process: counted again, every restart looked like a reconfiguration storm.
             self._reconfig_last = max(self.state.reconfigs, default=-math.inf)

@@ -168,10 +168,20 @@ class ControllerState:
 
     @staticmethod
     def from_json(text: str) -> ControllerState:
+        """The state in `text` as json.loads reads it: a round trip of to_json. A state file is read
+        by the daemon with schema.jsontext.loads_json, which refuses what json.loads takes and
+        to_json never writes (a key given twice), then given to from_data (the core imports no
+        parser of the shell's)."""
         try:
             data: Any = json.loads(text)
         except RecursionError:  # valid JSON nested too deeply for the parser: as malformed
             raise ValueError("controller state: arrays or objects nested too deeply") from None
+        return ControllerState.from_data(data)
+
+    @staticmethod
+    def from_data(data: Any) -> ControllerState:
+        """The state in a parsed JSON document; ValueError naming the field for one to_json never
+        writes (and DecodeError, a ValueError, for one that does not fit the types)."""
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
             raise ValueError(
                 f"controller state: unsupported version {data.get('version') if isinstance(data, dict) else None!r}"

@@ -37,7 +37,7 @@ from fsm.observation import Observation
 from fsm.spec import HostSpec
 from replay.policy_ranges import policy_problems
 from schema.files import STREAM_ERRORS, open_text
-from schema.jsontext import loads_json
+from schema.jsontext import JsonTextError, loads_json
 
 SCHEMA = "tailguard.trace/2"
 SCHEMA_V1 = "tailguard.trace/1"
@@ -299,6 +299,8 @@ def _observations(
                 continue
             try:
                 data = loads_json(line)
+            except JsonTextError as e:  # a whole line refused for what it says (a key twice): no column
+                raise TraceError(file, f"not JSON: {e.msg}", lineno) from None
             except json.JSONDecodeError as e:
                 if torn or (line.lstrip().startswith("{") and _cut_short(line, e)):
                     # The writer died mid-line (a restart starts on a fresh line): skipped, reported.

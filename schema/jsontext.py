@@ -2,9 +2,9 @@
 the parser cannot hold is a JSONDecodeError like any other malformed document, never another
 exception the reader did not expect. Two such inputs are valid JSON: an integer of more than 4,300
 digits (Python's limit on int-string conversion, sys.get_int_max_str_digits) raises ValueError,
-and arrays or objects nested a few thousand deep exhaust the recursion (RecursionError). And
-json.loads takes bytes in UTF-16 or UTF-32 (it guesses the encoding of bytes), which no writer of
-ours sends: bytes are UTF-8 here or refused."""
+and arrays or objects nested a few thousand deep exhaust the recursion (RecursionError). Two more
+are documents json.loads takes and no writer of ours would send: bytes in UTF-16 or UTF-32 (it
+guesses the encoding of bytes) and an object with a key given twice (the last value wins)."""
 
 from __future__ import annotations
 
@@ -28,16 +28,35 @@ class JsonTextError(json.JSONDecodeError):
         return type(self), (self.msg,)
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object_pairs_hook: the object as a dict, or JsonTextError naming a key given twice.
+    Only an object whose dict came out shorter than its pairs is searched, so a good one costs
+    one dict() and a length compared (json.loads alone builds the dict too)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JsonTextError(f"key {shown(key)} given twice in one object")
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)
+
+
 def loads_json(text: str | bytes) -> Any:
-    """`text` parsed; bytes are UTF-8 or refused, JsonTextError (json.loads guessed UTF-16 and
-    UTF-32 too, and let lone surrogates through)."""
+    """`text` parsed; bytes are UTF-8 or refused (json.loads guessed UTF-16 and UTF-32 too, and let
+    lone surrogates through), and a key given twice in an object is refused (JsonTextError)."""
     if isinstance(text, bytes | bytearray):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise JsonTextError(f"not UTF-8 text: {e.reason} at byte {e.start}") from None
+    if text.startswith("\ufeff"):  # as json.loads refuses it (the decoder's decode() does not check)
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
-        return json.loads(text)
+        return _DECODER.decode(text)
     except RecursionError:
         raise json.JSONDecodeError("arrays or objects nested too deeply", "", 0) from None
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from actuators.journal import Journal, read_file
 from actuators.reconciler import Reconciler, TenantActuation
 
 NOW = 1_700_000_000.0
@@ -74,6 +76,24 @@ def test_a_record_of_no_kind_the_journal_writes_is_reported_not_read_as_nothing(
     assert summary["skipped"] == 1 and summary["errors"] == []
     (listed,) = summary["skipped_records"]
     assert listed.startswith(f"{tmp_path}/state/journal.jsonl:") and says in listed, listed
+
+
+def test_a_record_with_a_key_twice_is_skipped_naming_the_key_and_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by fuzzing: the last of the two values was read (here no write cap, not 20 MB/s). Now
+    the line is skipped like a torn one, counted, and logged with its file, line and key."""
+    f = tmp_path / "journal.jsonl"
+    cap = json.dumps({"v": 1, "t": NOW - 50, "seq": 2, "kind": "throttle", "phase": "intent", "action": "set", **CAP})
+    f.write_text(
+        json.dumps(_snapshot()) + "\n" + cap.replace('"wbps": 20000000', '"wbps": 20000000, "wbps": null') + "\n"
+    )
+    assert read_file(f)[1] == [f"{f}:2: not JSON: key 'wbps' given twice in one object"]
+    j = Journal(f)
+    with caplog.at_level(logging.WARNING, logger="tailguard.journal"):
+        assert [r["kind"] for r in j.records()] == ["snapshot"]
+    assert j.stats.skipped_lines_total == 1
+    assert f"journal {f}:2: not JSON: key 'wbps' given twice in one object; the line is skipped" in caplog.text
 
 
 def test_a_journal_file_that_cannot_be_read_is_reported_and_the_rest_recovered(tmp_path: Path) -> None:

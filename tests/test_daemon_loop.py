@@ -100,6 +100,21 @@ def test_decisions_flow_to_the_host_and_the_status_file(tmp_path: Path) -> None:
     assert d2.state == saved
 
 
+def test_a_state_file_with_a_key_twice_is_not_resumed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by fuzzing state.json: the last of the two values was resumed. to_json never writes a
+    key twice: the daemon starts from a clean state, saying which key and which file."""
+    text = ControllerState(seq=7).to_json()
+    assert text.count('"seq":7') == 1
+    p = tmp_path / "state.json"
+    p.write_text(text.replace('"seq":7', '"seq":7,"seq":900'))
+    with caplog.at_level("WARNING", logger="tailguard.daemon"):
+        d = Daemon(ToyHost(), DaemonOptions(period_s=0.005, max_ticks=1, state_dir=str(tmp_path)))
+    assert d.state == ControllerState()
+    assert f"{p}: cannot resume (key 'seq' given twice in one object); starting from a clean state" in caplog.text
+    p.write_text(text)
+    assert Daemon(ToyHost(), DaemonOptions(period_s=0.005, max_ticks=1, state_dir=str(tmp_path))).state.seq == 7
+
+
 def test_stale_status_is_reported(tmp_path: Path) -> None:
     d = Daemon(ToyHost(), DaemonOptions(period_s=0.01, max_ticks=2, state_dir=str(tmp_path)))
     run(d)

@@ -15,7 +15,7 @@ import pytest
 from fakes.daemon_fakes import Mosquitto, ToyHost
 
 from controller.daemon import Daemon, DaemonOptions
-from controller.exporters.mqtt import MqttBridge, MqttOptions, parse_latency
+from controller.exporters.mqtt import MqttBridge, MqttOptions, parse_latency, parse_pushed
 from fsm.decide import Decision, decide
 from fsm.desired import DecisionEvent
 from fsm.observation import Observation
@@ -46,6 +46,20 @@ def test_parse_latency_accepts_the_documented_forms_and_names_problems() -> None
     ]:
         with pytest.raises(ValueError, match=msg):
             parse_latency(bad)
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (b'{"latency_s": [0.01], "latency_s": [9.5]}', "not JSON: key 'latency_s' given twice in one object"),
+        (b'{"count": 5, "over_slo": 0, "over_slo": 5}', "not JSON: key 'over_slo' given twice in one object"),
+    ],
+    ids=["samples", "counts"],
+)
+def test_a_pushed_payload_with_a_key_twice_is_malformed(payload: bytes, says: str) -> None:
+    """Found by fuzzing: the last value was ingested (9.5 s, or all five requests over the SLO)."""
+    with pytest.raises(ValueError, match=f"^{says}$"):
+        parse_pushed(payload)
 
 
 async def _until(cond: object, timeout: float = 10.0) -> None:

@@ -129,6 +129,24 @@ def test_trace_bad_line_names_file_and_line(tmp_path: Path) -> None:
         read_trace(p)
 
 
+def test_trace_line_with_a_key_twice_names_file_line_and_key(tmp_path: Path) -> None:
+    """Found by fuzzing: the last of the two values was replayed. Refused whole, it has no column."""
+    p = tmp_path / "t.jsonl"
+    with TraceWriter(p, "h", example_spec()) as w:
+        for o in list(synthetic_stream(n=3)):
+            w.write(o)
+    lines = p.read_text().splitlines(keepends=True)
+    assert lines[2].startswith('{"kind":"obs",')
+    lines[2] = '{"kind":"obs",' + lines[2][1:]
+    p.write_text("".join(lines))
+    with pytest.raises(TraceError, match=r"t\.jsonl:3: not JSON: key 'kind' given twice in one object$"):
+        list(read_trace(p)[1])
+    assert lines[0].startswith("{")
+    p.write_text('{"host":"x",' + lines[0][1:])
+    with pytest.raises(TraceError, match=r"t\.jsonl:1: header is not JSON: key 'host' given twice in one object$"):
+        read_trace(p)
+
+
 def _scenario_text() -> str:
     return (SCENARIO_DIR / "paper-p4d.toml").read_text()
 

@@ -70,10 +70,24 @@ def test_azure_with_a_byte_order_mark(tmp_path: Path) -> None:
         ("m.jsonl", MOONCAKE.replace('"input_length": 672, ', ""), ":2: no 'input_length'"),
         ("m.jsonl", MOONCAKE.replace('{"timestamp": 27482', '{"timestamp": 27482,'), ":4: bad line"),
         ("m.jsonl", MOONCAKE + "[1, 2]\n", ":5: bad line: not a JSON object"),
+        (
+            "m.jsonl",
+            MOONCAKE.replace('"output_length": 26,', '"output_length": 26, "output_length": 9,'),
+            ":2: bad line: key 'output_length' given twice in one object",
+        ),
         ("x.csv", "time,tokens\n1,2\n", ":1: not a request trace this reads"),
         ("e.csv", "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n", ": no requests"),
     ],
-    ids=["negative-tokens", "nan-time", "mooncake-key", "mooncake-json", "mooncake-array", "unknown", "empty"],
+    ids=[
+        "negative-tokens",
+        "nan-time",
+        "mooncake-key",
+        "mooncake-json",
+        "mooncake-array",
+        "mooncake-key-twice",
+        "unknown",
+        "empty",
+    ],
 )
 def test_a_bad_line_is_named(tmp_path: Path, name: str, text: str, says: str) -> None:
     path = _trace(tmp_path, name, text)

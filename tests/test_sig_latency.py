@@ -283,3 +283,20 @@ def test_jsonl_line_not_in_utf8_is_a_bad_line(tmp_path: Path) -> None:
         f"{p}: line 4: not JSON (not UTF-8 text: invalid start byte at byte 0)",
         f"{p}: line 5: not JSON (not UTF-8 text: invalid continuation byte at byte 26)",
     ]
+
+
+def test_jsonl_line_with_a_key_twice_is_a_bad_line(tmp_path: Path) -> None:
+    """Found by fuzzing: the last of two values was read (10 s here, a violation out of nothing)."""
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(
+        b'{"latency_s": 0.1}\n{"latency_s": 0.1, "latency_s": 10}\n{"latency_s": 0.2, "m": {"a": 1, "a": 1}}\n'
+    )
+    s = JsonlLatencySampler("t", str(p))
+    s._seen_missing = True
+    assert s.read_new() == (
+        [0.1],
+        [
+            f"{p}: line 2: not JSON (key 'latency_s' given twice in one object)",
+            f"{p}: line 3: not JSON (key 'a' given twice in one object)",
+        ],
+    )

@@ -137,6 +137,15 @@ def _num(s: str, ln: str, what: str) -> int:
     return int(s)
 
 
+def _index_once(index: int, seen: set[int], ln: str, what: str) -> None:
+    """A GPU's index not `seen` before (then added to it): the tool lists each GPU once. Twice, both
+    were read, and a lookup by index took the first (its name for the GPU model, its MIG devices for
+    a move's UUID)."""
+    if index in seen:
+        raise NvsmiError(f"{what}: GPU {index} listed twice, again in line {ln[:120]!r}")
+    seen.add(index)
+
+
 def _nums(m: re.Match[str], what: str, *groups: int) -> list[int]:
     """The match's numeric groups as ints (m.string is the line it matched)."""
     return [_num(m[g], m.string, what) for g in groups]
@@ -244,10 +253,13 @@ def parse_lgipp(text: str) -> list[Placements]:
 def parse_list(text: str) -> list[GpuEntry]:
     """`nvidia-smi -L`: GPUs and their MIG devices (new MIG-<uuid> and legacy MIG-GPU-<uuid>/gi/ci)."""
     gpus: list[GpuEntry] = []
+    seen: set[int] = set()
     for ln in _lines(text):
         m = _L_GPU.match(ln)
         if m:
-            gpus.append(GpuEntry(_num(m[1], ln, "nvidia-smi -L"), m[2], m[3]))
+            index = _num(m[1], ln, "nvidia-smi -L")
+            _index_once(index, seen, ln, "nvidia-smi -L")
+            gpus.append(GpuEntry(index, m[2], m[3]))
             continue
         m = _L_MIG.match(ln)
         if m and gpus:
@@ -273,11 +285,14 @@ def parse_query_gpus(text: str) -> list[GpuQuery]:
     """`nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader`: one line per GPU,
     fields joined by ", " (the CSV captures in tests/fixtures)."""
     out = []
+    seen: set[int] = set()
     for ln in _lines(text):
         parts = [p.strip() for p in ln.split(",")]
         if len(parts) < 3 or not ascii_digits(parts[0]) or not parts[-1]:
             raise NvsmiError(f"nvidia-smi --query-gpu: unexpected line {ln[:120]!r}")
-        out.append(GpuQuery(_num(parts[0], ln, "nvidia-smi --query-gpu"), ", ".join(parts[1:-1]), parts[-1]))
+        index = _num(parts[0], ln, "nvidia-smi --query-gpu")
+        _index_once(index, seen, ln, "nvidia-smi --query-gpu")
+        out.append(GpuQuery(index, ", ".join(parts[1:-1]), parts[-1]))
     return out
 
 

@@ -237,3 +237,28 @@ def test_outputs_that_read_as_no_instances_or_another_gpu(parse: Any, text: str,
     scripts' digits for GPU numbers."""
     with pytest.raises(nvsmi.NvsmiError, match=re.escape(says)):
         parse(text)
+
+
+_L_GPU1 = "GPU 1: NVIDIA H100 PCIe (UUID: GPU-1cd6d4d6-9fa8-13be-3c42-09a1b2280a02)\n"
+_QUERY = "0, NVIDIA H100 PCIe, 525.125.06\n1, NVIDIA H100 PCIe, 525.125.06\n"
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "says"),
+    [
+        (nvsmi.parse_list, fx("nvidia-smi-L_h100-pcie_mig-3g.40gb+3x1g.10gb_scaleway.txt") * 2,
+         "nvidia-smi -L: GPU 0 listed twice, again in line 'GPU 0: NVIDIA H100 PCIe (UUID: GPU-7cd6d4d6-"),
+        (nvsmi.parse_list, _L_GPU1 + _L_GPU1.replace("GPU 1:", "GPU 01:").replace("GPU-1", "GPU-2"),
+         "nvidia-smi -L: GPU 1 listed twice, again in line 'GPU 01: NVIDIA H100 PCIe (UUID: GPU-2cd6d4d6-"),
+        (nvsmi.parse_query_gpus, _QUERY + "0, NVIDIA A100-PCIE-40GB, 555.42.06\n",
+         "nvidia-smi --query-gpu: GPU 0 listed twice, again in line '0, NVIDIA A100-PCIE-40GB, 555.42.06'"),
+        (nvsmi.parse_query_gpus, _QUERY + "001, NVIDIA H100 PCIe, 525.125.06\n",
+         "nvidia-smi --query-gpu: GPU 1 listed twice, again in line '001, NVIDIA H100 PCIe, 525.125.06'"),
+    ],
+    ids=["list-capture-twice", "list-leading-zero", "query-other-gpu", "query-leading-zeros"],
+)  # fmt: skip
+def test_a_gpu_index_listed_twice_is_an_error_naming_it_and_the_line(parse: Any, text: str, says: str) -> None:
+    """Found by fuzzing: both were read, and a lookup by index took the first (its name for the GPU
+    model, its MIG devices for a move's UUID), and a second driver version for one GPU read as two."""
+    with pytest.raises(nvsmi.NvsmiError, match="^" + re.escape(says)):
+        parse(text)

@@ -191,6 +191,17 @@ def test_a_data_row_its_pattern_does_not_match_is_an_error_not_skipped(
         parse(bad)
 
 
+def _gpus_once(parse: Callable[[str], Sequence[nvsmi.GpuEntry | nvsmi.GpuQuery]]) -> Callable[[str], object]:
+    """`parse`, and what it read lists each GPU index once (the mutator duplicates lines)."""
+
+    def call(text: str) -> object:
+        indexes = [g.index for g in parse(text)]
+        assert len(set(indexes)) == len(indexes), f"a GPU index twice: {indexes} from {text[:300]!r}"
+        return indexes
+
+    return call
+
+
 def test_nvsmi_parsers_fuzz() -> None:
     everything = fxs("nvidia-smi*")
     cases: list[tuple[Callable[[str], object], list[str]]] = [
@@ -198,8 +209,8 @@ def test_nvsmi_parsers_fuzz() -> None:
         (nvsmi.parse_lci, fxs("nvidia-smi-mig-lci*")),
         (nvsmi.parse_lgip, fxs("nvidia-smi-mig-lgip_*")),
         (nvsmi.parse_lgipp, fxs("nvidia-smi-mig-lgipp_*")),
-        (nvsmi.parse_list, fxs("nvidia-smi-L_*")),
-        (nvsmi.parse_query_gpus, [QUERY, *fxs("nvidia-smi-query-gpu_mig*")]),
+        (_gpus_once(nvsmi.parse_list), fxs("nvidia-smi-L_*")),
+        (_gpus_once(nvsmi.parse_query_gpus), [QUERY, *fxs("nvidia-smi-query-gpu_mig*")]),
         (nvsmi.parse_change, fxs("nvidia-smi-mig-c*") + fxs("nvidia-smi-mig-d*")),
     ]
     for k, (parse, seeds) in enumerate(cases):

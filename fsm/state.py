@@ -195,8 +195,30 @@ class ControllerState:
                     raise ValueError(f"controller state: layouts.{gpu}: {slot.profile}@{slot.start} is no MIG slot")
             if len(set(layout)) != len(layout):
                 raise ValueError(f"controller state: layouts.{gpu}: a slot twice")
+        _counts_not_negative(state)
         return state
 
     def tenant(self, name: str) -> TenantCtl:
         ctl = self.tenants.get(name)
         return ctl if ctl is not None else TenantCtl()  # not built on every call: it is hot
+
+
+# TenantCtl's counters: added to by one and reset to 0, never taken from. Resumed below 0, one
+# counts events that never happened (failures = -3 cut the next backoff, backoff_s * 2 **
+# (failures - 1), to an eighth; the dwell's doubling, 1 << flaps, raises ValueError for a negative
+# count).
+_TENANT_COUNTS = ("bad", "good", "failures", "flaps")
+
+
+def _counts_not_negative(state: ControllerState) -> None:
+    """ValueError naming the first counter below 0 (a resume's check: a few fields per tenant)."""
+    if state.seq < 0:
+        raise ValueError(f"controller state: seq: {state.seq} is below 0 (a count)")
+    for reason, n in state.bad_input.items():
+        if n < 0:
+            raise ValueError(f"controller state: bad_input.{reason}: {n} is below 0 (a count)")
+    for name, ctl in state.tenants.items():
+        for f in _TENANT_COUNTS:
+            n = getattr(ctl, f)
+            if n < 0:
+                raise ValueError(f"controller state: tenants.{name}.{f}: {n} is below 0 (a count)")

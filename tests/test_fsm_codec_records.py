@@ -60,3 +60,31 @@ def test_a_state_file_encode_never_writes_is_refused(change: dict[str, Any], say
     data.update(change)
     with pytest.raises(ValueError, match=re.escape(says)):
         ControllerState.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"seq": -1}, "controller state: seq: -1 is below 0 (a count)"),
+        ({"bad_input": {"latency: NaN": 3, "observation.t: went backwards": -2}},
+         "controller state: bad_input.observation.t: went backwards: -2 is below 0 (a count)"),
+        ({"tenants": {"llm": {"bad": -5}}}, "controller state: tenants.llm.bad: -5 is below 0 (a count)"),
+        ({"tenants": {"llm": {"good": -1}}}, "controller state: tenants.llm.good: -1 is below 0 (a count)"),
+        ({"tenants": {"llm": {"failures": -3}}}, "controller state: tenants.llm.failures: -3 is below 0 (a count)"),
+        ({"tenants": {"ok": {"flaps": 2}, "llm": {"flaps": -1}}},
+         "controller state: tenants.llm.flaps: -1 is below 0 (a count)"),
+    ],
+    ids=["seq", "bad-input", "bad", "good", "failures", "flaps"],
+)  # fmt: skip
+def test_a_state_file_with_a_negative_count_is_refused(change: dict[str, Any], says: str) -> None:
+    """Found by fuzzing state.json: counters that only count up (and reset to 0) were resumed below
+    0 (failures = -3 cut the next backoff to an eighth; a negative flaps made the dwell's 1 << flaps
+    raise ValueError). The daemon starts from a clean state instead, naming the field."""
+    data = json.loads(ControllerState().to_json())
+    data.update(change)
+    with pytest.raises(ValueError, match=f"^{re.escape(says)}$"):
+        ControllerState.from_json(json.dumps(data))
+    text = json.dumps(data)
+    assert text.count(": -") == 1
+    state = ControllerState.from_json(text.replace(": -", ": "))  # the count not negative: resumed
+    assert state.seq >= 0 and min(state.bad_input.values(), default=0) >= 0

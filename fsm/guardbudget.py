@@ -55,9 +55,9 @@ def charge_guards(state: ControllerState, obs: Observation, spec: HostSpec) -> d
     p = spec.policy
     now = obs.t
     binding: set[str] = set()
-    if not p.enforce:
-        return dict(state.guard_cost)  # dry-run: no cap holds anybody
-    for ctl in state.tenants.values():
+    # dry-run and shadow: no cap holds anybody, but how long each tenant ran is counted as live (a
+    # trial may wait for it: tick_base.guard_trial_wait_s)
+    for ctl in state.tenants.values() if p.enforce else ():
         for step in ctl.stack:
             for c in step.caps:
                 if c.tenant not in binding and holds(c, obs, state.capped):

@@ -169,6 +169,25 @@ def test_a_trial_for_a_tail_that_was_there_before_waits_for_the_aggressor_to_hav
     assert guarded(evs) and guarded(evs)[0].t < 60.0
 
 
+def test_a_dry_run_counts_how_long_a_job_has_run_as_an_enforcing_run_does():
+    """Dry-run and shadow replay compute what the controller would do: the trial that waits for a
+    job to have run a while goes on at the same tick in both. Found in session 21: in dry-run no
+    cap holds anybody, and the capped tenants' accounts were not kept at all, so the time a job ran
+    stayed 0 and a trial for a tail that was there before it was never decided; a policy canary
+    (`replay --shadow --compare`) then showed decisions the live daemon would not take."""
+    firsts = []
+    for enforce in (True, False):
+        spec = example_spec(Policy(cost_margin=None, guard_relief_s=None, placement=False, mig=False, enforce=enforce))
+        state, _evs, _d = _run(spec, ControllerState(), 0.0, 60, lambda capped: (0.0, 10.0))  # the tail before the job
+        state, evs, _d = _run(spec, state, 120.0, 400, lambda capped: (3e9, 40.0))  # capped or not: a dry run
+        guards = [e for e in evs if e.kind == "escalate" and e.lever == "guard"]
+        assert guards and guards[0].applied is enforce, enforce
+        held, ran, _t = state.guard_cost["etl"]
+        assert ran > 600.0 and (held > 0.0) is enforce, (enforce, held, ran)
+        firsts.append(guards[0].t)
+    assert firsts[0] == firsts[1] >= 120.0 + 600.0
+
+
 def test_a_trial_waits_too_when_the_tenants_last_episode_had_its_tail_with_the_path_clear():
     """A bursty tenant's episodes end between its bursts: one over its SLO with the path clear ends,
     a minute of calm, then the next begins as an ETL job starts on the path. This episode came with

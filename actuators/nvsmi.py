@@ -137,13 +137,25 @@ def _num(s: str, ln: str, what: str) -> int:
     return int(s)
 
 
+def _once(key: object, seen: set[Any], ln: str, what: str, named: str) -> None:
+    """`key` not `seen` before (then added to it); else an error naming it (`named`) and the line."""
+    if key in seen:
+        raise NvsmiError(f"{what}: {named} listed twice, again in line {ln[:120]!r}")
+    seen.add(key)
+
+
 def _index_once(index: int, seen: set[int], ln: str, what: str) -> None:
     """A GPU's index not `seen` before (then added to it): the tool lists each GPU once. Twice, both
     were read, and a lookup by index took the first (its name for the GPU model, its MIG devices for
     a move's UUID)."""
-    if index in seen:
-        raise NvsmiError(f"{what}: GPU {index} listed twice, again in line {ln[:120]!r}")
-    seen.add(index)
+    _once(index, seen, ln, what, f"GPU {index}")
+
+
+def _uuid_once(uuid: str, seen: set[str], ln: str, what: str) -> None:
+    """A GPU or MIG device UUID not `seen` before (then added to it): each names one device. Twice,
+    a lookup by UUID took the first, and a move's target could be another device. Hex digits in
+    either case are one UUID (the tool prints lower case)."""
+    _once(uuid.lower(), seen, ln, what, f"UUID {uuid[:80]}")
 
 
 def _nums(m: re.Match[str], what: str, *groups: int) -> list[int]:
@@ -251,23 +263,33 @@ def parse_lgipp(text: str) -> list[Placements]:
 
 
 def parse_list(text: str) -> list[GpuEntry]:
-    """`nvidia-smi -L`: GPUs and their MIG devices (new MIG-<uuid> and legacy MIG-GPU-<uuid>/gi/ci)."""
+    """`nvidia-smi -L`: GPUs and their MIG devices (new MIG-<uuid> and legacy MIG-GPU-<uuid>/gi/ci).
+    A GPU index, a UUID (GPU or MIG) or a MIG device index on one GPU listed twice is an error."""
+    what = "nvidia-smi -L"
     gpus: list[GpuEntry] = []
     seen: set[int] = set()
+    uuids: set[str] = set()  # GPU and MIG devices' alike (the prefixes differ)
+    mig_seen: set[int] = set()  # the MIG device indexes of the GPU being read
     for ln in _lines(text):
         m = _L_GPU.match(ln)
         if m:
-            index = _num(m[1], ln, "nvidia-smi -L")
-            _index_once(index, seen, ln, "nvidia-smi -L")
+            index = _num(m[1], ln, what)
+            _index_once(index, seen, ln, what)
+            _uuid_once(m[3], uuids, ln, what)
             gpus.append(GpuEntry(index, m[2], m[3]))
+            mig_seen = set()
             continue
         m = _L_MIG.match(ln)
         if m and gpus:
             g = gpus[-1]
-            dev = MigDevice(m[1], _num(m[2], ln, "nvidia-smi -L"), m[3])
+            dev = MigDevice(m[1], _num(m[2], ln, what), m[3])
+            # Numbered from 0 on each GPU: one twice was two devices read for one, and a move picks
+            # a MIG device's UUID by its position in that list (actuators.moves.mig_uuid).
+            _once(dev.index, mig_seen, ln, what, f"GPU {g.index} MIG device {dev.index}")
+            _uuid_once(dev.uuid, uuids, ln, what)
             gpus[-1] = GpuEntry(g.index, g.name, g.uuid, (*g.mig, dev))
             continue
-        raise NvsmiError(f"nvidia-smi -L: unexpected line {ln[:120]!r}")
+        raise NvsmiError(f"{what}: unexpected line {ln[:120]!r}")
     return gpus
 
 

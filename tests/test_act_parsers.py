@@ -262,3 +262,48 @@ def test_a_gpu_index_listed_twice_is_an_error_naming_it_and_the_line(parse: Any,
     model, its MIG devices for a move's UUID), and a second driver version for one GPU read as two."""
     with pytest.raises(nvsmi.NvsmiError, match="^" + re.escape(says)):
         parse(text)
+
+
+_L_A100 = fx("nvidia-smi-L_a100-pcie-40gb_mig-1g.5gb_r510_hpe.txt")  # GPU 0, MIG device 0
+_L_H100 = fx("nvidia-smi-L_h100-pcie_mig-3g.40gb+3x1g.10gb_scaleway.txt")  # GPU 0, MIG devices 0-3
+_L_LEGACY = fx("nvidia-smi-L_a100-sxm4-40gb_mig-7x1g.5gb_legacy-uuid.txt")  # MIG-GPU-<uuid>/gi/ci
+_L_TWO = _L_A100 + _L_H100.replace("GPU 0:", "GPU 1:")  # both GPUs have a MIG device 0
+_A100_UUID = "GPU-14ac2834-0d81-0508-69eb-e25264c08d21"
+_A100_UPPER = "GPU-14AC2834-0D81-0508-69EB-E25264C08D21"  # one UUID: hex digits in either case
+_A100_MIG0 = "MIG-b6cd45f2-9655-5269-9b96-65446729d5dc"
+
+
+def test_two_gpus_each_with_a_mig_device_0() -> None:
+    """MIG devices are numbered from 0 on each GPU: the same index under two GPUs is no repeat."""
+    gpus = nvsmi.parse_list(_L_TWO)
+    assert [(g.index, [d.index for d in g.mig]) for g in gpus] == [(0, [0]), (1, [0, 1, 2, 3])]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (_L_TWO.replace("GPU-7cd6d4d6-9fa8-13be-3c42-09a1b2280a02", _A100_UUID),
+         f"UUID {_A100_UUID} listed twice, again in line 'GPU 1: NVIDIA H100 PCIe (UUID: {_A100_UUID})'"),
+        (_L_TWO.replace("GPU-7cd6d4d6-9fa8-13be-3c42-09a1b2280a02", _A100_UPPER),
+         f"UUID {_A100_UPPER} listed twice, again in line 'GPU 1: NVIDIA H100 PCIe (UUID: {_A100_UPPER})'"),
+        (_L_H100.replace("Device  2", "Device  1"),
+         "GPU 0 MIG device 1 listed twice, again in line 'MIG 1g.10gb     Device  1: (UUID: MIG-42fa9c93-"),
+        (_L_TWO.replace("Device  2", "Device 01"),
+         "GPU 1 MIG device 1 listed twice, again in line 'MIG 1g.10gb     Device 01: (UUID: MIG-42fa9c93-"),
+        (_L_H100 + _L_H100.splitlines()[-1],
+         "GPU 0 MIG device 3 listed twice, again in line 'MIG 1g.10gb     Device  3: (UUID: MIG-6d96b431-"),
+        (_L_H100.replace("MIG-42fa9c93-1430-5ccc-b623-c02fb93b7f5a", "MIG-8aa1fc52-9818-58ec-bc64-8f0cae121bb4"),
+         "UUID MIG-8aa1fc52-9818-58ec-bc64-8f0cae121bb4 listed twice, again in line 'MIG 1g.10gb     Device  2: "),
+        (_L_TWO.replace("MIG-da06d78f-7534-56a0-a062-62fef012be91", _A100_MIG0),
+         f"UUID {_A100_MIG0} listed twice, again in line 'MIG 3g.40gb     Device  0: (UUID: {_A100_MIG0})'"),
+        (_L_LEGACY.replace("/8/0", "/7/0"),
+         "UUID MIG-GPU-4200ccc0-2667-d4cb-9137-f932c716232a/7/0 listed twice, again in line 'MIG 1g.5gb Device 1: "),
+    ],
+    ids=["gpu-uuid", "gpu-uuid-upper-case", "mig-index", "mig-index-leading-zero-second-gpu", "mig-line-twice",
+         "mig-uuid-one-gpu", "mig-uuid-two-gpus", "mig-uuid-legacy"],
+)  # fmt: skip
+def test_a_uuid_or_mig_device_listed_twice_is_an_error_naming_it_and_the_line(text: str, says: str) -> None:
+    """Both were read, and a lookup by UUID took the first, or a move picked a MIG device's UUID by
+    its position among two devices read for one: the move's target could be another device."""
+    with pytest.raises(nvsmi.NvsmiError, match="^" + re.escape("nvidia-smi -L: " + says)):
+        nvsmi.parse_list(text)

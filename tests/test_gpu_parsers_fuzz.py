@@ -192,11 +192,19 @@ def test_a_data_row_its_pattern_does_not_match_is_an_error_not_skipped(
 
 
 def _gpus_once(parse: Callable[[str], Sequence[nvsmi.GpuEntry | nvsmi.GpuQuery]]) -> Callable[[str], object]:
-    """`parse`, and what it read lists each GPU index once (the mutator duplicates lines)."""
+    """`parse`, and what it read lists each GPU index once, and (-L) each UUID, GPU or MIG, and each
+    MIG device index of a GPU once (the mutator duplicates lines)."""
 
     def call(text: str) -> object:
-        indexes = [g.index for g in parse(text)]
+        gpus = parse(text)
+        indexes = [g.index for g in gpus]
         assert len(set(indexes)) == len(indexes), f"a GPU index twice: {indexes} from {text[:300]!r}"
+        entries = [g for g in gpus if isinstance(g, nvsmi.GpuEntry)]
+        uuids = [u.lower() for g in entries for u in (g.uuid, *(d.uuid for d in g.mig))]
+        assert len(set(uuids)) == len(uuids), f"a UUID twice: {uuids} from {text[:300]!r}"
+        for g in entries:
+            migs = [d.index for d in g.mig]
+            assert len(set(migs)) == len(migs), f"GPU {g.index}: a MIG device twice: {migs} from {text[:300]!r}"
         return indexes
 
     return call

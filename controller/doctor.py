@@ -22,6 +22,7 @@ from typing import Any
 
 from actuators.cgroup import CgroupError, CgroupGone, CgroupIO
 from actuators.nvsmi import NvidiaSmi
+from actuators.paths import PathError
 from controller.config import Config
 from controller.config_files import read_mqtt_password
 from controller.mig_tables import MigTables
@@ -304,10 +305,10 @@ async def check_cgroups(cfg: Config) -> list[Check]:
             continue
         try:
             g = io.group(t.cgroup)
-        except (CgroupGone, CgroupError) as e:
+        except (CgroupGone, CgroupError, PathError) as e:  # PathError: a symlink out of the root
             out.append(Check(name, FAIL, str(e), f"create the group or fix tenants[{i}].cgroup"))
             continue
-        if io.version == "v2" and t.role in ("bulk", "compute") and not (g / "io.max").exists():
+        if io.version == "v2" and t.role in ("bulk", "compute") and not os.path.lexists(g / "io.max"):
             out.append(
                 Check(
                     name,
@@ -317,6 +318,14 @@ async def check_cgroups(cfg: Config) -> list[Check]:
                 )
             )
             continue
+        if t.role in ("bulk", "compute"):
+            # the caps in force, read as the actuator reads them before every cap it sets: a
+            # directory, a FIFO or garbage there fails each cap, and only existing was checked
+            try:
+                io.read(t.cgroup)
+            except CgroupError as e:
+                out.append(Check(name, FAIL, str(e), "the kernel writes these files: is host.cgroup_root a cgroupfs?"))
+                continue
         why = []
         if reading is not None and not isinstance(reading, Unavailable):
             why = [
@@ -407,6 +416,15 @@ async def check_mqtt(cfg: Config, timeout_s: float) -> list[Check]:
     return [Check("mqtt", OK, f"broker {mc.url} accepted a connection")]
 
 
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "no regular file")
+
+
+LOCK_FIX = "remove it (the daemon makes it): without its lock a second tailguard on this directory is not stopped"
+
+
 async def check_state_dir(cfg: Config) -> list[Check]:
     d = Path(cfg.host.state_dir)
     if not d.exists():
@@ -445,8 +463,17 @@ async def check_state_dir(cfg: Config) -> list[Check]:
                 f"free at least {MIN_FREE_BYTES >> 20} MiB (journal, state, traces)",
             )
         ]
-    from controller.statelock import holder
+    from controller.statelock import LOCK_NAME, holder
 
+    lock = d / LOCK_NAME
+    try:  # holder() opens it blocking: a FIFO there hung doctor past every timeout
+        mode: int | None = os.stat(lock).st_mode
+    except FileNotFoundError:
+        mode = None  # none made yet (or a dangling link the daemon's open creates the target of)
+    except OSError as e:
+        return [Check("state dir", WARN, f"lock file {lock}: {e.strerror or e}", LOCK_FIX)]
+    if mode is not None and not stat.S_ISREG(mode):
+        return [Check("state dir", WARN, f"lock file {lock} is {_file_kind(mode)}, not a regular file", LOCK_FIX)]
     held, pid = holder(str(d))
     running = f"; a daemon{f' (pid {pid})' if pid else ''} runs with it" if held == "held" else ""
     return [Check("state dir", OK, f"{d} writable, {free >> 20} MiB free{running}")]

@@ -309,3 +309,104 @@ def test_an_nvml_init_that_hangs_is_bounded(tmp_path, monkeypatch) -> None:
     fast = _host(tmp_path / "fast", monkeypatch)
     for _ in range(3):  # idle worker threads are not taken for stuck ones (the CLI would exit hard)
         assert run_sync(cfg, DoctorOptions(timeout_s=2.0, nvml=fast))[1] is False
+
+
+def test_a_lock_file_that_is_no_regular_file_warns_and_does_not_hang(tmp_path) -> None:
+    # holder() opened the lock blocking: a FIFO there hung doctor on its event loop, past every timeout
+    from controller.doctor import check_state_dir
+    from controller.statelock import LOCK_NAME
+
+    text = _config(tmp_path, "http://127.0.0.1:9/metrics")
+    lock = tmp_path / "state" / LOCK_NAME
+
+    def state() -> Check:
+        got: list[list[Check]] = []
+        th = threading.Thread(target=lambda: got.append(asyncio.run(check_state_dir(parse_config(text)))), daemon=True)
+        th.start()
+        th.join(20)
+        assert got, "check_state_dir hung on the lock file"
+        (c,) = got[0]
+        return c
+
+    os.mkfifo(lock)
+    c = state()
+    assert c.status == WARN and c.cause == f"lock file {lock} is a FIFO, not a regular file" and "remove it" in c.fix
+    lock.unlink()
+    lock.mkdir()  # the daemon's open() of it fails: it would run without its lock
+    assert state().cause == f"lock file {lock} is a directory, not a regular file"
+    lock.rmdir()
+    lock.symlink_to(lock)
+    c = state()
+    assert c.status == WARN and c.cause == f"lock file {lock}: Too many levels of symbolic links"
+    lock.unlink()
+    lock.write_text("")
+    assert state().status == OK
+
+
+def test_a_group_linked_out_of_the_cgroup_root_fails_naming_the_tenant(tmp_path) -> None:
+    # a ValueError from confine() left the probe: one "report this as a tailguard bug" line for all groups
+    from controller.doctor import check_cgroups
+
+    text = _config(tmp_path, "http://127.0.0.1:9/metrics", etl_cgroup="system.slice/out.service")
+    (tmp_path / "cg" / "system.slice" / "out.service").symlink_to(tmp_path)
+    c = _by_name(asyncio.run(check_cgroups(parse_config(text))))
+    assert c["cgroup llm"].status == OK
+    assert c["cgroup etl"].status == FAIL and "outside the cgroup root" in c["cgroup etl"].cause
+    assert "tenants[1].cgroup" in c["cgroup etl"].fix
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("dir", "io.max: not a regular file"),
+        ("fifo", "io.max: not a regular file"),
+        ("loop", "io.max: cannot read: Too many levels of symbolic links"),
+        ("garbage", "io.max: line 1: expected 'MAJ:MIN key=value ...', got 'garbage'"),
+        ("twice", "io.max: line 2: device 8:16 twice"),
+        ("huge", "io.max: larger than 1024 KiB"),
+    ],
+)
+def test_io_limits_the_actuator_cannot_read_fail_naming_the_file(tmp_path, kind: str, said: str) -> None:
+    # Only io.max's existence was checked: OK here, and then every cap the daemon set failed.
+    from controller.doctor import check_cgroups
+
+    text = _config(tmp_path, "http://127.0.0.1:9/metrics")
+    io_max = tmp_path / "cg" / "system.slice" / "etl.service" / "io.max"
+    io_max.unlink()
+    {
+        "dir": io_max.mkdir,
+        "fifo": lambda: os.mkfifo(io_max),
+        "loop": lambda: io_max.symlink_to(io_max),
+        "garbage": lambda: io_max.write_text("garbage\n"),
+        "twice": lambda: io_max.write_text("8:16 rbps=1 wbps=max\n8:16 wbps=2\n"),
+        "huge": lambda: io_max.write_text("\n" * (2 << 20)),
+    }[kind]()
+    got: list[list[Check]] = []
+    th = threading.Thread(target=lambda: got.append(asyncio.run(check_cgroups(parse_config(text)))), daemon=True)
+    th.start()
+    th.join(20)
+    assert got, "check_cgroups hung on io.max"
+    c = _by_name(got[0])
+    assert c["cgroup llm"].status == OK  # a sensitive tenant is never capped: its io.max is not read
+    assert c["cgroup etl"].status == FAIL and said in c["cgroup etl"].cause and str(io_max) in c["cgroup etl"].cause
+
+
+def test_v1_throttle_files_the_actuator_cannot_read_fail_naming_the_file(tmp_path) -> None:
+    from controller.doctor import check_cgroups
+
+    root = tmp_path / "v1"
+    blkio = root / "blkio"
+    g = blkio / "etl"
+    g.mkdir(parents=True)
+    (blkio / "blkio.throttle.write_bps_device").write_text("")
+    svc = "8:16 Read 1\n8:16 Write 2\n8:16 Sync 0\n8:16 Async 3\n8:16 Discard 0\n8:16 Total 3\nTotal 3\n"
+    for f in ("io_service_bytes", "io_serviced"):
+        (g / f"blkio.throttle.{f}").write_text(svc)
+    (g / "blkio.throttle.read_bps_device").write_text("8:16 1048576\n")
+    (g / "blkio.throttle.write_bps_device").write_text("8:16 lots\n")
+    text = f'[host]\ncgroup_root = "{root}"\n[[tenants]]\nname = "etl"\nrole = "bulk"\ncgroup = "etl"\n'
+    (c,) = (c for c in asyncio.run(check_cgroups(parse_config(text))) if c.name == "cgroup etl")
+    assert c.status == FAIL and f"{g}/blkio.throttle.write_bps_device: line 1" in c.cause and "lots" in c.cause
+    (g / "blkio.throttle.write_bps_device").write_text("8:16 2097152\n")
+    (c,) = (c for c in asyncio.run(check_cgroups(parse_config(text))) if c.name == "cgroup etl")
+    assert c.status != FAIL, c.line()  # the PSI files of a hybrid host's unified tree are missing here: a warning

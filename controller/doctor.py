@@ -27,7 +27,7 @@ from controller.config import Config
 from controller.config_files import read_mqtt_password
 from controller.mig_tables import MigTables
 from controller.signals.base import Unavailable
-from schema.files import read_small_text
+from schema.files import open_regular, read_small_text
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MIN_FREE_BYTES = 64 << 20  # the journal (4 MiB) and state files, with room for a trace
@@ -397,6 +397,19 @@ async def check_mqtt(cfg: Config, timeout_s: float) -> list[Check]:
                     "fix exporters.mqtt.password_file",
                 )
             ]
+    if mc.tls_ca:
+        # read by the TLS layer on the probe's loop, blocking: a FIFO there hung doctor past every
+        # timeout, and a CA file it could not load was put down to the broker or its URL
+        import ssl
+
+        try:
+            os.close(open_regular(mc.tls_ca))
+            ssl.create_default_context(cafile=mc.tls_ca)
+        except ssl.SSLError as e:
+            why = f"not PEM CA certificates ({e.reason or e})"
+            return [Check("mqtt", FAIL, f"tls_ca {mc.tls_ca}: {why}", "fix exporters.mqtt.tls_ca")]
+        except OSError as e:
+            return [Check("mqtt", FAIL, f"tls_ca {mc.tls_ca}: {e.strerror or e}", "fix exporters.mqtt.tls_ca")]
     bridge = MqttBridge(
         MqttOptions(
             url=mc.url, host_name=cfg.host.name, username=mc.username, password=password, tls=mc.tls, tls_ca=mc.tls_ca

@@ -410,3 +410,41 @@ def test_v1_throttle_files_the_actuator_cannot_read_fail_naming_the_file(tmp_pat
     (g / "blkio.throttle.write_bps_device").write_text("8:16 2097152\n")
     (c,) = (c for c in asyncio.run(check_cgroups(parse_config(text))) if c.name == "cgroup etl")
     assert c.status != FAIL, c.line()  # the PSI files of a hybrid host's unified tree are missing here: a warning
+
+
+def test_an_mqtt_ca_file_that_cannot_be_loaded_fails_naming_it_and_does_not_hang(tmp_path) -> None:
+    # The TLS layer read it blocking, on the probe's loop: a FIFO hung doctor past every timeout,
+    # and one it could not load read as "start the broker or fix exporters.mqtt.url / credentials".
+    import ssl
+
+    from controller.doctor import check_mqtt
+
+    ca = tmp_path / "ca.pem"
+
+    def mqtt() -> Check:
+        url = f"mqtts://127.0.0.1:{free_port()}"  # nobody listens
+        text = f'[exporters.mqtt]\nenabled = true\nurl = "{url}"\ntls = true\ntls_ca = "{ca}"\n'
+        got: list[list[Check]] = []
+        th = threading.Thread(target=lambda: got.append(asyncio.run(check_mqtt(parse_config(text), 3.0))), daemon=True)
+        th.start()
+        th.join(20)
+        assert got, "check_mqtt hung on the CA file"
+        (c,) = got[0]
+        return c
+
+    os.mkfifo(ca)
+    c = mqtt()
+    assert c.status == FAIL and c.cause == f"tls_ca {ca}: a FIFO, not a regular file"
+    assert c.fix == "fix exporters.mqtt.tls_ca"
+    ca.unlink()
+    ca.mkdir()
+    assert mqtt().cause == f"tls_ca {ca}: a directory, not a regular file"
+    ca.rmdir()
+    ca.write_bytes(b"\x00garbage\xff")
+    assert mqtt().cause.startswith(f"tls_ca {ca}: not PEM CA certificates")
+    bundle = ssl.get_default_verify_paths().cafile
+    if bundle and Path(bundle).is_file():  # a CA file that loads: on to the broker, which refuses
+        ca.unlink()
+        ca.symlink_to(bundle)
+        c = mqtt()
+        assert c.status == FAIL and c.cause.startswith("broker mqtts://127.0.0.1:"), c.line()

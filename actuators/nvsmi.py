@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actuators.proc import Result, ToolError, run
+from fsm.state import PROFILE_NAME
 from schema.jsontext import ascii_digits
 
 
@@ -131,6 +132,20 @@ _MAX_DIGITS = 9
 _GIB = re.compile(r"(?a)^\d{1,6}(?:\.\d{1,6})?$")
 
 
+# A compute instance's name (-lci, a MIG device in -L, -cci's message): its GPU instance's profile
+# name when it has all the GI's slices, else <c>c. before it (1c.3g.20gb; docs/mig-profiles.md 4).
+_CI_NAME = re.compile(rf"(?:[0-9]{{1,2}}c\.)?(?:{PROFILE_NAME.pattern})")
+
+
+def _profile(name: str, ln: str, what: str, pattern: re.Pattern[str] = PROFILE_NAME) -> str:
+    """`name` when it is a MIG profile's name as the tool prints it (fsm.state.PROFILE_NAME, or
+    `pattern`); else an error naming it and the line. The rows' patterns take any text there: a
+    1g.99999999999999999999gb was read, and -lgip's names make the driver's table (its layouts')."""
+    if not pattern.fullmatch(name):
+        raise NvsmiError(f"{what}: {name[:40]!r} is no MIG profile name, in line {ln[:120]!r}")
+    return name
+
+
 def _num(s: str, ln: str, what: str) -> int:
     if len(s) > _MAX_DIGITS:
         raise NvsmiError(f"{what}: number {s[:12]}... ({len(s)} digits) out of range in line {ln[:120]!r}")
@@ -205,7 +220,7 @@ def parse_lgi(text: str) -> list[GiRow]:
         m = _row(_LGI, ln, what)
         if m:
             gpu, pid, gi, start, size = _nums(m, what, 1, 3, 4, 5, 6)
-            rows.append(GiRow(gpu, m[2], pid, gi, start, size))
+            rows.append(GiRow(gpu, _profile(m[2], ln, what), pid, gi, start, size))
     _rows_found(rows, text, what)
     return rows
 
@@ -221,7 +236,7 @@ def parse_lci(text: str) -> list[CiRow]:
             gpu, gi, pid, ci = _nums(m, what, 1, 2, 4, 5)
             start = _num(m[6], ln, what) if m[6] is not None else None
             size = _num(m[7], ln, what) if m[7] is not None else None
-            rows.append(CiRow(gpu, gi, m[3], pid, ci, start, size))
+            rows.append(CiRow(gpu, gi, _profile(m[3], ln, what, _CI_NAME), pid, ci, start, size))
     _rows_found(rows, text, what)
     return rows
 
@@ -234,15 +249,16 @@ def parse_lgip(text: str) -> list[LgipRow]:
         m = _row(_LGIP1, ln, what)
         if not m:
             continue
+        name = _profile(m[2], ln, what)
         m2 = _LGIP2.match(lines[i + 1]) if i + 1 < len(lines) else None
         if not m2:
-            raise NvsmiError(f"nvidia-smi mig -lgip: profile {m[2]} has no second row (CE/JPEG/OFA)")
+            raise NvsmiError(f"nvidia-smi mig -lgip: profile {name} has no second row (CE/JPEG/OFA)")
         # [\d.]+ also matches "1.2.3" or ".." (float() would raise) and 400 digits (float() says inf)
         if not _GIB.match(m[6]):
             raise NvsmiError(f"{what}: memory {m[6][:20]!r} is not a GiB figure in line {ln[:120]!r}")
         gpu, pid, free, total, sm, dec, enc = _nums(m, what, 1, 3, 4, 5, 8, 9, 10)
         ce, jpg, ofa = _nums(m2, what, 1, 2, 3)
-        rows.append(LgipRow(gpu, m[2], pid, free, total, float(m[6]), sm, dec, enc, ce, jpg, ofa))
+        rows.append(LgipRow(gpu, name, pid, free, total, float(m[6]), sm, dec, enc, ce, jpg, ofa))
     if not rows:
         raise NvsmiError("nvidia-smi mig -lgip: no profile rows")
     return rows
@@ -282,7 +298,7 @@ def parse_list(text: str) -> list[GpuEntry]:
         m = _L_MIG.match(ln)
         if m and gpus:
             g = gpus[-1]
-            dev = MigDevice(m[1], _num(m[2], ln, what), m[3])
+            dev = MigDevice(_profile(m[1], ln, what, _CI_NAME), _num(m[2], ln, what), m[3])
             # Numbered from 0 on each GPU: one twice was two devices read for one, and a move picks
             # a MIG device's UUID by its position in that list (actuators.moves.mig_uuid).
             _once(dev.index, mig_seen, ln, what, f"GPU {g.index} MIG device {dev.index}")
@@ -339,8 +355,9 @@ def parse_change(text: str) -> Change:
     what = "nvidia-smi mig"
     for ln in _lines(text):
         if m := _CGI.match(ln):
-            cgi.append((_num(m[1], ln, what), m[3]))
+            cgi.append((_num(m[1], ln, what), _profile(m[3], ln, what)))
         elif m := _CCI.match(ln):
+            _profile(m[4], ln, what, _CI_NAME)
             cci.append((_num(m[3], ln, what), _num(m[1], ln, what) if m[1] is not None else 0))
         elif m := _DCI.match(ln):
             dci.append((_num(m[3], ln, what), _num(m[1], ln, what)))

@@ -16,7 +16,7 @@ from fsm.observation import InstanceRef
 from fsm.spec import Level
 
 # A MIG profile's name as nvidia-smi prints it: 3g.20gb, 1g.10gb+me (the +gfx, +me.all kind too)
-_PROFILE = re.compile(r"[0-9]{1,2}g\.[0-9]{1,4}gb(?:\+[a-z.]{1,16})?")
+PROFILE_NAME = re.compile(r"[0-9]{1,2}g\.[0-9]{1,4}gb(?:\+[a-z.]{1,16})?")
 
 STATE_VERSION = 1
 
@@ -191,7 +191,7 @@ class ControllerState:
             # decoded field by field, not through Slot.parse: a start of -5 or a profile "../../x"
             # was resumed and sent on as the desired layout on every tick
             for slot in layout:
-                if not _PROFILE.fullmatch(slot.profile) or not 0 <= slot.start < 8:
+                if not PROFILE_NAME.fullmatch(slot.profile) or not 0 <= slot.start < 8:
                     raise ValueError(f"controller state: layouts.{gpu}: {slot.profile}@{slot.start} is no MIG slot")
             if len(set(layout)) != len(layout):
                 raise ValueError(f"controller state: layouts.{gpu}: a slot twice")

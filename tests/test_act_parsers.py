@@ -307,3 +307,62 @@ def test_a_uuid_or_mig_device_listed_twice_is_an_error_naming_it_and_the_line(te
     its position among two devices read for one: the move's target could be another device."""
     with pytest.raises(nvsmi.NvsmiError, match="^" + re.escape("nvidia-smi -L: " + says)):
         nvsmi.parse_list(text)
+
+
+_LGI_4 = fx("nvidia-smi-mig-lgi_a100-pcie-40gb_3g+2g+1g+1g_r510_hpe.txt")  # 3g.20gb the last row
+_LCI_4 = fx("nvidia-smi-mig-lci_a100-pcie-40gb_4ci_r510_hpe_last-border-missing.txt")  # 1c.3g.20gb last
+_LGIP_H100 = fx("nvidia-smi-mig-lgip_h100-pcie-80gb_r525_scaleway.txt")  # 1g.20gb the third row
+_CGI_H100 = fx("nvidia-smi-mig-cgi-C_success_h100-pcie_9-19-19-19_scaleway.txt")  # 3g.40gb first
+# parser, capture, the part of one line whose profile name is changed, what the parser read from it,
+# and whether it names a compute instance (-lci, -L, -cci): then <c>c.<GI profile> too, 1c.3g.20gb
+_NAMED: dict[str, tuple[Any, str, str, Any, bool]] = {
+    "lgi": (nvsmi.parse_lgi, _LGI_4, "MIG 3g.20gb ", lambda rows: rows[-1].name, False),
+    "lci": (nvsmi.parse_lci, _LCI_4, "MIG 1c.3g.20gb ", lambda rows: rows[-1].name, True),
+    "lgip": (nvsmi.parse_lgip, _LGIP_H100, "MIG 1g.20gb ", lambda rows: rows[2].name, False),
+    "list": (nvsmi.parse_list, _L_H100, "MIG 3g.40gb ", lambda gpus: gpus[0].mig[0].name, True),  # a MIG device
+    "cgi": (nvsmi.parse_change, _CGI_H100, "MIG 3g.40gb (ID  9)", lambda ch: ch.created_gi[0][1], False),
+    "cci": (nvsmi.parse_change, _CGI_H100, "MIG 3g.40gb (ID  2)", lambda ch: len(ch.created_ci), True),
+}
+
+
+def _renamed(text: str, part: str, name: str) -> tuple[str, str]:
+    """`text` with the profile name in `part` (once in it) changed to `name`, and that line stripped."""
+    assert text.count(part) == 1, part
+    new = part.replace(part.split()[1], name)
+    text = text.replace(part, new)
+    return text, next(ln.strip() for ln in text.splitlines() if new in ln)
+
+
+@pytest.mark.parametrize(
+    ("case", "bad", "what"),
+    [
+        ("lgi", "../../3g.20gb", "nvidia-smi mig -lgi"),
+        ("lgi", "1c.3g.20gb", "nvidia-smi mig -lgi"),  # a compute instance's name in the GI table
+        ("lci", "1c.3g.20gb;reboot", "nvidia-smi mig -lci"),
+        ("lgip", "1g.20GB", "nvidia-smi mig -lgip"),
+        ("list", "1g.99999999999999999999gb", "nvidia-smi -L"),
+        ("cgi", "3g.4\u0660gb", "nvidia-smi mig"),  # an Arabic-Indic zero
+        ("cci", "3g.40gb+", "nvidia-smi mig"),
+    ],
+    ids=["lgi", "lgi-ci-name", "lci", "lgip", "list", "cgi", "cci"],
+)
+def test_a_profile_name_nvidia_smi_never_prints_is_an_error_naming_it_and_the_line(
+    case: str, bad: str, what: str
+) -> None:
+    """Each row's pattern took any text for the name: 1g.99999999999999999999gb was read as a MIG
+    device's profile, and -lgip's names make the driver's table. (-lgipp prints no name.)"""
+    parse, text, part, _, _ = _NAMED[case]
+    text, line = _renamed(text, part, bad)
+    says = f"{what}: {bad!r} is no MIG profile name, in line {line[:120]!r}"
+    with pytest.raises(nvsmi.NvsmiError, match="^" + re.escape(says) + "$"):
+        parse(text)
+
+
+@pytest.mark.parametrize("case", list(_NAMED))
+def test_odd_but_real_profile_names_are_read(case: str) -> None:
+    """A media extension (+me), a 1g with two memory slots (1g.20gb), H200's 4g.71gb and 7g.141gb
+    (fsm.mig); where a compute instance is named, its <c>c. form too. The captures: tests above."""
+    parse, text, part, read, ci = _NAMED[case]
+    for name in ("1g.10gb+me", "1g.20gb", "4g.71gb", "7g.141gb", *(("1c.7g.141gb", "2c.4g.71gb") if ci else ())):
+        got = read(parse(_renamed(text, part, name)[0]))
+        assert got == (4 if case == "cci" else name), (name, got)

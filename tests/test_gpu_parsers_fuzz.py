@@ -17,7 +17,7 @@ import random
 import re
 import types
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pynvml
 import pytest
@@ -41,6 +41,7 @@ from controller.topology import parse_topo_matrix
 from controller.topology_nccl import parse_nccl_topo_xml
 from fsm.mig import H100_PCIE, MODELS, Slot
 from fsm.migdriver import model_from_driver, table_differences
+from fsm.state import PROFILE_NAME
 
 HUGE = "9" * 5000  # int() refuses more than 4300 digits with a bare ValueError
 
@@ -210,16 +211,42 @@ def _gpus_once(parse: Callable[[str], Sequence[nvsmi.GpuEntry | nvsmi.GpuQuery]]
     return call
 
 
+T = TypeVar("T")
+_CI_PART = re.compile(r"[0-9]{1,2}c\.")  # a compute instance with fewer slices than its GI: 1c.3g.20gb
+
+
+def _profiles_fit(parse: Callable[[str], T], names: Callable[[T], list[tuple[str, bool]]]) -> Callable[[str], T]:
+    """`parse`, checking each MIG profile name it read (`names`: each with whether it names a compute
+    instance) is one nvidia-smi prints: fsm.state.PROFILE_NAME, after a <c>c. for a compute instance.
+    The rows' patterns took any text there, and the mutator puts odd numbers and characters in."""
+
+    def call(text: str) -> T:
+        out = parse(text)
+        for name, ci in names(out):
+            m = _CI_PART.match(name) if ci else None
+            assert PROFILE_NAME.fullmatch(name[m.end() :] if m else name), f"{name!r} read from {text[:300]!r}"
+        return out
+
+    return call
+
+
+def _mig_names(gpus: list[nvsmi.GpuEntry]) -> list[tuple[str, bool]]:
+    return [(d.name, True) for g in gpus for d in g.mig]  # a MIG device is a compute instance
+
+
 def test_nvsmi_parsers_fuzz() -> None:
     everything = fxs("nvidia-smi*")
     cases: list[tuple[Callable[[str], object], list[str]]] = [
-        (nvsmi.parse_lgi, fxs("nvidia-smi-mig-lgi_*")),
-        (nvsmi.parse_lci, fxs("nvidia-smi-mig-lci*")),
-        (nvsmi.parse_lgip, fxs("nvidia-smi-mig-lgip_*")),
-        (nvsmi.parse_lgipp, fxs("nvidia-smi-mig-lgipp_*")),
-        (_gpus_once(nvsmi.parse_list), fxs("nvidia-smi-L_*")),
+        (_profiles_fit(nvsmi.parse_lgi, lambda rows: [(r.name, False) for r in rows]), fxs("nvidia-smi-mig-lgi_*")),
+        (_profiles_fit(nvsmi.parse_lci, lambda rows: [(r.name, True) for r in rows]), fxs("nvidia-smi-mig-lci*")),
+        (_profiles_fit(nvsmi.parse_lgip, lambda rows: [(r.name, False) for r in rows]), fxs("nvidia-smi-mig-lgip_*")),
+        (nvsmi.parse_lgipp, fxs("nvidia-smi-mig-lgipp_*")),  # no names: profile IDs
+        (_gpus_once(_profiles_fit(nvsmi.parse_list, _mig_names)), fxs("nvidia-smi-L_*")),
         (_gpus_once(nvsmi.parse_query_gpus), [QUERY, *fxs("nvidia-smi-query-gpu_mig*")]),
-        (nvsmi.parse_change, fxs("nvidia-smi-mig-c*") + fxs("nvidia-smi-mig-d*")),
+        (
+            _profiles_fit(nvsmi.parse_change, lambda ch: [(name, False) for _, name in ch.created_gi]),
+            fxs("nvidia-smi-mig-c*") + fxs("nvidia-smi-mig-d*"),
+        ),
     ]
     for k, (parse, seeds) in enumerate(cases):
         fuzz(seeds + everything[:3], parse, (NvsmiError,), 600, k)

@@ -15,8 +15,11 @@ from fsm.mig import Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Level
 
-# A MIG profile's name as nvidia-smi prints it: 3g.20gb, 1g.10gb+me (the +gfx, +me.all kind too)
-PROFILE_NAME = re.compile(r"[0-9]{1,2}g\.[0-9]{1,4}gb(?:\+[a-z.]{1,16})?")
+# A MIG profile's name as nvidia-smi prints it: 3g.20gb, 1g.10gb+me (the +gfx, +me.all kind too).
+# Attributes after the size are comma-joined (NVIDIA go-nvlib, MigProfileInfo.String and
+# parseMigProfileAttributes); a "-" before them is taken as well: a driver's name for a profile
+# without an attribute that we cannot place must not fail the whole `nvidia-smi -L` listing.
+PROFILE_NAME = re.compile(r"[0-9]{1,2}g\.[0-9]{1,4}gb(?:[+-][a-z][a-z0-9.]{0,15}(?:,[a-z][a-z0-9.]{0,15}){0,3})?")
 
 STATE_VERSION = 1
 

@@ -361,8 +361,18 @@ def test_a_profile_name_nvidia_smi_never_prints_is_an_error_naming_it_and_the_li
 @pytest.mark.parametrize("case", list(_NAMED))
 def test_odd_but_real_profile_names_are_read(case: str) -> None:
     """A media extension (+me), a 1g with two memory slots (1g.20gb), H200's 4g.71gb and 7g.141gb
-    (fsm.mig); where a compute instance is named, its <c>c. form too. The captures: tests above."""
+    (fsm.mig); attributes as go-nvlib writes and parses them (+gfx, +me.all, comma-joined), and a
+    "-" form we cannot place but must not fail the listing on; where a compute instance is named,
+    its <c>c. form too. The captures: tests above."""
     parse, text, part, read, ci = _NAMED[case]
-    for name in ("1g.10gb+me", "1g.20gb", "4g.71gb", "7g.141gb", *(("1c.7g.141gb", "2c.4g.71gb") if ci else ())):
+    attrs = ("1g.20gb+gfx", "1g.24gb+me.all", "1g.10gb+me,gfx", "1g.23gb-me")
+    for name in (
+        "1g.10gb+me",
+        "1g.20gb",
+        "4g.71gb",
+        "7g.141gb",
+        *attrs,
+        *(("1c.7g.141gb", "2c.4g.71gb") if ci else ()),
+    ):
         got = read(parse(_renamed(text, part, name)[0]))
         assert got == (4 if case == "cci" else name), (name, got)

@@ -1,4 +1,5 @@
-"""Run a tool without a shell, with a timeout, killing its whole process group when it hangs."""
+"""Run a tool without a shell, with a timeout, killing its whole process group when it hangs or
+floods its output."""
 
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ async def run(
     env: Mapping[str, str] | None = None,
     max_output: int = 1 << 20,
 ) -> Result:
-    """Run argv (a list, never a shell line). Raises ToolError on a start failure or a timeout;
-    a non-zero exit is returned in Result.rc for the caller to interpret."""
+    """Run argv (a list, never a shell line). Raises ToolError on a start failure, a timeout, or
+    more than max_output bytes on stdout or stderr (the tool is killed then too); a non-zero exit
+    is returned in Result.rc for the caller to interpret."""
     check_argv(argv)
     try:
         p = await asyncio.create_subprocess_exec(
@@ -63,19 +65,57 @@ async def run(
     except OSError as e:
         raise ToolError(argv, f"cannot run: {e.strerror or e}") from None
     try:
-        out, err = await asyncio.wait_for(p.communicate(stdin.encode() if stdin is not None else None), timeout)
-    except (TimeoutError, asyncio.CancelledError) as e:
+        out, err = await asyncio.wait_for(_communicate(p, stdin, max_output), timeout)
+    except (TimeoutError, asyncio.CancelledError, _TooMuch) as e:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(p.wait(), 5)
+        with contextlib.suppress(Exception):  # what is left in the pipes of a killed tool is bounded
+            await asyncio.wait_for(p.communicate(), 5)  # and read so that they close (and it is reaped)
         if isinstance(e, asyncio.CancelledError):
             raise
+        if isinstance(e, _TooMuch):
+            raise ToolError(argv, f"printed more than {max_output} bytes on {e.stream} (killed)") from None
         raise ToolError(argv, f"timed out after {timeout:g} s (killed)") from None
     rc = p.returncode if p.returncode is not None else -1
-    return Result(
-        tuple(argv),
-        rc,
-        out[:max_output].decode("utf-8", "replace"),
-        err[:max_output].decode("utf-8", "replace"),
-    )
+    return Result(tuple(argv), rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+class _TooMuch(Exception):
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+
+
+async def _communicate(p: asyncio.subprocess.Process, stdin: str | None, max_output: int) -> tuple[bytes, bytes]:
+    """communicate(), but reading at most max_output bytes of each stream: a tool that floods its
+    output (a broken nvidia-smi printing without end) was read whole before it was cut, gigabytes
+    within one timeout. _TooMuch once a stream has more; the caller kills the tool."""
+
+    async def feed() -> None:
+        assert p.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            p.stdin.write(stdin.encode() if stdin is not None else b"")
+            await p.stdin.drain()
+        p.stdin.close()
+
+    async def drain(stream: asyncio.StreamReader | None, name: str) -> bytes:
+        assert stream is not None
+        data = bytearray()
+        while chunk := await stream.read(1 << 16):
+            data += chunk
+            if len(data) > max_output:
+                raise _TooMuch(name)
+        return bytes(data)
+
+    out = asyncio.ensure_future(drain(p.stdout, "stdout"))
+    err = asyncio.ensure_future(drain(p.stderr, "stderr"))
+    fed = asyncio.ensure_future(feed()) if stdin is not None else None
+    try:
+        if fed is not None:
+            await fed
+        got_out, got_err = await asyncio.gather(out, err)
+    finally:
+        for t in (out, err, fed):
+            if t is not None:
+                t.cancel()
+    await p.communicate()  # both at their end: closes the pipes' transports, reaps the tool
+    return got_out, got_err

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import IO
 
+from schema.files import open_regular
 from schema.jsontext import ascii_digits
 
 log = logging.getLogger("tailguard")
@@ -69,7 +70,8 @@ def holder(directory: str) -> tuple[str, int | None]:
     ("unknown", None) when the lock cannot be looked at (none made yet, not ours to open)."""
     path = Path(directory) / LOCK_NAME
     try:
-        fh = open(path, encoding="utf-8")  # noqa: SIM115 (closed below, which drops a shared lock)
+        # not open(): a FIFO there blocked it for good (`tailguard status` hung); refused instead
+        fh = os.fdopen(open_regular(path), encoding="utf-8")  # closed below, which drops a shared lock
     except OSError:
         return "unknown", None
     with fh:

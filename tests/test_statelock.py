@@ -107,3 +107,22 @@ def test_status_tells_a_killed_daemon_from_a_stalled_one(tmp_path: Path) -> None
     assert "NOT RUNNING: no process holds its state directory" in render(fresh, now=1001.0, lock=holder(d))
     assert "stopped" in render({**fresh, "state": "stopped"}, now=1001.0, lock=holder(d))
     assert "killed or stalled?" in render(fresh, now=1600.0)  # nothing known of the lock: as before
+
+
+@pytest.mark.faults
+def test_status_does_not_hang_on_a_lock_file_that_is_a_fifo(tmp_path: Path) -> None:
+    """holder() opened the lock file blocking: a FIFO at its path hung `tailguard status` for good
+    (doctor had the same, tests/test_doctor.py). It is refused: nothing known of the lock."""
+    import os
+    import threading
+
+    from controller.statelock import holder
+
+    d = tmp_path / "state"
+    d.mkdir()
+    os.mkfifo(d / LOCK_NAME)
+    got: list[tuple[str, int | None]] = []
+    t = threading.Thread(target=lambda: got.append(holder(str(d))), daemon=True)
+    t.start()
+    t.join(10)
+    assert got == [("unknown", None)]

@@ -15,7 +15,9 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.daemon_fakes import Mosquitto, free_port
@@ -320,12 +322,7 @@ def test_a_lock_file_that_is_no_regular_file_warns_and_does_not_hang(tmp_path) -
     lock = tmp_path / "state" / LOCK_NAME
 
     def state() -> Check:
-        got: list[list[Check]] = []
-        th = threading.Thread(target=lambda: got.append(asyncio.run(check_state_dir(parse_config(text)))), daemon=True)
-        th.start()
-        th.join(20)
-        assert got, "check_state_dir hung on the lock file"
-        (c,) = got[0]
+        (c,) = _answered(lambda: check_state_dir(parse_config(text)), "check_state_dir on the lock file")
         return c
 
     os.mkfifo(lock)
@@ -424,12 +421,7 @@ def test_an_mqtt_ca_file_that_cannot_be_loaded_fails_naming_it_and_does_not_hang
     def mqtt() -> Check:
         url = f"mqtts://127.0.0.1:{free_port()}"  # nobody listens
         text = f'[exporters.mqtt]\nenabled = true\nurl = "{url}"\ntls = true\ntls_ca = "{ca}"\n'
-        got: list[list[Check]] = []
-        th = threading.Thread(target=lambda: got.append(asyncio.run(check_mqtt(parse_config(text), 3.0))), daemon=True)
-        th.start()
-        th.join(20)
-        assert got, "check_mqtt hung on the CA file"
-        (c,) = got[0]
+        (c,) = _answered(lambda: check_mqtt(parse_config(text), 3.0), "check_mqtt on the CA file")
         return c
 
     os.mkfifo(ca)
@@ -448,3 +440,14 @@ def test_an_mqtt_ca_file_that_cannot_be_loaded_fails_naming_it_and_does_not_hang
         ca.symlink_to(bundle)
         c = mqtt()
         assert c.status == FAIL and c.cause.startswith("broker mqtts://127.0.0.1:"), c.line()
+
+
+def _answered(check: Callable[[], Coroutine[Any, Any, list[Check]]], what: str) -> list[Check]:
+    """The check's lines, run on its own loop in a thread that must answer within 20 s: the faults
+    these tests plant (a FIFO) hung the check's loop past every timeout of its own."""
+    got: list[list[Check]] = []
+    th = threading.Thread(target=lambda: got.append(asyncio.run(check())), daemon=True)
+    th.start()
+    th.join(20)
+    assert got, f"{what}: no answer in 20 s (hung)"
+    return got[0]

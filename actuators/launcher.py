@@ -81,7 +81,7 @@ async def _argv_ok(argv: list[str], timeout: float, what: str) -> None:
     except ToolError as e:
         raise LaunchError(str(e)) from None
     if r.rc != 0:
-        raise LaunchError(f"{what}: exit {r.rc}: {r.text.strip()[:200]}")
+        raise LaunchError(f"{what}: {r.status}: {r.text.strip()[:200]}")
 
 
 def _subst(template: Sequence[str], tenant: str, ref: InstanceRef | None, uuid: str) -> list[str]:

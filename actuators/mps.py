@@ -46,7 +46,7 @@ class MpsControl:
         except ToolError as e:
             raise MpsError(str(e)) from None
         if r.rc != 0:
-            raise MpsError(f"{self.path} {line!r}: exit {r.rc}: {r.text.strip()[:200]}")
+            raise MpsError(f"{self.path} {line!r}: {r.status}: {r.text.strip()[:200]}")
         return r.stdout
 
     @staticmethod

@@ -391,7 +391,7 @@ class NvidiaSmi:
             nvml = next((x[1].strip() for x in m if x), "")
             if NO_MIG in r.text:
                 raise MigDisabled(f"{' '.join(argv)}: MIG mode is not enabled", "Not Supported")
-            raise NvsmiError(f"{' '.join(argv)}: exit {r.rc}: {r.text.strip()[:300]}", nvml)
+            raise NvsmiError(f"{' '.join(argv)}: {r.status}: {r.text.strip()[:300]}", nvml)
         return r
 
     @staticmethod
@@ -431,7 +431,7 @@ class NvidiaSmi:
             raise NvsmiError(str(e)) from None
         ch = parse_change(r.text)
         if r.rc != 0 and not ch.error:
-            raise NvsmiError(f"{' '.join(argv)}: exit {r.rc}: {r.text.strip()[:300]}")
+            raise NvsmiError(f"{' '.join(argv)}: {r.status}: {r.text.strip()[:300]}")
         return ch
 
     async def create_gi(self, gpu: int, profile_id: int, start: int) -> tuple[int, Change]:

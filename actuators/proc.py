@@ -29,6 +29,16 @@ class Result:
     stderr: str
 
     @property
+    def status(self) -> str:
+        """How the tool ended, for a message: "exit 3", or "killed by SIGKILL" (asyncio reports a
+        death by signal N as -N, which read "exit -9")."""
+        if self.rc < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-self.rc).name}"
+            return f"killed by signal {-self.rc}"
+        return f"exit {self.rc}"
+
+    @property
     def text(self) -> str:
         """stdout and stderr together: nvidia-smi prints errors on either."""
         return self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr

@@ -215,7 +215,7 @@ async def check_topo(nvsmi: NvidiaSmi, timeout_s: float) -> list[Check]:
     except ToolError as e:
         return [Check("nvidia-smi topo -m", FAIL, str(e), NO_SMI_FIX)]
     if r.rc != 0:
-        return [Check("nvidia-smi topo -m", FAIL, f"exit {r.rc}: {r.text.strip()[:200]}", "check the driver")]
+        return [Check("nvidia-smi topo -m", FAIL, f"{r.status}: {r.text.strip()[:200]}", "check the driver")]
     try:
         topo = topology_from_matrix(parse_topo_matrix(r.stdout))
     except ParseError as e:

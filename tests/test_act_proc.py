@@ -52,3 +52,10 @@ def test_a_tool_that_cannot_start_names_itself() -> None:
     with pytest.raises(ToolError, match=r"^/nonexistent/nvidia-smi: cannot run: "):
         asyncio.run(run(["/nonexistent/nvidia-smi"], timeout=5))
     assert os.path.exists(PY)
+
+
+def test_how_a_tool_ended_reads_as_an_exit_code_or_the_signal_that_killed_it() -> None:
+    """Found by fuzzing doctor: a tool killed by a signal read "exit -9" in every message."""
+    dead = asyncio.run(run([PY, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], timeout=30))
+    assert (dead.rc, dead.status) == (-9, "killed by SIGKILL")
+    assert asyncio.run(run([PY, "-c", "raise SystemExit(3)"], timeout=30)).status == "exit 3"

@@ -31,6 +31,7 @@ import argparse
 import copy
 import functools
 import json
+import math
 import random
 import statistics
 import sys
@@ -84,6 +85,24 @@ def _shape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str) 
         notes.append(f"{who} gamma cv {req['cv']:.2f}")
 
 
+def _low_rate(req: dict[str, Any], rng: random.Random, notes: list[str], who: str) -> None:
+    """perturb's `low_rates` for one tenant: its mean request rate set to 0.1-2 a second
+    (log-uniform), whatever the scenario's, through its trace's speed where a trace drives it. The
+    regime where the tail is a handful of requests a minute, and interference still stretches every
+    one of them (the issue's "blind at low request rate")."""
+    target = math.exp(rng.uniform(math.log(0.1), math.log(2.0)))
+    if req.get("trace") is None:
+        req["rate"] = target
+        notes.append(f"{who}.rate {target:.2f}/s (low rates)")
+        return
+    path = resolve_data(req["trace"], SCENARIO_DIR)
+    if path is None:
+        raise ValueError(f"{who}: request trace {req['trace']!r} not found")
+    times = load_request_trace(str(path))[0]
+    req["trace_speed"] = target * trace_cycle(times) / len(times)  # the trace's own rate x speed = target
+    notes.append(f"{who}.trace_speed {req['trace_speed']:.3f}: {target:.2f}/s (low rates)")
+
+
 def _reshape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str, out: Path) -> None:
     """perturb's `traces` for one trace-driven tenant: the bundled trace made into one of another
     shape, written to `out` (BurstGPT's CSV columns) and put in its place. The same requests (their
@@ -130,6 +149,7 @@ def perturb(
     low_quantiles: random.Random | None = None,
     traces: random.Random | None = None,
     trace_dir: Path | None = None,
+    low_rates: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -146,7 +166,8 @@ def perturb(
     one half each), at 0.25-0.5 of its latency (the same latency would never be reached there): a
     budget of half or a tenth of the requests, which the p99 gate does not judge. `traces` (one of
     its own; with `trace_dir`, where the new traces go): each trace-driven tenant's trace is given
-    another shape (_reshape)."""
+    another shape (_reshape). `low_rates` (one of its own): each sensitive tenant's mean request rate
+    is set to 0.1-2 a second (_low_rate)."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -187,6 +208,8 @@ def perturb(
                         req.update(arrivals="mmpp", burst_ratio=bursts.uniform(2.0, 5.0))
                         req.update(burst_mean_s=bursts.uniform(10.0, 60.0), calm_mean_s=bursts.uniform(30.0, 300.0))
                         notes.append(f"{who} bursts x{req['burst_ratio']:.1f}")
+                if low_rates is not None:
+                    _low_rate(req, low_rates, notes, who)
                 if t.get("relaunch_s") is not None and "relaunch_s" not in meta:
                     _scale(t, "relaunch_s", rng, 0.5, 2.0, notes, who)
             elif t.get("role") in SHIFTABLE:
@@ -201,6 +224,10 @@ def perturb(
     return notes
 
 
+# perturb's extra generators, by keyword; each is a command-line flag (low_quantiles: --low-quantiles)
+GENERATORS = ("bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates")
+
+
 def case_generators(seed: int, name: str, case: int, which: Iterable[str]) -> dict[str, random.Random]:
     """perturb's extra generators (`which`: its keywords) for one case, each seeded by the case and
     its own name, so that turning one on leaves every other draw as it was."""
@@ -210,32 +237,26 @@ def case_generators(seed: int, name: str, case: int, which: Iterable[str]) -> di
 def run_case(
     args: tuple[str, int, int, float | None, dict[str, Any]],
     exact: bool = False,
-    bursts: bool = False,
-    protect: bool = False,
-    quantiles: bool = False,
     tick_s: float | None = None,
-    shapes: bool = False,
-    low_quantiles: bool = False,
-    traces: bool = False,
+    which: Iterable[str] = (),
 ) -> dict[str, Any]:
-    if traces:  # the reshaped traces live as long as the case
+    """One case: the scenario perturbed (with perturb's extra generators `which`, its keywords),
+    then static and full run on it and judged by the gate."""
+    which = tuple(which)
+    if "traces" in which:  # the reshaped traces live as long as the case
         with tempfile.TemporaryDirectory(prefix="tailguard-robustness-") as tmp:
             try:
-                return _run_case(args, exact, bursts, protect, quantiles, tick_s, shapes, low_quantiles, Path(tmp))
+                return _run_case(args, exact, tick_s, which, Path(tmp))
             finally:
                 load_request_trace.cache_clear()  # keyed by path: the next case's would never hit
-    return _run_case(args, exact, bursts, protect, quantiles, tick_s, shapes, low_quantiles, None)
+    return _run_case(args, exact, tick_s, which, None)
 
 
 def _run_case(
     args: tuple[str, int, int, float | None, dict[str, Any]],
     exact: bool,
-    bursts: bool,
-    protect: bool,
-    quantiles: bool,
     tick_s: float | None,
-    shapes: bool,
-    low_quantiles: bool,
+    which: tuple[str, ...],
     trace_dir: Path | None,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
@@ -244,17 +265,7 @@ def _run_case(
     data.setdefault("policy", {}).update(policy)
     rng = random.Random(f"{seed}:{name}:{case}")
     mutated = copy.deepcopy(data)
-    on = {
-        "bursts": bursts,
-        "protect": protect,
-        "quantiles": quantiles,
-        "shapes": shapes,
-        "low_quantiles": low_quantiles,
-        "traces": trace_dir is not None,
-    }
-    notes = perturb(
-        mutated, rng, **case_generators(seed, name, case, [k for k, v in on.items() if v]), trace_dir=trace_dir
-    )
+    notes = perturb(mutated, rng, **case_generators(seed, name, case, which), trace_dir=trace_dir)
     if tick_s is not None:
         mutated["scenario"]["tick_s"] = tick_s  # the controller's sample period (the daemon's: 2 s)
     sc = scenario_from_data(mutated, str(path))
@@ -340,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--low-quantiles", action="store_true", help="SLOs on the p50 or p90 at 0.25-0.5 of the latency")
     ap.add_argument("--shapes", action="store_true", help="service-time CV 0.1-1.0, Gamma arrivals (half)")
     ap.add_argument("--traces", action="store_true", help="request traces started elsewhere and time-warped")
+    ap.add_argument("--low-rates", action="store_true", help="sensitive tenants' rates x0.05-0.5 (log-uniform)")
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
     if a.quantiles and a.low_quantiles:
@@ -360,17 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(name, int(case), a.seed, a.duration, policy)] if case else [j for j in jobs if j[0] == name]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
-        case = functools.partial(
-            run_case,
-            exact=a.exact_latency,
-            bursts=a.bursts,
-            protect=a.protect,
-            quantiles=a.quantiles,
-            tick_s=a.tick_s,
-            shapes=a.shapes,
-            low_quantiles=a.low_quantiles,
-            traces=a.traces,
-        )
+        which = [k for k in GENERATORS if getattr(a, k)]
+        case = functools.partial(run_case, exact=a.exact_latency, tick_s=a.tick_s, which=which)
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]
     print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")

@@ -15,7 +15,7 @@ import pytest
 
 from bench.robustness import case_generators, lever_line, main, outage_met, perturb, run_case
 from replay.request_traces import read_request_trace
-from replay.runner import HostRun
+from replay.runner import HostRun, run_host
 from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
 
 NAMES = [s.name for s in suite()]
@@ -205,6 +205,28 @@ def test_low_quantiles_put_slos_on_the_median_or_p90_below_the_latency() -> None
         assert {**b, "quantile": 0, "slo_ms": 0} == {**a, "quantile": 0, "slo_ms": 0}
         scenario_from_data(low, str(SCENARIO_DIR / "vllm-ttft.toml"))  # a valid scenario
     assert seen == {0.5, 0.9}
+
+
+@pytest.mark.parametrize("name", ["vllm-ttft", "paper-p4d", "bursty-code"])
+def test_low_rates_put_every_sensitive_tenant_at_a_tenth_to_two_requests_a_second(name: str) -> None:
+    """--low-rates: each sensitive tenant's mean rate drawn in 0.1-2 requests a second, from a
+    generator of its own (every other draw the one a run without it makes), through the trace's
+    speed for a trace-driven tenant (vllm-ttft), the rate for a synthetic one (85 and 60 a second
+    in the others): measured from the arrivals of an hour's static run."""
+    data = tomllib.loads((SCENARIO_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    rates = []
+    for case in range(3):
+        _, low, notes, lnotes = _pair(data, name, case, "low_rates")
+        extra = Counter(lnotes) - Counter(notes)
+        assert not Counter(notes) - Counter(lnotes) and all("(low rates)" in n for n in extra), lnotes
+        sc = scenario_from_data(low, str(SCENARIO_DIR / f"{name}.toml"))
+        sensitive = {t["name"] for h in low["hosts"] for t in h["tenants"] if t.get("role") == "sensitive"}
+        assert sum(extra.values()) == len(sensitive)
+        run = run_host(sc, 0, "static", 3600.0, sc.meta.seed)
+        for tenant in sensitive & set(run.arrivals):
+            rates.append(run.arrivals[tenant] / 3600.0)
+    assert rates and all(0.05 <= r <= 2.6 for r in rates), rates  # a trace's rate varies over its cycle
+    assert max(rates) / min(rates) > 1.5  # drawn, not one fixed rate
 
 
 def test_traces_reshape_a_trace_keeping_its_requests_and_rate(tmp_path: Path) -> None:

@@ -278,15 +278,33 @@ def parse_lgipp(text: str) -> list[Placements]:
     return out
 
 
+def _legacy_on_its_gpu(uuid: str, g: GpuEntry, no: int, ln: str, what: str) -> None:
+    """A legacy MIG-GPU-<uuid>/gi/ci names its GPU: listed under another, the tool's output is not
+    what it seems (cut and spliced?), and a move would start a tenant on the other GPU's device
+    (actuators.moves.mig_uuid picks a legacy UUID by its GI id alone)."""
+    if not uuid.startswith("MIG-GPU-"):
+        return
+    inner = uuid[len("MIG-") :].split("/", 1)[0]
+    if inner.lower() != g.uuid.lower():  # hex digits in either case are one UUID
+        raise NvsmiError(
+            f"{what}: MIG device UUID {uuid[:80]} names GPU {inner[:80]}, not GPU {g.index}'s {g.uuid[:80]}"
+            f" it is listed under, in line {no} {ln[:120]!r}"
+        )
+
+
 def parse_list(text: str) -> list[GpuEntry]:
     """`nvidia-smi -L`: GPUs and their MIG devices (new MIG-<uuid> and legacy MIG-GPU-<uuid>/gi/ci).
-    A GPU index, a UUID (GPU or MIG) or a MIG device index on one GPU listed twice is an error."""
+    A GPU index, a UUID (GPU or MIG) or a MIG device index on one GPU listed twice is an error, and
+    so is a legacy MIG UUID naming another GPU than the one it is listed under."""
     what = "nvidia-smi -L"
     gpus: list[GpuEntry] = []
     seen: set[int] = set()
     uuids: set[str] = set()  # GPU and MIG devices' alike (the prefixes differ)
     mig_seen: set[int] = set()  # the MIG device indexes of the GPU being read
-    for ln in _lines(text):
+    for no, raw in enumerate(text.replace("\r", "").split("\n"), 1):
+        ln = raw.strip()
+        if not ln:
+            continue
         m = _L_GPU.match(ln)
         if m:
             index = _num(m[1], ln, what)
@@ -303,6 +321,7 @@ def parse_list(text: str) -> list[GpuEntry]:
             # a MIG device's UUID by its position in that list (actuators.moves.mig_uuid).
             _once(dev.index, mig_seen, ln, what, f"GPU {g.index} MIG device {dev.index}")
             _uuid_once(dev.uuid, uuids, ln, what)
+            _legacy_on_its_gpu(dev.uuid, g, no, ln, what)
             gpus[-1] = GpuEntry(g.index, g.name, g.uuid, (*g.mig, dev))
             continue
         raise NvsmiError(f"{what}: unexpected line {ln[:120]!r}")

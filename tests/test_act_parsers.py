@@ -309,6 +309,32 @@ def test_a_uuid_or_mig_device_listed_twice_is_an_error_naming_it_and_the_line(te
         nvsmi.parse_list(text)
 
 
+_LEGACY_GPU = "GPU-4200ccc0-2667-d4cb-9137-f932c716232a"  # the GPU of both legacy captures
+_OTHER_GPU = "GPU-7cd6d4d6-9fa8-13be-3c42-09a1b2280a02"
+_GPU1 = "GPU-1cd6d4d6-9fa8-13be-3c42-09a1b2280a02"  # _L_GPU1's
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (_L_LEGACY.replace(f"MIG-{_LEGACY_GPU}/9/0", f"MIG-{_OTHER_GPU}/9/0"),
+         f"MIG device UUID MIG-{_OTHER_GPU}/9/0 names GPU {_OTHER_GPU}, not GPU 0's {_LEGACY_GPU} it is listed"
+         f" under, in line 4 'MIG 1g.5gb Device 2: (UUID: MIG-{_OTHER_GPU}/9/0)'"),
+        (_L_GPU1 + "\n" + _L_LEGACY.split("\n", 1)[1],  # its GPU line lost; a blank line counts as a line
+         f"MIG device UUID MIG-{_LEGACY_GPU}/7/0 names GPU {_LEGACY_GPU}, not GPU 1's {_GPU1} it is listed"
+         f" under, in line 3 'MIG 1g.5gb Device 0: (UUID: MIG-{_LEGACY_GPU}/7/0)'"),
+    ],
+    ids=["other-gpus-uuid", "gpu-line-lost"],
+)  # fmt: skip
+def test_a_legacy_mig_uuid_of_another_gpu_is_an_error_naming_both_and_the_line(text: str, says: str) -> None:
+    """A legacy MIG-GPU-<uuid>/gi/ci under a GPU with another UUID was read as that GPU's device, and
+    a move, which picks a legacy UUID by its GI id, could start a tenant on the other GPU."""
+    with pytest.raises(nvsmi.NvsmiError, match="^" + re.escape("nvidia-smi -L: " + says) + "$"):
+        nvsmi.parse_list(text)
+    upper = _L_LEGACY.replace(f"{_LEGACY_GPU}/", f"{_LEGACY_GPU.upper()}/")  # hex digits in either case: one UUID
+    assert len(nvsmi.parse_list(upper)[0].mig) == 7
+
+
 _LGI_4 = fx("nvidia-smi-mig-lgi_a100-pcie-40gb_3g+2g+1g+1g_r510_hpe.txt")  # 3g.20gb the last row
 _LCI_4 = fx("nvidia-smi-mig-lci_a100-pcie-40gb_4ci_r510_hpe_last-border-missing.txt")  # 1c.3g.20gb last
 _LGIP_H100 = fx("nvidia-smi-mig-lgip_h100-pcie-80gb_r525_scaleway.txt")  # 1g.20gb the third row

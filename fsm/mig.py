@@ -9,6 +9,7 @@ The planner, the emulated nvidia-smi and the simulator all use this one table.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -254,6 +255,13 @@ def model_by_name(name: str) -> GpuModel:
     raise KeyError(f"unknown GPU model {name!r}; known: {', '.join(sorted(MODELS))}")
 
 
+# A MIG profile's name as nvidia-smi prints it: 3g.20gb, 1g.10gb+me (the +gfx, +me.all kind too).
+# Attributes after the size are comma-joined (NVIDIA go-nvlib, MigProfileInfo.String and
+# parseMigProfileAttributes); a "-" before them is taken as well: a driver's name for a profile
+# without an attribute that we cannot place must not fail the whole `nvidia-smi -L` listing.
+PROFILE_NAME = re.compile(r"[0-9]{1,2}g\.[0-9]{1,4}gb(?:[+-][a-z][a-z0-9.]{0,15}(?:,[a-z][a-z0-9.]{0,15}){0,3})?")
+
+
 class Slot(NamedTuple):
     """One GPU instance in a layout: a profile at a start memory slot. A named tuple, so layouts
     compare, hash and sort in C (by start, then profile) on every tick's hot paths."""
@@ -274,6 +282,9 @@ class Slot(NamedTuple):
                 f"bad MIG slot {text!r}: expected PROFILE@START, e.g. 3g.20gb@4"
                 " (START in ASCII digits, no leading zero)"
             )
+        # Checked here, where text comes in (config, journal, scenarios), not in Slot(): that is hot.
+        if not PROFILE_NAME.fullmatch(profile):
+            raise ValueError(f"bad MIG slot {text!r}: PROFILE is no MIG profile name, e.g. 3g.20gb or 1g.10gb+me")
         return Slot(int(start), profile)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,15 +10,10 @@ from typing import Any
 from fsm.codec import decode_as, encode
 from fsm.desired import MpsLimit, Throttle
 from fsm.evidence import SloEvidence
+from fsm.mig import PROFILE_NAME as PROFILE_NAME  # defined beside Slot.parse, which checks it
 from fsm.mig import Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Level
-
-# A MIG profile's name as nvidia-smi prints it: 3g.20gb, 1g.10gb+me (the +gfx, +me.all kind too).
-# Attributes after the size are comma-joined (NVIDIA go-nvlib, MigProfileInfo.String and
-# parseMigProfileAttributes); a "-" before them is taken as well: a driver's name for a profile
-# without an attribute that we cannot place must not fail the whole `nvidia-smi -L` listing.
-PROFILE_NAME = re.compile(r"[0-9]{1,2}g\.[0-9]{1,4}gb(?:[+-][a-z][a-z0-9.]{0,15}(?:,[a-z][a-z0-9.]{0,15}){0,3})?")
 
 STATE_VERSION = 1
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
 from fsm.mig import CLASSES, MODELS, Slot, free_starts, is_valid, layout_problems, model_by_name
+from fsm.observation import InstanceRef
 from fsm.topology import Node, NodeKind, Tier, Topology, TopologyBuilder
 
 A100 = model_by_name("A100-SXM4-40GB")
@@ -50,6 +52,21 @@ def test_lgip_ids_and_order_match_the_captures():
 def test_layout_validity(layout, ok):
     slots = [Slot.parse(s) for s in layout]
     assert is_valid(A100, slots) is ok, layout_problems(A100, slots)
+
+
+@pytest.mark.parametrize(
+    "profile",
+    ["14", "../../x", "3G.20GB", "3g.20gb ", "\uff13g.20gb", "1c.3g.20gb", "x" * 5000],
+    ids=["lgip-id", "path", "upper-case", "trailing-space", "full-width-digit", "compute-instance", "5000-characters"],
+)
+def test_a_slot_or_instance_whose_profile_is_no_profile_name_is_refused(profile: str) -> None:
+    """Were read as written: config, the journal and scenarios carried a slot no tool prints, which
+    no layout read back ever matched. The error names the text."""
+    for parse, text in ((Slot.parse, f"{profile}@0"), (InstanceRef.parse, f"gpu0/{profile}@0")):
+        with pytest.raises(ValueError, match=re.escape(f"bad MIG slot {f'{profile}@0'!r}: PROFILE is no MIG")):
+            parse(text)
+    assert InstanceRef.parse("gpu0/1g.10gb+me@6") == InstanceRef("gpu0", "1g.10gb+me", 6)
+    assert Slot.parse("1g.24gb-me@0") == Slot(0, "1g.24gb-me")
 
 
 def _maximal_layouts():

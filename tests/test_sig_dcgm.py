@@ -197,3 +197,34 @@ def test_a_series_copied_per_pod_is_one_reading() -> None:
     a = DcgmExporterSampler("http://x").parse(SCRAPE, 0.0).gpus[0]
     b = DcgmExporterSampler("http://x").parse(SCRAPE + copy + "\n", 0.0).gpus[0]
     assert a == b
+
+
+_GI_LINE = 22  # the scrape's one MIG instance series: DRAM_ACTIVE of GPU 0 instance 13, 1g.5gb
+
+
+@pytest.mark.parametrize(
+    ("profile", "shown"),
+    [
+        ("../../x", "'../../x'"),
+        ("1G.5GB", "'1G.5GB'"),
+        ("\uff11g.5gb", "'\uff11g.5gb'"),
+        ("1g.5gb\\n", "'1g.5gb\\n'"),  # the exposition format's escape: a newline in the value
+        ("g" * 5000, "'" + "g" * 19 + "..." + "g" * 11 + "' (5002 characters)"),
+    ],
+    ids=["path", "upper-case", "full-width-digit", "newline", "5000-characters"],
+)
+def test_a_series_whose_profile_label_is_no_profile_name_is_skipped_with_a_reason(profile: str, shown: str) -> None:
+    """GPU_I_PROFILE was taken as it came, and shown whole in the reasons of an instance NVML cannot
+    place. The series is left out (its GPU_I_ID still placed it, but the labels are not what they
+    seem) and the reading says which, where and why; the rest of the scrape is read."""
+    lines = SCRAPE.splitlines(keepends=True)
+    assert 'GPU_I_PROFILE="1g.5gb",GPU_I_ID="13"' in lines[_GI_LINE - 1]
+    lines[_GI_LINE - 1] = lines[_GI_LINE - 1].replace('GPU_I_PROFILE="1g.5gb"', f'GPU_I_PROFILE="{profile}"')
+    r = DcgmExporterSampler("http://x").parse("".join(lines), 0.0)
+    assert r.gpus[0].instances == () and r.gpus[0].dram_active == 0.690789
+    assert r.unavailable["dcgm:gpu0:gi13:profile"] == (
+        f"http://x: line {_GI_LINE}: {DRAM_ACTIVE} for GPU 0 instance 13 skipped:"
+        f" GPU_I_PROFILE {shown} is no MIG profile name"
+    )
+    ok = DcgmExporterSampler("http://x").parse(SCRAPE.replace('"1g.5gb"', '"1g.10gb+me"'), 0.0)
+    assert ok.gpus[0].instances[0].profile == "1g.10gb+me" and not any(k.endswith(":profile") for k in ok.unavailable)

@@ -20,7 +20,8 @@ from controller.signals.http import FetchError, fetch_text
 from controller.signals.latency import Fetch
 from controller.signals.promtext import parse_samples
 from controller.signals.rates import CounterRates
-from schema.jsontext import ascii_digits, text_lines
+from fsm.state import PROFILE_NAME
+from schema.jsontext import ascii_digits, shown, text_lines
 
 SM_ACTIVE = "DCGM_FI_PROF_SM_ACTIVE"
 DRAM_ACTIVE = "DCGM_FI_PROF_DRAM_ACTIVE"
@@ -99,6 +100,7 @@ class DcgmExporterSampler:
         uuids: dict[int, str] = {}
         inst: dict[tuple[int, int], dict[str, float | str]] = {}
         seen: set[str] = set()
+        skipped: dict[str, str] = {}  # reasons for series left out
         wanted = frozenset(FAMILIES)
         for s in samples:
             name, labels = s.name, s.labels
@@ -116,10 +118,19 @@ class DcgmExporterSampler:
                 gi_id = _index(gi)
                 if gi_id is None:
                     raise ParseError(self.url, s.line, f"GPU_I_ID {gi[:20]!r} is not a number")
+                profile = labels.get("GPU_I_PROFILE", "")
+                if profile and not PROFILE_NAME.fullmatch(profile):
+                    # The GI id still places the series, but a label that is no profile name says
+                    # the series is not what it seems: that one is left out, not the whole scrape.
+                    skipped[f"dcgm:gpu{g}:gi{gi_id}:profile"] = (
+                        f"{self.url}: line {s.line}: {name} for GPU {g} instance {gi_id} skipped:"
+                        f" GPU_I_PROFILE {shown(profile)} is no MIG profile name"
+                    )
+                    continue
                 key = (g, gi_id)
                 d = inst.get(key)
                 if d is None:
-                    d = inst[key] = {"profile": labels.get("GPU_I_PROFILE", "")}
+                    d = inst[key] = {"profile": profile}
                 _once(d, name, s.value, self.url, s.line, f"GPU {g} instance {gi_id}")
                 d[name] = s.value
                 continue
@@ -131,7 +142,7 @@ class DcgmExporterSampler:
             uuid = labels.get("UUID")
             if uuid is not None:
                 uuids[g] = uuid
-        reasons: dict[str, str] = {}
+        reasons: dict[str, str] = dict(skipped)
         if not samples:
             reasons["dcgm"] = f"{self.url}: none of {', '.join(FAMILIES)} in the scrape"
         if SM_ACTIVE not in seen:

@@ -28,6 +28,7 @@ from controller.config_files import read_mqtt_password
 from controller.mig_tables import MigTables
 from controller.signals.base import Unavailable
 from schema.files import open_regular, read_small_text
+from schema.problems import short_text
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MIN_FREE_BYTES = 64 << 20  # the journal (4 MiB) and state files, with room for a trace
@@ -493,13 +494,14 @@ async def check_state_dir(cfg: Config) -> list[Check]:
 
 
 async def check_notify_socket() -> list[Check]:
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
+    value = os.environ.get("NOTIFY_SOCKET")
+    if not value:
         return [Check("notify socket", OK, "NOTIFY_SOCKET unset: not under systemd (the unit sets it, Type=notify)")]
-    if addr.startswith("@"):
+    addr = short_text(value, 120)  # as shown: thousands of characters would bury the line
+    if value.startswith("@"):
         return [Check("notify socket", OK, f"{addr}: abstract socket (cannot be checked without sending)")]
     try:
-        st = os.stat(addr)
+        st = os.stat(value)
     except OSError as e:
         return [
             Check(

@@ -285,6 +285,25 @@ latency = {{ kind = "prometheus", url = "{url}" }}
     assert c.status == OK and c.cause == f"prometheus {url}: readable"
 
 
+def test_a_notify_socket_of_thousands_of_characters_is_shown_shortened(tmp_path, monkeypatch) -> None:
+    """Was: doctor printed NOTIFY_SOCKET whole, 5,000 characters on one line for one check."""
+    from controller.doctor import check_notify_socket
+
+    (tmp_path / "file").write_text("")
+    long_file = str(tmp_path) + "/." * ((4000 - len(str(tmp_path))) // 2) + "/file"  # within PATH_MAX
+    cases = [
+        ("/nowhere/" + "x" * 4991, FAIL, "File name too long"),
+        ("@" + "x" * 4999, OK, "abstract socket"),
+        (long_file, FAIL, "is not a socket"),
+    ]
+    for value, status, says in cases:
+        monkeypatch.setenv("NOTIFY_SOCKET", value)
+        (c,) = asyncio.run(check_notify_socket())
+        assert c.status == status and says in c.cause, c
+        assert value[:100] in c.cause and f"...{value[-12:]} ({len(value)} characters)" in c.cause
+        assert len(c.line()) < 300, len(c.line())
+
+
 @pytest.mark.faults
 def test_an_nvml_init_that_hangs_is_bounded(tmp_path, monkeypatch) -> None:
     import time

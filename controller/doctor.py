@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -27,7 +28,8 @@ from controller.config import Config
 from controller.config_files import read_mqtt_password
 from controller.mig_tables import MigTables
 from controller.signals.base import Unavailable
-from schema.files import open_regular, read_small_text
+from schema.files import open_regular, read_small_bytes
+from schema.jsontext import shown
 from schema.problems import short_text
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -264,6 +266,23 @@ async def check_dcgm(cfg: Config, timeout_s: float) -> list[Check]:
 # ---------------------------------------------------------------- cgroups, latency, broker, files
 
 
+_CONTROLLER = re.compile(r"[a-z_]+")  # a controller's name: cpuset, io, memory, pids, ...
+
+
+def _controllers(raw: bytes) -> list[str]:
+    """The names in a cgroup.controllers (the kernel writes "cpuset cpu io memory pids\n"), or
+    ValueError saying what is wrong with content that is not such a list."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    names = [t for t in re.split(r"[ \n]+", text) if t]
+    bad = next((t for t in names if not _CONTROLLER.fullmatch(t)), None)
+    if bad is not None:
+        raise ValueError(f"{shown(bad)} is no controller name")
+    return names
+
+
 async def check_cgroups(cfg: Config) -> list[Check]:
     from controller.signals.cgroup import CgroupSampler
 
@@ -276,9 +295,18 @@ async def check_cgroups(cfg: Config) -> list[Check]:
     if io.version == "v2":
         path = Path(io.root) / "cgroup.controllers"
         try:  # a regular file of bounded size: a FIFO there hung doctor, /dev/zero filled memory
-            ctl = read_small_text(path, errors="replace").split()
+            ctl = _controllers(read_small_bytes(path))
         except OSError as e:
             return [Check("cgroup", FAIL, f"cannot read {path}: {e.strerror or e}", "check host.cgroup_root")]
+        except ValueError as e:  # garbage read as a list without io, the file unnamed
+            return [
+                Check(
+                    "cgroup",
+                    FAIL,
+                    f"{path}: {e}: not a space-separated list of controller names",
+                    "the kernel writes this file: is host.cgroup_root a cgroup v2 mount?",
+                )
+            ]
         if "io" not in ctl:
             out.append(
                 Check(

@@ -181,6 +181,40 @@ def test_a_cgroup_controllers_that_is_no_regular_file_fails_and_does_not_hang(tm
     assert c["cgroup"].status == FAIL and f"cannot read {ctl}" in c["cgroup"].cause
 
 
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"\x7fELF\x02\x01\x01\x00\xff\xfe", "not UTF-8 text (byte 0xff at offset 8)"),
+        (b"cpuset cpu \xc0io memory\n", "not UTF-8 text (byte 0xc0 at offset 11)"),
+        (b"\x00\x01\x02 io\n", "'\\x00\\x01\\x02' is no controller name"),
+        (b"cpu IO memory\n", "'IO' is no controller name"),
+        (b"<html><body>404 Not Found</body></html>\n", "'<html><body>404' is no controller name"),
+        (
+            b"io," + b"x" * 5000 + b"\n",
+            "'io," + "x" * 16 + "..." + "x" * 11 + "' (5005 characters) is no controller name",
+        ),
+    ],
+    ids=["binary", "not-utf-8", "control-characters", "upper-case", "words", "5000-characters"],
+)
+def test_a_cgroup_controllers_full_of_garbage_fails_naming_the_file_and_what_is_wrong(
+    tmp_path, content: bytes, says: str
+) -> None:
+    """Was: read as a list without io ("cgroup v2 at ... without the io controller"), the file
+    unnamed and its content unsaid, as if the kernel had left io out."""
+    from controller.doctor import check_cgroups
+
+    text = _config(tmp_path, "http://127.0.0.1:9/metrics")
+    ctl = tmp_path / "cg" / "cgroup.controllers"
+    ctl.write_bytes(content)
+    c = _by_name(asyncio.run(check_cgroups(parse_config(text))))["cgroup"]
+    assert c.status == FAIL and c.cause == f"{ctl}: {says}: not a space-separated list of controller names", c
+    assert "host.cgroup_root" in c.fix
+    for fine, status in ((b"cpuset cpu io memory hugetlb pids rdma misc\n", OK), (b"cpu memory\n", FAIL), (b"", FAIL)):
+        ctl.write_bytes(fine)
+        c = _by_name(asyncio.run(check_cgroups(parse_config(text))))["cgroup"]
+        assert c.status == status and c.cause.startswith("cgroup v2 at "), (fine, c)
+
+
 @pytest.mark.root
 def test_a_group_removed_from_the_real_blkio_hierarchy(tmp_path, monkeypatch) -> None:
     if os.geteuid() != 0 or not Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device").exists():

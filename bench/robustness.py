@@ -85,21 +85,25 @@ def _shape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str) 
         notes.append(f"{who} gamma cv {req['cv']:.2f}")
 
 
-def _low_rate(req: dict[str, Any], rng: random.Random, notes: list[str], who: str) -> None:
+def _low_rate(req: dict[str, Any], level: float, rng: random.Random, notes: list[str], who: str) -> None:
     """perturb's `low_rates` for one tenant: its mean request rate set to 0.1-2 a second
-    (log-uniform), whatever the scenario's, through its trace's speed where a trace drives it. The
-    regime where the tail is a handful of requests a minute, and interference still stretches every
-    one of them (the issue's "blind at low request rate")."""
+    (log-uniform), whatever the scenario's, through its trace's speed where a trace drives it, and
+    over the thinning of its schedule's `level` (low-rate keeps 12% of its trace); a diurnal
+    profile's levels (0.3-1) scale it still. The regime where the tail is a handful of requests a
+    minute, and interference still stretches every one of them (the issue's "blind at low request
+    rate")."""
     target = math.exp(rng.uniform(math.log(0.1), math.log(2.0)))
+    if level <= 0:
+        return  # a tenant switched off stays off
     if req.get("trace") is None:
-        req["rate"] = target
+        req["rate"] = target / level
         notes.append(f"{who}.rate {target:.2f}/s (low rates)")
         return
     path = resolve_data(req["trace"], SCENARIO_DIR)
     if path is None:
         raise ValueError(f"{who}: request trace {req['trace']!r} not found")
     times = load_request_trace(str(path))[0]
-    req["trace_speed"] = target * trace_cycle(times) / len(times)  # the trace's own rate x speed = target
+    req["trace_speed"] = target * trace_cycle(times) / len(times) / level  # its rate x speed x level
     notes.append(f"{who}.trace_speed {req['trace_speed']:.3f}: {target:.2f}/s (low rates)")
 
 
@@ -209,7 +213,7 @@ def perturb(
                         req.update(burst_mean_s=bursts.uniform(10.0, 60.0), calm_mean_s=bursts.uniform(30.0, 300.0))
                         notes.append(f"{who} bursts x{req['burst_ratio']:.1f}")
                 if low_rates is not None:
-                    _low_rate(req, low_rates, notes, who)
+                    _low_rate(req, float((t.get("schedule") or {}).get("level", 1.0)), low_rates, notes, who)
                 if t.get("relaunch_s") is not None and "relaunch_s" not in meta:
                     _scale(t, "relaunch_s", rng, 0.5, 2.0, notes, who)
             elif t.get("role") in SHIFTABLE:

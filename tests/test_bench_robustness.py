@@ -207,12 +207,13 @@ def test_low_quantiles_put_slos_on_the_median_or_p90_below_the_latency() -> None
     assert seen == {0.5, 0.9}
 
 
-@pytest.mark.parametrize("name", ["vllm-ttft", "paper-p4d", "bursty-code"])
+@pytest.mark.parametrize("name", ["vllm-ttft", "low-rate", "paper-p4d", "bursty-code"])
 def test_low_rates_put_every_sensitive_tenant_at_a_tenth_to_two_requests_a_second(name: str) -> None:
     """--low-rates: each sensitive tenant's mean rate drawn in 0.1-2 requests a second, from a
     generator of its own (every other draw the one a run without it makes), through the trace's
-    speed for a trace-driven tenant (vllm-ttft), the rate for a synthetic one (85 and 60 a second
-    in the others): measured from the arrivals of an hour's static run."""
+    speed for a trace-driven tenant (vllm-ttft; low-rate's, whose schedule keeps 12% of the trace,
+    over that), the rate for a synthetic one (85 and 60 a second in the others): measured from the
+    arrivals of an hour's static run."""
     data = tomllib.loads((SCENARIO_DIR / f"{name}.toml").read_text(encoding="utf-8"))
     rates = []
     for case in range(3):

@@ -141,6 +141,20 @@ def tail_fraction(above_lo: float, above_hi: float, position: float) -> float:
     return max(0.0, min(1.0, (r**u - r) / (1.0 - r)))
 
 
+def slo_bucket(slo_s: float, bounds: Sequence[float]) -> tuple[float, float] | None:
+    """The bucket (lower, upper bound; the lowest starts at 0) a threshold falls strictly inside,
+    among a histogram's finite upper bounds; None on a bound or above the last finite one. There the
+    share over it is estimated (tail_fraction), not counted."""
+    lo = 0.0
+    for le in sorted(b for b in bounds if math.isfinite(b)):
+        if le == slo_s:
+            return None
+        if le > slo_s:
+            return (lo, le)
+        lo = le
+    return None
+
+
 def window_from_buckets(buckets: Buckets, slo_s: float | None = None) -> LatencyWindow:
     """A window as the live Prometheus sampler makes it: the count from the +Inf bucket, p50 / p99
     / p999 by histogram_quantile, and `over_slo` interpolated at the SLO (None without an SLO)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -317,6 +318,50 @@ latency = {{ kind = "prometheus", url = "{url}" }}
         url = pages.set("/metrics", (FIXTURES / "vllm-metrics_llama-3.1-8b_v0_excerpt_vllm-docs.prom").read_text())
         (c,) = asyncio.run(check_latency(parse_config(tenant(url))))
     assert c.status == OK and c.cause == f"prometheus {url}: readable"
+
+
+def test_an_slo_inside_a_histogram_bucket_warns_naming_the_bucket() -> None:
+    """vLLM's TTFT buckets (v1's, fsm.histogram.VLLM_TTFT_BUCKETS: ... 0.1, 0.25, 0.5 ...): a
+    200 ms SLO falls inside the 100-250 ms bucket, where the share over it is estimated, not counted:
+    WARN, naming the bucket and the two bounds that would count it exactly. On a bound (250 ms), or
+    with no SLO (a bulk tenant's latency), nothing to say."""
+    from controller.doctor import check_latency
+    from fsm.histogram import VLLM_TTFT_BUCKETS
+
+    metric = "vllm:time_to_first_token_seconds"
+    page = (
+        "".join(f'{metric}_bucket{{le="{le}"}} {10 * k}\n' for k, le in enumerate((*VLLM_TTFT_BUCKETS, "+Inf"), 1))
+        + f"{metric}_count {10 * (len(VLLM_TTFT_BUCKETS) + 1)}\n"
+    )
+
+    def tenant(url: str, slo: str, role: str = "sensitive") -> str:
+        return f"""
+[[tenants]]
+name = "llm"
+role = "{role}"
+{slo}
+latency = {{ kind = "prometheus", url = "{url}" }}
+"""
+
+    with serve() as pages:
+        url = pages.set("/metrics", page)
+        (inside,) = asyncio.run(check_latency(parse_config(tenant(url, "slo_ms = 200"))))
+        (bound,) = asyncio.run(check_latency(parse_config(tenant(url, "slo_ms = 250"))))
+        (bulk,) = asyncio.run(check_latency(parse_config(tenant(url, "", role="bulk"))))
+    assert inside.status == WARN, inside
+    assert "SLO 200 ms falls inside the 100-250 ms bucket of vllm:time_to_first_token_seconds" in inside.cause
+    assert "(100 or 250 ms)" in inside.fix and "jsonl or mqtt" in inside.fix
+    assert bound.status == OK and bulk.status == OK
+
+
+def test_slo_bucket_finds_the_bucket_a_threshold_falls_inside() -> None:
+    from fsm.histogram import VLLM_TTFT_BUCKETS, slo_bucket
+
+    assert slo_bucket(0.2, VLLM_TTFT_BUCKETS) == (0.1, 0.25)
+    assert slo_bucket(0.25, VLLM_TTFT_BUCKETS) is None  # on a bound: counted exactly
+    assert slo_bucket(0.0005, VLLM_TTFT_BUCKETS) == (0.0, 0.001)  # the lowest bucket starts at 0
+    assert slo_bucket(3000.0, (*VLLM_TTFT_BUCKETS, math.inf)) is None  # above the last finite bound
+    assert slo_bucket(0.2, ()) is None
 
 
 def test_a_notify_socket_of_thousands_of_characters_is_shown_shortened(tmp_path, monkeypatch) -> None:

@@ -81,6 +81,11 @@ class PrometheusLatencySampler:
             return Unavailable(f"{self.url}: no {self.metric}_bucket{{{sel}}} series in the scrape")
         return h
 
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """The bucket upper bounds of the last scrape (empty before one)."""
+        return tuple(le for le, _ in self._prev.buckets) if self._prev is not None else ()
+
     async def sample(self, now: float) -> LatencyReading | Unavailable:
         try:
             text = await self._fetch(self.url, self.timeout_s)

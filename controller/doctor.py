@@ -406,27 +406,16 @@ async def check_latency(cfg: Config) -> list[Check]:
 
 
 def _slo_bucket_check(name: str, slo_ms: float | None, sampler: object, readable: str) -> Check:
-    """A histogram source whose buckets put the SLO strictly inside one: the evidence estimates
-    the share over the SLO from the tail's shape across the bucket, and a server's step-quantised
-    latencies bunch under the upper bound, where the fit reads them low (measured: a true 3.5%
-    over a 213 ms SLO read as 0.7% in vLLM's 100-250 ms bucket; docs/results.md, "Low request
-    rates"). At a few requests a second that delays action past an episode's end."""
-    from controller.signals.latency import PrometheusLatencySampler
-    from fsm.histogram import slo_bucket
+    """WARN where a histogram source puts the SLO strictly inside one of its buckets
+    (controller.signals.latency.slo_inside_bucket: the daemon logs the same at its first scrape)."""
+    from controller.signals.latency import PrometheusLatencySampler, slo_inside_bucket
 
     if slo_ms is None or not isinstance(sampler, PrometheusLatencySampler):
         return Check(name, OK, readable)
-    bucket = slo_bucket(slo_ms / 1000.0, sampler.bounds)
-    if bucket is None:
+    note = slo_inside_bucket(slo_ms / 1000.0, sampler.bounds, sampler.metric)
+    if note is None:
         return Check(name, OK, readable)
-    lo, hi = (round(1000.0 * b, 6) for b in bucket)
-    return Check(
-        name,
-        WARN,
-        f"{readable}; its SLO {slo_ms:g} ms falls inside the {lo:g}-{hi:g} ms bucket of {sampler.metric}:"
-        " the share over it is estimated from the buckets, and can read a violation as within budget",
-        f"an SLO on a bucket bound ({lo:g} or {hi:g} ms) is counted exactly; so is a jsonl or mqtt latency source",
-    )
+    return Check(name, WARN, f"{readable}; {note[0]}", note[1])
 
 
 async def check_mqtt(cfg: Config, timeout_s: float) -> list[Check]:

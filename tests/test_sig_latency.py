@@ -95,6 +95,28 @@ def test_vllm_capture_windows_over_http() -> None:
     asyncio.run(run())
 
 
+def test_an_slo_inside_a_bucket_is_logged_once_at_the_first_scrape(caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon says what `tailguard doctor` says, once: a 50 ms SLO falls inside the capture's
+    40-60 ms bucket (estimated, not counted); 40 ms is a bound (counted exactly): nothing logged."""
+    with serve() as pages:
+        url = pages.set("/metrics", VLLM)
+
+        async def scrapes(slo_s: float) -> None:
+            s = PrometheusLatencySampler("latency:llm", url, timeout_s=2.0, slo_s=slo_s)
+            for t in (0.0, 1.0, 2.0):
+                await s.sample(t)
+
+        with caplog.at_level("WARNING", logger="tailguard.latency"):
+            asyncio.run(scrapes(0.05))
+            asyncio.run(scrapes(0.04))
+    (rec,) = caplog.records
+    assert rec.getMessage() == (
+        f"latency:llm ({url}): its SLO 50 ms falls inside the 40-60 ms bucket of vllm:time_to_first_token_seconds:"
+        " the share over it is estimated from the buckets, and can read a violation as within budget -> an SLO on"
+        " a bucket bound (40 or 60 ms) is counted exactly; so is a jsonl or mqtt latency source"
+    )
+
+
 def test_vllm_capture_single_scrape_matches_promql() -> None:
     s = PrometheusLatencySampler("x", "http://unused", labels={"model_name": "meta-llama/Llama-3.1-8B-Instruct"})
     h = s.parse(VLLM)

@@ -154,6 +154,7 @@ def perturb(
     traces: random.Random | None = None,
     trace_dir: Path | None = None,
     low_rates: random.Random | None = None,
+    signals: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -171,7 +172,9 @@ def perturb(
     budget of half or a tenth of the requests, which the p99 gate does not judge. `traces` (one of
     its own; with `trace_dir`, where the new traces go): each trace-driven tenant's trace is given
     another shape (_reshape). `low_rates` (one of its own): each sensitive tenant's mean request rate
-    is set to 0.1-2 a second (_low_rate)."""
+    is set to 0.1-2 a second (_low_rate). `signals` (one of its own): the host's signals as a real
+    one gives them ([scenario.signals]): no DCGM with odds one half, PCIe readings with a noise
+    CV of 0-1, and 0-10% of latency scrapes failing."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -181,6 +184,17 @@ def perturb(
         k = rng.choice([0.5, 2.0])
         meta["relaunch_s"] = meta.get("relaunch_s", 5.0) * k
         notes.append(f"relaunch x{k:g}")
+    if signals is not None:
+        sig = {
+            "dcgm": signals.random() >= 0.5,
+            "pcie_noise_cv": round(signals.uniform(0.0, 1.0), 3),
+            "latency_dropout": round(signals.uniform(0.0, 0.1), 3),
+        }
+        meta["signals"] = sig
+        notes.append(
+            f"signals: {'DCGM' if sig['dcgm'] else 'no DCGM'}, PCIe noise CV {sig['pcie_noise_cv']:g},"
+            f" {100 * sig['latency_dropout']:.1f}% of scrapes failing"
+        )
     for host in data.get("hosts", []):
         for t in host.get("tenants", []):
             who = t["name"]
@@ -229,7 +243,7 @@ def perturb(
 
 
 # perturb's extra generators, by keyword; each is a command-line flag (low_quantiles: --low-quantiles)
-GENERATORS = ("bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates")
+GENERATORS = ("bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates", "signals")
 
 
 def case_generators(seed: int, name: str, case: int, which: Iterable[str]) -> dict[str, random.Random]:
@@ -356,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", action="store_true", help="service-time CV 0.1-1.0, Gamma arrivals (half)")
     ap.add_argument("--traces", action="store_true", help="request traces started elsewhere and time-warped")
     ap.add_argument("--low-rates", action="store_true", help="sensitive tenants' rates x0.05-0.5 (log-uniform)")
+    ap.add_argument("--signals", action="store_true", help="no DCGM (half), noisy PCIe, failing latency scrapes")
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
     if a.quantiles and a.low_quantiles:

@@ -294,6 +294,25 @@ class HostConfig(_Strict):
     tenants: list[TenantConfig]
 
 
+class SignalFidelity(_Strict):
+    """How much worse than the model's own figures a real host's signals are (all off by default:
+    the controller sees the model's exact figures). docs/scenarios.md, "Signals as a host gives
+    them"."""
+
+    dcgm: bool = True  # False: no DCGM on the host, so no SM or DRAM activity, per GPU or per instance
+    # Without NVML's cumulative PCIe counters the sampler falls back to one 20 ms sample per read,
+    # not the tick's average: each GPU's TX and RX read times a mean-1 lognormal factor of this
+    # coefficient of variation, drawn per tick
+    pcie_noise_cv: float = Field(0.0, ge=0, le=3)
+    # The share of ticks whose latency scrape fails (a timeout, a restarting exporter): that tick
+    # has no window, and the next one holds both ticks' requests (the histogram's counters run on)
+    latency_dropout: float = Field(0.0, ge=0, lt=1)
+
+    @property
+    def degraded(self) -> bool:
+        return not self.dcgm or self.pcie_noise_cv > 0 or self.latency_dropout > 0
+
+
 class ScenarioMeta(_Strict):
     name: str
     description: str = ""
@@ -321,6 +340,7 @@ class ScenarioMeta(_Strict):
         return data
 
     compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
+    signals: SignalFidelity = SignalFidelity()
     irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
 

@@ -26,9 +26,11 @@ the same arrivals and noise (common random numbers) and the same seed gives the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +86,7 @@ class _Sensitive:
     rate_bps: float = 0.0
     batch: BatchServer | None = None  # server = "batched": the engine's queue and decodes
     cpu_busy: float = 0.0  # CPU-side seconds per second in the last tick, uncontended (the CPU channel)
+    carry: Array = field(default_factory=lambda: np.empty(0))  # latencies of ticks whose scrape failed
 
 
 @dataclass(slots=True)
@@ -198,6 +201,10 @@ class HostSim(Actuation):
         self._idle: dict[str, tuple[tuple[Slot, ...] | None, GpuSample]] = {}
         self._irq: tuple[tuple[tuple[int, float], ...], dict[int, float]] | None = None
         self._elastic: dict[tuple[object, ...], dict[str, float]] = {}
+        # Signals as a real host gives them (meta.signals): their draws come from a generator of
+        # their own, the same number per tick whatever the policy does, so static and full see the
+        # same failed scrapes and noise (common random numbers).
+        self._sig_rng = np.random.default_rng([seed, host_index, 0x516]) if meta.signals.degraded else None
 
     # -- one tick ---------------------------------------------------------------------------------
     def _cap(self, name: str, links: list[tuple[dict[tuple[str, str], int], str, str]], t: float) -> float:
@@ -304,6 +311,7 @@ class HostSim(Actuation):
                 self._elastic[key] = elastic
         # Requests.
         window: dict[str, LatencyWindow] = {}
+        dropped: list[str] = []
         busy_s: dict[str, float] = {}
         for name, s in self.sensitive.items():
             req = s.req
@@ -356,14 +364,18 @@ class HostSim(Actuation):
             s.pend_done, s.pend_lat = all_done[cut:], all_lat[cut:]
             st.served[name] = st.served.get(name, 0) + cut
             st.delivered[name] = st.delivered.get(name, 0.0) + cut  # served, not arrived
-            window[name], q = self._window(rep, s.slo_s, s.cfg.quantile)
-            st.windows.append((t1, name, int(rep.size), q))
+            scraped = self._scraped(s, rep)
+            if scraped is None:
+                dropped.append(name)  # no window this tick: its requests join the next one's
+                continue
+            window[name], q = self._window(scraped, s.slo_s, s.cfg.quantile)
+            st.windows.append((t1, name, int(scraped.size), q))
         for cfg in self.others:
             work = rates.get(cfg.name, 0.0) * dt if cfg.flows else sm[cfg.name] * dt
             self.stats.delivered[cfg.name] = self.stats.delivered.get(cfg.name, 0.0) + work
         self.t = t1
         self._finish_ops(t1)
-        obs = self._observation(t1, dt, flows + avg, rates, sm, busy_s, window)
+        obs = self._observation(t1, dt, flows + avg, rates, sm, busy_s, window, dropped)
         self.last = obs
         return obs
 
@@ -445,6 +457,7 @@ class HostSim(Actuation):
         sm: dict[str, float],
         busy_s: dict[str, float],
         window: dict[str, LatencyWindow],
+        dropped: list[str],
     ) -> Observation:
         topo = self.topo
         tenants: dict[str, TenantSample] = {}
@@ -464,7 +477,7 @@ class HostSim(Actuation):
             lw = window.get(name)
             tenants[name] = TenantSample(
                 latency=lw,
-                throughput=(lw.count / dt if lw else 0.0),
+                throughput=(lw.count / dt if lw else None),
                 instance=None if down else inst,
                 cpu_pressure=self._cpu_pressure(name, s.cpu_busy),
             )
@@ -545,13 +558,51 @@ class HostSim(Actuation):
         in_flight = tuple(sorted([f"gpu:{op.gpu}" for op in self.ops] + [f"tenant:{n}" for n in self.moves]))
         outcomes = tuple(self.outcomes)
         self.outcomes = []
+        unavailable = {f"latency:{n}": "scrape failed (simulated: signals.latency_dropout)" for n in dropped}
+        if self._sig_rng is not None:
+            gpus = self._degraded(gpus, unavailable)
         return Observation(
             t=t,
             tenants=tenants,
             gpus=gpus,
             host=HostSample(block_bps=block, nic_bps=nic, irq_rate=irq),
             actuation=ActuationStatus(in_flight=in_flight, outcomes=outcomes),
+            unavailable=unavailable,
         )
+
+    def _scraped(self, s: _Sensitive, rep: Array) -> Array | None:
+        """The latencies the tick's scrape reports (meta.signals.latency_dropout): None when it
+        failed, and then they are reported with the next tick's, as a histogram's counters would."""
+        p = self.meta.signals.latency_dropout
+        if p <= 0 or self._sig_rng is None:
+            return rep
+        if self._sig_rng.random() < p:
+            s.carry = np.concatenate((s.carry, rep))
+            return None
+        if s.carry.size:
+            rep, s.carry = np.sort(np.concatenate((s.carry, rep))), np.empty(0)
+        return rep
+
+    def _degraded(self, gpus: dict[str, GpuSample], unavailable: dict[str, str]) -> dict[str, GpuSample]:
+        """The GPU samples as a host without DCGM, or with NVML's sampled PCIe counters, reads them
+        (meta.signals). Every GPU draws its two factors on every tick, in a fixed order."""
+        sig = self.meta.signals
+        cv = sig.pcie_noise_cv
+        sigma = math.sqrt(math.log1p(cv * cv)) if cv > 0 else 0.0
+        out: dict[str, GpuSample] = {}
+        for gpu in self.gpu_nodes:
+            g = gpus[gpu]
+            changes: dict[str, Any] = {}
+            if sigma > 0 and self._sig_rng is not None:
+                f_tx, f_rx = self._sig_rng.lognormal(-0.5 * sigma * sigma, sigma, 2).tolist()  # mean 1
+                changes["pcie_tx_bps"] = None if g.pcie_tx_bps is None else g.pcie_tx_bps * f_tx
+                changes["pcie_rx_bps"] = None if g.pcie_rx_bps is None else g.pcie_rx_bps * f_rx
+            if not sig.dcgm:
+                changes.update(sm_active=None, dram_active=None, instances=dict.fromkeys(g.instances, MigSample()))
+            out[gpu] = dataclasses.replace(g, **changes) if changes else g
+        if not sig.dcgm:
+            unavailable["dcgm"] = "no DCGM on this host (simulated: signals.dcgm = false)"
+        return out
 
     def _cpu_pressure(self, name: str, busy: float = 0.0) -> float | None:
         """The cgroup's cpu.pressure "some" share; None where the CPU channel is not modelled."""

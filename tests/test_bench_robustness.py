@@ -230,6 +230,24 @@ def test_low_rates_put_every_sensitive_tenant_at_a_tenth_to_two_requests_a_secon
     assert max(rates) / min(rates) > 1.5  # drawn, not one fixed rate
 
 
+def test_signals_degrade_the_hosts_signals_from_a_generator_of_their_own() -> None:
+    """--signals: [scenario.signals] drawn per case (no DCGM with odds one half, PCIe noise CV 0-1,
+    0-10% of latency scrapes failing), every other draw the plain run's; a valid scenario."""
+    data = tomllib.loads((SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8"))
+    dcgm = set()
+    for case in range(10):
+        plain, sig, notes, snotes = _pair(data, "paper-p4d", case, "signals")
+        extra = Counter(snotes) - Counter(notes)
+        assert not Counter(notes) - Counter(snotes) and len(extra) == 1 and next(iter(extra)).startswith("signals: ")
+        got = sig["scenario"].pop("signals")
+        assert plain == sig  # nothing else changed
+        assert 0 <= got["pcie_noise_cv"] <= 1 and 0 <= got["latency_dropout"] <= 0.1
+        dcgm.add(got["dcgm"])
+        sig["scenario"]["signals"] = got
+        assert scenario_from_data(sig, "paper-p4d").meta.signals.degraded
+    assert dcgm == {True, False}
+
+
 def test_traces_reshape_a_trace_keeping_its_requests_and_rate(tmp_path: Path) -> None:
     """--traces: the trace-driven tenant gets the bundled trace's requests (the same prompt and
     output lengths, the same count over the same cycle, so the same mean rate) in another shape:

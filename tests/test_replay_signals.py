@@ -1,0 +1,99 @@
+"""Signals as a real host gives them ([scenario.signals], replay/simulator.py): failed latency
+scrapes whose requests come with the next window, no DCGM, NVML's sampled PCIe counters. Off by
+default (the golden replays pin that); when on, static and full see the same failures and noise."""
+
+from __future__ import annotations
+
+import tomllib
+
+import numpy as np
+import pytest
+
+from fsm.observation import Observation
+from replay.runner import run_host
+from replay.scenario import SCENARIO_DIR, Scenario, ScenarioError, parse_scenario, scenario_from_data
+from replay.simulator import HostSim
+
+
+def _scenario(name: str, **signals: object) -> Scenario:
+    data = tomllib.loads((SCENARIO_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    data["scenario"]["signals"] = signals
+    return scenario_from_data(data, name)
+
+
+def _ticks(sc: Scenario, n: int) -> list[Observation]:
+    sim = HostSim(sc.hosts[0], sc.meta, sc.meta.seed)
+    return [sim.advance() for _ in range(n)]
+
+
+def test_a_failed_scrape_leaves_no_window_and_its_requests_join_the_next() -> None:
+    """Every request is still reported once: the windows' counts over the run sum to those of the
+    exact run; about the drawn share of ticks have none and say why in `unavailable`."""
+    plain = _ticks(_scenario("paper-p4d"), 600)
+    lossy = _ticks(_scenario("paper-p4d", latency_dropout=0.2), 600)
+    name = "t1"
+    counts = [o.tenants[name].latency.count if o.tenants[name].latency else 0 for o in plain]
+    seen = [o.tenants[name].latency.count if o.tenants[name].latency else None for o in lossy]
+    dropped = [i for i, c in enumerate(seen) if c is None]
+    assert 0.14 * 600 < len(dropped) < 0.26 * 600
+    for i in dropped:
+        assert lossy[i].unavailable[f"latency:{name}"].startswith("scrape failed")
+        assert lossy[i].tenants[name].throughput is None
+    # the tick after a failure holds both ticks' requests (the run's tail may still be carried)
+    last_seen = max(j for j, c in enumerate(seen) if c is not None)
+    carried = sum(counts[last_seen + 1 :])
+    assert sum(c for c in seen if c is not None) + carried == sum(counts)
+    lone = [i for i in dropped if 0 < i < last_seen and seen[i - 1] is not None and seen[i + 1] is not None]
+    assert lone and all(seen[i + 1] == counts[i] + counts[i + 1] for i in lone)
+
+
+def test_without_dcgm_no_sm_or_dram_activity_is_seen() -> None:
+    (o,) = _ticks(_scenario("vllm-ttft", dcgm=False), 1)
+    assert o.unavailable["dcgm"].startswith("no DCGM")
+    for g in o.gpus.values():
+        assert g.sm_active is None and g.dram_active is None
+        assert g.instances and all(m.sm_active is None and m.dram_active is None for m in g.instances.values())
+        assert g.pcie_rx_bps is not None  # NVML's counters are still read
+
+
+def test_pcie_counters_are_noisy_with_the_drawn_spread_and_unbiased() -> None:
+    """A mean-1 lognormal factor per GPU, direction and tick: the noisy reading's ratio to the exact
+    one averages 1 and spreads with the configured CV."""
+    plain = _ticks(_scenario("paper-p4d"), 1500)
+    noisy = _ticks(_scenario("paper-p4d", pcie_noise_cv=0.8), 1500)
+    ratios = np.array(
+        [
+            n.gpus[g].pcie_rx_bps / p.gpus[g].pcie_rx_bps
+            for p, n in zip(plain, noisy, strict=True)
+            for g in p.gpus
+            if p.gpus[g].pcie_rx_bps
+        ]
+    )
+    assert ratios.size > 1000
+    assert ratios.mean() == pytest.approx(1.0, abs=0.06)
+    assert ratios.std() / ratios.mean() == pytest.approx(0.8, abs=0.12)
+
+
+def test_both_policies_meet_the_same_failures() -> None:
+    """The draws depend on the tick alone: full, which moves and caps, sees its scrapes fail on the
+    ticks static's do (what the report's windows record)."""
+    sc = _scenario("paper-p4d", latency_dropout=0.05, pcie_noise_cv=0.5, dcgm=False)
+    runs = [run_host(sc, 0, p, 2400.0, sc.meta.seed) for p in ("static", "full")]
+    ticks = [{t for t, name, _, _ in r.windows if name == "t1"} for r in runs]
+    assert ticks[0] == ticks[1] and len(ticks[0]) < 2400 / sc.meta.tick_s
+    assert runs[1].actions > 0  # full acted on what it saw
+
+
+@pytest.mark.parametrize(
+    ("signals", "says"),
+    [
+        ("latency_dropout = 1.0", "latency_dropout"),
+        ("pcie_noise_cv = -0.1", "pcie_noise_cv"),
+        ("dcgn = false", "dcgn"),
+    ],
+)
+def test_bad_signal_settings_name_the_key(signals: str, says: str) -> None:
+    text = (SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8")
+    text = text.replace("[scenario]\n", f"[scenario.signals]\n{signals}\n\n[scenario]\n", 1)
+    with pytest.raises(ScenarioError, match=says):
+        parse_scenario(text, "x.toml")

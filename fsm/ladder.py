@@ -82,8 +82,11 @@ class Tick(ReleaseTick):
         ctl = self.tenants[t.name]
         ts = self.obs.tenants.get(t.name)
         slo = t.slo_s if t.slo_s is not None else float("inf")
-        if ctl.evidence.t is not None and now > ctl.evidence.t:
-            self.windows[t.name] = (ts.latency.count if ts is not None and ts.latency else 0.0, now - ctl.evidence.t)
+        lw = ts.latency if ts is not None else None
+        since = ctl.window_t if ctl.window_t is not None else ctl.evidence.t
+        if since is not None and now > since:
+            # (count, seconds it spans); no window this tick: (0, 0), nothing seen to judge a burst by
+            self.windows[t.name] = (lw.count, now - since) if lw is not None else (0.0, 0.0)
         ev, w = update_evidence(ctl.evidence, ts.latency if ts else None, t.quantile, slo, self.evidence_params, now)
         settling = ctl.settle_until is not None and now < ctl.settle_until
         if settling:
@@ -92,6 +95,8 @@ class Tick(ReleaseTick):
         # in a row were a third of a calm tick (issue 10's decide() budget). Each change reads only
         # fields no earlier one writes, so the values are those of the replace() chain it was.
         upd: dict[str, Any] = {"evidence": ev}
+        if lw is not None:
+            upd["window_t"] = now
         if ts is not None and ts.outage_s is not None:
             upd["measured_outage_s"] = ts.outage_s
         if ctl.watched_since is None and w.count > 0:

@@ -283,6 +283,10 @@ class TickBase:
         A relief move waits too: its outage is the victim's."""
         if not self.spec.policy.outage_burst_wait or t.slo_s is None or seconds <= t.slo_s:
             return ""  # (a hand-over shorter than the SLO holds nobody past it)
+        ts = self.obs.tenants.get(t.name)
+        if ts is None or ts.latency is None:
+            self.burst_held.add((t.name, lever))
+            return "its latency was not read this tick: the outage waits for a window to judge a burst by"
         ctl = self.tenants[t.name]
         # The recent rate, or the usual one where that is higher: the recent estimate starts from
         # nothing (it would see a burst in every tick of a tenant's first minutes), the usual one

@@ -113,3 +113,51 @@ def test_a_new_tenant_at_a_steady_rate_is_no_burst_while_its_recent_rate_warms_u
     assert states[30].tenants["llm"].evidence.rate(evidence_params(spec.policy)) < 0.7 * STEADY / TICK
     assert not any("a burst began" in e.reason for evs in events for e in evs)
     assert any(e.kind == "escalate" and e.lever == "resize" for evs in events for e in evs)
+
+
+def _run_blind(spec: HostSpec, counts: list[int], blind: int) -> tuple[list[ControllerState], list[list]]:  # type: ignore[type-arg]
+    """_run, with no latency window at tick `blind` (its source not read)."""
+    state = ControllerState()
+    states, events = [], []
+    for i, n in enumerate(counts):
+        o = _obs(TICK * i, n)
+        if i == blind:
+            o = replace(o, tenants={**o.tenants, "llm": replace(o.tenants["llm"], latency=None)})
+        d = decide(state, o, spec)
+        state = d.state
+        states.append(state)
+        events.append(list(d.events))
+    return states, events
+
+
+def test_a_window_after_a_failed_scrape_spans_both_ticks_and_is_no_burst():
+    """A tick whose latency source was not read brings no window, and the next holds both ticks'
+    requests (a histogram's counters run on): that double count is read over the two ticks it
+    spans, not as a burst of twice the rate. Before, the resize due then was held for "a burst
+    (200.0 req/s against 103.2 usually)", and the spread the double counts added to the tenant's
+    held the outages of a host whose scrapes sometimes fail (docs/results.md, "Signals as a host
+    gives them")."""
+    spec = _spec()
+    at, _, _ = _burst_where_it_resizes(spec, [STEADY])
+    counts = [STEADY] * (at + 4)
+    counts[at + 1] = 2 * STEADY
+    states, events = _run_blind(spec, counts, at)
+    assert states[at].tenants["llm"].window_t == TICK * (at - 1)  # the blind tick moved nothing
+    assert states[at + 1].tenants["llm"].window_t == TICK * (at + 1)
+    # (the blind tick added no evidence: the threshold is crossed a tick later, with the double window)
+    assert _first(events, "escalate") == at + 1
+    assert not any("a burst began" in e.reason for evs in events for e in evs)
+
+
+def test_a_held_outage_is_not_taken_on_a_tick_without_a_window():
+    """Held for a burst, the resize is retried on the next tick; one whose source was not read has
+    nothing to judge a burst by, so it waits for the tick after."""
+    spec = _spec()
+    at, _, _ = _burst_where_it_resizes(spec, [5 * STEADY])
+    counts = [STEADY] * (at + 4)
+    counts[at] = 5 * STEADY
+    counts[at + 2] = 2 * STEADY  # the blind tick's requests come with this window
+    _, events = _run_blind(spec, counts, at + 1)
+    (blind,) = [e for e in events[at + 1] if e.kind in ("hold", "escalate")]
+    assert blind.kind == "hold" and "resize: its latency was not read this tick" in blind.reason
+    assert _first(events, "escalate") == at + 2

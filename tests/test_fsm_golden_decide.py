@@ -25,7 +25,9 @@ then the path-clear tails of a tenant's recent episodes kept for a guard's trial
 of the state: the desired states and events of all three streams equal; then the guard's test
 may call its caps useless from cooldown_s on, not only once a relief could be due: in
 closed-16x7-counts the same escalations, releases and failures, three holds fewer (no longer
-"still being judged" while a useless guard waited for its first look))
+"still being judged" while a useless guard waited for its first look); then when the last
+latency window came, a new field of the state (a window after a failed scrape spans both ticks):
+the desired states and events of all three streams equal)
 they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in

@@ -286,7 +286,7 @@ class TickBase:
         ts = self.obs.tenants.get(t.name)
         if ts is None or ts.latency is None:
             self.burst_held.add((t.name, lever))
-            return "its latency was not read this tick: the outage waits for a window to judge a burst by"
+            return "no latency window came this tick: the outage waits for one to judge a burst by"
         ctl = self.tenants[t.name]
         # The recent rate, or the usual one where that is higher: the recent estimate starts from
         # nothing (it would see a burst in every tick of a tenant's first minutes), the usual one

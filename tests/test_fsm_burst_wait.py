@@ -159,5 +159,5 @@ def test_a_held_outage_is_not_taken_on_a_tick_without_a_window():
     counts[at + 2] = 2 * STEADY  # the blind tick's requests come with this window
     _, events = _run_blind(spec, counts, at + 1)
     (blind,) = [e for e in events[at + 1] if e.kind in ("hold", "escalate")]
-    assert blind.kind == "hold" and "resize: its latency was not read this tick" in blind.reason
+    assert blind.kind == "hold" and "resize: no latency window came this tick" in blind.reason
     assert _first(events, "escalate") == at + 2

@@ -193,7 +193,7 @@ class TickBase:
             ctl = self.tenants[t.name]
             rent = self.rents[t.name] = rent_of(
                 rate_rps=ctl.evidence.rate(self.evidence_params),
-                rho=self._sm_now(t),  # the victim's server utilisation: its instance's SM activity
+                rho=self._utilisation(t),  # the victim's server utilisation
                 bad_share=ctl.evidence.bad_share(),
                 budget_share=1.0 - t.quantile,
                 episodes=ctl.episodes,
@@ -353,7 +353,7 @@ class TickBase:
         watch = ctl.outage_watch
         if t.slo_s is not None:
             rate = self._rate_now(t, ctl.evidence.rate(self.evidence_params))
-            rho = self._sm_now(t)
+            rho = self._utilisation(t)
             predicted = outage_cost(rate, seconds, t.slo_s, 0.5 if rho is None else rho)
             if predicted >= 1.0:  # an outage shorter than the SLO (a warm hand-over) costs nothing to measure
                 # the tail before: once a window is back to it (or the SLO), the backlog is served
@@ -413,6 +413,22 @@ class TickBase:
             return None
         big, small = slices_of(self.spec, cur), slices_of(self.spec, home)
         return big / small if big and small else None
+
+    def _utilisation(self, t: TenantSpec) -> float | None:
+        """The victim's server utilisation, which an outage's backlog drains against: its instance's
+        SM activity; without it (no DCGM), Little's law on its last window, L = the recent rate x
+        the window's median latency, rho = L / (1 + L) (M/M/1's relation; within 0.01-0.06 of the
+        simulated truth where measured: docs/results.md, "A server's utilisation"). None when
+        neither is known (levercost assumes 0.5)."""
+        sm = self._sm_now(t)
+        if sm is not None:
+            return sm
+        ts = self.obs.tenants.get(t.name)
+        w = ts.latency if ts is not None else None
+        if w is None or w.p50 is None or w.count <= 0:
+            return None
+        n = self.tenants[t.name].evidence.rate(self.evidence_params) * w.p50
+        return n / (1.0 + n)
 
     def _sm_now(self, t: TenantSpec) -> float | None:
         ts = self.obs.tenants.get(t.name)

@@ -332,3 +332,37 @@ def test_a_tail_as_high_while_the_path_was_clear_discounts_a_move_off_it():
     assert esc.lever == "place"
     # the share of the excess over the 1% budget that went with the path: (10 - 2) / (10 - 1)
     assert esc.evidence["cost"]["efficacy"] == pytest.approx((0.10 - 0.02) / (0.10 - 0.01), abs=0.01)
+
+
+def test_without_sm_activity_an_outage_is_priced_at_littles_law_not_half_busy():
+    """A host without DCGM has no SM activity: the utilisation an outage's backlog drains against
+    comes from Little's law on the tenant's last window (recent rate x median latency = L, rho =
+    L / (1 + L)) instead of an assumed 0.5, which doubled every outage's price (docs/results.md,
+    "Signals as a host gives them"). With SM activity, SM activity."""
+    from dataclasses import replace
+
+    from fsm.observation import MigSample
+
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, episode_prior_s=3600.0, guards=False, mps=False))
+
+    def blind(o):
+        gpus = {g: replace(s, instances=dict.fromkeys(s.instances, MigSample())) for g, s in o.gpus.items()}
+        return replace(o, gpus=gpus)
+
+    def first_cost(strip: bool) -> tuple[dict, object]:
+        state = ControllerState()
+        for i in range(10):
+            o = example_observation(2.0 * i, 0.060, 0.0)
+            d = decide(state, blind(o) if strip else o, spec)
+            state = d.state
+            esc = [e for e in d.events if e.kind == "escalate"]
+            if esc:
+                return esc[0].evidence["cost"], o
+        raise AssertionError("no escalation")
+
+    seen, _ = first_cost(False)
+    assert seen["utilisation"] == 0.4  # example_observation's SM activity
+    cost, o = first_cost(True)
+    w = o.tenants["llm"].latency
+    n = cost["rate_rps"] * w.p50
+    assert cost["utilisation"] == pytest.approx(n / (1 + n), abs=1e-3) and cost["utilisation"] != 0.5

@@ -144,7 +144,8 @@ def rent_of(
     episode_bad: float = 0.0,
     window_rent: float = 0.0,
 ) -> Rent:
-    # Unknown utilisation: assume a server half busy (the cost doubles the plain outage).
+    # Unknown utilisation (no SM activity and no window for Little's law, tick_base._utilisation):
+    # assume a server half busy (the cost doubles the plain outage).
     r = 0.5 if rho is None else min(max(rho, 0.0), MAX_RHO)
     share = episode_share(episode_requests, episode_bad, budget_share)
     if share is None:

@@ -87,7 +87,7 @@ class Tick(ReleaseTick):
         if since is not None and now > since:
             # (count, seconds it spans); no window this tick: (0, 0), nothing seen to judge a burst by
             self.windows[t.name] = (lw.count, now - since) if lw is not None else (0.0, 0.0)
-        ev, w = update_evidence(ctl.evidence, ts.latency if ts else None, t.quantile, slo, self.evidence_params, now)
+        ev, w = update_evidence(ctl.evidence, lw, t.quantile, slo, self.evidence_params, now)
         settling = ctl.settle_until is not None and now < ctl.settle_until
         if settling:
             ev, w = ev.reset(), evolve(w, verdict=Verdict.BETWEEN)

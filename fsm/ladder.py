@@ -95,8 +95,10 @@ class Tick(ReleaseTick):
         # in a row were a third of a calm tick (issue 10's decide() budget). Each change reads only
         # fields no earlier one writes, so the values are those of the replace() chain it was.
         upd: dict[str, Any] = {"evidence": ev}
-        if lw is not None:
-            upd["window_t"] = now
+        if lw is None and ctl.window_t is None:
+            upd["window_t"] = ctl.evidence.t  # the first tick without one: the last came the tick before
+        elif lw is not None and ctl.window_t is not None:
+            upd["window_t"] = None  # windows again: each spans one tick
         if ts is not None and ts.outage_s is not None:
             upd["measured_outage_s"] = ts.outage_s
         if ctl.watched_since is None and w.count > 0:

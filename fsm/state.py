@@ -85,9 +85,10 @@ class TenantCtl:
     # The same windows' sum of count^2 / seconds: with `served`, the spread of the per-tick counts
     # (their index of dispersion), which prices the burst an outage may meet (tick_base._charged_s).
     served_sq: float = 0.0
-    # When the last latency window came (None: none yet). A tick whose source was not read brings
-    # none, and the next window holds both ticks' requests (a histogram's counters run on): its
-    # span is from here, not from the tick before (a double count in one tick read as a burst).
+    # When the last latency window came, once a tick has brought none (None: the last tick had one,
+    # as nearly every tick has). A tick whose source was not read brings none, and the next window
+    # holds both ticks' requests (a histogram's counters run on): its span is from here, not from
+    # the tick before (a double count in one tick read as a burst).
     window_t: float | None = None
     watched_since: float | None = None  # the first window with requests in it (outage_warmup_s)
     # Requests since the last action on this tenant, and those over the SLO: what it did so far.

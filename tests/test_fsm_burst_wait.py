@@ -142,8 +142,9 @@ def test_a_window_after_a_failed_scrape_spans_both_ticks_and_is_no_burst():
     counts = [STEADY] * (at + 4)
     counts[at + 1] = 2 * STEADY
     states, events = _run_blind(spec, counts, at)
-    assert states[at].tenants["llm"].window_t == TICK * (at - 1)  # the blind tick moved nothing
-    assert states[at + 1].tenants["llm"].window_t == TICK * (at + 1)
+    assert states[at - 1].tenants["llm"].window_t is None  # windows every tick: nothing kept
+    assert states[at].tenants["llm"].window_t == TICK * (at - 1)  # the last window, before the blind tick
+    assert states[at + 1].tenants["llm"].window_t is None
     # (the blind tick added no evidence: the threshold is crossed a tick later, with the double window)
     assert _first(events, "escalate") == at + 1
     assert not any("a burst began" in e.reason for evs in events for e in evs)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actuators.proc import Result, ToolError, run
-from fsm.state import PROFILE_NAME
+from fsm.mig import PROFILE_NAME
 from schema.jsontext import ascii_digits
 
 
@@ -178,8 +178,13 @@ def _nums(m: re.Match[str], what: str, *groups: int) -> list[int]:
     return [_num(m[g], m.string, what) for g in groups]
 
 
+def _numbered(text: str) -> list[tuple[int, str]]:
+    """The tool's non-blank lines, stripped, with their line numbers (from 1)."""
+    return [(no, ln.strip()) for no, ln in enumerate(text.replace("\r", "").split("\n"), 1) if ln.strip()]
+
+
 def _lines(text: str) -> list[str]:
-    return [ln.strip() for ln in text.replace("\r", "").split("\n") if ln.strip()]
+    return [ln for _, ln in _numbered(text)]
 
 
 def _check_common(text: str, what: str) -> None:
@@ -301,10 +306,7 @@ def parse_list(text: str) -> list[GpuEntry]:
     seen: set[int] = set()
     uuids: set[str] = set()  # GPU and MIG devices' alike (the prefixes differ)
     mig_seen: set[int] = set()  # the MIG device indexes of the GPU being read
-    for no, raw in enumerate(text.replace("\r", "").split("\n"), 1):
-        ln = raw.strip()
-        if not ln:
-            continue
+    for no, ln in _numbered(text):
         m = _L_GPU.match(ln)
         if m:
             index = _num(m[1], ln, what)

@@ -10,8 +10,7 @@ from typing import Any
 from fsm.codec import decode_as, encode
 from fsm.desired import MpsLimit, Throttle
 from fsm.evidence import SloEvidence
-from fsm.mig import PROFILE_NAME as PROFILE_NAME  # defined beside Slot.parse, which checks it
-from fsm.mig import Slot
+from fsm.mig import PROFILE_NAME, Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Level
 

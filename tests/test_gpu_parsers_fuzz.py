@@ -39,9 +39,8 @@ from controller.signals.dcgm import DcgmExporterSampler, enabled_counters
 from controller.signals.nvml import NvmlReading, NvmlSampler
 from controller.topology import parse_topo_matrix
 from controller.topology_nccl import parse_nccl_topo_xml
-from fsm.mig import H100_PCIE, MODELS, Slot
+from fsm.mig import H100_PCIE, MODELS, PROFILE_NAME, Slot
 from fsm.migdriver import model_from_driver, table_differences
-from fsm.state import PROFILE_NAME
 
 HUGE = "9" * 5000  # int() refuses more than 4300 digits with a bare ValueError
 

@@ -20,7 +20,7 @@ from controller.signals.http import FetchError, fetch_text
 from controller.signals.latency import Fetch
 from controller.signals.promtext import parse_samples
 from controller.signals.rates import CounterRates
-from fsm.state import PROFILE_NAME
+from fsm.mig import PROFILE_NAME
 from schema.jsontext import ascii_digits, shown, text_lines
 
 SM_ACTIVE = "DCGM_FI_PROF_SM_ACTIVE"

@@ -401,18 +401,16 @@ async def check_latency(cfg: Config) -> list[Check]:
             fix = f"fix tenants[{i}].latency" + (" (is the server up?)" if src.kind == "prometheus" else "")
             out.append(Check(name, FAIL if t.role == "sensitive" else WARN, r.reason, fix))
         else:
-            out.append(_slo_bucket_check(name, t.slo_ms, sampler, f"{src.kind} {where}: readable"))
+            out.append(_slo_bucket_check(name, sampler, f"{src.kind} {where}: readable"))
     return out
 
 
-def _slo_bucket_check(name: str, slo_ms: float | None, sampler: object, readable: str) -> Check:
+def _slo_bucket_check(name: str, sampler: object, readable: str) -> Check:
     """WARN where a histogram source puts the SLO strictly inside one of its buckets
     (controller.signals.latency.slo_inside_bucket: the daemon logs the same at its first scrape)."""
-    from controller.signals.latency import PrometheusLatencySampler, slo_inside_bucket
+    from controller.signals.latency import PrometheusLatencySampler
 
-    if slo_ms is None or not isinstance(sampler, PrometheusLatencySampler):
-        return Check(name, OK, readable)
-    note = slo_inside_bucket(slo_ms / 1000.0, sampler.bounds, sampler.metric)
+    note = sampler.bucket_note() if isinstance(sampler, PrometheusLatencySampler) else None
     if note is None:
         return Check(name, OK, readable)
     return Check(name, WARN, f"{readable}; {note[0]}", note[1])

@@ -106,6 +106,10 @@ class PrometheusLatencySampler:
         """The bucket upper bounds of the last scrape (empty before one)."""
         return tuple(le for le, _ in self._prev.buckets) if self._prev is not None else ()
 
+    def bucket_note(self) -> tuple[str, str] | None:
+        """slo_inside_bucket for this tenant's SLO and the last scrape's buckets."""
+        return slo_inside_bucket(self.slo_s, self.bounds, self.metric)
+
     async def sample(self, now: float) -> LatencyReading | Unavailable:
         try:
             text = await self._fetch(self.url, self.timeout_s)
@@ -117,7 +121,7 @@ class PrometheusLatencySampler:
         prev, prev_t = self._prev, self._prev_t
         self._prev, self._prev_t = h, now
         if prev is None or prev_t is None:
-            note = slo_inside_bucket(self.slo_s, self.bounds, self.metric)
+            note = self.bucket_note()
             if note is not None:
                 log.warning("%s (%s): %s -> %s", self.name, self.url, *note)
             return Unavailable("first scrape: a window needs two scrapes")

@@ -85,6 +85,14 @@ def _shape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str) 
         notes.append(f"{who} gamma cv {req['cv']:.2f}")
 
 
+def _trace(req: dict[str, Any], who: str) -> tuple[Any, Any, Any]:
+    """The bundled request trace a tenant's `trace` names: (arrival times, prompt, output tokens)."""
+    path = resolve_data(req["trace"], SCENARIO_DIR)
+    if path is None:
+        raise ValueError(f"{who}: request trace {req['trace']!r} not found")
+    return load_request_trace(str(path))
+
+
 def _low_rate(req: dict[str, Any], level: float, rng: random.Random, notes: list[str], who: str) -> None:
     """perturb's `low_rates` for one tenant: its mean request rate set to 0.1-2 a second
     (log-uniform), whatever the scenario's, through its trace's speed where a trace drives it, and
@@ -99,10 +107,7 @@ def _low_rate(req: dict[str, Any], level: float, rng: random.Random, notes: list
         req["rate"] = target / level
         notes.append(f"{who}.rate {target:.2f}/s (low rates)")
         return
-    path = resolve_data(req["trace"], SCENARIO_DIR)
-    if path is None:
-        raise ValueError(f"{who}: request trace {req['trace']!r} not found")
-    times = load_request_trace(str(path))[0]
+    times = _trace(req, who)[0]
     req["trace_speed"] = target * trace_cycle(times) / len(times) / level  # its rate x speed x level
     notes.append(f"{who}.trace_speed {req['trace_speed']:.3f}: {target:.2f}/s (low rates)")
 
@@ -115,10 +120,7 @@ def _reshape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str
     300 s) each played at a lognormal speed (sigma 0.3 to 1.0, so a segment at 1/3 to 3x its rate
     is common), the whole rescaled to its cycle so that the mean rate stays. Real traces differ from
     the bundled one mostly there: where their peaks fall, how sharp and how long their bursts are."""
-    path = resolve_data(req["trace"], SCENARIO_DIR)
-    if path is None:
-        raise ValueError(f"{who}: request trace {req['trace']!r} not found")
-    times, tokens, generated = load_request_trace(str(path))
+    times, tokens, generated = _trace(req, who)
     cycle = trace_cycle(times)
     off = rng.uniform(0.0, cycle)
     t = np.mod(times - off, cycle)
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--low-quantiles", action="store_true", help="SLOs on the p50 or p90 at 0.25-0.5 of the latency")
     ap.add_argument("--shapes", action="store_true", help="service-time CV 0.1-1.0, Gamma arrivals (half)")
     ap.add_argument("--traces", action="store_true", help="request traces started elsewhere and time-warped")
-    ap.add_argument("--low-rates", action="store_true", help="sensitive tenants' rates x0.05-0.5 (log-uniform)")
+    ap.add_argument("--low-rates", action="store_true", help="sensitive tenants at 0.1-2 requests/s (log-uniform)")
     ap.add_argument("--signals", action="store_true", help="no DCGM (half), noisy PCIe, failing latency scrapes")
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)

@@ -401,6 +401,23 @@ class Tick(ReleaseTick):
         # the last one said); no lever changes the tenant's record before its event is built.
         window = partial(self._window, t, value, slo)
         why_not: dict[str, str] = {}
+        after: dict[str, str] = {}  # levers tried after a costlier one, and why (for its event)
+        if (
+            diag is not None
+            and PLACE in order
+            and RESIZE in order
+            and enabled[RESIZE]
+            and RESIZE not in ctl.failed_levers
+            and (efficacy := self.place_efficacy(t, diag)) < 1.0
+            and not self.place_grows(t, diag)
+        ):
+            # A same-sized move expected to cure part of the tail, a bigger slice all of it (a
+            # queue's tail falls faster than its load): the resize first. Taken first, such a move
+            # spent the outage budget, cured nothing, and the resize never came. (A move onto a
+            # larger instance is a resize of its own: it keeps its place.)
+            order.remove(RESIZE)
+            order.insert(order.index(PLACE), RESIZE)
+            after[PLACE] = f"a same-sized move is expected to cure {efficacy:.2f} of the tail's excess; a resize first"
         for lever in order:
             if not enabled[lever]:
                 why_not[lever] = "disabled by policy"
@@ -414,6 +431,7 @@ class Tick(ReleaseTick):
             assert diag is not None
             ok, reason = self._try(lever, t, diag, window)
             if ok:
+                why_not.update((lv, why) for lv, why in after.items() if lv not in why_not)
                 if why_not:  # why not the cheaper levers: what an operator asks of a move first
                     e = self.events[-1]
                     if e.kind == "escalate" and e.tenant == t.name:

@@ -502,15 +502,24 @@ class TickBase:
 
     def _path_cut(self, t: TenantSpec) -> float:
         """The share of the tail's excess over its budget that this episode saw go with the others'
-        bytes on the path: (shared share - clear share) / (shared share - budget), 0..1, once both
-        stretches hold an error budget's worth of requests (1 / (1 - quantile)); 1 before (it
-        cannot say); 0 when the shared stretch was within its budget."""
+        bytes on the path: (shared share - clear share) / (shared share - budget), 0..1, once the
+        clear stretch holds an error budget's worth of requests (1 / (1 - quantile)); 1 before (it
+        cannot say); 0 when the shared stretch was within its budget. A shared stretch too short
+        to judge is stood in for by the tail's share now (the evidence's, what a lever's benefit is
+        priced on): escaping the path brings the tail back to what it was while the path was
+        clear, and no lower, however briefly the path has been shared."""
         ctl = self.tenants[t.name]
         eps = 1.0 - t.quantile
-        shared_n, shared_bad = ctl.shared
-        if shared_n * eps < 1.0 or ctl.clear_n * eps < 1.0:
+        if ctl.clear_n * eps < 1.0:
             return 1.0
-        shared = shared_bad / shared_n
+        shared_n, shared_bad = ctl.shared
+        if shared_n * eps >= 1.0:
+            shared = shared_bad / shared_n
+        else:
+            now = ctl.evidence.bad_share()
+            if now is None:
+                return 1.0
+            shared = now
         if shared <= eps:
             return 0.0
         return min(1.0, max(0.0, (shared - ctl.clear_bad / ctl.clear_n) / (shared - eps)))

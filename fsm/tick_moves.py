@@ -5,7 +5,7 @@ from __future__ import annotations
 from fsm.diagnosis import Cause, Diagnosis
 from fsm.levercost import LeverCost
 from fsm.outage import MoveKind
-from fsm.placement import Score, occupied, rank_candidates
+from fsm.placement import Score, occupied, rank_candidates, slices_of
 from fsm.resize import plan_resize
 from fsm.spec import Level, TenantSpec
 from fsm.state import Pending, Step
@@ -26,6 +26,49 @@ class MoveTick(TickBase):
                 return False
         return True
 
+    def place_efficacy(self, t: TenantSpec, diag: Diagnosis) -> float:
+        """The share of the tail's excess a same-sized move is expected to cure."""
+        policy = self.spec.policy
+        efficacy = 1.0 if diag.cause is not Cause.UNKNOWN or diag.aggressors else policy.unknown_cause_efficacy
+        if diag.cause is not Cause.IO:
+            return efficacy
+        ctl = self.tenants[t.name]
+        doubt = GUARD in ctl.failed_levers or (ctl.io_doubt_until is not None and self.obs.t < ctl.io_doubt_until)
+        if doubt or self._path_lesson(t):
+            # Capping the I/O aggressors did not cut the tail (in this episode or one not long
+            # before), or this episode's tail was as high while the path was clear: the path they
+            # share is not what holds it, and escaping that path is all a same-sized move promises.
+            return min(efficacy, policy.unknown_cause_efficacy)
+        # What this episode says clearing the path cuts of the excess (1: it cannot say).
+        return min(efficacy, max(policy.unknown_cause_efficacy, self._path_cut(t)))
+
+    def _rank_places(
+        self, t: TenantSpec, diag: Diagnosis, limit: int, avoid: tuple[str, ...] = ()
+    ) -> tuple[Score | None, list[Score]]:
+        """The victim's instance scored, and the best `limit` free ones a move may go to."""
+        return rank_candidates(
+            self.spec,
+            self.obs,
+            t,
+            diag.cause,
+            self.reserved,
+            self.traffic,
+            allow_gpu=lambda g: g not in self.busy_gpus and (not avoid or self._off_path(g, avoid)),
+            limit=limit,
+        )
+
+    def place_grows(self, t: TenantSpec, diag: Diagnosis) -> bool:
+        """Would a move now go to a larger instance than the victim's (the best the ranking finds)?"""
+        seen = self.tenants[t.name].place_none
+        if seen is not None and seen[1] == diag.cause and self.obs.t - seen[0] < self.spec.policy.cooldown_s:
+            return False  # nowhere to go, a few ticks ago (_place's memo)
+        here, ranked = self._rank_places(t, diag, 1)
+        return (
+            here is not None
+            and bool(ranked)
+            and slices_of(self.spec, ranked[0].instance) > slices_of(self.spec, here.instance)
+        )
+
     def _place(self, t: TenantSpec, diag: Diagnosis, window: WindowFn, avoid: tuple[str, ...] = ()) -> tuple[bool, str]:
         policy = self.spec.policy
         outage, source = self._move_outage(t, MoveKind.EXISTING)
@@ -34,19 +77,7 @@ class MoveTick(TickBase):
             return False, short  # before the ranking: no move can happen, whatever it would find
         cost: LeverCost | None = None
         if not avoid:  # a relief move serves the capped aggressor, not the tail: budget only
-            efficacy = 1.0 if diag.cause is not Cause.UNKNOWN or diag.aggressors else policy.unknown_cause_efficacy
-            ctl = self.tenants[t.name]
-            doubt = GUARD in ctl.failed_levers or (ctl.io_doubt_until is not None and self.obs.t < ctl.io_doubt_until)
-            if diag.cause is Cause.IO and (doubt or self._path_lesson(t)):
-                # Capping the I/O aggressors did not cut the tail (in this episode or one not long
-                # before), or this episode's tail was as high while the path was clear: the path
-                # they share is not what holds it, and escaping that path is all a same-sized move
-                # promises.
-                efficacy = min(efficacy, policy.unknown_cause_efficacy)
-            elif diag.cause is Cause.IO:
-                # What this episode says clearing the path cuts of the excess (1: it cannot say).
-                efficacy = min(efficacy, max(policy.unknown_cause_efficacy, self._path_cut(t)))
-            cost, why = self._pays(t, PLACE, outage, source, efficacy)
+            cost, why = self._pays(t, PLACE, outage, source, self.place_efficacy(t, diag))
             if why:
                 return False, why
         seen = self.tenants[t.name].place_none if not avoid else None
@@ -54,16 +85,7 @@ class MoveTick(TickBase):
             return False, seen[2]  # nothing changed enough in a few ticks to rank every instance again
 
         def rank(limit: int) -> tuple[Score | None, list[Score]]:
-            return rank_candidates(
-                self.spec,
-                self.obs,
-                t,
-                diag.cause,
-                self.reserved,
-                self.traffic,
-                allow_gpu=lambda g: g not in self.busy_gpus and (not avoid or self._off_path(g, avoid)),
-                limit=limit,
-            )
+            return self._rank_places(t, diag, limit, avoid)
 
         here, ranked = rank(1)  # the best one decides; most searches end here, in a hold
         nowhere = ""

@@ -404,20 +404,26 @@ class Tick(ReleaseTick):
         after: dict[str, str] = {}  # levers tried after a costlier one, and why (for its event)
         if (
             diag is not None
+            and diag.cause is Cause.IO
             and PLACE in order
             and RESIZE in order
             and enabled[RESIZE]
             and RESIZE not in ctl.failed_levers
-            and (efficacy := self.place_efficacy(t, diag)) < 1.0
+            and self._path_cut(t) < 1.0
             and not self.place_grows(t, diag)
         ):
-            # A same-sized move expected to cure part of the tail, a bigger slice all of it (a
-            # queue's tail falls faster than its load): the resize first. Taken first, such a move
-            # spent the outage budget, cured nothing, and the resize never came. (A move onto a
-            # larger instance is a resize of its own: it keeps its place.)
+            # The tail was over its budget while the path was clear too: a same-sized move off the
+            # path cures part of it, a bigger slice all of it (a queue's tail falls faster than its
+            # load), so the resize first. Taken first, such a move spent the outage budget, cured
+            # nothing, and the resize never came. (A move onto a larger instance is a resize of its
+            # own: it keeps its place. A guard that did not cut the tail says less: a move off the
+            # path of an aggressor that roams cured where the resize did not.)
             order.remove(RESIZE)
             order.insert(order.index(PLACE), RESIZE)
-            after[PLACE] = f"a same-sized move is expected to cure {efficacy:.2f} of the tail's excess; a resize first"
+            after[PLACE] = (
+                "the tail was over its budget while the path was clear: a same-sized move is expected"
+                f" to cure {self.place_efficacy(t, diag):.2f} of its excess; a resize first"
+            )
         for lever in order:
             if not enabled[lever]:
                 why_not[lever] = "disabled by policy"

@@ -27,13 +27,10 @@ may call its caps useless from cooldown_s on, not only once a relief could be du
 closed-16x7-counts the same escalations, releases and failures, three holds fewer (no longer
 "still being judged" while a useless guard waited for its first look); then when the last
 latency window came, a new field of the state (a window after a failed scrape spans both ticks):
-the desired states and events of all three streams equal; then a same-sized move expected to
-cure less than all of the excess tried after the resize, and a shared stretch too short to judge
-stood in for by the tail's share now: with it closed-16x7's victims whose guards did not cut the
-tail resized where they had moved first (five moves fewer, and no move released), so its policy
-now prices a move as a cure whatever the cause (unknown_cause_efficacy 1), which keeps the moves:
-its events and desired states are then those of before; closed-16x7-counts' two holds name the
-resize before the move, its desired states equal; open-16x7 equal)
+the desired states and events of all three streams equal; then a same-sized move tried after the
+resize where the episode's tail was over its budget while the path was clear, and a shared
+stretch too short to judge stood in for by the tail's share now: all three streams' digests
+equal)
 they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in
@@ -45,9 +42,8 @@ The streams (self-contained here, so that editing bench/ or fsm/examples.py move
   bench/bench_decide.py and bench/bench_ab_decide.py time);
 - `closed-16x7`: the same host in a closed loop, calm and interference phases of 150 ticks (caps
   cut the aggressors' bytes, moves and resizes happen as asked, a victim away from the aggressors'
-  switch or on a bigger slice recovers), with the outage, cost and guard budgets off and a move
-  priced as a cure whatever the cause, so that placement ranking and the resize planner are
-  taken, not just considered;
+  switch or on a bigger slice recovers), with the outage, cost and guard budgets off so that
+  placement ranking and the resize planner are taken, not just considered;
 - `closed-16x7-counts`: the closed loop with default policy and request counts (exact counts for
   some victims, histogram-interpolated ranges for others, a 1-request-per-tick victim), a few bad
   readings (NaN, negative, infinite) for sanitize to count, and failed and in-flight operations.
@@ -232,13 +228,7 @@ def digest(stream: str, ticks: int = TICKS) -> dict[str, object]:
     if stream == "open-16x7":
         policy, closed, counts = Policy(), False, False
     elif stream == "closed-16x7":
-        policy = Policy(
-            outage_budget_share=None,
-            cost_margin=None,
-            guard_cost_share=None,
-            max_reconfigs_per_hour=12,
-            unknown_cause_efficacy=1.0,
-        )
+        policy = Policy(outage_budget_share=None, cost_margin=None, guard_cost_share=None, max_reconfigs_per_hour=12)
         closed, counts = True, False
     elif stream == "closed-16x7-counts":
         policy, closed, counts = Policy(), True, True

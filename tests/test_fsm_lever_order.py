@@ -1,12 +1,12 @@
-"""A same-sized move expected to cure little goes after the resize (fsm.ladder._escalate).
+"""A same-sized move off a path that is not all of the tail goes after the resize (fsm.ladder).
 
 A move off a busy path promises at most what the tail was while the path was clear. When this
-episode's requests served with the path clear were as often over the SLO as they are now, the move
-is expected to cure `unknown_cause_efficacy` of the excess, and a resize, which serves faster
-whatever the cause, is tried first: a move that cures little spends the outage budget the resize
-then lacks (a tenant on a slice too small for its load, an ETL job starting on its path just
-before the evidence was enough: the move took the budget and the tenant stayed 57% over its SLO
-for four hours).
+episode's requests served with the path clear were over the SLO's budget too, the move is expected
+to cure part of the excess (`unknown_cause_efficacy` when they were as often over it as now), and
+a resize, which serves faster whatever the cause, is tried first: a move that cures little spends
+the outage budget the resize then lacks (a tenant on a slice too small for its load, an ETL job
+starting on its path just before the evidence was enough: the move took the budget and the tenant
+stayed 57% over its SLO for four hours).
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ def test_a_tail_as_high_with_the_path_clear_gets_the_resize_before_a_move_off_th
     # tail's share now stands in for it, and it is no higher than the clear stretch's
     assert clear_n >= 100
     why = first.evidence["passed_over"]["place"]
-    assert why == "a same-sized move is expected to cure 0.25 of the tail's excess; a resize first"
+    assert why == (
+        "the tail was over its budget while the path was clear: a same-sized move is expected to cure"
+        " 0.25 of its excess; a resize first"
+    )
     assert first.evidence["diagnosis"]["cause"] == "io"
 
 
@@ -72,6 +75,20 @@ def test_a_move_onto_a_larger_instance_keeps_its_place_before_the_resize():
     assert first.lever == "place", first.reason
     assert first.reason.startswith("move to gpu3/3g.20gb@")
     assert first.evidence["cost"]["efficacy"] == pytest.approx(0.25)
+
+
+def test_a_guard_that_did_not_cut_the_tail_leaves_the_move_first():
+    """A tail that came with the ETL job (no clear stretch) and caps that did not cut it: the move
+    is priced below a cure (the guard's lesson) but still goes first. A guard's failure says less
+    than a clear path's tail: a move off the path of an aggressor that roams from GPU to GPU cured
+    where a resize first did not (bench.robustness seed 307, roaming-aggressor:0: 4.9% -> 8.6%)."""
+    spec = example_spec(Policy(outage_warmup_s=0.0))
+    state, levers = ControllerState(), []
+    for i in range(60):
+        d = decide(state, _obs(2.0 * i, ETL_BPS, 3.0), spec)
+        state = d.state
+        levers += [(e.lever, e.evidence.get("cost", {}).get("efficacy")) for e in d.events if e.kind == "escalate"]
+    assert levers == [("guard", None), ("place", 0.25)], levers
 
 
 def test_a_tail_that_came_with_the_aggressor_gets_the_move_first():

@@ -401,7 +401,7 @@ class Tick(ReleaseTick):
         # the last one said); no lever changes the tenant's record before its event is built.
         window = partial(self._window, t, value, slo)
         why_not: dict[str, str] = {}
-        after: dict[str, str] = {}  # levers tried after a costlier one, and why (for its event)
+        place_after = ""  # why a move is tried after the resize (for the resize's event)
         if (
             diag is not None
             and diag.cause is Cause.IO
@@ -420,7 +420,7 @@ class Tick(ReleaseTick):
             # path of an aggressor that roams cured where the resize did not.)
             order.remove(RESIZE)
             order.insert(order.index(PLACE), RESIZE)
-            after[PLACE] = (
+            place_after = (
                 "the tail was over its budget while the path was clear: a same-sized move is expected"
                 f" to cure {self.place_efficacy(t, diag):.2f} of its excess; a resize first"
             )
@@ -437,7 +437,8 @@ class Tick(ReleaseTick):
             assert diag is not None
             ok, reason = self._try(lever, t, diag, window)
             if ok:
-                why_not.update((lv, why) for lv, why in after.items() if lv not in why_not)
+                if place_after and PLACE not in why_not:
+                    why_not[PLACE] = place_after
                 if why_not:  # why not the cheaper levers: what an operator asks of a move first
                     e = self.events[-1]
                     if e.kind == "escalate" and e.tenant == t.name:

@@ -57,11 +57,18 @@ class MoveTick(TickBase):
             limit=limit,
         )
 
-    def place_grows(self, t: TenantSpec, diag: Diagnosis) -> bool:
-        """Would a move now go to a larger instance than the victim's (the best the ranking finds)?"""
+    def _nowhere_lately(self, t: TenantSpec, diag: Diagnosis) -> str:
+        """Why a search for this cause found nowhere to go less than `cooldown_s` ago ("": none
+        did): nothing changed enough in a few ticks to rank every instance again."""
         seen = self.tenants[t.name].place_none
         if seen is not None and seen[1] == diag.cause and self.obs.t - seen[0] < self.spec.policy.cooldown_s:
-            return False  # nowhere to go, a few ticks ago (_place's memo)
+            return seen[2]
+        return ""
+
+    def place_grows(self, t: TenantSpec, diag: Diagnosis) -> bool:
+        """Would a move now go to a larger instance than the victim's (the best the ranking finds)?"""
+        if self._nowhere_lately(t, diag):
+            return False
         here, ranked = self._rank_places(t, diag, 1)
         return (
             here is not None
@@ -80,9 +87,9 @@ class MoveTick(TickBase):
             cost, why = self._pays(t, PLACE, outage, source, self.place_efficacy(t, diag))
             if why:
                 return False, why
-        seen = self.tenants[t.name].place_none if not avoid else None
-        if seen is not None and seen[1] == diag.cause and self.obs.t - seen[0] < policy.cooldown_s:
-            return False, seen[2]  # nothing changed enough in a few ticks to rank every instance again
+        lately = self._nowhere_lately(t, diag) if not avoid else ""
+        if lately:
+            return False, lately
 
         def rank(limit: int) -> tuple[Score | None, list[Score]]:
             return self._rank_places(t, diag, limit, avoid)

@@ -437,7 +437,7 @@ class Tick(ReleaseTick):
             assert diag is not None
             ok, reason = self._try(lever, t, diag, window)
             if ok:
-                if place_after and PLACE not in why_not:
+                if place_after and lever != PLACE:  # a move taken after a held resize is no lever passed over
                     why_not[PLACE] = place_after
                 if why_not:  # why not the cheaper levers: what an operator asks of a move first
                     e = self.events[-1]

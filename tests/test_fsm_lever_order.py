@@ -66,6 +66,24 @@ def test_a_tail_as_high_with_the_path_clear_gets_the_resize_before_a_move_off_th
     assert first.evidence["diagnosis"]["cause"] == "io"
 
 
+def test_a_move_taken_after_a_held_resize_does_not_name_itself_passed_over():
+    """The resize comes first but is held (no reconfiguration left this hour): the move goes, and
+    its event names the resize's hold, not itself, among the levers passed over."""
+    spec = example_spec(Policy(guards=False, outage_warmup_s=200.0, max_reconfigs_per_hour=0))
+    state, escalations = ControllerState(), []
+    for i in range(150):
+        t = 2.0 * i
+        d = decide(state, _obs(t, ETL_BPS if t >= 206.0 else 0.0, 3.0), spec)
+        state = d.state
+        escalations += [e for e in d.events if e.kind == "escalate"]
+    first = escalations[0]
+    assert first.lever == "place", first.reason
+    assert first.evidence["passed_over"] == {
+        "guard": "no throttleable aggressor on the victim's path",
+        "resize": "reconfiguration budget spent (0/hour)",
+    }
+
+
 def test_a_move_onto_a_larger_instance_keeps_its_place_before_the_resize():
     """The same tail, but the quiet GPU holds only instances larger than the victim's: the move
     there is a resize of its own (and, at the place level, leaves the resize for later)."""

@@ -7,12 +7,15 @@ demand, SM activity and timing, the relaunch time, the seed; with --bursts, MMPP
 times as variable as real prompt lengths, Gamma-renewal arrivals; with --low-quantiles, SLOs on
 the median or the p90 at a quarter to half of the latency; with --traces, request traces of
 another shape than the bundled one: started elsewhere, time-warped into bursts and lulls of
-their own),
+their own; with --low-rates, sensitive tenants at 0.1-2 requests a second; with --signals, a
+host's signals (no DCGM, noisy PCIe, failing scrapes); with --actuation, a host's actuators
+(outages off the configured figures, failing moves, refused reconfigurations)),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
-                               [--quantiles] [--low-quantiles] [--shapes] [--traces] [--tick-s S]
+                               [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
+                               [--signals] [--actuation] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -157,6 +160,7 @@ def perturb(
     trace_dir: Path | None = None,
     low_rates: random.Random | None = None,
     signals: random.Random | None = None,
+    actuation: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -176,7 +180,10 @@ def perturb(
     another shape (_reshape). `low_rates` (one of its own): each sensitive tenant's mean request rate
     is set to 0.1-2 a second (_low_rate). `signals` (one of its own): the host's signals as a real
     one gives them ([scenario.signals]): no DCGM with odds one half, PCIe readings with a noise
-    CV of 0-1, and 0-10% of latency scrapes failing."""
+    CV of 0-1, and 0-10% of latency scrapes failing. `actuation` (one of its own): the host's
+    actuators as a real one has them ([scenario.actuation]): relaunches and MIG reconfigurations
+    0.5-2x the configured figures (log-uniform) and each operation's within a CV of 0-0.5, up to 20%
+    of moves failing (the new copy never ready) and up to 20% of reconfigurations refused."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -196,6 +203,20 @@ def perturb(
         notes.append(
             f"signals: {'DCGM' if sig['dcgm'] else 'no DCGM'}, PCIe noise CV {sig['pcie_noise_cv']:g},"
             f" {100 * sig['latency_dropout']:.1f}% of scrapes failing"
+        )
+    if actuation is not None:
+        act = {
+            "relaunch_factor": round(math.exp(actuation.uniform(math.log(0.5), math.log(2.0))), 3),
+            "reconfig_factor": round(math.exp(actuation.uniform(math.log(0.5), math.log(2.0))), 3),
+            "outage_cv": round(actuation.uniform(0.0, 0.5), 3),
+            "move_failures": round(actuation.uniform(0.0, 0.2), 3),
+            "reconfig_refusals": round(actuation.uniform(0.0, 0.2), 3),
+        }
+        meta["actuation"] = act
+        notes.append(
+            f"actuation: relaunch x{act['relaunch_factor']:g}, reconfig x{act['reconfig_factor']:g}, CV"
+            f" {act['outage_cv']:g}, {100 * act['move_failures']:.0f}% of moves failing,"
+            f" {100 * act['reconfig_refusals']:.0f}% of reconfigurations refused"
         )
     for host in data.get("hosts", []):
         for t in host.get("tenants", []):
@@ -245,7 +266,9 @@ def perturb(
 
 
 # perturb's extra generators, by keyword; each is a command-line flag (low_quantiles: --low-quantiles)
-GENERATORS = ("bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates", "signals")
+GENERATORS = (
+    "bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates", "signals", "actuation",
+)  # fmt: skip
 
 
 def case_generators(seed: int, name: str, case: int, which: Iterable[str]) -> dict[str, random.Random]:
@@ -373,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traces", action="store_true", help="request traces started elsewhere and time-warped")
     ap.add_argument("--low-rates", action="store_true", help="sensitive tenants at 0.1-2 requests/s (log-uniform)")
     ap.add_argument("--signals", action="store_true", help="no DCGM (half), noisy PCIe, failing latency scrapes")
+    ap.add_argument(
+        "--actuation", action="store_true", help="relaunches and reconfigurations off the configured, failing moves"
+    )
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
     if a.quantiles and a.low_quantiles:

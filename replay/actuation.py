@@ -1,12 +1,17 @@
 """What applying a desired state does to the simulated host: throttles and MPS limits at once, MIG
 reconfigurations and tenant moves on fsm.outage's timeline (the one the decision core budgets
-with). HostSim (replay/simulator.py) mixes this in; the state it works on is HostSim's.
+with), its durations those of the host (meta.actuation: the configured ones times a factor and a
+per-operation draw), some refused or failed as a real host's are. HostSim (replay/simulator.py)
+mixes this in; the state it works on is HostSim's.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from fsm.desired import DesiredState, MpsLimit, Throttle
 from fsm.mig import GpuModel, Slot, layout_problems, normalise
@@ -40,6 +45,8 @@ class Move:
     down_at: float
     up_at: float
     held: bool = False  # its server's hold has been applied
+    error: str = ""  # a failed move: `target` is the instance it went back to
+    measured_s: float | None = None  # the outage the live actuators would record (restart move: the relaunch)
 
 
 class Actuation:
@@ -56,6 +63,8 @@ class Actuation:
     mps: dict[str, MpsLimit]
     spec: HostSpec
     meta: ScenarioMeta
+    act_rng: np.random.Generator | None  # meta.actuation's draws (None: the configured figures, no failures)
+    measured: dict[str, float]  # tenant -> its last move's outage as the live actuators measure it
     topo: Topology
     stats: Stats
     sensitive: dict[str, _Sensitive]
@@ -83,11 +92,43 @@ class Actuation:
         if s is not None:  # the work queued then resumes once the tenant serves again
             s.free_at = max(s.free_at, m.down_at) + (m.up_at - m.down_at)
 
-    def _move(self, name: str, target: InstanceRef, kind: MoveKind) -> None:
-        """Start moving `name`, on the timeline the decision core budgets for (fsm.outage)."""
+    def _jitter(self) -> float:
+        """One operation's mean-1 lognormal factor (meta.actuation.outage_cv)."""
+        cv = self.meta.actuation.outage_cv
+        if self.act_rng is None or cv <= 0:
+            return 1.0
+        sigma = math.sqrt(math.log1p(cv * cv))
+        return float(self.act_rng.lognormal(-sigma * sigma / 2.0, sigma))
+
+    def _fails(self, share: float) -> bool:
+        return self.act_rng is not None and share > 0 and float(self.act_rng.random()) < share
+
+    def _move(self, name: str, target: InstanceRef, kind: MoveKind, reconfig_k: float = 1.0) -> None:
+        """Start moving `name`, on fsm.outage's timeline (the one the decision core budgets with) at
+        the host's durations (meta.actuation; `reconfig_k`: the reconfiguration's, over the
+        configured). A restart move whose new copy never gets ready relaunches on its old instance
+        (actuators/moves.py moves back), a warm one keeps its old copy: either reports a failure."""
         ts = self.spec.tenants[name]
-        tl = move_timeline(kind, ts.relaunch_s, ts.reconfig_s, ts.handover == "warm", ts.handover_gap_s)
-        self.moves[name] = Move(target, self.t, self.t + tl.down_at, self.t + tl.up_at)
+        fid = self.meta.actuation
+        warm = ts.handover == "warm"
+        relaunch = ts.relaunch_s
+        if self.act_rng is not None:
+            relaunch *= fid.relaunch_factor * self._jitter()
+        tl = move_timeline(kind, relaunch, ts.reconfig_s * reconfig_k, warm, ts.handover_gap_s)
+        # The live actuators record a restart move's relaunch ("move") and a warm one's gap; a
+        # resize's wait includes the MIG change, which the cost model does not read (linux_host).
+        measured = (ts.handover_gap_s if warm else relaunch) if kind is MoveKind.EXISTING or warm else None
+        if kind is not MoveKind.IN_PLACE and self._fails(fid.move_failures):
+            back = self.instance[name]
+            why = "the new copy never got ready (simulated: actuation.move_failures)"
+            if warm:  # its new copy is stopped, the old one served throughout
+                at = self.t + tl.down_at
+                self.moves[name] = Move(back, self.t, at, at, error=why + "; new copy stopped, old copy kept")
+            else:  # it waited for the new copy's relaunch, then relaunches on its old instance
+                up = self.t + tl.up_at + relaunch
+                self.moves[name] = Move(back, self.t, self.t + tl.down_at, up, error=why + "; moved back")
+            return
+        self.moves[name] = Move(target, self.t, self.t + tl.down_at, self.t + tl.up_at, measured_s=measured)
 
     def _fail(self, target: str, error: str) -> None:
         self.outcomes.append(Outcome(target, False, error, self.t))
@@ -123,6 +164,9 @@ class Actuation:
             if problems:
                 self._fail(f"gpu:{gpu}", "invalid MIG layout: " + "; ".join(problems))
                 continue
+            if self._fails(self.meta.actuation.reconfig_refusals):
+                self._fail(f"gpu:{gpu}", "In use by another client (simulated: actuation.reconfig_refusals)")
+                continue
             destroyed = set(cur) - set(want)
             moves: dict[str, InstanceRef] = {}
             blocked = []
@@ -144,12 +188,13 @@ class Actuation:
             if blocked:
                 self._fail(f"gpu:{gpu}", f"In use by another client: {', '.join(blocked)}")
                 continue
+            k = self.meta.actuation.reconfig_factor * self._jitter() if self.act_rng is not None else 1.0
             # A tenant whose instance the change destroys stops first (IN_PLACE); one moving into a
             # new instance beside its own keeps serving meanwhile (BESIDE, make-before-break).
             for n, tgt in moves.items():
                 doomed = self.instance[n].gpu == gpu and self.instance[n].slot in destroyed
-                self._move(n, tgt, MoveKind.IN_PLACE if doomed else MoveKind.BESIDE)
-            self.ops.append(MigOp(gpu, want, self.t, self.t + self.meta.reconfig_s))
+                self._move(n, tgt, MoveKind.IN_PLACE if doomed else MoveKind.BESIDE, k)
+            self.ops.append(MigOp(gpu, want, self.t, self.t + self.meta.reconfig_s * k))
             busy.add(gpu)
             self.stats.reconfigs += 1
         for n, tgt in sorted(desired.placements.items()):
@@ -177,5 +222,10 @@ class Actuation:
                 self.outcomes.append(Outcome(f"gpu:{op.gpu}", True, "", op.end))
         arrived = sorted((m.up_at, n) for n, m in self.moves.items() if m.up_at <= until)
         for up_at, n in arrived:
-            self.instance[n] = self.moves.pop(n).target
-            self.outcomes.append(Outcome(f"tenant:{n}", True, "", up_at))
+            m = self.moves.pop(n)
+            self.instance[n] = m.target
+            self.outcomes.append(Outcome(f"tenant:{n}", not m.error, m.error, up_at))
+            if m.error:
+                self.stats.failed_ops += 1
+            elif m.measured_s is not None:
+                self.measured[n] = m.measured_s

@@ -313,6 +313,35 @@ class SignalFidelity(_Strict):
         return not self.dcgm or self.pcie_noise_cv > 0 or self.latency_dropout > 0
 
 
+class ActuationFidelity(_Strict):
+    """How a real host's actuators differ from the figures the controller is configured with (all
+    off by default: every move and reconfiguration takes exactly its configured time and succeeds).
+    docs/scenarios.md, "Actuators as a host has them"."""
+
+    # The host's relaunch and MIG reconfiguration over the configured ones (`relaunch_s`,
+    # `reconfig_s`): an operator's figure is a guess, a model's load time depends on the page cache
+    relaunch_factor: float = Field(1.0, ge=0.1, le=10)
+    reconfig_factor: float = Field(1.0, ge=0.1, le=10)
+    # Each operation's relaunch and reconfiguration also times a mean-1 lognormal factor of this CV
+    outage_cv: float = Field(0.0, ge=0, le=2)
+    # The share of moves whose new copy never gets ready (a restart move then relaunches the tenant
+    # on its old instance, an outage for nothing; a warm one keeps the old copy serving)
+    move_failures: float = Field(0.0, ge=0, le=1)
+    # The share of MIG reconfigurations nvidia-smi refuses up front ("In use by another client": a
+    # process outside tailguard's tenants holds the GPU); nothing changes
+    reconfig_refusals: float = Field(0.0, ge=0, le=1)
+
+    @property
+    def degraded(self) -> bool:
+        return (
+            self.relaunch_factor != 1.0
+            or self.reconfig_factor != 1.0
+            or self.outage_cv > 0
+            or self.move_failures > 0
+            or self.reconfig_refusals > 0
+        )
+
+
 class ScenarioMeta(_Strict):
     name: str
     description: str = ""
@@ -341,6 +370,7 @@ class ScenarioMeta(_Strict):
 
     compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
     signals: SignalFidelity = SignalFidelity()
+    actuation: ActuationFidelity = ActuationFidelity()
     irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
 

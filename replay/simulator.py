@@ -205,6 +205,9 @@ class HostSim(Actuation):
         # their own, the same number per tick whatever the policy does, so static and full see the
         # same failed scrapes and noise (common random numbers).
         self._sig_rng = np.random.default_rng([seed, host_index, 0x516]) if meta.signals.degraded else None
+        # Actuators as a real host has them (meta.actuation): drawn per operation, in apply order.
+        self.act_rng = np.random.default_rng([seed, host_index, 0xAC7]) if meta.actuation.degraded else None
+        self.measured: dict[str, float] = {}
 
     # -- one tick ---------------------------------------------------------------------------------
     def _cap(self, name: str, links: list[tuple[dict[tuple[str, str], int], str, str]], t: float) -> float:
@@ -480,6 +483,7 @@ class HostSim(Actuation):
                 throughput=(lw.count / dt if lw else None),
                 instance=None if down else inst,
                 cpu_pressure=self._cpu_pressure(name, s.cpu_busy),
+                outage_s=self.measured.get(name),
             )
             for n in topo.path_links(inst.gpu)[:1]:  # the GPU receives H2D bytes, transmits D2H ones
                 rx[n] = rx.get(n, 0.0) + s.rate_bps * (1.0 - s.req.d2h_share)

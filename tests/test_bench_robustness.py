@@ -248,6 +248,27 @@ def test_signals_degrade_the_hosts_signals_from_a_generator_of_their_own() -> No
     assert dcgm == {True, False}
 
 
+def test_actuation_draws_the_hosts_actuators_from_a_generator_of_its_own() -> None:
+    """--actuation: [scenario.actuation] drawn per case (relaunch and reconfiguration 0.5-2x the
+    configured, a CV of 0-0.5, up to 20% of moves failing and of reconfigurations refused), every
+    other draw the plain run's; a valid scenario whose actuators differ from the configured ones."""
+    data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))
+    factors = []
+    for case in range(10):
+        plain, act, notes, anotes = _pair(data, "vllm-ttft", case, "actuation")
+        extra = Counter(anotes) - Counter(notes)
+        assert not Counter(notes) - Counter(anotes) and len(extra) == 1 and next(iter(extra)).startswith("actuation: ")
+        got = act["scenario"].pop("actuation")
+        assert plain == act  # nothing else changed
+        assert 0.5 <= got["relaunch_factor"] <= 2 and 0.5 <= got["reconfig_factor"] <= 2
+        assert 0 <= got["outage_cv"] <= 0.5
+        assert 0 <= got["move_failures"] <= 0.2 and 0 <= got["reconfig_refusals"] <= 0.2
+        factors.append(got["relaunch_factor"])
+        act["scenario"]["actuation"] = got
+        assert scenario_from_data(act, "vllm-ttft").meta.actuation.degraded
+    assert min(factors) < 1 < max(factors)
+
+
 def test_traces_reshape_a_trace_keeping_its_requests_and_rate(tmp_path: Path) -> None:
     """--traces: the trace-driven tenant gets the bundled trace's requests (the same prompt and
     output lengths, the same count over the same cycle, so the same mean rate) in another shape:

@@ -1,0 +1,150 @@
+"""Actuators as a real host has them ([scenario.actuation], replay/actuation.py): relaunches and MIG
+reconfigurations off the configured figures, moves whose new copy never gets ready, reconfigurations
+nvidia-smi refuses. Off by default; each drawn per operation from a generator of the host's own."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from fsm.desired import DesiredState
+from fsm.mig import Slot
+from fsm.observation import InstanceRef, Observation
+from fsm.outage import MoveKind
+from replay.runner import run_host
+from replay.scenario import SCENARIO_DIR, Scenario, ScenarioError, parse_scenario, scenario_from_data
+from replay.simulator import HostSim
+
+RELAUNCH_S, RECONFIG_S, TICK_S = 5.0, 18.0, 5.0  # paper-p4d's
+OLD, OTHER = InstanceRef("gpu0", "1g.5gb", 0), InstanceRef("gpu0", "1g.5gb", 1)
+GROW = DesiredState(  # gpu2's change makes a 4g.20gb beside t1's own: BESIDE, then a relaunch
+    t=20.0,
+    placements={"t1": InstanceRef("gpu2", "4g.20gb", 0)},
+    layouts={"gpu2": (Slot(0, "4g.20gb"), Slot(4, "3g.20gb"))},
+)
+
+
+def _scenario(handover: str = "restart", **actuation: object) -> Scenario:
+    data = tomllib.loads((SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8"))
+    data["scenario"]["actuation"] = actuation
+    data["scenario"]["handover"] = handover
+    return scenario_from_data(data, "paper-p4d")
+
+
+def _apply(sc: Scenario, desired: DesiredState, ticks: int = 20) -> tuple[HostSim, list[Observation]]:
+    """Four ticks, then `desired` once, then `ticks` more; the observations after it."""
+    sim = HostSim(sc.hosts[0], sc.meta, sc.meta.seed)
+    for _ in range(4):
+        sim.advance()
+    sim.apply_sync(desired)
+    return sim, [sim.advance() for _ in range(ticks)]
+
+
+def _down_s(obs: list[Observation], name: str = "t1") -> float:
+    return TICK_S * sum(1 for o in obs if o.tenants[name].instance is None)
+
+
+def _outcomes(obs: list[Observation], target: str) -> list[tuple[bool, str]]:
+    return [(x.ok, x.error) for o in obs for x in o.actuation.outcomes if x.target == target]
+
+
+def test_by_default_a_move_takes_its_configured_relaunch_and_reports_it_measured() -> None:
+    sc = _scenario()
+    assert not sc.meta.actuation.degraded
+    assert HostSim(sc.hosts[0], sc.meta, sc.meta.seed).advance().tenants["t1"].outage_s is None  # none yet
+    sim, obs = _apply(sc, DesiredState(t=20.0, placements={"t1": OTHER}))
+    assert sim.act_rng is None
+    assert _down_s(obs) == pytest.approx(RELAUNCH_S, abs=TICK_S)
+    assert _outcomes(obs, "tenant:t1") == [(True, "")]
+    # what the live actuators record of a restart move, the relaunch, as the cost model reads it
+    assert obs[-1].tenants["t1"].outage_s == RELAUNCH_S
+
+
+def test_the_hosts_relaunch_is_the_configured_one_times_its_factor_and_is_what_is_measured() -> None:
+    sim, obs = _apply(_scenario(relaunch_factor=4.0), DesiredState(t=20.0, placements={"t1": OTHER}))
+    assert _down_s(obs) == pytest.approx(4 * RELAUNCH_S, abs=TICK_S)
+    assert obs[-1].tenants["t1"].outage_s == pytest.approx(4 * RELAUNCH_S)
+    assert sim.instance["t1"] == OTHER
+
+
+def test_a_reconfiguration_takes_its_factor_and_a_resize_reports_no_measured_relaunch() -> None:
+    _, obs = _apply(_scenario(reconfig_factor=2.0), GROW)
+    busy = TICK_S * sum(1 for o in obs if "gpu:gpu2" in o.actuation.in_flight)
+    assert busy == pytest.approx(2 * RECONFIG_S, abs=TICK_S)
+    assert _outcomes(obs, "tenant:t1") == [(True, "")]
+    # the live actuators count a resize's wait with the MIG change, which the cost model does not read
+    assert obs[-1].tenants["t1"].outage_s is None
+
+
+def test_outages_vary_per_operation_around_the_factor() -> None:
+    """A mean-1 lognormal factor per operation: over many moves the mean holds, the spread shows."""
+    sc = _scenario(relaunch_factor=2.0, outage_cv=0.5)
+    sim = HostSim(sc.hosts[0], sc.meta, sc.meta.seed)
+    seen = []
+    for k in range(300):
+        sim._move("t1", OTHER if k % 2 == 0 else OLD, MoveKind.EXISTING)
+        seen.append(sim.moves.pop("t1").measured_s)
+    mean = sum(seen) / len(seen)
+    cv = (sum((s - mean) ** 2 for s in seen) / len(seen)) ** 0.5 / mean
+    assert mean == pytest.approx(2 * RELAUNCH_S, rel=0.1)
+    assert cv == pytest.approx(0.5, abs=0.12)
+
+
+def test_a_failed_restart_move_relaunches_on_its_old_instance_an_outage_for_nothing() -> None:
+    sim, obs = _apply(_scenario(move_failures=1.0), DesiredState(t=20.0, placements={"t1": OTHER}))
+    # the new copy's relaunch, then the old one's
+    assert _down_s(obs) == pytest.approx(2 * RELAUNCH_S, abs=TICK_S)
+    ((ok, error),) = _outcomes(obs, "tenant:t1")
+    assert not ok and "never got ready" in error and "moved back" in error
+    assert sim.instance["t1"] == OLD and obs[-1].tenants["t1"].instance == OLD
+    assert sim.stats.failed_ops == 1
+    assert obs[-1].tenants["t1"].outage_s is None  # a failed move records no outage
+
+
+def test_a_failed_warm_move_keeps_its_old_copy_serving() -> None:
+    sim, obs = _apply(_scenario("warm", move_failures=1.0), DesiredState(t=20.0, placements={"t1": OTHER}))
+    assert _down_s(obs) == 0.0
+    ((ok, error),) = _outcomes(obs, "tenant:t1")
+    assert not ok and "old copy kept" in error
+    assert sim.instance["t1"] == OLD
+
+
+def test_a_refused_reconfiguration_changes_nothing_and_says_why() -> None:
+    sim, obs = _apply(_scenario(reconfig_refusals=1.0), GROW, ticks=3)
+    assert _outcomes(obs, "gpu:gpu2") == [(False, "In use by another client (simulated: actuation.reconfig_refusals)")]
+    assert not any("gpu:gpu2" in o.actuation.in_flight for o in obs)
+    assert sim.layouts["gpu2"] == HostSim(_scenario().hosts[0], _scenario().meta, 1).layouts["gpu2"]
+    assert sim.instance["t1"] == OLD and _down_s(obs) == 0.0
+
+
+def test_the_controller_takes_a_failed_lever_as_failed_and_the_run_is_deterministic() -> None:
+    """Every move fails and every reconfiguration is refused: full neither retries them in a loop
+    nor stays on a lever that failed; static meets no operation at all; two runs agree."""
+    sc = _scenario(move_failures=1.0, reconfig_refusals=1.0)
+    static = run_host(sc, 0, "static", 7200.0, sc.meta.seed)
+    full = [run_host(sc, 0, "full", 7200.0, sc.meta.seed) for _ in range(2)]
+    assert static.failed_ops == 0
+    # the move (t = 5,225 s), then the resize: each fails once and is not tried again in the episode
+    assert full[0].failed_ops == 2
+    fails = [e for e in full[0].events if " fail " in e]
+    assert [e.split()[4] for e in fails] == ["place", "resize"]
+    assert any("place: failed in this episode" in e and "resize: failed in this episode" in e for e in full[0].events)
+    assert full[0].failed_ops == full[1].failed_ops and full[0].events == full[1].events
+    assert (full[0].latencies == full[1].latencies).all()
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("relaunch_factor = 0", "relaunch_factor"),
+        ("move_failures = 1.5", "move_failures"),
+        ("outage_cv = -1", "outage_cv"),
+        ("refusals = 0.1", "refusals"),
+    ],
+)
+def test_bad_actuation_settings_name_the_key(line: str, says: str) -> None:
+    text = (SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8")
+    text = text.replace("[scenario]\n", f"[scenario.actuation]\n{line}\n\n[scenario]\n", 1)
+    with pytest.raises(ScenarioError, match=says):
+        parse_scenario(text, "x.toml")

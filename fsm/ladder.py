@@ -37,6 +37,10 @@ from fsm.tick_base import (
 )
 from fsm.tick_release import ReleaseTick
 
+# How many times in_flight_timeout_s an operation the actuators report under way may run before it
+# is taken as hung (a cold model start can take minutes past the configured relaunch_s)
+IN_FLIGHT_GRACE = 4.0
+
 
 class Tick(ReleaseTick):
     __slots__ = ()
@@ -260,10 +264,14 @@ class Tick(ReleaseTick):
         if failed:
             self._fail(t, p, "fail", failed[0].error or "operation failed", {"target": failed[0].target})
             return
-        if now - p.since > self.spec.policy.in_flight_timeout_s:
-            self._fail(t, p, "timeout", f"no completion within {self.spec.policy.in_flight_timeout_s:g}s", {})
-            return
-        if p.target in act.in_flight or any(x in act.in_flight for x in self._aux_targets(ctl)):
+        timeout = self.spec.policy.in_flight_timeout_s
+        busy = p.target in act.in_flight or any(x in act.in_flight for x in self._aux_targets(ctl))
+        # An operation the actuators still run is theirs to finish or fail (every call they make and
+        # every readiness wait is bounded): undoing it now queues a move back behind it, a second
+        # outage. Only one run IN_FLIGHT_GRACE times the timeout is taken as hung.
+        if busy:
+            if now - p.since > timeout * IN_FLIGHT_GRACE:
+                self._fail(t, p, "timeout", f"still under way after {now - p.since:.0f} s", {})
             return
         ts = self.obs.tenants.get(t.name)
         actual = ts.instance if ts is not None else None
@@ -274,29 +282,32 @@ class Tick(ReleaseTick):
         if gpu is not None and gpu in self.layouts:
             g = self.obs.gpus.get(gpu)
             layout_ok = g is not None and g.layout is not None and g.layout == self.layouts[gpu]
-        if (want is None or actual == want) and layout_ok:
-            lvl = level_of(ctl)
-            if p.then_layout is not None and p.gpu is not None:
-                self.layouts[p.gpu] = p.then_layout  # second phase: give the slice back
-                self.busy_gpus.add(p.gpu)
-            evidence: dict[str, Any] = {"target": p.target}
-            stack = ctl.stack
-            if actual is not None and p.lever in (PLACE, RESIZE):
-                stack, lifted = self._drop_stale_guards(stack, actual.gpu)
-                if lifted:
-                    evidence["caps_lifted"] = lifted  # the victim left their path: the caps have no purpose
-            settle = self._settle_s(ctl, p)
-            if settle > 0.0:
-                evidence["settle_s"] = round(settle, 1)
-            self.tenants[t.name] = evolve(
-                ctl,
-                pending=None,
-                stack=stack,
-                evidence=ctl.evidence.reset() if settle > 0.0 else ctl.evidence,
-                settle_until=now + settle if settle > 0.0 else ctl.settle_until,
-                cooldown_until=max(ctl.cooldown_until or now, now + settle),
-            )
-            self.emit(t.name, "complete", lvl, level_of(self.tenants[t.name]), p.lever, "operation finished", evidence)
+        if not ((want is None or actual == want) and layout_ok):
+            if now - p.since > timeout:  # done by the actuators, never seen: a report lost
+                self._fail(t, p, "timeout", f"no completion within {timeout:g}s", {})
+            return
+        lvl = level_of(ctl)
+        if p.then_layout is not None and p.gpu is not None:
+            self.layouts[p.gpu] = p.then_layout  # second phase: give the slice back
+            self.busy_gpus.add(p.gpu)
+        evidence: dict[str, Any] = {"target": p.target}
+        stack = ctl.stack
+        if actual is not None and p.lever in (PLACE, RESIZE):
+            stack, lifted = self._drop_stale_guards(stack, actual.gpu)
+            if lifted:
+                evidence["caps_lifted"] = lifted  # the victim left their path: the caps have no purpose
+        settle = self._settle_s(ctl, p)
+        if settle > 0.0:
+            evidence["settle_s"] = round(settle, 1)
+        self.tenants[t.name] = evolve(
+            ctl,
+            pending=None,
+            stack=stack,
+            evidence=ctl.evidence.reset() if settle > 0.0 else ctl.evidence,
+            settle_until=now + settle if settle > 0.0 else ctl.settle_until,
+            cooldown_until=max(ctl.cooldown_until or now, now + settle),
+        )
+        self.emit(t.name, "complete", lvl, level_of(self.tenants[t.name]), p.lever, "operation finished", evidence)
 
     def _settle_s(self, ctl: TenantCtl, p: Pending) -> float:
         """How long the backlog of the operation's outage (spent when it was taken) takes to clear:

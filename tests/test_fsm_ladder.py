@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from fsm import ladder
 from fsm.decide import Decision, decide
 from fsm.examples import EXAMPLE_LAYOUTS, UNPRICED_OUTAGES, example_observation, example_spec
 from fsm.mig import Slot
@@ -178,6 +179,28 @@ def test_operation_that_never_reports_times_out():
     state, ds = run(spec, state, stream(40, 3, 0.020))
     state, ds = run(spec, state, stream(46, 12, 0.012))
     assert [e.kind for e in events(ds)] == ["timeout"]
+
+
+def test_an_operation_the_actuators_still_run_is_waited_for_past_the_timeout():
+    """A move still reported in flight at the timeout is a slow relaunch (a cold start), not a
+    lost one: undoing it would queue a move back behind it, a second outage. It completes; one
+    still running at IN_FLIGHT_GRACE times the timeout is taken as hung."""
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, in_flight_timeout_s=20, cost_margin=None))
+    state = _judged(spec)
+    state, ds = run(spec, state, stream(40, 3, 0.020))
+    target = ds[-1].desired.placements["llm"]
+    since = events(ds, "escalate")[0].t
+    busy = ActuationStatus(in_flight=("tenant:llm",))
+    slow = [replace(o, actuation=busy) for o in stream(46, 30, 0.012)]  # 60 s: 3x the timeout
+    moving, ds = run(spec, state, slow)
+    assert not events(ds, "timeout") and moving.tenant("llm").pending is not None
+    _, ds = run(spec, moving, stream(106, 1, 0.012, llm_at=target))
+    assert [e.kind for e in events(ds)] == ["complete"]
+    hung = [replace(o, actuation=busy) for o in stream(106, 20, 0.012)]  # past 4 x 20 s
+    _, ds = run(spec, moving, hung)
+    (e,) = events(ds)
+    assert e.kind == "timeout" and e.reason.startswith("still under way after")
+    assert ladder.IN_FLIGHT_GRACE * 20 < e.t - since <= ladder.IN_FLIGHT_GRACE * 20 + 2
 
 
 def _placed_then_resized(spec):

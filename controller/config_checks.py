@@ -54,7 +54,10 @@ def cross_problems(cfg: Config, models: Callable[[str], GpuModel | None] | None 
 def model_problems(cfg: Config) -> list[Problem]:
     """What the model itself refuses (Config's validator): names, GPU references, cgroups that
     would cap one another, exporters; and the warnings of the same kinds."""
-    return [*_names(cfg), *_gpu_refs(cfg), *_cgroups(cfg), *_exporters(cfg), *_coverage(cfg), *_outage_fit(cfg)]
+    return [
+        *_names(cfg), *_gpu_refs(cfg), *_cgroups(cfg), *_exporters(cfg), *_coverage(cfg), *_outage_fit(cfg),
+        *_readiness(cfg),
+    ]  # fmt: skip
 
 
 def mig_problems(cfg: Config, models: Callable[[str], GpuModel | None] | None = None) -> list[Problem]:
@@ -340,6 +343,41 @@ def _outage_fit(cfg: Config) -> Iterable[Problem]:
                     f" ({budget:g} s per {p.outage_budget_window_s:g} s: [policy] outage_budget_share"
                     f" {p.outage_budget_share:g} x {outage_tail(t.quantile):g} of its requests): it is never moved"
                     " or resized; raise outage_budget_share or outage_budget_window_s, or give it a warm hand-over",
+                    error=False,
+                )
+            )
+    return out
+
+
+def _readiness(cfg: Config) -> Iterable[Problem]:
+    """A launcher waits `readiness_timeout_s` for a moved tenant's new copy, then gives up and
+    relaunches it where it was (actuators/moves.py). A wait shorter than the tenant's own start-up
+    (`relaunch_s`) fails every move after an outage for nothing, and its move back waits the same
+    way; one under twice it fails a start slowed by a cold page cache, which the controller does
+    not price (a failed move records no outage to learn from)."""
+    p = cfg.policy
+    if not (p.levers.placement or p.levers.mig):
+        return []
+    out = []
+    for i, t in enumerate(cfg.tenants):
+        if t.role is not Role.SENSITIVE or t.launcher is None:
+            continue
+        wait = t.launcher.readiness_timeout_s
+        if wait <= t.relaunch_s:
+            out.append(
+                Problem(
+                    tkey(i, t, "launcher.readiness_timeout_s"),
+                    f"{wait:g} s is no longer than its relaunch_s ({t.relaunch_s:g} s): every move would stop it, wait"
+                    " for a new copy that cannot be ready in time, then relaunch it where it was (and that wait fails"
+                    " the same way); raise readiness_timeout_s above relaunch_s, to twice it or more",
+                )
+            )
+        elif wait < 2 * t.relaunch_s:
+            out.append(
+                Problem(
+                    tkey(i, t, "launcher.readiness_timeout_s"),
+                    f"{wait:g} s is under twice its relaunch_s ({t.relaunch_s:g} s): a start slowed by a cold page"
+                    " cache fails the move after an outage for nothing; twice relaunch_s or more is safer",
                     error=False,
                 )
             )

@@ -332,7 +332,7 @@ def _run_case(
         # what full bought and why (fsm.levercost's evidence), and what its outage met: the first
         # thing to read of a worse case
         "levers": [
-            {**c, **outage_met(rs, c)}
+            {**c, **outage_met(rs, c), **outage_had(rf, c)}
             for rs, rf in zip(runs["static"], runs["full"], strict=True)
             for c in rf.lever_costs
         ],
@@ -359,6 +359,15 @@ def outage_met(static: HostRun, c: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def outage_had(full: HostRun, c: dict[str, Any]) -> dict[str, Any]:
+    """The outage the lever's operation had on the host (its seconds and whether it succeeded),
+    which under [scenario.actuation] differs from the one it was priced at."""
+    for start, tenant, seconds, ok in full.outages:
+        if tenant == c["tenant"] and start >= c["t"] - 1e-6:
+            return {"had_s": round(seconds, 1), "had_ok": ok}
+    return {}
+
+
 def lever_line(c: dict[str, Any], duration_s: float) -> str:
     """One move or resize with its price, as the worse cases are read."""
     head = f"t={c['t']:.0f} s ({c['t'] / duration_s:.2f} of the run) {c['tenant']} {c['lever']}:"
@@ -375,6 +384,7 @@ def lever_line(c: dict[str, Any], duration_s: float) -> str:
             if "met_share" in c
             else ""
         )
+        + (f"; it took {c['had_s']:g} s" + ("" if c["had_ok"] else ", and failed") if "had_s" in c else "")
     )
 
 

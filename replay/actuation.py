@@ -224,6 +224,7 @@ class Actuation:
         for up_at, n in arrived:
             m = self.moves.pop(n)
             self.instance[n] = m.target
+            self.stats.outages.append((m.start, n, m.up_at - m.down_at, not m.error))
             self.outcomes.append(Outcome(f"tenant:{n}", not m.error, m.error, up_at))
             if m.error:
                 self.stats.failed_ops += 1

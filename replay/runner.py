@@ -84,6 +84,7 @@ class HostRun:
     exact_latency: bool = False  # the controller's view: raw samples (True) or vLLM's histogram
     # Every move or resize taken, with its price (fsm.levercost's evidence) when it was priced.
     lever_costs: list[dict[str, Any]] = field(default_factory=list)
+    outages: list[tuple[float, str, float, bool]] = field(default_factory=list)  # replay.simulator.Stats.outages
     outage_window_s: float = math.inf  # the outage budget window the run was decided under (judged_policy)
 
 
@@ -158,6 +159,7 @@ def run_host(
         quantile={n: spec.tenants[n].quantile for n in sensitive},
         exact_latency=exact_latency,
         lever_costs=lever_costs,
+        outages=list(st.outages),
         outage_window_s=chosen.outage_budget_window_s,
     )
 

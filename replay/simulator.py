@@ -105,6 +105,8 @@ class Stats:
     reconfigs: int = 0
     moves: int = 0
     failed_ops: int = 0
+    # (start, tenant, seconds it served nothing, succeeded): every move's outage as the host had it
+    outages: list[tuple[float, str, float, bool]] = field(default_factory=list)
 
 
 def _inv(share: float) -> float:

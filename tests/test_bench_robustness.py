@@ -13,7 +13,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from bench.robustness import case_generators, lever_line, main, outage_met, perturb, run_case
+from bench.robustness import case_generators, lever_line, main, outage_had, outage_met, perturb, run_case
 from replay.request_traces import read_request_trace
 from replay.runner import HostRun, run_host
 from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
@@ -315,6 +315,21 @@ def test_what_an_outage_met_is_read_off_the_static_run() -> None:
     assert line.endswith("; its outage met 2.00 req/s, the run's mean 0.56: 6.00% of the run's requests")
     assert outage_met(static, {"t": 100.0, "tenant": "v", "lever": "place", "outage_s": 0.0}) == {}  # a warm hand-over
     assert outage_met(static, {"t": 100.0, "tenant": "w", "lever": "place", "outage_s": 5.0}) == {}  # no requests
+
+
+def test_what_an_outage_took_on_the_host_is_read_off_the_full_run() -> None:
+    """The lever's own operation (the tenant's first outage from the decision on): its seconds and
+    whether it succeeded, which a host's actuators ([scenario.actuation]) make differ from the price."""
+    full = cast(HostRun, SimpleNamespace(outages=[(50.0, "v", 60.0, True), (100.0, "w", 9.0, True),
+                                                  (100.0, "v", 95.7, False)]))  # fmt: skip
+    had = outage_had(full, {"t": 100.0, "tenant": "v"})
+    assert had == {"had_s": 95.7, "had_ok": False}
+    assert outage_had(full, {"t": 200.0, "tenant": "v"}) == {}
+    line = lever_line({**_priced(), **had}, 3600.0)
+    assert line.endswith("; it took 95.7 s, and failed")
+    r = run_case(("vllm-ttft", 2, 401, 14400.0, {}), which=("actuation",))
+    (c,) = r["levers"]  # the case's one resize, priced at 60 s, took longer on this host
+    assert c["outage_s"] == 60.0 and c["had_ok"] and c["had_s"] > 80.0
 
 
 def _priced() -> dict[str, Any]:

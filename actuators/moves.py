@@ -205,9 +205,17 @@ class Moves:
             # Move back where it was and report the failure.
             back = ""
             if frm is not None:
-                back_err = await self.launch_ready(tenant, spec, frm)
-                back = "; moved back" if not back_err else f"; moving back failed too: {back_err}"
-                self.h.placement[tenant] = frm if not back_err else None
+                back_err = await self.launch(tenant, spec, frm)
+                if back_err:  # where it runs is unknown: the next reconcile relaunches it
+                    back = f"; moving back failed too: {back_err}"
+                    self.h.placement[tenant] = None
+                else:
+                    # Relaunched there: a start slower than the readiness wait is left to finish, since
+                    # relaunching it again (the next reconcile, were its place unknown) restarts it
+                    # from scratch, and so on after every backoff.
+                    slow = await self.ready(tenant, spec, frm)
+                    back = "; moved back" if not slow else f"; moved back, still starting ({slow})"
+                    self.h.placement[tenant] = frm
             at = ref_str(self.h.placement.get(tenant))
             self.h.jot("move", phase="failed", tenant=tenant, error=err + back, at=at)
             self._outcome(target, False, err + back)
@@ -327,6 +335,10 @@ class Moves:
         return f"new copy of {tenant} not ready on {ref} within {spec.readiness_timeout_s:g} s"
 
     async def launch_ready(self, tenant: str, spec: TenantActuation, ref: InstanceRef) -> str:
+        return await self.launch(tenant, spec, ref) or await self.ready(tenant, spec, ref)
+
+    async def launch(self, tenant: str, spec: TenantActuation, ref: InstanceRef) -> str:
+        """(Re)start the tenant on `ref` (restart hand-over); an error says it was not launched."""
         assert spec.launcher is not None
         try:
             uuid = await self.mig_uuid(ref)
@@ -334,6 +346,10 @@ class Moves:
             await spec.launcher.launch(tenant, ref, uuid)
         except (NvsmiError, LaunchError, KeyError) as e:
             return str(e)
+        return ""
+
+    async def ready(self, tenant: str, spec: TenantActuation, ref: InstanceRef) -> str:
+        """Wait for the launched tenant's readiness, up to its readiness_timeout_s."""
         if self.h.readiness is None:
             return ""
         deadline = time.monotonic() + spec.readiness_timeout_s

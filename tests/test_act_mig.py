@@ -205,6 +205,41 @@ def test_move_with_readiness_and_move_back(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_a_move_back_slower_than_the_readiness_wait_is_left_to_finish(tmp_path: Path) -> None:
+    """A cold start outlasting readiness_timeout_s on both instances: the move fails and moves back,
+    and the relaunched tenant is placed where it was, still starting. The next reconcile with the
+    same desired state launches nothing: relaunching it would restart it from scratch, after every
+    backoff, and it would never serve."""
+    h = host(tmp_path, (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb")))
+    log = tmp_path / "launch.log"
+    launcher_bin = write_script(
+        tmp_path / "launch", f"import sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+    )
+
+    async def never(tenant: str) -> bool:
+        return False
+
+    home = InstanceRef("gpu0", "2g.10gb", 0)
+    t = TenantActuation("llm", None, home, CommandLauncher([str(launcher_bin), "{tenant}", "{instance}", "{uuid}"]),
+                        readiness_timeout_s=0.5)  # fmt: skip
+
+    async def go() -> None:
+        r = rec(tmp_path, h, tenants={"llm": t}, readiness=never)
+        r.placement["llm"] = home
+        await r.reconcile(DesiredState(t=time.time(), placements={"llm": InstanceRef("gpu0", "3g.20gb", 4)}))
+        await r.wait_idle(30)
+        (o,) = r.status().outcomes
+        assert not o.ok and "moved back, still starting" in o.error and "not ready" in o.error
+        assert r.placement["llm"] == home
+        launches = log.read_text().splitlines()
+        assert [ln.split()[1] for ln in launches] == ["gpu0/3g.20gb@4", "gpu0/2g.10gb@0"]
+        rep = await r.reconcile(DesiredState(t=time.time(), placements={"llm": home}))
+        await r.wait_idle(30)
+        assert rep.started == [] and log.read_text().splitlines() == launches
+
+    asyncio.run(go())
+
+
 def test_layout_refuses_to_destroy_a_tenants_instance(tmp_path: Path) -> None:
     h = host(tmp_path)
     t = TenantActuation("llm", None, InstanceRef("gpu0", "3g.20gb", 0), CommandLauncher(["/bin/true"]))

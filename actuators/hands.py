@@ -184,8 +184,8 @@ class Hands:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def outcome(self, target: str, ok: bool, error: str = "") -> None:
-        self.outcomes.append(Outcome(target, ok, error, self.clock()))
+    def outcome(self, target: str, ok: bool, error: str = "", outage_s: float | None = None) -> None:
+        self.outcomes.append(Outcome(target, ok, error, self.clock(), outage_s))
         (log.info if ok else log.warning)("%s: %s", target, "ok" if ok else error)
 
     def in_flight(self, target: str) -> bool:

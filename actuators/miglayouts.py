@@ -82,7 +82,7 @@ class MigLayouts:
         return checks
 
     def _failed(self, target: str, want: Layout, err: str) -> None:
-        self.h.outcome(target, False, err)
+        self.h.outcome(target, False, err, outage_s=0.0)
         delay = self.h.backoff.failed(target, self.h.clock(), want, err)
         if delay > 0:
             log.warning("%s: next attempt in %.0f s (backoff)", target, delay)
@@ -104,7 +104,7 @@ class MigLayouts:
             raise
         except Exception as e:  # a bug must not kill the loop; report it
             log.exception("%s: unexpected error", target)
-            self.h.outcome(target, False, f"unexpected error: {e}")
+            self.h.outcome(target, False, f"unexpected error: {e}", outage_s=0.0)
 
     async def _plan(self, gpu: str, want: Layout, moving: set[str], rep: ReconcileReport
                     ) -> tuple[MigPlan, GpuModel, tuple[Slot, ...]] | None:  # fmt: skip
@@ -123,7 +123,7 @@ class MigLayouts:
         except (NvsmiError, PlanError, KeyError) as e:
             self.converged.pop(gpu, None)
             rep.errors.append(str(e))
-            h.outcome(target, False, str(e))  # read again next tick: a read changes nothing, no backoff
+            h.outcome(target, False, str(e), outage_s=0.0)  # read again next tick: a read changes nothing, no backoff
             return None
         if p.empty and not half:
             self.converged[gpu] = (want, now)
@@ -135,7 +135,7 @@ class MigLayouts:
         if blocked:
             msg = f"{target}: will not destroy instances in use: {', '.join(blocked)}"
             rep.errors.append(msg)
-            h.outcome(target, False, msg)
+            h.outcome(target, False, msg, outage_s=0.0)
             return None
         rep.ops.extend(f"{gpu}: repair {s} (GPU instance without its compute instance)" for s in half)
         rep.ops.extend(p.ops())
@@ -161,7 +161,7 @@ class MigLayouts:
                     intent = h.journal.append("mig", phase="intent", gpu=p.gpu, before=[str(s) for s in p.before],
                                               after=[str(s) for s in p.after])  # fmt: skip
                 except JournalError as e:
-                    h.outcome(target, False, f"not applied: {e}")
+                    h.outcome(target, False, f"not applied: {e}", outage_s=0.0)
                     return
                 # Open until its done/failed record: a rotation in between (its step records can
                 # trigger one) carries it in the new file's snapshot, or recovery would miss it.
@@ -189,7 +189,7 @@ class MigLayouts:
             raise
         except Exception as e:  # a bug must not kill the loop; report it
             log.exception("%s: unexpected error", target)
-            h.outcome(target, False, f"unexpected error: {e}")
+            h.outcome(target, False, f"unexpected error: {e}", outage_s=0.0)
 
     async def apply_plan(self, p: MigPlan, model: GpuModel) -> str:
         """Run the steps; '' on success, else the first error (the caller rolls back)."""

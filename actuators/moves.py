@@ -103,9 +103,10 @@ class Moves:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return dict(sorted(self.warm_open.items()))
 
-    def _outcome(self, target: str, ok: bool, error: str = "") -> None:
-        """A move's outcome; a failed one holds further tries at the same target back (backoff)."""
-        self.h.outcome(target, ok, error)
+    def _outcome(self, target: str, ok: bool, error: str = "", outage_s: float | None = None) -> None:
+        """A move's outcome; a failed one holds further tries at the same target back (backoff), and
+        says how long its tenant served nothing for it (0: never stopped; None: not known)."""
+        self.h.outcome(target, ok, error, outage_s)
         key = self._keys.pop(target, None)
         if ok:
             self.h.backoff.ok(target)
@@ -191,9 +192,15 @@ class Moves:
             try:
                 self.h.journal.append("move", phase="intent", tenant=tenant, frm=ref_str(frm), to=str(to))
             except JournalError as e:
-                self._outcome(target, False, f"not applied: {e}")
+                self._outcome(target, False, f"not applied: {e}", 0.0)
                 return
-            err = await self.launch_ready(tenant, spec, to)
+            before = self._launched.get(tenant)
+            err = await self.launch(tenant, spec, to) or await self.ready(tenant, spec, to)
+            stopped_at = self._launched.get(tenant)
+            if stopped_at == before:  # never launched (no such instance: a MIG change refused): it still serves
+                self.h.jot("move", phase="failed", tenant=tenant, error=err, at=ref_str(frm))
+                self._outcome(target, False, err + "; not stopped", 0.0)
+                return
             if not err:
                 self.h.placement[tenant] = to
                 kind = "move" if waited_from is None else "resize"
@@ -204,6 +211,7 @@ class Moves:
                 return
             # Move back where it was and report the failure.
             back = ""
+            outage: float | None = None
             if frm is not None:
                 back_err = await self.launch(tenant, spec, frm)
                 if back_err:  # where it runs is unknown: the next reconcile relaunches it
@@ -216,9 +224,11 @@ class Moves:
                     slow = await self.ready(tenant, spec, frm)
                     back = "; moved back" if not slow else f"; moved back, still starting ({slow})"
                     self.h.placement[tenant] = frm
+                    if not slow and stopped_at is not None:
+                        outage = time.monotonic() - stopped_at
             at = ref_str(self.h.placement.get(tenant))
             self.h.jot("move", phase="failed", tenant=tenant, error=err + back, at=at)
-            self._outcome(target, False, err + back)
+            self._outcome(target, False, err + back, outage)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -237,14 +247,14 @@ class Moves:
             new = await self.mig_uuid(to)
             old = await self.mig_uuid(frm) if frm is not None else None
         except (NvsmiError, KeyError) as e:
-            self._outcome(target, False, str(e))
+            self._outcome(target, False, str(e), 0.0)
             return
         rec: dict[str, Any] = {"handover": "warm", "tenant": tenant, "frm": ref_str(frm), "to": str(to), "new": new,
                                "old": old}  # fmt: skip
         try:
             self.h.journal.append("move", phase="intent", **rec)
         except JournalError as e:
-            self._outcome(target, False, f"not applied: {e}")
+            self._outcome(target, False, f"not applied: {e}", 0.0)
             return
         self.warm_open[tenant] = {**rec, "phase": "intent"}
         started = time.monotonic()
@@ -263,7 +273,7 @@ class Moves:
             stop_err = await self.stop_old(tenant, spec)
             note = "; new copy stopped, old copy kept" if not stop_err else f"; {stop_err} (the new copy)"
             self.retire_done(tenant, stop_err, "failed", err + note)
-            self._outcome(target, False, err + note)
+            self._outcome(target, False, err + note, 0.0)  # the old copy served throughout
             return
         self.warm_open[tenant] = {**rec, "phase": "switched"}
         self.h.placement[tenant] = to
@@ -333,9 +343,6 @@ class Moves:
                     return ""
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         return f"new copy of {tenant} not ready on {ref} within {spec.readiness_timeout_s:g} s"
-
-    async def launch_ready(self, tenant: str, spec: TenantActuation, ref: InstanceRef) -> str:
-        return await self.launch(tenant, spec, ref) or await self.ready(tenant, spec, ref)
 
     async def launch(self, tenant: str, spec: TenantActuation, ref: InstanceRef) -> str:
         """(Re)start the tenant on `ref` (restart hand-over); an error says it was not launched."""

@@ -141,6 +141,9 @@ class Outcome:
     ok: bool
     error: str = ""
     t: float = 0.0
+    # A failed move's or MIG change's: the seconds its tenant served nothing for it (0: nothing was
+    # stopped, as when nvidia-smi refuses a change; None: not known)
+    outage_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,8 @@ class Actuation:
         self.moves[name] = Move(target, self.t, self.t + tl.down_at, self.t + tl.up_at, measured_s=measured)
 
     def _fail(self, target: str, error: str) -> None:
-        self.outcomes.append(Outcome(target, False, error, self.t))
+        """An operation refused before anything stopped (an outage of 0)."""
+        self.outcomes.append(Outcome(target, False, error, self.t, 0.0))
         self.stats.failed_ops += 1
 
     def _occupant(self, inst: InstanceRef) -> str | None:
@@ -225,7 +226,8 @@ class Actuation:
             m = self.moves.pop(n)
             self.instance[n] = m.target
             self.stats.outages.append((m.start, n, m.up_at - m.down_at, not m.error))
-            self.outcomes.append(Outcome(f"tenant:{n}", not m.error, m.error, up_at))
+            outage = (m.up_at - m.down_at) if m.error else None
+            self.outcomes.append(Outcome(f"tenant:{n}", not m.error, m.error, up_at, outage))
             if m.error:
                 self.stats.failed_ops += 1
             elif m.measured_s is not None:

@@ -201,6 +201,15 @@ def test_move_with_readiness_and_move_back(tmp_path: Path) -> None:
         (o,) = r.status().outcomes
         assert not o.ok and "not ready" in o.error and r.placement["llm"] == to
         assert log.read_text().splitlines()[-1].split()[1] == "gpu0/3g.20gb@4"  # relaunched where it was
+        assert o.outage_s is not None and o.outage_s >= 1.0  # the new copy's wait, then the move back
+        # A target that does not exist (its MIG change refused): never launched, not moved back
+        # (that would restart it where it serves for nothing), an outage of 0 said.
+        n = len(log.read_text().splitlines())
+        await r.reconcile(DesiredState(t=time.time(), placements={"llm": InstanceRef("gpu0", "1g.5gb", 6)}))
+        await r.wait_idle(30)
+        (o,) = r.status().outcomes
+        assert not o.ok and o.error.endswith("; not stopped") and o.outage_s == 0.0
+        assert len(log.read_text().splitlines()) == n and r.placement["llm"] == to
 
     asyncio.run(go())
 

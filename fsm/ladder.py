@@ -188,6 +188,7 @@ class Tick(ReleaseTick):
                 clear_past=self._clear_past(ctl),
                 failures=0,
                 failed_levers=(),
+                retry_levers=(),
                 episode_start=None,
                 episode_n=0.0,
                 episode_bad=0.0,
@@ -262,7 +263,9 @@ class Tick(ReleaseTick):
         act = self.obs.actuation
         failed = [o for o in act.outcomes if not o.ok and o.target in (p.target, *self._aux_targets(ctl))]
         if failed:
-            self._fail(t, p, "fail", failed[0].error or "operation failed", {"target": failed[0].target})
+            stopped = not all(o.outage_s == 0.0 for o in failed)  # 0: the actuators never stopped it
+            why = failed[0].error or "operation failed"
+            self._fail(t, p, "fail", why, {"target": failed[0].target}, stopped)
             return
         timeout = self.spec.policy.in_flight_timeout_s
         busy = p.target in act.in_flight or any(x in act.in_flight for x in self._aux_targets(ctl))
@@ -342,9 +345,21 @@ class Tick(ReleaseTick):
         top = ctl.stack[-1] if ctl.stack else None
         return (f"gpu:{top.gpu}",) if top is not None and top.gpu is not None and top.lever == RESIZE else ()
 
-    def _fail(self, t: TenantSpec, p: Pending, kind: str, reason: str, evidence: dict[str, Any]) -> None:
+    def _fail(
+        self, t: TenantSpec, p: Pending, kind: str, reason: str, evidence: dict[str, Any], stopped: bool = True
+    ) -> None:
+        """Undo a failed operation's step. Its outage was charged to the budget when it was taken:
+        one the actuators say never stopped the tenant (nvidia-smi refused the change) is given
+        back. (One that lasted longer than charged, a copy that never got ready and then the move
+        back, keeps its charge: charged in full it left no budget for the lever's second try, which
+        was what cut those tails.)"""
         policy = self.spec.policy
         ctl = self.tenants[t.name]
+        outages = ctl.outages
+        spent = sum(s for ts, s in outages if ts >= p.since - 1e-9)
+        if not stopped and spent > 0.0:
+            outages = tuple(o for o in outages if o[0] < p.since - 1e-9)
+            evidence = {**evidence, "outage_refunded_s": round(spent, 1)}
         before = level_of(ctl)
         failures = ctl.failures + 1
         backoff = min(policy.backoff_max_s, policy.backoff_s * (2 ** (failures - 1)))
@@ -357,13 +372,23 @@ class Tick(ReleaseTick):
             target = step.from_instance if step.lever in (PLACE, RESIZE) else target
             if step.lever == RESIZE and step.gpu is not None and step.prev_layout is not None:
                 self.layouts[step.gpu] = step.prev_layout
-        failed_levers = ctl.failed_levers if p.releasing else tuple(sorted({*ctl.failed_levers, p.lever}))
+        # A first failure of a lever in the episode is tried again after the backoff, once every
+        # other lever is held or spent (a refusal, a copy that never got ready: often transient;
+        # barred, a resize refused once left a tenant over its SLO for hours); a second failure
+        # bars it for the episode.
+        failed_levers, retry = ctl.failed_levers, ctl.retry_levers
+        if not p.releasing and any(lv == p.lever for lv, _ in retry):
+            failed_levers = tuple(sorted({*failed_levers, p.lever}))
+        elif not p.releasing:
+            retry = (*retry, (p.lever, self.obs.t + backoff))
         ctl = evolve(
             ctl,
             stack=stack,
             pending=None,
             failures=failures,
             failed_levers=failed_levers,
+            retry_levers=retry,
+            outages=outages,
             backoff_until=self.obs.t + backoff,
             target=target,
             last_reason=reason,
@@ -384,7 +409,7 @@ class Tick(ReleaseTick):
     def _early_guard(self, t: TenantSpec, value: float | None, slo: float) -> None:
         """Anticipation: the first violating window with a high-bandwidth aggressor on the path
         is enough for the cheap, reversible lever; the heavy ones still wait for Y windows."""
-        if not (self.spec.policy.guards or self.spec.policy.mps) or GUARD in self.tenants[t.name].failed_levers:
+        if not (self.spec.policy.guards or self.spec.policy.mps) or self._barred(self.tenants[t.name], GUARD):
             return
         diag = diagnose(self.spec, self.obs, t, self.traffic)
         if diag.cause is not Cause.IO or not diag.aggressors:
@@ -419,7 +444,7 @@ class Tick(ReleaseTick):
             and PLACE in order
             and RESIZE in order
             and enabled[RESIZE]
-            and RESIZE not in ctl.failed_levers
+            and not self._barred(ctl, RESIZE)
             and self._path_cut(t) < 1.0
             and not self.place_grows(t, diag)
         ):
@@ -435,12 +460,16 @@ class Tick(ReleaseTick):
                 "the tail was over its budget while the path was clear: a same-sized move is expected"
                 f" to cure {self.place_efficacy(t, diag):.2f} of its excess; a resize first"
             )
+        if ctl.retry_levers:  # a lever that failed once in the episode: after every other one
+            again = {lv for lv, _ in ctl.retry_levers}
+            order = [lv for lv in order if lv not in again] + [lv for lv in order if lv in again]
         for lever in order:
             if not enabled[lever]:
                 why_not[lever] = "disabled by policy"
                 continue
-            if lever in ctl.failed_levers:
-                why_not[lever] = "failed in this episode"
+            barred = self._barred(ctl, lever)
+            if barred:
+                why_not[lever] = barred
                 continue
             if judging:
                 why_not[lever] = judging
@@ -491,7 +520,7 @@ class Tick(ReleaseTick):
                 evidence=ctl.evidence.held_at(self.evidence_params.h),
                 burst_held_at=self.obs.t,
             )
-        elif prices and all((t.name, lv) in unpaid or lv in ctl.failed_levers or not enabled[lv] for lv in why_not):
+        elif prices and all((t.name, lv) in unpaid or self._barred(ctl, lv) or not enabled[lv] for lv in why_not):
             wait = min(_rent_due_s(c, policy.cost_margin or 0.0) for c in prices)
             self._update(
                 t.name,

@@ -57,7 +57,11 @@ class TenantCtl:
     dwell_until: float | None = None
     backoff_until: float | None = None
     failures: int = 0
-    failed_levers: tuple[str, ...] = ()
+    failed_levers: tuple[str, ...] = ()  # not tried again in this episode
+    # Levers whose operation failed once in this episode, and when they may be tried again (after
+    # the backoff): a refusal or a new copy that never got ready is often transient; a second
+    # failure bars the lever for the episode (failed_levers)
+    retry_levers: tuple[tuple[str, float], ...] = ()
     stack: tuple[Step, ...] = ()
     pending: Pending | None = None
     episode_start: float | None = None  # when the evidence of the current episode began to grow

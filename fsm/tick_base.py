@@ -385,6 +385,15 @@ class TickBase:
             "clear_bad": 0.0,
         }
 
+    def _barred(self, ctl: TenantCtl, lever: str) -> str:
+        """Why a lever is not tried now for its own failures ("" when it may be)."""
+        if lever in ctl.failed_levers:
+            return "failed in this episode"
+        for lv, at in ctl.retry_levers:
+            if lv == lever and self.obs.t < at:
+                return f"failed, tried again after its backoff (in {at - self.obs.t:.0f} s)"
+        return ""
+
     def _update(self, name: str, **changes: Any) -> None:
         """Change a tenant's record: in place when it is this tick's own copy (step() made it and
         nobody else holds it), else as a new copy."""

@@ -274,7 +274,7 @@ class GuardTick(MoveTick):
         if (
             policy.guard_relief_s is None
             or not policy.placement
-            or PLACE in ctl.failed_levers
+            or self._barred(ctl, PLACE)
             or top.lever != GUARD
             or not top.caps
             or self.obs.t - (top.t if top.relief_t is None else top.relief_t) < policy.guard_relief_s

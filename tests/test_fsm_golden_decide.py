@@ -30,6 +30,10 @@ latency window came, a new field of the state (a window after a failed scrape sp
 the desired states and events of all three streams equal; then a same-sized move tried after the
 resize where the episode's tail was over its budget while the path was clear, and a shared
 stretch too short to judge stood in for by the tail's share now: all three streams' digests
+equal; then a lever whose operation failed once tried again after its backoff, once every other
+lever is held or spent, and a refused change's outage given back to the budget, a new field of
+the state: in closed-16x7-counts a failed resize tried again, and failing again (resize
+escalations and failures 3 -> 4, holds 9 -> 12); the other two streams' desired states and events
 equal)
 they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,

@@ -361,9 +361,11 @@ def outage_met(static: HostRun, c: dict[str, Any]) -> dict[str, float]:
 
 def outage_had(full: HostRun, c: dict[str, Any]) -> dict[str, Any]:
     """The outage the lever's operation had on the host (its seconds and whether it succeeded),
-    which under [scenario.actuation] differs from the one it was priced at."""
+    which under [scenario.actuation] differs from the one it was priced at; none for an operation
+    refused before anything stopped (the tenant's next outage is its next lever's)."""
+    nxt = min((o["t"] for o in full.lever_costs if o["tenant"] == c["tenant"] and o["t"] > c["t"]), default=math.inf)
     for start, tenant, seconds, ok in full.outages:
-        if tenant == c["tenant"] and start >= c["t"] - 1e-6:
+        if tenant == c["tenant"] and c["t"] - 1e-6 <= start < nxt - 1e-6:
             return {"had_s": round(seconds, 1), "had_ok": ok}
     return {}
 

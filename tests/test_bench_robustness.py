@@ -320,11 +320,14 @@ def test_what_an_outage_met_is_read_off_the_static_run() -> None:
 def test_what_an_outage_took_on_the_host_is_read_off_the_full_run() -> None:
     """The lever's own operation (the tenant's first outage from the decision on): its seconds and
     whether it succeeded, which a host's actuators ([scenario.actuation]) make differ from the price."""
+    levers = [{"t": 50.0, "tenant": "v"}, {"t": 100.0, "tenant": "v"}, {"t": 90.0, "tenant": "w"},
+              {"t": 300.0, "tenant": "v"}, {"t": 400.0, "tenant": "v"}]  # fmt: skip
     full = cast(HostRun, SimpleNamespace(outages=[(50.0, "v", 60.0, True), (100.0, "w", 9.0, True),
-                                                  (100.0, "v", 95.7, False)]))  # fmt: skip
+                                                  (100.0, "v", 95.7, False), (400.0, "v", 5.0, True)],
+                                         lever_costs=levers))  # fmt: skip
     had = outage_had(full, {"t": 100.0, "tenant": "v"})
     assert had == {"had_s": 95.7, "had_ok": False}
-    assert outage_had(full, {"t": 200.0, "tenant": "v"}) == {}
+    assert outage_had(full, {"t": 300.0, "tenant": "v"}) == {}  # refused: the 400 s outage is the next lever's
     line = lever_line({**_priced(), **had}, 3600.0)
     assert line.endswith("; it took 95.7 s, and failed")
     r = run_case(("vllm-ttft", 2, 401, 14400.0, {}), which=("actuation",))

@@ -106,6 +106,7 @@ async def run_checks(cfg: Config, opts: DoctorOptions) -> list[Check]:
         ("latency", lambda: check_latency(cfg)),
         ("mqtt", lambda: check_mqtt(cfg, opts.timeout_s)),
         ("state dir", lambda: check_state_dir(cfg)),
+        ("outages", lambda: check_outages(cfg)),
         ("notify socket", check_notify_socket),
     ]
     # One after the other: the output reads top-down, and no probe competes with another.
@@ -530,6 +531,43 @@ async def check_state_dir(cfg: Config) -> list[Check]:
     held, pid = holder(str(d))
     running = f"; a daemon{f' (pid {pid})' if pid else ''} runs with it" if held == "held" else ""
     return [Check("state dir", OK, f"{d} writable, {free >> 20} MiB free{running}")]
+
+
+# A measured relaunch this far off the configured one (either way) is worth the operator's look
+OUTAGE_OFF = 1.5
+
+
+async def check_outages(cfg: Config) -> list[Check]:
+    """The daemon's measured relaunches (its status file) against each tenant's `relaunch_s`. The
+    controller prices a tenant's moves with its last measured relaunch, but the first move of all
+    on the configured figure: a start that takes twice as long spends twice the outage it was
+    bought for, and on a p99 tenant that can be the run's p99 (docs/results.md, "Actuators as a
+    host has them"). Nothing to compare before a daemon has moved anyone; a warm hand-over's gap
+    is measured 0 as a rule, so only restart moves are compared."""
+    from controller.status import StatusError, read_status
+
+    try:
+        data = read_status(Path(cfg.host.state_dir) / "status.json")
+    except StatusError:
+        return []  # no daemon has run with this state dir yet, or it is not ours to read
+    out = []
+    for t in cfg.tenants:
+        recs = (data.get("outages") or {}).get(t.name) or []
+        seen = sorted(float(r["seconds"]) for r in recs if isinstance(r, dict) and r.get("kind") == "move"
+                      and isinstance(r.get("seconds"), int | float))  # fmt: skip
+        if not seen or t.relaunch_s <= 0:
+            continue
+        mid, conf = seen[len(seen) // 2], t.relaunch_s
+        what = f"{t.name}: measured relaunch {mid:g} s (median of {len(seen)} moves), relaunch_s {conf:g} s"
+        if mid > OUTAGE_OFF * conf:
+            fix = f"set relaunch_s = {mid:g} for {t.name}: its first move is priced on it, and ran {mid / conf:.1f}x"
+            out.append(Check("outages", WARN, what, fix))
+        elif mid < conf / OUTAGE_OFF:
+            fix = f"set relaunch_s = {mid:g} for {t.name}: moves priced too dear wait longer than they need"
+            out.append(Check("outages", WARN, what, fix))
+        else:
+            out.append(Check("outages", OK, what))
+    return out
 
 
 async def check_notify_socket() -> list[Check]:

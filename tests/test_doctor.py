@@ -266,6 +266,32 @@ def test_state_dir_missing_or_not_a_directory(tmp_path) -> None:
     assert c.status == FAIL and "is not a directory" in c.cause
 
 
+def test_measured_relaunches_against_the_configured_one(tmp_path) -> None:
+    """The daemon's status file holds each tenant's last measured outages: a restart move's
+    relaunch well over relaunch_s (the first move is priced on it) or well under it warns, near it
+    is OK; warm switch-overs and resizes are not compared; no status file, nothing to say."""
+    from controller.doctor import check_outages
+
+    text = _config(tmp_path, "http://x:9/m").replace("slo_ms = 200\n", "slo_ms = 200\nrelaunch_s = 60\n", 1)
+    cfg = parse_config(text)
+    assert asyncio.run(check_outages(cfg)) == []  # no daemon has run here
+
+    def said(*moves: tuple[str, float]) -> list[Check]:
+        recs = [{"kind": k, "seconds": s, "wall": 1.0} for k, s in moves]
+        status = {"schema": "tailguard.status/1", "wall": 1.0, "outages": {"llm": recs}}
+        (tmp_path / "state" / "status.json").write_text(json.dumps(status))
+        return asyncio.run(check_outages(cfg))
+
+    (c,) = said(("move", 118.0), ("move", 131.0), ("resize", 20.0), ("move", 125.0))
+    assert c.status == WARN and "measured relaunch 125 s (median of 3 moves), relaunch_s 60 s" in c.cause
+    assert c.fix.startswith("set relaunch_s = 125 for llm") and "2.1x" in c.fix
+    (c,) = said(("move", 30.0))
+    assert c.status == WARN and "too dear" in c.fix
+    (c,) = said(("move", 70.0), ("warm_move", 0.0))
+    assert c.status == OK
+    assert said(("resize", 300.0)) == []
+
+
 @pytest.mark.faults
 def test_state_dir_on_a_read_only_mount_fails(tmp_path, monkeypatch) -> None:
     ro = tmp_path / "ro"

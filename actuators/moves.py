@@ -35,7 +35,10 @@ OUTAGES_KEPT = 10  # recent measured outages kept per tenant
 
 
 def _outage(r: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": str(r["kind"]), "seconds": _seconds(r["seconds"]), "wall": _seconds(r["wall"])}
+    out = {"kind": str(r["kind"]), "seconds": _seconds(r["seconds"]), "wall": _seconds(r["wall"])}
+    if r.get("relaunch_s") is not None:  # a resize's relaunch alone (its seconds include the MIG change)
+        out["relaunch_s"] = _seconds(r["relaunch_s"])
+    return out
 
 
 def _seconds(v: Any) -> float:
@@ -57,10 +60,14 @@ class Moves:
         self.outages: dict[str, deque[dict[str, Any]]] = {}  # tenant -> recent measured outages
         self._launched: dict[str, float] = {}  # tenant -> monotonic time of its last relaunch
 
-    def record_outage(self, tenant: str, kind: str, seconds: float) -> float:
+    def record_outage(self, tenant: str, kind: str, seconds: float, relaunch_s: float | None = None) -> float:
+        """One measured outage; a resize's also carries its relaunch alone (from the launch to
+        readiness), which is what the decision core prices every move's relaunch with."""
         s = round(max(0.0, seconds), 3)
-        self.outages.setdefault(tenant, deque(maxlen=OUTAGES_KEPT)).append(
-            {"kind": kind, "seconds": s, "wall": time.time()})  # fmt: skip
+        rec: dict[str, Any] = {"kind": kind, "seconds": s, "wall": time.time()}
+        if relaunch_s is not None:
+            rec["relaunch_s"] = round(max(0.0, relaunch_s), 3)
+        self.outages.setdefault(tenant, deque(maxlen=OUTAGES_KEPT)).append(rec)
         log.info("tenant:%s: %s outage %.3f s", tenant, kind, s)
         return s
 
@@ -78,8 +85,8 @@ class Moves:
                     self.outages = {str(t): deque(map(_outage, recs), maxlen=OUTAGES_KEPT) for t, recs in saved.items()}
                 elif rec.get("kind") == "move" and rec.get("phase") == "done" and "outage_s" in rec:
                     q = self.outages.setdefault(str(rec["tenant"]), deque(maxlen=OUTAGES_KEPT))
-                    q.append({"kind": str(rec.get("outage_kind", "move")), "seconds": _seconds(rec["outage_s"]),
-                              "wall": _seconds(rec["t"])})  # fmt: skip
+                    q.append(_outage({"kind": rec.get("outage_kind", "move"), "seconds": rec["outage_s"],
+                                      "wall": rec["t"], "relaunch_s": rec.get("relaunch_s")}))  # fmt: skip
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
 
@@ -204,9 +211,12 @@ class Moves:
             if not err:
                 self.h.placement[tenant] = to
                 kind = "move" if waited_from is None else "resize"
-                since = waited_from if waited_from is not None else self._launched.get(tenant, time.monotonic())
-                out = self.record_outage(tenant, kind, time.monotonic() - since)
-                self.h.jot("move", phase="done", tenant=tenant, at=str(to), outage_s=out, outage_kind=kind)
+                launched = self._launched.get(tenant, time.monotonic())
+                since = waited_from if waited_from is not None else launched
+                relaunch = time.monotonic() - launched if waited_from is not None else None
+                out = self.record_outage(tenant, kind, time.monotonic() - since, relaunch)
+                extra = {"relaunch_s": round(relaunch, 3)} if relaunch is not None else {}
+                self.h.jot("move", phase="done", tenant=tenant, at=str(to), outage_s=out, outage_kind=kind, **extra)
                 self._outcome(target, True)
                 return
             # Move back where it was and report the failure.

@@ -202,10 +202,15 @@ class LinuxHost:
 
     def _with_outages(self, obs: Observation) -> dict[str, TenantSample]:
         """Each tenant's last measured move outage (restart: the relaunch; warm: the switch-over
-        gap) for the decision core's cost model; a resize's figure includes the MIG wait, so not it."""
+        gap) for the decision core's cost model; a resize's figure includes the MIG wait, so its
+        relaunch alone (`relaunch_s`) stands for it."""
         tenants = dict(obs.tenants)
         for name, recs in self.reconciler.recent_outages().items():
-            moves = [r["seconds"] for r in recs if r.get("kind") in ("move", "warm_move")]
+            moves = [
+                r["seconds"] if r.get("kind") != "resize" else r["relaunch_s"]
+                for r in recs
+                if r.get("kind") in ("move", "warm_move") or (r.get("kind") == "resize" and "relaunch_s" in r)
+            ]
             if moves and name in tenants:
                 tenants[name] = replace(tenants[name], outage_s=float(moves[-1]))
         return tenants

@@ -115,9 +115,11 @@ class Actuation:
         if self.act_rng is not None:
             relaunch *= fid.relaunch_factor * self._jitter()
         tl = move_timeline(kind, relaunch, ts.reconfig_s * reconfig_k, warm, ts.handover_gap_s)
-        # The live actuators record a restart move's relaunch ("move") and a warm one's gap; a
-        # resize's wait includes the MIG change, which the cost model does not read (linux_host).
-        measured = (ts.handover_gap_s if warm else relaunch) if kind is MoveKind.EXISTING or warm else None
+        # What the live actuators record and the cost model reads (linux_host): a restart move's
+        # relaunch (a resize's too, apart from its MIG change), a warm one's switch-over gap; a
+        # warm tenant resized in place restarts, and its relaunch is no gap.
+        in_place = kind is MoveKind.IN_PLACE
+        measured = None if warm and in_place else (ts.handover_gap_s if warm else relaunch)
         if kind is not MoveKind.IN_PLACE and self._fails(fid.move_failures):
             back = self.instance[name]
             why = "the new copy never got ready (simulated: actuation.move_failures)"

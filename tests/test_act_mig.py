@@ -249,6 +249,34 @@ def test_a_move_back_slower_than_the_readiness_wait_is_left_to_finish(tmp_path: 
     asyncio.run(go())
 
 
+def test_a_resize_records_its_relaunch_apart_from_the_mig_change(tmp_path: Path) -> None:
+    """A move into an instance a MIG change makes beside the tenant's own waits for the change: its
+    outage ("resize") counts from the start of that wait, and its relaunch alone (`relaunch_s`,
+    what the cost model prices every relaunch with) from the launch; both journaled, and a restart
+    of tailguard reads them back."""
+    h = host(tmp_path, (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb")))
+    launcher = write_script(tmp_path / "launch", "import time\ntime.sleep(0.3)\n")
+    home, to = InstanceRef("gpu0", "2g.10gb", 0), InstanceRef("gpu0", "2g.10gb", 4)
+    t = TenantActuation("llm", None, home, CommandLauncher([str(launcher), "{uuid}"]))
+    grown = (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "2g.10gb"), Slot(6, "1g.5gb"))
+
+    async def go() -> None:
+        r = rec(tmp_path, h, tenants={"llm": t})
+        r.placement["llm"] = home
+        await r.reconcile(DesiredState(t=time.time(), placements={"llm": to}, layouts={"gpu0": grown}))
+        await r.wait_idle(30)
+        assert all(o.ok for o in r.status().outcomes) and r.placement["llm"] == to
+        (o,) = r.recent_outages()["llm"]
+        assert o["kind"] == "resize" and 0.3 <= o["relaunch_s"] <= o["seconds"]
+        r.journal.close()
+        r2 = rec(tmp_path, h, tenants={"llm": t})
+        await r2.recover()
+        assert r2.recent_outages()["llm"][0]["relaunch_s"] == o["relaunch_s"]
+        r2.journal.close()
+
+    asyncio.run(go())
+
+
 def test_layout_refuses_to_destroy_a_tenants_instance(tmp_path: Path) -> None:
     h = host(tmp_path)
     t = TenantActuation("llm", None, InstanceRef("gpu0", "3g.20gb", 0), CommandLauncher(["/bin/true"]))

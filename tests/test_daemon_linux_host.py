@@ -112,7 +112,12 @@ def test_finished_mig_change_invalidates_the_layout_cache(tmp_path: Path, caplog
     with caplog.at_level("WARNING", logger="tailguard.host"):
         obs = asyncio.run(host.observe())
     assert col.invalidated == ["gpu0"]  # the move (tenant:) does not change a layout
-    # the last measured move outage reaches the decision core (a resize's includes the MIG wait)
+    # the last measured move outage reaches the decision core (a resize's includes the MIG wait,
+    # and one recorded without its relaunch alone says nothing of the relaunch)
     assert obs.tenants["llm"].outage_s == 12.5
+    Rec.recent_outages = lambda self: {  # type: ignore[method-assign]
+        "llm": [{"kind": "move", "seconds": 12.5, "wall": 1.0}, {"kind": "resize", "seconds": 40.0, "relaunch_s": 22.0}]
+    }
+    assert asyncio.run(host.observe()).tenants["llm"].outage_s == 22.0  # a resize's relaunch, apart
     assert len(obs.actuation.outcomes) == 2
     assert "GPU is lost" in caplog.text

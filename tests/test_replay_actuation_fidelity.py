@@ -68,13 +68,13 @@ def test_the_hosts_relaunch_is_the_configured_one_times_its_factor_and_is_what_i
     assert sim.instance["t1"] == OTHER
 
 
-def test_a_reconfiguration_takes_its_factor_and_a_resize_reports_no_measured_relaunch() -> None:
-    _, obs = _apply(_scenario(reconfig_factor=2.0), GROW)
+def test_a_reconfiguration_takes_its_factor_and_a_resize_reports_its_relaunch_alone() -> None:
+    _, obs = _apply(_scenario(reconfig_factor=2.0, relaunch_factor=3.0), GROW)
     busy = TICK_S * sum(1 for o in obs if "gpu:gpu2" in o.actuation.in_flight)
     assert busy == pytest.approx(2 * RECONFIG_S, abs=TICK_S)
     assert _outcomes(obs, "tenant:t1") == [(True, "")]
-    # the live actuators count a resize's wait with the MIG change, which the cost model does not read
-    assert obs[-1].tenants["t1"].outage_s is None
+    # the live actuators record a resize's relaunch apart from its MIG change, which the cost model reads
+    assert obs[-1].tenants["t1"].outage_s == pytest.approx(3 * RELAUNCH_S)
 
 
 def test_outages_vary_per_operation_around_the_factor() -> None:

@@ -289,7 +289,12 @@ def test_measured_relaunches_against_the_configured_one(tmp_path) -> None:
     assert c.status == WARN and "too dear" in c.fix
     (c,) = said(("move", 70.0), ("warm_move", 0.0))
     assert c.status == OK
-    assert said(("resize", 300.0)) == []
+    assert said(("resize", 300.0)) == []  # a resize's seconds include its MIG change
+    status = {"schema": "tailguard.status/1", "wall": 1.0,
+              "outages": {"llm": [{"kind": "resize", "seconds": 300.0, "wall": 1.0, "relaunch_s": 130.0}]}}  # fmt: skip
+    (tmp_path / "state" / "status.json").write_text(json.dumps(status))
+    (c,) = asyncio.run(check_outages(cfg))
+    assert c.status == WARN and "measured relaunch 130 s (median of 1 moves)" in c.cause  # its relaunch alone
 
 
 @pytest.mark.faults

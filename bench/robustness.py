@@ -96,6 +96,10 @@ def _trace(req: dict[str, Any], who: str) -> tuple[Any, Any, Any]:
     return load_request_trace(str(path))
 
 
+def _log_uniform(rng: random.Random, lo: float, hi: float) -> float:
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+
 def _low_rate(req: dict[str, Any], level: float, rng: random.Random, notes: list[str], who: str) -> None:
     """perturb's `low_rates` for one tenant: its mean request rate set to 0.1-2 a second
     (log-uniform), whatever the scenario's, through its trace's speed where a trace drives it, and
@@ -103,7 +107,7 @@ def _low_rate(req: dict[str, Any], level: float, rng: random.Random, notes: list
     profile's levels (0.3-1) scale it still. The regime where the tail is a handful of requests a
     minute, and interference still stretches every one of them (the issue's "blind at low request
     rate")."""
-    target = math.exp(rng.uniform(math.log(0.1), math.log(2.0)))
+    target = _log_uniform(rng, 0.1, 2.0)
     if level <= 0:
         return  # a tenant switched off stays off
     if req.get("trace") is None:
@@ -206,8 +210,8 @@ def perturb(
         )
     if actuation is not None:
         act = {
-            "relaunch_factor": round(math.exp(actuation.uniform(math.log(0.5), math.log(2.0))), 3),
-            "reconfig_factor": round(math.exp(actuation.uniform(math.log(0.5), math.log(2.0))), 3),
+            "relaunch_factor": round(_log_uniform(actuation, 0.5, 2.0), 3),
+            "reconfig_factor": round(_log_uniform(actuation, 0.5, 2.0), 3),
             "outage_cv": round(actuation.uniform(0.0, 0.5), 3),
             "move_failures": round(actuation.uniform(0.0, 0.2), 3),
             "reconfig_refusals": round(actuation.uniform(0.0, 0.2), 3),

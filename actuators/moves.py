@@ -41,6 +41,17 @@ def _outage(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def relaunch_of(rec: Any) -> float | None:
+    """A measured outage record's relaunch, as the cost model prices it: a restart move's seconds
+    (a warm one's: its switch-over gap), a resize's `relaunch_s` (its seconds include the MIG
+    change); None for any other record."""
+    if not isinstance(rec, dict):
+        return None
+    kind = rec.get("kind")
+    v = rec.get("relaunch_s") if kind == "resize" else rec.get("seconds") if kind in ("move", "warm_move") else None
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 def _seconds(v: Any) -> float:
     """A measured outage or a wall time from the journal: a finite number >= 0 (ValueError else).
     NaN or -5 s went to the outage metrics and the decision core's measured outage; a 401-digit
@@ -211,10 +222,11 @@ class Moves:
             if not err:
                 self.h.placement[tenant] = to
                 kind = "move" if waited_from is None else "resize"
-                launched = self._launched.get(tenant, time.monotonic())
+                now = time.monotonic()
+                launched = self._launched.get(tenant, now)
                 since = waited_from if waited_from is not None else launched
-                relaunch = time.monotonic() - launched if waited_from is not None else None
-                out = self.record_outage(tenant, kind, time.monotonic() - since, relaunch)
+                relaunch = now - launched if waited_from is not None else None
+                out = self.record_outage(tenant, kind, now - since, relaunch)
                 extra = {"relaunch_s": round(relaunch, 3)} if relaunch is not None else {}
                 self.h.jot("move", phase="done", tenant=tenant, at=str(to), outage_s=out, outage_kind=kind, **extra)
                 self._outcome(target, True)

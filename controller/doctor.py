@@ -537,15 +537,6 @@ async def check_state_dir(cfg: Config) -> list[Check]:
 OUTAGE_OFF = 1.5
 
 
-def _relaunch(rec: Any) -> float | None:
-    """A measured outage record's relaunch: a restart move's seconds, a resize's `relaunch_s` (its
-    seconds include the MIG change); None for any other record."""
-    if not isinstance(rec, dict):
-        return None
-    v = {"move": rec.get("seconds"), "resize": rec.get("relaunch_s")}.get(str(rec.get("kind")))
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
 async def check_outages(cfg: Config) -> list[Check]:
     """The daemon's measured relaunches (its status file) against each tenant's `relaunch_s`. The
     controller prices a tenant's moves with its last measured relaunch, but the first move of all
@@ -553,6 +544,7 @@ async def check_outages(cfg: Config) -> list[Check]:
     bought for, and on a p99 tenant that can be the run's p99 (docs/results.md, "Actuators as a
     host has them"). Nothing to compare before a daemon has moved anyone; a warm hand-over's gap
     is measured 0 as a rule, so only restart moves are compared."""
+    from actuators.moves import relaunch_of
     from controller.status import StatusError, read_status
 
     try:
@@ -562,7 +554,8 @@ async def check_outages(cfg: Config) -> list[Check]:
     out = []
     for t in cfg.tenants:
         recs = (data.get("outages") or {}).get(t.name) or []
-        seen = sorted(s for r in recs if (s := _relaunch(r)) is not None)
+        # a warm hand-over's gap is no relaunch
+        seen = sorted(s for r in recs if (s := relaunch_of(r)) is not None and r["kind"] != "warm_move")
         if not seen or t.relaunch_s <= 0:
             continue
         mid, conf = seen[len(seen) // 2], t.relaunch_s

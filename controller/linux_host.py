@@ -21,6 +21,7 @@ from typing import Any
 
 from actuators.cgroup import CgroupError
 from actuators.journal import JournalStats
+from actuators.moves import relaunch_of
 from actuators.nvsmi import NvidiaSmi
 from actuators.reconciler import Reconciler
 from actuators.salvage import lift_expired
@@ -206,11 +207,7 @@ class LinuxHost:
         relaunch alone (`relaunch_s`) stands for it."""
         tenants = dict(obs.tenants)
         for name, recs in self.reconciler.recent_outages().items():
-            moves = [
-                r["seconds"] if r.get("kind") != "resize" else r["relaunch_s"]
-                for r in recs
-                if r.get("kind") in ("move", "warm_move") or (r.get("kind") == "resize" and "relaunch_s" in r)
-            ]
+            moves = [s for r in recs if (s := relaunch_of(r)) is not None]
             if moves and name in tenants:
                 tenants[name] = replace(tenants[name], outage_s=float(moves[-1]))
         return tenants

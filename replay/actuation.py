@@ -120,7 +120,7 @@ class Actuation:
         # warm tenant resized in place restarts, and its relaunch is no gap.
         in_place = kind is MoveKind.IN_PLACE
         measured = None if warm and in_place else (ts.handover_gap_s if warm else relaunch)
-        if kind is not MoveKind.IN_PLACE and self._fails(fid.move_failures):
+        if not in_place and self._fails(fid.move_failures):
             back = self.instance[name]
             why = "the new copy never got ready (simulated: actuation.move_failures)"
             if warm:  # its new copy is stopped, the old one served throughout
@@ -227,9 +227,9 @@ class Actuation:
         for up_at, n in arrived:
             m = self.moves.pop(n)
             self.instance[n] = m.target
-            self.stats.outages.append((m.start, n, m.up_at - m.down_at, not m.error))
-            outage = (m.up_at - m.down_at) if m.error else None
-            self.outcomes.append(Outcome(f"tenant:{n}", not m.error, m.error, up_at, outage))
+            down_s = m.up_at - m.down_at
+            self.stats.outages.append((m.start, n, down_s, not m.error))
+            self.outcomes.append(Outcome(f"tenant:{n}", not m.error, m.error, up_at, down_s if m.error else None))
             if m.error:
                 self.stats.failed_ops += 1
             elif m.measured_s is not None:

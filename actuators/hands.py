@@ -19,6 +19,7 @@ from actuators.launcher import Launcher
 from actuators.nvsmi import GiRow, NvidiaSmi, NvsmiError
 from fsm.mig import GpuModel, Layout, Slot, model_by_name
 from fsm.observation import InstanceRef, Outcome
+from fsm.outage import DEFAULT_READINESS_TIMEOUT_S
 
 log = logging.getLogger("tailguard.actuators")
 T = TypeVar("T")
@@ -32,7 +33,7 @@ class TenantActuation:
     cgroup: str | None = None
     home: InstanceRef | None = None
     launcher: Launcher | None = None
-    readiness_timeout_s: float = 120.0
+    readiness_timeout_s: float = DEFAULT_READINESS_TIMEOUT_S
     mps: bool = False
 
 

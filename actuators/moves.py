@@ -213,7 +213,8 @@ class Moves:
                 self._outcome(target, False, f"not applied: {e}", 0.0)
                 return
             before = self._launched.get(tenant)
-            err = await self.launch(tenant, spec, to) or await self.ready(tenant, spec, to)
+            launch_err = await self.launch(tenant, spec, to)
+            err = launch_err or await self.ready(tenant, spec, to)
             stopped_at = self._launched.get(tenant)
             if stopped_at == before:  # never launched (no such instance: a MIG change refused): it still serves
                 self.h.jot("move", phase="failed", tenant=tenant, error=err, at=ref_str(frm))
@@ -236,7 +237,17 @@ class Moves:
             outage: float | None = None
             if frm is not None:
                 back_err = await self.launch(tenant, spec, frm)
-                if back_err:  # where it runs is unknown: the next reconcile relaunches it
+                if back_err and not launch_err and stopped_at is not None and self._launched.get(tenant) == stopped_at:
+                    # Nothing launched back (its old instance is gone: a resize's MIG change took
+                    # it): the new copy still starts on the target, so it is left to finish there.
+                    slow = await self.ready(tenant, spec, to)
+                    back = f"; not moved back ({back_err}): left on {to}" + (
+                        f", still starting ({slow})" if slow else ""
+                    )
+                    self.h.placement[tenant] = to
+                    if not slow:
+                        outage = time.monotonic() - (waited_from if waited_from is not None else stopped_at)
+                elif back_err:  # where it runs is unknown: the next reconcile relaunches it
                     back = f"; moving back failed too: {back_err}"
                     self.h.placement[tenant] = None
                 else:

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from fsm.outage import DEFAULT_READINESS_TIMEOUT_S
 from replay.arrivals import load_request_trace, trace_cycle
 from replay.report import summarise
 from replay.runner import HostRun, run_host
@@ -187,7 +188,8 @@ def perturb(
     CV of 0-1, and 0-10% of latency scrapes failing. `actuation` (one of its own): the host's
     actuators as a real one has them ([scenario.actuation]): relaunches and MIG reconfigurations
     0.5-2x the configured figures (log-uniform) and each operation's within a CV of 0-0.5, up to 20%
-    of moves failing (the new copy never ready) and up to 20% of reconfigurations refused."""
+    of moves failing (the new copy never ready) and up to 20% of reconfigurations refused, the
+    launchers waiting for readiness as long as by default (a relaunch past it fails the move)."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -215,12 +217,15 @@ def perturb(
             "outage_cv": round(actuation.uniform(0.0, 0.5), 3),
             "move_failures": round(actuation.uniform(0.0, 0.2), 3),
             "reconfig_refusals": round(actuation.uniform(0.0, 0.2), 3),
+            # the launcher's default wait, raised to twice a tenant's relaunch_s where check-config asks
+            "readiness_timeout_s": DEFAULT_READINESS_TIMEOUT_S,
         }
         meta["actuation"] = act
         notes.append(
             f"actuation: relaunch x{act['relaunch_factor']:g}, reconfig x{act['reconfig_factor']:g}, CV"
             f" {act['outage_cv']:g}, {100 * act['move_failures']:.0f}% of moves failing,"
-            f" {100 * act['reconfig_refusals']:.0f}% of reconfigurations refused"
+            f" {100 * act['reconfig_refusals']:.0f}% of reconfigurations refused, readiness wait"
+            f" {act['readiness_timeout_s']:g} s"
         )
     for host in data.get("hosts", []):
         for t in host.get("tenants", []):

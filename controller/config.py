@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from fsm.mig import GpuModel, Slot
 from fsm.observation import InstanceRef
-from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
+from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_READINESS_TIMEOUT_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
 from schema.files import read_small_text
@@ -188,7 +188,7 @@ class Launcher(Strict):
     handover: Literal["restart", "warm"] = "restart"
     stop_command: list[str] | None = None  # warm, kind command: argv template that stops one copy
     ready_command: list[str] | None = None  # warm: argv template, exit 0 once that copy serves
-    readiness_timeout_s: float = Field(120.0, gt=0, le=3600)
+    readiness_timeout_s: float = Field(DEFAULT_READINESS_TIMEOUT_S, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _needs(self) -> Launcher:

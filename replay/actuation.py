@@ -106,8 +106,10 @@ class Actuation:
     def _move(self, name: str, target: InstanceRef, kind: MoveKind, reconfig_k: float = 1.0) -> None:
         """Start moving `name`, on fsm.outage's timeline (the one the decision core budgets with) at
         the host's durations (meta.actuation; `reconfig_k`: the reconfiguration's, over the
-        configured). A restart move whose new copy never gets ready relaunches on its old instance
-        (actuators/moves.py moves back), a warm one keeps its old copy: either reports a failure."""
+        configured). A new copy that never gets ready, or not within the launcher's readiness wait,
+        fails the move as actuators/moves.py fails it: a restart move relaunches the tenant on its
+        old instance (left to finish however long that takes), a warm one stops the new copy and
+        keeps the old, a resize whose old instance is gone is left starting on the new one."""
         ts = self.spec.tenants[name]
         fid = self.meta.actuation
         warm = ts.handover == "warm"
@@ -120,15 +122,33 @@ class Actuation:
         # warm tenant resized in place restarts, and its relaunch is no gap.
         in_place = kind is MoveKind.IN_PLACE
         measured = None if warm and in_place else (ts.handover_gap_s if warm else relaunch)
-        if not in_place and self._fails(fid.move_failures):
-            back = self.instance[name]
-            why = "the new copy never got ready (simulated: actuation.move_failures)"
-            if warm:  # its new copy is stopped, the old one served throughout
-                at = self.t + tl.down_at
-                self.moves[name] = Move(back, self.t, at, at, error=why + "; new copy stopped, old copy kept")
-            else:  # it waited for the new copy's relaunch, then relaunches on its old instance
-                up = self.t + tl.up_at + relaunch
-                self.moves[name] = Move(back, self.t, self.t + tl.down_at, up, error=why + "; moved back")
+        wait = fid.readiness_wait(ts.relaunch_s)
+        never = not in_place and self._fails(fid.move_failures)
+        if never or (wait is not None and relaunch > wait):
+            launched = self.t + (tl.down_at if warm else tl.up_at) - relaunch  # its relaunch starts
+            given_up = launched + (wait if wait is not None else relaunch)
+            why = (
+                "the new copy never got ready (simulated: actuation.move_failures)"
+                if never
+                else f"not ready within {wait:g} s (simulated: actuation.readiness_timeout_s)"
+            )
+            if warm and not in_place:  # its new copy is stopped, the old one served throughout
+                self.moves[name] = Move(
+                    self.instance[name], self.t, given_up, given_up, error=why + "; new copy stopped, old copy kept"
+                )
+            elif in_place:  # nothing to move back to: it finishes starting where it is
+                self.moves[name] = Move(
+                    target,
+                    self.t,
+                    self.t + tl.down_at,
+                    self.t + tl.up_at,
+                    error=why + "; old instance gone, left starting there",
+                )
+            else:  # it relaunches on its old instance once given up on (as slow there: left to finish)
+                back = self.instance[name]
+                self.moves[name] = Move(
+                    back, self.t, self.t + tl.down_at, given_up + relaunch, error=why + "; moved back"
+                )
             return
         self.moves[name] = Move(target, self.t, self.t + tl.down_at, self.t + tl.up_at, measured_s=measured)
 

@@ -330,11 +330,22 @@ class ActuationFidelity(_Strict):
     # The share of MIG reconfigurations nvidia-smi refuses up front ("In use by another client": a
     # process outside tailguard's tenants holds the GPU); nothing changes
     reconfig_refusals: float = Field(0.0, ge=0, le=1)
+    # The launchers' readiness wait (`launcher.readiness_timeout_s`, 120 s by default), for each
+    # tenant at least twice its configured relaunch_s (what check-config asks of an operator): a
+    # relaunch past it fails the move, a copy that never gets ready is given up at it. None: waits
+    # as long as a relaunch takes.
+    readiness_timeout_s: float | None = Field(None, gt=0, le=3600)
+
+    def readiness_wait(self, relaunch_s: float) -> float | None:
+        """A tenant's readiness wait, for its configured relaunch."""
+        t = self.readiness_timeout_s
+        return None if t is None else max(t, 2.0 * relaunch_s)
 
     @property
     def degraded(self) -> bool:
         return (
-            self.relaunch_factor != 1.0
+            self.readiness_timeout_s is not None
+            or self.relaunch_factor != 1.0
             or self.reconfig_factor != 1.0
             or self.outage_cv > 0
             or self.move_failures > 0

@@ -249,6 +249,43 @@ def test_a_move_back_slower_than_the_readiness_wait_is_left_to_finish(tmp_path: 
     asyncio.run(go())
 
 
+def test_a_resize_past_the_readiness_wait_whose_old_instance_is_gone_is_left_on_the_new_one(tmp_path: Path) -> None:
+    """Growing a tenant in place (the MIG change destroys its own instance) with a start slower than
+    readiness_timeout_s: there is nothing to move back to, so the copy starting on the new instance
+    is left to finish there, recorded there, the failure reported. Before, its place was unknown and
+    the next reconcile after the backoff relaunched it from scratch, and so on: it never served."""
+    h = host(tmp_path, (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb")))
+    log = tmp_path / "launch.log"
+    launcher_bin = write_script(
+        tmp_path / "launch", f"import sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+    )
+
+    async def never(tenant: str) -> bool:
+        return False
+
+    home, to = InstanceRef("gpu0", "2g.10gb", 0), InstanceRef("gpu0", "3g.20gb", 0)
+    t = TenantActuation("llm", None, home, CommandLauncher([str(launcher_bin), "{tenant}", "{instance}"]),
+                        readiness_timeout_s=0.3)  # fmt: skip
+    grown = (Slot(0, "3g.20gb"), Slot(4, "3g.20gb"))
+
+    async def go() -> None:
+        r = rec(tmp_path, h, tenants={"llm": t}, readiness=never)
+        r.placement["llm"] = home
+        await r.reconcile(DesiredState(t=time.time(), placements={"llm": to}, layouts={"gpu0": grown}))
+        await r.wait_idle(30)
+        assert layout(h) == grown
+        (o,) = [o for o in r.status().outcomes if o.target == "tenant:llm"]
+        assert not o.ok and "not moved back" in o.error and "still starting" in o.error, o
+        assert r.placement["llm"] == to
+        launches = log.read_text().splitlines()
+        assert [ln.split()[1] for ln in launches] == ["gpu0/3g.20gb@0"]
+        rep = await r.reconcile(DesiredState(t=time.time(), placements={"llm": to}, layouts={"gpu0": grown}))
+        await r.wait_idle(30)
+        assert "tenant:llm" not in rep.started and log.read_text().splitlines() == launches
+
+    asyncio.run(go())
+
+
 def test_a_resize_records_its_relaunch_apart_from_the_mig_change(tmp_path: Path) -> None:
     """A move into an instance a MIG change makes beside the tenant's own waits for the change: its
     outage ("resize") counts from the start of that wait, and its relaunch alone (`relaunch_s`,

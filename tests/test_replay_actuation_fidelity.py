@@ -113,6 +113,57 @@ def test_a_failed_warm_move_keeps_its_old_copy_serving() -> None:
     assert sim.instance["t1"] == OLD
 
 
+def test_a_relaunch_past_the_readiness_wait_fails_the_move_and_moves_back() -> None:
+    """The launcher gives the new copy readiness_timeout_s (here 12 s) and the host takes 20 s: the
+    move fails at 12 s and the tenant relaunches where it was, as slow there (left to finish)."""
+    sim, obs = _apply(
+        _scenario(relaunch_factor=4.0, readiness_timeout_s=12.0), DesiredState(t=20.0, placements={"t1": OTHER})
+    )
+    ((ok, error),) = _outcomes(obs, "tenant:t1")
+    assert not ok and "not ready within 12 s" in error and "moved back" in error
+    assert sim.instance["t1"] == OLD
+    (said,) = [x.outage_s for o in obs for x in o.actuation.outcomes if x.target == "tenant:t1"]
+    assert said == pytest.approx(12.0 + 4 * RELAUNCH_S)
+    assert _down_s(obs) == pytest.approx(said, abs=TICK_S)
+
+
+def test_the_readiness_wait_is_at_least_twice_the_configured_relaunch_and_a_dead_copy_is_given_up_at_it() -> None:
+    # 1 s asked, 10 s waited (twice the configured 5 s, what check-config asks): a 5 s relaunch serves
+    sim, obs = _apply(_scenario(readiness_timeout_s=1.0), DesiredState(t=20.0, placements={"t1": OTHER}))
+    assert _outcomes(obs, "tenant:t1") == [(True, "")] and sim.instance["t1"] == OTHER
+    # a new copy that never gets ready is given up at the wait, not at its relaunch
+    _, obs = _apply(
+        _scenario(move_failures=1.0, readiness_timeout_s=30.0), DesiredState(t=20.0, placements={"t1": OTHER})
+    )
+    (said,) = [x.outage_s for o in obs for x in o.actuation.outcomes if x.target == "tenant:t1"]
+    assert said == pytest.approx(30.0 + RELAUNCH_S)
+
+
+def test_a_warm_copy_past_the_readiness_wait_is_stopped_and_the_old_one_kept() -> None:
+    sim, obs = _apply(
+        _scenario("warm", relaunch_factor=4.0, readiness_timeout_s=12.0), DesiredState(t=20.0, placements={"t1": OTHER})
+    )
+    assert _down_s(obs) == 0.0
+    ((ok, error),) = _outcomes(obs, "tenant:t1")
+    assert not ok and "not ready within 12 s" in error and "old copy kept" in error
+    assert sim.instance["t1"] == OLD
+
+
+def test_a_resize_in_place_past_the_readiness_wait_is_left_starting_on_its_new_instance() -> None:
+    """Its old instance is gone with the MIG change: nothing to move back to (actuators/moves.py
+    leaves it starting there); the failure is reported, the tenant serves there once started."""
+    grow = DesiredState(
+        t=20.0,
+        placements={"t1": InstanceRef("gpu0", "2g.10gb", 0)},
+        layouts={"gpu0": (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb"))},
+    )
+    sim, obs = _apply(_scenario(relaunch_factor=4.0, readiness_timeout_s=12.0), grow, ticks=20)
+    ((ok, error),) = _outcomes(obs, "tenant:t1")
+    assert not ok and "not ready within 12 s" in error and "left starting there" in error
+    assert sim.instance["t1"] == InstanceRef("gpu0", "2g.10gb", 0)
+    assert _down_s(obs) == pytest.approx(RECONFIG_S + 4 * RELAUNCH_S, abs=TICK_S)
+
+
 def test_a_refused_reconfiguration_changes_nothing_and_says_why() -> None:
     sim, obs = _apply(_scenario(reconfig_refusals=1.0), GROW, ticks=3)
     assert _outcomes(obs, "gpu:gpu2") == [(False, "In use by another client (simulated: actuation.reconfig_refusals)")]
@@ -147,6 +198,7 @@ def test_the_controller_takes_a_failed_lever_as_failed_and_the_run_is_determinis
         ("move_failures = 1.5", "move_failures"),
         ("outage_cv = -1", "outage_cv"),
         ("refusals = 0.1", "refusals"),
+        ("readiness_timeout_s = 0", "readiness_timeout_s"),
     ],
 )
 def test_bad_actuation_settings_name_the_key(line: str, says: str) -> None:

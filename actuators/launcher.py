@@ -74,6 +74,11 @@ class Launcher(Protocol):
         """warm: MIG uuids of the running copies but `keep_uuid`; None: cannot list them."""
         ...
 
+    async def exited(self, tenant: str, ref: InstanceRef, uuid: str) -> str:
+        """Has the copy just started (restart: the tenant; warm: the copy on `uuid`) exited before
+        it was ready? Why, or "" (it runs, or this launcher cannot tell)."""
+        ...
+
 
 async def _argv_ok(argv: list[str], timeout: float, what: str) -> None:
     try:
@@ -181,6 +186,19 @@ class SystemdLauncher:
             return False
         return await _probe(self.ready_command, tenant, ref, uuid)
 
+    async def exited(self, tenant: str, ref: InstanceRef, uuid: str) -> str:
+        # `systemctl is-active` prints the unit's active state (systemctl(1)): "failed" (its
+        # process exited with an error: out of memory on the slice, a bad argument) or "inactive"
+        # (it exited cleanly, or was stopped) will not turn ready; "activating" may. A unit with
+        # Restart= set goes back to "activating" and is waited for.
+        unit = self.instance_unit(uuid) if self.handover == "warm" else self.unit
+        try:
+            r = await run([self.systemctl, "is-active", unit], min(self.timeout, READY_TIMEOUT_S))
+        except ToolError:
+            return ""
+        state = r.stdout.strip()
+        return f"{unit} is {state}" if state in ("failed", "inactive") else ""
+
     async def other_copies(self, tenant: str, keep_uuid: str) -> list[str] | None:
         keep = self.instance_unit(keep_uuid)
         pattern = self.unit.replace("@.service", "@*.service")
@@ -250,6 +268,9 @@ class CommandLauncher:
 
     async def other_copies(self, tenant: str, keep_uuid: str) -> list[str] | None:
         return None
+
+    async def exited(self, tenant: str, ref: InstanceRef, uuid: str) -> str:
+        return ""  # a command starts the tenant and returns: what it started is not ours to watch
 
 
 async def _probe(template: Sequence[str] | None, tenant: str, ref: InstanceRef, uuid: str) -> bool:

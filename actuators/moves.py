@@ -23,7 +23,7 @@ from typing import Any
 
 from actuators.hands import Hands, ReconcileReport, TenantActuation, ref_str
 from actuators.journal import JournalError
-from actuators.launcher import LaunchError, SystemdLauncher
+from actuators.launcher import Launcher, LaunchError, SystemdLauncher
 from actuators.nvsmi import NvsmiError
 from fsm.desired import DesiredState
 from fsm.observation import InstanceRef
@@ -32,6 +32,7 @@ from schema.jsontext import finite_float, shown
 log = logging.getLogger("tailguard.actuators")
 
 OUTAGES_KEPT = 10  # recent measured outages kept per tenant
+EXIT_CHECK_S = 2.0  # how often a copy being waited for is checked for having exited
 
 
 def _outage(r: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +63,33 @@ def _seconds(v: Any) -> float:
     return f
 
 
+def _starting(slow: str) -> str:
+    """What a wait for readiness that failed (`slow`, from Moves.ready) left: a copy still starting
+    (the wait ran out) or none (it exited)."""
+    if not slow:
+        return ""
+    return f", not running ({slow})" if " exited on " in slow else f", still starting ({slow})"
+
+
+class Exits:
+    """Watches a copy being waited for, every EXIT_CHECK_S: one that exited (out of memory on its
+    slice, say) will not get ready, and waiting out readiness_timeout_s for it kept the tenant
+    down for nothing (restart) or the lever busy (warm)."""
+
+    def __init__(self, launcher: Launcher, tenant: str, ref: InstanceRef, uuid: str) -> None:
+        self.launcher, self.tenant, self.ref, self.uuid = launcher, tenant, ref, uuid
+        self.next_at = time.monotonic() + EXIT_CHECK_S
+
+    async def exited(self) -> str:
+        if time.monotonic() < self.next_at:
+            return ""
+        self.next_at = time.monotonic() + EXIT_CHECK_S
+        try:
+            return await self.launcher.exited(self.tenant, self.ref, self.uuid)
+        except Exception:  # a launcher that cannot tell: wait for readiness as before
+            return ""
+
+
 class Moves:
     def __init__(self, h: Hands) -> None:
         self.h = h
@@ -70,6 +98,7 @@ class Moves:
         self._keys: dict[str, InstanceRef] = {}  # target -> the instance a running move goes to
         self.outages: dict[str, deque[dict[str, Any]]] = {}  # tenant -> recent measured outages
         self._launched: dict[str, float] = {}  # tenant -> monotonic time of its last relaunch
+        self._uuids: dict[str, str] = {}  # tenant -> the MIG device it was last launched on
 
     def record_outage(self, tenant: str, kind: str, seconds: float, relaunch_s: float | None = None) -> float:
         """One measured outage; a resize's also carries its relaunch alone (from the launch to
@@ -241,9 +270,7 @@ class Moves:
                     # Nothing launched back (its old instance is gone: a resize's MIG change took
                     # it): the new copy still starts on the target, so it is left to finish there.
                     slow = await self.ready(tenant, spec, to)
-                    back = f"; not moved back ({back_err}): left on {to}" + (
-                        f", still starting ({slow})" if slow else ""
-                    )
+                    back = f"; not moved back ({back_err}): left on {to}{_starting(slow)}"
                     self.h.placement[tenant] = to
                     if not slow:
                         outage = time.monotonic() - (waited_from if waited_from is not None else stopped_at)
@@ -255,7 +282,7 @@ class Moves:
                     # relaunching it again (the next reconcile, were its place unknown) restarts it
                     # from scratch, and so on after every backoff.
                     slow = await self.ready(tenant, spec, frm)
-                    back = "; moved back" if not slow else f"; moved back, still starting ({slow})"
+                    back = f"; moved back{_starting(slow)}"
                     self.h.placement[tenant] = frm
                     if not slow and stopped_at is not None:
                         outage = time.monotonic() - stopped_at
@@ -367,6 +394,7 @@ class Moves:
         except LaunchError as e:
             return str(e)
         deadline = time.monotonic() + spec.readiness_timeout_s
+        watch = Exits(launcher, tenant, ref, uuid)
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
                 ok = await launcher.copy_ready(tenant, ref, uuid)
@@ -374,6 +402,8 @@ class Moves:
                     ok = self.h.readiness is None or await self.h.readiness(tenant)
                 if ok:
                     return ""
+            if why := await watch.exited():
+                return f"new copy of {tenant} exited on {ref} before it was ready ({why})"
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         return f"new copy of {tenant} not ready on {ref} within {spec.readiness_timeout_s:g} s"
 
@@ -383,6 +413,7 @@ class Moves:
         try:
             uuid = await self.mig_uuid(ref)
             self._launched[tenant] = time.monotonic()  # the old copy stops from here on (restart)
+            self._uuids[tenant] = uuid
             await spec.launcher.launch(tenant, ref, uuid)
         except (NvsmiError, LaunchError, KeyError) as e:
             return str(e)
@@ -392,11 +423,15 @@ class Moves:
         """Wait for the launched tenant's readiness, up to its readiness_timeout_s."""
         if self.h.readiness is None:
             return ""
+        assert spec.launcher is not None
         deadline = time.monotonic() + spec.readiness_timeout_s
+        watch = Exits(spec.launcher, tenant, ref, self._uuids.get(tenant, ""))
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
                 if await self.h.readiness(tenant):
                     return ""
+            if why := await watch.exited():
+                return f"{tenant} exited on {ref} before it was ready ({why})"
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         return f"{tenant} not ready on {ref} within {spec.readiness_timeout_s:g} s"
 

@@ -28,7 +28,9 @@ TO = InstanceRef("gpu0", "3g.20gb", 4)
 LAYOUT = (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb"))
 
 # A fake systemctl: units' states in state.json; "never_ready": units that stay "activating";
-# "fail_stop": units whose stop fails. Every call is appended to "calls".
+# "crash_once": units whose next start fails ("failed", as systemctl is-active prints a unit whose
+# process exited with an error); "fail_stop": units whose stop fails. Every call is appended to
+# "calls".
 FAKE_SYSTEMCTL = r"""
 import fnmatch, json, sys
 path = sys.argv[0] + ".json"
@@ -38,9 +40,13 @@ st["calls"].append(args)
 rc, out = 0, ""
 if args[0] == "daemon-reload":
     pass
-elif args[0] == "start":
+elif args[0] in ("start", "restart"):
     unit = args[-1]
-    st["units"][unit] = "activating" if unit in st["never_ready"] else "active"
+    if unit in st.get("crash_once", []):  # its process exits while starting (out of memory, say)
+        st["crash_once"].remove(unit)
+        st["units"][unit] = "failed"
+    else:
+        st["units"][unit] = "activating" if unit in st["never_ready"] else "active"
 elif args[0] == "stop":
     if args[1] in st["fail_stop"]:
         rc, out = 1, "Job for " + args[1] + " failed"
@@ -166,6 +172,51 @@ def test_warm_readiness_timeout_keeps_old_stops_new(tmp_path: Path) -> None:
         assert r.placement["llm"] == HOME and ctl.active() == {f"vllm@{home}.service"}
         assert ["stop", f"vllm@{home}.service"] not in ctl.load()["calls"]
         assert _journal(tmp_path) == [("intent", ""), ("failed", str(HOME))]
+
+    asyncio.run(go())
+
+
+def test_warm_new_copy_that_exits_is_given_up_at_once_not_at_the_readiness_wait(tmp_path: Path) -> None:
+    h, ctl, launcher, t = _setup(tmp_path, timeout=60.0)
+
+    async def go() -> None:
+        r = _rec(tmp_path, h, t)
+        home, to = await _start_home(r, ctl, launcher)
+        ctl.set(crash_once=[f"vllm@{to}.service"])
+        t0 = time.monotonic()
+        await r.reconcile(DesiredState(t=time.time(), placements={"llm": TO}))
+        await r.wait_idle(90)
+        (o,) = r.status().outcomes
+        assert not o.ok and f"exited on {TO} before it was ready (vllm@{to}.service is failed)" in o.error, o
+        assert "old copy kept" in o.error and time.monotonic() - t0 < 20  # not the 60 s wait
+        assert r.placement["llm"] == HOME and ctl.active() == {f"vllm@{home}.service"}
+
+    asyncio.run(go())
+
+
+def test_restart_move_whose_tenant_exits_is_moved_back_at_once(tmp_path: Path) -> None:
+    """A restart move onto a slice the tenant cannot start on (its process exits: the unit is
+    "failed"): moved back as soon as systemd says so, not after readiness_timeout_s of outage."""
+    h = emu_host(tmp_path / "emu", ["A100-SXM4-40GB"], {0: LAYOUT})
+    ctl = FakeSystemctl(tmp_path)
+    launcher = SystemdLauncher("vllm.service", dropin_root=str(tmp_path / "units"), systemctl=str(ctl.bin), timeout=5.0)
+    t = TenantActuation("llm", None, HOME, launcher, readiness_timeout_s=60.0)
+
+    async def ready(tenant: str) -> bool:
+        return bool(ctl.load()["units"].get("vllm.service") == "active")
+
+    async def go() -> None:
+        r = _rec(tmp_path, h, t, readiness=ready)
+        r.placement["llm"] = HOME
+        ctl.set(units={"vllm.service": "active"}, crash_once=["vllm.service"])
+        t0 = time.monotonic()
+        await r.reconcile(DesiredState(t=time.time(), placements={"llm": TO}))
+        await r.wait_idle(90)
+        (o,) = r.status().outcomes
+        assert not o.ok and "exited on" in o.error and "vllm.service is failed" in o.error, o
+        assert o.error.endswith("; moved back") and r.placement["llm"] == HOME
+        assert time.monotonic() - t0 < 20 and o.outage_s is not None and o.outage_s < 20
+        assert [c for c in ctl.load()["calls"] if c[0] == "restart"] == [["restart", "vllm.service"]] * 2
 
     asyncio.run(go())
 

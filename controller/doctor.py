@@ -9,6 +9,7 @@ a temporary file in the state directory, removed at once, to prove it is writabl
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import shutil
@@ -568,7 +569,24 @@ async def check_outages(cfg: Config) -> list[Check]:
             out.append(Check("outages", WARN, what, fix))
         else:
             out.append(Check("outages", OK, what))
+        if t.launcher is not None and t.launcher.handover == "restart":
+            out.extend(_readiness_check(t.name, seen[-1], t.launcher.readiness_timeout_s))
     return out
+
+
+def _readiness_check(tenant: str, longest: float, wait: float) -> list[Check]:
+    """The longest measured relaunch against the launcher's readiness wait: a start past the wait
+    fails the move, and moving back is a second relaunch (in the lab, docs/results.md "The
+    launcher's readiness wait", a failed move's outage was the wait plus a relaunch: 2 to 7 times
+    what was priced). check-config asks for twice relaunch_s; this asks it of what was measured."""
+    what = f"{tenant}: measured relaunch up to {longest:g} s, launcher.readiness_timeout_s {wait:g} s"
+    if 2.0 * longest <= wait:
+        return [Check("outages", OK, what)]
+    fix = (
+        f"raise launcher.readiness_timeout_s for {tenant} to {math.ceil(2.0 * longest)} or more: a start slower"
+        " than it fails the move, and the move back is a second outage"
+    )
+    return [Check("outages", WARN, what, fix)]
 
 
 async def check_notify_socket() -> list[Check]:

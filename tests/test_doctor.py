@@ -297,6 +297,32 @@ def test_measured_relaunches_against_the_configured_one(tmp_path) -> None:
     assert c.status == WARN and "measured relaunch 130 s (median of 1 moves)" in c.cause  # its relaunch alone
 
 
+def test_measured_relaunches_against_the_readiness_wait(tmp_path) -> None:
+    """A restart launcher gives a start readiness_timeout_s; a measured relaunch more than half of
+    it warns (a slower start fails the move, and the move back is a second outage)."""
+    from controller.doctor import check_outages
+
+    text = _config(tmp_path, "http://x:9/m").replace(
+        "slo_ms = 200\n",
+        'slo_ms = 200\nrelaunch_s = 60\ninstance = "gpu0/2g.10gb@0"\n'
+        'launcher = { kind = "command", command = ["/bin/true", "{uuid}"], readiness_timeout_s = 120 }\n',
+        1,
+    )
+    cfg = parse_config('[[gpus]]\nname = "gpu0"\nindex = 0\n' + text)
+
+    def said(*moves: float) -> list[Check]:
+        recs = [{"kind": "move", "seconds": s, "wall": 1.0} for s in moves]
+        status = {"schema": "tailguard.status/1", "wall": 1.0, "outages": {"llm": recs}}
+        (tmp_path / "state" / "status.json").write_text(json.dumps(status))
+        return [c for c in asyncio.run(check_outages(cfg)) if "readiness" in c.cause]
+
+    (c,) = said(55.0, 58.0)
+    assert c.status == OK and "measured relaunch up to 58 s, launcher.readiness_timeout_s 120 s" in c.cause
+    (c,) = said(55.0, 58.0, 71.2)
+    assert c.status == WARN and "up to 71.2 s" in c.cause
+    assert c.fix.startswith("raise launcher.readiness_timeout_s for llm to 143 or more")
+
+
 @pytest.mark.faults
 def test_state_dir_on_a_read_only_mount_fails(tmp_path, monkeypatch) -> None:
     ro = tmp_path / "ro"

@@ -8,7 +8,7 @@ times as variable as real prompt lengths, Gamma-renewal arrivals; with --low-qua
 the median or the p90 at a quarter to half of the latency; with --traces, request traces of
 another shape than the bundled one: started elsewhere, time-warped into bursts and lulls of
 their own; with --low-rates, sensitive tenants at 0.1-2 requests a second; with --signals, a
-host's signals (no DCGM, noisy PCIe, failing scrapes); with --actuation, a host's actuators
+host's signals (no DCGM, noisy PCIe, failing scrapes, late ticks); with --actuation, a host's actuators
 (outages off the configured figures, failing moves, refused reconfigurations)),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
@@ -185,11 +185,12 @@ def perturb(
     another shape (_reshape). `low_rates` (one of its own): each sensitive tenant's mean request rate
     is set to 0.1-2 a second (_low_rate). `signals` (one of its own): the host's signals as a real
     one gives them ([scenario.signals]): no DCGM with odds one half, PCIe readings with a noise
-    CV of 0-1, and 0-10% of latency scrapes failing. `actuation` (one of its own): the host's
-    actuators as a real one has them ([scenario.actuation]): relaunches and MIG reconfigurations
-    0.5-2x the configured figures (log-uniform) and each operation's within a CV of 0-0.5, up to 20%
-    of moves failing (the new copy never ready) and up to 20% of reconfigurations refused, the
-    launchers waiting for readiness as long as by default (a relaunch past it fails the move)."""
+    CV of 0-1, 0-10% of latency scrapes failing, and 0-10% of ticks running 1-3 periods late.
+    `actuation` (one of its own): the host's actuators as a real one has them
+    ([scenario.actuation]): relaunches and MIG reconfigurations 0.5-2x the configured figures
+    (log-uniform) and each operation's within a CV of 0-0.5, up to 20% of moves failing (the new
+    copy never ready) and up to 20% of reconfigurations refused, the launchers waiting for
+    readiness as long as by default (a relaunch past it fails the move)."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -204,11 +205,12 @@ def perturb(
             "dcgm": signals.random() >= 0.5,
             "pcie_noise_cv": round(signals.uniform(0.0, 1.0), 3),
             "latency_dropout": round(signals.uniform(0.0, 0.1), 3),
+            "tick_overruns": round(signals.uniform(0.0, 0.1), 3),  # drawn last: the others stay as they were
         }
         meta["signals"] = sig
         notes.append(
             f"signals: {'DCGM' if sig['dcgm'] else 'no DCGM'}, PCIe noise CV {sig['pcie_noise_cv']:g},"
-            f" {100 * sig['latency_dropout']:.1f}% of scrapes failing"
+            f" {100 * sig['latency_dropout']:.1f}% of scrapes failing, {100 * sig['tick_overruns']:.1f}% of ticks late"
         )
     if actuation is not None:
         act = {

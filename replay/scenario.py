@@ -307,10 +307,14 @@ class SignalFidelity(_Strict):
     # The share of ticks whose latency scrape fails (a timeout, a restarting exporter): that tick
     # has no window, and the next one holds both ticks' requests (the histogram's counters run on)
     latency_dropout: float = Field(0.0, ge=0, lt=1)
+    # The share of ticks that run past their period (a sampler at its timeout, a slow nvidia-smi):
+    # the daemon skips the slots missed (controller/daemon.py), so the next observation comes 2-4
+    # periods after it and covers them all
+    tick_overruns: float = Field(0.0, ge=0, lt=1)
 
     @property
     def degraded(self) -> bool:
-        return not self.dcgm or self.pcie_noise_cv > 0 or self.latency_dropout > 0
+        return not self.dcgm or self.pcie_noise_cv > 0 or self.latency_dropout > 0 or self.tick_overruns > 0
 
 
 class ActuationFidelity(_Strict):

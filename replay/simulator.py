@@ -209,6 +209,8 @@ class HostSim(Actuation):
         self._sig_rng = np.random.default_rng([seed, host_index, 0x516]) if meta.signals.degraded else None
         # Actuators as a real host has them (meta.actuation): drawn per operation, in apply order.
         self.act_rng = np.random.default_rng([seed, host_index, 0xAC7]) if meta.actuation.degraded else None
+        # Ticks that run late (meta.signals.tick_overruns): a generator of their own, two draws a tick.
+        self._tick_rng = np.random.default_rng([seed, host_index, 0x71C]) if meta.signals.tick_overruns > 0 else None
         self.measured: dict[str, float] = {}
 
     # -- one tick ---------------------------------------------------------------------------------
@@ -618,11 +620,21 @@ class HostSim(Actuation):
     def observe_sync(self) -> Observation:
         return self.last if self.last is not None else self.advance()
 
-    def step(self, desired: DesiredState | None = None) -> Observation:
-        """Apply `desired` (if any) now, then simulate one tick and return its observation."""
+    def overrun(self) -> int:
+        """How many periods past its own the tick about to run takes (meta.signals.tick_overruns):
+        0 as a rule; 1-3 for a tick that ran late, whose missed slots the daemon skips, so the
+        next observation covers them too. The same draws whatever the policy does."""
+        if self._tick_rng is None:
+            return 0
+        late, extra = self._tick_rng.random(), int(self._tick_rng.integers(1, 4))
+        return extra if late < self.meta.signals.tick_overruns else 0
+
+    def step(self, desired: DesiredState | None = None, dt: float | None = None) -> Observation:
+        """Apply `desired` (if any) now, then simulate one tick (`dt`: a longer one) and return its
+        observation."""
         if desired is not None:
             self.apply_sync(desired)
-        return self.advance()
+        return self.advance(dt)
 
     def drain(self) -> None:
         """End of a run: serve what batched servers still hold, with no further arrivals, so their
@@ -672,7 +684,7 @@ class SimulatedHost:
 
     def observe_sync(self) -> Observation:
         if self.speed is None:
-            return self.sim.advance()
+            return self.sim.advance((1 + self.sim.overrun()) * self.sim.meta.tick_s)
         dt = self.now() - self.sim.t
         if dt <= 1e-6:
             return self.sim.observe_sync()

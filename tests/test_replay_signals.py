@@ -84,12 +84,32 @@ def test_both_policies_meet_the_same_failures() -> None:
     assert runs[1].actions > 0  # full acted on what it saw
 
 
+def test_late_ticks_skip_their_missed_slots_and_both_policies_meet_the_same() -> None:
+    """A tick that runs late comes 2-4 periods after the one before, and its observation covers
+    them all (the daemon skips missed slots): the windows' times are slots of the period, about the
+    drawn share of gaps are longer, no request is lost, and static and full see the same gaps."""
+    sc = _scenario("paper-p4d", tick_overruns=0.2)
+    tick = sc.meta.tick_s
+    runs = [run_host(sc, 0, p, 3000.0, sc.meta.seed) for p in ("static", "full")]
+    times = [sorted({t for t, name, _, _ in r.windows if name == "t1"}) for r in runs]
+    assert times[0] == times[1] and runs[1].actions > 0
+    gaps = np.diff([0.0, *times[0]]) / tick
+    assert np.allclose(gaps, np.round(gaps)) and set(np.round(gaps).astype(int)) == {1, 2, 3, 4}
+    late = int((gaps > 1.5).sum())
+    assert 0.12 * len(gaps) < late < 0.28 * len(gaps)
+    assert times[0][-1] == pytest.approx(3000.0)  # the run ends where a run of exact ticks ends
+    exact = run_host(_scenario("paper-p4d"), 0, "static", 3000.0, sc.meta.seed)
+    seen = sum(n for _, name, n, _ in runs[0].windows if name == "t1")
+    assert seen == sum(n for _, name, n, _ in exact.windows if name == "t1")
+
+
 @pytest.mark.parametrize(
     ("signals", "says"),
     [
         ("latency_dropout = 1.0", "latency_dropout"),
         ("pcie_noise_cv = -0.1", "pcie_noise_cv"),
         ("dcgn = false", "dcgn"),
+        ("tick_overruns = 1.0", "tick_overruns"),
     ],
 )
 def test_bad_signal_settings_name_the_key(signals: str, says: str) -> None:

@@ -9,13 +9,14 @@ the median or the p90 at a quarter to half of the latency; with --traces, reques
 another shape than the bundled one: started elsewhere, time-warped into bursts and lulls of
 their own; with --low-rates, sensitive tenants at 0.1-2 requests a second; with --signals, a
 host's signals (no DCGM, noisy PCIe, failing scrapes, late ticks); with --actuation, a host's actuators
-(outages off the configured figures, failing moves, refused reconfigurations)),
+(outages off the configured figures, failing moves, refused reconfigurations); with --duty,
+aggressors that come and go on a cycle of 2-60 minutes, on 10-90% of it),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
-                               [--signals] [--actuation] [--tick-s S]
+                               [--signals] [--actuation] [--duty] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -78,6 +79,20 @@ def _shift(schedule: dict[str, Any], rng: random.Random, notes: list[str], who: 
     d = rng.uniform(lo, hi)
     schedule["on"] = [[a + d, b + d] for a, b in on]
     notes.append(f"{who}.on {d:+.0f} s")
+
+
+def _duty(t: dict[str, Any], rng: random.Random, notes: list[str], who: str) -> None:
+    """perturb's `duty` for one aggressor: on for a share of every period, off the rest (a job
+    that runs every few minutes, an hourly ETL), at the level it had. A diurnal profile is kept:
+    its period is the day's."""
+    schedule = t.setdefault("schedule", {})
+    if schedule.get("profile"):
+        return
+    period = _log_uniform(rng, 120.0, 3600.0)
+    share = rng.uniform(0.1, 0.9)
+    start = rng.uniform(0.0, period * (1.0 - share))
+    schedule.update(period_s=round(period, 1), on=[[round(start, 1), round(start + share * period, 1)]])
+    notes.append(f"{who} on {100 * share:.0f}% of every {period:.0f} s")
 
 
 def _shape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str) -> None:
@@ -166,6 +181,7 @@ def perturb(
     low_rates: random.Random | None = None,
     signals: random.Random | None = None,
     actuation: random.Random | None = None,
+    duty: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -190,7 +206,9 @@ def perturb(
     ([scenario.actuation]): relaunches and MIG reconfigurations 0.5-2x the configured figures
     (log-uniform) and each operation's within a CV of 0-0.5, up to 20% of moves failing (the new
     copy never ready) and up to 20% of reconfigurations refused, the launchers waiting for
-    readiness as long as by default (a relaunch past it fails the move)."""
+    readiness as long as by default (a relaunch past it fails the move). `duty` (one of its own):
+    each bulk or compute tenant without a diurnal profile runs on a cycle of 2-60 minutes
+    (log-uniform), on for 10-90% of it (_duty)."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -273,12 +291,15 @@ def perturb(
                     t["sm_active"] = min(1.0, t["sm_active"] * rng.uniform(0.8, 1.1))
                 if t.get("schedule"):
                     _shift(t["schedule"], rng, notes, who)
+                if duty is not None:
+                    _duty(t, duty, notes, who)
     return notes
 
 
 # perturb's extra generators, by keyword; each is a command-line flag (low_quantiles: --low-quantiles)
 GENERATORS = (
     "bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates", "signals", "actuation",
+    "duty",
 )  # fmt: skip
 
 
@@ -422,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--actuation", action="store_true", help="relaunches and reconfigurations off the configured, failing moves"
     )
+    ap.add_argument("--duty", action="store_true", help="aggressors on a 2-60 min cycle, on 10-90%% of it")
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
     if a.quantiles and a.low_quantiles:

@@ -263,10 +263,34 @@ def test_actuation_draws_the_hosts_actuators_from_a_generator_of_its_own() -> No
         assert 0.5 <= got["relaunch_factor"] <= 2 and 0.5 <= got["reconfig_factor"] <= 2
         assert 0 <= got["outage_cv"] <= 0.5
         assert 0 <= got["move_failures"] <= 0.2 and 0 <= got["reconfig_refusals"] <= 0.2
+        assert got["readiness_timeout_s"] == 120.0  # the launcher's default wait
         factors.append(got["relaunch_factor"])
         act["scenario"]["actuation"] = got
         assert scenario_from_data(act, "vllm-ttft").meta.actuation.degraded
     assert min(factors) < 1 < max(factors)
+
+
+@pytest.mark.parametrize("name", ["paper-p4d", "diurnal"])
+def test_duty_puts_aggressors_on_a_cycle_with_a_generator_of_its_own(name: str) -> None:
+    """--duty: each bulk or compute tenant runs on a cycle of 2-60 minutes, on for 10-90% of it (one
+    window inside the period), at its level; a diurnal profile is left alone; nothing else changes."""
+    data = tomllib.loads((SCENARIO_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    cycled = 0
+    for case in range(6):
+        plain, duty, notes, dnotes = _pair(data, name, case, "duty")
+        assert not Counter(notes) - Counter(dnotes)
+        scenario_from_data(copy.deepcopy(duty), name)  # a valid scenario
+        for a, b in zip(plain["hosts"][0]["tenants"], duty["hosts"][0]["tenants"], strict=True):
+            sa, sb = a.pop("schedule", {}), b.pop("schedule", {})
+            assert a == b  # only the schedule changes
+            if sa.get("profile") or b.get("role") not in ("bulk", "compute"):
+                assert sa == sb
+                continue
+            ((on, off),) = sb["on"]
+            assert 120 <= sb["period_s"] <= 3600 and 0 <= on < off <= sb["period_s"]
+            assert 0.1 <= (off - on) / sb["period_s"] <= 0.9 and sb.get("level", 1.0) == sa.get("level", 1.0)
+            cycled += 1
+    assert cycled or name == "diurnal"
 
 
 def test_traces_reshape_a_trace_keeping_its_requests_and_rate(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def run_host(
     while i < n_ticks:
         # A tick that runs late (signals.tick_overruns) skips the slots it missed, as the daemon does.
         late = min(sim.overrun(), n_ticks - 1 - i)
-        obs = sim.step(desired, (1 + late) * scenario.meta.tick_s if late else None)
+        obs = sim.step(desired, late)
         d = decide(state, obs, spec)
         state, desired = d.state, d.desired
         for e in d.events:

@@ -212,6 +212,7 @@ class HostSim(Actuation):
         # Ticks that run late (meta.signals.tick_overruns): a generator of their own, two draws a tick.
         self._tick_rng = np.random.default_rng([seed, host_index, 0x71C]) if meta.signals.tick_overruns > 0 else None
         self.measured: dict[str, float] = {}
+        self._unobserved_s = 0.0  # the seconds of ticks since the last observed one (tick_overruns)
 
     # -- one tick ---------------------------------------------------------------------------------
     def _cap(self, name: str, links: list[tuple[dict[tuple[str, str], int], str, str]], t: float) -> float:
@@ -254,7 +255,18 @@ class HostSim(Actuation):
         return cached[1]
 
     def advance(self, dt: float | None = None) -> Observation:
-        dt = self.meta.tick_s if dt is None else dt
+        """Simulate one tick and return what the controller observes of it."""
+        obs = self._tick(self.meta.tick_s if dt is None else dt, True)
+        assert obs is not None
+        return obs
+
+    def skip(self) -> None:
+        """Simulate one tick the daemon does not sample (one a late tick skipped: signals.
+        tick_overruns): its requests join the next observed window, which then spans both, and
+        what it reports (operations that finished) comes with the next observation."""
+        self._tick(self.meta.tick_s, False)
+
+    def _tick(self, dt: float, observed: bool) -> Observation | None:
         t0, t1 = self.t, self.t + dt
         self._finish_ops(t0)
         self._hold(t0)
@@ -371,6 +383,9 @@ class HostSim(Actuation):
             s.pend_done, s.pend_lat = all_done[cut:], all_lat[cut:]
             st.served[name] = st.served.get(name, 0) + cut
             st.delivered[name] = st.delivered.get(name, 0.0) + cut  # served, not arrived
+            if not observed:
+                s.carry = np.concatenate((s.carry, rep))
+                continue
             scraped = self._scraped(s, rep)
             if scraped is None:
                 dropped.append(name)  # no window this tick: its requests join the next one's
@@ -382,7 +397,13 @@ class HostSim(Actuation):
             self.stats.delivered[cfg.name] = self.stats.delivered.get(cfg.name, 0.0) + work
         self.t = t1
         self._finish_ops(t1)
-        obs = self._observation(t1, dt, flows + avg, rates, sm, busy_s, window, dropped)
+        # A window's rate is over the seconds since the last observation (a late tick's span).
+        span = dt + self._unobserved_s
+        if not observed:
+            self._unobserved_s = span
+            return None
+        self._unobserved_s = 0.0
+        obs = self._observation(t1, span, dt, flows + avg, rates, sm, busy_s, window, dropped)
         self.last = obs
         return obs
 
@@ -458,6 +479,7 @@ class HostSim(Actuation):
     def _observation(
         self,
         t: float,
+        span: float,
         dt: float,
         flows: list[Flow[LinkDir]],
         rates: dict[str, float],
@@ -484,7 +506,7 @@ class HostSim(Actuation):
             lw = window.get(name)
             tenants[name] = TenantSample(
                 latency=lw,
-                throughput=(lw.count / dt if lw else None),
+                throughput=(lw.count / span if lw else None),
                 instance=None if down else inst,
                 cpu_pressure=self._cpu_pressure(name, s.cpu_busy),
                 outage_s=self.measured.get(name),
@@ -582,12 +604,10 @@ class HostSim(Actuation):
         """The latencies the tick's scrape reports (meta.signals.latency_dropout): None when it
         failed, and then they are reported with the next tick's, as a histogram's counters would."""
         p = self.meta.signals.latency_dropout
-        if p <= 0 or self._sig_rng is None:
-            return rep
-        if self._sig_rng.random() < p:
+        if p > 0 and self._sig_rng is not None and self._sig_rng.random() < p:
             s.carry = np.concatenate((s.carry, rep))
             return None
-        if s.carry.size:
+        if s.carry.size:  # (a failed scrape's, or a skipped tick's: signals.tick_overruns)
             rep, s.carry = np.sort(np.concatenate((s.carry, rep))), np.empty(0)
         return rep
 
@@ -629,12 +649,14 @@ class HostSim(Actuation):
         late, extra = self._tick_rng.random(), int(self._tick_rng.integers(1, 4))
         return extra if late < self.meta.signals.tick_overruns else 0
 
-    def step(self, desired: DesiredState | None = None, dt: float | None = None) -> Observation:
-        """Apply `desired` (if any) now, then simulate one tick (`dt`: a longer one) and return its
-        observation."""
+    def step(self, desired: DesiredState | None = None, late: int = 0) -> Observation:
+        """Apply `desired` (if any) now, then simulate one tick and return its observation; `late`:
+        the next observation comes that many ticks later (overrun), and covers them all."""
         if desired is not None:
             self.apply_sync(desired)
-        return self.advance(dt)
+        for _ in range(late):
+            self.skip()
+        return self.advance()
 
     def drain(self) -> None:
         """End of a run: serve what batched servers still hold, with no further arrivals, so their
@@ -684,7 +706,7 @@ class SimulatedHost:
 
     def observe_sync(self) -> Observation:
         if self.speed is None:
-            return self.sim.advance((1 + self.sim.overrun()) * self.sim.meta.tick_s)
+            return self.sim.step(late=self.sim.overrun())
         dt = self.now() - self.sim.t
         if dt <= 1e-6:
             return self.sim.observe_sync()

@@ -9,7 +9,8 @@ import tomllib
 import numpy as np
 import pytest
 
-from fsm.observation import Observation
+from fsm.desired import DesiredState
+from fsm.observation import InstanceRef, Observation
 from replay.runner import run_host
 from replay.scenario import SCENARIO_DIR, Scenario, ScenarioError, parse_scenario, scenario_from_data
 from replay.simulator import HostSim
@@ -87,7 +88,8 @@ def test_both_policies_meet_the_same_failures() -> None:
 def test_late_ticks_skip_their_missed_slots_and_both_policies_meet_the_same() -> None:
     """A tick that runs late comes 2-4 periods after the one before, and its observation covers
     them all (the daemon skips missed slots): the windows' times are slots of the period, about the
-    drawn share of gaps are longer, no request is lost, and static and full see the same gaps."""
+    drawn share of gaps are longer, no request is lost, static and full see the same gaps, and the
+    host itself runs as without them (only what the controller sees, and when, changes)."""
     sc = _scenario("paper-p4d", tick_overruns=0.2)
     tick = sc.meta.tick_s
     runs = [run_host(sc, 0, p, 3000.0, sc.meta.seed) for p in ("static", "full")]
@@ -101,6 +103,21 @@ def test_late_ticks_skip_their_missed_slots_and_both_policies_meet_the_same() ->
     exact = run_host(_scenario("paper-p4d"), 0, "static", 3000.0, sc.meta.seed)
     seen = sum(n for _, name, n, _ in runs[0].windows if name == "t1")
     assert seen == sum(n for _, name, n, _ in exact.windows if name == "t1")
+    # only the controller's view is late: the host runs tick by tick, and static serves the same
+    assert np.array_equal(runs[0].latencies, exact.latencies)
+
+
+def test_what_a_skipped_tick_reports_comes_with_the_next_observation() -> None:
+    """A move that finishes in a tick the daemon skipped: its outcome is not lost, the next
+    observation carries it (the live actuators' outcomes wait in their queue the same way)."""
+    sc = _scenario("paper-p4d", tick_overruns=0.5)
+    sim = HostSim(sc.hosts[0], sc.meta, sc.meta.seed)
+    sim.advance()
+    sim.apply_sync(DesiredState(t=sim.t, placements={"t1": InstanceRef("gpu0", "1g.5gb", 1)}))
+    for _ in range(4):  # the 5 s relaunch ends in here
+        sim.skip()
+    (o,) = sim.advance().actuation.outcomes
+    assert o.target == "tenant:t1" and o.ok
 
 
 @pytest.mark.parametrize(

@@ -63,12 +63,15 @@ def _seconds(v: Any) -> float:
     return f
 
 
+EXITED = " exited on "  # in Moves.ready's reason: the copy it waited for exited (else: not ready in time)
+
+
 def _starting(slow: str) -> str:
     """What a wait for readiness that failed (`slow`, from Moves.ready) left: a copy still starting
     (the wait ran out) or none (it exited)."""
     if not slow:
         return ""
-    return f", not running ({slow})" if " exited on " in slow else f", still starting ({slow})"
+    return f", not running ({slow})" if EXITED in slow else f", still starting ({slow})"
 
 
 class Exits:
@@ -266,12 +269,18 @@ class Moves:
             outage: float | None = None
             if frm is not None:
                 back_err = await self.launch(tenant, spec, frm)
-                if back_err and not launch_err and stopped_at is not None and self._launched.get(tenant) == stopped_at:
+                if (
+                    back_err
+                    and not launch_err
+                    and EXITED not in err
+                    and stopped_at is not None
+                    and self._launched.get(tenant) == stopped_at
+                ):
                     # Nothing launched back (its old instance is gone: a resize's MIG change took
                     # it): the new copy still starts on the target, so it is left to finish there.
                     slow = await self.ready(tenant, spec, to)
                     back = f"; not moved back ({back_err}): left on {to}{_starting(slow)}"
-                    self.h.placement[tenant] = to
+                    self.h.placement[tenant] = None if EXITED in slow else to
                     if not slow:
                         outage = time.monotonic() - (waited_from if waited_from is not None else stopped_at)
                 elif back_err:  # where it runs is unknown: the next reconcile relaunches it
@@ -283,7 +292,8 @@ class Moves:
                     # from scratch, and so on after every backoff.
                     slow = await self.ready(tenant, spec, frm)
                     back = f"; moved back{_starting(slow)}"
-                    self.h.placement[tenant] = frm
+                    # one that exited there too runs nowhere: the next reconcile relaunches it
+                    self.h.placement[tenant] = None if EXITED in slow else frm
                     if not slow and stopped_at is not None:
                         outage = time.monotonic() - stopped_at
             at = ref_str(self.h.placement.get(tenant))
@@ -403,7 +413,7 @@ class Moves:
                 if ok:
                     return ""
             if why := await watch.exited():
-                return f"new copy of {tenant} exited on {ref} before it was ready ({why})"
+                return f"new copy of {tenant}{EXITED}{ref} before it was ready ({why})"
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         return f"new copy of {tenant} not ready on {ref} within {spec.readiness_timeout_s:g} s"
 
@@ -431,7 +441,7 @@ class Moves:
                 if await self.h.readiness(tenant):
                     return ""
             if why := await watch.exited():
-                return f"{tenant} exited on {ref} before it was ready ({why})"
+                return f"{tenant}{EXITED}{ref} before it was ready ({why})"
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         return f"{tenant} not ready on {ref} within {spec.readiness_timeout_s:g} s"
 

@@ -221,6 +221,30 @@ def test_restart_move_whose_tenant_exits_is_moved_back_at_once(tmp_path: Path) -
     asyncio.run(go())
 
 
+def test_a_tenant_that_exits_on_both_instances_is_placed_nowhere_and_relaunched(tmp_path: Path) -> None:
+    """The new copy exits and so does the move back: the tenant runs nowhere, so its place is
+    unknown, and a later reconcile (after the failure's backoff) launches it again rather than
+    taking it for served where it was."""
+    h = emu_host(tmp_path / "emu", ["A100-SXM4-40GB"], {0: LAYOUT})
+    ctl = FakeSystemctl(tmp_path)
+    launcher = SystemdLauncher("vllm.service", dropin_root=str(tmp_path / "units"), systemctl=str(ctl.bin), timeout=5.0)
+    t = TenantActuation("llm", None, HOME, launcher, readiness_timeout_s=60.0)
+
+    async def ready(tenant: str) -> bool:
+        return bool(ctl.load()["units"].get("vllm.service") == "active")
+
+    async def go() -> None:
+        r = _rec(tmp_path, h, t, readiness=ready)
+        r.placement["llm"] = HOME
+        ctl.set(units={"vllm.service": "active"}, crash_once=["vllm.service", "vllm.service"])
+        await r.reconcile(DesiredState(t=time.time(), placements={"llm": TO}))
+        await r.wait_idle(90)
+        (o,) = r.status().outcomes
+        assert not o.ok and "; moved back, not running (" in o.error and r.placement["llm"] is None, o
+
+    asyncio.run(go())
+
+
 def test_warm_old_copy_that_will_not_stop_is_retried(tmp_path: Path) -> None:
     h, ctl, launcher, t = _setup(tmp_path)
 

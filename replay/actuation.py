@@ -125,7 +125,7 @@ class Actuation:
         wait = fid.readiness_wait(ts.relaunch_s)
         never = not in_place and self._fails(fid.move_failures)
         if never or (wait is not None and relaunch > wait):
-            launched = self.t + (tl.down_at if warm else tl.up_at) - relaunch  # its relaunch starts
+            launched = self.t + (tl.down_at if warm and not in_place else tl.up_at) - relaunch  # its relaunch starts
             given_up = launched + (wait if wait is not None else relaunch)
             why = (
                 "the new copy never got ready (simulated: actuation.move_failures)"

@@ -167,12 +167,21 @@ def write_script(path: Path, body: str) -> Path:
     return path
 
 
+def logging_launcher(tmp: Path) -> tuple[Path, Path]:
+    """A launcher command that appends its arguments to a log: (the log, the command)."""
+    log = tmp / "launch.log"
+    return log, write_script(
+        tmp / "launch", f"import sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+    )
+
+
+async def never_ready(tenant: str) -> bool:
+    return False
+
+
 def test_move_with_readiness_and_move_back(tmp_path: Path) -> None:
     h = host(tmp_path, (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb")))
-    log = tmp_path / "launch.log"
-    launcher_bin = write_script(
-        tmp_path / "launch", f"import sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
-    )
+    log, launcher_bin = logging_launcher(tmp_path)
     ready_on: dict[str, bool] = {"ok": True}
 
     async def ready(tenant: str) -> bool:  # the 2g@2 instance never answers once "ok" is off
@@ -220,20 +229,14 @@ def test_a_move_back_slower_than_the_readiness_wait_is_left_to_finish(tmp_path: 
     same desired state launches nothing: relaunching it would restart it from scratch, after every
     backoff, and it would never serve."""
     h = host(tmp_path, (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb")))
-    log = tmp_path / "launch.log"
-    launcher_bin = write_script(
-        tmp_path / "launch", f"import sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
-    )
-
-    async def never(tenant: str) -> bool:
-        return False
+    log, launcher_bin = logging_launcher(tmp_path)
 
     home = InstanceRef("gpu0", "2g.10gb", 0)
     t = TenantActuation("llm", None, home, CommandLauncher([str(launcher_bin), "{tenant}", "{instance}", "{uuid}"]),
                         readiness_timeout_s=0.5)  # fmt: skip
 
     async def go() -> None:
-        r = rec(tmp_path, h, tenants={"llm": t}, readiness=never)
+        r = rec(tmp_path, h, tenants={"llm": t}, readiness=never_ready)
         r.placement["llm"] = home
         await r.reconcile(DesiredState(t=time.time(), placements={"llm": InstanceRef("gpu0", "3g.20gb", 4)}))
         await r.wait_idle(30)
@@ -255,13 +258,7 @@ def test_a_resize_past_the_readiness_wait_whose_old_instance_is_gone_is_left_on_
     is left to finish there, recorded there, the failure reported. Before, its place was unknown and
     the next reconcile after the backoff relaunched it from scratch, and so on: it never served."""
     h = host(tmp_path, (Slot(0, "2g.10gb"), Slot(2, "2g.10gb"), Slot(4, "3g.20gb")))
-    log = tmp_path / "launch.log"
-    launcher_bin = write_script(
-        tmp_path / "launch", f"import sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
-    )
-
-    async def never(tenant: str) -> bool:
-        return False
+    log, launcher_bin = logging_launcher(tmp_path)
 
     home, to = InstanceRef("gpu0", "2g.10gb", 0), InstanceRef("gpu0", "3g.20gb", 0)
     t = TenantActuation("llm", None, home, CommandLauncher([str(launcher_bin), "{tenant}", "{instance}"]),
@@ -269,7 +266,7 @@ def test_a_resize_past_the_readiness_wait_whose_old_instance_is_gone_is_left_on_
     grown = (Slot(0, "3g.20gb"), Slot(4, "3g.20gb"))
 
     async def go() -> None:
-        r = rec(tmp_path, h, tenants={"llm": t}, readiness=never)
+        r = rec(tmp_path, h, tenants={"llm": t}, readiness=never_ready)
         r.placement["llm"] = home
         await r.reconcile(DesiredState(t=time.time(), placements={"llm": to}, layouts={"gpu0": grown}))
         await r.wait_idle(30)

@@ -194,16 +194,23 @@ def test_warm_new_copy_that_exits_is_given_up_at_once_not_at_the_readiness_wait(
     asyncio.run(go())
 
 
-def test_restart_move_whose_tenant_exits_is_moved_back_at_once(tmp_path: Path) -> None:
-    """A restart move onto a slice the tenant cannot start on (its process exits: the unit is
-    "failed"): moved back as soon as systemd says so, not after readiness_timeout_s of outage."""
-    h = emu_host(tmp_path / "emu", ["A100-SXM4-40GB"], {0: LAYOUT})
-    ctl = FakeSystemctl(tmp_path)
-    launcher = SystemdLauncher("vllm.service", dropin_root=str(tmp_path / "units"), systemctl=str(ctl.bin), timeout=5.0)
-    t = TenantActuation("llm", None, HOME, launcher, readiness_timeout_s=60.0)
+def _restart_setup(tmp: Path) -> tuple[EmuHost, FakeSystemctl, TenantActuation, Any]:
+    """A restart (systemd) launcher for vllm.service, which waits 60 s for readiness, and a
+    readiness probe that says ready while the fake systemd has the unit active."""
+    h = emu_host(tmp / "emu", ["A100-SXM4-40GB"], {0: LAYOUT})
+    ctl = FakeSystemctl(tmp)
+    launcher = SystemdLauncher("vllm.service", dropin_root=str(tmp / "units"), systemctl=str(ctl.bin), timeout=5.0)
 
     async def ready(tenant: str) -> bool:
         return bool(ctl.load()["units"].get("vllm.service") == "active")
+
+    return h, ctl, TenantActuation("llm", None, HOME, launcher, readiness_timeout_s=60.0), ready
+
+
+def test_restart_move_whose_tenant_exits_is_moved_back_at_once(tmp_path: Path) -> None:
+    """A restart move onto a slice the tenant cannot start on (its process exits: the unit is
+    "failed"): moved back as soon as systemd says so, not after readiness_timeout_s of outage."""
+    h, ctl, t, ready = _restart_setup(tmp_path)
 
     async def go() -> None:
         r = _rec(tmp_path, h, t, readiness=ready)
@@ -225,13 +232,7 @@ def test_a_tenant_that_exits_on_both_instances_is_placed_nowhere_and_relaunched(
     """The new copy exits and so does the move back: the tenant runs nowhere, so its place is
     unknown, and a later reconcile (after the failure's backoff) launches it again rather than
     taking it for served where it was."""
-    h = emu_host(tmp_path / "emu", ["A100-SXM4-40GB"], {0: LAYOUT})
-    ctl = FakeSystemctl(tmp_path)
-    launcher = SystemdLauncher("vllm.service", dropin_root=str(tmp_path / "units"), systemctl=str(ctl.bin), timeout=5.0)
-    t = TenantActuation("llm", None, HOME, launcher, readiness_timeout_s=60.0)
-
-    async def ready(tenant: str) -> bool:
-        return bool(ctl.load()["units"].get("vllm.service") == "active")
+    h, ctl, t, ready = _restart_setup(tmp_path)
 
     async def go() -> None:
         r = _rec(tmp_path, h, t, readiness=ready)

@@ -349,12 +349,16 @@ def _outage_fit(cfg: Config) -> Iterable[Problem]:
     return out
 
 
+HANG_RATIO = 10.0  # a restart launcher's readiness wait past this many relaunches warns
+
+
 def _readiness(cfg: Config) -> Iterable[Problem]:
     """A launcher waits `readiness_timeout_s` for a moved tenant's new copy, then gives up and
     relaunches it where it was (actuators/moves.py). A wait shorter than the tenant's own start-up
     (`relaunch_s`) fails every move after an outage for nothing, and its move back waits the same
     way; one under twice it fails a start slowed by a cold page cache, which the controller does
-    not price (a failed move records no outage to learn from)."""
+    not price (a failed move records no outage to learn from). One far longer than it (restart
+    hand-over) is what a new copy that hangs costs the tenant in outage."""
     p = cfg.policy
     if not (p.levers.placement or p.levers.mig):
         return []
@@ -378,6 +382,22 @@ def _readiness(cfg: Config) -> Iterable[Problem]:
                     tkey(i, t, "launcher.readiness_timeout_s"),
                     f"{wait:g} s is under twice its relaunch_s ({t.relaunch_s:g} s): a start slowed by a cold page"
                     " cache fails the move after an outage for nothing; twice relaunch_s or more is safer",
+                    error=False,
+                )
+            )
+        elif (
+            t.launcher.handover == "restart"
+            and "relaunch_s" in t.model_fields_set  # the operator's figure (the default's is doctor's to judge)
+            and t.relaunch_s > 0
+            and wait > HANG_RATIO * t.relaunch_s
+        ):
+            out.append(
+                Problem(
+                    tkey(i, t, "launcher.readiness_timeout_s"),
+                    f"{wait:g} s is over {HANG_RATIO:g} times its relaunch_s ({t.relaunch_s:g} s): a new copy that"
+                    " hangs (never ready, never exits) keeps the tenant down for all of it, where a move is priced at"
+                    " its relaunch (in the lab such a failure made the run's p99: docs/results.md); if relaunch_s is"
+                    " its real start-up, about four times it bounds that",
                     error=False,
                 )
             )

@@ -76,7 +76,8 @@ def test_a_move_longer_than_the_whole_outage_budget_warns() -> None:
 
 def test_a_readiness_wait_no_longer_than_the_relaunch_is_an_error_and_under_twice_it_warns() -> None:
     """The launcher's readiness wait against the tenant's start-up: no longer fails every move (and
-    its move back); under twice it fails a slow start; twice or more, or no lever that moves, is fine."""
+    its move back); under twice it fails a slow start; over ten times it, a hung copy's outage is
+    long; in between, or no lever that moves, is fine."""
     launcher = '[tenants.launcher]\nkind = "command"\ncommand = ["/bin/true"]\nreadiness_timeout_s = {}\n'
     text = SENS.replace("slo_ms = 100\n", "slo_ms = 100\nrelaunch_s = 60\n") + launcher
     with pytest.raises(ConfigError, match=r"launcher\.readiness_timeout_s: 60 s is no longer than its relaunch_s"):
@@ -85,6 +86,10 @@ def test_a_readiness_wait_no_longer_than_the_relaunch_is_an_error_and_under_twic
     assert w.startswith("tenants[0](llm).launcher.readiness_timeout_s: warning: 90 s is under twice")
     assert lines(text.format(120)) == []
     assert lines(text.format(30) + "[policy.levers]\nplacement = false\nmig = false\n") == []
+    # far longer than the start-up: a copy that hangs costs the whole wait in outage
+    (w,) = lines(text.format(601))
+    assert w.startswith("tenants[0](llm).launcher.readiness_timeout_s: warning: 601 s is over 10 times its relaunch_s")
+    assert lines(text.format(600)) == []
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:9433", "127.0.0.53:9433", "[::1]:9433", "localhost:9433"])

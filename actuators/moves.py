@@ -27,12 +27,12 @@ from actuators.launcher import Launcher, LaunchError, SystemdLauncher
 from actuators.nvsmi import NvsmiError
 from fsm.desired import DesiredState
 from fsm.observation import InstanceRef
+from fsm.outage import EXIT_CHECK_S
 from schema.jsontext import finite_float, shown
 
 log = logging.getLogger("tailguard.actuators")
 
 OUTAGES_KEPT = 10  # recent measured outages kept per tenant
-EXIT_CHECK_S = 2.0  # how often a copy being waited for is checked for having exited
 
 
 def _outage(r: dict[str, Any]) -> dict[str, Any]:

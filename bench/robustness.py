@@ -206,7 +206,8 @@ def perturb(
     ([scenario.actuation]): relaunches and MIG reconfigurations 0.5-2x the configured figures
     (log-uniform) and each operation's within a CV of 0-0.5, up to 20% of moves failing (the new
     copy never ready) and up to 20% of reconfigurations refused, the launchers waiting for
-    readiness as long as by default (a relaunch past it fails the move). `duty` (one of its own):
+    readiness as long as by default (a relaunch past it fails the move), 0-100% of the failing
+    copies exiting where the launcher sees it (the rest hang until the wait). `duty` (one of its own):
     each bulk or compute tenant without a diurnal profile runs on a cycle of 2-60 minutes
     (log-uniform), on for 10-90% of it (_duty)."""
     notes: list[str] = []
@@ -239,13 +240,16 @@ def perturb(
             "reconfig_refusals": round(actuation.uniform(0.0, 0.2), 3),
             # the launcher's default wait, raised to twice a tenant's relaunch_s where check-config asks
             "readiness_timeout_s": DEFAULT_READINESS_TIMEOUT_S,
+            # of the copies that never get ready, those that exit and are seen to (a systemd unit);
+            # drawn last: the draws above stay as they were
+            "failed_exits": round(actuation.uniform(0.0, 1.0), 3),
         }
         meta["actuation"] = act
         notes.append(
             f"actuation: relaunch x{act['relaunch_factor']:g}, reconfig x{act['reconfig_factor']:g}, CV"
             f" {act['outage_cv']:g}, {100 * act['move_failures']:.0f}% of moves failing,"
             f" {100 * act['reconfig_refusals']:.0f}% of reconfigurations refused, readiness wait"
-            f" {act['readiness_timeout_s']:g} s"
+            f" {act['readiness_timeout_s']:g} s, {100 * act['failed_exits']:.0f}% of failing copies exiting"
         )
     for host in data.get("hosts", []):
         for t in host.get("tenants", []):

@@ -30,6 +30,7 @@ DEFAULT_RELAUNCH_S = 5.0
 DEFAULT_RECONFIG_S = 18.0
 DEFAULT_HANDOVER_GAP_S = 1.0  # a warm switch-over: the old copy stops, traffic finds the new one
 DEFAULT_READINESS_TIMEOUT_S = 120.0  # how long a launcher waits for a relaunched copy to serve
+EXIT_CHECK_S = 2.0  # how often a launcher that can tell checks a starting copy for having exited
 HANDOVERS = ("restart", "warm")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from fsm.desired import DesiredState, MpsLimit, Throttle
 from fsm.mig import GpuModel, Slot, layout_problems, normalise
 from fsm.observation import InstanceRef, Outcome
-from fsm.outage import MoveKind, move_timeline
+from fsm.outage import EXIT_CHECK_S, MoveKind, move_timeline
 from fsm.spec import HostSpec
 from fsm.topology import Topology
 from replay.scenario import ScenarioMeta
@@ -132,6 +132,12 @@ class Actuation:
                 if never
                 else f"not ready within {wait:g} s (simulated: actuation.readiness_timeout_s)"
             )
+            if never and self._fails(fid.failed_exits):
+                # it exits while it loads, and the launcher sees its unit fail at its next check
+                assert self.act_rng is not None
+                died = launched + float(self.act_rng.random()) * relaunch + EXIT_CHECK_S
+                given_up = min(given_up, died)
+                why = "the new copy exited while starting (simulated: actuation.failed_exits)"
             if warm and not in_place:  # its new copy is stopped, the old one served throughout
                 self.moves[name] = Move(
                     self.instance[name], self.t, given_up, given_up, error=why + "; new copy stopped, old copy kept"

@@ -339,6 +339,11 @@ class ActuationFidelity(_Strict):
     # relaunch past it fails the move, a copy that never gets ready is given up at it. None: waits
     # as long as a relaunch takes.
     readiness_timeout_s: float | None = Field(None, gt=0, le=3600)
+    # The share of those copies that never get ready that exit while they load (out of memory, a
+    # bad argument) rather than hang, and that the launcher sees exit (a systemd unit turning
+    # "failed": actuators/moves.py gives up on it at its next check, 2 s); the rest hang until the
+    # readiness wait. 0: every one hangs, as a command launcher must take them
+    failed_exits: float = Field(0.0, ge=0, le=1)
 
     def readiness_wait(self, relaunch_s: float) -> float | None:
         """A tenant's readiness wait, for its configured relaunch."""

@@ -264,6 +264,7 @@ def test_actuation_draws_the_hosts_actuators_from_a_generator_of_its_own() -> No
         assert 0 <= got["outage_cv"] <= 0.5
         assert 0 <= got["move_failures"] <= 0.2 and 0 <= got["reconfig_refusals"] <= 0.2
         assert got["readiness_timeout_s"] == 120.0  # the launcher's default wait
+        assert 0 <= got["failed_exits"] <= 1
         factors.append(got["relaunch_factor"])
         act["scenario"]["actuation"] = got
         assert scenario_from_data(act, "vllm-ttft").meta.actuation.degraded

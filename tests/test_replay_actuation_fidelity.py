@@ -139,6 +139,21 @@ def test_the_readiness_wait_is_at_least_twice_the_configured_relaunch_and_a_dead
     assert said == pytest.approx(30.0 + RELAUNCH_S)
 
 
+def test_a_new_copy_that_exits_is_given_up_when_the_launcher_sees_it_not_at_the_wait() -> None:
+    """failed_exits: a failing copy that exits while it loads (a systemd unit turning "failed") is
+    given up at the launcher's next check, at most its relaunch and 2 s after it started, then
+    relaunched where it was; one that hangs (the rest) is given up at the readiness wait."""
+    desired = DesiredState(t=20.0, placements={"t1": OTHER})
+    _, obs = _apply(_scenario(move_failures=1.0, failed_exits=1.0, readiness_timeout_s=120.0), desired)
+    ((ok, error),) = _outcomes(obs, "tenant:t1")
+    assert not ok and "exited while starting" in error and "moved back" in error
+    (said,) = [x.outage_s for o in obs for x in o.actuation.outcomes if x.target == "tenant:t1"]
+    assert RELAUNCH_S < said <= 2 * RELAUNCH_S + 2.0
+    _, obs = _apply(_scenario(move_failures=1.0, failed_exits=0.0, readiness_timeout_s=120.0), desired, ticks=40)
+    (said,) = [x.outage_s for o in obs for x in o.actuation.outcomes if x.target == "tenant:t1"]
+    assert said == pytest.approx(120.0 + RELAUNCH_S)
+
+
 def test_a_warm_copy_past_the_readiness_wait_is_stopped_and_the_old_one_kept() -> None:
     sim, obs = _apply(
         _scenario("warm", relaunch_factor=4.0, readiness_timeout_s=12.0), DesiredState(t=20.0, placements={"t1": OTHER})
@@ -199,6 +214,7 @@ def test_the_controller_takes_a_failed_lever_as_failed_and_the_run_is_determinis
         ("outage_cv = -1", "outage_cv"),
         ("refusals = 0.1", "refusals"),
         ("readiness_timeout_s = 0", "readiness_timeout_s"),
+        ("failed_exits = 2", "failed_exits"),
     ],
 )
 def test_bad_actuation_settings_name_the_key(line: str, says: str) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from actuators.hands import Hands, ReconcileReport, TenantActuation, ref_str
@@ -75,9 +76,9 @@ def _starting(slow: str) -> str:
 
 
 class Exits:
-    """Watches a copy being waited for, every EXIT_CHECK_S: one that exited (out of memory on its
-    slice, say) will not get ready, and waiting out readiness_timeout_s for it kept the tenant
-    down for nothing (restart) or the lever busy (warm)."""
+    """Waits for a copy's readiness, and checks it every EXIT_CHECK_S meanwhile: one that exited
+    (out of memory on its slice, say) will not get ready, and waiting out readiness_timeout_s for
+    it kept the tenant down for nothing (restart) or the lever busy (warm)."""
 
     def __init__(self, launcher: Launcher, tenant: str, ref: InstanceRef, uuid: str) -> None:
         self.launcher, self.tenant, self.ref, self.uuid = launcher, tenant, ref, uuid
@@ -91,6 +92,19 @@ class Exits:
             return await self.launcher.exited(self.tenant, self.ref, self.uuid)
         except Exception:  # a launcher that cannot tell: wait for readiness as before
             return ""
+
+    async def until_ready(self, probe: Callable[[], Awaitable[bool]], timeout_s: float) -> str | None:
+        """Ask `probe` every 0.5 s for up to `timeout_s` (a probe that raises says not yet): None
+        once it says ready, else why not: what exited, or "" when the wait ran out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if await probe():
+                    return None
+            if why := await self.exited():
+                return why
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        return ""
 
 
 class Moves:
@@ -403,18 +417,18 @@ class Moves:
             await launcher.start_copy(tenant, ref, uuid)
         except LaunchError as e:
             return str(e)
-        deadline = time.monotonic() + spec.readiness_timeout_s
-        watch = Exits(launcher, tenant, ref, uuid)
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                ok = await launcher.copy_ready(tenant, ref, uuid)
-                if ok is None:
-                    ok = self.h.readiness is None or await self.h.readiness(tenant)
-                if ok:
-                    return ""
-            if why := await watch.exited():
-                return f"new copy of {tenant}{EXITED}{ref} before it was ready ({why})"
-            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+        async def probe() -> bool:
+            ok = await launcher.copy_ready(tenant, ref, uuid)
+            if ok is None:
+                ok = self.h.readiness is None or await self.h.readiness(tenant)
+            return ok
+
+        why = await Exits(launcher, tenant, ref, uuid).until_ready(probe, spec.readiness_timeout_s)
+        if why is None:
+            return ""
+        if why:
+            return f"new copy of {tenant}{EXITED}{ref} before it was ready ({why})"
         return f"new copy of {tenant} not ready on {ref} within {spec.readiness_timeout_s:g} s"
 
     async def launch(self, tenant: str, spec: TenantActuation, ref: InstanceRef) -> str:
@@ -434,15 +448,13 @@ class Moves:
         if self.h.readiness is None:
             return ""
         assert spec.launcher is not None
-        deadline = time.monotonic() + spec.readiness_timeout_s
+        readiness = self.h.readiness
         watch = Exits(spec.launcher, tenant, ref, self._uuids.get(tenant, ""))
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                if await self.h.readiness(tenant):
-                    return ""
-            if why := await watch.exited():
-                return f"{tenant}{EXITED}{ref} before it was ready ({why})"
-            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        why = await watch.until_ready(lambda: readiness(tenant), spec.readiness_timeout_s)
+        if why is None:
+            return ""
+        if why:
+            return f"{tenant}{EXITED}{ref} before it was ready ({why})"
         return f"{tenant} not ready on {ref} within {spec.readiness_timeout_s:g} s"
 
     async def recover(self, tenant: str, rec: dict[str, Any], dry: bool) -> str:

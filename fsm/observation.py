@@ -98,6 +98,10 @@ class TenantSample:
     instance: InstanceRef | None = None  # where it actually runs now
     pcie_bps: float | None = None  # host<->device bytes/s attributed to it, when known
     outage_s: float | None = None  # its last move's outage as the actuators measured it
+    # It restarted since the last observation and tailguard did not restart it, or may not have (a
+    # deploy, an out-of-memory kill, a crash: its latency source's counters went back to zero):
+    # about the seconds it served nothing (the span of scrapes that failed meanwhile)
+    restarted_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

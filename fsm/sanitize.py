@@ -146,7 +146,10 @@ def _rates(m: Mapping[Any, float], where: str, reasons: Counter[str]) -> Mapping
 # finds (tests/test_fsm_sanitize_bulk.py checks it); should they ever differ, _all_fine always says
 # "look closer" rather than skip a field.
 FIELDS_READ: dict[type, tuple[frozenset[str], frozenset[str]]] = {
-    TenantSample: (frozenset({"throughput", "pcie_bps", "outage_s"}), frozenset({"io_pressure", "cpu_pressure"})),
+    TenantSample: (
+        frozenset({"throughput", "pcie_bps", "outage_s", "restarted_s"}),
+        frozenset({"io_pressure", "cpu_pressure"}),
+    ),
     LatencyWindow: (frozenset({"count", "p50", "p99", "p999", "over_slo"}), frozenset()),
     IoRate: (frozenset({"read_bps", "write_bps", "read_iops", "write_iops"}), frozenset()),
     GpuSample: (frozenset({"pcie_tx_bps", "pcie_rx_bps", "pcie_replay_rate"}),
@@ -206,6 +209,7 @@ def _all_fine(obs: Observation) -> bool:
     plain = [t.throughput for t in tenants]
     plain += [t.pcie_bps for t in tenants]
     plain += [t.outage_s for t in tenants]
+    plain += [t.restarted_s for t in tenants]
     plain += [w.count for w in windows]
     plain += [w.p50 for w in windows]
     plain += [w.p99 for w in windows]

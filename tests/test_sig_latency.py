@@ -14,6 +14,7 @@ from fakes.fixture_paths import FIXTURES
 from fakes.sig_http import serve
 
 from controller.signals.base import ParseError, Unavailable
+from controller.signals.http import FetchError
 from controller.signals.latency import JsonlLatencySampler, LatencyReading, PrometheusLatencySampler
 from controller.signals.promtext import Histogram, histogram_delta, histogram_quantile
 
@@ -91,6 +92,40 @@ def test_vllm_capture_windows_over_http() -> None:
             r = await s.sample(106.0)
             assert isinstance(r, LatencyReading) and r.window.count == 4
             assert r.window.p99 is not None and 0.01 < r.window.p99 <= 0.02
+            assert r.restarted_s == pytest.approx(2.0)  # said once, at the scrape that saw it
+            r = await s.sample(108.0)
+            assert isinstance(r, LatencyReading) and r.restarted_s is None
+
+    asyncio.run(run())
+
+
+def test_a_restart_is_the_span_since_the_last_scrape_that_answered() -> None:
+    """A server down for its restart refuses the scrapes (Unavailable, nothing remembered of them);
+    the first that answers again shows counters from zero, and the seconds since the last one that
+    answered: about how long it served nothing (TenantSample.restarted_s). Counters that only grow
+    are no restart."""
+    pages = {"up": VLLM}
+
+    async def fetch(url: str, timeout_s: float) -> str:
+        if pages["up"] is None:
+            raise FetchError(f"{url}: connection refused")
+        return pages["up"]
+
+    async def run() -> None:
+        s = PrometheusLatencySampler("latency:llm", "http://127.0.0.1:1/metrics", fetch=fetch)
+        await s.sample(0.0)
+        r = await s.sample(2.0)
+        assert isinstance(r, LatencyReading) and r.restarted_s is None
+        pages["up"] = bump(VLLM, {"0.06": 3})
+        r = await s.sample(4.0)
+        assert isinstance(r, LatencyReading) and r.restarted_s is None and r.window.count == 3
+        pages["up"] = None
+        for t in (6.0, 8.0, 10.0):
+            r = await s.sample(t)
+            assert isinstance(r, Unavailable) and "connection refused" in r.reason
+        pages["up"] = bump(re.sub(r"\} [0-9.]+\n", "} 0.0\n", VLLM), {"0.5": 7})
+        r = await s.sample(12.0)
+        assert isinstance(r, LatencyReading) and r.restarted_s == pytest.approx(8.0) and r.window.count == 7
 
     asyncio.run(run())
 

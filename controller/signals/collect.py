@@ -143,6 +143,7 @@ class SignalCollector:
             out[t.name] = TenantSample(
                 latency=lat.window if isinstance(lat, LatencyReading) else None,
                 throughput=lat.throughput if isinstance(lat, LatencyReading) else None,
+                restarted_s=lat.restarted_s if isinstance(lat, LatencyReading) else None,
                 io=c.io if c is not None else None,
                 io_pressure=c.io_pressure if c is not None else None,
                 cpu_pressure=c.cpu_pressure if c is not None else None,

@@ -33,6 +33,9 @@ MAX_LATENCY_S = 3600.0
 class LatencyReading:
     window: LatencyWindow
     throughput: float | None  # completed requests per second over the window, when known
+    # The source restarted since the last scrape that answered (its histogram's counters went back):
+    # the seconds since that scrape, about how long it served nothing (TenantSample.restarted_s)
+    restarted_s: float | None = None
 
 
 def window_from_histogram(h: Histogram, slo_s: float | None = None) -> LatencyWindow:
@@ -128,7 +131,10 @@ class PrometheusLatencySampler:
         delta = histogram_delta(h, prev)
         window = window_from_histogram(delta, self.slo_s)
         dt = now - prev_t
-        return LatencyReading(window, window.count / dt if dt > 0 else None)
+        # A server that restarted counts again from zero: whoever restarted it (tailguard's move,
+        # a deploy, a crash), it served nothing from about the last scrape that answered until now.
+        restarted = dt if h.total < prev.total else None
+        return LatencyReading(window, window.count / dt if dt > 0 else None, restarted)
 
 
 class JsonlLatencySampler:

@@ -10,13 +10,14 @@ another shape than the bundled one: started elsewhere, time-warped into bursts a
 their own; with --low-rates, sensitive tenants at 0.1-2 requests a second; with --signals, a
 host's signals (no DCGM, noisy PCIe, failing scrapes, late ticks); with --actuation, a host's actuators
 (outages off the configured figures, failing moves, refused reconfigurations); with --duty,
-aggressors that come and go on a cycle of 2-60 minutes, on 10-90% of it),
+aggressors that come and go on a cycle of 2-60 minutes, on 10-90% of it; with --restarts,
+sensitive tenants that restart on their own, a deploy or a crash every 1-24 hours),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
-                               [--signals] [--actuation] [--duty] [--tick-s S]
+                               [--signals] [--actuation] [--duty] [--restarts] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -182,6 +183,7 @@ def perturb(
     signals: random.Random | None = None,
     actuation: random.Random | None = None,
     duty: random.Random | None = None,
+    restarts: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -209,7 +211,9 @@ def perturb(
     readiness as long as by default (a relaunch past it fails the move), 0-100% of the failing
     copies exiting where the launcher sees it (the rest hang until the wait). `duty` (one of its own):
     each bulk or compute tenant without a diurnal profile runs on a cycle of 2-60 minutes
-    (log-uniform), on for 10-90% of it (_duty)."""
+    (log-uniform), on for 10-90% of it (_duty). `restarts` (one of its own): the sensitive tenants
+    restart on their own ([scenario.restarts]: a deploy, an out-of-memory kill, a crash), each on
+    average once every 1 to 24 hours (log-uniform), down for its relaunch as the host has it."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -251,6 +255,9 @@ def perturb(
             f" {100 * act['reconfig_refusals']:.0f}% of reconfigurations refused, readiness wait"
             f" {act['readiness_timeout_s']:g} s, {100 * act['failed_exits']:.0f}% of failing copies exiting"
         )
+    if restarts is not None:
+        meta["restarts"] = {"every_s": round(_log_uniform(restarts, 3600.0, 86400.0))}
+        notes.append(f"own restarts every {meta['restarts']['every_s']} s on average")
     for host in data.get("hosts", []):
         for t in host.get("tenants", []):
             who = t["name"]
@@ -303,7 +310,7 @@ def perturb(
 # perturb's extra generators, by keyword; each is a command-line flag (low_quantiles: --low-quantiles)
 GENERATORS = (
     "bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates", "signals", "actuation",
-    "duty",
+    "duty", "restarts",
 )  # fmt: skip
 
 
@@ -372,6 +379,7 @@ def _run_case(
             for rs, rf in zip(runs["static"], runs["full"], strict=True)
             for c in rf.lever_costs
         ],
+        "own_restarts": [list(o) for r in runs["static"] for o in r.own_restarts],
         "wall_s": round(time.perf_counter() - t0, 1),
     }
 
@@ -448,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "--actuation", action="store_true", help="relaunches and reconfigurations off the configured, failing moves"
     )
     ap.add_argument("--duty", action="store_true", help="aggressors on a 2-60 min cycle, on 10-90%% of it")
+    ap.add_argument("--restarts", action="store_true", help="sensitive tenants restart on their own, 1-24 h apart")
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
     if a.quantiles and a.low_quantiles:
@@ -485,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WORSE {r['scenario']}:{r['case']} ({', '.join(r['perturbation'])}): {'; '.join(r['problems'])}")
         for c in r["levers"]:
             print(f"    {lever_line(c, r['duration_s'])}")
+        for at, tenant, seconds in r.get("own_restarts", ()):
+            print(f"    t={at:.0f} s {tenant} restarted on its own: down {seconds:g} s")
     better = sum(1 for r in results if r["full"]["bad"] < r["static"]["bad"] - 1e-5)
     cuts = [1 - r["full"]["bad"] / r["static"]["bad"] for r in results if r["static"]["bad"] > 0.02]
     print(

@@ -85,6 +85,7 @@ class HostRun:
     # Every move or resize taken, with its price (fsm.levercost's evidence) when it was priced.
     lever_costs: list[dict[str, Any]] = field(default_factory=list)
     outages: list[tuple[float, str, float, bool]] = field(default_factory=list)  # replay.simulator.Stats.outages
+    own_restarts: list[tuple[float, str, float]] = field(default_factory=list)  # Stats.own_restarts
     outage_window_s: float = math.inf  # the outage budget window the run was decided under (judged_policy)
 
 
@@ -164,6 +165,7 @@ def run_host(
         exact_latency=exact_latency,
         lever_costs=lever_costs,
         outages=list(st.outages),
+        own_restarts=list(st.own_restarts),
         outage_window_s=chosen.outage_budget_window_s,
     )
 

@@ -362,6 +362,20 @@ class ActuationFidelity(_Strict):
         )
 
 
+class OwnRestarts(_Strict):
+    """Restarts of a sensitive tenant that are not tailguard's: a deploy, an out-of-memory kill, a
+    crash that systemd restarts. The tenant serves nothing for its relaunch, whatever the policy
+    does, and what arrived meanwhile waits (off by default). docs/scenarios.md, "A tenant's own
+    restarts"."""
+
+    # The mean seconds between one sensitive tenant's own restarts (a Poisson process per tenant,
+    # from a generator of its own: static and full meet the same ones). None: never
+    every_s: float | None = Field(None, gt=0, le=MAX_DURATION_S)
+    # How long each keeps the tenant down. None: its relaunch as the host has it (the tenant's
+    # relaunch_s times [scenario.actuation] relaunch_factor)
+    outage_s: float | None = Field(None, ge=0, le=3600)
+
+
 class ScenarioMeta(_Strict):
     name: str
     description: str = ""
@@ -391,6 +405,7 @@ class ScenarioMeta(_Strict):
     compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
     signals: SignalFidelity = SignalFidelity()
     actuation: ActuationFidelity = ActuationFidelity()
+    restarts: OwnRestarts = OwnRestarts()
     irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
 

@@ -107,6 +107,8 @@ class Stats:
     failed_ops: int = 0
     # (start, tenant, seconds it served nothing, succeeded): every move's outage as the host had it
     outages: list[tuple[float, str, float, bool]] = field(default_factory=list)
+    # (start, tenant, seconds it served nothing): the tenants' own restarts (meta.restarts)
+    own_restarts: list[tuple[float, str, float]] = field(default_factory=list)
 
 
 def _inv(share: float) -> float:
@@ -211,6 +213,16 @@ class HostSim(Actuation):
         self.act_rng = np.random.default_rng([seed, host_index, 0xAC7]) if meta.actuation.degraded else None
         # Ticks that run late (meta.signals.tick_overruns): a generator of their own, two draws a tick.
         self._tick_rng = np.random.default_rng([seed, host_index, 0x71C]) if meta.signals.tick_overruns > 0 else None
+        # The tenants' own restarts (meta.restarts): a generator of their own, drawn only when one
+        # comes due, so every policy meets the same ones; the next one's time per sensitive tenant.
+        every = meta.restarts.every_s
+        self._restart_rng = np.random.default_rng([seed, host_index, 0x5E1F]) if every else None
+        self._next_restart: dict[str, float] = {}
+        self._restarting: dict[str, float] = {}  # tenant -> when its own restart has it serving again
+        self._scraped_at: dict[str, float] = {}  # tenant -> its last scrape that answered
+        self._restarted: dict[str, float] = {}  # tenant -> restarted_s for this tick's observation
+        if self._restart_rng is not None and every:
+            self._next_restart = {n: float(self._restart_rng.exponential(every)) for n in sorted(self.sensitive)}
         self.measured: dict[str, float] = {}
         self._unobserved_s = 0.0  # the seconds of ticks since the last observed one (tick_overruns)
 
@@ -270,6 +282,8 @@ class HostSim(Actuation):
         t0, t1 = self.t, self.t + dt
         self._finish_ops(t0)
         self._hold(t0)
+        if self._next_restart:
+            self._own_restarts(t1)
         # Demand and SM load of the other tenants this tick.
         sm: dict[str, float] = {}  # tenant -> SM activity of its instance
         flows: list[Flow[LinkDir]] = []
@@ -330,7 +344,8 @@ class HostSim(Actuation):
                 self._elastic[key] = elastic
         # Requests.
         window: dict[str, LatencyWindow] = {}
-        dropped: list[str] = []
+        dropped: dict[str, str] = {}  # tenant -> why its scrape failed
+        self._restarted = {}
         busy_s: dict[str, float] = {}
         for name, s in self.sensitive.items():
             req = s.req
@@ -387,9 +402,21 @@ class HostSim(Actuation):
                 s.carry = np.concatenate((s.carry, rep))
                 continue
             scraped = self._scraped(s, rep)
-            if scraped is None:
-                dropped.append(name)  # no window this tick: its requests join the next one's
+            back = self._restarting.get(name)
+            if back is not None and t1 < back:  # its metrics endpoint is down with it
+                if scraped is not None:
+                    s.carry = scraped
+                dropped[name] = "scrape failed: connection refused (simulated: restarts)"
                 continue
+            if scraped is None:
+                dropped[name] = "scrape failed (simulated: signals.latency_dropout)"
+                continue  # no window this tick: its requests join the next one's
+            if back is not None:
+                # The first scrape after it: its counters started again from zero, and the live
+                # sampler takes the seconds since its last answered scrape for the outage.
+                del self._restarting[name]
+                self._restarted[name] = t1 - self._scraped_at.get(name, 0.0)
+            self._scraped_at[name] = t1
             window[name], q = self._window(scraped, s.slo_s, s.cfg.quantile)
             st.windows.append((t1, name, int(scraped.size), q))
         for cfg in self.others:
@@ -406,6 +433,26 @@ class HostSim(Actuation):
         obs = self._observation(t1, span, dt, flows + avg, rates, sm, busy_s, window, dropped)
         self.last = obs
         return obs
+
+    def _own_restarts(self, t1: float) -> None:
+        """Stop the sensitive tenants whose own restart (meta.restarts) comes before t1, at tick
+        resolution: the tick's arrivals wait for it as a move's do. A tenant being moved is down
+        or about to be, and restarts with the move."""
+        assert self._restart_rng is not None
+        every = self.meta.restarts.every_s or math.inf
+        fid = self.meta.actuation
+        for name, at in self._next_restart.items():
+            while at < t1:
+                s = self.sensitive[name]
+                if name not in self.moves:
+                    out = self.meta.restarts.outage_s
+                    if out is None:
+                        out = self.spec.tenants[name].relaunch_s * fid.relaunch_factor
+                    s.free_at = max(s.free_at, at) + out
+                    self._restarting[name] = max(self._restarting.get(name, 0.0), at + out)
+                    self.stats.own_restarts.append((at, name, out))
+                at += float(self._restart_rng.exponential(every))
+            self._next_restart[name] = at
 
     @staticmethod
     def _per_byte(name: str, req: Requests, shares: dict[str, float]) -> float:
@@ -486,7 +533,7 @@ class HostSim(Actuation):
         sm: dict[str, float],
         busy_s: dict[str, float],
         window: dict[str, LatencyWindow],
-        dropped: list[str],
+        dropped: dict[str, str],
     ) -> Observation:
         topo = self.topo
         tenants: dict[str, TenantSample] = {}
@@ -510,6 +557,7 @@ class HostSim(Actuation):
                 instance=None if down else inst,
                 cpu_pressure=self._cpu_pressure(name, s.cpu_busy),
                 outage_s=self.measured.get(name),
+                restarted_s=self._restarted.get(name),
             )
             for n in topo.path_links(inst.gpu)[:1]:  # the GPU receives H2D bytes, transmits D2H ones
                 rx[n] = rx.get(n, 0.0) + s.rate_bps * (1.0 - s.req.d2h_share)
@@ -588,7 +636,7 @@ class HostSim(Actuation):
         in_flight = tuple(sorted([f"gpu:{op.gpu}" for op in self.ops] + [f"tenant:{n}" for n in self.moves]))
         outcomes = tuple(self.outcomes)
         self.outcomes = []
-        unavailable = {f"latency:{n}": "scrape failed (simulated: signals.latency_dropout)" for n in dropped}
+        unavailable = {f"latency:{n}": why for n, why in dropped.items()}
         if self._sig_rng is not None:
             gpus = self._degraded(gpus, unavailable)
         return Observation(

@@ -19,7 +19,7 @@ from fsm.evidence import update as update_evidence
 from fsm.evolve import evolve
 from fsm.guardbudget import charge_guards
 from fsm.levercost import LeverCost, measured_scale
-from fsm.observation import Observation
+from fsm.observation import LatencyWindow, Observation
 from fsm.quantiles import Verdict
 from fsm.spec import HostSpec, Level, Role, TenantSpec
 from fsm.state import ControllerState, Pending, Step, TenantCtl
@@ -93,7 +93,20 @@ class Tick(ReleaseTick):
             self.windows[t.name] = (lw.count, now - since) if lw is not None else (0.0, 0.0)
         ev, w = update_evidence(ctl.evidence, lw, t.quantile, slo, self.evidence_params, now)
         settling = ctl.settle_until is not None and now < ctl.settle_until
-        if settling:
+        restarted = ts.restarted_s if ts is not None else None
+        if restarted is not None and not settling and self.restart_is_own(ctl):
+            ctl = self.own_restart(t, ctl, restarted)
+            settling = True
+        elif settling and ctl.drained_from is not None and now >= ctl.drained_from and _drained(lw, slo):
+            ctl = evolve(ctl, settle_until=None, drained_from=None)  # a restart's backlog is served
+            settling = False
+        restart_backlog = settling and ctl.drained_from is not None
+        if restart_backlog:
+            # A restart's backlog is no sample of the tail at all: its requests would fill the
+            # recent share and the fitted shape inside the SLO's bucket (fit_tau_s) with waits that
+            # no interference made, and the tail read after it would look violating for minutes.
+            ev, w = evolve(ctl.evidence, t=ev.t), evolve(w, verdict=Verdict.BETWEEN, value=None)
+        elif settling:
             ev, w = ev.reset(), evolve(w, verdict=Verdict.BETWEEN)
         # One new TenantCtl for the whole update: a copy sets every field, and several of them
         # in a row were a third of a calm tick (issue 10's decide() budget). Each change reads only
@@ -308,6 +321,7 @@ class Tick(ReleaseTick):
             stack=stack,
             evidence=ctl.evidence.reset() if settle > 0.0 else ctl.evidence,
             settle_until=now + settle if settle > 0.0 else ctl.settle_until,
+            drained_from=None if settle > 0.0 else ctl.drained_from,  # ours settles its full time
             cooldown_until=max(ctl.cooldown_until or now, now + settle),
         )
         self.emit(t.name, "complete", lvl, level_of(self.tenants[t.name]), p.lever, "operation finished", evidence)
@@ -540,6 +554,11 @@ class Tick(ReleaseTick):
         if lever == PLACE:
             return self._place(t, diag, window)
         return self._resize(t, diag, window)
+
+
+def _drained(lw: LatencyWindow | None, slo: float) -> bool:
+    """A window whose median is under the SLO: the backlog a restart left is served."""
+    return lw is not None and lw.count > 0 and lw.p50 is not None and lw.p50 <= slo
 
 
 def _rent_due_s(c: LeverCost, margin: float) -> float:

@@ -110,6 +110,10 @@ class TenantCtl:
     # After a move or resize finishes: until then its own backlog, not interference, delays the
     # tenant's requests, so they are not evidence either way.
     settle_until: float | None = None
+    # After a restart outside tailguard (TenantSample.restarted_s): from then on, the first window
+    # whose median is under the SLO ends the settle early (its backlog is served); settle_until is
+    # then the longest drain (a server at MAX_RHO).
+    drained_from: float | None = None
     # Capping the I/O aggressors did not cut this tail: until then (across episodes), the path they
     # share is not taken to hold it, so a same-sized move off it is expected to cure little.
     io_doubt_until: float | None = None

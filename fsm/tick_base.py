@@ -13,7 +13,7 @@ from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, window_evidence
 from fsm.evolve import assign_fresh, evolve, field_setters
 from fsm.guardbudget import trial_run_s, trial_s
-from fsm.levercost import LeverCost, Rent, episode_share, outage_cost, price, rent_of
+from fsm.levercost import MAX_RHO, LeverCost, Rent, episode_share, outage_cost, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
@@ -368,6 +368,57 @@ class TickBase:
             watch_bad=0.0,
             backlog_since=None,
         )
+
+    def restart_is_own(self, ctl: TenantCtl) -> bool:
+        """Is a restart the tenant's sample reports one that tailguard did not make? Not while an
+        operation of ours is under way, nor within the cooldown or backoff after one: a move of
+        ours restarts the tenant too, and the scrape that sees its counters start again may come
+        before or after the actuators report it."""
+        now = self.obs.t
+        return (
+            ctl.pending is None
+            and (ctl.cooldown_until is None or now >= ctl.cooldown_until)
+            and (ctl.backoff_until is None or now >= ctl.backoff_until)
+        )
+
+    def own_restart(self, t: TenantSpec, ctl: TenantCtl, down_s: float) -> TenantCtl:
+        """The tenant restarted outside tailguard (a deploy, an out-of-memory kill, a crash) and
+        served nothing for about `down_s`. Its backlog is no interference, and no lever cures it: its
+        windows are not judged while it drains (settled as after a move of ours, for as long), and
+        nothing measured of our last outage's cost survives it. Its outage spent what ours spend:
+        the room the p99 has for outages, charged to the outage budget."""
+        now = self.obs.t
+        # Its backlog drains at the spare rate: down_s x rho / (1 - rho) more (fsm.levercost), which
+        # the utilisation seen now (the backlog's) cannot tell. So the settle lasts until a window's
+        # median is back under the SLO, at least the outage or a cooldown, at most the drain at MAX_RHO.
+        settle = max(self.spec.policy.cooldown_s, down_s)
+        longest = max(settle, down_s / (1.0 - MAX_RHO))
+        kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
+        ctl = evolve(
+            ctl,
+            evidence=ctl.evidence.reset(),
+            settle_until=max(ctl.settle_until or now, now + longest),
+            drained_from=now + settle,
+            outages=(*kept, (now - down_s, down_s)),
+            outage_watch=None,
+            watch_n=0.0,
+            watch_bad=0.0,
+            bad=0,
+            good=0,
+        )
+        self.tenants[t.name] = ctl
+        level = level_of(ctl)
+        self.emit(
+            t.name,
+            "restarted",
+            level,
+            level,
+            "",
+            f"restarted outside tailguard, down about {down_s:.0f} s: its backlog is not judged until it"
+            f" drains ({settle:.0f}-{longest:.0f} s), and its outage is charged to the outage budget",
+            {"down_s": round(down_s, 1), "settle_s": round(settle, 1), "settle_max_s": round(longest, 1)},
+        )
+        return ctl
 
     def _rent_restarted(self, ctl: TenantCtl) -> dict[str, Any]:
         """The changes that start the tenant's rent afresh (fsm.levercost): the episode's counts and

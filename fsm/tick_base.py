@@ -384,8 +384,8 @@ class TickBase:
     def own_restart(self, t: TenantSpec, ctl: TenantCtl, down_s: float) -> TenantCtl:
         """The tenant restarted outside tailguard (a deploy, an out-of-memory kill, a crash) and
         served nothing for about `down_s`. Its backlog is no interference, and no lever cures it: its
-        windows are not judged while it drains (settled as after a move of ours, for as long), and
-        nothing measured of our last outage's cost survives it. Its outage spent what ours spend:
+        windows are left out of the evidence until it drains (ladder.step), and nothing measured of
+        our last outage's cost survives it. Its outage spent what ours spend:
         the room the p99 has for outages, charged to the outage budget."""
         now = self.obs.t
         # Its backlog drains at the spare rate: down_s x rho / (1 - rho) more (fsm.levercost), which

@@ -4,16 +4,15 @@ nvidia-smi refuses. Off by default; each drawn per operation from a generator of
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+from fakes.scenario_tables import assert_bad_line_named, with_table
 
 from fsm.desired import DesiredState
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
 from replay.runner import run_host
-from replay.scenario import SCENARIO_DIR, Scenario, ScenarioError, parse_scenario, scenario_from_data
+from replay.scenario import Scenario
 from replay.simulator import HostSim
 
 RELAUNCH_S, RECONFIG_S, TICK_S = 5.0, 18.0, 5.0  # paper-p4d's
@@ -26,10 +25,7 @@ GROW = DesiredState(  # gpu2's change makes a 4g.20gb beside t1's own: BESIDE, t
 
 
 def _scenario(handover: str = "restart", **actuation: object) -> Scenario:
-    data = tomllib.loads((SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8"))
-    data["scenario"]["actuation"] = actuation
-    data["scenario"]["handover"] = handover
-    return scenario_from_data(data, "paper-p4d")
+    return with_table("paper-p4d", "actuation", actuation, handover=handover)
 
 
 def _apply(sc: Scenario, desired: DesiredState, ticks: int = 20) -> tuple[HostSim, list[Observation]]:
@@ -218,7 +214,4 @@ def test_the_controller_takes_a_failed_lever_as_failed_and_the_run_is_determinis
     ],
 )
 def test_bad_actuation_settings_name_the_key(line: str, says: str) -> None:
-    text = (SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8")
-    text = text.replace("[scenario]\n", f"[scenario.actuation]\n{line}\n\n[scenario]\n", 1)
-    with pytest.raises(ScenarioError, match=says):
-        parse_scenario(text, "x.toml")
+    assert_bad_line_named("actuation", line, says)

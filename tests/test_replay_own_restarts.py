@@ -5,21 +5,17 @@ meets the same restarts."""
 
 from __future__ import annotations
 
-import tomllib
-
 import numpy as np
 import pytest
+from fakes.scenario_tables import assert_bad_line_named, with_table
 
 from replay.runner import run_host
-from replay.scenario import SCENARIO_DIR, Scenario, ScenarioError, parse_scenario, scenario_from_data
+from replay.scenario import Scenario
 from replay.simulator import HostSim
 
 
 def _scenario(name: str, **restarts: object) -> Scenario:
-    data = tomllib.loads((SCENARIO_DIR / f"{name}.toml").read_text(encoding="utf-8"))
-    if restarts:
-        data["scenario"]["restarts"] = restarts
-    return scenario_from_data(data, name)
+    return with_table(name, "restarts", restarts)
 
 
 def _run(sc: Scenario, seconds: float) -> HostSim:
@@ -118,7 +114,4 @@ def test_every_policy_meets_the_same_restarts() -> None:
     ],
 )
 def test_bad_restart_settings_name_the_key(restarts: str, says: str) -> None:
-    text = (SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8")
-    text = text.replace("[scenario]\n", f"[scenario.restarts]\n{restarts}\n\n[scenario]\n", 1)
-    with pytest.raises(ScenarioError, match=says):
-        parse_scenario(text, "x.toml")
+    assert_bad_line_named("restarts", restarts, says)

@@ -4,22 +4,19 @@ default (the golden replays pin that); when on, static and full see the same fai
 
 from __future__ import annotations
 
-import tomllib
-
 import numpy as np
 import pytest
+from fakes.scenario_tables import assert_bad_line_named, with_table
 
 from fsm.desired import DesiredState
 from fsm.observation import InstanceRef, Observation
 from replay.runner import run_host
-from replay.scenario import SCENARIO_DIR, Scenario, ScenarioError, parse_scenario, scenario_from_data
+from replay.scenario import Scenario
 from replay.simulator import HostSim
 
 
 def _scenario(name: str, **signals: object) -> Scenario:
-    data = tomllib.loads((SCENARIO_DIR / f"{name}.toml").read_text(encoding="utf-8"))
-    data["scenario"]["signals"] = signals
-    return scenario_from_data(data, name)
+    return with_table(name, "signals", signals)
 
 
 def _ticks(sc: Scenario, n: int) -> list[Observation]:
@@ -130,7 +127,4 @@ def test_what_a_skipped_tick_reports_comes_with_the_next_observation() -> None:
     ],
 )
 def test_bad_signal_settings_name_the_key(signals: str, says: str) -> None:
-    text = (SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8")
-    text = text.replace("[scenario]\n", f"[scenario.signals]\n{signals}\n\n[scenario]\n", 1)
-    with pytest.raises(ScenarioError, match=says):
-        parse_scenario(text, "x.toml")
+    assert_bad_line_named("signals", signals, says)

@@ -119,6 +119,7 @@ class Daemon:
         self._violating: dict[str, int] = {}
         self._actions: dict[tuple[str, str], int] = {}
         self._actuations: dict[tuple[str, str], int] = {}
+        self._restarts: dict[str, int] = {}  # tenant -> restarts outside tailguard (`restarted` events)
         self._reconfigs_total = 0
         self._reconfig_last = -math.inf
         self._recent: deque[Mapping[str, Any]] = deque(maxlen=20)
@@ -370,6 +371,8 @@ class Daemon:
             if v > t.slo_s:
                 self._violating[t.name] = self._violating.get(t.name, 0) + 1
         for e in d.events:
+            if e.kind == "restarted":
+                self._restarts[e.tenant] = self._restarts.get(e.tenant, 0) + 1
             if e.kind in ACTION_KINDS:
                 result = {"fail": "failed", "timeout": "timeout", "complete": "completed"}.get(e.kind, "decided")
                 if not e.applied:
@@ -446,6 +449,7 @@ class Daemon:
             throttles=desired.throttles if desired is not None and desired.enforce and not self.paused else (),
             actions=dict(self._actions),
             actuations=dict(self._actuations),
+            restarts=dict(self._restarts),
             reconfigs_total=self._reconfigs_total,
             in_flight=obs.actuation.in_flight if obs is not None else (),
             samplers=samplers,

@@ -358,3 +358,18 @@ def test_failing_apply_is_counted_and_the_loop_goes_on() -> None:
     run(d)
     assert d.snapshot.ticks_total == 10 and d.snapshot.tick_errors_total == 0
     assert d.snapshot.actuations[("apply", "error")] >= 9
+
+
+def test_a_restart_outside_tailguard_is_counted_and_exported() -> None:
+    """The core's `restarted` events, per tenant, as `tailguard_tenant_restarts_total` (a deploy or
+    a crash the operator may want to see beside the tails it left)."""
+    from prometheus_client import generate_latest
+
+    from controller.exporters.prometheus import DaemonCollector, make_registry
+
+    host = ToyHost(restart_on={3: 8.0, 9: 6.0})
+    d = Daemon(host, DaemonOptions(period_s=0.005, max_ticks=12))
+    run(d)
+    assert d.snapshot.restarts == {"llm": 2}
+    text = generate_latest(make_registry(DaemonCollector(lambda: d.snapshot))).decode()
+    assert 'tailguard_tenant_restarts_total{tenant="llm"} 2.0' in text

@@ -195,6 +195,15 @@ class DaemonCollector(Collector):
         for (target, result), n in sorted(s.actuations.items()):
             ops.add_metric([target, result], n)
         yield ops
+        restarts = CounterMetricFamily(
+            "tailguard_tenant_restarts",
+            "Restarts of a sensitive tenant that tailguard did not make (a deploy, a crash: its latency"
+            " histogram's counters went back to zero); its backlog is not judged as a tail.",
+            labels=["tenant"],
+        )
+        for tenant, n in sorted(s.restarts.items()):
+            restarts.add_metric([tenant], n)
+        yield restarts
 
     def _samplers(self, s: Snapshot) -> Iterator[Metric]:
         now = self._mono()

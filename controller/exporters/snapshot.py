@@ -120,6 +120,7 @@ class Snapshot:
     throttles: tuple[Throttle, ...] = ()
     actions: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (kind, result) -> n
     actuations: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (target kind, ok|error)
+    restarts: Mapping[str, int] = field(default_factory=dict)  # tenant -> restarts outside tailguard
     reconfigs_total: int = 0
     in_flight: tuple[str, ...] = ()
     samplers: tuple[SamplerView, ...] = ()

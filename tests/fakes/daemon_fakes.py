@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,7 @@ class ToyHost:
     hang_on: set[int] = field(default_factory=set)  # observe() never returns on these ticks
     slow_on: dict[int, float] = field(default_factory=dict)  # tick -> seconds observe() takes
     fail_on: set[int] = field(default_factory=set)
+    restart_on: dict[int, float] = field(default_factory=dict)  # tick -> the llm tenant's restarted_s
     observed_at: list[float] = field(default_factory=list)  # monotonic time of each observe()
     applied: list[DesiredState] = field(default_factory=list)
     closed: bool = False
@@ -69,7 +70,11 @@ class ToyHost:
         st = self.stats["toy"]
         st.samples_total += 1
         st.last_success_t = time.monotonic()
-        return self.plant.observe()
+        obs = self.plant.observe()
+        if n in self.restart_on:  # its latency source's counters went back to zero
+            llm = replace(obs.tenants["llm"], restarted_s=self.restart_on[n])
+            obs = replace(obs, tenants={**obs.tenants, "llm": llm})
+        return obs
 
     async def apply(self, desired: DesiredState) -> None:
         self.applied.append(desired)

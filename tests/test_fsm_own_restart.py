@@ -177,3 +177,32 @@ def test_a_restarts_backlog_leaves_the_fitted_tail_as_it_was() -> None:
             ev = state.tenants["llm"].evidence
             assert ev.fit_hi / ev.fit_lo == pytest.approx(before.fit_hi / before.fit_lo, rel=0.05)
     assert kinds == ["restarted"]
+
+
+def test_the_reset_a_move_of_ours_makes_is_ours() -> None:
+    """A move restarts the tenant too, and the scrape that sees its counters from zero comes with
+    the completion or after it (live, the actuators report it once the copy answers its readiness
+    probe): within the cooldown a completion starts, it is ours, nothing is charged again. On the
+    toy host (fsm.examples.ToyPlant: an ETL burst, a guard that does not cut the tail, a resize),
+    the reset reported on the completion's tick and on some of the next ones."""
+    from fsm.examples import ToyPlant
+
+    def run(reset_at: int | None) -> tuple[list[str], ControllerState]:
+        plant, state, kinds = ToyPlant(), ControllerState(), []
+        spec = example_spec(Policy(cooldown_s=30.0, dwell_s=30.0))
+        for i in range(150):
+            o = plant.observe()
+            if reset_at is not None and i == reset_at:
+                o = replace(o, tenants={**o.tenants, "llm": replace(o.tenants["llm"], restarted_s=6.0)})
+            d = decide(state, o, spec)
+            state = d.state
+            kinds += [f"{i}:{e.kind} {e.lever}".strip() for e in d.events if e.kind != "hold"]
+            plant.apply(d.desired)
+        return kinds, state
+
+    plain, state = run(None)
+    done = next(int(k.split(":")[0]) for k in plain if k.endswith("complete resize"))
+    for at in (done, done + 1, done + 5, done + 10):
+        kinds, st = run(at)
+        assert kinds == plain, at
+        assert st.tenants["llm"].outages == state.tenants["llm"].outages

@@ -11,13 +11,16 @@ their own; with --low-rates, sensitive tenants at 0.1-2 requests a second; with 
 host's signals (no DCGM, noisy PCIe, failing scrapes, late ticks); with --actuation, a host's actuators
 (outages off the configured figures, failing moves, refused reconfigurations); with --duty,
 aggressors that come and go on a cycle of 2-60 minutes, on 10-90% of it; with --restarts,
-sensitive tenants that restart on their own, a deploy or a crash every 1-24 hours),
+sensitive tenants that restart on their own, a deploy or a crash every 1-24 hours; with --writes,
+aggressors that write to their drives where they read them; with --cgroup-v1, caps by cgroup v1's
+blkio, which does not hold buffered writes),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
-                               [--signals] [--actuation] [--duty] [--restarts] [--tick-s S]
+                               [--signals] [--actuation] [--duty] [--restarts] [--writes] [--cgroup-v1]
+                               [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -80,6 +83,23 @@ def _shift(schedule: dict[str, Any], rng: random.Random, notes: list[str], who: 
     d = rng.uniform(lo, hi)
     schedule["on"] = [[a + d, b + d] for a, b in on]
     notes.append(f"{who}.on {d:+.0f} s")
+
+
+def _writes(t: dict[str, Any], nvme: set[str], rng: random.Random, notes: list[str], who: str) -> None:
+    """perturb's `writes` for one aggressor: with odds one half, every flow of it with a block
+    device at one end runs the other way, the job writing where it read (an ETL that writes its
+    output, a checkpoint). The same bytes on the same links, the other direction of each."""
+    if rng.random() >= 0.5:
+        return
+    flipped = 0
+    for flows in [t.get("flows") or [], *[r.get("flows") or [] for r in t.get("reroute") or []]]:
+        for f in flows:
+            src, dst = f["path"]
+            if src in nvme or dst in nvme:
+                f["path"] = [dst, src]
+                flipped += 1
+    if flipped:
+        notes.append(f"{who} writes")
 
 
 def _duty(t: dict[str, Any], rng: random.Random, notes: list[str], who: str) -> None:
@@ -184,6 +204,8 @@ def perturb(
     actuation: random.Random | None = None,
     duty: random.Random | None = None,
     restarts: random.Random | None = None,
+    writes: random.Random | None = None,
+    cgroup_v1: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -213,7 +235,11 @@ def perturb(
     each bulk or compute tenant without a diurnal profile runs on a cycle of 2-60 minutes
     (log-uniform), on for 10-90% of it (_duty). `restarts` (one of its own): the sensitive tenants
     restart on their own ([scenario.restarts]: a deploy, an out-of-memory kill, a crash), each on
-    average once every 1 to 24 hours (log-uniform), down for its relaunch as the host has it."""
+    average once every 1 to 24 hours (log-uniform), down for its relaunch as the host has it.
+    `writes` (one of its own): each bulk or compute tenant writes where it read with odds one half
+    (_writes). `cgroup_v1` (one of its own): the host caps with cgroup v1's blkio, which holds
+    neither the buffered writes nor charges them to the group: 30-90% of every tenant's writes
+    ([scenario.actuation] cap_leak)."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -255,6 +281,10 @@ def perturb(
             f" {100 * act['reconfig_refusals']:.0f}% of reconfigurations refused, readiness wait"
             f" {act['readiness_timeout_s']:g} s, {100 * act['failed_exits']:.0f}% of failing copies exiting"
         )
+    if cgroup_v1 is not None:
+        leak = round(cgroup_v1.uniform(0.3, 0.9), 3)
+        meta.setdefault("actuation", {})["cap_leak"] = leak
+        notes.append(f"cgroup v1: {100 * leak:.0f}% of writes buffered")
     if restarts is not None:
         meta["restarts"] = {"every_s": round(_log_uniform(restarts, 3600.0, 86400.0))}
         notes.append(f"own restarts every {meta['restarts']['every_s']} s on average")
@@ -304,13 +334,16 @@ def perturb(
                     _shift(t["schedule"], rng, notes, who)
                 if duty is not None:
                     _duty(t, duty, notes, who)
+                if writes is not None:
+                    nvme = {n["id"] for n in host.get("nodes", []) if n.get("kind") == "nvme"}
+                    _writes(t, nvme, writes, notes, who)
     return notes
 
 
 # perturb's extra generators, by keyword; each is a command-line flag (low_quantiles: --low-quantiles)
 GENERATORS = (
     "bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates", "signals", "actuation",
-    "duty", "restarts",
+    "duty", "restarts", "writes", "cgroup_v1",
 )  # fmt: skip
 
 
@@ -457,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--duty", action="store_true", help="aggressors on a 2-60 min cycle, on 10-90%% of it")
     ap.add_argument("--restarts", action="store_true", help="sensitive tenants restart on their own, 1-24 h apart")
+    ap.add_argument("--writes", action="store_true", help="aggressors write where they read (half of them)")
+    ap.add_argument("--cgroup-v1", action="store_true", help="caps by cgroup v1 blkio: 30-90%% of writes buffered")
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
     if a.quantiles and a.low_quantiles:

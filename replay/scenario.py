@@ -344,6 +344,12 @@ class ActuationFidelity(_Strict):
     # "failed": actuators/moves.py gives up on it at its next check, 2 s); the rest hang until the
     # readiness wait. 0: every one hangs, as a command launcher must take them
     failed_exits: float = Field(0.0, ge=0, le=1)
+    # The share of a tenant's block-device writes that are buffered, which cgroup v1's blkio
+    # controller neither throttles nor charges to the tenant: the kernel's flusher threads issue
+    # them from the root group (Red Hat KB 3726711; docs/actuators.md). An I/O cap on the tenant's
+    # writes then holds only the rest, and its io stats show only the rest. 0: cgroup v2 (which
+    # charges writeback to the group that dirtied the pages), or direct I/O
+    cap_leak: float = Field(0.0, ge=0, lt=1)
 
     def readiness_wait(self, relaunch_s: float) -> float | None:
         """A tenant's readiness wait, for its configured relaunch."""
@@ -359,6 +365,7 @@ class ActuationFidelity(_Strict):
             or self.outage_cv > 0
             or self.move_failures > 0
             or self.reconfig_refusals > 0
+            or self.cap_leak > 0
         )
 
 

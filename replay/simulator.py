@@ -238,7 +238,9 @@ class HostSim(Actuation):
                     continue
                 lim = th.read_bps if read else th.write_bps
                 if lim is not None:
-                    cap = min(cap, lim)
+                    # cgroup v1 holds only the writes it charges to the group (meta.actuation.
+                    # cap_leak): the buffered rest rides along, so the flow runs at lim / (1 - leak)
+                    cap = min(cap, lim if read else lim / (1.0 - self.meta.actuation.cap_leak))
         return cap
 
     def _mps_factor(self, name: str, t: float) -> float:
@@ -574,7 +576,8 @@ class HostSim(Actuation):
                     old = io.get(dev)
                     rd = (old.read_bps or 0.0) if old else 0.0
                     wr = (old.write_bps or 0.0) if old else 0.0
-                    io[dev] = IoRate(rd + (r if is_src else 0.0), wr + (0.0 if is_src else r))
+                    charged = r * (1.0 - self.meta.actuation.cap_leak)  # v1: buffered writes are root's
+                    io[dev] = IoRate(rd + (r if is_src else 0.0), wr + (0.0 if is_src else charged))
                     block[dev] += r
                 elif kind is NodeKind.NIC:
                     nic[self.nics[nid]] += r

@@ -4,15 +4,17 @@ nvidia-smi refuses. Off by default; each drawn per operation from a generator of
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 from fakes.scenario_tables import assert_bad_line_named, with_table
 
-from fsm.desired import DesiredState
+from fsm.desired import DesiredState, Throttle
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
 from replay.runner import run_host
-from replay.scenario import Scenario
+from replay.scenario import SCENARIO_DIR, Scenario, scenario_from_data
 from replay.simulator import HostSim
 
 RELAUNCH_S, RECONFIG_S, TICK_S = 5.0, 18.0, 5.0  # paper-p4d's
@@ -211,7 +213,45 @@ def test_the_controller_takes_a_failed_lever_as_failed_and_the_run_is_determinis
         ("refusals = 0.1", "refusals"),
         ("readiness_timeout_s = 0", "readiness_timeout_s"),
         ("failed_exits = 2", "failed_exits"),
+        ("cap_leak = 1", "cap_leak"),
     ],
 )
 def test_bad_actuation_settings_name_the_key(line: str, says: str) -> None:
     assert_bad_line_named("actuation", line, says)
+
+
+def _writer(cap_leak: float) -> Scenario:
+    """paper-p4d with its ETL (t2) writing to its two drives where it read them."""
+    data = tomllib.loads((SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8"))
+    for t in data["hosts"][0]["tenants"]:
+        if t["name"] == "t2":
+            t["flows"] = [
+                {"path": list(reversed(f["path"])) if "nvme" in f["path"][0] else f["path"]} for f in t["flows"]
+            ]
+    data["scenario"]["actuation"] = {"cap_leak": cap_leak}
+    return scenario_from_data(data, "paper-p4d")
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.5, 0.8])
+def test_a_v1_cap_holds_only_the_writes_it_charges(leak: float) -> None:
+    """cgroup v1 (cap_leak): a write cap holds the share of the writes the group is charged with;
+    the buffered rest rides along, charged to nobody the controller sees. The writer then runs at
+    cap / (1 - leak), its io stats show the cap (a cap that binds, as far as tailguard can tell),
+    and the drive carries it all. A read cap is not affected (v1 throttles reads)."""
+    sc = _writer(leak)
+    sim = HostSim(sc.hosts[0], sc.meta, sc.meta.seed)
+    cap = 1e8
+    th = Throttle("t2", "nvme0n1", "etl.slice", None, cap, 1e9)
+    for _ in range(int(1000 / sc.meta.tick_s)):
+        o = sim.step(DesiredState(t=sim.t, throttles=(th,)))
+    io = o.tenants["t2"].io
+    assert io is not None
+    assert io["nvme0n1"].write_bps == pytest.approx(cap, rel=1e-6)
+    assert o.host is not None and o.host.block_bps["nvme0n1"] == pytest.approx(cap / (1 - leak), rel=1e-6)
+    reader = with_table("paper-p4d", "actuation", {"cap_leak": leak})
+    sim = HostSim(reader.hosts[0], reader.meta, reader.meta.seed)
+    th = Throttle("t2", "nvme0n1", "etl.slice", cap, None, 1e9)
+    for _ in range(int(1000 / reader.meta.tick_s)):
+        o = sim.step(DesiredState(t=sim.t, throttles=(th,)))
+    io = o.tenants["t2"].io
+    assert io is not None and io["nvme0n1"].read_bps == pytest.approx(cap, rel=1e-6)

@@ -349,7 +349,7 @@ class TickBase:
         SLO (ladder, _watch_outage), and later levers are priced with what was measured."""
         ctl = self.tenants[t.name]
         now = self.obs.t
-        kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
+        kept = self._outages_in_window(ctl)
         watch = ctl.outage_watch
         if t.slo_s is not None:
             rate = self._rate_now(t, ctl.evidence.rate(self.evidence_params))
@@ -368,6 +368,12 @@ class TickBase:
             watch_bad=0.0,
             backlog_since=None,
         )
+
+    def _outages_in_window(self, ctl: TenantCtl) -> tuple[tuple[float, float], ...]:
+        """The tenant's outages still inside the outage budget's window (older ones are dropped
+        when a new one is recorded)."""
+        now = self.obs.t
+        return tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
 
     def restart_is_own(self, ctl: TenantCtl) -> bool:
         """Is a restart the tenant's sample reports one that tailguard did not make? Not while an
@@ -393,7 +399,7 @@ class TickBase:
         # median is back under the SLO, at least the outage or a cooldown, at most the drain at MAX_RHO.
         settle = max(self.spec.policy.cooldown_s, down_s)
         longest = max(settle, down_s / (1.0 - MAX_RHO))
-        kept = tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
+        kept = self._outages_in_window(ctl)
         ctl = evolve(
             ctl,
             evidence=ctl.evidence.reset(),

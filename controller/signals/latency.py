@@ -14,7 +14,13 @@ from typing import BinaryIO
 
 from controller.signals.base import InlineOrThread, ParseError, Unavailable
 from controller.signals.http import FetchError, fetch_text
-from controller.signals.promtext import Histogram, histogram_delta, histograms_from_samples, parse_samples
+from controller.signals.promtext import (
+    Histogram,
+    histogram_delta,
+    histograms_from_samples,
+    parse_samples,
+    restarted,
+)
 from fsm.histogram import slo_bucket, window_from_buckets
 from fsm.observation import LatencyWindow
 from fsm.quantiles import window_from_samples
@@ -133,8 +139,8 @@ class PrometheusLatencySampler:
         dt = now - prev_t
         # A server that restarted counts again from zero: whoever restarted it (tailguard's move,
         # a deploy, a crash), it served nothing from about the last scrape that answered until now.
-        restarted = dt if h.total < prev.total else None
-        return LatencyReading(window, window.count / dt if dt > 0 else None, restarted)
+        down = dt if restarted(h, prev) else None
+        return LatencyReading(window, window.count / dt if dt > 0 else None, down)
 
 
 class JsonlLatencySampler:

@@ -241,13 +241,18 @@ def histograms_from_samples(
     return Histogram(tuple(sorted(buckets.items())), count)
 
 
+def restarted(cur: Histogram, prev: Histogram) -> bool:
+    """The whole histogram counts again from zero: its server restarted."""
+    return cur.total < prev.total
+
+
 def histogram_delta(cur: Histogram, prev: Histogram | None) -> Histogram:
     """Observations between two scrapes. Per series, a counter that went down was reset (the
     server restarted): its delta is its current value, as PromQL's rate()/increase() assume."""
     if prev is None:
         return cur
     before = dict(prev.buckets)
-    reset = cur.total < prev.total  # the whole histogram restarted
+    reset = restarted(cur, prev)
     out = []
     for le, c in cur.buckets:
         p = before.get(le)

@@ -20,7 +20,7 @@ blkio, which does not hold buffered writes),
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
                                [--signals] [--actuation] [--duty] [--restarts] [--writes] [--cgroup-v1]
-                               [--tick-s S]
+                               [--empty-move-windows] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -358,17 +358,20 @@ def run_case(
     exact: bool = False,
     tick_s: float | None = None,
     which: Iterable[str] = (),
+    move_scrapes: bool = True,
 ) -> dict[str, Any]:
     """One case: the scenario perturbed (with perturb's extra generators `which`, its keywords),
-    then static and full run on it and judged by the gate."""
+    then static and full run on it and judged by the gate. `move_scrapes` False: the model's older
+    view of a move of tailguard's, empty windows while the tenant is down where a host refuses its
+    scrapes and resets its counters ([scenario.signals] move_scrapes; no draw)."""
     which = tuple(which)
     if "traces" in which:  # the reshaped traces live as long as the case
         with tempfile.TemporaryDirectory(prefix="tailguard-robustness-") as tmp:
             try:
-                return _run_case(args, exact, tick_s, which, Path(tmp))
+                return _run_case(args, exact, tick_s, which, Path(tmp), move_scrapes)
             finally:
                 load_request_trace.cache_clear()  # keyed by path: the next case's would never hit
-    return _run_case(args, exact, tick_s, which, None)
+    return _run_case(args, exact, tick_s, which, None, move_scrapes)
 
 
 def _run_case(
@@ -377,6 +380,7 @@ def _run_case(
     tick_s: float | None,
     which: tuple[str, ...],
     trace_dir: Path | None,
+    move_scrapes: bool = True,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -385,6 +389,9 @@ def _run_case(
     rng = random.Random(f"{seed}:{name}:{case}")
     mutated = copy.deepcopy(data)
     notes = perturb(mutated, rng, **case_generators(seed, name, case, which), trace_dir=trace_dir)
+    if not move_scrapes:
+        mutated["scenario"].setdefault("signals", {})["move_scrapes"] = False
+        notes.append("moves' windows empty")
     if tick_s is not None:
         mutated["scenario"]["tick_s"] = tick_s  # the controller's sample period (the daemon's: 2 s)
     sc = scenario_from_data(mutated, str(path))
@@ -492,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restarts", action="store_true", help="sensitive tenants restart on their own, 1-24 h apart")
     ap.add_argument("--writes", action="store_true", help="aggressors write where they read (half of them)")
     ap.add_argument("--cgroup-v1", action="store_true", help="caps by cgroup v1 blkio: 30-90%% of writes buffered")
+    ap.add_argument(
+        "--empty-move-windows",
+        action="store_true",
+        help="a move's outage gives empty windows (the older model), not refused scrapes and a counter reset",
+    )
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
     if a.quantiles and a.low_quantiles:
@@ -513,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
         which = [k for k in GENERATORS if getattr(a, k)]
-        case = functools.partial(run_case, exact=a.exact_latency, tick_s=a.tick_s, which=which)
+        case = functools.partial(
+            run_case, exact=a.exact_latency, tick_s=a.tick_s, which=which, move_scrapes=not a.empty_move_windows
+        )
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]
     print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")

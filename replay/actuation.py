@@ -47,6 +47,7 @@ class Move:
     held: bool = False  # its server's hold has been applied
     error: str = ""  # a failed move: `target` is the instance it went back to
     measured_s: float | None = None  # the outage the live actuators would record (restart move: the relaunch)
+    restarts: bool = True  # a new process serves after it (not: a failed warm move's old copy kept)
 
 
 class Actuation:
@@ -68,6 +69,7 @@ class Actuation:
     topo: Topology
     stats: Stats
     sensitive: dict[str, _Sensitive]
+    _restarting: dict[str, float]  # tenant -> when its metrics endpoint answers again
 
     def _down(self, t: float) -> set[str]:
         """Moving tenants that serve nothing at `t` (a warm move's old copy serves until the switch)."""
@@ -91,6 +93,8 @@ class Actuation:
         s = self.sensitive.get(name)
         if s is not None:  # the work queued then resumes once the tenant serves again
             s.free_at = max(s.free_at, m.down_at) + (m.up_at - m.down_at)
+            if m.restarts and self.meta.signals.move_scrapes:  # its endpoint is down with it
+                self._restarting[name] = max(self._restarting.get(name, 0.0), m.up_at)
 
     def _jitter(self) -> float:
         """One operation's mean-1 lognormal factor (meta.actuation.outage_cv)."""
@@ -140,7 +144,12 @@ class Actuation:
                 why = "the new copy exited while starting (simulated: actuation.failed_exits)"
             if warm and not in_place:  # its new copy is stopped, the old one served throughout
                 self.moves[name] = Move(
-                    self.instance[name], self.t, given_up, given_up, error=why + "; new copy stopped, old copy kept"
+                    self.instance[name],
+                    self.t,
+                    given_up,
+                    given_up,
+                    error=why + "; new copy stopped, old copy kept",
+                    restarts=False,
                 )
             elif in_place:  # nothing to move back to: it finishes starting where it is
                 self.moves[name] = Move(

@@ -311,6 +311,12 @@ class SignalFidelity(_Strict):
     # the daemon skips the slots missed (controller/daemon.py), so the next observation comes 2-4
     # periods after it and covers them all
     tick_overruns: float = Field(0.0, ge=0, lt=1)
+    # A move or resize of tailguard's restarts the tenant's server as its own restarts do: its
+    # metrics endpoint refuses scrapes while it is down, what the old process served since the
+    # last scrape is lost with it, and the new one's counters start from zero (the live sampler
+    # reports the restart). False: the model's older view, empty windows while it is down and the
+    # counters running on
+    move_scrapes: bool = True
 
     @property
     def degraded(self) -> bool:

@@ -218,7 +218,7 @@ class HostSim(Actuation):
         every = meta.restarts.every_s
         self._restart_rng = np.random.default_rng([seed, host_index, 0x5E1F]) if every else None
         self._next_restart: dict[str, float] = {}
-        self._restarting: dict[str, float] = {}  # tenant -> when its own restart has it serving again
+        self._restarting: dict[str, float] = {}  # tenant -> when a restart has it serving again
         self._scraped_at: dict[str, float] = {}  # tenant -> its last scrape that answered
         self._restarted: dict[str, float] = {}  # tenant -> restarted_s for this tick's observation
         if self._restart_rng is not None and every:
@@ -405,10 +405,9 @@ class HostSim(Actuation):
                 continue
             scraped = self._scraped(s, rep)
             back = self._restarting.get(name)
-            if back is not None and t1 < back:  # its metrics endpoint is down with it
-                if scraped is not None:
-                    s.carry = scraped
-                dropped[name] = "scrape failed: connection refused (simulated: restarts)"
+            if back is not None and t1 < back:  # its metrics endpoint is down with it, and what the
+                s.carry = np.empty(0)  # old process served since its last scrape died with its counters
+                dropped[name] = "scrape failed: connection refused (simulated: the tenant restarting)"
                 continue
             if scraped is None:
                 dropped[name] = "scrape failed (simulated: signals.latency_dropout)"

@@ -286,7 +286,7 @@ def _controllers(raw: bytes) -> list[str]:
 
 
 async def check_cgroups(cfg: Config) -> list[Check]:
-    from controller.signals.cgroup import CgroupSampler
+    from controller.signals.cgroup import CgroupReading, CgroupSampler
 
     root = cfg.host.cgroup_root
     try:
@@ -333,7 +333,9 @@ async def check_cgroups(cfg: Config) -> list[Check]:
             )
         )
     groups = {t.name: t.cgroup for t in cfg.tenants if t.cgroup}
-    reading = await CgroupSampler(groups, root, cfg.host.cgroup_version).sample(time.time()) if groups else None
+    sensitive = [t.name for t in cfg.tenants if t.role == "sensitive"]  # their restarts: their processes
+    sampler = CgroupSampler(groups, root, cfg.host.cgroup_version, procs_of=sensitive, proc_root=cfg.signals.proc_root)
+    reading = await sampler.sample(time.time()) if groups else None
     for i, t in enumerate(cfg.tenants):
         name = f"cgroup {t.name}"
         if not t.cgroup:
@@ -377,9 +379,17 @@ async def check_cgroups(cfg: Config) -> list[Check]:
         elif isinstance(reading, Unavailable):
             why = [reading.reason]
         if why:
-            out.append(Check(name, WARN, f"{t.cgroup}: " + "; ".join(why), "check the group's io.stat and PSI files"))
+            out.append(
+                Check(name, WARN, f"{t.cgroup}: " + "; ".join(why), "check the group's io.stat, PSI, cgroup.procs")
+            )
         else:
-            out.append(Check(name, OK, f"{g}: I/O counters and PSI readable"))
+            c = reading.tenants.get(t.name) if isinstance(reading, CgroupReading) else None
+            procs = (
+                f"; its processes listed ({len(c.processes)}: a restart replaces them all)"
+                if c is not None and c.processes is not None
+                else ""
+            )
+            out.append(Check(name, OK, f"{g}: I/O counters and PSI readable{procs}"))
     return out
 
 

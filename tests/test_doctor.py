@@ -62,6 +62,7 @@ def _config(tmp: Path, dcgm_url: str, **over: str) -> str:
         llm.mkdir(parents=True)
         for f in ("io.stat", "io.pressure", "cpu.pressure"):
             (llm / f).write_text((etl / f).read_text())
+        (llm / "cgroup.procs").write_text(f"{os.getpid()}\n")  # the kernel lists a group's processes
         (tmp / "llm.jsonl").write_text('{"latency_s": 0.01}\n')
         (tmp / "state").mkdir()
     v = {"state_dir": str(tmp / "state"), "cg": str(cg), "etl_cgroup": "system.slice/etl.service",
@@ -107,6 +108,8 @@ def test_all_ok_on_an_emulated_gpu_host(tmp_path: Path, monkeypatch: pytest.Monk
     assert "H100-80GB-HBM3, driver 565.57.01: MIG on, 7 profiles listed" in c["mig gpu7"].cause
     assert c["nvidia-smi topo -m"].cause == "8 GPU(s) placed on the PCIe/NUMA tree"
     assert c["cgroup"].cause.endswith("io controller available")
+    assert c["cgroup llm"].cause.endswith("its processes listed (1: a restart replaces them all)")
+    assert "processes" not in c["cgroup etl"].cause  # not sensitive: its restarts are not watched
     assert "I/O counters and PSI readable" in c["cgroup etl"].cause
     assert c["latency llm"].status == OK and c["dcgm"].status == OK
     assert c["state dir"].cause.startswith(f"{tmp_path / 'state'} writable")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from controller.signals.base import FileReader, InlineOrThread, ParseError, Unavailable, counter
+from controller.signals.procs import Process, ProcessTable, parse_cgroup_procs
 from controller.signals.rates import CounterRates
 from fsm.observation import IoRate
 from schema.jsontext import U64_PATTERN, ascii_digits, fields, shown, text_lines
@@ -171,6 +172,7 @@ class CgroupTenant:
     io: Mapping[str, IoRate] | None = None
     io_pressure: float | None = None
     cpu_pressure: float | None = None
+    processes: frozenset[Process] | None = None  # read for sensitive tenants: their restarts (procs.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +195,12 @@ class CgroupSampler:
         root: str = "/sys/fs/cgroup",
         version: Literal["auto", "v1", "v2"] = "auto",
         timeout_s: float = 1.0,
+        procs_of: Iterable[str] = (),  # tenants whose processes are listed (procs.py: their restarts)
+        proc_root: str = "/proc",
     ) -> None:
         self.tenants = dict(tenants)
+        self.procs_of = frozenset(procs_of) & set(self.tenants)
+        self._procs = ProcessTable(proc_root)
         self.root = root
         self.version = detect_version(root) if version == "auto" else version
         self.timeout_s = timeout_s
@@ -258,7 +264,23 @@ class CgroupSampler:
                     reasons[f"cgroup:{tenant}:{what}_pressure"] = _reason(e)
             out[tenant] = CgroupTenant(io, psi[0], psi[1])
         self._rates.forget_missing(seen)
+        if self.procs_of:
+            self._processes(out, reasons)
         return CgroupReading(out, reasons)
+
+    def _processes(self, out: dict[str, CgroupTenant], reasons: dict[str, str]) -> None:
+        listed: dict[str, frozenset[int]] = {}
+        for tenant in sorted(self.procs_of):
+            p = os.path.join(self._dirs[tenant][0], "cgroup.procs")
+            try:
+                listed[tenant] = parse_cgroup_procs(self._read(p), p)
+            except (OSError, ParseError) as e:
+                reasons[f"cgroup:{tenant}:procs"] = _reason(e)
+        known = frozenset().union(*listed.values())
+        for tenant, pids in listed.items():
+            procs = self._procs.processes(pids, known)
+            c = out[tenant]
+            out[tenant] = CgroupTenant(c.io, c.io_pressure, c.cpu_pressure, procs)
 
     async def sample(self, now: float) -> CgroupReading | Unavailable:
         return await self._runner.call(self.read, now)

@@ -19,8 +19,10 @@ from controller.signals.dcgm import DcgmExporterSampler, DcgmReading, pydcgm_ava
 from controller.signals.host import HostReading, HostSampler
 from controller.signals.latency import JsonlLatencySampler, LatencyReading, PrometheusLatencySampler
 from controller.signals.nvml import NvmlReading, NvmlSampler
+from controller.signals.procs import RestartWatch
 from fsm.mig import GpuModel, Slot
 from fsm.observation import GpuSample, MigSample, Observation, TenantSample
+from fsm.spec import Role
 from fsm.topology import Topology
 
 LATENCY_PREFIX = "latency:"
@@ -44,7 +46,18 @@ def default_samplers(cfg: Config) -> list[Sampler[Any]]:
     out.append(HostSampler(s.proc_root, timeout_s=s.timeout_s))
     cgroups = {t.name: t.cgroup for t in cfg.tenants if t.cgroup}
     if cgroups:
-        out.append(CgroupSampler(cgroups, cfg.host.cgroup_root, cfg.host.cgroup_version, timeout_s=s.timeout_s))
+        # the sensitive tenants' processes too: a restart replaces them all, whatever the latency source
+        sensitive = [t.name for t in cfg.tenants if t.role is Role.SENSITIVE]
+        out.append(
+            CgroupSampler(
+                cgroups,
+                cfg.host.cgroup_root,
+                cfg.host.cgroup_version,
+                timeout_s=s.timeout_s,
+                procs_of=sensitive,
+                proc_root=s.proc_root,
+            )
+        )
     for t in cfg.tenants:
         lat = latency_sampler(t)
         if lat is not None:
@@ -84,6 +97,7 @@ class SignalCollector:
                 raise ValueError(f"two samplers named {s.name!r}")
             self.runners[s.name] = SamplerRunner(s, clock)
         self._gpu_by_index = {g.index: g.name for g in config.gpus}
+        self.restarts = RestartWatch()
         self.events: tuple[str, ...] = ()  # alarms from the last collect (e.g. a GPU lost)
 
     @property
@@ -126,7 +140,7 @@ class SignalCollector:
         cg = next((r for r in got.values() if isinstance(r, CgroupReading)), None)
         self.events = nvml.events if nvml is not None else ()
         gpus = self._gpus(nvml, dcgm, unavailable)
-        tenants = self._tenants(got, cg)
+        tenants = self._tenants(now, got, cg)
         return Observation(
             t=now,
             tenants=tenants,
@@ -135,15 +149,24 @@ class SignalCollector:
             unavailable=unavailable,
         )
 
-    def _tenants(self, got: Mapping[str, Any], cg: CgroupReading | None) -> dict[str, TenantSample]:
+    def _tenants(self, now: float, got: Mapping[str, Any], cg: CgroupReading | None) -> dict[str, TenantSample]:
         out = {}
         for t in self.config.tenants:
             lat = got.get(LATENCY_PREFIX + t.name)
             c = cg.tenants.get(t.name) if cg is not None else None
+            read = lat if isinstance(lat, LatencyReading) else None
+            restarted_s = self.restarts.update(
+                t.name,
+                now,
+                c.processes if c is not None else None,
+                read.restarted_s if read is not None else None,
+                read.window.count if read is not None else None,
+                has_window=LATENCY_PREFIX + t.name in self.runners,
+            )
             out[t.name] = TenantSample(
-                latency=lat.window if isinstance(lat, LatencyReading) else None,
-                throughput=lat.throughput if isinstance(lat, LatencyReading) else None,
-                restarted_s=lat.restarted_s if isinstance(lat, LatencyReading) else None,
+                latency=read.window if read is not None else None,
+                throughput=read.throughput if read is not None else None,
+                restarted_s=restarted_s,
                 io=c.io if c is not None else None,
                 io_pressure=c.io_pressure if c is not None else None,
                 cpu_pressure=c.cpu_pressure if c is not None else None,

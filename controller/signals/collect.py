@@ -171,6 +171,7 @@ class SignalCollector:
                 io_pressure=c.io_pressure if c is not None else None,
                 cpu_pressure=c.cpu_pressure if c is not None else None,
             )
+        self.restarts.forget_missing(out)  # a tenant a reload removed
         return out
 
     def _gpus(

@@ -59,17 +59,19 @@ def test_the_table_reads_a_start_time_once_and_forgets_an_id_gone(tmp_path: Path
     _proc(tmp_path, 11, 501)
     t = ProcessTable(str(tmp_path))
     ids = frozenset({10, 11, 12})  # 12 exited between the list and its stat: left out
-    assert t.processes(ids, ids) == frozenset({(10, 500), (11, 501)})
+    assert t.processes(ids) == frozenset({(10, 500), (11, 501)})
     _proc(tmp_path, 10, 999)  # not read again while the id stays listed
-    assert t.processes(ids, ids) == frozenset({(10, 500), (11, 501)})
-    assert t.processes(frozenset({11}), frozenset({11})) == frozenset({(11, 501)})
+    t.forget(ids)
+    assert t.processes(ids) == frozenset({(10, 500), (11, 501)})
+    t.forget(frozenset({11}))
+    assert t.processes(frozenset({11})) == frozenset({(11, 501)})
     # 10 went away, so its id given out again is read again: another process
-    assert t.processes(ids, ids) == frozenset({(10, 999), (11, 501)})
+    assert t.processes(ids) == frozenset({(10, 999), (11, 501)})
 
 
 def test_the_real_proc_gives_this_process_a_start_time() -> None:
     me = os.getpid()
-    ((pid, start),) = ProcessTable().processes(frozenset({me}), frozenset({me}))
+    ((pid, start),) = ProcessTable().processes(frozenset({me}))
     assert pid == me and start > 0
 
 

@@ -276,9 +276,9 @@ class CgroupSampler:
                 listed[tenant] = parse_cgroup_procs(self._read(p), p)
             except (OSError, ParseError) as e:
                 reasons[f"cgroup:{tenant}:procs"] = _reason(e)
-        known = frozenset().union(*listed.values())
+        self._procs.forget(frozenset().union(*listed.values()))
         for tenant, pids in listed.items():
-            procs = self._procs.processes(pids, known)
+            procs = self._procs.processes(pids)
             c = out[tenant]
             out[tenant] = CgroupTenant(c.io, c.io_pressure, c.cpu_pressure, procs)
 

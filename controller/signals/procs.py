@@ -57,12 +57,14 @@ class ProcessTable:
         self.proc_root = proc_root
         self._start: dict[int, int] = {}  # pid -> start time, for the ids seen at the last read
 
-    def processes(self, pids: frozenset[int], known: frozenset[int]) -> frozenset[Process]:
-        """`pids` with their start times. `known`: every id listed at the last read of any cgroup
-        (the others' cached start times are dropped: an id that went away may come back as
-        another process). An id whose stat is gone exited meanwhile: left out."""
+    def forget(self, known: frozenset[int]) -> None:
+        """Drop the start times of the ids not in `known` (every id the cgroups listed this time):
+        an id that went away may come back as another process."""
         for gone in [p for p in self._start if p not in known]:
             del self._start[gone]
+
+    def processes(self, pids: frozenset[int]) -> frozenset[Process]:
+        """`pids` with their start times. An id whose stat is gone exited meanwhile: left out."""
         out: set[Process] = set()
         for pid in pids:
             st = self._start.get(pid)

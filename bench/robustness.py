@@ -13,14 +13,15 @@ host's signals (no DCGM, noisy PCIe, failing scrapes, late ticks); with --actuat
 aggressors that come and go on a cycle of 2-60 minutes, on 10-90% of it; with --restarts,
 sensitive tenants that restart on their own, a deploy or a crash every 1-24 hours; with --writes,
 aggressors that write to their drives where they read them; with --cgroup-v1, caps by cgroup v1's
-blkio, which does not hold buffered writes),
+blkio, which does not hold buffered writes; with --tight-slos, SLOs at 0.2-0.8 of the scenario's,
+often under what the tenant reaches on a quiet host),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
                                [--signals] [--actuation] [--duty] [--restarts] [--writes] [--cgroup-v1]
-                               [--empty-move-windows] [--tick-s S]
+                               [--tight-slos] [--empty-move-windows] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -206,6 +207,7 @@ def perturb(
     restarts: random.Random | None = None,
     writes: random.Random | None = None,
     cgroup_v1: random.Random | None = None,
+    tight_slos: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -239,7 +241,9 @@ def perturb(
     `writes` (one of its own): each bulk or compute tenant writes where it read with odds one half
     (_writes). `cgroup_v1` (one of its own): the host caps with cgroup v1's blkio, which holds
     neither the buffered writes nor charges them to the group: 30-90% of every tenant's writes
-    ([scenario.actuation] cap_leak)."""
+    ([scenario.actuation] cap_leak). `tight_slos` (one of its own): each sensitive tenant's SLO times
+    0.2-0.8 (log-uniform) at the same quantile: often under what the tenant reaches on a quiet host,
+    an operator's SLO that no lever meets, whose tail is the tenant's own."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -297,6 +301,10 @@ def perturb(
                     t["quantile"] = low_quantiles.choice([0.5, 0.9])
                     _scale(t, "slo_ms", low_quantiles, 0.25, 0.5, notes, who)
                     notes.append(f"{who}.quantile {t['quantile']:g}")
+                if tight_slos is not None and t.get("slo_ms") is not None:
+                    k = _log_uniform(tight_slos, 0.2, 0.8)
+                    t["slo_ms"] *= k
+                    notes.append(f"{who}.slo_ms x{k:.2f} (tight)")
                 if quantiles is not None:
                     q = quantiles.choice([0.95, 0.99, 0.999])
                     if q != t.get("quantile", 0.99):
@@ -343,7 +351,7 @@ def perturb(
 # perturb's extra generators, by keyword; each is a command-line flag (low_quantiles: --low-quantiles)
 GENERATORS = (
     "bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates", "signals", "actuation",
-    "duty", "restarts", "writes", "cgroup_v1",
+    "duty", "restarts", "writes", "cgroup_v1", "tight_slos",
 )  # fmt: skip
 
 
@@ -499,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restarts", action="store_true", help="sensitive tenants restart on their own, 1-24 h apart")
     ap.add_argument("--writes", action="store_true", help="aggressors write where they read (half of them)")
     ap.add_argument("--cgroup-v1", action="store_true", help="caps by cgroup v1 blkio: 30-90%% of writes buffered")
+    ap.add_argument("--tight-slos", action="store_true", help="SLOs at 0.2-0.8 of the scenario's (often unmet)")
     ap.add_argument(
         "--empty-move-windows",
         action="store_true",

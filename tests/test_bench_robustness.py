@@ -207,6 +207,31 @@ def test_low_quantiles_put_slos_on_the_median_or_p90_below_the_latency() -> None
     assert seen == {0.5, 0.9}
 
 
+def test_tight_slos_scale_every_sensitive_slo_down_and_nothing_else() -> None:
+    """--tight-slos: a sensitive tenant's SLO at 0.2-0.8 of what the rest of the perturbation gave it,
+    from a generator of its own (every other draw the one a run without it makes), its quantile kept."""
+    data = tomllib.loads((SCENARIO_DIR / "paper-p4d.toml").read_text(encoding="utf-8"))
+    ks, said = [], 0
+    for case in range(20):
+        plain, tight, notes, tnotes = _pair(data, "paper-p4d", case, "tight_slos")
+        extra = Counter(tnotes) - Counter(notes)
+        assert not Counter(notes) - Counter(tnotes)
+        assert all(n.endswith("(tight)") and ".slo_ms x" in n for n in extra)
+        said += sum(extra.values())
+        for hp, ht in zip(plain["hosts"], tight["hosts"], strict=True):
+            for a, b in zip(hp["tenants"], ht["tenants"], strict=True):
+                if a.get("role") == "sensitive":
+                    k = b["slo_ms"] / a["slo_ms"]
+                    assert 0.2 - 1e-9 <= k <= 0.8 + 1e-9
+                    ks.append(k)
+                    assert b.get("quantile") == a.get("quantile")
+                    b = {**b, "slo_ms": a["slo_ms"]}
+                assert a == b
+        scenario_from_data(tight, str(SCENARIO_DIR / "paper-p4d.toml"))  # a valid scenario
+    assert len(ks) == said  # one note each
+    assert min(ks) < 0.35 and max(ks) > 0.65  # the range is drawn over, log-uniform
+
+
 @pytest.mark.parametrize("name", ["vllm-ttft", "low-rate", "paper-p4d", "bursty-code"])
 def test_low_rates_put_every_sensitive_tenant_at_a_tenth_to_two_requests_a_second(name: str) -> None:
     """--low-rates: each sensitive tenant's mean rate drawn in 0.1-2 requests a second, from a

@@ -39,6 +39,7 @@ from fsm.topology import empty_topology  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 N_GPUS, N_INST, N_TENANTS, N_SENSITIVE = 8, 7, 50, 8
+PROCS_PER_TENANT = 12  # a vLLM server with tensor-parallel workers and its tokenizer pool
 
 GPU_FIELDS = [
     ("DCGM_FI_DEV_SM_CLOCK", "gauge", 1410), ("DCGM_FI_DEV_MEM_CLOCK", "gauge", 1215),
@@ -121,6 +122,10 @@ def build(tmp: Path, ticks: int) -> tuple[SignalCollector, FakeNvml, str]:
             "some avg10=0.25 avg60=0.10 avg300=0.00 total=4321\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
         )
         role = "sensitive" if t < N_SENSITIVE else "bulk"
+        # a vLLM server's processes (API server, engine core, workers): a sensitive tenant's are
+        # listed every tick, their restarts told from them (controller/signals/procs.py)
+        pids = range(10_000 + 100 * t, 10_000 + 100 * t + PROCS_PER_TENANT)
+        (d / "cgroup.procs").write_text("".join(f"{p}\n" for p in pids))
         lines.append(f'[[tenants]]\nname = "t{t}"\nrole = "{role}"\ncgroup = "tenants.slice/t{t}.service"\n')
         if role == "sensitive":
             lines.append(
@@ -130,6 +135,10 @@ def build(tmp: Path, ticks: int) -> tuple[SignalCollector, FakeNvml, str]:
     proc = tmp / "proc"
     (proc / "net").mkdir(parents=True)
     fake_proc_tree(proc)
+    for t in range(N_SENSITIVE):
+        for p in range(10_000 + 100 * t, 10_000 + 100 * t + PROCS_PER_TENANT):
+            (proc / str(p)).mkdir()
+            (proc / str(p) / "stat").write_text(f"{p} (python3) S 1 {p} {p} 0 -1 4194560{' 0' * 12} 8812 0\n")
     scrape = dcgm_scrape()
     vllm = (FIXTURES / "vllm-metrics_llama-3.1-8b_v0_excerpt_vllm-docs.prom").read_text()
     tick = {"n": 0}
@@ -148,7 +157,12 @@ def build(tmp: Path, ticks: int) -> tuple[SignalCollector, FakeNvml, str]:
         NvmlSampler({g.name: g.index for g in cfg.gpus}, nvml=fake),
         DcgmExporterSampler("http://127.0.0.1:9400/metrics", fetch=fetch_dcgm),
         HostSampler(str(proc)),
-        CgroupSampler({t.name: t.cgroup for t in cfg.tenants if t.cgroup}, str(cg)),
+        CgroupSampler(
+            {t.name: t.cgroup for t in cfg.tenants if t.cgroup},
+            str(cg),
+            procs_of=[f"t{t}" for t in range(N_SENSITIVE)],
+            proc_root=str(proc),
+        ),
         *[
             PrometheusLatencySampler(f"latency:t{t}", f"http://127.0.0.1:8{t:03d}/metrics", fetch=fetch_vllm)
             for t in range(N_SENSITIVE)

@@ -14,14 +14,15 @@ aggressors that come and go on a cycle of 2-60 minutes, on 10-90% of it; with --
 sensitive tenants that restart on their own, a deploy or a crash every 1-24 hours; with --writes,
 aggressors that write to their drives where they read them; with --cgroup-v1, caps by cgroup v1's
 blkio, which does not hold buffered writes; with --tight-slos, SLOs at 0.2-0.8 of the scenario's,
-often under what the tenant reaches on a quiet host),
+often under what the tenant reaches on a quiet host; with --vm-topology, the controller sees the
+PCIe tree a VM shows, not the host's),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
                                [--signals] [--actuation] [--duty] [--restarts] [--writes] [--cgroup-v1]
-                               [--tight-slos] [--empty-move-windows] [--tick-s S]
+                               [--tight-slos] [--vm-topology] [--empty-move-windows] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -208,6 +209,7 @@ def perturb(
     writes: random.Random | None = None,
     cgroup_v1: random.Random | None = None,
     tight_slos: random.Random | None = None,
+    vm_topology: random.Random | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -243,7 +245,9 @@ def perturb(
     neither the buffered writes nor charges them to the group: 30-90% of every tenant's writes
     ([scenario.actuation] cap_leak). `tight_slos` (one of its own): each sensitive tenant's SLO times
     0.2-0.8 (log-uniform) at the same quantile: often under what the tenant reaches on a quiet host,
-    an operator's SLO that no lever meets, whose tail is the tenant's own."""
+    an operator's SLO that no lever meets, whose tail is the tenant's own. `vm_topology` (one of its
+    own): the controller sees the PCIe tree a VM shows ([scenario.signals] topology), every device
+    behind one root complex or each on its own (odds one half each), the physics the host's."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -289,6 +293,10 @@ def perturb(
         leak = round(cgroup_v1.uniform(0.3, 0.9), 3)
         meta.setdefault("actuation", {})["cap_leak"] = leak
         notes.append(f"cgroup v1: {100 * leak:.0f}% of writes buffered")
+    if vm_topology is not None:
+        view = vm_topology.choice(["one-root", "apart"])
+        meta.setdefault("signals", {})["topology"] = view
+        notes.append(f"the controller sees the PCIe tree {view}")
     if restarts is not None:
         meta["restarts"] = {"every_s": round(_log_uniform(restarts, 3600.0, 86400.0))}
         notes.append(f"own restarts every {meta['restarts']['every_s']} s on average")
@@ -351,7 +359,7 @@ def perturb(
 # perturb's extra generators, by keyword; each is a command-line flag (low_quantiles: --low-quantiles)
 GENERATORS = (
     "bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates", "signals", "actuation",
-    "duty", "restarts", "writes", "cgroup_v1", "tight_slos",
+    "duty", "restarts", "writes", "cgroup_v1", "tight_slos", "vm_topology",
 )  # fmt: skip
 
 
@@ -508,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--writes", action="store_true", help="aggressors write where they read (half of them)")
     ap.add_argument("--cgroup-v1", action="store_true", help="caps by cgroup v1 blkio: 30-90%% of writes buffered")
     ap.add_argument("--tight-slos", action="store_true", help="SLOs at 0.2-0.8 of the scenario's (often unmet)")
+    ap.add_argument("--vm-topology", action="store_true", help="the controller sees a VM's PCIe tree, not the host's")
     ap.add_argument(
         "--empty-move-windows",
         action="store_true",

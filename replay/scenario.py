@@ -22,6 +22,7 @@ from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAU
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import HOST_ID, Node, NodeKind, Topology
 from replay.policy_ranges import policy_problems
+from replay.topology_view import TopologyView, controller_view
 from schema.files import read_small_text
 from schema.problems import loads_toml, problems_of
 
@@ -317,6 +318,10 @@ class SignalFidelity(_Strict):
     # reports the restart). False: the model's older view, empty windows while it is down and the
     # counters running on
     move_scrapes: bool = True
+    # The PCIe tree the controller sees (replay/topology_view.py): "exact", the host's; "one-root",
+    # every device behind one root complex; "apart", every device on a root complex of its own, as
+    # a VM's passed-through devices show. The simulator's physics keeps the host's
+    topology: TopologyView = "exact"
 
     @property
     def degraded(self) -> bool:
@@ -440,6 +445,13 @@ class HostModel:
     base_dir: Path  # for relative trace paths
     # PCIe is full duplex: (node id, "up" | "down") -> bytes/s of that node's uplink in that direction.
     capacity: dict[tuple[str, str], float] = field(default_factory=dict)
+    # The host's PCIe tree, which the simulator's physics runs on; spec.topology is what the
+    # controller sees of it ([scenario.signals] topology). None: the same.
+    physical: Topology | None = None
+
+    @property
+    def topology(self) -> Topology:
+        return self.physical if self.physical is not None else self.spec.topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,7 +735,20 @@ def scenario_from_data(data: dict[str, Any], file: str) -> Scenario:
     if problems:
         raise ScenarioError(file, problems)
     policy = policy_from(cfg.policy, "policy")
-    hosts = [replace(h, spec=replace(h.spec, policy=policy, tenants=_outages(h, cfg.scenario))) for h in hosts]
+    view = cfg.scenario.signals.topology
+    hosts = [
+        replace(
+            h,
+            spec=replace(
+                h.spec,
+                policy=policy,
+                tenants=_outages(h, cfg.scenario),
+                topology=controller_view(h.spec.topology, view),
+            ),
+            physical=h.spec.topology,
+        )
+        for h in hosts
+    ]
     return Scenario(cfg.scenario.name, file, cfg.scenario, tuple(hosts))
 
 

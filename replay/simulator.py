@@ -142,7 +142,7 @@ class HostSim(Actuation):
         self._bounds = np.asarray(VLLM_TTFT_BUCKETS)
         self.meta = meta
         self.spec: HostSpec = model.spec
-        self.topo = model.spec.topology
+        self.topo = model.topology  # the host's tree (the controller may see another)
         self.models: dict[str, GpuModel] = dict(model.models)
         self.layouts: dict[str, tuple[Slot, ...]] = dict(model.layouts)
         self.instance: dict[str, InstanceRef] = {

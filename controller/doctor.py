@@ -29,7 +29,8 @@ from controller.config import Config
 from controller.config_files import read_mqtt_password
 from controller.mig_tables import MigTables
 from controller.signals.base import Unavailable
-from schema.files import open_regular, read_small_bytes
+from fsm.topology import NodeKind
+from schema.files import open_regular, read_small_bytes, read_small_text
 from schema.jsontext import shown
 from schema.problems import short_text
 
@@ -101,7 +102,7 @@ async def run_checks(cfg: Config, opts: DoctorOptions) -> list[Check]:
     probes: list[tuple[str, Callable[[], Awaitable[list[Check]]]]] = [
         ("nvml", lambda: check_nvml(cfg, opts)),
         ("mig", lambda: check_mig(cfg, nvsmi)),
-        ("topology", lambda: check_topo(nvsmi, opts.timeout_s)),
+        ("topology", lambda: check_topo(nvsmi, opts.timeout_s, cfg)),
         ("dcgm", lambda: check_dcgm(cfg, opts.timeout_s)),
         ("cgroup", lambda: check_cgroups(cfg)),
         ("latency", lambda: check_latency(cfg)),
@@ -210,7 +211,16 @@ async def check_mig(cfg: Config, nvsmi: NvidiaSmi) -> list[Check]:
     return out
 
 
-async def check_topo(nvsmi: NvidiaSmi, timeout_s: float) -> list[Check]:
+def in_a_vm(proc_root: str = "/proc") -> bool:
+    """x86's CPUID hypervisor bit, as the kernel lists it in /proc/cpuinfo's flags."""
+    try:
+        text = read_small_text(os.path.join(proc_root, "cpuinfo"), errors="replace")
+    except OSError:
+        return False
+    return any(line.startswith("flags") and " hypervisor" in line for line in text.splitlines())
+
+
+async def check_topo(nvsmi: NvidiaSmi, timeout_s: float, cfg: Config | None = None) -> list[Check]:
     from actuators.proc import ToolError, run
     from controller.signals.base import ParseError
     from controller.topology import parse_topo_matrix, topology_from_matrix
@@ -232,7 +242,26 @@ async def check_topo(nvsmi: NvidiaSmi, timeout_s: float) -> list[Check]:
                 'report it with the output attached; set [topology] source = "sysfs" meanwhile',
             )
         ]
-    return [Check("nvidia-smi topo -m", OK, f"{len(topo.gpus)} GPU(s) placed on the PCIe/NUMA tree")]
+    out = [Check("nvidia-smi topo -m", OK, f"{len(topo.gpus)} GPU(s) placed on the PCIe/NUMA tree")]
+    if (
+        cfg is not None
+        and cfg.topology.topo_matrix_file is None
+        and not topo.of_kind(NodeKind.SWITCH)
+        and in_a_vm(cfg.signals.proc_root)
+    ):
+        # A hypervisor's virtual root ports: what the devices share on the host is not shown, and
+        # the controller goes by measured traffic alone (docs/results.md, "The PCIe tree a VM shows")
+        out.append(
+            Check(
+                "topology view",
+                WARN,
+                "a VM whose PCIe tree shows no switch: the hypervisor's virtual root ports, not what the"
+                " GPUs, drives and NICs share on the host",
+                "set topology.topo_matrix_file to the host's `nvidia-smi topo -m` or its NCCL topology XML"
+                " (aws-ofi-nccl ships one per instance type)",
+            )
+        )
+    return out
 
 
 async def check_dcgm(cfg: Config, timeout_s: float) -> list[Check]:

@@ -65,8 +65,9 @@ def _config(tmp: Path, dcgm_url: str, **over: str) -> str:
         (llm / "cgroup.procs").write_text(f"{os.getpid()}\n")  # the kernel lists a group's processes
         (tmp / "llm.jsonl").write_text('{"latency_s": 0.01}\n')
         (tmp / "state").mkdir()
+        _proc(tmp / "proc", BARE_METAL_FLAGS)
     v = {"state_dir": str(tmp / "state"), "cg": str(cg), "etl_cgroup": "system.slice/etl.service",
-         "mqtt": "", "dcgm": dcgm_url} | over  # fmt: skip
+         "mqtt": "", "dcgm": dcgm_url, "proc": str(tmp / "proc")} | over  # fmt: skip
     return f"""
 [host]
 state_dir = "{v["state_dir"]}"
@@ -84,8 +85,23 @@ cgroup = "{v["etl_cgroup"]}"
 [signals]
 dcgm = "exporter"
 dcgm_exporter_url = "{v["dcgm"]}"
+proc_root = "{v["proc"]}"
 {v["mqtt"]}
 """
+
+
+# /proc/cpuinfo's flags line of an x86 host, and of a VM on it (the CPUID hypervisor bit)
+BARE_METAL_FLAGS = "flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 avx2\n"
+VM_FLAGS = BARE_METAL_FLAGS.replace(" avx2", " hypervisor avx2")
+
+
+def _proc(root: Path, flags: str) -> None:
+    """A /proc with cpuinfo and this process's stat (its cgroup lists it)."""
+    root.mkdir(exist_ok=True)
+    (root / "cpuinfo").write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\n{flags}\n")
+    me = root / str(os.getpid())
+    me.mkdir(exist_ok=True)
+    (me / "stat").write_text(Path(f"/proc/{os.getpid()}/stat").read_text())
 
 
 def _run(text: str, fake: object | None) -> list[Check]:
@@ -94,6 +110,26 @@ def _run(text: str, fake: object | None) -> list[Check]:
 
 def _by_name(checks: list[Check]) -> dict[str, Check]:
     return {c.name: c for c in checks}
+
+
+def test_a_vm_whose_tree_shows_no_switch_is_told_to_give_the_hosts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """p5.48xlarge is a VM: its topo -m shows NODE and SYS between GPUs, no switch (the capture).
+    The host's tree from a file silences it; bare metal never has it (the test below)."""
+    fake = _host(tmp_path, monkeypatch)
+    with serve() as pages:
+        url = pages.set("/metrics", DCGM)
+        _config(tmp_path, url)
+        _proc(tmp_path / "vm", VM_FLAGS)
+        c = _by_name(_run(_config(tmp_path, url, proc=str(tmp_path / "vm")), fake))
+        assert c["topology view"].status == WARN
+        assert "a VM whose PCIe tree shows no switch" in c["topology view"].cause
+        assert "topology.topo_matrix_file" in c["topology view"].fix
+        host = tmp_path / "host-topo.txt"
+        host.write_text(P5_TOPO)
+        text = _config(tmp_path, url, proc=str(tmp_path / "vm")) + f'[topology]\ntopo_matrix_file = "{host}"\n'
+        assert "topology view" not in _by_name(_run(text, fake))
 
 
 def test_all_ok_on_an_emulated_gpu_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -245,7 +245,7 @@ async def check_topo(nvsmi: NvidiaSmi, timeout_s: float, cfg: Config | None = No
     out = [Check("nvidia-smi topo -m", OK, f"{len(topo.gpus)} GPU(s) placed on the PCIe/NUMA tree")]
     if (
         cfg is not None
-        and cfg.topology.topo_matrix_file is None
+        and not (cfg.topology.source == "topo-matrix" and cfg.topology.topo_matrix_file is not None)
         and not topo.of_kind(NodeKind.SWITCH)
         and in_a_vm(cfg.signals.proc_root)
     ):
@@ -257,8 +257,8 @@ async def check_topo(nvsmi: NvidiaSmi, timeout_s: float, cfg: Config | None = No
                 WARN,
                 "a VM whose PCIe tree shows no switch: the hypervisor's virtual root ports, not what the"
                 " GPUs, drives and NICs share on the host",
-                "set topology.topo_matrix_file to the host's `nvidia-smi topo -m` or its NCCL topology XML"
-                " (aws-ofi-nccl ships one per instance type)",
+                'set [topology] source = "topo-matrix" and topo_matrix_file to the host\'s `nvidia-smi topo -m`'
+                " or its NCCL topology XML (aws-ofi-nccl ships one per instance type)",
             )
         )
     return out

@@ -125,11 +125,15 @@ def test_a_vm_whose_tree_shows_no_switch_is_told_to_give_the_hosts(
         c = _by_name(_run(_config(tmp_path, url, proc=str(tmp_path / "vm")), fake))
         assert c["topology view"].status == WARN
         assert "a VM whose PCIe tree shows no switch" in c["topology view"].cause
-        assert "topology.topo_matrix_file" in c["topology view"].fix
+        assert 'source = "topo-matrix" and topo_matrix_file' in c["topology view"].fix
         host = tmp_path / "host-topo.txt"
         host.write_text(P5_TOPO)
-        text = _config(tmp_path, url, proc=str(tmp_path / "vm")) + f'[topology]\ntopo_matrix_file = "{host}"\n'
-        assert "topology view" not in _by_name(_run(text, fake))
+        vm = _config(tmp_path, url, proc=str(tmp_path / "vm"))
+        # the file alone is read only where sysfs shows no GPU ("auto"): it still warns
+        unused = _by_name(_run(vm + f'[topology]\ntopo_matrix_file = "{host}"\n', fake))
+        assert unused["topology view"].status == WARN
+        used = vm + f'[topology]\nsource = "topo-matrix"\ntopo_matrix_file = "{host}"\n'
+        assert "topology view" not in _by_name(_run(used, fake))
 
 
 def test_all_ok_on_an_emulated_gpu_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ PCIe tree a VM shows, not the host's),
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
                                [--signals] [--actuation] [--duty] [--restarts] [--writes] [--cgroup-v1]
-                               [--tight-slos] [--vm-topology] [--empty-move-windows] [--tick-s S]
+                               [--tight-slos] [--vm-topology] [--scenario KEY=VALUE ...] [--tick-s S]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -374,20 +374,20 @@ def run_case(
     exact: bool = False,
     tick_s: float | None = None,
     which: Iterable[str] = (),
-    move_scrapes: bool = True,
+    overlay: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One case: the scenario perturbed (with perturb's extra generators `which`, its keywords),
-    then static and full run on it and judged by the gate. `move_scrapes` False: the model's older
-    view of a move of tailguard's, empty windows while the tenant is down where a host refuses its
-    scrapes and resets its counters ([scenario.signals] move_scrapes; no draw)."""
+    then static and full run on it and judged by the gate. `overlay`: [scenario] keys set after the
+    perturbation, dotted into its tables ("signals.dcgm_interval_s": 30), the same in every case
+    (no draw): one of the lab's figures A/B'd on the same cases."""
     which = tuple(which)
     if "traces" in which:  # the reshaped traces live as long as the case
         with tempfile.TemporaryDirectory(prefix="tailguard-robustness-") as tmp:
             try:
-                return _run_case(args, exact, tick_s, which, Path(tmp), move_scrapes)
+                return _run_case(args, exact, tick_s, which, Path(tmp), overlay)
             finally:
                 load_request_trace.cache_clear()  # keyed by path: the next case's would never hit
-    return _run_case(args, exact, tick_s, which, None, move_scrapes)
+    return _run_case(args, exact, tick_s, which, None, overlay)
 
 
 def _run_case(
@@ -396,7 +396,7 @@ def _run_case(
     tick_s: float | None,
     which: tuple[str, ...],
     trace_dir: Path | None,
-    move_scrapes: bool = True,
+    overlay: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -405,9 +405,13 @@ def _run_case(
     rng = random.Random(f"{seed}:{name}:{case}")
     mutated = copy.deepcopy(data)
     notes = perturb(mutated, rng, **case_generators(seed, name, case, which), trace_dir=trace_dir)
-    if not move_scrapes:
-        mutated["scenario"].setdefault("signals", {})["move_scrapes"] = False
-        notes.append("moves' windows empty")
+    for key, value in (overlay or {}).items():
+        *tables, last = key.split(".")
+        at = mutated["scenario"]
+        for k in tables:
+            at = at.setdefault(k, {})
+        at[last] = value
+        notes.append(f"scenario.{key} = {value!r}")
     if tick_s is not None:
         mutated["scenario"]["tick_s"] = tick_s  # the controller's sample period (the daemon's: 2 s)
     sc = scenario_from_data(mutated, str(path))
@@ -490,6 +494,17 @@ def lever_line(c: dict[str, Any], duration_s: float) -> str:
     )
 
 
+def _key_values(ap: argparse.ArgumentParser, flag: str, pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        key, _, value = kv.partition("=")
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            ap.error(f'{flag} {kv}: the value must be a TOML value (0.9, true, "numa")')
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per", type=int, default=3, help="perturbed cases per scenario")
@@ -518,9 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tight-slos", action="store_true", help="SLOs at 0.2-0.8 of the scenario's (often unmet)")
     ap.add_argument("--vm-topology", action="store_true", help="the controller sees a VM's PCIe tree, not the host's")
     ap.add_argument(
-        "--empty-move-windows",
-        action="store_true",
-        help="a move's outage gives empty windows (the older model), not refused scrapes and a counter reset",
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [scenario] key in every case, dotted into its tables (signals.dcgm_interval_s=30)",
     )
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
     a = ap.parse_args(argv)
@@ -528,13 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--quantiles and --low-quantiles: choose one (both set the SLO's quantile)")
     if a.tick_s is not None and not 0.1 <= a.tick_s <= 60:
         ap.error("--tick-s: between 0.1 and 60 s")
-    policy: dict[str, Any] = {}
-    for kv in a.policy:
-        key, _, value = kv.partition("=")
-        try:
-            policy[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            ap.error(f'--policy {kv}: the value must be a TOML value (0.9, true, "numa")')
+    policy = _key_values(ap, "--policy", a.policy)
+    overlay = _key_values(ap, "--scenario", a.scenario)
     names = [s.name for s in suite()]
     jobs = [(n, k, a.seed, a.duration, policy) for n in names for k in range(a.per)]
     if a.only:
@@ -543,9 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
         which = [k for k in GENERATORS if getattr(a, k)]
-        case = functools.partial(
-            run_case, exact=a.exact_latency, tick_s=a.tick_s, which=which, move_scrapes=not a.empty_move_windows
-        )
+        case = functools.partial(run_case, exact=a.exact_latency, tick_s=a.tick_s, which=which, overlay=overlay)
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]
     print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")

@@ -318,6 +318,10 @@ class SignalFidelity(_Strict):
     # reports the restart). False: the model's older view, empty windows while it is down and the
     # counters running on
     move_scrapes: bool = True
+    # dcgm-exporter collects DCGM's fields once an interval (its -c / DCGM_EXPORTER_INTERVAL: 30 s
+    # by default) and serves the last collection to every scrape in between: SM and DRAM activity,
+    # per GPU and per MIG instance, up to this old. 0: collected at every tick
+    dcgm_interval_s: float = Field(0.0, ge=0, le=300)
     # The PCIe tree the controller sees (replay/topology_view.py): "exact", the host's; "one-root",
     # every device behind one root complex; "apart", every device on a root complex of its own, as
     # a VM's passed-through devices show. The simulator's physics keeps the host's

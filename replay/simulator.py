@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +221,8 @@ class HostSim(Actuation):
         self._next_restart: dict[str, float] = {}
         self._restarting: dict[str, float] = {}  # tenant -> when a restart has it serving again
         self._scraped_at: dict[str, float] = {}  # tenant -> its last scrape that answered
+        # GPU -> DCGM's figures at the exporter's last collection (meta.signals.dcgm_interval_s)
+        self._dcgm_held: dict[str, tuple[float | None, float | None, Mapping[str, MigSample]]] = {}
         self._restarted: dict[str, float] = {}  # tenant -> restarted_s for this tick's observation
         if self._restart_rng is not None and every:
             self._next_restart = {n: float(self._restart_rng.exponential(every)) for n in sorted(self.sensitive)}
@@ -641,6 +644,8 @@ class HostSim(Actuation):
         unavailable = {f"latency:{n}": why for n, why in dropped.items()}
         if self._sig_rng is not None:
             gpus = self._degraded(gpus, unavailable)
+        if self.meta.signals.dcgm_interval_s > 0 and self.meta.signals.dcgm:
+            gpus = self._dcgm_collected(gpus, t, span)
         return Observation(
             t=t,
             tenants=tenants,
@@ -680,6 +685,23 @@ class HostSim(Actuation):
             out[gpu] = dataclasses.replace(g, **changes) if changes else g
         if not sig.dcgm:
             unavailable["dcgm"] = "no DCGM on this host (simulated: signals.dcgm = false)"
+        return out
+
+    def _dcgm_collected(self, gpus: dict[str, GpuSample], t: float, span: float) -> dict[str, GpuSample]:
+        """DCGM's figures as dcgm-exporter serves them (meta.signals.dcgm_interval_s): collected once
+        an interval (at its multiples), each scrape in between served the last collection. A tick
+        that spans a collection brings its own figures; the others, the held ones."""
+        every = self.meta.signals.dcgm_interval_s
+        if math.floor(t / every) > math.floor((t - span) / every) or not self._dcgm_held:
+            self._dcgm_held = {g: (s.sm_active, s.dram_active, s.instances) for g, s in gpus.items()}
+            return gpus
+        out: dict[str, GpuSample] = {}
+        for gpu, g in gpus.items():
+            held = self._dcgm_held.get(gpu)
+            if held is None:
+                out[gpu] = dataclasses.replace(g, sm_active=None, dram_active=None, instances={})
+            else:
+                out[gpu] = dataclasses.replace(g, sm_active=held[0], dram_active=held[1], instances=held[2])
         return out
 
     def _cpu_pressure(self, name: str, busy: float = 0.0) -> float | None:

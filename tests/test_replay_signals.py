@@ -54,6 +54,22 @@ def test_without_dcgm_no_sm_or_dram_activity_is_seen() -> None:
         assert g.pcie_rx_bps is not None  # NVML's counters are still read
 
 
+def test_dcgm_exporter_serves_its_last_collection_between_collections() -> None:
+    """dcgm_interval_s 30 at 5 s ticks: SM and DRAM activity change only on the ticks whose span
+    holds a multiple of 30 s, and then are that tick's own; NVML's PCIe counters are fresh each tick."""
+    plain = _ticks(_scenario("paper-p4d"), 120)
+    held = _ticks(_scenario("paper-p4d", dcgm_interval_s=30.0), 120)
+    g = "gpu0"
+    fresh_ticks = [i for i, o in enumerate(held) if int(o.t // 30) > int((o.t - 5.0) // 30)]
+    assert len(fresh_ticks) == 20
+    for i, o in enumerate(held):
+        src = i if i in fresh_ticks or i == 0 else max(k for k in [0, *fresh_ticks] if k <= i)
+        assert o.gpus[g].sm_active == plain[src].gpus[g].sm_active
+        assert o.gpus[g].instances == plain[src].gpus[g].instances
+        assert o.gpus[g].pcie_rx_bps == plain[i].gpus[g].pcie_rx_bps
+    assert len({o.gpus[g].sm_active for o in held}) < len({o.gpus[g].sm_active for o in plain})
+
+
 def test_pcie_counters_are_noisy_with_the_drawn_spread_and_unbiased() -> None:
     """A mean-1 lognormal factor per GPU, direction and tick: the noisy reading's ratio to the exact
     one averages 1 and spreads with the configured CV."""
@@ -124,6 +140,7 @@ def test_what_a_skipped_tick_reports_comes_with_the_next_observation() -> None:
         ("pcie_noise_cv = -0.1", "pcie_noise_cv"),
         ("dcgn = false", "dcgn"),
         ("tick_overruns = 1.0", "tick_overruns"),
+        ("dcgm_interval_s = 301", "dcgm_interval_s"),
     ],
 )
 def test_bad_signal_settings_name_the_key(signals: str, says: str) -> None:

@@ -27,8 +27,10 @@ from actuators.proc import ToolError, run
 from fsm.observation import InstanceRef
 
 _UUID = re.compile(r"^MIG-[0-9A-Za-z][0-9A-Za-z/-]{0,100}$")
-_UNIT = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,200}\.service$")
-_TEMPLATE = re.compile(r"^[A-Za-z0-9:_.\\-]{1,150}@\.service$")
+# The unit names tailguard starts and stops: systemd's characters (systemd.unit(5)), bounded so
+# that a warm copy's NAME@<MIG uuid>.service stays within systemd's 255 (config.py checks with these)
+UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,200}\.service$")
+TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]{1,150}@\.service$")
 DROPIN_NAME = "50-tailguard-mig.conf"
 DROPIN_ROOT = "/run/systemd/system"  # runtime units and drop-ins (systemd.unit(5)); in the unit's ReadWritePaths
 HANDOVERS = ("restart", "warm")
@@ -105,9 +107,9 @@ class SystemdLauncher:
                  ready_command: Sequence[str] | None = None) -> None:  # fmt: skip
         self.handover = _handover(handover)
         if self.handover == "warm":
-            if not _TEMPLATE.match(unit):
+            if not TEMPLATE_NAME.match(unit):
                 raise LaunchError(f"warm hand-over needs a template unit NAME@.service, got {unit!r}")
-        elif not _UNIT.match(unit):
+        elif not UNIT_NAME.match(unit):
             raise LaunchError(f"bad systemd unit name {unit!r}")
         self.unit = unit
         self.dropin_root = Path(dropin_root)
@@ -120,7 +122,7 @@ class SystemdLauncher:
         MIG-GPU-<uuid>/gi/ci names becomes '-', as systemd-escape does for paths)."""
         check_uuid(uuid)
         name = self.unit.replace("@.service", f"@{uuid.replace('/', '-')}.service")
-        if not _UNIT.match(name):
+        if not UNIT_NAME.match(name):
             raise LaunchError(f"bad systemd unit name {name!r}")
         return name
 
@@ -212,7 +214,7 @@ class SystemdLauncher:
         out = []
         for ln in r.stdout.splitlines():
             unit = ln.split()[0] if ln.split() else ""
-            if unit == keep or not unit.startswith(pattern[: -len("*.service")]) or not _UNIT.match(unit):
+            if unit == keep or not unit.startswith(pattern[: -len("*.service")]) or not UNIT_NAME.match(unit):
                 continue
             inst = unit[len(pattern) - len("*.service") : -len(".service")]
             if _UUID.match(inst):

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from actuators.launcher import TEMPLATE_NAME, UNIT_NAME
+from actuators.paths import PathError, check_rel
 from fsm.mig import GpuModel, Slot
 from fsm.observation import InstanceRef
 from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_READINESS_TIMEOUT_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
@@ -92,6 +94,7 @@ def _check_lengths(v: str) -> None:
 AbsPath = Annotated[str, AfterValidator(_check_abs)]
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")  # prometheus.io/docs/concepts/data_model/
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")  # the same page; names starting with __ are reserved
 _DEVICE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._+-]{0,63}|\d{1,10}:\d{1,10})$")
 
 
@@ -113,16 +116,15 @@ class Strict(BaseModel):
 
 
 def check_cgroup_rel(path: str) -> str:
-    """A cgroup path relative to the configured root: no '..', no absolute path, no odd bytes."""
+    """A cgroup path relative to the configured root: no '..', no absolute path, no control
+    character: the actuators' own rule (actuators/paths.py), so a path they would refuse at the
+    first cap is refused here."""
     if not path or len(path) > 1024:
         raise ValueError("must be a non-empty relative path of at most 1024 characters")
-    if any(c in path for c in "\0\n\r\t"):
-        raise ValueError("must not contain NUL, newline, carriage return or tab")
-    p = PurePosixPath(path)
-    if p.is_absolute():
-        raise ValueError("must be relative to host.cgroup_root (no leading '/')")
-    if any(part in ("..", ".") for part in path.split("/")):
-        raise ValueError("must not contain '.' or '..' components")
+    try:
+        p = check_rel(path, "cgroup path")
+    except PathError as e:  # its message names the path, which the problem shows beside it
+        raise ValueError(str(e).removeprefix(f"cgroup path {path!r}: ")) from None
     _check_lengths(path)
     return str(p)
 
@@ -164,6 +166,20 @@ class LatencySource(Strict):
             raise ValueError("not a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)")
         return v
 
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        # Prometheus' label name syntax; `le` is the histogram's own bucket label: filtering on it
+        # keeps one bucket, no +Inf and no count, and every request then reads as inside it
+        for name, value in v.items():
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            if name == "le" or name.startswith("__"):
+                raise ValueError(f"{name!r} is the histogram's own or a reserved label, not one to select series by")
+            if "\0" in value or "\n" in value:
+                raise ValueError(f"label {name}: its value must not contain NUL or newline")
+        return v
+
     @field_validator("field")
     @classmethod
     def _field(cls, v: str) -> str:
@@ -193,10 +209,17 @@ class Launcher(Strict):
     @model_validator(mode="after")
     def _needs(self) -> Launcher:
         warm = self.handover == "warm"
-        if self.kind == "systemd" and (not self.unit or not re.match(r"^[A-Za-z0-9:_.@\\-]+\.service$", self.unit)):
-            raise KeyProblem("unit", "kind 'systemd' needs unit, a name ending in .service")
-        if self.kind == "systemd" and warm and not re.match(r"^[A-Za-z0-9:_.\\-]+@\.service$", self.unit or ""):
-            raise KeyProblem("unit", "handover 'warm' with kind 'systemd' needs unit, a template NAME@.service")
+        if self.kind == "systemd" and (not self.unit or not UNIT_NAME.match(self.unit)):
+            raise KeyProblem(
+                "unit",
+                "kind 'systemd' needs unit, a name ending in .service: letters, digits and ':_.@-', at most 200"
+                " before .service",
+            )
+        if self.kind == "systemd" and warm and not TEMPLATE_NAME.match(self.unit or ""):
+            raise KeyProblem(
+                "unit",
+                "handover 'warm' with kind 'systemd' needs unit, a template NAME@.service (at most 150 before @)",
+            )
         if self.kind == "command" and not self.command:
             raise KeyProblem("command", "kind 'command' needs command, a non-empty list of arguments")
         if self.kind == "command" and warm and not self.stop_command:
@@ -211,6 +234,12 @@ class Launcher(Strict):
             argv = getattr(self, key)
             if argv is not None and (not argv or any(not a or "\0" in a for a in argv)):
                 raise KeyProblem(key, f"{key} must be a non-empty list of non-empty arguments without NUL")
+        if self.kind == "systemd" and not warm and (self.unit or "").endswith("@.service"):
+            raise KeyProblem(
+                "unit",
+                f"{self.unit} is a template, which systemd cannot restart: name an instance (NAME@X.service),"
+                " or set handover = 'warm'",
+            )
         return self
 
 
@@ -319,7 +348,9 @@ class PolicyConfig(Strict):
     cooldown_s: float = Field(30.0, ge=0)
     dwell_s: float = Field(60.0, ge=0)
     throttle_factor: float = Field(0.5, gt=0, le=1)
-    throttle_floor_bps: float = Field(50e6, gt=0)
+    # a cap is a whole number of bytes/s the kernel takes (1 .. 2**64 - 2: actuators/cgroup.py);
+    # 10 TB/s is past any device's, and a floor past every cap would fail each guard
+    throttle_floor_bps: float = Field(50e6, ge=1, le=1e13)
     throttle_expiry_s: float = Field(120.0, gt=0)
     guard_relief_s: float = Field(60.0, ge=0)  # 0: never
     mps_guard_percent: int = Field(50, ge=1, le=100)
@@ -470,6 +501,13 @@ class MqttExporter(Strict):
 
     @model_validator(mode="after")
     def _auth(self) -> MqttExporter:
+        if self.password_file is not None and not self.username:
+            # the MQTT CONNECT packet carries a password only beside a user name (MQTT 3.1.1, 3.1.2.9)
+            raise KeyProblem("password_file", "password_file needs username: a password is sent only with a user name")
+        if "@" in urlsplit(self.url).netloc:
+            raise KeyProblem(
+                "url", "credentials in the url are not used (and would sit in the config): set username, password_file"
+            )
         if self.control_topic and not self.username:
             raise KeyProblem("control_topic", "control_topic needs username/password_file (authentication)")
         if self.tls_ca is not None and not self.tls and not self.url.startswith("mqtts://"):

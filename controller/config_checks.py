@@ -296,15 +296,13 @@ def _exporters(cfg: Config) -> list[Problem]:
             )
         )
     pushed = [(i, t) for i, t in enumerate(cfg.tenants) if t.latency is not None and t.latency.kind == "mqtt"]
-    if pushed and not cfg.exporters.mqtt.enabled:
-        # Their latencies arrive on tailguard/<host>/latency/<tenant>: without the bridge, never.
+    mqtt = cfg.exporters.mqtt
+    if pushed and not (mqtt.enabled and mqtt.latency_ingest):
+        # Their latencies arrive on tailguard/<host>/latency/<tenant>: without the bridge, or with
+        # it not subscribed to them, never; the tenant would never be judged.
+        fix = "set exporters.mqtt.enabled = true" if not mqtt.enabled else "set exporters.mqtt.latency_ingest = true"
         for i, t in pushed:
-            out.append(
-                Problem(
-                    tkey(i, t, "latency.kind"),
-                    f"tenant {t.name} pushes latency over MQTT: set exporters.mqtt.enabled = true",
-                )
-            )
+            out.append(Problem(tkey(i, t, "latency.kind"), f"tenant {t.name} pushes latency over MQTT: {fix}"))
     return out
 
 

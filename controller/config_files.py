@@ -110,13 +110,21 @@ def _topology(cfg: Config) -> list[Problem]:
     except OSError as e:
         return [Problem(key, f"topology file {f}: {e.strerror or e}")]
     try:
-        if looks_like_xml(text):
-            parse_nccl_topo_xml(text, f)
-        else:
-            topology_from_matrix(parse_topo_matrix(text, f))
+        xml = looks_like_xml(text)
+        topo = parse_nccl_topo_xml(text, f) if xml else topology_from_matrix(parse_topo_matrix(text, f))
     except (ParseError, ValueError) as e:
         return [Problem(key, f"cannot be parsed: {e}")]
-    return []
+    n = len(topo.gpus)
+    # GPUs are gpu<i> there, in PCI bus order as NVML numbers them: an index past them has no path
+    return [
+        Problem(
+            f"gpus[{k}]({g.name}).index",
+            f"{g.index} is not among the {n} GPU(s) of {f}: its PCIe path, and who shares it, are unknown",
+            error=False,
+        )
+        for k, g in enumerate(cfg.gpus)
+        if g.index >= n
+    ]
 
 
 def _state_dir(cfg: Config) -> list[Problem]:

@@ -36,7 +36,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "cooldown_s": (0, False, None, False),
     "dwell_s": (0, False, None, False),
     "throttle_factor": (0, True, 1, False),
-    "throttle_floor_bps": (0, True, None, False),
+    "throttle_floor_bps": (1, False, 1e13, False),
     "throttle_expiry_s": (0, True, None, False),
     "guard_relief_s": (0, False, None, False),
     "mps_guard_percent": (1, False, 100, False),

@@ -103,7 +103,14 @@ def short_text(text: str, limit: int = 100) -> str:
 def loads_toml(text: str) -> dict[str, Any]:
     """tomllib.loads, where a document nested too deeply for its recursion (`x = [[[[...` a few
     thousand deep: tomllib recurses once per level) or an integer too long to convert is a
-    TOMLDecodeError like any other syntax error."""
+    TOMLDecodeError like any other syntax error. A UTF-8 byte-order mark (an editor's, before the
+    first line) is not TOML, and tomllib's "Invalid statement (at line 1, column 1)" would not say
+    so: it is named."""
+    if text.startswith("\ufeff"):
+        raise tomllib.TOMLDecodeError(
+            "the file starts with a UTF-8 byte-order mark (U+FEFF, written by some editors), which TOML does not"
+            " allow: save it without one"
+        )
     try:
         return tomllib.loads(text)
     except RecursionError:

@@ -66,3 +66,13 @@ def test_shipped_examples_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert [ln for ln in got if ": warning: " not in ln] == []
     assert any(ln.startswith("exporters.prometheus.listen: warning:") for ln in got)
     assert [p.key for p in file_problems(cfg) if p.error] in ([], ["signals.sys_root"])
+
+
+def test_a_byte_order_mark_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config saved with a UTF-8 byte-order mark: tomllib says only "Invalid statement (at line 1,
+    column 1)"; the error says what is at line 1."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + (ROOT / "systemd" / "tailguard.toml").read_bytes())
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: TOML syntax: the file starts with a UTF-8 byte-order mark" in err, err

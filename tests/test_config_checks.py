@@ -15,6 +15,7 @@ from controller import cmd_run
 from controller.cli import main
 from controller.config import ConfigError, check_loaded, load_checked, parse_config
 from controller.config_checks import cross_problems
+from controller.config_files import file_problems
 from fsm.mig import MODELS
 from schema.problems import KeyProblem, KeyProblems, problems_of
 
@@ -105,6 +106,26 @@ def test_non_loopback_listens_need_allow_remote(listen: str) -> None:
     assert any("warning" in ln for ln in lines(text + "allow_remote = true\n"))
     # A disabled exporter listens nowhere.
     assert lines(text + "enabled = false\n") == []
+
+
+@pytest.mark.parametrize("listen", ["[zz::1]:1", "[127.0.0.1]:1", "no such host!:1", "a..b:1", "-x:1", "x_y:1"])
+def test_a_listen_host_that_is_no_address_nor_name_is_refused(listen: str) -> None:
+    """bind() would fail at start, after check-config passed the file: refused here, allow_remote or not."""
+    text = SENS + f'[exporters.prometheus]\nlisten = "{listen}"\nallow_remote = true\n'
+    with pytest.raises(ConfigError, match=r"exporters\.prometheus\.listen: .*(IPv6 address|host name)"):
+        parse_config(text)
+
+
+def test_a_gpu_past_the_topology_files_gpus_is_a_warning(tmp_path: Path) -> None:
+    """The host's tree from a file (8 GPUs): a [[gpus]] index 9 has no path in it."""
+    topo = ROOT / "tests" / "fixtures" / "nvidia-smi-topo-m_aws-p4d.24xlarge_8x-a100-40gb.txt"
+    text = (
+        f'[host]\nstate_dir = "{tmp_path}"\n[[gpus]]\nname = "gpu0"\nindex = {{}}\n'
+        f'[topology]\nsource = "topo-matrix"\ntopo_matrix_file = "{topo}"\n'
+    )
+    (w,) = [p.line() for p in file_problems(parse_config(text.format(9)))]
+    assert w.startswith("gpus[0](gpu0).index: warning: 9 is not among the 8 GPU(s) of ")
+    assert file_problems(parse_config(text.format(7))) == []
 
 
 @pytest.mark.parametrize(

@@ -20,15 +20,8 @@ from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_READINESS_TIMEOUT_S, DEFA
 from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
 from schema.files import read_small_text
+from schema.names import Name, check_name  # noqa: F401 (check_name: re-exported, the daemon's name rule)
 from schema.problems import KeyProblem, KeyProblems, loads_toml, problems_of
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-
-
-def check_name(v: str) -> str:
-    if not _NAME.match(v):
-        raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '@', '-'")
-    return v
 
 
 def url_problem(v: str, schemes: tuple[str, ...], path: bool = True) -> str | None:
@@ -64,10 +57,6 @@ def url_problem(v: str, schemes: tuple[str, ...], path: bool = True) -> str | No
 
 def mqtt_url_problem(v: str) -> str | None:
     return url_problem(v, ("mqtt", "mqtts"), path=False)
-
-
-# Host and tenant names end up in metric labels, MQTT topics and file names.
-Name = Annotated[str, AfterValidator(check_name)]
 
 
 def _check_abs(v: str) -> str:

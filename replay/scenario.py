@@ -24,6 +24,7 @@ from fsm.topology import HOST_ID, Node, NodeKind, Topology
 from replay.policy_ranges import policy_problems
 from replay.topology_view import TopologyView, controller_view
 from schema.files import read_small_text
+from schema.names import NAME_PATTERN, NAME_RULE, Name
 from schema.problems import loads_toml, problems_of
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -215,7 +216,7 @@ MAX_RATE = 1e5  # requests/s of one simulated tenant at its peak: far above any 
 
 
 class TenantConfig(_Strict):
-    name: str
+    name: Name  # the daemon's config's rule (schema/names.py): it names metrics, topics and files
     role: Role
     instance: str | None = None  # GPU/PROFILE@START
     cgroup: str | None = None
@@ -289,7 +290,7 @@ class TenantConfig(_Strict):
 
 
 class HostConfig(_Strict):
-    name: str
+    name: Name
     copies: int = Field(1, ge=1, le=64)  # identical hosts (each with its own controller)
     nodes: list[NodeConfig]
     tenants: list[TenantConfig]
@@ -646,6 +647,9 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
     out = []
     for c in range(h.copies):
         name = h.name if h.copies == 1 else f"{h.name}-{c}"
+        if c == h.copies - 1 and not NAME_PATTERN.match(name):  # the copies' names too: p4d-63
+            problems.append(f"{where}.name: with copies = {h.copies}, {name!r}: {NAME_RULE}")
+            return []
         spec = HostSpec(topo, tenants, Policy(), {g: m.key for g, m in models.items()})
         out.append(
             HostModel(

@@ -1,0 +1,102 @@
+"""Scenario values that ran when they should have been refused, or crashed, hung or ran away with
+memory mid-run (found by a hunt over the scenario loader, 2027-01): each is now refused before any
+run, the message naming the file and the dotted key (and a request trace's line)."""
+
+from __future__ import annotations
+
+import pytest
+
+from replay.scenario import ScenarioError, parse_scenario
+
+pytestmark = pytest.mark.timeout(60)  # a regression here is a hang or a runaway: fail it
+
+# A one-host scenario: a NUMA node, a root complex, a switch with a GPU and a drive under it, a
+# sensitive tenant and an ETL one reading the drive into the GPU.
+MINI = """[scenario]
+name = "mini"
+seed = 1
+tick_s = 2.0
+duration_s = 60
+
+[[hosts]]
+name = "h"
+nodes = [
+  { id = "numa0", kind = "numa", index = 0, cpus = "0-7" },
+  { id = "rc0", kind = "root_complex", parent = "numa0" },
+  { id = "sw0", kind = "switch", parent = "rc0", link_gbps = 24.0 },
+  { id = "gpu0", kind = "gpu", parent = "sw0", model = "A100-SXM4-40GB", link_gbps = 24.0, layout = ["3g.20gb@0", "3g.20gb@4"] },
+  { id = "nvme0", kind = "nvme", parent = "sw0", link_gbps = 7.0, aliases = ["nvme0n1"] },
+]
+
+[[hosts.tenants]]
+name = "llm"
+role = "sensitive"
+instance = "gpu0/3g.20gb@0"
+slo_ms = 20
+requests = { rate = 50, compute_ms = 5, bytes = 1e6 }
+
+[[hosts.tenants]]
+name = "etl"
+role = "bulk"
+instance = "gpu0/3g.20gb@4"
+cgroup = "etl.slice"
+devices = ["nvme0n1"]
+demand_gbps = 5.0
+flows = [ { path = ["nvme0", "cpu"] }, { path = ["cpu", "gpu0"] } ]
+schedule = { period_s = 60, on = [[10, 40]] }
+"""  # noqa: E501
+
+H = "hosts[0](h)"
+LLM = f"{H}.tenants[0](llm)"
+ETL = f"{H}.tenants[1](etl)"
+
+
+def edited(*changes: tuple[str, str], base: str = MINI) -> str:
+    """`base` with each (old, new) replaced, old found exactly once."""
+    for old, new in changes:
+        assert base.count(old) == 1, old
+        base = base.replace(old, new)
+    return base
+
+
+def refused(text: str) -> list[str]:
+    with pytest.raises(ScenarioError) as e:
+        parse_scenario(text, "s.toml")
+    assert str(e.value).startswith("s.toml: ")
+    return e.value.problems
+
+
+def test_the_mini_scenario_is_valid() -> None:
+    assert parse_scenario(MINI, "s.toml").hosts[0].name == "h"
+
+
+# -- names: the daemon's config's rule ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("old", "new", "key", "got"),
+    [
+        ('name = "llm"', 'name = ""', f"{H}.tenants[0]().name", "''"),
+        ('name = "llm"', 'name = "a\\nb"', f"{H}.tenants[0](a\nb).name", "'a\\nb'"),
+        ('name = "h"', 'name = "my host"', "hosts[0](my host).name", "'my host'"),
+        ('name = "h"', 'name = "' + "h" * 65 + '"', f"hosts[0]({'h' * 65}).name", "'hhh"),
+    ],
+    ids=["tenant-empty", "tenant-newline", "host-space", "host-too-long"],
+)
+def test_a_host_or_tenant_name_the_daemon_would_refuse(old: str, new: str, key: str, got: str) -> None:
+    """Was: taken as given (an empty tenant name, one with a newline: metric labels and file names)."""
+    problems = refused(edited((old, new)))
+    assert problems[0].startswith(f"{key}: must be 1-64 characters of letters, digits"), problems
+    assert f"(got {got}" in problems[0]
+
+
+def test_copies_of_a_host_must_have_names_the_rule_takes() -> None:
+    long = "h" * 63
+    problems = refused(edited(('name = "h"', f'name = "{long}"\ncopies = 2')))
+    assert problems == [f"hosts[0]({long}).name: with copies = 2, '{long}-1': must be 1-64 characters of "
+                        "letters, digits, '_', '.', '@', '-'"]  # fmt: skip
+
+
+def test_the_scenario_and_the_config_share_the_name_rule() -> None:
+    from controller import config
+    from schema import names
+
+    assert config.check_name is names.check_name and config.Name is names.Name

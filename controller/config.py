@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fsm.mig import GpuModel, Slot
+from fsm.mig import GpuModel, Slot, checked_ladder
 from fsm.observation import InstanceRef
 from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_READINESS_TIMEOUT_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import Policy, Role, TenantSpec
@@ -337,20 +337,7 @@ class PolicyConfig(Strict):
     @field_validator("mig_ladder")
     @classmethod
     def _ladder(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        from fsm.mig import model_by_name
-
-        out = {}
-        for key, names in v.items():
-            try:
-                model = model_by_name(key)
-                profiles = [model.profile(n) for n in names]
-            except KeyError as e:
-                raise ValueError(f"{key}: {e.args[0]}") from None
-            slices = [p.slices for p in profiles]
-            if not names or slices != sorted(set(slices)):
-                raise ValueError(f"{key}: profiles must be given smallest first, each larger than the last")
-            out[model.key] = names
-        return out
+        return checked_ladder(v)  # fsm/mig.py: a scenario's [policy] is checked with it too
 
     @model_validator(mode="after")
     def _backoff(self) -> PolicyConfig:

@@ -4,6 +4,8 @@ run, the message naming the file and the dotted key (and a request trace's line)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from replay.scenario import ScenarioError, parse_scenario
@@ -100,3 +102,71 @@ def test_the_scenario_and_the_config_share_the_name_rule() -> None:
     from schema import names
 
     assert config.check_name is names.check_name and config.Name is names.Name
+
+
+# -- [policy]: what the config checks, checked alike --------------------------------------------
+@pytest.mark.parametrize(
+    ("policy", "says"),
+    [
+        ('mig_ladder = { "A100-SXM4-40GB" = ["9g.99gb", "1g.5gb"] }',
+         "policy.mig_ladder: A100-SXM4-40GB: GPU model A100-SXM4-40GB has no MIG profile '9g.99gb'"),
+        ('mig_ladder = { "A100-SXM4-40GB" = "1g.5gb" }',
+         "policy.mig_ladder: A100-SXM4-40GB: expected a list of MIG profile names, smallest first, got '1g.5gb'"),
+        ('mig_ladder = { "A100-SXM4-40GB" = ["3g.20gb", "1g.5gb"] }',
+         "policy.mig_ladder: A100-SXM4-40GB: profiles must be given smallest first"),
+        ('mig_ladder = { "B300" = ["1g.5gb"] }', "policy.mig_ladder: B300: unknown GPU model 'B300'"),
+        ("io_share_tier = -5", 'policy.io_share_tier: expected one of "switch" (1), "root_complex" (2), "numa" (3), '
+         '"system" (4), got -5'),
+        ("io_share_tier = 9", "policy.io_share_tier: expected one of"),
+        ('io_share_tier = "rack"', "policy.io_share_tier: expected one of"),
+        ("io_share_tier = true", "policy.io_share_tier: expected one of"),
+        ("enforce = false", "policy.enforce: not a [policy] key here: the runner sets it per policy"),
+    ],
+    ids=["ladder-profile", "ladder-string", "ladder-order", "ladder-model", "tier-negative", "tier-9",
+         "tier-name", "tier-bool", "enforce"],
+)  # fmt: skip
+def test_a_policy_value_the_config_would_refuse(policy: str, says: str) -> None:
+    """Were: KeyError from fsm/mig.py at the first resize of a `--policies full` run (a ladder's
+    unknown profile, or a string iterated as its characters); any int taken as a tier; a `full`
+    that was silently a dry run."""
+    problems = refused(MINI + f"\n[policy]\n{policy}\n")
+    assert problems[0].startswith(says), problems
+
+
+@pytest.mark.parametrize(("tier", "want"), [('"switch"', 1), ('"system"', 4), ("2", 2)])
+def test_io_share_tier_as_the_config_spells_it(tier: str, want: int) -> None:
+    """Was: the config's spelling ("numa") refused, any int taken."""
+    from fsm.topology import Tier
+
+    sc = parse_scenario(MINI + f"\n[policy]\nio_share_tier = {tier}\n", "s.toml")
+    assert sc.hosts[0].spec.policy.io_share_tier is Tier(want)
+
+
+def test_a_mig_ladder_reaches_the_policy_under_the_models_key() -> None:
+    sc = parse_scenario(MINI + "\n[policy]\nmig_ladder = { 'NVIDIA A100-SXM4-40GB' = ['1g.5gb', '7g.40gb'] }\n", "s")
+    assert sc.hosts[0].spec.policy.mig_ladder == {"A100-SXM4-40GB": ("1g.5gb", "7g.40gb")}
+
+
+def test_the_scenario_spells_tiers_and_checks_ladders_as_the_config_does() -> None:
+    from typing import get_args
+
+    from controller.config import PolicyConfig
+    from fsm.mig import checked_ladder
+    from replay.scenario import TIERS
+
+    assert set(get_args(PolicyConfig.model_fields["io_share_tier"].annotation)) == set(TIERS)
+    with pytest.raises(ValueError, match="B300: unknown GPU model"):
+        checked_ladder({"B300": ["1g.5gb"]})
+
+
+def test_a_canary_policy_file_takes_the_configs_spelling(tmp_path: Path) -> None:
+    from fsm.topology import Tier
+    from replay.canary import CanaryError, load_policy_table
+
+    f = tmp_path / "p.toml"
+    f.write_text('[policy]\nio_share_tier = "switch"\nmig_ladder = { "A100-SXM4-40GB" = ["1g.5gb", "7g.40gb"] }\n')
+    table = load_policy_table(str(f))
+    assert table == {"io_share_tier": Tier.SWITCH, "mig_ladder": {"A100-SXM4-40GB": ("1g.5gb", "7g.40gb")}}
+    f.write_text("[policy]\nenforce = true\n")
+    with pytest.raises(CanaryError, match=f"^{f}: policy.enforce: not a"):
+        load_policy_table(str(f))

@@ -472,17 +472,29 @@ def cpu_list(text: str) -> tuple[int, ...]:
     return _cpus(text)
 
 
+# The bound of the daemon's topology readers (controller/topology.py MAX_CPUS, which replay may not
+# import): far above any host (Linux's NR_CPUS tops out at 8192). "0-4000000000" was a MemoryError.
+MAX_CPUS = 65536
+
+
 def _cpus(text: str) -> tuple[int, ...]:
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)  # ASCII digits (\d took "١")
         if not m:
-            raise ValueError(f"bad CPU list {text!r}: expected e.g. 0-23,48-71")
+            raise ValueError(f"bad CPU list {text[:40]!r}: expected e.g. 0-23,48-71")
+        big = next((g for g in m.groups() if g is not None and (len(g) > 6 or int(g) >= MAX_CPUS)), None)
+        if big is not None:  # at most 6 digits before int(): int() of 5,000 digits raises its own error
+            raise ValueError(f"CPU {big[:20]} in {part[:40]!r}: CPU numbers go up to {MAX_CPUS - 1}")
         a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise ValueError(f"bad CPU range {part!r}: the first CPU is past the last")
         out.extend(range(a, b + 1))
+        if len(out) > MAX_CPUS:  # each range is bounded, their number is not
+            raise ValueError(f"more than {MAX_CPUS} CPUs in {text[:40]!r}...")
     return tuple(out)
 
 

@@ -170,3 +170,32 @@ def test_a_canary_policy_file_takes_the_configs_spelling(tmp_path: Path) -> None
     f.write_text("[policy]\nenforce = true\n")
     with pytest.raises(CanaryError, match=f"^{f}: policy.enforce: not a"):
         load_policy_table(str(f))
+
+
+# -- CPU lists: the topology readers' bound ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("old", "new", "key", "says"),
+    [
+        ('cpus = "0-7"', 'cpus = "0-4000000000"', f"{H}.nodes[0](numa0).cpus", "CPU 4000000000 in '0-4000000000': CPU "
+         "numbers go up to 65535"),
+        ('cpus = "0-7"', 'cpus = "0-7,65536"', f"{H}.nodes[0](numa0).cpus", "CPU 65536 in '65536'"),
+        ('cpus = "0-7"', 'cpus = "' + ",".join(["0-65535"] * 3) + '"', f"{H}.nodes[0](numa0).cpus",
+         "more than 65536 CPUs"),
+        ('cpus = "0-7"', 'cpus = "7-0"', f"{H}.nodes[0](numa0).cpus", "bad CPU range '7-0'"),
+        ('cpus = "0-7"', 'cpus = "0-' + "9" * 5000 + '"', f"{H}.nodes[0](numa0).cpus", "CPU 99999999999999999999 in"),
+        ('cgroup = "etl.slice"', 'cgroup = "etl.slice"\ncpus = "0-999999999999"\ncpu_threads = 4', f"{ETL}.cpus",
+         "CPU 999999999999 in '0-999999999999'"),
+    ],
+    ids=["numa-huge", "numa-past-65535", "numa-too-many", "numa-backwards", "numa-5000-digits", "tenant-huge"],
+)  # fmt: skip
+def test_a_cpu_list_past_the_topology_readers_bound(old: str, new: str, key: str, says: str) -> None:
+    """Was: MemoryError in replay/scenario.py's _cpus (a list of four billion CPU numbers)."""
+    problems = refused(edited((old, new)))
+    assert problems[0].startswith(f"{key}: ") and says in problems[0], problems
+
+
+def test_the_scenarios_cpu_bound_is_the_topology_readers() -> None:
+    from controller.topology import MAX_CPUS as READERS
+    from replay.scenario import MAX_CPUS
+
+    assert MAX_CPUS == READERS

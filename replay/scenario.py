@@ -25,7 +25,7 @@ from replay.policy_ranges import policy_problems
 from replay.topology_view import TopologyView, controller_view
 from schema.files import read_small_text
 from schema.names import NAME_PATTERN, NAME_RULE, Name
-from schema.problems import loads_toml, problems_of
+from schema.problems import KeyProblem, KeyProblems, loads_toml, problems_of
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DATA_DIR = Path(__file__).parent / "data"
@@ -392,8 +392,10 @@ class OwnRestarts(_Strict):
     restarts"."""
 
     # The mean seconds between one sensitive tenant's own restarts (a Poisson process per tenant,
-    # from a generator of its own: static and full meet the same ones). None: never
-    every_s: float | None = Field(None, gt=0, le=MAX_DURATION_S)
+    # from a generator of its own: static and full meet the same ones). None: never. At least 1 s
+    # and at least the scenario's tick_s (ScenarioMeta checks that): restarts are drawn one by one
+    # at tick resolution, and 1e-6 s was a MemoryError, 1e-300 s a loop that never ended
+    every_s: float | None = Field(None, ge=1, le=MAX_DURATION_S)
     # How long each keeps the tenant down. None: its relaunch as the host has it (the tenant's
     # relaunch_s times [scenario.actuation] relaunch_factor)
     outage_s: float | None = Field(None, ge=0, le=3600)
@@ -424,6 +426,25 @@ class ScenarioMeta(_Strict):
                 if old in data:
                     raise ValueError(f"{old} is now {new} (a move's outage is computed from both, fsm/outage.py)")
         return data
+
+    @model_validator(mode="after")
+    def _ticks(self) -> ScenarioMeta:
+        bad = []
+        if self.duration_s < self.tick_s:  # a run of no whole tick printed figures of nothing
+            bad.append(
+                KeyProblem("duration_s", f"{self.duration_s:g} s is shorter than one tick (tick_s = {self.tick_s:g})")
+            )
+        every = self.restarts.every_s
+        if every is not None and every < self.tick_s:
+            bad.append(
+                KeyProblem(
+                    "restarts.every_s",
+                    f"{every:g} s is shorter than one tick (tick_s = {self.tick_s:g}): restarts come per tick",
+                )
+            )
+        if bad:
+            raise KeyProblems(bad)
+        return self
 
     compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
     signals: SignalFidelity = SignalFidelity()

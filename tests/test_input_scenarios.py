@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.cli import main
 from replay.scenario import ScenarioError, parse_scenario
 
 pytestmark = pytest.mark.timeout(60)  # a regression here is a hang or a runaway: fail it
@@ -199,3 +200,42 @@ def test_the_scenarios_cpu_bound_is_the_topology_readers() -> None:
     from replay.scenario import MAX_CPUS
 
     assert MAX_CPUS == READERS
+
+
+# -- spans shorter than a tick ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("meta", "key", "says"),
+    [
+        ("[scenario.restarts]\nevery_s = 1e-6", "scenario.restarts.every_s", "greater than or equal to 1"),
+        ("[scenario.restarts]\nevery_s = 1e-300", "scenario.restarts.every_s", "greater than or equal to 1"),
+        ("[scenario.restarts]\nevery_s = 3", "scenario.restarts.every_s", "3 s is shorter than one tick (tick_s = 5)"),
+        ("duration_s = 1", "scenario.duration_s", "1 s is shorter than one tick (tick_s = 5)"),
+        ("duration_s = 1e-300", "scenario.duration_s", "1e-300 s is shorter than one tick"),
+    ],
+    ids=["restarts-1e-6", "restarts-1e-300", "restarts-below-tick", "duration", "duration-1e-300"],
+)
+def test_a_span_shorter_than_one_tick(meta: str, key: str, says: str) -> None:
+    """Were: MemoryError (restarts every 1e-6 s, drawn one by one), a loop that never ended (1e-300 s:
+    the next restart never passed the tick's end), and a run of no whole tick that printed figures."""
+    text = edited(("tick_s = 2.0\nduration_s = 60", "tick_s = 5.0\nduration_s = 60"))
+    if meta.startswith("["):
+        text = edited(("[[hosts]]\n", f"{meta}\n\n[[hosts]]\n"), base=text)
+    else:
+        text = edited(("duration_s = 60", meta), base=text)
+    problems = refused(text)
+    assert problems[0].startswith(f"{key}: ") and says in problems[0], problems
+
+
+def test_restarts_at_the_tick_are_taken() -> None:
+    sc = parse_scenario(edited(("[[hosts]]\n", "[scenario.restarts]\nevery_s = 2\n\n[[hosts]]\n")), "s.toml")
+    assert sc.meta.restarts.every_s == 2.0
+
+
+@pytest.mark.parametrize("suite", [False, True])
+def test_a_duration_flag_shorter_than_one_tick(suite: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: a run of one tick reported as a run of the 1e-300 s asked for."""
+    args = ["replay", "--suite"] if suite else ["replay", "p4d-demo", "--policies", "static"]
+    assert main([*args, "--jobs", "1", "--duration", "1e-300"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tailguard replay: --duration 1e-300 is shorter than one tick of "), err
+    assert "(tick_s = 5 s)" in err

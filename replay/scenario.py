@@ -22,6 +22,7 @@ from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAU
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.topology import HOST_ID, Node, NodeKind, Tier, Topology
 from replay.policy_ranges import policy_problems
+from replay.request_traces import MAX_CONTEXT_TOKENS, MAX_GENERATED_TOKENS
 from replay.topology_view import TopologyView, controller_view
 from schema.files import read_small_text
 from schema.names import NAME_PATTERN, NAME_RULE, Name
@@ -33,6 +34,15 @@ CPU = "cpu"  # path endpoint: host memory (the NUMA node of the other end)
 # The longest simulated run (and the longest MMPP state): a month of 2 s ticks is 1.3 million, hours
 # of work; 1e12 s was a run that never ended.
 MAX_DURATION_S = 31 * 86400.0
+# Realistic bounds on the per-request and per-link figures (compute_ms = 1e300 overflowed numpy and
+# printed a table of '-', a link of 1e-300 GB/s the same): far beyond any real one, far inside a float.
+MAX_REQUEST_MS = 3_600_000.0  # an hour of GPU or CPU time for one request (or one engine step)
+MAX_MS_PER_TOKEN = 1000.0  # a second per token on one slice: a GPU prefills thousands a second
+MAX_REQUEST_BYTES = 1e12  # 1 TB moved by one request: more than any GPU's memory (192 GB)
+MAX_BYTES_PER_TOKEN = 1e9  # 1 GB per token: a KV entry of the largest models is a few MB
+MIN_LINK_GBPS = 0.001  # 1 MB/s: far below any PCIe link (Gen1 x1 is 0.25 GB/s)
+MAX_LINK_GBPS = 10_000.0  # 10 TB/s: above NVLink 5's 1.8 TB/s, PCIe 7 x16's 242 GB/s
+MAX_MEMORY_GB = 10_000.0  # weights or overhead of one server: 10 TB, past any GPU's memory
 
 
 class ScenarioError(Exception):
@@ -55,7 +65,7 @@ class Schedule(_Strict):
 
     period_s: float | None = Field(None, gt=0)
     on: list[tuple[float, float]] = []
-    level: float = Field(1.0, ge=0)  # demand multiplier while on
+    level: float = Field(1.0, ge=0, le=1000)  # demand multiplier while on (x1000: past any real surge)
     profile: list[float] = []
 
     @model_validator(mode="after")
@@ -97,10 +107,14 @@ class NodeConfig(_Strict):
     id: str
     kind: Literal["numa", "root_complex", "switch", "gpu", "nvme", "nic"]
     parent: str | None = None  # numa nodes hang off the host
-    link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink, each direction (1 GB = 1e9 bytes)
-    up_gbps: float | None = Field(None, gt=0)  # toward the root complex, when not link_gbps
-    down_gbps: float | None = Field(None, gt=0)  # from the root complex, when not link_gbps
-    duplex_gbps: float | None = Field(None, gt=0)  # both directions together, when less than their sum
+    # GB/s of the uplink, each direction (1 GB = 1e9 bytes)
+    link_gbps: float | None = Field(None, ge=MIN_LINK_GBPS, le=MAX_LINK_GBPS)
+    # toward the root complex, when not link_gbps
+    up_gbps: float | None = Field(None, ge=MIN_LINK_GBPS, le=MAX_LINK_GBPS)
+    # from the root complex, when not link_gbps
+    down_gbps: float | None = Field(None, ge=MIN_LINK_GBPS, le=MAX_LINK_GBPS)
+    # both directions together, when less than their sum
+    duplex_gbps: float | None = Field(None, ge=MIN_LINK_GBPS, le=MAX_LINK_GBPS)
     index: int | None = Field(None, ge=0)  # numa: node number
     cpus: str | None = None  # numa: "0-23,48-71"
     model: str | None = None  # gpu: A100-SXM4-40GB, ...
@@ -124,40 +138,46 @@ class Requests(_Strict):
     calm_mean_s: float = Field(30.0, gt=0, le=MAX_DURATION_S)
     trace: str | None = None  # CSV (TIMESTAMP, ContextTokens, GeneratedTokens), relative to the file
     trace_speed: float = Field(1.0, gt=0, le=10_000)  # replay the trace this many times faster
-    tokens: float = Field(0.0, ge=0)  # context tokens per request when arrivals come from `rate`
-    compute_ms: float = Field(ge=0)  # on a 1-slice instance, fixed part
-    compute_ms_per_token: float = Field(0.0, ge=0)  # prefill grows with context tokens
+    # context tokens per request when arrivals come from `rate` (a trace's are bounded alike)
+    tokens: float = Field(0.0, ge=0, le=MAX_CONTEXT_TOKENS)
+    compute_ms: float = Field(ge=0, le=MAX_REQUEST_MS)  # on a 1-slice instance, fixed part
+    compute_ms_per_token: float = Field(0.0, ge=0, le=MAX_MS_PER_TOKEN)  # prefill grows with context tokens
     slice_exponent: float = Field(1.0, ge=0, le=2)  # compute / slices ** exponent
-    bytes: float = Field(0.0, ge=0)  # host<->device bytes per request, fixed part
-    bytes_per_token: float = Field(0.0, ge=0)
+    bytes: float = Field(0.0, ge=0, le=MAX_REQUEST_BYTES)  # host<->device bytes per request, fixed part
+    bytes_per_token: float = Field(0.0, ge=0, le=MAX_BYTES_PER_TOKEN)
     # vLLM's admission check: a prompt of max_model_len tokens or more is refused (HTTP 400), never
     # queued (vllm/v1/engine/input_processor.py, _validate_prompt_len). vLLM's default is the
     # model's context length (its config's max_position_embeddings). None: no limit.
-    max_model_len: int | None = Field(None, ge=1)
+    max_model_len: int | None = Field(None, ge=1, le=MAX_CONTEXT_TOKENS)
     # PCIe is full duplex: this share of the bytes goes device -> host (results: up the GPU's
     # switch), the rest host -> device (prompt, inputs, prefix-cache blocks: down it).
     d2h_share: float = Field(0.0, ge=0, le=1)
     # CPU-side time per request (fcfs: tokenisation, detokenisation, HTTP), on the tenant's cores
     # (`cpus`): stretched when other tenants' threads oversubscribe them. Batched: `step_ms` is that.
-    cpu_ms: float = Field(0.0, ge=0)
+    cpu_ms: float = Field(0.0, ge=0, le=MAX_REQUEST_MS)
     noise_cv: float = Field(0.2, ge=0, le=3)  # lognormal multiplicative noise on compute time
-    generated_tokens: float = Field(0.0, ge=0)  # output tokens per request with `rate` (a trace has its own)
+    # output tokens per request with `rate` (a trace has its own, bounded alike): 1e9 made a 60 s
+    # replay run for minutes (a batched server's decodes are simulated step by step)
+    generated_tokens: float = Field(0.0, ge=0, le=MAX_GENERATED_TOKENS)
     # The service model: "fcfs" = one request at a time (Lindley); "batched" = vLLM-style engine
     # steps of chunked prefill beside the running decodes (replay.batching). Batched keys below;
     # their defaults are vLLM's (EngineArgs.get_batch_defaults, devices under 70 GiB).
     server: Literal["fcfs", "batched"] = "fcfs"
-    max_batched_tokens: int = Field(2048, ge=1)  # token budget per step (prefill chunks + decodes)
-    max_seqs: int = Field(256, ge=1)  # sequences per step
-    long_prefill_tokens: int = Field(0, ge=0)  # most prompt tokens of one request per step (0: off)
-    step_ms: float = Field(0.0, ge=0)  # per step, CPU side: not scaled by slices
-    step_floor_ms: float = Field(0.0, ge=0)  # per step on 1 slice: memory-bound floor (weights read)
-    decode_ms_per_token: float = Field(0.0, ge=0)  # per step on 1 slice, per context token of a decode
+    # token budget per step (prefill chunks + decodes)
+    max_batched_tokens: int = Field(2048, ge=1, le=MAX_CONTEXT_TOKENS)
+    max_seqs: int = Field(256, ge=1, le=1_000_000)  # sequences per step
+    # most prompt tokens of one request per step (0: off)
+    long_prefill_tokens: int = Field(0, ge=0, le=MAX_CONTEXT_TOKENS)
+    step_ms: float = Field(0.0, ge=0, le=MAX_REQUEST_MS)  # per step, CPU side: not scaled by slices
+    step_floor_ms: float = Field(0.0, ge=0, le=MAX_REQUEST_MS)  # per step on 1 slice: memory-bound floor (weights read)
+    # per step on 1 slice, per context token of a decode
+    decode_ms_per_token: float = Field(0.0, ge=0, le=MAX_MS_PER_TOKEN)
     # KV cache, sized as vLLM does at start from the instance's memory (so a bigger slice has more):
     # memory x gpu_memory_utilization - weights - overhead, in blocks of kv_block_tokens tokens.
     # kv_bytes_per_token = 0 (default): no capacity limit (no admission control, no preemption).
-    kv_bytes_per_token: float = Field(0.0, ge=0)  # 2 x layers x KV heads x head dim x bytes
-    weights_gb: float = Field(0.0, ge=0)  # resident weights, GB (1e9 bytes)
-    overhead_gb: float = Field(0.0, ge=0)  # activation peak + non-torch memory (CUDA graphs, ...), GB
+    kv_bytes_per_token: float = Field(0.0, ge=0, le=MAX_BYTES_PER_TOKEN)  # 2 x layers x KV heads x head dim x bytes
+    weights_gb: float = Field(0.0, ge=0, le=MAX_MEMORY_GB)  # resident weights, GB (1e9 bytes)
+    overhead_gb: float = Field(0.0, ge=0, le=MAX_MEMORY_GB)  # activation peak + non-torch memory (CUDA graphs, ...), GB
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # vLLM's default
     kv_block_tokens: int = Field(16, ge=1, le=1024)  # vLLM block_size default
 
@@ -226,7 +246,7 @@ class TenantConfig(_Strict):
     mps: bool = False
     requests: Requests | None = None  # sensitive
     flows: list[FlowConfig] = []  # bulk / compute: every leg carries the tenant's rate
-    demand_gbps: float = Field(0.0, ge=0)  # bytes/s the flows want (GB/s), while the schedule is on
+    demand_gbps: float = Field(0.0, ge=0, le=MAX_LINK_GBPS)  # bytes/s the flows want (GB/s), while the schedule is on
     sm_active: float = Field(0.0, ge=0, le=1)  # compute: SM activity of its instance while on
     schedule: Schedule = Schedule()
     reroute: list[Reroute] = []  # flows that change path on a schedule (bulk / compute)
@@ -450,7 +470,7 @@ class ScenarioMeta(_Strict):
     signals: SignalFidelity = SignalFidelity()
     actuation: ActuationFidelity = ActuationFidelity()
     restarts: OwnRestarts = OwnRestarts()
-    irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
+    irq_base: float = Field(2000.0, ge=0, le=1e7)  # interrupts/s per CPU with no I/O (1e7: past any CPU's)
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
 
 

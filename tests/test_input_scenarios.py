@@ -239,3 +239,68 @@ def test_a_duration_flag_shorter_than_one_tick(suite: bool, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert err.startswith("tailguard replay: --duration 1e-300 is shorter than one tick of "), err
     assert "(tick_s = 5 s)" in err
+
+
+# -- numbers past what any real request or link has ---------------------------------------------
+@pytest.mark.parametrize(
+    ("old", "new", "key", "says"),
+    [
+        ("compute_ms = 5,", "compute_ms = 1e300,", f"{LLM}.requests.compute_ms", "less than or equal to 3600000"),
+        ("bytes = 1e6", "bytes = 1e300", f"{LLM}.requests.bytes", "less than or equal to 1000000000000"),
+        ("bytes = 1e6", "bytes = 1e6, tokens = 1e9", f"{LLM}.requests.tokens", "less than or equal to 10000000"),
+        ("bytes = 1e6", 'bytes = 1e6, server = "batched", generated_tokens = 1e9',
+         f"{LLM}.requests.generated_tokens", "less than or equal to 1000000"),
+        ("bytes = 1e6", "bytes = 1e6, compute_ms_per_token = 1e300", f"{LLM}.requests.compute_ms_per_token",
+         "less than or equal to 1000"),
+        ("bytes = 1e6", "bytes = 1e6, bytes_per_token = 1e300", f"{LLM}.requests.bytes_per_token",
+         "less than or equal to 1000000000"),
+        ('link_gbps = 7.0', 'link_gbps = 1e-300', f"{H}.nodes[4](nvme0).link_gbps", "greater than or equal to 0.001"),
+        ('link_gbps = 7.0', 'link_gbps = 1e300', f"{H}.nodes[4](nvme0).link_gbps", "less than or equal to 10000"),
+        ("demand_gbps = 5.0", "demand_gbps = 1e300", f"{ETL}.demand_gbps", "less than or equal to 10000"),
+        ("on = [[10, 40]] }", "on = [[10, 40]], level = 1e300 }", f"{ETL}.schedule.level",
+         "less than or equal to 1000"),
+        ("seed = 1\n", "seed = 1\nirq_base = 1e300\n", "scenario.irq_base", "less than or equal to 10000000"),
+    ],
+    ids=["compute-ms", "bytes", "tokens", "generated-tokens", "ms-per-token", "bytes-per-token", "link-tiny",
+         "link-huge", "demand", "level", "irq-base"],
+)  # fmt: skip
+def test_a_number_past_any_real_request_or_link(old: str, new: str, key: str, says: str) -> None:
+    """Were: numpy overflow warnings and a table of '-' naming nothing (compute_ms = 1e300, bytes of
+    1e300, a link of 1e-300 GB/s), a 60 s replay running for minutes (1e9 generated tokens)."""
+    problems = refused(edited((old, new)))
+    assert problems[0].startswith(f"{key}: Input should be {says}"), problems
+
+
+TRACE_ROWS = {
+    "azure.csv": (b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n",
+                  b"2023-11-16 18:15:50.9951690,{tok},{gen}\n"),
+    "burst.csv": (b"Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n0,m,1,1,2,x\n",
+                  b"5,m,{tok},{gen},2,x\n"),
+    "moon.jsonl": (b'{"timestamp": 0, "input_length": 1, "output_length": 1}\n',
+                   b'{{"timestamp": 5000, "input_length": {tok}, "output_length": {gen}}}\n'),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(TRACE_ROWS))
+@pytest.mark.parametrize(
+    ("tok", "gen", "says"),
+    [
+        ("1e9", "1", "1e+09: at most 10000000 tokens a request"),
+        ("10", "1e9", "1e+09: at most 1000000 tokens a request"),
+    ],
+    ids=["context", "generated"],
+)
+def test_a_request_trace_row_past_any_real_request(
+    name: str, tok: str, gen: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: a 60 s replay that ran for minutes (a row of a billion tokens); now the trace's file
+    and line, under the scenario's key."""
+    head, row = TRACE_ROWS[name]
+    (tmp_path / name).write_bytes(head + row.decode().format(tok=tok, gen=gen).encode())
+    f = tmp_path / "s.toml"
+    f.write_text(edited(("rate = 50, compute_ms = 5, bytes = 1e6", f'trace = "{name}", compute_ms = 5')))
+    assert main(["replay", str(f), "--jobs", "1", "--policies", "static"]) == 2
+    err = capsys.readouterr().err
+    line = 2 if name.endswith(".jsonl") else 3  # the CSVs' header is line 1
+    assert err.startswith(f"tailguard replay: {f}: {LLM}.requests.trace: {tmp_path}/{name}:{line}: "), err
+    assert says in err and "Traceback" not in err, err

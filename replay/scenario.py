@@ -593,10 +593,27 @@ def policy_from(overrides: dict[str, Any], where: str) -> Policy:
     return policy
 
 
+# What each kind of node may hang off: kinds nest host > numa > root_complex > switch* > device. A
+# level may be skipped, as the daemon's topology readers skip it (a device alone on its root port
+# hangs off its NUMA node: controller/topology.py), and `scenario from-trace` writes their trees.
+_PARENT_KINDS = {
+    "numa": ("host",),
+    "root_complex": ("host", "numa"),
+    "switch": ("host", "numa", "root_complex", "switch"),
+    "gpu": ("host", "numa", "root_complex", "switch"),
+    "nvme": ("host", "numa", "root_complex", "switch"),
+    "nic": ("host", "numa", "root_complex", "switch"),
+}
+_DEVICE_KINDS = ("gpu", "nvme", "nic")  # what a flow may end at (or `cpu`)
+
+
 def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list[HostModel]:
     where = f"hosts[{i}]({h.name})"
     nodes: list[Node] = [Node(HOST_ID, NodeKind.HOST, None)]
     ids = {HOST_ID}
+    kinds = {HOST_ID: "host"}
+    numa_at: dict[int, str] = {}  # numa index -> node id
+    alias_of: dict[str, str] = {}  # alias -> node id
     layouts: dict[str, tuple[Slot, ...]] = {}
     models: dict[str, GpuModel] = {}
     capacity: dict[tuple[str, str], float] = {}
@@ -612,6 +629,21 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         if parent not in ids:
             problems.append(f"{nw}.parent: unknown node {parent!r} (parents must come first)")
             continue
+        if kinds[parent] not in _PARENT_KINDS[n.kind]:
+            problems.append(
+                f"{nw}.parent: a {kinds[parent]} ({parent!r}): a {n.kind} hangs off a "
+                f"{' or '.join(_PARENT_KINDS[n.kind]).replace(' or ', ', ', len(_PARENT_KINDS[n.kind]) - 2)}"
+                " (kinds nest host > numa > root_complex > switch > device)"
+            )  # kept in the tree all the same: what refers to it is not refused for it
+        if n.kind == "numa" and n.index is not None:
+            if n.index in numa_at:
+                problems.append(f"{nw}.index: NUMA node {n.index} is {numa_at[n.index]!r} already")
+            numa_at.setdefault(n.index, n.id)
+        for k, a in enumerate(n.aliases):
+            other = alias_of.get(a, a if a in ids else None)
+            if other is not None and other != n.id:
+                problems.append(f"{nw}.aliases[{k}]: {a!r} already names node {other!r}")
+            alias_of.setdefault(a, n.id)
         cpus: tuple[int, ...] = ()
         if n.cpus:
             try:
@@ -675,6 +707,10 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
             )
         )
         ids.add(n.id)
+        kinds[n.id] = n.kind
+    for nid in kinds:
+        if alias_of.get(nid, nid) != nid:  # an alias given before the node of that id
+            problems.append(f"{where}.nodes: node id {nid!r} is also an alias of node {alias_of[nid]!r}")
     try:
         topo = Topology(tuple(nodes))
     except ValueError as e:
@@ -708,17 +744,15 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
                     used[inst] = t.name
                     _check_kv(t.requests, models[inst.gpu], inst.profile, f"{tw}.requests", problems)
         for k, f in enumerate(t.flows):
-            for end in f.path:
-                if end != CPU and not topo.has(end):
-                    problems.append(f"{tw}.flows[{k}].path: unknown device {end!r}")
+            _check_flow(f, topo, f"{tw}.flows[{k}].path", problems)
         for r, rr in enumerate(t.reroute):
             for k, f in enumerate(rr.flows):
-                for end in f.path:
-                    if end != CPU and not topo.has(end):
-                        problems.append(f"{tw}.reroute[{r}].flows[{k}].path: unknown device {end!r}")
+                _check_flow(f, topo, f"{tw}.reroute[{r}].flows[{k}].path", problems)
         for k, d in enumerate(t.devices):
             if not topo.has(d):
                 problems.append(f"{tw}.devices[{k}]: unknown device {d!r}")
+            elif (dkind := topo.node(d).kind.value) not in _DEVICE_KINDS:
+                problems.append(f"{tw}.devices[{k}]: {d!r} is a {dkind}, not a device (gpu, nvme, nic)")
         if t.cpus is not None:
             _check_cpus(t.cpus, topo, f"{tw}.cpus", problems)
         tenants[t.name] = TenantSpec(
@@ -751,6 +785,26 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
             )
         )
     return out
+
+
+def _check_flow(f: FlowConfig, topo: Topology, where: str, problems: list[str]) -> None:
+    """A flow runs between two devices, or a device and host memory (`cpu`)."""
+    ends = []
+    for end in f.path:
+        if end == CPU:
+            ends.append(CPU)
+            continue
+        if not topo.has(end):
+            problems.append(f"{where}: unknown device {end!r}")
+            return
+        node = topo.node(end)
+        if node.kind.value not in _DEVICE_KINDS:
+            problems.append(f"{where}: {end!r} is a {node.kind.value}: a flow ends at a device (gpu, nvme, nic) or cpu")
+            return
+        ends.append(node.id)
+    if ends[0] == ends[1]:
+        what = "host memory at both ends" if ends[0] == CPU else f"{f.path[0]!r} at both ends"
+        problems.append(f"{where}: {what}: a flow runs between two devices, or a device and cpu")
 
 
 def kv_fits(req: Requests | None, model: GpuModel, profile: str) -> bool:

@@ -304,3 +304,71 @@ def test_a_request_trace_row_past_any_real_request(
     line = 2 if name.endswith(".jsonl") else 3  # the CSVs' header is line 1
     assert err.startswith(f"tailguard replay: {f}: {LLM}.requests.trace: {tmp_path}/{name}:{line}: "), err
     assert says in err and "Traceback" not in err, err
+
+
+# -- the PCIe tree and the flows over it -----------------------------------------------------------
+NVME1 = '  { id = "nvme1", kind = "nvme", parent = "sw0", link_gbps = 7.0, aliases = ["nvme1n1"] },\n]'
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "says"),
+    [
+        ('  { id = "rc0"', '  { id = "numa1", kind = "numa", index = 0, cpus = "8-15" },\n  { id = "rc0"',
+         f"{H}.nodes[1](numa1).index: NUMA node 0 is 'numa0' already"),
+        ('kind = "nvme", parent = "sw0"', 'kind = "nvme", parent = "gpu0"',
+         f"{H}.nodes[4](nvme0).parent: a gpu ('gpu0'): a nvme hangs off a host, numa, root_complex or switch (kinds "
+         "nest host > numa > root_complex > switch > device)"),
+        ('  { id = "rc0"', '  { id = "numa1", kind = "numa", index = 1, parent = "numa0" },\n  { id = "rc0"',
+         f"{H}.nodes[1](numa1).parent: a numa ('numa0'): a numa hangs off a host ("),
+        ('"switch", parent = "rc0", link_gbps = 24.0 },', '"switch", parent = "rc0", link_gbps = 24.0 },\n'
+         '  { id = "rc1", kind = "root_complex", parent = "sw0" },', f"{H}.nodes[3](rc1).parent: a switch ('sw0'): a "
+         "root_complex hangs off a host or numa ("),
+        ("\n]", NVME1.replace('["nvme1n1"]', '["nvme0n1"]'), f"{H}.nodes[5](nvme1).aliases[0]: 'nvme0n1' already "
+         "names node 'nvme0'"),
+        ("\n]", NVME1.replace('["nvme1n1"]', '["gpu0"]'), f"{H}.nodes[5](nvme1).aliases[0]: 'gpu0' already names "
+         "node 'gpu0'"),
+        ('aliases = ["nvme0n1"] },\n]', 'aliases = ["nvme0n1", "nvme1"] },\n' + NVME1,
+         f"{H}.nodes: node id 'nvme1' is also an alias of node 'nvme0'"),
+        ('{ path = ["nvme0", "cpu"] }', '{ path = ["cpu", "cpu"] }',
+         f"{ETL}.flows[0].path: host memory at both ends: a flow runs between two devices, or a device and cpu"),
+        ('{ path = ["nvme0", "cpu"] }', '{ path = ["nvme0", "nvme0n1"] }', f"{ETL}.flows[0].path: 'nvme0' at both "
+         "ends"),
+        ('{ path = ["nvme0", "cpu"] }', '{ path = ["sw0", "cpu"] }', f"{ETL}.flows[0].path: 'sw0' is a switch: a "
+         "flow ends at a device (gpu, nvme, nic) or cpu"),
+        ('{ path = ["cpu", "gpu0"] }', '{ path = ["numa0", "gpu0"] }', f"{ETL}.flows[1].path: 'numa0' is a numa"),
+        ('{ path = ["cpu", "gpu0"] }', '{ path = ["cpu", "rc0"] }', f"{ETL}.flows[1].path: 'rc0' is a root_complex"),
+        ('devices = ["nvme0n1"]', 'devices = ["sw0"]', f"{ETL}.devices[0]: 'sw0' is a switch, not a device"),
+    ],
+    ids=["numa-index-twice", "nvme-under-gpu", "numa-under-numa", "rc-under-switch",
+         "alias-twice", "alias-is-an-id", "id-is-an-alias", "flow-cpu-cpu", "flow-one-device", "flow-to-switch",
+         "flow-from-numa", "flow-to-rc", "device-switch"],
+)  # fmt: skip
+def test_a_pcie_tree_or_flow_that_is_nonsense(old: str, new: str, says: str) -> None:
+    """Were: taken as given, and run (a drive behind a GPU, two NUMA nodes of one index, one name
+    for two drives, a flow from host memory to host memory or into a switch)."""
+    problems = refused(edited((old, new)))
+    assert says in [p[: len(says)] for p in problems], problems
+
+
+def test_a_level_of_the_tree_may_be_skipped_as_the_daemons_readers_skip_it() -> None:
+    """A device alone on its root port hangs off its NUMA node in the daemon's trees
+    (controller/topology.py), which `scenario from-trace` writes as scenarios."""
+    text = edited(('kind = "nvme", parent = "sw0"', 'kind = "nvme", parent = "numa0"'))
+    assert parse_scenario(text, "s.toml").hosts[0].topology.node("nvme0").parent == "numa0"
+
+
+def test_from_trace_gives_numa_groups_of_unknown_index_indexes_of_their_own() -> None:
+    """The daemon's readers make a NUMA group of no index where sysfs knows none; from-trace wrote
+    index 0 for each, which a scenario now refuses beside a numa0."""
+    from fsm.topology import HOST_ID, Node, NodeKind, Topology
+    from replay.fromtrace import _nodes
+
+    topo = Topology(
+        (
+            Node(HOST_ID, NodeKind.HOST, None),
+            Node("numa0", NodeKind.NUMA, HOST_ID, numa=0),
+            Node("numa-group0", NodeKind.NUMA, HOST_ID),
+            Node("numa-group1", NodeKind.NUMA, HOST_ID),
+        )
+    )
+    assert [ln for ln in _nodes(topo, {}) if ln.startswith("index")] == ["index = 0", "index = 1", "index = 2"]

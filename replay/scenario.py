@@ -24,7 +24,7 @@ from fsm.topology import HOST_ID, Node, NodeKind, Tier, Topology
 from replay.policy_ranges import policy_problems
 from replay.request_traces import MAX_CONTEXT_TOKENS, MAX_GENERATED_TOKENS
 from replay.topology_view import TopologyView, controller_view
-from schema.files import read_small_text
+from schema.files import not_a_file, read_small_text
 from schema.names import NAME_PATTERN, NAME_RULE, Name
 from schema.problems import KeyProblem, KeyProblems, loads_toml, problems_of
 
@@ -136,7 +136,8 @@ class Requests(_Strict):
     burst_ratio: float = Field(1.0, ge=1, le=1000)
     burst_mean_s: float = Field(10.0, gt=0, le=MAX_DURATION_S)
     calm_mean_s: float = Field(30.0, gt=0, le=MAX_DURATION_S)
-    trace: str | None = None  # CSV (TIMESTAMP, ContextTokens, GeneratedTokens), relative to the file
+    # a request trace (replay/request_traces.py: Azure, BurstGPT, Mooncake), relative to the file
+    trace: str | None = Field(None, min_length=1)
     trace_speed: float = Field(1.0, gt=0, le=10_000)  # replay the trace this many times faster
     # context tokens per request when arrivals come from `rate` (a trace's are bounded alike)
     tokens: float = Field(0.0, ge=0, le=MAX_CONTEXT_TOKENS)
@@ -872,7 +873,7 @@ def scenario_from_data(data: dict[str, Any], file: str) -> Scenario:
                 p = resolve_data(t.requests.trace, Path(file).parent)
                 key = f"hosts[{i}]({h.name}).tenants[{j}]({t.name}).requests.trace"
                 if p is None:
-                    problems.append(f"{key}: no such file")
+                    problems.append(f"{key}: {_trace_missing(t.requests.trace, Path(file).parent)}")
                     continue
                 # Read now (cached for the runs): a bad row found in a worker would end the replay
                 # in a traceback, after the other runs' work.
@@ -926,6 +927,15 @@ def resolve_data(name: str, base: Path) -> Path | None:
         except OSError:  # a name too long, a directory this user may not search: not found here
             continue
     return None
+
+
+def _trace_missing(name: str, base: Path) -> str:
+    """Why resolve_data found no file: what the first candidate there is, or that none is."""
+    for cand in (base / name, DATA_DIR / name, DATA_DIR / Path(name).name):
+        what = not_a_file(cand)
+        if what is not None:  # /tmp, /dev/null: said so, not "no such file"
+            return f"{cand}: {what}, not a file"
+    return "no such file"
 
 
 def bundled() -> list[str]:

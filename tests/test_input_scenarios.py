@@ -372,3 +372,28 @@ def test_from_trace_gives_numa_groups_of_unknown_index_indexes_of_their_own() ->
         )
     )
     assert [ln for ln in _nodes(topo, {}) if ln.startswith("index")] == ["index = 0", "index = 1", "index = 2"]
+
+
+# -- a request trace that is not a file ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("trace", "says"),
+    [
+        ("{tmp}", "{tmp}: a directory, not a file"),
+        ("/dev/null", "/dev/null: a character device, not a file"),
+        ("sub", "{tmp}/sub: a directory, not a file"),
+        ("nowhere.csv", "no such file"),
+        ("", "String should have at least 1 character"),
+    ],
+    ids=["absolute-directory", "dev-null", "relative-directory", "missing", "empty"],
+)
+def test_a_request_trace_that_is_not_a_file_says_what_it_is(
+    trace: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: "no such file" for a directory or /dev/null, which are there."""
+    (tmp_path / "sub").mkdir()
+    f = tmp_path / "s.toml"
+    named = trace.format(tmp=tmp_path)
+    f.write_text(edited(("rate = 50, compute_ms = 5, bytes = 1e6", f'trace = "{named}", compute_ms = 5')))
+    assert main(["replay", str(f), "--jobs", "1", "--policies", "static"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tailguard replay: {f}: {LLM}.requests.trace: {says.format(tmp=tmp_path)}"), err

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fsm.mig import GpuModel, Slot, checked_ladder, layout_problems, model_by_name
 from fsm.observation import InstanceRef
@@ -422,6 +422,10 @@ class OwnRestarts(_Strict):
     outage_s: float | None = Field(None, ge=0, le=3600)
 
 
+# The figures a [scenario.paper.POLICY] table may give (the report prints them), and their bounds.
+PAPER_FIGURES = {"p99_ms": 3_600_000.0, "violation_rate": 1.0}
+
+
 class ScenarioMeta(_Strict):
     name: str
     description: str = ""
@@ -473,6 +477,28 @@ class ScenarioMeta(_Strict):
     restarts: OwnRestarts = OwnRestarts()
     irq_base: float = Field(2000.0, ge=0, le=1e7)  # interrupts/s per CPU with no I/O (1e7: past any CPU's)
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
+
+    @field_validator("paper")
+    @classmethod
+    def _paper(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Only the runner's policies, and only the figures the report prints beside them."""
+        from replay.runner import POLICIES  # imports this module
+
+        bad = []
+        for name, figures in v.items():
+            if name not in POLICIES:
+                bad.append(KeyProblem(name, f"no such policy; the runner's: {', '.join(POLICIES)}"))
+                continue
+            for key, x in figures.items():
+                if key not in PAPER_FIGURES:
+                    bad.append(
+                        KeyProblem(f"{name}.{key}", f"unknown figure; the report prints {', '.join(PAPER_FIGURES)}")
+                    )
+                elif not 0 <= x <= PAPER_FIGURES[key]:
+                    bad.append(KeyProblem(f"{name}.{key}", f"must lie in 0-{PAPER_FIGURES[key]:.10g} (got {x!r})"))
+        if bad:
+            raise KeyProblems(bad)
+        return v
 
 
 class ScenarioConfig(_Strict):

@@ -397,3 +397,30 @@ def test_a_request_trace_that_is_not_a_file_says_what_it_is(
     assert main(["replay", str(f), "--jobs", "1", "--policies", "static"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"tailguard replay: {f}: {LLM}.requests.trace: {says.format(tmp=tmp_path)}"), err
+
+
+# -- [scenario.paper.POLICY] ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ("[scenario.paper.fulll]\np99_ms = 16.5", "scenario.paper.fulll: no such policy; the runner's: static, "
+         "guards-only, placement-only, mig-only, full"),
+        ("[scenario.paper.full]\np50_ms = 3.0", "scenario.paper.full.p50_ms: unknown figure; the report prints "
+         "p99_ms, violation_rate"),
+        ("[scenario.paper.full]\nviolation_rate = 11.1", "scenario.paper.full.violation_rate: must lie in 0-1 (got "
+         "11.1)"),
+        ("[scenario.paper.static]\np99_ms = -1", "scenario.paper.static.p99_ms: must lie in 0-3600000"),
+    ],
+    ids=["policy", "figure", "rate-percent", "negative-p99"],
+)  # fmt: skip
+def test_a_paper_figure_of_no_policy_the_runner_knows(table: str, says: str) -> None:
+    """Was: any policy name and any figure taken, and never printed (the report looks up the
+    runner's policies and p99_ms, violation_rate)."""
+    problems = refused(edited(("[[hosts]]\n", f"{table}\n\n[[hosts]]\n")))
+    assert problems == [says] or problems[0].startswith(says), problems
+
+
+def test_the_bundled_paper_figures_are_taken() -> None:
+    from replay.scenario import load_scenario
+
+    assert load_scenario("paper-p4d").meta.paper["full"]["p99_ms"] == 16.5

@@ -16,21 +16,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from actuators.launcher import TEMPLATE_NAME, UNIT_NAME
 from actuators.paths import PathError, check_rel
-from fsm.mig import GpuModel, Slot
+from fsm.mig import GpuModel, Slot, checked_ladder
 from fsm.observation import InstanceRef
 from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_READINESS_TIMEOUT_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import Policy, Role, TenantSpec
 from fsm.topology import Tier
 from schema.files import read_small_text
+from schema.names import Name, check_name  # noqa: F401 (check_name: re-exported, the daemon's name rule)
 from schema.problems import KeyProblem, KeyProblems, loads_toml, problems_of
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-
-
-def check_name(v: str) -> str:
-    if not _NAME.match(v):
-        raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '@', '-'")
-    return v
 
 
 def url_problem(v: str, schemes: tuple[str, ...], path: bool = True) -> str | None:
@@ -66,10 +59,6 @@ def url_problem(v: str, schemes: tuple[str, ...], path: bool = True) -> str | No
 
 def mqtt_url_problem(v: str) -> str | None:
     return url_problem(v, ("mqtt", "mqtts"), path=False)
-
-
-# Host and tenant names end up in metric labels, MQTT topics and file names.
-Name = Annotated[str, AfterValidator(check_name)]
 
 
 def _check_abs(v: str) -> str:
@@ -379,20 +368,7 @@ class PolicyConfig(Strict):
     @field_validator("mig_ladder")
     @classmethod
     def _ladder(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        from fsm.mig import model_by_name
-
-        out = {}
-        for key, names in v.items():
-            try:
-                model = model_by_name(key)
-                profiles = [model.profile(n) for n in names]
-            except KeyError as e:
-                raise ValueError(f"{key}: {e.args[0]}") from None
-            slices = [p.slices for p in profiles]
-            if not names or slices != sorted(set(slices)):
-                raise ValueError(f"{key}: profiles must be given smallest first, each larger than the last")
-            out[model.key] = names
-        return out
+        return checked_ladder(v)  # fsm/mig.py: a scenario's [policy] is checked with it too
 
     @model_validator(mode="after")
     def _backoff(self) -> PolicyConfig:

@@ -255,6 +255,29 @@ def model_by_name(name: str) -> GpuModel:
     raise KeyError(f"unknown GPU model {name!r}; known: {', '.join(sorted(MODELS))}")
 
 
+def checked_ladder(ladder: Any) -> dict[str, list[str]]:
+    """A policy's `mig_ladder` (GPU model -> profile names, smallest first) keyed by model key, or a
+    ValueError saying what is wrong: an unknown model or profile (a resize would end in KeyError
+    mid-run, fsm/placement.py), profiles out of order. The daemon's config ([policy] mig_ladder)
+    and a scenario's [policy] both check with this."""
+    if not isinstance(ladder, dict):
+        raise ValueError(f"expected a table of GPU model -> list of MIG profile names, got {ladder!r}")
+    out = {}
+    for key, names in ladder.items():
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{key}: expected a list of MIG profile names, smallest first, got {names!r}")
+        try:
+            model = model_by_name(key)
+            profiles = [model.profile(n) for n in names]
+        except KeyError as e:
+            raise ValueError(f"{key}: {e.args[0]}") from None
+        slices = [p.slices for p in profiles]
+        if not names or slices != sorted(set(slices)):
+            raise ValueError(f"{key}: profiles must be given smallest first, each larger than the last")
+        out[model.key] = list(names)
+    return out
+
+
 # A MIG profile's name as nvidia-smi prints it: 3g.20gb, 1g.10gb+me (the +gfx, +me.all kind too).
 # Attributes after the size are comma-joined (NVIDIA go-nvlib, MigProfileInfo.String and
 # parseMigProfileAttributes); a "-" before them is taken as well: a driver's name for a profile

@@ -25,7 +25,7 @@ class CanaryError(Exception):
 
 
 def load_policy_table(path: str) -> dict[str, Any]:
-    from replay.scenario import policy_from
+    from replay.scenario import policy_from, policy_overrides
 
     try:
         data = loads_toml(read_small_text(path))
@@ -38,8 +38,8 @@ def load_policy_table(path: str) -> dict[str, Any]:
     extra = sorted(set(data) - {"policy"})
     if extra or not isinstance(data.get("policy"), dict):
         raise CanaryError(f"{path}: expected only a [policy] table" + (f", found {', '.join(extra)}" if extra else ""))
-    table: dict[str, Any] = data["policy"]
     try:
+        table = policy_overrides(data["policy"], f"{path}: policy")  # as Policy values: "numa" -> Tier.NUMA
         policy_from(table, f"{path}: policy")
     except ValueError as e:
         raise CanaryError(str(e)) from None

@@ -97,6 +97,15 @@ def _run_args_problem(args: argparse.Namespace) -> str:
     return ""
 
 
+def _duration_problem(duration: float | None, scenarios: list[Any]) -> str:
+    """What is wrong with --duration for these scenarios ("" when nothing is): a run shorter than
+    one tick (it ran one tick and printed figures as though of the run asked for)."""
+    for sc in scenarios:
+        if duration is not None and duration < sc.meta.tick_s:
+            return f"--duration {duration:g} is shorter than one tick of {sc.name} (tick_s = {sc.meta.tick_s:g} s)"
+    return ""
+
+
 def _err(msg: str) -> int:
     print(f"tailguard replay: {msg}", file=sys.stderr)
     return 2
@@ -140,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not policies:
         return _err(f"--policies: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(POLICIES)}")
     duration = args.duration if args.duration is not None else scenario.meta.duration_s
-    bad_arg = _run_args_problem(args)
+    bad_arg = _run_args_problem(args) or _duration_problem(args.duration, [scenario])
     if bad_arg:
         return _err(bad_arg)
     # Output paths and the plotting library before the long part, not after it.
@@ -248,6 +257,9 @@ def run_suite(args: argparse.Namespace) -> int:
         scenarios = suite()
     except ScenarioError as e:
         return _err(str(e))
+    bad_arg = _duration_problem(args.duration, scenarios)
+    if bad_arg:
+        return _err(bad_arg)
     from replay.executor import ExecutorError
 
     try:

@@ -402,6 +402,10 @@ def _policy_overrides(p: Policy) -> list[tuple[str, str]]:
 
 def _nodes(topo: Topology, layouts: dict[str, list[str]]) -> list[str]:
     lines: list[str] = []
+    # A NUMA group of unknown index (the daemon's readers make one when sysfs knows none) gets an
+    # index no other node has: a scenario's NUMA indexes are unique.
+    known = {n.numa for n in topo.of_kind(NodeKind.NUMA) if n.numa is not None}
+    spare = (i for i in range(len(known) + len(topo.nodes) + 1) if i not in known)
     for n in topo.nodes:
         if n.kind is NodeKind.HOST or n.kind is NodeKind.OTHER:
             continue
@@ -410,7 +414,7 @@ def _nodes(topo: Topology, layouts: dict[str, list[str]]) -> list[str]:
         if parent is not None and parent.kind is not NodeKind.HOST:
             lines.append(f"parent = {_q(n.id and parent.id)}")
         if n.kind is NodeKind.NUMA:
-            lines.append(f"index = {n.numa if n.numa is not None else 0}")
+            lines.append(f"index = {n.numa if n.numa is not None else next(spare)}")
             if n.cpus:
                 lines.append(f"cpus = {_q(_cpus(n.cpus))}")
         if n.link_bps:

@@ -33,6 +33,12 @@ Trace = tuple[Array, Array, Array]
 _Columns = tuple["array[float]", "array[float]", "array[float]"]
 _BURSTGPT = ("Timestamp", "Request tokens", "Response tokens")
 MIN_SPAN_S = 1.0  # the shortest span of arrivals a trace may have (two requests or more)
+# The most tokens one request can have (a scenario's `tokens` and `generated_tokens` too): the
+# longest context any model offers is 10 million tokens (Llama 4 Scout); the longest output any
+# allows is about 128 thousand. A trace row of 1e9 made a 60 s replay run for minutes (a batched
+# server simulates its decodes step by step).
+MAX_CONTEXT_TOKENS = 10_000_000
+MAX_GENERATED_TOKENS = 1_000_000
 
 
 def read_request_trace(path: str) -> Trace:
@@ -72,12 +78,23 @@ def _rows(path: str, f: IO[str]) -> Iterator[tuple[int, list[str]]]:
         yield n, row
 
 
-def _count(text: Any) -> float:
-    """A token count: finite and >= 0 (nan, inf or a negative one would reach the service times)."""
+def _count(text: Any, what: str, limit: float) -> float:
+    """A token count: finite and >= 0 (nan, inf or a negative one would reach the service times),
+    at most `limit` (a request of a billion tokens simulated for minutes)."""
     v = float(text)
     if not (math.isfinite(v) and v >= 0):
         raise ValueError("token counts must be finite and >= 0")
+    if v > limit:
+        raise ValueError(f"{what} {v:g}: at most {limit:.0f} tokens a request (docs/scenarios.md)")
     return v
+
+
+def _context(text: Any, what: str) -> float:
+    return _count(text, what, MAX_CONTEXT_TOKENS)
+
+
+def _generated(text: Any, what: str) -> float:
+    return _count(text, what, MAX_GENERATED_TOKENS)
 
 
 def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> _Columns:
@@ -86,8 +103,8 @@ def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> _Columns:
     for n, row in rows:
         try:
             ts = datetime.fromisoformat(row[0].strip()[:26])
-            tok = _count(row[1])
-            gen = _count(row[2]) if len(row) > 2 and row[2].strip() else 0.0
+            tok = _context(row[1], "ContextTokens")
+            gen = _generated(row[2], "GeneratedTokens") if len(row) > 2 and row[2].strip() else 0.0
             at = (ts - (t0 or ts)).total_seconds()
         except (ValueError, IndexError, TypeError, OverflowError) as e:  # TypeError: naive and aware times mixed
             raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
@@ -108,7 +125,7 @@ def _burstgpt(path: str, rows: Iterator[tuple[int, list[str]]], cols: list[int])
             at = float(row[at_col])
             if not math.isfinite(at):
                 raise ValueError("Timestamp must be finite")
-            tok, gen = _count(row[tok_col]), _count(row[gen_col])
+            tok, gen = _context(row[tok_col], "Request tokens"), _generated(row[gen_col], "Response tokens")
         except (ValueError, IndexError, OverflowError) as e:
             raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
         times.append(at)
@@ -129,8 +146,8 @@ def _mooncake(path: str, f: IO[str]) -> _Columns:
             ms = float(rec["timestamp"])
             if not math.isfinite(ms):
                 raise ValueError("timestamp must be finite")
-            tok = _count(rec["input_length"])
-            gen = _count(rec.get("output_length", 0))
+            tok = _context(rec["input_length"], "input_length")
+            gen = _generated(rec.get("output_length", 0), "output_length")
         except KeyError as e:
             raise ValueError(f"{path}:{n}: no {e.args[0]!r}") from None
         except (ValueError, TypeError, OverflowError) as e:  # JSONDecodeError is a ValueError;

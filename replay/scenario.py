@@ -14,17 +14,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fsm.mig import GpuModel, Slot, layout_problems, model_by_name
+from fsm.mig import GpuModel, Slot, checked_ladder, layout_problems, model_by_name
 from fsm.observation import InstanceRef
 from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
-from fsm.topology import HOST_ID, Node, NodeKind, Topology
+from fsm.topology import HOST_ID, Node, NodeKind, Tier, Topology
 from replay.policy_ranges import policy_problems
+from replay.request_traces import MAX_CONTEXT_TOKENS, MAX_GENERATED_TOKENS
 from replay.topology_view import TopologyView, controller_view
-from schema.files import read_small_text
-from schema.problems import loads_toml, problems_of
+from schema.files import not_a_file, read_small_text
+from schema.names import NAME_PATTERN, NAME_RULE, Name
+from schema.problems import KeyProblem, KeyProblems, loads_toml, problems_of
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DATA_DIR = Path(__file__).parent / "data"
@@ -32,6 +34,15 @@ CPU = "cpu"  # path endpoint: host memory (the NUMA node of the other end)
 # The longest simulated run (and the longest MMPP state): a month of 2 s ticks is 1.3 million, hours
 # of work; 1e12 s was a run that never ended.
 MAX_DURATION_S = 31 * 86400.0
+# Realistic bounds on the per-request and per-link figures (compute_ms = 1e300 overflowed numpy and
+# printed a table of '-', a link of 1e-300 GB/s the same): far beyond any real one, far inside a float.
+MAX_REQUEST_MS = 3_600_000.0  # an hour of GPU or CPU time for one request (or one engine step)
+MAX_MS_PER_TOKEN = 1000.0  # a second per token on one slice: a GPU prefills thousands a second
+MAX_REQUEST_BYTES = 1e12  # 1 TB moved by one request: more than any GPU's memory (192 GB)
+MAX_BYTES_PER_TOKEN = 1e9  # 1 GB per token: a KV entry of the largest models is a few MB
+MIN_LINK_GBPS = 0.001  # 1 MB/s: far below any PCIe link (Gen1 x1 is 0.25 GB/s)
+MAX_LINK_GBPS = 10_000.0  # 10 TB/s: above NVLink 5's 1.8 TB/s, PCIe 7 x16's 242 GB/s
+MAX_MEMORY_GB = 10_000.0  # weights or overhead of one server: 10 TB, past any GPU's memory
 
 
 class ScenarioError(Exception):
@@ -54,7 +65,7 @@ class Schedule(_Strict):
 
     period_s: float | None = Field(None, gt=0)
     on: list[tuple[float, float]] = []
-    level: float = Field(1.0, ge=0)  # demand multiplier while on
+    level: float = Field(1.0, ge=0, le=1000)  # demand multiplier while on (x1000: past any real surge)
     profile: list[float] = []
 
     @model_validator(mode="after")
@@ -96,10 +107,14 @@ class NodeConfig(_Strict):
     id: str
     kind: Literal["numa", "root_complex", "switch", "gpu", "nvme", "nic"]
     parent: str | None = None  # numa nodes hang off the host
-    link_gbps: float | None = Field(None, gt=0)  # GB/s of the uplink, each direction (1 GB = 1e9 bytes)
-    up_gbps: float | None = Field(None, gt=0)  # toward the root complex, when not link_gbps
-    down_gbps: float | None = Field(None, gt=0)  # from the root complex, when not link_gbps
-    duplex_gbps: float | None = Field(None, gt=0)  # both directions together, when less than their sum
+    # GB/s of the uplink, each direction (1 GB = 1e9 bytes)
+    link_gbps: float | None = Field(None, ge=MIN_LINK_GBPS, le=MAX_LINK_GBPS)
+    # toward the root complex, when not link_gbps
+    up_gbps: float | None = Field(None, ge=MIN_LINK_GBPS, le=MAX_LINK_GBPS)
+    # from the root complex, when not link_gbps
+    down_gbps: float | None = Field(None, ge=MIN_LINK_GBPS, le=MAX_LINK_GBPS)
+    # both directions together, when less than their sum
+    duplex_gbps: float | None = Field(None, ge=MIN_LINK_GBPS, le=MAX_LINK_GBPS)
     index: int | None = Field(None, ge=0)  # numa: node number
     cpus: str | None = None  # numa: "0-23,48-71"
     model: str | None = None  # gpu: A100-SXM4-40GB, ...
@@ -121,42 +136,49 @@ class Requests(_Strict):
     burst_ratio: float = Field(1.0, ge=1, le=1000)
     burst_mean_s: float = Field(10.0, gt=0, le=MAX_DURATION_S)
     calm_mean_s: float = Field(30.0, gt=0, le=MAX_DURATION_S)
-    trace: str | None = None  # CSV (TIMESTAMP, ContextTokens, GeneratedTokens), relative to the file
+    # a request trace (replay/request_traces.py: Azure, BurstGPT, Mooncake), relative to the file
+    trace: str | None = Field(None, min_length=1)
     trace_speed: float = Field(1.0, gt=0, le=10_000)  # replay the trace this many times faster
-    tokens: float = Field(0.0, ge=0)  # context tokens per request when arrivals come from `rate`
-    compute_ms: float = Field(ge=0)  # on a 1-slice instance, fixed part
-    compute_ms_per_token: float = Field(0.0, ge=0)  # prefill grows with context tokens
+    # context tokens per request when arrivals come from `rate` (a trace's are bounded alike)
+    tokens: float = Field(0.0, ge=0, le=MAX_CONTEXT_TOKENS)
+    compute_ms: float = Field(ge=0, le=MAX_REQUEST_MS)  # on a 1-slice instance, fixed part
+    compute_ms_per_token: float = Field(0.0, ge=0, le=MAX_MS_PER_TOKEN)  # prefill grows with context tokens
     slice_exponent: float = Field(1.0, ge=0, le=2)  # compute / slices ** exponent
-    bytes: float = Field(0.0, ge=0)  # host<->device bytes per request, fixed part
-    bytes_per_token: float = Field(0.0, ge=0)
+    bytes: float = Field(0.0, ge=0, le=MAX_REQUEST_BYTES)  # host<->device bytes per request, fixed part
+    bytes_per_token: float = Field(0.0, ge=0, le=MAX_BYTES_PER_TOKEN)
     # vLLM's admission check: a prompt of max_model_len tokens or more is refused (HTTP 400), never
     # queued (vllm/v1/engine/input_processor.py, _validate_prompt_len). vLLM's default is the
     # model's context length (its config's max_position_embeddings). None: no limit.
-    max_model_len: int | None = Field(None, ge=1)
+    max_model_len: int | None = Field(None, ge=1, le=MAX_CONTEXT_TOKENS)
     # PCIe is full duplex: this share of the bytes goes device -> host (results: up the GPU's
     # switch), the rest host -> device (prompt, inputs, prefix-cache blocks: down it).
     d2h_share: float = Field(0.0, ge=0, le=1)
     # CPU-side time per request (fcfs: tokenisation, detokenisation, HTTP), on the tenant's cores
     # (`cpus`): stretched when other tenants' threads oversubscribe them. Batched: `step_ms` is that.
-    cpu_ms: float = Field(0.0, ge=0)
+    cpu_ms: float = Field(0.0, ge=0, le=MAX_REQUEST_MS)
     noise_cv: float = Field(0.2, ge=0, le=3)  # lognormal multiplicative noise on compute time
-    generated_tokens: float = Field(0.0, ge=0)  # output tokens per request with `rate` (a trace has its own)
+    # output tokens per request with `rate` (a trace has its own, bounded alike): 1e9 made a 60 s
+    # replay run for minutes (a batched server's decodes are simulated step by step)
+    generated_tokens: float = Field(0.0, ge=0, le=MAX_GENERATED_TOKENS)
     # The service model: "fcfs" = one request at a time (Lindley); "batched" = vLLM-style engine
     # steps of chunked prefill beside the running decodes (replay.batching). Batched keys below;
     # their defaults are vLLM's (EngineArgs.get_batch_defaults, devices under 70 GiB).
     server: Literal["fcfs", "batched"] = "fcfs"
-    max_batched_tokens: int = Field(2048, ge=1)  # token budget per step (prefill chunks + decodes)
-    max_seqs: int = Field(256, ge=1)  # sequences per step
-    long_prefill_tokens: int = Field(0, ge=0)  # most prompt tokens of one request per step (0: off)
-    step_ms: float = Field(0.0, ge=0)  # per step, CPU side: not scaled by slices
-    step_floor_ms: float = Field(0.0, ge=0)  # per step on 1 slice: memory-bound floor (weights read)
-    decode_ms_per_token: float = Field(0.0, ge=0)  # per step on 1 slice, per context token of a decode
+    # token budget per step (prefill chunks + decodes)
+    max_batched_tokens: int = Field(2048, ge=1, le=MAX_CONTEXT_TOKENS)
+    max_seqs: int = Field(256, ge=1, le=1_000_000)  # sequences per step
+    # most prompt tokens of one request per step (0: off)
+    long_prefill_tokens: int = Field(0, ge=0, le=MAX_CONTEXT_TOKENS)
+    step_ms: float = Field(0.0, ge=0, le=MAX_REQUEST_MS)  # per step, CPU side: not scaled by slices
+    step_floor_ms: float = Field(0.0, ge=0, le=MAX_REQUEST_MS)  # per step on 1 slice: memory-bound floor (weights read)
+    # per step on 1 slice, per context token of a decode
+    decode_ms_per_token: float = Field(0.0, ge=0, le=MAX_MS_PER_TOKEN)
     # KV cache, sized as vLLM does at start from the instance's memory (so a bigger slice has more):
     # memory x gpu_memory_utilization - weights - overhead, in blocks of kv_block_tokens tokens.
     # kv_bytes_per_token = 0 (default): no capacity limit (no admission control, no preemption).
-    kv_bytes_per_token: float = Field(0.0, ge=0)  # 2 x layers x KV heads x head dim x bytes
-    weights_gb: float = Field(0.0, ge=0)  # resident weights, GB (1e9 bytes)
-    overhead_gb: float = Field(0.0, ge=0)  # activation peak + non-torch memory (CUDA graphs, ...), GB
+    kv_bytes_per_token: float = Field(0.0, ge=0, le=MAX_BYTES_PER_TOKEN)  # 2 x layers x KV heads x head dim x bytes
+    weights_gb: float = Field(0.0, ge=0, le=MAX_MEMORY_GB)  # resident weights, GB (1e9 bytes)
+    overhead_gb: float = Field(0.0, ge=0, le=MAX_MEMORY_GB)  # activation peak + non-torch memory (CUDA graphs, ...), GB
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # vLLM's default
     kv_block_tokens: int = Field(16, ge=1, le=1024)  # vLLM block_size default
 
@@ -215,7 +237,7 @@ MAX_RATE = 1e5  # requests/s of one simulated tenant at its peak: far above any 
 
 
 class TenantConfig(_Strict):
-    name: str
+    name: Name  # the daemon's config's rule (schema/names.py): it names metrics, topics and files
     role: Role
     instance: str | None = None  # GPU/PROFILE@START
     cgroup: str | None = None
@@ -225,7 +247,7 @@ class TenantConfig(_Strict):
     mps: bool = False
     requests: Requests | None = None  # sensitive
     flows: list[FlowConfig] = []  # bulk / compute: every leg carries the tenant's rate
-    demand_gbps: float = Field(0.0, ge=0)  # bytes/s the flows want (GB/s), while the schedule is on
+    demand_gbps: float = Field(0.0, ge=0, le=MAX_LINK_GBPS)  # bytes/s the flows want (GB/s), while the schedule is on
     sm_active: float = Field(0.0, ge=0, le=1)  # compute: SM activity of its instance while on
     schedule: Schedule = Schedule()
     reroute: list[Reroute] = []  # flows that change path on a schedule (bulk / compute)
@@ -289,7 +311,7 @@ class TenantConfig(_Strict):
 
 
 class HostConfig(_Strict):
-    name: str
+    name: Name
     copies: int = Field(1, ge=1, le=64)  # identical hosts (each with its own controller)
     nodes: list[NodeConfig]
     tenants: list[TenantConfig]
@@ -391,11 +413,17 @@ class OwnRestarts(_Strict):
     restarts"."""
 
     # The mean seconds between one sensitive tenant's own restarts (a Poisson process per tenant,
-    # from a generator of its own: static and full meet the same ones). None: never
-    every_s: float | None = Field(None, gt=0, le=MAX_DURATION_S)
+    # from a generator of its own: static and full meet the same ones). None: never. At least 1 s
+    # and at least the scenario's tick_s (ScenarioMeta checks that): restarts are drawn one by one
+    # at tick resolution, and 1e-6 s was a MemoryError, 1e-300 s a loop that never ended
+    every_s: float | None = Field(None, ge=1, le=MAX_DURATION_S)
     # How long each keeps the tenant down. None: its relaunch as the host has it (the tenant's
     # relaunch_s times [scenario.actuation] relaunch_factor)
     outage_s: float | None = Field(None, ge=0, le=3600)
+
+
+# The figures a [scenario.paper.POLICY] table may give (the report prints them), and their bounds.
+PAPER_FIGURES = {"p99_ms": 3_600_000.0, "violation_rate": 1.0}
 
 
 class ScenarioMeta(_Strict):
@@ -424,12 +452,53 @@ class ScenarioMeta(_Strict):
                     raise ValueError(f"{old} is now {new} (a move's outage is computed from both, fsm/outage.py)")
         return data
 
+    @model_validator(mode="after")
+    def _ticks(self) -> ScenarioMeta:
+        bad = []
+        if self.duration_s < self.tick_s:  # a run of no whole tick printed figures of nothing
+            bad.append(
+                KeyProblem("duration_s", f"{self.duration_s:g} s is shorter than one tick (tick_s = {self.tick_s:g})")
+            )
+        every = self.restarts.every_s
+        if every is not None and every < self.tick_s:
+            bad.append(
+                KeyProblem(
+                    "restarts.every_s",
+                    f"{every:g} s is shorter than one tick (tick_s = {self.tick_s:g}): restarts come per tick",
+                )
+            )
+        if bad:
+            raise KeyProblems(bad)
+        return self
+
     compute_coupling: float = Field(0.0, ge=0, le=1)  # slowdown per unit of neighbours' SM load
     signals: SignalFidelity = SignalFidelity()
     actuation: ActuationFidelity = ActuationFidelity()
     restarts: OwnRestarts = OwnRestarts()
-    irq_base: float = Field(2000.0, ge=0)  # interrupts/s per CPU with no I/O
+    irq_base: float = Field(2000.0, ge=0, le=1e7)  # interrupts/s per CPU with no I/O (1e7: past any CPU's)
     paper: dict[str, dict[str, float]] = {}  # policy -> {"p99_ms": ..., "violation_rate": ...}
+
+    @field_validator("paper")
+    @classmethod
+    def _paper(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Only the runner's policies, and only the figures the report prints beside them."""
+        from replay.runner import POLICIES  # imports this module
+
+        bad = []
+        for name, figures in v.items():
+            if name not in POLICIES:
+                bad.append(KeyProblem(name, f"no such policy; the runner's: {', '.join(POLICIES)}"))
+                continue
+            for key, x in figures.items():
+                if key not in PAPER_FIGURES:
+                    bad.append(
+                        KeyProblem(f"{name}.{key}", f"unknown figure; the report prints {', '.join(PAPER_FIGURES)}")
+                    )
+                elif not 0 <= x <= PAPER_FIGURES[key]:
+                    bad.append(KeyProblem(f"{name}.{key}", f"must lie in 0-{PAPER_FIGURES[key]:.10g} (got {x!r})"))
+        if bad:
+            raise KeyProblems(bad)
+        return v
 
 
 class ScenarioConfig(_Strict):
@@ -471,25 +540,72 @@ def cpu_list(text: str) -> tuple[int, ...]:
     return _cpus(text)
 
 
+# The bound of the daemon's topology readers (controller/topology.py MAX_CPUS, which replay may not
+# import): far above any host (Linux's NR_CPUS tops out at 8192). "0-4000000000" was a MemoryError.
+MAX_CPUS = 65536
+
+
 def _cpus(text: str) -> tuple[int, ...]:
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)  # ASCII digits (\d took "١")
         if not m:
-            raise ValueError(f"bad CPU list {text!r}: expected e.g. 0-23,48-71")
+            raise ValueError(f"bad CPU list {text[:40]!r}: expected e.g. 0-23,48-71")
+        big = next((g for g in m.groups() if g is not None and (len(g) > 6 or int(g) >= MAX_CPUS)), None)
+        if big is not None:  # at most 6 digits before int(): int() of 5,000 digits raises its own error
+            raise ValueError(f"CPU {big[:20]} in {part[:40]!r}: CPU numbers go up to {MAX_CPUS - 1}")
         a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise ValueError(f"bad CPU range {part!r}: the first CPU is past the last")
         out.extend(range(a, b + 1))
+        if len(out) > MAX_CPUS:  # each range is bounded, their number is not
+            raise ValueError(f"more than {MAX_CPUS} CPUs in {text[:40]!r}...")
     return tuple(out)
 
 
-def policy_from(overrides: dict[str, Any], where: str) -> Policy:
+# io_share_tier as the daemon's config spells it (controller/config.py PolicyConfig; a test keeps
+# the two equal), or as the tier's number (fsm.topology.Tier: 1 switch ... 4 system).
+TIERS = {"switch": Tier.SWITCH, "root_complex": Tier.ROOT_COMPLEX, "numa": Tier.NUMA, "system": Tier.SYSTEM}
+
+
+def policy_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """A [policy] table (a scenario's, a canary's policy file) as Policy field values: the keys the
+    config spells its own way turned into the Policy's (io_share_tier "numa" -> Tier.NUMA,
+    mig_ladder's lists -> tuples), each checked as the config checks it. ValueError naming
+    `where`.KEY otherwise; policy_from then checks the ranges."""
     known = set(Policy.__dataclass_fields__)
     bad = sorted(set(overrides) - known)
     if bad:
         raise ValueError(f"{where}: unknown policy key(s) {', '.join(bad)}")
+    if "enforce" in overrides:  # `enforce = false` made "full" a dry run that printed figures
+        raise ValueError(
+            f"{where}.enforce: not a [policy] key here: the runner sets it per policy (every policy of a"
+            " replay applies its decisions, a shadow replay none; `tailguard run --simulate --dry-run` for a"
+            " dry run); leave it out"
+        )
+    out = dict(overrides)
+    if "mig_ladder" in out:  # an unknown profile ended a run in KeyError at its first resize
+        try:
+            out["mig_ladder"] = {k: tuple(v) for k, v in checked_ladder(out["mig_ladder"]).items()}
+        except ValueError as e:
+            raise ValueError(f"{where}.mig_ladder: {e}") from None
+    if "io_share_tier" in out:
+        v = out["io_share_tier"]
+        if isinstance(v, str) and v in TIERS:
+            out["io_share_tier"] = TIERS[v]
+        elif isinstance(v, int) and not isinstance(v, bool) and v in set(TIERS.values()):
+            out["io_share_tier"] = Tier(v)
+        else:
+            names = ", ".join(f'"{k}" ({int(t)})' for k, t in TIERS.items())
+            raise ValueError(f"{where}.io_share_tier: expected one of {names}, got {v!r}")
+    return out
+
+
+def policy_from(overrides: dict[str, Any], where: str) -> Policy:
+    overrides = policy_overrides(overrides, where)
     for k, v in overrides.items():
         default = getattr(Policy(), k)
         if isinstance(default, bool) != isinstance(v, bool) or not isinstance(v, type(default) | int | float):
@@ -504,10 +620,27 @@ def policy_from(overrides: dict[str, Any], where: str) -> Policy:
     return policy
 
 
+# What each kind of node may hang off: kinds nest host > numa > root_complex > switch* > device. A
+# level may be skipped, as the daemon's topology readers skip it (a device alone on its root port
+# hangs off its NUMA node: controller/topology.py), and `scenario from-trace` writes their trees.
+_PARENT_KINDS = {
+    "numa": ("host",),
+    "root_complex": ("host", "numa"),
+    "switch": ("host", "numa", "root_complex", "switch"),
+    "gpu": ("host", "numa", "root_complex", "switch"),
+    "nvme": ("host", "numa", "root_complex", "switch"),
+    "nic": ("host", "numa", "root_complex", "switch"),
+}
+_DEVICE_KINDS = ("gpu", "nvme", "nic")  # what a flow may end at (or `cpu`)
+
+
 def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list[HostModel]:
     where = f"hosts[{i}]({h.name})"
     nodes: list[Node] = [Node(HOST_ID, NodeKind.HOST, None)]
     ids = {HOST_ID}
+    kinds = {HOST_ID: "host"}
+    numa_at: dict[int, str] = {}  # numa index -> node id
+    alias_of: dict[str, str] = {}  # alias -> node id
     layouts: dict[str, tuple[Slot, ...]] = {}
     models: dict[str, GpuModel] = {}
     capacity: dict[tuple[str, str], float] = {}
@@ -523,6 +656,21 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
         if parent not in ids:
             problems.append(f"{nw}.parent: unknown node {parent!r} (parents must come first)")
             continue
+        if kinds[parent] not in _PARENT_KINDS[n.kind]:
+            problems.append(
+                f"{nw}.parent: a {kinds[parent]} ({parent!r}): a {n.kind} hangs off a "
+                f"{' or '.join(_PARENT_KINDS[n.kind]).replace(' or ', ', ', len(_PARENT_KINDS[n.kind]) - 2)}"
+                " (kinds nest host > numa > root_complex > switch > device)"
+            )  # kept in the tree all the same: what refers to it is not refused for it
+        if n.kind == "numa" and n.index is not None:
+            if n.index in numa_at:
+                problems.append(f"{nw}.index: NUMA node {n.index} is {numa_at[n.index]!r} already")
+            numa_at.setdefault(n.index, n.id)
+        for k, a in enumerate(n.aliases):
+            other = alias_of.get(a, a if a in ids else None)
+            if other is not None and other != n.id:
+                problems.append(f"{nw}.aliases[{k}]: {a!r} already names node {other!r}")
+            alias_of.setdefault(a, n.id)
         cpus: tuple[int, ...] = ()
         if n.cpus:
             try:
@@ -586,6 +734,10 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
             )
         )
         ids.add(n.id)
+        kinds[n.id] = n.kind
+    for nid in kinds:
+        if alias_of.get(nid, nid) != nid:  # an alias given before the node of that id
+            problems.append(f"{where}.nodes: node id {nid!r} is also an alias of node {alias_of[nid]!r}")
     try:
         topo = Topology(tuple(nodes))
     except ValueError as e:
@@ -619,17 +771,15 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
                     used[inst] = t.name
                     _check_kv(t.requests, models[inst.gpu], inst.profile, f"{tw}.requests", problems)
         for k, f in enumerate(t.flows):
-            for end in f.path:
-                if end != CPU and not topo.has(end):
-                    problems.append(f"{tw}.flows[{k}].path: unknown device {end!r}")
+            _check_flow(f, topo, f"{tw}.flows[{k}].path", problems)
         for r, rr in enumerate(t.reroute):
             for k, f in enumerate(rr.flows):
-                for end in f.path:
-                    if end != CPU and not topo.has(end):
-                        problems.append(f"{tw}.reroute[{r}].flows[{k}].path: unknown device {end!r}")
+                _check_flow(f, topo, f"{tw}.reroute[{r}].flows[{k}].path", problems)
         for k, d in enumerate(t.devices):
             if not topo.has(d):
                 problems.append(f"{tw}.devices[{k}]: unknown device {d!r}")
+            elif (dkind := topo.node(d).kind.value) not in _DEVICE_KINDS:
+                problems.append(f"{tw}.devices[{k}]: {d!r} is a {dkind}, not a device (gpu, nvme, nic)")
         if t.cpus is not None:
             _check_cpus(t.cpus, topo, f"{tw}.cpus", problems)
         tenants[t.name] = TenantSpec(
@@ -646,6 +796,9 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
     out = []
     for c in range(h.copies):
         name = h.name if h.copies == 1 else f"{h.name}-{c}"
+        if c == h.copies - 1 and not NAME_PATTERN.match(name):  # the copies' names too: p4d-63
+            problems.append(f"{where}.name: with copies = {h.copies}, {name!r}: {NAME_RULE}")
+            return []
         spec = HostSpec(topo, tenants, Policy(), {g: m.key for g, m in models.items()})
         out.append(
             HostModel(
@@ -659,6 +812,26 @@ def _resolve_host(h: HostConfig, i: int, file: str, problems: list[str]) -> list
             )
         )
     return out
+
+
+def _check_flow(f: FlowConfig, topo: Topology, where: str, problems: list[str]) -> None:
+    """A flow runs between two devices, or a device and host memory (`cpu`)."""
+    ends = []
+    for end in f.path:
+        if end == CPU:
+            ends.append(CPU)
+            continue
+        if not topo.has(end):
+            problems.append(f"{where}: unknown device {end!r}")
+            return
+        node = topo.node(end)
+        if node.kind.value not in _DEVICE_KINDS:
+            problems.append(f"{where}: {end!r} is a {node.kind.value}: a flow ends at a device (gpu, nvme, nic) or cpu")
+            return
+        ends.append(node.id)
+    if ends[0] == ends[1]:
+        what = "host memory at both ends" if ends[0] == CPU else f"{f.path[0]!r} at both ends"
+        problems.append(f"{where}: {what}: a flow runs between two devices, or a device and cpu")
 
 
 def kv_fits(req: Requests | None, model: GpuModel, profile: str) -> bool:
@@ -726,7 +899,7 @@ def scenario_from_data(data: dict[str, Any], file: str) -> Scenario:
                 p = resolve_data(t.requests.trace, Path(file).parent)
                 key = f"hosts[{i}]({h.name}).tenants[{j}]({t.name}).requests.trace"
                 if p is None:
-                    problems.append(f"{key}: no such file")
+                    problems.append(f"{key}: {_trace_missing(t.requests.trace, Path(file).parent)}")
                     continue
                 # Read now (cached for the runs): a bad row found in a worker would end the replay
                 # in a traceback, after the other runs' work.
@@ -780,6 +953,15 @@ def resolve_data(name: str, base: Path) -> Path | None:
         except OSError:  # a name too long, a directory this user may not search: not found here
             continue
     return None
+
+
+def _trace_missing(name: str, base: Path) -> str:
+    """Why resolve_data found no file: what the first candidate there is, or that none is."""
+    for cand in (base / name, DATA_DIR / name, DATA_DIR / Path(name).name):
+        what = not_a_file(cand)
+        if what is not None:  # /tmp, /dev/null: said so, not "no such file"
+            return f"{cand}: {what}, not a file"
+    return "no such file"
 
 
 def bundled() -> list[str]:

@@ -38,6 +38,16 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
+def not_a_file(path: str | Path) -> str | None:
+    """What `path` is when it is there but not a regular file ("a directory", "a character device",
+    ...), None otherwise (a regular file, a symlink to one, or nothing there)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # not there, a name too long, a NUL in it
+        return None
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
 def open_regular(path: str | Path) -> int:
     """A read-only descriptor of `path`, refused (OSError, EINVAL) unless a regular file. Opened
     non-blocking so that a FIFO is refused rather than waited on; a symlink to a file is fine."""

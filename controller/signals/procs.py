@@ -21,7 +21,7 @@ from schema.files import read_small_text
 from schema.jsontext import ascii_digits, fields, shown, text_lines
 
 Process = tuple[int, int]  # (pid, start time in clock ticks after boot)
-_PID_DIGITS = 10  # pid_max is at most 2**22 (4,194,304)
+_PID_DIGITS = 10  # pid_max is at most 2**22 (4,194,304: 7 digits); a u32 fits in 10
 _STARTTIME_FIELD = 22  # proc(5), counted from 1 (pid is 1, comm 2, state 3)
 
 

@@ -94,7 +94,7 @@ class Tick(ReleaseTick):
         ev, w = update_evidence(ctl.evidence, lw, t.quantile, slo, self.evidence_params, now)
         settling = ctl.settle_until is not None and now < ctl.settle_until
         restarted = ts.restarted_s if ts is not None else None
-        if restarted is not None and not settling and self.restart_is_own(ctl):
+        if restarted is not None and not settling and self.restart_is_own(ctl, restarted):
             ctl = self.own_restart(t, ctl, restarted)
             settling = True
         elif settling and ctl.drained_from is not None and now >= ctl.drained_from and _drained(lw, slo):

@@ -375,17 +375,22 @@ class TickBase:
         now = self.obs.t
         return tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
 
-    def restart_is_own(self, ctl: TenantCtl) -> bool:
-        """Is a restart the tenant's sample reports one that tailguard did not make? Not while an
-        operation of ours is under way, nor within the cooldown or backoff after one: a move of
-        ours restarts the tenant too, and the scrape that sees its counters start again may come
-        before or after the actuators report it."""
+    def restart_is_own(self, ctl: TenantCtl, down_s: float) -> bool:
+        """Is a restart the tenant's sample reports, down for about `down_s`, one that tailguard did
+        not make? Not while an operation of ours is under way, nor within the cooldown or backoff
+        after one: a move of ours restarts the tenant too, and the scrape that sees its counters
+        start again may come before or after the actuators report it. Nor when it went down
+        during an outage already counted (a move of ours, one that ran long, a restart reported
+        before): a tenant whose latency comes from a file says so at its first request after it
+        serves again, which at a low rate may be past the cooldown."""
         now = self.obs.t
-        return (
-            ctl.pending is None
-            and (ctl.cooldown_until is None or now >= ctl.cooldown_until)
-            and (ctl.backoff_until is None or now >= ctl.backoff_until)
-        )
+        if ctl.pending is not None or (ctl.cooldown_until is not None and now < ctl.cooldown_until):
+            return False
+        if ctl.backoff_until is not None and now < ctl.backoff_until:
+            return False
+        down_from = now - down_s
+        slack = self.spec.policy.cooldown_s
+        return not any(t0 <= now and down_from <= t0 + 2.0 * d + slack for t0, d in ctl.outages)
 
     def own_restart(self, t: TenantSpec, ctl: TenantCtl, down_s: float) -> TenantCtl:
         """The tenant restarted outside tailguard (a deploy, an out-of-memory kill, a crash) and

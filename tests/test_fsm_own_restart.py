@@ -206,3 +206,35 @@ def test_the_reset_a_move_of_ours_makes_is_ours() -> None:
         kinds, st = run(at)
         assert kinds == plain, at
         assert st.tenants["llm"].outages == state.tenants["llm"].outages
+
+
+def test_a_late_report_of_a_move_of_ours_is_ours_too() -> None:
+    """A tenant whose latency comes from a file says it restarted at its first request after it
+    serves again (controller/signals/procs.py), which at a low rate may be past the cooldown: a
+    restart whose span began during an outage of ours is still ours (nothing charged, no event)."""
+    from fsm.examples import ToyPlant
+
+    def run(report: tuple[int, float] | None) -> tuple[list[str], ControllerState]:
+        plant, state, kinds = ToyPlant(), ControllerState(), []
+        spec = example_spec(Policy(cooldown_s=30.0, dwell_s=30.0))
+        for i in range(200):
+            o = plant.observe()
+            if report is not None and i == report[0]:
+                o = replace(o, tenants={**o.tenants, "llm": replace(o.tenants["llm"], restarted_s=report[1])})
+            d = decide(state, o, spec)
+            state = d.state
+            kinds += [f"{i}:{e.kind} {e.lever}".strip() for e in d.events if e.kind != "hold"]
+            plant.apply(d.desired)
+        return kinds, state
+
+    plain, state = run(None)
+    took = next(int(k.split(":")[0]) for k in plain if k.endswith("escalate resize"))
+    period = ToyPlant().period_s
+    late = took + 60  # far past the completion's cooldown
+    kinds, st = run((late, (late - took) * period))
+    assert kinds == plain
+    assert st.tenants["llm"].outages == state.tenants["llm"].outages
+    # a restart that went down after our outage and its slack is the tenant's own
+    own, _ = run((late, 4 * period))
+    assert f"{late}:restarted" in own
+

@@ -283,6 +283,36 @@ def test_a_series_given_twice_alike_counts_once() -> None:
     assert once is not None and once.total == 10
 
 
+def _engines(*engines: tuple[int, int, int]) -> str:
+    """One histogram in several series, as vLLM exposes it under data parallelism (`engine`)."""
+    return "".join(
+        f'm_bucket{{engine="{i}",le="0.1"}} {a}\nm_bucket{{engine="{i}",le="1"}} {b}\n'
+        f'm_bucket{{engine="{i}",le="+Inf"}} {c}\nm_count{{engine="{i}"}} {c}\n'
+        for i, (a, b, c) in enumerate(engines)
+    )
+
+
+def test_one_series_of_several_that_restarted_is_no_window_of_the_others_history() -> None:
+    """Found by hunting: engine 1 of 2 restarted (its counters back to 0) while engine 0 served 10
+    requests; the sum went down, the whole histogram was taken for reset, and engine 0's 1,000
+    requests since its start were read as this window (1,012 requests). Deltas are per series."""
+    pages = [_engines((900, 990, 1000), (900, 990, 1000)), _engines((909, 999, 1010), (1, 2, 2)),
+             _engines((919, 1009, 1020), (2, 3, 3), (4, 4, 4))]  # fmt: skip
+
+    async def fetch(url: str, timeout_s: float) -> str:
+        return pages.pop(0)
+
+    async def run() -> None:
+        s = PrometheusLatencySampler("x", "u", metric="m", fetch=fetch)
+        await s.sample(0.0)
+        r = await s.sample(1.0)
+        assert isinstance(r, LatencyReading) and r.window.count == 12 and r.restarted_s == 1.0
+        r = await s.sample(2.0)  # a third engine appears: it counts from its start; no restart
+        assert isinstance(r, LatencyReading) and r.window.count == 10 + 1 + 4 and r.restarted_s is None
+
+    asyncio.run(run())
+
+
 def test_jsonl_latency_past_an_hour_is_a_bad_line(tmp_path: Path) -> None:
     """Found by fuzzing: 1e300 s was a sample (a window's p50 5e307 s); MQTT's bound holds here too."""
     s = JsonlLatencySampler("t", str(tmp_path / "x.jsonl"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,17 +36,28 @@ class FetchError(Exception):
 
 def _get(url: str, timeout_s: float) -> str:
     req = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
+    deadline = time.monotonic() + timeout_s
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            body = resp.read(MAX_BODY + 1)
+            # A piece at a time against the deadline: the socket's timeout holds per read, and a server
+            # sending a byte under it each time held this worker thread for ever (the default
+            # executor's few threads, which the other samplers' reads wait for).
+            parts: list[bytes] = []
+            total = 0
+            while part := resp.read1(65536):
+                total += len(part)
+                if total > MAX_BODY:
+                    raise FetchError(f"{url}: response larger than {MAX_BODY} bytes")
+                if time.monotonic() > deadline:
+                    raise FetchError(f"{url}: no answer within {timeout_s:g} s")
+                parts.append(part)
+            body = b"".join(parts)
     except urllib.error.HTTPError as e:
         raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         raise FetchError(f"{url}: {e.reason}") from None
     except (OSError, ValueError) as e:
         raise FetchError(f"{url}: {e}") from None
-    if len(body) > MAX_BODY:
-        raise FetchError(f"{url}: response larger than {MAX_BODY} bytes")
     return body.decode("utf-8", errors="replace")
 
 

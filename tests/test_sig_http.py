@@ -305,3 +305,22 @@ def test_the_threaded_path_holds_its_deadline_against_a_trickling_server() -> No
     t0 = time.perf_counter()
     assert "no answer within 0.3 s" in fails(_threaded, h, timeout=0.3)
     assert time.perf_counter() - t0 < 2.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x 1\n" * 10, "closed before the end of the response"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n28\r\n" + b"x 1\n" * 10 + b"\r\n",
+         "closed before the end of the response"),
+        (b"<html>hello</html>\r\n\r\n", "bad HTTP response: BadStatusLine"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "bad HTTP response: LineTooLong"),
+    ],
+    ids=["content-length", "chunked", "no-status-line", "header-too-long"],
+)  # fmt: skip
+def test_the_threaded_path_names_a_cut_or_bad_response(raw: bytes, says: str) -> None:
+    """Found by hunting: a body cut short of its Content-Length was read as the whole scrape (40 of
+    100 bytes: a histogram without its last buckets), and http.client's own exceptions (a cut
+    chunked body, no status line) are no OSError: they left as IncompleteRead or BadStatusLine,
+    naming no URL."""
+    assert says in fails(_threaded, reply(raw))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import time
 import urllib.error
 import urllib.parse
@@ -25,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from schema.jsontext import ascii_digits
+from schema.problems import short_text
 
 MAX_BODY = 32 * 1024 * 1024  # a scrape larger than this is a misconfiguration, not data
 MAX_HEADERS = 100
@@ -51,11 +53,17 @@ def _get(url: str, timeout_s: float) -> str:
                 if time.monotonic() > deadline:
                     raise FetchError(f"{url}: no answer within {timeout_s:g} s")
                 parts.append(part)
+            if resp.length:  # read1 ends at the close, with bytes of the Content-Length still due
+                raise FetchError(f"{url}: connection closed before the end of the response")
             body = b"".join(parts)
     except urllib.error.HTTPError as e:
         raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         raise FetchError(f"{url}: {e.reason}") from None
+    except http.client.IncompleteRead:
+        raise FetchError(f"{url}: connection closed before the end of the response") from None
+    except http.client.HTTPException as e:  # not an OSError: a bad status line, a header line too long
+        raise FetchError(f"{url}: bad HTTP response: {type(e).__name__}: {short_text(str(e), 80)}") from None
     except (OSError, ValueError) as e:
         raise FetchError(f"{url}: {e}") from None
     return body.decode("utf-8", errors="replace")

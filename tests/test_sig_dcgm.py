@@ -228,3 +228,19 @@ def test_a_series_whose_profile_label_is_no_profile_name_is_skipped_with_a_reaso
     )
     ok = DcgmExporterSampler("http://x").parse(SCRAPE.replace('"1g.5gb"', '"1g.10gb+me"'), 0.0)
     assert ok.gpus[0].instances[0].profile == "1g.10gb+me" and not any(k.endswith(":profile") for k in ok.unavailable)
+
+
+@pytest.mark.parametrize("gi_id", ["", None], ids=["empty", "missing"])
+def test_an_instance_series_without_its_gpu_i_id_is_skipped_with_a_reason(gi_id: str | None) -> None:
+    """Found by hunting: a series with GPU_I_PROFILE but no (or an empty) GPU_I_ID was read as the
+    whole GPU's: its instance's DRAM active became GPU 0's, and beside GPU 0's own series the whole
+    scrape was refused ("given twice"). It is left out, with a reason; the rest is read."""
+    lines = SCRAPE.splitlines(keepends=True)
+    gi = 'GPU_I_ID=""' if gi_id is not None else ""
+    lines[_GI_LINE - 1] = lines[_GI_LINE - 1].replace('GPU_I_ID="13"', gi).replace(",,", ",").replace(",}", "}")
+    r = DcgmExporterSampler("http://x").parse("".join(lines), 0.0)
+    assert r.gpus[0].instances == () and r.gpus[0].dram_active == 0.690789
+    assert r.unavailable["dcgm:gpu0:gi"] == (
+        f"http://x: line {_GI_LINE}: {DRAM_ACTIVE} for GPU 0 skipped: GPU_I_PROFILE '1g.5gb' without a"
+        " GPU_I_ID (a MIG instance's series, which one unknown)"
+    )

@@ -114,6 +114,14 @@ class DcgmExporterSampler:
             if g is None:
                 raise ParseError(self.url, s.line, f"{name}: 'gpu' label {g_txt[:12]!r} is not a GPU index")
             gi = labels.get("GPU_I_ID")
+            if not gi and labels.get("GPU_I_PROFILE"):
+                # A MIG instance's series that says not which instance: read as the whole GPU's, one
+                # instance's SM active was the GPU's, and two made the whole scrape "given twice".
+                skipped[f"dcgm:gpu{g}:gi"] = (
+                    f"{self.url}: line {s.line}: {name} for GPU {g} skipped: GPU_I_PROFILE"
+                    f" {shown(labels['GPU_I_PROFILE'])} without a GPU_I_ID (a MIG instance's series, which one unknown)"
+                )
+                continue
             if gi:
                 gi_id = _index(gi)
                 if gi_id is None:

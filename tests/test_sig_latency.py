@@ -387,3 +387,63 @@ def test_jsonl_line_with_a_key_twice_is_a_bad_line(tmp_path: Path) -> None:
             f"{p}: line 3: not JSON (key 'a' given twice in one object)",
         ],
     )
+
+
+def test_jsonl_file_put_back_after_a_failed_read_is_read_from_its_start(tmp_path: Path) -> None:
+    """Found by hunting: rotated to a directory, then a FIFO, then a regular file again; the new
+    file was opened at its end, as at the first tick, and its lines were skipped. The rest of the
+    rotated file is read even when the new path cannot be opened."""
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"latency_s": 9}\n')
+    s = JsonlLatencySampler("t", str(p))
+
+    async def run() -> None:
+        assert isinstance(await s.sample(0.0), LatencyReading)  # history: skipped
+        with p.open("a") as f:
+            f.write('{"latency_s": 0.1}\n')
+        p.rename(tmp_path / "x.jsonl.1")
+        p.mkdir()
+        r = await s.sample(1.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.1,)
+        assert (await s.sample(2.0)) == Unavailable(f"{p}: a directory, not a regular file")
+        p.rmdir()
+        os.mkfifo(p)
+        assert (await s.sample(3.0)) == Unavailable(f"{p}: a FIFO, not a regular file")
+        p.unlink()
+        p.write_text('{"latency_s": 0.5}\n')
+        r = await s.sample(4.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.5,)
+
+    asyncio.run(run())
+
+
+def test_jsonl_read_that_failed_goes_on_from_where_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that failed (EIO, EACCES for a moment) closed the file; opened again, the same file
+    is read on from the first byte not yet taken: nothing skipped, nothing twice, and a partial
+    line kept across it."""
+    p = tmp_path / "x.jsonl"
+    p.write_text("")
+    s = JsonlLatencySampler("t", str(p))
+    real = s._read_chunk
+
+    def fail() -> bytes:
+        raise OSError(5, "Input/output error")
+
+    async def run() -> None:
+        await s.sample(0.0)
+        with p.open("a") as f:
+            f.write('{"latency_s": 0.1}\n{"latency_s": 0.')
+        r = await s.sample(1.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.1,)
+        with p.open("a") as f:
+            f.write('2}\n{"latency_s": 0.3}\n')
+        monkeypatch.setattr(s, "_read_chunk", fail)
+        assert (await s.sample(2.0)) == Unavailable(f"{p}: Input/output error")
+        monkeypatch.setattr(s, "_read_chunk", real)
+        with p.open("a") as f:
+            f.write("x\n")
+        r = await s.sample(3.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.2, 0.3)
+        assert s.last_bad == f"{p}: line 4: not JSON (Expecting value: line 1 column 1 (char 0))"
+
+    asyncio.run(run())

@@ -143,6 +143,26 @@ def test_pushed_latency_reaches_the_decision_core() -> None:
     assert nxt is not None and nxt.count == 200
 
 
+def test_pushed_samples_past_the_kept_ones_still_count_in_the_window() -> None:
+    """Found by hunting: past MAX_PUSHED (20,000) samples in a tick the oldest were dropped from
+    the window: 30,000 pushed requests read as 20,000, and the 10,000 over the SLO among the
+    dropped went uncounted. They leave the samples kept for quantiles, not the count."""
+    seen: list[Observation] = []
+
+    def spy(state: ControllerState, obs: Observation, spec: HostSpec) -> Decision:
+        seen.append(obs)
+        return decide(state, obs, spec)
+
+    d = Daemon(ToyHost(), DaemonOptions(period_s=0.01, max_ticks=1), decide_fn=spy)
+    slo = d.spec.tenants["llm"].slo_s
+    assert slo is not None
+    for _ in range(3):
+        assert d.push_latency("llm", [slo * 2] * 5_000 + [slo / 2] * 5_000)
+    run(d)
+    lat = seen[0].tenants["llm"].latency
+    assert lat is not None and lat.count == 30_000 and lat.over_slo == 15_000.0 and len(lat.samples) == 20_000
+
+
 def test_control_pause_stops_applying_and_dry_run_marks_events() -> None:
     host = ToyHost()
     d = Daemon(host, DaemonOptions(period_s=0.005, max_ticks=50))

@@ -15,7 +15,7 @@ import pytest
 from fakes.daemon_fakes import Mosquitto, ToyHost
 
 from controller.daemon import Daemon, DaemonOptions
-from controller.exporters.mqtt import MqttBridge, MqttOptions, parse_latency, parse_pushed
+from controller.exporters.mqtt import MAX_PAYLOAD_BYTES, MqttBridge, MqttOptions, parse_latency, parse_pushed
 from fsm.decide import Decision, decide
 from fsm.desired import DecisionEvent
 from fsm.observation import Observation
@@ -60,6 +60,18 @@ def test_a_pushed_payload_with_a_key_twice_is_malformed(payload: bytes, says: st
     """Found by fuzzing: the last value was ingested (9.5 s, or all five requests over the SLO)."""
     with pytest.raises(ValueError, match=f"^{says}$"):
         parse_pushed(payload)
+
+
+def test_a_payload_past_its_byte_limit_is_refused_before_it_is_parsed() -> None:
+    """Found by hunting: an 8 MB array was parsed on the event loop (twice, 0.5 s) before its
+    2,000,000 samples were refused; a broker passes up to 256 MB. 10,000 samples fit the limit."""
+    big = b"[" + b",".join([b"0.1"] * 2_000_000) + b"]"
+    with pytest.raises(ValueError, match=f"^a payload of {len(big)} bytes \\(at most {MAX_PAYLOAD_BYTES}\\)$"):
+        parse_pushed(big)
+    with pytest.raises(ValueError, match="at most"):
+        parse_latency(b" " * MAX_PAYLOAD_BYTES + b"1")
+    most = json.dumps([0.123456789012345678] * 10_000, indent=8).encode()
+    assert len(most) <= MAX_PAYLOAD_BYTES and len(parse_pushed(most)) == 10_000  # type: ignore[arg-type]
 
 
 async def _until(cond: object, timeout: float = 10.0) -> None:

@@ -228,3 +228,44 @@ def test_a_series_whose_profile_label_is_no_profile_name_is_skipped_with_a_reaso
     )
     ok = DcgmExporterSampler("http://x").parse(SCRAPE.replace('"1g.5gb"', '"1g.10gb+me"'), 0.0)
     assert ok.gpus[0].instances[0].profile == "1g.10gb+me" and not any(k.endswith(":profile") for k in ok.unavailable)
+
+
+@pytest.mark.parametrize("gi_id", ["", None], ids=["empty", "missing"])
+def test_an_instance_series_without_its_gpu_i_id_is_skipped_with_a_reason(gi_id: str | None) -> None:
+    """Found by hunting: a series with GPU_I_PROFILE but no (or an empty) GPU_I_ID was read as the
+    whole GPU's: its instance's DRAM active became GPU 0's, and beside GPU 0's own series the whole
+    scrape was refused ("given twice"). It is left out, with a reason; the rest is read."""
+    lines = SCRAPE.splitlines(keepends=True)
+    gi = 'GPU_I_ID=""' if gi_id is not None else ""
+    lines[_GI_LINE - 1] = lines[_GI_LINE - 1].replace('GPU_I_ID="13"', gi).replace(",,", ",").replace(",}", "}")
+    r = DcgmExporterSampler("http://x").parse("".join(lines), 0.0)
+    assert r.gpus[0].instances == () and r.gpus[0].dram_active == 0.690789
+    assert r.unavailable["dcgm:gpu0:gi"] == (
+        f"http://x: line {_GI_LINE}: {DRAM_ACTIVE} for GPU 0 skipped: GPU_I_PROFILE '1g.5gb' without a"
+        " GPU_I_ID (a MIG instance's series, which one unknown)"
+    )
+
+
+def test_a_value_out_of_its_range_is_none_with_a_reason() -> None:
+    """Found by hunting: NaN SM active, 150% util, 1e300 B/s, a negative replay counter, a DRAM
+    active of 2 were each read as None and said nothing; each is now named with its line."""
+    text = (
+        'DCGM_FI_PROF_SM_ACTIVE{gpu="0"} NaN\nDCGM_FI_DEV_GPU_UTIL{gpu="0"} 150\n'
+        'DCGM_FI_PROF_PCIE_TX_BYTES{gpu="0"} 1e300\nDCGM_FI_DEV_PCIE_REPLAY_COUNTER{gpu="0"} -1\n'
+        'DCGM_FI_PROF_DRAM_ACTIVE{gpu="0",GPU_I_ID="3",GPU_I_PROFILE="1g.5gb"} 2\n'
+        'DCGM_FI_PROF_DRAM_ACTIVE{gpu="0"} 0.5\nDCGM_FI_PROF_PCIE_RX_BYTES{gpu="0"} 7\n'
+    )
+    r = DcgmExporterSampler("http://x").parse(text, 0.0)
+    g = r.gpus[0]
+    assert (g.sm_active, g.util, g.pcie_tx_bps, g.pcie_replay_rate, g.instances[0].dram_active) == (None,) * 5
+    assert (g.dram_active, g.pcie_rx_bps) == (0.5, 7.0)
+    assert {k: v for k, v in r.unavailable.items() if k.startswith("dcgm:gpu")} == {
+        "dcgm:gpu0:sm_active": f"http://x: line 1: {SM_ACTIVE} for GPU 0 is nan, not a fraction 0-1",
+        "dcgm:gpu0:util": "http://x: line 2: DCGM_FI_DEV_GPU_UTIL for GPU 0 is 150.0, not a percentage 0-100",
+        "dcgm:gpu0:pcie_tx": "http://x: line 3: DCGM_FI_PROF_PCIE_TX_BYTES for GPU 0 is 1e+300, not a byte rate"
+        " 0-1e+12/s",
+        "dcgm:gpu0:pcie_replay": "http://x: line 4: DCGM_FI_DEV_PCIE_REPLAY_COUNTER for GPU 0 is -1.0, not a count"
+        " >= 0",
+        "dcgm:gpu0:gi3:dram_active": f"http://x: line 5: {DRAM_ACTIVE} for GPU 0 instance 3 is 2.0, not a fraction 0-1",
+    }
+    assert not any(k.startswith("dcgm:gpu") for k in DcgmExporterSampler("http://x").parse(SCRAPE, 0.0).unavailable)

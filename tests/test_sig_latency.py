@@ -283,6 +283,36 @@ def test_a_series_given_twice_alike_counts_once() -> None:
     assert once is not None and once.total == 10
 
 
+def _engines(*engines: tuple[int, int, int]) -> str:
+    """One histogram in several series, as vLLM exposes it under data parallelism (`engine`)."""
+    return "".join(
+        f'm_bucket{{engine="{i}",le="0.1"}} {a}\nm_bucket{{engine="{i}",le="1"}} {b}\n'
+        f'm_bucket{{engine="{i}",le="+Inf"}} {c}\nm_count{{engine="{i}"}} {c}\n'
+        for i, (a, b, c) in enumerate(engines)
+    )
+
+
+def test_one_series_of_several_that_restarted_is_no_window_of_the_others_history() -> None:
+    """Found by hunting: engine 1 of 2 restarted (its counters back to 0) while engine 0 served 10
+    requests; the sum went down, the whole histogram was taken for reset, and engine 0's 1,000
+    requests since its start were read as this window (1,012 requests). Deltas are per series."""
+    pages = [_engines((900, 990, 1000), (900, 990, 1000)), _engines((909, 999, 1010), (1, 2, 2)),
+             _engines((919, 1009, 1020), (2, 3, 3), (4, 4, 4))]  # fmt: skip
+
+    async def fetch(url: str, timeout_s: float) -> str:
+        return pages.pop(0)
+
+    async def run() -> None:
+        s = PrometheusLatencySampler("x", "u", metric="m", fetch=fetch)
+        await s.sample(0.0)
+        r = await s.sample(1.0)
+        assert isinstance(r, LatencyReading) and r.window.count == 12 and r.restarted_s == 1.0
+        r = await s.sample(2.0)  # a third engine appears: it counts from its start; no restart
+        assert isinstance(r, LatencyReading) and r.window.count == 10 + 1 + 4 and r.restarted_s is None
+
+    asyncio.run(run())
+
+
 def test_jsonl_latency_past_an_hour_is_a_bad_line(tmp_path: Path) -> None:
     """Found by fuzzing: 1e300 s was a sample (a window's p50 5e307 s); MQTT's bound holds here too."""
     s = JsonlLatencySampler("t", str(tmp_path / "x.jsonl"))
@@ -357,3 +387,63 @@ def test_jsonl_line_with_a_key_twice_is_a_bad_line(tmp_path: Path) -> None:
             f"{p}: line 3: not JSON (key 'a' given twice in one object)",
         ],
     )
+
+
+def test_jsonl_file_put_back_after_a_failed_read_is_read_from_its_start(tmp_path: Path) -> None:
+    """Found by hunting: rotated to a directory, then a FIFO, then a regular file again; the new
+    file was opened at its end, as at the first tick, and its lines were skipped. The rest of the
+    rotated file is read even when the new path cannot be opened."""
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"latency_s": 9}\n')
+    s = JsonlLatencySampler("t", str(p))
+
+    async def run() -> None:
+        assert isinstance(await s.sample(0.0), LatencyReading)  # history: skipped
+        with p.open("a") as f:
+            f.write('{"latency_s": 0.1}\n')
+        p.rename(tmp_path / "x.jsonl.1")
+        p.mkdir()
+        r = await s.sample(1.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.1,)
+        assert (await s.sample(2.0)) == Unavailable(f"{p}: a directory, not a regular file")
+        p.rmdir()
+        os.mkfifo(p)
+        assert (await s.sample(3.0)) == Unavailable(f"{p}: a FIFO, not a regular file")
+        p.unlink()
+        p.write_text('{"latency_s": 0.5}\n')
+        r = await s.sample(4.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.5,)
+
+    asyncio.run(run())
+
+
+def test_jsonl_read_that_failed_goes_on_from_where_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that failed (EIO, EACCES for a moment) closed the file; opened again, the same file
+    is read on from the first byte not yet taken: nothing skipped, nothing twice, and a partial
+    line kept across it."""
+    p = tmp_path / "x.jsonl"
+    p.write_text("")
+    s = JsonlLatencySampler("t", str(p))
+    real = s._read_chunk
+
+    def fail() -> bytes:
+        raise OSError(5, "Input/output error")
+
+    async def run() -> None:
+        await s.sample(0.0)
+        with p.open("a") as f:
+            f.write('{"latency_s": 0.1}\n{"latency_s": 0.')
+        r = await s.sample(1.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.1,)
+        with p.open("a") as f:
+            f.write('2}\n{"latency_s": 0.3}\n')
+        monkeypatch.setattr(s, "_read_chunk", fail)
+        assert (await s.sample(2.0)) == Unavailable(f"{p}: Input/output error")
+        monkeypatch.setattr(s, "_read_chunk", real)
+        with p.open("a") as f:
+            f.write("x\n")
+        r = await s.sample(3.0)
+        assert isinstance(r, LatencyReading) and r.window.samples == (0.2, 0.3)
+        assert s.last_bad == f"{p}: line 4: not JSON (Expecting value: line 1 column 1 (char 0))"
+
+    asyncio.run(run())

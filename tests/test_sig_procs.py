@@ -173,3 +173,26 @@ def test_the_collector_reports_a_jsonl_tenants_restart_from_its_cgroup(tmp_path:
     obs = asyncio.run(c.collect(110.0))
     assert "line 1: not a process id" in obs.unavailable["cgroup:llm:procs"]
     assert obs.tenants["llm"].restarted_s is None
+
+
+@pytest.mark.parametrize("stat", ["4242 (x) S garbage\n", None], ids=["garbled", "unreadable"])
+def test_a_bad_proc_stat_is_that_tenants_reason_not_every_tenants_reading(tmp_path: Path, stat: str | None) -> None:
+    """Found by hunting: a /proc/PID/stat that did not parse (or could not be read: a directory
+    here, EACCES under hidepid=1) raised out of the cgroup sampler, and every tenant's I/O and
+    pressure was Unavailable for the tick."""
+    cg, proc = tmp_path / "cg", tmp_path / "proc"
+    cg.mkdir()
+    etl = _v2_tree(cg)
+    (etl / "cgroup.procs").write_text("4242\n")
+    (proc / "4242").mkdir(parents=True)
+    if stat is None:
+        (proc / "4242" / "stat").mkdir()
+    else:
+        (proc / "4242" / "stat").write_text(stat)
+    s = CgroupSampler({"etl": "system.slice/etl.service"}, str(cg), procs_of=["etl"], proc_root=str(proc))
+    r = s.read(1.0)
+    assert r.tenants["etl"].io_pressure == 0.125 and r.tenants["etl"].processes is None
+    assert r.unavailable["cgroup:etl:procs"].startswith(str(proc / "4242" / "stat"))
+    if stat is not None:  # readable again: read again, nothing remembered of the bad one
+        _proc(proc, 4242, 77)
+        assert s.read(2.0).tenants["etl"].processes == frozenset({(4242, 77)})

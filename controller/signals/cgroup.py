@@ -278,7 +278,11 @@ class CgroupSampler:
                 reasons[f"cgroup:{tenant}:procs"] = _reason(e)
         self._procs.forget(frozenset().union(*listed.values()))
         for tenant, pids in listed.items():
-            procs = self._procs.processes(pids)
+            try:
+                procs = self._procs.processes(pids)
+            except (OSError, ParseError) as e:  # a bad /proc/PID/stat: this tenant's reason, not the tick's
+                reasons[f"cgroup:{tenant}:procs"] = _reason(e)
+                continue
             c = out[tenant]
             out[tenant] = CgroupTenant(c.io, c.io_pressure, c.cpu_pressure, procs)
 

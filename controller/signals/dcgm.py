@@ -35,6 +35,16 @@ _MAX_DIGITS = 9  # GPU and GPU instance indexes
 # A PCIe 6.0 x16 link moves ~121 GB/s each way; a terabyte a second is no PCIe link's
 MAX_PCIE_BPS = 1e12
 
+# What each family's value must be, and its name in a reason's key (dcgm:gpu<i>[:gi<j>]:<name>)
+_WANTED = {
+    SM_ACTIVE: ("sm_active", "a fraction 0-1"),
+    DRAM_ACTIVE: ("dram_active", "a fraction 0-1"),
+    PCIE_TX: ("pcie_tx", f"a byte rate 0-{MAX_PCIE_BPS:g}/s"),
+    PCIE_RX: ("pcie_rx", f"a byte rate 0-{MAX_PCIE_BPS:g}/s"),
+    REPLAY: ("pcie_replay", "a count >= 0"),
+    GPU_UTIL: ("util", "a percentage 0-100"),
+}
+
 SM_ACTIVE_HINT = (
     f"{SM_ACTIVE} is not in the scrape: dcgm-exporter's default counters CSV has it commented out; "
     "uncomment it (and DCGM_FI_PROF_SM_OCCUPANCY if wanted) in the counters file"
@@ -100,6 +110,7 @@ class DcgmExporterSampler:
         uuids: dict[int, str] = {}
         inst: dict[tuple[int, int], dict[str, float | str]] = {}
         seen: set[str] = set()
+        at: dict[tuple[int, int | None, str], int] = {}  # (gpu, instance, family) -> its line
         skipped: dict[str, str] = {}  # reasons for series left out
         wanted = frozenset(FAMILIES)
         for s in samples:
@@ -114,6 +125,14 @@ class DcgmExporterSampler:
             if g is None:
                 raise ParseError(self.url, s.line, f"{name}: 'gpu' label {g_txt[:12]!r} is not a GPU index")
             gi = labels.get("GPU_I_ID")
+            if not gi and labels.get("GPU_I_PROFILE"):
+                # A MIG instance's series that says not which instance: read as the whole GPU's, one
+                # instance's SM active was the GPU's, and two made the whole scrape "given twice".
+                skipped[f"dcgm:gpu{g}:gi"] = (
+                    f"{self.url}: line {s.line}: {name} for GPU {g} skipped: GPU_I_PROFILE"
+                    f" {shown(labels['GPU_I_PROFILE'])} without a GPU_I_ID (a MIG instance's series, which one unknown)"
+                )
+                continue
             if gi:
                 gi_id = _index(gi)
                 if gi_id is None:
@@ -133,12 +152,14 @@ class DcgmExporterSampler:
                     d = inst[key] = {"profile": profile}
                 _once(d, name, s.value, self.url, s.line, f"GPU {g} instance {gi_id}")
                 d[name] = s.value
+                at[(g, gi_id, name)] = s.line
                 continue
             v = per_gpu.get(g)
             if v is None:
                 v = per_gpu[g] = {}
             _once(v, name, s.value, self.url, s.line, f"GPU {g}")
             v[name] = s.value
+            at[(g, None, name)] = s.line
             uuid = labels.get("UUID")
             if uuid is not None:
                 uuids[g] = uuid
@@ -173,7 +194,34 @@ class DcgmExporterSampler:
                 util=None if util is None else _frac(util / 100.0),
                 instances=instances,
             )
+            got = gpus[g]
+            read = {SM_ACTIVE: got.sm_active, DRAM_ACTIVE: got.dram_active, PCIE_TX: got.pcie_tx_bps}
+            read.update({PCIE_RX: got.pcie_rx_bps, REPLAY: replay, GPU_UTIL: got.util})
+            reasons.update(self._out_of_range(g, None, v, read, at))
+            for x in instances:
+                read = {SM_ACTIVE: x.sm_active, DRAM_ACTIVE: x.dram_active}
+                reasons.update(self._out_of_range(g, x.gi_id, by_gpu[g][x.gi_id], read, at))
         return DcgmReading(gpus, reasons)
+
+    def _out_of_range(
+        self,
+        g: int,
+        gi_id: int | None,
+        raw: Mapping[str, float | str],
+        read: Mapping[str, float | None],
+        at: Mapping[tuple[int, int | None, str], int],
+    ) -> dict[str, str]:
+        """Reasons for the values in the scrape read as None: out of their range (NaN, 150% util,
+        1e300 B/s), each was None and said nothing."""
+        out: dict[str, str] = {}
+        for fam, value in read.items():
+            if fam in raw and value is None:
+                what, want = _WANTED[fam]
+                where = f"GPU {g}" if gi_id is None else f"GPU {g} instance {gi_id}"
+                key = f"dcgm:gpu{g}:{what}" if gi_id is None else f"dcgm:gpu{g}:gi{gi_id}:{what}"
+                line = at[(g, gi_id, fam)]
+                out[key] = f"{self.url}: line {line}: {fam} for {where} is {shown(raw[fam])}, not {want}"
+        return out
 
     async def sample(self, now: float) -> DcgmReading | Unavailable:
         try:

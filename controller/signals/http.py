@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
 from schema.jsontext import ascii_digits
+from schema.problems import short_text
 
 MAX_BODY = 32 * 1024 * 1024  # a scrape larger than this is a misconfiguration, not data
 MAX_HEADERS = 100
@@ -35,17 +38,34 @@ class FetchError(Exception):
 
 def _get(url: str, timeout_s: float) -> str:
     req = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
+    deadline = time.monotonic() + timeout_s
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            body = resp.read(MAX_BODY + 1)
+            # A piece at a time against the deadline: the socket's timeout holds per read, and a server
+            # sending a byte under it each time held this worker thread for ever (the default
+            # executor's few threads, which the other samplers' reads wait for).
+            parts: list[bytes] = []
+            total = 0
+            while part := resp.read1(65536):
+                total += len(part)
+                if total > MAX_BODY:
+                    raise FetchError(f"{url}: response larger than {MAX_BODY} bytes")
+                if time.monotonic() > deadline:
+                    raise FetchError(f"{url}: no answer within {timeout_s:g} s")
+                parts.append(part)
+            if resp.length:  # read1 ends at the close, with bytes of the Content-Length still due
+                raise FetchError(f"{url}: connection closed before the end of the response")
+            body = b"".join(parts)
     except urllib.error.HTTPError as e:
         raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         raise FetchError(f"{url}: {e.reason}") from None
+    except http.client.IncompleteRead:
+        raise FetchError(f"{url}: connection closed before the end of the response") from None
+    except http.client.HTTPException as e:  # not an OSError: a bad status line, a header line too long
+        raise FetchError(f"{url}: bad HTTP response: {type(e).__name__}: {short_text(str(e), 80)}") from None
     except (OSError, ValueError) as e:
         raise FetchError(f"{url}: {e}") from None
-    if len(body) > MAX_BODY:
-        raise FetchError(f"{url}: response larger than {MAX_BODY} bytes")
     return body.decode("utf-8", errors="replace")
 
 

@@ -5,6 +5,7 @@ rotation and truncation). MQTT ingest lives in the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -173,6 +174,10 @@ class JsonlLatencySampler:
         self._line_no = 0
         self._mtime_ns: int | None = None
         self._seen_missing = False
+        self._opened = False  # a file was read: any file opened after it is new data from its start
+        # (inode, offset of the first byte not yet taken, line number there) of the file a failed
+        # read closed: the same file is read on from there when it opens again
+        self._back: tuple[int, int, int] | None = None
         self._prev_t: float | None = None
         self.bad_lines_total = 0
         self.last_bad = ""
@@ -187,7 +192,12 @@ class JsonlLatencySampler:
         self._buf = b""
         self._skipping = False
         self._line_no = 0
-        if at_end:  # like tail -F: what was there before we started is not this window
+        self._opened = True
+        back, self._back = self._back, None
+        if back is not None and back[0] == self._ino and back[1] <= os.fstat(fh.fileno()).st_size:
+            fh.seek(back[1])
+            self._line_no = back[2]
+        elif at_end:  # like tail -F: what was there before we started is not this window
             # Counted a chunk at a time (line numbers for messages), not read whole: a 1 GiB log
             # took 1 GiB of memory. Then the partial last line, if any, from the end.
             while chunk := fh.read(self.MAX_READ):
@@ -223,10 +233,16 @@ class JsonlLatencySampler:
                 self._seen_missing = True
                 raise FileNotFoundError(f"{self.path}: no such file")
             # a file that existed when we started: tail it; one that appeared later: read it all
-            self._open(at_end=not self._seen_missing)
+            # (after a failed read too: a file put in place of a directory had its lines skipped)
+            self._open(at_end=not self._seen_missing and not self._opened)
         elif st is not None and st.st_ino != self._ino:
             lines = self._split(self._read_chunk())  # the rest of the rotated file
-            self._open()
+            try:
+                self._open()
+            except OSError:
+                if not lines:
+                    raise
+                return self._finish(lines)  # the new file's error is the next tick's
             out = self._finish(lines, self._split(self._read_chunk()))
             self._mtime_ns = os.fstat(self._fh.fileno()).st_mtime_ns if self._fh is not None else None
             return out
@@ -297,6 +313,10 @@ class JsonlLatencySampler:
         try:
             samples, bad = await self._runner.call(self.read_new)
         except OSError as e:
+            fh = self._fh
+            if fh is not None and not fh.closed:
+                with contextlib.suppress(OSError):
+                    self._back = (self._ino or 0, fh.tell() - len(self._buf), self._line_no)
             self._close()
             return Unavailable(f"{self.path}: {e.strerror or e}" if not str(e).startswith(self.path) else str(e))
         if bad:

@@ -184,6 +184,9 @@ class Histogram:
 
     buckets: tuple[tuple[float, float], ...]  # (le, cumulative count), sorted by le
     count: float | None = None
+    # The series summed into it, by their labels other than `le` (empty for one built by hand):
+    # deltas are taken per series, then summed, as PromQL's sum(rate()) does.
+    series: tuple[tuple[Labels, Histogram], ...] = ()
 
     @property
     def total(self) -> float:
@@ -199,9 +202,7 @@ def histograms_from_samples(
     Each value a count (finite, >= 0, at most 2^53); each `le` a latency bound (>= 0); a series
     given twice (`le="Inf"` beside `le="+Inf"` is one series twice) counted once if both say the same,
     an error if not: summed, they were counted double."""
-    buckets: dict[float, float] = {}
-    count: float | None = None
-    found = False
+    parts: dict[Labels, tuple[dict[float, float], list[float]]] = {}  # series -> (buckets, [_count])
     seen: dict[tuple[str, frozenset[tuple[str, str]], float], float] = {}
     bucket_name, count_name = metric + "_bucket", metric + "_count"
     for s in samples:
@@ -231,26 +232,56 @@ def histograms_from_samples(
                 source, s.line, f"{s.name}: one series given twice, {before:g} and {s.value:g} (le {le:g})"
             )
         seen[key] = s.value
+        part = parts.setdefault(tuple(sorted(key[1])), ({}, []))
         if s.name == bucket_name:
-            buckets[le] = buckets.get(le, 0.0) + s.value
+            part[0][le] = s.value
         else:
-            count = (count or 0.0) + s.value
-        found = True
-    if not found:
+            part[1].append(s.value)
+    if not parts:
         return None
-    return Histogram(tuple(sorted(buckets.items())), count)
+    series = tuple(
+        (labels, Histogram(tuple(sorted(b.items())), c[0] if c else None)) for labels, (b, c) in sorted(parts.items())
+    )
+    return _summed(series)
+
+
+def _summed(series: tuple[tuple[Labels, Histogram], ...]) -> Histogram:
+    """The series summed by `le` (and their _count, None when no series has one)."""
+    buckets: dict[float, float] = {}
+    count: float | None = None
+    for _, h in series:
+        for le, c in h.buckets:
+            buckets[le] = buckets.get(le, 0.0) + c
+        if h.count is not None:
+            count = (count or 0.0) + h.count
+    return Histogram(tuple(sorted(buckets.items())), count, series)
 
 
 def restarted(cur: Histogram, prev: Histogram) -> bool:
-    """The whole histogram counts again from zero: its server restarted."""
+    """A histogram counts again from zero: its server restarted. With several series (vLLM's
+    `engine` label under data parallelism), one of them did: the sum of the others can hide it."""
+    if cur.series and prev.series:
+        before = dict(prev.series)
+        return any(h.total < before[k].total for k, h in cur.series if k in before)
     return cur.total < prev.total
 
 
 def histogram_delta(cur: Histogram, prev: Histogram | None) -> Histogram:
     """Observations between two scrapes. Per series, a counter that went down was reset (the
-    server restarted): its delta is its current value, as PromQL's rate()/increase() assume."""
+    server restarted): its delta is its current value, as PromQL's rate()/increase() assume.
+    Summed series are taken apart first: one engine of two restarting made the sum go down, and the
+    other's whole history since its start was read as this window."""
     if prev is None:
         return cur
+    if cur.series and prev.series:
+        before_series = dict(prev.series)
+        return _summed(tuple((k, _delta_one(h, before_series.get(k))) for k, h in cur.series))
+    return _delta_one(cur, prev)
+
+
+def _delta_one(cur: Histogram, prev: Histogram | None) -> Histogram:
+    if prev is None:  # a series new since the last scrape counts from its start
+        return Histogram(cur.buckets, cur.count)
     before = dict(prev.buckets)
     reset = restarted(cur, prev)
     out = []

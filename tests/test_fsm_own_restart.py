@@ -237,4 +237,3 @@ def test_a_late_report_of_a_move_of_ours_is_ours_too() -> None:
     # a restart that went down after our outage and its slack is the tenant's own
     own, _ = run((late, 4 * period))
     assert f"{late}:restarted" in own
-

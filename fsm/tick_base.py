@@ -359,9 +359,11 @@ class TickBase:
                 # the tail before: once a window is back to it (or the SLO), the backlog is served
                 before = max(t.slo_s, ctl.last_value if ctl.last_value is not None else t.slo_s)
                 watch = (now, predicted, ctl.evidence.bad_share() or 0.0, before)
+        charged = self._charged_s(t, seconds)[0]
         self.tenants[t.name] = evolve(
             ctl,
-            outages=(*kept, (now, self._charged_s(t, seconds)[0])),
+            outages=(*kept, (now, charged)),
+            moved=(now, charged),
             **self._rent_restarted(ctl),
             outage_watch=watch,
             watch_n=0.0,
@@ -380,17 +382,18 @@ class TickBase:
         not make? Not while an operation of ours is under way, nor within the cooldown or backoff
         after one: a move of ours restarts the tenant too, and the scrape that sees its counters
         start again may come before or after the actuators report it. Nor when it went down
-        during an outage already counted (a move of ours, one that ran long, a restart reported
-        before): a tenant whose latency comes from a file says so at its first request after it
+        during our last outage (`moved`, with twice its length and a cooldown of slack: one that
+        ran long): a tenant whose latency comes from a file says so at its first request after it
         serves again, which at a low rate may be past the cooldown."""
         now = self.obs.t
         if ctl.pending is not None or (ctl.cooldown_until is not None and now < ctl.cooldown_until):
             return False
         if ctl.backoff_until is not None and now < ctl.backoff_until:
             return False
-        down_from = now - down_s
-        slack = self.spec.policy.cooldown_s
-        return not any(t0 <= now and down_from <= t0 + 2.0 * d + slack for t0, d in ctl.outages)
+        if ctl.moved is None:
+            return True
+        t0, d = ctl.moved
+        return now - down_s > t0 + 2.0 * d + self.spec.policy.cooldown_s
 
     def own_restart(self, t: TenantSpec, ctl: TenantCtl, down_s: float) -> TenantCtl:
         """The tenant restarted outside tailguard (a deploy, an out-of-memory kill, a crash) and

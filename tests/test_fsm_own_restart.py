@@ -13,7 +13,7 @@ import pytest
 
 from fsm.decide import decide
 from fsm.desired import DecisionEvent
-from fsm.examples import example_observation, example_spec
+from fsm.examples import ToyPlant, example_observation, example_spec
 from fsm.observation import LatencyWindow, Observation
 from fsm.spec import HostSpec, Policy
 from fsm.state import ControllerState
@@ -179,31 +179,33 @@ def test_a_restarts_backlog_leaves_the_fitted_tail_as_it_was() -> None:
     assert kinds == ["restarted"]
 
 
+def _toy(report: tuple[int, float] | None, ticks: int) -> tuple[list[str], ControllerState]:
+    """The toy host (fsm.examples.ToyPlant: an ETL burst, a guard that does not cut the tail, a
+    resize) under decide(), with a restart of `report[1]` s reported on tick `report[0]`: the
+    non-hold events as "tick:kind lever", and the last state."""
+    plant, state, kinds = ToyPlant(), ControllerState(), []
+    spec = example_spec(Policy(cooldown_s=30.0, dwell_s=30.0))
+    for i in range(ticks):
+        o = plant.observe()
+        if report is not None and i == report[0]:
+            o = replace(o, tenants={**o.tenants, "llm": replace(o.tenants["llm"], restarted_s=report[1])})
+        d = decide(state, o, spec)
+        state = d.state
+        kinds += [f"{i}:{e.kind} {e.lever}".strip() for e in d.events if e.kind != "hold"]
+        plant.apply(d.desired)
+    return kinds, state
+
+
 def test_the_reset_a_move_of_ours_makes_is_ours() -> None:
     """A move restarts the tenant too, and the scrape that sees its counters from zero comes with
     the completion or after it (live, the actuators report it once the copy answers its readiness
     probe): within the cooldown a completion starts, it is ours, nothing is charged again. On the
     toy host (fsm.examples.ToyPlant: an ETL burst, a guard that does not cut the tail, a resize),
     the reset reported on the completion's tick and on some of the next ones."""
-    from fsm.examples import ToyPlant
-
-    def run(reset_at: int | None) -> tuple[list[str], ControllerState]:
-        plant, state, kinds = ToyPlant(), ControllerState(), []
-        spec = example_spec(Policy(cooldown_s=30.0, dwell_s=30.0))
-        for i in range(150):
-            o = plant.observe()
-            if reset_at is not None and i == reset_at:
-                o = replace(o, tenants={**o.tenants, "llm": replace(o.tenants["llm"], restarted_s=6.0)})
-            d = decide(state, o, spec)
-            state = d.state
-            kinds += [f"{i}:{e.kind} {e.lever}".strip() for e in d.events if e.kind != "hold"]
-            plant.apply(d.desired)
-        return kinds, state
-
-    plain, state = run(None)
+    plain, state = _toy(None, 150)
     done = next(int(k.split(":")[0]) for k in plain if k.endswith("complete resize"))
     for at in (done, done + 1, done + 5, done + 10):
-        kinds, st = run(at)
+        kinds, st = _toy((at, 6.0), 150)
         assert kinds == plain, at
         assert st.tenants["llm"].outages == state.tenants["llm"].outages
 
@@ -212,28 +214,13 @@ def test_a_late_report_of_a_move_of_ours_is_ours_too() -> None:
     """A tenant whose latency comes from a file says it restarted at its first request after it
     serves again (controller/signals/procs.py), which at a low rate may be past the cooldown: a
     restart whose span began during an outage of ours is still ours (nothing charged, no event)."""
-    from fsm.examples import ToyPlant
-
-    def run(report: tuple[int, float] | None) -> tuple[list[str], ControllerState]:
-        plant, state, kinds = ToyPlant(), ControllerState(), []
-        spec = example_spec(Policy(cooldown_s=30.0, dwell_s=30.0))
-        for i in range(200):
-            o = plant.observe()
-            if report is not None and i == report[0]:
-                o = replace(o, tenants={**o.tenants, "llm": replace(o.tenants["llm"], restarted_s=report[1])})
-            d = decide(state, o, spec)
-            state = d.state
-            kinds += [f"{i}:{e.kind} {e.lever}".strip() for e in d.events if e.kind != "hold"]
-            plant.apply(d.desired)
-        return kinds, state
-
-    plain, state = run(None)
+    plain, state = _toy(None, 200)
     took = next(int(k.split(":")[0]) for k in plain if k.endswith("escalate resize"))
     period = ToyPlant().period_s
     late = took + 60  # far past the completion's cooldown
-    kinds, st = run((late, (late - took) * period))
+    kinds, st = _toy((late, (late - took) * period), 200)
     assert kinds == plain
     assert st.tenants["llm"].outages == state.tenants["llm"].outages
     # a restart that went down after our outage and its slack is the tenant's own
-    own, _ = run((late, 4 * period))
+    own, _ = _toy((late, 4 * period), 200)
     assert f"{late}:restarted" in own

@@ -38,7 +38,9 @@ def _proc(root: Path, pid: int, start: int) -> None:
 def test_cgroup_procs_one_id_a_line() -> None:
     assert parse_cgroup_procs("4033\n4040\n\n17\n") == frozenset({4033, 4040, 17})
     assert parse_cgroup_procs("") == frozenset()
-    for bad in ("4033 4040\n", "-5\n", "0\n", "١\n", "12345678901\n", "x\n"):
+    with pytest.raises(ParseError, match="line 2: 0: a process outside tailguard's pid namespace"):
+        parse_cgroup_procs("4033\n0\n", "g/cgroup.procs")  # the kernel's pid_vnr() for one not visible
+    for bad in ("4033 4040\n", "-5\n", "١\n", "12345678901\n", "x\n"):
         with pytest.raises(ParseError, match=r"g/cgroup\.procs: line 1: not a process id"):
             parse_cgroup_procs(bad, "g/cgroup.procs")
 

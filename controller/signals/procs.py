@@ -37,8 +37,13 @@ def parse_cgroup_procs(text: str, source: str = "cgroup.procs") -> frozenset[int
         f = fields(line)
         if not f:
             continue
-        if len(f) != 1 or not ascii_digits(f[0]) or len(f[0]) > _PID_DIGITS or int(f[0]) == 0:
+        if len(f) != 1 or not ascii_digits(f[0]) or len(f[0]) > _PID_DIGITS:
             raise ParseError(source, n, f"not a process id: {shown(line.strip())}")
+        if int(f[0]) == 0:
+            # the kernel shows a process outside the reader's pid namespace as 0 (pid_vnr)
+            raise ParseError(
+                source, n, "0: a process outside tailguard's pid namespace (run it in the host's: hostPID in a pod)"
+            )
         out.add(int(f[0]))
     return frozenset(out)
 

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from replay.topology_view import TopologyView
 
+# The longest simulated run (and the longest MMPP state): a month of 2 s ticks is 1.3 million, hours
+# of work; 1e12 s was a run that never ended.
 MAX_DURATION_S = 31 * 86400.0
 
 

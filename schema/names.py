@@ -1,6 +1,6 @@
 """The rule for host and tenant names, shared by the daemon's config (controller/config.py) and the
-lab's scenarios (replay/scenario.py): the names end up in metric labels, MQTT topics and file
-names, so a name that one accepts the other must accept too."""
+lab's scenarios (replay/scenario_schema.py, replay/scenario_host.py): the names end up in metric
+labels, MQTT topics and file names, so a name that one accepts the other must accept too."""
 
 from __future__ import annotations
 

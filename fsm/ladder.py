@@ -323,6 +323,7 @@ class Tick(ReleaseTick):
             settle_until=now + settle if settle > 0.0 else ctl.settle_until,
             drained_from=None if settle > 0.0 else ctl.drained_from,  # ours settles its full time
             cooldown_until=max(ctl.cooldown_until or now, now + settle),
+            moved=_moved_until(ctl, now),
         )
         self.emit(t.name, "complete", lvl, level_of(self.tenants[t.name]), p.lever, "operation finished", evidence)
 
@@ -404,6 +405,7 @@ class Tick(ReleaseTick):
             retry_levers=retry,
             outages=outages,
             backoff_until=self.obs.t + backoff,
+            moved=_moved_until(ctl, self.obs.t) if stopped else ctl.moved,
             target=target,
             last_reason=reason,
             outage_watch=None,  # a failed operation measures nothing of what an outage costs
@@ -554,6 +556,15 @@ class Tick(ReleaseTick):
         if lever == PLACE:
             return self._place(t, diag, window)
         return self._resize(t, diag, window)
+
+
+def _moved_until(ctl: TenantCtl, now: float) -> tuple[float, float]:
+    """`moved` once an operation of ours has ended at `now` (completed, or failed after it stopped
+    the tenant): a restart that began before then is ours, however late it is reported (the
+    decision's own slack kept where it reaches further)."""
+    if ctl.moved is not None and ctl.moved[0] + 2.0 * ctl.moved[1] >= now:
+        return ctl.moved
+    return (now, 0.0)
 
 
 def _drained(lw: LatencyWindow | None, slo: float) -> bool:

@@ -379,21 +379,18 @@ class TickBase:
 
     def restart_is_own(self, ctl: TenantCtl, down_s: float) -> bool:
         """Is a restart the tenant's sample reports, down for about `down_s`, one that tailguard did
-        not make? Not while an operation of ours is under way, nor within the cooldown or backoff
-        after one: a move of ours restarts the tenant too, and the scrape that sees its counters
-        start again may come before or after the actuators report it. Nor when it went down
-        during our last outage (`moved`, with twice its length and a cooldown of slack: one that
-        ran long): a tenant whose latency comes from a file says so at its first request after it
-        serves again, which at a low rate may be past the cooldown."""
-        now = self.obs.t
-        if ctl.pending is not None or (ctl.cooldown_until is not None and now < ctl.cooldown_until):
-            return False
-        if ctl.backoff_until is not None and now < ctl.backoff_until:
+        not make? Not while a move or resize of ours is under way (it restarts the tenant too), nor
+        when it went down before our last outage ended and its slack ran out (`moved`: refreshed
+        when the operation completes or fails, with twice its length and a cooldown of slack): a
+        tenant whose latency comes from a file says so at its first request after it serves again,
+        which at a low rate may come long after. A guard, or a release of one, restarts nobody: a
+        deploy in its cooldown is the tenant's own."""
+        if ctl.pending is not None:
             return False
         if ctl.moved is None:
             return True
         t0, d = ctl.moved
-        return now - down_s > t0 + 2.0 * d + self.spec.policy.cooldown_s
+        return self.obs.t - down_s > t0 + 2.0 * d + self.spec.policy.cooldown_s
 
     def own_restart(self, t: TenantSpec, ctl: TenantCtl, down_s: float) -> TenantCtl:
         """The tenant restarted outside tailguard (a deploy, an out-of-memory kill, a crash) and

@@ -37,7 +37,9 @@ escalations and failures 3 -> 4, holds 9 -> 12); the other two streams' desired 
 equal; then a restart outside tailguard settled until its backlog drains, a new field of the state:
 every stream's desired states and events equal, none reports a restart; then the last outage of
 ours kept, a new field of the state, so that a restart reported late whose span began in it is
-taken for ours: every stream's desired states and events equal)
+taken for ours: every stream's desired states and events equal; then that outage's end moved to
+where the operation completed or failed, and a guard's cooldown no longer hiding a restart: every
+stream's desired states and events equal)
 they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,
 regenerate them with `.venv/bin/python tests/test_fsm_golden_decide.py --update` and say why in

@@ -2,7 +2,8 @@
 TenantSample.restarted_s, its latency source's counters started again from zero). Its backlog is no
 interference and no lever cures it: its windows are settled, not judged, an event says so, and its
 outage is charged to the outage budget, whose room for the p99 it spent as ours would. A restart
-seen while an operation of ours runs, or in its cooldown, is ours (a move restarts the tenant too)."""
+seen while a move or resize of ours runs, or that began before it ended, is ours (a move restarts
+the tenant too); one in the cooldown of a guard is the tenant's own (a guard restarts nobody)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from fsm.decide import decide
-from fsm.desired import DecisionEvent
+from fsm.desired import DecisionEvent, DesiredState
 from fsm.examples import ToyPlant, example_observation, example_spec
 from fsm.observation import LatencyWindow, Observation
 from fsm.spec import HostSpec, Policy
@@ -179,12 +180,14 @@ def test_a_restarts_backlog_leaves_the_fitted_tail_as_it_was() -> None:
     assert kinds == ["restarted"]
 
 
-def _toy(report: tuple[int, float] | None, ticks: int) -> tuple[list[str], ControllerState]:
+def _toy(report: tuple[int, float] | None, ticks: int, lag: int = 0) -> tuple[list[str], ControllerState]:
     """The toy host (fsm.examples.ToyPlant: an ETL burst, a guard that does not cut the tail, a
-    resize) under decide(), with a restart of `report[1]` s reported on tick `report[0]`: the
-    non-hold events as "tick:kind lever", and the last state."""
+    resize) under decide(), with a restart of `report[1]` s reported on tick `report[0]`, each
+    desired state applied `lag` ticks after it was decided (a slow relaunch): the non-hold events as
+    "tick:kind lever", and the last state."""
     plant, state, kinds = ToyPlant(), ControllerState(), []
-    spec = example_spec(Policy(cooldown_s=30.0, dwell_s=30.0))
+    spec = example_spec(Policy(cooldown_s=30.0, dwell_s=30.0, in_flight_timeout_s=600.0))
+    applied: list[DesiredState] = []
     for i in range(ticks):
         o = plant.observe()
         if report is not None and i == report[0]:
@@ -192,7 +195,9 @@ def _toy(report: tuple[int, float] | None, ticks: int) -> tuple[list[str], Contr
         d = decide(state, o, spec)
         state = d.state
         kinds += [f"{i}:{e.kind} {e.lever}".strip() for e in d.events if e.kind != "hold"]
-        plant.apply(d.desired)
+        applied.append(d.desired)
+        if len(applied) > lag:
+            plant.apply(applied[-1 - lag])
     return kinds, state
 
 
@@ -223,4 +228,34 @@ def test_a_late_report_of_a_move_of_ours_is_ours_too() -> None:
     assert st.tenants["llm"].outages == state.tenants["llm"].outages
     # a restart that went down after our outage and its slack is the tenant's own
     own, _ = _toy((late, 4 * period), 200)
+    assert f"{late}:restarted" in own
+
+
+def test_a_deploy_in_a_guards_cooldown_is_the_tenants_own() -> None:
+    """A guard caps the aggressors and restarts nobody: a restart reported in its cooldown went
+    down after it (a deploy) and is the tenant's, its backlog settled and its outage charged."""
+    plain, _ = _toy(None, 60)
+    guard = next(int(k.split(":")[0]) for k in plain if k.endswith("escalate guard"))
+    at = guard + 3  # 6 s after it, in its 30 s cooldown
+    kinds, st = _toy((at, 4.0), 60)
+    assert f"{at}:restarted" in kinds
+    assert st.tenants["llm"].outages  # charged to the budget
+
+
+def test_a_restart_reported_after_a_slow_moves_completion_is_ours() -> None:
+    """A relaunch that took far longer than charged (here 100 s: the desired state applied 50 ticks
+    late) completes after the decision's slack ran out; the restart that began before it completed
+    is ours however late its report (a file-fed tenant's first request after it serves again)."""
+    lag = 50
+    plain, state = _toy(None, 300, lag)
+    done = next(int(k.split(":")[0]) for k in plain if k.endswith("complete resize"))
+    took = next(int(k.split(":")[0]) for k in plain if k.endswith("escalate resize"))
+    assert done - took >= lag
+    period = ToyPlant().period_s
+    late = done + 40  # past the completion's settle and cooldown: only `moved` says it was ours
+    kinds, st = _toy((late, (late - done + 2) * period), 300, lag)
+    assert kinds == plain
+    assert st.tenants["llm"].outages == state.tenants["llm"].outages
+    # one that went down after the completion and its cooldown is the tenant's own
+    own, _ = _toy((late, 10 * period), 300, lag)
     assert f"{late}:restarted" in own

@@ -150,3 +150,32 @@ def test_bad_files_name_the_line(parser, text: str, line: int) -> None:
     with pytest.raises(ParseError) as e:
         parser(text, "f")
     assert e.value.line == line and (f"f: line {line}:" if line else "f: ") in str(e.value)
+
+
+_IO = "8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # blk-cgroup with blkcg_debug_stats on: iocost sets use_delay to -1 while the cgroup is in debt
+        " use_delay=-1 delay_nsec=250000 cost.usage=12 cost.wait=0 cost.indebt=3000 cost.indelay=0",
+        " use_delay=2 delay_nsec=1000",
+        " depth=max avg_lat=0 win=0",  # blk-iolatency on a rotating disk, no depth limit
+        " depth=32 avg_lat=1200 win=100",
+        " missed=0 total=0 depth=max",  # blk-iolatency on an SSD
+    ],
+    ids=["iocost-in-debt", "use-delay", "iolatency-hdd-max", "iolatency-hdd-depth", "iolatency-ssd-max"],
+)
+def test_io_stat_debug_keys_that_print_no_u64_are_read(extra: str) -> None:
+    """Found by the adversarial hunt: with the blk_cgroup module's blkcg_debug_stats on, the kernel
+    prints use_delay=%d (negative under iocost) and depth=max; both were refused, and the tenant's
+    I/O rates were unavailable on every tick."""
+    assert parse_io_stat(_IO + extra + "\n", "io.stat")["8:16"] == (1459200, 314773504, 192, 353)
+
+
+@pytest.mark.parametrize("bad", ["use_delay=x", "use_delay=--1", "depth=-1", "depth=maximum", "cost.usage=-1"])
+def test_io_stat_debug_keys_still_refuse_garbage(bad: str) -> None:
+    with pytest.raises(ParseError) as e:
+        parse_io_stat(f"{_IO} {bad}\n", "io.stat")
+    assert e.value.line == 1

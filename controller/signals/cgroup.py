@@ -44,6 +44,10 @@ _IO_STAT_LINE = re.compile(
 
 _IO_STAT_COUNTERS = frozenset(("rbytes", "wbytes", "rios", "wios", "dbytes", "dios"))
 _IO_STAT_OTHER = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")
+# With blkcg_debug_stats on (a module parameter, writable at run time) two keys print no u64:
+# blk-cgroup's "use_delay=%d" (iocost sets -1 while a cgroup is in debt) and blk-iolatency's
+# "depth=max" (no depth limit). Refused, they made the tenant's whole io.stat unreadable.
+_IO_STAT_ODD = {"use_delay": re.compile(r"-?[0-9]{1,10}"), "depth": re.compile(r"max|[0-9]{1,10}")}
 
 
 def parse_io_stat(text: str, source: str = "io.stat") -> dict[str, IoCounters]:
@@ -77,7 +81,7 @@ def _parse_io_stat_lines(text: str, source: str) -> dict[str, IoCounters]:
             seen.add(k)
             if k in _IO_STAT_COUNTERS:
                 kv[k] = counter(v, source, n, k)
-            elif not _IO_STAT_OTHER.fullmatch(v):
+            elif not _IO_STAT_ODD.get(k, _IO_STAT_OTHER).fullmatch(v):
                 # not used, but a number: iocost prints the root's "cost.vrate=100.00"
                 raise ParseError(source, n, f"{shown(k)} is not a number: {shown(v)}")
         out[f[0]] = IoCounters(kv.get("rbytes", 0), kv.get("wbytes", 0), kv.get("rios", 0), kv.get("wios", 0))

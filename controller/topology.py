@@ -414,7 +414,7 @@ def discover_sysfs(sys_root: str = "/sys") -> Topology:
     block = os.path.join(sys_root, "block")
     blocks: list[tuple[str, str]] = []
     for name in _listdir(block):
-        if name.startswith("nvme"):
+        if name.startswith("nvme") and not _NVME_PATH.match(name):
             majmin = _read(os.path.join(block, name, "dev")) or ""
             blocks.append((name, majmin))
     ib = os.path.join(sys_root, "class", "infiniband")
@@ -492,7 +492,8 @@ def discover_sysfs(sys_root: str = "/sys") -> Topology:
             out_nodes.append(Node(d.names[0], d.kind, parent, link_bps=lbps, bdf=d.bdf, aliases=(*d.names[1:], d.bdf)))
     # NVMe namespaces: one node per block device, under its controller's PCI parent
     for name, majmin in blocks:
-        chain = _pci_chain(sys_root, os.path.realpath(os.path.join(block, name)))
+        real = os.path.realpath(os.path.join(block, name))
+        chain = _pci_chain(sys_root, real) or _nvme_head_chain(sys_root, real)
         if not chain:
             continue
         parent = ensure_chain(chain)
@@ -501,6 +502,30 @@ def discover_sysfs(sys_root: str = "/sys") -> Topology:
         aliases = tuple(a for a in (majmin, bdf) if a)
         out_nodes.append(Node(name, NodeKind.NVME, parent, link_bps=lbps, bdf=bdf, aliases=aliases))
     return Topology((*nodes.values(), *out_nodes))
+
+
+# Native NVMe multipath (the kernel's default for a drive that says it may have several
+# controllers, e.g. dual-port U.2): /sys/block/nvme0n1 is the namespace's virtual head,
+# devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1, the disk diskstats and io.max name; its
+# paths nvme<s>c<c>n<n> sit under the controllers, hidden (no /dev node). The head was left out and
+# the hidden path taken for the drive, under a name nothing else uses.
+_NVME_PATH = re.compile(r"^nvme[0-9]+c[0-9]+n[0-9]+$")
+_NVME_CTRL = re.compile(r"^nvme([0-9]{1,6})$")
+
+
+def _nvme_head_chain(sys_root: str, real: str) -> list[str] | None:
+    """The PCI chain of a multipath namespace head: its subsystem's first controller on PCI (the
+    subsystem directory links to each: nvme0 -> .../0000:b7:00.0/nvme/nvme0). None for anything
+    else (NVMe over fabrics, a virtual disk)."""
+    subsys = os.path.dirname(real)
+    if not re.fullmatch(r"nvme-subsys[0-9]+", os.path.basename(subsys)):
+        return None
+    ctrls = sorted((int(m[1]), m[0]) for c in _listdir(subsys) if (m := _NVME_CTRL.match(c)))
+    for _, c in ctrls:
+        chain = _pci_chain(sys_root, os.path.realpath(os.path.join(subsys, c)))
+        if chain:
+            return chain
+    return None
 
 
 def _listdir(path: str) -> list[str]:

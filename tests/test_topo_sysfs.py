@@ -4,11 +4,12 @@ scheduler exports."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from fakes.fixture_paths import FIXTURES
-from fakes.topo_sysfs import DGX_NUMA_CPUS, P4D_CPUS, build_dgx_a100, build_p4d
+from fakes.topo_sysfs import DGX_NUMA_CPUS, P4D_CPUS, FakeSysfs, build_dgx_a100, build_p4d
 
 from controller.cli import main
 from controller.topology import (
@@ -98,6 +99,34 @@ def test_empty_and_odd_sysfs(tmp_path: Path) -> None:
     topo = discover_sysfs(str(tmp_path))  # no exception; unreadable values become None
     assert topo.node("gpu0").link_bps is None
     assert topo.cpus_of("gpu4") == tuple(range(24, 48)) + tuple(range(72, 96))  # from local_cpulist
+
+
+def test_a_native_multipath_nvme_namespace_sits_under_its_controller(tmp_path: Path) -> None:
+    """Found by the adversarial hunt. With native NVMe multipath (the kernel's default for a drive
+    that may have several controllers, e.g. dual-port U.2) /sys/block holds the namespace's head,
+    nvme1n1 -> devices/virtual/nvme-subsystem/nvme-subsys1/nvme1n1 (the disk diskstats and io.max
+    name), and its hidden path nvme1c3n1 under the controller (the layout of a real sosreport). The
+    head was left out as not on PCI and the hidden path was taken for the drive."""
+    fs = FakeSysfs(tmp_path).numa(0, "0-15")
+    sw = ["pci0000:00", "0000:00:01.0", "0000:01:00.0"]
+    fs.gpu([*sw, "0000:02:00.0"], numa=0)
+    fs.nvme([*sw, "0000:02:01.0"], "nvme3", {"nvme1c3n1": "0:0"}, numa=0)  # the hidden path
+    head = tmp_path / "devices" / "virtual" / "nvme-subsystem" / "nvme-subsys1"
+    (head / "nvme1n1").mkdir(parents=True)
+    (head / "nvme1n1" / "dev").write_text("259:4\n")
+    (tmp_path / "block" / "nvme1n1").symlink_to("../devices/virtual/nvme-subsystem/nvme-subsys1/nvme1n1")
+    ctrl = tmp_path / "devices" / "pci0000:00" / "0000:00:01.0" / "0000:01:00.0" / "0000:02:01.0" / "nvme" / "nvme3"
+    (head / "nvme3").symlink_to(os.path.relpath(ctrl, head))
+    # NVMe over fabrics: a head whose controller is on no PCI bus of this host stays out
+    fabrics = tmp_path / "devices" / "virtual" / "nvme-fabrics" / "ctl" / "nvme5" / "nvme5n1"
+    fabrics.mkdir(parents=True)
+    (fabrics / "dev").write_text("259:9\n")
+    (tmp_path / "block" / "nvme5n1").symlink_to(os.path.relpath(fabrics, tmp_path / "block"))
+    topo = discover_sysfs(str(tmp_path))
+    assert topo.node("259:4").id == "nvme1n1" and topo.node("nvme1n1").bdf == "0000:02:01.0"
+    assert topo.distance("gpu0", "nvme1n1") == Tier.SWITCH
+    assert topo.node("nvme1n1").link_bps == pytest.approx(8e9 * 4 * 128 / 130 / 8)
+    assert not topo.has("nvme1c3n1") and not topo.has("nvme5n1")
 
 
 def test_link_bps() -> None:

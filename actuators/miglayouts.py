@@ -214,7 +214,7 @@ class MigLayouts:
         for s in p.create:
             prof = model.profile(s.profile)
             try:
-                gi, _ = await h.nvsmi.create_gi(g.index, prof.lgip_id, s.start)
+                gi, _ = await h.nvsmi.create_gi(g.index, prof.lgip_id, s.start, model.mem_slots)
             except NvsmiError as e:
                 return str(e)
             h.jot("mig", phase="step", gpu=p.gpu, op=f"create {s}", gi=gi)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actuators.proc import Result, ToolError, run
-from fsm.mig import PROFILE_NAME
+from fsm.mig import MAX_MEM_SLOTS, PROFILE_NAME
 from schema.jsontext import ascii_digits
 
 
@@ -455,10 +455,12 @@ class NvidiaSmi:
             raise NvsmiError(f"{' '.join(argv)}: {r.status}: {r.text.strip()[:300]}")
         return ch
 
-    async def create_gi(self, gpu: int, profile_id: int, start: int) -> tuple[int, Change]:
-        """Create one GI at an explicit placement with its default CI (-C); returns its GI id."""
-        if not 0 <= start < 8 or not 0 <= profile_id < 64:
-            raise NvsmiError(f"bad placement {profile_id}:{start}")
+    async def create_gi(self, gpu: int, profile_id: int, start: int, mem_slots: int) -> tuple[int, Change]:
+        """Create one GI at an explicit placement with its default CI (-C); returns its GI id.
+        `mem_slots`: the GPU's memory slots (its table's GpuModel.mem_slots: 8 on A100/H100, 12 on
+        RTX PRO 6000), the bound of `start`. Profile IDs run past 63 (RTX PRO 6000: 64-67)."""
+        if not 0 < mem_slots <= MAX_MEM_SLOTS or not 0 <= start < mem_slots or not 0 <= profile_id < 256:
+            raise NvsmiError(f"bad placement {profile_id}:{start} on a GPU of {mem_slots} memory slots")
         ch = await self._change(["mig", "-i", self._idx(gpu), "-cgi", f"{profile_id}:{start}", "-C"])
         if ch.error:
             raise NvsmiError(f"GPU {gpu}: cannot create GPU instance {profile_id}:{start}: {ch.error}", ch.error)

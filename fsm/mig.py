@@ -1,10 +1,12 @@
 """MIG GPU-instance profile tables and placement rules, as pure data.
 
 Facts from docs/mig-profiles.md (captures of `nvidia-smi mig -lgip/-lgipp` and NVIDIA's MIG
-user guide). A GPU has 8 memory slots and 7 compute slices; a GPU instance (GI) of a profile takes
-the memory slots [start, start + mem_slots) for a start in the profile's placement set. A layout is
-valid iff every start is allowed, no two slot ranges overlap and no profile exceeds its max count.
-The planner, the emulated nvidia-smi and the simulator all use this one table.
+user guide). An A100/H100/H200 has 8 memory slots and 7 compute slices, an RTX PRO 6000 Blackwell
+12 and 4: a GPU model's counts come from its table (GpuModel.mem_slots, .compute_slices), never
+from a constant. A GPU instance (GI) of a profile takes the memory slots [start, start + mem_slots)
+for a start in the profile's placement set. A layout is valid iff every start is allowed, no two
+slot ranges overlap and no profile exceeds its max count. The planner, the emulated nvidia-smi and
+the simulator all use this one table.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-MEM_SLOTS = 8
-COMPUTE_SLICES = 7
+MEM_SLOTS = 8  # of the A100/H100/H200 sheet (CLASSES); a model's own count is GpuModel.mem_slots
+COMPUTE_SLICES = 7  # likewise; GpuModel.compute_slices
+# No MIG GPU has more memory slots than this (the most known is 12, RTX PRO 6000 Blackwell): the
+# bound on a start read from text (saved state) before any GPU's table is at hand.
+MAX_MEM_SLOTS = 32
 
 
 @dataclass(frozen=True, slots=True)
 class ProfileClass:
-    """Geometry shared by every GPU of the sheet (docs/mig-profiles.md section 1)."""
+    """A profile's geometry: CLASSES hold the one shared by every A100/H100/H200 (docs/mig-profiles.md
+    section 1); other GPUs have their own (RTX_PRO_6000_CLASSES, or a driver's -lgipp)."""
 
-    key: str  # "1g", "1g+me", "1g2", "2g", "3g", "4g", "7g"
+    key: str  # "1g", "1g+me", "1g2", "2g", "3g", "4g", "7g"; plain "<N>g" is a ladder step
     lgip_id: int  # the ID that -lgip prints and -cgi accepts
     nvml_enum: int
     slices: int  # compute slices
@@ -82,9 +88,23 @@ class GpuModel:
     memory_mib: int
     profiles: tuple[Profile, ...]
     pci_device_ids: tuple[int, ...] = ()
+    # Memory slots of the GPU; 0: the end of its profiles' furthest placement (every table holds a
+    # whole-GPU profile). Set once here, read per layout check: never recomputed per tick.
+    mem_slots: int = 0
+    # Compute slices of the whole GPU; 0: its largest profile's (7 on A100/H100, 4 on RTX PRO 6000).
+    compute_slices: int = 0
     # Lookups already answered (ref -> Profile, or None: no such profile): the planner asks the
     # same few names thousands of times per tick. Not part of the model's value.
     _memo: dict[Any, Profile | None] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ends = [s + p.mem_slots for p in self.profiles for s in p.placements]
+        slots = self.mem_slots or max(ends, default=MEM_SLOTS)
+        if any(e > slots for e in ends) or any(s < 0 for p in self.profiles for s in p.placements):
+            raise ValueError(f"GPU model {self.key}: a placement lies outside its {slots} memory slots")
+        object.__setattr__(self, "mem_slots", slots)
+        whole = self.compute_slices or max((p.slices for p in self.profiles), default=COMPUTE_SLICES)
+        object.__setattr__(self, "compute_slices", whole)
 
     def profile(self, ref: str | int) -> Profile:
         """Look a profile up by -lgip ID, short name (3g.20gb) or full name (MIG 3g.20gb)."""
@@ -125,9 +145,17 @@ class GpuModel:
         return True
 
     def ladder(self) -> tuple[Profile, ...]:
-        """The resize ladder: the standard profiles by compute slices (1g -> 2g -> 3g -> 4g -> 7g)."""
-        keys = ("1g", "2g", "3g", "4g", "7g")
-        return tuple(p for k in keys for p in self.profiles if p.cls.key == k)
+        """The resize ladder: the standard profiles (plain "<N>g" classes) by compute slices
+        (1g -> 2g -> 3g -> 4g -> 7g on A100/H100, 1g -> 2g -> 4g on RTX PRO 6000)."""
+        std = [p for p in self.profiles if _PLAIN_KEY.fullmatch(p.cls.key)]
+        return tuple(sorted(std, key=_slices_of))
+
+
+_PLAIN_KEY = re.compile(r"[0-9]{1,2}g")
+
+
+def _slices_of(p: Profile) -> int:
+    return p.slices
 
 
 def _rows(
@@ -136,9 +164,10 @@ def _rows(
     sm: Sequence[int],
     engines: Sequence[str],
     keys: Sequence[str] = ("1g", "1g+me", "1g2", "2g", "3g", "4g", "7g"),
+    by_key: dict[str, ProfileClass] | None = None,
 ) -> tuple[Profile, ...]:
     rows = []
-    classes = [CLASS_BY_KEY[k] for k in keys]
+    classes = [(by_key or CLASS_BY_KEY)[k] for k in keys]
     for cls, name, g, s, eng in zip(classes, names, gib, sm, engines, strict=True):
         dec, enc, jpg, ofa, ce = (int(x) for x in eng.split("/"))
         rows.append(Profile(name, cls, g, s, dec, enc, jpg, ofa, ce))
@@ -241,9 +270,48 @@ H200 = GpuModel(
     (0x2335,),
 )
 
+# RTX PRO 6000 Blackwell Server Edition: 12 memory slots, 4 compute slices, and profile IDs of its
+# own (14 is 1g here, 2g on A100/H100; 5 is 2g, not 4g; 0 is 4g, not 7g). docs/mig-profiles.md 2.7,
+# from tests/fixtures/nvidia-smi-mig-lgip(p)_rtx-pro-6000-blackwell-se_r610_kubesimplify.txt
+# (driver 610.43.02). The NVML enum of these profiles is not captured: -1.
+RTX_PRO_6000_CLASSES: tuple[ProfileClass, ...] = (
+    ProfileClass("1g", 14, -1, 1, 3, 4, (0, 3, 6, 9)),
+    ProfileClass("1g+me", 21, -1, 1, 3, 1, (0, 3, 6, 9)),
+    ProfileClass("1g+gfx", 47, -1, 1, 3, 4, (0, 3, 6, 9)),
+    ProfileClass("1g+me.all", 65, -1, 1, 3, 1, (0, 3, 6, 9)),
+    ProfileClass("1g-me", 67, -1, 1, 3, 4, (0, 3, 6, 9)),
+    ProfileClass("2g", 5, -1, 2, 6, 2, (0, 6)),
+    ProfileClass("2g+gfx", 35, -1, 2, 6, 2, (0, 6)),
+    ProfileClass("2g+me.all", 64, -1, 2, 6, 1, (0, 6)),
+    ProfileClass("2g-me", 66, -1, 2, 6, 2, (0, 6)),
+    ProfileClass("4g", 0, -1, 4, 12, 1, (0,)),
+    ProfileClass("4g+gfx", 32, -1, 4, 12, 1, (0,)),
+)
+_RTX_NAMES = ("1g.24gb", "1g.24gb+me", "1g.24gb+gfx", "1g.24gb+me.all", "1g.24gb-me",
+              "2g.48gb", "2g.48gb+gfx", "2g.48gb+me.all", "2g.48gb-me", "4g.96gb", "4g.96gb+gfx")  # fmt: skip
+_RTX_ENG = ("1/1/1/0/1", "1/1/1/1/1", "1/1/1/0/1", "4/4/4/1/1", "0/0/0/0/1",
+            "2/2/2/0/2", "2/2/2/0/2", "4/4/4/1/2", "0/0/0/0/2", "4/4/4/1/4", "4/4/4/1/4")  # fmt: skip
+RTX_PRO_6000_SE = GpuModel(
+    "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+    "RTX-PRO-6000-SE",
+    97887,  # MiB, as CUDA reports the whole card in the same capture
+    _rows(
+        _RTX_NAMES,
+        (23.62, 23.62, 23.62, 23.62, 23.62, 47.38, 47.38, 47.38, 47.38, 95.12, 95.12),
+        (46, 46, 46, 46, 46, 94, 94, 94, 94, 188, 188),
+        _RTX_ENG,
+        tuple(c.key for c in RTX_PRO_6000_CLASSES),
+        {c.key: c for c in RTX_PRO_6000_CLASSES},
+    ),
+    mem_slots=12,
+)
+
 MODELS: dict[str, GpuModel] = {
-    m.key: m for m in (A100_40GB, A100_PCIE_40GB, A100_80GB, A100_80GB_PCIE, H100_SXM5, H100_PCIE, H100_NVL, H200)
-}
+    m.key: m
+    for m in (
+        A100_40GB, A100_PCIE_40GB, A100_80GB, A100_80GB_PCIE, H100_SXM5, H100_PCIE, H100_NVL, H200, RTX_PRO_6000_SE,
+    )
+}  # fmt: skip
 
 
 def model_by_name(name: str) -> GpuModel:

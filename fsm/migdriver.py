@@ -5,6 +5,10 @@ a DriverProfile and hands the list in; this module builds the GpuModel the decis
 for that GPU (HostSpec.mig_tables) and names every difference from fsm.mig's built-in table.
 Profiles are matched by the `-lgip` ID (names and GiB figures vary by driver, docs/mig-profiles.md
 sections 1 and 8); geometry (placements, slots, max count) comes from the driver where it lists it.
+An ID means different things on different GPUs (14 is 2g on A100/H100, 1g on RTX PRO 6000): the
+built-in class of an ID is the GPU's own model's first, and where the name's compute slices still
+disagree with it the name wins, with a note naming the conflict. The GPU's memory slot count is its
+built-in model's, else the end of the driver's furthest placement.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fsm.mig import CLASSES, MEM_SLOTS, GpuModel, Profile, ProfileClass
+from fsm.mig import CLASSES, MAX_MEM_SLOTS, MEM_SLOTS, GpuModel, Profile, ProfileClass
 
 _CLASS_BY_ID = {c.lgip_id: c for c in CLASSES}
 _SLICES = re.compile(r"^(\d+)g\.")
+_PLAIN = re.compile(r"[0-9]{1,2}g\.[0-9]{1,4}gb")  # no +me / -me / +gfx: a ladder step
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +42,17 @@ class DriverProfile:
     size: int = 0  # memory slots, from -lgipp
 
 
-def _class_for(d: DriverProfile, notes: list[str]) -> ProfileClass | None:
-    known = _CLASS_BY_ID.get(d.lgip_id)
+def _class_for(d: DriverProfile, notes: list[str], by_id: dict[int, ProfileClass], slots: int) -> ProfileClass | None:
+    known = by_id.get(d.lgip_id)
     m = _SLICES.match(d.name)
-    slices = known.slices if known is not None else int(m[1]) if m else 0
+    named = int(m[1]) if m else 0
+    if known is not None and named and named != known.slices:
+        notes.append(
+            f"{d.name} (ID {d.lgip_id}): its name gives {named} compute slice(s) where the built-in ID"
+            f" {d.lgip_id} is {known.key} ({known.slices}); the name is used"
+        )
+        known = None  # nor its geometry
+    slices = known.slices if known is not None else named
     if slices <= 0:
         notes.append(f"{d.name} (ID {d.lgip_id}): cannot tell its compute slices from the name; left out")
         return None
@@ -51,13 +63,24 @@ def _class_for(d: DriverProfile, notes: list[str]) -> ProfileClass | None:
             return None
         notes.append(f"{d.name} (ID {d.lgip_id}): no -lgipp placements; the built-in ones are used")
         starts, size = known.starts, known.mem_slots
-    if any(s < 0 or s + size > MEM_SLOTS for s in starts):
-        notes.append(f"{d.name} (ID {d.lgip_id}): placements {list(starts)}:{size} exceed {MEM_SLOTS} slots; left out")
+    if any(s < 0 or s + size > slots for s in starts):
+        notes.append(f"{d.name} (ID {d.lgip_id}): placements {list(starts)}:{size} exceed {slots} slots; left out")
         return None
-    key = known.key if known is not None else f"id{d.lgip_id}"
-    enum = known.nvml_enum if known is not None else -1
+    if known is not None:
+        key, enum = known.key, known.nvml_enum
+    else:
+        key, enum = (f"{slices}g" if _PLAIN.fullmatch(d.name) else f"id{d.lgip_id}"), -1
     cls = ProfileClass(key, d.lgip_id, enum, slices, size, max(d.total, 1), tuple(sorted(starts)))
     return known if known == cls else cls
+
+
+def _slot_count(base: GpuModel | None, profiles: Sequence[DriverProfile]) -> int:
+    """The GPU's memory slots: its built-in model's, else the end of the driver's furthest placement
+    (at most MAX_MEM_SLOTS; rows past it are left out; none listed: the A100/H100 sheet's)."""
+    if base is not None:
+        return base.mem_slots
+    ends = [s + d.size for d in profiles if d.size > 0 for s in d.starts]
+    return min(max(ends, default=MEM_SLOTS), MAX_MEM_SLOTS)
 
 
 def model_from_driver(
@@ -68,21 +91,23 @@ def model_from_driver(
     notes: list[str] = []
     rows = []
     seen: set[int] = set()
+    by_id = _CLASS_BY_ID if base is None else {**_CLASS_BY_ID, **{p.lgip_id: p.cls for p in base.profiles}}
+    slots = _slot_count(base, profiles)
     for d in profiles:
         if d.lgip_id in seen:
             notes.append(f"{d.name} (ID {d.lgip_id}) listed twice; the first row is used")
             continue
         seen.add(d.lgip_id)
-        cls = _class_for(d, notes)
+        cls = _class_for(d, notes, by_id, slots)
         if cls is not None:
             rows.append(Profile(d.name, cls, d.gib, d.sm, d.dec, d.enc, d.jpg, d.ofa, d.ce))
-    if base is not None:
-        key, name, mib, pci = base.key, base.name, base.memory_mib, base.pci_device_ids
+    if base is not None:  # a driver that lists no whole-GPU profile leaves the GPU as large
+        key, name, mib, pci, whole = base.key, base.name, base.memory_mib, base.pci_device_ids, base.compute_slices
     else:
         name = gpu_name.strip()
         key = re.sub(r"[^A-Za-z0-9.]+", "-", name.removeprefix("NVIDIA ")).strip("-") or "unknown"
-        mib, pci = round(max((r.gib for r in rows), default=0.0) * 1024), ()
-    return GpuModel(name, key, mib, tuple(rows), pci), notes
+        mib, pci, whole = round(max((r.gib for r in rows), default=0.0) * 1024), (), 0
+    return GpuModel(name, key, mib, tuple(rows), pci, slots, whole), notes
 
 
 def _engines(p: Profile) -> str:

@@ -4,7 +4,8 @@ penalty = w_rc   * bandwidth of other tenants sharing the candidate GPU's root c
         + w_numa * block I/O on the candidate's NUMA node / norm
         + w_irq  * mean IRQ rate on the candidate's local cores / norm
         + w_move * cost of the move (0 staying, 0.3 same GPU, move_other_gpu another GPU)
-        - size bonus for a bigger slice when the cause is compute or memory
+        - size bonus for a bigger slice when the cause is compute or memory (the slices it adds, as
+          a share of the candidate GPU's whole: / 7 on A100/H100, / 4 on RTX PRO 6000)
 Same GPU first falls out of the move cost. Among candidates of equal penalty (the instances of one
 GPU share their path terms), the next size up the resize ladder comes first when
 `move_step_up`, then the victim's own size, then larger ones, then the name: the move pays its
@@ -21,7 +22,7 @@ from typing import Any
 
 from fsm.diagnosis import Cause, Traffic
 from fsm.evolve import field_setters
-from fsm.mig import GpuModel, Profile, model_by_name
+from fsm.mig import COMPUTE_SLICES, GpuModel, Profile, model_by_name
 from fsm.observation import InstanceRef, Observation
 from fsm.spec import HostSpec, Policy, TenantSpec
 from fsm.topology import NodeKind
@@ -81,6 +82,13 @@ def _gpu_model(spec: HostSpec, gpu: str) -> GpuModel | None:
         return model_by_name(key)
     except KeyError:
         return None
+
+
+def whole_slices(spec: HostSpec, gpu: str) -> int:
+    """Compute slices of `gpu` whole (its table's largest profile), the size bonus's denominator;
+    the A100/H100 sheet's 7 for a GPU without a table. Read from gpu_model's memo, never made anew."""
+    model = gpu_model(spec, gpu)
+    return model.compute_slices if model is not None else COMPUTE_SLICES
 
 
 def slices_of(spec: HostSpec, inst: InstanceRef) -> int:
@@ -332,9 +340,11 @@ def _cost(
     cand: InstanceRef,
     terms: tuple[float, float, float],
     size_gain: int,
+    whole: int = COMPUTE_SLICES,
 ) -> tuple[float, float, float]:
     """(move, size, penalty) of `cand` from its GPU's terms and the slices it adds (0 unless the
-    cause is compute or memory): the one penalty formula of the module docstring."""
+    cause is compute or memory; `whole`: the candidate GPU's slices, whole_slices): the one penalty
+    formula of the module docstring."""
     rc, numa, irq = terms
     if current is None or cand == current:
         move = 0.0
@@ -342,7 +352,7 @@ def _cost(
         move = SAME_GPU_MOVE
     else:
         move = policy.move_other_gpu
-    size = max(0, size_gain) / 7.0
+    size = max(0, size_gain) / whole
     penalty = policy.w_root_complex * rc + policy.w_numa_block * numa + policy.w_irq * irq + policy.w_move * move - size
     return move, size, penalty
 
@@ -361,9 +371,11 @@ def score(
         cache[cand.gpu] = _gpu_terms(spec, obs, traffic, cand.gpu, victim)
     terms = cache[cand.gpu]
     gain = 0
+    whole = COMPUTE_SLICES
     if cause in (Cause.COMPUTE, Cause.MEMORY) and current is not None:
         gain = slices_of(spec, cand) - slices_of(spec, current)
-    move, size, penalty = _cost(spec.policy, current, cand, terms, gain)
+        whole = whole_slices(spec, cand.gpu)
+    move, size, penalty = _cost(spec.policy, current, cand, terms, gain, whole)
     return _score(cand, penalty, terms, move, size)
 
 
@@ -642,8 +654,9 @@ class _Board:
         if self.order is None and not self.unordered:
             c = self.spec.policy.w_move * self.away
             need, sized = self.need, self.sized
+            spec = self.spec
             order = [
-                (part[2][2] + c - ((part[3] - need) / 7.0 if sized else 0.0), part)
+                (part[2][2] + c - ((part[3] - need) / whole_slices(spec, part[0]) if sized else 0.0), part)
                 for part in self.parts
                 if part[3] >= need
             ]
@@ -691,6 +704,7 @@ def _eligible(
     reserved left out, at most `cap` of them; the size bonus; the size preference: 0 the next size
     up the resize ladder, 1 the victim's own, 2 larger)."""
     up = step_up(spec, gpu, need) if spec.policy.move_step_up else 0
+    whole = whole_slices(spec, gpu) if sized else COMPUTE_SLICES
     out: list[tuple[list[_Member], float, int]] = []
     for n, members in by_size:
         if n < need:
@@ -700,7 +714,7 @@ def _eligible(
         if cap is not None and len(members) > cap:
             members = members[:cap]
         if members:
-            out.append((members, max(0, n - need) / 7.0 if sized else 0.0, 0 if n == up else 1 if n == need else 2))
+            out.append((members, max(0, n - need) / whole if sized else 0.0, 0 if n == up else 1 if n == need else 2))
     return out
 
 

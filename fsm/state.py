@@ -10,7 +10,7 @@ from typing import Any
 from fsm.codec import decode_as, encode
 from fsm.desired import MpsLimit, Throttle
 from fsm.evidence import SloEvidence
-from fsm.mig import PROFILE_NAME, Slot
+from fsm.mig import MAX_MEM_SLOTS, PROFILE_NAME, Slot
 from fsm.observation import InstanceRef
 from fsm.spec import Level
 
@@ -203,7 +203,7 @@ class ControllerState:
             # decoded field by field, not through Slot.parse: a start of -5 or a profile "../../x"
             # was resumed and sent on as the desired layout on every tick
             for slot in layout:
-                if not PROFILE_NAME.fullmatch(slot.profile) or not 0 <= slot.start < 8:
+                if not PROFILE_NAME.fullmatch(slot.profile) or not 0 <= slot.start < MAX_MEM_SLOTS:
                     raise ValueError(f"controller state: layouts.{gpu}: {slot.profile}@{slot.start} is no MIG slot")
             if len(set(layout)) != len(layout):
                 raise ValueError(f"controller state: layouts.{gpu}: a slot twice")

@@ -94,8 +94,13 @@ def test_free_starts_follow_the_placement_sets():
 
 def test_every_model_has_the_seven_classes_but_the_r460_a100_pcie():
     for m in MODELS.values():
+        if m.key == "RTX-PRO-6000-SE":  # a geometry of its own: 12 slots, 4 slices, 11 profiles
+            assert (len(m.profiles), m.mem_slots, m.compute_slices) == (11, 12, 4)
+            assert [p.slices for p in m.ladder()] == [1, 2, 4]
+            continue
         # The only A100-PCIE-40GB -lgip we hold (R460) lists five profiles: no 1g.10gb, no +me.
         assert len(m.profiles) == (5 if m.key == "A100-PCIE-40GB" else 7)
+        assert (m.mem_slots, m.compute_slices) == (8, 7)
         assert [p.slices for p in m.ladder()] == [1, 2, 3, 4, 7]
 
 

@@ -90,13 +90,21 @@ def test_h100_pcie_r525_listing_differs_only_in_gib() -> None:
 def test_unusable_driver_rows_are_left_out_with_a_note() -> None:
     rows = driver_profiles(parse_lgip(H100_LGIP), parse_lgipp(H100_LGIPP), 0)
     odd = [replace(rows[0], lgip_id=33, name="5g.50gb", starts=(6,), size=4), replace(rows[1], starts=(), size=0)]
-    model, notes = model_from_driver(None, "NVIDIA Future GPU", odd)
-    assert model.key == "Future-GPU"
+    # On a known model the slot count is its built-in table's: an H100 has 8.
+    model, notes = model_from_driver(H100_PCIE, "NVIDIA H100 PCIe", odd)
+    assert model.key == "H100-PCIE" and model.mem_slots == 8
     assert [(p.name, p.placements) for p in model.profiles] == [("1g.10gb+me", (0, 1, 2, 3, 4, 5, 6))]
     assert notes == [
         "5g.50gb (ID 33): placements [6]:4 exceed 8 slots; left out",
         "1g.10gb+me (ID 20): no -lgipp placements; the built-in ones are used",
     ]
+    # Without a built-in table the driver's placements tell the slot count: here 10.
+    model, notes = model_from_driver(None, "NVIDIA Future GPU", odd)
+    assert model.key == "Future-GPU" and model.mem_slots == 10 and model.compute_slices == 5
+    assert [(p.name, p.cls.key, p.placements) for p in model.profiles] == [
+        ("5g.50gb", "5g", (6,)), ("1g.10gb+me", "1g+me", (0, 1, 2, 3, 4, 5, 6))
+    ]  # fmt: skip
+    assert notes == ["1g.10gb+me (ID 20): no -lgipp placements; the built-in ones are used"]
     assert table_differences(None, model)[0].startswith("no built-in table for NVIDIA Future GPU")
 
 

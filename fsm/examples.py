@@ -24,9 +24,15 @@ from fsm.topology import Topology, TopologyBuilder
 
 # Policy fields for streams that start at t=0, act within seconds and skip ahead in time with a
 # window's usual count (the ladder's tests): no outage warm-up, no charge for the spread of counts
-# that such a jump fakes, and no wait for the burst it looks like (tests/test_fsm_outage_spread.py
-# and tests/test_fsm_burst_wait.py test them).
-UNPRICED_OUTAGES = {"outage_warmup_s": 0.0, "outage_spread_sigmas": 0.0, "outage_burst_wait": False}
+# that such a jump fakes, no wait for the burst it looks like, and no check of the tail an outage
+# adds over windows as short as theirs (tests/test_fsm_outage_spread.py, tests/test_fsm_burst_wait.py
+# and tests/test_fsm_tail_room.py test them).
+UNPRICED_OUTAGES = {
+    "outage_warmup_s": 0.0,
+    "outage_spread_sigmas": 0.0,
+    "outage_burst_wait": False,
+    "outage_tail_margin": None,
+}
 
 GEN4_X16 = 25e9  # usable bytes/s of a PCIe Gen4 x16 link, roughly
 A100 = "A100-SXM4-40GB"

@@ -127,6 +127,11 @@ class Policy:
     # The same for a backlog of the tenant's own arrivals, for at most the outage's length
     # (tick_base._backlog_now): its counts show no burst, its queue every request the outage delays.
     outage_burst_wait: bool = True
+    # A move or resize is not taken where the requests its outage holds past the tenant's tail, times
+    # this margin, outnumber what a cure takes out of its window's top 1% before the window ends:
+    # the p99 would rise, however the lever pays on the requests over the SLO
+    # (tick_base._tail_short). The margin allows for a cure that comes short. None: no check.
+    outage_tail_margin: float | None = 1.5
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
     # share of the time it runs (both exponentially weighted over guard_budget_window_s), and at
     # least rate_tau_s (the futility stop's first look at whether the guard helps); past it

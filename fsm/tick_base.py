@@ -206,11 +206,41 @@ class TickBase:
         scale = self.tenants[t.name].cost_scale or 1.0
         c = price(rent, lever, outage, source, t.slo_s, efficacy, scale, self._rate_now(t, rent.rate_rps))
         if c.pays(policy.cost_margin):
-            return c, ""
+            return c, self._tail_short(t, c)
         self.unpaid[(t.name, lever)] = c
         return c, (
             f"its outage would cost more than it saves ({c.cost:.0f} requests over the SLO"
             f" vs {c.benefit:.0f} kept under it)"
+        )
+
+    def _tail_short(self, t: TenantSpec, c: LeverCost) -> str:
+        """Why the lever's outage would lift the tenant's p99 over its window ("" when it would not).
+        The requests the outage holds past the tail the tenant has now (its recent windows' median
+        quantile, at least the SLO) land in the window's top 1% (outage_tail); a cure takes out of
+        that only efficacy x 1% of the requests left in the window. Bought late in the window, a
+        lever that pays on the requests over the SLO still lifts the quantile; `outage_tail_margin`
+        allows for a cure that comes short or a rate that falls (docs/decisions.md, "The tail an
+        outage adds"). The window is the outage budget's, counted from the tenant's first request:
+        the span its p99 is judged over."""
+        policy = self.spec.policy
+        margin = policy.outage_tail_margin
+        ctl = self.tenants[t.name]
+        since = ctl.watched_since
+        if not margin or t.slo_s is None or since is None or c.cost <= 0:
+            return ""
+        window = policy.outage_budget_window_s
+        left = window - (self.obs.t - since) % window
+        recent = sorted(ctl.recent)
+        tail = max(t.slo_s, recent[len(recent) // 2]) if recent else t.slo_s
+        held = outage_cost(c.outage_rate_rps, c.outage_s, tail, c.rho) * c.scale
+        share = outage_tail(t.quantile)
+        freed = c.efficacy * share * c.rate_rps * left
+        if held * margin <= freed:
+            return ""
+        return (
+            f"its outage would hold {held:.0f} requests past the tail ({tail:.3g} s) where a cure frees"
+            f" {freed:.0f} of the top {share:.0%} in the {left:.0f} s left of the window"
+            f" (outage_tail_margin {margin:g}): the tail's quantile would rise"
         )
 
     # -- the outage budget ----------------------------------------------------------------------

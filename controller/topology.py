@@ -537,16 +537,21 @@ def _listdir(path: str) -> list[str]:
 
 # -- loading for the daemon ------------------------------------------------------------------
 def run_topo_matrix(timeout_s: float = 10.0) -> str:
-    """`nvidia-smi topo -m` output (no shell, with a timeout). Raises OSError/RuntimeError."""
-    import subprocess
+    """`nvidia-smi topo -m` output, through the actuators' runner (no shell; at the timeout its
+    process group is killed and the wait for its pipes is bounded; output capped; bytes that are
+    not UTF-8 replaced, for the parser to name). Raises RuntimeError. Called before any event loop
+    runs (the daemon's start, the CLI)."""
+    import asyncio
+
+    from actuators.proc import ToolError, run
 
     try:
-        p = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"nvidia-smi topo -m: no answer within {timeout_s:g} s") from None
-    if p.returncode != 0:
-        raise RuntimeError(f"nvidia-smi topo -m: exit {p.returncode}: {p.stderr.strip()[:200]}")
-    return p.stdout
+        r = asyncio.run(run(["nvidia-smi", "topo", "-m"], timeout_s))
+    except ToolError as e:
+        raise RuntimeError(str(e)) from None
+    if r.rc != 0:
+        raise RuntimeError(f"nvidia-smi topo -m: {r.status}: {r.text.strip()[:200]}")
+    return r.stdout
 
 
 def load_topology(

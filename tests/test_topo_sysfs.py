@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from fakes.fixture_paths import FIXTURES
 from fakes.topo_sysfs import DGX_NUMA_CPUS, P4D_CPUS, FakeSysfs, build_dgx_a100, build_p4d
 
 from controller.cli import main
+from controller.signals.base import ParseError
 from controller.topology import (
     RELATION_TIER,
     discover_sysfs,
@@ -21,6 +23,7 @@ from controller.topology import (
     load_topology,
     node_labels,
     parse_topo_matrix,
+    run_topo_matrix,
     to_yaml,
 )
 from fsm.topology import NodeKind, Tier
@@ -200,3 +203,48 @@ def test_hypernode_manifests_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["topology", "--sys-root", str(tmp_path), "--json"]) == 0
     nodes = json.loads(capsys.readouterr().out)["nodes"]
     assert {n["id"] for n in nodes if n["kind"] == "gpu"} == {f"gpu{i}" for i in range(8)}
+
+
+def _tool(bin_dir: Path, body: str) -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    p = bin_dir / "nvidia-smi"
+    p.write_text("#!/bin/sh\n" + body)
+    p.chmod(0o755)
+
+
+@pytest.mark.faults
+def test_a_hung_topo_m_is_killed_with_its_children_at_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real nvidia-smi on PATH that hangs, with a child of its own: subprocess.run killed the tool
+    # alone and left the child running past the daemon's start; its process group goes now.
+    child = tmp_path / "child.pid"
+    _tool(tmp_path / "bin", f"sleep 3600 &\necho $! > {child}\nexec sleep 3600\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"nvidia-smi topo -m: timed out after 0.5 s \(killed\)"):
+        run_topo_matrix(0.5)
+    assert time.monotonic() - t0 < 10.0
+    pid = int(child.read_text())
+    for _ in range(100):  # reaped by init once killed
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError(f"the tool's child {pid} outlived it")
+    assert load_topology("auto", str(tmp_path), runner=lambda: run_topo_matrix(0.5)).gpus == []  # sysfs's, none
+
+
+@pytest.mark.faults
+def test_topo_m_output_that_is_not_utf8_is_a_parse_error_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tool(tmp_path / "bin", "printf '\\t\\377GPU0\\tCPU Affinity\\nGPU0\\t X \\t0-7\\n'\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    assert "\ufffd" in run_topo_matrix(5.0)  # replaced, not raised (UnicodeDecodeError escaped before)
+    with pytest.raises(ParseError, match="nvidia-smi topo -m"):
+        load_topology("topo-matrix", str(tmp_path), runner=lambda: run_topo_matrix(5.0))
+    assert load_topology("auto", str(tmp_path), runner=lambda: run_topo_matrix(5.0)).gpus == []

@@ -380,7 +380,7 @@ def test_what_an_outage_took_on_the_host_is_read_off_the_full_run() -> None:
     assert outage_had(full, {"t": 300.0, "tenant": "v"}) == {}  # refused: the 400 s outage is the next lever's
     line = lever_line({**_priced(), **had}, 3600.0)
     assert line.endswith("; it took 95.7 s, and failed")
-    r = run_case(("vllm-ttft", 2, 401, 14400.0, {}), which=("actuation",))
+    r = run_case(("h200-gen5", 2, 401, 14400.0, {}), which=("actuation",))
     (c,) = r["levers"]  # the case's one resize, priced at 60 s, took longer on this host
     assert c["outage_s"] == 60.0 and c["had_ok"] and c["had_s"] > 80.0
 

@@ -2,9 +2,12 @@
 
 It enforces the real profile tables and placement rules of each GPU model (fsm.mig, the single
 source of truth), and prints the formats and messages of real captures (docs/mig-profiles.md sections
-3-5, tests/fixtures): the 55-column -lgi, 70-column -lci, 79-column -lgip tables, `-lgipp`
+3-5 and 2.7, tests/fixtures): the 55-column -lgi, 70-column -lci, 79-column -lgip tables (-lgi
+and -lgip two columns wider where a profile's name needs it, as on the RTX PRO 6000), `-lgipp`
 lines, `-L` with MIG devices in GI order, the per-object success lines, `Unable to ...: <NVML
 error>` plus a `Failed to ...` summary on failure (errors on stderr), exit 6 for "Not Found".
+GI IDs, default CI profiles and the starts `-cgi` picks follow the GPU's model: its memory slots
+(8 on A100/H100/H200, 12 on RTX PRO 6000 Blackwell) and the geometry of its profiles.
 Exit codes the captures do not show (Insufficient Resources, In use) are 255 here.
 
 State (env TAILGUARD_NVSMI_STATE): {"gpus": [{"index", "model", "uuid", "mig", "gis": [{"id",
@@ -35,13 +38,22 @@ from typing import Any
 
 from actuators.emulation import NVSMI_STATE_ENV
 from actuators.emulation.statefile import locked
-from fsm.mig import GpuModel, Profile, Slot, free_starts, is_valid, model_by_name
+from fsm.mig import CLASS_BY_KEY, GpuModel, Profile, Slot, free_starts, is_valid, model_by_name
 
-# Default compute-instance profile per GI class, as `-C` creates it (docs/mig-profiles.md section 4).
+# Default compute-instance profile per GI class of the A100/H100/H200 geometry (fsm.mig.CLASSES), as
+# `-C` creates it (docs/mig-profiles.md section 4).
 DEFAULT_CI = {"1g": 0, "1g+me": 0, "1g2": 7, "2g": 1, "3g": 2, "4g": 3, "7g": 4}
-# Where the driver puts a GI when no start is given (observed, section 3).
+# Other geometries: the CI profile of as many slices as the GI has (NVML's compute-instance profile
+# enum: 1, 2, 3, 4, 7, 8, 6 slices). The RTX PRO 6000 captures show 1g -> 0 and 2g -> 1 (section 2.7).
+CI_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4, 8: 5, 6: 6}
+# Where the driver puts a GI of the A100/H100/H200 geometry when no start is given (observed, section 3).
 AUTO_ORDER = {"1g": (6, 4, 5, 0, 1, 2, 3), "1g+me": (6, 4, 5, 0, 1, 2, 3), "1g2": (6, 4, 2, 0), "2g": (4, 2, 0),
               "3g": (4, 0), "4g": (0,), "7g": (0,)}  # fmt: skip
+# Other geometries: the lowest free start first, as the RTX PRO 6000 captures show (`-cgi 1g.24gb x4`
+# gave starts 0, 3, 6, 9; `-cgi 2g.48gb,1g.24gb,1g.24gb` gave 0, 6, 9).
+# The Name column of -lgi/-lgip: 18 wide, wider where a profile's name needs it (RTX PRO 6000's
+# "MIG 1g.24gb+me.all" has 20: the whole table two columns wider, section 2.7).
+NAME_WIDTH = 18
 
 EXIT_OK, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OTHER = 0, 2, 6, 255
 EXIT_KILLED = 137  # what a shell reports for a SIGKILLed command
@@ -98,6 +110,37 @@ def _model(g: dict[str, Any]) -> GpuModel:
     return replace(m, profiles=rows)
 
 
+def _shared_geometry(p: Profile) -> bool:
+    """True for a profile of the A100/H100/H200 geometry (8 memory slots, 7 slices: fsm.mig.CLASSES)."""
+    return CLASS_BY_KEY.get(p.cls.key) is p.cls
+
+
+def default_ci(p: Profile) -> int:
+    """The compute-instance profile ID `-C` gives a GI of this profile."""
+    return DEFAULT_CI[p.cls.key] if _shared_geometry(p) else CI_BY_SLICES[p.slices]
+
+
+def auto_order(p: Profile) -> tuple[int, ...]:
+    """The starts the driver tries, in order, for a GI of this profile given without a start."""
+    return AUTO_ORDER[p.cls.key] if _shared_geometry(p) else tuple(sorted(p.placements))
+
+
+def name_width(models: list[GpuModel]) -> int:
+    """The Name column's width in -lgi/-lgip: 18, or two more than the longest "MIG <profile>"."""
+    return max([NAME_WIDTH] + [len(p.name) + 6 for m in models for p in m.profiles])
+
+
+def _widen(text: str, extra: int) -> str:
+    """A table's head or border made `extra` columns wider after the Name column (column 25)."""
+    if not extra:
+        return text
+    out = []
+    for ln in text.splitlines(keepends=True):
+        fill = "-" if ln.startswith("+") else "=" if ln.startswith("|=") else " "
+        out.append(ln[:25] + fill * extra + ln[25:])
+    return "".join(out)
+
+
 def gpu_uuid(index: int, seed: str = "") -> str:
     return "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"tailguard-emu/{seed}/gpu/{index}"))
 
@@ -122,9 +165,10 @@ def layout_of(g: dict[str, Any]) -> tuple[Slot, ...]:
     return tuple(sorted(Slot(gi["start"], m.profile(gi["profile"]).name) for gi in g["gis"]))
 
 
-def _gi_id(g: dict[str, Any], p: Profile, start: int) -> int:
-    # Observed GI id ranges by size (section 3): 7g -> 0, 4-slot -> 1-2, 2-slot -> 3-6, 1-slot -> 7-14.
-    base = {8: 0, 4: 1, 2: 3, 1: 7}[p.mem_slots]
+def _gi_id(g: dict[str, Any], m: GpuModel, p: Profile, start: int) -> int:
+    # Observed GI id ranges by size (section 3): the whole GPU -> 0, a half -> 1-2, a quarter -> 3-6,
+    # an eighth -> 7-14 (A100/H100: 7g, 4 slots, 2, 1; RTX PRO 6000: 12, 6, 3 slots, section 2.7).
+    base = m.mem_slots // p.mem_slots - 1
     cand = base + start // p.mem_slots
     used = {gi["id"] for gi in g["gis"]}
     while cand in used:
@@ -133,7 +177,7 @@ def _gi_id(g: dict[str, Any], p: Profile, start: int) -> int:
 
 
 def _create(g: dict[str, Any], m: GpuModel, p: Profile, start: int, with_ci: bool) -> dict[str, Any]:
-    gi = {"id": _gi_id(g, p, start), "profile": p.name, "start": start, "processes": [], "cis": []}
+    gi = {"id": _gi_id(g, m, p, start), "profile": p.name, "start": start, "processes": [], "cis": []}
     g["gis"].append(gi)
     if with_ci:
         _create_ci(g, gi, m)
@@ -145,7 +189,7 @@ def _create_ci(g: dict[str, Any], gi: dict[str, Any], m: GpuModel) -> dict[str, 
     g["serial"] = g.get("serial", 0) + 1
     ci_id = min(set(range(8)) - {c["id"] for c in gi["cis"]})
     u = "MIG-" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"{g['uuid']}/{gi['id']}/{ci_id}/{g['serial']}"))
-    ci = {"id": ci_id, "profile_id": DEFAULT_CI[p.cls.key], "uuid": u}
+    ci = {"id": ci_id, "profile_id": default_ci(p), "uuid": u}
     gi["cis"].append(ci)
     return ci
 
@@ -166,13 +210,15 @@ def _gi_sort_key(m: GpuModel, gi: dict[str, Any]) -> tuple[int, int]:
 
 def fmt_lgi(gpus: list[dict[str, Any]]) -> str:
     rows = []
-    for g in gpus:
-        m = _model(g)
+    models = [_model(g) for g in gpus]
+    w = name_width(models)
+    for g, m in zip(gpus, models, strict=True):
         for gi in sorted(g["gis"], key=lambda x: _gi_sort_key(m, x)):
             p = m.profile(gi["profile"])
             place = f"{gi['start']}:{p.mem_slots}"
-            rows.append(f"|{g['index']:>4}  {'MIG ' + p.name:<18}{p.lgip_id:>4}{gi['id']:>9}{place:>13}     |\n")
-    return _LGI_HEAD + _LGI_SEP.join(rows) + _LGI_SEP
+            rows.append(f"|{g['index']:>4}  {'MIG ' + p.name:<{w}}{p.lgip_id:>4}{gi['id']:>9}{place:>13}     |\n")
+    sep = _widen(_LGI_SEP, w - NAME_WIDTH)
+    return _widen(_LGI_HEAD, w - NAME_WIDTH) + sep.join(rows) + sep
 
 
 def fmt_lci(gpus: list[dict[str, Any]], gi_filter: int | None = None) -> str:
@@ -194,6 +240,7 @@ def fmt_lci(gpus: list[dict[str, Any]], gi_filter: int | None = None) -> str:
 
 def fmt_lgip(g: dict[str, Any]) -> str:
     m = _model(g)
+    w = name_width([m])
     layout = layout_of(g)
     rows = []
     for p in m.profiles:
@@ -201,11 +248,12 @@ def fmt_lgip(g: dict[str, Any]) -> str:
         free = min(len(free_starts(m, layout, p.name)), max(p.cls.max_count - n, 0))
         ft = f"{free}/{p.cls.max_count}"
         rows.append(
-            f"|{g['index']:>4}  {'MIG ' + p.name:<18}{p.lgip_id:>2}{ft:>8}{p.gib:>13.2f}{'No':>8}     "
+            f"|{g['index']:>4}  {'MIG ' + p.name:<{w}}{p.lgip_id:>2}{ft:>8}{p.gib:>13.2f}{'No':>8}     "
             f"{p.sm:<7}{p.dec:<6}{p.enc:<4}|\n"
-            f"|{'':60}{p.ce:>2}{p.jpg:>6}{p.ofa:>6}   |\n"
+            f"|{'':{w + 42}}{p.ce:>2}{p.jpg:>6}{p.ofa:>6}   |\n"
         )
-    return _LGIP_HEAD + _LGIP_SEP.join(rows) + _LGIP_SEP
+    sep = _widen(_LGIP_SEP, w - NAME_WIDTH)
+    return _widen(_LGIP_HEAD, w - NAME_WIDTH) + sep.join(rows) + sep
 
 
 def fmt_lgipp(g: dict[str, Any]) -> str:
@@ -291,7 +339,7 @@ def cmd_cgi(g: dict[str, Any], spec: str, with_ci: bool) -> tuple[str, str, int]
                     err = "Insufficient Resources"
             else:
                 fits = set(free_starts(m, layout, p.name)) if n < p.cls.max_count else set()
-                order = [s for s in AUTO_ORDER[p.cls.key] if s in fits]
+                order = [s for s in auto_order(p) if s in fits]
                 if order:
                     start = order[0]
                 else:

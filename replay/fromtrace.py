@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 from fsm.observation import Observation
+from fsm.placement import whole_slices
 from fsm.spec import HostSpec, Policy, Role
 from fsm.topology import NodeKind, Topology
 from replay.trace import TraceHeader, read_trace
@@ -219,7 +220,7 @@ def estimate(header: TraceHeader, observations: list[Observation], slice_exponen
             sm = _inst_sm(o, inst)
             if ts is None or ts.latency is None or ts.latency.count <= 0 or sm is None:
                 continue
-            nb = _neighbours(o, inst)
+            nb = _neighbours(o, inst, whole_slices(spec, inst.gpu))
             if nb > 0.1:
                 ratios.append((sm * dt[i] / ts.latency.count / base - 1.0) / nb)
         c = _median(ratios)
@@ -279,13 +280,14 @@ def _inst_sm(o: Observation, inst: object) -> float | None:
     return None if m is None else m.sm_active
 
 
-def _neighbours(o: Observation, inst: object) -> float:
-    """The neighbours' SM load on the GPU, each instance weighted by its share of the GPU's 7 slices."""
+def _neighbours(o: Observation, inst: object, whole: int) -> float:
+    """The neighbours' SM load on the GPU, each instance weighted by its share of the GPU's `whole`
+    compute slices (7 on A100/H100, 4 on RTX PRO 6000)."""
     g = o.gpus.get(inst.gpu)  # type: ignore[attr-defined]
     if g is None:
         return 0.0
     own = f"{inst.profile}@{inst.start}"  # type: ignore[attr-defined]
-    return sum((m.sm_active or 0.0) * _slices(k.split("@")[0]) / 7.0 for k, m in g.instances.items() if k != own)
+    return sum((m.sm_active or 0.0) * _slices(k.split("@")[0]) / whole for k, m in g.instances.items() if k != own)
 
 
 def _windows(flags: list[bool], ts: list[float], tick: float, t0: float) -> list[tuple[float, float]]:

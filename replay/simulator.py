@@ -201,6 +201,7 @@ class HostSim(Actuation, SignalView):
             self.route_ends[key] = ends
         self.ends = {name: self.route_ends[(name, 0)] for name in self.flow_links}
         self._slice_cache: dict[tuple[str, str], int] = {}
+        self._share_cache: dict[tuple[str, str], float] = {}
         self._layout_info: dict[str, tuple[tuple[Slot, ...], list[tuple[str, InstanceRef, float]]]] = {}
         self._idle: dict[str, tuple[tuple[Slot, ...] | None, GpuSample]] = {}
         self._irq: tuple[tuple[tuple[int, float], ...], dict[int, float]] | None = None
@@ -256,6 +257,14 @@ class HostSim(Actuation, SignalView):
             n = self._slice_cache[key] = self.models[inst.gpu].profile(inst.profile).slices
         return n
 
+    def _share(self, inst: InstanceRef) -> float:
+        """The instance's share of its GPU's compute slices (of 7 on A100/H100, of 4 on RTX PRO 6000)."""
+        key = (inst.gpu, inst.profile)
+        share = self._share_cache.get(key)
+        if share is None:
+            share = self._share_cache[key] = self._slices(inst) / self.models[inst.gpu].compute_slices
+        return share
+
     def _mem_gib(self, inst: InstanceRef) -> float:
         """The instance's memory as -lgip prints it (what vLLM sees as the device's memory)."""
         return self.models[inst.gpu].profile(inst.profile).gib
@@ -266,7 +275,7 @@ class HostSim(Actuation, SignalView):
             rows = []
             for slot in layout:
                 ref = InstanceRef(gpu, slot.profile, slot.start)
-                rows.append((str(slot), ref, self._slices(ref) / 7.0))
+                rows.append((str(slot), ref, self._share(ref)))
             cached = self._layout_info[gpu] = (layout, rows)
         return cached[1]
 
@@ -484,7 +493,7 @@ class HostSim(Actuation, SignalView):
         A batched server runs the steps that start before `until`."""
         req = s.req
         neighbours = sum(
-            sm.get(o, 0.0) * self._slices(i) / 7.0 for o, i in self.instance.items() if i.gpu == inst.gpu and o != name
+            sm.get(o, 0.0) * self._share(i) for o, i in self.instance.items() if i.gpu == inst.gpu and o != name
         )
         slow = 1.0 + self.meta.compute_coupling * neighbours
         scale = 1e-3 * slow / self._slices(inst) ** req.slice_exponent

@@ -49,17 +49,21 @@ def render(t: GpuTable) -> str:
             if t.differences else " (same as the built-in one)"
         )  # fmt: skip
     elif t.source == "built-in":
-        head += f": the built-in table ({t.error})"
+        head += ": the built-in table" + (f" ({t.error})" if t.error else "")
     else:
         head += f": no table ({t.error}; set [[gpus]] model)"
     lines = [head]
     if m is not None:
-        lines.append(f"  {'profile':<13}{'ID':>3}  {'slices':>6} {'slots':>5} {'max':>3}  {'placements':<18}"
+        # The GPU's geometry: 8 memory slots and 7 compute slices on A100/H100/H200, 12 and 4 on RTX
+        # PRO 6000 Blackwell; a profile's slices and slots below count in these.
+        lines.append(f"  {m.mem_slots} memory slots, {m.compute_slices} compute slices")
+        w = max([13] + [len(p.name) + 1 for p in m.profiles])  # 1g.24gb+me.all: 14
+        lines.append(f"  {'profile':<{w}}{'ID':>3}  {'slices':>6} {'slots':>5} {'max':>3}  {'placements':<18}"
                      f"{'GiB':>7} {'SM':>4}  DEC/ENC/JPG/OFA/CE")  # fmt: skip
         for p in m.profiles:
             pl = "{" + ",".join(str(s) for s in p.placements) + f"}}:{p.mem_slots}"
             lines.append(
-                f"  {p.name:<13}{p.lgip_id:>3}  {p.slices:>6} {p.mem_slots:>5} {p.cls.max_count:>3}  {pl:<18}"
+                f"  {p.name:<{w}}{p.lgip_id:>3}  {p.slices:>6} {p.mem_slots:>5} {p.cls.max_count:>3}  {pl:<18}"
                 f"{p.gib:>7.2f} {p.sm:>4}  {p.dec}/{p.enc}/{p.jpg}/{p.ofa}/{p.ce}"
             )
     if t.differences:

@@ -29,6 +29,7 @@ from controller.config import Config
 from controller.config_files import read_mqtt_password
 from controller.mig_tables import MigTables
 from controller.signals.base import Unavailable
+from fsm.mig import GpuModel
 from fsm.topology import NodeKind
 from schema.files import open_regular, read_small_bytes, read_small_text
 from schema.jsontext import shown
@@ -195,7 +196,7 @@ async def check_mig(cfg: Config, nvsmi: NvidiaSmi) -> list[Check]:
                     OK,
                     f"{t.model.key if t.model else '?'}, driver {t.driver}: the driver's -lgip/-lgipp"
                     f" differ from the built-in table in {len(t.differences)} point(s); the driver's"
-                    " is used (tailguard mig-profiles)",
+                    " is used (tailguard mig-profiles)" + _geometry(t.model),
                 )
             )
         else:
@@ -205,10 +206,15 @@ async def check_mig(cfg: Config, nvsmi: NvidiaSmi) -> list[Check]:
                     name,
                     OK,
                     f"{t.model.key if t.model else '?'}, driver {t.driver}: MIG on, {n} profiles"
-                    " listed, as in the built-in table",
+                    " listed, as in the built-in table" + _geometry(t.model),
                 )
             )
     return out
+
+
+def _geometry(m: GpuModel | None) -> str:
+    """The GPU's own counts, e.g. '; 12 memory slots, 4 compute slices' (8 and 7 on A100/H100/H200)."""
+    return f"; {m.mem_slots} memory slots, {m.compute_slices} compute slices" if m is not None else ""
 
 
 def in_a_vm(proc_root: str = "/proc") -> bool:

@@ -55,6 +55,8 @@ class GpuTable:
             "differences": list(self.differences),
             "notes": list(self.notes),
             "error": self.error or None,
+            "mem_slots": m.mem_slots if m else None,
+            "compute_slices": m.compute_slices if m else None,
             "profiles": [
                 {
                     "name": p.name, "id": p.lgip_id, "gib": p.gib, "sm": p.sm, "slices": p.slices,

@@ -3,11 +3,13 @@ slices, its own profile IDs) against the real captures byte for byte (tests/fixt
 kubesimplify/website, driver 610.43.02): -lgip, -lgipp, both -cgi -C runs, -lgi, -lci, -dci, -dgi,
 the -dgi refused with "In use by another client", -L of 8 GPUs (UUIDs aside). Then the actuators end
 to end on such a host: a 1g.24gb at start 9 resized to a 2g.48gb, read back, idempotent; refused
-and rolled back where a process holds an instance to be destroyed."""
+and rolled back where a process holds an instance to be destroyed. And `tailguard mig-profiles`,
+`check-config --probe` and doctor's MIG check on it: the GPU's 12 slots and 4 slices, its placements."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import time
@@ -15,17 +17,22 @@ from pathlib import Path
 
 import pytest
 from fakes.fixture_paths import FIXTURES
+from test_mig_driver_tables import _cfg
 
 from actuators.emulation import nvidia_smi as emu
 from actuators.emulation.statefile import load, locked
 from actuators.emulation.testing import EmuHost, emu_host
-from actuators.nvsmi import parse_lgip
+from actuators.nvsmi import NvidiaSmi, parse_lgip
 from actuators.reconciler import Reconciler
+from controller.cli import main as cli
+from controller.config import load_config
+from controller.doctor import OK, check_mig
 from fsm.desired import DesiredState
 from fsm.mig import RTX_PRO_6000_SE, Slot, is_valid
 
 KEY = RTX_PRO_6000_SE.key
 FOUR = tuple(Slot(s, "1g.24gb") for s in (0, 3, 6, 9))
+START = (Slot(0, "1g.24gb"), Slot(3, "1g.24gb"), Slot(9, "1g.24gb"))
 GROWN = (Slot(0, "1g.24gb"), Slot(3, "1g.24gb"), Slot(6, "2g.48gb"))
 UUID = re.compile(r"\b(GPU|MIG)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 
@@ -120,7 +127,7 @@ def rec(tmp: Path, h: EmuHost) -> Reconciler:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("before", [FOUR, (Slot(0, "1g.24gb"), Slot(3, "1g.24gb"), Slot(9, "1g.24gb"))])
+@pytest.mark.parametrize("before", [FOUR, START])
 def test_resize_a_1g_at_start_9_to_a_2g_idempotent(tmp_path: Path, before: tuple[Slot, ...]) -> None:
     h = emu_host(tmp_path / "emu", [KEY], {0: before})
 
@@ -158,3 +165,49 @@ def test_in_use_on_the_12_slot_gpu_is_refused_and_rolled_back(tmp_path: Path) ->
         assert layout(h) == FOUR
 
     asyncio.run(go())
+
+
+# ---------------------------------------------------------------- the shell on the emulated host
+
+
+def _config(tmp: Path, instance: str) -> Path:
+    ladder = f'[policy]\nmig_ladder = {{ "{KEY}" = ["1g.24gb", "2g.48gb", "4g.96gb"] }}'
+    return _cfg(tmp, instance, extra=ladder, model=KEY)
+
+
+def test_mig_profiles_doctor_and_check_config_on_the_12_slot_gpu(tmp_path: Path, monkeypatch, capsys) -> None:
+    h = emu_host(tmp_path / "emu", [KEY], {0: START})
+    monkeypatch.setenv("PATH", f"{h.nvsmi.parent}:/usr/bin:/bin")
+    assert cli(["mig-profiles"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[0]
+        == f"gpu0 (index 0): {RTX_PRO_6000_SE.name}, driver emulated: the driver's table (same as the built-in one)"
+    )
+    assert out[1] == "  12 memory slots, 4 compute slices"
+    rows = out[3:]
+    assert len(rows) == 11 and rows[3].startswith("  1g.24gb+me.all  65       1     3   1  {0,3,6,9}:3 ")
+    assert len({r.index(" 3 ") for r in rows[:5]}) == 1  # the columns line up past the longest name
+    assert cli(["mig-profiles", "--json"]) == 0
+    (t,) = json.loads(capsys.readouterr().out)["gpus"]
+    assert (t["source"], t["mem_slots"], t["compute_slices"]) == ("driver", 12, 4) and t["differences"] == []
+    assert cli(["mig-profiles", "--model", "A100-SXM4-40GB"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == [
+        "built-in: NVIDIA A100-SXM4-40GB: the built-in table",
+        "  8 memory slots, 7 compute slices",
+        "  profile       ID  slices slots max  placements            GiB   SM  DEC/ENC/JPG/OFA/CE",
+    ]
+    # check-config --probe judges a home by this GPU's placements, as the driver lists them
+    assert cli(["check-config", str(_config(tmp_path, "gpu0/1g.24gb@9")), "--probe"]) == 0
+    capsys.readouterr()
+    assert cli(["check-config", str(_config(tmp_path, "gpu0/1g.24gb@4")), "--probe"]) == 2
+    err = capsys.readouterr()
+    assert f"gpu0/1g.24gb@4: 1g.24gb on GPU model {KEY} may start only at [0, 3, 6, 9] (memory slot), not 4" in (
+        err.out + err.err
+    )
+    (c,) = asyncio.run(check_mig(load_config(_config(tmp_path, "gpu0/1g.24gb@9")), NvidiaSmi(str(h.nvsmi), 10.0)))
+    assert c.status == OK and c.cause == (
+        f"{KEY}, driver emulated: MIG on, 11 profiles listed, as in the built-in table;"
+        " 12 memory slots, 4 compute slices"
+    )

@@ -217,13 +217,40 @@ def _geometry(m: GpuModel | None) -> str:
     return f"; {m.mem_slots} memory slots, {m.compute_slices} compute slices" if m is not None else ""
 
 
-def in_a_vm(proc_root: str = "/proc") -> bool:
-    """x86's CPUID hypervisor bit, as the kernel lists it in /proc/cpuinfo's flags."""
+# What a hypervisor writes into a guest's DMI (sys_vendor, product_name; the keys of systemd's
+# virt.c DMI vendor table): found on arm64 too, where cpuinfo has no hypervisor flag. An EC2 bare
+# metal instance says "Amazon EC2" as its VMs do; its product name ends in ".metal".
+_DMI_HYPERVISORS = (
+    "KVM", "OpenStack", "KubeVirt", "Amazon EC2", "QEMU", "VMware", "VMW", "innotek GmbH", "VirtualBox",
+    "Xen", "Bochs", "Parallels", "BHYVE", "Hyper-V", "Apple Virtualization", "Google Compute Engine", "Google",
+)  # fmt: skip
+
+
+def in_a_vm(proc_root: str = "/proc", sys_root: str = "/sys") -> bool:
+    """A virtual machine: x86's CPUID hypervisor bit (/proc/cpuinfo's flags), a Xen guest's
+    /sys/hypervisor/type, or a hypervisor's name in the DMI tables (Azure's "Microsoft Corporation"
+    "Virtual Machine" too)."""
     try:
         text = read_small_text(os.path.join(proc_root, "cpuinfo"), errors="replace")
     except OSError:
+        text = ""
+    if any(line.startswith("flags") and " hypervisor" in line for line in text.splitlines()):
+        return True
+
+    def read(*parts: str) -> str:
+        try:
+            return read_small_text(os.path.join(sys_root, *parts), errors="replace").strip()
+        except OSError:
+            return ""
+
+    if read("hypervisor", "type"):
+        return True
+    vendor, product = read("class", "dmi", "id", "sys_vendor"), read("class", "dmi", "id", "product_name")
+    if product.endswith(".metal"):
         return False
-    return any(line.startswith("flags") and " hypervisor" in line for line in text.splitlines())
+    if vendor == "Microsoft Corporation" and product == "Virtual Machine":
+        return True
+    return any(v.startswith(_DMI_HYPERVISORS) for v in (vendor, product) if v)
 
 
 async def check_topo(nvsmi: NvidiaSmi, timeout_s: float, cfg: Config | None = None) -> list[Check]:
@@ -253,7 +280,7 @@ async def check_topo(nvsmi: NvidiaSmi, timeout_s: float, cfg: Config | None = No
         cfg is not None
         and not (cfg.topology.source == "topo-matrix" and cfg.topology.topo_matrix_file is not None)
         and not topo.of_kind(NodeKind.SWITCH)
-        and in_a_vm(cfg.signals.proc_root)
+        and in_a_vm(cfg.signals.proc_root, cfg.signals.sys_root)
     ):
         # A hypervisor's virtual root ports: what the devices share on the host is not shown, and
         # the controller goes by measured traffic alone (docs/results.md, "The PCIe tree a VM shows")

@@ -31,7 +31,7 @@ from actuators.emulation.statefile import locked
 from actuators.emulation.testing import blkio_sandbox, emu_host
 from controller.cli import main as cli
 from controller.config import parse_config
-from controller.doctor import FAIL, OK, WARN, Check, DoctorOptions, exit_code, run_checks
+from controller.doctor import FAIL, OK, WARN, Check, DoctorOptions, exit_code, in_a_vm, run_checks
 
 H100_Q = (FIXTURES / "nvidia-smi-q_h100-80gb-hbm3-x8-hgx_r565.txt").read_text()
 P5_TOPO = (FIXTURES / "nvidia-smi-topo-m_aws-p5.48xlarge_8x-h100_tabs-expanded.txt").read_text()
@@ -66,8 +66,9 @@ def _config(tmp: Path, dcgm_url: str, **over: str) -> str:
         (tmp / "llm.jsonl").write_text('{"latency_s": 0.01}\n')
         (tmp / "state").mkdir()
         _proc(tmp / "proc", BARE_METAL_FLAGS)
+        (tmp / "sys").mkdir()  # no DMI tables: the test machine's own would say what it is
     v = {"state_dir": str(tmp / "state"), "cg": str(cg), "etl_cgroup": "system.slice/etl.service",
-         "mqtt": "", "dcgm": dcgm_url, "proc": str(tmp / "proc")} | over  # fmt: skip
+         "mqtt": "", "dcgm": dcgm_url, "proc": str(tmp / "proc"), "sys": str(tmp / "sys")} | over  # fmt: skip
     return f"""
 [host]
 state_dir = "{v["state_dir"]}"
@@ -86,6 +87,7 @@ cgroup = "{v["etl_cgroup"]}"
 dcgm = "exporter"
 dcgm_exporter_url = "{v["dcgm"]}"
 proc_root = "{v["proc"]}"
+sys_root = "{v["sys"]}"
 {v["mqtt"]}
 """
 
@@ -639,3 +641,34 @@ def _answered(check: Callable[[], Coroutine[Any, Any, list[Check]]], what: str) 
     th.join(20)
     assert got, f"{what}: no answer in 20 s (hung)"
     return got[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "vendor", "product", "xen", "vm"),
+    [
+        (BARE_METAL_FLAGS, "", "", "", False),
+        (VM_FLAGS, "", "", "", True),
+        ("", "", "", "", False),  # arm64: no flags line, no DMI
+        ("", "Amazon EC2", "g5g.16xlarge", "", True),
+        ("", "Amazon EC2", "c7g.metal", "", False),
+        ("", "QEMU", "Standard PC (Q35 + ICH9, 2009)", "", True),
+        ("", "Microsoft Corporation", "Virtual Machine", "", True),
+        ("", "Microsoft Corporation", "Surface Pro", "", False),
+        ("", "Supermicro", "ARS-111GL-NHR", "", False),
+        ("", "", "", "xen", True),
+    ],
+    ids=["x86-metal", "x86-vm", "arm64-nothing", "ec2-graviton-vm", "ec2-metal", "qemu", "azure", "ms-laptop",
+         "gh200-metal", "xen"],
+)  # fmt: skip
+def test_a_vm_is_told_on_arm64_too(tmp_path: Path, flags: str, vendor: str, product: str, xen: str, vm: bool) -> None:
+    """x86's hypervisor flag, else a Xen guest's /sys/hypervisor or the DMI tables a hypervisor
+    fills (arm64 has no flags line: a GH200 VM got no warning)."""
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text(f"processor\t: 0\n{flags}\n")
+    for rel, text in (("class/dmi/id/sys_vendor", vendor), ("class/dmi/id/product_name", product),
+                      ("hypervisor/type", xen)):  # fmt: skip
+        if text:
+            f = tmp_path / "sys" / rel
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text + "\n")
+    assert in_a_vm(str(tmp_path / "proc"), str(tmp_path / "sys")) is vm

@@ -114,8 +114,9 @@ class TenantCtl:
     # whose median is under the SLO ends the settle early (its backlog is served); settle_until is
     # then the longest drain (a server at MAX_RHO).
     drained_from: float | None = None
-    # The last outage of ours (decision time, seconds charged): a restart reported later whose span
-    # began within it (its expected length twice, and a cooldown) is ours, however late the report
+    # The last outage of ours (decision time, seconds charged; once the operation completes or fails
+    # after stopping the tenant, (that time, 0) where it is later): a restart reported later whose
+    # span began within it (its expected length twice, and a cooldown) is ours, however late the report
     moved: tuple[float, float] | None = None
     # Capping the I/O aggressors did not cut this tail: until then (across episodes), the path they
     # share is not taken to hold it, so a same-sized move off it is expected to cure little.

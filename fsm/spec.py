@@ -132,6 +132,9 @@ class Policy:
     # the p99 would rise, however the lever pays on the requests over the SLO
     # (tick_base._tail_short). The margin allows for a cure that comes short. None: no check.
     outage_tail_margin: float | None = 1.5
+    # Where the windows of that p99 start (seconds on the observations' clock: Unix time live, e.g.
+    # a midnight UTC); None: at the tenant's first request, one window after another.
+    outage_window_anchor_s: float | None = None
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
     # share of the time it runs (both exponentially weighted over guard_budget_window_s), and at
     # least rate_tau_s (the futility stop's first look at whether the guard helps); past it

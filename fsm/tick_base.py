@@ -220,8 +220,8 @@ class TickBase:
         that only efficacy x 1% of the requests left in the window. Bought late in the window, a
         lever that pays on the requests over the SLO still lifts the quantile; `outage_tail_margin`
         allows for a cure that comes short or a rate that falls (docs/decisions.md, "The tail an
-        outage adds"). The window is the outage budget's, counted from the tenant's first request:
-        the span its p99 is judged over."""
+        outage adds"). The window is the outage budget's, counted from `outage_window_anchor_s`, or
+        else from the tenant's first request: the span its p99 is judged over."""
         policy = self.spec.policy
         margin = policy.outage_tail_margin
         ctl = self.tenants[t.name]
@@ -229,7 +229,8 @@ class TickBase:
         if not margin or t.slo_s is None or since is None or c.cost <= 0:
             return ""
         window = policy.outage_budget_window_s
-        left = window - (self.obs.t - since) % window
+        start = policy.outage_window_anchor_s if policy.outage_window_anchor_s is not None else since
+        left = window - (self.obs.t - start) % window
         recent = sorted(ctl.recent)
         tail = max(t.slo_s, recent[len(recent) // 2]) if recent else t.slo_s
         held = outage_cost(c.outage_rate_rps, c.outage_s, tail, c.rho) * c.scale

@@ -47,6 +47,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "outage_warmup_s": (0, False, DAY, False),
     "outage_spread_sigmas": (0, False, 10, False),
     "outage_tail_margin": (0, False, 100, False),
+    "outage_window_anchor_s": (0, False, 1e11, False),
     "guard_cost_share": (0, False, 1, False),
     "guard_budget_window_s": (60, False, 90 * DAY, False),
     "backoff_s": (0, False, None, False),

@@ -87,3 +87,14 @@ def test_a_tail_longer_than_the_outage_takes_no_room():
     assert taken and taken[0].lever == "resize"
     assert 3800.0 < taken[0].t < 3800.0 + 60.0 < WINDOW
     assert "(0.015 s)" in events[0].reason  # held while the recent windows were calm ones
+
+
+def test_an_anchored_window_counts_from_the_anchor():
+    # windows from 300 s on (a p99 judged per calendar span): 120 s is the end of the one before
+    held = _events(120.0, 200, outage_window_anchor_s=300.0)[0]
+    assert held.kind == "hold"
+    m = re.search(r"in the (\d+) s left of the window", held.reason)
+    assert m and 100 < int(m.group(1)) <= 180
+    # and 3,800 s is early in one that began at 3,700 s
+    taken = _events(3800.0, 1950, outage_window_anchor_s=3700.0)[0]
+    assert taken.kind == "escalate" and taken.lever == "resize"

@@ -306,6 +306,9 @@ class TenantConfig(Strict):
             reconfig_s=self.reconfig_s,
             handover=self.launcher.handover if self.launcher is not None else "restart",
             handover_gap_s=self.handover_gap_s,
+            readiness_timeout_s=(
+                self.launcher.readiness_timeout_s if self.launcher is not None else DEFAULT_READINESS_TIMEOUT_S
+            ),
         )
 
 
@@ -342,6 +345,7 @@ class PolicyConfig(Strict):
     throttle_floor_bps: float = Field(50e6, ge=1, le=1e13)
     throttle_expiry_s: float = Field(120.0, gt=0)
     guard_relief_s: float = Field(60.0, ge=0)  # 0: never
+    relief_worst_case: bool = True
     mps_guard_percent: int = Field(50, ge=1, le=100)
     max_reconfigs_per_hour: int = Field(4, ge=0, le=60)
     hold_retries_per_tick: int = Field(1, ge=0, le=10_000)  # 0: no limit
@@ -402,6 +406,7 @@ class PolicyConfig(Strict):
             throttle_floor_bps=self.throttle_floor_bps,
             throttle_expiry_s=self.throttle_expiry_s,
             guard_relief_s=self.guard_relief_s or None,
+            relief_worst_case=self.relief_worst_case,
             mps_guard_percent=self.mps_guard_percent,
             max_reconfigs_per_hour=self.max_reconfigs_per_hour,
             hold_retries_per_tick=self.hold_retries_per_tick,

@@ -32,6 +32,7 @@ UNPRICED_OUTAGES = {
     "outage_spread_sigmas": 0.0,
     "outage_burst_wait": False,
     "outage_tail_margin": None,
+    "relief_worst_case": False,
 }
 
 GEN4_X16 = 25e9  # usable bytes/s of a PCIe Gen4 x16 link, roughly

@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 
 from fsm.mig import GpuModel
 from fsm.observation import InstanceRef
-from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_RECONFIG_S, DEFAULT_RELAUNCH_S, MoveKind
+from fsm.outage import (
+    DEFAULT_HANDOVER_GAP_S,
+    DEFAULT_READINESS_TIMEOUT_S,
+    DEFAULT_RECONFIG_S,
+    DEFAULT_RELAUNCH_S,
+    MoveKind,
+)
 from fsm.outage import move_outage_s as _outage_of
 from fsm.topology import Tier, Topology
 
@@ -64,6 +70,9 @@ class TenantSpec:
     reconfig_s: float = DEFAULT_RECONFIG_S
     handover: str = "restart"
     handover_gap_s: float = DEFAULT_HANDOVER_GAP_S
+    # How long its launcher waits for a relaunched copy to serve before it gives up on the move
+    # (a restart hand-over then relaunches it where it was: what a failed move costs).
+    readiness_timeout_s: float = DEFAULT_READINESS_TIMEOUT_S
 
     def outage_s(self, kind: MoveKind) -> float:
         """Seconds it serves nothing when moved this way (fsm.outage.move_outage_s)."""
@@ -97,6 +106,10 @@ class Policy:
     # A guard that still binds after this long is a standing cost to the aggressor: move the
     # victim off the aggressor's path if a quieter instance exists, then lift the caps (None: never).
     guard_relief_s: float | None = 60.0
+    # A relief move must leave the tail inside its quantile even if it fails: its new copy never
+    # ready, the tenant down for the launcher's readiness wait and a relaunch back (a restart
+    # hand-over; tick_base._relief_short). False: the budgets a cure's move meets, no more.
+    relief_worst_case: bool = True
     mps_guard_percent: int = 50
     max_reconfigs_per_hour: int = 4
     # Escalations per tick of tenants with a lever on or refused before (a hold, a failed operation,

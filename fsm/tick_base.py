@@ -228,9 +228,7 @@ class TickBase:
         since = ctl.watched_since
         if not margin or t.slo_s is None or since is None or c.cost <= 0:
             return ""
-        window = policy.outage_budget_window_s
-        start = policy.outage_window_anchor_s if policy.outage_window_anchor_s is not None else since
-        left = window - (self.obs.t - start) % window
+        left = self._window_left(since)
         recent = sorted(ctl.recent)
         tail = max(t.slo_s, recent[len(recent) // 2]) if recent else t.slo_s
         held = outage_cost(c.outage_rate_rps, c.outage_s, tail, c.rho) * c.scale
@@ -242,6 +240,46 @@ class TickBase:
             f"its outage would hold {held:.0f} requests past the tail ({tail:.3g} s) where a cure frees"
             f" {freed:.0f} of the top {share:.0%} in the {left:.0f} s left of the window"
             f" (outage_tail_margin {margin:g}): the tail's quantile would rise"
+        )
+
+    def _window_left(self, since: float) -> float:
+        """Seconds left of the window the tenant's tail is judged over: the outage budget's,
+        counted from `outage_window_anchor_s`, or else from the tenant's first request (`since`)."""
+        policy = self.spec.policy
+        window = policy.outage_budget_window_s
+        start = policy.outage_window_anchor_s if policy.outage_window_anchor_s is not None else since
+        return window - (self.obs.t - start) % window
+
+    def _relief_short(self, t: TenantSpec, outage: float) -> str:
+        """Why a guard's relief move is not worth its risk ("" when it is). The move cures nothing
+        of the tail (the guard holds it); it serves the capped aggressor. A new copy that never gets
+        ready holds the tenant for the launcher's readiness wait and a relaunch back where it was
+        (a warm hand-over keeps the old copy serving): taken, the move must leave the tail inside
+        its quantile even then. The requests that failure holds past the SLO must fit in what the
+        window has left of the budget: its requests to come at the share over the SLO the guard
+        holds the tenant to, and the window's credit so far (less its overspend) (docs/decisions.md,
+        "A relief move's risk")."""
+        ctl = self.tenants[t.name]
+        since = ctl.watched_since
+        if not self.spec.policy.relief_worst_case or t.slo_s is None or since is None:
+            return ""
+        relaunch = ctl.measured_outage_s if ctl.measured_outage_s is not None else t.relaunch_s
+        worst = outage if t.handover == "warm" else max(outage, t.readiness_timeout_s + relaunch)
+        rate = ctl.evidence.rate(self.evidence_params)
+        rho = self._utilisation(t)
+        held = outage_cost(rate, worst, t.slo_s, 0.5 if rho is None else rho)  # levercost's default
+        share = outage_tail(t.quantile)
+        held_share = ctl.acted_bad / ctl.acted_n if ctl.acted_n > 0 else (ctl.evidence.bad_share() or 0.0)
+        left = self._window_left(since)
+        room = max(0.0, share - held_share) * rate * left
+        spent = self._overspent(ctl, 0.0)  # the window's requests over the SLO beyond its budget so far
+        if spent > 0.0 or 1.0 - t.quantile <= share + 1e-12:  # a credit is room where it counts the same 1%
+            room -= spent
+        if held <= room:
+            return ""
+        return (
+            f"{RELIEF_HELD}: a move whose new copy never got ready would hold {held:.0f} requests past the"
+            f" SLO ({worst:g} s down) where the {left:.0f} s left of the window have room for {max(room, 0.0):.0f}"
         )
 
     # -- the outage budget ----------------------------------------------------------------------
@@ -687,6 +725,7 @@ class TickBase:
 
 
 OUTAGE_TAIL_MAX = 0.01  # a p99's error budget
+RELIEF_HELD = "relief not worth its risk"  # tick_base._relief_short's reasons begin so
 
 
 def outage_tail(quantile: float) -> float:

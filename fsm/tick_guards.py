@@ -3,6 +3,8 @@ or have cost the capped tenants their budget, relieved by a move; and the caps e
 
 from __future__ import annotations
 
+from typing import Any
+
 from fsm.desired import MpsLimit, Throttle
 from fsm.diagnosis import Aggressor, Cause, Diagnosis, diagnose, victim_anchor
 from fsm.evolve import evolve
@@ -14,6 +16,7 @@ from fsm.tick_base import (
     GUARD_HELPS_LLR,
     GUARD_USELESS_LLR,
     PLACE,
+    RELIEF_HELD,
     WindowFn,
     _min,
     halving_llr,
@@ -299,11 +302,18 @@ class GuardTick(MoveTick):
         ctl = self.tenants[t.name]
         devices = tuple(sorted({c.device for c in ctl.stack[-1].caps}))
         diag = diagnose(self.spec, self.obs, t, self.traffic)
-        ok, _ = self._place(t, diag, lambda: {**self._window(t, value, slo), "relief": True}, avoid=devices)
+
+        def window() -> dict[str, Any]:
+            return {**self._window(t, value, slo), "relief": True}
+
+        ok, why = self._place(t, diag, window, avoid=devices)
         if not ok:
-            # Nowhere quieter off the path: keep the guard; look again after another relief period.
-            # (Its own age stays: the guard is judged from when it went on.)
+            # Nowhere quieter off the path, or not worth its risk: keep the guard; look again after
+            # another relief period. (Its own age stays: the guard is judged from when it went on.)
             top = ctl.stack[-1]
+            if top.relief_t is None and why.startswith(RELIEF_HELD):  # said once per guard
+                level = level_of(ctl)
+                self.emit(t.name, "hold", level, level, PLACE, why, {"window": window()})
             self.tenants[t.name] = evolve(ctl, stack=(*ctl.stack[:-1], evolve(top, relief_t=self.obs.t)))
 
     # -- output --------------------------------------------------------------------------------

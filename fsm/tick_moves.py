@@ -79,7 +79,11 @@ class MoveTick(TickBase):
     def _place(self, t: TenantSpec, diag: Diagnosis, window: WindowFn, avoid: tuple[str, ...] = ()) -> tuple[bool, str]:
         policy = self.spec.policy
         outage, source = self._move_outage(t, MoveKind.EXISTING)
-        short = self._outage_short(t, outage) or self._burst_now(t, PLACE, outage)
+        short = (
+            self._outage_short(t, outage)
+            or self._burst_now(t, PLACE, outage)
+            or (self._relief_short(t, outage) if avoid else "")
+        )
         if short:
             return False, short  # before the ranking: no move can happen, whatever it would find
         cost: LeverCost | None = None

@@ -323,11 +323,15 @@ def tenant_outages(h: HostModel, meta: ScenarioMeta) -> dict[str, TenantSpec]:
     out = {}
     for name, ts in h.spec.tenants.items():
         cfg = h.tenants[name]
+        relaunch = cfg.relaunch_s if cfg.relaunch_s is not None else meta.relaunch_s
+        wait = meta.actuation.readiness_wait(relaunch)
         out[name] = replace(
             ts,
-            relaunch_s=cfg.relaunch_s if cfg.relaunch_s is not None else meta.relaunch_s,
+            relaunch_s=relaunch,
             reconfig_s=meta.reconfig_s,
             handover=cfg.handover or meta.handover,
             handover_gap_s=meta.handover_gap_s,
+            # the simulated launcher's wait (replay.actuation); none set: it waits out the relaunch
+            readiness_timeout_s=wait if wait is not None else relaunch,
         )
     return out

@@ -103,6 +103,11 @@ def expected_remaining(episodes: Sequence[float], prior_s: float) -> float:
     return (prior_s + sum(episodes)) / (1 + len(episodes))
 
 
+# Unknown utilisation (no SM activity and no window for Little's law, tick_base._utilisation):
+# assume a server half busy (the cost doubles the plain outage).
+UNKNOWN_RHO = 0.5
+
+
 def outage_cost(rate_rps: float, outage_s: float, slo_s: float, rho: float) -> float:
     r = min(max(rho, 0.0), MAX_RHO)
     return rate_rps * max(0.0, outage_s - slo_s) / (1.0 - r)
@@ -144,9 +149,7 @@ def rent_of(
     episode_bad: float = 0.0,
     window_rent: float = 0.0,
 ) -> Rent:
-    # Unknown utilisation (no SM activity and no window for Little's law, tick_base._utilisation):
-    # assume a server half busy (the cost doubles the plain outage).
-    r = 0.5 if rho is None else min(max(rho, 0.0), MAX_RHO)
+    r = UNKNOWN_RHO if rho is None else min(max(rho, 0.0), MAX_RHO)
     share = episode_share(episode_requests, episode_bad, budget_share)
     if share is None:
         share = bad_share if bad_share is not None else 0.0

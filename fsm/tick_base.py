@@ -13,7 +13,7 @@ from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, window_evidence
 from fsm.evolve import assign_fresh, evolve, field_setters
 from fsm.guardbudget import trial_run_s, trial_s
-from fsm.levercost import MAX_RHO, LeverCost, Rent, episode_share, outage_cost, price, rent_of
+from fsm.levercost import MAX_RHO, UNKNOWN_RHO, LeverCost, Rent, episode_share, outage_cost, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
@@ -267,7 +267,7 @@ class TickBase:
         worst = outage if t.handover == "warm" else max(outage, t.readiness_timeout_s + relaunch)
         rate = ctl.evidence.rate(self.evidence_params)
         rho = self._utilisation(t)
-        held = outage_cost(rate, worst, t.slo_s, 0.5 if rho is None else rho)  # levercost's default
+        held = outage_cost(rate, worst, t.slo_s, UNKNOWN_RHO if rho is None else rho)
         share = outage_tail(t.quantile)
         held_share = ctl.acted_bad / ctl.acted_n if ctl.acted_n > 0 else (ctl.evidence.bad_share() or 0.0)
         left = self._window_left(since)
@@ -423,7 +423,7 @@ class TickBase:
         if t.slo_s is not None:
             rate = self._rate_now(t, ctl.evidence.rate(self.evidence_params))
             rho = self._utilisation(t)
-            predicted = outage_cost(rate, seconds, t.slo_s, 0.5 if rho is None else rho)
+            predicted = outage_cost(rate, seconds, t.slo_s, UNKNOWN_RHO if rho is None else rho)
             if predicted >= 1.0:  # an outage shorter than the SLO (a warm hand-over) costs nothing to measure
                 # the tail before: once a window is back to it (or the SLO), the backlog is served
                 before = max(t.slo_s, ctl.last_value if ctl.last_value is not None else t.slo_s)

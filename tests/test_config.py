@@ -10,7 +10,7 @@ import pytest
 
 from controller.cli import main
 from controller.config import ConfigError, check_cgroup_rel, load_config, parse_config
-from fsm.outage import DEFAULT_HANDOVER_GAP_S, MoveKind
+from fsm.outage import DEFAULT_HANDOVER_GAP_S, DEFAULT_READINESS_TIMEOUT_S, MoveKind
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "systemd" / "tailguard.toml"
@@ -123,6 +123,12 @@ kind = "systemd"
         parse_config(base.replace("slo_ms = 200", "slo_ms = 200\nmove_outage_s = 40") + 'unit = "llm.service"\n')
     assert parse_config("[policy]\noutage_budget_share = 0\n").policy_obj().outage_budget_share is None
     assert parse_config("").policy_obj().outage_budget_share == 0.5
+    # the launcher's readiness wait reaches the core too: what a failed move costs (relief_worst_case)
+    assert restart.readiness_timeout_s == DEFAULT_READINESS_TIMEOUT_S
+    waits = parse_config(base + 'unit = "llm.service"\nreadiness_timeout_s = 45\n').tenant_specs()["llm"]
+    assert waits.readiness_timeout_s == 45.0
+    assert parse_config("").policy_obj().relief_worst_case
+    assert not parse_config("[policy]\nrelief_worst_case = false\n").policy_obj().relief_worst_case
 
 
 def test_mqtt_latency_needs_the_mqtt_bridge():

@@ -255,3 +255,12 @@ def test_a_v1_cap_holds_only_the_writes_it_charges(leak: float) -> None:
         o = sim.step(DesiredState(t=sim.t, throttles=(th,)))
     io = o.tenants["t2"].io
     assert io is not None and io["nvme0n1"].read_bps == pytest.approx(cap, rel=1e-6)
+
+
+def test_the_decision_core_is_told_the_launchers_readiness_wait() -> None:
+    """What a failed move costs (fsm relief_worst_case) is the simulated launcher's wait: the one
+    set, at least twice the relaunch (what check-config asks of an operator); none set, the launcher
+    waits as long as a relaunch takes."""
+    assert _scenario().hosts[0].spec.tenants["t1"].readiness_timeout_s == RELAUNCH_S
+    assert _scenario(readiness_timeout_s=120.0).hosts[0].spec.tenants["t1"].readiness_timeout_s == 120.0
+    assert _scenario(readiness_timeout_s=6.0).hosts[0].spec.tenants["t1"].readiness_timeout_s == 2 * RELAUNCH_S

@@ -31,13 +31,14 @@ Each case's perturbation is drawn from a generator seeded by (seed, scenario, ca
 case can be re-run alone (`--only vllm-ttft:2`). Prints one row per case and the worse cases'
 problems with the moves and resizes `full` bought there, their price (cost, benefit, rent, episode:
 fsm.levercost) and what each outage met (the rate over its seconds, read off the static run, and
-those requests' share of the run's: 1% of them wait out the outage, and that is a p99); exit code
-1 when any case is worse.
+those requests' share of the run's: 1% of them wait out the outage, and that is a p99), each worse
+case's first suspect (worse_kind) and their tally; exit code 1 when any case is worse.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import functools
 import json
@@ -494,6 +495,34 @@ def lever_line(c: dict[str, Any], duration_s: float) -> str:
     )
 
 
+EARLY_S = 600.0  # a lever in a run's first ten minutes, on a rate and spread read over a few of them
+LONG = 1.5  # an operation that took this many times the outage it was priced at ran long
+
+
+def worse_kind(r: Mapping[str, Any]) -> str:
+    """What a worse case's first suspect is, from what its levers had (the kinds the results name):
+    "failed" (an operation failed and ran long: a copy that never got ready, then the move back),
+    "slow" (one succeeded, far slower than priced), "own restarts" (the tenant restarted on its
+    own after a lever), "early" (a lever in the run's first ten minutes), "no lever" (guards
+    only), else "other"."""
+    levers = r.get("levers") or []
+
+    def long(c: Mapping[str, Any]) -> bool:  # an unpriced one (a relief) has no outage_s
+        o, h = c.get("outage_s"), c.get("had_s")
+        return h is not None and (o is None or h > LONG * o)
+
+    if any(c.get("had_ok") is False and long(c) for c in levers):
+        return "failed"
+    if any(c.get("had_ok") and c.get("outage_s") is not None and long(c) for c in levers):
+        return "slow"
+    if not levers:
+        return "no lever"
+    first = min(c["t"] for c in levers)
+    if any(at > first for at, _, _ in r.get("own_restarts") or ()):
+        return "own restarts"
+    return "early" if first < EARLY_S else "other"
+
+
 def _key_values(ap: argparse.ArgumentParser, flag: str, pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in pairs:
@@ -568,7 +597,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * f['bad']:.2f}% | {others} | {r['reconfigs_per_h']:.2f} | {'WORSE' if r['problems'] else 'ok'} |"
         )
     for r in worse:
-        print(f"WORSE {r['scenario']}:{r['case']} ({', '.join(r['perturbation'])}): {'; '.join(r['problems'])}")
+        print(
+            f"WORSE {r['scenario']}:{r['case']} [{worse_kind(r)}] ({', '.join(r['perturbation'])}):"
+            f" {'; '.join(r['problems'])}"
+        )
         for c in r["levers"]:
             print(f"    {lever_line(c, r['duration_s'])}")
         for at, tenant, seconds in r.get("own_restarts", ()):
@@ -581,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
         if cuts
         else f"{len(results)} cases, {len(worse)} worse than static, {better} better on the share over the SLO",
     )
+    if worse:
+        kinds = collections.Counter(worse_kind(r) for r in worse)
+        print("worse by first suspect: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
     print(f"({time.perf_counter() - t0:.0f} s wall, {a.jobs} jobs)")
     if a.json:
         a.json.write_text(json.dumps(results, indent=1), encoding="utf-8")

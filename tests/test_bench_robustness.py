@@ -13,7 +13,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from bench.robustness import case_generators, lever_line, main, outage_had, outage_met, perturb, run_case
+from bench.robustness import case_generators, lever_line, main, outage_had, outage_met, perturb, run_case, worse_kind
 from replay.request_traces import read_request_trace
 from replay.runner import HostRun, run_host
 from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
@@ -391,3 +391,23 @@ def _priced() -> dict[str, Any]:
         "benefit_requests": 70.0, "rent_requests": 20.0, "rate_rps": 1.0, "bad_share": 0.1,
         "episode_elapsed_s": 90.0, "expected_episode_s": 300.0,
     }  # fmt: skip
+
+
+def test_a_worse_cases_first_suspect_is_named_from_what_its_levers_had():
+    def case(*levers: dict, restarts: tuple = ()) -> dict:
+        return {"levers": list(levers), "own_restarts": list(restarts)}
+
+    resize = {"t": 900.0, "lever": "resize", "outage_s": 60.0}
+    assert worse_kind(case({**resize, "had_s": 140.0, "had_ok": False})) == "failed"
+    assert worse_kind(case({**resize, "had_s": 46.0, "had_ok": False})) == "other"  # it failed fast
+    assert worse_kind(case({**resize, "had_s": 115.0, "had_ok": True})) == "slow"
+    # a relief move is unpriced (no outage_s): a failure of it is one; its success is no slow one
+    relief = {"t": 3710.0, "lever": "place"}
+    assert worse_kind(case({**relief, "had_s": 124.1, "had_ok": False})) == "failed"
+    assert worse_kind(case({**relief, "had_s": 6.9, "had_ok": True})) == "other"
+    assert worse_kind(case({**resize, "had_s": 60.0, "had_ok": True}, restarts=((4871.0, "vllm", 60.0),))) == (
+        "own restarts"
+    )
+    assert worse_kind(case({**resize, "had_s": 60.0, "had_ok": True}, restarts=((100.0, "vllm", 60.0),))) == "other"
+    assert worse_kind(case({**resize, "t": 75.0, "had_s": 60.0, "had_ok": True})) == "early"
+    assert worse_kind(case()) == "no lever"

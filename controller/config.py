@@ -352,6 +352,7 @@ class PolicyConfig(Strict):
     outage_budget_share: float = Field(0.5, ge=0, le=10)  # 0: no limit
     outage_budget_window_s: float = Field(14400.0, ge=60, le=90 * 86400)
     outage_warmup_s: float = Field(60.0, ge=0, le=86400)
+    outage_budget_headroom: bool = True
     outage_spread_sigmas: float = Field(2.0, ge=0, le=10)
     outage_burst_wait: bool = True
     outage_tail_margin: float = Field(1.5, ge=0, le=100)  # 0: no check
@@ -413,6 +414,7 @@ class PolicyConfig(Strict):
             outage_budget_share=self.outage_budget_share or None,
             outage_budget_window_s=self.outage_budget_window_s,
             outage_warmup_s=self.outage_warmup_s,
+            outage_budget_headroom=self.outage_budget_headroom,
             outage_spread_sigmas=self.outage_spread_sigmas,
             outage_burst_wait=self.outage_burst_wait,
             outage_tail_margin=self.outage_tail_margin or None,

@@ -125,6 +125,12 @@ class Policy:
     # server's does; SLOs are kept over days to weeks.) Whether a lever pays is fsm.levercost's.
     outage_budget_share: float | None = 0.5
     outage_budget_window_s: float = 14400.0
+    # The budget spends only an outage's seconds past the tenant's headroom: the tail it has now over
+    # its window's median, while that median is under the SLO. A request held no longer than that
+    # waits no longer than the tail's already do; a median over the SLO is a queue, whose every
+    # request the outage delays on top of its wait: no headroom (tick_base._headroom). False: every
+    # second of every outage is spent.
+    outage_budget_headroom: bool = True
     # Seconds a tenant's requests are watched (from its first) before an outage of it is priced: until
     # then its usual rate and spread are guesses (one first seen in a burst takes the burst for
     # its usual rate), so no move or resize (tick_base._outage_short). 0: price from the first tick.

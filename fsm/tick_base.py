@@ -229,18 +229,47 @@ class TickBase:
         if not margin or t.slo_s is None or since is None or c.cost <= 0:
             return ""
         left = self._window_left(since)
-        recent = sorted(ctl.recent)
-        tail = max(t.slo_s, recent[len(recent) // 2]) if recent else t.slo_s
-        held = outage_cost(c.outage_rate_rps, c.outage_s, tail, c.rho) * c.scale
+        tail = self._tail_now(t, t.slo_s)
+        headroom = self._headroom(t, t.slo_s)
+        held = outage_cost(c.outage_rate_rps, c.outage_s, headroom, c.rho) * c.scale
         share = outage_tail(t.quantile)
-        freed = c.efficacy * share * c.rate_rps * left
+        freed = c.efficacy * share * self._rate_ahead(ctl, c.rate_rps) * left
         if held * margin <= freed:
             return ""
         return (
-            f"its outage would hold {held:.0f} requests past the tail ({tail:.3g} s) where a cure frees"
-            f" {freed:.0f} of the top {share:.0%} in the {left:.0f} s left of the window"
+            f"its outage would hold {held:.0f} requests past the tail ({tail:.3g} s, headroom {headroom:.3g} s)"
+            f" where a cure frees {freed:.0f} of the top {share:.0%} in the {left:.0f} s left of the window"
             f" (outage_tail_margin {margin:g}): the tail's quantile would rise"
         )
+
+    @staticmethod
+    def _rate_ahead(ctl: TenantCtl, recent: float) -> float:
+        """The rate the rest of the window's requests come at: the tenant's usual one (its requests
+        over the seconds they were served in, weighted over the outage budget's window) where its
+        recent rate is above that. A lever is asked for when the tail is bad, and on a trace that is
+        when the load is up: the recent rate then overstates the hours to come. (An outage holds
+        the requests of now, at the rate it meets.)"""
+        n, s = ctl.served
+        return min(recent, n / s) if s > 0 and n > 0 else recent
+
+    def _tail_now(self, t: TenantSpec, slo: float) -> float:
+        """The tail the tenant has now: the median of its recent windows' quantiles, at least the SLO."""
+        recent = sorted(self.tenants[t.name].recent)
+        return max(slo, recent[len(recent) // 2]) if recent else slo
+
+    def _headroom(self, t: TenantSpec, slo: float) -> float:
+        """How long an outage may hold a request before it waits longer than the tenant's tail does
+        now: that tail over this tick's median latency (a request held D s waits D s on top of its
+        usual wait). A median over the SLO is a queue, not a tail: an outage delays every queued
+        request and every one behind them on top of the wait they already have, and past it they
+        are the new tail: none. No median this tick (no window, or a source without one): a queue
+        cannot be ruled out, none either (docs/decisions.md, "The headroom of a long tail")."""
+        ts = self.obs.tenants.get(t.name)
+        w = ts.latency if ts is not None else None
+        median = w.quantile(0.5) if w is not None and w.count > 0 else None
+        if median is None or median > slo:
+            return 0.0
+        return self._tail_now(t, slo) - median
 
     def _window_left(self, since: float) -> float:
         """Seconds left of the window the tenant's tail is judged over: the outage budget's,
@@ -271,7 +300,7 @@ class TickBase:
         share = outage_tail(t.quantile)
         held_share = ctl.acted_bad / ctl.acted_n if ctl.acted_n > 0 else (ctl.evidence.bad_share() or 0.0)
         left = self._window_left(since)
-        room = max(0.0, share - held_share) * rate * left
+        room = max(0.0, share - held_share) * self._rate_ahead(ctl, rate) * left
         spent = self._overspent(ctl, 0.0)  # the window's requests over the SLO beyond its budget so far
         if spent > 0.0 or 1.0 - t.quantile <= share + 1e-12:  # a credit is room where it counts the same 1%
             room -= spent
@@ -323,6 +352,15 @@ class TickBase:
         share = policy.outage_budget_share
         if share is None:
             return ""
+        past = ""
+        if policy.outage_budget_headroom and t.slo_s is not None:
+            # Only the seconds past the headroom lift the tail the budget keeps
+            headroom = self._headroom(t, t.slo_s)
+            seconds = max(0.0, seconds - headroom)
+            if seconds <= 0.0:
+                return ""
+            if round(headroom, 1) > 0.0:  # (a healthy tail's few ms change no figure the hold shows)
+                past = f" past {headroom:.3g} s of headroom"
         window = policy.outage_budget_window_s
         spent = sum(s for ts, s in self.tenants[t.name].outages if self.obs.t - ts < window)
         budget = share * outage_tail(t.quantile) * window
@@ -330,7 +368,7 @@ class TickBase:
         if spent + held > budget + 1e-9:
             return (
                 f"outage budget spent ({round(spent, 1):g} s of {budget:g} s per {window:g} s;"
-                f" this needs {round(held, 1):g} s)"
+                f" this needs {round(held, 1):g} s{past})"
             )
         # A burst's requests wait the whole outage too: beyond the p99 whatever the SLO's quantile,
         # so its margin must fit a p99's budget (a p999 tenant's own is a tenth of it, and a 2
@@ -340,7 +378,7 @@ class TickBase:
             return ""
         return (
             f"outage budget spent ({round(spent, 1):g} s of {room:g} s per {window:g} s;"
-            f" this needs {round(with_margin, 1):g} s with a burst's margin)"
+            f" this needs {round(with_margin, 1):g} s{past} with a burst's margin)"
         )
 
     def _burst_now(self, t: TenantSpec, lever: str, seconds: float) -> str:

@@ -129,6 +129,8 @@ kind = "systemd"
     assert waits.readiness_timeout_s == 45.0
     assert parse_config("").policy_obj().relief_worst_case
     assert not parse_config("[policy]\nrelief_worst_case = false\n").policy_obj().relief_worst_case
+    assert parse_config("").policy_obj().outage_budget_headroom
+    assert not parse_config("[policy]\noutage_budget_headroom = false\n").policy_obj().outage_budget_headroom
 
 
 def test_mqtt_latency_needs_the_mqtt_bridge():

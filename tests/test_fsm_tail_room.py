@@ -2,7 +2,13 @@
 requests its outage holds past the tenant's tail land in the window's top 1%, and a cure takes out
 of that only 1% of the requests left in the window. Late in the window a lever that pays on the
 requests over the SLO is held; in the next window, or where the tail is already longer than the
-outage, it is taken."""
+outage, it is taken.
+
+An outage spends the outage budget, and counts in that check, only for the seconds past the
+tenant's headroom (Policy.outage_budget_headroom, tick_base._headroom): the tail it has now over
+its window's median, while that median is under the SLO. A request held no longer than that waits
+no longer than the tail's requests already do. A median over the SLO is a queue: every request
+behind the outage waits its whole length on top of the wait it has, so there is no headroom."""
 
 from __future__ import annotations
 
@@ -23,9 +29,19 @@ WINDOW = 4000.0  # the outage budget's window: 20 s of outage for a p99 tenant, 
 COUNT = 200  # requests per tick: 100/s
 
 
-def _events(bad_from: float, ticks: int, tail_s: float = 0.030, **policy: object) -> list[DecisionEvent]:
+def _events(
+    bad_from: float,
+    ticks: int,
+    tail_s: float = 0.030,
+    calm_count: int = COUNT,
+    median_s: float | None = 0.005,
+    shape_from: float | None = None,
+    **policy: object,
+) -> list[DecisionEvent]:
     """The example host's llm tenant (SLO 15 ms, 5 s relaunch), 10% of its requests over the SLO
-    from `bad_from` on with a window quantile of `tail_s`; its escalations and holds."""
+    from `bad_from` on (`calm_count` requests per tick before, COUNT from then), its windows' p99
+    `tail_s` and median `median_s` from `shape_from` (default `bad_from`; a hold is said once, so a
+    test of its figures gives the windows their shape first); its escalations and holds."""
     spec = example_spec(
         Policy(guards=False, mps=False, placement=False, outage_budget_window_s=WINDOW, **policy)  # type: ignore[arg-type]
     )
@@ -34,9 +50,11 @@ def _events(bad_from: float, ticks: int, tail_s: float = 0.030, **policy: object
     for i in range(ticks):
         t = TICK * i
         bad = 0.10 if t >= bad_from else 0.0
-        p99 = tail_s if bad else 0.010
+        shaped = t >= (bad_from if shape_from is None else shape_from)
+        p99, p50 = (tail_s, median_s) if shaped else (0.010, 0.005)
         o = example_observation(t, p99, 0.0)
-        llm = replace(o.tenants["llm"], latency=LatencyWindow(COUNT, 0.005, p99, p99 * 1.3, over_slo=bad * COUNT))
+        n = COUNT if t >= bad_from else calm_count
+        llm = replace(o.tenants["llm"], latency=LatencyWindow(n, p50, p99, p99 * 1.3, over_slo=bad * n))
         d = decide(state, replace(o, tenants={**o.tenants, "llm": llm}), spec)
         state = d.state
         out += [e for e in d.events if e.tenant == "llm" and e.kind in ("escalate", "hold")]
@@ -52,8 +70,9 @@ def test_late_in_the_window_it_is_held_with_the_figures():
     e = _events(3800.0, 1950)[0]
     assert e.kind == "hold"
     m = re.search(
-        r"resize: its outage would hold (\d+) requests past the tail \(0\.015 s\) where a cure frees (\d+) of the"
-        r" top 1% in the (\d+) s left of the window \(outage_tail_margin 1\.5\): the tail's quantile would rise",
+        r"resize: its outage would hold (\d+) requests past the tail \(0\.015 s, headroom 0\.01 s\) where a"
+        r" cure frees (\d+) of the top 1% in the (\d+) s left of the window \(outage_tail_margin 1\.5\): the tail's"
+        r" quantile would rise",
         e.reason,
     )
     assert m, e.reason
@@ -86,7 +105,7 @@ def test_a_tail_longer_than_the_outage_takes_no_room():
     taken = [e for e in events if e.kind == "escalate"]
     assert taken and taken[0].lever == "resize"
     assert 3800.0 < taken[0].t < 3800.0 + 60.0 < WINDOW
-    assert "(0.015 s)" in events[0].reason  # held while the recent windows were calm ones
+    assert "(0.015 s, " in events[0].reason  # held while the recent windows were calm ones
 
 
 def test_an_anchored_window_counts_from_the_anchor():
@@ -98,3 +117,91 @@ def test_an_anchored_window_counts_from_the_anchor():
     # and 3,800 s is early in one that began at 3,700 s
     taken = _events(3800.0, 1950, outage_window_anchor_s=3700.0)[0]
     assert taken.kind == "escalate" and taken.lever == "resize"
+
+
+def test_the_rest_of_the_window_comes_at_the_usual_rate():
+    # The same episode (100 requests/s, 3,000 s of the window left) after 1,000 s at 100/s is
+    # resized; after 1,000 s at 10/s it is held: a tail that came with the load is asked about
+    # when the recent rate is up, and 1% of the requests to come is counted at the usual rate
+    # (weighted over the window: about 15/s here), not at the recent one (tick_base._rate_ahead)
+    # (no outage budget, no burst wait: both would hold an outage in the load's first minutes too)
+    alone = {"outage_budget_share": None, "outage_burst_wait": False}
+    (steady,) = [e for e in _events(1000.0, 560, **alone) if e.kind == "escalate"]
+    assert steady.lever == "resize" and steady.t < 1060.0
+    rose = _events(1000.0, 560, calm_count=20, **alone)
+    assert not [e for e in rose if e.kind == "escalate"]
+    m = re.search(r"where a cure frees (\d+) of the top 1% in the (\d+) s left of the window", rose[0].reason)
+    assert m, rose[0].reason
+    freed, left = (int(g) for g in m.groups())
+    assert 0.01 * left * 10 < freed < 0.01 * left * 30
+
+
+# 0.05 x 1% x 4,000 s = 2 s of outage per window: the llm tenant's 5 s relaunch does not fit it
+TIGHT = {"outage_budget_share": 0.05}
+
+
+def _taken(events: list[DecisionEvent]) -> list[DecisionEvent]:
+    return [e for e in events if e.kind == "escalate"]
+
+
+def _budget_holds(events: list[DecisionEvent]) -> list[str]:
+    return [e.reason for e in events if e.kind == "hold" and "outage budget spent" in e.reason]
+
+
+def test_a_tail_longer_than_the_outage_spends_nothing_of_the_budget():
+    # an 8 s tail over a 5 ms median: the 5 s relaunch holds nobody past the tail the tenant has
+    events = _events(120.0, 200, 8.0, median_s=0.005, **TIGHT)
+    (e,) = _taken(events)
+    assert e.lever == "resize"
+    # the budget held it only while the recent windows' median quantile was still the calm 10 ms
+    assert all("this needs 5 s)" in r for r in _budget_holds(events))
+
+
+def test_without_the_headroom_the_budget_holds_it():
+    events = _events(120.0, 200, 8.0, median_s=0.005, outage_budget_headroom=False, **TIGHT)
+    assert not _taken(events)
+    assert _budget_holds(events)
+
+
+def test_a_queue_has_no_headroom():
+    # the same tail over a 1 s median (most requests late): every request behind the outage waits
+    # its 5 s on top of the wait it has, and the budget is charged all of them
+    events = _events(120.0, 200, 8.0, median_s=1.0, **TIGHT)
+    assert not _taken(events)
+    assert _budget_holds(events)
+    assert "headroom" not in " ".join(_budget_holds(events))
+
+
+def test_no_median_no_headroom():
+    # windows without a median (a source that gives the tail only): a queue cannot be ruled out
+    events = _events(120.0, 200, 8.0, median_s=None, **TIGHT)
+    assert not _taken(events)
+    assert _budget_holds(events)
+
+
+def test_a_shorter_tail_spends_the_rest_and_the_hold_says_so():
+    # a 2 s tail: 3 s of the 5 s outage are past it, more than the 2 s budget
+    events = _events(120.0, 200, 2.0, median_s=0.005, shape_from=0.0, **TIGHT)
+    assert not _taken(events)
+    (last,) = _budget_holds(events)
+    m = re.search(
+        r"outage budget spent \(0 s of 2 s per 4000 s; this needs ([\d.]+) s past ([\d.]+) s of headroom\)", last
+    )
+    assert m, last
+    assert float(m.group(1)) == 3.0 and float(m.group(2)) == 2.0
+    # a 4 s tail leaves 1 s of it to spend: it fits
+    (e,) = _taken(_events(120.0, 200, 4.0, median_s=0.005, **TIGHT))
+    assert e.lever == "resize"
+
+
+def test_the_tail_check_counts_a_queue_from_its_median():
+    # no outage budget; late in the window (200 s left: 1% of its requests is 200). Over a 5 ms
+    # median the 5 s relaunch holds nobody past the 8 s tail and is taken; over a 1 s median it
+    # delays everyone queued and behind them (about 500 requests), past the tail, and is held.
+    late = {"shape_from": 3500.0, "outage_budget_share": None}
+    (e,) = _taken(_events(3800.0, 1950, 8.0, median_s=0.005, **late))
+    assert e.lever == "resize"
+    queue = _events(3800.0, 1950, 8.0, median_s=1.0, **late)
+    assert not _taken(queue)
+    reasons = " ".join(e.reason for e in queue if e.kind == "hold")
+    assert re.search(r"past the tail \(8 s, headroom 0 s\) where a cure frees \d+ of the top 1%", reasons), reasons

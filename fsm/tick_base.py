@@ -230,7 +230,7 @@ class TickBase:
             return ""
         left = self._window_left(since)
         tail = self._tail_now(t, t.slo_s)
-        headroom = self._headroom(t, t.slo_s)
+        headroom = self._headroom(t, t.slo_s, tail)
         held = outage_cost(c.outage_rate_rps, c.outage_s, headroom, c.rho) * c.scale
         share = outage_tail(t.quantile)
         freed = c.efficacy * share * self._rate_ahead(ctl, c.rate_rps) * left
@@ -257,19 +257,20 @@ class TickBase:
         recent = sorted(self.tenants[t.name].recent)
         return max(slo, recent[len(recent) // 2]) if recent else slo
 
-    def _headroom(self, t: TenantSpec, slo: float) -> float:
+    def _headroom(self, t: TenantSpec, slo: float, tail: float | None = None) -> float:
         """How long an outage may hold a request before it waits longer than the tenant's tail does
         now: that tail over this tick's median latency (a request held D s waits D s on top of its
         usual wait). A median over the SLO is a queue, not a tail: an outage delays every queued
         request and every one behind them on top of the wait they already have, and past it they
         are the new tail: none. No median this tick (no window, or a source without one): a queue
-        cannot be ruled out, none either (docs/decisions.md, "The headroom of a long tail")."""
+        cannot be ruled out, none either (docs/decisions.md, "The headroom of a long tail").
+        `tail`: _tail_now's, where the caller has it."""
         ts = self.obs.tenants.get(t.name)
         w = ts.latency if ts is not None else None
         median = w.quantile(0.5) if w is not None and w.count > 0 else None
         if median is None or median > slo:
             return 0.0
-        return self._tail_now(t, slo) - median
+        return (self._tail_now(t, slo) if tail is None else tail) - median
 
     def _window_left(self, since: float) -> float:
         """Seconds left of the window the tenant's tail is judged over: the outage budget's,

@@ -215,13 +215,14 @@ class TickBase:
 
     def _tail_short(self, t: TenantSpec, c: LeverCost) -> str:
         """Why the lever's outage would lift the tenant's p99 over its window ("" when it would not).
-        The requests the outage holds past the tail the tenant has now (its recent windows' median
-        quantile, at least the SLO) land in the window's top 1% (outage_tail); a cure takes out of
-        that only efficacy x 1% of the requests left in the window. Bought late in the window, a
-        lever that pays on the requests over the SLO still lifts the quantile; `outage_tail_margin`
-        allows for a cure that comes short or a rate that falls (docs/decisions.md, "The tail an
-        outage adds"). The window is the outage budget's, counted from `outage_window_anchor_s`, or
-        else from the tenant's first request: the span its p99 is judged over."""
+        The requests the outage holds past the tail the tenant has now (longer than its headroom,
+        _headroom) land in the window's top 1% (outage_tail); a cure takes out of that only
+        efficacy x 1% of the requests left in the window, counted at the rate ahead (_rate_ahead).
+        Bought late in the window, a lever that pays on the requests over the SLO still lifts the
+        quantile; `outage_tail_margin` allows for a cure that comes short or a rate that falls
+        (docs/decisions.md, "The tail an outage adds"). The window is the outage budget's, counted
+        from `outage_window_anchor_s`, or else from the tenant's first request: the span its p99 is
+        judged over."""
         policy = self.spec.policy
         margin = policy.outage_tail_margin
         ctl = self.tenants[t.name]

@@ -41,7 +41,8 @@ from controller.signals.base import SamplerStats
 from fsm.codec import encode
 from fsm.decide import Decision, decide
 from fsm.desired import DecisionEvent, DesiredState
-from fsm.observation import LatencyWindow, Observation, TenantSample
+from fsm.observation import Observation, TenantSample
+from fsm.quantiles import window_from_samples
 from fsm.spec import HostSpec, Role
 from fsm.state import ControllerState
 from schema.files import read_small_text
@@ -332,7 +333,10 @@ class Daemon:
             # samples with no SLO to count them against: unknown
             over_slo = None if samples and exact is None else (exact or 0.0) + over
             prev = tenants.get(name, TenantSample())
-            window = LatencyWindow(count=len(samples) + n, samples=tuple(sorted(samples)), over_slo=over_slo)
+            # The samples' quantiles ride along: the decision core reads a median (a queue, a server's
+            # utilisation, a drained backlog) as p50, which a window of samples alone left blind.
+            ordered = tuple(sorted(samples))
+            window = replace(window_from_samples(ordered), count=len(samples) + n, samples=ordered, over_slo=over_slo)
             tenants[name] = replace(prev, latency=window)
         self._pushed = {}
         self._pushed_counts = {}

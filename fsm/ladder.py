@@ -18,7 +18,7 @@ from fsm.evidence import Judgement, evidence_params
 from fsm.evidence import update as update_evidence
 from fsm.evolve import evolve
 from fsm.guardbudget import charge_guards
-from fsm.levercost import LeverCost, measured_scale
+from fsm.levercost import MAX_RHO, LeverCost, measured_scale
 from fsm.observation import LatencyWindow, Observation
 from fsm.quantiles import Verdict
 from fsm.spec import HostSpec, Level, Role, TenantSpec
@@ -80,6 +80,60 @@ class Tick(ReleaseTick):
         return tick
 
     # -- one tenant ----------------------------------------------------------------------------
+    def restart_is_own(self, ctl: TenantCtl, down_s: float) -> bool:
+        """Is a restart the tenant's sample reports, down for about `down_s`, one that tailguard did
+        not make? Not while a move or resize of ours is under way (it restarts the tenant too), nor
+        when it went down before our last outage ended and its slack ran out (`moved`: refreshed
+        when the operation completes or fails, with twice its length and a cooldown of slack): a
+        tenant whose latency comes from a file says so at its first request after it serves again,
+        which at a low rate may come long after. A guard, or a release of one, restarts nobody: a
+        deploy in its cooldown is the tenant's own."""
+        if ctl.pending is not None:
+            return False
+        if ctl.moved is None:
+            return True
+        t0, d = ctl.moved
+        return self.obs.t - down_s > t0 + 2.0 * d + self.spec.policy.cooldown_s
+
+    def own_restart(self, t: TenantSpec, ctl: TenantCtl, down_s: float) -> TenantCtl:
+        """The tenant restarted outside tailguard (a deploy, an out-of-memory kill, a crash) and
+        served nothing for about `down_s`. Its backlog is no interference, and no lever cures it: its
+        windows are left out of the evidence until it drains (ladder.step), and nothing measured of
+        our last outage's cost survives it. Its outage spent what ours spend:
+        the room the p99 has for outages, charged to the outage budget."""
+        now = self.obs.t
+        # Its backlog drains at the spare rate: down_s x rho / (1 - rho) more (fsm.levercost), which
+        # the utilisation seen now (the backlog's) cannot tell. So the settle lasts until a window's
+        # median is back under the SLO, at least the outage or a cooldown, at most the drain at MAX_RHO.
+        settle = max(self.spec.policy.cooldown_s, down_s)
+        longest = max(settle, down_s / (1.0 - MAX_RHO))
+        kept = self._outages_in_window(ctl)
+        ctl = evolve(
+            ctl,
+            evidence=ctl.evidence.reset(),
+            settle_until=max(ctl.settle_until or now, now + longest),
+            drained_from=now + settle,
+            outages=(*kept, (now - down_s, down_s)),
+            outage_watch=None,
+            watch_n=0.0,
+            watch_bad=0.0,
+            bad=0,
+            good=0,
+        )
+        self.tenants[t.name] = ctl
+        level = level_of(ctl)
+        self.emit(
+            t.name,
+            "restarted",
+            level,
+            level,
+            "",
+            f"restarted outside tailguard, down about {down_s:.0f} s: its backlog is not judged until it"
+            f" drains ({settle:.0f}-{longest:.0f} s), and its outage is charged to the outage budget",
+            {"down_s": round(down_s, 1), "settle_s": round(settle, 1), "settle_max_s": round(longest, 1)},
+        )
+        return ctl
+
     def step(self, t: TenantSpec) -> None:
         policy = self.spec.policy
         now = self.obs.t
@@ -569,7 +623,10 @@ def _moved_until(ctl: TenantCtl, now: float) -> tuple[float, float]:
 
 def _drained(lw: LatencyWindow | None, slo: float) -> bool:
     """A window whose median is under the SLO: the backlog a restart left is served."""
-    return lw is not None and lw.count > 0 and lw.p50 is not None and lw.p50 <= slo
+    if lw is None or lw.count <= 0:
+        return False
+    median = lw.median
+    return median is not None and median <= slo
 
 
 def _rent_due_s(c: LeverCost, margin: float) -> float:

@@ -60,6 +60,11 @@ class LatencyWindow:
     # the evidence fits the tail's decay between them (fsm.histogram.tail_fraction).
     over_slo_bucket: tuple[float, float] | None = None
 
+    @property
+    def median(self) -> float | None:
+        """The window's median: its p50, or its samples' where the source sent samples only."""
+        return self.p50 if self.p50 is not None or not self.samples else self.quantile(0.5)
+
     def quantile(self, q: float) -> float | None:
         if self.samples:
             from fsm.quantiles import quantile

@@ -13,7 +13,7 @@ from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, window_evidence
 from fsm.evolve import assign_fresh, evolve, field_setters
 from fsm.guardbudget import trial_run_s, trial_s
-from fsm.levercost import MAX_RHO, UNKNOWN_RHO, LeverCost, Rent, episode_share, outage_cost, price, rent_of
+from fsm.levercost import UNKNOWN_RHO, LeverCost, Rent, episode_share, outage_cost, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
@@ -250,8 +250,14 @@ class TickBase:
         recent rate is above that. A lever is asked for when the tail is bad, and on a trace that is
         when the load is up: the recent rate then overstates the hours to come. (An outage holds
         the requests of now, at the rate it meets.)"""
-        n, s = ctl.served
-        return min(recent, n / s) if s > 0 and n > 0 else recent
+        usual = _usual_rate(ctl)
+        return recent if usual is None else min(recent, usual)
+
+    def _median_now(self, t: TenantSpec) -> float | None:
+        """This tick's median latency of the tenant (None: no window, or no median in it)."""
+        ts = self.obs.tenants.get(t.name)
+        w = ts.latency if ts is not None else None
+        return w.median if w is not None and w.count > 0 else None
 
     def _tail_now(self, t: TenantSpec, slo: float) -> float:
         """The tail the tenant has now: the median of its recent windows' quantiles, at least the SLO."""
@@ -266,9 +272,7 @@ class TickBase:
         are the new tail: none. No median this tick (no window, or a source without one): a queue
         cannot be ruled out, none either (docs/decisions.md, "The headroom of a long tail").
         `tail`: _tail_now's, where the caller has it."""
-        ts = self.obs.tenants.get(t.name)
-        w = ts.latency if ts is not None else None
-        median = w.quantile(0.5) if w is not None and w.count > 0 else None
+        median = self._median_now(t)
         if median is None or median > slo:
             return 0.0
         return (self._tail_now(t, slo) if tail is None else tail) - median
@@ -324,10 +328,10 @@ class TickBase:
         dispersion of its per-tick counts). An outage taken is recorded at what it spends: what the
         burst did, if one came, is measured (ladder, _watch_outage) and the record scaled by it."""
         ctl = self.tenants[t.name]
-        n, s = ctl.served
-        if s <= 0 or n <= 0:
+        usual = _usual_rate(ctl)
+        if usual is None:
             return seconds, seconds
-        usual = n / s
+        s = ctl.served[1]
         charged = seconds * max(1.0, self._rate_now(t, usual) / usual)
         dt = self.windows.get(t.name, (0.0, 0.0))[1]
         sigmas = self.spec.policy.outage_spread_sigmas
@@ -400,10 +404,10 @@ class TickBase:
         # The recent rate, or the usual one where that is higher: the recent estimate starts from
         # nothing (it would see a burst in every tick of a tenant's first minutes), the usual one
         # does not (a ratio), and a burst is above both.
-        n, s = ctl.served
+        usual = _usual_rate(ctl)
         base = ctl.evidence.rate(self.evidence_params)
-        if s > 0 and n / s > base:
-            base = n / s
+        if usual is not None and usual > base:
+            base = usual
         now = self._rate_now(t, base)
         if now > base:
             self.burst_held.add((t.name, lever))
@@ -421,13 +425,11 @@ class TickBase:
         what the lever cures. The wait lasts at most the outage's own length from the episode's
         first such hold (backlog_since): by then waiting has made about as many requests late as
         the outage would, and a backlog that stays is the load's, which the lever must serve."""
-        ts = self.obs.tenants.get(t.name)
-        w = ts.latency if ts is not None else None
         ctl = self.tenants[t.name]
-        n, s = ctl.served
-        if w is None or w.p50 is None or t.slo_s is None or w.p50 <= t.slo_s or s <= 0 or n <= 0:
+        median = self._median_now(t)
+        usual = _usual_rate(ctl)
+        if median is None or t.slo_s is None or median <= t.slo_s or usual is None:
             return ""
-        usual = n / s
         rate = self._rate_now(t, ctl.evidence.rate(self.evidence_params))
         if rate <= usual + 3.0 * math.sqrt(usual / self.evidence_params.rate_tau_s):
             return ""
@@ -438,8 +440,8 @@ class TickBase:
             return ""
         self.burst_held.add((t.name, lever))
         return (
-            f"its own arrivals keep a backlog of about {rate * w.p50:.0f} requests ({rate:.1f} req/s against"
-            f" {usual:.1f} usually, median {w.p50:.3g} s): the {seconds:.0f} s outage waits for it to drain"
+            f"its own arrivals keep a backlog of about {rate * median:.0f} requests ({rate:.1f} req/s against"
+            f" {usual:.1f} usually, median {median:.3g} s): the {seconds:.0f} s outage waits for it to drain"
         )
 
     def _rate_now(self, t: TenantSpec, recent: float) -> float:
@@ -485,60 +487,6 @@ class TickBase:
         when a new one is recorded)."""
         now = self.obs.t
         return tuple(o for o in ctl.outages if now - o[0] < self.spec.policy.outage_budget_window_s)
-
-    def restart_is_own(self, ctl: TenantCtl, down_s: float) -> bool:
-        """Is a restart the tenant's sample reports, down for about `down_s`, one that tailguard did
-        not make? Not while a move or resize of ours is under way (it restarts the tenant too), nor
-        when it went down before our last outage ended and its slack ran out (`moved`: refreshed
-        when the operation completes or fails, with twice its length and a cooldown of slack): a
-        tenant whose latency comes from a file says so at its first request after it serves again,
-        which at a low rate may come long after. A guard, or a release of one, restarts nobody: a
-        deploy in its cooldown is the tenant's own."""
-        if ctl.pending is not None:
-            return False
-        if ctl.moved is None:
-            return True
-        t0, d = ctl.moved
-        return self.obs.t - down_s > t0 + 2.0 * d + self.spec.policy.cooldown_s
-
-    def own_restart(self, t: TenantSpec, ctl: TenantCtl, down_s: float) -> TenantCtl:
-        """The tenant restarted outside tailguard (a deploy, an out-of-memory kill, a crash) and
-        served nothing for about `down_s`. Its backlog is no interference, and no lever cures it: its
-        windows are left out of the evidence until it drains (ladder.step), and nothing measured of
-        our last outage's cost survives it. Its outage spent what ours spend:
-        the room the p99 has for outages, charged to the outage budget."""
-        now = self.obs.t
-        # Its backlog drains at the spare rate: down_s x rho / (1 - rho) more (fsm.levercost), which
-        # the utilisation seen now (the backlog's) cannot tell. So the settle lasts until a window's
-        # median is back under the SLO, at least the outage or a cooldown, at most the drain at MAX_RHO.
-        settle = max(self.spec.policy.cooldown_s, down_s)
-        longest = max(settle, down_s / (1.0 - MAX_RHO))
-        kept = self._outages_in_window(ctl)
-        ctl = evolve(
-            ctl,
-            evidence=ctl.evidence.reset(),
-            settle_until=max(ctl.settle_until or now, now + longest),
-            drained_from=now + settle,
-            outages=(*kept, (now - down_s, down_s)),
-            outage_watch=None,
-            watch_n=0.0,
-            watch_bad=0.0,
-            bad=0,
-            good=0,
-        )
-        self.tenants[t.name] = ctl
-        level = level_of(ctl)
-        self.emit(
-            t.name,
-            "restarted",
-            level,
-            level,
-            "",
-            f"restarted outside tailguard, down about {down_s:.0f} s: its backlog is not judged until it"
-            f" drains ({settle:.0f}-{longest:.0f} s), and its outage is charged to the outage budget",
-            {"down_s": round(down_s, 1), "settle_s": round(settle, 1), "settle_max_s": round(longest, 1)},
-        )
-        return ctl
 
     def _rent_restarted(self, ctl: TenantCtl) -> dict[str, Any]:
         """The changes that start the tenant's rent afresh (fsm.levercost): the episode's counts and
@@ -603,11 +551,10 @@ class TickBase:
         sm = self._sm_now(t)
         if sm is not None:
             return sm
-        ts = self.obs.tenants.get(t.name)
-        w = ts.latency if ts is not None else None
-        if w is None or w.p50 is None or w.count <= 0:
+        median = self._median_now(t)
+        if median is None:
             return None
-        n = self.tenants[t.name].evidence.rate(self.evidence_params) * w.p50
+        n = self.tenants[t.name].evidence.rate(self.evidence_params) * median
         return n / (1.0 + n)
 
     def _sm_now(self, t: TenantSpec) -> float | None:
@@ -779,6 +726,13 @@ def outage_tail(quantile: float) -> float:
 def _dwell(dwell_s: float, flaps: int) -> float:
     """Dwell doubles with every flap (escalating again soon after a release), up to 8x."""
     return dwell_s * (1 << min(flaps, 3))
+
+
+def _usual_rate(ctl: TenantCtl) -> float | None:
+    """The tenant's usual rate: its requests over the seconds they were served in, weighted over
+    the outage budget's window (None before it has served any)."""
+    n, s = ctl.served
+    return n / s if s > 0 and n > 0 else None
 
 
 def _min(a: float | None, b: float | None) -> float | None:

@@ -138,6 +138,8 @@ def test_pushed_latency_reaches_the_decision_core() -> None:
     run(d)
     lat = seen[0].tenants["llm"].latency
     assert lat is not None and lat.count == 100 and lat.quantile(0.99) == pytest.approx(0.5)
+    # its quantiles ride along: the core's median readers (a queue, a drained backlog) read p50
+    assert lat.p50 == pytest.approx(0.001) and lat.p99 == pytest.approx(0.5)
     # Consumed once: the next tick sees the host's own latency again.
     nxt = seen[1].tenants["llm"].latency
     assert nxt is not None and nxt.count == 200

@@ -27,22 +27,28 @@ N = 420
 Window = Callable[[int], tuple[int, float, float]]  # tick -> (count, p50 s, share over the SLO)
 
 
-def _obs(t: float, count: int, p50: float, bad: float) -> Observation:
+def _obs(t: float, count: int, p50: float, bad: float, raw: bool = False) -> Observation:
     """The example host at t with no I/O aggressor; the llm tenant's window: `count` requests,
-    median `p50` s, the share `bad` over its SLO (15 ms)."""
+    median `p50` s, the share `bad` over its SLO (15 ms). `raw`: the window as a source of samples
+    only sends it (its latencies and the count over the SLO, no quantiles)."""
     p99 = 0.030 if bad else 0.010
     o = example_observation(t, p99, 0.0)
     top = max(p50, p99)
-    llm = replace(o.tenants["llm"], latency=LatencyWindow(count, p50, top, top * 1.3, over_slo=bad * count))
+    if raw:
+        samples = (p50,) * (count - count // 20) + (top,) * (count // 20)
+        w = LatencyWindow(count, samples=samples, over_slo=bad * count)
+    else:
+        w = LatencyWindow(count, p50, top, top * 1.3, over_slo=bad * count)
+    llm = replace(o.tenants["llm"], latency=w)
     return replace(o, tenants={**o.tenants, "llm": llm})
 
 
-def _run(spec: HostSpec, window: Window) -> list[list[DecisionEvent]]:
+def _run(spec: HostSpec, window: Window, raw: bool = False) -> list[list[DecisionEvent]]:
     """Events per tick; `window(i)` gives tick i's (count, p50, bad share)."""
     state = ControllerState()
     events: list[list[DecisionEvent]] = []
     for i in range(N):
-        d = decide(state, _obs(TICK * i, *window(i)), spec)
+        d = decide(state, _obs(TICK * i, *window(i), raw=raw), spec)
         state = d.state
         events.append(list(d.events))
     return events
@@ -96,6 +102,18 @@ def test_a_resize_waits_for_the_tenants_own_backlog_and_is_taken_once_it_drains(
     assert _first(events, "escalate") == drained
     (esc,) = [e for e in events[drained] if e.kind == "escalate"]
     assert esc.lever == "resize"
+
+
+def test_a_backlog_read_from_raw_samples_waits_as_one_read_from_quantiles() -> None:
+    """A source that sends samples only (MQTT pushes, JSON lines) has no p50 in its windows: the
+    median is its samples' (the backlog wait was blind to such a source)."""
+    window = _own_backlog(drained_at=None)
+    quantiles = _first(_run(_spec(), window), "hold", "its own arrivals keep a backlog")
+    raw = _run(_spec(), window, raw=True)
+    at = _first(raw, "hold", "its own arrivals keep a backlog")
+    assert at == quantiles
+    (hold,) = [e for e in raw[at] if e.kind == "hold"]
+    assert "median 0.05 s" in hold.reason
 
 
 def test_a_backlog_that_stays_is_waited_on_for_as_long_as_the_outage_lasts() -> None:

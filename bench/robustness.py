@@ -15,7 +15,8 @@ sensitive tenants that restart on their own, a deploy or a crash every 1-24 hour
 aggressors that write to their drives where they read them; with --cgroup-v1, caps by cgroup v1's
 blkio, which does not hold buffered writes; with --tight-slos, SLOs at 0.2-0.8 of the scenario's,
 often under what the tenant reaches on a quiet host; with --vm-topology, the controller sees the
-PCIe tree a VM shows, not the host's),
+PCIe tree a VM shows, not the host's; with --trace PATH, every trace-driven tenant's arrivals
+from another real request trace, at the prompt tokens per second of its own),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
@@ -23,6 +24,7 @@ PCIe tree a VM shows, not the host's),
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
                                [--signals] [--actuation] [--duty] [--restarts] [--writes] [--cgroup-v1]
                                [--tight-slos] [--vm-topology] [--scenario KEY=VALUE ...] [--tick-s S]
+                               [--trace PATH]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -159,6 +161,23 @@ def _low_rate(req: dict[str, Any], level: float, rng: random.Random, notes: list
     notes.append(f"{who}.trace_speed {req['trace_speed']:.3f}: {target:.2f}/s (low rates)")
 
 
+def _prefill_rate(times: Any, tokens: Any) -> float:
+    """A trace's prompt tokens per second: its requests over its cycle, times their mean prompt."""
+    return len(times) / trace_cycle(times) * float(np.mean(tokens))
+
+
+def _retrace(req: dict[str, Any], path: Path, notes: list[str], who: str) -> None:
+    """perturb's `trace`: the tenant's arrivals and tokens from another request trace (any format
+    replay reads), played at the speed that keeps the prompt tokens per second of its own (the
+    prefill work its server was sized for): a real trace the controller has not been tuned on."""
+    times, tokens, _ = _trace(req, who)
+    new_times, new_tokens, _ = load_request_trace(str(path))
+    k = _prefill_rate(times, tokens) / _prefill_rate(new_times, new_tokens)
+    req["trace"] = str(path)
+    req["trace_speed"] = req.get("trace_speed", 1.0) * k
+    notes.append(f"{who} trace {path.name} x{k:.3f} (its prompt tokens per second)")
+
+
 def _reshape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str, out: Path) -> None:
     """perturb's `traces` for one trace-driven tenant: the bundled trace made into one of another
     shape, written to `out` (BurstGPT's CSV columns) and put in its place. The same requests (their
@@ -211,6 +230,7 @@ def perturb(
     cgroup_v1: random.Random | None = None,
     tight_slos: random.Random | None = None,
     vm_topology: random.Random | None = None,
+    trace: Path | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -248,7 +268,8 @@ def perturb(
     0.2-0.8 (log-uniform) at the same quantile: often under what the tenant reaches on a quiet host,
     an operator's SLO that no lever meets, whose tail is the tenant's own. `vm_topology` (one of its
     own): the controller sees the PCIe tree a VM shows ([scenario.signals] topology), every device
-    behind one root complex or each on its own (odds one half each), the physics the host's."""
+    behind one root complex or each on its own (odds one half each), the physics the host's.
+    `trace` (no draw): every trace-driven tenant's trace replaced by this one first (_retrace)."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -323,6 +344,8 @@ def perturb(
                 if shapes is not None:
                     _shape(req, shapes, notes, who)
                 if req.get("trace") is not None:
+                    if trace is not None:
+                        _retrace(req, trace, notes, who)
                     if traces is not None:
                         if trace_dir is None:
                             raise ValueError("perturb(traces=...) needs a trace_dir")
@@ -376,19 +399,20 @@ def run_case(
     tick_s: float | None = None,
     which: Iterable[str] = (),
     overlay: Mapping[str, Any] | None = None,
+    trace: Path | None = None,
 ) -> dict[str, Any]:
     """One case: the scenario perturbed (with perturb's extra generators `which`, its keywords),
     then static and full run on it and judged by the gate. `overlay`: [scenario] keys set after the
     perturbation, dotted into its tables ("signals.dcgm_interval_s": 30), the same in every case
-    (no draw): one of the lab's figures A/B'd on the same cases."""
+    (no draw): one of the lab's figures A/B'd on the same cases. `trace`: perturb's."""
     which = tuple(which)
     if "traces" in which:  # the reshaped traces live as long as the case
         with tempfile.TemporaryDirectory(prefix="tailguard-robustness-") as tmp:
             try:
-                return _run_case(args, exact, tick_s, which, Path(tmp), overlay)
+                return _run_case(args, exact, tick_s, which, Path(tmp), overlay, trace)
             finally:
                 load_request_trace.cache_clear()  # keyed by path: the next case's would never hit
-    return _run_case(args, exact, tick_s, which, None, overlay)
+    return _run_case(args, exact, tick_s, which, None, overlay, trace)
 
 
 def _run_case(
@@ -398,6 +422,7 @@ def _run_case(
     which: tuple[str, ...],
     trace_dir: Path | None,
     overlay: Mapping[str, Any] | None = None,
+    trace: Path | None = None,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -405,7 +430,7 @@ def _run_case(
     data.setdefault("policy", {}).update(policy)
     rng = random.Random(f"{seed}:{name}:{case}")
     mutated = copy.deepcopy(data)
-    notes = perturb(mutated, rng, **case_generators(seed, name, case, which), trace_dir=trace_dir)
+    notes = perturb(mutated, rng, **case_generators(seed, name, case, which), trace_dir=trace_dir, trace=trace)
     for key, value in (overlay or {}).items():
         *tables, last = key.split(".")
         at = mutated["scenario"]
@@ -569,7 +594,20 @@ def main(argv: list[str] | None = None) -> int:
         help="a [scenario] key in every case, dotted into its tables (signals.dcgm_interval_s=30)",
     )
     ap.add_argument("--tick-s", type=float, help="every scenario's tick (the controller's sample period), s")
+    ap.add_argument(
+        "--trace",
+        type=Path,
+        metavar="PATH",
+        help="every trace-driven tenant's arrivals from this request trace (Azure, BurstGPT or Mooncake format),"
+        " at the prompt tokens per second of its own; before --traces reshapes it",
+    )
     a = ap.parse_args(argv)
+    if a.trace is not None:
+        try:
+            load_request_trace(str(a.trace.resolve()))
+        except (OSError, ValueError) as e:
+            ap.error(f"--trace: {e}")
+        a.trace = a.trace.resolve()
     if a.quantiles and a.low_quantiles:
         ap.error("--quantiles and --low-quantiles: choose one (both set the SLO's quantile)")
     if a.tick_s is not None and not 0.1 <= a.tick_s <= 60:
@@ -584,7 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
         which = [k for k in GENERATORS if getattr(a, k)]
-        case = functools.partial(run_case, exact=a.exact_latency, tick_s=a.tick_s, which=which, overlay=overlay)
+        case = functools.partial(
+            run_case, exact=a.exact_latency, tick_s=a.tick_s, which=which, overlay=overlay, trace=a.trace
+        )
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]
     print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")

@@ -353,6 +353,35 @@ def test_traces_reshape_a_trace_keeping_its_requests_and_rate(tmp_path: Path) ->
     assert plain == other and notes == other_notes  # no trace: nothing to reshape, no draw changed
 
 
+def test_trace_replaces_the_trace_at_the_prompt_tokens_per_second_of_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--trace PATH: a real trace the controller was not tuned on drives every trace-driven tenant,
+    sped so that its prompt tokens per second are the bundled trace's (the prefill work the
+    tenant's server was sized for); no other draw changes, and a trace that cannot be read is a
+    usage error naming it."""
+    name = "vllm-ttft"
+    data = tomllib.loads((SCENARIO_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    (orig,) = [t["requests"] for h in data["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
+    t0, tok0, _ = read_request_trace(str(resolve_data(orig["trace"], SCENARIO_DIR)))
+    other = tmp_path / "other.csv"  # BurstGPT's columns: 1 request a second of 4,000 prompt tokens
+    rows = [f"{i:.1f},m,4000,10,4010,Conversation log" for i in range(601)]
+    other.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n" + "\n".join(rows) + "\n")
+    plain, m = copy.deepcopy(data), copy.deepcopy(data)
+    notes = perturb(plain, random.Random(f"7:{name}:0"))
+    notes_t = perturb(m, random.Random(f"7:{name}:0"), trace=other)
+    (req,) = [t["requests"] for h in m["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
+    (req0,) = [t["requests"] for h in plain["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
+    assert req["trace"] == str(other)
+    own = t0.size / t0[-1] * float(np.mean(tok0))  # the bundled trace's prompt tokens per second
+    assert req["trace_speed"] / req0["trace_speed"] == pytest.approx(own / 4000.0, rel=0.01)
+    assert [n for n in notes_t if "other.csv" not in n] == notes and any("other.csv x" in n for n in notes_t)
+    scenario_from_data(m, str(SCENARIO_DIR / f"{name}.toml"))  # valid, the trace read
+    with pytest.raises(SystemExit):
+        main(["--trace", str(tmp_path / "missing.csv"), "--per", "0"])
+    assert "--trace:" in capsys.readouterr().err
+
+
 def test_what_an_outage_met_is_read_off_the_static_run() -> None:
     """The requests of the outage's seconds after the decision (static's windows: the same
     arrivals, not held), as a rate and as a share of the tenant's requests over the run."""

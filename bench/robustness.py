@@ -16,7 +16,9 @@ aggressors that write to their drives where they read them; with --cgroup-v1, ca
 blkio, which does not hold buffered writes; with --tight-slos, SLOs at 0.2-0.8 of the scenario's,
 often under what the tenant reaches on a quiet host; with --vm-topology, the controller sees the
 PCIe tree a VM shows, not the host's; with --trace PATH, every trace-driven tenant's arrivals
-from another real request trace, at the prompt tokens per second of its own),
+from another real request trace, as busy in its busy seconds as the bundled one; with --alone,
+a third run per case, the sensitive tenants alone: what the neighbours added, and how much of it
+full cured),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
@@ -24,7 +26,7 @@ from another real request trace, at the prompt tokens per second of its own),
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
                                [--signals] [--actuation] [--duty] [--restarts] [--writes] [--cgroup-v1]
                                [--tight-slos] [--vm-topology] [--scenario KEY=VALUE ...] [--tick-s S]
-                               [--trace PATH]
+                               [--trace PATH] [--alone]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -161,21 +163,24 @@ def _low_rate(req: dict[str, Any], level: float, rng: random.Random, notes: list
     notes.append(f"{who}.trace_speed {req['trace_speed']:.3f}: {target:.2f}/s (low rates)")
 
 
-def _prefill_rate(times: Any, tokens: Any) -> float:
-    """A trace's prompt tokens per second: its requests over its cycle, times their mean prompt."""
-    return len(times) / trace_cycle(times) * float(np.mean(tokens))
+def _busy_rate(times: Any, tokens: Any) -> float:
+    """A trace's prompt tokens per second in its busy seconds: the 99th percentile of its 10 s bins."""
+    per_bin = np.bincount((np.asarray(times) // 10.0).astype(np.int64), weights=np.asarray(tokens, dtype=float))
+    return float(np.percentile(per_bin, 99)) / 10.0
 
 
 def _retrace(req: dict[str, Any], path: Path, notes: list[str], who: str) -> None:
     """perturb's `trace`: the tenant's arrivals and tokens from another request trace (any format
-    replay reads), played at the speed that keeps the prompt tokens per second of its own (the
-    prefill work its server was sized for): a real trace the controller has not been tuned on."""
+    replay reads), played at the speed that gives its busy seconds (_busy_rate) the prompt tokens per
+    second of the bundled trace's (the load its server was sized for: the Azure code trace at the
+    conversation trace's mean would be a server overloaded by its own bursts, 2.5 times as busy in
+    them, no tail a neighbour made): a real trace the controller has not been tuned on."""
     times, tokens, _ = _trace(req, who)
     new_times, new_tokens, _ = load_request_trace(str(path))
-    k = _prefill_rate(times, tokens) / _prefill_rate(new_times, new_tokens)
+    k = _busy_rate(times, tokens) / _busy_rate(new_times, new_tokens)
     req["trace"] = str(path)
     req["trace_speed"] = req.get("trace_speed", 1.0) * k
-    notes.append(f"{who} trace {path.name} x{k:.3f} (its prompt tokens per second)")
+    notes.append(f"{who} trace {path.name} x{k:.3f} (its busy seconds' prompt tokens)")
 
 
 def _reshape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str, out: Path) -> None:
@@ -400,19 +405,21 @@ def run_case(
     which: Iterable[str] = (),
     overlay: Mapping[str, Any] | None = None,
     trace: Path | None = None,
+    alone: bool = False,
 ) -> dict[str, Any]:
     """One case: the scenario perturbed (with perturb's extra generators `which`, its keywords),
     then static and full run on it and judged by the gate. `overlay`: [scenario] keys set after the
     perturbation, dotted into its tables ("signals.dcgm_interval_s": 30), the same in every case
-    (no draw): one of the lab's figures A/B'd on the same cases. `trace`: perturb's."""
+    (no draw): one of the lab's figures A/B'd on the same cases. `trace`: perturb's. `alone`: the
+    sensitive tenants' own tail too, static with every other tenant gone (`alone` in the result)."""
     which = tuple(which)
     if "traces" in which:  # the reshaped traces live as long as the case
         with tempfile.TemporaryDirectory(prefix="tailguard-robustness-") as tmp:
             try:
-                return _run_case(args, exact, tick_s, which, Path(tmp), overlay, trace)
+                return _run_case(args, exact, tick_s, which, Path(tmp), overlay, trace, alone)
             finally:
                 load_request_trace.cache_clear()  # keyed by path: the next case's would never hit
-    return _run_case(args, exact, tick_s, which, None, overlay, trace)
+    return _run_case(args, exact, tick_s, which, None, overlay, trace, alone)
 
 
 def _run_case(
@@ -423,6 +430,7 @@ def _run_case(
     trace_dir: Path | None,
     overlay: Mapping[str, Any] | None = None,
     trace: Path | None = None,
+    alone: bool = False,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -449,6 +457,9 @@ def _run_case(
     }
     rows = summarise(sc, runs)
     s, f = rows["static"], rows["full"]
+    extra: dict[str, Any] = {}
+    if alone:
+        extra["alone"] = _alone(mutated, path, dur, exact)
     return {
         "scenario": name,
         "case": case,
@@ -466,8 +477,33 @@ def _run_case(
             for c in rf.lever_costs
         ],
         "own_restarts": [list(o) for r in runs["static"] for o in r.own_restarts],
+        **extra,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def _alone(data: dict[str, Any], path: Path, duration: float, exact: bool) -> dict[str, float]:
+    """The sensitive tenants' own tail: the case's scenario with every other tenant gone, static.
+    What static has over it is the neighbours' doing, the most any lever of tailguard's can cure
+    (a tenant whose own arrivals overload its server keeps the rest whatever is done)."""
+    quiet = copy.deepcopy(data)
+    for h in quiet["hosts"]:
+        h["tenants"] = [t for t in h["tenants"] if t.get("role") == "sensitive"]
+    sc = scenario_from_data(quiet, str(path))
+    runs = [run_host(sc, h, "static", duration, sc.meta.seed, exact_latency=exact) for h in range(len(sc.hosts))]
+    row = summarise(sc, {"static": runs})["static"]
+    return {"p99_ms": row["p99_ms"], "bad": row["bad_request_fraction"]}
+
+
+def cured_share(r: Mapping[str, Any]) -> float | None:
+    """Of what the neighbours added to the share over the SLO (static's over the tenants' own,
+    `alone`), the part full took away; None without an alone run or where they added under 2
+    points (a share of nothing)."""
+    a = r.get("alone")
+    if a is None:
+        return None
+    added = r["static"]["bad"] - a["bad"]
+    return (r["static"]["bad"] - r["full"]["bad"]) / added if added > 0.02 else None
 
 
 def outage_met(static: HostRun, c: dict[str, Any]) -> dict[str, float]:
@@ -599,7 +635,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="PATH",
         help="every trace-driven tenant's arrivals from this request trace (Azure, BurstGPT or Mooncake format),"
-        " at the prompt tokens per second of its own; before --traces reshapes it",
+        " as busy in its busy seconds as the bundled one; before --traces reshapes it",
+    )
+    ap.add_argument(
+        "--alone",
+        action="store_true",
+        help="also run static with the sensitive tenants alone: what the neighbours added, how much full cured",
     )
     a = ap.parse_args(argv)
     if a.trace is not None:
@@ -623,19 +664,30 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max(1, a.jobs)) as ex:
         which = [k for k in GENERATORS if getattr(a, k)]
         case = functools.partial(
-            run_case, exact=a.exact_latency, tick_s=a.tick_s, which=which, overlay=overlay, trace=a.trace
+            run_case,
+            exact=a.exact_latency,
+            tick_s=a.tick_s,
+            which=which,
+            overlay=overlay,
+            trace=a.trace,
+            alone=a.alone,
         )
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]
-    print("| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    head = "| scenario | case | static p99 ms | static bad | full p99 ms | full bad | others | reconf/h | verdict |"
+    print(head + (" alone bad | cured |" if a.alone else ""))
+    print("|---" * (11 if a.alone else 9) + "|")
     for r in results:
         s, f = r["static"], r["full"]
         others = f"{f['others']:.3f}" if f["others"] is not None else "-"
-        print(
+        row = (
             f"| {r['scenario']} | {r['case']} | {s['p99_ms']:.1f} | {100 * s['bad']:.2f}% | {f['p99_ms']:.1f} | "
             f"{100 * f['bad']:.2f}% | {others} | {r['reconfigs_per_h']:.2f} | {'WORSE' if r['problems'] else 'ok'} |"
         )
+        if a.alone:
+            cured = cured_share(r)
+            row += f" {100 * r['alone']['bad']:.2f}% | {'-' if cured is None else f'{cured:.0%}'} |"
+        print(row)
     for r in worse:
         print(
             f"WORSE {r['scenario']}:{r['case']} [{worse_kind(r)}] ({', '.join(r['perturbation'])}):"
@@ -653,6 +705,14 @@ def main(argv: list[str] | None = None) -> int:
         if cuts
         else f"{len(results)} cases, {len(worse)} worse than static, {better} better on the share over the SLO",
     )
+    if a.alone:
+        shares = [c for c in (cured_share(r) for r in results) if c is not None]
+        print(
+            f"of what the neighbours added to the share over the SLO (over 2 points in {len(shares)} cases),"
+            f" full cured a median {statistics.median(shares):.0%}"
+            if shares
+            else "the neighbours added over 2 points to the share over the SLO in no case"
+        )
     if worse:
         kinds = collections.Counter(worse_kind(r) for r in worse)
         print("worse by first suspect: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))

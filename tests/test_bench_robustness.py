@@ -13,7 +13,17 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from bench.robustness import case_generators, lever_line, main, outage_had, outage_met, perturb, run_case, worse_kind
+from bench.robustness import (
+    case_generators,
+    cured_share,
+    lever_line,
+    main,
+    outage_had,
+    outage_met,
+    perturb,
+    run_case,
+    worse_kind,
+)
 from replay.request_traces import read_request_trace
 from replay.runner import HostRun, run_host
 from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
@@ -353,11 +363,9 @@ def test_traces_reshape_a_trace_keeping_its_requests_and_rate(tmp_path: Path) ->
     assert plain == other and notes == other_notes  # no trace: nothing to reshape, no draw changed
 
 
-def test_trace_replaces_the_trace_at_the_prompt_tokens_per_second_of_its_own(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_trace_replaces_the_trace_as_busy_as_its_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--trace PATH: a real trace the controller was not tuned on drives every trace-driven tenant,
-    sped so that its prompt tokens per second are the bundled trace's (the prefill work the
+    sped so that its busy seconds' prompt tokens per second are the bundled trace's (the load the
     tenant's server was sized for); no other draw changes, and a trace that cannot be read is a
     usage error naming it."""
     name = "vllm-ttft"
@@ -373,13 +381,27 @@ def test_trace_replaces_the_trace_at_the_prompt_tokens_per_second_of_its_own(
     (req,) = [t["requests"] for h in m["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
     (req0,) = [t["requests"] for h in plain["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
     assert req["trace"] == str(other)
-    own = t0.size / t0[-1] * float(np.mean(tok0))  # the bundled trace's prompt tokens per second
+    # the bundled trace's busy seconds: the 99th percentile of its prompt tokens per 10 s bin
+    own = float(np.percentile(np.bincount((t0 // 10.0).astype(int), weights=tok0), 99)) / 10.0
     assert req["trace_speed"] / req0["trace_speed"] == pytest.approx(own / 4000.0, rel=0.01)
     assert [n for n in notes_t if "other.csv" not in n] == notes and any("other.csv x" in n for n in notes_t)
     scenario_from_data(m, str(SCENARIO_DIR / f"{name}.toml"))  # valid, the trace read
     with pytest.raises(SystemExit):
         main(["--trace", str(tmp_path / "missing.csv"), "--per", "0"])
     assert "--trace:" in capsys.readouterr().err
+
+
+def test_alone_runs_the_sensitive_tenants_without_their_neighbours() -> None:
+    """--alone: a third run, static with only the sensitive tenants, whose share over the SLO is
+    their own; the cured share is what full took of what the neighbours added over it."""
+    r = run_case(("bursty-code", 0, 7, 1800.0, {}), alone=True)
+    a = r["alone"]
+    added = r["static"]["bad"] - a["bad"]
+    assert 0.0 < a["bad"] and added > 0.1  # its own bursts' tail, and the neighbours' (25 points here)
+    assert cured_share(r) == pytest.approx((r["static"]["bad"] - r["full"]["bad"]) / added)
+    assert cured_share({**r, "alone": {"bad": r["static"]["bad"] - 0.01, "p99_ms": 0.0}}) is None  # under 2 points
+    assert cured_share({k: v for k, v in r.items() if k != "alone"}) is None
+    assert "alone" not in run_case(("h200-gen5", 0, 7, 600.0, {}))
 
 
 def test_what_an_outage_met_is_read_off_the_static_run() -> None:

@@ -13,6 +13,7 @@ behind the outage waits its whole length on top of the wait it has, so there is 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -36,12 +37,14 @@ def _events(
     calm_count: int = COUNT,
     median_s: float | None = 0.005,
     shape_from: float | None = None,
+    count_at: Callable[[float], int] | None = None,
     **policy: object,
 ) -> list[DecisionEvent]:
     """The example host's llm tenant (SLO 15 ms, 5 s relaunch), 10% of its requests over the SLO
     from `bad_from` on (`calm_count` requests per tick before, COUNT from then), its windows' p99
     `tail_s` and median `median_s` from `shape_from` (default `bad_from`; a hold is said once, so a
-    test of its figures gives the windows their shape first); its escalations and holds."""
+    test of its figures gives the windows their shape first); `count_at(t)`, where given, the
+    requests per tick instead; its escalations and holds."""
     spec = example_spec(
         Policy(guards=False, mps=False, placement=False, outage_budget_window_s=WINDOW, **policy)  # type: ignore[arg-type]
     )
@@ -53,7 +56,7 @@ def _events(
         shaped = t >= (bad_from if shape_from is None else shape_from)
         p99, p50 = (tail_s, median_s) if shaped else (0.010, 0.005)
         o = example_observation(t, p99, 0.0)
-        n = COUNT if t >= bad_from else calm_count
+        n = count_at(t) if count_at is not None else COUNT if t >= bad_from else calm_count
         llm = replace(o.tenants["llm"], latency=LatencyWindow(n, p50, p99, p99 * 1.3, over_slo=bad * n))
         d = decide(state, replace(o, tenants={**o.tenants, "llm": llm}), spec)
         state = d.state
@@ -70,7 +73,8 @@ def test_late_in_the_window_it_is_held_with_the_figures():
     e = _events(3800.0, 1950)[0]
     assert e.kind == "hold"
     m = re.search(
-        r"resize: its outage would hold (\d+) requests past the tail \(0\.015 s, headroom 0\.01 s\) where a"
+        r"resize: its outage would hold (\d+) requests \([\d.]+ req/s\) past the tail \(0\.015 s, headroom 0\.01 s\)"
+        r" where a"
         r" cure frees (\d+) of the top 1% in the (\d+) s left of the window \(outage_tail_margin 1\.5\): the tail's"
         r" quantile would rise",
         e.reason,
@@ -134,6 +138,23 @@ def test_the_rest_of_the_window_comes_at_the_usual_rate():
     assert m, rose[0].reason
     freed, left = (int(g) for g in m.groups())
     assert 0.01 * left * 10 < freed < 0.01 * left * 30
+
+
+def _held_rate(e: DecisionEvent) -> float:
+    m = re.search(r"would hold \d+ requests \(([\d.]+) req/s\) past the tail", e.reason)
+    assert e.kind == "hold" and m, e.reason
+    return float(m.group(1))
+
+
+def test_an_outage_in_a_lull_holds_the_usual_rates_requests():
+    # 400 requests/s until 3,000 s, then a lull at 100/s; the tail from 3,800 s, late in the
+    # window: the tail check counts the requests the outage holds at the tenant's usual rate
+    # (weighted over the window: about 340/s), not at the lull's (tick_base._rate_held); a
+    # tenant at 100/s throughout has them counted at 100/s
+    lull = _held_rate(_events(3800.0, 1950, count_at=lambda t: 800 if t < 3000.0 else COUNT)[0])
+    steady = _held_rate(_events(3800.0, 1950)[0])
+    assert 95.0 < steady < 105.0
+    assert 300.0 < lull < 400.0
 
 
 # 0.05 x 1% x 4,000 s = 2 s of outage per window: the llm tenant's 5 s relaunch does not fit it

@@ -253,10 +253,8 @@ class TickBase:
         on the Azure code trace, silent for minutes between bursts, resizes priced in a lull at
         0.2-0.6 requests/s met 1.5-5.8 (docs/results.md, "A real trace held out"). The cost stays
         the recent rate's: it is an expectation, this check a bound on the window's p99."""
-        usual = _usual_rate(self.tenants[t.name])
-        if usual is None or usual <= c.rate_rps:
-            return c.outage_rate_rps
-        return max(c.outage_rate_rps, self._rate_now(t, usual))
+        base = _at_least_usual(self.tenants[t.name], c.rate_rps)
+        return c.outage_rate_rps if base <= c.rate_rps else max(c.outage_rate_rps, self._rate_now(t, base))
 
     @staticmethod
     def _rate_ahead(ctl: TenantCtl, recent: float) -> float:
@@ -264,7 +262,7 @@ class TickBase:
         over the seconds they were served in, weighted over the outage budget's window) where its
         recent rate is above that. A lever is asked for when the tail is bad, and on a trace that is
         when the load is up: the recent rate then overstates the hours to come. (An outage holds
-        the requests of now, at the rate it meets.)"""
+        the requests of the seconds after it is taken: _rate_held.)"""
         usual = _usual_rate(ctl)
         return recent if usual is None else min(recent, usual)
 
@@ -419,10 +417,7 @@ class TickBase:
         # The recent rate, or the usual one where that is higher: the recent estimate starts from
         # nothing (it would see a burst in every tick of a tenant's first minutes), the usual one
         # does not (a ratio), and a burst is above both.
-        usual = _usual_rate(ctl)
-        base = ctl.evidence.rate(self.evidence_params)
-        if usual is not None and usual > base:
-            base = usual
+        base = _at_least_usual(ctl, ctl.evidence.rate(self.evidence_params))
         now = self._rate_now(t, base)
         if now > base:
             self.burst_held.add((t.name, lever))
@@ -748,6 +743,12 @@ def _usual_rate(ctl: TenantCtl) -> float | None:
     the outage budget's window (None before it has served any)."""
     n, s = ctl.served
     return n / s if s > 0 and n > 0 else None
+
+
+def _at_least_usual(ctl: TenantCtl, recent: float) -> float:
+    """The recent rate, or the tenant's usual one where that is higher."""
+    usual = _usual_rate(ctl)
+    return usual if usual is not None and usual > recent else recent
 
 
 def _min(a: float | None, b: float | None) -> float | None:

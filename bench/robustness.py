@@ -64,7 +64,7 @@ from fsm.outage import DEFAULT_READINESS_TIMEOUT_S
 from replay.arrivals import load_request_trace, trace_cycle
 from replay.report import summarise
 from replay.runner import HostRun, run_host
-from replay.scenario import SCENARIO_DIR, resolve_data, scenario_from_data, suite
+from replay.scenario import SCENARIO_DIR, Scenario, resolve_data, scenario_from_data, suite
 from replay.suite import gate_problems, others_low
 
 SHIFTABLE = ("bulk", "compute")
@@ -451,10 +451,7 @@ def _run_case(
     sc = scenario_from_data(mutated, str(path))
     dur = duration or min(14400.0, sc.meta.suite_duration_s or 14400.0)
     t0 = time.perf_counter()
-    runs = {
-        p: [run_host(sc, h, p, dur, sc.meta.seed, exact_latency=exact) for h in range(len(sc.hosts))]
-        for p in ("static", "full")
-    }
+    runs = {p: _every_host(sc, p, dur, exact) for p in ("static", "full")}
     rows = summarise(sc, runs)
     s, f = rows["static"], rows["full"]
     extra: dict[str, Any] = {}
@@ -482,6 +479,11 @@ def _run_case(
     }
 
 
+def _every_host(sc: Scenario, policy: str, duration: float, exact: bool) -> list[HostRun]:
+    """Each host of the scenario under one policy, on the scenario's seed."""
+    return [run_host(sc, h, policy, duration, sc.meta.seed, exact_latency=exact) for h in range(len(sc.hosts))]
+
+
 def _alone(data: dict[str, Any], path: Path, duration: float, exact: bool) -> dict[str, float]:
     """The sensitive tenants' own tail: the case's scenario with every other tenant gone, static.
     What static has over it is the neighbours' doing, the most any lever of tailguard's can cure
@@ -490,8 +492,7 @@ def _alone(data: dict[str, Any], path: Path, duration: float, exact: bool) -> di
     for h in quiet["hosts"]:
         h["tenants"] = [t for t in h["tenants"] if t.get("role") == "sensitive"]
     sc = scenario_from_data(quiet, str(path))
-    runs = [run_host(sc, h, "static", duration, sc.meta.seed, exact_latency=exact) for h in range(len(sc.hosts))]
-    row = summarise(sc, {"static": runs})["static"]
+    row = summarise(sc, {"static": _every_host(sc, "static", duration, exact)})["static"]
     return {"p99_ms": row["p99_ms"], "bad": row["bad_request_fraction"]}
 
 

@@ -397,7 +397,7 @@ def test_alone_runs_the_sensitive_tenants_without_their_neighbours() -> None:
     r = run_case(("bursty-code", 0, 7, 1800.0, {}), alone=True)
     a = r["alone"]
     added = r["static"]["bad"] - a["bad"]
-    assert 0.0 < a["bad"] and added > 0.1  # its own bursts' tail, and the neighbours' (25 points here)
+    assert a["bad"] > 0.0 and added > 0.1  # its own bursts' tail, and the neighbours' (25 points here)
     assert cured_share(r) == pytest.approx((r["static"]["bad"] - r["full"]["bad"]) / added)
     assert cured_share({**r, "alone": {"bad": r["static"]["bad"] - 0.01, "p99_ms": 0.0}}) is None  # under 2 points
     assert cured_share({k: v for k, v in r.items() if k != "alone"}) is None

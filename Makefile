@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Debian packages the integration tests run for real: a broker, Prometheus and promtool, systemd-analyze.
 DEBS := mosquitto prometheus systemd
 
-.PHONY: suite robustness demo test lint typecheck unit bench debs clean
+.PHONY: suite robustness heldout demo test lint typecheck unit bench debs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ suite: $(STAMP)
 # static against full, judged by the regression gate (bench/robustness.py; exit 1 if any is worse).
 robustness: $(STAMP)
 	$(VENV)/bin/python -m bench.robustness --per 3 --json robustness.json
+
+# The same on a real trace held out of development (the Azure code trace, replay/data/SOURCES.md),
+# with each case's tenants alone beside it: how much of the tail is their own.
+heldout: $(STAMP)
+	$(VENV)/bin/python -m bench.robustness --per 3 --alone --trace replay/data/AzureLLMInferenceTrace_code.csv --json heldout.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check controller fsm actuators replay schema tests bench

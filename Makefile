@@ -49,7 +49,7 @@ robustness: $(STAMP)
 	$(VENV)/bin/python -m bench.robustness --per 3 --json robustness.json
 
 # The same on a real trace held out of development (the Azure code trace, replay/data/SOURCES.md),
-# with each case's tenants alone beside it: how much of the tail is their own.
+# with each case's tenants alone beside it: how much of the tail is their own (exit 1 if any is worse).
 heldout: $(STAMP)
 	$(VENV)/bin/python -m bench.robustness --per 3 --alone --trace replay/data/AzureLLMInferenceTrace_code.csv --json heldout.json
 

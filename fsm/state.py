@@ -82,8 +82,9 @@ class TenantCtl:
     # episodes that come and go, which a lever that stays would have saved too.
     overspend: float = 0.0
     overspend_t: float | None = None
-    # Requests served and the seconds they were served over, weighted over the outage budget's
-    # window: the tenant's usual rate, against which an outage in a burst is charged.
+    # Requests served and the seconds of the windows they came in (empty ones too: silent seconds),
+    # weighted over the outage budget's window: the tenant's usual rate, against which an outage in
+    # a burst is charged.
     served: tuple[float, float] = (0.0, 0.0)
     # The same windows' sum of count^2 / seconds: with `served`, the spread of the per-tick counts
     # (their index of dispersion), which prices the burst an outage may meet (tick_base._charged_s).

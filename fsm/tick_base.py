@@ -258,11 +258,10 @@ class TickBase:
 
     @staticmethod
     def _rate_ahead(ctl: TenantCtl, recent: float) -> float:
-        """The rate the rest of the window's requests come at: the tenant's usual one (its requests
-        over the seconds they were served in, weighted over the outage budget's window) where its
-        recent rate is above that. A lever is asked for when the tail is bad, and on a trace that is
-        when the load is up: the recent rate then overstates the hours to come. (An outage holds
-        the requests of the seconds after it is taken: _rate_held.)"""
+        """The rate the rest of the window's requests come at: the tenant's usual one (_usual_rate)
+        where its recent rate is above that. A lever is asked for when the tail is bad, and on a
+        trace that is when the load is up: the recent rate then overstates the hours to come. (An
+        outage holds the requests of the seconds after it is taken: _rate_held.)"""
         usual = _usual_rate(ctl)
         return recent if usual is None else min(recent, usual)
 
@@ -739,8 +738,8 @@ def _dwell(dwell_s: float, flaps: int) -> float:
 
 
 def _usual_rate(ctl: TenantCtl) -> float | None:
-    """The tenant's usual rate: its requests over the seconds they were served in, weighted over
-    the outage budget's window (None before it has served any)."""
+    """The tenant's usual rate: its requests over the seconds of its windows (empty ones too, once
+    it has had requests), weighted over the outage budget's window (None before it has served any)."""
     n, s = ctl.served
     return n / s if s > 0 and n > 0 else None
 

@@ -182,20 +182,21 @@ class Tick(ReleaseTick):
         silent = lw is not None and lw.count == 0 and ctl.watched_since is not None
         if not settling and (w.bad is not None or silent):
             keep = self._window_keep(ctl)  # one decay for the window-weighted sums
+            bad = w.bad or 0.0
             served_n, served_s = ctl.served
             dt = self.windows.get(t.name, (0.0, 0.0))[1]
             upd.update(
-                overspend=ctl.overspend * keep + (w.bad or 0.0) - (1.0 - t.quantile) * w.count,
+                overspend=ctl.overspend * keep + bad - (1.0 - t.quantile) * w.count,
                 overspend_t=now,
                 served=(served_n * keep + w.count, served_s * keep + dt),
                 served_sq=ctl.served_sq * keep + (w.count * w.count / dt if dt > 0 else 0.0),
                 acted_n=ctl.acted_n + w.count,
-                acted_bad=ctl.acted_bad + (w.bad or 0.0),
+                acted_bad=ctl.acted_bad + bad,
             )
             if ctl.episode_start is not None and w.count > 0:
-                upd.update(episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + (w.bad or 0.0))
+                upd.update(episode_n=ctl.episode_n + w.count, episode_bad=ctl.episode_bad + bad)
                 if not path_busy(self.spec, self.obs, t, self.traffic):
-                    upd.update(clear_n=ctl.clear_n + w.count, clear_bad=ctl.clear_bad + (w.bad or 0.0))
+                    upd.update(clear_n=ctl.clear_n + w.count, clear_bad=ctl.clear_bad + bad)
         watch = ctl.outage_watch
         if watch is not None and now > watch[0]:
             upd.update(self._watch_outage(ctl, watch, w, now))

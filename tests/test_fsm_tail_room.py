@@ -24,6 +24,7 @@ from fsm.examples import example_observation, example_spec
 from fsm.observation import LatencyWindow
 from fsm.spec import Policy
 from fsm.state import ControllerState
+from fsm.tick_base import _usual_rate
 
 TICK = 2.0
 WINDOW = 4000.0  # the outage budget's window: 20 s of outage for a p99 tenant, the 5 s relaunch fits
@@ -228,9 +229,9 @@ def test_the_tail_check_counts_a_queue_from_its_median():
     assert re.search(r"past the tail \(8 s, headroom 0 s\) where a cure frees \d+ of the top 1%", reasons), reasons
 
 
-def _usual_rate(count_at: Callable[[int], int], ticks: int) -> float:
-    """The llm tenant's usual rate (requests served over the seconds, tick_base._usual_rate) after
-    `ticks` calm ticks of count_at(i) requests each."""
+def _usual_after(count_at: Callable[[int], int], ticks: int) -> float | None:
+    """The llm tenant's usual rate (tick_base._usual_rate) after `ticks` calm ticks of count_at(i)
+    requests each."""
     spec = example_spec(Policy(guards=False, mps=False, placement=False, outage_budget_window_s=WINDOW))
     state = ControllerState()
     for i in range(ticks):
@@ -240,15 +241,14 @@ def _usual_rate(count_at: Callable[[int], int], ticks: int) -> float:
         state = decide(
             state, replace(o, tenants={**o.tenants, "llm": replace(o.tenants["llm"], latency=window)}), spec
         ).state
-    served, seconds = state.tenants["llm"].served
-    return served / seconds
+    return _usual_rate(state.tenants["llm"])
 
 
 def test_silent_ticks_count_in_the_usual_rate():
     # 10 requests/s as 20 on every 2 s tick, or as 40 on every other tick and none between: the
     # same usual rate (the silent seconds were left out of it, which read the half-empty one's
     # twice: the rate of its busy seconds, and the rest of a window's requests twice as many)
-    steady = _usual_rate(lambda i: 20, 500)
-    halves = _usual_rate(lambda i: 40 if i % 2 == 0 else 0, 500)
+    steady = _usual_after(lambda i: 20, 500)
+    halves = _usual_after(lambda i: 40 if i % 2 == 0 else 0, 500)
     assert steady == pytest.approx(10.0, rel=0.02)
     assert halves == pytest.approx(10.0, rel=0.05)

@@ -509,6 +509,8 @@ class Tick(ReleaseTick):
         first = [GUARD, PLACE, RESIZE] if diag is None or diag.cause in (Cause.IO, Cause.UNKNOWN) else [PLACE, RESIZE]
         rank = level_rank(level)
         order = [lv for lv in first if lv not in done and _LEVEL_OF[lv] > rank]
+        if self._move_after_resize(ctl, diag):
+            order.append(PLACE)
         enabled = {GUARD: policy.guards or policy.mps, PLACE: policy.placement, RESIZE: policy.mig}
         # The evidence is read only for an event (most escalations end in a hold that says what
         # the last one said); no lever changes the tenant's record before its event is built.

@@ -8,7 +8,7 @@ from fsm.outage import MoveKind
 from fsm.placement import Score, occupied, rank_candidates, slices_of
 from fsm.resize import plan_resize
 from fsm.spec import Level, TenantSpec
-from fsm.state import Pending, Step
+from fsm.state import Pending, Step, TenantCtl
 from fsm.tick_base import GUARD, PLACE, RESIZE, TickBase, WindowFn
 
 
@@ -34,6 +34,11 @@ class MoveTick(TickBase):
             return efficacy
         ctl = self.tenants[t.name]
         doubt = GUARD in ctl.failed_levers or (ctl.io_doubt_until is not None and self.obs.t < ctl.io_doubt_until)
+        if doubt and self._move_after_resize(ctl, diag):
+            # A bigger slice on the same path did not cure the tail either: of what the ladder can
+            # change, the path is what is left (caps that cut part of an aggressor's bytes may
+            # leave its tail as it was; escaping the path takes all of them away).
+            doubt = False
         if doubt or self._path_lesson(t):
             # Capping the I/O aggressors did not cut the tail (in this episode or one not long
             # before), or this episode's tail was as high while the path was clear: the path they
@@ -41,6 +46,21 @@ class MoveTick(TickBase):
             return min(efficacy, policy.unknown_cause_efficacy)
         # What this episode says clearing the path cuts of the excess (1: it cannot say).
         return min(efficacy, max(policy.unknown_cause_efficacy, self._path_cut(t)))
+
+    @staticmethod
+    def _move_after_resize(ctl: TenantCtl, diag: Diagnosis | None) -> bool:
+        """Is a move off the path the lever left after a resize that did not cure the tail? The
+        ladder climbs (a move ranks below a resize), but a bigger slice on a path an I/O aggressor
+        shares leaves that cause in place: without this, such a resize is final while the tail
+        still violates (docs/decisions.md, "A move after a resize")."""
+        return (
+            diag is not None
+            and diag.cause is Cause.IO
+            and bool(diag.aggressors)
+            and bool(ctl.stack)
+            and ctl.stack[-1].lever == RESIZE
+            and all(st.lever != PLACE for st in ctl.stack)
+        )
 
     def _rank_places(
         self, t: TenantSpec, diag: Diagnosis, limit: int, avoid: tuple[str, ...] = ()

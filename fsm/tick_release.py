@@ -9,7 +9,7 @@ from fsm.outage import MoveKind
 from fsm.placement import occupied
 from fsm.resize import plan_restore
 from fsm.spec import Level, TenantSpec
-from fsm.state import Pending
+from fsm.state import Pending, Step
 from fsm.tick_base import (
     GUARD,
     PLACE,
@@ -62,6 +62,10 @@ class ReleaseTick(GuardTick):
                 pending = Pending(f"tenant:{t.name}", PLACE, now, releasing=True)
                 reason = f"move back to {back}"
                 outage = self._move_outage(t, MoveKind.EXISTING)[0]
+        elif self._moved_off(t, step):
+            # A move off the path followed the resize and stayed: the grown slice is not the
+            # tenant's any more (a free instance like any other); nothing to give back.
+            reason = f"stay on {self._moved_off(t, step)} (moved off the grown slice); release the level only"
         else:  # RESIZE
             if step.gpu in self.busy_gpus:
                 return  # another change on that GPU first
@@ -150,6 +154,15 @@ class ReleaseTick(GuardTick):
             evidence["outage_s"] = outage
             self._spend(t, outage)
         self.emit(t.name, "release", before, after, step.lever, reason, evidence)
+
+    def _moved_off(self, t: TenantSpec, step: Step) -> str:
+        """Where a tenant runs that left its resize step's grown instance ("" when it runs there, or
+        the step is no resize, or it cannot be told)."""
+        if step.lever != RESIZE or step.to_instance is None:
+            return ""
+        here = self.obs.tenants.get(t.name)
+        cur = here.instance if here is not None else None
+        return str(cur) if cur is not None and cur != step.to_instance else ""
 
     def _outage_hurts(self, t: TenantSpec, outage: float) -> bool:
         """An outage pushes requests over the SLO (fsm.levercost: it is longer than the SLO); only a

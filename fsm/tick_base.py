@@ -134,7 +134,7 @@ class TickBase:
         before = level_of(ctl)
         share = ctl.evidence.bad_share()
         if step.lever == GUARD and share is not None:
-            share = _guard_baseline(share, ctl, 1.0 - t.quantile)
+            share = _guard_baseline(share, ctl, 1.0 - t.quantile, now, policy.rate_tau_s)
         step = evolve(step, bad_share=share)
         target = step.to_instance if step.to_instance is not None else ctl.target
         if not policy.enforce:
@@ -758,11 +758,17 @@ def _min(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
-def _guard_baseline(recent: float, ctl: TenantCtl, eps: float) -> float:
+def _guard_baseline(recent: float, ctl: TenantCtl, eps: float, now: float, tau: float) -> float:
     """What a guard is judged against: the recent share over the SLO, or the episode's own share
     (fsm.levercost's p) when the episode holds 1/eps requests and that is lower. A guard goes on
     when the recent share is high, so part of that height is noise that falls back by itself
     (regression to the mean): judged against it alone, a guard that changed nothing was found to
-    halve the tail, and a move bought on that verdict cured nothing."""
+    halve the tail, and a move bought on that verdict cured nothing. An episode younger than the
+    recent share's time constant (`tau`) is judged by its own share alone: the recent one is then
+    mostly requests from before the tail went up (an early guard's p4d-demo: 2.8% recent against
+    the episode's 5.8%; the caps took it to 3.2% and were found useless)."""
     episode = episode_share(ctl.episode_n, ctl.episode_bad, eps)
-    return recent if episode is None else min(recent, episode)
+    if episode is None:
+        return recent
+    young = ctl.episode_start is not None and now - ctl.episode_start < tau
+    return episode if young else min(recent, episode)

@@ -299,3 +299,22 @@ def test_a_trial_holds_a_tenant_that_has_run_little_for_one_time_constant():
                              (150.0, 4000.0, False), (200.0, 4000.0, True)):  # fmt: skip
         tick.guard_cost["etl"] = (held, ran, 0.0)
         assert tick.guard_budget_spent("etl") is spent, (held, ran)
+
+
+def test_an_early_guard_is_judged_against_its_young_episode_not_the_calm_before_it():
+    """Ten calm minutes at 1% over the SLO, then an ETL job on the path: 6% over it, 3% with the
+    caps. The guard goes on seconds into the episode, when the recent share (a minute's time
+    constant) is still mostly the calm before it: against that (about 2%) the capped 3% is no cut
+    and the caps were lifted as useless, and a move off the path was priced at a quarter of a cure.
+    Judged against the episode's own share, they halve the tail and stay (p4d-demo's guard: 2.8%
+    recent, 5.8% the episode's, 3.2% capped)."""
+    spec = example_spec(Policy(cost_margin=None, placement=False, mig=False, guard_cost_share=None))
+    state, evs, _d = _run(spec, ControllerState(), 0.0, 300, lambda capped: (1e8, 2.0))
+    assert not [e for e in evs if e.kind == "escalate"]
+    state, evs, d = _run(spec, state, 600.0, 150, lambda capped: (CAP, 6.0) if capped else (3e9, 12.0))
+    guard = next(e for e in evs if e.kind == "escalate" and e.lever == "guard")
+    assert guard.t < 620.0  # seconds into the episode
+    assert not [e.reason for e in evs if e.kind == "release"]
+    assert d.desired.throttles  # still capped: the verdict says the caps cut the tail
+    at_guard = state.tenant("llm").stack[0].bad_share
+    assert at_guard == pytest.approx(0.06, abs=0.01)  # the episode's, not the calm-diluted recent share

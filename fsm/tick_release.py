@@ -62,10 +62,10 @@ class ReleaseTick(GuardTick):
                 pending = Pending(f"tenant:{t.name}", PLACE, now, releasing=True)
                 reason = f"move back to {back}"
                 outage = self._move_outage(t, MoveKind.EXISTING)[0]
-        elif self._moved_off(t, step):
+        elif where := self._moved_off(t, step):
             # A move off the path followed the resize and stayed: the grown slice is not the
             # tenant's any more (a free instance like any other); nothing to give back.
-            reason = f"stay on {self._moved_off(t, step)} (moved off the grown slice); release the level only"
+            reason = f"stay on {where} (moved off the grown slice); release the level only"
         else:  # RESIZE
             if step.gpu in self.busy_gpus:
                 return  # another change on that GPU first

@@ -509,7 +509,8 @@ class Tick(ReleaseTick):
         first = [GUARD, PLACE, RESIZE] if diag is None or diag.cause in (Cause.IO, Cause.UNKNOWN) else [PLACE, RESIZE]
         rank = level_rank(level)
         order = [lv for lv in first if lv not in done and _LEVEL_OF[lv] > rank]
-        if self._move_after_resize(ctl, diag):
+        after_resize = self._move_after_resize(ctl, diag)
+        if after_resize:
             order.append(PLACE)
         enabled = {GUARD: policy.guards or policy.mps, PLACE: policy.placement, RESIZE: policy.mig}
         # The evidence is read only for an event (most escalations end in a hold that says what
@@ -558,10 +559,17 @@ class Tick(ReleaseTick):
             if ok:
                 if place_after and lever != PLACE:  # a move taken after a held resize is no lever passed over
                     why_not[PLACE] = place_after
-                if why_not:  # why not the cheaper levers: what an operator asks of a move first
+                extra: dict[str, Any] = {"passed_over": why_not} if why_not else {}
+                if after_resize and lever == PLACE:  # why a move comes down the ladder's order
+                    grown = ctl.stack[-1]
+                    extra["after_resize"] = (
+                        f"the tail still violates on {grown.to_instance} (resized at {grown.t:.0f} s) with"
+                        " an I/O aggressor on its path: a move off the path is what is left"
+                    )
+                if extra:  # why not the cheaper levers: what an operator asks of a move first
                     e = self.events[-1]
                     if e.kind == "escalate" and e.tenant == t.name:
-                        self.events[-1] = evolve(e, evidence={**e.evidence, "passed_over": why_not})
+                        self.events[-1] = evolve(e, evidence={**e.evidence, **extra})
                 return
             why_not[lever] = reason
         # Re-announce a hold only when its gist changes (not on every new penalty figure).

@@ -66,6 +66,10 @@ def test_a_resize_that_left_the_tail_on_a_shared_path_is_followed_by_a_move_off_
     # ... and after it, priced as a whole cure: the bigger slice did not help, the path is what is left
     assert move.evidence["cost"]["efficacy"] == 1.0
     assert move.evidence["current"]["instance"] == "gpu0/3g.20gb@4"  # from the grown slice
+    assert move.evidence["after_resize"] == (
+        f"the tail still violates on gpu0/3g.20gb@4 (resized at {resize.t:.0f} s) with an I/O aggressor"
+        " on its path: a move off the path is what is left"
+    )
     assert move.reason.startswith("move to gpu3/3g.20gb@4")
     assert at == InstanceRef("gpu3", "3g.20gb", 4)
 

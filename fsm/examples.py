@@ -137,8 +137,9 @@ class ToyPlant:
     ETL bytes that reach its switch, caps cut those bytes, a move off the switch removes them and a
     bigger slice shortens compute. Deliberately crude; the real model is replay/'s simulator."""
 
-    def __init__(self, period_s: float = 2.0) -> None:
+    def __init__(self, period_s: float = 2.0, caps_cut: bool = True) -> None:
         self.period_s = period_s
+        self.caps_cut = caps_cut  # False: caps cut the ETL's bytes but not the tail (another cause)
         self.t = 1000.0
         self.llm_at = InstanceRef("gpu0", "2g.10gb", 0)
         self.layouts = dict(EXAMPLE_LAYOUTS)
@@ -153,7 +154,8 @@ class ToyPlant:
         etl = min(demand, self.cap_bps) if self.cap_bps is not None else demand
         on_switch = self.llm_at.gpu in ("gpu0", "gpu1")
         slices = {"1g.5gb": 1, "2g.10gb": 2, "3g.20gb": 3, "4g.20gb": 4, "7g.40gb": 7}[self.llm_at.profile]
-        p99 = 0.008 * 2 / slices + (4e-12 * max(0.0, etl - 5e8) if on_switch else 0.0)
+        felt = etl if self.caps_cut else demand
+        p99 = 0.008 * 2 / slices + (4e-12 * max(0.0, felt - 5e8) if on_switch else 0.0)
         obs = example_observation(self.t, p99, etl, self.llm_at, self.layouts)
         self.t += self.period_s
         return obs

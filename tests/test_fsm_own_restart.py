@@ -182,9 +182,9 @@ def test_a_restarts_backlog_leaves_the_fitted_tail_as_it_was() -> None:
 
 def _toy(report: tuple[int, float] | None, ticks: int, lag: int = 0) -> tuple[list[str], ControllerState]:
     """The toy host (fsm.examples.ToyPlant with caps that cut the ETL's bytes but not the tail: an
-    ETL burst, a guard lifted as useless, a resize) under decide(), with a restart of `report[1]` s reported on tick `report[0]`, each
-    desired state applied `lag` ticks after it was decided (a slow relaunch): the non-hold events as
-    "tick:kind lever", and the last state."""
+    ETL burst, a guard lifted as useless, a resize) under decide(), with a restart of `report[1]` s
+    reported on tick `report[0]`, each desired state applied `lag` ticks after it was decided (a
+    slow relaunch): the non-hold events as "tick:kind lever", and the last state."""
     plant, state, kinds = ToyPlant(caps_cut=False), ControllerState(), []
     spec = example_spec(Policy(cooldown_s=30.0, dwell_s=30.0, in_flight_timeout_s=600.0))
     applied: list[DesiredState] = []

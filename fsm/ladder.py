@@ -350,8 +350,7 @@ class Tick(ReleaseTick):
             if now - p.since > timeout * IN_FLIGHT_GRACE:
                 self._fail(t, p, "timeout", f"still under way after {now - p.since:.0f} s", {})
             return
-        ts = self.obs.tenants.get(t.name)
-        actual = ts.instance if ts is not None else None
+        actual = self._instance_now(t)
         want = ctl.target
         layout_ok = True
         top = ctl.stack[-1] if ctl.stack and not p.releasing else None

@@ -543,8 +543,7 @@ class TickBase:
 
     def _shrink_ratio(self, t: TenantSpec, step: Step) -> float | None:
         """Slices of the victim's current instance over those of the one it would return to."""
-        ts = self.obs.tenants.get(t.name)
-        cur = ts.instance if ts is not None else None
+        cur = self._instance_now(t)
         home = step.from_instance
         if cur is None or home is None:
             return None
@@ -566,9 +565,13 @@ class TickBase:
         n = self.tenants[t.name].evidence.rate(self.evidence_params) * median
         return n / (1.0 + n)
 
-    def _sm_now(self, t: TenantSpec) -> float | None:
+    def _instance_now(self, t: TenantSpec) -> InstanceRef | None:
+        """The instance the tenant is seen running on this tick (None: not seen)."""
         ts = self.obs.tenants.get(t.name)
-        cur = ts.instance if ts is not None else None
+        return ts.instance if ts is not None else None
+
+    def _sm_now(self, t: TenantSpec) -> float | None:
+        cur = self._instance_now(t)
         g = self.obs.gpus.get(cur.gpu) if cur is not None else None
         m = g.instances.get(f"{cur.profile}@{cur.start}") if g is not None and cur is not None else None
         return m.sm_active if m is not None else None

@@ -44,8 +44,7 @@ class ReleaseTick(GuardTick):
             reason = f"lift caps on {', '.join(step.aggressors)}"
         elif step.lever == PLACE:
             back = step.from_instance
-            here = self.obs.tenants.get(t.name)
-            cur = here.instance if here is not None else None
+            cur = self._instance_now(t)
             if back is None or not self._free_now(back):
                 reason = "stay (the old instance is taken); release the level only"
             elif cur is not None and not self._quiet(t, back):
@@ -160,8 +159,7 @@ class ReleaseTick(GuardTick):
         the step is no resize, or it cannot be told)."""
         if step.lever != RESIZE or step.to_instance is None:
             return ""
-        here = self.obs.tenants.get(t.name)
-        cur = here.instance if here is not None else None
+        cur = self._instance_now(t)
         return str(cur) if cur is not None and cur != step.to_instance else ""
 
     def _outage_hurts(self, t: TenantSpec, outage: float) -> bool:

@@ -330,6 +330,7 @@ class PolicyConfig(Strict):
     cost_margin: float = Field(0.5, ge=0, le=1000)  # 0: no cost check
     episode_prior_s: float = Field(300.0, gt=0, le=7 * 86400)
     unknown_cause_efficacy: float = Field(0.25, ge=0, le=1)
+    relaunch_fail_prior: float = Field(0.0, ge=0, lt=1)
     guard_lesson_s: float = Field(14400.0, ge=0, le=90 * 86400)
     guard_min_cut: float = Field(0.2, ge=0, le=1)
     y_windows: int = Field(3, ge=1, le=100)
@@ -394,6 +395,7 @@ class PolicyConfig(Strict):
             cost_margin=self.cost_margin or None,
             episode_prior_s=self.episode_prior_s,
             unknown_cause_efficacy=self.unknown_cause_efficacy,
+            relaunch_fail_prior=self.relaunch_fail_prior,
             guard_lesson_s=self.guard_lesson_s,
             guard_min_cut=self.guard_min_cut,
             y_windows=self.y_windows,

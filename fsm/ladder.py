@@ -384,6 +384,7 @@ class Tick(ReleaseTick):
             drained_from=None if settle > 0.0 else ctl.drained_from,  # ours settles its full time
             cooldown_until=max(ctl.cooldown_until or now, now + settle),
             moved=_moved_until(ctl, now),
+            relaunches=ctl.relaunches + (p.lever in (PLACE, RESIZE)),
         )
         self.emit(t.name, "complete", lvl, level_of(self.tenants[t.name]), p.lever, "operation finished", evidence)
 
@@ -456,11 +457,16 @@ class Tick(ReleaseTick):
             failed_levers = tuple(sorted({*failed_levers, p.lever}))
         elif not p.releasing:
             retry = (*retry, (p.lever, self.obs.t + backoff))
+        # The actuators' word that its new copy never got ready (or exited): a relaunch that failed.
+        # A timeout is no such word (a report lost, or an operation hung before any relaunch).
+        relaunched = kind == "fail" and stopped and p.lever in (PLACE, RESIZE)
         ctl = evolve(
             ctl,
             stack=stack,
             pending=None,
             failures=failures,
+            relaunches=ctl.relaunches + relaunched,
+            relaunch_fails=ctl.relaunch_fails + relaunched,
             failed_levers=failed_levers,
             retry_levers=retry,
             outages=outages,

@@ -34,6 +34,13 @@ once it holds 1/eps requests (the last minute's before that). `efficacy` is what
 us expect of the lever (1 when it found the cause on the victim's path, less when it did not: a
 burst of the tenant's own arrivals follows it to the new instance).
 
+A relaunch may fail: the new copy never gets ready, and the launcher gives up after its readiness
+wait and starts the tenant where it was. Such a move cures nothing and holds the tenant for the
+wait and the relaunch back (none for a warm hand-over, whose old copy serves on). With f the
+tenant's failure risk (fail_risk: a prior of `relaunch_fail_prior` worth FAIL_PRIOR_WEIGHT
+relaunches, and the tenant's own relaunches), the cost is (1 - f) x the outage's + f x the failed
+outage's, and the benefit (1 - f) x the cure's.
+
 A lever is taken only when benefit >= margin x cost.
 """
 
@@ -48,6 +55,14 @@ from fsm.evolve import field_setters
 MAX_RHO = 0.9
 # One measured outage may meet a burst or a calm spell: it moves the scale at most this far.
 MIN_SCALE, MAX_SCALE = 0.25, 10.0
+# How many relaunches the prior failure risk (Policy.relaunch_fail_prior) is worth: one failure in
+# a tenant's first relaunch makes a prior of 0 1 in 11 (9%), one of 2% 11%; none in ten halves it.
+FAIL_PRIOR_WEIGHT = 10.0
+
+
+def fail_risk(prior: float, relaunches: int, fails: int) -> float:
+    """The probability that a relaunch's new copy never gets ready: the Beta posterior mean."""
+    return (prior * FAIL_PRIOR_WEIGHT + fails) / (FAIL_PRIOR_WEIGHT + relaunches)
 
 
 def measured_scale(served: float, bad: float, share_before: float, predicted: float) -> float:
@@ -74,6 +89,8 @@ class LeverCost:
     benefit: float  # requests expected kept under the SLO by the lever
     scale: float = 1.0  # the tenant's measured outages' cost / the model's (1: none measured)
     outage_rate_rps: float = 0.0  # the arrival rate the outage meets (a burst's, when one began)
+    fail_risk: float = 0.0  # the probability its new copy never gets ready
+    failed_outage_s: float = 0.0  # the outage then (the readiness wait and a relaunch back)
 
     def pays(self, margin: float) -> bool:
         return self.benefit >= margin * self.cost
@@ -95,6 +112,8 @@ class LeverCost:
             "rent_requests": round(self.rent, 1),
             "efficacy": round(self.efficacy, 2),
             "benefit_requests": round(self.benefit, 1),
+            "fail_risk": round(self.fail_risk, 4),
+            "failed_outage_s": round(self.failed_outage_s, 1),
         }
 
 
@@ -169,31 +188,39 @@ def price(
     efficacy: float,
     scale: float = 1.0,
     outage_rate: float | None = None,
+    fail: tuple[float, float] = (0.0, 0.0),
 ) -> LeverCost:
     """One lever's cost and benefit against the tick's rent. The cost is the model's at the rate the
     outage meets (`outage_rate`, default the rent's), times `scale`: what this tenant's outages
-    were measured to cost against the model (MIN_SCALE..MAX_SCALE)."""
+    were measured to cost against the model (MIN_SCALE..MAX_SCALE). `fail`: the risk that the new
+    copy never gets ready, and the outage then."""
     meets = rent.rate_rps if outage_rate is None else outage_rate
+    risk, failed_s = fail
+    cost = outage_cost(meets, outage_s, slo_s, rent.rho)
+    if risk > 0.0:
+        cost = (1.0 - risk) * cost + risk * outage_cost(meets, failed_s, slo_s, rent.rho)
     # LeverCost(...) through its slots' setters: a frozen dataclass's __init__ sets 13 fields
     # through object.__setattr__, and every lever a hold considers is priced (the same value).
     c: LeverCost = _new(LeverCost)
     (s_lever, s_outage, s_source, s_rate, s_rho, s_cost, s_share, s_budget, s_remaining, s_rent, s_elapsed,
-     s_efficacy, s_benefit, s_scale, s_meets) = _COST_SET  # fmt: skip
+     s_efficacy, s_benefit, s_scale, s_meets, s_risk, s_failed) = _COST_SET  # fmt: skip
     s_lever(c, lever)
     s_outage(c, outage_s)
     s_source(c, outage_source)
     s_rate(c, rent.rate_rps)
     s_rho(c, rent.rho)
-    s_cost(c, outage_cost(meets, outage_s, slo_s, rent.rho) * scale)
+    s_cost(c, cost * scale)
     s_share(c, rent.bad_share)
     s_budget(c, rent.budget_share)
     s_remaining(c, rent.remaining_s)
     s_rent(c, rent.rent)
     s_elapsed(c, rent.elapsed_s)
     s_efficacy(c, efficacy)
-    s_benefit(c, rent.gain * efficacy)
+    s_benefit(c, rent.gain * efficacy * (1.0 - risk))
     s_scale(c, scale)
     s_meets(c, meets)
+    s_risk(c, risk)
+    s_failed(c, failed_s)
     return c
 
 

@@ -168,6 +168,11 @@ class Policy:
     cost_margin: float | None = 0.5
     episode_prior_s: float = 300.0  # prior mean length of a violation episode (worth one episode)
     unknown_cause_efficacy: float = 0.25  # what a move is expected to cure when the cause is unknown
+    # Prior probability that a relaunch's new copy never gets ready (worth FAIL_PRIOR_WEIGHT
+    # relaunches; each tenant's own relaunches refine it): such a move cures nothing and holds the
+    # tenant for the readiness wait and a relaunch back (fsm.levercost). 0: a tenant is priced for
+    # its own failures only (2% measured no better: docs/results.md, "A relaunch that may fail").
+    relaunch_fail_prior: float = 0.0
     guard_lesson_s: float = 14400.0  # how long a guard that did not cut the tail is remembered
     # A guard costs the capped tenants throughput: one that has not cut the victim's share of
     # requests over the SLO by this fraction (after 2 x rate_tau_s) is lifted when the tail escalates.

@@ -57,6 +57,10 @@ class TenantCtl:
     dwell_until: float | None = None
     backoff_until: float | None = None
     failures: int = 0
+    # Moves and resizes that relaunched the tenant, and those whose new copy never got ready (or
+    # exited): its own failure risk, learned (fsm.levercost.fail_risk).
+    relaunches: int = 0
+    relaunch_fails: int = 0
     failed_levers: tuple[str, ...] = ()  # not tried again in this episode
     # Levers whose operation failed once in this episode, and when they may be tried again (after
     # the backoff): a refusal or a new copy that never got ready is often transient; a second
@@ -221,7 +225,7 @@ class ControllerState:
 # counts events that never happened (failures = -3 cut the next backoff, backoff_s * 2 **
 # (failures - 1), to an eighth; the dwell's doubling, 1 << flaps, raises ValueError for a negative
 # count).
-_TENANT_COUNTS = ("bad", "good", "failures", "flaps")
+_TENANT_COUNTS = ("bad", "good", "failures", "flaps", "relaunches", "relaunch_fails")
 
 
 def _counts_not_negative(state: ControllerState) -> None:

@@ -13,7 +13,7 @@ from fsm.diagnosis import Cause, Traffic
 from fsm.evidence import EvidenceParams, window_evidence
 from fsm.evolve import assign_fresh, evolve, field_setters
 from fsm.guardbudget import trial_run_s, trial_s
-from fsm.levercost import UNKNOWN_RHO, LeverCost, Rent, episode_share, outage_cost, price, rent_of
+from fsm.levercost import UNKNOWN_RHO, LeverCost, Rent, episode_share, fail_risk, outage_cost, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
 from fsm.outage import MoveKind
@@ -171,16 +171,26 @@ class TickBase:
         spec = evolve(t, handover_gap_s=measured) if t.handover == "warm" else evolve(t, relaunch_s=measured)
         return spec.outage_s(kind), "measured"
 
-    def _affordable(self, t: TenantSpec, outage: float, source: str) -> tuple[LeverCost | None, str]:
+    def _failed_outage(self, t: TenantSpec, outage: float, kind: MoveKind = MoveKind.EXISTING) -> float:
+        """Seconds a move whose new copy never gets ready holds the tenant: the launcher's readiness
+        wait and a relaunch back where it was, at least the move's own outage. A warm hand-over's old
+        copy serves on (none), unless the move destroys its instance."""
+        if t.handover == "warm" and kind is not MoveKind.IN_PLACE:
+            return 0.0
+        measured = self.tenants[t.name].measured_outage_s
+        relaunch = measured if measured is not None else t.relaunch_s
+        return max(outage, t.readiness_timeout_s + relaunch)
+
+    def _affordable(self, t: TenantSpec, outage: float, source: str, kind: MoveKind) -> tuple[LeverCost | None, str]:
         """A resize's outage within the budget, and worth it: a bigger slice serves faster whatever
         the cause, and a queue's tail falls faster than its load, so expect the cure (efficacy 1)."""
         short = self._outage_short(t, outage) or self._burst_now(t, RESIZE, outage)
         if short:
             return None, short
-        return self._pays(t, RESIZE, outage, source, 1.0)
+        return self._pays(t, RESIZE, outage, source, 1.0, kind)
 
     def _pays(
-        self, t: TenantSpec, lever: str, outage: float, source: str, efficacy: float
+        self, t: TenantSpec, lever: str, outage: float, source: str, efficacy: float, kind: MoveKind = MoveKind.EXISTING
     ) -> tuple[LeverCost | None, str]:
         """The lever's cost and benefit (fsm.levercost), and why it does not pay ("" when it does)."""
         policy = self.spec.policy
@@ -203,8 +213,11 @@ class TickBase:
                 episode_bad=ctl.episode_bad,
                 window_rent=self._overspent(ctl, 0.0),
             )
-        scale = self.tenants[t.name].cost_scale or 1.0
-        c = price(rent, lever, outage, source, t.slo_s, efficacy, scale, self._rate_now(t, rent.rate_rps))
+        ctl = self.tenants[t.name]
+        risk = fail_risk(policy.relaunch_fail_prior, ctl.relaunches, ctl.relaunch_fails)
+        fail = (risk, self._failed_outage(t, outage, kind))
+        meets = self._rate_now(t, rent.rate_rps)
+        c = price(rent, lever, outage, source, t.slo_s, efficacy, ctl.cost_scale or 1.0, meets, fail)
         if c.pays(policy.cost_margin):
             return c, self._tail_short(t, c)
         self.unpaid[(t.name, lever)] = c
@@ -310,8 +323,7 @@ class TickBase:
         since = ctl.watched_since
         if not self.spec.policy.relief_worst_case or t.slo_s is None or since is None:
             return ""
-        relaunch = ctl.measured_outage_s if ctl.measured_outage_s is not None else t.relaunch_s
-        worst = outage if t.handover == "warm" else max(outage, t.readiness_timeout_s + relaunch)
+        worst = max(outage, self._failed_outage(t, outage))
         rate = ctl.evidence.rate(self.evidence_params)
         rho = self._utilisation(t)
         held = outage_cost(rate, worst, t.slo_s, UNKNOWN_RHO if rho is None else rho)

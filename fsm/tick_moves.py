@@ -108,7 +108,7 @@ class MoveTick(TickBase):
             return False, short  # before the ranking: no move can happen, whatever it would find
         cost: LeverCost | None = None
         if not avoid:  # a relief move serves the capped aggressor, not the tail: budget only
-            cost, why = self._pays(t, PLACE, outage, source, self.place_efficacy(t, diag))
+            cost, why = self._pays(t, PLACE, outage, source, self.place_efficacy(t, diag), MoveKind.EXISTING)
             if why:
                 return False, why
         lately = self._nowhere_lately(t, diag) if not avoid else ""
@@ -167,7 +167,7 @@ class MoveTick(TickBase):
             return False, "the victim's current MIG instance is unknown"
         # Before planning (the costly part): if not even the cheapest kind of resize fits the
         # outage budget and pays, no plan can.
-        _, why = self._affordable(t, *min(self._move_outage(t, k) for k in MoveKind))
+        _, why = self._affordable(t, *min((*self._move_outage(t, k), k) for k in MoveKind))
         if why:
             return False, why
         occ = occupied(self.spec, self.obs) | self.reserved
@@ -181,7 +181,7 @@ class MoveTick(TickBase):
         else:
             kind = MoveKind.BESIDE  # make-before-break: it serves while the new slice is made
         outage, source = self._move_outage(t, kind)
-        cost, why = self._affordable(t, outage, source)
+        cost, why = self._affordable(t, outage, source, kind)
         if why:
             return False, why
         now = self.obs.t

@@ -25,6 +25,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "rate_tau_s": (0, True, DAY, False),
     "cost_margin": (0, False, 1000, False),
     "episode_prior_s": (0, True, 7 * DAY, False),
+    "relaunch_fail_prior": (0, False, 1, True),
     "unknown_cause_efficacy": (0, False, 1, False),
     "guard_lesson_s": (0, False, 90 * DAY, False),
     "guard_min_cut": (0, False, 1, False),

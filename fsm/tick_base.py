@@ -198,9 +198,9 @@ class TickBase:
             return None, ""
         # The rent is the same for every lever the tenant's escalation prices on this tick (a hold
         # prices them all): computed once. Nothing it reads changes before the tenant acts.
+        ctl = self.tenants[t.name]
         rent = self.rents.get(t.name)
         if rent is None:
-            ctl = self.tenants[t.name]
             rent = self.rents[t.name] = rent_of(
                 rate_rps=ctl.evidence.rate(self.evidence_params),
                 rho=self._utilisation(t),  # the victim's server utilisation
@@ -213,7 +213,6 @@ class TickBase:
                 episode_bad=ctl.episode_bad,
                 window_rent=self._overspent(ctl, 0.0),
             )
-        ctl = self.tenants[t.name]
         risk = fail_risk(policy.relaunch_fail_prior, ctl.relaunches, ctl.relaunch_fails)
         fail = (risk, self._failed_outage(t, outage, kind))
         meets = self._rate_now(t, rent.rate_rps)

@@ -240,3 +240,8 @@ def _counts_not_negative(state: ControllerState) -> None:
             n = getattr(ctl, f)
             if n < 0:
                 raise ValueError(f"controller state: tenants.{name}.{f}: {n} is below 0 (a count)")
+        if ctl.relaunch_fails > ctl.relaunches:  # a risk over 1: a benefit below 0, a cost past the failure's
+            raise ValueError(
+                f"controller state: tenants.{name}.relaunch_fails: {ctl.relaunch_fails} is more than its"
+                f" relaunches ({ctl.relaunches})"
+            )

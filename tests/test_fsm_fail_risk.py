@@ -93,3 +93,20 @@ def test_a_warm_hand_over_fails_without_an_outage_unless_its_instance_is_destroy
     cold = spec.tenants["llm"]
     assert tick._failed_outage(cold, 5.0) == pytest.approx(DEFAULT_READINESS_TIMEOUT_S + cold.relaunch_s)
     assert tick._failed_outage(cold, 500.0) == 500.0  # at least the move's own outage
+
+
+def test_a_resumed_state_with_more_failures_than_relaunches_is_refused():
+    """Counted by the ladder, relaunch_fails never passes relaunches; a state file that says so
+    would price a risk over 1 (a benefit below 0). Refused on resume, naming the field; the counts
+    missing (a state written before them) resume as none."""
+    import json
+
+    from fsm.state import ControllerState, TenantCtl
+
+    data = json.loads(ControllerState(tenants={"llm": TenantCtl(relaunches=3, relaunch_fails=1)}).to_json())
+    assert ControllerState.from_data(data).tenant("llm").relaunch_fails == 1
+    data["tenants"]["llm"]["relaunch_fails"] = 4
+    with pytest.raises(ValueError, match=r"tenants\.llm\.relaunch_fails: 4 is more than its relaunches \(3\)"):
+        ControllerState.from_data(data)
+    del data["tenants"]["llm"]["relaunch_fails"], data["tenants"]["llm"]["relaunches"]
+    assert ControllerState.from_data(data).tenant("llm").relaunches == 0

@@ -95,6 +95,23 @@ class Tick(ReleaseTick):
         t0, d = ctl.moved
         return self.obs.t - down_s > t0 + 2.0 * d + self.spec.policy.cooldown_s
 
+    def _backlog_settle(self, ctl: TenantCtl, down_s: float) -> tuple[dict[str, Any], float, float]:
+        """The settle after the tenant served nothing for `down_s` and serves again: its evidence
+        reset, and its windows left out until its backlog drains (ladder.step), with the settle's
+        shortest and longest spans. The backlog drains at the spare rate: down_s x rho / (1 - rho)
+        more (fsm.levercost), which the utilisation seen now (the backlog's) cannot tell. So the settle
+        lasts until a window's median is back under the SLO, at least the outage or a cooldown, at
+        most the drain at MAX_RHO."""
+        now = self.obs.t
+        settle = max(self.spec.policy.cooldown_s, down_s)
+        longest = max(settle, down_s / (1.0 - MAX_RHO))
+        fields = {
+            "evidence": ctl.evidence.reset(),
+            "settle_until": max(ctl.settle_until or now, now + longest),
+            "drained_from": now + settle,
+        }
+        return fields, settle, longest
+
     def own_restart(self, t: TenantSpec, ctl: TenantCtl, down_s: float) -> TenantCtl:
         """The tenant restarted outside tailguard (a deploy, an out-of-memory kill, a crash) and
         served nothing for about `down_s`. Its backlog is no interference, and no lever cures it: its
@@ -102,17 +119,11 @@ class Tick(ReleaseTick):
         our last outage's cost survives it. Its outage spent what ours spend:
         the room the p99 has for outages, charged to the outage budget."""
         now = self.obs.t
-        # Its backlog drains at the spare rate: down_s x rho / (1 - rho) more (fsm.levercost), which
-        # the utilisation seen now (the backlog's) cannot tell. So the settle lasts until a window's
-        # median is back under the SLO, at least the outage or a cooldown, at most the drain at MAX_RHO.
-        settle = max(self.spec.policy.cooldown_s, down_s)
-        longest = max(settle, down_s / (1.0 - MAX_RHO))
+        backlog, settle, longest = self._backlog_settle(ctl, down_s)
         kept = self._outages_in_window(ctl)
         ctl = evolve(
             ctl,
-            evidence=ctl.evidence.reset(),
-            settle_until=max(ctl.settle_until or now, now + longest),
-            drained_from=now + settle,
+            **backlog,
             outages=(*kept, (now - down_s, down_s)),
             outage_watch=None,
             watch_n=0.0,
@@ -339,7 +350,7 @@ class Tick(ReleaseTick):
         if failed:
             stopped = not all(o.outage_s == 0.0 for o in failed)  # 0: the actuators never stopped it
             why = failed[0].error or "operation failed"
-            self._fail(t, p, "fail", why, {"target": failed[0].target}, stopped)
+            self._fail(t, p, "fail", why, {"target": failed[0].target}, stopped, failed[0].outage_s)
             return
         timeout = self.spec.policy.in_flight_timeout_s
         busy = p.target in act.in_flight or any(x in act.in_flight for x in self._aux_targets(ctl))
@@ -422,13 +433,22 @@ class Tick(ReleaseTick):
         return (f"gpu:{top.gpu}",) if top is not None and top.gpu is not None and top.lever == RESIZE else ()
 
     def _fail(
-        self, t: TenantSpec, p: Pending, kind: str, reason: str, evidence: dict[str, Any], stopped: bool = True
+        self,
+        t: TenantSpec,
+        p: Pending,
+        kind: str,
+        reason: str,
+        evidence: dict[str, Any],
+        stopped: bool = True,
+        down_s: float | None = None,
     ) -> None:
         """Undo a failed operation's step. Its outage was charged to the budget when it was taken:
         one the actuators say never stopped the tenant (nvidia-smi refused the change) is given
         back. (One that lasted longer than charged, a copy that never got ready and then the move
         back, keeps its charge: charged in full it left no budget for the lever's second try, which
-        was what cut those tails.)"""
+        was what cut those tails.) A move the actuators failed after stopping the tenant left a
+        backlog of its `down_s` (or, not reported, the readiness wait and a relaunch back): its
+        windows settle as after a restart of the tenant's own, not judged as interference."""
         policy = self.spec.policy
         ctl = self.tenants[t.name]
         outages = ctl.outages
@@ -460,6 +480,11 @@ class Tick(ReleaseTick):
         # The actuators' word that its new copy never got ready (or exited): a relaunch that failed.
         # A timeout is no such word (a report lost, or an operation hung before any relaunch).
         relaunched = kind == "fail" and stopped and p.lever in (PLACE, RESIZE)
+        backlog: dict[str, Any] = {}
+        if relaunched:
+            down = down_s if down_s is not None else self._failed_outage(t, spent)
+            backlog, settle, _longest = self._backlog_settle(ctl, down)
+            evidence = {**evidence, "settle_s": round(settle, 1)}
         ctl = evolve(
             ctl,
             stack=stack,
@@ -475,6 +500,7 @@ class Tick(ReleaseTick):
             target=target,
             last_reason=reason,
             outage_watch=None,  # a failed operation measures nothing of what an outage costs
+            **backlog,
         )
         self.tenants[t.name] = ctl
         self.emit(

@@ -110,3 +110,23 @@ def test_a_resumed_state_with_more_failures_than_relaunches_is_refused():
         ControllerState.from_data(data)
     del data["tenants"]["llm"]["relaunch_fails"], data["tenants"]["llm"]["relaunches"]
     assert ControllerState.from_data(data).tenant("llm").relaunches == 0
+
+
+def test_a_failed_moves_backlog_is_not_judged_as_interference():
+    """The tenant was down 125 s for a move whose new copy never got ready; serving again, its
+    backlog puts every request over the SLO for minutes. That is our outage's, not interference's:
+    its windows settle as after a restart of its own, and nothing escalates on them (before, the
+    backlog's share bought the next lever as soon as the backoff ended)."""
+    spec = example_spec(Policy(**UNPRICED_OUTAGES, guards=False, mps=False))
+    state, esc, _d = _bought(spec)
+    failed_at = esc.t + 2.0
+    state = _failed(state, failed_at, spec, 125.0)
+    ctl = state.tenant("llm")
+    assert ctl.drained_from == failed_at + 125.0 and ctl.settle_until is not None
+    assert ctl.settle_until >= failed_at + 125.0
+    t = failed_at + 2.0
+    for _ in range(100):  # 200 s of the backlog's windows, past the backoff (60 s)
+        d = decide(state, _counted(t, 200, 200.0, 9.0), spec)
+        state = d.state
+        assert not [e for e in d.events if e.kind == "escalate"], t
+        t += 2.0

@@ -155,13 +155,13 @@ def test_failed_move_backs_off_and_tries_the_next_lever():
     spec = example_spec(MECHANICS)
     state = _judged(spec)
     state, ds = run(spec, state, stream(40, 3, 0.020))
-    bad = [
-        replace(o, actuation=ActuationStatus(outcomes=(Outcome("tenant:llm", False, "readiness deadline", 50),)))
-        for o in stream(50, 1, 0.020)
-    ]
-    state, ds = run(spec, state, bad)
+    # the actuators' word: its new copy was not ready by the deadline, the tenant down for 10 s
+    no = ActuationStatus(outcomes=(Outcome("tenant:llm", False, "readiness deadline", 50, 10.0),))
+    state, ds = run(spec, state, [replace(o, actuation=no) for o in stream(50, 1, 0.020)])
     (e,) = events(ds)
     assert e.kind == "fail" and e.level_to == "guarded" and e.evidence["backoff_s"] == spec.policy.backoff_s
+    # its backlog settles (a cooldown at least) as after a restart of its own: not interference
+    assert e.evidence["settle_s"] == max(spec.policy.cooldown_s, 10.0)
     assert "llm" not in ds[-1].desired.placements or ds[-1].desired.placements["llm"] == HOME
     ctl = state.tenant("llm")
     assert ctl.backoff_until == 50 + spec.policy.backoff_s

@@ -102,11 +102,13 @@ def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> _Columns:
     t0: datetime | None = None
     for n, row in rows:
         try:
+            if len(row) < 2:
+                raise ValueError(f"{len(row)} field(s); a row is TIMESTAMP,ContextTokens[,GeneratedTokens]")
             ts = datetime.fromisoformat(row[0].strip()[:26])
             tok = _context(row[1], "ContextTokens")
             gen = _generated(row[2], "GeneratedTokens") if len(row) > 2 and row[2].strip() else 0.0
             at = (ts - (t0 or ts)).total_seconds()
-        except (ValueError, IndexError, TypeError, OverflowError) as e:  # TypeError: naive and aware times mixed
+        except (ValueError, TypeError, OverflowError) as e:  # TypeError: naive and aware times mixed
             raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
         t0 = t0 or ts
         times.append(at)
@@ -118,15 +120,18 @@ def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> _Columns:
 def _burstgpt(path: str, rows: Iterator[tuple[int, list[str]]], cols: list[int]) -> _Columns:
     times, tokens, generated = _columns()
     at_col, tok_col, gen_col = cols
+    need = max(cols) + 1  # fields up to the last of the three read (a short row: a cut-off line)
     for n, row in rows:
         if not any(c.strip() for c in row):
             continue  # a blank line
         try:
+            if len(row) < need:
+                raise ValueError(f"{len(row)} field(s); the header puts Timestamp and the token counts in {need}")
             at = float(row[at_col])
             if not math.isfinite(at):
                 raise ValueError("Timestamp must be finite")
             tok, gen = _context(row[tok_col], "Request tokens"), _generated(row[gen_col], "Response tokens")
-        except (ValueError, IndexError, OverflowError) as e:
+        except (ValueError, OverflowError) as e:
             raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
         times.append(at)
         tokens.append(tok)

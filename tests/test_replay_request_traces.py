@@ -75,12 +75,16 @@ def test_azure_with_a_byte_order_mark(tmp_path: Path) -> None:
             MOONCAKE.replace('"output_length": 26,', '"output_length": 26, "output_length": 9,'),
             ":2: bad line: key 'output_length' given twice in one object",
         ),
+        ("b.csv", BURSTGPT.replace("118,GPT-4,417,276,693,Conversation log", "118,GPT-4"), ":4: bad row"),
+        ("a.csv", AZURE + "2023-11-16 18:15:52.1\n", ":4: bad row"),
         ("x.csv", "time,tokens\n1,2\n", ":1: not a request trace this reads"),
         ("e.csv", "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n", ": no requests"),
     ],
     ids=[
         "negative-tokens",
         "nan-time",
+        "burstgpt-short-row",
+        "azure-short-row",
         "mooncake-key",
         "mooncake-json",
         "mooncake-array",
@@ -94,6 +98,7 @@ def test_a_bad_line_is_named(tmp_path: Path, name: str, text: str, says: str) ->
     with pytest.raises(ValueError, match="^" + path) as e:
         read_request_trace(path)
     assert says in str(e.value)
+    assert "index out of range" not in str(e.value)  # a cut-off row says how many fields it has
 
 
 def test_a_scenario_replays_a_burstgpt_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -358,6 +358,7 @@ class PolicyConfig(Strict):
     outage_burst_wait: bool = True
     outage_tail_margin: float = Field(1.5, ge=0, le=100)  # 0: no check
     outage_window_anchor_s: float | None = Field(None, ge=0, le=1e11)  # Unix time; none: the first request
+    outage_tail_prior_s: float = Field(0.0, ge=0, le=7 * 86400)  # 0: the rate ahead as read
     guard_cost_share: float = Field(0.05, ge=0, le=1)  # 0: no limit
     guard_budget_window_s: float = Field(3600.0, ge=60, le=90 * 86400)
     backoff_s: float = Field(60.0, ge=0)
@@ -421,6 +422,7 @@ class PolicyConfig(Strict):
             outage_burst_wait=self.outage_burst_wait,
             outage_tail_margin=self.outage_tail_margin or None,
             outage_window_anchor_s=self.outage_window_anchor_s,
+            outage_tail_prior_s=self.outage_tail_prior_s,
             guard_cost_share=self.guard_cost_share or None,
             guard_budget_window_s=self.guard_budget_window_s,
             backoff_s=self.backoff_s,

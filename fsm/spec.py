@@ -154,6 +154,12 @@ class Policy:
     # Where the windows of that p99 start (seconds on the observations' clock: Unix time live, e.g.
     # a midnight UTC); None: at the tenant's first request, one window after another.
     outage_window_anchor_s: float | None = None
+    # Early in a tenant's life its rate is read off a few minutes, and a lever is asked for when the
+    # load is up: the tail check may count the window's requests to come at the rate ahead times
+    # watched / (watched + this many seconds), a prior of that much quiet. 0: at the rate ahead as
+    # read. Off: on six seeds 120 s took 3 of 13 worse-than-static cases away for 6% more requests
+    # over the SLO, 300 s 9 of 13 for 11% (docs/results.md, "Early levers, a prior of quiet").
+    outage_tail_prior_s: float = 0.0
     # The capped tenants' side: a guard may hold each capped tenant at its caps for at most this
     # share of the time it runs (both exponentially weighted over guard_budget_window_s), and at
     # least rate_tau_s (the futility stop's first look at whether the guard helps); past it

@@ -229,7 +229,8 @@ class TickBase:
         """Why the lever's outage would lift the tenant's p99 over its window ("" when it would not).
         The requests the outage holds past the tail the tenant has now (longer than its headroom,
         _headroom) land in the window's top 1% (outage_tail); a cure takes out of that only
-        efficacy x 1% of the requests left in the window, counted at the rate ahead (_rate_ahead).
+        efficacy x 1% of the requests left in the window, counted at the rate ahead (_rate_ahead;
+        with `outage_tail_prior_s`, times watched / (watched + it): a rate read off minutes).
         Bought late in the window, a lever that pays on the requests over the SLO still lifts the
         quantile; `outage_tail_margin` allows for a cure that comes short or a rate that falls
         (docs/decisions.md, "The tail an outage adds"). The window is the outage budget's, counted
@@ -248,14 +249,20 @@ class TickBase:
         meets = self._rate_held(t, c)
         held = outage_cost(meets, c.outage_s, headroom, c.rho) * c.scale
         share = outage_tail(t.quantile)
-        freed = c.efficacy * share * self._rate_ahead(ctl, c.rate_rps) * left
+        ahead = self._rate_ahead(ctl, c.rate_rps)
+        prior = policy.outage_tail_prior_s
+        watched = self.obs.t - since
+        if prior > 0:  # a prior of quiet: a rate read off minutes is weighed against it
+            ahead *= watched / (watched + prior)
+        freed = c.efficacy * share * ahead * left
         if held * margin <= freed:
             return ""
+        quiet = f", {watched:.0f} s watched against outage_tail_prior_s {prior:g}" if prior > 0 else ""
         return (
             f"its outage would hold {held:.0f} requests ({meets:.3g} req/s) past the tail ({tail:.3g} s,"
             f" headroom {headroom:.3g} s)"
             f" where a cure frees {freed:.0f} of the top {share:.0%} in the {left:.0f} s left of the window"
-            f" (outage_tail_margin {margin:g}): the tail's quantile would rise"
+            f" (outage_tail_margin {margin:g}{quiet}): the tail's quantile would rise"
         )
 
     def _rate_held(self, t: TenantSpec, c: LeverCost) -> float:

@@ -49,6 +49,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "outage_spread_sigmas": (0, False, 10, False),
     "outage_tail_margin": (0, False, 100, False),
     "outage_window_anchor_s": (0, False, 1e11, False),
+    "outage_tail_prior_s": (0, False, 7 * DAY, False),
     "guard_cost_share": (0, False, 1, False),
     "guard_budget_window_s": (60, False, 90 * DAY, False),
     "backoff_s": (0, False, None, False),

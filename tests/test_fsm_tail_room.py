@@ -252,3 +252,19 @@ def test_silent_ticks_count_in_the_usual_rate():
     halves = _usual_after(lambda i: 40 if i % 2 == 0 else 0, 500)
     assert steady == pytest.approx(10.0, rel=0.02)
     assert halves == pytest.approx(10.0, rel=0.05)
+
+
+def test_a_prior_of_quiet_waits_for_the_rate_to_be_watched():
+    # outage_tail_prior_s: the requests to come are counted at the rate ahead x watched / (watched
+    # + the prior), so an early resize that the rate read off its first two minutes lets through
+    # waits until the tenant has been watched long enough for its room to hold the outage: here
+    # 845 requests x 1.5 against 1% of ~100/s over the ~3,400 s left, x w / (w + 1,000): w ~ 580 s
+    events = _events(120.0, 300, outage_tail_prior_s=1000.0)
+    first = events[0]
+    assert first.kind == "hold" and "124 s watched against outage_tail_prior_s 1000)" in first.reason
+    taken = _taken(events)
+    assert taken and taken[0].lever == "resize"
+    assert 540.0 < taken[0].t < 620.0
+    assert all(e.kind == "hold" for e in events if e.t < taken[0].t)
+    # without the prior (the default) the same resize is taken as soon as the tail is judged
+    assert _taken(_events(120.0, 300))[0].t < 200.0

@@ -101,6 +101,8 @@ def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> _Columns:
     times, tokens, generated = _columns()
     t0: datetime | None = None
     for n, row in rows:
+        if not any(c.strip() for c in row):
+            continue  # a blank line (as BurstGPT's and Mooncake's readers skip them)
         try:
             if len(row) < 2:
                 raise ValueError(f"{len(row)} field(s); a row is TIMESTAMP,ContextTokens[,GeneratedTokens]")

@@ -55,6 +55,12 @@ def test_mooncake_milliseconds(tmp_path: Path) -> None:
     assert tok.tolist() == [655.0, 672.0, 655.0] and gen.tolist() == [52.0, 26.0, 52.0]
 
 
+def test_azure_blank_lines_are_skipped(tmp_path: Path) -> None:
+    head, first, second = AZURE.splitlines()
+    t, tok, _ = read_request_trace(_trace(tmp_path, "a.csv", f"{head}\n\n{first}\n  \n{second}\n\n"))
+    assert t.tolist() == pytest.approx([0.0, 4.314579]) and tok.tolist() == [374.0, 396.0]
+
+
 def test_azure_with_a_byte_order_mark(tmp_path: Path) -> None:
     """A CSV saved by a spreadsheet starts with a byte-order mark: the header is still the header."""
     t, tok, gen = read_request_trace(_trace(tmp_path, "a.csv", "\ufeff" + AZURE))

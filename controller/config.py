@@ -607,11 +607,15 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         data = loads_toml(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, [f"TOML syntax: {e}"]) from None
+    return config_from_data(data, file)
+
+
+def config_from_data(data: Any, file: str = "<config>") -> Config:
+    """The validated config of parsed TOML: every problem named by its key path (ConfigError)."""
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        problems = problems_of(e, data)
-        raise ConfigError(file, problems) from None
+        raise ConfigError(file, problems_of(e, data)) from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -15,17 +15,18 @@ sensitive tenants that restart on their own, a deploy or a crash every 1-24 hour
 aggressors that write to their drives where they read them; with --cgroup-v1, caps by cgroup v1's
 blkio, which does not hold buffered writes; with --tight-slos, SLOs at 0.2-0.8 of the scenario's,
 often under what the tenant reaches on a quiet host; with --vm-topology, the controller sees the
-PCIe tree a VM shows, not the host's; with --trace PATH, every trace-driven tenant's arrivals
-from another real request trace, as busy in its busy seconds as the bundled one; with --alone,
-a third run per case, the sensitive tenants alone: what the neighbours added, and how much of it
-full cured),
+PCIe tree a VM shows, not the host's; with --uptime, sensitive servers that were up for 10
+minutes to 24 hours before the controller began (their counters hold it); with --trace PATH,
+every trace-driven tenant's arrivals from another real request trace, as busy in its busy seconds
+as the bundled one; with --alone, a third run per case, the sensitive tenants alone: what the
+neighbours added, and how much of it full cured),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
                                [--policy KEY=VALUE ...] [--exact-latency] [--bursts] [--protect]
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
                                [--signals] [--actuation] [--duty] [--restarts] [--writes] [--cgroup-v1]
-                               [--tight-slos] [--vm-topology] [--scenario KEY=VALUE ...] [--tick-s S]
+                               [--tight-slos] [--vm-topology] [--uptime] [--scenario KEY=VALUE ...] [--tick-s S]
                                [--trace PATH] [--alone]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
@@ -235,6 +236,7 @@ def perturb(
     cgroup_v1: random.Random | None = None,
     tight_slos: random.Random | None = None,
     vm_topology: random.Random | None = None,
+    uptime: random.Random | None = None,
     trace: Path | None = None,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
@@ -274,7 +276,11 @@ def perturb(
     an operator's SLO that no lever meets, whose tail is the tenant's own. `vm_topology` (one of its
     own): the controller sees the PCIe tree a VM shows ([scenario.signals] topology), every device
     behind one root complex or each on its own (odds one half each), the physics the host's.
-    `trace` (no draw): every trace-driven tenant's trace replaced by this one first (_retrace)."""
+    `uptime` (one of its own): each sensitive tenant's server was up, with odds one half, for 10
+    minutes to 24 hours (log-uniform) before the run and the controller began: its latency source's
+    counters hold those requests at the first scrape, as a daemon started on a busy host finds them
+    (the run's arrivals are unchanged). `trace` (no draw): every trace-driven tenant's trace
+    replaced by this one first (_retrace)."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -366,6 +372,9 @@ def perturb(
                         notes.append(f"{who} bursts x{req['burst_ratio']:.1f}")
                 if low_rates is not None:
                     _low_rate(req, float((t.get("schedule") or {}).get("level", 1.0)), low_rates, notes, who)
+                if uptime is not None and uptime.random() < 0.5:
+                    req["uptime_s"] = round(_log_uniform(uptime, 600.0, 86400.0))
+                    notes.append(f"{who} up {req['uptime_s']} s before")
                 if t.get("relaunch_s") is not None and "relaunch_s" not in meta:
                     _scale(t, "relaunch_s", rng, 0.5, 2.0, notes, who)
             elif t.get("role") in SHIFTABLE:
@@ -388,7 +397,7 @@ def perturb(
 # perturb's extra generators, by keyword; each is a command-line flag (low_quantiles: --low-quantiles)
 GENERATORS = (
     "bursts", "protect", "quantiles", "shapes", "low_quantiles", "traces", "low_rates", "signals", "actuation",
-    "duty", "restarts", "writes", "cgroup_v1", "tight_slos", "vm_topology",
+    "duty", "restarts", "writes", "cgroup_v1", "tight_slos", "vm_topology", "uptime",
 )  # fmt: skip
 
 
@@ -623,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cgroup-v1", action="store_true", help="caps by cgroup v1 blkio: 30-90%% of writes buffered")
     ap.add_argument("--tight-slos", action="store_true", help="SLOs at 0.2-0.8 of the scenario's (often unmet)")
     ap.add_argument("--vm-topology", action="store_true", help="the controller sees a VM's PCIe tree, not the host's")
+    ap.add_argument(
+        "--uptime", action="store_true", help="sensitive servers up 10 min-24 h before the controller (half of them)"
+    )
     ap.add_argument(
         "--scenario",
         action="append",

@@ -494,7 +494,13 @@ def _slo_bucket_check(name: str, sampler: object, readable: str) -> Check:
     (controller.signals.latency.slo_inside_bucket: the daemon logs the same at its first scrape)."""
     from controller.signals.latency import PrometheusLatencySampler
 
-    note = sampler.bucket_note() if isinstance(sampler, PrometheusLatencySampler) else None
+    prom = sampler if isinstance(sampler, PrometheusLatencySampler) else None
+    note = prom.bucket_note() if prom is not None else None
+    if prom is not None and not prom.history_known:
+        readable += (
+            "; no process_start_time_seconds in the scrape: the tenant's rate before tailguard started is not"
+            " known (a multiprocess server exports none; docs/decisions.md, \"A tenant's history\")"
+        )
     if note is None:
         return Check(name, OK, readable)
     return Check(name, WARN, f"{readable}; {note[0]}", note[1])

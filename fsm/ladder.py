@@ -19,7 +19,7 @@ from fsm.evidence import update as update_evidence
 from fsm.evolve import evolve
 from fsm.guardbudget import charge_guards
 from fsm.levercost import MAX_RHO, LeverCost, measured_scale
-from fsm.observation import LatencyWindow, Observation
+from fsm.observation import LatencyWindow, Observation, TenantSample
 from fsm.quantiles import Verdict
 from fsm.spec import HostSpec, Level, Role, TenantSpec
 from fsm.state import ControllerState, Pending, Step, TenantCtl
@@ -196,6 +196,13 @@ class Tick(ReleaseTick):
             bad = w.bad or 0.0
             served_n, served_s = ctl.served
             dt = self.windows.get(t.name, (0.0, 0.0))[1]
+            hist_n, hist_s = ctl.history
+            if hist_s > 0.0:
+                upd["history"] = (hist_n * keep, hist_s * keep)
+            elif served_s <= 0.0 < dt:  # its first window of known seconds: what its server did before
+                prior = served_before(ts, w.count + served_n, dt, policy.outage_budget_window_s)
+                if prior is not None:
+                    upd["history"] = prior
             upd.update(
                 overspend=ctl.overspend * keep + bad - (1.0 - t.quantile) * w.count,
                 overspend_t=now,
@@ -658,6 +665,24 @@ class Tick(ReleaseTick):
         if lever == PLACE:
             return self._place(t, diag, window)
         return self._resize(t, diag, window)
+
+
+def served_before(ts: TenantSample | None, counted: float, dt: float, tau: float) -> tuple[float, float] | None:
+    """The tenant's history (TenantCtl.history) at its first window of known seconds (`dt`): the
+    requests its source counted since its server started less those the controller has `counted`
+    (this window's, and a first one's without seconds), over the seconds it ran before this window
+    (TenantSample.served_total, uptime_s); that rate over the tau x (1 - e^(-U/tau)) seconds the
+    decay keeps of U, as `served` would hold them had the controller watched since the server
+    started. A controller that starts on a busy host then knows the tenant's usual rate from its
+    first minute, not only the rate of that minute (docs/decisions.md, "A tenant's history").
+    None: nothing known."""
+    if ts is None or ts.served_total is None or ts.uptime_s is None:
+        return None
+    before_n, before_s = ts.served_total - counted, ts.uptime_s - dt
+    if before_s <= 0 or before_n < 0:  # started in this window, or counters that do not add up
+        return None
+    s = -tau * math.expm1(-before_s / tau)
+    return before_n / before_s * s, s
 
 
 def _moved_until(ctl: TenantCtl, now: float) -> tuple[float, float]:

@@ -107,6 +107,11 @@ class TenantSample:
     # deploy, an out-of-memory kill, a crash: its latency source's counters went back to zero):
     # about the seconds it served nothing (the span of scrapes that failed meanwhile)
     restarted_s: float | None = None
+    # Its history before the controller first saw it: the requests its latency source counted since
+    # the server started (a histogram's cumulative _count at this scrape, this window's included)
+    # and the seconds since it started (process_start_time_seconds). None: not known.
+    served_total: float | None = None
+    uptime_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

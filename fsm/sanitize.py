@@ -147,7 +147,7 @@ def _rates(m: Mapping[Any, float], where: str, reasons: Counter[str]) -> Mapping
 # "look closer" rather than skip a field.
 FIELDS_READ: dict[type, tuple[frozenset[str], frozenset[str]]] = {
     TenantSample: (
-        frozenset({"throughput", "pcie_bps", "outage_s", "restarted_s"}),
+        frozenset({"throughput", "pcie_bps", "outage_s", "restarted_s", "served_total", "uptime_s"}),
         frozenset({"io_pressure", "cpu_pressure"}),
     ),
     LatencyWindow: (frozenset({"count", "p50", "p99", "p999", "over_slo"}), frozenset()),
@@ -210,6 +210,8 @@ def _all_fine(obs: Observation) -> bool:
     plain += [t.pcie_bps for t in tenants]
     plain += [t.outage_s for t in tenants]
     plain += [t.restarted_s for t in tenants]
+    plain += [t.served_total for t in tenants]
+    plain += [t.uptime_s for t in tenants]
     plain += [w.count for w in windows]
     plain += [w.p50 for w in windows]
     plain += [w.p99 for w in windows]

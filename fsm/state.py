@@ -93,6 +93,10 @@ class TenantCtl:
     # The same windows' sum of count^2 / seconds: with `served`, the spread of the per-tick counts
     # (their index of dispersion), which prices the burst an outage may meet (tick_base._charged_s).
     served_sq: float = 0.0
+    # Requests and seconds of the tenant's history before it was watched (its source's count since
+    # its server started: TenantSample.served_total, uptime_s; ladder.served_before), weighted and
+    # decayed as `served`: they join it in the usual rate, never in the spread, which is watched.
+    history: tuple[float, float] = (0.0, 0.0)
     # When the last latency window came, once a tick has brought none (None: the last tick had one,
     # as nearly every tick has). A tick whose source was not read brings none, and the next window
     # holds both ticks' requests (a histogram's counters run on): its span is from here, not from

@@ -361,14 +361,16 @@ class TickBase:
         usual = _usual_rate(ctl)
         if usual is None:
             return seconds, seconds
-        s = ctl.served[1]
+        n, s = ctl.served
         charged = seconds * max(1.0, self._rate_now(t, usual) / usual)
         dt = self.windows.get(t.name, (0.0, 0.0))[1]
         sigmas = self.spec.policy.outage_spread_sigmas
-        if dt <= 0 or sigmas <= 0:
+        if dt <= 0 or sigmas <= 0 or s <= 0 or n <= 0:
             return charged, charged
-        # counts over dt: variance / mean = dt x the seconds-weighted variance of the rate / its mean
-        dispersion = dt * max(0.0, ctl.served_sq / s - usual * usual) / usual
+        # counts over dt: variance / mean = dt x the seconds-weighted variance of the rate / its mean,
+        # over the windows watched (a history has a count, not a spread)
+        watched = n / s
+        dispersion = dt * max(0.0, ctl.served_sq / s - watched * watched) / watched
         expected = usual * seconds
         spread = sigmas * math.sqrt(max(0.0, dispersion - 1.0) * expected)
         return charged, max(charged, (expected + spread) / usual)
@@ -524,6 +526,7 @@ class TickBase:
             "overspend": min(0.0, self._overspent(ctl, 0.0)),
             "overspend_t": self.obs.t,
             "served": (ctl.served[0] * keep, ctl.served[1] * keep),
+            "history": (ctl.history[0] * keep, ctl.history[1] * keep),
             "served_sq": ctl.served_sq * keep,
             "episode_n": 0.0,
             "episode_bad": 0.0,
@@ -760,8 +763,11 @@ def _dwell(dwell_s: float, flaps: int) -> float:
 
 def _usual_rate(ctl: TenantCtl) -> float | None:
     """The tenant's usual rate: its requests over the seconds of its windows (empty ones too, once
-    it has had requests), weighted over the outage budget's window (None before it has served any)."""
+    it has had requests), weighted over the outage budget's window, with its history before it was
+    watched where its source told it (TenantCtl.history; None before it has served any)."""
     n, s = ctl.served
+    hn, hs = ctl.history
+    n, s = n + hn, s + hs
     return n / s if s > 0 and n > 0 else None
 
 

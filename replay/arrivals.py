@@ -8,6 +8,7 @@ tick length: every policy sees the same arrivals and noise (common random number
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from replay.request_traces import read_request_trace
 from replay.scenario import Requests, resolve_data
 
 CHUNK_S = 600.0  # arrivals are generated this many simulated seconds at a time
+HISTORY_STEP_S = 60.0  # RequestStream.history: the schedule's level is read once a minute
 
 
 @cache
@@ -69,6 +71,24 @@ class RequestStream:
         self.next_t: float | None = None  # gamma: the first arrival past the generated chunks
         self.burst = False  # mmpp: the state now, and when it ends
         self.state_end: float | None = None
+
+    def history(self, uptime_s: float, level: Callable[[float], float], rng: np.random.Generator) -> int:
+        """Requests that arrived in the `uptime_s` seconds before the run: the trace's (it cycles
+        backwards as forwards) or the process's, thinned by the schedule's `level` per minute, drawn
+        from `rng` (never the stream's: the run's arrivals stay those of uptime 0). A process's count
+        is Poisson's at its mean rate (a Gamma or MMPP process's spread over hours is not modelled)."""
+        if uptime_s <= 0:
+            return 0
+        edges = np.append(np.arange(-uptime_s, 0.0, HISTORY_STEP_S), 0.0)
+        mids = (edges[:-1] + edges[1:]) / 2
+        levels = np.array([level(float(x)) for x in mids])
+        if self.trace is None:
+            assert self.req.rate is not None
+            return int(rng.poisson(float(np.sum(self.req.rate * levels * np.diff(edges)))))
+        times = self.trace[0]
+        cum = np.floor(edges / self.cycle) * times.size + np.searchsorted(times, np.mod(edges, self.cycle), "left")
+        per_bin = np.diff(cum).astype(np.int64)
+        return int(np.sum(rng.binomial(per_bin, np.clip(levels, 0.0, 1.0))))
 
     def _gamma(self, a: float, b: float, rate: float) -> Array:
         """Arrivals in [a, b) of a renewal process with Gamma gaps (mean 1/rate, CV req.cv)."""

@@ -114,6 +114,9 @@ class Requests(_Strict):
     # a request trace (replay/request_traces.py: Azure, BurstGPT, Mooncake), relative to the file
     trace: str | None = Field(None, min_length=1)
     trace_speed: float = Field(1.0, gt=0, le=10_000)  # replay the trace this many times faster
+    # Seconds its server had served before the run (and the controller) began: its latency
+    # source's counters hold those requests at the first scrape (TenantSample.served_total)
+    uptime_s: float = Field(0.0, ge=0, le=MAX_DURATION_S)
     # context tokens per request when arrivals come from `rate` (a trace's are bounded alike)
     tokens: float = Field(0.0, ge=0, le=MAX_CONTEXT_TOKENS)
     compute_ms: float = Field(ge=0, le=MAX_REQUEST_MS)  # on a 1-slice instance, fixed part

@@ -157,6 +157,10 @@ class HostSim(Actuation, SignalView):
         self.stats = Stats()
         self.last: Observation | None = None
         self.sensitive: dict[str, _Sensitive] = {}
+        # A sensitive tenant's latency source as the live sampler reads it: the requests its
+        # counters hold (since its server last started) and when that was (TenantSample.served_total)
+        self._counted: dict[str, float] = {}
+        self._server_start: dict[str, float] = {}
         self.others: list[TenantConfig] = []
         self.flow_links: dict[str, list[tuple[dict[tuple[str, str], int], str, str]]] = {}  # in force
         # every flow set of every tenant (a rerouted one has several)
@@ -169,6 +173,11 @@ class HostSim(Actuation, SignalView):
                 batch = BatchServer() if cfg.requests.server == "batched" else None
                 slo_s = cfg.slo_ms / 1000.0 if cfg.slo_ms else math.inf
                 self.sensitive[name] = _Sensitive(cfg, cfg.requests, stream, slo_s=slo_s, batch=batch)
+                # Its server's counters at the run's start: the requests of its uptime before it
+                # (own generator: the run's arrivals are the same whatever the uptime).
+                before = np.random.default_rng([seed, host_index, i, 1])
+                self._counted[name] = float(stream.history(cfg.requests.uptime_s, cfg.schedule.active, before))
+                self._server_start[name] = -cfg.requests.uptime_s
             else:
                 self.others.append(cfg)
                 for k, flows in enumerate(cfg.flow_sets()):
@@ -428,7 +437,9 @@ class HostSim(Actuation, SignalView):
                 # sampler takes the seconds since its last answered scrape for the outage.
                 del self._restarting[name]
                 self._restarted[name] = t1 - self._scraped_at.get(name, 0.0)
+                self._counted[name], self._server_start[name] = 0.0, back
             self._scraped_at[name] = t1
+            self._counted[name] += scraped.size
             window[name], q = self._window(scraped, s.slo_s, s.cfg.quantile)
             st.windows.append((t1, name, int(scraped.size), q))
         for cfg in self.others:
@@ -570,6 +581,8 @@ class HostSim(Actuation, SignalView):
                 cpu_pressure=self._cpu_pressure(name, s.cpu_busy),
                 outage_s=self.measured.get(name),
                 restarted_s=self._restarted.get(name),
+                served_total=self._counted[name] if lw is not None else None,
+                uptime_s=t - self._server_start[name] if lw is not None else None,
             )
             for n in topo.path_links(inst.gpu)[:1]:  # the GPU receives H2D bytes, transmits D2H ones
                 rx[n] = rx.get(n, 0.0) + s.rate_bps * (1.0 - s.req.d2h_share)

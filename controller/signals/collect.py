@@ -167,6 +167,8 @@ class SignalCollector:
                 latency=read.window if read is not None else None,
                 throughput=read.throughput if read is not None else None,
                 restarted_s=restarted_s,
+                served_total=read.served_total if read is not None else None,
+                uptime_s=read.uptime_s if read is not None else None,
                 io=c.io if c is not None else None,
                 io_pressure=c.io_pressure if c is not None else None,
                 cpu_pressure=c.cpu_pressure if c is not None else None,

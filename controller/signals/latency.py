@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -17,6 +18,7 @@ from controller.signals.base import InlineOrThread, ParseError, Unavailable
 from controller.signals.http import FetchError, fetch_text
 from controller.signals.promtext import (
     Histogram,
+    PromSample,
     histogram_delta,
     histograms_from_samples,
     parse_samples,
@@ -43,6 +45,21 @@ class LatencyReading:
     # The source restarted since the last scrape that answered (its histogram's counters went back):
     # the seconds since that scrape, about how long it served nothing (TenantSample.restarted_s)
     restarted_s: float | None = None
+    # The requests the source has counted since its server started (the histogram's cumulative
+    # count, this window's included) and the seconds since it started: TenantSample.served_total
+    served_total: float | None = None
+    uptime_s: float | None = None
+
+
+# What prometheus_client's process collector exports by default on Linux (a vLLM server without
+# PROMETHEUS_MULTIPROC_DIR has it): the Unix time its process started.
+START_METRIC = "process_start_time_seconds"
+
+
+def server_start(samples: Sequence[PromSample]) -> float | None:
+    """The unlabelled process_start_time_seconds of a scrape (None: absent, or not one of them)."""
+    found = [s.value for s in samples if s.name == START_METRIC and not s.labels]
+    return found[0] if len(found) == 1 and math.isfinite(found[0]) and found[0] > 0 else None
 
 
 def window_from_histogram(h: Histogram, slo_s: float | None = None) -> LatencyWindow:
@@ -81,7 +98,9 @@ def slo_inside_bucket(slo_s: float | None, bounds: Sequence[float], metric: str)
 
 class PrometheusLatencySampler:
     """Scrapes `<metric>_bucket` and reports the window since the previous scrape. At its first
-    scrape it says, once, when the tenant's SLO falls inside one of the histogram's buckets."""
+    scrape it says, once, when the tenant's SLO falls inside one of the histogram's buckets. With
+    each window goes what the histogram has counted since the server started, and its uptime when
+    the scrape has process_start_time_seconds (against `wall`, the Unix clock)."""
 
     def __init__(
         self,
@@ -92,8 +111,10 @@ class PrometheusLatencySampler:
         timeout_s: float = 1.0,
         fetch: Fetch = fetch_text,
         slo_s: float | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
+        self._wall = wall
         self.slo_s = slo_s  # the tenant's SLO: over_slo is interpolated there
         self.url = url
         self.metric = metric
@@ -102,9 +123,11 @@ class PrometheusLatencySampler:
         self._fetch = fetch
         self._prev: Histogram | None = None
         self._prev_t: float | None = None
+        self._start: float | None = None  # the last scrape's process_start_time_seconds
 
     def parse(self, text: str) -> Histogram | Unavailable:
-        samples = parse_samples(text, [self.metric], self.url)
+        samples = parse_samples(text, [self.metric, START_METRIC], self.url)
+        self._start = server_start(samples)
         h = histograms_from_samples(samples, self.metric, self.labels, self.url)
         if h is None:
             sel = ",".join(f'{k}="{v}"' for k, v in self.labels.items())
@@ -115,6 +138,11 @@ class PrometheusLatencySampler:
     def bounds(self) -> tuple[float, ...]:
         """The bucket upper bounds of the last scrape (empty before one)."""
         return tuple(le for le, _ in self._prev.buckets) if self._prev is not None else ()
+
+    @property
+    def history_known(self) -> bool:
+        """The last scrape had process_start_time_seconds: each window carries the server's history."""
+        return self._start is not None
 
     def bucket_note(self) -> tuple[str, str] | None:
         """slo_inside_bucket for this tenant's SLO and the last scrape's buckets."""
@@ -141,7 +169,10 @@ class PrometheusLatencySampler:
         # A server that restarted counts again from zero: whoever restarted it (tailguard's move,
         # a deploy, a crash), it served nothing from about the last scrape that answered until now.
         down = dt if restarted(h, prev) else None
-        return LatencyReading(window, window.count / dt if dt > 0 else None, down)
+        uptime = self._wall() - self._start if self._start is not None else None
+        up = uptime if uptime is not None and uptime > 0 else None  # a start in the future: a clock off
+        total = h.total if up is not None else None
+        return LatencyReading(window, window.count / dt if dt > 0 else None, down, total, up)
 
 
 class JsonlLatencySampler:

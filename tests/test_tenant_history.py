@@ -1,0 +1,195 @@
+"""A tenant's history before the controller first saw it: the requests its latency source counted
+since its server started and that server's uptime (TenantSample.served_total, uptime_s). The live
+sampler reads them off the scrape (the histogram's cumulative count, process_start_time_seconds),
+the lab gives them for a server up `requests.uptime_s` before the run, and the core seeds the
+tenant's usual rate with them (fsm.ladder.served_before)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tomllib
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+from fakes.fixture_paths import FIXTURES
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+
+from controller.signals.latency import LatencyReading, PrometheusLatencySampler, server_start
+from controller.signals.promtext import parse_samples
+from fsm.decide import decide
+from fsm.ladder import served_before
+from fsm.observation import LatencyWindow, Observation, TenantSample
+from fsm.sanitize import sanitize
+from fsm.spec import HostSpec, Policy, Role, TenantSpec
+from fsm.state import ControllerState
+from fsm.tick_base import _usual_rate
+from fsm.topology import empty_topology
+from replay.arrivals import load_request_trace, trace_cycle
+from replay.scenario import SCENARIO_DIR, scenario_from_data
+from replay.simulator import HostSim
+
+VLLM = (FIXTURES / "vllm-metrics_llama-3.1-8b_v0_excerpt_vllm-docs.prom").read_text()
+TAU = Policy().outage_budget_window_s
+
+
+# -- the core --------------------------------------------------------------------------------------
+def test_served_before_is_the_lifetime_rate_over_the_seconds_the_decay_keeps() -> None:
+    """Up U seconds with N requests before this window: rate N / U, over tau (1 - e^(-U/tau))
+    seconds; the spread is Poisson's (dispersion 1 at this window's seconds)."""
+    ts = TenantSample(served_total=3600.0 + 10.0, uptime_s=7200.0 + 5.0)
+    n, s = served_before(ts, 10.0, 5.0, TAU) or (0.0, 0.0)
+    keep = -TAU * math.expm1(-7200.0 / TAU)
+    assert s == pytest.approx(keep) and n / s == pytest.approx(0.5)
+    long = served_before(TenantSample(served_total=1e9, uptime_s=1e9), 0.0, 5.0, TAU)
+    assert long is not None and long[1] == pytest.approx(TAU)  # weeks of history weigh one window
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        TenantSample(),  # a source without them (JSON lines, MQTT)
+        TenantSample(served_total=100.0),  # no uptime (no process_start_time_seconds)
+        TenantSample(served_total=12.0, uptime_s=4.0),  # started within this window
+        TenantSample(served_total=5.0, uptime_s=600.0),  # fewer than this window's: counters reset
+    ],
+)
+def test_nothing_is_known_without_both_or_when_they_do_not_add_up(ts: TenantSample) -> None:
+    assert served_before(ts, 10.0, 5.0, TAU) is None
+
+
+def _host() -> HostSpec:
+    t = TenantSpec("llm", Role.SENSITIVE, "llm.slice", "gpu0", None, 0.2)
+    return HostSpec(empty_topology(), {"llm": t}, Policy())
+
+
+def _obs(t: float, count: int, history: tuple[float, float] | None) -> Observation:
+    w = LatencyWindow(count, 0.05, 0.1, 0.15, over_slo=0.0)
+    ts = TenantSample(latency=w)
+    if history is not None:
+        ts = replace(ts, served_total=history[0], uptime_s=history[1])
+    return Observation(t=t, tenants={"llm": ts})
+
+
+def test_the_usual_rate_starts_from_the_history_and_without_it_from_the_first_windows() -> None:
+    """A tenant seen at 10 requests/s in its first two windows, whose server served 1 request/s in
+    the 24 hours before: with the history its usual rate is about the day's (tau of it weighs more
+    than 5 s at 10/s), without it the first minute's. The first window spans no known seconds; the
+    second seeds it. The spread of its counts stays that of the windows watched."""
+    spec = _host()
+    day = 86400.0
+    runs = {}
+    sqs = {}
+    for label, hist in (("history", True), ("none", False)):
+        state = ControllerState()
+        for i, t in enumerate((1000.0, 1005.0)):
+            total, up = day * 1.0 + 50.0 * (i + 1), day + 5.0 * (i + 1)
+            state = decide(state, _obs(t, 50, (total, up) if hist else None), spec).state
+        runs[label] = _usual_rate(state.tenants["llm"])
+        sqs[label] = (state.tenants["llm"].served, state.tenants["llm"].served_sq)
+    assert sqs["history"] == sqs["none"]
+    assert runs["none"] == pytest.approx(100.0 / 5.0, rel=1e-3)  # the first window's count without its seconds
+    rate = runs["history"]
+    assert rate is not None and 1.0 < rate < 1.05  # (day's + 50 of the first window) / (tau + 5 s)
+
+
+def test_a_bad_history_is_named_and_dropped() -> None:
+    obs = _obs(1000.0, 5, (-3.0, math.inf))
+    clean, why = sanitize(obs)
+    ts = clean.tenants["llm"]
+    assert ts.served_total is None and ts.uptime_s is None
+    assert set(why) == {"tenant.llm.served_total: negative", "tenant.llm.uptime_s: infinite"}
+
+
+# -- the live sampler ----------------------------------------------------------------------------------
+def _process_lines(start: float) -> str:
+    """What prometheus_client's process collector exports (the real library's text), with its start
+    time set: a vLLM server's /metrics carries these lines unless it runs in multiprocess mode."""
+    reg = CollectorRegistry()
+    ProcessCollector(registry=reg)
+    text = generate_latest(reg).decode()
+    assert "process_start_time_seconds " in text
+    return "".join(
+        f"process_start_time_seconds {start}\n" if line.startswith("process_start_time_seconds ") else line + "\n"
+        for line in text.splitlines()
+    )
+
+
+def test_the_sampler_reads_the_count_so_far_and_the_uptime_off_the_scrape() -> None:
+    page = {"text": VLLM + _process_lines(1_700_000_000.0)}
+
+    async def fetch(url: str, timeout_s: float) -> str:
+        return page["text"]
+
+    async def run() -> None:
+        s = PrometheusLatencySampler("llm", "http://127.0.0.1:1/metrics", fetch=fetch, wall=lambda: 1_700_003_600.0)
+        await s.sample(0.0)
+        r = await s.sample(2.0)
+        assert isinstance(r, LatencyReading)
+        h = s.parse(page["text"])
+        assert not isinstance(h, LatencyReading) and r.served_total == h.total > 0  # type: ignore[union-attr]
+        assert r.uptime_s == pytest.approx(3600.0)
+        page["text"] = VLLM  # multiprocess mode: no process metrics
+        r = await s.sample(4.0)
+        assert isinstance(r, LatencyReading) and r.served_total is None and r.uptime_s is None
+        page["text"] = VLLM + _process_lines(1_700_009_999.0)  # started after the wall clock's now
+        r = await s.sample(6.0)
+        assert isinstance(r, LatencyReading) and r.uptime_s is None and r.served_total is None
+
+    asyncio.run(run())
+
+
+def test_a_labelled_or_repeated_start_is_not_taken() -> None:
+    one = parse_samples("process_start_time_seconds 1.7e9\n", ["process_start_time_seconds"], "x")
+    assert server_start(one) == 1.7e9
+    two = parse_samples(
+        'process_start_time_seconds{pid="1"} 1.7e9\nprocess_start_time_seconds{pid="2"} 1.8e9\n',
+        ["process_start_time_seconds"],
+        "x",
+    )
+    assert server_start(two) is None
+
+
+# -- the lab -------------------------------------------------------------------------------------------
+def _vllm_ttft(uptime_s: float) -> Any:
+    data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))
+    for host in data["hosts"]:
+        for t in host["tenants"]:
+            if t.get("role") == "sensitive":
+                t["requests"]["uptime_s"] = uptime_s
+    return scenario_from_data(data, "vllm-ttft")
+
+
+def test_the_lab_counts_the_trace_before_the_run_and_leaves_the_run_as_it_was() -> None:
+    """Up 2 h before: the first window's served_total is the trace's requests in the 2 h before its
+    start (it cycles backwards too) thinned by the schedule, plus the window's; uptime is 2 h plus
+    the run's seconds. The run's own arrivals and latencies are those of uptime 0 (its own draws)."""
+    up = 7200.0
+    runs = {}
+    for u in (0.0, up):
+        sc = _vllm_ttft(u)
+        sim = HostSim(sc.hosts[0], sc.meta, sc.meta.seed)
+        obs = [sim.advance() for _ in range(40)]
+        runs[u] = (sc, sim, obs)
+    sc, sim, obs = runs[up]
+    name = next(iter(sim.sensitive))
+    first = next(o for o in obs if o is not None and o.tenants[name].latency is not None)
+    ts = first.tenants[name]
+    assert ts.uptime_s == pytest.approx(up + first.t)
+    req = sim.sensitive[name].req
+    times = load_request_trace(str(SCENARIO_DIR.parent / "data" / str(req.trace)))[0] / req.trace_speed
+    cycle = trace_cycle(times * req.trace_speed) / req.trace_speed
+    k = math.ceil(up / cycle)
+    before = sum(int(np.sum(times >= j * cycle - up)) for j in range(1, k + 1))  # the cycles' tails
+    level = sim.sensitive[name].cfg.schedule.active(-1.0)
+    history = (ts.served_total or 0.0) - ts.latency.count  # type: ignore[union-attr]
+    assert history == pytest.approx(before * level, rel=0.05)
+    base = runs[0.0][1].stats
+    assert base.served == sim.stats.served
+    for a, b in zip(base.latencies, sim.stats.latencies, strict=True):
+        assert np.array_equal(a, b)
+    plain = runs[0.0][2]
+    w0 = next(o for o in plain if o is not None and o.tenants[name].latency is not None).tenants[name]
+    assert w0.served_total == w0.latency.count and w0.uptime_s == pytest.approx(first.t)  # type: ignore[union-attr]

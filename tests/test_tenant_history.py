@@ -17,6 +17,7 @@ import pytest
 from fakes.fixture_paths import FIXTURES
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
+from controller.signals.base import Unavailable
 from controller.signals.latency import LatencyReading, PrometheusLatencySampler, server_start
 from controller.signals.promtext import parse_samples
 from fsm.decide import decide
@@ -129,7 +130,7 @@ def test_the_sampler_reads_the_count_so_far_and_the_uptime_off_the_scrape() -> N
         r = await s.sample(2.0)
         assert isinstance(r, LatencyReading)
         h = s.parse(page["text"])
-        assert not isinstance(h, LatencyReading) and r.served_total == h.total > 0  # type: ignore[union-attr]
+        assert not isinstance(h, Unavailable) and r.served_total == h.total > 0
         assert r.uptime_s == pytest.approx(3600.0)
         page["text"] = VLLM  # multiprocess mode: no process metrics
         r = await s.sample(4.0)
@@ -139,6 +140,40 @@ def test_the_sampler_reads_the_count_so_far_and_the_uptime_off_the_scrape() -> N
         assert isinstance(r, LatencyReading) and r.uptime_s is None and r.served_total is None
 
     asyncio.run(run())
+
+
+def test_the_collector_puts_the_history_in_the_tenant_sample() -> None:
+    """From the scrape to the observation the decision core gets (controller/signals/collect.py)."""
+    from controller.config import parse_config
+    from controller.signals.collect import SignalCollector
+
+    page = VLLM + _process_lines(1_700_000_000.0)
+
+    async def fetch(url: str, timeout_s: float) -> str:
+        return page
+
+    cfg = parse_config(
+        """
+[[tenants]]
+name = "llm"
+role = "sensitive"
+slo_ms = 100
+latency = { kind = "prometheus", url = "http://127.0.0.1:1/metrics" }
+"""
+    )
+    sampler = PrometheusLatencySampler(
+        "latency:llm", "http://127.0.0.1:1/metrics", fetch=fetch, wall=lambda: 1_700_000_600.0
+    )
+
+    async def run() -> Observation:
+        c = SignalCollector(cfg, empty_topology(), [sampler])
+        await c.collect(100.0)
+        return await c.collect(102.0)
+
+    ts = asyncio.run(run()).tenants["llm"]
+    assert ts.latency is not None and ts.uptime_s == pytest.approx(600.0)
+    h = sampler.parse(page)
+    assert not isinstance(h, Unavailable) and ts.served_total == h.total
 
 
 def test_a_labelled_or_repeated_start_is_not_taken() -> None:
@@ -184,7 +219,8 @@ def test_the_lab_counts_the_trace_before_the_run_and_leaves_the_run_as_it_was() 
     k = math.ceil(up / cycle)
     before = sum(int(np.sum(times >= j * cycle - up)) for j in range(1, k + 1))  # the cycles' tails
     level = sim.sensitive[name].cfg.schedule.active(-1.0)
-    history = (ts.served_total or 0.0) - ts.latency.count  # type: ignore[union-attr]
+    assert ts.latency is not None and ts.served_total is not None
+    history = ts.served_total - ts.latency.count
     assert history == pytest.approx(before * level, rel=0.05)
     base = runs[0.0][1].stats
     assert base.served == sim.stats.served
@@ -192,4 +228,4 @@ def test_the_lab_counts_the_trace_before_the_run_and_leaves_the_run_as_it_was() 
         assert np.array_equal(a, b)
     plain = runs[0.0][2]
     w0 = next(o for o in plain if o is not None and o.tenants[name].latency is not None).tenants[name]
-    assert w0.served_total == w0.latency.count and w0.uptime_s == pytest.approx(first.t)  # type: ignore[union-attr]
+    assert w0.latency is not None and w0.served_total == w0.latency.count and w0.uptime_s == pytest.approx(first.t)

@@ -251,7 +251,7 @@ class TickBase:
         share = outage_tail(t.quantile)
         ahead = self._rate_ahead(ctl, c.rate_rps)
         prior = policy.outage_tail_prior_s
-        watched = self.obs.t - since
+        watched = self.obs.t - since + ctl.history[1]  # a history's seconds were watched by its source
         if prior > 0:  # a prior of quiet: a rate read off minutes is weighed against it
             ahead *= watched / (watched + prior)
         freed = c.efficacy * share * ahead * left

@@ -39,18 +39,22 @@ def _events(
     median_s: float | None = 0.005,
     shape_from: float | None = None,
     count_at: Callable[[float], int] | None = None,
+    history_s: float = 0.0,
     **policy: object,
 ) -> list[DecisionEvent]:
     """The example host's llm tenant (SLO 15 ms, 5 s relaunch), 10% of its requests over the SLO
     from `bad_from` on (`calm_count` requests per tick before, COUNT from then), its windows' p99
     `tail_s` and median `median_s` from `shape_from` (default `bad_from`; a hold is said once, so a
     test of its figures gives the windows their shape first); `count_at(t)`, where given, the
-    requests per tick instead; its escalations and holds."""
+    requests per tick instead; `history_s`, its server's seconds before the first tick at the calm
+    rate, read off its latency source (TenantSample.served_total, uptime_s); its escalations and
+    holds."""
     spec = example_spec(
         Policy(guards=False, mps=False, placement=False, outage_budget_window_s=WINDOW, **policy)  # type: ignore[arg-type]
     )
     state = ControllerState()
     out = []
+    total = calm_count / TICK * history_s
     for i in range(ticks):
         t = TICK * i
         bad = 0.10 if t >= bad_from else 0.0
@@ -59,6 +63,9 @@ def _events(
         o = example_observation(t, p99, 0.0)
         n = count_at(t) if count_at is not None else COUNT if t >= bad_from else calm_count
         llm = replace(o.tenants["llm"], latency=LatencyWindow(n, p50, p99, p99 * 1.3, over_slo=bad * n))
+        total += n
+        if history_s > 0:
+            llm = replace(llm, served_total=total, uptime_s=history_s + t)
         d = decide(state, replace(o, tenants={**o.tenants, "llm": llm}), spec)
         state = d.state
         out += [e for e in d.events if e.tenant == "llm" and e.kind in ("escalate", "hold")]
@@ -268,3 +275,6 @@ def test_a_prior_of_quiet_waits_for_the_rate_to_be_watched():
     assert all(e.kind == "hold" for e in events if e.t < taken[0].t)
     # without the prior (the default) the same resize is taken as soon as the tail is judged
     assert _taken(_events(120.0, 300))[0].t < 200.0
+    # and so it is with the prior where the tenant's source watched it for an hour before (its
+    # history at the same rate: the rate is no longer read off minutes)
+    assert _taken(_events(120.0, 300, history_s=3600.0, outage_tail_prior_s=1000.0))[0].t < 200.0

@@ -19,7 +19,7 @@ from fsm.evidence import update as update_evidence
 from fsm.evolve import evolve
 from fsm.guardbudget import charge_guards
 from fsm.levercost import MAX_RHO, LeverCost, measured_scale
-from fsm.observation import LatencyWindow, Observation, TenantSample
+from fsm.observation import LatencyWindow, Observation
 from fsm.quantiles import Verdict
 from fsm.spec import HostSpec, Level, Role, TenantSpec
 from fsm.state import ControllerState, Pending, Step, TenantCtl
@@ -36,6 +36,7 @@ from fsm.tick_base import (
     level_rank,
 )
 from fsm.tick_release import ReleaseTick
+from fsm.usual_rate import served_before
 
 # How many times in_flight_timeout_s an operation the actuators report under way may run before it
 # is taken as hung (a cold model start can take minutes past the configured relaunch_s)
@@ -665,24 +666,6 @@ class Tick(ReleaseTick):
         if lever == PLACE:
             return self._place(t, diag, window)
         return self._resize(t, diag, window)
-
-
-def served_before(ts: TenantSample | None, counted: float, dt: float, tau: float) -> tuple[float, float] | None:
-    """The tenant's history (TenantCtl.history) at its first window of known seconds (`dt`): the
-    requests its source counted since its server started less those the controller has `counted`
-    (this window's, and a first one's without seconds), over the seconds it ran before this window
-    (TenantSample.served_total, uptime_s); that rate over the tau x (1 - e^(-U/tau)) seconds the
-    decay keeps of U, as `served` would hold them had the controller watched since the server
-    started. A controller that starts on a busy host then knows the tenant's usual rate from its
-    first minute, not only the rate of that minute (docs/decisions.md, "A tenant's history").
-    None: nothing known."""
-    if ts is None or ts.served_total is None or ts.uptime_s is None:
-        return None
-    before_n, before_s = ts.served_total - counted, ts.uptime_s - dt
-    if before_s <= 0 or before_n < 0:  # started in this window, or counters that do not add up
-        return None
-    s = -tau * math.expm1(-before_s / tau)
-    return before_n / before_s * s, s
 
 
 def _moved_until(ctl: TenantCtl, now: float) -> tuple[float, float]:

@@ -94,7 +94,7 @@ class TenantCtl:
     # (their index of dispersion), which prices the burst an outage may meet (tick_base._charged_s).
     served_sq: float = 0.0
     # Requests and seconds of the tenant's history before it was watched (its source's count since
-    # its server started: TenantSample.served_total, uptime_s; ladder.served_before), weighted and
+    # its server started: TenantSample.served_total, uptime_s; usual_rate.served_before), weighted and
     # decayed as `served`: they join it in the usual rate, never in the spread, which is watched.
     history: tuple[float, float] = (0.0, 0.0)
     # When the last latency window came, once a tick has brought none (None: the last tick had one,

@@ -20,6 +20,7 @@ from fsm.outage import MoveKind
 from fsm.placement import occupied, score, slices_of
 from fsm.spec import LEVEL_ORDER, HostSpec, Level, TenantSpec
 from fsm.state import Pending, Step, TenantCtl
+from fsm.usual_rate import at_least_usual, usual_rate
 
 HOUR_S = 3600.0
 GUARD, PLACE, RESIZE = "guard", "place", "resize"
@@ -272,16 +273,16 @@ class TickBase:
         on the Azure code trace, silent for minutes between bursts, resizes priced in a lull at
         0.2-0.6 requests/s met 1.5-5.8 (docs/results.md, "A real trace held out"). The cost stays
         the recent rate's: it is an expectation, this check a bound on the window's p99."""
-        base = _at_least_usual(self.tenants[t.name], c.rate_rps)
+        base = at_least_usual(self.tenants[t.name], c.rate_rps)
         return c.outage_rate_rps if base <= c.rate_rps else max(c.outage_rate_rps, self._rate_now(t, base))
 
     @staticmethod
     def _rate_ahead(ctl: TenantCtl, recent: float) -> float:
-        """The rate the rest of the window's requests come at: the tenant's usual one (_usual_rate)
+        """The rate the rest of the window's requests come at: the tenant's usual one (usual_rate)
         where its recent rate is above that. A lever is asked for when the tail is bad, and on a
         trace that is when the load is up: the recent rate then overstates the hours to come. (An
         outage holds the requests of the seconds after it is taken: _rate_held.)"""
-        usual = _usual_rate(ctl)
+        usual = usual_rate(ctl)
         return recent if usual is None else min(recent, usual)
 
     def _median_now(self, t: TenantSpec) -> float | None:
@@ -358,7 +359,7 @@ class TickBase:
         dispersion of its per-tick counts). An outage taken is recorded at what it spends: what the
         burst did, if one came, is measured (ladder, _watch_outage) and the record scaled by it."""
         ctl = self.tenants[t.name]
-        usual = _usual_rate(ctl)
+        usual = usual_rate(ctl)
         if usual is None:
             return seconds, seconds
         n, s = ctl.served
@@ -436,7 +437,7 @@ class TickBase:
         # The recent rate, or the usual one where that is higher: the recent estimate starts from
         # nothing (it would see a burst in every tick of a tenant's first minutes), the usual one
         # does not (a ratio), and a burst is above both.
-        base = _at_least_usual(ctl, ctl.evidence.rate(self.evidence_params))
+        base = at_least_usual(ctl, ctl.evidence.rate(self.evidence_params))
         now = self._rate_now(t, base)
         if now > base:
             self.burst_held.add((t.name, lever))
@@ -456,7 +457,7 @@ class TickBase:
         the outage would, and a backlog that stays is the load's, which the lever must serve."""
         ctl = self.tenants[t.name]
         median = self._median_now(t)
-        usual = _usual_rate(ctl)
+        usual = usual_rate(ctl)
         if median is None or t.slo_s is None or median <= t.slo_s or usual is None:
             return ""
         rate = self._rate_now(t, ctl.evidence.rate(self.evidence_params))
@@ -759,22 +760,6 @@ def outage_tail(quantile: float) -> float:
 def _dwell(dwell_s: float, flaps: int) -> float:
     """Dwell doubles with every flap (escalating again soon after a release), up to 8x."""
     return dwell_s * (1 << min(flaps, 3))
-
-
-def _usual_rate(ctl: TenantCtl) -> float | None:
-    """The tenant's usual rate: its requests over the seconds of its windows (empty ones too, once
-    it has had requests), weighted over the outage budget's window, with its history before it was
-    watched where its source told it (TenantCtl.history; None before it has served any)."""
-    n, s = ctl.served
-    hn, hs = ctl.history
-    n, s = n + hn, s + hs
-    return n / s if s > 0 and n > 0 else None
-
-
-def _at_least_usual(ctl: TenantCtl, recent: float) -> float:
-    """The recent rate, or the tenant's usual one where that is higher."""
-    usual = _usual_rate(ctl)
-    return usual if usual is not None and usual > recent else recent
 
 
 def _min(a: float | None, b: float | None) -> float | None:

@@ -24,7 +24,7 @@ from fsm.examples import example_observation, example_spec
 from fsm.observation import LatencyWindow
 from fsm.spec import Policy
 from fsm.state import ControllerState
-from fsm.tick_base import _usual_rate
+from fsm.usual_rate import usual_rate
 
 TICK = 2.0
 WINDOW = 4000.0  # the outage budget's window: 20 s of outage for a p99 tenant, the 5 s relaunch fits
@@ -131,7 +131,7 @@ def test_an_anchored_window_counts_from_the_anchor():
     assert taken.kind == "escalate" and taken.lever == "resize"
 
 
-def test_the_rest_of_the_window_comes_at_the_usual_rate():
+def test_the_rest_of_the_window_comes_at_theusual_rate():
     # The same episode (100 requests/s, 3,000 s of the window left) after 1,000 s at 100/s is
     # resized; after 1,000 s at 10/s it is held: a tail that came with the load is asked about
     # when the recent rate is up, and 1% of the requests to come is counted at the usual rate
@@ -237,7 +237,7 @@ def test_the_tail_check_counts_a_queue_from_its_median():
 
 
 def _usual_after(count_at: Callable[[int], int], ticks: int) -> float | None:
-    """The llm tenant's usual rate (tick_base._usual_rate) after `ticks` calm ticks of count_at(i)
+    """The llm tenant's usual rate (usual_rate.usual_rate) after `ticks` calm ticks of count_at(i)
     requests each."""
     spec = example_spec(Policy(guards=False, mps=False, placement=False, outage_budget_window_s=WINDOW))
     state = ControllerState()
@@ -248,10 +248,10 @@ def _usual_after(count_at: Callable[[int], int], ticks: int) -> float | None:
         state = decide(
             state, replace(o, tenants={**o.tenants, "llm": replace(o.tenants["llm"], latency=window)}), spec
         ).state
-    return _usual_rate(state.tenants["llm"])
+    return usual_rate(state.tenants["llm"])
 
 
-def test_silent_ticks_count_in_the_usual_rate():
+def test_silent_ticks_count_in_theusual_rate():
     # 10 requests/s as 20 on every 2 s tick, or as 40 on every other tick and none between: the
     # same usual rate (the silent seconds were left out of it, which read the half-empty one's
     # twice: the rate of its busy seconds, and the rest of a window's requests twice as many)

@@ -2,7 +2,7 @@
 since its server started and that server's uptime (TenantSample.served_total, uptime_s). The live
 sampler reads them off the scrape (the histogram's cumulative count, process_start_time_seconds),
 the lab gives them for a server up `requests.uptime_s` before the run, and the core seeds the
-tenant's usual rate with them (fsm.ladder.served_before)."""
+tenant's usual rate with them (fsm.usual_rate.served_before)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,12 @@ from controller.signals.base import Unavailable
 from controller.signals.latency import LatencyReading, PrometheusLatencySampler, server_start
 from controller.signals.promtext import parse_samples
 from fsm.decide import decide
-from fsm.ladder import served_before
 from fsm.observation import LatencyWindow, Observation, TenantSample
 from fsm.sanitize import sanitize
 from fsm.spec import HostSpec, Policy, Role, TenantSpec
 from fsm.state import ControllerState
-from fsm.tick_base import _usual_rate
 from fsm.topology import empty_topology
+from fsm.usual_rate import served_before, usual_rate
 from replay.arrivals import load_request_trace, trace_cycle
 from replay.scenario import SCENARIO_DIR, scenario_from_data
 from replay.simulator import HostSim
@@ -88,7 +87,7 @@ def test_the_usual_rate_starts_from_the_history_and_without_it_from_the_first_wi
         for i, t in enumerate((1000.0, 1005.0)):
             total, up = day * 1.0 + 50.0 * (i + 1), day + 5.0 * (i + 1)
             state = decide(state, _obs(t, 50, (total, up) if hist else None), spec).state
-        runs[label] = _usual_rate(state.tenants["llm"])
+        runs[label] = usual_rate(state.tenants["llm"])
         sqs[label] = (state.tenants["llm"].served, state.tenants["llm"].served_sq)
     assert sqs["history"] == sqs["none"]
     assert runs["none"] == pytest.approx(100.0 / 5.0, rel=1e-3)  # the first window's count without its seconds

@@ -55,6 +55,7 @@ heldout: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check controller fsm actuators replay schema tests bench
+	$(VENV)/bin/ruff format --check controller fsm actuators replay schema tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

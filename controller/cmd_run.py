@@ -365,7 +365,11 @@ async def serve(s: Setup, args: argparse.Namespace) -> int:
     bridge: MqttBridge | None = None
     if s.mqtt is not None:
         bridge = MqttBridge(
-            s.mqtt, on_latency=daemon.push_latency, on_control=daemon.control, on_counts=daemon.push_counts
+            s.mqtt,
+            on_latency=daemon.push_latency,
+            on_control=daemon.control,
+            on_counts=daemon.push_counts,
+            on_history=daemon.push_history,
         )
         daemon.exporters.append(bridge)
         bridge.start()

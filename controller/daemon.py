@@ -95,6 +95,7 @@ class Daemon:
         on_events: Callable[[tuple[DecisionEvent, ...]], None] | None = None,
         on_observation: Callable[[Observation], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self.opts = opts
@@ -106,6 +107,7 @@ class Daemon:
         self.on_events = on_events
         self.on_observation = on_observation
         self.clock = clock
+        self.wall = wall  # the Unix clock a pushed history's start is read against
         self.state = ControllerState()
         self.paused = False
         self.stopping = asyncio.Event()
@@ -115,6 +117,7 @@ class Daemon:
         self._apply_next: DesiredState | None = None  # the newest desired state that came while applying
         self._pushed: dict[str, list[float]] = {}
         self._pushed_counts: dict[str, tuple[int, float]] = {}  # tenant -> (requests, over its SLO)
+        self._pushed_history: dict[str, tuple[float, float]] = {}  # tenant -> (served_total, started_at)
         self._hist = Histogram()
         self._windows: dict[str, int] = {}
         self._violating: dict[str, int] = {}
@@ -179,6 +182,17 @@ class Daemon:
             return False
         n, over = self._pushed_counts.get(tenant, (0, 0.0))
         self._pushed_counts[tenant] = (n + count, over + over_slo)
+        return True
+
+    def push_history(self, tenant: str, served_total: float, started_at: float) -> bool:
+        """A pushing service's history (MQTT ingest): what it served since it started, and when.
+        The newest start wins, and within one start the largest count (messages may come out of
+        order); the next observation carries it (TenantSample.served_total, uptime_s)."""
+        if tenant not in self.spec.tenants:
+            return False
+        old = self._pushed_history.get(tenant)
+        if old is None or (started_at, served_total) > (old[1], old[0]):
+            self._pushed_history[tenant] = (served_total, started_at)
         return True
 
     def control(self, command: str) -> str:
@@ -337,9 +351,15 @@ class Daemon:
             # utilisation, a drained backlog) as p50, which a window of samples alone left blind.
             ordered = tuple(sorted(samples))
             window = replace(window_from_samples(ordered), count=len(samples) + n, samples=ordered, over_slo=over_slo)
+            hist = self._pushed_history.get(name)
+            if hist is not None:
+                up = self.wall() - hist[1]
+                # as the Prometheus sampler: a start in the future is a clock off, no seconds known
+                prev = replace(prev, served_total=hist[0], uptime_s=up if up > 0 else None)
             tenants[name] = replace(prev, latency=window)
         self._pushed = {}
         self._pushed_counts = {}
+        self._pushed_history = {}
         return replace(obs, tenants=tenants)
 
     def _apply(self, desired: DesiredState) -> None:

@@ -499,7 +499,7 @@ def _slo_bucket_check(name: str, sampler: object, readable: str) -> Check:
     if prom is not None and not prom.history_known:
         readable += (
             "; no process_start_time_seconds in the scrape: the tenant's rate before tailguard started is not"
-            " known (a multiprocess server exports none; docs/decisions.md, \"A tenant's history\")"
+            ' known (a multiprocess server exports none; docs/decisions.md, "A tenant\'s history")'
         )
     if note is None:
         return Check(name, OK, readable)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -94,14 +95,16 @@ def test_latency_ingest_malformed_payloads_and_control(broker: Mosquitto) -> Non
         host = ToyHost()
         d = Daemon(host, DaemonOptions(host_name="h1", period_s=0.05), decide_fn=spy)
         opts = MqttOptions(url=broker.url, host_name="h1", control_topic=control, backoff_min_s=0.1)
-        bridge = MqttBridge(opts, on_latency=d.push_latency, on_control=d.control)
+        bridge = MqttBridge(opts, on_latency=d.push_latency, on_control=d.control, on_history=d.push_history)
         d.exporters.append(bridge)
         bridge.start()
         task = asyncio.create_task(d.run())
         await _until(lambda: bridge.stats.connected)
         await asyncio.sleep(0.2)  # subscriptions in place
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="tenant") as c:
-            await c.publish("tailguard/h1/latency/llm", json.dumps({"latency_s": [0.25] * 40}), qos=1)
+            # with the service's history: 1,040 served since it started 10 minutes ago
+            pushed = {"latency_s": [0.25] * 40, "served_total": 1040, "started_at": time.time() - 600}
+            await c.publish("tailguard/h1/latency/llm", json.dumps(pushed), qos=1)
             await c.publish("tailguard/h1/latency/llm", b"garbage", qos=1)
             await c.publish("tailguard/h1/latency/llm", b"[1e9]", qos=1)
             await c.publish("tailguard/h1/latency/ghost", b"0.1", qos=1)
@@ -118,6 +121,8 @@ def test_latency_ingest_malformed_payloads_and_control(broker: Mosquitto) -> Non
     hit = next(o for o in seen if o.tenants["llm"].latency and o.tenants["llm"].latency.count == 40)
     lat = hit.tenants["llm"].latency
     assert lat is not None and lat.quantile(0.99) == pytest.approx(0.25)
+    ts = hit.tenants["llm"]
+    assert ts.served_total == 1040 and ts.uptime_s is not None and 600 <= ts.uptime_s < 660
     assert bridge.stats.ingested_samples_total == 40
     assert bridge.stats.malformed_total == {"latency_payload": 2, "unknown_tenant": 1}
     assert not d.paused  # control topic off by default: "pause" was ignored

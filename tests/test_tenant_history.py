@@ -186,6 +186,86 @@ def test_a_labelled_or_repeated_start_is_not_taken() -> None:
     assert server_start(two) is None
 
 
+# -- pushed over MQTT --------------------------------------------------------------------------------
+def test_a_pushed_message_may_carry_the_history_and_a_bad_one_is_refused_whole() -> None:
+    from controller.exporters.mqtt import PushedCounts, PushedHistory, parse_push
+
+    start = 1_700_000_000.0
+    assert parse_push(b'{"count": 40, "over_slo": 1, "served_total": 9040, "started_at": 1700000000}') == (
+        PushedCounts(40, 1.0),
+        PushedHistory(9040.0, start),
+    )
+    assert parse_push(b'{"latency_s": [0.1, 0.2], "served_total": 2, "started_at": 1.7e9}') == (
+        [0.1, 0.2],
+        PushedHistory(2.0, 1.7e9),
+    )
+    assert parse_push(b'{"count": 4, "over_slo": 0}') == (PushedCounts(4, 0.0), None)
+    assert parse_push(b"[0.1]") == ([0.1], None)
+    for bad, msg in [
+        (b'{"count": 4, "over_slo": 0, "served_total": 90}', "served_total without started_at"),
+        (b'{"latency_s": 0.1, "started_at": 1.7e9}', "started_at without served_total"),
+        (b'{"count": 4, "over_slo": 0, "served_total": 3, "started_at": 1.7e9}', "below the message's own 4"),
+        (b'{"count": 4, "over_slo": 0, "served_total": -1, "started_at": 1.7e9}', "served_total -1"),
+        (b'{"count": 4, "over_slo": 0, "served_total": true, "started_at": 1.7e9}', "served_total True"),
+        (b'{"count": 4, "over_slo": 0, "served_total": NaN, "started_at": 1.7e9}', "served_total"),
+        (b'{"count": 4, "over_slo": 0, "served_total": 9, "started_at": 1.7e12}', "Unix seconds"),  # ms
+        (b'{"count": 4, "over_slo": 0, "served_total": 9, "started_at": "today"}', "started_at"),
+        (b'{"count": 4, "over_slo": 0, "served_total": 9, "started_at": 12}', "Unix seconds"),
+        (b'{"latency_s": 0.1, "served_total": 9, "started_at": 1.7e9, "pid": 3}', "unknown keys"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            parse_push(bad)
+
+
+def test_the_daemon_puts_a_pushed_history_in_the_next_observation_only() -> None:
+    """The bridge hands a message's history to the daemon, which gives it, against the Unix clock,
+    to the next observation of that tenant: the newest start and within it the largest count win
+    (messages may come out of order); a start in the future gives no seconds; a message refused
+    whole gives nothing."""
+    import json
+
+    from fakes.daemon_fakes import ToyHost
+
+    from controller.daemon import Daemon, DaemonOptions
+    from controller.exporters.mqtt import MqttBridge, MqttOptions
+    from fsm.decide import Decision
+
+    seen: list[Observation] = []
+
+    def spy(state: ControllerState, obs: Observation, spec: HostSpec) -> Decision:
+        seen.append(obs)
+        return decide(state, obs, spec)
+
+    wall = 1_700_003_600.0
+    d = Daemon(ToyHost(), DaemonOptions(period_s=0.01, max_ticks=2), decide_fn=spy, wall=lambda: wall)
+    bridge = MqttBridge(MqttOptions(), on_latency=d.push_latency, on_counts=d.push_counts, on_history=d.push_history)
+    start = wall - 3600.0
+
+    def push(tenant: str, **kw: float) -> None:
+        bridge._ingest(tenant, json.dumps({"count": 10, "over_slo": 0, **kw}).encode())
+
+    push("llm", served_total=5000, started_at=start)
+    push("llm", served_total=4990, started_at=start)  # an older message, late
+    push("llm", served_total=70, started_at=start - 86400)  # a start before: another process's
+    push("llm", served_total=2, started_at=start)  # refused whole: below its own 10
+    push("ghost", served_total=50, started_at=start)
+    assert bridge.stats.malformed_total == {"latency_payload": 1, "unknown_tenant": 1}
+    asyncio.run(d.run())
+    first = seen[0].tenants["llm"]
+    assert first.latency is not None and first.latency.count == 30
+    assert first.served_total == 5000 and first.uptime_s == pytest.approx(3600.0)
+    nxt = seen[1].tenants["llm"]
+    assert nxt.served_total is None and nxt.uptime_s is None  # consumed once, as the window
+
+    d2 = Daemon(ToyHost(), DaemonOptions(period_s=0.01, max_ticks=1), decide_fn=spy, wall=lambda: wall)
+    seen.clear()
+    d2.push_counts("llm", 10, 0.0)
+    assert d2.push_history("llm", 5000.0, wall + 60.0)  # a clock off: the count, no seconds
+    asyncio.run(d2.run())
+    ts = seen[0].tenants["llm"]
+    assert ts.served_total == 5000 and ts.uptime_s is None
+
+
 # -- the lab -------------------------------------------------------------------------------------------
 def _vllm_ttft(uptime_s: float) -> Any:
     data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))

@@ -7,6 +7,9 @@ Topics (HOST = host.name):
                                     number, a list of numbers, or {"latency_s": number | list}; or,
                                     when its service counts them itself, {"count": N, "over_slo": M}
                                     (requests completed, and how many of them were over its SLO);
+                                    either object may carry the service's history, "served_total"
+                                    (requests completed since it started, this message's included)
+                                    with "started_at" (its start, Unix seconds);
 - `tailguard/HOST/control`          only when configured: pause | resume | dry-run | enforce.
 
 The loop hands messages over with `on_tick` / `on_events`, which only append to a bounded deque:
@@ -59,6 +62,23 @@ class PushedCounts:
     over_slo: float
 
 
+@dataclass(frozen=True, slots=True)
+class PushedHistory:
+    """What a pushing service has served since it started: its cumulative count of completed
+    requests (the message's own included) and its start in Unix seconds. The decision core seeds
+    the tenant's usual rate with it, as it does with a Prometheus scrape's cumulative count and
+    process_start_time_seconds (TenantSample.served_total, uptime_s)."""
+
+    served_total: float
+    started_at: float
+
+
+HISTORY_KEYS = frozenset({"served_total", "started_at"})
+MAX_SERVED_TOTAL = 1e15
+# Unix seconds: before 2001-09-09 is a clock that was never set, past 1e11 a timestamp in ms.
+STARTED_AT_RANGE = (1e9, 1e11)
+
+
 @dataclass(slots=True)
 class MqttOptions:
     url: str = "mqtt://127.0.0.1:1883"
@@ -106,16 +126,45 @@ def _json(payload: bytes) -> Any:
         raise ValueError(f"not JSON: {e}") from None
 
 
-def parse_pushed(payload: bytes) -> list[float] | PushedCounts:
-    """Either latency samples or a {count, over_slo} tally; ValueError says what was wrong."""
+def parse_push(payload: bytes) -> tuple[list[float] | PushedCounts, PushedHistory | None]:
+    """Latency samples or a {count, over_slo} tally, and the service's history where the message
+    carries one; ValueError says what was wrong (the whole message is refused)."""
     data = _json(payload)
     if isinstance(data, dict) and "count" in data:
-        return _counts(data)
-    return _latency(data)
+        counts = _counts(data)
+        return counts, _history(data, counts.count)
+    samples = _latency(data)
+    return samples, _history(data, len(samples)) if isinstance(data, dict) else None
+
+
+def parse_pushed(payload: bytes) -> list[float] | PushedCounts:
+    """Either latency samples or a {count, over_slo} tally; ValueError says what was wrong."""
+    return parse_push(payload)[0]
+
+
+def _history(data: dict[str, Any], counted: int) -> PushedHistory | None:
+    """{served_total, started_at}, both or neither; `counted`: the message's own requests, which
+    served_total includes."""
+    have = HISTORY_KEYS & set(data)
+    if not have:
+        return None
+    if have != HISTORY_KEYS:
+        raise ValueError(f"{sorted(have)[0]} without {sorted(HISTORY_KEYS - have)[0]}: the two go together")
+    served, start = data["served_total"], data["started_at"]
+    v = finite_float(served) if not isinstance(served, bool) else None
+    if v is None or not 0 <= v <= MAX_SERVED_TOTAL:
+        raise ValueError(f"served_total {shown(served)}: expected a number from 0 to {MAX_SERVED_TOTAL:g}")
+    if v < counted:
+        raise ValueError(f"served_total {shown(served)} below the message's own {counted} requests")
+    lo, hi = STARTED_AT_RANGE
+    t = finite_float(start) if not isinstance(start, bool) else None
+    if t is None or not lo <= t <= hi:
+        raise ValueError(f"started_at {shown(start)}: expected Unix seconds from {lo:g} to {hi:g}")
+    return PushedHistory(v, t)
 
 
 def _counts(data: dict[str, Any]) -> PushedCounts:
-    extra = set(data) - {"count", "over_slo", "t"}
+    extra = set(data) - {"count", "over_slo", "t"} - HISTORY_KEYS
     if extra:
         raise ValueError(f"unknown keys {sorted(extra)}")
     if "over_slo" not in data:
@@ -137,8 +186,9 @@ def parse_latency(payload: bytes) -> list[float]:
 
 def _latency(data: Any) -> list[float]:
     if isinstance(data, dict):
-        if set(data) - {"latency_s", "t"}:
-            raise ValueError(f"unknown keys {sorted(set(data) - {'latency_s', 't'})}")
+        extra = set(data) - {"latency_s", "t"} - HISTORY_KEYS
+        if extra:
+            raise ValueError(f"unknown keys {sorted(extra)}")
         if "latency_s" not in data:
             raise ValueError("missing latency_s")
         data = data["latency_s"]
@@ -162,6 +212,7 @@ class MqttBridge:
         on_latency: Callable[[str, list[float]], bool] | None = None,
         on_control: Callable[[str], str] | None = None,
         on_counts: Callable[[str, int, float], bool] | None = None,
+        on_history: Callable[[str, float, float], bool] | None = None,
     ) -> None:
         self.opts = opts
         self.hostname, self.port, url_tls = parse_url(opts.url)
@@ -169,6 +220,7 @@ class MqttBridge:
         self.on_latency = on_latency
         self.on_control = on_control
         self.on_counts = on_counts
+        self.on_history = on_history
         self.prefix = f"tailguard/{opts.host_name}"
         self.stats = MqttStats()
         self._queue: deque[tuple[str, bytes]] = deque()
@@ -307,7 +359,7 @@ class MqttBridge:
 
     def _ingest(self, tenant: str, payload: bytes) -> None:
         try:
-            pushed = parse_pushed(payload)
+            pushed, history = parse_push(payload)
         except ValueError as e:
             self._malformed("latency_payload", f"tenant {tenant}: {e}")
             return
@@ -316,12 +368,13 @@ class MqttBridge:
                 self._malformed("unknown_tenant", f"latency counts for unknown tenant {tenant!r}")
                 return
             self.stats.ingested_counts_total += pushed.count
-            return
-        samples = pushed
-        if self.on_latency is None or not self.on_latency(tenant, samples):
-            self._malformed("unknown_tenant", f"latency for unknown tenant {tenant!r}")
-            return
-        self.stats.ingested_samples_total += len(samples)
+        else:
+            if self.on_latency is None or not self.on_latency(tenant, pushed):
+                self._malformed("unknown_tenant", f"latency for unknown tenant {tenant!r}")
+                return
+            self.stats.ingested_samples_total += len(pushed)
+        if history is not None and self.on_history is not None:
+            self.on_history(tenant, history.served_total, history.started_at)  # a known tenant: its window was taken
 
     def _control(self, payload: bytes) -> None:
         # ASCII whitespace only: str.strip() also takes \x1c-\x1f, U+0085 and the Unicode spaces,

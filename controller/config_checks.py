@@ -56,7 +56,7 @@ def model_problems(cfg: Config) -> list[Problem]:
     would cap one another, exporters; and the warnings of the same kinds."""
     return [
         *_names(cfg), *_gpu_refs(cfg), *_cgroups(cfg), *_exporters(cfg), *_coverage(cfg), *_outage_fit(cfg),
-        *_readiness(cfg),
+        *_readiness(cfg), *_reconfig_cap(cfg),
     ]  # fmt: skip
 
 
@@ -345,6 +345,23 @@ def _outage_fit(cfg: Config) -> Iterable[Problem]:
                 )
             )
     return out
+
+
+def _reconfig_cap(cfg: Config) -> Iterable[Problem]:
+    """The resize lever on with no MIG layout change allowed in any hour: legal, but the ladder's
+    last rung then holds every time ("reconfiguration budget spent"), which reads as a budget
+    spent rather than a lever off."""
+    p = cfg.policy
+    if p.levers.mig and p.max_reconfigs_per_hour == 0:
+        return [
+            Problem(
+                "policy.max_reconfigs_per_hour",
+                "0 with [policy.levers] mig = true: no MIG layout change is ever allowed, so no tenant is ever"
+                " resized; set mig = false to say so, or allow 1 or more an hour",
+                error=False,
+            )
+        ]
+    return []
 
 
 HANG_RATIO = 10.0  # a restart launcher's readiness wait past this many relaunches warns

@@ -75,6 +75,13 @@ def test_a_move_longer_than_the_whole_outage_budget_warns() -> None:
     assert lines(relaunch + off) == []
 
 
+def test_the_resize_lever_with_no_reconfiguration_allowed_warns() -> None:
+    (w,) = lines(SENS + "[policy]\nmax_reconfigs_per_hour = 0\n")
+    assert w.startswith("policy.max_reconfigs_per_hour: warning: 0 with [policy.levers] mig = true")
+    assert lines(SENS + "[policy]\nmax_reconfigs_per_hour = 0\n[policy.levers]\nmig = false\n") == []
+    assert lines(SENS + "[policy]\nmax_reconfigs_per_hour = 1\n") == []
+
+
 def test_a_readiness_wait_no_longer_than_the_relaunch_is_an_error_and_under_twice_it_warns() -> None:
     """The launcher's readiness wait against the tenant's start-up: no longer fails every move (and
     its move back); under twice it fails a slow start; over ten times it, a hung copy's outage is

@@ -1,7 +1,10 @@
 """Request traces a sensitive tenant's arrivals can come from, told apart by the file's first line:
 
 - the Azure LLM inference trace (the 2023 `conv` and `code` traces and the 2024 week-long ones,
-  github.com/Azure/AzurePublicDataset): CSV `TIMESTAMP,ContextTokens,GeneratedTokens`, ISO times;
+  github.com/Azure/AzurePublicDataset): CSV `TIMESTAMP,ContextTokens,GeneratedTokens`, ISO times
+  (the 2023 traces' naive, with seven digits of a second; the 2024 ones' with a UTC offset); and
+  its multimodal sibling, the Azure LMM inference trace 2025 (`TIMESTAMP,NumImages,ContextTokens,
+  GeneratedTokens`: the same columns found by name, `NumImages` not used);
 - BurstGPT (Wang et al., arXiv 2401.17644; github.com/HPMLL/BurstGPT): CSV `Timestamp,Model,Request
   tokens,Response tokens,Total tokens,Log Type`, seconds from the trace's start (failed requests,
   0 response tokens, are arrivals too);
@@ -32,6 +35,7 @@ Trace = tuple[Array, Array, Array]
 # tens of millions of rows; Python lists of floats would take four times the memory).
 _Columns = tuple["array[float]", "array[float]", "array[float]"]
 _BURSTGPT = ("Timestamp", "Request tokens", "Response tokens")
+_AZURE = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")  # the last may be absent
 MIN_SPAN_S = 1.0  # the shortest span of arrivals a trace may have (two requests or more)
 # The most tokens one request can have (a scenario's `tokens` and `generated_tokens` too): the
 # longest context any model offers is 10 million tokens (Llama 4 Scout); the longest output any
@@ -52,14 +56,14 @@ def read_request_trace(path: str) -> Trace:
         rows = _rows(path, f)
         head = next(rows, None)
         names = [h.strip() for h in head[1]] if head is not None else []
-        if names[:2] == ["TIMESTAMP", "ContextTokens"]:
-            return _finish(path, *_azure(path, rows))
+        if all(c in names for c in _AZURE[:2]):
+            return _finish(path, *_azure(path, rows, [names.index(c) if c in names else -1 for c in _AZURE]))
         if all(c in names for c in _BURSTGPT):
             return _finish(path, *_burstgpt(path, rows, [names.index(c) for c in _BURSTGPT]))
     raise ValueError(
         f"{path}:1: not a request trace this reads: expected the Azure LLM trace's header"
-        " TIMESTAMP,ContextTokens,GeneratedTokens, BurstGPT's Timestamp,Model,Request tokens,"
-        "Response tokens,..., or Mooncake's JSON lines"
+        " TIMESTAMP,ContextTokens,GeneratedTokens (its multimodal one with NumImages too), BurstGPT's"
+        " Timestamp,Model,Request tokens,Response tokens,..., or Mooncake's JSON lines"
     )
 
 
@@ -97,20 +101,35 @@ def _generated(text: Any, what: str) -> float:
     return _count(text, what, MAX_GENERATED_TOKENS)
 
 
-def _azure(path: str, rows: Iterator[tuple[int, list[str]]]) -> _Columns:
+def _instant(text: str) -> datetime:
+    """An ISO time, whole: cut to 26 characters before (for 3.10's parser, which took no seventh
+    digit of a second), a 2024 row with a fraction lost its UTC offset and one without (a whole
+    second) kept it, and the two could not be subtracted."""
+    return datetime.fromisoformat(text.strip())
+
+
+def _azure(path: str, rows: Iterator[tuple[int, list[str]]], cols: list[int]) -> _Columns:
     times, tokens, generated = _columns()
+    at_col, tok_col, gen_col = cols
+    need = max(at_col, tok_col) + 1  # GeneratedTokens may be absent, or empty in a row
     t0: datetime | None = None
     for n, row in rows:
         if not any(c.strip() for c in row):
             continue  # a blank line (as BurstGPT's and Mooncake's readers skip them)
         try:
-            if len(row) < 2:
-                raise ValueError(f"{len(row)} field(s); a row is TIMESTAMP,ContextTokens[,GeneratedTokens]")
-            ts = datetime.fromisoformat(row[0].strip()[:26])
-            tok = _context(row[1], "ContextTokens")
-            gen = _generated(row[2], "GeneratedTokens") if len(row) > 2 and row[2].strip() else 0.0
+            if len(row) < need:
+                raise ValueError(f"{len(row)} field(s); the header puts TIMESTAMP and ContextTokens in {need}")
+            ts = _instant(row[at_col])
+            if t0 is not None and (ts.tzinfo is None) != (t0.tzinfo is None):
+                raise ValueError(
+                    f"a time {'without' if ts.tzinfo is None else 'with'} a UTC offset where the first row's"
+                    f" {'has one' if t0.tzinfo is not None else 'has none'}: which zone it is in is not known"
+                )
+            tok = _context(row[tok_col], "ContextTokens")
+            has_gen = 0 <= gen_col < len(row) and row[gen_col].strip()
+            gen = _generated(row[gen_col], "GeneratedTokens") if has_gen else 0.0
             at = (ts - (t0 or ts)).total_seconds()
-        except (ValueError, TypeError, OverflowError) as e:  # TypeError: naive and aware times mixed
+        except (ValueError, OverflowError) as e:
             raise ValueError(f"{path}:{n}: bad row {row!r}: {e}") from None
         t0 = t0 or ts
         times.append(at)

@@ -61,6 +61,46 @@ def test_azure_blank_lines_are_skipped(tmp_path: Path) -> None:
     assert t.tolist() == pytest.approx([0.0, 4.314579]) and tok.tolist() == [374.0, 396.0]
 
 
+def test_azure_times_with_a_utc_offset_and_whole_seconds(tmp_path: Path) -> None:
+    """The 2024 traces' times carry a UTC offset; a time on a whole second has no fraction. Cut to
+    26 characters, the first lost its offset and the second kept it: the row was refused as naive
+    and aware times mixed. (Rows made up in the traces' format.)"""
+    text = (
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2024-05-10 00:00:00.009930+00:00,2162,5\n"
+        "2024-05-10 00:00:01+00:00,375,101\n"
+        "2024-05-10 02:00:02.5+02:00,800,\n"  # another offset: 00:00:02.5 UTC; no GeneratedTokens
+    )
+    t, tok, gen = read_request_trace(_trace(tmp_path, "a.csv", text))
+    assert t.tolist() == pytest.approx([0.0, 0.99007, 2.49007])
+    assert tok.tolist() == [2162.0, 375.0, 800.0] and gen.tolist() == [5.0, 101.0, 0.0]
+
+
+def test_the_azure_multimodal_trace_by_its_column_names(tmp_path: Path) -> None:
+    """The Azure LMM inference trace 2025 (AzurePublicDataset, AzureLMMInferenceDataset2025.md:
+    TIMESTAMP, NumImages, ContextTokens, GeneratedTokens) was refused as no trace this reads; the
+    columns are now found by name. (Rows made up in its format.)"""
+    text = (
+        "TIMESTAMP,NumImages,ContextTokens,GeneratedTokens\n"
+        "2024-10-15 12:00:00.269000+00:00,1,2900,180\n"
+        "2024-10-15 12:00:03.100000+00:00,2,3100,200\n"
+    )
+    t, tok, gen = read_request_trace(_trace(tmp_path, "lmm.csv", text))
+    assert t.tolist() == pytest.approx([0.0, 2.831])
+    assert tok.tolist() == [2900.0, 3100.0] and gen.tolist() == [180.0, 200.0]
+    short = text.replace(",1,2900,180", ",1")
+    with pytest.raises(
+        ValueError, match=r"lmm.csv:2: bad row .*2 field\(s\); the header puts TIMESTAMP and ContextTokens in 3"
+    ):
+        read_request_trace(_trace(tmp_path, "lmm.csv", short))
+
+
+def test_a_naive_time_among_times_with_an_offset_is_refused(tmp_path: Path) -> None:
+    text = AZURE.replace("18:15:50.9951690", "18:15:50.9951690+02:00")
+    with pytest.raises(ValueError, match=r":3: bad row .*a time with a UTC offset where the first row's has none"):
+        read_request_trace(_trace(tmp_path, "a.csv", text))
+
+
 def test_azure_with_a_byte_order_mark(tmp_path: Path) -> None:
     """A CSV saved by a spreadsheet starts with a byte-order mark: the header is still the header."""
     t, tok, gen = read_request_trace(_trace(tmp_path, "a.csv", "\ufeff" + AZURE))

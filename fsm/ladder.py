@@ -122,9 +122,11 @@ class Tick(ReleaseTick):
         now = self.obs.t
         backlog, settle, longest = self._backlog_settle(ctl, down_s)
         kept = self._outages_in_window(ctl)
+        shortest = down_s if ctl.own_restart_s is None else min(ctl.own_restart_s, down_s)
         ctl = evolve(
             ctl,
             **backlog,
+            own_restart_s=shortest,
             outages=(*kept, (now - down_s, down_s)),
             outage_watch=None,
             watch_n=0.0,

@@ -76,7 +76,7 @@ def measured_scale(served: float, bad: float, share_before: float, predicted: fl
 class LeverCost:
     lever: str
     outage_s: float
-    outage_source: str  # "measured" | "configured"
+    outage_source: str  # "measured" | "configured" | "own restarts" (fsm.outage.priced_relaunch)
     rate_rps: float
     rho: float
     cost: float  # requests expected over the SLO because of the outage

@@ -25,6 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # fsm.spec imports this module
+    from fsm.spec import TenantSpec
 
 DEFAULT_RELAUNCH_S = 5.0
 DEFAULT_RECONFIG_S = 18.0
@@ -72,3 +76,17 @@ def move_outage_s(
     """Seconds the tenant serves nothing: EXISTING and BESIDE cost the relaunch (warm: the gap),
     IN_PLACE the reconfiguration plus the relaunch."""
     return move_timeline(kind, relaunch_s, reconfig_s, warm, gap_s).outage_s
+
+
+def priced_relaunch(t: TenantSpec, own_restart_s: float | None) -> tuple[float, str]:
+    """The relaunch a restart tenant's moves are priced at before the actuators measured one, and
+    where it comes from: the configured figure, or the shortest of its own restarts where that is
+    longer (TenantCtl.own_restart_s: a deploy or a crash relaunched it as a move would, plus the
+    seconds until its absence showed, so it bounds the relaunch from above). A relaunch_s left at
+    its default of a few seconds priced a vLLM server's first move at a tenth of its outage. Capped
+    at the launcher's readiness wait: a start slower than that fails any move whatever it is priced
+    at, and a restart that took longer (a crash loop's back-off, a deploy's image pull) says no more
+    of the relaunch."""
+    if t.handover == "warm" or own_restart_s is None or own_restart_s <= t.relaunch_s:
+        return t.relaunch_s, "configured"
+    return min(own_restart_s, max(t.readiness_timeout_s, t.relaunch_s)), "own restarts"

@@ -16,7 +16,7 @@ from fsm.guardbudget import trial_run_s, trial_s
 from fsm.levercost import UNKNOWN_RHO, LeverCost, Rent, episode_share, fail_risk, outage_cost, price, rent_of
 from fsm.mig import Slot
 from fsm.observation import InstanceRef, Observation
-from fsm.outage import MoveKind
+from fsm.outage import MoveKind, priced_relaunch
 from fsm.placement import occupied, score, slices_of
 from fsm.spec import LEVEL_ORDER, HostSpec, Level, TenantSpec
 from fsm.state import Pending, Step, TenantCtl
@@ -165,10 +165,15 @@ class TickBase:
     # -- what a lever costs ------------------------------------------------------------------------
     def _move_outage(self, t: TenantSpec, kind: MoveKind) -> tuple[float, str]:
         """A move's outage (fsm.outage): with the relaunch (restart) or switch-over gap (warm) the
-        actuators last measured for this tenant, else as configured."""
-        measured = self.tenants[t.name].measured_outage_s
+        actuators last measured for this tenant, else as configured, with a restart tenant's
+        relaunch no shorter than its own restarts have shown (fsm.outage.priced_relaunch)."""
+        ctl = self.tenants[t.name]
+        measured = ctl.measured_outage_s
         if measured is None:
-            return t.outage_s(kind), "configured"
+            relaunch, source = priced_relaunch(t, ctl.own_restart_s)
+            if source == "configured":
+                return t.outage_s(kind), source
+            return evolve(t, relaunch_s=relaunch).outage_s(kind), source
         spec = evolve(t, handover_gap_s=measured) if t.handover == "warm" else evolve(t, relaunch_s=measured)
         return spec.outage_s(kind), "measured"
 
@@ -178,8 +183,9 @@ class TickBase:
         copy serves on (none), unless the move destroys its instance."""
         if t.handover == "warm" and kind is not MoveKind.IN_PLACE:
             return 0.0
-        measured = self.tenants[t.name].measured_outage_s
-        relaunch = measured if measured is not None else t.relaunch_s
+        ctl = self.tenants[t.name]
+        measured = ctl.measured_outage_s
+        relaunch = measured if measured is not None else priced_relaunch(t, ctl.own_restart_s)[0]
         return max(outage, t.readiness_timeout_s + relaunch)
 
     def _affordable(self, t: TenantSpec, outage: float, source: str, kind: MoveKind) -> tuple[LeverCost | None, str]:

@@ -39,6 +39,8 @@ every stream's desired states and events equal, none reports a restart; then the
 ours kept, a new field of the state, so that a restart reported late whose span began in it is
 taken for ours: every stream's desired states and events equal; then that outage's end moved to
 where the operation completed or failed, and a guard's cooldown no longer hiding a restart: every
+stream's desired states and events equal; then the shortest of a tenant's own restarts, a new
+field of the state, pricing its moves where it is longer than the configured relaunch: every
 stream's desired states and events equal)
 they are main's. A change that alters any
 decision, on purpose (a new policy) or not, changes a digest. When the change is intended,

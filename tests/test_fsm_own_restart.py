@@ -259,3 +259,32 @@ def test_a_restart_reported_after_a_slow_moves_completion_is_ours() -> None:
     # one that went down after the completion and its cooldown is the tenant's own
     own, _ = _toy((late, 10 * period), 300, lag)
     assert f"{late}:restarted" in own
+
+
+def test_a_restart_longer_than_the_configured_relaunch_prices_the_next_move() -> None:
+    """Its relaunch is configured at 30 s. After a 20 s restart of its own the resize is priced at
+    the configured 30 s; after a 35 s one, at 35 s (a restart bounds the relaunch from above, so a
+    longer one says the configured figure is short), and the state keeps the shortest restart."""
+
+    def window(i: int) -> tuple[int, float, float] | None:
+        if DOWN_FROM <= i < BACK:
+            return None
+        return _tail_from(BACK + 60)(i)
+
+    for down, priced in ((20.0, 30.0), (35.0, 35.0)):
+        events, state = _run(window, {BACK: down})
+        (esc, *_) = [e for evs in events for e in evs if e.kind == "escalate"]
+        assert esc.lever == "resize" and esc.evidence["outage_s"] == priced
+        assert state.tenants["llm"].own_restart_s == down
+
+
+def test_the_priced_relaunch_is_the_configured_one_or_a_longer_restart_up_to_the_readiness_wait() -> None:
+    from fsm.outage import priced_relaunch
+
+    t = replace(_spec().tenants["llm"], relaunch_s=5.0, readiness_timeout_s=120.0)
+    assert priced_relaunch(t, None) == (5.0, "configured")
+    assert priced_relaunch(t, 4.0) == (5.0, "configured")
+    assert priced_relaunch(t, 62.0) == (62.0, "own restarts")  # a vLLM server left at the default
+    assert priced_relaunch(t, 900.0) == (120.0, "own restarts")  # a deploy's image pull: the wait caps it
+    warm = replace(t, handover="warm")
+    assert priced_relaunch(warm, 62.0) == (5.0, "configured")  # its moves' outage is a switch-over gap

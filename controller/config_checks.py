@@ -56,7 +56,7 @@ def model_problems(cfg: Config) -> list[Problem]:
     would cap one another, exporters; and the warnings of the same kinds."""
     return [
         *_names(cfg), *_gpu_refs(cfg), *_cgroups(cfg), *_exporters(cfg), *_coverage(cfg), *_outage_fit(cfg),
-        *_readiness(cfg), *_reconfig_cap(cfg),
+        *_readiness(cfg), *_reconfig_cap(cfg), *_relaunch_unset(cfg),
     ]  # fmt: skip
 
 
@@ -345,6 +345,29 @@ def _outage_fit(cfg: Config) -> Iterable[Problem]:
                 )
             )
     return out
+
+
+def _relaunch_unset(cfg: Config) -> Iterable[Problem]:
+    """A sensitive tenant that may be moved or resized with `relaunch_s` left at its default: its
+    moves are priced at 5 s until the actuators measure one (or it restarts on its own), and a
+    vLLM server takes tens of seconds to serve again. In the lab, relaunches four times the
+    configured figure made 8 of 100 cases worse than doing nothing (docs/results.md, "A relaunch
+    no shorter than the tenant's own restarts")."""
+    p = cfg.policy
+    if not (p.levers.placement or p.levers.mig) or cfg.host.platform == "kubernetes":  # no moves there
+        return []
+    return [
+        Problem(
+            tkey(i, t, "relaunch_s"),
+            f"not set: tenant {t.name}'s moves and resizes are priced at the default {t.relaunch_s:g} s of"
+            " unavailability until one is measured; set the seconds its server takes to serve again after"
+            " a restart (a vLLM server: tens of seconds; `tailguard doctor` compares it with the moves"
+            " measured)",
+            error=False,
+        )
+        for i, t in enumerate(cfg.tenants)
+        if t.role is Role.SENSITIVE and "relaunch_s" not in t.model_fields_set
+    ]
 
 
 def _reconfig_cap(cfg: Config) -> Iterable[Problem]:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = (ROOT / "systemd" / "tailguard.toml").read_text()
 
 SENS = (
-    '[[tenants]]\nname = "llm"\nrole = "sensitive"\nslo_ms = 100\n'
+    '[[tenants]]\nname = "llm"\nrole = "sensitive"\nslo_ms = 100\nrelaunch_s = 30\n'
     '[tenants.latency]\nkind = "prometheus"\nurl = "http://127.0.0.1:8000/metrics"\n'
 )
 
@@ -63,16 +63,28 @@ def test_a_move_longer_than_the_whole_outage_budget_warns() -> None:
     would hold every move and resize for the budget, however bad the tail); 60 s fits, and so does
     120 s with the budget doubled, a p999 tenant's 7.2 s does not fit 60 s, and without placement
     or MIG there is no move to warn about."""
-    relaunch = SENS.replace("slo_ms = 100\n", "slo_ms = 100\nrelaunch_s = 120\n")
+    relaunch = SENS.replace("relaunch_s = 30\n", "relaunch_s = 120\n")
     (w,) = lines(relaunch)
     assert w.startswith("tenants[0](llm).relaunch_s: warning: its cheapest move is an outage of 120 s")
     assert "72 s per 14400 s" in w and "never moved or resized" in w
     assert lines(relaunch.replace("relaunch_s = 120", "relaunch_s = 60")) == []
     assert lines(relaunch + "[policy]\noutage_budget_share = 1.0\n") == []
-    p999 = SENS.replace("slo_ms = 100\n", "slo_ms = 100\nquantile = 0.999\nrelaunch_s = 60\n")
+    p999 = SENS.replace("relaunch_s = 30\n", "quantile = 0.999\nrelaunch_s = 60\n")
     assert any("7.2 s per 14400 s" in ln for ln in lines(p999))
     off = "[policy.levers]\nplacement = false\nmig = false\n"
     assert lines(relaunch + off) == []
+
+
+def test_a_movable_tenant_without_its_relaunch_warns() -> None:
+    """Left at the default 5 s, a vLLM server's first moves are priced at a fraction of their
+    outage; no lever that moves, nothing to price."""
+    unset = SENS.replace("relaunch_s = 30\n", "")
+    (w,) = lines(unset)
+    assert w.startswith("tenants[0](llm).relaunch_s: warning: not set: tenant llm's moves and resizes are priced")
+    assert "default 5 s" in w
+    assert lines(unset + "[policy.levers]\nplacement = false\nmig = false\n") == []
+    assert lines('[host]\nplatform = "kubernetes"\n' + unset) == []  # the platform moves nobody
+    assert lines(SENS) == []
 
 
 def test_the_resize_lever_with_no_reconfiguration_allowed_warns() -> None:
@@ -87,7 +99,7 @@ def test_a_readiness_wait_no_longer_than_the_relaunch_is_an_error_and_under_twic
     its move back); under twice it fails a slow start; over ten times it, a hung copy's outage is
     long; in between, or no lever that moves, is fine."""
     launcher = '[tenants.launcher]\nkind = "command"\ncommand = ["/bin/true"]\nreadiness_timeout_s = {}\n'
-    text = SENS.replace("slo_ms = 100\n", "slo_ms = 100\nrelaunch_s = 60\n") + launcher
+    text = SENS.replace("relaunch_s = 30\n", "relaunch_s = 60\n") + launcher
     with pytest.raises(ConfigError, match=r"launcher\.readiness_timeout_s: 60 s is no longer than its relaunch_s"):
         parse_config(text.format(60))
     (w,) = lines(text.format(90))

@@ -138,11 +138,11 @@ def test_a_request_trace_out_of_arrival_order_is_sorted(tmp_path: Path) -> None:
         b"TIMESTAMP,ContextTokens,GeneratedTokens\n"
         + b"2023-11-16 18:15:40.0000000,374,44\n"
         + b"2023-11-16 18:15:30.0000000,10,2\n"
-        + b"2023-11-16 18:15:40.0000000,20,3\n"
+        + b"2023-11-16 18:15:35.5000000,20,3\n"
     )
     times, tokens, generated = load_request_trace(str(f))
-    assert times.tolist() == [0.0, 10.0, 10.0] and tokens.tolist()[0] == 10.0
-    assert sorted(tokens.tolist()[1:]) == [20.0, 374.0] and generated.tolist()[0] == 2.0
+    assert times.tolist() == [0.0, 5.5, 10.0] and tokens.tolist() == [10.0, 20.0, 374.0]
+    assert generated.tolist() == [2.0, 3.0, 44.0]
 
 
 def test_policy_ranges_are_the_configs() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from controller.cli import main
@@ -99,6 +100,50 @@ def test_a_naive_time_among_times_with_an_offset_is_refused(tmp_path: Path) -> N
     text = AZURE.replace("18:15:50.9951690", "18:15:50.9951690+02:00")
     with pytest.raises(ValueError, match=r":3: bad row .*a time with a UTC offset where the first row's has none"):
         read_request_trace(_trace(tmp_path, "a.csv", text))
+
+
+# The first 37 rows of the Mooncake FAST '25 conversation trace (github.com/kvcache-ai/Mooncake,
+# FAST25-release/traces/conversation_trace.jsonl; hash_ids left out, not read): its times are
+# rounded to about 3 s, so requests arrive in groups at one time.
+MOONCAKE_ROUNDED = [
+    (0, 6758, 500), (0, 7322, 490), (0, 7236, 794), (0, 2290, 316), (0, 6760, 3), (0, 4834, 173),
+    (0, 23141, 453), (0, 26888, 458), (0, 10498, 402), (0, 17450, 610),
+    (3000, 13544, 71), (3000, 87169, 402), (3000, 6324, 548), (3000, 2012, 354), (3000, 7324, 14),
+    (3000, 9418, 145), (3000, 915, 355), (3000, 12846, 466), (3000, 20506, 929), (3000, 16609, 349),
+    (3000, 26353, 370), (3000, 6059, 475), (3000, 5954, 420), (3000, 11339, 848), (3000, 15172, 80),
+    (3000, 45922, 265),
+    (5999, 1053, 26), (5999, 5710, 745), (5999, 7238, 11),
+    (9000, 10355, 584), (9000, 1477, 615), (9000, 15366, 344), (9000, 3806, 309), (9000, 8772, 1),
+    (9000, 26156, 238), (9000, 16635, 449), (9000, 2293, 31),
+]  # fmt: skip
+
+
+def test_a_rounded_trace_spreads_each_times_requests_over_its_step(tmp_path: Path) -> None:
+    """Replayed as written, each 3 s step's requests arrived at once: a batch whose prefills wait
+    for one another. They are spread over [time, time + step), cut at the next time (step: the
+    shortest gap between two distinct times, here 2.999 s), each keeping its tokens, the same way
+    on every read; a trace with few ties (the Azure traces, times to the microsecond) is read as
+    written."""
+    rows = "".join(
+        f'{{"timestamp": {ms}, "input_length": {i}, "output_length": {o}}}\n' for ms, i, o in MOONCAKE_ROUNDED
+    )
+    f = _trace(tmp_path, "m.jsonl", rows)
+    t, tok, gen = read_request_trace(f)
+    assert t.size == len(MOONCAKE_ROUNDED) and t[0] == 0.0 and bool(np.all(np.diff(t) > 0))  # none together
+    at_ms = {(i, o): ms for ms, i, o in MOONCAKE_ROUNDED}
+    # each row's time less its rounded one: its place in its step, less the first row's (the reader
+    # starts the trace at 0), so all within one step of one another
+    off = np.array([at - at_ms[(i, o)] / 1000 for at, i, o in zip(t.tolist(), tok.tolist(), gen.tolist(), strict=True)])
+    assert sorted(at_ms[(i, o)] for i, o in zip(tok.tolist(), gen.tolist(), strict=True)) == [
+        ms for ms, _, _ in MOONCAKE_ROUNDED
+    ]  # every row once, with its tokens
+    assert float(off.max() - off.min()) < 2.999 and float(off.max()) < 2.999
+    again = read_request_trace(f)
+    assert all(np.array_equal(x, y) for x, y in zip((t, tok, gen), again, strict=True))
+    # BurstGPT's whole seconds: two requests at 5 s and one at 6 s; the step is 1 s
+    burst = BURSTGPT.replace("45,ChatGPT", "5,ChatGPT").replace("118,GPT-4", "6,GPT-4")
+    bt, btok, _ = read_request_trace(_trace(tmp_path, "b.csv", burst))
+    assert bool(np.all(np.diff(bt) > 0)) and float(bt[2]) < 2.0 and btok[3] == 0.0  # 1106 s stays last
 
 
 def test_azure_with_a_byte_order_mark(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ class TenantCtl:
     measured_outage_s: float | None = None  # the actuators' last measured outage of a move
     # The shortest of its own restarts (TenantSample.restarted_s: a deploy, a crash), which bounds
     # its relaunch from above: before the actuators have measured a move, a restart tenant's moves
-    # are priced at no less than it (tick_base._relaunch_s).
+    # are priced at no less than it (fsm.outage.priced_relaunch).
     own_restart_s: float | None = None
     # After a move or resize finishes: until then its own backlog, not interference, delays the
     # tenant's requests, so they are not evidence either way.

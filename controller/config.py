@@ -138,6 +138,9 @@ class LatencySource(Strict):
     labels: dict[str, str] = {}  # keep only series with these labels
     path: AbsPath | None = None  # jsonl
     field: str = "latency_s"  # jsonl field holding seconds
+    # jsonl: a field holding each request's time in Unix seconds; with it, the lines already in the
+    # file when tailguard starts are the tenant's history (TenantSample.served_total, uptime_s)
+    time_field: str | None = None
     timeout_s: float = Field(1.0, gt=0, le=30)
 
     @field_validator("url")
@@ -169,10 +172,10 @@ class LatencySource(Strict):
                 raise ValueError(f"label {name}: its value must not contain NUL or newline")
         return v
 
-    @field_validator("field")
+    @field_validator("field", "time_field")
     @classmethod
-    def _field(cls, v: str) -> str:
-        if not v or len(v) > 255 or not v.isprintable():
+    def _field(cls, v: str | None) -> str | None:
+        if v is not None and (not v or len(v) > 255 or not v.isprintable()):
             raise ValueError("expected a JSON field name: 1-255 printable characters")
         return v
 
@@ -182,6 +185,10 @@ class LatencySource(Strict):
             raise KeyProblem("url", "kind 'prometheus' needs url")
         if self.kind == "jsonl" and not self.path:
             raise KeyProblem("path", "kind 'jsonl' needs path")
+        if self.time_field is not None and self.kind != "jsonl":
+            raise KeyProblem("time_field", f"is read from a JSON-lines file: kind 'jsonl', not {self.kind!r}")
+        if self.time_field is not None and self.time_field == self.field:
+            raise KeyProblem("time_field", f"{self.time_field!r} is also field, the latency's")
         return self
 
 

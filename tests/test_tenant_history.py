@@ -266,6 +266,55 @@ def test_the_daemon_puts_a_pushed_history_in_the_next_observation_only() -> None
     assert ts.served_total == 5000 and ts.uptime_s is None
 
 
+# -- a JSON-lines file with each request's time ---------------------------------------------------
+def test_a_jsonl_file_with_request_times_gives_the_lines_already_there_as_history(tmp_path: Any) -> None:
+    """`time_field`: the lines in the file at the first tick are requests served before, since the
+    first line's time; without the field, or with a first line whose time is missing or in
+    milliseconds, no history."""
+    import json
+
+    from controller.signals.latency import JsonlLatencySampler
+
+    start = 1_700_000_000.0
+    f = tmp_path / "lat.jsonl"
+    f.write_text("".join(json.dumps({"latency_s": 0.05, "t": start + 3.6 * i}) + "\n" for i in range(1000)))
+
+    def read(sampler: JsonlLatencySampler, now: float) -> LatencyReading:
+        r = asyncio.run(sampler.sample(now))
+        assert isinstance(r, LatencyReading)
+        return r
+
+    s = JsonlLatencySampler("latency:llm", str(f), slo_s=0.1, time_field="t", wall=lambda: start + 3600.0)
+    first = read(s, 0.0)
+    assert first.window.count == 0 and first.served_total == 1000 and first.uptime_s == pytest.approx(3600.0)
+    with f.open("a") as fh:
+        fh.write("".join(json.dumps({"latency_s": 0.2, "t": start + 3600.0}) + "\n" for _ in range(5)))
+    nxt = read(s, 2.0)
+    assert nxt.window.count == 5 and nxt.served_total == 1005  # this window's included, as a histogram's
+    plain = read(JsonlLatencySampler("latency:llm", str(f), slo_s=0.1), 0.0)
+    assert plain.served_total is None and plain.uptime_s is None
+    for first_line in ('{"latency_s": 0.05}\n', '{"latency_s": 0.05, "t": 1700000000000}\n'):  # none, ms
+        g = tmp_path / "other.jsonl"
+        g.write_text(first_line + f.read_text())
+        odd = read(JsonlLatencySampler("latency:llm", str(g), slo_s=0.1, time_field="t"), 0.0)
+        assert odd.served_total is None and odd.uptime_s is None
+
+
+def test_time_field_is_a_jsonl_sources_own() -> None:
+    from controller.config import ConfigError, parse_config
+
+    base = (
+        '[[tenants]]\nname = "llm"\nrole = "sensitive"\nslo_ms = 100\nrelaunch_s = 30\n'
+        "latency = {{ kind = {kind}, {where}, time_field = {tf} }}\n"
+    )
+    ok = parse_config(base.format(kind='"jsonl"', where='path = "/var/log/llm.jsonl"', tf='"t"'))
+    assert ok.tenants[0].latency is not None and ok.tenants[0].latency.time_field == "t"
+    with pytest.raises(ConfigError, match=r"latency\.time_field: is read from a JSON-lines file"):
+        parse_config(base.format(kind='"prometheus"', where='url = "http://127.0.0.1:8000/metrics"', tf='"t"'))
+    with pytest.raises(ConfigError, match=r"latency\.time_field: 'latency_s' is also field"):
+        parse_config(base.format(kind='"jsonl"', where='path = "/var/log/llm.jsonl"', tf='"latency_s"'))
+
+
 # -- the lab -------------------------------------------------------------------------------------------
 def _vllm_ttft(uptime_s: float) -> Any:
     data = tomllib.loads((SCENARIO_DIR / "vllm-ttft.toml").read_text(encoding="utf-8"))

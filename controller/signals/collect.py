@@ -76,7 +76,7 @@ def latency_sampler(t: TenantConfig) -> Sampler[Any] | None:
     if src.kind == "prometheus" and src.url:
         return PrometheusLatencySampler(name, src.url, src.metric, src.labels, src.timeout_s, slo_s=slo_s)
     if src.kind == "jsonl" and src.path:
-        return JsonlLatencySampler(name, src.path, src.field, src.timeout_s, slo_s=slo_s)
+        return JsonlLatencySampler(name, src.path, src.field, src.timeout_s, slo_s=slo_s, time_field=src.time_field)
     return None
 
 

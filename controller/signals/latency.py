@@ -191,13 +191,26 @@ class JsonlLatencySampler:
     MAX_LINE = 1 << 20
 
     def __init__(
-        self, name: str, path: str, field: str = "latency_s", timeout_s: float = 1.0, slo_s: float | None = None
+        self,
+        name: str,
+        path: str,
+        field: str = "latency_s",
+        timeout_s: float = 1.0,
+        slo_s: float | None = None,
+        time_field: str | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.slo_s = slo_s  # the tenant's SLO: over_slo is counted exactly against it
         self.path = path
         self.field = field
         self.timeout_s = timeout_s
+        # With each request's time (Unix seconds), the lines already there at the first tick are
+        # the tenant's history: (their count, the first one's time); None when not known.
+        self.time_field = time_field
+        self._wall = wall
+        self.history: tuple[int, float] | None = None
+        self._read_since = 0  # samples read since, which the count so far adds
         self._fh: BinaryIO | None = None
         self._ino: int | None = None
         self._buf = b""
@@ -229,6 +242,8 @@ class JsonlLatencySampler:
             fh.seek(back[1])
             self._line_no = back[2]
         elif at_end:  # like tail -F: what was there before we started is not this window
+            first = fh.readline(self.MAX_LINE + 1) if self.time_field is not None else b""
+            fh.seek(0)
             # Counted a chunk at a time (line numbers for messages), not read whole: a 1 GiB log
             # took 1 GiB of memory. Then the partial last line, if any, from the end.
             while chunk := fh.read(self.MAX_READ):
@@ -241,6 +256,8 @@ class JsonlLatencySampler:
                 self._skipping = True  # a partial line already too long
             else:
                 self._buf = tail[cut + 1 :]
+            start = self._time_of(first) if first.endswith(b"\n") else None
+            self.history = (self._line_no, start) if start is not None and self._line_no > 0 else None
 
     def _read_chunk(self) -> bytes:
         fh = self._fh
@@ -323,6 +340,17 @@ class JsonlLatencySampler:
                     samples.append(v)
         return samples, bad
 
+    def _time_of(self, raw: bytes) -> float | None:
+        """A line's time_field as Unix seconds (1e9 to 1e11: not a clock never set, not ms); None
+        when it has none that reads as one."""
+        try:
+            obj = loads_json(raw)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        v = obj.get(self.time_field) if isinstance(obj, dict) and self.time_field is not None else None
+        t = finite_float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+        return t if t is not None and 1e9 <= t <= 1e11 else None
+
     def _value(self, raw: bytes) -> tuple[float | None, str]:
         try:
             obj = loads_json(raw)
@@ -358,4 +386,14 @@ class JsonlLatencySampler:
         prev_t, self._prev_t = self._prev_t, now
         window = window_from_raw(samples, self.slo_s)
         tput = len(samples) / (now - prev_t) if prev_t is not None and now > prev_t else None
-        return LatencyReading(window, tput)
+        self._read_since += len(samples)
+        hist = self.history
+        if hist is None:
+            return LatencyReading(window, tput)
+        # The lines there at the start and the requests read since, over the seconds since the
+        # first line's time: the rate the core seeds the tenant's usual rate with (a rotated file's
+        # first line is the rotation's: the rate over the file's span, as good a history).
+        up = self._wall() - hist[1]
+        return LatencyReading(
+            window, tput, served_total=float(hist[0] + self._read_since), uptime_s=up if up > 0 else None
+        )

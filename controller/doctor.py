@@ -492,8 +492,14 @@ async def check_latency(cfg: Config) -> list[Check]:
 def _slo_bucket_check(name: str, sampler: object, readable: str) -> Check:
     """WARN where a histogram source puts the SLO strictly inside one of its buckets
     (controller.signals.latency.slo_inside_bucket: the daemon logs the same at its first scrape)."""
-    from controller.signals.latency import PrometheusLatencySampler
+    from controller.signals.latency import JsonlLatencySampler, PrometheusLatencySampler
 
+    jsonl = sampler if isinstance(sampler, JsonlLatencySampler) else None
+    if jsonl is not None and jsonl.time_field is not None and jsonl.history is None:
+        readable += (
+            f"; its first line has no {jsonl.time_field} in Unix seconds (or the file was empty or"
+            " missing): the tenant's rate before tailguard started is not known"
+        )
     prom = sampler if isinstance(sampler, PrometheusLatencySampler) else None
     note = prom.bucket_note() if prom is not None else None
     if prom is not None and not prom.history_known:

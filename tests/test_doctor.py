@@ -677,3 +677,24 @@ def test_a_vm_is_told_on_arm64_too(tmp_path: Path, flags: str, vendor: str, prod
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(text + "\n")
     assert in_a_vm(str(tmp_path / "proc"), str(tmp_path / "sys")) is vm
+
+
+def test_a_jsonl_source_whose_first_line_has_no_time_says_so(tmp_path) -> None:
+    from controller.doctor import check_latency
+
+    f = tmp_path / "llm.jsonl"
+
+    def cfg(time_field: str) -> str:
+        return f"""
+[[tenants]]
+name = "llm"
+role = "sensitive"
+slo_ms = 100
+latency = {{ kind = "jsonl", path = "{f}", time_field = "{time_field}" }}
+"""
+
+    f.write_text('{"latency_s": 0.01, "t": 1700000000.5}\n')
+    (c,) = asyncio.run(check_latency(parse_config(cfg("t"))))
+    assert c.status == OK and c.cause == f"jsonl {f}: readable"
+    (c,) = asyncio.run(check_latency(parse_config(cfg("ts"))))
+    assert c.status == OK and c.cause.startswith(f"jsonl {f}: readable; its first line has no ts in Unix seconds")

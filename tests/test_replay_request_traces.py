@@ -121,7 +121,7 @@ MOONCAKE_ROUNDED = [
 def test_a_rounded_trace_spreads_each_times_requests_over_its_step(tmp_path: Path) -> None:
     """Replayed as written, each 3 s step's requests arrived at once: a batch whose prefills wait
     for one another. They are spread over [time, time + step), cut at the next time (step: the
-    shortest gap between two distinct times, here 2.999 s), each keeping its tokens, the same way
+    tenth percentile of the gaps between distinct times, here 2.999 s), each keeping its tokens, the same way
     on every read; a trace with few ties (the Azure traces, times to the microsecond) is read as
     written."""
     rows = "".join(
@@ -140,6 +140,15 @@ def test_a_rounded_trace_spreads_each_times_requests_over_its_step(tmp_path: Pat
     assert float(off.max() - off.min()) < 2.999 and float(off.max()) < 2.999
     again = read_request_trace(f)
     assert all(np.array_equal(x, y) for x, y in zip((t, tok, gen), again, strict=True))
+    # 200 steps of 3 s with five requests each, and a millisecond of jitter beside the rounding at
+    # three of them (5999 and 6000 ms both): the step stays 3 s, not 1 ms
+    steps = [3000 * k - (k % 67 == 2) for k in range(200)]
+    jitter = "".join(
+        f'{{"timestamp": {ms}, "input_length": 10, "output_length": 1}}\n' for ms in steps for _ in range(5)
+    )
+    jitter += "".join(f'{{"timestamp": {3000 * k}, "input_length": 10, "output_length": 1}}\n' for k in (2, 69, 136))
+    jt, _, _ = read_request_trace(_trace(tmp_path, "j.jsonl", jitter))
+    assert bool(np.all(np.diff(jt) > 0)) and float(jt[4] - jt[0]) > 0.3  # the first five not within 1 ms
     # BurstGPT's whole seconds: two requests at 5 s and one at 6 s; the step is 1 s
     burst = BURSTGPT.replace("45,ChatGPT", "5,ChatGPT").replace("118,GPT-4", "6,GPT-4")
     bt, btok, _ = read_request_trace(_trace(tmp_path, "b.csv", burst))

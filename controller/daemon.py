@@ -445,6 +445,7 @@ class Daemon:
                 throttled=name in throttled,
                 last_reason=ctl.last_reason,
                 pending=ctl.pending.lever if ctl.pending is not None else "",
+                own_restart_s=ctl.own_restart_s,
             )
         stats_fn = getattr(self.host, "sampler_stats", None)
         stats = [self._observe_stats, *(stats_fn().values() if callable(stats_fn) else ())]

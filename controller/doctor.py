@@ -25,7 +25,7 @@ from typing import Any
 from actuators.cgroup import CgroupError, CgroupGone, CgroupIO
 from actuators.nvsmi import NvidiaSmi
 from actuators.paths import PathError
-from controller.config import Config
+from controller.config import Config, TenantConfig
 from controller.config_files import read_mqtt_password
 from controller.mig_tables import MigTables
 from controller.signals.base import Unavailable
@@ -651,6 +651,8 @@ async def check_outages(cfg: Config) -> list[Check]:
         recs = (data.get("outages") or {}).get(t.name) or []
         # a warm hand-over's gap is no relaunch
         seen = sorted(s for r in recs if (s := relaunch_of(r)) is not None and r["kind"] != "warm_move")
+        if not seen:
+            out.extend(_own_restart_check(t, (data.get("tenants") or {}).get(t.name)))
         if not seen or t.relaunch_s <= 0:
             continue
         mid, conf = seen[len(seen) // 2], t.relaunch_s
@@ -666,6 +668,22 @@ async def check_outages(cfg: Config) -> list[Check]:
         if t.launcher is not None and t.launcher.handover == "restart":
             out.extend(_readiness_check(t.name, seen[-1], t.launcher.readiness_timeout_s))
     return out
+
+
+def _own_restart_check(t: TenantConfig, view: object) -> list[Check]:
+    """Before any move is measured: the shortest of the tenant's own restarts (the status file's
+    tenant view) against its relaunch_s. A restart that took longer says the configured relaunch is
+    short; the daemon already prices its moves at the restart's seconds (fsm.outage.priced_relaunch),
+    but the figure belongs in the config (and a daemon started afresh has seen no restart yet)."""
+    own = view.get("own_restart_s") if isinstance(view, dict) else None
+    if t.launcher is not None and t.launcher.handover == "warm":
+        return []  # its moves' outage is a switch-over gap, not a relaunch
+    if not isinstance(own, int | float) or isinstance(own, bool) or own <= OUTAGE_OFF * t.relaunch_s:
+        return []
+    what = f"{t.name}: restarted on its own in {own:g} s (its shortest), relaunch_s {t.relaunch_s:g} s"
+    fix = f"set relaunch_s = {own:g} for {t.name} (or its measured start-up): moves are priced at it until one is"
+    fix += " measured"
+    return [Check("outages", WARN, what, fix)]
 
 
 def _readiness_check(tenant: str, longest: float, wait: float) -> list[Check]:

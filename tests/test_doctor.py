@@ -342,6 +342,28 @@ def test_measured_relaunches_against_the_configured_one(tmp_path) -> None:
     assert c.status == WARN and "measured relaunch 130 s (median of 1 moves)" in c.cause  # its relaunch alone
 
 
+def test_a_restart_of_its_own_longer_than_relaunch_s_warns_before_any_move(tmp_path) -> None:
+    """No move measured yet: the shortest of the tenant's own restarts (the status file's tenant
+    view, own_restart_s) well over relaunch_s warns; near it, or a move measured, says nothing of it."""
+    from controller.doctor import check_outages
+
+    cfg = parse_config(_config(tmp_path, "http://x:9/m").replace("slo_ms = 200\n", "slo_ms = 200\nrelaunch_s = 5\n", 1))
+
+    def said(own: float | None, moves: list[dict[str, float | str]] | None = None) -> list[Check]:
+        status = {"schema": "tailguard.status/1", "wall": 1.0, "tenants": {"llm": {"own_restart_s": own}}}
+        if moves is not None:
+            status["outages"] = {"llm": moves}
+        (tmp_path / "state" / "status.json").write_text(json.dumps(status))
+        return asyncio.run(check_outages(cfg))
+
+    (c,) = said(62.0)
+    assert c.status == WARN and c.cause == "llm: restarted on its own in 62 s (its shortest), relaunch_s 5 s"
+    assert c.fix.startswith("set relaunch_s = 62 for llm")
+    assert said(6.0) == [] and said(None) == []
+    (c,) = said(62.0, [{"kind": "move", "seconds": 58.0, "wall": 1.0}])
+    assert "measured relaunch 58 s" in c.cause  # a measured move says more than a restart
+
+
 def test_measured_relaunches_against_the_readiness_wait(tmp_path) -> None:
     """A restart launcher gives a start readiness_timeout_s; a measured relaunch more than half of
     it warns (a slower start fails the move, and the move back is a second outage)."""

@@ -67,6 +67,9 @@ class TenantView:
     throttled: bool = False
     last_reason: str = ""
     pending: str = ""
+    # the shortest of its own restarts (a deploy, a crash), which the core prices its moves at no
+    # less than before a move is measured (fsm.outage.priced_relaunch); doctor compares relaunch_s
+    own_restart_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

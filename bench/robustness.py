@@ -18,8 +18,9 @@ often under what the tenant reaches on a quiet host; with --vm-topology, the con
 PCIe tree a VM shows, not the host's; with --uptime, sensitive servers that were up for 10
 minutes to 24 hours before the controller began (their counters hold it); with --trace PATH,
 every trace-driven tenant's arrivals from another real request trace, as busy in its busy seconds
-as the bundled one; with --alone, a third run per case, the sensitive tenants alone: what the
-neighbours added, and how much of it full cured),
+as the bundled one (and with --fit-trace, its max_model_len and SLO fitted to that trace's prompt
+lengths as the scenario's are to the bundled one's); with --alone, a third run per case, the
+sensitive tenants alone: what the neighbours added, and how much of it full cured),
 `static` against `full`, judged by the regression gate (replay.suite.gate_problems).
 
     python -m bench.robustness --per 3 --seed 7 [--duration S] [--jobs 2] [--json out.json]
@@ -27,7 +28,7 @@ neighbours added, and how much of it full cured),
                                [--quantiles] [--low-quantiles] [--shapes] [--traces] [--low-rates]
                                [--signals] [--actuation] [--duty] [--restarts] [--writes] [--cgroup-v1]
                                [--tight-slos] [--vm-topology] [--uptime] [--scenario KEY=VALUE ...] [--tick-s S]
-                               [--trace PATH] [--alone]
+                               [--trace PATH [--fit-trace]] [--alone]
 
 `--policy` lays a [policy] key over every scenario's (a TOML value: 0.9, true, "numa"), to try
 a knob on the same cases.
@@ -170,18 +171,43 @@ def _busy_rate(times: Any, tokens: Any) -> float:
     return float(np.percentile(per_bin, 99)) / 10.0
 
 
-def _retrace(req: dict[str, Any], path: Path, notes: list[str], who: str) -> None:
+def _retrace(req: dict[str, Any], path: Path, notes: list[str], who: str, fit: dict[str, Any] | None = None) -> None:
     """perturb's `trace`: the tenant's arrivals and tokens from another request trace (any format
     replay reads), played at the speed that gives its busy seconds (_busy_rate) the prompt tokens per
     second of the bundled trace's (the load its server was sized for: the Azure code trace at the
     conversation trace's mean would be a server overloaded by its own bursts, 2.5 times as busy in
-    them, no tail a neighbour made): a real trace the controller has not been tuned on."""
+    them, no tail a neighbour made): a real trace the controller has not been tuned on. `fit` (the
+    tenant's table, with --fit-trace): its model and SLO fitted to the trace's prompts too
+    (_fit_prompts)."""
     times, tokens, _ = _trace(req, who)
     new_times, new_tokens, _ = load_request_trace(str(path))
     k = _busy_rate(times, tokens) / _busy_rate(new_times, new_tokens)
     req["trace"] = str(path)
     req["trace_speed"] = req.get("trace_speed", 1.0) * k
     notes.append(f"{who} trace {path.name} x{k:.3f} (its busy seconds' prompt tokens)")
+    if fit is not None:
+        _fit_prompts(fit, req, np.asarray(tokens, dtype=float), np.asarray(new_tokens, dtype=float), notes, who)
+
+
+def _fit_prompts(t: dict[str, Any], req: dict[str, Any], old: Any, new: Any, notes: list[str], who: str) -> None:
+    """--fit-trace: a tenant's model and SLO for another trace's prompt lengths, as the scenario's
+    are for the bundled trace's. Its `max_model_len` refuses the same share of the new prompts as of
+    the bundled ones (a long-context trace, ten times the Azure prompts as Mooncake's are, was
+    otherwise mostly refused at 4096 tokens, and the cases measured refusals), never less than the
+    scenario's; its SLO scales with the mean admitted prompt (a prefill's time grows with its
+    tokens, and the SLO was set where the bundled prompts meet it on a quiet host)."""
+    limit = req.get("max_model_len")
+    if limit is not None:
+        refused = float(np.mean(old >= limit))
+        fitted = max(int(limit), int(np.quantile(new, 1.0 - refused)) + 1)
+        if fitted != limit:
+            req["max_model_len"] = fitted
+            notes.append(f"{who}.max_model_len {fitted} (refuses {100 * refused:.1f}% of the prompts)")
+        old, new = old[old < limit], new[new < fitted]
+    ratio = float(np.mean(new)) / float(np.mean(old)) if old.size and new.size else 1.0
+    if t.get("slo_ms") is not None and ratio != 1.0:
+        t["slo_ms"] *= ratio
+        notes.append(f"{who}.slo_ms x{ratio:.2f} (its mean prompt)")
 
 
 def _reshape(req: dict[str, Any], rng: random.Random, notes: list[str], who: str, out: Path) -> None:
@@ -238,6 +264,7 @@ def perturb(
     vm_topology: random.Random | None = None,
     uptime: random.Random | None = None,
     trace: Path | None = None,
+    fit_trace: bool = False,
 ) -> list[str]:
     """Perturb a scenario's TOML tables in place; the notes say what changed. `bursts` (a generator
     of its own, so the other draws stay those of a run without it): Poisson arrivals may turn
@@ -280,7 +307,8 @@ def perturb(
     minutes to 24 hours (log-uniform) before the run and the controller began: its latency source's
     counters hold those requests at the first scrape, as a daemon started on a busy host finds them
     (the run's arrivals are unchanged). `trace` (no draw): every trace-driven tenant's trace
-    replaced by this one first (_retrace)."""
+    replaced by this one first (_retrace; `fit_trace`: with the tenant's max_model_len and SLO fitted
+    to its prompts, _fit_prompts)."""
     notes: list[str] = []
     meta = data["scenario"]
     off = rng.randrange(1, 10_000)
@@ -356,7 +384,7 @@ def perturb(
                     _shape(req, shapes, notes, who)
                 if req.get("trace") is not None:
                     if trace is not None:
-                        _retrace(req, trace, notes, who)
+                        _retrace(req, trace, notes, who, t if fit_trace else None)
                     if traces is not None:
                         if trace_dir is None:
                             raise ValueError("perturb(traces=...) needs a trace_dir")
@@ -415,6 +443,7 @@ def run_case(
     overlay: Mapping[str, Any] | None = None,
     trace: Path | None = None,
     alone: bool = False,
+    fit_trace: bool = False,
 ) -> dict[str, Any]:
     """One case: the scenario perturbed (with perturb's extra generators `which`, its keywords),
     then static and full run on it and judged by the gate. `overlay`: [scenario] keys set after the
@@ -425,10 +454,10 @@ def run_case(
     if "traces" in which:  # the reshaped traces live as long as the case
         with tempfile.TemporaryDirectory(prefix="tailguard-robustness-") as tmp:
             try:
-                return _run_case(args, exact, tick_s, which, Path(tmp), overlay, trace, alone)
+                return _run_case(args, exact, tick_s, which, Path(tmp), overlay, trace, alone, fit_trace)
             finally:
                 load_request_trace.cache_clear()  # keyed by path: the next case's would never hit
-    return _run_case(args, exact, tick_s, which, None, overlay, trace, alone)
+    return _run_case(args, exact, tick_s, which, None, overlay, trace, alone, fit_trace)
 
 
 def _run_case(
@@ -440,6 +469,7 @@ def _run_case(
     overlay: Mapping[str, Any] | None = None,
     trace: Path | None = None,
     alone: bool = False,
+    fit_trace: bool = False,
 ) -> dict[str, Any]:
     name, case, seed, duration, policy = args
     path = SCENARIO_DIR / f"{name}.toml"
@@ -447,7 +477,8 @@ def _run_case(
     data.setdefault("policy", {}).update(policy)
     rng = random.Random(f"{seed}:{name}:{case}")
     mutated = copy.deepcopy(data)
-    notes = perturb(mutated, rng, **case_generators(seed, name, case, which), trace_dir=trace_dir, trace=trace)
+    gens = case_generators(seed, name, case, which)
+    notes = perturb(mutated, rng, **gens, trace_dir=trace_dir, trace=trace, fit_trace=fit_trace)
     for key, value in (overlay or {}).items():
         *tables, last = key.split(".")
         at = mutated["scenario"]
@@ -651,6 +682,11 @@ def main(argv: list[str] | None = None) -> int:
         " as busy in its busy seconds as the bundled one; before --traces reshapes it",
     )
     ap.add_argument(
+        "--fit-trace",
+        action="store_true",
+        help="with --trace: each tenant's max_model_len and SLO fitted to the trace's prompt lengths",
+    )
+    ap.add_argument(
         "--alone",
         action="store_true",
         help="also run static with the sensitive tenants alone: what the neighbours added, how much full cured",
@@ -662,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             ap.error(f"--trace: {e}")
         a.trace = a.trace.resolve()
+    if a.fit_trace and a.trace is None:
+        ap.error("--fit-trace: needs --trace")
     if a.quantiles and a.low_quantiles:
         ap.error("--quantiles and --low-quantiles: choose one (both set the SLO's quantile)")
     if a.tick_s is not None and not 0.1 <= a.tick_s <= 60:
@@ -684,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             overlay=overlay,
             trace=a.trace,
             alone=a.alone,
+            fit_trace=a.fit_trace,
         )
         results = list(ex.map(case, jobs))
     worse = [r for r in results if r["problems"]]

@@ -391,6 +391,44 @@ def test_trace_replaces_the_trace_as_busy_as_its_own(tmp_path: Path, capsys: pyt
     assert "--trace:" in capsys.readouterr().err
 
 
+def test_fit_trace_fits_the_model_and_the_slo_to_the_traces_prompts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--fit-trace: a trace of ten times the bundled prompts (as long-context traces are) gets a
+    max_model_len that refuses the share of its prompts the scenario's refuses of the bundled ones,
+    and an SLO as many times the scenario's as its mean admitted prompt is; without the flag, the
+    model and SLO stay; the flag needs --trace."""
+    name = "vllm-ttft"
+    data = tomllib.loads((SCENARIO_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    (ten,) = [t for h in data["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
+    t0, tok0, gen0 = read_request_trace(str(resolve_data(ten["requests"]["trace"], SCENARIO_DIR)))
+    longer = tmp_path / "long.jsonl"
+    longer.write_text(
+        "".join(
+            f'{{"timestamp": {1000 * a:.3f}, "input_length": {10 * k:.0f}, "output_length": {g:.0f}}}\n'
+            for a, k, g in zip(t0.tolist(), tok0.tolist(), gen0.tolist(), strict=True)
+        )
+    )
+    plain, fitted = copy.deepcopy(data), copy.deepcopy(data)
+    perturb(plain, random.Random(f"7:{name}:0"), trace=longer)
+    notes = perturb(fitted, random.Random(f"7:{name}:0"), trace=longer, fit_trace=True)
+    (p,) = [t for h in plain["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
+    (f,) = [t for h in fitted["hosts"] for t in h["tenants"] if "trace" in t.get("requests", {})]
+    limit = ten["requests"]["max_model_len"]
+    assert p["requests"]["max_model_len"] == limit and p["slo_ms"] < 2 * ten["slo_ms"]
+    refused = float(np.mean(tok0 >= limit))
+    new_limit = f["requests"]["max_model_len"]
+    assert float(np.mean(10 * tok0 >= new_limit)) == pytest.approx(refused, abs=0.001)
+    assert f["slo_ms"] / p["slo_ms"] == pytest.approx(
+        float(np.mean((10 * tok0)[10 * tok0 < new_limit])) / float(np.mean(tok0[tok0 < limit])), rel=1e-6
+    )
+    assert any("max_model_len" in n for n in notes) and any("its mean prompt" in n for n in notes)
+    scenario_from_data(fitted, str(SCENARIO_DIR / f"{name}.toml"))  # valid
+    with pytest.raises(SystemExit):
+        main(["--fit-trace", "--per", "0"])
+    assert "--fit-trace: needs --trace" in capsys.readouterr().err
+
+
 def test_alone_runs_the_sensitive_tenants_without_their_neighbours() -> None:
     """--alone: a third run, static with only the sensitive tenants, whose share over the SLO is
     their own; the cured share is what full took of what the neighbours added over it."""

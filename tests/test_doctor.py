@@ -52,6 +52,12 @@ def _host(tmp: Path, monkeypatch: pytest.MonkeyPatch, mig: bool = True) -> FakeN
     return fake
 
 
+def _llm_with(latency: str) -> str:
+    """A config of one sensitive tenant, llm (SLO 100 ms), whose latency source is `latency` (the
+    inline table's keys)."""
+    return f'[[tenants]]\nname = "llm"\nrole = "sensitive"\nslo_ms = 100\nlatency = {{ {latency} }}\n'
+
+
 def _config(tmp: Path, dcgm_url: str, **over: str) -> str:
     cg = tmp / "cg"
     if not cg.exists():  # once per test: a cgroup v2 tree with the io controller, two tenant groups
@@ -428,13 +434,7 @@ def test_notify_socket_and_latency_endpoint(tmp_path, monkeypatch) -> None:
     assert c.status == FAIL and "No such file" in c.cause
 
     def tenant(url: str) -> str:
-        return f"""
-[[tenants]]
-name = "llm"
-role = "sensitive"
-slo_ms = 100
-latency = {{ kind = "prometheus", url = "{url}" }}
-"""
+        return _llm_with(f'kind = "prometheus", url = "{url}"')
 
     (c,) = asyncio.run(check_latency(parse_config(tenant(f"http://127.0.0.1:{free_port()}/metrics"))))
     assert c.status == FAIL and "fix tenants[0].latency" in c.fix
@@ -707,13 +707,7 @@ def test_a_jsonl_source_whose_first_line_has_no_time_says_so(tmp_path) -> None:
     f = tmp_path / "llm.jsonl"
 
     def cfg(time_field: str) -> str:
-        return f"""
-[[tenants]]
-name = "llm"
-role = "sensitive"
-slo_ms = 100
-latency = {{ kind = "jsonl", path = "{f}", time_field = "{time_field}" }}
-"""
+        return _llm_with(f'kind = "jsonl", path = "{f}", time_field = "{time_field}"')
 
     f.write_text('{"latency_s": 0.01, "t": 1700000000.5}\n')
     (c,) = asyncio.run(check_latency(parse_config(cfg("t"))))

@@ -39,7 +39,7 @@ import aiomqtt
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from controller.exporters.snapshot import Snapshot
-from controller.signals.latency import MAX_LATENCY_S
+from controller.signals.latency import MAX_LATENCY_S, UNIX_SECONDS_RANGE
 from controller.status import status_json
 from fsm.codec import encode
 from fsm.desired import DecisionEvent
@@ -75,8 +75,6 @@ class PushedHistory:
 
 HISTORY_KEYS = frozenset({"served_total", "started_at"})
 MAX_SERVED_TOTAL = 1e15
-# Unix seconds: before 2001-09-09 is a clock that was never set, past 1e11 a timestamp in ms.
-STARTED_AT_RANGE = (1e9, 1e11)
 
 
 @dataclass(slots=True)
@@ -156,7 +154,7 @@ def _history(data: dict[str, Any], counted: int) -> PushedHistory | None:
         raise ValueError(f"served_total {shown(served)}: expected a number from 0 to {MAX_SERVED_TOTAL:g}")
     if v < counted:
         raise ValueError(f"served_total {shown(served)} below the message's own {counted} requests")
-    lo, hi = STARTED_AT_RANGE
+    lo, hi = UNIX_SECONDS_RANGE
     t = finite_float(start) if not isinstance(start, bool) else None
     if t is None or not lo <= t <= hi:
         raise ValueError(f"started_at {shown(start)}: expected Unix seconds from {lo:g} to {hi:g}")

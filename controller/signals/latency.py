@@ -36,6 +36,9 @@ Fetch = Callable[[str, float], Awaitable[str]]
 # The longest latency a source may report: an hour (no request waits that long for its first
 # token and is still served); 1e300 read from a file made a window's p50 5e307 s. MQTT's too.
 MAX_LATENCY_S = 3600.0
+# A time in Unix seconds a source reports (a JSON-lines request's, a pushed service's start): before
+# 2001-09-09 is a clock that was never set, past 1e11 a timestamp in milliseconds.
+UNIX_SECONDS_RANGE = (1e9, 1e11)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +352,8 @@ class JsonlLatencySampler:
             return None
         v = obj.get(self.time_field) if isinstance(obj, dict) and self.time_field is not None else None
         t = finite_float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-        return t if t is not None and 1e9 <= t <= 1e11 else None
+        lo, hi = UNIX_SECONDS_RANGE
+        return t if t is not None and lo <= t <= hi else None
 
     def _value(self, raw: bytes) -> tuple[float | None, str]:
         try:

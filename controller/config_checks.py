@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import TYPE_CHECKING
 
+from controller.signals.base import observe_deadline_s
 from fsm.mig import MODELS, GpuModel, Slot, layout_problems, model_by_name, slot_range
 from fsm.observation import InstanceRef
 from fsm.outage import MoveKind, move_outage_s
@@ -56,7 +57,7 @@ def model_problems(cfg: Config) -> list[Problem]:
     would cap one another, exporters; and the warnings of the same kinds."""
     return [
         *_names(cfg), *_gpu_refs(cfg), *_cgroups(cfg), *_exporters(cfg), *_coverage(cfg), *_outage_fit(cfg),
-        *_readiness(cfg), *_reconfig_cap(cfg), *_relaunch_unset(cfg),
+        *_readiness(cfg), *_reconfig_cap(cfg), *_relaunch_unset(cfg), *_low_quantile(cfg), *_slow_sources(cfg),
     ]  # fmt: skip
 
 
@@ -385,6 +386,53 @@ def _reconfig_cap(cfg: Config) -> Iterable[Problem]:
             )
         ]
     return []
+
+
+def _low_quantile(cfg: Config) -> Iterable[Problem]:
+    """An SLO on a quantile under the median: legal, but it lets most requests run over slo_ms, and
+    tailguard keeps a tail (0.9-0.999); most likely the percentile was meant the other way round
+    (0.3 for 0.97, or a p50 typed as 0.05)."""
+    return [
+        Problem(
+            tkey(i, t, "quantile"),
+            f"{t.quantile:g} is below the median: the SLO lets {1.0 - t.quantile:.0%} of tenant {t.name}'s requests"
+            f" take longer than {t.slo_ms:g} ms; a tail SLO is 0.9-0.999 (0.99 for a p99)",
+            error=False,
+        )
+        for i, t in enumerate(cfg.tenants)
+        if t.role is Role.SENSITIVE and t.slo_ms is not None and t.quantile < 0.5
+    ]
+
+
+# A source must give up this far inside the tick's deadline: what is left assembles the observation.
+SOURCE_DEADLINE_SHARE = 0.8
+
+
+def _slow_sources(cfg: Config) -> Iterable[Problem]:
+    """A source's timeout against the daemon's deadline for a whole tick's observation (at least
+    1 s; controller/signals/base.py). The sources are read together and the tick waits for the
+    slowest: one that hangs past the deadline gets the whole tick skipped, every other source's
+    readings with it, on every tick it hangs. Its own timeout, well inside the deadline, costs only
+    its own signal."""
+    deadline = observe_deadline_s(cfg.host.sample_period_s)
+    room = SOURCE_DEADLINE_SHARE * deadline
+    timed = [("signals.timeout_s", "an NVML, DCGM or host", cfg.signals.timeout_s)]
+    timed += [
+        (tkey(i, t, "latency.timeout_s"), f"tenant {t.name}'s latency", t.latency.timeout_s)
+        for i, t in enumerate(cfg.tenants)
+        if t.latency is not None and t.latency.kind != "mqtt"  # pushed, not read on the tick
+    ]
+    return [
+        Problem(
+            key,
+            f"{timeout:g} s leaves no room in the tick's {deadline:g} s deadline (host.sample_period_s"
+            f" {cfg.host.sample_period_s:g}, at least 1 s): when {what} source hangs, every tick is skipped"
+            f" whole, every other signal with it; set it to {room:.2g} s or less, or lengthen sample_period_s",
+            error=False,
+        )
+        for key, what, timeout in timed
+        if timeout > room
+    ]
 
 
 HANG_RATIO = 10.0  # a restart launcher's readiness wait past this many relaunches warns

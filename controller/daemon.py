@@ -37,7 +37,7 @@ from controller.degraded import HOST, SOURCE, Degraded, source_conditions, summa
 from controller.exporters.snapshot import OUTAGE_BUCKETS, Histogram, OutageView, SamplerView, Snapshot, TenantView
 from controller.host import Host
 from controller.sdnotify import Notifier
-from controller.signals.base import SamplerStats
+from controller.signals.base import SamplerStats, observe_deadline_s
 from fsm.codec import encode
 from fsm.decide import Decision, decide
 from fsm.desired import DecisionEvent, DesiredState
@@ -282,7 +282,7 @@ class Daemon:
         return out
 
     async def _tick(self) -> bool:
-        timeout = self.opts.observe_timeout_s or max(1.0, self.opts.period_s)
+        timeout = self.opts.observe_timeout_s or observe_deadline_s(self.opts.period_s)
         st = self._observe_stats
         st.samples_total += 1
         self._observe_ok = False

@@ -94,6 +94,33 @@ def test_the_resize_lever_with_no_reconfiguration_allowed_warns() -> None:
     assert lines(SENS + "[policy]\nmax_reconfigs_per_hour = 1\n") == []
 
 
+def test_an_slo_below_the_median_warns() -> None:
+    """A p30 lets 70% of the requests run over the SLO: a percentile typed the other way round."""
+    (w,) = lines(SENS.replace("slo_ms = 100\n", "slo_ms = 100\nquantile = 0.3\n"))
+    assert w.startswith("tenants[0](llm).quantile: warning: 0.3 is below the median: the SLO lets 70%")
+    assert lines(SENS.replace("slo_ms = 100\n", "slo_ms = 100\nquantile = 0.5\n")) == []  # a median SLO
+
+
+def test_a_source_timeout_near_the_ticks_deadline_warns() -> None:
+    """The tick waits for every source at most max(1 s, sample_period_s): a source whose own
+    timeout does not end well inside that takes the whole tick with it when it hangs
+    (tests/test_daemon_linux_host.py shows the skipped tick); a pushed source is not read on it."""
+    (w,) = lines(SENS + "[signals]\ntimeout_s = 5\n")
+    assert w.startswith("signals.timeout_s: warning: 5 s leaves no room in the tick's 2 s deadline")
+    assert "set it to 1.6 s or less" in w
+    assert lines(SENS + "[host]\nsample_period_s = 10\n[signals]\ntimeout_s = 5\n") == []
+    (w,) = lines(SENS.replace('metrics"\n', 'metrics"\ntimeout_s = 2\n'))
+    assert w.startswith("tenants[0](llm).latency.timeout_s: warning: 2 s leaves no room")
+    assert "tenant llm's latency" in w
+    # a short period: the deadline is still 1 s, and the default 1 s timeouts race it
+    short = SENS + "[host]\nsample_period_s = 0.5\n"
+    keys = [w.split(": warning: ")[0] for w in lines(short)]
+    assert keys == ["signals.timeout_s", "tenants[0](llm).latency.timeout_s"]
+    assert "1 s leaves no room in the tick's 1 s deadline" in lines(short)[0]
+    fast = short.replace('metrics"\n', 'metrics"\ntimeout_s = 0.5\n') + "[signals]\ntimeout_s = 0.5\n"
+    assert lines(fast) == []
+
+
 def test_a_readiness_wait_no_longer_than_the_relaunch_is_an_error_and_under_twice_it_warns() -> None:
     """The launcher's readiness wait against the tenant's start-up: no longer fails every move (and
     its move back); under twice it fails a slow start; over ten times it, a hung copy's outage is

@@ -121,3 +121,31 @@ def test_finished_mig_change_invalidates_the_layout_cache(tmp_path: Path, caplog
     assert asyncio.run(host.observe()).tenants["llm"].outage_s == 22.0  # a resize's relaunch, apart
     assert len(obs.actuation.outcomes) == 2
     assert "GPU is lost" in caplog.text
+
+
+def test_a_source_slower_than_the_ticks_deadline_costs_the_whole_tick(tmp_path: Path) -> None:
+    """Why check-config warns on a source timeout near the tick's deadline (config_checks
+    `_slow_sources`): the sources are read together, so one that hangs past the deadline gets the
+    tick skipped whole; inside it, only its own reading is lost."""
+
+    def run(timeout_s: float) -> Daemon:
+        cfg = parse_config(CONFIG, "t.toml")
+        slow = Broken()
+        slow.timeout_s = timeout_s
+        host = LinuxHost(
+            cfg,
+            empty_topology(),
+            collector=SignalCollector(cfg, empty_topology(), samplers=[slow]),
+            reconciler=Reconciler(journal_path=tmp_path / "j.jsonl", dry_run=True, cgroup_root=str(tmp_path)),
+        )
+        opts = DaemonOptions(host_name="h1", period_s=0.1, max_ticks=2, state_dir=str(tmp_path), observe_timeout_s=0.3)
+        d = Daemon(host, opts)
+        assert asyncio.run(d.run()) == 0
+        return d
+
+    inside = run(0.05).snapshot
+    assert inside.tick_errors_total == 0 and "nvml" in inside.unavailable
+    past = run(0.6).snapshot
+    assert past.tick_errors_total == 2 and not past.unavailable  # nothing was read: not even what answered
+    (skipped,) = past.degraded
+    assert skipped.name == "source:host.observe" and skipped.cause == "timed out after 0.3 s"

@@ -23,6 +23,15 @@ from schema.jsontext import kernel_u64, shown
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
+# A tick's observation must finish within this (the daemon's deadline); one that does not is
+# skipped whole, every source's readings with it.
+MIN_OBSERVE_DEADLINE_S = 1.0
+
+
+def observe_deadline_s(period_s: float) -> float:
+    """How long the daemon waits for one tick's observation: the sample period, at least 1 s."""
+    return max(MIN_OBSERVE_DEADLINE_S, period_s)
+
 
 @dataclass(frozen=True, slots=True)
 class Unavailable:

@@ -678,8 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         "--trace",
         type=Path,
         metavar="PATH",
-        help="every trace-driven tenant's arrivals from this request trace (Azure, BurstGPT or Mooncake format),"
-        " as busy in its busy seconds as the bundled one; before --traces reshapes it",
+        help="every trace-driven tenant's arrivals from this request trace (Azure, BurstGPT, Mooncake or"
+        " Qwen-Bailian format), as busy in its busy seconds as the bundled one; before --traces reshapes it",
     )
     ap.add_argument(
         "--fit-trace",

@@ -25,7 +25,7 @@ HISTORY_STEP_S = 60.0  # RequestStream.history: the schedule's level is read onc
 @cache
 def load_request_trace(path: str) -> tuple[Array, Array, Array]:
     """(arrival seconds from the earliest request, context tokens, generated tokens; 0 where the
-    trace has none) of a request trace (replay.request_traces: Azure, BurstGPT or Mooncake). A
+    trace has none) of a request trace (replay.request_traces: Azure, BurstGPT, Mooncake or Qwen-Bailian). A
     ValueError names the file and the line."""
     try:
         return read_request_trace(path)

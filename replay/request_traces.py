@@ -9,7 +9,12 @@
   tokens,Response tokens,Total tokens,Log Type`, seconds from the trace's start (failed requests,
   0 response tokens, are arrivals too);
 - Mooncake (Qin et al., FAST '25; github.com/kvcache-ai/Mooncake): JSON lines with `timestamp`
-  (milliseconds from the first request), `input_length`, `output_length` (`hash_ids` not used).
+  (milliseconds from the first request), `input_length`, `output_length` (`hash_ids` not used);
+- the Alibaba Qwen-Bailian traces (Wang et al., "KVCache Cache in the Wild", ATC '25;
+  github.com/alibaba-edu/qwen-bailian-usagetraces-anon): JSON lines with the same three keys, but
+  `timestamp` in *seconds* from the trace's start (61.114), told apart by the session keys every
+  record of theirs carries (`chat_id`, `parent_chat_id`, `turn`). Read as Mooncake's, a two-hour
+  trace played in 7 s.
 
 Each gives (arrival seconds from the earliest request, context tokens, generated tokens), in
 arrival order. A bad line is a ValueError naming the file and the line.
@@ -52,7 +57,7 @@ def read_request_trace(path: str) -> Trace:
         first = next(_lines(path, f), (1, ""))[1]
         f.seek(0)
         if first.lstrip().startswith("{"):
-            return _finish(path, *_mooncake(path, f))
+            return _finish(path, *_json_lines(path, f))
         rows = _rows(path, f)
         head = next(rows, None)
         names = [h.strip() for h in head[1]] if head is not None else []
@@ -63,7 +68,7 @@ def read_request_trace(path: str) -> Trace:
     raise ValueError(
         f"{path}:1: not a request trace this reads: expected the Azure LLM trace's header"
         " TIMESTAMP,ContextTokens,GeneratedTokens (its multimodal one with NumImages too), BurstGPT's"
-        " Timestamp,Model,Request tokens,Response tokens,..., or Mooncake's JSON lines"
+        " Timestamp,Model,Request tokens,Response tokens,..., or Mooncake's or Qwen-Bailian's JSON lines"
     )
 
 
@@ -160,8 +165,15 @@ def _burstgpt(path: str, rows: Iterator[tuple[int, list[str]]], cols: list[int])
     return times, tokens, generated
 
 
-def _mooncake(path: str, f: IO[str]) -> _Columns:
+# Keys every record of the Qwen-Bailian traces has and Mooncake's have not: their times are seconds.
+_BAILIAN_KEYS = ("chat_id", "parent_chat_id", "turn")
+
+
+def _json_lines(path: str, f: IO[str]) -> _Columns:
+    """Mooncake's JSON lines (milliseconds) or Qwen-Bailian's (seconds): the first record decides,
+    and a later one of the other kind is refused, since one file with both units has no time scale."""
     times, tokens, generated = _columns()
+    seconds: bool | None = None
     for n, line in _lines(path, f):
         if not line.strip():
             continue
@@ -169,17 +181,26 @@ def _mooncake(path: str, f: IO[str]) -> _Columns:
             rec = loads_json(line)
             if not isinstance(rec, dict):
                 raise ValueError("not a JSON object")
-            ms = float(rec["timestamp"])
-            if not math.isfinite(ms):
+            stamp = float(rec["timestamp"])
+            if not math.isfinite(stamp):
                 raise ValueError("timestamp must be finite")
             tok = _context(rec["input_length"], "input_length")
             gen = _generated(rec.get("output_length", 0), "output_length")
+            bailian = all(k in rec for k in _BAILIAN_KEYS)
+            if seconds is None:
+                seconds = bailian
+            elif bailian != seconds:
+                first, this = ("Qwen-Bailian's", "Mooncake's") if seconds else ("Mooncake's", "Qwen-Bailian's")
+                raise ValueError(
+                    f"a record of {this} kind ({'with' if bailian else 'without'} {', '.join(_BAILIAN_KEYS)})"
+                    f" where the first was {first}: their times are seconds and milliseconds"
+                )
         except KeyError as e:
             raise ValueError(f"{path}:{n}: no {e.args[0]!r}") from None
         except (ValueError, TypeError, OverflowError) as e:  # JSONDecodeError is a ValueError;
             # OverflowError: an integer past a float's range (JSON's have no bound)
             raise ValueError(f"{path}:{n}: bad line: {e}") from None
-        times.append(ms / 1000.0)
+        times.append(stamp if seconds else stamp / 1000.0)
         tokens.append(tok)
         generated.append(gen)
     return times, tokens, generated

@@ -111,7 +111,7 @@ class Requests(_Strict):
     burst_ratio: float = Field(1.0, ge=1, le=1000)
     burst_mean_s: float = Field(10.0, gt=0, le=MAX_DURATION_S)
     calm_mean_s: float = Field(30.0, gt=0, le=MAX_DURATION_S)
-    # a request trace (replay/request_traces.py: Azure, BurstGPT, Mooncake), relative to the file
+    # a request trace (replay/request_traces.py: Azure, BurstGPT, Mooncake, Qwen-Bailian), relative to the file
     trace: str | None = Field(None, min_length=1)
     trace_speed: float = Field(1.0, gt=0, le=10_000)  # replay the trace this many times faster
     # Seconds its server had served before the run (and the controller) began: its latency

@@ -1,7 +1,7 @@
-"""Request traces in the public formats an operator brings: the Azure LLM inference trace, BurstGPT
-and Mooncake (replay/request_traces.py). The rows below are the formats' own published examples
-(BurstGPT's README and Hugging Face card; Mooncake's trace as quoted by NVIDIA Dynamo's and
-AIPerf's docs)."""
+"""Request traces in the public formats an operator brings: the Azure LLM inference trace, BurstGPT,
+Mooncake and Qwen-Bailian (replay/request_traces.py). The rows below are the formats' own published
+examples (BurstGPT's README and Hugging Face card; Mooncake's trace as quoted by NVIDIA Dynamo's and
+AIPerf's docs; the Qwen-Bailian README's record), or made up in their format where said."""
 
 from __future__ import annotations
 
@@ -54,6 +54,35 @@ def test_mooncake_milliseconds(tmp_path: Path) -> None:
     t, tok, gen = read_request_trace(_trace(tmp_path, "m.jsonl", MOONCAKE))
     assert t.tolist() == [0.0, 10.535, 27.482]
     assert tok.tolist() == [655.0, 672.0, 655.0] and gen.tolist() == [52.0, 26.0, 52.0]
+
+
+# The Qwen-Bailian traces (github.com/alibaba-edu/qwen-bailian-usagetraces-anon, README: "timestamp":
+# 61.114, "Seconds since request arrive", trace-relative from 0): the README's record second, the
+# others made up in its format.
+BAILIAN = (
+    '{"chat_id": 155, "parent_chat_id": -1, "timestamp": 0.0, "input_length": 480, "output_length": 90,'
+    ' "type": "text", "turn": 1, "hash_ids": [1, 2]}\n'
+    '{"chat_id": 159, "parent_chat_id": 55, "timestamp": 61.114, "input_length": 521, "output_length": 132,'
+    ' "type": "text", "turn": 2, "hash_ids": [1089, 1090, 1091, 6326, 13148]}\n'
+    '{"chat_id": 160, "parent_chat_id": -1, "timestamp": 62.5, "input_length": 400, "output_length": 80,'
+    ' "type": "search", "turn": 1, "hash_ids": [7]}\n'
+)
+
+
+def test_qwen_bailian_seconds(tmp_path: Path) -> None:
+    """Its `timestamp` is seconds where Mooncake's is milliseconds, the keys otherwise the same:
+    read as Mooncake's, the trace's two hours played in 7 s. Its session keys tell it apart."""
+    t, tok, gen = read_request_trace(_trace(tmp_path, "q.jsonl", BAILIAN))
+    assert t.tolist() == [0.0, 61.114, 62.5]
+    assert tok.tolist() == [480.0, 521.0, 400.0] and gen.tolist() == [90.0, 132.0, 80.0]
+
+
+def test_a_json_lines_trace_of_both_kinds_is_refused(tmp_path: Path) -> None:
+    mixed = BAILIAN + MOONCAKE.splitlines()[1] + "\n"
+    with pytest.raises(ValueError, match=r"q.jsonl:4: bad line: a record of Mooncake's kind \(without chat_id"):
+        read_request_trace(_trace(tmp_path, "q.jsonl", mixed))
+    with pytest.raises(ValueError, match=r"m.jsonl:5: bad line: a record of Qwen-Bailian's kind .* first was Mooncake"):
+        read_request_trace(_trace(tmp_path, "m.jsonl", MOONCAKE + BAILIAN.splitlines()[1] + "\n"))
 
 
 def test_azure_blank_lines_are_skipped(tmp_path: Path) -> None:

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"FAIL config                 {path} does not load -> tailguard check-config {path}", file=sys.stderr)
         return 2
     logging.getLogger("tailguard").setLevel(logging.ERROR)  # the checks say it once, in their lines
-    checks, stuck = run_sync(cfg, DoctorOptions(timeout_s=args.timeout, nvml=getattr(args, "nvml", None)))
+    opts = DoctorOptions(timeout_s=args.timeout, nvml=getattr(args, "nvml", None), config_path=path)
+    checks, stuck = run_sync(cfg, opts)
     if args.json:
         print(json.dumps({"config": path, **as_json(checks)}, indent=2))
     else:

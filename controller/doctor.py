@@ -56,6 +56,7 @@ class DoctorOptions:
     timeout_s: float = 5.0
     nvml: ModuleType | Any | None = None  # a pynvml stand-in (tests); None: the real module
     nvidia_smi: str = "nvidia-smi"
+    config_path: str | None = None  # the file the config came from (None: the defaults)
 
 
 def exit_code(checks: list[Check]) -> int:
@@ -113,10 +114,32 @@ async def run_checks(cfg: Config, opts: DoctorOptions) -> list[Check]:
         ("notify socket", check_notify_socket),
     ]
     # One after the other: the output reads top-down, and no probe competes with another.
-    out: list[Check] = []
+    out: list[Check] = check_config(cfg, opts.config_path)
     for name, probe in probes:
         out += await _bounded(name, probe(), opts.timeout_s * 3)
     return out
+
+
+# ---------------------------------------------------------------- the config itself
+
+
+def check_config(cfg: Config, path: str | None) -> list[Check]:
+    """What check-config says of a config that loads, less its file checks (the probes below look
+    at the files, groups and programs themselves): MIG homes against the built-in profile tables,
+    and the warnings (legal settings that are probably not meant). A doctor run on a new host that
+    showed only the environment hid them."""
+    from controller.config_checks import mig_problems, model_problems
+
+    problems = [p for p in model_problems(cfg) if not p.error] + mig_problems(cfg)
+    if not problems:
+        return [Check("config", OK, f"{path or 'the defaults'}: no problems, no warnings")]
+    fix = f"tailguard check-config {path}" if path else "write a config (systemd/tailguard.toml)"
+    errors = [p for p in problems if p.error]
+    worst = errors or problems
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    status = FAIL if errors else WARN
+    what = f"{len(errors)} problem(s)" if errors else f"{len(problems)} warning(s)"
+    return [Check("config", status, f"{what}: {worst[0].key}: {worst[0].message}{more}", fix)]
 
 
 # ---------------------------------------------------------------- GPU paths

@@ -73,8 +73,8 @@ def _config(tmp: Path, dcgm_url: str, **over: str) -> str:
         (tmp / "state").mkdir()
         _proc(tmp / "proc", BARE_METAL_FLAGS)
         (tmp / "sys").mkdir()  # no DMI tables: the test machine's own would say what it is
-    v = {"state_dir": str(tmp / "state"), "cg": str(cg), "etl_cgroup": "system.slice/etl.service",
-         "mqtt": "", "dcgm": dcgm_url, "proc": str(tmp / "proc"), "sys": str(tmp / "sys")} | over  # fmt: skip
+    v = {"state_dir": str(tmp / "state"), "cg": str(cg), "etl_cgroup": "system.slice/etl.service", "mqtt": "",
+         "dcgm": dcgm_url, "proc": str(tmp / "proc"), "sys": str(tmp / "sys"), "relaunch": "30"} | over  # fmt: skip
     return f"""
 [host]
 state_dir = "{v["state_dir"]}"
@@ -84,6 +84,7 @@ name = "llm"
 role = "sensitive"
 cgroup = "system.slice/llm.service"
 slo_ms = 200
+relaunch_s = {v["relaunch"]}
 latency = {{ kind = "jsonl", path = "{tmp / "llm.jsonl"}" }}
 [[tenants]]
 name = "etl"
@@ -195,7 +196,8 @@ def test_this_gpu_less_machine_fails_on_the_missing_driver(tmp_path, monkeypatch
     assert out.rstrip().endswith("failures (see FAIL lines)")
     assert cli(["doctor", "--config", str(cfg), "--json"]) == 2
     data = json.loads(capsys.readouterr().out)
-    first = data["checks"][0]
+    config, first = data["checks"][:2]
+    assert (config["name"], config["status"]) == ("config", "OK")
     assert data["exit"] == 2 and (first["name"], first["status"]) == ("nvml", "FAIL")
     assert "install the NVIDIA driver" in first["fix"]
 
@@ -323,8 +325,7 @@ def test_measured_relaunches_against_the_configured_one(tmp_path) -> None:
     is OK; warm switch-overs and resizes are not compared; no status file, nothing to say."""
     from controller.doctor import check_outages
 
-    text = _config(tmp_path, "http://x:9/m").replace("slo_ms = 200\n", "slo_ms = 200\nrelaunch_s = 60\n", 1)
-    cfg = parse_config(text)
+    cfg = parse_config(_config(tmp_path, "http://x:9/m", relaunch="60"))
     assert asyncio.run(check_outages(cfg)) == []  # no daemon has run here
 
     def said(*moves: tuple[str, float]) -> list[Check]:
@@ -353,7 +354,7 @@ def test_a_restart_of_its_own_longer_than_relaunch_s_warns_before_any_move(tmp_p
     view, own_restart_s) well over relaunch_s warns; near it, or a move measured, says nothing of it."""
     from controller.doctor import check_outages
 
-    cfg = parse_config(_config(tmp_path, "http://x:9/m").replace("slo_ms = 200\n", "slo_ms = 200\nrelaunch_s = 5\n", 1))
+    cfg = parse_config(_config(tmp_path, "http://x:9/m", relaunch="5"))
 
     def said(own: float | None, moves: list[dict[str, float | str]] | None = None) -> list[Check]:
         status = {"schema": "tailguard.status/1", "wall": 1.0, "tenants": {"llm": {"own_restart_s": own}}}
@@ -375,9 +376,9 @@ def test_measured_relaunches_against_the_readiness_wait(tmp_path) -> None:
     it warns (a slower start fails the move, and the move back is a second outage)."""
     from controller.doctor import check_outages
 
-    text = _config(tmp_path, "http://x:9/m").replace(
+    text = _config(tmp_path, "http://x:9/m", relaunch="60").replace(
         "slo_ms = 200\n",
-        'slo_ms = 200\nrelaunch_s = 60\ninstance = "gpu0/2g.10gb@0"\n'
+        'slo_ms = 200\ninstance = "gpu0/2g.10gb@0"\n'
         'launcher = { kind = "command", command = ["/bin/true", "{uuid}"], readiness_timeout_s = 120 }\n',
         1,
     )
@@ -714,3 +715,23 @@ def test_a_jsonl_source_whose_first_line_has_no_time_says_so(tmp_path) -> None:
     assert c.status == OK and c.cause == f"jsonl {f}: readable"
     (c,) = asyncio.run(check_latency(parse_config(cfg("ts"))))
     assert c.status == OK and c.cause.startswith(f"jsonl {f}: readable; its first line has no ts in Unix seconds")
+
+
+def test_the_configs_own_problems_come_first(tmp_path) -> None:
+    """doctor showed the environment only: a config that loads but puts a MIG home where the GPU
+    allows none, or a legal setting probably not meant (check-config's warnings), went unsaid. The
+    file checks stay the probes' (a cgroup that does not exist is theirs to say, with its fix)."""
+    from controller.doctor import check_config
+
+    text = _config(tmp_path, "http://x:9/m")
+    (c,) = check_config(parse_config(text), "tg.toml")
+    assert (c.status, c.cause) == (OK, "tg.toml: no problems, no warnings")
+    slow = text.replace("[host]\n", "[host]\nsample_period_s = 0.5\n", 1)
+    (c,) = check_config(parse_config(slow), "tg.toml")
+    assert c.status == WARN and c.cause.startswith("2 warning(s): signals.timeout_s: 1 s leaves no room")
+    assert c.cause.endswith("(and 1 more)") and c.fix == "tailguard check-config tg.toml"
+    mig = text.replace("slo_ms = 200\n", 'slo_ms = 200\ngpu = "gpu0"\ninstance = "gpu0/2g.10gb@1"\n', 1)
+    (c,) = check_config(parse_config('[[gpus]]\nname = "gpu0"\nindex = 0\nmodel = "A100-SXM4-40GB"\n' + mig), "tg.toml")
+    assert c.status == FAIL and c.cause.startswith("1 problem(s): tenants[0](llm).instance: gpu0/2g.10gb@1")
+    (c,) = check_config(parse_config(""), None)
+    assert c.status == WARN and "no [[tenants]]" in c.cause and c.fix.startswith("write a config")
